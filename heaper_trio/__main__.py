@@ -1,0 +1,3 @@
+from heaper_trio.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""The application: a Quart-Trio app over the services, served by hypercorn's trio worker.
+
+``run_server`` owns everything for one server's life, outermost first: the trio-asyncio loop
+(it must wrap ``serve`` so request tasks can reach asyncpg; stack-pitfalls 7), the services and
+their supervisor nursery, then hypercorn. Setting the shutdown event stops accepting, lets
+requests finish for ``graceful_timeout``, cancels background work and closes the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+import trio_asyncio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from quart_trio import QuartTrio
+
+from heaper_trio.services.container import Services, open_services
+from heaper_trio.settings import Settings
+from heaper_trio.web import routes_auth, routes_instance
+from heaper_trio.web.cors import install_cors
+from heaper_trio.web.errors import install_error_handlers
+
+log = logging.getLogger("heaper_trio")
+BLUEPRINTS = (routes_instance.bp, routes_auth.bp)
+
+
+def create_app(services: Services) -> QuartTrio:
+    app = QuartTrio("heaper_trio")
+    app.config["SERVICES"] = services
+    app.config["MAX_CONTENT_LENGTH"] = services.settings.max_request_bytes
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    install_cors(app)
+    install_error_handlers(app)
+    for bp in BLUEPRINTS:
+        app.register_blueprint(bp)
+    return app
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    cfg = Config()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    cfg.bind = [f"{host}:{settings.port}"]
+    cfg.graceful_timeout = settings.graceful_timeout
+    cfg.accesslog = logging.getLogger("heaper_trio.access") if settings.access_log else None
+    cfg.errorlog = logging.getLogger("heaper_trio.hypercorn")
+    cfg.keep_alive_timeout = 30
+    return cfg
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    urls: list[str]
+    services: Services
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+
+async def run_server(
+    settings: Settings,
+    *,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``shutdown`` is set; report the bound URLs through ``task_status``."""
+    async with trio_asyncio.open_loop():
+        async with open_services(settings, shutdown) as services:
+            app = create_app(services)
+            async with trio.open_nursery() as serving:
+                urls = await serving.start(
+                    partial(serve, app, hypercorn_config(settings),
+                            shutdown_trigger=services.shutdown.wait)
+                )
+                log.info("heaper_trio %s serving on %s (%s database)", services.version,
+                         ", ".join(urls), services.storage.engine)
+                task_status.started(RunningServer(list(urls), services))
+            log.info("stopped accepting; closing down")

@@ -1,0 +1,191 @@
+"""``python -m heaper_trio``: serve (the default) and user administration.
+
+Errors a self-hoster can fix (bad config, unusable data directory, unreachable database,
+unknown user) print as one line and exit 2; SIGINT and SIGTERM shut down cleanly and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any, Awaitable, Callable, Sequence
+
+import trio
+import trio_asyncio
+
+from heaper_trio import __version__
+from heaper_trio.errors import HeaperError, StartupError
+from heaper_trio.settings import SETTINGS, BY_NAME, Settings, load_settings
+
+log = logging.getLogger("heaper_trio")
+
+DESCRIPTION = """\
+heaper_trio: a self-hosted Heaper server.
+
+With no command, `serve` runs. Settings come from (lowest first) defaults, a TOML config file
+(--config or HEAPER_CONFIG), HEAPER_* environment variables, and these flags. See
+docs/configuration.md for every setting."""
+
+USERS_HELP = """\
+Manage accounts. A user is named by id or base58 public key.
+  list                     all accounts with state and admin flag
+  approve USER             let a pending (or rejected) account log in
+  reject USER              refuse an account and revoke its tokens
+  make-admin USER          grant admin rights (and approve)
+  revoke-tokens USER       invalidate every access and refresh token of the account"""
+
+
+def _add_storage_flags(p: argparse.ArgumentParser) -> None:
+    for name in ("data_dir", "database_url"):
+        s = BY_NAME[name]
+        p.add_argument(s.flag, dest=name, metavar=name.upper(),
+                       help=f"{s.help} [env {s.env}, default {s.default!r}]")
+    p.add_argument("--config", metavar="FILE", help="TOML config file [env HEAPER_CONFIG]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m heaper_trio", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"heaper_trio {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the server (default)",
+                           description="Run the server until SIGINT or SIGTERM.")
+    for s in SETTINGS:
+        if s.cli and s.name not in ("data_dir", "database_url"):
+            serve.add_argument(s.flag, dest=s.name, type=s.type, metavar=s.name.upper(),
+                               help=f"{s.help} [env {s.env}, default {s.default!r}]")
+    _add_storage_flags(serve)
+
+    users = sub.add_parser("users", help="list, approve, reject, make-admin, revoke-tokens",
+                           description=USERS_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_storage_flags(users)
+    users.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    users.add_argument("action", choices=("list", "approve", "reject", "make-admin",
+                                          "revoke-tokens"))
+    users.add_argument("user", nargs="?", help="user id or base58 public key")
+    return parser
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {s.name: getattr(args, s.name, None) for s in SETTINGS}
+    return load_settings(config_path=args.config, overrides=overrides)
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _serve(settings: Settings) -> None:
+    from heaper_trio.app import run_server
+
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    if shutdown.is_set():
+                        log.warning("second signal: stopping now")
+                        nursery.cancel_scope.cancel()
+                        return
+                    log.info("%s received: shutting down", signal.Signals(signum).name)
+                    shutdown.set()
+
+        nursery.start_soon(watch_signals)
+        await run_server(settings, shutdown=shutdown)
+        nursery.cancel_scope.cancel()
+
+
+def _user_row(u: Any) -> dict[str, Any]:
+    return {"id": u.id, "public_key": u.public_key, "state": u.state, "is_admin": u.is_admin,
+            "email": u.email, "created_at": u.created_at}
+
+
+async def _users(settings: Settings, args: argparse.Namespace) -> int:
+    from heaper_trio.keys import load_or_create_server_key
+    from heaper_trio.services.accounts import AccountService
+    from heaper_trio.services.container import open_storage, prepare_data_dir
+    from heaper_trio.services.tokens import TokenService
+
+    if args.action != "list" and not args.user:
+        raise StartupError(f"users {args.action}: name a user (id or public key)")
+    prepare_data_dir(settings)
+    async with trio_asyncio.open_loop():
+        async with open_storage(settings) as storage:
+            key = load_or_create_server_key(settings.data_path)
+            tokens = TokenService(key, access_ttl=settings.access_token_ttl,
+                                  refresh_ttl=settings.refresh_token_ttl)
+            accounts = AccountService(storage, tokens, key, settings)
+            now = int(time.time() * 1000)
+            if args.action == "list":
+                rows = [_user_row(u) for u in await storage.list_users()]
+                if args.json:
+                    print(json.dumps(rows, indent=2))
+                else:
+                    print(f"{'ID':32}  {'STATE':8}  {'ADMIN':5}  PUBLIC KEY")
+                    for r in rows:
+                        print(f"{r['id']:32}  {r['state']:8}  {str(r['is_admin']).lower():5}  "
+                              f"{r['public_key']}")
+                return 0
+            user = await accounts.find_user(args.user)
+            actions: dict[str, Callable[[], Awaitable[Any]]] = {
+                "approve": lambda: storage.set_user_state(user.id, "approved", now),
+                "reject": lambda: storage.set_user_state(user.id, "rejected", now),
+                "make-admin": lambda: _make_admin(storage, user.id, now),
+                "revoke-tokens": lambda: storage.revoke_user_tokens(user.id, now),
+            }
+            updated = await actions[args.action]()
+            row = _user_row(updated)
+            print(json.dumps(row) if args.json else
+                  f"{args.action}: {row['id']} is {row['state']}"
+                  f"{', admin' if row['is_admin'] else ''}")
+            return 0
+
+
+async def _make_admin(storage: Any, user_id: str, now: int) -> Any:
+    await storage.set_user_state(user_id, "approved", now)
+    return await storage.set_admin(user_id, True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("serve", "users", "-h", "--help", "--version"):
+        argv = ["serve", *argv]  # `serve` is the default command, flags and all
+    args = build_parser().parse_args(argv)
+    command = args.command
+    try:
+        settings = _settings_from(args)
+        _configure_logging(settings)
+        if command == "serve":
+            trio.run(_serve, settings)
+            return 0
+        return trio.run(_users, settings, args)
+    except BaseException as e:
+        # Nurseries wrap errors in exception groups; a lone StartupError inside is still
+        # a one-line message, not a traceback.
+        leaf = _single_leaf(e)
+        if isinstance(leaf, StartupError):
+            print(f"heaper_trio: {leaf}", file=sys.stderr)
+            return 2
+        if isinstance(leaf, HeaperError):
+            print(f"heaper_trio: {leaf.message}", file=sys.stderr)
+            return 2
+        if isinstance(leaf, KeyboardInterrupt):  # Ctrl-C before the signal watcher ran
+            return 130
+        raise
+
+
+def _single_leaf(e: BaseException) -> BaseException:
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    return e

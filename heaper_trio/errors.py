@@ -1,0 +1,108 @@
+"""One exception tree for everything a client can be told.
+
+Each class carries the HTTP status and the stable ``error`` code of the contract's envelope
+(``{"success": false, "error": code, "message": text}``). Services raise these; the web edge
+turns them into responses, so no handler has to remember a status code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class HeaperError(Exception):
+    """Base of every error a client may see. Subclasses pin status and default code."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+        self.details = details or {}
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"success": False, "error": self.code, "message": self.message}
+        out.update(self.details)
+        return out
+
+
+class BadRequest(HeaperError):
+    """Malformed input: not JSON, missing or extra fields, wrong types, bad encodings."""
+
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(HeaperError):
+    """No token, or one that is invalid, expired, revoked or of the wrong kind."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, code: str | None = None, **kw: Any) -> None:
+        headers = kw.pop("headers", None) or {}
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="heaper"')
+        super().__init__(message, code=code, headers=headers, **kw)
+
+
+class Forbidden(HeaperError):
+    """Authenticated, but the thing is not yours or the account may not do this."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(HeaperError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(HeaperError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(HeaperError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unprocessable(HeaperError):
+    """Well-formed but invalid, e.g. a Yjs update that does not decode."""
+
+    status = 422
+    code = "unprocessable"
+
+
+class RateLimited(HeaperError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, **kw: Any) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)}, **kw)
+        self.retry_after = retry_after
+
+
+class Unavailable(HeaperError):
+    """A dependency (the database) is down; the client may retry."""
+
+    status = 503
+    code = "unavailable"
+
+
+class StartupError(Exception):
+    """Raised before serving when configuration or the data directory is unusable.
+
+    The CLI prints it as one line and exits 2, instead of a traceback.
+    """

@@ -1,0 +1,1 @@
+"""Behaviour, independent of HTTP: services know nothing of Quart."""

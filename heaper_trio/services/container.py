@@ -1,0 +1,119 @@
+"""The one object holding every service, created at start and handed to the web layer.
+
+``open_services`` owns their lifetime: it prepares the data directory and server key, opens
+storage (migrations included), checks the database belongs to this server key, runs the
+housekeeping task in the caller's nursery, and closes storage on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import trio
+
+from heaper_trio import __version__
+from heaper_trio.errors import StartupError
+from heaper_trio.keys import KeyPair, load_or_create_server_key
+from heaper_trio.services.accounts import AccountService
+from heaper_trio.services.diagnostics import RealtimeCounters
+from heaper_trio.services.ratelimit import AuthRateLimits
+from heaper_trio.services.tokens import TokenService
+from heaper_trio.settings import Settings
+from heaper_trio.storage import Storage, make_storage
+
+log = logging.getLogger(__name__)
+PURGE_INTERVAL_S = 300
+
+
+@dataclass
+class Services:
+    settings: Settings
+    storage: Storage
+    server_key: KeyPair
+    tokens: TokenService
+    accounts: AccountService
+    auth_limits: AuthRateLimits
+    realtime: RealtimeCounters = field(default_factory=RealtimeCounters)
+    started_at: float = field(default_factory=time.time)
+    version: str = __version__
+    shutdown: trio.Event = field(default_factory=trio.Event)
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    path = settings.data_path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise StartupError(f"data_dir: cannot use {path}: {e.strerror or e}") from None
+
+
+@asynccontextmanager
+async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
+    """Open the configured engine or fail with a StartupError that names the setting."""
+    storage = make_storage(settings)
+    try:
+        await storage.open()
+    except StartupError:
+        raise
+    except Exception as e:
+        where = "database_url" if settings.database_url else "data_dir"
+        raise StartupError(f"{where}: cannot open the {storage.engine} database: {e}") from None
+    try:
+        yield storage
+    finally:
+        with trio.CancelScope(shield=True):
+            await storage.close()
+
+
+@asynccontextmanager
+async def open_services(
+    settings: Settings, shutdown: trio.Event | None = None
+) -> AsyncIterator[Services]:
+    """Services plus their supervisor nursery; background work is cancelled before storage
+    closes, so no task ever sees a closed database."""
+    prepare_data_dir(settings)
+    server_key = load_or_create_server_key(settings.data_path)
+    async with open_storage(settings) as storage:
+        owner = await storage.claim_meta("server_public_key", server_key.public_key)
+        if owner != server_key.public_key:
+            raise StartupError(
+                f"data_dir: its server key {server_key.public_key} is not the key this database "
+                f"was created with ({owner}); processes sharing a database must share data_dir"
+            )
+        tokens = TokenService(
+            server_key, access_ttl=settings.access_token_ttl, refresh_ttl=settings.refresh_token_ttl
+        )
+        services = Services(
+            settings=settings,
+            storage=storage,
+            server_key=server_key,
+            tokens=tokens,
+            accounts=AccountService(storage, tokens, server_key, settings),
+            auth_limits=AuthRateLimits(settings.auth_rate_limit),
+            shutdown=shutdown if shutdown is not None else trio.Event(),
+        )
+        async with trio.open_nursery() as supervisor:
+            supervisor.start_soon(_purge_expired_forever, storage)
+            try:
+                yield services
+            finally:
+                supervisor.cancel_scope.cancel()
+
+
+async def _purge_expired_forever(storage: Storage) -> None:
+    """Housekeeping: drop expired challenges and refresh tokens so tables stay small."""
+    while True:
+        try:
+            removed = await storage.purge_expired(int(time.time() * 1000))
+            if removed:
+                log.debug("purged %d expired auth rows", removed)
+        except Exception:  # a failing purge must not take the server down; retry later
+            log.exception("purging expired auth rows failed")
+        await trio.sleep(PURGE_INTERVAL_S)

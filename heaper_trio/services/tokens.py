@@ -1,0 +1,109 @@
+"""Access and refresh tokens: EdDSA JWTs signed with the server key.
+
+Claims: ``sub`` (user id), ``typ`` (access | refresh), ``iat``, ``exp``, ``jti``, ``gen`` (the
+account's token generation: revoking bumps it, so every older token dies at once), ``iss``
+(the server's public key) and ``aud``. Only ``EdDSA`` is accepted, which shuts out
+``alg: none`` and HS256-with-the-public-key tricks; PyJWT enforces the list.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from heaper_trio.errors import Unauthorized
+from heaper_trio.keys import KeyPair
+from heaper_trio.storage.base import NewRefreshToken
+
+AUDIENCE = "heaper"
+LEEWAY_S = 5  # clock skew between processes sharing a database
+
+
+@dataclass(frozen=True)
+class Claims:
+    user_id: str
+    typ: str
+    jti: str
+    generation: int
+    issued_at: int  # Unix seconds
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access: str
+    refresh: str
+    refresh_row: NewRefreshToken
+    access_expires_at: int  # Unix seconds
+
+
+class TokenService:
+    def __init__(self, key: KeyPair, *, access_ttl: int, refresh_ttl: int) -> None:
+        self._key = key
+        self._private = key.jwt_private_key()
+        self._public = key.jwt_public_key()
+        self.issuer = key.public_key
+        self.access_ttl = access_ttl
+        self.refresh_ttl = refresh_ttl
+
+    def _encode(self, claims: dict[str, Any]) -> str:
+        return jwt.encode(claims, self._private, algorithm="EdDSA", headers={"kid": self.issuer})
+
+    def new_refresh_row(self, now: float) -> NewRefreshToken:
+        """The stored half of a refresh token, made before the account is known (login)."""
+        return NewRefreshToken(
+            jti=uuid.uuid4().hex,
+            family=uuid.uuid4().hex,
+            issued_at=int(now * 1000),
+            expires_at=(int(now) + self.refresh_ttl) * 1000,
+        )
+
+    def issue(
+        self, user_id: str, generation: int, now: float, row: NewRefreshToken | None = None
+    ) -> TokenPair:
+        row = row or self.new_refresh_row(now)
+        iat = int(now)
+        base = {"sub": user_id, "gen": generation, "iat": iat, "iss": self.issuer, "aud": AUDIENCE}
+        access = self._encode(
+            {**base, "typ": "access", "exp": iat + self.access_ttl, "jti": uuid.uuid4().hex}
+        )
+        refresh = self._encode(
+            {**base, "typ": "refresh", "exp": row.expires_at // 1000, "jti": row.jti}
+        )
+        return TokenPair(access, refresh, row, iat + self.access_ttl)
+
+    def decode(self, token: str, typ: str) -> Claims:
+        """Verify signature, expiry, issuer, audience and type; raise Unauthorized if any fail."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._public,
+                algorithms=["EdDSA"],
+                audience=AUDIENCE,
+                issuer=self.issuer,
+                leeway=LEEWAY_S,
+                options={"require": ["sub", "typ", "iat", "exp", "jti", "gen"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token has expired", code="token_expired") from None
+        except jwt.InvalidTokenError as e:
+            raise Unauthorized(f"token is not valid: {e}", code="token_invalid") from None
+        if claims.get("typ") != typ:
+            raise Unauthorized(
+                f"a {claims.get('typ')!s} token was sent where a {typ} token is needed",
+                code="token_wrong_type",
+            )
+        gen = claims.get("gen")
+        if not isinstance(gen, int) or isinstance(gen, bool) or not isinstance(claims["jti"], str):
+            raise Unauthorized("token claims are malformed", code="token_invalid")
+        return Claims(
+            user_id=claims["sub"],
+            typ=typ,
+            jti=claims["jti"],
+            generation=gen,
+            issued_at=int(claims["iat"]),
+            expires_at=int(claims["exp"]),
+        )

@@ -1,0 +1,206 @@
+"""Settings, declared once.
+
+``SETTINGS`` is the single registry: the TOML loader, the ``HEAPER_*`` environment variables,
+the command-line flags, validation and ``docs/configuration.md`` all derive from it (a test
+checks the doc lists every entry). Precedence, lowest first: default, config file,
+environment, command line. A bad value fails at start with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from heaper_trio.errors import StartupError
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: type
+    default: Any
+    help: str
+    cli: bool = False  # also a `serve` flag (--name-with-dashes)
+    choices: tuple[str, ...] | None = None
+    minimum: int | float | None = None
+    check: Callable[[Any], str | None] | None = None  # returns an error text or None
+
+    @property
+    def env(self) -> str:
+        return "HEAPER_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _check_url(value: str) -> str | None:
+    if value and not value.startswith(("postgresql://", "postgres://")):
+        return "must be empty (embedded SQLite) or start with postgresql://"
+    return None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", str, "127.0.0.1", "Address to listen on. Use 0.0.0.0 to accept connections "
+            "from other machines (usually a reverse proxy sits in front).", cli=True),
+    Setting("port", int, 8470, "TCP port to listen on.", cli=True, minimum=0,
+            check=lambda v: None if v <= 65535 else "must be at most 65535"),
+    Setting("data_dir", str, "./data", "Directory holding the server key, the embedded SQLite "
+            "database and uploaded files. Back this directory up.", cli=True),
+    Setting("database_url", str, "", "Empty for the embedded SQLite database in data_dir, or a "
+            "postgresql:// URL. Several server processes may share one PostgreSQL database "
+            "(and must then share data_dir).", cli=True, check=_check_url),
+    Setting("name", str, "Heaper", "Instance name shown to clients by GET /api/."),
+    Setting("public_url", str, "", "The URL clients use to reach this server (behind a proxy, "
+            "the proxy's URL). Shown by GET /api/."),
+    Setting("auto_approve", bool, False, "Approve new accounts at their first login. When false, "
+            "the first account becomes the admin and later ones wait for approval."),
+    Setting("auth_rate_limit", int, 60, "Auth requests per minute per client address; per "
+            "public key the limit is a fifth of this (at least 1).", minimum=1),
+    Setting("trust_forwarded_for", bool, False, "Take the client address from the first "
+            "X-Forwarded-For entry (set only behind a reverse proxy you control)."),
+    Setting("access_token_ttl", int, 900, "Lifetime of access tokens, in seconds.", minimum=10),
+    Setting("refresh_token_ttl", int, 30 * 24 * 3600, "Lifetime of refresh tokens, in seconds.",
+            minimum=60),
+    Setting("challenge_ttl", int, 300, "Lifetime of a login challenge, in seconds.", minimum=1),
+    Setting("max_request_bytes", int, 16 * 1024 * 1024, "Largest request body accepted outside "
+            "of file uploads; larger ones get 413.", minimum=1024),
+    Setting("sqlite_synchronous", str, "FULL", "SQLite synchronous mode. FULL makes every "
+            "acknowledged write survive power loss; commits are grouped, so it costs little.",
+            choices=("FULL", "NORMAL")),
+    Setting("pg_pool_min", int, 2, "PostgreSQL: connections kept open per process.", minimum=1),
+    Setting("pg_pool_max", int, 10, "PostgreSQL: most connections per process.", minimum=1),
+    Setting("graceful_timeout", float, 5.0, "Seconds to let requests finish at shutdown before "
+            "they are cancelled.", minimum=0),
+    Setting("log_level", str, "info", "Logging level.",
+            choices=("debug", "info", "warning", "error")),
+    Setting("access_log", bool, False, "Log one line per HTTP request."),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings; defaults live only in SETTINGS (see load_settings)."""
+
+    host: str
+    port: int
+    data_dir: str
+    database_url: str
+    name: str
+    public_url: str
+    auto_approve: bool
+    auth_rate_limit: int
+    trust_forwarded_for: bool
+    access_token_ttl: int
+    refresh_token_ttl: int
+    challenge_ttl: int
+    max_request_bytes: int
+    sqlite_synchronous: str
+    pg_pool_min: int
+    pg_pool_max: int
+    graceful_timeout: float
+    log_level: str
+    access_log: bool
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def engine(self) -> str:
+        return "postgres" if self.database_url else "sqlite"
+
+    def replace(self, **changes: Any) -> "Settings":
+        return load_settings(environ={}, overrides={**dataclasses.asdict(self), **changes})
+
+
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+               "0": False, "false": False, "no": False, "off": False}
+
+
+def _coerce(setting: Setting, raw: Any, source: str) -> Any:
+    """Turn a raw value (TOML value or string) into the setting's type, or fail naming it."""
+    where = f"{source}: {setting.name}" if source != "env" else setting.env
+    t = setting.type
+    try:
+        if t is bool:
+            if isinstance(raw, bool):
+                value: Any = raw
+            elif isinstance(raw, str) and raw.strip().lower() in _BOOL_WORDS:
+                value = _BOOL_WORDS[raw.strip().lower()]
+            else:
+                raise ValueError
+        elif t is int:
+            if isinstance(raw, bool) or isinstance(raw, float):
+                raise ValueError
+            value = int(raw)
+        elif t is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+        else:
+            if not isinstance(raw, str):
+                raise ValueError
+            value = raw
+    except (TypeError, ValueError):
+        raise StartupError(f"{where}: expected {t.__name__}, got {raw!r}") from None
+    if setting.choices is not None and value not in setting.choices:
+        raise StartupError(f"{where}: must be one of {', '.join(setting.choices)}, got {value!r}")
+    if setting.minimum is not None and value < setting.minimum:
+        raise StartupError(f"{where}: must be at least {setting.minimum}, got {value!r}")
+    if setting.check is not None and (problem := setting.check(value)):
+        raise StartupError(f"{where}: {problem}")
+    return value
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise StartupError(f"config file {p} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise StartupError(f"config file {p} is not valid TOML: {e}") from None
+    # Allow either top-level keys or a [server] table, so one file can grow sections later.
+    if "server" in data and isinstance(data["server"], dict):
+        data = {**{k: v for k, v in data.items() if k != "server"}, **data["server"]}
+    return data
+
+
+def load_settings(
+    *,
+    config_path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge default < config file < environment < overrides (command-line flags)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+    config_path = config_path or env.get("HEAPER_CONFIG") or None
+    if config_path:
+        source = f"config file {config_path}"
+        for key, raw in read_config_file(config_path).items():
+            setting = BY_NAME.get(key)
+            if setting is None:
+                raise StartupError(f"{source}: unknown key {key!r}")
+            values[key] = _coerce(setting, raw, source)
+    for setting in SETTINGS:
+        if setting.env in env:
+            values[setting.name] = _coerce(setting, env[setting.env], "env")
+    for key, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        setting = BY_NAME.get(key)
+        if setting is None:
+            raise StartupError(f"unknown setting {key!r}")
+        values[key] = _coerce(setting, raw, "command line")
+    if values["pg_pool_max"] < values["pg_pool_min"]:
+        raise StartupError("pg_pool_max: must be at least pg_pool_min")
+    return Settings(**values)

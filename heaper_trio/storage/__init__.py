@@ -1,0 +1,26 @@
+"""Storage: one interface (``base.Storage``), two engines. Nothing outside imports an engine
+directly; ``open_storage`` picks one from the settings."""
+
+from __future__ import annotations
+
+from heaper_trio.settings import Settings
+from heaper_trio.storage.base import Storage
+
+
+def make_storage(settings: Settings) -> Storage:
+    """Build (not yet open) the engine the settings ask for.
+
+    PostgreSQL needs a trio-asyncio loop open around the caller (see ``app.run_server``).
+    """
+    if settings.database_url:
+        from heaper_trio.storage.postgres import PostgresStorage
+
+        return PostgresStorage(
+            settings.database_url, min_size=settings.pg_pool_min, max_size=settings.pg_pool_max
+        )
+    from heaper_trio.storage.sqlite import SqliteStorage
+
+    return SqliteStorage(settings.data_path, settings.sqlite_synchronous)
+
+
+__all__ = ["Storage", "make_storage"]

@@ -1,0 +1,157 @@
+"""What services may ask of storage, whichever engine is behind it.
+
+Every method is one unit of work: one transaction, committed before the method returns, or
+nothing at all (on error or cancellation). Multi-step rules that must be atomic (a login that
+consumes a challenge, creates the account and issues a token) are single methods for that
+reason. No SQL lives outside this package.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+USER_STATES = ("pending", "approved", "rejected")
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    public_key: str
+    email: str | None
+    state: str  # one of USER_STATES
+    is_admin: bool
+    token_generation: int  # bumped to invalidate every token issued before
+    created_at: int  # Unix ms
+    approved_at: int | None
+
+
+@dataclass(frozen=True)
+class NewRefreshToken:
+    jti: str
+    family: str
+    issued_at: int  # Unix ms
+    expires_at: int  # Unix ms
+
+
+class ChallengeProblem(str, Enum):
+    """Why a challenge cannot complete a login. Values double as error codes."""
+
+    unknown = "challenge_unknown"
+    foreign = "challenge_foreign"  # issued for another public key
+    expired = "challenge_expired"
+    used = "challenge_used"
+
+
+@dataclass(frozen=True)
+class LoginOutcome:
+    problem: ChallengeProblem | None
+    user: User | None = None
+    created: bool = False  # the account was made by this login
+    token_issued: bool = False  # the refresh token row was stored (account approved)
+
+
+class RefreshOutcome(str, Enum):
+    ok = "ok"
+    unknown = "refresh_token_unknown"
+    reused = "refresh_token_reused"  # already rotated away: the whole family is revoked now
+    revoked = "refresh_token_revoked"
+    expired = "refresh_token_expired"
+
+
+@dataclass(frozen=True)
+class RotateResult:
+    outcome: RefreshOutcome
+    user_id: str | None = None
+
+
+class Storage(abc.ABC):
+    """One interface, two engines: ``SqliteStorage`` (embedded) and ``PostgresStorage``."""
+
+    engine: str
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """One round trip to the database; raises if it is unreachable."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int: ...
+
+    # -- instance ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim_meta(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless a value is there; return the stored value."""
+
+    # -- challenges and login -----------------------------------------------------------
+    @abc.abstractmethod
+    async def create_challenge(
+        self, challenge: str, public_key: str, created_at: int, expires_at: int
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def complete_login(
+        self,
+        *,
+        challenge: str,
+        public_key: str,
+        now: int,
+        new_user_id: str,
+        email: str | None,
+        auto_approve: bool,
+        refresh: NewRefreshToken,
+    ) -> LoginOutcome:
+        """Consume the challenge, get or create the account, store the refresh token.
+
+        The first account on a server becomes an approved admin. The refresh token row is
+        stored only when the account is approved. If the challenge is unusable nothing
+        changes and ``problem`` says why.
+        """
+
+    @abc.abstractmethod
+    async def purge_expired(self, now: int) -> int:
+        """Delete expired challenges and refresh tokens; return how many rows went."""
+
+    # -- accounts -----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_user(self, user_id: str) -> User | None: ...
+
+    @abc.abstractmethod
+    async def get_user_by_key(self, public_key: str) -> User | None: ...
+
+    @abc.abstractmethod
+    async def list_users(self) -> list[User]: ...
+
+    @abc.abstractmethod
+    async def set_user_state(self, user_id: str, state: str, now: int) -> User | None:
+        """Approve or reject; rejecting also revokes every token of the account."""
+
+    @abc.abstractmethod
+    async def set_admin(self, user_id: str, is_admin: bool) -> User | None: ...
+
+    @abc.abstractmethod
+    async def revoke_user_tokens(self, user_id: str, now: int) -> User | None:
+        """Invalidate all access and refresh tokens issued to the user so far."""
+
+    # -- refresh tokens -------------------------------------------------------------------
+    @abc.abstractmethod
+    async def rotate_refresh_token(
+        self, *, jti: str, user_id: str, now: int, new: NewRefreshToken
+    ) -> RotateResult:
+        """Mark ``jti`` rotated and store ``new`` in its family, atomically.
+
+        A ``jti`` already rotated means a copy of an old token is being replayed: the whole
+        family is revoked (reuse detection) and ``reused`` is returned.
+        """
+
+    @abc.abstractmethod
+    async def usage(self, user_id: str, now: int) -> dict[str, Any]:
+        """Real counts of what the user holds, for ``POST /api/me``."""

@@ -1,0 +1,1 @@
+"""The HTTP and WebSocket edge: parse, call one service, shape the answer."""

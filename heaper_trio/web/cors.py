@@ -1,0 +1,39 @@
+"""CORS that mirrors the request origin (the seed's rule, for every device and browser).
+
+Preflight requests are answered here, before routing, so every route gets them for free.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Quart, Response, request
+
+ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+DEFAULT_HEADERS = "Authorization, Content-Type, Range, If-None-Match"
+EXPOSE_HEADERS = "Content-Range, Content-Length, Content-Disposition, ETag, Retry-After, Accept-Ranges"
+MAX_AGE_S = "600"
+
+
+def install_cors(app: Quart) -> None:
+    @app.before_request
+    async def preflight() -> Any:
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response = Response(b"", status=204)
+            response.headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
+            response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+                "Access-Control-Request-Headers", DEFAULT_HEADERS
+            )
+            response.headers["Access-Control-Max-Age"] = MAX_AGE_S
+            return response
+        return None
+
+    @app.after_request
+    async def mirror_origin(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+            response.headers.add("Vary", "Origin")
+        return response

@@ -1,0 +1,59 @@
+"""Every failure leaves as the contract's JSON envelope; nothing leaves as an HTML page.
+
+``HeaperError`` carries its own status and code. Werkzeug's HTTP errors (unknown route, wrong
+method, body over the size limit) are mapped to stable codes. Anything else is a bug: it is
+logged with its traceback and answered with a 500 that reveals nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from quart import Quart, jsonify
+from werkzeug.exceptions import HTTPException
+
+from heaper_trio.errors import HeaperError
+
+log = logging.getLogger("heaper_trio.web")
+
+HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _envelope(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Any:
+    response = jsonify({"success": False, "error": code, "message": message})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def install_error_handlers(app: Quart) -> None:
+    @app.errorhandler(HeaperError)
+    async def heaper_error(e: HeaperError) -> Any:
+        response = jsonify(e.body())
+        response.status_code = e.status
+        for name, value in e.headers.items():
+            response.headers[name] = value
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def http_error(e: HTTPException) -> Any:
+        status = e.code or 500
+        headers = {}
+        if status == 405 and getattr(e, "valid_methods", None):
+            headers["Allow"] = ", ".join(e.valid_methods)  # type: ignore[attr-defined]
+        return _envelope(status, HTTP_CODES.get(status, f"http_{status}"),
+                         e.description or e.name, headers)
+
+    @app.errorhandler(Exception)
+    async def unexpected(e: Exception) -> Any:
+        log.exception("unhandled error")
+        return _envelope(500, "internal_error", "internal server error")

@@ -1,0 +1,105 @@
+"""The OpenAPI 3.1 document, built from the route specs (``routing.ROUTES``).
+
+Schemas in the document are the very dicts the request validator enforces.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+from heaper_trio.web.routing import ROUTES
+
+STATUS_TEXT = {
+    400: "Malformed input (not JSON, missing/unknown/wrong-typed field, bad encoding)",
+    401: "Missing, invalid, expired or revoked token",
+    403: "Not yours, or the account may not do this",
+    404: "Unknown id",
+    409: "Conflicting state",
+    413: "Too large",
+    415: "Unsupported media type",
+    416: "Range not satisfiable",
+    422: "Well-formed but invalid",
+    429: "Rate limited; see Retry-After",
+    503: "A dependency is unavailable",
+}
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["success", "error", "message"],
+    "properties": {
+        "success": {"const": False},
+        "error": {"type": "string", "description": "stable machine-readable code"},
+        "message": {"type": "string", "description": "text for people"},
+        "field": {"type": "string", "description": "the offending field, for 400s"},
+    },
+}
+
+
+@lru_cache(maxsize=4)
+def openapi_document(version: str) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for spec in ROUTES:
+        op: dict[str, Any] = {
+            "summary": spec.summary,
+            "tags": [spec.tag],
+            "operationId": f"{spec.method.lower()}_{re.sub(r'[^a-z0-9]+', '_', spec.path.lower()).strip('_')}",
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {"application/json": {"schema": spec.response or {}}},
+                },
+                **{
+                    str(code): {
+                        "description": STATUS_TEXT.get(code, "Error"),
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                        },
+                    }
+                    for code in spec.errors
+                },
+            },
+        }
+        if spec.description:
+            op["description"] = spec.description
+        if spec.deprecated:
+            op["deprecated"] = True
+        if spec.auth in ("access", "refresh"):
+            op["security"] = [{"bearer": []}]
+        elif spec.auth == "optional":
+            op["security"] = [{}, {"bearer": []}]
+        else:
+            op["security"] = []
+        params = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in re.findall(r"\{(\w+)\}", spec.path)
+        ]
+        params += [
+            {"name": name, "in": "query", "required": False, "schema": schema}
+            for name, schema in spec.query.items()
+        ]
+        if params:
+            op["parameters"] = params
+        if spec.body is not None:
+            op["requestBody"] = {
+                "required": bool(spec.body.get("required")),
+                "content": {"application/json": {"schema": spec.body}},
+            }
+        paths.setdefault(spec.path, {})[spec.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "heaper_trio",
+            "version": version,
+            "description": "Self-hosted Heaper server. Errors use the envelope "
+            '{"success": false, "error": code, "message": text}. Times are Unix ms.',
+        },
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": ERROR_SCHEMA},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA)"}
+            },
+        },
+    }

@@ -1,0 +1,159 @@
+"""Declaring a route once: URL, auth, body schema, responses, rate limit.
+
+``@route(...)`` registers the Quart view and records a ``RouteSpec``; ``openapi.py`` builds the
+document from the specs, and a test checks app and document list the same paths and methods.
+The wrapper does the edge work every handler would otherwise repeat: parse and validate the
+JSON body, authenticate, apply the auth rate limit. Handlers receive plain values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any, Awaitable, Callable
+
+from quart import Blueprint, current_app, request
+
+from heaper_trio.errors import BadRequest, Forbidden, RateLimited, Unauthorized
+from heaper_trio.services.container import Services
+from heaper_trio.storage.base import User
+from heaper_trio.web.schema import validate
+
+AUTH_MODES = ("none", "optional", "access", "refresh")
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    method: str
+    path: str  # OpenAPI style: /api/block/{blockKey}
+    summary: str
+    tag: str
+    auth: str
+    body: dict[str, Any] | None
+    response: dict[str, Any] | None
+    errors: tuple[int, ...]
+    query: dict[str, dict[str, Any]] = field(default_factory=dict)
+    description: str = ""
+    deprecated: bool = False
+    websocket: bool = False
+
+
+ROUTES: list[RouteSpec] = []
+
+
+def services() -> Services:
+    return current_app.config["SERVICES"]  # type: ignore[no-any-return]
+
+
+def client_address() -> str:
+    if services().settings.trust_forwarded_for:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        first = forwarded.split(",")[0].strip()
+        if first:
+            return first
+    return request.remote_addr or "unknown"
+
+
+def bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+async def read_json_body(*, allow_empty: bool) -> Any:
+    raw = await request.get_data(cache=False)
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise BadRequest("a JSON body is required", code="invalid_json")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadRequest("the body is not valid JSON", code="invalid_json") from None
+
+
+def _quart_rule(path: str) -> str:
+    return re.sub(r"\{(\w+)\}", r"<\1>", path)
+
+
+def route(
+    bp: Blueprint,
+    method: str,
+    path: str,
+    *,
+    summary: str,
+    tag: str,
+    auth: str = "access",
+    body: dict[str, Any] | None = None,
+    response: dict[str, Any] | None = None,
+    errors: tuple[int, ...] = (),
+    rate_limit: bool = False,
+    query: dict[str, dict[str, Any]] | None = None,
+    description: str = "",
+    deprecated: bool = False,
+) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+    """Register ``handler(**path_params, [body=...], [user=...], [token=...])``."""
+    assert auth in AUTH_MODES, auth
+    implied = {400} if body is not None else set()
+    if auth in ("access", "refresh"):
+        implied |= {401, 403}
+    if rate_limit:
+        implied.add(429)
+    ROUTES.append(
+        RouteSpec(method, path, summary, tag, auth, body, response,
+                  tuple(sorted(set(errors) | implied)), query or {}, description, deprecated)
+    )
+    body_optional = body is not None and not body.get("required")
+
+    def decorate(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @wraps(handler)
+        async def view(**params: Any) -> Any:
+            parsed: Any = None
+            problem: BadRequest | None = None
+            if body is not None:
+                try:
+                    parsed = await read_json_body(allow_empty=body_optional)
+                except BadRequest as e:
+                    problem = e
+            if rate_limit:
+                key = parsed.get("public_key") if isinstance(parsed, dict) else None
+                wait = services().auth_limits.check(
+                    client_address(), key if isinstance(key, str) else None, time.monotonic()
+                )
+                if wait is not None:
+                    raise RateLimited("too many auth requests; retry later", retry_after=wait)
+            if problem is not None:
+                raise problem
+            if body is not None:
+                validate(parsed, body)
+                params["body"] = parsed
+            if auth == "access" or (auth == "optional" and bearer_token()):
+                token = bearer_token()
+                if token is None:
+                    raise Unauthorized("an access token is required", code="token_missing")
+                user: User | None = None
+                try:
+                    user = await services().accounts.authenticate(token)
+                except (Unauthorized, Forbidden):
+                    if auth == "access":
+                        raise
+                params["user"] = user
+            elif auth == "optional":
+                params["user"] = None
+            elif auth == "refresh":
+                token = bearer_token()
+                if token is None:
+                    raise Unauthorized("a refresh token is required", code="token_missing")
+                params["token"] = token
+            return await handler(**params)
+
+        bp.add_url_rule(_quart_rule(path), view_func=view, methods=[method],
+                        endpoint=f"{method.lower()}_{handler.__name__}")
+        return view
+
+    return decorate

@@ -1,0 +1,122 @@
+"""A small JSON-Schema subset: one schema per route validates requests *and* documents them.
+
+Supported keywords: type, properties, required, additionalProperties (false only), minLength,
+maxLength, pattern, minimum, maximum, enum, items, maxItems, minItems. That is all the routes
+need; the same dicts go verbatim into ``/api/openapi.json``, so the document cannot drift from
+what is enforced. Every failure is a ``BadRequest`` naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+from heaper_trio.errors import BadRequest
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+    "null": (type(None),),
+}
+
+
+@lru_cache(maxsize=256)
+def _regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _type_ok(value: Any, name: str) -> bool:
+    if name in ("integer", "number") and isinstance(value, bool):
+        return False
+    return isinstance(value, _TYPES[name])
+
+
+def validate(value: Any, schema: dict[str, Any], where: str = "body") -> None:
+    types = schema.get("type")
+    if types is not None:
+        names = [types] if isinstance(types, str) else list(types)
+        if not any(_type_ok(value, n) for n in names):
+            raise BadRequest(
+                f"{where} must be of type {' or '.join(names)}",
+                code="invalid_type",
+                details={"field": where},
+            )
+    if "enum" in schema and value not in schema["enum"]:
+        raise _invalid(where, f"must be one of {schema['enum']}")
+    if isinstance(value, str):
+        if len(value) < schema.get("minLength", 0):
+            raise _invalid(where, f"must be at least {schema['minLength']} characters")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            raise _invalid(where, f"must be at most {schema['maxLength']} characters")
+        if "pattern" in schema and not _regex(schema["pattern"]).fullmatch(value):
+            raise _invalid(where, f"must match {schema['pattern']}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            raise _invalid(where, f"must be at least {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            raise _invalid(where, f"must be at most {schema['maximum']}")
+    if isinstance(value, dict):
+        props: dict[str, Any] = schema.get("properties", {})
+        for name in schema.get("required", ()):
+            if name not in value:
+                raise BadRequest(
+                    f"{where}.{name} is required", code="missing_field",
+                    details={"field": f"{where}.{name}"},
+                )
+        if schema.get("additionalProperties") is False:
+            extra = sorted(set(value) - set(props))
+            if extra:
+                raise BadRequest(
+                    f"{where} has unknown field(s): {', '.join(extra)}",
+                    code="unknown_field",
+                    details={"field": f"{where}.{extra[0]}"},
+                )
+        for name, sub in props.items():
+            if name in value:
+                validate(value[name], sub, f"{where}.{name}")
+    if isinstance(value, list):
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            raise _invalid(where, f"must have at most {schema['maxItems']} items")
+        if len(value) < schema.get("minItems", 0):
+            raise _invalid(where, f"must have at least {schema['minItems']} items")
+        if "items" in schema:
+            for i, item in enumerate(value):
+                validate(item, schema["items"], f"{where}[{i}]")
+
+
+def _invalid(where: str, text: str) -> BadRequest:
+    return BadRequest(f"{where} {text}", code="invalid_value", details={"field": where})
+
+
+def obj(required: dict[str, Any] | None = None, optional: dict[str, Any] | None = None,
+        **extra: Any) -> dict[str, Any]:
+    """A closed object schema: the listed fields and nothing else."""
+    required = required or {}
+    props = {**required, **(optional or {})}
+    out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        out["required"] = list(required)
+    out.update(extra)
+    return out
+
+
+def string(**kw: Any) -> dict[str, Any]:
+    return {"type": "string", **kw}
+
+
+def integer(**kw: Any) -> dict[str, Any]:
+    return {"type": "integer", **kw}
+
+
+def boolean(**kw: Any) -> dict[str, Any]:
+    return {"type": "boolean", **kw}
+
+
+def open_obj(**props: Any) -> dict[str, Any]:
+    """A response object: documents the fields we send, allows more (contract: extras fine)."""
+    return {"type": "object", "properties": props}
