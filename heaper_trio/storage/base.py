@@ -153,5 +153,9 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def auth_stats(self) -> dict[str, int]:
+        """Row counts: ``users``, ``challenges``, ``refresh_tokens`` (health and tests)."""
+
+    @abc.abstractmethod
     async def usage(self, user_id: str, now: int) -> dict[str, Any]:
         """Real counts of what the user holds, for ``POST /api/me``."""

@@ -214,6 +214,13 @@ class SqliteStorage(Storage):
 
         return await self.rt.write(tx)
 
+    async def auth_stats(self) -> dict[str, int]:
+        def q(c: sqlite3.Connection) -> dict[str, int]:
+            return {t: c.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                    for t in ("users", "challenges", "refresh_tokens")}
+
+        return await self.rt.read(q)
+
     async def usage(self, user_id: str, now: int) -> dict[str, Any]:
         def q(c: sqlite3.Connection) -> dict[str, Any]:
             sessions = c.execute(

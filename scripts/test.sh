@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a fresh Debian machine, then run the whole suite.
+# This is the README's test command and what .ci/run calls; developers run exactly this.
+#
+#   bash scripts/test.sh [pytest args...]
+#
+# System packages: PostgreSQL (the second storage engine; a throwaway cluster is started
+# for the run and stopped after) and ffmpeg (video frames). Node packages for the interop
+# tests are installed with `npm ci` wherever a package-lock.json sits under tests/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[[ $(id -u) -eq 0 ]] || SUDO="sudo"
+
+need_apt=()
+command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+    || need_apt+=(postgresql)
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+if ((${#need_apt[@]})); then
+    echo "== apt-get install ${need_apt[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${need_apt[@]}" >/dev/null
+fi
+
+echo "== python environment (.venv)"
+[[ -x .venv/bin/python ]] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import heaper_trio, pytest_trio, hypothesis" # fail here, not mid-suite
+
+while IFS= read -r lock; do
+    echo "== npm ci in $(dirname "$lock")"
+    (cd "$(dirname "$lock")" && npm ci --no-audit --no-fund --loglevel=error)
+done < <(find tests -name package-lock.json -not -path "*/node_modules/*")
+
+if [[ -z "${HEAPER_TEST_DATABASE_URL:-}" ]]; then
+    PGDIR=$(mktemp -d /tmp/heaper-pg.XXXXXX)
+    trap 'scripts/pg_cluster.sh stop "$PGDIR" >/dev/null 2>&1 || true; rm -rf "$PGDIR"' EXIT
+    echo "== throwaway PostgreSQL in $PGDIR"
+    HEAPER_TEST_DATABASE_URL=$(scripts/pg_cluster.sh start "$PGDIR")
+    export HEAPER_TEST_DATABASE_URL
+fi
+export HEAPER_TEST_REQUIRE_POSTGRES=1
+
+echo "== pytest"
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,187 @@
+"""Fixtures: real servers on ephemeral loopback ports, over both storage engines.
+
+PostgreSQL comes from ``HEAPER_TEST_DATABASE_URL`` (``.ci/run`` starts a throwaway cluster and
+sets it) or, failing that, from a cluster this session starts with ``scripts/pg_cluster.sh``.
+With ``HEAPER_TEST_REQUIRE_POSTGRES=1`` (CI) a missing PostgreSQL fails the run instead of
+skipping the postgres half of the suite. Every test gets its own database.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from functools import partial
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+import trio
+
+from heaper_trio.app import RunningServer, run_server
+from heaper_trio.client import HeaperClient, KeyPair
+from heaper_trio.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+ENGINES = ["sqlite", "postgres"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--engine", choices=ENGINES, action="append",
+                     help="run the behaviour suite on this engine only (repeatable)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine" in metafunc.fixturenames:
+        engines = metafunc.config.getoption("engine") or ENGINES
+        metafunc.parametrize("engine", engines)
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+
+def _with_db(dsn: str, dbname: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+def _psql(dsn: str, sql: str) -> None:
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", dsn, "-c", sql], check=True,
+                   capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    dsn = os.environ.get("HEAPER_TEST_DATABASE_URL")
+    if dsn:
+        yield dsn
+        return
+    required = os.environ.get("HEAPER_TEST_REQUIRE_POSTGRES") == "1"
+    if shutil.which("psql") is None:
+        if required:
+            pytest.fail("PostgreSQL is required (HEAPER_TEST_REQUIRE_POSTGRES=1) but psql is missing")
+        yield None
+        return
+    cluster = tmp_path_factory.mktemp("pg")
+    try:
+        out = subprocess.run([str(ROOT / "scripts" / "pg_cluster.sh"), "start", str(cluster)],
+                             check=True, capture_output=True, text=True, timeout=120)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+        if required:
+            pytest.fail(f"could not start PostgreSQL: {e}")
+        yield None
+        return
+    try:
+        yield out.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([str(ROOT / "scripts" / "pg_cluster.sh"), "stop", str(cluster)],
+                       capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def database_url(engine: str, pg_admin_dsn: str | None) -> Iterator[str]:
+    """Empty for SQLite; a fresh, empty PostgreSQL database for postgres."""
+    if engine == "sqlite":
+        yield ""
+        return
+    if pg_admin_dsn is None:
+        pytest.skip("no PostgreSQL available (set HEAPER_TEST_DATABASE_URL)")
+    name = "t_" + uuid.uuid4().hex[:16]
+    _psql(pg_admin_dsn, f"CREATE DATABASE {name}")
+    try:
+        yield _with_db(pg_admin_dsn, name)
+    finally:
+        _psql(pg_admin_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# -- servers ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        base: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "data_dir": str(tmp_path / "data"),
+            "database_url": database_url,
+            "auth_rate_limit": 100_000,  # tests log in a lot
+            "graceful_timeout": 1.0,
+            "pg_pool_min": 1,
+            "pg_pool_max": 4,
+        }
+        base.update(overrides)
+        return load_settings(environ={}, overrides=base)
+
+    return make
+
+
+StartServer = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def start_server(
+    nursery: trio.Nursery, make_settings: Callable[..., Settings]
+) -> AsyncIterator[StartServer]:
+    """Start a real server (settings overrides as keyword arguments); stopped at teardown."""
+    events: list[trio.Event] = []
+
+    async def start(**overrides: Any) -> RunningServer:
+        shutdown = trio.Event()
+        events.append(shutdown)
+        running: RunningServer = await nursery.start(
+            partial(run_server, make_settings(**overrides), shutdown=shutdown)
+        )
+        return running
+
+    yield start
+    for ev in events:
+        ev.set()
+
+
+@pytest.fixture
+async def server(start_server: StartServer) -> RunningServer:
+    return await start_server()
+
+
+@pytest.fixture
+async def http(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+async def make_client(server: RunningServer) -> AsyncIterator[Callable[..., HeaperClient]]:
+    """``make_client(key=None)``: a HeaperClient for the server, closed at teardown."""
+    clients: list[HeaperClient] = []
+
+    def make(key: KeyPair | None = None, url: str | None = None) -> HeaperClient:
+        c = HeaperClient(url or server.url, key)
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        await c.aclose()
+
+
+@pytest.fixture
+async def admin(make_client: Callable[..., HeaperClient]) -> HeaperClient:
+    """The first account on the server: approved and admin."""
+    c = make_client()
+    await c.login()
+    return c
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    """The contract's error envelope, with this status (and code, when given)."""
+    assert response.status_code == status, (response.status_code, response.text)
+    body = response.json()
+    assert body["success"] is False, body
+    assert isinstance(body["message"], str) and body["message"], body
+    if code is not None:
+        assert body["error"] == code, body
+    return body

@@ -1,0 +1,174 @@
+"""``python -m heaper_trio`` as a self-hoster runs it: a real process, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from heaper_trio.client import HeaperClient, KeyPair, LoginPending
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEAPER_")}
+    env.update(extra)
+    return env
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "heaper_trio", *args], capture_output=True,
+                          text=True, timeout=60, env=env or _env())
+
+
+class ServerProcess:
+    def __init__(self, data_dir: Path, database_url: str, *extra: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "heaper_trio", "--port", str(self.port),
+                "--data-dir", str(data_dir), *extra]
+        if database_url:
+            args += ["--database-url", database_url]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=_env(HEAPER_AUTH_RATE_LIMIT="10000"))
+
+    async def wait_ready(self) -> None:
+        with trio.fail_after(30):
+            while True:
+                assert self.proc.poll() is None, self.proc.communicate()
+                try:
+                    async with httpx.AsyncClient() as c:
+                        if (await c.get(self.url + "/api/health")).status_code == 200:
+                            return
+                except httpx.TransportError:
+                    pass
+                await trio.sleep(0.05)
+
+    def stop(self, sig: int) -> tuple[int, str]:
+        self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=30)
+        return self.proc.returncode, err
+
+
+async def test_serve_and_stop_cleanly_on_sigterm_and_sigint(tmp_path: Path,
+                                                            database_url: str) -> None:
+    key = KeyPair.generate()  # the same admin across restarts: state persists
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        server = ServerProcess(tmp_path / "data", database_url)
+        await server.wait_ready()
+        async with HeaperClient(server.url, key) as c:
+            await c.login()
+            assert (await c.post("/api/me")).status_code == 200
+        code, err = server.stop(sig)
+        assert code == 0, err
+        assert "Traceback" not in err, err
+        assert "shutting down" in err
+
+
+async def test_users_commands(tmp_path: Path, database_url: str) -> None:
+    data = tmp_path / "data"
+    flags = ["--data-dir", str(data)] + (["--database-url", database_url] if database_url else [])
+    server = ServerProcess(data, database_url)
+    await server.wait_ready()
+    try:
+        async with HeaperClient(server.url) as admin, HeaperClient(server.url) as bob:
+            await admin.login()
+            with pytest.raises(LoginPending):
+                await bob.login()
+
+            listed = json.loads(cli("users", "list", "--json", *flags).stdout)
+            states = {u["public_key"]: (u["state"], u["is_admin"]) for u in listed}
+            assert states == {admin.public_key: ("approved", True),
+                              bob.public_key: ("pending", False)}
+            table = cli("users", "list", *flags).stdout
+            assert bob.public_key in table and "pending" in table
+
+            # approve by public key, then use the account
+            r = cli("users", "approve", bob.public_key, *flags)
+            assert r.returncode == 0 and "approved" in r.stdout, r.stderr
+            await bob.login()
+            assert (await bob.post("/api/me")).json()["is_admin"] is False
+
+            # make-admin by id
+            assert bob.user_id
+            r = cli("users", "make-admin", bob.user_id, "--json", *flags)
+            assert json.loads(r.stdout)["is_admin"] is True
+            assert (await bob.post("/api/me")).json()["is_admin"] is True
+
+            # revoke-tokens: the access token dies at once
+            assert cli("users", "revoke-tokens", bob.user_id, *flags).returncode == 0
+            assert (await bob.post("/api/me")).json()["error"] == "token_revoked"
+
+            # reject: cannot log in any more
+            assert cli("users", "reject", bob.public_key, *flags).returncode == 0
+            challenge = await bob.challenge()
+            r2 = await bob.http.post("/api/auth/verify_session", json={
+                "public_key": bob.public_key, "message": challenge,
+                "signature": bob.key.sign(challenge)})
+            assert r2.json()["error"] == "account_rejected"
+
+            unknown = cli("users", "approve", "nobody", *flags)
+            assert unknown.returncode == 2 and "nobody" in unknown.stderr
+            assert "Traceback" not in unknown.stderr
+            missing = cli("users", "approve", *flags)
+            assert missing.returncode == 2 and "name a user" in missing.stderr
+    finally:
+        server.stop(signal.SIGTERM)
+
+
+def test_help_reads_well() -> None:
+    top = cli("--help")
+    assert top.returncode == 0
+    for word in ("serve", "users", "HEAPER_", "docs/configuration.md"):
+        assert word in top.stdout
+    serve = cli("serve", "--help").stdout
+    for flag in ("--host", "--port", "--data-dir", "--database-url", "--config"):
+        assert flag in serve
+    assert "HEAPER_PORT" in serve
+    users = cli("users", "--help").stdout
+    for action in ("list", "approve", "reject", "make-admin", "revoke-tokens"):
+        assert action in users
+
+
+@pytest.mark.parametrize("args,env,needle", [
+    (["--port", "notaport"], {}, "--port"),
+    ([], {"HEAPER_PORT": "x"}, "HEAPER_PORT"),
+    ([], {"HEAPER_DATABASE_URL": "mysql://nope"}, "HEAPER_DATABASE_URL"),
+    (["--database-url", "postgresql://127.0.0.1:1/none"], {}, "database_url"),
+])
+def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path, args: list[str],
+                                                  env: dict[str, Any], needle: str) -> None:
+    r = cli(*args, "--data-dir", str(tmp_path / "d"), env=_env(**env))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_config_file_fails_naming_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "h.toml"
+    cfg.write_text('portt = 1\n')
+    r = cli("--config", str(cfg), "--data-dir", str(tmp_path / "d"))
+    assert r.returncode == 2 and "'portt'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unusable_data_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = cli("--data-dir", str(blocker / "sub"))
+    assert r.returncode == 2 and "data_dir" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,102 @@
+"""Pure pieces: rate limiter, request schema validator, keys."""
+
+from __future__ import annotations
+
+import base58
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from heaper_trio.errors import BadRequest
+from heaper_trio.keys import KeyPair, b58decode_exact, canonical_public_key, verify_signature
+from heaper_trio.services.ratelimit import AuthRateLimits, RateLimiter
+from heaper_trio.web.schema import integer, obj, string, validate
+
+
+def test_token_bucket_allows_burst_then_refills() -> None:
+    rl = RateLimiter(60)  # one per second
+    assert all(rl.hit("a", 0.0) is None for _ in range(60))
+    assert rl.hit("a", 0.0) == 1
+    assert rl.hit("b", 0.0) is None  # keys are independent
+    assert rl.hit("a", 1.0) is None
+    assert rl.hit("a", 1.0) == 1
+
+
+def test_retry_after_counts_whole_seconds() -> None:
+    rl = RateLimiter(1)  # one per minute
+    assert rl.hit("a", 0.0) is None
+    assert rl.hit("a", 0.0) == 60
+    assert rl.hit("a", 30.0) == 30
+
+
+def test_limiter_memory_is_bounded() -> None:
+    rl = RateLimiter(10, max_keys=100)
+    for i in range(1000):
+        rl.hit(f"k{i}", 0.0)
+    assert len(rl) == 100
+
+
+def test_per_key_limit_is_a_fifth() -> None:
+    limits = AuthRateLimits(10)
+    assert [limits.check(f"addr{i}", "key", 0.0) is None for i in range(3)] == [True, True, False]
+    assert AuthRateLimits(3).by_key.capacity == 1
+
+
+SCHEMA = obj({"name": string(minLength=1, maxLength=5)}, {"n": integer(minimum=0)})
+
+
+@pytest.mark.parametrize("value,code", [
+    ({}, "missing_field"),
+    ({"name": "a", "x": 1}, "unknown_field"),
+    ({"name": 1}, "invalid_type"),
+    ({"name": "toolong"}, "invalid_value"),
+    ({"name": "a", "n": -1}, "invalid_value"),
+    ({"name": "a", "n": True}, "invalid_type"),
+    ({"name": "a", "n": 1.5}, "invalid_type"),
+    ("str", "invalid_type"),
+])
+def test_schema_rejects(value: object, code: str) -> None:
+    with pytest.raises(BadRequest) as e:
+        validate(value, SCHEMA)
+    assert e.value.code == code
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                    lambda c: st.lists(c) | st.dictionaries(st.text(), c), max_leaves=20))
+def test_schema_validation_never_crashes(value: object) -> None:
+    try:
+        validate(value, SCHEMA)
+    except BadRequest:
+        pass
+
+
+def test_keys_sign_and_verify() -> None:
+    k = KeyPair.generate()
+    sig = b58decode_exact(k.sign("hello"), 64, "signature")
+    assert verify_signature(k.public_bytes, "hello", sig)
+    assert not verify_signature(k.public_bytes, "hellO", sig)
+    assert not verify_signature(KeyPair.generate().public_bytes, "hello", sig)
+    assert canonical_public_key(k.public_key) == k.public_key
+
+
+@given(st.text(max_size=100))
+def test_public_key_parsing_never_crashes(text: str) -> None:
+    try:
+        raw = canonical_public_key(text)
+    except BadRequest as e:
+        assert e.code == "invalid_public_key" and e.status == 400
+    else:
+        assert len(base58.b58decode(raw)) == 32
+
+
+def test_key_file_round_trip_and_no_overwrite(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "k"
+    k = KeyPair.generate()
+    k.save(path)
+    assert KeyPair.load(path).public_key == k.public_key
+    assert path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(FileExistsError):
+        KeyPair.generate().save(path)
+    assert KeyPair.load(path).public_key == k.public_key
