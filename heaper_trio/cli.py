@@ -7,6 +7,7 @@ unknown user) print as one line and exit 2; SIGINT and SIGTERM shut down cleanly
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import signal
@@ -112,20 +113,17 @@ def _user_row(u: Any) -> dict[str, Any]:
 
 
 async def _users(settings: Settings, args: argparse.Namespace) -> int:
-    from heaper_trio.keys import load_or_create_server_key
-    from heaper_trio.services.accounts import AccountService
-    from heaper_trio.services.container import open_storage, prepare_data_dir
-    from heaper_trio.services.tokens import TokenService
+    from heaper_trio.services.accounts import find_user
+    from heaper_trio.services.container import open_storage
+    from heaper_trio.storage.sqlite import DB_FILE
 
     if args.action != "list" and not args.user:
         raise StartupError(f"users {args.action}: name a user (id or public key)")
-    prepare_data_dir(settings)
+    if not settings.database_url and not (settings.data_path / DB_FILE).exists():
+        raise StartupError(f"data_dir: no database in {settings.data_path}; pass the server's "
+                           "--data-dir (or start the server once first)")
     async with trio_asyncio.open_loop():
         async with open_storage(settings) as storage:
-            key = load_or_create_server_key(settings.data_path)
-            tokens = TokenService(key, access_ttl=settings.access_token_ttl,
-                                  refresh_ttl=settings.refresh_token_ttl)
-            accounts = AccountService(storage, tokens, key, settings)
             now = int(time.time() * 1000)
             if args.action == "list":
                 rows = [_user_row(u) for u in await storage.list_users()]
@@ -137,7 +135,7 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
                         print(f"{r['id']:32}  {r['state']:8}  {str(r['is_admin']).lower():5}  "
                               f"{r['public_key']}")
                 return 0
-            user = await accounts.find_user(args.user)
+            user = await find_user(storage, args.user)
             actions: dict[str, Callable[[], Awaitable[Any]]] = {
                 "approve": lambda: storage.set_user_state(user.id, "approved", now),
                 "reject": lambda: storage.set_user_state(user.id, "rejected", now),
@@ -163,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["serve", *argv]  # `serve` is the default command, flags and all
     args = build_parser().parse_args(argv)
     command = args.command
+    settings: Settings | None = None
     try:
         settings = _settings_from(args)
         _configure_logging(settings)
@@ -182,7 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if isinstance(leaf, KeyboardInterrupt):  # Ctrl-C before the signal watcher ran
             return 130
+        if settings and isinstance(leaf, OSError) and leaf.errno in _BIND_ERRORS:
+            print(f"heaper_trio: host/port: cannot listen on {settings.host}:{settings.port}: "
+                  f"{leaf.strerror}", file=sys.stderr)
+            return 2
         raise
+
+
+_BIND_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
 
 
 def _single_leaf(e: BaseException) -> BaseException:

@@ -20,15 +20,20 @@ from heaper_trio.errors import BadRequest, StartupError
 _B58_ALPHABET = set("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
 
 
-def b58decode_exact(text: str, length: int, field: str) -> bytes:
-    """Decode base58 text that must give exactly ``length`` bytes, or raise BadRequest."""
+def b58decode_exact(text: str, length: int, kind: str, field: str | None = None) -> bytes:
+    """Decode base58 text that must give exactly ``length`` bytes, or raise BadRequest.
+
+    ``kind`` names the error code (``invalid_<kind>``); ``field`` is the body field as the
+    client spelled it (``signed_message`` on verify_key), for the message and ``field``.
+    """
+    field = field or kind
+    details = {"field": f"body.{field}"}
     if not text or len(text) > 2 * length or not set(text) <= _B58_ALPHABET:
-        raise BadRequest(f"{field} is not base58", code=f"invalid_{field}")
+        raise BadRequest(f"{field} is not base58", code=f"invalid_{kind}", details=details)
     raw = base58.b58decode(text)
     if len(raw) != length:
-        raise BadRequest(
-            f"{field} must encode {length} bytes, got {len(raw)}", code=f"invalid_{field}"
-        )
+        raise BadRequest(f"{field} must encode {length} bytes, got {len(raw)}",
+                         code=f"invalid_{kind}", details=details)
     return raw
 
 
@@ -41,7 +46,8 @@ def canonical_public_key(text: str) -> str:
     raw = parse_public_key(text)
     canonical = base58.b58encode(raw).decode()
     if canonical != text:
-        raise BadRequest("public_key is not in canonical base58", code="invalid_public_key")
+        raise BadRequest("public_key is not in canonical base58", code="invalid_public_key",
+                         details={"field": "body.public_key"})
     return canonical
 
 
@@ -129,6 +135,7 @@ SERVER_KEY_FILE = "server_key.ed25519"
 
 
 def load_or_create_server_key(data_dir: Path) -> KeyPair:
+    """The key in ``data_dir``, generated there first if absent (race-safe, see ``save``)."""
     path = data_dir / SERVER_KEY_FILE
     if not path.exists():
         try:

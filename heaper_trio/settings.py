@@ -40,7 +40,7 @@ class Setting:
 
 def _check_url(value: str) -> str | None:
     if value and not value.startswith(("postgresql://", "postgres://")):
-        return "must be empty (embedded SQLite) or start with postgresql://"
+        return "must be empty (embedded SQLite) or start with postgresql:// or postgres://"
     return None
 
 
@@ -61,8 +61,9 @@ SETTINGS: tuple[Setting, ...] = (
             "the first account becomes the admin and later ones wait for approval."),
     Setting("auth_rate_limit", int, 60, "Auth requests per minute per client address; per "
             "public key the limit is a fifth of this (at least 1).", minimum=1),
-    Setting("trust_forwarded_for", bool, False, "Take the client address from the first "
-            "X-Forwarded-For entry (set only behind a reverse proxy you control)."),
+    Setting("trust_forwarded_for", bool, False, "Take the client address from the last "
+            "X-Forwarded-For entry, the one your reverse proxy appends (set only behind a "
+            "proxy you control)."),
     Setting("access_token_ttl", int, 900, "Lifetime of access tokens, in seconds.", minimum=10),
     Setting("refresh_token_ttl", int, 30 * 24 * 3600, "Lifetime of refresh tokens, in seconds.",
             minimum=60),

@@ -15,6 +15,7 @@ import trio
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient, KeyPair, LoginPending
 from heaper_trio.keys import SERVER_KEY_FILE
+from heaper_trio.services.accounts import find_user
 from heaper_trio.services.tokens import AUDIENCE
 
 from .conftest import StartServer, assert_error
@@ -41,7 +42,7 @@ async def test_first_login_becomes_admin_and_later_ones_wait(
     assert stats["users"] == 2 and stats["refresh_tokens"] == 1
 
     # An admin approves (what the CLI calls), then the same key logs in.
-    user = await server.services.accounts.find_user(second.public_key)
+    user = await find_user(server.services.storage, second.public_key)
     await server.services.storage.set_user_state(user.id, "approved", int(time.time() * 1000))
     answer = await second.login()
     assert answer["is_admin"] is False and answer["accessToken"]
@@ -64,7 +65,7 @@ async def test_rejected_account_cannot_log_in_or_use_tokens(
     other = make_client()
     with pytest.raises(LoginPending):
         await other.login()
-    user = await server.services.accounts.find_user(other.public_key)
+    user = await find_user(server.services.storage, other.public_key)
     await storage.set_user_state(user.id, "approved", 1)
     await other.login()
     await storage.set_user_state(user.id, "rejected", 2)
@@ -153,7 +154,7 @@ async def test_bad_signature_stores_nothing(http: Any, server: RunningServer) ->
                                  json={"public_key": key.public_key})).json()["challenge"]
     r = await http.post("/api/auth/verify_session", json={
         "public_key": key.public_key, "message": challenge, "signature": impostor.sign(challenge)})
-    assert_error(r, 401, "invalid_signature")
+    assert_error(r, 401, "signature_mismatch")
     stats = await server.services.storage.auth_stats()
     assert stats["users"] == 0 and stats["refresh_tokens"] == 0
     # The challenge was not burnt by the failed attempt.

@@ -56,7 +56,7 @@ CASES: list[tuple[str, Any, int, str]] = [
                                   "server_challenge": ["x"]}, 400, "invalid_type"),
     # a well-formed signature that does not verify
     ("/api/auth/verify_session", {"public_key": PK, "message": "m", "signature": SIG},
-     401, "invalid_signature"),
+     401, "signature_mismatch"),
     # verify_key
     ("/api/auth/verify_key", {"public_key": PK, "message": "m", "signature": SIG},
      400, "missing_field"),

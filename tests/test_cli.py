@@ -61,9 +61,20 @@ class ServerProcess:
                 await trio.sleep(0.05)
 
     def stop(self, sig: int) -> tuple[int, str]:
-        self.proc.send_signal(sig)
-        _, err = self.proc.communicate(timeout=30)
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            _, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
         return self.proc.returncode, err
+
+    def kill(self) -> None:
+        """Teardown for a test that failed midway: never leave a server behind."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
 
 
 async def test_serve_and_stop_cleanly_on_sigterm_and_sigint(tmp_path: Path,
@@ -71,11 +82,14 @@ async def test_serve_and_stop_cleanly_on_sigterm_and_sigint(tmp_path: Path,
     key = KeyPair.generate()  # the same admin across restarts: state persists
     for sig in (signal.SIGTERM, signal.SIGINT):
         server = ServerProcess(tmp_path / "data", database_url)
-        await server.wait_ready()
-        async with HeaperClient(server.url, key) as c:
-            await c.login()
-            assert (await c.post("/api/me")).status_code == 200
-        code, err = server.stop(sig)
+        try:
+            await server.wait_ready()
+            async with HeaperClient(server.url, key) as c:
+                await c.login()
+                assert (await c.post("/api/me")).status_code == 200
+            code, err = server.stop(sig)
+        finally:
+            server.kill()
         assert code == 0, err
         assert "Traceback" not in err, err
         assert "shutting down" in err
@@ -130,6 +144,7 @@ async def test_users_commands(tmp_path: Path, database_url: str) -> None:
             assert missing.returncode == 2 and "name a user" in missing.stderr
     finally:
         server.stop(signal.SIGTERM)
+        server.kill()
 
 
 def test_help_reads_well() -> None:
@@ -172,3 +187,14 @@ def test_unusable_data_dir(tmp_path: Path) -> None:
     blocker.write_text("")
     r = cli("--data-dir", str(blocker / "sub"))
     assert r.returncode == 2 and "data_dir" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = cli("--port", str(port), "--data-dir", str(tmp_path / "d"))
+    assert r.returncode == 2, r.stderr
+    assert "cannot listen" in r.stderr and str(port) in r.stderr
+    assert "Traceback" not in r.stderr

@@ -117,3 +117,15 @@ async def test_openapi_lists_exactly_the_app_routes(http: Any, server: RunningSe
                 assert "401" in op["responses"], (path, method)
             if "requestBody" in op:
                 assert "400" in op["responses"], (path, method)
+
+
+async def test_a_failing_database_gives_503_not_500(admin: HeaperClient,
+                                                    server: RunningServer) -> None:
+    from heaper_trio.errors import Unavailable
+
+    async def down(*args: object, **kw: object) -> None:
+        raise Unavailable("the database is unavailable: test", code="database_unavailable")
+
+    server.services.storage.get_user = down  # type: ignore[method-assign]
+    r = await admin.post("/api/me")
+    assert_error(r, 503, "database_unavailable")

@@ -63,11 +63,12 @@ class AccountService:
         signature: str,
         server_challenge: str | None,
         email: str | None,
+        signature_field: str = "signature",
     ) -> LoginResult:
         key = canonical_public_key(public_key)
-        sig = b58decode_exact(signature, 64, "signature")
+        sig = b58decode_exact(signature, 64, "signature", signature_field)
         if not verify_signature(b58decode_exact(key, 32, "public_key"), message, sig):
-            raise Unauthorized("signature does not verify for this key", code="invalid_signature")
+            raise Unauthorized("signature does not verify for this key", code="signature_mismatch")
         now_s = self.clock()
         row = self.tokens.new_refresh_row(now_s)
         outcome = await self.storage.complete_login(
@@ -132,8 +133,8 @@ class AccountService:
             "approved_at": user.approved_at,
             # A self-hosted server has no billing: one plan, everything this server can do.
             "subscriptions": [{"plan": "selfhosted", "status": "active", "renews_at": None}],
-            "entitlements": ["selfhosted", "sync", "files", "folder_scan"]
-            + (["admin"] if user.is_admin else []),
+            # Only what this server implements; each capability adds its name when it lands.
+            "entitlements": ENTITLEMENTS + (["admin"] if user.is_admin else []),
             "usage": usage,
             "limits": {
                 "max_request_bytes": self.settings.max_request_bytes,
@@ -143,14 +144,16 @@ class AccountService:
             },
         }
 
-    # -- administration (CLI) -------------------------------------------------------------
-    async def find_user(self, ident: str) -> User:
-        """A user named by id or by base58 public key."""
-        user = await self.storage.get_user(ident) or await self.storage.get_user_by_key(ident)
-        if user is None:
-            raise NotFound(f"no user with id or public key {ident!r}", code="user_not_found")
-        return user
 
+async def find_user(storage: Storage, ident: str) -> User:
+    """A user named by id or by base58 public key (the CLI's way of naming accounts)."""
+    user = await storage.get_user(ident) or await storage.get_user_by_key(ident)
+    if user is None:
+        raise NotFound(f"no user with id or public key {ident!r}", code="user_not_found")
+    return user
+
+
+ENTITLEMENTS = ["selfhosted", "key_login"]
 
 _CHALLENGE_TEXT = {
     "challenge_unknown": "this challenge was not issued by this server; call create_session",
@@ -160,7 +163,7 @@ _CHALLENGE_TEXT = {
 }
 _REFRESH_TEXT = {
     RefreshOutcome.unknown: "refresh token is not known to this server",
-    RefreshOutcome.reused: "refresh token was already used; all tokens of this login are revoked",
+    RefreshOutcome.reused: "refresh token was already used; every refresh token of this login is revoked",
     RefreshOutcome.revoked: "refresh token was revoked",
     RefreshOutcome.expired: "refresh token has expired",
 }

@@ -11,13 +11,14 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import AsyncIterator
 
 import trio
 
 from heaper_trio import __version__
 from heaper_trio.errors import StartupError
-from heaper_trio.keys import KeyPair, load_or_create_server_key
+from heaper_trio.keys import SERVER_KEY_FILE, KeyPair, load_or_create_server_key
 from heaper_trio.services.accounts import AccountService
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.ratelimit import AuthRateLimits
@@ -79,14 +80,8 @@ async def open_services(
     """Services plus their supervisor nursery; background work is cancelled before storage
     closes, so no task ever sees a closed database."""
     prepare_data_dir(settings)
-    server_key = load_or_create_server_key(settings.data_path)
     async with open_storage(settings) as storage:
-        owner = await storage.claim_meta("server_public_key", server_key.public_key)
-        if owner != server_key.public_key:
-            raise StartupError(
-                f"data_dir: its server key {server_key.public_key} is not the key this database "
-                f"was created with ({owner}); processes sharing a database must share data_dir"
-            )
+        server_key = await bind_server_key(storage, settings.data_path)
         tokens = TokenService(
             server_key, access_ttl=settings.access_token_ttl, refresh_ttl=settings.refresh_token_ttl
         )
@@ -105,6 +100,31 @@ async def open_services(
                 yield services
             finally:
                 supervisor.cancel_scope.cancel()
+
+
+async def bind_server_key(storage: Storage, data_dir: Path) -> KeyPair:
+    """The server key, checked against the one the database was created with.
+
+    Tokens and clients trust this key, so a mismatch is refused rather than papered over:
+    a missing key file is never silently regenerated for an existing database.
+    """
+    key_path = data_dir / SERVER_KEY_FILE
+    owner = await storage.get_meta("server_public_key")
+    if owner is not None and not key_path.exists():
+        raise StartupError(
+            f"data_dir: the server key file {key_path} is missing, but this database belongs "
+            f"to server key {owner}. Restore the key file from a backup (see "
+            "docs/self-hosting.md); a new key would log every client out."
+        )
+    server_key = load_or_create_server_key(data_dir)
+    owner = await storage.claim_meta("server_public_key", server_key.public_key)
+    if owner != server_key.public_key:
+        raise StartupError(
+            f"data_dir: the key in {key_path} ({server_key.public_key}) is not the key this "
+            f"database belongs to ({owner}). Restore the right key file, or point data_dir and "
+            "database_url at a matching pair; processes sharing a database must share data_dir."
+        )
+    return server_key
 
 
 async def _purge_expired_forever(storage: Storage) -> None:

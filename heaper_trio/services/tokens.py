@@ -93,7 +93,8 @@ class TokenService:
             raise Unauthorized(f"token is not valid: {e}", code="token_invalid") from None
         if claims.get("typ") != typ:
             raise Unauthorized(
-                f"a {claims.get('typ')!s} token was sent where a {typ} token is needed",
+                f"{_article(claims.get('typ'))} token was sent where {_article(typ)} token is "
+                "needed",
                 code="token_wrong_type",
             )
         gen = claims.get("gen")
@@ -107,3 +108,8 @@ class TokenService:
             issued_at=int(claims["iat"]),
             expires_at=int(claims["exp"]),
         )
+
+
+def _article(word: object) -> str:
+    text = str(word)
+    return f"an {text}" if text[:1] in "aeiou" else f"a {text}"

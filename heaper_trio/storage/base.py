@@ -88,6 +88,9 @@ class Storage(abc.ABC):
 
     # -- instance ---------------------------------------------------------------------
     @abc.abstractmethod
+    async def get_meta(self, key: str) -> str | None: ...
+
+    @abc.abstractmethod
     async def claim_meta(self, key: str, value: str) -> str:
         """Store ``value`` under ``key`` unless a value is there; return the stored value."""
 

@@ -75,6 +75,13 @@ class SqliteStorage(Storage):
 
         return await self.rt.read(q)
 
+    async def get_meta(self, key: str) -> str | None:
+        def q(c: sqlite3.Connection) -> str | None:
+            row = c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            return None if row is None else row[0]
+
+        return await self.rt.read(q)
+
     async def claim_meta(self, key: str, value: str) -> str:
         def tx(c: sqlite3.Connection) -> str:
             c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))

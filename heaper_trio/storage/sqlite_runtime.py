@@ -15,12 +15,15 @@ import queue
 import sqlite3
 import threading
 from collections import deque
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import outcome
 import trio
+
+from heaper_trio.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,17 @@ def _migrate(conn: sqlite3.Connection, now_ms: int) -> None:
         log.info("applied sqlite migration %s", name)
 
 
+@contextmanager
+def _unavailable_on_operational_error() -> Iterator[None]:
+    """Disk full, I/O errors, a lock held too long: the database, not the request, is at
+    fault, so clients get 503 ``unavailable`` (retry later) rather than a 500."""
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        log.error("sqlite: %s", e)
+        raise Unavailable(f"the database is unavailable: {e}", code="database_unavailable") from e
+
+
 class SqliteRuntime:
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = path
@@ -131,14 +145,16 @@ class SqliteRuntime:
         # be told "cancelled" about a write that then commits.
         with trio.CancelScope(shield=True):
             await done.wait()
-        return box[0].unwrap()
+        with _unavailable_on_operational_error():
+            return box[0].unwrap()
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on a reader connection in a worker thread."""
         async with self._reader_slots:
             conn = self._readers.popleft()
             try:
-                return await trio.to_thread.run_sync(fn, conn, *args)
+                with _unavailable_on_operational_error():
+                    return await trio.to_thread.run_sync(fn, conn, *args)
             finally:
                 self._readers.append(conn)
 
@@ -166,27 +182,31 @@ class SqliteRuntime:
             conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Job]) -> None:
-        results: list[tuple[Callable[[outcome.Outcome], None], outcome.Outcome]] = []
+        """One transaction for the whole batch; every job gets exactly one reply, after COMMIT.
+
+        If anything outside a job fails (BEGIN, SAVEPOINT, COMMIT: disk full, I/O error), the
+        transaction is rolled back and every job of the batch is told so; the thread lives on.
+        """
+        results: list[outcome.Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            for _, _, reply in batch:
-                reply(outcome.Error(e))
-            return
-        for fn, args, reply in batch:
-            conn.execute("SAVEPOINT job")
-            result = outcome.capture(fn, conn, *args)
-            if isinstance(result, outcome.Error):
-                conn.execute("ROLLBACK TO job")
-            conn.execute("RELEASE job")
-            results.append((reply, result))
-        try:
+            for fn, args, _ in batch:
+                conn.execute("SAVEPOINT job")
+                result = outcome.capture(fn, conn, *args)
+                if isinstance(result, outcome.Error):
+                    conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                results.append(result)
             conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            results = [(reply, outcome.Error(e)) for reply, _ in results]
-        self.commits += 1
-        self.jobs_done += len(batch)
-        for reply, result in results:
+        except BaseException as e:  # noqa: BLE001 - reported to every caller below
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("rollback after a failed batch failed")
+            results = [outcome.Error(e)] * len(batch)
+        else:
+            self.commits += 1
+            self.jobs_done += len(batch)
+        for (_, _, reply), result in zip(batch, results):
             reply(result)

@@ -53,9 +53,8 @@ def openapi_document(version: str) -> dict[str, Any]:
                 **{
                     str(code): {
                         "description": STATUS_TEXT.get(code, "Error"),
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                        },
+                        "content": {"application/json": {"schema": spec.other_bodies.get(
+                            code, {"$ref": "#/components/schemas/Error"})}},
                     }
                     for code in spec.errors
                 },

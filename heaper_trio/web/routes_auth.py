@@ -65,6 +65,7 @@ async def create_session(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @route(bp, "POST", "/api/auth/verify_session", tag="auth", auth="none", rate_limit=True,
+       errors=(401, 403),
        summary="Complete a login: answer with accessToken and refreshToken.",
        description="The first account on a fresh server becomes the admin. Later accounts "
        "wait for approval (approval_required: true, no tokens) unless auto_approve is set.",
@@ -80,6 +81,7 @@ async def verify_session(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @route(bp, "POST", "/api/auth/verify_key", tag="auth", auth="none", rate_limit=True,
+       errors=(401, 403),
        summary="Verify a signed challenge; answer with access_token and refresh_token.",
        body=obj({"public_key": PUBLIC_KEY, "message": MESSAGE, "signed_message": SIGNATURE},
                 {"server_challenge": SERVER_CHALLENGE, "email": EMAIL}),
@@ -89,7 +91,7 @@ async def verify_key(body: dict[str, Any]) -> dict[str, Any]:
     result = await services().accounts.login(
         public_key=body["public_key"], message=body["message"],
         signature=body["signed_message"], server_challenge=body.get("server_challenge"),
-        email=body.get("email"))
+        email=body.get("email"), signature_field="signed_message")
     return {**_login_answer(result, camel=False), "verified": True}
 
 

@@ -27,12 +27,16 @@ async def index(user: User | None) -> dict[str, Any]:
     return instance.info(services(), user)
 
 
+HEALTH = open_obj(success=boolean(), status=string(enum=["ok", "degraded"]),
+                  server={"type": "object"}, database={"type": "object"},
+                  diagnostics={"type": "object"}, **IDENTITY)
+
+
 @route(bp, "GET", "/api/health", tag="instance", auth="none", errors=(503,),
        summary="Server and database health, with live-sync counters.",
-       description="503 with database.status = error when the database does not answer.",
-       response=open_obj(success=boolean(), status=string(), server={"type": "object"},
-                         database={"type": "object"}, diagnostics={"type": "object"},
-                         **IDENTITY))
+       description="503 (same body, database.status = error, status = degraded) when the "
+       "database does not answer.",
+       response=HEALTH, other_bodies={503: HEALTH})
 async def health() -> Any:
     body, ok = await instance.health(services())
     return body, 200 if ok else 503

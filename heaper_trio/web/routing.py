@@ -39,6 +39,8 @@ class RouteSpec:
     description: str = ""
     deprecated: bool = False
     websocket: bool = False
+    # statuses whose body is not the error envelope (e.g. health's 503 is the health body)
+    other_bodies: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 ROUTES: list[RouteSpec] = []
@@ -50,10 +52,12 @@ def services() -> Services:
 
 def client_address() -> str:
     if services().settings.trust_forwarded_for:
+        # The last entry is the one our own proxy appended; earlier ones are whatever the
+        # client sent and could be forged to dodge rate limits.
         forwarded = request.headers.get("X-Forwarded-For", "")
-        first = forwarded.split(",")[0].strip()
-        if first:
-            return first
+        last = forwarded.split(",")[-1].strip()
+        if last:
+            return last
     return request.remote_addr or "unknown"
 
 
@@ -96,17 +100,19 @@ def route(
     query: dict[str, dict[str, Any]] | None = None,
     description: str = "",
     deprecated: bool = False,
+    other_bodies: dict[int, dict[str, Any]] | None = None,
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
     """Register ``handler(**path_params, [body=...], [user=...], [token=...])``."""
     assert auth in AUTH_MODES, auth
-    implied = {400} if body is not None else set()
+    implied = {400, 413} if body is not None else set()
     if auth in ("access", "refresh"):
         implied |= {401, 403}
     if rate_limit:
         implied.add(429)
     ROUTES.append(
         RouteSpec(method, path, summary, tag, auth, body, response,
-                  tuple(sorted(set(errors) | implied)), query or {}, description, deprecated)
+                  tuple(sorted(set(errors) | implied)), query or {}, description, deprecated,
+                  other_bodies=other_bodies or {})
     )
     body_optional = body is not None and not body.get("required")
 

@@ -1,0 +1,180 @@
+"""The storage contract, driven directly against both engines."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Callable
+
+import pytest
+import trio
+import trio_asyncio
+
+from heaper_trio.services.container import open_storage
+from heaper_trio.settings import Settings
+from heaper_trio.storage import Storage
+from heaper_trio.storage.base import ChallengeProblem, NewRefreshToken, RefreshOutcome
+from heaper_trio.storage.sqlite_runtime import migration_scripts
+
+NOW = 1_700_000_000_000
+
+
+@asynccontextmanager
+async def opened(settings: Settings) -> AsyncIterator[Storage]:
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    async with trio_asyncio.open_loop():
+        async with open_storage(settings) as storage:
+            yield storage
+
+
+def refresh_row() -> NewRefreshToken:
+    return NewRefreshToken(uuid.uuid4().hex, uuid.uuid4().hex, NOW, NOW + 3_600_000)
+
+
+async def login(storage: Storage, key: str, challenge: str | None = None,
+                auto_approve: bool = False) -> object:
+    challenge = challenge or f"c-{uuid.uuid4().hex}"
+    await storage.create_challenge(challenge, key, NOW, NOW + 60_000)
+    return await storage.complete_login(
+        challenge=challenge, public_key=key, now=NOW + 1, new_user_id=uuid.uuid4().hex,
+        email=None, auto_approve=auto_approve, refresh=refresh_row())
+
+
+async def test_migrations_are_idempotent(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    for _ in range(2):
+        async with opened(settings) as storage:
+            assert await storage.schema_version() == migration_scripts(storage.engine)[-1][0]
+            assert await storage.claim_meta("k", "first") == "first"
+            assert await storage.claim_meta("k", "second") == "first"
+
+
+async def test_exactly_one_first_admin_under_concurrency(
+        make_settings: Callable[..., Settings]) -> None:
+    async with opened(make_settings()) as storage:
+        async with trio.open_nursery() as n:
+            for i in range(12):
+                n.start_soon(login, storage, f"key-{i}")
+        users = await storage.list_users()
+        assert len(users) == 12
+        assert sum(u.is_admin for u in users) == 1
+        assert [u.state for u in users if u.is_admin] == ["approved"]
+        assert sorted(u.state for u in users if not u.is_admin) == ["pending"] * 11
+
+
+async def test_a_challenge_completes_one_login_only(make_settings: Callable[..., Settings]) -> None:
+    async with opened(make_settings()) as storage:
+        await storage.create_challenge("shared", "key-a", NOW, NOW + 60_000)
+        problems = []
+
+        async def attempt() -> None:
+            out = await storage.complete_login(
+                challenge="shared", public_key="key-a", now=NOW + 1,
+                new_user_id=uuid.uuid4().hex, email=None, auto_approve=True,
+                refresh=refresh_row())
+            problems.append(out.problem)
+
+        async with trio.open_nursery() as n:
+            for _ in range(6):
+                n.start_soon(attempt)
+        assert problems.count(None) == 1
+        assert problems.count(ChallengeProblem.used) == 5
+        assert (await storage.auth_stats())["users"] == 1
+
+
+async def test_rotation_and_reuse(make_settings: Callable[..., Settings]) -> None:
+    async with opened(make_settings()) as storage:
+        first = refresh_row()
+        await storage.create_challenge("c1", "k", NOW, NOW + 60_000)
+        out = await storage.complete_login(challenge="c1", public_key="k", now=NOW,
+                                           new_user_id="u1", email="a@b", auto_approve=False,
+                                           refresh=first)
+        assert out.token_issued and out.created
+        second = refresh_row()
+        ok = await storage.rotate_refresh_token(jti=first.jti, user_id="u1", now=NOW, new=second)
+        assert ok.outcome is RefreshOutcome.ok
+        wrong_user = await storage.rotate_refresh_token(jti=second.jti, user_id="u2", now=NOW,
+                                                        new=refresh_row())
+        assert wrong_user.outcome is RefreshOutcome.unknown
+        replay = await storage.rotate_refresh_token(jti=first.jti, user_id="u1", now=NOW,
+                                                    new=refresh_row())
+        assert replay.outcome is RefreshOutcome.reused
+        after = await storage.rotate_refresh_token(jti=second.jti, user_id="u1", now=NOW,
+                                                   new=refresh_row())
+        assert after.outcome is RefreshOutcome.revoked
+        assert (await storage.usage("u1", NOW))["sessions"] == 0
+
+
+async def test_purge_removes_only_expired_rows(make_settings: Callable[..., Settings]) -> None:
+    async with opened(make_settings()) as storage:
+        await login(storage, "k")
+        await storage.create_challenge("late", "k", NOW, NOW + 10_000_000)
+        before = await storage.auth_stats()
+        assert await storage.purge_expired(NOW + 120_000) == 1  # the used login challenge
+        assert (await storage.auth_stats())["challenges"] == before["challenges"] - 1
+        assert (await storage.auth_stats())["refresh_tokens"] == 1
+
+
+async def test_cancelled_calls_leave_storage_usable(
+        make_settings: Callable[..., Settings]) -> None:
+    async with opened(make_settings()) as storage:
+        for i in range(30):
+            with trio.move_on_after(0.0005 * (i % 6)):
+                await login(storage, f"key-{i}")
+        with trio.fail_after(10):
+            await storage.ping()
+            stats = await storage.auth_stats()
+        # Every login either happened completely or not at all: no user without its challenge
+        # marked used, no token without its user.
+        assert stats["refresh_tokens"] <= stats["users"] <= stats["challenges"]
+
+
+async def test_sqlite_groups_concurrent_writes_into_few_commits(
+        engine: str, make_settings: Callable[..., Settings]) -> None:
+    if engine != "sqlite":
+        pytest.skip("group commit is the SQLite writer's own mechanism")
+    async with opened(make_settings()) as storage:
+        rt = storage.rt  # type: ignore[attr-defined]
+        commits_before = rt.commits
+        async with trio.open_nursery() as n:
+            for i in range(200):
+                n.start_soon(storage.create_challenge, f"c{i}", "k", NOW, NOW + 1)
+        assert (await storage.auth_stats())["challenges"] == 200
+        assert rt.commits - commits_before < 100  # typically a handful
+
+
+async def test_sqlite_failed_job_rolls_back_alone(engine: str,
+                                                  make_settings: Callable[..., Settings]) -> None:
+    if engine != "sqlite":
+        pytest.skip("SAVEPOINT-per-job is the SQLite writer's mechanism")
+    async with opened(make_settings()) as storage:
+        async def dup() -> None:
+            with pytest.raises(Exception):
+                await storage.create_challenge("same", "k", NOW, NOW + 1)
+
+        await storage.create_challenge("same", "k", NOW, NOW + 1)
+        async with trio.open_nursery() as n:
+            n.start_soon(dup)
+            for i in range(20):
+                n.start_soon(storage.create_challenge, f"ok{i}", "k", NOW, NOW + 1)
+        assert (await storage.auth_stats())["challenges"] == 21
+
+
+async def test_sqlite_operational_errors_become_unavailable(
+        engine: str, make_settings: Callable[..., Settings]) -> None:
+    if engine != "sqlite":
+        pytest.skip("the PostgreSQL engine maps its connection errors in its own test")
+    import sqlite3
+
+    from heaper_trio.errors import Unavailable
+
+    def disk_trouble(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    async with opened(make_settings()) as storage:
+        rt = storage.rt  # type: ignore[attr-defined]
+        for call in (rt.write, rt.read):
+            with pytest.raises(Unavailable) as e:
+                await call(disk_trouble)
+            assert e.value.status == 503
+        await storage.ping()  # and it still works afterwards
