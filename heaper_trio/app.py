@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from functools import partial
 
 import trio
-import trio_asyncio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
+from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.services.container import Services, open_services
 from heaper_trio.settings import Settings
 from heaper_trio.web import routes_auth, routes_instance
@@ -69,7 +69,7 @@ async def run_server(
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown`` is set; report the bound URLs through ``task_status``."""
-    async with trio_asyncio.open_loop():
+    async with open_asyncio_loop():
         async with open_services(settings, shutdown) as services:
             app = create_app(services)
             async with trio.open_nursery() as serving:

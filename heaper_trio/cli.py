@@ -16,9 +16,9 @@ import time
 from typing import Any, Awaitable, Callable, Sequence
 
 import trio
-import trio_asyncio
 
 from heaper_trio import __version__
+from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.errors import HeaperError, StartupError
 from heaper_trio.settings import SETTINGS, BY_NAME, Settings, load_settings
 
@@ -122,7 +122,7 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.database_url and not (settings.data_path / DB_FILE).exists():
         raise StartupError(f"data_dir: no database in {settings.data_path}; pass the server's "
                            "--data-dir (or start the server once first)")
-    async with trio_asyncio.open_loop():
+    async with open_asyncio_loop():
         async with open_storage(settings) as storage:
             now = int(time.time() * 1000)
             if args.action == "list":

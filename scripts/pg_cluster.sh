@@ -94,7 +94,7 @@ cmd_start() {
     for ((i = 0; i < tries; i++)); do
         [[ $fixed -eq 1 ]] || port=$(pick_port)
         if as_owner "$BIN/pg_ctl" -D "$DATA" -l "$DIR/postgres.log" -w -t 60 \
-            -o "-c listen_addresses=127.0.0.1 -p $port -k $DIR -c max_connections=200" \
+            -o "-c listen_addresses=127.0.0.1 -p $port -k '$DIR' -c max_connections=200" \
             start >&2; then
             echo "$port" >"$DIR/port"
             wait_ready "$port" || die "server started but pg_isready fails; see $DIR/postgres.log"

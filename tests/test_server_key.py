@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Callable
 
 import trio
-import trio_asyncio
 
+from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.errors import StartupError
 from heaper_trio.keys import SERVER_KEY_FILE, KeyPair
 from heaper_trio.services.container import open_services
@@ -14,7 +14,7 @@ from heaper_trio.settings import Settings
 
 
 async def _start_once(settings: Settings) -> str:
-    async with trio_asyncio.open_loop():
+    async with open_asyncio_loop():
         async with open_services(settings) as services:
             return services.server_key.public_key
 

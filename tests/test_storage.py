@@ -8,8 +8,8 @@ from typing import AsyncIterator, Callable
 
 import pytest
 import trio
-import trio_asyncio
 
+from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.services.container import open_storage
 from heaper_trio.settings import Settings
 from heaper_trio.storage import Storage
@@ -22,7 +22,7 @@ NOW = 1_700_000_000_000
 @asynccontextmanager
 async def opened(settings: Settings) -> AsyncIterator[Storage]:
     settings.data_path.mkdir(parents=True, exist_ok=True)
-    async with trio_asyncio.open_loop():
+    async with open_asyncio_loop():
         async with open_storage(settings) as storage:
             yield storage
 
@@ -129,10 +129,9 @@ async def test_cancelled_calls_leave_storage_usable(
         assert stats["refresh_tokens"] <= stats["users"] <= stats["challenges"]
 
 
+@pytest.mark.engines("sqlite")
 async def test_sqlite_groups_concurrent_writes_into_few_commits(
         engine: str, make_settings: Callable[..., Settings]) -> None:
-    if engine != "sqlite":
-        pytest.skip("group commit is the SQLite writer's own mechanism")
     async with opened(make_settings()) as storage:
         rt = storage.rt  # type: ignore[attr-defined]
         commits_before = rt.commits
@@ -143,10 +142,9 @@ async def test_sqlite_groups_concurrent_writes_into_few_commits(
         assert rt.commits - commits_before < 100  # typically a handful
 
 
+@pytest.mark.engines("sqlite")
 async def test_sqlite_failed_job_rolls_back_alone(engine: str,
                                                   make_settings: Callable[..., Settings]) -> None:
-    if engine != "sqlite":
-        pytest.skip("SAVEPOINT-per-job is the SQLite writer's mechanism")
     async with opened(make_settings()) as storage:
         async def dup() -> None:
             with pytest.raises(Exception):
@@ -160,10 +158,9 @@ async def test_sqlite_failed_job_rolls_back_alone(engine: str,
         assert (await storage.auth_stats())["challenges"] == 21
 
 
+@pytest.mark.engines("sqlite")
 async def test_sqlite_operational_errors_become_unavailable(
         engine: str, make_settings: Callable[..., Settings]) -> None:
-    if engine != "sqlite":
-        pytest.skip("the PostgreSQL engine maps its connection errors in its own test")
     import sqlite3
 
     from heaper_trio.errors import Unavailable
@@ -178,3 +175,29 @@ async def test_sqlite_operational_errors_become_unavailable(
                 await call(disk_trouble)
             assert e.value.status == 503
         await storage.ping()  # and it still works afterwards
+
+
+@pytest.mark.engines("postgres")
+async def test_postgres_connection_loss_is_unavailable_then_recovers(
+        engine: str, make_settings: Callable[..., Settings], database_url: str) -> None:
+    import subprocess
+    from urllib.parse import urlsplit
+
+    from heaper_trio.errors import Unavailable
+
+    dbname = urlsplit(database_url).path.lstrip("/")
+    async with opened(make_settings(pg_pool_min=2, pg_pool_max=2)) as storage:
+        await storage.ping()
+        subprocess.run(["psql", "-q", database_url, "-c",
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        f"WHERE datname = '{dbname}' AND pid <> pg_backend_pid()"],
+                       check=True, capture_output=True, timeout=30)
+        outcomes = []
+        for _ in range(4):
+            try:
+                await storage.ping()
+                outcomes.append("ok")
+            except Unavailable as e:
+                assert e.status == 503 and e.code == "database_unavailable"
+                outcomes.append("unavailable")
+        assert outcomes[-1] == "ok", outcomes  # the pool reconnects by itself

@@ -1,7 +1,8 @@
 """What services may ask of storage, whichever engine is behind it.
 
 Every method is one unit of work: one transaction, committed before the method returns, or
-nothing at all (on error or cancellation). Multi-step rules that must be atomic (a login that
+nothing at all on error. A cancelled call either changed nothing or, if its commit was already
+under way, waits for it and returns normally: "cancelled" never hides a committed write. Multi-step rules that must be atomic (a login that
 consumes a challenge, creates the account and issues a token) are single methods for that
 reason. No SQL lives outside this package.
 """

@@ -1,37 +1,41 @@
 """The server engine: PostgreSQL through an asyncpg pool, called from trio via trio-asyncio.
 
-Every method is one asyncio coroutine (``_tx_*`` below) that acquires a connection, runs its
-transaction and returns plain values; it crosses the trio/asyncio bridge exactly once. A trio
-cancel then becomes one asyncio cancel of that coroutine, which rolls the transaction back and
-gives the connection back to the pool (stack-pitfalls section 2: wrapping ``pool.acquire()`` or
-``conn.transaction()`` themselves with ``aio_as_trio`` leaks both under a cancel).
+Each call crosses the trio/asyncio bridge exactly once, into a plain asyncio coroutine (a
+runner: ``read``, ``write1`` or ``tx`` in ``postgres_runtime``) that acquires a connection, runs one unit of work
+and gives the connection back. Acquire and transaction are never split across bridge calls:
+wrapping ``pool.acquire()`` or ``conn.transaction()`` themselves with ``aio_as_trio`` leaks
+both under a cancel (stack-pitfalls section 2). A trio cancel becomes one asyncio cancel of
+the runner: before COMMIT the work rolls back and nothing happened; once COMMIT (or an
+autocommit statement) is on the wire the call sees it through and returns, so "cancelled"
+never hides a committed write.
 
 Transactions run at READ COMMITTED, so each statement sees what committed before it started.
-Row locks order the read-modify-write rules the SQLite engine gets for free from its single
-writer. Locks are always taken user row first, then token or challenge rows, so they do not
-deadlock with each other:
+Row locks give the read-modify-write rules the order the SQLite engine gets from its single
+writer. A transaction locks at most, in this order, a challenge row, a user row, token rows,
+so they cannot deadlock each other:
 
 - ``complete_login`` locks the challenge row (``FOR UPDATE``: one use only), then the user row
-  (``FOR SHARE``: a concurrent reject or revoke waits for the new token and then sees it).
+  (``FOR SHARE``: a concurrent reject or revoke waits for the new token, then revokes it too).
   Creating an account takes ``LOGIN_LOCK``, so "the first account becomes admin" holds across
   processes.
 - ``rotate_refresh_token`` locks the user row (``FOR NO KEY UPDATE``), which serialises a
-  user's rotations and revocations; a replayed token's family revocation thus sees every token
-  rotated into the family before it.
+  user's rotations and revocations: a replayed token's family revocation sees every token
+  rotated into the family before it, and ``revoke_user_tokens`` every token rotated in.
 - ``purge_expired`` skips rows another transaction holds (``SKIP LOCKED``); they go next time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable
 
 import asyncpg
 import trio
+import trio_asyncio
 from trio_asyncio import aio_as_trio
 
+from heaper_trio.errors import Unavailable
 from heaper_trio.storage.base import (
     ChallengeProblem,
     LoginOutcome,
@@ -41,18 +45,25 @@ from heaper_trio.storage.base import (
     Storage,
     User,
 )
+from heaper_trio.storage.postgres_runtime import (
+    CONNECTION_ERRORS,
+    Conn,
+    Pool,
+    Runner,
+    T,
+    close_pool,
+    read,
+    tx,
+    write1,
+)
 from heaper_trio.storage.sqlite_runtime import migration_scripts
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-Conn = asyncpg.Connection
-Pool = asyncpg.Pool
 
 # pg_advisory_xact_lock keys; arbitrary but fixed, shared by every server process.
 MIGRATE_LOCK = 0x68656170_00000001  # "heap" + 1
 LOGIN_LOCK = 0x68656170_00000002
-CLOSE_TIMEOUT = 10.0  # seconds for a graceful pool close before connections are terminated
 
 
 def _user(row: asyncpg.Record | None) -> User | None:
@@ -99,79 +110,61 @@ async def _revoke_all(c: Conn, user_id: str, now: int) -> None:
     )
 
 
-# -- units of work: plain asyncio coroutines, each (pool, *args) -------------------------------
+# -- units of work: (conn, *args), run by one of the runners above ---------------------------------
 
 
-async def _tx_migrate(pool: Pool, now_ms: int) -> None:
-    async with pool.acquire() as c:
-        async with c.transaction():
-            # Several processes starting together on one database take turns here.
-            await c.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
-            await c.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
-                "name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
-            )
-            done = {r[0] for r in await c.fetch("SELECT version FROM schema_migrations")}
-            for version, name, sql in migration_scripts("postgres"):
-                if version in done:
-                    continue
-                await c.execute(sql)  # no arguments: the simple protocol runs the whole script
-                await c.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) "
-                    "VALUES ($1, $2, $3)",
-                    version, name, now_ms,
-                )
-                log.info("applied postgres migration %s", name)
+async def _migrate(c: Conn, now_ms: int) -> None:
+    # Several processes starting together on one database take turns here.
+    await c.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
+    await c.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+        "name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+    )
+    done = {r[0] for r in await c.fetch("SELECT version FROM schema_migrations")}
+    for version, name, sql in migration_scripts("postgres"):
+        if version in done:
+            continue
+        await c.execute(sql)  # no arguments: the simple protocol runs the whole script
+        await c.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            version, name, now_ms,
+        )
+        log.info("applied postgres migration %s", name)
 
 
-async def _tx_close(pool: Pool) -> None:
-    try:
-        await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
-    except asyncio.TimeoutError:
-        log.warning("postgres pool did not close within %ss; terminating", CLOSE_TIMEOUT)
-        pool.terminate()
+async def _fetchval(c: Conn, sql: str, *args: Any) -> Any:
+    return await c.fetchval(sql, *args)
 
 
-async def _tx_fetchval(pool: Pool, sql: str, *args: Any) -> Any:
-    async with pool.acquire() as c:
-        return await c.fetchval(sql, *args)
+async def _fetch_user(c: Conn, sql: str, *args: Any) -> User | None:
+    return _user(await c.fetchrow(sql, *args))
 
 
-async def _tx_fetch_user(pool: Pool, sql: str, *args: Any) -> User | None:
-    async with pool.acquire() as c:
-        return _user(await c.fetchrow(sql, *args))
-
-
-async def _tx_list_users(pool: Pool) -> list[User]:
-    async with pool.acquire() as c:
-        # COLLATE "C": the same byte order SQLite uses, whatever the database's locale.
-        rows = await c.fetch('SELECT * FROM users ORDER BY created_at, id COLLATE "C"')
+async def _list_users(c: Conn) -> list[User]:
+    # COLLATE "C": the byte order SQLite uses, whatever the database's locale.
+    rows = await c.fetch('SELECT * FROM users ORDER BY created_at, id COLLATE "C"')
     return [u for u in map(_user, rows) if u is not None]
 
 
-async def _tx_claim_meta(pool: Pool, key: str, value: str) -> str:
-    async with pool.acquire() as c:
-        async with c.transaction():
-            await c.execute(
-                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-                key, value,
-            )
-            return await c.fetchval("SELECT value FROM meta WHERE key=$1", key)
+async def _claim_meta(c: Conn, key: str, value: str) -> str:
+    await c.execute(
+        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, value
+    )
+    return await c.fetchval("SELECT value FROM meta WHERE key=$1", key)
 
 
-async def _tx_create_challenge(
-    pool: Pool, challenge: str, public_key: str, created_at: int, expires_at: int
+async def _create_challenge(
+    c: Conn, challenge: str, public_key: str, created_at: int, expires_at: int
 ) -> None:
-    async with pool.acquire() as c:
-        await c.execute(
-            "INSERT INTO challenges (challenge, public_key, created_at, expires_at) "
-            "VALUES ($1, $2, $3, $4)",
-            challenge, public_key, created_at, expires_at,
-        )
+    await c.execute(
+        "INSERT INTO challenges (challenge, public_key, created_at, expires_at) "
+        "VALUES ($1, $2, $3, $4)",
+        challenge, public_key, created_at, expires_at,
+    )
 
 
-async def _tx_complete_login(
-    pool: Pool,
+async def _complete_login(
+    c: Conn,
     challenge: str,
     public_key: str,
     now: int,
@@ -180,129 +173,126 @@ async def _tx_complete_login(
     auto_approve: bool,
     refresh: NewRefreshToken,
 ) -> LoginOutcome:
-    async with pool.acquire() as c:
-        async with c.transaction():
-            row = await c.fetchrow(
-                "SELECT public_key, expires_at, used_at FROM challenges WHERE challenge=$1 "
-                "FOR UPDATE",
-                challenge,
-            )
-            if row is None:
-                return LoginOutcome(ChallengeProblem.unknown)
-            if row["public_key"] != public_key:
-                return LoginOutcome(ChallengeProblem.foreign)
-            if row["used_at"] is not None:
-                return LoginOutcome(ChallengeProblem.used)
-            if row["expires_at"] <= now:
-                return LoginOutcome(ChallengeProblem.expired)
-            await c.execute(
-                "UPDATE challenges SET used_at=$1 WHERE challenge=$2 AND used_at IS NULL",
-                now, challenge,
-            )
-            by_key = "SELECT * FROM users WHERE public_key=$1 FOR SHARE"
-            user = _user(await c.fetchrow(by_key, public_key))
-            created = False
-            if user is None:
-                # Account creation is serialised across processes: the NOT EXISTS check below
-                # and the insert must not interleave with another creation.
-                await c.execute("SELECT pg_advisory_xact_lock($1)", LOGIN_LOCK)
-                user = _user(await c.fetchrow(by_key, public_key))  # made while we waited?
-            if user is None:
-                first = bool(await c.fetchval("SELECT NOT EXISTS (SELECT 1 FROM users)"))
-                approved = first or auto_approve
-                user = _user(
-                    await c.fetchrow(
-                        "INSERT INTO users (id, public_key, email, state, is_admin, "
-                        "created_at, approved_at) VALUES ($1, $2, $3, $4, $5, $6, $7) "
-                        "RETURNING *",
-                        new_user_id, public_key, email,
-                        "approved" if approved else "pending",
-                        first, now, now if approved else None,
-                    )
-                )
-                assert user is not None
-                created = True
-            if user.state != "approved":
-                return LoginOutcome(None, user, created, False)
-            await _insert_refresh(c, user.id, refresh)
-            return LoginOutcome(None, user, created, True)
-
-
-async def _tx_purge_expired(pool: Pool, now: int) -> int:
-    async with pool.acquire() as c:
-        async with c.transaction():
-            a = await c.execute(
-                "DELETE FROM challenges WHERE challenge IN (SELECT challenge FROM challenges "
-                "WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)",
-                now,
-            )
-            b = await c.execute(
-                "DELETE FROM refresh_tokens WHERE jti IN (SELECT jti FROM refresh_tokens "
-                "WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)",
-                now,
-            )
-            return _count(a) + _count(b)
-
-
-async def _tx_set_user_state(pool: Pool, user_id: str, state: str, now: int) -> User | None:
-    async with pool.acquire() as c:
-        async with c.transaction():
-            await c.execute(
-                "UPDATE users SET state=$1::text, approved_at=CASE WHEN $1::text='approved' "
-                "THEN $2::bigint ELSE approved_at END WHERE id=$3",
-                state, now, user_id,
-            )
-            if state == "rejected":
-                await _revoke_all(c, user_id, now)
-            return await _get_user(c, user_id)
-
-
-async def _tx_set_admin(pool: Pool, user_id: str, is_admin: bool) -> User | None:
-    async with pool.acquire() as c:
-        return _user(
+    row = await c.fetchrow(
+        "SELECT public_key, expires_at, used_at FROM challenges WHERE challenge=$1 FOR UPDATE",
+        challenge,
+    )
+    if row is None:
+        return LoginOutcome(ChallengeProblem.unknown)
+    if row["public_key"] != public_key:
+        return LoginOutcome(ChallengeProblem.foreign)
+    if row["used_at"] is not None:
+        return LoginOutcome(ChallengeProblem.used)
+    if row["expires_at"] <= now:
+        return LoginOutcome(ChallengeProblem.expired)
+    await c.execute(
+        "UPDATE challenges SET used_at=$1 WHERE challenge=$2 AND used_at IS NULL", now, challenge
+    )
+    by_key = "SELECT * FROM users WHERE public_key=$1 FOR SHARE"
+    user = _user(await c.fetchrow(by_key, public_key))
+    created = False
+    if user is None:
+        # Creations take turns across processes, so the NOT EXISTS check below and the insert
+        # cannot interleave with another creation's: exactly one first account.
+        await c.execute("SELECT pg_advisory_xact_lock($1)", LOGIN_LOCK)
+        user = _user(await c.fetchrow(by_key, public_key))  # made while we waited?
+    if user is None:
+        first = bool(await c.fetchval("SELECT NOT EXISTS (SELECT 1 FROM users)"))
+        approved = first or auto_approve
+        user = _user(
             await c.fetchrow(
-                "UPDATE users SET is_admin=$1 WHERE id=$2 RETURNING *", is_admin, user_id
+                "INSERT INTO users (id, public_key, email, state, is_admin, created_at, "
+                "approved_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+                new_user_id, public_key, email, "approved" if approved else "pending",
+                first, now, now if approved else None,
             )
         )
+        assert user is not None
+        created = True
+    if user.state != "approved":
+        return LoginOutcome(None, user, created, False)
+    await _insert_refresh(c, user.id, refresh)
+    return LoginOutcome(None, user, created, True)
 
 
-async def _tx_revoke_user_tokens(pool: Pool, user_id: str, now: int) -> User | None:
-    async with pool.acquire() as c:
-        async with c.transaction():
-            await _revoke_all(c, user_id, now)
-            return await _get_user(c, user_id)
+async def _purge_expired(c: Conn, now: int) -> int:
+    a = await c.execute(
+        "DELETE FROM challenges WHERE challenge IN (SELECT challenge FROM challenges "
+        "WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)",
+        now,
+    )
+    b = await c.execute(
+        "DELETE FROM refresh_tokens WHERE jti IN (SELECT jti FROM refresh_tokens "
+        "WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)",
+        now,
+    )
+    return _count(a) + _count(b)
 
 
-async def _tx_rotate(
-    pool: Pool, jti: str, user_id: str, now: int, new: NewRefreshToken
-) -> RotateResult:
-    async with pool.acquire() as c:
-        async with c.transaction():
-            # One rotation (or revocation) per user at a time; see the module docstring.
-            await c.execute("SELECT 1 FROM users WHERE id=$1 FOR NO KEY UPDATE", user_id)
-            row = await c.fetchrow(
-                "SELECT family, user_id, expires_at, rotated_at, revoked_at "
-                "FROM refresh_tokens WHERE jti=$1 FOR UPDATE",
-                jti,
-            )
-            if row is None or row["user_id"] != user_id:
-                return RotateResult(RefreshOutcome.unknown)
-            if row["revoked_at"] is not None:
-                return RotateResult(RefreshOutcome.revoked, user_id)
-            if row["rotated_at"] is not None:
-                await c.execute(
-                    "UPDATE refresh_tokens SET revoked_at=$1 "
-                    "WHERE family=$2 AND revoked_at IS NULL",
-                    now, row["family"],
-                )
-                return RotateResult(RefreshOutcome.reused, user_id)
-            if row["expires_at"] <= now:
-                return RotateResult(RefreshOutcome.expired, user_id)
-            await c.execute("UPDATE refresh_tokens SET rotated_at=$1 WHERE jti=$2", now, jti)
-            await _insert_refresh(
-                c, user_id, NewRefreshToken(new.jti, row["family"], new.issued_at, new.expires_at)
-            )
-            return RotateResult(RefreshOutcome.ok, user_id)
+async def _set_user_state(c: Conn, user_id: str, state: str, now: int) -> User | None:
+    await c.execute(
+        "UPDATE users SET state=$1::text, approved_at=CASE WHEN $1::text='approved' "
+        "THEN $2::bigint ELSE approved_at END WHERE id=$3",
+        state, now, user_id,
+    )
+    if state == "rejected":
+        await _revoke_all(c, user_id, now)
+    return await _get_user(c, user_id)
+
+
+async def _set_admin(c: Conn, user_id: str, is_admin: bool) -> User | None:
+    sql = "UPDATE users SET is_admin=$1 WHERE id=$2 RETURNING *"
+    return _user(await c.fetchrow(sql, is_admin, user_id))
+
+
+async def _revoke_user_tokens(c: Conn, user_id: str, now: int) -> User | None:
+    await _revoke_all(c, user_id, now)
+    return await _get_user(c, user_id)
+
+
+async def _rotate(c: Conn, jti: str, user_id: str, now: int, new: NewRefreshToken) -> RotateResult:
+    # One rotation (or revocation) per user at a time; see the module docstring.
+    await c.execute("SELECT 1 FROM users WHERE id=$1 FOR NO KEY UPDATE", user_id)
+    row = await c.fetchrow(
+        "SELECT family, user_id, expires_at, rotated_at, revoked_at "
+        "FROM refresh_tokens WHERE jti=$1 FOR UPDATE",
+        jti,
+    )
+    if row is None or row["user_id"] != user_id:
+        return RotateResult(RefreshOutcome.unknown)
+    if row["revoked_at"] is not None:
+        return RotateResult(RefreshOutcome.revoked, user_id)
+    if row["rotated_at"] is not None:
+        await c.execute(
+            "UPDATE refresh_tokens SET revoked_at=$1 WHERE family=$2 AND revoked_at IS NULL",
+            now, row["family"],
+        )
+        return RotateResult(RefreshOutcome.reused, user_id)
+    if row["expires_at"] <= now:
+        return RotateResult(RefreshOutcome.expired, user_id)
+    await c.execute("UPDATE refresh_tokens SET rotated_at=$1 WHERE jti=$2", now, jti)
+    await _insert_refresh(
+        c, user_id, NewRefreshToken(new.jti, row["family"], new.issued_at, new.expires_at)
+    )
+    return RotateResult(RefreshOutcome.ok, user_id)
+
+
+async def _auth_stats(c: Conn) -> dict[str, int]:
+    row = await c.fetchrow(
+        "SELECT (SELECT COUNT(*) FROM users) AS users, "
+        "(SELECT COUNT(*) FROM challenges) AS challenges, "
+        "(SELECT COUNT(*) FROM refresh_tokens) AS refresh_tokens"
+    )
+    return {k: int(row[k]) for k in ("users", "challenges", "refresh_tokens")}
+
+
+async def _usage(c: Conn, user_id: str, now: int) -> dict[str, Any]:
+    sessions = await c.fetchval(
+        "SELECT COUNT(DISTINCT family) FROM refresh_tokens WHERE user_id=$1 "
+        "AND rotated_at IS NULL AND revoked_at IS NULL AND expires_at > $2",
+        user_id, now,
+    )
+    return {"sessions": sessions}
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -316,19 +306,31 @@ class PostgresStorage(Storage):
         self.min_size = min_size
         self.max_size = max_size
         self._pool: Pool | None = None
+        self._loop: Any = None
 
-    async def _run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run one unit of work ``fn(pool, *args)`` on the asyncio side: one bridge crossing."""
+    async def _run(self, runner: Runner, work: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``runner(pool, work, *args)`` on the asyncio side: one bridge crossing per call."""
         if self._pool is None:
             raise RuntimeError("storage is closed")
-        return await aio_as_trio(fn)(self._pool, *args)
+        try:
+            return await aio_as_trio(runner, loop=self._loop)(self._pool, work, *args)
+        except CONNECTION_ERRORS as e:
+            # The database, not the request, is at fault: 503, and the client retries.
+            log.error("postgres: %s: %s", type(e).__name__, e)
+            raise Unavailable(f"the database is unavailable: {type(e).__name__}",
+                              code="database_unavailable") from e
 
     async def open(self) -> None:
-        self._pool = await aio_as_trio(asyncpg.create_pool)(
+        # Remember the loop: calls may come from trio tasks that do not see the contextvar of
+        # the task that opened it (a test body, a task started before the loop).
+        self._loop = trio_asyncio.current_loop.get()
+        if self._loop is None:
+            raise RuntimeError("PostgresStorage.open() needs a trio-asyncio loop (heaper_trio.aio)")
+        self._pool = await aio_as_trio(asyncpg.create_pool, loop=self._loop)(
             self.dsn, min_size=self.min_size, max_size=self.max_size
         )
         try:
-            await self._run(_tx_migrate, int(time.time() * 1000))
+            await self._run(tx, _migrate, int(time.time() * 1000))
         except BaseException:
             await self.close()
             raise
@@ -337,23 +339,25 @@ class PostgresStorage(Storage):
         pool, self._pool = self._pool, None
         if pool is not None:
             with trio.CancelScope(shield=True):
-                await aio_as_trio(_tx_close)(pool)
+                await aio_as_trio(close_pool, loop=self._loop)(pool)
 
     async def ping(self) -> None:
-        await self._run(_tx_fetchval, "SELECT 1")
+        await self._run(read, _fetchval, "SELECT 1")
 
     async def schema_version(self) -> int:
-        return await self._run(
-            _tx_fetchval, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
-        )
+        sql = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+        return int(await self._run(read, _fetchval, sql))
+
+    async def get_meta(self, key: str) -> str | None:
+        return await self._run(read, _fetchval, "SELECT value FROM meta WHERE key=$1", key)
 
     async def claim_meta(self, key: str, value: str) -> str:
-        return await self._run(_tx_claim_meta, key, value)
+        return await self._run(tx, _claim_meta, key, value)
 
     async def create_challenge(
         self, challenge: str, public_key: str, created_at: int, expires_at: int
     ) -> None:
-        await self._run(_tx_create_challenge, challenge, public_key, created_at, expires_at)
+        await self._run(write1, _create_challenge, challenge, public_key, created_at, expires_at)
 
     async def complete_login(
         self,
@@ -367,43 +371,39 @@ class PostgresStorage(Storage):
         refresh: NewRefreshToken,
     ) -> LoginOutcome:
         return await self._run(
-            _tx_complete_login,
+            tx, _complete_login,
             challenge, public_key, now, new_user_id, email, auto_approve, refresh,
         )
 
     async def purge_expired(self, now: int) -> int:
-        return await self._run(_tx_purge_expired, now)
+        return await self._run(tx, _purge_expired, now)
 
     async def get_user(self, user_id: str) -> User | None:
-        return await self._run(_tx_fetch_user, "SELECT * FROM users WHERE id=$1", user_id)
+        return await self._run(read, _fetch_user, "SELECT * FROM users WHERE id=$1", user_id)
 
     async def get_user_by_key(self, public_key: str) -> User | None:
-        return await self._run(
-            _tx_fetch_user, "SELECT * FROM users WHERE public_key=$1", public_key
-        )
+        sql = "SELECT * FROM users WHERE public_key=$1"
+        return await self._run(read, _fetch_user, sql, public_key)
 
     async def list_users(self) -> list[User]:
-        return await self._run(_tx_list_users)
+        return await self._run(read, _list_users)
 
     async def set_user_state(self, user_id: str, state: str, now: int) -> User | None:
-        return await self._run(_tx_set_user_state, user_id, state, now)
+        return await self._run(tx, _set_user_state, user_id, state, now)
 
     async def set_admin(self, user_id: str, is_admin: bool) -> User | None:
-        return await self._run(_tx_set_admin, user_id, is_admin)
+        return await self._run(write1, _set_admin, user_id, is_admin)
 
     async def revoke_user_tokens(self, user_id: str, now: int) -> User | None:
-        return await self._run(_tx_revoke_user_tokens, user_id, now)
+        return await self._run(tx, _revoke_user_tokens, user_id, now)
 
     async def rotate_refresh_token(
         self, *, jti: str, user_id: str, now: int, new: NewRefreshToken
     ) -> RotateResult:
-        return await self._run(_tx_rotate, jti, user_id, now, new)
+        return await self._run(tx, _rotate, jti, user_id, now, new)
+
+    async def auth_stats(self) -> dict[str, int]:
+        return await self._run(read, _auth_stats)
 
     async def usage(self, user_id: str, now: int) -> dict[str, Any]:
-        sessions = await self._run(
-            _tx_fetchval,
-            "SELECT COUNT(DISTINCT family) FROM refresh_tokens WHERE user_id=$1 "
-            "AND rotated_at IS NULL AND revoked_at IS NULL AND expires_at > $2",
-            user_id, now,
-        )
-        return {"sessions": sessions}
+        return await self._run(read, _usage, user_id, now)
