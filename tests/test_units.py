@@ -100,3 +100,41 @@ def test_key_file_round_trip_and_no_overwrite(tmp_path: object) -> None:
     with pytest.raises(FileExistsError):
         KeyPair.generate().save(path)
     assert KeyPair.load(path).public_key == k.public_key
+
+
+def test_verified_token_cache_still_enforces_expiry_and_type(monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    import time
+
+    from heaper_trio.errors import Unauthorized
+    from heaper_trio.services import tokens as tokens_mod
+
+    svc = tokens_mod.TokenService(KeyPair.generate(), access_ttl=60, refresh_ttl=3600)
+    now = time.time()
+    pair = svc.issue("u1", 0, now)
+    assert svc.decode(pair.access, "access").user_id == "u1"  # verified, now cached
+    with pytest.raises(Unauthorized) as e:
+        svc.decode(pair.access, "refresh")
+    assert e.value.code == "token_wrong_type"
+
+    class Later:
+        @staticmethod
+        def time() -> float:
+            return now + 60 + tokens_mod.LEEWAY_S + 1
+
+    monkeypatch.setattr(tokens_mod, "time", Later)
+    with pytest.raises(Unauthorized) as e:
+        svc.decode(pair.access, "access")
+    assert e.value.code == "token_expired"
+    assert svc.decode(pair.refresh, "refresh").typ == "refresh"  # still valid: longer ttl
+
+
+def test_verified_token_cache_is_bounded() -> None:
+    import time
+
+    from heaper_trio.services import tokens as tokens_mod
+
+    svc = tokens_mod.TokenService(KeyPair.generate(), access_ttl=60, refresh_ttl=3600)
+    for i in range(tokens_mod.VERIFIED_CACHE_SIZE + 50):
+        svc.decode(svc.issue(f"u{i}", 0, time.time()).access, "access")
+    assert len(svc._verified) == tokens_mod.VERIFIED_CACHE_SIZE

@@ -8,7 +8,9 @@ account's token generation: revoking bumps it, so every older token dies at once
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ from heaper_trio.storage.base import NewRefreshToken
 
 AUDIENCE = "heaper"
 LEEWAY_S = 5  # clock skew between processes sharing a database
+VERIFIED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ class TokenService:
         self.issuer = key.public_key
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
+        # token -> claims of tokens whose signature already verified. Verifying an Ed25519
+        # JWT is the largest per-request cost; a client sends the same token for minutes.
+        # Only the signature check is skipped: expiry is re-checked on every use, and
+        # revocation is checked against the account by the caller.
+        self._verified: OrderedDict[str, Claims] = OrderedDict()
 
     def _encode(self, claims: dict[str, Any]) -> str:
         return jwt.encode(claims, self._private, algorithm="EdDSA", headers={"kid": self.issuer})
@@ -77,6 +85,23 @@ class TokenService:
 
     def decode(self, token: str, typ: str) -> Claims:
         """Verify signature, expiry, issuer, audience and type; raise Unauthorized if any fail."""
+        cached = self._verified.get(token)
+        if cached is None:
+            cached = self._decode(token)
+            self._verified[token] = cached
+            if len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        if cached.expires_at + LEEWAY_S < time.time():
+            self._verified.pop(token, None)
+            raise Unauthorized("token has expired", code="token_expired")
+        if cached.typ != typ:
+            raise Unauthorized(
+                f"{_article(cached.typ)} token was sent where {_article(typ)} token is needed",
+                code="token_wrong_type",
+            )
+        return cached
+
+    def _decode(self, token: str) -> Claims:
         try:
             claims = jwt.decode(
                 token,
@@ -91,18 +116,16 @@ class TokenService:
             raise Unauthorized("token has expired", code="token_expired") from None
         except jwt.InvalidTokenError as e:
             raise Unauthorized(f"token is not valid: {e}", code="token_invalid") from None
-        if claims.get("typ") != typ:
-            raise Unauthorized(
-                f"{_article(claims.get('typ'))} token was sent where {_article(typ)} token is "
-                "needed",
-                code="token_wrong_type",
-            )
         gen = claims.get("gen")
-        if not isinstance(gen, int) or isinstance(gen, bool) or not isinstance(claims["jti"], str):
+        if (
+            not isinstance(gen, int) or isinstance(gen, bool)
+            or not isinstance(claims["jti"], str)
+            or claims["typ"] not in ("access", "refresh")
+        ):
             raise Unauthorized("token claims are malformed", code="token_invalid")
         return Claims(
             user_id=claims["sub"],
-            typ=typ,
+            typ=claims["typ"],
             jti=claims["jti"],
             generation=gen,
             issued_at=int(claims["iat"]),

@@ -154,10 +154,10 @@ class SqliteStorage(Storage):
         return await self.rt.write(tx)
 
     async def get_user(self, user_id: str) -> User | None:
-        return await self.rt.read(_get_user, user_id)
+        return await self.rt.read_point(_get_user, user_id)
 
     async def get_user_by_key(self, public_key: str) -> User | None:
-        return await self.rt.read(_get_user_by_key, public_key)
+        return await self.rt.read_point(_get_user_by_key, public_key)
 
     async def list_users(self) -> list[User]:
         def q(c: sqlite3.Connection) -> list[User]:

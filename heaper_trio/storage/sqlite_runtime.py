@@ -99,6 +99,7 @@ class SqliteRuntime:
         self._thread: threading.Thread | None = None
         self._readers: deque[sqlite3.Connection] = deque()
         self._reader_slots = trio.CapacityLimiter(READERS)
+        self._inline: sqlite3.Connection | None = None
         self.commits = 0  # group commits done; a benchmark reads it
         self.jobs_done = 0
 
@@ -109,10 +110,11 @@ class SqliteRuntime:
             target=self._writer_main, args=(conn,), name="sqlite-writer", daemon=True
         )
         self._thread.start()
-        for _ in range(READERS):
+        for _ in range(READERS + 1):
             reader = await trio.to_thread.run_sync(_connect, self.path, self.synchronous)
             reader.execute("PRAGMA query_only=ON")
             self._readers.append(reader)
+        self._inline = self._readers.pop()
 
     async def stop(self) -> None:
         if self._thread is not None:
@@ -121,6 +123,9 @@ class SqliteRuntime:
             self._thread = None
         while self._readers:
             self._readers.pop().close()
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in the writer's next transaction; return once committed."""
@@ -157,6 +162,19 @@ class SqliteRuntime:
                     return await trio.to_thread.run_sync(fn, conn, *args)
             finally:
                 self._readers.append(conn)
+
+    async def read_point(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a primary-key lookup right here on the event loop.
+
+        A thread hop costs 120-200 µs on our machines while an indexed point read costs
+        10-30 µs, and in WAL mode a reader never waits for the writer. Only for queries
+        that touch a handful of rows; anything that scans uses ``read``.
+        """
+        if self._inline is None:
+            raise RuntimeError("storage is closed")
+        await trio.lowlevel.checkpoint()
+        with _unavailable_on_operational_error():
+            return fn(self._inline, *args)
 
     def _writer_main(self, conn: sqlite3.Connection) -> None:
         try:
