@@ -71,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     users.add_argument("action", choices=("list", "approve", "reject", "make-admin",
                                           "revoke-tokens"))
     users.add_argument("user", nargs="?", help="user id or base58 public key")
+
+    client = sub.add_parser(
+        "client", help="talk to a running server as a user (login, me)",
+        description="Log in to a server with a key file (created if missing) and print JSON: "
+        "`login` prints the tokens, `me` the profile. For scripts and first checks.")
+    client.add_argument("action", choices=("login", "me"))
+    client.add_argument("--server", default=f"http://127.0.0.1:{BY_NAME['port'].default}",
+                        help="server URL (default %(default)s)")
+    client.add_argument("--key", required=True, metavar="FILE",
+                        help="the user's Ed25519 key file (hex seed); created if missing")
     return parser
 
 
@@ -150,6 +160,37 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
             return 0
 
 
+async def _client(args: argparse.Namespace) -> int:
+    import httpx
+
+    from heaper_trio.client import HeaperClient, LoginPending, load_or_create_keypair
+
+    async with HeaperClient(args.server, load_or_create_keypair(args.key)) as c:
+        try:
+            answer = await c.login()
+            if args.action == "login":
+                print(json.dumps({k: answer.get(k) for k in (
+                    "user_id", "is_admin", "accessToken", "refreshToken", "expires_at",
+                    "server_public_key")}, indent=2))
+            else:
+                r = await c.post("/api/me")
+                r.raise_for_status()
+                print(json.dumps(r.json(), indent=2))
+        except LoginPending as e:
+            print(json.dumps({"user_id": c.user_id, "public_key": c.public_key,
+                              "approval_required": True}, indent=2))
+            print(f"heaper_trio: {e}; an admin runs: python -m heaper_trio users approve "
+                  f"{c.public_key}", file=sys.stderr)
+            return 3
+        except httpx.HTTPStatusError as e:
+            print(f"heaper_trio: {e.response.status_code} {e.response.text}", file=sys.stderr)
+            return 1
+        except httpx.TransportError as e:
+            print(f"heaper_trio: cannot reach {args.server}: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
 async def _make_admin(storage: Any, user_id: str, now: int) -> Any:
     await storage.set_user_state(user_id, "approved", now)
     return await storage.set_admin(user_id, True)
@@ -157,11 +198,13 @@ async def _make_admin(storage: Any, user_id: str, now: int) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("serve", "users", "-h", "--help", "--version"):
+    if not argv or argv[0] not in ("serve", "users", "client", "-h", "--help", "--version"):
         argv = ["serve", *argv]  # `serve` is the default command, flags and all
     args = build_parser().parse_args(argv)
     command = args.command
     settings: Settings | None = None
+    if command == "client":
+        return trio.run(_client, args)
     try:
         settings = _settings_from(args)
         _configure_logging(settings)

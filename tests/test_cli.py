@@ -60,6 +60,10 @@ class ServerProcess:
                     pass
                 await trio.sleep(0.05)
 
+    async def health(self) -> str:
+        async with httpx.AsyncClient() as c:
+            return str((await c.get(self.url + "/api/health")).json()["database"]["status"])
+
     def stop(self, sig: int) -> tuple[int, str]:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -150,7 +154,7 @@ async def test_users_commands(tmp_path: Path, database_url: str) -> None:
 def test_help_reads_well() -> None:
     top = cli("--help")
     assert top.returncode == 0
-    for word in ("serve", "users", "HEAPER_", "docs/configuration.md"):
+    for word in ("serve", "users", "client", "HEAPER_", "docs/configuration.md"):
         assert word in top.stdout
     serve = cli("serve", "--help").stdout
     for flag in ("--host", "--port", "--data-dir", "--database-url", "--config"):
@@ -198,3 +202,52 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr
     assert "cannot listen" in r.stderr and str(port) in r.stderr
     assert "Traceback" not in r.stderr
+
+
+async def test_client_command_logs_in_with_a_key_file(tmp_path: Path, database_url: str) -> None:
+    server = ServerProcess(tmp_path / "data", database_url)
+    try:
+        await server.wait_ready()
+        key = tmp_path / "me.key"
+        r = await trio.to_thread.run_sync(cli, "client", "me", "--server", server.url, "--key",
+                                          str(key))
+        assert r.returncode == 0, r.stderr
+        me = json.loads(r.stdout)
+        assert me["is_admin"] is True and key.exists()
+        assert me["public_key"] == KeyPair.load(key).public_key
+        r = await trio.to_thread.run_sync(cli, "client", "login", "--server", server.url,
+                                          "--key", str(key))
+        assert json.loads(r.stdout)["accessToken"]
+        # A second identity waits for approval: exit 3 and the command to approve it.
+        r = await trio.to_thread.run_sync(cli, "client", "me", "--server", server.url, "--key",
+                                          str(tmp_path / "other.key"))
+        assert r.returncode == 3 and "users approve" in r.stderr
+    finally:
+        server.stop(signal.SIGTERM)
+        server.kill()
+
+
+@pytest.mark.engines("postgres")
+async def test_two_processes_share_one_postgres_database(tmp_path: Path,
+                                                         database_url: str) -> None:
+    data = tmp_path / "shared-data"
+    a = ServerProcess(data, database_url)
+    b = ServerProcess(data, database_url)
+    try:
+        await a.wait_ready()
+        await b.wait_ready()
+        async with HeaperClient(a.url) as on_a, HeaperClient(b.url, on_a.key) as on_b:
+            await on_a.login()
+            # A token issued by one process is good on the other.
+            on_b.access_token, on_b.refresh_token = on_a.access_token, on_a.refresh_token
+            assert (await on_b.post("/api/me")).json()["is_admin"] is True
+            first_refresh = on_a.refresh_token
+            await on_b.refresh()  # rotated on B ...
+            r = await on_a.http.post("/api/auth/refresh_token",  # ... replayed on A
+                                     headers={"Authorization": f"Bearer {first_refresh}"})
+            assert r.json()["error"] == "refresh_token_reused"
+            assert (await a.health()) == (await b.health()) == "ok"
+    finally:
+        for p in (a, b):
+            p.stop(signal.SIGTERM)
+            p.kill()
