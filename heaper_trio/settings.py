@@ -70,6 +70,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("challenge_ttl", int, 300, "Lifetime of a login challenge, in seconds.", minimum=1),
     Setting("max_request_bytes", int, 16 * 1024 * 1024, "Largest request body accepted outside "
             "of file uploads; larger ones get 413.", minimum=1024),
+    Setting("max_sync_batch", int, 1000, "Most blocks in one sync push or pull; more get 413.",
+            minimum=1),
     Setting("sqlite_synchronous", str, "FULL", "SQLite synchronous mode. FULL makes every "
             "acknowledged write survive power loss; commits are grouped, so it costs little.",
             choices=("FULL", "NORMAL")),
@@ -102,6 +104,7 @@ class Settings:
     refresh_token_ttl: int
     challenge_ttl: int
     max_request_bytes: int
+    max_sync_batch: int
     sqlite_synchronous: str
     pg_pool_min: int
     pg_pool_max: int

@@ -21,6 +21,7 @@ from heaper_trio.errors import StartupError
 from heaper_trio.keys import SERVER_KEY_FILE, KeyPair, load_or_create_server_key
 from heaper_trio.services.accounts import AccountService
 from heaper_trio.services.diagnostics import RealtimeCounters
+from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.ratelimit import AuthRateLimits
 from heaper_trio.services.tokens import TokenService
 from heaper_trio.settings import Settings
@@ -38,6 +39,7 @@ class Services:
     tokens: TokenService
     accounts: AccountService
     auth_limits: AuthRateLimits
+    documents: DocumentService
     realtime: RealtimeCounters = field(default_factory=RealtimeCounters)
     started_at: float = field(default_factory=time.time)
     version: str = __version__
@@ -92,6 +94,7 @@ async def open_services(
             tokens=tokens,
             accounts=AccountService(storage, tokens, server_key, settings),
             auth_limits=AuthRateLimits(settings.auth_rate_limit),
+            documents=DocumentService(storage, settings),
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
         async with trio.open_nursery() as supervisor:

@@ -68,6 +68,121 @@ class RotateResult:
     user_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Heap:
+    id: str
+    owner_id: str
+    name: str
+    root_block_id: str
+    created_at: int
+    clock: int  # the last change time handed out in this heap (Unix ms, strictly increasing)
+
+
+@dataclass(frozen=True)
+class BlockProjection:
+    """The query columns of a block, derived from its Yjs document by the caller.
+
+    Callers pass values every engine can store: no NUL character in any string, no NaN or
+    infinity (PostgreSQL's TEXT and JSONB refuse them).
+    """
+
+    type: str | None
+    title: str
+    text: str
+    relations: dict[str, Any]
+    files: dict[str, Any]
+    apps: dict[str, Any]
+    deleted_at: int | None
+    permanently_deleted_at: int | None
+    tags: tuple[str, ...]
+    mentions: tuple[str, ...]
+    links: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StoredBlock:
+    """Everything needed to rebuild a block's document: snapshot plus the log after it."""
+
+    id: str
+    heap_id: str
+    sync_version: int
+    snapshot: bytes | None
+    snapshot_seq: int
+    updates: tuple[bytes, ...]  # log rows with seq > snapshot_seq, in order
+    last_seq: int
+    created_at: int
+    updated_at: int
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    """A block's projection columns as stored (what queries and the block route read)."""
+
+    id: str
+    heap_id: str
+    sync_version: int
+    type: str | None
+    title: str
+    text: str
+    relations: dict[str, Any]
+    files: dict[str, Any]
+    apps: dict[str, Any]
+    created_at: int
+    created_by: str | None
+    updated_at: int
+    deleted_at: int | None
+    permanently_deleted_at: int | None
+    size: int
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class BlockChange:
+    """New log rows for one block plus the projection of the document they produce.
+
+    ``expected_last_seq`` is the log position the caller's document was built from; None
+    means the block must not exist yet. If another writer got there first the change is
+    refused with ``conflict`` and the caller rebuilds its document and tries again.
+    """
+
+    block_id: str
+    heap_id: str
+    author_id: str | None
+    expected_last_seq: int | None
+    updates: tuple[bytes, ...]
+    projection: BlockProjection
+    state_vector: bytes
+    size: int
+    compacted: tuple[bytes, int] | None = None  # (snapshot, covers log rows <= seq)
+
+
+class CommitStatus(str, Enum):
+    ok = "ok"
+    created = "created"
+    conflict = "conflict"
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    block_id: str
+    status: CommitStatus
+    updated_at: int = 0
+    last_seq: int = 0
+    sync_version: int = 1
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    """One page of a heap's change feed."""
+
+    changed: list[BlockRecord]
+    deleted: list[tuple[str, int]]  # (block_id, deleted_at)
+    server_time: int
+    has_more: bool
+    total_changed: int
+    total_deleted: int
+
+
 class Storage(abc.ABC):
     """One interface, two engines: ``SqliteStorage`` (embedded) and ``PostgresStorage``."""
 
@@ -155,6 +270,45 @@ class Storage(abc.ABC):
         A ``jti`` already rotated means a copy of an old token is being replayed: the whole
         family is revoked (reuse detection) and ``reused`` is returned.
         """
+
+    # -- heaps and blocks -------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_heap(self, heap: Heap, root: BlockChange, now: int) -> bool:
+        """Create the heap with its root block; False if the heap id or block id is taken."""
+
+    @abc.abstractmethod
+    async def get_heap(self, heap_id: str) -> Heap | None: ...
+
+    @abc.abstractmethod
+    async def list_heaps(self, owner_id: str) -> list[Heap]: ...
+
+    @abc.abstractmethod
+    async def load_block(self, block_id: str) -> StoredBlock | None: ...
+
+    @abc.abstractmethod
+    async def get_blocks(self, block_ids: list[str]) -> dict[str, BlockRecord]: ...
+
+    @abc.abstractmethod
+    async def tombstones(self, block_ids: list[str]) -> dict[str, tuple[str, int]]:
+        """block_id -> (heap_id, deleted_at) for blocks removed for good."""
+
+    @abc.abstractmethod
+    async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
+        """Append each change's updates and store its projection, one transaction for all.
+
+        Changes are independent: a conflicting one is refused alone. Each committed change
+        takes the next time of its heap's change clock as ``updated_at``. Returns only after
+        the commit is durable.
+        """
+
+    @abc.abstractmethod
+    async def changes_since(self, heap_id: str, since: int, limit: int) -> ChangePage:
+        """Blocks changed and removed after ``since`` (a change time), oldest first."""
+
+    @abc.abstractmethod
+    async def related(self, block_id: str) -> dict[str, list[str]]:
+        """Relations both ways: ``tags``, ``children`` (tagged with this block),
+        ``mentions``, ``links``, ``backlinks`` (blocks mentioning or linking this one)."""
 
     @abc.abstractmethod
     async def auth_stats(self) -> dict[str, int]:

@@ -36,13 +36,20 @@ import trio_asyncio
 from trio_asyncio import aio_as_trio
 
 from heaper_trio.errors import Unavailable
+from heaper_trio.storage import postgres_documents as docs
 from heaper_trio.storage.base import (
+    BlockChange,
+    BlockRecord,
     ChallengeProblem,
+    ChangePage,
+    CommitResult,
+    Heap,
     LoginOutcome,
     NewRefreshToken,
     RefreshOutcome,
     RotateResult,
     Storage,
+    StoredBlock,
     User,
 )
 from heaper_trio.storage.postgres_runtime import (
@@ -401,6 +408,34 @@ class PostgresStorage(Storage):
         self, *, jti: str, user_id: str, now: int, new: NewRefreshToken
     ) -> RotateResult:
         return await self._run(tx, _rotate, jti, user_id, now, new)
+
+    # -- heaps and blocks (units of work and locking rules in postgres_documents) -------------
+    async def create_heap(self, heap: Heap, root: BlockChange, now: int) -> bool:
+        return await self._run(tx, docs.create_heap, heap, root, now)
+
+    async def get_heap(self, heap_id: str) -> Heap | None:
+        return await self._run(read, docs.get_heap, heap_id)
+
+    async def list_heaps(self, owner_id: str) -> list[Heap]:
+        return await self._run(read, docs.list_heaps, owner_id)
+
+    async def load_block(self, block_id: str) -> StoredBlock | None:
+        return await self._run(read, docs.load_block, block_id)
+
+    async def get_blocks(self, block_ids: list[str]) -> dict[str, BlockRecord]:
+        return await self._run(read, docs.get_blocks, block_ids)
+
+    async def tombstones(self, block_ids: list[str]) -> dict[str, tuple[str, int]]:
+        return await self._run(read, docs.tombstones, block_ids)
+
+    async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
+        return await self._run(tx, docs.commit_changes, changes, now)
+
+    async def changes_since(self, heap_id: str, since: int, limit: int) -> ChangePage:
+        return await self._run(docs.snapshot, docs.changes_since, heap_id, since, limit)
+
+    async def related(self, block_id: str) -> dict[str, list[str]]:
+        return await self._run(read, docs.related, block_id)
 
     async def auth_stats(self) -> dict[str, int]:
         return await self._run(read, _auth_stats)

@@ -7,8 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from heaper_trio.storage import sqlite_documents as docs
 from heaper_trio.storage.base import (
+    BlockChange,
+    BlockRecord,
+    ChangePage,
     ChallengeProblem,
+    CommitResult,
+    Heap,
+    StoredBlock,
     LoginOutcome,
     NewRefreshToken,
     RefreshOutcome,
@@ -220,6 +227,34 @@ class SqliteStorage(Storage):
             return RotateResult(RefreshOutcome.ok, user_id)
 
         return await self.rt.write(tx)
+
+    # -- heaps and blocks (units of work in sqlite_documents) ---------------------------------
+    async def create_heap(self, heap: Heap, root: BlockChange, now: int) -> bool:
+        return await self.rt.write(docs.create_heap, heap, root, now)
+
+    async def get_heap(self, heap_id: str) -> Heap | None:
+        return await self.rt.read_point(docs.get_heap, heap_id)
+
+    async def list_heaps(self, owner_id: str) -> list[Heap]:
+        return await self.rt.read(docs.list_heaps, owner_id)
+
+    async def load_block(self, block_id: str) -> StoredBlock | None:
+        return await self.rt.read(docs.load_block, block_id)
+
+    async def get_blocks(self, block_ids: list[str]) -> dict[str, BlockRecord]:
+        return await self.rt.read(docs.get_blocks, block_ids)
+
+    async def tombstones(self, block_ids: list[str]) -> dict[str, tuple[str, int]]:
+        return await self.rt.read(docs.tombstones, block_ids)
+
+    async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
+        return await self.rt.write(docs.commit_changes, changes, now)
+
+    async def changes_since(self, heap_id: str, since: int, limit: int) -> ChangePage:
+        return await self.rt.read(docs.changes_since, heap_id, since, limit)
+
+    async def related(self, block_id: str) -> dict[str, list[str]]:
+        return await self.rt.read(docs.related, block_id)
 
     async def auth_stats(self) -> dict[str, int]:
         def q(c: sqlite3.Connection) -> dict[str, int]:

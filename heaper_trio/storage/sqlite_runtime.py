@@ -91,6 +91,14 @@ def _unavailable_on_operational_error() -> Iterator[None]:
         raise Unavailable(f"the database is unavailable: {e}", code="database_unavailable") from e
 
 
+def _in_read_transaction(fn: Callable[..., T], conn: sqlite3.Connection, *args: Any) -> T:
+    conn.execute("BEGIN")
+    try:
+        return fn(conn, *args)
+    finally:
+        conn.execute("COMMIT")
+
+
 class SqliteRuntime:
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = path
@@ -154,12 +162,16 @@ class SqliteRuntime:
             return box[0].unwrap()
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` on a reader connection in a worker thread."""
+        """Run ``fn(conn, *args)`` on a reader connection in a worker thread.
+
+        Inside one read transaction, so every statement of ``fn`` sees the same WAL snapshot
+        (a block row and its log, a heap clock and its changes) even while the writer commits.
+        """
         async with self._reader_slots:
             conn = self._readers.popleft()
             try:
                 with _unavailable_on_operational_error():
-                    return await trio.to_thread.run_sync(fn, conn, *args)
+                    return await trio.to_thread.run_sync(_in_read_transaction, fn, conn, *args)
             finally:
                 self._readers.append(conn)
 

@@ -1,0 +1,330 @@
+"""Block documents: HTTP sync (push, pull, delta), block reads, heap creation.
+
+The Yjs document is the source of truth; storage keeps an append-only log per block and the
+projections (title, text, relations, ...) rebuilt from the document on every change. Changes
+are built in memory and committed optimistically: storage refuses one whose log moved on
+(another process, say) and we rebuild from the log and try again. Blocks are locked in this
+process in sorted order so concurrent pushes here do not keep conflicting with each other.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import trio
+
+from heaper_trio import crdt
+from heaper_trio.errors import Forbidden, NotFound, PayloadTooLarge
+from heaper_trio.settings import Settings
+from heaper_trio.storage.base import (
+    BlockChange,
+    BlockProjection,
+    CommitStatus,
+    Heap,
+    Storage,
+    StoredBlock,
+    User,
+)
+
+COMPACT_EVERY = 100  # log rows after the snapshot before a change also writes a new snapshot
+MAX_ATTEMPTS = 5
+DELTA_LIMIT = 1000
+
+
+def _clean(value: Any) -> Any:
+    """JSON both engines store alike: no NUL in strings (PostgreSQL TEXT/JSONB refuse it),
+    no NaN or infinity (JSONB refuses them). The document itself keeps whatever it holds."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {_clean(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def projection_of(doc: crdt.BlockDocument) -> BlockProjection:
+    p = doc.project()
+    ids = lambda xs: tuple(x for x in xs if "\x00" not in x)  # noqa: E731
+    return BlockProjection(
+        type=_clean(p.type), title=_clean(p.title), text=_clean(p.text),
+        relations=_clean(p.relations), files=_clean(p.files), apps=_clean(p.apps),
+        deleted_at=p.deleted_at, permanently_deleted_at=p.permanently_deleted_at,
+        tags=ids(p.tags), mentions=ids(p.mentions), links=ids(p.links),
+    )
+
+
+@dataclass
+class PushItem:
+    block_id: str
+    heap_id: str
+    update: bytes | None
+    state_vector: bytes | None
+    sync_version: int | None
+    status: str = ""
+    error: str | None = None
+    doc: crdt.BlockDocument | None = None
+    stored: StoredBlock | None = None
+    changed: bool = False
+    sync_version_now: int = 1
+
+
+class BlockLocks:
+    """One trio.Lock per block id, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[trio.Lock, int]] = {}
+
+    async def hold_all(self, stack: AsyncExitStack, block_ids: list[str]) -> None:
+        for block_id in sorted(set(block_ids)):  # one global order: no deadlocks
+            lock, users = self._locks.get(block_id, (trio.Lock(), 0))
+            self._locks[block_id] = (lock, users + 1)
+            stack.callback(self._release_user, block_id)
+            await stack.enter_async_context(lock)
+
+    def _release_user(self, block_id: str) -> None:
+        lock, users = self._locks[block_id]
+        if users <= 1:
+            del self._locks[block_id]
+        else:
+            self._locks[block_id] = (lock, users - 1)
+
+
+class DocumentService:
+    def __init__(self, storage: Storage, settings: Settings,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.storage = storage
+        self.settings = settings
+        self.clock = clock
+        self.locks = BlockLocks()
+
+    def _now(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- heaps ------------------------------------------------------------------------------
+    async def owned_heap(self, user: User, heap_id: str) -> Heap:
+        """The heap, if ``user`` owns it. Unknown and foreign heaps answer alike (no leak)."""
+        heap = await self.storage.get_heap(heap_id)
+        if heap is None or heap.owner_id != user.id:
+            raise Forbidden("this heap does not exist or is not yours", code="heap_forbidden")
+        return heap
+
+    async def create_heap(self, user: User, name: str, heap_id: str | None) -> Heap:
+        heap_id = heap_id or str(uuid.uuid4())
+        root_id = str(uuid.uuid4())
+        first = crdt.new_block_document(block_type="index", title=_clean(name))
+        doc = crdt.BlockDocument.load(None, [first])
+        now = self._now()
+        heap = Heap(heap_id, user.id, _clean(name), root_id, now, now)
+        root = BlockChange(root_id, heap_id, user.id, None, (first,), projection_of(doc),
+                           doc.state_vector(), doc.size)
+        if not await self.storage.create_heap(heap, root, now):
+            raise Forbidden("this heap id is already taken", code="heap_exists")
+        created = await self.storage.get_heap(heap_id)
+        assert created is not None
+        return created
+
+    # -- push -------------------------------------------------------------------------------
+    async def push(self, user: User, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        items = [self._parse_push_item(r) for r in raw]
+        if sum(len(i.update or b"") for i in items) > self.settings.max_request_bytes:
+            raise PayloadTooLarge("the decoded updates exceed max_request_bytes")
+        heaps: dict[str, bool] = {}
+        for item in items:
+            if item.status:
+                continue
+            if item.heap_id not in heaps:
+                heap = await self.storage.get_heap(item.heap_id)
+                heaps[item.heap_id] = heap is not None and heap.owner_id == user.id
+            if not heaps[item.heap_id]:
+                item.status, item.error = "forbidden", "heap_forbidden"
+        pending = [i for i in items if not i.status]
+        async with AsyncExitStack() as stack:
+            await self.locks.hold_all(stack, [i.block_id for i in pending])
+            for _ in range(MAX_ATTEMPTS):
+                if not pending:
+                    break
+                await self._prepare(pending)
+                pending = await self._commit(user, [i for i in pending if not i.status])
+            for item in pending:  # still conflicting after every attempt
+                item.status, item.error = "conflict", "write_conflict"
+        return [self._push_answer(i) for i in items]
+
+    def _parse_push_item(self, raw: dict[str, Any]) -> PushItem:
+        item = PushItem(raw["block_id"], raw["workspace_id"], None, None, raw.get("sync_version"))
+        try:
+            item.update = crdt.decode_b64(raw["update"])
+            sv = raw.get("state_vector")
+            if sv:
+                item.state_vector = crdt.decode_b64(sv, "state_vector")
+                crdt.check_state_vector(item.state_vector)
+        except crdt.InvalidUpdate as e:
+            item.status, item.error = "invalid", e.code
+        return item
+
+    async def _prepare(self, items: list[PushItem]) -> None:
+        """Load each block's document and apply the pushed update to it (in memory)."""
+        gone = await self.storage.tombstones([i.block_id for i in items])
+        for item in items:
+            item.changed = False
+            if item.block_id in gone:
+                item.status, item.error = "deleted", "block_deleted"
+                continue
+            stored = await self.storage.load_block(item.block_id)
+            if stored is not None and stored.heap_id != item.heap_id:
+                item.status, item.error = "forbidden", "block_in_other_heap"
+                continue
+            if (stored is not None and item.sync_version is not None
+                    and item.sync_version != stored.sync_version):
+                item.status, item.error = "version_mismatch", "sync_version_mismatch"
+                item.sync_version_now = stored.sync_version
+                continue
+            try:
+                doc = crdt.BlockDocument.load(stored.snapshot if stored else None,
+                                              stored.updates if stored else ())
+                assert item.update is not None
+                item.changed = doc.apply(item.update) or stored is None
+            except crdt.InvalidUpdate as e:
+                item.status, item.error = "invalid", e.code
+                continue
+            item.doc, item.stored = doc, stored
+            item.sync_version_now = stored.sync_version if stored else 1
+
+    async def _commit(self, user: User, items: list[PushItem]) -> list[PushItem]:
+        """Commit every changed item in one transaction; return the ones that conflicted."""
+        changes = []
+        for item in items:
+            if not item.changed:
+                item.status = "ok"
+                continue
+            assert item.doc is not None and item.update is not None
+            stored = item.stored
+            last_seq = stored.last_seq if stored else 0
+            compacted = None
+            if stored is not None and len(stored.updates) + 1 >= COMPACT_EVERY \
+                    and not item.doc.has_pending():
+                compacted = (item.doc.snapshot(), last_seq + 1)
+            changes.append(BlockChange(
+                item.block_id, item.heap_id, user.id, stored.last_seq if stored else None,
+                (item.update,), projection_of(item.doc), item.doc.state_vector(),
+                item.doc.size, compacted))
+        if not changes:
+            return []
+        results = await self.storage.commit_changes(changes, self._now())
+        by_id = {i.block_id: i for i in items}
+        retry = []
+        for result in results:
+            item = by_id[result.block_id]
+            if result.status is CommitStatus.conflict:
+                retry.append(item)
+            else:
+                item.status = result.status.value
+                item.sync_version_now = result.sync_version
+        return retry
+
+    def _push_answer(self, item: PushItem) -> dict[str, Any]:
+        out: dict[str, Any] = {"block_id": item.block_id, "status": item.status,
+                               "sync_version": item.sync_version_now}
+        if item.error:
+            out["error"] = item.error
+        if item.doc is not None and item.status in ("ok", "created"):
+            out["state_vector"] = crdt.encode_b64(item.doc.state_vector())
+            out["update"] = crdt.encode_b64(item.doc.diff(item.state_vector))
+        return out
+
+    # -- pull -------------------------------------------------------------------------------
+    async def pull(self, user: User, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        ids = [r["block_id"] for r in raw]
+        gone = await self.storage.tombstones(ids)
+        owned: dict[str, bool] = {}
+
+        async def mine(heap_id: str) -> bool:
+            if heap_id not in owned:
+                heap = await self.storage.get_heap(heap_id)
+                owned[heap_id] = heap is not None and heap.owner_id == user.id
+            return owned[heap_id]
+
+        answers = []
+        for r in raw:
+            block_id = r["block_id"]
+            out: dict[str, Any] = {"block_id": block_id}
+            if block_id in gone and await mine(gone[block_id][0]):
+                out.update(status="deleted", deleted=True, deleted_at=gone[block_id][1])
+                answers.append(out)
+                continue
+            stored = await self.storage.load_block(block_id)
+            if stored is None or not await mine(stored.heap_id):
+                out.update(status="not_found", error="block_not_found")
+                answers.append(out)
+                continue
+            out["sync_version"] = stored.sync_version
+            try:
+                sv = crdt.decode_b64(r.get("state_vector") or "", "state_vector") or None
+                if sv is not None:
+                    crdt.check_state_vector(sv)
+                doc = crdt.BlockDocument.load(stored.snapshot, stored.updates)
+            except crdt.InvalidUpdate as e:
+                out.update(status="invalid", error=e.code)
+                answers.append(out)
+                continue
+            client_version = r.get("sync_version")
+            if client_version is not None and client_version != stored.sync_version:
+                out.update(status="version_mismatch",
+                           full_state=crdt.encode_b64(doc.full_state()))
+            else:
+                out.update(status="ok", update=crdt.encode_b64(doc.diff(sv)))
+            out["state_vector"] = crdt.encode_b64(doc.state_vector())
+            answers.append(out)
+        return answers
+
+    # -- delta and block reads ----------------------------------------------------------------
+    async def delta(self, user: User, heap_id: str, since: int, limit: int) -> dict[str, Any]:
+        await self.owned_heap(user, heap_id)
+        page = await self.storage.changes_since(heap_id, since, limit)
+        return {
+            "success": True,
+            "changed_blocks": [
+                {"block_id": b.id, "updated_at": b.updated_at, "sync_version": b.sync_version,
+                 "type": b.type, "title": b.title, "deleted_at": b.deleted_at}
+                for b in page.changed],
+            "deleted_blocks": [{"block_id": bid, "deleted_at": at} for bid, at in page.deleted],
+            "server_time": page.server_time,
+            "has_more": page.has_more,
+            "total_changed": page.total_changed,
+            "total_deleted": page.total_deleted,
+        }
+
+    async def block(self, user: User, block_id: str) -> dict[str, Any]:
+        stored = await self.storage.load_block(block_id)
+        heap = await self.storage.get_heap(stored.heap_id) if stored else None
+        if stored is None or heap is None or heap.owner_id != user.id:
+            raise NotFound("no such block in your heaps", code="block_not_found")
+        record = (await self.storage.get_blocks([block_id]))[block_id]
+        doc = crdt.BlockDocument.load(stored.snapshot, stored.updates)
+        return {
+            "success": True,
+            "block": {
+                "id": record.id, "block_id": record.id, "heap_id": record.heap_id,
+                "workspace_id": record.heap_id, "type": record.type, "title": record.title,
+                "text": record.text, "created_at": record.created_at,
+                "created_by": record.created_by, "updated_at": record.updated_at,
+                "deleted_at": record.deleted_at,
+                "permanently_deleted_at": record.permanently_deleted_at,
+                "sync_version": record.sync_version, "size": record.size,
+                "is_root": heap.root_block_id == record.id,
+            },
+            "relations": {**(await self.storage.related(block_id)),
+                          "raw": record.relations},
+            "apps": record.apps,
+            "files": record.files,
+            "text": record.text,
+            "state": crdt.encode_b64(doc.full_state()),
+            "state_vector": crdt.encode_b64(doc.state_vector()),
+        }

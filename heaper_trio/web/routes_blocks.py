@@ -1,0 +1,24 @@
+"""One block: metadata, relations both ways, apps, files, text and the document state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint
+
+from heaper_trio.storage.base import User
+from heaper_trio.web.routing import route, services
+from heaper_trio.web.schema import boolean, obj, open_obj, string
+
+bp = Blueprint("blocks", __name__)
+
+
+@route(bp, "POST", "/api/block/{blockKey}", tag="blocks", errors=(404,),
+       summary="A block with relations, apps, file metadata, text and its Yjs state.",
+       description="Unknown blocks and blocks in other users' heaps both answer 404.",
+       body=obj(), response=open_obj(success=boolean(), block={"type": "object"},
+                                     relations={"type": "object"}, apps={"type": "object"},
+                                     files={"type": "object"}, text=string(), state=string(),
+                                     state_vector=string()))
+async def get_block(user: User, body: dict[str, Any], blockKey: str) -> dict[str, Any]:
+    return await services().documents.block(user, blockKey)

@@ -1,0 +1,54 @@
+"""Heaps (workspaces): create and list. A heap's name is its root index block's title."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint
+
+from heaper_trio.storage.base import Heap, User
+from heaper_trio.web.routing import route, services
+from heaper_trio.web.schema import boolean, obj, open_obj, string
+
+bp = Blueprint("heaps", __name__)
+
+ID = string(pattern=r"[A-Za-z0-9_-]{1,128}", description="1-128 chars of [A-Za-z0-9_-]")
+HEAP = open_obj(id=string(), heap_id=string(), name=string(), root_block_id=string(),
+                created_at={"type": "integer"}, updated_at={"type": "integer"})
+
+
+def heap_json(h: Heap) -> dict[str, Any]:
+    return {"id": h.id, "heap_id": h.id, "workspace_id": h.id, "name": h.name,
+            "root_block_id": h.root_block_id, "created_at": h.created_at, "updated_at": h.clock}
+
+
+@route(bp, "POST", "/api/heap/add", tag="heaps", errors=(403,),
+       summary="Create a heap and its root index block.",
+       description="`id` may be chosen by the client; an id already in use answers 403 "
+       "heap_exists (whoever owns it).",
+       body=obj({"name": string(minLength=1, maxLength=500)}, {"id": ID}),
+       response=open_obj(success=boolean(), id=string(), heap=HEAP))
+async def add_heap(user: User, body: dict[str, Any]) -> dict[str, Any]:
+    heap = await services().documents.create_heap(user, body["name"], body.get("id"))
+    return {"success": True, "id": heap.id, "heap": heap_json(heap)}
+
+
+async def _list(user: User) -> dict[str, Any]:
+    heaps = [heap_json(h) for h in await services().storage.list_heaps(user.id)]
+    return {"success": True, "heaps": heaps, "workspaces": heaps}
+
+
+LIST = open_obj(success=boolean(), heaps={"type": "array", "items": HEAP},
+                workspaces={"type": "array", "items": HEAP})
+
+
+@route(bp, "POST", "/api/heaps", tag="heaps", summary="The caller's heaps.", body=obj(),
+       response=LIST)
+async def list_heaps(user: User, body: dict[str, Any]) -> dict[str, Any]:
+    return await _list(user)
+
+
+@route(bp, "POST", "/api/workspaces", tag="heaps", body=obj(), response=LIST,
+       summary="The caller's heaps (the same list as /api/heaps, by their other name).")
+async def list_workspaces(user: User, body: dict[str, Any]) -> dict[str, Any]:
+    return await _list(user)
