@@ -20,13 +20,20 @@ from quart_trio import QuartTrio
 from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.services.container import Services, open_services
 from heaper_trio.settings import Settings
-from heaper_trio.web import routes_auth, routes_blocks, routes_heaps, routes_instance, routes_sync
+from heaper_trio.web import (
+    routes_auth,
+    routes_blocks,
+    routes_heaps,
+    routes_instance,
+    routes_sync,
+    routes_trash,
+)
 from heaper_trio.web.cors import install_cors
 from heaper_trio.web.errors import install_error_handlers
 
 log = logging.getLogger("heaper_trio")
 BLUEPRINTS = (routes_instance.bp, routes_auth.bp, routes_heaps.bp, routes_blocks.bp,
-              routes_sync.bp)
+              routes_sync.bp, routes_trash.bp)
 
 
 def create_app(services: Services) -> QuartTrio:

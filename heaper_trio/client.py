@@ -122,6 +122,12 @@ class HeaperClient:
     async def post(self, path: str, json: Any = None, **kw: Any) -> httpx.Response:
         return await self.request("POST", path, json=json, **kw)
 
+    async def put(self, path: str, **kw: Any) -> httpx.Response:
+        return await self.request("PUT", path, **kw)
+
+    async def delete(self, path: str, **kw: Any) -> httpx.Response:
+        return await self.request("DELETE", path, **kw)
+
 
 def _error_code(r: httpx.Response) -> str | None:
     try:

@@ -32,6 +32,7 @@ _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 EMPTY_STATE_VECTOR: bytes = b"\x00"
+EMPTY_UPDATE: bytes = b"\x00\x00"  # no structs, no deletions
 _MAX_SAFE_INTEGER = 2**53 - 1  # lib0's varUint limit; JS numbers are exact up to here
 _MAX_DEPTH = 100  # XML or map nesting deeper than this is not projected (clients set the depth)
 _INLINE_TAGS = frozenset({"reference", "pagelink", "hardBreak", "hard_break", "mention"})
@@ -384,7 +385,7 @@ class BlockDocument:
             self._captured = None
         for update in captured:
             self._remember(update)
-        return captured[0] if captured else b"\x00\x00"
+        return captured[0] if captured else EMPTY_UPDATE
 
 
 def new_block_document(*, block_type: str, title: str = "") -> bytes:

@@ -44,6 +44,7 @@ if [[ -z "${HEAPER_TEST_DATABASE_URL:-}" ]]; then
     export HEAPER_TEST_DATABASE_URL
 fi
 export HEAPER_TEST_REQUIRE_POSTGRES=1
+export HEAPER_TEST_REQUIRE_NODE=1  # the Yjs interop tests must run, not skip
 
 echo "== pytest"
 .venv/bin/python -m pytest "$@"

@@ -94,6 +94,7 @@ async def push(client: HeaperClient, *items: dict[str, Any]) -> Any:
 
 
 async def test_heap_add_and_list(admin: HeaperClient) -> None:
+    assert (await admin.post("/api/me")).json()["usage"]["heaps"] == 0
     heap = await new_heap(admin, "Research")
     assert heap["name"] == "Research" and heap["root_block_id"]
     chosen = str(uuid.uuid4())
@@ -101,6 +102,8 @@ async def test_heap_add_and_list(admin: HeaperClient) -> None:
     assert r.json()["id"] == chosen
     assert_error(await admin.post("/api/heap/add", json={"name": "Again", "id": chosen}),
                  403, "heap_exists")
+    usage = (await admin.post("/api/me")).json()["usage"]
+    assert (usage["heaps"], usage["blocks"]) == (2, 2) and usage["document_bytes"] > 0
     for path in ("/api/heaps", "/api/workspaces"):
         listed = (await admin.post(path)).json()
         assert [h["name"] for h in listed["heaps"]] == ["Research", "Mine"]

@@ -22,6 +22,7 @@ from heaper_trio.keys import SERVER_KEY_FILE, KeyPair, load_or_create_server_key
 from heaper_trio.services.accounts import AccountService
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.heaps import HeapService
 from heaper_trio.services.ratelimit import AuthRateLimits
 from heaper_trio.services.tokens import TokenService
 from heaper_trio.settings import Settings
@@ -40,6 +41,7 @@ class Services:
     accounts: AccountService
     auth_limits: AuthRateLimits
     documents: DocumentService
+    heaps: HeapService
     realtime: RealtimeCounters = field(default_factory=RealtimeCounters)
     started_at: float = field(default_factory=time.time)
     version: str = __version__
@@ -94,7 +96,8 @@ async def open_services(
             tokens=tokens,
             accounts=AccountService(storage, tokens, server_key, settings),
             auth_limits=AuthRateLimits(settings.auth_rate_limit),
-            documents=DocumentService(storage, settings),
+            documents=(documents := DocumentService(storage, settings)),
+            heaps=HeapService(documents),
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
         async with trio.open_nursery() as supervisor:

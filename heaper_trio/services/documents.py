@@ -239,6 +239,28 @@ class DocumentService:
             out["update"] = crdt.encode_b64(item.doc.diff(item.state_vector))
         return out
 
+    async def server_edit(self, author_id: str, heap_id: str, block_id: str,
+                          edit: Callable[[crdt.BlockDocument], bytes]) -> str:
+        """A CRDT edit made by the server (restore from trash, ...), stored and projected like
+        any pushed update. ``edit`` changes the document and returns the update it made.
+        Returns ``ok``, ``unchanged``, ``not_found`` or ``conflict``."""
+        async with AsyncExitStack() as stack:
+            await self.locks.hold_all(stack, [block_id])
+            for _ in range(MAX_ATTEMPTS):
+                stored = await self.storage.load_block(block_id)
+                if stored is None or stored.heap_id != heap_id:
+                    return "not_found"
+                doc = crdt.BlockDocument.load(stored.snapshot, stored.updates)
+                update = edit(doc)
+                if update == crdt.EMPTY_UPDATE:
+                    return "unchanged"
+                change = BlockChange(block_id, heap_id, author_id, stored.last_seq, (update,),
+                                     projection_of(doc), doc.state_vector(), doc.size)
+                [result] = await self.storage.commit_changes([change], self._now())
+                if result.status is not CommitStatus.conflict:
+                    return "ok"
+        return "conflict"
+
     # -- pull -------------------------------------------------------------------------------
     async def pull(self, user: User, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ids = [r["block_id"] for r in raw]

@@ -183,6 +183,14 @@ class ChangePage:
     total_deleted: int
 
 
+@dataclass(frozen=True)
+class UpdateInfo:
+    seq: int
+    created_at: int
+    author_id: str | None
+    size: int
+
+
 class Storage(abc.ABC):
     """One interface, two engines: ``SqliteStorage`` (embedded) and ``PostgresStorage``."""
 
@@ -309,6 +317,28 @@ class Storage(abc.ABC):
     async def related(self, block_id: str) -> dict[str, list[str]]:
         """Relations both ways: ``tags``, ``children`` (tagged with this block),
         ``mentions``, ``links``, ``backlinks`` (blocks mentioning or linking this one)."""
+
+    @abc.abstractmethod
+    async def block_history(self, block_id: str) -> tuple[int, list[UpdateInfo]]:
+        """(snapshot_seq, the log rows after it): history older than the snapshot was
+        compacted away."""
+
+    @abc.abstractmethod
+    async def trashed(self, heap_id: str) -> list[BlockRecord]:
+        """Blocks of the heap whose document says they are in the trash."""
+
+    @abc.abstractmethod
+    async def purge_blocks(self, heap_id: str, block_ids: list[str], now: int) -> list[str]:
+        """Remove blocks for good: document, log, relations; leave a tombstone at the heap's
+        next change time. Only blocks of ``heap_id`` that are in the trash are removed."""
+
+    @abc.abstractmethod
+    async def delete_heap(self, heap_id: str) -> bool:
+        """The heap, its blocks, their logs, relations and tombstones."""
+
+    @abc.abstractmethod
+    async def heap_stats(self, heap_id: str) -> dict[str, Any]:
+        """Counts by type (outside the trash), trash count, total, last change time."""
 
     @abc.abstractmethod
     async def auth_stats(self) -> dict[str, int]:

@@ -50,6 +50,7 @@ from heaper_trio.storage.base import (
     RotateResult,
     Storage,
     StoredBlock,
+    UpdateInfo,
     User,
 )
 from heaper_trio.storage.postgres_runtime import (
@@ -299,7 +300,12 @@ async def _usage(c: Conn, user_id: str, now: int) -> dict[str, Any]:
         "AND rotated_at IS NULL AND revoked_at IS NULL AND expires_at > $2",
         user_id, now,
     )
-    return {"sessions": sessions}
+    row = await c.fetchrow(
+        "SELECT COUNT(DISTINCT h.id) AS heaps, COUNT(b.id) AS blocks, "
+        "COALESCE(SUM(b.size), 0) AS document_bytes FROM heaps h "
+        "LEFT JOIN blocks b ON b.heap_id = h.id WHERE h.owner_id=$1", user_id)
+    return {"sessions": sessions, "heaps": row["heaps"], "blocks": row["blocks"],
+            "document_bytes": int(row["document_bytes"])}
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -436,6 +442,21 @@ class PostgresStorage(Storage):
 
     async def related(self, block_id: str) -> dict[str, list[str]]:
         return await self._run(read, docs.related, block_id)
+
+    async def block_history(self, block_id: str) -> tuple[int, list[UpdateInfo]]:
+        return await self._run(docs.snapshot, docs.block_history, block_id)
+
+    async def trashed(self, heap_id: str) -> list[BlockRecord]:
+        return await self._run(read, docs.trashed, heap_id)
+
+    async def purge_blocks(self, heap_id: str, block_ids: list[str], now: int) -> list[str]:
+        return await self._run(tx, docs.purge_blocks, heap_id, block_ids, now)
+
+    async def delete_heap(self, heap_id: str) -> bool:
+        return await self._run(tx, docs.delete_heap, heap_id)
+
+    async def heap_stats(self, heap_id: str) -> dict[str, Any]:
+        return await self._run(docs.snapshot, docs.heap_stats, heap_id)
 
     async def auth_stats(self) -> dict[str, int]:
         return await self._run(read, _auth_stats)

@@ -40,6 +40,7 @@ from heaper_trio.storage.base import (
     CommitStatus,
     Heap,
     StoredBlock,
+    UpdateInfo,
 )
 from heaper_trio.storage.postgres_runtime import Conn, Pool, T, _connection
 from heaper_trio.storage.sqlite_documents import page
@@ -316,3 +317,68 @@ async def related(c: Conn, block_id: str) -> dict[str, list[str]]:
         if source not in out[key]:
             out[key].append(source)
     return out
+
+
+async def block_history(c: Conn, block_id: str) -> tuple[int, list[UpdateInfo]]:
+    snapshot_seq = await c.fetchval("SELECT snapshot_seq FROM blocks WHERE id=$1", block_id)
+    if snapshot_seq is None:
+        return 0, []
+    rows = await c.fetch(
+        "SELECT seq, created_at, author_id, octet_length(data) AS size FROM block_updates "
+        "WHERE block_id=$1 AND seq > $2 ORDER BY seq", block_id, snapshot_seq)
+    return int(snapshot_seq), [UpdateInfo(r["seq"], r["created_at"], r["author_id"], r["size"])
+                               for r in rows]
+
+
+async def trashed(c: Conn, heap_id: str) -> list[BlockRecord]:
+    rows = await c.fetch(
+        f"SELECT {RECORD_COLUMNS} FROM blocks WHERE heap_id=$1 AND deleted_at IS NOT NULL "
+        'ORDER BY deleted_at DESC, id COLLATE "C"', heap_id)
+    return [record_row(r) for r in rows]
+
+
+async def purge_blocks(c: Conn, heap_id: str, block_ids: list[str], now: int) -> list[str]:
+    # The same lock order as commit_changes: block keys, heap row, block rows.
+    await _lock_blocks(c, block_ids)
+    await c.execute("SELECT 1 FROM heaps WHERE id=$1 FOR NO KEY UPDATE", heap_id)
+    rows = await c.fetch(
+        "SELECT id FROM blocks WHERE id = ANY($1::text[]) AND heap_id=$2 "
+        'AND deleted_at IS NOT NULL ORDER BY id COLLATE "C" FOR UPDATE', block_ids, heap_id)
+    present = {r["id"] for r in rows}
+    purged = [b for b in block_ids if b in present]
+    for block_id in dict.fromkeys(purged):
+        at = await _tick(c, heap_id, now)
+        await c.execute("DELETE FROM block_updates WHERE block_id=$1", block_id)
+        await c.execute("DELETE FROM block_relations WHERE block_id=$1", block_id)
+        await c.execute("DELETE FROM blocks WHERE id=$1", block_id)
+        await c.execute(
+            "INSERT INTO block_tombstones (block_id, heap_id, deleted_at) VALUES ($1, $2, $3)",
+            block_id, heap_id, at)
+    return list(dict.fromkeys(purged))
+
+
+async def delete_heap(c: Conn, heap_id: str) -> bool:
+    await c.execute("SELECT 1 FROM heaps WHERE id=$1 FOR UPDATE", heap_id)
+    await c.execute("DELETE FROM block_updates WHERE block_id IN "
+                    "(SELECT id FROM blocks WHERE heap_id=$1)", heap_id)
+    await c.execute("DELETE FROM block_relations WHERE heap_id=$1", heap_id)
+    await c.execute("DELETE FROM blocks WHERE heap_id=$1", heap_id)
+    await c.execute("DELETE FROM block_tombstones WHERE heap_id=$1", heap_id)
+    return await c.fetchval("DELETE FROM heaps WHERE id=$1 RETURNING 1", heap_id) is not None
+
+
+async def heap_stats(c: Conn, heap_id: str) -> dict[str, Any]:
+    by_type = {r[0] or "unknown": r[1] for r in await c.fetch(
+        "SELECT type, COUNT(*) FROM blocks WHERE heap_id=$1 AND deleted_at IS NULL "
+        "GROUP BY type", heap_id)}
+    trash = await c.fetchval(
+        "SELECT COUNT(*) FROM blocks WHERE heap_id=$1 AND deleted_at IS NOT NULL", heap_id)
+    files: dict[str, int] = {}
+    for (raw,) in await c.fetch(
+            "SELECT files FROM blocks WHERE heap_id=$1 AND files <> '{}'::jsonb", heap_id):
+        for key, meta in json.loads(raw).items():
+            files[key] = int(meta.get("file_size") or 0) if isinstance(meta, dict) else 0
+    clock = await c.fetchval("SELECT clock FROM heaps WHERE id=$1", heap_id)
+    return {"blocks": sum(by_type.values()), "by_type": by_type, "trash": trash,
+            "files": len(files), "file_bytes": sum(files.values()),
+            "last_change": int(clock) if clock is not None else None}

@@ -16,6 +16,7 @@ from heaper_trio.storage.base import (
     CommitResult,
     Heap,
     StoredBlock,
+    UpdateInfo,
     LoginOutcome,
     NewRefreshToken,
     RefreshOutcome,
@@ -256,6 +257,21 @@ class SqliteStorage(Storage):
     async def related(self, block_id: str) -> dict[str, list[str]]:
         return await self.rt.read(docs.related, block_id)
 
+    async def block_history(self, block_id: str) -> tuple[int, list[UpdateInfo]]:
+        return await self.rt.read(docs.block_history, block_id)
+
+    async def trashed(self, heap_id: str) -> list[BlockRecord]:
+        return await self.rt.read(docs.trashed, heap_id)
+
+    async def purge_blocks(self, heap_id: str, block_ids: list[str], now: int) -> list[str]:
+        return await self.rt.write(docs.purge_blocks, heap_id, block_ids, now)
+
+    async def delete_heap(self, heap_id: str) -> bool:
+        return await self.rt.write(docs.delete_heap, heap_id)
+
+    async def heap_stats(self, heap_id: str) -> dict[str, Any]:
+        return await self.rt.read(docs.heap_stats, heap_id)
+
     async def auth_stats(self) -> dict[str, int]:
         def q(c: sqlite3.Connection) -> dict[str, int]:
             return {t: c.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
@@ -270,7 +286,12 @@ class SqliteStorage(Storage):
                 "AND rotated_at IS NULL AND revoked_at IS NULL AND expires_at > ?",
                 (user_id, now),
             ).fetchone()[0]
-            return {"sessions": sessions}
+            heaps, blocks, document_bytes = c.execute(
+                "SELECT COUNT(DISTINCT h.id), COUNT(b.id), COALESCE(SUM(b.size), 0) "
+                "FROM heaps h LEFT JOIN blocks b ON b.heap_id = h.id WHERE h.owner_id=?",
+                (user_id,)).fetchone()
+            return {"sessions": sessions, "heaps": heaps, "blocks": blocks,
+                    "document_bytes": document_bytes}
 
         return await self.rt.read(q)
 

@@ -15,6 +15,7 @@ from heaper_trio.storage.base import (
     CommitStatus,
     Heap,
     StoredBlock,
+    UpdateInfo,
 )
 
 RECORD_COLUMNS = (
@@ -244,3 +245,67 @@ def related(c: sqlite3.Connection, block_id: str) -> dict[str, list[str]]:
         if source not in out[key]:
             out[key].append(source)
     return out
+
+
+def block_history(c: sqlite3.Connection, block_id: str) -> tuple[int, list[UpdateInfo]]:
+    row = c.execute("SELECT snapshot_seq FROM blocks WHERE id=?", (block_id,)).fetchone()
+    if row is None:
+        return 0, []
+    rows = c.execute(
+        "SELECT seq, created_at, author_id, length(data) FROM block_updates WHERE block_id=? "
+        "AND seq > ? ORDER BY seq", (block_id, row[0])).fetchall()
+    return int(row[0]), [UpdateInfo(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def trashed(c: sqlite3.Connection, heap_id: str) -> list[BlockRecord]:
+    rows = c.execute(
+        f"SELECT {RECORD_COLUMNS} FROM blocks WHERE heap_id=? AND deleted_at IS NOT NULL "
+        "ORDER BY deleted_at DESC, id", (heap_id,))
+    return [record_row(r) for r in rows.fetchall()]
+
+
+def purge_blocks(c: sqlite3.Connection, heap_id: str, block_ids: list[str], now: int
+                 ) -> list[str]:
+    purged = []
+    for block_id in block_ids:
+        row = c.execute("SELECT 1 FROM blocks WHERE id=? AND heap_id=? AND deleted_at IS NOT NULL",
+                        (block_id, heap_id)).fetchone()
+        if row is None:
+            continue
+        at = _tick(c, heap_id, now)
+        c.execute("DELETE FROM block_updates WHERE block_id=?", (block_id,))
+        c.execute("DELETE FROM block_relations WHERE block_id=?", (block_id,))
+        c.execute("DELETE FROM blocks WHERE id=?", (block_id,))
+        c.execute("INSERT INTO block_tombstones (block_id, heap_id, deleted_at) VALUES (?, ?, ?)",
+                  (block_id, heap_id, at))
+        purged.append(block_id)
+    return purged
+
+
+def delete_heap(c: sqlite3.Connection, heap_id: str) -> bool:
+    ids = [r[0] for r in c.execute("SELECT id FROM blocks WHERE heap_id=?", (heap_id,))]
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        c.execute(f"DELETE FROM block_updates WHERE block_id IN ({marks})", chunk)
+        c.execute(f"DELETE FROM block_relations WHERE block_id IN ({marks})", chunk)
+    c.execute("DELETE FROM blocks WHERE heap_id=?", (heap_id,))
+    c.execute("DELETE FROM block_tombstones WHERE heap_id=?", (heap_id,))
+    return c.execute("DELETE FROM heaps WHERE id=?", (heap_id,)).rowcount > 0
+
+
+def heap_stats(c: sqlite3.Connection, heap_id: str) -> dict[str, Any]:
+    by_type = {r[0] or "unknown": r[1] for r in c.execute(
+        "SELECT type, COUNT(*) FROM blocks WHERE heap_id=? AND deleted_at IS NULL GROUP BY type",
+        (heap_id,))}
+    trash = c.execute("SELECT COUNT(*) FROM blocks WHERE heap_id=? AND deleted_at IS NOT NULL",
+                      (heap_id,)).fetchone()[0]
+    files: dict[str, int] = {}
+    for (raw,) in c.execute("SELECT files FROM blocks WHERE heap_id=? AND files != '{}'",
+                            (heap_id,)):
+        for key, meta in json.loads(raw).items():
+            files[key] = int(meta.get("file_size") or 0) if isinstance(meta, dict) else 0
+    clock = c.execute("SELECT clock FROM heaps WHERE id=?", (heap_id,)).fetchone()
+    return {"blocks": sum(by_type.values()), "by_type": by_type, "trash": trash,
+            "files": len(files), "file_bytes": sum(files.values()),
+            "last_change": int(clock[0]) if clock else None}

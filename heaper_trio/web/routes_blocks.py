@@ -22,3 +22,13 @@ bp = Blueprint("blocks", __name__)
                                      state_vector=string()))
 async def get_block(user: User, body: dict[str, Any], blockKey: str) -> dict[str, Any]:
     return await services().documents.block(user, blockKey)
+
+
+@route(bp, "POST", "/api/block_updates/{blockKey}", tag="blocks", errors=(404,),
+       summary="A block's update history (sequence, time, author, size) and merged Yjs state.",
+       description="History older than the last compaction is folded into the snapshot; "
+       "compacted_through says up to which sequence.",
+       body=obj(), response=open_obj(success=boolean(), updates={"type": "array"},
+                                     state=string(), state_vector=string()))
+async def block_updates(user: User, body: dict[str, Any], blockKey: str) -> dict[str, Any]:
+    return await services().heaps.history(user, blockKey)

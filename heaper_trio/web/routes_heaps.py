@@ -6,9 +6,10 @@ from typing import Any
 
 from quart import Blueprint
 
+from heaper_trio.errors import BadRequest
 from heaper_trio.storage.base import Heap, User
 from heaper_trio.web.routing import route, services
-from heaper_trio.web.schema import boolean, obj, open_obj, string
+from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
 
 bp = Blueprint("heaps", __name__)
 
@@ -52,3 +53,38 @@ async def list_heaps(user: User, body: dict[str, Any]) -> dict[str, Any]:
        summary="The caller's heaps (the same list as /api/heaps, by their other name).")
 async def list_workspaces(user: User, body: dict[str, Any]) -> dict[str, Any]:
     return await _list(user)
+
+
+@route(bp, "DELETE", "/api/heap/{id}", tag="heaps", errors=(403,),
+       summary="Delete a heap: its blocks, their history and relations.",
+       response=open_obj(success=boolean(), deleted=boolean()))
+async def delete_heap(user: User, id: str) -> dict[str, Any]:
+    await services().heaps.delete(user, id)
+    return {"success": True, "deleted": True, "id": id}
+
+
+@route(bp, "GET", "/api/heap/stats/{id}", tag="heaps", errors=(403,),
+       summary="Block counts by type, trash count, files and bytes, last change.",
+       response=open_obj(success=boolean(), blocks=integer(), by_type={"type": "object"},
+                         trash=integer(), files=integer(), file_bytes=integer(),
+                         last_change=integer()))
+async def heap_stats(user: User, id: str) -> dict[str, Any]:
+    return {"success": True, **await services().heaps.stats(user, id)}
+
+
+@route(bp, "POST", "/api/heap/changed_blocks", tag="heaps", errors=(403,),
+       summary="Blocks changed in a heap since a marker, and the next marker.",
+       description="The same feed as GET /api/sync/delta: pass next_marker back as marker "
+       "until has_more is false.",
+       body=obj({}, {"heap_id": ID, "workspace_id": ID, "marker": integer(minimum=0),
+                     "since": integer(minimum=0), "limit": integer(minimum=1, maximum=1000)}),
+       response=open_obj(success=boolean(), changed_blocks={"type": "array"},
+                         deleted_blocks={"type": "array"}, next_marker=integer(),
+                         has_more=boolean()))
+async def changed_blocks(user: User, body: dict[str, Any]) -> dict[str, Any]:
+    heap_id = body.get("heap_id") or body.get("workspace_id")
+    if not heap_id:
+        raise BadRequest("heap_id is required", code="missing_field",
+                         details={"field": "body.heap_id"})
+    marker = body.get("marker", body.get("since", 0))
+    return await services().heaps.changed_blocks(user, heap_id, marker, body.get("limit", 1000))
