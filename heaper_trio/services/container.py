@@ -23,6 +23,7 @@ from heaper_trio.services.accounts import AccountService
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.heaps import HeapService
+from heaper_trio.services.query import QueryService
 from heaper_trio.services.ratelimit import AuthRateLimits
 from heaper_trio.services.tokens import TokenService
 from heaper_trio.settings import Settings
@@ -42,6 +43,7 @@ class Services:
     auth_limits: AuthRateLimits
     documents: DocumentService
     heaps: HeapService
+    query: QueryService
     realtime: RealtimeCounters = field(default_factory=RealtimeCounters)
     started_at: float = field(default_factory=time.time)
     version: str = __version__
@@ -98,6 +100,7 @@ async def open_services(
             auth_limits=AuthRateLimits(settings.auth_rate_limit),
             documents=(documents := DocumentService(storage, settings)),
             heaps=HeapService(documents),
+            query=QueryService(documents),
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
         async with trio.open_nursery() as supervisor:

@@ -183,6 +183,24 @@ class ChangePage:
     total_deleted: int
 
 
+SORTS = ("created", "updated", "title")
+
+
+@dataclass(frozen=True)
+class BlockQuery:
+    """Filters over a heap's blocks (``POST /api/heap`` and ``/api/heap_count``)."""
+
+    types: tuple[str, ...] = ()
+    tag: str | None = None  # tagged with this block, directly or through nested tags
+    terms: tuple[str, ...] = ()  # full-text words, all must match (prefixes)
+    unlinked: bool = False  # no tag at all (the root block is never unlinked)
+    has_content: bool | None = None  # text (body) empty or not
+    trash: bool = False  # only trashed blocks; otherwise trashed ones are left out
+    sort: str = "updated"  # one of SORTS
+    descending: bool = True
+    after: tuple[Any, str] | None = None  # cursor: (sort value, block id) of the last row seen
+
+
 @dataclass(frozen=True)
 class UpdateInfo:
     seq: int
@@ -317,6 +335,15 @@ class Storage(abc.ABC):
     async def related(self, block_id: str) -> dict[str, list[str]]:
         """Relations both ways: ``tags``, ``children`` (tagged with this block),
         ``mentions``, ``links``, ``backlinks`` (blocks mentioning or linking this one)."""
+
+    @abc.abstractmethod
+    async def query_blocks(self, heap_id: str, query: BlockQuery, limit: int
+                           ) -> list[BlockRecord]:
+        """One page of matching blocks in the query's order, after its cursor."""
+
+    @abc.abstractmethod
+    async def count_blocks(self, heap_id: str, query: BlockQuery) -> dict[str, int]:
+        """Matching blocks per type (the query's sort and cursor are ignored)."""
 
     @abc.abstractmethod
     async def block_history(self, block_id: str) -> tuple[int, list[UpdateInfo]]:

@@ -39,6 +39,7 @@ from heaper_trio.errors import Unavailable
 from heaper_trio.storage import postgres_documents as docs
 from heaper_trio.storage.base import (
     BlockChange,
+    BlockQuery,
     BlockRecord,
     ChallengeProblem,
     ChangePage,
@@ -442,6 +443,13 @@ class PostgresStorage(Storage):
 
     async def related(self, block_id: str) -> dict[str, list[str]]:
         return await self._run(read, docs.related, block_id)
+
+    async def query_blocks(self, heap_id: str, query: BlockQuery, limit: int
+                           ) -> list[BlockRecord]:
+        return await self._run(read, docs.query_blocks, heap_id, query, limit)
+
+    async def count_blocks(self, heap_id: str, query: BlockQuery) -> dict[str, int]:
+        return await self._run(read, docs.count_blocks, heap_id, query)
 
     async def block_history(self, block_id: str) -> tuple[int, list[UpdateInfo]]:
         return await self._run(docs.snapshot, docs.block_history, block_id)

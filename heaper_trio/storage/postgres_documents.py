@@ -32,7 +32,9 @@ from typing import Any, Awaitable, Callable
 
 import asyncpg
 
+from heaper_trio.storage import block_query
 from heaper_trio.storage.base import (
+    BlockQuery,
     BlockChange,
     BlockRecord,
     ChangePage,
@@ -382,3 +384,13 @@ async def heap_stats(c: Conn, heap_id: str) -> dict[str, Any]:
     return {"blocks": sum(by_type.values()), "by_type": by_type, "trash": trash,
             "files": len(files), "file_bytes": sum(files.values()),
             "last_change": int(clock) if clock is not None else None}
+
+
+async def query_blocks(c: Conn, heap_id: str, q: BlockQuery, limit: int) -> list[BlockRecord]:
+    sql, params = block_query.select_sql(block_query.POSTGRES, heap_id, q, RECORD_COLUMNS, limit)
+    return [record_row(r) for r in await c.fetch(sql, *params)]
+
+
+async def count_blocks(c: Conn, heap_id: str, q: BlockQuery) -> dict[str, int]:
+    sql, params = block_query.count_sql(block_query.POSTGRES, heap_id, q)
+    return {(r[0] or "unknown"): r[1] for r in await c.fetch(sql, *params)}

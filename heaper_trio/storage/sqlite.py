@@ -10,6 +10,7 @@ from typing import Any
 from heaper_trio.storage import sqlite_documents as docs
 from heaper_trio.storage.base import (
     BlockChange,
+    BlockQuery,
     BlockRecord,
     ChangePage,
     ChallengeProblem,
@@ -256,6 +257,13 @@ class SqliteStorage(Storage):
 
     async def related(self, block_id: str) -> dict[str, list[str]]:
         return await self.rt.read(docs.related, block_id)
+
+    async def query_blocks(self, heap_id: str, query: BlockQuery, limit: int
+                           ) -> list[BlockRecord]:
+        return await self.rt.read(docs.query_blocks, heap_id, query, limit)
+
+    async def count_blocks(self, heap_id: str, query: BlockQuery) -> dict[str, int]:
+        return await self.rt.read(docs.count_blocks, heap_id, query)
 
     async def block_history(self, block_id: str) -> tuple[int, list[UpdateInfo]]:
         return await self.rt.read(docs.block_history, block_id)

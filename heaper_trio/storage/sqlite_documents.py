@@ -7,7 +7,9 @@ import json
 import sqlite3
 from typing import Any
 
+from heaper_trio.storage import block_query
 from heaper_trio.storage.base import (
+    BlockQuery,
     BlockChange,
     BlockRecord,
     ChangePage,
@@ -309,3 +311,14 @@ def heap_stats(c: sqlite3.Connection, heap_id: str) -> dict[str, Any]:
     return {"blocks": sum(by_type.values()), "by_type": by_type, "trash": trash,
             "files": len(files), "file_bytes": sum(files.values()),
             "last_change": int(clock[0]) if clock else None}
+
+
+def query_blocks(c: sqlite3.Connection, heap_id: str, q: BlockQuery, limit: int
+                 ) -> list[BlockRecord]:
+    sql, params = block_query.select_sql(block_query.SQLITE, heap_id, q, RECORD_COLUMNS, limit)
+    return [record_row(r) for r in c.execute(sql, params).fetchall()]
+
+
+def count_blocks(c: sqlite3.Connection, heap_id: str, q: BlockQuery) -> dict[str, int]:
+    sql, params = block_query.count_sql(block_query.SQLITE, heap_id, q)
+    return {(t or "unknown"): n for t, n in c.execute(sql, params).fetchall()}

@@ -82,9 +82,51 @@ async def heap_stats(user: User, id: str) -> dict[str, Any]:
                          deleted_blocks={"type": "array"}, next_marker=integer(),
                          has_more=boolean()))
 async def changed_blocks(user: User, body: dict[str, Any]) -> dict[str, Any]:
+    marker = body.get("marker", body.get("since", 0))
+    return await services().heaps.changed_blocks(user, _heap_of(body), marker,
+                                                  body.get("limit", 1000))
+
+
+FILTERS = {
+    "heap_id": ID, "workspace_id": ID,
+    "type": {"type": ["string", "array"], "items": string(maxLength=100), "maxItems": 50,
+             "maxLength": 100},
+    "tag": ID,
+    "query": string(maxLength=1000, description="full-text words; all must match, as prefixes"),
+    "unlinked": boolean(description="only blocks with no tag (the root block excluded)"),
+    "has_content": boolean(),
+    "trash": boolean(description="only blocks in the trash (default: trashed ones excluded)"),
+    "in_trash": boolean(description="the same as trash"),
+}
+QUERY = obj({}, {**FILTERS,
+                 "sort": string(enum=["created", "updated", "title"]),
+                 "order": string(enum=["asc", "desc"]),
+                 "limit": integer(minimum=1, maximum=500),
+                 "cursor": string(maxLength=2000)})
+
+
+def _heap_of(body: dict[str, Any]) -> str:
     heap_id = body.get("heap_id") or body.get("workspace_id")
     if not heap_id:
         raise BadRequest("heap_id is required", code="missing_field",
                          details={"field": "body.heap_id"})
-    marker = body.get("marker", body.get("since", 0))
-    return await services().heaps.changed_blocks(user, heap_id, marker, body.get("limit", 1000))
+    return str(heap_id)
+
+
+@route(bp, "POST", "/api/heap", tag="heaps", errors=(403,),
+       summary="Heap contents: filter, search, sort, paginate.",
+       description="Filters: type, tag (nested tags included), query (full text over title "
+       "and text), unlinked, has_content, trash. Sort by created, updated (default, newest "
+       "first) or title (A-Z). Pass next_cursor back as cursor for the next page.",
+       body=QUERY, response=open_obj(success=boolean(), blocks={"type": "array"},
+                                     has_more=boolean(), next_cursor=string()))
+async def heap_contents(user: User, body: dict[str, Any]) -> dict[str, Any]:
+    return await services().query.blocks(user, _heap_of(body), body, body.get("limit", 100))
+
+
+@route(bp, "POST", "/api/heap_count", tag="heaps", errors=(403,),
+       summary="How many blocks match the same filters as POST /api/heap, by type.",
+       body=obj({}, FILTERS), response=open_obj(success=boolean(), count=integer(),
+                                                by_type={"type": "object"}))
+async def heap_count(user: User, body: dict[str, Any]) -> dict[str, Any]:
+    return await services().query.count(user, _heap_of(body), body)

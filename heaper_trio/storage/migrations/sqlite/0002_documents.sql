@@ -12,7 +12,9 @@ CREATE TABLE heaps (
 CREATE INDEX heaps_owner ON heaps (owner_id);
 
 CREATE TABLE blocks (
-    id                     TEXT PRIMARY KEY,
+    -- A stable integer key for the full-text index (an implicit rowid may change on VACUUM).
+    n                      INTEGER PRIMARY KEY,
+    id                     TEXT NOT NULL UNIQUE,
     heap_id                TEXT NOT NULL REFERENCES heaps (id) ON DELETE CASCADE,
     sync_version           INTEGER NOT NULL DEFAULT 1,
     type                   TEXT,

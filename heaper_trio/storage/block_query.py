@@ -1,0 +1,99 @@
+"""SQL for block queries, written once for both engines.
+
+The engines differ only in placeholders (``?`` / ``$n``), in full-text search (FTS5 / a
+tsvector column) and in how titles sort (byte order on both: SQLite's default, ``COLLATE "C"``
+on PostgreSQL). Nested tags are a recursive CTE over tag relations that stops at trashed blocks:
+while a tag is in the trash its relations are hidden, so its children no longer inherit it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from heaper_trio.storage.base import BlockQuery
+
+SORT_COLUMNS = {"created": "b.created_at", "updated": "b.updated_at", "title": "b.title"}
+
+
+@dataclass(frozen=True)
+class Dialect:
+    placeholder: Callable[[int], str]  # 1-based index -> "?" or "$1"
+    full_text: Callable[[str], str]  # placeholder -> condition on ``b``
+    full_text_param: Callable[[tuple[str, ...]], str]
+    title_collation: str = ""
+
+
+SQLITE = Dialect(
+    placeholder=lambda i: f"?{i}",  # numbered: parameters bind by number, not by position
+    full_text=lambda ph: f"b.n IN (SELECT rowid FROM blocks_fts WHERE blocks_fts MATCH {ph})",
+    full_text_param=lambda terms: " ".join(f'"{t}"*' for t in terms),
+)
+POSTGRES = Dialect(
+    placeholder=lambda i: f"${i}",
+    full_text=lambda ph: f"b.search @@ to_tsquery('simple', {ph})",
+    full_text_param=lambda terms: " & ".join(f"{t}:*" for t in terms),
+    title_collation=' COLLATE "C"',
+)
+
+
+class _Params:
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        return self.dialect.placeholder(len(self.values))
+
+
+def _where(d: Dialect, p: _Params, heap_id: str, q: BlockQuery) -> tuple[str, str]:
+    """(WITH clause or "", WHERE conditions) for the filters of ``q``."""
+    cte = ""
+    conds = [f"b.heap_id = {p(heap_id)}",
+             "b.deleted_at IS NOT NULL" if q.trash else "b.deleted_at IS NULL"]
+    if q.types:
+        conds.append(f"b.type IN ({', '.join(p(t) for t in q.types)})")
+    if q.tag is not None:
+        cte = (
+            "WITH RECURSIVE tagged(id) AS ("
+            f"SELECT r.block_id FROM block_relations r WHERE r.kind = 'tag' "
+            f"AND r.target_id = {p(q.tag)} "
+            "UNION SELECT r.block_id FROM block_relations r JOIN tagged t ON r.target_id = t.id "
+            "JOIN blocks c ON c.id = t.id WHERE r.kind = 'tag' AND c.deleted_at IS NULL) "
+        )
+        conds.append("b.id IN (SELECT id FROM tagged)")
+    if q.terms:
+        conds.append(d.full_text(p(d.full_text_param(q.terms))))
+    if q.unlinked:
+        conds.append("NOT EXISTS (SELECT 1 FROM block_relations r JOIN blocks t "
+                     "ON t.id = r.target_id AND t.deleted_at IS NULL "
+                     "WHERE r.block_id = b.id AND r.kind = 'tag')")
+        conds.append("b.id NOT IN (SELECT root_block_id FROM heaps WHERE id = b.heap_id)")
+    if q.has_content is not None:
+        conds.append("b.text <> ''" if q.has_content else "b.text = ''")
+    return cte, " AND ".join(conds)
+
+
+def select_sql(d: Dialect, heap_id: str, q: BlockQuery, columns: str, limit: int
+               ) -> tuple[str, list[Any]]:
+    p = _Params(d)
+    cte, where = _where(d, p, heap_id, q)
+    col = SORT_COLUMNS[q.sort] + (d.title_collation if q.sort == "title" else "")
+    idc = "b.id" + d.title_collation
+    direction = "DESC" if q.descending else "ASC"
+    if q.after is not None:
+        value, last_id = q.after
+        op = "<" if q.descending else ">"
+        v, i = p(value), p(last_id)
+        where += f" AND ({col} {op} {v} OR ({col} = {v} AND {idc} {op} {i}))"
+    cols = ", ".join(f"b.{c.strip()}" for c in columns.split(","))
+    sql = (f"{cte}SELECT {cols} FROM blocks b WHERE {where} "
+           f"ORDER BY {col} {direction}, {idc} {direction} LIMIT {p(limit)}")
+    return sql, p.values
+
+
+def count_sql(d: Dialect, heap_id: str, q: BlockQuery) -> tuple[str, list[Any]]:
+    p = _Params(d)
+    cte, where = _where(d, p, heap_id, q)
+    return f"{cte}SELECT b.type, COUNT(*) FROM blocks b WHERE {where} GROUP BY b.type", p.values

@@ -1,0 +1,168 @@
+"""Heap contents and counts: filters, nested tags, full-text search, sorts, cursors."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import pytest
+
+from heaper_trio.app import RunningServer
+from heaper_trio.client import HeaperClient, LoginPending
+from heaper_trio.services.accounts import find_user
+
+from .conftest import assert_error
+from .test_sync import ClientBlock, new_heap, push
+
+
+async def build(admin: HeaperClient) -> tuple[dict[str, Any], dict[str, ClientBlock]]:
+    """A heap: tag tree projects > work, notes tagged at each level, one untagged, one
+    trashed, one empty."""
+    heap = await new_heap(admin)
+    b = {name: ClientBlock() for name in
+         ("projects", "work", "plan", "report", "loose", "binned", "empty")}
+    b["projects"].write("Projects", block_type="tag")
+    b["work"].write("Work", block_type="tag")
+    b["work"].tag_with(b["projects"].id)
+    b["plan"].write("Quarterly plan", "Grüße from the planning meeting")
+    b["plan"].tag_with(b["projects"].id)
+    b["report"].write("Annual report", "revenue grew; planning continues")
+    b["report"].tag_with(b["work"].id)
+    b["loose"].write("Loose thought", "unfiled idea")
+    b["binned"].write("Old plan", "planning that was dropped")
+    b["binned"].tag_with(b["work"].id)
+    with b["binned"].doc.transaction():
+        b["binned"].meta["deleted_at"] = int(time.time() * 1000)
+    b["empty"].write("Empty note")
+    await push(admin, *(x.push_item(heap["id"]) for x in b.values()))
+    return heap, b
+
+
+async def ids(admin: HeaperClient, heap: dict[str, Any], **filters: Any) -> list[str]:
+    r = await admin.post("/api/heap", json={"heap_id": heap["id"], **filters})
+    assert r.status_code == 200, r.text
+    return [x["block_id"] for x in r.json()["blocks"]]
+
+
+async def test_filters(admin: HeaperClient) -> None:
+    heap, b = await build(admin)
+    name = {v.id: k for k, v in b.items()} | {heap["root_block_id"]: "root"}
+
+    async def names(**f: Any) -> set[str]:
+        return {name[i] for i in await ids(admin, heap, **f)}
+
+    assert await names() == {"root", "projects", "work", "plan", "report", "loose", "empty"}
+    assert await names(type="tag") == {"projects", "work"}
+    assert await names(type=["tag", "index"]) == {"projects", "work", "root"}
+    # nested: report is tagged "work", which is tagged "projects"
+    assert await names(tag=b["projects"].id) == {"work", "plan", "report"}
+    assert await names(tag=b["work"].id) == {"report"}  # binned is in the trash
+    assert await names(unlinked=True) == {"projects", "loose", "empty"}
+    assert await names(has_content=True) == {"plan", "report", "loose"}
+    assert await names(has_content=False, type="document") == {"empty"}
+    assert await names(trash=True) == {"binned"}
+    assert await names(in_trash=True) == {"binned"}
+
+
+async def test_full_text(admin: HeaperClient) -> None:
+    heap, b = await build(admin)
+    name = {v.id: k for k, v in b.items()}
+
+    async def search(q: str, **f: Any) -> set[str]:
+        return {name.get(i, "root") for i in await ids(admin, heap, query=q, **f)}
+
+    assert await search("planning") == {"plan", "report"}  # binned is trashed
+    assert await search("plan") == {"plan", "report"}  # prefixes match
+    assert await search("PLANNING revenue") == {"report"}  # every word, any case
+    assert await search("grüße") == {"plan"}
+    assert await search("annual") == {"report"}  # titles too
+    assert await search("planning", trash=True) == {"binned"}
+    assert await search("nothing-like-this") == set()
+    assert await search('"; DROP TABLE blocks; --') == set()
+    assert await search("*") == await search("")  # no words: no text filter
+
+
+async def test_sorts_and_cursors(admin: HeaperClient) -> None:
+    heap = await new_heap(admin)
+    blocks = [ClientBlock() for _ in range(7)]
+    for i, blk in enumerate(blocks):
+        blk.write(["delta", "alpha", "echo", "alpha", "charlie", "bravo", "alpha"][i])
+    await push(admin, *(x.push_item(heap["id"]) for x in blocks))
+
+    async def all_pages(**f: Any) -> list[str]:
+        out, cursor, pages = [], None, 0
+        while True:
+            body = {"heap_id": heap["id"], "type": "document", "limit": 2, **f}
+            if cursor:
+                body["cursor"] = cursor
+            page = (await admin.post("/api/heap", json=body)).json()
+            out += [x["title"] for x in page["blocks"]]
+            pages += 1
+            cursor = page["next_cursor"]
+            if not page["has_more"]:
+                assert cursor is None
+                return out
+            assert pages < 10
+
+    titles = await all_pages(sort="title")
+    assert titles == sorted(titles) and len(titles) == 7  # ties on "alpha" kept whole
+    assert await all_pages(sort="title", order="desc") == sorted(titles, reverse=True)
+    by_created = await all_pages(sort="created", order="asc")
+    assert by_created == ["delta", "alpha", "echo", "alpha", "charlie", "bravo", "alpha"]
+    assert await all_pages() == list(reversed(by_created))  # updated, newest first
+
+    first = (await admin.post("/api/heap", json={"heap_id": heap["id"], "limit": 2,
+                                                 "sort": "title"})).json()
+    for bad in ("garbage", first["next_cursor"][:-3], "e30"):
+        assert_error(await admin.post("/api/heap", json={
+            "heap_id": heap["id"], "sort": "title", "cursor": bad}), 400, "invalid_cursor")
+    # a cursor is bound to its sort and direction
+    assert_error(await admin.post("/api/heap", json={
+        "heap_id": heap["id"], "sort": "created", "cursor": first["next_cursor"]}),
+        400, "invalid_cursor")
+
+
+async def test_counts(admin: HeaperClient) -> None:
+    heap, b = await build(admin)
+    r = (await admin.post("/api/heap_count", json={"workspace_id": heap["id"]})).json()
+    assert r["count"] == 7 and r["by_type"] == {"index": 1, "tag": 2, "document": 4}
+    r = (await admin.post("/api/heap_count", json={"heap_id": heap["id"],
+                                                   "tag": b["projects"].id})).json()
+    assert r["count"] == 3
+    r = (await admin.post("/api/heap_count", json={"heap_id": heap["id"],
+                                                   "query": "planning"})).json()
+    assert r["count"] == 2
+    r = (await admin.post("/api/heap_count", json={"heap_id": heap["id"], "trash": True})
+         ).json()
+    assert r == {"success": True, "count": 1, "by_type": {"document": 1}}
+
+
+async def test_query_bad_input_and_ownership(
+        admin: HeaperClient, server: RunningServer,
+        make_client: Callable[..., HeaperClient]) -> None:
+    heap = await new_heap(admin)
+    for body, code in [
+        ({}, "missing_field"),
+        ({"heap_id": heap["id"], "sort": "size"}, "invalid_value"),
+        ({"heap_id": heap["id"], "limit": 0}, "invalid_value"),
+        ({"heap_id": heap["id"], "limit": 501}, "invalid_value"),
+        ({"heap_id": heap["id"], "type": 5}, "invalid_type"),
+        ({"heap_id": heap["id"], "type": [1]}, "invalid_type"),
+        ({"heap_id": heap["id"], "unlinked": "yes"}, "invalid_type"),
+        ({"heap_id": heap["id"], "query": " ".join(f"w{i}" for i in range(17))},
+         "invalid_value"),
+        ({"heap_id": heap["id"], "bogus": 1}, "unknown_field"),
+    ]:
+        assert_error(await admin.post("/api/heap", json=body), 400, code)
+    assert_error(await admin.post("/api/heap_count", json={"heap_id": heap["id"], "sort": "x"}),
+                 400, "unknown_field")
+    eve = make_client()
+    with pytest.raises(LoginPending):
+        await eve.login()
+    user = await find_user(server.services.storage, eve.public_key)
+    await server.services.storage.set_user_state(user.id, "approved", 1)
+    await eve.login()
+    assert_error(await eve.post("/api/heap", json={"heap_id": heap["id"]}), 403,
+                 "heap_forbidden")
+    assert_error(await eve.post("/api/heap_count", json={"heap_id": heap["id"]}), 403,
+                 "heap_forbidden")
