@@ -187,6 +187,22 @@ async def admin(make_client: Callable[..., HeaperClient]) -> HeaperClient:
     return c
 
 
+@pytest.fixture
+async def eve(admin: HeaperClient, server: RunningServer,
+              make_client: Callable[..., HeaperClient]) -> HeaperClient:
+    """Eve: a second approved account (approved as the CLI does it), for "not yours" tests."""
+    from heaper_trio.client import LoginPending
+    from heaper_trio.services.accounts import find_user
+
+    client = make_client()
+    with pytest.raises(LoginPending):
+        await client.login()
+    user = await find_user(server.services.storage, client.public_key)
+    await server.services.storage.set_user_state(user.id, "approved", 1)
+    await client.login()
+    return client
+
+
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
     """The contract's error envelope, with this status (and code, when given)."""
     assert response.status_code == status, (response.status_code, response.text)

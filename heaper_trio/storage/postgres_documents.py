@@ -45,17 +45,11 @@ from heaper_trio.storage.base import (
     UpdateInfo,
 )
 from heaper_trio.storage.postgres_runtime import Conn, Pool, T, _connection
-from heaper_trio.storage.sqlite_documents import page
+from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, page, record_row
 
 # First key of the two-key advisory locks on block ids (a key space apart from the one-key
 # locks in postgres.py); the second key is a 32-bit hash of the block id.
 BLOCK_LOCK = 0x68656170  # "heap"
-
-RECORD_COLUMNS = (
-    "id, heap_id, sync_version, type, title, text, relations, files, apps, created_at, "
-    "created_by, updated_at, deleted_at, permanently_deleted_at, size, last_seq"
-)
-
 
 async def snapshot(pool: Pool, work: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Runner: read-only ``work`` in one REPEATABLE READ snapshot; cancellable at any point."""
@@ -79,24 +73,6 @@ async def _lock_blocks(c: Conn, block_ids: list[str]) -> None:
 
 def _jsonb(value: dict[str, Any]) -> str:
     return json.dumps(value)
-
-
-def heap_row(row: asyncpg.Record | None) -> Heap | None:
-    if row is None:
-        return None
-    return Heap(row["id"], row["owner_id"], row["name"], row["root_block_id"], row["created_at"],
-                row["clock"])
-
-
-def record_row(row: asyncpg.Record) -> BlockRecord:
-    return BlockRecord(
-        id=row["id"], heap_id=row["heap_id"], sync_version=row["sync_version"], type=row["type"],
-        title=row["title"], text=row["text"], relations=json.loads(row["relations"]),
-        files=json.loads(row["files"]), apps=json.loads(row["apps"]),
-        created_at=row["created_at"], created_by=row["created_by"], updated_at=row["updated_at"],
-        deleted_at=row["deleted_at"], permanently_deleted_at=row["permanently_deleted_at"],
-        size=row["size"], last_seq=row["last_seq"],
-    )
 
 
 async def get_heap(c: Conn, heap_id: str) -> Heap | None:

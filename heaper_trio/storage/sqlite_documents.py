@@ -8,6 +8,7 @@ import sqlite3
 from typing import Any
 
 from heaper_trio.storage import block_query
+from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, page, record_row
 from heaper_trio.storage.base import (
     BlockQuery,
     BlockChange,
@@ -19,30 +20,6 @@ from heaper_trio.storage.base import (
     StoredBlock,
     UpdateInfo,
 )
-
-RECORD_COLUMNS = (
-    "id, heap_id, sync_version, type, title, text, relations, files, apps, created_at, "
-    "created_by, updated_at, deleted_at, permanently_deleted_at, size, last_seq"
-)
-
-
-def heap_row(row: sqlite3.Row | None) -> Heap | None:
-    if row is None:
-        return None
-    return Heap(row["id"], row["owner_id"], row["name"], row["root_block_id"], row["created_at"],
-                row["clock"])
-
-
-def record_row(row: sqlite3.Row) -> BlockRecord:
-    return BlockRecord(
-        id=row["id"], heap_id=row["heap_id"], sync_version=row["sync_version"], type=row["type"],
-        title=row["title"], text=row["text"], relations=json.loads(row["relations"]),
-        files=json.loads(row["files"]), apps=json.loads(row["apps"]),
-        created_at=row["created_at"], created_by=row["created_by"], updated_at=row["updated_at"],
-        deleted_at=row["deleted_at"], permanently_deleted_at=row["permanently_deleted_at"],
-        size=row["size"], last_seq=row["last_seq"],
-    )
-
 
 def get_heap(c: sqlite3.Connection, heap_id: str) -> Heap | None:
     return heap_row(c.execute("SELECT * FROM heaps WHERE id=?", (heap_id,)).fetchone())
@@ -210,25 +187,6 @@ def changes_since(c: sqlite3.Connection, heap_id: str, since: int, limit: int) -
     return page(
         [record_row(r) for r in rows], [(r[0], r[1]) for r in deleted], clock, limit,
         total_changed, total_deleted,
-    )
-
-
-def page(changed: list[BlockRecord], deleted: list[tuple[str, int]], clock: int, limit: int,
-         total_changed: int, total_deleted: int) -> ChangePage:
-    """Cut both feeds at one change time so that asking again from it loses nothing.
-
-    Change times are unique within a heap, so the cut never splits a tie.
-    """
-    has_more = len(changed) > limit or len(deleted) > limit
-    if not has_more:
-        return ChangePage(changed, deleted, clock, False, total_changed, total_deleted)
-    cut = min(x for x in (
-        changed[limit - 1].updated_at if len(changed) > limit else None,
-        deleted[limit - 1][1] if len(deleted) > limit else None,
-    ) if x is not None)
-    return ChangePage(
-        [b for b in changed if b.updated_at <= cut], [d for d in deleted if d[1] <= cut], cut,
-        True, total_changed, total_deleted,
     )
 
 

@@ -1,0 +1,55 @@
+"""Row mapping and change-feed paging shared by both engines.
+
+sqlite3.Row and asyncpg.Record both read by column name, and both engines hand JSON columns
+back as text (TEXT in SQLite, JSONB without a codec in asyncpg), so one mapping serves both.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from heaper_trio.storage.base import BlockRecord, ChangePage, Heap
+
+RECORD_COLUMNS = (
+    "id, heap_id, sync_version, type, title, text, relations, files, apps, created_at, "
+    "created_by, updated_at, deleted_at, permanently_deleted_at, size, last_seq"
+)
+
+
+def heap_row(row: Mapping[str, Any] | None) -> Heap | None:
+    if row is None:
+        return None
+    return Heap(row["id"], row["owner_id"], row["name"], row["root_block_id"], row["created_at"],
+                row["clock"])
+
+
+def record_row(row: Mapping[str, Any]) -> BlockRecord:
+    return BlockRecord(
+        id=row["id"], heap_id=row["heap_id"], sync_version=row["sync_version"], type=row["type"],
+        title=row["title"], text=row["text"], relations=json.loads(row["relations"]),
+        files=json.loads(row["files"]), apps=json.loads(row["apps"]),
+        created_at=row["created_at"], created_by=row["created_by"], updated_at=row["updated_at"],
+        deleted_at=row["deleted_at"], permanently_deleted_at=row["permanently_deleted_at"],
+        size=row["size"], last_seq=row["last_seq"],
+    )
+
+
+
+def page(changed: list[BlockRecord], deleted: list[tuple[str, int]], clock: int, limit: int,
+         total_changed: int, total_deleted: int) -> ChangePage:
+    """Cut both feeds at one change time so that asking again from it loses nothing.
+
+    Change times are unique within a heap, so the cut never splits a tie.
+    """
+    has_more = len(changed) > limit or len(deleted) > limit
+    if not has_more:
+        return ChangePage(changed, deleted, clock, False, total_changed, total_deleted)
+    cut = min(x for x in (
+        changed[limit - 1].updated_at if len(changed) > limit else None,
+        deleted[limit - 1][1] if len(deleted) > limit else None,
+    ) if x is not None)
+    return ChangePage(
+        [b for b in changed if b.updated_at <= cut], [d for d in deleted if d[1] <= cut], cut,
+        True, total_changed, total_deleted,
+    )
