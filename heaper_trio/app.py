@@ -27,13 +27,14 @@ from heaper_trio.web import (
     routes_instance,
     routes_sync,
     routes_trash,
+    ws,
 )
 from heaper_trio.web.cors import install_cors
 from heaper_trio.web.errors import install_error_handlers
 
 log = logging.getLogger("heaper_trio")
 BLUEPRINTS = (routes_instance.bp, routes_auth.bp, routes_heaps.bp, routes_blocks.bp,
-              routes_sync.bp, routes_trash.bp)
+              routes_sync.bp, routes_trash.bp, ws.bp)
 
 
 def create_app(services: Services) -> QuartTrio:
@@ -57,6 +58,8 @@ def hypercorn_config(settings: Settings) -> Config:
     cfg.accesslog = logging.getLogger("heaper_trio.access") if settings.access_log else None
     cfg.errorlog = logging.getLogger("heaper_trio.hypercorn")
     cfg.keep_alive_timeout = 30
+    cfg.websocket_max_message_size = settings.ws_max_message_bytes
+    cfg.websocket_ping_interval = 20  # notices dead peers; a stuck send is shielded otherwise
     return cfg
 
 

@@ -19,7 +19,7 @@ import binascii
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -366,6 +366,12 @@ class BlockDocument:
             permanently_deleted_at=_millis(meta.get("permanently_deleted_at")),
         )
 
+    def deleted_at(self) -> Any:
+        """``meta_v0.deleted_at`` as stored (None: not in the trash), without projecting the
+        whole document: pushes read it before and after to tell trashing from editing."""
+        meta = _or_default("reading meta_v0", None, lambda: self._doc.get("meta_v0", type=Map))
+        return _millis(meta.get("deleted_at")) if meta is not None else None
+
     def set_meta(self, field: str, value: Any) -> bytes:
         """Edit ``meta_v0[field]`` as the server (None deletes it); return the update to store
         and broadcast (b"\\x00\\x00" if nothing changed). Integers beyond 2**53 are refused: yrs
@@ -386,6 +392,14 @@ class BlockDocument:
         for update in captured:
             self._remember(update)
         return captured[0] if captured else EMPTY_UPDATE
+
+
+def merge_updates(updates: Sequence[bytes]) -> bytes:
+    """One update holding all of ``updates`` (lossless, pending parts included): a burst of
+    updates to one document goes to each live subscriber as one message."""
+    if len(updates) == 1:
+        return bytes(updates[0])
+    return bytes(pycrdt.merge_updates(*updates))
 
 
 def new_block_document(*, block_type: str, title: str = "") -> bytes:

@@ -82,6 +82,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", str, "info", "Logging level.",
             choices=("debug", "info", "warning", "error")),
     Setting("access_log", bool, False, "Log one line per HTTP request."),
+    Setting("ws_outbox_bytes", int, 8 * 1024 * 1024, "Live sync: most bytes waiting to be sent "
+            "to one WebSocket connection. A client that falls further behind is disconnected "
+            "(close code 1013) and resyncs when it reconnects.", minimum=65536),
+    Setting("ws_max_message_bytes", int, 16 * 1024 * 1024, "Live sync: largest WebSocket "
+            "message accepted from a client (larger ones close the connection with 1009).",
+            minimum=65536),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -111,6 +117,8 @@ class Settings:
     graceful_timeout: float
     log_level: str
     access_log: bool
+    ws_outbox_bytes: int
+    ws_max_message_bytes: int
 
     @property
     def data_path(self) -> Path:

@@ -23,6 +23,8 @@ from heaper_trio.services.accounts import AccountService
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.heaps import HeapService
+from heaper_trio.services.live_bridge import ProcessBridge
+from heaper_trio.services.live_hub import LiveHub
 from heaper_trio.services.query import QueryService
 from heaper_trio.services.ratelimit import AuthRateLimits
 from heaper_trio.services.tokens import TokenService
@@ -44,7 +46,8 @@ class Services:
     documents: DocumentService
     heaps: HeapService
     query: QueryService
-    realtime: RealtimeCounters = field(default_factory=RealtimeCounters)
+    realtime: RealtimeCounters
+    hub: LiveHub
     started_at: float = field(default_factory=time.time)
     version: str = __version__
     shutdown: trio.Event = field(default_factory=trio.Event)
@@ -101,10 +104,15 @@ async def open_services(
             documents=(documents := DocumentService(storage, settings)),
             heaps=HeapService(documents),
             query=QueryService(documents),
+            realtime=(counters := RealtimeCounters()),
+            hub=LiveHub(documents, counters),
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
         async with trio.open_nursery() as supervisor:
             supervisor.start_soon(_purge_expired_forever, storage)
+            await supervisor.start(services.hub.run)
+            if storage.shares_processes:
+                await supervisor.start(ProcessBridge(storage, services.hub).run)
             try:
                 yield services
             finally:

@@ -9,12 +9,13 @@ process in sorted order so concurrent pushes here do not keep conflicting with e
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
 
 import trio
 
@@ -31,6 +32,7 @@ from heaper_trio.storage.base import (
     User,
 )
 
+log = logging.getLogger(__name__)
 COMPACT_EVERY = 100  # log rows after the snapshot before a change also writes a new snapshot
 MAX_ATTEMPTS = 5
 DELTA_LIMIT = 1000
@@ -61,11 +63,34 @@ def projection_of(doc: crdt.BlockDocument) -> BlockProjection:
     )
 
 
+@dataclass(frozen=True)
+class Committed:
+    """A durably stored change of one block: what live subscribers and other processes hear.
+
+    ``kind`` is ``created``, ``changed``, ``deleted`` (moved to the trash), ``restored`` (out
+    of it) or ``purged`` (gone for good). ``updates`` are the stored Yjs updates; empty when
+    only the pointer is known (a change announced by another process, or a purge).
+    ``origin`` is whoever asked for the change (a live connection), so it is not echoed back.
+    """
+
+    heap_id: str
+    block_id: str
+    kind: str
+    seq: int = 0
+    sync_version: int = 1
+    updated_at: int = 0
+    updates: tuple[bytes, ...] = ()
+    origin: object | None = None
+
+
+CommitListener = Callable[[Sequence[Committed]], None]
+
+
 @dataclass
 class PushItem:
     block_id: str
     heap_id: str
-    update: bytes | None
+    updates: tuple[bytes, ...]
     state_vector: bytes | None
     sync_version: int | None
     status: str = ""
@@ -73,7 +98,9 @@ class PushItem:
     doc: crdt.BlockDocument | None = None
     stored: StoredBlock | None = None
     changed: bool = False
+    was_deleted: bool = False
     sync_version_now: int = 1
+    committed: list[Committed] = field(default_factory=list)
 
 
 class BlockLocks:
@@ -104,9 +131,21 @@ class DocumentService:
         self.settings = settings
         self.clock = clock
         self.locks = BlockLocks()
+        self.listeners: list[CommitListener] = []
 
     def _now(self) -> int:
         return int(self.clock() * 1000)
+
+    def announce(self, committed: Sequence[Committed]) -> None:
+        """Tell the listeners (live sync) about stored changes. Runs after the commit, never
+        inside it; a failing listener is logged, the change stays stored and acknowledged."""
+        if not committed:
+            return
+        for listener in list(self.listeners):
+            try:
+                listener(committed)
+            except Exception:
+                log.exception("a commit listener failed")
 
     # -- heaps ------------------------------------------------------------------------------
     async def owned_heap(self, user: User, heap_id: str) -> Heap:
@@ -129,13 +168,27 @@ class DocumentService:
             raise Forbidden("this heap id is already taken", code="heap_exists")
         created = await self.storage.get_heap(heap_id)
         assert created is not None
+        self.announce([Committed(heap_id, root_id, "created", 1, 1, now, (first,))])
         return created
 
     # -- push -------------------------------------------------------------------------------
     async def push(self, user: User, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
         items = [self._parse_push_item(r) for r in raw]
-        if sum(len(i.update or b"") for i in items) > self.settings.max_request_bytes:
+        if sum(len(u) for i in items for u in i.updates) > self.settings.max_request_bytes:
             raise PayloadTooLarge("the decoded updates exceed max_request_bytes")
+        await self._push_items(user, items, origin=None)
+        return [self._push_answer(i) for i in items]
+
+    async def push_live(self, user: User, heap_id: str, block_id: str, updates: list[bytes],
+                        sync_version: int | None, origin: object) -> PushItem:
+        """Updates from a live connection: stored like an HTTP push (one commit for all of
+        them), answered only once durable. The caller checked the heap; it is checked again
+        here, as ownership may have changed since the document was opened."""
+        item = PushItem(block_id, heap_id, tuple(updates), None, sync_version)
+        await self._push_items(user, [item], origin=origin)
+        return item
+
+    async def _push_items(self, user: User, items: list[PushItem], origin: object) -> None:
         heaps: dict[str, bool] = {}
         for item in items:
             if item.status:
@@ -155,12 +208,12 @@ class DocumentService:
                 pending = await self._commit(user, [i for i in pending if not i.status])
             for item in pending:  # still conflicting after every attempt
                 item.status, item.error = "conflict", "write_conflict"
-        return [self._push_answer(i) for i in items]
+        self.announce([replace(c, origin=origin) for i in items for c in i.committed])
 
     def _parse_push_item(self, raw: dict[str, Any]) -> PushItem:
-        item = PushItem(raw["block_id"], raw["workspace_id"], None, None, raw.get("sync_version"))
+        item = PushItem(raw["block_id"], raw["workspace_id"], (), None, raw.get("sync_version"))
         try:
-            item.update = crdt.decode_b64(raw["update"])
+            item.updates = (crdt.decode_b64(raw["update"]),)
             sv = raw.get("state_vector")
             if sv:
                 item.state_vector = crdt.decode_b64(sv, "state_vector")
@@ -189,8 +242,10 @@ class DocumentService:
             try:
                 doc = crdt.BlockDocument.load(stored.snapshot if stored else None,
                                               stored.updates if stored else ())
-                assert item.update is not None
-                item.changed = doc.apply(item.update) or stored is None
+                item.was_deleted = stored is not None and doc.deleted_at() is not None
+                item.changed = stored is None
+                for update in item.updates:
+                    item.changed = doc.apply(update) or item.changed
             except crdt.InvalidUpdate as e:
                 item.status, item.error = "invalid", e.code
                 continue
@@ -204,7 +259,7 @@ class DocumentService:
             if not item.changed:
                 item.status = "ok"
                 continue
-            assert item.doc is not None and item.update is not None
+            assert item.doc is not None
             stored = item.stored
             last_seq = stored.last_seq if stored else 0
             compacted = None
@@ -213,20 +268,30 @@ class DocumentService:
                 compacted = (item.doc.snapshot(), last_seq + 1)
             changes.append(BlockChange(
                 item.block_id, item.heap_id, user.id, stored.last_seq if stored else None,
-                (item.update,), projection_of(item.doc), item.doc.state_vector(),
+                item.updates, projection_of(item.doc), item.doc.state_vector(),
                 item.doc.size, compacted))
         if not changes:
             return []
         results = await self.storage.commit_changes(changes, self._now())
         by_id = {i.block_id: i for i in items}
+        deleted_now = {c.block_id: c.projection.deleted_at is not None for c in changes}
         retry = []
         for result in results:
             item = by_id[result.block_id]
             if result.status is CommitStatus.conflict:
                 retry.append(item)
-            else:
-                item.status = result.status.value
-                item.sync_version_now = result.sync_version
+                continue
+            item.status = result.status.value
+            item.sync_version_now = result.sync_version
+            if result.status in (CommitStatus.ok, CommitStatus.created):
+                now_deleted = deleted_now[item.block_id]
+                kind = ("created" if result.status is CommitStatus.created
+                        else "deleted" if now_deleted and not item.was_deleted
+                        else "restored" if item.was_deleted and not now_deleted
+                        else "changed")
+                item.committed.append(Committed(
+                    item.heap_id, item.block_id, kind, result.last_seq, result.sync_version,
+                    result.updated_at, item.updates))
         return retry
 
     def _push_answer(self, item: PushItem) -> dict[str, Any]:
@@ -251,13 +316,20 @@ class DocumentService:
                 if stored is None or stored.heap_id != heap_id:
                     return "not_found"
                 doc = crdt.BlockDocument.load(stored.snapshot, stored.updates)
+                was_deleted = doc.deleted_at() is not None
                 update = edit(doc)
                 if update == crdt.EMPTY_UPDATE:
                     return "unchanged"
+                projection = projection_of(doc)
                 change = BlockChange(block_id, heap_id, author_id, stored.last_seq, (update,),
-                                     projection_of(doc), doc.state_vector(), doc.size)
+                                     projection, doc.state_vector(), doc.size)
                 [result] = await self.storage.commit_changes([change], self._now())
                 if result.status is not CommitStatus.conflict:
+                    deleted = projection.deleted_at is not None
+                    kind = ("deleted" if deleted and not was_deleted
+                            else "restored" if was_deleted and not deleted else "changed")
+                    self.announce([Committed(heap_id, block_id, kind, result.last_seq,
+                                             result.sync_version, result.updated_at, (update,))])
                     return "ok"
         return "conflict"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from heaper_trio import crdt
 from heaper_trio.errors import NotFound
-from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.documents import Committed, DocumentService
 from heaper_trio.storage.base import BlockRecord, User
 
 
@@ -29,6 +29,7 @@ class HeapService:
     async def delete(self, user: User, heap_id: str) -> None:
         await self.documents.owned_heap(user, heap_id)
         await self.storage.delete_heap(heap_id)
+        self.documents.announce([Committed(heap_id, "", "heap_deleted")])
 
     async def stats(self, user: User, heap_id: str) -> dict[str, Any]:
         heap = await self.documents.owned_heap(user, heap_id)
@@ -67,7 +68,10 @@ class HeapService:
         await self.documents.owned_heap(user, heap_id)
         if block_ids is None:
             block_ids = [b.id for b in await self.storage.trashed(heap_id)]
-        return await self.storage.purge_blocks(heap_id, block_ids, self.documents._now())
+        now = self.documents._now()
+        purged = await self.storage.purge_blocks(heap_id, block_ids, now)
+        self.documents.announce([Committed(heap_id, b, "purged", updated_at=now) for b in purged])
+        return purged
 
     async def restore(self, user: User, heap_id: str, block_ids: list[str]
                       ) -> list[dict[str, str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from enum import Enum
+from collections.abc import Callable
 from typing import Any
 
 USER_STATES = ("pending", "approved", "rejected")
@@ -374,3 +375,16 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def usage(self, user_id: str, now: int) -> dict[str, Any]:
         """Real counts of what the user holds, for ``POST /api/me``."""
+
+    # -- between processes (several servers on one database) ----------------------------------
+    shares_processes: bool = False  # True when other server processes may use this database
+
+    async def announce(self, payloads: list[str]) -> None:
+        """Tell the other processes on this database (small text payloads, < 8 KB each).
+        A single-process engine has nobody to tell."""
+
+    async def listen(self, on_payload: Callable[[str], None], *,
+                     task_status: Any = None) -> None:
+        """Call ``on_payload`` for every announcement of the other processes, until
+        cancelled. Reports ready through ``task_status`` (a trio TaskStatus) once listening."""
+        raise NotImplementedError(f"{self.engine} has no other processes to listen to")

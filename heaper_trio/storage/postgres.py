@@ -37,6 +37,7 @@ from trio_asyncio import aio_as_trio
 
 from heaper_trio.errors import Unavailable
 from heaper_trio.storage import postgres_documents as docs
+from heaper_trio.storage import postgres_notify
 from heaper_trio.storage.base import (
     BlockChange,
     BlockQuery,
@@ -357,6 +358,15 @@ class PostgresStorage(Storage):
 
     async def ping(self) -> None:
         await self._run(read, _fetchval, "SELECT 1")
+
+    shares_processes = True
+
+    async def announce(self, payloads: list[str]) -> None:
+        await self._run(write1, postgres_notify.notify, payloads)
+
+    async def listen(self, on_payload: Callable[[str], None], *,
+                     task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await postgres_notify.listen_forever(self.dsn, self._loop, on_payload, task_status)
 
     async def schema_version(self) -> int:
         sql = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"

@@ -60,6 +60,10 @@ def openapi_document(version: str) -> dict[str, Any]:
                 },
             },
         }
+        if spec.websocket:
+            op["responses"] = {"101": {"description": "Switching Protocols: a WebSocket "
+                                                      "(see docs/protocol.md)"}}
+            op["x-websocket"] = True
         if spec.description:
             op["description"] = spec.description
         if spec.deprecated:

@@ -85,6 +85,22 @@ def _quart_rule(path: str) -> str:
     return re.sub(r"\{(\w+)\}", r"<\1>", path)
 
 
+def websocket_route(bp: Blueprint, path: str, *, summary: str, tag: str, description: str,
+                    deprecated: bool = False
+                    ) -> Callable[[Callable[[], Awaitable[None]]], Callable[[], Awaitable[None]]]:
+    """Register a WebSocket endpoint and document it (OpenAPI has no WebSocket operations:
+    it is listed as a GET answered with 101; the protocol itself is in docs/protocol.md)."""
+    ROUTES.append(RouteSpec("GET", path, summary, tag, "optional", None, None, (),
+                            {"token": {"type": "string"}}, description, deprecated,
+                            websocket=True))
+
+    def decorate(handler: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        bp.add_websocket(path, view_func=handler, endpoint=f"ws_{handler.__name__}")
+        return handler
+
+    return decorate
+
+
 def route(
     bp: Blueprint,
     method: str,

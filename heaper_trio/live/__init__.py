@@ -1,0 +1,1 @@
+"""Live collaboration over WebSocket: the Hocuspocus wire protocol and document sessions."""

@@ -1,0 +1,74 @@
+"""``GET /ws`` (live sync, Hocuspocus protocol) and the deprecated ``GET /api/ws`` (scan events).
+
+The handlers only adapt Quart's websocket to the services' transport and run the connection;
+the protocol is in ``live/``, the connection runner in ``services/live_connection.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Blueprint, websocket
+
+from heaper_trio.services.live_connection import LiveConnection
+from heaper_trio.services.live_legacy import LegacyEventsConnection
+from heaper_trio.web.routing import services, websocket_route
+
+log = logging.getLogger(__name__)
+bp = Blueprint("ws", __name__)
+
+
+class QuartTransport:
+    def __init__(self) -> None:
+        self._ws = websocket._get_current_object()  # usable from the connection's child tasks
+
+    async def receive(self) -> bytes | str | None:
+        return await self._ws.receive()  # type: ignore[no-any-return]
+
+    async def send(self, data: bytes | str) -> None:
+        await self._ws.send(data)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._ws.close(code, reason[:120])
+
+
+def connection_token() -> str | None:
+    """The upgrade request's token: ``Authorization: Bearer`` or ``?token=`` (the contract
+    allows both on WebSocket routes, as browsers cannot set headers on a WebSocket)."""
+    scheme, _, token = websocket.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return websocket.args.get("token") or None
+
+
+@websocket_route(bp, "/ws", tag="live", summary="Live sync: the Hocuspocus WebSocket protocol.",
+                 description="Binary frames: y-protocols sync and awareness per document, "
+                 "auth per document, sync-status acks after durable commits, typed JSON "
+                 "events on the `events` channel. See docs/protocol.md.")
+async def live_sync() -> None:
+    svc = services()
+    await websocket.accept()
+    conn = LiveConnection(QuartTransport(), svc, connection_token(),
+                          outbox_bytes=svc.settings.ws_outbox_bytes)
+    try:
+        await conn.run()
+    except Exception:  # an uncaught error would close with 1000 (stack-pitfalls 4)
+        log.exception("live connection failed")
+        await websocket.close(1011, "internal error")
+
+
+@websocket_route(bp, "/api/ws", tag="live", deprecated=True,
+                 summary="Deprecated: scan events only, as JSON text frames.",
+                 description="For old clients. Authenticate with the Authorization header, "
+                 "the token query parameter or a first text frame {\"token\": ...}; then "
+                 "scan.progress / scan.done / scan.failed / scan.aborted events arrive as "
+                 "JSON text frames. New clients use the events channel of /ws.")
+async def legacy_events() -> None:
+    svc = services()
+    await websocket.accept()
+    conn = LegacyEventsConnection(QuartTransport(), svc, connection_token())
+    try:
+        await conn.run()
+    except Exception:
+        log.exception("legacy events connection failed")
+        await websocket.close(1011, "internal error")
