@@ -1,0 +1,107 @@
+"""The pure ``/ws`` session state machine, driven without sockets (and fuzzed)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from heaper_trio.live import messages as m
+from heaper_trio.live import session as s
+from heaper_trio.live.names import BlockName, EventsName, parse_document_name
+
+DOC = "heap-1:block-1"
+
+
+def frame(message: m.Message) -> bytes:
+    return m.encode(message)
+
+
+def test_messages_wait_for_authorization_then_replay_in_order() -> None:
+    sess = s.LiveSession(connection_token=False)
+    assert sess.receive(frame(m.AuthToken(DOC, "tok", "4.8.0"))) == [
+        s.Authorize(DOC, "tok", "4.8.0")]
+    step1 = m.SyncStep1(DOC, b"\x00")
+    aw = m.Awareness(DOC, m.encode_awareness([]))
+    assert sess.receive(frame(step1)) == []
+    assert sess.receive(frame(aw)) == []
+    assert sess.receive(frame(m.AuthToken(DOC, "tok", "4.8.0"))) == []  # one at a time
+    actions = sess.authorized(DOC)
+    assert actions == [s.Send(frame(m.Authenticated(DOC, "read-write"))), s.OpenDocument(DOC),
+                       s.Deliver(DOC, step1), s.Deliver(DOC, aw)]
+    assert sess.receive(frame(step1)) == [s.Deliver(DOC, step1)]
+    assert sess.provider_version == "4.8.0" and sess.ever_authorized
+
+
+def test_denial_forgets_the_queue_and_keeps_the_socket() -> None:
+    sess = s.LiveSession(connection_token=False)
+    sess.receive(frame(m.AuthToken(DOC, "bad", None)))
+    sess.receive(frame(m.SyncStep1(DOC, b"\x00")))
+    assert sess.denied(DOC, "token_invalid") == [
+        s.Send(frame(m.PermissionDenied(DOC, "token_invalid")))]
+    assert not sess.closed and not sess.pending
+    assert sess._queued_messages == 0 and sess._queued_bytes == 0
+
+
+def test_an_open_document_can_lose_its_authorization() -> None:
+    sess = s.LiveSession(connection_token=True)
+    actions = sess.receive(frame(m.SyncStep1(DOC, b"\x00")))
+    assert actions == [s.Authorize(DOC, None, None)]  # the upgrade request's token
+    sess.authorized(DOC)
+    assert sess.receive(frame(m.AuthToken(DOC, "fresh", "4.8.0"))) == [
+        s.Authorize(DOC, "fresh", "4.8.0", renewal=True)]
+    assert sess.authorized(DOC) == []  # renewed quietly
+    assert sess.denied(DOC, "token_expired") == [
+        s.Send(frame(m.PermissionDenied(DOC, "token_expired"))), s.CloseDocument(DOC)]
+    assert sess.receive(frame(m.SyncStep1(DOC, b"\x00"))) == [s.Authorize(DOC, None, None)]
+
+
+def test_client_close_ping_and_malformed_frames() -> None:
+    sess = s.LiveSession(connection_token=True)
+    sess.receive(frame(m.SyncStep1(DOC, b"\x00")))
+    sess.authorized(DOC)
+    assert sess.receive(m.encode_client_close(DOC)) == [s.CloseDocument(DOC)]
+    assert sess.receive(frame(m.Ping())) == [s.Send(frame(m.Pong()))]
+    assert sess.receive(frame(m.Pong())) == []
+    actions = sess.receive(b"\x03ab")
+    assert isinstance(actions[-1], s.Disconnect) and actions[-1].code == 1002
+    assert sess.closed and sess.receive(frame(m.Ping())) == []
+
+
+def test_unauthenticated_floods_reset_the_connection() -> None:
+    limits = s.SessionLimits(max_pending_bytes=1000, max_pending_messages=5,
+                             max_pending_documents=3)
+    sess = s.LiveSession(connection_token=False, limits=limits)
+    for i in range(5):
+        assert sess.receive(frame(m.SyncStep1(DOC, b"\x00"))) == []
+    assert sess.receive(frame(m.SyncStep1(DOC, b"\x00"))) == [
+        s.Disconnect(s.CLOSE_RESET, "too much data before authentication")]
+    sess = s.LiveSession(connection_token=False, limits=limits)
+    for i in range(3):
+        sess.receive(frame(m.AuthToken(f"h:b{i}", "t", None)))
+    actions = sess.receive(frame(m.AuthToken("h:b9", "t", None)))
+    assert actions == [s.Disconnect(s.CLOSE_RESET, "too many documents waiting for auth")]
+    sess = s.LiveSession(connection_token=False, limits=limits)
+    actions = sess.receive(frame(m.SyncUpdate(DOC, b"\x00" * 2000)))
+    assert actions[-1] == s.Disconnect(s.CLOSE_RESET, "too much data before authentication")
+
+
+def test_document_names() -> None:
+    assert parse_document_name("h:b") == BlockName("h", "b", None)
+    assert parse_document_name("h:b:v12") == BlockName("h", "b", 12)
+    assert parse_document_name("h:b:v3\x00session") == BlockName("h", "b", 3)
+    assert parse_document_name("events") == EventsName()
+    for bad in ("", "h", "h:b:x", "h:b:v", "h/x:b", "h:b:v1:extra", "a" * 129 + ":b"):
+        assert parse_document_name(bad) is None, bad
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=20), st.booleans())
+def test_any_bytes_give_actions_never_exceptions(frames: list[bytes], token: bool) -> None:
+    sess = s.LiveSession(connection_token=token)
+    for data in frames:
+        for action in sess.receive(data):
+            if isinstance(action, s.Authorize):
+                sess.authorized(action.address)
+            assert isinstance(action, (s.Send, s.Authorize, s.OpenDocument, s.Deliver,
+                                       s.CloseDocument, s.Disconnect))
+    assert sess._queued_bytes >= 0 and sess._queued_messages >= 0
