@@ -105,3 +105,21 @@ def test_any_bytes_give_actions_never_exceptions(frames: list[bytes], token: boo
             assert isinstance(action, (s.Send, s.Authorize, s.OpenDocument, s.Deliver,
                                        s.CloseDocument, s.Disconnect))
     assert sess._queued_bytes >= 0 and sess._queued_messages >= 0
+
+
+def test_protocol_doc_lists_every_message_and_event_type() -> None:
+    from pathlib import Path
+
+    from heaper_trio.live.events import EVENT_FIELDS
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    for name in ("Sync", "Awareness", "Auth", "QueryAwareness", "SyncReply", "Stateless",
+                 "BroadcastStateless", "Close", "SyncStatus", "Ping / Pong"):
+        assert f"| {name} |" in doc, name
+    for type_, fields in EVENT_FIELDS.items():
+        row = next((line for line in doc.splitlines() if line.startswith(f"| `{type_}` |")),
+                   None)
+        assert row is not None, type_
+        assert all(f"`{f}`" in row for f in fields), (type_, fields)
+    for code in (1001, 1002, 1003, 1009, 1011, 1013, 4205, 4408):
+        assert f"| {code} |" in doc, code
