@@ -5,6 +5,7 @@ has its own hub, its own LISTEN connection and its own process id, as separate p
 
 from __future__ import annotations
 
+import base64
 import json
 import statistics
 import time
@@ -70,3 +71,30 @@ async def test_live_edits_and_events_cross_processes_quickly(start_server: Any) 
             a.services.hub.publish_user_event(client.user_id or "", scan)
             got_scan = await on_b.expect(m.Stateless, lambda x: '"scan.done"' in x.payload)
             assert json.loads(got_scan.payload) == scan
+
+
+async def test_cached_documents_stay_right_when_another_process_writes(
+        start_server: Any) -> None:
+    """Each process keeps the blocks it pushed to in memory; a push from the other process
+    moves the log on, so the next push here conflicts in storage and rebuilds from it."""
+    a: RunningServer = await start_server()
+    b: RunningServer = await start_server()
+    async with HeaperClient(a.url) as on_a, HeaperClient(b.url, on_a.key) as on_b:
+        await on_a.login()
+        await on_b.login()
+        heap = await new_heap(on_a)
+        writers = [ClientBlock(), ClientBlock()]
+        writers[1].id = writers[0].id
+        for i in range(30):
+            client, cb = (on_a, writers[0]) if i % 2 == 0 else (on_b, writers[1])
+            cb.meta[f"m{i}"] = i
+            r = await push(client, cb.push_item(heap["id"]))
+            answer = r.json()["blocks"][0]
+            assert answer["status"] in ("ok", "created"), answer
+            cb.doc.apply_update(base64.b64decode(answer["update"]))
+            cb.synced = cb.doc.get_state()
+        r = await on_b.post("/api/sync/pull", json={"blocks": [{"block_id": writers[0].id}]})
+        doc = pycrdt.Doc()
+        doc.apply_update(base64.b64decode(r.json()["blocks"][0]["update"]))
+        assert set(doc.get("meta_v0", type=pycrdt.Map).keys()) == {f"m{i}" for i in range(30)}
+        assert a.services.documents.cache.hits + b.services.documents.cache.hits > 0

@@ -138,3 +138,24 @@ def test_verified_token_cache_is_bounded() -> None:
     for i in range(tokens_mod.VERIFIED_CACHE_SIZE + 50):
         svc.decode(svc.issue(f"u{i}", 0, time.time()).access, "access")
     assert len(svc._verified) == tokens_mod.VERIFIED_CACHE_SIZE
+
+
+def test_document_cache_is_bounded_and_owned_while_in_use() -> None:
+    from heaper_trio import crdt
+    from heaper_trio.services.doc_cache import DocumentBase, DocumentCache
+
+    cache = DocumentCache(max_entries=3, max_bytes=100)
+
+    def base(size: int, heap: str = "h") -> DocumentBase:
+        return DocumentBase(crdt.BlockDocument(), heap, 1, 1, 1, size)
+
+    for i in range(5):
+        cache.put(f"b{i}", base(10))
+    assert len(cache) == 3 and cache.take("b0") is None  # oldest went first
+    taken = cache.take("b4")
+    assert taken is not None and cache.take("b4") is None  # taken out while in use
+    cache.put("big", base(95))
+    assert len(cache) == 1  # the byte bound pushed the others out
+    cache.put("x", base(1, heap="other"))
+    cache.evict_heap("h")
+    assert cache.take("big") is None and cache.take("x") is not None

@@ -21,6 +21,7 @@ import trio
 
 from heaper_trio import crdt
 from heaper_trio.errors import Forbidden, NotFound, PayloadTooLarge
+from heaper_trio.services.doc_cache import DocumentBase, DocumentCache
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import (
     BlockChange,
@@ -28,7 +29,6 @@ from heaper_trio.storage.base import (
     CommitStatus,
     Heap,
     Storage,
-    StoredBlock,
     User,
 )
 
@@ -96,7 +96,7 @@ class PushItem:
     status: str = ""
     error: str | None = None
     doc: crdt.BlockDocument | None = None
-    stored: StoredBlock | None = None
+    base: DocumentBase | None = None  # None: the block does not exist yet
     changed: bool = False
     was_deleted: bool = False
     sync_version_now: int = 1
@@ -131,6 +131,7 @@ class DocumentService:
         self.settings = settings
         self.clock = clock
         self.locks = BlockLocks()
+        self.cache = DocumentCache()
         self.listeners: list[CommitListener] = []
 
     def _now(self) -> int:
@@ -141,6 +142,11 @@ class DocumentService:
         inside it; a failing listener is logged, the change stays stored and acknowledged."""
         if not committed:
             return
+        for c in committed:
+            if c.kind == "purged":
+                self.cache.evict(c.block_id)
+            elif c.kind == "heap_deleted":
+                self.cache.evict_heap(c.heap_id)
         for listener in list(self.listeners):
             try:
                 listener(committed)
@@ -223,34 +229,49 @@ class DocumentService:
         return item
 
     async def _prepare(self, items: list[PushItem]) -> None:
-        """Load each block's document and apply the pushed update to it (in memory)."""
+        """Take each block's document (cached, or rebuilt from storage) and apply the pushed
+        updates to it, in memory."""
         gone = await self.storage.tombstones([i.block_id for i in items])
         for item in items:
             item.changed = False
             if item.block_id in gone:
                 item.status, item.error = "deleted", "block_deleted"
-                continue
-            stored = await self.storage.load_block(item.block_id)
-            if stored is not None and stored.heap_id != item.heap_id:
-                item.status, item.error = "forbidden", "block_in_other_heap"
-                continue
-            if (stored is not None and item.sync_version is not None
-                    and item.sync_version != stored.sync_version):
-                item.status, item.error = "version_mismatch", "sync_version_mismatch"
-                item.sync_version_now = stored.sync_version
+                self.cache.evict(item.block_id)
                 continue
             try:
-                doc = crdt.BlockDocument.load(stored.snapshot if stored else None,
-                                              stored.updates if stored else ())
-                item.was_deleted = stored is not None and doc.deleted_at() is not None
-                item.changed = stored is None
+                base = self.cache.take(item.block_id) or await self._load_base(item.block_id)
+            except crdt.InvalidUpdate as e:  # a stored log that no longer loads
+                item.status, item.error = "invalid", e.code
+                continue
+            if base is not None and base.heap_id != item.heap_id:
+                item.status, item.error = "forbidden", "block_in_other_heap"
+                continue
+            if (base is not None and item.sync_version is not None
+                    and item.sync_version != base.sync_version):
+                item.status, item.error = "version_mismatch", "sync_version_mismatch"
+                item.sync_version_now = base.sync_version
+                self.cache.put(item.block_id, base)
+                continue
+            doc = base.doc if base is not None else crdt.BlockDocument()
+            try:
+                item.was_deleted = base is not None and doc.deleted_at() is not None
+                item.changed = base is None
                 for update in item.updates:
                     item.changed = doc.apply(update) or item.changed
             except crdt.InvalidUpdate as e:
                 item.status, item.error = "invalid", e.code
-                continue
-            item.doc, item.stored = doc, stored
-            item.sync_version_now = stored.sync_version if stored else 1
+                continue  # the document may hold part of the batch: not cached again
+            item.doc, item.base = doc, base
+            item.sync_version_now = base.sync_version if base else 1
+
+    async def _load_base(self, block_id: str) -> DocumentBase | None:
+        stored = await self.storage.load_block(block_id)
+        if stored is None:
+            return None
+        doc = crdt.BlockDocument.load(stored.snapshot, stored.updates)
+        size = len(stored.snapshot or b"") + sum(len(u) for u in stored.updates)
+        return DocumentBase(doc, stored.heap_id, stored.last_seq, len(stored.updates),
+                            stored.sync_version, size)
 
     async def _commit(self, user: User, items: list[PushItem]) -> list[PushItem]:
         """Commit every changed item in one transaction; return the ones that conflicted."""
@@ -258,16 +279,18 @@ class DocumentService:
         for item in items:
             if not item.changed:
                 item.status = "ok"
+                if item.base is not None:
+                    self.cache.put(item.block_id, item.base)
                 continue
             assert item.doc is not None
-            stored = item.stored
-            last_seq = stored.last_seq if stored else 0
+            base = item.base
+            last_seq = base.last_seq if base else 0
             compacted = None
-            if stored is not None and len(stored.updates) + 1 >= COMPACT_EVERY \
+            if base is not None and base.log_rows + len(item.updates) >= COMPACT_EVERY \
                     and not item.doc.has_pending():
-                compacted = (item.doc.snapshot(), last_seq + 1)
+                compacted = (item.doc.snapshot(), last_seq + len(item.updates))
             changes.append(BlockChange(
-                item.block_id, item.heap_id, user.id, stored.last_seq if stored else None,
+                item.block_id, item.heap_id, user.id, base.last_seq if base else None,
                 item.updates, projection_of(item.doc), item.doc.state_vector(),
                 item.doc.size, compacted))
         if not changes:
@@ -284,6 +307,13 @@ class DocumentService:
             item.status = result.status.value
             item.sync_version_now = result.sync_version
             if result.status in (CommitStatus.ok, CommitStatus.created):
+                assert item.doc is not None
+                base, added = item.base, sum(len(u) for u in item.updates)
+                compacted = next(c.compacted for c in changes if c.block_id == item.block_id)
+                self.cache.put(item.block_id, DocumentBase(
+                    item.doc, item.heap_id, result.last_seq,
+                    0 if compacted else (base.log_rows if base else 0) + len(item.updates),
+                    result.sync_version, (base.approx_bytes if base else 0) + added))
                 now_deleted = deleted_now[item.block_id]
                 kind = ("created" if result.status is CommitStatus.created
                         else "deleted" if now_deleted and not item.was_deleted
@@ -311,6 +341,7 @@ class DocumentService:
         Returns ``ok``, ``unchanged``, ``not_found`` or ``conflict``."""
         async with AsyncExitStack() as stack:
             await self.locks.hold_all(stack, [block_id])
+            self.cache.evict(block_id)  # its log is about to move on
             for _ in range(MAX_ATTEMPTS):
                 stored = await self.storage.load_block(block_id)
                 if stored is None or stored.heap_id != heap_id:
