@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 import uuid
 from contextlib import AsyncExitStack
@@ -60,7 +61,25 @@ def projection_of(doc: crdt.BlockDocument) -> BlockProjection:
         relations=_clean(p.relations), files=_clean(p.files), apps=_clean(p.apps),
         deleted_at=p.deleted_at, permanently_deleted_at=p.permanently_deleted_at,
         tags=ids(p.tags), mentions=ids(p.mentions), links=ids(p.links),
+        file_hashes=file_hashes(p.files),
     )
+
+
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def file_hashes(files: dict[str, Any]) -> tuple[str, ...]:
+    """Content hashes of a block's ``files_v0`` entries: the entry's ``hash`` field, else
+    the key's ``<hash>:<size>`` prefix (lowercase hex SHA-256 only)."""
+    out = set()
+    for key, value in files.items():
+        candidate = value.get("hash") if isinstance(value, dict) else None
+        if not (isinstance(candidate, str) and _HASH.fullmatch(candidate.lower())):
+            candidate = str(key).split(":", 1)[0]
+        candidate = candidate.lower()
+        if _HASH.fullmatch(candidate):
+            out.add(candidate)
+    return tuple(sorted(out))
 
 
 @dataclass(frozen=True)

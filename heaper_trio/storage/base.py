@@ -98,6 +98,7 @@ class BlockProjection:
     tags: tuple[str, ...]
     mentions: tuple[str, ...]
     links: tuple[str, ...]
+    file_hashes: tuple[str, ...] = ()  # content hashes of files_v0 entries (lowercase hex)
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,42 @@ class UpdateInfo:
     created_at: int
     author_id: str | None
     size: int
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A file's content, known by its SHA-256. Bytes live in the data directory's store, or,
+    for a scanned file, at ``source_path`` on the server (served in place, never copied)."""
+
+    hash: str
+    id: str  # file_id: a short stable id for URLs
+    size: int
+    mime_type: str
+    name: str
+    source_path: str | None
+    meta: dict[str, Any]  # width, height, duration, ... (what probing found)
+    created_at: int
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """A resumable upload in progress: one per (heap, block, hash)."""
+
+    id: str
+    user_id: str
+    heap_id: str
+    block_id: str
+    hash: str
+    size: int
+    chunk_size: int
+    name: str
+    mime_type: str
+    created_at: int
+    expires_at: int
+
+    @property
+    def total_chunks(self) -> int:
+        return max(1, -(-self.size // self.chunk_size))
 
 
 class Storage(abc.ABC):
@@ -375,6 +412,47 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def usage(self, user_id: str, now: int) -> dict[str, Any]:
         """Real counts of what the user holds, for ``POST /api/me``."""
+
+    # -- files -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_file(self, key: str) -> FileRecord | None:
+        """By content hash or by file id."""
+
+    @abc.abstractmethod
+    async def add_file(self, record: FileRecord) -> FileRecord:
+        """Insert unless the hash is known; return the stored row (the first one wins)."""
+
+    @abc.abstractmethod
+    async def update_file(self, hash: str, *, meta: dict[str, Any] | None = None,
+                          mime_type: str | None = None, source_path: str | None = None,
+                          clear_source: bool = False) -> None: ...
+
+    @abc.abstractmethod
+    async def file_readable_by(self, hash: str, user_id: str) -> bool:
+        """True when a block of one of the user's heaps holds the file."""
+
+    @abc.abstractmethod
+    async def file_hashes_of_heap(self, heap_id: str, block_ids: list[str] | None = None
+                                  ) -> list[str]:
+        """Hashes the heap's blocks (or the given ones) hold."""
+
+    @abc.abstractmethod
+    async def drop_unreferenced_files(self, hashes: list[str]) -> list[FileRecord]:
+        """Delete the rows of those files no block holds any more; return them (the caller
+        removes their bytes)."""
+
+    @abc.abstractmethod
+    async def save_upload(self, record: UploadRecord) -> UploadRecord:
+        """Insert, or return the existing upload of the same (heap, block, hash)."""
+
+    @abc.abstractmethod
+    async def get_upload(self, heap_id: str, block_id: str, hash: str) -> UploadRecord | None: ...
+
+    @abc.abstractmethod
+    async def delete_upload(self, upload_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def expired_uploads(self, now: int) -> list[UploadRecord]: ...
 
     # -- between processes (several servers on one database) ----------------------------------
     shares_processes: bool = False  # True when other server processes may use this database

@@ -38,6 +38,7 @@ from trio_asyncio import aio_as_trio
 from heaper_trio.errors import Unavailable
 from heaper_trio.storage import postgres_documents as docs
 from heaper_trio.storage import postgres_notify
+from heaper_trio.storage.postgres_files import PostgresFiles
 from heaper_trio.storage.base import (
     BlockChange,
     BlockQuery,
@@ -313,7 +314,7 @@ async def _usage(c: Conn, user_id: str, now: int) -> dict[str, Any]:
 # -- the engine ---------------------------------------------------------------------------------
 
 
-class PostgresStorage(Storage):
+class PostgresStorage(PostgresFiles, Storage):
     engine = "postgres"
 
     def __init__(self, dsn: str, *, min_size: int, max_size: int) -> None:

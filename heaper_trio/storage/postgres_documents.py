@@ -44,6 +44,7 @@ from heaper_trio.storage.base import (
     StoredBlock,
     UpdateInfo,
 )
+from heaper_trio.storage.postgres_files import write_block_files
 from heaper_trio.storage.postgres_runtime import Conn, Pool, T, _connection
 from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, page, record_row
 
@@ -227,6 +228,7 @@ async def commit_change(c: Conn, ch: BlockChange, now: int) -> CommitResult:
             "ON CONFLICT DO NOTHING",
             ch.block_id, ch.heap_id, kinds, targets,
         )
+    await write_block_files(c, ch.block_id, ch.heap_id, p.file_hashes)
     await c.execute("UPDATE heaps SET name=$1 WHERE id=$2 AND root_block_id=$3",
                     p.title, ch.heap_id, ch.block_id)
     status = CommitStatus.created if current is None else CommitStatus.ok
@@ -328,6 +330,7 @@ async def purge_blocks(c: Conn, heap_id: str, block_ids: list[str], now: int) ->
         at = await _tick(c, heap_id, now)
         await c.execute("DELETE FROM block_updates WHERE block_id=$1", block_id)
         await c.execute("DELETE FROM block_relations WHERE block_id=$1", block_id)
+        await c.execute("DELETE FROM block_files WHERE block_id=$1", block_id)
         await c.execute("DELETE FROM blocks WHERE id=$1", block_id)
         await c.execute(
             "INSERT INTO block_tombstones (block_id, heap_id, deleted_at) VALUES ($1, $2, $3)",
@@ -340,6 +343,7 @@ async def delete_heap(c: Conn, heap_id: str) -> bool:
     await c.execute("DELETE FROM block_updates WHERE block_id IN "
                     "(SELECT id FROM blocks WHERE heap_id=$1)", heap_id)
     await c.execute("DELETE FROM block_relations WHERE heap_id=$1", heap_id)
+    await c.execute("DELETE FROM block_files WHERE heap_id=$1", heap_id)
     await c.execute("DELETE FROM blocks WHERE heap_id=$1", heap_id)
     await c.execute("DELETE FROM block_tombstones WHERE heap_id=$1", heap_id)
     return await c.fetchval("DELETE FROM heaps WHERE id=$1 RETURNING 1", heap_id) is not None

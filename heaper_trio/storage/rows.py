@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from heaper_trio.storage.base import BlockRecord, ChangePage, Heap
+from heaper_trio.storage.base import BlockRecord, ChangePage, FileRecord, Heap, UploadRecord
 
 RECORD_COLUMNS = (
     "id, heap_id, sync_version, type, title, text, relations, files, apps, created_at, "
@@ -53,3 +53,18 @@ def page(changed: list[BlockRecord], deleted: list[tuple[str, int]], clock: int,
         [b for b in changed if b.updated_at <= cut], [d for d in deleted if d[1] <= cut], cut,
         True, total_changed, total_deleted,
     )
+
+
+def file_row(row: Mapping[str, Any] | None) -> FileRecord | None:
+    if row is None:
+        return None
+    return FileRecord(row["hash"], row["id"], row["size"], row["mime_type"], row["name"],
+                      row["source_path"], json.loads(row["meta"]), row["created_at"])
+
+
+def upload_row(row: Mapping[str, Any] | None) -> UploadRecord | None:
+    if row is None:
+        return None
+    return UploadRecord(row["id"], row["user_id"], row["heap_id"], row["block_id"], row["hash"],
+                        row["size"], row["chunk_size"], row["name"], row["mime_type"],
+                        row["created_at"], row["expires_at"])

@@ -25,6 +25,7 @@ from heaper_trio.storage.base import (
     Storage,
     User,
 )
+from heaper_trio.storage.sqlite_files import SqliteFiles
 from heaper_trio.storage.sqlite_runtime import SqliteRuntime
 
 DB_FILE = "heaper.sqlite3"
@@ -62,7 +63,7 @@ def _insert_refresh(conn: sqlite3.Connection, user_id: str, new: NewRefreshToken
     )
 
 
-class SqliteStorage(Storage):
+class SqliteStorage(SqliteFiles, Storage):
     engine = "sqlite"
 
     def __init__(self, data_dir: Path, synchronous: str = "FULL") -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from heaper_trio.storage import block_query
 from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, page, record_row
+from heaper_trio.storage.sqlite_files import write_block_files
 from heaper_trio.storage.base import (
     BlockQuery,
     BlockChange,
@@ -147,6 +148,7 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
          for kind, targets in (("tag", p.tags), ("mention", p.mentions), ("link", p.links))
          for target in targets],
     )
+    write_block_files(c, ch.block_id, ch.heap_id, p.file_hashes)
     c.execute("UPDATE heaps SET name=? WHERE id=? AND root_block_id=?",
               (p.title, ch.heap_id, ch.block_id))
     status = CommitStatus.created if current is None else CommitStatus.ok
@@ -235,6 +237,7 @@ def purge_blocks(c: sqlite3.Connection, heap_id: str, block_ids: list[str], now:
         at = _tick(c, heap_id, now)
         c.execute("DELETE FROM block_updates WHERE block_id=?", (block_id,))
         c.execute("DELETE FROM block_relations WHERE block_id=?", (block_id,))
+        c.execute("DELETE FROM block_files WHERE block_id=?", (block_id,))
         c.execute("DELETE FROM blocks WHERE id=?", (block_id,))
         c.execute("INSERT INTO block_tombstones (block_id, heap_id, deleted_at) VALUES (?, ?, ?)",
                   (block_id, heap_id, at))
@@ -249,6 +252,7 @@ def delete_heap(c: sqlite3.Connection, heap_id: str) -> bool:
         marks = ",".join("?" * len(chunk))
         c.execute(f"DELETE FROM block_updates WHERE block_id IN ({marks})", chunk)
         c.execute(f"DELETE FROM block_relations WHERE block_id IN ({marks})", chunk)
+    c.execute("DELETE FROM block_files WHERE heap_id=?", (heap_id,))
     c.execute("DELETE FROM blocks WHERE heap_id=?", (heap_id,))
     c.execute("DELETE FROM block_tombstones WHERE heap_id=?", (heap_id,))
     return c.execute("DELETE FROM heaps WHERE id=?", (heap_id,)).rowcount > 0
