@@ -27,6 +27,7 @@ from heaper_trio.web import (
     routes_instance,
     routes_sync,
     routes_trash,
+    routes_uploads,
     ws,
 )
 from heaper_trio.web.cors import install_cors
@@ -34,13 +35,17 @@ from heaper_trio.web.errors import install_error_handlers
 
 log = logging.getLogger("heaper_trio")
 BLUEPRINTS = (routes_instance.bp, routes_auth.bp, routes_heaps.bp, routes_blocks.bp,
-              routes_sync.bp, routes_trash.bp, ws.bp)
+              routes_sync.bp, routes_trash.bp, routes_uploads.bp, ws.bp)
 
 
 def create_app(services: Services) -> QuartTrio:
     app = QuartTrio("heaper_trio")
     app.config["SERVICES"] = services
-    app.config["MAX_CONTENT_LENGTH"] = services.settings.max_request_bytes
+    # The largest body any route takes; JSON routes lower it per request (routing.limit_body)
+    settings = services.settings
+    app.config["MAX_CONTENT_LENGTH"] = max(settings.max_request_bytes,
+                                           settings.max_chunk_bytes + 65536,
+                                           settings.max_direct_upload_bytes + 1024 * 1024)
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     install_cors(app)

@@ -379,14 +379,35 @@ class BlockDocument:
         """
         if isinstance(value, int) and abs(value) > _MAX_SAFE_INTEGER:
             raise ValueError(f"meta_v0.{field}: {value} is not a safe JavaScript integer")
+
+        def change() -> None:
+            meta = self._doc.get("meta_v0", type=Map)
+            if value is None:
+                meta.pop(field, None)
+            else:
+                meta[field] = value
+        return self._server_change(change)
+
+    def set_file_entry(self, key: str, entry: dict[str, Any]) -> bytes:
+        """Write ``files_v0[key]`` (a ``Y.Map`` of file metadata, as clients write it) unless
+        an entry with the same values is there; return the update (EMPTY_UPDATE if none)."""
+        for k, v in entry.items():
+            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > _MAX_SAFE_INTEGER:
+                raise ValueError(f"files_v0.{key}.{k}: {v} is not a safe JavaScript integer")
+        files = self._doc.get("files_v0", type=Map)
+        current = files.get(key)
+        if isinstance(current, Map) and _plain(current) == entry:
+            return EMPTY_UPDATE
+
+        def change() -> None:
+            files[key] = Map(entry)
+        return self._server_change(change)
+
+    def _server_change(self, change: Callable[[], None]) -> bytes:
         self._captured = captured = list[bytes]()
         try:
             with self._doc.transaction(origin="server"):
-                meta = self._doc.get("meta_v0", type=Map)
-                if value is None:
-                    meta.pop(field, None)
-                else:
-                    meta[field] = value
+                change()
         finally:
             self._captured = None
         for update in captured:

@@ -82,6 +82,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", str, "info", "Logging level.",
             choices=("debug", "info", "warning", "error")),
     Setting("access_log", bool, False, "Log one line per HTTP request."),
+    Setting("max_upload_bytes", int, 20 * 1024**3, "Largest file accepted by an upload "
+            "(direct or resumable); larger ones get 413.", minimum=1),
+    Setting("max_direct_upload_bytes", int, 256 * 1024**2, "Largest file accepted by the "
+            "one-request upload (POST /api/upload/file); bigger files use resumable uploads.",
+            minimum=1),
+    Setting("max_chunk_bytes", int, 64 * 1024**2, "Largest chunk_size of a resumable upload.",
+            minimum=65536),
+    Setting("upload_expiry_hours", int, 168, "Hours before an unfinished resumable upload "
+            "and its chunks are removed.", minimum=1),
     Setting("ws_outbox_bytes", int, 8 * 1024 * 1024, "Live sync: most bytes waiting to be sent "
             "to one WebSocket connection. A client that falls further behind is disconnected "
             "(close code 1013) and resyncs when it reconnects.", minimum=65536),
@@ -117,6 +126,10 @@ class Settings:
     graceful_timeout: float
     log_level: str
     access_log: bool
+    max_upload_bytes: int
+    max_direct_upload_bytes: int
+    max_chunk_bytes: int
+    upload_expiry_hours: int
     ws_outbox_bytes: int
     ws_max_message_bytes: int
 

@@ -22,6 +22,7 @@ from heaper_trio.keys import SERVER_KEY_FILE, KeyPair, load_or_create_server_key
 from heaper_trio.services.accounts import AccountService
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.files import FileService
 from heaper_trio.services.heaps import HeapService
 from heaper_trio.services.live_bridge import ProcessBridge
 from heaper_trio.services.live_hub import LiveHub
@@ -48,6 +49,7 @@ class Services:
     query: QueryService
     realtime: RealtimeCounters
     hub: LiveHub
+    files: FileService
     started_at: float = field(default_factory=time.time)
     version: str = __version__
     shutdown: trio.Event = field(default_factory=trio.Event)
@@ -102,15 +104,18 @@ async def open_services(
             accounts=AccountService(storage, tokens, server_key, settings),
             auth_limits=AuthRateLimits(settings.auth_rate_limit),
             documents=(documents := DocumentService(storage, settings)),
-            heaps=HeapService(documents),
+            heaps=HeapService(documents),  # told about files below
             query=QueryService(documents),
             realtime=(counters := RealtimeCounters()),
-            hub=LiveHub(documents, counters),
+            hub=(hub := LiveHub(documents, counters)),
+            files=FileService(storage, documents, settings, hub.publish_user_event),
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
         async with trio.open_nursery() as supervisor:
             supervisor.start_soon(_purge_expired_forever, storage)
+            services.heaps.files = services.files
             await supervisor.start(services.hub.run)
+            supervisor.start_soon(services.files.expire_forever)
             if storage.shares_processes:
                 await supervisor.start(ProcessBridge(storage, services.hub).run)
             try:

@@ -354,33 +354,45 @@ class DocumentService:
         return out
 
     async def server_edit(self, author_id: str, heap_id: str, block_id: str,
-                          edit: Callable[[crdt.BlockDocument], bytes]) -> str:
-        """A CRDT edit made by the server (restore from trash, ...), stored and projected like
-        any pushed update. ``edit`` changes the document and returns the update it made.
-        Returns ``ok``, ``unchanged``, ``not_found`` or ``conflict``."""
+                          edit: Callable[[crdt.BlockDocument], bytes], *,
+                          create: Callable[[], bytes] | None = None) -> str:
+        """A CRDT edit made by the server (restore from trash, a file recorded, ...), stored and
+        projected like any pushed update. ``edit`` changes the document and returns the update
+        it made. A missing block is created from ``create()`` (its first update) when given.
+        Returns ``ok``, ``created``, ``unchanged``, ``not_found`` or ``conflict``."""
         async with AsyncExitStack() as stack:
             await self.locks.hold_all(stack, [block_id])
             self.cache.evict(block_id)  # its log is about to move on
             for _ in range(MAX_ATTEMPTS):
                 stored = await self.storage.load_block(block_id)
-                if stored is None or stored.heap_id != heap_id:
+                if stored is None:
+                    if create is None or await self.storage.tombstones([block_id]):
+                        return "not_found"
+                    first: tuple[bytes, ...] = (create(),)
+                elif stored.heap_id != heap_id:
                     return "not_found"
-                doc = crdt.BlockDocument.load(stored.snapshot, stored.updates)
+                else:
+                    first = ()
+                doc = crdt.BlockDocument.load(stored.snapshot if stored else None,
+                                              stored.updates if stored else first)
                 was_deleted = doc.deleted_at() is not None
                 update = edit(doc)
-                if update == crdt.EMPTY_UPDATE:
+                if update == crdt.EMPTY_UPDATE and stored is not None:
                     return "unchanged"
+                updates = (*first, update) if update != crdt.EMPTY_UPDATE else first
                 projection = projection_of(doc)
-                change = BlockChange(block_id, heap_id, author_id, stored.last_seq, (update,),
+                change = BlockChange(block_id, heap_id, author_id,
+                                     stored.last_seq if stored else None, updates,
                                      projection, doc.state_vector(), doc.size)
                 [result] = await self.storage.commit_changes([change], self._now())
                 if result.status is not CommitStatus.conflict:
                     deleted = projection.deleted_at is not None
-                    kind = ("deleted" if deleted and not was_deleted
+                    kind = ("created" if stored is None
+                            else "deleted" if deleted and not was_deleted
                             else "restored" if was_deleted and not deleted else "changed")
                     self.announce([Committed(heap_id, block_id, kind, result.last_seq,
-                                             result.sync_version, result.updated_at, (update,))])
-                    return "ok"
+                                             result.sync_version, result.updated_at, updates)])
+                    return "created" if stored is None else "ok"
         return "conflict"
 
     # -- pull -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 from heaper_trio import crdt
 from heaper_trio.errors import NotFound
 from heaper_trio.services.documents import Committed, DocumentService
+from heaper_trio.services.files import FileService
 from heaper_trio.storage.base import BlockRecord, User
 
 
@@ -25,10 +26,14 @@ class HeapService:
     def __init__(self, documents: DocumentService) -> None:
         self.documents = documents
         self.storage = documents.storage
+        self.files: FileService | None = None  # set at start: files no block holds are removed
 
     async def delete(self, user: User, heap_id: str) -> None:
         await self.documents.owned_heap(user, heap_id)
+        hashes = await self.storage.file_hashes_of_heap(heap_id)
         await self.storage.delete_heap(heap_id)
+        if self.files is not None:
+            await self.files.forget_unreferenced(hashes)
         self.documents.announce([Committed(heap_id, "", "heap_deleted")])
 
     async def stats(self, user: User, heap_id: str) -> dict[str, Any]:
@@ -69,7 +74,10 @@ class HeapService:
         if block_ids is None:
             block_ids = [b.id for b in await self.storage.trashed(heap_id)]
         now = self.documents._now()
+        hashes = await self.storage.file_hashes_of_heap(heap_id, block_ids)
         purged = await self.storage.purge_blocks(heap_id, block_ids, now)
+        if self.files is not None:
+            await self.files.forget_unreferenced(hashes)
         self.documents.announce([Committed(heap_id, b, "purged", updated_at=now) for b in purged])
         return purged
 

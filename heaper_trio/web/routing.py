@@ -17,7 +17,13 @@ from typing import Any, Awaitable, Callable
 
 from quart import Blueprint, current_app, request
 
-from heaper_trio.errors import BadRequest, Forbidden, RateLimited, Unauthorized
+from heaper_trio.errors import (
+    BadRequest,
+    Forbidden,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+)
 from heaper_trio.services.container import Services
 from heaper_trio.storage.base import User
 from heaper_trio.web.schema import validate
@@ -69,7 +75,18 @@ def bearer_token() -> str | None:
     return None
 
 
+def limit_body(limit: int) -> None:
+    """This request's body may hold at most ``limit`` bytes (413 otherwise). The app-wide
+    bound is the largest any route takes (an upload chunk); JSON routes lower it here,
+    before reading, so a big body is refused up front and never held in memory."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+    request.body._max_content_length = limit  # quart's Body checks what it holds against it
+
+
 async def read_json_body(*, allow_empty: bool) -> Any:
+    limit_body(services().settings.max_request_bytes)
     raw = await request.get_data(cache=False)
     if not raw.strip():
         if allow_empty:

@@ -1,0 +1,369 @@
+"""Files: the content-addressed store, direct and resumable uploads, who may read what.
+
+Bytes live once per SHA-256 under ``<data_dir>/files/sha256/ab/cd/<hash>`` (a scanned file
+stays where it is and is served in place). Nothing becomes visible before its size and hash are
+checked: a chunk is written to a temporary name, synced and renamed; a completed upload is
+assembled and hashed into a temporary file, synced and renamed into the store; only then is the
+file recorded in the index and in the block's ``files_v0`` (a server-side CRDT edit, broadcast
+like any other). An upload's chunks and row survive a restart, so it resumes from what it has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import mimetypes
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import trio
+
+from heaper_trio import crdt
+from heaper_trio.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unprocessable
+from heaper_trio.live import events
+from heaper_trio.services.documents import DocumentService
+from heaper_trio.settings import Settings
+from heaper_trio.storage.base import FileRecord, Storage, UploadRecord, User
+
+log = logging.getLogger(__name__)
+HASH = re.compile(r"[0-9a-f]{64}")
+COPY_BLOCK = 1024 * 1024
+EXPIRE_EVERY_S = 600
+
+
+def check_hash(value: str) -> str:
+    value = value.strip().lower()
+    if not HASH.fullmatch(value):
+        raise BadRequest("a file hash is the lowercase hex SHA-256 of its content (64 chars)",
+                         code="bad_hash")
+    return value
+
+
+def guess_mime(name: str, given: str | None = None) -> str:
+    if given and "/" in given and len(given) <= 255 and "\n" not in given:
+        return given.strip()
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def _fsync_and_replace(temp: Path, final: Path) -> None:
+    with open(temp, "rb+") as f:
+        os.fsync(f.fileno())
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(temp, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself survives a crash
+    finally:
+        os.close(fd)
+
+
+class FileService:
+    def __init__(self, storage: Storage, documents: DocumentService, settings: Settings,
+                 publish: Callable[[str, dict[str, object]], None]) -> None:
+        self.storage = storage
+        self.documents = documents
+        self.settings = settings
+        self.publish = publish  # user events (file.ready) for the live channel
+        self.store = settings.data_path / "files" / "sha256"
+        self.uploads = settings.data_path / "uploads"
+        self._assembling: dict[str, trio.Lock] = {}
+
+    # -- paths and access ---------------------------------------------------------------------
+    def store_path(self, hash: str) -> Path:
+        return self.store / hash[:2] / hash[2:4] / hash
+
+    def path_of(self, record: FileRecord) -> Path:
+        return Path(record.source_path) if record.source_path else self.store_path(record.hash)
+
+    async def readable(self, user: User, key: str) -> FileRecord:
+        """The file a ``:key`` (file id or hash) names, if a block of the user's holds it.
+        Unknown and not-yours answer alike: no existence leak."""
+        record = await self.storage.get_file(key.lower() if HASH.fullmatch(key.lower()) else key)
+        if record is None or not await self.storage.file_readable_by(record.hash, user.id):
+            raise NotFound("no such file in your heaps", code="file_not_found")
+        return record
+
+    def _upload_dir(self, upload: UploadRecord) -> Path:
+        return self.uploads / upload.id
+
+    # -- recording a verified file --------------------------------------------------------------
+    async def _record(self, user: User, heap_id: str, block_id: str, hash: str, size: int,
+                      name: str, mime_type: str, meta: dict[str, Any] | None = None
+                      ) -> FileRecord:
+        record = await self.storage.add_file(FileRecord(
+            hash, uuid.uuid4().hex[:16], size, mime_type, name, None, meta or {},
+            int(time.time() * 1000)))
+        entry = {"hash": hash, "name": name or record.name, "mime_type": record.mime_type,
+                 "file_size": size, "file_id": record.id, **{
+                     k: v for k, v in record.meta.items()
+                     if k in ("width", "height", "duration") and v is not None}}
+        status = await self.documents.server_edit(
+            user.id, heap_id, block_id,
+            lambda doc: doc.set_file_entry(f"{hash}:{size}", entry),
+            create=lambda: crdt.new_block_document(block_type="file", title=name))
+        if status in ("not_found", "conflict"):
+            raise Conflict(f"the block could not record the file ({status})",
+                           code="block_unavailable" if status == "not_found" else "conflict")
+        self.publish(user.id, events.event("file.ready", heap_id=heap_id, block_id=block_id,
+                                           file_hash=hash, file_id=record.id))
+        return record
+
+    async def _known(self, hash: str) -> FileRecord | None:
+        record = await self.storage.get_file(hash)
+        if record is None:
+            return None
+        if not await trio.to_thread.run_sync(self.path_of(record).exists):
+            return None  # bytes gone (a scanned file moved): take them again
+        return record
+
+    def _answer(self, record: FileRecord, block_id: str, status: str) -> dict[str, Any]:
+        return {"success": True, "status": status, "block_id": block_id,
+                "file_hash": record.hash, "file_id": record.id, "size": record.size}
+
+    async def _check_block(self, user: User, heap_id: str, block_id: str) -> None:
+        await self.documents.owned_heap(user, heap_id)
+        if await self.storage.tombstones([block_id]):
+            raise Conflict("this block was deleted for good", code="block_deleted")
+        stored = await self.storage.load_block(block_id)
+        if stored is not None and stored.heap_id != heap_id:
+            raise NotFound("no such block in this heap", code="block_not_found")
+
+    # -- direct upload --------------------------------------------------------------------------
+    async def direct(self, user: User, heap_id: str, block_id: str, source: BinaryIO,
+                     size: int, claimed_hash: str | None, name: str, mime_type: str | None
+                     ) -> dict[str, Any]:
+        """A whole file in one request (spooled by the multipart parser; read in a thread)."""
+        await self._check_block(user, heap_id, block_id)
+        if size > self.settings.max_upload_bytes:
+            raise PayloadTooLarge("the file exceeds max_upload_bytes")
+        temp = self.uploads / f"direct-{uuid.uuid4().hex}.part"
+        try:
+            hash = await trio.to_thread.run_sync(self._copy_hashing, [source], temp)
+            if claimed_hash is not None and hash != claimed_hash:
+                raise Unprocessable("the content does not match the given hash",
+                                    code="hash_mismatch", details={"actual_hash": hash})
+            if await self._known(hash) is None:
+                await trio.to_thread.run_sync(_fsync_and_replace, temp, self.store_path(hash))
+            record = await self._record(user, heap_id, block_id, hash, size, name,
+                                        guess_mime(name, mime_type))
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(lambda: temp.unlink(missing_ok=True))
+        return self._answer(record, block_id, "complete")
+
+    def _copy_hashing(self, sources: list[Path] | list[BinaryIO], target: Path) -> str:
+        digest = hashlib.sha256()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as out:
+            for source in sources:
+                with (open(source, "rb") if isinstance(source, Path)
+                      else contextlib.nullcontext(source)) as f:
+                    while block := f.read(COPY_BLOCK):
+                        digest.update(block)
+                        out.write(block)
+        return digest.hexdigest()
+
+    # -- resumable uploads ------------------------------------------------------------------------
+    async def init(self, user: User, heap_id: str, block_id: str, hash: str, size: int,
+                   chunk_size: int, name: str, mime_type: str | None) -> dict[str, Any]:
+        await self._check_block(user, heap_id, block_id)
+        if size > self.settings.max_upload_bytes:
+            raise PayloadTooLarge("the file exceeds max_upload_bytes")
+        if chunk_size > self.settings.max_chunk_bytes:
+            raise PayloadTooLarge("chunk_size exceeds max_chunk_bytes")
+        known = await self._known(hash)
+        if known is not None:  # deduplicated: no bytes need to travel
+            if known.size != size:
+                raise Unprocessable("a file with this hash has another size",
+                                    code="size_mismatch")
+            await self._record(user, heap_id, block_id, hash, size, name,
+                               guess_mime(name, mime_type))
+            total = max(1, -(-size // chunk_size))
+            return {"success": True, "status": "exists", "chunk_size": chunk_size,
+                    "total_chunks": total, "received": list(range(total)),
+                    "file_hash": hash, "file_id": known.id}
+        now = int(time.time() * 1000)
+        upload = await self.storage.save_upload(UploadRecord(
+            uuid.uuid4().hex, user.id, heap_id, block_id, hash, size, chunk_size, name,
+            guess_mime(name, mime_type), now,
+            now + self.settings.upload_expiry_hours * 3600 * 1000))
+        if upload.user_id != user.id or upload.size != size:
+            raise Conflict("an upload of this file to this block is under way with other "
+                           "parameters", code="upload_conflict")
+        return {"success": True, "status": "ready", "chunk_size": upload.chunk_size,
+                "total_chunks": upload.total_chunks, "received": await self._received(upload),
+                "expires_at": upload.expires_at}
+
+    async def _upload(self, user: User, heap_id: str, block_id: str, hash: str
+                      ) -> UploadRecord:
+        upload = await self.storage.get_upload(heap_id, block_id, hash)
+        if upload is None or upload.user_id != user.id:
+            raise NotFound("no upload of this file to this block; call init first",
+                           code="upload_not_found")
+        return upload
+
+    def _chunk_size(self, upload: UploadRecord, index: int) -> int:
+        if index == upload.total_chunks - 1:
+            return upload.size - index * upload.chunk_size
+        return upload.chunk_size
+
+    async def _received(self, upload: UploadRecord) -> list[int]:
+        """Chunk files of the right size: rebuilt from disk, so a restart loses nothing."""
+        folder = self._upload_dir(upload)
+
+        def scan() -> list[int]:
+            out = []
+            for index in range(upload.total_chunks):
+                path = folder / f"{index}.chunk"
+                try:
+                    if path.stat().st_size == self._chunk_size(upload, index):
+                        out.append(index)
+                except FileNotFoundError:
+                    pass
+            return out
+        return await trio.to_thread.run_sync(scan)
+
+    async def chunk(self, user: User, heap_id: str, block_id: str, hash: str, index: int,
+                    body: AsyncIterator[bytes]) -> dict[str, Any]:
+        upload = await self._upload(user, heap_id, block_id, hash)
+        if not 0 <= index < upload.total_chunks:
+            raise BadRequest(f"index must be 0..{upload.total_chunks - 1}",
+                             code="bad_chunk_index")
+        expected = self._chunk_size(upload, index)
+        folder = self._upload_dir(upload)
+        await trio.to_thread.run_sync(lambda: folder.mkdir(parents=True, exist_ok=True))
+        temp = folder / f"{index}.{uuid.uuid4().hex}.part"
+        written = 0
+        try:
+            async with await trio.open_file(temp, "wb") as out:
+                async for data in body:
+                    written += len(data)
+                    if written > expected:
+                        raise BadRequest(f"chunk {index} must be {expected} bytes",
+                                         code="chunk_size_mismatch")
+                    await out.write(data)
+            if written != expected:
+                raise BadRequest(f"chunk {index} must be {expected} bytes, got {written}",
+                                 code="chunk_size_mismatch")
+            await trio.to_thread.run_sync(_fsync_and_replace, temp, folder / f"{index}.chunk")
+        finally:
+            with trio.CancelScope(shield=True):  # cut off mid-way: nothing half-written stays
+                await trio.to_thread.run_sync(lambda: temp.unlink(missing_ok=True))
+        return {"success": True, "status": "ok", "index": index, "size": written}
+
+    async def status(self, user: User, heap_id: str, block_id: str, hash: str
+                     ) -> dict[str, Any]:
+        upload = await self.storage.get_upload(heap_id, block_id, hash)
+        if upload is None or upload.user_id != user.id:
+            return await self.file_status(user, heap_id, block_id, hash)
+        received = await self._received(upload)
+        return {"success": True, "status": "uploading", "size": upload.size,
+                "chunk_size": upload.chunk_size, "total_chunks": upload.total_chunks,
+                "received": received, "expires_at": upload.expires_at,
+                "bytes_received": sum(self._chunk_size(upload, i) for i in received)}
+
+    async def file_status(self, user: User, heap_id: str, block_id: str, hash: str
+                          ) -> dict[str, Any]:
+        """Is this file there for this block? (``GET /api/status/file/...``)"""
+        await self.documents.owned_heap(user, heap_id)
+        upload = await self.storage.get_upload(heap_id, block_id, hash)
+        if upload is not None and upload.user_id == user.id:
+            return await self.status(user, heap_id, block_id, hash)
+        record = await self.storage.get_file(hash)
+        held = record is not None and hash in await self.storage.file_hashes_of_heap(
+            heap_id, [block_id])
+        if record is None or not held:
+            return {"success": True, "status": "missing", "block_id": block_id,
+                    "file_hash": hash}
+        return self._answer(record, block_id, "complete")
+
+    async def complete(self, user: User, heap_id: str, block_id: str, hash: str
+                       ) -> dict[str, Any]:
+        lock = self._assembling.setdefault(hash, trio.Lock())
+        try:
+            async with lock:
+                return await self._complete(user, heap_id, block_id, hash)
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._assembling.pop(hash, None)
+
+    async def _complete(self, user: User, heap_id: str, block_id: str, hash: str
+                        ) -> dict[str, Any]:
+        upload = await self.storage.get_upload(heap_id, block_id, hash)
+        if upload is None:  # completed before (complete is idempotent) or never started
+            status = await self.file_status(user, heap_id, block_id, hash)
+            if status["status"] == "complete":
+                return status
+        upload = await self._upload(user, heap_id, block_id, hash)
+        received = set(await self._received(upload))
+        missing = [i for i in range(upload.total_chunks) if i not in received]
+        if missing:
+            raise Conflict(f"{len(missing)} chunks are missing", code="upload_incomplete",
+                           details={"missing": missing[:1000]})
+        folder = self._upload_dir(upload)
+        if await self._known(hash) is None:
+            temp = self.uploads / f"assemble-{uuid.uuid4().hex}.part"
+            try:
+                chunks = [folder / f"{i}.chunk" for i in range(upload.total_chunks)]
+                actual = await trio.to_thread.run_sync(self._copy_hashing, chunks, temp)
+                if actual != hash:
+                    await self._discard(upload)  # a wrong hash: nothing is stored
+                    raise Unprocessable("the assembled content does not match the hash",
+                                        code="hash_mismatch", details={"actual_hash": actual})
+                await trio.to_thread.run_sync(_fsync_and_replace, temp, self.store_path(hash))
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(lambda: temp.unlink(missing_ok=True))
+        record = await self._record(user, heap_id, block_id, hash, upload.size, upload.name,
+                                    upload.mime_type)
+        await self._discard(upload)
+        return self._answer(record, block_id, "complete")
+
+    async def _discard(self, upload: UploadRecord) -> None:
+        await self.storage.delete_upload(upload.id)
+        folder = self._upload_dir(upload)
+        await trio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
+
+    # -- housekeeping -------------------------------------------------------------------------------
+    async def expire_forever(self) -> None:
+        """Abandoned uploads go after ``upload_expiry_hours``; run in the supervisor."""
+        while True:
+            try:
+                for upload in await self.storage.expired_uploads(int(time.time() * 1000)):
+                    log.info("upload %s of %s expired", upload.id, upload.hash)
+                    await self._discard(upload)
+                await trio.to_thread.run_sync(self._sweep_temp_files)
+            except Exception:
+                log.exception("expiring uploads failed")
+            await trio.sleep(EXPIRE_EVERY_S)
+
+    def _sweep_temp_files(self) -> None:
+        """Temporary files of requests a crash cut off (a live request's are young)."""
+        if not self.uploads.exists():
+            return
+        old = time.time() - 3600
+        for path in self.uploads.glob("**/*.part"):
+            try:
+                if path.stat().st_mtime < old:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
+
+    async def forget_unreferenced(self, hashes: list[str]) -> int:
+        """After blocks are removed for good: files no block holds any more go, bytes too
+        (never a scanned file's own bytes: those belong to the user's folder)."""
+        dropped = await self.storage.drop_unreferenced_files(hashes)
+
+        def remove() -> None:
+            for record in dropped:
+                if record.source_path is None:
+                    self.store_path(record.hash).unlink(missing_ok=True)
+        await trio.to_thread.run_sync(remove)
+        return len(dropped)

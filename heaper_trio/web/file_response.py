@@ -1,0 +1,193 @@
+"""Answering a GET or HEAD with a file from disk: ranges, validators, and a streamed body.
+
+The raw, stream and thumbnail routes call ``file_response`` once they know which file to send.
+It reads the current request's headers itself; ``ranges.plan_response`` decides between 200,
+206, 304 and 416. The body is read in 1 MiB ``os.pread`` calls in a worker thread (Quart's own
+``FileBody`` reads 8 KiB per thread hop, which caps loopback at ~20 MB/s; files-findings §5a),
+so only one chunk per response is ever in memory.
+
+Scanned files are served in place, so a file may change between ``stat`` and the last read:
+- gone before we answer: ``NotFound`` (404, ``file_missing``);
+- gone or shorter once the headers are decided: the body stops where the data stops, and the
+  connection is closed so the client sees fewer bytes than ``Content-Length`` announced.
+
+Three things Quart and hypercorn would otherwise get wrong here:
+- HEAD is routed to the GET view, and Quart would read the whole body only for hypercorn to
+  drop it; we send an empty body and set ``Content-Length`` to what the GET would carry.
+- Quart wraps sending in ``RESPONSE_TIMEOUT`` (60 s) and silently stops there; a large download
+  or a long video outlives that, so file responses have no timeout (``response.timeout = None``).
+- A body that ends short of its ``Content-Length`` makes h11 raise at end-of-message, which
+  hypercorn logs as "Error in ASGI Framework". We end the exchange the way quart-trio ends it when
+  the client disconnects: by cancelling the request's nursery (see ``_end_exchange_early``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Literal
+
+import trio
+from quart import Response, request
+from quart_trio.asgi import TrioASGIHTTPConnection
+
+from heaper_trio.errors import NotFound
+from heaper_trio.web.ranges import (
+    ByteRange,
+    clean_media_type,
+    content_disposition,
+    http_date,
+    plan_response,
+    quote_etag,
+)
+
+log = logging.getLogger("heaper_trio.web")
+
+READ_SIZE = 1 << 20  # per thread hop; 64 KiB already costs ~5x in throughput (files-findings §5a)
+DEFAULT_MAX_AGE = 3600  # revalidating after that is a cheap 304
+IMMUTABLE_MAX_AGE = 365 * 24 * 3600
+
+_HANDLE_REQUEST_CODE = TrioASGIHTTPConnection.handle_request.__code__
+
+
+async def file_response(
+    path: Path,
+    *,
+    size: int | None = None,
+    mime_type: str,
+    etag: str,
+    last_modified: float,
+    filename: str | None,
+    disposition: Literal["attachment", "inline"],
+    immutable: bool = False,
+    max_age: int | None = None,
+) -> Response:
+    """The response for the current GET or HEAD request of the file at ``path``.
+
+    ``etag`` is the content hash (sent quoted, as a strong ETag); ``size`` is the length the
+    caller recorded with that hash (the file's current size when None); ``mime_type`` is sent
+    as given, or as application/octet-stream if it is not a well-formed media type.
+    ``max_age`` defaults to an hour, or a year with ``immutable`` (thumbnails).
+    Raises ``NotFound`` (``file_missing``) if the file is not on disk.
+    """
+    info = await _stat_regular_file(path)
+    if size is None:
+        size = info.st_size
+    if max_age is None:
+        max_age = IMMUTABLE_MAX_AGE if immutable else DEFAULT_MAX_AGE
+    cache_control = f"private, max-age={max_age}" + (", immutable" if immutable else "")
+    validators = {
+        "ETag": quote_etag(etag),
+        "Last-Modified": http_date(last_modified),
+        "Cache-Control": cache_control,
+        "X-Content-Type-Options": "nosniff",
+    }
+    plan = plan_response(
+        etag=etag,
+        last_modified=int(last_modified),
+        size=size,
+        range_header=_field("Range"),
+        if_range=_field("If-Range"),
+        if_none_match=_field("If-None-Match"),
+        if_modified_since=_field("If-Modified-Since"),
+    )
+    if plan.status == 304:
+        response = Response(b"", 304, headers=validators)
+        del response.headers["Content-Type"]  # a 304 carries no representation metadata
+        del response.headers["Content-Length"]
+        return response
+    if plan.status == 416:
+        return _range_not_satisfiable(size)
+
+    body_range = plan.range or ByteRange(0, size - 1)  # size 0 gives an empty range
+    headers = {
+        **validators,
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": content_disposition(disposition, filename),
+    }
+    if plan.range is not None:
+        headers["Content-Range"] = plan.range.content_range(size)
+    if request.method == "HEAD" or body_range.length == 0:
+        response = Response(b"", plan.status, headers=headers,
+                            content_type=clean_media_type(mime_type))
+    else:
+        response = Response(_read_file(path, body_range), plan.status, headers=headers,
+                            content_type=clean_media_type(mime_type))
+    response.headers["Content-Length"] = str(body_range.length)
+    response.timeout = None
+    return response
+
+
+def _field(name: str) -> str | None:
+    """A request header, with repeated lines joined as one list (RFC 9110 §5.3)."""
+    values = request.headers.getlist(name)
+    return ", ".join(values) if values else None
+
+
+async def _stat_regular_file(path: Path) -> os.stat_result:
+    try:
+        info = await trio.to_thread.run_sync(os.stat, path)
+    except (FileNotFoundError, NotADirectoryError):
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode):
+        raise NotFound("the file is no longer on the server's disk", code="file_missing")
+    return info
+
+
+def _range_not_satisfiable(size: int) -> Response:
+    # errors.py has no 416 class, so the contract's envelope is built here.
+    body = {"success": False, "error": "range_not_satisfiable",
+            "message": f"the requested range is outside the file ({size} bytes)"}
+    return Response(json.dumps(body), 416, content_type="application/json", headers={
+        "Content-Range": f"bytes */{size}",
+        "Accept-Ranges": "bytes",
+        "X-Content-Type-Options": "nosniff",
+    })
+
+
+async def _read_file(path: Path, byte_range: ByteRange) -> AsyncIterator[bytes]:
+    """The bytes of ``byte_range``, ``READ_SIZE`` at a time; the file is closed in every case
+    (end, short file, client gone: Quart closes this generator when sending stops)."""
+    sent = 0
+    fd: int | None = None
+    try:
+        fd = await trio.to_thread.run_sync(os.open, path, os.O_RDONLY)
+        while sent < byte_range.length:
+            want = min(READ_SIZE, byte_range.length - sent)
+            chunk = await trio.to_thread.run_sync(os.pread, fd, want, byte_range.first + sent)
+            if not chunk:
+                break
+            sent += len(chunk)
+            yield chunk
+    except OSError as e:  # vanished before open, or an I/O error mid-way
+        log.warning("reading %s failed after %d bytes: %s", path, sent, e)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if sent < byte_range.length:
+        log.warning("%s ended %d bytes short of the %d announced; the client gets a short body",
+                    path, byte_range.length - sent, byte_range.length)
+        if _end_exchange_early():
+            await trio.lowlevel.checkpoint()  # raises Cancelled: the connection closes
+
+
+def _end_exchange_early() -> bool:
+    """Cancel the request's nursery, as quart-trio does on ``http.disconnect``.
+
+    Ending the body normally would send end-of-message after too few bytes; h11 refuses, and
+    hypercorn logs a traceback. Cancelled instead, the app returns, hypercorn sees a response
+    that never finished and closes the connection. Only done when this generator runs in
+    quart-trio's ``handle_request`` task, whose parent nursery is that request's; anywhere
+    else the body just ends and the server logs h11's complaint.
+    """
+    task = trio.lowlevel.current_task()
+    if getattr(task.coro, "cr_code", None) is not _HANDLE_REQUEST_CODE:
+        return False
+    if task.parent_nursery is None:
+        return False
+    task.parent_nursery.cancel_scope.cancel()
+    return True

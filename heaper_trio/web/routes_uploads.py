@@ -1,0 +1,132 @@
+"""Uploads: one-request (multipart) and resumable (init, chunks in any order, complete), and
+upload status. The work is in ``services/files.py``; these parse and shape."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from quart import Blueprint, request
+
+from heaper_trio.errors import BadRequest, PayloadTooLarge
+from heaper_trio.services.files import check_hash
+from heaper_trio.storage.base import User
+from heaper_trio.web.routing import limit_body, route, services
+from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
+
+bp = Blueprint("uploads", __name__)
+
+ANSWER = open_obj(success=boolean(), status=string(), block_id=string(), file_hash=string(),
+                  file_id=string())
+PROGRESS = open_obj(success=boolean(), status=string(), size=integer(), chunk_size=integer(),
+                    total_chunks=integer(), received={"type": "array"},
+                    bytes_received=integer())
+HASH = string(pattern="[0-9a-fA-F]{64}", description="lowercase hex SHA-256 of the content")
+
+
+def _ids(heap_id: str, block_id: str) -> None:
+    for name, value in (("heap_id", heap_id), ("block_id", block_id)):
+        if not value or len(value) > 128 or not all(c.isalnum() or c in "_-" for c in value):
+            raise BadRequest(f"{name} must be 1-128 chars of [A-Za-z0-9_-]",
+                             code="invalid_field", details={"field": name})
+
+
+@route(bp, "POST", "/api/upload/file/{heap_id}/{block_id}", tag="files",
+       errors=(400, 403, 404, 409, 413, 422),
+       summary="Upload a whole file to a block in one request (multipart: file, hash).",
+       description="Form fields: `file` (the content), `hash` (optional lowercase hex SHA-256; "
+       "a mismatch is a 422 and nothing is stored), `name` and `mime_type` (optional). The "
+       "file is recorded in the block's files_v0 (the block is created as a file block if "
+       "new). Larger files than max_direct_upload_bytes use the resumable routes.",
+       response=ANSWER)
+async def upload_file(user: User, heap_id: str, block_id: str) -> dict[str, Any]:
+    _ids(heap_id, block_id)
+    settings = services().settings
+    limit_body(settings.max_direct_upload_bytes + 1024 * 1024)
+    files = await request.files
+    form = await request.form
+    upload = files.get("file")
+    if upload is None:
+        raise BadRequest("a multipart field 'file' is required", code="file_missing_in_form")
+    stream = upload.stream
+    size = stream.seek(0, os.SEEK_END)
+    stream.seek(0)
+    if size > settings.max_direct_upload_bytes:
+        raise PayloadTooLarge("the file exceeds max_direct_upload_bytes")
+    claimed = form.get("hash") or form.get("file_hash")
+    name = form.get("name") or upload.filename or ""
+    return await services().files.direct(
+        user, heap_id, block_id, stream, size, check_hash(claimed) if claimed else None,
+        name[:1024], form.get("mime_type") or upload.mimetype or None)
+
+
+@route(bp, "POST", "/api/upload/init/{heap_id}/{block_id}", tag="files",
+       errors=(403, 404, 409, 422),
+       summary="Start (or resume) a resumable upload of a file to a block.",
+       description="status `exists`: the server has these bytes already, the block now holds "
+       "the file, nothing needs to be sent. status `ready`: send the chunks that are not in "
+       "`received` (any order, in parallel, again if unsure), then complete. Calling init "
+       "again answers the same upload with what it has (it survives restarts).",
+       body=obj({"size": integer(minimum=0), "chunk_size": integer(minimum=1)},
+                {"hash": HASH, "file_hash": HASH, "name": string(maxLength=1024),
+                 "mime_type": string(maxLength=255)}),
+       response=open_obj(success=boolean(), status=string(enum=["ready", "exists"]),
+                         chunk_size=integer(), total_chunks=integer(),
+                         received={"type": "array"}))
+async def upload_init(user: User, heap_id: str, block_id: str, body: dict[str, Any]
+                      ) -> dict[str, Any]:
+    _ids(heap_id, block_id)
+    claimed = body.get("hash") or body.get("file_hash")
+    if not claimed:
+        raise BadRequest("hash is required", code="invalid_field", details={"field": "hash"})
+    return await services().files.init(
+        user, heap_id, block_id, check_hash(claimed), body["size"], body["chunk_size"],
+        body.get("name", ""), body.get("mime_type"))
+
+
+@route(bp, "GET", "/api/upload/status/{heap_id}/{block_id}/{hash}", tag="files",
+       errors=(400, 403),
+       summary="Progress of a resumable upload (or the file's status if none is under way).",
+       response=PROGRESS)
+async def upload_status(user: User, heap_id: str, block_id: str, hash: str) -> dict[str, Any]:
+    _ids(heap_id, block_id)
+    return await services().files.status(user, heap_id, block_id, check_hash(hash))
+
+
+@route(bp, "PUT", "/api/upload/chunk/{heap_id}/{block_id}/{hash}/{index}", tag="files",
+       errors=(400, 404, 413),
+       summary="Send one chunk of a resumable upload (the body is its raw bytes).",
+       description="Chunk i holds bytes [i*chunk_size, (i+1)*chunk_size) (the last may be "
+       "shorter); its length must match exactly. Written under a temporary name and renamed "
+       "when whole: a chunk cut off mid-way leaves nothing. Sending a chunk again replaces it.",
+       response=open_obj(success=boolean(), status=string(), index=integer(), size=integer()))
+async def upload_chunk(user: User, heap_id: str, block_id: str, hash: str, index: str
+                       ) -> dict[str, Any]:
+    _ids(heap_id, block_id)
+    if not index.isdigit() or len(index) > 9:
+        raise BadRequest("index must be a chunk number", code="bad_chunk_index")
+    limit_body(services().settings.max_chunk_bytes)
+    return await services().files.chunk(user, heap_id, block_id, check_hash(hash), int(index),
+                                        request.body)
+
+
+@route(bp, "POST", "/api/upload/complete/{heap_id}/{block_id}/{hash}", tag="files",
+       errors=(400, 403, 404, 409, 422),
+       summary="Finish a resumable upload: check size and hash, store, record in the block.",
+       description="409 upload_incomplete lists the missing chunks. A wrong hash is a 422 and "
+       "the upload is discarded. Calling complete again after success answers the same.",
+       response=ANSWER)
+async def upload_complete(user: User, heap_id: str, block_id: str, hash: str
+                          ) -> dict[str, Any]:
+    _ids(heap_id, block_id)
+    return await services().files.complete(user, heap_id, block_id, check_hash(hash))
+
+
+@route(bp, "GET", "/api/status/file/{heap_id}/{block_id}/{hash}", tag="files",
+       errors=(400, 403),
+       summary="Is this file stored for this block: complete, uploading (with progress) or "
+       "missing.", response=PROGRESS)
+async def file_status(user: User, heap_id: str, block_id: str, hash: str) -> dict[str, Any]:
+    _ids(heap_id, block_id)
+    return await services().files.file_status(user, heap_id, block_id, check_hash(hash))
+
