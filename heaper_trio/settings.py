@@ -91,6 +91,11 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=65536),
     Setting("upload_expiry_hours", int, 168, "Hours before an unfinished resumable upload "
             "and its chunks are removed.", minimum=1),
+    Setting("scan_roots", str, "", "Folders on the server that POST /api/scan_folder may "
+            "index in place, separated by ':'. Admins may scan anywhere under them, other users "
+            "only under <root>/<their user id>/. Empty: scanning is off."),
+    Setting("scan_jobs", int, 2, "Files hashed and probed at once by a folder scan.",
+            minimum=1),
     Setting("ws_outbox_bytes", int, 8 * 1024 * 1024, "Live sync: most bytes waiting to be sent "
             "to one WebSocket connection. A client that falls further behind is disconnected "
             "(close code 1013) and resyncs when it reconnects.", minimum=65536),
@@ -130,12 +135,18 @@ class Settings:
     max_direct_upload_bytes: int
     max_chunk_bytes: int
     upload_expiry_hours: int
+    scan_roots: str
+    scan_jobs: int
     ws_outbox_bytes: int
     ws_max_message_bytes: int
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def scan_root_paths(self) -> list[Path]:
+        return [Path(p).expanduser().resolve() for p in self.scan_roots.split(":") if p.strip()]
 
     @property
     def engine(self) -> str:
