@@ -68,7 +68,7 @@ def openapi_document(version: str) -> dict[str, Any]:
             op["description"] = spec.description
         if spec.deprecated:
             op["deprecated"] = True
-        if spec.auth in ("access", "refresh"):
+        if spec.auth in ("access", "refresh", "access_or_query"):
             op["security"] = [{"bearer": []}]
         elif spec.auth == "optional":
             op["security"] = [{}, {"bearer": []}]

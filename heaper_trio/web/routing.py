@@ -28,7 +28,7 @@ from heaper_trio.services.container import Services
 from heaper_trio.storage.base import User
 from heaper_trio.web.schema import validate
 
-AUTH_MODES = ("none", "optional", "access", "refresh")
+AUTH_MODES = ("none", "optional", "access", "refresh", "access_or_query")
 
 
 @dataclass(frozen=True)
@@ -138,10 +138,13 @@ def route(
     """Register ``handler(**path_params, [body=...], [user=...], [token=...])``."""
     assert auth in AUTH_MODES, auth
     implied = {400, 413} if body is not None else set()
-    if auth in ("access", "refresh"):
+    if auth in ("access", "refresh", "access_or_query"):
         implied |= {401, 403}
     if rate_limit:
         implied.add(429)
+    if auth == "access_or_query":
+        query = {**(query or {}), "token": {"type": "string", "description": "the access "
+                                            "token, for clients that cannot send headers"}}
     ROUTES.append(
         RouteSpec(method, path, summary, tag, auth, body, response,
                   tuple(sorted(set(errors) | implied)), query or {}, description, deprecated,
@@ -171,15 +174,18 @@ def route(
             if body is not None:
                 validate(parsed, body)
                 params["body"] = parsed
-            if auth == "access" or (auth == "optional" and bearer_token()):
+            if auth in ("access", "access_or_query") or (auth == "optional" and bearer_token()):
                 token = bearer_token()
+                if token is None and auth == "access_or_query":
+                    # <img>/<video> cannot send headers: file routes take ?token= as well
+                    token = request.args.get("token") or None
                 if token is None:
                     raise Unauthorized("an access token is required", code="token_missing")
                 user: User | None = None
                 try:
                     user = await services().accounts.authenticate(token)
                 except (Unauthorized, Forbidden):
-                    if auth == "access":
+                    if auth != "optional":
                         raise
                 params["user"] = user
             elif auth == "optional":
