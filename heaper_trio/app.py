@@ -23,6 +23,7 @@ from heaper_trio.settings import Settings
 from heaper_trio.web import (
     routes_auth,
     routes_blocks,
+    routes_files,
     routes_heaps,
     routes_instance,
     routes_sync,
@@ -35,7 +36,8 @@ from heaper_trio.web.errors import install_error_handlers
 
 log = logging.getLogger("heaper_trio")
 BLUEPRINTS = (routes_instance.bp, routes_auth.bp, routes_heaps.bp, routes_blocks.bp,
-              routes_sync.bp, routes_trash.bp, routes_uploads.bp, ws.bp)
+              routes_sync.bp, routes_trash.bp, routes_uploads.bp, routes_files.bp,
+              ws.bp)
 
 
 def create_app(services: Services) -> QuartTrio:

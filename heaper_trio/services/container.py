@@ -22,6 +22,7 @@ from heaper_trio.keys import SERVER_KEY_FILE, KeyPair, load_or_create_server_key
 from heaper_trio.services.accounts import AccountService
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.client_thumbnails import ClientThumbnails
 from heaper_trio.services.files import FileService
 from heaper_trio.services.heaps import HeapService
 from heaper_trio.services.live_bridge import ProcessBridge
@@ -50,6 +51,7 @@ class Services:
     realtime: RealtimeCounters
     hub: LiveHub
     files: FileService
+    client_thumbnails: ClientThumbnails
     started_at: float = field(default_factory=time.time)
     version: str = __version__
     shutdown: trio.Event = field(default_factory=trio.Event)
@@ -109,11 +111,13 @@ async def open_services(
             realtime=(counters := RealtimeCounters()),
             hub=(hub := LiveHub(documents, counters)),
             files=FileService(storage, documents, settings, hub.publish_user_event),
+            client_thumbnails=ClientThumbnails(storage, settings.data_path),
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
         async with trio.open_nursery() as supervisor:
             supervisor.start_soon(_purge_expired_forever, storage)
             services.heaps.files = services.files
+            services.heaps.client_thumbnails = services.client_thumbnails
             await supervisor.start(services.hub.run)
             supervisor.start_soon(services.files.expire_forever)
             if storage.shares_processes:

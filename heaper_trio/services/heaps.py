@@ -12,6 +12,7 @@ from typing import Any
 from heaper_trio import crdt
 from heaper_trio.errors import NotFound
 from heaper_trio.services.documents import Committed, DocumentService
+from heaper_trio.services.client_thumbnails import ClientThumbnails
 from heaper_trio.services.files import FileService
 from heaper_trio.storage.base import BlockRecord, User
 
@@ -27,14 +28,23 @@ class HeapService:
         self.documents = documents
         self.storage = documents.storage
         self.files: FileService | None = None  # set at start: files no block holds are removed
+        self.client_thumbnails: ClientThumbnails | None = None
 
     async def delete(self, user: User, heap_id: str) -> None:
         await self.documents.owned_heap(user, heap_id)
         hashes = await self.storage.file_hashes_of_heap(heap_id)
+        holders = await self.storage.blocks_holding_files(heap_id)
         await self.storage.delete_heap(heap_id)
+        await self._forget_files(hashes, holders)
+        self.documents.announce([Committed(heap_id, "", "heap_deleted")])
+
+    async def _forget_files(self, hashes: list[str], block_ids: list[str]) -> None:
+        """Bytes no block holds any more, and the removed blocks' client thumbnails."""
         if self.files is not None:
             await self.files.forget_unreferenced(hashes)
-        self.documents.announce([Committed(heap_id, "", "heap_deleted")])
+        if self.client_thumbnails is not None:
+            for block_id in block_ids:
+                await self.client_thumbnails.forget_block(block_id)
 
     async def stats(self, user: User, heap_id: str) -> dict[str, Any]:
         heap = await self.documents.owned_heap(user, heap_id)
@@ -76,8 +86,7 @@ class HeapService:
         now = self.documents._now()
         hashes = await self.storage.file_hashes_of_heap(heap_id, block_ids)
         purged = await self.storage.purge_blocks(heap_id, block_ids, now)
-        if self.files is not None:
-            await self.files.forget_unreferenced(hashes)
+        await self._forget_files(hashes, purged)
         self.documents.announce([Committed(heap_id, b, "purged", updated_at=now) for b in purged])
         return purged
 

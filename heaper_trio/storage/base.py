@@ -437,6 +437,10 @@ class Storage(abc.ABC):
         """Hashes the heap's blocks (or the given ones) hold."""
 
     @abc.abstractmethod
+    async def blocks_holding_files(self, heap_id: str) -> list[str]:
+        """Ids of the heap's blocks that hold at least one file."""
+
+    @abc.abstractmethod
     async def drop_unreferenced_files(self, hashes: list[str]) -> list[FileRecord]:
         """Delete the rows of those files no block holds any more; return them (the caller
         removes their bytes)."""

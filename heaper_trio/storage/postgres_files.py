@@ -70,6 +70,11 @@ async def _hashes_of_heap(c: Conn, heap_id: str, block_ids: list[str] | None) ->
     return sorted(r[0] for r in rows)
 
 
+async def _holders(c: Conn, heap_id: str) -> list[str]:
+    rows = await c.fetch("SELECT DISTINCT block_id FROM block_files WHERE heap_id=$1", heap_id)
+    return sorted(r[0] for r in rows)
+
+
 async def _drop_unreferenced(c: Conn, hashes: list[str]) -> list[FileRecord]:
     rows = await c.fetch(
         f"DELETE FROM files WHERE hash = ANY($1::text[]) AND NOT EXISTS "
@@ -126,6 +131,9 @@ class PostgresFiles:
     async def file_hashes_of_heap(self, heap_id: str, block_ids: list[str] | None = None
                                   ) -> list[str]:
         return await self._run(read, _hashes_of_heap, heap_id, block_ids)  # type: ignore
+
+    async def blocks_holding_files(self, heap_id: str) -> list[str]:
+        return await self._run(read, _holders, heap_id)  # type: ignore[no-any-return]
 
     async def drop_unreferenced_files(self, hashes: list[str]) -> list[FileRecord]:
         return await self._run(tx, _drop_unreferenced, hashes)  # type: ignore[no-any-return]

@@ -121,6 +121,13 @@ class SqliteFiles:
                                   ) -> list[str]:
         return await self.rt.read(_hashes_of_heap, heap_id, block_ids)
 
+    async def blocks_holding_files(self, heap_id: str) -> list[str]:
+        def q(c: sqlite3.Connection) -> list[str]:
+            rows = c.execute("SELECT DISTINCT block_id FROM block_files WHERE heap_id=?",
+                             (heap_id,))
+            return sorted(r[0] for r in rows)
+        return await self.rt.read(q)
+
     async def drop_unreferenced_files(self, hashes: list[str]) -> list[FileRecord]:
         return await self.rt.write(_drop_unreferenced, hashes)
 
