@@ -106,3 +106,22 @@ class StartupError(Exception):
 
     The CLI prints it as one line and exits 2, instead of a traceback.
     """
+
+
+class UnsupportedMedia(HeaperError):
+    """No thumbnail or preview for this type of file (not an image or video we decode)."""
+
+    status = 415
+    code = "unsupported_media"
+
+
+class CorruptMedia(Unprocessable):
+    """The file is of a type we decode but does not decode: damaged, truncated, or ffmpeg failed."""
+
+    code = "corrupt_media"
+
+
+class ImageTooLarge(Unprocessable):
+    """More pixels than the media service decodes (a decompression-bomb guard)."""
+
+    code = "image_too_large"
