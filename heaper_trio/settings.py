@@ -94,6 +94,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("scan_roots", str, "", "Folders on the server that POST /api/scan_folder may "
             "index in place, separated by ':'. Admins may scan anywhere under them, other users "
             "only under <root>/<their user id>/. Empty: scanning is off."),
+    Setting("media_jobs", int, 2, "Thumbnails and video frames made at once (each takes "
+            "a core while it runs).", minimum=1),
     Setting("scan_jobs", int, 2, "Files hashed and probed at once by a folder scan.",
             minimum=1),
     Setting("ws_outbox_bytes", int, 8 * 1024 * 1024, "Live sync: most bytes waiting to be sent "
@@ -136,6 +138,7 @@ class Settings:
     max_chunk_bytes: int
     upload_expiry_hours: int
     scan_roots: str
+    media_jobs: int
     scan_jobs: int
     ws_outbox_bytes: int
     ws_max_message_bytes: int

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 
 from PIL import Image
 
@@ -96,3 +97,33 @@ async def test_client_thumbnails(admin: HeaperClient, eve: HeaperClient,
     r = await admin.post(f"/api/upload/thumbnail/blk-t/{h}/small",
                          files={"thumbnail": ("t.png", thumb)}, data={"type": "../x"})
     assert_error(r, 400, "invalid_field")
+
+
+async def test_generated_thumbnails(admin: HeaperClient, eve: HeaperClient,
+                                    server: RunningServer, tmp_path: Path) -> None:
+    from .media_samples import colour_video
+
+    heap = await new_heap(admin)
+    answer = await upload(admin, heap["id"], "blk-img", png_bytes(), "a.png", "image/png")
+    h = answer["file_hash"]
+    entry = (await admin.post("/api/block/blk-img")).json()["files"]
+    assert entry[f"{h}:{len(png_bytes())}"]["width"] == 40  # probed at upload
+    r = await admin.get(f"/api/file/{h}/thumbnail/small/a.png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/webp", r.text
+    image = Image.open(io.BytesIO(r.content))
+    assert image.size == (40, 20) and image.mode == "RGBA"  # never upscaled, alpha kept
+    assert "immutable" in r.headers["cache-control"]
+    assert_error(await admin.get(f"/api/file/{h}/thumbnail/huge/a.png"), 400,
+                 "bad_thumbnail_size")
+    assert_error(await eve.get(f"/api/file/{h}/thumbnail/small/a.png"), 404, "file_not_found")
+    text = await upload(admin, heap["id"], "blk-txt", b"just text", "t.txt", "text/plain")
+    assert_error(await admin.get(f"/api/file/{text['file_hash']}/thumbnail/small/t"), 415,
+                 "unsupported_media")
+
+    video = colour_video(tmp_path / "v.mp4")
+    vid = await upload(admin, heap["id"], "blk-vid", video.read_bytes(), "v.mp4", "video/mp4")
+    r = await admin.get(f"/api/file/{vid['file_hash']}/video_thumbnail/small/50%")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/webp", r.text
+    r = await admin.http.get(f"/api/file/{vid['file_hash']}/video_thumbnail/tiny/1.5",
+                             params={"token": admin.access_token})
+    assert r.status_code == 200 and max(Image.open(io.BytesIO(r.content)).size) <= 64

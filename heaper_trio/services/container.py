@@ -27,6 +27,7 @@ from heaper_trio.services.files import FileService
 from heaper_trio.services.heaps import HeapService
 from heaper_trio.services.live_bridge import ProcessBridge
 from heaper_trio.services.live_hub import LiveHub
+from heaper_trio.services.media import MediaService
 from heaper_trio.services.query import QueryService
 from heaper_trio.services.ratelimit import AuthRateLimits
 from heaper_trio.services.tokens import TokenService
@@ -52,6 +53,7 @@ class Services:
     hub: LiveHub
     files: FileService
     client_thumbnails: ClientThumbnails
+    media: MediaService
     started_at: float = field(default_factory=time.time)
     version: str = __version__
     shutdown: trio.Event = field(default_factory=trio.Event)
@@ -110,7 +112,10 @@ async def open_services(
             query=QueryService(documents),
             realtime=(counters := RealtimeCounters()),
             hub=(hub := LiveHub(documents, counters)),
-            files=FileService(storage, documents, settings, hub.publish_user_event),
+            media=(media := MediaService(settings.data_path / "thumbnails" / "generated",
+                                         max_jobs=settings.media_jobs)),
+            files=FileService(storage, documents, settings, hub.publish_user_event,
+                              probe=media.probe),
             client_thumbnails=ClientThumbnails(storage, settings.data_path),
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
@@ -126,6 +131,8 @@ async def open_services(
                 yield services
             finally:
                 supervisor.cancel_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await services.media.aclose()
 
 
 async def bind_server_key(storage: Storage, data_dir: Path) -> KeyPair:

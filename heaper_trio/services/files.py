@@ -19,7 +19,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -66,8 +66,10 @@ def _fsync_and_replace(temp: Path, final: Path) -> None:
 
 class FileService:
     def __init__(self, storage: Storage, documents: DocumentService, settings: Settings,
-                 publish: Callable[[str, dict[str, object]], None]) -> None:
+                 publish: Callable[[str, dict[str, object]], None],
+                 probe: Callable[[Path, str], Awaitable[Any]] | None = None) -> None:
         self.storage = storage
+        self.probe = probe  # media probe: type from content, width/height/duration
         self.documents = documents
         self.settings = settings
         self.publish = publish  # user events (file.ready) for the live channel
@@ -94,9 +96,26 @@ class FileService:
         return self.uploads / upload.id
 
     # -- recording a verified file --------------------------------------------------------------
+    async def _probe(self, hash: str, name: str, mime_type: str) -> tuple[str, dict[str, Any]]:
+        """Type and dimensions from the content (a client's type is a hint only)."""
+        if self.probe is None:
+            return mime_type, {}
+        try:
+            info = await self.probe(self.store_path(hash), name)
+        except Exception:  # metadata is a bonus: an upload never fails for it
+            log.exception("probing %s failed", hash)
+            return mime_type, {}
+        found = {k: v for k, v in info.as_dict().items()
+                 if k in ("width", "height", "duration", "frames", "kind") and v is not None}
+        if info.mime_type and info.mime_type != "application/octet-stream":
+            mime_type = info.mime_type
+        return mime_type, found
+
     async def _record(self, user: User, heap_id: str, block_id: str, hash: str, size: int,
                       name: str, mime_type: str, meta: dict[str, Any] | None = None
                       ) -> FileRecord:
+        if meta is None and await self.storage.get_file(hash) is None:
+            mime_type, meta = await self._probe(hash, name, mime_type)
         record = await self.storage.add_file(FileRecord(
             hash, uuid.uuid4().hex[:16], size, mime_type, name, None, meta or {},
             int(time.time() * 1000)))

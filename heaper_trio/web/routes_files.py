@@ -5,12 +5,13 @@ or uploaded by clients). File routes take the token as ``?token=`` too, since ``
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import trio
 from quart import Blueprint, Response, request
 
-from heaper_trio.errors import BadRequest
+from heaper_trio.errors import BadRequest, NotFound
 from heaper_trio.services.files import check_hash
 from heaper_trio.storage.base import FileRecord, User
 from heaper_trio.web.file_response import file_response
@@ -58,6 +59,55 @@ async def raw(user: User, key: str, slug: str) -> Response:
 async def stream(user: User, key: str, slug: str) -> Response:
     record = await services().files.readable(user, key)
     return await _serve(record, slug, "inline")
+
+
+async def _source(user: User, key: str) -> tuple[FileRecord, Path]:
+    record = await services().files.readable(user, key)
+    path = services().files.path_of(record)
+    if not await trio.to_thread.run_sync(path.is_file):
+        raise NotFound("the file's bytes are gone (a scanned file moved?)", code="file_missing")
+    return record, path
+
+
+async def _thumbnail(record: FileRecord, path: Path, kind: str) -> Response:
+    stat = await trio.to_thread.run_sync(os.stat, path)
+    return await file_response(path, mime_type="image/webp",
+                               etag=f"{record.hash[:32]}-{path.stem}",
+                               last_modified=stat.st_mtime, filename=None,
+                               disposition="inline", immutable=True)
+
+
+THUMB_ERRORS = (*ERRORS, 400, 415, 422)
+
+
+@route(bp, "GET", "/api/file/{key}/thumbnail/{size}/{slug}", tag="files",
+       auth="access_or_query", errors=THUMB_ERRORS,
+       summary="An image thumbnail (WebP): tiny, small, medium, large (64/256/512/1024 px) "
+       "or a pixel size, rounded up to those.",
+       description="EXIF orientation applied, alpha kept; a video gives its frame at 10%. "
+       "Made once and cached; 415 for types that have no thumbnail, 422 for corrupt files.")
+async def thumbnail(user: User, key: str, size: str, slug: str) -> Response:
+    record, path = await _source(user, key)
+    out = await services().media.image_thumbnail(path, record.hash, size)
+    return await _thumbnail(record, out, "thumbnail")
+
+
+@route(bp, "GET", "/api/file/{key}/video_thumbnail/{size}/{position}", tag="files",
+       auth="access_or_query", errors=THUMB_ERRORS,
+       summary="A video frame (WebP) at a time in seconds (12.5) or a percentage (40%).")
+async def video_thumbnail(user: User, key: str, size: str, position: str) -> Response:
+    record, path = await _source(user, key)
+    out = await services().media.video_thumbnail(path, record.hash, size, position)
+    return await _thumbnail(record, out, "video")
+
+
+@route(bp, "GET", "/api/file/{key}/animated_thumbnail/{size}/{slug}", tag="files",
+       auth="access_or_query", errors=THUMB_ERRORS,
+       summary="An animated WebP of an animated GIF, WebP or APNG, or a short video preview.")
+async def animated_thumbnail(user: User, key: str, size: str, slug: str) -> Response:
+    record, path = await _source(user, key)
+    out = await services().media.animated_thumbnail(path, record.hash, size)
+    return await _thumbnail(record, out, "animated")
 
 
 @route(bp, "POST", "/api/upload/thumbnail/{block_id}/{file_hash}/{thumbnail_key}",
