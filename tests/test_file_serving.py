@@ -127,3 +127,14 @@ async def test_generated_thumbnails(admin: HeaperClient, eve: HeaperClient,
     r = await admin.http.get(f"/api/file/{vid['file_hash']}/video_thumbnail/tiny/1.5",
                              params={"token": admin.access_token})
     assert r.status_code == 200 and max(Image.open(io.BytesIO(r.content)).size) <= 64
+
+
+async def test_slugs_are_names_not_paths(admin: HeaperClient, server: RunningServer) -> None:
+    heap = await new_heap(admin)
+    answer = await upload(admin, heap["id"], "blk-s", b"plain", "s.txt", "text/plain")
+    for slug in ("..%2F..%2Fetc%2Fpasswd", "a\"b.txt", "%0d%0aSet-Cookie:x"):
+        r = await admin.get(f"/api/file/{answer['file_hash']}/raw/{slug}")
+        assert r.status_code == 200 and r.content == b"plain", slug
+        disposition = r.headers["content-disposition"]
+        assert "\r" not in disposition and "\n" not in disposition and "set-cookie" not in {
+            k.lower() for k in r.headers}
