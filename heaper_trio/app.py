@@ -65,6 +65,7 @@ def hypercorn_config(settings: Settings) -> Config:
     cfg.accesslog = logging.getLogger("heaper_trio.access") if settings.access_log else None
     cfg.errorlog = logging.getLogger("heaper_trio.hypercorn")
     cfg.keep_alive_timeout = 30
+    cfg.backlog = 1024  # hypercorn's 100 drops SYNs when many clients reconnect at once
     cfg.websocket_max_message_size = settings.ws_max_message_bytes
     cfg.websocket_ping_interval = 20  # notices dead peers; a stuck send is shielded otherwise
     return cfg

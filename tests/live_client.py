@@ -61,11 +61,12 @@ class LiveClient:
 
 
 @asynccontextmanager
-async def live_client(http_url: str, path: str = "/ws", **kw: Any
-                      ) -> AsyncIterator[LiveClient]:
+async def live_client(http_url: str, path: str = "/ws", disconnect_timeout: float = 2,
+                      **kw: Any) -> AsyncIterator[LiveClient]:
     try:
         async with open_websocket_url(ws_url(http_url, path),
-                                      max_message_size=64 * 1024 * 1024, disconnect_timeout=2,
+                                      max_message_size=64 * 1024 * 1024,
+                                      disconnect_timeout=disconnect_timeout,
                                       **kw) as ws:
             yield LiveClient(ws)
     finally:

@@ -367,3 +367,64 @@ async def test_shutdown_closes_sockets_with_1001(start_server: Any) -> None:
                         await a.receive()
             assert closed.value.reason.code == 1001
 
+
+
+async def test_a_reconnect_storm_loads_the_document_once(admin: HeaperClient,
+                                                         server: RunningServer) -> None:
+    heap = await new_heap(admin)
+    block = ClientBlock()
+    block.write("Popular")
+    await push(admin, block.push_item(heap["id"]))
+    storage = server.services.storage
+    loads: list[str] = []
+    original = storage.load_block
+
+    async def counting(block_id: str) -> Any:
+        loads.append(block_id)
+        await trio.sleep(0.05)  # a slow database: everyone arrives while the load runs
+        return await original(block_id)
+
+    storage.load_block = counting  # type: ignore[method-assign]
+    address = f"{heap['id']}:{block.id}"
+    synced = 0
+
+    async def client() -> None:
+        nonlocal synced
+        async with live_client(server.url, disconnect_timeout=30) as c:
+            assert "Popular" in title_of(await c.sync(address, admin.access_token))
+            synced += 1
+            while synced < 50:
+                await trio.sleep(0.01)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(client)
+    finally:
+        storage.load_block = original  # type: ignore[method-assign]
+    assert synced == 50 and loads.count(block.id) == 1, loads
+
+
+async def test_a_burst_goes_out_coalesced(admin: HeaperClient, server: RunningServer) -> None:
+    heap = await new_heap(admin)
+    block = ClientBlock()
+    block.write("Burst")
+    await push(admin, block.push_item(heap["id"]))
+    block.synced = block.doc.get_state()
+    address = f"{heap['id']}:{block.id}"
+    async with live_client(server.url) as writer, live_client(server.url) as reader:
+        await writer.sync(address, admin.access_token)
+        mirror = pycrdt.Doc()
+        mirror.apply_update(await reader.sync(address, admin.access_token))
+        for i in range(50):  # back to back, without waiting for acks
+            block.meta[f"k{i}"] = i
+            await writer.send(m.SyncUpdate(address, block.pending()))
+            block.synced = block.doc.get_state()
+        frames = 0
+        with trio.fail_after(5):
+            while mirror.get_state() != block.doc.get_state():
+                mirror.apply_update((await reader.expect(m.SyncUpdate)).update)
+                frames += 1
+        acks = [await writer.expect(m.SyncStatus) for _ in range(50)]
+        assert all(a.applied for a in acks)
+        assert frames < 50, frames  # merged per commit and per turn, not one per update
