@@ -1,0 +1,319 @@
+"""Phase 1 of ``scripts/bench_files.py``: uploads (resumable and one-request) and their
+baselines (disk, plain loopback PUT, bare hypercorn PUT). See that script's docstring for what
+is measured and why; this module is not meant to be run on its own."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+from bench_files_phases import MB, MiB, Window, check, per_s, ratio, settle
+from bench_http import Server, free_port, log
+
+from heaper_trio.client import HeaperClient
+
+PARALLEL = (1, 4)  # chunks in flight at once
+
+PLAIN_PUT = textwrap.dedent('''
+    import os, sys
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    OUT = sys.argv[2]
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as httpx expects
+        # headers and body go out in two sends: with Nagle on, the second waits for the
+        # client's delayed ACK (~40 ms per request)
+        disable_nagle_algorithm = True
+
+        def _answer(self, body=b'{"success":true}'):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._answer()
+
+        def do_PUT(self):
+            left = int(self.headers["Content-Length"])
+            name = self.path.strip("/").replace("/", "_") or "body"
+            with open(os.path.join(OUT, name), "wb") as f:
+                while left:
+                    data = self.rfile.read(min(left, 1 << 20))
+                    if not data:
+                        raise ConnectionError("body cut short")
+                    f.write(data)
+                    left -= len(data)
+                f.flush()
+                os.fsync(f.fileno())
+            self._answer()
+
+        def log_message(self, *args):
+            pass
+
+    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+''')
+
+HYPERCORN_PUT = textwrap.dedent('''
+    import os, sys
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    OUT = sys.argv[2]
+    BODY = b'{"success":true}'
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        name = scope["path"].strip("/").replace("/", "_") or "body"
+        f = open(os.path.join(OUT, name), "wb") if scope["method"] == "PUT" else None
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                if f is not None:
+                    f.write(message.get("body", b""))
+                if not message.get("more_body"):
+                    break
+            if f is not None:
+                f.flush()
+                await trio.to_thread.run_sync(os.fsync, f.fileno())
+        finally:
+            if f is not None:
+                f.close()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(BODY)).encode())]})
+        await send({"type": "http.response.body", "body": BODY})
+
+    cfg = Config()
+    cfg.bind = ["127.0.0.1:" + sys.argv[1]]
+    cfg.keep_alive_timeout = 30  # as heaper_trio's hypercorn_config
+    cfg.accesslog = None
+    trio.run(serve, app, cfg)
+''')
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    size: int
+    sha256: str
+
+
+def random_file(path: Path, size: int) -> Source:
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            data = os.urandom(min(left, 8 * MiB))
+            digest.update(data)
+            f.write(data)
+            left -= len(data)
+    return Source(path, size, digest.hexdigest())
+
+
+async def file_body(path: Path, offset: int, length: int) -> AsyncIterator[bytes]:
+    """A body streamed from a file (in the page cache) in 1 MiB pieces."""
+    with open(path, "rb") as f:  # noqa: ASYNC230 - page-cache reads, nothing else runs
+        f.seek(offset)
+        while length:
+            data = f.read(min(length, MiB))
+            if not data:
+                raise RuntimeError(f"{path} is shorter than expected")
+            length -= len(data)
+            yield data
+
+
+async def put_range(http: httpx.AsyncClient | HeaperClient, url: str, src: Source,
+                    offset: int, length: int) -> httpx.Response:
+    return await http.put(url, content=file_body(src.path, offset, length),
+                          headers={"Content-Length": str(length),
+                                   "Content-Type": "application/octet-stream"})
+
+
+async def send_chunks(src: Source, chunk: int, parallel: int,
+                      send: Callable[[int, int, int], Awaitable[None]]) -> None:
+    """Chunks ``[i*chunk, (i+1)*chunk)`` sent by ``parallel`` tasks taking the next index."""
+    indexes = iter(range(max(1, -(-src.size // chunk))))
+
+    async def worker() -> None:
+        for i in indexes:
+            await send(i, i * chunk, min(chunk, src.size - i * chunk))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(parallel):
+            nursery.start_soon(worker)
+
+
+def rate(w: Window, nbytes: int) -> dict[str, Any]:
+    return {"seconds": round(w.seconds, 3), "mb_per_s": per_s(nbytes / MB, w.seconds),
+            "server_cpu_s": round(w.cpu_s, 3), **w.util()}
+
+
+# -- baselines ---------------------------------------------------------------------------------
+
+def disk_baseline(src: Source, folder: Path) -> dict[str, Any]:
+    out = {}
+    for name, hashing in (("write_fsync", False), ("copy_sha256_fsync", True)):
+        target = folder / f"disk-{name}.bin"
+        settle()
+        with Window(None) as w:
+            digest = hashlib.sha256()
+            with open(src.path, "rb") as f, open(target, "wb") as o:
+                while data := f.read(MiB):
+                    if hashing:
+                        digest.update(data)
+                    o.write(data)
+                o.flush()
+                os.fsync(o.fileno())
+        target.unlink()
+        out[name] = {"seconds": round(w.seconds, 3), "mb_per_s": per_s(src.size / MB, w.seconds)}
+    return out
+
+
+async def put_baseline(url: str, pid: int, a: Source, direct: Source, chunk: int,
+                       whole_only: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        await http.get("/")  # open the connection outside the windows
+
+        async def send(tag: str, i: int, offset: int, length: int) -> None:
+            check(await put_range(http, f"/{tag}/{i}", a, offset, length), f"PUT chunk {i}")
+
+        settle()
+        with Window(pid) as w:
+            check(await put_range(http, "/whole", a, 0, a.size), "PUT whole")
+        out["whole"] = rate(w, a.size)
+        if whole_only:
+            return out
+        for p in PARALLEL:
+            settle()
+            with Window(pid) as w:
+                await send_chunks(a, chunk, p, partial(send, f"c{p}"))
+            out[f"chunks_{p}"] = rate(w, a.size)
+        settle()
+        with Window(pid) as w:
+            check(await put_range(http, "/direct", direct, 0, direct.size), "PUT direct")
+        out["direct_file"] = rate(w, direct.size)
+    return out
+
+
+def run_put_server(name: str, code: str, workdir: Path, a: Source, direct: Source, chunk: int,
+                   whole_only: bool) -> dict[str, Any]:
+    app, outdir = workdir / f"{name}.py", workdir / f"{name}_out"
+    app.write_text(code)
+    outdir.mkdir()
+    port = free_port()
+    server = Server(name, [sys.executable, str(app), str(port), str(outdir)], dict(os.environ),
+                    port, "/", workdir)
+    try:
+        server.wait_ready()
+        result = trio.run(put_baseline, server.url, server.pid, a, direct, chunk, whole_only)
+    finally:
+        server.stop()
+        for f in outdir.iterdir():
+            f.unlink()
+    for k, v in result.items():
+        log(f"{name} {k}: {v['mb_per_s']} MB/s")
+    return result
+
+
+# -- against the server ----------------------------------------------------------------------------
+
+async def resumable(c: HeaperClient, pid: int, heap_id: str, block_id: str, src: Source,
+                    chunk: int, parallel: int) -> dict[str, Any]:
+    base = f"{heap_id}/{block_id}"
+
+    async def send(i: int, offset: int, length: int) -> None:
+        check(await put_range(c, f"/api/upload/chunk/{base}/{src.sha256}/{i}", src, offset,
+                              length), f"chunk {i}")
+
+    settle()
+    with Window(pid) as total:
+        with Window(pid) as w_init:
+            init = check(await c.post(f"/api/upload/init/{base}", json={
+                "hash": src.sha256, "size": src.size, "chunk_size": chunk,
+                "name": src.path.name, "mime_type": "application/octet-stream"}), "init")
+        if init.get("status") != "ready":
+            raise RuntimeError(f"init answered {init}")
+        with Window(pid) as w_chunks:
+            await send_chunks(src, chunk, parallel, send)
+        with Window(pid) as w_complete:
+            done = check(await c.post(f"/api/upload/complete/{base}/{src.sha256}"), "complete")
+    if done.get("status") != "complete" or done.get("file_hash") != src.sha256:
+        raise RuntimeError(f"complete answered {done}")
+    return {"chunks": init.get("total_chunks"), "parallel": parallel,
+            "end_to_end": rate(total, src.size), "init_s": round(w_init.seconds, 3),
+            "chunk_phase": rate(w_chunks, src.size),
+            "complete": {"seconds": round(w_complete.seconds, 3),
+                         "server_cpu_s": round(w_complete.cpu_s, 3)}}
+
+
+async def direct_upload(c: HeaperClient, pid: int, heap_id: str, src: Source
+                        ) -> dict[str, Any]:
+    settle()
+    with Window(pid) as w, open(src.path, "rb") as f:  # noqa: ASYNC230 - as in file_body
+        done = check(await c.post(f"/api/upload/file/{heap_id}/direct-1", files={
+            "file": (src.path.name, f, "application/octet-stream")},
+            data={"hash": src.sha256}), "direct upload")
+    if done.get("file_hash") != src.sha256:
+        raise RuntimeError(f"direct upload answered {done}")
+    return rate(w, src.size)
+
+
+async def uploads(c: HeaperClient, pid: int, heap_id: str, sources: list[Source],
+                  direct: Source, chunk: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p, src in zip(PARALLEL, sources):
+        log(f"uploads: resumable, {p} chunk(s) at a time")
+        out[f"resumable_{p}"] = r = await resumable(c, pid, heap_id, f"big-{p}", src, chunk, p)
+        log(f"uploads: resumable_{p}: {r['end_to_end']['mb_per_s']} MB/s end to end, "
+            f"chunks {r['chunk_phase']['mb_per_s']} MB/s, complete {r['complete']['seconds']} s")
+    log("uploads: direct (multipart)")
+    out["direct"] = await direct_upload(c, pid, heap_id, direct)
+    log(f"uploads: direct {out['direct']['mb_per_s']} MB/s")
+    return out
+
+
+def upload_ratios(up: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    put, hyp, disk = base["plain_put"], base["hypercorn_put"], base["disk"]
+    if "error" in up:
+        return {}
+    out: dict[str, Any] = {}
+    for p in PARALLEL:
+        r = up[f"resumable_{p}"]
+        out[f"resumable_{p}_end_to_end_vs_plain_put"] = ratio(r["end_to_end"]["mb_per_s"],
+                                                              put["whole"]["mb_per_s"])
+        out[f"resumable_{p}_chunk_phase_vs_plain_put_chunks_{p}"] = ratio(
+            r["chunk_phase"]["mb_per_s"], put[f"chunks_{p}"]["mb_per_s"])
+        out[f"resumable_{p}_complete_s_vs_local_copy_sha256_fsync_s"] = ratio(
+            r["complete"]["seconds"], disk["copy_sha256_fsync"]["seconds"])
+    out["direct_vs_plain_put_same_file"] = ratio(up["direct"]["mb_per_s"],
+                                                 put["direct_file"]["mb_per_s"])
+    out["context_hypercorn_put_vs_plain_put"] = ratio(hyp["whole"]["mb_per_s"],
+                                                      put["whole"]["mb_per_s"])
+    out["context_plain_put_vs_disk_write_fsync"] = ratio(put["whole"]["mb_per_s"],
+                                                         disk["write_fsync"]["mb_per_s"])
+    return out
