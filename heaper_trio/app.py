@@ -26,6 +26,7 @@ from heaper_trio.web import (
     routes_files,
     routes_heaps,
     routes_instance,
+    routes_jobs,
     routes_sync,
     routes_trash,
     routes_uploads,
@@ -37,7 +38,7 @@ from heaper_trio.web.errors import install_error_handlers
 log = logging.getLogger("heaper_trio")
 BLUEPRINTS = (routes_instance.bp, routes_auth.bp, routes_heaps.bp, routes_blocks.bp,
               routes_sync.bp, routes_trash.bp, routes_uploads.bp, routes_files.bp,
-              ws.bp)
+              routes_jobs.bp, ws.bp)
 
 
 def create_app(services: Services) -> QuartTrio:

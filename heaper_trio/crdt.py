@@ -414,6 +414,40 @@ class BlockDocument:
             self._remember(update)
         return captured[0] if captured else EMPTY_UPDATE
 
+    def patch_file_entry(self, key: str, fields: dict[str, Any], *,
+                         remove: Iterable[str] = (), create: bool = True) -> bytes:
+        """Set some fields of ``files_v0[key]`` (None deletes a field), creating the entry if
+        there is none (unless ``create`` is false), and drop the entries named in ``remove``,
+        in one transaction. Fields a client added (thumbnails, ...) stay. Returns the update
+        (EMPTY_UPDATE if nothing changed): re-probing an unchanged file writes nothing."""
+        for k, v in fields.items():
+            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > _MAX_SAFE_INTEGER:
+                raise ValueError(f"files_v0.{key}.{k}: {v} is not a safe JavaScript integer")
+        files = self._doc.get("files_v0", type=Map)
+        gone = [k for k in remove if k != key and k in files]
+        current = files.get(key)
+        exists = isinstance(current, Map)
+        now = _plain(current) if exists else {}
+        todo = {k: v for k, v in fields.items()
+                if (k in now if v is None else k not in now or now[k] != v)}
+        if not exists and not create:
+            todo = {}
+        if not gone and not todo and (exists or not create):
+            return EMPTY_UPDATE
+
+        def change() -> None:
+            for k in gone:
+                del files[k]
+            if exists:
+                for k, v in todo.items():
+                    if v is None:
+                        current.pop(k, None)
+                    else:
+                        current[k] = v
+            elif create:
+                files[key] = Map(todo)
+        return self._server_change(change)
+
 
 def merge_updates(updates: Sequence[bytes]) -> bytes:
     """One update holding all of ``updates`` (lossless, pending parts included): a burst of
@@ -433,3 +467,33 @@ def new_block_document(*, block_type: str, title: str = "") -> bytes:
         paragraph = XmlElement("paragraph", contents=[XmlText(title)] if title else [])
         doc.get("title_v0", type=XmlFragment).children.append(paragraph)
     return doc.get_update()
+
+
+def new_server_block(*, block_type: str, title: str, files: dict[str, dict[str, Any]] | None = None,
+                     tags: Sequence[str] = ()) -> tuple[bytes, bytes, Projection]:
+    """A block the server creates with known content (a scanned file or folder), laid out as
+    :func:`new_block_document` plus ``files_v0`` entries and ``relations_v1`` tags, in one
+    update. Returns (update, state vector, projection); the projection is the one
+    :meth:`BlockDocument.project` reads from that update (a test holds them equal), built from
+    what was written because reading it back costs three times the building (folder scans
+    create thousands of these)."""
+    files = files or {}
+    doc: Doc = Doc()
+    with doc.transaction(origin="server"):
+        doc.get("meta_v0", type=Map)["type"] = block_type
+        paragraph = XmlElement("paragraph", contents=[XmlText(title)] if title else [])
+        doc.get("title_v0", type=XmlFragment).children.append(paragraph)
+        if files:
+            root = doc.get("files_v0", type=Map)
+            for key, entry in files.items():
+                root[key] = Map(entry)
+        if tags:
+            relations = doc.get("relations_v1", type=Map)
+            for tag in tags:
+                relations[tag] = Map({"type": "tag"})
+    projection = Projection(
+        type=block_type, title=title.replace("\n", " ").strip(), text="",
+        tags=tuple(sorted(set(tags))), relations={t: {"type": "tag"} for t in tags},
+        mentions=(), links=(), files={k: _plain(v) for k, v in files.items()}, apps={},
+        deleted_at=None, permanently_deleted_at=None)
+    return doc.get_update(), doc.get_state(), projection

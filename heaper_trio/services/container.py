@@ -30,6 +30,7 @@ from heaper_trio.services.live_hub import LiveHub
 from heaper_trio.services.media import MediaService
 from heaper_trio.services.query import QueryService
 from heaper_trio.services.ratelimit import AuthRateLimits
+from heaper_trio.services.scans import ScanService
 from heaper_trio.services.tokens import TokenService
 from heaper_trio.settings import Settings
 from heaper_trio.storage import Storage, make_storage
@@ -54,6 +55,7 @@ class Services:
     files: FileService
     client_thumbnails: ClientThumbnails
     media: MediaService
+    scans: ScanService
     started_at: float = field(default_factory=time.time)
     version: str = __version__
     shutdown: trio.Event = field(default_factory=trio.Event)
@@ -114,8 +116,10 @@ async def open_services(
             hub=(hub := LiveHub(documents, counters)),
             media=(media := MediaService(settings.data_path / "thumbnails" / "generated",
                                          max_jobs=settings.media_jobs)),
-            files=FileService(storage, documents, settings, hub.publish_user_event,
-                              probe=media.probe),
+            files=(files := FileService(storage, documents, settings, hub.publish_user_event,
+                                        probe=media.probe)),
+            scans=ScanService(storage, documents, files, settings, hub.publish_user_event,
+                              media),
             client_thumbnails=ClientThumbnails(storage, settings.data_path),
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
@@ -125,6 +129,7 @@ async def open_services(
             services.heaps.client_thumbnails = services.client_thumbnails
             await supervisor.start(services.hub.run)
             supervisor.start_soon(services.files.expire_forever)
+            await supervisor.start(services.scans.run)
             if storage.shares_processes:
                 await supervisor.start(ProcessBridge(storage, services.hub).run)
             try:

@@ -15,6 +15,8 @@ from enum import Enum
 from collections.abc import Callable
 from typing import Any
 
+from heaper_trio.storage.scan_records import ScanBatch, ScanEntry
+
 USER_STATES = ("pending", "approved", "rejected")
 
 
@@ -457,6 +459,32 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def expired_uploads(self, now: int) -> list[UploadRecord]: ...
+
+    # -- folder scans (records in scan_records) ---------------------------------------------
+    @abc.abstractmethod
+    async def scan_entries(self, heap_id: str, paths: list[str]) -> dict[str, ScanEntry]: ...
+
+    @abc.abstractmethod
+    async def scan_entries_by_hash(self, heap_id: str, hashes: list[str]
+                                   ) -> dict[str, list[ScanEntry]]:
+        """Present (not missing) file entries of the heap holding these hashes."""
+
+    @abc.abstractmethod
+    async def unseen_scan_entries(self, heap_id: str, folder: str, scan_id: str, after: str,
+                                  limit: int) -> list[ScanEntry]:
+        """Entries below ``folder``, unseen by ``scan_id``, not missing, by path > ``after``."""
+
+    @abc.abstractmethod
+    async def file_ids(self, hashes: list[str]) -> dict[str, str]: ...
+
+    @abc.abstractmethod
+    async def commit_scan_batch(self, batch: ScanBatch, now: int
+                                ) -> tuple[list[CommitResult], dict[str, str]]:
+        """``batch`` in one transaction: the changes' results, hash -> stored file_id."""
+
+    @abc.abstractmethod
+    async def blocks_holding_file(self, hash: str, owner_id: str) -> list[tuple[str, str]]:
+        """(heap_id, block_id) of the owner's blocks whose files_v0 holds the hash."""
 
     # -- between processes (several servers on one database) ----------------------------------
     shares_processes: bool = False  # True when other server processes may use this database

@@ -39,6 +39,7 @@ from heaper_trio.errors import Unavailable
 from heaper_trio.storage import postgres_documents as docs
 from heaper_trio.storage import postgres_notify
 from heaper_trio.storage.postgres_files import PostgresFiles
+from heaper_trio.storage.postgres_scans import PostgresScans
 from heaper_trio.storage.base import (
     BlockChange,
     BlockQuery,
@@ -314,7 +315,7 @@ async def _usage(c: Conn, user_id: str, now: int) -> dict[str, Any]:
 # -- the engine ---------------------------------------------------------------------------------
 
 
-class PostgresStorage(PostgresFiles, Storage):
+class PostgresStorage(PostgresFiles, PostgresScans, Storage):
     engine = "postgres"
 
     def __init__(self, dsn: str, *, min_size: int, max_size: int) -> None:

@@ -26,6 +26,7 @@ from heaper_trio.storage.base import (
     User,
 )
 from heaper_trio.storage.sqlite_files import SqliteFiles
+from heaper_trio.storage.sqlite_scans import SqliteScans
 from heaper_trio.storage.sqlite_runtime import SqliteRuntime
 
 DB_FILE = "heaper.sqlite3"
@@ -63,7 +64,7 @@ def _insert_refresh(conn: sqlite3.Connection, user_id: str, new: NewRefreshToken
     )
 
 
-class SqliteStorage(SqliteFiles, Storage):
+class SqliteStorage(SqliteFiles, SqliteScans, Storage):
     engine = "sqlite"
 
     def __init__(self, data_dir: Path, synchronous: str = "FULL") -> None:

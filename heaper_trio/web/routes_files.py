@@ -5,6 +5,7 @@ or uploaded by clients). File routes take the token as ``?token=`` too, since ``
 from __future__ import annotations
 
 import os
+from stat import S_ISREG
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,11 @@ async def _serve(record: FileRecord, filename: str, disposition: str) -> Respons
         stat = await trio.to_thread.run_sync(os.stat, path)
     except OSError:
         stat = None
+    if record.source_path and stat is not None and stat.st_size != record.size:
+        # Served in place, and no longer the content that was hashed: never serve other bytes
+        # under this hash.
+        raise NotFound("the file changed on disk since it was scanned; scan again",
+                       code="file_changed")
     mime = record.mime_type
     if disposition == "inline" and mime.split(";")[0].strip().lower() in ACTIVE:
         disposition = "attachment"
@@ -64,8 +70,15 @@ async def stream(user: User, key: str, slug: str) -> Response:
 async def _source(user: User, key: str) -> tuple[FileRecord, Path]:
     record = await services().files.readable(user, key)
     path = services().files.path_of(record)
-    if not await trio.to_thread.run_sync(path.is_file):
+    try:
+        stat = await trio.to_thread.run_sync(os.stat, path)
+    except OSError:
+        stat = None
+    if stat is None or not S_ISREG(stat.st_mode):
         raise NotFound("the file's bytes are gone (a scanned file moved?)", code="file_missing")
+    if record.source_path and stat.st_size != record.size:
+        raise NotFound("the file changed on disk since it was scanned; scan again",
+                       code="file_changed")
     return record, path
 
 
