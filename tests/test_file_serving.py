@@ -128,6 +128,14 @@ async def test_generated_thumbnails(admin: HeaperClient, eve: HeaperClient,
                              params={"token": admin.access_token})
     assert r.status_code == 200 and max(Image.open(io.BytesIO(r.content)).size) <= 64
 
+    frames = [Image.new("RGB", (120, 60), c) for c in ("red", "green", "blue")]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    gif = await upload(admin, heap["id"], "blk-gif", out.getvalue(), "a.gif", "image/gif")
+    r = await admin.get(f"/api/file/{gif['file_hash']}/animated_thumbnail/small/a.gif")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/webp", r.text
+    assert getattr(Image.open(io.BytesIO(r.content)), "n_frames", 1) == 3
+
 
 async def test_slugs_are_names_not_paths(admin: HeaperClient, server: RunningServer) -> None:
     heap = await new_heap(admin)

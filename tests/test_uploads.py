@@ -249,3 +249,20 @@ async def test_files_go_with_the_last_block_holding_them(admin: HeaperClient,
         assert store.exists() == (block == "blk-1"), block  # blk-2 still held it
     assert await server.services.storage.get_file(h) is None
 
+
+
+async def test_abandoned_uploads_expire(admin: HeaperClient, server: RunningServer) -> None:
+    import time
+
+    heap = await new_heap(admin)
+    data = os.urandom(CHUNK * 2)
+    h = sha(data)
+    init = (await admin.post(f"/api/upload/init/{heap['id']}/blk-x", json={
+        "hash": h, "size": len(data), "chunk_size": CHUNK})).json()
+    await admin.put(f"/api/upload/chunk/{heap['id']}/blk-x/{h}/0", content=data[:CHUNK])
+    files = server.services.files
+    assert await files.expire(int(time.time() * 1000)) == 0  # not yet
+    assert await files.expire(init["expires_at"] + 1) == 1
+    assert not [p for p in files.uploads.glob("**/*") if p.is_file()]
+    r = await admin.put(f"/api/upload/chunk/{heap['id']}/blk-x/{h}/1", content=data[CHUNK:])
+    assert_error(r, 404, "upload_not_found")

@@ -355,13 +355,19 @@ class FileService:
         """Abandoned uploads go after ``upload_expiry_hours``; run in the supervisor."""
         while True:
             try:
-                for upload in await self.storage.expired_uploads(int(time.time() * 1000)):
-                    log.info("upload %s of %s expired", upload.id, upload.hash)
-                    await self._discard(upload)
-                await trio.to_thread.run_sync(self._sweep_temp_files)
+                await self.expire(int(time.time() * 1000))
             except Exception:
                 log.exception("expiring uploads failed")
             await trio.sleep(EXPIRE_EVERY_S)
+
+    async def expire(self, now: int) -> int:
+        """Remove uploads that expired before ``now`` (ms), chunks and all."""
+        expired = await self.storage.expired_uploads(now)
+        for upload in expired:
+            log.info("upload %s of %s expired", upload.id, upload.hash)
+            await self._discard(upload)
+        await trio.to_thread.run_sync(self._sweep_temp_files)
+        return len(expired)
 
     def _sweep_temp_files(self) -> None:
         """Temporary files of requests a crash cut off (a live request's are young)."""
