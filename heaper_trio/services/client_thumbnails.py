@@ -53,9 +53,9 @@ class ClientThumbnails:
         self.root = data_dir / "thumbnails" / "client"
 
     async def _check(self, user: User, block_id: str, file_hash: str) -> Path:
-        stored = await self.storage.load_block(block_id)
-        heap = await self.storage.get_heap(stored.heap_id) if stored else None
-        if stored is None or heap is None or heap.owner_id != user.id:
+        record = (await self.storage.get_blocks([block_id])).get(block_id)
+        heap = await self.storage.get_heap(record.heap_id) if record else None
+        if record is None or heap is None or heap.owner_id != user.id:
             raise NotFound("no such block in your heaps", code="block_not_found")
         if file_hash not in await self.storage.file_hashes_of_heap(heap.id, [block_id]):
             raise NotFound("this block holds no such file", code="file_not_found")

@@ -110,7 +110,6 @@ async def open_services(
             accounts=AccountService(storage, tokens, server_key, settings),
             auth_limits=AuthRateLimits(settings.auth_rate_limit),
             documents=(documents := DocumentService(storage, settings)),
-            heaps=HeapService(documents),  # told about files below
             query=QueryService(documents),
             realtime=(counters := RealtimeCounters()),
             hub=(hub := LiveHub(documents, counters)),
@@ -120,13 +119,12 @@ async def open_services(
                                         probe=media.probe)),
             scans=ScanService(storage, documents, files, settings, hub.publish_user_event,
                               media),
-            client_thumbnails=ClientThumbnails(storage, settings.data_path),
+            client_thumbnails=(thumbs := ClientThumbnails(storage, settings.data_path)),
+            heaps=HeapService(documents, files, thumbs),
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
         async with trio.open_nursery() as supervisor:
             supervisor.start_soon(_purge_expired_forever, storage)
-            services.heaps.files = services.files
-            services.heaps.client_thumbnails = services.client_thumbnails
             await supervisor.start(services.hub.run)
             supervisor.start_soon(services.files.expire_forever)
             await supervisor.start(services.scans.run)

@@ -316,7 +316,7 @@ class DocumentService:
             return []
         results = await self.storage.commit_changes(changes, self._now())
         by_id = {i.block_id: i for i in items}
-        deleted_now = {c.block_id: c.projection.deleted_at is not None for c in changes}
+        change_of = {c.block_id: c for c in changes}
         retry = []
         for result in results:
             item = by_id[result.block_id]
@@ -327,13 +327,13 @@ class DocumentService:
             item.sync_version_now = result.sync_version
             if result.status in (CommitStatus.ok, CommitStatus.created):
                 assert item.doc is not None
+                change = change_of[item.block_id]
                 base, added = item.base, sum(len(u) for u in item.updates)
-                compacted = next(c.compacted for c in changes if c.block_id == item.block_id)
                 self.cache.put(item.block_id, DocumentBase(
                     item.doc, item.heap_id, result.last_seq,
-                    0 if compacted else (base.log_rows if base else 0) + len(item.updates),
+                    0 if change.compacted else (base.log_rows if base else 0) + len(item.updates),
                     result.sync_version, (base.approx_bytes if base else 0) + added))
-                now_deleted = deleted_now[item.block_id]
+                now_deleted = change.projection.deleted_at is not None
                 kind = ("created" if result.status is CommitStatus.created
                         else "deleted" if now_deleted and not item.was_deleted
                         else "restored" if item.was_deleted and not now_deleted

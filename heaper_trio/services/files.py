@@ -150,8 +150,8 @@ class FileService:
         await self.documents.owned_heap(user, heap_id)
         if await self.storage.tombstones([block_id]):
             raise Conflict("this block was deleted for good", code="block_deleted")
-        stored = await self.storage.load_block(block_id)
-        if stored is not None and stored.heap_id != heap_id:
+        record = (await self.storage.get_blocks([block_id])).get(block_id)
+        if record is not None and record.heap_id != heap_id:
             raise NotFound("no such block in this heap", code="block_not_found")
 
     # -- direct upload --------------------------------------------------------------------------
@@ -279,26 +279,19 @@ class FileService:
 
     async def status(self, user: User, heap_id: str, block_id: str, hash: str
                      ) -> dict[str, Any]:
-        upload = await self.storage.get_upload(heap_id, block_id, hash)
-        if upload is None or upload.user_id != user.id:
-            return await self.file_status(user, heap_id, block_id, hash)
-        received = await self._received(upload)
-        return {"success": True, "status": "uploading", "size": upload.size,
-                "chunk_size": upload.chunk_size, "total_chunks": upload.total_chunks,
-                "received": received, "expires_at": upload.expires_at,
-                "bytes_received": sum(self._chunk_size(upload, i) for i in received)}
-
-    async def file_status(self, user: User, heap_id: str, block_id: str, hash: str
-                          ) -> dict[str, Any]:
-        """Is this file there for this block? (``GET /api/status/file/...``)"""
+        """This block's file: ``uploading`` (with progress), ``complete`` or ``missing``.
+        Both status routes answer with it."""
         await self.documents.owned_heap(user, heap_id)
         upload = await self.storage.get_upload(heap_id, block_id, hash)
         if upload is not None and upload.user_id == user.id:
-            return await self.status(user, heap_id, block_id, hash)
+            received = await self._received(upload)
+            return {"success": True, "status": "uploading", "size": upload.size,
+                    "chunk_size": upload.chunk_size, "total_chunks": upload.total_chunks,
+                    "received": received, "expires_at": upload.expires_at,
+                    "bytes_received": sum(self._chunk_size(upload, i) for i in received)}
         record = await self.storage.get_file(hash)
-        held = record is not None and hash in await self.storage.file_hashes_of_heap(
-            heap_id, [block_id])
-        if record is None or not held:
+        if record is None or hash not in await self.storage.file_hashes_of_heap(
+                heap_id, [block_id]):
             return {"success": True, "status": "missing", "block_id": block_id,
                     "file_hash": hash}
         return self._answer(record, block_id, "complete")
@@ -317,7 +310,7 @@ class FileService:
                         ) -> dict[str, Any]:
         upload = await self.storage.get_upload(heap_id, block_id, hash)
         if upload is None:  # completed before (complete is idempotent) or never started
-            status = await self.file_status(user, heap_id, block_id, hash)
+            status = await self.status(user, heap_id, block_id, hash)
             if status["status"] == "complete":
                 return status
         upload = await self._upload(user, heap_id, block_id, hash)

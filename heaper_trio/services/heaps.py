@@ -24,11 +24,12 @@ def trashed_json(b: BlockRecord) -> dict[str, Any]:
 
 
 class HeapService:
-    def __init__(self, documents: DocumentService) -> None:
+    def __init__(self, documents: DocumentService, files: FileService,
+                 client_thumbnails: ClientThumbnails) -> None:
         self.documents = documents
         self.storage = documents.storage
-        self.files: FileService | None = None  # set at start: files no block holds are removed
-        self.client_thumbnails: ClientThumbnails | None = None
+        self.files = files  # files no block holds any more are removed
+        self.client_thumbnails = client_thumbnails
 
     async def delete(self, user: User, heap_id: str) -> None:
         await self.documents.owned_heap(user, heap_id)
@@ -40,11 +41,9 @@ class HeapService:
 
     async def _forget_files(self, hashes: list[str], block_ids: list[str]) -> None:
         """Bytes no block holds any more, and the removed blocks' client thumbnails."""
-        if self.files is not None:
-            await self.files.forget_unreferenced(hashes)
-        if self.client_thumbnails is not None:
-            for block_id in block_ids:
-                await self.client_thumbnails.forget_block(block_id)
+        await self.files.forget_unreferenced(hashes)
+        for block_id in block_ids:
+            await self.client_thumbnails.forget_block(block_id)
 
     async def stats(self, user: User, heap_id: str) -> dict[str, Any]:
         heap = await self.documents.owned_heap(user, heap_id)

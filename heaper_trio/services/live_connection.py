@@ -269,8 +269,9 @@ class LiveConnection:
                 return self.disconnect(s.CLOSE_TIMEOUT, "no document authorized in time")
             if now - self.last_out > PING_AFTER_S and _answers_ping(self.session.provider_version):
                 self.outbox.offer(m.encode(m.Ping()))
-            await self._check_grants(recheck=now - last_check > RECHECK_ACCOUNT_S)
-            if now - last_check > RECHECK_ACCOUNT_S:
+            recheck = now - last_check > RECHECK_ACCOUNT_S
+            await self._check_grants(recheck)
+            if recheck:
                 last_check = now
 
     async def _check_grants(self, recheck: bool) -> None:

@@ -27,47 +27,8 @@ ACTIVE = {"text/html", "application/xhtml+xml", "image/svg+xml", "text/xml",
 ERRORS = (304, 404, 416)
 
 
-async def _serve(record: FileRecord, filename: str, disposition: str) -> Response:
-    path = services().files.path_of(record)
-    try:
-        stat = await trio.to_thread.run_sync(os.stat, path)
-    except OSError:
-        stat = None
-    if record.source_path and stat is not None and stat.st_size != record.size:
-        # Served in place, and no longer the content that was hashed: never serve other bytes
-        # under this hash.
-        raise NotFound("the file changed on disk since it was scanned; scan again",
-                       code="file_changed")
-    mime = record.mime_type
-    if disposition == "inline" and mime.split(";")[0].strip().lower() in ACTIVE:
-        disposition = "attachment"
-    return await file_response(
-        path, size=None if record.source_path else record.size, mime_type=mime,
-        etag=record.hash, last_modified=stat.st_mtime if stat else record.created_at / 1000,
-        filename=filename, disposition=disposition)  # type: ignore[arg-type]
-
-
-@route(bp, "GET", "/api/file/{key}/raw/{slug}", tag="files", auth="access_or_query",
-       errors=ERRORS,
-       summary="Download a file (key: file id or hash); Range, ETag, If-None-Match.",
-       description="The caller must own a block holding the file (404 otherwise). "
-       "Content-Disposition: attachment with the slug as the file name.")
-async def raw(user: User, key: str, slug: str) -> Response:
-    record = await services().files.readable(user, key)
-    return await _serve(record, slug, "attachment")
-
-
-@route(bp, "GET", "/api/stream/{key}/{slug}", tag="files", auth="access_or_query",
-       errors=ERRORS,
-       summary="The same file inline, for media players (Range: Safari's bytes=0-1 probe).",
-       description="Types a browser would run as a page (HTML, SVG, XML, scripts) are sent as "
-       "attachments even here.")
-async def stream(user: User, key: str, slug: str) -> Response:
-    record = await services().files.readable(user, key)
-    return await _serve(record, slug, "inline")
-
-
-async def _source(user: User, key: str) -> tuple[FileRecord, Path]:
+async def _source(user: User, key: str) -> tuple[FileRecord, Path, os.stat_result]:
+    """The user's file and its bytes on disk, as they were hashed."""
     record = await services().files.readable(user, key)
     path = services().files.path_of(record)
     try:
@@ -77,9 +38,40 @@ async def _source(user: User, key: str) -> tuple[FileRecord, Path]:
     if stat is None or not S_ISREG(stat.st_mode):
         raise NotFound("the file's bytes are gone (a scanned file moved?)", code="file_missing")
     if record.source_path and stat.st_size != record.size:
+        # Served in place, and no longer the content that was hashed: never serve other bytes
+        # under this hash.
         raise NotFound("the file changed on disk since it was scanned; scan again",
                        code="file_changed")
-    return record, path
+    return record, path, stat
+
+
+async def _serve(user: User, key: str, filename: str, disposition: str) -> Response:
+    record, path, stat = await _source(user, key)
+    mime = record.mime_type
+    if disposition == "inline" and mime.split(";")[0].strip().lower() in ACTIVE:
+        disposition = "attachment"
+    return await file_response(
+        path, size=None if record.source_path else record.size, mime_type=mime,
+        etag=record.hash, last_modified=stat.st_mtime, filename=filename,
+        disposition=disposition)  # type: ignore[arg-type]
+
+
+@route(bp, "GET", "/api/file/{key}/raw/{slug}", tag="files", auth="access_or_query",
+       errors=ERRORS,
+       summary="Download a file (key: file id or hash); Range, ETag, If-None-Match.",
+       description="The caller must own a block holding the file (404 otherwise). "
+       "Content-Disposition: attachment with the slug as the file name.")
+async def raw(user: User, key: str, slug: str) -> Response:
+    return await _serve(user, key, slug, "attachment")
+
+
+@route(bp, "GET", "/api/stream/{key}/{slug}", tag="files", auth="access_or_query",
+       errors=ERRORS,
+       summary="The same file inline, for media players (Range: Safari's bytes=0-1 probe).",
+       description="Types a browser would run as a page (HTML, SVG, XML, scripts) are sent as "
+       "attachments even here.")
+async def stream(user: User, key: str, slug: str) -> Response:
+    return await _serve(user, key, slug, "inline")
 
 
 async def _thumbnail(record: FileRecord, path: Path, kind: str) -> Response:
@@ -100,7 +92,7 @@ THUMB_ERRORS = (*ERRORS, 400, 415, 422)
        description="EXIF orientation applied, alpha kept; a video gives its frame at 10%. "
        "Made once and cached; 415 for types that have no thumbnail, 422 for corrupt files.")
 async def thumbnail(user: User, key: str, size: str, slug: str) -> Response:
-    record, path = await _source(user, key)
+    record, path, _ = await _source(user, key)
     out = await services().media.image_thumbnail(path, record.hash, size)
     return await _thumbnail(record, out, "thumbnail")
 
@@ -109,7 +101,7 @@ async def thumbnail(user: User, key: str, size: str, slug: str) -> Response:
        auth="access_or_query", errors=THUMB_ERRORS,
        summary="A video frame (WebP) at a time in seconds (12.5) or a percentage (40%).")
 async def video_thumbnail(user: User, key: str, size: str, position: str) -> Response:
-    record, path = await _source(user, key)
+    record, path, _ = await _source(user, key)
     out = await services().media.video_thumbnail(path, record.hash, size, position)
     return await _thumbnail(record, out, "video")
 
@@ -118,7 +110,7 @@ async def video_thumbnail(user: User, key: str, size: str, position: str) -> Res
        auth="access_or_query", errors=THUMB_ERRORS,
        summary="An animated WebP of an animated GIF, WebP or APNG, or a short video preview.")
 async def animated_thumbnail(user: User, key: str, size: str, slug: str) -> Response:
-    record, path = await _source(user, key)
+    record, path, _ = await _source(user, key)
     out = await services().media.animated_thumbnail(path, record.hash, size)
     return await _thumbnail(record, out, "animated")
 

@@ -128,5 +128,5 @@ async def upload_complete(user: User, heap_id: str, block_id: str, hash: str
        "missing.", response=PROGRESS)
 async def file_status(user: User, heap_id: str, block_id: str, hash: str) -> dict[str, Any]:
     _ids(heap_id, block_id)
-    return await services().files.file_status(user, heap_id, block_id, check_hash(hash))
+    return await services().files.status(user, heap_id, block_id, check_hash(hash))
 
