@@ -428,3 +428,36 @@ async def test_a_burst_goes_out_coalesced(admin: HeaperClient, server: RunningSe
         acks = [await writer.expect(m.SyncStatus) for _ in range(50)]
         assert all(a.applied for a in acks)
         assert frames < 50, frames  # merged per commit and per turn, not one per update
+
+
+async def test_a_joiner_whose_loader_left_loads_again(admin: HeaperClient,
+                                                      server: RunningServer) -> None:
+    heap = await new_heap(admin)
+    block = ClientBlock()
+    block.write("Still here")
+    await push(admin, block.push_item(heap["id"]))
+    storage = server.services.storage
+    original = storage.load_block
+    first = trio.Event()
+
+    async def slow_once(block_id: str) -> Any:
+        if not first.is_set():
+            first.set()
+            await trio.sleep(30)  # the first loader never finishes: its socket closes
+        return await original(block_id)
+
+    storage.load_block = slow_once  # type: ignore[method-assign]
+    address = f"{heap['id']}:{block.id}"
+    try:
+        async with live_client(server.url) as waiter:
+            async with live_client(server.url) as loader:
+                await loader.open(address, admin.access_token)
+                await first.wait()
+                await waiter.open(address, admin.access_token)
+                await waiter.expect(m.Authenticated)
+                await trio.sleep(0.1)  # the waiter waits on the same room
+            step2 = await waiter.expect(m.SyncStep2, timeout=5)
+            assert "Still here" in title_of(step2.update)
+    finally:
+        storage.load_block = original  # type: ignore[method-assign]
+    await wait_for(lambda: server.services.realtime.documents_loaded == 0)

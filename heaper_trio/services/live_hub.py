@@ -108,21 +108,26 @@ class LiveHub:
     # -- rooms ----------------------------------------------------------------------------------
     async def join(self, sub: Subscription) -> Room:
         """Subscribe and wait for the room's document (loaded once for every joiner)."""
-        room = self.rooms.get(sub.name.block_id)
-        if room is None:
-            room = self.rooms[sub.name.block_id] = Room(sub.name.block_id, sub.name.heap_id)
-            room.subs.add(sub)
-            try:
-                await self._load(room)
-            finally:
-                room.ready.set()
-        else:
-            room.subs.add(sub)
-            await room.ready.wait()
-        if room.failed is not None:
-            self.leave(sub)
-            raise LookupError(room.failed)
-        return room
+        while True:
+            room = self.rooms.get(sub.name.block_id)
+            if room is None:
+                room = self.rooms[sub.name.block_id] = Room(sub.name.block_id, sub.name.heap_id)
+                room.subs.add(sub)
+                try:
+                    await self._load(room)
+                finally:
+                    room.ready.set()
+            else:
+                room.subs.add(sub)
+                await room.ready.wait()
+            if room.failed is not None:
+                self.leave(sub)
+                raise LookupError(room.failed)
+            if room.doc is not None:
+                return room
+            # The joiner that was loading it went away (cancelled) first: load it again.
+            room.subs.discard(sub)
+            self._drop(room)
 
     async def _load(self, room: Room) -> None:
         async with self._loads:
@@ -140,7 +145,7 @@ class LiveHub:
         if stored is not None:
             room.sync_version = stored.sync_version
             room.last_seq = max(room.last_seq, stored.last_seq)
-        self.counters.documents_loaded = sum(1 for r in self.rooms.values() if r.doc)
+        self.counters.documents_loaded += 1
 
     def leave(self, sub: Subscription) -> None:
         room = self.rooms.get(sub.name.block_id)
@@ -156,8 +161,9 @@ class LiveHub:
     def _drop(self, room: Room) -> None:
         if self.rooms.get(room.block_id) is room:
             del self.rooms[room.block_id]
+            if room.doc is not None:
+                self.counters.documents_loaded -= 1
         self._dirty.pop(room, None)
-        self.counters.documents_loaded = sum(1 for r in self.rooms.values() if r.doc)
 
     # -- stored changes -------------------------------------------------------------------------
     def on_commit(self, committed: Sequence[Committed]) -> None:
