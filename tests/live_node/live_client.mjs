@@ -13,6 +13,7 @@
 // "Stored" below means: the provider counts no unsynced changes AND, on the socket it uses now,
 // every Sync step2/update frame it sent was answered by SyncStatus(true) (counted from the
 // frames themselves, see lib.mjs `unacked`).
+import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import {
   Y, addParagraph, api, assertSame, dump, fail, now, openProvider, openSocket, pull, same,
@@ -323,6 +324,30 @@ const scenarios = {
     // Each side used exactly one TCP connection.
     const sockets = [...new Set(trace.filter((f) => f.type === 'open').map((f) => f.sock))]
     return { converge_ms: convergeMs, docs, sockets }
+  },
+
+  // Many large stored documents opened at once by providers sharing one socket: the server's
+  // replies (~1 MB each, split in pieces) queue for one outbox; every provider must sync
+  // (issue 9, item 10: 11 of 20 synced, then the socket idled for ever). Reports, per
+  // document, the SHA-256 and length of its content as the provider holds it.
+  async large_docs (args) {
+    const names = args.block_ids.map((id) => docName(args, id))
+    const s = track(openSocket(args.ws_url, 'L'))
+    const t0 = now()
+    const ps = names.map((n, i) => track(openProvider(s, n, args.token, { label: `L${i}` })))
+    const syncMs = await waitFor('every large document synced',
+      () => ps.every((p) => p.isSynced), args.timeout_ms ?? 20000)
+    const docs = ps.map((p) => {
+      const content = p.document.getXmlFragment('content_v0').toString()
+      return {
+        name: p.configuration.name,
+        content_chars: content.length,
+        content_sha256: createHash('sha256').update(content).digest('hex'),
+        meta: p.document.getMap('meta_v0').toJSON()
+      }
+    })
+    const sockets = [...new Set(trace.filter((f) => f.type === 'open').map((f) => f.sock))]
+    return { sync_ms: syncMs, total_ms: now() - t0, docs, sockets, closes: s.closes }
   },
 
   // Not a test: the frames of one provider connecting, editing once and leaving (for notes).
