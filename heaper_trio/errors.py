@@ -94,6 +94,14 @@ class RateLimited(HeaperError):
         self.retry_after = retry_after
 
 
+class InsufficientStorage(HeaperError):
+    """The server's disk (or the data directory's quota) is full: nothing was kept, and the
+    client may retry once space is freed (an upload resumes from the chunks it has)."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
 class Unavailable(HeaperError):
     """A dependency (the database) is down; the client may retry."""
 

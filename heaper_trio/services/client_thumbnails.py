@@ -8,6 +8,7 @@ content. They go when the block goes (see ``forget_block``).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -17,7 +18,13 @@ from typing import BinaryIO
 
 import trio
 
-from heaper_trio.errors import BadRequest, NotFound, PayloadTooLarge, Unprocessable
+from heaper_trio.errors import (
+    BadRequest,
+    InsufficientStorage,
+    NotFound,
+    PayloadTooLarge,
+    Unprocessable,
+)
 from heaper_trio.storage.base import Storage, User
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -53,6 +60,8 @@ class ClientThumbnails:
         self.root = data_dir / "thumbnails" / "client"
 
     async def _check(self, user: User, block_id: str, file_hash: str) -> Path:
+        """The caller's own block must hold the file: a thumbnail never attaches to, or
+        reveals anything about, a hash only another user's block holds."""
         record = (await self.storage.get_blocks([block_id])).get(block_id)
         heap = await self.storage.get_heap(record.heap_id) if record else None
         if record is None or heap is None or heap.owner_id != user.id:
@@ -84,7 +93,12 @@ class ClientThumbnails:
                 os.replace(temp, folder / f"{kind}-{size}.{ext}")
             finally:
                 temp.unlink(missing_ok=True)
-        await trio.to_thread.run_sync(write)
+        try:
+            await trio.to_thread.run_sync(write)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):  # written to a temp name: nothing kept
+                raise InsufficientStorage("the server has no space left; retry later") from e
+            raise
         return {"success": True, "status": "ok", "block_id": block_id, "file_hash": file_hash,
                 "thumbnail_key": key, "type": kind, "size": size, "mime_type": MIME[ext],
                 "bytes": length}

@@ -6,11 +6,20 @@ checked: a chunk is written to a temporary name, synced and renamed; a completed
 assembled and hashed into a temporary file, synced and renamed into the store; only then is the
 file recorded in the index and in the block's ``files_v0`` (a server-side CRDT edit, broadcast
 like any other). An upload's chunks and row survive a restart, so it resumes from what it has.
+
+A hash alone proves nothing: only a user a block of whose already holds a hash gets the
+deduplicated answer (``exists``); anyone else sends the bytes, which are verified against the
+copy in the store (kept once). Work per request is bounded: chunks are at least
+``MIN_CHUNK_BYTES`` and at most ``MAX_CHUNKS`` per file, and file-system probing runs on its own
+small thread limiter, never on the one the database threads share. A full disk is a 507 and
+leaves nothing half-written; temporary files a killed process left are removed at start-up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import logging
 import mimetypes
@@ -19,14 +28,21 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Sequence
 
 import trio
 
 from heaper_trio import crdt
-from heaper_trio.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unprocessable
+from heaper_trio.errors import (
+    BadRequest,
+    Conflict,
+    InsufficientStorage,
+    NotFound,
+    PayloadTooLarge,
+    Unprocessable,
+)
 from heaper_trio.live import events
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.settings import Settings
@@ -36,6 +52,13 @@ log = logging.getLogger(__name__)
 HASH = re.compile(r"[0-9a-f]{64}")
 COPY_BLOCK = 1024 * 1024
 EXPIRE_EVERY_S = 600
+MIN_CHUNK_BYTES = 64 * 1024  # a file smaller than this is one chunk; the last may be shorter
+MAX_CHUNKS = 10_000  # bounds the `received` lists and the chunk files of one upload
+PROBE_THREADS = 4  # stat, scandir, mkdir, unlink of uploads: quick, but never the DB's threads
+IO_THREADS = 4  # writing, hashing, assembling: long, kept off the probes' limiter
+FRESH_EMPTY_S = 10.0  # an empty, unlocked temp file this young may be about to be locked
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+CHUNK_NAME = re.compile(r"([0-9]{1,9})\.chunk")
 
 
 def check_hash(value: str) -> str:
@@ -52,14 +75,106 @@ def guess_mime(name: str, given: str | None = None) -> str:
     return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
-def _fsync_and_replace(temp: Path, final: Path) -> None:
-    with open(temp, "rb+") as f:
-        os.fsync(f.fileno())
+def chunk_plan(size: int, chunk_size: int, max_chunk_bytes: int) -> int:
+    """The number of chunks, if the chunking keeps one upload's work bounded.
+
+    A tiny chunk size would make every init, status and complete walk millions of chunks, so
+    chunks are at least ``MIN_CHUNK_BYTES`` (a smaller file is simply one chunk) and a file has
+    at most ``MAX_CHUNKS``; the details tell a client what would be accepted."""
+    limits = {"field": "chunk_size", "min_chunk_size": min(MIN_CHUNK_BYTES, max_chunk_bytes),
+              "max_chunk_size": max_chunk_bytes, "max_chunks": MAX_CHUNKS}
+    if chunk_size > max_chunk_bytes:
+        raise PayloadTooLarge("chunk_size exceeds max_chunk_bytes", details=limits)
+    if chunk_size < limits["min_chunk_size"]:
+        raise BadRequest(f"chunk_size must be at least {limits['min_chunk_size']} bytes "
+                         "(a smaller file is one chunk)", code="invalid_value", details=limits)
+    total = max(1, -(-size // chunk_size))
+    if total > MAX_CHUNKS:
+        raise BadRequest(f"a file is at most {MAX_CHUNKS} chunks: use a chunk_size of at least "
+                         f"{-(-size // MAX_CHUNKS)}", code="invalid_value",
+                         details={**limits, "total_chunks": total,
+                                  "needed_chunk_size": -(-size // MAX_CHUNKS)})
+    return total
+
+
+def _write(out: BinaryIO, data: bytes) -> None:
+    """Every upload byte that reaches the disk passes here: the one place a full disk shows
+    (and the one place tests make the disk full)."""
+    out.write(data)
+
+
+@contextlib.contextmanager
+def _disk_full_is_507() -> Iterator[None]:
+    """ENOSPC/EDQUOT is the server's condition, not a bug: the client may retry later, and
+    the upload resumes from the chunks it has."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            log.warning("out of disk space writing an upload: %s", e)
+            raise InsufficientStorage("the server has no space left for this upload; retry "
+                                      "later") from e
+        raise
+
+
+def _open_temp(path: Path) -> BinaryIO:
+    """A new temporary file, locked (``flock``) for as long as its writer lives.
+
+    The sweeper removes only temp files it can lock itself: those of a process that died (the
+    kernel drops a dead process's locks), never a live request's, in this or any other process
+    sharing the data directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "xb")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _commit(f: BinaryIO, temp: Path, final: Path) -> None:
+    """Synced, then renamed (still locked, so no sweeper sees it unlocked under its temp
+    name), then the rename synced: the final name only ever holds whole content."""
+    f.flush()
+    os.fsync(f.fileno())
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(temp, final)
     fd = os.open(final.parent, os.O_RDONLY)
     try:
         os.fsync(fd)  # the rename itself survives a crash
+    finally:
+        os.close(fd)
+
+
+def _close_and_remove(f: BinaryIO | None, temp: Path) -> None:
+    """After success the temp name is gone already; after a failure nothing half-written
+    stays. Closing can itself fail on a full disk (buffered bytes): the file goes anyway."""
+    try:
+        if f is not None:
+            f.close()
+    except OSError:
+        pass
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _abandoned(path: Path, now: float) -> bool:
+    """A temp file whose writer is gone: nobody holds its lock. An empty one a moment old is
+    spared (its writer may be between creating and locking it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if st.st_size == 0 and now - st.st_mtime < FRESH_EMPTY_S:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live writer, maybe in another process
+        return True
     finally:
         os.close(fd)
 
@@ -76,6 +191,15 @@ class FileService:
         self.store = settings.data_path / "files" / "sha256"
         self.uploads = settings.data_path / "uploads"
         self._assembling: dict[str, trio.Lock] = {}
+        # trio.to_thread's default limiter is shared with the database threads (SQLite)
+        self._probe_threads = trio.CapacityLimiter(PROBE_THREADS)
+        self._io_threads = trio.CapacityLimiter(IO_THREADS)
+
+    async def _probe_fs(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._probe_threads)
+
+    async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._io_threads)
 
     # -- paths and access ---------------------------------------------------------------------
     def store_path(self, hash: str) -> Path:
@@ -138,7 +262,7 @@ class FileService:
         record = await self.storage.get_file(hash)
         if record is None:
             return None
-        if not await trio.to_thread.run_sync(self.path_of(record).exists):
+        if not await self._probe_fs(self.path_of(record).exists):
             return None  # bytes gone (a scanned file moved): take them again
         return record
 
@@ -163,30 +287,34 @@ class FileService:
         if size > self.settings.max_upload_bytes:
             raise PayloadTooLarge("the file exceeds max_upload_bytes")
         temp = self.uploads / f"direct-{uuid.uuid4().hex}.part"
+        out: BinaryIO | None = None
         try:
-            hash = await trio.to_thread.run_sync(self._copy_hashing, [source], temp)
-            if claimed_hash is not None and hash != claimed_hash:
-                raise Unprocessable("the content does not match the given hash",
-                                    code="hash_mismatch", details={"actual_hash": hash})
-            if await self._known(hash) is None:
-                await trio.to_thread.run_sync(_fsync_and_replace, temp, self.store_path(hash))
+            with _disk_full_is_507():  # the bytes always travel: the hash is of what came
+                out = await self._io(_open_temp, temp)
+                hash = await self._io(self._copy_hashing, [source], out)
+                if claimed_hash is not None and hash != claimed_hash:
+                    raise Unprocessable("the content does not match the given hash",
+                                        code="hash_mismatch", details={"actual_hash": hash})
+                if await self._known(hash) is None:  # else: the store has these bytes
+                    await self._io(_commit, out, temp, self.store_path(hash))
             record = await self._record(user, heap_id, block_id, hash, size, name,
                                         guess_mime(name, mime_type))
         finally:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(lambda: temp.unlink(missing_ok=True))
+                await self._io(_close_and_remove, out, temp)
         return self._answer(record, block_id, "complete")
 
-    def _copy_hashing(self, sources: list[Path] | list[BinaryIO], target: Path) -> str:
+    def _copy_hashing(self, sources: Sequence[Path | BinaryIO], out: BinaryIO | None) -> str:
+        """The SHA-256 of the sources in order, written to ``out`` unless it is None (the
+        bytes are in the store already: they are only checked, not written twice)."""
         digest = hashlib.sha256()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as out:
-            for source in sources:
-                with (open(source, "rb") if isinstance(source, Path)
-                      else contextlib.nullcontext(source)) as f:
-                    while block := f.read(COPY_BLOCK):
-                        digest.update(block)
-                        out.write(block)
+        for source in sources:
+            with (open(source, "rb") if isinstance(source, Path)
+                  else contextlib.nullcontext(source)) as f:
+                while block := f.read(COPY_BLOCK):
+                    digest.update(block)
+                    if out is not None:
+                        _write(out, block)
         return digest.hexdigest()
 
     # -- resumable uploads ------------------------------------------------------------------------
@@ -195,16 +323,16 @@ class FileService:
         await self._check_block(user, heap_id, block_id)
         if size > self.settings.max_upload_bytes:
             raise PayloadTooLarge("the file exceeds max_upload_bytes")
-        if chunk_size > self.settings.max_chunk_bytes:
-            raise PayloadTooLarge("chunk_size exceeds max_chunk_bytes")
+        total = chunk_plan(size, chunk_size, self.settings.max_chunk_bytes)
         known = await self._known(hash)
-        if known is not None:  # deduplicated: no bytes need to travel
+        if known is not None and await self.storage.file_readable_by(hash, user.id):
+            # deduplicated: the caller holds these bytes already (a hash alone is no proof,
+            # so anyone else sends them and complete checks them against the stored copy)
             if known.size != size:
                 raise Unprocessable("a file with this hash has another size",
                                     code="size_mismatch")
             await self._record(user, heap_id, block_id, hash, size, name,
                                guess_mime(name, mime_type))
-            total = max(1, -(-size // chunk_size))
             return {"success": True, "status": "exists", "chunk_size": chunk_size,
                     "total_chunks": total, "received": list(range(total)),
                     "file_hash": hash, "file_id": known.id}
@@ -234,20 +362,30 @@ class FileService:
         return upload.chunk_size
 
     async def _received(self, upload: UploadRecord) -> list[int]:
-        """Chunk files of the right size: rebuilt from disk, so a restart loses nothing."""
+        """Chunk files of the right size: rebuilt from disk, so a restart loses nothing. One
+        directory listing, so the cost follows the chunks present, not the chunk count."""
         folder = self._upload_dir(upload)
 
         def scan() -> list[int]:
             out = []
-            for index in range(upload.total_chunks):
-                path = folder / f"{index}.chunk"
-                try:
-                    if path.stat().st_size == self._chunk_size(upload, index):
-                        out.append(index)
-                except FileNotFoundError:
-                    pass
-            return out
-        return await trio.to_thread.run_sync(scan)
+            try:
+                entries = os.scandir(folder)
+            except FileNotFoundError:
+                return []
+            with entries:
+                for entry in entries:
+                    found = CHUNK_NAME.fullmatch(entry.name)
+                    if found is None or (index := int(found[1])) >= upload.total_chunks:
+                        continue
+                    try:
+                        if (entry.is_file(follow_symlinks=False) and entry.stat(
+                                follow_symlinks=False).st_size == self._chunk_size(
+                                upload, index)):
+                            out.append(index)
+                    except FileNotFoundError:
+                        pass
+            return sorted(out)
+        return await self._probe_fs(scan)
 
     async def chunk(self, user: User, heap_id: str, block_id: str, hash: str, index: int,
                     body: AsyncIterator[bytes]) -> dict[str, Any]:
@@ -257,24 +395,31 @@ class FileService:
                              code="bad_chunk_index")
         expected = self._chunk_size(upload, index)
         folder = self._upload_dir(upload)
-        await trio.to_thread.run_sync(lambda: folder.mkdir(parents=True, exist_ok=True))
         temp = folder / f"{index}.{uuid.uuid4().hex}.part"
         written = 0
+        out: BinaryIO | None = None
+        pending = bytearray()  # a thread hop per MiB, not per network read
         try:
-            async with await trio.open_file(temp, "wb") as out:
+            with _disk_full_is_507():
+                out = await self._io(_open_temp, temp)
                 async for data in body:
                     written += len(data)
                     if written > expected:
                         raise BadRequest(f"chunk {index} must be {expected} bytes",
                                          code="chunk_size_mismatch")
-                    await out.write(data)
-            if written != expected:
-                raise BadRequest(f"chunk {index} must be {expected} bytes, got {written}",
-                                 code="chunk_size_mismatch")
-            await trio.to_thread.run_sync(_fsync_and_replace, temp, folder / f"{index}.chunk")
+                    pending += data
+                    if len(pending) >= COPY_BLOCK:
+                        await self._io(_write, out, bytes(pending))
+                        pending.clear()
+                if written != expected:
+                    raise BadRequest(f"chunk {index} must be {expected} bytes, got {written}",
+                                     code="chunk_size_mismatch")
+                if pending:
+                    await self._io(_write, out, bytes(pending))
+                await self._io(_commit, out, temp, folder / f"{index}.chunk")
         finally:
             with trio.CancelScope(shield=True):  # cut off mid-way: nothing half-written stays
-                await trio.to_thread.run_sync(lambda: temp.unlink(missing_ok=True))
+                await self._io(_close_and_remove, out, temp)
         return {"success": True, "status": "ok", "index": index, "size": written}
 
     async def status(self, user: User, heap_id: str, block_id: str, hash: str
@@ -320,19 +465,25 @@ class FileService:
             raise Conflict(f"{len(missing)} chunks are missing", code="upload_incomplete",
                            details={"missing": missing[:1000]})
         folder = self._upload_dir(upload)
-        if await self._known(hash) is None:
-            temp = self.uploads / f"assemble-{uuid.uuid4().hex}.part"
-            try:
-                chunks = [folder / f"{i}.chunk" for i in range(upload.total_chunks)]
-                actual = await trio.to_thread.run_sync(self._copy_hashing, chunks, temp)
+        chunks = [folder / f"{i}.chunk" for i in range(upload.total_chunks)]
+        # Always hashed: the store having a file of this hash proves nothing about these bytes.
+        stored = await self._known(hash) is not None
+        temp = self.uploads / f"assemble-{uuid.uuid4().hex}.part"
+        out: BinaryIO | None = None
+        try:
+            with _disk_full_is_507():
+                if not stored:
+                    out = await self._io(_open_temp, temp)
+                actual = await self._io(self._copy_hashing, chunks, out)
                 if actual != hash:
                     await self._discard(upload)  # a wrong hash: nothing is stored
                     raise Unprocessable("the assembled content does not match the hash",
                                         code="hash_mismatch", details={"actual_hash": actual})
-                await trio.to_thread.run_sync(_fsync_and_replace, temp, self.store_path(hash))
-            finally:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(lambda: temp.unlink(missing_ok=True))
+                if out is not None:
+                    await self._io(_commit, out, temp, self.store_path(hash))
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._io(_close_and_remove, out, temp)
         record = await self._record(user, heap_id, block_id, hash, upload.size, upload.name,
                                     upload.mime_type)
         await self._discard(upload)
@@ -341,11 +492,18 @@ class FileService:
     async def _discard(self, upload: UploadRecord) -> None:
         await self.storage.delete_upload(upload.id)
         folder = self._upload_dir(upload)
-        await trio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
+        await self._io(lambda: shutil.rmtree(folder, ignore_errors=True))
 
     # -- housekeeping -------------------------------------------------------------------------------
     async def expire_forever(self) -> None:
-        """Abandoned uploads go after ``upload_expiry_hours``; run in the supervisor."""
+        """Abandoned uploads go after ``upload_expiry_hours``; run in the supervisor. First
+        of all, the temp files a killed process left (assembling, direct, chunk) go."""
+        try:
+            removed = await self._io(self._sweep_temp_files)
+            if removed:
+                log.info("removed %d temporary upload files left by a stopped process", removed)
+        except Exception:
+            log.exception("sweeping temporary upload files failed")
         while True:
             try:
                 await self.expire(int(time.time() * 1000))
@@ -359,20 +517,21 @@ class FileService:
         for upload in expired:
             log.info("upload %s of %s expired", upload.id, upload.hash)
             await self._discard(upload)
-        await trio.to_thread.run_sync(self._sweep_temp_files)
+        await self._io(self._sweep_temp_files)
         return len(expired)
 
-    def _sweep_temp_files(self) -> None:
-        """Temporary files of requests a crash cut off (a live request's are young)."""
+    def _sweep_temp_files(self) -> int:
+        """Temporary files of requests a crash cut off, whatever their age: a live writer
+        holds its file's lock (see ``_open_temp``), a dead one's lock died with it."""
         if not self.uploads.exists():
-            return
-        old = time.time() - 3600
+            return 0
+        removed = 0
+        now = time.time()
         for path in self.uploads.glob("**/*.part"):
-            try:
-                if path.stat().st_mtime < old:
-                    path.unlink()
-            except FileNotFoundError:
-                pass
+            if _abandoned(path, now):
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     async def forget_unreferenced(self, hashes: list[str]) -> int:
         """After blocks are removed for good: files no block holds any more go, bytes too
@@ -383,5 +542,5 @@ class FileService:
             for record in dropped:
                 if record.source_path is None:
                     self.store_path(record.hash).unlink(missing_ok=True)
-        await trio.to_thread.run_sync(remove)
+        await self._io(remove)
         return len(dropped)

@@ -7,13 +7,14 @@ logged with its traceback and answered with a 500 that reveals nothing.
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
 from quart import Quart, jsonify
 from werkzeug.exceptions import HTTPException
 
-from heaper_trio.errors import HeaperError
+from heaper_trio.errors import HeaperError, InsufficientStorage
 
 log = logging.getLogger("heaper_trio.web")
 
@@ -55,5 +56,10 @@ def install_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(Exception)
     async def unexpected(e: Exception) -> Any:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            # a full disk anywhere (not only in the upload paths, which raise it themselves)
+            log.warning("out of disk space: %s", e)
+            return await heaper_error(InsufficientStorage("the server has no space left; "
+                                                          "retry later"))
         log.exception("unhandled error")
         return _envelope(500, "internal_error", "internal server error")
