@@ -18,6 +18,10 @@ from heaper_trio.services.documents import DocumentService
 from heaper_trio.storage.base import SORTS, BlockQuery, BlockRecord, User
 
 MAX_TERMS = 16
+# A cursor comes back from the client, so what it holds is checked like any input: a forged
+# 2**64 reached the database as an overflow (a 500). Times are Unix ms, ids are block ids.
+MAX_CURSOR_INT = 2**53 - 1
+CURSOR_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -46,9 +50,14 @@ def decode_cursor(text: str, sort: str, descending: bool) -> tuple[Any, str]:
         c_sort, c_desc, value, last_id = json.loads(raw)
         kind = str if sort == "title" else int
         if (c_sort, c_desc) != (sort, descending) or not isinstance(value, kind) \
-                or isinstance(value, bool) or not isinstance(last_id, str):
+                or isinstance(value, bool) or not isinstance(last_id, str) \
+                or not CURSOR_ID.fullmatch(last_id) \
+                or (kind is int and not 0 <= value <= MAX_CURSOR_INT) \
+                or (kind is str and "\x00" in value):
             raise ValueError
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        if kind is str:
+            value.encode()  # a lone surrogate ("\ud800" in the JSON) cannot reach the database
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise BadRequest("cursor is not one this query handed out", code="invalid_cursor",
                          details={"field": "body.cursor"}) from None
     return value, last_id

@@ -9,12 +9,13 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from heaper_trio.web.routing import ROUTES
+from heaper_trio.web.routing import ROUTES, RouteSpec
 
 STATUS_TEXT = {
     400: "Malformed input (not JSON, missing/unknown/wrong-typed field, bad encoding)",
     401: "Missing, invalid, expired or revoked token",
     403: "Not yours, or the account may not do this",
+    304: "Not Modified: If-None-Match or If-Modified-Since matched (no body)",
     404: "Unknown id",
     409: "Conflicting state",
     413: "Too large",
@@ -35,6 +36,31 @@ ERROR_SCHEMA = {
         "field": {"type": "string", "description": "the offending field, for 400s"},
     },
 }
+
+
+BYTES = {"type": "string", "contentMediaType": "application/octet-stream"}
+FILE_HEADERS = {
+    "ETag": {"schema": {"type": "string"}},
+    "Last-Modified": {"schema": {"type": "string"}},
+    "Accept-Ranges": {"schema": {"type": "string", "enum": ["bytes"]}},
+}
+
+
+def _binary(spec: RouteSpec) -> dict[str, Any]:
+    """A file's answers: 200 whole, 206 one range, 304 unchanged (no body), 416 a range
+    outside the file (the error envelope with ``Content-Range: bytes */size``)."""
+    content = {mime: {"schema": BYTES} for mime in spec.binary}
+    return {
+        "200": {"description": "The whole file", "headers": FILE_HEADERS, "content": content},
+        "206": {"description": "One byte range of the file (Range; several ranges get 200)",
+                "headers": {**FILE_HEADERS, "Content-Range": {"schema": {"type": "string"}}},
+                "content": content},
+        "304": {"description": STATUS_TEXT[304]},
+        "416": {"description": STATUS_TEXT[416],
+                "headers": {"Content-Range": {"schema": {"type": "string"}}},
+                "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Error"}}}},
+    }
 
 
 @lru_cache(maxsize=4)
@@ -60,6 +86,8 @@ def openapi_document(version: str) -> dict[str, Any]:
                 },
             },
         }
+        if spec.binary:
+            op["responses"].update(_binary(spec))
         if spec.websocket:
             op["responses"] = {"101": {"description": "Switching Protocols: a WebSocket "
                                                       "(see docs/protocol.md)"}}
@@ -75,7 +103,8 @@ def openapi_document(version: str) -> dict[str, Any]:
         else:
             op["security"] = []
         params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": name, "in": "path", "required": True,
+             "schema": spec.path_params.get(name, {"type": "string"})}
             for name in re.findall(r"\{(\w+)\}", spec.path)
         ]
         params += [
@@ -89,6 +118,9 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "required": bool(spec.body.get("required")),
                 "content": {"application/json": {"schema": spec.body}},
             }
+        elif spec.content:
+            op["requestBody"] = {"required": True, "content": {
+                mime: {"schema": schema} for mime, schema in spec.content.items()}}
         paths.setdefault(spec.path, {})[spec.method.lower()] = op
     return {
         "openapi": "3.1.0",

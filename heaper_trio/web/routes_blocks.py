@@ -7,13 +7,14 @@ from typing import Any
 from quart import Blueprint
 
 from heaper_trio.storage.base import User
+from heaper_trio.web.routes_heaps import ID
 from heaper_trio.web.routing import route, services
 from heaper_trio.web.schema import boolean, obj, open_obj, string
 
 bp = Blueprint("blocks", __name__)
 
 
-@route(bp, "POST", "/api/block/{blockKey}", tag="blocks", errors=(404,),
+@route(bp, "POST", "/api/block/{blockKey}", tag="blocks", errors=(404,), params={"blockKey": ID},
        summary="A block with relations, apps, file metadata, text and its Yjs state.",
        description="Unknown blocks and blocks in other users' heaps both answer 404.",
        body=obj(), response=open_obj(success=boolean(), block={"type": "object"},
@@ -25,6 +26,7 @@ async def get_block(user: User, body: dict[str, Any], blockKey: str) -> dict[str
 
 
 @route(bp, "POST", "/api/block_updates/{blockKey}", tag="blocks", errors=(404,),
+       params={"blockKey": ID},
        summary="A block's update history (sequence, time, author, size) and merged Yjs state.",
        description="History older than the last compaction is folded into the snapshot; "
        "compacted_through says up to which sequence.",

@@ -25,6 +25,27 @@ bp = Blueprint("files", __name__)
 ACTIVE = {"text/html", "application/xhtml+xml", "image/svg+xml", "text/xml",
           "application/xml", "text/javascript", "application/javascript"}
 ERRORS = (304, 404, 416)
+# What the route declarations say of path parameters and answers (checked before handlers run).
+KEY = string(pattern="^([0-9a-fA-F]{16}|[0-9a-fA-F]{64})$",
+             description="a file id (16 hex) or the file's SHA-256 (64 hex)")
+SLUG = string(pattern="^[^/]{1,1024}$", description="a file name for the download; not checked")
+SIZE = string(pattern="^(tiny|small|medium|large|[0-9]{1,32})$",
+              description="tiny, small, medium, large, or pixels (rounded up to those)",
+              **{"x-error": "bad_thumbnail_size"})
+POSITION = string(pattern=r"^[0-9]{1,9}(\.[0-9]{1,6})?%?$",
+                  description="seconds (12.5) or a percentage of the duration (40%)",
+                  **{"x-error": "bad_thumbnail_position"})
+FILE_HASH = string(pattern="^[0-9a-fA-F]{64}$", description="hex SHA-256 of the file",
+                   **{"x-error": "bad_hash"})
+BLOCK = string(pattern=r"^[A-Za-z0-9_-]{1,128}$", description="1-128 chars of [A-Za-z0-9_-]")
+NAME = string(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="1-32 chars of [A-Za-z0-9_-]",
+              **{"x-error": "invalid_field"})
+ANY = "*/*"  # whatever type the file was stored with
+THUMB = ("image/webp",)
+THUMB_FORM = {"type": "object", "required": ["thumbnail"], "properties": {
+    "thumbnail": string(contentMediaType="image/*",
+                        description="JPEG, PNG, GIF, WebP or AVIF; `file` is taken too"),
+    "file": string(contentMediaType="image/*"), "type": NAME, "size": NAME}}
 
 
 async def _source(user: User, key: str) -> tuple[FileRecord, Path, os.stat_result]:
@@ -57,7 +78,7 @@ async def _serve(user: User, key: str, filename: str, disposition: str) -> Respo
 
 
 @route(bp, "GET", "/api/file/{key}/raw/{slug}", tag="files", auth="access_or_query",
-       errors=ERRORS,
+       errors=ERRORS, params={"key": KEY, "slug": SLUG}, binary=(ANY,),
        summary="Download a file (key: file id or hash); Range, ETag, If-None-Match.",
        description="The caller must own a block holding the file (404 otherwise). "
        "Content-Disposition: attachment with the slug as the file name.")
@@ -66,7 +87,7 @@ async def raw(user: User, key: str, slug: str) -> Response:
 
 
 @route(bp, "GET", "/api/stream/{key}/{slug}", tag="files", auth="access_or_query",
-       errors=ERRORS,
+       errors=ERRORS, params={"key": KEY, "slug": SLUG}, binary=(ANY,),
        summary="The same file inline, for media players (Range: Safari's bytes=0-1 probe).",
        description="Types a browser would run as a page (HTML, SVG, XML, scripts) are sent as "
        "attachments even here.")
@@ -86,7 +107,8 @@ THUMB_ERRORS = (*ERRORS, 400, 415, 422)
 
 
 @route(bp, "GET", "/api/file/{key}/thumbnail/{size}/{slug}", tag="files",
-       auth="access_or_query", errors=THUMB_ERRORS,
+       auth="access_or_query", errors=THUMB_ERRORS, binary=THUMB,
+       params={"key": KEY, "size": SIZE, "slug": SLUG},
        summary="An image thumbnail (WebP): tiny, small, medium, large (64/256/512/1024 px) "
        "or a pixel size, rounded up to those.",
        description="EXIF orientation applied, alpha kept; a video gives its frame at 10%. "
@@ -98,7 +120,8 @@ async def thumbnail(user: User, key: str, size: str, slug: str) -> Response:
 
 
 @route(bp, "GET", "/api/file/{key}/video_thumbnail/{size}/{position}", tag="files",
-       auth="access_or_query", errors=THUMB_ERRORS,
+       auth="access_or_query", errors=THUMB_ERRORS, binary=THUMB,
+       params={"key": KEY, "size": SIZE, "position": POSITION},
        summary="A video frame (WebP) at a time in seconds (12.5) or a percentage (40%).")
 async def video_thumbnail(user: User, key: str, size: str, position: str) -> Response:
     record, path, _ = await _source(user, key)
@@ -107,7 +130,8 @@ async def video_thumbnail(user: User, key: str, size: str, position: str) -> Res
 
 
 @route(bp, "GET", "/api/file/{key}/animated_thumbnail/{size}/{slug}", tag="files",
-       auth="access_or_query", errors=THUMB_ERRORS,
+       auth="access_or_query", errors=THUMB_ERRORS, binary=THUMB,
+       params={"key": KEY, "size": SIZE, "slug": SLUG},
        summary="An animated WebP of an animated GIF, WebP or APNG, or a short video preview.")
 async def animated_thumbnail(user: User, key: str, size: str, slug: str) -> Response:
     record, path, _ = await _source(user, key)
@@ -116,7 +140,8 @@ async def animated_thumbnail(user: User, key: str, size: str, slug: str) -> Resp
 
 
 @route(bp, "POST", "/api/upload/thumbnail/{block_id}/{file_hash}/{thumbnail_key}",
-       tag="files", errors=(400, 404, 413, 422),
+       tag="files", errors=(400, 404, 413, 422), content={"multipart/form-data": THUMB_FORM},
+       params={"block_id": BLOCK, "file_hash": FILE_HASH, "thumbnail_key": NAME},
        summary="Upload a thumbnail the client made for a file of a block (multipart: "
        "thumbnail, type, size).",
        description="`type` and `size` (1-32 chars of [A-Za-z0-9_-], e.g. image / small) name "
@@ -142,6 +167,9 @@ async def upload_thumbnail(user: User, block_id: str, file_hash: str, thumbnail_
 
 @route(bp, "GET", "/api/download/thumbnail/{block_id}/{file_hash}/{thumbnail_type}/"
        "{thumbnail_size}", tag="files", auth="access_or_query", errors=ERRORS,
+       binary=("image/jpeg", "image/png", "image/gif", "image/webp", "image/avif"),
+       params={"block_id": BLOCK, "file_hash": FILE_HASH, "thumbnail_type": NAME,
+               "thumbnail_size": NAME},
        summary="Download a thumbnail a client uploaded.")
 async def download_thumbnail(user: User, block_id: str, file_hash: str, thumbnail_type: str,
                              thumbnail_size: str) -> Response:

@@ -8,12 +8,16 @@ from quart import Blueprint
 
 from heaper_trio.errors import BadRequest
 from heaper_trio.storage.base import Heap, User
-from heaper_trio.web.routing import route, services
+from heaper_trio.web.routing import RESERVED_IDS, route, services
 from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
 
 bp = Blueprint("heaps", __name__)
 
-ID = string(pattern=r"[A-Za-z0-9_-]{1,128}", description="1-128 chars of [A-Za-z0-9_-]")
+ID = string(pattern=r"^[A-Za-z0-9_-]{1,128}$", description="1-128 chars of [A-Za-z0-9_-]")
+# A heap id is never a route word: DELETE /api/heap/{id} shares its path with POST
+# /api/heap/add, so a heap called "add" could be deleted by a request meant for another route.
+HEAP_ID = {**ID, "not": {"enum": list(RESERVED_IDS)},
+           "description": "1-128 chars of [A-Za-z0-9_-], not " + ", ".join(RESERVED_IDS)}
 HEAP = open_obj(id=string(), heap_id=string(), name=string(), root_block_id=string(),
                 created_at={"type": "integer"}, updated_at={"type": "integer"})
 
@@ -27,7 +31,7 @@ def heap_json(h: Heap) -> dict[str, Any]:
        summary="Create a heap and its root index block.",
        description="`id` may be chosen by the client; an id already in use answers 403 "
        "heap_exists (whoever owns it).",
-       body=obj({"name": string(minLength=1, maxLength=500)}, {"id": ID}),
+       body=obj({"name": string(minLength=1, maxLength=500)}, {"id": HEAP_ID}),
        response=open_obj(success=boolean(), id=string(), heap=HEAP))
 async def add_heap(user: User, body: dict[str, Any]) -> dict[str, Any]:
     heap = await services().documents.create_heap(user, body["name"], body.get("id"))
@@ -55,7 +59,7 @@ async def list_workspaces(user: User, body: dict[str, Any]) -> dict[str, Any]:
     return await _list(user)
 
 
-@route(bp, "DELETE", "/api/heap/{id}", tag="heaps", errors=(403,),
+@route(bp, "DELETE", "/api/heap/{id}", tag="heaps", errors=(403,), params={"id": HEAP_ID},
        summary="Delete a heap: its blocks, their history and relations.",
        response=open_obj(success=boolean(), deleted=boolean()))
 async def delete_heap(user: User, id: str) -> dict[str, Any]:
@@ -63,7 +67,7 @@ async def delete_heap(user: User, id: str) -> dict[str, Any]:
     return {"success": True, "deleted": True, "id": id}
 
 
-@route(bp, "GET", "/api/heap/stats/{id}", tag="heaps", errors=(403,),
+@route(bp, "GET", "/api/heap/stats/{id}", tag="heaps", errors=(403,), params={"id": ID},
        summary="Block counts by type, trash count, files and bytes, last change.",
        response=open_obj(success=boolean(), blocks=integer(), by_type={"type": "object"},
                          trash=integer(), files=integer(), file_bytes=integer(),
@@ -102,7 +106,8 @@ QUERY = obj({}, {**FILTERS,
                  "sort": string(enum=["created", "updated", "title"]),
                  "order": string(enum=["asc", "desc"]),
                  "limit": integer(minimum=1, maximum=500),
-                 "cursor": string(maxLength=2000)})
+                 # a title-sorted cursor holds the last title, which may be long
+                 "cursor": string(maxLength=65536)})
 
 
 def _heap_of(body: dict[str, Any]) -> str:
@@ -119,7 +124,8 @@ def _heap_of(body: dict[str, Any]) -> str:
        "and text), unlinked, has_content, trash. Sort by created, updated (default, newest "
        "first) or title (A-Z). Pass next_cursor back as cursor for the next page.",
        body=QUERY, response=open_obj(success=boolean(), blocks={"type": "array"},
-                                     has_more=boolean(), next_cursor=string()))
+                                     has_more=boolean(),
+                                     next_cursor={"type": ["string", "null"]}))
 async def heap_contents(user: User, body: dict[str, Any]) -> dict[str, Any]:
     return await services().query.blocks(user, _heap_of(body), body, body.get("limit", 100))
 

@@ -96,9 +96,9 @@ async def reindex_files(user: User, body: dict[str, Any]) -> dict[str, Any]:
        description="`file_hash` or `file_id`: a file one of your blocks holds. Its row and "
        "your blocks' files_v0 entries get the new MIME type and dimensions; thumbnails are "
        "made again on next request. 404 file_not_found, 404 file_content_missing.",
-       body=obj({}, {"file_hash": string(pattern="[0-9a-fA-F]{64}"),
+       body=obj({}, {"file_hash": string(pattern="^[0-9a-fA-F]{64}$"),
                      "file_id": string(minLength=1, maxLength=64),
-                     "hash": string(pattern="[0-9a-fA-F]{64}")}),
+                     "hash": string(pattern="^[0-9a-fA-F]{64}$")}),
        response=open_obj(success=boolean(), file_hash=string(), file_id=string(),
                          mime_type=string(), blocks_changed=integer()))
 async def regenerate_file(user: User, body: dict[str, Any]) -> dict[str, Any]:

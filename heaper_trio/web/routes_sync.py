@@ -11,7 +11,8 @@ from heaper_trio.services.documents import DELTA_LIMIT
 from heaper_trio.storage.base import User
 from heaper_trio.web.routes_heaps import ID
 from heaper_trio.web.routing import route, services
-from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
+from heaper_trio.web.schema import (boolean, integer, is_int_text, obj, open_obj, parse_int,
+                                    string, validate)
 
 bp = Blueprint("sync", __name__)
 
@@ -20,6 +21,9 @@ PUSH_ITEM = obj({"block_id": ID, "workspace_id": ID, "update": B64},
                 {"state_vector": B64, "sync_version": integer(minimum=1)})
 PULL_ITEM = obj({"block_id": ID}, {"state_vector": B64, "sync_version": integer(minimum=1),
                                    "workspace_id": ID})
+SINCE = integer(description="Unix ms; omitted or not a number: 0 (the published API). A "
+                "number out of range is a 400.")
+LIMIT = integer(minimum=1, maximum=DELTA_LIMIT)
 RESULTS = open_obj(success=boolean(), blocks={"type": "array"}, server_time=integer())
 
 
@@ -44,8 +48,7 @@ def _answer(blocks: list[dict[str, Any]], bad: str) -> Any:
        summary="Blocks changed and removed in a heap since a change time.",
        description="Ask again with the returned server_time until has_more is false; every "
        "change is seen at least once, even while writes commit concurrently.",
-       query={"workspace_id": ID, "since": integer(), "limit": integer(minimum=1,
-                                                                      maximum=DELTA_LIMIT)},
+       query={"workspace_id": ID, "heap_id": ID, "since": SINCE, "limit": LIMIT},
        response=open_obj(success=boolean(), changed_blocks={"type": "array"},
                          deleted_blocks={"type": "array"}, server_time=integer(),
                          has_more=boolean(), total_changed=integer(),
@@ -55,15 +58,12 @@ async def delta(user: User) -> dict[str, Any]:
     if not heap_id:
         raise BadRequest("workspace_id is required", code="missing_field",
                          details={"field": "query.workspace_id"})
-    try:
-        since = max(0, int(request.args.get("since", "0")))
-    except ValueError:
-        since = 0  # the seed: "Defaults to 0 if omitted or invalid"
-    try:
-        limit = min(DELTA_LIMIT, max(1, int(request.args.get("limit", str(DELTA_LIMIT)))))
-    except ValueError:
-        raise BadRequest("limit must be an integer", code="invalid_value",
-                         details={"field": "query.limit"}) from None
+    validate(heap_id, ID, "query.workspace_id")
+    # The seed: "Defaults to 0 if omitted or invalid" -- text that is no number at all. A number
+    # is held to its bounds: 2**63 and up would overflow the database's 64-bit integers.
+    since_text = request.args.get("since", "")
+    since = parse_int(since_text, SINCE, "query.since") if is_int_text(since_text) else 0
+    limit = parse_int(request.args.get("limit", str(DELTA_LIMIT)), LIMIT, "query.limit")
     return await services().documents.delta(user, heap_id, since, limit)
 
 

@@ -16,7 +16,7 @@ bp = Blueprint("trash", __name__)
 IDS = {"type": "array", "items": ID, "maxItems": 10_000}
 
 
-@route(bp, "GET", "/api/trash/{heapId}", tag="trash", errors=(403,),
+@route(bp, "GET", "/api/trash/{heapId}", tag="trash", errors=(403,), params={"heapId": ID},
        summary="Blocks in the heap's trash, most recently trashed first.",
        response=open_obj(success=boolean(), blocks={"type": "array"}))
 async def list_trash(user: User, heapId: str) -> dict[str, Any]:
@@ -24,7 +24,7 @@ async def list_trash(user: User, heapId: str) -> dict[str, Any]:
     return {"success": True, "blocks": blocks, "count": len(blocks)}
 
 
-@route(bp, "DELETE", "/api/trash/{heapId}", tag="trash", errors=(403,),
+@route(bp, "DELETE", "/api/trash/{heapId}", tag="trash", errors=(403,), params={"heapId": ID},
        summary="Empty the trash for good: documents, history and relations.",
        description="Without a body every trashed block goes; with block_ids only those of "
        "them that are in the trash. Removed blocks appear in delta's deleted_blocks.",
@@ -36,6 +36,7 @@ async def empty_trash(user: User, heapId: str, body: dict[str, Any]) -> dict[str
 
 
 @route(bp, "POST", "/api/trash/{heapId}/restore", tag="trash", errors=(403,),
+       params={"heapId": ID},
        summary="Restore blocks from the trash (a server-side CRDT edit, synced like any other).",
        description="Per block: ok, unchanged (was not in the trash), not_found, conflict.",
        body=obj({}, {"block_ids": IDS, "block_id": ID}),

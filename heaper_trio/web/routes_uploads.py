@@ -9,7 +9,7 @@ from typing import Any
 from quart import Blueprint, request
 
 from heaper_trio.errors import BadRequest, PayloadTooLarge
-from heaper_trio.services.files import check_hash
+from heaper_trio.services.files import MAX_CHUNKS, MIN_CHUNK_BYTES, check_hash
 from heaper_trio.storage.base import User
 from heaper_trio.web.routing import limit_body, route, services
 from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
@@ -21,7 +21,20 @@ ANSWER = open_obj(success=boolean(), status=string(), block_id=string(), file_ha
 PROGRESS = open_obj(success=boolean(), status=string(), size=integer(), chunk_size=integer(),
                     total_chunks=integer(), received={"type": "array"},
                     bytes_received=integer())
-HASH = string(pattern="[0-9a-fA-F]{64}", description="lowercase hex SHA-256 of the content")
+HASH = string(pattern="^[0-9a-fA-F]{64}$", description="lowercase hex SHA-256 of the content")
+# Path parameters, checked before the handler runs (with the codes these routes always gave).
+PATH_ID = string(pattern=r"^[A-Za-z0-9_-]{1,128}$", description="1-128 chars of [A-Za-z0-9_-]",
+                 **{"x-error": "invalid_field"})
+PATH_HASH = {**HASH, "x-error": "bad_hash"}
+PATH_IDS = {"heap_id": PATH_ID, "block_id": PATH_ID}
+PATH_FILE = {**PATH_IDS, "hash": PATH_HASH}
+# ASCII digits only: "²".isdigit() is True, and int("²") raises.
+CHUNK_INDEX = string(pattern="^[0-9]{1,9}$", description="the chunk number, from 0",
+                     **{"x-error": "bad_chunk_index"})
+UPLOAD_FORM = {"type": "object", "required": ["file"], "properties": {
+    "file": string(contentMediaType="application/octet-stream", description="the content"),
+    "hash": HASH, "file_hash": HASH, "name": string(maxLength=1024),
+    "mime_type": string(maxLength=255)}}
 
 
 def _ids(heap_id: str, block_id: str) -> None:
@@ -32,7 +45,8 @@ def _ids(heap_id: str, block_id: str) -> None:
 
 
 @route(bp, "POST", "/api/upload/file/{heap_id}/{block_id}", tag="files",
-       errors=(400, 403, 404, 409, 413, 422),
+       errors=(400, 403, 404, 409, 413, 422, 507), params=PATH_IDS,
+       content={"multipart/form-data": UPLOAD_FORM},
        summary="Upload a whole file to a block in one request (multipart: file, hash).",
        description="Form fields: `file` (the content), `hash` (optional lowercase hex SHA-256; "
        "a mismatch is a 422 and nothing is stored), `name` and `mime_type` (optional). The "
@@ -61,13 +75,18 @@ async def upload_file(user: User, heap_id: str, block_id: str) -> dict[str, Any]
 
 
 @route(bp, "POST", "/api/upload/init/{heap_id}/{block_id}", tag="files",
-       errors=(403, 404, 409, 422),
+       errors=(400, 403, 404, 409, 413, 422), params=PATH_IDS,
        summary="Start (or resume) a resumable upload of a file to a block.",
-       description="status `exists`: the server has these bytes already, the block now holds "
-       "the file, nothing needs to be sent. status `ready`: send the chunks that are not in "
-       "`received` (any order, in parallel, again if unsure), then complete. Calling init "
-       "again answers the same upload with what it has (it survives restarts).",
-       body=obj({"size": integer(minimum=0), "chunk_size": integer(minimum=1)},
+       description="status `exists`: a block of yours holds these bytes already, this block "
+       "now holds the file too, nothing needs to be sent (a hash another user's file has is "
+       "no proof: its bytes are sent and checked like any other). status `ready`: send the "
+       "chunks that are not in `received` (any order, in parallel, again if unsure), then "
+       "complete. Calling init again answers the same upload with what it has (it survives "
+       f"restarts). `chunk_size` is at least {MIN_CHUNK_BYTES} (a smaller file is one chunk) "
+       "and at most max_chunk_bytes (413 above); a file is at most "
+       f"{MAX_CHUNKS} chunks (400 invalid_value, whose details give the limits).",
+       body=obj({"size": integer(minimum=0),
+                 "chunk_size": integer(minimum=MIN_CHUNK_BYTES)},
                 {"hash": HASH, "file_hash": HASH, "name": string(maxLength=1024),
                  "mime_type": string(maxLength=255)}),
        response=open_obj(success=boolean(), status=string(enum=["ready", "exists"]),
@@ -85,7 +104,7 @@ async def upload_init(user: User, heap_id: str, block_id: str, body: dict[str, A
 
 
 @route(bp, "GET", "/api/upload/status/{heap_id}/{block_id}/{hash}", tag="files",
-       errors=(400, 403),
+       errors=(400, 403), params=PATH_FILE,
        summary="Progress of a resumable upload (or the file's status if none is under way).",
        response=PROGRESS)
 async def upload_status(user: User, heap_id: str, block_id: str, hash: str) -> dict[str, Any]:
@@ -94,7 +113,8 @@ async def upload_status(user: User, heap_id: str, block_id: str, hash: str) -> d
 
 
 @route(bp, "PUT", "/api/upload/chunk/{heap_id}/{block_id}/{hash}/{index}", tag="files",
-       errors=(400, 404, 413),
+       errors=(400, 404, 413, 507), params={**PATH_FILE, "index": CHUNK_INDEX},
+       content={"application/octet-stream": string(contentMediaType="application/octet-stream")},
        summary="Send one chunk of a resumable upload (the body is its raw bytes).",
        description="Chunk i holds bytes [i*chunk_size, (i+1)*chunk_size) (the last may be "
        "shorter); its length must match exactly. Written under a temporary name and renamed "
@@ -111,7 +131,7 @@ async def upload_chunk(user: User, heap_id: str, block_id: str, hash: str, index
 
 
 @route(bp, "POST", "/api/upload/complete/{heap_id}/{block_id}/{hash}", tag="files",
-       errors=(400, 403, 404, 409, 422),
+       errors=(400, 403, 404, 409, 422, 507), params=PATH_FILE,
        summary="Finish a resumable upload: check size and hash, store, record in the block.",
        description="409 upload_incomplete lists the missing chunks. A wrong hash is a 422 and "
        "the upload is discarded. Calling complete again after success answers the same.",
@@ -123,7 +143,7 @@ async def upload_complete(user: User, heap_id: str, block_id: str, hash: str
 
 
 @route(bp, "GET", "/api/status/file/{heap_id}/{block_id}/{hash}", tag="files",
-       errors=(400, 403),
+       errors=(400, 403), params=PATH_FILE,
        summary="Is this file stored for this block: complete, uploading (with progress) or "
        "missing.", response=PROGRESS)
 async def file_status(user: User, heap_id: str, block_id: str, hash: str) -> dict[str, Any]:

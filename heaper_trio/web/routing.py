@@ -28,6 +28,10 @@ from heaper_trio.services.container import Services
 from heaper_trio.storage.base import User
 from heaper_trio.web.schema import validate
 
+# Segments that are routes of their own under a parameterised path: never an id, so
+# ``DELETE /api/heap/add`` cannot reach (or name) a heap called "add".
+RESERVED_IDS = ("add", "stats", "changed_blocks")
+
 AUTH_MODES = ("none", "optional", "access", "refresh", "access_or_query")
 
 
@@ -47,6 +51,12 @@ class RouteSpec:
     websocket: bool = False
     # statuses whose body is not the error envelope (e.g. health's 503 is the health body)
     other_bodies: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # schemas of path parameters (default: any segment); enforced before the handler runs
+    path_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the response is a file, not JSON: its media type(s) for 200/206, plus 304/416 answers
+    binary: tuple[str, ...] = ()
+    # a request body that is not JSON: media type -> schema (multipart parts, raw bytes)
+    content: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 ROUTES: list[RouteSpec] = []
@@ -134,10 +144,20 @@ def route(
     description: str = "",
     deprecated: bool = False,
     other_bodies: dict[int, dict[str, Any]] | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
+    binary: tuple[str, ...] = (),
+    content: dict[str, dict[str, Any]] | None = None,
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
-    """Register ``handler(**path_params, [body=...], [user=...], [token=...])``."""
+    """Register ``handler(**path_params, [body=...], [user=...], [token=...])``.
+
+    ``params`` gives path parameters a schema; a value that breaks it is a 400 before any
+    work (``invalid_value``, or the schema's ``x-error`` code where routes had their own)."""
     assert auth in AUTH_MODES, auth
+    path_schemas = params or {}
+    assert set(path_schemas) <= set(re.findall(r"\{(\w+)\}", path)), (path, path_schemas)
     implied = {400, 413} if body is not None else set()
+    if path_schemas or query:
+        implied.add(400)
     if auth in ("access", "refresh", "access_or_query"):
         implied |= {401, 403}
     if rate_limit:
@@ -148,7 +168,8 @@ def route(
     ROUTES.append(
         RouteSpec(method, path, summary, tag, auth, body, response,
                   tuple(sorted(set(errors) | implied)), query or {}, description, deprecated,
-                  other_bodies=other_bodies or {})
+                  other_bodies=other_bodies or {}, path_params=path_schemas, binary=binary,
+                  content=content or {})
     )
     body_optional = body is not None and not body.get("required")
 
@@ -171,6 +192,12 @@ def route(
                     raise RateLimited("too many auth requests; retry later", retry_after=wait)
             if problem is not None:
                 raise problem
+            for name, schema in path_schemas.items():
+                try:
+                    validate(params[name], schema, f"path.{name}")
+                except BadRequest as e:
+                    e.code = schema.get("x-error", e.code)
+                    raise
             if body is not None:
                 validate(parsed, body)
                 params["body"] = parsed

@@ -1,7 +1,8 @@
 """A small JSON-Schema subset: one schema per route validates requests *and* documents them.
 
 Supported keywords: type, properties, required, additionalProperties (false only), minLength,
-maxLength, pattern, minimum, maximum, enum, items, maxItems, minItems. That is all the routes
+maxLength, pattern (anchored ``^…$``: JSON Schema patterns search, ours must match whole),
+minimum, maximum, enum, not (of an enum), items, maxItems, minItems. That is all the routes
 need; the same dicts go verbatim into ``/api/openapi.json``, so the document cannot drift from
 what is enforced. Every failure is a ``BadRequest`` naming the field.
 """
@@ -13,6 +14,9 @@ from functools import lru_cache
 from typing import Any
 
 from heaper_trio.errors import BadRequest
+
+MAX_INT = 2**53 - 1  # the largest integer every JSON client (JavaScript's Number) holds exactly
+_DIGITS = re.compile(r"-?[0-9]+")  # ASCII only: str.isdigit() and int() take "²" and "٣"
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -48,6 +52,8 @@ def validate(value: Any, schema: dict[str, Any], where: str = "body") -> None:
             )
     if "enum" in schema and value not in schema["enum"]:
         raise _invalid(where, f"must be one of {schema['enum']}")
+    if "not" in schema and value in schema["not"].get("enum", ()):
+        raise _invalid(where, f"must not be one of {schema['not']['enum']} (reserved)")
     if isinstance(value, str):
         if len(value) < schema.get("minLength", 0):
             raise _invalid(where, f"must be at least {schema['minLength']} characters")
@@ -110,7 +116,24 @@ def string(**kw: Any) -> dict[str, Any]:
 
 
 def integer(**kw: Any) -> dict[str, Any]:
-    return {"type": "integer", **kw}
+    """Bounded unless told otherwise: 0 .. 2**53-1. Unbounded integers reach the database as
+    64-bit values, where anything from 2**63 up is an overflow (a 500), not a 400."""
+    return {"type": "integer", "minimum": 0, "maximum": MAX_INT, **kw}
+
+
+def parse_int(text: str, schema: dict[str, Any], where: str) -> int:
+    """A query or path integer: optional minus and ASCII digits only, then the schema's bounds.
+    Anything else is ``invalid_value``, as an out-of-range number is."""
+    if not _DIGITS.fullmatch(text) or len(text) > 20:
+        raise _invalid(where, f"must be an integer of at most {MAX_INT}")
+    value = int(text)
+    validate(value, schema, where)
+    return value
+
+
+def is_int_text(text: str) -> bool:
+    """True for text ``parse_int`` reads as a number (in or out of range)."""
+    return bool(_DIGITS.fullmatch(text))
 
 
 def boolean(**kw: Any) -> dict[str, Any]:
