@@ -36,10 +36,40 @@ def test_limiter_memory_is_bounded() -> None:
     assert len(rl) == 100
 
 
-def test_per_key_limit_is_a_fifth() -> None:
+def test_per_key_limit_is_a_fifth_from_each_address() -> None:
     limits = AuthRateLimits(10)
-    assert [limits.check(f"addr{i}", "key", 0.0) is None for i in range(3)] == [True, True, False]
+    assert [limits.check("addr", "key", 0.0) is None for i in range(3)] == [True, True, False]
+    assert limits.check("addr", "other key", 0.0) is None  # the address still has budget
     assert AuthRateLimits(3).by_key.capacity == 1
+
+
+def test_others_cannot_spend_a_victims_key_budget() -> None:
+    """Keys are public: calls naming the victim's key from other addresses, however many,
+    leave the victim's own address its whole allowance."""
+    limits = AuthRateLimits(60)  # 12 per key and address
+    for i in range(50):
+        for _ in range(20):
+            limits.check(f"10.0.0.{i}", "victim", 0.0)
+    assert limits.check("10.0.0.7", "victim", 0.0) is not None  # the attackers are limited
+    assert all(limits.check("192.168.1.5", "victim", 0.0) is None for _ in range(12))
+    assert limits.check("192.168.1.5", "victim", 0.0) is not None  # and so is the victim
+    assert limits.check("192.168.1.5", "victim", 5.0) is None  # after refilling a token
+
+
+def test_the_address_limit_still_counts_every_key() -> None:
+    limits = AuthRateLimits(10)
+    assert all(limits.check("addr", f"key{i}", 0.0) is None for i in range(10))
+    assert limits.check("addr", "fresh key", 0.0) is not None
+    assert limits.check("addr", None, 0.0) is not None
+
+
+@given(st.text(max_size=200), st.text(alphabet=st.characters(blacklist_characters="\x00"),
+                                        max_size=40))
+def test_a_long_or_odd_key_cannot_reach_anothers_bucket(key: str, address: str) -> None:
+    limits = AuthRateLimits(5)  # one per key and address
+    assert limits.check(address, key, 0.0) is None
+    assert limits.check(address + "x", key, 0.0) is None
+    assert limits.check(address, key + "\x00" + address, 0.0) is None or len(key) >= 64
 
 
 SCHEMA = obj({"name": string(minLength=1, maxLength=5)}, {"n": integer(minimum=0)})

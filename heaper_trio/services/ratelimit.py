@@ -38,7 +38,15 @@ class RateLimiter:
 
 
 class AuthRateLimits:
-    """The contract's rule: N per minute per client address, N/5 (at least 1) per key."""
+    """The contract's rule: N per minute per client address, N/5 (at least 1) per key.
+
+    The per-key budget is kept per (key, address): public keys are public, so a bucket shared
+    by every address would let anyone who spends a victim's key budget from their own address
+    lock the victim out of logging in. Counted per pair, a third party only ever spends their
+    own allowance; the victim's calls from its own address draw on a bucket nobody else can
+    touch. (Guessing a key's signature is not the threat a per-key limit could stop: Ed25519
+    signatures are not brute-forced, so a global per-key bucket bought nothing but this hole.)
+    """
 
     def __init__(self, per_minute: int) -> None:
         self.by_address = RateLimiter(per_minute)
@@ -47,5 +55,8 @@ class AuthRateLimits:
     def check(self, address: str, public_key: str | None, now: float) -> int | None:
         wait = self.by_address.hit(address, now)
         if wait is None and public_key is not None:
-            wait = self.by_key.hit(public_key, now)
+            # Checked before the body's schema, so the key may be anything: a real one is at
+            # most 64 characters, and capping it keeps a bucket's name small. An address has no
+            # NUL, so splitting at the last NUL gives the pair back: pairs cannot collide.
+            wait = self.by_key.hit(f"{public_key[:64]}\x00{address}", now)
         return wait

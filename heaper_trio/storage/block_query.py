@@ -4,6 +4,9 @@ The engines differ only in placeholders (``?`` / ``$n``), in full-text search (F
 tsvector column) and in how titles sort (byte order on both: SQLite's default, ``COLLATE "C"``
 on PostgreSQL). Nested tags are a recursive CTE over tag relations that stops at trashed blocks:
 while a tag is in the trash its relations are hidden, so its children no longer inherit it.
+Tag closure and "unlinked" follow only edges between blocks of the queried heap: block ids are
+guessable, and another user's blocks that tag or share an id must not change what this heap's
+query answers (nor reveal that the id exists).
 """
 
 from __future__ import annotations
@@ -55,19 +58,21 @@ def _where(d: Dialect, p: _Params, heap_id: str, q: BlockQuery) -> tuple[str, st
     if q.types:
         conds.append(f"b.type IN ({', '.join(p(t) for t in q.types)})")
     if q.tag is not None:
+        heap = p(heap_id)
         cte = (
             "WITH RECURSIVE tagged(id) AS ("
             f"SELECT r.block_id FROM block_relations r WHERE r.kind = 'tag' "
-            f"AND r.target_id = {p(q.tag)} "
+            f"AND r.target_id = {p(q.tag)} AND r.heap_id = {heap} "
             "UNION SELECT r.block_id FROM block_relations r JOIN tagged t ON r.target_id = t.id "
-            "JOIN blocks c ON c.id = t.id WHERE r.kind = 'tag' AND c.deleted_at IS NULL) "
+            "JOIN blocks c ON c.id = t.id WHERE r.kind = 'tag' AND c.deleted_at IS NULL "
+            f"AND r.heap_id = {heap} AND c.heap_id = {heap}) "
         )
         conds.append("b.id IN (SELECT id FROM tagged)")
     if q.terms:
         conds.append(d.full_text(p(d.full_text_param(q.terms))))
     if q.unlinked:
         conds.append("NOT EXISTS (SELECT 1 FROM block_relations r JOIN blocks t "
-                     "ON t.id = r.target_id AND t.deleted_at IS NULL "
+                     "ON t.id = r.target_id AND t.deleted_at IS NULL AND t.heap_id = b.heap_id "
                      "WHERE r.block_id = b.id AND r.kind = 'tag')")
         conds.append("b.id NOT IN (SELECT root_block_id FROM heaps WHERE id = b.heap_id)")
     if q.has_content is not None:

@@ -283,6 +283,8 @@ async def changes_since(c: Conn, heap_id: str, since: int, limit: int) -> Change
 
 
 async def related(c: Conn, block_id: str) -> dict[str, list[str]]:
+    """Outgoing lists are the block's own document; incoming ones (children, backlinks) come
+    only from blocks in heaps of the block's owner (see the SQLite twin)."""
     out: dict[str, list[str]] = {"tags": [], "mentions": [], "links": [], "children": [],
                                  "backlinks": []}
     for kind, target in await c.fetch(
@@ -291,7 +293,10 @@ async def related(c: Conn, block_id: str) -> dict[str, list[str]]:
         out[{"tag": "tags", "mention": "mentions", "link": "links"}[kind]].append(target)
     for kind, source in await c.fetch(
             "SELECT r.kind, r.block_id FROM block_relations r JOIN blocks b ON b.id = r.block_id "
-            'WHERE r.target_id=$1 AND b.deleted_at IS NULL ORDER BY r.block_id COLLATE "C"',
+            "JOIN heaps h ON h.id = b.heap_id "
+            "WHERE r.target_id=$1 AND b.deleted_at IS NULL AND h.owner_id = ("
+            "SELECT o.owner_id FROM blocks t JOIN heaps o ON o.id = t.heap_id WHERE t.id=$1) "
+            'ORDER BY r.block_id COLLATE "C"',
             block_id):
         key = "children" if kind == "tag" else "backlinks"
         if source not in out[key]:

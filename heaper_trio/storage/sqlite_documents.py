@@ -193,6 +193,9 @@ def changes_since(c: sqlite3.Connection, heap_id: str, since: int, limit: int) -
 
 
 def related(c: sqlite3.Connection, block_id: str) -> dict[str, list[str]]:
+    """Outgoing lists are the block's own document; incoming ones (children, backlinks) come
+    only from blocks in heaps of the block's owner, so another user who writes this id into
+    their own blocks neither shows up here nor learns that the id exists."""
     out: dict[str, list[str]] = {"tags": [], "mentions": [], "links": [], "children": [],
                                  "backlinks": []}
     for kind, target in c.execute(
@@ -201,8 +204,11 @@ def related(c: sqlite3.Connection, block_id: str) -> dict[str, list[str]]:
         out[{"tag": "tags", "mention": "mentions", "link": "links"}[kind]].append(target)
     for kind, source in c.execute(
             "SELECT r.kind, r.block_id FROM block_relations r JOIN blocks b ON b.id = r.block_id "
-            "WHERE r.target_id=? AND b.deleted_at IS NULL ORDER BY r.block_id",
-            (block_id,)).fetchall():
+            "JOIN heaps h ON h.id = b.heap_id "
+            "WHERE r.target_id=? AND b.deleted_at IS NULL AND h.owner_id = ("
+            "SELECT o.owner_id FROM blocks t JOIN heaps o ON o.id = t.heap_id WHERE t.id=?) "
+            "ORDER BY r.block_id",
+            (block_id, block_id)).fetchall():
         key = "children" if kind == "tag" else "backlinks"
         if source not in out[key]:
             out[key].append(source)
