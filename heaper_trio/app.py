@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import partial
+from typing import cast
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from hypercorn.typing import ASGIFramework
 from quart_trio import QuartTrio
 
 from heaper_trio.aio import open_asyncio_loop
@@ -34,11 +36,19 @@ from heaper_trio.web import (
 )
 from heaper_trio.web.cors import install_cors
 from heaper_trio.web.errors import install_error_handlers
+from heaper_trio.web.http_guard import ASGIApp, HttpGuard
 
 log = logging.getLogger("heaper_trio")
 BLUEPRINTS = (routes_instance.bp, routes_auth.bp, routes_heaps.bp, routes_blocks.bp,
               routes_sync.bp, routes_trash.bp, routes_uploads.bp, routes_files.bp,
               routes_jobs.bp, ws.bp)
+
+
+def guarded(app: QuartTrio, settings: Settings) -> ASGIFramework:
+    """What hypercorn serves: the app behind the keep-alive workarounds (web/http_guard.py)."""
+    guard = HttpGuard(cast(ASGIApp, app), read_timeout=settings.http_read_timeout,
+                      drain_bytes=settings.http_drain_bytes)
+    return cast(ASGIFramework, guard)
 
 
 def create_app(services: Services) -> QuartTrio:
@@ -65,7 +75,15 @@ def hypercorn_config(settings: Settings) -> Config:
     cfg.graceful_timeout = settings.graceful_timeout
     cfg.accesslog = logging.getLogger("heaper_trio.access") if settings.access_log else None
     cfg.errorlog = logging.getLogger("heaper_trio.hypercorn")
-    cfg.keep_alive_timeout = 30
+    # Idle keep-alive connections, and the time from connection (or the end of the previous
+    # answer) until a request's head is complete: hypercorn's idle timer runs until h11 has
+    # the whole head (H11Protocol: Updated(idle=False) at h11.Request). HttpGuard makes the
+    # timer restart after each answer and applies the same timeout to stalled bodies.
+    cfg.keep_alive_timeout = settings.http_read_timeout
+    # Not hypercorn's read_timeout: TCPServer._read_data applies it to every receive, whatever
+    # the connection is doing, so a client quietly reading a long download or waiting on a
+    # slow answer would be cut off (its request cancelled) after that many seconds.
+    cfg.read_timeout = None
     cfg.backlog = 1024  # hypercorn's 100 drops SYNs when many clients reconnect at once
     cfg.websocket_max_message_size = settings.ws_max_message_bytes
     cfg.websocket_ping_interval = 20  # notices dead peers; a stuck send is shielded otherwise
@@ -94,7 +112,7 @@ async def run_server(
             app = create_app(services)
             async with trio.open_nursery() as serving:
                 urls = await serving.start(
-                    partial(serve, app, hypercorn_config(settings),
+                    partial(serve, guarded(app, settings), hypercorn_config(settings),
                             shutdown_trigger=services.shutdown.wait)
                 )
                 log.info("heaper_trio %s serving on %s (%s database)", services.version,

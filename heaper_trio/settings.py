@@ -104,6 +104,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ws_max_message_bytes", int, 16 * 1024 * 1024, "Live sync: largest WebSocket "
             "message accepted from a client (larger ones close the connection with 1009).",
             minimum=65536),
+    Setting("http_read_timeout", float, 30.0, "Seconds the server waits on a silent HTTP "
+            "client: for the next request on an idle keep-alive connection, for a request's "
+            "head to be complete, and between the pieces of a request body (a stalled body is "
+            "answered 408). The connection is then closed. Downloads and slow answers are not "
+            "affected: only waits for the client's bytes count.", minimum=0.1),
+    Setting("http_drain_bytes", int, 1024 * 1024, "When an answer (an error, usually) is ready "
+            "before the request body has been read, at most this many unread body bytes are "
+            "read and discarded so the connection can carry the next request; with more left "
+            "the answer says Connection: close and the connection is closed.", minimum=0),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -142,6 +151,8 @@ class Settings:
     scan_jobs: int
     ws_outbox_bytes: int
     ws_max_message_bytes: int
+    http_read_timeout: float
+    http_drain_bytes: int
 
     @property
     def data_path(self) -> Path:
