@@ -5,6 +5,13 @@ other processes' hubs read the stored rows and send their subscribers what they 
 (sync-findings 6.8: no payload in the notification, no lossy side channel, nobody applies
 another process's step 2). User events (scan progress, file ready) travel the same way, as
 they are small. With SQLite there is one process and no bridge.
+
+Block commits, purges and heap deletions are announced by the storage inside their own
+transaction (``PostgresStorage.announce_commits_as``), so an acknowledged change is never left
+unannounced by a process that dies right after its commit; the bridge announces only what
+that did not cover (scan batches, user events). On the receiving side the hub rereads storage
+whenever an announcement may have been missed (listener reconnected or overflowed, a
+document loading while one came in).
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -34,6 +41,11 @@ class ProcessBridge:
         self._send, self._receive = trio.open_memory_channel[str](OUTBOX)
         hub.documents.listeners.append(self.on_commit)
         hub.user_event_hooks.append(self.on_user_event)
+        announce_commits_as = getattr(storage, "announce_commits_as", None)
+        self._announced: Callable[[str, str, str, int], bool] | None = None
+        if announce_commits_as is not None:
+            announce_commits_as(self.process_id)
+            self._announced = getattr(storage, "announced_in_commit")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -59,6 +71,9 @@ class ProcessBridge:
 
     def on_commit(self, committed: Sequence[Committed]) -> None:
         for c in committed:
+            if self._announced is not None and self._announced(c.kind, c.heap_id, c.block_id,
+                                                               c.seq):
+                continue  # its transaction announced it at COMMIT
             self._queue({"k": c.kind, "h": c.heap_id, "b": c.block_id, "s": c.seq,
                          "v": c.sync_version, "t": c.updated_at})
 

@@ -78,6 +78,9 @@ class Room:
     early: list[bytes] = field(default_factory=list)  # committed while loading
     pending: list[tuple[bytes, object | None]] = field(default_factory=list)
     catching_up: bool = False
+    # Another process announced a change this room may lack: reread storage (again) before
+    # the catch-up ends, or once loaded.
+    recheck: bool = False
 
 
 class LiveHub:
@@ -146,6 +149,11 @@ class LiveHub:
             room.sync_version = stored.sync_version
             room.last_seq = max(room.last_seq, stored.last_seq)
         self.counters.documents_loaded += 1
+        if room.recheck:
+            # Another process committed while storage was being read: what it announced may
+            # be newer than what was read (issue 9, item 11). An announcement that came
+            # before the room existed is older than the read, which saw its commit.
+            self._start_catch_up(room)
 
     def leave(self, sub: Subscription) -> None:
         room = self.rooms.get(sub.name.block_id)
@@ -197,32 +205,37 @@ class LiveHub:
             self._mark(room)
 
     def on_remote(self, committed: Committed) -> None:
-        """A change committed by another process (a pointer: no update bytes)."""
+        """A change committed by another process (a pointer: no update bytes). PostgreSQL
+        delivers it only once the commit is visible, so a read of storage from now on has it."""
         self._queue_event(committed)
         room = self.rooms.get(committed.block_id)
-        if room is None or room.doc is None or committed.seq <= room.last_seq:
-            return
+        if room is None:
+            return  # a room made later loads from storage, which has this commit
+        if room.doc is not None and committed.seq <= room.last_seq:
+            return  # the room holds every update up to last_seq already
         self._start_catch_up(room)
 
     def catch_up_all(self) -> None:
         """Announcements may have been missed (the listener reconnected): reread every room."""
         for room in list(self.rooms.values()):
-            if room.doc is not None:
-                self._start_catch_up(room)
+            self._start_catch_up(room)
 
     def _start_catch_up(self, room: Room) -> None:
-        if not room.catching_up and self._nursery is not None:
+        """Reread the room's block from storage; a room still loading does it once loaded."""
+        room.recheck = True
+        if room.doc is not None and not room.catching_up and self._nursery is not None:
             room.catching_up = True
             self._nursery.start_soon(self._catch_up, room)
 
     async def _catch_up(self, room: Room) -> None:
-        """Read what another process stored and send subscribers what they lack."""
+        """Read what another process stored and send subscribers what they lack. Runs again
+        while announcements keep coming during a read, so none falls between two reads."""
         try:
-            while True:
-                seen = room.last_seq
+            while room.recheck and room.doc is not None and self.rooms.get(room.block_id) is room:
+                room.recheck = False
                 stored = await self.storage.load_block(room.block_id)
-                if stored is None or room.doc is None or stored.last_seq <= seen:
-                    return
+                if stored is None or room.doc is None or stored.last_seq <= room.last_seq:
+                    continue
                 fresh = crdt.BlockDocument.load(stored.snapshot, stored.updates)
                 missing = fresh.diff(room.doc.state_vector())
                 room.doc.apply(missing)
@@ -230,8 +243,6 @@ class LiveHub:
                 room.sync_version, room.exists = stored.sync_version, True
                 room.pending.append((missing, None))
                 self._mark(room)
-                if room.last_seq >= stored.last_seq:
-                    return
         except Exception:
             log.exception("catching up live block %s failed", room.block_id)
         finally:

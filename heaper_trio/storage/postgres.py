@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 
 import asyncpg
@@ -47,6 +48,7 @@ from heaper_trio.storage.base import (
     ChallengeProblem,
     ChangePage,
     CommitResult,
+    CommitStatus,
     Heap,
     LoginOutcome,
     NewRefreshToken,
@@ -312,6 +314,16 @@ async def _usage(c: Conn, user_id: str, now: int) -> dict[str, Any]:
             "document_bytes": int(row["document_bytes"])}
 
 
+ANNOUNCED_KEPT = 10_000
+
+
+def _announce_key(kind: str, heap_id: str, block_id: str, seq: int) -> tuple[str, ...]:
+    """One change, however the commit and DocumentService name its kind."""
+    if kind in ("purged", "heap_deleted"):
+        return (kind, heap_id, block_id)
+    return ("block", block_id, str(seq))
+
+
 # -- the engine ---------------------------------------------------------------------------------
 
 
@@ -324,6 +336,9 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
         self.max_size = max_size
         self._pool: Pool | None = None
         self._loop: Any = None
+        # Live announcements made inside the committing transaction (see announce_commits_as)
+        self.announce_as: str | None = None
+        self._announced: OrderedDict[tuple[str, ...], None] = OrderedDict()
 
     async def _run(self, runner: Runner, work: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``runner(pool, work, *args)`` on the asyncio side: one bridge crossing per call."""
@@ -365,6 +380,28 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
 
     async def announce(self, payloads: list[str]) -> None:
         await self._run(write1, postgres_notify.notify, payloads)
+
+    def announce_commits_as(self, origin: str) -> None:
+        """From now on, block commits, purges and heap deletions announce themselves to the
+        other processes inside their own transaction, as ``origin`` (issue 9, item 11: an
+        announcement sent after COMMIT is lost if the process dies in between, and the other
+        processes' subscribers then miss an acknowledged update)."""
+        self.announce_as = origin
+
+    def _mark_announced(self, keys: list[tuple[str, ...]]) -> None:
+        for key in keys:
+            self._announced[key] = None
+        while len(self._announced) > ANNOUNCED_KEPT:  # never taken (e.g. a cancelled caller)
+            self._announced.popitem(last=False)
+
+    def announced_in_commit(self, kind: str, heap_id: str, block_id: str, seq: int) -> bool:
+        """Whether the commit of this change announced it already (then the bridge must not
+        announce it again); answers True once per change."""
+        key = _announce_key(kind, heap_id, block_id, seq)
+        if key in self._announced:
+            del self._announced[key]
+            return True
+        return False
 
     async def listen(self, on_payload: Callable[[str], None], *,
                      task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -430,7 +467,11 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
 
     # -- heaps and blocks (units of work and locking rules in postgres_documents) -------------
     async def create_heap(self, heap: Heap, root: BlockChange, now: int) -> bool:
-        return await self._run(tx, docs.create_heap, heap, root, now)
+        origin = self.announce_as
+        created = await self._run(tx, docs.create_heap, heap, root, now, origin)
+        if created and origin is not None:
+            self._mark_announced([_announce_key("created", heap.id, root.block_id, 1)])
+        return created
 
     async def get_heap(self, heap_id: str) -> Heap | None:
         return await self._run(read, docs.get_heap, heap_id)
@@ -448,7 +489,14 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
         return await self._run(read, docs.tombstones, block_ids)
 
     async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
-        return await self._run(tx, docs.commit_changes, changes, now)
+        origin = self.announce_as
+        results = await self._run(tx, docs.commit_changes, changes, now, origin)
+        if origin is not None:
+            heaps = {ch.block_id: ch.heap_id for ch in changes}
+            self._mark_announced([_announce_key("block", heaps[r.block_id], r.block_id,
+                                                r.last_seq)
+                                  for r in results if r.status is not CommitStatus.conflict])
+        return results
 
     async def changes_since(self, heap_id: str, since: int, limit: int) -> ChangePage:
         return await self._run(docs.snapshot, docs.changes_since, heap_id, since, limit)
@@ -470,10 +518,18 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
         return await self._run(read, docs.trashed, heap_id)
 
     async def purge_blocks(self, heap_id: str, block_ids: list[str], now: int) -> list[str]:
-        return await self._run(tx, docs.purge_blocks, heap_id, block_ids, now)
+        origin = self.announce_as
+        purged = await self._run(tx, docs.purge_blocks, heap_id, block_ids, now, origin)
+        if origin is not None:
+            self._mark_announced([_announce_key("purged", heap_id, b, 0) for b in purged])
+        return purged
 
     async def delete_heap(self, heap_id: str) -> bool:
-        return await self._run(tx, docs.delete_heap, heap_id)
+        origin = self.announce_as
+        deleted = await self._run(tx, docs.delete_heap, heap_id, origin)
+        if deleted and origin is not None:
+            self._mark_announced([_announce_key("heap_deleted", heap_id, "", 0)])
+        return deleted
 
     async def heap_stats(self, heap_id: str) -> dict[str, Any]:
         return await self._run(docs.snapshot, docs.heap_stats, heap_id)

@@ -45,6 +45,7 @@ from heaper_trio.storage.base import (
     UpdateInfo,
 )
 from heaper_trio.storage.postgres_files import write_block_files
+from heaper_trio.storage.postgres_notify import block_pointer, notify
 from heaper_trio.storage.postgres_runtime import Conn, Pool, T, _connection
 from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, page, record_row
 
@@ -92,7 +93,8 @@ class _RootRefused(Exception):
     """The root change did not create its block: roll the heap back too."""
 
 
-async def create_heap(c: Conn, heap: Heap, root: BlockChange, now: int) -> bool:
+async def create_heap(c: Conn, heap: Heap, root: BlockChange, now: int,
+                      announce_as: str | None = None) -> bool:
     await _lock_blocks(c, [root.block_id])
     taken = await c.fetchval(
         "SELECT EXISTS (SELECT 1 FROM heaps WHERE id=$1) "
@@ -115,6 +117,9 @@ async def create_heap(c: Conn, heap: Heap, root: BlockChange, now: int) -> bool:
                 raise _RootRefused
     except (asyncpg.UniqueViolationError, _RootRefused):  # a concurrent creation won
         return False
+    if announce_as is not None:
+        await notify(c, [block_pointer(announce_as, "created", heap.id, root.block_id,
+                                       result.last_seq, result.sync_version, result.updated_at)])
     return True
 
 
@@ -236,7 +241,10 @@ async def commit_change(c: Conn, ch: BlockChange, now: int) -> CommitResult:
     return CommitResult(ch.block_id, status, updated_at, last_seq, sync_version)
 
 
-async def commit_changes(c: Conn, changes: list[BlockChange], now: int) -> list[CommitResult]:
+async def commit_changes(c: Conn, changes: list[BlockChange], now: int,
+                         announce_as: str | None = None) -> list[CommitResult]:
+    """With ``announce_as`` (this process's live id), every stored change is also announced to
+    the other processes by a NOTIFY in this transaction, delivered at COMMIT (postgres_notify)."""
     # Every lock up front, in the global order of the module docstring; then the changes run
     # in the caller's order (their change times follow it, as with SQLite).
     block_ids = sorted({ch.block_id for ch in changes})
@@ -245,17 +253,34 @@ async def commit_changes(c: Conn, changes: list[BlockChange], now: int) -> list[
         'SELECT 1 FROM heaps WHERE id = ANY($1::text[]) ORDER BY id COLLATE "C" '
         "FOR NO KEY UPDATE", sorted({ch.heap_id for ch in changes}),
     )
-    await c.execute(
-        'SELECT 1 FROM blocks WHERE id = ANY($1::text[]) ORDER BY id COLLATE "C" FOR UPDATE',
+    locked = await c.fetch(
+        'SELECT id, deleted_at IS NOT NULL AS trashed FROM blocks WHERE id = ANY($1::text[]) '
+        'ORDER BY id COLLATE "C" FOR UPDATE',
         block_ids,
     )
-    results = []
+    trashed = {r["id"]: r["trashed"] for r in locked}
+    results, pointers = [], []
     for ch in changes:
         try:
             async with c.transaction():  # a savepoint: a refused change rolls back alone
-                results.append(await commit_change(c, ch, now))
+                result = await commit_change(c, ch, now)
         except (LookupError, asyncpg.UniqueViolationError):  # heap gone, or block made meanwhile
-            results.append(CommitResult(ch.block_id, CommitStatus.conflict))
+            result = CommitResult(ch.block_id, CommitStatus.conflict)
+        results.append(result)
+        if result.status is CommitStatus.conflict:
+            continue
+        was, now_trashed = trashed.get(ch.block_id, False), ch.projection.deleted_at is not None
+        trashed[ch.block_id] = now_trashed
+        if announce_as is not None:
+            # The kinds DocumentService gives the same change (services/documents.py).
+            kind = ("created" if result.status is CommitStatus.created
+                    else "deleted" if now_trashed and not was
+                    else "restored" if was and not now_trashed else "changed")
+            pointers.append(block_pointer(announce_as, kind, ch.heap_id, ch.block_id,
+                                          result.last_seq, result.sync_version,
+                                          result.updated_at))
+    if pointers:
+        await notify(c, pointers)
     return results
 
 
@@ -322,7 +347,8 @@ async def trashed(c: Conn, heap_id: str) -> list[BlockRecord]:
     return [record_row(r) for r in rows]
 
 
-async def purge_blocks(c: Conn, heap_id: str, block_ids: list[str], now: int) -> list[str]:
+async def purge_blocks(c: Conn, heap_id: str, block_ids: list[str], now: int,
+                       announce_as: str | None = None) -> list[str]:
     # The same lock order as commit_changes: block keys, heap row, block rows.
     await _lock_blocks(c, block_ids)
     await c.execute("SELECT 1 FROM heaps WHERE id=$1 FOR NO KEY UPDATE", heap_id)
@@ -340,10 +366,14 @@ async def purge_blocks(c: Conn, heap_id: str, block_ids: list[str], now: int) ->
         await c.execute(
             "INSERT INTO block_tombstones (block_id, heap_id, deleted_at) VALUES ($1, $2, $3)",
             block_id, heap_id, at)
-    return list(dict.fromkeys(purged))
+    gone = list(dict.fromkeys(purged))
+    if announce_as is not None and gone:  # the time HeapService announces, as it does locally
+        await notify(c, [block_pointer(announce_as, "purged", heap_id, b, updated_at=now)
+                         for b in gone])
+    return gone
 
 
-async def delete_heap(c: Conn, heap_id: str) -> bool:
+async def delete_heap(c: Conn, heap_id: str, announce_as: str | None = None) -> bool:
     await c.execute("SELECT 1 FROM heaps WHERE id=$1 FOR UPDATE", heap_id)
     await c.execute("DELETE FROM block_updates WHERE block_id IN "
                     "(SELECT id FROM blocks WHERE heap_id=$1)", heap_id)
@@ -351,7 +381,10 @@ async def delete_heap(c: Conn, heap_id: str) -> bool:
     await c.execute("DELETE FROM block_files WHERE heap_id=$1", heap_id)
     await c.execute("DELETE FROM blocks WHERE heap_id=$1", heap_id)
     await c.execute("DELETE FROM block_tombstones WHERE heap_id=$1", heap_id)
-    return await c.fetchval("DELETE FROM heaps WHERE id=$1 RETURNING 1", heap_id) is not None
+    deleted = await c.fetchval("DELETE FROM heaps WHERE id=$1 RETURNING 1", heap_id) is not None
+    if deleted and announce_as is not None:
+        await notify(c, [block_pointer(announce_as, "heap_deleted", heap_id)])
+    return deleted
 
 
 async def heap_stats(c: Conn, heap_id: str) -> dict[str, Any]:

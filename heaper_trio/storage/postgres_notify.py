@@ -4,11 +4,19 @@ Notifications are small pointers (a block and its log position, or a user event)
 read the stored rows, so the 8,000-byte payload limit never bites and nothing depends on
 NOTIFY carrying data. LISTEN gets a connection of its own, never one from the pool (releasing
 a pooled connection runs ``UNLISTEN *``; stack-pitfalls 9). If that connection is lost, it is
-opened again and ``on_payload("")`` tells the listener to catch up on what it may have missed.
+opened again and ``on_payload("")`` tells the listener to catch up on what it may have missed;
+so does a notification dropped because the receiver fell behind.
+
+Block commits are announced by ``pg_notify`` inside the committing transaction
+(:func:`block_pointer`, used by ``postgres_documents``): PostgreSQL queues the notification with
+the transaction and delivers it only at commit, so a change is announced exactly when it becomes
+visible, even if the process that made it dies right after (issue 9, item 11: announcing after
+the commit left a gap in which a kill -9 hid acknowledged updates from the other processes).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Callable
 
@@ -23,22 +31,39 @@ INBOX = 10_000
 
 
 async def notify(c: asyncpg.Connection, payloads: list[str]) -> None:
+    """Inside a transaction the notifications go out at its COMMIT, and not at all on ROLLBACK."""
     await c.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", CHANNEL, payloads)
+
+
+def block_pointer(origin: str, kind: str, heap_id: str, block_id: str = "", seq: int = 0,
+                  sync_version: int = 1, updated_at: int = 0) -> str:
+    """The announcement of one stored change (the format ``live_bridge`` reads)."""
+    return json.dumps({"o": origin, "k": kind, "h": heap_id, "b": block_id, "s": seq,
+                       "v": sync_version, "t": updated_at}, separators=(",", ":"))
 
 
 async def listen_forever(dsn: str, loop: Any, on_payload: Callable[[str], None],
                          task_status: Any) -> None:
     send, receive = trio.open_memory_channel[str](INBOX)
+    overflowed = False
 
     def received(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        nonlocal overflowed
         try:  # runs in the trio-asyncio loop's task: the non-blocking trio API works here
             send.send_nowait(payload)
         except trio.WouldBlock:
-            log.warning("live notifications arrive faster than they are handled; dropped one")
+            if not overflowed:
+                log.warning("live notifications arrive faster than they are handled; "
+                            "dropping them, then rereading every open document")
+            overflowed = True
 
     async def deliver() -> None:
+        nonlocal overflowed
         async for payload in receive:
             on_payload(payload)
+            if overflowed and receive.statistics().current_buffer_used == 0:
+                overflowed = False
+                on_payload("")  # some were dropped: what they announced is unknown
 
     started = False
     async with trio.open_nursery() as nursery:
