@@ -7,7 +7,7 @@ place rather than relearned at every call site:
   missing); yrs does not always integrate pending structs once the gap is filled; a struct
   after a clock gap is integrated if its origins are known, but the state vector stops there.
 - ``apply_update`` refuses bytes that do not decode, untouched, but can fail halfway through
-  integrating and keep the first part; it ignores trailing bytes, as Yjs does.
+  integrating and keep the first part; it ignores trailing bytes, as Yjs does (check_update).
 - A root read as another type than a client wrote is cast, not refused (a Text reads as {}).
 - Numbers come back as floats; ``str(XmlText)`` shows marks as tags; ``Map.to_py()`` raises on
   nested XML; ints above 2**53 are written as BigInt; a Rust panic is a ``BaseException``.
@@ -27,6 +27,7 @@ import pycrdt
 from pycrdt import Array, Doc, Map, Text, TransactionEvent, XmlElement, XmlFragment, XmlText
 
 from heaper_trio.errors import Unprocessable
+from heaper_trio.live.split import decodes_exactly
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,8 +52,7 @@ def _is_pycrdt_failure(exc: BaseException) -> bool:
 
 def decode_b64(text: str, what: str = "update") -> bytes:
     """Standard base64 with padding. Whitespace, URL-safe letters or missing padding are errors
-    rather than guesses, so that a payload has one meaning. "" decodes to b"".
-    """
+    rather than guesses, so that a payload has one meaning. "" decodes to b""."""
     try:
         return binascii.a2b_base64(text, strict_mode=True)
     except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
@@ -91,12 +91,24 @@ def _parse_state_vector(sv: bytes) -> dict[int, int]:
 
 def check_state_vector(sv: bytes) -> None:
     """Refuse all but a well-formed v1 state vector: yrs would read a prefix and ignore the
-    rest, answering with a diff for some other state. b"\\x00" is empty; b"" is no vector.
-    """
+    rest, answering with a diff for some other state. b"\\x00" is empty; b"" is no vector."""
     try:
         _parse_state_vector(bytes(sv))
     except (ValueError, TypeError) as exc:
         raise InvalidUpdate(f"malformed state_vector: {exc}", code="invalid_state_vector") from exc
+
+
+def check_update(update: bytes) -> None:
+    """For what clients send (not stored logs): yrs applies a prefix and ignores the rest. Fast
+    path: yrs writes it again byte for byte (as Yjs and yrs encode); else the exact walk."""
+    try:
+        if pycrdt.get_update(update, EMPTY_STATE_VECTOR) == update:
+            return
+    except BaseException as exc:
+        if not _is_pycrdt_failure(exc):
+            raise
+    if not decodes_exactly(update):
+        raise InvalidUpdate("not exactly one Yjs v1 update (malformed, or bytes after its end)")
 
 
 @dataclass(frozen=True)
@@ -118,8 +130,7 @@ class Projection:
 
 def _plain(value: Any, depth: int = 0) -> Any:
     """JSON-able Python: integral floats become ints (pycrdt reads all JS numbers as floats);
-    non-finite numbers, binary, sub-documents and XML become None.
-    """
+    non-finite numbers, binary, sub-documents and XML become None."""
     if depth > _MAX_DEPTH:
         return None
     if value is None or isinstance(value, (bool, str, int)):
@@ -271,8 +282,7 @@ class BlockDocument:
         That is structs or deletions integrated, or parts parked as pending for want of
         predecessors: such an update must be stored too, or a restart loses it (the same bytes
         again are a duplicate). One that does not decode or integrate raises InvalidUpdate and
-        leaves the document as it was.
-        """
+        leaves the document as it was."""
         update, changes, suspects = bytes(update), self._changes, list(self._suspects)
         state = self._doc.get_state() if suspects else b""
         try:
@@ -317,8 +327,7 @@ class BlockDocument:
     def diff(self, state_vector: bytes | None) -> bytes:
         """The update a peer at ``state_vector`` lacks (None or empty: everything), with the
         whole delete set as in Yjs. yrs wraps clocks above u32, which only makes diffs bigger;
-        were it to refuse a vector we accept, everything is the safe answer.
-        """
+        were it to refuse a vector we accept, everything is the safe answer."""
         if state_vector is None:
             return self.full_state()
         check_state_vector(state_vector)
@@ -331,8 +340,7 @@ class BlockDocument:
     def snapshot(self) -> bytes:
         """The document re-encoded, smaller and faster to load than its log. Never replace the
         log with it while :meth:`has_pending`: yrs leaves pending structs and deletions out of
-        this encoding, so they would be lost with the log rows carrying them.
-        """
+        this encoding, so they would be lost with the log rows carrying them."""
         return self._doc.get_update()
 
     @property
@@ -375,8 +383,7 @@ class BlockDocument:
     def set_meta(self, field: str, value: Any) -> bytes:
         """Edit ``meta_v0[field]`` as the server (None deletes it); return the update to store
         and broadcast (b"\\x00\\x00" if nothing changed). Integers beyond 2**53 are refused: yrs
-        would write a BigInt, which JavaScript cannot use as a number.
-        """
+        would write a BigInt, which JavaScript cannot use as a number."""
         if isinstance(value, int) and abs(value) > _MAX_SAFE_INTEGER:
             raise ValueError(f"meta_v0.{field}: {value} is not a safe JavaScript integer")
 
@@ -459,14 +466,8 @@ def merge_updates(updates: Sequence[bytes]) -> bytes:
 
 def new_block_document(*, block_type: str, title: str = "") -> bytes:
     """First update of a block the server creates (a heap's root "index" block), laid out as a
-    Heaper client would: ``meta_v0.type`` and a title of one ``<paragraph>``.
-    """
-    doc: Doc = Doc()
-    with doc.transaction(origin="server"):
-        doc.get("meta_v0", type=Map)["type"] = block_type
-        paragraph = XmlElement("paragraph", contents=[XmlText(title)] if title else [])
-        doc.get("title_v0", type=XmlFragment).children.append(paragraph)
-    return doc.get_update()
+    Heaper client would: ``meta_v0.type`` and a title of one ``<paragraph>``."""
+    return new_server_block(block_type=block_type, title=title)[0]
 
 
 def new_server_block(*, block_type: str, title: str, files: dict[str, dict[str, Any]] | None = None,

@@ -426,3 +426,21 @@ def split_update(update: bytes, max_bytes: int) -> list[bytes]:
     else:
         pieces += tail
     return pieces if len(pieces) > 1 else [update]
+
+
+def decodes_exactly(update: bytes) -> bool:
+    """True when ``update`` is one whole Yjs v1 update and nothing else: every struct and the
+    delete set read, and the last byte is the delete set's. yrs and Yjs read such a prefix and
+    ignore what follows, so the server checks this before it stores anything a client sent.
+    What the splitter cannot read is refused too: a client listed twice (Yjs keeps one of the
+    two, so the bytes mean different things to different readers), an unknown content or type
+    ref (no Yjs client can read it), varUints past 53 bits, strings that are not UTF-8.
+    """
+    data = bytes(update)
+    try:
+        count, pos = _uint(data, 0)
+        _, end = _read_structs(data, pos, count)
+        _read_delete_set(data, end)
+    except (_Unsplittable, IndexError, ValueError, RecursionError):
+        return False
+    return True

@@ -210,6 +210,11 @@ class DocumentService:
         them), answered only once durable. The caller checked the heap; it is checked again
         here, as ownership may have changed since the document was opened."""
         item = PushItem(block_id, heap_id, tuple(updates), None, sync_version)
+        try:
+            for update in updates:
+                crdt.check_update(update)
+        except crdt.InvalidUpdate as e:  # the whole batch is refused, as one push item is
+            item.status, item.error = "invalid", e.code
         await self._push_items(user, [item], origin=origin)
         return item
 
@@ -239,6 +244,7 @@ class DocumentService:
         item = PushItem(raw["block_id"], raw["workspace_id"], (), None, raw.get("sync_version"))
         try:
             item.updates = (crdt.decode_b64(raw["update"]),)
+            crdt.check_update(item.updates[0])
             sv = raw.get("state_vector")
             if sv:
                 item.state_vector = crdt.decode_b64(sv, "state_vector")
