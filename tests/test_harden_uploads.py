@@ -25,6 +25,7 @@ import heaper_trio.services.files as files_module
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.services.files import IO_THREADS, MAX_CHUNKS, MIN_CHUNK_BYTES
+from heaper_trio.storage.base import UploadRecord
 
 from .conftest import assert_error
 from .test_sync import new_heap
@@ -196,6 +197,18 @@ async def test_chunking_is_bounded(admin: HeaperClient, server: RunningServer) -
     r = await admin.post(f"/api/upload/complete/{heap['id']}/blk-5/{sha(odd)}")
     assert r.status_code == 200, r.text
 
+    # an upload left from before the limits (chunk_size 1) is started afresh, not walked
+    assert admin.user_id
+    now = int(time.time() * 1000)
+    size = 10 * 1024 * 1024
+    await server.services.storage.save_upload(UploadRecord(
+        "legacy", admin.user_id, heap["id"], "blk-6", h, size, 1, "old.bin",
+        "application/octet-stream", now, now + 3_600_000))
+    r = await init(admin, heap["id"], "blk-6", data, size=size)
+    answer = r.json()
+    assert (answer["status"], answer["chunk_size"], answer["total_chunks"]) == (
+        "ready", CHUNK, 160), r.text
+
 
 async def test_upload_disk_work_keeps_to_its_own_threads(
         admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -314,3 +327,27 @@ async def test_temp_files_of_a_killed_process_go_at_start_up(
         holder.close()
     await server.services.files.expire(0)
     assert not live.exists() and chunk.exists()
+
+
+async def test_a_full_disk_for_a_client_thumbnail_is_507(
+        admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import heaper_trio.services.client_thumbnails as thumbs_module
+
+    heap = await new_heap(admin)
+    data = b"a file with a thumbnail"
+    await admin.post(f"/api/upload/file/{heap['id']}/blk-t", files={"file": ("t.txt", data)})
+    png = b"\x89PNG\r\n\x1a\n" + os.urandom(200)
+    url = f"/api/upload/thumbnail/blk-t/{sha(data)}/small"
+
+    def full(source: Any, out: Any, length: int = 0) -> None:
+        out.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(thumbs_module.shutil, "copyfileobj", full)
+    r = await admin.post(url, files={"thumbnail": ("s.png", png)}, data={"type": "image"})
+    assert_error(r, 507, "insufficient_storage")
+    root = server.services.client_thumbnails.root
+    assert not [p for p in root.glob("**/*") if p.is_file()]
+    monkeypatch.undo()
+    r = await admin.post(url, files={"thumbnail": ("s.png", png)}, data={"type": "image"})
+    assert r.status_code == 200, r.text
