@@ -181,7 +181,7 @@ async def test_half_sent_head_is_closed_after_the_read_timeout(
     started = trio.current_time()
     await conn.send(b"GET /api/health HTTP/1.1\r\nHost: t\r\nX-Slow: ")
     assert await conn.closed_within(4), "a half-sent request head held the socket"
-    assert trio.current_time() - started >= 0.8  # closed by the timeout, not at once
+    assert trio.current_time() - started >= 0.5  # closed by the timeout, not at once
     await conn.aclose()
 
 
