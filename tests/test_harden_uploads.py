@@ -126,7 +126,7 @@ async def test_direct_upload_of_a_known_hash_is_verified(
     data = b"admin's private notes\n" * 50
     h = sha(data)
     r = await admin.post(f"/api/upload/file/{mine['id']}/blk-a",
-                         files={"file": ("n.txt", data)})
+                         files={"file": ("admins-plans.txt", data)})
     file_id = r.json()["file_id"]
     theirs = await new_heap(eve)
     r = await eve.post(f"/api/upload/file/{theirs['id']}/blk-d",
@@ -139,6 +139,12 @@ async def test_direct_upload_of_a_known_hash_is_verified(
     assert r.status_code == 200, r.text
     assert (await eve.get(f"/api/file/{h}/raw/x")).content == data
     assert not temp_files(server)
+    # proving the bytes gives the bytes, not the first uploader's file name
+    r = await eve.post(f"/api/upload/init/{theirs['id']}/blk-m", json={
+        "hash": h, "size": len(data), "chunk_size": CHUNK})
+    assert r.json()["status"] == "exists", r.text
+    entry = (await files_v0(eve, "blk-m"))[f"{h}:{len(data)}"]
+    assert entry["name"] == "" and "admins-plans" not in r.text
 
 
 # -- item 6: bounded work per upload --------------------------------------------------------------

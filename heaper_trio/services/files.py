@@ -243,7 +243,8 @@ class FileService:
         record = await self.storage.add_file(FileRecord(
             hash, uuid.uuid4().hex[:16], size, mime_type, name, None, meta or {},
             int(time.time() * 1000)))
-        entry = {"hash": hash, "name": name or record.name, "mime_type": record.mime_type,
+        # the caller's name only: the stored row keeps the first uploader's, which is theirs
+        entry = {"hash": hash, "name": name, "mime_type": record.mime_type,
                  "file_size": size, "file_id": record.id, **{
                      k: v for k, v in record.meta.items()
                      if k in ("width", "height", "duration") and v is not None}}
