@@ -60,7 +60,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auto_approve", bool, False, "Approve new accounts at their first login. When false, "
             "the first account becomes the admin and later ones wait for approval."),
     Setting("auth_rate_limit", int, 60, "Auth requests per minute per client address; per "
-            "public key the limit is a fifth of this (at least 1).", minimum=1),
+            "public key and address the limit is a fifth of this (at least 1), so nobody "
+            "can spend another key's budget.", minimum=1),
     Setting("trust_forwarded_for", bool, False, "Take the client address from the last "
             "X-Forwarded-For entry, the one your reverse proxy appends (set only behind a "
             "proxy you control)."),
