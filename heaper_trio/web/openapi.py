@@ -16,7 +16,8 @@ STATUS_TEXT = {
     401: "Missing, invalid, expired or revoked token",
     403: "Not yours, or the account may not do this",
     304: "Not Modified: If-None-Match or If-Modified-Since matched (no body)",
-    404: "Unknown id",
+    404: "Unknown id, or no route at this URL (an empty path parameter)",
+    405: "Method not allowed (a route word where an id would go: DELETE /api/heap/add)",
     409: "Conflicting state",
     413: "Too large",
     415: "Unsupported media type",
@@ -108,14 +109,15 @@ def openapi_document(version: str) -> dict[str, Any]:
             for name in re.findall(r"\{(\w+)\}", spec.path)
         ]
         params += [
-            {"name": name, "in": "query", "required": False, "schema": schema}
+            {"name": name, "in": "query", "required": name in spec.required_query,
+             "schema": schema}
             for name, schema in spec.query.items()
         ]
         if params:
             op["parameters"] = params
         if spec.body is not None:
             op["requestBody"] = {
-                "required": bool(spec.body.get("required")),
+                "required": bool(spec.body.get("required") or spec.body.get("anyOf")),
                 "content": {"application/json": {"schema": spec.body}},
             }
         elif spec.content:

@@ -13,8 +13,12 @@ from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
 
 bp = Blueprint("auth", __name__)
 
-PUBLIC_KEY = string(minLength=1, maxLength=64, description="base58 of the raw 32-byte Ed25519 key")
-SIGNATURE = string(minLength=1, maxLength=128, description="base58 of a 64-byte detached signature")
+# The formats are not JSON Schema's; they name what the handlers check (keys.py): canonical
+# base58 of exactly 32 (64) bytes, which no pattern can state. Anything else is a 400.
+PUBLIC_KEY = string(minLength=1, maxLength=64, format="base58-ed25519-public-key",
+                    description="base58 of the raw 32-byte Ed25519 key")
+SIGNATURE = string(minLength=1, maxLength=128, format="base58-ed25519-signature",
+                   description="base58 of a 64-byte detached signature")
 MESSAGE = string(minLength=1, maxLength=512, description="the challenge from create_session")
 SERVER_CHALLENGE = string(minLength=1, maxLength=1024,
                           description="any text; the answer carries the server's signature of it")

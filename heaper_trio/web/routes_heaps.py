@@ -18,6 +18,8 @@ ID = string(pattern=r"^[A-Za-z0-9_-]{1,128}$", description="1-128 chars of [A-Za
 # /api/heap/add, so a heap called "add" could be deleted by a request meant for another route.
 HEAP_ID = {**ID, "not": {"enum": list(RESERVED_IDS)},
            "description": "1-128 chars of [A-Za-z0-9_-], not " + ", ".join(RESERVED_IDS)}
+# Bodies that name a heap take it as heap_id or workspace_id (the same thing); one is required.
+ONE_HEAP = {"anyOf": [{"required": ["heap_id"]}, {"required": ["workspace_id"]}]}
 HEAP = open_obj(id=string(), heap_id=string(), name=string(), root_block_id=string(),
                 created_at={"type": "integer"}, updated_at={"type": "integer"})
 
@@ -59,7 +61,7 @@ async def list_workspaces(user: User, body: dict[str, Any]) -> dict[str, Any]:
     return await _list(user)
 
 
-@route(bp, "DELETE", "/api/heap/{id}", tag="heaps", errors=(403,), params={"id": HEAP_ID},
+@route(bp, "DELETE", "/api/heap/{id}", tag="heaps", errors=(403, 405), params={"id": HEAP_ID},
        summary="Delete a heap: its blocks, their history and relations.",
        response=open_obj(success=boolean(), deleted=boolean()))
 async def delete_heap(user: User, id: str) -> dict[str, Any]:
@@ -81,7 +83,8 @@ async def heap_stats(user: User, id: str) -> dict[str, Any]:
        description="The same feed as GET /api/sync/delta: pass next_marker back as marker "
        "until has_more is false.",
        body=obj({}, {"heap_id": ID, "workspace_id": ID, "marker": integer(minimum=0),
-                     "since": integer(minimum=0), "limit": integer(minimum=1, maximum=1000)}),
+                     "since": integer(minimum=0), "limit": integer(minimum=1, maximum=1000)},
+                **ONE_HEAP),
        response=open_obj(success=boolean(), changed_blocks={"type": "array"},
                          deleted_blocks={"type": "array"}, next_marker=integer(),
                          has_more=boolean()))
@@ -107,7 +110,7 @@ QUERY = obj({}, {**FILTERS,
                  "order": string(enum=["asc", "desc"]),
                  "limit": integer(minimum=1, maximum=500),
                  # a title-sorted cursor holds the last title, which may be long
-                 "cursor": string(maxLength=65536)})
+                 "cursor": string(maxLength=65536)}, **ONE_HEAP)
 
 
 def _heap_of(body: dict[str, Any]) -> str:
@@ -132,7 +135,7 @@ async def heap_contents(user: User, body: dict[str, Any]) -> dict[str, Any]:
 
 @route(bp, "POST", "/api/heap_count", tag="heaps", errors=(403,),
        summary="How many blocks match the same filters as POST /api/heap, by type.",
-       body=obj({}, FILTERS), response=open_obj(success=boolean(), count=integer(),
+       body=obj({}, FILTERS, **ONE_HEAP), response=open_obj(success=boolean(), count=integer(),
                                                 by_type={"type": "object"}))
 async def heap_count(user: User, body: dict[str, Any]) -> dict[str, Any]:
     return await services().query.count(user, _heap_of(body), body)

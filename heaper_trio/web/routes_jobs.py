@@ -9,7 +9,7 @@ from quart import Blueprint
 
 from heaper_trio.errors import BadRequest
 from heaper_trio.storage.base import User
-from heaper_trio.web.routes_heaps import ID
+from heaper_trio.web.routes_heaps import ID, ONE_HEAP
 from heaper_trio.web.routing import route, services
 from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
 
@@ -48,7 +48,7 @@ def _heap(body: dict[str, Any], required: bool) -> str | None:
        "scan), 400 not_a_directory, 409 scan_running (a scan of this folder, or of one inside "
        "or around it, runs in this heap).",
        body=obj({"path": string(minLength=1, maxLength=4096)},
-                {"heap_id": ID, "workspace_id": ID}),
+                {"heap_id": ID, "workspace_id": ID}, **ONE_HEAP),
        response=STARTED)
 async def scan_folder(user: User, body: dict[str, Any]) -> dict[str, Any]:
     heap_id = _heap(body, True)
@@ -98,7 +98,9 @@ async def reindex_files(user: User, body: dict[str, Any]) -> dict[str, Any]:
        "made again on next request. 404 file_not_found, 404 file_content_missing.",
        body=obj({}, {"file_hash": string(pattern="^[0-9a-fA-F]{64}$"),
                      "file_id": string(minLength=1, maxLength=64),
-                     "hash": string(pattern="^[0-9a-fA-F]{64}$")}),
+                     "hash": string(pattern="^[0-9a-fA-F]{64}$")},
+                anyOf=[{"required": ["file_hash"]}, {"required": ["hash"]},
+                       {"required": ["file_id"]}]),
        response=open_obj(success=boolean(), file_hash=string(), file_id=string(),
                          mime_type=string(), blocks_changed=integer()))
 async def regenerate_file(user: User, body: dict[str, Any]) -> dict[str, Any]:

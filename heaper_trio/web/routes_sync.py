@@ -47,8 +47,10 @@ def _answer(blocks: list[dict[str, Any]], bad: str) -> Any:
 @route(bp, "GET", "/api/sync/delta", tag="sync", errors=(403,),
        summary="Blocks changed and removed in a heap since a change time.",
        description="Ask again with the returned server_time until has_more is false; every "
-       "change is seen at least once, even while writes commit concurrently.",
-       query={"workspace_id": ID, "heap_id": ID, "since": SINCE, "limit": LIMIT},
+       "change is seen at least once, even while writes commit concurrently. heap_id is "
+       "taken for workspace_id too.",
+       query={"workspace_id": ID, "since": SINCE, "limit": LIMIT},
+       required_query=("workspace_id",),
        response=open_obj(success=boolean(), changed_blocks={"type": "array"},
                          deleted_blocks={"type": "array"}, server_time=integer(),
                          has_more=boolean(), total_changed=integer(),

@@ -32,7 +32,7 @@ PATH_FILE = {**PATH_IDS, "hash": PATH_HASH}
 CHUNK_INDEX = string(pattern="^[0-9]{1,9}$", description="the chunk number, from 0",
                      **{"x-error": "bad_chunk_index"})
 UPLOAD_FORM = {"type": "object", "required": ["file"], "properties": {
-    "file": string(contentMediaType="application/octet-stream", description="the content"),
+    "file": string(format="binary", description="the content"),
     "hash": HASH, "file_hash": HASH, "name": string(maxLength=1024),
     "mime_type": string(maxLength=255)}}
 
@@ -88,7 +88,8 @@ async def upload_file(user: User, heap_id: str, block_id: str) -> dict[str, Any]
        body=obj({"size": integer(minimum=0),
                  "chunk_size": integer(minimum=MIN_CHUNK_BYTES)},
                 {"hash": HASH, "file_hash": HASH, "name": string(maxLength=1024),
-                 "mime_type": string(maxLength=255)}),
+                 "mime_type": string(maxLength=255)},
+                anyOf=[{"required": ["hash"]}, {"required": ["file_hash"]}]),
        response=open_obj(success=boolean(), status=string(enum=["ready", "exists"]),
                          chunk_size=integer(), total_chunks=integer(),
                          received={"type": "array"}))

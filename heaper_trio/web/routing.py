@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, Awaitable, Callable
 
-from quart import Blueprint, current_app, request
+from quart import Blueprint, Response, current_app, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from heaper_trio.errors import (
     BadRequest,
@@ -31,6 +32,38 @@ from heaper_trio.web.schema import validate
 # Segments that are routes of their own under a parameterised path: never an id, so
 # ``DELETE /api/heap/add`` cannot reach (or name) a heap called "add".
 RESERVED_IDS = ("add", "stats", "changed_blocks")
+# (method, Quart rule) -> {path parameter: words it never takes}
+_ROUTE_WORDS: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {}
+_HOOKED: set[str] = set()
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(path: str) -> list[str]:
+    """The methods some route answers at this concrete path. Werkzeug's own list counts a
+    parameterised rule that matches a route word (DELETE /api/heap/{id} at /api/heap/add),
+    which answers 405 here: neither Allow nor a 405 may offer it."""
+    adapter = current_app.url_map.bind("localhost")
+    found: set[str] = set()
+    for method in METHODS:
+        try:
+            rule, args = adapter.match(path, method=method, return_rule=True)
+        except HTTPException:
+            continue
+        words = _ROUTE_WORDS.get((method, rule.rule), {})
+        if not any(args.get(name) in taken for name, taken in words.items()):
+            found.add(method)
+    if "GET" in found:
+        found.add("HEAD")
+    return sorted(found | {"OPTIONS"}) if found else []
+
+
+async def _true_allow_header(response: Response) -> Response:
+    if "Allow" in response.headers and (request.method == "OPTIONS"
+                                        or response.status_code == 405):
+        methods = allowed_methods(request.path)
+        if methods:
+            response.headers["Allow"] = ", ".join(methods)
+    return response
 
 AUTH_MODES = ("none", "optional", "access", "refresh", "access_or_query")
 
@@ -57,6 +90,7 @@ class RouteSpec:
     binary: tuple[str, ...] = ()
     # a request body that is not JSON: media type -> schema (multipart parts, raw bytes)
     content: dict[str, dict[str, Any]] = field(default_factory=dict)
+    required_query: tuple[str, ...] = ()
 
 
 ROUTES: list[RouteSpec] = []
@@ -95,6 +129,16 @@ def limit_body(limit: int) -> None:
     request.body._max_content_length = limit  # quart's Body checks what it holds against it
 
 
+def _json_number(text: str) -> int | float:
+    """JSON has one number type: ``5.0`` and ``5e3`` are integers to JSON Schema (and to any
+    JavaScript client), so they are handed on as ints; ``5.5`` stays a float (and fails an
+    integer field). Outside 2**53 a float holds no exact integer: it stays a float too."""
+    value = float(text)
+    if value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    return value
+
+
 async def read_json_body(*, allow_empty: bool) -> Any:
     limit_body(services().settings.max_request_bytes)
     raw = await request.get_data(cache=False)
@@ -103,7 +147,7 @@ async def read_json_body(*, allow_empty: bool) -> Any:
             return {}
         raise BadRequest("a JSON body is required", code="invalid_json")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_float=_json_number)
     except (ValueError, RecursionError):
         raise BadRequest("the body is not valid JSON", code="invalid_json") from None
 
@@ -147,6 +191,7 @@ def route(
     params: dict[str, dict[str, Any]] | None = None,
     binary: tuple[str, ...] = (),
     content: dict[str, dict[str, Any]] | None = None,
+    required_query: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
     """Register ``handler(**path_params, [body=...], [user=...], [token=...])``.
 
@@ -155,9 +200,19 @@ def route(
     assert auth in AUTH_MODES, auth
     path_schemas = params or {}
     assert set(path_schemas) <= set(re.findall(r"\{(\w+)\}", path)), (path, path_schemas)
+    route_words = {name: tuple(s["not"]["enum"]) for name, s in path_schemas.items()
+                   if "enum" in s.get("not", {})}
+    if route_words:
+        _ROUTE_WORDS[(method, _quart_rule(path))] = route_words
+        if bp.name not in _HOOKED:
+            _HOOKED.add(bp.name)
+            bp.after_app_request(_true_allow_header)
     implied = {400, 413} if body is not None else set()
     if path_schemas or query:
         implied.add(400)
+    if "{" in path:
+        # an empty path parameter ("DELETE /api/heap/") is another URL, which no route serves
+        implied.add(404)
     if auth in ("access", "refresh", "access_or_query"):
         implied |= {401, 403}
     if rate_limit:
@@ -169,9 +224,9 @@ def route(
         RouteSpec(method, path, summary, tag, auth, body, response,
                   tuple(sorted(set(errors) | implied)), query or {}, description, deprecated,
                   other_bodies=other_bodies or {}, path_params=path_schemas, binary=binary,
-                  content=content or {})
+                  content=content or {}, required_query=required_query)
     )
-    body_optional = body is not None and not body.get("required")
+    body_optional = body is not None and not body.get("required") and "anyOf" not in body
 
     def decorate(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @wraps(handler)
@@ -192,6 +247,11 @@ def route(
                     raise RateLimited("too many auth requests; retry later", retry_after=wait)
             if problem is not None:
                 raise problem
+            for name, words in route_words.items():
+                if params[name] in words:
+                    # a route word is not an id: this rule does not apply, as if unmatched
+                    methods = allowed_methods(request.path)
+                    raise MethodNotAllowed(valid_methods=methods) if methods else NotFound()
             for name, schema in path_schemas.items():
                 try:
                     validate(params[name], schema, f"path.{name}")

@@ -2,7 +2,7 @@
 
 Supported keywords: type, properties, required, additionalProperties (false only), minLength,
 maxLength, pattern (anchored ``^…$``: JSON Schema patterns search, ours must match whole),
-minimum, maximum, enum, not (of an enum), items, maxItems, minItems. That is all the routes
+minimum, maximum, enum, not (of an enum), anyOf, items, maxItems, minItems. That is all the routes
 need; the same dicts go verbatim into ``/api/openapi.json``, so the document cannot drift from
 what is enforced. Every failure is a ``BadRequest`` naming the field.
 """
@@ -85,6 +85,17 @@ def validate(value: Any, schema: dict[str, Any], where: str = "body") -> None:
         for name, sub in props.items():
             if name in value:
                 validate(value[name], sub, f"{where}.{name}")
+    if "anyOf" in schema:
+        # the first alternative's complaint is the one reported ("heap_id is required")
+        problems: list[BadRequest] = []
+        for alternative in schema["anyOf"]:
+            try:
+                validate(value, alternative, where)
+                break
+            except BadRequest as e:
+                problems.append(e)
+        else:
+            raise problems[0]
     if isinstance(value, list):
         if "maxItems" in schema and len(value) > schema["maxItems"]:
             raise _invalid(where, f"must have at most {schema['maxItems']} items")
