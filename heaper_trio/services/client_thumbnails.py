@@ -60,13 +60,15 @@ class ClientThumbnails:
         self.root = data_dir / "thumbnails" / "client"
 
     async def _check(self, user: User, block_id: str, file_hash: str) -> Path:
-        """The caller's own block must hold the file: a thumbnail never attaches to, or
-        reveals anything about, a hash only another user's block holds."""
+        """The caller's own block must hold the file and the caller must have proved its
+        bytes (``file_readable_by``): a thumbnail never attaches to, or reveals anything about,
+        a hash the caller only claims in a pushed ``files_v0``."""
         record = (await self.storage.get_blocks([block_id])).get(block_id)
         heap = await self.storage.get_heap(record.heap_id) if record else None
         if record is None or heap is None or heap.owner_id != user.id:
             raise NotFound("no such block in your heaps", code="block_not_found")
-        if file_hash not in await self.storage.file_hashes_of_heap(heap.id, [block_id]):
+        if file_hash not in await self.storage.file_hashes_of_heap(heap.id, [block_id]) or \
+                not await self.storage.file_readable_by(file_hash, user.id):
             raise NotFound("this block holds no such file", code="file_not_found")
         return self.root / block_id / file_hash
 

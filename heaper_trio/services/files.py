@@ -7,9 +7,12 @@ assembled and hashed into a temporary file, synced and renamed into the store; o
 file recorded in the index and in the block's ``files_v0`` (a server-side CRDT edit, broadcast
 like any other). An upload's chunks and row survive a restart, so it resumes from what it has.
 
-A hash alone proves nothing: only a user a block of whose already holds a hash gets the
-deduplicated answer (``exists``); anyone else sends the bytes, which are verified against the
-copy in the store (kept once). Work per request is bounded: chunks are at least
+A hash alone proves nothing. A user reads a file (and gets the deduplicated ``exists``) only
+when a block of theirs holds it AND they proved its bytes: the server verified them from this
+user (a grant, written by ``_record``) or a scan of the user's folder found them. A block's
+``files_v0`` is whatever its owner pushed, so it is a claim, never a proof; anyone else sends
+the bytes, which are verified against the copy in the store (kept once). The temp-file side of
+uploads is in ``upload_disk``. Work per request is bounded: chunks are at least
 ``MIN_CHUNK_BYTES`` and at most ``MAX_CHUNKS`` per file, and file-system probing runs on its own
 small thread limiter, never on the one the database threads share. A full disk is a 507 and
 leaves nothing half-written; temporary files a killed process left are removed at start-up.
@@ -18,8 +21,6 @@ leaves nothing half-written; temporary files a killed process left are removed a
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import logging
 import mimetypes
@@ -28,7 +29,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Sequence
 
@@ -38,13 +39,20 @@ from heaper_trio import crdt
 from heaper_trio.errors import (
     BadRequest,
     Conflict,
-    InsufficientStorage,
     NotFound,
     PayloadTooLarge,
     Unprocessable,
 )
 from heaper_trio.live import events
 from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.upload_disk import (  # _write: tests make the disk full there
+    _abandoned,
+    _close_and_remove,
+    _commit,
+    _disk_full_is_507,
+    _open_temp,
+    _write,
+)
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import FileRecord, Storage, UploadRecord, User
 
@@ -56,8 +64,6 @@ MIN_CHUNK_BYTES = 64 * 1024  # a file smaller than this is one chunk; the last m
 MAX_CHUNKS = 10_000  # bounds the `received` lists and the chunk files of one upload
 PROBE_THREADS = 4  # stat, scandir, mkdir, unlink of uploads: quick, but never the DB's threads
 IO_THREADS = 4  # writing, hashing, assembling: long, kept off the probes' limiter
-FRESH_EMPTY_S = 10.0  # an empty, unlocked temp file this young may be about to be locked
-DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 CHUNK_NAME = re.compile(r"([0-9]{1,9})\.chunk")
 
 
@@ -97,88 +103,6 @@ def chunk_plan(size: int, chunk_size: int, max_chunk_bytes: int) -> int:
     return total
 
 
-def _write(out: BinaryIO, data: bytes) -> None:
-    """Every upload byte that reaches the disk passes here: the one place a full disk shows
-    (and the one place tests make the disk full)."""
-    out.write(data)
-
-
-@contextlib.contextmanager
-def _disk_full_is_507() -> Iterator[None]:
-    """ENOSPC/EDQUOT is the server's condition, not a bug: the client may retry later, and
-    the upload resumes from the chunks it has."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno in DISK_FULL:
-            log.warning("out of disk space writing an upload: %s", e)
-            raise InsufficientStorage("the server has no space left for this upload; retry "
-                                      "later") from e
-        raise
-
-
-def _open_temp(path: Path) -> BinaryIO:
-    """A new temporary file, locked (``flock``) for as long as its writer lives.
-
-    The sweeper removes only temp files it can lock itself: those of a process that died (the
-    kernel drops a dead process's locks), never a live request's, in this or any other process
-    sharing the data directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "xb")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-    except BaseException:
-        f.close()
-        raise
-    return f
-
-
-def _commit(f: BinaryIO, temp: Path, final: Path) -> None:
-    """Synced, then renamed (still locked, so no sweeper sees it unlocked under its temp
-    name), then the rename synced: the final name only ever holds whole content."""
-    f.flush()
-    os.fsync(f.fileno())
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(temp, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself survives a crash
-    finally:
-        os.close(fd)
-
-
-def _close_and_remove(f: BinaryIO | None, temp: Path) -> None:
-    """After success the temp name is gone already; after a failure nothing half-written
-    stays. Closing can itself fail on a full disk (buffered bytes): the file goes anyway."""
-    try:
-        if f is not None:
-            f.close()
-    except OSError:
-        pass
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def _abandoned(path: Path, now: float) -> bool:
-    """A temp file whose writer is gone: nobody holds its lock. An empty one a moment old is
-    spared (its writer may be between creating and locking it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        st = os.fstat(fd)
-        if st.st_size == 0 and now - st.st_mtime < FRESH_EMPTY_S:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # a live writer, maybe in another process
-        return True
-    finally:
-        os.close(fd)
-
-
 class FileService:
     def __init__(self, storage: Storage, documents: DocumentService, settings: Settings,
                  publish: Callable[[str, dict[str, object]], None],
@@ -209,8 +133,9 @@ class FileService:
         return Path(record.source_path) if record.source_path else self.store_path(record.hash)
 
     async def readable(self, user: User, key: str) -> FileRecord:
-        """The file a ``:key`` (file id or hash) names, if a block of the user's holds it.
-        Unknown and not-yours answer alike: no existence leak."""
+        """The file a ``:key`` (file id or hash) names, if a block of the user's holds it and
+        the user proved its bytes. Unknown, not-yours and only-claimed answer alike: no
+        existence leak."""
         record = await self.storage.get_file(key.lower() if HASH.fullmatch(key.lower()) else key)
         if record is None or not await self.storage.file_readable_by(record.hash, user.id):
             raise NotFound("no such file in your heaps", code="file_not_found")
@@ -238,11 +163,14 @@ class FileService:
     async def _record(self, user: User, heap_id: str, block_id: str, hash: str, size: int,
                       name: str, mime_type: str, meta: dict[str, Any] | None = None
                       ) -> FileRecord:
+        """Every caller has the bytes verified for this user first (direct and complete hash
+        them; init's ``exists`` requires a proof already), so this is where grants come from."""
         if meta is None and await self.storage.get_file(hash) is None:
             mime_type, meta = await self._probe(hash, name, mime_type)
         record = await self.storage.add_file(FileRecord(
             hash, uuid.uuid4().hex[:16], size, mime_type, name, None, meta or {},
             int(time.time() * 1000)))
+        await self.storage.grant_file(hash, user.id)
         # the caller's name only: the stored row keeps the first uploader's, which is theirs
         entry = {"hash": hash, "name": name, "mime_type": record.mime_type,
                  "file_size": size, "file_id": record.id, **{
@@ -446,7 +374,8 @@ class FileService:
                     "bytes_received": sum(self._chunk_size(upload, i) for i in received)}
         record = await self.storage.get_file(hash)
         if record is None or hash not in await self.storage.file_hashes_of_heap(
-                heap_id, [block_id]):
+                heap_id, [block_id]) or not await self.storage.file_readable_by(hash, user.id):
+            # only claimed (files_v0 names it, no proof): no file id or size for a bare hash
             return {"success": True, "status": "missing", "block_id": block_id,
                     "file_hash": hash}
         return self._answer(record, block_id, "complete")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Awaitable, Callable, TypeVar
 
 import asyncpg
@@ -56,9 +57,21 @@ async def _update_file(c: Conn, hash: str, meta: dict[str, Any] | None, mime_typ
 
 
 async def _readable_by(c: Conn, hash: str, user_id: str) -> bool:
+    """A block of the user's holds the hash (a claim: files_v0 is what the user pushed) AND the
+    user proved the bytes: sent them (a grant) or a scan of theirs hashed them (an entry, even
+    one marked missing since: the scan did read those bytes)."""
     return await c.fetchval(
         "SELECT EXISTS (SELECT 1 FROM block_files f JOIN heaps h ON h.id = f.heap_id "
-        "WHERE f.hash=$1 AND h.owner_id=$2)", hash, user_id) is True
+        "WHERE f.hash=$1 AND h.owner_id=$2) AND ("
+        "EXISTS (SELECT 1 FROM file_grants g WHERE g.user_id=$2 AND g.hash=$1) OR "
+        "EXISTS (SELECT 1 FROM scan_entries e JOIN heaps eh ON eh.id = e.heap_id "
+        "WHERE e.hash=$1 AND eh.owner_id=$2 AND e.kind='file'))",
+        hash, user_id) is True
+
+
+async def _grant(c: Conn, hash: str, user_id: str, now: int) -> None:
+    await c.execute("INSERT INTO file_grants (user_id, hash, created_at) VALUES ($1, $2, $3) "
+                    "ON CONFLICT DO NOTHING", user_id, hash, now)
 
 
 async def _hashes_of_heap(c: Conn, heap_id: str, block_ids: list[str] | None) -> list[str]:
@@ -80,7 +93,11 @@ async def _drop_unreferenced(c: Conn, hashes: list[str]) -> list[FileRecord]:
         f"DELETE FROM files WHERE hash = ANY($1::text[]) AND NOT EXISTS "
         f"(SELECT 1 FROM block_files b WHERE b.hash = files.hash) RETURNING {FILE_COLUMNS}",
         hashes)
-    return [f for f in map(file_row, rows) if f is not None]
+    dropped = [f for f in map(file_row, rows) if f is not None]
+    if dropped:  # new bytes, new proofs
+        await c.execute("DELETE FROM file_grants WHERE hash = ANY($1::text[])",
+                        [f.hash for f in dropped])
+    return dropped
 
 
 async def _get_upload(c: Conn, heap_id: str, block_id: str, hash: str) -> UploadRecord | None:
@@ -127,6 +144,9 @@ class PostgresFiles:
 
     async def file_readable_by(self, hash: str, user_id: str) -> bool:
         return await self._run(read, _readable_by, hash, user_id)  # type: ignore[no-any-return]
+
+    async def grant_file(self, hash: str, user_id: str) -> None:
+        await self._run(write1, _grant, hash, user_id, int(time.time() * 1000))
 
     async def file_hashes_of_heap(self, heap_id: str, block_ids: list[str] | None = None
                                   ) -> list[str]:

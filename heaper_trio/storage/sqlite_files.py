@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from typing import Any
 
 from heaper_trio.storage.base import FileRecord, UploadRecord
@@ -45,10 +46,24 @@ def _update_file(c: sqlite3.Connection, hash: str, meta: dict[str, Any] | None,
         c.execute("UPDATE files SET source_path=? WHERE hash=?", (source_path, hash))
 
 
+# A block of the user's holds the hash (a claim: files_v0 is what the user pushed) AND the user
+# proved the bytes: sent them (a grant) or a scan of theirs hashed them (an entry, even one
+# marked missing since: the scan read those bytes, so a gone file answers `file_missing`).
+READABLE = (
+    "SELECT 1 FROM block_files f JOIN heaps h ON h.id = f.heap_id "
+    "WHERE f.hash=:hash AND h.owner_id=:user AND ("
+    "EXISTS (SELECT 1 FROM file_grants g WHERE g.user_id=:user AND g.hash=:hash) OR "
+    "EXISTS (SELECT 1 FROM scan_entries e JOIN heaps eh ON eh.id = e.heap_id "
+    "WHERE e.hash=:hash AND eh.owner_id=:user AND e.kind='file')) LIMIT 1")
+
+
 def _readable_by(c: sqlite3.Connection, hash: str, user_id: str) -> bool:
-    return c.execute(
-        "SELECT 1 FROM block_files f JOIN heaps h ON h.id = f.heap_id "
-        "WHERE f.hash=? AND h.owner_id=? LIMIT 1", (hash, user_id)).fetchone() is not None
+    return c.execute(READABLE, {"hash": hash, "user": user_id}).fetchone() is not None
+
+
+def _grant(c: sqlite3.Connection, hash: str, user_id: str, now: int) -> None:
+    c.execute("INSERT OR IGNORE INTO file_grants (user_id, hash, created_at) VALUES (?, ?, ?)",
+              (user_id, hash, now))
 
 
 def _hashes_of_heap(c: sqlite3.Connection, heap_id: str, block_ids: list[str] | None
@@ -73,6 +88,7 @@ def _drop_unreferenced(c: sqlite3.Connection, hashes: list[str]) -> list[FileRec
         record = _get_file(c, h)
         if record is not None:
             c.execute("DELETE FROM files WHERE hash=?", (h,))
+            c.execute("DELETE FROM file_grants WHERE hash=?", (h,))  # new bytes, new proofs
             dropped.append(record)
     return dropped
 
@@ -116,6 +132,9 @@ class SqliteFiles:
 
     async def file_readable_by(self, hash: str, user_id: str) -> bool:
         return await self.rt.read_point(_readable_by, hash, user_id)
+
+    async def grant_file(self, hash: str, user_id: str) -> None:
+        await self.rt.write(_grant, hash, user_id, int(time.time() * 1000))
 
     async def file_hashes_of_heap(self, heap_id: str, block_ids: list[str] | None = None
                                   ) -> list[str]:

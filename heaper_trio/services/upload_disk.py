@@ -1,0 +1,107 @@
+"""The disk side of uploads: temporary files that are locked while written, committed by a
+synced rename, removed on failure, and swept once their writer is gone.
+
+Nothing half-written ever carries a final name: a writer holds an ``flock`` on its temporary
+file for as long as it lives, so a sweeper (in this or another process sharing the data
+directory) removes only the temp files of writers that died. A full disk (ENOSPC/EDQUOT) is
+the server's condition, a 507, not a bug.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from heaper_trio.errors import InsufficientStorage
+
+log = logging.getLogger(__name__)
+FRESH_EMPTY_S = 10.0  # an empty, unlocked temp file this young may be about to be locked
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _write(out: BinaryIO, data: bytes) -> None:
+    """Every upload byte that reaches the disk passes here: the one place a full disk shows
+    (and the one place tests make the disk full)."""
+    out.write(data)
+
+
+@contextlib.contextmanager
+def _disk_full_is_507() -> Iterator[None]:
+    """ENOSPC/EDQUOT is the server's condition, not a bug: the client may retry later, and
+    the upload resumes from the chunks it has."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            log.warning("out of disk space writing an upload: %s", e)
+            raise InsufficientStorage("the server has no space left for this upload; retry "
+                                      "later") from e
+        raise
+
+
+def _open_temp(path: Path) -> BinaryIO:
+    """A new temporary file, locked (``flock``) for as long as its writer lives.
+
+    The sweeper removes only temp files it can lock itself: those of a process that died (the
+    kernel drops a dead process's locks), never a live request's, in this or any other process
+    sharing the data directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "xb")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _commit(f: BinaryIO, temp: Path, final: Path) -> None:
+    """Synced, then renamed (still locked, so no sweeper sees it unlocked under its temp
+    name), then the rename synced: the final name only ever holds whole content."""
+    f.flush()
+    os.fsync(f.fileno())
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(temp, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself survives a crash
+    finally:
+        os.close(fd)
+
+
+def _close_and_remove(f: BinaryIO | None, temp: Path) -> None:
+    """After success the temp name is gone already; after a failure nothing half-written
+    stays. Closing can itself fail on a full disk (buffered bytes): the file goes anyway."""
+    try:
+        if f is not None:
+            f.close()
+    except OSError:
+        pass
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _abandoned(path: Path, now: float) -> bool:
+    """A temp file whose writer is gone: nobody holds its lock. An empty one a moment old is
+    spared (its writer may be between creating and locking it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if st.st_size == 0 and now - st.st_mtime < FRESH_EMPTY_S:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live writer, maybe in another process
+        return True
+    finally:
+        os.close(fd)
