@@ -187,8 +187,10 @@ class LiveHub:
             if c.sync_version != room.sync_version and room.doc is not None:
                 room.sync_version = c.sync_version
             if room.doc is None:
+                # Applied once loaded. Not counted in last_seq: a commit of another process
+                # may lie between the rows being read and this one, so reread once loaded.
                 room.early.extend(c.updates)
-                room.last_seq = max(room.last_seq, c.seq)
+                room.recheck = True
                 continue
             if c.seq == room.last_seq + len(c.updates):
                 room.last_seq = c.seq
