@@ -125,6 +125,8 @@ async def test_path_parameters_are_checked_as_documented(admin: HeaperClient) ->
         ("GET", f"/api/upload/status/{heap}/blk/{h[:-1]}", 400, "bad_hash"),
         ("GET", f"/api/upload/status/{heap}/bl%C3%A9/{h}", 400, "invalid_field"),
         ("GET", f"/api/file/{h}/thumbnail/huge/x", 400, "bad_thumbnail_size"),
+        # found by scripts/fuzz.sh: "0" matched the documented pattern, then was refused
+        ("GET", f"/api/file/{h}/thumbnail/0/x", 400, "bad_thumbnail_size"),
         ("GET", f"/api/file/{h}/video_thumbnail/small/10s", 400, "bad_thumbnail_position"),
         ("GET", "/api/file/not-a-key/raw/x", 400, "invalid_value"),
         ("GET", f"/api/download/thumbnail/blk/{h}/image/sm%20all", 400, "invalid_field"),
