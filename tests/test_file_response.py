@@ -68,9 +68,17 @@ def make_app(root: Path) -> QuartTrio:
 
     @app.route("/vanish/<name>")
     async def vanish(name: str) -> Any:
-        response = await serve_file(name)  # stat done, headers decided ...
-        (root / name).unlink()  # ... and the file goes before the body is read
+        response = await serve_file(name)  # opened, headers decided ...
+        os.truncate(root / name, 10)  # ... and the file is cut short before the body is read
         return response
+
+    @app.route("/fd/<name>")
+    async def from_descriptor(name: str) -> Any:
+        fd = os.open(root / name, os.O_RDONLY)
+        (root / name).unlink()  # what is served is the open file, not what the path holds
+        return await file_response(fd, mime_type=request.args.get("type", "text/plain"),
+                                   etag=ETAG, last_modified=MTIME, filename=None,
+                                   disposition="inline")
 
     return app
 
@@ -242,7 +250,37 @@ async def test_headers_of_a_plain_get(served: Served) -> None:
     assert r.headers["last-modified"] == MTIME_HTTP
     assert r.headers["cache-control"] == "private, max-age=3600"
     assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["content-security-policy"] == "sandbox"
     assert r.headers["content-disposition"] == "attachment"
+
+
+@pytest.mark.parametrize("headers,status", [
+    ({}, 200), ({"Range": "bytes=2-5"}, 206), ({"If-None-Match": f'"{ETAG}"'}, 304),
+    ({"Range": "bytes=5000-"}, 416)])
+async def test_every_answer_is_sandboxed_and_not_sniffed(served: Served, headers: dict[str, str],
+                                                        status: int) -> None:
+    for method in ("GET", "HEAD"):
+        r = await served.http.request(method, "/file/f.bin", headers=headers)
+        assert r.status_code == status
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["content-security-policy"] == "sandbox"
+
+
+async def test_an_open_descriptor_is_served_and_closed(served: Served) -> None:
+    """The caller hands over a descriptor: its file is served (not what the path holds by
+    then), and closed after the body, after a 304/416, and after HEAD."""
+    path = served.root / "held.bin"
+    for method, headers, status, body in (
+            ("GET", {}, 200, DATA), ("GET", {"Range": "bytes=10-19"}, 206, DATA[10:20]),
+            ("GET", {"If-None-Match": f'"{ETAG}"'}, 304, b""), ("HEAD", {}, 200, b""),
+            ("GET", {"Range": "bytes=5000-"}, 416, None)):
+        served.put("held.bin", DATA)
+        r = await served.http.request(method, "/fd/held.bin", headers=headers)
+        assert r.status_code == status
+        if body is not None:
+            assert r.content == body
+        assert not path.exists()
+        await wait_closed(path)  # the unlinked file's descriptor is gone too
 
 
 async def test_immutable_thumbnails(served: Served) -> None:
@@ -336,7 +374,7 @@ async def test_missing_file_is_404(served: Served, name: str) -> None:
     assert_error(await served.http.get(f"/file/{name}"), 404, "file_missing")
 
 
-async def test_file_gone_after_headers_gives_short_body(
+async def test_file_cut_short_after_headers_gives_short_body(
     served: Served, caplog: pytest.LogCaptureFixture
 ) -> None:
     with pytest.raises(httpx.RemoteProtocolError):

@@ -1,7 +1,10 @@
 """Thumbnails, previews and probes for stored files, cached by content hash.
 
 The file routes hand us a source path and its content hash; we answer with a path to a cached
-WebP (or a ``MediaInfo``). How the work is done lives in two siblings: ``media_images`` (Pillow,
+WebP (or a ``MediaInfo``). A scanned file's source is ``/proc/self/fd/<n>``, the descriptor the
+route opened and checked to be the file that was hashed (``scans_source``): Pillow opens that
+very file, and ffmpeg and ffprobe inherit the descriptor (``media_video.run_tool``), so what is
+decoded is what was verified. The source must stay open until the call returns. How the work is done lives in two siblings: ``media_images`` (Pillow,
 in worker threads) and ``media_video`` (ffmpeg/ffprobe subprocesses); ``media_sniff`` decides
 which, from the content's first bytes.
 

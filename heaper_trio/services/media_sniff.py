@@ -49,6 +49,30 @@ _PREFIXES: tuple[tuple[bytes, str], ...] = (
 )
 
 
+# Types a browser runs (or renders with scripts) as a document of our origin; beyond these,
+# every *+xml, XML, XSL(T), *html* and *script* type (javascript, ecmascript, jscript, ...).
+_ACTIVE = frozenset({
+    "text/html", "application/xhtml+xml", "image/svg+xml", "text/xml", "application/xml",
+    "text/xsl", "application/xslt+xml", "application/xsl+xml", "text/javascript",
+    "application/javascript", "application/ecmascript", "text/ecmascript",
+    "application/x-javascript", "text/x-javascript", "application/x-ecmascript",
+    "text/x-ecmascript", "text/jscript", "text/livescript", "application/x-shockwave-flash",
+    "application/futuresplash", "text/x-component", "application/hta", "message/rfc822",
+    "multipart/related", "application/x-mimearchive", "multipart/x-mixed-replace",
+})
+
+
+def runs_in_browser(mime: str) -> bool:
+    """Whether a browser opening a file of this type could run something in it: such files
+    are only ever sent as attachments (and every file answer is sandboxed besides)."""
+    base = mime.split(";", 1)[0].strip().lower()
+    if base in _ACTIVE:
+        return True
+    _, _, sub = base.partition("/")
+    return (sub.endswith("+xml") or sub in ("xml", "xsl", "xslt", "x-xslt")
+            or "html" in sub or "script" in sub)
+
+
 def sniff_bytes(head: bytes) -> str | None:
     """The MIME type the signature in ``head`` declares, or None when it is not one we know."""
     for prefix, mime in _PREFIXES:

@@ -3,7 +3,10 @@
 Each tool runs through ``trio.run_process`` under a deadline; a cancelled or timed-out run is
 killed (SIGKILL, not the default SIGTERM-then-wait-5-s) and reaped before the call returns, so
 no child outlives its request. Paths are passed as ``file:`` URLs so that a name can never be
-read as an option or as another ffmpeg protocol (``concat:``, ``http:``...).
+read as an option or as another ffmpeg protocol (``concat:``, ``http:``...). A source named
+``/proc/self/fd/<n>`` is a file the server holds open (a scanned file checked to be the one
+hashed, ``scans_source``): the child inherits that descriptor, so the name means the very same
+open file in it and nothing can swap the path in between.
 
 Seeking (shared/notes/files-findings.md 5a, and measured again here on a 1080p H.264 file with
 a keyframe every 2 s): ``-ss`` before ``-i`` (input seek) ~300 ms; with ``-skip_frame nointra``
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +35,7 @@ PREVIEW_FPS = 10
 STDERR_TAIL = 400
 
 _COMMON = ("-nostdin", "-hide_banner", "-loglevel", "error", "-y")
+_OPEN_FILE = re.compile(r"/proc/self/fd/([0-9]{1,9})")
 
 
 @dataclass(frozen=True)
@@ -47,15 +52,21 @@ async def _kill(process: trio.Process) -> None:
     process.kill()
 
 
+def inherited(*paths: Path) -> tuple[int, ...]:
+    """The descriptors a child must inherit for these paths to name the same files in it."""
+    return tuple(int(m[1]) for p in paths if (m := _OPEN_FILE.fullmatch(str(p))))
+
+
 async def run_tool(argv: list[str], *, timeout: float, what: str,
                    hide: tuple[Path, ...] = ()) -> tuple[int, bytes, str]:
     """Run one tool to completion: (return code, stdout, the tail of stderr). The paths in
-    ``hide`` are blanked out of stderr, which ends up in a message to the client."""
+    ``hide`` are blanked out of stderr, which ends up in a message to the client; those that
+    are open files of ours (``/proc/self/fd/<n>``) are inherited by the child."""
     try:
         with trio.fail_after(timeout):
             done = await trio.run_process(
                 argv, stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True,
-                check=False, deliver_cancel=_kill)
+                check=False, deliver_cancel=_kill, pass_fds=inherited(*hide))
     except trio.TooSlowError:
         raise CorruptMedia(f"{what} took longer than {timeout:g} s; the file may be damaged")
     except (FileNotFoundError, PermissionError) as exc:

@@ -13,6 +13,11 @@ Jobs live in this process: with several processes on one PostgreSQL database, a 
 listed and aborted through the process that started it (its events reach every process).
 The work itself is in ``scans_folder`` (walk, hash, commit, missing pass) and
 ``scans_reindex``; the rules on paths in ``scans_walk``.
+
+The file routes read files through :meth:`ScanService.open_file`: a scanned file is opened
+without following links and served only if it is still the file its scan hashed
+(``scans_source``); otherwise the answer is ``409 file_changed`` and the file is rescanned in
+the background (``scans_rescan``).
 """
 
 from __future__ import annotations
@@ -31,9 +36,16 @@ from heaper_trio.services.files import FileService
 from heaper_trio.services.scans_folder import FolderScan
 from heaper_trio.services.scans_job import ScanJob, ScanSnapshot
 from heaper_trio.services.scans_reindex import FileReprobe
+from heaper_trio.services.scans_rescan import FileRescans
+from heaper_trio.services.scans_source import (
+    NotTheScannedFile,
+    OpenFile,
+    open_regular,
+    open_scanned,
+)
 from heaper_trio.services.scans_walk import allowed_bases, resolve_scan_path
 from heaper_trio.settings import Settings
-from heaper_trio.storage.base import Storage, User
+from heaper_trio.storage.base import FileRecord, Storage, User
 
 if TYPE_CHECKING:
     from heaper_trio.services.media import MediaService
@@ -60,10 +72,41 @@ class ScanService:
         self.media = media
         self.jobs: dict[str, ScanJob] = {}
         self._nursery: trio.Nursery | None = None
+        self.rescans = FileRescans(storage, documents, media, settings,
+                                   files.forget_unreferenced, lambda: list(self.jobs.values()))
 
     @property
     def reprobe(self) -> FileReprobe:
-        return FileReprobe(self.storage, self.documents, self.files, self.media)
+        return FileReprobe(self.storage, self.documents, self.files, self.media,
+                           self.open_file)
+
+    # -- reading a file's bytes -------------------------------------------------------------
+    async def open_file(self, record: FileRecord) -> OpenFile:
+        """The file's bytes, open: from the store, or a scanned file that is still exactly what
+        its scan hashed. NotFound ``file_missing`` if they are gone; Conflict ``file_changed``
+        if something else is at the path now (a rescan of it is queued)."""
+        if record.source_path is None:
+            try:
+                return await trio.to_thread.run_sync(open_regular,
+                                                     self.files.store_path(record.hash))
+            except (FileNotFoundError, NotADirectoryError):
+                raise _missing() from None
+        path = record.source_path
+        entries = [e for e in await self.storage.scan_entries_at(path)
+                   if e.hash == record.hash and not e.missing]
+        if not entries:  # the index says these bytes are no longer at that path
+            raise _missing()
+        try:
+            return await trio.to_thread.run_sync(
+                open_scanned, path, [e.identity for e in entries if e.identity is not None])
+        except FileNotFoundError:
+            raise _missing() from None
+        except NotTheScannedFile as e:
+            log.info("%s is not the file hashed as %s (%s); rescanning it", path,
+                     record.hash[:16], e)
+            self.rescans.queue(self._nursery, path)
+            raise Conflict("the file changed on disk since it was scanned; it is being scanned "
+                           "again", code="file_changed") from None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -167,6 +210,11 @@ class ScanService:
         while True:
             self.publish(job.user_id, job.progress_event())
             await trio.sleep(PROGRESS_EVERY_S)
+
+
+def _missing() -> NotFound:
+    return NotFound("the file's bytes are gone (a scanned file moved or was deleted?)",
+                    code="file_missing")
 
 
 def _reason(exc: BaseException) -> str:

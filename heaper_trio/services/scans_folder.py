@@ -2,7 +2,8 @@
 
 1. A walker (``scans_walk``, in a thread, a few hundred entries per hop) lists the tree; each
    batch is looked up in the scan index at once. A folder gets a folder block (once); a file
-   whose size and mtime are unchanged is only marked seen; any other file goes to
+   whose identity is unchanged (device, inode, size, mtime, ctime: ``FileIdentity``) is only
+   marked seen; any other file (entries from before that identity was kept too) goes to
 2. a pool of ``scan_jobs`` hashers (threads; small files many per hop) that also probe its
    type and dimensions, and on to
 3. one committer, which writes batches of up to ``BATCH_FILES`` files (or what arrived within
@@ -147,7 +148,7 @@ class FolderScan:
                     self.job.current_path = item.path
                     folder_id = self.folders[item.folder]
                     if (entry is not None and entry.kind == "file"
-                            and (entry.size, entry.mtime_ns) == (item.size, item.mtime_ns)
+                            and entry.identity is not None and entry.identity == item.identity
                             and entry.folder_id == folder_id):
                         if entry.missing:
                             await out_send.send(Back(entry))
@@ -199,7 +200,8 @@ class FolderScan:
                         self.job.errors += 1
                         continue
                     self.job.bytes_hashed += hashed.size
-                    facts = await probe_facts(self.media, t.seen.path, t.seen.name, hashed.head)
+                    facts = await probe_facts(self.media, t.seen.path, t.seen.name, hashed.head,
+                                              hashed.identity)
                     reads.append(Read(t, hashed, facts))
                 await out_send.send(Reads(tuple(reads)))
 

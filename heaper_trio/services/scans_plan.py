@@ -136,9 +136,12 @@ class BatchPlanner:
 
     def _entry(self, path: str, kind: str, block_id: str, folder_id: str | None,
                hashed: Hashed | None = None) -> ScanEntry:
+        identity = hashed.identity if hashed else None
         return ScanEntry(self.job.heap_id, path, kind, block_id, folder_id,
                          hashed.size if hashed else 0, hashed.mtime_ns if hashed else 0,
-                         hashed.hash if hashed else "", False, self.job.scan_id, now_ms())
+                         hashed.hash if hashed else "", False, self.job.scan_id, now_ms(),
+                         identity.dev if identity else None, identity.ino if identity else None,
+                         identity.ctime_ns if identity else None)
 
     def _new_folder(self, item: NewFolder) -> NewBlock:
         return NewBlock.build(

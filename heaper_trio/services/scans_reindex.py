@@ -3,24 +3,29 @@
 
 A file is probed again (MIME type, width, height, duration); its row and the ``files_v0``
 entries of the caller's blocks holding it are updated where they differ (entries that already
-say the same are not written), and cached thumbnails are dropped so they are made again.
+say the same are not written), and cached thumbnails are dropped so they are made again. The
+file is read as the file routes read it (``ScanService.open_file``): a scanned file only if it
+is still the one hashed (otherwise ``409 file_changed``, and it is rescanned).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from heaper_trio import crdt
-from heaper_trio.errors import NotFound
+from heaper_trio.errors import Conflict, NotFound
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.files import FileService
 from heaper_trio.services.scans_commit import file_key
 from heaper_trio.services.scans_job import ScanJob
 from heaper_trio.services.scans_probe import HEAD_BYTES, FileFacts, probe_facts
+from heaper_trio.services.scans_source import OpenFile
 from heaper_trio.storage.base import FileRecord, Storage, User
 
 if TYPE_CHECKING:
@@ -29,35 +34,31 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _read_head(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read(HEAD_BYTES)
-    except OSError:
-        return None
-
-
 def _patch(key: str, fields: dict[str, Any], doc: crdt.BlockDocument) -> bytes:
     return doc.patch_file_entry(key, fields, create=False)
 
 
 class FileReprobe:
     def __init__(self, storage: Storage, documents: DocumentService, files: FileService,
-                 media: MediaService | None) -> None:
+                 media: MediaService | None,
+                 open_file: Callable[[FileRecord], Awaitable[OpenFile]]) -> None:
         self.storage = storage
         self.documents = documents
         self.files = files
         self.media = media
+        self.open_file = open_file  # ScanService.open_file
 
     async def file(self, user: User, record: FileRecord) -> tuple[FileFacts, int]:
         """Probe one file again and bring its row and the user's entries up to date; returns
         what it is and how many blocks changed. NotFound if its bytes are gone."""
-        path = str(self.files.path_of(record))
-        head = await trio.to_thread.run_sync(_read_head, path)
-        if head is None:
+        try:
+            opened = await self.open_file(record)
+        except NotFound:
             raise NotFound("the file's content is not on the server any more",
-                           code="file_content_missing")
-        facts = await probe_facts(self.media, path, record.name, head)
+                           code="file_content_missing") from None
+        with opened:
+            head = await trio.to_thread.run_sync(os.pread, opened.fd, HEAD_BYTES, 0)
+            facts = await probe_facts(self.media, opened.path, record.name, head)
         meta = {**{k: v for k, v in record.meta.items()
                    if k not in ("width", "height", "duration")},
                 **{k: v for k, v in facts.fields().items() if k != "mime_type" and v is not None}}
@@ -112,6 +113,9 @@ class FileReprobe:
             _, changed = await self.file(user, record)
         except NotFound:
             job.files_missing += 1
+            return
+        except Conflict:  # a scanned file that changed: its rescan is queued
+            job.errors += 1
             return
         except Exception:
             log.exception("reindex %s: %s failed", job.scan_id, file_hash)

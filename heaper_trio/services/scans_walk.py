@@ -9,7 +9,10 @@ time (so a cancel waits at most one step). Safety rules (shared/notes/files-find
   A path with a ``..`` component is refused outright, before anything is resolved.
 - Symbolic links are never followed. A link to a file or folder inside the tree points at
   something the walk reaches under its own path anyway; one pointing outside must not be
-  reached at all; a link to a parent folder would loop. So links are skipped and counted.
+  reached at all; a link to a parent folder would loop. So links are skipped and counted, and
+  every folder is opened without following a link anywhere on its path
+  (``scans_source.open_dir_nofollow``) and listed from that descriptor: a folder swapped for a
+  link after its parent was listed is refused, not entered.
 - Only regular files are indexed (no FIFOs, sockets or devices); names that are not UTF-8 are
   skipped (neither engine can store them as text); the server's own data directory is
   never entered, even when it lies under a scan root.
@@ -28,6 +31,8 @@ from dataclasses import dataclass, field
 import pathspec
 
 from heaper_trio.errors import BadRequest, Forbidden
+from heaper_trio.services.scans_source import OPEN_FILE, open_dir_nofollow
+from heaper_trio.storage.scan_records import FileIdentity
 
 IGNORE_FILE = ".heaperignore"
 # Always left out (a .heaperignore may re-include them with "!pattern").
@@ -94,6 +99,7 @@ class FileSeen:
     name: str
     size: int
     mtime_ns: int
+    identity: FileIdentity | None = None  # as listed (lstat); what is hashed is checked again
 
 
 Seen = FolderSeen | FileSeen
@@ -106,17 +112,18 @@ class _Folder:
     rules: list[tuple[str, pathspec.GitIgnoreSpec]]  # (base folder, spec), shallow first
 
 
-def _read_rules(folder: str) -> pathspec.GitIgnoreSpec | None:
+def _read_rules(dir_fd: int) -> pathspec.GitIgnoreSpec | None:
     try:
-        with open(os.path.join(folder, IGNORE_FILE), encoding="utf-8", errors="replace",
-                  opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW | os.O_NONBLOCK)) as f:
+        fd = os.open(IGNORE_FILE, OPEN_FILE, dir_fd=dir_fd)
+    except OSError:
+        return None  # none (or a link, or unreadable): index everything rather than guess
+    try:
+        with open(fd, encoding="utf-8", errors="replace") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 return None
             return pathspec.GitIgnoreSpec.from_lines(f.read(1024 * 1024).splitlines())
-    except (FileNotFoundError, NotADirectoryError):
-        return None
     except (OSError, ValueError):
-        return None  # unreadable rules: index everything rather than guess
+        return None
 
 
 def ignored(rules: list[tuple[str, pathspec.GitIgnoreSpec]], path: str, is_dir: bool) -> bool:
@@ -144,6 +151,7 @@ class FolderWalker:
     _stack: list[_Folder] = field(default_factory=list)
     _current: _Folder | None = None
     _entries: Iterator[os.DirEntry[str]] | None = None
+    _fd: int | None = None  # the open folder's descriptor, opened without following links
     _started: bool = False
 
     def next_batch(self, max_items: int = BATCH_ITEMS, max_seconds: float = BATCH_SECONDS
@@ -165,20 +173,31 @@ class FolderWalker:
         if self._entries is not None:
             self._entries.close()  # type: ignore[attr-defined]  # a ScandirIterator
             self._entries = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _open_next(self, out: list[Seen]) -> bool:
         while self._stack:
             folder = self._stack.pop()
             try:
-                entries = os.scandir(folder.path)
-            except OSError:
+                fd = open_dir_nofollow(folder.path)
+            except OSError:  # gone, unreadable, or a link now
                 self.errors += 1
                 self.error_folders.append(folder.path)
                 continue
-            spec = _read_rules(folder.path)
+            try:
+                entries = os.scandir(fd)
+            except OSError:
+                os.close(fd)
+                self.errors += 1
+                self.error_folders.append(folder.path)
+                continue
+            spec = _read_rules(fd)
             if spec is not None:
                 folder.rules = [*folder.rules, (folder.path, spec)]
-            self._current, self._entries = folder, entries
+            # The entries stat themselves relative to fd: it stays open while they are read.
+            self._current, self._entries, self._fd = folder, entries, fd
             name = os.path.basename(folder.path) or folder.path
             out.append(FolderSeen(folder.path, folder.parent, name))
             return True
@@ -196,6 +215,7 @@ class FolderWalker:
             self.error_folders.append(self._current.path)
             return False
         folder = self._current
+        path = os.path.join(folder.path, entry.name)  # listed from a descriptor: name only
         if entry.name == IGNORE_FILE:
             return True
         try:
@@ -207,17 +227,17 @@ class FolderWalker:
             if entry.is_symlink():
                 self.skipped += 1
             elif entry.is_dir(follow_symlinks=False):
-                if entry.path in self.exclude or ignored(folder.rules, entry.path, True):
+                if path in self.exclude or ignored(folder.rules, path, True):
                     self.skipped += 1
                 else:
-                    self._stack.append(_Folder(entry.path, folder.path, folder.rules))
+                    self._stack.append(_Folder(path, folder.path, folder.rules))
             elif not entry.is_file(follow_symlinks=False) \
-                    or ignored(folder.rules, entry.path, False):
+                    or ignored(folder.rules, path, False):
                 self.skipped += 1
             else:
                 st = entry.stat(follow_symlinks=False)
-                out.append(FileSeen(entry.path, folder.path, entry.name, st.st_size,
-                                    st.st_mtime_ns))
+                out.append(FileSeen(path, folder.path, entry.name, st.st_size,
+                                    st.st_mtime_ns, FileIdentity.of(st)))
         except FileNotFoundError:
             pass  # gone between listing and looking: the next scan sees it missing
         except OSError:

@@ -20,19 +20,26 @@ from heaper_trio.storage.postgres_runtime import read, tx
 
 Conn = asyncpg.Connection
 ENTRY_COLUMNS = ("heap_id, path, kind, block_id, folder_id, size, mtime_ns, hash, missing, "
-                 "scan_id, updated_at")
+                 "scan_id, updated_at, dev, ino, ctime_ns")
 
 
 def entry_row(row: Any) -> ScanEntry:
     return ScanEntry(row["heap_id"], row["path"], row["kind"], row["block_id"], row["folder_id"],
                      row["size"], row["mtime_ns"], row["hash"], bool(row["missing"]),
-                     row["scan_id"], row["updated_at"])
+                     row["scan_id"], row["updated_at"], row["dev"], row["ino"],
+                     row["ctime_ns"])
 
 
 async def _entries(c: Conn, heap_id: str, paths: list[str]) -> dict[str, ScanEntry]:
     rows = await c.fetch(f"SELECT {ENTRY_COLUMNS} FROM scan_entries WHERE heap_id=$1 AND "
                          "path = ANY($2::text[])", heap_id, paths)
     return {r["path"]: entry_row(r) for r in rows}
+
+
+async def _at(c: Conn, path: str) -> list[ScanEntry]:
+    rows = await c.fetch(f"SELECT {ENTRY_COLUMNS} FROM scan_entries WHERE path=$1 AND "
+                         "kind='file' ORDER BY heap_id", path)
+    return [entry_row(r) for r in rows]
 
 
 async def _by_hash(c: Conn, heap_id: str, hashes: list[str]) -> dict[str, list[ScanEntry]]:
@@ -184,15 +191,17 @@ async def _commit_batch(c: Conn, batch: ScanBatch, now: int
     if entries:
         columns = list(zip(*[
             (e.heap_id, e.path, e.kind, e.block_id, e.folder_id, e.size, e.mtime_ns, e.hash,
-             e.missing, e.scan_id, e.updated_at) for e in entries]))
+             e.missing, e.scan_id, e.updated_at, e.dev, e.ino, e.ctime_ns) for e in entries]))
         await c.execute(
             f"INSERT INTO scan_entries ({ENTRY_COLUMNS}) SELECT * FROM unnest($1::text[], "
             "$2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], "
-            "$8::text[], $9::bool[], $10::text[], $11::bigint[]) "
+            "$8::text[], $9::bool[], $10::text[], $11::bigint[], $12::bigint[], $13::bigint[], "
+            "$14::bigint[]) "
             "ON CONFLICT (heap_id, path) DO UPDATE SET kind=excluded.kind, "
             "block_id=excluded.block_id, folder_id=excluded.folder_id, size=excluded.size, "
             "mtime_ns=excluded.mtime_ns, hash=excluded.hash, missing=excluded.missing, "
-            "scan_id=excluded.scan_id, updated_at=excluded.updated_at",
+            "scan_id=excluded.scan_id, updated_at=excluded.updated_at, dev=excluded.dev, "
+            "ino=excluded.ino, ctime_ns=excluded.ctime_ns",
             *[list(col) for col in columns])
     if batch.seen:
         await c.execute("UPDATE scan_entries SET scan_id=$1 WHERE heap_id=$2 AND "
@@ -226,6 +235,9 @@ class PostgresScans:
     async def scan_entries_by_hash(self, heap_id: str, hashes: list[str]
                                    ) -> dict[str, list[ScanEntry]]:
         return await self._run(read, _by_hash, heap_id, hashes)  # type: ignore[no-any-return]
+
+    async def scan_entries_at(self, path: str) -> list[ScanEntry]:
+        return await self._run(read, _at, path)  # type: ignore[no-any-return]
 
     async def unseen_scan_entries(self, heap_id: str, folder: str, scan_id: str, after: str,
                                   limit: int) -> list[ScanEntry]:

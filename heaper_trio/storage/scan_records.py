@@ -3,11 +3,36 @@ from ``base`` to keep it small; ``base`` re-exports them)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from heaper_trio.storage.base import BlockChange, FileRecord
+
+
+def _i64(value: int) -> int:
+    """An unsigned 64-bit number (st_dev, st_ino) as the signed one both engines store."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """Which bytes a scan hashed: the file's device and inode, size, and modification and
+    change times (ns). A rewrite that restores mtime with utime still moves ctime, which only
+    the kernel sets; a file replaced by another (rename, symlink) has another inode."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(_i64(st.st_dev), _i64(st.st_ino), st.st_size, st.st_mtime_ns,
+                   st.st_ctime_ns)
 
 
 @dataclass(frozen=True)
@@ -25,6 +50,17 @@ class ScanEntry:
     missing: bool  # gone from disk at the last complete scan
     scan_id: str  # the last scan that saw it
     updated_at: int
+    # The identity of the hashed bytes (with size and mtime_ns above); None for folders and
+    # for entries written before migration 0006 (their files are hashed again).
+    dev: int | None = None
+    ino: int | None = None
+    ctime_ns: int | None = None
+
+    @property
+    def identity(self) -> FileIdentity | None:
+        if self.dev is None or self.ino is None or self.ctime_ns is None:
+            return None
+        return FileIdentity(self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
 
 
 @dataclass(frozen=True)

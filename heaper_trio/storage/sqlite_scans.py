@@ -17,14 +17,15 @@ from heaper_trio.storage.base import (
 from heaper_trio.storage.sqlite_runtime import SqliteRuntime
 
 ENTRY_COLUMNS = ("heap_id, path, kind, block_id, folder_id, size, mtime_ns, hash, missing, "
-                 "scan_id, updated_at")
+                 "scan_id, updated_at, dev, ino, ctime_ns")
 CHUNK = 500  # host parameters per IN (...)
 
 
 def entry_row(row: Any) -> ScanEntry:
     return ScanEntry(row["heap_id"], row["path"], row["kind"], row["block_id"], row["folder_id"],
                      row["size"], row["mtime_ns"], row["hash"], bool(row["missing"]),
-                     row["scan_id"], row["updated_at"])
+                     row["scan_id"], row["updated_at"], row["dev"], row["ino"],
+                     row["ctime_ns"])
 
 
 def _insert(c: sqlite3.Connection, head: str, rows: list[tuple[Any, ...]], tail: str = ""
@@ -58,6 +59,12 @@ def _entries(c: sqlite3.Connection, heap_id: str, paths: list[str]) -> dict[str,
                          f"({_marks(chunk)})", (heap_id, *chunk))
         out.update((r["path"], entry_row(r)) for r in rows)
     return out
+
+
+def _at(c: sqlite3.Connection, path: str) -> list[ScanEntry]:
+    rows = c.execute(f"SELECT {ENTRY_COLUMNS} FROM scan_entries WHERE path=? AND kind='file' "
+                     "ORDER BY heap_id", (path,))
+    return [entry_row(r) for r in rows]
 
 
 def _by_hash(c: sqlite3.Connection, heap_id: str, hashes: list[str]
@@ -178,11 +185,13 @@ def _commit_batch(c: sqlite3.Connection, batch: ScanBatch, now: int
               f.created_at) for f in files])
     _insert(c, f"INSERT INTO scan_entries ({ENTRY_COLUMNS})",
             [(e.heap_id, e.path, e.kind, e.block_id, e.folder_id, e.size, e.mtime_ns, e.hash,
-              int(e.missing), e.scan_id, e.updated_at) for e in entries],
+              int(e.missing), e.scan_id, e.updated_at, e.dev, e.ino, e.ctime_ns)
+             for e in entries],
             "ON CONFLICT (heap_id, path) DO UPDATE SET kind=excluded.kind, "
             "block_id=excluded.block_id, folder_id=excluded.folder_id, size=excluded.size, "
             "mtime_ns=excluded.mtime_ns, hash=excluded.hash, missing=excluded.missing, "
-            "scan_id=excluded.scan_id, updated_at=excluded.updated_at")
+            "scan_id=excluded.scan_id, updated_at=excluded.updated_at, dev=excluded.dev, "
+            "ino=excluded.ino, ctime_ns=excluded.ctime_ns")
     for chunk in _chunks(list(batch.seen)):
         c.execute(f"UPDATE scan_entries SET scan_id=? WHERE heap_id=? AND path IN "
                   f"({_marks(chunk)})", (batch.scan_id, batch.heap_id, *chunk))
@@ -212,6 +221,9 @@ class SqliteScans:
     async def scan_entries_by_hash(self, heap_id: str, hashes: list[str]
                                    ) -> dict[str, list[ScanEntry]]:
         return await self.rt.read(_by_hash, heap_id, hashes)
+
+    async def scan_entries_at(self, path: str) -> list[ScanEntry]:
+        return await self.rt.read(_at, path)
 
     async def unseen_scan_entries(self, heap_id: str, folder: str, scan_id: str, after: str,
                                   limit: int) -> list[ScanEntry]:

@@ -1,15 +1,22 @@
 """Answering a GET or HEAD with a file from disk: ranges, validators, and a streamed body.
 
-The raw, stream and thumbnail routes call ``file_response`` once they know which file to send.
-It reads the current request's headers itself; ``ranges.plan_response`` decides between 200,
-206, 304 and 416. The body is read in 1 MiB ``os.pread`` calls in a worker thread (Quart's own
-``FileBody`` reads 8 KiB per thread hop, which caps loopback at ~20 MB/s; files-findings §5a),
-so only one chunk per response is ever in memory.
+The raw, stream and thumbnail routes call ``file_response`` once they know which file to send:
+a path (opened here), or a descriptor they opened and checked themselves (a scanned file, see
+``services/scans_source``), which is then served as is, never looked up again by path, and
+closed once the body is sent (at once when there is none; if the response is dropped unsent,
+with it). It reads the current request's headers itself; ``ranges.plan_response`` decides
+between 200, 206, 304 and 416. The body is read in 1 MiB ``os.pread`` calls in a worker thread
+(Quart's own ``FileBody`` reads 8 KiB per thread hop, which caps loopback at ~20 MB/s;
+files-findings §5a), so only one chunk per response is ever in memory.
 
-Scanned files are served in place, so a file may change between ``stat`` and the last read:
-- gone before we answer: ``NotFound`` (404, ``file_missing``);
-- gone or shorter once the headers are decided: the body stops where the data stops, and the
-  connection is closed so the client sees fewer bytes than ``Content-Length`` announced.
+Every answer (200, 206, 304, 416) carries ``X-Content-Type-Options: nosniff`` and
+``Content-Security-Policy: sandbox``: a file opened as a page runs no script on our origin,
+whatever its type says.
+
+Scanned files are served in place, so a file may be truncated after ``fstat``: the body stops
+where the data stops, and the connection is closed so the client sees fewer bytes than
+``Content-Length`` announced. (A path that is not a regular file answers ``NotFound``, 404
+``file_missing``.)
 
 Three things Quart and hypercorn would otherwise get wrong here:
 - HEAD is routed to the GET view, and Quart would read the whole body only for hypercorn to
@@ -36,6 +43,7 @@ from quart import Response, request
 from quart_trio.asgi import TrioASGIHTTPConnection
 
 from heaper_trio.errors import NotFound
+from heaper_trio.services.scans_source import OpenFile, open_regular
 from heaper_trio.web.ranges import (
     ByteRange,
     clean_media_type,
@@ -51,11 +59,14 @@ READ_SIZE = 1 << 20  # per thread hop; 64 KiB already costs ~5x in throughput (f
 DEFAULT_MAX_AGE = 3600  # revalidating after that is a cheap 304
 IMMUTABLE_MAX_AGE = 365 * 24 * 3600
 
+# On every file answer: no type sniffing, and no script or plugin runs if it is opened as a page.
+SAFETY_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
+
 _HANDLE_REQUEST_CODE = TrioASGIHTTPConnection.handle_request.__code__
 
 
 async def file_response(
-    path: Path,
+    source: Path | int,
     *,
     size: int | None = None,
     mime_type: str,
@@ -66,17 +77,45 @@ async def file_response(
     immutable: bool = False,
     max_age: int | None = None,
 ) -> Response:
-    """The response for the current GET or HEAD request of the file at ``path``.
+    """The response for the current GET or HEAD request of ``source``: the file at a path, or
+    an open descriptor of a regular file, which this call owns from now on (it is closed when
+    the body is sent, or at once if there is none).
 
     ``etag`` is the content hash (sent quoted, as a strong ETag); ``size`` is the length the
     caller recorded with that hash (the file's current size when None); ``mime_type`` is sent
     as given, or as application/octet-stream if it is not a well-formed media type.
     ``max_age`` defaults to an hour, or a year with ``immutable`` (thumbnails).
-    Raises ``NotFound`` (``file_missing``) if the file is not on disk.
+    Raises ``NotFound`` (``file_missing``) if the path is not a file on disk.
     """
-    info = await _stat_regular_file(path)
-    if size is None:
-        size = info.st_size
+    opened = await _open(source)
+    try:
+        planned = _plan(opened.stat.st_size if size is None else size, etag=etag,
+                        last_modified=last_modified, immutable=immutable, max_age=max_age)
+        if isinstance(planned, Response):  # 304, 416: no body
+            opened.close()
+            return planned
+        status, headers, body_range = planned
+        headers["Content-Disposition"] = content_disposition(disposition, filename)
+        # HEAD reaches this GET view too; its body would be read only for hypercorn to drop it.
+        if request.method == "HEAD" or body_range.length == 0:
+            opened.close()
+            body: bytes | AsyncIterator[bytes] = b""
+        else:
+            label = str(source) if isinstance(source, Path) else f"file {etag[:16]}"
+            body = _read_file(opened, body_range, label)
+        response = Response(body, status, headers=headers,
+                            content_type=clean_media_type(mime_type))
+        response.headers["Content-Length"] = str(body_range.length)  # Quart set 0 for b""
+        response.timeout = None
+        return response
+    except BaseException:
+        opened.close()
+        raise
+
+
+def _plan(size: int, *, etag: str, last_modified: float, immutable: bool, max_age: int | None
+          ) -> Response | tuple[int, dict[str, str], ByteRange]:
+    """A 304 or 416 answer, or the status, headers and byte range of one with a body."""
     if max_age is None:
         max_age = IMMUTABLE_MAX_AGE if immutable else DEFAULT_MAX_AGE
     cache_control = f"private, max-age={max_age}" + (", immutable" if immutable else "")
@@ -84,7 +123,7 @@ async def file_response(
         "ETag": quote_etag(etag),
         "Last-Modified": http_date(last_modified),
         "Cache-Control": cache_control,
-        "X-Content-Type-Options": "nosniff",
+        **SAFETY_HEADERS,
     }
     plan = plan_response(
         etag=etag,
@@ -102,23 +141,11 @@ async def file_response(
         return response
     if plan.status == 416:
         return _range_not_satisfiable(size)
-
     body_range = plan.range or ByteRange(0, size - 1)  # size 0 gives an empty range
-    headers = {
-        **validators,
-        "Accept-Ranges": "bytes",
-        "Content-Disposition": content_disposition(disposition, filename),
-    }
+    headers = {**validators, "Accept-Ranges": "bytes"}
     if plan.range is not None:
         headers["Content-Range"] = plan.range.content_range(size)
-    # HEAD reaches this GET view too; its body would be read only for hypercorn to drop it.
-    skip_body = request.method == "HEAD" or body_range.length == 0
-    body = b"" if skip_body else _read_file(path, body_range)
-    response = Response(body, plan.status, headers=headers,
-                        content_type=clean_media_type(mime_type))
-    response.headers["Content-Length"] = str(body_range.length)  # Quart set 0 for b""
-    response.timeout = None
-    return response
+    return plan.status, headers, body_range
 
 
 def _field(name: str) -> str | None:
@@ -127,14 +154,25 @@ def _field(name: str) -> str | None:
     return ", ".join(values) if values else None
 
 
-async def _stat_regular_file(path: Path) -> os.stat_result:
+async def _open(source: Path | int) -> OpenFile:
+    """The file to serve, open; a descriptor handed in is taken over (and closed if it is not
+    a regular file)."""
+    if isinstance(source, Path):
+        try:
+            return await trio.to_thread.run_sync(open_regular, source)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFound("the file is no longer on the server's disk",
+                           code="file_missing") from None
     try:
-        info = await trio.to_thread.run_sync(os.stat, path)
-    except (FileNotFoundError, NotADirectoryError):
-        info = None
-    if info is None or not stat.S_ISREG(info.st_mode):
+        info = await trio.to_thread.run_sync(os.fstat, source)
+    except BaseException:
+        os.close(source)
+        raise
+    opened = OpenFile(source, info)
+    if not stat.S_ISREG(opened.stat.st_mode):
+        opened.close()
         raise NotFound("the file is no longer on the server's disk", code="file_missing")
-    return info
+    return opened
 
 
 def _range_not_satisfiable(size: int) -> Response:
@@ -144,32 +182,32 @@ def _range_not_satisfiable(size: int) -> Response:
     return Response(json.dumps(body), 416, content_type="application/json", headers={
         "Content-Range": f"bytes */{size}",
         "Accept-Ranges": "bytes",
-        "X-Content-Type-Options": "nosniff",
+        **SAFETY_HEADERS,
     })
 
 
-async def _read_file(path: Path, byte_range: ByteRange) -> AsyncIterator[bytes]:
+async def _read_file(source: OpenFile, byte_range: ByteRange, label: str
+                     ) -> AsyncIterator[bytes]:
     """The bytes of ``byte_range``, ``READ_SIZE`` at a time; the file is closed in every case
-    (end, short file, client gone: Quart closes this generator when sending stops)."""
+    (end, short file, client gone: Quart closes this generator when sending stops; a generator
+    never started is dropped with the response, and ``source`` with it)."""
     sent = 0
-    fd: int | None = None
     try:
-        fd = await trio.to_thread.run_sync(os.open, path, os.O_RDONLY)
         while sent < byte_range.length:
             want = min(READ_SIZE, byte_range.length - sent)
-            chunk = await trio.to_thread.run_sync(os.pread, fd, want, byte_range.first + sent)
+            chunk = await trio.to_thread.run_sync(os.pread, source.fd, want,
+                                                  byte_range.first + sent)
             if not chunk:
                 break
             sent += len(chunk)
             yield chunk
-    except OSError as e:  # vanished before open, or an I/O error mid-way
-        log.warning("reading %s failed after %d bytes: %s", path, sent, e)
+    except OSError as e:  # an I/O error mid-way
+        log.warning("reading %s failed after %d bytes: %s", label, sent, e)
     finally:
-        if fd is not None:
-            os.close(fd)
+        source.close()
     if sent < byte_range.length:
         log.warning("%s ended %d bytes short of the %d announced; the client gets a short body",
-                    path, byte_range.length - sent, byte_range.length)
+                    label, byte_range.length - sent, byte_range.length)
         if _end_exchange_early():
             await trio.lowlevel.checkpoint()  # raises Cancelled: the connection closes
 

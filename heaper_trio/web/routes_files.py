@@ -5,15 +5,16 @@ or uploaded by clients). File routes take the token as ``?token=`` too, since ``
 from __future__ import annotations
 
 import os
-from stat import S_ISREG
 from pathlib import Path
 from typing import Any
 
 import trio
 from quart import Blueprint, Response, request
 
-from heaper_trio.errors import BadRequest, NotFound
+from heaper_trio.errors import BadRequest
 from heaper_trio.services.files import check_hash
+from heaper_trio.services.media_sniff import runs_in_browser
+from heaper_trio.services.scans_source import OpenFile
 from heaper_trio.storage.base import FileRecord, User
 from heaper_trio.web.file_response import file_response
 from heaper_trio.web.routing import limit_body, route, services
@@ -21,15 +22,12 @@ from heaper_trio.web.schema import boolean, open_obj, string
 
 bp = Blueprint("files", __name__)
 
-# Types a browser would run as a page on our origin: never served inline.
-ACTIVE = {"text/html", "application/xhtml+xml", "image/svg+xml", "text/xml",
-          "application/xml", "text/javascript", "application/javascript"}
-ERRORS = (304, 404, 416)
+ERRORS = (304, 404, 409, 416)  # 409 file_changed: a scanned file is not what was hashed
 # What the route declarations say of path parameters and answers (checked before handlers run).
 KEY = string(pattern="^([0-9a-fA-F]{16}|[0-9a-fA-F]{64})$",
              description="a file id (16 hex) or the file's SHA-256 (64 hex)")
 SLUG = string(pattern="^[^/]{1,1024}$", description="a file name for the download; not checked")
-SIZE = string(pattern="^(tiny|small|medium|large|[0-9]{1,32})$",
+SIZE = string(pattern="^(tiny|small|medium|large|[1-9][0-9]{0,31})$",
               description="tiny, small, medium, large, or pixels (rounded up to those)",
               **{"x-error": "bad_thumbnail_size"})
 POSITION = string(pattern=r"^[0-9]{1,9}(\.[0-9]{1,6})?%?$",
@@ -43,37 +41,27 @@ NAME = string(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="1-32 chars of [A-Za
 ANY = "*/*"  # whatever type the file was stored with
 THUMB = ("image/webp",)
 THUMB_FORM = {"type": "object", "required": ["thumbnail"], "properties": {
-    "thumbnail": string(contentMediaType="image/*",
+    "thumbnail": string(format="binary",
                         description="JPEG, PNG, GIF, WebP or AVIF; `file` is taken too"),
-    "file": string(contentMediaType="image/*"), "type": NAME, "size": NAME}}
+    "type": NAME, "size": NAME}}
 
 
-async def _source(user: User, key: str) -> tuple[FileRecord, Path, os.stat_result]:
-    """The user's file and its bytes on disk, as they were hashed."""
+async def _source(user: User, key: str) -> tuple[FileRecord, OpenFile]:
+    """The user's file and its bytes, open. A scanned file is opened without following links
+    and only if it is still the file its scan hashed: 409 ``file_changed`` otherwise (and it is
+    scanned again), so the bytes served or thumbnailed are always those of the hash."""
     record = await services().files.readable(user, key)
-    path = services().files.path_of(record)
-    try:
-        stat = await trio.to_thread.run_sync(os.stat, path)
-    except OSError:
-        stat = None
-    if stat is None or not S_ISREG(stat.st_mode):
-        raise NotFound("the file's bytes are gone (a scanned file moved?)", code="file_missing")
-    if record.source_path and stat.st_size != record.size:
-        # Served in place, and no longer the content that was hashed: never serve other bytes
-        # under this hash.
-        raise NotFound("the file changed on disk since it was scanned; scan again",
-                       code="file_changed")
-    return record, path, stat
+    return record, await services().scans.open_file(record)
 
 
 async def _serve(user: User, key: str, filename: str, disposition: str) -> Response:
-    record, path, stat = await _source(user, key)
+    record, opened = await _source(user, key)
     mime = record.mime_type
-    if disposition == "inline" and mime.split(";")[0].strip().lower() in ACTIVE:
+    if runs_in_browser(mime):  # never inline, whatever the route
         disposition = "attachment"
-    return await file_response(
-        path, size=None if record.source_path else record.size, mime_type=mime,
-        etag=record.hash, last_modified=stat.st_mtime, filename=filename,
+    return await file_response(  # serves the descriptor that was checked, and closes it
+        opened.detach(), size=record.size, mime_type=mime, etag=record.hash,
+        last_modified=opened.stat.st_mtime, filename=filename,
         disposition=disposition)  # type: ignore[arg-type]
 
 
@@ -114,8 +102,9 @@ THUMB_ERRORS = (*ERRORS, 400, 415, 422)
        description="EXIF orientation applied, alpha kept; a video gives its frame at 10%. "
        "Made once and cached; 415 for types that have no thumbnail, 422 for corrupt files.")
 async def thumbnail(user: User, key: str, size: str, slug: str) -> Response:
-    record, path, _ = await _source(user, key)
-    out = await services().media.image_thumbnail(path, record.hash, size)
+    record, source = await _source(user, key)
+    with source:  # the media code reads the checked file itself (/proc/self/fd/<n>)
+        out = await services().media.image_thumbnail(source.path, record.hash, size)
     return await _thumbnail(record, out, "thumbnail")
 
 
@@ -124,8 +113,9 @@ async def thumbnail(user: User, key: str, size: str, slug: str) -> Response:
        params={"key": KEY, "size": SIZE, "position": POSITION},
        summary="A video frame (WebP) at a time in seconds (12.5) or a percentage (40%).")
 async def video_thumbnail(user: User, key: str, size: str, position: str) -> Response:
-    record, path, _ = await _source(user, key)
-    out = await services().media.video_thumbnail(path, record.hash, size, position)
+    record, source = await _source(user, key)
+    with source:
+        out = await services().media.video_thumbnail(source.path, record.hash, size, position)
     return await _thumbnail(record, out, "video")
 
 
@@ -134,8 +124,9 @@ async def video_thumbnail(user: User, key: str, size: str, position: str) -> Res
        params={"key": KEY, "size": SIZE, "slug": SLUG},
        summary="An animated WebP of an animated GIF, WebP or APNG, or a short video preview.")
 async def animated_thumbnail(user: User, key: str, size: str, slug: str) -> Response:
-    record, path, _ = await _source(user, key)
-    out = await services().media.animated_thumbnail(path, record.hash, size)
+    record, source = await _source(user, key)
+    with source:
+        out = await services().media.animated_thumbnail(source.path, record.hash, size)
     return await _thumbnail(record, out, "animated")
 
 
@@ -166,7 +157,7 @@ async def upload_thumbnail(user: User, block_id: str, file_hash: str, thumbnail_
 
 
 @route(bp, "GET", "/api/download/thumbnail/{block_id}/{file_hash}/{thumbnail_type}/"
-       "{thumbnail_size}", tag="files", auth="access_or_query", errors=ERRORS,
+       "{thumbnail_size}", tag="files", auth="access_or_query", errors=(304, 404, 416),
        binary=("image/jpeg", "image/png", "image/gif", "image/webp", "image/avif"),
        params={"block_id": BLOCK, "file_hash": FILE_HASH, "thumbnail_type": NAME,
                "thumbnail_size": NAME},
