@@ -33,7 +33,7 @@ from heaper_trio.live import messages as m
 from heaper_trio.live.names import BlockName
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import Committed
-from heaper_trio.services.live_connection import Outbox
+from heaper_trio.services.live_outbox import Outbox
 from heaper_trio.services.live_hub import LiveHub, Subscription
 from heaper_trio.storage.base import StoredBlock
 

@@ -18,7 +18,8 @@ from heaper_trio.live.session import (
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNAUTHORIZED,
 )
-from heaper_trio.services.live_connection import AUTH_TIMEOUT_S, Outbox, Transport
+from heaper_trio.services.live_connection import AUTH_TIMEOUT_S, Transport
+from heaper_trio.services.live_outbox import Outbox
 
 if TYPE_CHECKING:
     from heaper_trio.services.container import Services
