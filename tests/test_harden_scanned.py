@@ -428,3 +428,36 @@ def test_a_folder_swapped_for_a_link_mid_walk_is_not_entered(tmp_path: Path) -> 
         seen += batch
     assert not [s for s in seen if isinstance(s, FileSeen)]
     assert walker.errors == 1 and walker.error_folders == [str(root / "sub")]
+
+
+async def test_an_upload_of_scanned_bytes_gets_its_own_stable_copy(
+        user: HeaperClient, scan_server: RunningServer, roots: Path) -> None:
+    """Another user uploading the bytes of someone's scanned file proves them and gets a copy
+    in the store: the scanned folder changing or going afterwards loses them nothing (the
+    upload used to be recorded as the scanned path, served from the other user's folder)."""
+    data = b"shared song lyrics\n" * 300
+    mine = folder_of(roots, user)
+    scanned = write(mine / "lyrics.txt", data)
+    heap = await new_heap(user)
+    await scan(user, heap["id"], mine)
+    h = sha(data)
+    async with HeaperClient(scan_server.url) as other:
+        with pytest.raises(LoginPending):
+            await other.login()
+        await scan_server.services.storage.set_user_state(other.user_id or "", "approved", 1)
+        await other.login()
+        theirs = await new_heap(other)
+        r = await other.post(f"/api/upload/file/{theirs['id']}/blk-direct",
+                             files={"file": ("l.txt", data)}, data={"hash": h})
+        assert r.status_code == 200, r.text
+        record = await scan_server.services.storage.get_file(h)
+        assert record is not None and record.source_path is None  # the store copy serves
+        assert scan_server.services.files.store_path(h).read_bytes() == data
+        scanned.unlink()
+        write(scanned, b"rewritten, other bytes\n")
+        for client in (other, user):  # both proved these bytes; both read the stable copy
+            r = await client.get(f"/api/file/{h}/raw/l.txt")
+            assert r.status_code == 200 and r.content == data, r.text
+        r = await other.post(f"/api/upload/init/{theirs['id']}/blk-again", json={
+            "hash": h, "size": len(data), "chunk_size": 65536})
+        assert r.json()["status"] == "exists", r.text

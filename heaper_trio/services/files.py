@@ -187,6 +187,21 @@ class FileService:
                                            file_hash=hash, file_id=record.id))
         return record
 
+    async def _in_store(self, hash: str) -> bool:
+        """The store holds verified bytes of this hash. A scanned copy does not count: it
+        lives in somebody's folder, may change or go at any time, and must never be where
+        another upload's only copy is."""
+        return bool(await self._probe_fs(self.store_path(hash).is_file))
+
+    async def _stored(self, out: BinaryIO | None, temp: Path, hash: str) -> None:
+        """Move verified bytes into the store; a file row that pointed at a scanned copy now
+        points at the store, so every holder reads the stable copy."""
+        if out is not None:
+            await self._io(_commit, out, temp, self.store_path(hash))
+        record = await self.storage.get_file(hash)
+        if record is not None and record.source_path is not None:
+            await self.storage.update_file(hash, clear_source=True)
+
     async def _known(self, hash: str) -> FileRecord | None:
         record = await self.storage.get_file(hash)
         if record is None:
@@ -224,8 +239,7 @@ class FileService:
                 if claimed_hash is not None and hash != claimed_hash:
                     raise Unprocessable("the content does not match the given hash",
                                         code="hash_mismatch", details={"actual_hash": hash})
-                if await self._known(hash) is None:  # else: the store has these bytes
-                    await self._io(_commit, out, temp, self.store_path(hash))
+                await self._stored(None if await self._in_store(hash) else out, temp, hash)
             record = await self._record(user, heap_id, block_id, hash, size, name,
                                         guess_mime(name, mime_type))
         finally:
@@ -406,7 +420,7 @@ class FileService:
         folder = self._upload_dir(upload)
         chunks = [folder / f"{i}.chunk" for i in range(upload.total_chunks)]
         # Always hashed: the store having a file of this hash proves nothing about these bytes.
-        stored = await self._known(hash) is not None
+        stored = await self._in_store(hash)
         temp = self.uploads / f"assemble-{uuid.uuid4().hex}.part"
         out: BinaryIO | None = None
         try:
@@ -418,8 +432,7 @@ class FileService:
                     await self._discard(upload)  # a wrong hash: nothing is stored
                     raise Unprocessable("the assembled content does not match the hash",
                                         code="hash_mismatch", details={"actual_hash": actual})
-                if out is not None:
-                    await self._io(_commit, out, temp, self.store_path(hash))
+                await self._stored(out, temp, hash)
         finally:
             with trio.CancelScope(shield=True):
                 await self._io(_close_and_remove, out, temp)
