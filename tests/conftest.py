@@ -159,6 +159,19 @@ async def server(start_server: StartServer) -> RunningServer:
 
 
 @pytest.fixture
+def roots(tmp_path: Path) -> Path:
+    """Scan roots for ``scan_server``: each user's own folder is ``<roots>/<user id>``."""
+    path = tmp_path / "roots"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+async def scan_server(start_server: StartServer, roots: Path) -> RunningServer:
+    return await start_server(scan_roots=str(roots), scan_jobs=2)
+
+
+@pytest.fixture
 async def http(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
         yield c

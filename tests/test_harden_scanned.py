@@ -38,7 +38,7 @@ from heaper_trio.services.scans_walk import FileSeen, FolderWalker
 from heaper_trio.storage.base import ScanBatch
 from heaper_trio.storage.scan_records import FileIdentity
 
-from .conftest import StartServer, assert_error
+from .conftest import assert_error
 from .media_samples import colour_video
 from .test_scans import files_v0, png, scan, sha, write
 from .test_sync import new_heap
@@ -50,18 +50,6 @@ def routes(h: str) -> list[str]:
     return [f"/api/file/{h}/raw/x.bin", f"/api/stream/{h}/x.bin",
             f"/api/file/{h}/thumbnail/small/x", f"/api/file/{h}/video_thumbnail/small/1",
             f"/api/file/{h}/animated_thumbnail/small/x"]
-
-
-@pytest.fixture
-def roots(tmp_path: Path) -> Path:
-    path = tmp_path / "roots"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-async def scan_server(start_server: StartServer, roots: Path) -> RunningServer:
-    return await start_server(scan_roots=str(roots), scan_jobs=2)
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from heaper_trio.services.scans_walk import (
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import BlockChange, BlockQuery, ScanBatch
 
-from .conftest import StartServer, assert_error
+from .conftest import assert_error
 from .live_client import live_client
 from .test_sync import new_heap
 
@@ -194,18 +194,6 @@ def test_walker_honours_heaperignore_and_skips_links(tmp_path: Path) -> None:
 
 
 # -- over a server -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def roots(tmp_path: Path) -> Path:
-    path = tmp_path / "roots"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-async def scan_server(start_server: StartServer, roots: Path) -> RunningServer:
-    return await start_server(scan_roots=str(roots), scan_jobs=2)
 
 
 @pytest.fixture
@@ -585,7 +573,7 @@ async def test_changed_content_is_never_served_under_its_old_hash(
     a, b, c = (write(tree / n, t) for n, t in (("a.txt", "same"), ("b.txt", "same"),
                                                ("c.txt", "solo")))
     await scan(boss, heap["id"], tree)
-    r = await boss.post(f"/api/upload/file/{heap['id']}/uploaded",  # deduplicated: no bytes
+    r = await boss.post(f"/api/upload/file/{heap['id']}/uploaded",  # a stored copy of its own
                         files={"file": ("c.txt", b"solo", "text/plain")})
     assert r.status_code == 200, r.text
     storage = scan_server.services.storage
@@ -600,8 +588,9 @@ async def test_changed_content_is_never_served_under_its_old_hash(
     assert moved is not None and moved.source_path == str(other)
     r = await boss.get(f"/api/file/{sha(b'same')}/raw/x.txt")
     assert r.status_code == 200 and r.content == b"same"
-    gone = await storage.get_file(sha(b"solo"))  # still held by the upload, bytes nowhere
-    assert gone is not None and gone.source_path is None
-    assert_error(await boss.get(f"/api/file/{sha(b'solo')}/raw/c.txt"), 404, "file_missing")
+    kept = await storage.get_file(sha(b"solo"))  # held by the upload, served from the store
+    assert kept is not None and kept.source_path is None
+    r = await boss.get(f"/api/file/{sha(b'solo')}/raw/c.txt")
+    assert r.status_code == 200 and r.content == b"solo"
     r = await boss.get(f"/api/file/{sha(b'changed c')}/raw/c.txt")
     assert r.status_code == 200 and r.content == b"changed c"
