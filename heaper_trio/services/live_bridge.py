@@ -6,10 +6,11 @@ other processes' hubs read the stored rows and send their subscribers what they 
 another process's step 2). User events (scan progress, file ready) travel the same way, as
 they are small. With SQLite there is one process and no bridge.
 
-Block commits, purges and heap deletions are announced by the storage inside their own
-transaction (``PostgresStorage.announce_commits_as``), so an acknowledged change is never left
-unannounced by a process that dies right after its commit; the bridge announces only what
-that did not cover (scan batches, user events). On the receiving side the hub rereads storage
+Block commits (scan batches' included), purges and heap deletions are announced by the
+storage inside their own transaction (``PostgresStorage.announce_commits_as``), so an
+acknowledged change is never left unannounced by a process that dies right after its commit;
+the bridge skips those (``announced_in_commit``) and announces only what that did not cover
+(user events, and commits of a storage without in-transaction announcements). On the receiving side the hub rereads storage
 whenever an announcement may have been missed (listener reconnected or overflowed, a
 document loading while one came in).
 """

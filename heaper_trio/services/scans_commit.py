@@ -8,7 +8,8 @@ dropped, the edit applied to the stored log and committed at that log position, 
 retried if someone else wrote first), but many at a time. An index row is written only with
 its block's change (storage refuses the row with the change), so the two always agree, and a
 cancelled batch either committed whole or not at all. Committed changes are announced to
-live subscribers like any other.
+live subscribers like any other (on PostgreSQL the batch's transaction already told the other
+processes, so the bridge does not repeat it).
 """
 
 from __future__ import annotations

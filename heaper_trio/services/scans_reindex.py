@@ -74,6 +74,7 @@ class FileReprobe:
         return facts, changed
 
     async def regenerate(self, user: User, key: str) -> dict[str, Any]:
+        # ``readable``: only a file the user proved, never one a block of theirs just claims
         record = await self.files.readable(user, key)
         facts, changed = await self.file(user, record)
         return {"success": True, "file_hash": record.hash, "file_id": record.id,
@@ -104,6 +105,12 @@ class FileReprobe:
                         await send.send(h)
 
     async def _one(self, job: ScanJob, user: User, file_hash: str) -> None:
+        """A hash the user's blocks only claim (pushed in files_v0, bytes never proved) is
+        skipped exactly like an unknown one: no probe, no entry written, nothing in the job's
+        report (path, bytes) from another user's file (issue 9, item 2)."""
+        if not await self.storage.file_readable_by(file_hash, user.id):
+            job.skipped += 1
+            return
         record = await self.storage.get_file(file_hash)
         if record is None:
             job.skipped += 1

@@ -182,10 +182,10 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
         await self._run(write1, postgres_notify.notify, payloads)
 
     def announce_commits_as(self, origin: str) -> None:
-        """From now on, block commits, purges and heap deletions announce themselves to the
-        other processes inside their own transaction, as ``origin`` (issue 9, item 11: an
-        announcement sent after COMMIT is lost if the process dies in between, and the other
-        processes' subscribers then miss an acknowledged update)."""
+        """From now on, block commits (scan batches too), purges and heap deletions announce
+        themselves to the other processes inside their own transaction, as ``origin`` (issue
+        9, item 11: an announcement sent after COMMIT is lost if the process dies in between,
+        and the other processes' subscribers then miss an acknowledged update)."""
         self.announce_as = origin
 
     def _mark_announced(self, keys: list[tuple[str, ...]]) -> None:
@@ -193,6 +193,11 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
             self._announced[key] = None
         while len(self._announced) > ANNOUNCED_KEPT:  # never taken (e.g. a cancelled caller)
             self._announced.popitem(last=False)
+
+    def _mark_blocks_announced(self, results: list[CommitResult]) -> None:
+        """Block commits (``commit_changes``, scan batches) whose transaction announced them."""
+        self._mark_announced([_announce_key("block", "", r.block_id, r.last_seq)
+                              for r in results if r.status is not CommitStatus.conflict])
 
     def announced_in_commit(self, kind: str, heap_id: str, block_id: str, seq: int) -> bool:
         """Whether the commit of this change announced it already (then the bridge must not
@@ -292,10 +297,7 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
         origin = self.announce_as
         results = await self._run(tx, docs.commit_changes, changes, now, origin)
         if origin is not None:
-            heaps = {ch.block_id: ch.heap_id for ch in changes}
-            self._mark_announced([_announce_key("block", heaps[r.block_id], r.block_id,
-                                                r.last_seq)
-                                  for r in results if r.status is not CommitStatus.conflict])
+            self._mark_blocks_announced(results)
         return results
 
     async def changes_since(self, heap_id: str, since: int, limit: int) -> ChangePage:

@@ -1,4 +1,9 @@
-"""PostgreSQL: the folder-scan index (what each scanned path became) and its batch commits."""
+"""PostgreSQL: the folder-scan index (what each scanned path became) and its batch commits.
+
+A batch's block changes are announced to the other server processes inside its transaction, as
+block commits are (``postgres_notify``, issue 9, item 11): a process killed right after the
+commit cannot leave them unannounced.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from heaper_trio.storage.base import (
     ScanBatch,
     ScanEntry,
 )
+from heaper_trio.storage.postgres_notify import block_pointer, notify
 from heaper_trio.storage.postgres_runtime import read, tx
 
 Conn = asyncpg.Connection
@@ -172,9 +178,17 @@ async def _commit_changes(c: Conn, changes: list[BlockChange], now: int
             for ch in changes]
 
 
-async def _commit_batch(c: Conn, batch: ScanBatch, now: int
+async def _commit_batch(c: Conn, batch: ScanBatch, now: int, announce_as: str | None = None
                         ) -> tuple[list[CommitResult], dict[str, str]]:
     results = await _commit_changes(c, list(batch.changes), now)
+    if announce_as is not None:  # the kinds scans_commit.BlockWriter gives them locally
+        heaps = {ch.block_id: ch.heap_id for ch in batch.changes}
+        pointers = [block_pointer(announce_as, "created" if r.status is CommitStatus.created
+                                  else "changed", heaps[r.block_id], r.block_id, r.last_seq,
+                                  r.sync_version, r.updated_at)
+                    for r in results if r.status is not CommitStatus.conflict]
+        if pointers:
+            await notify(c, pointers)
     refused = {r.block_id for r in results if r.status is CommitStatus.conflict}
     entries = [e for e in batch.entries if e.block_id not in refused]
     written = {e.hash for e in entries if e.kind == "file" and not e.missing}
@@ -228,6 +242,8 @@ class PostgresScans:
     """The folder-scan methods of PostgresStorage (mixed in; ``self._run`` crosses to asyncio)."""
 
     _run: Callable[..., Awaitable[Any]]
+    announce_as: str | None  # PostgresStorage.announce_commits_as
+    _mark_blocks_announced: Callable[[list[CommitResult]], None]
 
     async def scan_entries(self, heap_id: str, paths: list[str]) -> dict[str, ScanEntry]:
         return await self._run(read, _entries, heap_id, paths)  # type: ignore[no-any-return]
@@ -249,7 +265,12 @@ class PostgresScans:
 
     async def commit_scan_batch(self, batch: ScanBatch, now: int
                                 ) -> tuple[list[CommitResult], dict[str, str]]:
-        return await self._run(tx, _commit_batch, batch, now)  # type: ignore[no-any-return]
+        origin = self.announce_as
+        done: tuple[list[CommitResult], dict[str, str]] = await self._run(
+            tx, _commit_batch, batch, now, origin)
+        if origin is not None:
+            self._mark_blocks_announced(done[0])
+        return done
 
     async def blocks_holding_file(self, hash: str, owner_id: str) -> list[tuple[str, str]]:
         return await self._run(read, _holding, hash, owner_id)  # type: ignore[no-any-return]

@@ -82,8 +82,10 @@ async def active_scans(user: User) -> dict[str, Any]:
 @route(bp, "POST", "/api/reindex_files", tag="jobs", errors=(403, 409),
        summary="Probe every file of a heap (or of all your heaps) again, in the background.",
        description="MIME type, width, height and duration are read again and the files_v0 "
-       "entries that differ are updated; cached thumbnails are dropped. Reported like a scan "
-       "(kind `reindex`, scan.* events, active_scans). 409 scan_running if one runs already.",
+       "entries that differ are updated; cached thumbnails are dropped. Files your blocks "
+       "only name (bytes never sent by you) are skipped like unknown ones. Reported like a "
+       "scan (kind `reindex`, scan.* events, active_scans). 403 heap_forbidden, 409 "
+       "scan_running if one runs already.",
        body=obj({}, {"heap_id": ID, "workspace_id": ID}),
        response=STARTED)
 async def reindex_files(user: User, body: dict[str, Any]) -> dict[str, Any]:
@@ -91,11 +93,13 @@ async def reindex_files(user: User, body: dict[str, Any]) -> dict[str, Any]:
     return {"success": True, "scan_id": job.scan_id, "scan": job.as_dict()}
 
 
-@route(bp, "POST", "/api/regenerate_file", tag="jobs", errors=(404,),
+@route(bp, "POST", "/api/regenerate_file", tag="jobs", errors=(404, 409),
        summary="Probe one file again and drop its cached thumbnails (answers when done).",
        description="`file_hash` or `file_id`: a file one of your blocks holds. Its row and "
        "your blocks' files_v0 entries get the new MIME type and dimensions; thumbnails are "
-       "made again on next request. 404 file_not_found, 404 file_content_missing.",
+       "made again on next request. 404 file_not_found (also for a file your blocks only "
+       "name, whose bytes you never sent), 404 file_content_missing, 409 file_changed (a "
+       "scanned file changed on disk since its scan: it is being scanned again).",
        body=obj({}, {"file_hash": string(pattern="^[0-9a-fA-F]{64}$"),
                      "file_id": string(minLength=1, maxLength=64),
                      "hash": string(pattern="^[0-9a-fA-F]{64}$")},
