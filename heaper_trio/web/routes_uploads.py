@@ -123,9 +123,7 @@ async def upload_status(user: User, heap_id: str, block_id: str, hash: str) -> d
        response=open_obj(success=boolean(), status=string(), index=integer(), size=integer()))
 async def upload_chunk(user: User, heap_id: str, block_id: str, hash: str, index: str
                        ) -> dict[str, Any]:
-    _ids(heap_id, block_id)
-    if not index.isdigit() or len(index) > 9:
-        raise BadRequest("index must be a chunk number", code="bad_chunk_index")
+    _ids(heap_id, block_id)  # index: ASCII digits, at most 9 (CHUNK_INDEX, checked by route())
     limit_body(services().settings.max_chunk_bytes)
     return await services().files.chunk(user, heap_id, block_id, check_hash(hash), int(index),
                                         request.body)
