@@ -105,6 +105,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ws_max_message_bytes", int, 16 * 1024 * 1024, "Live sync: largest WebSocket "
             "message accepted from a client (larger ones close the connection with 1009).",
             minimum=65536),
+    Setting("ws_max_connections_per_user", int, 64, "Live sync: most WebSocket connections "
+            "(/ws and /api/ws together) one account may hold at once. The connection that would "
+            "exceed it is closed with 4429 once its first document is authorized. Times "
+            "ws_outbox_bytes, this bounds what one account can make the server buffer for "
+            "clients that stop reading (64 x 8 MiB = 512 MiB by default); older providers open "
+            "one socket per document, so keep it above the documents a user has open at once.",
+            minimum=1),
     Setting("http_read_timeout", float, 30.0, "Seconds the server waits on a silent HTTP "
             "client: for the next request on an idle keep-alive connection, for a request's "
             "head to be complete, and between the pieces of a request body (a stalled body is "
@@ -114,6 +121,16 @@ SETTINGS: tuple[Setting, ...] = (
             "before the request body has been read, at most this many unread body bytes are "
             "read and discarded so the connection can carry the next request; with more left "
             "the answer says Connection: close and the connection is closed.", minimum=0),
+    Setting("http_min_body_rate", int, 16 * 1024, "Slowest average rate, in bytes per second, "
+            "at which a request body must arrive: a body of N bytes has http_read_timeout + "
+            "N / http_min_body_rate seconds in all (a body of unknown length, sent chunked, "
+            "must keep up with the same rate), then it is answered 408 and the connection "
+            "closed. Bounds how long any request can hold a socket and a temporary file. On "
+            "links slower than this, lower it or upload smaller chunks.", minimum=1),
+    Setting("max_uploads_per_user", int, 8, "Upload requests (chunks and one-request "
+            "uploads) one user may have in progress at once, per server process; more get "
+            "429 with Retry-After before any of their body is stored. Keeps one user from "
+            "holding the server's sockets and files.", minimum=1),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -152,8 +169,11 @@ class Settings:
     scan_jobs: int
     ws_outbox_bytes: int
     ws_max_message_bytes: int
+    ws_max_connections_per_user: int
     http_read_timeout: float
     http_drain_bytes: int
+    http_min_body_rate: int
+    max_uploads_per_user: int
 
     @property
     def data_path(self) -> Path:

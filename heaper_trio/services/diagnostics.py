@@ -20,6 +20,7 @@ class RealtimeCounters:
     bytes_in: int = 0
     bytes_out: int = 0
     dropped_slow_consumers: int = 0
+    refused_connection_limit: int = 0  # over ws_max_connections_per_user: 4429
 
     def snapshot(self) -> dict[str, int]:
         return dataclasses.asdict(self)

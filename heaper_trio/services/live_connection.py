@@ -45,6 +45,9 @@ INBOX_SIZE = 64
 MAX_BATCH = 256
 SPLIT_BYTES = 256 * 1024  # initial states larger than this go out in pieces
 SPLIT_IN_THREAD_BYTES = 1024 * 1024
+# Over ws_max_connections_per_user (HTTP 429's meaning in Hocuspocus' 4xxx range); the provider
+# retries with backoff, and gets in once one of the account's other sockets has closed.
+CLOSE_TOO_MANY_CONNECTIONS = 4429
 
 
 class Transport(Protocol):
@@ -71,6 +74,7 @@ class LiveConnection:
         self.outbox = Outbox(outbox_bytes)
         self.grants: dict[str, Grant] = {}
         self.workers: dict[str, DocumentWorker] = {}
+        self.accounts: set[str] = set()  # accounts this connection holds a slot of
         self.opened_at = self.last_in = self.last_out = time.monotonic()
         self.close_code: tuple[int, str] | None = None
         self._nursery: trio.Nursery | None = None
@@ -93,6 +97,9 @@ class LiveConnection:
             for worker in list(self.workers.values()):
                 worker.stop()
             self.workers.clear()
+            for user_id in self.accounts:
+                self.live.hub.release_connection(user_id)
+            self.accounts.clear()
         if self.close_code is not None:
             with trio.move_on_after(1) as scope:
                 scope.shield = True
@@ -194,8 +201,24 @@ class LiveConnection:
             refusal = await self._block_refusal(user, name)
             if refusal:
                 return self.session.denied(address, refusal)
+        if not self._hold_slot(user.id):
+            return self.session.disconnect(CLOSE_TOO_MANY_CONNECTIONS,
+                                           "too many connections for this account")
         self.grants[address] = grant
         return self.session.authorized(address)
+
+    def _hold_slot(self, user_id: str) -> bool:
+        """Count this connection against the account once its first document is granted:
+        only then is the account known (tokens travel per document). Until then nothing fans
+        out to the connection, so it buffers only its own bounded pending-auth queue."""
+        if user_id in self.accounts:
+            return True
+        if not self.live.hub.claim_connection(
+                user_id, self.live.settings.ws_max_connections_per_user):
+            self.live.realtime.refused_connection_limit += 1
+            return False
+        self.accounts.add(user_id)
+        return True
 
     async def _block_refusal(self, user: User, name: BlockName) -> str | None:
         storage = self.live.storage

@@ -97,7 +97,29 @@ class LiveHub:
         self._loads = trio.CapacityLimiter(MAX_CONCURRENT_LOADS)
         self._nursery: trio.Nursery | None = None
         self.user_event_hooks: list[Callable[[str, dict[str, object]], None]] = []
+        self.account_connections: dict[str, int] = {}  # live connections holding a slot
         documents.listeners.append(self.on_commit)
+
+    # -- connection slots ---------------------------------------------------------------------------
+    def claim_connection(self, user_id: str, limit: int) -> bool:
+        """A slot for one more live connection of ``user_id``, unless it holds ``limit``.
+
+        Each connection may buffer up to ``ws_outbox_bytes`` for a client that stops reading,
+        so without a count per account one account could make the server buffer without
+        bound just by opening sockets (issue 9). Synchronous: no other task runs between the
+        check and the claim."""
+        held = self.account_connections.get(user_id, 0)
+        if held >= limit:
+            return False
+        self.account_connections[user_id] = held + 1
+        return True
+
+    def release_connection(self, user_id: str) -> None:
+        held = self.account_connections.get(user_id, 0) - 1
+        if held > 0:
+            self.account_connections[user_id] = held
+        else:
+            self.account_connections.pop(user_id, None)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:

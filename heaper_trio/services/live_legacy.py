@@ -18,7 +18,11 @@ from heaper_trio.live.session import (
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNAUTHORIZED,
 )
-from heaper_trio.services.live_connection import AUTH_TIMEOUT_S, Transport
+from heaper_trio.services.live_connection import (
+    AUTH_TIMEOUT_S,
+    CLOSE_TOO_MANY_CONNECTIONS,
+    Transport,
+)
 from heaper_trio.services.live_outbox import Outbox
 
 if TYPE_CHECKING:
@@ -35,6 +39,7 @@ class LegacyEventsConnection:
         self.user_id = ""
         self.outbox = Outbox(OUTBOX_BYTES)
         self.close_code: tuple[int, str] | None = None
+        self.holds_slot = False
         self._scope = trio.CancelScope()
 
     def send_event(self, evt: dict[str, object]) -> bool:
@@ -61,6 +66,8 @@ class LegacyEventsConnection:
         finally:
             counters.connections -= 1
             self.live.hub.remove_user_sink(self)
+            if self.holds_slot:
+                self.live.hub.release_connection(self.user_id)
         if self.close_code is not None:
             with trio.move_on_after(1) as scope:
                 scope.shield = True
@@ -78,6 +85,12 @@ class LegacyEventsConnection:
         except HeaperError as e:
             return self._end(CLOSE_UNAUTHORIZED, e.code)
         self.user_id = user.id
+        # Counted with the account's /ws connections: each may buffer OUTBOX_BYTES.
+        if not self.live.hub.claim_connection(user.id,
+                                              self.live.settings.ws_max_connections_per_user):
+            self.live.realtime.refused_connection_limit += 1
+            return self._end(CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this account")
+        self.holds_slot = True
         self.live.hub.add_user_sink(self)
         await self.transport.send(events.to_json({"type": "authenticated", "user_id": user.id}))
         async with trio.open_nursery() as nursery:
