@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 
 from heaper_trio.errors import BadRequest
 from heaper_trio.services.files import check_hash
@@ -17,7 +17,7 @@ from heaper_trio.services.media_sniff import runs_in_browser
 from heaper_trio.services.scans_source import OpenFile
 from heaper_trio.storage.base import FileRecord, User
 from heaper_trio.web.file_response import file_response
-from heaper_trio.web.routing import limit_body, route, services
+from heaper_trio.web.routing import limit_body, read_form, route, services
 from heaper_trio.web.schema import boolean, open_obj, string
 
 bp = Blueprint("files", __name__)
@@ -142,8 +142,7 @@ async def animated_thumbnail(user: User, key: str, size: str, slug: str) -> Resp
 async def upload_thumbnail(user: User, block_id: str, file_hash: str, thumbnail_key: str
                            ) -> dict[str, Any]:
     limit_body(11 * 1024 * 1024)
-    files = await request.files
-    form = await request.form
+    form, files = await read_form()
     upload = files.get("thumbnail") or files.get("file")
     if upload is None:
         raise BadRequest("a multipart field 'thumbnail' is required",

@@ -11,7 +11,7 @@ from quart import Blueprint, request
 from heaper_trio.errors import BadRequest, PayloadTooLarge
 from heaper_trio.services.files import MAX_CHUNKS, MIN_CHUNK_BYTES, check_hash
 from heaper_trio.storage.base import User
-from heaper_trio.web.routing import limit_body, route, services
+from heaper_trio.web.routing import limit_body, read_form, route, services
 from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
 
 bp = Blueprint("uploads", __name__)
@@ -57,8 +57,7 @@ async def upload_file(user: User, heap_id: str, block_id: str) -> dict[str, Any]
     _ids(heap_id, block_id)
     settings = services().settings
     limit_body(settings.max_direct_upload_bytes + 1024 * 1024)
-    files = await request.files
-    form = await request.form
+    form, files = await read_form()
     upload = files.get("file")
     if upload is None:
         raise BadRequest("a multipart field 'file' is required", code="file_missing_in_form")

@@ -16,6 +16,7 @@ from functools import wraps
 from typing import Any, Awaitable, Callable
 
 from quart import Blueprint, Response, current_app, request
+from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from heaper_trio.errors import (
@@ -27,7 +28,7 @@ from heaper_trio.errors import (
 )
 from heaper_trio.services.container import Services
 from heaper_trio.storage.base import User
-from heaper_trio.web.schema import validate
+from heaper_trio.web.schema import UNSTORABLE, check_text, storable, validate
 
 # Segments that are routes of their own under a parameterised path: never an id, so
 # ``DELETE /api/heap/add`` cannot reach (or name) a heap called "add".
@@ -147,9 +148,43 @@ async def read_json_body(*, allow_empty: bool) -> Any:
             return {}
         raise BadRequest("a JSON body is required", code="invalid_json")
     try:
-        return json.loads(raw, parse_float=_json_number)
+        parsed = json.loads(raw, parse_float=_json_number)
     except (ValueError, RecursionError):
         raise BadRequest("the body is not valid JSON", code="invalid_json") from None
+    check_text(parsed, "body")
+    return parsed
+
+
+def check_query_and_path(params: dict[str, Any]) -> None:
+    """Query strings and path segments under the rule JSON strings follow: %00 decodes to NUL,
+    and nothing behind a route needs it (ids, names, tokens, file names for a download)."""
+    for name, value in params.items():
+        if isinstance(value, str):
+            check_text(value, f"path.{name}")
+    for name, values in request.args.lists():
+        if not storable(name):
+            raise BadRequest(f"query has a parameter name that {UNSTORABLE}",
+                             code="invalid_value", details={"field": "query"})
+        for value in values:
+            check_text(value, f"query.{name}")
+
+
+async def read_form() -> tuple[MultiDict[str, str], MultiDict[str, FileStorage]]:
+    """The multipart fields and files of this request, under the rule JSON strings follow:
+    field values, field names, file names and part media types end up as names and MIME types
+    in the database, where NUL fails PostgreSQL and a lone surrogate fails every engine."""
+    files = await request.files
+    form = await request.form
+    for name in [*form.keys(), *files.keys()]:
+        if not storable(name):
+            raise BadRequest(f"form has a field name that {UNSTORABLE}",
+                             code="invalid_value", details={"field": "form"})
+    for name, value in form.items(multi=True):
+        check_text(value, f"form.{name}")
+    for name, upload in files.items(multi=True):
+        for text in (upload.filename or "", upload.content_type or ""):
+            check_text(text, f"form.{name}")
+    return form, files
 
 
 def _quart_rule(path: str) -> str:
@@ -252,6 +287,7 @@ def route(
                     # a route word is not an id: this rule does not apply, as if unmatched
                     methods = allowed_methods(request.path)
                     raise MethodNotAllowed(valid_methods=methods) if methods else NotFound()
+            check_query_and_path(params)
             for name, schema in path_schemas.items():
                 try:
                     validate(params[name], schema, f"path.{name}")

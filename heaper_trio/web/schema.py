@@ -106,6 +106,42 @@ def validate(value: Any, schema: dict[str, Any], where: str = "body") -> None:
                 validate(item, schema["items"], f"{where}[{i}]")
 
 
+def storable(text: str) -> bool:
+    """False for text holding NUL (PostgreSQL text and JSONB refuse it) or a lone surrogate
+    (no UTF-8 exists for it: pycrdt, SQLite and asyncpg all raise)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+UNSTORABLE = "must not hold NUL or a lone surrogate"
+
+
+def check_text(value: Any, where: str = "body") -> None:
+    """Refuse any string (object keys too) that no store can hold, before any work: names,
+    ids, types and queries never need NUL or a lone surrogate, and content travels inside
+    base64 Yjs updates. A bad key is reported as its object (the key itself may not be
+    printable in the answer). Iterative: a body nested as deep as the JSON parser allows must
+    not exhaust the stack here."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            if not storable(item):
+                raise _invalid(at, UNSTORABLE)
+        elif isinstance(item, dict):
+            for key, sub in reversed(list(item.items())):
+                if not storable(key):
+                    raise _invalid(at, f"has a field name that {UNSTORABLE}")
+                stack.append((sub, f"{at}.{key}"))
+        elif isinstance(item, list):
+            stack.extend((sub, f"{at}[{i}]") for i, sub in reversed(list(enumerate(item))))
+
+
 def _invalid(where: str, text: str) -> BadRequest:
     return BadRequest(f"{where} {text}", code="invalid_value", details={"field": where})
 
