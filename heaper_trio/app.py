@@ -47,7 +47,8 @@ BLUEPRINTS = (routes_instance.bp, routes_auth.bp, routes_heaps.bp, routes_blocks
 def guarded(app: QuartTrio, settings: Settings) -> ASGIFramework:
     """What hypercorn serves: the app behind the keep-alive workarounds (web/http_guard.py)."""
     guard = HttpGuard(cast(ASGIApp, app), read_timeout=settings.http_read_timeout,
-                      drain_bytes=settings.http_drain_bytes)
+                      drain_bytes=settings.http_drain_bytes,
+                      min_body_rate=settings.http_min_body_rate)
     return cast(ASGIFramework, guard)
 
 

@@ -221,7 +221,7 @@ async def test_upload_disk_work_keeps_to_its_own_threads(
     """Writes that hang (a stalled disk) hold at most IO_THREADS threads; the database's
     threads stay free, so other requests are answered meanwhile."""
     heap = await new_heap(admin)
-    data = os.urandom(CHUNK * 12)
+    data = os.urandom(CHUNK * 8)  # 8 at once: max_uploads_per_user, twice IO_THREADS
     h = sha(data)
     await init(admin, heap["id"], "blk-s", data)
     release = threading.Event()
@@ -249,7 +249,7 @@ async def test_upload_disk_work_keeps_to_its_own_threads(
         assert r.status_code == 200, r.text
 
     async with trio.open_nursery() as nursery:
-        for i in range(12):
+        for i in range(8):
             nursery.start_soon(put, i)
         with trio.fail_after(10):
             while most < IO_THREADS:

@@ -210,7 +210,7 @@ async def test_other_users_and_bad_input(admin: HeaperClient, eve: HeaperClient,
     await admin.post(f"/api/upload/init/{heap['id']}/blk-e", json={
         "hash": h, "size": len(data), "chunk_size": CHUNK})
     r = await eve.put(f"/api/upload/chunk/{heap['id']}/blk-e/{h}/0", content=data)
-    assert_error(r, 404, "upload_not_found")
+    assert_error(r, 403, "heap_forbidden")  # the heap first: no word on its uploads
     for bad in ({"hash": "xyz", "size": 1, "chunk_size": 1},
                 {"size": 1, "chunk_size": 1},
                 {"hash": h, "size": -1, "chunk_size": 1},

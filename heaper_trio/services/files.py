@@ -46,12 +46,13 @@ from heaper_trio.errors import (
 from heaper_trio.live import events
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.upload_disk import (  # _write: tests make the disk full there
-    _abandoned,
+    UploadSlots,
     _close_and_remove,
     _commit,
     _disk_full_is_507,
     _open_temp,
     _write,
+    sweep_temp_files,
 )
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import FileRecord, Storage, UploadRecord, User
@@ -118,6 +119,7 @@ class FileService:
         # trio.to_thread's default limiter is shared with the database threads (SQLite)
         self._probe_threads = trio.CapacityLimiter(PROBE_THREADS)
         self._io_threads = trio.CapacityLimiter(IO_THREADS)
+        self.slots = UploadSlots(settings.max_uploads_per_user)
 
     async def _probe_fs(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._probe_threads)
@@ -232,19 +234,20 @@ class FileService:
             raise PayloadTooLarge("the file exceeds max_upload_bytes")
         temp = self.uploads / f"direct-{uuid.uuid4().hex}.part"
         out: BinaryIO | None = None
-        try:
-            with _disk_full_is_507():  # the bytes always travel: the hash is of what came
-                out = await self._io(_open_temp, temp)
-                hash = await self._io(self._copy_hashing, [source], out)
-                if claimed_hash is not None and hash != claimed_hash:
-                    raise Unprocessable("the content does not match the given hash",
-                                        code="hash_mismatch", details={"actual_hash": hash})
-                await self._stored(None if await self._in_store(hash) else out, temp, hash)
-            record = await self._record(user, heap_id, block_id, hash, size, name,
-                                        guess_mime(name, mime_type))
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._io(_close_and_remove, out, temp)
+        with self.slots.hold(user.id):  # the copy holds a temp file and a thread
+            try:
+                with _disk_full_is_507():  # the bytes always travel: the hash is of what came
+                    out = await self._io(_open_temp, temp)
+                    hash = await self._io(self._copy_hashing, [source], out)
+                    if claimed_hash is not None and hash != claimed_hash:
+                        raise Unprocessable("the content does not match the given hash",
+                                            code="hash_mismatch", details={"actual_hash": hash})
+                    await self._stored(None if await self._in_store(hash) else out, temp, hash)
+                record = await self._record(user, heap_id, block_id, hash, size, name,
+                                            guess_mime(name, mime_type))
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._io(_close_and_remove, out, temp)
         return self._answer(record, block_id, "complete")
 
     def _copy_hashing(self, sources: Sequence[Path | BinaryIO], out: BinaryIO | None) -> str:
@@ -304,6 +307,8 @@ class FileService:
                       ) -> UploadRecord:
         upload = await self.storage.get_upload(heap_id, block_id, hash)
         if upload is None or upload.user_id != user.id:
+            # not in a heap of yours: 403 whether or not its owner has an upload there
+            await self.documents.owned_heap(user, heap_id)
             raise NotFound("no upload of this file to this block; call init first",
                            code="upload_not_found")
         return upload
@@ -351,27 +356,28 @@ class FileService:
         written = 0
         out: BinaryIO | None = None
         pending = bytearray()  # a thread hop per MiB, not per network read
-        try:
-            with _disk_full_is_507():
-                out = await self._io(_open_temp, temp)
-                async for data in body:
-                    written += len(data)
-                    if written > expected:
-                        raise BadRequest(f"chunk {index} must be {expected} bytes",
+        with self.slots.hold(user.id):  # before any file is opened; see UploadSlots
+            try:
+                with _disk_full_is_507():
+                    out = await self._io(_open_temp, temp)
+                    async for data in body:
+                        written += len(data)
+                        if written > expected:
+                            raise BadRequest(f"chunk {index} must be {expected} bytes",
+                                             code="chunk_size_mismatch")
+                        pending += data
+                        if len(pending) >= COPY_BLOCK:
+                            await self._io(_write, out, bytes(pending))
+                            pending.clear()
+                    if written != expected:
+                        raise BadRequest(f"chunk {index} must be {expected} bytes, got {written}",
                                          code="chunk_size_mismatch")
-                    pending += data
-                    if len(pending) >= COPY_BLOCK:
+                    if pending:
                         await self._io(_write, out, bytes(pending))
-                        pending.clear()
-                if written != expected:
-                    raise BadRequest(f"chunk {index} must be {expected} bytes, got {written}",
-                                     code="chunk_size_mismatch")
-                if pending:
-                    await self._io(_write, out, bytes(pending))
-                await self._io(_commit, out, temp, folder / f"{index}.chunk")
-        finally:
-            with trio.CancelScope(shield=True):  # cut off mid-way: nothing half-written stays
-                await self._io(_close_and_remove, out, temp)
+                    await self._io(_commit, out, temp, folder / f"{index}.chunk")
+            finally:
+                with trio.CancelScope(shield=True):  # cut off mid-way: nothing half-written stays
+                    await self._io(_close_and_remove, out, temp)
         return {"success": True, "status": "ok", "index": index, "size": written}
 
     async def status(self, user: User, heap_id: str, block_id: str, hash: str
@@ -396,6 +402,8 @@ class FileService:
 
     async def complete(self, user: User, heap_id: str, block_id: str, hash: str
                        ) -> dict[str, Any]:
+        # The heap first: whether its owner has an upload there is not another user's business
+        await self.documents.owned_heap(user, heap_id)
         lock = self._assembling.setdefault(hash, trio.Lock())
         try:
             async with lock:
@@ -451,7 +459,7 @@ class FileService:
         """Abandoned uploads go after ``upload_expiry_hours``; run in the supervisor. First
         of all, the temp files a killed process left (assembling, direct, chunk) go."""
         try:
-            removed = await self._io(self._sweep_temp_files)
+            removed = await self._io(sweep_temp_files, self.uploads)
             if removed:
                 log.info("removed %d temporary upload files left by a stopped process", removed)
         except Exception:
@@ -469,21 +477,8 @@ class FileService:
         for upload in expired:
             log.info("upload %s of %s expired", upload.id, upload.hash)
             await self._discard(upload)
-        await self._io(self._sweep_temp_files)
+        await self._io(sweep_temp_files, self.uploads)
         return len(expired)
-
-    def _sweep_temp_files(self) -> int:
-        """Temporary files of requests a crash cut off, whatever their age: a live writer
-        holds its file's lock (see ``_open_temp``), a dead one's lock died with it."""
-        if not self.uploads.exists():
-            return 0
-        removed = 0
-        now = time.time()
-        for path in self.uploads.glob("**/*.part"):
-            if _abandoned(path, now):
-                path.unlink(missing_ok=True)
-                removed += 1
-        return removed
 
     async def forget_unreferenced(self, hashes: list[str]) -> int:
         """After blocks are removed for good: files no block holds any more go, bytes too

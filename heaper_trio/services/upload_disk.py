@@ -4,7 +4,8 @@ synced rename, removed on failure, and swept once their writer is gone.
 Nothing half-written ever carries a final name: a writer holds an ``flock`` on its temporary
 file for as long as it lives, so a sweeper (in this or another process sharing the data
 directory) removes only the temp files of writers that died. A full disk (ENOSPC/EDQUOT) is
-the server's condition, a 507, not a bug.
+the server's condition, a 507, not a bug. ``UploadSlots`` caps how many uploads one user has
+in progress, so slow ones cannot take every socket and file descriptor of the process.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import errno
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from heaper_trio.errors import InsufficientStorage
+from heaper_trio.errors import InsufficientStorage, RateLimited
 
 log = logging.getLogger(__name__)
 FRESH_EMPTY_S = 10.0  # an empty, unlocked temp file this young may be about to be locked
@@ -105,3 +107,53 @@ def _abandoned(path: Path, now: float) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def sweep_temp_files(uploads: Path) -> int:
+    """Temporary files of requests a crash cut off, whatever their age: a live writer holds
+    its file's lock (see ``_open_temp``), a dead one's lock died with it."""
+    if not uploads.exists():
+        return 0
+    removed = 0
+    now = time.time()
+    for path in uploads.glob("**/*.part"):
+        if _abandoned(path, now):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+class UploadSlots:
+    """How many upload requests each user has in progress in this process.
+
+    Every slow upload holds a socket and a temporary file until its body is in; without a cap,
+    one user opening thousands of them ran the process out of file descriptors and other
+    users' requests failed. A slot is taken before any temporary file is opened and given back
+    in ``finally`` (a cancelled request gives it back too); over the cap is a 429."""
+
+    RETRY_AFTER_S = 5  # long enough for a chunk at the minimum body rate to finish or be cut
+
+    def __init__(self, per_user: int) -> None:
+        self.per_user = per_user
+        self._held: dict[str, int] = {}
+
+    def held(self, user_id: str) -> int:
+        return self._held.get(user_id, 0)
+
+    @contextlib.contextmanager
+    def hold(self, user_id: str) -> Iterator[None]:
+        held = self._held.get(user_id, 0)
+        if held >= self.per_user:
+            raise RateLimited(f"at most {self.per_user} uploads of yours may be in progress at "
+                              "once; retry when one has finished",
+                              retry_after=self.RETRY_AFTER_S,
+                              details={"max_uploads_per_user": self.per_user})
+        self._held[user_id] = held + 1
+        try:
+            yield
+        finally:
+            left = self._held[user_id] - 1
+            if left:
+                self._held[user_id] = left
+            else:
+                del self._held[user_id]

@@ -2,7 +2,10 @@
 
 ``HeaperError`` carries its own status and code. Werkzeug's HTTP errors (unknown route, wrong
 method, body over the size limit) are mapped to stable codes. Anything else is a bug: it is
-logged with its traceback and answered with a 500 that reveals nothing.
+logged with its traceback and answered with a 500 that reveals nothing. Two conditions of the
+server, not bugs, are not 500s: a full disk (507) and running out of file descriptors
+(EMFILE/ENFILE, usually because many connections are open at once): a 503 with Retry-After, so
+a client whose request failed for somebody else's load retries instead of giving up.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from werkzeug.exceptions import HTTPException
 from heaper_trio.errors import HeaperError, InsufficientStorage
 
 log = logging.getLogger("heaper_trio.web")
+OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE})
+FD_RETRY_AFTER_S = 2
 
 HTTP_CODES = {
     400: "bad_request",
@@ -34,6 +39,17 @@ def _envelope(status: int, code: str, message: str, headers: dict[str, str] | No
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def _os_errno(e: BaseException) -> int | None:
+    """The errno of an OSError, also inside an exception group (a nursery's failure)."""
+    if isinstance(e, OSError):
+        return e.errno
+    if isinstance(e, BaseExceptionGroup):
+        for inner in e.exceptions:
+            if (found := _os_errno(inner)) is not None:
+                return found
+    return None
 
 
 def install_error_handlers(app: Quart) -> None:
@@ -56,7 +72,12 @@ def install_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(Exception)
     async def unexpected(e: Exception) -> Any:
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        code = _os_errno(e)
+        if code in OUT_OF_FDS:
+            log.warning("out of file descriptors: %s", e)
+            return _envelope(503, "server_busy", "the server is out of resources for the "
+                             "moment; retry shortly", {"Retry-After": str(FD_RETRY_AFTER_S)})
+        if code in (errno.ENOSPC, errno.EDQUOT):
             # a full disk anywhere (not only in the upload paths, which raise it themselves)
             log.warning("out of disk space: %s", e)
             return await heaper_error(InsufficientStorage("the server has no space left; "

@@ -36,6 +36,12 @@ checkpoint raises ``Cancelled``, so:
 * a request body that stalls (no bytes for ``read_timeout`` seconds before any answer started)
   is answered ``408 request_timeout`` with ``connection: close``; the app sees a disconnect.
   Quart's own ``BODY_TIMEOUT`` does not cover ``async for data in request.body`` (chunk PUTs).
+* a request body that trickles (a byte every few seconds never trips ``read_timeout``) must
+  arrive at ``min_body_rate`` on average: a body of N bytes (Content-Length) has
+  ``read_timeout + N / min_body_rate`` seconds from the request's head, a chunked one must have
+  sent ``(elapsed - read_timeout) * min_body_rate`` bytes so far; past that it is the same 408.
+  Here, not in the upload code, because every route with a body holds a socket (and, for
+  multipart forms, a spooled file) while it arrives, and only the framing knows the length.
 """
 
 from __future__ import annotations
@@ -58,9 +64,11 @@ DRAIN_SECONDS = 5.0  # the longest an answer's connection waits for the rest of 
 class HttpGuard:
     """ASGI middleware; see the module docstring for the hypercorn/quart-trio interaction."""
 
-    def __init__(self, app: ASGIApp, *, read_timeout: float, drain_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, read_timeout: float, drain_bytes: int,
+                 min_body_rate: float = float("inf")) -> None:
         self.app = app
         self.read_timeout = read_timeout
+        self.min_body_rate = min_body_rate
         self.drain_bytes = drain_bytes
         # A client silent for read_timeout is given up on anyway; waiting longer to drain
         # its body would hold the connection past the promise that setting makes.
@@ -111,6 +119,13 @@ class _Exchange:
             self.body_complete.set()
         self.started = False  # an answer (the app's or ours) has begun
         self.answered_by_guard = False
+        self.head_at = trio.current_time()
+
+    def _body_deadline(self) -> float:
+        """When the body must be in: a known length's whole allowance, or for a chunked
+        body the allowance of what has arrived (so it must keep up, not just keep going)."""
+        size = self.length if self.length is not None else self.received
+        return self.head_at + self.guard.read_timeout + size / self.guard.min_body_rate
 
     def _note(self, message: Message) -> None:
         kind = message.get("type")
@@ -125,11 +140,12 @@ class _Exchange:
         if self.answered_by_guard:
             return {"type": "http.disconnect"}
         while not (self.body_complete.is_set() or self.started):
-            with trio.move_on_after(self.guard.read_timeout):
+            deadline = min(trio.current_time() + self.guard.read_timeout, self._body_deadline())
+            with trio.move_on_at(deadline):
                 message = await self._receive()
                 self._note(message)
                 return message
-            if not self.started:  # the body stalled and no answer has begun: ours is a 408
+            if not self.started:  # stalled or too slow, no answer begun: ours is a 408
                 await self._answer_timeout()
                 return {"type": "http.disconnect"}
         message = await self._receive()
@@ -171,7 +187,8 @@ class _Exchange:
         self.started = True
         self.answered_by_guard = True
         body = json.dumps({"success": False, "error": "request_timeout",
-                           "message": "the request body stalled; send it again"}).encode()
+                           "message": "the request body stalled or arrived too slowly; "
+                           "send it again"}).encode()
         headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(body)).encode())]
         if self.http1:

@@ -45,7 +45,7 @@ def _ids(heap_id: str, block_id: str) -> None:
 
 
 @route(bp, "POST", "/api/upload/file/{heap_id}/{block_id}", tag="files",
-       errors=(400, 403, 404, 409, 413, 422, 507), params=PATH_IDS,
+       errors=(400, 403, 404, 409, 413, 422, 429, 507), params=PATH_IDS,
        content={"multipart/form-data": UPLOAD_FORM},
        summary="Upload a whole file to a block in one request (multipart: file, hash).",
        description="Form fields: `file` (the content), `hash` (optional lowercase hex SHA-256; "
@@ -113,7 +113,7 @@ async def upload_status(user: User, heap_id: str, block_id: str, hash: str) -> d
 
 
 @route(bp, "PUT", "/api/upload/chunk/{heap_id}/{block_id}/{hash}/{index}", tag="files",
-       errors=(400, 404, 413, 507), params={**PATH_FILE, "index": CHUNK_INDEX},
+       errors=(400, 403, 404, 413, 429, 507), params={**PATH_FILE, "index": CHUNK_INDEX},
        content={"application/octet-stream": string(contentMediaType="application/octet-stream")},
        summary="Send one chunk of a resumable upload (the body is its raw bytes).",
        description="Chunk i holds bytes [i*chunk_size, (i+1)*chunk_size) (the last may be "
