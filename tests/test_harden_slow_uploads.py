@@ -104,6 +104,16 @@ async def test_slow_chunk_puts_are_capped_per_user_and_cut_at_their_deadline(
         assert int(headers["retry-after"]) > 0
         assert len(temp_files(server)) == 8
         await ninth.aclose()
+        # a one-request upload counts too: refused before its multipart body is read
+        direct = await RawConnection.open(server)
+        await direct.send(request(
+            "POST", f"/api/upload/file/{path.split('/')[4]}/blk-direct", 200_000,
+            f"Authorization: Bearer {admin.access_token}",
+            "Content-Type: multipart/form-data; boundary=xyz") + b"--xyz\r\n")
+        status, headers, body = await direct.answer(timeout=READ_TIMEOUT * 0.8)
+        assert status == 429 and json.loads(body)["error"] == "rate_limited", body
+        assert int(headers["retry-after"]) > 0
+        await direct.aclose()
 
         # another user is not held up by it
         other = os.urandom(CHUNK + 10)
