@@ -3,8 +3,8 @@
 Over real servers on both engines, a user who controls their scan folder swaps what a scanned
 path leads to: a link to the server's signing key (or /etc/passwd), a link on a parent folder,
 a same-size rewrite with mtime put back, a file renamed over it, a FIFO, an entry from before
-identities were kept. Every file route (raw, stream, thumbnail, video_thumbnail, animated)
-answers ``409 file_changed`` and never the other bytes; a rescan of the file is queued, and
+identities were kept, a hard link to the server's key or database (made before or after the
+scan). Every file route (raw, stream, thumbnail, video_thumbnail, animated) answers ``409 file_changed`` and never the other bytes; a rescan of the file is queued, and
 afterwards the new content is served under its new hash (or a link is marked missing). An
 unchanged file still serves, ranges, thumbnails and all. The pure parts (opening without
 links, the walker and hasher refusing links that appear mid-scan) are tested without a server.
@@ -29,7 +29,9 @@ from heaper_trio.client import HeaperClient, LoginPending
 from heaper_trio.keys import SERVER_KEY_FILE
 from heaper_trio.services.scans_probe import GONE, NOT_A_FILE, hash_file, hash_files
 from heaper_trio.services.scans_source import (
+    SERVER_FILES,
     NotTheScannedFile,
+    ServerFiles,
     open_dir_nofollow,
     open_nofollow,
     open_scanned,
@@ -37,6 +39,7 @@ from heaper_trio.services.scans_source import (
 from heaper_trio.services.scans_walk import FileSeen, FolderWalker
 from heaper_trio.storage.base import ScanBatch
 from heaper_trio.storage.scan_records import FileIdentity
+from heaper_trio.storage.sqlite import DB_FILE
 
 from .conftest import assert_error
 from .media_samples import colour_video
@@ -449,3 +452,90 @@ async def test_an_upload_of_scanned_bytes_gets_its_own_stable_copy(
         r = await other.post(f"/api/upload/init/{theirs['id']}/blk-again", json={
             "hash": h, "size": len(data), "chunk_size": 65536})
         assert r.json()["status"] == "exists", r.text
+
+
+# -- hard links to the server's own files ---------------------------------------------------------
+# A hard link is not a link that can be refused on the way: it is the file itself, another name
+# for the same inode. Linux's protected_hardlinks keeps other users from making one to the
+# server's files; the server does not rely on it (scans_source.ServerFiles).
+
+
+@pytest.mark.parametrize("target", [SERVER_KEY_FILE, DB_FILE])
+async def test_a_hard_link_to_a_server_file_is_skipped_and_never_served(
+        user: HeaperClient, scan_server: RunningServer, roots: Path, target: str) -> None:
+    server_file = scan_server.services.settings.data_path / target
+    if not server_file.exists():
+        pytest.skip("no database file in the data directory (PostgreSQL)")
+    heap = await new_heap(user)
+    mine = folder_of(roots, user)
+    write(mine / "s1" / "plain.txt", "plain")
+    link = mine / "s1" / "key_hardlink"
+    os.link(server_file, link)
+    secret = server_file.read_bytes()
+    job = await scan(user, heap["id"], mine)
+    assert (job["files_new"], job["skipped"]) == (1, 1), job
+    assert str(link) not in await scan_server.services.storage.scan_entries(heap["id"],
+                                                                            [str(link)])
+    r = await user.get(f"/api/file/{sha(secret)}/raw/x")
+    assert r.status_code == 404 and secret not in r.content
+
+
+async def test_a_hard_link_swapped_in_after_the_scan_is_refused(
+        user: HeaperClient, scan_server: RunningServer, roots: Path) -> None:
+    key = scan_server.services.settings.data_path / SERVER_KEY_FILE
+    secret = key.read_bytes()
+    heap = await new_heap(user)
+    mine = folder_of(roots, user)
+    victim = write(mine / "notes.txt", b"n" * len(secret))
+    await scan(user, heap["id"], mine)
+    h = sha(victim.read_bytes())
+    victim.unlink()
+    os.link(key, victim)
+    since = scan_server.services.scans.rescans.done
+    await refused(scan_server, user, h, secret, secret[:32])
+    await rescanned(scan_server, since)  # the rescan does not index the key instead
+    assert (await entry_at(scan_server, heap["id"], victim)).missing
+    r = await user.get(f"/api/file/{sha(secret)}/raw/x")
+    assert r.status_code == 404 and secret not in r.content
+    job = await scan(user, heap["id"], mine)
+    assert (job["files_new"], job["skipped"]) == (0, 1), job
+
+
+async def test_a_hard_link_indexed_before_the_check_is_refused_at_serve_time(
+        user: HeaperClient, scan_server: RunningServer, roots: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An index written by a server without the check (the reported hole): serving it checks
+    again, so the key's bytes stay unserved (409 file_changed, then missing)."""
+    key = scan_server.services.settings.data_path / SERVER_KEY_FILE
+    secret = key.read_bytes()
+    heap = await new_heap(user)
+    mine = folder_of(roots, user)
+    link = mine / "s1" / "key_hardlink"
+    link.parent.mkdir()
+    os.link(key, link)
+    with monkeypatch.context() as unchecked:
+        unchecked.setattr(SERVER_FILES, "data_dirs", set())
+        job = await scan(user, heap["id"], mine)
+    assert job["files_new"] == 1, job  # indexed, as the old server did
+    h = sha(secret)
+    since = scan_server.services.scans.rescans.done
+    await refused(scan_server, user, h, secret, secret[:32])
+    await rescanned(scan_server, since)
+    assert (await entry_at(scan_server, heap["id"], link)).missing
+    assert_error(await user.get(f"/api/file/{h}/raw/x"), 404, "file_missing")
+
+
+def test_server_files_are_recognised_only_through_a_second_name(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    key = write(data / "server_key", "seed")
+    stored = write(data / "files" / "ab" / "upload", "not a secret")
+    outside = write(tmp_path / "mine" / "own", "own")
+    files = ServerFiles()
+    files.register(data)
+    assert not files.includes(key.stat())  # its only name is the data directory's own
+    for target in (key, stored, outside):
+        os.link(target, tmp_path / "mine" / f"link-{target.name}")
+    assert files.includes(key.stat())
+    assert files.includes((tmp_path / "mine" / "link-server_key").stat())
+    assert not files.includes(stored.stat())  # the store: copies of uploads, not protected
+    assert not files.includes(outside.stat())

@@ -38,6 +38,7 @@ from heaper_trio.services.scans_job import ScanJob, ScanSnapshot
 from heaper_trio.services.scans_reindex import FileReprobe
 from heaper_trio.services.scans_rescan import FileRescans
 from heaper_trio.services.scans_source import (
+    SERVER_FILES,
     NotTheScannedFile,
     OpenFile,
     open_regular,
@@ -72,6 +73,7 @@ class ScanService:
         self.media = media
         self.jobs: dict[str, ScanJob] = {}
         self._nursery: trio.Nursery | None = None
+        SERVER_FILES.register(settings.data_path)  # see scans_source.ServerFiles
         self.rescans = FileRescans(storage, documents, media, settings,
                                    files.forget_unreferenced, lambda: list(self.jobs.values()))
 

@@ -32,6 +32,7 @@ from PIL import Image
 
 from heaper_trio.services.media_sniff import guess_from_name, kind_of, sniff_bytes
 from heaper_trio.services.scans_source import (
+    SERVER_FILES,
     NotTheScannedFile,
     open_dir_nofollow,
     open_nofollow,
@@ -92,6 +93,8 @@ def hash_file(path: str, stop: threading.Event, dir_fd: int | None = None) -> Ha
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
             return _failed(path, "not a regular file", failure=NOT_A_FILE)
+        if SERVER_FILES.includes(before):  # a hard link to the server's key or database
+            return _failed(path, "one of the server's own files", failure=NOT_A_FILE)
         digest = hashlib.sha256()
         head = b""
         while True:

@@ -11,6 +11,11 @@ folder on it may have, or the file may have been rewritten or replaced. Hence:
 - **The opened file must be the hashed one.** Its ``fstat`` (device, inode, size, mtime and
   ctime, :class:`FileIdentity`) must equal what the scan recorded from the descriptor it hashed.
   ctime cannot be set from user space, so a same-size rewrite with mtime put back is caught.
+- **Never one of the server's own files.** A hard link is not a link to refuse: it *is* the
+  file. A hard link in a user's folder to the server's key or database would be indexed and
+  served like any file (Linux's ``protected_hardlinks`` keeps other users from making one, but
+  the server does not rely on it), so a file whose inode is one of the server's is refused by
+  the walker, the hasher and here (:data:`SERVER_FILES`).
 - **What was checked is what is read.** The open descriptor itself is served, and tools that
   want a path (Pillow, ffmpeg) get ``/proc/self/fd/<n>``, a name for that very open file: no
   second look-up of the path can be raced.
@@ -29,6 +34,49 @@ from heaper_trio.storage.scan_records import FileIdentity
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 PROC_FD = "/proc/self/fd/"
+
+
+class ServerFiles:
+    """The data directories whose top-level files (the server key, the SQLite database with
+    its ``-wal`` and ``-shm``, anything else put there) no scanned path may turn out to be.
+
+    Process-wide (:data:`SERVER_FILES`, filled by the scan service) so every opener of a
+    scanned path checks without having to be handed the data directory: a new caller cannot
+    forget it. Subfolders are not protected: the file store holds content-addressed copies of
+    uploads (no secrets), thumbnails are derived from them.
+
+    Cheap and sound: a hard link to one of those files gives that inode at least two names,
+    so only files with ``st_nlink > 1`` are compared, against the top level listed at that
+    moment (a few entries; the database's ``-wal`` comes and goes)."""
+
+    def __init__(self) -> None:
+        self.data_dirs: set[str] = set()
+
+    def register(self, data_dir: str | os.PathLike[str]) -> None:
+        self.data_dirs.add(os.path.realpath(data_dir))
+
+    def ids(self) -> set[tuple[int, int]]:
+        """(device, inode) of every regular file at the top of each data directory now."""
+        found: set[tuple[int, int]] = set()
+        for folder in list(self.data_dirs):
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        if stat.S_ISREG(st.st_mode):
+                            found.add((st.st_dev, st.st_ino))
+            except OSError:
+                continue
+        return found
+
+    def includes(self, info: os.stat_result) -> bool:
+        return info.st_nlink > 1 and (info.st_dev, info.st_ino) in self.ids()
+
+
+SERVER_FILES = ServerFiles()
 
 
 class NotTheScannedFile(Exception):
@@ -151,6 +199,9 @@ def open_scanned(path: str, known: Iterable[FileIdentity]) -> OpenFile:
     if not stat.S_ISREG(opened.stat.st_mode):
         opened.close()
         raise NotTheScannedFile("not a regular file")
+    if SERVER_FILES.includes(opened.stat):  # even one a scan recorded before this check
+        opened.close()
+        raise NotTheScannedFile("one of the server's own files")
     if FileIdentity.of(opened.stat) not in known:
         opened.close()
         raise NotTheScannedFile("not the file that was hashed" if known

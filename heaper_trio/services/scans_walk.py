@@ -15,7 +15,8 @@ time (so a cancel waits at most one step). Safety rules (shared/notes/files-find
   link after its parent was listed is refused, not entered.
 - Only regular files are indexed (no FIFOs, sockets or devices); names that are not UTF-8 are
   skipped (neither engine can store them as text); the server's own data directory is
-  never entered, even when it lies under a scan root.
+  never entered, even when it lies under a scan root, and a hard link to one of its files
+  (the server key, the database) is skipped (``scans_source.ServerFiles``).
 - ``.heaperignore`` files use gitignore syntax and apply to their folder and below; a deeper
   file's rules win over a shallower one's, as in git. An ignored folder is not entered.
 """
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 import pathspec
 
 from heaper_trio.errors import BadRequest, Forbidden
-from heaper_trio.services.scans_source import OPEN_FILE, open_dir_nofollow
+from heaper_trio.services.scans_source import OPEN_FILE, SERVER_FILES, open_dir_nofollow
 from heaper_trio.storage.scan_records import FileIdentity
 
 IGNORE_FILE = ".heaperignore"
@@ -236,6 +237,9 @@ class FolderWalker:
                 self.skipped += 1
             else:
                 st = entry.stat(follow_symlinks=False)
+                if SERVER_FILES.includes(st):
+                    self.skipped += 1
+                    return True
                 out.append(FileSeen(path, folder.path, entry.name, st.st_size,
                                     st.st_mtime_ns, FileIdentity.of(st)))
         except FileNotFoundError:
