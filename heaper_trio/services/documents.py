@@ -259,6 +259,10 @@ class DocumentService:
         gone = await self.storage.tombstones([i.block_id for i in items])
         for item in items:
             item.changed = False
+            if item.block_id in gone and gone[item.block_id][0] != item.heap_id:
+                # "deleted" would tell that this id was another heap's (another user's)
+                item.status, item.error = "forbidden", "block_in_other_heap"
+                continue
             if item.block_id in gone:
                 item.status, item.error = "deleted", "block_deleted"
                 self.cache.evict(item.block_id)
@@ -350,8 +354,10 @@ class DocumentService:
         return retry
 
     def _push_answer(self, item: PushItem) -> dict[str, Any]:
-        out: dict[str, Any] = {"block_id": item.block_id, "status": item.status,
-                               "sync_version": item.sync_version_now}
+        out: dict[str, Any] = {"block_id": item.block_id, "status": item.status}
+        if item.status != "forbidden":
+            # a refused block may be another user's: nothing of it goes back, not its version
+            out["sync_version"] = item.sync_version_now
         if item.error:
             out["error"] = item.error
         if item.doc is not None and item.status in ("ok", "created"):

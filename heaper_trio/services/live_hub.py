@@ -135,6 +135,14 @@ class LiveHub:
         """Subscribe and wait for the room's document (loaded once for every joiner)."""
         while True:
             room = self.rooms.get(sub.name.block_id)
+            if room is not None and room.heap_id != sub.name.heap_id:
+                # Rooms are per block id (ids are global). One opened under another heap is
+                # that heap's document, of which nothing may reach this address (another
+                # user's block, issue 9), or a load failing that way, dropped once ready.
+                await room.ready.wait()
+                if self.rooms.get(sub.name.block_id) is room:
+                    raise LookupError("block_in_other_heap")
+                continue
             if room is None:
                 room = self.rooms[sub.name.block_id] = Room(sub.name.block_id, sub.name.heap_id)
                 room.subs.add(sub)
