@@ -76,7 +76,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_http import CLK_TCK, Server, free_port, log
 
 LIVE = ROOT / "tests" / "live_node"
-SERVER_ENV = {"HEAPER_AUTH_RATE_LIMIT": "100000", "HEAPER_LOG_LEVEL": "warning"}
+# One account drives every subscriber here: lift the per-account limits a real deployment keeps.
+SERVER_ENV = {"HEAPER_AUTH_RATE_LIMIT": "100000", "HEAPER_LOG_LEVEL": "warning",
+              "HEAPER_WS_MAX_CONNECTIONS_PER_USER": "100000"}
 SERVERS = ("heaper_trio", "hocuspocus")
 
 
