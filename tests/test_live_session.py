@@ -123,3 +123,27 @@ def test_protocol_doc_lists_every_message_and_event_type() -> None:
         assert all(f"`{f}`" in row for f in fields), (type_, fields)
     for code in (1001, 1002, 1003, 1009, 1011, 1013, 4205, 4408):
         assert f"| {code} |" in doc, code
+
+
+def test_protocol_doc_shows_events_commands_as_the_server_reads_them() -> None:
+    """Every command example in the events section is one the server accepts (it once showed a
+    ``command`` field, which the server answers with unknown_command), and every command the
+    server knows has an example and a row."""
+    import json
+    from pathlib import Path
+
+    from heaper_trio.live.events import COMMANDS, parse_command
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    section = doc.split("## Events channel", 1)[1].split("\n## ", 1)[0]
+    examples = [line.strip() for line in section.splitlines() if line.strip().startswith("{")]
+    shown = set()
+    for example in examples:
+        command = parse_command(example)
+        assert command is not None, f"the server refuses the documented {example}"
+        shown.add(json.loads(example)["type"])
+    assert shown == set(COMMANDS), shown
+    for name in COMMANDS:
+        assert f"| `{name}` | `heap_ids` |" in section, name
+    assert "unknown_command" in section
+    assert parse_command('{"command": "subscribe", "heap_ids": ["h"]}') is None

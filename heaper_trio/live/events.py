@@ -31,6 +31,8 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "sync_version_mismatch": ("block_id", "sync_version"),
     "error": ("error", "message"),
 }
+# what a client sends on the events channel: {"type": <command>, "heap_ids": [...]}
+COMMANDS = ("subscribe", "unsubscribe")
 SCAN_EVENTS = frozenset(t for t in EVENT_FIELDS if t.startswith("scan."))
 BLOCK_KINDS = {"created": "block.created", "changed": "block.changed",
                "deleted": "block.deleted", "restored": "block.restored",
@@ -58,7 +60,7 @@ def parse_command(payload: str) -> dict[str, Any] | None:
         data = json.loads(payload)
     except ValueError:
         return None
-    if not isinstance(data, dict) or data.get("type") not in ("subscribe", "unsubscribe"):
+    if not isinstance(data, dict) or data.get("type") not in COMMANDS:
         return None
     ids = data.get("heap_ids")
     if not isinstance(ids, list) or not all(isinstance(i, str) and 0 < len(i) <= 128
