@@ -17,8 +17,10 @@ import httpx
 
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
+from heaper_trio.live import messages as m
 
 from .conftest import assert_error
+from .live_client import live_client
 from .test_sync import ClientBlock, b64, push
 
 SURROGATE = "\\ud800"  # a JSON escape: json.loads gives the lone surrogate "\ud800"
@@ -280,3 +282,23 @@ async def test_an_update_carrying_a_surrogate_in_cesu8_is_invalid(admin: HeaperC
     r = await push(admin, item)
     assert_error(r, 422, "invalid_update")
     assert await server.services.storage.load_block(block.id) is None
+
+
+async def test_events_channel_refuses_heap_ids_no_store_holds(admin: HeaperClient,
+                                                              server: RunningServer) -> None:
+    """A subscribe on the live events channel takes heap ids as the HTTP routes do: a NUL one
+    reached PostgreSQL (and ended the channel) before; now it is an unknown_command error and
+    the channel goes on."""
+    heap = await _heap(admin)
+    async with live_client(server.url) as a:
+        await a.open("events", admin.access_token)
+        await a.expect(m.Authenticated)
+        for ids in (["a\x00b"], [heap, "\x00"], ["\ud800"], ["x" * 129], ["a/b"]):
+            payload = json.dumps({"type": "subscribe", "heap_ids": ids})
+            await a.send(m.Stateless("events", payload))
+            answer = await a.expect(m.Stateless, lambda x: x.address == "events")
+            assert json.loads(answer.payload)["error"] == "unknown_command", (ids, answer)
+        await a.send(m.Stateless("events", json.dumps({"type": "subscribe",
+                                                       "heap_ids": [heap]})))
+        answer = await a.expect(m.Stateless, lambda x: x.address == "events")
+        assert json.loads(answer.payload) == {"type": "subscribed", "heap_ids": [heap]}

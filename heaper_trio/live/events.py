@@ -8,7 +8,10 @@ docs/protocol.md (a test checks that the two agree). Clients ignore types they d
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+from heaper_trio.live.names import _ID as ID_PATTERN
 
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     # block events, for heaps the client subscribed to
@@ -31,6 +34,7 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "sync_version_mismatch": ("block_id", "sync_version"),
     "error": ("error", "message"),
 }
+_HEAP_ID = re.compile(ID_PATTERN)
 # what a client sends on the events channel: {"type": <command>, "heap_ids": [...]}
 COMMANDS = ("subscribe", "unsubscribe")
 SCAN_EVENTS = frozenset(t for t in EVENT_FIELDS if t.startswith("scan."))
@@ -63,7 +67,8 @@ def parse_command(payload: str) -> dict[str, Any] | None:
     if not isinstance(data, dict) or data.get("type") not in COMMANDS:
         return None
     ids = data.get("heap_ids")
-    if not isinstance(ids, list) or not all(isinstance(i, str) and 0 < len(i) <= 128
-                                            for i in ids) or len(ids) > 1000:
+    # ids as document names and the HTTP routes take them: a NUL would reach PostgreSQL
+    if not isinstance(ids, list) or len(ids) > 1000 or not all(
+            isinstance(i, str) and _HEAP_ID.fullmatch(i) for i in ids):
         return None
     return {"type": data["type"], "heap_ids": list(dict.fromkeys(ids))}
