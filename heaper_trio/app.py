@@ -9,6 +9,7 @@ requests finish for ``graceful_timeout``, cancels background work and closes the
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from functools import partial
 from typing import cast
@@ -42,6 +43,37 @@ log = logging.getLogger("heaper_trio")
 BLUEPRINTS = (routes_instance.bp, routes_auth.bp, routes_heaps.bp, routes_blocks.bp,
               routes_sync.bp, routes_trash.bp, routes_uploads.bp, routes_files.bp,
               routes_jobs.bp, ws.bp)
+
+
+class EveryFewSeconds(logging.Filter):
+    """Lets one record through every ``seconds``, counting the ones it held back.
+
+    Out of file descriptors, the accept loop hypercorn uses (``trio.serve_listeners``) does not
+    spin: it logs ``accept returned EMFILE`` with a traceback, sleeps 0.1 s and retries, while
+    new connections wait in the listen backlog. Ten tracebacks a second would bury the log
+    (and its disk) exactly when someone needs to read it."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._last = -seconds
+        self._held_back = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.seconds:
+            self._held_back += 1
+            return False
+        self._last = now
+        if self._held_back:
+            record.msg = f"{record.msg} ({self._held_back} more like it not logged)"
+            self._held_back = 0
+        return True
+
+
+ACCEPT_LOG = logging.getLogger("trio.serve_listeners")
+if not any(isinstance(f, EveryFewSeconds) for f in ACCEPT_LOG.filters):
+    ACCEPT_LOG.addFilter(EveryFewSeconds(5.0))
 
 
 def guarded(app: QuartTrio, settings: Settings) -> ASGIFramework:
