@@ -38,6 +38,7 @@ from heaper_trio.web import (
 from heaper_trio.web.cors import install_cors
 from heaper_trio.web.errors import install_error_handlers
 from heaper_trio.web.http_guard import ASGIApp, HttpGuard
+from heaper_trio.web import hypercorn_eof
 
 log = logging.getLogger("heaper_trio")
 BLUEPRINTS = (routes_instance.bp, routes_auth.bp, routes_heaps.bp, routes_blocks.bp,
@@ -74,6 +75,9 @@ class EveryFewSeconds(logging.Filter):
 ACCEPT_LOG = logging.getLogger("trio.serve_listeners")
 if not any(isinstance(f, EveryFewSeconds) for f in ACCEPT_LOG.filters):
     ACCEPT_LOG.addFilter(EveryFewSeconds(5.0))
+
+
+hypercorn_eof.apply()
 
 
 def guarded(app: QuartTrio, settings: Settings) -> ASGIFramework:

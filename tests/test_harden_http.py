@@ -303,3 +303,23 @@ async def test_httpx_client_retries_a_chunk_after_401_on_the_same_pool(
         assert _client_port(r) == first
     r = await http.get("/api/health")
     assert r.status_code == 200
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+async def test_a_client_that_connects_and_leaves_frees_its_socket_at_once(
+        start_server: StartServer) -> None:
+    """Connect-and-close must not pin a descriptor for the keep-alive timeout: hypercorn's idle
+    timer otherwise keeps the connection's task group (and its socket) alive until it fires,
+    so a client looping connect/close could exhaust the server's descriptors."""
+    server = await start_server(http_read_timeout=60)
+    port = int(server.url.rsplit(":", 1)[1])
+    for _ in range(100):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.aclose()
+    conn = await RawConnection.open(server)  # and one that leaves after a request
+    await conn.send(HEALTH)
+    assert (await conn.answer())[0] == 200
+    await conn.aclose()
+    with trio.fail_after(5):
+        while _server_sockets(port):
+            await trio.sleep(0.05)
