@@ -110,3 +110,23 @@ async def test_live_address_with_anothers_block_gets_nothing_of_it(
         # and Eve's try changed nothing of Admin's document
         r = await admin.post("/api/sync/pull", json={"blocks": [{"block_id": victim.id}]})
         assert r.json()["blocks"][0]["status"] == "ok"
+
+
+async def test_live_address_with_anothers_deleted_block_is_not_told_deleted(
+        admin: HeaperClient, eve: HeaperClient, server: RunningServer) -> None:
+    """Over /ws too, another heap's purged block is ``block_in_other_heap``; only its own heap
+    hears ``block_deleted``."""
+    heap, victim = await _a_block_of(admin, edits=0)
+    with victim.doc.transaction():
+        victim.meta["deleted_at"] = 1_700_000_000_000.0
+    assert (await push(admin, victim.push_item(heap))).json()["blocks"][0]["status"] == "ok"
+    assert (await admin.request("DELETE", f"/api/trash/{heap}")).status_code == 200
+    assert victim.id in await server.services.storage.tombstones([victim.id])
+    eves_heap = (await new_heap(eve, "Eve's"))["id"]
+    for client, address in ((eve, f"{eves_heap}:{victim.id}"), (admin, f"{heap}:{victim.id}")):
+        async with live_client(server.url) as c:
+            await c.open(address, client.access_token)
+            with trio.fail_after(5):
+                denied = await c.expect(m.PermissionDenied, lambda x: x.address == address)
+            expected = "block_deleted" if client is admin else "block_in_other_heap"
+            assert denied.reason == expected, c.seen

@@ -225,8 +225,9 @@ class LiveConnection:
         heap = await storage.get_heap(name.heap_id)
         if heap is None or heap.owner_id != user.id:
             return "forbidden"
-        if name.block_id in await storage.tombstones([name.block_id]):
-            return "block_deleted"
+        gone = (await storage.tombstones([name.block_id])).get(name.block_id)
+        if gone is not None:  # another heap's deleted block: say nothing of it, as push does
+            return "block_deleted" if gone[0] == name.heap_id else "block_in_other_heap"
         return None
 
     def _open(self, address: str) -> None:
