@@ -242,6 +242,10 @@ def config_toml(p: Prepared) -> str:
     lines: list[str] = []
     for name, values in dictionaries.items():
         lines += [f"[dictionaries.{name}]", f"values = {_toml_list(values)}", ""]
+    # No NUL in generated text: the server refuses it in every string (400 invalid_value: no
+    # store can hold it), a rule JSON Schema has no words for short of a pattern on each one.
+    # (Lone surrogates st does not generate: its codec is UTF-8.)
+    lines += ["[generation]", "allow-x00 = false", ""]
     lines.append("[parameters]")
     for key, dictionary in bind.items():
         lines.append(f'"{key}" = {{ dictionary = "{dictionary}", probability = 0.5 }}')
