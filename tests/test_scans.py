@@ -319,7 +319,7 @@ async def test_scan_paths_and_permissions(boss: HeaperClient, scan_server: Runni
         await attempt(path, 403, "scan_path_forbidden")
     await attempt(str(roots / "file.txt"), 400, "not_a_directory")
     await attempt(str(roots / "nope"), 400, "not_a_directory")
-    await attempt("a\x00b", 400, "invalid_field")
+    await attempt("a\x00b", 400, "invalid_value")
     await attempt(str(roots), 403, "heap_forbidden", heap_id="not-my-heap")
     r = await boss.post("/api/scan_folder", json={"heap_id": heap["id"]})
     assert_error(r, 400, "missing_field")

@@ -142,7 +142,7 @@ async def animated_thumbnail(user: User, key: str, size: str, slug: str) -> Resp
 async def upload_thumbnail(user: User, block_id: str, file_hash: str, thumbnail_key: str
                            ) -> dict[str, Any]:
     limit_body(11 * 1024 * 1024)
-    form, files = await read_form()
+    form, files = await read_form()  # type and size: the service checks them (invalid_field)
     upload = files.get("thumbnail") or files.get("file")
     if upload is None:
         raise BadRequest("a multipart field 'thumbnail' is required",

@@ -57,7 +57,8 @@ async def upload_file(user: User, heap_id: str, block_id: str) -> dict[str, Any]
     _ids(heap_id, block_id)
     settings = services().settings
     limit_body(settings.max_direct_upload_bytes + 1024 * 1024)
-    form, files = await services().files.slots.during(user.id, read_form())  # body: a slot
+    # the body is read under an upload slot: a slow multipart body counts against the cap
+    form, files = await services().files.slots.during(user.id, read_form(UPLOAD_FORM))
     upload = files.get("file")
     if upload is None:
         raise BadRequest("a multipart field 'file' is required", code="file_missing_in_form")

@@ -169,18 +169,23 @@ def check_query_and_path(params: dict[str, Any]) -> None:
             check_text(value, f"query.{name}")
 
 
-async def read_form() -> tuple[MultiDict[str, str], MultiDict[str, FileStorage]]:
+async def read_form(schema: dict[str, Any] | None = None
+                    ) -> tuple[MultiDict[str, str], MultiDict[str, FileStorage]]:
     """The multipart fields and files of this request, under the rule JSON strings follow:
     field values, field names, file names and part media types end up as names and MIME types
-    in the database, where NUL fails PostgreSQL and a lone surrogate fails every engine."""
+    in the database, where NUL fails PostgreSQL and a lone surrogate fails every engine. Text
+    fields the route's form ``schema`` declares are validated against it, as a JSON body is."""
     files = await request.files
     form = await request.form
     for name in [*form.keys(), *files.keys()]:
-        if not storable(name):
-            raise BadRequest(f"form has a field name that {UNSTORABLE}",
+        if not isinstance(name, str) or not storable(name):  # a part name the parser lost
+            raise BadRequest(f"form has a field name that is missing or {UNSTORABLE}",
                              code="invalid_value", details={"field": "form"})
+    fields = (schema or {}).get("properties", {})
     for name, value in form.items(multi=True):
         check_text(value, f"form.{name}")
+        if value and name in fields and fields[name].get("format") != "binary":
+            validate(value, fields[name], f"form.{name}")  # empty reads as absent, as ever
     for name, upload in files.items(multi=True):
         for text in (upload.filename or "", upload.content_type or ""):
             check_text(text, f"form.{name}")
