@@ -38,7 +38,7 @@ class RateLimiter:
 
 
 class AuthRateLimits:
-    """The contract's rule: N per minute per client address, N/5 (at least 1) per key.
+    """The contract's rule: N per minute per client address, N/5 (at least 1) per key and address.
 
     The per-key budget is kept per (key, address): public keys are public, so a bucket shared
     by every address would let anyone who spends a victim's key budget from their own address

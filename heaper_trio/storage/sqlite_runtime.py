@@ -107,6 +107,9 @@ class SqliteRuntime:
         self._thread: threading.Thread | None = None
         self._readers: deque[sqlite3.Connection] = deque()
         self._reader_slots = trio.CapacityLimiter(READERS)
+        # Their own threads: trio.to_thread's default limiter is shared with file-system
+        # work (scans, hashing), which must never keep a read waiting for a thread.
+        self._reader_threads = trio.CapacityLimiter(READERS)
         self._inline: sqlite3.Connection | None = None
         self.commits = 0  # group commits done; a benchmark reads it
         self.jobs_done = 0
@@ -171,7 +174,8 @@ class SqliteRuntime:
             conn = self._readers.popleft()
             try:
                 with _unavailable_on_operational_error():
-                    return await trio.to_thread.run_sync(_in_read_transaction, fn, conn, *args)
+                    return await trio.to_thread.run_sync(
+                        _in_read_transaction, fn, conn, *args, limiter=self._reader_threads)
             finally:
                 self._readers.append(conn)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Awaitable, Callable
 
+import trio
 from hypercorn.trio.tcp_server import TCPServer
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,9 @@ def apply() -> None:
     async def _read_data(self: TCPServer) -> None:
         try:
             await original(self)
-        finally:
-            await self.idle_task.stop()  # the peer is gone: nothing left for the timer to close
+        finally:  # the peer is gone: nothing left for the timer to close
+            with trio.CancelScope(shield=True):  # stop() takes a lock: see it through
+                await self.idle_task.stop()
 
     setattr(_read_data, _PATCHED, True)
     TCPServer._read_data = _read_data  # type: ignore[method-assign]

@@ -151,8 +151,15 @@ async def read_json_body(*, allow_empty: bool) -> Any:
         parsed = json.loads(raw, parse_float=_json_number)
     except (ValueError, RecursionError):
         raise BadRequest("the body is not valid JSON", code="invalid_json") from None
-    check_text(parsed, "body")
+    if _MAY_HOLD_UNSTORABLE.search(raw):  # else no string in it can hold NUL or a surrogate
+        check_text(parsed, "body")
     return parsed
+
+
+# How NUL or a lone surrogate can reach a parsed JSON string: a \u escape, surrogate bytes
+# (json.loads decodes bytes with surrogatepass), or a UTF-16/32 body (NUL bytes). Bodies
+# without any of these (nearly all, including multi-MB base64 updates) skip the walk.
+_MAY_HOLD_UNSTORABLE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])|\xed[\xa0-\xbf]|\x00")
 
 
 def check_query_and_path(params: dict[str, Any]) -> None:
