@@ -16,16 +16,15 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import BinaryIO
 
 from heaper_trio.errors import InsufficientStorage, RateLimited
 
 log = logging.getLogger(__name__)
 FRESH_EMPTY_S = 10.0  # an empty, unlocked temp file this young may be about to be locked
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-T = TypeVar("T")
 
 
 def _write(out: BinaryIO, data: bytes) -> None:
@@ -140,20 +139,6 @@ class UploadSlots:
 
     def held(self, user_id: str) -> int:
         return self._held.get(user_id, 0)
-
-    async def during(self, user_id: str, work: Coroutine[Any, Any, T]) -> T:
-        """``work`` under a slot: a one-request upload's multipart body is read (and spooled
-        to a temporary file) before the upload code runs, so the slot is taken around that."""
-        try:
-            slot = self.hold(user_id)
-            slot.__enter__()
-        except BaseException:
-            work.close()  # never started: no "coroutine was never awaited"
-            raise
-        try:
-            return await work
-        finally:
-            slot.__exit__(None, None, None)
 
     @contextlib.contextmanager
     def hold(self, user_id: str) -> Iterator[None]:

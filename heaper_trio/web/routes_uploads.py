@@ -37,13 +37,6 @@ UPLOAD_FORM = {"type": "object", "required": ["file"], "properties": {
     "mime_type": string(maxLength=255)}}
 
 
-def _ids(heap_id: str, block_id: str) -> None:
-    for name, value in (("heap_id", heap_id), ("block_id", block_id)):
-        if not value or len(value) > 128 or not all(c.isalnum() or c in "_-" for c in value):
-            raise BadRequest(f"{name} must be 1-128 chars of [A-Za-z0-9_-]",
-                             code="invalid_field", details={"field": name})
-
-
 @route(bp, "POST", "/api/upload/file/{heap_id}/{block_id}", tag="files",
        errors=(400, 403, 404, 409, 413, 422, 429, 507), params=PATH_IDS,
        content={"multipart/form-data": UPLOAD_FORM},
@@ -54,11 +47,10 @@ def _ids(heap_id: str, block_id: str) -> None:
        "new). Larger files than max_direct_upload_bytes use the resumable routes.",
        response=ANSWER)
 async def upload_file(user: User, heap_id: str, block_id: str) -> dict[str, Any]:
-    _ids(heap_id, block_id)
     settings = services().settings
     limit_body(settings.max_direct_upload_bytes + 1024 * 1024)
-    # the body is read under an upload slot: a slow multipart body counts against the cap
-    form, files = await services().files.slots.during(user.id, read_form(UPLOAD_FORM))
+    with services().files.slots.hold(user.id):  # a slow multipart body counts against the cap
+        form, files = await read_form(UPLOAD_FORM)
     upload = files.get("file")
     if upload is None:
         raise BadRequest("a multipart field 'file' is required", code="file_missing_in_form")
@@ -95,7 +87,6 @@ async def upload_file(user: User, heap_id: str, block_id: str) -> dict[str, Any]
                          received={"type": "array"}))
 async def upload_init(user: User, heap_id: str, block_id: str, body: dict[str, Any]
                       ) -> dict[str, Any]:
-    _ids(heap_id, block_id)
     claimed = body.get("hash") or body.get("file_hash")
     if not claimed:
         raise BadRequest("hash is required", code="invalid_field", details={"field": "hash"})
@@ -109,7 +100,6 @@ async def upload_init(user: User, heap_id: str, block_id: str, body: dict[str, A
        summary="Progress of a resumable upload (or the file's status if none is under way).",
        response=PROGRESS)
 async def upload_status(user: User, heap_id: str, block_id: str, hash: str) -> dict[str, Any]:
-    _ids(heap_id, block_id)
     return await services().files.status(user, heap_id, block_id, check_hash(hash))
 
 
@@ -123,7 +113,7 @@ async def upload_status(user: User, heap_id: str, block_id: str, hash: str) -> d
        response=open_obj(success=boolean(), status=string(), index=integer(), size=integer()))
 async def upload_chunk(user: User, heap_id: str, block_id: str, hash: str, index: str
                        ) -> dict[str, Any]:
-    _ids(heap_id, block_id)  # index: ASCII digits, at most 9 (CHUNK_INDEX, checked by route())
+    # ids, hash and index (ASCII digits, at most 9: CHUNK_INDEX) are checked by route()
     limit_body(services().settings.max_chunk_bytes)
     return await services().files.chunk(user, heap_id, block_id, check_hash(hash), int(index),
                                         request.body)
@@ -137,7 +127,6 @@ async def upload_chunk(user: User, heap_id: str, block_id: str, hash: str, index
        response=ANSWER)
 async def upload_complete(user: User, heap_id: str, block_id: str, hash: str
                           ) -> dict[str, Any]:
-    _ids(heap_id, block_id)
     return await services().files.complete(user, heap_id, block_id, check_hash(hash))
 
 
@@ -146,6 +135,5 @@ async def upload_complete(user: User, heap_id: str, block_id: str, hash: str
        summary="Is this file stored for this block: complete, uploading (with progress) or "
        "missing.", response=PROGRESS)
 async def file_status(user: User, heap_id: str, block_id: str, hash: str) -> dict[str, Any]:
-    _ids(heap_id, block_id)
     return await services().files.status(user, heap_id, block_id, check_hash(hash))
 
