@@ -125,7 +125,7 @@ def _user_row(u: Any) -> dict[str, Any]:
 async def _users(settings: Settings, args: argparse.Namespace) -> int:
     from heaper_trio.services.accounts import find_user
     from heaper_trio.services.container import open_storage
-    from heaper_trio.storage.sqlite import DB_FILE
+    from heaper_trio.storage.sqlite.engine import DB_FILE
 
     if args.action != "list" and not args.user:
         raise StartupError(f"users {args.action}: name a user (id or public key)")

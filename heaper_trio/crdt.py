@@ -27,7 +27,7 @@ import pycrdt
 from pycrdt import Array, Doc, Map, Text, TransactionEvent, XmlElement, XmlFragment, XmlText
 
 from heaper_trio.errors import Unprocessable
-from heaper_trio.live.split import decodes_exactly
+from heaper_trio.protocol.split import decodes_exactly
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from heaper_trio.live import messages as m
+from heaper_trio.protocol import messages as m
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ import pytest
 
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
-from heaper_trio.services.media_sniff import runs_in_browser
+from heaper_trio.services.media.sniff import runs_in_browser
 
 from .test_file_serving import png_bytes, upload
 from .test_sync import new_heap

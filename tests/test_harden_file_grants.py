@@ -175,7 +175,7 @@ async def raw_sql(storage: Storage, *statements: str) -> None:
         await storage.rt.write(  # type: ignore[attr-defined]
             lambda c: [c.execute(s) for s in statements])
         return
-    from heaper_trio.storage.postgres_runtime import tx
+    from heaper_trio.storage.postgres.runtime import tx
 
     async def run(c: Any) -> None:
         for s in statements:

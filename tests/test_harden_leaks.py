@@ -12,7 +12,7 @@ import trio
 
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
-from heaper_trio.live import messages as m
+from heaper_trio.protocol import messages as m
 
 from .live_client import live_client
 from .test_sync import ClientBlock, new_heap, push

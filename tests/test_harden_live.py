@@ -29,13 +29,13 @@ import trio
 import trio.testing
 
 from heaper_trio.client import HeaperClient, KeyPair
-from heaper_trio.live import messages as m
-from heaper_trio.live.names import BlockName
+from heaper_trio.protocol import messages as m
+from heaper_trio.protocol.names import BlockName
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import Committed
-from heaper_trio.services.live_outbox import Outbox
-from heaper_trio.services.live_hub import LiveHub, Subscription
-from heaper_trio.storage.base import StoredBlock
+from heaper_trio.services.live.outbox import Outbox
+from heaper_trio.services.live.hub import LiveHub, Subscription
+from heaper_trio.records import StoredBlock
 
 from . import test_crash as crash
 from .live_client import live_client

@@ -27,8 +27,8 @@ import trio
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient, LoginPending
 from heaper_trio.keys import SERVER_KEY_FILE
-from heaper_trio.services.scans_probe import GONE, NOT_A_FILE, hash_file, hash_files
-from heaper_trio.services.scans_source import (
+from heaper_trio.services.scans.probe import GONE, NOT_A_FILE, hash_file, hash_files
+from heaper_trio.services.scans.source import (
     SERVER_FILES,
     NotTheScannedFile,
     ServerFiles,
@@ -36,10 +36,10 @@ from heaper_trio.services.scans_source import (
     open_nofollow,
     open_scanned,
 )
-from heaper_trio.services.scans_walk import FileSeen, FolderWalker
-from heaper_trio.storage.base import ScanBatch
-from heaper_trio.storage.scan_records import FileIdentity
-from heaper_trio.storage.sqlite import DB_FILE
+from heaper_trio.services.scans.walk import FileSeen, FolderWalker
+from heaper_trio.records import ScanBatch
+from heaper_trio.records.scans import FileIdentity
+from heaper_trio.storage.sqlite.engine import DB_FILE
 
 from .conftest import assert_error
 from .media_samples import colour_video

@@ -17,7 +17,7 @@ import httpx
 
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
-from heaper_trio.live import messages as m
+from heaper_trio.protocol import messages as m
 
 from .conftest import assert_error
 from .live_client import live_client

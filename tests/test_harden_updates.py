@@ -21,8 +21,8 @@ from pycrdt import Doc
 from heaper_trio import crdt
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
-from heaper_trio.live import messages as m
-from heaper_trio.live.split import decodes_exactly, split_update
+from heaper_trio.protocol import messages as m
+from heaper_trio.protocol.split import decodes_exactly, split_update
 
 from .live_client import live_client
 from .test_live_split import BUILD, FAST, _node, build, operations

@@ -25,7 +25,7 @@ import heaper_trio.services.files as files_module
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.services.files import IO_THREADS, MAX_CHUNKS, MIN_CHUNK_BYTES
-from heaper_trio.storage.base import UploadRecord
+from heaper_trio.records import UploadRecord
 
 from .conftest import assert_error
 from .test_sync import new_heap
@@ -337,7 +337,7 @@ async def test_temp_files_of_a_killed_process_go_at_start_up(
 
 async def test_a_full_disk_for_a_client_thumbnail_is_507(
         admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    import heaper_trio.services.client_thumbnails as thumbs_module
+    import heaper_trio.services.media.client_thumbnails as thumbs_module
 
     heap = await new_heap(admin)
     data = b"a file with a thumbnail"

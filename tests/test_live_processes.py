@@ -17,7 +17,7 @@ import pytest
 from heaper_trio import crdt
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
-from heaper_trio.live import messages as m
+from heaper_trio.protocol import messages as m
 
 from .live_client import live_client
 from .test_sync import ClientBlock, new_heap, push

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heaper_trio.live import messages as m
-from heaper_trio.live import session as s
-from heaper_trio.live.names import BlockName, EventsName, parse_document_name
+from heaper_trio.protocol import messages as m
+from heaper_trio.protocol import session as s
+from heaper_trio.protocol.names import BlockName, EventsName, parse_document_name
 
 DOC = "heap-1:block-1"
 
@@ -110,7 +110,7 @@ def test_any_bytes_give_actions_never_exceptions(frames: list[bytes], token: boo
 def test_protocol_doc_lists_every_message_and_event_type() -> None:
     from pathlib import Path
 
-    from heaper_trio.live.events import EVENT_FIELDS
+    from heaper_trio.protocol.events import EVENT_FIELDS
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
     for name in ("Sync", "Awareness", "Auth", "QueryAwareness", "SyncReply", "Stateless",
@@ -132,7 +132,7 @@ def test_protocol_doc_shows_events_commands_as_the_server_reads_them() -> None:
     import json
     from pathlib import Path
 
-    from heaper_trio.live.events import COMMANDS, parse_command
+    from heaper_trio.protocol.events import COMMANDS, parse_command
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
     section = doc.split("## Events channel", 1)[1].split("\n## ", 1)[0]

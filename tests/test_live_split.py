@@ -1,4 +1,4 @@
-"""heaper_trio.live.split: pieces of a Yjs update, applied in order, give the same document.
+"""heaper_trio.protocol.split: pieces of a Yjs update, applied in order, give the same document.
 
 Documents are built by several pycrdt clients exchanging updates (so structs name structs of
 other clients), with every content type pycrdt writes. Each piece must integrate as it arrives
@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
-from heaper_trio.live.split import split_update
-from heaper_trio.live.wire import Decoder, var_uint
+from heaper_trio.protocol.split import split_update
+from heaper_trio.protocol.wire import Decoder, var_uint
 
 INTEROP = Path(__file__).resolve().parent / "interop"
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

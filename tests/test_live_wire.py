@@ -1,4 +1,4 @@
-"""heaper_trio.live.wire and .messages: lib0 varints, Hocuspocus frames, awareness payloads.
+"""heaper_trio.protocol.wire and .messages: lib0 varints, Hocuspocus frames, awareness payloads.
 
 The invariant under test is h11's: decoding any bytes either gives a message or raises
 ProtocolError, never another exception. Golden frames are written out by hand from the
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Text
 
-from heaper_trio.live.messages import (
+from heaper_trio.protocol.messages import (
     Authenticated,
     AuthToken,
     Awareness,
@@ -40,7 +40,7 @@ from heaper_trio.live.messages import (
     encode_awareness,
     encode_client_close,
 )
-from heaper_trio.live.wire import (
+from heaper_trio.protocol.wire import (
     MAX_VAR_UINT,
     Decoder,
     Encoder,

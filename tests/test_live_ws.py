@@ -18,8 +18,8 @@ from trio_websocket import ConnectionClosed
 from heaper_trio import crdt
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
-from heaper_trio.live import messages as m
-from heaper_trio.services import live_connection
+from heaper_trio.protocol import messages as m
+from heaper_trio.services.live import connection as live_connection
 
 from .live_client import live_client
 from .test_sync import ClientBlock, new_heap, push

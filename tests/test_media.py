@@ -16,7 +16,7 @@ import trio
 from PIL import Image
 
 from heaper_trio.errors import BadRequest, HeaperError
-from heaper_trio.services.media import (
+from heaper_trio.services.media.service import (
     THUMB_VERSION,
     MediaService,
     Position,

@@ -27,8 +27,8 @@ from heaper_trio import crdt
 from heaper_trio.app import RunningServer, run_server
 from heaper_trio.client import HeaperClient
 from heaper_trio.errors import BadRequest, Forbidden
-from heaper_trio.live import messages as m
-from heaper_trio.services.scans_walk import (
+from heaper_trio.protocol import messages as m
+from heaper_trio.services.scans.walk import (
     FileSeen,
     FolderSeen,
     FolderWalker,
@@ -36,7 +36,7 @@ from heaper_trio.services.scans_walk import (
     resolve_scan_path,
 )
 from heaper_trio.settings import Settings
-from heaper_trio.storage.base import BlockChange, BlockQuery, ScanBatch
+from heaper_trio.records import BlockChange, BlockQuery, ScanBatch
 
 from .conftest import assert_error
 from .live_client import live_client
@@ -436,7 +436,7 @@ async def test_bulk_created_blocks_are_those_commit_changes_makes(
     """The scan's one-statement-per-table creation writes exactly the rows (projection,
     relations, files, log, search, change times) that the per-block path writes."""
     from heaper_trio.services.documents import DocumentService
-    from heaper_trio.services.scans_commit import NewBlock, block_projection
+    from heaper_trio.services.scans.commit import NewBlock, block_projection
 
     from .test_storage import login, opened
 

@@ -13,8 +13,8 @@ from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.services.container import open_storage
 from heaper_trio.settings import Settings
 from heaper_trio.storage import Storage
-from heaper_trio.storage.base import ChallengeProblem, NewRefreshToken, RefreshOutcome
-from heaper_trio.storage.sqlite_runtime import migration_scripts
+from heaper_trio.records import ChallengeProblem, NewRefreshToken, RefreshOutcome
+from heaper_trio.storage.sqlite.runtime import migration_scripts
 
 NOW = 1_700_000_000_000
 

@@ -17,7 +17,8 @@ from heaper_trio.errors import Forbidden, NotFound, Unauthorized
 from heaper_trio.keys import KeyPair, b58decode_exact, canonical_public_key, verify_signature
 from heaper_trio.services.tokens import TokenPair, TokenService
 from heaper_trio.settings import Settings
-from heaper_trio.storage.base import RefreshOutcome, Storage, User
+from heaper_trio.storage.base import Storage
+from heaper_trio.records import RefreshOutcome, User
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,15 @@ from heaper_trio.keys import SERVER_KEY_FILE, KeyPair, load_or_create_server_key
 from heaper_trio.services.accounts import AccountService
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
-from heaper_trio.services.client_thumbnails import ClientThumbnails
+from heaper_trio.services.media.client_thumbnails import ClientThumbnails
 from heaper_trio.services.files import FileService
 from heaper_trio.services.heaps import HeapService
-from heaper_trio.services.live_bridge import ProcessBridge
-from heaper_trio.services.live_hub import LiveHub
-from heaper_trio.services.media import MediaService
+from heaper_trio.services.live.bridge import ProcessBridge
+from heaper_trio.services.live.hub import LiveHub
+from heaper_trio.services.media.service import MediaService
 from heaper_trio.services.query import QueryService
 from heaper_trio.services.ratelimit import AuthRateLimits
-from heaper_trio.services.scans import ScanService
+from heaper_trio.services.scans.service import ScanService
 from heaper_trio.services.tokens import TokenService
 from heaper_trio.settings import Settings
 from heaper_trio.storage import Storage, make_storage

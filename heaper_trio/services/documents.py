@@ -24,14 +24,8 @@ from heaper_trio import crdt
 from heaper_trio.errors import Forbidden, NotFound, PayloadTooLarge
 from heaper_trio.services.doc_cache import DocumentBase, DocumentCache
 from heaper_trio.settings import Settings
-from heaper_trio.storage.base import (
-    BlockChange,
-    BlockProjection,
-    CommitStatus,
-    Heap,
-    Storage,
-    User,
-)
+from heaper_trio.storage.base import Storage
+from heaper_trio.records import BlockChange, BlockProjection, CommitStatus, Heap, User
 
 log = logging.getLogger(__name__)
 COMPACT_EVERY = 100  # log rows after the snapshot before a change also writes a new snapshot

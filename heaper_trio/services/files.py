@@ -43,7 +43,7 @@ from heaper_trio.errors import (
     PayloadTooLarge,
     Unprocessable,
 )
-from heaper_trio.live import events
+from heaper_trio.protocol import events
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.upload_disk import (  # _write: tests make the disk full there
     UploadSlots,
@@ -55,7 +55,8 @@ from heaper_trio.services.upload_disk import (  # _write: tests make the disk fu
     sweep_temp_files,
 )
 from heaper_trio.settings import Settings
-from heaper_trio.storage.base import FileRecord, Storage, UploadRecord, User
+from heaper_trio.storage.base import Storage
+from heaper_trio.records import FileRecord, UploadRecord, User
 
 log = logging.getLogger(__name__)
 HASH = re.compile(r"[0-9a-f]{64}")

@@ -12,9 +12,9 @@ from typing import Any
 from heaper_trio import crdt
 from heaper_trio.errors import NotFound
 from heaper_trio.services.documents import Committed, DocumentService
-from heaper_trio.services.client_thumbnails import ClientThumbnails
+from heaper_trio.services.media.client_thumbnails import ClientThumbnails
 from heaper_trio.services.files import FileService
-from heaper_trio.storage.base import BlockRecord, User
+from heaper_trio.records import BlockRecord, User
 
 
 def trashed_json(b: BlockRecord) -> dict[str, Any]:

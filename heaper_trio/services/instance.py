@@ -9,7 +9,7 @@ from typing import Any
 import trio
 
 from heaper_trio.services.container import Services
-from heaper_trio.storage.base import User
+from heaper_trio.records import User
 
 DB_PING_TIMEOUT_S = 5.0
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from heaper_trio.errors import BadRequest
 from heaper_trio.services.documents import DocumentService
-from heaper_trio.storage.base import SORTS, BlockQuery, BlockRecord, User
+from heaper_trio.records import BlockQuery, BlockRecord, SORTS, User
 
 MAX_TERMS = 16
 # A cursor comes back from the client, so what it holds is checked like any input: a forged

@@ -18,7 +18,7 @@ import jwt
 
 from heaper_trio.errors import Unauthorized
 from heaper_trio.keys import KeyPair
-from heaper_trio.storage.base import NewRefreshToken
+from heaper_trio.records import NewRefreshToken
 
 AUDIENCE = "heaper"
 LEEWAY_S = 5  # clock skew between processes sharing a database

@@ -13,12 +13,12 @@ def make_storage(settings: Settings) -> Storage:
     PostgreSQL needs a trio-asyncio loop open around the caller (see ``app.run_server``).
     """
     if settings.database_url:
-        from heaper_trio.storage.postgres import PostgresStorage
+        from heaper_trio.storage.postgres.engine import PostgresStorage
 
         return PostgresStorage(
             settings.database_url, min_size=settings.pg_pool_min, max_size=settings.pg_pool_max
         )
-    from heaper_trio.storage.sqlite import SqliteStorage
+    from heaper_trio.storage.sqlite.engine import SqliteStorage
 
     return SqliteStorage(settings.data_path, settings.sqlite_synchronous)
 

@@ -13,36 +13,25 @@ import abc
 from collections.abc import Callable
 from typing import Any
 
-from heaper_trio.storage.records import (  # re-exported: services import them from here
+from heaper_trio.records import (
     BlockChange,
-    BlockProjection,
     BlockQuery,
     BlockRecord,
-    ChallengeProblem,
     ChangePage,
     CommitResult,
-    CommitStatus,
     FileRecord,
     Heap,
     LoginOutcome,
     NewRefreshToken,
-    RefreshOutcome,
     RotateResult,
-    SORTS,
     StoredBlock,
-    USER_STATES,
     UpdateInfo,
     UploadRecord,
     User,
 )
-from heaper_trio.storage.scan_records import ScanBatch, ScanEntry
+from heaper_trio.records.scans import ScanBatch, ScanEntry
 
-__all__ = [
-    "Storage", "BlockChange", "BlockProjection", "BlockQuery", "BlockRecord",
-    "ChallengeProblem", "ChangePage", "CommitResult", "CommitStatus", "FileRecord", "Heap",
-    "LoginOutcome", "NewRefreshToken", "RefreshOutcome", "RotateResult", "SORTS",
-    "StoredBlock", "USER_STATES", "UpdateInfo", "UploadRecord", "User",
-]
+__all__ = ["Storage"]
 
 class Storage(abc.ABC):
     """One interface, two engines: ``SqliteStorage`` (embedded) and ``PostgresStorage``."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from heaper_trio.storage.base import BlockQuery
+from heaper_trio.records import BlockQuery
 
 SORT_COLUMNS = {"created": "b.created_at", "updated": "b.updated_at", "title": "b.title"}
 

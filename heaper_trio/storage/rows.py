@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from heaper_trio.storage.base import BlockRecord, ChangePage, FileRecord, Heap, UploadRecord
+from heaper_trio.records import BlockRecord, ChangePage, FileRecord, Heap, UploadRecord
 
 RECORD_COLUMNS = (
     "id, heap_id, sync_version, type, title, text, relations, files, apps, created_at, "

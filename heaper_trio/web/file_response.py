@@ -43,7 +43,7 @@ from quart import Response, request
 from quart_trio.asgi import TrioASGIHTTPConnection
 
 from heaper_trio.errors import NotFound
-from heaper_trio.services.scans_source import OpenFile, open_regular
+from heaper_trio.services.scans.source import OpenFile, open_regular
 from heaper_trio.web.ranges import (
     ByteRange,
     clean_media_type,

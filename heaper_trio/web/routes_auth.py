@@ -7,7 +7,7 @@ from typing import Any
 from quart import Blueprint
 
 from heaper_trio.services.accounts import LoginResult
-from heaper_trio.storage.base import User
+from heaper_trio.records import User
 from heaper_trio.web.routing import route, services
 from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from quart import Blueprint
 
-from heaper_trio.storage.base import User
+from heaper_trio.records import User
 from heaper_trio.web.routes_heaps import ID
 from heaper_trio.web.routing import route, services
 from heaper_trio.web.schema import boolean, obj, open_obj, string

@@ -13,9 +13,9 @@ from quart import Blueprint, Response
 
 from heaper_trio.errors import BadRequest
 from heaper_trio.services.files import check_hash
-from heaper_trio.services.media_sniff import runs_in_browser
-from heaper_trio.services.scans_source import OpenFile
-from heaper_trio.storage.base import FileRecord, User
+from heaper_trio.services.media.sniff import runs_in_browser
+from heaper_trio.services.scans.source import OpenFile
+from heaper_trio.records import FileRecord, User
 from heaper_trio.web.file_response import file_response
 from heaper_trio.web.routing import limit_body, read_form, route, services
 from heaper_trio.web.schema import boolean, open_obj, string

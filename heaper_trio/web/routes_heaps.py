@@ -7,7 +7,7 @@ from typing import Any
 from quart import Blueprint
 
 from heaper_trio.errors import BadRequest
-from heaper_trio.storage.base import Heap, User
+from heaper_trio.records import Heap, User
 from heaper_trio.web.routing import RESERVED_IDS, route, services
 from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
 

@@ -7,7 +7,7 @@ from typing import Any
 from quart import Blueprint
 
 from heaper_trio.services import instance
-from heaper_trio.storage.base import User
+from heaper_trio.records import User
 from heaper_trio.web.openapi import openapi_document
 from heaper_trio.web.routing import route, services
 from heaper_trio.web.schema import boolean, open_obj, string

@@ -8,7 +8,7 @@ from quart import Blueprint, request
 
 from heaper_trio.errors import BadRequest, PayloadTooLarge, Unprocessable
 from heaper_trio.services.documents import DELTA_LIMIT
-from heaper_trio.storage.base import User
+from heaper_trio.records import User
 from heaper_trio.web.routes_heaps import ID
 from heaper_trio.web.routing import route, services
 from heaper_trio.web.schema import (boolean, integer, is_int_text, obj, open_obj, parse_int,

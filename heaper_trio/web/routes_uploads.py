@@ -10,7 +10,7 @@ from quart import Blueprint, request
 
 from heaper_trio.errors import BadRequest, PayloadTooLarge
 from heaper_trio.services.files import MAX_CHUNKS, MIN_CHUNK_BYTES, check_hash
-from heaper_trio.storage.base import User
+from heaper_trio.records import User
 from heaper_trio.web.routing import limit_body, read_form, route, services
 from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
 

@@ -27,7 +27,7 @@ from heaper_trio.errors import (
     Unauthorized,
 )
 from heaper_trio.services.container import Services
-from heaper_trio.storage.base import User
+from heaper_trio.records import User
 from heaper_trio.web.schema import UNSTORABLE, check_text, storable, validate
 
 # Segments that are routes of their own under a parameterised path: never an id, so

@@ -10,8 +10,8 @@ import logging
 
 from quart import Blueprint, websocket
 
-from heaper_trio.services.live_connection import LiveConnection
-from heaper_trio.services.live_legacy import LegacyEventsConnection
+from heaper_trio.services.live.connection import LiveConnection
+from heaper_trio.services.live.legacy import LegacyEventsConnection
 from heaper_trio.web.routing import services, websocket_route
 
 log = logging.getLogger(__name__)

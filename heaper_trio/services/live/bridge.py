@@ -1,0 +1,112 @@
+"""Live updates between server processes that share one PostgreSQL database.
+
+Every change committed here is announced as a small pointer (block, log position, kind); the
+other processes' hubs read the stored rows and send their subscribers what they lack
+(sync-findings 6.8: no payload in the notification, no lossy side channel, nobody applies
+another process's step 2). User events (scan progress, file ready) travel the same way, as
+they are small. With SQLite there is one process and no bridge.
+
+Block commits (scan batches' included), purges and heap deletions are announced by the
+storage inside their own transaction (``PostgresStorage.announce_commits_as``), so an
+acknowledged change is never left unannounced by a process that dies right after its commit;
+the bridge skips those (``announced_in_commit``) and announces only what that did not cover
+(user events, and commits of a storage without in-transaction announcements). On the receiving side the hub rereads storage
+whenever an announcement may have been missed (listener reconnected or overflowed, a
+document loading while one came in).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+
+import trio
+
+from heaper_trio.services.documents import Committed
+from heaper_trio.services.live.hub import LiveHub
+from heaper_trio.storage.base import Storage
+
+log = logging.getLogger(__name__)
+OUTBOX = 10_000
+MAX_PAYLOAD = 7000  # PostgreSQL refuses NOTIFY payloads from 8000 bytes
+BATCH = 200
+
+
+class ProcessBridge:
+    def __init__(self, storage: Storage, hub: LiveHub) -> None:
+        self.storage = storage
+        self.hub = hub
+        self.process_id = uuid.uuid4().hex[:16]
+        self._send, self._receive = trio.open_memory_channel[str](OUTBOX)
+        hub.documents.listeners.append(self.on_commit)
+        hub.user_event_hooks.append(self.on_user_event)
+        announce_commits_as = getattr(storage, "announce_commits_as", None)
+        self._announced: Callable[[str, str, str, int], bool] | None = None
+        if announce_commits_as is not None:
+            announce_commits_as(self.process_id)
+            self._announced = getattr(storage, "announced_in_commit")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._listen)
+            nursery.start_soon(self._announce_forever)
+            task_status.started()
+
+    async def _listen(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                      ) -> None:
+        await self.storage.listen(self._received, task_status=task_status)
+
+    # -- out ----------------------------------------------------------------------------------
+    def _queue(self, payload: dict[str, object]) -> None:
+        text = json.dumps({"o": self.process_id, **payload}, separators=(",", ":"))
+        if len(text.encode()) > MAX_PAYLOAD:
+            log.warning("live announcement too large to send (%d bytes)", len(text))
+            return
+        try:
+            self._send.send_nowait(text)
+        except trio.WouldBlock:  # the database is not keeping up; other processes resync
+            log.warning("live announcements backed up; one dropped")
+
+    def on_commit(self, committed: Sequence[Committed]) -> None:
+        for c in committed:
+            if self._announced is not None and self._announced(c.kind, c.heap_id, c.block_id,
+                                                               c.seq):
+                continue  # its transaction announced it at COMMIT
+            self._queue({"k": c.kind, "h": c.heap_id, "b": c.block_id, "s": c.seq,
+                         "v": c.sync_version, "t": c.updated_at})
+
+    def on_user_event(self, user_id: str, evt: dict[str, object]) -> None:
+        self._queue({"u": user_id, "e": evt})
+
+    async def _announce_forever(self) -> None:
+        while True:
+            batch = [await self._receive.receive()]
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await self.storage.announce(batch)
+            except Exception:
+                log.exception("announcing %d live changes failed", len(batch))
+
+    # -- in -----------------------------------------------------------------------------------
+    def _received(self, text: str) -> None:
+        if not text:  # the listener reconnected: catch up every live document
+            self.hub.catch_up_all()
+            return
+        try:
+            data = json.loads(text)
+            if data.get("o") == self.process_id:
+                return
+            if "u" in data:
+                self.hub.publish_user_event(str(data["u"]), dict(data["e"]), local_only=True)
+                return
+            self.hub.on_remote(Committed(str(data["h"]), str(data["b"]), str(data["k"]),
+                                         int(data["s"]), int(data["v"]), int(data["t"])))
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed live announcement: %.200s", text)

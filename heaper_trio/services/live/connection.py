@@ -1,0 +1,459 @@
+"""One ``/ws`` connection at run time: the I/O around the pure :class:`LiveSession`.
+
+The connection owns a nursery: the reader (this task), one writer draining a bounded outbox,
+a keepalive, a shutdown watcher, and one worker per open document. Closing the socket, a
+protocol error, a slow consumer or server shutdown cancels that nursery, so everything the
+connection started ends with it (stack-pitfalls 1.: a per-connection nursery).
+
+Per document, the worker keeps the client's order: sync step 1 is answered from the shared
+room; updates waiting in its inbox are stored together in one commit and each is acknowledged
+with ``SyncStatus(true)`` only once durable (the contract's ack rule; Hocuspocus acks from
+memory). The worker is the only writer of its document's replies, the hub the only writer of
+fan-out, and both go through the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from heaper_trio.errors import HeaperError
+from heaper_trio.protocol import events
+from heaper_trio.protocol import messages as m
+from heaper_trio.protocol import session as s
+from heaper_trio.protocol.names import BlockName, EventsName, parse_document_name
+from heaper_trio.protocol.split import split_update
+from heaper_trio.services.live.hub import Room, Subscription
+from heaper_trio.services.live.outbox import Outbox
+from heaper_trio.records import User
+
+if TYPE_CHECKING:
+    from heaper_trio.services.container import Services
+
+log = logging.getLogger(__name__)
+KEEPALIVE_TICK_S = 2.0
+PING_AFTER_S = 15.0  # provider v4 answers Ping [9] with Pong [10]; its liveness timer is 30 s
+IDLE_TIMEOUT_S = 60.0  # Hocuspocus server default
+AUTH_TIMEOUT_S = 60.0
+RECHECK_ACCOUNT_S = 30.0
+TOKEN_RENEW_BEFORE_S = 60.0
+INBOX_SIZE = 64
+MAX_BATCH = 256
+SPLIT_BYTES = 256 * 1024  # initial states larger than this go out in pieces
+SPLIT_IN_THREAD_BYTES = 1024 * 1024
+# Over ws_max_connections_per_user (HTTP 429's meaning in Hocuspocus' 4xxx range); the provider
+# retries with backoff, and gets in once one of the account's other sockets has closed.
+CLOSE_TOO_MANY_CONNECTIONS = 4429
+
+
+class Transport(Protocol):
+    async def receive(self) -> bytes | str | None: ...
+    async def send(self, data: bytes | str) -> None: ...
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(eq=False)
+class Grant:
+    user: User
+    token: str
+    expires_at: float
+    renewal_asked: bool = False
+
+
+class LiveConnection:
+    def __init__(self, transport: Transport, live: Services, connection_token: str | None,
+                 *, outbox_bytes: int) -> None:
+        self.transport = transport
+        self.live = live
+        self.connection_token = connection_token
+        self.session = s.LiveSession(connection_token=connection_token is not None)
+        self.outbox = Outbox(outbox_bytes)
+        self.grants: dict[str, Grant] = {}
+        self.workers: dict[str, DocumentWorker] = {}
+        self.accounts: set[str] = set()  # accounts this connection holds a slot of
+        self.opened_at = self.last_in = self.last_out = time.monotonic()
+        self.close_code: tuple[int, str] | None = None
+        self._nursery: trio.Nursery | None = None
+
+    # -- lifetime ---------------------------------------------------------------------------------
+    async def run(self) -> None:
+        counters = self.live.realtime
+        counters.connections += 1
+        counters.connections_total += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._keepalive)
+                nursery.start_soon(self._close_on_shutdown)
+                await self._reader()
+                nursery.cancel_scope.cancel()
+        finally:
+            counters.connections -= 1
+            for worker in list(self.workers.values()):
+                worker.stop()
+            self.workers.clear()
+            for user_id in self.accounts:
+                self.live.hub.release_connection(user_id)
+            self.accounts.clear()
+        if self.close_code is not None:
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await self.transport.close(*self.close_code)
+
+    def disconnect(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code = (code, reason)
+        self.session.disconnect(code, reason)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _close_on_shutdown(self) -> None:
+        await self.live.shutdown.wait()
+        self.disconnect(s.CLOSE_GOING_AWAY, "server shutting down")
+
+    # -- I/O ----------------------------------------------------------------------------------
+    async def _reader(self) -> None:
+        counters = self.live.realtime
+        while True:
+            data = await self.transport.receive()
+            self.last_in = time.monotonic()
+            counters.messages_in += 1
+            if isinstance(data, str):
+                await self.perform(self.session.disconnect(1003, "binary frames only"))
+                return
+            data = data or b""  # quart-trio hands an empty binary frame over as None
+            counters.bytes_in += len(data)
+            await self.perform(self.session.receive(data))
+            if self.session.closed:
+                return
+
+    async def _writer(self) -> None:
+        counters = self.live.realtime
+        while True:
+            frame = await self.outbox.take()
+            await self.transport.send(frame)
+            self.last_out = time.monotonic()
+            counters.messages_out += 1
+            counters.bytes_out += len(frame)
+            await trio.lowlevel.checkpoint()  # a send to a closed socket does not yield
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Fan-out from the hub: never waits. A consumer too slow for its outbox is dropped;
+        it reconnects and resyncs by state vector, losing nothing."""
+        if self.session.closed:
+            return False
+        if not self.outbox.offer(frame):
+            self.live.realtime.dropped_slow_consumers += 1
+            self.disconnect(s.CLOSE_TRY_AGAIN_LATER, "too slow to keep up; resync")
+            return False
+        return True
+
+    async def reply(self, frame: bytes) -> None:
+        await self.outbox.put(frame)
+
+    # -- actions ------------------------------------------------------------------------------
+    async def perform(self, actions: list[s.Action]) -> None:
+        for action in actions:
+            if isinstance(action, s.Send):
+                await self.reply(action.frame)
+            elif isinstance(action, s.Authorize):
+                await self.perform(await self._authorize(action))
+            elif isinstance(action, s.OpenDocument):
+                self._open(action.address)
+            elif isinstance(action, s.Deliver):
+                worker = self.workers.get(action.address)
+                if worker is not None:
+                    await worker.inbox.send(action.message)
+            elif isinstance(action, s.CloseDocument):
+                worker = self.workers.pop(action.address, None)
+                if worker is not None:
+                    worker.stop()
+                self.grants.pop(action.address, None)
+            elif isinstance(action, s.Disconnect):
+                self.disconnect(action.code, action.reason)
+
+    async def _authorize(self, action: s.Authorize) -> list[s.Action]:
+        address = action.address
+        token = action.token or self.connection_token
+        if not token:
+            return self.session.denied(address, "unauthorized")
+        try:
+            user = await self.live.accounts.authenticate(token)
+            claims = self.live.tokens.decode(token, "access")
+        except HeaperError as e:
+            return self.session.denied(address, e.code)
+        grant = Grant(user, token, float(claims.expires_at))
+        if action.renewal:
+            old = self.grants.get(address)
+            if old is None or old.user.id != user.id:
+                return self.session.denied(address, "token_for_another_account")
+            self.grants[address] = grant
+            return self.session.authorized(address)
+        name = parse_document_name(address)
+        if name is None:
+            return self.session.denied(address, "invalid_document_name")
+        if isinstance(name, BlockName):
+            refusal = await self._block_refusal(user, name)
+            if refusal:
+                return self.session.denied(address, refusal)
+        if not self._hold_slot(user.id):
+            return self.session.disconnect(CLOSE_TOO_MANY_CONNECTIONS,
+                                           "too many connections for this account")
+        self.grants[address] = grant
+        return self.session.authorized(address)
+
+    def _hold_slot(self, user_id: str) -> bool:
+        """Count this connection against the account once its first document is granted:
+        only then is the account known (tokens travel per document). Until then nothing fans
+        out to the connection, so it buffers only its own bounded pending-auth queue."""
+        if user_id in self.accounts:
+            return True
+        if not self.live.hub.claim_connection(
+                user_id, self.live.settings.ws_max_connections_per_user):
+            self.live.realtime.refused_connection_limit += 1
+            return False
+        self.accounts.add(user_id)
+        return True
+
+    async def _block_refusal(self, user: User, name: BlockName) -> str | None:
+        storage = self.live.storage
+        heap = await storage.get_heap(name.heap_id)
+        if heap is None or heap.owner_id != user.id:
+            return "forbidden"
+        gone = (await storage.tombstones([name.block_id])).get(name.block_id)
+        if gone is not None:  # another heap's deleted block: say nothing of it, as push does
+            return "block_deleted" if gone[0] == name.heap_id else "block_in_other_heap"
+        return None
+
+    def _open(self, address: str) -> None:
+        grant = self.grants[address]
+        name = parse_document_name(address)
+        assert name is not None and self._nursery is not None
+        worker: DocumentWorker
+        if isinstance(name, EventsName):
+            worker = EventsWorker(self, address, grant)
+        else:
+            worker = BlockWorker(self, address, grant, name)
+        self.workers[address] = worker
+        self._nursery.start_soon(worker.run)
+
+    # -- keepalive --------------------------------------------------------------------------------
+    async def _keepalive(self) -> None:
+        last_check = time.monotonic()
+        while True:
+            await trio.sleep(KEEPALIVE_TICK_S)
+            now = time.monotonic()
+            if now - self.last_in > IDLE_TIMEOUT_S:
+                return self.disconnect(s.CLOSE_TIMEOUT, "no message for too long")
+            if not self.session.ever_authorized and now - self.opened_at > AUTH_TIMEOUT_S:
+                return self.disconnect(s.CLOSE_TIMEOUT, "no document authorized in time")
+            if now - self.last_out > PING_AFTER_S and _answers_ping(self.session.provider_version):
+                self.outbox.offer(m.encode(m.Ping()))
+            recheck = now - last_check > RECHECK_ACCOUNT_S
+            await self._check_grants(recheck)
+            if recheck:
+                last_check = now
+
+    async def _check_grants(self, recheck: bool) -> None:
+        """Live auth: a token about to expire is asked for again (Hocuspocus token sync);
+        an expired one, or an account revoked meanwhile, loses its documents."""
+        wall = time.time()
+        for address, grant in list(self.grants.items()):
+            reason = None
+            if wall > grant.expires_at:
+                reason = "token_expired"
+            elif recheck:
+                try:
+                    await self.live.accounts.authenticate(grant.token)
+                except HeaperError as e:
+                    reason = e.code
+            if reason is not None:
+                await self.perform(self.session.denied(address, reason))
+            elif wall > grant.expires_at - TOKEN_RENEW_BEFORE_S and not grant.renewal_asked:
+                grant.renewal_asked = True
+                self.outbox.offer(m.encode(m.TokenRequest(address)))
+
+
+def _answers_ping(provider_version: str | None) -> bool:
+    try:
+        return provider_version is not None and int(provider_version.split(".")[0]) >= 4
+    except ValueError:
+        return False
+
+
+class DocumentWorker:
+    """One open document's task: messages in the order the client sent them."""
+
+    def __init__(self, conn: LiveConnection, address: str, grant: Grant) -> None:
+        self.conn = conn
+        self.address = address
+        self.grant = grant
+        self.inbox, self._inbox_out = trio.open_memory_channel[m.Message](INBOX_SIZE)
+        self.cancel_scope = trio.CancelScope()
+
+    def stop(self) -> None:
+        self.cancel_scope.cancel()
+
+    async def run(self) -> None:
+        with self.cancel_scope:
+            try:
+                await self.serve()
+            except LookupError as e:
+                await self.conn.perform(self.conn.session.denied(self.address, str(e)))
+
+    async def serve(self) -> None:
+        raise NotImplementedError
+
+    async def empty_sync(self, message: m.Message) -> None:
+        """A document without content (the events channel): sync completes at once."""
+        if isinstance(message, m.SyncStep1):
+            await self.conn.reply(m.encode(m.SyncStep2(self.address, b"\x00\x00")))
+        elif isinstance(message, (m.SyncStep2, m.SyncUpdate)):
+            await self.conn.reply(m.encode(m.SyncStatus(self.address, False)))
+
+
+class EventsWorker(DocumentWorker):
+    """The per-user ``events`` channel: typed JSON events as stateless messages."""
+
+    @property
+    def user_id(self) -> str:
+        return self.grant.user.id
+
+    def send_event(self, evt: dict[str, object]) -> bool:
+        return self.conn.send_frame(m.encode(m.Stateless(self.address, events.to_json(evt))))
+
+    async def serve(self) -> None:
+        hub = self.conn.live.hub
+        hub.add_user_sink(self)
+        try:
+            async for message in self._inbox_out:
+                if isinstance(message, m.Stateless):
+                    await self._command(message.payload)
+                else:
+                    await self.empty_sync(message)
+        finally:
+            hub.remove_user_sink(self)
+
+    async def _command(self, payload: str) -> None:
+        command = events.parse_command(payload)
+        if command is None:
+            evt = events.event("error", error="unknown_command",
+                               message="expected subscribe or unsubscribe with heap_ids")
+            return await self._answer(evt)
+        hub, heap_ids = self.conn.live.hub, command["heap_ids"]
+        if command["type"] == "unsubscribe":
+            hub.unwatch_heaps(self, heap_ids)
+            return await self._answer(events.event("unsubscribed", heap_ids=heap_ids))
+        mine = []
+        for heap_id in heap_ids:
+            heap = await self.conn.live.storage.get_heap(heap_id)
+            if heap is not None and heap.owner_id == self.grant.user.id:
+                mine.append(heap_id)
+        hub.watch_heaps(self, mine)
+        await self._answer(events.event("subscribed", heap_ids=mine))
+
+    async def _answer(self, evt: dict[str, object]) -> None:
+        await self.conn.reply(m.encode(m.Stateless(self.address, events.to_json(evt))))
+
+
+class BlockWorker(DocumentWorker):
+    def __init__(self, conn: LiveConnection, address: str, grant: Grant, name: BlockName
+                 ) -> None:
+        super().__init__(conn, address, grant)
+        self.name = name
+        self.sub = Subscription(conn, address, name, grant.user.id)
+        self._held: m.Message | None = None
+
+    async def serve(self) -> None:
+        hub = self.conn.live.hub
+        try:
+            room = await hub.join(self.sub)
+            presence = hub.presence_frame(self.sub)
+            if presence is not None:
+                await self.conn.reply(presence)
+            while True:
+                message = self._held or await self._inbox_out.receive()
+                self._held = None
+                await self._handle(room, message)
+        finally:
+            hub.leave(self.sub)
+
+    def _stale(self, room: Room) -> bool:
+        version = self.name.sync_version
+        return version is not None and room.exists and version != room.sync_version
+
+    async def _handle(self, room: Room, message: m.Message) -> None:
+        if isinstance(message, m.SyncStep1):
+            await self._answer_step1(room, message)
+        elif isinstance(message, (m.SyncStep2, m.SyncUpdate)):
+            await self._store(room, self._batch(message))
+        elif isinstance(message, m.Awareness):
+            self.conn.live.hub.awareness(self.sub, message.payload)
+        elif isinstance(message, m.QueryAwareness):
+            frame = self.conn.live.hub.presence_frame(self.sub)
+            if frame is not None:
+                await self.conn.reply(frame)
+        # Stateless messages on a block document have no meaning here: ignored.
+
+    async def _answer_step1(self, room: Room, message: m.SyncStep1) -> None:
+        assert room.doc is not None
+        stale = self._stale(room)
+        try:
+            update = room.doc.full_state() if stale else room.doc.diff(message.state_vector)
+        except HeaperError:  # a state vector that does not decode: everything
+            update = room.doc.full_state()
+        if len(update) > SPLIT_IN_THREAD_BYTES:  # ~100 ms/MB of pure Python: off the loop
+            pieces = await trio.to_thread.run_sync(split_update, update, SPLIT_BYTES)
+        else:
+            pieces = split_update(update, SPLIT_BYTES)
+        for piece in pieces[:-1]:  # updates first: the provider is "synced" on step 2
+            await self.conn.reply(m.encode(m.SyncUpdate(self.address, piece)))
+        await self.conn.reply(m.encode(m.SyncStep2(self.address, pieces[-1])))
+        if stale:
+            evt = events.event("sync_version_mismatch", block_id=room.block_id,
+                               sync_version=room.sync_version)
+            await self.conn.reply(m.encode(m.Stateless(self.address, events.to_json(evt))))
+        if not message.reply:
+            await self.conn.reply(m.encode(m.SyncStep1(self.address, room.doc.state_vector())))
+
+    def _batch(self, first: m.SyncStep2 | m.SyncUpdate) -> list[bytes]:
+        """This update and those right behind it in the inbox: one commit for all."""
+        updates = [first.update]
+        while len(updates) < MAX_BATCH:
+            try:
+                nxt = self._inbox_out.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if isinstance(nxt, (m.SyncStep2, m.SyncUpdate)):
+                updates.append(nxt.update)
+            else:
+                self._held = nxt
+                break
+        return updates
+
+    async def _store(self, room: Room, updates: list[bytes]) -> None:
+        real = [u for u in updates if u != b"\x00\x00"]  # "nothing new": no block from it
+        ok = True
+        if real and self._stale(room):
+            ok = False
+        elif real:
+            item = await self.conn.live.documents.push_live(
+                self.grant.user, self.name.heap_id, self.name.block_id, real,
+                self.name.sync_version if room.exists else None, origin=self.sub)
+            ok = item.status in ("ok", "created")
+            if item.status in ("forbidden", "deleted"):
+                await self.conn.perform(self.conn.session.denied(self.address, item.error
+                                                                 or item.status))
+                return
+            if not ok:
+                log.info("live update refused for block %s: %s", self.name.block_id,
+                         item.error or item.status)
+        frame = m.encode(m.SyncStatus(self.address, ok))
+        for _ in updates:
+            await self.conn.reply(frame)
+

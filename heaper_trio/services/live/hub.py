@@ -1,0 +1,407 @@
+"""Live documents shared by every ``/ws`` connection of this process, and their fan-out.
+
+A room holds one block's document in memory while anyone has it open: loaded once (every
+joiner waits for the same load, however many reconnect at the same moment) and dropped when
+the last subscriber leaves. The document is a cache of what storage holds; every stored change
+reaches it through :meth:`LiveHub.on_commit` (HTTP pushes, live edits, server edits alike), or,
+for a change committed by another process, through :meth:`LiveHub.on_remote`, which reads the
+stored rows. So a room can be dropped at any moment without losing anything.
+
+Fan-out is coalesced: committed updates are queued per room and one flusher task sends each
+subscriber one merged frame per scheduling turn (hocuspocus PR #1130: N writers must not cost
+N x N sends). Sends never block: a subscriber whose queue is full is dropped by its connection
+(it reconnects and resyncs by state vector).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from heaper_trio import crdt
+from heaper_trio.protocol import events
+from heaper_trio.protocol.messages import AwarenessEntry, decode_awareness, encode_awareness
+from heaper_trio.protocol.names import BlockName
+from heaper_trio.protocol.presence import Owner, PresenceTable
+from heaper_trio.protocol.wire import ProtocolError, var_bytes, var_string
+from heaper_trio.services.diagnostics import RealtimeCounters
+from heaper_trio.services.documents import Committed, DocumentService
+
+log = logging.getLogger(__name__)
+EXPIRE_EVERY_S = 5.0
+MAX_CONCURRENT_LOADS = 8
+
+
+class FrameSink(Protocol):
+    """A connection, as the hub sees it: a non-blocking send that may refuse (queue full)."""
+
+    def send_frame(self, frame: bytes) -> bool: ...
+
+
+class EventSink(Protocol):
+    user_id: str
+
+    def send_event(self, evt: dict[str, object]) -> bool: ...
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One open block document on one connection (one address: name or name + session)."""
+
+    sink: FrameSink
+    address: str
+    name: BlockName
+    user_id: str
+    prefix: bytes = b""  # var_string(address), encoded once
+
+    def __post_init__(self) -> None:
+        self.prefix = var_string(self.address)
+
+
+@dataclass(eq=False)
+class Room:
+    block_id: str
+    heap_id: str
+    subs: set[Subscription] = field(default_factory=set)
+    presence: PresenceTable = field(default_factory=PresenceTable)
+    ready: trio.Event = field(default_factory=trio.Event)
+    doc: crdt.BlockDocument | None = None
+    exists: bool = False
+    sync_version: int = 1
+    last_seq: int = 0
+    failed: str | None = None
+    early: list[bytes] = field(default_factory=list)  # committed while loading
+    pending: list[tuple[bytes, object | None]] = field(default_factory=list)
+    catching_up: bool = False
+    # Another process announced a change this room may lack: reread storage (again) before
+    # the catch-up ends, or once loaded.
+    recheck: bool = False
+
+
+class LiveHub:
+    def __init__(self, documents: DocumentService, counters: RealtimeCounters) -> None:
+        self.documents = documents
+        self.storage = documents.storage
+        self.counters = counters
+        self.rooms: dict[str, Room] = {}
+        self.heap_watchers: dict[str, set[EventSink]] = {}
+        self.user_sinks: dict[str, set[EventSink]] = {}
+        self._dirty: dict[Room, None] = {}
+        self._events: dict[tuple[str, str], dict[str, object]] = {}  # coalesced block events
+        self._wake = trio.Event()
+        self._loads = trio.CapacityLimiter(MAX_CONCURRENT_LOADS)
+        self._nursery: trio.Nursery | None = None
+        self.user_event_hooks: list[Callable[[str, dict[str, object]], None]] = []
+        self.account_connections: dict[str, int] = {}  # live connections holding a slot
+        documents.listeners.append(self.on_commit)
+
+    # -- connection slots ---------------------------------------------------------------------------
+    def claim_connection(self, user_id: str, limit: int) -> bool:
+        """A slot for one more live connection of ``user_id``, unless it holds ``limit``.
+
+        Each connection may buffer up to ``ws_outbox_bytes`` for a client that stops reading,
+        so without a count per account one account could make the server buffer without
+        bound just by opening sockets (issue 9). Synchronous: no other task runs between the
+        check and the claim."""
+        held = self.account_connections.get(user_id, 0)
+        if held >= limit:
+            return False
+        self.account_connections[user_id] = held + 1
+        return True
+
+    def release_connection(self, user_id: str) -> None:
+        held = self.account_connections.get(user_id, 0) - 1
+        if held > 0:
+            self.account_connections[user_id] = held
+        else:
+            self.account_connections.pop(user_id, None)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """The hub's own tasks (flusher, presence expiry, catch-ups); in the supervisor."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._flush_forever)
+            nursery.start_soon(self._expire_forever)
+            task_status.started()
+
+    # -- rooms ----------------------------------------------------------------------------------
+    async def join(self, sub: Subscription) -> Room:
+        """Subscribe and wait for the room's document (loaded once for every joiner)."""
+        while True:
+            room = self.rooms.get(sub.name.block_id)
+            if room is not None and room.heap_id != sub.name.heap_id:
+                # Rooms are per block id (ids are global). One opened under another heap is
+                # that heap's document, of which nothing may reach this address (another
+                # user's block, issue 9), or a load failing that way, dropped once ready.
+                await room.ready.wait()
+                if self.rooms.get(sub.name.block_id) is room:
+                    raise LookupError("block_in_other_heap")
+                continue
+            if room is None:
+                room = self.rooms[sub.name.block_id] = Room(sub.name.block_id, sub.name.heap_id)
+                room.subs.add(sub)
+                try:
+                    await self._load(room)
+                finally:
+                    room.ready.set()
+            else:
+                room.subs.add(sub)
+                await room.ready.wait()
+            if room.failed is not None:
+                self.leave(sub)
+                raise LookupError(room.failed)
+            if room.doc is not None:
+                return room
+            # The joiner that was loading it went away (cancelled) first: load it again.
+            room.subs.discard(sub)
+            self._drop(room)
+
+    async def _load(self, room: Room) -> None:
+        async with self._loads:
+            stored = await self.storage.load_block(room.block_id)
+        if stored is not None and stored.heap_id != room.heap_id:
+            room.failed = "block_in_other_heap"
+            self._drop(room)
+            return
+        doc = crdt.BlockDocument.load(stored.snapshot if stored else None,
+                                      stored.updates if stored else ())
+        for update in room.early:
+            doc.apply(update)
+        room.early.clear()
+        room.doc, room.exists = doc, stored is not None or room.exists
+        if stored is not None:
+            room.sync_version = stored.sync_version
+            room.last_seq = max(room.last_seq, stored.last_seq)
+        self.counters.documents_loaded += 1
+        if room.recheck:
+            # Another process committed while storage was being read: what it announced may
+            # be newer than what was read (issue 9, item 11). An announcement that came
+            # before the room existed is older than the read, which saw its commit.
+            self._start_catch_up(room)
+
+    def leave(self, sub: Subscription) -> None:
+        room = self.rooms.get(sub.name.block_id)
+        if room is None or sub not in room.subs:
+            return
+        room.subs.discard(sub)
+        gone = room.presence.remove_owner(sub)
+        if gone:
+            self._broadcast_awareness(room, gone)
+        if not room.subs:
+            self._drop(room)
+
+    def _drop(self, room: Room) -> None:
+        if self.rooms.get(room.block_id) is room:
+            del self.rooms[room.block_id]
+            if room.doc is not None:
+                self.counters.documents_loaded -= 1
+        self._dirty.pop(room, None)
+
+    # -- stored changes -------------------------------------------------------------------------
+    def on_commit(self, committed: Sequence[Committed]) -> None:
+        """Called by the document service after each durable commit in this process."""
+        for c in committed:
+            self._queue_event(c)
+            room = self.rooms.get(c.block_id)
+            if room is None or not c.updates:
+                if room is not None and c.kind == "purged":
+                    room.exists = False
+                continue
+            room.exists = True
+            if c.sync_version != room.sync_version and room.doc is not None:
+                room.sync_version = c.sync_version
+            if room.doc is None:
+                # Applied once loaded. Not counted in last_seq: a commit of another process
+                # may lie between the rows being read and this one, so reread once loaded.
+                room.early.extend(c.updates)
+                room.recheck = True
+                continue
+            if c.seq == room.last_seq + len(c.updates):
+                room.last_seq = c.seq
+            elif c.seq > room.last_seq:
+                # Rows in between came from another process and are not here yet (their
+                # announcement is on its way, or was lost): read them from storage.
+                self._start_catch_up(room)
+            for update in c.updates:
+                try:
+                    room.doc.apply(update)
+                except crdt.InvalidUpdate:  # stored, so it applied once; never expected
+                    log.exception("a stored update did not apply to live block %s", c.block_id)
+                room.pending.append((update, c.origin))
+            self._mark(room)
+
+    def on_remote(self, committed: Committed) -> None:
+        """A change committed by another process (a pointer: no update bytes). PostgreSQL
+        delivers it only once the commit is visible, so a read of storage from now on has it."""
+        self._queue_event(committed)
+        room = self.rooms.get(committed.block_id)
+        if room is None:
+            return  # a room made later loads from storage, which has this commit
+        if room.doc is not None and committed.seq <= room.last_seq:
+            return  # the room holds every update up to last_seq already
+        self._start_catch_up(room)
+
+    def catch_up_all(self) -> None:
+        """Announcements may have been missed (the listener reconnected): reread every room."""
+        for room in list(self.rooms.values()):
+            self._start_catch_up(room)
+
+    def _start_catch_up(self, room: Room) -> None:
+        """Reread the room's block from storage; a room still loading does it once loaded."""
+        room.recheck = True
+        if room.doc is not None and not room.catching_up and self._nursery is not None:
+            room.catching_up = True
+            self._nursery.start_soon(self._catch_up, room)
+
+    async def _catch_up(self, room: Room) -> None:
+        """Read what another process stored and send subscribers what they lack. Runs again
+        while announcements keep coming during a read, so none falls between two reads."""
+        try:
+            while room.recheck and room.doc is not None and self.rooms.get(room.block_id) is room:
+                room.recheck = False
+                stored = await self.storage.load_block(room.block_id)
+                if stored is None or room.doc is None or stored.last_seq <= room.last_seq:
+                    continue
+                fresh = crdt.BlockDocument.load(stored.snapshot, stored.updates)
+                missing = fresh.diff(room.doc.state_vector())
+                room.doc.apply(missing)
+                room.last_seq = max(room.last_seq, stored.last_seq)
+                room.sync_version, room.exists = stored.sync_version, True
+                room.pending.append((missing, None))
+                self._mark(room)
+        except Exception:
+            log.exception("catching up live block %s failed", room.block_id)
+        finally:
+            room.catching_up = False
+
+    def _mark(self, room: Room) -> None:
+        self._dirty[room] = None
+        self._wake.set()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await trio.sleep(0)  # let this turn's other commits join the batch
+            dirty, self._dirty = list(self._dirty), {}
+            for room in dirty:
+                self._flush_room(room)
+            pending_events, self._events = list(self._events.values()), {}
+            for evt in pending_events:
+                for sink in list(self.heap_watchers.get(str(evt["heap_id"]), ())):
+                    sink.send_event(evt)
+
+    def _flush_room(self, room: Room) -> None:
+        batch, room.pending = room.pending, []
+        if not batch or not room.subs:
+            return
+        try:
+            merged = crdt.merge_updates([u for u, _ in batch])
+        except Exception:
+            log.exception("merging updates of live block %s failed", room.block_id)
+            return
+        origins = {o for _, o in batch}
+        body = b"\x00\x02" + var_bytes(merged)
+        for sub in list(room.subs):
+            if origins == {sub}:
+                continue  # only its own updates: it has them
+            self.counters.messages_out += 1
+            self.counters.bytes_out += len(sub.prefix) + len(body)
+            sub.sink.send_frame(sub.prefix + body)
+
+    def _queue_event(self, c: Committed) -> None:
+        if c.heap_id not in self.heap_watchers:
+            return
+        kind = events.BLOCK_KINDS[c.kind]
+        if kind == "heap.deleted":
+            evt = events.event(kind, heap_id=c.heap_id)
+        elif kind == "block.purged":
+            evt = events.event(kind, heap_id=c.heap_id, block_id=c.block_id,
+                               deleted_at=c.updated_at)
+        else:
+            evt = events.event(kind, heap_id=c.heap_id, block_id=c.block_id,
+                               sync_version=c.sync_version, updated_at=c.updated_at, seq=c.seq)
+        key = (c.heap_id, c.block_id)
+        previous = self._events.get(key)
+        if previous is not None and previous["type"] in ("block.created", "block.deleted",
+                                                          "block.restored") \
+                and kind == "block.changed":
+            evt["type"] = previous["type"]  # a later edit does not hide the transition
+        self._events[key] = evt
+        self._wake.set()
+
+    # -- presence -------------------------------------------------------------------------------
+    def awareness(self, sub: Subscription, payload: bytes) -> None:
+        room = self.rooms.get(sub.name.block_id)
+        if room is None or sub not in room.subs:
+            return
+        try:
+            entries = decode_awareness(payload)
+        except ProtocolError:
+            return  # a bad presence update is dropped, the document stays open
+        accepted = room.presence.apply(entries, Owner(sub.user_id, sub), time.monotonic())
+        if accepted:
+            self._broadcast_awareness(room, accepted)
+
+    def presence_frame(self, sub: Subscription) -> bytes | None:
+        room = self.rooms.get(sub.name.block_id)
+        states = room.presence.states() if room else []
+        if not states:
+            return None
+        return sub.prefix + b"\x01" + var_bytes(encode_awareness(states))
+
+    def _broadcast_awareness(self, room: Room, entries: list[AwarenessEntry]) -> None:
+        body = b"\x01" + var_bytes(encode_awareness(entries))
+        for sub in list(room.subs):  # the sender too, as Hocuspocus does: it keeps it alive
+            self.counters.messages_out += 1
+            self.counters.bytes_out += len(sub.prefix) + len(body)
+            sub.sink.send_frame(sub.prefix + body)
+
+    async def _expire_forever(self) -> None:
+        while True:
+            await trio.sleep(EXPIRE_EVERY_S)
+            now = time.monotonic()
+            for room in list(self.rooms.values()):
+                gone = room.presence.expire(now)
+                if gone:
+                    self._broadcast_awareness(room, gone)
+
+    # -- events ---------------------------------------------------------------------------------
+    def watch_heaps(self, sink: EventSink, heap_ids: Sequence[str]) -> None:
+        for heap_id in heap_ids:
+            self.heap_watchers.setdefault(heap_id, set()).add(sink)
+
+    def unwatch_heaps(self, sink: EventSink, heap_ids: Sequence[str] | None = None) -> None:
+        for heap_id in list(self.heap_watchers) if heap_ids is None else heap_ids:
+            watchers = self.heap_watchers.get(heap_id)
+            if watchers is not None:
+                watchers.discard(sink)
+                if not watchers:
+                    del self.heap_watchers[heap_id]
+
+    def add_user_sink(self, sink: EventSink) -> None:
+        self.user_sinks.setdefault(sink.user_id, set()).add(sink)
+
+    def remove_user_sink(self, sink: EventSink) -> None:
+        sinks = self.user_sinks.get(sink.user_id)
+        if sinks is not None:
+            sinks.discard(sink)
+            if not sinks:
+                del self.user_sinks[sink.user_id]
+        self.unwatch_heaps(sink)
+
+    def publish_user_event(self, user_id: str, evt: dict[str, object], *,
+                           local_only: bool = False) -> None:
+        """A job's event (scan progress, file ready) for every live channel of its owner, in
+        this process and (unless ``local_only``) the others on the same database."""
+        for sink in list(self.user_sinks.get(user_id, ())):
+            sink.send_event(evt)
+        if not local_only:
+            for hook in list(self.user_event_hooks):
+                hook(user_id, evt)

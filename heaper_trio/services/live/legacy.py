@@ -1,0 +1,124 @@
+"""The deprecated ``/api/ws``: scan events for old clients, as JSON text frames.
+
+Same events and the same rules as the ``events`` channel of ``/ws`` (bounded outbox, a slow
+consumer is dropped, 1001 at shutdown), only the framing differs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import trio
+
+from heaper_trio.errors import HeaperError
+from heaper_trio.protocol import events
+from heaper_trio.protocol.session import (
+    CLOSE_GOING_AWAY,
+    CLOSE_TRY_AGAIN_LATER,
+    CLOSE_UNAUTHORIZED,
+)
+from heaper_trio.services.live.connection import (
+    AUTH_TIMEOUT_S,
+    CLOSE_TOO_MANY_CONNECTIONS,
+    Transport,
+)
+from heaper_trio.services.live.outbox import Outbox
+
+if TYPE_CHECKING:
+    from heaper_trio.services.container import Services
+
+OUTBOX_BYTES = 1024 * 1024
+
+
+class LegacyEventsConnection:
+    def __init__(self, transport: Transport, live: Services, token: str | None) -> None:
+        self.transport = transport
+        self.live = live
+        self.token = token
+        self.user_id = ""
+        self.outbox = Outbox(OUTBOX_BYTES)
+        self.close_code: tuple[int, str] | None = None
+        self.holds_slot = False
+        self._scope = trio.CancelScope()
+
+    def send_event(self, evt: dict[str, object]) -> bool:
+        if evt.get("type") not in events.SCAN_EVENTS:
+            return True
+        if not self.outbox.offer(events.to_json(evt)):
+            self.live.realtime.dropped_slow_consumers += 1
+            self._end(CLOSE_TRY_AGAIN_LATER, "too slow to keep up")
+            return False
+        return True
+
+    def _end(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code = (code, reason)
+        self._scope.cancel()
+
+    async def run(self) -> None:
+        counters = self.live.realtime
+        counters.connections += 1
+        counters.connections_total += 1
+        try:
+            with self._scope:
+                await self._serve()
+        finally:
+            counters.connections -= 1
+            self.live.hub.remove_user_sink(self)
+            if self.holds_slot:
+                self.live.hub.release_connection(self.user_id)
+        if self.close_code is not None:
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await self.transport.close(*self.close_code)
+
+    async def _serve(self) -> None:
+        token = self.token
+        if token is None:
+            with trio.move_on_after(AUTH_TIMEOUT_S):
+                token = _token_of(await self.transport.receive())
+            if token is None:
+                return self._end(CLOSE_UNAUTHORIZED, "authenticate first")
+        try:
+            user = await self.live.accounts.authenticate(token)
+        except HeaperError as e:
+            return self._end(CLOSE_UNAUTHORIZED, e.code)
+        self.user_id = user.id
+        # Counted with the account's /ws connections: each may buffer OUTBOX_BYTES.
+        if not self.live.hub.claim_connection(user.id,
+                                              self.live.settings.ws_max_connections_per_user):
+            self.live.realtime.refused_connection_limit += 1
+            return self._end(CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this account")
+        self.holds_slot = True
+        self.live.hub.add_user_sink(self)
+        await self.transport.send(events.to_json({"type": "authenticated", "user_id": user.id}))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer)
+            nursery.start_soon(self._drain_input)
+            await self.live.shutdown.wait()
+            self._end(CLOSE_GOING_AWAY, "server shutting down")
+
+    async def _writer(self) -> None:
+        while True:
+            frame = await self.outbox.take()
+            await self.transport.send(frame)
+            self.live.realtime.messages_out += 1
+            await trio.lowlevel.checkpoint()
+
+    async def _drain_input(self) -> None:
+        """Old clients send nothing that matters after auth; reading notices the close."""
+        while True:
+            await self.transport.receive()
+            self.live.realtime.messages_in += 1
+
+
+def _token_of(frame: bytes | str | None) -> str | None:
+    if not isinstance(frame, str):
+        return None
+    try:
+        data = json.loads(frame)
+    except ValueError:
+        return None
+    token = data.get("token") if isinstance(data, dict) else None
+    return token if isinstance(token, str) and token else None

@@ -1,0 +1,1 @@
+"""Media: thumbnails and frames for images and video, type sniffing, client-sent thumbnails."""

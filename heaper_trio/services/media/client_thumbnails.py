@@ -1,0 +1,120 @@
+"""Thumbnails that clients make themselves (a phone has the photo decoded already) and upload
+for a file of a block; served back as they came, after a check that they are images.
+
+Kept per block (``<data_dir>/thumbnails/client/<block_id>/<file_hash>/<type>-<size>.<ext>``):
+a thumbnail is the uploader's rendering, so one user's cannot replace another's for the same
+content. They go when the block goes (see ``forget_block``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import BinaryIO
+
+import trio
+
+from heaper_trio.errors import (
+    BadRequest,
+    InsufficientStorage,
+    NotFound,
+    PayloadTooLarge,
+    Unprocessable,
+)
+from heaper_trio.storage.base import Storage
+from heaper_trio.records import User
+
+MAX_BYTES = 10 * 1024 * 1024
+NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+MAGIC = ((b"\xff\xd8\xff", "jpg", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "png", "image/png"),
+         (b"GIF87a", "gif", "image/gif"), (b"GIF89a", "gif", "image/gif"))
+MIME = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
+        "avif": "image/avif"}
+
+
+def sniff(head: bytes) -> str | None:
+    """The image format of these first bytes, or None: only images are kept."""
+    for magic, ext, _ in MAGIC:
+        if head.startswith(magic):
+            return ext
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[4:12] in (b"ftypavif", b"ftypavis"):
+        return "avif"
+    return None
+
+
+def _name(value: str, what: str) -> str:
+    if not NAME.fullmatch(value):
+        raise BadRequest(f"{what} must be 1-32 chars of [A-Za-z0-9_-]",
+                         code="invalid_field", details={"field": what})
+    return value
+
+
+class ClientThumbnails:
+    def __init__(self, storage: Storage, data_dir: Path) -> None:
+        self.storage = storage
+        self.root = data_dir / "thumbnails" / "client"
+
+    async def _check(self, user: User, block_id: str, file_hash: str) -> Path:
+        """The caller's own block must hold the file and the caller must have proved its
+        bytes (``file_readable_by``): a thumbnail never attaches to, or reveals anything about,
+        a hash the caller only claims in a pushed ``files_v0``."""
+        record = (await self.storage.get_blocks([block_id])).get(block_id)
+        heap = await self.storage.get_heap(record.heap_id) if record else None
+        if record is None or heap is None or heap.owner_id != user.id:
+            raise NotFound("no such block in your heaps", code="block_not_found")
+        if file_hash not in await self.storage.file_hashes_of_heap(heap.id, [block_id]) or \
+                not await self.storage.file_readable_by(file_hash, user.id):
+            raise NotFound("this block holds no such file", code="file_not_found")
+        return self.root / block_id / file_hash
+
+    async def save(self, user: User, block_id: str, file_hash: str, key: str, kind: str,
+                   size: str, source: BinaryIO, length: int) -> dict[str, object]:
+        folder = await self._check(user, block_id, file_hash)
+        kind, size, key = _name(kind, "type"), _name(size, "size"), _name(key, "thumbnail_key")
+        if length > MAX_BYTES:
+            raise PayloadTooLarge(f"a thumbnail is at most {MAX_BYTES} bytes")
+        ext = sniff(source.read(16))
+        source.seek(0)
+        if ext is None:
+            raise Unprocessable("a thumbnail must be a JPEG, PNG, GIF, WebP or AVIF image",
+                                code="not_an_image")
+
+        def write() -> None:
+            folder.mkdir(parents=True, exist_ok=True)
+            temp = folder / f".{uuid.uuid4().hex}.part"
+            try:
+                with open(temp, "wb") as out:
+                    shutil.copyfileobj(source, out, 1024 * 1024)
+                for old in folder.glob(f"{kind}-{size}.*"):
+                    old.unlink(missing_ok=True)
+                os.replace(temp, folder / f"{kind}-{size}.{ext}")
+            finally:
+                temp.unlink(missing_ok=True)
+        try:
+            await trio.to_thread.run_sync(write)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):  # written to a temp name: nothing kept
+                raise InsufficientStorage("the server has no space left; retry later") from e
+            raise
+        return {"success": True, "status": "ok", "block_id": block_id, "file_hash": file_hash,
+                "thumbnail_key": key, "type": kind, "size": size, "mime_type": MIME[ext],
+                "bytes": length}
+
+    async def find(self, user: User, block_id: str, file_hash: str, kind: str, size: str
+                   ) -> tuple[Path, str]:
+        folder = await self._check(user, block_id, file_hash)
+        kind, size = _name(kind, "thumbnail_type"), _name(size, "thumbnail_size")
+        found = await trio.to_thread.run_sync(lambda: sorted(folder.glob(f"{kind}-{size}.*")))
+        if not found:
+            raise NotFound("no such thumbnail for this file", code="thumbnail_not_found")
+        return found[0], MIME.get(found[0].suffix[1:], "application/octet-stream")
+
+    async def forget_block(self, block_id: str) -> None:
+        folder = self.root / block_id
+        await trio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))

@@ -1,0 +1,231 @@
+"""Folder scans and file reindexing: jobs that belong to the server, not to a request.
+
+``run`` is started in the supervisor nursery at start-up and holds a nursery of its own in
+which every job runs; a job is started by a request and keeps running after it answers. Each
+job catches its own failure (one job's crash never cancels another), reports progress on its
+owner's live channel (``/ws`` events and the legacy ``/api/ws``) every ``PROGRESS_EVERY_S``
+seconds while it runs, then one ``scan.done``, ``scan.aborted`` or ``scan.failed``.
+``abort_scan`` stops a job within a second, keeping what it committed; shutdown cancels them
+all. Finished jobs stay listed for ``KEEP_FINISHED_S`` so a client that reconnects sees how
+they ended.
+
+Jobs live in this process: with several processes on one PostgreSQL database, a scan is
+listed and aborted through the process that started it (its events reach every process).
+The work itself is in ``scans_folder`` (walk, hash, commit, missing pass) and
+``scans_reindex``; the rules on paths in ``scans_walk``.
+
+The file routes read files through :meth:`ScanService.open_file`: a scanned file is opened
+without following links and served only if it is still the file its scan hashed
+(``scans_source``); otherwise the answer is ``409 file_changed`` and the file is rescanned in
+the background (``scans_rescan``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from heaper_trio.errors import Conflict, HeaperError, NotFound, Unavailable
+from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.files import FileService
+from heaper_trio.services.scans.folder import FolderScan
+from heaper_trio.services.scans.job import ScanJob, ScanSnapshot
+from heaper_trio.services.scans.reindex import FileReprobe
+from heaper_trio.services.scans.rescan import FileRescans
+from heaper_trio.services.scans.source import (
+    SERVER_FILES,
+    NotTheScannedFile,
+    OpenFile,
+    open_regular,
+    open_scanned,
+)
+from heaper_trio.services.scans.walk import allowed_bases, resolve_scan_path
+from heaper_trio.settings import Settings
+from heaper_trio.storage.base import Storage
+from heaper_trio.records import FileRecord, User
+
+if TYPE_CHECKING:
+    from heaper_trio.services.media.service import MediaService
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 0.4
+KEEP_FINISHED_S = 300
+KEEP_FINISHED_MAX = 200
+
+
+def _overlaps(a: str, b: str) -> bool:
+    return os.path.commonpath([a, b]) in (a, b)
+
+
+class ScanService:
+    def __init__(self, storage: Storage, documents: DocumentService, files: FileService,
+                 settings: Settings, publish: Callable[[str, dict[str, object]], None],
+                 media: MediaService | None = None) -> None:
+        self.storage = storage
+        self.documents = documents
+        self.files = files
+        self.settings = settings
+        self.publish = publish
+        self.media = media
+        self.jobs: dict[str, ScanJob] = {}
+        self._nursery: trio.Nursery | None = None
+        SERVER_FILES.register(settings.data_path)  # see scans_source.ServerFiles
+        self.rescans = FileRescans(storage, documents, media, settings,
+                                   files.forget_unreferenced, lambda: list(self.jobs.values()))
+
+    @property
+    def reprobe(self) -> FileReprobe:
+        return FileReprobe(self.storage, self.documents, self.files, self.media,
+                           self.open_file)
+
+    # -- reading a file's bytes -------------------------------------------------------------
+    async def open_file(self, record: FileRecord) -> OpenFile:
+        """The file's bytes, open: from the store, or a scanned file that is still exactly what
+        its scan hashed. NotFound ``file_missing`` if they are gone; Conflict ``file_changed``
+        if something else is at the path now (a rescan of it is queued)."""
+        if record.source_path is None:
+            try:
+                return await trio.to_thread.run_sync(open_regular,
+                                                     self.files.store_path(record.hash))
+            except (FileNotFoundError, NotADirectoryError):
+                raise _missing() from None
+        path = record.source_path
+        entries = [e for e in await self.storage.scan_entries_at(path)
+                   if e.hash == record.hash and not e.missing]
+        if not entries:  # the index says these bytes are no longer at that path
+            raise _missing()
+        try:
+            return await trio.to_thread.run_sync(
+                open_scanned, path, [e.identity for e in entries if e.identity is not None])
+        except FileNotFoundError:
+            raise _missing() from None
+        except NotTheScannedFile as e:
+            log.info("%s is not the file hashed as %s (%s); rescanning it", path,
+                     record.hash[:16], e)
+            self.rescans.queue(self._nursery, path)
+            raise Conflict("the file changed on disk since it was scanned; it is being scanned "
+                           "again", code="file_changed") from None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """The jobs' home; runs until the server stops, which cancels every job."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    # -- starting, listing, stopping ------------------------------------------------------
+    async def scan_folder(self, user: User, heap_id: str, path: str) -> ScanSnapshot:
+        await self.documents.owned_heap(user, heap_id)
+        bases = allowed_bases(self.settings.scan_root_paths, user.id, user.is_admin)
+        real = await trio.to_thread.run_sync(resolve_scan_path, path, bases,
+                                             str(self.settings.data_path))
+        for other in self.jobs.values():
+            if other.running and other.kind == "scan" and other.heap_id == heap_id \
+                    and _overlaps(other.path, real):
+                raise Conflict("a scan of this folder (or one inside or around it) is running "
+                               "in this heap", code="scan_running",
+                               details={"scan_id": other.scan_id})
+        job = ScanJob(user.id, heap_id, real)
+        scan = FolderScan(job, self.storage, self.documents, self.media,
+                          self.settings.scan_jobs, frozenset({str(self.settings.data_path)}),
+                          self.files.forget_unreferenced)
+        return self._start(job, scan.run)
+
+    async def reindex_files(self, user: User, heap_id: str | None) -> ScanSnapshot:
+        if heap_id is not None:
+            await self.documents.owned_heap(user, heap_id)
+        for other in self.jobs.values():
+            if other.running and other.kind == "reindex" and other.user_id == user.id:
+                raise Conflict("a reindex of your files is running", code="scan_running",
+                               details={"scan_id": other.scan_id})
+        job = ScanJob(user.id, heap_id or "", "", kind="reindex")
+        return self._start(job, lambda: self.reprobe.reindex(job, user, heap_id,
+                                                             self.settings.scan_jobs))
+
+    async def regenerate_file(self, user: User, key: str) -> dict[str, Any]:
+        return await self.reprobe.regenerate(user, key)
+
+    def _start(self, job: ScanJob, work: Callable[[], Awaitable[None]]) -> ScanSnapshot:
+        if self._nursery is None:
+            raise Unavailable("the server is stopping", code="shutting_down")
+        self._forget_old()
+        self.jobs[job.scan_id] = job
+        self._nursery.start_soon(self._run_job, job, work)
+        return job.snapshot()
+
+    def visible(self, user: User) -> list[ScanSnapshot]:
+        """The caller's jobs (every job for an admin), running and recently finished."""
+        self._forget_old()
+        return [j.snapshot() for j in self.jobs.values()
+                if user.is_admin or j.user_id == user.id]
+
+    def abort(self, user: User, scan_id: str) -> ScanSnapshot:
+        job = self.jobs.get(scan_id)
+        if job is None or not (user.is_admin or job.user_id == user.id):
+            raise NotFound("no such scan (it may run in another server process, or have "
+                           "ended a while ago)", code="scan_not_found")
+        job.abort()
+        return job.snapshot()
+
+    def _forget_old(self) -> None:
+        now = int(time.time() * 1000)
+        done = [j for j in self.jobs.values() if j.finished_at is not None]
+        done.sort(key=lambda j: j.finished_at or 0)
+        for i, j in enumerate(done):
+            if now - (j.finished_at or 0) > KEEP_FINISHED_S * 1000 \
+                    or i < len(done) - KEEP_FINISHED_MAX:
+                del self.jobs[j.scan_id]
+
+    # -- one job's life -----------------------------------------------------------------------
+    async def _run_job(self, job: ScanJob, work: Callable[[], Awaitable[None]]) -> None:
+        log.info("%s %s of %s into heap %s started", job.kind, job.scan_id, job.path or "files",
+                 job.heap_id or "(all)")
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._report, job)
+                await work()
+                nursery.cancel_scope.cancel()
+            job.state = "aborted" if job.aborted else "done"
+        except Exception as exc:  # this job failed; the server and the other jobs go on
+            job.state = "failed"
+            job.error = _reason(exc)
+            log.exception("%s %s failed", job.kind, job.scan_id)
+        except BaseException:  # cancelled: the server is stopping
+            job.state = "aborted"
+            raise
+        finally:
+            job.finished_at = int(time.time() * 1000)
+            self.publish(job.user_id, job.final_event())
+            log.info("%s %s %s: %d seen, %d done (%d new, %d changed, %d missing), %d errors",
+                     job.kind, job.scan_id, job.state, job.files_seen, job.files_done,
+                     job.files_new, job.files_changed, job.files_missing, job.errors)
+
+    async def _report(self, job: ScanJob) -> None:
+        while True:
+            self.publish(job.user_id, job.progress_event())
+            await trio.sleep(PROGRESS_EVERY_S)
+
+
+def _missing() -> NotFound:
+    return NotFound("the file's bytes are gone (a scanned file moved or was deleted?)",
+                    code="file_missing")
+
+
+def _reason(exc: BaseException) -> str:
+    """A stable code for scan.failed: the error's own code, else what kind of error it was."""
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return _reason(exc.exceptions[0])
+    if isinstance(exc, HeaperError):
+        return exc.code
+    if isinstance(exc, OSError):
+        return "io_error"
+    return "internal_error"

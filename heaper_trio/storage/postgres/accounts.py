@@ -1,0 +1,236 @@
+"""PostgreSQL units of work for accounts: users, login challenges, refresh tokens, usage.
+
+Each is ``(conn, *args)``, run by a runner of ``postgres_runtime`` inside one bridge crossing;
+the locking order they keep is described in ``postgres.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from heaper_trio.records import (
+    ChallengeProblem,
+    LoginOutcome,
+    NewRefreshToken,
+    RefreshOutcome,
+    RotateResult,
+    User,
+)
+from heaper_trio.storage.postgres.runtime import Conn
+
+# pg_advisory_xact_lock key; arbitrary but fixed, shared by every server process.
+LOGIN_LOCK = 0x68656170_00000002
+
+
+def _user(row: asyncpg.Record | None) -> User | None:
+    if row is None:
+        return None
+    return User(
+        id=row["id"],
+        public_key=row["public_key"],
+        email=row["email"],
+        state=row["state"],
+        is_admin=bool(row["is_admin"]),
+        token_generation=row["token_generation"],
+        created_at=row["created_at"],
+        approved_at=row["approved_at"],
+    )
+
+
+def _count(status: str) -> int:
+    """Rows touched, from a command tag such as ``DELETE 3``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def _get_user(c: Conn, user_id: str) -> User | None:
+    return _user(await c.fetchrow("SELECT * FROM users WHERE id=$1", user_id))
+
+
+async def _insert_refresh(c: Conn, user_id: str, new: NewRefreshToken) -> None:
+    await c.execute(
+        "INSERT INTO refresh_tokens (jti, family, user_id, issued_at, expires_at) "
+        "VALUES ($1, $2, $3, $4, $5)",
+        new.jti, new.family, user_id, new.issued_at, new.expires_at,
+    )
+
+
+async def _revoke_all(c: Conn, user_id: str, now: int) -> None:
+    # The users row first: it waits for in-flight logins and rotations of this user, so the
+    # next statement sees every token they stored.
+    await c.execute(
+        "UPDATE users SET token_generation = token_generation + 1 WHERE id=$1", user_id
+    )
+    await c.execute(
+        "UPDATE refresh_tokens SET revoked_at=$1 WHERE user_id=$2 AND revoked_at IS NULL",
+        now, user_id,
+    )
+
+
+async def _fetchval(c: Conn, sql: str, *args: Any) -> Any:
+    return await c.fetchval(sql, *args)
+
+
+async def _fetch_user(c: Conn, sql: str, *args: Any) -> User | None:
+    return _user(await c.fetchrow(sql, *args))
+
+
+async def _list_users(c: Conn) -> list[User]:
+    # COLLATE "C": the byte order SQLite uses, whatever the database's locale.
+    rows = await c.fetch('SELECT * FROM users ORDER BY created_at, id COLLATE "C"')
+    return [u for u in map(_user, rows) if u is not None]
+
+
+async def _claim_meta(c: Conn, key: str, value: str) -> str:
+    await c.execute(
+        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, value
+    )
+    return await c.fetchval("SELECT value FROM meta WHERE key=$1", key)
+
+
+async def _create_challenge(
+    c: Conn, challenge: str, public_key: str, created_at: int, expires_at: int
+) -> None:
+    await c.execute(
+        "INSERT INTO challenges (challenge, public_key, created_at, expires_at) "
+        "VALUES ($1, $2, $3, $4)",
+        challenge, public_key, created_at, expires_at,
+    )
+
+
+async def _complete_login(
+    c: Conn,
+    challenge: str,
+    public_key: str,
+    now: int,
+    new_user_id: str,
+    email: str | None,
+    auto_approve: bool,
+    refresh: NewRefreshToken,
+) -> LoginOutcome:
+    row = await c.fetchrow(
+        "SELECT public_key, expires_at, used_at FROM challenges WHERE challenge=$1 FOR UPDATE",
+        challenge,
+    )
+    if row is None:
+        return LoginOutcome(ChallengeProblem.unknown)
+    if row["public_key"] != public_key:
+        return LoginOutcome(ChallengeProblem.foreign)
+    if row["used_at"] is not None:
+        return LoginOutcome(ChallengeProblem.used)
+    if row["expires_at"] <= now:
+        return LoginOutcome(ChallengeProblem.expired)
+    await c.execute(
+        "UPDATE challenges SET used_at=$1 WHERE challenge=$2 AND used_at IS NULL", now, challenge
+    )
+    by_key = "SELECT * FROM users WHERE public_key=$1 FOR SHARE"
+    user = _user(await c.fetchrow(by_key, public_key))
+    created = False
+    if user is None:
+        # Creations take turns across processes, so the NOT EXISTS check below and the insert
+        # cannot interleave with another creation's: exactly one first account.
+        await c.execute("SELECT pg_advisory_xact_lock($1)", LOGIN_LOCK)
+        user = _user(await c.fetchrow(by_key, public_key))  # made while we waited?
+    if user is None:
+        first = bool(await c.fetchval("SELECT NOT EXISTS (SELECT 1 FROM users)"))
+        approved = first or auto_approve
+        user = _user(
+            await c.fetchrow(
+                "INSERT INTO users (id, public_key, email, state, is_admin, created_at, "
+                "approved_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+                new_user_id, public_key, email, "approved" if approved else "pending",
+                first, now, now if approved else None,
+            )
+        )
+        assert user is not None
+        created = True
+    if user.state != "approved":
+        return LoginOutcome(None, user, created, False)
+    await _insert_refresh(c, user.id, refresh)
+    return LoginOutcome(None, user, created, True)
+
+
+async def _purge_expired(c: Conn, now: int) -> int:
+    a = await c.execute(
+        "DELETE FROM challenges WHERE challenge IN (SELECT challenge FROM challenges "
+        "WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)",
+        now,
+    )
+    b = await c.execute(
+        "DELETE FROM refresh_tokens WHERE jti IN (SELECT jti FROM refresh_tokens "
+        "WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)",
+        now,
+    )
+    return _count(a) + _count(b)
+
+
+async def _set_user_state(c: Conn, user_id: str, state: str, now: int) -> User | None:
+    await c.execute(
+        "UPDATE users SET state=$1::text, approved_at=CASE WHEN $1::text='approved' "
+        "THEN $2::bigint ELSE approved_at END WHERE id=$3",
+        state, now, user_id,
+    )
+    if state == "rejected":
+        await _revoke_all(c, user_id, now)
+    return await _get_user(c, user_id)
+
+
+async def _set_admin(c: Conn, user_id: str, is_admin: bool) -> User | None:
+    sql = "UPDATE users SET is_admin=$1 WHERE id=$2 RETURNING *"
+    return _user(await c.fetchrow(sql, is_admin, user_id))
+
+
+async def _revoke_user_tokens(c: Conn, user_id: str, now: int) -> User | None:
+    await _revoke_all(c, user_id, now)
+    return await _get_user(c, user_id)
+
+
+async def _rotate(c: Conn, jti: str, user_id: str, now: int, new: NewRefreshToken) -> RotateResult:
+    # One rotation (or revocation) per user at a time; see the module docstring.
+    await c.execute("SELECT 1 FROM users WHERE id=$1 FOR NO KEY UPDATE", user_id)
+    row = await c.fetchrow(
+        "SELECT family, user_id, expires_at, rotated_at, revoked_at "
+        "FROM refresh_tokens WHERE jti=$1 FOR UPDATE",
+        jti,
+    )
+    if row is None or row["user_id"] != user_id:
+        return RotateResult(RefreshOutcome.unknown)
+    if row["revoked_at"] is not None:
+        return RotateResult(RefreshOutcome.revoked, user_id)
+    if row["rotated_at"] is not None:
+        await c.execute(
+            "UPDATE refresh_tokens SET revoked_at=$1 WHERE family=$2 AND revoked_at IS NULL",
+            now, row["family"],
+        )
+        return RotateResult(RefreshOutcome.reused, user_id)
+    if row["expires_at"] <= now:
+        return RotateResult(RefreshOutcome.expired, user_id)
+    await c.execute("UPDATE refresh_tokens SET rotated_at=$1 WHERE jti=$2", now, jti)
+    await _insert_refresh(
+        c, user_id, NewRefreshToken(new.jti, row["family"], new.issued_at, new.expires_at)
+    )
+    return RotateResult(RefreshOutcome.ok, user_id)
+
+
+async def _auth_stats(c: Conn) -> dict[str, int]:
+    row = await c.fetchrow(
+        "SELECT (SELECT COUNT(*) FROM users) AS users, "
+        "(SELECT COUNT(*) FROM challenges) AS challenges, "
+        "(SELECT COUNT(*) FROM refresh_tokens) AS refresh_tokens"
+    )
+    return {k: int(row[k]) for k in ("users", "challenges", "refresh_tokens")}
+
+
+async def _usage(c: Conn, user_id: str, now: int) -> dict[str, Any]:
+    sessions = await c.fetchval(
+        "SELECT COUNT(DISTINCT family) FROM refresh_tokens WHERE user_id=$1 "
+        "AND rotated_at IS NULL AND revoked_at IS NULL AND expires_at > $2",
+        user_id, now,
+    )
+    row = await c.fetchrow(
+        "SELECT COUNT(DISTINCT h.id) AS heaps, COUNT(b.id) AS blocks, "
+        "COALESCE(SUM(b.size), 0) AS document_bytes FROM heaps h "
+        "LEFT JOIN blocks b ON b.heap_id = h.id WHERE h.owner_id=$1", user_id)
+    return {"sessions": sessions, "heaps": row["heaps"], "blocks": row["blocks"],
+            "document_bytes": int(row["document_bytes"])}

@@ -1,0 +1,414 @@
+"""PostgreSQL units of work for heaps and blocks, the counterpart of ``sqlite_documents``.
+
+Each function takes an asyncpg connection and is run by one runner of ``postgres_runtime``
+(or ``snapshot`` below), so a call crosses the trio/asyncio bridge once.
+
+Transactions run at READ COMMITTED; locks stand in for the SQLite engine's single writer.
+Every transaction that writes blocks takes its locks in this order, so none can deadlock
+another:
+
+1. a transaction-scoped advisory lock per block id written (``BLOCK_LOCK``, keys sorted):
+   writers of one block, including the creators of a new one, take turns, and a creator
+   sees the block a concurrent creator just committed instead of running into it;
+2. the heap rows (``FOR NO KEY UPDATE``, ids sorted). A change takes the next time of its
+   heap's clock under this lock, held until COMMIT, so change times are unique and
+   commit-ordered within a heap: a reader that sees a change time sees every earlier one;
+3. the existing block rows (``FOR UPDATE``, ids sorted); the optimistic ``expected_last_seq``
+   check reads the locked row.
+
+Reads that need several statements to agree (``changes_since``) run in one REPEATABLE READ
+snapshot; ``load_block`` is a single statement.
+
+PostgreSQL stores less than SQLite: no NUL character in TEXT or JSONB, no NaN or infinity in
+JSONB. Callers hand in projections already cleaned of those (``BlockProjection``), so both
+engines store the same values. JSONB keeps object keys in its own order, not the order written.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any, Awaitable, Callable
+
+import asyncpg
+
+from heaper_trio.storage import block_query
+from heaper_trio.records import (
+    BlockChange,
+    BlockQuery,
+    BlockRecord,
+    ChangePage,
+    CommitResult,
+    CommitStatus,
+    Heap,
+    StoredBlock,
+    UpdateInfo,
+)
+from heaper_trio.storage.postgres.files import write_block_files
+from heaper_trio.storage.postgres.notify import block_pointer, notify
+from heaper_trio.storage.postgres.runtime import Conn, Pool, T, _connection
+from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, page, record_row
+
+# First key of the two-key advisory locks on block ids (a key space apart from the one-key
+# locks in postgres.py); the second key is a 32-bit hash of the block id.
+BLOCK_LOCK = 0x68656170  # "heap"
+
+async def snapshot(pool: Pool, work: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Runner: read-only ``work`` in one REPEATABLE READ snapshot; cancellable at any point."""
+    async with (_connection(pool) as c,
+                c.transaction(isolation="repeatable_read", readonly=True)):
+        return await work(c, *args)
+
+
+def _block_key(block_id: str) -> int:
+    """A stable signed 32-bit key for ``block_id`` (collisions only make writers take turns)."""
+    h = zlib.crc32(block_id.encode())
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+async def _lock_blocks(c: Conn, block_ids: list[str]) -> None:
+    keys = sorted({_block_key(b) for b in block_ids})
+    # unnest yields the keys in array order and the aggregate takes the locks in that order.
+    await c.fetchval("SELECT count(pg_advisory_xact_lock($1, k)) FROM unnest($2::int4[]) AS k",
+                     BLOCK_LOCK, keys)
+
+
+def _jsonb(value: dict[str, Any]) -> str:
+    return json.dumps(value)
+
+
+async def get_heap(c: Conn, heap_id: str) -> Heap | None:
+    return heap_row(await c.fetchrow("SELECT * FROM heaps WHERE id=$1", heap_id))
+
+
+async def list_heaps(c: Conn, owner_id: str) -> list[Heap]:
+    # COLLATE "C": the byte order SQLite uses, whatever the database's locale.
+    rows = await c.fetch(
+        'SELECT * FROM heaps WHERE owner_id=$1 ORDER BY created_at, id COLLATE "C"', owner_id
+    )
+    return [h for h in map(heap_row, rows) if h is not None]
+
+
+class _RootRefused(Exception):
+    """The root change did not create its block: roll the heap back too."""
+
+
+async def create_heap(c: Conn, heap: Heap, root: BlockChange, now: int,
+                      announce_as: str | None = None) -> bool:
+    await _lock_blocks(c, [root.block_id])
+    taken = await c.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM heaps WHERE id=$1) "
+        "OR EXISTS (SELECT 1 FROM blocks WHERE id=$2) "
+        "OR EXISTS (SELECT 1 FROM block_tombstones WHERE block_id=$2)",
+        heap.id, root.block_id,
+    )
+    if taken:
+        return False
+    try:
+        async with c.transaction():  # a savepoint: a lost race leaves a usable transaction
+            await c.execute(
+                "INSERT INTO heaps (id, owner_id, name, root_block_id, created_at, clock) "
+                "VALUES ($1, $2, $3, $4, $5, $6)",
+                heap.id, heap.owner_id, heap.name, heap.root_block_id, heap.created_at,
+                now - 1,
+            )
+            result = await commit_change(c, root, now)
+            if result.status is not CommitStatus.created:
+                raise _RootRefused
+    except (asyncpg.UniqueViolationError, _RootRefused):  # a concurrent creation won
+        return False
+    if announce_as is not None:
+        await notify(c, [block_pointer(announce_as, "created", heap.id, root.block_id,
+                                       result.last_seq, result.sync_version, result.updated_at)])
+    return True
+
+
+async def load_block(c: Conn, block_id: str) -> StoredBlock | None:
+    # One statement, one snapshot: a compaction committing meanwhile cannot split the row
+    # from its log.
+    row = await c.fetchrow(
+        "SELECT id, heap_id, sync_version, snapshot, snapshot_seq, last_seq, created_at, "
+        "updated_at, ARRAY(SELECT u.data FROM block_updates u WHERE u.block_id = b.id "
+        "AND u.seq > b.snapshot_seq AND u.seq <= b.last_seq ORDER BY u.seq) AS updates "
+        "FROM blocks b WHERE id=$1", block_id,
+    )
+    if row is None:
+        return None
+    return StoredBlock(
+        id=row["id"], heap_id=row["heap_id"], sync_version=row["sync_version"],
+        snapshot=None if row["snapshot"] is None else bytes(row["snapshot"]),
+        snapshot_seq=row["snapshot_seq"], updates=tuple(bytes(u) for u in row["updates"]),
+        last_seq=row["last_seq"], created_at=row["created_at"], updated_at=row["updated_at"],
+    )
+
+
+async def get_blocks(c: Conn, block_ids: list[str]) -> dict[str, BlockRecord]:
+    rows = await c.fetch(
+        f"SELECT {RECORD_COLUMNS} FROM blocks WHERE id = ANY($1::text[])", list(block_ids)
+    )
+    return {r["id"]: record_row(r) for r in rows}
+
+
+async def tombstones(c: Conn, block_ids: list[str]) -> dict[str, tuple[str, int]]:
+    rows = await c.fetch(
+        "SELECT block_id, heap_id, deleted_at FROM block_tombstones "
+        "WHERE block_id = ANY($1::text[])", list(block_ids),
+    )
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+async def _tick(c: Conn, heap_id: str, now: int) -> int:
+    """The heap's next change time; the row lock, held until COMMIT, orders the callers."""
+    clock = await c.fetchval(
+        "UPDATE heaps SET clock = GREATEST($1::bigint, clock + 1) WHERE id=$2 RETURNING clock",
+        now, heap_id,
+    )
+    if clock is None:
+        raise LookupError(f"heap {heap_id} does not exist")
+    return int(clock)
+
+
+async def commit_change(c: Conn, ch: BlockChange, now: int) -> CommitResult:
+    current = await c.fetchrow(
+        "SELECT heap_id, last_seq, sync_version FROM blocks WHERE id=$1 FOR UPDATE", ch.block_id
+    )
+    if ch.expected_last_seq is None:
+        if current is not None or await c.fetchval(
+                "SELECT 1 FROM block_tombstones WHERE block_id=$1", ch.block_id):
+            return CommitResult(ch.block_id, CommitStatus.conflict)
+    elif (current is None or current["last_seq"] != ch.expected_last_seq
+          or current["heap_id"] != ch.heap_id):
+        return CommitResult(ch.block_id, CommitStatus.conflict)
+    updated_at = await _tick(c, ch.heap_id, now)
+    p = ch.projection
+    base = 0 if current is None else current["last_seq"]
+    last_seq = base + len(ch.updates)
+    columns: dict[str, tuple[Any, str]] = {  # name -> (value, parameter type)
+        "type": (p.type, "text"), "title": (p.title, "text"),
+        "text": (p.text, "text"), "relations": (_jsonb(p.relations), "jsonb"),
+        "files": (_jsonb(p.files), "jsonb"), "apps": (_jsonb(p.apps), "jsonb"),
+        "updated_at": (updated_at, "bigint"),
+        "deleted_at": (p.deleted_at, "bigint"),
+        "permanently_deleted_at": (p.permanently_deleted_at, "bigint"),
+        "state_vector": (bytes(ch.state_vector), "bytea"), "size": (ch.size, "bigint"),
+        "last_seq": (last_seq, "bigint"),
+    }
+    if current is None:
+        columns.update(id=(ch.block_id, "text"), heap_id=(ch.heap_id, "text"),
+                       created_at=(updated_at, "bigint"), created_by=(ch.author_id, "text"),
+                       sync_version=(1, "int4"))
+        names = ", ".join(columns)
+        marks = ", ".join(f"${i}::{t}" for i, (_, t) in enumerate(columns.values(), 1))
+        await c.execute(f"INSERT INTO blocks ({names}) VALUES ({marks})",
+                        *(v for v, _ in columns.values()))
+    else:
+        sets = ", ".join(f"{k}=${i}::{t}" for i, (k, (_, t)) in enumerate(columns.items(), 1))
+        await c.execute(f"UPDATE blocks SET {sets} WHERE id=${len(columns) + 1}",
+                        *(v for v, _ in columns.values()), ch.block_id)
+    if ch.updates:
+        await c.execute(
+            "INSERT INTO block_updates (block_id, seq, data, created_at, author_id) "
+            "SELECT $1, s, d, $4, $5 FROM unnest($2::bigint[], $3::bytea[]) AS u(s, d)",
+            ch.block_id, [base + i + 1 for i in range(len(ch.updates))],
+            [bytes(u) for u in ch.updates], now, ch.author_id,
+        )
+    if ch.compacted is not None:
+        snap, covers = ch.compacted
+        await c.execute(
+            "UPDATE blocks SET snapshot=$1, snapshot_seq=$2 WHERE id=$3 AND snapshot_seq < $2",
+            bytes(snap), covers, ch.block_id,
+        )
+        await c.execute("DELETE FROM block_updates WHERE block_id=$1 AND seq <= $2",
+                        ch.block_id, covers)
+    await c.execute("DELETE FROM block_relations WHERE block_id=$1", ch.block_id)
+    kinds, targets = [], []
+    for kind, values in (("tag", p.tags), ("mention", p.mentions), ("link", p.links)):
+        values = [v for v in values if "\x00" not in v]
+        kinds += [kind] * len(values)
+        targets += values
+    if kinds:
+        await c.execute(
+            "INSERT INTO block_relations (block_id, kind, target_id, heap_id) "
+            "SELECT $1, k, t, $2 FROM unnest($3::text[], $4::text[]) AS u(k, t) "
+            "ON CONFLICT DO NOTHING",
+            ch.block_id, ch.heap_id, kinds, targets,
+        )
+    await write_block_files(c, ch.block_id, ch.heap_id, p.file_hashes)
+    await c.execute("UPDATE heaps SET name=$1 WHERE id=$2 AND root_block_id=$3",
+                    p.title, ch.heap_id, ch.block_id)
+    status = CommitStatus.created if current is None else CommitStatus.ok
+    sync_version = 1 if current is None else current["sync_version"]
+    return CommitResult(ch.block_id, status, updated_at, last_seq, sync_version)
+
+
+async def commit_changes(c: Conn, changes: list[BlockChange], now: int,
+                         announce_as: str | None = None) -> list[CommitResult]:
+    """With ``announce_as`` (this process's live id), every stored change is also announced to
+    the other processes by a NOTIFY in this transaction, delivered at COMMIT (postgres_notify)."""
+    # Every lock up front, in the global order of the module docstring; then the changes run
+    # in the caller's order (their change times follow it, as with SQLite).
+    block_ids = sorted({ch.block_id for ch in changes})
+    await _lock_blocks(c, block_ids)
+    await c.execute(
+        'SELECT 1 FROM heaps WHERE id = ANY($1::text[]) ORDER BY id COLLATE "C" '
+        "FOR NO KEY UPDATE", sorted({ch.heap_id for ch in changes}),
+    )
+    locked = await c.fetch(
+        'SELECT id, deleted_at IS NOT NULL AS trashed FROM blocks WHERE id = ANY($1::text[]) '
+        'ORDER BY id COLLATE "C" FOR UPDATE',
+        block_ids,
+    )
+    trashed = {r["id"]: r["trashed"] for r in locked}
+    results, pointers = [], []
+    for ch in changes:
+        try:
+            async with c.transaction():  # a savepoint: a refused change rolls back alone
+                result = await commit_change(c, ch, now)
+        except (LookupError, asyncpg.UniqueViolationError):  # heap gone, or block made meanwhile
+            result = CommitResult(ch.block_id, CommitStatus.conflict)
+        results.append(result)
+        if result.status is CommitStatus.conflict:
+            continue
+        was, now_trashed = trashed.get(ch.block_id, False), ch.projection.deleted_at is not None
+        trashed[ch.block_id] = now_trashed
+        if announce_as is not None:
+            # The kinds DocumentService gives the same change (services/documents.py).
+            kind = ("created" if result.status is CommitStatus.created
+                    else "deleted" if now_trashed and not was
+                    else "restored" if was and not now_trashed else "changed")
+            pointers.append(block_pointer(announce_as, kind, ch.heap_id, ch.block_id,
+                                          result.last_seq, result.sync_version,
+                                          result.updated_at))
+    if pointers:
+        await notify(c, pointers)
+    return results
+
+
+async def changes_since(c: Conn, heap_id: str, since: int, limit: int) -> ChangePage:
+    """Run in one snapshot (``snapshot``): clock, rows and totals agree with each other."""
+    clock_row = await c.fetchval("SELECT clock FROM heaps WHERE id=$1", heap_id)
+    clock = int(clock_row) if clock_row is not None else since
+    rows = await c.fetch(
+        f"SELECT {RECORD_COLUMNS} FROM blocks WHERE heap_id=$1 AND updated_at > $2 "
+        "ORDER BY updated_at LIMIT $3", heap_id, since, limit + 1,
+    )
+    deleted = await c.fetch(
+        "SELECT block_id, deleted_at FROM block_tombstones WHERE heap_id=$1 AND deleted_at > $2 "
+        "ORDER BY deleted_at, block_id COLLATE \"C\" LIMIT $3", heap_id, since, limit + 1,
+    )
+    totals = await c.fetchrow(
+        "SELECT (SELECT COUNT(*) FROM blocks WHERE heap_id=$1 AND updated_at > $2), "
+        "(SELECT COUNT(*) FROM block_tombstones WHERE heap_id=$1 AND deleted_at > $2)",
+        heap_id, since,
+    )
+    return page(
+        [record_row(r) for r in rows], [(r[0], r[1]) for r in deleted], clock, limit,
+        int(totals[0]), int(totals[1]),
+    )
+
+
+async def related(c: Conn, block_id: str) -> dict[str, list[str]]:
+    """Outgoing lists are the block's own document; incoming ones (children, backlinks) come
+    only from blocks in heaps of the block's owner (see the SQLite twin)."""
+    out: dict[str, list[str]] = {"tags": [], "mentions": [], "links": [], "children": [],
+                                 "backlinks": []}
+    for kind, target in await c.fetch(
+            'SELECT kind, target_id FROM block_relations WHERE block_id=$1 '
+            'ORDER BY target_id COLLATE "C"', block_id):
+        out[{"tag": "tags", "mention": "mentions", "link": "links"}[kind]].append(target)
+    for kind, source in await c.fetch(
+            "SELECT r.kind, r.block_id FROM block_relations r JOIN blocks b ON b.id = r.block_id "
+            "JOIN heaps h ON h.id = b.heap_id "
+            "WHERE r.target_id=$1 AND b.deleted_at IS NULL AND h.owner_id = ("
+            "SELECT o.owner_id FROM blocks t JOIN heaps o ON o.id = t.heap_id WHERE t.id=$1) "
+            'ORDER BY r.block_id COLLATE "C"',
+            block_id):
+        key = "children" if kind == "tag" else "backlinks"
+        if source not in out[key]:
+            out[key].append(source)
+    return out
+
+
+async def block_history(c: Conn, block_id: str) -> tuple[int, list[UpdateInfo]]:
+    snapshot_seq = await c.fetchval("SELECT snapshot_seq FROM blocks WHERE id=$1", block_id)
+    if snapshot_seq is None:
+        return 0, []
+    rows = await c.fetch(
+        "SELECT seq, created_at, author_id, octet_length(data) AS size FROM block_updates "
+        "WHERE block_id=$1 AND seq > $2 ORDER BY seq", block_id, snapshot_seq)
+    return int(snapshot_seq), [UpdateInfo(r["seq"], r["created_at"], r["author_id"], r["size"])
+                               for r in rows]
+
+
+async def trashed(c: Conn, heap_id: str) -> list[BlockRecord]:
+    rows = await c.fetch(
+        f"SELECT {RECORD_COLUMNS} FROM blocks WHERE heap_id=$1 AND deleted_at IS NOT NULL "
+        'ORDER BY deleted_at DESC, id COLLATE "C"', heap_id)
+    return [record_row(r) for r in rows]
+
+
+async def purge_blocks(c: Conn, heap_id: str, block_ids: list[str], now: int,
+                       announce_as: str | None = None) -> list[str]:
+    # The same lock order as commit_changes: block keys, heap row, block rows.
+    await _lock_blocks(c, block_ids)
+    await c.execute("SELECT 1 FROM heaps WHERE id=$1 FOR NO KEY UPDATE", heap_id)
+    rows = await c.fetch(
+        "SELECT id FROM blocks WHERE id = ANY($1::text[]) AND heap_id=$2 "
+        'AND deleted_at IS NOT NULL ORDER BY id COLLATE "C" FOR UPDATE', block_ids, heap_id)
+    present = {r["id"] for r in rows}
+    purged = [b for b in block_ids if b in present]
+    for block_id in dict.fromkeys(purged):
+        at = await _tick(c, heap_id, now)
+        await c.execute("DELETE FROM block_updates WHERE block_id=$1", block_id)
+        await c.execute("DELETE FROM block_relations WHERE block_id=$1", block_id)
+        await c.execute("DELETE FROM block_files WHERE block_id=$1", block_id)
+        await c.execute("DELETE FROM blocks WHERE id=$1", block_id)
+        await c.execute(
+            "INSERT INTO block_tombstones (block_id, heap_id, deleted_at) VALUES ($1, $2, $3)",
+            block_id, heap_id, at)
+    gone = list(dict.fromkeys(purged))
+    if announce_as is not None and gone:  # the time HeapService announces, as it does locally
+        await notify(c, [block_pointer(announce_as, "purged", heap_id, b, updated_at=now)
+                         for b in gone])
+    return gone
+
+
+async def delete_heap(c: Conn, heap_id: str, announce_as: str | None = None) -> bool:
+    await c.execute("SELECT 1 FROM heaps WHERE id=$1 FOR UPDATE", heap_id)
+    await c.execute("DELETE FROM block_updates WHERE block_id IN "
+                    "(SELECT id FROM blocks WHERE heap_id=$1)", heap_id)
+    await c.execute("DELETE FROM block_relations WHERE heap_id=$1", heap_id)
+    await c.execute("DELETE FROM block_files WHERE heap_id=$1", heap_id)
+    await c.execute("DELETE FROM blocks WHERE heap_id=$1", heap_id)
+    await c.execute("DELETE FROM block_tombstones WHERE heap_id=$1", heap_id)
+    deleted = await c.fetchval("DELETE FROM heaps WHERE id=$1 RETURNING 1", heap_id) is not None
+    if deleted and announce_as is not None:
+        await notify(c, [block_pointer(announce_as, "heap_deleted", heap_id)])
+    return deleted
+
+
+async def heap_stats(c: Conn, heap_id: str) -> dict[str, Any]:
+    by_type = {r[0] or "unknown": r[1] for r in await c.fetch(
+        "SELECT type, COUNT(*) FROM blocks WHERE heap_id=$1 AND deleted_at IS NULL "
+        "GROUP BY type", heap_id)}
+    trash = await c.fetchval(
+        "SELECT COUNT(*) FROM blocks WHERE heap_id=$1 AND deleted_at IS NOT NULL", heap_id)
+    files: dict[str, int] = {}
+    for (raw,) in await c.fetch(
+            "SELECT files FROM blocks WHERE heap_id=$1 AND files <> '{}'::jsonb", heap_id):
+        for key, meta in json.loads(raw).items():
+            files[key] = int(meta.get("file_size") or 0) if isinstance(meta, dict) else 0
+    clock = await c.fetchval("SELECT clock FROM heaps WHERE id=$1", heap_id)
+    return {"blocks": sum(by_type.values()), "by_type": by_type, "trash": trash,
+            "files": len(files), "file_bytes": sum(files.values()),
+            "last_change": int(clock) if clock is not None else None}
+
+
+async def query_blocks(c: Conn, heap_id: str, q: BlockQuery, limit: int) -> list[BlockRecord]:
+    sql, params = block_query.select_sql(block_query.POSTGRES, heap_id, q, RECORD_COLUMNS, limit)
+    return [record_row(r) for r in await c.fetch(sql, *params)]
+
+
+async def count_blocks(c: Conn, heap_id: str, q: BlockQuery) -> dict[str, int]:
+    sql, params = block_query.count_sql(block_query.POSTGRES, heap_id, q)
+    return {(r[0] or "unknown"): r[1] for r in await c.fetch(sql, *params)}

@@ -1,0 +1,343 @@
+"""The server engine: PostgreSQL through an asyncpg pool, called from trio via trio-asyncio.
+
+Each call crosses the trio/asyncio bridge exactly once, into a plain asyncio coroutine (a
+runner: ``read``, ``write1`` or ``tx`` in ``postgres_runtime``) that acquires a connection, runs one unit of work
+and gives the connection back. Acquire and transaction are never split across bridge calls:
+wrapping ``pool.acquire()`` or ``conn.transaction()`` themselves with ``aio_as_trio`` leaks
+both under a cancel (stack-pitfalls section 2). A trio cancel becomes one asyncio cancel of
+the runner: before COMMIT the work rolls back and nothing happened; once COMMIT (or an
+autocommit statement) is on the wire the call sees it through and returns, so "cancelled"
+never hides a committed write.
+
+Transactions run at READ COMMITTED, so each statement sees what committed before it started.
+Row locks give the read-modify-write rules the order the SQLite engine gets from its single
+writer. A transaction locks at most, in this order, a challenge row, a user row, token rows,
+so they cannot deadlock each other:
+
+- ``complete_login`` locks the challenge row (``FOR UPDATE``: one use only), then the user row
+  (``FOR SHARE``: a concurrent reject or revoke waits for the new token, then revokes it too).
+  Creating an account takes ``LOGIN_LOCK``, so "the first account becomes admin" holds across
+  processes.
+- ``rotate_refresh_token`` locks the user row (``FOR NO KEY UPDATE``), which serialises a
+  user's rotations and revocations: a replayed token's family revocation sees every token
+  rotated into the family before it, and ``revoke_user_tokens`` every token rotated in.
+- ``purge_expired`` skips rows another transaction holds (``SKIP LOCKED``); they go next time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Any, Awaitable, Callable
+
+import asyncpg
+import trio
+import trio_asyncio
+from trio_asyncio import aio_as_trio
+
+from heaper_trio.errors import Unavailable
+from heaper_trio.storage.postgres import documents as docs
+from heaper_trio.storage.postgres import notify as postgres_notify
+from heaper_trio.storage.postgres.accounts import (
+    _auth_stats,
+    _claim_meta,
+    _complete_login,
+    _create_challenge,
+    _fetch_user,
+    _fetchval,
+    _list_users,
+    _purge_expired,
+    _revoke_user_tokens,
+    _rotate,
+    _set_admin,
+    _set_user_state,
+    _usage,
+)
+from heaper_trio.storage.postgres.files import PostgresFiles
+from heaper_trio.storage.postgres.scans import PostgresScans
+from heaper_trio.storage.base import Storage
+from heaper_trio.records import (
+    BlockChange,
+    BlockQuery,
+    BlockRecord,
+    ChangePage,
+    CommitResult,
+    CommitStatus,
+    Heap,
+    LoginOutcome,
+    NewRefreshToken,
+    RotateResult,
+    StoredBlock,
+    UpdateInfo,
+    User,
+)
+from heaper_trio.storage.postgres.runtime import (
+    CONNECTION_ERRORS,
+    Conn,
+    Pool,
+    Runner,
+    T,
+    close_pool,
+    read,
+    tx,
+    write1,
+)
+from heaper_trio.storage.sqlite.runtime import migration_scripts
+
+log = logging.getLogger(__name__)
+
+
+# pg_advisory_xact_lock keys; arbitrary but fixed, shared by every server process.
+MIGRATE_LOCK = 0x68656170_00000001  # "heap" + 1
+
+
+# -- units of work: (conn, *args), run by one of the runners above ---------------------------------
+
+
+async def _migrate(c: Conn, now_ms: int) -> None:
+    # Several processes starting together on one database take turns here.
+    await c.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
+    await c.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+        "name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+    )
+    done = {r[0] for r in await c.fetch("SELECT version FROM schema_migrations")}
+    for version, name, sql in migration_scripts("postgres"):
+        if version in done:
+            continue
+        await c.execute(sql)  # no arguments: the simple protocol runs the whole script
+        await c.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            version, name, now_ms,
+        )
+        log.info("applied postgres migration %s", name)
+
+
+ANNOUNCED_KEPT = 10_000
+
+
+def _announce_key(kind: str, heap_id: str, block_id: str, seq: int) -> tuple[str, ...]:
+    """One change, however the commit and DocumentService name its kind."""
+    if kind in ("purged", "heap_deleted"):
+        return (kind, heap_id, block_id)
+    return ("block", block_id, str(seq))
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+
+class PostgresStorage(PostgresFiles, PostgresScans, Storage):
+    engine = "postgres"
+
+    def __init__(self, dsn: str, *, min_size: int, max_size: int) -> None:
+        self.dsn = dsn
+        self.min_size = min_size
+        self.max_size = max_size
+        self._pool: Pool | None = None
+        self._loop: Any = None
+        # Live announcements made inside the committing transaction (see announce_commits_as)
+        self.announce_as: str | None = None
+        self._announced: OrderedDict[tuple[str, ...], None] = OrderedDict()
+
+    async def _run(self, runner: Runner, work: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``runner(pool, work, *args)`` on the asyncio side: one bridge crossing per call."""
+        if self._pool is None:
+            raise RuntimeError("storage is closed")
+        try:
+            return await aio_as_trio(runner, loop=self._loop)(self._pool, work, *args)
+        except CONNECTION_ERRORS as e:
+            # The database, not the request, is at fault: 503, and the client retries.
+            log.error("postgres: %s: %s", type(e).__name__, e)
+            raise Unavailable(f"the database is unavailable: {type(e).__name__}",
+                              code="database_unavailable") from e
+
+    async def open(self) -> None:
+        # Remember the loop: calls may come from trio tasks that do not see the contextvar of
+        # the task that opened it (a test body, a task started before the loop).
+        self._loop = trio_asyncio.current_loop.get()
+        if self._loop is None:
+            raise RuntimeError("PostgresStorage.open() needs a trio-asyncio loop (heaper_trio.aio)")
+        self._pool = await aio_as_trio(asyncpg.create_pool, loop=self._loop)(
+            self.dsn, min_size=self.min_size, max_size=self.max_size
+        )
+        try:
+            await self._run(tx, _migrate, int(time.time() * 1000))
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with trio.CancelScope(shield=True):
+                await aio_as_trio(close_pool, loop=self._loop)(pool)
+
+    async def ping(self) -> None:
+        await self._run(read, _fetchval, "SELECT 1")
+
+    shares_processes = True
+
+    async def announce(self, payloads: list[str]) -> None:
+        await self._run(write1, postgres_notify.notify, payloads)
+
+    def announce_commits_as(self, origin: str) -> None:
+        """From now on, block commits (scan batches too), purges and heap deletions announce
+        themselves to the other processes inside their own transaction, as ``origin`` (issue
+        9, item 11: an announcement sent after COMMIT is lost if the process dies in between,
+        and the other processes' subscribers then miss an acknowledged update)."""
+        self.announce_as = origin
+
+    def _mark_announced(self, keys: list[tuple[str, ...]]) -> None:
+        for key in keys:
+            self._announced[key] = None
+        while len(self._announced) > ANNOUNCED_KEPT:  # never taken (e.g. a cancelled caller)
+            self._announced.popitem(last=False)
+
+    def _mark_blocks_announced(self, results: list[CommitResult]) -> None:
+        """Block commits (``commit_changes``, scan batches) whose transaction announced them."""
+        self._mark_announced([_announce_key("block", "", r.block_id, r.last_seq)
+                              for r in results if r.status is not CommitStatus.conflict])
+
+    def announced_in_commit(self, kind: str, heap_id: str, block_id: str, seq: int) -> bool:
+        """Whether the commit of this change announced it already (then the bridge must not
+        announce it again); answers True once per change."""
+        key = _announce_key(kind, heap_id, block_id, seq)
+        if key in self._announced:
+            del self._announced[key]
+            return True
+        return False
+
+    async def listen(self, on_payload: Callable[[str], None], *,
+                     task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await postgres_notify.listen_forever(self.dsn, self._loop, on_payload, task_status)
+
+    async def schema_version(self) -> int:
+        sql = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+        return int(await self._run(read, _fetchval, sql))
+
+    async def get_meta(self, key: str) -> str | None:
+        return await self._run(read, _fetchval, "SELECT value FROM meta WHERE key=$1", key)
+
+    async def claim_meta(self, key: str, value: str) -> str:
+        return await self._run(tx, _claim_meta, key, value)
+
+    async def create_challenge(
+        self, challenge: str, public_key: str, created_at: int, expires_at: int
+    ) -> None:
+        await self._run(write1, _create_challenge, challenge, public_key, created_at, expires_at)
+
+    async def complete_login(
+        self,
+        *,
+        challenge: str,
+        public_key: str,
+        now: int,
+        new_user_id: str,
+        email: str | None,
+        auto_approve: bool,
+        refresh: NewRefreshToken,
+    ) -> LoginOutcome:
+        return await self._run(
+            tx, _complete_login,
+            challenge, public_key, now, new_user_id, email, auto_approve, refresh,
+        )
+
+    async def purge_expired(self, now: int) -> int:
+        return await self._run(tx, _purge_expired, now)
+
+    async def get_user(self, user_id: str) -> User | None:
+        return await self._run(read, _fetch_user, "SELECT * FROM users WHERE id=$1", user_id)
+
+    async def get_user_by_key(self, public_key: str) -> User | None:
+        sql = "SELECT * FROM users WHERE public_key=$1"
+        return await self._run(read, _fetch_user, sql, public_key)
+
+    async def list_users(self) -> list[User]:
+        return await self._run(read, _list_users)
+
+    async def set_user_state(self, user_id: str, state: str, now: int) -> User | None:
+        return await self._run(tx, _set_user_state, user_id, state, now)
+
+    async def set_admin(self, user_id: str, is_admin: bool) -> User | None:
+        return await self._run(write1, _set_admin, user_id, is_admin)
+
+    async def revoke_user_tokens(self, user_id: str, now: int) -> User | None:
+        return await self._run(tx, _revoke_user_tokens, user_id, now)
+
+    async def rotate_refresh_token(
+        self, *, jti: str, user_id: str, now: int, new: NewRefreshToken
+    ) -> RotateResult:
+        return await self._run(tx, _rotate, jti, user_id, now, new)
+
+    # -- heaps and blocks (units of work and locking rules in postgres_documents) -------------
+    async def create_heap(self, heap: Heap, root: BlockChange, now: int) -> bool:
+        origin = self.announce_as
+        created = await self._run(tx, docs.create_heap, heap, root, now, origin)
+        if created and origin is not None:
+            self._mark_announced([_announce_key("created", heap.id, root.block_id, 1)])
+        return created
+
+    async def get_heap(self, heap_id: str) -> Heap | None:
+        return await self._run(read, docs.get_heap, heap_id)
+
+    async def list_heaps(self, owner_id: str) -> list[Heap]:
+        return await self._run(read, docs.list_heaps, owner_id)
+
+    async def load_block(self, block_id: str) -> StoredBlock | None:
+        return await self._run(read, docs.load_block, block_id)
+
+    async def get_blocks(self, block_ids: list[str]) -> dict[str, BlockRecord]:
+        return await self._run(read, docs.get_blocks, block_ids)
+
+    async def tombstones(self, block_ids: list[str]) -> dict[str, tuple[str, int]]:
+        return await self._run(read, docs.tombstones, block_ids)
+
+    async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
+        origin = self.announce_as
+        results = await self._run(tx, docs.commit_changes, changes, now, origin)
+        if origin is not None:
+            self._mark_blocks_announced(results)
+        return results
+
+    async def changes_since(self, heap_id: str, since: int, limit: int) -> ChangePage:
+        return await self._run(docs.snapshot, docs.changes_since, heap_id, since, limit)
+
+    async def related(self, block_id: str) -> dict[str, list[str]]:
+        return await self._run(read, docs.related, block_id)
+
+    async def query_blocks(self, heap_id: str, query: BlockQuery, limit: int
+                           ) -> list[BlockRecord]:
+        return await self._run(read, docs.query_blocks, heap_id, query, limit)
+
+    async def count_blocks(self, heap_id: str, query: BlockQuery) -> dict[str, int]:
+        return await self._run(read, docs.count_blocks, heap_id, query)
+
+    async def block_history(self, block_id: str) -> tuple[int, list[UpdateInfo]]:
+        return await self._run(docs.snapshot, docs.block_history, block_id)
+
+    async def trashed(self, heap_id: str) -> list[BlockRecord]:
+        return await self._run(read, docs.trashed, heap_id)
+
+    async def purge_blocks(self, heap_id: str, block_ids: list[str], now: int) -> list[str]:
+        origin = self.announce_as
+        purged = await self._run(tx, docs.purge_blocks, heap_id, block_ids, now, origin)
+        if origin is not None:
+            self._mark_announced([_announce_key("purged", heap_id, b, 0) for b in purged])
+        return purged
+
+    async def delete_heap(self, heap_id: str) -> bool:
+        origin = self.announce_as
+        deleted = await self._run(tx, docs.delete_heap, heap_id, origin)
+        if deleted and origin is not None:
+            self._mark_announced([_announce_key("heap_deleted", heap_id, "", 0)])
+        return deleted
+
+    async def heap_stats(self, heap_id: str) -> dict[str, Any]:
+        return await self._run(docs.snapshot, docs.heap_stats, heap_id)
+
+    async def auth_stats(self) -> dict[str, int]:
+        return await self._run(read, _auth_stats)
+
+    async def usage(self, user_id: str, now: int) -> dict[str, Any]:
+        return await self._run(read, _usage, user_id, now)

@@ -1,0 +1,292 @@
+"""SQLite units of work for heaps and blocks; each runs on a connection given by the runtime
+(the writer thread for writes, a reader for reads)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from heaper_trio.storage import block_query
+from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, page, record_row
+from heaper_trio.storage.sqlite.files import write_block_files
+from heaper_trio.records import (
+    BlockChange,
+    BlockQuery,
+    BlockRecord,
+    ChangePage,
+    CommitResult,
+    CommitStatus,
+    Heap,
+    StoredBlock,
+    UpdateInfo,
+)
+
+def get_heap(c: sqlite3.Connection, heap_id: str) -> Heap | None:
+    return heap_row(c.execute("SELECT * FROM heaps WHERE id=?", (heap_id,)).fetchone())
+
+
+def list_heaps(c: sqlite3.Connection, owner_id: str) -> list[Heap]:
+    rows = c.execute("SELECT * FROM heaps WHERE owner_id=? ORDER BY created_at, id", (owner_id,))
+    return [h for h in map(heap_row, rows.fetchall()) if h is not None]
+
+
+def create_heap(c: sqlite3.Connection, heap: Heap, root: BlockChange, now: int) -> bool:
+    taken = c.execute(
+        "SELECT EXISTS (SELECT 1 FROM heaps WHERE id=?) OR EXISTS (SELECT 1 FROM blocks WHERE id=?) "
+        "OR EXISTS (SELECT 1 FROM block_tombstones WHERE block_id=?)",
+        (heap.id, root.block_id, root.block_id),
+    ).fetchone()[0]
+    if taken:
+        return False
+    c.execute(
+        "INSERT INTO heaps (id, owner_id, name, root_block_id, created_at, clock) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (heap.id, heap.owner_id, heap.name, heap.root_block_id, heap.created_at, now - 1),
+    )
+    result = commit_change(c, root, now)
+    assert result.status is CommitStatus.created
+    return True
+
+
+def load_block(c: sqlite3.Connection, block_id: str) -> StoredBlock | None:
+    row = c.execute(
+        "SELECT id, heap_id, sync_version, snapshot, snapshot_seq, last_seq, created_at, "
+        "updated_at FROM blocks WHERE id=?", (block_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    updates = c.execute(
+        "SELECT data FROM block_updates WHERE block_id=? AND seq > ? AND seq <= ? ORDER BY seq",
+        (block_id, row["snapshot_seq"], row["last_seq"]),
+    ).fetchall()
+    return StoredBlock(
+        id=row["id"], heap_id=row["heap_id"], sync_version=row["sync_version"],
+        snapshot=row["snapshot"], snapshot_seq=row["snapshot_seq"],
+        updates=tuple(bytes(u[0]) for u in updates), last_seq=row["last_seq"],
+        created_at=row["created_at"], updated_at=row["updated_at"],
+    )
+
+
+def get_blocks(c: sqlite3.Connection, block_ids: list[str]) -> dict[str, BlockRecord]:
+    out: dict[str, BlockRecord] = {}
+    for start in range(0, len(block_ids), 500):
+        chunk = block_ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = c.execute(f"SELECT {RECORD_COLUMNS} FROM blocks WHERE id IN ({marks})", chunk)
+        out.update((r["id"], record_row(r)) for r in rows.fetchall())
+    return out
+
+
+def tombstones(c: sqlite3.Connection, block_ids: list[str]) -> dict[str, tuple[str, int]]:
+    out: dict[str, tuple[str, int]] = {}
+    for start in range(0, len(block_ids), 500):
+        chunk = block_ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = c.execute(
+            f"SELECT block_id, heap_id, deleted_at FROM block_tombstones WHERE block_id IN ({marks})",
+            chunk,
+        )
+        out.update((r[0], (r[1], r[2])) for r in rows.fetchall())
+    return out
+
+
+def _tick(c: sqlite3.Connection, heap_id: str, now: int) -> int:
+    """The heap's next change time; the writer thread serialises all callers."""
+    row = c.execute(
+        "UPDATE heaps SET clock = MAX(?, clock + 1) WHERE id=? RETURNING clock", (now, heap_id)
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"heap {heap_id} does not exist")
+    return int(row[0])
+
+
+def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitResult:
+    current = c.execute("SELECT heap_id, last_seq, sync_version FROM blocks WHERE id=?",
+                        (ch.block_id,)).fetchone()
+    if ch.expected_last_seq is None:
+        if current is not None or c.execute(
+                "SELECT 1 FROM block_tombstones WHERE block_id=?", (ch.block_id,)).fetchone():
+            return CommitResult(ch.block_id, CommitStatus.conflict)
+    elif (current is None or current["last_seq"] != ch.expected_last_seq
+          or current["heap_id"] != ch.heap_id):
+        return CommitResult(ch.block_id, CommitStatus.conflict)
+    updated_at = _tick(c, ch.heap_id, now)
+    p = ch.projection
+    base = 0 if current is None else current["last_seq"]
+    last_seq = base + len(ch.updates)
+    columns: dict[str, Any] = {
+        "type": p.type, "title": p.title, "text": p.text, "relations": json.dumps(p.relations),
+        "files": json.dumps(p.files), "apps": json.dumps(p.apps), "updated_at": updated_at,
+        "deleted_at": p.deleted_at, "permanently_deleted_at": p.permanently_deleted_at,
+        "state_vector": ch.state_vector, "size": ch.size, "last_seq": last_seq,
+    }
+    if current is None:
+        columns.update(id=ch.block_id, heap_id=ch.heap_id, created_at=updated_at,
+                       created_by=ch.author_id, sync_version=1)
+        names = ", ".join(columns)
+        c.execute(f"INSERT INTO blocks ({names}) VALUES ({', '.join('?' * len(columns))})",
+                  tuple(columns.values()))
+    else:
+        sets = ", ".join(f"{k}=?" for k in columns)
+        c.execute(f"UPDATE blocks SET {sets} WHERE id=?", (*columns.values(), ch.block_id))
+    c.executemany(
+        "INSERT INTO block_updates (block_id, seq, data, created_at, author_id) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [(ch.block_id, base + i + 1, u, now, ch.author_id) for i, u in enumerate(ch.updates)],
+    )
+    if ch.compacted is not None:
+        snapshot, covers = ch.compacted
+        c.execute("UPDATE blocks SET snapshot=?, snapshot_seq=? WHERE id=? AND snapshot_seq < ?",
+                  (snapshot, covers, ch.block_id, covers))
+        c.execute("DELETE FROM block_updates WHERE block_id=? AND seq <= ?", (ch.block_id, covers))
+    c.execute("DELETE FROM block_relations WHERE block_id=?", (ch.block_id,))
+    c.executemany(
+        "INSERT OR IGNORE INTO block_relations (block_id, kind, target_id, heap_id) "
+        "VALUES (?, ?, ?, ?)",
+        [(ch.block_id, kind, target, ch.heap_id)
+         for kind, targets in (("tag", p.tags), ("mention", p.mentions), ("link", p.links))
+         for target in targets],
+    )
+    write_block_files(c, ch.block_id, ch.heap_id, p.file_hashes)
+    c.execute("UPDATE heaps SET name=? WHERE id=? AND root_block_id=?",
+              (p.title, ch.heap_id, ch.block_id))
+    status = CommitStatus.created if current is None else CommitStatus.ok
+    sync_version = 1 if current is None else current["sync_version"]
+    return CommitResult(ch.block_id, status, updated_at, last_seq, sync_version)
+
+
+def commit_changes(c: sqlite3.Connection, changes: list[BlockChange], now: int
+                   ) -> list[CommitResult]:
+    results = []
+    for ch in changes:
+        c.execute("SAVEPOINT change")
+        try:
+            results.append(commit_change(c, ch, now))
+        except LookupError:  # the heap went away under us
+            c.execute("ROLLBACK TO change")
+            results.append(CommitResult(ch.block_id, CommitStatus.conflict))
+        c.execute("RELEASE change")
+    return results
+
+
+def changes_since(c: sqlite3.Connection, heap_id: str, since: int, limit: int) -> ChangePage:
+    clock_row = c.execute("SELECT clock FROM heaps WHERE id=?", (heap_id,)).fetchone()
+    clock = int(clock_row[0]) if clock_row else since
+    rows = c.execute(
+        f"SELECT {RECORD_COLUMNS} FROM blocks WHERE heap_id=? AND updated_at > ? "
+        "ORDER BY updated_at LIMIT ?", (heap_id, since, limit + 1),
+    ).fetchall()
+    deleted = c.execute(
+        "SELECT block_id, deleted_at FROM block_tombstones WHERE heap_id=? AND deleted_at > ? "
+        "ORDER BY deleted_at, block_id LIMIT ?", (heap_id, since, limit + 1),
+    ).fetchall()
+    total_changed = c.execute("SELECT COUNT(*) FROM blocks WHERE heap_id=? AND updated_at > ?",
+                              (heap_id, since)).fetchone()[0]
+    total_deleted = c.execute(
+        "SELECT COUNT(*) FROM block_tombstones WHERE heap_id=? AND deleted_at > ?",
+        (heap_id, since)).fetchone()[0]
+    return page(
+        [record_row(r) for r in rows], [(r[0], r[1]) for r in deleted], clock, limit,
+        total_changed, total_deleted,
+    )
+
+
+def related(c: sqlite3.Connection, block_id: str) -> dict[str, list[str]]:
+    """Outgoing lists are the block's own document; incoming ones (children, backlinks) come
+    only from blocks in heaps of the block's owner, so another user who writes this id into
+    their own blocks neither shows up here nor learns that the id exists."""
+    out: dict[str, list[str]] = {"tags": [], "mentions": [], "links": [], "children": [],
+                                 "backlinks": []}
+    for kind, target in c.execute(
+            "SELECT kind, target_id FROM block_relations WHERE block_id=? ORDER BY target_id",
+            (block_id,)).fetchall():
+        out[{"tag": "tags", "mention": "mentions", "link": "links"}[kind]].append(target)
+    for kind, source in c.execute(
+            "SELECT r.kind, r.block_id FROM block_relations r JOIN blocks b ON b.id = r.block_id "
+            "JOIN heaps h ON h.id = b.heap_id "
+            "WHERE r.target_id=? AND b.deleted_at IS NULL AND h.owner_id = ("
+            "SELECT o.owner_id FROM blocks t JOIN heaps o ON o.id = t.heap_id WHERE t.id=?) "
+            "ORDER BY r.block_id",
+            (block_id, block_id)).fetchall():
+        key = "children" if kind == "tag" else "backlinks"
+        if source not in out[key]:
+            out[key].append(source)
+    return out
+
+
+def block_history(c: sqlite3.Connection, block_id: str) -> tuple[int, list[UpdateInfo]]:
+    row = c.execute("SELECT snapshot_seq FROM blocks WHERE id=?", (block_id,)).fetchone()
+    if row is None:
+        return 0, []
+    rows = c.execute(
+        "SELECT seq, created_at, author_id, length(data) FROM block_updates WHERE block_id=? "
+        "AND seq > ? ORDER BY seq", (block_id, row[0])).fetchall()
+    return int(row[0]), [UpdateInfo(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def trashed(c: sqlite3.Connection, heap_id: str) -> list[BlockRecord]:
+    rows = c.execute(
+        f"SELECT {RECORD_COLUMNS} FROM blocks WHERE heap_id=? AND deleted_at IS NOT NULL "
+        "ORDER BY deleted_at DESC, id", (heap_id,))
+    return [record_row(r) for r in rows.fetchall()]
+
+
+def purge_blocks(c: sqlite3.Connection, heap_id: str, block_ids: list[str], now: int
+                 ) -> list[str]:
+    purged = []
+    for block_id in block_ids:
+        row = c.execute("SELECT 1 FROM blocks WHERE id=? AND heap_id=? AND deleted_at IS NOT NULL",
+                        (block_id, heap_id)).fetchone()
+        if row is None:
+            continue
+        at = _tick(c, heap_id, now)
+        c.execute("DELETE FROM block_updates WHERE block_id=?", (block_id,))
+        c.execute("DELETE FROM block_relations WHERE block_id=?", (block_id,))
+        c.execute("DELETE FROM block_files WHERE block_id=?", (block_id,))
+        c.execute("DELETE FROM blocks WHERE id=?", (block_id,))
+        c.execute("INSERT INTO block_tombstones (block_id, heap_id, deleted_at) VALUES (?, ?, ?)",
+                  (block_id, heap_id, at))
+        purged.append(block_id)
+    return purged
+
+
+def delete_heap(c: sqlite3.Connection, heap_id: str) -> bool:
+    ids = [r[0] for r in c.execute("SELECT id FROM blocks WHERE heap_id=?", (heap_id,))]
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        c.execute(f"DELETE FROM block_updates WHERE block_id IN ({marks})", chunk)
+        c.execute(f"DELETE FROM block_relations WHERE block_id IN ({marks})", chunk)
+    c.execute("DELETE FROM block_files WHERE heap_id=?", (heap_id,))
+    c.execute("DELETE FROM blocks WHERE heap_id=?", (heap_id,))
+    c.execute("DELETE FROM block_tombstones WHERE heap_id=?", (heap_id,))
+    return c.execute("DELETE FROM heaps WHERE id=?", (heap_id,)).rowcount > 0
+
+
+def heap_stats(c: sqlite3.Connection, heap_id: str) -> dict[str, Any]:
+    by_type = {r[0] or "unknown": r[1] for r in c.execute(
+        "SELECT type, COUNT(*) FROM blocks WHERE heap_id=? AND deleted_at IS NULL GROUP BY type",
+        (heap_id,))}
+    trash = c.execute("SELECT COUNT(*) FROM blocks WHERE heap_id=? AND deleted_at IS NOT NULL",
+                      (heap_id,)).fetchone()[0]
+    files: dict[str, int] = {}
+    for (raw,) in c.execute("SELECT files FROM blocks WHERE heap_id=? AND files != '{}'",
+                            (heap_id,)):
+        for key, meta in json.loads(raw).items():
+            files[key] = int(meta.get("file_size") or 0) if isinstance(meta, dict) else 0
+    clock = c.execute("SELECT clock FROM heaps WHERE id=?", (heap_id,)).fetchone()
+    return {"blocks": sum(by_type.values()), "by_type": by_type, "trash": trash,
+            "files": len(files), "file_bytes": sum(files.values()),
+            "last_change": int(clock[0]) if clock else None}
+
+
+def query_blocks(c: sqlite3.Connection, heap_id: str, q: BlockQuery, limit: int
+                 ) -> list[BlockRecord]:
+    sql, params = block_query.select_sql(block_query.SQLITE, heap_id, q, RECORD_COLUMNS, limit)
+    return [record_row(r) for r in c.execute(sql, params).fetchall()]
+
+
+def count_blocks(c: sqlite3.Connection, heap_id: str, q: BlockQuery) -> dict[str, int]:
+    sql, params = block_query.count_sql(block_query.SQLITE, heap_id, q)
+    return {(t or "unknown"): n for t, n in c.execute(sql, params).fetchall()}

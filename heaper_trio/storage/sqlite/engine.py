@@ -1,0 +1,314 @@
+"""The embedded engine: SQLite in WAL mode, zero set-up (see ``sqlite_runtime`` for the how)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from heaper_trio.storage.sqlite import documents as docs
+from heaper_trio.storage.base import Storage
+from heaper_trio.records import (
+    BlockChange,
+    BlockQuery,
+    BlockRecord,
+    ChallengeProblem,
+    ChangePage,
+    CommitResult,
+    Heap,
+    LoginOutcome,
+    NewRefreshToken,
+    RefreshOutcome,
+    RotateResult,
+    StoredBlock,
+    UpdateInfo,
+    User,
+)
+from heaper_trio.storage.sqlite.files import SqliteFiles
+from heaper_trio.storage.sqlite.scans import SqliteScans
+from heaper_trio.storage.sqlite.runtime import SqliteRuntime
+
+DB_FILE = "heaper.sqlite3"
+
+
+def _user(row: sqlite3.Row | None) -> User | None:
+    if row is None:
+        return None
+    return User(
+        id=row["id"],
+        public_key=row["public_key"],
+        email=row["email"],
+        state=row["state"],
+        is_admin=bool(row["is_admin"]),
+        token_generation=row["token_generation"],
+        created_at=row["created_at"],
+        approved_at=row["approved_at"],
+    )
+
+
+def _get_user(conn: sqlite3.Connection, user_id: str) -> User | None:
+    return _user(conn.execute("SELECT * FROM users WHERE id=?", (user_id,)).fetchone())
+
+
+def _get_user_by_key(conn: sqlite3.Connection, public_key: str) -> User | None:
+    row = conn.execute("SELECT * FROM users WHERE public_key=?", (public_key,)).fetchone()
+    return _user(row)
+
+
+def _insert_refresh(conn: sqlite3.Connection, user_id: str, new: NewRefreshToken) -> None:
+    conn.execute(
+        "INSERT INTO refresh_tokens (jti, family, user_id, issued_at, expires_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (new.jti, new.family, user_id, new.issued_at, new.expires_at),
+    )
+
+
+class SqliteStorage(SqliteFiles, SqliteScans, Storage):
+    engine = "sqlite"
+
+    def __init__(self, data_dir: Path, synchronous: str = "FULL") -> None:
+        self.path = data_dir / DB_FILE
+        self.rt = SqliteRuntime(self.path, synchronous)
+
+    async def open(self) -> None:
+        await self.rt.start(int(time.time() * 1000))
+
+    async def close(self) -> None:
+        await self.rt.stop()
+
+    async def ping(self) -> None:
+        await self.rt.read(lambda c: c.execute("SELECT 1").fetchone())
+
+    async def schema_version(self) -> int:
+        def q(c: sqlite3.Connection) -> int:
+            return c.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+
+        return await self.rt.read(q)
+
+    async def get_meta(self, key: str) -> str | None:
+        def q(c: sqlite3.Connection) -> str | None:
+            row = c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            return None if row is None else row[0]
+
+        return await self.rt.read(q)
+
+    async def claim_meta(self, key: str, value: str) -> str:
+        def tx(c: sqlite3.Connection) -> str:
+            c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            return c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0]
+
+        return await self.rt.write(tx)
+
+    async def create_challenge(
+        self, challenge: str, public_key: str, created_at: int, expires_at: int
+    ) -> None:
+        await self.rt.write(
+            lambda c: c.execute(
+                "INSERT INTO challenges (challenge, public_key, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?)",
+                (challenge, public_key, created_at, expires_at),
+            )
+        )
+
+    async def complete_login(
+        self,
+        *,
+        challenge: str,
+        public_key: str,
+        now: int,
+        new_user_id: str,
+        email: str | None,
+        auto_approve: bool,
+        refresh: NewRefreshToken,
+    ) -> LoginOutcome:
+        def tx(c: sqlite3.Connection) -> LoginOutcome:
+            row = c.execute(
+                "SELECT public_key, expires_at, used_at FROM challenges WHERE challenge=?",
+                (challenge,),
+            ).fetchone()
+            if row is None:
+                return LoginOutcome(ChallengeProblem.unknown)
+            if row["public_key"] != public_key:
+                return LoginOutcome(ChallengeProblem.foreign)
+            if row["used_at"] is not None:
+                return LoginOutcome(ChallengeProblem.used)
+            if row["expires_at"] <= now:
+                return LoginOutcome(ChallengeProblem.expired)
+            c.execute("UPDATE challenges SET used_at=? WHERE challenge=?", (now, challenge))
+            user = _get_user_by_key(c, public_key)
+            created = user is None
+            if user is None:
+                first = c.execute("SELECT NOT EXISTS (SELECT 1 FROM users)").fetchone()[0]
+                approved = bool(first) or auto_approve
+                c.execute(
+                    "INSERT INTO users (id, public_key, email, state, is_admin, created_at, "
+                    "approved_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (new_user_id, public_key, email, "approved" if approved else "pending",
+                     int(bool(first)), now, now if approved else None),
+                )
+                user = _get_user(c, new_user_id)
+                assert user is not None
+            if user.state != "approved":
+                return LoginOutcome(None, user, created, False)
+            _insert_refresh(c, user.id, refresh)
+            return LoginOutcome(None, user, created, True)
+
+        return await self.rt.write(tx)
+
+    async def purge_expired(self, now: int) -> int:
+        def tx(c: sqlite3.Connection) -> int:
+            a = c.execute("DELETE FROM challenges WHERE expires_at <= ?", (now,)).rowcount
+            b = c.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?", (now,)).rowcount
+            return a + b
+
+        return await self.rt.write(tx)
+
+    async def get_user(self, user_id: str) -> User | None:
+        return await self.rt.read_point(_get_user, user_id)
+
+    async def get_user_by_key(self, public_key: str) -> User | None:
+        return await self.rt.read_point(_get_user_by_key, public_key)
+
+    async def list_users(self) -> list[User]:
+        def q(c: sqlite3.Connection) -> list[User]:
+            rows = c.execute("SELECT * FROM users ORDER BY created_at, id").fetchall()
+            return [u for u in map(_user, rows) if u is not None]
+
+        return await self.rt.read(q)
+
+    async def set_user_state(self, user_id: str, state: str, now: int) -> User | None:
+        def tx(c: sqlite3.Connection) -> User | None:
+            c.execute(
+                "UPDATE users SET state=?, approved_at=CASE WHEN ?='approved' THEN ? "
+                "ELSE approved_at END WHERE id=?",
+                (state, state, now, user_id),
+            )
+            if state == "rejected":
+                _revoke_all(c, user_id, now)
+            return _get_user(c, user_id)
+
+        return await self.rt.write(tx)
+
+    async def set_admin(self, user_id: str, is_admin: bool) -> User | None:
+        def tx(c: sqlite3.Connection) -> User | None:
+            c.execute("UPDATE users SET is_admin=? WHERE id=?", (int(is_admin), user_id))
+            return _get_user(c, user_id)
+
+        return await self.rt.write(tx)
+
+    async def revoke_user_tokens(self, user_id: str, now: int) -> User | None:
+        def tx(c: sqlite3.Connection) -> User | None:
+            _revoke_all(c, user_id, now)
+            return _get_user(c, user_id)
+
+        return await self.rt.write(tx)
+
+    async def rotate_refresh_token(
+        self, *, jti: str, user_id: str, now: int, new: NewRefreshToken
+    ) -> RotateResult:
+        def tx(c: sqlite3.Connection) -> RotateResult:
+            row = c.execute(
+                "SELECT family, user_id, expires_at, rotated_at, revoked_at "
+                "FROM refresh_tokens WHERE jti=?",
+                (jti,),
+            ).fetchone()
+            if row is None or row["user_id"] != user_id:
+                return RotateResult(RefreshOutcome.unknown)
+            if row["revoked_at"] is not None:
+                return RotateResult(RefreshOutcome.revoked, user_id)
+            if row["rotated_at"] is not None:
+                c.execute(
+                    "UPDATE refresh_tokens SET revoked_at=? WHERE family=? AND revoked_at IS NULL",
+                    (now, row["family"]),
+                )
+                return RotateResult(RefreshOutcome.reused, user_id)
+            if row["expires_at"] <= now:
+                return RotateResult(RefreshOutcome.expired, user_id)
+            c.execute("UPDATE refresh_tokens SET rotated_at=? WHERE jti=?", (now, jti))
+            _insert_refresh(c, user_id, NewRefreshToken(new.jti, row["family"], new.issued_at,
+                                                        new.expires_at))
+            return RotateResult(RefreshOutcome.ok, user_id)
+
+        return await self.rt.write(tx)
+
+    # -- heaps and blocks (units of work in sqlite_documents) ---------------------------------
+    async def create_heap(self, heap: Heap, root: BlockChange, now: int) -> bool:
+        return await self.rt.write(docs.create_heap, heap, root, now)
+
+    async def get_heap(self, heap_id: str) -> Heap | None:
+        return await self.rt.read_point(docs.get_heap, heap_id)
+
+    async def list_heaps(self, owner_id: str) -> list[Heap]:
+        return await self.rt.read(docs.list_heaps, owner_id)
+
+    async def load_block(self, block_id: str) -> StoredBlock | None:
+        return await self.rt.read(docs.load_block, block_id)
+
+    async def get_blocks(self, block_ids: list[str]) -> dict[str, BlockRecord]:
+        return await self.rt.read(docs.get_blocks, block_ids)
+
+    async def tombstones(self, block_ids: list[str]) -> dict[str, tuple[str, int]]:
+        return await self.rt.read(docs.tombstones, block_ids)
+
+    async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
+        return await self.rt.write(docs.commit_changes, changes, now)
+
+    async def changes_since(self, heap_id: str, since: int, limit: int) -> ChangePage:
+        return await self.rt.read(docs.changes_since, heap_id, since, limit)
+
+    async def related(self, block_id: str) -> dict[str, list[str]]:
+        return await self.rt.read(docs.related, block_id)
+
+    async def query_blocks(self, heap_id: str, query: BlockQuery, limit: int
+                           ) -> list[BlockRecord]:
+        return await self.rt.read(docs.query_blocks, heap_id, query, limit)
+
+    async def count_blocks(self, heap_id: str, query: BlockQuery) -> dict[str, int]:
+        return await self.rt.read(docs.count_blocks, heap_id, query)
+
+    async def block_history(self, block_id: str) -> tuple[int, list[UpdateInfo]]:
+        return await self.rt.read(docs.block_history, block_id)
+
+    async def trashed(self, heap_id: str) -> list[BlockRecord]:
+        return await self.rt.read(docs.trashed, heap_id)
+
+    async def purge_blocks(self, heap_id: str, block_ids: list[str], now: int) -> list[str]:
+        return await self.rt.write(docs.purge_blocks, heap_id, block_ids, now)
+
+    async def delete_heap(self, heap_id: str) -> bool:
+        return await self.rt.write(docs.delete_heap, heap_id)
+
+    async def heap_stats(self, heap_id: str) -> dict[str, Any]:
+        return await self.rt.read(docs.heap_stats, heap_id)
+
+    async def auth_stats(self) -> dict[str, int]:
+        def q(c: sqlite3.Connection) -> dict[str, int]:
+            return {t: c.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                    for t in ("users", "challenges", "refresh_tokens")}
+
+        return await self.rt.read(q)
+
+    async def usage(self, user_id: str, now: int) -> dict[str, Any]:
+        def q(c: sqlite3.Connection) -> dict[str, Any]:
+            sessions = c.execute(
+                "SELECT COUNT(DISTINCT family) FROM refresh_tokens WHERE user_id=? "
+                "AND rotated_at IS NULL AND revoked_at IS NULL AND expires_at > ?",
+                (user_id, now),
+            ).fetchone()[0]
+            heaps, blocks, document_bytes = c.execute(
+                "SELECT COUNT(DISTINCT h.id), COUNT(b.id), COALESCE(SUM(b.size), 0) "
+                "FROM heaps h LEFT JOIN blocks b ON b.heap_id = h.id WHERE h.owner_id=?",
+                (user_id,)).fetchone()
+            return {"sessions": sessions, "heaps": heaps, "blocks": blocks,
+                    "document_bytes": document_bytes}
+
+        return await self.rt.read(q)
+
+
+def _revoke_all(c: sqlite3.Connection, user_id: str, now: int) -> None:
+    c.execute("UPDATE users SET token_generation = token_generation + 1 WHERE id=?", (user_id,))
+    c.execute(
+        "UPDATE refresh_tokens SET revoked_at=? WHERE user_id=? AND revoked_at IS NULL",
+        (now, user_id),
+    )
