@@ -12,7 +12,6 @@ import json
 import logging
 import signal
 import sys
-import time
 from typing import Any, Awaitable, Callable, Sequence
 
 import trio
@@ -20,6 +19,7 @@ import trio
 from heaper_trio import __version__
 from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.errors import HeaperError, StartupError
+from heaper_trio.records import User
 from heaper_trio.settings import SETTINGS, BY_NAME, Settings, load_settings
 
 log = logging.getLogger("heaper_trio")
@@ -117,26 +117,20 @@ async def _serve(settings: Settings) -> None:
         nursery.cancel_scope.cancel()
 
 
-def _user_row(u: Any) -> dict[str, Any]:
+def _user_row(u: User) -> dict[str, Any]:
     return {"id": u.id, "public_key": u.public_key, "state": u.state, "is_admin": u.is_admin,
             "email": u.email, "created_at": u.created_at}
 
 
 async def _users(settings: Settings, args: argparse.Namespace) -> int:
-    from heaper_trio.services.accounts import find_user
-    from heaper_trio.services.container import open_storage
-    from heaper_trio.storage.sqlite.engine import DB_FILE
+    from heaper_trio.services.admin import UserAdmin, open_user_admin
 
     if args.action != "list" and not args.user:
         raise StartupError(f"users {args.action}: name a user (id or public key)")
-    if not settings.database_url and not (settings.data_path / DB_FILE).exists():
-        raise StartupError(f"data_dir: no database in {settings.data_path}; pass the server's "
-                           "--data-dir (or start the server once first)")
     async with open_asyncio_loop():
-        async with open_storage(settings) as storage:
-            now = int(time.time() * 1000)
+        async with open_user_admin(settings) as admin:
             if args.action == "list":
-                rows = [_user_row(u) for u in await storage.list_users()]
+                rows = [_user_row(u) for u in await admin.list_users()]
                 if args.json:
                     print(json.dumps(rows, indent=2))
                 else:
@@ -145,15 +139,13 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
                         print(f"{r['id']:32}  {r['state']:8}  {str(r['is_admin']).lower():5}  "
                               f"{r['public_key']}")
                 return 0
-            user = await find_user(storage, args.user)
-            actions: dict[str, Callable[[], Awaitable[Any]]] = {
-                "approve": lambda: storage.set_user_state(user.id, "approved", now),
-                "reject": lambda: storage.set_user_state(user.id, "rejected", now),
-                "make-admin": lambda: _make_admin(storage, user.id, now),
-                "revoke-tokens": lambda: storage.revoke_user_tokens(user.id, now),
+            actions: dict[str, Callable[[UserAdmin, str], Awaitable[User]]] = {
+                "approve": UserAdmin.approve,
+                "reject": UserAdmin.reject,
+                "make-admin": UserAdmin.make_admin,
+                "revoke-tokens": UserAdmin.revoke_tokens,
             }
-            updated = await actions[args.action]()
-            row = _user_row(updated)
+            row = _user_row(await actions[args.action](admin, args.user))
             print(json.dumps(row) if args.json else
                   f"{args.action}: {row['id']} is {row['state']}"
                   f"{', admin' if row['is_admin'] else ''}")
@@ -189,11 +181,6 @@ async def _client(args: argparse.Namespace) -> int:
             print(f"heaper_trio: cannot reach {args.server}: {e}", file=sys.stderr)
             return 1
     return 0
-
-
-async def _make_admin(storage: Any, user_id: str, now: int) -> Any:
-    await storage.set_user_state(user_id, "approved", now)
-    return await storage.set_admin(user_id, True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

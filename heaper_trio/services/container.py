@@ -3,6 +3,10 @@
 ``open_services`` owns their lifetime: it prepares the data directory and server key, opens
 storage (migrations included), checks the database belongs to this server key, runs the
 housekeeping task in the caller's nursery, and closes storage on the way out.
+
+It is also the only place that wires services together: who hears about commits and user
+events is decided in ``_wire`` and nowhere else, and ``Services`` is frozen, so nothing swaps a
+service or attaches a hook once the server runs. Reading one function tells the whole graph.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from heaper_trio import __version__
 from heaper_trio.errors import StartupError
 from heaper_trio.keys import SERVER_KEY_FILE, KeyPair, load_or_create_server_key
 from heaper_trio.services.accounts import AccountService
+from heaper_trio.services.admin import UserAdmin
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.media.client_thumbnails import ClientThumbnails
@@ -39,13 +44,14 @@ log = logging.getLogger(__name__)
 PURGE_INTERVAL_S = 300
 
 
-@dataclass
+@dataclass(frozen=True)
 class Services:
     settings: Settings
     storage: Storage
     server_key: KeyPair
     tokens: TokenService
     accounts: AccountService
+    admin: UserAdmin
     auth_limits: AuthRateLimits
     documents: DocumentService
     heaps: HeapService
@@ -108,6 +114,7 @@ async def open_services(
             server_key=server_key,
             tokens=tokens,
             accounts=AccountService(storage, tokens, server_key, settings),
+            admin=UserAdmin(storage),
             auth_limits=AuthRateLimits(settings.auth_rate_limit),
             documents=(documents := DocumentService(storage, settings)),
             query=QueryService(documents),
@@ -123,19 +130,34 @@ async def open_services(
             heaps=HeapService(documents, files, thumbs),
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
+        bridge = ProcessBridge(storage, hub) if storage.shares_processes else None
+        _wire(documents, hub, bridge)
         async with trio.open_nursery() as supervisor:
             supervisor.start_soon(_purge_expired_forever, storage)
             await supervisor.start(services.hub.run)
             supervisor.start_soon(services.files.expire_forever)
             await supervisor.start(services.scans.run)
-            if storage.shares_processes:
-                await supervisor.start(ProcessBridge(storage, services.hub).run)
+            if bridge is not None:
+                await supervisor.start(bridge.run)
             try:
                 yield services
             finally:
                 supervisor.cancel_scope.cancel()
                 with trio.CancelScope(shield=True):
                     await services.media.aclose()
+
+
+def _wire(documents: DocumentService, hub: LiveHub, bridge: ProcessBridge | None) -> None:
+    """Who hears what, in one place. Every stored change reaches the hub (this process's
+    subscribers) and, with processes sharing a database, the bridge (the other processes);
+    user events (scan progress, file ready) the hub delivers to its own sinks, and the bridge
+    carries them to the other processes.
+
+    The lists are assigned whole rather than appended to, so this is the complete statement
+    of the wiring: no constructor's own registration can add to it or double it.
+    """
+    documents.listeners[:] = [hub.on_commit] + ([bridge.on_commit] if bridge else [])
+    hub.user_event_hooks[:] = [bridge.on_user_event] if bridge else []
 
 
 async def bind_server_key(storage: Storage, data_dir: Path) -> KeyPair:

@@ -1,0 +1,81 @@
+"""Account administration: what ``python -m heaper_trio users ...`` does, as a service.
+
+The command line parses and prints; the rules (how a user is named, that making an admin also
+approves, one timestamp per action) live here, next to the other account rules, so a future
+admin API gets the same behaviour rather than a second copy. ``open_user_admin`` opens just
+storage, not the whole server: administering accounts must work while no server runs, and
+must not claim the server key or start background work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from heaper_trio.errors import NotFound, StartupError
+from heaper_trio.records import User
+from heaper_trio.services.accounts import find_user
+from heaper_trio.settings import Settings
+from heaper_trio.storage import Storage
+from heaper_trio.storage.sqlite.engine import DB_FILE
+
+
+class UserAdmin:
+    """Approve, reject, promote and log out accounts named by id or base58 public key."""
+
+    def __init__(self, storage: Storage, clock: Callable[[], float] = time.time) -> None:
+        self.storage = storage
+        self.clock = clock
+
+    def _now(self) -> int:
+        return int(self.clock() * 1000)
+
+    async def list_users(self) -> list[User]:
+        return await self.storage.list_users()
+
+    async def find(self, ident: str) -> User:
+        """The account named ``ident`` (id or public key); ``NotFound`` (user_not_found)."""
+        return await find_user(self.storage, ident)
+
+    async def approve(self, ident: str) -> User:
+        user = await self.find(ident)
+        return _still_there(await self.storage.set_user_state(user.id, "approved", self._now()),
+                            ident)
+
+    async def reject(self, ident: str) -> User:
+        """Refuse the account; storage also revokes every token it holds."""
+        user = await self.find(ident)
+        return _still_there(await self.storage.set_user_state(user.id, "rejected", self._now()),
+                            ident)
+
+    async def make_admin(self, ident: str) -> User:
+        """Grant admin rights; an admin who cannot log in would be no admin, so approve too."""
+        user = await self.find(ident)
+        await self.storage.set_user_state(user.id, "approved", self._now())
+        return _still_there(await self.storage.set_admin(user.id, True), ident)
+
+    async def revoke_tokens(self, ident: str) -> User:
+        user = await self.find(ident)
+        return _still_there(await self.storage.revoke_user_tokens(user.id, self._now()), ident)
+
+
+def _still_there(user: User | None, ident: str) -> User:
+    """Storage answers None when the row vanished between lookup and update."""
+    if user is None:
+        raise NotFound(f"no user with id or public key {ident!r}", code="user_not_found")
+    return user
+
+
+@asynccontextmanager
+async def open_user_admin(settings: Settings) -> AsyncIterator[UserAdmin]:
+    """A ``UserAdmin`` over the configured database, refusing to create one: an admin command
+    pointed at the wrong directory should say so, not leave an empty database behind.
+    PostgreSQL needs a trio-asyncio loop open around the caller, as for the server."""
+    from heaper_trio.services.container import open_storage  # container holds a UserAdmin
+
+    if not settings.database_url and not (settings.data_path / DB_FILE).exists():
+        raise StartupError(f"data_dir: no database in {settings.data_path}; pass the server's "
+                           "--data-dir (or start the server once first)")
+    async with open_storage(settings) as storage:
+        yield UserAdmin(storage)
