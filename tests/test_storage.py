@@ -14,7 +14,7 @@ from heaper_trio.services.container import open_storage
 from heaper_trio.settings import Settings
 from heaper_trio.storage import Storage
 from heaper_trio.records import ChallengeProblem, NewRefreshToken, RefreshOutcome
-from heaper_trio.storage.sqlite.runtime import migration_scripts
+from heaper_trio.storage.migrate import migration_scripts
 
 NOW = 1_700_000_000_000
 

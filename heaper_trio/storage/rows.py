@@ -7,9 +7,25 @@ back as text (TEXT in SQLite, JSONB without a codec in asyncpg), so one mapping 
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Protocol
 
-from heaper_trio.records import BlockRecord, ChangePage, FileRecord, Heap, UploadRecord
+from heaper_trio.records import (
+    BlockRecord,
+    ChangePage,
+    FileRecord,
+    Heap,
+    ScanEntry,
+    UploadRecord,
+    User,
+)
+
+
+class Row(Protocol):
+    """What both engines hand back for a row (``sqlite3.Row``, ``asyncpg.Record``): columns
+    by name or by position."""
+
+    def __getitem__(self, key: str | int, /) -> Any: ...
+
 
 RECORD_COLUMNS = (
     "id, heap_id, sync_version, type, title, text, relations, files, apps, created_at, "
@@ -17,14 +33,30 @@ RECORD_COLUMNS = (
 )
 
 
-def heap_row(row: Mapping[str, Any] | None) -> Heap | None:
+UPLOAD_COLUMNS = ("id, user_id, heap_id, block_id, hash, size, chunk_size, name, mime_type, "
+                  "created_at, expires_at")
+ENTRY_COLUMNS = ("heap_id, path, kind, block_id, folder_id, size, mtime_ns, hash, missing, "
+                 "scan_id, updated_at, dev, ino, ctime_ns")
+
+
+def user_row(row: Row | None) -> User | None:
+    """``SELECT * FROM users``; ``is_admin`` is 0/1 in SQLite, a boolean in PostgreSQL."""
+    if row is None:
+        return None
+    return User(id=row["id"], public_key=row["public_key"], email=row["email"],
+                state=row["state"], is_admin=bool(row["is_admin"]),
+                token_generation=row["token_generation"], created_at=row["created_at"],
+                approved_at=row["approved_at"])
+
+
+def heap_row(row: Row | None) -> Heap | None:
     if row is None:
         return None
     return Heap(row["id"], row["owner_id"], row["name"], row["root_block_id"], row["created_at"],
                 row["clock"])
 
 
-def record_row(row: Mapping[str, Any]) -> BlockRecord:
+def record_row(row: Row) -> BlockRecord:
     return BlockRecord(
         id=row["id"], heap_id=row["heap_id"], sync_version=row["sync_version"], type=row["type"],
         title=row["title"], text=row["text"], relations=json.loads(row["relations"]),
@@ -35,6 +67,12 @@ def record_row(row: Mapping[str, Any]) -> BlockRecord:
     )
 
 
+def entry_row(row: Row) -> ScanEntry:
+    """``ENTRY_COLUMNS``; ``missing`` is 0/1 in SQLite, a boolean in PostgreSQL."""
+    return ScanEntry(row["heap_id"], row["path"], row["kind"], row["block_id"], row["folder_id"],
+                     row["size"], row["mtime_ns"], row["hash"], bool(row["missing"]),
+                     row["scan_id"], row["updated_at"], row["dev"], row["ino"],
+                     row["ctime_ns"])
 
 def page(changed: list[BlockRecord], deleted: list[tuple[str, int]], clock: int, limit: int,
          total_changed: int, total_deleted: int) -> ChangePage:
@@ -55,14 +93,14 @@ def page(changed: list[BlockRecord], deleted: list[tuple[str, int]], clock: int,
     )
 
 
-def file_row(row: Mapping[str, Any] | None) -> FileRecord | None:
+def file_row(row: Row | None) -> FileRecord | None:
     if row is None:
         return None
     return FileRecord(row["hash"], row["id"], row["size"], row["mime_type"], row["name"],
                       row["source_path"], json.loads(row["meta"]), row["created_at"])
 
 
-def upload_row(row: Mapping[str, Any] | None) -> UploadRecord | None:
+def upload_row(row: Row | None) -> UploadRecord | None:
     if row is None:
         return None
     return UploadRecord(row["id"], row["user_id"], row["heap_id"], row["block_id"], row["hash"],

@@ -83,7 +83,7 @@ from heaper_trio.storage.postgres.runtime import (
     tx,
     write1,
 )
-from heaper_trio.storage.sqlite.runtime import migration_scripts
+from heaper_trio.storage.migrate import migration_scripts
 
 log = logging.getLogger(__name__)
 

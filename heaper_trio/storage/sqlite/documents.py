@@ -3,13 +3,9 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
-from heaper_trio.storage import block_query
-from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, page, record_row
-from heaper_trio.storage.sqlite.files import write_block_files
 from heaper_trio.records import (
     BlockChange,
     BlockQuery,
@@ -21,6 +17,11 @@ from heaper_trio.records import (
     StoredBlock,
     UpdateInfo,
 )
+from heaper_trio.storage import block_query, rules
+from heaper_trio.storage.errors import HeapNotFound
+from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, page, record_row
+from heaper_trio.storage.sqlite.files import write_block_files
+
 
 def get_heap(c: sqlite3.Connection, heap_id: str) -> Heap | None:
     return heap_row(c.execute("SELECT * FROM heaps WHERE id=?", (heap_id,)).fetchone())
@@ -97,33 +98,23 @@ def _tick(c: sqlite3.Connection, heap_id: str, now: int) -> int:
         "UPDATE heaps SET clock = MAX(?, clock + 1) WHERE id=? RETURNING clock", (now, heap_id)
     ).fetchone()
     if row is None:
-        raise LookupError(f"heap {heap_id} does not exist")
+        raise HeapNotFound(heap_id)
     return int(row[0])
 
 
 def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitResult:
     current = c.execute("SELECT heap_id, last_seq, sync_version FROM blocks WHERE id=?",
                         (ch.block_id,)).fetchone()
-    if ch.expected_last_seq is None:
-        if current is not None or c.execute(
-                "SELECT 1 FROM block_tombstones WHERE block_id=?", (ch.block_id,)).fetchone():
-            return CommitResult(ch.block_id, CommitStatus.conflict)
-    elif (current is None or current["last_seq"] != ch.expected_last_seq
-          or current["heap_id"] != ch.heap_id):
-        return CommitResult(ch.block_id, CommitStatus.conflict)
+    tombstoned = rules.creates(ch) and c.execute(
+        "SELECT 1 FROM block_tombstones WHERE block_id=?", (ch.block_id,)).fetchone() is not None
+    if rules.commit_conflict(ch, current, tombstoned):
+        return rules.conflict(ch)
     updated_at = _tick(c, ch.heap_id, now)
-    p = ch.projection
     base = 0 if current is None else current["last_seq"]
     last_seq = base + len(ch.updates)
-    columns: dict[str, Any] = {
-        "type": p.type, "title": p.title, "text": p.text, "relations": json.dumps(p.relations),
-        "files": json.dumps(p.files), "apps": json.dumps(p.apps), "updated_at": updated_at,
-        "deleted_at": p.deleted_at, "permanently_deleted_at": p.permanently_deleted_at,
-        "state_vector": ch.state_vector, "size": ch.size, "last_seq": last_seq,
-    }
+    columns = rules.block_columns(ch, updated_at, last_seq)
     if current is None:
-        columns.update(id=ch.block_id, heap_id=ch.heap_id, created_at=updated_at,
-                       created_by=ch.author_id, sync_version=1)
+        columns.update(rules.created_columns(ch, updated_at))
         names = ", ".join(columns)
         c.execute(f"INSERT INTO blocks ({names}) VALUES ({', '.join('?' * len(columns))})",
                   tuple(columns.values()))
@@ -132,9 +123,7 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
         c.execute(f"UPDATE blocks SET {sets} WHERE id=?", (*columns.values(), ch.block_id))
     c.executemany(
         "INSERT INTO block_updates (block_id, seq, data, created_at, author_id) "
-        "VALUES (?, ?, ?, ?, ?)",
-        [(ch.block_id, base + i + 1, u, now, ch.author_id) for i, u in enumerate(ch.updates)],
-    )
+        "VALUES (?, ?, ?, ?, ?)", rules.log_rows(ch, base, now))
     if ch.compacted is not None:
         snapshot, covers = ch.compacted
         c.execute("UPDATE blocks SET snapshot=?, snapshot_seq=? WHERE id=? AND snapshot_seq < ?",
@@ -143,17 +132,11 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
     c.execute("DELETE FROM block_relations WHERE block_id=?", (ch.block_id,))
     c.executemany(
         "INSERT OR IGNORE INTO block_relations (block_id, kind, target_id, heap_id) "
-        "VALUES (?, ?, ?, ?)",
-        [(ch.block_id, kind, target, ch.heap_id)
-         for kind, targets in (("tag", p.tags), ("mention", p.mentions), ("link", p.links))
-         for target in targets],
-    )
-    write_block_files(c, ch.block_id, ch.heap_id, p.file_hashes)
+        "VALUES (?, ?, ?, ?)", rules.relation_rows(ch.block_id, ch.heap_id, ch.projection))
+    write_block_files(c, ch.block_id, ch.heap_id, ch.projection.file_hashes)
     c.execute("UPDATE heaps SET name=? WHERE id=? AND root_block_id=?",
-              (p.title, ch.heap_id, ch.block_id))
-    status = CommitStatus.created if current is None else CommitStatus.ok
-    sync_version = 1 if current is None else current["sync_version"]
-    return CommitResult(ch.block_id, status, updated_at, last_seq, sync_version)
+              (ch.projection.title, ch.heap_id, ch.block_id))
+    return rules.commit_result(ch, current, updated_at, last_seq)
 
 
 def commit_changes(c: sqlite3.Connection, changes: list[BlockChange], now: int
@@ -163,9 +146,9 @@ def commit_changes(c: sqlite3.Connection, changes: list[BlockChange], now: int
         c.execute("SAVEPOINT change")
         try:
             results.append(commit_change(c, ch, now))
-        except LookupError:  # the heap went away under us
+        except HeapNotFound:  # the heap went away under us
             c.execute("ROLLBACK TO change")
-            results.append(CommitResult(ch.block_id, CommitStatus.conflict))
+            results.append(rules.conflict(ch))
         c.execute("RELEASE change")
     return results
 
@@ -196,23 +179,16 @@ def related(c: sqlite3.Connection, block_id: str) -> dict[str, list[str]]:
     """Outgoing lists are the block's own document; incoming ones (children, backlinks) come
     only from blocks in heaps of the block's owner, so another user who writes this id into
     their own blocks neither shows up here nor learns that the id exists."""
-    out: dict[str, list[str]] = {"tags": [], "mentions": [], "links": [], "children": [],
-                                 "backlinks": []}
-    for kind, target in c.execute(
-            "SELECT kind, target_id FROM block_relations WHERE block_id=? ORDER BY target_id",
-            (block_id,)).fetchall():
-        out[{"tag": "tags", "mention": "mentions", "link": "links"}[kind]].append(target)
-    for kind, source in c.execute(
-            "SELECT r.kind, r.block_id FROM block_relations r JOIN blocks b ON b.id = r.block_id "
-            "JOIN heaps h ON h.id = b.heap_id "
-            "WHERE r.target_id=? AND b.deleted_at IS NULL AND h.owner_id = ("
-            "SELECT o.owner_id FROM blocks t JOIN heaps o ON o.id = t.heap_id WHERE t.id=?) "
-            "ORDER BY r.block_id",
-            (block_id, block_id)).fetchall():
-        key = "children" if kind == "tag" else "backlinks"
-        if source not in out[key]:
-            out[key].append(source)
-    return out
+    outgoing = c.execute(
+        "SELECT kind, target_id FROM block_relations WHERE block_id=? ORDER BY target_id",
+        (block_id,)).fetchall()
+    incoming = c.execute(
+        "SELECT r.kind, r.block_id FROM block_relations r JOIN blocks b ON b.id = r.block_id "
+        "JOIN heaps h ON h.id = b.heap_id "
+        "WHERE r.target_id=? AND b.deleted_at IS NULL AND h.owner_id = ("
+        "SELECT o.owner_id FROM blocks t JOIN heaps o ON o.id = t.heap_id WHERE t.id=?) "
+        "ORDER BY r.block_id", (block_id, block_id)).fetchall()
+    return rules.related_lists(outgoing, incoming)
 
 
 def block_history(c: sqlite3.Connection, block_id: str) -> tuple[int, list[UpdateInfo]]:
@@ -265,20 +241,14 @@ def delete_heap(c: sqlite3.Connection, heap_id: str) -> bool:
 
 
 def heap_stats(c: sqlite3.Connection, heap_id: str) -> dict[str, Any]:
-    by_type = {r[0] or "unknown": r[1] for r in c.execute(
-        "SELECT type, COUNT(*) FROM blocks WHERE heap_id=? AND deleted_at IS NULL GROUP BY type",
-        (heap_id,))}
+    by_type = c.execute("SELECT type, COUNT(*) FROM blocks WHERE heap_id=? AND deleted_at IS NULL "
+                        "GROUP BY type", (heap_id,)).fetchall()
     trash = c.execute("SELECT COUNT(*) FROM blocks WHERE heap_id=? AND deleted_at IS NOT NULL",
                       (heap_id,)).fetchone()[0]
-    files: dict[str, int] = {}
-    for (raw,) in c.execute("SELECT files FROM blocks WHERE heap_id=? AND files != '{}'",
-                            (heap_id,)):
-        for key, meta in json.loads(raw).items():
-            files[key] = int(meta.get("file_size") or 0) if isinstance(meta, dict) else 0
+    files = c.execute("SELECT files FROM blocks WHERE heap_id=? AND files != '{}'",
+                      (heap_id,)).fetchall()
     clock = c.execute("SELECT clock FROM heaps WHERE id=?", (heap_id,)).fetchone()
-    return {"blocks": sum(by_type.values()), "by_type": by_type, "trash": trash,
-            "files": len(files), "file_bytes": sum(files.values()),
-            "last_change": int(clock[0]) if clock else None}
+    return rules.heap_stats(by_type, trash, files, clock[0] if clock else None)
 
 
 def query_blocks(c: sqlite3.Connection, heap_id: str, q: BlockQuery, limit: int

@@ -1,4 +1,4 @@
-"""The embedded engine: SQLite in WAL mode, zero set-up (see ``sqlite_runtime`` for the how)."""
+"""The embedded engine: SQLite in WAL mode, zero set-up (see ``runtime`` for the how)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from heaper_trio.storage.sqlite import documents as docs
-from heaper_trio.storage.base import Storage
 from heaper_trio.records import (
     BlockChange,
     BlockQuery,
     BlockRecord,
-    ChallengeProblem,
     ChangePage,
     CommitResult,
     Heap,
@@ -25,6 +22,10 @@ from heaper_trio.records import (
     UpdateInfo,
     User,
 )
+from heaper_trio.storage import rules
+from heaper_trio.storage.base import Storage
+from heaper_trio.storage.rows import user_row
+from heaper_trio.storage.sqlite import documents as docs
 from heaper_trio.storage.sqlite.files import SqliteFiles
 from heaper_trio.storage.sqlite.scans import SqliteScans
 from heaper_trio.storage.sqlite.runtime import SqliteRuntime
@@ -32,28 +33,13 @@ from heaper_trio.storage.sqlite.runtime import SqliteRuntime
 DB_FILE = "heaper.sqlite3"
 
 
-def _user(row: sqlite3.Row | None) -> User | None:
-    if row is None:
-        return None
-    return User(
-        id=row["id"],
-        public_key=row["public_key"],
-        email=row["email"],
-        state=row["state"],
-        is_admin=bool(row["is_admin"]),
-        token_generation=row["token_generation"],
-        created_at=row["created_at"],
-        approved_at=row["approved_at"],
-    )
-
-
 def _get_user(conn: sqlite3.Connection, user_id: str) -> User | None:
-    return _user(conn.execute("SELECT * FROM users WHERE id=?", (user_id,)).fetchone())
+    return user_row(conn.execute("SELECT * FROM users WHERE id=?", (user_id,)).fetchone())
 
 
 def _get_user_by_key(conn: sqlite3.Connection, public_key: str) -> User | None:
     row = conn.execute("SELECT * FROM users WHERE public_key=?", (public_key,)).fetchone()
-    return _user(row)
+    return user_row(row)
 
 
 def _insert_refresh(conn: sqlite3.Connection, user_id: str, new: NewRefreshToken) -> None:
@@ -127,32 +113,27 @@ class SqliteStorage(SqliteFiles, SqliteScans, Storage):
                 "SELECT public_key, expires_at, used_at FROM challenges WHERE challenge=?",
                 (challenge,),
             ).fetchone()
-            if row is None:
-                return LoginOutcome(ChallengeProblem.unknown)
-            if row["public_key"] != public_key:
-                return LoginOutcome(ChallengeProblem.foreign)
-            if row["used_at"] is not None:
-                return LoginOutcome(ChallengeProblem.used)
-            if row["expires_at"] <= now:
-                return LoginOutcome(ChallengeProblem.expired)
+            problem = rules.challenge_problem(row, public_key, now)
+            if problem is not None:
+                return LoginOutcome(problem)
             c.execute("UPDATE challenges SET used_at=? WHERE challenge=?", (now, challenge))
             user = _get_user_by_key(c, public_key)
             created = user is None
             if user is None:
                 first = c.execute("SELECT NOT EXISTS (SELECT 1 FROM users)").fetchone()[0]
-                approved = bool(first) or auto_approve
+                new = rules.new_account(bool(first), auto_approve, now)
                 c.execute(
                     "INSERT INTO users (id, public_key, email, state, is_admin, created_at, "
                     "approved_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (new_user_id, public_key, email, "approved" if approved else "pending",
-                     int(bool(first)), now, now if approved else None),
+                    (new_user_id, public_key, email, new.state, int(new.is_admin), now,
+                     new.approved_at),
                 )
                 user = _get_user(c, new_user_id)
                 assert user is not None
-            if user.state != "approved":
-                return LoginOutcome(None, user, created, False)
-            _insert_refresh(c, user.id, refresh)
-            return LoginOutcome(None, user, created, True)
+            outcome = rules.login_outcome(user, created)
+            if outcome.token_issued:
+                _insert_refresh(c, user.id, refresh)
+            return outcome
 
         return await self.rt.write(tx)
 
@@ -173,7 +154,7 @@ class SqliteStorage(SqliteFiles, SqliteScans, Storage):
     async def list_users(self) -> list[User]:
         def q(c: sqlite3.Connection) -> list[User]:
             rows = c.execute("SELECT * FROM users ORDER BY created_at, id").fetchall()
-            return [u for u in map(_user, rows) if u is not None]
+            return [u for u in map(user_row, rows) if u is not None]
 
         return await self.rt.read(q)
 
@@ -213,26 +194,21 @@ class SqliteStorage(SqliteFiles, SqliteScans, Storage):
                 "FROM refresh_tokens WHERE jti=?",
                 (jti,),
             ).fetchone()
-            if row is None or row["user_id"] != user_id:
-                return RotateResult(RefreshOutcome.unknown)
-            if row["revoked_at"] is not None:
-                return RotateResult(RefreshOutcome.revoked, user_id)
-            if row["rotated_at"] is not None:
+            outcome = rules.refresh_outcome(row, user_id, now)
+            if outcome is RefreshOutcome.reused:
                 c.execute(
                     "UPDATE refresh_tokens SET revoked_at=? WHERE family=? AND revoked_at IS NULL",
                     (now, row["family"]),
                 )
-                return RotateResult(RefreshOutcome.reused, user_id)
-            if row["expires_at"] <= now:
-                return RotateResult(RefreshOutcome.expired, user_id)
-            c.execute("UPDATE refresh_tokens SET rotated_at=? WHERE jti=?", (now, jti))
-            _insert_refresh(c, user_id, NewRefreshToken(new.jti, row["family"], new.issued_at,
-                                                        new.expires_at))
-            return RotateResult(RefreshOutcome.ok, user_id)
+            elif outcome is RefreshOutcome.ok:
+                c.execute("UPDATE refresh_tokens SET rotated_at=? WHERE jti=?", (now, jti))
+                _insert_refresh(c, user_id, NewRefreshToken(new.jti, row["family"],
+                                                            new.issued_at, new.expires_at))
+            return rules.rotate_result(outcome, user_id)
 
         return await self.rt.write(tx)
 
-    # -- heaps and blocks (units of work in sqlite_documents) ---------------------------------
+    # -- heaps and blocks (units of work in ``documents``) ---------------------------------
     async def create_heap(self, heap: Heap, root: BlockChange, now: int) -> bool:
         return await self.rt.write(docs.create_heap, heap, root, now)
 
@@ -300,8 +276,7 @@ class SqliteStorage(SqliteFiles, SqliteScans, Storage):
                 "SELECT COUNT(DISTINCT h.id), COUNT(b.id), COALESCE(SUM(b.size), 0) "
                 "FROM heaps h LEFT JOIN blocks b ON b.heap_id = h.id WHERE h.owner_id=?",
                 (user_id,)).fetchone()
-            return {"sessions": sessions, "heaps": heaps, "blocks": blocks,
-                    "document_bytes": document_bytes}
+            return rules.usage(sessions, heaps, blocks, document_bytes)
 
         return await self.rt.read(q)
 

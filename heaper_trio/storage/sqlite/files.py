@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from heaper_trio.records import FileRecord, UploadRecord
-from heaper_trio.storage.rows import file_row, upload_row
+from heaper_trio.storage.rows import UPLOAD_COLUMNS, file_row, upload_row
 from heaper_trio.storage.sqlite.runtime import SqliteRuntime
 
 FILE_COLUMNS = "hash, id, size, mime_type, name, source_path, meta, created_at"
@@ -91,10 +91,6 @@ def _drop_unreferenced(c: sqlite3.Connection, hashes: list[str]) -> list[FileRec
             c.execute("DELETE FROM file_grants WHERE hash=?", (h,))  # new bytes, new proofs
             dropped.append(record)
     return dropped
-
-
-UPLOAD_COLUMNS = ("id, user_id, heap_id, block_id, hash, size, chunk_size, name, mime_type, "
-                  "created_at, expires_at")
 
 
 def _get_upload(c: sqlite3.Connection, heap_id: str, block_id: str, hash: str

@@ -16,7 +16,6 @@ import sqlite3
 import threading
 from collections import deque
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -24,6 +23,7 @@ import outcome
 import trio
 
 from heaper_trio.errors import Unavailable
+from heaper_trio.storage.migrate import migration_scripts
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +42,6 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
-
-
-def migration_scripts(engine: str) -> list[tuple[int, str, str]]:
-    """Numbered ``NNNN_name.sql`` files of an engine, in order: (version, name, sql)."""
-    folder = resources.files("heaper_trio.storage") / "migrations" / engine
-    out = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            version = int(entry.name.split("_", 1)[0])
-            out.append((version, entry.name[:-4], entry.read_text()))
-    return sorted(out)
 
 
 def _migrate(conn: sqlite3.Connection, now_ms: int) -> None:

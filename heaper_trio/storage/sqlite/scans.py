@@ -6,20 +6,13 @@ import json
 import sqlite3
 from typing import Any
 
+from heaper_trio.records import BlockChange, CommitResult, ScanBatch, ScanEntry
+from heaper_trio.storage import rules
+from heaper_trio.storage.rows import ENTRY_COLUMNS, entry_row
 from heaper_trio.storage.sqlite import documents as docs
-from heaper_trio.records import BlockChange, CommitResult, CommitStatus, ScanBatch, ScanEntry
 from heaper_trio.storage.sqlite.runtime import SqliteRuntime
 
-ENTRY_COLUMNS = ("heap_id, path, kind, block_id, folder_id, size, mtime_ns, hash, missing, "
-                 "scan_id, updated_at, dev, ino, ctime_ns")
 CHUNK = 500  # host parameters per IN (...)
-
-
-def entry_row(row: Any) -> ScanEntry:
-    return ScanEntry(row["heap_id"], row["path"], row["kind"], row["block_id"], row["folder_id"],
-                     row["size"], row["mtime_ns"], row["hash"], bool(row["missing"]),
-                     row["scan_id"], row["updated_at"], row["dev"], row["ino"],
-                     row["ctime_ns"])
 
 
 def _insert(c: sqlite3.Connection, head: str, rows: list[tuple[Any, ...]], tail: str = ""
@@ -75,12 +68,11 @@ def _by_hash(c: sqlite3.Connection, heap_id: str, hashes: list[str]
 
 def _unseen(c: sqlite3.Connection, heap_id: str, folder: str, scan_id: str, after: str,
             limit: int) -> list[ScanEntry]:
-    prefix = folder.rstrip("/") + "/"
-    high = folder.rstrip("/") + "0"  # "0" follows "/": every path below the folder sorts < high
+    low, high = rules.unseen_range(folder, after)
     rows = c.execute(
         f"SELECT {ENTRY_COLUMNS} FROM scan_entries WHERE heap_id=? AND path > ? AND path < ? "
         "AND scan_id <> ? AND missing=0 ORDER BY path LIMIT ?",
-        (heap_id, max(prefix, after), high, scan_id, limit))
+        (heap_id, low, high, scan_id, limit))
     return [entry_row(r) for r in rows]
 
 
@@ -114,65 +106,34 @@ def _create_blocks(c: sqlite3.Connection, changes: list[BlockChange], now: int
                          f"SELECT block_id FROM block_tombstones WHERE block_id IN "
                          f"({_marks(chunk)})", (*chunk, *chunk))
         taken.update(r[0] for r in rows)
-    results: dict[int, CommitResult] = {}
-    todo: list[tuple[int, BlockChange]] = []
-    for i, ch in enumerate(changes):
-        if ch.block_id in taken:
-            results[i] = CommitResult(ch.block_id, CommitStatus.conflict)
-        else:
-            taken.add(ch.block_id)
-            todo.append((i, ch))
-    blocks, updates, relations, files = [], [], [], []
-    for heap_id in dict.fromkeys(ch.heap_id for _, ch in todo):
-        mine = [(i, ch) for i, ch in todo if ch.heap_id == heap_id]
+    plan = rules.plan_creations(changes, taken)
+    for heap_id, mine in plan.by_heap():
         n = len(mine)
         row = c.execute("UPDATE heaps SET clock = MAX(? + ? - 1, clock + ?) WHERE id=? "
                         "RETURNING clock", (now, n, n, heap_id)).fetchone()
-        for k, (i, ch) in enumerate(mine):
-            if row is None:  # the heap went away
-                results[i] = CommitResult(ch.block_id, CommitStatus.conflict)
-                continue
-            at, p, last_seq = row[0] - n + 1 + k, ch.projection, len(ch.updates)
-            blocks.append((
-                ch.block_id, heap_id, p.type, p.title, p.text, json.dumps(p.relations),
-                json.dumps(p.files), json.dumps(p.apps), at, p.deleted_at,
-                p.permanently_deleted_at, ch.state_vector, ch.size, last_seq, at,
-                ch.author_id, 1))
-            updates += [(ch.block_id, j + 1, u, now, ch.author_id)
-                        for j, u in enumerate(ch.updates)]
-            relations += [(ch.block_id, kind, target, heap_id)
-                          for kind, targets in (("tag", p.tags), ("mention", p.mentions),
-                                                ("link", p.links)) for target in targets]
-            files += [(ch.block_id, h, heap_id) for h in p.file_hashes]
-            results[i] = CommitResult(ch.block_id, CommitStatus.created, at, last_seq, 1)
-    _insert(c, "INSERT INTO blocks (id, heap_id, type, title, text, relations, files, apps, "
-            "updated_at, deleted_at, permanently_deleted_at, state_vector, size, last_seq, "
-            "created_at, created_by, sync_version)", blocks)
-    _insert(c, "INSERT INTO block_updates (block_id, seq, data, created_at, author_id)", updates)
+        rules.add_creations(plan, heap_id, mine, None if row is None else row[0], now)
+    _insert(c, f"INSERT INTO blocks ({rules.CREATED_BLOCK_COLUMNS})", plan.blocks)
+    _insert(c, "INSERT INTO block_updates (block_id, seq, data, created_at, author_id)",
+            plan.updates)
     _insert(c, "INSERT OR IGNORE INTO block_relations (block_id, kind, target_id, heap_id)",
-            relations)
-    _insert(c, "INSERT OR IGNORE INTO block_files (block_id, hash, heap_id)", files)
-    return [results[i] for i in range(len(changes))]
+            plan.relations)
+    _insert(c, "INSERT OR IGNORE INTO block_files (block_id, hash, heap_id)", plan.files)
+    return plan.ordered(len(changes))
 
 
 def _commit_changes(c: sqlite3.Connection, changes: list[BlockChange], now: int
                     ) -> list[CommitResult]:
     """Edits of existing blocks first (``docs.commit_changes``), then new blocks in bulk."""
-    new = [ch for ch in changes if ch.expected_last_seq is None and ch.compacted is None]
-    old = [ch for ch in changes if not (ch.expected_last_seq is None and ch.compacted is None)]
-    by_id = {r.block_id: r for r in docs.commit_changes(c, old, now) + _create_blocks(
-        c, new, now) if r.status is not CommitStatus.conflict}
-    return [by_id.get(ch.block_id) or CommitResult(ch.block_id, CommitStatus.conflict)
-            for ch in changes]
+    new = [ch for ch in changes if rules.bulk_creatable(ch)]
+    old = [ch for ch in changes if not rules.bulk_creatable(ch)]
+    return rules.merge_results(changes, docs.commit_changes(c, old, now)
+                               + _create_blocks(c, new, now))
 
 
 def _commit_batch(c: sqlite3.Connection, batch: ScanBatch, now: int
                   ) -> tuple[list[CommitResult], dict[str, str]]:
     results = _commit_changes(c, list(batch.changes), now)
-    refused = {r.block_id for r in results if r.status is CommitStatus.conflict}
-    entries = [e for e in batch.entries if e.block_id not in refused]
-    written = {e.hash for e in entries if e.kind == "file" and not e.missing}
-    files = [f for f in batch.files if f.hash in written]
+    entries, written, files = rules.batch_rows(batch, results)
     _insert(c, "INSERT OR IGNORE INTO files (hash, id, size, mime_type, name, source_path, "
             "meta, created_at)",
             [(f.hash, f.id, f.size, f.mime_type, f.name, f.source_path, json.dumps(f.meta),
