@@ -38,7 +38,7 @@ from heaper_trio.web import (
 from heaper_trio.web.cors import install_cors
 from heaper_trio.web.errors import install_error_handlers
 from heaper_trio.web.http_guard import ASGIApp, HttpGuard
-from heaper_trio.web import hypercorn_eof
+from heaper_trio.web.quart_compat import keep_json_key_order, stop_idle_timer_at_eof
 
 log = logging.getLogger("heaper_trio")
 BLUEPRINTS = (routes_instance.bp, routes_auth.bp, routes_heaps.bp, routes_blocks.bp,
@@ -77,7 +77,9 @@ if not any(isinstance(f, EveryFewSeconds) for f in ACCEPT_LOG.filters):
     ACCEPT_LOG.addFilter(EveryFewSeconds(5.0))
 
 
-hypercorn_eof.apply()
+# Patches hypercorn's TCPServer class (web/quart_compat.py): done on import, so every server
+# in this process, ours or a test's own hypercorn, frees the socket of a client that left.
+stop_idle_timer_at_eof()
 
 
 def guarded(app: QuartTrio, settings: Settings) -> ASGIFramework:
@@ -97,7 +99,7 @@ def create_app(services: Services) -> QuartTrio:
                                            settings.max_chunk_bytes + 65536,
                                            settings.max_direct_upload_bytes + 1024 * 1024)
     app.config["JSON_SORT_KEYS"] = False
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    keep_json_key_order(app)
     install_cors(app)
     install_error_handlers(app)
     for bp in BLUEPRINTS:

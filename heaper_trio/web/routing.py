@@ -16,7 +16,8 @@ from functools import wraps
 from typing import Any, Awaitable, Callable
 
 from quart import Blueprint, Response, current_app, request
-from werkzeug.datastructures import FileStorage, MultiDict
+from quart.datastructures import FileStorage
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from heaper_trio.errors import (
@@ -28,6 +29,7 @@ from heaper_trio.errors import (
 )
 from heaper_trio.services.container import Services
 from heaper_trio.records import User
+from heaper_trio.web import quart_compat
 from heaper_trio.web.schema import UNSTORABLE, check_text, storable, validate
 
 # Segments that are routes of their own under a parameterised path: never an id, so
@@ -127,7 +129,7 @@ def limit_body(limit: int) -> None:
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
-    request.body._max_content_length = limit  # quart's Body checks what it holds against it
+    quart_compat.limit_body(request, limit)
 
 
 def _json_number(text: str) -> int | float:
@@ -142,7 +144,7 @@ def _json_number(text: str) -> int | float:
 
 async def read_json_body(*, allow_empty: bool) -> Any:
     limit_body(services().settings.max_request_bytes)
-    raw = await request.get_data(cache=False)
+    raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
     if not raw.strip():
         if allow_empty:
             return {}
@@ -219,6 +221,118 @@ def websocket_route(bp: Blueprint, path: str, *, summary: str, tag: str, descrip
     return decorate
 
 
+@dataclass(frozen=True)
+class _Edge:
+    """What one route's wrapper checks before its handler runs, fixed at registration."""
+
+    auth: str
+    body: dict[str, Any] | None
+    rate_limit: bool
+    path_schemas: dict[str, dict[str, Any]]
+    # path parameter -> route words it never takes (``{"heap_id": ("add", ...)}``)
+    route_words: dict[str, tuple[str, ...]]
+
+    @property
+    def body_optional(self) -> bool:
+        return self.body is not None and not self.body.get("required") and "anyOf" not in self.body
+
+
+async def _parse_body(edge: _Edge) -> tuple[Any, BadRequest | None]:
+    """The JSON body, or why it is not one. The problem is returned, not raised: the rate
+    limit below still counts a request whose body is broken."""
+    if edge.body is None:
+        return None, None
+    try:
+        return await read_json_body(allow_empty=edge.body_optional), None
+    except BadRequest as e:
+        return None, e
+
+
+def _rate_limit(edge: _Edge, parsed: Any) -> None:
+    """The auth rate limit, per client address and (when the body names one) public key."""
+    if not edge.rate_limit:
+        return
+    key = parsed.get("public_key") if isinstance(parsed, dict) else None
+    wait = services().auth_limits.check(
+        client_address(), key if isinstance(key, str) else None, time.monotonic()
+    )
+    if wait is not None:
+        raise RateLimited("too many auth requests; retry later", retry_after=wait)
+
+
+def _check_path(edge: _Edge, params: dict[str, Any]) -> None:
+    """Route words, then the text rule for path and query, then the path schemas."""
+    for name, words in edge.route_words.items():
+        if params[name] in words:
+            # a route word is not an id: this rule does not apply, as if unmatched
+            methods = allowed_methods(request.path)
+            raise MethodNotAllowed(valid_methods=methods) if methods else NotFound()
+    check_query_and_path(params)
+    for name, schema in edge.path_schemas.items():
+        try:
+            validate(params[name], schema, f"path.{name}")
+        except BadRequest as e:
+            e.code = schema.get("x-error", e.code)
+            raise
+
+
+async def _authenticate(auth: str) -> dict[str, Any]:
+    """The handler's ``user`` (access modes, and optional when a token is sent) or ``token``
+    (refresh) argument; none for ``none``."""
+    if auth in ("access", "access_or_query") or (auth == "optional" and bearer_token()):
+        token = bearer_token()
+        if token is None and auth == "access_or_query":
+            # <img>/<video> cannot send headers: file routes take ?token= as well
+            token = request.args.get("token") or None
+        if token is None:
+            raise Unauthorized("an access token is required", code="token_missing")
+        user: User | None = None
+        try:
+            user = await services().accounts.authenticate(token)
+        except (Unauthorized, Forbidden):
+            if auth != "optional":
+                raise
+        return {"user": user}
+    if auth == "optional":
+        return {"user": None}
+    if auth == "refresh":
+        token = bearer_token()
+        if token is None:
+            raise Unauthorized("a refresh token is required", code="token_missing")
+        return {"token": token}
+    return {}
+
+
+def _implied_errors(path: str, auth: str, body: dict[str, Any] | None, rate_limit: bool,
+                    checked: bool) -> set[int]:
+    """Statuses the wrapper itself may answer, documented for every route that has it."""
+    implied = {400, 413} if body is not None else set()
+    if checked:  # path schemas or query parameters
+        implied.add(400)
+    if "{" in path:
+        # an empty path parameter ("DELETE /api/heap/") is another URL, which no route serves
+        implied.add(404)
+    if auth in ("access", "refresh", "access_or_query"):
+        implied |= {401, 403}
+    if rate_limit:
+        implied.add(429)
+    return implied
+
+
+def _register_route_words(bp: Blueprint, method: str, path: str,
+                          path_schemas: dict[str, dict[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """Route words of this rule (a ``not: {enum: [...]}`` path schema), recorded so Allow and
+    405 answers leave this rule out where a word takes its place (``allowed_methods``)."""
+    route_words = {name: tuple(s["not"]["enum"]) for name, s in path_schemas.items()
+                   if "enum" in s.get("not", {})}
+    if route_words:
+        _ROUTE_WORDS[(method, _quart_rule(path))] = route_words
+        if bp.name not in _HOOKED:
+            _HOOKED.add(bp.name)
+            bp.after_app_request(_true_allow_header)
+    return route_words
+
+
 def route(
     bp: Blueprint,
     method: str,
@@ -247,23 +361,9 @@ def route(
     assert auth in AUTH_MODES, auth
     path_schemas = params or {}
     assert set(path_schemas) <= set(re.findall(r"\{(\w+)\}", path)), (path, path_schemas)
-    route_words = {name: tuple(s["not"]["enum"]) for name, s in path_schemas.items()
-                   if "enum" in s.get("not", {})}
-    if route_words:
-        _ROUTE_WORDS[(method, _quart_rule(path))] = route_words
-        if bp.name not in _HOOKED:
-            _HOOKED.add(bp.name)
-            bp.after_app_request(_true_allow_header)
-    implied = {400, 413} if body is not None else set()
-    if path_schemas or query:
-        implied.add(400)
-    if "{" in path:
-        # an empty path parameter ("DELETE /api/heap/") is another URL, which no route serves
-        implied.add(404)
-    if auth in ("access", "refresh", "access_or_query"):
-        implied |= {401, 403}
-    if rate_limit:
-        implied.add(429)
+    edge = _Edge(auth, body, rate_limit, path_schemas,
+                 _register_route_words(bp, method, path, path_schemas))
+    implied = _implied_errors(path, auth, body, rate_limit, bool(path_schemas or query))
     if auth == "access_or_query":
         query = {**(query or {}), "token": {"type": "string", "description": "the access "
                                             "token, for clients that cannot send headers"}}
@@ -273,63 +373,19 @@ def route(
                   other_bodies=other_bodies or {}, path_params=path_schemas, binary=binary,
                   content=content or {}, required_query=required_query)
     )
-    body_optional = body is not None and not body.get("required") and "anyOf" not in body
 
     def decorate(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @wraps(handler)
         async def view(**params: Any) -> Any:
-            parsed: Any = None
-            problem: BadRequest | None = None
-            if body is not None:
-                try:
-                    parsed = await read_json_body(allow_empty=body_optional)
-                except BadRequest as e:
-                    problem = e
-            if rate_limit:
-                key = parsed.get("public_key") if isinstance(parsed, dict) else None
-                wait = services().auth_limits.check(
-                    client_address(), key if isinstance(key, str) else None, time.monotonic()
-                )
-                if wait is not None:
-                    raise RateLimited("too many auth requests; retry later", retry_after=wait)
+            parsed, problem = await _parse_body(edge)
+            _rate_limit(edge, parsed)
             if problem is not None:
                 raise problem
-            for name, words in route_words.items():
-                if params[name] in words:
-                    # a route word is not an id: this rule does not apply, as if unmatched
-                    methods = allowed_methods(request.path)
-                    raise MethodNotAllowed(valid_methods=methods) if methods else NotFound()
-            check_query_and_path(params)
-            for name, schema in path_schemas.items():
-                try:
-                    validate(params[name], schema, f"path.{name}")
-                except BadRequest as e:
-                    e.code = schema.get("x-error", e.code)
-                    raise
-            if body is not None:
-                validate(parsed, body)
+            _check_path(edge, params)
+            if edge.body is not None:
+                validate(parsed, edge.body)
                 params["body"] = parsed
-            if auth in ("access", "access_or_query") or (auth == "optional" and bearer_token()):
-                token = bearer_token()
-                if token is None and auth == "access_or_query":
-                    # <img>/<video> cannot send headers: file routes take ?token= as well
-                    token = request.args.get("token") or None
-                if token is None:
-                    raise Unauthorized("an access token is required", code="token_missing")
-                user: User | None = None
-                try:
-                    user = await services().accounts.authenticate(token)
-                except (Unauthorized, Forbidden):
-                    if auth != "optional":
-                        raise
-                params["user"] = user
-            elif auth == "optional":
-                params["user"] = None
-            elif auth == "refresh":
-                token = bearer_token()
-                if token is None:
-                    raise Unauthorized("a refresh token is required", code="token_missing")
-                params["token"] = token
+            params.update(await _authenticate(edge.auth))
             return await handler(**params)
 
         bp.add_url_rule(_quart_rule(path), view_func=view, methods=[method],

@@ -1,0 +1,140 @@
+"""Every place we reach into Quart, Quart-Trio or hypercorn beyond their public API.
+
+Read against Quart 0.22.0, Quart-Trio 0.12.0 and hypercorn 0.18.0. Each hook below uses a
+private attribute or relies on an internal behaviour; ``HOOKS`` lists them all, and
+``tests/test_quart_compat.py`` checks that each still exists in the installed versions, so an
+upgrade that renames or removes one fails a test instead of quietly disabling a limit or a
+workaround in production. When that test fails, read the hook's ``why``, re-check the upstream
+code it names, and adjust the hook (or drop it if upstream fixed the problem).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import trio
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.tcp_server import TCPServer
+from quart import Quart, Request, websocket
+from quart.json.provider import DefaultJSONProvider
+from quart.wrappers import Websocket
+from quart_trio.asgi import TrioASGIHTTPConnection
+from quart_trio.wrappers.request import TrioBody
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One thing we rely on: ``name`` on ``owner`` (a class attribute, or with ``instance``
+    an attribute its ``__init__`` assigns), and why."""
+
+    owner: type
+    name: str
+    why: str
+    instance: bool = False
+
+    def present(self) -> bool:
+        if self.instance:
+            init = getattr(self.owner, "__init__", None)
+            code = getattr(init, "__code__", None)
+            return code is not None and self.name in code.co_names
+        return hasattr(self.owner, self.name)
+
+
+HOOKS: tuple[Hook, ...] = (
+    Hook(TrioBody, "_max_content_length", instance=True,
+         why="limit_body lowers the body limit per request; without it a JSON route would "
+         "hold up to the app-wide limit (an upload chunk) in memory"),
+    Hook(TCPServer, "_read_data",
+         why="stop_idle_timer_at_eof wraps it: the socket is freed when the client leaves"),
+    Hook(TCPServer, "idle_task", instance=True,
+         why="the keep-alive idle timer stop_idle_timer_at_eof stops at EOF"),
+    Hook(TrioASGIHTTPConnection, "handle_request",
+         why="web/file_response.py ends a short body by cancelling the nursery of the task "
+         "running this coroutine (HANDLE_REQUEST_CODE)"),
+    Hook(TrioASGIHTTPConnection, "handle_messages",
+         why="cancels the request's nursery on http.disconnect: the behaviour HttpGuard "
+         "(web/http_guard.py) works around"),
+    Hook(H11Protocol, "_maybe_recycle",
+         why="recycles or closes the connection inside the app's final send; HttpGuard "
+         "shields that send so it finishes"),
+    Hook(H11Protocol, "_close_stream",
+         why="delivers http.disconnect from within _maybe_recycle (HttpGuard's analysis)"),
+    Hook(TCPServer, "_close",
+         why="send_eof then aclose: the close HttpGuard's shielded send lets finish"),
+    Hook(type(websocket), "_get_current_object",
+         why="current_websocket: the connection's child tasks need the object, not the "
+         "context-bound proxy"),
+    Hook(DefaultJSONProvider, "sort_keys",
+         why="keep_json_key_order: answers keep the key order the contract documents"),
+)
+
+
+# -- Quart ------------------------------------------------------------------------------------
+def limit_body(request: Request, limit: int) -> None:
+    """Make Quart's body reader refuse (413) more than ``limit`` bytes for this request.
+    Quart has only the app-wide ``MAX_CONTENT_LENGTH``, fixed when the request is created; the
+    body object keeps its own copy, which is what it checks each chunk against."""
+    request.body._max_content_length = limit
+
+
+def current_websocket() -> Websocket:
+    """The current WebSocket itself, not the proxy: the proxy resolves through the context of
+    the task using it, which the connection's reader, writer and keepalive tasks lack."""
+    return websocket._get_current_object()  # type: ignore[attr-defined, no-any-return]
+
+
+def keep_json_key_order(app: Quart) -> None:
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+
+# -- Quart-Trio -------------------------------------------------------------------------------
+# The coroutine quart-trio runs a response's body in; its task's parent nursery is the
+# request's, which web/file_response.py cancels to end a body that came up short.
+HANDLE_REQUEST_CODE = TrioASGIHTTPConnection.handle_request.__code__
+
+
+# -- hypercorn --------------------------------------------------------------------------------
+_PATCHED = "_heaper_stops_idle_at_eof"
+
+
+def stop_idle_timer_at_eof() -> None:
+    """Free a connection's socket as soon as its client has gone (hypercorn 0.18.0, trio).
+
+    ``TCPServer.run`` starts the keep-alive idle timer in the connection's task group, then
+    reads. When the client closes (EOF) or the read fails, ``_read_data`` returns, but the task
+    group still waits for the idle timer, which sleeps out ``keep_alive_timeout`` before the
+    ``finally`` closes the socket. Every connect-and-leave (no request, or after an answer)
+    pins one descriptor for that long, so a client looping connect/close exhausts the server's
+    descriptors. The timer is there to close idle connections; once the peer is gone there is
+    nothing left to time, so we stop it when reading ends. HttpGuard cannot do this: no ASGI
+    call exists for such a connection.
+
+    A patch of a private method is the last resort (the alternative is a fork of
+    ``TCPServer``); this checks that TCPServer still keeps that idle timer and does nothing
+    otherwise, and ``tests/test_harden_http.py`` pins the behaviour. Idempotent.
+    """
+    original: Callable[[Any], Awaitable[None]] = TCPServer._read_data
+    if getattr(original, _PATCHED, False):
+        return
+    if "idle_task" not in TCPServer.__init__.__code__.co_names:
+        log.warning("hypercorn's TCPServer has no idle_task: EOF workaround not applied")
+        return
+
+    async def _read_data(self: TCPServer) -> None:
+        try:
+            await original(self)
+        finally:  # the peer is gone: nothing left for the timer to close
+            with trio.CancelScope(shield=True):  # stop() takes a lock: see it through
+                await self.idle_task.stop()
+
+    setattr(_read_data, _PATCHED, True)
+    TCPServer._read_data = _read_data  # type: ignore[method-assign]
+
+
+def idle_timer_stops_at_eof() -> bool:
+    """Whether ``stop_idle_timer_at_eof`` is in force (for tests and diagnostics)."""
+    return bool(getattr(TCPServer._read_data, _PATCHED, False))
