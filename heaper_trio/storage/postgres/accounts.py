@@ -1,42 +1,21 @@
 """PostgreSQL units of work for accounts: users, login challenges, refresh tokens, usage.
 
-Each is ``(conn, *args)``, run by a runner of ``postgres_runtime`` inside one bridge crossing;
-the locking order they keep is described in ``postgres.py``.
+Each is ``(conn, *args)``, run by a runner of ``runtime`` inside one bridge crossing; the
+locking order they keep is described in ``engine``. What a challenge or a refresh token row
+means is decided by ``storage.rules``, as for SQLite.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
-
-from heaper_trio.records import (
-    ChallengeProblem,
-    LoginOutcome,
-    NewRefreshToken,
-    RefreshOutcome,
-    RotateResult,
-    User,
-)
+from heaper_trio.records import LoginOutcome, NewRefreshToken, RefreshOutcome, RotateResult, User
+from heaper_trio.storage import rules
 from heaper_trio.storage.postgres.runtime import Conn
+from heaper_trio.storage.rows import user_row
 
 # pg_advisory_xact_lock key; arbitrary but fixed, shared by every server process.
 LOGIN_LOCK = 0x68656170_00000002
-
-
-def _user(row: asyncpg.Record | None) -> User | None:
-    if row is None:
-        return None
-    return User(
-        id=row["id"],
-        public_key=row["public_key"],
-        email=row["email"],
-        state=row["state"],
-        is_admin=bool(row["is_admin"]),
-        token_generation=row["token_generation"],
-        created_at=row["created_at"],
-        approved_at=row["approved_at"],
-    )
 
 
 def _count(status: str) -> int:
@@ -45,7 +24,7 @@ def _count(status: str) -> int:
 
 
 async def _get_user(c: Conn, user_id: str) -> User | None:
-    return _user(await c.fetchrow("SELECT * FROM users WHERE id=$1", user_id))
+    return user_row(await c.fetchrow("SELECT * FROM users WHERE id=$1", user_id))
 
 
 async def _insert_refresh(c: Conn, user_id: str, new: NewRefreshToken) -> None:
@@ -73,13 +52,13 @@ async def _fetchval(c: Conn, sql: str, *args: Any) -> Any:
 
 
 async def _fetch_user(c: Conn, sql: str, *args: Any) -> User | None:
-    return _user(await c.fetchrow(sql, *args))
+    return user_row(await c.fetchrow(sql, *args))
 
 
 async def _list_users(c: Conn) -> list[User]:
     # COLLATE "C": the byte order SQLite uses, whatever the database's locale.
     rows = await c.fetch('SELECT * FROM users ORDER BY created_at, id COLLATE "C"')
-    return [u for u in map(_user, rows) if u is not None]
+    return [u for u in map(user_row, rows) if u is not None]
 
 
 async def _claim_meta(c: Conn, key: str, value: str) -> str:
@@ -113,42 +92,36 @@ async def _complete_login(
         "SELECT public_key, expires_at, used_at FROM challenges WHERE challenge=$1 FOR UPDATE",
         challenge,
     )
-    if row is None:
-        return LoginOutcome(ChallengeProblem.unknown)
-    if row["public_key"] != public_key:
-        return LoginOutcome(ChallengeProblem.foreign)
-    if row["used_at"] is not None:
-        return LoginOutcome(ChallengeProblem.used)
-    if row["expires_at"] <= now:
-        return LoginOutcome(ChallengeProblem.expired)
+    problem = rules.challenge_problem(row, public_key, now)
+    if problem is not None:
+        return LoginOutcome(problem)
     await c.execute(
         "UPDATE challenges SET used_at=$1 WHERE challenge=$2 AND used_at IS NULL", now, challenge
     )
     by_key = "SELECT * FROM users WHERE public_key=$1 FOR SHARE"
-    user = _user(await c.fetchrow(by_key, public_key))
+    user = user_row(await c.fetchrow(by_key, public_key))
     created = False
     if user is None:
         # Creations take turns across processes, so the NOT EXISTS check below and the insert
         # cannot interleave with another creation's: exactly one first account.
         await c.execute("SELECT pg_advisory_xact_lock($1)", LOGIN_LOCK)
-        user = _user(await c.fetchrow(by_key, public_key))  # made while we waited?
+        user = user_row(await c.fetchrow(by_key, public_key))  # made while we waited?
     if user is None:
         first = bool(await c.fetchval("SELECT NOT EXISTS (SELECT 1 FROM users)"))
-        approved = first or auto_approve
-        user = _user(
+        new = rules.new_account(first, auto_approve, now)
+        user = user_row(
             await c.fetchrow(
                 "INSERT INTO users (id, public_key, email, state, is_admin, created_at, "
                 "approved_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
-                new_user_id, public_key, email, "approved" if approved else "pending",
-                first, now, now if approved else None,
+                new_user_id, public_key, email, new.state, new.is_admin, now, new.approved_at,
             )
         )
         assert user is not None
         created = True
-    if user.state != "approved":
-        return LoginOutcome(None, user, created, False)
-    await _insert_refresh(c, user.id, refresh)
-    return LoginOutcome(None, user, created, True)
+    outcome = rules.login_outcome(user, created)
+    if outcome.token_issued:
+        await _insert_refresh(c, user.id, refresh)
+    return outcome
 
 
 async def _purge_expired(c: Conn, now: int) -> int:
@@ -178,7 +151,7 @@ async def _set_user_state(c: Conn, user_id: str, state: str, now: int) -> User |
 
 async def _set_admin(c: Conn, user_id: str, is_admin: bool) -> User | None:
     sql = "UPDATE users SET is_admin=$1 WHERE id=$2 RETURNING *"
-    return _user(await c.fetchrow(sql, is_admin, user_id))
+    return user_row(await c.fetchrow(sql, is_admin, user_id))
 
 
 async def _revoke_user_tokens(c: Conn, user_id: str, now: int) -> User | None:
@@ -194,23 +167,18 @@ async def _rotate(c: Conn, jti: str, user_id: str, now: int, new: NewRefreshToke
         "FROM refresh_tokens WHERE jti=$1 FOR UPDATE",
         jti,
     )
-    if row is None or row["user_id"] != user_id:
-        return RotateResult(RefreshOutcome.unknown)
-    if row["revoked_at"] is not None:
-        return RotateResult(RefreshOutcome.revoked, user_id)
-    if row["rotated_at"] is not None:
+    outcome = rules.refresh_outcome(row, user_id, now)
+    if row is not None and outcome is RefreshOutcome.reused:
         await c.execute(
             "UPDATE refresh_tokens SET revoked_at=$1 WHERE family=$2 AND revoked_at IS NULL",
             now, row["family"],
         )
-        return RotateResult(RefreshOutcome.reused, user_id)
-    if row["expires_at"] <= now:
-        return RotateResult(RefreshOutcome.expired, user_id)
-    await c.execute("UPDATE refresh_tokens SET rotated_at=$1 WHERE jti=$2", now, jti)
-    await _insert_refresh(
-        c, user_id, NewRefreshToken(new.jti, row["family"], new.issued_at, new.expires_at)
-    )
-    return RotateResult(RefreshOutcome.ok, user_id)
+    elif row is not None and outcome is RefreshOutcome.ok:
+        await c.execute("UPDATE refresh_tokens SET rotated_at=$1 WHERE jti=$2", now, jti)
+        await _insert_refresh(
+            c, user_id, NewRefreshToken(new.jti, row["family"], new.issued_at, new.expires_at)
+        )
+    return rules.rotate_result(outcome, user_id)
 
 
 async def _auth_stats(c: Conn) -> dict[str, int]:
@@ -219,6 +187,7 @@ async def _auth_stats(c: Conn) -> dict[str, int]:
         "(SELECT COUNT(*) FROM challenges) AS challenges, "
         "(SELECT COUNT(*) FROM refresh_tokens) AS refresh_tokens"
     )
+    assert row is not None  # an aggregate without FROM always gives one row
     return {k: int(row[k]) for k in ("users", "challenges", "refresh_tokens")}
 
 
@@ -232,5 +201,5 @@ async def _usage(c: Conn, user_id: str, now: int) -> dict[str, Any]:
         "SELECT COUNT(DISTINCT h.id) AS heaps, COUNT(b.id) AS blocks, "
         "COALESCE(SUM(b.size), 0) AS document_bytes FROM heaps h "
         "LEFT JOIN blocks b ON b.heap_id = h.id WHERE h.owner_id=$1", user_id)
-    return {"sessions": sessions, "heaps": row["heaps"], "blocks": row["blocks"],
-            "document_bytes": int(row["document_bytes"])}
+    assert row is not None  # an aggregate without GROUP BY always gives one row
+    return rules.usage(sessions, row["heaps"], row["blocks"], row["document_bytes"])

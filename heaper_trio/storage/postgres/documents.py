@@ -1,7 +1,8 @@
-"""PostgreSQL units of work for heaps and blocks, the counterpart of ``sqlite_documents``.
+"""PostgreSQL units of work for heaps and blocks, the counterpart of ``sqlite.documents``.
 
-Each function takes an asyncpg connection and is run by one runner of ``postgres_runtime``
-(or ``snapshot`` below), so a call crosses the trio/asyncio bridge once.
+Each function takes an asyncpg connection and is run by one runner of ``runtime`` (or
+``snapshot`` below), so a call crosses the trio/asyncio bridge once. What a commit may do and
+which rows it writes is decided by ``storage.rules``, as for SQLite.
 
 Transactions run at READ COMMITTED; locks stand in for the SQLite engine's single writer.
 Every transaction that writes blocks takes its locks in this order, so none can deadlock
@@ -26,13 +27,11 @@ engines store the same values. JSONB keeps object keys in its own order, not the
 
 from __future__ import annotations
 
-import json
 import zlib
 from typing import Any, Awaitable, Callable
 
 import asyncpg
 
-from heaper_trio.storage import block_query
 from heaper_trio.records import (
     BlockChange,
     BlockQuery,
@@ -44,14 +43,25 @@ from heaper_trio.records import (
     StoredBlock,
     UpdateInfo,
 )
+from heaper_trio.storage import block_query, rules
+from heaper_trio.storage.errors import HeapNotFound
 from heaper_trio.storage.postgres.files import write_block_files
 from heaper_trio.storage.postgres.notify import block_pointer, notify
 from heaper_trio.storage.postgres.runtime import Conn, Pool, T, _connection
 from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, page, record_row
 
 # First key of the two-key advisory locks on block ids (a key space apart from the one-key
-# locks in postgres.py); the second key is a 32-bit hash of the block id.
+# locks in engine.py); the second key is a 32-bit hash of the block id.
 BLOCK_LOCK = 0x68656170  # "heap"
+# Parameter types of the block columns a commit writes (``rules.block_columns`` and
+# ``rules.created_columns``): asyncpg infers none for a NULL.
+COLUMN_TYPES = {
+    "type": "text", "title": "text", "text": "text", "relations": "jsonb", "files": "jsonb",
+    "apps": "jsonb", "updated_at": "bigint", "deleted_at": "bigint",
+    "permanently_deleted_at": "bigint", "state_vector": "bytea", "size": "bigint",
+    "last_seq": "bigint", "id": "text", "heap_id": "text", "created_at": "bigint",
+    "created_by": "text", "sync_version": "int4",
+}
 
 async def snapshot(pool: Pool, work: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Runner: read-only ``work`` in one REPEATABLE READ snapshot; cancellable at any point."""
@@ -71,10 +81,6 @@ async def _lock_blocks(c: Conn, block_ids: list[str]) -> None:
     # unnest yields the keys in array order and the aggregate takes the locks in that order.
     await c.fetchval("SELECT count(pg_advisory_xact_lock($1, k)) FROM unnest($2::int4[]) AS k",
                      BLOCK_LOCK, keys)
-
-
-def _jsonb(value: dict[str, Any]) -> str:
-    return json.dumps(value)
 
 
 async def get_heap(c: Conn, heap_id: str) -> Heap | None:
@@ -164,7 +170,7 @@ async def _tick(c: Conn, heap_id: str, now: int) -> int:
         now, heap_id,
     )
     if clock is None:
-        raise LookupError(f"heap {heap_id} does not exist")
+        raise HeapNotFound(heap_id)
     return int(clock)
 
 
@@ -172,46 +178,29 @@ async def commit_change(c: Conn, ch: BlockChange, now: int) -> CommitResult:
     current = await c.fetchrow(
         "SELECT heap_id, last_seq, sync_version FROM blocks WHERE id=$1 FOR UPDATE", ch.block_id
     )
-    if ch.expected_last_seq is None:
-        if current is not None or await c.fetchval(
-                "SELECT 1 FROM block_tombstones WHERE block_id=$1", ch.block_id):
-            return CommitResult(ch.block_id, CommitStatus.conflict)
-    elif (current is None or current["last_seq"] != ch.expected_last_seq
-          or current["heap_id"] != ch.heap_id):
-        return CommitResult(ch.block_id, CommitStatus.conflict)
+    tombstoned = rules.creates(ch) and await c.fetchval(
+        "SELECT 1 FROM block_tombstones WHERE block_id=$1", ch.block_id) is not None
+    if rules.commit_conflict(ch, current, tombstoned):
+        return rules.conflict(ch)
     updated_at = await _tick(c, ch.heap_id, now)
-    p = ch.projection
     base = 0 if current is None else current["last_seq"]
     last_seq = base + len(ch.updates)
-    columns: dict[str, tuple[Any, str]] = {  # name -> (value, parameter type)
-        "type": (p.type, "text"), "title": (p.title, "text"),
-        "text": (p.text, "text"), "relations": (_jsonb(p.relations), "jsonb"),
-        "files": (_jsonb(p.files), "jsonb"), "apps": (_jsonb(p.apps), "jsonb"),
-        "updated_at": (updated_at, "bigint"),
-        "deleted_at": (p.deleted_at, "bigint"),
-        "permanently_deleted_at": (p.permanently_deleted_at, "bigint"),
-        "state_vector": (bytes(ch.state_vector), "bytea"), "size": (ch.size, "bigint"),
-        "last_seq": (last_seq, "bigint"),
-    }
+    columns = rules.block_columns(ch, updated_at, last_seq)
     if current is None:
-        columns.update(id=(ch.block_id, "text"), heap_id=(ch.heap_id, "text"),
-                       created_at=(updated_at, "bigint"), created_by=(ch.author_id, "text"),
-                       sync_version=(1, "int4"))
+        columns.update(rules.created_columns(ch, updated_at))
         names = ", ".join(columns)
-        marks = ", ".join(f"${i}::{t}" for i, (_, t) in enumerate(columns.values(), 1))
-        await c.execute(f"INSERT INTO blocks ({names}) VALUES ({marks})",
-                        *(v for v, _ in columns.values()))
+        marks = ", ".join(f"${i}::{COLUMN_TYPES[k]}" for i, k in enumerate(columns, 1))
+        await c.execute(f"INSERT INTO blocks ({names}) VALUES ({marks})", *columns.values())
     else:
-        sets = ", ".join(f"{k}=${i}::{t}" for i, (k, (_, t)) in enumerate(columns.items(), 1))
+        sets = ", ".join(f"{k}=${i}::{COLUMN_TYPES[k]}" for i, k in enumerate(columns, 1))
         await c.execute(f"UPDATE blocks SET {sets} WHERE id=${len(columns) + 1}",
-                        *(v for v, _ in columns.values()), ch.block_id)
-    if ch.updates:
+                        *columns.values(), ch.block_id)
+    log = rules.log_rows(ch, base, now)
+    if log:
         await c.execute(
             "INSERT INTO block_updates (block_id, seq, data, created_at, author_id) "
-            "SELECT $1, s, d, $4, $5 FROM unnest($2::bigint[], $3::bytea[]) AS u(s, d)",
-            ch.block_id, [base + i + 1 for i in range(len(ch.updates))],
-            [bytes(u) for u in ch.updates], now, ch.author_id,
-        )
+            "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bigint[], "
+            "$5::text[])", *rules.columns(log, 5))
     if ch.compacted is not None:
         snap, covers = ch.compacted
         await c.execute(
@@ -221,30 +210,22 @@ async def commit_change(c: Conn, ch: BlockChange, now: int) -> CommitResult:
         await c.execute("DELETE FROM block_updates WHERE block_id=$1 AND seq <= $2",
                         ch.block_id, covers)
     await c.execute("DELETE FROM block_relations WHERE block_id=$1", ch.block_id)
-    kinds, targets = [], []
-    for kind, values in (("tag", p.tags), ("mention", p.mentions), ("link", p.links)):
-        values = [v for v in values if "\x00" not in v]
-        kinds += [kind] * len(values)
-        targets += values
-    if kinds:
+    relations = rules.relation_rows(ch.block_id, ch.heap_id, ch.projection)
+    if relations:
         await c.execute(
-            "INSERT INTO block_relations (block_id, kind, target_id, heap_id) "
-            "SELECT $1, k, t, $2 FROM unnest($3::text[], $4::text[]) AS u(k, t) "
-            "ON CONFLICT DO NOTHING",
-            ch.block_id, ch.heap_id, kinds, targets,
-        )
-    await write_block_files(c, ch.block_id, ch.heap_id, p.file_hashes)
+            "INSERT INTO block_relations (block_id, kind, target_id, heap_id) SELECT * FROM "
+            "unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
+            *rules.columns(relations, 4))
+    await write_block_files(c, ch.block_id, ch.heap_id, ch.projection.file_hashes)
     await c.execute("UPDATE heaps SET name=$1 WHERE id=$2 AND root_block_id=$3",
-                    p.title, ch.heap_id, ch.block_id)
-    status = CommitStatus.created if current is None else CommitStatus.ok
-    sync_version = 1 if current is None else current["sync_version"]
-    return CommitResult(ch.block_id, status, updated_at, last_seq, sync_version)
+                    ch.projection.title, ch.heap_id, ch.block_id)
+    return rules.commit_result(ch, current, updated_at, last_seq)
 
 
 async def commit_changes(c: Conn, changes: list[BlockChange], now: int,
                          announce_as: str | None = None) -> list[CommitResult]:
     """With ``announce_as`` (this process's live id), every stored change is also announced to
-    the other processes by a NOTIFY in this transaction, delivered at COMMIT (postgres_notify)."""
+    the other processes by a NOTIFY in this transaction, delivered at COMMIT (``notify``)."""
     # Every lock up front, in the global order of the module docstring; then the changes run
     # in the caller's order (their change times follow it, as with SQLite).
     block_ids = sorted({ch.block_id for ch in changes})
@@ -264,8 +245,8 @@ async def commit_changes(c: Conn, changes: list[BlockChange], now: int,
         try:
             async with c.transaction():  # a savepoint: a refused change rolls back alone
                 result = await commit_change(c, ch, now)
-        except (LookupError, asyncpg.UniqueViolationError):  # heap gone, or block made meanwhile
-            result = CommitResult(ch.block_id, CommitStatus.conflict)
+        except (HeapNotFound, asyncpg.UniqueViolationError):  # heap gone, or block made meanwhile
+            result = rules.conflict(ch)
         results.append(result)
         if result.status is CommitStatus.conflict:
             continue
@@ -301,6 +282,7 @@ async def changes_since(c: Conn, heap_id: str, since: int, limit: int) -> Change
         "(SELECT COUNT(*) FROM block_tombstones WHERE heap_id=$1 AND deleted_at > $2)",
         heap_id, since,
     )
+    assert totals is not None  # a SELECT without FROM gives one row
     return page(
         [record_row(r) for r in rows], [(r[0], r[1]) for r in deleted], clock, limit,
         int(totals[0]), int(totals[1]),
@@ -310,23 +292,16 @@ async def changes_since(c: Conn, heap_id: str, since: int, limit: int) -> Change
 async def related(c: Conn, block_id: str) -> dict[str, list[str]]:
     """Outgoing lists are the block's own document; incoming ones (children, backlinks) come
     only from blocks in heaps of the block's owner (see the SQLite twin)."""
-    out: dict[str, list[str]] = {"tags": [], "mentions": [], "links": [], "children": [],
-                                 "backlinks": []}
-    for kind, target in await c.fetch(
-            'SELECT kind, target_id FROM block_relations WHERE block_id=$1 '
-            'ORDER BY target_id COLLATE "C"', block_id):
-        out[{"tag": "tags", "mention": "mentions", "link": "links"}[kind]].append(target)
-    for kind, source in await c.fetch(
-            "SELECT r.kind, r.block_id FROM block_relations r JOIN blocks b ON b.id = r.block_id "
-            "JOIN heaps h ON h.id = b.heap_id "
-            "WHERE r.target_id=$1 AND b.deleted_at IS NULL AND h.owner_id = ("
-            "SELECT o.owner_id FROM blocks t JOIN heaps o ON o.id = t.heap_id WHERE t.id=$1) "
-            'ORDER BY r.block_id COLLATE "C"',
-            block_id):
-        key = "children" if kind == "tag" else "backlinks"
-        if source not in out[key]:
-            out[key].append(source)
-    return out
+    outgoing = await c.fetch(
+        'SELECT kind, target_id FROM block_relations WHERE block_id=$1 '
+        'ORDER BY target_id COLLATE "C"', block_id)
+    incoming = await c.fetch(
+        "SELECT r.kind, r.block_id FROM block_relations r JOIN blocks b ON b.id = r.block_id "
+        "JOIN heaps h ON h.id = b.heap_id "
+        "WHERE r.target_id=$1 AND b.deleted_at IS NULL AND h.owner_id = ("
+        "SELECT o.owner_id FROM blocks t JOIN heaps o ON o.id = t.heap_id WHERE t.id=$1) "
+        'ORDER BY r.block_id COLLATE "C"', block_id)
+    return rules.related_lists(outgoing, incoming)
 
 
 async def block_history(c: Conn, block_id: str) -> tuple[int, list[UpdateInfo]]:
@@ -388,20 +363,14 @@ async def delete_heap(c: Conn, heap_id: str, announce_as: str | None = None) -> 
 
 
 async def heap_stats(c: Conn, heap_id: str) -> dict[str, Any]:
-    by_type = {r[0] or "unknown": r[1] for r in await c.fetch(
-        "SELECT type, COUNT(*) FROM blocks WHERE heap_id=$1 AND deleted_at IS NULL "
-        "GROUP BY type", heap_id)}
+    by_type = await c.fetch("SELECT type, COUNT(*) FROM blocks WHERE heap_id=$1 AND "
+                            "deleted_at IS NULL GROUP BY type", heap_id)
     trash = await c.fetchval(
         "SELECT COUNT(*) FROM blocks WHERE heap_id=$1 AND deleted_at IS NOT NULL", heap_id)
-    files: dict[str, int] = {}
-    for (raw,) in await c.fetch(
-            "SELECT files FROM blocks WHERE heap_id=$1 AND files <> '{}'::jsonb", heap_id):
-        for key, meta in json.loads(raw).items():
-            files[key] = int(meta.get("file_size") or 0) if isinstance(meta, dict) else 0
+    files = await c.fetch(
+        "SELECT files FROM blocks WHERE heap_id=$1 AND files <> '{}'::jsonb", heap_id)
     clock = await c.fetchval("SELECT clock FROM heaps WHERE id=$1", heap_id)
-    return {"blocks": sum(by_type.values()), "by_type": by_type, "trash": trash,
-            "files": len(files), "file_bytes": sum(files.values()),
-            "last_change": int(clock) if clock is not None else None}
+    return rules.heap_stats(by_type, trash, files, clock)
 
 
 async def query_blocks(c: Conn, heap_id: str, q: BlockQuery, limit: int) -> list[BlockRecord]:

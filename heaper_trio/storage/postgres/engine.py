@@ -1,8 +1,8 @@
 """The server engine: PostgreSQL through an asyncpg pool, called from trio via trio-asyncio.
 
 Each call crosses the trio/asyncio bridge exactly once, into a plain asyncio coroutine (a
-runner: ``read``, ``write1`` or ``tx`` in ``postgres_runtime``) that acquires a connection, runs one unit of work
-and gives the connection back. Acquire and transaction are never split across bridge calls:
+runner: ``read``, ``write1`` or ``tx`` in ``runtime``) that acquires a connection, runs one
+unit of work and gives the connection back. Acquire and transaction are never split across bridge calls:
 wrapping ``pool.acquire()`` or ``conn.transaction()`` themselves with ``aio_as_trio`` leaks
 both under a cancel (stack-pitfalls section 2). A trio cancel becomes one asyncio cancel of
 the runner: before COMMIT the work rolls back and nothing happened; once COMMIT (or an
@@ -29,14 +29,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import asyncpg
 import trio
 import trio_asyncio
 from trio_asyncio import aio_as_trio
 
-from heaper_trio.errors import Unavailable
 from heaper_trio.storage.postgres import documents as docs
 from heaper_trio.storage.postgres import notify as postgres_notify
 from heaper_trio.storage.postgres.accounts import (
@@ -73,11 +72,8 @@ from heaper_trio.records import (
     User,
 )
 from heaper_trio.storage.postgres.runtime import (
-    CONNECTION_ERRORS,
     Conn,
     Pool,
-    Runner,
-    T,
     close_pool,
     read,
     tx,
@@ -139,18 +135,6 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
         # Live announcements made inside the committing transaction (see announce_commits_as)
         self.announce_as: str | None = None
         self._announced: OrderedDict[tuple[str, ...], None] = OrderedDict()
-
-    async def _run(self, runner: Runner, work: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """``runner(pool, work, *args)`` on the asyncio side: one bridge crossing per call."""
-        if self._pool is None:
-            raise RuntimeError("storage is closed")
-        try:
-            return await aio_as_trio(runner, loop=self._loop)(self._pool, work, *args)
-        except CONNECTION_ERRORS as e:
-            # The database, not the request, is at fault: 503, and the client retries.
-            log.error("postgres: %s: %s", type(e).__name__, e)
-            raise Unavailable(f"the database is unavailable: {type(e).__name__}",
-                              code="database_unavailable") from e
 
     async def open(self) -> None:
         # Remember the loop: calls may come from trio tasks that do not see the contextvar of
@@ -270,7 +254,7 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
     ) -> RotateResult:
         return await self._run(tx, _rotate, jti, user_id, now, new)
 
-    # -- heaps and blocks (units of work and locking rules in postgres_documents) -------------
+    # -- heaps and blocks (units of work and locking rules in ``documents``) -------------
     async def create_heap(self, heap: Heap, root: BlockChange, now: int) -> bool:
         origin = self.announce_as
         created = await self._run(tx, docs.create_heap, heap, root, now, origin)

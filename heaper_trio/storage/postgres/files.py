@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Awaitable, Callable, TypeVar
-
-import asyncpg
+from typing import Any
 
 from heaper_trio.records import FileRecord, UploadRecord
-from heaper_trio.storage.postgres.runtime import read, tx, write1
-from heaper_trio.storage.rows import file_row, upload_row
+from heaper_trio.storage.postgres.runtime import Conn, PostgresBridge, read, tx, write1
+from heaper_trio.storage.rows import UPLOAD_COLUMNS, file_row, upload_row
 
-T = TypeVar("T")
-Conn = asyncpg.Connection
 FILE_COLUMNS = "hash, id, size, mime_type, name, source_path, meta::text AS meta, created_at"
-UPLOAD_COLUMNS = ("id, user_id, heap_id, block_id, hash, size, chunk_size, name, mime_type, "
-                  "created_at, expires_at")
 
 
 async def write_block_files(c: Conn, block_id: str, heap_id: str,
@@ -126,16 +120,14 @@ async def _expired(c: Conn, now: int) -> list[UploadRecord]:
     return [u for u in map(upload_row, rows) if u is not None]
 
 
-class PostgresFiles:
+class PostgresFiles(PostgresBridge):
     """The file methods of PostgresStorage (mixed in; ``self._run`` crosses to asyncio)."""
 
-    _run: Callable[..., Awaitable[Any]]
-
     async def get_file(self, key: str) -> FileRecord | None:
-        return await self._run(read, _get_file, key)  # type: ignore[no-any-return]
+        return await self._run(read, _get_file, key)
 
     async def add_file(self, record: FileRecord) -> FileRecord:
-        return await self._run(tx, _add_file, record)  # type: ignore[no-any-return]
+        return await self._run(tx, _add_file, record)
 
     async def update_file(self, hash: str, *, meta: dict[str, Any] | None = None,
                           mime_type: str | None = None, source_path: str | None = None,
@@ -143,29 +135,29 @@ class PostgresFiles:
         await self._run(tx, _update_file, hash, meta, mime_type, source_path, clear_source)
 
     async def file_readable_by(self, hash: str, user_id: str) -> bool:
-        return await self._run(read, _readable_by, hash, user_id)  # type: ignore[no-any-return]
+        return await self._run(read, _readable_by, hash, user_id)
 
     async def grant_file(self, hash: str, user_id: str) -> None:
         await self._run(write1, _grant, hash, user_id, int(time.time() * 1000))
 
     async def file_hashes_of_heap(self, heap_id: str, block_ids: list[str] | None = None
                                   ) -> list[str]:
-        return await self._run(read, _hashes_of_heap, heap_id, block_ids)  # type: ignore
+        return await self._run(read, _hashes_of_heap, heap_id, block_ids)
 
     async def blocks_holding_files(self, heap_id: str) -> list[str]:
-        return await self._run(read, _holders, heap_id)  # type: ignore[no-any-return]
+        return await self._run(read, _holders, heap_id)
 
     async def drop_unreferenced_files(self, hashes: list[str]) -> list[FileRecord]:
-        return await self._run(tx, _drop_unreferenced, hashes)  # type: ignore[no-any-return]
+        return await self._run(tx, _drop_unreferenced, hashes)
 
     async def save_upload(self, record: UploadRecord) -> UploadRecord:
-        return await self._run(tx, _save_upload, record)  # type: ignore[no-any-return]
+        return await self._run(tx, _save_upload, record)
 
     async def get_upload(self, heap_id: str, block_id: str, hash: str) -> UploadRecord | None:
-        return await self._run(read, _get_upload, heap_id, block_id, hash)  # type: ignore
+        return await self._run(read, _get_upload, heap_id, block_id, hash)
 
     async def delete_upload(self, upload_id: str) -> None:
         await self._run(write1, _delete_upload, upload_id)
 
     async def expired_uploads(self, now: int) -> list[UploadRecord]:
-        return await self._run(read, _expired, now)  # type: ignore[no-any-return]
+        return await self._run(read, _expired, now)

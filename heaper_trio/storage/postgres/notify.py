@@ -8,7 +8,7 @@ opened again and ``on_payload("")`` tells the listener to catch up on what it ma
 so does a notification dropped because the receiver fell behind.
 
 Block commits are announced by ``pg_notify`` inside the committing transaction
-(:func:`block_pointer`, used by ``postgres_documents``): PostgreSQL queues the notification with
+(:func:`block_pointer`, used by ``documents``): PostgreSQL queues the notification with
 the transaction and delivers it only at commit, so a change is announced exactly when it becomes
 visible, even if the process that made it dies right after (issue 9, item 11: announcing after
 the commit left a gap in which a kill -9 hid acknowledged updates from the other processes).

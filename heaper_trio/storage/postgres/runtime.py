@@ -1,24 +1,55 @@
 """The PostgreSQL engine's machinery: asyncio-side runners that cross the bridge once.
 
 A runner (``read``, ``write1``, ``tx``) acquires a pooled connection, runs one unit of work and
-gives the connection back, all inside one asyncio coroutine; see ``postgres.py`` for why.
+gives the connection back, all inside one asyncio coroutine; see ``engine`` for why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, TypeVar
 
 import asyncpg
+from trio_asyncio import aio_as_trio
+
+from heaper_trio.errors import Unavailable
+from heaper_trio.storage.rows import Row
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Conn = asyncpg.Connection
-Pool = asyncpg.Pool
 Runner = Callable[..., Awaitable[Any]]  # read, write1 or tx
+
+
+class Conn(Protocol):
+    """The part of ``asyncpg.Connection`` the units of work use. asyncpg ships no type
+    information (no ``py.typed``), so this states what it returns: rows are
+    ``asyncpg.Record`` (by name or position), ``execute`` gives the command tag."""
+
+    async def execute(self, query: str, *args: Any) -> str: ...
+
+    async def fetch(self, query: str, *args: Any) -> list[Row]: ...
+
+    async def fetchrow(self, query: str, *args: Any) -> Row | None: ...
+
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+
+    def transaction(self, *, isolation: str | None = None, readonly: bool = False
+                    ) -> AbstractAsyncContextManager[Any]: ...
+
+    def terminate(self) -> None: ...
+
+
+class Pool(Protocol):
+    """The part of ``asyncpg.Pool`` the runners use."""
+
+    def acquire(self) -> AbstractAsyncContextManager[Conn]: ...
+
+    async def close(self) -> None: ...
+
+    def terminate(self) -> None: ...
 
 CLOSE_TIMEOUT = 10.0  # seconds for a graceful pool close before connections are terminated
 
@@ -121,3 +152,21 @@ async def close_pool(pool: Pool) -> None:
         pool.terminate()
 
 
+class PostgresBridge:
+    """The trio side of the engine and of its mixins: one bridge crossing per call."""
+
+    _pool: Pool | None = None
+    _loop: Any = None  # the trio-asyncio loop the pool lives in
+
+    async def _run(self, runner: Runner, work: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``runner(pool, work, *args)`` on the asyncio side: one bridge crossing per call."""
+        if self._pool is None:
+            raise RuntimeError("storage is closed")
+        try:
+            result: T = await aio_as_trio(runner, loop=self._loop)(self._pool, work, *args)
+            return result
+        except CONNECTION_ERRORS as e:
+            # The database, not the request, is at fault: 503, and the client retries.
+            log.error("postgres: %s: %s", type(e).__name__, e)
+            raise Unavailable(f"the database is unavailable: {type(e).__name__}",
+                              code="database_unavailable") from e

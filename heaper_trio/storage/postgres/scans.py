@@ -1,33 +1,21 @@
 """PostgreSQL: the folder-scan index (what each scanned path became) and its batch commits.
 
 A batch's block changes are announced to the other server processes inside its transaction, as
-block commits are (``postgres_notify``, issue 9, item 11): a process killed right after the
+block commits are (``notify``, issue 9, item 11): a process killed right after the
 commit cannot leave them unannounced.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
-import asyncpg
-
-from heaper_trio.storage.postgres import documents as docs
 from heaper_trio.records import BlockChange, CommitResult, CommitStatus, ScanBatch, ScanEntry
+from heaper_trio.storage import rules
+from heaper_trio.storage.postgres import documents as docs
 from heaper_trio.storage.postgres.notify import block_pointer, notify
-from heaper_trio.storage.postgres.runtime import read, tx
-
-Conn = asyncpg.Connection
-ENTRY_COLUMNS = ("heap_id, path, kind, block_id, folder_id, size, mtime_ns, hash, missing, "
-                 "scan_id, updated_at, dev, ino, ctime_ns")
-
-
-def entry_row(row: Any) -> ScanEntry:
-    return ScanEntry(row["heap_id"], row["path"], row["kind"], row["block_id"], row["folder_id"],
-                     row["size"], row["mtime_ns"], row["hash"], bool(row["missing"]),
-                     row["scan_id"], row["updated_at"], row["dev"], row["ino"],
-                     row["ctime_ns"])
+from heaper_trio.storage.postgres.runtime import Conn, PostgresBridge, read, tx
+from heaper_trio.storage.rows import ENTRY_COLUMNS, entry_row
 
 
 async def _entries(c: Conn, heap_id: str, paths: list[str]) -> dict[str, ScanEntry]:
@@ -54,12 +42,11 @@ async def _by_hash(c: Conn, heap_id: str, hashes: list[str]) -> dict[str, list[S
 
 async def _unseen(c: Conn, heap_id: str, folder: str, scan_id: str, after: str, limit: int
                   ) -> list[ScanEntry]:
-    prefix = folder.rstrip("/") + "/"
-    high = folder.rstrip("/") + "0"  # "0" follows "/": every path below the folder sorts < high
+    low, high = rules.unseen_range(folder, after)
     rows = await c.fetch(
         f"SELECT {ENTRY_COLUMNS} FROM scan_entries WHERE heap_id=$1 AND path > $2 AND path < $3 "
         "AND scan_id <> $4 AND NOT missing ORDER BY path LIMIT $5",
-        heap_id, max(prefix, after), high, scan_id, limit)
+        heap_id, low, high, scan_id, limit)
     return [entry_row(r) for r in rows]
 
 
@@ -88,88 +75,51 @@ async def _create_blocks(c: Conn, changes: list[BlockChange], now: int) -> list[
     taken = {r[0] for r in await c.fetch(
         "SELECT id FROM blocks WHERE id = ANY($1::text[]) UNION "
         "SELECT block_id FROM block_tombstones WHERE block_id = ANY($1::text[])", ids)}
-    results: dict[int, CommitResult] = {}
-    todo: list[tuple[int, BlockChange]] = []
-    for i, ch in enumerate(changes):
-        if ch.block_id in taken:
-            results[i] = CommitResult(ch.block_id, CommitStatus.conflict)
-        else:
-            taken.add(ch.block_id)
-            todo.append((i, ch))
-    blocks: list[tuple[Any, ...]] = []
-    updates: list[tuple[Any, ...]] = []
-    relations: list[tuple[Any, ...]] = []
-    files: list[tuple[Any, ...]] = []
-    for heap_id in dict.fromkeys(ch.heap_id for _, ch in todo):
-        mine = [(i, ch) for i, ch in todo if ch.heap_id == heap_id]
+    plan = rules.plan_creations(changes, taken)
+    for heap_id, mine in plan.by_heap():
         n = len(mine)
         clock = await c.fetchval(
             "UPDATE heaps SET clock = GREATEST($1::bigint + $2 - 1, clock + $2) WHERE id=$3 "
             "RETURNING clock", now, n, heap_id)
-        for k, (i, ch) in enumerate(mine):
-            if clock is None:  # the heap went away
-                results[i] = CommitResult(ch.block_id, CommitStatus.conflict)
-                continue
-            at, p, last_seq = clock - n + 1 + k, ch.projection, len(ch.updates)
-            blocks.append((
-                ch.block_id, heap_id, p.type, p.title, p.text, json.dumps(p.relations),
-                json.dumps(p.files), json.dumps(p.apps), at, p.deleted_at,
-                p.permanently_deleted_at, bytes(ch.state_vector), ch.size, last_seq, at,
-                ch.author_id))
-            updates += [(ch.block_id, j + 1, bytes(u), ch.author_id)
-                        for j, u in enumerate(ch.updates)]
-            relations += [(ch.block_id, kind, target, heap_id)
-                          for kind, targets in (("tag", p.tags), ("mention", p.mentions),
-                                                ("link", p.links))
-                          for target in targets if "\x00" not in target]
-            files += [(ch.block_id, h, heap_id) for h in p.file_hashes]
-            results[i] = CommitResult(ch.block_id, CommitStatus.created, at, last_seq, 1)
-    if blocks:
+        rules.add_creations(plan, heap_id, mine, clock, now)
+    if plan.blocks:
         await c.execute(
-            "INSERT INTO blocks (id, heap_id, type, title, text, relations, files, apps, "
-            "updated_at, deleted_at, permanently_deleted_at, state_vector, size, last_seq, "
-            "created_at, created_by, sync_version) SELECT *, 1 FROM unnest($1::text[], "
-            "$2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[], "
-            "$8::jsonb[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bytea[], "
-            "$13::bigint[], $14::bigint[], $15::bigint[], $16::text[])",
-            *_columns(blocks, 16))
-    if updates:
+            f"INSERT INTO blocks ({rules.CREATED_BLOCK_COLUMNS}) SELECT * FROM unnest("
+            "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], "
+            "$7::jsonb[], $8::jsonb[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bytea[], "
+            "$13::bigint[], $14::bigint[], $15::bigint[], $16::text[], $17::int4[])",
+            *rules.columns(plan.blocks, 17))
+    if plan.updates:
         await c.execute(
             "INSERT INTO block_updates (block_id, seq, data, created_at, author_id) "
-            "SELECT b, s, d, $5, a FROM unnest($1::text[], $2::bigint[], $3::bytea[], "
-            "$4::text[]) AS u(b, s, d, a)", *_columns(updates, 4), now)
-    if relations:
+            "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bigint[], "
+            "$5::text[])", *rules.columns(plan.updates, 5))
+    if plan.relations:
         await c.execute(
             "INSERT INTO block_relations (block_id, kind, target_id, heap_id) SELECT * FROM "
             "unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
-            *_columns(relations, 4))
-    if files:
+            *rules.columns(plan.relations, 4))
+    if plan.files:
         await c.execute(
             "INSERT INTO block_files (block_id, hash, heap_id) SELECT * FROM "
             "unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
-            *_columns(files, 3))
-    return [results[i] for i in range(len(changes))]
-
-
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    return [[row[k] for row in rows] for k in range(width)]
+            *rules.columns(plan.files, 3))
+    return plan.ordered(len(changes))
 
 
 async def _commit_changes(c: Conn, changes: list[BlockChange], now: int
                           ) -> list[CommitResult]:
     """Edits of existing blocks first (``docs.commit_changes``), then new blocks in bulk.
-    Every block's advisory lock is taken first, so the lock order of postgres_documents
+    Every block's advisory lock is taken first, so the lock order of ``documents``
     holds (block locks, then heap rows, then block rows)."""
     if not changes:
         return []
     await docs._lock_blocks(c, [ch.block_id for ch in changes])
-    new = [ch for ch in changes if ch.expected_last_seq is None and ch.compacted is None]
-    old = [ch for ch in changes if not (ch.expected_last_seq is None and ch.compacted is None)]
+    new = [ch for ch in changes if rules.bulk_creatable(ch)]
+    old = [ch for ch in changes if not rules.bulk_creatable(ch)]
     done = (await docs.commit_changes(c, old, now) if old else []) + \
         (await _create_blocks(c, new, now) if new else [])
-    by_id = {r.block_id: r for r in done if r.status is not CommitStatus.conflict}
-    return [by_id.get(ch.block_id) or CommitResult(ch.block_id, CommitStatus.conflict)
-            for ch in changes]
+    return rules.merge_results(changes, done)
 
 
 async def _commit_batch(c: Conn, batch: ScanBatch, now: int, announce_as: str | None = None
@@ -183,10 +133,7 @@ async def _commit_batch(c: Conn, batch: ScanBatch, now: int, announce_as: str | 
                     for r in results if r.status is not CommitStatus.conflict]
         if pointers:
             await notify(c, pointers)
-    refused = {r.block_id for r in results if r.status is CommitStatus.conflict}
-    entries = [e for e in batch.entries if e.block_id not in refused]
-    written = {e.hash for e in entries if e.kind == "file" and not e.missing}
-    files = [f for f in batch.files if f.hash in written]
+    entries, written, files = rules.batch_rows(batch, results)
     if files:
         await c.execute(
             "INSERT INTO files (hash, id, size, mime_type, name, source_path, meta, created_at) "
@@ -232,30 +179,29 @@ async def _holding(c: Conn, hash: str, owner_id: str) -> list[tuple[str, str]]:
     return [(r[0], r[1]) for r in rows]
 
 
-class PostgresScans:
+class PostgresScans(PostgresBridge):
     """The folder-scan methods of PostgresStorage (mixed in; ``self._run`` crosses to asyncio)."""
 
-    _run: Callable[..., Awaitable[Any]]
     announce_as: str | None  # PostgresStorage.announce_commits_as
     _mark_blocks_announced: Callable[[list[CommitResult]], None]
 
     async def scan_entries(self, heap_id: str, paths: list[str]) -> dict[str, ScanEntry]:
-        return await self._run(read, _entries, heap_id, paths)  # type: ignore[no-any-return]
+        return await self._run(read, _entries, heap_id, paths)
 
     async def scan_entries_by_hash(self, heap_id: str, hashes: list[str]
                                    ) -> dict[str, list[ScanEntry]]:
-        return await self._run(read, _by_hash, heap_id, hashes)  # type: ignore[no-any-return]
+        return await self._run(read, _by_hash, heap_id, hashes)
 
     async def scan_entries_at(self, path: str) -> list[ScanEntry]:
-        return await self._run(read, _at, path)  # type: ignore[no-any-return]
+        return await self._run(read, _at, path)
 
     async def unseen_scan_entries(self, heap_id: str, folder: str, scan_id: str, after: str,
                                   limit: int) -> list[ScanEntry]:
-        return await self._run(  # type: ignore[no-any-return]
+        return await self._run(
             read, _unseen, heap_id, folder, scan_id, after, limit)
 
     async def file_ids(self, hashes: list[str]) -> dict[str, str]:
-        return await self._run(read, _file_ids, hashes)  # type: ignore[no-any-return]
+        return await self._run(read, _file_ids, hashes)
 
     async def commit_scan_batch(self, batch: ScanBatch, now: int
                                 ) -> tuple[list[CommitResult], dict[str, str]]:
@@ -267,4 +213,4 @@ class PostgresScans:
         return done
 
     async def blocks_holding_file(self, hash: str, owner_id: str) -> list[tuple[str, str]]:
-        return await self._run(read, _holding, hash, owner_id)  # type: ignore[no-any-return]
+        return await self._run(read, _holding, hash, owner_id)

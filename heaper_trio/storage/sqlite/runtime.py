@@ -231,5 +231,5 @@ class SqliteRuntime:
         else:
             self.commits += 1
             self.jobs_done += len(batch)
-        for (_, _, reply), result in zip(batch, results):
-            reply(result)
+        for (_, _, reply), answer in zip(batch, results):
+            reply(answer)
