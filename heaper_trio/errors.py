@@ -7,7 +7,15 @@ turns them into responses, so no handler has to remember a status code.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
+from collections.abc import Iterator
 from typing import Any
+
+log = logging.getLogger(__name__)
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})  # the disk, or the data directory's quota
+NO_SPACE = "the server has no space left; retry later"
 
 
 class HeaperError(Exception):
@@ -94,12 +102,59 @@ class RateLimited(HeaperError):
         self.retry_after = retry_after
 
 
+class RangeNotSatisfiable(HeaperError):
+    """A Range wholly outside the file (RFC 9110 §15.5.17): the answer says how long the file
+    is in ``Content-Range: bytes */<size>``, so the client can ask again."""
+
+    status = 416
+    code = "range_not_satisfiable"
+
+    def __init__(self, size: int, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(f"the requested range is outside the file ({size} bytes)",
+                         headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes",
+                                  **(headers or {})})
+        self.size = size
+
+
 class InsufficientStorage(HeaperError):
     """The server's disk (or the data directory's quota) is full: nothing was kept, and the
     client may retry once space is freed (an upload resumes from the chunks it has)."""
 
     status = 507
     code = "insufficient_storage"
+
+
+def os_errno(e: BaseException) -> int | None:
+    """The errno of an OSError, also inside an exception group (a nursery's failure)."""
+    if isinstance(e, OSError):
+        return e.errno
+    if isinstance(e, BaseExceptionGroup):
+        for inner in e.exceptions:
+            if (found := os_errno(inner)) is not None:
+                return found
+    return None
+
+
+def disk_full(e: BaseException, message: str = NO_SPACE) -> InsufficientStorage | None:
+    """The 507 a full disk is (ENOSPC or EDQUOT, also inside an exception group), or None
+    for any other failure. The one place that decides what a full disk means: the upload
+    paths, client thumbnails and the last-resort handler of the web layer all ask here."""
+    if os_errno(e) not in DISK_FULL:
+        return None
+    log.warning("out of disk space: %s", e)
+    return InsufficientStorage(message)
+
+
+@contextlib.contextmanager
+def disk_full_is_507(message: str = NO_SPACE) -> Iterator[None]:
+    """Run a write; a full disk leaves it as a 507 (the server's condition, not a bug: the
+    client may retry later), any other error as it came."""
+    try:
+        yield
+    except OSError as e:
+        if (full := disk_full(e, message)) is not None:
+            raise full from e
+        raise
 
 
 class Unavailable(HeaperError):

@@ -29,6 +29,30 @@ class LoginResult:
     server_signature: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    text: str  # what the client signs
+    expires_at: int  # Unix ms
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits in force for the caller (one set per server: no plans)."""
+
+    max_request_bytes: int
+    auth_rate_limit_per_minute: int
+    access_token_ttl_s: int
+    refresh_token_ttl_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    user: User
+    usage: dict[str, Any]  # real counts of what the user holds (``Storage.usage``)
+    entitlements: tuple[str, ...]  # capabilities this server implements for this account
+    limits: Limits
+
+
 class AccountService:
     def __init__(
         self,
@@ -47,14 +71,14 @@ class AccountService:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    async def create_challenge(self, public_key: str) -> tuple[str, int]:
-        """A fresh challenge for ``public_key`` and its expiry (Unix ms)."""
+    async def create_challenge(self, public_key: str) -> Challenge:
+        """A fresh challenge for ``public_key``, with its expiry."""
         key = canonical_public_key(public_key)
         now = self._now_ms()
         challenge = f"heaper-login:{secrets.token_urlsafe(32)}"
         expires_at = now + self.settings.challenge_ttl * 1000
         await self.storage.create_challenge(challenge, key, now, expires_at)
-        return challenge, expires_at
+        return Challenge(challenge, expires_at)
 
     async def login(
         self,
@@ -119,31 +143,15 @@ class AccountService:
             raise Forbidden(f"the account is {user.state}", code=f"account_{user.state}")
         return user
 
-    async def profile(self, user: User) -> dict[str, Any]:
-        """``POST /api/me``: identity, plan, real usage counts and the limits in force."""
+    async def profile(self, user: User) -> Profile:
+        """``POST /api/me``: identity, real usage counts, entitlements and the limits in force."""
         usage = await self.storage.usage(user.id, self._now_ms())
-        return {
-            "success": True,
-            "id": user.id,
-            "user_id": user.id,
-            "public_key": user.public_key,
-            "email": user.email,
-            "state": user.state,
-            "is_admin": user.is_admin,
-            "created_at": user.created_at,
-            "approved_at": user.approved_at,
-            # A self-hosted server has no billing: one plan, everything this server can do.
-            "subscriptions": [{"plan": "selfhosted", "status": "active", "renews_at": None}],
+        return Profile(
+            user, usage,
             # Only what this server implements; each capability adds its name when it lands.
-            "entitlements": ENTITLEMENTS + (["admin"] if user.is_admin else []),
-            "usage": usage,
-            "limits": {
-                "max_request_bytes": self.settings.max_request_bytes,
-                "auth_rate_limit_per_minute": self.settings.auth_rate_limit,
-                "access_token_ttl_s": self.settings.access_token_ttl,
-                "refresh_token_ttl_s": self.settings.refresh_token_ttl,
-            },
-        }
+            ENTITLEMENTS + (("admin",) if user.is_admin else ()),
+            Limits(self.settings.max_request_bytes, self.settings.auth_rate_limit,
+                   self.settings.access_token_ttl, self.settings.refresh_token_ttl))
 
 
 async def find_user(storage: Storage, ident: str) -> User:
@@ -154,7 +162,7 @@ async def find_user(storage: Storage, ident: str) -> User:
     return user
 
 
-ENTITLEMENTS = ["selfhosted", "key_login"]
+ENTITLEMENTS = ("selfhosted", "key_login")
 
 _CHALLENGE_TEXT = {
     "challenge_unknown": "this challenge was not issued by this server; call create_session",

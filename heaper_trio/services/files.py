@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import IO, Any, BinaryIO, Callable, Sequence
 
 import trio
 
@@ -42,14 +42,24 @@ from heaper_trio.errors import (
     NotFound,
     PayloadTooLarge,
     Unprocessable,
+    disk_full_is_507,
 )
 from heaper_trio.protocol import events
 from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.file_outcomes import (
+    AlreadyStored,
+    ChunkStored,
+    FileMissing,
+    FileState,
+    StoredFile,
+    UploadProgress,
+    UploadReady,
+    UploadStart,
+)
 from heaper_trio.services.upload_disk import (  # _write: tests make the disk full there
     UploadSlots,
     _close_and_remove,
     _commit,
-    _disk_full_is_507,
     _open_temp,
     _write,
     sweep_temp_files,
@@ -67,6 +77,7 @@ MAX_CHUNKS = 10_000  # bounds the `received` lists and the chunk files of one up
 PROBE_THREADS = 4  # stat, scandir, mkdir, unlink of uploads: quick, but never the DB's threads
 IO_THREADS = 4  # writing, hashing, assembling: long, kept off the probes' limiter
 CHUNK_NAME = re.compile(r"([0-9]{1,9})\.chunk")
+NO_SPACE = "the server has no space left for this upload; retry later"
 
 
 def check_hash(value: str) -> str:
@@ -89,12 +100,13 @@ def chunk_plan(size: int, chunk_size: int, max_chunk_bytes: int) -> int:
     A tiny chunk size would make every init, status and complete walk millions of chunks, so
     chunks are at least ``MIN_CHUNK_BYTES`` (a smaller file is simply one chunk) and a file has
     at most ``MAX_CHUNKS``; the details tell a client what would be accepted."""
-    limits = {"field": "chunk_size", "min_chunk_size": min(MIN_CHUNK_BYTES, max_chunk_bytes),
+    min_chunk = min(MIN_CHUNK_BYTES, max_chunk_bytes)
+    limits = {"field": "chunk_size", "min_chunk_size": min_chunk,
               "max_chunk_size": max_chunk_bytes, "max_chunks": MAX_CHUNKS}
     if chunk_size > max_chunk_bytes:
         raise PayloadTooLarge("chunk_size exceeds max_chunk_bytes", details=limits)
-    if chunk_size < limits["min_chunk_size"]:
-        raise BadRequest(f"chunk_size must be at least {limits['min_chunk_size']} bytes "
+    if chunk_size < min_chunk:
+        raise BadRequest(f"chunk_size must be at least {min_chunk} bytes "
                          "(a smaller file is one chunk)", code="invalid_value", details=limits)
     total = max(1, -(-size // chunk_size))
     if total > MAX_CHUNKS:
@@ -213,10 +225,6 @@ class FileService:
             return None  # bytes gone (a scanned file moved): take them again
         return record
 
-    def _answer(self, record: FileRecord, block_id: str, status: str) -> dict[str, Any]:
-        return {"success": True, "status": status, "block_id": block_id,
-                "file_hash": record.hash, "file_id": record.id, "size": record.size}
-
     async def _check_block(self, user: User, heap_id: str, block_id: str) -> None:
         await self.documents.owned_heap(user, heap_id)
         if await self.storage.tombstones([block_id]):
@@ -226,9 +234,9 @@ class FileService:
             raise NotFound("no such block in this heap", code="block_not_found")
 
     # -- direct upload --------------------------------------------------------------------------
-    async def direct(self, user: User, heap_id: str, block_id: str, source: BinaryIO,
+    async def direct(self, user: User, heap_id: str, block_id: str, source: IO[bytes],
                      size: int, claimed_hash: str | None, name: str, mime_type: str | None
-                     ) -> dict[str, Any]:
+                     ) -> StoredFile:
         """A whole file in one request (spooled by the multipart parser; read in a thread)."""
         await self._check_block(user, heap_id, block_id)
         if size > self.settings.max_upload_bytes:
@@ -237,7 +245,7 @@ class FileService:
         out: BinaryIO | None = None
         with self.slots.hold(user.id):  # the copy holds a temp file and a thread
             try:
-                with _disk_full_is_507():  # the bytes always travel: the hash is of what came
+                with disk_full_is_507(NO_SPACE):  # the bytes always travel: the hash is of what came
                     out = await self._io(_open_temp, temp)
                     hash = await self._io(self._copy_hashing, [source], out)
                     if claimed_hash is not None and hash != claimed_hash:
@@ -249,9 +257,9 @@ class FileService:
             finally:
                 with trio.CancelScope(shield=True):
                     await self._io(_close_and_remove, out, temp)
-        return self._answer(record, block_id, "complete")
+        return StoredFile.of(record, block_id)
 
-    def _copy_hashing(self, sources: Sequence[Path | BinaryIO], out: BinaryIO | None) -> str:
+    def _copy_hashing(self, sources: Sequence[Path | IO[bytes]], out: BinaryIO | None) -> str:
         """The SHA-256 of the sources in order, written to ``out`` unless it is None (the
         bytes are in the store already: they are only checked, not written twice)."""
         digest = hashlib.sha256()
@@ -266,7 +274,7 @@ class FileService:
 
     # -- resumable uploads ------------------------------------------------------------------------
     async def init(self, user: User, heap_id: str, block_id: str, hash: str, size: int,
-                   chunk_size: int, name: str, mime_type: str | None) -> dict[str, Any]:
+                   chunk_size: int, name: str, mime_type: str | None) -> UploadStart:
         await self._check_block(user, heap_id, block_id)
         if size > self.settings.max_upload_bytes:
             raise PayloadTooLarge("the file exceeds max_upload_bytes")
@@ -280,9 +288,7 @@ class FileService:
                                     code="size_mismatch")
             await self._record(user, heap_id, block_id, hash, size, name,
                                guess_mime(name, mime_type))
-            return {"success": True, "status": "exists", "chunk_size": chunk_size,
-                    "total_chunks": total, "received": list(range(total)),
-                    "file_hash": hash, "file_id": known.id}
+            return AlreadyStored(chunk_size, total, hash, known.id)
         now = int(time.time() * 1000)
         upload = await self.storage.save_upload(UploadRecord(
             uuid.uuid4().hex, user.id, heap_id, block_id, hash, size, chunk_size, name,
@@ -300,9 +306,8 @@ class FileService:
         if upload.user_id != user.id or upload.size != size:
             raise Conflict("an upload of this file to this block is under way with other "
                            "parameters", code="upload_conflict")
-        return {"success": True, "status": "ready", "chunk_size": upload.chunk_size,
-                "total_chunks": upload.total_chunks, "received": await self._received(upload),
-                "expires_at": upload.expires_at}
+        return UploadReady(upload.chunk_size, upload.total_chunks,
+                           tuple(await self._received(upload)), upload.expires_at)
 
     async def _upload(self, user: User, heap_id: str, block_id: str, hash: str
                       ) -> UploadRecord:
@@ -346,7 +351,7 @@ class FileService:
         return await self._probe_fs(scan)
 
     async def chunk(self, user: User, heap_id: str, block_id: str, hash: str, index: int,
-                    body: AsyncIterator[bytes]) -> dict[str, Any]:
+                    body: AsyncIterator[bytes]) -> ChunkStored:
         upload = await self._upload(user, heap_id, block_id, hash)
         if not 0 <= index < upload.total_chunks:
             raise BadRequest(f"index must be 0..{upload.total_chunks - 1}",
@@ -359,7 +364,7 @@ class FileService:
         pending = bytearray()  # a thread hop per MiB, not per network read
         with self.slots.hold(user.id):  # before any file is opened; see UploadSlots
             try:
-                with _disk_full_is_507():
+                with disk_full_is_507(NO_SPACE):
                     out = await self._io(_open_temp, temp)
                     async for data in body:
                         written += len(data)
@@ -379,30 +384,28 @@ class FileService:
             finally:
                 with trio.CancelScope(shield=True):  # cut off mid-way: nothing half-written stays
                     await self._io(_close_and_remove, out, temp)
-        return {"success": True, "status": "ok", "index": index, "size": written}
+        return ChunkStored(index, written)
 
     async def status(self, user: User, heap_id: str, block_id: str, hash: str
-                     ) -> dict[str, Any]:
+                     ) -> FileState:
         """This block's file: ``uploading`` (with progress), ``complete`` or ``missing``.
         Both status routes answer with it."""
         await self.documents.owned_heap(user, heap_id)
         upload = await self.storage.get_upload(heap_id, block_id, hash)
         if upload is not None and upload.user_id == user.id:
             received = await self._received(upload)
-            return {"success": True, "status": "uploading", "size": upload.size,
-                    "chunk_size": upload.chunk_size, "total_chunks": upload.total_chunks,
-                    "received": received, "expires_at": upload.expires_at,
-                    "bytes_received": sum(self._chunk_size(upload, i) for i in received)}
+            return UploadProgress(
+                upload.size, upload.chunk_size, upload.total_chunks, tuple(received),
+                upload.expires_at, sum(self._chunk_size(upload, i) for i in received))
         record = await self.storage.get_file(hash)
         if record is None or hash not in await self.storage.file_hashes_of_heap(
                 heap_id, [block_id]) or not await self.storage.file_readable_by(hash, user.id):
             # only claimed (files_v0 names it, no proof): no file id or size for a bare hash
-            return {"success": True, "status": "missing", "block_id": block_id,
-                    "file_hash": hash}
-        return self._answer(record, block_id, "complete")
+            return FileMissing(block_id, hash)
+        return StoredFile.of(record, block_id)
 
     async def complete(self, user: User, heap_id: str, block_id: str, hash: str
-                       ) -> dict[str, Any]:
+                       ) -> StoredFile:
         # The heap first: whether its owner has an upload there is not another user's business
         await self.documents.owned_heap(user, heap_id)
         lock = self._assembling.setdefault(hash, trio.Lock())
@@ -414,11 +417,11 @@ class FileService:
                 self._assembling.pop(hash, None)
 
     async def _complete(self, user: User, heap_id: str, block_id: str, hash: str
-                        ) -> dict[str, Any]:
+                        ) -> StoredFile:
         upload = await self.storage.get_upload(heap_id, block_id, hash)
         if upload is None:  # completed before (complete is idempotent) or never started
             status = await self.status(user, heap_id, block_id, hash)
-            if status["status"] == "complete":
+            if isinstance(status, StoredFile):
                 return status
         upload = await self._upload(user, heap_id, block_id, hash)
         received = set(await self._received(upload))
@@ -433,7 +436,7 @@ class FileService:
         temp = self.uploads / f"assemble-{uuid.uuid4().hex}.part"
         out: BinaryIO | None = None
         try:
-            with _disk_full_is_507():
+            with disk_full_is_507(NO_SPACE):
                 if not stored:
                     out = await self._io(_open_temp, temp)
                 actual = await self._io(self._copy_hashing, chunks, out)
@@ -448,7 +451,7 @@ class FileService:
         record = await self._record(user, heap_id, block_id, hash, upload.size, upload.name,
                                     upload.mime_type)
         await self._discard(upload)
-        return self._answer(record, block_id, "complete")
+        return StoredFile.of(record, block_id)
 
     async def _discard(self, upload: UploadRecord) -> None:
         await self.storage.delete_upload(upload.id)

@@ -1,83 +1,88 @@
-"""What the server says about itself: identity (``GET /api/``) and health."""
+"""What the server says about itself: identity (``GET /api/``) and health.
+
+Values only; ``web/routes_instance.py`` writes the contract's JSON from them (the license
+fields of a self-hosted server, the ``success`` flag, the 503 of a degraded health).
+"""
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from dataclasses import dataclass
+from enum import StrEnum
 
 import trio
 
 from heaper_trio.services.container import Services
-from heaper_trio.records import User
 
 DB_PING_TIMEOUT_S = 5.0
 
 
-def identity(s: Services) -> dict[str, Any]:
-    return {
-        "version": s.version,
-        "name": s.settings.name,
-        "public_url": s.settings.public_url,
-        "public_key": s.server_key.public_key,
-    }
+class HealthStatus(StrEnum):
+    ok = "ok"
+    error = "error"  # the database: did not answer, or failed
+    degraded = "degraded"  # the server as a whole, when its database is in error
 
 
-def info(s: Services, user: User | None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "success": True,
-        "status": "ok",
-        **identity(s),
-        "selfhosted": True,
-        "mode": "selfhosted",
-    }
-    if user is not None:
-        out["is_admin"] = user.is_admin
-        # License fields: a self-hosted server is licensed for everything it implements.
-        out["license"] = {"type": "selfhosted", "valid": True, "expires_at": None}
-        out["licensed"] = True
-    return out
+@dataclass(frozen=True, slots=True)
+class Identity:
+    version: str
+    name: str
+    public_url: str
+    public_key: str
 
 
-async def database_health(s: Services) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class DatabaseHealth:
+    engine: str
+    status: HealthStatus
+    round_trip_ms: float | None = None  # when it answered
+    error: str | None = None  # the exception's type name when it did not
+    message: str | None = None  # its text, at most 200 characters
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    identity: Identity
+    database: DatabaseHealth
+    uptime_s: float
+    pid: int
+    realtime: dict[str, int]  # live-sync counters
+
+    @property
+    def status(self) -> HealthStatus:
+        return (HealthStatus.ok if self.database.status is HealthStatus.ok
+                else HealthStatus.degraded)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncHealth:
+    version: str
+    engine: str
+    realtime: dict[str, int]
+
+
+def identity(s: Services) -> Identity:
+    return Identity(s.version, s.settings.name, s.settings.public_url, s.server_key.public_key)
+
+
+async def database_health(s: Services) -> DatabaseHealth:
     """Status and round-trip time of one trivial query; never raises."""
     started = time.perf_counter()
     try:
         with trio.fail_after(DB_PING_TIMEOUT_S):
             await s.storage.ping()
     except Exception as e:
-        return {"status": "error", "engine": s.storage.engine, "error": type(e).__name__,
-                "message": str(e)[:200]}
+        return DatabaseHealth(s.storage.engine, HealthStatus.error, error=type(e).__name__,
+                              message=str(e)[:200])
     rtt_ms = (time.perf_counter() - started) * 1000
-    return {"status": "ok", "engine": s.storage.engine, "round_trip_ms": round(rtt_ms, 3)}
+    return DatabaseHealth(s.storage.engine, HealthStatus.ok, round_trip_ms=round(rtt_ms, 3))
 
 
-async def health(s: Services) -> tuple[dict[str, Any], bool]:
-    db = await database_health(s)
-    ok = db["status"] == "ok"
-    body = {
-        "success": ok,
-        "status": "ok" if ok else "degraded",
-        "server": {
-            "status": "ok",
-            "uptime_s": round(time.time() - s.started_at, 3),
-            "pid": os.getpid(),
-        },
-        "database": db,
-        **identity(s),
-        "diagnostics": {"realtime": s.realtime.snapshot()},
-    }
-    return body, ok
+async def health(s: Services) -> Health:
+    return Health(identity(s), await database_health(s), round(time.time() - s.started_at, 3),
+                  os.getpid(), s.realtime.snapshot())
 
 
-def sync_health(s: Services) -> dict[str, Any]:
-    counters = s.realtime.snapshot()
-    return {
-        "success": True,
-        "status": "ok",
-        "version": s.version,
-        "engine": s.storage.engine,
-        "connections": counters["connections"],
-        "documents_loaded": counters["documents_loaded"],
-        "realtime": counters,
-    }
+def sync_health(s: Services) -> SyncHealth:
+    return SyncHealth(s.version, s.storage.engine, s.realtime.snapshot())

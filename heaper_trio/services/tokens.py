@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import jwt
 
@@ -23,12 +23,15 @@ from heaper_trio.records import NewRefreshToken
 AUDIENCE = "heaper"
 LEEWAY_S = 5  # clock skew between processes sharing a database
 VERIFIED_CACHE_SIZE = 4096
+# The ``typ`` claim. A Literal rather than an enum: it is compared with the claim's string and
+# callers name it as one ("access"), which mypy then checks against these two.
+TokenType = Literal["access", "refresh"]
 
 
 @dataclass(frozen=True)
 class Claims:
     user_id: str
-    typ: str
+    typ: TokenType
     jti: str
     generation: int
     issued_at: int  # Unix seconds
@@ -83,7 +86,7 @@ class TokenService:
         )
         return TokenPair(access, refresh, row, iat + self.access_ttl)
 
-    def decode(self, token: str, typ: str) -> Claims:
+    def decode(self, token: str, typ: TokenType) -> Claims:
         """Verify signature, expiry, issuer, audience and type; raise Unauthorized if any fail."""
         cached = self._verified.get(token)
         if cached is None:

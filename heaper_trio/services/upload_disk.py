@@ -4,47 +4,30 @@ synced rename, removed on failure, and swept once their writer is gone.
 Nothing half-written ever carries a final name: a writer holds an ``flock`` on its temporary
 file for as long as it lives, so a sweeper (in this or another process sharing the data
 directory) removes only the temp files of writers that died. A full disk (ENOSPC/EDQUOT) is
-the server's condition, a 507, not a bug. ``UploadSlots`` caps how many uploads one user has
-in progress, so slow ones cannot take every socket and file descriptor of the process.
+the server's condition, a 507, not a bug (``errors.disk_full_is_507`` around the writes in
+``files``). ``UploadSlots`` caps how many uploads one user has in progress, so slow ones
+cannot take every socket and file descriptor of the process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import logging
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from heaper_trio.errors import InsufficientStorage, RateLimited
+from heaper_trio.errors import RateLimited
 
-log = logging.getLogger(__name__)
 FRESH_EMPTY_S = 10.0  # an empty, unlocked temp file this young may be about to be locked
-DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _write(out: BinaryIO, data: bytes) -> None:
     """Every upload byte that reaches the disk passes here: the one place a full disk shows
     (and the one place tests make the disk full)."""
     out.write(data)
-
-
-@contextlib.contextmanager
-def _disk_full_is_507() -> Iterator[None]:
-    """ENOSPC/EDQUOT is the server's condition, not a bug: the client may retry later, and
-    the upload resumes from the chunks it has."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno in DISK_FULL:
-            log.warning("out of disk space writing an upload: %s", e)
-            raise InsufficientStorage("the server has no space left for this upload; retry "
-                                      "later") from e
-        raise
 
 
 def _open_temp(path: Path) -> BinaryIO:

@@ -1,6 +1,7 @@
 """Every failure leaves as the contract's JSON envelope; nothing leaves as an HTML page.
 
-``HeaperError`` carries its own status and code. Werkzeug's HTTP errors (unknown route, wrong
+``HeaperError`` carries its own status, code and headers (a 416's ``Content-Range``, a 429's
+``Retry-After``). Werkzeug's HTTP errors (unknown route, wrong
 method, body over the size limit) are mapped to stable codes. Anything else is a bug: it is
 logged with its traceback and answered with a 500 that reveals nothing. Two conditions of the
 server, not bugs, are not 500s: a full disk (507) and running out of file descriptors
@@ -17,7 +18,7 @@ from typing import Any
 from quart import Quart, jsonify
 from werkzeug.exceptions import HTTPException
 
-from heaper_trio.errors import HeaperError, InsufficientStorage
+from heaper_trio.errors import HeaperError, disk_full, os_errno
 
 log = logging.getLogger("heaper_trio.web")
 OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE})
@@ -41,17 +42,6 @@ def _envelope(status: int, code: str, message: str, headers: dict[str, str] | No
     return response
 
 
-def _os_errno(e: BaseException) -> int | None:
-    """The errno of an OSError, also inside an exception group (a nursery's failure)."""
-    if isinstance(e, OSError):
-        return e.errno
-    if isinstance(e, BaseExceptionGroup):
-        for inner in e.exceptions:
-            if (found := _os_errno(inner)) is not None:
-                return found
-    return None
-
-
 def install_error_handlers(app: Quart) -> None:
     @app.errorhandler(HeaperError)
     async def heaper_error(e: HeaperError) -> Any:
@@ -72,15 +62,12 @@ def install_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(Exception)
     async def unexpected(e: Exception) -> Any:
-        code = _os_errno(e)
-        if code in OUT_OF_FDS:
+        if os_errno(e) in OUT_OF_FDS:
             log.warning("out of file descriptors: %s", e)
             return _envelope(503, "server_busy", "the server is out of resources for the "
                              "moment; retry shortly", {"Retry-After": str(FD_RETRY_AFTER_S)})
-        if code in (errno.ENOSPC, errno.EDQUOT):
+        if (full := disk_full(e)) is not None:
             # a full disk anywhere (not only in the upload paths, which raise it themselves)
-            log.warning("out of disk space: %s", e)
-            return await heaper_error(InsufficientStorage("the server has no space left; "
-                                                          "retry later"))
+            return await heaper_error(full)
         log.exception("unhandled error")
         return _envelope(500, "internal_error", "internal server error")

@@ -1,10 +1,10 @@
 """Answering a GET or HEAD with a file from disk: ranges, validators, and a streamed body.
 
 The raw, stream and thumbnail routes call ``file_response`` once they know which file to send:
-a path (opened here), or a descriptor they opened and checked themselves (a scanned file, see
-``services/scans_source``), which is then served as is, never looked up again by path, and
-closed once the body is sent (at once when there is none; if the response is dropped unsent,
-with it). It reads the current request's headers itself; ``ranges.plan_response`` decides
+a path (opened here), or a file they opened and checked themselves (a scanned file, see
+``services/scans/source``), which is then served as is, never looked up again by path (nor
+``fstat``-ed again: its check's ``fstat`` is the one), and closed once the body is sent (at once
+when there is none; if the response is dropped unsent, with it). It reads the current request's headers itself; ``ranges.plan_response`` decides
 between 200, 206, 304 and 416. The body is read in 1 MiB ``os.pread`` calls in a worker thread
 (Quart's own ``FileBody`` reads 8 KiB per thread hop, which caps loopback at ~20 MB/s;
 files-findings §5a), so only one chunk per response is ever in memory.
@@ -30,7 +30,6 @@ Three things Quart and hypercorn would otherwise get wrong here:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import stat
@@ -42,7 +41,7 @@ import trio
 from quart import Response, request
 from quart_trio.asgi import TrioASGIHTTPConnection
 
-from heaper_trio.errors import NotFound
+from heaper_trio.errors import NotFound, RangeNotSatisfiable
 from heaper_trio.services.scans.source import OpenFile, open_regular
 from heaper_trio.web.ranges import (
     ByteRange,
@@ -66,7 +65,7 @@ _HANDLE_REQUEST_CODE = TrioASGIHTTPConnection.handle_request.__code__
 
 
 async def file_response(
-    source: Path | int,
+    source: Path | int | OpenFile,
     *,
     size: int | None = None,
     mime_type: str,
@@ -78,20 +77,21 @@ async def file_response(
     max_age: int | None = None,
 ) -> Response:
     """The response for the current GET or HEAD request of ``source``: the file at a path, or
-    an open descriptor of a regular file, which this call owns from now on (it is closed when
-    the body is sent, or at once if there is none).
+    an open regular file (an ``OpenFile``, or a bare descriptor), which this call owns from now
+    on (it is closed when the body is sent, or at once if there is none).
 
     ``etag`` is the content hash (sent quoted, as a strong ETag); ``size`` is the length the
     caller recorded with that hash (the file's current size when None); ``mime_type`` is sent
     as given, or as application/octet-stream if it is not a well-formed media type.
     ``max_age`` defaults to an hour, or a year with ``immutable`` (thumbnails).
-    Raises ``NotFound`` (``file_missing``) if the path is not a file on disk.
+    Raises ``NotFound`` (``file_missing``) if the path is not a file on disk, and
+    ``RangeNotSatisfiable`` (416) for a Range wholly outside the file.
     """
     opened = await _open(source)
     try:
         planned = _plan(opened.stat.st_size if size is None else size, etag=etag,
                         last_modified=last_modified, immutable=immutable, max_age=max_age)
-        if isinstance(planned, Response):  # 304, 416: no body
+        if isinstance(planned, Response):  # 304: no body
             opened.close()
             return planned
         status, headers, body_range = planned
@@ -115,7 +115,8 @@ async def file_response(
 
 def _plan(size: int, *, etag: str, last_modified: float, immutable: bool, max_age: int | None
           ) -> Response | tuple[int, dict[str, str], ByteRange]:
-    """A 304 or 416 answer, or the status, headers and byte range of one with a body."""
+    """A 304 answer, or the status, headers and byte range of one with a body; a 416 is
+    raised (the error handler writes the contract's envelope)."""
     if max_age is None:
         max_age = IMMUTABLE_MAX_AGE if immutable else DEFAULT_MAX_AGE
     cache_control = f"private, max-age={max_age}" + (", immutable" if immutable else "")
@@ -140,7 +141,7 @@ def _plan(size: int, *, etag: str, last_modified: float, immutable: bool, max_ag
         del response.headers["Content-Length"]
         return response
     if plan.status == 416:
-        return _range_not_satisfiable(size)
+        raise RangeNotSatisfiable(size, headers=SAFETY_HEADERS)
     body_range = plan.range or ByteRange(0, size - 1)  # size 0 gives an empty range
     headers = {**validators, "Accept-Ranges": "bytes"}
     if plan.range is not None:
@@ -154,36 +155,36 @@ def _field(name: str) -> str | None:
     return ", ".join(values) if values else None
 
 
-async def _open(source: Path | int) -> OpenFile:
-    """The file to serve, open; a descriptor handed in is taken over (and closed if it is not
-    a regular file)."""
-    if isinstance(source, Path):
-        try:
-            return await trio.to_thread.run_sync(open_regular, source)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise NotFound("the file is no longer on the server's disk",
-                           code="file_missing") from None
+async def open_path(path: Path) -> OpenFile:
+    """One of the server's own files (a thumbnail), open, for a route that needs its ``fstat``
+    (mtime for the ETag) before answering: the same look-up then serves it, never a second.
+    NotFound ``file_missing`` if it is not a regular file on disk."""
     try:
-        info = await trio.to_thread.run_sync(os.fstat, source)
-    except BaseException:
-        os.close(source)
-        raise
-    opened = OpenFile(source, info)
+        return await trio.to_thread.run_sync(open_regular, path)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise NotFound("the file is no longer on the server's disk",
+                       code="file_missing") from None
+
+
+async def _open(source: Path | int | OpenFile) -> OpenFile:
+    """The file to serve, open; a file or descriptor handed in is taken over (and closed if
+    it is not a regular file). An ``OpenFile`` keeps the ``fstat`` it was checked with: one
+    per download, not two."""
+    if isinstance(source, Path):
+        return await open_path(source)
+    if isinstance(source, OpenFile):
+        opened = source
+    else:
+        try:
+            info = await trio.to_thread.run_sync(os.fstat, source)
+        except BaseException:
+            os.close(source)
+            raise
+        opened = OpenFile(source, info)
     if not stat.S_ISREG(opened.stat.st_mode):
         opened.close()
         raise NotFound("the file is no longer on the server's disk", code="file_missing")
     return opened
-
-
-def _range_not_satisfiable(size: int) -> Response:
-    # errors.py has no 416 class, so the contract's envelope is built here.
-    body = {"success": False, "error": "range_not_satisfiable",
-            "message": f"the requested range is outside the file ({size} bytes)"}
-    return Response(json.dumps(body), 416, content_type="application/json", headers={
-        "Content-Range": f"bytes */{size}",
-        "Accept-Ranges": "bytes",
-        **SAFETY_HEADERS,
-    })
 
 
 async def _read_file(source: OpenFile, byte_range: ByteRange, label: str

@@ -6,8 +6,8 @@ from typing import Any
 
 from quart import Blueprint
 
-from heaper_trio.services.accounts import LoginResult
 from heaper_trio.records import User
+from heaper_trio.services.accounts import LoginResult, Profile
 from heaper_trio.web.routing import route, services
 from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
 
@@ -64,8 +64,8 @@ def _login_answer(result: LoginResult, *, camel: bool) -> dict[str, Any]:
        body=obj({"public_key": PUBLIC_KEY}, {"email": EMAIL}),
        response=open_obj(success=boolean(), challenge=string(), expires_at=integer()))
 async def create_session(body: dict[str, Any]) -> dict[str, Any]:
-    challenge, expires_at = await services().accounts.create_challenge(body["public_key"])
-    return {"success": True, "challenge": challenge, "expires_at": expires_at}
+    challenge = await services().accounts.create_challenge(body["public_key"])
+    return {"success": True, "challenge": challenge.text, "expires_at": challenge.expires_at}
 
 
 @route(bp, "POST", "/api/auth/verify_session", tag="auth", auth="none", rate_limit=True,
@@ -118,4 +118,29 @@ async def refresh_token(token: str) -> dict[str, Any]:
            subscriptions={"type": "array"}, entitlements={"type": "array"},
            usage={"type": "object"}, limits={"type": "object"}))
 async def me(user: User, body: dict[str, Any]) -> dict[str, Any]:
-    return await services().accounts.profile(user)
+    return _profile_answer(await services().accounts.profile(user))
+
+
+def _profile_answer(profile: Profile) -> dict[str, Any]:
+    user, limits = profile.user, profile.limits
+    return {
+        "success": True,
+        "id": user.id,
+        "user_id": user.id,
+        "public_key": user.public_key,
+        "email": user.email,
+        "state": user.state,
+        "is_admin": user.is_admin,
+        "created_at": user.created_at,
+        "approved_at": user.approved_at,
+        # A self-hosted server has no billing: one plan, everything this server can do.
+        "subscriptions": [{"plan": "selfhosted", "status": "active", "renews_at": None}],
+        "entitlements": list(profile.entitlements),
+        "usage": profile.usage,
+        "limits": {
+            "max_request_bytes": limits.max_request_bytes,
+            "auth_rate_limit_per_minute": limits.auth_rate_limit_per_minute,
+            "access_token_ttl_s": limits.access_token_ttl_s,
+            "refresh_token_ttl_s": limits.refresh_token_ttl_s,
+        },
+    }

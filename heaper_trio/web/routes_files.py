@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import trio
 from quart import Blueprint, Response
 
 from heaper_trio.errors import BadRequest
+from heaper_trio.records import FileRecord, User
 from heaper_trio.services.files import check_hash
 from heaper_trio.services.media.sniff import runs_in_browser
 from heaper_trio.services.scans.source import OpenFile
-from heaper_trio.records import FileRecord, User
-from heaper_trio.web.file_response import file_response
+from heaper_trio.web.file_response import file_response, open_path
+from heaper_trio.web.json_files import client_thumbnail_json
 from heaper_trio.web.routing import limit_body, read_form, route, services
 from heaper_trio.web.schema import boolean, open_obj, string
 
@@ -54,15 +54,15 @@ async def _source(user: User, key: str) -> tuple[FileRecord, OpenFile]:
     return record, await services().scans.open_file(record)
 
 
-async def _serve(user: User, key: str, filename: str, disposition: str) -> Response:
+async def _serve(user: User, key: str, filename: str,
+                 disposition: Literal["attachment", "inline"]) -> Response:
     record, opened = await _source(user, key)
     mime = record.mime_type
     if runs_in_browser(mime):  # never inline, whatever the route
         disposition = "attachment"
-    return await file_response(  # serves the descriptor that was checked, and closes it
-        opened.detach(), size=record.size, mime_type=mime, etag=record.hash,
-        last_modified=opened.stat.st_mtime, filename=filename,
-        disposition=disposition)  # type: ignore[arg-type]
+    return await file_response(  # serves the file that was checked (its fstat too); closes it
+        opened, size=record.size, mime_type=mime, etag=record.hash,
+        last_modified=opened.stat.st_mtime, filename=filename, disposition=disposition)
 
 
 @route(bp, "GET", "/api/file/{key}/raw/{slug}", tag="files", auth="access_or_query",
@@ -84,10 +84,10 @@ async def stream(user: User, key: str, slug: str) -> Response:
 
 
 async def _thumbnail(record: FileRecord, path: Path, kind: str) -> Response:
-    stat = await trio.to_thread.run_sync(os.stat, path)
-    return await file_response(path, mime_type="image/webp",
+    opened = await open_path(path)  # its fstat dates the answer; the same file is served
+    return await file_response(opened, mime_type="image/webp",
                                etag=f"{record.hash[:32]}-{path.stem}",
-                               last_modified=stat.st_mtime, filename=None,
+                               last_modified=opened.stat.st_mtime, filename=None,
                                disposition="inline", immutable=True)
 
 
@@ -150,9 +150,9 @@ async def upload_thumbnail(user: User, block_id: str, file_hash: str, thumbnail_
     stream_ = upload.stream
     length = stream_.seek(0, os.SEEK_END)
     stream_.seek(0)
-    return await services().client_thumbnails.save(
+    return client_thumbnail_json(await services().client_thumbnails.save(
         user, block_id, check_hash(file_hash), thumbnail_key,
-        form.get("type") or "image", form.get("size") or thumbnail_key, stream_, length)
+        form.get("type") or "image", form.get("size") or thumbnail_key, stream_, length))
 
 
 @route(bp, "GET", "/api/download/thumbnail/{block_id}/{file_hash}/{thumbnail_type}/"
@@ -165,7 +165,7 @@ async def download_thumbnail(user: User, block_id: str, file_hash: str, thumbnai
                              thumbnail_size: str) -> Response:
     path, mime = await services().client_thumbnails.find(
         user, block_id, check_hash(file_hash), thumbnail_type, thumbnail_size)
-    stat = await trio.to_thread.run_sync(os.stat, path)
+    opened = await open_path(path)
     return await file_response(
-        path, mime_type=mime, etag=f"{file_hash[:16]}-{int(stat.st_mtime_ns)}",
-        last_modified=stat.st_mtime, filename=None, disposition="inline")
+        opened, mime_type=mime, etag=f"{file_hash[:16]}-{int(opened.stat.st_mtime_ns)}",
+        last_modified=opened.stat.st_mtime, filename=None, disposition="inline")

@@ -6,8 +6,9 @@ from typing import Any
 
 from quart import Blueprint
 
-from heaper_trio.services import instance
 from heaper_trio.records import User
+from heaper_trio.services import instance
+from heaper_trio.services.instance import DatabaseHealth, HealthStatus, Identity
 from heaper_trio.web.openapi import openapi_document
 from heaper_trio.web.routing import route, services
 from heaper_trio.web.schema import boolean, open_obj, string
@@ -18,16 +19,39 @@ IDENTITY = dict(version=string(), name=string(), public_url=string(),
                 public_key=string(description="the server's base58 Ed25519 public key"))
 
 
+def _identity(found: Identity) -> dict[str, Any]:
+    return {"version": found.version, "name": found.name, "public_url": found.public_url,
+            "public_key": found.public_key}
+
+
+def _database(db: DatabaseHealth) -> dict[str, Any]:
+    out: dict[str, Any] = {"status": db.status.value, "engine": db.engine}
+    if db.status is HealthStatus.ok:
+        out["round_trip_ms"] = db.round_trip_ms
+    else:
+        out.update(error=db.error, message=db.message)
+    return out
+
+
 @route(bp, "GET", "/api/", tag="instance", auth="optional",
        summary="Instance metadata: version, public key, name, mode.",
        description="With a valid access token the answer adds is_admin and license fields.",
        response=open_obj(success=boolean(), status=string(), selfhosted=boolean(),
                          is_admin=boolean(), license={"type": "object"}, **IDENTITY))
 async def index(user: User | None) -> dict[str, Any]:
-    return instance.info(services(), user)
+    out: dict[str, Any] = {"success": True, "status": "ok",
+                           **_identity(instance.identity(services())),
+                           "selfhosted": True, "mode": "selfhosted"}
+    if user is not None:
+        out["is_admin"] = user.is_admin
+        # License fields: a self-hosted server is licensed for everything it implements.
+        out["license"] = {"type": "selfhosted", "valid": True, "expires_at": None}
+        out["licensed"] = True
+    return out
 
 
-HEALTH = open_obj(success=boolean(), status=string(enum=["ok", "degraded"]),
+HEALTH = open_obj(success=boolean(),
+                  status=string(enum=[HealthStatus.ok.value, HealthStatus.degraded.value]),
                   server={"type": "object"}, database={"type": "object"},
                   diagnostics={"type": "object"}, **IDENTITY)
 
@@ -38,7 +62,16 @@ HEALTH = open_obj(success=boolean(), status=string(enum=["ok", "degraded"]),
        "database does not answer.",
        response=HEALTH, other_bodies={503: HEALTH})
 async def health() -> Any:
-    body, ok = await instance.health(services())
+    found = await instance.health(services())
+    ok = found.status is HealthStatus.ok
+    body = {
+        "success": ok,
+        "status": found.status.value,
+        "server": {"status": "ok", "uptime_s": found.uptime_s, "pid": found.pid},
+        "database": _database(found.database),
+        **_identity(found.identity),
+        "diagnostics": {"realtime": found.realtime},
+    }
     return body, 200 if ok else 503
 
 
@@ -46,7 +79,10 @@ async def health() -> Any:
        summary="Live-sync subsystem health.",
        response=open_obj(success=boolean(), status=string(), connections={"type": "integer"}))
 async def sync_health() -> dict[str, Any]:
-    return instance.sync_health(services())
+    found = instance.sync_health(services())
+    return {"success": True, "status": "ok", "version": found.version, "engine": found.engine,
+            "connections": found.realtime["connections"],
+            "documents_loaded": found.realtime["documents_loaded"], "realtime": found.realtime}
 
 
 @route(bp, "GET", "/api/openapi.json", tag="instance", auth="none",

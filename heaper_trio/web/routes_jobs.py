@@ -9,6 +9,7 @@ from quart import Blueprint
 
 from heaper_trio.errors import BadRequest
 from heaper_trio.records import User
+from heaper_trio.web.json_files import regenerated_json
 from heaper_trio.web.routes_heaps import ID, ONE_HEAP
 from heaper_trio.web.routing import route, services
 from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
@@ -112,4 +113,5 @@ async def regenerate_file(user: User, body: dict[str, Any]) -> dict[str, Any]:
     if not key:
         raise BadRequest("file_hash or file_id is required", code="missing_field",
                          details={"field": "body.file_hash"})
-    return await services().scans.regenerate_file(user, key)
+    # reprobe directly: ScanService.regenerate_file is still annotated as answering a dict
+    return regenerated_json(await services().scans.reprobe.regenerate(user, key))

@@ -9,8 +9,10 @@ from typing import Any
 from quart import Blueprint, request
 
 from heaper_trio.errors import BadRequest, PayloadTooLarge
-from heaper_trio.services.files import MAX_CHUNKS, MIN_CHUNK_BYTES, check_hash
 from heaper_trio.records import User
+from heaper_trio.services.file_outcomes import UploadStatus
+from heaper_trio.services.files import MAX_CHUNKS, MIN_CHUNK_BYTES, check_hash
+from heaper_trio.web.json_files import upload_json
 from heaper_trio.web.routing import limit_body, read_form, route, services
 from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
 
@@ -61,9 +63,9 @@ async def upload_file(user: User, heap_id: str, block_id: str) -> dict[str, Any]
         raise PayloadTooLarge("the file exceeds max_direct_upload_bytes")
     claimed = form.get("hash") or form.get("file_hash")
     name = form.get("name") or upload.filename or ""
-    return await services().files.direct(
+    return upload_json(await services().files.direct(
         user, heap_id, block_id, stream, size, check_hash(claimed) if claimed else None,
-        name[:1024], form.get("mime_type") or upload.mimetype or None)
+        name[:1024], form.get("mime_type") or upload.mimetype or None))
 
 
 @route(bp, "POST", "/api/upload/init/{heap_id}/{block_id}", tag="files",
@@ -82,7 +84,9 @@ async def upload_file(user: User, heap_id: str, block_id: str) -> dict[str, Any]
                 {"hash": HASH, "file_hash": HASH, "name": string(maxLength=1024),
                  "mime_type": string(maxLength=255)},
                 anyOf=[{"required": ["hash"]}, {"required": ["file_hash"]}]),
-       response=open_obj(success=boolean(), status=string(enum=["ready", "exists"]),
+       response=open_obj(success=boolean(),
+                         status=string(enum=[UploadStatus.ready.value,
+                                             UploadStatus.exists.value]),
                          chunk_size=integer(), total_chunks=integer(),
                          received={"type": "array"}))
 async def upload_init(user: User, heap_id: str, block_id: str, body: dict[str, Any]
@@ -90,9 +94,9 @@ async def upload_init(user: User, heap_id: str, block_id: str, body: dict[str, A
     claimed = body.get("hash") or body.get("file_hash")
     if not claimed:
         raise BadRequest("hash is required", code="invalid_field", details={"field": "hash"})
-    return await services().files.init(
+    return upload_json(await services().files.init(
         user, heap_id, block_id, check_hash(claimed), body["size"], body["chunk_size"],
-        body.get("name", ""), body.get("mime_type"))
+        body.get("name", ""), body.get("mime_type")))
 
 
 @route(bp, "GET", "/api/upload/status/{heap_id}/{block_id}/{hash}", tag="files",
@@ -100,7 +104,8 @@ async def upload_init(user: User, heap_id: str, block_id: str, body: dict[str, A
        summary="Progress of a resumable upload (or the file's status if none is under way).",
        response=PROGRESS)
 async def upload_status(user: User, heap_id: str, block_id: str, hash: str) -> dict[str, Any]:
-    return await services().files.status(user, heap_id, block_id, check_hash(hash))
+    return upload_json(await services().files.status(user, heap_id, block_id,
+                                                     check_hash(hash)))
 
 
 @route(bp, "PUT", "/api/upload/chunk/{heap_id}/{block_id}/{hash}/{index}", tag="files",
@@ -115,8 +120,8 @@ async def upload_chunk(user: User, heap_id: str, block_id: str, hash: str, index
                        ) -> dict[str, Any]:
     # ids, hash and index (ASCII digits, at most 9: CHUNK_INDEX) are checked by route()
     limit_body(services().settings.max_chunk_bytes)
-    return await services().files.chunk(user, heap_id, block_id, check_hash(hash), int(index),
-                                        request.body)
+    return upload_json(await services().files.chunk(
+        user, heap_id, block_id, check_hash(hash), int(index), request.body))
 
 
 @route(bp, "POST", "/api/upload/complete/{heap_id}/{block_id}/{hash}", tag="files",
@@ -127,7 +132,8 @@ async def upload_chunk(user: User, heap_id: str, block_id: str, hash: str, index
        response=ANSWER)
 async def upload_complete(user: User, heap_id: str, block_id: str, hash: str
                           ) -> dict[str, Any]:
-    return await services().files.complete(user, heap_id, block_id, check_hash(hash))
+    return upload_json(await services().files.complete(user, heap_id, block_id,
+                                                       check_hash(hash)))
 
 
 @route(bp, "GET", "/api/status/file/{heap_id}/{block_id}/{hash}", tag="files",
@@ -135,5 +141,6 @@ async def upload_complete(user: User, heap_id: str, block_id: str, hash: str
        summary="Is this file stored for this block: complete, uploading (with progress) or "
        "missing.", response=PROGRESS)
 async def file_status(user: User, heap_id: str, block_id: str, hash: str) -> dict[str, Any]:
-    return await services().files.status(user, heap_id, block_id, check_hash(hash))
+    return upload_json(await services().files.status(user, heap_id, block_id,
+                                                     check_hash(hash)))
 

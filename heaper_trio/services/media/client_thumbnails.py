@@ -8,22 +8,22 @@ content. They go when the block goes (see ``forget_block``).
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import trio
 
 from heaper_trio.errors import (
     BadRequest,
-    InsufficientStorage,
     NotFound,
     PayloadTooLarge,
     Unprocessable,
+    disk_full_is_507,
 )
 from heaper_trio.storage.base import Storage
 from heaper_trio.records import User
@@ -34,6 +34,19 @@ MAGIC = ((b"\xff\xd8\xff", "jpg", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "png", "
          (b"GIF87a", "gif", "image/gif"), (b"GIF89a", "gif", "image/gif"))
 MIME = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
         "avif": "image/avif"}
+
+
+@dataclass(frozen=True, slots=True)
+class ClientThumbnail:
+    """A thumbnail that was kept: the names it is downloaded by and what it is."""
+
+    block_id: str
+    file_hash: str
+    thumbnail_key: str
+    kind: str  # the ``type`` it was uploaded with (image, video, ...: the client's words)
+    size: str
+    mime_type: str
+    length: int  # bytes
 
 
 def sniff(head: bytes) -> str | None:
@@ -74,7 +87,7 @@ class ClientThumbnails:
         return self.root / block_id / file_hash
 
     async def save(self, user: User, block_id: str, file_hash: str, key: str, kind: str,
-                   size: str, source: BinaryIO, length: int) -> dict[str, object]:
+                   size: str, source: IO[bytes], length: int) -> ClientThumbnail:
         folder = await self._check(user, block_id, file_hash)
         kind, size, key = _name(kind, "type"), _name(size, "size"), _name(key, "thumbnail_key")
         if length > MAX_BYTES:
@@ -96,15 +109,9 @@ class ClientThumbnails:
                 os.replace(temp, folder / f"{kind}-{size}.{ext}")
             finally:
                 temp.unlink(missing_ok=True)
-        try:
+        with disk_full_is_507():  # written to a temp name: nothing is kept
             await trio.to_thread.run_sync(write)
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):  # written to a temp name: nothing kept
-                raise InsufficientStorage("the server has no space left; retry later") from e
-            raise
-        return {"success": True, "status": "ok", "block_id": block_id, "file_hash": file_hash,
-                "thumbnail_key": key, "type": kind, "size": size, "mime_type": MIME[ext],
-                "bytes": length}
+        return ClientThumbnail(block_id, file_hash, key, kind, size, MIME[ext], length)
 
     async def find(self, user: User, block_id: str, file_hash: str, kind: str, size: str
                    ) -> tuple[Path, str]:

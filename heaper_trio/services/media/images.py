@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from PIL import Image, ImageCms
 
@@ -168,7 +169,8 @@ def _to_rgb_or_rgba(im: Image.Image) -> Image.Image:
         # 16-bit grey: scale 0..65535 to 0..255 (a plain convert would clip at 255)
         return im.convert("I").point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
     if mode in ("I", "F"):
-        low, high = im.getextrema()
+        # one band, so one (min, max) pair; Pillow's type also covers multi-band tuples
+        low, high = cast(tuple[float, float], im.getextrema())
         k = 255 / ((high - low) or 1)
         scaled = im.convert("F").point(lambda v: v * k - low * k)
         return scaled.convert("L").convert("RGB")
@@ -199,7 +201,7 @@ def _webp_method(box: int) -> int:
     return 4 if box <= 512 else 2
 
 
-def _frame_delay(info: dict[str, object]) -> int:
+def _frame_delay(info: Mapping[Any, object]) -> int:
     value = info.get("duration")
     delay = int(value) if isinstance(value, (int, float)) else 0
     return delay if delay >= ANIM_MIN_DELAY_MS else 100

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,16 @@ if TYPE_CHECKING:
     from heaper_trio.services.media.service import MediaService
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Regenerated:
+    """One file probed again: what it is now, and how many of the caller's blocks changed."""
+
+    file_hash: str
+    file_id: str
+    facts: FileFacts
+    blocks_changed: int
 
 
 def _patch(key: str, fields: dict[str, Any], doc: crdt.BlockDocument) -> bytes:
@@ -74,12 +85,11 @@ class FileReprobe:
             await trio.to_thread.run_sync(self.media.forget, record.hash)
         return facts, changed
 
-    async def regenerate(self, user: User, key: str) -> dict[str, Any]:
+    async def regenerate(self, user: User, key: str) -> Regenerated:
         # ``readable``: only a file the user proved, never one a block of theirs just claims
         record = await self.files.readable(user, key)
         facts, changed = await self.file(user, record)
-        return {"success": True, "file_hash": record.hash, "file_id": record.id,
-                **facts.fields(), "blocks_changed": changed}
+        return Regenerated(record.hash, record.id, facts, changed)
 
     async def reindex(self, job: ScanJob, user: User, heap_id: str | None, jobs: int) -> None:
         """Every file of the heap (or of all the user's heaps), ``jobs`` at a time."""
