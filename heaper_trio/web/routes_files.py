@@ -47,9 +47,11 @@ THUMB_FORM = {"type": "object", "required": ["thumbnail"], "properties": {
 
 
 async def _source(user: User, key: str) -> tuple[FileRecord, OpenFile]:
-    """The user's file and its bytes, open. A scanned file is opened without following links
-    and only if it is still the file its scan hashed: 409 ``file_changed`` otherwise (and it is
-    scanned again), so the bytes served or thumbnailed are always those of the hash."""
+    """The user's file and its bytes, open and checked. The services decide: ``readable``
+    whether the caller may read it, ``ScanService.open_file`` whether a scanned file is still
+    the one its scan hashed (Conflict ``file_changed`` otherwise, and a rescan is queued); their
+    errors reach the client through the error handler, so what is served or thumbnailed is
+    always the hash's bytes."""
     record = await services().files.readable(user, key)
     return record, await services().scans.open_file(record)
 
