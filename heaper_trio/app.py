@@ -146,15 +146,14 @@ async def run_server(
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown`` is set; report the bound URLs through ``task_status``."""
-    async with open_asyncio_loop():
-        async with open_services(settings, shutdown) as services:
-            app = create_app(services)
-            async with trio.open_nursery() as serving:
-                urls = await serving.start(
-                    partial(serve, guarded(app, settings), hypercorn_config(settings),
-                            shutdown_trigger=services.shutdown.wait)
-                )
-                log.info("heaper_trio %s serving on %s (%s database)", services.version,
-                         ", ".join(urls), services.storage.engine)
-                task_status.started(RunningServer(list(urls), services))
-            log.info("stopped accepting; closing down")
+    async with open_asyncio_loop(), open_services(settings, shutdown) as services:
+        app = create_app(services)
+        async with trio.open_nursery() as serving:
+            urls = await serving.start(
+                partial(serve, guarded(app, settings), hypercorn_config(settings),
+                        shutdown_trigger=services.shutdown.wait)
+            )
+            log.info("heaper_trio %s serving on %s (%s database)", services.version,
+                     ", ".join(urls), services.storage.engine)
+            task_status.started(RunningServer(list(urls), services))
+        log.info("stopped accepting; closing down")

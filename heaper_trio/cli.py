@@ -12,7 +12,8 @@ import json
 import logging
 import signal
 import sys
-from typing import Any, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import trio
 
@@ -20,7 +21,7 @@ from heaper_trio import __version__
 from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.errors import HeaperError, StartupError
 from heaper_trio.records import User
-from heaper_trio.settings import SETTINGS, BY_NAME, Settings, load_settings
+from heaper_trio.settings import BY_NAME, SETTINGS, Settings, load_settings
 
 log = logging.getLogger("heaper_trio")
 
@@ -127,29 +128,28 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.action != "list" and not args.user:
         raise StartupError(f"users {args.action}: name a user (id or public key)")
-    async with open_asyncio_loop():
-        async with open_user_admin(settings) as admin:
-            if args.action == "list":
-                rows = [_user_row(u) for u in await admin.list_users()]
-                if args.json:
-                    print(json.dumps(rows, indent=2))
-                else:
-                    print(f"{'ID':32}  {'STATE':8}  {'ADMIN':5}  PUBLIC KEY")
-                    for r in rows:
-                        print(f"{r['id']:32}  {r['state']:8}  {str(r['is_admin']).lower():5}  "
-                              f"{r['public_key']}")
-                return 0
-            actions: dict[str, Callable[[UserAdmin, str], Awaitable[User]]] = {
-                "approve": UserAdmin.approve,
-                "reject": UserAdmin.reject,
-                "make-admin": UserAdmin.make_admin,
-                "revoke-tokens": UserAdmin.revoke_tokens,
-            }
-            row = _user_row(await actions[args.action](admin, args.user))
-            print(json.dumps(row) if args.json else
-                  f"{args.action}: {row['id']} is {row['state']}"
-                  f"{', admin' if row['is_admin'] else ''}")
+    async with open_asyncio_loop(), open_user_admin(settings) as admin:
+        if args.action == "list":
+            rows = [_user_row(u) for u in await admin.list_users()]
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                print(f"{'ID':32}  {'STATE':8}  {'ADMIN':5}  PUBLIC KEY")
+                for r in rows:
+                    print(f"{r['id']:32}  {r['state']:8}  {str(r['is_admin']).lower():5}  "
+                          f"{r['public_key']}")
             return 0
+        actions: dict[str, Callable[[UserAdmin, str], Awaitable[User]]] = {
+            "approve": UserAdmin.approve,
+            "reject": UserAdmin.reject,
+            "make-admin": UserAdmin.make_admin,
+            "revoke-tokens": UserAdmin.revoke_tokens,
+        }
+        row = _user_row(await actions[args.action](admin, args.user))
+        print(json.dumps(row) if args.json else
+              f"{args.action}: {row['id']} is {row['state']}"
+              f"{', admin' if row['is_admin'] else ''}")
+        return 0
 
 
 async def _client(args: argparse.Namespace) -> int:

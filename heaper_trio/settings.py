@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from heaper_trio.errors import StartupError
 
@@ -187,7 +188,7 @@ class Settings:
     def engine(self) -> str:
         return "postgres" if self.database_url else "sqlite"
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return load_settings(environ={}, overrides={**dataclasses.asdict(self), **changes})
 
 
@@ -208,7 +209,7 @@ def _coerce(setting: Setting, raw: Any, source: str) -> Any:
             else:
                 raise ValueError
         elif t is int:
-            if isinstance(raw, bool) or isinstance(raw, float):
+            if isinstance(raw, (bool, float)):
                 raise ValueError
             value = int(raw)
         elif t is float:

@@ -5,8 +5,8 @@ subprocess; these check the rules themselves, and that the server's container of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -15,7 +15,6 @@ from heaper_trio.client import HeaperClient, LoginPending
 from heaper_trio.errors import NotFound, StartupError
 from heaper_trio.services.admin import open_user_admin
 from heaper_trio.settings import Settings, load_settings
-
 from tests.conftest import assert_error
 
 

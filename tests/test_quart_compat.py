@@ -19,8 +19,8 @@ from heaper_trio.web.quart_compat import HOOKS, Hook
 
 @pytest.mark.parametrize("hook", HOOKS, ids=lambda h: f"{h.owner.__name__}.{h.name}")
 def test_each_internal_we_rely_on_still_exists(hook: Hook) -> None:
-    assert hook.present(), f"{hook.owner.__module__}.{hook.owner.__name__} lost {hook.name}: " \
-                           f"{hook.why}"
+    owner = f"{hook.owner.__module__}.{hook.owner.__name__}"
+    assert hook.present(), f"{owner} lost {hook.name}: {hook.why}"
 
 
 def test_a_missing_attribute_is_noticed() -> None:

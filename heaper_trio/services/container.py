@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
 
 import trio
 
@@ -27,11 +27,11 @@ from heaper_trio.services.accounts import AccountService
 from heaper_trio.services.admin import UserAdmin
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
-from heaper_trio.services.media.client_thumbnails import ClientThumbnails
 from heaper_trio.services.files import FileService
 from heaper_trio.services.heaps import HeapService
 from heaper_trio.services.live.bridge import ProcessBridge
 from heaper_trio.services.live.hub import LiveHub
+from heaper_trio.services.media.client_thumbnails import ClientThumbnails
 from heaper_trio.services.media.service import MediaService
 from heaper_trio.services.query import QueryService
 from heaper_trio.services.ratelimit import AuthRateLimits

@@ -42,12 +42,16 @@ checkpoint raises ``Cancelled``, so:
   sent ``(elapsed - read_timeout) * min_body_rate`` bytes so far; past that it is the same 408.
   Here, not in the upload code, because every route with a body holds a socket (and, for
   multipart forms, a spooled file) while it arrives, and only the framing knows the length.
+
+The hypercorn and quart-trio internals this analysis names are listed in
+``web/quart_compat.HOOKS``; a test fails when an upgrade loses one, the moment to re-read it.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 import trio
 

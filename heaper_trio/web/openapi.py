@@ -64,6 +64,11 @@ def _binary(spec: RouteSpec) -> dict[str, Any]:
     }
 
 
+def _operation_id(spec: RouteSpec) -> str:
+    """``post_api_heap_id``: method and path in lower case, anything else as one underscore."""
+    return f"{spec.method.lower()}_{re.sub(r'[^a-z0-9]+', '_', spec.path.lower()).strip('_')}"
+
+
 @lru_cache(maxsize=4)
 def openapi_document(version: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
@@ -71,7 +76,7 @@ def openapi_document(version: str) -> dict[str, Any]:
         op: dict[str, Any] = {
             "summary": spec.summary,
             "tags": [spec.tag],
-            "operationId": f"{spec.method.lower()}_{re.sub(r'[^a-z0-9]+', '_', spec.path.lower()).strip('_')}",
+            "operationId": _operation_id(spec),
             "responses": {
                 "200": {
                     "description": "OK",

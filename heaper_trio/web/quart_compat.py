@@ -11,8 +11,9 @@ code it names, and adjust the hook (or drop it if upstream fixed the problem).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import trio
 from hypercorn.protocol.h11 import H11Protocol

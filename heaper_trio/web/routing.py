@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import wraps
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from quart import Blueprint, Response, current_app, request
 from quart.datastructures import FileStorage
@@ -27,8 +28,8 @@ from heaper_trio.errors import (
     RateLimited,
     Unauthorized,
 )
-from heaper_trio.services.container import Services
 from heaper_trio.records import User
+from heaper_trio.services.container import Services
 from heaper_trio.web import quart_compat
 from heaper_trio.web.schema import UNSTORABLE, check_text, storable, validate
 
