@@ -29,6 +29,7 @@ from heaper_trio.protocol.names import BlockName, EventsName, parse_document_nam
 from heaper_trio.protocol.split import split_update
 from heaper_trio.services.live.hub import Room, Subscription
 from heaper_trio.services.live.outbox import Outbox
+from heaper_trio.storage.errors import BlockInOtherHeap
 from heaper_trio.records import User
 
 if TYPE_CHECKING:
@@ -303,7 +304,7 @@ class DocumentWorker:
         with self.cancel_scope:
             try:
                 await self.serve()
-            except LookupError as e:
+            except BlockInOtherHeap as e:
                 await self.conn.perform(self.conn.session.denied(self.address, str(e)))
 
     async def serve(self) -> None:

@@ -31,6 +31,7 @@ from heaper_trio.protocol.presence import Owner, PresenceTable
 from heaper_trio.protocol.wire import ProtocolError, var_bytes, var_string
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import Committed, DocumentService
+from heaper_trio.storage.errors import BlockInOtherHeap
 
 log = logging.getLogger(__name__)
 EXPIRE_EVERY_S = 5.0
@@ -141,7 +142,7 @@ class LiveHub:
                 # user's block, issue 9), or a load failing that way, dropped once ready.
                 await room.ready.wait()
                 if self.rooms.get(sub.name.block_id) is room:
-                    raise LookupError("block_in_other_heap")
+                    raise BlockInOtherHeap()
                 continue
             if room is None:
                 room = self.rooms[sub.name.block_id] = Room(sub.name.block_id, sub.name.heap_id)
@@ -155,7 +156,7 @@ class LiveHub:
                 await room.ready.wait()
             if room.failed is not None:
                 self.leave(sub)
-                raise LookupError(room.failed)
+                raise BlockInOtherHeap(room.failed)
             if room.doc is not None:
                 return room
             # The joiner that was loading it went away (cancelled) first: load it again.
