@@ -21,20 +21,21 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pycrdt
 from pycrdt import Array, Doc, Map, Text, TransactionEvent, XmlElement, XmlFragment, XmlText
 
 from heaper_trio.errors import Unprocessable
 from heaper_trio.protocol.split import decodes_exactly
+from heaper_trio.protocol.wire import read_var_uint
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 EMPTY_STATE_VECTOR: bytes = b"\x00"
 EMPTY_UPDATE: bytes = b"\x00\x00"  # no structs, no deletions
-_MAX_SAFE_INTEGER = 2**53 - 1  # lib0's varUint limit; JS numbers are exact up to here
+_MAX_SAFE_INTEGER = 2**53 - 1  # JS numbers are exact up to here (lib0's varUint limit too)
 _MAX_DEPTH = 100  # XML or map nesting deeper than this is not projected (clients set the depth)
 _INLINE_TAGS = frozenset({"reference", "pagelink", "hardBreak", "hard_break", "mention"})
 
@@ -63,27 +64,13 @@ def encode_b64(data: bytes) -> str:
     return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
-def _read_var_uint(data: bytes, pos: int) -> tuple[int, int]:
-    """lib0 ``readVarUint``: little-endian base 128, at most 53 bits. Returns (value, next)."""
-    value = shift = 0
-    while pos < len(data):
-        byte, pos = data[pos], pos + 1
-        value |= (byte & 0x7F) << shift
-        if value > _MAX_SAFE_INTEGER:
-            raise ValueError("varUint exceeds 53 bits")
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-    raise ValueError("unexpected end of data")
-
-
 def _parse_state_vector(sv: bytes) -> dict[int, int]:
     """Decode a v1 state vector (``varUint n, n x (client, clock)``) with nothing after it."""
-    count, pos = _read_var_uint(sv, 0)
+    count, pos = read_var_uint(sv, 0)
     clocks: dict[int, int] = {}
     for _ in range(count):
-        client, pos = _read_var_uint(sv, pos)
-        clocks[client], pos = _read_var_uint(sv, pos)
+        client, pos = read_var_uint(sv, pos)
+        clocks[client], pos = read_var_uint(sv, pos)
     if pos != len(sv):
         raise ValueError("trailing bytes after the state vector")
     return clocks
@@ -195,7 +182,9 @@ class _XmlScan:
         if not isinstance(node, (XmlElement, XmlFragment)):
             return ""  # an embed that is not text
         tag = node.tag if isinstance(node, XmlElement) else None
-        attrs = dict(node.attributes) if isinstance(node, XmlElement) else {}
+        # pycrdt types the view's __iter__ as an Iterable; it yields (name, value) pairs
+        attrs = (dict(cast(Iterable[tuple[str, Any]], node.attributes))
+                 if isinstance(node, XmlElement) else {})
         key = {"reference": "id", "pagelink": "blockKey"}.get(tag or "")
         if key and isinstance(attrs.get(key), str):
             (self.mentions if tag == "reference" else self.links).add(attrs[key])
@@ -227,16 +216,16 @@ def _fully_integrated(update: bytes, state: bytes) -> bool:
     """
     clocks = _parse_state_vector(state)
     rest = pycrdt.get_update(update, state)  # doc-free, like Y.diffUpdate
-    structs, pos = _read_var_uint(rest, 0)
+    structs, pos = read_var_uint(rest, 0)
     if structs:
         return False
-    clients, pos = _read_var_uint(rest, pos)
+    clients, pos = read_var_uint(rest, pos)
     for _ in range(clients):
-        client, pos = _read_var_uint(rest, pos)
-        ranges, pos = _read_var_uint(rest, pos)
+        client, pos = read_var_uint(rest, pos)
+        ranges, pos = read_var_uint(rest, pos)
         for _ in range(ranges):
-            clock, pos = _read_var_uint(rest, pos)
-            length, pos = _read_var_uint(rest, pos)
+            clock, pos = read_var_uint(rest, pos)
+            length, pos = read_var_uint(rest, pos)
             if clock + length > clocks.get(client, 0):
                 return False
     return True

@@ -29,7 +29,7 @@ from trio_websocket import ConnectionClosed
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.protocol import messages as m
-from heaper_trio.services.live.connection import CLOSE_TOO_MANY_CONNECTIONS
+from heaper_trio.protocol.close_codes import CLOSE_TOO_MANY_CONNECTIONS
 
 from .live_client import LiveClient, live_client
 from .test_sync import ClientBlock, new_heap

@@ -12,6 +12,11 @@ the Hocuspocus server does at the connection level lives here, so unit tests can
   ``max_pending_messages`` and wait on ``max_pending_documents`` (Hocuspocus: 5 MiB, 1,000,
   100); past that it is reset (4205), as an unauthenticated peer must not grow our memory.
 * A malformed frame ends the connection (1002): decoding never raises anything else.
+* Timers are Hocuspocus': a connection silent for 60 s, or without an authorized document
+  after 60 s, is closed (4408); a v4+ provider that has heard nothing for 15 s gets a Ping (its
+  own liveness timer fires at 30 s). The session reads no clock: the runner reports when
+  frames came and went (:meth:`heard`, :meth:`wrote`) and asks :meth:`tick` what is due, each
+  time with ``now`` in seconds of any monotonic clock (trio's, so tests can fake it).
 """
 
 from __future__ import annotations
@@ -19,14 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from heaper_trio.protocol import messages as m
+from heaper_trio.protocol.close_codes import CLOSE_PROTOCOL_ERROR, CLOSE_RESET, CLOSE_TIMEOUT
 from heaper_trio.protocol.wire import ProtocolError
-
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_GOING_AWAY = 1001
-CLOSE_TRY_AGAIN_LATER = 1013  # a consumer too slow for its queue: reconnect and resync
-CLOSE_RESET = 4205
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_TIMEOUT = 4408
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -86,6 +85,21 @@ class SessionLimits:
     max_open_documents: int = 1000
 
 
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    idle_s: float = 60.0  # Hocuspocus server default
+    auth_s: float = 60.0
+    ping_after_s: float = 15.0  # provider v4 answers Ping [9] with Pong [10]; its timer is 30 s
+
+
+def answers_ping(provider_version: str | None) -> bool:
+    """Providers before v4 do not know Ping and would drop the connection on one."""
+    try:
+        return provider_version is not None and int(provider_version.split(".")[0]) >= 4
+    except ValueError:
+        return False
+
+
 @dataclass
 class _Pending:
     authorizing: bool = False
@@ -93,9 +107,12 @@ class _Pending:
 
 
 class LiveSession:
-    def __init__(self, *, connection_token: bool, limits: SessionLimits | None = None) -> None:
+    def __init__(self, *, connection_token: bool, limits: SessionLimits | None = None,
+                 timeouts: Timeouts | None = None, now: float = 0.0) -> None:
         self.connection_token = connection_token  # a token came with the upgrade request
         self.limits = limits or SessionLimits()
+        self.timeouts = timeouts or Timeouts()
+        self.opened_at = self.last_in = self.last_out = now
         self.pending: dict[str, _Pending] = {}
         self.open: set[str] = set()
         self.provider_version: str | None = None
@@ -213,7 +230,30 @@ class LiveSession:
         return [*closing, Disconnect(code, reason)]
 
     def disconnect(self, code: int, reason: str) -> list[Action]:
-        """The runner ends the connection (timeout, shutdown, slow consumer)."""
+        """The runner ends the connection (shutdown, slow consumer)."""
         if self.closed:
             return []
         return self._disconnect(code, reason)
+
+    # -- time -----------------------------------------------------------------------------------
+    def heard(self, now: float) -> None:
+        """A frame (of any kind, even one refused) came in at ``now``."""
+        self.last_in = now
+
+    def wrote(self, now: float) -> None:
+        """A frame went out at ``now``."""
+        self.last_out = now
+
+    def tick(self, now: float) -> list[Action]:
+        """What the timers call for at ``now``: a timeout's disconnect, a keepalive Ping
+        (sent only if the outbox has room: a peer that far behind needs no ping), or nothing."""
+        if self.closed:
+            return []
+        t = self.timeouts
+        if now - self.last_in > t.idle_s:
+            return self._disconnect(CLOSE_TIMEOUT, "no message for too long")
+        if not self.ever_authorized and now - self.opened_at > t.auth_s:
+            return self._disconnect(CLOSE_TIMEOUT, "no document authorized in time")
+        if now - self.last_out > t.ping_after_s and answers_ping(self.provider_version):
+            return [Send(m.encode(m.Ping()))]
+        return []

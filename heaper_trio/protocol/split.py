@@ -27,7 +27,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
-_MAX_SAFE = 2**53 - 1
+from heaper_trio.protocol.wire import MAX_VAR_UINT, read_var_uint, var_uint
 _MAX_ANY_DEPTH = 100  # lib0 any nesting; deeper is refused (Yjs would recurse, we bail)
 # Yjs type refs: YArray, YMap, YText, YXmlElement (named), YXmlFragment, YXmlHook (named), YXmlText
 _NAMED_TYPE_REFS = (3, 5)
@@ -38,46 +38,12 @@ class _Unsplittable(Exception):
     """Internal: the update is not one this module can cut; send it whole."""
 
 
-def _uint(data: bytes, pos: int) -> tuple[int, int]:
-    """lib0 varUint at ``pos``: (value, next position). One and two bytes are the usual."""
-    byte = data[pos]
-    if byte < 0x80:
-        return byte, pos + 1
-    second = data[pos + 1]
-    if second < 0x80:
-        return (byte & 0x7F) | (second << 7), pos + 2
-    third = data[pos + 2]
-    if third < 0x80:
-        return (byte & 0x7F) | (second & 0x7F) << 7 | third << 14, pos + 3
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            if value > _MAX_SAFE:
-                raise _Unsplittable("varUint exceeds 53 bits")
-            return value, pos
-        shift += 7
-        if shift > 56:
-            raise _Unsplittable("varUint too long")
-
-
-def _var_uint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _skip_any(data: bytes, pos: int, depth: int = 0) -> int:
     """Past one lib0 ``any`` value (``readAny``); only its extent matters here."""
     tag = data[pos]
     pos += 1
     if tag == 119 or tag == 116:  # string, Uint8Array: varUint length and bytes
-        length, pos = _uint(data, pos)
+        length, pos = read_var_uint(data, pos)
         return pos + length
     if tag >= 126 or tag == 121 or tag == 120:  # undefined, null, false, true
         return pos
@@ -91,10 +57,10 @@ def _skip_any(data: bytes, pos: int, depth: int = 0) -> int:
         return pos + 8  # float64, bigint64
     if depth >= _MAX_ANY_DEPTH or tag < 116:
         raise _Unsplittable(f"lib0 any tag {tag} or nesting too deep")
-    count, pos = _uint(data, pos)
+    count, pos = read_var_uint(data, pos)
     for _ in range(count):
         if tag == 118:  # object: key string, then value
-            length, pos = _uint(data, pos)
+            length, pos = read_var_uint(data, pos)
             pos += length
         pos = _skip_any(data, pos, depth + 1)
     return pos
@@ -143,14 +109,14 @@ def _read_structs(data: bytes, pos: int, count: int) -> tuple[list[_Client], int
     clients: list[_Client] = []
     seen: set[int] = set()
     for _ in range(count):
-        num_structs, pos = _uint(data, pos)
+        num_structs, pos = read_var_uint(data, pos)
         own_start = pos
-        client, pos = _uint(data, pos)
+        client, pos = read_var_uint(data, pos)
         if client in seen:
             raise _Unsplittable("a client is listed twice")  # Yjs would keep the last only
         seen.add(client)
         own = data[own_start:pos]
-        clock, pos = _uint(data, pos)
+        clock, pos = read_var_uint(data, pos)
         offsets: list[int] = []
         clocks: list[int] = []
         foreign: list[int] = []
@@ -163,14 +129,14 @@ def _read_structs(data: bytes, pos: int, count: int) -> tuple[list[_Client], int
             ref = info & 0x1F
             pos += 1
             if ref == 0 or ref == 10:  # GC, Skip: just a length
-                length, pos = _uint(data, pos)
+                length, pos = read_var_uint(data, pos)
                 clock += length
                 continue
             ids = (info >> 6) - (info >> 7)  # origin and/or right origin: 0, 1 or 2 IDs
             if not ids:  # no origin to copy the parent from: a root name or a type item's ID
-                root, pos = _uint(data, pos)
+                root, pos = read_var_uint(data, pos)
                 if root == 1:
-                    length, pos = _uint(data, pos)
+                    length, pos = read_var_uint(data, pos)
                     pos += length
                 else:
                     ids = 1
@@ -184,19 +150,19 @@ def _read_structs(data: bytes, pos: int, count: int) -> tuple[list[_Client], int
                     if at < 0x80:
                         pos = end + 1
                     else:
-                        at, pos = _uint(data, end)
+                        at, pos = read_var_uint(data, end)
                     foreign.append(index)
                     foreign_client.append(key)
                     foreign_clock.append(at)
             if not info & 0xC0 and info & 0x20:  # parentSub (map key)
-                length, pos = _uint(data, pos)
+                length, pos = read_var_uint(data, pos)
                 pos += length
             if ref == 4:  # String, inline: most structs are text
                 size = data[pos]
                 if size < 0x80:
                     pos += 1
                 else:
-                    size, pos = _uint(data, pos)
+                    size, pos = read_var_uint(data, pos)
                 raw = data[pos : pos + size]
                 if len(raw) != size:
                     raise _Unsplittable("string past the end")
@@ -207,7 +173,7 @@ def _read_structs(data: bytes, pos: int, count: int) -> tuple[list[_Client], int
                 clock += length
         offsets.append(pos)
         clocks.append(clock)
-        if clock > _MAX_SAFE:
+        if clock > MAX_VAR_UINT:
             raise _Unsplittable("clock exceeds 53 bits")
         if num_structs:
             clients.append(_Client(own, offsets, clocks, foreign, foreign_client, foreign_clock))
@@ -221,30 +187,30 @@ def _skip_content(data: bytes, pos: int, ref: int) -> tuple[int, int]:
     the position and the clock length.
     """
     if ref == 1:  # Deleted
-        return _uint(data, pos)[::-1]
+        return read_var_uint(data, pos)[::-1]
     if ref == 2 or ref == 8:  # JSON strings, lib0 anys
-        length, pos = _uint(data, pos)
+        length, pos = read_var_uint(data, pos)
         for _ in range(length):
             if ref == 2:
-                size, pos = _uint(data, pos)
+                size, pos = read_var_uint(data, pos)
                 pos += size
             else:
                 pos = _skip_any(data, pos)
         return pos, length
     if ref == 3 or ref == 5 or ref == 9:  # Binary, Embed, Doc (guid, then any options)
-        size, pos = _uint(data, pos)
+        size, pos = read_var_uint(data, pos)
         pos += size
         return (_skip_any(data, pos) if ref == 9 else pos), 1
     if ref == 6:  # Format: key, JSON value
-        size, pos = _uint(data, pos)
-        size, pos = _uint(data, pos + size)
+        size, pos = read_var_uint(data, pos)
+        size, pos = read_var_uint(data, pos + size)
         return pos + size, 1
     if ref == 7:  # Type
-        type_ref, pos = _uint(data, pos)
+        type_ref, pos = read_var_uint(data, pos)
         if type_ref > _MAX_TYPE_REF:
             raise _Unsplittable(f"unknown type ref {type_ref}")
         if type_ref in _NAMED_TYPE_REFS:
-            size, pos = _uint(data, pos)
+            size, pos = read_var_uint(data, pos)
             pos += size
         return pos, 1
     raise _Unsplittable(f"unknown content type {ref}")
@@ -254,15 +220,15 @@ def _read_delete_set(data: bytes, pos: int) -> list[tuple[int, list[int]]]:
     """The delete set: per client, the client and the offsets where its ranges start and end.
     It must end the update: Yjs ignores trailing bytes, but they hint at a v2 update.
     """
-    count, pos = _uint(data, pos)
+    count, pos = read_var_uint(data, pos)
     out: list[tuple[int, list[int]]] = []
     for _ in range(count):
-        client, pos = _uint(data, pos)
-        ranges, pos = _uint(data, pos)
+        client, pos = read_var_uint(data, pos)
+        ranges, pos = read_var_uint(data, pos)
         offsets = [pos]
         for _ in range(ranges):
-            _, pos = _uint(data, pos)
-            _, pos = _uint(data, pos)
+            _, pos = read_var_uint(data, pos)
+            _, pos = read_var_uint(data, pos)
             offsets.append(pos)
         if ranges:
             out.append((client, offsets))
@@ -338,8 +304,8 @@ class _Packer:
                 continue
             header = 0
             if section is None:
-                header = len(c.client) + len(_var_uint(c.clocks[first]))
-                header += len(_var_uint(len(offsets) - 1))  # bounds the struct count
+                header = len(c.client) + len(var_uint(c.clocks[first]))
+                header += len(var_uint(len(offsets) - 1))  # bounds the struct count
             room = self.max_bytes - self.size - header
             stop = min(bisect_right(offsets, offsets[first] + room, first, end + 1) - 1, end)
             if stop <= first:
@@ -360,10 +326,10 @@ class _Packer:
     def flush(self) -> None:
         if not self.sections:
             return
-        parts = [_var_uint(len(self.sections))]
+        parts = [var_uint(len(self.sections))]
         for client, (first, end) in self.sections.items():
             c = self.clients[client]
-            parts += (_var_uint(end - first), client, _var_uint(c.clocks[first]))
+            parts += (var_uint(end - first), client, var_uint(c.clocks[first]))
             parts.append(self.data[c.offsets[first] : c.offsets[end]])
         parts.append(b"\x00")
         self.pieces.append(b"".join(parts))
@@ -380,24 +346,24 @@ def _delete_set_pieces(
         return [whole] if ds else []
     pieces: list[bytes] = []
     entries: list[bytes] = []
-    empty = size = 1 + len(_var_uint(len(ds)))  # no structs, client count
+    empty = size = 1 + len(var_uint(len(ds)))  # no structs, client count
     for client, offsets in ds:
         first, last = 0, len(offsets) - 1
         while first < last:
-            header = len(_var_uint(client)) + len(_var_uint(last - first))
+            header = len(var_uint(client)) + len(var_uint(last - first))
             room = max_bytes - size - header
             stop = min(bisect_right(offsets, offsets[first] + room, first, last + 1) - 1, last)
             if stop <= first and entries:
-                pieces.append(b"\x00" + _var_uint(len(entries)) + b"".join(entries))
+                pieces.append(b"\x00" + var_uint(len(entries)) + b"".join(entries))
                 entries, size = [], empty
                 continue
             stop = max(stop, first + 1)
             ranges = data[offsets[first] : offsets[stop]]
-            entries.append(_var_uint(client) + _var_uint(stop - first) + ranges)
+            entries.append(var_uint(client) + var_uint(stop - first) + ranges)
             size += header + len(ranges)
             first = stop
     if entries:
-        pieces.append(b"\x00" + _var_uint(len(entries)) + b"".join(entries))
+        pieces.append(b"\x00" + var_uint(len(entries)) + b"".join(entries))
     return pieces
 
 
@@ -410,10 +376,10 @@ def split_update(update: bytes, max_bytes: int) -> list[bytes]:
         return [update]
     data = bytes(update)
     try:
-        count, pos = _uint(data, 0)
+        count, pos = read_var_uint(data, 0)
         clients, ds_start = _read_structs(data, pos, count)
         ds = _read_delete_set(data, ds_start)
-        packer = _Packer(data, max_bytes, len(_var_uint(len(clients))))
+        packer = _Packer(data, max_bytes, len(var_uint(len(clients))))
         for c, first, end in _causal_runs(clients):
             packer.add(c, first, end)
         packer.flush()
@@ -438,7 +404,7 @@ def decodes_exactly(update: bytes) -> bool:
     """
     data = bytes(update)
     try:
-        count, pos = _uint(data, 0)
+        count, pos = read_var_uint(data, 0)
         _, end = _read_structs(data, pos, count)
         _read_delete_set(data, end)
     except (_Unsplittable, IndexError, ValueError, RecursionError):

@@ -17,6 +17,40 @@ class ProtocolError(ValueError):
     """Bytes that are not a well-formed message. The message is short and safe to log."""
 
 
+def read_var_uint(data: bytes, pos: int) -> tuple[int, int]:
+    """lib0 ``readVarUint`` at ``pos``: (value, next position). LEB128, little-endian groups of
+    7 bits; the high bit says another byte follows. The one varUint reader of the package
+    (frames, the Yjs update walker in ``split.py``, state vectors in ``crdt.py``): one, two and
+    three bytes, nearly every varUint of an update, take no loop.
+    """
+    try:
+        byte = data[pos]
+        if byte < 0x80:
+            return byte, pos + 1
+        second = data[pos + 1]
+        if second < 0x80:
+            return (byte & 0x7F) | (second << 7), pos + 2
+        third = data[pos + 2]
+        if third < 0x80:
+            return (byte & 0x7F) | (second & 0x7F) << 7 | third << 14, pos + 3
+    except IndexError:
+        raise ProtocolError("unexpected end of data in a varUint") from None
+    value = shift = 0
+    end = min(len(data), pos + _MAX_VAR_UINT_BYTES)
+    while pos < end:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            if value > MAX_VAR_UINT:
+                raise ProtocolError("varUint exceeds 53 bits")
+            return value, pos
+        shift += 7
+    if end < len(data):
+        raise ProtocolError("varUint exceeds 53 bits")
+    raise ProtocolError("unexpected end of data in a varUint")
+
+
 class Decoder:
     """Reads lib0 values from one immutable buffer; ``pos`` is the next byte to read."""
 
@@ -27,26 +61,8 @@ class Decoder:
         self.pos = 0
 
     def read_var_uint(self) -> int:
-        """LEB128, little-endian groups of 7 bits; the high bit says another byte follows."""
-        data, pos = self._data, self.pos
-        if pos < len(data) and data[pos] < 0x80:  # most varUints are one byte
-            self.pos = pos + 1
-            return data[pos]
-        value = shift = 0
-        end = min(len(data), pos + _MAX_VAR_UINT_BYTES)
-        while pos < end:
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                if value > MAX_VAR_UINT:
-                    raise ProtocolError("varUint exceeds 53 bits")
-                self.pos = pos
-                return value
-            shift += 7
-        if end < len(data):
-            raise ProtocolError("varUint exceeds 53 bits")
-        raise ProtocolError("unexpected end of data in a varUint")
+        value, self.pos = read_var_uint(self._data, self.pos)
+        return value
 
     def read_uint8(self) -> int:
         pos = self.pos

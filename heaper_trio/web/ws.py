@@ -1,16 +1,18 @@
 """``GET /ws`` (live sync, Hocuspocus protocol) and the deprecated ``GET /api/ws`` (scan events).
 
 The handlers only adapt Quart's websocket to the services' transport and run the connection;
-the protocol is in ``live/``, the connection runner in ``services/live_connection.py``.
+the protocol is in ``protocol/``, the connection runner in ``services/live/connection.py``.
 """
 
 from __future__ import annotations
 
 import logging
 
-from quart import Blueprint, websocket
+from quart import Blueprint, current_app, websocket
 
+from heaper_trio.protocol.close_codes import CLOSE_INTERNAL_ERROR
 from heaper_trio.services.live.connection import LiveConnection
+from heaper_trio.services.live.context import LiveContext
 from heaper_trio.services.live.legacy import LegacyEventsConnection
 from heaper_trio.web.routing import services, websocket_route
 
@@ -20,7 +22,8 @@ bp = Blueprint("ws", __name__)
 
 class QuartTransport:
     def __init__(self) -> None:
-        self._ws = websocket._get_current_object()  # usable from the connection's child tasks
+        # the object itself, usable from the connection's child tasks (quart's proxy API)
+        self._ws = websocket._get_current_object()  # type: ignore[attr-defined]
 
     async def receive(self) -> bytes | str | None:
         return await self._ws.receive()  # type: ignore[no-any-return]
@@ -30,6 +33,14 @@ class QuartTransport:
 
     async def close(self, code: int, reason: str) -> None:
         await self._ws.close(code, reason[:120])
+
+
+def live_context() -> LiveContext:
+    """What live connections may use of the services, built once per app."""
+    ctx = current_app.config.get("LIVE_CONTEXT")
+    if ctx is None:
+        ctx = current_app.config["LIVE_CONTEXT"] = LiveContext.of(services())
+    return ctx  # type: ignore[no-any-return]
 
 
 def connection_token() -> str | None:
@@ -46,15 +57,14 @@ def connection_token() -> str | None:
                  "auth per document, sync-status acks after durable commits, typed JSON "
                  "events on the `events` channel. See docs/protocol.md.")
 async def live_sync() -> None:
-    svc = services()
+    ctx = live_context()
     await websocket.accept()
-    conn = LiveConnection(QuartTransport(), svc, connection_token(),
-                          outbox_bytes=svc.settings.ws_outbox_bytes)
+    conn = LiveConnection(QuartTransport(), ctx, connection_token())
     try:
         await conn.run()
     except Exception:  # an uncaught error would close with 1000 (stack-pitfalls 4)
         log.exception("live connection failed")
-        await websocket.close(1011, "internal error")
+        await websocket.close(CLOSE_INTERNAL_ERROR, "internal error")
 
 
 @websocket_route(bp, "/api/ws", tag="live", deprecated=True,
@@ -64,11 +74,11 @@ async def live_sync() -> None:
                  "scan.progress / scan.done / scan.failed / scan.aborted events arrive as "
                  "JSON text frames. New clients use the events channel of /ws.")
 async def legacy_events() -> None:
-    svc = services()
+    ctx = live_context()
     await websocket.accept()
-    conn = LegacyEventsConnection(QuartTransport(), svc, connection_token())
+    conn = LegacyEventsConnection(QuartTransport(), ctx, connection_token())
     try:
         await conn.run()
     except Exception:
         log.exception("legacy events connection failed")
-        await websocket.close(1011, "internal error")
+        await websocket.close(CLOSE_INTERNAL_ERROR, "internal error")

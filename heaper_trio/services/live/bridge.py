@@ -17,20 +17,19 @@ document loading while one came in).
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
 
 import trio
 
+from heaper_trio.protocol import announce
 from heaper_trio.services.documents import Committed
 from heaper_trio.services.live.hub import LiveHub
 from heaper_trio.storage.base import Storage
 
 log = logging.getLogger(__name__)
 OUTBOX = 10_000
-MAX_PAYLOAD = 7000  # PostgreSQL refuses NOTIFY payloads from 8000 bytes
 BATCH = 200
 
 
@@ -40,8 +39,6 @@ class ProcessBridge:
         self.hub = hub
         self.process_id = uuid.uuid4().hex[:16]
         self._send, self._receive = trio.open_memory_channel[str](OUTBOX)
-        hub.documents.listeners.append(self.on_commit)
-        hub.user_event_hooks.append(self.on_user_event)
         announce_commits_as = getattr(storage, "announce_commits_as", None)
         self._announced: Callable[[str, str, str, int], bool] | None = None
         if announce_commits_as is not None:
@@ -60,9 +57,9 @@ class ProcessBridge:
         await self.storage.listen(self._received, task_status=task_status)
 
     # -- out ----------------------------------------------------------------------------------
-    def _queue(self, payload: dict[str, object]) -> None:
-        text = json.dumps({"o": self.process_id, **payload}, separators=(",", ":"))
-        if len(text.encode()) > MAX_PAYLOAD:
+    def _queue(self, announcement: announce.Announcement) -> None:
+        text = announce.encode(announcement)
+        if len(text.encode()) > announce.MAX_PAYLOAD_BYTES:
             log.warning("live announcement too large to send (%d bytes)", len(text))
             return
         try:
@@ -75,11 +72,12 @@ class ProcessBridge:
             if self._announced is not None and self._announced(c.kind, c.heap_id, c.block_id,
                                                                c.seq):
                 continue  # its transaction announced it at COMMIT
-            self._queue({"k": c.kind, "h": c.heap_id, "b": c.block_id, "s": c.seq,
-                         "v": c.sync_version, "t": c.updated_at})
+            self._queue(announce.BlockAnnouncement(self.process_id, c.kind, c.heap_id,
+                                                   c.block_id, c.seq, c.sync_version,
+                                                   c.updated_at))
 
     def on_user_event(self, user_id: str, evt: dict[str, object]) -> None:
-        self._queue({"u": user_id, "e": evt})
+        self._queue(announce.UserEventAnnouncement(self.process_id, user_id, evt))
 
     async def _announce_forever(self) -> None:
         while True:
@@ -100,13 +98,15 @@ class ProcessBridge:
             self.hub.catch_up_all()
             return
         try:
-            data = json.loads(text)
-            if data.get("o") == self.process_id:
-                return
-            if "u" in data:
-                self.hub.publish_user_event(str(data["u"]), dict(data["e"]), local_only=True)
-                return
-            self.hub.on_remote(Committed(str(data["h"]), str(data["b"]), str(data["k"]),
-                                         int(data["s"]), int(data["v"]), int(data["t"])))
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignoring a malformed live announcement: %.200s", text)
+            received = announce.decode(text)
+        except announce.MalformedAnnouncement as e:
+            log.warning("ignoring a malformed live announcement (%s): %.200s", e, text)
+            return
+        if received.origin == self.process_id:
+            return
+        if isinstance(received, announce.UserEventAnnouncement):
+            self.hub.publish_user_event(received.user_id, dict(received.event),
+                                        local_only=True)
+            return
+        self.hub.on_remote(Committed(received.heap_id, received.block_id, received.kind,
+                                     received.seq, received.sync_version, received.updated_at))

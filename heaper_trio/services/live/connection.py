@@ -15,40 +15,38 @@ fan-out, and both go through the outbox.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import trio
 
+from heaper_trio.crdt import EMPTY_UPDATE
 from heaper_trio.errors import HeaperError
 from heaper_trio.protocol import events
 from heaper_trio.protocol import messages as m
 from heaper_trio.protocol import session as s
+from heaper_trio.protocol.close_codes import (
+    CLOSE_GOING_AWAY,
+    CLOSE_TOO_MANY_CONNECTIONS,
+    CLOSE_TRY_AGAIN_LATER,
+    CLOSE_UNSUPPORTED_DATA,
+)
 from heaper_trio.protocol.names import BlockName, EventsName, parse_document_name
 from heaper_trio.protocol.split import split_update
+from heaper_trio.records import User
+from heaper_trio.services.live.context import LiveContext
 from heaper_trio.services.live.hub import Room, Subscription
 from heaper_trio.services.live.outbox import Outbox
 from heaper_trio.storage.errors import BlockInOtherHeap
-from heaper_trio.records import User
-
-if TYPE_CHECKING:
-    from heaper_trio.services.container import Services
 
 log = logging.getLogger(__name__)
-KEEPALIVE_TICK_S = 2.0
-PING_AFTER_S = 15.0  # provider v4 answers Ping [9] with Pong [10]; its liveness timer is 30 s
-IDLE_TIMEOUT_S = 60.0  # Hocuspocus server default
-AUTH_TIMEOUT_S = 60.0
+KEEPALIVE_TICK_S = 2.0  # how often the timers (trio's clock) and the grants are looked at
 RECHECK_ACCOUNT_S = 30.0
 TOKEN_RENEW_BEFORE_S = 60.0
 INBOX_SIZE = 64
 MAX_BATCH = 256
 SPLIT_BYTES = 256 * 1024  # initial states larger than this go out in pieces
 SPLIT_IN_THREAD_BYTES = 1024 * 1024
-# Over ws_max_connections_per_user (HTTP 429's meaning in Hocuspocus' 4xxx range); the provider
-# retries with backoff, and gets in once one of the account's other sockets has closed.
-CLOSE_TOO_MANY_CONNECTIONS = 4429
 
 
 class Transport(Protocol):
@@ -66,23 +64,23 @@ class Grant:
 
 
 class LiveConnection:
-    def __init__(self, transport: Transport, live: Services, connection_token: str | None,
-                 *, outbox_bytes: int) -> None:
+    def __init__(self, transport: Transport, live: LiveContext, connection_token: str | None
+                 ) -> None:
         self.transport = transport
         self.live = live
         self.connection_token = connection_token
-        self.session = s.LiveSession(connection_token=connection_token is not None)
-        self.outbox = Outbox(outbox_bytes)
+        self.session = s.LiveSession(connection_token=connection_token is not None,
+                                     now=trio.current_time())
+        self.outbox = Outbox(live.outbox_bytes)
         self.grants: dict[str, Grant] = {}
         self.workers: dict[str, DocumentWorker] = {}
         self.accounts: set[str] = set()  # accounts this connection holds a slot of
-        self.opened_at = self.last_in = self.last_out = time.monotonic()
         self.close_code: tuple[int, str] | None = None
         self._nursery: trio.Nursery | None = None
 
     # -- lifetime ---------------------------------------------------------------------------------
     async def run(self) -> None:
-        counters = self.live.realtime
+        counters = self.live.counters
         counters.connections += 1
         counters.connections_total += 1
         try:
@@ -115,17 +113,18 @@ class LiveConnection:
 
     async def _close_on_shutdown(self) -> None:
         await self.live.shutdown.wait()
-        self.disconnect(s.CLOSE_GOING_AWAY, "server shutting down")
+        self.disconnect(CLOSE_GOING_AWAY, "server shutting down")
 
     # -- I/O ----------------------------------------------------------------------------------
     async def _reader(self) -> None:
-        counters = self.live.realtime
+        counters = self.live.counters
         while True:
             data = await self.transport.receive()
-            self.last_in = time.monotonic()
+            self.session.heard(trio.current_time())
             counters.messages_in += 1
             if isinstance(data, str):
-                await self.perform(self.session.disconnect(1003, "binary frames only"))
+                await self.perform(self.session.disconnect(CLOSE_UNSUPPORTED_DATA,
+                                                           "binary frames only"))
                 return
             data = data or b""  # quart-trio hands an empty binary frame over as None
             counters.bytes_in += len(data)
@@ -134,11 +133,11 @@ class LiveConnection:
                 return
 
     async def _writer(self) -> None:
-        counters = self.live.realtime
+        counters = self.live.counters
         while True:
             frame = await self.outbox.take()
             await self.transport.send(frame)
-            self.last_out = time.monotonic()
+            self.session.wrote(trio.current_time())
             counters.messages_out += 1
             counters.bytes_out += len(frame)
             await trio.lowlevel.checkpoint()  # a send to a closed socket does not yield
@@ -149,8 +148,8 @@ class LiveConnection:
         if self.session.closed:
             return False
         if not self.outbox.offer(frame):
-            self.live.realtime.dropped_slow_consumers += 1
-            self.disconnect(s.CLOSE_TRY_AGAIN_LATER, "too slow to keep up; resync")
+            self.live.counters.dropped_slow_consumers += 1
+            self.disconnect(CLOSE_TRY_AGAIN_LATER, "too slow to keep up; resync")
             return False
         return True
 
@@ -184,11 +183,11 @@ class LiveConnection:
         if not token:
             return self.session.denied(address, "unauthorized")
         try:
-            user = await self.live.accounts.authenticate(token)
-            claims = self.live.tokens.decode(token, "access")
+            verified = await self.live.verify_token(token)
         except HeaperError as e:
             return self.session.denied(address, e.code)
-        grant = Grant(user, token, float(claims.expires_at))
+        user = verified.user
+        grant = Grant(user, token, verified.expires_at)
         if action.renewal:
             old = self.grants.get(address)
             if old is None or old.user.id != user.id:
@@ -214,15 +213,14 @@ class LiveConnection:
         out to the connection, so it buffers only its own bounded pending-auth queue."""
         if user_id in self.accounts:
             return True
-        if not self.live.hub.claim_connection(
-                user_id, self.live.settings.ws_max_connections_per_user):
-            self.live.realtime.refused_connection_limit += 1
+        if not self.live.hub.claim_connection(user_id, self.live.max_connections_per_user):
+            self.live.counters.refused_connection_limit += 1
             return False
         self.accounts.add(user_id)
         return True
 
     async def _block_refusal(self, user: User, name: BlockName) -> str | None:
-        storage = self.live.storage
+        storage = self.live.heaps
         heap = await storage.get_heap(name.heap_id)
         if heap is None or heap.owner_id != user.id:
             return "forbidden"
@@ -245,16 +243,15 @@ class LiveConnection:
 
     # -- keepalive --------------------------------------------------------------------------------
     async def _keepalive(self) -> None:
-        last_check = time.monotonic()
+        last_check = trio.current_time()
         while True:
             await trio.sleep(KEEPALIVE_TICK_S)
-            now = time.monotonic()
-            if now - self.last_in > IDLE_TIMEOUT_S:
-                return self.disconnect(s.CLOSE_TIMEOUT, "no message for too long")
-            if not self.session.ever_authorized and now - self.opened_at > AUTH_TIMEOUT_S:
-                return self.disconnect(s.CLOSE_TIMEOUT, "no document authorized in time")
-            if now - self.last_out > PING_AFTER_S and _answers_ping(self.session.provider_version):
-                self.outbox.offer(m.encode(m.Ping()))
+            now = trio.current_time()
+            for action in self.session.tick(now):
+                if isinstance(action, s.Disconnect):
+                    return self.disconnect(action.code, action.reason)
+                if isinstance(action, s.Send):
+                    self.outbox.offer(action.frame)  # a ping: pointless behind a full outbox
             recheck = now - last_check > RECHECK_ACCOUNT_S
             await self._check_grants(recheck)
             if recheck:
@@ -263,14 +260,14 @@ class LiveConnection:
     async def _check_grants(self, recheck: bool) -> None:
         """Live auth: a token about to expire is asked for again (Hocuspocus token sync);
         an expired one, or an account revoked meanwhile, loses its documents."""
-        wall = time.time()
+        wall = self.live.wall_clock()
         for address, grant in list(self.grants.items()):
             reason = None
             if wall > grant.expires_at:
                 reason = "token_expired"
             elif recheck:
                 try:
-                    await self.live.accounts.authenticate(grant.token)
+                    await self.live.verify_token(grant.token)
                 except HeaperError as e:
                     reason = e.code
             if reason is not None:
@@ -278,13 +275,6 @@ class LiveConnection:
             elif wall > grant.expires_at - TOKEN_RENEW_BEFORE_S and not grant.renewal_asked:
                 grant.renewal_asked = True
                 self.outbox.offer(m.encode(m.TokenRequest(address)))
-
-
-def _answers_ping(provider_version: str | None) -> bool:
-    try:
-        return provider_version is not None and int(provider_version.split(".")[0]) >= 4
-    except ValueError:
-        return False
 
 
 class DocumentWorker:
@@ -313,7 +303,7 @@ class DocumentWorker:
     async def empty_sync(self, message: m.Message) -> None:
         """A document without content (the events channel): sync completes at once."""
         if isinstance(message, m.SyncStep1):
-            await self.conn.reply(m.encode(m.SyncStep2(self.address, b"\x00\x00")))
+            await self.conn.reply(m.encode(m.SyncStep2(self.address, EMPTY_UPDATE)))
         elif isinstance(message, (m.SyncStep2, m.SyncUpdate)):
             await self.conn.reply(m.encode(m.SyncStatus(self.address, False)))
 
@@ -352,7 +342,7 @@ class EventsWorker(DocumentWorker):
             return await self._answer(events.event("unsubscribed", heap_ids=heap_ids))
         mine = []
         for heap_id in heap_ids:
-            heap = await self.conn.live.storage.get_heap(heap_id)
+            heap = await self.conn.live.heaps.get_heap(heap_id)
             if heap is not None and heap.owner_id == self.grant.user.id:
                 mine.append(heap_id)
         hub.watch_heaps(self, mine)
@@ -438,12 +428,12 @@ class BlockWorker(DocumentWorker):
         return updates
 
     async def _store(self, room: Room, updates: list[bytes]) -> None:
-        real = [u for u in updates if u != b"\x00\x00"]  # "nothing new": no block from it
+        real = [u for u in updates if u != EMPTY_UPDATE]  # "nothing new": no block from it
         ok = True
         if real and self._stale(room):
             ok = False
         elif real:
-            item = await self.conn.live.documents.push_live(
+            item = await self.conn.live.push_live(
                 self.grant.user, self.name.heap_id, self.name.block_id, real,
                 self.name.sync_version if room.exists else None, origin=self.sub)
             ok = item.status in ("ok", "created")

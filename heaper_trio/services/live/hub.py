@@ -16,7 +16,6 @@ N x N sends). Sends never block: a subscriber whose queue is full is dropped by 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -24,11 +23,11 @@ from typing import Protocol
 import trio
 
 from heaper_trio import crdt
-from heaper_trio.protocol import events
+from heaper_trio.protocol import events, frames
 from heaper_trio.protocol.messages import AwarenessEntry, decode_awareness, encode_awareness
 from heaper_trio.protocol.names import BlockName
 from heaper_trio.protocol.presence import Owner, PresenceTable
-from heaper_trio.protocol.wire import ProtocolError, var_bytes, var_string
+from heaper_trio.protocol.wire import ProtocolError
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import Committed, DocumentService
 from heaper_trio.storage.errors import BlockInOtherHeap
@@ -45,7 +44,10 @@ class FrameSink(Protocol):
 
 
 class EventSink(Protocol):
-    user_id: str
+    """A user's event channel (``events`` on /ws, or the legacy /api/ws)."""
+
+    @property
+    def user_id(self) -> str: ...
 
     def send_event(self, evt: dict[str, object]) -> bool: ...
 
@@ -58,10 +60,10 @@ class Subscription:
     address: str
     name: BlockName
     user_id: str
-    prefix: bytes = b""  # var_string(address), encoded once
+    prefix: bytes = b""  # the frame's address field, encoded once
 
     def __post_init__(self) -> None:
-        self.prefix = var_string(self.address)
+        self.prefix = frames.address_prefix(self.address)
 
 
 @dataclass(eq=False)
@@ -99,7 +101,7 @@ class LiveHub:
         self._nursery: trio.Nursery | None = None
         self.user_event_hooks: list[Callable[[str, dict[str, object]], None]] = []
         self.account_connections: dict[str, int] = {}  # live connections holding a slot
-        documents.listeners.append(self.on_commit)
+        # open_services (container._wire) subscribes on_commit and sets user_event_hooks.
 
     # -- connection slots ---------------------------------------------------------------------------
     def claim_connection(self, user_id: str, limit: int) -> bool:
@@ -308,7 +310,7 @@ class LiveHub:
             log.exception("merging updates of live block %s failed", room.block_id)
             return
         origins = {o for _, o in batch}
-        body = b"\x00\x02" + var_bytes(merged)
+        body = frames.sync_update_body(merged)
         for sub in list(room.subs):
             if origins == {sub}:
                 continue  # only its own updates: it has them
@@ -346,7 +348,7 @@ class LiveHub:
             entries = decode_awareness(payload)
         except ProtocolError:
             return  # a bad presence update is dropped, the document stays open
-        accepted = room.presence.apply(entries, Owner(sub.user_id, sub), time.monotonic())
+        accepted = room.presence.apply(entries, Owner(sub.user_id, sub), trio.current_time())
         if accepted:
             self._broadcast_awareness(room, accepted)
 
@@ -355,10 +357,10 @@ class LiveHub:
         states = room.presence.states() if room else []
         if not states:
             return None
-        return sub.prefix + b"\x01" + var_bytes(encode_awareness(states))
+        return sub.prefix + frames.awareness_body(encode_awareness(states))
 
     def _broadcast_awareness(self, room: Room, entries: list[AwarenessEntry]) -> None:
-        body = b"\x01" + var_bytes(encode_awareness(entries))
+        body = frames.awareness_body(encode_awareness(entries))
         for sub in list(room.subs):  # the sender too, as Hocuspocus does: it keeps it alive
             self.counters.messages_out += 1
             self.counters.bytes_out += len(sub.prefix) + len(body)
@@ -367,7 +369,7 @@ class LiveHub:
     async def _expire_forever(self) -> None:
         while True:
             await trio.sleep(EXPIRE_EVERY_S)
-            now = time.monotonic()
+            now = trio.current_time()  # trio's clock: a test's fake clock moves it
             for room in list(self.rooms.values()):
                 gone = room.presence.expire(now)
                 if gone:

@@ -7,32 +7,28 @@ consumer is dropped, 1001 at shutdown), only the framing differs.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 import trio
 
 from heaper_trio.errors import HeaperError
 from heaper_trio.protocol import events
-from heaper_trio.protocol.session import (
+from heaper_trio.protocol.close_codes import (
     CLOSE_GOING_AWAY,
+    CLOSE_TOO_MANY_CONNECTIONS,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNAUTHORIZED,
 )
-from heaper_trio.services.live.connection import (
-    AUTH_TIMEOUT_S,
-    CLOSE_TOO_MANY_CONNECTIONS,
-    Transport,
-)
+from heaper_trio.protocol.session import Timeouts
+from heaper_trio.services.live.connection import Transport
+from heaper_trio.services.live.context import LiveContext
 from heaper_trio.services.live.outbox import Outbox
 
-if TYPE_CHECKING:
-    from heaper_trio.services.container import Services
-
 OUTBOX_BYTES = 1024 * 1024
+AUTH_TIMEOUT_S = Timeouts().auth_s  # as on /ws
 
 
 class LegacyEventsConnection:
-    def __init__(self, transport: Transport, live: Services, token: str | None) -> None:
+    def __init__(self, transport: Transport, live: LiveContext, token: str | None) -> None:
         self.transport = transport
         self.live = live
         self.token = token
@@ -46,7 +42,7 @@ class LegacyEventsConnection:
         if evt.get("type") not in events.SCAN_EVENTS:
             return True
         if not self.outbox.offer(events.to_json(evt)):
-            self.live.realtime.dropped_slow_consumers += 1
+            self.live.counters.dropped_slow_consumers += 1
             self._end(CLOSE_TRY_AGAIN_LATER, "too slow to keep up")
             return False
         return True
@@ -57,7 +53,7 @@ class LegacyEventsConnection:
         self._scope.cancel()
 
     async def run(self) -> None:
-        counters = self.live.realtime
+        counters = self.live.counters
         counters.connections += 1
         counters.connections_total += 1
         try:
@@ -81,14 +77,13 @@ class LegacyEventsConnection:
             if token is None:
                 return self._end(CLOSE_UNAUTHORIZED, "authenticate first")
         try:
-            user = await self.live.accounts.authenticate(token)
+            user = (await self.live.verify_token(token)).user
         except HeaperError as e:
             return self._end(CLOSE_UNAUTHORIZED, e.code)
         self.user_id = user.id
         # Counted with the account's /ws connections: each may buffer OUTBOX_BYTES.
-        if not self.live.hub.claim_connection(user.id,
-                                              self.live.settings.ws_max_connections_per_user):
-            self.live.realtime.refused_connection_limit += 1
+        if not self.live.hub.claim_connection(user.id, self.live.max_connections_per_user):
+            self.live.counters.refused_connection_limit += 1
             return self._end(CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this account")
         self.holds_slot = True
         self.live.hub.add_user_sink(self)
@@ -103,14 +98,14 @@ class LegacyEventsConnection:
         while True:
             frame = await self.outbox.take()
             await self.transport.send(frame)
-            self.live.realtime.messages_out += 1
+            self.live.counters.messages_out += 1
             await trio.lowlevel.checkpoint()
 
     async def _drain_input(self) -> None:
         """Old clients send nothing that matters after auth; reading notices the close."""
         while True:
             await self.transport.receive()
-            self.live.realtime.messages_in += 1
+            self.live.counters.messages_in += 1
 
 
 def _token_of(frame: bytes | str | None) -> str | None:

@@ -1,0 +1,94 @@
+"""The announcement one server process sends the others over PostgreSQL ``LISTEN/NOTIFY``.
+
+A pointer, never a payload (sync-findings 6.8): a stored change of one block (its kind, heap,
+log position), on which the receivers reread storage, or a user event (scan progress, file
+ready) for that user's live channels. The text is compact JSON with one-letter keys, so a
+NOTIFY stays far below PostgreSQL's 8,000-byte limit; this module is the one place that knows
+those keys. The bytes are what processes of earlier versions write and read (old and new
+processes share a database during a rolling restart): keys in this order, no spaces.
+
+Decoding is strict: anything but one of the two shapes, with exactly its keys and types,
+raises :class:`MalformedAnnouncement` (a ``ValueError``), which the receiver logs and skips.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from heaper_trio.protocol.events import BLOCK_KINDS
+
+MAX_PAYLOAD_BYTES = 7000  # PostgreSQL refuses NOTIFY payloads from 8000 bytes
+_BLOCK_KEYS = ("o", "k", "h", "b", "s", "v", "t")
+_USER_KEYS = ("o", "u", "e")
+
+
+class MalformedAnnouncement(ValueError):
+    """Text that is not an announcement; the message is short and safe to log."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockAnnouncement:
+    """A durable change of one block (``kind``: created, changed, deleted, restored, purged)
+    or of a whole heap (``heap_deleted``, no block). ``origin`` is the announcing process, so
+    it can skip its own."""
+
+    origin: str
+    kind: str
+    heap_id: str
+    block_id: str = ""
+    seq: int = 0
+    sync_version: int = 1
+    updated_at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UserEventAnnouncement:
+    """A typed event (``protocol.events``) for every live channel of ``user_id``."""
+
+    origin: str
+    user_id: str
+    event: Mapping[str, Any] = field(hash=False)
+
+
+Announcement = BlockAnnouncement | UserEventAnnouncement
+
+
+def encode(a: Announcement) -> str:
+    if isinstance(a, BlockAnnouncement):
+        data: dict[str, Any] = {"o": a.origin, "k": a.kind, "h": a.heap_id, "b": a.block_id,
+                                "s": a.seq, "v": a.sync_version, "t": a.updated_at}
+    else:
+        data = {"o": a.origin, "u": a.user_id, "e": dict(a.event)}
+    return json.dumps(data, separators=(",", ":"))
+
+
+def decode(text: str) -> Announcement:
+    try:
+        data = json.loads(text)
+    except ValueError:  # JSONDecodeError, and invalid surrogates
+        raise MalformedAnnouncement("not JSON") from None
+    except RecursionError:
+        raise MalformedAnnouncement("nested too deeply") from None
+    if not isinstance(data, dict):
+        raise MalformedAnnouncement("not a JSON object")
+    keys = tuple(sorted(data))
+    if keys == tuple(sorted(_USER_KEYS)):
+        origin, user_id, event = data["o"], data["u"], data["e"]
+        if not (isinstance(origin, str) and isinstance(user_id, str)
+                and isinstance(event, dict)):
+            raise MalformedAnnouncement("a user event with fields of the wrong type")
+        return UserEventAnnouncement(origin, user_id, event)
+    if keys != tuple(sorted(_BLOCK_KEYS)):
+        raise MalformedAnnouncement(f"unexpected keys {list(keys)[:10]}")
+    strings = [data[k] for k in ("o", "k", "h", "b")]
+    numbers = [data[k] for k in ("s", "v", "t")]
+    if not all(isinstance(x, str) for x in strings) or not all(
+            type(x) is int for x in numbers):
+        raise MalformedAnnouncement("a block change with fields of the wrong type")
+    if data["k"] not in BLOCK_KINDS:
+        raise MalformedAnnouncement("unknown change kind")
+    return BlockAnnouncement(data["o"], data["k"], data["h"], data["b"], data["s"], data["v"],
+                             data["t"])

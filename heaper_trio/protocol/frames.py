@@ -1,0 +1,28 @@
+"""Frames for fan-out: one body encoded once, sent behind each subscriber's own address.
+
+A committed update goes to every subscriber of a document, each under the address it opened
+the document with (a plain name, or ``name + "\\0" + session``). Encoding the whole frame per
+subscriber would copy the update N times; the hub encodes the address prefix once per
+subscription and the body once per batch, and sends ``prefix + body``. The result is exactly
+:func:`heaper_trio.protocol.messages.encode` of the same message (a test checks it).
+"""
+
+from __future__ import annotations
+
+from heaper_trio.protocol.messages import AWARENESS, SYNC, UPDATE
+from heaper_trio.protocol.wire import var_bytes, var_string
+
+
+def address_prefix(address: str) -> bytes:
+    """The frame's first field, ``varString(address)``; a subscription keeps it."""
+    return var_string(address)
+
+
+def sync_update_body(update: bytes) -> bytes:
+    """``Sync · Update · varBytes(update)``: what the others lack after a commit."""
+    return bytes((SYNC, UPDATE)) + var_bytes(update)
+
+
+def awareness_body(payload: bytes) -> bytes:
+    """``Awareness · varBytes(payload)``, payload from ``messages.encode_awareness``."""
+    return bytes((AWARENESS,)) + var_bytes(payload)
