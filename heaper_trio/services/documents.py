@@ -14,18 +14,33 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import trio
 
 from heaper_trio import crdt
 from heaper_trio.errors import Forbidden, NotFound, PayloadTooLarge
+from heaper_trio.records import BlockChange, BlockProjection, ChangePage, CommitStatus, Heap, User
 from heaper_trio.services.doc_cache import DocumentBase, DocumentCache
+from heaper_trio.services.push import Prepared, PushBatch, Settled, checked, with_diff
+from heaper_trio.services.sync_types import (
+    BlockView,
+    ChangeKind,
+    EditStatus,
+    PullItemRequest,
+    PullOutcome,
+    PullStatus,
+    PushItemRequest,
+    PushOutcome,
+    PushStatus,
+    Undecodable,
+    change_kind,
+)
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import Storage
-from heaper_trio.records import BlockChange, BlockProjection, CommitStatus, Heap, User
 
 log = logging.getLogger(__name__)
 COMPACT_EVERY = 100  # log rows after the snapshot before a change also writes a new snapshot
@@ -80,9 +95,10 @@ def file_hashes(files: dict[str, Any]) -> tuple[str, ...]:
 class Committed:
     """A durably stored change of one block: what live subscribers and other processes hear.
 
-    ``kind`` is ``created``, ``changed``, ``deleted`` (moved to the trash), ``restored`` (out
-    of it) or ``purged`` (gone for good). ``updates`` are the stored Yjs updates; empty when
-    only the pointer is known (a change announced by another process, or a purge).
+    ``kind`` is a ``ChangeKind``: ``created``, ``changed``, ``deleted`` (moved to the trash),
+    ``restored`` (out of it), ``purged`` (gone for good) or ``heap_deleted``. ``updates`` are
+    the stored Yjs updates; empty when only the pointer is known (a change announced by
+    another process, or a purge).
     ``origin`` is whoever asked for the change (a live connection), so it is not echoed back.
     """
 
@@ -97,23 +113,6 @@ class Committed:
 
 
 CommitListener = Callable[[Sequence[Committed]], None]
-
-
-@dataclass
-class PushItem:
-    block_id: str
-    heap_id: str
-    updates: tuple[bytes, ...]
-    state_vector: bytes | None
-    sync_version: int | None
-    status: str = ""
-    error: str | None = None
-    doc: crdt.BlockDocument | None = None
-    base: DocumentBase | None = None  # None: the block does not exist yet
-    changed: bool = False
-    was_deleted: bool = False
-    sync_version_now: int = 1
-    committed: list[Committed] = field(default_factory=list)
 
 
 class BlockLocks:
@@ -156,9 +155,9 @@ class DocumentService:
         if not committed:
             return
         for c in committed:
-            if c.kind == "purged":
+            if c.kind == ChangeKind.purged:
                 self.cache.evict(c.block_id)
-            elif c.kind == "heap_deleted":
+            elif c.kind == ChangeKind.heap_deleted:
                 self.cache.evict_heap(c.heap_id)
         for listener in list(self.listeners):
             try:
@@ -187,105 +186,103 @@ class DocumentService:
             raise Forbidden("this heap id is already taken", code="heap_exists")
         created = await self.storage.get_heap(heap_id)
         assert created is not None
-        self.announce([Committed(heap_id, root_id, "created", 1, 1, now, (first,))])
+        self.announce([Committed(heap_id, root_id, ChangeKind.created, 1, 1, now, (first,))])
         return created
 
     # -- push -------------------------------------------------------------------------------
-    async def push(self, user: User, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        items = [self._parse_push_item(r) for r in raw]
-        if sum(len(u) for i in items for u in i.updates) > self.settings.max_request_bytes:
+    async def push(self, user: User, items: Sequence[PushItemRequest]) -> list[PushOutcome]:
+        """Each block is applied on its own; the answers keep the request's order."""
+        if sum(len(i.update) for i in items if isinstance(i.update, bytes)) \
+                > self.settings.max_request_bytes:
             raise PayloadTooLarge("the decoded updates exceed max_request_bytes")
-        await self._push_items(user, items, origin=None)
-        return [self._push_answer(i) for i in items]
+        settled = await self._push_items(
+            user, [checked(item, index) for index, item in enumerate(items)], origin=None)
+        # No await from here on: the documents are read as the push left them.
+        return [with_diff(s, item.state_vector) for s, item in zip(settled, items, strict=True)]
 
     async def push_live(self, user: User, heap_id: str, block_id: str, updates: list[bytes],
-                        sync_version: int | None, origin: object) -> PushItem:
+                        sync_version: int | None, origin: object) -> PushOutcome:
         """Updates from a live connection: stored like an HTTP push (one commit for all of
         them), answered only once durable. The caller checked the heap; it is checked again
         here, as ownership may have changed since the document was opened."""
-        item = PushItem(block_id, heap_id, tuple(updates), None, sync_version)
+        work: PushBatch | PushOutcome
         try:
             for update in updates:
                 crdt.check_update(update)
         except crdt.InvalidUpdate as e:  # the whole batch is refused, as one push item is
-            item.status, item.error = "invalid", e.code
-        await self._push_items(user, [item], origin=origin)
-        return item
+            work = PushOutcome(block_id, PushStatus.invalid, error=e.code)
+        else:
+            work = PushBatch(0, block_id, heap_id, tuple(updates), None, sync_version)
+        [settled] = await self._push_items(user, [work], origin=origin)
+        return settled.outcome
 
-    async def _push_items(self, user: User, items: list[PushItem], origin: object) -> None:
-        heaps: dict[str, bool] = {}
-        for item in items:
-            if item.status:
-                continue
-            if item.heap_id not in heaps:
-                heap = await self.storage.get_heap(item.heap_id)
-                heaps[item.heap_id] = heap is not None and heap.owner_id == user.id
-            if not heaps[item.heap_id]:
-                item.status, item.error = "forbidden", "heap_forbidden"
-        pending = [i for i in items if not i.status]
+    async def _push_items(self, user: User, work: Sequence[PushBatch | PushOutcome],
+                          origin: object) -> list[Settled]:
+        """Store the batches (outcomes in ``work`` are refusals made while checking); one
+        ``Settled`` per entry of ``work``, in its order."""
+        done = {i: Settled(w) for i, w in enumerate(work) if isinstance(w, PushOutcome)}
+        pending = [w for w in work if isinstance(w, PushBatch)]
+        owned: dict[str, bool] = {}
+        for batch in pending:
+            if batch.heap_id not in owned:
+                heap = await self.storage.get_heap(batch.heap_id)
+                owned[batch.heap_id] = heap is not None and heap.owner_id == user.id
+            if not owned[batch.heap_id]:
+                done[batch.index] = Settled(batch.refused(PushStatus.forbidden, "heap_forbidden"))
+        pending = [b for b in pending if owned[b.heap_id]]
+        committed: dict[int, Committed] = {}
         async with AsyncExitStack() as stack:
-            await self.locks.hold_all(stack, [i.block_id for i in pending])
+            await self.locks.hold_all(stack, [b.block_id for b in pending])
             for _ in range(MAX_ATTEMPTS):
                 if not pending:
                     break
-                await self._prepare(pending)
-                pending = await self._commit(user, [i for i in pending if not i.status])
-            for item in pending:  # still conflicting after every attempt
-                item.status, item.error = "conflict", "write_conflict"
-        self.announce([replace(c, origin=origin) for i in items for c in i.committed])
+                prepared = []
+                for batch, ready in zip(pending, await self._prepare(pending), strict=True):
+                    if isinstance(ready, Prepared):
+                        prepared.append(ready)
+                    else:
+                        done[batch.index] = Settled(ready)
+                pending = await self._commit(user, prepared, done, committed)
+            for batch in pending:  # still conflicting after every attempt
+                done[batch.index] = Settled(batch.refused(PushStatus.conflict, "write_conflict"))
+        self.announce([replace(committed[i], origin=origin) for i in sorted(committed)])
+        return [done[i] for i in range(len(work))]
 
-    def _parse_push_item(self, raw: dict[str, Any]) -> PushItem:
-        item = PushItem(raw["block_id"], raw["workspace_id"], (), None, raw.get("sync_version"))
-        try:
-            item.updates = (crdt.decode_b64(raw["update"]),)
-            crdt.check_update(item.updates[0])
-            sv = raw.get("state_vector")
-            if sv:
-                item.state_vector = crdt.decode_b64(sv, "state_vector")
-                crdt.check_state_vector(item.state_vector)
-        except crdt.InvalidUpdate as e:
-            item.status, item.error = "invalid", e.code
-        return item
-
-    async def _prepare(self, items: list[PushItem]) -> None:
+    async def _prepare(self, batches: list[PushBatch]) -> list[Prepared | PushOutcome]:
         """Take each block's document (cached, or rebuilt from storage) and apply the pushed
-        updates to it, in memory."""
-        gone = await self.storage.tombstones([i.block_id for i in items])
-        for item in items:
-            item.changed = False
-            if item.block_id in gone and gone[item.block_id][0] != item.heap_id:
+        updates to it, in memory; or refuse the batch."""
+        gone = await self.storage.tombstones([b.block_id for b in batches])
+        return [await self._prepare_one(b, gone) for b in batches]
+
+    async def _prepare_one(self, batch: PushBatch, gone: dict[str, tuple[str, int]]
+                           ) -> Prepared | PushOutcome:
+        if batch.block_id in gone:
+            if gone[batch.block_id][0] != batch.heap_id:
                 # "deleted" would tell that this id was another heap's (another user's)
-                item.status, item.error = "forbidden", "block_in_other_heap"
-                continue
-            if item.block_id in gone:
-                item.status, item.error = "deleted", "block_deleted"
-                self.cache.evict(item.block_id)
-                continue
-            try:
-                base = self.cache.take(item.block_id) or await self._load_base(item.block_id)
-            except crdt.InvalidUpdate as e:  # a stored log that no longer loads
-                item.status, item.error = "invalid", e.code
-                continue
-            if base is not None and base.heap_id != item.heap_id:
-                item.status, item.error = "forbidden", "block_in_other_heap"
-                continue
-            if (base is not None and item.sync_version is not None
-                    and item.sync_version != base.sync_version):
-                item.status, item.error = "version_mismatch", "sync_version_mismatch"
-                item.sync_version_now = base.sync_version
-                self.cache.put(item.block_id, base)
-                continue
-            doc = base.doc if base is not None else crdt.BlockDocument()
-            try:
-                item.was_deleted = base is not None and doc.deleted_at() is not None
-                item.changed = base is None
-                for update in item.updates:
-                    item.changed = doc.apply(update) or item.changed
-            except crdt.InvalidUpdate as e:
-                item.status, item.error = "invalid", e.code
-                continue  # the document may hold part of the batch: not cached again
-            item.doc, item.base = doc, base
-            item.sync_version_now = base.sync_version if base else 1
+                return batch.refused(PushStatus.forbidden, "block_in_other_heap")
+            self.cache.evict(batch.block_id)
+            return batch.refused(PushStatus.deleted, "block_deleted")
+        try:
+            base = self.cache.take(batch.block_id) or await self._load_base(batch.block_id)
+        except crdt.InvalidUpdate as e:  # a stored log that no longer loads
+            return batch.refused(PushStatus.invalid, e.code)
+        if base is not None and base.heap_id != batch.heap_id:
+            return batch.refused(PushStatus.forbidden, "block_in_other_heap")
+        if (base is not None and batch.sync_version is not None
+                and batch.sync_version != base.sync_version):
+            self.cache.put(batch.block_id, base)
+            return PushOutcome(batch.block_id, PushStatus.version_mismatch, base.sync_version,
+                               "sync_version_mismatch")
+        doc = base.doc if base is not None else crdt.BlockDocument()
+        try:
+            was_deleted = base is not None and doc.deleted_at() is not None
+            changed = base is None
+            for update in batch.updates:
+                changed = doc.apply(update) or changed
+        except crdt.InvalidUpdate as e:
+            # the document may hold part of the batch: not cached again
+            return batch.refused(PushStatus.invalid, e.code)
+        return Prepared(batch, doc, base, changed, was_deleted)
 
     async def _load_base(self, block_id: str) -> DocumentBase | None:
         stored = await self.storage.load_block(block_id)
@@ -296,76 +293,59 @@ class DocumentService:
         return DocumentBase(doc, stored.heap_id, stored.last_seq, len(stored.updates),
                             stored.sync_version, size)
 
-    async def _commit(self, user: User, items: list[PushItem]) -> list[PushItem]:
-        """Commit every changed item in one transaction; return the ones that conflicted."""
-        changes = []
-        for item in items:
-            if not item.changed:
-                item.status = "ok"
-                if item.base is not None:
-                    self.cache.put(item.block_id, item.base)
+    async def _commit(self, user: User, prepared: list[Prepared], done: dict[int, Settled],
+                      committed: dict[int, Committed]) -> list[PushBatch]:
+        """Commit every changed batch in one transaction, settling it in ``done`` (and what it
+        stored in ``committed``); return the ones that conflicted, to try again."""
+        changes: list[tuple[Prepared, BlockChange]] = []
+        for p in prepared:
+            batch, base = p.batch, p.base
+            if not p.changed:
+                if base is not None:
+                    self.cache.put(batch.block_id, base)
+                done[batch.index] = Settled(
+                    PushOutcome(batch.block_id, PushStatus.ok, p.version), p.doc)
                 continue
-            assert item.doc is not None
-            base = item.base
             last_seq = base.last_seq if base else 0
             compacted = None
-            if base is not None and base.log_rows + len(item.updates) >= COMPACT_EVERY \
-                    and not item.doc.has_pending():
-                compacted = (item.doc.snapshot(), last_seq + len(item.updates))
-            changes.append(BlockChange(
-                item.block_id, item.heap_id, user.id, base.last_seq if base else None,
-                item.updates, projection_of(item.doc), item.doc.state_vector(),
-                item.doc.size, compacted))
+            if base is not None and base.log_rows + len(batch.updates) >= COMPACT_EVERY \
+                    and not p.doc.has_pending():
+                compacted = (p.doc.snapshot(), last_seq + len(batch.updates))
+            changes.append((p, BlockChange(
+                batch.block_id, batch.heap_id, user.id, base.last_seq if base else None,
+                batch.updates, projection_of(p.doc), p.doc.state_vector(), p.doc.size,
+                compacted)))
         if not changes:
             return []
-        results = await self.storage.commit_changes(changes, self._now())
-        by_id = {i.block_id: i for i in items}
-        change_of = {c.block_id: c for c in changes}
+        results = await self.storage.commit_changes([c for _, c in changes], self._now())
         retry = []
-        for result in results:
-            item = by_id[result.block_id]
+        for (p, change), result in zip(changes, results, strict=True):
+            batch, base = p.batch, p.base
             if result.status is CommitStatus.conflict:
-                retry.append(item)
+                retry.append(replace(batch, seen_version=p.version))
                 continue
-            item.status = result.status.value
-            item.sync_version_now = result.sync_version
-            if result.status in (CommitStatus.ok, CommitStatus.created):
-                assert item.doc is not None
-                change = change_of[item.block_id]
-                base, added = item.base, sum(len(u) for u in item.updates)
-                self.cache.put(item.block_id, DocumentBase(
-                    item.doc, item.heap_id, result.last_seq,
-                    0 if change.compacted else (base.log_rows if base else 0) + len(item.updates),
-                    result.sync_version, (base.approx_bytes if base else 0) + added))
-                now_deleted = change.projection.deleted_at is not None
-                kind = ("created" if result.status is CommitStatus.created
-                        else "deleted" if now_deleted and not item.was_deleted
-                        else "restored" if item.was_deleted and not now_deleted
-                        else "changed")
-                item.committed.append(Committed(
-                    item.heap_id, item.block_id, kind, result.last_seq, result.sync_version,
-                    result.updated_at, item.updates))
+            self.cache.put(batch.block_id, DocumentBase(
+                p.doc, batch.heap_id, result.last_seq,
+                0 if change.compacted else (base.log_rows if base else 0) + len(batch.updates),
+                result.sync_version,
+                (base.approx_bytes if base else 0) + sum(len(u) for u in batch.updates)))
+            kind = change_kind(created=result.status is CommitStatus.created,
+                               was_deleted=p.was_deleted,
+                               now_deleted=change.projection.deleted_at is not None)
+            committed[batch.index] = Committed(
+                batch.heap_id, batch.block_id, kind, result.last_seq, result.sync_version,
+                result.updated_at, batch.updates)
+            done[batch.index] = Settled(
+                PushOutcome(batch.block_id, PushStatus(result.status.value),
+                            result.sync_version), p.doc)
         return retry
-
-    def _push_answer(self, item: PushItem) -> dict[str, Any]:
-        out: dict[str, Any] = {"block_id": item.block_id, "status": item.status}
-        if item.status != "forbidden":
-            # a refused block may be another user's: nothing of it goes back, not its version
-            out["sync_version"] = item.sync_version_now
-        if item.error:
-            out["error"] = item.error
-        if item.doc is not None and item.status in ("ok", "created"):
-            out["state_vector"] = crdt.encode_b64(item.doc.state_vector())
-            out["update"] = crdt.encode_b64(item.doc.diff(item.state_vector))
-        return out
 
     async def server_edit(self, author_id: str, heap_id: str, block_id: str,
                           edit: Callable[[crdt.BlockDocument], bytes], *,
-                          create: Callable[[], bytes] | None = None) -> str:
+                          create: Callable[[], bytes] | None = None) -> EditStatus:
         """A CRDT edit made by the server (restore from trash, a file recorded, ...), stored and
         projected like any pushed update. ``edit`` changes the document and returns the update
-        it made. A missing block is created from ``create()`` (its first update) when given.
-        Returns ``ok``, ``created``, ``unchanged``, ``not_found`` or ``conflict``."""
+        it made. A missing block is created from ``create()`` (its first update) when given."""
         async with AsyncExitStack() as stack:
             await self.locks.hold_all(stack, [block_id])
             self.cache.evict(block_id)  # its log is about to move on
@@ -373,10 +353,10 @@ class DocumentService:
                 stored = await self.storage.load_block(block_id)
                 if stored is None:
                     if create is None or await self.storage.tombstones([block_id]):
-                        return "not_found"
+                        return EditStatus.not_found
                     first: tuple[bytes, ...] = (create(),)
                 elif stored.heap_id != heap_id:
-                    return "not_found"
+                    return EditStatus.not_found
                 else:
                     first = ()
                 doc = crdt.BlockDocument.load(stored.snapshot if stored else None,
@@ -384,7 +364,7 @@ class DocumentService:
                 was_deleted = doc.deleted_at() is not None
                 update = edit(doc)
                 if update == crdt.EMPTY_UPDATE and stored is not None:
-                    return "unchanged"
+                    return EditStatus.unchanged
                 updates = (*first, update) if update != crdt.EMPTY_UPDATE else first
                 projection = projection_of(doc)
                 change = BlockChange(block_id, heap_id, author_id,
@@ -392,19 +372,16 @@ class DocumentService:
                                      projection, doc.state_vector(), doc.size)
                 [result] = await self.storage.commit_changes([change], self._now())
                 if result.status is not CommitStatus.conflict:
-                    deleted = projection.deleted_at is not None
-                    kind = ("created" if stored is None
-                            else "deleted" if deleted and not was_deleted
-                            else "restored" if was_deleted and not deleted else "changed")
+                    kind = change_kind(created=stored is None, was_deleted=was_deleted,
+                                       now_deleted=projection.deleted_at is not None)
                     self.announce([Committed(heap_id, block_id, kind, result.last_seq,
                                              result.sync_version, result.updated_at, updates)])
-                    return "created" if stored is None else "ok"
-        return "conflict"
+                    return EditStatus.created if stored is None else EditStatus.ok
+        return EditStatus.conflict
 
     # -- pull -------------------------------------------------------------------------------
-    async def pull(self, user: User, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        ids = [r["block_id"] for r in raw]
-        gone = await self.storage.tombstones(ids)
+    async def pull(self, user: User, items: Sequence[PullItemRequest]) -> list[PullOutcome]:
+        gone = await self.storage.tombstones([i.block_id for i in items])
         owned: dict[str, bool] = {}
 
         async def mine(heap_id: str) -> bool:
@@ -414,79 +391,49 @@ class DocumentService:
             return owned[heap_id]
 
         answers = []
-        for r in raw:
-            block_id = r["block_id"]
-            out: dict[str, Any] = {"block_id": block_id}
+        for item in items:
+            block_id = item.block_id
             if block_id in gone and await mine(gone[block_id][0]):
-                out.update(status="deleted", deleted=True, deleted_at=gone[block_id][1])
-                answers.append(out)
+                answers.append(PullOutcome(block_id, PullStatus.deleted,
+                                           deleted_at=gone[block_id][1]))
                 continue
             stored = await self.storage.load_block(block_id)
             if stored is None or not await mine(stored.heap_id):
-                out.update(status="not_found", error="block_not_found")
-                answers.append(out)
+                answers.append(PullOutcome(block_id, PullStatus.not_found,
+                                           error="block_not_found"))
                 continue
-            out["sync_version"] = stored.sync_version
+            version, sv = stored.sync_version, item.state_vector
+            if isinstance(sv, Undecodable):
+                answers.append(PullOutcome(block_id, PullStatus.invalid, version, sv.code))
+                continue
             try:
-                sv = crdt.decode_b64(r.get("state_vector") or "", "state_vector") or None
                 if sv is not None:
                     crdt.check_state_vector(sv)
                 doc = crdt.BlockDocument.load(stored.snapshot, stored.updates)
             except crdt.InvalidUpdate as e:
-                out.update(status="invalid", error=e.code)
-                answers.append(out)
+                answers.append(PullOutcome(block_id, PullStatus.invalid, version, e.code))
                 continue
-            client_version = r.get("sync_version")
-            if client_version is not None and client_version != stored.sync_version:
-                out.update(status="version_mismatch",
-                           full_state=crdt.encode_b64(doc.full_state()))
+            if item.sync_version is not None and item.sync_version != version:
+                answers.append(PullOutcome(block_id, PullStatus.version_mismatch, version,
+                                           full_state=doc.full_state(),
+                                           state_vector=doc.state_vector()))
             else:
-                out.update(status="ok", update=crdt.encode_b64(doc.diff(sv)))
-            out["state_vector"] = crdt.encode_b64(doc.state_vector())
-            answers.append(out)
+                answers.append(PullOutcome(block_id, PullStatus.ok, version,
+                                           update=doc.diff(sv), state_vector=doc.state_vector()))
         return answers
 
     # -- delta and block reads ----------------------------------------------------------------
-    async def delta(self, user: User, heap_id: str, since: int, limit: int) -> dict[str, Any]:
+    async def delta(self, user: User, heap_id: str, since: int, limit: int) -> ChangePage:
         await self.owned_heap(user, heap_id)
-        page = await self.storage.changes_since(heap_id, since, limit)
-        return {
-            "success": True,
-            "changed_blocks": [
-                {"block_id": b.id, "updated_at": b.updated_at, "sync_version": b.sync_version,
-                 "type": b.type, "title": b.title, "deleted_at": b.deleted_at}
-                for b in page.changed],
-            "deleted_blocks": [{"block_id": bid, "deleted_at": at} for bid, at in page.deleted],
-            "server_time": page.server_time,
-            "has_more": page.has_more,
-            "total_changed": page.total_changed,
-            "total_deleted": page.total_deleted,
-        }
+        return await self.storage.changes_since(heap_id, since, limit)
 
-    async def block(self, user: User, block_id: str) -> dict[str, Any]:
+    async def block(self, user: User, block_id: str) -> BlockView:
         stored = await self.storage.load_block(block_id)
         heap = await self.storage.get_heap(stored.heap_id) if stored else None
         if stored is None or heap is None or heap.owner_id != user.id:
             raise NotFound("no such block in your heaps", code="block_not_found")
         record = (await self.storage.get_blocks([block_id]))[block_id]
         doc = crdt.BlockDocument.load(stored.snapshot, stored.updates)
-        return {
-            "success": True,
-            "block": {
-                "id": record.id, "block_id": record.id, "heap_id": record.heap_id,
-                "workspace_id": record.heap_id, "type": record.type, "title": record.title,
-                "text": record.text, "created_at": record.created_at,
-                "created_by": record.created_by, "updated_at": record.updated_at,
-                "deleted_at": record.deleted_at,
-                "permanently_deleted_at": record.permanently_deleted_at,
-                "sync_version": record.sync_version, "size": record.size,
-                "is_root": heap.root_block_id == record.id,
-            },
-            "relations": {**(await self.storage.related(block_id)),
-                          "raw": record.relations},
-            "apps": record.apps,
-            "files": record.files,
-            "text": record.text,
-            "state": crdt.encode_b64(doc.full_state()),
-            "state_vector": crdt.encode_b64(doc.state_vector()),
-        }
+        return BlockView(record, heap.root_block_id == record.id,
+                         await self.storage.related(block_id), doc.full_state(),
+                         doc.state_vector())

@@ -7,20 +7,31 @@ push), and emptying removes documents for good, leaving tombstones that delta re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from heaper_trio import crdt
 from heaper_trio.errors import NotFound
+from heaper_trio.records import BlockRecord, ChangePage, User
 from heaper_trio.services.documents import Committed, DocumentService
-from heaper_trio.services.media.client_thumbnails import ClientThumbnails
 from heaper_trio.services.files import FileService
-from heaper_trio.records import BlockRecord, User
+from heaper_trio.services.media.client_thumbnails import ClientThumbnails
+from heaper_trio.services.sync_types import BlockHistory, ChangeKind, EditStatus
 
 
-def trashed_json(b: BlockRecord) -> dict[str, Any]:
-    return {"block_id": b.id, "id": b.id, "type": b.type, "title": b.title,
-            "deleted_at": b.deleted_at, "updated_at": b.updated_at,
-            "sync_version": b.sync_version}
+@dataclass(frozen=True)
+class HeapStats:
+    heap_id: str
+    name: str
+    counts: dict[str, Any]  # blocks, by_type, trash, files, file_bytes, last_change (storage)
+
+
+@dataclass(frozen=True)
+class Restored:
+    """One block of a restore request and how its edit ended."""
+
+    block_id: str
+    status: EditStatus
 
 
 class HeapService:
@@ -37,7 +48,7 @@ class HeapService:
         holders = await self.storage.blocks_holding_files(heap_id)
         await self.storage.delete_heap(heap_id)
         await self._forget_files(hashes, holders)
-        self.documents.announce([Committed(heap_id, "", "heap_deleted")])
+        self.documents.announce([Committed(heap_id, "", ChangeKind.heap_deleted)])
 
     async def _forget_files(self, hashes: list[str], block_ids: list[str]) -> None:
         """Bytes no block holds any more, and the removed blocks' client thumbnails."""
@@ -45,36 +56,29 @@ class HeapService:
         for block_id in block_ids:
             await self.client_thumbnails.forget_block(block_id)
 
-    async def stats(self, user: User, heap_id: str) -> dict[str, Any]:
+    async def stats(self, user: User, heap_id: str) -> HeapStats:
         heap = await self.documents.owned_heap(user, heap_id)
-        return {"heap_id": heap.id, "name": heap.name, **await self.storage.heap_stats(heap_id)}
+        return HeapStats(heap.id, heap.name, await self.storage.heap_stats(heap_id))
 
     async def changed_blocks(self, user: User, heap_id: str, marker: int, limit: int
-                             ) -> dict[str, Any]:
-        """The delta feed under its other name: ``marker`` in, ``next_marker`` out."""
-        out = await self.documents.delta(user, heap_id, marker, limit)
-        return {**out, "marker": marker, "next_marker": out["server_time"]}
+                             ) -> ChangePage:
+        """The delta feed under its other name: ``marker`` in, ``server_time`` is the next."""
+        return await self.documents.delta(user, heap_id, marker, limit)
 
-    async def history(self, user: User, block_id: str) -> dict[str, Any]:
+    async def history(self, user: User, block_id: str) -> BlockHistory:
         stored = await self.storage.load_block(block_id)
         heap = await self.storage.get_heap(stored.heap_id) if stored else None
         if stored is None or heap is None or heap.owner_id != user.id:
             raise NotFound("no such block in your heaps", code="block_not_found")
         snapshot_seq, rows = await self.storage.block_history(block_id)
         doc = crdt.BlockDocument.load(stored.snapshot, stored.updates)
-        return {
-            "success": True, "block_id": block_id, "sync_version": stored.sync_version,
-            "compacted_through": snapshot_seq,
-            "updates": [{"seq": r.seq, "created_at": r.created_at, "author_id": r.author_id,
-                         "size": r.size} for r in rows],
-            "state": crdt.encode_b64(doc.full_state()),
-            "state_vector": crdt.encode_b64(doc.state_vector()),
-        }
+        return BlockHistory(block_id, stored.sync_version, snapshot_seq, rows,
+                            doc.full_state(), doc.state_vector())
 
     # -- trash ------------------------------------------------------------------------------
-    async def trash(self, user: User, heap_id: str) -> list[dict[str, Any]]:
+    async def trash(self, user: User, heap_id: str) -> list[BlockRecord]:
         await self.documents.owned_heap(user, heap_id)
-        return [trashed_json(b) for b in await self.storage.trashed(heap_id)]
+        return await self.storage.trashed(heap_id)
 
     async def empty_trash(self, user: User, heap_id: str, block_ids: list[str] | None
                           ) -> list[str]:
@@ -86,15 +90,16 @@ class HeapService:
         hashes = await self.storage.file_hashes_of_heap(heap_id, block_ids)
         purged = await self.storage.purge_blocks(heap_id, block_ids, now)
         await self._forget_files(hashes, purged)
-        self.documents.announce([Committed(heap_id, b, "purged", updated_at=now) for b in purged])
+        self.documents.announce(
+            [Committed(heap_id, b, ChangeKind.purged, updated_at=now) for b in purged])
         return purged
 
-    async def restore(self, user: User, heap_id: str, block_ids: list[str]
-                      ) -> list[dict[str, str]]:
+    async def restore(self, user: User, heap_id: str, block_ids: list[str]) -> list[Restored]:
+        """Each id once, in the order first given."""
         await self.documents.owned_heap(user, heap_id)
         results = []
         for block_id in dict.fromkeys(block_ids):
             status = await self.documents.server_edit(
                 user.id, heap_id, block_id, lambda doc: doc.set_meta("deleted_at", None))
-            results.append({"block_id": block_id, "status": status})
+            results.append(Restored(block_id, status))
         return results

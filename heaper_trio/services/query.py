@@ -11,11 +11,12 @@ import base64
 import binascii
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from heaper_trio.errors import BadRequest
+from heaper_trio.records import SORTS, BlockQuery, BlockRecord, User
 from heaper_trio.services.documents import DocumentService
-from heaper_trio.records import BlockQuery, BlockRecord, SORTS, User
 
 MAX_TERMS = 16
 # A cursor comes back from the client, so what it holds is checked like any input: a forged
@@ -25,14 +26,33 @@ CURSOR_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 WORD = re.compile(r"\w+", re.UNICODE)
 
 
-def block_json(b: BlockRecord) -> dict[str, Any]:
-    return {
-        "id": b.id, "block_id": b.id, "heap_id": b.heap_id, "type": b.type, "title": b.title,
-        "text": b.text, "created_at": b.created_at, "created_by": b.created_by,
-        "updated_at": b.updated_at, "deleted_at": b.deleted_at,
-        "sync_version": b.sync_version, "relations": b.relations, "files": b.files,
-        "apps": b.apps, "size": b.size,
-    }
+@dataclass(frozen=True)
+class QueryRequest:
+    """Filters, sort and cursor of ``POST /api/heap`` and ``/api/heap_count`` as the client
+    gave them; ``parse_query`` checks them and turns them into a storage ``BlockQuery``."""
+
+    types: tuple[str, ...] = ()
+    tag: str | None = None
+    text: str = ""  # full-text words
+    unlinked: bool = False
+    has_content: bool | None = None
+    trash: bool = False
+    sort: str = "updated"
+    descending: bool | None = None  # None: the sort's own default (title A-Z, times newest)
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class BlockPage:
+    blocks: list[BlockRecord]
+    has_more: bool
+    next_cursor: str | None  # None on the last page
+
+
+@dataclass(frozen=True)
+class BlockCount:
+    count: int
+    by_type: dict[str, int]
 
 
 def _sort_value(b: BlockRecord, sort: str) -> Any:
@@ -48,39 +68,36 @@ def decode_cursor(text: str, sort: str, descending: bool) -> tuple[Any, str]:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         c_sort, c_desc, value, last_id = json.loads(raw)
-        kind = str if sort == "title" else int
-        if (c_sort, c_desc) != (sort, descending) or not isinstance(value, kind) \
-                or isinstance(value, bool) or not isinstance(last_id, str) \
-                or not CURSOR_ID.fullmatch(last_id) \
-                or (kind is int and not 0 <= value <= MAX_CURSOR_INT) \
-                or (kind is str and "\x00" in value):
+        if (c_sort, c_desc) != (sort, descending) or not isinstance(last_id, str) \
+                or not CURSOR_ID.fullmatch(last_id):
             raise ValueError
-        if kind is str:
+        if sort == "title":
+            if not isinstance(value, str) or "\x00" in value:
+                raise ValueError
             value.encode()  # a lone surrogate ("\ud800" in the JSON) cannot reach the database
+        elif not isinstance(value, int) or isinstance(value, bool) \
+                or not 0 <= value <= MAX_CURSOR_INT:
+            raise ValueError
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise BadRequest("cursor is not one this query handed out", code="invalid_cursor",
                          details={"field": "body.cursor"}) from None
     return value, last_id
 
 
-def parse_query(body: dict[str, Any]) -> BlockQuery:
-    types = body.get("type") or ()
-    if isinstance(types, str):
-        types = (types,)
-    terms = tuple(dict.fromkeys(w.lower() for w in WORD.findall(body.get("query") or "")))
+def parse_query(request: QueryRequest) -> BlockQuery:
+    terms = tuple(dict.fromkeys(w.lower() for w in WORD.findall(request.text)))
     if len(terms) > MAX_TERMS:
         raise BadRequest(f"at most {MAX_TERMS} search words", code="invalid_value",
                          details={"field": "body.query"})
-    sort = body.get("sort", "updated")
+    sort = request.sort
     if sort not in SORTS:  # the schema enforces it too; this keeps the service honest
         raise BadRequest(f"sort must be one of {SORTS}", code="invalid_value")
-    descending = body.get("order", "desc" if sort != "title" else "asc") == "desc"
-    after = decode_cursor(body["cursor"], sort, descending) if body.get("cursor") else None
+    descending = request.descending if request.descending is not None else sort != "title"
+    after = decode_cursor(request.cursor, sort, descending) if request.cursor else None
     return BlockQuery(
-        types=tuple(types), tag=body.get("tag"), terms=terms,
-        unlinked=bool(body.get("unlinked")), has_content=body.get("has_content"),
-        trash=bool(body.get("trash", body.get("in_trash", False))),
-        sort=sort, descending=descending, after=after,
+        types=request.types, tag=request.tag, terms=terms, unlinked=request.unlinked,
+        has_content=request.has_content, trash=request.trash, sort=sort,
+        descending=descending, after=after,
     )
 
 
@@ -89,20 +106,16 @@ class QueryService:
         self.documents = documents
         self.storage = documents.storage
 
-    async def blocks(self, user: User, heap_id: str, body: dict[str, Any], limit: int
-                     ) -> dict[str, Any]:
+    async def blocks(self, user: User, heap_id: str, request: QueryRequest, limit: int
+                     ) -> BlockPage:
         await self.documents.owned_heap(user, heap_id)
-        q = parse_query(body)
+        q = parse_query(request)
         rows = await self.storage.query_blocks(heap_id, q, limit + 1)
         page, has_more = rows[:limit], len(rows) > limit
-        return {
-            "success": True,
-            "blocks": [block_json(b) for b in page],
-            "has_more": has_more,
-            "next_cursor": encode_cursor(q.sort, q.descending, page[-1]) if has_more else None,
-        }
+        return BlockPage(page, has_more,
+                         encode_cursor(q.sort, q.descending, page[-1]) if has_more else None)
 
-    async def count(self, user: User, heap_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def count(self, user: User, heap_id: str, request: QueryRequest) -> BlockCount:
         await self.documents.owned_heap(user, heap_id)
-        by_type = await self.storage.count_blocks(heap_id, parse_query(body))
-        return {"success": True, "count": sum(by_type.values()), "by_type": by_type}
+        by_type = await self.storage.count_blocks(heap_id, parse_query(request))
+        return BlockCount(sum(by_type.values()), by_type)

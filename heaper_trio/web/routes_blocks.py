@@ -7,6 +7,7 @@ from typing import Any
 from quart import Blueprint
 
 from heaper_trio.records import User
+from heaper_trio.web.json_sync import block_view_json, history_json
 from heaper_trio.web.routes_heaps import ID
 from heaper_trio.web.routing import route, services
 from heaper_trio.web.schema import boolean, obj, open_obj, string
@@ -22,7 +23,7 @@ bp = Blueprint("blocks", __name__)
                                      files={"type": "object"}, text=string(), state=string(),
                                      state_vector=string()))
 async def get_block(user: User, body: dict[str, Any], blockKey: str) -> dict[str, Any]:
-    return await services().documents.block(user, blockKey)
+    return block_view_json(await services().documents.block(user, blockKey))
 
 
 @route(bp, "POST", "/api/block_updates/{blockKey}", tag="blocks", errors=(404,),
@@ -33,4 +34,4 @@ async def get_block(user: User, body: dict[str, Any], blockKey: str) -> dict[str
        body=obj(), response=open_obj(success=boolean(), updates={"type": "array"},
                                      state=string(), state_vector=string()))
 async def block_updates(user: User, body: dict[str, Any], blockKey: str) -> dict[str, Any]:
-    return await services().heaps.history(user, blockKey)
+    return history_json(await services().heaps.history(user, blockKey))

@@ -7,7 +7,9 @@ from typing import Any
 from quart import Blueprint
 
 from heaper_trio.errors import BadRequest
-from heaper_trio.records import Heap, User
+from heaper_trio.records import BlockRecord, Heap, User
+from heaper_trio.services.query import QueryRequest
+from heaper_trio.web.json_sync import delta_json
 from heaper_trio.web.routing import RESERVED_IDS, route, services
 from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
 
@@ -75,7 +77,8 @@ async def delete_heap(user: User, id: str) -> dict[str, Any]:
                          trash=integer(), files=integer(), file_bytes=integer(),
                          last_change=integer()))
 async def heap_stats(user: User, id: str) -> dict[str, Any]:
-    return {"success": True, **await services().heaps.stats(user, id)}
+    stats = await services().heaps.stats(user, id)
+    return {"success": True, "heap_id": stats.heap_id, "name": stats.name, **stats.counts}
 
 
 @route(bp, "POST", "/api/heap/changed_blocks", tag="heaps", errors=(403,),
@@ -90,8 +93,9 @@ async def heap_stats(user: User, id: str) -> dict[str, Any]:
                          has_more=boolean()))
 async def changed_blocks(user: User, body: dict[str, Any]) -> dict[str, Any]:
     marker = body.get("marker", body.get("since", 0))
-    return await services().heaps.changed_blocks(user, _heap_of(body), marker,
+    page = await services().heaps.changed_blocks(user, _heap_of(body), marker,
                                                   body.get("limit", 1000))
+    return {**delta_json(page), "marker": marker, "next_marker": page.server_time}
 
 
 FILTERS = {
@@ -113,6 +117,29 @@ QUERY = obj({}, {**FILTERS,
                  "cursor": string(maxLength=65536)}, **ONE_HEAP)
 
 
+def block_json(b: BlockRecord) -> dict[str, Any]:
+    return {
+        "id": b.id, "block_id": b.id, "heap_id": b.heap_id, "type": b.type, "title": b.title,
+        "text": b.text, "created_at": b.created_at, "created_by": b.created_by,
+        "updated_at": b.updated_at, "deleted_at": b.deleted_at,
+        "sync_version": b.sync_version, "relations": b.relations, "files": b.files,
+        "apps": b.apps, "size": b.size,
+    }
+
+
+def query_request(body: dict[str, Any]) -> QueryRequest:
+    """The filters of a heap query body (``trash`` and ``in_trash`` are one filter)."""
+    types = body.get("type") or ()
+    return QueryRequest(
+        types=(types,) if isinstance(types, str) else tuple(types), tag=body.get("tag"),
+        text=body.get("query") or "", unlinked=bool(body.get("unlinked")),
+        has_content=body.get("has_content"),
+        trash=bool(body.get("trash", body.get("in_trash", False))),
+        sort=body.get("sort", "updated"),
+        descending=body["order"] == "desc" if "order" in body else None,
+        cursor=body.get("cursor") or None)
+
+
 def _heap_of(body: dict[str, Any]) -> str:
     heap_id = body.get("heap_id") or body.get("workspace_id")
     if not heap_id:
@@ -130,7 +157,10 @@ def _heap_of(body: dict[str, Any]) -> str:
                                      has_more=boolean(),
                                      next_cursor={"type": ["string", "null"]}))
 async def heap_contents(user: User, body: dict[str, Any]) -> dict[str, Any]:
-    return await services().query.blocks(user, _heap_of(body), body, body.get("limit", 100))
+    page = await services().query.blocks(user, _heap_of(body), query_request(body),
+                                         body.get("limit", 100))
+    return {"success": True, "blocks": [block_json(b) for b in page.blocks],
+            "has_more": page.has_more, "next_cursor": page.next_cursor}
 
 
 @route(bp, "POST", "/api/heap_count", tag="heaps", errors=(403,),
@@ -138,4 +168,5 @@ async def heap_contents(user: User, body: dict[str, Any]) -> dict[str, Any]:
        body=obj({}, FILTERS, **ONE_HEAP), response=open_obj(success=boolean(), count=integer(),
                                                 by_type={"type": "object"}))
 async def heap_count(user: User, body: dict[str, Any]) -> dict[str, Any]:
-    return await services().query.count(user, _heap_of(body), body)
+    counted = await services().query.count(user, _heap_of(body), query_request(body))
+    return {"success": True, "count": counted.count, "by_type": counted.by_type}

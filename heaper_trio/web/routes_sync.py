@@ -7,12 +7,21 @@ from typing import Any
 from quart import Blueprint, request
 
 from heaper_trio.errors import BadRequest, PayloadTooLarge, Unprocessable
-from heaper_trio.services.documents import DELTA_LIMIT
 from heaper_trio.records import User
+from heaper_trio.services.documents import DELTA_LIMIT
+from heaper_trio.web.json_sync import delta_json, pull_json, pull_request, push_json, push_request
 from heaper_trio.web.routes_heaps import ID
 from heaper_trio.web.routing import route, services
-from heaper_trio.web.schema import (boolean, integer, is_int_text, obj, open_obj, parse_int,
-                                    string, validate)
+from heaper_trio.web.schema import (
+    boolean,
+    integer,
+    is_int_text,
+    obj,
+    open_obj,
+    parse_int,
+    string,
+    validate,
+)
 
 bp = Blueprint("sync", __name__)
 
@@ -66,7 +75,7 @@ async def delta(user: User) -> dict[str, Any]:
     since_text = request.args.get("since", "")
     since = parse_int(since_text, SINCE, "query.since") if is_int_text(since_text) else 0
     limit = parse_int(request.args.get("limit", str(DELTA_LIMIT)), LIMIT, "query.limit")
-    return await services().documents.delta(user, heap_id, since, limit)
+    return delta_json(await services().documents.delta(user, heap_id, since, limit))
 
 
 @route(bp, "POST", "/api/sync/push", tag="sync", errors=(422,),
@@ -77,7 +86,8 @@ async def delta(user: User) -> dict[str, Any]:
        body=obj({"blocks": {"type": "array", "items": PUSH_ITEM}}), response=RESULTS)
 async def push(user: User, body: dict[str, Any]) -> Any:
     _check_batch(body["blocks"])
-    return _answer(await services().documents.push(user, body["blocks"]), "push")
+    outcomes = await services().documents.push(user, [push_request(b) for b in body["blocks"]])
+    return _answer([push_json(o) for o in outcomes], "push")
 
 
 @route(bp, "POST", "/api/sync/pull", tag="sync", errors=(422,),
@@ -85,4 +95,5 @@ async def push(user: User, body: dict[str, Any]) -> Any:
        body=obj({"blocks": {"type": "array", "items": PULL_ITEM}}), response=RESULTS)
 async def pull(user: User, body: dict[str, Any]) -> Any:
     _check_batch(body["blocks"])
-    return _answer(await services().documents.pull(user, body["blocks"]), "pull")
+    outcomes = await services().documents.pull(user, [pull_request(b) for b in body["blocks"]])
+    return _answer([pull_json(o) for o in outcomes], "pull")

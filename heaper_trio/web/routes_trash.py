@@ -6,7 +6,8 @@ from typing import Any
 
 from quart import Blueprint
 
-from heaper_trio.records import User
+from heaper_trio.records import BlockRecord, User
+from heaper_trio.services.sync_types import EditStatus
 from heaper_trio.web.routes_heaps import ID
 from heaper_trio.web.routing import route, services
 from heaper_trio.web.schema import boolean, obj, open_obj
@@ -16,11 +17,17 @@ bp = Blueprint("trash", __name__)
 IDS = {"type": "array", "items": ID, "maxItems": 10_000}
 
 
+def trashed_json(b: BlockRecord) -> dict[str, Any]:
+    return {"block_id": b.id, "id": b.id, "type": b.type, "title": b.title,
+            "deleted_at": b.deleted_at, "updated_at": b.updated_at,
+            "sync_version": b.sync_version}
+
+
 @route(bp, "GET", "/api/trash/{heapId}", tag="trash", errors=(403,), params={"heapId": ID},
        summary="Blocks in the heap's trash, most recently trashed first.",
        response=open_obj(success=boolean(), blocks={"type": "array"}))
 async def list_trash(user: User, heapId: str) -> dict[str, Any]:
-    blocks = await services().heaps.trash(user, heapId)
+    blocks = [trashed_json(b) for b in await services().heaps.trash(user, heapId)]
     return {"success": True, "blocks": blocks, "count": len(blocks)}
 
 
@@ -45,5 +52,6 @@ async def empty_trash(user: User, heapId: str, body: dict[str, Any]) -> dict[str
 async def restore(user: User, heapId: str, body: dict[str, Any]) -> dict[str, Any]:
     ids = list(body.get("block_ids") or []) + ([body["block_id"]] if "block_id" in body else [])
     results = await services().heaps.restore(user, heapId, ids)
-    return {"success": True, "blocks": results,
-            "restored": [r["block_id"] for r in results if r["status"] == "ok"]}
+    return {"success": True,
+            "blocks": [{"block_id": r.block_id, "status": r.status.value} for r in results],
+            "restored": [r.block_id for r in results if r.status is EditStatus.ok]}
