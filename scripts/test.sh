@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Install everything the tests need on a fresh Debian machine, then run the whole suite.
-# This is the README's test command and what .ci/run calls; developers run exactly this.
+# Install everything the tests need on a fresh Debian machine, run the static checks
+# (scripts/lint.sh: ruff check, ruff format --check, mypy), then the whole suite on both engines
+# with a coverage report. This is the README's test command and what .ci/run calls; developers
+# run exactly this.
 #
 #   bash scripts/test.sh [pytest args...]
+#
+# The suite runs on HEAPER_TEST_WORKERS pytest-xdist workers (default: the CPU count, at most 4;
+# `-n 0` among the pytest args runs it in one process). HEAPER_LINT=0 skips the static checks,
+# HEAPER_LINT=1 runs them.
 #
 # System packages: PostgreSQL (the second storage engine; a throwaway cluster is started
 # for the run and stopped after) and ffmpeg (video frames). Node packages for the interop
@@ -29,7 +35,13 @@ echo "== python environment (.venv)"
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import heaper_trio, pytest_trio, hypothesis" # fail here, not mid-suite
+.venv/bin/python -c "import heaper_trio, pytest_trio, hypothesis, xdist, pytest_cov" # fail here
+
+# Static checks first: they take seconds, the suite minutes.
+HEAPER_LINT=${HEAPER_LINT:-0}  # 0 until the code passes them (issue 11); then 1
+if [[ $HEAPER_LINT == 1 ]]; then
+    bash scripts/lint.sh
+fi
 
 while IFS= read -r lock; do
     echo "== npm ci in $(dirname "$lock")"
@@ -46,5 +58,9 @@ fi
 export HEAPER_TEST_REQUIRE_POSTGRES=1
 export HEAPER_TEST_REQUIRE_NODE=1  # the Yjs interop tests must run, not skip
 
-echo "== pytest"
-.venv/bin/python -m pytest "$@"
+# Workers: more than 4 would mostly add load to the timing-sensitive tests and PostgreSQL
+# connections (each worker's servers hold up to ~10; the throwaway cluster allows 200).
+workers=${HEAPER_TEST_WORKERS:-$(($(nproc) < 4 ? $(nproc) : 4))}
+echo "== pytest ($workers workers)"
+.venv/bin/python -m pytest -n "$workers" --dist loadgroup \
+    --cov=heaper_trio --cov-report=term:skip-covered "$@"
