@@ -13,7 +13,7 @@ from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.services.container import open_storage
 from heaper_trio.settings import Settings
 from heaper_trio.storage import Storage
-from heaper_trio.records import ChallengeProblem, NewRefreshToken, RefreshOutcome
+from heaper_trio.records import ChallengeProblem, LoginOutcome, NewRefreshToken, RefreshOutcome
 from heaper_trio.storage.migrate import migration_scripts
 
 NOW = 1_700_000_000_000
@@ -32,7 +32,7 @@ def refresh_row() -> NewRefreshToken:
 
 
 async def login(storage: Storage, key: str, challenge: str | None = None,
-                auto_approve: bool = False) -> object:
+                auto_approve: bool = False) -> LoginOutcome:
     challenge = challenge or f"c-{uuid.uuid4().hex}"
     await storage.create_challenge(challenge, key, NOW, NOW + 60_000)
     return await storage.complete_login(
@@ -201,3 +201,74 @@ async def test_postgres_connection_loss_is_unavailable_then_recovers(
                 assert e.status == 503 and e.code == "database_unavailable"
                 outcomes.append("unavailable")
         assert outcomes[-1] == "ok", outcomes  # the pool reconnects by itself
+
+
+async def test_challenge_problems_and_pending_accounts(
+        make_settings: Callable[..., Settings]) -> None:
+    async with opened(make_settings()) as storage:
+        assert (await login(storage, "admin")).problem is None
+
+        async def attempt(challenge: str, key: str, now: int) -> ChallengeProblem | None:
+            out = await storage.complete_login(
+                challenge=challenge, public_key=key, now=now, new_user_id=uuid.uuid4().hex,
+                email="p@x", auto_approve=False, refresh=refresh_row())
+            return out.problem
+
+        await storage.create_challenge("c", "key-b", NOW, NOW + 10)
+        assert await attempt("missing", "key-b", NOW) is ChallengeProblem.unknown
+        assert await attempt("c", "key-other", NOW) is ChallengeProblem.foreign
+        assert await attempt("c", "key-b", NOW + 10) is ChallengeProblem.expired
+        stats = await storage.auth_stats()
+        assert (stats["users"], stats["refresh_tokens"]) == (1, 1)  # refusals change nothing
+        pending = await login(storage, "key-b")
+        assert pending.problem is None and pending.created and not pending.token_issued
+        user = await storage.get_user_by_key("key-b")
+        assert user is not None and (user.state, user.is_admin, user.approved_at) == (
+            "pending", False, None)
+        assert await storage.get_user(user.id) == user
+        assert await storage.get_user("nobody") is None
+        assert await storage.get_user_by_key("nobody") is None
+        again = await login(storage, "key-b")  # the same key: the same account, not created
+        assert not again.created and again.user == user
+
+
+async def test_account_administration(make_settings: Callable[..., Settings]) -> None:
+    async with opened(make_settings()) as storage:
+        assert await storage.get_meta("instance") is None
+        await storage.claim_meta("instance", "one")
+        assert await storage.get_meta("instance") == "one"
+        await login(storage, "admin")
+        await login(storage, "key-b")
+        user = await storage.get_user_by_key("key-b")
+        assert user is not None
+
+        approved = await storage.set_user_state(user.id, "approved", NOW + 5)
+        assert approved is not None and (approved.state, approved.approved_at) == (
+            "approved", NOW + 5)
+        token = refresh_row()
+        await storage.create_challenge("c2", "key-b", NOW, NOW + 60_000)
+        out = await storage.complete_login(challenge="c2", public_key="key-b", now=NOW,
+                                           new_user_id="unused", email=None,
+                                           auto_approve=False, refresh=token)
+        assert out.token_issued and (await storage.usage(user.id, NOW))["sessions"] == 1
+        expired = await storage.rotate_refresh_token(jti=token.jti, user_id=user.id,
+                                                     now=token.expires_at, new=refresh_row())
+        assert expired.outcome is RefreshOutcome.expired
+
+        admin = await storage.set_admin(user.id, True)
+        assert admin is not None and admin.is_admin
+        revoked = await storage.revoke_user_tokens(user.id, NOW)
+        assert revoked is not None
+        assert revoked.token_generation == approved.token_generation + 1
+        assert (await storage.rotate_refresh_token(jti=token.jti, user_id=user.id, now=NOW,
+                                                   new=refresh_row())).outcome is (
+            RefreshOutcome.revoked)
+        rejected = await storage.set_user_state(user.id, "rejected", NOW + 9)
+        assert rejected is not None and rejected.state == "rejected"
+        assert rejected.approved_at == NOW + 5  # kept: when it was approved
+        assert rejected.token_generation == revoked.token_generation + 1
+        for missing in (storage.set_admin("nobody", True),
+                        storage.set_user_state("nobody", "approved", NOW),
+                        storage.revoke_user_tokens("nobody", NOW)):
+            assert await missing is None
+        assert [u.is_admin for u in await storage.list_users()] == [True, True]
