@@ -88,9 +88,8 @@ def test_a_full_disk_is_507_wherever_it_is_raised(code: int) -> None:
     assert isinstance(disk_full(full), InsufficientStorage)
     assert isinstance(disk_full(ExceptionGroup("nursery", [ValueError(), full])),
                       InsufficientStorage)
-    with pytest.raises(InsufficientStorage) as raised:
-        with disk_full_is_507("no room for this upload"):
-            raise full
+    with pytest.raises(InsufficientStorage) as raised, disk_full_is_507("no room for this upload"):
+        raise full
     assert raised.value.status == 507 and raised.value.code == "insufficient_storage"
     assert raised.value.message == "no room for this upload"
     assert raised.value.__cause__ is full
@@ -99,6 +98,5 @@ def test_a_full_disk_is_507_wherever_it_is_raised(code: int) -> None:
 def test_other_errors_are_not_a_full_disk() -> None:
     assert disk_full(OSError(errno.EACCES, "denied")) is None
     assert disk_full(ValueError("no errno")) is None
-    with pytest.raises(PermissionError):
-        with disk_full_is_507():
-            raise PermissionError(errno.EACCES, "denied")
+    with pytest.raises(PermissionError), disk_full_is_507():
+        raise PermissionError(errno.EACCES, "denied")

@@ -10,15 +10,16 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from heaper_trio.errors import Forbidden, NotFound, Unauthorized
 from heaper_trio.keys import KeyPair, b58decode_exact, canonical_public_key, verify_signature
+from heaper_trio.records import RefreshOutcome, User
 from heaper_trio.services.tokens import TokenPair, TokenService
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import Storage
-from heaper_trio.records import RefreshOutcome, User
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,8 @@ _CHALLENGE_TEXT = {
 }
 _REFRESH_TEXT = {
     RefreshOutcome.unknown: "refresh token is not known to this server",
-    RefreshOutcome.reused: "refresh token was already used; every refresh token of this login is revoked",
+    RefreshOutcome.reused: ("refresh token was already used; every refresh token of this "
+                            "login is revoked"),
     RefreshOutcome.revoked: "refresh token was revoked",
     RefreshOutcome.expired: "refresh token has expired",
 }

@@ -29,9 +29,9 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Callable, Sequence
+from typing import IO, Any, BinaryIO
 
 import trio
 
@@ -45,6 +45,7 @@ from heaper_trio.errors import (
     disk_full_is_507,
 )
 from heaper_trio.protocol import events
+from heaper_trio.records import FileRecord, UploadRecord, User
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.file_outcomes import (
     AlreadyStored,
@@ -66,7 +67,6 @@ from heaper_trio.services.upload_disk import (  # _write: tests make the disk fu
 )
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import Storage
-from heaper_trio.records import FileRecord, UploadRecord, User
 
 log = logging.getLogger(__name__)
 HASH = re.compile(r"[0-9a-f]{64}")
@@ -245,7 +245,8 @@ class FileService:
         out: BinaryIO | None = None
         with self.slots.hold(user.id):  # the copy holds a temp file and a thread
             try:
-                with disk_full_is_507(NO_SPACE):  # the bytes always travel: the hash is of what came
+                # the bytes always travel: the hash is of what came
+                with disk_full_is_507(NO_SPACE):
                     out = await self._io(_open_temp, temp)
                     hash = await self._io(self._copy_hashing, [source], out)
                     if claimed_hash is not None and hash != claimed_hash:
@@ -458,7 +459,7 @@ class FileService:
         folder = self._upload_dir(upload)
         await self._io(lambda: shutil.rmtree(folder, ignore_errors=True))
 
-    # -- housekeeping -------------------------------------------------------------------------------
+    # -- housekeeping ---------------------------------------------------------------------------
     async def expire_forever(self) -> None:
         """Abandoned uploads go after ``upload_expiry_hours``; run in the supervisor. First
         of all, the temp files a killed process left (assembling, direct, chunk) go."""

@@ -37,7 +37,7 @@ def _open_temp(path: Path) -> BinaryIO:
     kernel drops a dead process's locks), never a live request's, in this or any other process
     sharing the data directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "xb")
+    f = open(path, "xb")  # noqa: SIM115 (returned open: its writer closes it)
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
     except BaseException:

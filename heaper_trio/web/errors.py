@@ -69,5 +69,5 @@ def install_error_handlers(app: Quart) -> None:
         if (full := disk_full(e)) is not None:
             # a full disk anywhere (not only in the upload paths, which raise it themselves)
             return await heaper_error(full)
-        log.exception("unhandled error")
+        log.error("unhandled error", exc_info=e)  # the handler's own exception, explicitly
         return _envelope(500, "internal_error", "internal server error")

@@ -4,10 +4,12 @@ The raw, stream and thumbnail routes call ``file_response`` once they know which
 a path (opened here), or a file they opened and checked themselves (a scanned file, see
 ``services/scans/source``), which is then served as is, never looked up again by path (nor
 ``fstat``-ed again: its check's ``fstat`` is the one), and closed once the body is sent (at once
-when there is none; if the response is dropped unsent, with it). It reads the current request's headers itself; ``ranges.plan_response`` decides
-between 200, 206, 304 and 416. The body is read in 1 MiB ``os.pread`` calls in a worker thread
-(Quart's own ``FileBody`` reads 8 KiB per thread hop, which caps loopback at ~20 MB/s;
-files-findings §5a), so only one chunk per response is ever in memory.
+when there is none; if the response is dropped unsent, with it). It reads the current request's
+headers itself; ``ranges.plan_response`` decides between 200, 206, 304 and 416 (raised as
+``RangeNotSatisfiable``, which the error handler answers). The body is read in 1 MiB
+``os.pread`` calls in a worker thread (Quart's own ``FileBody`` reads 8 KiB per thread hop,
+which caps loopback at ~20 MB/s; files-findings §5a), so only one chunk per response is ever
+in memory.
 
 Every answer (200, 206, 304, 416) carries ``X-Content-Type-Options: nosniff`` and
 ``Content-Security-Policy: sandbox``: a file opened as a page runs no script on our origin,

@@ -15,8 +15,8 @@ from heaper_trio.web.schema import boolean, open_obj, string
 
 bp = Blueprint("instance", __name__)
 
-IDENTITY = dict(version=string(), name=string(), public_url=string(),
-                public_key=string(description="the server's base58 Ed25519 public key"))
+IDENTITY = {"version": string(), "name": string(), "public_url": string(),
+            "public_key": string(description="the server's base58 Ed25519 public key")}
 
 
 def _identity(found: Identity) -> dict[str, Any]:

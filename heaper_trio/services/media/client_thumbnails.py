@@ -25,8 +25,8 @@ from heaper_trio.errors import (
     Unprocessable,
     disk_full_is_507,
 )
-from heaper_trio.storage.base import Storage
 from heaper_trio.records import User
+from heaper_trio.storage.base import Storage
 
 MAX_BYTES = 10 * 1024 * 1024
 NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")

@@ -21,6 +21,7 @@ import trio
 
 from heaper_trio import crdt
 from heaper_trio.errors import Conflict, NotFound
+from heaper_trio.records import FileRecord, User
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.files import FileService
 from heaper_trio.services.scans.commit import file_key
@@ -28,7 +29,6 @@ from heaper_trio.services.scans.job import ScanJob
 from heaper_trio.services.scans.probe import HEAD_BYTES, FileFacts, probe_facts
 from heaper_trio.services.scans.source import OpenFile
 from heaper_trio.storage.base import Storage
-from heaper_trio.records import FileRecord, User
 
 if TYPE_CHECKING:
     from heaper_trio.services.media.service import MediaService
