@@ -208,7 +208,8 @@ def _edit(doc: pycrdt.Doc, key: str) -> bytes:
     return doc.get_update(before)
 
 
-async def test_a_room_loading_or_catching_up_misses_no_announced_commit() -> None:
+async def test_a_room_loading_or_catching_up_misses_no_announced_commit(
+        autojump_clock: trio.testing.MockClock) -> None:
     """B's side of item 11, in memory: an announcement from another process that arrives while
     the room's document is being read from storage (load or catch-up) makes B read again, so
     the room ends with that commit (it used to be ignored until the block's next write)."""
@@ -260,7 +261,8 @@ async def test_a_room_loading_or_catching_up_misses_no_announced_commit() -> Non
             nursery.cancel_scope.cancel()
 
 
-async def test_a_local_commit_during_the_load_does_not_hide_a_remote_one_before_it() -> None:
+async def test_a_local_commit_during_the_load_does_not_hide_a_remote_one_before_it(
+        autojump_clock: trio.testing.MockClock) -> None:
     """While B reads the block, another process commits row 2 and B itself row 3. The room
     gets row 3 from B's own commit; row 2's announcement, coming after the load, must not be
     taken as "already here" because row 3 is."""

@@ -462,7 +462,8 @@ async def test_a_joiner_whose_loader_left_loads_again(admin: HeaperClient,
                 await first.wait()
                 await waiter.open(address, admin.access_token)
                 await waiter.expect(m.Authenticated)
-                await trio.sleep(0.1)  # the waiter waits on the same room
+                # the waiter waits on the same room
+                await wait_for(lambda: len(server.services.hub.rooms[block.id].subs) == 2)
             step2 = await waiter.expect(m.SyncStep2, timeout=5)
             assert "Still here" in title_of(step2.update)
     finally:

@@ -1,1 +1,2 @@
-"""Live collaboration: the hub of rooms, one task set per WebSocket connection, the bridge from commits to rooms and across processes."""
+"""Live collaboration at run time: the hub of rooms, one task set per WebSocket connection
+(reaching the services only through ``LiveContext``), and the bridge across processes."""
