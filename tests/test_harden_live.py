@@ -18,8 +18,8 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -31,11 +31,11 @@ import trio.testing
 from heaper_trio.client import HeaperClient, KeyPair
 from heaper_trio.protocol import messages as m
 from heaper_trio.protocol.names import BlockName
+from heaper_trio.records import StoredBlock
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import Committed
-from heaper_trio.services.live.outbox import Outbox
 from heaper_trio.services.live.hub import LiveHub, Subscription
-from heaper_trio.records import StoredBlock
+from heaper_trio.services.live.outbox import Outbox
 
 from . import test_crash as crash
 from .live_client import live_client

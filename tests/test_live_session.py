@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from heaper_trio.protocol import messages as m
 from heaper_trio.protocol import session as s
+from heaper_trio.protocol.close_codes import CLOSE_RESET, CLOSE_TIMEOUT
 from heaper_trio.protocol.names import BlockName, EventsName, parse_document_name
 
 DOC = "heap-1:block-1"
@@ -71,18 +72,18 @@ def test_unauthenticated_floods_reset_the_connection() -> None:
     limits = s.SessionLimits(max_pending_bytes=1000, max_pending_messages=5,
                              max_pending_documents=3)
     sess = s.LiveSession(connection_token=False, limits=limits)
-    for i in range(5):
+    for _ in range(5):
         assert sess.receive(frame(m.SyncStep1(DOC, b"\x00"))) == []
     assert sess.receive(frame(m.SyncStep1(DOC, b"\x00"))) == [
-        s.Disconnect(s.CLOSE_RESET, "too much data before authentication")]
+        s.Disconnect(CLOSE_RESET, "too much data before authentication")]
     sess = s.LiveSession(connection_token=False, limits=limits)
     for i in range(3):
         sess.receive(frame(m.AuthToken(f"h:b{i}", "t", None)))
     actions = sess.receive(frame(m.AuthToken("h:b9", "t", None)))
-    assert actions == [s.Disconnect(s.CLOSE_RESET, "too many documents waiting for auth")]
+    assert actions == [s.Disconnect(CLOSE_RESET, "too many documents waiting for auth")]
     sess = s.LiveSession(connection_token=False, limits=limits)
     actions = sess.receive(frame(m.SyncUpdate(DOC, b"\x00" * 2000)))
-    assert actions[-1] == s.Disconnect(s.CLOSE_RESET, "too much data before authentication")
+    assert actions[-1] == s.Disconnect(CLOSE_RESET, "too much data before authentication")
 
 
 def test_document_names() -> None:
@@ -147,3 +148,34 @@ def test_protocol_doc_shows_events_commands_as_the_server_reads_them() -> None:
         assert f"| `{name}` | `heap_ids` |" in section, name
     assert "unknown_command" in section
     assert parse_command('{"command": "subscribe", "heap_ids": ["h"]}') is None
+
+
+def test_timers_take_now_and_read_no_clock() -> None:
+    t = s.Timeouts()
+    sess = s.LiveSession(connection_token=False, now=1000.0)
+    assert sess.tick(1000.0 + t.idle_s) == []  # exactly the limit is not past it
+    sess.heard(1050.0)
+    sess.wrote(1050.0)
+    assert sess.tick(1000.0 + t.auth_s + 1) == [
+        s.Disconnect(CLOSE_TIMEOUT, "no document authorized in time")]
+    assert sess.closed and sess.tick(5000.0) == []
+
+    sess = s.LiveSession(connection_token=False, now=0.0)
+    sess.receive(frame(m.AuthToken(DOC, "tok", "4.8.0")))
+    sess.authorized(DOC)
+    sess.heard(100.0)
+    sess.wrote(100.0)
+    assert sess.tick(100.0 + t.ping_after_s) == []
+    assert sess.tick(100.0 + t.ping_after_s + 1) == [s.Send(frame(m.Ping()))]
+    assert sess.tick(100.0 + t.idle_s + 1) == [
+        s.CloseDocument(DOC), s.Disconnect(CLOSE_TIMEOUT, "no message for too long")]
+
+
+def test_only_v4_providers_are_pinged() -> None:
+    for version, pinged in (("4.0.0", True), ("5.1", True), ("3.9.9", False), (None, False),
+                            ("next", False), ("", False)):
+        assert s.answers_ping(version) is pinged, version
+        sess = s.LiveSession(connection_token=False, now=0.0)
+        sess.receive(frame(m.AuthToken(DOC, "tok", version)))
+        sess.authorized(DOC)
+        assert (sess.tick(20.0) == [s.Send(frame(m.Ping()))]) is pinged, version

@@ -261,7 +261,7 @@ async def test_large_documents_arrive_in_pieces(admin: HeaperClient,
     block = ClientBlock()
     block.write("Big", "x" * 10)
     for i in range(40):
-        block.write("Big", ("lorem ipsum %d " % i) * 2000)
+        block.write("Big", f"lorem ipsum {i} " * 2000)
     r = await push(admin, block.push_item(heap["id"]))
     assert r.json()["blocks"][0]["status"] == "created"
     async with live_client(server.url) as a:

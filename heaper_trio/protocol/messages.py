@@ -18,7 +18,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from heaper_trio.protocol.wire import Decoder, Encoder, ProtocolError, var_bytes, var_string, var_uint
+from heaper_trio.protocol.wire import (
+    Decoder,
+    Encoder,
+    ProtocolError,
+    var_bytes,
+    var_string,
+    var_uint,
+)
 
 # Message types (hocuspocus packages/server/src/types.ts, MessageType)
 SYNC, AWARENESS, AUTH, QUERY_AWARENESS, SYNC_REPLY = 0, 1, 2, 3, 4
@@ -165,7 +172,7 @@ def _decode_sync(d: Decoder, address: str, reply: bool) -> Message:
 
 def _decode_common(d: Decoder, address: str, kind: int) -> Message | None:
     """The message types both directions share, or None for the caller to handle."""
-    if kind == SYNC or kind == SYNC_REPLY:
+    if kind in (SYNC, SYNC_REPLY):
         return _decode_sync(d, address, kind == SYNC_REPLY)
     if kind == AWARENESS:
         payload = d.read_var_bytes()
@@ -193,7 +200,7 @@ def decode_client_frame(data: bytes) -> Message:
     """One frame as a client may send it; ProtocolError for anything else, including the
     server-only forms and BroadcastStateless (which only servers exchange among themselves).
     """
-    if len(data) == 1 and (data == _PING or data == _PONG):
+    if len(data) == 1 and data in (_PING, _PONG):
         return Ping() if data == _PING else Pong()
     d, address, kind = _header(data)
     message = _decode_common(d, address, kind)
@@ -214,7 +221,7 @@ def decode_client_frame(data: bytes) -> Message:
 
 def decode_server_frame(data: bytes) -> Message:
     """One frame as a server sends it (for tests and Python clients)."""
-    if len(data) == 1 and (data == _PING or data == _PONG):
+    if len(data) == 1 and data in (_PING, _PONG):
         return Ping() if data == _PING else Pong()
     d, address, kind = _header(data)
     message = _decode_common(d, address, kind)

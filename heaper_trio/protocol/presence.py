@@ -51,9 +51,9 @@ class PresenceTable:
                 continue  # not theirs to change
             if len(e.state) > MAX_STATE_BYTES:
                 continue
-            if current is None or current.owner != owner:
-                if e.state != "null" and self._owned(owner) >= MAX_CLIENTS_PER_OWNER:
-                    continue
+            if ((current is None or current.owner != owner) and e.state != "null"
+                    and self._owned(owner) >= MAX_CLIENTS_PER_OWNER):
+                continue
             newer = current is None or e.clock > current.clock
             removal = (current is not None and e.clock == current.clock and e.state == "null"
                        and current.state != "null")

@@ -28,6 +28,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from heaper_trio.protocol.wire import MAX_VAR_UINT, read_var_uint, var_uint
+
 _MAX_ANY_DEPTH = 100  # lib0 any nesting; deeper is refused (Yjs would recurse, we bail)
 # Yjs type refs: YArray, YMap, YText, YXmlElement (named), YXmlFragment, YXmlHook (named), YXmlText
 _NAMED_TYPE_REFS = (3, 5)

@@ -10,9 +10,10 @@ Block commits (scan batches' included), purges and heap deletions are announced 
 storage inside their own transaction (``PostgresStorage.announce_commits_as``), so an
 acknowledged change is never left unannounced by a process that dies right after its commit;
 the bridge skips those (``announced_in_commit``) and announces only what that did not cover
-(user events, and commits of a storage without in-transaction announcements). On the receiving side the hub rereads storage
-whenever an announcement may have been missed (listener reconnected or overflowed, a
-document loading while one came in).
+(user events, and commits of a storage without in-transaction announcements). On the
+receiving side the hub rereads storage whenever an announcement may have been missed
+(listener reconnected or overflowed, a document loading while one came in). The text of an
+announcement is ``protocol/announce.py``'s.
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ class ProcessBridge:
         self.hub = hub
         self.process_id = uuid.uuid4().hex[:16]
         self._send, self._receive = trio.open_memory_channel[str](OUTBOX)
+        # PostgreSQL's engine announces commits in their own transaction (not in Storage)
         announce_commits_as = getattr(storage, "announce_commits_as", None)
-        self._announced: Callable[[str, str, str, int], bool] | None = None
+        self._announced: Callable[[str, str, str, int], bool] | None = getattr(
+            storage, "announced_in_commit", None)
         if announce_commits_as is not None:
             announce_commits_as(self.process_id)
-            self._announced = getattr(storage, "announced_in_commit")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
+import trio.lowlevel
 
 from heaper_trio import crdt
 from heaper_trio.protocol import events, frames
@@ -103,7 +104,7 @@ class LiveHub:
         self.account_connections: dict[str, int] = {}  # live connections holding a slot
         # open_services (container._wire) subscribes on_commit and sets user_event_hooks.
 
-    # -- connection slots ---------------------------------------------------------------------------
+    # -- connection slots -----------------------------------------------------------------------
     def claim_connection(self, user_id: str, limit: int) -> bool:
         """A slot for one more live connection of ``user_id``, unless it holds ``limit``.
 
@@ -291,7 +292,7 @@ class LiveHub:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            await trio.sleep(0)  # let this turn's other commits join the batch
+            await trio.lowlevel.checkpoint()  # let this turn's other commits join the batch
             dirty, self._dirty = list(self._dirty), {}
             for room in dirty:
                 self._flush_room(room)
