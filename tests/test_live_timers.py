@@ -22,7 +22,7 @@ import trio.testing
 
 from heaper_trio.errors import Unauthorized
 from heaper_trio.protocol import messages as m
-from heaper_trio.protocol.close_codes import CLOSE_TIMEOUT
+from heaper_trio.protocol.close_codes import CLOSE_TIMEOUT, CLOSE_UNAUTHORIZED
 from heaper_trio.protocol.names import BlockName
 from heaper_trio.protocol.presence import OUTDATED_AFTER_S
 from heaper_trio.records import Heap, User
@@ -30,6 +30,7 @@ from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.live.connection import LiveConnection
 from heaper_trio.services.live.context import LiveContext, Verified
 from heaper_trio.services.live.hub import LiveHub, Subscription
+from heaper_trio.services.live.legacy import LegacyEventsConnection
 
 EPOCH = 1_800_000_000.0  # wall-clock seconds when the connection opens
 USER = User("u1", "pk", None, "approved", False, 0, 0, 0)
@@ -91,7 +92,7 @@ async def _no_push(*args: Any, **kwargs: Any) -> Any:
 @dataclass
 class Live:
     transport: MemoryTransport
-    conn: LiveConnection
+    conn: LiveConnection | LegacyEventsConnection
     accounts: Accounts
     hub: LiveHub
     done: trio.Event
@@ -125,7 +126,8 @@ class Live:
 
 
 @asynccontextmanager
-async def live(connection_token: str | None = None) -> AsyncIterator[Live]:
+async def live(connection_token: str | None = None, *, legacy: bool = False
+               ) -> AsyncIterator[Live]:
     accounts = Accounts()
     storage = Storage()
     started = trio.current_time()
@@ -137,7 +139,11 @@ async def live(connection_token: str | None = None) -> AsyncIterator[Live]:
                       outbox_bytes=1024 * 1024,
                       wall_clock=lambda: EPOCH + trio.current_time() - started)
     transport = MemoryTransport()
-    conn = LiveConnection(transport, ctx, connection_token)
+    conn: LiveConnection | LegacyEventsConnection
+    if legacy:
+        conn = LegacyEventsConnection(transport, ctx, connection_token)
+    else:
+        conn = LiveConnection(transport, ctx, connection_token)
     done = trio.Event()
 
     async def run() -> None:
@@ -206,6 +212,7 @@ async def test_a_token_is_asked_for_before_it_expires_and_withdrawn_when_it_does
             assert 240 <= c.elapsed() <= 243  # 60 s before expiry, within a keepalive tick
             denied = await c.expect(m.PermissionDenied)
         assert denied.reason == "token_expired" and 300 <= c.elapsed() <= 303
+        assert isinstance(c.conn, LiveConnection)
         assert not c.conn.grants and not c.transport.closed  # the socket stays
 
 
@@ -221,6 +228,7 @@ async def test_a_renewed_token_keeps_the_document(
         with trio.move_on_after(600):
             denied = await c.expect(m.PermissionDenied)
             raise AssertionError(f"a renewed token was withdrawn: {denied}")
+        assert isinstance(c.conn, LiveConnection)
         assert c.conn.grants["events"].token == "fresh"
 
 
@@ -236,6 +244,22 @@ async def test_a_revoked_account_loses_its_documents_at_the_next_check(
             denied = await c.expect(m.PermissionDenied)
         assert denied.reason == "token_revoked"
         assert 30 < trio.current_time() - revoked_at <= 33  # RECHECK_ACCOUNT_S, per tick
+
+
+async def test_the_legacy_channel_waits_a_minute_for_its_token(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with live(legacy=True) as c:
+        with trio.fail_after(120):
+            assert await c.closed_with() == (CLOSE_UNAUTHORIZED, "authenticate first")
+        assert 60 <= c.elapsed() <= 61
+    async with live(legacy=True) as c:
+        c.accounts.expiry["t"] = 3600
+        await trio.sleep(59)
+        await c.transport.inbound.send('{"token": "t"}')
+        with trio.fail_after(1):
+            answer = await c.transport.outbound.receive()
+        assert answer == '{"type":"authenticated","user_id":"u1"}'
+        assert c.transport.closed is None
 
 
 class Sink:
