@@ -10,6 +10,10 @@ room; updates waiting in its inbox are stored together in one commit and each is
 with ``SyncStatus(true)`` only once durable (the contract's ack rule; Hocuspocus acks from
 memory). The worker is the only writer of its document's replies, the hub the only writer of
 fan-out, and both go through the outbox.
+
+What a connection may use of the services is its :class:`LiveContext`. The timers (idle, auth,
+ping) are the session's, fed ``trio.current_time()``; token expiry is wall time, read through
+the context. Under a test's fake clock every timer moves with it.
 """
 
 from __future__ import annotations
@@ -220,11 +224,11 @@ class LiveConnection:
         return True
 
     async def _block_refusal(self, user: User, name: BlockName) -> str | None:
-        storage = self.live.heaps
-        heap = await storage.get_heap(name.heap_id)
+        heaps = self.live.heaps
+        heap = await heaps.get_heap(name.heap_id)
         if heap is None or heap.owner_id != user.id:
             return "forbidden"
-        gone = (await storage.tombstones([name.block_id])).get(name.block_id)
+        gone = (await heaps.tombstones([name.block_id])).get(name.block_id)
         if gone is not None:  # another heap's deleted block: say nothing of it, as push does
             return "block_deleted" if gone[0] == name.heap_id else "block_in_other_heap"
         return None
