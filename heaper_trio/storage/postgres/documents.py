@@ -43,6 +43,7 @@ from heaper_trio.records import (
     StoredBlock,
     UpdateInfo,
 )
+from heaper_trio.records.changes import change_kind
 from heaper_trio.storage import block_query, rules
 from heaper_trio.storage.errors import HeapNotFound
 from heaper_trio.storage.postgres.files import write_block_files
@@ -253,10 +254,9 @@ async def commit_changes(c: Conn, changes: list[BlockChange], now: int,
         was, now_trashed = trashed.get(ch.block_id, False), ch.projection.deleted_at is not None
         trashed[ch.block_id] = now_trashed
         if announce_as is not None:
-            # The kinds DocumentService gives the same change (services/documents.py).
-            kind = ("created" if result.status is CommitStatus.created
-                    else "deleted" if now_trashed and not was
-                    else "restored" if was and not now_trashed else "changed")
+            # The kind DocumentService gives the same change, by the same rule.
+            kind = change_kind(created=result.status is CommitStatus.created,
+                               was_deleted=was, now_deleted=now_trashed)
             pointers.append(block_pointer(announce_as, kind, ch.heap_id, ch.block_id,
                                           result.last_seq, result.sync_version,
                                           result.updated_at))
