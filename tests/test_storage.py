@@ -12,7 +12,7 @@ import trio
 from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.services.container import open_storage
 from heaper_trio.settings import Settings
-from heaper_trio.storage import Storage
+from heaper_trio.storage import Storage, database_exists
 from heaper_trio.records import ChallengeProblem, LoginOutcome, NewRefreshToken, RefreshOutcome
 from heaper_trio.storage.migrate import migration_scripts
 
@@ -272,3 +272,11 @@ async def test_account_administration(make_settings: Callable[..., Settings]) ->
                         storage.revoke_user_tokens("nobody", NOW)):
             assert await missing is None
         assert [u.is_admin for u in await storage.list_users()] == [True, True]
+
+
+async def test_database_exists_only_once_opened(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    assert database_exists(settings) is bool(settings.database_url)  # PostgreSQL: always
+    async with opened(settings):
+        pass
+    assert database_exists(settings)

@@ -23,4 +23,16 @@ def make_storage(settings: Settings) -> Storage:
     return SqliteStorage(settings.data_path, settings.sqlite_synchronous)
 
 
-__all__ = ["Storage", "make_storage"]
+def database_exists(settings: Settings) -> bool:
+    """Whether the configured database is there to open, checked without creating it: an
+    admin command pointed at the wrong data directory should say so, not leave an empty
+    database behind. A PostgreSQL database is made by its administrator, never by us, so it
+    counts as there (opening it tells otherwise)."""
+    if settings.database_url:
+        return True
+    from heaper_trio.storage.sqlite.engine import DB_FILE
+
+    return (settings.data_path / DB_FILE).exists()
+
+
+__all__ = ["Storage", "database_exists", "make_storage"]
