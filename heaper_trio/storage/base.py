@@ -5,6 +5,11 @@ nothing at all on error. A cancelled call either changed nothing or, if its comm
 under way, waits for it and returns normally: "cancelled" never hides a committed write. Multi-step rules that must be atomic (a login that
 consumes a challenge, creates the account and issues a token) are single methods for that
 reason. No SQL lives outside this package.
+
+Each engine keeps only its SQL and I/O: what rows mean (a usable challenge, a refresh outcome,
+a commit conflict, the rows a change writes) is decided once in ``rules``, rows become records
+in ``rows``. "Not there" is None, an outcome value, or a named signal of ``errors``, never the
+built-in ``LookupError``.
 """
 
 from __future__ import annotations
