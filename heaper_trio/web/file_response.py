@@ -41,10 +41,10 @@ from typing import Literal
 
 import trio
 from quart import Response, request
-from quart_trio.asgi import TrioASGIHTTPConnection
 
 from heaper_trio.errors import NotFound, RangeNotSatisfiable
-from heaper_trio.services.scans.source import OpenFile, open_regular
+from heaper_trio.services.scans.source import OpenFile, open_own
+from heaper_trio.web.quart_compat import HANDLE_REQUEST_CODE
 from heaper_trio.web.ranges import (
     ByteRange,
     clean_media_type,
@@ -62,8 +62,6 @@ IMMUTABLE_MAX_AGE = 365 * 24 * 3600
 
 # On every file answer: no type sniffing, and no script or plugin runs if it is opened as a page.
 SAFETY_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
-
-_HANDLE_REQUEST_CODE = TrioASGIHTTPConnection.handle_request.__code__
 
 
 async def file_response(
@@ -157,23 +155,12 @@ def _field(name: str) -> str | None:
     return ", ".join(values) if values else None
 
 
-async def open_path(path: Path) -> OpenFile:
-    """One of the server's own files (a thumbnail), open, for a route that needs its ``fstat``
-    (mtime for the ETag) before answering: the same look-up then serves it, never a second.
-    NotFound ``file_missing`` if it is not a regular file on disk."""
-    try:
-        return await trio.to_thread.run_sync(open_regular, path)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        raise NotFound("the file is no longer on the server's disk",
-                       code="file_missing") from None
-
-
 async def _open(source: Path | int | OpenFile) -> OpenFile:
     """The file to serve, open; a file or descriptor handed in is taken over (and closed if
     it is not a regular file). An ``OpenFile`` keeps the ``fstat`` it was checked with: one
     per download, not two."""
     if isinstance(source, Path):
-        return await open_path(source)
+        return await open_own(source)
     if isinstance(source, OpenFile):
         opened = source
     else:
@@ -225,7 +212,7 @@ def _end_exchange_early() -> bool:
     else the body just ends and the server logs h11's complaint.
     """
     task = trio.lowlevel.current_task()
-    if getattr(task.coro, "cr_code", None) is not _HANDLE_REQUEST_CODE:
+    if getattr(task.coro, "cr_code", None) is not HANDLE_REQUEST_CODE:
         return False
     if task.parent_nursery is None:
         return False

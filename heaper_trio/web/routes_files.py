@@ -14,8 +14,8 @@ from heaper_trio.errors import BadRequest
 from heaper_trio.records import FileRecord, User
 from heaper_trio.services.files import check_hash
 from heaper_trio.services.media.sniff import runs_in_browser
-from heaper_trio.services.scans.source import OpenFile
-from heaper_trio.web.file_response import file_response, open_path
+from heaper_trio.services.scans.source import OpenFile, open_own
+from heaper_trio.web.file_response import file_response
 from heaper_trio.web.json_files import client_thumbnail_json
 from heaper_trio.web.routing import limit_body, read_form, route, services
 from heaper_trio.web.schema import boolean, open_obj, string
@@ -86,7 +86,7 @@ async def stream(user: User, key: str, slug: str) -> Response:
 
 
 async def _thumbnail(record: FileRecord, path: Path, kind: str) -> Response:
-    opened = await open_path(path)  # its fstat dates the answer; the same file is served
+    opened = await open_own(path)  # its fstat dates the answer; the same file is served
     return await file_response(opened, mime_type="image/webp",
                                etag=f"{record.hash[:32]}-{path.stem}",
                                last_modified=opened.stat.st_mtime, filename=None,
@@ -167,7 +167,7 @@ async def download_thumbnail(user: User, block_id: str, file_hash: str, thumbnai
                              thumbnail_size: str) -> Response:
     path, mime = await services().client_thumbnails.find(
         user, block_id, check_hash(file_hash), thumbnail_type, thumbnail_size)
-    opened = await open_path(path)
+    opened = await open_own(path)
     return await file_response(
         opened, mime_type=mime, etag=f"{file_hash[:16]}-{int(opened.stat.st_mtime_ns)}",
         last_modified=opened.stat.st_mtime, filename=None, disposition="inline")

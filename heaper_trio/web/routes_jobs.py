@@ -113,5 +113,4 @@ async def regenerate_file(user: User, body: dict[str, Any]) -> dict[str, Any]:
     if not key:
         raise BadRequest("file_hash or file_id is required", code="missing_field",
                          details={"field": "body.file_hash"})
-    # reprobe directly: ScanService.regenerate_file is still annotated as answering a dict
-    return regenerated_json(await services().scans.reprobe.regenerate(user, key))
+    return regenerated_json(await services().scans.regenerate_file(user, key))

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -35,13 +35,13 @@ from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.files import FileService
 from heaper_trio.services.scans.folder import FolderScan
 from heaper_trio.services.scans.job import ScanJob, ScanSnapshot
-from heaper_trio.services.scans.reindex import FileReprobe
+from heaper_trio.services.scans.reindex import FileReprobe, Regenerated
 from heaper_trio.services.scans.rescan import FileRescans
 from heaper_trio.services.scans.source import (
     SERVER_FILES,
     NotTheScannedFile,
     OpenFile,
-    open_regular,
+    open_own,
     open_scanned,
 )
 from heaper_trio.services.scans.walk import allowed_bases, resolve_scan_path
@@ -89,11 +89,7 @@ class ScanService:
         its scan hashed. NotFound ``file_missing`` if they are gone; Conflict ``file_changed``
         if something else is at the path now (a rescan of it is queued)."""
         if record.source_path is None:
-            try:
-                return await trio.to_thread.run_sync(open_regular,
-                                                     self.files.store_path(record.hash))
-            except (FileNotFoundError, NotADirectoryError):
-                raise _missing() from None
+            return await open_own(self.files.store_path(record.hash), gone=_GONE)
         path = record.source_path
         entries = [e for e in await self.storage.scan_entries_at(path)
                    if e.hash == record.hash and not e.missing]
@@ -151,7 +147,7 @@ class ScanService:
         return self._start(job, lambda: self.reprobe.reindex(job, user, heap_id,
                                                              self.settings.scan_jobs))
 
-    async def regenerate_file(self, user: User, key: str) -> dict[str, Any]:
+    async def regenerate_file(self, user: User, key: str) -> Regenerated:
         return await self.reprobe.regenerate(user, key)
 
     def _start(self, job: ScanJob, work: Callable[[], Awaitable[None]]) -> ScanSnapshot:
@@ -215,9 +211,11 @@ class ScanService:
             await trio.sleep(PROGRESS_EVERY_S)
 
 
+_GONE = "the file's bytes are gone (a scanned file moved or was deleted?)"
+
+
 def _missing() -> NotFound:
-    return NotFound("the file's bytes are gone (a scanned file moved or was deleted?)",
-                    code="file_missing")
+    return NotFound(_GONE, code="file_missing")
 
 
 def _reason(exc: BaseException) -> str:

@@ -29,6 +29,9 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+import trio
+
+from heaper_trio.errors import NotFound
 from heaper_trio.records.scans import FileIdentity
 
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -181,6 +184,17 @@ def open_regular(path: Path) -> OpenFile:
         opened.close()
         raise FileNotFoundError(errno.ENOENT, "not a regular file", str(path))
     return opened
+
+
+async def open_own(path: Path, *, gone: str = "the file is no longer on the server's disk"
+                   ) -> OpenFile:
+    """One of the server's own files (a stored upload, a thumbnail), open off the event loop:
+    the one opener the file routes and the scan service share, so "missing" is decided once.
+    NotFound ``file_missing`` (with ``gone`` as its message) if it is not a regular file."""
+    try:
+        return await trio.to_thread.run_sync(open_regular, path)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise NotFound(gone, code="file_missing") from None
 
 
 def open_scanned(path: str, known: Iterable[FileIdentity]) -> OpenFile:
