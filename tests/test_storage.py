@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
 
 import pytest
 import trio
 
 from heaper_trio.aio import open_asyncio_loop
+from heaper_trio.records import ChallengeProblem, LoginOutcome, NewRefreshToken, RefreshOutcome
 from heaper_trio.services.container import open_storage
 from heaper_trio.settings import Settings
 from heaper_trio.storage import Storage, database_exists
-from heaper_trio.records import ChallengeProblem, LoginOutcome, NewRefreshToken, RefreshOutcome
 from heaper_trio.storage.migrate import migration_scripts
 
 NOW = 1_700_000_000_000
@@ -22,9 +23,8 @@ NOW = 1_700_000_000_000
 @asynccontextmanager
 async def opened(settings: Settings) -> AsyncIterator[Storage]:
     settings.data_path.mkdir(parents=True, exist_ok=True)
-    async with open_asyncio_loop():
-        async with open_storage(settings) as storage:
-            yield storage
+    async with open_asyncio_loop(), open_storage(settings) as storage:
+        yield storage
 
 
 def refresh_row() -> NewRefreshToken:
@@ -147,7 +147,7 @@ async def test_sqlite_failed_job_rolls_back_alone(engine: str,
                                                   make_settings: Callable[..., Settings]) -> None:
     async with opened(make_settings()) as storage:
         async def dup() -> None:
-            with pytest.raises(Exception):
+            with pytest.raises(sqlite3.IntegrityError):
                 await storage.create_challenge("same", "k", NOW, NOW + 1)
 
         await storage.create_challenge("same", "k", NOW, NOW + 1)
@@ -189,8 +189,8 @@ async def test_postgres_connection_loss_is_unavailable_then_recovers(
     async with opened(make_settings(pg_pool_min=2, pg_pool_max=2)) as storage:
         await storage.ping()
         subprocess.run(["psql", "-q", database_url, "-c",
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        f"WHERE datname = '{dbname}' AND pid <> pg_backend_pid()"],
+                        ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         f"WHERE datname = '{dbname}' AND pid <> pg_backend_pid()")],
                        check=True, capture_output=True, timeout=30)
         outcomes = []
         for _ in range(4):

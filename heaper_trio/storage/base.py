@@ -2,9 +2,9 @@
 
 Every method is one unit of work: one transaction, committed before the method returns, or
 nothing at all on error. A cancelled call either changed nothing or, if its commit was already
-under way, waits for it and returns normally: "cancelled" never hides a committed write. Multi-step rules that must be atomic (a login that
-consumes a challenge, creates the account and issues a token) are single methods for that
-reason. No SQL lives outside this package.
+under way, waits for it and returns normally: "cancelled" never hides a committed write.
+Multi-step rules that must be atomic (a login that consumes a challenge, creates the account
+and issues a token) are single methods for that reason. No SQL lives outside this package.
 
 Each engine keeps only its SQL and I/O: what rows mean (a usable challenge, a refresh outcome,
 a commit conflict, the rows a change writes) is decided once in ``rules``, rows become records
@@ -285,7 +285,7 @@ class Storage(abc.ABC):
     # -- between processes (several servers on one database) ----------------------------------
     shares_processes: bool = False  # True when other server processes may use this database
 
-    async def announce(self, payloads: list[str]) -> None:
+    async def announce(self, payloads: list[str]) -> None:  # noqa: B027 - optional, not abstract
         """Tell the other processes on this database (small text payloads, < 8 KB each).
         A single-process engine has nobody to tell."""
 

@@ -11,8 +11,9 @@ query answers (nor reveal that the id exists).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from heaper_trio.records import BlockQuery
 

@@ -163,7 +163,7 @@ def conflict(ch: BlockChange) -> CommitResult:
     return CommitResult(ch.block_id, CommitStatus.conflict)
 
 
-# -- creations in bulk (folder scans) ----------------------------------------------------------------
+# -- creations in bulk (folder scans) -------------------------------------------------------
 
 
 def bulk_creatable(ch: BlockChange) -> bool:

@@ -28,7 +28,8 @@ engines store the same values. JSONB keeps object keys in its own order, not the
 from __future__ import annotations
 
 import zlib
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 

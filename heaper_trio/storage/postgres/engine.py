@@ -2,12 +2,12 @@
 
 Each call crosses the trio/asyncio bridge exactly once, into a plain asyncio coroutine (a
 runner: ``read``, ``write1`` or ``tx`` in ``runtime``) that acquires a connection, runs one
-unit of work and gives the connection back. Acquire and transaction are never split across bridge calls:
-wrapping ``pool.acquire()`` or ``conn.transaction()`` themselves with ``aio_as_trio`` leaks
-both under a cancel (stack-pitfalls section 2). A trio cancel becomes one asyncio cancel of
-the runner: before COMMIT the work rolls back and nothing happened; once COMMIT (or an
-autocommit statement) is on the wire the call sees it through and returns, so "cancelled"
-never hides a committed write.
+unit of work and gives the connection back. Acquire and transaction are never split across
+bridge calls: wrapping ``pool.acquire()`` or ``conn.transaction()`` themselves with
+``aio_as_trio`` leaks both under a cancel (stack-pitfalls section 2). A trio cancel becomes
+one asyncio cancel of the runner: before COMMIT the work rolls back and nothing happened;
+once COMMIT (or an autocommit statement) is on the wire the call sees it through and returns,
+so "cancelled" never hides a committed write.
 
 Transactions run at READ COMMITTED, so each statement sees what committed before it started.
 Row locks give the read-modify-write rules the order the SQLite engine gets from its single
@@ -29,13 +29,31 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import trio
 import trio_asyncio
 from trio_asyncio import aio_as_trio
 
+from heaper_trio.records import (
+    BlockChange,
+    BlockQuery,
+    BlockRecord,
+    ChangePage,
+    CommitResult,
+    CommitStatus,
+    Heap,
+    LoginOutcome,
+    NewRefreshToken,
+    RotateResult,
+    StoredBlock,
+    UpdateInfo,
+    User,
+)
+from heaper_trio.storage.base import Storage
+from heaper_trio.storage.migrate import migration_scripts
 from heaper_trio.storage.postgres import documents as docs
 from heaper_trio.storage.postgres import notify as postgres_notify
 from heaper_trio.storage.postgres.accounts import (
@@ -54,23 +72,6 @@ from heaper_trio.storage.postgres.accounts import (
     _usage,
 )
 from heaper_trio.storage.postgres.files import PostgresFiles
-from heaper_trio.storage.postgres.scans import PostgresScans
-from heaper_trio.storage.base import Storage
-from heaper_trio.records import (
-    BlockChange,
-    BlockQuery,
-    BlockRecord,
-    ChangePage,
-    CommitResult,
-    CommitStatus,
-    Heap,
-    LoginOutcome,
-    NewRefreshToken,
-    RotateResult,
-    StoredBlock,
-    UpdateInfo,
-    User,
-)
 from heaper_trio.storage.postgres.runtime import (
     Conn,
     Pool,
@@ -79,7 +80,7 @@ from heaper_trio.storage.postgres.runtime import (
     tx,
     write1,
 )
-from heaper_trio.storage.migrate import migration_scripts
+from heaper_trio.storage.postgres.scans import PostgresScans
 
 log = logging.getLogger(__name__)
 

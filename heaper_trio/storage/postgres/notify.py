@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import trio
@@ -82,7 +83,8 @@ async def listen_forever(dsn: str, loop: Any, on_payload: Callable[[str], None],
                     task_status.started()
                 else:
                     on_payload("")  # reconnected: what was announced meanwhile is unknown
-                while not conn.is_closed():
+                # asyncpg tells of a lost connection only by is_closed(): poll it.
+                while not conn.is_closed():  # noqa: ASYNC110
                     await trio.sleep(CHECK_EVERY_S)
                 log.error("postgres LISTEN connection lost; reconnecting")
             finally:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 from trio_asyncio import aio_as_trio
@@ -135,10 +136,9 @@ async def tx(pool: Pool, work: Callable[..., Awaitable[T]], *args: Any) -> T:
         # Always ``async with`` for the transaction: a connection released inside a transaction
         # asyncpg does not manage makes it call the loop's exception handler, and
         # trio-asyncio's default handler turns that into an error that kills the loop.
-        async with _connection(pool) as c:
-            async with c.transaction():
-                result = await work(c, *args)
-                progress.sent = True  # leaving the block sends COMMIT
+        async with _connection(pool) as c, c.transaction():
+            result = await work(c, *args)
+            progress.sent = True  # leaving the block sends COMMIT
         return result
 
     return await _unless_sent(run)
@@ -147,7 +147,7 @@ async def tx(pool: Pool, work: Callable[..., Awaitable[T]], *args: Any) -> T:
 async def close_pool(pool: Pool) -> None:
     try:
         await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("postgres pool did not close within %ss; terminating", CLOSE_TIMEOUT)
         pool.terminate()
 

@@ -34,7 +34,8 @@ def list_heaps(c: sqlite3.Connection, owner_id: str) -> list[Heap]:
 
 def create_heap(c: sqlite3.Connection, heap: Heap, root: BlockChange, now: int) -> bool:
     taken = c.execute(
-        "SELECT EXISTS (SELECT 1 FROM heaps WHERE id=?) OR EXISTS (SELECT 1 FROM blocks WHERE id=?) "
+        "SELECT EXISTS (SELECT 1 FROM heaps WHERE id=?) "
+        "OR EXISTS (SELECT 1 FROM blocks WHERE id=?) "
         "OR EXISTS (SELECT 1 FROM block_tombstones WHERE block_id=?)",
         (heap.id, root.block_id, root.block_id),
     ).fetchone()[0]
@@ -85,7 +86,8 @@ def tombstones(c: sqlite3.Connection, block_ids: list[str]) -> dict[str, tuple[s
         chunk = block_ids[start:start + 500]
         marks = ",".join("?" * len(chunk))
         rows = c.execute(
-            f"SELECT block_id, heap_id, deleted_at FROM block_tombstones WHERE block_id IN ({marks})",
+            "SELECT block_id, heap_id, deleted_at FROM block_tombstones "
+            f"WHERE block_id IN ({marks})",
             chunk,
         )
         out.update((r[0], (r[1], r[2])) for r in rows.fetchall())

@@ -27,8 +27,8 @@ from heaper_trio.storage.base import Storage
 from heaper_trio.storage.rows import user_row
 from heaper_trio.storage.sqlite import documents as docs
 from heaper_trio.storage.sqlite.files import SqliteFiles
-from heaper_trio.storage.sqlite.scans import SqliteScans
 from heaper_trio.storage.sqlite.runtime import SqliteRuntime
+from heaper_trio.storage.sqlite.scans import SqliteScans
 
 DB_FILE = "heaper.sqlite3"
 
@@ -68,7 +68,8 @@ class SqliteStorage(SqliteFiles, SqliteScans, Storage):
 
     async def schema_version(self) -> int:
         def q(c: sqlite3.Connection) -> int:
-            return c.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+            sql = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+            return int(c.execute(sql).fetchone()[0])
 
         return await self.rt.read(q)
 

@@ -15,9 +15,10 @@ import queue
 import sqlite3
 import threading
 from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import outcome
 import trio
@@ -221,7 +222,7 @@ class SqliteRuntime:
                 conn.execute("RELEASE job")
                 results.append(result)
             conn.execute("COMMIT")
-        except BaseException as e:  # noqa: BLE001 - reported to every caller below
+        except BaseException as e:  # reported to every caller below
             try:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
