@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import trio
@@ -30,6 +31,7 @@ from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.files import FileService
 from heaper_trio.services.heaps import HeapService
 from heaper_trio.services.live.bridge import ProcessBridge
+from heaper_trio.services.live.context import LiveContext
 from heaper_trio.services.live.hub import LiveHub
 from heaper_trio.services.media.client_thumbnails import ClientThumbnails
 from heaper_trio.services.media.service import MediaService
@@ -65,6 +67,12 @@ class Services:
     started_at: float = field(default_factory=time.time)
     version: str = __version__
     shutdown: trio.Event = field(default_factory=trio.Event)
+
+    @cached_property
+    def live(self) -> LiveContext:
+        """The narrow view live connections get (built once, on first use): they cannot reach
+        storage writes, files or scans through it."""
+        return LiveContext.of(self)
 
 
 def prepare_data_dir(settings: Settings) -> None:

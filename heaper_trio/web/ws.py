@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 
-from quart import Blueprint, current_app, websocket
+from quart import Blueprint, websocket
 
 from heaper_trio.protocol.close_codes import CLOSE_INTERNAL_ERROR
 from heaper_trio.services.live.connection import LiveConnection
-from heaper_trio.services.live.context import LiveContext
 from heaper_trio.services.live.legacy import LegacyEventsConnection
+from heaper_trio.web.quart_compat import current_websocket
 from heaper_trio.web.routing import services, websocket_route
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ bp = Blueprint("ws", __name__)
 class QuartTransport:
     def __init__(self) -> None:
         # the object itself, usable from the connection's child tasks (quart's proxy API)
-        self._ws = websocket._get_current_object()  # type: ignore[attr-defined]
+        self._ws = current_websocket()
 
     async def receive(self) -> bytes | str | None:
         return await self._ws.receive()  # type: ignore[no-any-return]
@@ -33,14 +33,6 @@ class QuartTransport:
 
     async def close(self, code: int, reason: str) -> None:
         await self._ws.close(code, reason[:120])
-
-
-def live_context() -> LiveContext:
-    """What live connections may use of the services, built once per app."""
-    ctx = current_app.config.get("LIVE_CONTEXT")
-    if ctx is None:
-        ctx = current_app.config["LIVE_CONTEXT"] = LiveContext.of(services())
-    return ctx  # type: ignore[no-any-return]
 
 
 def connection_token() -> str | None:
@@ -57,7 +49,7 @@ def connection_token() -> str | None:
                  "auth per document, sync-status acks after durable commits, typed JSON "
                  "events on the `events` channel. See docs/protocol.md.")
 async def live_sync() -> None:
-    ctx = live_context()
+    ctx = services().live
     await websocket.accept()
     conn = LiveConnection(QuartTransport(), ctx, connection_token())
     try:
@@ -74,7 +66,7 @@ async def live_sync() -> None:
                  "scan.progress / scan.done / scan.failed / scan.aborted events arrive as "
                  "JSON text frames. New clients use the events channel of /ws.")
 async def legacy_events() -> None:
-    ctx = live_context()
+    ctx = services().live
     await websocket.accept()
     conn = LegacyEventsConnection(QuartTransport(), ctx, connection_token())
     try:
