@@ -7,8 +7,9 @@
 #   bash scripts/test.sh [pytest args...]
 #
 # The suite runs on HEAPER_TEST_WORKERS pytest-xdist workers (default: the CPU count, at most 4;
-# `-n 0` among the pytest args runs it in one process). HEAPER_LINT=0 skips the static checks,
-# HEAPER_LINT=1 runs them.
+# `-n 0` among the pytest args runs it in one process), except the tests marked serial (see
+# SERIAL in tests/conftest.py), which run after it, one at a time. HEAPER_LINT=0 skips the
+# static checks, HEAPER_LINT=1 runs them.
 #
 # System packages: PostgreSQL (the second storage engine; a throwaway cluster is started
 # for the run and stopped after) and ffmpeg (video frames). Node packages for the interop
@@ -58,9 +59,19 @@ fi
 export HEAPER_TEST_REQUIRE_POSTGRES=1
 export HEAPER_TEST_REQUIRE_NODE=1  # the Yjs interop tests must run, not skip
 
-# Workers: more than 4 would mostly add load to the timing-sensitive tests and PostgreSQL
-# connections (each worker's servers hold up to ~10; the throwaway cluster allows 200).
+# Two runs, one coverage report. First everything but the tests marked serial, on xdist
+# workers (more than 4 would mostly add PostgreSQL connections, ~10 per worker's servers, and
+# load); then the serial ones (timed against the wall clock) alone, one at a time.
 workers=${HEAPER_TEST_WORKERS:-$(($(nproc) < 4 ? $(nproc) : 4))}
-echo "== pytest ($workers workers)"
-.venv/bin/python -m pytest -n "$workers" --dist loadgroup \
-    --cov=heaper_trio --cov-report=term:skip-covered "$@"
+echo "== pytest on $workers workers"
+parallel=0 serial=0
+.venv/bin/python -m pytest -n "$workers" --dist loadgroup --cov=heaper_trio --cov-report= \
+    "$@" --serial skip || parallel=$?
+echo "== pytest, the serial tests"
+.venv/bin/python -m pytest --cov=heaper_trio --cov-append --cov-report=term:skip-covered \
+    "$@" --serial only -n 0 || serial=$?
+# Exit status 5 is "no tests collected": a selection (-k, a path) may hold one kind only.
+if ((parallel == 5 && serial == 5)); then exit 5; fi
+for rc in "$parallel" "$serial"; do
+    if ((rc != 0 && rc != 5)); then exit "$rc"; fi
+done

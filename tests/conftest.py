@@ -38,10 +38,55 @@ from heaper_trio.settings import Settings, load_settings
 ROOT = Path(__file__).resolve().parent.parent
 ENGINES = ["sqlite", "postgres"]
 
+# Tests that hold the wall clock to a bound a busy machine breaks. scripts/test.sh runs the
+# suite on several workers without them (``--serial skip``), then them alone, one at a time
+# (``--serial only``). A test can also carry ``@pytest.mark.serial`` itself.
+SERIAL = {
+    "tests/test_scans.py::test_ten_thousand_files_abort_then_full_rescan":
+        "progress events 0.4 s apart must arrive within 0.6 s (seen failing beside the fuzz run)",
+    "tests/test_live_processes.py::test_live_edits_and_events_cross_processes_quickly":
+        "median delivery between two processes under 100 ms",
+    "tests/test_live_node.py::test_awareness_comes_and_goes_with_the_socket":
+        "awareness delivered and expired within 1000 ms",
+    "tests/test_harden_slow_uploads.py::test_a_body_below_the_minimum_rate_gets_408_and_leaves_nothing":
+        "the 408 comes within a 2 s window of its deadline",
+}
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--engine", choices=ENGINES, action="append",
                      help="run the behaviour suite on this engine only (repeatable)")
+    parser.addoption("--serial", choices=["include", "skip", "only"], default="include",
+                     help="tests marked serial (timed against the wall clock): run them with "
+                     "the rest (include, the default), leave them out (skip), or run only them")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests SERIAL names, and keep or drop the serial ones as ``--serial`` says."""
+    checked: set[str] = set()
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        module = getattr(item, "module", None)
+        if path not in checked and module is not None:  # a renamed test must not slip out
+            checked.add(path)
+            for listed in SERIAL:
+                listed_path, _, name = listed.partition("::")
+                if listed_path == path and not hasattr(module, name):
+                    raise pytest.UsageError(f"tests/conftest.py SERIAL names {listed}, which "
+                                            f"{path} no longer defines")
+        if f"{path}::{getattr(item, 'originalname', item.name)}" in SERIAL:
+            item.add_marker(pytest.mark.serial)
+    mode = config.getoption("serial")
+    if mode == "include":
+        return
+    wanted = mode == "only"
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        (keep if (item.get_closest_marker("serial") is not None) == wanted else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
