@@ -13,8 +13,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
-
 PKG = Path(__file__).resolve().parent.parent / "heaper_trio"
 
 # place -> modules of heaper_trio it must not import
@@ -145,9 +143,6 @@ def test_the_checker_catches_each_kind_of_rule() -> None:
     assert imports(PKG / "storage" / "__init__.py") >= {"heaper_trio.storage.base"}
 
 
-@pytest.mark.xfail(strict=True, reason="services/admin.py imports storage.sqlite.engine.DB_FILE "
-                   "to refuse creating a database; pending a storage-level database_exists "
-                   "(heaper_trio/storage/__init__.py, helper B)")
 def test_only_storage_picks_an_engine() -> None:
     """Engines are chosen by ``storage.make_storage`` from the settings, nowhere else."""
     broken = [f"{place(path)} imports {mod}" for path in sources()

@@ -16,15 +16,14 @@ from heaper_trio.client import HeaperClient
 from heaper_trio.errors import BadRequest
 from heaper_trio.services.push import PushBatch, Settled, checked, with_diff
 from heaper_trio.services.query import QueryRequest, parse_query
+from heaper_trio.records.changes import ChangeKind, change_kind
 from heaper_trio.services.sync_types import (
-    ChangeKind,
     PullOutcome,
     PullStatus,
     PushItemRequest,
     PushOutcome,
     PushStatus,
     Undecodable,
-    change_kind,
 )
 from heaper_trio.web.json_sync import pull_json, pull_request, push_json, push_request
 from heaper_trio.web.routes_heaps import query_request

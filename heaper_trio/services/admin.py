@@ -17,8 +17,7 @@ from heaper_trio.errors import NotFound, StartupError
 from heaper_trio.records import User
 from heaper_trio.services.accounts import find_user
 from heaper_trio.settings import Settings
-from heaper_trio.storage import Storage
-from heaper_trio.storage.sqlite.engine import DB_FILE
+from heaper_trio.storage import Storage, database_exists
 
 
 class UserAdmin:
@@ -74,7 +73,7 @@ async def open_user_admin(settings: Settings) -> AsyncIterator[UserAdmin]:
     PostgreSQL needs a trio-asyncio loop open around the caller, as for the server."""
     from heaper_trio.services.container import open_storage  # container holds a UserAdmin
 
-    if not settings.database_url and not (settings.data_path / DB_FILE).exists():
+    if not database_exists(settings):
         raise StartupError(f"data_dir: no database in {settings.data_path}; pass the server's "
                            "--data-dir (or start the server once first)")
     async with open_storage(settings) as storage:

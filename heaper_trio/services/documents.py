@@ -26,9 +26,9 @@ from heaper_trio.errors import Forbidden, NotFound, PayloadTooLarge
 from heaper_trio.records import BlockChange, BlockProjection, ChangePage, CommitStatus, Heap, User
 from heaper_trio.services.doc_cache import DocumentBase, DocumentCache
 from heaper_trio.services.push import Prepared, PushBatch, Settled, checked, with_diff
+from heaper_trio.records.changes import ChangeKind, change_kind
 from heaper_trio.services.sync_types import (
     BlockView,
-    ChangeKind,
     EditStatus,
     PullItemRequest,
     PullOutcome,
@@ -37,7 +37,6 @@ from heaper_trio.services.sync_types import (
     PushOutcome,
     PushStatus,
     Undecodable,
-    change_kind,
 )
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import Storage

@@ -16,7 +16,8 @@ from heaper_trio.records import BlockRecord, ChangePage, User
 from heaper_trio.services.documents import Committed, DocumentService
 from heaper_trio.services.files import FileService
 from heaper_trio.services.media.client_thumbnails import ClientThumbnails
-from heaper_trio.services.sync_types import BlockHistory, ChangeKind, EditStatus
+from heaper_trio.records.changes import ChangeKind
+from heaper_trio.services.sync_types import BlockHistory, EditStatus
 
 
 @dataclass(frozen=True)

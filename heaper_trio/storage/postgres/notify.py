@@ -16,7 +16,6 @@ the commit left a gap in which a kill -9 hid acknowledged updates from the other
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,8 @@ from typing import Any
 import asyncpg
 import trio
 from trio_asyncio import aio_as_trio
+
+from heaper_trio.protocol import announce
 
 log = logging.getLogger(__name__)
 CHANNEL = "heaper_live"
@@ -38,9 +39,9 @@ async def notify(c: asyncpg.Connection, payloads: list[str]) -> None:
 
 def block_pointer(origin: str, kind: str, heap_id: str, block_id: str = "", seq: int = 0,
                   sync_version: int = 1, updated_at: int = 0) -> str:
-    """The announcement of one stored change (the format ``live_bridge`` reads)."""
-    return json.dumps({"o": origin, "k": kind, "h": heap_id, "b": block_id, "s": seq,
-                       "v": sync_version, "t": updated_at}, separators=(",", ":"))
+    """The announcement of one stored change, as ``services/live/bridge.py`` reads it."""
+    return announce.encode(announce.BlockAnnouncement(origin, kind, heap_id, block_id, seq,
+                                                      sync_version, updated_at))
 
 
 async def listen_forever(dsn: str, loop: Any, on_payload: Callable[[str], None],
