@@ -76,6 +76,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                             f"{path} no longer defines")
         if f"{path}::{getattr(item, 'originalname', item.name)}" in SERIAL:
             item.add_marker(pytest.mark.serial)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the same order on every worker
+        # The slow tests first: one left for the end runs alone while the other workers idle.
+        items.sort(key=lambda i: i.get_closest_marker("slow") is None)
     mode = config.getoption("serial")
     if mode == "include":
         return
