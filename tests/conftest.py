@@ -42,14 +42,14 @@ ENGINES = ["sqlite", "postgres"]
 # suite on several workers without them (``--serial skip``), then them alone, one at a time
 # (``--serial only``). A test can also carry ``@pytest.mark.serial`` itself.
 SERIAL = {
-    "tests/test_scans.py::test_ten_thousand_files_abort_then_full_rescan":
-        "progress events 0.4 s apart must arrive within 0.6 s (seen failing beside the fuzz run)",
-    "tests/test_live_processes.py::test_live_edits_and_events_cross_processes_quickly":
-        "median delivery between two processes under 100 ms",
-    "tests/test_live_node.py::test_awareness_comes_and_goes_with_the_socket":
-        "awareness delivered and expired within 1000 ms",
-    "tests/test_harden_slow_uploads.py::test_a_body_below_the_minimum_rate_gets_408_and_leaves_nothing":
-        "the 408 comes within a 2 s window of its deadline",
+    # progress events 0.4 s apart must arrive within 0.6 s (it failed beside the fuzz run)
+    "tests/test_scans.py::test_ten_thousand_files_abort_then_full_rescan",
+    # median delivery between two server processes under 100 ms
+    "tests/test_live_processes.py::test_live_edits_and_events_cross_processes_quickly",
+    # awareness delivered and expired within 1000 ms
+    "tests/test_live_node.py::test_awareness_comes_and_goes_with_the_socket",
+    # the 408 comes within a 2 s window around its deadline
+    "tests/test_harden_slow_uploads.py::test_a_body_below_the_minimum_rate_gets_408_and_leaves_nothing",
 }
 
 
