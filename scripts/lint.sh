@@ -8,9 +8,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+failed=()  # every check runs, so one report shows all that is wrong
 echo "== ruff check"
-.venv/bin/ruff check heaper_trio tests scripts
+.venv/bin/ruff check heaper_trio tests scripts || failed+=("ruff check")
 echo "== ruff format --check"
-.venv/bin/ruff format --check heaper_trio tests scripts
+.venv/bin/ruff format --check heaper_trio tests scripts || failed+=("ruff format --check")
 echo "== mypy"
-.venv/bin/mypy heaper_trio
+.venv/bin/mypy heaper_trio || failed+=(mypy)
+if ((${#failed[@]})); then
+    echo "lint: failed: ${failed[*]}" >&2
+    exit 1
+fi
