@@ -9,8 +9,9 @@ harmless situations) into an error that tears the whole loop down; we log them i
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import trio_asyncio
 

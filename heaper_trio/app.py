@@ -41,9 +41,18 @@ from heaper_trio.web.http_guard import ASGIApp, HttpGuard
 from heaper_trio.web.quart_compat import keep_json_key_order, stop_idle_timer_at_eof
 
 log = logging.getLogger("heaper_trio")
-BLUEPRINTS = (routes_instance.bp, routes_auth.bp, routes_heaps.bp, routes_blocks.bp,
-              routes_sync.bp, routes_trash.bp, routes_uploads.bp, routes_files.bp,
-              routes_jobs.bp, ws.bp)
+BLUEPRINTS = (
+    routes_instance.bp,
+    routes_auth.bp,
+    routes_heaps.bp,
+    routes_blocks.bp,
+    routes_sync.bp,
+    routes_trash.bp,
+    routes_uploads.bp,
+    routes_files.bp,
+    routes_jobs.bp,
+    ws.bp,
+)
 
 
 class EveryFewSeconds(logging.Filter):
@@ -84,9 +93,12 @@ stop_idle_timer_at_eof()
 
 def guarded(app: QuartTrio, settings: Settings) -> ASGIFramework:
     """What hypercorn serves: the app behind the keep-alive workarounds (web/http_guard.py)."""
-    guard = HttpGuard(cast(ASGIApp, app), read_timeout=settings.http_read_timeout,
-                      drain_bytes=settings.http_drain_bytes,
-                      min_body_rate=settings.http_min_body_rate)
+    guard = HttpGuard(
+        cast(ASGIApp, app),
+        read_timeout=settings.http_read_timeout,
+        drain_bytes=settings.http_drain_bytes,
+        min_body_rate=settings.http_min_body_rate,
+    )
     return cast(ASGIFramework, guard)
 
 
@@ -95,9 +107,11 @@ def create_app(services: Services) -> QuartTrio:
     app.config["SERVICES"] = services
     # The largest body any route takes; JSON routes lower it per request (routing.limit_body)
     settings = services.settings
-    app.config["MAX_CONTENT_LENGTH"] = max(settings.max_request_bytes,
-                                           settings.max_chunk_bytes + 65536,
-                                           settings.max_direct_upload_bytes + 1024 * 1024)
+    app.config["MAX_CONTENT_LENGTH"] = max(
+        settings.max_request_bytes,
+        settings.max_chunk_bytes + 65536,
+        settings.max_direct_upload_bytes + 1024 * 1024,
+    )
     app.config["JSON_SORT_KEYS"] = False
     keep_json_key_order(app)
     install_cors(app)
@@ -150,10 +164,18 @@ async def run_server(
         app = create_app(services)
         async with trio.open_nursery() as serving:
             urls = await serving.start(
-                partial(serve, guarded(app, settings), hypercorn_config(settings),
-                        shutdown_trigger=services.shutdown.wait)
+                partial(
+                    serve,
+                    guarded(app, settings),
+                    hypercorn_config(settings),
+                    shutdown_trigger=services.shutdown.wait,
+                )
             )
-            log.info("heaper_trio %s serving on %s (%s database)", services.version,
-                     ", ".join(urls), services.storage.engine)
+            log.info(
+                "heaper_trio %s serving on %s (%s database)",
+                services.version,
+                ", ".join(urls),
+                services.storage.engine,
+            )
             task_status.started(RunningServer(list(urls), services))
         log.info("stopped accepting; closing down")

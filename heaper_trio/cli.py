@@ -44,44 +44,71 @@ Manage accounts. A user is named by id or base58 public key.
 def _add_storage_flags(p: argparse.ArgumentParser) -> None:
     for name in ("data_dir", "database_url"):
         s = BY_NAME[name]
-        p.add_argument(s.flag, dest=name, metavar=name.upper(),
-                       help=f"{s.help} [env {s.env}, default {s.default!r}]")
+        p.add_argument(
+            s.flag,
+            dest=name,
+            metavar=name.upper(),
+            help=f"{s.help} [env {s.env}, default {s.default!r}]",
+        )
     p.add_argument("--config", metavar="FILE", help="TOML config file [env HEAPER_CONFIG]")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m heaper_trio", description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="python -m heaper_trio",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"heaper_trio {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the server (default)",
-                           description="Run the server until SIGINT or SIGTERM.")
+    serve = sub.add_parser(
+        "serve",
+        help="run the server (default)",
+        description="Run the server until SIGINT or SIGTERM.",
+    )
     for s in SETTINGS:
         if s.cli and s.name not in ("data_dir", "database_url"):
-            serve.add_argument(s.flag, dest=s.name, type=s.type, metavar=s.name.upper(),
-                               help=f"{s.help} [env {s.env}, default {s.default!r}]")
+            serve.add_argument(
+                s.flag,
+                dest=s.name,
+                type=s.type,
+                metavar=s.name.upper(),
+                help=f"{s.help} [env {s.env}, default {s.default!r}]",
+            )
     _add_storage_flags(serve)
 
-    users = sub.add_parser("users", help="list, approve, reject, make-admin, revoke-tokens",
-                           description=USERS_HELP,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    users = sub.add_parser(
+        "users",
+        help="list, approve, reject, make-admin, revoke-tokens",
+        description=USERS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_storage_flags(users)
     users.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    users.add_argument("action", choices=("list", "approve", "reject", "make-admin",
-                                          "revoke-tokens"))
+    users.add_argument(
+        "action", choices=("list", "approve", "reject", "make-admin", "revoke-tokens")
+    )
     users.add_argument("user", nargs="?", help="user id or base58 public key")
 
     client = sub.add_parser(
-        "client", help="talk to a running server as a user (login, me)",
+        "client",
+        help="talk to a running server as a user (login, me)",
         description="Log in to a server with a key file (created if missing) and print JSON: "
-        "`login` prints the tokens, `me` the profile. For scripts and first checks.")
+        "`login` prints the tokens, `me` the profile. For scripts and first checks.",
+    )
     client.add_argument("action", choices=("login", "me"))
-    client.add_argument("--server", default=f"http://127.0.0.1:{BY_NAME['port'].default}",
-                        help="server URL (default %(default)s)")
-    client.add_argument("--key", required=True, metavar="FILE",
-                        help="the user's Ed25519 key file (hex seed); created if missing")
+    client.add_argument(
+        "--server",
+        default=f"http://127.0.0.1:{BY_NAME['port'].default}",
+        help="server URL (default %(default)s)",
+    )
+    client.add_argument(
+        "--key",
+        required=True,
+        metavar="FILE",
+        help="the user's Ed25519 key file (hex seed); created if missing",
+    )
     return parser
 
 
@@ -103,6 +130,7 @@ async def _serve(settings: Settings) -> None:
 
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
+
         async def watch_signals() -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
@@ -119,8 +147,14 @@ async def _serve(settings: Settings) -> None:
 
 
 def _user_row(u: User) -> dict[str, Any]:
-    return {"id": u.id, "public_key": u.public_key, "state": u.state, "is_admin": u.is_admin,
-            "email": u.email, "created_at": u.created_at}
+    return {
+        "id": u.id,
+        "public_key": u.public_key,
+        "state": u.state,
+        "is_admin": u.is_admin,
+        "email": u.email,
+        "created_at": u.created_at,
+    }
 
 
 async def _users(settings: Settings, args: argparse.Namespace) -> int:
@@ -136,8 +170,10 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 print(f"{'ID':32}  {'STATE':8}  {'ADMIN':5}  PUBLIC KEY")
                 for r in rows:
-                    print(f"{r['id']:32}  {r['state']:8}  {str(r['is_admin']).lower():5}  "
-                          f"{r['public_key']}")
+                    print(
+                        f"{r['id']:32}  {r['state']:8}  {str(r['is_admin']).lower():5}  "
+                        f"{r['public_key']}"
+                    )
             return 0
         actions: dict[str, Callable[[UserAdmin, str], Awaitable[User]]] = {
             "approve": UserAdmin.approve,
@@ -146,9 +182,12 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
             "revoke-tokens": UserAdmin.revoke_tokens,
         }
         row = _user_row(await actions[args.action](admin, args.user))
-        print(json.dumps(row) if args.json else
-              f"{args.action}: {row['id']} is {row['state']}"
-              f"{', admin' if row['is_admin'] else ''}")
+        print(
+            json.dumps(row)
+            if args.json
+            else f"{args.action}: {row['id']} is {row['state']}"
+            f"{', admin' if row['is_admin'] else ''}"
+        )
         return 0
 
 
@@ -161,18 +200,38 @@ async def _client(args: argparse.Namespace) -> int:
         try:
             answer = await c.login()
             if args.action == "login":
-                print(json.dumps({k: answer.get(k) for k in (
-                    "user_id", "is_admin", "accessToken", "refreshToken", "expires_at",
-                    "server_public_key")}, indent=2))
+                print(
+                    json.dumps(
+                        {
+                            k: answer.get(k)
+                            for k in (
+                                "user_id",
+                                "is_admin",
+                                "accessToken",
+                                "refreshToken",
+                                "expires_at",
+                                "server_public_key",
+                            )
+                        },
+                        indent=2,
+                    )
+                )
             else:
                 r = await c.post("/api/me")
                 r.raise_for_status()
                 print(json.dumps(r.json(), indent=2))
         except LoginPending as e:
-            print(json.dumps({"user_id": c.user_id, "public_key": c.public_key,
-                              "approval_required": True}, indent=2))
-            print(f"heaper_trio: {e}; an admin runs: python -m heaper_trio users approve "
-                  f"{c.public_key}", file=sys.stderr)
+            print(
+                json.dumps(
+                    {"user_id": c.user_id, "public_key": c.public_key, "approval_required": True},
+                    indent=2,
+                )
+            )
+            print(
+                f"heaper_trio: {e}; an admin runs: python -m heaper_trio users approve "
+                f"{c.public_key}",
+                file=sys.stderr,
+            )
             return 3
         except httpx.HTTPStatusError as e:
             print(f"heaper_trio: {e.response.status_code} {e.response.text}", file=sys.stderr)
@@ -212,8 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(leaf, KeyboardInterrupt):  # Ctrl-C before the signal watcher ran
             return 130
         if settings and isinstance(leaf, OSError) and leaf.errno in _BIND_ERRORS:
-            print(f"heaper_trio: host/port: cannot listen on {settings.host}:{settings.port}: "
-                  f"{leaf.strerror}", file=sys.stderr)
+            print(
+                f"heaper_trio: host/port: cannot listen on {settings.host}:{settings.port}: "
+                f"{leaf.strerror}",
+                file=sys.stderr,
+            )
             return 2
         raise
 

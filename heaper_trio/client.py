@@ -53,7 +53,7 @@ class HeaperClient:
         self.user_id: str | None = None
         self.login_answer: dict[str, Any] = {}
 
-    async def __aenter__(self) -> "HeaperClient":
+    async def __aenter__(self) -> HeaperClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -110,9 +110,14 @@ class RangeNotSatisfiable(HeaperError):
     code = "range_not_satisfiable"
 
     def __init__(self, size: int, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(f"the requested range is outside the file ({size} bytes)",
-                         headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes",
-                                  **(headers or {})})
+        super().__init__(
+            f"the requested range is outside the file ({size} bytes)",
+            headers={
+                "Content-Range": f"bytes */{size}",
+                "Accept-Ranges": "bytes",
+                **(headers or {}),
+            },
+        )
         self.size = size
 
 

@@ -32,8 +32,11 @@ def b58decode_exact(text: str, length: int, kind: str, field: str | None = None)
         raise BadRequest(f"{field} is not base58", code=f"invalid_{kind}", details=details)
     raw = base58.b58decode(text)
     if len(raw) != length:
-        raise BadRequest(f"{field} must encode {length} bytes, got {len(raw)}",
-                         code=f"invalid_{kind}", details=details)
+        raise BadRequest(
+            f"{field} must encode {length} bytes, got {len(raw)}",
+            code=f"invalid_{kind}",
+            details=details,
+        )
     return raw
 
 
@@ -46,8 +49,11 @@ def canonical_public_key(text: str) -> str:
     raw = parse_public_key(text)
     canonical = base58.b58encode(raw).decode()
     if canonical != text:
-        raise BadRequest("public_key is not in canonical base58", code="invalid_public_key",
-                         details={"field": "body.public_key"})
+        raise BadRequest(
+            "public_key is not in canonical base58",
+            code="invalid_public_key",
+            details={"field": "body.public_key"},
+        )
     return canonical
 
 
@@ -66,11 +72,11 @@ class KeyPair:
     signing_key: nacl.signing.SigningKey
 
     @classmethod
-    def generate(cls) -> "KeyPair":
+    def generate(cls) -> KeyPair:
         return cls(nacl.signing.SigningKey.generate())
 
     @classmethod
-    def from_seed(cls, seed: bytes) -> "KeyPair":
+    def from_seed(cls, seed: bytes) -> KeyPair:
         return cls(nacl.signing.SigningKey(seed))
 
     @property
@@ -120,7 +126,7 @@ class KeyPair:
             os.close(dir_fd)
 
     @classmethod
-    def load(cls, path: Path) -> "KeyPair":
+    def load(cls, path: Path) -> KeyPair:
         try:
             text = path.read_text().strip()
             seed = bytes.fromhex(text)

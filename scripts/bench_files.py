@@ -136,7 +136,7 @@ class ForeignCpu:
                 raw = Path(f"/proc/{entry.name}/stat").read_text()
             except OSError:
                 continue
-            f = raw[raw.rindex(")") + 2:].split()
+            f = raw[raw.rindex(")") + 2 :].split()
             out[int(entry.name)] = (int(f[1]), (int(f[11]) + int(f[12])) / CLK_TCK)
         return out
 
@@ -169,12 +169,16 @@ class ForeignCpu:
 
     def top(self, n: int = 5, least_s: float = 0.5) -> list[dict[str, Any]]:
         busy = sorted(self.used.items(), key=lambda kv: -kv[1])[:n]
-        return [{"pid": pid, "cmd": self.cmd.get(pid) or "[kernel]", "cpu_s": round(cpu, 2)}
-                for pid, cpu in busy if cpu >= least_s]
+        return [
+            {"pid": pid, "cmd": self.cmd.get(pid) or "[kernel]", "cpu_s": round(cpu, 2)}
+            for pid, cpu in busy
+            if cpu >= least_s
+        ]
 
 
-async def against_server(server: Server, key: KeyPair, args: argparse.Namespace,
-                         inputs: dict[str, Any], workdir: Path) -> dict[str, Any]:
+async def against_server(
+    server: Server, key: KeyPair, args: argparse.Namespace, inputs: dict[str, Any], workdir: Path
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     errors: dict[str, str] = {}
     async with HeaperClient(server.url, key, timeout=600) as c:
@@ -185,25 +189,46 @@ async def against_server(server: Server, key: KeyPair, args: argparse.Namespace,
             return str(check(await c.post("/api/heap/add", json={"name": name}), "heap")["id"])
 
         async def up() -> dict[str, Any]:
-            return await uploads(c, server.pid, await heap("bench uploads"), inputs["big"],
-                                 inputs["direct"], args.chunk_mib * MiB)
+            return await uploads(
+                c,
+                server.pid,
+                await heap("bench uploads"),
+                inputs["big"],
+                inputs["direct"],
+                args.chunk_mib * MiB,
+            )
 
         async def th() -> dict[str, Any]:
-            return await thumbnails(c, server.pid, await heap("bench photos"),
-                                    inputs["images"], workdir, args.warm_s, args.install)
+            return await thumbnails(
+                c,
+                server.pid,
+                await heap("bench photos"),
+                inputs["images"],
+                workdir,
+                args.warm_s,
+                args.install,
+            )
 
         async def sc() -> dict[str, Any]:
             if "/api/scan_folder" not in paths:
                 return {"skipped": "no scan_folder route in this build"}
-            return await scans(c, server.pid, await heap("bench scan"),
-                               inputs["scan_root"] / "tree", args.scan_files)
+            return await scans(
+                c,
+                server.pid,
+                await heap("bench scan"),
+                inputs["scan_root"] / "tree",
+                args.scan_files,
+            )
 
         phases: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = [
-            ("uploads", up), ("thumbnails", th), ("scan", sc)]
+            ("uploads", up),
+            ("thumbnails", th),
+            ("scan", sc),
+        ]
         for name, phase in phases:
             try:
                 out[name] = await phase()
-            except Exception as e:  # noqa: BLE001 - report it, go on with the next phase
+            except Exception as e:
                 log(f"{name} failed: {e!r}")
                 errors[name] = repr(e)[:1000]
                 out[name] = {"error": repr(e)[:1000], "server_log_tail": server.log_tail(15)}
@@ -215,18 +240,27 @@ async def against_server(server: Server, key: KeyPair, args: argparse.Namespace,
 
 # -- orchestration ---------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small sizes, under a minute in all: "
-                   + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes, under a minute in all: "
+        + ", ".join(f"{k}={v}" for k, v in QUICK.items()),
+    )
     p.add_argument("--size-mib", type=int, help="resumable upload size (256; quick 64)")
     p.add_argument("--direct-mib", type=int, help="one-request upload size (64; quick 32)")
     p.add_argument("--chunk-mib", type=int, default=8, help="resumable chunk size (8)")
     p.add_argument("--thumbs", type=int, help="12 MP photos to thumbnail (40; quick 12)")
     p.add_argument("--scan-files", type=int, help="files in the scanned tree (10000; quick 2000)")
     p.add_argument("--warm-s", type=float, help="seconds of warm thumbnail requests (3; quick 2)")
-    p.add_argument("--no-install", dest="install", action="store_false",
-                   help="do not apt-get install libvips-tools when vipsthumbnail is missing")
+    p.add_argument(
+        "--no-install",
+        dest="install",
+        action="store_false",
+        help="do not apt-get install libvips-tools when vipsthumbnail is missing",
+    )
     args = p.parse_args(argv)
     for k, v in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, k) is None:
@@ -239,11 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     load_at_start = [round(x, 2) for x in os.getloadavg()]
-    out: dict[str, Any] = {"client": "heaper_trio.client.HeaperClient (httpx) under trio, in "
-                           "the benchmark process; baselines use httpx the same way"}
+    out: dict[str, Any] = {
+        "client": "heaper_trio.client.HeaperClient (httpx) under trio, in "
+        "the benchmark process; baselines use httpx the same way"
+    }
     server: Server | None = None
-    with ForeignCpu() as foreign, \
-            tempfile.TemporaryDirectory(prefix="heaper-bench-files-") as tmp:
+    with ForeignCpu() as foreign, tempfile.TemporaryDirectory(prefix="heaper-bench-files-") as tmp:
         workdir = Path(tmp)
         try:
             log(f"inputs: 2 x {args.size_mib} MiB, {args.direct_mib} MiB, {args.thumbs} photos")
@@ -257,43 +292,65 @@ def main(argv: list[str] | None = None) -> int:
             log("baselines: disk, plain PUT, hypercorn PUT (no heaper server running)")
             base: dict[str, Any] = {"disk": disk_baseline(big[0], workdir)}
             chunk = args.chunk_mib * MiB
-            base["plain_put"] = run_put_server("plain_put", PLAIN_PUT, workdir, big[0], direct,
-                                               chunk, False)
-            base["hypercorn_put"] = run_put_server("hypercorn_put", HYPERCORN_PUT, workdir,
-                                                   big[0], direct, chunk, True)
+            base["plain_put"] = run_put_server(
+                "plain_put", PLAIN_PUT, workdir, big[0], direct, chunk, False
+            )
+            base["hypercorn_put"] = run_put_server(
+                "hypercorn_put", HYPERCORN_PUT, workdir, big[0], direct, chunk, True
+            )
 
             data_dir = workdir / "data"
             data_dir.mkdir()
             port = free_port()
             env = {k: v for k, v in os.environ.items() if not k.startswith("HEAPER_")}
             env.update(SERVER_ENV, HEAPER_SCAN_ROOTS=str(scan_root))
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT),
-                                                              env.get("PYTHONPATH")]))
-            server = Server("heaper", [sys.executable, "-m", "heaper_trio", "--port", str(port),
-                                       "--data-dir", str(data_dir)], env, port, "/api/health",
-                            workdir)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+            server = Server(
+                "heaper",
+                [
+                    sys.executable,
+                    "-m",
+                    "heaper_trio",
+                    "--port",
+                    str(port),
+                    "--data-dir",
+                    str(data_dir),
+                ],
+                env,
+                port,
+                "/api/health",
+                workdir,
+            )
             startup_s = server.wait_ready()
             log(f"heaper_trio up on {server.url} (pid {server.pid}) in {startup_s:.2f}s")
             inputs = {"big": big, "direct": direct, "images": images, "scan_root": scan_root}
             res = trio.run(against_server, server, KeyPair.generate(), args, inputs, workdir)
             rc = server.stop()
             lines = [ln for ln in server.log_lines() if ln.strip()]
-            out["uploads"] = {"size_mib": args.size_mib, "chunk_mib": args.chunk_mib,
-                              "direct_mib": args.direct_mib, "server": res["uploads"],
-                              "baselines": base}
+            out["uploads"] = {
+                "size_mib": args.size_mib,
+                "chunk_mib": args.chunk_mib,
+                "direct_mib": args.direct_mib,
+                "server": res["uploads"],
+                "baselines": base,
+            }
             out["thumbnails"] = res["thumbnails"]
             out["scan"] = res["scan"]
             out["server_info"] = {
-                "startup_s": round(startup_s, 3), "exit_code": rc,
+                "startup_s": round(startup_s, 3),
+                "exit_code": rc,
                 "env": {**SERVER_ENV, "HEAPER_SCAN_ROOTS": "<temp dir>"},
-                "log": {"lines": len(lines), "tracebacks": sum("Traceback" in ln
-                                                               for ln in lines),
-                        "tail": lines[-10:]}}
+                "log": {
+                    "lines": len(lines),
+                    "tracebacks": sum("Traceback" in ln for ln in lines),
+                    "tail": lines[-10:],
+                },
+            }
         finally:
             if server is not None:
                 try:
                     server.stop()
-                except Exception as e:  # noqa: BLE001 - report and go on
+                except Exception as e:
                     log(f"stopping the server: {e!r}")
 
     out["ratios"] = {
@@ -304,25 +361,31 @@ def main(argv: list[str] | None = None) -> int:
     notes = [f"{k} failed: {v}" for k, v in res["phase_errors"].items()]
     notes += contended({k: out[k] for k in ("uploads", "thumbnails", "scan")})
     if foreign.top():
-        notes.append("processes outside this benchmark used CPU meanwhile; see "
-                     "machine.foreign_cpu")
+        notes.append("processes outside this benchmark used CPU meanwhile; see machine.foreign_cpu")
     if out["server_info"]["log"]["lines"]:
         notes.append("heaper_trio wrote to stderr; see server_info.log")
     if out["thumbnails"].get("baselines", {}).get("vipsthumbnail", {}).get("reason"):
-        notes.append("vipsthumbnail baseline missing: "
-                     + out["thumbnails"]["baselines"]["vipsthumbnail"]["reason"])
+        notes.append(
+            "vipsthumbnail baseline missing: "
+            + out["thumbnails"]["baselines"]["vipsthumbnail"]["reason"]
+        )
     out["notes"] = notes
     from importlib.metadata import version
 
     out["machine"] = {
-        "nproc": os.cpu_count(), "nproc_usable": len(os.sched_getaffinity(0)),
+        "nproc": os.cpu_count(),
+        "nproc_usable": len(os.sched_getaffinity(0)),
         "loadavg_at_start": load_at_start,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "platform": platform.platform(),
-        "quick": args.quick, "total_run_s": round(time.monotonic() - started, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "quick": args.quick,
+        "total_run_s": round(time.monotonic() - started, 1),
         "foreign_cpu": foreign.top(),
-        "versions": {pkg: version(pkg) for pkg in ("hypercorn", "trio", "quart-trio", "httpx",
-                                                    "pillow", "heaper_trio")},
+        "versions": {
+            pkg: version(pkg)
+            for pkg in ("hypercorn", "trio", "quart-trio", "httpx", "pillow", "heaper_trio")
+        },
     }
     print(json.dumps(out, indent=2))
     return 1 if res["phase_errors"] else 0

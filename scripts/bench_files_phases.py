@@ -33,6 +33,7 @@ SCAN_TIMEOUT_S = 1800.0
 
 # -- shared helpers ---------------------------------------------------------------------------
 
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return 0.0
@@ -41,9 +42,12 @@ def pct(values: list[float], p: float) -> float:
 
 
 def ms_stats(seconds: list[float]) -> dict[str, Any]:
-    return {"n": len(seconds), "p50_ms": round(pct(seconds, 50) * 1e3, 1),
-            "p99_ms": round(pct(seconds, 99) * 1e3, 1),
-            "max_ms": round(max(seconds) * 1e3, 1) if seconds else 0.0}
+    return {
+        "n": len(seconds),
+        "p50_ms": round(pct(seconds, 50) * 1e3, 1),
+        "p99_ms": round(pct(seconds, 99) * 1e3, 1),
+        "max_ms": round(max(seconds) * 1e3, 1) if seconds else 0.0,
+    }
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -86,9 +90,11 @@ class Window:
         a foreign process; the latter makes the window's figures suspect)."""
         s = self.seconds or 1e-9
         other = max(0.0, self.busy_s - self.cpu_s - self.client_cpu_s)
-        return {"server_cpu_util": round(self.cpu_s / s, 3),
-                "client_cpu_util": round(self.client_cpu_s / s, 3),
-                "other_cpu_util": round(other / s, 3)}
+        return {
+            "server_cpu_util": round(self.cpu_s / s, 3),
+            "client_cpu_util": round(self.client_cpu_s / s, 3),
+            "other_cpu_util": round(other / s, 3),
+        }
 
 
 def contended(tree: Any, path: str = "", limit: float = 0.3) -> list[str]:
@@ -121,8 +127,9 @@ def check(r: Any, what: str, ok: tuple[int, ...] = (200,)) -> dict[str, Any]:
     return body if isinstance(body, dict) else {"body": body}
 
 
-async def closed_loop(n_workers: int, next_job: Callable[[], Any | None],
-                      run: Callable[[Any], Awaitable[None]]) -> tuple[list[float], float]:
+async def closed_loop(
+    n_workers: int, next_job: Callable[[], Any | None], run: Callable[[Any], Awaitable[None]]
+) -> tuple[list[float], float]:
     """``n_workers`` tasks take jobs until ``next_job`` answers None; latencies and wall."""
     latencies: list[float] = []
 
@@ -140,6 +147,7 @@ async def closed_loop(n_workers: int, next_job: Callable[[], Any | None],
 
 
 # -- phase 2: thumbnails ------------------------------------------------------------------------
+
 
 def make_images(folder: Path, n: int) -> list[Path]:
     """``n`` distinct noisy 12 MP JPEGs (tests/media_samples.py), two processes at a time."""
@@ -162,13 +170,26 @@ def find_vipsthumbnail(install: bool) -> tuple[str | None, str | None]:
         return None, "vipsthumbnail is not on PATH and apt-get as root is not available"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     log("vipsthumbnail missing: apt-get install -y libvips-tools")
-    out = subprocess.run(["apt-get", "install", "-y", "libvips-tools"], capture_output=True,
-                         text=True, env=env, timeout=900, check=False)
+    out = subprocess.run(
+        ["apt-get", "install", "-y", "libvips-tools"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
     if out.returncode != 0:  # the package lists may be missing on a fresh machine
-        subprocess.run(["apt-get", "update"], capture_output=True, env=env, timeout=900,
-                       check=False)
-        out = subprocess.run(["apt-get", "install", "-y", "libvips-tools"],
-                             capture_output=True, text=True, env=env, timeout=900, check=False)
+        subprocess.run(
+            ["apt-get", "update"], capture_output=True, env=env, timeout=900, check=False
+        )
+        out = subprocess.run(
+            ["apt-get", "install", "-y", "libvips-tools"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+            check=False,
+        )
     exe = shutil.which("vipsthumbnail")
     if exe is None:
         tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
@@ -180,8 +201,9 @@ def vips_baseline(images: list[Path], out: Path, install: bool) -> dict[str, Any
     exe, reason = find_vipsthumbnail(install)
     if exe is None:
         return {"thumbs_per_s": None, "reason": reason}
-    version = subprocess.run([exe, "--version"], capture_output=True, text=True,
-                             check=False).stdout.strip()
+    version = subprocess.run(
+        [exe, "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     out.mkdir()
     argv = [exe, "-s", str(THUMB_BOX), "-o", f"{out}/%s.webp[Q=80]", *map(str, images)]
     settle()
@@ -190,12 +212,18 @@ def vips_baseline(images: list[Path], out: Path, install: bool) -> dict[str, Any
     seconds, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
     made = len(list(out.glob("*.webp")))
     if run.returncode != 0 or made != len(images):
-        return {"thumbs_per_s": None, "reason": f"vipsthumbnail exited {run.returncode} "
-                f"with {made}/{len(images)} thumbnails: {run.stderr.strip()[-300:]}"}
-    return {"command": f"vipsthumbnail -s {THUMB_BOX} -o DIR/%s.webp[Q=80] <{len(images)} "
-            "files>", "version": version, "seconds": round(seconds, 3),
-            "thumbs_per_s": per_s(len(images), seconds),
-            "cpu_ms_per_thumb": round(cpu * 1e3 / len(images), 1)}
+        return {
+            "thumbs_per_s": None,
+            "reason": f"vipsthumbnail exited {run.returncode} "
+            f"with {made}/{len(images)} thumbnails: {run.stderr.strip()[-300:]}",
+        }
+    return {
+        "command": f"vipsthumbnail -s {THUMB_BOX} -o DIR/%s.webp[Q=80] <{len(images)} files>",
+        "version": version,
+        "seconds": round(seconds, 3),
+        "thumbs_per_s": per_s(len(images), seconds),
+        "cpu_ms_per_thumb": round(cpu * 1e3 / len(images), 1),
+    }
 
 
 def _pillow_thumb(job: tuple[Path, Path]) -> None:
@@ -215,29 +243,47 @@ def pillow_baseline(images: list[Path], out: Path) -> dict[str, Any]:
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         list(pool.map(_pillow_thumb, jobs))
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    return {"method": f"Pillow open, thumbnail(({THUMB_BOX}, {THUMB_BOX})), exif_transpose, "
-            f"WebP q80, {CONCURRENCY} threads in the benchmark process",
-            "seconds": round(seconds, 3), "thumbs_per_s": per_s(len(images), seconds),
-            "cpu_ms_per_thumb": round(cpu * 1e3 / len(images), 1)}
+    return {
+        "method": f"Pillow open, thumbnail(({THUMB_BOX}, {THUMB_BOX})), exif_transpose, "
+        f"WebP q80, {CONCURRENCY} threads in the benchmark process",
+        "seconds": round(seconds, 3),
+        "thumbs_per_s": per_s(len(images), seconds),
+        "cpu_ms_per_thumb": round(cpu * 1e3 / len(images), 1),
+    }
 
 
-async def thumbnails(c: HeaperClient, pid: int, heap_id: str, images: list[Path],
-                     workdir: Path, warm_s: float, install: bool) -> dict[str, Any]:
+async def thumbnails(
+    c: HeaperClient,
+    pid: int,
+    heap_id: str,
+    images: list[Path],
+    workdir: Path,
+    warm_s: float,
+    install: bool,
+) -> dict[str, Any]:
     """Baselines first (the server sits idle: its CPU over them is reported), then upload,
     cold thumbnails, warm thumbnails."""
     n = len(images)
-    out: dict[str, Any] = {"images": n, "image_px": list(IMAGE_SIZE),
-                           "image_mb_avg": round(sum(p.stat().st_size for p in images)
-                                                 / n / MB, 2), "concurrency": CONCURRENCY}
+    out: dict[str, Any] = {
+        "images": n,
+        "image_px": list(IMAGE_SIZE),
+        "image_mb_avg": round(sum(p.stat().st_size for p in images) / n / MB, 2),
+        "concurrency": CONCURRENCY,
+    }
     idle0 = proc_cpu_s(pid)
     log(f"thumbnails: vipsthumbnail over {n} images")
     vips = vips_baseline(images, workdir / "vips_out", install)
-    log(f"thumbnails: vipsthumbnail {vips.get('thumbs_per_s')} thumbs/s"
-        + (f" ({vips['reason']})" if vips.get("reason") else ""))
+    log(
+        f"thumbnails: vipsthumbnail {vips.get('thumbs_per_s')} thumbs/s"
+        + (f" ({vips['reason']})" if vips.get("reason") else "")
+    )
     pil = pillow_baseline(images, workdir / "pillow_out")
     log(f"thumbnails: Pillow {pil['thumbs_per_s']} thumbs/s")
-    out["baselines"] = {"vipsthumbnail": vips, "pillow": pil,
-                        "server_idle_cpu_s": round(proc_cpu_s(pid) - idle0, 3)}
+    out["baselines"] = {
+        "vipsthumbnail": vips,
+        "pillow": pil,
+        "server_idle_cpu_s": round(proc_cpu_s(pid) - idle0, 3),
+    }
 
     log(f"thumbnails: uploading {n} images")
     hashes = []
@@ -245,8 +291,11 @@ async def thumbnails(c: HeaperClient, pid: int, heap_id: str, images: list[Path]
         for i, path in enumerate(images):
             data = path.read_bytes()
             h = hashlib.sha256(data).hexdigest()
-            r = await c.post(f"/api/upload/file/{heap_id}/photo-{i}",
-                             files={"file": (path.name, data, "image/jpeg")}, data={"hash": h})
+            r = await c.post(
+                f"/api/upload/file/{heap_id}/photo-{i}",
+                files={"file": (path.name, data, "image/jpeg")},
+                data={"hash": h},
+            )
             check(r, f"upload of {path.name}")
             hashes.append(h)
     out["upload"] = {"seconds": round(w.seconds, 3), "files_per_s": per_s(n, w.seconds)}
@@ -254,18 +303,23 @@ async def thumbnails(c: HeaperClient, pid: int, heap_id: str, images: list[Path]
     async def get_thumb(h: str) -> None:
         r = await c.get(f"/api/file/{h}/thumbnail/small/x.jpg")
         if r.status_code != 200 or r.headers.get("content-type", "") != "image/webp":
-            raise RuntimeError(f"thumbnail of {h} answered {r.status_code} "
-                               f"{r.headers.get('content-type')}: {r.text[:300]}")
+            raise RuntimeError(
+                f"thumbnail of {h} answered {r.status_code} "
+                f"{r.headers.get('content-type')}: {r.text[:300]}"
+            )
 
     settle()
     cold_jobs = iter(hashes)
     with Window(pid) as w:
         lat, _ = await closed_loop(CONCURRENCY, lambda: next(cold_jobs, None), get_thumb)
-    out["cold"] = {"seconds": round(w.seconds, 3), "thumbs_per_s": per_s(n, w.seconds),
-                   **ms_stats(lat), "server_cpu_ms_per_thumb": round(w.cpu_s * 1e3 / n, 1),
-                   **w.util()}
-    log(f"thumbnails: cold {out['cold']['thumbs_per_s']} thumbs/s, "
-        f"p50 {out['cold']['p50_ms']} ms")
+    out["cold"] = {
+        "seconds": round(w.seconds, 3),
+        "thumbs_per_s": per_s(n, w.seconds),
+        **ms_stats(lat),
+        "server_cpu_ms_per_thumb": round(w.cpu_s * 1e3 / n, 1),
+        **w.util(),
+    }
+    log(f"thumbnails: cold {out['cold']['thumbs_per_s']} thumbs/s, p50 {out['cold']['p50_ms']} ms")
 
     deadline, k = 0.0, [0]
 
@@ -278,10 +332,13 @@ async def thumbnails(c: HeaperClient, pid: int, heap_id: str, images: list[Path]
     deadline = time.perf_counter() + warm_s
     with Window(pid) as w:
         lat, _ = await closed_loop(CONCURRENCY, next_warm, get_thumb)
-    out["warm"] = {"seconds": round(w.seconds, 3), "requests_per_s": per_s(len(lat), w.seconds),
-                   **ms_stats(lat),
-                   "server_cpu_us_per_req": round(w.cpu_s * 1e6 / max(1, len(lat)), 1),
-                   **w.util()}
+    out["warm"] = {
+        "seconds": round(w.seconds, 3),
+        "requests_per_s": per_s(len(lat), w.seconds),
+        **ms_stats(lat),
+        "server_cpu_us_per_req": round(w.cpu_s * 1e6 / max(1, len(lat)), 1),
+        **w.util(),
+    }
     log(f"thumbnails: warm {out['warm']['requests_per_s']} req/s")
     out["ratios"] = {
         "cold_vs_vipsthumbnail": ratio(out["cold"]["thumbs_per_s"], vips.get("thumbs_per_s")),
@@ -291,6 +348,7 @@ async def thumbnails(c: HeaperClient, pid: int, heap_id: str, images: list[Path]
 
 
 # -- phase 3: folder scans -------------------------------------------------------------------
+
 
 def make_tree(root: Path, n_files: int, per_folder: int = 100) -> dict[str, Any]:
     """``n_files`` files of 1-32 KiB random bytes, ``per_folder`` to a folder."""
@@ -307,8 +365,12 @@ def make_tree(root: Path, n_files: int, per_folder: int = 100) -> dict[str, Any]
 
 
 def _find(tree: Path) -> int:
-    out = subprocess.run(["bash", "-c", 'find "$1" -type f | wc -l', "_", str(tree)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["bash", "-c", 'find "$1" -type f | wc -l', "_", str(tree)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(out.stdout.strip())
 
 
@@ -338,10 +400,17 @@ def scan_baselines(tree: Path, n_files: int) -> dict[str, Any]:
     for the server's scans right after."""
     out: dict[str, Any] = {}
     for name, fn, what in (
-            ("find", _find, "find TREE -type f | wc -l"),
-            ("os_walk_stat", _walk_stat, "Python os.walk + os.stat of every file"),
-            ("os_walk_sha256", _walk_hash, ("Python os.walk + stat + SHA-256 of every file "
-                                            "(the least a first scan must do; context)"))):
+        ("find", _find, "find TREE -type f | wc -l"),
+        ("os_walk_stat", _walk_stat, "Python os.walk + os.stat of every file"),
+        (
+            "os_walk_sha256",
+            _walk_hash,
+            (
+                "Python os.walk + stat + SHA-256 of every file "
+                "(the least a first scan must do; context)"
+            ),
+        ),
+    ):
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
@@ -363,9 +432,11 @@ async def run_scan(c: HeaperClient, pid: int, heap_id: str, tree: Path) -> dict[
     """POST /api/scan_folder, then poll GET /api/active_scans until the job is no longer
     running (finished jobs stay listed for a while, so "gone" is not the only end)."""
     with Window(pid) as w:
-        started = check(await c.post("/api/scan_folder",
-                                     json={"heap_id": heap_id, "path": str(tree)}),
-                        "POST /api/scan_folder", ok=(200, 201, 202))
+        started = check(
+            await c.post("/api/scan_folder", json={"heap_id": heap_id, "path": str(tree)}),
+            "POST /api/scan_folder",
+            ok=(200, 201, 202),
+        )
         scan_id = started.get("scan_id") or (started.get("scan") or {}).get("scan_id")
         last: dict[str, Any] = started.get("scan") or {}
         polls = 0
@@ -374,46 +445,77 @@ async def run_scan(c: HeaperClient, pid: int, heap_id: str, tree: Path) -> dict[
                 await trio.sleep(POLL_S)
                 polls += 1
                 body = check(await c.get("/api/active_scans"), "GET /api/active_scans")
-                mine = [s for s in _scans_of(body) if s.get("scan_id") == scan_id
-                        or (scan_id is None and s.get("path") == str(tree))]
+                mine = [
+                    s
+                    for s in _scans_of(body)
+                    if s.get("scan_id") == scan_id
+                    or (scan_id is None and s.get("path") == str(tree))
+                ]
                 if mine:
                     last = mine[0]
                 if not mine or last.get("state") not in RUNNING:
                     break
     n = int(last.get("files_seen") or 0)
-    keep = ("state", "files_seen", "files_done", "files_new", "files_changed",
-            "files_unchanged", "files_missing", "folders", "duplicates", "skipped", "errors",
-            "bytes_hashed", "files_per_s", "error")
-    return {"seconds": round(w.seconds, 3), "files_per_s": per_s(n, w.seconds),
-            "server_cpu_s": round(w.cpu_s, 3),
-            "server_cpu_ms_per_file": round(w.cpu_s * 1e3 / n, 3) if n else None,
-            **w.util(), "polls": polls, "server_says": {k: last.get(k) for k in keep if k in last}}
+    keep = (
+        "state",
+        "files_seen",
+        "files_done",
+        "files_new",
+        "files_changed",
+        "files_unchanged",
+        "files_missing",
+        "folders",
+        "duplicates",
+        "skipped",
+        "errors",
+        "bytes_hashed",
+        "files_per_s",
+        "error",
+    )
+    return {
+        "seconds": round(w.seconds, 3),
+        "files_per_s": per_s(n, w.seconds),
+        "server_cpu_s": round(w.cpu_s, 3),
+        "server_cpu_ms_per_file": round(w.cpu_s * 1e3 / n, 3) if n else None,
+        **w.util(),
+        "polls": polls,
+        "server_says": {k: last.get(k) for k in keep if k in last},
+    }
 
 
-async def scans(c: HeaperClient, pid: int, heap_id: str, tree: Path, n_files: int
-                ) -> dict[str, Any]:
+async def scans(
+    c: HeaperClient, pid: int, heap_id: str, tree: Path, n_files: int
+) -> dict[str, Any]:
     log(f"scan: writing {n_files} files under {tree}")
     out: dict[str, Any] = {"tree": make_tree(tree, n_files)}
     settle()
     idle0 = proc_cpu_s(pid)
     out["baselines"] = scan_baselines(tree, n_files)
     out["baselines"]["server_idle_cpu_s"] = round(proc_cpu_s(pid) - idle0, 3)
-    log("scan: baselines " + ", ".join(f"{k} {v['files_per_s']} files/s"
-                                      for k, v in out["baselines"].items()
-                                      if isinstance(v, dict)))
+    log(
+        "scan: baselines "
+        + ", ".join(
+            f"{k} {v['files_per_s']} files/s"
+            for k, v in out["baselines"].items()
+            if isinstance(v, dict)
+        )
+    )
     for name in ("first_scan", "rescan_unchanged"):
         log(f"scan: {name}")
         out[name] = r = await run_scan(c, pid, heap_id, tree)
-        log(f"scan: {name} {r['files_per_s']} files/s in {r['seconds']} s "
-            f"({r['server_says'].get('state')})")
+        log(
+            f"scan: {name} {r['files_per_s']} files/s in {r['seconds']} s "
+            f"({r['server_says'].get('state')})"
+        )
         if r["server_says"].get("state") != "done":
             raise RuntimeError(f"{name} ended as {r['server_says']}")
     stats = await c.get(f"/api/heap/stats/{heap_id}")
     if stats.status_code == 200:
         out["heap_blocks_after"] = stats.json().get("blocks")
     b = out["baselines"]
-    out["ratios"] = {f"{scan}_vs_{base}": ratio(out[scan]["files_per_s"],
-                                                b[base]["files_per_s"])
-                     for scan in ("first_scan", "rescan_unchanged")
-                     for base in ("find", "os_walk_stat", "os_walk_sha256")}
+    out["ratios"] = {
+        f"{scan}_vs_{base}": ratio(out[scan]["files_per_s"], b[base]["files_per_s"])
+        for scan in ("first_scan", "rescan_unchanged")
+        for base in ("find", "os_walk_stat", "os_walk_sha256")
+    }
     return out

@@ -23,7 +23,7 @@ from heaper_trio.client import HeaperClient
 
 PARALLEL = (1, 4)  # chunks in flight at once
 
-PLAIN_PUT = textwrap.dedent('''
+PLAIN_PUT = textwrap.dedent("""
     import os, sys
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -63,9 +63,9 @@ PLAIN_PUT = textwrap.dedent('''
             pass
 
     ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-''')
+""")
 
-HYPERCORN_PUT = textwrap.dedent('''
+HYPERCORN_PUT = textwrap.dedent("""
     import os, sys
     import trio
     from hypercorn.config import Config
@@ -112,7 +112,7 @@ HYPERCORN_PUT = textwrap.dedent('''
     cfg.keep_alive_timeout = 30  # as heaper_trio's hypercorn_config
     cfg.accesslog = None
     trio.run(serve, app, cfg)
-''')
+""")
 
 
 @dataclass(frozen=True)
@@ -146,15 +146,19 @@ async def file_body(path: Path, offset: int, length: int) -> AsyncIterator[bytes
             yield data
 
 
-async def put_range(http: httpx.AsyncClient | HeaperClient, url: str, src: Source,
-                    offset: int, length: int) -> httpx.Response:
-    return await http.put(url, content=file_body(src.path, offset, length),
-                          headers={"Content-Length": str(length),
-                                   "Content-Type": "application/octet-stream"})
+async def put_range(
+    http: httpx.AsyncClient | HeaperClient, url: str, src: Source, offset: int, length: int
+) -> httpx.Response:
+    return await http.put(
+        url,
+        content=file_body(src.path, offset, length),
+        headers={"Content-Length": str(length), "Content-Type": "application/octet-stream"},
+    )
 
 
-async def send_chunks(src: Source, chunk: int, parallel: int,
-                      send: Callable[[int, int, int], Awaitable[None]]) -> None:
+async def send_chunks(
+    src: Source, chunk: int, parallel: int, send: Callable[[int, int, int], Awaitable[None]]
+) -> None:
     """Chunks ``[i*chunk, (i+1)*chunk)`` sent by ``parallel`` tasks taking the next index."""
     indexes = iter(range(max(1, -(-src.size // chunk))))
 
@@ -168,11 +172,16 @@ async def send_chunks(src: Source, chunk: int, parallel: int,
 
 
 def rate(w: Window, nbytes: int) -> dict[str, Any]:
-    return {"seconds": round(w.seconds, 3), "mb_per_s": per_s(nbytes / MB, w.seconds),
-            "server_cpu_s": round(w.cpu_s, 3), **w.util()}
+    return {
+        "seconds": round(w.seconds, 3),
+        "mb_per_s": per_s(nbytes / MB, w.seconds),
+        "server_cpu_s": round(w.cpu_s, 3),
+        **w.util(),
+    }
 
 
 # -- baselines ---------------------------------------------------------------------------------
+
 
 def disk_baseline(src: Source, folder: Path) -> dict[str, Any]:
     out = {}
@@ -193,8 +202,9 @@ def disk_baseline(src: Source, folder: Path) -> dict[str, Any]:
     return out
 
 
-async def put_baseline(url: str, pid: int, a: Source, direct: Source, chunk: int,
-                       whole_only: bool) -> dict[str, Any]:
+async def put_baseline(
+    url: str, pid: int, a: Source, direct: Source, chunk: int, whole_only: bool
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     async with httpx.AsyncClient(base_url=url, timeout=600) as http:
         await http.get("/")  # open the connection outside the windows
@@ -220,14 +230,21 @@ async def put_baseline(url: str, pid: int, a: Source, direct: Source, chunk: int
     return out
 
 
-def run_put_server(name: str, code: str, workdir: Path, a: Source, direct: Source, chunk: int,
-                   whole_only: bool) -> dict[str, Any]:
+def run_put_server(
+    name: str, code: str, workdir: Path, a: Source, direct: Source, chunk: int, whole_only: bool
+) -> dict[str, Any]:
     app, outdir = workdir / f"{name}.py", workdir / f"{name}_out"
     app.write_text(code)
     outdir.mkdir()
     port = free_port()
-    server = Server(name, [sys.executable, str(app), str(port), str(outdir)], dict(os.environ),
-                    port, "/", workdir)
+    server = Server(
+        name,
+        [sys.executable, str(app), str(port), str(outdir)],
+        dict(os.environ),
+        port,
+        "/",
+        workdir,
+    )
     try:
         server.wait_ready()
         result = trio.run(put_baseline, server.url, server.pid, a, direct, chunk, whole_only)
@@ -242,20 +259,34 @@ def run_put_server(name: str, code: str, workdir: Path, a: Source, direct: Sourc
 
 # -- against the server ----------------------------------------------------------------------------
 
-async def resumable(c: HeaperClient, pid: int, heap_id: str, block_id: str, src: Source,
-                    chunk: int, parallel: int) -> dict[str, Any]:
+
+async def resumable(
+    c: HeaperClient, pid: int, heap_id: str, block_id: str, src: Source, chunk: int, parallel: int
+) -> dict[str, Any]:
     base = f"{heap_id}/{block_id}"
 
     async def send(i: int, offset: int, length: int) -> None:
-        check(await put_range(c, f"/api/upload/chunk/{base}/{src.sha256}/{i}", src, offset,
-                              length), f"chunk {i}")
+        check(
+            await put_range(c, f"/api/upload/chunk/{base}/{src.sha256}/{i}", src, offset, length),
+            f"chunk {i}",
+        )
 
     settle()
     with Window(pid) as total:
         with Window(pid) as w_init:
-            init = check(await c.post(f"/api/upload/init/{base}", json={
-                "hash": src.sha256, "size": src.size, "chunk_size": chunk,
-                "name": src.path.name, "mime_type": "application/octet-stream"}), "init")
+            init = check(
+                await c.post(
+                    f"/api/upload/init/{base}",
+                    json={
+                        "hash": src.sha256,
+                        "size": src.size,
+                        "chunk_size": chunk,
+                        "name": src.path.name,
+                        "mime_type": "application/octet-stream",
+                    },
+                ),
+                "init",
+            )
         if init.get("status") != "ready":
             raise RuntimeError(f"init answered {init}")
         with Window(pid) as w_chunks:
@@ -264,33 +295,46 @@ async def resumable(c: HeaperClient, pid: int, heap_id: str, block_id: str, src:
             done = check(await c.post(f"/api/upload/complete/{base}/{src.sha256}"), "complete")
     if done.get("status") != "complete" or done.get("file_hash") != src.sha256:
         raise RuntimeError(f"complete answered {done}")
-    return {"chunks": init.get("total_chunks"), "parallel": parallel,
-            "end_to_end": rate(total, src.size), "init_s": round(w_init.seconds, 3),
-            "chunk_phase": rate(w_chunks, src.size),
-            "complete": {"seconds": round(w_complete.seconds, 3),
-                         "server_cpu_s": round(w_complete.cpu_s, 3)}}
+    return {
+        "chunks": init.get("total_chunks"),
+        "parallel": parallel,
+        "end_to_end": rate(total, src.size),
+        "init_s": round(w_init.seconds, 3),
+        "chunk_phase": rate(w_chunks, src.size),
+        "complete": {
+            "seconds": round(w_complete.seconds, 3),
+            "server_cpu_s": round(w_complete.cpu_s, 3),
+        },
+    }
 
 
-async def direct_upload(c: HeaperClient, pid: int, heap_id: str, src: Source
-                        ) -> dict[str, Any]:
+async def direct_upload(c: HeaperClient, pid: int, heap_id: str, src: Source) -> dict[str, Any]:
     settle()
     with Window(pid) as w, open(src.path, "rb") as f:  # noqa: ASYNC230 - as in file_body
-        done = check(await c.post(f"/api/upload/file/{heap_id}/direct-1", files={
-            "file": (src.path.name, f, "application/octet-stream")},
-            data={"hash": src.sha256}), "direct upload")
+        done = check(
+            await c.post(
+                f"/api/upload/file/{heap_id}/direct-1",
+                files={"file": (src.path.name, f, "application/octet-stream")},
+                data={"hash": src.sha256},
+            ),
+            "direct upload",
+        )
     if done.get("file_hash") != src.sha256:
         raise RuntimeError(f"direct upload answered {done}")
     return rate(w, src.size)
 
 
-async def uploads(c: HeaperClient, pid: int, heap_id: str, sources: list[Source],
-                  direct: Source, chunk: int) -> dict[str, Any]:
+async def uploads(
+    c: HeaperClient, pid: int, heap_id: str, sources: list[Source], direct: Source, chunk: int
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for p, src in zip(PARALLEL, sources):
         log(f"uploads: resumable, {p} chunk(s) at a time")
         out[f"resumable_{p}"] = r = await resumable(c, pid, heap_id, f"big-{p}", src, chunk, p)
-        log(f"uploads: resumable_{p}: {r['end_to_end']['mb_per_s']} MB/s end to end, "
-            f"chunks {r['chunk_phase']['mb_per_s']} MB/s, complete {r['complete']['seconds']} s")
+        log(
+            f"uploads: resumable_{p}: {r['end_to_end']['mb_per_s']} MB/s end to end, "
+            f"chunks {r['chunk_phase']['mb_per_s']} MB/s, complete {r['complete']['seconds']} s"
+        )
     log("uploads: direct (multipart)")
     out["direct"] = await direct_upload(c, pid, heap_id, direct)
     log(f"uploads: direct {out['direct']['mb_per_s']} MB/s")
@@ -304,16 +348,22 @@ def upload_ratios(up: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for p in PARALLEL:
         r = up[f"resumable_{p}"]
-        out[f"resumable_{p}_end_to_end_vs_plain_put"] = ratio(r["end_to_end"]["mb_per_s"],
-                                                              put["whole"]["mb_per_s"])
+        out[f"resumable_{p}_end_to_end_vs_plain_put"] = ratio(
+            r["end_to_end"]["mb_per_s"], put["whole"]["mb_per_s"]
+        )
         out[f"resumable_{p}_chunk_phase_vs_plain_put_chunks_{p}"] = ratio(
-            r["chunk_phase"]["mb_per_s"], put[f"chunks_{p}"]["mb_per_s"])
+            r["chunk_phase"]["mb_per_s"], put[f"chunks_{p}"]["mb_per_s"]
+        )
         out[f"resumable_{p}_complete_s_vs_local_copy_sha256_fsync_s"] = ratio(
-            r["complete"]["seconds"], disk["copy_sha256_fsync"]["seconds"])
-    out["direct_vs_plain_put_same_file"] = ratio(up["direct"]["mb_per_s"],
-                                                 put["direct_file"]["mb_per_s"])
-    out["context_hypercorn_put_vs_plain_put"] = ratio(hyp["whole"]["mb_per_s"],
-                                                      put["whole"]["mb_per_s"])
-    out["context_plain_put_vs_disk_write_fsync"] = ratio(put["whole"]["mb_per_s"],
-                                                         disk["write_fsync"]["mb_per_s"])
+            r["complete"]["seconds"], disk["copy_sha256_fsync"]["seconds"]
+        )
+    out["direct_vs_plain_put_same_file"] = ratio(
+        up["direct"]["mb_per_s"], put["direct_file"]["mb_per_s"]
+    )
+    out["context_hypercorn_put_vs_plain_put"] = ratio(
+        hyp["whole"]["mb_per_s"], put["whole"]["mb_per_s"]
+    )
+    out["context_plain_put_vs_disk_write_fsync"] = ratio(
+        put["whole"]["mb_per_s"], disk["write_fsync"]["mb_per_s"]
+    )
     return out

@@ -63,7 +63,7 @@ STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 BASELINE_BODY = b'{"success":true,"status":"ok","hello":"world"}'
 
-BASELINE_APP = textwrap.dedent('''
+BASELINE_APP = textwrap.dedent("""
     import sys
     import trio
     from hypercorn.config import Config
@@ -96,9 +96,9 @@ BASELINE_APP = textwrap.dedent('''
     cfg.keep_alive_timeout = 30  # as heaper_trio's hypercorn_config
     cfg.accesslog = None
     trio.run(serve, app, cfg)
-''') % (BASELINE_BODY,)
+""") % (BASELINE_BODY,)
 
-WRK_LUA = textwrap.dedent('''
+WRK_LUA = textwrap.dedent("""
     wrk.method = %(method)s
     wrk.body = %(body)s
     %(headers)s
@@ -111,7 +111,7 @@ WRK_LUA = textwrap.dedent('''
         latency.max, summary.errors.status, summary.errors.connect, summary.errors.read,
         summary.errors.write, summary.errors.timeout))
     end
-''')
+""")
 
 
 def log(msg: str) -> None:
@@ -127,26 +127,40 @@ def free_port() -> int:
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of a process (all its threads), in seconds."""
     raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
+    fields = raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
 
 
 # -- servers ---------------------------------------------------------------------------------
 
+
 class Server:
     """A server subprocess with its stderr in a file; ``stop`` is idempotent."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int,
-                 health_path: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        port: int,
+        health_path: str,
+        workdir: Path,
+    ) -> None:
         self.name = name
         self.port = port
         self.url = f"http://{HOST}:{port}"
         self.health_path = health_path
         self.log_path = workdir / f"{name}.stderr.log"
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(argv, env=env, cwd=str(workdir), stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=str(workdir),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
@@ -161,8 +175,10 @@ class Server:
         last: str = "no answer"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} while "
-                                   f"starting:\n{self.log_tail(20)}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode} while "
+                    f"starting:\n{self.log_tail(20)}"
+                )
             try:
                 r = httpx.get(self.url + self.health_path, timeout=2.0)
                 if r.status_code == 200:
@@ -171,8 +187,7 @@ class Server:
             except httpx.HTTPError as e:
                 last = f"{type(e).__name__}: {e}"
             time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready after {timeout}s ({last}):\n"
-                           f"{self.log_tail(20)}")
+        raise RuntimeError(f"{self.name} not ready after {timeout}s ({last}):\n{self.log_tail(20)}")
 
     def log_lines(self) -> list[str]:
         try:
@@ -200,8 +215,9 @@ def start_baseline(workdir: Path) -> Server:
     app_file = workdir / "baseline_app.py"
     app_file.write_text(BASELINE_APP)
     port = free_port()
-    return Server("baseline", [sys.executable, str(app_file), str(port)], dict(os.environ),
-                  port, "/", workdir)
+    return Server(
+        "baseline", [sys.executable, str(app_file), str(port)], dict(os.environ), port, "/", workdir
+    )
 
 
 def start_heaper(workdir: Path, engine: str, database_url: str) -> Server:
@@ -241,21 +257,39 @@ def login(url: str) -> tuple[str, dict[str, Any]]:
 
 # -- load generators -------------------------------------------------------------------------
 
+
 def lua_str(s: str) -> str:
     return json.dumps(s)  # a JSON string literal is a valid Lua string literal for ASCII
 
 
-def run_wrk(workdir: Path, target: dict[str, Any], duration: float, concurrency: int,
-            server_pid: int) -> dict[str, Any]:
-    headers = "\n".join(f"wrk.headers[{lua_str(k)}] = {lua_str(v)}"
-                        for k, v in target["headers"].items())
+def run_wrk(
+    workdir: Path, target: dict[str, Any], duration: float, concurrency: int, server_pid: int
+) -> dict[str, Any]:
+    headers = "\n".join(
+        f"wrk.headers[{lua_str(k)}] = {lua_str(v)}" for k, v in target["headers"].items()
+    )
     script = workdir / f"wrk_{target['name']}.lua"
-    script.write_text(WRK_LUA % {"method": lua_str(target["method"]),
-                                 "body": lua_str(target["body"]) if target["body"] else "nil",
-                                 "headers": headers})
+    script.write_text(
+        WRK_LUA
+        % {
+            "method": lua_str(target["method"]),
+            "body": lua_str(target["body"]) if target["body"] else "nil",
+            "headers": headers,
+        }
+    )
     secs = max(1, round(duration))
-    argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{secs}s", "--latency", "--timeout", "10s",
-            "-s", str(script), target["url"]]
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{secs}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        target["url"],
+    ]
     cpu0 = proc_cpu_s(server_pid)
     t0 = time.monotonic()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 30)
@@ -266,22 +300,36 @@ def run_wrk(workdir: Path, target: dict[str, Any], duration: float, concurrency:
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if line is None:
         raise RuntimeError(f"no summary in wrk output:\n{out.stdout}")
-    s = json.loads(line[len("BENCH_JSON "):])
+    s = json.loads(line[len("BENCH_JSON ") :])
     seconds = s["duration_us"] / 1e6
-    errors = {k: s[k] for k in ("status_errors", "connect_errors", "read_errors",
-                                "write_errors", "timeouts") if s[k]}
-    return {"requests": s["requests"], "seconds": seconds, "p50_us": s["p50_us"],
-            "p99_us": s["p99_us"], "max_us": s["max_us"], "errors": errors,
-            "server_cpu_s": cpu1 - cpu0, "cpu_window_s": wall}
+    errors = {
+        k: s[k]
+        for k in ("status_errors", "connect_errors", "read_errors", "write_errors", "timeouts")
+        if s[k]
+    }
+    return {
+        "requests": s["requests"],
+        "seconds": seconds,
+        "p50_us": s["p50_us"],
+        "p99_us": s["p99_us"],
+        "max_us": s["max_us"],
+        "errors": errors,
+        "server_cpu_s": cpu1 - cpu0,
+        "cpu_window_s": wall,
+    }
 
 
-def run_httpx(target: dict[str, Any], duration: float, concurrency: int,
-              server_pid: int | None) -> dict[str, Any]:
+def run_httpx(
+    target: dict[str, Any], duration: float, concurrency: int, server_pid: int | None
+) -> dict[str, Any]:
     """Closed loop in a separate process (this script's ``_loadgen`` mode)."""
     spec = {**target, "duration": duration, "concurrency": concurrency, "server_pid": server_pid}
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_loadgen",
-                          json.dumps(spec)], capture_output=True, text=True,
-                         timeout=duration + 60)
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "_loadgen", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"httpx load generator failed ({out.returncode}):\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -305,15 +353,17 @@ def loadgen_main(spec_json: str) -> None:
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         async with httpx.AsyncClient(timeout=10.0, limits=limits) as client:
             # one request outside the window opens the keep-alive connection
-            await client.request(spec["method"], spec["url"], headers=spec["headers"],
-                                 content=content)
+            await client.request(
+                spec["method"], spec["url"], headers=spec["headers"], content=content
+            )
             connected.release()
             await start.wait()
             while time.perf_counter() < window["deadline"]:
                 t = time.perf_counter()
                 try:
-                    r = await client.request(spec["method"], spec["url"],
-                                             headers=spec["headers"], content=content)
+                    r = await client.request(
+                        spec["method"], spec["url"], headers=spec["headers"], content=content
+                    )
                 except httpx.HTTPError as e:
                     errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
                     continue
@@ -349,17 +399,28 @@ def loadgen_main(spec_json: str) -> None:
             return 0
         return int(latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1e6)
 
-    print(json.dumps({"requests": len(latencies) + sum(errors.values()),
-                      "seconds": res["seconds"], "p50_us": pct(50), "p99_us": pct(99),
-                      "max_us": int(latencies[-1] * 1e6) if latencies else 0,
-                      "errors": errors, "server_cpu_s": res["cpu"],
-                      "cpu_window_s": res["seconds"]}))
+    print(
+        json.dumps(
+            {
+                "requests": len(latencies) + sum(errors.values()),
+                "seconds": res["seconds"],
+                "p50_us": pct(50),
+                "p99_us": pct(99),
+                "max_us": int(latencies[-1] * 1e6) if latencies else 0,
+                "errors": errors,
+                "server_cpu_s": res["cpu"],
+                "cpu_window_s": res["seconds"],
+            }
+        )
+    )
 
 
 # -- orchestration ---------------------------------------------------------------------------
 
-def measure(gen: str, workdir: Path, server: Server, target: dict[str, Any],
-            args: argparse.Namespace) -> dict[str, Any]:
+
+def measure(
+    gen: str, workdir: Path, server: Server, target: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
     log(f"{target['name']}: warm-up {args.warmup}s")
     if args.warmup > 0:
         if gen == "wrk":
@@ -386,19 +447,34 @@ def measure(gen: str, workdir: Path, server: Server, target: dict[str, Any],
         "max_ms": round(raw["max_us"] / 1000, 3),
         "server_cpu_us_per_req": round(raw["server_cpu_s"] * 1e6 / n, 1) if n else None,
         "server_cpu_util": round(raw["server_cpu_s"] / raw["cpu_window_s"], 3)
-        if raw["cpu_window_s"] > 0 else None,
+        if raw["cpu_window_s"] > 0
+        else None,
         "errors": raw["errors"],
     }
-    log(f"{target['name']}: {result['req_per_s']} req/s, p50 {result['p50_ms']} ms, "
+    log(
+        f"{target['name']}: {result['req_per_s']} req/s, p50 {result['p50_ms']} ms, "
         f"p99 {result['p99_ms']} ms, {result['server_cpu_us_per_req']} µs CPU/req"
-        + (f", errors {raw['errors']}" if raw["errors"] else ""))
+        + (f", errors {raw['errors']}" if raw["errors"] else "")
+    )
     return result
 
 
-def target(name: str, server: Server, method: str, path: str,
-           headers: dict[str, str] | None = None, body: str = "") -> dict[str, Any]:
-    return {"name": name, "method": method, "path": path, "url": server.url + path,
-            "headers": headers or {}, "body": body}
+def target(
+    name: str,
+    server: Server,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: str = "",
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "method": method,
+        "path": path,
+        "url": server.url + path,
+        "headers": headers or {},
+        "body": body,
+    }
 
 
 def log_summary(server: Server) -> dict[str, Any]:
@@ -413,8 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16, help="concurrent connections")
     p.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
     p.add_argument("--database-url", default="", help="postgresql:// URL (--engine postgres)")
-    p.add_argument("--generator", choices=("auto", "wrk", "httpx"), default="auto",
-                   help="load generator (auto: wrk if on PATH, else httpx)")
+    p.add_argument(
+        "--generator",
+        choices=("auto", "wrk", "httpx"),
+        default="auto",
+        help="load generator (auto: wrk if on PATH, else httpx)",
+    )
     args = p.parse_args(argv)
     if args.engine == "postgres" and not args.database_url:
         p.error("--engine postgres needs --database-url")
@@ -427,8 +507,10 @@ def main(argv: list[str] | None = None) -> int:
     if gen == "wrk" and not wrk:
         p.error("wrk is not on PATH")
     if gen == "wrk" and args.duration != round(args.duration):
-        log(f"wrk takes whole seconds: --duration {args.duration} rounds to "
-            f"{max(1, round(args.duration))}")
+        log(
+            f"wrk takes whole seconds: --duration {args.duration} rounds to "
+            f"{max(1, round(args.duration))}"
+        )
 
     # SIGTERM to the benchmark still runs the finally below, so no server is left behind
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -442,8 +524,9 @@ def main(argv: list[str] | None = None) -> int:
             servers.append(base)
             base.wait_ready()
             log(f"baseline up on {base.url} (pid {base.pid})")
-            out["baseline_hello"] = measure(gen, workdir, base,
-                                            target("baseline_hello", base, "GET", "/"), args)
+            out["baseline_hello"] = measure(
+                gen, workdir, base, target("baseline_hello", base, "GET", "/"), args
+            )
             base.stop()
 
             heaper = start_heaper(workdir, args.engine, args.database_url)
@@ -452,17 +535,30 @@ def main(argv: list[str] | None = None) -> int:
             log(f"heaper_trio up on {heaper.url} (pid {heaper.pid}) in {startup_s:.2f}s")
             token, me = login(heaper.url)
             out["server_health"] = measure(
-                gen, workdir, heaper, target("server_health", heaper, "GET", "/api/health"),
-                args)
+                gen, workdir, heaper, target("server_health", heaper, "GET", "/api/health"), args
+            )
             out["server_me"] = measure(
-                gen, workdir, heaper,
-                target("server_me", heaper, "POST", "/api/me",
-                       {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-                       "{}"), args)
+                gen,
+                workdir,
+                heaper,
+                target(
+                    "server_me",
+                    heaper,
+                    "POST",
+                    "/api/me",
+                    {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                    "{}",
+                ),
+                args,
+            )
             rc = heaper.stop()
-            out["server_info"] = {"engine": args.engine, "startup_s": round(startup_s, 3),
-                                  "exit_code": rc, "log": log_summary(heaper),
-                                  "me_is_admin": me.get("is_admin")}
+            out["server_info"] = {
+                "engine": args.engine,
+                "startup_s": round(startup_s, 3),
+                "exit_code": rc,
+                "log": log_summary(heaper),
+                "me_is_admin": me.get("is_admin"),
+            }
         finally:
             for s in servers:
                 try:
@@ -473,15 +569,19 @@ def main(argv: list[str] | None = None) -> int:
     base_rps = out["baseline_hello"]["req_per_s"]
     out["ratios"] = {
         "server_health_vs_baseline": round(out["server_health"]["req_per_s"] / base_rps, 3)
-        if base_rps else None,
+        if base_rps
+        else None,
         "server_me_vs_baseline": round(out["server_me"]["req_per_s"] / base_rps, 3)
-        if base_rps else None,
+        if base_rps
+        else None,
     }
     notes = []
     util = out["baseline_hello"]["server_cpu_util"]
     if util is not None and util < 0.9:
-        notes.append(f"baseline server used only {util:.0%} of a core: the load generator "
-                     f"({gen}) is likely the limit, which compresses the ratios toward 1")
+        notes.append(
+            f"baseline server used only {util:.0%} of a core: the load generator "
+            f"({gen}) is likely the limit, which compresses the ratios toward 1"
+        )
     for name in ("baseline_hello", "server_health", "server_me"):
         if out[name]["errors"]:
             notes.append(f"{name}: errors {out[name]['errors']}")
@@ -500,8 +600,9 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_s": args.warmup,
         "wrk_threads": 1 if gen == "wrk" else None,
         "engine": args.engine,
-        "versions": {pkg: version(pkg) for pkg in ("hypercorn", "trio", "quart-trio",
-                                                    "httpx", "heaper_trio")},
+        "versions": {
+            pkg: version(pkg) for pkg in ("hypercorn", "trio", "quart-trio", "httpx", "heaper_trio")
+        },
     }
     print(json.dumps(out, indent=2))
     return 0

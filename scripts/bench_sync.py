@@ -84,23 +84,52 @@ from bench_http import Server, free_port, log, proc_cpu_s
 from heaper_trio.client import HeaperClient, KeyPair
 from heaper_trio.settings import BY_NAME
 
-LOAD_GENERATOR = ("heaper_trio.client.HeaperClient (httpx) under trio, in the benchmark "
-                  "process, closed loop; updates built with pycrdt in the same process")
-SERVER_ENV = {"HEAPER_AUTH_RATE_LIMIT": "100000", "HEAPER_LOG_LEVEL": "warning",
-              "HEAPER_MAX_SYNC_BATCH": "1000"}
+LOAD_GENERATOR = (
+    "heaper_trio.client.HeaperClient (httpx) under trio, in the benchmark "
+    "process, closed loop; updates built with pycrdt in the same process"
+)
+SERVER_ENV = {
+    "HEAPER_AUTH_RATE_LIMIT": "100000",
+    "HEAPER_LOG_LEVEL": "warning",
+    "HEAPER_MAX_SYNC_BATCH": "1000",
+}
 SINGLE_POOL = 25  # blocks per single-push stream
 BATCH = 100  # blocks per batched push
 BATCH_POOL = 1000  # blocks of the batched stream
 POPULATE_BATCH = 1000  # blocks per push while populating a big heap
 POPULATE_STREAMS = 2  # concurrent populating pushes: building updates overlaps the server
 CONCURRENCY = 16
-SAMPLES = {"pull_one": 200, "pull_100": 30, "delta_first_page": 30, "delta_tail": 200,
-           "delta_full_walk": 3}
-WORDS = ("note", "idea", "heap", "block", "sync", "draft", "todo", "link", "later", "read",
-         "tomorrow", "meeting", "paper", "garden", "recipe", "quote", "book", "plan")
+SAMPLES = {
+    "pull_one": 200,
+    "pull_100": 30,
+    "delta_first_page": 30,
+    "delta_tail": 200,
+    "delta_full_walk": 3,
+}
+WORDS = (
+    "note",
+    "idea",
+    "heap",
+    "block",
+    "sync",
+    "draft",
+    "todo",
+    "link",
+    "later",
+    "read",
+    "tomorrow",
+    "meeting",
+    "paper",
+    "garden",
+    "recipe",
+    "quote",
+    "book",
+    "plan",
+)
 
 
 # -- workload: blocks as a client edits them --------------------------------------------------
+
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
@@ -148,8 +177,12 @@ class EditedBlock:
 
     def push_item(self, heap_id: str) -> dict[str, Any]:
         update = self.take_update()
-        return {"block_id": self.id, "workspace_id": heap_id, "update": b64(update),
-                "state_vector": b64(self.synced)}
+        return {
+            "block_id": self.id,
+            "workspace_id": heap_id,
+            "update": b64(update),
+            "state_vector": b64(self.synced),
+        }
 
 
 def pct(values: list[float], p: float) -> float:
@@ -160,12 +193,16 @@ def pct(values: list[float], p: float) -> float:
 
 
 def ms_stats(seconds: list[float]) -> dict[str, Any]:
-    return {"n": len(seconds), "p50_ms": round(pct(seconds, 50) * 1e3, 3),
-            "p99_ms": round(pct(seconds, 99) * 1e3, 3),
-            "max_ms": round(max(seconds) * 1e3, 3) if seconds else 0.0}
+    return {
+        "n": len(seconds),
+        "p50_ms": round(pct(seconds, 50) * 1e3, 3),
+        "p99_ms": round(pct(seconds, 99) * 1e3, 3),
+        "max_ms": round(max(seconds) * 1e3, 3) if seconds else 0.0,
+    }
 
 
 # -- (c) projection cost, in process ----------------------------------------------------------
+
 
 def projection_cost(n_updates: int = 1000) -> dict[str, Any]:
     from heaper_trio.crdt import BlockDocument
@@ -197,19 +234,24 @@ def projection_cost(n_updates: int = 1000) -> dict[str, Any]:
         reps = 50
         t0 = time.perf_counter()
         for _ in range(reps):
-            BlockDocument.load(snapshot, updates[100:100 + k])
+            BlockDocument.load(snapshot, updates[100 : 100 + k])
         load_us[f"snapshot_plus_{k}_updates"] = round((time.perf_counter() - t0) / reps * 1e6, 1)
 
     def us(xs: list[float]) -> dict[str, float]:
-        return {"mean": round(statistics.fmean(xs) * 1e6, 1),
-                "p50": round(pct(xs, 50) * 1e6, 1), "p99": round(pct(xs, 99) * 1e6, 1)}
+        return {
+            "mean": round(statistics.fmean(xs) * 1e6, 1),
+            "p50": round(pct(xs, 50) * 1e6, 1),
+            "p99": round(pct(xs, 99) * 1e6, 1),
+        }
 
     return {
         "updates": n_updates,
         "update": "one word typed at the end of the last paragraph of a note",
         "update_bytes_mean": round(statistics.fmean(len(u) for u in updates), 1),
-        "doc_bytes_first": len(base), "doc_bytes_last": doc.size,
-        "apply_us": us(apply_s), "project_us": us(project_s),
+        "doc_bytes_first": len(base),
+        "doc_bytes_last": doc.size,
+        "apply_us": us(apply_s),
+        "project_us": us(project_s),
         "apply_plus_project_us": us(both),
         "load_us": load_us,
     }
@@ -217,18 +259,24 @@ def projection_cost(n_updates: int = 1000) -> dict[str, Any]:
 
 # -- (d) baselines ----------------------------------------------------------------------------
 
-def sqlite_baseline(workdir: Path, blob_size: int, duration: float,
-                    synchronous: str) -> dict[str, Any]:
+
+def sqlite_baseline(
+    workdir: Path, blob_size: int, duration: float, synchronous: str
+) -> dict[str, Any]:
     path = workdir / "baseline.db"
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("CREATE TABLE raw (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
-        out: dict[str, Any] = {"engine": "sqlite", "journal_mode": mode,
-                               "synchronous": synchronous, "blob_bytes": blob_size,
-                               "what": "sqlite3 executemany into a table of a temporary "
-                                       "database, one transaction per batch"}
+        out: dict[str, Any] = {
+            "engine": "sqlite",
+            "journal_mode": mode,
+            "synchronous": synchronous,
+            "blob_bytes": blob_size,
+            "what": "sqlite3 executemany into a table of a temporary "
+            "database, one transaction per batch",
+        }
         blob = os.urandom(blob_size)
         for batch in (1, 100):
             rows = [(blob,)] * batch
@@ -244,9 +292,13 @@ def sqlite_baseline(workdir: Path, blob_size: int, duration: float,
             seconds = time.perf_counter() - t_start
             out[f"rows_{batch}_per_commit"] = {
                 "rows_per_s": round(len(latencies) * batch / seconds, 1),
-                "commits_per_s": round(len(latencies) / seconds, 1), **ms_stats(latencies)}
-            log(f"baseline sqlite {batch} row(s)/commit: "
-                f"{out[f'rows_{batch}_per_commit']['rows_per_s']} rows/s")
+                "commits_per_s": round(len(latencies) / seconds, 1),
+                **ms_stats(latencies),
+            }
+            log(
+                f"baseline sqlite {batch} row(s)/commit: "
+                f"{out[f'rows_{batch}_per_commit']['rows_per_s']} rows/s"
+            )
         return out
     finally:
         conn.close()
@@ -261,11 +313,13 @@ async def postgres_baseline(dsn: str, blob_size: int, duration: float) -> dict[s
     table = "bench_baseline_" + uuid.uuid4().hex[:12]
     try:
         out: dict[str, Any] = {
-            "engine": "postgres", "blob_bytes": blob_size,
+            "engine": "postgres",
+            "blob_bytes": blob_size,
             "synchronous_commit": await conn.fetchval("SHOW synchronous_commit"),
             "fsync": await conn.fetchval("SHOW fsync"),
             "what": "asyncpg executemany into a scratch (logged, not TEMP) table of the same "
-                    "database, one transaction per batch; dropped afterwards"}
+            "database, one transaction per batch; dropped afterwards",
+        }
         await conn.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, data bytea NOT NULL)")
         blob = os.urandom(blob_size)
         for batch in (1, 100):
@@ -281,9 +335,13 @@ async def postgres_baseline(dsn: str, blob_size: int, duration: float) -> dict[s
             seconds = time.perf_counter() - t_start
             out[f"rows_{batch}_per_commit"] = {
                 "rows_per_s": round(len(latencies) * batch / seconds, 1),
-                "commits_per_s": round(len(latencies) / seconds, 1), **ms_stats(latencies)}
-            log(f"baseline postgres {batch} row(s)/commit: "
-                f"{out[f'rows_{batch}_per_commit']['rows_per_s']} rows/s")
+                "commits_per_s": round(len(latencies) / seconds, 1),
+                **ms_stats(latencies),
+            }
+            log(
+                f"baseline postgres {batch} row(s)/commit: "
+                f"{out[f'rows_{batch}_per_commit']['rows_per_s']} rows/s"
+            )
         return out
     finally:
         try:
@@ -293,6 +351,7 @@ async def postgres_baseline(dsn: str, blob_size: int, duration: float) -> dict[s
 
 
 # -- the server -------------------------------------------------------------------------------
+
 
 def start_heaper(workdir: Path, engine: str, database_url: str) -> Server:
     data_dir = workdir / "data"
@@ -324,8 +383,9 @@ async def push(client: HeaperClient, items: list[dict[str, Any]]) -> tuple[int, 
     return statuses["ok"] + statuses["created"], statuses
 
 
-async def closed_loop(step: Step, concurrency: int, duration: float,
-                      server_pid: int) -> dict[str, Any]:
+async def closed_loop(
+    step: Step, concurrency: int, duration: float, server_pid: int
+) -> dict[str, Any]:
     """``concurrency`` workers call ``step(worker)`` back to back for ``duration`` seconds."""
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
@@ -354,41 +414,51 @@ async def closed_loop(step: Step, concurrency: int, duration: float,
     seconds = time.perf_counter() - t_start
     cpu, me = proc_cpu_s(server_pid) - cpu0, time.process_time() - me0
     return {
-        "concurrency": concurrency, "requests": len(latencies), "updates_acked": acked,
-        "seconds": round(seconds, 3), "updates_per_s": round(acked / seconds, 1),
-        "requests_per_s": round(len(latencies) / seconds, 1), **ms_stats(latencies),
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "updates_acked": acked,
+        "seconds": round(seconds, 3),
+        "updates_per_s": round(acked / seconds, 1),
+        "requests_per_s": round(len(latencies) / seconds, 1),
+        **ms_stats(latencies),
         "server_cpu_us_per_update": round(cpu * 1e6 / acked, 1) if acked else None,
         "server_cpu_util": round(cpu / seconds, 3),
         "loadgen_cpu_util": round(me / seconds, 3),
-        "statuses": dict(statuses), "errors": dict(errors),
+        "statuses": dict(statuses),
+        "errors": dict(errors),
     }
 
 
-async def measure(name: str, step: Step, concurrency: int, args: argparse.Namespace,
-                  server: Server) -> dict[str, Any]:
+async def measure(
+    name: str, step: Step, concurrency: int, args: argparse.Namespace, server: Server
+) -> dict[str, Any]:
     if args.warmup > 0:
         log(f"{name}: warm-up {args.warmup}s")
         await closed_loop(step, concurrency, args.warmup, server.pid)
     log(f"{name}: measuring {args.duration}s at concurrency {concurrency}")
     result = await closed_loop(step, concurrency, args.duration, server.pid)
-    log(f"{name}: {result['updates_per_s']} updates/s, p50 {result['p50_ms']} ms, "
+    log(
+        f"{name}: {result['updates_per_s']} updates/s, p50 {result['p50_ms']} ms, "
         f"p99 {result['p99_ms']} ms, server {result['server_cpu_us_per_update']} µs CPU/update, "
         f"loadgen CPU {result['loadgen_cpu_util']}"
-        + (f", errors {result['errors']}" if result["errors"] else ""))
+        + (f", errors {result['errors']}" if result["errors"] else "")
+    )
     return result
 
 
 async def create_all(client: HeaperClient, heap_id: str, blocks: list[EditedBlock]) -> None:
     """Create a stream's blocks before it is measured: the measure is of updates only."""
     for start in range(0, len(blocks), POPULATE_BATCH):
-        _, statuses = await push(client, [b.push_item(heap_id)
-                                          for b in blocks[start:start + POPULATE_BATCH]])
+        _, statuses = await push(
+            client, [b.push_item(heap_id) for b in blocks[start : start + POPULATE_BATCH]]
+        )
         if set(statuses) != {"created"}:
             raise PushError(f"creating the benchmark's blocks: {dict(statuses)}")
 
 
-async def throughput(client: HeaperClient, heap_id: str, args: argparse.Namespace,
-                     server: Server) -> dict[str, Any]:
+async def throughput(
+    client: HeaperClient, heap_id: str, args: argparse.Namespace, server: Server
+) -> dict[str, Any]:
     rnd = random.Random(2)
     out: dict[str, Any] = {}
 
@@ -405,12 +475,14 @@ async def throughput(client: HeaperClient, heap_id: str, args: argparse.Namespac
 
     pools = [[EditedBlock(rnd) for _ in range(SINGLE_POOL)]]
     await create_all(client, heap_id, pools[0])
-    out["single_sequential"] = await measure("single_sequential", single_step(pools), 1,
-                                             args, server)
+    out["single_sequential"] = await measure(
+        "single_sequential", single_step(pools), 1, args, server
+    )
     pools = [[EditedBlock(rnd) for _ in range(SINGLE_POOL)] for _ in range(CONCURRENCY)]
     await create_all(client, heap_id, [b for pool in pools for b in pool])
     out[f"single_concurrency{CONCURRENCY}"] = await measure(
-        f"single_concurrency{CONCURRENCY}", single_step(pools), CONCURRENCY, args, server)
+        f"single_concurrency{CONCURRENCY}", single_step(pools), CONCURRENCY, args, server
+    )
 
     batch_pool = [EditedBlock(rnd) for _ in range(BATCH_POOL)]
     await create_all(client, heap_id, batch_pool)
@@ -420,7 +492,7 @@ async def throughput(client: HeaperClient, heap_id: str, args: argparse.Namespac
         start = cursor[0]
         cursor[0] = (start + BATCH) % BATCH_POOL
         items = []
-        for block in batch_pool[start:start + BATCH]:
+        for block in batch_pool[start : start + BATCH]:
             block.type_word()
             items.append(block.push_item(heap_id))
         return await push(client, items)
@@ -430,8 +502,9 @@ async def throughput(client: HeaperClient, heap_id: str, args: argparse.Namespac
     return out
 
 
-async def populate(client: HeaperClient, heap_id: str, n_blocks: int,
-                   server: Server) -> tuple[list[str], dict[str, Any]]:
+async def populate(
+    client: HeaperClient, heap_id: str, n_blocks: int, server: Server
+) -> tuple[list[str], dict[str, Any]]:
     """n_blocks new notes (one in ten tagged) in batched pushes; returns their ids."""
     rnd = random.Random(3)
     ids: list[str] = []
@@ -446,8 +519,9 @@ async def populate(client: HeaperClient, heap_id: str, n_blocks: int,
         while next_start[0] < n_blocks:
             count = min(POPULATE_BATCH, n_blocks - next_start[0])
             next_start[0] += count
-            blocks = [EditedBlock(rnd, tag=tag.id if rnd.random() < 0.1 else None)
-                      for _ in range(count)]
+            blocks = [
+                EditedBlock(rnd, tag=tag.id if rnd.random() < 0.1 else None) for _ in range(count)
+            ]
             ids.extend(b.id for b in blocks)
             try:
                 _, st = await push(client, [b.push_item(heap_id) for b in blocks])
@@ -462,11 +536,16 @@ async def populate(client: HeaperClient, heap_id: str, n_blocks: int,
             nursery.start_soon(stream)
     seconds = time.perf_counter() - t0
     cpu = proc_cpu_s(server.pid) - cpu0
-    info = {"blocks": n_blocks, "populate_s": round(seconds, 2),
-            "populate_blocks_per_s": round(n_blocks / seconds, 1),
-            "blocks_per_push": POPULATE_BATCH, "concurrent_pushes": POPULATE_STREAMS,
-            "server_cpu_us_per_block": round(cpu * 1e6 / n_blocks, 1),
-            "statuses": dict(statuses), "errors": dict(errors)}
+    info = {
+        "blocks": n_blocks,
+        "populate_s": round(seconds, 2),
+        "populate_blocks_per_s": round(n_blocks / seconds, 1),
+        "blocks_per_push": POPULATE_BATCH,
+        "concurrent_pushes": POPULATE_STREAMS,
+        "server_cpu_us_per_block": round(cpu * 1e6 / n_blocks, 1),
+        "statuses": dict(statuses),
+        "errors": dict(errors),
+    }
     log(f"populated {n_blocks} blocks in {seconds:.1f}s ({info['populate_blocks_per_s']}/s)")
     return ids, info
 
@@ -476,8 +555,11 @@ async def latencies(client: HeaperClient, heap_id: str, ids: list[str]) -> dict[
     out: dict[str, Any] = {}
     problems: Counter[str] = Counter()
 
-    async def timed(n: int, call: Callable[[], Awaitable[httpx.Response]],
-                    check: Callable[[dict[str, Any]], bool]) -> list[float]:
+    async def timed(
+        n: int,
+        call: Callable[[], Awaitable[httpx.Response]],
+        check: Callable[[dict[str, Any]], bool],
+    ) -> list[float]:
         xs = []
         for _ in range(n):
             t0 = time.perf_counter()
@@ -488,22 +570,27 @@ async def latencies(client: HeaperClient, heap_id: str, ids: list[str]) -> dict[
         return xs
 
     def pull(k: int) -> Callable[[], Awaitable[httpx.Response]]:
-        return lambda: client.post("/api/sync/pull", json={
-            "blocks": [{"block_id": b} for b in rnd.sample(ids, k)]})
+        return lambda: client.post(
+            "/api/sync/pull", json={"blocks": [{"block_id": b} for b in rnd.sample(ids, k)]}
+        )
 
     def all_ok(body: dict[str, Any]) -> bool:
         return all(b["status"] == "ok" for b in body["blocks"])
 
     def delta(since: int) -> Callable[[], Awaitable[httpx.Response]]:
-        return lambda: client.get("/api/sync/delta",
-                                  params={"workspace_id": heap_id, "since": since})
+        return lambda: client.get(
+            "/api/sync/delta", params={"workspace_id": heap_id, "since": since}
+        )
 
     out["pull_one"] = ms_stats(await timed(SAMPLES["pull_one"], pull(1), all_ok))
     out["pull_one"]["what"] = "one random block, no state vector (its full state)"
     out["pull_100"] = ms_stats(await timed(SAMPLES["pull_100"], pull(100), all_ok))
     out["pull_100"]["what"] = "100 random blocks, no state vectors"
-    out["delta_first_page"] = ms_stats(await timed(
-        SAMPLES["delta_first_page"], delta(0), lambda b: len(b["changed_blocks"]) == 1000))
+    out["delta_first_page"] = ms_stats(
+        await timed(
+            SAMPLES["delta_first_page"], delta(0), lambda b: len(b["changed_blocks"]) == 1000
+        )
+    )
     out["delta_first_page"]["what"] = "since=0: the first page of 1000 changed blocks"
 
     walks, pages, recent = [], 0, []
@@ -519,13 +606,19 @@ async def latencies(client: HeaperClient, heap_id: str, ids: list[str]) -> dict[
             if not body["has_more"]:
                 break
         walks.append(time.perf_counter() - t0)
-    out["delta_full_walk"] = {**ms_stats(walks), "pages": pages,
-                              "what": "every page since 0, until has_more is false"}
+    out["delta_full_walk"] = {
+        **ms_stats(walks),
+        "pages": pages,
+        "what": "every page since 0, until has_more is false",
+    }
 
     assert len(recent) == 10, recent
     tail_since = recent[0]["updated_at"] - 1
-    out["delta_tail"] = ms_stats(await timed(
-        SAMPLES["delta_tail"], delta(tail_since), lambda b: len(b["changed_blocks"]) == 10))
+    out["delta_tail"] = ms_stats(
+        await timed(
+            SAMPLES["delta_tail"], delta(tail_since), lambda b: len(b["changed_blocks"]) == 10
+        )
+    )
     out["delta_tail"]["what"] = "the last 10 changes of the heap"
     out["problems"] = dict(problems)
     for k in ("pull_one", "pull_100", "delta_first_page", "delta_tail", "delta_full_walk"):
@@ -550,15 +643,23 @@ async def against_server(server: Server, args: argparse.Namespace) -> dict[str, 
 
 # -- orchestration ----------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=5.0,
-                   help="measured seconds per throughput measure and per baseline batch size")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=5.0,
+        help="measured seconds per throughput measure and per baseline batch size",
+    )
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each")
     p.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
     p.add_argument("--database-url", default="", help="postgresql:// URL (--engine postgres)")
-    p.add_argument("--large", action="store_true",
-                   help="also populate and measure a heap of 100,000 blocks (takes a while)")
+    p.add_argument(
+        "--large",
+        action="store_true",
+        help="also populate and measure a heap of 100,000 blocks (takes a while)",
+    )
     args = p.parse_args(argv)
     if args.engine == "postgres" and not args.database_url:
         p.error("--engine postgres needs --database-url")
@@ -586,7 +687,8 @@ def main(argv: list[str] | None = None) -> int:
                 out["baseline"] = sqlite_baseline(workdir, blob_size, args.duration, synchronous)
             else:
                 out["baseline"] = asyncio.run(
-                    postgres_baseline(args.database_url, blob_size, args.duration))
+                    postgres_baseline(args.database_url, blob_size, args.duration)
+                )
 
             server = start_heaper(workdir, args.engine, args.database_url)
             startup_s = server.wait_ready()
@@ -597,16 +699,22 @@ def main(argv: list[str] | None = None) -> int:
             rc = server.stop()
             lines = [ln for ln in server.log_lines() if ln.strip()]
             out["server_info"] = {
-                "engine": args.engine, "startup_s": round(startup_s, 3), "exit_code": rc,
-                "env": SERVER_ENV, "sqlite_synchronous": synchronous
-                if args.engine == "sqlite" else None,
-                "log": {"lines": len(lines), "tracebacks": sum("Traceback" in ln for ln in lines),
-                        "tail": lines[-8:]}}
+                "engine": args.engine,
+                "startup_s": round(startup_s, 3),
+                "exit_code": rc,
+                "env": SERVER_ENV,
+                "sqlite_synchronous": synchronous if args.engine == "sqlite" else None,
+                "log": {
+                    "lines": len(lines),
+                    "tracebacks": sum("Traceback" in ln for ln in lines),
+                    "tail": lines[-8:],
+                },
+            }
         finally:
             if server is not None:
                 try:
                     server.stop()
-                except Exception as e:  # noqa: BLE001 - report and go on
+                except Exception as e:
                     log(f"stopping the server: {e!r}")
 
     base1 = out["baseline"]["rows_1_per_commit"]["rows_per_s"]
@@ -617,12 +725,15 @@ def main(argv: list[str] | None = None) -> int:
         return round(a / b, 3) if b else None
 
     out["ratios"] = {
-        "single_sequential_vs_baseline_1_row_commits":
-            ratio(tp["single_sequential"]["updates_per_s"], base1),
-        f"single_concurrency{CONCURRENCY}_vs_baseline_1_row_commits":
-            ratio(tp[f"single_concurrency{CONCURRENCY}"]["updates_per_s"], base1),
-        f"batched_{BATCH}_vs_baseline_100_row_commits":
-            ratio(tp[f"batched_{BATCH}"]["updates_per_s"], base100),
+        "single_sequential_vs_baseline_1_row_commits": ratio(
+            tp["single_sequential"]["updates_per_s"], base1
+        ),
+        f"single_concurrency{CONCURRENCY}_vs_baseline_1_row_commits": ratio(
+            tp[f"single_concurrency{CONCURRENCY}"]["updates_per_s"], base1
+        ),
+        f"batched_{BATCH}_vs_baseline_100_row_commits": ratio(
+            tp[f"batched_{BATCH}"]["updates_per_s"], base100
+        ),
     }
     notes = []
     for name, r in tp.items():
@@ -631,8 +742,10 @@ def main(argv: list[str] | None = None) -> int:
         if set(r["statuses"]) - {"ok", "created"}:
             notes.append(f"{name}: statuses {r['statuses']}")
         if r["loadgen_cpu_util"] >= 0.85:
-            notes.append(f"{name}: the load generator used {r['loadgen_cpu_util']:.0%} of a "
-                         f"core; it may be the limit")
+            notes.append(
+                f"{name}: the load generator used {r['loadgen_cpu_util']:.0%} of a "
+                f"core; it may be the limit"
+            )
     for n, h in out["heaps"].items():
         if h["errors"] or h["problems"]:
             notes.append(f"heap {n}: errors {h['errors']} problems {h['problems']}")
@@ -644,13 +757,27 @@ def main(argv: list[str] | None = None) -> int:
     from importlib.metadata import version
 
     out["machine"] = {
-        "nproc": os.cpu_count(), "nproc_usable": len(os.sched_getaffinity(0)),
+        "nproc": os.cpu_count(),
+        "nproc_usable": len(os.sched_getaffinity(0)),
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "platform": platform.platform(),
-        "duration_s": args.duration, "warmup_s": args.warmup, "large": args.large,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "large": args.large,
         "total_run_s": round(time.monotonic() - started, 1),
-        "versions": {pkg: version(pkg) for pkg in ("hypercorn", "trio", "quart-trio", "httpx",
-                                                    "pycrdt", "asyncpg", "heaper_trio")},
+        "versions": {
+            pkg: version(pkg)
+            for pkg in (
+                "hypercorn",
+                "trio",
+                "quart-trio",
+                "httpx",
+                "pycrdt",
+                "asyncpg",
+                "heaper_trio",
+            )
+        },
     }
     print(json.dumps(out, indent=2))
     return 0

@@ -31,7 +31,8 @@ Phases per server, in order:
 * for each N (default 1, 100, 1000; ``--max-n`` drops the larger ones): connect N
   subscribers, then ``latency``: the writer sends ``--rate`` updates/s (default 20) for
   ``--duration`` s: delivery latency p50/p90/p99/max over every delivery, and
-  ``deliveries_per_s`` (from the first send to the last delivery); then ``throughput``: closed loop with at most ``--window`` updates in
+  ``deliveries_per_s`` (from the first send to the last delivery); then ``throughput``:
+  closed loop with at most ``--window`` updates in
   flight (default 8; in flight = not yet received by all N): ``deliveries_per_s`` is the
   delivered-updates rate summed over subscribers, and the latency under that load;
   ``server_cpu_us_per_delivery`` = the server's CPU over the phase / deliveries. Both also
@@ -77,8 +78,11 @@ from bench_http import CLK_TCK, Server, free_port, log
 
 LIVE = ROOT / "tests" / "live_node"
 # One account drives every subscriber here: lift the per-account limits a real deployment keeps.
-SERVER_ENV = {"HEAPER_AUTH_RATE_LIMIT": "100000", "HEAPER_LOG_LEVEL": "warning",
-              "HEAPER_WS_MAX_CONNECTIONS_PER_USER": "100000"}
+SERVER_ENV = {
+    "HEAPER_AUTH_RATE_LIMIT": "100000",
+    "HEAPER_LOG_LEVEL": "warning",
+    "HEAPER_WS_MAX_CONNECTIONS_PER_USER": "100000",
+}
 SERVERS = ("heaper_trio", "hocuspocus")
 
 
@@ -99,8 +103,14 @@ def start_heaper(workdir: Path, engine: str, database_url: str) -> Server:
 def start_hocuspocus(workdir: Path, node: str) -> Server:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REF_AUTH"}  # no auth hook
-    return Server("hocuspocus", [node, str(LIVE / "ref_server.mjs"), "--port", str(port)],
-                  env, port, "/", workdir)
+    return Server(
+        "hocuspocus",
+        [node, str(LIVE / "ref_server.mjs"), "--port", str(port)],
+        env,
+        port,
+        "/",
+        workdir,
+    )
 
 
 def heaper_document(url: str) -> tuple[str, str]:
@@ -121,18 +131,33 @@ def heaper_document(url: str) -> tuple[str, str]:
     return trio.run(go)
 
 
-def run_load(node: str, server: Server, token: str, doc: str, args: argparse.Namespace,
-             ns: list[int]) -> dict[str, Any]:
-    config = {"ws_url": f"ws://127.0.0.1:{server.port}/ws", "token": token, "doc": doc,
-              "server_pid": server.pid, "clk_tck": CLK_TCK, "ns": ns,
-              "duration": args.duration, "rate": args.rate, "window": args.window,
-              "connect_parallel": args.connect_parallel,
-              "mem_conns": args.mem_conns if args.mem_conns is not None else max(ns),
-              "idle_s": 2}
+def run_load(
+    node: str, server: Server, token: str, doc: str, args: argparse.Namespace, ns: list[int]
+) -> dict[str, Any]:
+    config = {
+        "ws_url": f"ws://127.0.0.1:{server.port}/ws",
+        "token": token,
+        "doc": doc,
+        "server_pid": server.pid,
+        "clk_tck": CLK_TCK,
+        "ns": ns,
+        "duration": args.duration,
+        "rate": args.rate,
+        "window": args.window,
+        "connect_parallel": args.connect_parallel,
+        "mem_conns": args.mem_conns if args.mem_conns is not None else max(ns),
+        "idle_s": 2,
+    }
     budget = 120 + len(ns) * (3 * args.duration + 60) + config["mem_conns"] / 10
-    done = subprocess.run([node, str(LIVE / "bench_load.mjs")], input=json.dumps(config),
-                          capture_output=True, text=True, timeout=budget, cwd=str(LIVE),
-                          check=False)
+    done = subprocess.run(
+        [node, str(LIVE / "bench_load.mjs")],
+        input=json.dumps(config),
+        capture_output=True,
+        text=True,
+        timeout=budget,
+        cwd=str(LIVE),
+        check=False,
+    )
     sys.stderr.write(done.stderr)
     if done.returncode != 0:
         raise RuntimeError(f"bench_load.mjs exited {done.returncode}: {done.stderr[-2000:]}")
@@ -147,7 +172,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     for run in result.get("runs", []):
         lat, tp = run["latency"], run["throughput"]
         out[f"n{run['n']}"] = {
-            "latency_p50_ms": lat["latency"]["p50_ms"], "latency_p99_ms": lat["latency"]["p99_ms"],
+            "latency_p50_ms": lat["latency"]["p50_ms"],
+            "latency_p99_ms": lat["latency"]["p99_ms"],
             "deliveries_per_s_at_rate": lat["deliveries_per_s"],
             "max_deliveries_per_s": tp["deliveries_per_s"],
             "latency_under_load_p50_ms": tp["latency"]["p50_ms"],
@@ -167,10 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measured phase")
     p.add_argument("--rate", type=float, default=20.0, help="updates/s of the latency phase")
     p.add_argument("--window", type=int, default=8, help="updates in flight, throughput phase")
-    p.add_argument("--mem-conns", type=int, default=None,
-                   help="idle connections of the memory phase (default: the largest N; 0: skip)")
+    p.add_argument(
+        "--mem-conns",
+        type=int,
+        default=None,
+        help="idle connections of the memory phase (default: the largest N; 0: skip)",
+    )
     p.add_argument("--connect-parallel", type=int, default=50, help="connections opened at once")
-    p.add_argument("--servers", default=",".join(SERVERS), help="comma separated: " + ", ".join(SERVERS))
+    p.add_argument(
+        "--servers", default=",".join(SERVERS), help="comma separated: " + ", ".join(SERVERS)
+    )
     p.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
     p.add_argument("--database-url", default="", help="postgresql:// URL (--engine postgres)")
     args = p.parse_args(argv)
@@ -193,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in servers:
         with tempfile.TemporaryDirectory(prefix=f"bench-ws-{name}-") as tmp:
             workdir = Path(tmp)
-            server = (start_heaper(workdir, args.engine, args.database_url) if name == "heaper_trio"
-                      else start_hocuspocus(workdir, node))
+            server = (
+                start_heaper(workdir, args.engine, args.database_url)
+                if name == "heaper_trio"
+                else start_hocuspocus(workdir, node)
+            )
             try:
                 startup_s = server.wait_ready()
                 log(f"{name}: ready in {startup_s:.2f}s (pid {server.pid})")
@@ -205,30 +240,36 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_load(node, server, token, doc, args, ns)
                 result.pop("config", None)
                 lines = [ln for ln in server.log_lines() if ln.strip()]
-                result["server_log"] = {"lines": len(lines),
-                                        "tracebacks": sum("Traceback" in ln for ln in lines),
-                                        "tail": lines[-8:]}
+                result["server_log"] = {
+                    "lines": len(lines),
+                    "tracebacks": sum("Traceback" in ln for ln in lines),
+                    "tail": lines[-8:],
+                }
                 out["servers"][name] = result
                 out["summary"][name] = summary(result)
                 if result.get("problem_count"):
-                    out["notes"].append(f"{name}: {result['problem_count']} problems, "
-                                        f"see servers.{name}.problems")
+                    out["notes"].append(
+                        f"{name}: {result['problem_count']} problems, see servers.{name}.problems"
+                    )
                 for run in result.get("runs", []):
                     for phase in ("latency", "throughput"):
                         util = run[phase]["loadgen_cpu_util"]
                         if util >= 0.85:
                             out["notes"].append(
                                 f"{name} N={run['n']} {phase}: the load generator used "
-                                f"{util:.0%} of a core; it may be the limit")
-            except Exception as e:  # noqa: BLE001 - one server failing must not lose the other
+                                f"{util:.0%} of a core; it may be the limit"
+                            )
+            except Exception as e:
                 log(f"{name}: failed: {e!r}")
                 out["servers"][name] = {"error": repr(e), "log_tail": server.log_tail(20)}
             finally:
                 server.stop()
     if args.engine == "postgres":
         out["notes"].append("server_cpu_s counts the heaper_trio process only, not PostgreSQL's")
-    out["notes"].append("hocuspocus keeps documents in memory and acks before anything is "
-                        "durable; heaper_trio acks each update after its commit")
+    out["notes"].append(
+        "hocuspocus keeps documents in memory and acks before anything is "
+        "durable; heaper_trio acks each update after its commit"
+    )
 
     from importlib.metadata import version
 
@@ -236,19 +277,29 @@ def main(argv: list[str] | None = None) -> int:
     for pkg in ("@hocuspocus/server", "@hocuspocus/provider", "yjs", "ws"):
         try:
             node_versions[pkg] = json.loads(
-                (LIVE / "node_modules" / pkg / "package.json").read_text())["version"]
+                (LIVE / "node_modules" / pkg / "package.json").read_text()
+            )["version"]
         except OSError:
             node_versions[pkg] = None
     out["machine"] = {
-        "nproc": os.cpu_count(), "nproc_usable": len(os.sched_getaffinity(0)),
+        "nproc": os.cpu_count(),
+        "nproc_usable": len(os.sched_getaffinity(0)),
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "platform": platform.platform(),
-        "node": subprocess.run([node, "--version"], capture_output=True, text=True,
-                               check=False).stdout.strip(),
-        "engine": args.engine, "ns": ns, "duration_s": args.duration, "rate": args.rate,
-        "window": args.window, "total_run_s": round(time.monotonic() - started, 1),
-        "versions": {**{pkg: version(pkg) for pkg in ("hypercorn", "trio", "pycrdt",
-                                                       "heaper_trio")}, **node_versions},
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "node": subprocess.run(
+            [node, "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip(),
+        "engine": args.engine,
+        "ns": ns,
+        "duration_s": args.duration,
+        "rate": args.rate,
+        "window": args.window,
+        "total_run_s": round(time.monotonic() - started, 1),
+        "versions": {
+            **{pkg: version(pkg) for pkg in ("hypercorn", "trio", "pycrdt", "heaper_trio")},
+            **node_versions,
+        },
     }
     print(json.dumps(out, indent=2))
     return 0

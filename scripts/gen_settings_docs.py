@@ -27,7 +27,7 @@ def example() -> str:
     out = [
         "# heaper_trio configuration. Every key is shown with its default, commented out.",
         "# Use it with: python -m heaper_trio --config config/heaper.example.toml",
-        "# Environment variables (HEAPER_<KEY>) override this file; command-line flags override both.",
+        "# Environment variables (HEAPER_<KEY>) override this file; command-line flags override both.",  # noqa: E501
         "",
     ]
     for s in SETTINGS:
@@ -41,13 +41,14 @@ def example() -> str:
 
 
 def table() -> str:
-    rows = ["| key | environment | flag | type | default | meaning |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| key | environment | flag | type | default | meaning |", "|---|---|---|---|---|---|"]
     for s in SETTINGS:
         flag = f"`{s.flag}`" if s.cli or s.name in ("data_dir", "database_url") else ""
         extra = f" One of: {', '.join(s.choices)}." if s.choices else ""
-        rows.append(f"| `{s.name}` | `{s.env}` | {flag} | {s.type.__name__} | "
-                    f"`{toml_value(s.default)}` | {s.help}{extra} |")
+        rows.append(
+            f"| `{s.name}` | `{s.env}` | {flag} | {s.type.__name__} | "
+            f"`{toml_value(s.default)}` | {s.help}{extra} |"
+        )
     return "\n".join(rows)
 
 

@@ -54,11 +54,19 @@ SERIAL = {
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--engine", choices=ENGINES, action="append",
-                     help="run the behaviour suite on this engine only (repeatable)")
-    parser.addoption("--serial", choices=["include", "skip", "only"], default="include",
-                     help="tests marked serial (timed against the wall clock): run them with "
-                     "the rest (include, the default), leave them out (skip), or run only them")
+    parser.addoption(
+        "--engine",
+        choices=ENGINES,
+        action="append",
+        help="run the behaviour suite on this engine only (repeatable)",
+    )
+    parser.addoption(
+        "--serial",
+        choices=["include", "skip", "only"],
+        default="include",
+        help="tests marked serial (timed against the wall clock): run them with "
+        "the rest (include, the default), leave them out (skip), or run only them",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -72,8 +80,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             for listed in SERIAL:
                 listed_path, _, name = listed.partition("::")
                 if listed_path == path and not hasattr(module, name):
-                    raise pytest.UsageError(f"tests/conftest.py SERIAL names {listed}, which "
-                                            f"{path} no longer defines")
+                    raise pytest.UsageError(
+                        f"tests/conftest.py SERIAL names {listed}, which {path} no longer defines"
+                    )
         if f"{path}::{getattr(item, 'originalname', item.name)}" in SERIAL:
             item.add_marker(pytest.mark.serial)
     if os.environ.get("PYTEST_XDIST_WORKER"):  # the same order on every worker
@@ -110,8 +119,12 @@ def _with_db(dsn: str, dbname: str) -> str:
 
 
 def _psql(dsn: str, sql: str) -> None:
-    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", dsn, "-c", sql], check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        ["psql", "-q", "-v", "ON_ERROR_STOP=1", dsn, "-c", sql],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -123,30 +136,40 @@ def pg_admin_dsn() -> Iterator[str | None]:
     required = os.environ.get("HEAPER_TEST_REQUIRE_POSTGRES") == "1"
     if shutil.which("psql") is None:
         if required:
-            pytest.fail("PostgreSQL is required (HEAPER_TEST_REQUIRE_POSTGRES=1) but psql is "
-                        "missing")
+            pytest.fail(
+                "PostgreSQL is required (HEAPER_TEST_REQUIRE_POSTGRES=1) but psql is missing"
+            )
         yield None
         return
     # Not under pytest's tmp dir: its parents are private to us, and as root the cluster runs
     # as the postgres user, which must be able to reach the directory.
     cluster = Path(tempfile.mkdtemp(prefix="heaper-test-pg-"))
     try:
-        out = subprocess.run([str(ROOT / "scripts" / "pg_cluster.sh"), "start", str(cluster)],
-                             check=True, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [str(ROOT / "scripts" / "pg_cluster.sh"), "start", str(cluster)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
         shutil.rmtree(cluster, ignore_errors=True)
         detail = getattr(e, "stderr", "") or ""
         if required:
             pytest.fail(f"could not start PostgreSQL: {e}\n{detail}")
-        warnings.warn(f"postgres tests skipped: could not start PostgreSQL: {e} {detail}",
-                      stacklevel=2)
+        warnings.warn(
+            f"postgres tests skipped: could not start PostgreSQL: {e} {detail}", stacklevel=2
+        )
         yield None
         return
     try:
         yield out.stdout.strip().splitlines()[-1]
     finally:
-        subprocess.run([str(ROOT / "scripts" / "pg_cluster.sh"), "stop", str(cluster)],
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [str(ROOT / "scripts" / "pg_cluster.sh"), "stop", str(cluster)],
+            capture_output=True,
+            timeout=120,
+        )
         shutil.rmtree(cluster, ignore_errors=True)
 
 
@@ -316,8 +339,9 @@ async def admin(make_client: Callable[..., HeaperClient]) -> HeaperClient:
 
 
 @pytest.fixture
-async def eve(admin: HeaperClient, server: RunningServer,
-              make_client: Callable[..., HeaperClient]) -> HeaperClient:
+async def eve(
+    admin: HeaperClient, server: RunningServer, make_client: Callable[..., HeaperClient]
+) -> HeaperClient:
     """Eve: a second approved account (approved as the CLI does it), for "not yours" tests."""
     from heaper_trio.client import LoginPending
     from heaper_trio.services.accounts import find_user

@@ -38,8 +38,9 @@ class LiveClient:
         self.seen.append(message)
         return message
 
-    async def expect(self, kind: type[T], where: Callable[[T], bool] = lambda _: True,
-                     timeout: float = 5) -> T:
+    async def expect(
+        self, kind: type[T], where: Callable[[T], bool] = lambda _: True, timeout: float = 5
+    ) -> T:
         """The next message of ``kind`` (matching ``where``), skipping others."""
         with trio.fail_after(timeout):
             while True:
@@ -61,14 +62,17 @@ class LiveClient:
 
 
 @asynccontextmanager
-async def live_client(http_url: str, path: str = "/ws", disconnect_timeout: float = 2,
-                      **kw: Any) -> AsyncIterator[LiveClient]:
+async def live_client(
+    http_url: str, path: str = "/ws", disconnect_timeout: float = 2, **kw: Any
+) -> AsyncIterator[LiveClient]:
     clean = False
     try:
-        async with open_websocket_url(ws_url(http_url, path),
-                                      max_message_size=64 * 1024 * 1024,
-                                      disconnect_timeout=disconnect_timeout,
-                                      **kw) as ws:
+        async with open_websocket_url(
+            ws_url(http_url, path),
+            max_message_size=64 * 1024 * 1024,
+            disconnect_timeout=disconnect_timeout,
+            **kw,
+        ) as ws:
             yield LiveClient(ws)
         clean = ws.closed is not None and ws.closed.code == 1000  # we closed it, normally
     finally:

@@ -22,9 +22,13 @@ GREEN = (0, 255, 0)
 
 # What the viewer must apply for each EXIF orientation, and its inverse (to build the file).
 _DISPLAY = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
 }
 _INVERSE = {**_DISPLAY, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
 
@@ -40,8 +44,9 @@ def red_corner(size: tuple[int, int] = (160, 80)) -> Image.Image:
     return im
 
 
-def oriented(path: Path, orientation: int, fmt: str = "JPEG",
-             display: tuple[int, int] = (160, 80)) -> Path:
+def oriented(
+    path: Path, orientation: int, fmt: str = "JPEG", display: tuple[int, int] = (160, 80)
+) -> Path:
     """An image that *looks* like ``red_corner(display)`` once its EXIF orientation is
     applied (JPEG, WEBP, AVIF, TIFF or PNG)."""
     stored = red_corner(display)
@@ -133,31 +138,54 @@ def bomb_png(path: Path, side: int = 30000) -> Path:
     """A tiny file whose header claims ``side`` x ``side`` pixels."""
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 1024)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat)
-                     + _chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    )
     return path
 
 
 def _ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args],
-                   check=True, timeout=60)
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args],
+        check=True,
+        timeout=60,
+    )
 
 
 def colour_video(path: Path) -> Path:
     """3 s at 10 fps, 320x240: red, then green, then blue, one second each; a keyframe every
     second (exactly at each colour change)."""
-    graph = ";".join(f"color={c}:s=320x240:r=10:d=1[{i}]"
-                     for i, c in enumerate(("red", "lime", "blue")))
-    _ffmpeg("-filter_complex", f"{graph};[0][1][2]concat=n=3:v=1:a=0",
-            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10", str(path))
+    graph = ";".join(
+        f"color={c}:s=320x240:r=10:d=1[{i}]" for i, c in enumerate(("red", "lime", "blue"))
+    )
+    _ffmpeg(
+        "-filter_complex",
+        f"{graph};[0][1][2]concat=n=3:v=1:a=0",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        "10",
+        str(path),
+    )
     return path
 
 
 def rotated_video(path: Path) -> Path:
     """A 320x240 test pattern tagged to display rotated by 90 degrees (portrait)."""
     plain = path.with_suffix(".plain.mp4")
-    _ffmpeg("-f", "lavfi", "-i", "testsrc=duration=1:size=320x240:rate=10",
-            "-c:v", "libx264", "-pix_fmt", "yuv420p", str(plain))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=duration=1:size=320x240:rate=10",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        str(plain),
+    )
     _ffmpeg("-i", str(plain), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(path))
     plain.unlink()
     return path

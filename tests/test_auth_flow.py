@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import base58
 import jwt
@@ -71,9 +72,14 @@ async def test_rejected_account_cannot_log_in_or_use_tokens(
     await storage.set_user_state(user.id, "rejected", 2)
     assert_error(await other.post("/api/me"), 401, "token_revoked")
     challenge = await other.challenge()
-    r = await other.http.post("/api/auth/verify_session", json={
-        "public_key": other.public_key, "message": challenge,
-        "signature": other.key.sign(challenge)})
+    r = await other.http.post(
+        "/api/auth/verify_session",
+        json={
+            "public_key": other.public_key,
+            "message": challenge,
+            "signature": other.key.sign(challenge),
+        },
+    )
     assert_error(r, 403, "account_rejected")
 
 
@@ -81,26 +87,42 @@ async def test_verify_key_and_server_challenge(
     admin: HeaperClient, http: Any, server: RunningServer
 ) -> None:
     key = KeyPair.generate()
-    challenge = (await http.post("/api/auth/create_session",
-                                 json={"public_key": key.public_key})).json()["challenge"]
-    r = await http.post("/api/auth/verify_key", json={
-        "public_key": key.public_key, "message": challenge,
-        "signed_message": key.sign(challenge), "server_challenge": "prove-it-42"})
+    challenge = (
+        await http.post("/api/auth/create_session", json={"public_key": key.public_key})
+    ).json()["challenge"]
+    r = await http.post(
+        "/api/auth/verify_key",
+        json={
+            "public_key": key.public_key,
+            "message": challenge,
+            "signed_message": key.sign(challenge),
+            "server_challenge": "prove-it-42",
+        },
+    )
     body = r.json()
     assert r.status_code == 200 and body["verified"] is True
     assert body["approval_required"] is True and "access_token" not in body  # not first user
     server_pub = base58.b58decode(body["server_public_key"])
-    nacl.signing.VerifyKey(server_pub).verify(b"prove-it-42",
-                                              base58.b58decode(body["server_signature"]))
+    nacl.signing.VerifyKey(server_pub).verify(
+        b"prove-it-42", base58.b58decode(body["server_signature"])
+    )
 
 
-async def test_verify_key_answers_snake_case_tokens(make_client: Callable[..., HeaperClient],
-                                                    http: Any) -> None:
+async def test_verify_key_answers_snake_case_tokens(
+    make_client: Callable[..., HeaperClient], http: Any
+) -> None:
     key = KeyPair.generate()
-    challenge = (await http.post("/api/auth/create_session",
-                                 json={"public_key": key.public_key})).json()["challenge"]
-    r = await http.post("/api/auth/verify_key", json={
-        "public_key": key.public_key, "message": challenge, "signed_message": key.sign(challenge)})
+    challenge = (
+        await http.post("/api/auth/create_session", json={"public_key": key.public_key})
+    ).json()["challenge"]
+    r = await http.post(
+        "/api/auth/verify_key",
+        json={
+            "public_key": key.public_key,
+            "message": challenge,
+            "signed_message": key.sign(challenge),
+        },
+    )
     body = r.json()
     assert body["access_token"] and body["refresh_token"] and body["is_admin"] is True
     c = make_client(key)
@@ -108,11 +130,13 @@ async def test_verify_key_answers_snake_case_tokens(make_client: Callable[..., H
     assert (await c.post("/api/me")).status_code == 200
 
 
-async def test_challenge_reuse_foreign_and_unknown(admin: HeaperClient, http: Any,
-                                                   server: RunningServer) -> None:
+async def test_challenge_reuse_foreign_and_unknown(
+    admin: HeaperClient, http: Any, server: RunningServer
+) -> None:
     key = KeyPair.generate()
-    challenge = (await http.post("/api/auth/create_session",
-                                 json={"public_key": key.public_key})).json()["challenge"]
+    challenge = (
+        await http.post("/api/auth/create_session", json={"public_key": key.public_key})
+    ).json()["challenge"]
     body = {"public_key": key.public_key, "message": challenge, "signature": key.sign(challenge)}
     assert (await http.post("/api/auth/verify_session", json=body)).status_code == 200
     before = await server.services.storage.auth_stats()
@@ -120,20 +144,27 @@ async def test_challenge_reuse_foreign_and_unknown(admin: HeaperClient, http: An
 
     # A challenge issued for another key, correctly signed by this one.
     other = KeyPair.generate()
-    foreign = (await http.post("/api/auth/create_session",
-                               json={"public_key": other.public_key})).json()["challenge"]
-    r = await http.post("/api/auth/verify_session", json={
-        "public_key": key.public_key, "message": foreign, "signature": key.sign(foreign)})
+    foreign = (
+        await http.post("/api/auth/create_session", json={"public_key": other.public_key})
+    ).json()["challenge"]
+    r = await http.post(
+        "/api/auth/verify_session",
+        json={"public_key": key.public_key, "message": foreign, "signature": key.sign(foreign)},
+    )
     assert_error(r, 401, "challenge_foreign")
     made_up = "heaper-login:not-issued"
-    r = await http.post("/api/auth/verify_session", json={
-        "public_key": key.public_key, "message": made_up, "signature": key.sign(made_up)})
+    r = await http.post(
+        "/api/auth/verify_session",
+        json={"public_key": key.public_key, "message": made_up, "signature": key.sign(made_up)},
+    )
     assert_error(r, 401, "challenge_unknown")
     after = await server.services.storage.auth_stats()
     assert after["users"] == before["users"] and after["refresh_tokens"] == before["refresh_tokens"]
     # The foreign challenge is still usable by its own key: the failure consumed nothing.
-    r = await http.post("/api/auth/verify_session", json={
-        "public_key": other.public_key, "message": foreign, "signature": other.sign(foreign)})
+    r = await http.post(
+        "/api/auth/verify_session",
+        json={"public_key": other.public_key, "message": foreign, "signature": other.sign(foreign)},
+    )
     assert r.status_code == 200
 
 
@@ -142,29 +173,45 @@ async def test_expired_challenge(start_server: StartServer) -> None:
     async with HeaperClient(running.url) as c:
         challenge = await c.challenge()
         await trio.sleep(1.2)
-        r = await c.http.post("/api/auth/verify_session", json={
-            "public_key": c.public_key, "message": challenge, "signature": c.key.sign(challenge)})
+        r = await c.http.post(
+            "/api/auth/verify_session",
+            json={
+                "public_key": c.public_key,
+                "message": challenge,
+                "signature": c.key.sign(challenge),
+            },
+        )
         assert_error(r, 401, "challenge_expired")
         assert (await running.services.storage.auth_stats())["users"] == 0
 
 
 async def test_bad_signature_stores_nothing(http: Any, server: RunningServer) -> None:
     key, impostor = KeyPair.generate(), KeyPair.generate()
-    challenge = (await http.post("/api/auth/create_session",
-                                 json={"public_key": key.public_key})).json()["challenge"]
-    r = await http.post("/api/auth/verify_session", json={
-        "public_key": key.public_key, "message": challenge, "signature": impostor.sign(challenge)})
+    challenge = (
+        await http.post("/api/auth/create_session", json={"public_key": key.public_key})
+    ).json()["challenge"]
+    r = await http.post(
+        "/api/auth/verify_session",
+        json={
+            "public_key": key.public_key,
+            "message": challenge,
+            "signature": impostor.sign(challenge),
+        },
+    )
     assert_error(r, 401, "signature_mismatch")
     stats = await server.services.storage.auth_stats()
     assert stats["users"] == 0 and stats["refresh_tokens"] == 0
     # The challenge was not burnt by the failed attempt.
-    r = await http.post("/api/auth/verify_session", json={
-        "public_key": key.public_key, "message": challenge, "signature": key.sign(challenge)})
+    r = await http.post(
+        "/api/auth/verify_session",
+        json={"public_key": key.public_key, "message": challenge, "signature": key.sign(challenge)},
+    )
     assert r.status_code == 200
 
 
-async def test_refresh_rotation_and_reuse_detection(admin: HeaperClient,
-                                                    server: RunningServer) -> None:
+async def test_refresh_rotation_and_reuse_detection(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     first_refresh = admin.refresh_token
     await admin.refresh()
     assert admin.refresh_token != first_refresh
@@ -172,11 +219,13 @@ async def test_refresh_rotation_and_reuse_detection(admin: HeaperClient,
     second_refresh = admin.refresh_token
 
     # Replaying the rotated token revokes the whole family, including the newest token.
-    r = await admin.http.post("/api/auth/refresh_token",
-                              headers={"Authorization": f"Bearer {first_refresh}"})
+    r = await admin.http.post(
+        "/api/auth/refresh_token", headers={"Authorization": f"Bearer {first_refresh}"}
+    )
     assert_error(r, 401, "refresh_token_reused")
-    r = await admin.http.post("/api/auth/refresh_token",
-                              headers={"Authorization": f"Bearer {second_refresh}"})
+    r = await admin.http.post(
+        "/api/auth/refresh_token", headers={"Authorization": f"Bearer {second_refresh}"}
+    )
     assert_error(r, 401, "refresh_token_revoked")
 
 
@@ -185,8 +234,9 @@ async def test_concurrent_refresh_of_one_token_succeeds_once(admin: HeaperClient
     statuses: list[int] = []
 
     async def use() -> None:
-        r = await admin.http.post("/api/auth/refresh_token",
-                                  headers={"Authorization": f"Bearer {token}"})
+        r = await admin.http.post(
+            "/api/auth/refresh_token", headers={"Authorization": f"Bearer {token}"}
+        )
         statuses.append(r.status_code)
 
     async with trio.open_nursery() as n:
@@ -198,44 +248,83 @@ async def test_concurrent_refresh_of_one_token_succeeds_once(admin: HeaperClient
 async def test_token_kinds_are_not_interchangeable(admin: HeaperClient) -> None:
     r = await admin.http.post("/api/me", headers={"Authorization": f"Bearer {admin.refresh_token}"})
     assert_error(r, 401, "token_wrong_type")
-    r = await admin.http.post("/api/auth/refresh_token",
-                              headers={"Authorization": f"Bearer {admin.access_token}"})
+    r = await admin.http.post(
+        "/api/auth/refresh_token", headers={"Authorization": f"Bearer {admin.access_token}"}
+    )
     assert_error(r, 401, "token_wrong_type")
 
 
 def _claims(server: RunningServer, user_id: str, **over: Any) -> dict[str, Any]:
     now = int(time.time())
-    return {"sub": user_id, "typ": "access", "iat": now, "exp": now + 60, "jti": uuid.uuid4().hex,
-            "gen": 0, "iss": server.services.server_key.public_key, "aud": AUDIENCE, **over}
+    return {
+        "sub": user_id,
+        "typ": "access",
+        "iat": now,
+        "exp": now + 60,
+        "jti": uuid.uuid4().hex,
+        "gen": 0,
+        "iss": server.services.server_key.public_key,
+        "aud": AUDIENCE,
+        **over,
+    }
 
 
 async def test_forged_and_expired_tokens(admin: HeaperClient, server: RunningServer) -> None:
     assert admin.user_id
     key = KeyPair.load(server.services.settings.data_path / SERVER_KEY_FILE)
     good = jwt.encode(_claims(server, admin.user_id), key.jwt_private_key(), algorithm="EdDSA")
-    assert (await admin.http.post("/api/me", headers={"Authorization": f"Bearer {good}"})
-            ).status_code == 200
+    assert (
+        await admin.http.post("/api/me", headers={"Authorization": f"Bearer {good}"})
+    ).status_code == 200
 
     cases = {
-        "expired": (jwt.encode(_claims(server, admin.user_id, iat=1, exp=100),
-                               key.jwt_private_key(), algorithm="EdDSA"), "token_expired"),
-        "other key": (jwt.encode(_claims(server, admin.user_id),
-                                 KeyPair.generate().jwt_private_key(), algorithm="EdDSA"),
-                      "token_invalid"),
-        "alg none": (jwt.encode(_claims(server, admin.user_id), None, algorithm="none"),
-                     "token_invalid"),
-        "hs256 with public key": (jwt.encode(_claims(server, admin.user_id),
-                                             server.services.server_key.public_key,
-                                             algorithm="HS256"), "token_invalid"),
+        "expired": (
+            jwt.encode(
+                _claims(server, admin.user_id, iat=1, exp=100),
+                key.jwt_private_key(),
+                algorithm="EdDSA",
+            ),
+            "token_expired",
+        ),
+        "other key": (
+            jwt.encode(
+                _claims(server, admin.user_id),
+                KeyPair.generate().jwt_private_key(),
+                algorithm="EdDSA",
+            ),
+            "token_invalid",
+        ),
+        "alg none": (
+            jwt.encode(_claims(server, admin.user_id), None, algorithm="none"),
+            "token_invalid",
+        ),
+        "hs256 with public key": (
+            jwt.encode(
+                _claims(server, admin.user_id),
+                server.services.server_key.public_key,
+                algorithm="HS256",
+            ),
+            "token_invalid",
+        ),
         "garbage": ("not.a.jwt", "token_invalid"),
-        "missing gen": (jwt.encode({k: v for k, v in _claims(server, admin.user_id).items()
-                                    if k != "gen"}, key.jwt_private_key(), algorithm="EdDSA"),
-                        "token_invalid"),
-        "unknown user": (jwt.encode(_claims(server, "nobody"), key.jwt_private_key(),
-                                    algorithm="EdDSA"), "token_invalid"),
-        "stale generation": (jwt.encode(_claims(server, admin.user_id, gen=7),
-                                        key.jwt_private_key(), algorithm="EdDSA"),
-                             "token_revoked"),
+        "missing gen": (
+            jwt.encode(
+                {k: v for k, v in _claims(server, admin.user_id).items() if k != "gen"},
+                key.jwt_private_key(),
+                algorithm="EdDSA",
+            ),
+            "token_invalid",
+        ),
+        "unknown user": (
+            jwt.encode(_claims(server, "nobody"), key.jwt_private_key(), algorithm="EdDSA"),
+            "token_invalid",
+        ),
+        "stale generation": (
+            jwt.encode(
+                _claims(server, admin.user_id, gen=7), key.jwt_private_key(), algorithm="EdDSA"
+            ),
+            "token_revoked",
+        ),
     }
     for name, (token, code) in cases.items():
         r = await admin.http.post("/api/me", headers={"Authorization": f"Bearer {token}"})
@@ -243,17 +332,22 @@ async def test_forged_and_expired_tokens(admin: HeaperClient, server: RunningSer
         assert r.json()["error"] == code, (name, r.json())
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
     assert_error(await admin.http.post("/api/me"), 401, "token_missing")
-    assert_error(await admin.http.post("/api/me", headers={"Authorization": "Basic abc"}), 401,
-                 "token_missing")
+    assert_error(
+        await admin.http.post("/api/me", headers={"Authorization": "Basic abc"}),
+        401,
+        "token_missing",
+    )
 
 
-async def test_revoking_tokens_kills_access_and_refresh(admin: HeaperClient,
-                                                        server: RunningServer) -> None:
+async def test_revoking_tokens_kills_access_and_refresh(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     assert admin.user_id
     await server.services.storage.revoke_user_tokens(admin.user_id, int(time.time() * 1000))
     assert_error(await admin.post("/api/me"), 401, "token_revoked")
-    r = await admin.http.post("/api/auth/refresh_token",
-                              headers={"Authorization": f"Bearer {admin.refresh_token}"})
+    r = await admin.http.post(
+        "/api/auth/refresh_token", headers={"Authorization": f"Bearer {admin.refresh_token}"}
+    )
     assert_error(r, 401, "token_revoked")
     await admin.login()  # a fresh login works again
     assert (await admin.post("/api/me")).status_code == 200
@@ -265,8 +359,9 @@ async def test_client_refreshes_an_expired_access_token(start_server: StartServe
         await c.login()
         key = running.services.server_key
         assert c.user_id
-        c.access_token = jwt.encode(_claims(running, c.user_id, iat=1, exp=2),
-                                    key.jwt_private_key(), algorithm="EdDSA")
+        c.access_token = jwt.encode(
+            _claims(running, c.user_id, iat=1, exp=2), key.jwt_private_key(), algorithm="EdDSA"
+        )
         old_refresh = c.refresh_token
         r = await c.post("/api/me")
         assert r.status_code == 200 and c.refresh_token != old_refresh

@@ -33,20 +33,38 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "heaper_trio", *args], capture_output=True,
-                          text=True, timeout=60, env=env or _env())
+    return subprocess.run(
+        [sys.executable, "-m", "heaper_trio", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env or _env(),
+    )
 
 
 class ServerProcess:
     def __init__(self, data_dir: Path, database_url: str, *extra: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "heaper_trio", "--port", str(self.port),
-                "--data-dir", str(data_dir), *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "heaper_trio",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+            *extra,
+        ]
         if database_url:
             args += ["--database-url", database_url]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=_env(HEAPER_AUTH_RATE_LIMIT="10000"))
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(HEAPER_AUTH_RATE_LIMIT="10000"),
+        )
 
     async def wait_ready(self) -> None:
         with trio.fail_after(30):
@@ -81,8 +99,9 @@ class ServerProcess:
             self.proc.communicate()
 
 
-async def test_serve_and_stop_cleanly_on_sigterm_and_sigint(tmp_path: Path,
-                                                            database_url: str) -> None:
+async def test_serve_and_stop_cleanly_on_sigterm_and_sigint(
+    tmp_path: Path, database_url: str
+) -> None:
     key = KeyPair.generate()  # the same admin across restarts: state persists
     for sig in (signal.SIGTERM, signal.SIGINT):
         server = ServerProcess(tmp_path / "data", database_url)
@@ -112,8 +131,10 @@ async def test_users_commands(tmp_path: Path, database_url: str) -> None:
 
             listed = json.loads(cli("users", "list", "--json", *flags).stdout)
             states = {u["public_key"]: (u["state"], u["is_admin"]) for u in listed}
-            assert states == {admin.public_key: ("approved", True),
-                              bob.public_key: ("pending", False)}
+            assert states == {
+                admin.public_key: ("approved", True),
+                bob.public_key: ("pending", False),
+            }
             table = cli("users", "list", *flags).stdout
             assert bob.public_key in table and "pending" in table
 
@@ -136,9 +157,14 @@ async def test_users_commands(tmp_path: Path, database_url: str) -> None:
             # reject: cannot log in any more
             assert cli("users", "reject", bob.public_key, *flags).returncode == 0
             challenge = await bob.challenge()
-            r2 = await bob.http.post("/api/auth/verify_session", json={
-                "public_key": bob.public_key, "message": challenge,
-                "signature": bob.key.sign(challenge)})
+            r2 = await bob.http.post(
+                "/api/auth/verify_session",
+                json={
+                    "public_key": bob.public_key,
+                    "message": challenge,
+                    "signature": bob.key.sign(challenge),
+                },
+            )
             assert r2.json()["error"] == "account_rejected"
 
             unknown = cli("users", "approve", "nobody", *flags)
@@ -165,14 +191,18 @@ def test_help_reads_well() -> None:
         assert action in users
 
 
-@pytest.mark.parametrize("args,env,needle", [
-    (["--port", "notaport"], {}, "--port"),
-    ([], {"HEAPER_PORT": "x"}, "HEAPER_PORT"),
-    ([], {"HEAPER_DATABASE_URL": "mysql://nope"}, "HEAPER_DATABASE_URL"),
-    (["--database-url", "postgresql://127.0.0.1:1/none"], {}, "database_url"),
-])
-def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path, args: list[str],
-                                                  env: dict[str, Any], needle: str) -> None:
+@pytest.mark.parametrize(
+    "args,env,needle",
+    [
+        (["--port", "notaport"], {}, "--port"),
+        ([], {"HEAPER_PORT": "x"}, "HEAPER_PORT"),
+        ([], {"HEAPER_DATABASE_URL": "mysql://nope"}, "HEAPER_DATABASE_URL"),
+        (["--database-url", "postgresql://127.0.0.1:1/none"], {}, "database_url"),
+    ],
+)
+def test_bad_config_fails_at_start_naming_the_key(
+    tmp_path: Path, args: list[str], env: dict[str, Any], needle: str
+) -> None:
     r = cli(*args, "--data-dir", str(tmp_path / "d"), env=_env(**env))
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert needle in r.stderr
@@ -181,7 +211,7 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path, args: list[str
 
 def test_bad_config_file_fails_naming_the_key(tmp_path: Path) -> None:
     cfg = tmp_path / "h.toml"
-    cfg.write_text('portt = 1\n')
+    cfg.write_text("portt = 1\n")
     r = cli("--config", str(cfg), "--data-dir", str(tmp_path / "d"))
     assert r.returncode == 2 and "'portt'" in r.stderr and "Traceback" not in r.stderr
 
@@ -209,18 +239,21 @@ async def test_client_command_logs_in_with_a_key_file(tmp_path: Path, database_u
     try:
         await server.wait_ready()
         key = tmp_path / "me.key"
-        r = await trio.to_thread.run_sync(cli, "client", "me", "--server", server.url, "--key",
-                                          str(key))
+        r = await trio.to_thread.run_sync(
+            cli, "client", "me", "--server", server.url, "--key", str(key)
+        )
         assert r.returncode == 0, r.stderr
         me = json.loads(r.stdout)
         assert me["is_admin"] is True and key.exists()
         assert me["public_key"] == KeyPair.load(key).public_key
-        r = await trio.to_thread.run_sync(cli, "client", "login", "--server", server.url,
-                                          "--key", str(key))
+        r = await trio.to_thread.run_sync(
+            cli, "client", "login", "--server", server.url, "--key", str(key)
+        )
         assert json.loads(r.stdout)["accessToken"]
         # A second identity waits for approval: exit 3 and the command to approve it.
-        r = await trio.to_thread.run_sync(cli, "client", "me", "--server", server.url, "--key",
-                                          str(tmp_path / "other.key"))
+        r = await trio.to_thread.run_sync(
+            cli, "client", "me", "--server", server.url, "--key", str(tmp_path / "other.key")
+        )
         assert r.returncode == 3 and "users approve" in r.stderr
     finally:
         server.stop(signal.SIGTERM)
@@ -228,8 +261,7 @@ async def test_client_command_logs_in_with_a_key_file(tmp_path: Path, database_u
 
 
 @pytest.mark.engines("postgres")
-async def test_two_processes_share_one_postgres_database(tmp_path: Path,
-                                                         database_url: str) -> None:
+async def test_two_processes_share_one_postgres_database(tmp_path: Path, database_url: str) -> None:
     data = tmp_path / "shared-data"
     a = ServerProcess(data, database_url)
     b = ServerProcess(data, database_url)
@@ -243,8 +275,10 @@ async def test_two_processes_share_one_postgres_database(tmp_path: Path,
             assert (await on_b.post("/api/me")).json()["is_admin"] is True
             first_refresh = on_a.refresh_token
             await on_b.refresh()  # rotated on B ...
-            r = await on_a.http.post("/api/auth/refresh_token",  # ... replayed on A
-                                     headers={"Authorization": f"Bearer {first_refresh}"})
+            r = await on_a.http.post(
+                "/api/auth/refresh_token",  # ... replayed on A
+                headers={"Authorization": f"Bearer {first_refresh}"},
+            )
             assert r.json()["error"] == "refresh_token_reused"
             assert (await a.health()) == (await b.health()) == "ok"
     finally:

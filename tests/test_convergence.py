@@ -33,8 +33,11 @@ from heaper_trio.services import documents
 
 from .test_sync import b64, new_heap, push, sv_entries, unb64
 
-EXAMPLES = settings(max_examples=20, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+EXAMPLES = settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 FRAGMENTS = ("title_v0", "content_v0")
 MAPS = ("meta_v0", "relations_v1")
@@ -46,12 +49,20 @@ index = st.integers(min_value=0, max_value=1000)  # taken modulo the length at r
 
 edits = st.one_of(
     st.tuples(st.just("paragraph"), st.sampled_from(FRAGMENTS), index, words),
-    st.tuples(st.just("insert"), st.sampled_from(FRAGMENTS), index, index,
-              words.filter(bool)),
-    st.tuples(st.just("delete"), st.sampled_from(FRAGMENTS), index, index,
-              st.integers(min_value=0, max_value=4)),  # 0: the whole paragraph
-    st.tuples(st.just("map"), st.sampled_from(MAPS), st.sampled_from(["type", "color", "k"]),
-              st.one_of(st.none(), st.sampled_from(["document", "tag", "red", "7"]))),
+    st.tuples(st.just("insert"), st.sampled_from(FRAGMENTS), index, index, words.filter(bool)),
+    st.tuples(
+        st.just("delete"),
+        st.sampled_from(FRAGMENTS),
+        index,
+        index,
+        st.integers(min_value=0, max_value=4),
+    ),  # 0: the whole paragraph
+    st.tuples(
+        st.just("map"),
+        st.sampled_from(MAPS),
+        st.sampled_from(["type", "color", "k"]),
+        st.one_of(st.none(), st.sampled_from(["document", "tag", "red", "7"])),
+    ),
 )
 
 
@@ -75,8 +86,9 @@ def apply_edit(doc: pycrdt.Doc, edit: tuple[Any, ...]) -> None:
         if kind == "paragraph" or (kind == "insert" and n == 0):
             text = edit[3] if kind == "paragraph" else edit[4]
             at = edit[2] % (n + 1)
-            frag.children.insert(at, pycrdt.XmlElement("paragraph",
-                                                       contents=[pycrdt.XmlText(text)]))
+            frag.children.insert(
+                at, pycrdt.XmlElement("paragraph", contents=[pycrdt.XmlText(text)])
+            )
         elif kind == "insert":
             _, _, para, pos, text = edit
             t = frag.children[para % n].children[0]
@@ -90,7 +102,7 @@ def apply_edit(doc: pycrdt.Doc, edit: tuple[Any, ...]) -> None:
                 del frag.children[i]
             else:
                 s = start % size
-                del t[s:min(size, s + length)]
+                del t[s : min(size, s + length)]
 
 
 # -- comparing documents ----------------------------------------------------------------------
@@ -144,8 +156,9 @@ async def assert_server_has(client: HeaperClient, block_id: str, doc: pycrdt.Doc
 
 # Compaction as shipped, and after every second log row: a snapshot must never be written while
 # an update waits for its predecessors (the snapshot would leave it out).
-compaction = pytest.mark.parametrize("compact_every", [None, 2],
-                                     ids=["compact-default", "compact-every-2"])
+compaction = pytest.mark.parametrize(
+    "compact_every", [None, 2], ids=["compact-default", "compact-every-2"]
+)
 
 
 async def run_examples(test: Callable[[], None]) -> None:
@@ -233,9 +246,13 @@ def scripts(draw: st.DrawFn) -> tuple[int, list[tuple[Any, ...]]]:
     step = st.one_of(
         st.tuples(st.just("edit"), who, edits),
         st.tuples(st.just("edit"), who, edits),
-        st.tuples(st.just("push"), who, st.sampled_from(["acked", "incremental"]), st.booleans(),
-                  st.sampled_from(["delivered", "delivered", "twice", "lost_request",
-                                   "lost_response"])),
+        st.tuples(
+            st.just("push"),
+            who,
+            st.sampled_from(["acked", "incremental"]),
+            st.booleans(),
+            st.sampled_from(["delivered", "delivered", "twice", "lost_request", "lost_response"]),
+        ),
         st.tuples(st.just("pull"), who, st.booleans()),
         st.tuples(st.just("replay"), who),  # the client's last request arrives (again), late
     )
@@ -244,8 +261,9 @@ def scripts(draw: st.DrawFn) -> tuple[int, list[tuple[Any, ...]]]:
 
 async def run_script(api: HeaperClient, n: int, steps: list[tuple[Any, ...]]) -> None:
     heap = await new_heap(api)
-    sim = Sim(api, heap["id"], str(uuid.uuid4()),
-              [SimClient(new_doc(client_id=i + 1)) for i in range(n)])
+    sim = Sim(
+        api, heap["id"], str(uuid.uuid4()), [SimClient(new_doc(client_id=i + 1)) for i in range(n)]
+    )
     for step in steps:
         kind, c = step[0], sim.clients[step[1]]
         if kind == "edit":
@@ -271,7 +289,8 @@ async def run_script(api: HeaperClient, n: int, steps: list[tuple[Any, ...]]) ->
 
 @compaction
 async def test_clients_converge_through_the_server(
-        admin: HeaperClient, compact_every: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    admin: HeaperClient, compact_every: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if compact_every is not None:
         monkeypatch.setattr(documents, "COMPACT_EVERY", compact_every)
 
@@ -319,8 +338,9 @@ def record_updates(n_clients: int, script: list[tuple[Any, ...]]) -> list[bytes]
 def update_scripts(draw: st.DrawFn) -> tuple[int, list[tuple[Any, ...]]]:
     n = draw(st.integers(min_value=1, max_value=2))
     who = st.integers(min_value=0, max_value=n - 1)
-    step = st.one_of(st.tuples(st.just("edit"), who, edits),
-                     st.tuples(st.just("catch_up"), who, st.none()))
+    step = st.one_of(
+        st.tuples(st.just("edit"), who, edits), st.tuples(st.just("catch_up"), who, st.none())
+    )
     return n, draw(st.lists(step, min_size=5, max_size=15))
 
 
@@ -331,8 +351,9 @@ async def push_in_order(api: HeaperClient, updates: list[bytes], order: list[int
     for u in updates:
         reference.apply_update(u)
     for k, i in enumerate(order):
-        r = await push(api, {"block_id": block_id, "workspace_id": heap["id"],
-                             "update": b64(updates[i])})
+        r = await push(
+            api, {"block_id": block_id, "workspace_id": heap["id"], "update": b64(updates[i])}
+        )
         assert r.status_code == 200, r.text
         [answer] = r.json()["blocks"]
         assert answer["status"] == ("created" if k == 0 else "ok"), answer
@@ -341,7 +362,8 @@ async def push_in_order(api: HeaperClient, updates: list[bytes], order: list[int
 
 @compaction
 async def test_out_of_order_pushes_complete_the_document(
-        admin: HeaperClient, compact_every: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    admin: HeaperClient, compact_every: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if compact_every is not None:
         monkeypatch.setattr(documents, "COMPACT_EVERY", compact_every)
 
@@ -352,9 +374,10 @@ async def test_out_of_order_pushes_complete_the_document(
         if not updates:
             return
         order = data.draw(st.permutations(range(len(updates))), label="order")
-        for i, at in data.draw(st.lists(st.tuples(
-                st.integers(0, len(updates) - 1), st.integers(0, 1000)), max_size=5),
-                label="duplicates"):
+        for i, at in data.draw(
+            st.lists(st.tuples(st.integers(0, len(updates) - 1), st.integers(0, 1000)), max_size=5),
+            label="duplicates",
+        ):
             order.insert(at % (len(order) + 1), i)
         trio.from_thread.run(push_in_order, admin, updates, order)
 

@@ -54,14 +54,25 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        args = [sys.executable, "-m", "heaper_trio", "--port", str(self.port),
-                "--data-dir", str(data_dir)]
+        args = [
+            sys.executable,
+            "-m",
+            "heaper_trio",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+        ]
         if database_url:
             args += ["--database-url", database_url]
         with log_path.open("wb") as log:
-            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT,
-                                         env=_env(HEAPER_AUTH_RATE_LIMIT="10000"))
+            self.proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_env(HEAPER_AUTH_RATE_LIMIT="10000"),
+            )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -130,8 +141,13 @@ def markers_in(doc: pycrdt.Doc) -> set[str]:
     """Paragraph texts of content_v0 and keys of meta_v0 that look like markers."""
     content = doc.get("content_v0", type=pycrdt.XmlFragment)
     meta = doc.get("meta_v0", type=pycrdt.Map)
-    found = {str(text) for p in content.children if isinstance(p, pycrdt.XmlElement)
-             for text in p.children if isinstance(text, pycrdt.XmlText)}
+    found = {
+        str(text)
+        for p in content.children
+        if isinstance(p, pycrdt.XmlElement)
+        for text in p.children
+        if isinstance(text, pycrdt.XmlText)
+    }
     found |= set(meta.keys())
     return {m for m in found if m.startswith("mk-")}
 
@@ -144,8 +160,12 @@ async def pusher(n: int, client: HeaperClient, run: Run, tracked: list[Tracked])
         t = tracked[-1] if seq % SHARED_EVERY == 0 else tracked[seq % (len(tracked) - 1)]
         t.add_marker(f"mk-{n}-{seq}", as_key=seq % 2 == 0)
         cb = t.block
-        item = {"block_id": cb.id, "workspace_id": run.heap_id,
-                "update": b64(cb.pending()), "state_vector": b64(cb.doc.get_state())}
+        item = {
+            "block_id": cb.id,
+            "workspace_id": run.heap_id,
+            "update": b64(cb.pending()),
+            "state_vector": b64(cb.doc.get_state()),
+        }
         run.in_flight += 1
         try:
             r = await client.post("/api/sync/push", json={"blocks": [item]})
@@ -194,9 +214,11 @@ async def pull_all(client: HeaperClient, block_ids: list[str]) -> dict[str, pycr
 # this test causes, not a leak.
 @pytest.mark.filterwarnings(
     "ignore:Async generator 'httpx._content.ByteStream.__aiter__' was garbage collected"
-    ":ResourceWarning")
+    ":ResourceWarning"
+)
 async def test_sigkill_during_pushes_keeps_every_acknowledged_update(
-        tmp_path: Path, database_url: str) -> None:
+    tmp_path: Path, database_url: str
+) -> None:
     data = tmp_path / "data"
     key = KeyPair.generate()
     first = Server(data, database_url, tmp_path / "first.log")
@@ -209,8 +231,9 @@ async def test_sigkill_during_pushes_keeps_every_acknowledged_update(
             run.heap_id = (await new_heap(client, "Crash"))["id"]
             shared = ClientBlock()
             shared.write("Shared")
-            r = await client.post("/api/sync/push", json={"blocks": [
-                shared.push_item(run.heap_id)]})
+            r = await client.post(
+                "/api/sync/push", json={"blocks": [shared.push_item(run.heap_id)]}
+            )
             assert r.json()["blocks"][0]["status"] == "created", r.text
 
             streams: list[list[Tracked]] = []
@@ -283,8 +306,15 @@ async def test_sigkill_during_pushes_keeps_every_acknowledged_update(
             newcomer = Tracked(ClientBlock())
             newcomer.block.write("After the crash")
             newcomer.add_marker("mk-after-2", as_key=True)
-            r = await client.post("/api/sync/push", json={"blocks": [
-                after.block.push_item(run.heap_id), newcomer.block.push_item(run.heap_id)]})
+            r = await client.post(
+                "/api/sync/push",
+                json={
+                    "blocks": [
+                        after.block.push_item(run.heap_id),
+                        newcomer.block.push_item(run.heap_id),
+                    ]
+                },
+            )
             assert r.status_code == 200, r.text
             assert [b["status"] for b in r.json()["blocks"]] == ["ok", "created"], r.text
             again = await pull_all(client, [survivor.id, newcomer.block.id])
@@ -296,9 +326,11 @@ async def test_sigkill_during_pushes_keeps_every_acknowledged_update(
         second_log = second.log()
         assert code == 0, second_log
         assert "Traceback" not in second_log, second_log
-        print(f"\ncrash test: {n_acked} acknowledged updates checked, {run.pushes} answered "
-              f"pushes, {run.in_flight_at_kill} in flight at the kill, {run.lost_in_kill} "
-              f"lost to it, statuses {run.statuses}")
+        print(
+            f"\ncrash test: {n_acked} acknowledged updates checked, {run.pushes} answered "
+            f"pushes, {run.in_flight_at_kill} in flight at the kill, {run.lost_in_kill} "
+            f"lost to it, statuses {run.statuses}"
+        )
     finally:
         first.sigkill()
         if second is not None:

@@ -76,9 +76,14 @@ def make_app(root: Path) -> QuartTrio:
     async def from_descriptor(name: str) -> Any:
         fd = os.open(root / name, os.O_RDONLY)
         (root / name).unlink()  # what is served is the open file, not what the path holds
-        return await file_response(fd, mime_type=request.args.get("type", "text/plain"),
-                                   etag=ETAG, last_modified=MTIME, filename=None,
-                                   disposition="inline")
+        return await file_response(
+            fd,
+            mime_type=request.args.get("type", "text/plain"),
+            etag=ETAG,
+            last_modified=MTIME,
+            filename=None,
+            disposition="inline",
+        )
 
     return app
 
@@ -102,8 +107,9 @@ async def served(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Served]
     cfg.errorlog = logging.getLogger(HYPERCORN_LOG)
     cfg.graceful_timeout = 0.5
     shutdown = trio.Event()
-    urls = await nursery.start(partial(serve, make_app(tmp_path), cfg,
-                                       shutdown_trigger=shutdown.wait))
+    urls = await nursery.start(
+        partial(serve, make_app(tmp_path), cfg, shutdown_trigger=shutdown.wait)
+    )
     async with httpx.AsyncClient(base_url=urls[0], timeout=10) as http:
         s = Served(http, tmp_path)
         s.put("f.bin", DATA)
@@ -129,29 +135,35 @@ async def wait_closed(path: Path) -> None:
 
 
 def server_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.name == HYPERCORN_LOG and r.levelno >= logging.ERROR]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == HYPERCORN_LOG and r.levelno >= logging.ERROR
+    ]
 
 
 # -- ranges over the wire -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("header,first,last", [
-    ("bytes=0-1", 0, 1),  # Safari's probe: 206 with exactly two bytes
-    ("bytes=0-", 0, 999),
-    ("bytes=500-", 500, 999),
-    ("bytes=990-5000", 990, 999),  # clamped, also in Content-Range
-    ("bytes=999-999", 999, 999),
-    ("bytes=-100", 900, 999),
-    ("bytes=-5000", 0, 999),
-    ("BYTES=3-4", 3, 4),  # units are case-insensitive
-    ("bytes=3-4,", 3, 4),  # empty list elements are allowed
-    ("bytes= 3-4", 3, 4),  # OWS around list elements
-])
+@pytest.mark.parametrize(
+    "header,first,last",
+    [
+        ("bytes=0-1", 0, 1),  # Safari's probe: 206 with exactly two bytes
+        ("bytes=0-", 0, 999),
+        ("bytes=500-", 500, 999),
+        ("bytes=990-5000", 990, 999),  # clamped, also in Content-Range
+        ("bytes=999-999", 999, 999),
+        ("bytes=-100", 900, 999),
+        ("bytes=-5000", 0, 999),
+        ("BYTES=3-4", 3, 4),  # units are case-insensitive
+        ("bytes=3-4,", 3, 4),  # empty list elements are allowed
+        ("bytes= 3-4", 3, 4),  # OWS around list elements
+    ],
+)
 async def test_single_range_is_206(served: Served, header: str, first: int, last: int) -> None:
     r = await served.http.get("/file/f.bin", headers={"Range": header})
     assert r.status_code == 206
-    assert r.content == DATA[first:last + 1]
+    assert r.content == DATA[first : last + 1]
     assert r.headers["content-range"] == f"bytes {first}-{last}/1000"
     assert r.headers["content-length"] == str(last - first + 1)
     assert r.headers["accept-ranges"] == "bytes"
@@ -165,14 +177,23 @@ async def test_unsatisfiable_range_is_416(served: Served, header: str) -> None:
     assert r.headers["content-range"] == "bytes */1000"
 
 
-@pytest.mark.parametrize("header", [
-    "bytes=5-2",  # last before first: invalid, so ignored
-    "bytes=abc", "bytes=", "bytes=-", "bytes", "garbage", "bytes=1-2-3", "bytes=0x1-2",
-    "bytes=0-1,5-6",  # multi-range: we may, and do, send the whole file
-    "bytes=0-1,2000-",
-    "items=0-1",  # not a unit we know
-    "bytes=" + "9" * 5000 + "-",  # more digits than int() takes
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes=5-2",  # last before first: invalid, so ignored
+        "bytes=abc",
+        "bytes=",
+        "bytes=-",
+        "bytes",
+        "garbage",
+        "bytes=1-2-3",
+        "bytes=0x1-2",
+        "bytes=0-1,5-6",  # multi-range: we may, and do, send the whole file
+        "bytes=0-1,2000-",
+        "items=0-1",  # not a unit we know
+        "bytes=" + "9" * 5000 + "-",  # more digits than int() takes
+    ],
+)
 async def test_ignored_range_is_200(served: Served, header: str) -> None:
     r = await served.http.get("/file/f.bin", headers={"Range": header})
     assert r.status_code == 200
@@ -189,18 +210,21 @@ async def test_range_across_read_chunks(served: Served) -> None:
     assert r.status_code == 200 and r.content == big
     first, last = 2**20 - 7, 2 * 2**20 + 9
     r = await served.http.get("/file/big.bin", headers={"Range": f"bytes={first}-{last}"})
-    assert r.status_code == 206 and r.content == big[first:last + 1]
+    assert r.status_code == 206 and r.content == big[first : last + 1]
 
 
-@pytest.mark.parametrize("if_range,status", [
-    (f'"{ETAG}"', 206),
-    ('"something-else"', 200),
-    (f'W/"{ETAG}"', 200),  # If-Range needs the strong comparison
-    (MTIME_HTTP, 206),  # Last-Modified is whole seconds
-    ("Tue, 14 Nov 2023 22:13:21 GMT", 200),  # a date must match exactly
-    ("Tue, 14 Nov 2023 22:13:19 GMT", 200),
-    ("not a date", 200),
-])
+@pytest.mark.parametrize(
+    "if_range,status",
+    [
+        (f'"{ETAG}"', 206),
+        ('"something-else"', 200),
+        (f'W/"{ETAG}"', 200),  # If-Range needs the strong comparison
+        (MTIME_HTTP, 206),  # Last-Modified is whole seconds
+        ("Tue, 14 Nov 2023 22:13:21 GMT", 200),  # a date must match exactly
+        ("Tue, 14 Nov 2023 22:13:19 GMT", 200),
+        ("not a date", 200),
+    ],
+)
 async def test_if_range(served: Served, if_range: str, status: int) -> None:
     r = await served.http.get("/file/f.bin", headers={"Range": "bytes=10-19", "If-Range": if_range})
     assert r.status_code == status
@@ -210,23 +234,26 @@ async def test_if_range(served: Served, if_range: str, status: int) -> None:
 # -- validators -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("headers,status", [
-    ({"If-None-Match": f'"{ETAG}"'}, 304),
-    ({"If-None-Match": f'"nope", "{ETAG}"'}, 304),
-    ({"If-None-Match": f'"nope",W/"{ETAG}"'}, 304),  # weak comparison for If-None-Match
-    ({"If-None-Match": "*"}, 304),
-    ({"If-None-Match": '"nope"'}, 200),
-    ({"If-None-Match": "garbage"}, 200),
-    ({"If-None-Match": f'"{ETAG}"', "Range": "bytes=0-1"}, 304),
-    ({"If-Modified-Since": MTIME_HTTP}, 304),
-    ({"If-Modified-Since": "Wed, 15 Nov 2023 00:00:00 GMT"}, 304),
-    ({"If-Modified-Since": "Tuesday, 14-Nov-23 22:13:20 GMT"}, 304),  # RFC 850 form
-    ({"If-Modified-Since": "Tue Nov 14 22:13:20 2023"}, 304),  # asctime form
-    ({"If-Modified-Since": "Tue, 14 Nov 2023 22:13:19 GMT"}, 200),
-    ({"If-Modified-Since": "yesterday"}, 200),
-    # If-None-Match present: If-Modified-Since is not looked at (RFC 9110 §13.1.3)
-    ({"If-None-Match": '"nope"', "If-Modified-Since": MTIME_HTTP}, 200),
-])
+@pytest.mark.parametrize(
+    "headers,status",
+    [
+        ({"If-None-Match": f'"{ETAG}"'}, 304),
+        ({"If-None-Match": f'"nope", "{ETAG}"'}, 304),
+        ({"If-None-Match": f'"nope",W/"{ETAG}"'}, 304),  # weak comparison for If-None-Match
+        ({"If-None-Match": "*"}, 304),
+        ({"If-None-Match": '"nope"'}, 200),
+        ({"If-None-Match": "garbage"}, 200),
+        ({"If-None-Match": f'"{ETAG}"', "Range": "bytes=0-1"}, 304),
+        ({"If-Modified-Since": MTIME_HTTP}, 304),
+        ({"If-Modified-Since": "Wed, 15 Nov 2023 00:00:00 GMT"}, 304),
+        ({"If-Modified-Since": "Tuesday, 14-Nov-23 22:13:20 GMT"}, 304),  # RFC 850 form
+        ({"If-Modified-Since": "Tue Nov 14 22:13:20 2023"}, 304),  # asctime form
+        ({"If-Modified-Since": "Tue, 14 Nov 2023 22:13:19 GMT"}, 200),
+        ({"If-Modified-Since": "yesterday"}, 200),
+        # If-None-Match present: If-Modified-Since is not looked at (RFC 9110 §13.1.3)
+        ({"If-None-Match": '"nope"', "If-Modified-Since": MTIME_HTTP}, 200),
+    ],
+)
 async def test_conditional_get(served: Served, headers: dict[str, str], status: int) -> None:
     r = await served.http.get("/file/f.bin", headers=headers)
     assert r.status_code == status
@@ -254,11 +281,18 @@ async def test_headers_of_a_plain_get(served: Served) -> None:
     assert r.headers["content-disposition"] == "attachment"
 
 
-@pytest.mark.parametrize("headers,status", [
-    ({}, 200), ({"Range": "bytes=2-5"}, 206), ({"If-None-Match": f'"{ETAG}"'}, 304),
-    ({"Range": "bytes=5000-"}, 416)])
-async def test_every_answer_is_sandboxed_and_not_sniffed(served: Served, headers: dict[str, str],
-                                                        status: int) -> None:
+@pytest.mark.parametrize(
+    "headers,status",
+    [
+        ({}, 200),
+        ({"Range": "bytes=2-5"}, 206),
+        ({"If-None-Match": f'"{ETAG}"'}, 304),
+        ({"Range": "bytes=5000-"}, 416),
+    ],
+)
+async def test_every_answer_is_sandboxed_and_not_sniffed(
+    served: Served, headers: dict[str, str], status: int
+) -> None:
     for method in ("GET", "HEAD"):
         r = await served.http.request(method, "/file/f.bin", headers=headers)
         assert r.status_code == status
@@ -271,9 +305,12 @@ async def test_an_open_descriptor_is_served_and_closed(served: Served) -> None:
     then), and closed after the body, after a 304/416, and after HEAD."""
     path = served.root / "held.bin"
     for method, headers, status, body in (
-            ("GET", {}, 200, DATA), ("GET", {"Range": "bytes=10-19"}, 206, DATA[10:20]),
-            ("GET", {"If-None-Match": f'"{ETAG}"'}, 304, b""), ("HEAD", {}, 200, b""),
-            ("GET", {"Range": "bytes=5000-"}, 416, None)):
+        ("GET", {}, 200, DATA),
+        ("GET", {"Range": "bytes=10-19"}, 206, DATA[10:20]),
+        ("GET", {"If-None-Match": f'"{ETAG}"'}, 304, b""),
+        ("HEAD", {}, 200, b""),
+        ("GET", {"Range": "bytes=5000-"}, 416, None),
+    ):
         served.put("held.bin", DATA)
         r = await served.http.request(method, "/fd/held.bin", headers=headers)
         assert r.status_code == status
@@ -299,21 +336,24 @@ async def test_malformed_media_type_is_not_sent(served: Served) -> None:
 # -- HEAD -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("headers", [{}, {"Range": "bytes=0-1"}, {"Range": "bytes=-0"},
-                                     {"If-None-Match": f'"{ETAG}"'}])
-async def test_head_has_the_headers_of_get_and_no_body(served: Served,
-                                                       headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers", [{}, {"Range": "bytes=0-1"}, {"Range": "bytes=-0"}, {"If-None-Match": f'"{ETAG}"'}]
+)
+async def test_head_has_the_headers_of_get_and_no_body(
+    served: Served, headers: dict[str, str]
+) -> None:
     got = await served.http.get("/file/f.bin", headers=headers)
     head = await served.http.head("/file/f.bin", headers=headers)
     assert head.status_code == got.status_code
     assert head.content == b""
+
     def comparable(r: httpx.Response) -> dict[str, str]:
         return {k: v for k, v in r.headers.items() if k != "date"}
+
     assert comparable(head) == comparable(got)
 
 
-async def test_head_does_not_read_the_file(served: Served,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_head_does_not_read_the_file(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_body(*args: object) -> None:
         raise AssertionError("HEAD read the file")
 
@@ -325,18 +365,33 @@ async def test_head_does_not_read_the_file(served: Served,
 # -- Content-Disposition ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,disposition,expected", [
-    ("Résumé \"final\".pdf", "attachment",
-     ("attachment; filename=\"Resume final.pdf\"; "
-      "filename*=UTF-8''R%C3%A9sum%C3%A9%20%22final%22.pdf")),
-    ("日本語.txt", "inline",
-     "inline; filename=\".txt\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC%E8%AA%9E.txt"),
-    ("a\\b\r\nX-Evil: 1\".txt", "attachment",
-     "attachment; filename=\"abX-Evil: 1.txt\"; filename*=UTF-8''a%5CbX-Evil%3A%201%22.txt"),
-    ("日本", "inline", "inline; filename=\"file\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC"),
-])
-async def test_content_disposition(served: Served, name: str, disposition: str,
-                                   expected: str) -> None:
+@pytest.mark.parametrize(
+    "name,disposition,expected",
+    [
+        (
+            'Résumé "final".pdf',
+            "attachment",
+            (
+                'attachment; filename="Resume final.pdf"; '
+                "filename*=UTF-8''R%C3%A9sum%C3%A9%20%22final%22.pdf"
+            ),
+        ),
+        (
+            "日本語.txt",
+            "inline",
+            "inline; filename=\".txt\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC%E8%AA%9E.txt",
+        ),
+        (
+            'a\\b\r\nX-Evil: 1".txt',
+            "attachment",
+            "attachment; filename=\"abX-Evil: 1.txt\"; filename*=UTF-8''a%5CbX-Evil%3A%201%22.txt",
+        ),
+        ("日本", "inline", "inline; filename=\"file\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC"),
+    ],
+)
+async def test_content_disposition(
+    served: Served, name: str, disposition: str, expected: str
+) -> None:
     params = {"filename": name, **({"inline": "1"} if disposition == "inline" else {})}
     r = await served.http.get("/file/f.bin", params=params)
     assert r.status_code == 200
@@ -400,7 +455,7 @@ async def test_file_truncated_while_streaming(
                     os.truncate(path, 2**20)  # the server is blocked on a full socket by now
                 received += chunk
     assert 0 < len(received) < len(big)
-    assert received == big[:len(received)]
+    assert received == big[: len(received)]
     await wait_closed(path)
     assert server_errors(caplog) == []
 
@@ -428,9 +483,14 @@ async def test_file_responses_have_no_response_timeout(tmp_path: Path) -> None:
     (tmp_path / "f.bin").write_bytes(DATA)
     app = make_app(tmp_path)
     async with app.test_request_context("/file/f.bin"):
-        response = await file_response(tmp_path / "f.bin", mime_type="text/plain", etag=ETAG,
-                                       last_modified=MTIME, filename=None,
-                                       disposition="inline")
+        response = await file_response(
+            tmp_path / "f.bin",
+            mime_type="text/plain",
+            etag=ETAG,
+            last_modified=MTIME,
+            filename=None,
+            disposition="inline",
+        )
         assert response.timeout is None  # Quart's default would cut sending at 60 s
         await response.response.__aexit__(None, None, None)  # type: ignore[arg-type]
 
@@ -457,8 +517,11 @@ def test_parse_range_never_fails_or_escapes(value: str, size: int) -> None:
         assert 0 <= result.first <= result.last < size
 
 
-@given(st.one_of(st.none(), st.integers(0, 3000)), st.one_of(st.none(), st.integers(0, 3000)),
-       st.integers(0, 2000))
+@given(
+    st.one_of(st.none(), st.integers(0, 3000)),
+    st.one_of(st.none(), st.integers(0, 3000)),
+    st.integers(0, 2000),
+)
 def test_parse_range_matches_a_model(first: int | None, last: int | None, size: int) -> None:
     header = f"bytes={'' if first is None else first}-{'' if last is None else last}"
     data = range(size)
@@ -472,7 +535,7 @@ def test_parse_range_matches_a_model(first: int | None, last: int | None, size: 
     elif first >= size:
         expected = "416"
     else:
-        expected = data[first:None if last is None else last + 1]
+        expected = data[first : None if last is None else last + 1]
     try:
         got = parse_range(header, size)
     except RangeNotSatisfiable:
@@ -481,7 +544,7 @@ def test_parse_range_matches_a_model(first: int | None, last: int | None, size: 
     if got is None:
         assert expected is None
     else:
-        assert data[got.first:got.last + 1] == expected
+        assert data[got.first : got.last + 1] == expected
 
 
 def test_content_disposition_without_a_name() -> None:

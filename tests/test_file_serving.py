@@ -16,10 +16,12 @@ from .conftest import assert_error
 from .test_sync import new_heap
 
 
-async def upload(client: HeaperClient, heap_id: str, block_id: str, data: bytes, name: str,
-                 mime: str) -> dict[str, str]:
-    r = await client.post(f"/api/upload/file/{heap_id}/{block_id}",
-                          files={"file": (name, data, mime)})
+async def upload(
+    client: HeaperClient, heap_id: str, block_id: str, data: bytes, name: str, mime: str
+) -> dict[str, str]:
+    r = await client.post(
+        f"/api/upload/file/{heap_id}/{block_id}", files={"file": (name, data, mime)}
+    )
     assert r.status_code == 200, r.text
     return dict(r.json())
 
@@ -30,12 +32,12 @@ def png_bytes() -> bytes:
     return out.getvalue()
 
 
-async def test_raw_and_stream(admin: HeaperClient, eve: HeaperClient,
-                              server: RunningServer) -> None:
+async def test_raw_and_stream(
+    admin: HeaperClient, eve: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     data = bytes(range(256)) * 40
-    answer = await upload(admin, heap["id"], "blk-f", data, "data.bin",
-                          "application/octet-stream")
+    answer = await upload(admin, heap["id"], "blk-f", data, "data.bin", "application/octet-stream")
     h, file_id = answer["file_hash"], answer["file_id"]
     for key in (h, file_id):
         r = await admin.get(f"/api/file/{key}/raw/data.bin")
@@ -60,47 +62,60 @@ async def test_raw_and_stream(admin: HeaperClient, eve: HeaperClient,
     assert_error(await admin.get(f"/api/file/{'0' * 64}/raw/x"), 404, "file_not_found")
 
 
-async def test_active_content_is_never_inline(admin: HeaperClient,
-                                              server: RunningServer) -> None:
+async def test_active_content_is_never_inline(admin: HeaperClient, server: RunningServer) -> None:
     heap = await new_heap(admin)
-    answer = await upload(admin, heap["id"], "blk-h", b"<script>alert(1)</script>",
-                          "page.html", "text/html")
+    answer = await upload(
+        admin, heap["id"], "blk-h", b"<script>alert(1)</script>", "page.html", "text/html"
+    )
     r = await admin.get(f"/api/stream/{answer['file_hash']}/page.html")
     assert r.headers["content-disposition"].startswith("attachment")
     assert r.headers["x-content-type-options"] == "nosniff"
 
 
-async def test_client_thumbnails(admin: HeaperClient, eve: HeaperClient,
-                                 server: RunningServer) -> None:
+async def test_client_thumbnails(
+    admin: HeaperClient, eve: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     answer = await upload(admin, heap["id"], "blk-t", b"photo bytes", "p.jpg", "image/jpeg")
     h = answer["file_hash"]
     thumb = png_bytes()
-    r = await admin.post(f"/api/upload/thumbnail/blk-t/{h}/small",
-                         files={"thumbnail": ("t.png", thumb)},
-                         data={"type": "image", "size": "small"})
+    r = await admin.post(
+        f"/api/upload/thumbnail/blk-t/{h}/small",
+        files={"thumbnail": ("t.png", thumb)},
+        data={"type": "image", "size": "small"},
+    )
     assert r.status_code == 200 and r.json()["mime_type"] == "image/png", r.text
     r = await admin.get(f"/api/download/thumbnail/blk-t/{h}/image/small")
     assert r.status_code == 200 and r.content == thumb
     assert r.headers["content-type"] == "image/png"
-    assert_error(await admin.get(f"/api/download/thumbnail/blk-t/{h}/image/large"), 404,
-                 "thumbnail_not_found")
-    assert_error(await eve.get(f"/api/download/thumbnail/blk-t/{h}/image/small"), 404,
-                 "block_not_found")
-    r = await admin.post(f"/api/upload/thumbnail/blk-t/{h}/small",
-                         files={"thumbnail": ("t.txt", b"not an image")})
+    assert_error(
+        await admin.get(f"/api/download/thumbnail/blk-t/{h}/image/large"),
+        404,
+        "thumbnail_not_found",
+    )
+    assert_error(
+        await eve.get(f"/api/download/thumbnail/blk-t/{h}/image/small"), 404, "block_not_found"
+    )
+    r = await admin.post(
+        f"/api/upload/thumbnail/blk-t/{h}/small", files={"thumbnail": ("t.txt", b"not an image")}
+    )
     assert_error(r, 422, "not_an_image")
     other = hashlib.sha256(b"x").hexdigest()
-    r = await admin.post(f"/api/upload/thumbnail/blk-t/{other}/small",
-                         files={"thumbnail": ("t.png", thumb)})
+    r = await admin.post(
+        f"/api/upload/thumbnail/blk-t/{other}/small", files={"thumbnail": ("t.png", thumb)}
+    )
     assert_error(r, 404, "file_not_found")
-    r = await admin.post(f"/api/upload/thumbnail/blk-t/{h}/small",
-                         files={"thumbnail": ("t.png", thumb)}, data={"type": "../x"})
+    r = await admin.post(
+        f"/api/upload/thumbnail/blk-t/{h}/small",
+        files={"thumbnail": ("t.png", thumb)},
+        data={"type": "../x"},
+    )
     assert_error(r, 400, "invalid_field")
 
 
-async def test_generated_thumbnails(admin: HeaperClient, eve: HeaperClient,
-                                    server: RunningServer, tmp_path: Path) -> None:
+async def test_generated_thumbnails(
+    admin: HeaperClient, eve: HeaperClient, server: RunningServer, tmp_path: Path
+) -> None:
     from .media_samples import colour_video
 
     heap = await new_heap(admin)
@@ -113,19 +128,23 @@ async def test_generated_thumbnails(admin: HeaperClient, eve: HeaperClient,
     image = Image.open(io.BytesIO(r.content))
     assert image.size == (40, 20) and image.mode == "RGBA"  # never upscaled, alpha kept
     assert "immutable" in r.headers["cache-control"]
-    assert_error(await admin.get(f"/api/file/{h}/thumbnail/huge/a.png"), 400,
-                 "bad_thumbnail_size")
+    assert_error(await admin.get(f"/api/file/{h}/thumbnail/huge/a.png"), 400, "bad_thumbnail_size")
     assert_error(await eve.get(f"/api/file/{h}/thumbnail/small/a.png"), 404, "file_not_found")
     text = await upload(admin, heap["id"], "blk-txt", b"just text", "t.txt", "text/plain")
-    assert_error(await admin.get(f"/api/file/{text['file_hash']}/thumbnail/small/t"), 415,
-                 "unsupported_media")
+    assert_error(
+        await admin.get(f"/api/file/{text['file_hash']}/thumbnail/small/t"),
+        415,
+        "unsupported_media",
+    )
 
     video = colour_video(tmp_path / "v.mp4")
     vid = await upload(admin, heap["id"], "blk-vid", video.read_bytes(), "v.mp4", "video/mp4")
     r = await admin.get(f"/api/file/{vid['file_hash']}/video_thumbnail/small/50%")
     assert r.status_code == 200 and r.headers["content-type"] == "image/webp", r.text
-    r = await admin.http.get(f"/api/file/{vid['file_hash']}/video_thumbnail/tiny/1.5",
-                             params={"token": admin.access_token})
+    r = await admin.http.get(
+        f"/api/file/{vid['file_hash']}/video_thumbnail/tiny/1.5",
+        params={"token": admin.access_token},
+    )
     assert r.status_code == 200 and max(Image.open(io.BytesIO(r.content)).size) <= 64
 
     frames = [Image.new("RGB", (120, 60), c) for c in ("red", "green", "blue")]
@@ -142,16 +161,20 @@ async def test_slugs_are_names_not_paths(admin: HeaperClient, server: RunningSer
     answer = await upload(admin, heap["id"], "blk-s", b"plain", "s.txt", "text/plain")
     r = await admin.get(f"/api/file/{answer['file_hash']}/raw/..%2F..%2Fetc%2Fpasswd")
     assert_error(r, 404, "not_found")  # a slash ends the slug: no route, nothing read
-    for slug in ("...", "..txt", "a\"b.txt", "%0d%0aSet-Cookie:x"):
+    for slug in ("...", "..txt", 'a"b.txt', "%0d%0aSet-Cookie:x"):
         r = await admin.get(f"/api/file/{answer['file_hash']}/raw/{slug}")
         assert r.status_code == 200 and r.content == b"plain", slug
         disposition = r.headers["content-disposition"]
-        assert "\r" not in disposition and "\n" not in disposition and "set-cookie" not in {
-            k.lower() for k in r.headers}
+        assert (
+            "\r" not in disposition
+            and "\n" not in disposition
+            and "set-cookie" not in {k.lower() for k in r.headers}
+        )
 
 
 async def test_a_path_no_scan_recorded_is_never_served(
-        admin: HeaperClient, server: RunningServer, tmp_path: Path) -> None:
+    admin: HeaperClient, server: RunningServer, tmp_path: Path
+) -> None:
     """Bytes are served in place only with the scan's record of what it hashed there (see
     test_harden_scanned.py): a row pointing at a path without one serves nothing, even when
     the bytes there happen to be right."""

@@ -82,7 +82,8 @@ def register_hooks() -> None:
 
     def b58(size: int) -> Any:
         return st.binary(min_size=size, max_size=size).map(
-            lambda raw: base58.b58encode(raw).decode())
+            lambda raw: base58.b58encode(raw).decode()
+        )
 
     schemathesis.openapi.format("base58-ed25519-public-key", b58(32))
     schemathesis.openapi.format("base58-ed25519-signature", b58(64))
@@ -91,8 +92,11 @@ def register_hooks() -> None:
     @schemathesis.hook
     def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         body = case.body
-        if (case.operation.method.upper(), case.operation.path) != ("POST", "/api/heap") \
-                or not isinstance(body, dict) or not isinstance(body.get("cursor"), str):
+        if (
+            (case.operation.method.upper(), case.operation.path) != ("POST", "/api/heap")
+            or not isinstance(body, dict)
+            or not isinstance(body.get("cursor"), str)
+        ):
             return
         meta = case.meta
         if meta is None or meta.generation.mode != GenerationMode.POSITIVE:
@@ -115,8 +119,10 @@ def register_hooks() -> None:
             return True
         message = str(getattr(failure, "message", ""))
         if case.media_type == "multipart/form-data" and re.search(
-                r"in body - violates `type` at /properties/\w+ \(was string, became "
-                r"(integer|number|boolean)\)", message):
+            r"in body - violates `type` at /properties/\w+ \(was string, became "
+            r"(integer|number|boolean)\)",
+            message,
+        ):
             return False
         if case.operation.label == "GET /api/sync/delta" and "`since` in query" in message:
             since = (case.query or {}).get("since")
@@ -177,29 +183,45 @@ async def prepare(client: HeaperClient) -> Prepared:
         r = await client.post("/api/heap/add", json={"name": f"spare {i}"})
         spare.append(r.json()["id"])
     update = crdt.new_block_document(block_type="document", title="fuzzed")
-    r = await client.post("/api/sync/push", json={"blocks": [{
-        "block_id": "fuzz-doc", "workspace_id": heap["id"], "update": crdt.encode_b64(update)}]})
+    r = await client.post(
+        "/api/sync/push",
+        json={
+            "blocks": [
+                {
+                    "block_id": "fuzz-doc",
+                    "workspace_id": heap["id"],
+                    "update": crdt.encode_b64(update),
+                }
+            ]
+        },
+    )
     assert r.status_code == 200 and r.json()["blocks"][0]["status"] == "created", r.text
     png = _png()
     digest = hashlib.sha256(png).hexdigest()
-    r = await client.post(f"/api/upload/file/{heap['id']}/fuzz-file",
-                          files={"file": ("red.png", png, "image/png")})
+    r = await client.post(
+        f"/api/upload/file/{heap['id']}/fuzz-file", files={"file": ("red.png", png, "image/png")}
+    )
     assert r.status_code == 200, r.text
     file_id = r.json()["file_id"]
-    r = await client.post(f"/api/upload/thumbnail/fuzz-file/{digest}/small",
-                          files={"thumbnail": ("t.png", png, "image/png")},
-                          data={"type": "image", "size": "small"})
+    r = await client.post(
+        f"/api/upload/thumbnail/fuzz-file/{digest}/small",
+        files={"thumbnail": ("t.png", png, "image/png")},
+        data={"type": "image", "size": "small"},
+    )
     assert r.status_code == 200, r.text
     # A resumable upload of one byte, started and never sent: chunk PUTs then reach a session
     pending = hashlib.sha256(b"z").hexdigest()
-    r = await client.post(f"/api/upload/init/{heap['id']}/fuzz-pending",
-                          json={"hash": pending, "size": 1, "chunk_size": 65_536})
+    r = await client.post(
+        f"/api/upload/init/{heap['id']}/fuzz-pending",
+        json={"hash": pending, "size": 1, "chunk_size": 65_536},
+    )
     assert r.status_code == 200 and r.json()["status"] == "ready", r.text
     cursors = {}
     for sort in ("created", "updated", "title"):
         for order in ("asc", "desc"):
-            r = await client.post("/api/heap", json={"heap_id": heap["id"], "sort": sort,
-                                                     "order": order, "limit": 1})
+            r = await client.post(
+                "/api/heap", json={"heap_id": heap["id"], "sort": sort, "order": order, "limit": 1}
+            )
             cursors[f"{sort}:{order}"] = r.json()["next_cursor"]
     # A second session of the same account, whose refresh token POST /api/auth/refresh_token
     # may rotate (and, reused, revoke) without touching the token the fuzzer sends elsewhere.
@@ -208,9 +230,17 @@ async def prepare(client: HeaperClient) -> Prepared:
         assert other.refresh_token
         refresh = other.refresh_token
     assert client.access_token
-    return Prepared(client.access_token, refresh, [heap["id"]], spare,
-                    [heap["root_block_id"], "fuzz-doc", "fuzz-file"], digest, file_id,
-                    pending=("fuzz-pending", pending), cursors=cursors)
+    return Prepared(
+        client.access_token,
+        refresh,
+        [heap["id"]],
+        spare,
+        [heap["root_block_id"], "fuzz-doc", "fuzz-file"],
+        digest,
+        file_id,
+        pending=("fuzz-pending", pending),
+        cursors=cursors,
+    )
 
 
 def _toml_list(values: list[str]) -> str:
@@ -221,23 +251,43 @@ def config_toml(p: Prepared) -> str:
     """Schemathesis configuration: real ids as dictionaries that generated values are drawn
     from half of the time (the other half stays random, so "unknown id" is fuzzed too)."""
     dictionaries = {
-        "heaps": p.heaps, "spare_heaps": p.throwaway_heaps, "blocks": p.blocks,
-        "hashes": [p.file_hash], "keys": [p.file_hash, p.file_id],
-        "thumb_names": list(p.thumbnail), "sizes": ["tiny", "small", "medium", "large", "300"],
-        "file_blocks": [p.blocks[-1]], "pending_blocks": [p.pending[0]],
-        "pending_hashes": [p.pending[1]], "indexes": ["0"],
+        "heaps": p.heaps,
+        "spare_heaps": p.throwaway_heaps,
+        "blocks": p.blocks,
+        "hashes": [p.file_hash],
+        "keys": [p.file_hash, p.file_id],
+        "thumb_names": list(p.thumbnail),
+        "sizes": ["tiny", "small", "medium", "large", "300"],
+        "file_blocks": [p.blocks[-1]],
+        "pending_blocks": [p.pending[0]],
+        "pending_hashes": [p.pending[1]],
+        "indexes": ["0"],
     }
     bind = {
-        "path.heap_id": "heaps", "path.heapId": "heaps", "path.id": "heaps",
-        "query.workspace_id": "heaps", "query.heap_id": "heaps",
-        "body.heap_id": "heaps", "body.workspace_id": "heaps",
-        "body.blocks[*].workspace_id": "heaps", "body.blocks[*].block_id": "blocks",
-        "path.block_id": "blocks", "path.blockKey": "blocks", "body.block_id": "blocks",
-        "body.block_ids[*]": "blocks", "body.tag": "blocks",
-        "path.hash": "hashes", "path.file_hash": "hashes", "body.file_hash": "hashes",
-        "body.hash": "hashes", "path.key": "keys", "body.file_id": "keys",
-        "path.thumbnail_type": "thumb_names", "path.thumbnail_size": "thumb_names",
-        "path.thumbnail_key": "thumb_names", "path.size": "sizes",
+        "path.heap_id": "heaps",
+        "path.heapId": "heaps",
+        "path.id": "heaps",
+        "query.workspace_id": "heaps",
+        "query.heap_id": "heaps",
+        "body.heap_id": "heaps",
+        "body.workspace_id": "heaps",
+        "body.blocks[*].workspace_id": "heaps",
+        "body.blocks[*].block_id": "blocks",
+        "path.block_id": "blocks",
+        "path.blockKey": "blocks",
+        "body.block_id": "blocks",
+        "body.block_ids[*]": "blocks",
+        "body.tag": "blocks",
+        "path.hash": "hashes",
+        "path.file_hash": "hashes",
+        "body.file_hash": "hashes",
+        "body.hash": "hashes",
+        "path.key": "keys",
+        "body.file_id": "keys",
+        "path.thumbnail_type": "thumb_names",
+        "path.thumbnail_size": "thumb_names",
+        "path.thumbnail_key": "thumb_names",
+        "path.size": "sizes",
     }
     lines: list[str] = []
     for name, values in dictionaries.items():
@@ -261,36 +311,56 @@ def config_toml(p: Prepared) -> str:
     # One `include-name` ("METHOD path") per entry: st ORs the include-* keys of an entry, so
     # include-path plus include-method would apply it to every POST (that once sent the refresh
     # token below as the bearer of every POST operation: 401 for all of them).
-    lines += ["", "[[operations]]", 'include-name = "POST /api/upload/init/{heap_id}/{block_id}"',
-              "[operations.checks.positive_data_acceptance]",
-              f"expected-statuses = {[*accepted, '400']}"]
-    lines += ["", "[[operations]]", f'include-name = "{REFRESH_LABEL}"',
-              "[operations.headers]",
-              f'Authorization = "Bearer {p.refresh_token}"']
-    lines += ["", "[[operations]]", 'include-name = "DELETE /api/heap/{id}"',
-              "[operations.parameters]",
-              '"path.id" = { dictionary = "spare_heaps", probability = 0.5 }']
+    lines += [
+        "",
+        "[[operations]]",
+        'include-name = "POST /api/upload/init/{heap_id}/{block_id}"',
+        "[operations.checks.positive_data_acceptance]",
+        f"expected-statuses = {[*accepted, '400']}",
+    ]
+    lines += [
+        "",
+        "[[operations]]",
+        f'include-name = "{REFRESH_LABEL}"',
+        "[operations.headers]",
+        f'Authorization = "Bearer {p.refresh_token}"',
+    ]
+    lines += [
+        "",
+        "[[operations]]",
+        'include-name = "DELETE /api/heap/{id}"',
+        "[operations.parameters]",
+        '"path.id" = { dictionary = "spare_heaps", probability = 0.5 }',
+    ]
     # Operations whose ids must all match at once (a 1-in-3 block times a 1-in-2 hash rarely
     # does): the pending upload for chunk PUTs, the file's block for its thumbnails.
     chunk = "PUT /api/upload/chunk/{heap_id}/{block_id}/{hash}/{index}"
     per_operation = {
         chunk: {
-            "path.block_id": "pending_blocks", "path.hash": "pending_hashes",
-            "path.index": "indexes"},
+            "path.block_id": "pending_blocks",
+            "path.hash": "pending_hashes",
+            "path.index": "indexes",
+        },
         "POST /api/upload/thumbnail/{block_id}/{file_hash}/{thumbnail_key}": {
-            "path.block_id": "file_blocks"},
+            "path.block_id": "file_blocks"
+        },
         "GET /api/download/thumbnail/{block_id}/{file_hash}/{thumbnail_type}/{thumbnail_size}": {
-            "path.block_id": "file_blocks"},
+            "path.block_id": "file_blocks"
+        },
     }
     # A chunk's length must be the one its upload session expects (400 chunk_size_mismatch):
     # state the document cannot know, as upload/init's chunk count above.
     for name, params in per_operation.items():
         lines += ["", "[[operations]]", f'include-name = "{name}"', "[operations.parameters]"]
-        lines += [f'"{key}" = {{ dictionary = "{dictionary}", probability = 0.7 }}'
-                  for key, dictionary in params.items()]
+        lines += [
+            f'"{key}" = {{ dictionary = "{dictionary}", probability = 0.7 }}'
+            for key, dictionary in params.items()
+        ]
         if name == chunk:
-            lines += ["[operations.checks.positive_data_acceptance]",
-                      f"expected-statuses = {[*accepted, '400']}"]
+            lines += [
+                "[operations.checks.positive_data_acceptance]",
+                f"expected-statuses = {[*accepted, '400']}",
+            ]
     lines.append("")
     return "\n".join(lines)
 
@@ -306,20 +376,46 @@ class FuzzResult:
     refused: list[str] = field(default_factory=list)  # "label\tanswer": a real token's 401s
 
 
-def st_command(url: str, p: Prepared, *, config: Path, examples: int, seed: int | None,
-               max_time: int | None, workers: int, report: Path) -> list[str]:
+def st_command(
+    url: str,
+    p: Prepared,
+    *,
+    config: Path,
+    examples: int,
+    seed: int | None,
+    max_time: int | None,
+    workers: int,
+    report: Path,
+) -> list[str]:
     """``seed=None``: derandomized (the same cases every run, for CI); a seed: a seeded random
     run, so long runs with other seeds explore cases CI never sends."""
     st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
     cmd = [
-        st, "--config-file", str(config), "run", f"{url}/api/openapi.json",
-        "--checks", "all", "--mode", "all",
-        "--header", f"Authorization: Bearer {p.token}",
-        "--max-examples", str(examples),
+        st,
+        "--config-file",
+        str(config),
+        "run",
+        f"{url}/api/openapi.json",
+        "--checks",
+        "all",
+        "--mode",
+        "all",
+        "--header",
+        f"Authorization: Bearer {p.token}",
+        "--max-examples",
+        str(examples),
         *(["--generation-deterministic"] if seed is None else ["--seed", str(seed)]),
-        "--workers", str(workers),
-        "--request-timeout", "30", "--no-color", "--output-truncate", "false",
-        "--report", "ndjson", "--report-ndjson-path", str(report),
+        "--workers",
+        str(workers),
+        "--request-timeout",
+        "30",
+        "--no-color",
+        "--output-truncate",
+        "false",
+        "--report",
+        "ndjson",
+        "--report-ndjson-path",
+        str(report),
     ]
     for path in EXCLUDED_PATHS:
         cmd += ["--exclude-path", path]
@@ -333,33 +429,63 @@ def _totals(output: str) -> tuple[int, int, int]:
     cases = re.search(r"Test cases:\s*\n?\s*(\d+) generated", output)
     ops = re.search(r"API Operations:\s*\n?\s*Selected:\s*(\d+)", output)
     failures = re.search(r"(\d+) unique failures?", output)
-    return (int(cases.group(1)) if cases else 0, int(failures.group(1)) if failures else 0,
-            int(ops.group(1)) if ops else 0)
+    return (
+        int(cases.group(1)) if cases else 0,
+        int(failures.group(1)) if failures else 0,
+        int(ops.group(1)) if ops else 0,
+    )
 
 
-async def run_fuzz(url: str, p: Prepared, workdir: Path, *, examples: int,
-                   seed: int | None = None, max_time: int | None = None,
-                   workers: int = 1) -> FuzzResult:
+async def run_fuzz(
+    url: str,
+    p: Prepared,
+    workdir: Path,
+    *,
+    examples: int,
+    seed: int | None = None,
+    max_time: int | None = None,
+    workers: int = 1,
+) -> FuzzResult:
     """One workers by default: hypothesis parsing lambdas in several threads at once hit a
     CPython 3.11 ``ast`` bug ("AST constructor recursion depth mismatch")."""
     config = workdir / "schemathesis.toml"
     config.write_text(config_toml(p))
     report = workdir / "events.ndjson"
-    cmd = st_command(url, p, config=config, examples=examples, seed=seed, max_time=max_time,
-                     workers=workers, report=report)
+    cmd = st_command(
+        url,
+        p,
+        config=config,
+        examples=examples,
+        seed=seed,
+        max_time=max_time,
+        workers=workers,
+        report=report,
+    )
     refused_log = workdir / "refused.log"
     refused_log.write_text("")
     started = time.monotonic()
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.test_fuzz_api",
-           CURSORS_ENV: json.dumps(p.cursors), TOKEN_ENV: json.dumps([p.token, p.refresh_token]),
-           REFUSED_ENV: str(refused_log),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = await trio.run_process(cmd, capture_stdout=True, stderr=subprocess.STDOUT,
-                                  check=False, cwd=workdir, env=env)
+    env = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "tests.test_fuzz_api",
+        CURSORS_ENV: json.dumps(p.cursors),
+        TOKEN_ENV: json.dumps([p.token, p.refresh_token]),
+        REFUSED_ENV: str(refused_log),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    done = await trio.run_process(
+        cmd, capture_stdout=True, stderr=subprocess.STDOUT, check=False, cwd=workdir, env=env
+    )
     output = done.stdout.decode(errors="replace")
     cases, failures, ops = _totals(output)
-    return FuzzResult(done.returncode, output, cases, failures, time.monotonic() - started, ops,
-                      refused_log.read_text().splitlines())
+    return FuzzResult(
+        done.returncode,
+        output,
+        cases,
+        failures,
+        time.monotonic() - started,
+        ops,
+        refused_log.read_text().splitlines(),
+    )
 
 
 @pytest.mark.slow
@@ -391,39 +517,61 @@ async def _main(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="heaper-fuzz-") as tmp:
         work = Path(tmp)
-        settings = load_settings(environ={}, overrides={
-            "host": "127.0.0.1", "port": 0, "data_dir": str(work / "data"),
-            "database_url": args.database_url or "", "auth_rate_limit": 1_000_000,
-            "access_token_ttl": 24 * 3600, "graceful_timeout": 1.0})
+        settings = load_settings(
+            environ={},
+            overrides={
+                "host": "127.0.0.1",
+                "port": 0,
+                "data_dir": str(work / "data"),
+                "database_url": args.database_url or "",
+                "auth_rate_limit": 1_000_000,
+                "access_token_ttl": 24 * 3600,
+                "graceful_timeout": 1.0,
+            },
+        )
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
             server: RunningServer = await nursery.start(
-                partial(run_server, settings, shutdown=shutdown))
+                partial(run_server, settings, shutdown=shutdown)
+            )
             try:
                 async with HeaperClient(server.url) as client:
                     prepared = await prepare(client)
                 print(f"server {server.url}, data in {work / 'data'}", flush=True)
-                result = await run_fuzz(server.url, prepared, work, examples=args.examples,
-                                        seed=args.seed, max_time=args.max_time,
-                                        workers=args.workers)
+                result = await run_fuzz(
+                    server.url,
+                    prepared,
+                    work,
+                    examples=args.examples,
+                    seed=args.seed,
+                    max_time=args.max_time,
+                    workers=args.workers,
+                )
             finally:
                 shutdown.set()
         print(result.output)
         for line in result.refused[:20]:
             print(f"REFUSED (a valid access token answered 401): {line}")
-        print(f"TOTALS: {result.cases} cases, {result.operations} operations, "
-              f"{result.failures} failures, {len(result.refused)} valid-token 401s, "
-              f"{result.seconds:.0f} s, exit {result.exit_code}")
+        print(
+            f"TOTALS: {result.cases} cases, {result.operations} operations, "
+            f"{result.failures} failures, {len(result.refused)} valid-token 401s, "
+            f"{result.seconds:.0f} s, exit {result.exit_code}"
+        )
         return 0 if result.exit_code == 0 and result.failures == 0 and not result.refused else 1
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="A long Schemathesis run against a fresh "
-                                     "server on a temporary data directory.")
+    parser = argparse.ArgumentParser(
+        description="A long Schemathesis run against a fresh server on a temporary data directory."
+    )
     parser.add_argument("--examples", type=int, default=500)
     parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--max-time", type=int, default=None,
-                        help="st keeps fuzzing until this many seconds are spent")
+    parser.add_argument(
+        "--max-time",
+        type=int,
+        default=None,
+        help="st keeps fuzzing until this many seconds are spent",
+    )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--database-url", default="")
     sys.exit(trio.run(_main, parser.parse_args()))

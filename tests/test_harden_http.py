@@ -39,7 +39,7 @@ class RawConnection:
         self.buffer = b""
 
     @classmethod
-    async def open(cls, server: RunningServer) -> "RawConnection":
+    async def open(cls, server: RunningServer) -> RawConnection:
         host, port = server.url.removeprefix("http://").rsplit(":", 1)
         return cls(await trio.open_tcp_stream(host, int(port)))
 
@@ -60,8 +60,10 @@ class RawConnection:
             head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
             lines = head.decode("latin1").split("\r\n")
             status = int(lines[0].split(" ")[1])
-            headers = {k.strip().lower(): v.strip() for k, _, v in
-                       (line.partition(":") for line in lines[1:])}
+            headers = {
+                k.strip().lower(): v.strip()
+                for k, _, v in (line.partition(":") for line in lines[1:])
+            }
             length = int(headers.get("content-length", "0"))
             while len(self.buffer) < length:
                 if not await self._more():
@@ -91,21 +93,29 @@ def request(method: str, path: str, body_length: int, *extra: str) -> bytes:
 
 # (name, request head, body length, expected status): each is answered before the body is read
 EARLY = [
-    ("chunk_put_bad_token", request("PUT", CHUNK_PATH, 200_000, "Authorization: Bearer nope"),
-     200_000, 401),
+    (
+        "chunk_put_bad_token",
+        request("PUT", CHUNK_PATH, 200_000, "Authorization: Bearer nope"),
+        200_000,
+        401,
+    ),
     ("unknown_route", request("PUT", "/api/nothing/here", 200_000), 200_000, 404),
     ("wrong_method", request("DELETE", "/api/health", 200_000), 200_000, 405),
     # limit_body refuses on Content-Length alone (max_request_bytes is 1024 below)
-    ("json_too_large", request("POST", "/api/upload/init/heap-x/blk-x", 200_000,
-                               "Content-Type: application/json"), 200_000, 413),
+    (
+        "json_too_large",
+        request("POST", "/api/upload/init/heap-x/blk-x", 200_000, "Content-Type: application/json"),
+        200_000,
+        413,
+    ),
 ]
 
 
 @pytest.mark.parametrize("name,head,length,status", EARLY, ids=[e[0] for e in EARLY])
 @pytest.mark.parametrize("body_timing", ["after_answer", "with_head"])
 async def test_early_answer_leaves_the_connection_usable(
-        start_server: StartServer, name: str, head: bytes, length: int, status: int,
-        body_timing: str) -> None:
+    start_server: StartServer, name: str, head: bytes, length: int, status: int, body_timing: str
+) -> None:
     server = await start_server(max_request_bytes=1024)
     conn = await RawConnection.open(server)
     body = os.urandom(length)
@@ -127,10 +137,13 @@ async def test_early_answer_leaves_the_connection_usable(
 
 
 async def test_large_unread_body_is_answered_with_close_and_closed(
-        start_server: StartServer) -> None:
+    start_server: StartServer,
+) -> None:
     server = await start_server(max_request_bytes=1024, http_read_timeout=1.0)
-    for head in (request("PUT", CHUNK_PATH, 50_000_000, "Authorization: Bearer nope"),
-                 request("POST", "/api/upload/init/heap-x/blk-x", 50_000_000)):
+    for head in (
+        request("PUT", CHUNK_PATH, 50_000_000, "Authorization: Bearer nope"),
+        request("POST", "/api/upload/init/heap-x/blk-x", 50_000_000),
+    ):
         conn = await RawConnection.open(server)
         await conn.send(head + os.urandom(100_000))  # and then nothing more
         status, headers, text = await conn.answer()
@@ -147,8 +160,10 @@ async def test_large_unread_body_is_answered_with_close_and_closed(
 async def test_chunked_body_answered_early_closes(start_server: StartServer) -> None:
     server = await start_server(http_read_timeout=1.0)
     conn = await RawConnection.open(server)
-    await conn.send(b"PUT /api/nothing HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    b"10\r\n0123456789abcdef\r\n")
+    await conn.send(
+        b"PUT /api/nothing HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"10\r\n0123456789abcdef\r\n"
+    )
     status, headers, _ = await conn.answer()
     assert status == 404 and headers["connection"].lower() == "close"
     assert await conn.closed_within(4)
@@ -157,7 +172,8 @@ async def test_chunked_body_answered_early_closes(start_server: StartServer) -> 
 
 @pytest.mark.parametrize("with_body", [False, True])
 async def test_connection_close_from_the_client_closes_the_socket(
-        server: RunningServer, with_body: bool) -> None:
+    server: RunningServer, with_body: bool
+) -> None:
     conn = await RawConnection.open(server)
     if with_body:
         await conn.send(request("PUT", "/api/nothing", 5000, "Connection: close") + b"x" * 5000)
@@ -172,7 +188,8 @@ async def test_connection_close_from_the_client_closes_the_socket(
 
 @pytest.mark.parametrize("after_a_request", [False, True])
 async def test_half_sent_head_is_closed_after_the_read_timeout(
-        start_server: StartServer, after_a_request: bool) -> None:
+    start_server: StartServer, after_a_request: bool
+) -> None:
     server = await start_server(http_read_timeout=1.0)
     conn = await RawConnection.open(server)
     if after_a_request:  # the timer must restart once an answer is out
@@ -196,9 +213,16 @@ async def test_idle_keep_alive_connection_is_closed(start_server: StartServer) -
 
 async def test_stalled_body_gets_408_and_is_closed(start_server: StartServer) -> None:
     server = await start_server(http_read_timeout=1.0)
-    for head in (request("POST", "/api/upload/init/heap-x/blk-x", 100,
-                         "Content-Type: application/json", "Origin: https://app.example"),
-                 request("PUT", "/api/nothing", 100)):
+    for head in (
+        request(
+            "POST",
+            "/api/upload/init/heap-x/blk-x",
+            100,
+            "Content-Type: application/json",
+            "Origin: https://app.example",
+        ),
+        request("PUT", "/api/nothing", 100),
+    ):
         conn = await RawConnection.open(server)
         await conn.send(head + b'{"size": 1')  # and then nothing
         status, headers, text = await conn.answer(timeout=5)
@@ -241,8 +265,7 @@ def _server_sockets(port: int) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
-async def test_300_connection_close_requests_leave_no_server_sockets(
-        server: RunningServer) -> None:
+async def test_300_connection_close_requests_leave_no_server_sockets(server: RunningServer) -> None:
     port = int(server.url.rsplit(":", 1)[1])
     conns: list[RawConnection] = []
     not_closed = 0
@@ -273,8 +296,10 @@ async def _token_and_upload(admin: HeaperClient, size: int) -> tuple[str, str, b
     heap_id = (await new_heap(admin))["id"]
     data = os.urandom(size)
     digest = hashlib.sha256(data).hexdigest()
-    r = await admin.post(f"/api/upload/init/{heap_id}/blk-retry", json={
-        "hash": digest, "size": size, "chunk_size": size})
+    r = await admin.post(
+        f"/api/upload/init/{heap_id}/blk-retry",
+        json={"hash": digest, "size": size, "chunk_size": size},
+    )
     assert r.status_code == 200, r.text
     return f"/api/upload/chunk/{heap_id}/blk-retry/{digest}/0", digest, data
 
@@ -285,7 +310,8 @@ def _client_port(response: httpx.Response) -> Any:
 
 @pytest.mark.parametrize("size", [512 * 1024, 3 * 1024 * 1024])
 async def test_httpx_client_retries_a_chunk_after_401_on_the_same_pool(
-        admin: HeaperClient, http: httpx.AsyncClient, size: int) -> None:
+    admin: HeaperClient, http: httpx.AsyncClient, size: int
+) -> None:
     path, _, data = await _token_and_upload(admin, size)
     token = admin.access_token
     assert token is not None
@@ -307,7 +333,8 @@ async def test_httpx_client_retries_a_chunk_after_401_on_the_same_pool(
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
 async def test_a_client_that_connects_and_leaves_frees_its_socket_at_once(
-        start_server: StartServer) -> None:
+    start_server: StartServer,
+) -> None:
     """Connect-and-close must not pin a descriptor for the keep-alive timeout: hypercorn's idle
     timer otherwise keeps the connection's task group (and its socket) alive until it fires,
     so a client looping connect/close could exhaust the server's descriptors."""

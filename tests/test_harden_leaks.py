@@ -44,7 +44,8 @@ async def _a_block_of(client: HeaperClient, edits: int = 3) -> tuple[str, Client
 
 
 async def test_pushing_anothers_block_id_tells_nothing_of_it(
-        admin: HeaperClient, eve: HeaperClient) -> None:
+    admin: HeaperClient, eve: HeaperClient
+) -> None:
     _, victim = await _a_block_of(admin)
     eves_heap = (await new_heap(eve, "Eve's"))["id"]
     probe = ClientBlock(victim.id)
@@ -53,8 +54,11 @@ async def test_pushing_anothers_block_id_tells_nothing_of_it(
         r = await push(eve, probe.push_item(eves_heap, **extra))
         assert r.status_code == 200, r.text
         [answer] = r.json()["blocks"]
-        assert answer == {"block_id": victim.id, "status": "forbidden",
-                          "error": "block_in_other_heap"}, answer
+        assert answer == {
+            "block_id": victim.id,
+            "status": "forbidden",
+            "error": "block_in_other_heap",
+        }, answer
     # a heap that is not one's own is refused the same way, with no version either
     r = await push(eve, probe.push_item("no-such-heap"))
     [answer] = r.json()["blocks"]
@@ -62,7 +66,8 @@ async def test_pushing_anothers_block_id_tells_nothing_of_it(
 
 
 async def test_a_deleted_block_of_another_heap_is_refused_not_reported_deleted(
-        admin: HeaperClient, eve: HeaperClient, server: RunningServer) -> None:
+    admin: HeaperClient, eve: HeaperClient, server: RunningServer
+) -> None:
     """A tombstone names its heap: pushing its id into another heap is block_in_other_heap,
     never "deleted" (which told Eve that id was Admin's and is gone)."""
     heap, victim = await _a_block_of(admin, edits=0)
@@ -79,8 +84,11 @@ async def test_a_deleted_block_of_another_heap_is_refused_not_reported_deleted(
     probe = ClientBlock(victim.id)
     probe.write("probe")
     [answer] = (await push(eve, probe.push_item(eves_heap))).json()["blocks"]
-    assert answer == {"block_id": victim.id, "status": "forbidden",
-                      "error": "block_in_other_heap"}, answer
+    assert answer == {
+        "block_id": victim.id,
+        "status": "forbidden",
+        "error": "block_in_other_heap",
+    }, answer
     # its owner, in its own heap, still hears that it was deleted
     [answer] = (await push(admin, victim.push_item(heap))).json()["blocks"]
     assert answer["status"] == "deleted" and answer["error"] == "block_deleted", answer
@@ -88,7 +96,8 @@ async def test_a_deleted_block_of_another_heap_is_refused_not_reported_deleted(
 
 @pytest.mark.parametrize("a_is_live", [False, True])
 async def test_live_address_with_anothers_block_gets_nothing_of_it(
-        admin: HeaperClient, eve: HeaperClient, server: RunningServer, a_is_live: bool) -> None:
+    admin: HeaperClient, eve: HeaperClient, server: RunningServer, a_is_live: bool
+) -> None:
     """``<Eve's heap>:<Admin's block>`` is refused with block_in_other_heap and nothing of the
     block: also while Admin has that block open live (its room is then in memory)."""
     heap, victim = await _a_block_of(admin)
@@ -113,7 +122,8 @@ async def test_live_address_with_anothers_block_gets_nothing_of_it(
 
 
 async def test_live_address_with_anothers_deleted_block_is_not_told_deleted(
-        admin: HeaperClient, eve: HeaperClient, server: RunningServer) -> None:
+    admin: HeaperClient, eve: HeaperClient, server: RunningServer
+) -> None:
     """Over /ws too, another heap's purged block is ``block_in_other_heap``; only its own heap
     hears ``block_deleted``."""
     heap, victim = await _a_block_of(admin, edits=0)
@@ -127,6 +137,6 @@ async def test_live_address_with_anothers_deleted_block_is_not_told_deleted(
         async with live_client(server.url) as c:
             await c.open(address, client.access_token)
             with trio.fail_after(5):
-                denied = await c.expect(m.PermissionDenied, lambda x: x.address == address)
+                denied = await c.expect(m.PermissionDenied, lambda x, a=address: x.address == a)
             expected = "block_deleted" if client is admin else "block_in_other_heap"
             assert denied.reason == expected, c.seen

@@ -32,8 +32,8 @@ from heaper_trio.client import HeaperClient, KeyPair
 from heaper_trio.protocol import messages as m
 from heaper_trio.protocol.names import BlockName
 from heaper_trio.records import StoredBlock
+from heaper_trio.services.commits import Committed
 from heaper_trio.services.diagnostics import RealtimeCounters
-from heaper_trio.services.documents import Committed
 from heaper_trio.services.live.hub import LiveHub, Subscription
 from heaper_trio.services.live.outbox import Outbox
 
@@ -52,7 +52,8 @@ async def _drain(outbox: Outbox, taken: list[bytes | str], count: int, pause: fl
 
 
 async def test_every_waiting_putter_completes_as_the_taker_drains(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     outbox = Outbox(100 * KB)
     outbox.offer(b"f" * (90 * KB))  # nearly full: each putter below has to wait
     done: list[int] = []
@@ -77,7 +78,8 @@ async def test_every_waiting_putter_completes_as_the_taker_drains(
 
 
 async def test_a_frame_larger_than_the_bound_goes_out_once_the_outbox_is_empty(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     outbox = Outbox(64 * KB)
     outbox.offer(b"a" * (10 * KB))
     big, small = b"B" * (200 * KB), b"s" * KB
@@ -101,7 +103,8 @@ async def test_a_frame_larger_than_the_bound_goes_out_once_the_outbox_is_empty(
 
 
 async def test_a_cancelled_waiter_neither_blocks_nor_loses_the_others(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     outbox = Outbox(100 * KB)
     outbox.offer(b"f" * (90 * KB))
     done: list[str] = []
@@ -129,7 +132,8 @@ async def test_a_cancelled_waiter_neither_blocks_nor_loses_the_others(
 
 
 async def test_fan_out_to_a_full_outbox_is_refused_while_replies_wait(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """A slow consumer is still detected (the connection then closes with 1013)."""
     outbox = Outbox(64 * KB)
     assert outbox.offer(b"x" * (60 * KB))
@@ -145,7 +149,8 @@ async def test_fan_out_to_a_full_outbox_is_refused_while_replies_wait(
 
 @pytest.mark.parametrize("putters", [2, 7])
 async def test_many_putters_with_a_fast_taker_all_complete(
-        putters: int, autojump_clock: trio.testing.MockClock) -> None:
+    putters: int, autojump_clock: trio.testing.MockClock
+) -> None:
     """The shape of the original stall: several documents' replies of ~1 MB each through an
     outbox of a few MB, the writer draining as fast as it can."""
     outbox = Outbox(3 * 1024 * KB)
@@ -209,7 +214,8 @@ def _edit(doc: pycrdt.Doc, key: str) -> bytes:
 
 
 async def test_a_room_loading_or_catching_up_misses_no_announced_commit(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """B's side of item 11, in memory: an announcement from another process that arrives while
     the room's document is being read from storage (load or catch-up) makes B read again, so
     the room ends with that commit (it used to be ignored until the block's next write)."""
@@ -262,14 +268,17 @@ async def test_a_room_loading_or_catching_up_misses_no_announced_commit(
 
 
 async def test_a_local_commit_during_the_load_does_not_hide_a_remote_one_before_it(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """While B reads the block, another process commits row 2 and B itself row 3. The room
     gets row 3 from B's own commit; row 2's announcement, coming after the load, must not be
     taken as "already here" because row 3 is."""
     author = pycrdt.Doc()
     storage = _GatedStorage("h", "blk", _edit(author, "first"))
-    hub = LiveHub(SimpleNamespace(storage=storage, listeners=[]),  # type: ignore[arg-type]
-                  RealtimeCounters())
+    hub = LiveHub(
+        SimpleNamespace(storage=storage, listeners=[]),  # type: ignore[arg-type]
+        RealtimeCounters(),
+    )
     sub = Subscription(_Sink(), "h:blk", BlockName("h", "blk", None), "u")
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -288,10 +297,8 @@ async def test_a_local_commit_during_the_load_does_not_hide_a_remote_one_before_
             assert room.doc is not None
             doc = pycrdt.Doc()
             doc.apply_update(room.doc.full_state())
-            assert set(doc.get("meta_v0", type=pycrdt.Map).keys()) == {"first", "second",
-                                                                       "third"}
+            assert set(doc.get("meta_v0", type=pycrdt.Map).keys()) == {"first", "second", "third"}
             nursery.cancel_scope.cancel()
-
 
 
 WRITERS = 6
@@ -308,17 +315,37 @@ class BusyServer(crash.Server):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        args = [sys.executable, "-m", "heaper_trio", "--port", str(self.port),
-                "--data-dir", str(data_dir), "--database-url", database_url]
+        args = [
+            sys.executable,
+            "-m",
+            "heaper_trio",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+            "--database-url",
+            database_url,
+        ]
         with log_path.open("wb") as log:
-            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT,
-                                         env=_env(HEAPER_AUTH_RATE_LIMIT="100000",
-                                                  HEAPER_PG_POOL_MIN="1", HEAPER_PG_POOL_MAX="2"))
+            self.proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_env(
+                    HEAPER_AUTH_RATE_LIMIT="100000", HEAPER_PG_POOL_MIN="1", HEAPER_PG_POOL_MAX="2"
+                ),
+            )
 
 
-async def _subscribe(url: str, address: str, token: str, mirror: pycrdt.Doc, *,
-                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def _subscribe(
+    url: str,
+    address: str,
+    token: str,
+    mirror: pycrdt.Doc,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """A live subscriber on one block: its copy takes every update the server sends."""
     async with live_client(url) as c:
         mirror.apply_update(await c.sync(address, token))
@@ -329,8 +356,13 @@ async def _subscribe(url: str, address: str, token: str, mirror: pycrdt.Doc, *,
                 mirror.apply_update(message.update)
 
 
-async def _writer(n: int, client: HeaperClient, run: crash.Run, tracked: list[crash.Tracked],
-                  kill: Callable[[], None]) -> None:
+async def _writer(
+    n: int,
+    client: HeaperClient,
+    run: crash.Run,
+    tracked: list[crash.Tracked],
+    kill: Callable[[], None],
+) -> None:
     """Sequential pushes to A alternating between its own block and the shared one; A is
     killed the moment the WANT_ACKED-th acknowledgement arrives."""
     seq = 0
@@ -339,10 +371,19 @@ async def _writer(n: int, client: HeaperClient, run: crash.Run, tracked: list[cr
         t = tracked[seq % 2]
         t.add_marker(f"mk-{n}-{seq}", as_key=seq % 3 == 0)
         try:
-            r = await client.post("/api/sync/push", json={"blocks": [
-                {"block_id": t.block.id, "workspace_id": run.heap_id,
-                 "update": crash.b64(t.block.pending()),
-                 "state_vector": crash.b64(t.block.doc.get_state())}]})
+            r = await client.post(
+                "/api/sync/push",
+                json={
+                    "blocks": [
+                        {
+                            "block_id": t.block.id,
+                            "workspace_id": run.heap_id,
+                            "update": crash.b64(t.block.pending()),
+                            "state_vector": crash.b64(t.block.doc.get_state()),
+                        }
+                    ]
+                },
+            )
         except httpx.TransportError:
             assert run.killed
             return
@@ -366,9 +407,11 @@ async def _writer(n: int, client: HeaperClient, run: crash.Run, tracked: list[cr
 @pytest.mark.engines("postgres")
 @pytest.mark.filterwarnings(
     "ignore:Async generator 'httpx._content.ByteStream.__aiter__' was garbage collected"
-    ":ResourceWarning")
+    ":ResourceWarning"
+)
 async def test_sigkill_right_after_an_ack_leaves_no_subscriber_elsewhere_behind(
-        engine: str, tmp_path: Path, database_url: str, start_server: Any) -> None:
+    engine: str, tmp_path: Path, database_url: str, start_server: Any
+) -> None:
     """Issue 9, item 11. Process A (a subprocess) takes pushes and is killed -9 right after
     acknowledging one; process B (this test's server) has live subscribers on every block, some
     from the start and some joining while A writes (their documents load meanwhile). Every
@@ -389,20 +432,22 @@ async def test_sigkill_right_after_an_ack_leaves_no_subscriber_elsewhere_behind(
             blocks = [ClientBlock() for _ in range(WRITERS + 1)]  # one each and a shared one
             for i, cb in enumerate(blocks):
                 cb.write(f"Block {i}")
-            r = await on_b.post("/api/sync/push", json={"blocks": [
-                cb.push_item(run.heap_id) for cb in blocks]})
+            r = await on_b.post(
+                "/api/sync/push", json={"blocks": [cb.push_item(run.heap_id) for cb in blocks]}
+            )
             assert [x["status"] for x in r.json()["blocks"]] == ["created"] * len(blocks)
             shared = blocks[-1].id
-            streams = [[crash.Tracked(ClientBlock(blocks[n].id)),
-                        crash.Tracked(ClientBlock(shared))] for n in range(WRITERS)]
+            streams = [
+                [crash.Tracked(ClientBlock(blocks[n].id)), crash.Tracked(ClientBlock(shared))]
+                for n in range(WRITERS)
+            ]
 
             mirrors: list[tuple[str, pycrdt.Doc]] = []
 
             async def subscribe(block_id: str, nursery: trio.Nursery) -> None:
                 mirror = pycrdt.Doc()
                 mirrors.append((block_id, mirror))
-                await nursery.start(_subscribe, b.url, f"{run.heap_id}:{block_id}", token,
-                                    mirror)
+                await nursery.start(_subscribe, b.url, f"{run.heap_id}:{block_id}", token, mirror)
 
             async with trio.open_nursery() as subscribers:
                 # From the start: the shared block and every other writer's block.

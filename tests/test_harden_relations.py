@@ -35,7 +35,8 @@ async def ids_of(client: HeaperClient, heap_id: str, **filters: Any) -> set[str]
 
 
 async def test_backlinks_and_children_stay_in_the_owners_heaps(
-        admin: HeaperClient, eve: HeaperClient) -> None:
+    admin: HeaperClient, eve: HeaperClient
+) -> None:
     mine, other_mine, hers = await new_heap(admin), await new_heap(admin), await new_heap(eve)
     tag, note, far = ClientBlock(), ClientBlock(), ClientBlock()
     tag.write("Secret project", block_type="tag")
@@ -77,7 +78,8 @@ async def test_backlinks_and_children_stay_in_the_owners_heaps(
 
 
 async def test_tag_filter_follows_only_this_heaps_tag_edges(
-        admin: HeaperClient, eve: HeaperClient) -> None:
+    admin: HeaperClient, eve: HeaperClient
+) -> None:
     mine, hers = await new_heap(admin), await new_heap(eve)
     tag, sub, deep = ClientBlock(), ClientBlock(), ClientBlock()
     tag.write("Work", block_type="tag")
@@ -107,8 +109,9 @@ async def test_tag_filter_follows_only_this_heaps_tag_edges(
 
     assert await ids_of(admin, mine["id"], tag=tag.id) == before
     assert await ids_of(admin, mine["id"], tag=sub.id) == {deep.id}
-    count = (await admin.post("/api/heap_count", json={"heap_id": mine["id"],
-                                                       "tag": tag.id})).json()
+    count = (
+        await admin.post("/api/heap_count", json={"heap_id": mine["id"], "tag": tag.id})
+    ).json()
     assert count["count"] == 2
     # Eve's block existing does not make admin's orphan "linked" (which would tell admin's
     # queries, and through timing of ids anyone, that the id exists elsewhere).

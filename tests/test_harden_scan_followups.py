@@ -51,12 +51,14 @@ async def reindex(client: HeaperClient, body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_reindex_and_regenerate_skip_a_hash_only_claimed(
-        admin: HeaperClient, eve: HeaperClient, server: RunningServer) -> None:
+    admin: HeaperClient, eve: HeaperClient, server: RunningServer
+) -> None:
     data = picture()
     h, key = sha(data), f"{sha(data)}:{len(data)}"
     mine = await new_heap(admin)
-    r = await admin.post(f"/api/upload/file/{mine['id']}/blk-a",
-                         files={"file": ("secret.png", data, "image/png")})
+    r = await admin.post(
+        f"/api/upload/file/{mine['id']}/blk-a", files={"file": ("secret.png", data, "image/png")}
+    )
     assert r.status_code == 200, r.text
     file_id = r.json()["file_id"]
 
@@ -66,35 +68,63 @@ async def test_reindex_and_regenerate_skip_a_hash_only_claimed(
     await bare_claim(eve, theirs["id"], unknown, 12)
     for body in ({"heap_id": theirs["id"]}, {}):
         job = await reindex(eve, body)
-        assert (job["state"], job["files_seen"], job["files_done"], job["skipped"],
-                job["bytes"], job["errors"]) == ("done", 2, 0, 2, 0, 0), job
+        assert (
+            job["state"],
+            job["files_seen"],
+            job["files_done"],
+            job["skipped"],
+            job["bytes"],
+            job["errors"],
+        ) == ("done", 2, 0, 2, 0, 0), job
         assert "secret" not in json.dumps(job) and job["current_path"] == "", job
     assert (await files_v0(eve, block_id))[key] == {
-        "hash": h, "name": "mine.bin", "file_size": len(data)}
+        "hash": h,
+        "name": "mine.bin",
+        "file_size": len(data),
+    }
     for k in (h, file_id):
-        assert_error(await eve.post("/api/regenerate_file", json={"file_hash": k}
-                                    if k == h else {"file_id": k}), 404, "file_not_found")
+        assert_error(
+            await eve.post(
+                "/api/regenerate_file", json={"file_hash": k} if k == h else {"file_id": k}
+            ),
+            404,
+            "file_not_found",
+        )
     assert (await files_v0(eve, block_id))[key] == {
-        "hash": h, "name": "mine.bin", "file_size": len(data)}
+        "hash": h,
+        "name": "mine.bin",
+        "file_size": len(data),
+    }
 
     # the owner's own reindex still reads it, and fixes what differs
     await server.services.documents.server_edit(
-        admin.user_id or "", mine["id"], "blk-a",
-        lambda doc: doc.patch_file_entry(key, {"width": 1}))
+        admin.user_id or "",
+        mine["id"],
+        "blk-a",
+        lambda doc: doc.patch_file_entry(key, {"width": 1}),
+    )
     job = await reindex(admin, {"heap_id": mine["id"]})
-    assert (job["files_done"], job["files_changed"], job["skipped"], job["bytes"]) == \
-        (1, 1, 0, len(data)), job
+    assert (job["files_done"], job["files_changed"], job["skipped"], job["bytes"]) == (
+        1,
+        1,
+        0,
+        len(data),
+    ), job
     entry = (await files_v0(admin, "blk-a"))[key]
     assert (entry["width"], entry["height"], entry["mime_type"]) == (160, 160, "image/png")
     r = await admin.post("/api/regenerate_file", json={"file_hash": h})
     assert r.status_code == 200 and r.json()["width"] == 160, r.text
     assert (await files_v0(eve, block_id))[key] == {
-        "hash": h, "name": "mine.bin", "file_size": len(data)}
+        "hash": h,
+        "name": "mine.bin",
+        "file_size": len(data),
+    }
 
 
 @pytest.mark.engines("postgres")
 async def test_a_scan_batch_is_announced_by_its_own_commit(
-        start_server: StartServer, tmp_path: Path) -> None:
+    start_server: StartServer, tmp_path: Path
+) -> None:
     roots = tmp_path / "roots"
     tree = roots / "shots"
     for i in range(3):
@@ -117,11 +147,13 @@ async def test_a_scan_batch_is_announced_by_its_own_commit(
         heap = await new_heap(client)
         async with live_client(b.url) as on_b:
             await on_b.open("events", client.access_token)
-            await on_b.send(m.Stateless("events", json.dumps(
-                {"type": "subscribe", "heap_ids": [heap["id"]]})))
+            await on_b.send(
+                m.Stateless("events", json.dumps({"type": "subscribe", "heap_ids": [heap["id"]]}))
+            )
             await on_b.expect(m.Stateless, lambda x: '"subscribed"' in x.payload)
-            r = await client.post("/api/scan_folder", json={"heap_id": heap["id"],
-                                                            "path": str(tree)})
+            r = await client.post(
+                "/api/scan_folder", json={"heap_id": heap["id"], "path": str(tree)}
+            )
             assert r.status_code == 200, r.text
             job = await finished(client, r.json()["scan_id"], timeout=30)
             assert (job["state"], job["files_done"]) == ("done", 3), job

@@ -4,7 +4,8 @@ Over real servers on both engines, a user who controls their scan folder swaps w
 path leads to: a link to the server's signing key (or /etc/passwd), a link on a parent folder,
 a same-size rewrite with mtime put back, a file renamed over it, a FIFO, an entry from before
 identities were kept, a hard link to the server's key or database (made before or after the
-scan). Every file route (raw, stream, thumbnail, video_thumbnail, animated) answers ``409 file_changed`` and never the other bytes; a rescan of the file is queued, and
+scan). Every file route (raw, stream, thumbnail, video_thumbnail, animated) answers
+``409 file_changed`` and never the other bytes; a rescan of the file is queued, and
 afterwards the new content is served under its new hash (or a link is marked missing). An
 unchanged file still serves, ranges, thumbnails and all. The pure parts (opening without
 links, the walker and hasher refusing links that appear mid-scan) are tested without a server.
@@ -27,6 +28,8 @@ import trio
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient, LoginPending
 from heaper_trio.keys import SERVER_KEY_FILE
+from heaper_trio.records import ScanBatch
+from heaper_trio.records.scans import FileIdentity
 from heaper_trio.services.scans.probe import GONE, NOT_A_FILE, hash_file, hash_files
 from heaper_trio.services.scans.source import (
     SERVER_FILES,
@@ -37,8 +40,6 @@ from heaper_trio.services.scans.source import (
     open_scanned,
 )
 from heaper_trio.services.scans.walk import FileSeen, FolderWalker
-from heaper_trio.records import ScanBatch
-from heaper_trio.records.scans import FileIdentity
 from heaper_trio.storage.sqlite.engine import DB_FILE
 
 from .conftest import assert_error
@@ -50,9 +51,13 @@ SAFE = {"content-security-policy": "sandbox", "x-content-type-options": "nosniff
 
 
 def routes(h: str) -> list[str]:
-    return [f"/api/file/{h}/raw/x.bin", f"/api/stream/{h}/x.bin",
-            f"/api/file/{h}/thumbnail/small/x", f"/api/file/{h}/video_thumbnail/small/1",
-            f"/api/file/{h}/animated_thumbnail/small/x"]
+    return [
+        f"/api/file/{h}/raw/x.bin",
+        f"/api/stream/{h}/x.bin",
+        f"/api/file/{h}/thumbnail/small/x",
+        f"/api/file/{h}/video_thumbnail/small/1",
+        f"/api/file/{h}/animated_thumbnail/small/x",
+    ]
 
 
 @pytest.fixture
@@ -117,8 +122,9 @@ async def entry_at(server: RunningServer, heap_id: str, path: Path) -> Any:
 
 
 @pytest.mark.parametrize("target", ["server key", "/etc/passwd"])
-async def test_a_link_swapped_in_is_never_followed(user: HeaperClient, scan_server: RunningServer,
-                                                   roots: Path, target: str) -> None:
+async def test_a_link_swapped_in_is_never_followed(
+    user: HeaperClient, scan_server: RunningServer, roots: Path, target: str
+) -> None:
     data = scan_server.services.settings.data_path
     pointed = data / SERVER_KEY_FILE if target == "server key" else Path("/etc/passwd")
     secret = pointed.read_bytes()
@@ -148,7 +154,8 @@ async def test_a_link_swapped_in_is_never_followed(user: HeaperClient, scan_serv
 
 
 async def test_a_link_on_a_parent_folder_is_not_followed(
-        user: HeaperClient, scan_server: RunningServer, roots: Path) -> None:
+    user: HeaperClient, scan_server: RunningServer, roots: Path
+) -> None:
     heap = await new_heap(user)
     mine = folder_of(roots, user)
     album = mine / "album"
@@ -177,7 +184,8 @@ async def test_a_link_on_a_parent_folder_is_not_followed(
 
 
 async def test_a_same_size_rewrite_with_mtime_put_back(
-        user: HeaperClient, scan_server: RunningServer, roots: Path) -> None:
+    user: HeaperClient, scan_server: RunningServer, roots: Path
+) -> None:
     heap = await new_heap(user)
     mine = folder_of(roots, user)
     doc = write(mine / "doc.txt", "version one!")
@@ -190,8 +198,11 @@ async def test_a_same_size_rewrite_with_mtime_put_back(
         f.write(b"version two!")
     os.utime(doc, ns=(before.st_atime_ns, before.st_mtime_ns))
     after = doc.stat()
-    assert (after.st_ino, after.st_size, after.st_mtime_ns) == \
-        (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
 
     since = scan_server.services.scans.rescans.done
     await refused(scan_server, user, old, b"version two!")
@@ -208,7 +219,8 @@ async def test_a_same_size_rewrite_with_mtime_put_back(
 
 
 async def test_a_file_renamed_over_the_scanned_one(
-        user: HeaperClient, scan_server: RunningServer, roots: Path) -> None:
+    user: HeaperClient, scan_server: RunningServer, roots: Path
+) -> None:
     heap = await new_heap(user)
     mine = folder_of(roots, user)
     picture = write(mine / "pic.png", png((64, 32)))
@@ -237,7 +249,8 @@ async def test_a_file_renamed_over_the_scanned_one(
 
 
 async def test_an_unchanged_scanned_file_serves_as_before(
-        user: HeaperClient, scan_server: RunningServer, roots: Path) -> None:
+    user: HeaperClient, scan_server: RunningServer, roots: Path
+) -> None:
     heap = await new_heap(user)
     mine = folder_of(roots, user)
     data = bytes(range(256)) * 8
@@ -264,9 +277,11 @@ async def test_an_unchanged_scanned_file_serves_as_before(
     head = await user.request("HEAD", f"/api/file/{h}/raw/x")
     assert head.status_code == 200 and head.headers["content-length"] == str(len(data))
     # thumbnails read the checked file through its descriptor: Pillow and ffmpeg alike
-    for url in (f"/api/file/{sha(picture.read_bytes())}/thumbnail/small/pic.png",
-                f"/api/file/{sha(clip.read_bytes())}/video_thumbnail/small/1",
-                f"/api/file/{sha(clip.read_bytes())}/animated_thumbnail/small/c"):
+    for url in (
+        f"/api/file/{sha(picture.read_bytes())}/thumbnail/small/pic.png",
+        f"/api/file/{sha(clip.read_bytes())}/video_thumbnail/small/1",
+        f"/api/file/{sha(clip.read_bytes())}/animated_thumbnail/small/c",
+    ):
         r = await user.get(url)
         assert r.status_code == 200 and r.headers["content-type"] == "image/webp", r.text
         assert all(r.headers[k] == v for k, v in SAFE.items())
@@ -275,8 +290,9 @@ async def test_an_unchanged_scanned_file_serves_as_before(
     assert rescans.done == 0 and not rescans.queued
 
 
-async def test_a_fifo_swapped_in_does_not_hang(user: HeaperClient, scan_server: RunningServer,
-                                               roots: Path) -> None:
+async def test_a_fifo_swapped_in_does_not_hang(
+    user: HeaperClient, scan_server: RunningServer, roots: Path
+) -> None:
     heap = await new_heap(user)
     mine = folder_of(roots, user)
     pipe = write(mine / "stream.txt", "plain text")
@@ -292,7 +308,8 @@ async def test_a_fifo_swapped_in_does_not_hang(user: HeaperClient, scan_server: 
 
 
 async def test_entries_from_before_identities_were_kept(
-        user: HeaperClient, scan_server: RunningServer, roots: Path) -> None:
+    user: HeaperClient, scan_server: RunningServer, roots: Path
+) -> None:
     """Rows written before migration 0006 have no identity: treated as changed (409 and a
     rescan), and a folder scan hashes them again instead of trusting size and mtime."""
     heap = await new_heap(user)
@@ -304,8 +321,14 @@ async def test_entries_from_before_identities_were_kept(
 
     async def forget_identity() -> None:
         entry = await entry_at(scan_server, heap["id"], old)
-        await storage.commit_scan_batch(ScanBatch(heap["id"], entry.scan_id, entries=(
-            replace(entry, dev=None, ino=None, ctime_ns=None),)), 1)
+        await storage.commit_scan_batch(
+            ScanBatch(
+                heap["id"],
+                entry.scan_id,
+                entries=(replace(entry, dev=None, ino=None, ctime_ns=None),),
+            ),
+            1,
+        )
         assert (await entry_at(scan_server, heap["id"], old)).identity is None
 
     await forget_identity()
@@ -313,19 +336,18 @@ async def test_entries_from_before_identities_were_kept(
     await refused(scan_server, user, h)
     await rescanned(scan_server, since)
     assert (await user.get(f"/api/file/{h}/raw/old.txt")).content == old.read_bytes()
-    assert (await entry_at(scan_server, heap["id"], old)).identity == \
-        FileIdentity.of(old.stat())
+    assert (await entry_at(scan_server, heap["id"], old)).identity == FileIdentity.of(old.stat())
 
     await forget_identity()
     job = await scan(user, heap["id"], mine)
     assert (job["files_changed"], job["files_unchanged"]) == (1, 0)
-    assert (await entry_at(scan_server, heap["id"], old)).identity == \
-        FileIdentity.of(old.stat())
+    assert (await entry_at(scan_server, heap["id"], old)).identity == FileIdentity.of(old.stat())
     assert (await user.get(f"/api/file/{h}/raw/old.txt")).status_code == 200
 
 
 async def test_regenerate_and_reindex_read_only_the_hashed_file(
-        user: HeaperClient, scan_server: RunningServer, roots: Path) -> None:
+    user: HeaperClient, scan_server: RunningServer, roots: Path
+) -> None:
     heap = await new_heap(user)
     mine = folder_of(roots, user)
     picture = write(mine / "pic.png", png((64, 32)))
@@ -336,16 +358,17 @@ async def test_regenerate_and_reindex_read_only_the_hashed_file(
     picture.unlink()
     picture.symlink_to(scan_server.services.settings.data_path / SERVER_KEY_FILE)
     since = scan_server.services.scans.rescans.done
-    assert_error(await user.post("/api/regenerate_file", json={"file_hash": h}), 409,
-                 "file_changed")
+    assert_error(
+        await user.post("/api/regenerate_file", json={"file_hash": h}), 409, "file_changed"
+    )
     await rescanned(scan_server, since)
     record = await scan_server.services.storage.get_file(h)
     assert record is not None and record.mime_type == "image/png"
 
 
 async def test_a_path_is_queued_for_rescan_once_at_a_time(
-        user: HeaperClient, scan_server: RunningServer, roots: Path,
-        nursery: trio.Nursery) -> None:
+    user: HeaperClient, scan_server: RunningServer, roots: Path, nursery: trio.Nursery
+) -> None:
     heap = await new_heap(user)
     mine = folder_of(roots, user)
     doc = write(mine / "doc.txt", "one")
@@ -383,8 +406,11 @@ def test_open_nofollow_refuses_a_link_anywhere(tmp_path: Path) -> None:
     known = FileIdentity.of(real.stat())
     with open_scanned(str(real), [known]) as opened:
         assert os.pread(opened.fd, 10, 0) == b"f" and opened.path.read_bytes() == b"f"
-    for path, identities in ((real, []), (tmp_path / "file_link", [known]),
-                             (tmp_path / "real", [known])):
+    for path, identities in (
+        (real, []),
+        (tmp_path / "file_link", [known]),
+        (tmp_path / "real", [known]),
+    ):
         with pytest.raises(NotTheScannedFile):
             open_scanned(str(path), identities)
     with pytest.raises(FileNotFoundError):
@@ -399,7 +425,8 @@ def test_hashing_records_the_identity_of_what_it_read(tmp_path: Path) -> None:
     done = hash_file(str(a), stop)
     assert done.error is None and done.identity == FileIdentity.of(a.stat())
     gone, through_link, also_a = hash_files(
-        [str(tmp_path / "d" / "gone.txt"), str(tmp_path / "d" / "sub" / "b.txt"), str(a)], stop)
+        [str(tmp_path / "d" / "gone.txt"), str(tmp_path / "d" / "sub" / "b.txt"), str(a)], stop
+    )
     assert (gone.failure, through_link.failure) == (GONE, NOT_A_FILE)
     assert also_a.hash == done.hash and also_a.identity == done.identity
     [linked_folder] = hash_files([str(tmp_path / "d" / "sub" / "b.txt")], stop)
@@ -422,7 +449,8 @@ def test_a_folder_swapped_for_a_link_mid_walk_is_not_entered(tmp_path: Path) -> 
 
 
 async def test_an_upload_of_scanned_bytes_gets_its_own_stable_copy(
-        user: HeaperClient, scan_server: RunningServer, roots: Path) -> None:
+    user: HeaperClient, scan_server: RunningServer, roots: Path
+) -> None:
     """Another user uploading the bytes of someone's scanned file proves them and gets a copy
     in the store: the scanned folder changing or going afterwards loses them nothing (the
     upload used to be recorded as the scanned path, served from the other user's folder)."""
@@ -438,8 +466,11 @@ async def test_an_upload_of_scanned_bytes_gets_its_own_stable_copy(
         await scan_server.services.storage.set_user_state(other.user_id or "", "approved", 1)
         await other.login()
         theirs = await new_heap(other)
-        r = await other.post(f"/api/upload/file/{theirs['id']}/blk-direct",
-                             files={"file": ("l.txt", data)}, data={"hash": h})
+        r = await other.post(
+            f"/api/upload/file/{theirs['id']}/blk-direct",
+            files={"file": ("l.txt", data)},
+            data={"hash": h},
+        )
         assert r.status_code == 200, r.text
         record = await scan_server.services.storage.get_file(h)
         assert record is not None and record.source_path is None  # the store copy serves
@@ -449,8 +480,10 @@ async def test_an_upload_of_scanned_bytes_gets_its_own_stable_copy(
         for client in (other, user):  # both proved these bytes; both read the stable copy
             r = await client.get(f"/api/file/{h}/raw/l.txt")
             assert r.status_code == 200 and r.content == data, r.text
-        r = await other.post(f"/api/upload/init/{theirs['id']}/blk-again", json={
-            "hash": h, "size": len(data), "chunk_size": 65536})
+        r = await other.post(
+            f"/api/upload/init/{theirs['id']}/blk-again",
+            json={"hash": h, "size": len(data), "chunk_size": 65536},
+        )
         assert r.json()["status"] == "exists", r.text
 
 
@@ -462,7 +495,8 @@ async def test_an_upload_of_scanned_bytes_gets_its_own_stable_copy(
 
 @pytest.mark.parametrize("target", [SERVER_KEY_FILE, DB_FILE])
 async def test_a_hard_link_to_a_server_file_is_skipped_and_never_served(
-        user: HeaperClient, scan_server: RunningServer, roots: Path, target: str) -> None:
+    user: HeaperClient, scan_server: RunningServer, roots: Path, target: str
+) -> None:
     server_file = scan_server.services.settings.data_path / target
     if not server_file.exists():
         pytest.skip("no database file in the data directory (PostgreSQL)")
@@ -474,14 +508,14 @@ async def test_a_hard_link_to_a_server_file_is_skipped_and_never_served(
     secret = server_file.read_bytes()
     job = await scan(user, heap["id"], mine)
     assert (job["files_new"], job["skipped"]) == (1, 1), job
-    assert str(link) not in await scan_server.services.storage.scan_entries(heap["id"],
-                                                                            [str(link)])
+    assert str(link) not in await scan_server.services.storage.scan_entries(heap["id"], [str(link)])
     r = await user.get(f"/api/file/{sha(secret)}/raw/x")
     assert r.status_code == 404 and secret not in r.content
 
 
 async def test_a_hard_link_swapped_in_after_the_scan_is_refused(
-        user: HeaperClient, scan_server: RunningServer, roots: Path) -> None:
+    user: HeaperClient, scan_server: RunningServer, roots: Path
+) -> None:
     key = scan_server.services.settings.data_path / SERVER_KEY_FILE
     secret = key.read_bytes()
     heap = await new_heap(user)
@@ -502,8 +536,8 @@ async def test_a_hard_link_swapped_in_after_the_scan_is_refused(
 
 
 async def test_a_hard_link_indexed_before_the_check_is_refused_at_serve_time(
-        user: HeaperClient, scan_server: RunningServer, roots: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    user: HeaperClient, scan_server: RunningServer, roots: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An index written by a server without the check (the reported hole): serving it checks
     again, so the key's bytes stay unserved (409 file_changed, then missing)."""
     key = scan_server.services.settings.data_path / SERVER_KEY_FILE

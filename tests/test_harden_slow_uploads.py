@@ -37,31 +37,42 @@ MIN_RATE = 32 * 1024  # a 64 KiB chunk has 1 + 2 = 3 s in all
 @pytest.fixture
 async def server(start_server: StartServer) -> RunningServer:
     """The ``admin``/``eve`` fixtures' server, with timeouts small enough for a test."""
-    return await start_server(http_read_timeout=READ_TIMEOUT, http_min_body_rate=MIN_RATE,
-                              max_uploads_per_user=8)
+    return await start_server(
+        http_read_timeout=READ_TIMEOUT, http_min_body_rate=MIN_RATE, max_uploads_per_user=8
+    )
 
 
 def temp_files(server: RunningServer) -> list[Path]:
     return sorted(server.services.files.uploads.glob("**/*.part"))
 
 
-async def pending_upload(client: HeaperClient, data: bytes, block: str = "blk-slow"
-                         ) -> tuple[str, str]:
+async def pending_upload(
+    client: HeaperClient, data: bytes, block: str = "blk-slow"
+) -> tuple[str, str]:
     """A heap of the client's with a resumable upload of ``data`` started: (heap id, path of
     chunk 0 without the index)."""
     heap_id = (await new_heap(client))["id"]
-    r = await client.post(f"/api/upload/init/{heap_id}/{block}", json={
-        "hash": sha(data), "size": len(data), "chunk_size": CHUNK, "name": "f.bin"})
+    r = await client.post(
+        f"/api/upload/init/{heap_id}/{block}",
+        json={"hash": sha(data), "size": len(data), "chunk_size": CHUNK, "name": "f.bin"},
+    )
     assert r.status_code == 200 and r.json()["status"] == "ready", r.text
     return heap_id, f"/api/upload/chunk/{heap_id}/{block}/{sha(data)}/"
 
 
-async def open_slow_put(server: RunningServer, client: HeaperClient, path: str
-                        ) -> RawConnection:
+async def open_slow_put(server: RunningServer, client: HeaperClient, path: str) -> RawConnection:
     """A chunk PUT announcing CHUNK bytes whose body has only just begun."""
     conn = await RawConnection.open(server)
-    await conn.send(request("PUT", path, CHUNK, f"Authorization: Bearer {client.access_token}",
-                            "Content-Type: application/octet-stream") + b"x")
+    await conn.send(
+        request(
+            "PUT",
+            path,
+            CHUNK,
+            f"Authorization: Bearer {client.access_token}",
+            "Content-Type: application/octet-stream",
+        )
+        + b"x"
+    )
     return conn
 
 
@@ -82,7 +93,8 @@ async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
 
 
 async def test_slow_chunk_puts_are_capped_per_user_and_cut_at_their_deadline(
-        admin: HeaperClient, eve: HeaperClient, server: RunningServer) -> None:
+    admin: HeaperClient, eve: HeaperClient, server: RunningServer
+) -> None:
     data = os.urandom(CHUNK * 3)
     _, path = await pending_upload(admin, data)
     slots = server.services.files.slots
@@ -95,9 +107,10 @@ async def test_slow_chunk_puts_are_capped_per_user_and_cut_at_their_deadline(
 
         # the 9th: 429 with the envelope and Retry-After, and no temp file of its own
         ninth = await RawConnection.open(server)
-        await ninth.send(request("PUT", f"{path}0", CHUNK,
-                                 f"Authorization: Bearer {admin.access_token}")
-                         + data[:CHUNK])
+        await ninth.send(
+            request("PUT", f"{path}0", CHUNK, f"Authorization: Bearer {admin.access_token}")
+            + data[:CHUNK]
+        )
         status, headers, body = await ninth.answer()
         assert status == 429, body
         answer = json.loads(body)
@@ -107,10 +120,16 @@ async def test_slow_chunk_puts_are_capped_per_user_and_cut_at_their_deadline(
         await ninth.aclose()
         # a one-request upload counts too: refused before its multipart body is read
         direct = await RawConnection.open(server)
-        await direct.send(request(
-            "POST", f"/api/upload/file/{path.split('/')[4]}/blk-direct", 200_000,
-            f"Authorization: Bearer {admin.access_token}",
-            "Content-Type: multipart/form-data; boundary=xyz") + b"--xyz\r\n")
+        await direct.send(
+            request(
+                "POST",
+                f"/api/upload/file/{path.split('/')[4]}/blk-direct",
+                200_000,
+                f"Authorization: Bearer {admin.access_token}",
+                "Content-Type: multipart/form-data; boundary=xyz",
+            )
+            + b"--xyz\r\n"
+        )
         status, headers, body = await direct.answer(timeout=READ_TIMEOUT * 0.8)
         assert status == 429 and json.loads(body)["error"] == "rate_limited", body
         assert int(headers["retry-after"]) > 0
@@ -120,7 +139,7 @@ async def test_slow_chunk_puts_are_capped_per_user_and_cut_at_their_deadline(
         other = os.urandom(CHUNK + 10)
         eve_heap, eve_path = await pending_upload(eve, other, block="blk-eve")
         for i in range(2):
-            r = await eve.put(f"{eve_path}{i}", content=other[i * CHUNK:(i + 1) * CHUNK])
+            r = await eve.put(f"{eve_path}{i}", content=other[i * CHUNK : (i + 1) * CHUNK])
             assert r.status_code == 200, r.text
         r = await eve.post(f"/api/upload/complete/{eve_heap}/blk-eve/{sha(other)}")
         assert r.status_code == 200 and r.json()["status"] == "complete", r.text
@@ -141,7 +160,7 @@ async def test_slow_chunk_puts_are_capped_per_user_and_cut_at_their_deadline(
     await wait_for(lambda: slots.held(admin.user_id) == 0)
     assert temp_files(server) == []
     for i in range(3):  # the user can upload again, and the upload completes
-        r = await admin.put(f"{path}{i}", content=data[i * CHUNK:(i + 1) * CHUNK])
+        r = await admin.put(f"{path}{i}", content=data[i * CHUNK : (i + 1) * CHUNK])
         assert r.status_code == 200, r.text
     heap_id = path.split("/")[4]
     r = await admin.post(f"/api/upload/complete/{heap_id}/blk-slow/{sha(data)}")
@@ -151,7 +170,8 @@ async def test_slow_chunk_puts_are_capped_per_user_and_cut_at_their_deadline(
 
 
 async def test_a_body_below_the_minimum_rate_gets_408_and_leaves_nothing(
-        admin: HeaperClient, server: RunningServer) -> None:
+    admin: HeaperClient, server: RunningServer
+) -> None:
     data = os.urandom(CHUNK)
     _, path = await pending_upload(admin, data)
     conn = await open_slow_put(server, admin, f"{path}0")
@@ -180,10 +200,13 @@ async def test_a_body_below_the_minimum_rate_gets_408_and_leaves_nothing(
 async def test_a_slow_chunked_body_on_any_route_gets_408(server: RunningServer) -> None:
     """Not only uploads: a body of unknown length must keep up with the rate too."""
     conn = await RawConnection.open(server)
-    await conn.send(b"POST /api/upload/init/heap-x/blk-x HTTP/1.1\r\nHost: t\r\n"
-                    b"Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n")
+    await conn.send(
+        b"POST /api/upload/init/heap-x/blk-x HTTP/1.1\r\nHost: t\r\n"
+        b"Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+    )
     started = trio.current_time()
     async with trio.open_nursery() as nursery:
+
         async def dribble() -> None:
             try:
                 while True:
@@ -191,6 +214,7 @@ async def test_a_slow_chunked_body_on_any_route_gets_408(server: RunningServer) 
                     await trio.sleep(READ_TIMEOUT / 4)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+
         nursery.start_soon(dribble)
         status, _, body = await conn.answer(timeout=READ_TIMEOUT + 4)
         nursery.cancel_scope.cancel()
@@ -200,7 +224,8 @@ async def test_a_slow_chunked_body_on_any_route_gets_408(server: RunningServer) 
 
 
 async def test_out_of_file_descriptors_is_503_with_retry_after(
-        admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = os.urandom(CHUNK)
     _, path = await pending_upload(admin, data)
 
@@ -219,19 +244,24 @@ async def test_out_of_file_descriptors_is_503_with_retry_after(
 
 
 async def test_foreign_upload_routes_answer_403_whether_or_not_an_upload_exists(
-        admin: HeaperClient, eve: HeaperClient) -> None:
+    admin: HeaperClient, eve: HeaperClient
+) -> None:
     data = os.urandom(CHUNK + 1)
     heap_id, _ = await pending_upload(admin, data, block="blk-a")  # admin's, in progress
     idle = sha(b"no upload of this anywhere")
     answers = []
     for h in (sha(data), idle):
         for method, path, kw in (
-                ("POST", f"/api/upload/complete/{heap_id}/blk-a/{h}", {}),
-                ("PUT", f"/api/upload/chunk/{heap_id}/blk-a/{h}/0", {"content": b"x"}),
-                ("GET", f"/api/upload/status/{heap_id}/blk-a/{h}", {}),
-                ("GET", f"/api/status/file/{heap_id}/blk-a/{h}", {}),
-                ("POST", f"/api/upload/init/{heap_id}/blk-a",
-                 {"json": {"hash": h, "size": len(data), "chunk_size": CHUNK}})):
+            ("POST", f"/api/upload/complete/{heap_id}/blk-a/{h}", {}),
+            ("PUT", f"/api/upload/chunk/{heap_id}/blk-a/{h}/0", {"content": b"x"}),
+            ("GET", f"/api/upload/status/{heap_id}/blk-a/{h}", {}),
+            ("GET", f"/api/status/file/{heap_id}/blk-a/{h}", {}),
+            (
+                "POST",
+                f"/api/upload/init/{heap_id}/blk-a",
+                {"json": {"hash": h, "size": len(data), "chunk_size": CHUNK}},
+            ),
+        ):
             r = await eve.request(method, path, **kw)
             assert_error(r, 403, "heap_forbidden")
             answers.append((method, path.replace(h, "H"), r.status_code, r.json()))
@@ -243,7 +273,8 @@ async def test_foreign_upload_routes_answer_403_whether_or_not_an_upload_exists(
 @pytest.mark.engines("sqlite")
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
 async def test_accept_out_of_descriptors_is_logged_sparingly_and_recovers(
-        tmp_path: Path, engine: str) -> None:
+    tmp_path: Path, engine: str
+) -> None:
     """A server process out of descriptors: trio's accept loop sleeps and retries (it does not
     spin), our filter keeps its traceback to one every few seconds, and once connections go,
     new ones are served again. A separate process, because its fd limit is lowered."""
@@ -260,9 +291,20 @@ async def test_accept_out_of_descriptors_is_logged_sparingly_and_recovers(
     server.log_path = tmp_path / "server.log"
     with server.log_path.open("wb") as log:
         server.proc = subprocess.Popen(  # noqa: ASYNC220 (as test_crash.Server does)
-            [sys.executable, "-m", "heaper_trio", "--port", str(server.port), "--data-dir",
-             str(tmp_path / "data")], stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, env=_env(HEAPER_HTTP_READ_TIMEOUT="2"))
+            [
+                sys.executable,
+                "-m",
+                "heaper_trio",
+                "--port",
+                str(server.port),
+                "--data-dir",
+                str(tmp_path / "data"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_env(HEAPER_HTTP_READ_TIMEOUT="2"),
+        )
     conns: list[trio.SocketStream] = []
     try:
         await server.wait_ready()

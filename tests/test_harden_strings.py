@@ -64,12 +64,13 @@ async def test_heap_add_refuses_lone_surrogates_and_nul(admin: HeaperClient) -> 
     ]:
         _invalid(await _raw(admin, "/api/heap/add", text), field)
     # an object key is refused too: the field named is the object holding it
-    _invalid(await _raw(admin, "/api/heap/add", '{"name": "ok", "x' + SURROGATE + '": 1}'),
-             "body")
+    _invalid(await _raw(admin, "/api/heap/add", '{"name": "ok", "x' + SURROGATE + '": 1}'), "body")
     _invalid(await _raw(admin, "/api/heap/add", '{"name": "ok", "\\u0000": 1}'), "body")
     # nested: the path names the element
-    _invalid(await _raw(admin, "/api/sync/push", '{"blocks": [{"block_id": "b\\u0000"}]}'),
-             "body.blocks[0].block_id")
+    _invalid(
+        await _raw(admin, "/api/sync/push", '{"blocks": [{"block_id": "b\\u0000"}]}'),
+        "body.blocks[0].block_id",
+    )
     # raw bytes of a UTF-8-encoded surrogate (json.loads decodes them with surrogatepass)
     r = await admin.post("/api/heap/add", content=b'{"name": "a\xed\xa0\x80b"}', headers=JSON)
     assert r.status_code == 400, r.text
@@ -79,8 +80,9 @@ async def test_heap_add_refuses_lone_surrogates_and_nul(admin: HeaperClient) -> 
     assert r.status_code == 200 and r.json()["heap"]["name"] == "\U0001f600", r.text
 
 
-async def test_upload_init_refuses_them_and_stores_no_upload(admin: HeaperClient,
-                                                             server: RunningServer) -> None:
+async def test_upload_init_refuses_them_and_stores_no_upload(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await _heap(admin)
     block = uuid.uuid4().hex
     base = f'"hash": "{HASH}", "size": {len(DATA)}, "chunk_size": 65536'
@@ -99,8 +101,10 @@ async def test_upload_init_refuses_them_and_stores_no_upload(admin: HeaperClient
 
 async def test_regenerate_file_refuses_them(admin: HeaperClient) -> None:
     for file_id in (SURROGATE, "\\u0000", "x\\u0000y"):
-        _invalid(await _raw(admin, "/api/regenerate_file", '{"file_id": "' + file_id + '"}'),
-                 "body.file_id")
+        _invalid(
+            await _raw(admin, "/api/regenerate_file", '{"file_id": "' + file_id + '"}'),
+            "body.file_id",
+        )
 
 
 def _multipart(parts: list[tuple[str, bytes | None, bytes]]) -> tuple[bytes, dict[str, str]]:
@@ -112,14 +116,21 @@ def _multipart(parts: list[tuple[str, bytes | None, bytes]]) -> tuple[bytes, dic
         disposition = f'form-data; name="{name}"'.encode()
         if filename is not None:
             disposition += b'; filename="' + filename + b'"'
-        out += (f"--{boundary}\r\n".encode() + b"Content-Disposition: " + disposition
-                + b"\r\n\r\n" + value + b"\r\n")
+        out += (
+            f"--{boundary}\r\n".encode()
+            + b"Content-Disposition: "
+            + disposition
+            + b"\r\n\r\n"
+            + value
+            + b"\r\n"
+        )
     out += f"--{boundary}--\r\n".encode()
     return out, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
 async def test_direct_upload_refuses_them_in_form_fields_and_file_names(
-        admin: HeaperClient, server: RunningServer) -> None:
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await _heap(admin)
     block = uuid.uuid4().hex
     for field, parts in [
@@ -129,8 +140,7 @@ async def test_direct_upload_refuses_them_in_form_fields_and_file_names(
         ("form.file", [("file", b"a\x00b.txt", DATA)]),
     ]:
         content, headers = _multipart(parts)
-        r = await admin.post(f"/api/upload/file/{heap}/{block}", content=content,
-                             headers=headers)
+        r = await admin.post(f"/api/upload/file/{heap}/{block}", content=content, headers=headers)
         _invalid(r, field)
         assert await server.services.storage.get_file(HASH) is None
     r = await admin.post("/api/block/" + block, json={})
@@ -148,8 +158,9 @@ async def test_thumbnail_upload_refuses_them(admin: HeaperClient) -> None:
         ("form.thumbnail", [("thumbnail", b"t\x00.png", b"\x89PNG")]),
     ]:
         content, headers = _multipart(parts)
-        r = await admin.post(f"/api/upload/thumbnail/blk/{HASH}/small", content=content,
-                             headers=headers)
+        r = await admin.post(
+            f"/api/upload/thumbnail/blk/{HASH}/small", content=content, headers=headers
+        )
         _invalid(r, field)
 
 
@@ -182,8 +193,11 @@ async def test_path_segments_refuse_them(admin: HeaperClient, http: httpx.AsyncC
     # an id segment: its pattern refused NUL already; it still does
     _invalid(await admin.get("/api/trash/a%00b"), "path.heapId")
     # invalid UTF-8 in a segment: never a 500
-    for path in (f"/api/file/{key}/raw/%ED%A0%80", f"/api/file/{key}/raw/%FF",
-                 "/api/trash/%ED%A0%80"):
+    for path in (
+        f"/api/file/{key}/raw/%ED%A0%80",
+        f"/api/file/{key}/raw/%FF",
+        "/api/trash/%ED%A0%80",
+    ):
         r = await admin.get(path)
         assert r.status_code in (400, 404), (path, r.text)
         assert r.json()["success"] is False
@@ -203,10 +217,16 @@ async def test_sweep_bad_characters_anywhere_in_any_json_string(admin: HeaperCli
         ("/api/heap/add", {"name": "n", "id": "i"}, "id"),
         ("/api/regenerate_file", {"file_id": "f"}, "file_id"),
         ("/api/heap/changed_blocks", {"heap_id": heap}, "heap_id"),
-        (f"/api/upload/init/{heap}/blk", {"hash": HASH, "size": 1, "chunk_size": 65536,
-                                          "name": "x", "mime_type": "t"}, "name"),
-        (f"/api/upload/init/{heap}/blk", {"hash": HASH, "size": 1, "chunk_size": 65536,
-                                          "name": "x", "mime_type": "t"}, "mime_type"),
+        (
+            f"/api/upload/init/{heap}/blk",
+            {"hash": HASH, "size": 1, "chunk_size": 65536, "name": "x", "mime_type": "t"},
+            "name",
+        ),
+        (
+            f"/api/upload/init/{heap}/blk",
+            {"hash": HASH, "size": 1, "chunk_size": 65536, "name": "x", "mime_type": "t"},
+            "mime_type",
+        ),
     ]
     pool = ["a", "é", "\\u00e9", "\\ud83d\\ude00", "\\n", "\\\\", '\\"', " ", "\\u0001"]
     bad = ["\\u0000", "\\ud800", "\\udbff", "\\udc00", "\\udfff"]
@@ -222,8 +242,10 @@ async def test_sweep_bad_characters_anywhere_in_any_json_string(admin: HeaperCli
 
 # -- projected columns: content from a Yjs document ---------------------------------------------
 
-async def test_document_text_with_nul_is_stored_and_projected(admin: HeaperClient,
-                                                              server: RunningServer) -> None:
+
+async def test_document_text_with_nul_is_stored_and_projected(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     """A document may hold NUL (clients put what they like in a Y.Text); the update is stored
     exactly, and the title/text columns hold what PostgreSQL can (the commit is no 500)."""
     heap = await _heap(admin)
@@ -235,13 +257,13 @@ async def test_document_text_with_nul_is_stored_and_projected(admin: HeaperClien
     assert r.json()["blocks"][0]["status"] == "created", r.text
     stored = await server.services.storage.load_block(block.id)
     assert stored is not None
-    r = await admin.post("/api/sync/pull", json={"blocks": [
-        {"block_id": block.id, "workspace_id": heap}]})
+    r = await admin.post(
+        "/api/sync/pull", json={"blocks": [{"block_id": block.id, "workspace_id": heap}]}
+    )
     assert r.status_code == 200, r.text
     r = await admin.post(f"/api/block/{block.id}", json={})
     assert r.status_code == 200, r.text
     assert "\x00" not in json.dumps(r.json())
-
 
 
 # Y.encodeStateAsUpdate of a doc whose title paragraph is the JS string "a\ud800b\u0000c", made
@@ -249,11 +271,13 @@ async def test_document_text_with_nul_is_stored_and_projected(admin: HeaperClien
 # goes out as U+FFFD (ef bf bd); the NUL goes out as it is.
 JS_LONE_SURROGATE_UPDATE = bytes.fromhex(
     "0103f6f9e4c803000701087469746c655f763003097061726167726170680700f6f9e4c80300060400f6f9e4"
-    "c803010761efbfbd62006300")
+    "c803010761efbfbd62006300"
+)
 
 
-async def test_yjs_strings_reach_the_columns_storable(admin: HeaperClient,
-                                                      server: RunningServer) -> None:
+async def test_yjs_strings_reach_the_columns_storable(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     """What a JS client makes of a lone surrogate is U+FFFD already; the projected title holds
     no NUL either (U+FFFD in its place), while the stored update stays byte for byte."""
     heap = await _heap(admin)
@@ -268,8 +292,9 @@ async def test_yjs_strings_reach_the_columns_storable(admin: HeaperClient,
     assert JS_LONE_SURROGATE_UPDATE in [*stored.updates, stored.snapshot]
 
 
-async def test_an_update_carrying_a_surrogate_in_cesu8_is_invalid(admin: HeaperClient,
-                                                                  server: RunningServer) -> None:
+async def test_an_update_carrying_a_surrogate_in_cesu8_is_invalid(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     """Bytes that are no UTF-8 (a surrogate encoded as if it were a character) inside an
     update: the decoder refuses the update, so no such string ever reaches a column."""
     heap = await _heap(admin)
@@ -277,15 +302,19 @@ async def test_an_update_carrying_a_surrogate_in_cesu8_is_invalid(admin: HeaperC
     block.write("aXYZb")
     update = block.pending()
     assert update.count(b"XYZ") == 1
-    item = {"block_id": block.id, "workspace_id": heap,
-            "update": b64(update.replace(b"XYZ", b"\xed\xa0\x80"))}
+    item = {
+        "block_id": block.id,
+        "workspace_id": heap,
+        "update": b64(update.replace(b"XYZ", b"\xed\xa0\x80")),
+    }
     r = await push(admin, item)
     assert_error(r, 422, "invalid_update")
     assert await server.services.storage.load_block(block.id) is None
 
 
-async def test_events_channel_refuses_heap_ids_no_store_holds(admin: HeaperClient,
-                                                              server: RunningServer) -> None:
+async def test_events_channel_refuses_heap_ids_no_store_holds(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     """A subscribe on the live events channel takes heap ids as the HTTP routes do: a NUL one
     reached PostgreSQL (and ended the channel) before; now it is an unknown_command error and
     the channel goes on."""
@@ -298,28 +327,35 @@ async def test_events_channel_refuses_heap_ids_no_store_holds(admin: HeaperClien
             await a.send(m.Stateless("events", payload))
             answer = await a.expect(m.Stateless, lambda x: x.address == "events")
             assert json.loads(answer.payload)["error"] == "unknown_command", (ids, answer)
-        await a.send(m.Stateless("events", json.dumps({"type": "subscribe",
-                                                       "heap_ids": [heap]})))
+        await a.send(m.Stateless("events", json.dumps({"type": "subscribe", "heap_ids": [heap]})))
         answer = await a.expect(m.Stateless, lambda x: x.address == "events")
         assert json.loads(answer.payload) == {"type": "subscribed", "heap_ids": [heap]}
 
 
 async def test_multipart_fields_follow_the_form_schema_and_lost_part_names_are_400(
-        admin: HeaperClient, server: RunningServer) -> None:
+    admin: HeaperClient, server: RunningServer
+) -> None:
     """Found by the long fuzz run: a part whose name the parser cannot read was a 500, and a
     ``mime_type`` past its documented 255 characters was stored."""
     heap = await _heap(admin)
     block = uuid.uuid4().hex
-    body = (b'--b\r\nContent-Disposition: form-data; name="\\"\r\n\r\nx\r\n'
-            b'--b\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\nabc\r\n'
-            b"--b--\r\n")
-    r = await admin.post(f"/api/upload/file/{heap}/{block}", content=body,
-                         headers={"content-type": "multipart/form-data; boundary=b"})
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="\\"\r\n\r\nx\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\nabc\r\n'
+        b"--b--\r\n"
+    )
+    r = await admin.post(
+        f"/api/upload/file/{heap}/{block}",
+        content=body,
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
     assert_error(r, 400, "invalid_value")
-    for field, value in (("mime_type", b"text/" + b"x" * 300), ("name", b"n" * 1025),
-                         ("hash", b"not-a-hash")):
+    for field, value in (
+        ("mime_type", b"text/" + b"x" * 300),
+        ("name", b"n" * 1025),
+        ("hash", b"not-a-hash"),
+    ):
         content, headers = _multipart([("file", b"x.txt", DATA), (field, None, value)])
-        r = await admin.post(f"/api/upload/file/{heap}/{block}", content=content,
-                             headers=headers)
+        r = await admin.post(f"/api/upload/file/{heap}/{block}", content=content, headers=headers)
         assert r.status_code == 400 and r.json()["field"] == f"form.{field}", r.text
     assert await server.services.storage.get_file(HASH) is None

@@ -24,9 +24,9 @@ from heaper_trio.client import HeaperClient
 from heaper_trio.protocol import messages as m
 from heaper_trio.protocol.split import decodes_exactly, split_update
 
+from .conftest import assert_error
 from .live_client import live_client
 from .test_live_split import BUILD, FAST, _node, build, operations
-from .conftest import assert_error
 from .test_sync import ClientBlock, b64, new_heap, push
 
 pytestmark = [
@@ -44,8 +44,12 @@ def updates_of(ops: list[Any]) -> list[bytes]:
     other.apply_update(doc.get_update())
     with other.transaction():
         other.get("map", type=pycrdt.Map)["late"] = "edit"
-    sent += [doc.get_update(), doc.get_update(b"\x00"), other.get_update(doc.get_state()),
-             crdt.EMPTY_UPDATE]
+    sent += [
+        doc.get_update(),
+        doc.get_update(b"\x00"),
+        other.get_update(doc.get_state()),
+        crdt.EMPTY_UPDATE,
+    ]
     return sent
 
 
@@ -127,8 +131,10 @@ async def test_http_push_with_trailing_bytes_stores_nothing(admin: HeaperClient)
 
     block.meta["color"] = "red"
     junk = block.pending() + os.urandom(5 * 1024 * 1024)
-    r = await push(admin, {"block_id": block.id, "workspace_id": heap["id"], "update": b64(junk),
-                           "sync_version": 1})
+    r = await push(
+        admin,
+        {"block_id": block.id, "workspace_id": heap["id"], "update": b64(junk), "sync_version": 1},
+    )
     # A push none of whose blocks decodes is a 422 that still lists each block's status.
     assert_error(r, 422, "invalid_update")
     [answer] = r.json()["blocks"]
@@ -141,9 +147,15 @@ async def test_http_push_with_trailing_bytes_stores_nothing(admin: HeaperClient)
     # A new block whose first update carries trailing bytes is not created at all.
     fresh = ClientBlock()
     fresh.write("Never")
-    r = await push(admin, {"block_id": fresh.id, "workspace_id": heap["id"],
-                           "update": b64(fresh.pending() + b"\x00")},
-             block.push_item(heap["id"], sync_version=1))
+    r = await push(
+        admin,
+        {
+            "block_id": fresh.id,
+            "workspace_id": heap["id"],
+            "update": b64(fresh.pending() + b"\x00"),
+        },
+        block.push_item(heap["id"], sync_version=1),
+    )
     assert r.status_code == 200, r.text
     [refused, ok] = r.json()["blocks"]
     assert refused["status"] == "invalid" and ok["status"] == "ok"
@@ -152,8 +164,9 @@ async def test_http_push_with_trailing_bytes_stores_nothing(admin: HeaperClient)
     assert len(await history(admin, block.id)) == len(log) + 1
 
 
-async def test_live_update_with_trailing_bytes_is_refused(admin: HeaperClient,
-                                                          server: RunningServer) -> None:
+async def test_live_update_with_trailing_bytes_is_refused(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     block = ClientBlock()
     block.write("Live")

@@ -72,11 +72,15 @@ async def wait_for(predicate: Any, timeout: float = 3.0) -> None:
 
 
 async def test_the_connection_over_the_cap_is_closed_and_a_slot_frees_on_close(
-        admin: HeaperClient, eve: HeaperClient, server: RunningServer) -> None:
+    admin: HeaperClient, eve: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     hub, counters = server.services.hub, server.services.realtime
-    async with live_client(server.url) as a, live_client(server.url) as b, \
-            live_client(server.url) as c:
+    async with (
+        live_client(server.url) as a,
+        live_client(server.url) as b,
+        live_client(server.url) as c,
+    ):
         for client in (a, b, c):
             await client.open("events", admin.access_token)
             await client.expect(m.Authenticated)
@@ -115,7 +119,8 @@ async def test_the_connection_over_the_cap_is_closed_and_a_slot_frees_on_close(
 
 
 async def test_sockets_without_an_authorized_document_hold_no_slot(
-        admin: HeaperClient, server: RunningServer) -> None:
+    admin: HeaperClient, server: RunningServer
+) -> None:
     """A refused document (someone else's heap, a bad token) claims nothing: the slots stay
     for the account's real connections."""
     async with live_client(server.url) as bad:

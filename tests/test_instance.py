@@ -26,8 +26,15 @@ async def test_health_reports_database_round_trip(http: Any, server: RunningServ
     assert body["database"]["engine"] == server.services.storage.engine
     assert body["database"]["round_trip_ms"] > 0
     realtime = body["diagnostics"]["realtime"]
-    assert {"connections", "documents_loaded", "messages_in", "messages_out", "bytes_in",
-            "bytes_out", "dropped_slow_consumers"} <= set(realtime)
+    assert {
+        "connections",
+        "documents_loaded",
+        "messages_in",
+        "messages_out",
+        "bytes_in",
+        "bytes_out",
+        "dropped_slow_consumers",
+    } <= set(realtime)
     for field in ("version", "name", "public_url", "public_key"):
         assert field in body
 
@@ -50,9 +57,14 @@ async def test_sync_health(http: Any) -> None:
 
 async def test_cors_mirrors_origin_and_answers_preflight(http: Any) -> None:
     origin = "https://notes.example"
-    r = await http.options("/api/me", headers={
-        "Origin": origin, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type"})
+    r = await http.options(
+        "/api/me",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
     assert r.status_code == 204
     assert r.headers["Access-Control-Allow-Origin"] == origin
     assert "POST" in r.headers["Access-Control-Allow-Methods"]
@@ -73,8 +85,9 @@ async def test_auth_rate_limit_per_address(start_server: StartServer) -> None:
     async with HeaperClient(running.url) as c:
         statuses = []
         for _ in range(6):
-            r = await c.http.post("/api/auth/create_session",
-                                  json={"public_key": KeyPair.generate().public_key})
+            r = await c.http.post(
+                "/api/auth/create_session", json={"public_key": KeyPair.generate().public_key}
+            )
             statuses.append(r.status_code)
         assert statuses == [200] * 5 + [429]
         body = assert_error(r, 429, "rate_limited")
@@ -88,11 +101,14 @@ async def test_auth_rate_limit_per_key(start_server: StartServer) -> None:
     running = await start_server(auth_rate_limit=10)  # per key: 2 per minute
     async with HeaperClient(running.url) as c:
         key = KeyPair.generate().public_key
-        statuses = [(await c.http.post("/api/auth/create_session", json={"public_key": key}))
-                    .status_code for _ in range(3)]
+        statuses = [
+            (await c.http.post("/api/auth/create_session", json={"public_key": key})).status_code
+            for _ in range(3)
+        ]
         assert statuses == [200, 200, 429]
-        other = await c.http.post("/api/auth/create_session",
-                                  json={"public_key": KeyPair.generate().public_key})
+        other = await c.http.post(
+            "/api/auth/create_session", json={"public_key": KeyPair.generate().public_key}
+        )
         assert other.status_code == 200
 
 
@@ -120,8 +136,9 @@ async def test_openapi_lists_exactly_the_app_routes(http: Any, server: RunningSe
                 assert "400" in op["responses"], (path, method)
 
 
-async def test_a_failing_database_gives_503_not_500(admin: HeaperClient,
-                                                    server: RunningServer) -> None:
+async def test_a_failing_database_gives_503_not_500(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     from heaper_trio.errors import Unavailable
 
     async def down(*args: object, **kw: object) -> None:

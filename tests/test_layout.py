@@ -38,8 +38,9 @@ FORBIDDEN_THIRD_PARTY: dict[str, set[str]] = {
     "services": {"quart", "hypercorn", "quart_trio", "werkzeug"},
 }
 ENGINES = ("storage.sqlite", "storage.postgres")
-SQL = re.compile(r"\b(SELECT\s+.+\s+FROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM)\b",
-                 re.I | re.S)
+SQL = re.compile(
+    r"\b(SELECT\s+.+\s+FROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM)\b", re.I | re.S
+)
 
 
 def place(path: Path) -> str:
@@ -90,8 +91,11 @@ def violations(where: str, modules: set[str]) -> list[str]:
         own, top = inner(mod), mod.split(".")[0]
         for key, banned in FORBIDDEN.items():
             if under(where, key) and own is not None:
-                found += [f"{where} imports {mod} ({key} must not import {b})"
-                          for b in banned if names(own, b)]
+                found += [
+                    f"{where} imports {mod} ({key} must not import {b})"
+                    for b in banned
+                    if names(own, b)
+                ]
             if under(where, key) and own is None and top in FORBIDDEN_THIRD_PARTY.get(key, ()):
                 found.append(f"{where} imports {mod} ({key} must not import {top})")
         for key in SELF_CONTAINED:
@@ -145,10 +149,13 @@ def test_the_checker_catches_each_kind_of_rule() -> None:
 
 def test_only_storage_picks_an_engine() -> None:
     """Engines are chosen by ``storage.make_storage`` from the settings, nowhere else."""
-    broken = [f"{place(path)} imports {mod}" for path in sources()
-              if not under(place(path), "storage")
-              for mod in imports(path)
-              if any(names(inner(mod) or "", e) for e in ENGINES)]
+    broken = [
+        f"{place(path)} imports {mod}"
+        for path in sources()
+        if not under(place(path), "storage")
+        for mod in imports(path)
+        if any(names(inner(mod) or "", e) for e in ENGINES)
+    ]
     assert not broken, "\n".join(broken)
 
 

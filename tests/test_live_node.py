@@ -55,14 +55,20 @@ async def live(node: str, server: RunningServer, admin: HeaperClient) -> Live:
     ws_url = server.url.replace("http://", "ws://", 1) + "/ws"
 
     async def run(scenario: str, **args: Any) -> dict[str, Any]:
-        payload = json.dumps({"ws_url": ws_url, "http_url": server.url,
-                              "token": admin.access_token, **args})
+        payload = json.dumps(
+            {"ws_url": ws_url, "http_url": server.url, "token": admin.access_token, **args}
+        )
         with trio.fail_after(45):
             done = await trio.run_process(
-                [node, str(LIVE / "live_client.mjs"), scenario], stdin=payload.encode(),
-                capture_stdout=True, capture_stderr=True, check=False)
+                [node, str(LIVE / "live_client.mjs"), scenario],
+                stdin=payload.encode(),
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
         assert done.returncode == 0, done.stderr.decode()
         return dict(json.loads(done.stdout))
+
     return run
 
 
@@ -134,8 +140,13 @@ async def test_reconnecting_provider_catches_up(admin: HeaperClient, live: Live)
     out = await live("reconnect", heap_id=heap, block_id=block)
     assert out["a"] == out["b"]
     content = out["a"]["content"]
-    for part in ("Before the break.", "A wrote this while B was away.", "B wrote this offline.",
-                 "(B offline typing)", "Back online."):
+    for part in (
+        "Before the break.",
+        "A wrote this while B was away.",
+        "B wrote this offline.",
+        "(B offline typing)",
+        "Back online.",
+    ):
         assert part in content, content
     assert out["a"]["meta"] == {"type": "document", "while_away": "A", "offline": "B"}
     assert len(out["b_sockets"]) == 2  # B's first connection, and the one after connect()
@@ -144,17 +155,27 @@ async def test_reconnecting_provider_catches_up(admin: HeaperClient, live: Live)
 
 
 async def test_wrong_tokens_are_refused_and_the_socket_goes_on(
-        admin: HeaperClient, eve: HeaperClient, live: Live) -> None:
+    admin: HeaperClient, eve: HeaperClient, live: Live
+) -> None:
     heap, eves_heap = await new_heap(admin), await new_heap(eve, "Eve's")
     block, eves_block = str(uuid.uuid4()), str(uuid.uuid4())
-    out = await live("auth", heap_id=heap, block_id=block, block_id_2=str(uuid.uuid4()),
-                     eve_token=eve.access_token, eve_heap_id=eves_heap, eve_block_id=eves_block)
+    out = await live(
+        "auth",
+        heap_id=heap,
+        block_id=block,
+        block_id_2=str(uuid.uuid4()),
+        eve_token=eve.access_token,
+        eve_heap_id=eves_heap,
+        eve_block_id=eves_block,
+    )
     for refused in ("garbage", "eve_on_admins_heap"):
         [reason] = out[refused]["reasons"]
         assert isinstance(reason, str) and reason, out
         assert out[refused]["socket_status"] == "connected"
-    assert out["owner_other"] == {"authenticated": ["read-write"],
-                                  "content": "<paragraph>Another note of the owner.</paragraph>"}
+    assert out["owner_other"] == {
+        "authenticated": ["read-write"],
+        "content": "<paragraph>Another note of the owner.</paragraph>",
+    }
     assert out["eve_own"]["authenticated"] == ["read-write"]
     assert len(out["socket_instances"]) == 1 and out["socket_closes"] == []
     # The refused providers changed nothing; eve's note went to eve's heap.
@@ -163,7 +184,8 @@ async def test_wrong_tokens_are_refused_and_the_socket_goes_on(
 
 
 async def test_http_push_reaches_live_provider_and_live_edits_reach_delta(
-        admin: HeaperClient, live: Live) -> None:
+    admin: HeaperClient, live: Live
+) -> None:
     heap, block = await new_heap(admin), str(uuid.uuid4())
     since = (await delta_since(admin, heap, 0))["server_time"]
     # What another device pushes over HTTP meanwhile: pycrdt, from its own empty copy.
@@ -173,10 +195,15 @@ async def test_http_push_reaches_live_provider_and_live_edits_reach_delta(
         other.get("content_v0", type=pycrdt.XmlFragment).children.append(p)
         p.children.append(pycrdt.XmlText("Pushed over HTTP."))
         other.get("meta_v0", type=pycrdt.Map)["via"] = "http"
-    item = {"block_id": block, "workspace_id": heap, "update": b64(other.get_update()),
-            "state_vector": b64(other.get_state())}
-    out = await live("http_push", heap_id=heap, block_id=block, push_item=item,
-                     expect_text="Pushed over HTTP.")
+    item = {
+        "block_id": block,
+        "workspace_id": heap,
+        "update": b64(other.get_update()),
+        "state_vector": b64(other.get_state()),
+    }
+    out = await live(
+        "http_push", heap_id=heap, block_id=block, push_item=item, expect_text="Pushed over HTTP."
+    )
     doc = out["doc"]
     for part in ("Written live. Edited live after the push.", "Pushed over HTTP."):
         assert part in doc["content"], doc
@@ -224,11 +251,13 @@ def _large_document(i: int, paragraphs: int, chars: int) -> tuple[bytes, str]:
 
 @pytest.mark.engines("sqlite")
 async def test_twenty_large_documents_sync_on_one_socket(
-        engine: str, admin: HeaperClient, live: Live) -> None:
+    engine: str, admin: HeaperClient, live: Live
+) -> None:
     """Issue 9, item 10: 20 documents of ~1 MB, opened at once by providers sharing one
     socket, all sync (before the fix: 11 of 20, then a wait for ever). The outbox logic is the
     same on both engines, so one is enough here."""
     import hashlib
+
     heap = await new_heap(admin)
     blocks = [str(uuid.uuid4()) for _ in range(20)]
     expected = {}

@@ -59,29 +59,38 @@ async def test_live_edits_and_events_cross_processes_quickly(start_server: Any) 
                 mirror.apply_update(got.update)
                 assert (await on_a.expect(m.SyncStatus)).applied
             assert state_of(mirror) == state_of(block.doc)
-            print(f"\ncross-process delivery ms: p50 {statistics.median(latencies):.1f}, "
-                  f"max {max(latencies):.1f}")
+            print(
+                f"\ncross-process delivery ms: p50 {statistics.median(latencies):.1f}, "
+                f"max {max(latencies):.1f}"
+            )
             assert statistics.median(latencies) < 100, latencies
 
             # Block events and user events cross too.
             await on_b.open("events", client.access_token)
-            await on_b.send(m.Stateless("events", json.dumps(
-                {"type": "subscribe", "heap_ids": [heap["id"]]})))
+            await on_b.send(
+                m.Stateless("events", json.dumps({"type": "subscribe", "heap_ids": [heap["id"]]}))
+            )
             await on_b.expect(m.Stateless, lambda x: '"subscribed"' in x.payload)
             other = ClientBlock()
             other.write("Born on A")
             await push(client, other.push_item(heap["id"]))
             evt = await on_b.expect(m.Stateless, lambda x: other.id in x.payload)
             assert json.loads(evt.payload)["type"] == "block.created"
-            scan = {"type": "scan.done", "scan_id": "s", "heap_id": heap["id"], "path": "/p",
-                    "files_seen": 1, "files_done": 1, "bytes": 1}
+            scan = {
+                "type": "scan.done",
+                "scan_id": "s",
+                "heap_id": heap["id"],
+                "path": "/p",
+                "files_seen": 1,
+                "files_done": 1,
+                "bytes": 1,
+            }
             a.services.hub.publish_user_event(client.user_id or "", scan)
             got_scan = await on_b.expect(m.Stateless, lambda x: '"scan.done"' in x.payload)
             assert json.loads(got_scan.payload) == scan
 
 
-async def test_cached_documents_stay_right_when_another_process_writes(
-        start_server: Any) -> None:
+async def test_cached_documents_stay_right_when_another_process_writes(start_server: Any) -> None:
     """Each process keeps the blocks it pushed to in memory; a push from the other process
     moves the log on, so the next push here conflicts in storage and rebuilds from it."""
     a: RunningServer = await start_server()

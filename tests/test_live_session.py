@@ -20,15 +20,20 @@ def frame(message: m.Message) -> bytes:
 def test_messages_wait_for_authorization_then_replay_in_order() -> None:
     sess = s.LiveSession(connection_token=False)
     assert sess.receive(frame(m.AuthToken(DOC, "tok", "4.8.0"))) == [
-        s.Authorize(DOC, "tok", "4.8.0")]
+        s.Authorize(DOC, "tok", "4.8.0")
+    ]
     step1 = m.SyncStep1(DOC, b"\x00")
     aw = m.Awareness(DOC, m.encode_awareness([]))
     assert sess.receive(frame(step1)) == []
     assert sess.receive(frame(aw)) == []
     assert sess.receive(frame(m.AuthToken(DOC, "tok", "4.8.0"))) == []  # one at a time
     actions = sess.authorized(DOC)
-    assert actions == [s.Send(frame(m.Authenticated(DOC, "read-write"))), s.OpenDocument(DOC),
-                       s.Deliver(DOC, step1), s.Deliver(DOC, aw)]
+    assert actions == [
+        s.Send(frame(m.Authenticated(DOC, "read-write"))),
+        s.OpenDocument(DOC),
+        s.Deliver(DOC, step1),
+        s.Deliver(DOC, aw),
+    ]
     assert sess.receive(frame(step1)) == [s.Deliver(DOC, step1)]
     assert sess.provider_version == "4.8.0" and sess.ever_authorized
 
@@ -38,7 +43,8 @@ def test_denial_forgets_the_queue_and_keeps_the_socket() -> None:
     sess.receive(frame(m.AuthToken(DOC, "bad", None)))
     sess.receive(frame(m.SyncStep1(DOC, b"\x00")))
     assert sess.denied(DOC, "token_invalid") == [
-        s.Send(frame(m.PermissionDenied(DOC, "token_invalid")))]
+        s.Send(frame(m.PermissionDenied(DOC, "token_invalid")))
+    ]
     assert not sess.closed and not sess.pending
     assert sess._queued_messages == 0 and sess._queued_bytes == 0
 
@@ -49,10 +55,13 @@ def test_an_open_document_can_lose_its_authorization() -> None:
     assert actions == [s.Authorize(DOC, None, None)]  # the upgrade request's token
     sess.authorized(DOC)
     assert sess.receive(frame(m.AuthToken(DOC, "fresh", "4.8.0"))) == [
-        s.Authorize(DOC, "fresh", "4.8.0", renewal=True)]
+        s.Authorize(DOC, "fresh", "4.8.0", renewal=True)
+    ]
     assert sess.authorized(DOC) == []  # renewed quietly
     assert sess.denied(DOC, "token_expired") == [
-        s.Send(frame(m.PermissionDenied(DOC, "token_expired"))), s.CloseDocument(DOC)]
+        s.Send(frame(m.PermissionDenied(DOC, "token_expired"))),
+        s.CloseDocument(DOC),
+    ]
     assert sess.receive(frame(m.SyncStep1(DOC, b"\x00"))) == [s.Authorize(DOC, None, None)]
 
 
@@ -69,13 +78,15 @@ def test_client_close_ping_and_malformed_frames() -> None:
 
 
 def test_unauthenticated_floods_reset_the_connection() -> None:
-    limits = s.SessionLimits(max_pending_bytes=1000, max_pending_messages=5,
-                             max_pending_documents=3)
+    limits = s.SessionLimits(
+        max_pending_bytes=1000, max_pending_messages=5, max_pending_documents=3
+    )
     sess = s.LiveSession(connection_token=False, limits=limits)
     for _ in range(5):
         assert sess.receive(frame(m.SyncStep1(DOC, b"\x00"))) == []
     assert sess.receive(frame(m.SyncStep1(DOC, b"\x00"))) == [
-        s.Disconnect(CLOSE_RESET, "too much data before authentication")]
+        s.Disconnect(CLOSE_RESET, "too much data before authentication")
+    ]
     sess = s.LiveSession(connection_token=False, limits=limits)
     for i in range(3):
         sess.receive(frame(m.AuthToken(f"h:b{i}", "t", None)))
@@ -103,8 +114,10 @@ def test_any_bytes_give_actions_never_exceptions(frames: list[bytes], token: boo
         for action in sess.receive(data):
             if isinstance(action, s.Authorize):
                 sess.authorized(action.address)
-            assert isinstance(action, (s.Send, s.Authorize, s.OpenDocument, s.Deliver,
-                                       s.CloseDocument, s.Disconnect))
+            assert isinstance(
+                action,
+                (s.Send, s.Authorize, s.OpenDocument, s.Deliver, s.CloseDocument, s.Disconnect),
+            )
     assert sess._queued_bytes >= 0 and sess._queued_messages >= 0
 
 
@@ -114,12 +127,21 @@ def test_protocol_doc_lists_every_message_and_event_type() -> None:
     from heaper_trio.protocol.events import EVENT_FIELDS
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
-    for name in ("Sync", "Awareness", "Auth", "QueryAwareness", "SyncReply", "Stateless",
-                 "BroadcastStateless", "Close", "SyncStatus", "Ping / Pong"):
+    for name in (
+        "Sync",
+        "Awareness",
+        "Auth",
+        "QueryAwareness",
+        "SyncReply",
+        "Stateless",
+        "BroadcastStateless",
+        "Close",
+        "SyncStatus",
+        "Ping / Pong",
+    ):
         assert f"| {name} |" in doc, name
     for type_, fields in EVENT_FIELDS.items():
-        row = next((line for line in doc.splitlines() if line.startswith(f"| `{type_}` |")),
-                   None)
+        row = next((line for line in doc.splitlines() if line.startswith(f"| `{type_}` |")), None)
         assert row is not None, type_
         assert all(f"`{f}`" in row for f in fields), (type_, fields)
     for code in (1001, 1002, 1003, 1009, 1011, 1013, 4205, 4408):
@@ -157,7 +179,8 @@ def test_timers_take_now_and_read_no_clock() -> None:
     sess.heard(1050.0)
     sess.wrote(1050.0)
     assert sess.tick(1000.0 + t.auth_s + 1) == [
-        s.Disconnect(CLOSE_TIMEOUT, "no document authorized in time")]
+        s.Disconnect(CLOSE_TIMEOUT, "no document authorized in time")
+    ]
     assert sess.closed and sess.tick(5000.0) == []
 
     sess = s.LiveSession(connection_token=False, now=0.0)
@@ -168,12 +191,20 @@ def test_timers_take_now_and_read_no_clock() -> None:
     assert sess.tick(100.0 + t.ping_after_s) == []
     assert sess.tick(100.0 + t.ping_after_s + 1) == [s.Send(frame(m.Ping()))]
     assert sess.tick(100.0 + t.idle_s + 1) == [
-        s.CloseDocument(DOC), s.Disconnect(CLOSE_TIMEOUT, "no message for too long")]
+        s.CloseDocument(DOC),
+        s.Disconnect(CLOSE_TIMEOUT, "no message for too long"),
+    ]
 
 
 def test_only_v4_providers_are_pinged() -> None:
-    for version, pinged in (("4.0.0", True), ("5.1", True), ("3.9.9", False), (None, False),
-                            ("next", False), ("", False)):
+    for version, pinged in (
+        ("4.0.0", True),
+        ("5.1", True),
+        ("3.9.9", False),
+        (None, False),
+        ("next", False),
+        ("", False),
+    ):
         assert s.answers_ping(version) is pinged, version
         sess = s.LiveSession(connection_token=False, now=0.0)
         sess.receive(frame(m.AuthToken(DOC, "tok", version)))

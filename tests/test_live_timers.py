@@ -126,18 +126,25 @@ class Live:
 
 
 @asynccontextmanager
-async def live(connection_token: str | None = None, *, legacy: bool = False
-               ) -> AsyncIterator[Live]:
+async def live(connection_token: str | None = None, *, legacy: bool = False) -> AsyncIterator[Live]:
     accounts = Accounts()
     storage = Storage()
     started = trio.current_time()
-    hub = LiveHub(SimpleNamespace(storage=storage, listeners=[]),  # type: ignore[arg-type]
-                  RealtimeCounters())
-    ctx = LiveContext(hub=hub, counters=hub.counters, shutdown=trio.Event(),
-                      verify_token=accounts.verify, heaps=storage,
-                      push_live=_no_push, max_connections_per_user=10,
-                      outbox_bytes=1024 * 1024,
-                      wall_clock=lambda: EPOCH + trio.current_time() - started)
+    hub = LiveHub(
+        SimpleNamespace(storage=storage, listeners=[]),  # type: ignore[arg-type]
+        RealtimeCounters(),
+    )
+    ctx = LiveContext(
+        hub=hub,
+        counters=hub.counters,
+        shutdown=trio.Event(),
+        verify_token=accounts.verify,
+        heaps=storage,
+        push_live=_no_push,
+        max_connections_per_user=10,
+        outbox_bytes=1024 * 1024,
+        wall_clock=lambda: EPOCH + trio.current_time() - started,
+    )
     transport = MemoryTransport()
     conn: LiveConnection | LegacyEventsConnection
     if legacy:
@@ -160,7 +167,8 @@ async def live(connection_token: str | None = None, *, legacy: bool = False
 
 
 async def test_a_silent_connection_is_closed_after_a_minute(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with live() as c:
         started = trio.current_time()
         with trio.fail_after(120):
@@ -170,7 +178,8 @@ async def test_a_silent_connection_is_closed_after_a_minute(
 
 
 async def test_a_connection_without_an_authorized_document_is_closed_after_a_minute(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with live() as c:
         started = trio.current_time()
         with trio.fail_after(120):
@@ -183,7 +192,8 @@ async def test_a_connection_without_an_authorized_document_is_closed_after_a_min
 
 
 async def test_a_quiet_v4_provider_is_pinged_and_an_older_one_is_not(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with live() as c:
         c.accounts.expiry["t"] = 3600
         await c.send(m.AuthToken("events", "t", "4.8.0"))
@@ -202,7 +212,8 @@ async def test_a_quiet_v4_provider_is_pinged_and_an_older_one_is_not(
 
 
 async def test_a_token_is_asked_for_before_it_expires_and_withdrawn_when_it_does(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with live() as c:
         c.accounts.expiry["t"] = 300  # five minutes from fake time 0
         await c.send(m.AuthToken("events", "t", "4.8.0"))
@@ -216,8 +227,7 @@ async def test_a_token_is_asked_for_before_it_expires_and_withdrawn_when_it_does
         assert not c.conn.grants and not c.transport.closed  # the socket stays
 
 
-async def test_a_renewed_token_keeps_the_document(
-        autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_renewed_token_keeps_the_document(autojump_clock: trio.testing.MockClock) -> None:
     async with live() as c:
         c.accounts.expiry.update({"t": 300, "fresh": 3600})
         await c.send(m.AuthToken("events", "t", "4.8.0"))
@@ -233,7 +243,8 @@ async def test_a_renewed_token_keeps_the_document(
 
 
 async def test_a_revoked_account_loses_its_documents_at_the_next_check(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with live() as c:
         c.accounts.expiry["t"] = 3600
         await c.send(m.AuthToken("events", "t", "4.8.0"))
@@ -247,7 +258,8 @@ async def test_a_revoked_account_loses_its_documents_at_the_next_check(
 
 
 async def test_the_legacy_channel_waits_a_minute_for_its_token(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with live(legacy=True) as c:
         with trio.fail_after(120):
             assert await c.closed_with() == (CLOSE_UNAUTHORIZED, "authenticate first")
@@ -272,7 +284,8 @@ class Sink:
 
 
 async def test_presence_not_renewed_expires_and_everyone_hears_it(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with live() as c:
         hub = c.hub
         name = BlockName("h", "b", None)

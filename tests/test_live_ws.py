@@ -66,8 +66,9 @@ async def wait_for(predicate: Any, timeout: float = 2.0) -> None:
             await trio.sleep(0.01)
 
 
-async def test_two_clients_converge_and_acks_are_durable(admin: HeaperClient,
-                                                         server: RunningServer) -> None:
+async def test_two_clients_converge_and_acks_are_durable(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     block = ClientBlock()
     block.write("Hello live")
@@ -104,7 +105,8 @@ async def test_two_clients_converge_and_acks_are_durable(admin: HeaperClient,
 
 
 async def test_http_push_reaches_live_clients_and_live_edits_reach_delta(
-        admin: HeaperClient, server: RunningServer) -> None:
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     block = ClientBlock()
     block.write("From HTTP")
@@ -123,19 +125,22 @@ async def test_http_push_reaches_live_clients_and_live_edits_reach_delta(
         doc.apply_update(got.update)
         assert state_of(doc) == state_of(block2.doc)
 
-        before = (await admin.get("/api/sync/delta", params={"workspace_id": heap["id"]})
-                  ).json()["server_time"]
+        before = (await admin.get("/api/sync/delta", params={"workspace_id": heap["id"]})).json()[
+            "server_time"
+        ]
         block2.synced = block2.doc.get_state()
         block2.meta["live"] = True
         await a.send(m.SyncUpdate(address, block2.pending()))
         assert (await a.expect(m.SyncStatus)).applied
-        delta = (await admin.get("/api/sync/delta", params={
-            "workspace_id": heap["id"], "since": before})).json()
+        delta = (
+            await admin.get("/api/sync/delta", params={"workspace_id": heap["id"], "since": before})
+        ).json()
         assert [b["block_id"] for b in delta["changed_blocks"]] == [block.id]
 
 
-async def test_one_socket_many_documents_and_sessions(admin: HeaperClient,
-                                                      server: RunningServer) -> None:
+async def test_one_socket_many_documents_and_sessions(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     blocks = [ClientBlock() for _ in range(5)]
     async with live_client(server.url) as a, live_client(server.url) as b:
@@ -156,7 +161,8 @@ async def test_one_socket_many_documents_and_sessions(admin: HeaperClient,
 
 
 async def test_presence_is_relayed_owned_and_removed_on_close(
-        admin: HeaperClient, eve: HeaperClient, server: RunningServer) -> None:
+    admin: HeaperClient, eve: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     address = f"{heap['id']}:{ClientBlock().id}"
     state = json.dumps({"user": {"name": "Ada"}})
@@ -177,13 +183,15 @@ async def test_presence_is_relayed_owned_and_removed_on_close(
                 newcomer = await c.expect(m.Awareness)
                 assert m.decode_awareness(newcomer.payload)[0].client_id == 7
         # b's socket is gone: its state is removed at once (not after 30 s)
-        gone = await a.expect(m.Awareness, lambda x: m.decode_awareness(x.payload)[0].state
-                              == "null", timeout=2)
+        gone = await a.expect(
+            m.Awareness, lambda x: m.decode_awareness(x.payload)[0].state == "null", timeout=2
+        )
         assert m.decode_awareness(gone.payload)[0].client_id == 7
 
 
 async def test_each_document_is_authorized_on_its_own(
-        admin: HeaperClient, eve: HeaperClient, server: RunningServer) -> None:
+    admin: HeaperClient, eve: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     mine = f"{heap['id']}:{ClientBlock().id}"
     async with live_client(server.url) as a:
@@ -200,7 +208,8 @@ async def test_each_document_is_authorized_on_its_own(
 
 
 async def test_token_in_the_url_authorizes_without_auth_messages(
-        admin: HeaperClient, server: RunningServer) -> None:
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     address = f"{heap['id']}:{ClientBlock().id}"
     async with live_client(server.url + "", path=f"/ws?token={admin.access_token}") as a:
@@ -209,8 +218,9 @@ async def test_token_in_the_url_authorizes_without_auth_messages(
         assert (await a.expect(m.SyncStep2)).update == b"\x00\x00"
 
 
-async def test_malformed_frames_and_floods_close_the_socket(admin: HeaperClient,
-                                                            server: RunningServer) -> None:
+async def test_malformed_frames_and_floods_close_the_socket(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     async with live_client(server.url) as a:
         await a.send_raw(b"\xff\xff\xff")
         with pytest.raises(ConnectionClosed) as closed:
@@ -234,7 +244,8 @@ async def test_malformed_frames_and_floods_close_the_socket(admin: HeaperClient,
 
 
 async def test_stale_sync_version_gets_the_full_state_and_no_writes(
-        admin: HeaperClient, server: RunningServer) -> None:
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     block = ClientBlock()
     block.write("Versioned")
@@ -244,8 +255,11 @@ async def test_stale_sync_version_gets_the_full_state_and_no_writes(
         full = await a.sync(address, admin.access_token)
         assert "Versioned" in title_of(full)
         note = await a.expect(m.Stateless)
-        assert json.loads(note.payload) == {"type": "sync_version_mismatch",
-                                            "block_id": block.id, "sync_version": 1}
+        assert json.loads(note.payload) == {
+            "type": "sync_version_mismatch",
+            "block_id": block.id,
+            "sync_version": 1,
+        }
         block.meta["x"] = 1
         await a.send(m.SyncUpdate(address, block.pending()))
         assert not (await a.expect(m.SyncStatus)).applied
@@ -255,8 +269,7 @@ async def test_stale_sync_version_gets_the_full_state_and_no_writes(
     assert "x" not in doc.get("meta_v0", type=pycrdt.Map)
 
 
-async def test_large_documents_arrive_in_pieces(admin: HeaperClient,
-                                                server: RunningServer) -> None:
+async def test_large_documents_arrive_in_pieces(admin: HeaperClient, server: RunningServer) -> None:
     heap = await new_heap(admin)
     block = ClientBlock()
     block.write("Big", "x" * 10)
@@ -279,14 +292,18 @@ async def test_large_documents_arrive_in_pieces(admin: HeaperClient,
         assert state_of(doc) == state_of(block.doc)
 
 
-async def test_events_channel_and_legacy_scan_events(admin: HeaperClient,
-                                                     server: RunningServer) -> None:
+async def test_events_channel_and_legacy_scan_events(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     async with live_client(server.url) as a, live_client(server.url, "/api/ws") as legacy:
         await a.open("events", admin.access_token)
         await a.expect(m.Authenticated)
-        await a.send(m.Stateless("events", json.dumps({"type": "subscribe",
-                                                       "heap_ids": [heap["id"], "nope"]})))
+        await a.send(
+            m.Stateless(
+                "events", json.dumps({"type": "subscribe", "heap_ids": [heap["id"], "nope"]})
+            )
+        )
         answer = json.loads((await a.expect(m.Stateless)).payload)
         assert answer == {"type": "subscribed", "heap_ids": [heap["id"]]}
         block = ClientBlock()
@@ -301,16 +318,25 @@ async def test_events_channel_and_legacy_scan_events(admin: HeaperClient,
 
         await legacy.ws.send_message(json.dumps({"token": admin.access_token}))
         assert json.loads(await legacy.ws.get_message())["type"] == "authenticated"
-        scan = {"type": "scan.progress", "scan_id": "s1", "heap_id": heap["id"], "path": "/x",
-                "files_seen": 3, "files_done": 1, "bytes": 10, "current_path": "/x/a",
-                "files_per_s": 2.0}
+        scan = {
+            "type": "scan.progress",
+            "scan_id": "s1",
+            "heap_id": heap["id"],
+            "path": "/x",
+            "files_seen": 3,
+            "files_done": 1,
+            "bytes": 10,
+            "current_path": "/x/a",
+            "files_per_s": 2.0,
+        }
         server.services.hub.publish_user_event(admin.user_id or "", scan)
         assert json.loads(await legacy.ws.get_message()) == scan
         assert json.loads((await a.expect(m.Stateless)).payload) == scan
 
 
 async def test_revoked_account_loses_its_live_documents(
-        admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(live_connection, "KEEPALIVE_TICK_S", 0.05)
     monkeypatch.setattr(live_connection, "RECHECK_ACCOUNT_S", 0.1)
     heap = await new_heap(admin)
@@ -323,8 +349,9 @@ async def test_revoked_account_loses_its_live_documents(
         assert denied.reason == "token_revoked"
 
 
-async def test_closing_ends_everything_the_connection_owns(admin: HeaperClient,
-                                                           server: RunningServer) -> None:
+async def test_closing_ends_everything_the_connection_owns(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     counters = server.services.realtime
     async with live_client(server.url) as a:
@@ -375,9 +402,9 @@ async def test_shutdown_closes_sockets_with_1001(start_server: Any) -> None:
             assert closed.value.reason.code == 1001
 
 
-
-async def test_a_reconnect_storm_loads_the_document_once(admin: HeaperClient,
-                                                         server: RunningServer) -> None:
+async def test_a_reconnect_storm_loads_the_document_once(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     block = ClientBlock()
     block.write("Popular")
@@ -437,8 +464,9 @@ async def test_a_burst_goes_out_coalesced(admin: HeaperClient, server: RunningSe
         assert frames < 50, frames  # merged per commit and per turn, not one per update
 
 
-async def test_a_joiner_whose_loader_left_loads_again(admin: HeaperClient,
-                                                      server: RunningServer) -> None:
+async def test_a_joiner_whose_loader_left_loads_again(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     block = ClientBlock()
     block.write("Still here")

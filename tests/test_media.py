@@ -64,8 +64,9 @@ def media(tmp_path: Path) -> MediaService:
     return MediaService(tmp_path / "cache")
 
 
-async def thumb(svc: MediaService, kind: str, src: Path, size: str = "small",
-                position: str = "0") -> Image.Image:
+async def thumb(
+    svc: MediaService, kind: str, src: Path, size: str = "small", position: str = "0"
+) -> Image.Image:
     h = ms.sha256(src)
     if kind == "image":
         path = await svc.image_thumbnail(src, h, size)
@@ -116,7 +117,8 @@ def fake_ffmpeg(tmp_path: Path, *, then_real: bool = False) -> Path:
     script.write_text(
         "#!/bin/sh\n" + real + 'for last; do :; done\nprintf RIFF > "${last#file:}"\n'
         f'echo $$ > "{tmp_path}/pid.new" && mv "{tmp_path}/pid.new" "{tmp_path}/pid"\n'
-        "exec sleep 30\n")
+        "exec sleep 30\n"
+    )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return script
 
@@ -138,11 +140,21 @@ def gone(pid: int) -> bool:
 
 # -- parsing --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("size,want", [
-    ("tiny", ("tiny", 64)), ("large", ("large", 1024)), ("1", ("tiny", 64)), ("64", ("tiny", 64)),
-    ("65", ("small", 256)), ("300", ("medium", 512)), ("1024", ("large", 1024)),
-    ("5000", ("large", 1024)), ("9" * 30, ("large", 1024)),
-])
+
+@pytest.mark.parametrize(
+    "size,want",
+    [
+        ("tiny", ("tiny", 64)),
+        ("large", ("large", 1024)),
+        ("1", ("tiny", 64)),
+        ("64", ("tiny", 64)),
+        ("65", ("small", 256)),
+        ("300", ("medium", 512)),
+        ("1024", ("large", 1024)),
+        ("5000", ("large", 1024)),
+        ("9" * 30, ("large", 1024)),
+    ],
+)
 def test_sizes_round_up(size: str, want: tuple[str, int]) -> None:
     assert parse_size(size) == want
 
@@ -169,9 +181,11 @@ def test_positions() -> None:
 
 # -- images ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("orientation", range(1, 9))
-async def test_exif_orientation_applied_once(media: MediaService, samples: dict[str, Path],
-                                             orientation: int) -> None:
+async def test_exif_orientation_applied_once(
+    media: MediaService, samples: dict[str, Path], orientation: int
+) -> None:
     src = samples[f"orient{orientation}"]
     info = await media.probe(src)
     assert (info.width, info.height, info.orientation) == (160, 80, orientation)
@@ -183,8 +197,9 @@ async def test_exif_orientation_applied_once(media: MediaService, samples: dict[
     assert not load(media.path_for(ms.sha256(src), "image", "small")).getexif()
 
 
-@pytest.mark.parametrize("name", ["orient6_WEBP", "orient6_AVIF", "orient6_TIFF",
-                                  "orient6_PNG", "bmp"])
+@pytest.mark.parametrize(
+    "name", ["orient6_WEBP", "orient6_AVIF", "orient6_TIFF", "orient6_PNG", "bmp"]
+)
 async def test_other_formats(media: MediaService, samples: dict[str, Path], name: str) -> None:
     info = await media.probe(samples[name])
     assert (info.kind, info.width, info.height) == ("image", 160, 80)
@@ -200,10 +215,12 @@ async def test_alpha_survives(media: MediaService, samples: dict[str, Path]) -> 
     assert im.getpixel((180, 50))[3] == 0
 
 
-@pytest.mark.parametrize("name,colour", [("gif", ms.RED), ("cmyk", ms.RED),
-                                         ("gray16", (128, 128, 128))])
-async def test_colour_modes(media: MediaService, samples: dict[str, Path], name: str,
-                            colour: tuple[int, int, int]) -> None:
+@pytest.mark.parametrize(
+    "name,colour", [("gif", ms.RED), ("cmyk", ms.RED), ("gray16", (128, 128, 128))]
+)
+async def test_colour_modes(
+    media: MediaService, samples: dict[str, Path], name: str, colour: tuple[int, int, int]
+) -> None:
     im = (await thumb(media, "image", samples[name])).convert("RGB")
     assert near(im.getpixel((5, 5)), colour, tol=30)
 
@@ -215,8 +232,9 @@ async def test_sizes_fit_the_longest_side(media: MediaService, samples: dict[str
 
 
 @pytest.mark.parametrize("name", ["anim_gif", "anim_webp", "apng"])
-async def test_animations_keep_their_frames(media: MediaService, samples: dict[str, Path],
-                                            name: str) -> None:
+async def test_animations_keep_their_frames(
+    media: MediaService, samples: dict[str, Path], name: str
+) -> None:
     src = samples[name]
     assert (await media.probe(src)).frames == 5
     im = await thumb(media, "animated", src)
@@ -228,23 +246,27 @@ async def test_animations_keep_their_frames(media: MediaService, samples: dict[s
         assert im.info["duration"] == 100
     assert near(seen[0], ms.RED) and near(seen[1], ms.GREEN) and near(seen[2], ms.BLUE)
     still = await thumb(media, "image", src)
-    assert getattr(still, "n_frames", 1) == 1 and near(still.convert("RGB").getpixel((5, 5)),
-                                                       ms.RED)
+    assert getattr(still, "n_frames", 1) == 1 and near(
+        still.convert("RGB").getpixel((5, 5)), ms.RED
+    )
 
 
-async def test_cut_off_animation_keeps_what_decodes(media: MediaService,
-                                                    samples: dict[str, Path]) -> None:
+async def test_cut_off_animation_keeps_what_decodes(
+    media: MediaService, samples: dict[str, Path]
+) -> None:
     im = await thumb(media, "animated", samples["cut_gif"])
     assert 2 <= im.n_frames < 5
 
 
-async def test_animated_of_a_still_is_the_still(media: MediaService,
-                                                samples: dict[str, Path]) -> None:
+async def test_animated_of_a_still_is_the_still(
+    media: MediaService, samples: dict[str, Path]
+) -> None:
     im = await thumb(media, "animated", samples["orient6"])
     assert getattr(im, "n_frames", 1) == 1 and im.size == (160, 80)
 
 
 # -- video ----------------------------------------------------------------------------------
+
 
 async def test_video_probe(media: MediaService, samples: dict[str, Path]) -> None:
     info = await media.probe(samples["video"], "colours.mp4")
@@ -257,15 +279,27 @@ async def test_video_probe(media: MediaService, samples: dict[str, Path]) -> Non
     assert audio.duration == pytest.approx(1.0, abs=0.05)
 
 
-@pytest.mark.parametrize("exact,position,colour", [
-    (False, "0", ms.RED), (False, "1", ms.GREEN), (False, "12%", ms.GREEN),
-    (False, "1.5", ms.BLUE),  # fast seek: the first keyframe at or after 1.5 s is at 2 s
-    (False, "2.5", ms.BLUE),  # no keyframe after 2.5 s: the exact seek takes over
-    (False, "100%", ms.BLUE), (False, "99", ms.BLUE),
-    (True, "1.5", ms.GREEN), (True, "0.5", ms.RED),
-])
-async def test_video_frame_at_position(tmp_path: Path, samples: dict[str, Path], exact: bool,
-                                       position: str, colour: tuple[int, int, int]) -> None:
+@pytest.mark.parametrize(
+    "exact,position,colour",
+    [
+        (False, "0", ms.RED),
+        (False, "1", ms.GREEN),
+        (False, "12%", ms.GREEN),
+        (False, "1.5", ms.BLUE),  # fast seek: the first keyframe at or after 1.5 s is at 2 s
+        (False, "2.5", ms.BLUE),  # no keyframe after 2.5 s: the exact seek takes over
+        (False, "100%", ms.BLUE),
+        (False, "99", ms.BLUE),
+        (True, "1.5", ms.GREEN),
+        (True, "0.5", ms.RED),
+    ],
+)
+async def test_video_frame_at_position(
+    tmp_path: Path,
+    samples: dict[str, Path],
+    exact: bool,
+    position: str,
+    colour: tuple[int, int, int],
+) -> None:
     svc = MediaService(tmp_path / "cache", exact_seek=exact)
     im = await thumb(svc, "video", samples["video"], "tiny", position)
     assert im.size == (64, 48)
@@ -287,14 +321,21 @@ async def test_video_thumbnails(media: MediaService, samples: dict[str, Path]) -
 
 # -- errors ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,status,code", [
-    ("truncated", 422, "corrupt_media"), ("random", 415, "unsupported_media"),
-    ("bomb", 422, "image_too_large"), ("wav", 415, "unsupported_media"),
-    ("cut_video", 422, "corrupt_media"),
-])
+
+@pytest.mark.parametrize(
+    "name,status,code",
+    [
+        ("truncated", 422, "corrupt_media"),
+        ("random", 415, "unsupported_media"),
+        ("bomb", 422, "image_too_large"),
+        ("wav", 415, "unsupported_media"),
+        ("cut_video", 422, "corrupt_media"),
+    ],
+)
 @pytest.mark.parametrize("kind", ["image", "video", "animated"])
-async def test_bad_files(media: MediaService, samples: dict[str, Path], name: str, status: int,
-                         code: str, kind: str) -> None:
+async def test_bad_files(
+    media: MediaService, samples: dict[str, Path], name: str, status: int, code: str, kind: str
+) -> None:
     with pytest.raises(HeaperError) as exc:
         await thumb(media, kind, samples[name])
     assert_error(exc, status, code)
@@ -334,8 +375,9 @@ async def test_failures_are_remembered(tmp_path: Path, samples: dict[str, Path])
     assert brief.stats.jobs == 2
 
 
-async def test_missing_tool_is_503_and_not_remembered(tmp_path: Path,
-                                                      samples: dict[str, Path]) -> None:
+async def test_missing_tool_is_503_and_not_remembered(
+    tmp_path: Path, samples: dict[str, Path]
+) -> None:
     svc = MediaService(tmp_path / "cache", ffprobe=str(tmp_path / "no-ffprobe"))
     for _ in range(2):
         with pytest.raises(HeaperError) as exc:
@@ -353,6 +395,7 @@ async def test_bad_hash(media: MediaService, samples: dict[str, Path]) -> None:
 
 # -- cache, single flight, cancellation -----------------------------------------------------
 
+
 async def test_cache_hit_does_no_work(media: MediaService, samples: dict[str, Path]) -> None:
     src = samples["photo"]
     h = ms.sha256(src)
@@ -362,8 +405,9 @@ async def test_cache_hit_does_no_work(media: MediaService, samples: dict[str, Pa
     again = await media.image_thumbnail(src, h, "200")  # rounds to small: the same file
     assert again == first and first.stat().st_mtime_ns == mtime
     assert (media.stats.jobs, media.stats.cache_hits) == (1, 1)
-    position = await media.video_thumbnail(samples["video"], ms.sha256(samples["video"]),
-                                           "tiny", "40%")
+    position = await media.video_thumbnail(
+        samples["video"], ms.sha256(samples["video"]), "tiny", "40%"
+    )
     assert position.name == f"video-tiny-40p-v{THUMB_VERSION}.webp"
     media.forget(h)
     assert not first.parent.exists()
@@ -387,8 +431,7 @@ async def test_single_flight(media: MediaService, samples: dict[str, Path]) -> N
     assert not media._flights
 
 
-async def test_single_flight_shares_failures(media: MediaService,
-                                             samples: dict[str, Path]) -> None:
+async def test_single_flight_shares_failures(media: MediaService, samples: dict[str, Path]) -> None:
     src = samples["truncated"]
     codes: list[str] = []
 
@@ -404,15 +447,15 @@ async def test_single_flight_shares_failures(media: MediaService,
     assert codes == ["corrupt_media"] * 5 and media.stats.jobs == 1
 
 
-async def test_cancelled_image_job_leaves_no_temp_file(media: MediaService,
-                                                       samples: dict[str, Path]) -> None:
+async def test_cancelled_image_job_leaves_no_temp_file(
+    media: MediaService, samples: dict[str, Path]
+) -> None:
     with trio.move_on_after(0.005):
         await media.image_thumbnail(samples["photo"], ms.sha256(samples["photo"]), "large")
     assert not temp_files(media.cache_dir)
 
 
-async def test_cancelled_video_job_kills_ffmpeg(tmp_path: Path,
-                                                samples: dict[str, Path]) -> None:
+async def test_cancelled_video_job_kills_ffmpeg(tmp_path: Path, samples: dict[str, Path]) -> None:
     svc = MediaService(tmp_path / "cache", ffmpeg=str(fake_ffmpeg(tmp_path)))
     src = samples["video"]
     async with trio.open_nursery() as nursery:
@@ -434,8 +477,9 @@ async def test_slow_ffmpeg_times_out(tmp_path: Path, samples: dict[str, Path]) -
     assert not temp_files(svc.cache_dir)
 
 
-async def test_cancelled_leader_hands_the_job_over(tmp_path: Path,
-                                                   samples: dict[str, Path]) -> None:
+async def test_cancelled_leader_hands_the_job_over(
+    tmp_path: Path, samples: dict[str, Path]
+) -> None:
     svc = MediaService(tmp_path / "cache", ffmpeg=str(fake_ffmpeg(tmp_path, then_real=True)))
     src = samples["video"]
     got: list[Path] = []

@@ -5,7 +5,8 @@ heap id requirement, nullable cursors -- and a route word is never a heap id."""
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 
@@ -36,8 +37,7 @@ def _params(op: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
     return {p["name"]: p for p in op.get("parameters", []) if p["in"] == where}
 
 
-async def test_every_pattern_is_anchored_and_every_path_id_has_one(
-        http: httpx.AsyncClient) -> None:
+async def test_every_pattern_is_anchored_and_every_path_id_has_one(http: httpx.AsyncClient) -> None:
     doc = await _doc(http)
     patterns = list(_patterns(doc["paths"]))
     assert len(patterns) > 30
@@ -50,8 +50,11 @@ async def test_every_pattern_is_anchored_and_every_path_id_has_one(
                 continue
             for name, param in _params(op, "path").items():
                 assert param["required"] is True
-                assert "pattern" in param["schema"] or "enum" in param["schema"], \
-                    (method, path, name)
+                assert "pattern" in param["schema"] or "enum" in param["schema"], (
+                    method,
+                    path,
+                    name,
+                )
     chunk = doc["paths"]["/api/upload/chunk/{heap_id}/{block_id}/{hash}/{index}"]["put"]
     assert _params(chunk, "path")["index"]["schema"]["pattern"] == "^[0-9]{1,9}$"
     assert _params(chunk, "path")["hash"]["schema"]["pattern"] == "^[0-9a-fA-F]{64}$"
@@ -59,14 +62,16 @@ async def test_every_pattern_is_anchored_and_every_path_id_has_one(
 
 
 async def test_binary_answers_multipart_bodies_and_heap_requirements(
-        http: httpx.AsyncClient) -> None:
+    http: httpx.AsyncClient,
+) -> None:
     doc = await _doc(http)
     raw = doc["paths"]["/api/file/{key}/raw/{slug}"]["get"]["responses"]
     for status in ("200", "206"):
         assert "application/json" not in raw[status]["content"], raw[status]
     assert "content" not in raw["304"]
     assert raw["416"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/Error"}
+        "$ref": "#/components/schemas/Error"
+    }
     thumb = doc["paths"]["/api/file/{key}/thumbnail/{size}/{slug}"]["get"]["responses"]
     assert thumb["200"]["content"].keys() == {"image/webp"}
     upload = doc["paths"]["/api/upload/file/{heap_id}/{block_id}"]["post"]["requestBody"]
@@ -77,7 +82,9 @@ async def test_binary_answers_multipart_bodies_and_heap_requirements(
     body = heap["requestBody"]
     assert body["required"] is True
     assert body["content"]["application/json"]["schema"]["anyOf"] == [
-        {"required": ["heap_id"]}, {"required": ["workspace_id"]}]
+        {"required": ["heap_id"]},
+        {"required": ["workspace_id"]},
+    ]
     answer = heap["responses"]["200"]["content"]["application/json"]["schema"]
     assert answer["properties"]["next_cursor"]["type"] == ["string", "null"]
     delta = doc["paths"]["/api/sync/delta"]["get"]
@@ -86,8 +93,9 @@ async def test_binary_answers_multipart_bodies_and_heap_requirements(
     assert (limits["minimum"], limits["maximum"]) == (0, 2**53 - 1)
 
 
-async def test_heap_add_is_a_route_never_a_heap(admin: HeaperClient,
-                                               http: httpx.AsyncClient) -> None:
+async def test_heap_add_is_a_route_never_a_heap(
+    admin: HeaperClient, http: httpx.AsyncClient
+) -> None:
     """Werkzeug let DELETE /api/heap/{id} match /api/heap/add, and heap ids could be "add":
     the request meant for one route deleted a heap named after it."""
     for word in ("add", "stats", "changed_blocks"):

@@ -51,8 +51,10 @@ def test_varuint_round_trip(n: int) -> None:
     assert wire.read_var_uint(b"\xff" + encoded + b"\x00", 1) == (n, 1 + len(encoded))
 
 
-@pytest.mark.parametrize("data", ["", "80", "8080", "808080", "ffffffffffffff7f",
-                                  "808080808080808000", "ffffffffffffffff01"])
+@pytest.mark.parametrize(
+    "data",
+    ["", "80", "8080", "808080", "ffffffffffffff7f", "808080808080808000", "ffffffffffffffff01"],
+)
 def test_truncated_or_oversized_varuints_are_refused_everywhere(data: str) -> None:
     raw = bytes.fromhex(data)
     with pytest.raises(wire.ProtocolError):

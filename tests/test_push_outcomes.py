@@ -14,9 +14,9 @@ from heaper_trio import crdt
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.errors import BadRequest
+from heaper_trio.records.changes import ChangeKind, change_kind
 from heaper_trio.services.push import PushBatch, Settled, checked, with_diff
 from heaper_trio.services.query import QueryRequest, parse_query
-from heaper_trio.records.changes import ChangeKind, change_kind
 from heaper_trio.services.sync_types import (
     PullOutcome,
     PullStatus,
@@ -49,14 +49,18 @@ def test_a_new_block_is_created_whatever_it_holds(was: bool, now: bool) -> None:
     assert change_kind(created=True, was_deleted=was, now_deleted=now) is ChangeKind.created
 
 
-@pytest.mark.parametrize(("was", "now", "kind"), [
-    (False, False, ChangeKind.changed),
-    (False, True, ChangeKind.deleted),
-    (True, False, ChangeKind.restored),
-    (True, True, ChangeKind.changed),  # edited while in the trash
-])
-def test_entering_or_leaving_the_trash_names_the_change(was: bool, now: bool,
-                                                        kind: ChangeKind) -> None:
+@pytest.mark.parametrize(
+    ("was", "now", "kind"),
+    [
+        (False, False, ChangeKind.changed),
+        (False, True, ChangeKind.deleted),
+        (True, False, ChangeKind.restored),
+        (True, True, ChangeKind.changed),  # edited while in the trash
+    ],
+)
+def test_entering_or_leaving_the_trash_names_the_change(
+    was: bool, now: bool, kind: ChangeKind
+) -> None:
     assert change_kind(created=False, was_deleted=was, now_deleted=now) is kind
 
 
@@ -79,15 +83,18 @@ def test_a_checked_item_becomes_a_batch() -> None:
     assert batch == PushBatch(4, "blk", "heap", (update,), sv, 3)
 
 
-@pytest.mark.parametrize(("update", "sv", "error"), [
-    (Undecodable("invalid_base64"), None, "invalid_base64"),
-    (Undecodable("invalid_base64"), Undecodable("invalid_base64"), "invalid_base64"),
-    (b"\x01\x02\x03", None, "invalid_update"),
-    # the update is checked before the state vector, whichever the web layer failed to decode
-    (b"\x01\x02\x03", Undecodable("invalid_base64"), "invalid_update"),
-    (b"\x00\x00", Undecodable("invalid_base64"), "invalid_base64"),
-    (b"\x00\x00", b"\x05", "invalid_state_vector"),
-])
+@pytest.mark.parametrize(
+    ("update", "sv", "error"),
+    [
+        (Undecodable("invalid_base64"), None, "invalid_base64"),
+        (Undecodable("invalid_base64"), Undecodable("invalid_base64"), "invalid_base64"),
+        (b"\x01\x02\x03", None, "invalid_update"),
+        # the update is checked before the state vector, whichever the web layer failed to decode
+        (b"\x01\x02\x03", Undecodable("invalid_base64"), "invalid_update"),
+        (b"\x00\x00", Undecodable("invalid_base64"), "invalid_base64"),
+        (b"\x00\x00", b"\x05", "invalid_state_vector"),
+    ],
+)
 def test_the_first_fault_of_an_item_names_its_error(update: Any, sv: Any, error: str) -> None:
     outcome = checked(PushItemRequest("blk", "heap", update, sv), 0)
     assert outcome == PushOutcome("blk", PushStatus.invalid, 1, error)
@@ -113,20 +120,38 @@ def test_only_accepted_blocks_carry_a_diff() -> None:
 
 
 def test_requests_decode_base64_and_keep_failures_in_place() -> None:
-    req = push_request({"block_id": "b", "workspace_id": "h", "update": "***",
-                        "state_vector": b64(b"\x00"), "sync_version": 2})
+    req = push_request(
+        {
+            "block_id": "b",
+            "workspace_id": "h",
+            "update": "***",
+            "state_vector": b64(b"\x00"),
+            "sync_version": 2,
+        }
+    )
     assert req == PushItemRequest("b", "h", Undecodable("invalid_base64"), b"\x00", 2)
-    assert push_request({"block_id": "b", "workspace_id": "h", "update": "AAA=",
-                         "state_vector": ""}).state_vector is None
-    assert pull_request({"block_id": "b", "state_vector": "!!"}).state_vector \
-        == Undecodable("invalid_base64")
-    assert pull_request({"block_id": "b", "state_vector": "", "sync_version": 1}).state_vector \
+    assert (
+        push_request(
+            {"block_id": "b", "workspace_id": "h", "update": "AAA=", "state_vector": ""}
+        ).state_vector
         is None
+    )
+    assert pull_request({"block_id": "b", "state_vector": "!!"}).state_vector == Undecodable(
+        "invalid_base64"
+    )
+    assert (
+        pull_request({"block_id": "b", "state_vector": "", "sync_version": 1}).state_vector is None
+    )
 
 
 def test_push_answers_keep_their_keys_and_tell_nothing_of_refused_blocks() -> None:
-    assert list(push_json(PushOutcome("b", PushStatus.created, 1, None, b"\x00", b"\x00\x00"))
-                ) == ["block_id", "status", "sync_version", "state_vector", "update"]
+    assert list(push_json(PushOutcome("b", PushStatus.created, 1, None, b"\x00", b"\x00\x00"))) == [
+        "block_id",
+        "status",
+        "sync_version",
+        "state_vector",
+        "update",
+    ]
     forbidden = push_json(PushOutcome("b", PushStatus.forbidden, 9, "block_in_other_heap"))
     assert forbidden == {"block_id": "b", "status": "forbidden", "error": "block_in_other_heap"}
     assert type(forbidden["status"]) is str
@@ -134,16 +159,37 @@ def test_push_answers_keep_their_keys_and_tell_nothing_of_refused_blocks() -> No
 
 def test_pull_answers_keep_their_keys() -> None:
     shapes = {
-        PullOutcome("b", PullStatus.deleted, deleted_at=5):
-            ["block_id", "status", "deleted", "deleted_at"],
-        PullOutcome("b", PullStatus.not_found, error="block_not_found"):
-            ["block_id", "status", "error"],
-        PullOutcome("b", PullStatus.invalid, 2, "invalid_base64"):
-            ["block_id", "sync_version", "status", "error"],
-        PullOutcome("b", PullStatus.version_mismatch, 2, full_state=b"", state_vector=b"\x00"):
-            ["block_id", "sync_version", "status", "full_state", "state_vector"],
-        PullOutcome("b", PullStatus.ok, 2, update=b"\x00\x00", state_vector=b"\x00"):
-            ["block_id", "sync_version", "status", "update", "state_vector"],
+        PullOutcome("b", PullStatus.deleted, deleted_at=5): [
+            "block_id",
+            "status",
+            "deleted",
+            "deleted_at",
+        ],
+        PullOutcome("b", PullStatus.not_found, error="block_not_found"): [
+            "block_id",
+            "status",
+            "error",
+        ],
+        PullOutcome("b", PullStatus.invalid, 2, "invalid_base64"): [
+            "block_id",
+            "sync_version",
+            "status",
+            "error",
+        ],
+        PullOutcome("b", PullStatus.version_mismatch, 2, full_state=b"", state_vector=b"\x00"): [
+            "block_id",
+            "sync_version",
+            "status",
+            "full_state",
+            "state_vector",
+        ],
+        PullOutcome("b", PullStatus.ok, 2, update=b"\x00\x00", state_vector=b"\x00"): [
+            "block_id",
+            "sync_version",
+            "status",
+            "update",
+            "state_vector",
+        ],
     }
     for outcome, keys in shapes.items():
         assert list(pull_json(outcome)) == keys
@@ -151,8 +197,9 @@ def test_pull_answers_keep_their_keys() -> None:
 
 
 def test_query_bodies_become_requests_and_queries() -> None:
-    req = query_request({"heap_id": "h", "type": "photo", "query": "Red red fox", "in_trash": True,
-                         "sort": "title"})
+    req = query_request(
+        {"heap_id": "h", "type": "photo", "query": "Red red fox", "in_trash": True, "sort": "title"}
+    )
     assert req == QueryRequest(types=("photo",), text="Red red fox", trash=True, sort="title")
     q = parse_query(req)
     assert (q.terms, q.descending, q.trash) == (("red", "fox"), False, True)
@@ -165,23 +212,26 @@ def test_query_bodies_become_requests_and_queries() -> None:
 # -- through the service and the server ---------------------------------------------------------
 
 
-async def test_a_block_twice_in_one_push_is_answered_twice(admin: HeaperClient,
-                                                           server: RunningServer) -> None:
+async def test_a_block_twice_in_one_push_is_answered_twice(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     """Both items are applied in order: the first creates the block, the second finds its
     update already there. (Both answers used to be keyed by block id: one was left blank.)"""
     heap = (await admin.post("/api/heap/add", json={"name": "N"})).json()["heap"]
     _, update = _update()
     item = {"block_id": "twice", "workspace_id": heap["id"], "update": b64(update)}
     _, other = _update("Other", client_id=8)
-    r = await admin.post("/api/sync/push", json={"blocks": [
-        item, item, {**item, "update": b64(other)}]})
+    r = await admin.post(
+        "/api/sync/push", json={"blocks": [item, item, {**item, "update": b64(other)}]}
+    )
     assert [b["status"] for b in r.json()["blocks"]] == ["created", "ok", "ok"]
     stored = await server.services.storage.load_block("twice")
     assert stored is not None and len(stored.updates) == 2
 
 
-async def test_push_live_answers_what_the_connection_reads(admin: HeaperClient,
-                                                            server: RunningServer) -> None:
+async def test_push_live_answers_what_the_connection_reads(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = (await admin.post("/api/heap/add", json={"name": "N"})).json()["heap"]
     owner = await server.services.storage.get_heap(heap["id"])
     user = await server.services.storage.get_user(owner.owner_id) if owner else None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-
 from heaper_trio.client import HeaperClient
 
 from .conftest import assert_error
@@ -16,8 +15,10 @@ async def build(admin: HeaperClient) -> tuple[dict[str, Any], dict[str, ClientBl
     """A heap: tag tree projects > work, notes tagged at each level, one untagged, one
     trashed, one empty."""
     heap = await new_heap(admin)
-    b = {name: ClientBlock() for name in
-         ("projects", "work", "plan", "report", "loose", "binned", "empty")}
+    b = {
+        name: ClientBlock()
+        for name in ("projects", "work", "plan", "report", "loose", "binned", "empty")
+    }
     b["projects"].write("Projects", block_type="tag")
     b["work"].write("Work", block_type="tag")
     b["work"].tag_with(b["projects"].id)
@@ -108,34 +109,45 @@ async def test_sorts_and_cursors(admin: HeaperClient) -> None:
     assert by_created == ["delta", "alpha", "echo", "alpha", "charlie", "bravo", "alpha"]
     assert await all_pages() == list(reversed(by_created))  # updated, newest first
 
-    first = (await admin.post("/api/heap", json={"heap_id": heap["id"], "limit": 2,
-                                                 "sort": "title"})).json()
+    first = (
+        await admin.post("/api/heap", json={"heap_id": heap["id"], "limit": 2, "sort": "title"})
+    ).json()
     for bad in ("garbage", first["next_cursor"][:-3], "e30"):
-        assert_error(await admin.post("/api/heap", json={
-            "heap_id": heap["id"], "sort": "title", "cursor": bad}), 400, "invalid_cursor")
+        assert_error(
+            await admin.post(
+                "/api/heap", json={"heap_id": heap["id"], "sort": "title", "cursor": bad}
+            ),
+            400,
+            "invalid_cursor",
+        )
     # a cursor is bound to its sort and direction
-    assert_error(await admin.post("/api/heap", json={
-        "heap_id": heap["id"], "sort": "created", "cursor": first["next_cursor"]}),
-        400, "invalid_cursor")
+    assert_error(
+        await admin.post(
+            "/api/heap",
+            json={"heap_id": heap["id"], "sort": "created", "cursor": first["next_cursor"]},
+        ),
+        400,
+        "invalid_cursor",
+    )
 
 
 async def test_counts(admin: HeaperClient) -> None:
     heap, b = await build(admin)
     r = (await admin.post("/api/heap_count", json={"workspace_id": heap["id"]})).json()
     assert r["count"] == 7 and r["by_type"] == {"index": 1, "tag": 2, "document": 4}
-    r = (await admin.post("/api/heap_count", json={"heap_id": heap["id"],
-                                                   "tag": b["projects"].id})).json()
+    r = (
+        await admin.post("/api/heap_count", json={"heap_id": heap["id"], "tag": b["projects"].id})
+    ).json()
     assert r["count"] == 3
-    r = (await admin.post("/api/heap_count", json={"heap_id": heap["id"],
-                                                   "query": "planning"})).json()
+    r = (
+        await admin.post("/api/heap_count", json={"heap_id": heap["id"], "query": "planning"})
+    ).json()
     assert r["count"] == 2
-    r = (await admin.post("/api/heap_count", json={"heap_id": heap["id"], "trash": True})
-         ).json()
+    r = (await admin.post("/api/heap_count", json={"heap_id": heap["id"], "trash": True})).json()
     assert r == {"success": True, "count": 1, "by_type": {"document": 1}}
 
 
-async def test_query_bad_input_and_ownership(
-        admin: HeaperClient, eve: HeaperClient) -> None:
+async def test_query_bad_input_and_ownership(admin: HeaperClient, eve: HeaperClient) -> None:
     heap = await new_heap(admin)
     for body, code in [
         ({}, "missing_field"),
@@ -145,14 +157,16 @@ async def test_query_bad_input_and_ownership(
         ({"heap_id": heap["id"], "type": 5}, "invalid_type"),
         ({"heap_id": heap["id"], "type": [1]}, "invalid_type"),
         ({"heap_id": heap["id"], "unlinked": "yes"}, "invalid_type"),
-        ({"heap_id": heap["id"], "query": " ".join(f"w{i}" for i in range(17))},
-         "invalid_value"),
+        ({"heap_id": heap["id"], "query": " ".join(f"w{i}" for i in range(17))}, "invalid_value"),
         ({"heap_id": heap["id"], "bogus": 1}, "unknown_field"),
     ]:
         assert_error(await admin.post("/api/heap", json=body), 400, code)
-    assert_error(await admin.post("/api/heap_count", json={"heap_id": heap["id"], "sort": "x"}),
-                 400, "unknown_field")
-    assert_error(await eve.post("/api/heap", json={"heap_id": heap["id"]}), 403,
-                 "heap_forbidden")
-    assert_error(await eve.post("/api/heap_count", json={"heap_id": heap["id"]}), 403,
-                 "heap_forbidden")
+    assert_error(
+        await admin.post("/api/heap_count", json={"heap_id": heap["id"], "sort": "x"}),
+        400,
+        "unknown_field",
+    )
+    assert_error(await eve.post("/api/heap", json={"heap_id": heap["id"]}), 403, "heap_forbidden")
+    assert_error(
+        await eve.post("/api/heap_count", json={"heap_id": heap["id"]}), 403, "heap_forbidden"
+    )

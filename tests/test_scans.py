@@ -28,6 +28,7 @@ from heaper_trio.app import RunningServer, run_server
 from heaper_trio.client import HeaperClient
 from heaper_trio.errors import BadRequest, Forbidden
 from heaper_trio.protocol import messages as m
+from heaper_trio.records import BlockChange, BlockQuery, ScanBatch
 from heaper_trio.services.scans.walk import (
     FileSeen,
     FolderSeen,
@@ -36,7 +37,6 @@ from heaper_trio.services.scans.walk import (
     resolve_scan_path,
 )
 from heaper_trio.settings import Settings
-from heaper_trio.records import BlockChange, BlockQuery, ScanBatch
 
 from .conftest import assert_error
 from .live_client import live_client
@@ -68,8 +68,9 @@ async def files_v0(client: HeaperClient, block_id: str) -> dict[str, Any]:
     return {k: dict(v) for k, v in doc.get("files_v0", type=pycrdt.Map).items()}
 
 
-async def scan(client: HeaperClient, heap_id: str, path: str | Path, timeout: float = 60
-               ) -> dict[str, Any]:
+async def scan(
+    client: HeaperClient, heap_id: str, path: str | Path, timeout: float = 60
+) -> dict[str, Any]:
     """Start a scan and wait for its end; the final snapshot."""
     r = await client.post("/api/scan_folder", json={"heap_id": heap_id, "path": str(path)})
     assert r.status_code == 200, r.text
@@ -111,24 +112,36 @@ async def check_consistent(server: RunningServer, heap_id: str, root: Path) -> d
 
 @pytest.mark.parametrize("title", ["a.jpg", "", "  spaced  name.txt ", "line\nbreak", "ünï 😀"])
 def test_new_server_block_projects_as_written(title: str) -> None:
-    entry = {"hash": "a" * 64, "name": title, "file_size": 3, "width": 2, "duration": 1.0,
-             "source": "scan"}
+    entry = {
+        "hash": "a" * 64,
+        "name": title,
+        "file_size": 3,
+        "width": 2,
+        "duration": 1.0,
+        "source": "scan",
+    }
     update, sv, projection = crdt.new_server_block(
-        block_type="file", title=title, files={"a" * 64 + ":3": entry}, tags=["t2", "t1"])
+        block_type="file", title=title, files={"a" * 64 + ":3": entry}, tags=["t2", "t1"]
+    )
     doc = crdt.BlockDocument.load(None, [update])
     assert doc.project() == projection and doc.state_vector() == sv
     assert doc.full_state() == update
 
 
 def test_patch_file_entry_keeps_client_fields() -> None:
-    update, _, _ = crdt.new_server_block(block_type="file", title="x",
-                                         files={"k:1": {"hash": "k", "width": 1}})
+    update, _, _ = crdt.new_server_block(
+        block_type="file", title="x", files={"k:1": {"hash": "k", "width": 1}}
+    )
     doc = crdt.BlockDocument.load(None, [update])
     doc.patch_file_entry("k:1", {"thumbnails": {"small": "t"}})  # as a client would add
     assert doc.patch_file_entry("k:1", {"width": 1, "height": None}) == crdt.EMPTY_UPDATE
     assert doc.patch_file_entry("k:1", {"missing": True}) != crdt.EMPTY_UPDATE
-    assert doc.project().files["k:1"] == {"hash": "k", "width": 1, "missing": True,
-                                          "thumbnails": {"small": "t"}}
+    assert doc.project().files["k:1"] == {
+        "hash": "k",
+        "width": 1,
+        "missing": True,
+        "thumbnails": {"small": "t"},
+    }
     assert doc.patch_file_entry("n:2", {"hash": "n"}, create=False) == crdt.EMPTY_UPDATE
     doc.patch_file_entry("n:2", {"hash": "n"}, remove=["k:1"])
     assert doc.project().files == {"n:2": {"hash": "n"}}
@@ -148,9 +161,18 @@ def test_scan_paths_are_confined(tmp_path: Path) -> None:
     assert ok("photos", user, str(data)) == str(root / "u1" / "photos")
     assert ok(str(root / "u1" / "inside"), user, str(data)) == str(root / "u1" / "photos")
     assert ok(str(root / "u2"), admin, str(data)) == str(root / "u2")
-    for bad in (str(root / "u2"), str(root), "../u2", str(root / "u1" / ".." / "u2"),
-                str(root / "u1" / "escape"), str(tmp_path / "outside"), "/", "/etc",
-                str(root / "u1" / "photos" / ".."), "photos/../../u2"):
+    for bad in (
+        str(root / "u2"),
+        str(root),
+        "../u2",
+        str(root / "u1" / ".." / "u2"),
+        str(root / "u1" / "escape"),
+        str(tmp_path / "outside"),
+        "/",
+        "/etc",
+        str(root / "u1" / "photos" / ".."),
+        "photos/../../u2",
+    ):
         with pytest.raises(Forbidden) as e:
             ok(bad, user, str(data))
         assert e.value.code == "scan_path_forbidden", bad
@@ -170,8 +192,17 @@ def test_scan_paths_are_confined(tmp_path: Path) -> None:
 def test_walker_honours_heaperignore_and_skips_links(tmp_path: Path) -> None:
     root = tmp_path / "tree"
     write(root / ".heaperignore", "*.log\nbuild/\n!keep.log\n")
-    for rel in ("a.txt", "x.log", "keep.log", "build/out.bin", "sub/b.txt", "sub/c.log",
-                "sub/deep/d.tmp", "sub/deep/e.txt", "dl.part"):
+    for rel in (
+        "a.txt",
+        "x.log",
+        "keep.log",
+        "build/out.bin",
+        "sub/b.txt",
+        "sub/c.log",
+        "sub/deep/d.tmp",
+        "sub/deep/e.txt",
+        "dl.part",
+    ):
         write(root / rel, rel)
     write(root / "sub" / ".heaperignore", "deep/*.tmp\n!c.log\n")
     (root / "link.txt").symlink_to(root / "a.txt")
@@ -189,8 +220,10 @@ def test_walker_honours_heaperignore_and_skips_links(tmp_path: Path) -> None:
     assert walker.skipped == 8  # x.log, build/, d.tmp, dl.part, 2 links, fifo, bad name
     for s in seen:  # a folder comes before what is in it
         if isinstance(s, FileSeen):
-            assert os.path.relpath(s.folder, root) in folders[:folders.index(
-                os.path.relpath(s.folder, root)) + 1]
+            assert (
+                os.path.relpath(s.folder, root)
+                in folders[: folders.index(os.path.relpath(s.folder, root)) + 1]
+            )
 
 
 # -- over a server -----------------------------------------------------------------------------
@@ -203,16 +236,19 @@ async def boss(scan_server: RunningServer) -> Any:
         yield c
 
 
-async def test_scan_makes_file_and_folder_blocks(boss: HeaperClient, scan_server: RunningServer,
-                                                 roots: Path) -> None:
+async def test_scan_makes_file_and_folder_blocks(
+    boss: HeaperClient, scan_server: RunningServer, roots: Path
+) -> None:
     heap = await new_heap(boss)
     tree = roots / "photos"
     image = write(tree / "trip" / "sea.png", png((40, 20)))
     write(tree / "trip" / "notes.txt", "hello")
     write(tree / "copy.txt", "hello")  # a duplicate by content
     write(tree / "empty" / ".keep", b"")
-    async with live_client(scan_server.url) as live, \
-            live_client(scan_server.url, "/api/ws") as legacy:
+    async with (
+        live_client(scan_server.url) as live,
+        live_client(scan_server.url, "/api/ws") as legacy,
+    ):
         await live.open("events", boss.access_token or "")
         await live.expect(m.Authenticated)
         await legacy.ws.send_message(json.dumps({"token": boss.access_token}))
@@ -222,20 +258,26 @@ async def test_scan_makes_file_and_folder_blocks(boss: HeaperClient, scan_server
         with trio.move_on_after(2):
             while not got or got[-1]["type"] == "scan.progress":
                 got.append(json.loads(await legacy.ws.get_message()))
-        assert got[-1] == {"type": "scan.done", "scan_id": job["scan_id"], "heap_id": heap["id"],
-                           "path": str(tree), "files_seen": 4, "files_done": 4,
-                           "bytes": job["bytes"]}
+        assert got[-1] == {
+            "type": "scan.done",
+            "scan_id": job["scan_id"],
+            "heap_id": heap["id"],
+            "path": str(tree),
+            "files_seen": 4,
+            "files_done": 4,
+            "bytes": job["bytes"],
+        }
         live_got = []
         while not live_got or live_got[-1]["type"] == "scan.progress":
             evt = json.loads((await live.expect(m.Stateless)).payload)
             live_got.append(evt)
         assert live_got[-1] == got[-1]
-    assert (job["state"], job["files_new"], job["folders"], job["duplicates"]) == \
-        ("done", 4, 3, 1)
+    assert (job["state"], job["files_new"], job["folders"], job["duplicates"]) == ("done", 4, 3, 1)
     storage = scan_server.services.storage
     rows = await storage.scan_entries(heap["id"], [str(image), str(tree / "trip")])
-    entry = (await files_v0(boss, rows[str(image)].block_id))[f"{sha(png((40, 20)))}:"
-                                                              f"{image.stat().st_size}"]
+    entry = (await files_v0(boss, rows[str(image)].block_id))[
+        f"{sha(png((40, 20)))}:{image.stat().st_size}"
+    ]
     assert entry["name"] == "sea.png" and entry["mime_type"] == "image/png"
     assert (entry["width"], entry["height"]) == (40, 20)
     assert entry["mtime"] == image.stat().st_mtime_ns // 1_000_000
@@ -253,7 +295,8 @@ async def test_scan_makes_file_and_folder_blocks(boss: HeaperClient, scan_server
 
 
 async def test_rescans_are_incremental_and_mark_missing(
-        boss: HeaperClient, scan_server: RunningServer, roots: Path) -> None:
+    boss: HeaperClient, scan_server: RunningServer, roots: Path
+) -> None:
     heap = await new_heap(boss)
     tree = roots / "docs"
     for i in range(20):
@@ -261,10 +304,13 @@ async def test_rescans_are_incremental_and_mark_missing(
     first = await scan(boss, heap["id"], tree)
     assert (first["files_new"], first["files_done"]) == (20, 20)
     storage = scan_server.services.storage
-    before = {r.path: r for r in await storage.unseen_scan_entries(heap["id"], str(tree), "-",
-                                                                    "", 1000)}
-    seqs = {b.id: b.last_seq for b in (await storage.get_blocks(
-        [r.block_id for r in before.values()])).values()}
+    before = {
+        r.path: r for r in await storage.unseen_scan_entries(heap["id"], str(tree), "-", "", 1000)
+    }
+    seqs = {
+        b.id: b.last_seq
+        for b in (await storage.get_blocks([r.block_id for r in before.values()])).values()
+    }
 
     again = await scan(boss, heap["id"], tree)  # nothing changed: nothing hashed or written
     assert (again["files_unchanged"], again["bytes_hashed"], again["files_new"]) == (20, 0, 0)
@@ -278,12 +324,15 @@ async def test_rescans_are_incremental_and_mark_missing(
     write(tree / "d2" / ".heaperignore", "f2.txt\n")
     third = await scan(boss, heap["id"], tree)
     assert (third["files_changed"], third["files_new"], third["files_missing"]) == (1, 1, 2)
-    rows = await storage.scan_entries(heap["id"], [str(changed), str(gone),
-                                                   str(tree / "d2" / "f2.txt")])
+    rows = await storage.scan_entries(
+        heap["id"], [str(changed), str(gone), str(tree / "d2" / "f2.txt")]
+    )
     assert rows[str(changed)].block_id == before[str(changed)].block_id  # same block
     files = await files_v0(boss, rows[str(changed)].block_id)
-    assert list(files) == [f"{sha(b'changed content')}:15"] and files[
-        f"{sha(b'changed content')}:15"]["mtime"] == 1000
+    assert (
+        list(files) == [f"{sha(b'changed content')}:15"]
+        and files[f"{sha(b'changed content')}:15"]["mtime"] == 1000
+    )
     assert rows[str(gone)].missing and rows[str(tree / "d2" / "f2.txt")].missing
     lost = await files_v0(boss, rows[str(gone)].block_id)
     assert lost[f"{sha(b'file 1')}:6"]["missing"] is True
@@ -294,13 +343,13 @@ async def test_rescans_are_incremental_and_mark_missing(
     assert fourth["files_missing"] == 0 and fourth["files_seen"] == 21
     back = await storage.scan_entries(heap["id"], [str(gone), str(tree / "d2" / "f2.txt")])
     assert not any(r.missing for r in back.values())
-    assert "missing" not in (await files_v0(boss, back[str(gone)].block_id))[
-        f"{sha(b'file 1')}:6"]
+    assert "missing" not in (await files_v0(boss, back[str(gone)].block_id))[f"{sha(b'file 1')}:6"]
     assert (await check_consistent(scan_server, heap["id"], tree))["files"] == 21
 
 
-async def test_scan_paths_and_permissions(boss: HeaperClient, scan_server: RunningServer,
-                                          roots: Path, tmp_path: Path) -> None:
+async def test_scan_paths_and_permissions(
+    boss: HeaperClient, scan_server: RunningServer, roots: Path, tmp_path: Path
+) -> None:
     heap = await new_heap(boss)
     outside = tmp_path / "outside"
     write(outside / "secret.txt", "secret")
@@ -308,14 +357,22 @@ async def test_scan_paths_and_permissions(boss: HeaperClient, scan_server: Runni
     (roots / "shared" / "out").symlink_to(outside)
     write(roots / "file.txt", "x")
 
-    async def attempt(path: str, status: int, code: str, client: HeaperClient = boss,
-                      heap_id: str = heap["id"]) -> None:
+    async def attempt(
+        path: str, status: int, code: str, client: HeaperClient = boss, heap_id: str = heap["id"]
+    ) -> None:
         r = await client.post("/api/scan_folder", json={"heap_id": heap_id, "path": path})
         assert_error(r, status, code)
 
-    for path in (str(outside), "/", "/etc", str(roots / ".." / "outside"), "../outside",
-                 str(roots / "shared" / "out"), str(roots / "shared" / "out" / ".."),
-                 str(scan_server.services.settings.data_path)):
+    for path in (
+        str(outside),
+        "/",
+        "/etc",
+        str(roots / ".." / "outside"),
+        "../outside",
+        str(roots / "shared" / "out"),
+        str(roots / "shared" / "out" / ".."),
+        str(scan_server.services.settings.data_path),
+    ):
         await attempt(path, 403, "scan_path_forbidden")
     await attempt(str(roots / "file.txt"), 400, "not_a_directory")
     await attempt(str(roots / "nope"), 400, "not_a_directory")
@@ -323,12 +380,14 @@ async def test_scan_paths_and_permissions(boss: HeaperClient, scan_server: Runni
     await attempt(str(roots), 403, "heap_forbidden", heap_id="not-my-heap")
     r = await boss.post("/api/scan_folder", json={"heap_id": heap["id"]})
     assert_error(r, 400, "missing_field")
-    assert_error(await boss.post("/api/abort_scan", json={"scan_id": "nope"}), 404,
-                 "scan_not_found")
+    assert_error(
+        await boss.post("/api/abort_scan", json={"scan_id": "nope"}), 404, "scan_not_found"
+    )
 
     # another user: only under <root>/<their id>/
     async with HeaperClient(scan_server.url) as eve:
         from heaper_trio.client import LoginPending
+
         with pytest.raises(LoginPending):
             await eve.login()
         await scan_server.services.storage.set_user_state(eve.user_id or "", "approved", 1)
@@ -336,17 +395,24 @@ async def test_scan_paths_and_permissions(boss: HeaperClient, scan_server: Runni
         theirs = await new_heap(eve)
         mine = roots / (eve.user_id or "")
         write(mine / "a.txt", "a")
-        for path in (str(roots), str(roots / "shared"), "..", str(mine / ".."),
-                     str(roots / (boss.user_id or ""))):
+        for path in (
+            str(roots),
+            str(roots / "shared"),
+            "..",
+            str(mine / ".."),
+            str(roots / (boss.user_id or "")),
+        ):
             await attempt(path, 403, "scan_path_forbidden", eve, theirs["id"])
         job = await scan(eve, theirs["id"], mine)
         assert job["files_done"] == 1
-        assert not [s for s in (await eve.get("/api/active_scans")).json()["scans"]
-                    if s["heap_id"] == heap["id"]]
+        assert not [
+            s
+            for s in (await eve.get("/api/active_scans")).json()["scans"]
+            if s["heap_id"] == heap["id"]
+        ]
         r = await eve.post("/api/abort_scan", json={"scan_id": job["scan_id"]})
         assert r.status_code == 200  # its own, finished: answers the final state
         assert r.json()["scan"]["state"] == "done"
-
 
 
 async def test_scanning_is_off_without_roots(admin: HeaperClient) -> None:
@@ -368,7 +434,8 @@ def make_tree(root: Path, files: int, folders: int, size: int = 1024) -> int:
 
 @pytest.mark.slow
 async def test_ten_thousand_files_abort_then_full_rescan(
-        boss: HeaperClient, scan_server: RunningServer, roots: Path) -> None:
+    boss: HeaperClient, scan_server: RunningServer, roots: Path
+) -> None:
     heap = await new_heap(boss)
     tree = roots / "big"
     total = await trio.to_thread.run_sync(make_tree, tree, 10_000, 100)
@@ -387,8 +454,9 @@ async def test_ten_thousand_files_abort_then_full_rescan(
         started = time.monotonic()
         r = await boss.post("/api/scan_folder", json={"heap_id": heap["id"], "path": str(tree)})
         scan_id = r.json()["scan_id"]
-        again = await boss.post("/api/scan_folder", json={"heap_id": heap["id"],
-                                                          "path": str(tree / "f001")})
+        again = await boss.post(
+            "/api/scan_folder", json={"heap_id": heap["id"], "path": str(tree / "f001")}
+        )
         assert_error(again, 409, "scan_running")
         with trio.fail_after(60):
             while True:
@@ -420,19 +488,24 @@ async def test_ten_thousand_files_abort_then_full_rescan(
     assert full["files_unchanged"] == job["files_done"]
     assert full["files_new"] == 10_000 - job["files_done"] and full["bytes"] == total
     assert full["files_missing"] == 0 and full["errors"] == 0
-    assert await check_consistent(scan_server, heap["id"], tree) == {"files": 10_000,
-                                                                     "folders": 100}
+    assert await check_consistent(scan_server, heap["id"], tree) == {
+        "files": 10_000,
+        "folders": 100,
+    }
     t0 = time.monotonic()
     same = await scan(boss, heap["id"], tree)
     rescan = time.monotonic() - t0
     assert (same["files_unchanged"], same["bytes_hashed"]) == (10_000, 0)
-    print(f"\n{scan_server.services.storage.engine}: rest of first scan "
-          f"{full['files_new']} files in {first:.2f}s; no-change rescan of 10,000 in "
-          f"{rescan:.2f}s ({10_000 / rescan:.0f} files/s); abort took {stopped * 1000:.0f} ms")
+    print(
+        f"\n{scan_server.services.storage.engine}: rest of first scan "
+        f"{full['files_new']} files in {first:.2f}s; no-change rescan of 10,000 in "
+        f"{rescan:.2f}s ({10_000 / rescan:.0f} files/s); abort took {stopped * 1000:.0f} ms"
+    )
 
 
 async def test_bulk_created_blocks_are_those_commit_changes_makes(
-        make_settings: Callable[..., Settings]) -> None:
+    make_settings: Callable[..., Settings],
+) -> None:
     """The scan's one-statement-per-table creation writes exactly the rows (projection,
     relations, files, log, search, change times) that the per-block path writes."""
     from heaper_trio.services.documents import DocumentService
@@ -442,23 +515,40 @@ async def test_bulk_created_blocks_are_those_commit_changes_makes(
 
     settings = make_settings()
     async with opened(settings) as storage:
-        user = (await login(storage, "pk-bulk", auto_approve=True)).user  # type: ignore
+        user = (await login(storage, "pk-bulk", auto_approve=True)).user  # type: ignore[union-attr]
         heap = await DocumentService(storage, settings).create_heap(user, "h", None)
 
         built: dict[int, NewBlock] = {}
 
         def change(block_id: str, n: int) -> BlockChange:
             h = f"{n:064x}"
-            new = built.setdefault(n, NewBlock.build(
-                block_type="file", title=f"holiday photo {n}.jpg", tags=["folder-a", "folder-b"],
-                files={f"{h}:7": {"hash": h, "file_size": 7, "width": 2}}))
-            return BlockChange(block_id, heap.id, user.id, None, (new.update,),
-                               block_projection(new.projection), new.state_vector,
-                               len(new.update))
+            new = built.setdefault(
+                n,
+                NewBlock.build(
+                    block_type="file",
+                    title=f"holiday photo {n}.jpg",
+                    tags=["folder-a", "folder-b"],
+                    files={f"{h}:7": {"hash": h, "file_size": 7, "width": 2}},
+                ),
+            )
+            return BlockChange(
+                block_id,
+                heap.id,
+                user.id,
+                None,
+                (new.update,),
+                block_projection(new.projection),
+                new.state_vector,
+                len(new.update),
+            )
 
         [plain] = await storage.commit_changes([change("plain", 1)], NOW)
-        results, _ = await storage.commit_scan_batch(ScanBatch(heap.id, "s", changes=(
-            change("bulk1", 1), change("bulk2", 2), change("plain", 3))), NOW)
+        results, _ = await storage.commit_scan_batch(
+            ScanBatch(
+                heap.id, "s", changes=(change("bulk1", 1), change("bulk2", 2), change("plain", 3))
+            ),
+            NOW,
+        )
         assert [r.status.value for r in results] == ["created", "created", "conflict"]
         assert results[0].updated_at == plain.updated_at + 1
         assert results[1].updated_at == plain.updated_at + 2
@@ -468,8 +558,9 @@ async def test_bulk_created_blocks_are_those_commit_changes_makes(
             a.pop(key), b.pop(key)
         assert a == b
         assert await storage.related("plain") == await storage.related("bulk1")
-        assert (await storage.load_block("plain")).updates == \
-            (await storage.load_block("bulk1")).updates  # type: ignore[union-attr]
+        assert (await storage.load_block("plain")).updates == (
+            await storage.load_block("bulk1")
+        ).updates  # type: ignore[union-attr]
         assert await storage.file_hashes_of_heap(heap.id, ["bulk1"]) == [f"{1:064x}"]
         [h1], [h2] = [(await storage.block_history(k))[1] for k in ("plain", "bulk1")]
         assert (h1.seq, h1.author_id, h1.size) == (h2.seq, h2.author_id, h2.size)
@@ -481,15 +572,17 @@ async def test_bulk_created_blocks_are_those_commit_changes_makes(
         assert [c.id for c in page.changed] == ["plain", "bulk1", "bulk2"]
 
 
-async def test_shutdown_cancels_a_scan_cleanly(make_settings: Callable[..., Settings],
-                                               roots: Path) -> None:
+async def test_shutdown_cancels_a_scan_cleanly(
+    make_settings: Callable[..., Settings], roots: Path
+) -> None:
     tree = roots / "many"
     await trio.to_thread.run_sync(make_tree, tree, 1500, 15)
     settings = make_settings(scan_roots=str(roots))
     async with trio.open_nursery() as nursery:
         shutdown = trio.Event()
         running: RunningServer = await nursery.start(
-            partial(run_server, settings, shutdown=shutdown))
+            partial(run_server, settings, shutdown=shutdown)
+        )
         async with HeaperClient(running.url) as c:
             await c.login()
             key = c.key
@@ -505,8 +598,7 @@ async def test_shutdown_cancels_a_scan_cleanly(make_settings: Callable[..., Sett
     assert 0 < job.files_done < 1500
     async with trio.open_nursery() as nursery:  # the same data, another server life
         shutdown = trio.Event()
-        again: RunningServer = await nursery.start(
-            partial(run_server, settings, shutdown=shutdown))
+        again: RunningServer = await nursery.start(partial(run_server, settings, shutdown=shutdown))
         counted = await check_consistent(again, heap["id"], tree)
         assert counted["files"] >= job.files_done  # committed before the cancel: kept whole
         async with HeaperClient(again.url, key) as c:
@@ -517,8 +609,9 @@ async def test_shutdown_cancels_a_scan_cleanly(make_settings: Callable[..., Sett
         shutdown.set()
 
 
-async def test_regenerate_and_reindex(boss: HeaperClient, scan_server: RunningServer,
-                                      roots: Path) -> None:
+async def test_regenerate_and_reindex(
+    boss: HeaperClient, scan_server: RunningServer, roots: Path
+) -> None:
     heap = await new_heap(boss)
     tree = roots / "pics"
     image = write(tree / "wide.png", png((64, 32)))
@@ -531,10 +624,19 @@ async def test_regenerate_and_reindex(boss: HeaperClient, scan_server: RunningSe
     # what probing found is lost (an older server, a broken probe)
     await services.storage.update_file(h, meta={}, mime_type="application/octet-stream")
     await services.documents.server_edit(
-        boss.user_id or "", heap["id"], block_id,
-        lambda doc: doc.patch_file_entry(key, {"width": None, "height": None,
-                                               "mime_type": "application/octet-stream",
-                                               "note": "kept"}))
+        boss.user_id or "",
+        heap["id"],
+        block_id,
+        lambda doc: doc.patch_file_entry(
+            key,
+            {
+                "width": None,
+                "height": None,
+                "mime_type": "application/octet-stream",
+                "note": "kept",
+            },
+        ),
+    )
     thumb = await boss.get(f"/api/file/{h}/thumbnail/small/wide.png")
     assert thumb.status_code == 200
     cached = services.media.path_for(h, "image", "small")
@@ -549,32 +651,44 @@ async def test_regenerate_and_reindex(boss: HeaperClient, scan_server: RunningSe
     assert (fixed["width"], fixed["mime_type"], fixed["note"]) == (64, "image/png", "kept")
     record = await services.storage.get_file(h)
     assert record is not None and record.meta["width"] == 64
-    assert_error(await boss.post("/api/regenerate_file", json={"file_hash": "0" * 64}), 404,
-                 "file_not_found")
+    assert_error(
+        await boss.post("/api/regenerate_file", json={"file_hash": "0" * 64}), 404, "file_not_found"
+    )
     assert_error(await boss.post("/api/regenerate_file", json={}), 400, "missing_field")
 
     await services.documents.server_edit(
-        boss.user_id or "", heap["id"], block_id,
-        lambda doc: doc.patch_file_entry(key, {"width": 1}))
+        boss.user_id or "",
+        heap["id"],
+        block_id,
+        lambda doc: doc.patch_file_entry(key, {"width": 1}),
+    )
     r = await boss.post("/api/reindex_files", json={"heap_id": heap["id"]})
     assert r.status_code == 200 and r.json()["scan"]["kind"] == "reindex"
     job = await finished(boss, r.json()["scan_id"])
-    assert (job["state"], job["files_seen"], job["files_done"], job["files_changed"]) == \
-        ("done", 1, 1, 1)
+    assert (job["state"], job["files_seen"], job["files_done"], job["files_changed"]) == (
+        "done",
+        1,
+        1,
+        1,
+    )
     assert (await files_v0(boss, block_id))[key]["width"] == 64
     job = await finished(boss, (await boss.post("/api/reindex_files", json={})).json()["scan_id"])
     assert (job["files_done"], job["files_unchanged"]) == (1, 1)
 
 
 async def test_changed_content_is_never_served_under_its_old_hash(
-        boss: HeaperClient, scan_server: RunningServer, roots: Path) -> None:
+    boss: HeaperClient, scan_server: RunningServer, roots: Path
+) -> None:
     heap = await new_heap(boss)
     tree = roots / "mixed"
-    a, b, c = (write(tree / n, t) for n, t in (("a.txt", "same"), ("b.txt", "same"),
-                                               ("c.txt", "solo")))
+    a, b, c = (
+        write(tree / n, t) for n, t in (("a.txt", "same"), ("b.txt", "same"), ("c.txt", "solo"))
+    )
     await scan(boss, heap["id"], tree)
-    r = await boss.post(f"/api/upload/file/{heap['id']}/uploaded",  # a stored copy of its own
-                        files={"file": ("c.txt", b"solo", "text/plain")})
+    r = await boss.post(
+        f"/api/upload/file/{heap['id']}/uploaded",  # a stored copy of its own
+        files={"file": ("c.txt", b"solo", "text/plain")},
+    )
     assert r.status_code == 200, r.text
     storage = scan_server.services.storage
     first = await storage.get_file(sha(b"same"))

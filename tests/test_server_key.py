@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import trio
 
@@ -14,16 +14,15 @@ from heaper_trio.settings import Settings
 
 
 async def _start_once(settings: Settings) -> str:
-    async with open_asyncio_loop():
-        async with open_services(settings) as services:
-            return services.server_key.public_key
+    async with open_asyncio_loop(), open_services(settings) as services:
+        return services.server_key.public_key
 
 
 async def _startup_error(settings: Settings) -> StartupError:
     """The StartupError a start fails with, unwrapped from trio's exception groups."""
     try:
         await _start_once(settings)
-    except BaseException as e:  # noqa: BLE001
+    except BaseException as e:
         leaf: BaseException = e
         while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
             leaf = leaf.exceptions[0]
@@ -42,7 +41,8 @@ async def test_key_survives_restarts(make_settings: Callable[..., Settings]) -> 
 
 
 async def test_missing_key_file_is_refused_not_regenerated(
-        make_settings: Callable[..., Settings]) -> None:
+    make_settings: Callable[..., Settings],
+) -> None:
     settings = make_settings()
     owner = await _start_once(settings)
     (settings.data_path / SERVER_KEY_FILE).unlink()
@@ -61,7 +61,8 @@ async def test_foreign_key_file_is_refused(make_settings: Callable[..., Settings
 
 
 async def test_two_processes_starting_together_agree(
-        make_settings: Callable[..., Settings]) -> None:
+    make_settings: Callable[..., Settings],
+) -> None:
     settings = make_settings()
     keys: list[str] = []
 

@@ -27,24 +27,28 @@ def test_precedence_default_file_env_flag(tmp_path: Path) -> None:
     cfg.write_text('port = 9001\nname = "From file"\nauto_approve = true\n')
     s = load_settings(config_path=str(cfg), environ={"HEAPER_PORT": "9002"})
     assert (s.port, s.name, s.auto_approve) == (9002, "From file", True)
-    s = load_settings(config_path=str(cfg), environ={"HEAPER_PORT": "9002"},
-                      overrides={"port": 9003})
+    s = load_settings(
+        config_path=str(cfg), environ={"HEAPER_PORT": "9002"}, overrides={"port": 9003}
+    )
     assert s.port == 9003
     # HEAPER_CONFIG names the file when no flag does; a [server] table is accepted too.
-    cfg.write_text('[server]\nport = 9004\n')
+    cfg.write_text("[server]\nport = 9004\n")
     assert load_settings(environ={"HEAPER_CONFIG": str(cfg)}).port == 9004
 
 
-@pytest.mark.parametrize("content,needle", [
-    ("prot = 1\n", "'prot'"),
-    ('port = "eighty"\n', "port"),
-    ("port = 70000\n", "port"),
-    ("auth_rate_limit = 0\n", "auth_rate_limit"),
-    ('sqlite_synchronous = "OFF"\n', "sqlite_synchronous"),
-    ('database_url = "mysql://x"\n', "database_url"),
-    ("auto_approve = 3\n", "auto_approve"),
-    ("port = \n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ("prot = 1\n", "'prot'"),
+        ('port = "eighty"\n', "port"),
+        ("port = 70000\n", "port"),
+        ("auth_rate_limit = 0\n", "auth_rate_limit"),
+        ('sqlite_synchronous = "OFF"\n', "sqlite_synchronous"),
+        ('database_url = "mysql://x"\n', "database_url"),
+        ("auto_approve = 3\n", "auto_approve"),
+        ("port = \n", "not valid TOML"),
+    ],
+)
 def test_bad_config_file_names_the_key(tmp_path: Path, content: str, needle: str) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text(content)

@@ -31,13 +31,20 @@ def refresh_row() -> NewRefreshToken:
     return NewRefreshToken(uuid.uuid4().hex, uuid.uuid4().hex, NOW, NOW + 3_600_000)
 
 
-async def login(storage: Storage, key: str, challenge: str | None = None,
-                auto_approve: bool = False) -> LoginOutcome:
+async def login(
+    storage: Storage, key: str, challenge: str | None = None, auto_approve: bool = False
+) -> LoginOutcome:
     challenge = challenge or f"c-{uuid.uuid4().hex}"
     await storage.create_challenge(challenge, key, NOW, NOW + 60_000)
     return await storage.complete_login(
-        challenge=challenge, public_key=key, now=NOW + 1, new_user_id=uuid.uuid4().hex,
-        email=None, auto_approve=auto_approve, refresh=refresh_row())
+        challenge=challenge,
+        public_key=key,
+        now=NOW + 1,
+        new_user_id=uuid.uuid4().hex,
+        email=None,
+        auto_approve=auto_approve,
+        refresh=refresh_row(),
+    )
 
 
 async def test_migrations_are_idempotent(make_settings: Callable[..., Settings]) -> None:
@@ -50,7 +57,8 @@ async def test_migrations_are_idempotent(make_settings: Callable[..., Settings])
 
 
 async def test_exactly_one_first_admin_under_concurrency(
-        make_settings: Callable[..., Settings]) -> None:
+    make_settings: Callable[..., Settings],
+) -> None:
     async with opened(make_settings()) as storage:
         async with trio.open_nursery() as n:
             for i in range(12):
@@ -69,9 +77,14 @@ async def test_a_challenge_completes_one_login_only(make_settings: Callable[...,
 
         async def attempt() -> None:
             out = await storage.complete_login(
-                challenge="shared", public_key="key-a", now=NOW + 1,
-                new_user_id=uuid.uuid4().hex, email=None, auto_approve=True,
-                refresh=refresh_row())
+                challenge="shared",
+                public_key="key-a",
+                now=NOW + 1,
+                new_user_id=uuid.uuid4().hex,
+                email=None,
+                auto_approve=True,
+                refresh=refresh_row(),
+            )
             problems.append(out.problem)
 
         async with trio.open_nursery() as n:
@@ -86,21 +99,30 @@ async def test_rotation_and_reuse(make_settings: Callable[..., Settings]) -> Non
     async with opened(make_settings()) as storage:
         first = refresh_row()
         await storage.create_challenge("c1", "k", NOW, NOW + 60_000)
-        out = await storage.complete_login(challenge="c1", public_key="k", now=NOW,
-                                           new_user_id="u1", email="a@b", auto_approve=False,
-                                           refresh=first)
+        out = await storage.complete_login(
+            challenge="c1",
+            public_key="k",
+            now=NOW,
+            new_user_id="u1",
+            email="a@b",
+            auto_approve=False,
+            refresh=first,
+        )
         assert out.token_issued and out.created
         second = refresh_row()
         ok = await storage.rotate_refresh_token(jti=first.jti, user_id="u1", now=NOW, new=second)
         assert ok.outcome is RefreshOutcome.ok
-        wrong_user = await storage.rotate_refresh_token(jti=second.jti, user_id="u2", now=NOW,
-                                                        new=refresh_row())
+        wrong_user = await storage.rotate_refresh_token(
+            jti=second.jti, user_id="u2", now=NOW, new=refresh_row()
+        )
         assert wrong_user.outcome is RefreshOutcome.unknown
-        replay = await storage.rotate_refresh_token(jti=first.jti, user_id="u1", now=NOW,
-                                                    new=refresh_row())
+        replay = await storage.rotate_refresh_token(
+            jti=first.jti, user_id="u1", now=NOW, new=refresh_row()
+        )
         assert replay.outcome is RefreshOutcome.reused
-        after = await storage.rotate_refresh_token(jti=second.jti, user_id="u1", now=NOW,
-                                                   new=refresh_row())
+        after = await storage.rotate_refresh_token(
+            jti=second.jti, user_id="u1", now=NOW, new=refresh_row()
+        )
         assert after.outcome is RefreshOutcome.revoked
         assert (await storage.usage("u1", NOW))["sessions"] == 0
 
@@ -115,8 +137,7 @@ async def test_purge_removes_only_expired_rows(make_settings: Callable[..., Sett
         assert (await storage.auth_stats())["refresh_tokens"] == 1
 
 
-async def test_cancelled_calls_leave_storage_usable(
-        make_settings: Callable[..., Settings]) -> None:
+async def test_cancelled_calls_leave_storage_usable(make_settings: Callable[..., Settings]) -> None:
     async with opened(make_settings()) as storage:
         for i in range(30):
             with trio.move_on_after(0.0005 * (i % 6)):
@@ -131,7 +152,8 @@ async def test_cancelled_calls_leave_storage_usable(
 
 @pytest.mark.engines("sqlite")
 async def test_sqlite_groups_concurrent_writes_into_few_commits(
-        engine: str, make_settings: Callable[..., Settings]) -> None:
+    engine: str, make_settings: Callable[..., Settings]
+) -> None:
     async with opened(make_settings()) as storage:
         rt = storage.rt  # type: ignore[attr-defined]
         commits_before = rt.commits
@@ -143,9 +165,11 @@ async def test_sqlite_groups_concurrent_writes_into_few_commits(
 
 
 @pytest.mark.engines("sqlite")
-async def test_sqlite_failed_job_rolls_back_alone(engine: str,
-                                                  make_settings: Callable[..., Settings]) -> None:
+async def test_sqlite_failed_job_rolls_back_alone(
+    engine: str, make_settings: Callable[..., Settings]
+) -> None:
     async with opened(make_settings()) as storage:
+
         async def dup() -> None:
             with pytest.raises(sqlite3.IntegrityError):
                 await storage.create_challenge("same", "k", NOW, NOW + 1)
@@ -160,7 +184,8 @@ async def test_sqlite_failed_job_rolls_back_alone(engine: str,
 
 @pytest.mark.engines("sqlite")
 async def test_sqlite_operational_errors_become_unavailable(
-        engine: str, make_settings: Callable[..., Settings]) -> None:
+    engine: str, make_settings: Callable[..., Settings]
+) -> None:
     import sqlite3
 
     from heaper_trio.errors import Unavailable
@@ -179,7 +204,8 @@ async def test_sqlite_operational_errors_become_unavailable(
 
 @pytest.mark.engines("postgres")
 async def test_postgres_connection_loss_is_unavailable_then_recovers(
-        engine: str, make_settings: Callable[..., Settings], database_url: str) -> None:
+    engine: str, make_settings: Callable[..., Settings], database_url: str
+) -> None:
     import subprocess
     from urllib.parse import urlsplit
 
@@ -188,10 +214,21 @@ async def test_postgres_connection_loss_is_unavailable_then_recovers(
     dbname = urlsplit(database_url).path.lstrip("/")
     async with opened(make_settings(pg_pool_min=2, pg_pool_max=2)) as storage:
         await storage.ping()
-        subprocess.run(["psql", "-q", database_url, "-c",
-                        ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         f"WHERE datname = '{dbname}' AND pid <> pg_backend_pid()")],
-                       check=True, capture_output=True, timeout=30)
+        subprocess.run(
+            [
+                "psql",
+                "-q",
+                database_url,
+                "-c",
+                (
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE datname = '{dbname}' AND pid <> pg_backend_pid()"
+                ),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
         outcomes = []
         for _ in range(4):
             try:
@@ -204,14 +241,21 @@ async def test_postgres_connection_loss_is_unavailable_then_recovers(
 
 
 async def test_challenge_problems_and_pending_accounts(
-        make_settings: Callable[..., Settings]) -> None:
+    make_settings: Callable[..., Settings],
+) -> None:
     async with opened(make_settings()) as storage:
         assert (await login(storage, "admin")).problem is None
 
         async def attempt(challenge: str, key: str, now: int) -> ChallengeProblem | None:
             out = await storage.complete_login(
-                challenge=challenge, public_key=key, now=now, new_user_id=uuid.uuid4().hex,
-                email="p@x", auto_approve=False, refresh=refresh_row())
+                challenge=challenge,
+                public_key=key,
+                now=now,
+                new_user_id=uuid.uuid4().hex,
+                email="p@x",
+                auto_approve=False,
+                refresh=refresh_row(),
+            )
             return out.problem
 
         await storage.create_challenge("c", "key-b", NOW, NOW + 10)
@@ -224,7 +268,10 @@ async def test_challenge_problems_and_pending_accounts(
         assert pending.problem is None and pending.created and not pending.token_issued
         user = await storage.get_user_by_key("key-b")
         assert user is not None and (user.state, user.is_admin, user.approved_at) == (
-            "pending", False, None)
+            "pending",
+            False,
+            None,
+        )
         assert await storage.get_user(user.id) == user
         assert await storage.get_user("nobody") is None
         assert await storage.get_user_by_key("nobody") is None
@@ -244,15 +291,24 @@ async def test_account_administration(make_settings: Callable[..., Settings]) ->
 
         approved = await storage.set_user_state(user.id, "approved", NOW + 5)
         assert approved is not None and (approved.state, approved.approved_at) == (
-            "approved", NOW + 5)
+            "approved",
+            NOW + 5,
+        )
         token = refresh_row()
         await storage.create_challenge("c2", "key-b", NOW, NOW + 60_000)
-        out = await storage.complete_login(challenge="c2", public_key="key-b", now=NOW,
-                                           new_user_id="unused", email=None,
-                                           auto_approve=False, refresh=token)
+        out = await storage.complete_login(
+            challenge="c2",
+            public_key="key-b",
+            now=NOW,
+            new_user_id="unused",
+            email=None,
+            auto_approve=False,
+            refresh=token,
+        )
         assert out.token_issued and (await storage.usage(user.id, NOW))["sessions"] == 1
-        expired = await storage.rotate_refresh_token(jti=token.jti, user_id=user.id,
-                                                     now=token.expires_at, new=refresh_row())
+        expired = await storage.rotate_refresh_token(
+            jti=token.jti, user_id=user.id, now=token.expires_at, new=refresh_row()
+        )
         assert expired.outcome is RefreshOutcome.expired
 
         admin = await storage.set_admin(user.id, True)
@@ -260,16 +316,20 @@ async def test_account_administration(make_settings: Callable[..., Settings]) ->
         revoked = await storage.revoke_user_tokens(user.id, NOW)
         assert revoked is not None
         assert revoked.token_generation == approved.token_generation + 1
-        assert (await storage.rotate_refresh_token(jti=token.jti, user_id=user.id, now=NOW,
-                                                   new=refresh_row())).outcome is (
-            RefreshOutcome.revoked)
+        assert (
+            await storage.rotate_refresh_token(
+                jti=token.jti, user_id=user.id, now=NOW, new=refresh_row()
+            )
+        ).outcome is (RefreshOutcome.revoked)
         rejected = await storage.set_user_state(user.id, "rejected", NOW + 9)
         assert rejected is not None and rejected.state == "rejected"
         assert rejected.approved_at == NOW + 5  # kept: when it was approved
         assert rejected.token_generation == revoked.token_generation + 1
-        for missing in (storage.set_admin("nobody", True),
-                        storage.set_user_state("nobody", "approved", NOW),
-                        storage.revoke_user_tokens("nobody", NOW)):
+        for missing in (
+            storage.set_admin("nobody", True),
+            storage.set_user_state("nobody", "approved", NOW),
+            storage.revoke_user_tokens("nobody", NOW),
+        ):
             assert await missing is None
         assert [u.is_admin for u in await storage.list_users()] == [True, True]
 

@@ -36,17 +36,37 @@ from tests.test_storage import NOW, opened, refresh_row
 H1, H2 = "a" * 64, "b" * 64  # content hashes
 
 
-def change(block_id: str, heap_id: str, *, expected: int | None = None,
-           updates: tuple[bytes, ...] = (b"u",), title: str = "", text: str = "",
-           type: str = "note", tags: tuple[str, ...] = (), mentions: tuple[str, ...] = (),
-           links: tuple[str, ...] = (), deleted_at: int | None = None,
-           hashes: tuple[str, ...] = (), compacted: tuple[bytes, int] | None = None
-           ) -> BlockChange:
+def change(
+    block_id: str,
+    heap_id: str,
+    *,
+    expected: int | None = None,
+    updates: tuple[bytes, ...] = (b"u",),
+    title: str = "",
+    text: str = "",
+    type: str = "note",
+    tags: tuple[str, ...] = (),
+    mentions: tuple[str, ...] = (),
+    links: tuple[str, ...] = (),
+    deleted_at: int | None = None,
+    hashes: tuple[str, ...] = (),
+    compacted: tuple[bytes, int] | None = None,
+) -> BlockChange:
     files = {f"{h}:1": {"file_size": 10} for h in hashes}
-    projection = BlockProjection(type, title, text, {}, files, {}, deleted_at, None, tags,
-                                 mentions, links, hashes)
-    return BlockChange(block_id, heap_id, "u1", expected, updates, projection, b"\x00",
-                       sum(map(len, updates)), compacted)
+    projection = BlockProjection(
+        type, title, text, {}, files, {}, deleted_at, None, tags, mentions, links, hashes
+    )
+    return BlockChange(
+        block_id,
+        heap_id,
+        "u1",
+        expected,
+        updates,
+        projection,
+        b"\x00",
+        sum(map(len, updates)),
+        compacted,
+    )
 
 
 async def add_users(storage: Storage) -> None:
@@ -54,15 +74,20 @@ async def add_users(storage: Storage) -> None:
     for user_id in ("u1", "u2"):
         await storage.create_challenge(f"c-{user_id}", f"key-{user_id}", NOW, NOW + 60_000)
         out = await storage.complete_login(
-            challenge=f"c-{user_id}", public_key=f"key-{user_id}", now=NOW, new_user_id=user_id,
-            email=None, auto_approve=True, refresh=refresh_row())
+            challenge=f"c-{user_id}",
+            public_key=f"key-{user_id}",
+            now=NOW,
+            new_user_id=user_id,
+            email=None,
+            auto_approve=True,
+            refresh=refresh_row(),
+        )
         assert out.created
 
 
 async def new_heap(storage: Storage, heap_id: str, owner: str = "u1") -> Heap:
     heap = Heap(heap_id, owner, "", f"{heap_id}-root", NOW, 0)
-    assert await storage.create_heap(heap, change(heap.root_block_id, heap_id, title=heap_id),
-                                     NOW)
+    assert await storage.create_heap(heap, change(heap.root_block_id, heap_id, title=heap_id), NOW)
     return heap
 
 
@@ -87,23 +112,28 @@ async def test_heaps_and_block_commits(make_settings: Callable[..., Settings]) -
 
         made = await storage.commit_changes([change("b1", "h1", updates=(b"1", b"2"))], NOW)
         assert [(r.status, r.last_seq, r.updated_at) for r in made] == [
-            (CommitStatus.created, 2, NOW + 1)]
-        results = await storage.commit_changes([
-            change("b1", "h1", expected=2, updates=(b"3",), title="edited"),  # ok
-            change("b1", "h1", expected=2),  # stale: built before the edit above
-            change("b2", "h1", expected=5),  # an edit of a block that does not exist
-            change("h1-root", "h1"),  # a creation of an id that exists
-            change("b3", "gone"),  # a heap that does not exist
-            change("b1", "h2", expected=3),  # the right position, in another heap
-        ], NOW)
+            (CommitStatus.created, 2, NOW + 1)
+        ]
+        results = await storage.commit_changes(
+            [
+                change("b1", "h1", expected=2, updates=(b"3",), title="edited"),  # ok
+                change("b1", "h1", expected=2),  # stale: built before the edit above
+                change("b2", "h1", expected=5),  # an edit of a block that does not exist
+                change("h1-root", "h1"),  # a creation of an id that exists
+                change("b3", "gone"),  # a heap that does not exist
+                change("b1", "h2", expected=3),  # the right position, in another heap
+            ],
+            NOW,
+        )
         assert [r.status for r in results] == [CommitStatus.ok] + [CommitStatus.conflict] * 5
         assert (results[0].last_seq, results[0].updated_at) == (3, NOW + 2)
 
         block = await storage.load_block("b1")
         assert block is not None and block.updates == (b"1", b"2", b"3")
         assert (block.snapshot, block.snapshot_seq, block.created_at) == (None, 0, NOW + 1)
-        compact = change("b1", "h1", expected=3, updates=(b"4",), title="edited",
-                         compacted=(b"snap", 3))
+        compact = change(
+            "b1", "h1", expected=3, updates=(b"4",), title="edited", compacted=(b"snap", 3)
+        )
         assert (await storage.commit_changes([compact], NOW))[0].status is CommitStatus.ok
         block = await storage.load_block("b1")
         assert block is not None and (block.snapshot, block.snapshot_seq) == (b"snap", 3)
@@ -132,21 +162,40 @@ async def test_relations_queries_and_counts(make_settings: Callable[..., Setting
         await add_users(storage)
         await new_heap(storage, "h1")
         await new_heap(storage, "theirs", owner="u2")
-        results = await storage.commit_changes([
-            change("tag", "h1", type="tag", title="Topic"),
-            change("a", "h1", title="alpha hello", text="body", tags=("tag",),
-                   mentions=("b",), links=("c",)),
-            # A NUL target cannot be stored by PostgreSQL: both engines leave it out.
-            change("b", "h1", title="beta", tags=("tag", "bad\x00id")),
-            change("c", "h1", title="gamma hello", type="page"),
-            change("spy", "theirs", tags=("tag",), mentions=("a",)),  # another owner's block
-        ], NOW)
+        results = await storage.commit_changes(
+            [
+                change("tag", "h1", type="tag", title="Topic"),
+                change(
+                    "a",
+                    "h1",
+                    title="alpha hello",
+                    text="body",
+                    tags=("tag",),
+                    mentions=("b",),
+                    links=("c",),
+                ),
+                # A NUL target cannot be stored by PostgreSQL: both engines leave it out.
+                change("b", "h1", title="beta", tags=("tag", "bad\x00id")),
+                change("c", "h1", title="gamma hello", type="page"),
+                change("spy", "theirs", tags=("tag",), mentions=("a",)),  # another owner's block
+            ],
+            NOW,
+        )
         assert all(r.status is CommitStatus.created for r in results)
         assert await storage.related("a") == {
-            "tags": ["tag"], "mentions": ["b"], "links": ["c"], "children": [],
-            "backlinks": []}
+            "tags": ["tag"],
+            "mentions": ["b"],
+            "links": ["c"],
+            "children": [],
+            "backlinks": [],
+        }
         assert await storage.related("b") == {
-            "tags": ["tag"], "mentions": [], "links": [], "children": [], "backlinks": ["a"]}
+            "tags": ["tag"],
+            "mentions": [],
+            "links": [],
+            "children": [],
+            "backlinks": ["a"],
+        }
         tag = await storage.related("tag")
         assert tag["children"] == ["a", "b"]  # not "spy": another owner's heap
         assert (await storage.related("c"))["backlinks"] == ["a"]
@@ -161,8 +210,9 @@ async def test_relations_queries_and_counts(make_settings: Callable[..., Setting
         assert await ids(has_content=True) == ["a"]
         assert set(await ids(unlinked=True)) == {"tag", "c"}  # the root is never unlinked
         assert await ids(sort="created", descending=False) == ["h1-root", "tag", "a", "b", "c"]
-        page = await storage.query_blocks("h1", BlockQuery(sort="created", descending=False,
-                                                           after=(NOW + 2, "a")), 2)
+        page = await storage.query_blocks(
+            "h1", BlockQuery(sort="created", descending=False, after=(NOW + 2, "a")), 2
+        )
         assert [b.id for b in page] == ["b", "c"]
         assert await storage.count_blocks("h1", BlockQuery()) == {"note": 3, "tag": 1, "page": 1}
         assert await storage.count_blocks("h1", BlockQuery(tag="tag")) == {"note": 2}
@@ -173,15 +223,24 @@ async def test_trash_purge_and_delete(make_settings: Callable[..., Settings]) ->
         await add_users(storage)
         await new_heap(storage, "h1")
         await new_heap(storage, "h2")
-        await storage.commit_changes([
-            change("keep", "h1", hashes=(H1,)),
-            change("bin", "h1", deleted_at=NOW, hashes=(H1, H2)),
-            change("other", "h2", deleted_at=NOW),
-        ], NOW)
+        await storage.commit_changes(
+            [
+                change("keep", "h1", hashes=(H1,)),
+                change("bin", "h1", deleted_at=NOW, hashes=(H1, H2)),
+                change("other", "h2", deleted_at=NOW),
+            ],
+            NOW,
+        )
         assert [b.id for b in await storage.trashed("h1")] == ["bin"]
         stats = await storage.heap_stats("h1")
-        assert stats == {"blocks": 2, "by_type": {"note": 2}, "trash": 1, "files": 2,
-                         "file_bytes": 20, "last_change": NOW + 2}
+        assert stats == {
+            "blocks": 2,
+            "by_type": {"note": 2},
+            "trash": 1,
+            "files": 2,
+            "file_bytes": 20,
+            "last_change": NOW + 2,
+        }
         # Only trashed blocks of the named heap go.
         assert await storage.purge_blocks("h1", ["keep", "bin", "other", "nope"], NOW) == ["bin"]
         assert await storage.tombstones(["bin", "keep"]) == {"bin": ("h1", NOW + 3)}
@@ -198,8 +257,13 @@ async def test_trash_purge_and_delete(make_settings: Callable[..., Settings]) ->
         assert await storage.get_heap("h1") is None and await storage.tombstones(["bin"]) == {}
         assert await storage.get_blocks(["keep", "h1-root"]) == {}
         assert await storage.heap_stats("h1") == {
-            "blocks": 0, "by_type": {}, "trash": 0, "files": 0, "file_bytes": 0,
-            "last_change": None}
+            "blocks": 0,
+            "by_type": {},
+            "trash": 0,
+            "files": 0,
+            "file_bytes": 0,
+            "last_change": None,
+        }
 
 
 def file_record(hash: str, file_id: str, source: str | None = None) -> FileRecord:
@@ -211,8 +275,9 @@ async def test_files_grants_and_uploads(make_settings: Callable[..., Settings]) 
         await add_users(storage)
         await new_heap(storage, "h1")
         await new_heap(storage, "eve", owner="u2")
-        await storage.commit_changes([change("pic", "h1", hashes=(H1,)),
-                                      change("copy", "eve", hashes=(H1,))], NOW)
+        await storage.commit_changes(
+            [change("pic", "h1", hashes=(H1,)), change("copy", "eve", hashes=(H1,))], NOW
+        )
         assert (await storage.add_file(file_record(H1, "f1"))).id == "f1"
         assert (await storage.add_file(file_record(H1, "f-late"))).id == "f1"  # first wins
         await storage.add_file(file_record(H2, "f2"))
@@ -220,7 +285,10 @@ async def test_files_grants_and_uploads(make_settings: Callable[..., Settings]) 
         await storage.update_file(H1, meta={"w": 2}, mime_type="image/gif", source_path="/x")
         got = await storage.get_file(H1)
         assert got is not None and (got.meta, got.mime_type, got.source_path) == (
-            {"w": 2}, "image/gif", "/x")
+            {"w": 2},
+            "image/gif",
+            "/x",
+        )
         await storage.update_file(H1, clear_source=True)
         assert (await storage.get_file(H1)).source_path is None  # type: ignore[union-attr]
         assert await storage.file_ids([H1, H2, "c" * 64]) == {H1: "f1", H2: "f2"}
@@ -239,8 +307,9 @@ async def test_files_grants_and_uploads(make_settings: Callable[..., Settings]) 
         assert [f.hash for f in await storage.drop_unreferenced_files([H1, H2])] == [H2]
         assert await storage.get_file(H2) is None and await storage.get_file(H1) is not None
 
-        upload = UploadRecord("up1", "u1", "h1", "pic", H2, 25, 10, "a.png", "image/png", NOW,
-                              NOW + 1000)
+        upload = UploadRecord(
+            "up1", "u1", "h1", "pic", H2, 25, 10, "a.png", "image/png", NOW, NOW + 1000
+        )
         assert upload.total_chunks == 3
         assert await storage.save_upload(upload) == upload
         again = UploadRecord("up2", "u1", "h1", "pic", H2, 25, 10, "b", "x/y", NOW, NOW + 5)
@@ -252,10 +321,18 @@ async def test_files_grants_and_uploads(make_settings: Callable[..., Settings]) 
         assert await storage.get_upload("h1", "pic", H2) is None
 
 
-def entry(path: str, block_id: str, hash: str = H1, *, kind: str = "file",
-          missing: bool = False, scan_id: str = "s1") -> ScanEntry:
-    return ScanEntry("h1", path, kind, block_id, "folder", 10, 5, hash, missing, scan_id, NOW,
-                     1, 2, 3)
+def entry(
+    path: str,
+    block_id: str,
+    hash: str = H1,
+    *,
+    kind: str = "file",
+    missing: bool = False,
+    scan_id: str = "s1",
+) -> ScanEntry:
+    return ScanEntry(
+        "h1", path, kind, block_id, "folder", 10, 5, hash, missing, scan_id, NOW, 1, 2, 3
+    )
 
 
 async def test_scan_batches_and_entries(make_settings: Callable[..., Settings]) -> None:
@@ -264,43 +341,63 @@ async def test_scan_batches_and_entries(make_settings: Callable[..., Settings]) 
         await new_heap(storage, "h1")
         await storage.commit_changes([change("taken", "h1")], NOW)
         first = ScanBatch(
-            "h1", "s1",
-            changes=(change("folder", "h1", type="folder"), change("p1", "h1", hashes=(H1,)),
-                     change("taken", "h1", hashes=(H2,))),  # refused: the id exists
+            "h1",
+            "s1",
+            changes=(
+                change("folder", "h1", type="folder"),
+                change("p1", "h1", hashes=(H1,)),
+                change("taken", "h1", hashes=(H2,)),
+            ),  # refused: the id exists
             files=(file_record(H1, "f1", "/r/a/p1"), file_record(H2, "f2", "/r/a/t")),
-            entries=(entry("/r/a", "folder", "", kind="folder"), entry("/r/a/p1", "p1"),
-                     entry("/r/a/t", "taken", H2)))
+            entries=(
+                entry("/r/a", "folder", "", kind="folder"),
+                entry("/r/a/p1", "p1"),
+                entry("/r/a/t", "taken", H2),
+            ),
+        )
         results, ids = await storage.commit_scan_batch(first, NOW)
-        assert [r.status for r in results] == [CommitStatus.created, CommitStatus.created,
-                                               CommitStatus.conflict]
+        assert [r.status for r in results] == [
+            CommitStatus.created,
+            CommitStatus.created,
+            CommitStatus.conflict,
+        ]
         assert ids == {H1: "f1"}  # the refused change's file was not written
         assert sorted(await storage.scan_entries("h1", ["/r/a", "/r/a/p1", "/r/a/t"])) == [
-            "/r/a", "/r/a/p1"]
+            "/r/a",
+            "/r/a/p1",
+        ]
         stored = (await storage.scan_entries("h1", ["/r/a/p1"]))["/r/a/p1"]
         assert stored == entry("/r/a/p1", "p1") and stored.identity is not None
         assert await storage.file_readable_by(H1, "u1")  # the user's own scan hashed it
 
         # The bytes at /r/a/p1 change; a copy of the old ones is found at /r/b/p2.
-        second = ScanBatch("h1", "s2", changes=(change("p2", "h1", hashes=(H1,)),),
-                           entries=(entry("/r/a/p1", "p1", H2, scan_id="s2"),
-                                    entry("/r/b/p2", "p2", scan_id="s2")),
-                           files=(file_record(H2, "f2", "/r/a/p1"),),
-                           replaced=((H1, "/r/a/p1"),))
+        second = ScanBatch(
+            "h1",
+            "s2",
+            changes=(change("p2", "h1", hashes=(H1,)),),
+            entries=(
+                entry("/r/a/p1", "p1", H2, scan_id="s2"),
+                entry("/r/b/p2", "p2", scan_id="s2"),
+            ),
+            files=(file_record(H2, "f2", "/r/a/p1"),),
+            replaced=((H1, "/r/a/p1"),),
+        )
         results, ids = await storage.commit_scan_batch(second, NOW)
         assert [r.status for r in results] == [CommitStatus.created] and ids == {H2: "f2"}
         assert (await storage.get_file(H1)).source_path == "/r/b/p2"  # type: ignore[union-attr]
-        assert [e.path for e in (await storage.scan_entries_by_hash("h1", [H1]))[H1]] == [
-            "/r/b/p2"]
+        assert [e.path for e in (await storage.scan_entries_by_hash("h1", [H1]))[H1]] == ["/r/b/p2"]
         assert [e.heap_id for e in await storage.scan_entries_at("/r/a/p1")] == ["h1"]
         assert await storage.scan_entries_at("/r/a") == []  # folders are not file entries
 
         # Unseen by s2 below /r/a: the folder entry itself is not below it, p1 was seen.
         assert await storage.unseen_scan_entries("h1", "/r", "s2", "", 10) == [
-            entry("/r/a", "folder", "", kind="folder")]
+            entry("/r/a", "folder", "", kind="folder")
+        ]
         await storage.commit_scan_batch(ScanBatch("h1", "s2", seen=("/r/a",)), NOW)
         assert await storage.unseen_scan_entries("h1", "/r", "s2", "", 10) == []
-        assert [e.path for e in await storage.unseen_scan_entries("h1", "/r", "s3", "/r/a", 10)
-                ] == ["/r/a/p1", "/r/b/p2"]
+        assert [
+            e.path for e in await storage.unseen_scan_entries("h1", "/r", "s3", "/r/a", 10)
+        ] == ["/r/a/p1", "/r/b/p2"]
 
 
 async def test_announce_and_listen(make_settings: Callable[..., Settings]) -> None:
@@ -322,8 +419,11 @@ async def test_announce_and_listen(make_settings: Callable[..., Settings]) -> No
 
 def test_every_interface_method_is_driven() -> None:
     """Each public method of ``Storage`` is called somewhere in the contract suite."""
-    methods = {name for name, _ in inspect.getmembers(Storage, inspect.isfunction)
-               if not name.startswith("_")}
+    methods = {
+        name
+        for name, _ in inspect.getmembers(Storage, inspect.isfunction)
+        if not name.startswith("_")
+    }
     called: set[str] = set()
     for module in Path(__file__).parent.glob("test_storage*.py"):
         for node in ast.walk(ast.parse(module.read_text())):

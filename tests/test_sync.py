@@ -8,6 +8,7 @@ from typing import Any
 
 import pycrdt
 import trio
+import trio.lowlevel
 
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
@@ -25,6 +26,7 @@ def unb64(text: str) -> bytes:
 
 def sv_entries(sv: bytes) -> dict[int, int]:
     """client -> clock of a Yjs v1 state vector (the wire order is not canonical)."""
+
     def varuint(pos: int) -> tuple[int, int]:
         value, shift = 0, 0
         while True:
@@ -54,8 +56,9 @@ class ClientBlock:
         self.relations = self.doc.get("relations_v1", type=pycrdt.Map)
         self.synced = self.doc.get_state()
 
-    def write(self, title: str, body: str = "", block_type: str = "document",
-              mention: str | None = None) -> None:
+    def write(
+        self, title: str, body: str = "", block_type: str = "document", mention: str | None = None
+    ) -> None:
         with self.doc.transaction():
             self.meta["type"] = block_type
             t = pycrdt.XmlElement("paragraph")
@@ -66,8 +69,11 @@ class ClientBlock:
                 self.content.children.append(p)
                 p.children.append(pycrdt.XmlText(body))
                 if mention:
-                    p.children.append(pycrdt.XmlElement(
-                        "reference", {"id": mention, "label": "ref", "type": "mention"}))
+                    p.children.append(
+                        pycrdt.XmlElement(
+                            "reference", {"id": mention, "label": "ref", "type": "mention"}
+                        )
+                    )
 
     def tag_with(self, parent_id: str) -> None:
         self.relations[parent_id] = pycrdt.Map({"type": "tag"})
@@ -77,8 +83,13 @@ class ClientBlock:
         return self.doc.get_update(self.synced)
 
     def push_item(self, heap_id: str, **extra: Any) -> dict[str, Any]:
-        return {"block_id": self.id, "workspace_id": heap_id, "update": b64(self.pending()),
-                "state_vector": b64(self.doc.get_state()), **extra}
+        return {
+            "block_id": self.id,
+            "workspace_id": heap_id,
+            "update": b64(self.pending()),
+            "state_vector": b64(self.doc.get_state()),
+            **extra,
+        }
 
 
 async def new_heap(client: HeaperClient, name: str = "Notes") -> dict[str, Any]:
@@ -98,8 +109,9 @@ async def test_heap_add_and_list(admin: HeaperClient) -> None:
     chosen = str(uuid.uuid4())
     r = await admin.post("/api/heap/add", json={"name": "Mine", "id": chosen})
     assert r.json()["id"] == chosen
-    assert_error(await admin.post("/api/heap/add", json={"name": "Again", "id": chosen}),
-                 403, "heap_exists")
+    assert_error(
+        await admin.post("/api/heap/add", json={"name": "Again", "id": chosen}), 403, "heap_exists"
+    )
     usage = (await admin.post("/api/me")).json()["usage"]
     assert (usage["heaps"], usage["blocks"]) == (2, 2) and usage["document_bytes"] > 0
     for path in ("/api/heaps", "/api/workspaces"):
@@ -128,13 +140,22 @@ async def test_push_creates_then_updates_and_pull_converges(admin: HeaperClient)
 
     # A second device pulls it from nothing and ends up with the same document.
     other = ClientBlock(block.id)
-    r = await admin.post("/api/sync/pull", json={"blocks": [
-        {"block_id": block.id, "state_vector": b64(other.doc.get_state()), "sync_version": 1}]})
+    r = await admin.post(
+        "/api/sync/pull",
+        json={
+            "blocks": [
+                {
+                    "block_id": block.id,
+                    "state_vector": b64(other.doc.get_state()),
+                    "sync_version": 1,
+                }
+            ]
+        },
+    )
     [pulled] = r.json()["blocks"]
     assert pulled["status"] == "ok" and pulled["sync_version"] == 1
     other.doc.apply_update(unb64(pulled["update"]))
-    assert str(other.content) == str(block.content) == \
-        "<paragraph>eggs and milk, bread</paragraph>"
+    assert str(other.content) == str(block.content) == "<paragraph>eggs and milk, bread</paragraph>"
 
     got = (await admin.post(f"/api/block/{block.id}")).json()
     assert got["block"]["title"] == "Shopping" and got["block"]["type"] == "document"
@@ -175,8 +196,11 @@ async def test_each_block_stands_alone(admin: HeaperClient, server: RunningServe
     good = ClientBlock()
     good.write("Good")
     bad_b64 = {"block_id": "bad-b64", "workspace_id": heap["id"], "update": "***"}
-    bad_yjs = {"block_id": "bad-yjs", "workspace_id": heap["id"],
-               "update": b64(b"\xff\xfe\xfd\x00garbage")}
+    bad_yjs = {
+        "block_id": "bad-yjs",
+        "workspace_id": heap["id"],
+        "update": b64(b"\xff\xfe\xfd\x00garbage"),
+    }
     r = await push(admin, good.push_item(heap["id"]), bad_b64, bad_yjs)
     statuses = {b["block_id"]: b["status"] for b in r.json()["blocks"]}
     assert statuses == {good.id: "created", "bad-b64": "invalid", "bad-yjs": "invalid"}
@@ -186,8 +210,9 @@ async def test_each_block_stands_alone(admin: HeaperClient, server: RunningServe
 
     # Only undecodable blocks: 422, and the existing document is untouched.
     before = await server.services.storage.load_block(good.id)
-    r = await push(admin, {"block_id": good.id, "workspace_id": heap["id"],
-                           "update": b64(b"\x01\x02\x03")})
+    r = await push(
+        admin, {"block_id": good.id, "workspace_id": heap["id"], "update": b64(b"\x01\x02\x03")}
+    )
     assert_error(r, 422, "invalid_update")
     assert await server.services.storage.load_block(good.id) == before
 
@@ -204,13 +229,15 @@ async def test_sync_version_mismatch(admin: HeaperClient, server: RunningServer)
     [answer] = (await push(admin, block.push_item(heap["id"], sync_version=2))).json()["blocks"]
     assert answer["status"] == "version_mismatch" and answer["sync_version"] == 1
     assert await server.services.storage.load_block(block.id) == before
-    [pulled] = (await admin.post("/api/sync/pull", json={"blocks": [
-        {"block_id": block.id, "sync_version": 2}]})).json()["blocks"]
+    [pulled] = (
+        await admin.post(
+            "/api/sync/pull", json={"blocks": [{"block_id": block.id, "sync_version": 2}]}
+        )
+    ).json()["blocks"]
     assert pulled["status"] == "version_mismatch" and pulled["full_state"]
 
 
-async def test_other_users_cannot_see_or_touch(
-        admin: HeaperClient, eve: HeaperClient) -> None:
+async def test_other_users_cannot_see_or_touch(admin: HeaperClient, eve: HeaperClient) -> None:
     heap = await new_heap(admin)
     block = ClientBlock()
     block.write("Private")
@@ -223,13 +250,16 @@ async def test_other_users_cannot_see_or_touch(
     assert answer["status"] == "forbidden"
     unknown_heap = (await push(eve, evil.push_item("no-such-heap"))).json()["blocks"][0]
     assert unknown_heap["status"] == "forbidden"  # same answer: no existence leak
-    [pulled] = (await eve.post("/api/sync/pull", json={"blocks": [
-        {"block_id": block.id}]})).json()["blocks"]
+    [pulled] = (await eve.post("/api/sync/pull", json={"blocks": [{"block_id": block.id}]})).json()[
+        "blocks"
+    ]
     assert pulled["status"] == "not_found" and "update" not in pulled
-    assert_error(await eve.get("/api/sync/delta", params={"workspace_id": heap["id"]}),
-                 403, "heap_forbidden")
-    assert_error(await eve.get("/api/sync/delta", params={"workspace_id": "nope"}),
-                 403, "heap_forbidden")
+    assert_error(
+        await eve.get("/api/sync/delta", params={"workspace_id": heap["id"]}), 403, "heap_forbidden"
+    )
+    assert_error(
+        await eve.get("/api/sync/delta", params={"workspace_id": "nope"}), 403, "heap_forbidden"
+    )
     assert_error(await eve.post(f"/api/block/{block.id}"), 404, "block_not_found")
     assert_error(await eve.post("/api/block/nope"), 404, "block_not_found")
     # And eve's own heap cannot take a block id that lives in admin's heap.
@@ -265,8 +295,11 @@ async def test_delta_pages_through_every_change_once(admin: HeaperClient) -> Non
     seen: list[str] = []
     since, pages = 0, 0
     while True:
-        page = (await admin.get("/api/sync/delta", params={
-            "workspace_id": heap["id"], "since": since, "limit": 3})).json()
+        page = (
+            await admin.get(
+                "/api/sync/delta", params={"workspace_id": heap["id"], "since": since, "limit": 3}
+            )
+        ).json()
         seen += [c["block_id"] for c in page["changed_blocks"]]
         assert page["server_time"] >= since
         since, pages = page["server_time"], pages + 1
@@ -274,12 +307,16 @@ async def test_delta_pages_through_every_change_once(admin: HeaperClient) -> Non
             break
     assert sorted(seen) == sorted([b.id for b in blocks] + [heap["root_block_id"]])
     assert pages == 3
-    empty = (await admin.get("/api/sync/delta", params={
-        "workspace_id": heap["id"], "since": since})).json()
+    empty = (
+        await admin.get("/api/sync/delta", params={"workspace_id": heap["id"], "since": since})
+    ).json()
     assert empty["changed_blocks"] == [] and empty["has_more"] is False
     # since omitted or invalid means 0
-    everything = (await admin.get("/api/sync/delta", params={
-        "workspace_id": heap["id"], "since": "yesterday"})).json()
+    everything = (
+        await admin.get(
+            "/api/sync/delta", params={"workspace_id": heap["id"], "since": "yesterday"}
+        )
+    ).json()
     assert everything["total_changed"] == 8
 
 
@@ -302,13 +339,17 @@ async def test_delta_loses_nothing_while_writes_commit(admin: HeaperClient) -> N
         since = 0
         while True:
             finished = done.is_set()
-            page = (await admin.get("/api/sync/delta", params={
-                "workspace_id": heap["id"], "since": since, "limit": 4})).json()
+            page = (
+                await admin.get(
+                    "/api/sync/delta",
+                    params={"workspace_id": heap["id"], "since": since, "limit": 4},
+                )
+            ).json()
             seen.update(c["block_id"] for c in page["changed_blocks"])
             since = page["server_time"]
             if finished and not page["has_more"]:
                 return
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     async with trio.open_nursery() as n:
         n.start_soon(reader)
@@ -347,14 +388,16 @@ async def test_push_and_pull_bad_requests(admin: HeaperClient, start_server: Any
     for body, code in pull_cases:
         assert_error(await admin.post("/api/sync/pull", json=body), 400, code)
     await push(admin, item)
-    r = await admin.post("/api/sync/pull", json={"blocks": [
-        {"block_id": block.id, "state_vector": "not base64!"}]})
+    r = await admin.post(
+        "/api/sync/pull", json={"blocks": [{"block_id": block.id, "state_vector": "not base64!"}]}
+    )
     assert_error(r, 422, "invalid_update")
     r = await admin.post("/api/sync/push", json={"blocks": [{**item, "state_vector": "%%%"}]})
     assert_error(r, 422, "invalid_update")
     assert_error(await admin.get("/api/sync/delta"), 400, "missing_field")
-    assert_error(await admin.get("/api/sync/delta", params={"workspace_id": heap["id"],
-                                                            "limit": "x"}), 400)
+    assert_error(
+        await admin.get("/api/sync/delta", params={"workspace_id": heap["id"], "limit": "x"}), 400
+    )
     assert_error(await admin.post("/api/heap/add", json={"name": ""}), 400, "invalid_value")
     assert_error(await admin.post("/api/heap/add", json={"name": "n", "id": "../x"}), 400)
     assert (await admin.post("/api/heaps")).json()["heaps"][0]["id"] == heap["id"]
@@ -371,8 +414,9 @@ async def test_batch_limit_is_413(start_server: Any) -> None:
             b.write("x")
             items.append(b.push_item(heap["id"]))
         assert_error(await push(c, *items), 413, "batch_too_large")
-        assert (await c.get("/api/sync/delta", params={"workspace_id": heap["id"]})
-                ).json()["total_changed"] == 1  # only the root block
+        assert (await c.get("/api/sync/delta", params={"workspace_id": heap["id"]})).json()[
+            "total_changed"
+        ] == 1  # only the root block
 
 
 async def test_unauthenticated_sync_is_401(http: Any) -> None:

@@ -36,14 +36,18 @@ async def test_trash_restore_and_empty(admin: HeaperClient, server: RunningServe
     assert stats["trash"] == 2 and stats["by_type"] == {"index": 1}
 
     # Restore is a CRDT edit: the client pulls it like any other change.
-    r = (await admin.post(f"/api/trash/{heap['id']}/restore", json={"block_ids": [keep.id]})
-         ).json()
+    r = (await admin.post(f"/api/trash/{heap['id']}/restore", json={"block_ids": [keep.id]})).json()
     assert r["restored"] == [keep.id]
-    again = (await admin.post(f"/api/trash/{heap['id']}/restore", json={"block_id": keep.id})
-             ).json()
+    again = (
+        await admin.post(f"/api/trash/{heap['id']}/restore", json={"block_id": keep.id})
+    ).json()
     assert again["blocks"] == [{"block_id": keep.id, "status": "unchanged"}]
-    [pulled] = (await admin.post("/api/sync/pull", json={"blocks": [
-        {"block_id": keep.id, "state_vector": b64(keep.doc.get_state())}]})).json()["blocks"]
+    [pulled] = (
+        await admin.post(
+            "/api/sync/pull",
+            json={"blocks": [{"block_id": keep.id, "state_vector": b64(keep.doc.get_state())}]},
+        )
+    ).json()["blocks"]
     keep.doc.apply_update(unb64(pulled["update"]))
     assert "deleted_at" not in keep.meta
     got = (await admin.post(f"/api/block/{keep.id}")).json()
@@ -54,12 +58,16 @@ async def test_trash_restore_and_empty(admin: HeaperClient, server: RunningServe
     assert emptied["deleted"] == [gone.id]
     assert (await admin.get(f"/api/trash/{heap['id']}")).json()["blocks"] == []
     # Gone for good: delta reports it, pull marks it, push refuses it, reads 404.
-    delta = (await admin.get("/api/sync/delta", params={
-        "workspace_id": heap["id"], "since": before["server_time"]})).json()
+    delta = (
+        await admin.get(
+            "/api/sync/delta", params={"workspace_id": heap["id"], "since": before["server_time"]}
+        )
+    ).json()
     assert [d["block_id"] for d in delta["deleted_blocks"]] == [gone.id]
     assert delta["deleted_blocks"][0]["deleted_at"] > before["server_time"]
-    [pulled] = (await admin.post("/api/sync/pull", json={"blocks": [{"block_id": gone.id}]})
-                ).json()["blocks"]
+    [pulled] = (
+        await admin.post("/api/sync/pull", json={"blocks": [{"block_id": gone.id}]})
+    ).json()["blocks"]
     assert pulled["status"] == "deleted" and pulled["deleted"] is True
     gone.write("again")
     [pushed] = (await push(admin, gone.push_item(heap["id"]))).json()["blocks"]
@@ -76,8 +84,9 @@ async def test_emptying_only_takes_trashed_blocks(admin: HeaperClient) -> None:
     await push(admin, live.push_item(heap["id"]))
     r = (await admin.delete(f"/api/trash/{heap['id']}")).json()
     assert r["deleted"] == []
-    r = await admin.delete(f"/api/trash/{heap['id']}",
-                           json={"block_ids": [live.id, heap["root_block_id"]]})
+    r = await admin.delete(
+        f"/api/trash/{heap['id']}", json={"block_ids": [live.id, heap["root_block_id"]]}
+    )
     assert r.json()["deleted"] == []
     assert (await admin.post(f"/api/block/{live.id}")).status_code == 200
 
@@ -108,8 +117,12 @@ async def test_changed_blocks_markers(admin: HeaperClient) -> None:
     block = ClientBlock()
     block.write("new")
     await push(admin, block.push_item(heap["id"]))
-    nxt = (await admin.post("/api/heap/changed_blocks", json={
-        "workspace_id": heap["id"], "marker": first["next_marker"]})).json()
+    nxt = (
+        await admin.post(
+            "/api/heap/changed_blocks",
+            json={"workspace_id": heap["id"], "marker": first["next_marker"]},
+        )
+    ).json()
     assert [c["block_id"] for c in nxt["changed_blocks"]] == [block.id]
     assert nxt["next_marker"] > first["next_marker"]
     assert_error(await admin.post("/api/heap/changed_blocks", json={}), 400, "missing_field")
@@ -126,8 +139,7 @@ async def test_delete_heap(admin: HeaperClient, server: RunningServer) -> None:
     assert [h["id"] for h in (await admin.post("/api/heaps")).json()["heaps"]] == [other["id"]]
     assert_error(await admin.get("/api/sync/delta", params={"workspace_id": heap["id"]}), 403)
     assert await server.services.storage.load_block(block.id) is None
-    assert_error(await admin.delete(f"/api/heap/{heap['id']}"), 403,
-                 "heap_forbidden")
+    assert_error(await admin.delete(f"/api/heap/{heap['id']}"), 403, "heap_forbidden")
 
 
 async def test_stats(admin: HeaperClient) -> None:
@@ -146,8 +158,7 @@ async def test_stats(admin: HeaperClient) -> None:
     assert s["last_change"] >= heap["created_at"] and s["name"] == "Notes"
 
 
-async def test_other_users_get_403_everywhere(
-        admin: HeaperClient, eve: HeaperClient) -> None:
+async def test_other_users_get_403_everywhere(admin: HeaperClient, eve: HeaperClient) -> None:
     heap = await new_heap(admin)
     block = ClientBlock()
     block.write("mine")
@@ -167,7 +178,11 @@ async def test_other_users_get_403_everywhere(
     assert_error(await eve.post(f"/api/block_updates/{block.id}"), 404, "block_not_found")
     assert_error(await eve.get("/api/trash/no-such-heap"), 403, "heap_forbidden")
     # nothing changed for the owner
-    assert [b["block_id"] for b in (await admin.get(f"/api/trash/{hid}")).json()["blocks"]] \
-        == [block.id]
-    assert_error(await admin.post(f"/api/trash/{hid}/restore", json={"block_ids": ["a b"]}),
-                 400, "invalid_value")
+    assert [b["block_id"] for b in (await admin.get(f"/api/trash/{hid}")).json()["blocks"]] == [
+        block.id
+    ]
+    assert_error(
+        await admin.post(f"/api/trash/{hid}/restore", json={"block_ids": ["a b"]}),
+        400,
+        "invalid_value",
+    )

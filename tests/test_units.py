@@ -63,8 +63,9 @@ def test_the_address_limit_still_counts_every_key() -> None:
     assert limits.check("addr", None, 0.0) is not None
 
 
-@given(st.text(max_size=200), st.text(alphabet=st.characters(blacklist_characters="\x00"),
-                                        max_size=40))
+@given(
+    st.text(max_size=200), st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=40)
+)
 def test_a_long_or_odd_key_cannot_reach_anothers_bucket(key: str, address: str) -> None:
     limits = AuthRateLimits(5)  # one per key and address
     assert limits.check(address, key, 0.0) is None
@@ -75,24 +76,32 @@ def test_a_long_or_odd_key_cannot_reach_anothers_bucket(key: str, address: str) 
 SCHEMA = obj({"name": string(minLength=1, maxLength=5)}, {"n": integer(minimum=0)})
 
 
-@pytest.mark.parametrize("value,code", [
-    ({}, "missing_field"),
-    ({"name": "a", "x": 1}, "unknown_field"),
-    ({"name": 1}, "invalid_type"),
-    ({"name": "toolong"}, "invalid_value"),
-    ({"name": "a", "n": -1}, "invalid_value"),
-    ({"name": "a", "n": True}, "invalid_type"),
-    ({"name": "a", "n": 1.5}, "invalid_type"),
-    ("str", "invalid_type"),
-])
+@pytest.mark.parametrize(
+    "value,code",
+    [
+        ({}, "missing_field"),
+        ({"name": "a", "x": 1}, "unknown_field"),
+        ({"name": 1}, "invalid_type"),
+        ({"name": "toolong"}, "invalid_value"),
+        ({"name": "a", "n": -1}, "invalid_value"),
+        ({"name": "a", "n": True}, "invalid_type"),
+        ({"name": "a", "n": 1.5}, "invalid_type"),
+        ("str", "invalid_type"),
+    ],
+)
 def test_schema_rejects(value: object, code: str) -> None:
     with pytest.raises(BadRequest) as e:
         validate(value, SCHEMA)
     assert e.value.code == code
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
-                    lambda c: st.lists(c) | st.dictionaries(st.text(), c), max_leaves=20))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+        max_leaves=20,
+    )
+)
 def test_schema_validation_never_crashes(value: object) -> None:
     try:
         validate(value, SCHEMA)
@@ -132,8 +141,9 @@ def test_key_file_round_trip_and_no_overwrite(tmp_path: object) -> None:
     assert KeyPair.load(path).public_key == k.public_key
 
 
-def test_verified_token_cache_still_enforces_expiry_and_type(monkeypatch: pytest.MonkeyPatch
-                                                             ) -> None:
+def test_verified_token_cache_still_enforces_expiry_and_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import time
 
     from heaper_trio.errors import Unauthorized

@@ -36,30 +36,48 @@ async def files_v0(client: HeaperClient, block_id: str) -> dict[str, Any]:
     return {k: dict(v) for k, v in files.items()}
 
 
-async def resumable(client: HeaperClient, heap_id: str, block_id: str, data: bytes,
-                    name: str = "big.bin", order: list[int] | None = None) -> dict[str, Any]:
+async def resumable(
+    client: HeaperClient,
+    heap_id: str,
+    block_id: str,
+    data: bytes,
+    name: str = "big.bin",
+    order: list[int] | None = None,
+) -> dict[str, Any]:
     h = sha(data)
-    r = await client.post(f"/api/upload/init/{heap_id}/{block_id}", json={
-        "hash": h, "size": len(data), "chunk_size": CHUNK, "name": name,
-        "mime_type": "application/octet-stream"})
+    r = await client.post(
+        f"/api/upload/init/{heap_id}/{block_id}",
+        json={
+            "hash": h,
+            "size": len(data),
+            "chunk_size": CHUNK,
+            "name": name,
+            "mime_type": "application/octet-stream",
+        },
+    )
     assert r.status_code == 200, r.text
     init = r.json()
     indexes = order if order is not None else list(range(init["total_chunks"]))
     for i in indexes:
-        r = await client.put(f"/api/upload/chunk/{heap_id}/{block_id}/{h}/{i}",
-                             content=data[i * CHUNK:(i + 1) * CHUNK])
+        r = await client.put(
+            f"/api/upload/chunk/{heap_id}/{block_id}/{h}/{i}",
+            content=data[i * CHUNK : (i + 1) * CHUNK],
+        )
         assert r.status_code == 200, r.text
     r = await client.post(f"/api/upload/complete/{heap_id}/{block_id}/{h}")
     return {"init": init, "complete": r}
 
 
-async def test_direct_upload_records_the_file_in_the_block(admin: HeaperClient,
-                                                           server: RunningServer) -> None:
+async def test_direct_upload_records_the_file_in_the_block(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     data = b"hello file\n" * 1000
-    r = await admin.post(f"/api/upload/file/{heap['id']}/blk-direct",
-                         files={"file": ("notes.txt", data, "text/plain")},
-                         data={"hash": sha(data)})
+    r = await admin.post(
+        f"/api/upload/file/{heap['id']}/blk-direct",
+        files={"file": ("notes.txt", data, "text/plain")},
+        data={"hash": sha(data)},
+    )
     assert r.status_code == 200, r.text
     answer = r.json()
     assert answer["status"] == "complete" and answer["file_hash"] == sha(data)
@@ -72,8 +90,11 @@ async def test_direct_upload_records_the_file_in_the_block(admin: HeaperClient,
     assert stored.read_bytes() == data
 
     # the wrong hash: 422, nothing stored
-    r = await admin.post(f"/api/upload/file/{heap['id']}/blk-bad",
-                         files={"file": ("x.bin", b"abc")}, data={"hash": sha(b"abd")})
+    r = await admin.post(
+        f"/api/upload/file/{heap['id']}/blk-bad",
+        files={"file": ("x.bin", b"abc")},
+        data={"hash": sha(b"abd")},
+    )
     assert_error(r, 422, "hash_mismatch")
     assert not server.services.files.store_path(sha(b"abc")).exists()
     assert (await admin.post("/api/block/blk-bad")).status_code == 404
@@ -81,21 +102,26 @@ async def test_direct_upload_records_the_file_in_the_block(admin: HeaperClient,
     assert_error(r, 400, "file_missing_in_form")
 
 
-async def test_resumable_upload_any_order_parallel_repeated(admin: HeaperClient,
-                                                            server: RunningServer) -> None:
+async def test_resumable_upload_any_order_parallel_repeated(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     data = os.urandom(CHUNK * 7 + 1234)
     h = sha(data)
-    r = await admin.post(f"/api/upload/init/{heap['id']}/blk-r", json={
-        "hash": h, "size": len(data), "chunk_size": CHUNK, "name": "r.bin"})
+    r = await admin.post(
+        f"/api/upload/init/{heap['id']}/blk-r",
+        json={"hash": h, "size": len(data), "chunk_size": CHUNK, "name": "r.bin"},
+    )
     init = r.json()
     assert (init["status"], init["total_chunks"], init["received"]) == ("ready", 8, [])
     order = list(range(8))
     random.shuffle(order)
 
     async def send(i: int) -> None:
-        r = await admin.put(f"/api/upload/chunk/{heap['id']}/blk-r/{h}/{i}",
-                            content=data[i * CHUNK:(i + 1) * CHUNK])
+        r = await admin.put(
+            f"/api/upload/chunk/{heap['id']}/blk-r/{h}/{i}",
+            content=data[i * CHUNK : (i + 1) * CHUNK],
+        )
         assert r.status_code == 200 and r.json()["index"] == i, r.text
 
     async with trio.open_nursery() as nursery:
@@ -124,63 +150,85 @@ async def test_resumable_upload_any_order_parallel_repeated(admin: HeaperClient,
     assert status["status"] == "complete"
 
     # the same bytes for another block: deduplicated at init, nothing to send
-    dup = await admin.post(f"/api/upload/init/{heap['id']}/blk-r2", json={
-        "hash": h, "size": len(data), "chunk_size": CHUNK, "name": "copy.bin"})
+    dup = await admin.post(
+        f"/api/upload/init/{heap['id']}/blk-r2",
+        json={"hash": h, "size": len(data), "chunk_size": CHUNK, "name": "copy.bin"},
+    )
     assert dup.json()["status"] == "exists"
     assert f"{h}:{len(data)}" in await files_v0(admin, "blk-r2")
 
 
-async def test_wrong_hash_at_complete_stores_nothing(admin: HeaperClient,
-                                                     server: RunningServer) -> None:
+async def test_wrong_hash_at_complete_stores_nothing(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     data = os.urandom(CHUNK * 2)
     liar = sha(b"something else" * 10)
-    await admin.post(f"/api/upload/init/{heap['id']}/blk-w", json={
-        "hash": liar, "size": len(data), "chunk_size": CHUNK})
+    await admin.post(
+        f"/api/upload/init/{heap['id']}/blk-w",
+        json={"hash": liar, "size": len(data), "chunk_size": CHUNK},
+    )
     for i in range(2):
-        await admin.put(f"/api/upload/chunk/{heap['id']}/blk-w/{liar}/{i}",
-                        content=data[i * CHUNK:(i + 1) * CHUNK])
+        await admin.put(
+            f"/api/upload/chunk/{heap['id']}/blk-w/{liar}/{i}",
+            content=data[i * CHUNK : (i + 1) * CHUNK],
+        )
     r = await admin.post(f"/api/upload/complete/{heap['id']}/blk-w/{liar}")
     assert_error(r, 422, "hash_mismatch")
     assert not server.services.files.store_path(liar).exists()
     assert not server.services.files.store_path(sha(data)).exists()
-    assert (await admin.get(f"/api/status/file/{heap['id']}/blk-w/{liar}")
-            ).json()["status"] == "missing"
+    assert (await admin.get(f"/api/status/file/{heap['id']}/blk-w/{liar}")).json()[
+        "status"
+    ] == "missing"
 
 
-async def test_upload_survives_a_restart(admin: HeaperClient, start_server: Any,
-                                         server: RunningServer) -> None:
+async def test_upload_survives_a_restart(
+    admin: HeaperClient, start_server: Any, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     data = os.urandom(CHUNK * 3 + 10)
     h = sha(data)
-    await admin.post(f"/api/upload/init/{heap['id']}/blk-s", json={
-        "hash": h, "size": len(data), "chunk_size": CHUNK})
+    await admin.post(
+        f"/api/upload/init/{heap['id']}/blk-s",
+        json={"hash": h, "size": len(data), "chunk_size": CHUNK},
+    )
     for i in (0, 2):
-        await admin.put(f"/api/upload/chunk/{heap['id']}/blk-s/{h}/{i}",
-                        content=data[i * CHUNK:(i + 1) * CHUNK])
+        await admin.put(
+            f"/api/upload/chunk/{heap['id']}/blk-s/{h}/{i}",
+            content=data[i * CHUNK : (i + 1) * CHUNK],
+        )
     server.services.shutdown.set()
     await trio.sleep(0.2)
     again = await start_server()  # same data directory and database
     async with HeaperClient(again.url, admin.key) as client:
         await client.login()
-        init = (await client.post(f"/api/upload/init/{heap['id']}/blk-s", json={
-            "hash": h, "size": len(data), "chunk_size": CHUNK})).json()
+        init = (
+            await client.post(
+                f"/api/upload/init/{heap['id']}/blk-s",
+                json={"hash": h, "size": len(data), "chunk_size": CHUNK},
+            )
+        ).json()
         assert init["status"] == "ready" and init["received"] == [0, 2]
         for i in (1, 3):
-            await client.put(f"/api/upload/chunk/{heap['id']}/blk-s/{h}/{i}",
-                             content=data[i * CHUNK:(i + 1) * CHUNK])
+            await client.put(
+                f"/api/upload/chunk/{heap['id']}/blk-s/{h}/{i}",
+                content=data[i * CHUNK : (i + 1) * CHUNK],
+            )
         r = await client.post(f"/api/upload/complete/{heap['id']}/blk-s/{h}")
         assert r.status_code == 200, r.text
         assert again.services.files.store_path(h).read_bytes() == data
 
 
-async def test_a_chunk_cut_off_mid_way_leaves_nothing(admin: HeaperClient,
-                                                      server: RunningServer) -> None:
+async def test_a_chunk_cut_off_mid_way_leaves_nothing(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     data = os.urandom(CHUNK * 2)
     h = sha(data)
-    await admin.post(f"/api/upload/init/{heap['id']}/blk-c", json={
-        "hash": h, "size": len(data), "chunk_size": CHUNK})
+    await admin.post(
+        f"/api/upload/init/{heap['id']}/blk-c",
+        json={"hash": h, "size": len(data), "chunk_size": CHUNK},
+    )
 
     async def dribble() -> Any:
         yield data[:1000]
@@ -188,8 +236,11 @@ async def test_a_chunk_cut_off_mid_way_leaves_nothing(admin: HeaperClient,
         raise httpx.ReadError("client gave up")  # the connection drops mid-body
 
     with pytest.raises(httpx.HTTPError):
-        await admin.put(f"/api/upload/chunk/{heap['id']}/blk-c/{h}/0", content=dribble(),
-                        headers={"Content-Length": str(CHUNK)})
+        await admin.put(
+            f"/api/upload/chunk/{heap['id']}/blk-c/{h}/0",
+            content=dribble(),
+            headers={"Content-Length": str(CHUNK)},
+        )
     await trio.sleep(0.3)
     status = (await admin.get(f"/api/upload/status/{heap['id']}/blk-c/{h}")).json()
     assert status["received"] == []
@@ -197,28 +248,36 @@ async def test_a_chunk_cut_off_mid_way_leaves_nothing(admin: HeaperClient,
     assert not [p for p in folder.glob("**/*") if p.is_file()], list(folder.glob("**/*"))
 
 
-async def test_other_users_and_bad_input(admin: HeaperClient, eve: HeaperClient,
-                                         server: RunningServer) -> None:
+async def test_other_users_and_bad_input(
+    admin: HeaperClient, eve: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     data = b"private bytes"
     h = sha(data)
-    r = await eve.post(f"/api/upload/init/{heap['id']}/blk-e", json={
-        "hash": h, "size": len(data), "chunk_size": CHUNK})
+    r = await eve.post(
+        f"/api/upload/init/{heap['id']}/blk-e",
+        json={"hash": h, "size": len(data), "chunk_size": CHUNK},
+    )
     assert_error(r, 403, "heap_forbidden")
     r = await eve.post(f"/api/upload/file/{heap['id']}/blk-e", files={"file": ("a", data)})
     assert_error(r, 403, "heap_forbidden")
-    await admin.post(f"/api/upload/init/{heap['id']}/blk-e", json={
-        "hash": h, "size": len(data), "chunk_size": CHUNK})
+    await admin.post(
+        f"/api/upload/init/{heap['id']}/blk-e",
+        json={"hash": h, "size": len(data), "chunk_size": CHUNK},
+    )
     r = await eve.put(f"/api/upload/chunk/{heap['id']}/blk-e/{h}/0", content=data)
     assert_error(r, 403, "heap_forbidden")  # the heap first: no word on its uploads
-    for bad in ({"hash": "xyz", "size": 1, "chunk_size": 1},
-                {"size": 1, "chunk_size": 1},
-                {"hash": h, "size": -1, "chunk_size": 1},
-                {"hash": h, "size": 1, "chunk_size": 0}):
+    for bad in (
+        {"hash": "xyz", "size": 1, "chunk_size": 1},
+        {"size": 1, "chunk_size": 1},
+        {"hash": h, "size": -1, "chunk_size": 1},
+        {"hash": h, "size": 1, "chunk_size": 0},
+    ):
         r = await admin.post(f"/api/upload/init/{heap['id']}/blk-e", json=bad)
         assert r.status_code == 400, (bad, r.text)
-    r = await admin.post(f"/api/upload/init/{heap['id']}/blk-e", json={
-        "hash": h, "size": 1, "chunk_size": 10**12})
+    r = await admin.post(
+        f"/api/upload/init/{heap['id']}/blk-e", json={"hash": h, "size": 1, "chunk_size": 10**12}
+    )
     assert_error(r, 413)
     r = await admin.get(f"/api/upload/status/{heap['id']}/blk-e/not-a-hash")
     assert_error(r, 400, "bad_hash")
@@ -226,20 +285,23 @@ async def test_other_users_and_bad_input(admin: HeaperClient, eve: HeaperClient,
     assert_error(r, 400, "bad_chunk_index")
 
 
-async def test_files_go_with_the_last_block_holding_them(admin: HeaperClient,
-                                                         server: RunningServer) -> None:
+async def test_files_go_with_the_last_block_holding_them(
+    admin: HeaperClient, server: RunningServer
+) -> None:
     heap = await new_heap(admin)
     data = b"shared content" * 100
     h = sha(data)
     for block in ("blk-1", "blk-2"):
-        r = await admin.post(f"/api/upload/file/{heap['id']}/{block}",
-                             files={"file": ("s.txt", data)})
+        r = await admin.post(
+            f"/api/upload/file/{heap['id']}/{block}", files={"file": ("s.txt", data)}
+        )
         assert r.status_code == 200, r.text
     store = server.services.files.store_path(h)
     for block in ("blk-1", "blk-2"):
         trashed = ClientBlock(block)
-        pulled = (await admin.post("/api/sync/pull", json={"blocks": [{"block_id": block}]})
-                  ).json()["blocks"][0]
+        pulled = (
+            await admin.post("/api/sync/pull", json={"blocks": [{"block_id": block}]})
+        ).json()["blocks"][0]
         trashed.doc.apply_update(base64.b64decode(pulled["update"]))
         trashed.synced = trashed.doc.get_state()
         trashed.meta["deleted_at"] = 1_700_000_000_000
@@ -250,15 +312,18 @@ async def test_files_go_with_the_last_block_holding_them(admin: HeaperClient,
     assert await server.services.storage.get_file(h) is None
 
 
-
 async def test_abandoned_uploads_expire(admin: HeaperClient, server: RunningServer) -> None:
     import time
 
     heap = await new_heap(admin)
     data = os.urandom(CHUNK * 2)
     h = sha(data)
-    init = (await admin.post(f"/api/upload/init/{heap['id']}/blk-x", json={
-        "hash": h, "size": len(data), "chunk_size": CHUNK})).json()
+    init = (
+        await admin.post(
+            f"/api/upload/init/{heap['id']}/blk-x",
+            json={"hash": h, "size": len(data), "chunk_size": CHUNK},
+        )
+    ).json()
     await admin.put(f"/api/upload/chunk/{heap['id']}/blk-x/{h}/0", content=data[:CHUNK])
     files = server.services.files
     assert await files.expire(int(time.time() * 1000)) == 0  # not yet

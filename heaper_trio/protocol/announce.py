@@ -58,8 +58,15 @@ Announcement = BlockAnnouncement | UserEventAnnouncement
 
 def encode(a: Announcement) -> str:
     if isinstance(a, BlockAnnouncement):
-        data: dict[str, Any] = {"o": a.origin, "k": a.kind, "h": a.heap_id, "b": a.block_id,
-                                "s": a.seq, "v": a.sync_version, "t": a.updated_at}
+        data: dict[str, Any] = {
+            "o": a.origin,
+            "k": a.kind,
+            "h": a.heap_id,
+            "b": a.block_id,
+            "s": a.seq,
+            "v": a.sync_version,
+            "t": a.updated_at,
+        }
     else:
         data = {"o": a.origin, "u": a.user_id, "e": dict(a.event)}
     return json.dumps(data, separators=(",", ":"))
@@ -77,18 +84,17 @@ def decode(text: str) -> Announcement:
     keys = tuple(sorted(data))
     if keys == tuple(sorted(_USER_KEYS)):
         origin, user_id, event = data["o"], data["u"], data["e"]
-        if not (isinstance(origin, str) and isinstance(user_id, str)
-                and isinstance(event, dict)):
+        if not (isinstance(origin, str) and isinstance(user_id, str) and isinstance(event, dict)):
             raise MalformedAnnouncement("a user event with fields of the wrong type")
         return UserEventAnnouncement(origin, user_id, event)
     if keys != tuple(sorted(_BLOCK_KEYS)):
         raise MalformedAnnouncement(f"unexpected keys {list(keys)[:10]}")
     strings = [data[k] for k in ("o", "k", "h", "b")]
     numbers = [data[k] for k in ("s", "v", "t")]
-    if not all(isinstance(x, str) for x in strings) or not all(
-            type(x) is int for x in numbers):
+    if not all(isinstance(x, str) for x in strings) or not all(type(x) is int for x in numbers):
         raise MalformedAnnouncement("a block change with fields of the wrong type")
     if data["k"] not in BLOCK_KINDS:
         raise MalformedAnnouncement("unknown change kind")
-    return BlockAnnouncement(data["o"], data["k"], data["h"], data["b"], data["s"], data["v"],
-                             data["t"])
+    return BlockAnnouncement(
+        data["o"], data["k"], data["h"], data["b"], data["s"], data["v"], data["t"]
+    )

@@ -23,8 +23,16 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "heap.deleted": ("heap_id",),
     # files and jobs of the user
     "file.ready": ("heap_id", "block_id", "file_hash", "file_id"),
-    "scan.progress": ("scan_id", "heap_id", "path", "files_seen", "files_done", "bytes",
-                      "current_path", "files_per_s"),
+    "scan.progress": (
+        "scan_id",
+        "heap_id",
+        "path",
+        "files_seen",
+        "files_done",
+        "bytes",
+        "current_path",
+        "files_per_s",
+    ),
     "scan.done": ("scan_id", "heap_id", "path", "files_seen", "files_done", "bytes"),
     "scan.failed": ("scan_id", "heap_id", "path", "error"),
     "scan.aborted": ("scan_id", "heap_id", "path", "files_seen", "files_done", "bytes"),
@@ -38,9 +46,14 @@ _HEAP_ID = re.compile(ID_PATTERN)
 # what a client sends on the events channel: {"type": <command>, "heap_ids": [...]}
 COMMANDS = ("subscribe", "unsubscribe")
 SCAN_EVENTS = frozenset(t for t in EVENT_FIELDS if t.startswith("scan."))
-BLOCK_KINDS = {"created": "block.created", "changed": "block.changed",
-               "deleted": "block.deleted", "restored": "block.restored",
-               "purged": "block.purged", "heap_deleted": "heap.deleted"}
+BLOCK_KINDS = {
+    "created": "block.created",
+    "changed": "block.changed",
+    "deleted": "block.deleted",
+    "restored": "block.restored",
+    "purged": "block.purged",
+    "heap_deleted": "heap.deleted",
+}
 
 
 def event(type_: str, **fields: Any) -> dict[str, Any]:
@@ -68,7 +81,10 @@ def parse_command(payload: str) -> dict[str, Any] | None:
         return None
     ids = data.get("heap_ids")
     # ids as document names and the HTTP routes take them: a NUL would reach PostgreSQL
-    if not isinstance(ids, list) or len(ids) > 1000 or not all(
-            isinstance(i, str) and _HEAP_ID.fullmatch(i) for i in ids):
+    if (
+        not isinstance(ids, list)
+        or len(ids) > 1000
+        or not all(isinstance(i, str) and _HEAP_ID.fullmatch(i) for i in ids)
+    ):
         return None
     return {"type": data["type"], "heap_ids": list(dict.fromkeys(ids))}

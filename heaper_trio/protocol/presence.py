@@ -40,8 +40,9 @@ class PresenceTable:
     def __init__(self) -> None:
         self._entries: dict[int, _Entry] = {}
 
-    def apply(self, entries: list[AwarenessEntry], owner: Owner, now: float
-              ) -> list[AwarenessEntry]:
+    def apply(
+        self, entries: list[AwarenessEntry], owner: Owner, now: float
+    ) -> list[AwarenessEntry]:
         """Apply what a connection sent; return the accepted entries, to relay to everyone
         on the document (renewals included: they keep the other clients' timers alive)."""
         accepted = []
@@ -51,12 +52,19 @@ class PresenceTable:
                 continue  # not theirs to change
             if len(e.state) > MAX_STATE_BYTES:
                 continue
-            if ((current is None or current.owner != owner) and e.state != "null"
-                    and self._owned(owner) >= MAX_CLIENTS_PER_OWNER):
+            if (
+                (current is None or current.owner != owner)
+                and e.state != "null"
+                and self._owned(owner) >= MAX_CLIENTS_PER_OWNER
+            ):
                 continue
             newer = current is None or e.clock > current.clock
-            removal = (current is not None and e.clock == current.clock and e.state == "null"
-                       and current.state != "null")
+            removal = (
+                current is not None
+                and e.clock == current.clock
+                and e.state == "null"
+                and current.state != "null"
+            )
             if not (newer or removal):
                 continue
             self._entries[e.client_id] = _Entry(e.clock, e.state, owner, now)
@@ -84,8 +92,11 @@ class PresenceTable:
 
     def states(self) -> list[AwarenessEntry]:
         """Every present state (what a newcomer or a query-awareness gets)."""
-        return [AwarenessEntry(c, e.clock, e.state) for c, e in self._entries.items()
-                if e.state != "null"]
+        return [
+            AwarenessEntry(c, e.clock, e.state)
+            for c, e in self._entries.items()
+            if e.state != "null"
+        ]
 
     def __len__(self) -> int:
         return len(self.states())

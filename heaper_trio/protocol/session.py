@@ -107,8 +107,14 @@ class _Pending:
 
 
 class LiveSession:
-    def __init__(self, *, connection_token: bool, limits: SessionLimits | None = None,
-                 timeouts: Timeouts | None = None, now: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        connection_token: bool,
+        limits: SessionLimits | None = None,
+        timeouts: Timeouts | None = None,
+        now: float = 0.0,
+    ) -> None:
         self.connection_token = connection_token  # a token came with the upgrade request
         self.limits = limits or SessionLimits()
         self.timeouts = timeouts or Timeouts()
@@ -169,8 +175,10 @@ class LiveSession:
             if self.connection_token:  # no auth message needed: the upgrade carried a token
                 pending.authorizing = True
                 actions.append(Authorize(address, None, None))
-        if (self._queued_bytes + size > self.limits.max_pending_bytes
-                or self._queued_messages + 1 > self.limits.max_pending_messages):
+        if (
+            self._queued_bytes + size > self.limits.max_pending_bytes
+            or self._queued_messages + 1 > self.limits.max_pending_messages
+        ):
             return self._disconnect(CLOSE_RESET, "too much data before authentication")
         pending.queue.append((message, size))
         self._queued_bytes += size
@@ -197,8 +205,10 @@ class LiveSession:
             return [Send(m.encode(m.PermissionDenied(address, "too many open documents")))]
         self.open.add(address)
         self.ever_authorized = True
-        actions: list[Action] = [Send(m.encode(m.Authenticated(address, scope))),
-                                 OpenDocument(address)]
+        actions: list[Action] = [
+            Send(m.encode(m.Authenticated(address, scope))),
+            OpenDocument(address),
+        ]
         actions += [Deliver(address, message) for message, _ in pending.queue]
         return actions
 

@@ -31,8 +31,7 @@ class FileIdentity:
 
     @classmethod
     def of(cls, st: os.stat_result) -> FileIdentity:
-        return cls(_i64(st.st_dev), _i64(st.st_ino), st.st_size, st.st_mtime_ns,
-                   st.st_ctime_ns)
+        return cls(_i64(st.st_dev), _i64(st.st_ino), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass(frozen=True)

@@ -148,11 +148,17 @@ class AccountService:
         """``POST /api/me``: identity, real usage counts, entitlements and the limits in force."""
         usage = await self.storage.usage(user.id, self._now_ms())
         return Profile(
-            user, usage,
+            user,
+            usage,
             # Only what this server implements; each capability adds its name when it lands.
             ENTITLEMENTS + (("admin",) if user.is_admin else ()),
-            Limits(self.settings.max_request_bytes, self.settings.auth_rate_limit,
-                   self.settings.access_token_ttl, self.settings.refresh_token_ttl))
+            Limits(
+                self.settings.max_request_bytes,
+                self.settings.auth_rate_limit,
+                self.settings.access_token_ttl,
+                self.settings.refresh_token_ttl,
+            ),
+        )
 
 
 async def find_user(storage: Storage, ident: str) -> User:
@@ -173,8 +179,9 @@ _CHALLENGE_TEXT = {
 }
 _REFRESH_TEXT = {
     RefreshOutcome.unknown: "refresh token is not known to this server",
-    RefreshOutcome.reused: ("refresh token was already used; every refresh token of this "
-                            "login is revoked"),
+    RefreshOutcome.reused: (
+        "refresh token was already used; every refresh token of this login is revoked"
+    ),
     RefreshOutcome.revoked: "refresh token was revoked",
     RefreshOutcome.expired: "refresh token has expired",
 }

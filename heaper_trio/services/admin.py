@@ -39,14 +39,16 @@ class UserAdmin:
 
     async def approve(self, ident: str) -> User:
         user = await self.find(ident)
-        return _still_there(await self.storage.set_user_state(user.id, "approved", self._now()),
-                            ident)
+        return _still_there(
+            await self.storage.set_user_state(user.id, "approved", self._now()), ident
+        )
 
     async def reject(self, ident: str) -> User:
         """Refuse the account; storage also revokes every token it holds."""
         user = await self.find(ident)
-        return _still_there(await self.storage.set_user_state(user.id, "rejected", self._now()),
-                            ident)
+        return _still_there(
+            await self.storage.set_user_state(user.id, "rejected", self._now()), ident
+        )
 
     async def make_admin(self, ident: str) -> User:
         """Grant admin rights; an admin who cannot log in would be no admin, so approve too."""
@@ -74,7 +76,9 @@ async def open_user_admin(settings: Settings) -> AsyncIterator[UserAdmin]:
     from heaper_trio.services.container import open_storage  # container holds a UserAdmin
 
     if not database_exists(settings):
-        raise StartupError(f"data_dir: no database in {settings.data_path}; pass the server's "
-                           "--data-dir (or start the server once first)")
+        raise StartupError(
+            f"data_dir: no database in {settings.data_path}; pass the server's "
+            "--data-dir (or start the server once first)"
+        )
     async with open_storage(settings) as storage:
         yield UserAdmin(storage)

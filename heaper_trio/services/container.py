@@ -128,12 +128,17 @@ async def open_services(
             query=QueryService(documents),
             realtime=(counters := RealtimeCounters()),
             hub=(hub := LiveHub(documents, counters)),
-            media=(media := MediaService(settings.data_path / "thumbnails" / "generated",
-                                         max_jobs=settings.media_jobs)),
-            files=(files := FileService(storage, documents, settings, hub.publish_user_event,
-                                        probe=media.probe)),
-            scans=ScanService(storage, documents, files, settings, hub.publish_user_event,
-                              media),
+            media=(
+                media := MediaService(
+                    settings.data_path / "thumbnails" / "generated", max_jobs=settings.media_jobs
+                )
+            ),
+            files=(
+                files := FileService(
+                    storage, documents, settings, hub.publish_user_event, probe=media.probe
+                )
+            ),
+            scans=ScanService(storage, documents, files, settings, hub.publish_user_event, media),
             client_thumbnails=(thumbs := ClientThumbnails(storage, settings.data_path)),
             heaps=HeapService(documents, files, thumbs),
             shutdown=shutdown if shutdown is not None else trio.Event(),

@@ -54,8 +54,9 @@ class DocumentCache:
         self.evict(block_id)
         self._entries[block_id] = entry
         self._bytes += entry.approx_bytes
-        while self._entries and (len(self._entries) > self.max_entries
-                                 or self._bytes > self.max_bytes):
+        while self._entries and (
+            len(self._entries) > self.max_entries or self._bytes > self.max_bytes
+        ):
             _, old = self._entries.popitem(last=False)
             self._bytes -= old.approx_bytes
 

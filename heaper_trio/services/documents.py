@@ -10,23 +10,20 @@ process in sorted order so concurrent pushes here do not keep conflicting with e
 from __future__ import annotations
 
 import logging
-import math
-import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
-from typing import Any
-
-import trio
+from dataclasses import replace
 
 from heaper_trio import crdt
 from heaper_trio.errors import Forbidden, NotFound, PayloadTooLarge
-from heaper_trio.records import BlockChange, BlockProjection, ChangePage, CommitStatus, Heap, User
-from heaper_trio.services.doc_cache import DocumentBase, DocumentCache
-from heaper_trio.services.push import Prepared, PushBatch, Settled, checked, with_diff
+from heaper_trio.records import BlockChange, ChangePage, CommitStatus, Heap, User
 from heaper_trio.records.changes import ChangeKind, change_kind
+from heaper_trio.services.commits import BlockLocks, CommitListener, Committed
+from heaper_trio.services.doc_cache import DocumentBase, DocumentCache
+from heaper_trio.services.projection import projection_of, storable
+from heaper_trio.services.push import Prepared, PushBatch, Settled, checked, with_diff
 from heaper_trio.services.sync_types import (
     BlockView,
     EditStatus,
@@ -47,97 +44,10 @@ MAX_ATTEMPTS = 5
 DELTA_LIMIT = 1000
 
 
-def _clean(value: Any) -> Any:
-    """JSON both engines store alike: no NUL in strings (PostgreSQL TEXT/JSONB refuse it),
-    no NaN or infinity (JSONB refuses them). The document itself keeps whatever it holds."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {_clean(str(k)): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def projection_of(doc: crdt.BlockDocument) -> BlockProjection:
-    p = doc.project()
-    ids = lambda xs: tuple(x for x in xs if "\x00" not in x)  # noqa: E731
-    return BlockProjection(
-        type=_clean(p.type), title=_clean(p.title), text=_clean(p.text),
-        relations=_clean(p.relations), files=_clean(p.files), apps=_clean(p.apps),
-        deleted_at=p.deleted_at, permanently_deleted_at=p.permanently_deleted_at,
-        tags=ids(p.tags), mentions=ids(p.mentions), links=ids(p.links),
-        file_hashes=file_hashes(p.files),
-    )
-
-
-_HASH = re.compile(r"[0-9a-f]{64}")
-
-
-def file_hashes(files: dict[str, Any]) -> tuple[str, ...]:
-    """Content hashes of a block's ``files_v0`` entries: the entry's ``hash`` field, else
-    the key's ``<hash>:<size>`` prefix (lowercase hex SHA-256 only)."""
-    out = set()
-    for key, value in files.items():
-        candidate = value.get("hash") if isinstance(value, dict) else None
-        if not (isinstance(candidate, str) and _HASH.fullmatch(candidate.lower())):
-            candidate = str(key).split(":", 1)[0]
-        candidate = candidate.lower()
-        if _HASH.fullmatch(candidate):
-            out.add(candidate)
-    return tuple(sorted(out))
-
-
-@dataclass(frozen=True)
-class Committed:
-    """A durably stored change of one block: what live subscribers and other processes hear.
-
-    ``kind`` is a ``ChangeKind``: ``created``, ``changed``, ``deleted`` (moved to the trash),
-    ``restored`` (out of it), ``purged`` (gone for good) or ``heap_deleted``. ``updates`` are
-    the stored Yjs updates; empty when only the pointer is known (a change announced by
-    another process, or a purge).
-    ``origin`` is whoever asked for the change (a live connection), so it is not echoed back.
-    """
-
-    heap_id: str
-    block_id: str
-    kind: str
-    seq: int = 0
-    sync_version: int = 1
-    updated_at: int = 0
-    updates: tuple[bytes, ...] = ()
-    origin: object | None = None
-
-
-CommitListener = Callable[[Sequence[Committed]], None]
-
-
-class BlockLocks:
-    """One trio.Lock per block id, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[trio.Lock, int]] = {}
-
-    async def hold_all(self, stack: AsyncExitStack, block_ids: list[str]) -> None:
-        for block_id in sorted(set(block_ids)):  # one global order: no deadlocks
-            lock, users = self._locks.get(block_id, (trio.Lock(), 0))
-            self._locks[block_id] = (lock, users + 1)
-            stack.callback(self._release_user, block_id)
-            await stack.enter_async_context(lock)
-
-    def _release_user(self, block_id: str) -> None:
-        lock, users = self._locks[block_id]
-        if users <= 1:
-            del self._locks[block_id]
-        else:
-            self._locks[block_id] = (lock, users - 1)
-
-
 class DocumentService:
-    def __init__(self, storage: Storage, settings: Settings,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, storage: Storage, settings: Settings, clock: Callable[[], float] = time.time
+    ) -> None:
         self.storage = storage
         self.settings = settings
         self.clock = clock
@@ -175,12 +85,20 @@ class DocumentService:
     async def create_heap(self, user: User, name: str, heap_id: str | None) -> Heap:
         heap_id = heap_id or str(uuid.uuid4())
         root_id = str(uuid.uuid4())
-        first = crdt.new_block_document(block_type="index", title=_clean(name))
+        first = crdt.new_block_document(block_type="index", title=storable(name))
         doc = crdt.BlockDocument.load(None, [first])
         now = self._now()
-        heap = Heap(heap_id, user.id, _clean(name), root_id, now, now)
-        root = BlockChange(root_id, heap_id, user.id, None, (first,), projection_of(doc),
-                           doc.state_vector(), doc.size)
+        heap = Heap(heap_id, user.id, storable(name), root_id, now, now)
+        root = BlockChange(
+            root_id,
+            heap_id,
+            user.id,
+            None,
+            (first,),
+            projection_of(doc),
+            doc.state_vector(),
+            doc.size,
+        )
         if not await self.storage.create_heap(heap, root, now):
             raise Forbidden("this heap id is already taken", code="heap_exists")
         created = await self.storage.get_heap(heap_id)
@@ -191,16 +109,26 @@ class DocumentService:
     # -- push -------------------------------------------------------------------------------
     async def push(self, user: User, items: Sequence[PushItemRequest]) -> list[PushOutcome]:
         """Each block is applied on its own; the answers keep the request's order."""
-        if sum(len(i.update) for i in items if isinstance(i.update, bytes)) \
-                > self.settings.max_request_bytes:
+        if (
+            sum(len(i.update) for i in items if isinstance(i.update, bytes))
+            > self.settings.max_request_bytes
+        ):
             raise PayloadTooLarge("the decoded updates exceed max_request_bytes")
         settled = await self._push_items(
-            user, [checked(item, index) for index, item in enumerate(items)], origin=None)
+            user, [checked(item, index) for index, item in enumerate(items)], origin=None
+        )
         # No await from here on: the documents are read as the push left them.
         return [with_diff(s, item.state_vector) for s, item in zip(settled, items, strict=True)]
 
-    async def push_live(self, user: User, heap_id: str, block_id: str, updates: list[bytes],
-                        sync_version: int | None, origin: object) -> PushOutcome:
+    async def push_live(
+        self,
+        user: User,
+        heap_id: str,
+        block_id: str,
+        updates: list[bytes],
+        sync_version: int | None,
+        origin: object,
+    ) -> PushOutcome:
         """Updates from a live connection: stored like an HTTP push (one commit for all of
         them), answered only once durable. The caller checked the heap; it is checked again
         here, as ownership may have changed since the document was opened."""
@@ -215,8 +143,9 @@ class DocumentService:
         [settled] = await self._push_items(user, [work], origin=origin)
         return settled.outcome
 
-    async def _push_items(self, user: User, work: Sequence[PushBatch | PushOutcome],
-                          origin: object) -> list[Settled]:
+    async def _push_items(
+        self, user: User, work: Sequence[PushBatch | PushOutcome], origin: object
+    ) -> list[Settled]:
         """Store the batches (outcomes in ``work`` are refusals made while checking); one
         ``Settled`` per entry of ``work``, in its order."""
         done = {i: Settled(w) for i, w in enumerate(work) if isinstance(w, PushOutcome)}
@@ -253,8 +182,9 @@ class DocumentService:
         gone = await self.storage.tombstones([b.block_id for b in batches])
         return [await self._prepare_one(b, gone) for b in batches]
 
-    async def _prepare_one(self, batch: PushBatch, gone: dict[str, tuple[str, int]]
-                           ) -> Prepared | PushOutcome:
+    async def _prepare_one(
+        self, batch: PushBatch, gone: dict[str, tuple[str, int]]
+    ) -> Prepared | PushOutcome:
         if batch.block_id in gone:
             if gone[batch.block_id][0] != batch.heap_id:
                 # "deleted" would tell that this id was another heap's (another user's)
@@ -267,11 +197,18 @@ class DocumentService:
             return batch.refused(PushStatus.invalid, e.code)
         if base is not None and base.heap_id != batch.heap_id:
             return batch.refused(PushStatus.forbidden, "block_in_other_heap")
-        if (base is not None and batch.sync_version is not None
-                and batch.sync_version != base.sync_version):
+        if (
+            base is not None
+            and batch.sync_version is not None
+            and batch.sync_version != base.sync_version
+        ):
             self.cache.put(batch.block_id, base)
-            return PushOutcome(batch.block_id, PushStatus.version_mismatch, base.sync_version,
-                               "sync_version_mismatch")
+            return PushOutcome(
+                batch.block_id,
+                PushStatus.version_mismatch,
+                base.sync_version,
+                "sync_version_mismatch",
+            )
         doc = base.doc if base is not None else crdt.BlockDocument()
         try:
             was_deleted = base is not None and doc.deleted_at() is not None
@@ -289,11 +226,17 @@ class DocumentService:
             return None
         doc = crdt.BlockDocument.load(stored.snapshot, stored.updates)
         size = len(stored.snapshot or b"") + sum(len(u) for u in stored.updates)
-        return DocumentBase(doc, stored.heap_id, stored.last_seq, len(stored.updates),
-                            stored.sync_version, size)
+        return DocumentBase(
+            doc, stored.heap_id, stored.last_seq, len(stored.updates), stored.sync_version, size
+        )
 
-    async def _commit(self, user: User, prepared: list[Prepared], done: dict[int, Settled],
-                      committed: dict[int, Committed]) -> list[PushBatch]:
+    async def _commit(
+        self,
+        user: User,
+        prepared: list[Prepared],
+        done: dict[int, Settled],
+        committed: dict[int, Committed],
+    ) -> list[PushBatch]:
         """Commit every changed batch in one transaction, settling it in ``done`` (and what it
         stored in ``committed``); return the ones that conflicted, to try again."""
         changes: list[tuple[Prepared, BlockChange]] = []
@@ -303,17 +246,33 @@ class DocumentService:
                 if base is not None:
                     self.cache.put(batch.block_id, base)
                 done[batch.index] = Settled(
-                    PushOutcome(batch.block_id, PushStatus.ok, p.version), p.doc)
+                    PushOutcome(batch.block_id, PushStatus.ok, p.version), p.doc
+                )
                 continue
             last_seq = base.last_seq if base else 0
             compacted = None
-            if base is not None and base.log_rows + len(batch.updates) >= COMPACT_EVERY \
-                    and not p.doc.has_pending():
+            if (
+                base is not None
+                and base.log_rows + len(batch.updates) >= COMPACT_EVERY
+                and not p.doc.has_pending()
+            ):
                 compacted = (p.doc.snapshot(), last_seq + len(batch.updates))
-            changes.append((p, BlockChange(
-                batch.block_id, batch.heap_id, user.id, base.last_seq if base else None,
-                batch.updates, projection_of(p.doc), p.doc.state_vector(), p.doc.size,
-                compacted)))
+            changes.append(
+                (
+                    p,
+                    BlockChange(
+                        batch.block_id,
+                        batch.heap_id,
+                        user.id,
+                        base.last_seq if base else None,
+                        batch.updates,
+                        projection_of(p.doc),
+                        p.doc.state_vector(),
+                        p.doc.size,
+                        compacted,
+                    ),
+                )
+            )
         if not changes:
             return []
         results = await self.storage.commit_changes([c for _, c in changes], self._now())
@@ -323,25 +282,46 @@ class DocumentService:
             if result.status is CommitStatus.conflict:
                 retry.append(replace(batch, seen_version=p.version))
                 continue
-            self.cache.put(batch.block_id, DocumentBase(
-                p.doc, batch.heap_id, result.last_seq,
-                0 if change.compacted else (base.log_rows if base else 0) + len(batch.updates),
-                result.sync_version,
-                (base.approx_bytes if base else 0) + sum(len(u) for u in batch.updates)))
-            kind = change_kind(created=result.status is CommitStatus.created,
-                               was_deleted=p.was_deleted,
-                               now_deleted=change.projection.deleted_at is not None)
+            self.cache.put(
+                batch.block_id,
+                DocumentBase(
+                    p.doc,
+                    batch.heap_id,
+                    result.last_seq,
+                    0 if change.compacted else (base.log_rows if base else 0) + len(batch.updates),
+                    result.sync_version,
+                    (base.approx_bytes if base else 0) + sum(len(u) for u in batch.updates),
+                ),
+            )
+            kind = change_kind(
+                created=result.status is CommitStatus.created,
+                was_deleted=p.was_deleted,
+                now_deleted=change.projection.deleted_at is not None,
+            )
             committed[batch.index] = Committed(
-                batch.heap_id, batch.block_id, kind, result.last_seq, result.sync_version,
-                result.updated_at, batch.updates)
+                batch.heap_id,
+                batch.block_id,
+                kind,
+                result.last_seq,
+                result.sync_version,
+                result.updated_at,
+                batch.updates,
+            )
             done[batch.index] = Settled(
-                PushOutcome(batch.block_id, PushStatus(result.status.value),
-                            result.sync_version), p.doc)
+                PushOutcome(batch.block_id, PushStatus(result.status.value), result.sync_version),
+                p.doc,
+            )
         return retry
 
-    async def server_edit(self, author_id: str, heap_id: str, block_id: str,
-                          edit: Callable[[crdt.BlockDocument], bytes], *,
-                          create: Callable[[], bytes] | None = None) -> EditStatus:
+    async def server_edit(
+        self,
+        author_id: str,
+        heap_id: str,
+        block_id: str,
+        edit: Callable[[crdt.BlockDocument], bytes],
+        *,
+        create: Callable[[], bytes] | None = None,
+    ) -> EditStatus:
         """A CRDT edit made by the server (restore from trash, a file recorded, ...), stored and
         projected like any pushed update. ``edit`` changes the document and returns the update
         it made. A missing block is created from ``create()`` (its first update) when given."""
@@ -358,23 +338,45 @@ class DocumentService:
                     return EditStatus.not_found
                 else:
                     first = ()
-                doc = crdt.BlockDocument.load(stored.snapshot if stored else None,
-                                              stored.updates if stored else first)
+                doc = crdt.BlockDocument.load(
+                    stored.snapshot if stored else None, stored.updates if stored else first
+                )
                 was_deleted = doc.deleted_at() is not None
                 update = edit(doc)
                 if update == crdt.EMPTY_UPDATE and stored is not None:
                     return EditStatus.unchanged
                 updates = (*first, update) if update != crdt.EMPTY_UPDATE else first
                 projection = projection_of(doc)
-                change = BlockChange(block_id, heap_id, author_id,
-                                     stored.last_seq if stored else None, updates,
-                                     projection, doc.state_vector(), doc.size)
+                change = BlockChange(
+                    block_id,
+                    heap_id,
+                    author_id,
+                    stored.last_seq if stored else None,
+                    updates,
+                    projection,
+                    doc.state_vector(),
+                    doc.size,
+                )
                 [result] = await self.storage.commit_changes([change], self._now())
                 if result.status is not CommitStatus.conflict:
-                    kind = change_kind(created=stored is None, was_deleted=was_deleted,
-                                       now_deleted=projection.deleted_at is not None)
-                    self.announce([Committed(heap_id, block_id, kind, result.last_seq,
-                                             result.sync_version, result.updated_at, updates)])
+                    kind = change_kind(
+                        created=stored is None,
+                        was_deleted=was_deleted,
+                        now_deleted=projection.deleted_at is not None,
+                    )
+                    self.announce(
+                        [
+                            Committed(
+                                heap_id,
+                                block_id,
+                                kind,
+                                result.last_seq,
+                                result.sync_version,
+                                result.updated_at,
+                                updates,
+                            )
+                        ]
+                    )
                     return EditStatus.created if stored is None else EditStatus.ok
         return EditStatus.conflict
 
@@ -393,13 +395,13 @@ class DocumentService:
         for item in items:
             block_id = item.block_id
             if block_id in gone and await mine(gone[block_id][0]):
-                answers.append(PullOutcome(block_id, PullStatus.deleted,
-                                           deleted_at=gone[block_id][1]))
+                answers.append(
+                    PullOutcome(block_id, PullStatus.deleted, deleted_at=gone[block_id][1])
+                )
                 continue
             stored = await self.storage.load_block(block_id)
             if stored is None or not await mine(stored.heap_id):
-                answers.append(PullOutcome(block_id, PullStatus.not_found,
-                                           error="block_not_found"))
+                answers.append(PullOutcome(block_id, PullStatus.not_found, error="block_not_found"))
                 continue
             version, sv = stored.sync_version, item.state_vector
             if isinstance(sv, Undecodable):
@@ -413,12 +415,25 @@ class DocumentService:
                 answers.append(PullOutcome(block_id, PullStatus.invalid, version, e.code))
                 continue
             if item.sync_version is not None and item.sync_version != version:
-                answers.append(PullOutcome(block_id, PullStatus.version_mismatch, version,
-                                           full_state=doc.full_state(),
-                                           state_vector=doc.state_vector()))
+                answers.append(
+                    PullOutcome(
+                        block_id,
+                        PullStatus.version_mismatch,
+                        version,
+                        full_state=doc.full_state(),
+                        state_vector=doc.state_vector(),
+                    )
+                )
             else:
-                answers.append(PullOutcome(block_id, PullStatus.ok, version,
-                                           update=doc.diff(sv), state_vector=doc.state_vector()))
+                answers.append(
+                    PullOutcome(
+                        block_id,
+                        PullStatus.ok,
+                        version,
+                        update=doc.diff(sv),
+                        state_vector=doc.state_vector(),
+                    )
+                )
         return answers
 
     # -- delta and block reads ----------------------------------------------------------------
@@ -433,6 +448,10 @@ class DocumentService:
             raise NotFound("no such block in your heaps", code="block_not_found")
         record = (await self.storage.get_blocks([block_id]))[block_id]
         doc = crdt.BlockDocument.load(stored.snapshot, stored.updates)
-        return BlockView(record, heap.root_block_id == record.id,
-                         await self.storage.related(block_id), doc.full_state(),
-                         doc.state_vector())
+        return BlockView(
+            record,
+            heap.root_block_id == record.id,
+            await self.storage.related(block_id),
+            doc.full_state(),
+            doc.state_vector(),
+        )

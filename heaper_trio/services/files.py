@@ -12,7 +12,7 @@ when a block of theirs holds it AND they proved its bytes: the server verified t
 user (a grant, written by ``_record``) or a scan of the user's folder found them. A block's
 ``files_v0`` is whatever its owner pushed, so it is a claim, never a proof; anyone else sends
 the bytes, which are verified against the copy in the store (kept once). The temp-file side of
-uploads is in ``upload_disk``. Work per request is bounded: chunks are at least
+uploads is in ``upload_disk``, the store and its index in ``file_store``. Work per request is bounded: chunks are at least
 ``MIN_CHUNK_BYTES`` and at most ``MAX_CHUNKS`` per file, and file-system probing runs on its own
 small thread limiter, never on the one the database threads share. A full disk is a 507 and
 leaves nothing half-written; temporary files a killed process left are removed at start-up.
@@ -35,7 +35,6 @@ from typing import IO, Any, BinaryIO
 
 import trio
 
-from heaper_trio import crdt
 from heaper_trio.errors import (
     BadRequest,
     Conflict,
@@ -44,8 +43,7 @@ from heaper_trio.errors import (
     Unprocessable,
     disk_full_is_507,
 )
-from heaper_trio.protocol import events
-from heaper_trio.records import FileRecord, UploadRecord, User
+from heaper_trio.records import UploadRecord, User
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.file_outcomes import (
     AlreadyStored,
@@ -57,6 +55,7 @@ from heaper_trio.services.file_outcomes import (
     UploadReady,
     UploadStart,
 )
+from heaper_trio.services.file_store import HASH, FileStore
 from heaper_trio.services.upload_disk import (  # _write: tests make the disk full there
     UploadSlots,
     _close_and_remove,
@@ -69,13 +68,10 @@ from heaper_trio.settings import Settings
 from heaper_trio.storage.base import Storage
 
 log = logging.getLogger(__name__)
-HASH = re.compile(r"[0-9a-f]{64}")
 COPY_BLOCK = 1024 * 1024
 EXPIRE_EVERY_S = 600
 MIN_CHUNK_BYTES = 64 * 1024  # a file smaller than this is one chunk; the last may be shorter
 MAX_CHUNKS = 10_000  # bounds the `received` lists and the chunk files of one upload
-PROBE_THREADS = 4  # stat, scandir, mkdir, unlink of uploads: quick, but never the DB's threads
-IO_THREADS = 4  # writing, hashing, assembling: long, kept off the probes' limiter
 CHUNK_NAME = re.compile(r"([0-9]{1,9})\.chunk")
 NO_SPACE = "the server has no space left for this upload; retry later"
 
@@ -83,8 +79,9 @@ NO_SPACE = "the server has no space left for this upload; retry later"
 def check_hash(value: str) -> str:
     value = value.strip().lower()
     if not HASH.fullmatch(value):
-        raise BadRequest("a file hash is the lowercase hex SHA-256 of its content (64 chars)",
-                         code="bad_hash")
+        raise BadRequest(
+            "a file hash is the lowercase hex SHA-256 of its content (64 chars)", code="bad_hash"
+        )
     return value
 
 
@@ -101,142 +98,60 @@ def chunk_plan(size: int, chunk_size: int, max_chunk_bytes: int) -> int:
     chunks are at least ``MIN_CHUNK_BYTES`` (a smaller file is simply one chunk) and a file has
     at most ``MAX_CHUNKS``; the details tell a client what would be accepted."""
     min_chunk = min(MIN_CHUNK_BYTES, max_chunk_bytes)
-    limits = {"field": "chunk_size", "min_chunk_size": min_chunk,
-              "max_chunk_size": max_chunk_bytes, "max_chunks": MAX_CHUNKS}
+    limits = {
+        "field": "chunk_size",
+        "min_chunk_size": min_chunk,
+        "max_chunk_size": max_chunk_bytes,
+        "max_chunks": MAX_CHUNKS,
+    }
     if chunk_size > max_chunk_bytes:
         raise PayloadTooLarge("chunk_size exceeds max_chunk_bytes", details=limits)
     if chunk_size < min_chunk:
-        raise BadRequest(f"chunk_size must be at least {min_chunk} bytes "
-                         "(a smaller file is one chunk)", code="invalid_value", details=limits)
+        raise BadRequest(
+            f"chunk_size must be at least {min_chunk} bytes (a smaller file is one chunk)",
+            code="invalid_value",
+            details=limits,
+        )
     total = max(1, -(-size // chunk_size))
     if total > MAX_CHUNKS:
-        raise BadRequest(f"a file is at most {MAX_CHUNKS} chunks: use a chunk_size of at least "
-                         f"{-(-size // MAX_CHUNKS)}", code="invalid_value",
-                         details={**limits, "total_chunks": total,
-                                  "needed_chunk_size": -(-size // MAX_CHUNKS)})
+        raise BadRequest(
+            f"a file is at most {MAX_CHUNKS} chunks: use a chunk_size of at least "
+            f"{-(-size // MAX_CHUNKS)}",
+            code="invalid_value",
+            details={**limits, "total_chunks": total, "needed_chunk_size": -(-size // MAX_CHUNKS)},
+        )
     return total
 
 
-class FileService:
-    def __init__(self, storage: Storage, documents: DocumentService, settings: Settings,
-                 publish: Callable[[str, dict[str, object]], None],
-                 probe: Callable[[Path, str], Awaitable[Any]] | None = None) -> None:
-        self.storage = storage
-        self.probe = probe  # media probe: type from content, width/height/duration
-        self.documents = documents
-        self.settings = settings
-        self.publish = publish  # user events (file.ready) for the live channel
-        self.store = settings.data_path / "files" / "sha256"
+class FileService(FileStore):
+    def __init__(
+        self,
+        storage: Storage,
+        documents: DocumentService,
+        settings: Settings,
+        publish: Callable[[str, dict[str, object]], None],
+        probe: Callable[[Path, str], Awaitable[Any]] | None = None,
+    ) -> None:
+        super().__init__(storage, documents, settings, publish, probe)
         self.uploads = settings.data_path / "uploads"
         self._assembling: dict[str, trio.Lock] = {}
-        # trio.to_thread's default limiter is shared with the database threads (SQLite)
-        self._probe_threads = trio.CapacityLimiter(PROBE_THREADS)
-        self._io_threads = trio.CapacityLimiter(IO_THREADS)
         self.slots = UploadSlots(settings.max_uploads_per_user)
-
-    async def _probe_fs(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._probe_threads)
-
-    async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._io_threads)
-
-    # -- paths and access ---------------------------------------------------------------------
-    def store_path(self, hash: str) -> Path:
-        return self.store / hash[:2] / hash[2:4] / hash
-
-    def path_of(self, record: FileRecord) -> Path:
-        return Path(record.source_path) if record.source_path else self.store_path(record.hash)
-
-    async def readable(self, user: User, key: str) -> FileRecord:
-        """The file a ``:key`` (file id or hash) names, if a block of the user's holds it and
-        the user proved its bytes. Unknown, not-yours and only-claimed answer alike: no
-        existence leak."""
-        record = await self.storage.get_file(key.lower() if HASH.fullmatch(key.lower()) else key)
-        if record is None or not await self.storage.file_readable_by(record.hash, user.id):
-            raise NotFound("no such file in your heaps", code="file_not_found")
-        return record
 
     def _upload_dir(self, upload: UploadRecord) -> Path:
         return self.uploads / upload.id
 
-    # -- recording a verified file --------------------------------------------------------------
-    async def _probe(self, hash: str, name: str, mime_type: str) -> tuple[str, dict[str, Any]]:
-        """Type and dimensions from the content (a client's type is a hint only)."""
-        if self.probe is None:
-            return mime_type, {}
-        try:
-            info = await self.probe(self.store_path(hash), name)
-        except Exception:  # metadata is a bonus: an upload never fails for it
-            log.exception("probing %s failed", hash)
-            return mime_type, {}
-        found = {k: v for k, v in info.as_dict().items()
-                 if k in ("width", "height", "duration", "frames", "kind") and v is not None}
-        if info.mime_type and info.mime_type != "application/octet-stream":
-            mime_type = info.mime_type
-        return mime_type, found
-
-    async def _record(self, user: User, heap_id: str, block_id: str, hash: str, size: int,
-                      name: str, mime_type: str, meta: dict[str, Any] | None = None
-                      ) -> FileRecord:
-        """Every caller has the bytes verified for this user first (direct and complete hash
-        them; init's ``exists`` requires a proof already), so this is where grants come from."""
-        if meta is None and await self.storage.get_file(hash) is None:
-            mime_type, meta = await self._probe(hash, name, mime_type)
-        record = await self.storage.add_file(FileRecord(
-            hash, uuid.uuid4().hex[:16], size, mime_type, name, None, meta or {},
-            int(time.time() * 1000)))
-        await self.storage.grant_file(hash, user.id)
-        # the caller's name only: the stored row keeps the first uploader's, which is theirs
-        entry = {"hash": hash, "name": name, "mime_type": record.mime_type,
-                 "file_size": size, "file_id": record.id, **{
-                     k: v for k, v in record.meta.items()
-                     if k in ("width", "height", "duration") and v is not None}}
-        status = await self.documents.server_edit(
-            user.id, heap_id, block_id,
-            lambda doc: doc.set_file_entry(f"{hash}:{size}", entry),
-            create=lambda: crdt.new_block_document(block_type="file", title=name))
-        if status in ("not_found", "conflict"):
-            raise Conflict(f"the block could not record the file ({status})",
-                           code="block_unavailable" if status == "not_found" else "conflict")
-        self.publish(user.id, events.event("file.ready", heap_id=heap_id, block_id=block_id,
-                                           file_hash=hash, file_id=record.id))
-        return record
-
-    async def _in_store(self, hash: str) -> bool:
-        """The store holds verified bytes of this hash. A scanned copy does not count: it
-        lives in somebody's folder, may change or go at any time, and must never be where
-        another upload's only copy is."""
-        return bool(await self._probe_fs(self.store_path(hash).is_file))
-
-    async def _stored(self, out: BinaryIO | None, temp: Path, hash: str) -> None:
-        """Move verified bytes into the store; a file row that pointed at a scanned copy now
-        points at the store, so every holder reads the stable copy."""
-        if out is not None:
-            await self._io(_commit, out, temp, self.store_path(hash))
-        record = await self.storage.get_file(hash)
-        if record is not None and record.source_path is not None:
-            await self.storage.update_file(hash, clear_source=True)
-
-    async def _known(self, hash: str) -> FileRecord | None:
-        record = await self.storage.get_file(hash)
-        if record is None:
-            return None
-        if not await self._probe_fs(self.path_of(record).exists):
-            return None  # bytes gone (a scanned file moved): take them again
-        return record
-
-    async def _check_block(self, user: User, heap_id: str, block_id: str) -> None:
-        await self.documents.owned_heap(user, heap_id)
-        if await self.storage.tombstones([block_id]):
-            raise Conflict("this block was deleted for good", code="block_deleted")
-        record = (await self.storage.get_blocks([block_id])).get(block_id)
-        if record is not None and record.heap_id != heap_id:
-            raise NotFound("no such block in this heap", code="block_not_found")
-
     # -- direct upload --------------------------------------------------------------------------
-    async def direct(self, user: User, heap_id: str, block_id: str, source: IO[bytes],
-                     size: int, claimed_hash: str | None, name: str, mime_type: str | None
-                     ) -> StoredFile:
+    async def direct(
+        self,
+        user: User,
+        heap_id: str,
+        block_id: str,
+        source: IO[bytes],
+        size: int,
+        claimed_hash: str | None,
+        name: str,
+        mime_type: str | None,
+    ) -> StoredFile:
         """A whole file in one request (spooled by the multipart parser; read in a thread)."""
         await self._check_block(user, heap_id, block_id)
         if size > self.settings.max_upload_bytes:
@@ -250,11 +165,15 @@ class FileService:
                     out = await self._io(_open_temp, temp)
                     hash = await self._io(self._copy_hashing, [source], out)
                     if claimed_hash is not None and hash != claimed_hash:
-                        raise Unprocessable("the content does not match the given hash",
-                                            code="hash_mismatch", details={"actual_hash": hash})
+                        raise Unprocessable(
+                            "the content does not match the given hash",
+                            code="hash_mismatch",
+                            details={"actual_hash": hash},
+                        )
                     await self._stored(None if await self._in_store(hash) else out, temp, hash)
-                record = await self._record(user, heap_id, block_id, hash, size, name,
-                                            guess_mime(name, mime_type))
+                record = await self._record(
+                    user, heap_id, block_id, hash, size, name, guess_mime(name, mime_type)
+                )
             finally:
                 with trio.CancelScope(shield=True):
                     await self._io(_close_and_remove, out, temp)
@@ -265,8 +184,9 @@ class FileService:
         bytes are in the store already: they are only checked, not written twice)."""
         digest = hashlib.sha256()
         for source in sources:
-            with (open(source, "rb") if isinstance(source, Path)
-                  else contextlib.nullcontext(source)) as f:
+            with (
+                open(source, "rb") if isinstance(source, Path) else contextlib.nullcontext(source)
+            ) as f:
                 while block := f.read(COPY_BLOCK):
                     digest.update(block)
                     if out is not None:
@@ -274,8 +194,17 @@ class FileService:
         return digest.hexdigest()
 
     # -- resumable uploads ------------------------------------------------------------------------
-    async def init(self, user: User, heap_id: str, block_id: str, hash: str, size: int,
-                   chunk_size: int, name: str, mime_type: str | None) -> UploadStart:
+    async def init(
+        self,
+        user: User,
+        heap_id: str,
+        block_id: str,
+        hash: str,
+        size: int,
+        chunk_size: int,
+        name: str,
+        mime_type: str | None,
+    ) -> UploadStart:
         await self._check_block(user, heap_id, block_id)
         if size > self.settings.max_upload_bytes:
             raise PayloadTooLarge("the file exceeds max_upload_bytes")
@@ -285,39 +214,67 @@ class FileService:
             # deduplicated: the caller holds these bytes already (a hash alone is no proof,
             # so anyone else sends them and complete checks them against the stored copy)
             if known.size != size:
-                raise Unprocessable("a file with this hash has another size",
-                                    code="size_mismatch")
-            await self._record(user, heap_id, block_id, hash, size, name,
-                               guess_mime(name, mime_type))
+                raise Unprocessable("a file with this hash has another size", code="size_mismatch")
+            await self._record(
+                user, heap_id, block_id, hash, size, name, guess_mime(name, mime_type)
+            )
             return AlreadyStored(chunk_size, total, hash, known.id)
         now = int(time.time() * 1000)
-        upload = await self.storage.save_upload(UploadRecord(
-            uuid.uuid4().hex, user.id, heap_id, block_id, hash, size, chunk_size, name,
-            guess_mime(name, mime_type), now,
-            now + self.settings.upload_expiry_hours * 3600 * 1000))
+        upload = await self.storage.save_upload(
+            UploadRecord(
+                uuid.uuid4().hex,
+                user.id,
+                heap_id,
+                block_id,
+                hash,
+                size,
+                chunk_size,
+                name,
+                guess_mime(name, mime_type),
+                now,
+                now + self.settings.upload_expiry_hours * 3600 * 1000,
+            )
+        )
         if upload.user_id == user.id and upload.chunk_size != chunk_size:
             try:
                 chunk_plan(upload.size, upload.chunk_size, self.settings.max_chunk_bytes)
             except (BadRequest, PayloadTooLarge):  # from before the limits: start it afresh
                 await self._discard(upload)
-                upload = await self.storage.save_upload(UploadRecord(
-                    uuid.uuid4().hex, user.id, heap_id, block_id, hash, size, chunk_size,
-                    name, guess_mime(name, mime_type), now,
-                    now + self.settings.upload_expiry_hours * 3600 * 1000))
+                upload = await self.storage.save_upload(
+                    UploadRecord(
+                        uuid.uuid4().hex,
+                        user.id,
+                        heap_id,
+                        block_id,
+                        hash,
+                        size,
+                        chunk_size,
+                        name,
+                        guess_mime(name, mime_type),
+                        now,
+                        now + self.settings.upload_expiry_hours * 3600 * 1000,
+                    )
+                )
         if upload.user_id != user.id or upload.size != size:
-            raise Conflict("an upload of this file to this block is under way with other "
-                           "parameters", code="upload_conflict")
-        return UploadReady(upload.chunk_size, upload.total_chunks,
-                           tuple(await self._received(upload)), upload.expires_at)
+            raise Conflict(
+                "an upload of this file to this block is under way with other parameters",
+                code="upload_conflict",
+            )
+        return UploadReady(
+            upload.chunk_size,
+            upload.total_chunks,
+            tuple(await self._received(upload)),
+            upload.expires_at,
+        )
 
-    async def _upload(self, user: User, heap_id: str, block_id: str, hash: str
-                      ) -> UploadRecord:
+    async def _upload(self, user: User, heap_id: str, block_id: str, hash: str) -> UploadRecord:
         upload = await self.storage.get_upload(heap_id, block_id, hash)
         if upload is None or upload.user_id != user.id:
             # not in a heap of yours: 403 whether or not its owner has an upload there
             await self.documents.owned_heap(user, heap_id)
-            raise NotFound("no upload of this file to this block; call init first",
-                           code="upload_not_found")
+            raise NotFound(
+                "no upload of this file to this block; call init first", code="upload_not_found"
+            )
         return upload
 
     def _chunk_size(self, upload: UploadRecord, index: int) -> int:
@@ -342,21 +299,28 @@ class FileService:
                     if found is None or (index := int(found[1])) >= upload.total_chunks:
                         continue
                     try:
-                        if (entry.is_file(follow_symlinks=False) and entry.stat(
-                                follow_symlinks=False).st_size == self._chunk_size(
-                                upload, index)):
+                        if entry.is_file(follow_symlinks=False) and entry.stat(
+                            follow_symlinks=False
+                        ).st_size == self._chunk_size(upload, index):
                             out.append(index)
                     except FileNotFoundError:
                         pass
             return sorted(out)
+
         return await self._probe_fs(scan)
 
-    async def chunk(self, user: User, heap_id: str, block_id: str, hash: str, index: int,
-                    body: AsyncIterator[bytes]) -> ChunkStored:
+    async def chunk(
+        self,
+        user: User,
+        heap_id: str,
+        block_id: str,
+        hash: str,
+        index: int,
+        body: AsyncIterator[bytes],
+    ) -> ChunkStored:
         upload = await self._upload(user, heap_id, block_id, hash)
         if not 0 <= index < upload.total_chunks:
-            raise BadRequest(f"index must be 0..{upload.total_chunks - 1}",
-                             code="bad_chunk_index")
+            raise BadRequest(f"index must be 0..{upload.total_chunks - 1}", code="bad_chunk_index")
         expected = self._chunk_size(upload, index)
         folder = self._upload_dir(upload)
         temp = folder / f"{index}.{uuid.uuid4().hex}.part"
@@ -370,15 +334,19 @@ class FileService:
                     async for data in body:
                         written += len(data)
                         if written > expected:
-                            raise BadRequest(f"chunk {index} must be {expected} bytes",
-                                             code="chunk_size_mismatch")
+                            raise BadRequest(
+                                f"chunk {index} must be {expected} bytes",
+                                code="chunk_size_mismatch",
+                            )
                         pending += data
                         if len(pending) >= COPY_BLOCK:
                             await self._io(_write, out, bytes(pending))
                             pending.clear()
                     if written != expected:
-                        raise BadRequest(f"chunk {index} must be {expected} bytes, got {written}",
-                                         code="chunk_size_mismatch")
+                        raise BadRequest(
+                            f"chunk {index} must be {expected} bytes, got {written}",
+                            code="chunk_size_mismatch",
+                        )
                     if pending:
                         await self._io(_write, out, bytes(pending))
                     await self._io(_commit, out, temp, folder / f"{index}.chunk")
@@ -387,8 +355,7 @@ class FileService:
                     await self._io(_close_and_remove, out, temp)
         return ChunkStored(index, written)
 
-    async def status(self, user: User, heap_id: str, block_id: str, hash: str
-                     ) -> FileState:
+    async def status(self, user: User, heap_id: str, block_id: str, hash: str) -> FileState:
         """This block's file: ``uploading`` (with progress), ``complete`` or ``missing``.
         Both status routes answer with it."""
         await self.documents.owned_heap(user, heap_id)
@@ -396,17 +363,24 @@ class FileService:
         if upload is not None and upload.user_id == user.id:
             received = await self._received(upload)
             return UploadProgress(
-                upload.size, upload.chunk_size, upload.total_chunks, tuple(received),
-                upload.expires_at, sum(self._chunk_size(upload, i) for i in received))
+                upload.size,
+                upload.chunk_size,
+                upload.total_chunks,
+                tuple(received),
+                upload.expires_at,
+                sum(self._chunk_size(upload, i) for i in received),
+            )
         record = await self.storage.get_file(hash)
-        if record is None or hash not in await self.storage.file_hashes_of_heap(
-                heap_id, [block_id]) or not await self.storage.file_readable_by(hash, user.id):
+        if (
+            record is None
+            or hash not in await self.storage.file_hashes_of_heap(heap_id, [block_id])
+            or not await self.storage.file_readable_by(hash, user.id)
+        ):
             # only claimed (files_v0 names it, no proof): no file id or size for a bare hash
             return FileMissing(block_id, hash)
         return StoredFile.of(record, block_id)
 
-    async def complete(self, user: User, heap_id: str, block_id: str, hash: str
-                       ) -> StoredFile:
+    async def complete(self, user: User, heap_id: str, block_id: str, hash: str) -> StoredFile:
         # The heap first: whether its owner has an upload there is not another user's business
         await self.documents.owned_heap(user, heap_id)
         lock = self._assembling.setdefault(hash, trio.Lock())
@@ -417,8 +391,7 @@ class FileService:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._assembling.pop(hash, None)
 
-    async def _complete(self, user: User, heap_id: str, block_id: str, hash: str
-                        ) -> StoredFile:
+    async def _complete(self, user: User, heap_id: str, block_id: str, hash: str) -> StoredFile:
         upload = await self.storage.get_upload(heap_id, block_id, hash)
         if upload is None:  # completed before (complete is idempotent) or never started
             status = await self.status(user, heap_id, block_id, hash)
@@ -428,8 +401,11 @@ class FileService:
         received = set(await self._received(upload))
         missing = [i for i in range(upload.total_chunks) if i not in received]
         if missing:
-            raise Conflict(f"{len(missing)} chunks are missing", code="upload_incomplete",
-                           details={"missing": missing[:1000]})
+            raise Conflict(
+                f"{len(missing)} chunks are missing",
+                code="upload_incomplete",
+                details={"missing": missing[:1000]},
+            )
         folder = self._upload_dir(upload)
         chunks = [folder / f"{i}.chunk" for i in range(upload.total_chunks)]
         # Always hashed: the store having a file of this hash proves nothing about these bytes.
@@ -443,14 +419,18 @@ class FileService:
                 actual = await self._io(self._copy_hashing, chunks, out)
                 if actual != hash:
                     await self._discard(upload)  # a wrong hash: nothing is stored
-                    raise Unprocessable("the assembled content does not match the hash",
-                                        code="hash_mismatch", details={"actual_hash": actual})
+                    raise Unprocessable(
+                        "the assembled content does not match the hash",
+                        code="hash_mismatch",
+                        details={"actual_hash": actual},
+                    )
                 await self._stored(out, temp, hash)
         finally:
             with trio.CancelScope(shield=True):
                 await self._io(_close_and_remove, out, temp)
-        record = await self._record(user, heap_id, block_id, hash, upload.size, upload.name,
-                                    upload.mime_type)
+        record = await self._record(
+            user, heap_id, block_id, hash, upload.size, upload.name, upload.mime_type
+        )
         await self._discard(upload)
         return StoredFile.of(record, block_id)
 
@@ -484,15 +464,3 @@ class FileService:
             await self._discard(upload)
         await self._io(sweep_temp_files, self.uploads)
         return len(expired)
-
-    async def forget_unreferenced(self, hashes: list[str]) -> int:
-        """After blocks are removed for good: files no block holds any more go, bytes too
-        (never a scanned file's own bytes: those belong to the user's folder)."""
-        dropped = await self.storage.drop_unreferenced_files(hashes)
-
-        def remove() -> None:
-            for record in dropped:
-                if record.source_path is None:
-                    self.store_path(record.hash).unlink(missing_ok=True)
-        await self._io(remove)
-        return len(dropped)

@@ -13,10 +13,11 @@ from typing import Any
 from heaper_trio import crdt
 from heaper_trio.errors import NotFound
 from heaper_trio.records import BlockRecord, ChangePage, User
-from heaper_trio.services.documents import Committed, DocumentService
+from heaper_trio.records.changes import ChangeKind
+from heaper_trio.services.commits import Committed
+from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.files import FileService
 from heaper_trio.services.media.client_thumbnails import ClientThumbnails
-from heaper_trio.records.changes import ChangeKind
 from heaper_trio.services.sync_types import BlockHistory, EditStatus
 
 
@@ -36,8 +37,9 @@ class Restored:
 
 
 class HeapService:
-    def __init__(self, documents: DocumentService, files: FileService,
-                 client_thumbnails: ClientThumbnails) -> None:
+    def __init__(
+        self, documents: DocumentService, files: FileService, client_thumbnails: ClientThumbnails
+    ) -> None:
         self.documents = documents
         self.storage = documents.storage
         self.files = files  # files no block holds any more are removed
@@ -61,8 +63,7 @@ class HeapService:
         heap = await self.documents.owned_heap(user, heap_id)
         return HeapStats(heap.id, heap.name, await self.storage.heap_stats(heap_id))
 
-    async def changed_blocks(self, user: User, heap_id: str, marker: int, limit: int
-                             ) -> ChangePage:
+    async def changed_blocks(self, user: User, heap_id: str, marker: int, limit: int) -> ChangePage:
         """The delta feed under its other name: ``marker`` in, ``server_time`` is the next."""
         return await self.documents.delta(user, heap_id, marker, limit)
 
@@ -73,16 +74,16 @@ class HeapService:
             raise NotFound("no such block in your heaps", code="block_not_found")
         snapshot_seq, rows = await self.storage.block_history(block_id)
         doc = crdt.BlockDocument.load(stored.snapshot, stored.updates)
-        return BlockHistory(block_id, stored.sync_version, snapshot_seq, rows,
-                            doc.full_state(), doc.state_vector())
+        return BlockHistory(
+            block_id, stored.sync_version, snapshot_seq, rows, doc.full_state(), doc.state_vector()
+        )
 
     # -- trash ------------------------------------------------------------------------------
     async def trash(self, user: User, heap_id: str) -> list[BlockRecord]:
         await self.documents.owned_heap(user, heap_id)
         return await self.storage.trashed(heap_id)
 
-    async def empty_trash(self, user: User, heap_id: str, block_ids: list[str] | None
-                          ) -> list[str]:
+    async def empty_trash(self, user: User, heap_id: str, block_ids: list[str] | None) -> list[str]:
         """Remove trashed blocks for good (all of them, or the given ones that are trashed)."""
         await self.documents.owned_heap(user, heap_id)
         if block_ids is None:
@@ -92,7 +93,8 @@ class HeapService:
         purged = await self.storage.purge_blocks(heap_id, block_ids, now)
         await self._forget_files(hashes, purged)
         self.documents.announce(
-            [Committed(heap_id, b, ChangeKind.purged, updated_at=now) for b in purged])
+            [Committed(heap_id, b, ChangeKind.purged, updated_at=now) for b in purged]
+        )
         return purged
 
     async def restore(self, user: User, heap_id: str, block_ids: list[str]) -> list[Restored]:
@@ -101,6 +103,7 @@ class HeapService:
         results = []
         for block_id in dict.fromkeys(block_ids):
             status = await self.documents.server_edit(
-                user.id, heap_id, block_id, lambda doc: doc.set_meta("deleted_at", None))
+                user.id, heap_id, block_id, lambda doc: doc.set_meta("deleted_at", None)
+            )
             results.append(Restored(block_id, status))
         return results

@@ -51,8 +51,7 @@ class Health:
 
     @property
     def status(self) -> HealthStatus:
-        return (HealthStatus.ok if self.database.status is HealthStatus.ok
-                else HealthStatus.degraded)
+        return HealthStatus.ok if self.database.status is HealthStatus.ok else HealthStatus.degraded
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +72,21 @@ async def database_health(s: Services) -> DatabaseHealth:
         with trio.fail_after(DB_PING_TIMEOUT_S):
             await s.storage.ping()
     except Exception as e:
-        return DatabaseHealth(s.storage.engine, HealthStatus.error, error=type(e).__name__,
-                              message=str(e)[:200])
+        return DatabaseHealth(
+            s.storage.engine, HealthStatus.error, error=type(e).__name__, message=str(e)[:200]
+        )
     rtt_ms = (time.perf_counter() - started) * 1000
     return DatabaseHealth(s.storage.engine, HealthStatus.ok, round_trip_ms=round(rtt_ms, 3))
 
 
 async def health(s: Services) -> Health:
-    return Health(identity(s), await database_health(s), round(time.time() - s.started_at, 3),
-                  os.getpid(), s.realtime.snapshot())
+    return Health(
+        identity(s),
+        await database_health(s),
+        round(time.time() - s.started_at, 3),
+        os.getpid(),
+        s.realtime.snapshot(),
+    )
 
 
 def sync_health(s: Services) -> SyncHealth:

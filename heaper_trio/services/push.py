@@ -55,6 +55,7 @@ class Settled:
 def checked(item: PushItemRequest, index: int) -> PushBatch | PushOutcome:
     """A pushed block's payload checked before anything is read: the update, then the state
     vector (whichever fails first names the error)."""
+
     def invalid(code: str) -> PushOutcome:
         return PushOutcome(item.block_id, PushStatus.invalid, error=code)
 
@@ -68,8 +69,9 @@ def checked(item: PushItemRequest, index: int) -> PushBatch | PushOutcome:
             crdt.check_state_vector(item.state_vector)
     except crdt.InvalidUpdate as e:
         return invalid(e.code)
-    return PushBatch(index, item.block_id, item.heap_id, (item.update,), item.state_vector,
-                     item.sync_version)
+    return PushBatch(
+        index, item.block_id, item.heap_id, (item.update,), item.state_vector, item.sync_version
+    )
 
 
 def with_diff(settled: Settled, state_vector: bytes | Undecodable | None) -> PushOutcome:

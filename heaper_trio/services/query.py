@@ -68,36 +68,54 @@ def decode_cursor(text: str, sort: str, descending: bool) -> tuple[Any, str]:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         c_sort, c_desc, value, last_id = json.loads(raw)
-        if (c_sort, c_desc) != (sort, descending) or not isinstance(last_id, str) \
-                or not CURSOR_ID.fullmatch(last_id):
+        if (
+            (c_sort, c_desc) != (sort, descending)
+            or not isinstance(last_id, str)
+            or not CURSOR_ID.fullmatch(last_id)
+        ):
             raise ValueError
         if sort == "title":
             if not isinstance(value, str) or "\x00" in value:
                 raise ValueError
             value.encode()  # a lone surrogate ("\ud800" in the JSON) cannot reach the database
-        elif not isinstance(value, int) or isinstance(value, bool) \
-                or not 0 <= value <= MAX_CURSOR_INT:
+        elif (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or not 0 <= value <= MAX_CURSOR_INT
+        ):
             raise ValueError
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
-        raise BadRequest("cursor is not one this query handed out", code="invalid_cursor",
-                         details={"field": "body.cursor"}) from None
+        raise BadRequest(
+            "cursor is not one this query handed out",
+            code="invalid_cursor",
+            details={"field": "body.cursor"},
+        ) from None
     return value, last_id
 
 
 def parse_query(request: QueryRequest) -> BlockQuery:
     terms = tuple(dict.fromkeys(w.lower() for w in WORD.findall(request.text)))
     if len(terms) > MAX_TERMS:
-        raise BadRequest(f"at most {MAX_TERMS} search words", code="invalid_value",
-                         details={"field": "body.query"})
+        raise BadRequest(
+            f"at most {MAX_TERMS} search words",
+            code="invalid_value",
+            details={"field": "body.query"},
+        )
     sort = request.sort
     if sort not in SORTS:  # the schema enforces it too; this keeps the service honest
         raise BadRequest(f"sort must be one of {SORTS}", code="invalid_value")
     descending = request.descending if request.descending is not None else sort != "title"
     after = decode_cursor(request.cursor, sort, descending) if request.cursor else None
     return BlockQuery(
-        types=request.types, tag=request.tag, terms=terms, unlinked=request.unlinked,
-        has_content=request.has_content, trash=request.trash, sort=sort,
-        descending=descending, after=after,
+        types=request.types,
+        tag=request.tag,
+        terms=terms,
+        unlinked=request.unlinked,
+        has_content=request.has_content,
+        trash=request.trash,
+        sort=sort,
+        descending=descending,
+        after=after,
     )
 
 
@@ -106,14 +124,16 @@ class QueryService:
         self.documents = documents
         self.storage = documents.storage
 
-    async def blocks(self, user: User, heap_id: str, request: QueryRequest, limit: int
-                     ) -> BlockPage:
+    async def blocks(
+        self, user: User, heap_id: str, request: QueryRequest, limit: int
+    ) -> BlockPage:
         await self.documents.owned_heap(user, heap_id)
         q = parse_query(request)
         rows = await self.storage.query_blocks(heap_id, q, limit + 1)
         page, has_more = rows[:limit], len(rows) > limit
-        return BlockPage(page, has_more,
-                         encode_cursor(q.sort, q.descending, page[-1]) if has_more else None)
+        return BlockPage(
+            page, has_more, encode_cursor(q.sort, q.descending, page[-1]) if has_more else None
+        )
 
     async def count(self, user: User, heap_id: str, request: QueryRequest) -> BlockCount:
         await self.documents.owned_heap(user, heap_id)

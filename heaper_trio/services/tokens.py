@@ -121,7 +121,8 @@ class TokenService:
             raise Unauthorized(f"token is not valid: {e}", code="token_invalid") from None
         gen = claims.get("gen")
         if (
-            not isinstance(gen, int) or isinstance(gen, bool)
+            not isinstance(gen, int)
+            or isinstance(gen, bool)
             or not isinstance(claims["jti"], str)
             or claims["typ"] not in ("access", "refresh")
         ):

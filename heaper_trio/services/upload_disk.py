@@ -127,10 +127,12 @@ class UploadSlots:
     def hold(self, user_id: str) -> Iterator[None]:
         held = self._held.get(user_id, 0)
         if held >= self.per_user:
-            raise RateLimited(f"at most {self.per_user} uploads of yours may be in progress at "
-                              "once; retry when one has finished",
-                              retry_after=self.RETRY_AFTER_S,
-                              details={"max_uploads_per_user": self.per_user})
+            raise RateLimited(
+                f"at most {self.per_user} uploads of yours may be in progress at "
+                "once; retry when one has finished",
+                retry_after=self.RETRY_AFTER_S,
+                details={"max_uploads_per_user": self.per_user},
+            )
         self._held[user_id] = held + 1
         try:
             yield

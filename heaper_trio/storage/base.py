@@ -38,6 +38,7 @@ from heaper_trio.records.scans import ScanBatch, ScanEntry
 
 __all__ = ["Storage"]
 
+
 class Storage(abc.ABC):
     """One interface, two engines: ``SqliteStorage`` (embedded) and ``PostgresStorage``."""
 
@@ -166,8 +167,7 @@ class Storage(abc.ABC):
         ``mentions``, ``links``, ``backlinks`` (blocks mentioning or linking this one)."""
 
     @abc.abstractmethod
-    async def query_blocks(self, heap_id: str, query: BlockQuery, limit: int
-                           ) -> list[BlockRecord]:
+    async def query_blocks(self, heap_id: str, query: BlockQuery, limit: int) -> list[BlockRecord]:
         """One page of matching blocks in the query's order, after its cursor."""
 
     @abc.abstractmethod
@@ -214,9 +214,15 @@ class Storage(abc.ABC):
         """Insert unless the hash is known; return the stored row (the first one wins)."""
 
     @abc.abstractmethod
-    async def update_file(self, hash: str, *, meta: dict[str, Any] | None = None,
-                          mime_type: str | None = None, source_path: str | None = None,
-                          clear_source: bool = False) -> None: ...
+    async def update_file(
+        self,
+        hash: str,
+        *,
+        meta: dict[str, Any] | None = None,
+        mime_type: str | None = None,
+        source_path: str | None = None,
+        clear_source: bool = False,
+    ) -> None: ...
 
     @abc.abstractmethod
     async def file_readable_by(self, hash: str, user_id: str) -> bool:
@@ -226,8 +232,9 @@ class Storage(abc.ABC):
     async def grant_file(self, hash: str, user_id: str) -> None: ...
 
     @abc.abstractmethod
-    async def file_hashes_of_heap(self, heap_id: str, block_ids: list[str] | None = None
-                                  ) -> list[str]:
+    async def file_hashes_of_heap(
+        self, heap_id: str, block_ids: list[str] | None = None
+    ) -> list[str]:
         """Hashes the heap's blocks (or the given ones) hold."""
 
     @abc.abstractmethod
@@ -257,8 +264,9 @@ class Storage(abc.ABC):
     async def scan_entries(self, heap_id: str, paths: list[str]) -> dict[str, ScanEntry]: ...
 
     @abc.abstractmethod
-    async def scan_entries_by_hash(self, heap_id: str, hashes: list[str]
-                                   ) -> dict[str, list[ScanEntry]]:
+    async def scan_entries_by_hash(
+        self, heap_id: str, hashes: list[str]
+    ) -> dict[str, list[ScanEntry]]:
         """Present (not missing) file entries of the heap holding these hashes."""
 
     @abc.abstractmethod
@@ -266,16 +274,18 @@ class Storage(abc.ABC):
         """File entries of every heap at this path (missing ones too)."""
 
     @abc.abstractmethod
-    async def unseen_scan_entries(self, heap_id: str, folder: str, scan_id: str, after: str,
-                                  limit: int) -> list[ScanEntry]:
+    async def unseen_scan_entries(
+        self, heap_id: str, folder: str, scan_id: str, after: str, limit: int
+    ) -> list[ScanEntry]:
         """Entries below ``folder``, unseen by ``scan_id``, not missing, by path > ``after``."""
 
     @abc.abstractmethod
     async def file_ids(self, hashes: list[str]) -> dict[str, str]: ...
 
     @abc.abstractmethod
-    async def commit_scan_batch(self, batch: ScanBatch, now: int
-                                ) -> tuple[list[CommitResult], dict[str, str]]:
+    async def commit_scan_batch(
+        self, batch: ScanBatch, now: int
+    ) -> tuple[list[CommitResult], dict[str, str]]:
         """``batch`` in one transaction: the changes' results, hash -> stored file_id."""
 
     @abc.abstractmethod
@@ -289,8 +299,7 @@ class Storage(abc.ABC):
         """Tell the other processes on this database (small text payloads, < 8 KB each).
         A single-process engine has nobody to tell."""
 
-    async def listen(self, on_payload: Callable[[str], None], *,
-                     task_status: Any = None) -> None:
+    async def listen(self, on_payload: Callable[[str], None], *, task_status: Any = None) -> None:
         """Call ``on_payload`` for every announcement of the other processes, until
         cancelled. Reports ready through ``task_status`` (a trio TaskStatus) once listening."""
         raise NotImplementedError(f"{self.engine} has no other processes to listen to")

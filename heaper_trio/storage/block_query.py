@@ -54,8 +54,10 @@ class _Params:
 def _where(d: Dialect, p: _Params, heap_id: str, q: BlockQuery) -> tuple[str, str]:
     """(WITH clause or "", WHERE conditions) for the filters of ``q``."""
     cte = ""
-    conds = [f"b.heap_id = {p(heap_id)}",
-             "b.deleted_at IS NOT NULL" if q.trash else "b.deleted_at IS NULL"]
+    conds = [
+        f"b.heap_id = {p(heap_id)}",
+        "b.deleted_at IS NOT NULL" if q.trash else "b.deleted_at IS NULL",
+    ]
     if q.types:
         conds.append(f"b.type IN ({', '.join(p(t) for t in q.types)})")
     if q.tag is not None:
@@ -72,17 +74,20 @@ def _where(d: Dialect, p: _Params, heap_id: str, q: BlockQuery) -> tuple[str, st
     if q.terms:
         conds.append(d.full_text(p(d.full_text_param(q.terms))))
     if q.unlinked:
-        conds.append("NOT EXISTS (SELECT 1 FROM block_relations r JOIN blocks t "
-                     "ON t.id = r.target_id AND t.deleted_at IS NULL AND t.heap_id = b.heap_id "
-                     "WHERE r.block_id = b.id AND r.kind = 'tag')")
+        conds.append(
+            "NOT EXISTS (SELECT 1 FROM block_relations r JOIN blocks t "
+            "ON t.id = r.target_id AND t.deleted_at IS NULL AND t.heap_id = b.heap_id "
+            "WHERE r.block_id = b.id AND r.kind = 'tag')"
+        )
         conds.append("b.id NOT IN (SELECT root_block_id FROM heaps WHERE id = b.heap_id)")
     if q.has_content is not None:
         conds.append("b.text <> ''" if q.has_content else "b.text = ''")
     return cte, " AND ".join(conds)
 
 
-def select_sql(d: Dialect, heap_id: str, q: BlockQuery, columns: str, limit: int
-               ) -> tuple[str, list[Any]]:
+def select_sql(
+    d: Dialect, heap_id: str, q: BlockQuery, columns: str, limit: int
+) -> tuple[str, list[Any]]:
     p = _Params(d)
     cte, where = _where(d, p, heap_id, q)
     col = SORT_COLUMNS[q.sort] + (d.title_collation if q.sort == "title" else "")
@@ -94,8 +99,10 @@ def select_sql(d: Dialect, heap_id: str, q: BlockQuery, columns: str, limit: int
         v, i = p(value), p(last_id)
         where += f" AND ({col} {op} {v} OR ({col} = {v} AND {idc} {op} {i}))"
     cols = ", ".join(f"b.{c.strip()}" for c in columns.split(","))
-    sql = (f"{cte}SELECT {cols} FROM blocks b WHERE {where} "
-           f"ORDER BY {col} {direction}, {idc} {direction} LIMIT {p(limit)}")
+    sql = (
+        f"{cte}SELECT {cols} FROM blocks b WHERE {where} "
+        f"ORDER BY {col} {direction}, {idc} {direction} LIMIT {p(limit)}"
+    )
     return sql, p.values
 
 

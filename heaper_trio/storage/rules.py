@@ -111,52 +111,73 @@ def commit_conflict(ch: BlockChange, current: Row | None, tombstoned: bool) -> b
     """
     if creates(ch):
         return current is not None or tombstoned
-    return (current is None or current["last_seq"] != ch.expected_last_seq
-            or current["heap_id"] != ch.heap_id)
+    return (
+        current is None
+        or current["last_seq"] != ch.expected_last_seq
+        or current["heap_id"] != ch.heap_id
+    )
 
 
 def block_columns(ch: BlockChange, updated_at: int, last_seq: int) -> dict[str, Any]:
     """The block row's columns a commit writes (JSON columns as text)."""
     p = ch.projection
     return {
-        "type": p.type, "title": p.title, "text": p.text, "relations": json.dumps(p.relations),
-        "files": json.dumps(p.files), "apps": json.dumps(p.apps), "updated_at": updated_at,
-        "deleted_at": p.deleted_at, "permanently_deleted_at": p.permanently_deleted_at,
-        "state_vector": bytes(ch.state_vector), "size": ch.size, "last_seq": last_seq,
+        "type": p.type,
+        "title": p.title,
+        "text": p.text,
+        "relations": json.dumps(p.relations),
+        "files": json.dumps(p.files),
+        "apps": json.dumps(p.apps),
+        "updated_at": updated_at,
+        "deleted_at": p.deleted_at,
+        "permanently_deleted_at": p.permanently_deleted_at,
+        "state_vector": bytes(ch.state_vector),
+        "size": ch.size,
+        "last_seq": last_seq,
     }
 
 
 def created_columns(ch: BlockChange, updated_at: int) -> dict[str, Any]:
     """The columns only a creation writes: its first change time is its creation time."""
-    return {"id": ch.block_id, "heap_id": ch.heap_id, "created_at": updated_at,
-            "created_by": ch.author_id, "sync_version": 1}
+    return {
+        "id": ch.block_id,
+        "heap_id": ch.heap_id,
+        "created_at": updated_at,
+        "created_by": ch.author_id,
+        "sync_version": 1,
+    }
 
 
 def log_rows(ch: BlockChange, base: int, now: int) -> list[tuple[str, int, bytes, int, str | None]]:
     """``block_updates`` rows (block_id, seq, data, created_at, author_id) after ``base``."""
-    return [(ch.block_id, base + i + 1, bytes(u), now, ch.author_id)
-            for i, u in enumerate(ch.updates)]
+    return [
+        (ch.block_id, base + i + 1, bytes(u), now, ch.author_id) for i, u in enumerate(ch.updates)
+    ]
 
 
-def relation_rows(block_id: str, heap_id: str, p: BlockProjection
-                  ) -> list[tuple[str, str, str, str]]:
+def relation_rows(
+    block_id: str, heap_id: str, p: BlockProjection
+) -> list[tuple[str, str, str, str]]:
     """``block_relations`` rows (block_id, kind, target_id, heap_id).
 
     A target holding NUL is left out on both engines: PostgreSQL TEXT cannot hold it, and
     both engines must answer ``related`` and tag queries alike. Targets are block ids, which
     never hold NUL, so nothing real is lost.
     """
-    return [(block_id, kind, target, heap_id)
-            for kind, targets in (("tag", p.tags), ("mention", p.mentions), ("link", p.links))
-            for target in targets if "\x00" not in target]
+    return [
+        (block_id, kind, target, heap_id)
+        for kind, targets in (("tag", p.tags), ("mention", p.mentions), ("link", p.links))
+        for target in targets
+        if "\x00" not in target
+    ]
 
 
-def commit_result(ch: BlockChange, current: Row | None, updated_at: int, last_seq: int
-                  ) -> CommitResult:
+def commit_result(
+    ch: BlockChange, current: Row | None, updated_at: int, last_seq: int
+) -> CommitResult:
     if current is None:
         return CommitResult(ch.block_id, CommitStatus.created, updated_at, last_seq, 1)
-    return CommitResult(ch.block_id, CommitStatus.ok, updated_at, last_seq,
-                        current["sync_version"])
+    return CommitResult(ch.block_id, CommitStatus.ok, updated_at, last_seq, current["sync_version"])
 
 
 def conflict(ch: BlockChange) -> CommitResult:
@@ -171,17 +192,20 @@ def bulk_creatable(ch: BlockChange) -> bool:
     return ch.expected_last_seq is None and ch.compacted is None
 
 
-def merge_results(changes: list[BlockChange] | tuple[BlockChange, ...],
-                  done: list[CommitResult]) -> list[CommitResult]:
+def merge_results(
+    changes: list[BlockChange] | tuple[BlockChange, ...], done: list[CommitResult]
+) -> list[CommitResult]:
     """Results in the order of ``changes``, whichever path committed each."""
     by_id = {r.block_id: r for r in done if r.status is not CommitStatus.conflict}
     return [by_id.get(ch.block_id) or conflict(ch) for ch in changes]
 
 
 # The order of the ``blocks`` rows of ``Creations``, as both engines' INSERT names them.
-CREATED_BLOCK_COLUMNS = ("id, heap_id, type, title, text, relations, files, apps, updated_at, "
-                         "deleted_at, permanently_deleted_at, state_vector, size, last_seq, "
-                         "created_at, created_by, sync_version")
+CREATED_BLOCK_COLUMNS = (
+    "id, heap_id, type, title, text, relations, files, apps, updated_at, "
+    "deleted_at, permanently_deleted_at, state_vector, size, last_seq, "
+    "created_at, created_by, sync_version"
+)
 
 
 @dataclass
@@ -217,8 +241,9 @@ def plan_creations(changes: list[BlockChange], taken: set[str]) -> Creations:
     return plan
 
 
-def add_creations(plan: Creations, heap_id: str, mine: list[tuple[int, BlockChange]],
-                  clock: int | None, now: int) -> None:
+def add_creations(
+    plan: Creations, heap_id: str, mine: list[tuple[int, BlockChange]], clock: int | None, now: int
+) -> None:
     """The rows of a heap's new blocks, given the heap's clock after ticking once per block
     (None: the heap went away, every one is a conflict). Same rows and change times as
     committing them one by one."""
@@ -228,18 +253,36 @@ def add_creations(plan: Creations, heap_id: str, mine: list[tuple[int, BlockChan
             plan.results[i] = conflict(ch)
             continue
         at, p, last_seq = clock - n + 1 + k, ch.projection, len(ch.updates)
-        plan.blocks.append((
-            ch.block_id, heap_id, p.type, p.title, p.text, json.dumps(p.relations),
-            json.dumps(p.files), json.dumps(p.apps), at, p.deleted_at, p.permanently_deleted_at,
-            bytes(ch.state_vector), ch.size, last_seq, at, ch.author_id, 1))
+        plan.blocks.append(
+            (
+                ch.block_id,
+                heap_id,
+                p.type,
+                p.title,
+                p.text,
+                json.dumps(p.relations),
+                json.dumps(p.files),
+                json.dumps(p.apps),
+                at,
+                p.deleted_at,
+                p.permanently_deleted_at,
+                bytes(ch.state_vector),
+                ch.size,
+                last_seq,
+                at,
+                ch.author_id,
+                1,
+            )
+        )
         plan.updates += log_rows(ch, 0, now)
         plan.relations += relation_rows(ch.block_id, heap_id, p)
         plan.files += [(ch.block_id, h, heap_id) for h in p.file_hashes]
         plan.results[i] = CommitResult(ch.block_id, CommitStatus.created, at, last_seq, 1)
 
 
-def batch_rows(batch: ScanBatch, results: list[CommitResult]
-               ) -> tuple[list[ScanEntry], set[str], list[Any]]:
+def batch_rows(
+    batch: ScanBatch, results: list[CommitResult]
+) -> tuple[list[ScanEntry], set[str], list[Any]]:
     """(entries to write, hashes of present files written, file rows to insert): an entry
     of a refused change is not written, so a block and its entry always agree."""
     refused = {r.block_id for r in results if r.status is CommitStatus.conflict}
@@ -265,8 +308,13 @@ def unseen_range(folder: str, after: str) -> tuple[str, str]:
 def related_lists(outgoing: list[Row], incoming: list[Row]) -> dict[str, list[str]]:
     """``related`` from (kind, target_id) rows of the block and (kind, block_id) rows of the
     blocks pointing at it (children are tagged with it, backlinks mention or link it)."""
-    out: dict[str, list[str]] = {"tags": [], "mentions": [], "links": [], "children": [],
-                                 "backlinks": []}
+    out: dict[str, list[str]] = {
+        "tags": [],
+        "mentions": [],
+        "links": [],
+        "children": [],
+        "backlinks": [],
+    }
     for r in outgoing:
         out[{"tag": "tags", "mention": "mentions", "link": "links"}[r[0]]].append(r[1])
     for r in incoming:
@@ -276,8 +324,9 @@ def related_lists(outgoing: list[Row], incoming: list[Row]) -> dict[str, list[st
     return out
 
 
-def heap_stats(by_type: list[Row], trash: int, files_json: list[Row], clock: int | None
-               ) -> dict[str, Any]:
+def heap_stats(
+    by_type: list[Row], trash: int, files_json: list[Row], clock: int | None
+) -> dict[str, Any]:
     """From (type, count) rows outside the trash, the trash count, the ``files`` column of
     blocks holding any, and the heap's clock. A file key counted once however many blocks
     hold it."""
@@ -286,11 +335,20 @@ def heap_stats(by_type: list[Row], trash: int, files_json: list[Row], clock: int
     for r in files_json:
         for key, meta in json.loads(r[0]).items():
             files[key] = int(meta.get("file_size") or 0) if isinstance(meta, dict) else 0
-    return {"blocks": sum(types.values()), "by_type": types, "trash": int(trash),
-            "files": len(files), "file_bytes": sum(files.values()),
-            "last_change": int(clock) if clock is not None else None}
+    return {
+        "blocks": sum(types.values()),
+        "by_type": types,
+        "trash": int(trash),
+        "files": len(files),
+        "file_bytes": sum(files.values()),
+        "last_change": int(clock) if clock is not None else None,
+    }
 
 
 def usage(sessions: int, heaps: int, blocks: int, document_bytes: int) -> dict[str, Any]:
-    return {"sessions": int(sessions), "heaps": int(heaps), "blocks": int(blocks),
-            "document_bytes": int(document_bytes)}
+    return {
+        "sessions": int(sessions),
+        "heaps": int(heaps),
+        "blocks": int(blocks),
+        "document_bytes": int(document_bytes),
+    }

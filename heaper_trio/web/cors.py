@@ -11,7 +11,9 @@ from quart import Quart, Response, request
 
 ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 DEFAULT_HEADERS = "Authorization, Content-Type, Range, If-None-Match"
-EXPOSE_HEADERS = "Content-Range, Content-Length, Content-Disposition, ETag, Retry-After, Accept-Ranges"
+EXPOSE_HEADERS = (
+    "Content-Range, Content-Length, Content-Disposition, ETag, Retry-After, Accept-Ranges"
+)
 MAX_AGE_S = "600"
 
 

@@ -57,15 +57,20 @@ def install_error_handlers(app: Quart) -> None:
         headers = {}
         if status == 405 and getattr(e, "valid_methods", None):
             headers["Allow"] = ", ".join(e.valid_methods)  # type: ignore[attr-defined]
-        return _envelope(status, HTTP_CODES.get(status, f"http_{status}"),
-                         e.description or e.name, headers)
+        return _envelope(
+            status, HTTP_CODES.get(status, f"http_{status}"), e.description or e.name, headers
+        )
 
     @app.errorhandler(Exception)
     async def unexpected(e: Exception) -> Any:
         if os_errno(e) in OUT_OF_FDS:
             log.warning("out of file descriptors: %s", e)
-            return _envelope(503, "server_busy", "the server is out of resources for the "
-                             "moment; retry shortly", {"Retry-After": str(FD_RETRY_AFTER_S)})
+            return _envelope(
+                503,
+                "server_busy",
+                "the server is out of resources for the moment; retry shortly",
+                {"Retry-After": str(FD_RETRY_AFTER_S)},
+            )
         if (full := disk_full(e)) is not None:
             # a full disk anywhere (not only in the upload paths, which raise it themselves)
             return await heaper_error(full)

@@ -89,8 +89,13 @@ async def file_response(
     """
     opened = await _open(source)
     try:
-        planned = _plan(opened.stat.st_size if size is None else size, etag=etag,
-                        last_modified=last_modified, immutable=immutable, max_age=max_age)
+        planned = _plan(
+            opened.stat.st_size if size is None else size,
+            etag=etag,
+            last_modified=last_modified,
+            immutable=immutable,
+            max_age=max_age,
+        )
         if isinstance(planned, Response):  # 304: no body
             opened.close()
             return planned
@@ -103,8 +108,7 @@ async def file_response(
         else:
             label = str(source) if isinstance(source, Path) else f"file {etag[:16]}"
             body = _read_file(opened, body_range, label)
-        response = Response(body, status, headers=headers,
-                            content_type=clean_media_type(mime_type))
+        response = Response(body, status, headers=headers, content_type=clean_media_type(mime_type))
         response.headers["Content-Length"] = str(body_range.length)  # Quart set 0 for b""
         response.timeout = None
         return response
@@ -113,8 +117,9 @@ async def file_response(
         raise
 
 
-def _plan(size: int, *, etag: str, last_modified: float, immutable: bool, max_age: int | None
-          ) -> Response | tuple[int, dict[str, str], ByteRange]:
+def _plan(
+    size: int, *, etag: str, last_modified: float, immutable: bool, max_age: int | None
+) -> Response | tuple[int, dict[str, str], ByteRange]:
     """A 304 answer, or the status, headers and byte range of one with a body; a 416 is
     raised (the error handler writes the contract's envelope)."""
     if max_age is None:
@@ -176,8 +181,7 @@ async def _open(source: Path | int | OpenFile) -> OpenFile:
     return opened
 
 
-async def _read_file(source: OpenFile, byte_range: ByteRange, label: str
-                     ) -> AsyncIterator[bytes]:
+async def _read_file(source: OpenFile, byte_range: ByteRange, label: str) -> AsyncIterator[bytes]:
     """The bytes of ``byte_range``, ``READ_SIZE`` at a time; the file is closed in every case
     (end, short file, client gone: Quart closes this generator when sending stops; a generator
     never started is dropped with the response, and ``source`` with it)."""
@@ -185,8 +189,9 @@ async def _read_file(source: OpenFile, byte_range: ByteRange, label: str
     try:
         while sent < byte_range.length:
             want = min(READ_SIZE, byte_range.length - sent)
-            chunk = await trio.to_thread.run_sync(os.pread, source.fd, want,
-                                                  byte_range.first + sent)
+            chunk = await trio.to_thread.run_sync(
+                os.pread, source.fd, want, byte_range.first + sent
+            )
             if not chunk:
                 break
             sent += len(chunk)
@@ -196,8 +201,12 @@ async def _read_file(source: OpenFile, byte_range: ByteRange, label: str
     finally:
         source.close()
     if sent < byte_range.length:
-        log.warning("%s ended %d bytes short of the %d announced; the client gets a short body",
-                    label, byte_range.length - sent, byte_range.length)
+        log.warning(
+            "%s ended %d bytes short of the %d announced; the client gets a short body",
+            label,
+            byte_range.length - sent,
+            byte_range.length,
+        )
         if _end_exchange_early():
             await trio.lowlevel.checkpoint()  # raises Cancelled: the connection closes
 

@@ -68,8 +68,14 @@ DRAIN_SECONDS = 5.0  # the longest an answer's connection waits for the rest of 
 class HttpGuard:
     """ASGI middleware; see the module docstring for the hypercorn/quart-trio interaction."""
 
-    def __init__(self, app: ASGIApp, *, read_timeout: float, drain_bytes: int,
-                 min_body_rate: float = float("inf")) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        read_timeout: float,
+        drain_bytes: int,
+        min_body_rate: float = float("inf"),
+    ) -> None:
         self.app = app
         self.read_timeout = read_timeout
         self.min_body_rate = min_body_rate
@@ -78,8 +84,7 @@ class HttpGuard:
         # its body would hold the connection past the promise that setting makes.
         self.drain_timeout = min(DRAIN_SECONDS, read_timeout)
 
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send
-                       ) -> None:
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -108,8 +113,9 @@ def _request_framing(scope: MutableMapping[str, Any]) -> tuple[int | None, bool]
 class _Exchange:
     """One request/response on one connection: what of the body has arrived, what was sent."""
 
-    def __init__(self, guard: HttpGuard, scope: MutableMapping[str, Any], receive: Receive,
-                 send: Send) -> None:
+    def __init__(
+        self, guard: HttpGuard, scope: MutableMapping[str, Any], receive: Receive, send: Send
+    ) -> None:
         self.guard = guard
         self.scope = scope
         self._receive = receive
@@ -163,8 +169,11 @@ class _Exchange:
         if kind == "http.response.start":
             self.started = True
             if self.http1 and not self.body_complete.is_set() and not self._drainable():
-                headers = [(bytes(n), bytes(v)) for n, v in message.get("headers", ())
-                           if bytes(n).lower() != b"connection"]
+                headers = [
+                    (bytes(n), bytes(v))
+                    for n, v in message.get("headers", ())
+                    if bytes(n).lower() != b"connection"
+                ]
                 headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
             await self._send(message)
@@ -172,13 +181,14 @@ class _Exchange:
             if self.http1 and not self.body_complete.is_set():
                 body = message.get("body", b"")
                 if body:  # the client can read its whole answer while we wait for its body
-                    await self._send({"type": "http.response.body", "body": body,
-                                      "more_body": True})
+                    await self._send(
+                        {"type": "http.response.body", "body": body, "more_body": True}
+                    )
                 with trio.move_on_after(self.guard.drain_timeout):
                     await self.body_complete.wait()
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             with trio.CancelScope(shield=True):  # see the module docstring: hypercorn's
-                await self._send(message)         # recycle-or-close runs inside this call
+                await self._send(message)  # recycle-or-close runs inside this call
         else:
             await self._send(message)
 
@@ -190,20 +200,30 @@ class _Exchange:
     async def _answer_timeout(self) -> None:
         self.started = True
         self.answered_by_guard = True
-        body = json.dumps({"success": False, "error": "request_timeout",
-                           "message": "the request body stalled or arrived too slowly; "
-                           "send it again"}).encode()
-        headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(body)).encode())]
+        body = json.dumps(
+            {
+                "success": False,
+                "error": "request_timeout",
+                "message": "the request body stalled or arrived too slowly; send it again",
+            }
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
         if self.http1:
             headers.append((b"connection", b"close"))
-        origin = next((bytes(v) for n, v in self.scope.get("headers", ())
-                       if bytes(n).lower() == b"origin"), None)
+        origin = next(
+            (bytes(v) for n, v in self.scope.get("headers", ()) if bytes(n).lower() == b"origin"),
+            None,
+        )
         if origin:  # as web/cors.py does for every other answer
-            headers += [(b"access-control-allow-origin", origin),
-                        (b"access-control-allow-credentials", b"true"),
-                        (b"access-control-expose-headers", EXPOSE_HEADERS.encode()),
-                        (b"vary", b"Origin")]
+            headers += [
+                (b"access-control-allow-origin", origin),
+                (b"access-control-allow-credentials", b"true"),
+                (b"access-control-expose-headers", EXPOSE_HEADERS.encode()),
+                (b"vary", b"Origin"),
+            ]
         with trio.CancelScope(shield=True):
             await self._send({"type": "http.response.start", "status": 408, "headers": headers})
             await self._send({"type": "http.response.body", "body": body, "more_body": False})

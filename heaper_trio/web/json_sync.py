@@ -36,15 +36,23 @@ def _decoded(text: str, what: str) -> bytes | Undecodable:
 def push_request(raw: dict[str, Any]) -> PushItemRequest:
     """One item of a push body, already checked against the route's schema."""
     sv = raw.get("state_vector")
-    return PushItemRequest(raw["block_id"], raw["workspace_id"], _decoded(raw["update"], "update"),
-                           _decoded(sv, "state_vector") if sv else None, raw.get("sync_version"))
+    return PushItemRequest(
+        raw["block_id"],
+        raw["workspace_id"],
+        _decoded(raw["update"], "update"),
+        _decoded(sv, "state_vector") if sv else None,
+        raw.get("sync_version"),
+    )
 
 
 def pull_request(raw: dict[str, Any]) -> PullItemRequest:
     """One item of a pull body; an empty state vector asks for everything, as none does."""
     sv = raw.get("state_vector")
-    return PullItemRequest(raw["block_id"], (_decoded(sv, "state_vector") or None) if sv else None,
-                           raw.get("sync_version"))
+    return PullItemRequest(
+        raw["block_id"],
+        (_decoded(sv, "state_vector") or None) if sv else None,
+        raw.get("sync_version"),
+    )
 
 
 def push_json(o: PushOutcome) -> dict[str, Any]:
@@ -83,9 +91,16 @@ def delta_json(page: ChangePage) -> dict[str, Any]:
     return {
         "success": True,
         "changed_blocks": [
-            {"block_id": b.id, "updated_at": b.updated_at, "sync_version": b.sync_version,
-             "type": b.type, "title": b.title, "deleted_at": b.deleted_at}
-            for b in page.changed],
+            {
+                "block_id": b.id,
+                "updated_at": b.updated_at,
+                "sync_version": b.sync_version,
+                "type": b.type,
+                "title": b.title,
+                "deleted_at": b.deleted_at,
+            }
+            for b in page.changed
+        ],
         "deleted_blocks": [{"block_id": bid, "deleted_at": at} for bid, at in page.deleted],
         "server_time": page.server_time,
         "has_more": page.has_more,
@@ -99,13 +114,20 @@ def block_view_json(view: BlockView) -> dict[str, Any]:
     return {
         "success": True,
         "block": {
-            "id": record.id, "block_id": record.id, "heap_id": record.heap_id,
-            "workspace_id": record.heap_id, "type": record.type, "title": record.title,
-            "text": record.text, "created_at": record.created_at,
-            "created_by": record.created_by, "updated_at": record.updated_at,
+            "id": record.id,
+            "block_id": record.id,
+            "heap_id": record.heap_id,
+            "workspace_id": record.heap_id,
+            "type": record.type,
+            "title": record.title,
+            "text": record.text,
+            "created_at": record.created_at,
+            "created_by": record.created_by,
+            "updated_at": record.updated_at,
             "deleted_at": record.deleted_at,
             "permanently_deleted_at": record.permanently_deleted_at,
-            "sync_version": record.sync_version, "size": record.size,
+            "sync_version": record.sync_version,
+            "size": record.size,
             "is_root": view.is_root,
         },
         "relations": {**view.related, "raw": record.relations},
@@ -119,10 +141,14 @@ def block_view_json(view: BlockView) -> dict[str, Any]:
 
 def history_json(history: BlockHistory) -> dict[str, Any]:
     return {
-        "success": True, "block_id": history.block_id, "sync_version": history.sync_version,
+        "success": True,
+        "block_id": history.block_id,
+        "sync_version": history.sync_version,
         "compacted_through": history.compacted_through,
-        "updates": [{"seq": r.seq, "created_at": r.created_at, "author_id": r.author_id,
-                     "size": r.size} for r in history.updates],
+        "updates": [
+            {"seq": r.seq, "created_at": r.created_at, "author_id": r.author_id, "size": r.size}
+            for r in history.updates
+        ],
         "state": crdt.encode_b64(history.state),
         "state_vector": crdt.encode_b64(history.state_vector),
     }

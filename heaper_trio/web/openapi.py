@@ -53,14 +53,17 @@ def _binary(spec: RouteSpec) -> dict[str, Any]:
     content = {mime: {"schema": BYTES} for mime in spec.binary}
     return {
         "200": {"description": "The whole file", "headers": FILE_HEADERS, "content": content},
-        "206": {"description": "One byte range of the file (Range; several ranges get 200)",
-                "headers": {**FILE_HEADERS, "Content-Range": {"schema": {"type": "string"}}},
-                "content": content},
+        "206": {
+            "description": "One byte range of the file (Range; several ranges get 200)",
+            "headers": {**FILE_HEADERS, "Content-Range": {"schema": {"type": "string"}}},
+            "content": content,
+        },
         "304": {"description": STATUS_TEXT[304]},
-        "416": {"description": STATUS_TEXT[416],
-                "headers": {"Content-Range": {"schema": {"type": "string"}}},
-                "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/Error"}}}},
+        "416": {
+            "description": STATUS_TEXT[416],
+            "headers": {"Content-Range": {"schema": {"type": "string"}}},
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        },
     }
 
 
@@ -85,8 +88,13 @@ def openapi_document(version: str) -> dict[str, Any]:
                 **{
                     str(code): {
                         "description": STATUS_TEXT.get(code, "Error"),
-                        "content": {"application/json": {"schema": spec.other_bodies.get(
-                            code, {"$ref": "#/components/schemas/Error"})}},
+                        "content": {
+                            "application/json": {
+                                "schema": spec.other_bodies.get(
+                                    code, {"$ref": "#/components/schemas/Error"}
+                                )
+                            }
+                        },
                     }
                     for code in spec.errors
                 },
@@ -95,8 +103,9 @@ def openapi_document(version: str) -> dict[str, Any]:
         if spec.binary:
             op["responses"].update(_binary(spec))
         if spec.websocket:
-            op["responses"] = {"101": {"description": "Switching Protocols: a WebSocket "
-                                                      "(see docs/protocol.md)"}}
+            op["responses"] = {
+                "101": {"description": "Switching Protocols: a WebSocket (see docs/protocol.md)"}
+            }
             op["x-websocket"] = True
         if spec.description:
             op["description"] = spec.description
@@ -109,13 +118,16 @@ def openapi_document(version: str) -> dict[str, Any]:
         else:
             op["security"] = []
         params = [
-            {"name": name, "in": "path", "required": True,
-             "schema": spec.path_params.get(name, {"type": "string"})}
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": spec.path_params.get(name, {"type": "string"}),
+            }
             for name in re.findall(r"\{(\w+)\}", spec.path)
         ]
         params += [
-            {"name": name, "in": "query", "required": name in spec.required_query,
-             "schema": schema}
+            {"name": name, "in": "query", "required": name in spec.required_query, "schema": schema}
             for name, schema in spec.query.items()
         ]
         if params:
@@ -126,8 +138,10 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "content": {"application/json": {"schema": spec.body}},
             }
         elif spec.content:
-            op["requestBody"] = {"required": True, "content": {
-                mime: {"schema": schema} for mime, schema in spec.content.items()}}
+            op["requestBody"] = {
+                "required": True,
+                "content": {mime: {"schema": schema} for mime, schema in spec.content.items()},
+            }
         paths.setdefault(spec.path, {})[spec.method.lower()] = op
     return {
         "openapi": "3.1.0",

@@ -46,31 +46,63 @@ class Hook:
 
 
 HOOKS: tuple[Hook, ...] = (
-    Hook(TrioBody, "_max_content_length", instance=True,
-         why="limit_body lowers the body limit per request; without it a JSON route would "
-         "hold up to the app-wide limit (an upload chunk) in memory"),
-    Hook(TCPServer, "_read_data",
-         why="stop_idle_timer_at_eof wraps it: the socket is freed when the client leaves"),
-    Hook(TCPServer, "idle_task", instance=True,
-         why="the keep-alive idle timer stop_idle_timer_at_eof stops at EOF"),
-    Hook(TrioASGIHTTPConnection, "handle_request",
-         why="web/file_response.py ends a short body by cancelling the nursery of the task "
-         "running this coroutine (HANDLE_REQUEST_CODE)"),
-    Hook(TrioASGIHTTPConnection, "handle_messages",
-         why="cancels the request's nursery on http.disconnect: the behaviour HttpGuard "
-         "(web/http_guard.py) works around"),
-    Hook(H11Protocol, "_maybe_recycle",
-         why="recycles or closes the connection inside the app's final send; HttpGuard "
-         "shields that send so it finishes"),
-    Hook(H11Protocol, "_close_stream",
-         why="delivers http.disconnect from within _maybe_recycle (HttpGuard's analysis)"),
-    Hook(TCPServer, "_close",
-         why="send_eof then aclose: the close HttpGuard's shielded send lets finish"),
-    Hook(type(websocket), "_get_current_object",
-         why="current_websocket: the connection's child tasks need the object, not the "
-         "context-bound proxy"),
-    Hook(DefaultJSONProvider, "sort_keys",
-         why="keep_json_key_order: answers keep the key order the contract documents"),
+    Hook(
+        TrioBody,
+        "_max_content_length",
+        instance=True,
+        why="limit_body lowers the body limit per request; without it a JSON route would "
+        "hold up to the app-wide limit (an upload chunk) in memory",
+    ),
+    Hook(
+        TCPServer,
+        "_read_data",
+        why="stop_idle_timer_at_eof wraps it: the socket is freed when the client leaves",
+    ),
+    Hook(
+        TCPServer,
+        "idle_task",
+        instance=True,
+        why="the keep-alive idle timer stop_idle_timer_at_eof stops at EOF",
+    ),
+    Hook(
+        TrioASGIHTTPConnection,
+        "handle_request",
+        why="web/file_response.py ends a short body by cancelling the nursery of the task "
+        "running this coroutine (HANDLE_REQUEST_CODE)",
+    ),
+    Hook(
+        TrioASGIHTTPConnection,
+        "handle_messages",
+        why="cancels the request's nursery on http.disconnect: the behaviour HttpGuard "
+        "(web/http_guard.py) works around",
+    ),
+    Hook(
+        H11Protocol,
+        "_maybe_recycle",
+        why="recycles or closes the connection inside the app's final send; HttpGuard "
+        "shields that send so it finishes",
+    ),
+    Hook(
+        H11Protocol,
+        "_close_stream",
+        why="delivers http.disconnect from within _maybe_recycle (HttpGuard's analysis)",
+    ),
+    Hook(
+        TCPServer,
+        "_close",
+        why="send_eof then aclose: the close HttpGuard's shielded send lets finish",
+    ),
+    Hook(
+        type(websocket),
+        "_get_current_object",
+        why="current_websocket: the connection's child tasks need the object, not the "
+        "context-bound proxy",
+    ),
+    Hook(
+        DefaultJSONProvider,
+        "sort_keys",
+        why="keep_json_key_order: answers keep the key order the contract documents",
+    ),
 )
 
 

@@ -24,26 +24,43 @@ bp = Blueprint("files", __name__)
 
 ERRORS = (304, 404, 409, 416)  # 409 file_changed: a scanned file is not what was hashed
 # What the route declarations say of path parameters and answers (checked before handlers run).
-KEY = string(pattern="^([0-9a-fA-F]{16}|[0-9a-fA-F]{64})$",
-             description="a file id (16 hex) or the file's SHA-256 (64 hex)")
+KEY = string(
+    pattern="^([0-9a-fA-F]{16}|[0-9a-fA-F]{64})$",
+    description="a file id (16 hex) or the file's SHA-256 (64 hex)",
+)
 SLUG = string(pattern="^[^/]{1,1024}$", description="a file name for the download; not checked")
-SIZE = string(pattern="^(tiny|small|medium|large|[1-9][0-9]{0,31})$",
-              description="tiny, small, medium, large, or pixels (rounded up to those)",
-              **{"x-error": "bad_thumbnail_size"})
-POSITION = string(pattern=r"^[0-9]{1,9}(\.[0-9]{1,6})?%?$",
-                  description="seconds (12.5) or a percentage of the duration (40%)",
-                  **{"x-error": "bad_thumbnail_position"})
-FILE_HASH = string(pattern="^[0-9a-fA-F]{64}$", description="hex SHA-256 of the file",
-                   **{"x-error": "bad_hash"})
+SIZE = string(
+    pattern="^(tiny|small|medium|large|[1-9][0-9]{0,31})$",
+    description="tiny, small, medium, large, or pixels (rounded up to those)",
+    **{"x-error": "bad_thumbnail_size"},
+)
+POSITION = string(
+    pattern=r"^[0-9]{1,9}(\.[0-9]{1,6})?%?$",
+    description="seconds (12.5) or a percentage of the duration (40%)",
+    **{"x-error": "bad_thumbnail_position"},
+)
+FILE_HASH = string(
+    pattern="^[0-9a-fA-F]{64}$", description="hex SHA-256 of the file", **{"x-error": "bad_hash"}
+)
 BLOCK = string(pattern=r"^[A-Za-z0-9_-]{1,128}$", description="1-128 chars of [A-Za-z0-9_-]")
-NAME = string(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="1-32 chars of [A-Za-z0-9_-]",
-              **{"x-error": "invalid_field"})
+NAME = string(
+    pattern=r"^[A-Za-z0-9_-]{1,32}$",
+    description="1-32 chars of [A-Za-z0-9_-]",
+    **{"x-error": "invalid_field"},
+)
 ANY = "*/*"  # whatever type the file was stored with
 THUMB = ("image/webp",)
-THUMB_FORM = {"type": "object", "required": ["thumbnail"], "properties": {
-    "thumbnail": string(format="binary",
-                        description="JPEG, PNG, GIF, WebP or AVIF; `file` is taken too"),
-    "type": NAME, "size": NAME}}
+THUMB_FORM = {
+    "type": "object",
+    "required": ["thumbnail"],
+    "properties": {
+        "thumbnail": string(
+            format="binary", description="JPEG, PNG, GIF, WebP or AVIF; `file` is taken too"
+        ),
+        "type": NAME,
+        "size": NAME,
+    },
+}
 
 
 async def _source(user: User, key: str) -> tuple[FileRecord, OpenFile]:
@@ -56,53 +73,88 @@ async def _source(user: User, key: str) -> tuple[FileRecord, OpenFile]:
     return record, await services().scans.open_file(record)
 
 
-async def _serve(user: User, key: str, filename: str,
-                 disposition: Literal["attachment", "inline"]) -> Response:
+async def _serve(
+    user: User, key: str, filename: str, disposition: Literal["attachment", "inline"]
+) -> Response:
     record, opened = await _source(user, key)
     mime = record.mime_type
     if runs_in_browser(mime):  # never inline, whatever the route
         disposition = "attachment"
     return await file_response(  # serves the file that was checked (its fstat too); closes it
-        opened, size=record.size, mime_type=mime, etag=record.hash,
-        last_modified=opened.stat.st_mtime, filename=filename, disposition=disposition)
+        opened,
+        size=record.size,
+        mime_type=mime,
+        etag=record.hash,
+        last_modified=opened.stat.st_mtime,
+        filename=filename,
+        disposition=disposition,
+    )
 
 
-@route(bp, "GET", "/api/file/{key}/raw/{slug}", tag="files", auth="access_or_query",
-       errors=ERRORS, params={"key": KEY, "slug": SLUG}, binary=(ANY,),
-       summary="Download a file (key: file id or hash); Range, ETag, If-None-Match.",
-       description="The caller must own a block holding the file (404 otherwise). "
-       "Content-Disposition: attachment with the slug as the file name.")
+@route(
+    bp,
+    "GET",
+    "/api/file/{key}/raw/{slug}",
+    tag="files",
+    auth="access_or_query",
+    errors=ERRORS,
+    params={"key": KEY, "slug": SLUG},
+    binary=(ANY,),
+    summary="Download a file (key: file id or hash); Range, ETag, If-None-Match.",
+    description="The caller must own a block holding the file (404 otherwise). "
+    "Content-Disposition: attachment with the slug as the file name.",
+)
 async def raw(user: User, key: str, slug: str) -> Response:
     return await _serve(user, key, slug, "attachment")
 
 
-@route(bp, "GET", "/api/stream/{key}/{slug}", tag="files", auth="access_or_query",
-       errors=ERRORS, params={"key": KEY, "slug": SLUG}, binary=(ANY,),
-       summary="The same file inline, for media players (Range: Safari's bytes=0-1 probe).",
-       description="Types a browser would run as a page (HTML, SVG, XML, scripts) are sent as "
-       "attachments even here.")
+@route(
+    bp,
+    "GET",
+    "/api/stream/{key}/{slug}",
+    tag="files",
+    auth="access_or_query",
+    errors=ERRORS,
+    params={"key": KEY, "slug": SLUG},
+    binary=(ANY,),
+    summary="The same file inline, for media players (Range: Safari's bytes=0-1 probe).",
+    description="Types a browser would run as a page (HTML, SVG, XML, scripts) are sent as "
+    "attachments even here.",
+)
 async def stream(user: User, key: str, slug: str) -> Response:
     return await _serve(user, key, slug, "inline")
 
 
 async def _thumbnail(record: FileRecord, path: Path, kind: str) -> Response:
     opened = await open_own(path)  # its fstat dates the answer; the same file is served
-    return await file_response(opened, mime_type="image/webp",
-                               etag=f"{record.hash[:32]}-{path.stem}",
-                               last_modified=opened.stat.st_mtime, filename=None,
-                               disposition="inline", immutable=True)
+    return await file_response(
+        opened,
+        mime_type="image/webp",
+        etag=f"{record.hash[:32]}-{path.stem}",
+        last_modified=opened.stat.st_mtime,
+        filename=None,
+        disposition="inline",
+        immutable=True,
+    )
 
 
 THUMB_ERRORS = (*ERRORS, 400, 415, 422)
 
 
-@route(bp, "GET", "/api/file/{key}/thumbnail/{size}/{slug}", tag="files",
-       auth="access_or_query", errors=THUMB_ERRORS, binary=THUMB,
-       params={"key": KEY, "size": SIZE, "slug": SLUG},
-       summary="An image thumbnail (WebP): tiny, small, medium, large (64/256/512/1024 px) "
-       "or a pixel size, rounded up to those.",
-       description="EXIF orientation applied, alpha kept; a video gives its frame at 10%. "
-       "Made once and cached; 415 for types that have no thumbnail, 422 for corrupt files.")
+@route(
+    bp,
+    "GET",
+    "/api/file/{key}/thumbnail/{size}/{slug}",
+    tag="files",
+    auth="access_or_query",
+    errors=THUMB_ERRORS,
+    binary=THUMB,
+    params={"key": KEY, "size": SIZE, "slug": SLUG},
+    summary="An image thumbnail (WebP): tiny, small, medium, large (64/256/512/1024 px) "
+    "or a pixel size, rounded up to those.",
+    description="EXIF orientation applied, alpha kept; a video gives its frame at 10%. "
+    "Made once and cached; 415 for types that have no thumbnail, 422 for corrupt files.",
+)
 async def thumbnail(user: User, key: str, size: str, slug: str) -> Response:
     record, source = await _source(user, key)
     with source:  # the media code reads the checked file itself (/proc/self/fd/<n>)
@@ -110,10 +162,17 @@ async def thumbnail(user: User, key: str, size: str, slug: str) -> Response:
     return await _thumbnail(record, out, "thumbnail")
 
 
-@route(bp, "GET", "/api/file/{key}/video_thumbnail/{size}/{position}", tag="files",
-       auth="access_or_query", errors=THUMB_ERRORS, binary=THUMB,
-       params={"key": KEY, "size": SIZE, "position": POSITION},
-       summary="A video frame (WebP) at a time in seconds (12.5) or a percentage (40%).")
+@route(
+    bp,
+    "GET",
+    "/api/file/{key}/video_thumbnail/{size}/{position}",
+    tag="files",
+    auth="access_or_query",
+    errors=THUMB_ERRORS,
+    binary=THUMB,
+    params={"key": KEY, "size": SIZE, "position": POSITION},
+    summary="A video frame (WebP) at a time in seconds (12.5) or a percentage (40%).",
+)
 async def video_thumbnail(user: User, key: str, size: str, position: str) -> Response:
     record, source = await _source(user, key)
     with source:
@@ -121,10 +180,17 @@ async def video_thumbnail(user: User, key: str, size: str, position: str) -> Res
     return await _thumbnail(record, out, "video")
 
 
-@route(bp, "GET", "/api/file/{key}/animated_thumbnail/{size}/{slug}", tag="files",
-       auth="access_or_query", errors=THUMB_ERRORS, binary=THUMB,
-       params={"key": KEY, "size": SIZE, "slug": SLUG},
-       summary="An animated WebP of an animated GIF, WebP or APNG, or a short video preview.")
+@route(
+    bp,
+    "GET",
+    "/api/file/{key}/animated_thumbnail/{size}/{slug}",
+    tag="files",
+    auth="access_or_query",
+    errors=THUMB_ERRORS,
+    binary=THUMB,
+    params={"key": KEY, "size": SIZE, "slug": SLUG},
+    summary="An animated WebP of an animated GIF, WebP or APNG, or a short video preview.",
+)
 async def animated_thumbnail(user: User, key: str, size: str, slug: str) -> Response:
     record, source = await _source(user, key)
     with source:
@@ -132,42 +198,74 @@ async def animated_thumbnail(user: User, key: str, size: str, slug: str) -> Resp
     return await _thumbnail(record, out, "animated")
 
 
-@route(bp, "POST", "/api/upload/thumbnail/{block_id}/{file_hash}/{thumbnail_key}",
-       tag="files", errors=(400, 404, 413, 422), content={"multipart/form-data": THUMB_FORM},
-       params={"block_id": BLOCK, "file_hash": FILE_HASH, "thumbnail_key": NAME},
-       summary="Upload a thumbnail the client made for a file of a block (multipart: "
-       "thumbnail, type, size).",
-       description="`type` and `size` (1-32 chars of [A-Za-z0-9_-], e.g. image / small) name "
-       "it for the download route; the image must be JPEG, PNG, GIF, WebP or AVIF, at most "
-       "10 MiB. Uploading the same type and size again replaces it.",
-       response=open_obj(success=boolean(), status=string(), type=string(), size=string()))
-async def upload_thumbnail(user: User, block_id: str, file_hash: str, thumbnail_key: str
-                           ) -> dict[str, Any]:
+@route(
+    bp,
+    "POST",
+    "/api/upload/thumbnail/{block_id}/{file_hash}/{thumbnail_key}",
+    tag="files",
+    errors=(400, 404, 413, 422),
+    content={"multipart/form-data": THUMB_FORM},
+    params={"block_id": BLOCK, "file_hash": FILE_HASH, "thumbnail_key": NAME},
+    summary="Upload a thumbnail the client made for a file of a block (multipart: "
+    "thumbnail, type, size).",
+    description="`type` and `size` (1-32 chars of [A-Za-z0-9_-], e.g. image / small) name "
+    "it for the download route; the image must be JPEG, PNG, GIF, WebP or AVIF, at most "
+    "10 MiB. Uploading the same type and size again replaces it.",
+    response=open_obj(success=boolean(), status=string(), type=string(), size=string()),
+)
+async def upload_thumbnail(
+    user: User, block_id: str, file_hash: str, thumbnail_key: str
+) -> dict[str, Any]:
     limit_body(11 * 1024 * 1024)
     form, files = await read_form()  # type and size: the service checks them (invalid_field)
     upload = files.get("thumbnail") or files.get("file")
     if upload is None:
-        raise BadRequest("a multipart field 'thumbnail' is required",
-                         code="file_missing_in_form")
+        raise BadRequest("a multipart field 'thumbnail' is required", code="file_missing_in_form")
     stream_ = upload.stream
     length = stream_.seek(0, os.SEEK_END)
     stream_.seek(0)
-    return client_thumbnail_json(await services().client_thumbnails.save(
-        user, block_id, check_hash(file_hash), thumbnail_key,
-        form.get("type") or "image", form.get("size") or thumbnail_key, stream_, length))
+    return client_thumbnail_json(
+        await services().client_thumbnails.save(
+            user,
+            block_id,
+            check_hash(file_hash),
+            thumbnail_key,
+            form.get("type") or "image",
+            form.get("size") or thumbnail_key,
+            stream_,
+            length,
+        )
+    )
 
 
-@route(bp, "GET", "/api/download/thumbnail/{block_id}/{file_hash}/{thumbnail_type}/"
-       "{thumbnail_size}", tag="files", auth="access_or_query", errors=(304, 404, 416),
-       binary=("image/jpeg", "image/png", "image/gif", "image/webp", "image/avif"),
-       params={"block_id": BLOCK, "file_hash": FILE_HASH, "thumbnail_type": NAME,
-               "thumbnail_size": NAME},
-       summary="Download a thumbnail a client uploaded.")
-async def download_thumbnail(user: User, block_id: str, file_hash: str, thumbnail_type: str,
-                             thumbnail_size: str) -> Response:
+@route(
+    bp,
+    "GET",
+    "/api/download/thumbnail/{block_id}/{file_hash}/{thumbnail_type}/{thumbnail_size}",
+    tag="files",
+    auth="access_or_query",
+    errors=(304, 404, 416),
+    binary=("image/jpeg", "image/png", "image/gif", "image/webp", "image/avif"),
+    params={
+        "block_id": BLOCK,
+        "file_hash": FILE_HASH,
+        "thumbnail_type": NAME,
+        "thumbnail_size": NAME,
+    },
+    summary="Download a thumbnail a client uploaded.",
+)
+async def download_thumbnail(
+    user: User, block_id: str, file_hash: str, thumbnail_type: str, thumbnail_size: str
+) -> Response:
     path, mime = await services().client_thumbnails.find(
-        user, block_id, check_hash(file_hash), thumbnail_type, thumbnail_size)
+        user, block_id, check_hash(file_hash), thumbnail_type, thumbnail_size
+    )
     opened = await open_own(path)
     return await file_response(
-        opened, mime_type=mime, etag=f"{file_hash[:16]}-{int(opened.stat.st_mtime_ns)}",
-        last_modified=opened.stat.st_mtime, filename=None, disposition="inline")
+        opened,
+        mime_type=mime,
+        etag=f"{file_hash[:16]}-{int(opened.stat.st_mtime_ns)}",
+        last_modified=opened.stat.st_mtime,
+        filename=None,
+        disposition="inline",
+    )

@@ -15,13 +15,21 @@ from heaper_trio.web.schema import boolean, open_obj, string
 
 bp = Blueprint("instance", __name__)
 
-IDENTITY = {"version": string(), "name": string(), "public_url": string(),
-            "public_key": string(description="the server's base58 Ed25519 public key")}
+IDENTITY = {
+    "version": string(),
+    "name": string(),
+    "public_url": string(),
+    "public_key": string(description="the server's base58 Ed25519 public key"),
+}
 
 
 def _identity(found: Identity) -> dict[str, Any]:
-    return {"version": found.version, "name": found.name, "public_url": found.public_url,
-            "public_key": found.public_key}
+    return {
+        "version": found.version,
+        "name": found.name,
+        "public_url": found.public_url,
+        "public_key": found.public_key,
+    }
 
 
 def _database(db: DatabaseHealth) -> dict[str, Any]:
@@ -33,15 +41,31 @@ def _database(db: DatabaseHealth) -> dict[str, Any]:
     return out
 
 
-@route(bp, "GET", "/api/", tag="instance", auth="optional",
-       summary="Instance metadata: version, public key, name, mode.",
-       description="With a valid access token the answer adds is_admin and license fields.",
-       response=open_obj(success=boolean(), status=string(), selfhosted=boolean(),
-                         is_admin=boolean(), license={"type": "object"}, **IDENTITY))
+@route(
+    bp,
+    "GET",
+    "/api/",
+    tag="instance",
+    auth="optional",
+    summary="Instance metadata: version, public key, name, mode.",
+    description="With a valid access token the answer adds is_admin and license fields.",
+    response=open_obj(
+        success=boolean(),
+        status=string(),
+        selfhosted=boolean(),
+        is_admin=boolean(),
+        license={"type": "object"},
+        **IDENTITY,
+    ),
+)
 async def index(user: User | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"success": True, "status": "ok",
-                           **_identity(instance.identity(services())),
-                           "selfhosted": True, "mode": "selfhosted"}
+    out: dict[str, Any] = {
+        "success": True,
+        "status": "ok",
+        **_identity(instance.identity(services())),
+        "selfhosted": True,
+        "mode": "selfhosted",
+    }
     if user is not None:
         out["is_admin"] = user.is_admin
         # License fields: a self-hosted server is licensed for everything it implements.
@@ -50,17 +74,29 @@ async def index(user: User | None) -> dict[str, Any]:
     return out
 
 
-HEALTH = open_obj(success=boolean(),
-                  status=string(enum=[HealthStatus.ok.value, HealthStatus.degraded.value]),
-                  server={"type": "object"}, database={"type": "object"},
-                  diagnostics={"type": "object"}, **IDENTITY)
+HEALTH = open_obj(
+    success=boolean(),
+    status=string(enum=[HealthStatus.ok.value, HealthStatus.degraded.value]),
+    server={"type": "object"},
+    database={"type": "object"},
+    diagnostics={"type": "object"},
+    **IDENTITY,
+)
 
 
-@route(bp, "GET", "/api/health", tag="instance", auth="none", errors=(503,),
-       summary="Server and database health, with live-sync counters.",
-       description="503 (same body, database.status = error, status = degraded) when the "
-       "database does not answer.",
-       response=HEALTH, other_bodies={503: HEALTH})
+@route(
+    bp,
+    "GET",
+    "/api/health",
+    tag="instance",
+    auth="none",
+    errors=(503,),
+    summary="Server and database health, with live-sync counters.",
+    description="503 (same body, database.status = error, status = degraded) when the "
+    "database does not answer.",
+    response=HEALTH,
+    other_bodies={503: HEALTH},
+)
 async def health() -> Any:
     found = await instance.health(services())
     ok = found.status is HealthStatus.ok
@@ -75,18 +111,36 @@ async def health() -> Any:
     return body, 200 if ok else 503
 
 
-@route(bp, "GET", "/sync/health", tag="sync", auth="none",
-       summary="Live-sync subsystem health.",
-       response=open_obj(success=boolean(), status=string(), connections={"type": "integer"}))
+@route(
+    bp,
+    "GET",
+    "/sync/health",
+    tag="sync",
+    auth="none",
+    summary="Live-sync subsystem health.",
+    response=open_obj(success=boolean(), status=string(), connections={"type": "integer"}),
+)
 async def sync_health() -> dict[str, Any]:
     found = instance.sync_health(services())
-    return {"success": True, "status": "ok", "version": found.version, "engine": found.engine,
-            "connections": found.realtime["connections"],
-            "documents_loaded": found.realtime["documents_loaded"], "realtime": found.realtime}
+    return {
+        "success": True,
+        "status": "ok",
+        "version": found.version,
+        "engine": found.engine,
+        "connections": found.realtime["connections"],
+        "documents_loaded": found.realtime["documents_loaded"],
+        "realtime": found.realtime,
+    }
 
 
-@route(bp, "GET", "/api/openapi.json", tag="instance", auth="none",
-       summary="This document: every route with its schemas and error codes.",
-       response={"type": "object"})
+@route(
+    bp,
+    "GET",
+    "/api/openapi.json",
+    tag="instance",
+    auth="none",
+    summary="This document: every route with its schemas and error codes.",
+    response={"type": "object"},
+)
 async def openapi() -> dict[str, Any]:
     return openapi_document(services().version)

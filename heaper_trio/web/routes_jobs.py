@@ -17,40 +17,66 @@ from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
 bp = Blueprint("jobs", __name__)
 
 SCAN = open_obj(
-    scan_id=string(), kind=string(enum=["scan", "reindex"]), heap_id=string(), path=string(),
+    scan_id=string(),
+    kind=string(enum=["scan", "reindex"]),
+    heap_id=string(),
+    path=string(),
     state=string(enum=["running", "aborting", "finishing", "done", "aborted", "failed"]),
-    files_seen=integer(), files_done=integer(), bytes=integer(), started_at=integer(),
-    finished_at={"type": ["integer", "null"]}, files_new=integer(), files_changed=integer(),
-    files_unchanged=integer(), files_missing=integer(), folders=integer(),
-    duplicates=integer(), skipped=integer(), errors=integer(), bytes_hashed=integer(),
-    current_path=string(), files_per_s={"type": "number"}, error={"type": ["string", "null"]})
+    files_seen=integer(),
+    files_done=integer(),
+    bytes=integer(),
+    started_at=integer(),
+    finished_at={"type": ["integer", "null"]},
+    files_new=integer(),
+    files_changed=integer(),
+    files_unchanged=integer(),
+    files_missing=integer(),
+    folders=integer(),
+    duplicates=integer(),
+    skipped=integer(),
+    errors=integer(),
+    bytes_hashed=integer(),
+    current_path=string(),
+    files_per_s={"type": "number"},
+    error={"type": ["string", "null"]},
+)
 STARTED = open_obj(success=boolean(), scan_id=string(), scan=SCAN)
 
 
 def _heap(body: dict[str, Any], required: bool) -> str | None:
     heap_id = body.get("heap_id") or body.get("workspace_id")
     if heap_id is None and required:
-        raise BadRequest("heap_id is required", code="missing_field",
-                         details={"field": "body.heap_id"})
+        raise BadRequest(
+            "heap_id is required", code="missing_field", details={"field": "body.heap_id"}
+        )
     return heap_id  # type: ignore[no-any-return]
 
 
-@route(bp, "POST", "/api/scan_folder", tag="jobs", errors=(403, 409),
-       summary="Index a folder on the server in place, as file and folder blocks of a heap.",
-       description="`path` is a folder under one of the server's scan_roots (admins) or under "
-       "`<root>/<your user id>/` (everyone else); a relative path is taken from there. Each "
-       "file becomes a file block (files_v0: name, size, mtime, MIME type, SHA-256, width, "
-       "height, duration), served from where it is; each folder a folder block its files and "
-       "folders are tagged with. Scanning again only reads new and changed files, marks files "
-       "gone from disk `missing` and un-marks those back. `.heaperignore` files (gitignore "
-       "syntax) leave files out; links are not followed. The scan runs in the background: "
-       "progress comes as scan.* events on /ws and /api/ws, and in GET /api/active_scans. "
-       "403 scanning_disabled (no scan_roots), 403 scan_path_forbidden (outside what you may "
-       "scan), 400 not_a_directory, 409 scan_running (a scan of this folder, or of one inside "
-       "or around it, runs in this heap).",
-       body=obj({"path": string(minLength=1, maxLength=4096)},
-                {"heap_id": ID, "workspace_id": ID}, **ONE_HEAP),
-       response=STARTED)
+@route(
+    bp,
+    "POST",
+    "/api/scan_folder",
+    tag="jobs",
+    errors=(403, 409),
+    summary="Index a folder on the server in place, as file and folder blocks of a heap.",
+    description="`path` is a folder under one of the server's scan_roots (admins) or under "
+    "`<root>/<your user id>/` (everyone else); a relative path is taken from there. Each "
+    "file becomes a file block (files_v0: name, size, mtime, MIME type, SHA-256, width, "
+    "height, duration), served from where it is; each folder a folder block its files and "
+    "folders are tagged with. Scanning again only reads new and changed files, marks files "
+    "gone from disk `missing` and un-marks those back. `.heaperignore` files (gitignore "
+    "syntax) leave files out; links are not followed. The scan runs in the background: "
+    "progress comes as scan.* events on /ws and /api/ws, and in GET /api/active_scans. "
+    "403 scanning_disabled (no scan_roots), 403 scan_path_forbidden (outside what you may "
+    "scan), 400 not_a_directory, 409 scan_running (a scan of this folder, or of one inside "
+    "or around it, runs in this heap).",
+    body=obj(
+        {"path": string(minLength=1, maxLength=4096)},
+        {"heap_id": ID, "workspace_id": ID},
+        **ONE_HEAP,
+    ),
+    response=STARTED,
+)
 async def scan_folder(user: User, body: dict[str, Any]) -> dict[str, Any]:
     heap_id = _heap(body, True)
     assert heap_id is not None
@@ -58,59 +84,94 @@ async def scan_folder(user: User, body: dict[str, Any]) -> dict[str, Any]:
     return {"success": True, "scan_id": job.scan_id, "scan": job.as_dict()}
 
 
-@route(bp, "POST", "/api/abort_scan", tag="jobs", errors=(404,),
-       summary="Stop a scan or reindex job: it ends within a second, keeping what it stored.",
-       description="What was read before the abort is committed (whole files and their "
-       "blocks only); the missing-file pass is skipped. Aborting a finished job answers its "
-       "final state. 404 scan_not_found.",
-       body=obj({"scan_id": string(minLength=1, maxLength=64)}),
-       response=STARTED)
+@route(
+    bp,
+    "POST",
+    "/api/abort_scan",
+    tag="jobs",
+    errors=(404,),
+    summary="Stop a scan or reindex job: it ends within a second, keeping what it stored.",
+    description="What was read before the abort is committed (whole files and their "
+    "blocks only); the missing-file pass is skipped. Aborting a finished job answers its "
+    "final state. 404 scan_not_found.",
+    body=obj({"scan_id": string(minLength=1, maxLength=64)}),
+    response=STARTED,
+)
 async def abort_scan(user: User, body: dict[str, Any]) -> dict[str, Any]:
     job = services().scans.abort(user, body["scan_id"])
     return {"success": True, "scan_id": job.scan_id, "scan": job.as_dict()}
 
 
-@route(bp, "GET", "/api/active_scans", tag="jobs",
-       summary="Your scan and reindex jobs (an admin's: everyone's), running or finished in "
-       "the last five minutes.",
-       description="`state` is running, aborting, finishing (marking missing files), done, "
-       "aborted or failed. Jobs of this server process only.",
-       response=open_obj(success=boolean(), scans={"type": "array", "items": SCAN}))
+@route(
+    bp,
+    "GET",
+    "/api/active_scans",
+    tag="jobs",
+    summary="Your scan and reindex jobs (an admin's: everyone's), running or finished in "
+    "the last five minutes.",
+    description="`state` is running, aborting, finishing (marking missing files), done, "
+    "aborted or failed. Jobs of this server process only.",
+    response=open_obj(success=boolean(), scans={"type": "array", "items": SCAN}),
+)
 async def active_scans(user: User) -> dict[str, Any]:
     return {"success": True, "scans": [j.as_dict() for j in services().scans.visible(user)]}
 
 
-@route(bp, "POST", "/api/reindex_files", tag="jobs", errors=(403, 409),
-       summary="Probe every file of a heap (or of all your heaps) again, in the background.",
-       description="MIME type, width, height and duration are read again and the files_v0 "
-       "entries that differ are updated; cached thumbnails are dropped. Files your blocks "
-       "only name (bytes never sent by you) are skipped like unknown ones. Reported like a "
-       "scan (kind `reindex`, scan.* events, active_scans). 403 heap_forbidden, 409 "
-       "scan_running if one runs already.",
-       body=obj({}, {"heap_id": ID, "workspace_id": ID}),
-       response=STARTED)
+@route(
+    bp,
+    "POST",
+    "/api/reindex_files",
+    tag="jobs",
+    errors=(403, 409),
+    summary="Probe every file of a heap (or of all your heaps) again, in the background.",
+    description="MIME type, width, height and duration are read again and the files_v0 "
+    "entries that differ are updated; cached thumbnails are dropped. Files your blocks "
+    "only name (bytes never sent by you) are skipped like unknown ones. Reported like a "
+    "scan (kind `reindex`, scan.* events, active_scans). 403 heap_forbidden, 409 "
+    "scan_running if one runs already.",
+    body=obj({}, {"heap_id": ID, "workspace_id": ID}),
+    response=STARTED,
+)
 async def reindex_files(user: User, body: dict[str, Any]) -> dict[str, Any]:
     job = await services().scans.reindex_files(user, _heap(body, False))
     return {"success": True, "scan_id": job.scan_id, "scan": job.as_dict()}
 
 
-@route(bp, "POST", "/api/regenerate_file", tag="jobs", errors=(404, 409),
-       summary="Probe one file again and drop its cached thumbnails (answers when done).",
-       description="`file_hash` or `file_id`: a file one of your blocks holds. Its row and "
-       "your blocks' files_v0 entries get the new MIME type and dimensions; thumbnails are "
-       "made again on next request. 404 file_not_found (also for a file your blocks only "
-       "name, whose bytes you never sent), 404 file_content_missing, 409 file_changed (a "
-       "scanned file changed on disk since its scan: it is being scanned again).",
-       body=obj({}, {"file_hash": string(pattern="^[0-9a-fA-F]{64}$"),
-                     "file_id": string(minLength=1, maxLength=64),
-                     "hash": string(pattern="^[0-9a-fA-F]{64}$")},
-                anyOf=[{"required": ["file_hash"]}, {"required": ["hash"]},
-                       {"required": ["file_id"]}]),
-       response=open_obj(success=boolean(), file_hash=string(), file_id=string(),
-                         mime_type=string(), blocks_changed=integer()))
+@route(
+    bp,
+    "POST",
+    "/api/regenerate_file",
+    tag="jobs",
+    errors=(404, 409),
+    summary="Probe one file again and drop its cached thumbnails (answers when done).",
+    description="`file_hash` or `file_id`: a file one of your blocks holds. Its row and "
+    "your blocks' files_v0 entries get the new MIME type and dimensions; thumbnails are "
+    "made again on next request. 404 file_not_found (also for a file your blocks only "
+    "name, whose bytes you never sent), 404 file_content_missing, 409 file_changed (a "
+    "scanned file changed on disk since its scan: it is being scanned again).",
+    body=obj(
+        {},
+        {
+            "file_hash": string(pattern="^[0-9a-fA-F]{64}$"),
+            "file_id": string(minLength=1, maxLength=64),
+            "hash": string(pattern="^[0-9a-fA-F]{64}$"),
+        },
+        anyOf=[{"required": ["file_hash"]}, {"required": ["hash"]}, {"required": ["file_id"]}],
+    ),
+    response=open_obj(
+        success=boolean(),
+        file_hash=string(),
+        file_id=string(),
+        mime_type=string(),
+        blocks_changed=integer(),
+    ),
+)
 async def regenerate_file(user: User, body: dict[str, Any]) -> dict[str, Any]:
     key = body.get("file_hash") or body.get("hash") or body.get("file_id")
     if not key:
-        raise BadRequest("file_hash or file_id is required", code="missing_field",
-                         details={"field": "body.file_hash"})
+        raise BadRequest(
+            "file_hash or file_id is required",
+            code="missing_field",
+            details={"field": "body.file_hash"},
+        )
     return regenerated_json(await services().scans.regenerate_file(user, key))

@@ -62,12 +62,12 @@ def allowed_methods(path: str) -> list[str]:
 
 
 async def _true_allow_header(response: Response) -> Response:
-    if "Allow" in response.headers and (request.method == "OPTIONS"
-                                        or response.status_code == 405):
+    if "Allow" in response.headers and (request.method == "OPTIONS" or response.status_code == 405):
         methods = allowed_methods(request.path)
         if methods:
             response.headers["Allow"] = ", ".join(methods)
     return response
+
 
 AUTH_MODES = ("none", "optional", "access", "refresh", "access_or_query")
 
@@ -173,14 +173,18 @@ def check_query_and_path(params: dict[str, Any]) -> None:
             check_text(value, f"path.{name}")
     for name, values in request.args.lists():
         if not storable(name):
-            raise BadRequest(f"query has a parameter name that {UNSTORABLE}",
-                             code="invalid_value", details={"field": "query"})
+            raise BadRequest(
+                f"query has a parameter name that {UNSTORABLE}",
+                code="invalid_value",
+                details={"field": "query"},
+            )
         for value in values:
             check_text(value, f"query.{name}")
 
 
-async def read_form(schema: dict[str, Any] | None = None
-                    ) -> tuple[MultiDict[str, str], MultiDict[str, FileStorage]]:
+async def read_form(
+    schema: dict[str, Any] | None = None,
+) -> tuple[MultiDict[str, str], MultiDict[str, FileStorage]]:
     """The multipart fields and files of this request, under the rule JSON strings follow:
     field values, field names, file names and part media types end up as names and MIME types
     in the database, where NUL fails PostgreSQL and a lone surrogate fails every engine. Text
@@ -189,8 +193,11 @@ async def read_form(schema: dict[str, Any] | None = None
     form = await request.form
     for name in [*form.keys(), *files.keys()]:
         if not isinstance(name, str) or not storable(name):  # a part name the parser lost
-            raise BadRequest(f"form has a field name that is missing or {UNSTORABLE}",
-                             code="invalid_value", details={"field": "form"})
+            raise BadRequest(
+                f"form has a field name that is missing or {UNSTORABLE}",
+                code="invalid_value",
+                details={"field": "form"},
+            )
     fields = (schema or {}).get("properties", {})
     for name, value in form.items(multi=True):
         check_text(value, f"form.{name}")
@@ -206,14 +213,27 @@ def _quart_rule(path: str) -> str:
     return re.sub(r"\{(\w+)\}", r"<\1>", path)
 
 
-def websocket_route(bp: Blueprint, path: str, *, summary: str, tag: str, description: str,
-                    deprecated: bool = False
-                    ) -> Callable[[Callable[[], Awaitable[None]]], Callable[[], Awaitable[None]]]:
+def websocket_route(
+    bp: Blueprint, path: str, *, summary: str, tag: str, description: str, deprecated: bool = False
+) -> Callable[[Callable[[], Awaitable[None]]], Callable[[], Awaitable[None]]]:
     """Register a WebSocket endpoint and document it (OpenAPI has no WebSocket operations:
     it is listed as a GET answered with 101; the protocol itself is in docs/protocol.md)."""
-    ROUTES.append(RouteSpec("GET", path, summary, tag, "optional", None, None, (),
-                            {"token": {"type": "string"}}, description, deprecated,
-                            websocket=True))
+    ROUTES.append(
+        RouteSpec(
+            "GET",
+            path,
+            summary,
+            tag,
+            "optional",
+            None,
+            None,
+            (),
+            {"token": {"type": "string"}},
+            description,
+            deprecated,
+            websocket=True,
+        )
+    )
 
     def decorate(handler: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         bp.add_websocket(path, view_func=handler, endpoint=f"ws_{handler.__name__}")
@@ -304,8 +324,9 @@ async def _authenticate(auth: str) -> dict[str, Any]:
     return {}
 
 
-def _implied_errors(path: str, auth: str, body: dict[str, Any] | None, rate_limit: bool,
-                    checked: bool) -> set[int]:
+def _implied_errors(
+    path: str, auth: str, body: dict[str, Any] | None, rate_limit: bool, checked: bool
+) -> set[int]:
     """Statuses the wrapper itself may answer, documented for every route that has it."""
     implied = {400, 413} if body is not None else set()
     if checked:  # path schemas or query parameters
@@ -320,12 +341,16 @@ def _implied_errors(path: str, auth: str, body: dict[str, Any] | None, rate_limi
     return implied
 
 
-def _register_route_words(bp: Blueprint, method: str, path: str,
-                          path_schemas: dict[str, dict[str, Any]]) -> dict[str, tuple[str, ...]]:
+def _register_route_words(
+    bp: Blueprint, method: str, path: str, path_schemas: dict[str, dict[str, Any]]
+) -> dict[str, tuple[str, ...]]:
     """Route words of this rule (a ``not: {enum: [...]}`` path schema), recorded so Allow and
     405 answers leave this rule out where a word takes its place (``allowed_methods``)."""
-    route_words = {name: tuple(s["not"]["enum"]) for name, s in path_schemas.items()
-                   if "enum" in s.get("not", {})}
+    route_words = {
+        name: tuple(s["not"]["enum"])
+        for name, s in path_schemas.items()
+        if "enum" in s.get("not", {})
+    }
     if route_words:
         _ROUTE_WORDS[(method, _quart_rule(path))] = route_words
         if bp.name not in _HOOKED:
@@ -362,17 +387,37 @@ def route(
     assert auth in AUTH_MODES, auth
     path_schemas = params or {}
     assert set(path_schemas) <= set(re.findall(r"\{(\w+)\}", path)), (path, path_schemas)
-    edge = _Edge(auth, body, rate_limit, path_schemas,
-                 _register_route_words(bp, method, path, path_schemas))
+    edge = _Edge(
+        auth, body, rate_limit, path_schemas, _register_route_words(bp, method, path, path_schemas)
+    )
     implied = _implied_errors(path, auth, body, rate_limit, bool(path_schemas or query))
     if auth == "access_or_query":
-        query = {**(query or {}), "token": {"type": "string", "description": "the access "
-                                            "token, for clients that cannot send headers"}}
+        query = {
+            **(query or {}),
+            "token": {
+                "type": "string",
+                "description": "the access token, for clients that cannot send headers",
+            },
+        }
     ROUTES.append(
-        RouteSpec(method, path, summary, tag, auth, body, response,
-                  tuple(sorted(set(errors) | implied)), query or {}, description, deprecated,
-                  other_bodies=other_bodies or {}, path_params=path_schemas, binary=binary,
-                  content=content or {}, required_query=required_query)
+        RouteSpec(
+            method,
+            path,
+            summary,
+            tag,
+            auth,
+            body,
+            response,
+            tuple(sorted(set(errors) | implied)),
+            query or {},
+            description,
+            deprecated,
+            other_bodies=other_bodies or {},
+            path_params=path_schemas,
+            binary=binary,
+            content=content or {},
+            required_query=required_query,
+        )
     )
 
     def decorate(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -389,8 +434,12 @@ def route(
             params.update(await _authenticate(edge.auth))
             return await handler(**params)
 
-        bp.add_url_rule(_quart_rule(path), view_func=view, methods=[method],
-                        endpoint=f"{method.lower()}_{handler.__name__}")
+        bp.add_url_rule(
+            _quart_rule(path),
+            view_func=view,
+            methods=[method],
+            endpoint=f"{method.lower()}_{handler.__name__}",
+        )
         return view
 
     return decorate

@@ -71,7 +71,8 @@ def validate(value: Any, schema: dict[str, Any], where: str = "body") -> None:
         for name in schema.get("required", ()):
             if name not in value:
                 raise BadRequest(
-                    f"{where}.{name} is required", code="missing_field",
+                    f"{where}.{name} is required",
+                    code="missing_field",
                     details={"field": f"{where}.{name}"},
                 )
         if schema.get("additionalProperties") is False:
@@ -146,8 +147,9 @@ def _invalid(where: str, text: str) -> BadRequest:
     return BadRequest(f"{where} {text}", code="invalid_value", details={"field": where})
 
 
-def obj(required: dict[str, Any] | None = None, optional: dict[str, Any] | None = None,
-        **extra: Any) -> dict[str, Any]:
+def obj(
+    required: dict[str, Any] | None = None, optional: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
     """A closed object schema: the listed fields and nothing else."""
     required = required or {}
     props = {**required, **(optional or {})}

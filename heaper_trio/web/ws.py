@@ -44,10 +44,15 @@ def connection_token() -> str | None:
     return websocket.args.get("token") or None
 
 
-@websocket_route(bp, "/ws", tag="live", summary="Live sync: the Hocuspocus WebSocket protocol.",
-                 description="Binary frames: y-protocols sync and awareness per document, "
-                 "auth per document, sync-status acks after durable commits, typed JSON "
-                 "events on the `events` channel. See docs/protocol.md.")
+@websocket_route(
+    bp,
+    "/ws",
+    tag="live",
+    summary="Live sync: the Hocuspocus WebSocket protocol.",
+    description="Binary frames: y-protocols sync and awareness per document, "
+    "auth per document, sync-status acks after durable commits, typed JSON "
+    "events on the `events` channel. See docs/protocol.md.",
+)
 async def live_sync() -> None:
     ctx = services().live
     await websocket.accept()
@@ -59,12 +64,17 @@ async def live_sync() -> None:
         await websocket.close(CLOSE_INTERNAL_ERROR, "internal error")
 
 
-@websocket_route(bp, "/api/ws", tag="live", deprecated=True,
-                 summary="Deprecated: scan events only, as JSON text frames.",
-                 description="For old clients. Authenticate with the Authorization header, "
-                 "the token query parameter or a first text frame {\"token\": ...}; then "
-                 "scan.progress / scan.done / scan.failed / scan.aborted events arrive as "
-                 "JSON text frames. New clients use the events channel of /ws.")
+@websocket_route(
+    bp,
+    "/api/ws",
+    tag="live",
+    deprecated=True,
+    summary="Deprecated: scan events only, as JSON text frames.",
+    description="For old clients. Authenticate with the Authorization header, "
+    'the token query parameter or a first text frame {"token": ...}; then '
+    "scan.progress / scan.done / scan.failed / scan.aborted events arrive as "
+    "JSON text frames. New clients use the events channel of /ws.",
+)
 async def legacy_events() -> None:
     ctx = services().live
     await websocket.accept()

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from heaper_trio.protocol import announce
-from heaper_trio.services.documents import Committed
+from heaper_trio.services.commits import Committed
 from heaper_trio.services.live.hub import LiveHub
 from heaper_trio.storage.base import Storage
 
@@ -43,19 +43,20 @@ class ProcessBridge:
         # PostgreSQL's engine announces commits in their own transaction (not in Storage)
         announce_commits_as = getattr(storage, "announce_commits_as", None)
         self._announced: Callable[[str, str, str, int], bool] | None = getattr(
-            storage, "announced_in_commit", None)
+            storage, "announced_in_commit", None
+        )
         if announce_commits_as is not None:
             announce_commits_as(self.process_id)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self._listen)
             nursery.start_soon(self._announce_forever)
             task_status.started()
 
-    async def _listen(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                      ) -> None:
+    async def _listen(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         await self.storage.listen(self._received, task_status=task_status)
 
     # -- out ----------------------------------------------------------------------------------
@@ -71,12 +72,21 @@ class ProcessBridge:
 
     def on_commit(self, committed: Sequence[Committed]) -> None:
         for c in committed:
-            if self._announced is not None and self._announced(c.kind, c.heap_id, c.block_id,
-                                                               c.seq):
+            if self._announced is not None and self._announced(
+                c.kind, c.heap_id, c.block_id, c.seq
+            ):
                 continue  # its transaction announced it at COMMIT
-            self._queue(announce.BlockAnnouncement(self.process_id, c.kind, c.heap_id,
-                                                   c.block_id, c.seq, c.sync_version,
-                                                   c.updated_at))
+            self._queue(
+                announce.BlockAnnouncement(
+                    self.process_id,
+                    c.kind,
+                    c.heap_id,
+                    c.block_id,
+                    c.seq,
+                    c.sync_version,
+                    c.updated_at,
+                )
+            )
 
     def on_user_event(self, user_id: str, evt: dict[str, object]) -> None:
         self._queue(announce.UserEventAnnouncement(self.process_id, user_id, evt))
@@ -107,8 +117,15 @@ class ProcessBridge:
         if received.origin == self.process_id:
             return
         if isinstance(received, announce.UserEventAnnouncement):
-            self.hub.publish_user_event(received.user_id, dict(received.event),
-                                        local_only=True)
+            self.hub.publish_user_event(received.user_id, dict(received.event), local_only=True)
             return
-        self.hub.on_remote(Committed(received.heap_id, received.block_id, received.kind,
-                                     received.seq, received.sync_version, received.updated_at))
+        self.hub.on_remote(
+            Committed(
+                received.heap_id,
+                received.block_id,
+                received.kind,
+                received.seq,
+                received.sync_version,
+                received.updated_at,
+            )
+        )

@@ -68,13 +68,15 @@ class Grant:
 
 
 class LiveConnection:
-    def __init__(self, transport: Transport, live: LiveContext, connection_token: str | None
-                 ) -> None:
+    def __init__(
+        self, transport: Transport, live: LiveContext, connection_token: str | None
+    ) -> None:
         self.transport = transport
         self.live = live
         self.connection_token = connection_token
-        self.session = s.LiveSession(connection_token=connection_token is not None,
-                                     now=trio.current_time())
+        self.session = s.LiveSession(
+            connection_token=connection_token is not None, now=trio.current_time()
+        )
         self.outbox = Outbox(live.outbox_bytes)
         self.grants: dict[str, Grant] = {}
         self.workers: dict[str, DocumentWorker] = {}
@@ -127,8 +129,9 @@ class LiveConnection:
             self.session.heard(trio.current_time())
             counters.messages_in += 1
             if isinstance(data, str):
-                await self.perform(self.session.disconnect(CLOSE_UNSUPPORTED_DATA,
-                                                           "binary frames only"))
+                await self.perform(
+                    self.session.disconnect(CLOSE_UNSUPPORTED_DATA, "binary frames only")
+                )
                 return
             data = data or b""  # quart-trio hands an empty binary frame over as None
             counters.bytes_in += len(data)
@@ -206,8 +209,9 @@ class LiveConnection:
             if refusal:
                 return self.session.denied(address, refusal)
         if not self._hold_slot(user.id):
-            return self.session.disconnect(CLOSE_TOO_MANY_CONNECTIONS,
-                                           "too many connections for this account")
+            return self.session.disconnect(
+                CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this account"
+            )
         self.grants[address] = grant
         return self.session.authorized(address)
 
@@ -337,8 +341,11 @@ class EventsWorker(DocumentWorker):
     async def _command(self, payload: str) -> None:
         command = events.parse_command(payload)
         if command is None:
-            evt = events.event("error", error="unknown_command",
-                               message="expected subscribe or unsubscribe with heap_ids")
+            evt = events.event(
+                "error",
+                error="unknown_command",
+                message="expected subscribe or unsubscribe with heap_ids",
+            )
             return await self._answer(evt)
         hub, heap_ids = self.conn.live.hub, command["heap_ids"]
         if command["type"] == "unsubscribe":
@@ -357,8 +364,7 @@ class EventsWorker(DocumentWorker):
 
 
 class BlockWorker(DocumentWorker):
-    def __init__(self, conn: LiveConnection, address: str, grant: Grant, name: BlockName
-                 ) -> None:
+    def __init__(self, conn: LiveConnection, address: str, grant: Grant, name: BlockName) -> None:
         super().__init__(conn, address, grant)
         self.name = name
         self.sub = Subscription(conn, address, name, grant.user.id)
@@ -410,8 +416,9 @@ class BlockWorker(DocumentWorker):
             await self.conn.reply(m.encode(m.SyncUpdate(self.address, piece)))
         await self.conn.reply(m.encode(m.SyncStep2(self.address, pieces[-1])))
         if stale:
-            evt = events.event("sync_version_mismatch", block_id=room.block_id,
-                               sync_version=room.sync_version)
+            evt = events.event(
+                "sync_version_mismatch", block_id=room.block_id, sync_version=room.sync_version
+            )
             await self.conn.reply(m.encode(m.Stateless(self.address, events.to_json(evt))))
         if not message.reply:
             await self.conn.reply(m.encode(m.SyncStep1(self.address, room.doc.state_vector())))
@@ -438,17 +445,25 @@ class BlockWorker(DocumentWorker):
             ok = False
         elif real:
             item = await self.conn.live.push_live(
-                self.grant.user, self.name.heap_id, self.name.block_id, real,
-                self.name.sync_version if room.exists else None, origin=self.sub)
+                self.grant.user,
+                self.name.heap_id,
+                self.name.block_id,
+                real,
+                self.name.sync_version if room.exists else None,
+                origin=self.sub,
+            )
             ok = item.status in ("ok", "created")
             if item.status in ("forbidden", "deleted"):
-                await self.conn.perform(self.conn.session.denied(self.address, item.error
-                                                                 or item.status))
+                await self.conn.perform(
+                    self.conn.session.denied(self.address, item.error or item.status)
+                )
                 return
             if not ok:
-                log.info("live update refused for block %s: %s", self.name.block_id,
-                         item.error or item.status)
+                log.info(
+                    "live update refused for block %s: %s",
+                    self.name.block_id,
+                    item.error or item.status,
+                )
         frame = m.encode(m.SyncStatus(self.address, ok))
         for _ in updates:
             await self.conn.reply(frame)
-

@@ -57,8 +57,15 @@ class PushResult(Protocol):
 class PushLive(Protocol):
     """``DocumentService.push_live``: store a live batch, answer once durable."""
 
-    async def __call__(self, user: User, heap_id: str, block_id: str, updates: list[bytes],
-                       sync_version: int | None, origin: object) -> PushResult: ...
+    async def __call__(
+        self,
+        user: User,
+        heap_id: str,
+        block_id: str,
+        updates: list[bytes],
+        sync_version: int | None,
+        origin: object,
+    ) -> PushResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +95,13 @@ class LiveContext:
 
     @classmethod
     def of(cls, services: Services) -> LiveContext:
-        return cls(hub=services.hub, counters=services.realtime, shutdown=services.shutdown,
-                   verify_token=AccessVerifier(services.accounts, services.tokens),
-                   heaps=services.storage, push_live=services.documents.push_live,
-                   max_connections_per_user=services.settings.ws_max_connections_per_user,
-                   outbox_bytes=services.settings.ws_outbox_bytes)
+        return cls(
+            hub=services.hub,
+            counters=services.realtime,
+            shutdown=services.shutdown,
+            verify_token=AccessVerifier(services.accounts, services.tokens),
+            heaps=services.storage,
+            push_live=services.documents.push_live,
+            max_connections_per_user=services.settings.ws_max_connections_per_user,
+            outbox_bytes=services.settings.ws_outbox_bytes,
+        )

@@ -29,8 +29,9 @@ from heaper_trio.protocol.messages import AwarenessEntry, decode_awareness, enco
 from heaper_trio.protocol.names import BlockName
 from heaper_trio.protocol.presence import Owner, PresenceTable
 from heaper_trio.protocol.wire import ProtocolError
+from heaper_trio.services.commits import Committed
 from heaper_trio.services.diagnostics import RealtimeCounters
-from heaper_trio.services.documents import Committed, DocumentService
+from heaper_trio.services.documents import DocumentService
 from heaper_trio.storage.errors import BlockInOtherHeap
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,7 @@ class LiveHub:
         else:
             self.account_connections.pop(user_id, None)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The hub's own tasks (flusher, presence expiry, catch-ups); in the supervisor."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -173,8 +173,9 @@ class LiveHub:
             room.failed = "block_in_other_heap"
             self._drop(room)
             return
-        doc = crdt.BlockDocument.load(stored.snapshot if stored else None,
-                                      stored.updates if stored else ())
+        doc = crdt.BlockDocument.load(
+            stored.snapshot if stored else None, stored.updates if stored else ()
+        )
         for update in room.early:
             doc.apply(update)
         room.early.clear()
@@ -326,16 +327,25 @@ class LiveHub:
         if kind == "heap.deleted":
             evt = events.event(kind, heap_id=c.heap_id)
         elif kind == "block.purged":
-            evt = events.event(kind, heap_id=c.heap_id, block_id=c.block_id,
-                               deleted_at=c.updated_at)
+            evt = events.event(
+                kind, heap_id=c.heap_id, block_id=c.block_id, deleted_at=c.updated_at
+            )
         else:
-            evt = events.event(kind, heap_id=c.heap_id, block_id=c.block_id,
-                               sync_version=c.sync_version, updated_at=c.updated_at, seq=c.seq)
+            evt = events.event(
+                kind,
+                heap_id=c.heap_id,
+                block_id=c.block_id,
+                sync_version=c.sync_version,
+                updated_at=c.updated_at,
+                seq=c.seq,
+            )
         key = (c.heap_id, c.block_id)
         previous = self._events.get(key)
-        if previous is not None and previous["type"] in ("block.created", "block.deleted",
-                                                          "block.restored") \
-                and kind == "block.changed":
+        if (
+            previous is not None
+            and previous["type"] in ("block.created", "block.deleted", "block.restored")
+            and kind == "block.changed"
+        ):
             evt["type"] = previous["type"]  # a later edit does not hide the transition
         self._events[key] = evt
         self._wake.set()
@@ -400,8 +410,9 @@ class LiveHub:
                 del self.user_sinks[sink.user_id]
         self.unwatch_heaps(sink)
 
-    def publish_user_event(self, user_id: str, evt: dict[str, object], *,
-                           local_only: bool = False) -> None:
+    def publish_user_event(
+        self, user_id: str, evt: dict[str, object], *, local_only: bool = False
+    ) -> None:
         """A job's event (scan progress, file ready) for every live channel of its owner, in
         this process and (unless ``local_only``) the others on the same database."""
         for sink in list(self.user_sinks.get(user_id, ())):

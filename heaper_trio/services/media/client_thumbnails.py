@@ -30,10 +30,19 @@ from heaper_trio.storage.base import Storage
 
 MAX_BYTES = 10 * 1024 * 1024
 NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
-MAGIC = ((b"\xff\xd8\xff", "jpg", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "png", "image/png"),
-         (b"GIF87a", "gif", "image/gif"), (b"GIF89a", "gif", "image/gif"))
-MIME = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
-        "avif": "image/avif"}
+MAGIC = (
+    (b"\xff\xd8\xff", "jpg", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png", "image/png"),
+    (b"GIF87a", "gif", "image/gif"),
+    (b"GIF89a", "gif", "image/gif"),
+)
+MIME = {
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "gif": "image/gif",
+    "webp": "image/webp",
+    "avif": "image/avif",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +72,11 @@ def sniff(head: bytes) -> str | None:
 
 def _name(value: str, what: str) -> str:
     if not NAME.fullmatch(value):
-        raise BadRequest(f"{what} must be 1-32 chars of [A-Za-z0-9_-]",
-                         code="invalid_field", details={"field": what})
+        raise BadRequest(
+            f"{what} must be 1-32 chars of [A-Za-z0-9_-]",
+            code="invalid_field",
+            details={"field": what},
+        )
     return value
 
 
@@ -81,13 +93,23 @@ class ClientThumbnails:
         heap = await self.storage.get_heap(record.heap_id) if record else None
         if record is None or heap is None or heap.owner_id != user.id:
             raise NotFound("no such block in your heaps", code="block_not_found")
-        if file_hash not in await self.storage.file_hashes_of_heap(heap.id, [block_id]) or \
-                not await self.storage.file_readable_by(file_hash, user.id):
+        if file_hash not in await self.storage.file_hashes_of_heap(
+            heap.id, [block_id]
+        ) or not await self.storage.file_readable_by(file_hash, user.id):
             raise NotFound("this block holds no such file", code="file_not_found")
         return self.root / block_id / file_hash
 
-    async def save(self, user: User, block_id: str, file_hash: str, key: str, kind: str,
-                   size: str, source: IO[bytes], length: int) -> ClientThumbnail:
+    async def save(
+        self,
+        user: User,
+        block_id: str,
+        file_hash: str,
+        key: str,
+        kind: str,
+        size: str,
+        source: IO[bytes],
+        length: int,
+    ) -> ClientThumbnail:
         folder = await self._check(user, block_id, file_hash)
         kind, size, key = _name(kind, "type"), _name(size, "size"), _name(key, "thumbnail_key")
         if length > MAX_BYTES:
@@ -95,8 +117,9 @@ class ClientThumbnails:
         ext = sniff(source.read(16))
         source.seek(0)
         if ext is None:
-            raise Unprocessable("a thumbnail must be a JPEG, PNG, GIF, WebP or AVIF image",
-                                code="not_an_image")
+            raise Unprocessable(
+                "a thumbnail must be a JPEG, PNG, GIF, WebP or AVIF image", code="not_an_image"
+            )
 
         def write() -> None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -109,12 +132,14 @@ class ClientThumbnails:
                 os.replace(temp, folder / f"{kind}-{size}.{ext}")
             finally:
                 temp.unlink(missing_ok=True)
+
         with disk_full_is_507():  # written to a temp name: nothing is kept
             await trio.to_thread.run_sync(write)
         return ClientThumbnail(block_id, file_hash, key, kind, size, MIME[ext], length)
 
-    async def find(self, user: User, block_id: str, file_hash: str, kind: str, size: str
-                   ) -> tuple[Path, str]:
+    async def find(
+        self, user: User, block_id: str, file_hash: str, kind: str, size: str
+    ) -> tuple[Path, str]:
         folder = await self._check(user, block_id, file_hash)
         kind, size = _name(kind, "thumbnail_type"), _name(size, "thumbnail_size")
         found = await trio.to_thread.run_sync(lambda: sorted(folder.glob(f"{kind}-{size}.*")))

@@ -159,7 +159,8 @@ def _to_rgb_or_rgba(im: Image.Image) -> Image.Image:
         if icc:
             try:
                 out = ImageCms.profileToProfile(
-                    im, ImageCms.ImageCmsProfile(io.BytesIO(icc)), _SRGB, outputMode="RGB")
+                    im, ImageCms.ImageCmsProfile(io.BytesIO(icc)), _SRGB, outputMode="RGB"
+                )
                 if out is not None:
                     return out
             except (ImageCms.PyCMSError, OSError, ValueError):
@@ -214,13 +215,15 @@ def _encode_animated(im: Image.Image, box: int) -> bytes:
     frames: list[Image.Image] = []
     delays: list[int] = []
     played = 0
-    while (len(frames) < ANIM_MAX_FRAMES and played < ANIM_MAX_MS
-           and (len(frames) + 1) * source_px <= ANIM_PIXEL_BUDGET
-           and (len(frames) + 1) * target_px <= ANIM_OUTPUT_PIXELS):
+    while (
+        len(frames) < ANIM_MAX_FRAMES
+        and played < ANIM_MAX_MS
+        and (len(frames) + 1) * source_px <= ANIM_PIXEL_BUDGET
+        and (len(frames) + 1) * target_px <= ANIM_OUTPUT_PIXELS
+    ):
         try:
             im.seek(len(frames))
-            small = im.convert("RGBA").resize(target, Image.Resampling.LANCZOS,
-                                              reducing_gap=2.0)
+            small = im.convert("RGBA").resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
         except EOFError:
             break
         except Exception:
@@ -236,9 +239,16 @@ def _encode_animated(im: Image.Image, box: int) -> bytes:
     if not frames:
         raise CorruptMedia("animation has no frames")
     buf = io.BytesIO()
-    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], duration=delays,
-                   loop=int(im.info.get("loop", 0) or 0), quality=WEBP_QUALITY,
-                   method=_webp_method(box))
+    frames[0].save(
+        buf,
+        "WEBP",
+        save_all=True,
+        append_images=frames[1:],
+        duration=delays,
+        loop=int(im.info.get("loop", 0) or 0),
+        quality=WEBP_QUALITY,
+        method=_webp_method(box),
+    )
     return buf.getvalue()
 
 

@@ -2,11 +2,12 @@
 
 The file routes hand us a source path and its content hash; we answer with a path to a cached
 WebP (or a ``MediaInfo``). A scanned file's source is ``/proc/self/fd/<n>``, the descriptor the
-route opened and checked to be the file that was hashed (``scans_source``): Pillow opens that
-very file, and ffmpeg and ffprobe inherit the descriptor (``media_video.run_tool``), so what is
-decoded is what was verified. The source must stay open until the call returns. How the work is done lives in two siblings: ``media_images`` (Pillow,
-in worker threads) and ``media_video`` (ffmpeg/ffprobe subprocesses); ``media_sniff`` decides
-which, from the content's first bytes.
+route opened and checked to be the file that was hashed (``scans/source``): Pillow opens that
+very file, and ffmpeg and ffprobe inherit the descriptor (``video.run_tool``), so what is
+decoded is what was verified. The source must stay open until the call returns.
+
+How the work is done lives in two siblings: ``images`` (Pillow, in worker threads) and
+``video`` (ffmpeg/ffprobe subprocesses); ``sniff`` decides which, from the content's first bytes.
 
 - **Cache.** ``cache_dir/<hash[:2]>/<hash>/<kind>-<size>[-<position>]-v<THUMB_VERSION>.webp``.
   Content never changes under a hash, so a file there is final; it is written under a temporary
@@ -75,11 +76,13 @@ def parse_size(size: str) -> tuple[str, int]:
         return size, SIZES[size]
     if _PIXELS.fullmatch(size) and int(size) > 0:
         want = int(size)
-        return next(((name, px) for name, px in SIZES.items() if want <= px),
-                    ("large", SIZES["large"]))
+        return next(
+            ((name, px) for name, px in SIZES.items() if want <= px), ("large", SIZES["large"])
+        )
     raise BadRequest(
         f"thumbnail size must be one of {', '.join(SIZES)} or a number of pixels",
-        code="bad_thumbnail_size")
+        code="bad_thumbnail_size",
+    )
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,9 @@ class Position:
 def parse_position(position: str) -> Position:
     match = _POSITION.fullmatch(position.strip())
     if match is None:
-        raise BadRequest("position must be seconds (12.5) or a percentage (40%)",
-                         code="bad_thumbnail_position")
+        raise BadRequest(
+            "position must be seconds (12.5) or a percentage (40%)", code="bad_thumbnail_position"
+        )
     return Position(float(match[1]), bool(match[2]))
 
 
@@ -171,9 +175,17 @@ def _render_to(source: Path, target: Path, box: int, animated: bool) -> None:
 
 
 class MediaService:
-    def __init__(self, cache_dir: Path, *, max_jobs: int = 2, ffmpeg: str = "ffmpeg",
-                 ffprobe: str = "ffprobe", job_timeout: float = 60.0,
-                 failure_ttl: float = 300.0, exact_seek: bool = False) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        max_jobs: int = 2,
+        ffmpeg: str = "ffmpeg",
+        ffprobe: str = "ffprobe",
+        job_timeout: float = 60.0,
+        failure_ttl: float = 300.0,
+        exact_seek: bool = False,
+    ) -> None:
         """``exact_seek``: take the frame exactly at the position (~300 ms for 1080p H.264)
         instead of the first keyframe at or after it (~170 ms; up to one GOP late)."""
         self.cache_dir = Path(cache_dir)
@@ -200,15 +212,22 @@ class MediaService:
         try:
             if sniffed and pillow_decodes(mime):
                 head = await trio.to_thread.run_sync(
-                    probe_image, source, limiter=self._probe_limiter)
-                return MediaInfo(mime, kind, head.width, head.height, None, head.frames,
-                                 head.orientation)
+                    probe_image, source, limiter=self._probe_limiter
+                )
+                return MediaInfo(
+                    mime, kind, head.width, head.height, None, head.frames, head.orientation
+                )
             if kind in ("video", "audio"):
                 found = await self._probe_video(source)
                 if kind == "video" and not found.has_video and found.has_audio:
                     mime, kind = mime.replace("video/", "audio/", 1), "audio"
-                return MediaInfo(mime, kind, found.width if kind == "video" else None,
-                                 found.height if kind == "video" else None, found.duration)
+                return MediaInfo(
+                    mime,
+                    kind,
+                    found.width if kind == "video" else None,
+                    found.height if kind == "video" else None,
+                    found.duration,
+                )
         except HeaperError as exc:
             log.info("media: probe of %s (%s) failed: %s", source, mime, exc.message)
         return MediaInfo(mime, kind)
@@ -217,8 +236,7 @@ class MediaService:
         """A still WebP; for a video, its frame at DEFAULT_POSTER."""
         return await self._derive("image", source, file_hash, size, None)
 
-    async def video_thumbnail(self, source: Path, file_hash: str, size: str,
-                              position: str) -> Path:
+    async def video_thumbnail(self, source: Path, file_hash: str, size: str, position: str) -> Path:
         """The frame at ``position`` (seconds or percent); an image gives its still."""
         return await self._derive("video", source, file_hash, size, parse_position(position))
 
@@ -226,8 +244,9 @@ class MediaService:
         """An animated WebP of an animation, or of a video's first seconds; a still otherwise."""
         return await self._derive("animated", source, file_hash, size, None)
 
-    def path_for(self, file_hash: str, kind: str, size: str,
-                 position: Position | None = None) -> Path:
+    def path_for(
+        self, file_hash: str, kind: str, size: str, position: Position | None = None
+    ) -> Path:
         name, _ = parse_size(size)
         suffix = f"-{position.key}" if position is not None else ""
         h = _check_hash(file_hash)
@@ -249,8 +268,9 @@ class MediaService:
 
     # -- cache, single flight, remembered failures --------------------------------------------
 
-    async def _derive(self, kind: str, source: Path, file_hash: str, size: str,
-                      position: Position | None) -> Path:
+    async def _derive(
+        self, kind: str, source: Path, file_hash: str, size: str, position: Position | None
+    ) -> Path:
         _, box = parse_size(size)
         target = self.path_for(file_hash, kind, size, position)
         while True:
@@ -299,14 +319,22 @@ class MediaService:
 
     # -- the jobs -----------------------------------------------------------------------------
 
-    async def _make(self, kind: str, source: Path, file_hash: str, box: int,
-                    position: Position | None, target: Path) -> None:
+    async def _make(
+        self,
+        kind: str,
+        source: Path,
+        file_hash: str,
+        box: int,
+        position: Position | None,
+        target: Path,
+    ) -> None:
         mime = sniff_bytes(await trio.to_thread.run_sync(read_head, source))
         if pillow_decodes(mime):
             # Runs to the end even if we are cancelled meanwhile (a thread cannot be stopped);
             # it then leaves a finished thumbnail in the cache and no temporary file.
             await trio.to_thread.run_sync(
-                _render_to, source, target, box, kind == "animated", limiter=self._limiter)
+                _render_to, source, target, box, kind == "animated", limiter=self._limiter
+            )
             return
         if kind_of(mime) != "video":
             raise UnsupportedMedia(f"no thumbnail for {mime or 'files of an unknown type'}")
@@ -315,19 +343,24 @@ class MediaService:
             raise UnsupportedMedia("the file has no video stream")
         size = fit(found.width, found.height, box)
         if kind == "animated":
-            await self._run_ffmpeg(source, target, [partial(video.preview_argv, self.ffmpeg,
-                                                            source, size=size)])
+            await self._run_ffmpeg(
+                source, target, [partial(video.preview_argv, self.ffmpeg, source, size=size)]
+            )
             return
         at = (position or parse_position(DEFAULT_POSTER)).seconds(found.duration)
-        attempts = [partial(video.frame_argv, self.ffmpeg, source, seconds=at, size=size,
-                            fast=fast) for fast in ((False,) if self.exact_seek else (True, False))]
+        attempts = [
+            partial(video.frame_argv, self.ffmpeg, source, seconds=at, size=size, fast=fast)
+            for fast in ((False,) if self.exact_seek else (True, False))
+        ]
         if at > 0:  # the duration may be wrong (a cut-off upload): the first frame will do
-            attempts.append(partial(video.frame_argv, self.ffmpeg, source, seconds=0.0,
-                                    size=size, fast=False))
+            attempts.append(
+                partial(video.frame_argv, self.ffmpeg, source, seconds=0.0, size=size, fast=False)
+            )
         await self._run_ffmpeg(source, target, attempts)
 
-    async def _run_ffmpeg(self, source: Path, target: Path,
-                          attempts: list[partial[list[str]]]) -> None:
+    async def _run_ffmpeg(
+        self, source: Path, target: Path, attempts: list[partial[list[str]]]
+    ) -> None:
         """Try each command until one writes a WebP; rename it into place."""
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = _temp_name(target)
@@ -337,8 +370,11 @@ class MediaService:
                 with trio.move_on_after(self.job_timeout) as scope:
                     for argv in attempts:
                         code, _, err = await video.run_tool(
-                            argv(dest=tmp), timeout=self.job_timeout, what="ffmpeg",
-                            hide=(source, tmp))
+                            argv(dest=tmp),
+                            timeout=self.job_timeout,
+                            what="ffmpeg",
+                            hide=(source, tmp),
+                        )
                         if code == 0 and video.is_webp(tmp):
                             os.replace(tmp, target)
                             return

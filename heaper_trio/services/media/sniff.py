@@ -14,19 +14,37 @@ from pathlib import Path
 HEAD_BYTES = 512
 
 # Image types the Pillow pipeline decodes (see media_images.PILLOW_FORMATS).
-PILLOW_MIMES = frozenset({
-    "image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff",
-    "image/x-icon", "image/avif",
-})
+PILLOW_MIMES = frozenset(
+    {
+        "image/jpeg",
+        "image/png",
+        "image/gif",
+        "image/webp",
+        "image/bmp",
+        "image/tiff",
+        "image/x-icon",
+        "image/avif",
+    }
+)
 
 # ISO base media brands (``ftyp``) -> MIME type.
 _FTYP = {
-    b"avif": "image/avif", b"avis": "image/avif",
-    b"heic": "image/heic", b"heix": "image/heic", b"heim": "image/heic", b"heis": "image/heic",
-    b"mif1": "image/heif", b"msf1": "image/heif", b"hevc": "image/heic-sequence",
+    b"avif": "image/avif",
+    b"avis": "image/avif",
+    b"heic": "image/heic",
+    b"heix": "image/heic",
+    b"heim": "image/heic",
+    b"heis": "image/heic",
+    b"mif1": "image/heif",
+    b"msf1": "image/heif",
+    b"hevc": "image/heic-sequence",
     b"qt  ": "video/quicktime",
-    b"M4A ": "audio/mp4", b"M4B ": "audio/mp4",
-    b"3gp4": "video/3gpp", b"3gp5": "video/3gpp", b"3gp6": "video/3gpp", b"3g2a": "video/3gpp2",
+    b"M4A ": "audio/mp4",
+    b"M4B ": "audio/mp4",
+    b"3gp4": "video/3gpp",
+    b"3gp5": "video/3gpp",
+    b"3gp6": "video/3gpp",
+    b"3g2a": "video/3gpp2",
 }
 
 _PREFIXES: tuple[tuple[bytes, str], ...] = (
@@ -51,15 +69,36 @@ _PREFIXES: tuple[tuple[bytes, str], ...] = (
 
 # Types a browser runs (or renders with scripts) as a document of our origin; beyond these,
 # every *+xml, XML, XSL(T), *html* and *script* type (javascript, ecmascript, jscript, ...).
-_ACTIVE = frozenset({
-    "text/html", "application/xhtml+xml", "image/svg+xml", "text/xml", "application/xml",
-    "text/xsl", "application/xslt+xml", "application/xsl+xml", "text/javascript",
-    "application/javascript", "application/ecmascript", "text/ecmascript",
-    "application/x-javascript", "text/x-javascript", "application/x-ecmascript",
-    "text/x-ecmascript", "text/jscript", "text/livescript", "application/x-shockwave-flash",
-    "application/futuresplash", "text/x-component", "application/hta", "message/rfc822",
-    "multipart/related", "application/x-mimearchive", "multipart/x-mixed-replace",
-})
+_ACTIVE = frozenset(
+    {
+        "text/html",
+        "application/xhtml+xml",
+        "image/svg+xml",
+        "text/xml",
+        "application/xml",
+        "text/xsl",
+        "application/xslt+xml",
+        "application/xsl+xml",
+        "text/javascript",
+        "application/javascript",
+        "application/ecmascript",
+        "text/ecmascript",
+        "application/x-javascript",
+        "text/x-javascript",
+        "application/x-ecmascript",
+        "text/x-ecmascript",
+        "text/jscript",
+        "text/livescript",
+        "application/x-shockwave-flash",
+        "application/futuresplash",
+        "text/x-component",
+        "application/hta",
+        "message/rfc822",
+        "multipart/related",
+        "application/x-mimearchive",
+        "multipart/x-mixed-replace",
+    }
+)
 
 
 def runs_in_browser(mime: str) -> bool:
@@ -69,8 +108,12 @@ def runs_in_browser(mime: str) -> bool:
     if base in _ACTIVE:
         return True
     _, _, sub = base.partition("/")
-    return (sub.endswith("+xml") or sub in ("xml", "xsl", "xslt", "x-xslt")
-            or "html" in sub or "script" in sub)
+    return (
+        sub.endswith("+xml")
+        or sub in ("xml", "xsl", "xslt", "x-xslt")
+        or "html" in sub
+        or "script" in sub
+    )
 
 
 def sniff_bytes(head: bytes) -> str | None:
@@ -81,8 +124,9 @@ def sniff_bytes(head: bytes) -> str | None:
                 return "video/webm"
             return mime
     if head[:4] == b"RIFF" and len(head) >= 12:
-        return {b"WEBP": "image/webp", b"AVI ": "video/x-msvideo",
-                b"WAVE": "audio/wav"}.get(head[8:12])
+        return {b"WEBP": "image/webp", b"AVI ": "video/x-msvideo", b"WAVE": "audio/wav"}.get(
+            head[8:12]
+        )
     if head[4:8] == b"ftyp" and len(head) >= 12:
         return _FTYP.get(head[8:12], "video/mp4")
     if head.startswith(b"OggS"):

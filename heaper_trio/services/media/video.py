@@ -57,20 +57,35 @@ def inherited(*paths: Path) -> tuple[int, ...]:
     return tuple(int(m[1]) for p in paths if (m := _OPEN_FILE.fullmatch(str(p))))
 
 
-async def run_tool(argv: list[str], *, timeout: float, what: str,
-                   hide: tuple[Path, ...] = ()) -> tuple[int, bytes, str]:
+async def run_tool(
+    argv: list[str],
+    *,
+    timeout: float,  # noqa: ASYNC109 (a deadline per tool run, chosen by the caller)
+    what: str,
+    hide: tuple[Path, ...] = (),
+) -> tuple[int, bytes, str]:
     """Run one tool to completion: (return code, stdout, the tail of stderr). The paths in
     ``hide`` are blanked out of stderr, which ends up in a message to the client; those that
     are open files of ours (``/proc/self/fd/<n>``) are inherited by the child."""
     try:
         with trio.fail_after(timeout):
             done = await trio.run_process(
-                argv, stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True,
-                check=False, deliver_cancel=_kill, pass_fds=inherited(*hide))
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                deliver_cancel=_kill,
+                pass_fds=inherited(*hide),
+            )
     except trio.TooSlowError:
-        raise CorruptMedia(f"{what} took longer than {timeout:g} s; the file may be damaged")
+        raise CorruptMedia(
+            f"{what} took longer than {timeout:g} s; the file may be damaged"
+        ) from None
     except (FileNotFoundError, PermissionError) as exc:
-        raise Unavailable(f"{argv[0]} cannot be run: {exc.strerror}", code="media_tool_missing")
+        raise Unavailable(
+            f"{argv[0]} cannot be run: {exc.strerror}", code="media_tool_missing"
+        ) from None
     err = done.stderr.decode("utf-8", "replace")
     for path in hide:
         err = err.replace(f"file:{path}", "file").replace(str(path), "file")
@@ -101,8 +116,15 @@ def _rotation(stream: dict[str, Any]) -> int:
 def parse_ffprobe(data: dict[str, Any]) -> VideoProbe:
     streams = [s for s in data.get("streams") or () if isinstance(s, dict)]
     fmt = data.get("format") or {}
-    video = next((s for s in streams if s.get("codec_type") == "video"
-                  and not (s.get("disposition") or {}).get("attached_pic")), None)
+    video = next(
+        (
+            s
+            for s in streams
+            if s.get("codec_type") == "video"
+            and not (s.get("disposition") or {}).get("attached_pic")
+        ),
+        None,
+    )
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
     width = height = None
     if video is not None and video.get("width") and video.get("height"):
@@ -114,17 +136,31 @@ def parse_ffprobe(data: dict[str, Any]) -> VideoProbe:
             width, height = height, width
     duration = _number(fmt.get("duration"))
     if duration is None:
-        duration = max((d for s in streams if (d := _number(s.get("duration"))) is not None),
-                       default=None)
-    return VideoProbe(video is not None, audio is not None, width, height, duration,
-                      str(fmt.get("format_name") or ""))
+        duration = max(
+            (d for s in streams if (d := _number(s.get("duration"))) is not None), default=None
+        )
+    return VideoProbe(
+        video is not None,
+        audio is not None,
+        width,
+        height,
+        duration,
+        str(fmt.get("format_name") or ""),
+    )
 
 
 async def ffprobe(tool: str, source: Path) -> VideoProbe:
-    argv = [tool, "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-            f"file:{source}"]
-    code, out, err = await run_tool(argv, timeout=PROBE_TIMEOUT_S, what="ffprobe",
-                                    hide=(source,))
+    argv = [
+        tool,
+        "-v",
+        "error",
+        "-print_format",
+        "json",
+        "-show_format",
+        "-show_streams",
+        f"file:{source}",
+    ]
+    code, out, err = await run_tool(argv, timeout=PROBE_TIMEOUT_S, what="ffprobe", hide=(source,))
     if code != 0:
         raise CorruptMedia(f"ffprobe could not read the file: {err or f'exit {code}'}")
     try:
@@ -144,26 +180,64 @@ def is_webp(path: Path) -> bool:
     return len(head) == 16 and head[:4] == b"RIFF" and head[8:12] == b"WEBP"
 
 
-def frame_argv(tool: str, source: Path, dest: Path, seconds: float, size: tuple[int, int],
-               *, fast: bool) -> list[str]:
+def frame_argv(
+    tool: str, source: Path, dest: Path, seconds: float, size: tuple[int, int], *, fast: bool
+) -> list[str]:
     argv = [tool, *_COMMON]
     if fast:
         argv += ["-skip_frame", "nointra"]
-    return argv + [
-        "-ss", f"{seconds:.3f}", "-i", f"file:{source}",
-        "-map", "0:v:0", "-an", "-sn", "-dn", "-frames:v", "1",
-        "-vf", f"scale={size[0]}:{size[1]}:flags=lanczos,setsar=1",
-        "-c:v", "libwebp", "-quality", str(WEBP_QUALITY), "-compression_level", "4",
-        "-f", "webp", f"file:{dest}",
+    return [
+        *argv,
+        "-ss",
+        f"{seconds:.3f}",
+        "-i",
+        f"file:{source}",
+        "-map",
+        "0:v:0",
+        "-an",
+        "-sn",
+        "-dn",
+        "-frames:v",
+        "1",
+        "-vf",
+        f"scale={size[0]}:{size[1]}:flags=lanczos,setsar=1",
+        "-c:v",
+        "libwebp",
+        "-quality",
+        str(WEBP_QUALITY),
+        "-compression_level",
+        "4",
+        "-f",
+        "webp",
+        f"file:{dest}",
     ]
 
 
 def preview_argv(tool: str, source: Path, dest: Path, size: tuple[int, int]) -> list[str]:
     """The first PREVIEW_SECONDS at PREVIEW_FPS as an animated WebP (libwebp_anim)."""
     return [
-        tool, *_COMMON, "-t", f"{PREVIEW_SECONDS:g}", "-i", f"file:{source}",
-        "-map", "0:v:0", "-an", "-sn", "-dn",
-        "-vf", f"fps={PREVIEW_FPS},scale={size[0]}:{size[1]}:flags=bicubic,setsar=1",
-        "-c:v", "libwebp_anim", "-loop", "0", "-quality", "70", "-compression_level", "3",
-        "-f", "webp", f"file:{dest}",
+        tool,
+        *_COMMON,
+        "-t",
+        f"{PREVIEW_SECONDS:g}",
+        "-i",
+        f"file:{source}",
+        "-map",
+        "0:v:0",
+        "-an",
+        "-sn",
+        "-dn",
+        "-vf",
+        f"fps={PREVIEW_FPS},scale={size[0]}:{size[1]}:flags=bicubic,setsar=1",
+        "-c:v",
+        "libwebp_anim",
+        "-loop",
+        "0",
+        "-quality",
+        "70",
+        "-compression_level",
+        "3",
+        "-f",
+        "webp",
+        f"file:{dest}",
     ]

@@ -1,1 +1,2 @@
-"""Folder scans: walk a server folder without following links, hash and probe what changed, commit it as blocks, serve it back only from verified descriptors."""
+"""Folder scans: walk a server folder without following links, hash and probe what changed,
+commit it as blocks, serve it back only from verified descriptors."""

@@ -25,14 +25,6 @@ from typing import Any
 
 from heaper_trio import crdt
 from heaper_trio.errors import Conflict
-from heaper_trio.services.documents import (
-    MAX_ATTEMPTS,
-    Committed,
-    DocumentService,
-    file_hashes,
-    projection_of,
-)
-from heaper_trio.storage.base import Storage
 from heaper_trio.records import (
     BlockChange,
     BlockProjection,
@@ -41,6 +33,10 @@ from heaper_trio.records import (
     ScanBatch,
     ScanEntry,
 )
+from heaper_trio.services.commits import Committed
+from heaper_trio.services.documents import MAX_ATTEMPTS, DocumentService
+from heaper_trio.services.projection import file_hashes, projection_of
+from heaper_trio.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +69,21 @@ def file_key(hash: str, size: int) -> str:
 
 def block_projection(p: crdt.Projection) -> BlockProjection:
     """The storage columns of a block the server built (its strings come from UTF-8 file
-    names and probes, so none holds the NUL that ``documents._clean`` guards against)."""
+    names and probes, so none holds the NUL that ``projection.storable`` guards against)."""
     return BlockProjection(
-        type=p.type, title=p.title, text=p.text, relations=p.relations, files=p.files,
-        apps=p.apps, deleted_at=p.deleted_at, permanently_deleted_at=p.permanently_deleted_at,
-        tags=p.tags, mentions=p.mentions, links=p.links, file_hashes=file_hashes(p.files))
+        type=p.type,
+        title=p.title,
+        text=p.text,
+        relations=p.relations,
+        files=p.files,
+        apps=p.apps,
+        deleted_at=p.deleted_at,
+        permanently_deleted_at=p.permanently_deleted_at,
+        tags=p.tags,
+        mentions=p.mentions,
+        links=p.links,
+        file_hashes=file_hashes(p.files),
+    )
 
 
 @dataclass(frozen=True)
@@ -90,12 +96,21 @@ class NewBlock:
     file: FileRecord | None = None
 
     @classmethod
-    def build(cls, *, block_type: str, title: str, files: dict[str, dict[str, Any]] | None = None,
-              tags: Sequence[str] = (), entry: ScanEntry | None = None,
-              file: FileRecord | None = None, block_id: str | None = None) -> NewBlock:
+    def build(
+        cls,
+        *,
+        block_type: str,
+        title: str,
+        files: dict[str, dict[str, Any]] | None = None,
+        tags: Sequence[str] = (),
+        entry: ScanEntry | None = None,
+        file: FileRecord | None = None,
+        block_id: str | None = None,
+    ) -> NewBlock:
         block_id = block_id or (entry.block_id if entry is not None else new_block_id())
-        update, sv, projection = crdt.new_server_block(block_type=block_type, title=title,
-                                                       files=files, tags=tags)
+        update, sv, projection = crdt.new_server_block(
+            block_type=block_type, title=title, files=files, tags=tags
+        )
         if entry is not None and entry.block_id != block_id:
             entry = replace(entry, block_id=block_id)
         return cls(block_id, update, sv, projection, entry, file)
@@ -124,8 +139,14 @@ class WriteResult:
 class BlockWriter:
     """Commits batches of one scan (or reindex) into one heap, as one author."""
 
-    def __init__(self, storage: Storage, documents: DocumentService, author_id: str,
-                 heap_id: str, scan_id: str) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        documents: DocumentService,
+        author_id: str,
+        heap_id: str,
+        scan_id: str,
+    ) -> None:
         self.storage = storage
         self.documents = documents
         self.author_id = author_id
@@ -133,12 +154,25 @@ class BlockWriter:
         self.scan_id = scan_id
 
     def _change(self, new: NewBlock) -> BlockChange:
-        return BlockChange(new.block_id, self.heap_id, self.author_id, None, (new.update,),
-                           block_projection(new.projection), new.state_vector, len(new.update))
+        return BlockChange(
+            new.block_id,
+            self.heap_id,
+            self.author_id,
+            None,
+            (new.update,),
+            block_projection(new.projection),
+            new.state_vector,
+            len(new.update),
+        )
 
-    async def write(self, new: Sequence[NewBlock] = (), edits: Sequence[BlockEdit] = (),
-                    seen: Sequence[str] = (), hashes: Sequence[str] = (),
-                    replaced: Sequence[tuple[str, str]] = ()) -> WriteResult:
+    async def write(
+        self,
+        new: Sequence[NewBlock] = (),
+        edits: Sequence[BlockEdit] = (),
+        seen: Sequence[str] = (),
+        hashes: Sequence[str] = (),
+        replaced: Sequence[tuple[str, str]] = (),
+    ) -> WriteResult:
         result = WriteResult()
         async with AsyncExitStack() as stack:
             if edits:
@@ -151,15 +185,18 @@ class BlockWriter:
                 changes, entries, files, stand_ins = await self._prepare(pending)
                 created += stand_ins
                 batch = ScanBatch(
-                    self.heap_id, self.scan_id,
+                    self.heap_id,
+                    self.scan_id,
                     changes=tuple([self._change(n) for n in created] + changes),
                     files=tuple([n.file for n in created if n.file] + files),
                     entries=tuple([n.entry for n in created if n.entry] + entries),
                     seen=tuple(seen) if attempt == 0 else (),
                     hashes=tuple(hashes) if attempt == 0 else (),
-                    replaced=tuple(replaced) if attempt == 0 else ())
-                if not (batch.changes or batch.entries or batch.seen or batch.hashes
-                        or batch.replaced):
+                    replaced=tuple(replaced) if attempt == 0 else (),
+                )
+                if not (
+                    batch.changes or batch.entries or batch.seen or batch.hashes or batch.replaced
+                ):
                     break
                 results, file_ids = await self.storage.commit_scan_batch(batch, _now())
                 result.file_ids.update(file_ids)
@@ -169,20 +206,20 @@ class BlockWriter:
                     # a new block refused: its heap went away (its id is fresh)
                     raise Conflict("the heap is gone", code="heap_gone")
                 self._announce(batch.changes, by_id, made)
-                result.blocks += sum(1 for r in results
-                                     if r.status is not CommitStatus.conflict)
+                result.blocks += sum(1 for r in results if r.status is not CommitStatus.conflict)
                 refused = {r.block_id for r in results if r.status is CommitStatus.conflict}
                 pending = [e for e in pending if e.block_id in refused]
                 if not pending:
                     break
-                log.info("scan %s: %d blocks changed meanwhile; trying again", self.scan_id,
-                         len(pending))
+                log.info(
+                    "scan %s: %d blocks changed meanwhile; trying again", self.scan_id, len(pending)
+                )
             result.gave_up = len(pending)
         return result
 
-    async def _prepare(self, edits: list[BlockEdit]
-                       ) -> tuple[list[BlockChange], list[ScanEntry], list[FileRecord],
-                                  list[NewBlock]]:
+    async def _prepare(
+        self, edits: list[BlockEdit]
+    ) -> tuple[list[BlockChange], list[ScanEntry], list[FileRecord], list[NewBlock]]:
         """Load each block, apply its edit: the changes, the rows to write with them, and new
         blocks standing in for removed ones."""
         changes: list[BlockChange] = []
@@ -205,22 +242,44 @@ class BlockWriter:
                 files.append(e.file)
             if update == crdt.EMPTY_UPDATE:
                 continue
-            changes.append(BlockChange(
-                e.block_id, self.heap_id, self.author_id, stored.last_seq, (update,),
-                projection_of(doc), doc.state_vector(), doc.size))
+            changes.append(
+                BlockChange(
+                    e.block_id,
+                    self.heap_id,
+                    self.author_id,
+                    stored.last_seq,
+                    (update,),
+                    projection_of(doc),
+                    doc.state_vector(),
+                    doc.size,
+                )
+            )
         return changes, entries, files, stand_ins
 
-    def _announce(self, changes: Sequence[BlockChange], by_id: dict[str, Any], made: set[str]
-                  ) -> None:
+    def _announce(
+        self, changes: Sequence[BlockChange], by_id: dict[str, Any], made: set[str]
+    ) -> None:
         committed = []
         for change in changes:
             r = by_id[change.block_id]
             if r.status is CommitStatus.conflict:
                 continue
-            kind = "created" if change.block_id in made or r.status is CommitStatus.created \
+            kind = (
+                "created"
+                if change.block_id in made or r.status is CommitStatus.created
                 else "changed"
-            committed.append(Committed(self.heap_id, change.block_id, kind, r.last_seq,
-                                       r.sync_version, r.updated_at, change.updates))
+            )
+            committed.append(
+                Committed(
+                    self.heap_id,
+                    change.block_id,
+                    kind,
+                    r.last_seq,
+                    r.sync_version,
+                    r.updated_at,
+                    change.updates,
+                )
+            )
         self.documents.announce(committed)
 
 

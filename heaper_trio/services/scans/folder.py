@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from heaper_trio.records import ScanEntry
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.scans.commit import (
     BlockEdit,
@@ -56,7 +57,6 @@ from heaper_trio.services.scans.probe import (
 )
 from heaper_trio.services.scans.walk import FolderSeen, FolderWalker
 from heaper_trio.storage.base import Storage
-from heaper_trio.records import ScanEntry
 
 if TYPE_CHECKING:
     from heaper_trio.services.media.service import MediaService
@@ -86,9 +86,16 @@ class Pending:
 
 
 class FolderScan:
-    def __init__(self, job: ScanJob, storage: Storage, documents: DocumentService,
-                 media: MediaService | None, jobs: int, exclude: frozenset[str],
-                 forget: Callable[[list[str]], Awaitable[Any]] | None = None) -> None:
+    def __init__(
+        self,
+        job: ScanJob,
+        storage: Storage,
+        documents: DocumentService,
+        media: MediaService | None,
+        jobs: int,
+        exclude: frozenset[str],
+        forget: Callable[[list[str]], Awaitable[Any]] | None = None,
+    ) -> None:
         self.job = job
         self.forget = forget  # FileService.forget_unreferenced
         self.storage = storage
@@ -129,11 +136,16 @@ class FolderScan:
             finally:
                 self.stop.set()
                 self.walker.close()
-                self.job.skipped, self.job.errors = (self.walker.skipped,
-                                                     self.job.errors + self.walker.errors)
+                self.job.skipped, self.job.errors = (
+                    self.walker.skipped,
+                    self.job.errors + self.walker.errors,
+                )
 
-    async def _walk(self, to_hash: trio.MemorySendChannel[list[ToHash]],
-                    out_send: trio.MemorySendChannel[Found | Reads]) -> None:
+    async def _walk(
+        self,
+        to_hash: trio.MemorySendChannel[list[ToHash]],
+        out_send: trio.MemorySendChannel[Found | Reads],
+    ) -> None:
         async with to_hash:
             while batch := await trio.to_thread.run_sync(self.walker.next_batch):
                 known = await self.storage.scan_entries(self.job.heap_id, [i.path for i in batch])
@@ -148,9 +160,13 @@ class FolderScan:
                     self.job.files_seen += 1
                     self.job.current_path = item.path
                     folder_id = self.folders[item.folder]
-                    if (entry is not None and entry.kind == "file"
-                            and entry.identity is not None and entry.identity == item.identity
-                            and entry.folder_id == folder_id):
+                    if (
+                        entry is not None
+                        and entry.kind == "file"
+                        and entry.identity is not None
+                        and entry.identity == item.identity
+                        and entry.folder_id == folder_id
+                    ):
                         if entry.missing:
                             await out_send.send(Back(entry))
                         else:
@@ -159,8 +175,11 @@ class FolderScan:
                     else:  # small files go to the hashers in groups, one thread hop each
                         group.append(ToHash(item, entry, folder_id))
                         grouped += item.size
-                        if len(group) >= GROUP_FILES or grouped >= GROUP_BYTES \
-                                or item.size >= SMALL_FILE:
+                        if (
+                            len(group) >= GROUP_FILES
+                            or grouped >= GROUP_BYTES
+                            or item.size >= SMALL_FILE
+                        ):
                             await to_hash.send(group)
                             group, grouped = [], 0
                 if group:
@@ -168,8 +187,13 @@ class FolderScan:
                 if unchanged:
                     await out_send.send(Unchanged(tuple(unchanged), files, size))
 
-    async def _folder(self, item: FolderSeen, entry: ScanEntry | None, unchanged: list[str],
-                      out_send: trio.MemorySendChannel[Found | Reads]) -> None:
+    async def _folder(
+        self,
+        item: FolderSeen,
+        entry: ScanEntry | None,
+        unchanged: list[str],
+        out_send: trio.MemorySendChannel[Found | Reads],
+    ) -> None:
         self.job.folders += 1
         if entry is not None and entry.kind == "folder":
             self.folders[item.path] = entry.block_id
@@ -181,19 +205,22 @@ class FolderScan:
         if item.parent is not None:
             parent_id: str | None = self.folders[item.parent]
         else:  # the scanned folder: tagged with its parent if an earlier scan made that one
-            outer = await self.storage.scan_entries(self.job.heap_id,
-                                                    [os.path.dirname(item.path)])
+            outer = await self.storage.scan_entries(self.job.heap_id, [os.path.dirname(item.path)])
             parent = next(iter(outer.values()), None)
             parent_id = parent.block_id if parent and parent.kind == "folder" else None
         self.folders[item.path] = block_id = new_block_id()
         await out_send.send(NewFolder(item, block_id, parent_id))
 
-    async def _hash(self, recv: trio.MemoryReceiveChannel[list[ToHash]],
-                    out_send: trio.MemorySendChannel[Found | Reads]) -> None:
+    async def _hash(
+        self,
+        recv: trio.MemoryReceiveChannel[list[ToHash]],
+        out_send: trio.MemorySendChannel[Found | Reads],
+    ) -> None:
         async with recv, out_send:
             async for group in recv:
                 results = await trio.to_thread.run_sync(
-                    hash_files, [t.seen.path for t in group], self.stop, abandon_on_cancel=True)
+                    hash_files, [t.seen.path for t in group], self.stop, abandon_on_cancel=True
+                )
                 reads = []
                 for t, hashed in zip(group, results):
                     if hashed.error is not None:
@@ -201,8 +228,9 @@ class FolderScan:
                         self.job.errors += 1
                         continue
                     self.job.bytes_hashed += hashed.size
-                    facts = await probe_facts(self.media, t.seen.path, t.seen.name, hashed.head,
-                                              hashed.identity)
+                    facts = await probe_facts(
+                        self.media, t.seen.path, t.seen.name, hashed.head, hashed.identity
+                    )
                     reads.append(Read(t, hashed, facts))
                 await out_send.send(Reads(tuple(reads)))
 
@@ -231,8 +259,9 @@ class FolderScan:
     async def _write_plans(self, planned: trio.MemoryReceiveChannel[Plan]) -> None:
         async with planned:
             async for plan in planned:
-                result = await self.writer.write(plan.new, plan.edits, plan.seen,
-                                                 replaced=plan.replaced)
+                result = await self.writer.write(
+                    plan.new, plan.edits, plan.seen, replaced=plan.replaced
+                )
                 for item in plan.items:  # counted before any other await: a cancel from
                     self._count(item)  # here on cannot hide what was committed
                 self.job.errors += result.gave_up
@@ -257,15 +286,21 @@ class FolderScan:
             job.files_done += 1
             job.bytes += item.entry.size
 
-    async def _fix_file_ids(self, used: dict[str, str], stored: dict[str, str],
-                            holders: dict[str, list[tuple[str, str]]]) -> None:
+    async def _fix_file_ids(
+        self,
+        used: dict[str, str],
+        stored: dict[str, str],
+        holders: dict[str, list[tuple[str, str]]],
+    ) -> None:
         """An upload may have stored a hash first, under its own file_id, between our look-up
         and our commit (the insert of ours was then ignored): point the entries at the
         stored id. Rare."""
         edits = [
             BlockEdit(block_id, partial(set_file_id, key, stored[h]))
-            for h, file_id in used.items() if h in stored and stored[h] != file_id
-            for block_id, key in holders.get(h, [])]
+            for h, file_id in used.items()
+            if h in stored and stored[h] != file_id
+            for block_id, key in holders.get(h, [])
+        ]
         if edits:
             await self.writer.write(edits=edits)
 
@@ -274,15 +309,16 @@ class FolderScan:
         after = ""
         broken = [p.rstrip("/") for p in self.walker.error_folders]
         while rows := await self.storage.unseen_scan_entries(
-                self.job.heap_id, self.job.path, self.job.scan_id, after, MISSING_PAGE):
+            self.job.heap_id, self.job.path, self.job.scan_id, after, MISSING_PAGE
+        ):
             after = rows[-1].path
-            rows = [r for r in rows if not any(r.path == b or r.path.startswith(b + "/")
-                                               for b in broken)]
-            edits = [BlockEdit(r.block_id, mark(r, True), replace(r, missing=True))
-                     for r in rows]
+            rows = [
+                r
+                for r in rows
+                if not any(r.path == b or r.path.startswith(b + "/") for b in broken)
+            ]
+            edits = [BlockEdit(r.block_id, mark(r, True), replace(r, missing=True)) for r in rows]
             await self.writer.write(edits=edits, hashes=[r.hash for r in rows if r.hash])
             self.job.files_missing += sum(1 for r in rows if r.kind == "file")
             if rows:
                 self.job.current_path = rows[-1].path
-
-

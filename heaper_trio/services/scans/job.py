@@ -88,34 +88,72 @@ class ScanJob:
         self.aborted = True
         self.state = "aborting"
         self.work_scope.cancel()
-        self.commit_scope.deadline = min(self.commit_scope.deadline,
-                                         trio.current_time() + ABORT_GRACE_S)
+        self.commit_scope.deadline = min(
+            self.commit_scope.deadline, trio.current_time() + ABORT_GRACE_S
+        )
 
     def files_per_s(self) -> float:
-        elapsed = (time.time() * 1000 if self.finished_at is None
-                   else self.finished_at) - self.started_at
+        elapsed = (
+            time.time() * 1000 if self.finished_at is None else self.finished_at
+        ) - self.started_at
         return round(self.files_done / max(elapsed / 1000, 0.001), 1)
 
     def snapshot(self) -> ScanSnapshot:
         return ScanSnapshot(
-            self.scan_id, self.kind, self.heap_id, self.path, self.state, self.files_seen,
-            self.files_done, self.bytes, self.started_at, self.finished_at, self.files_new,
-            self.files_changed, self.files_unchanged, self.files_missing, self.folders,
-            self.duplicates, self.skipped, self.errors, self.bytes_hashed, self.current_path,
-            self.files_per_s(), self.error)
+            self.scan_id,
+            self.kind,
+            self.heap_id,
+            self.path,
+            self.state,
+            self.files_seen,
+            self.files_done,
+            self.bytes,
+            self.started_at,
+            self.finished_at,
+            self.files_new,
+            self.files_changed,
+            self.files_unchanged,
+            self.files_missing,
+            self.folders,
+            self.duplicates,
+            self.skipped,
+            self.errors,
+            self.bytes_hashed,
+            self.current_path,
+            self.files_per_s(),
+            self.error,
+        )
 
     # -- events (docs/protocol.md) ---------------------------------------------------------
     def progress_event(self) -> dict[str, Any]:
-        return events.event("scan.progress", scan_id=self.scan_id, heap_id=self.heap_id,
-                            path=self.path, files_seen=self.files_seen,
-                            files_done=self.files_done, bytes=self.bytes,
-                            current_path=self.current_path, files_per_s=self.files_per_s())
+        return events.event(
+            "scan.progress",
+            scan_id=self.scan_id,
+            heap_id=self.heap_id,
+            path=self.path,
+            files_seen=self.files_seen,
+            files_done=self.files_done,
+            bytes=self.bytes,
+            current_path=self.current_path,
+            files_per_s=self.files_per_s(),
+        )
 
     def final_event(self) -> dict[str, Any]:
         if self.state == "failed":
-            return events.event("scan.failed", scan_id=self.scan_id, heap_id=self.heap_id,
-                                path=self.path, error=self.error or "internal_error")
+            return events.event(
+                "scan.failed",
+                scan_id=self.scan_id,
+                heap_id=self.heap_id,
+                path=self.path,
+                error=self.error or "internal_error",
+            )
         kind = "scan.done" if self.state == "done" else "scan.aborted"
-        return events.event(kind, scan_id=self.scan_id, heap_id=self.heap_id, path=self.path,
-                            files_seen=self.files_seen, files_done=self.files_done,
-                            bytes=self.bytes)
+        return events.event(
+            kind,
+            scan_id=self.scan_id,
+            heap_id=self.heap_id,
+            path=self.path,
+            files_seen=self.files_seen,
+            files_done=self.files_done,
+            bytes=self.bytes,
+        )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from heaper_trio import crdt
+from heaper_trio.records import FileRecord, ScanEntry
 from heaper_trio.services.scans.commit import (
     BlockEdit,
     NewBlock,
@@ -24,7 +25,6 @@ from heaper_trio.services.scans.job import ScanJob
 from heaper_trio.services.scans.probe import FileFacts, Hashed
 from heaper_trio.services.scans.walk import FileSeen, FolderSeen
 from heaper_trio.storage.base import Storage
-from heaper_trio.records import FileRecord, ScanEntry
 
 
 @dataclass(frozen=True)
@@ -88,12 +88,21 @@ class Plan:
     holders: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # (block, key)
 
 
-def entry_fields(name: str, path: str, hashed: Hashed, facts: FileFacts, file_id: str,
-                 duplicate_of: str | None) -> dict[str, Any]:
+def entry_fields(
+    name: str, path: str, hashed: Hashed, facts: FileFacts, file_id: str, duplicate_of: str | None
+) -> dict[str, Any]:
     """A scanned file's ``files_v0`` entry (None: no such field)."""
-    return {"hash": hashed.hash, "name": name, "file_size": hashed.size, "file_id": file_id,
-            "mtime": hashed.mtime_ns // 1_000_000, "source_path": path,
-            **facts.fields(), "duplicate_of": duplicate_of, "missing": None}
+    return {
+        "hash": hashed.hash,
+        "name": name,
+        "file_size": hashed.size,
+        "file_id": file_id,
+        "mtime": hashed.mtime_ns // 1_000_000,
+        "source_path": path,
+        **facts.fields(),
+        "duplicate_of": duplicate_of,
+        "missing": None,
+    }
 
 
 class BatchPlanner:
@@ -106,14 +115,24 @@ class BatchPlanner:
         """Look the batch up and build it; called while the batch before may be written."""
         reads = [i for i in items if isinstance(i, Read)]
         hashes = sorted({r.hashed.hash for r in reads})
-        plan = Plan(items, replaced=[
-            (r.task.entry.hash, r.task.seen.path) for r in reads if r.task.entry
-            and r.task.entry.kind == "file" and r.task.entry.hash != r.hashed.hash])
+        plan = Plan(
+            items,
+            replaced=[
+                (r.task.entry.hash, r.task.seen.path)
+                for r in reads
+                if r.task.entry
+                and r.task.entry.kind == "file"
+                and r.task.entry.hash != r.hashed.hash
+            ],
+        )
         # The batch before this one may still be committing: what it holds is in memory.
-        ids = {**(await self.storage.file_ids(hashes) if hashes else {}), **{
-            h: i for h, i in self._last.ids.items() if h in hashes}}
-        elsewhere = await self.storage.scan_entries_by_hash(self.job.heap_id, hashes) \
-            if hashes else {}
+        ids = {
+            **(await self.storage.file_ids(hashes) if hashes else {}),
+            **{h: i for h, i in self._last.ids.items() if h in hashes},
+        }
+        elsewhere = (
+            await self.storage.scan_entries_by_hash(self.job.heap_id, hashes) if hashes else {}
+        )
         for item in items:
             if isinstance(item, Unchanged):
                 plan.seen.extend(item.paths)
@@ -128,54 +147,97 @@ class BatchPlanner:
                 self.job.duplicates += dup is not None
                 plan.ids[h] = file_id = ids.setdefault(h, new_file_id())
                 made = self._file(item, file_id, dup)
-                (plan.new if isinstance(made, NewBlock) else plan.edits).append(made)  # type: ignore
+                if isinstance(made, NewBlock):
+                    plan.new.append(made)
+                else:
+                    plan.edits.append(made)
                 plan.first.setdefault(h, made.block_id)
                 plan.holders.setdefault(h, []).append(
-                    (made.block_id, file_key(h, item.hashed.size)))
+                    (made.block_id, file_key(h, item.hashed.size))
+                )
         self._last = plan
         return plan
 
-    def _entry(self, path: str, kind: str, block_id: str, folder_id: str | None,
-               hashed: Hashed | None = None) -> ScanEntry:
+    def _entry(
+        self,
+        path: str,
+        kind: str,
+        block_id: str,
+        folder_id: str | None,
+        hashed: Hashed | None = None,
+    ) -> ScanEntry:
         identity = hashed.identity if hashed else None
-        return ScanEntry(self.job.heap_id, path, kind, block_id, folder_id,
-                         hashed.size if hashed else 0, hashed.mtime_ns if hashed else 0,
-                         hashed.hash if hashed else "", False, self.job.scan_id, now_ms(),
-                         identity.dev if identity else None, identity.ino if identity else None,
-                         identity.ctime_ns if identity else None)
+        return ScanEntry(
+            self.job.heap_id,
+            path,
+            kind,
+            block_id,
+            folder_id,
+            hashed.size if hashed else 0,
+            hashed.mtime_ns if hashed else 0,
+            hashed.hash if hashed else "",
+            False,
+            self.job.scan_id,
+            now_ms(),
+            identity.dev if identity else None,
+            identity.ino if identity else None,
+            identity.ctime_ns if identity else None,
+        )
 
     def _new_folder(self, item: NewFolder) -> NewBlock:
         return NewBlock.build(
-            block_type="folder", title=item.seen.name,
+            block_type="folder",
+            title=item.seen.name,
             tags=[item.parent_id] if item.parent_id else [],
-            entry=self._entry(item.seen.path, "folder", item.block_id, item.parent_id))
+            entry=self._entry(item.seen.path, "folder", item.block_id, item.parent_id),
+        )
 
     def _file(self, item: Read, file_id: str, duplicate_of: str | None) -> NewBlock | BlockEdit:
         seen, hashed, old = item.task.seen, item.hashed, item.task.entry
         fields = entry_fields(seen.name, seen.path, hashed, item.facts, file_id, duplicate_of)
-        record = FileRecord(hashed.hash, file_id, hashed.size, item.facts.mime_type, seen.name,
-                            seen.path, {k: v for k, v in fields.items() if k in (
-                                "width", "height", "duration") and v is not None}, now_ms())
+        record = FileRecord(
+            hashed.hash,
+            file_id,
+            hashed.size,
+            item.facts.mime_type,
+            seen.name,
+            seen.path,
+            {
+                k: v
+                for k, v in fields.items()
+                if k in ("width", "height", "duration") and v is not None
+            },
+            now_ms(),
+        )
         key = file_key(hashed.hash, hashed.size)
 
         def fresh(block_id: str | None = None) -> NewBlock:
             return NewBlock.build(
-                block_type="file", title=seen.name, tags=[item.task.folder_id],
+                block_type="file",
+                title=seen.name,
+                tags=[item.task.folder_id],
                 files={key: {k: v for k, v in fields.items() if v is not None}},
-                entry=self._entry(seen.path, "file", block_id or new_block_id(),
-                                  item.task.folder_id, hashed), file=record)
+                entry=self._entry(
+                    seen.path, "file", block_id or new_block_id(), item.task.folder_id, hashed
+                ),
+                file=record,
+            )
 
         if old is None or old.kind != "file":
             return fresh()
         remove = [file_key(old.hash, old.size)]
         entry = self._entry(seen.path, "file", old.block_id, item.task.folder_id, hashed)
-        return BlockEdit(old.block_id, lambda doc: doc.patch_file_entry(key, fields, remove=remove),
-                         entry, record, if_gone=fresh)
+        return BlockEdit(
+            old.block_id,
+            lambda doc: doc.patch_file_entry(key, fields, remove=remove),
+            entry,
+            record,
+            if_gone=fresh,
+        )
 
     def back(self, entry: ScanEntry) -> BlockEdit:
         back = replace(entry, missing=False, scan_id=self.job.scan_id)
         return BlockEdit(entry.block_id, mark(entry, None), back)
-
 
 
 def set_file_id(key: str, file_id: str, doc: crdt.BlockDocument) -> bytes:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from PIL import Image
 
+from heaper_trio.records.scans import FileIdentity
 from heaper_trio.services.media.sniff import guess_from_name, kind_of, sniff_bytes
 from heaper_trio.services.scans.source import (
     SERVER_FILES,
@@ -38,7 +39,6 @@ from heaper_trio.services.scans.source import (
     open_nofollow,
     open_scanned,
 )
-from heaper_trio.records.scans import FileIdentity
 
 if TYPE_CHECKING:
     from heaper_trio.services.media.service import MediaService
@@ -72,8 +72,7 @@ class Hashed:
     failure: str = ""  # GONE, NOT_A_FILE or UNREADABLE when error is set
 
 
-def _failed(path: str, what: str, e: OSError | None = None, failure: str = UNREADABLE
-            ) -> Hashed:
+def _failed(path: str, what: str, e: OSError | None = None, failure: str = UNREADABLE) -> Hashed:
     if e is not None:
         what = f"{what}: {e.strerror or e}"
         if isinstance(e, FileNotFoundError):
@@ -114,8 +113,9 @@ def hash_file(path: str, stop: threading.Event, dir_fd: int | None = None) -> Ha
     identity = FileIdentity.of(after)
     if FileIdentity.of(before) != identity:
         return _failed(path, "changed while being read")
-    return Hashed(path, digest.hexdigest(), after.st_size, after.st_mtime_ns, head,
-                  identity=identity)
+    return Hashed(
+        path, digest.hexdigest(), after.st_size, after.st_mtime_ns, head, identity=identity
+    )
 
 
 def hash_files(paths: list[str], stop: threading.Event) -> list[Hashed]:
@@ -154,8 +154,12 @@ class FileFacts:
 
     def fields(self) -> dict[str, Any]:
         """For a files_v0 entry: None fields are dropped from it (or not written)."""
-        return {"mime_type": self.mime_type, "width": self.width, "height": self.height,
-                "duration": self.duration}
+        return {
+            "mime_type": self.mime_type,
+            "width": self.width,
+            "height": self.height,
+            "duration": self.duration,
+        }
 
 
 def _pillow_size(path: Path) -> tuple[int, int] | None:
@@ -166,12 +170,17 @@ def _pillow_size(path: Path) -> tuple[int, int] | None:
             if im.format == "JPEG" and im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 w, h = h, w
             return int(w), int(h)
-    except Exception:  # noqa: BLE001 - a damaged image still gets its type, not a size
+    except Exception:
         return None
 
 
-async def probe_facts(media: MediaService | None, path: str | Path, name: str, head: bytes,
-                      identity: FileIdentity | None = None) -> FileFacts:
+async def probe_facts(
+    media: MediaService | None,
+    path: str | Path,
+    name: str,
+    head: bytes,
+    identity: FileIdentity | None = None,
+) -> FileFacts:
     """What the file is: the media service decides for images, video and audio; anything
     else (or every file without a media service) gets the sniffed or guessed type.
 
@@ -179,11 +188,16 @@ async def probe_facts(media: MediaService | None, path: str | Path, name: str, h
     probed only if it is still the one hashed; without, ``path`` names a file already checked
     (``/proc/self/fd/<n>``) or one of the store's."""
     sniffed = sniff_bytes(head)
-    mime = sniffed or guess_from_name(name) or mimetypes.guess_type(name)[0] \
+    mime = (
+        sniffed
+        or guess_from_name(name)
+        or mimetypes.guess_type(name)[0]
         or "application/octet-stream"
+    )
     kind = kind_of(mime)
-    wanted = (media is not None and kind in ("image", "video", "audio")) \
-        or (kind == "image" and sniffed)
+    wanted = (media is not None and kind in ("image", "video", "audio")) or (
+        kind == "image" and sniffed
+    )
     if not wanted:
         return FileFacts(mime)
     if identity is None:
@@ -197,13 +211,14 @@ async def probe_facts(media: MediaService | None, path: str | Path, name: str, h
         return await _probe(media, opened.path, name, mime, kind, sniffed)
 
 
-async def _probe(media: MediaService | None, source: Path, name: str, mime: str, kind: str,
-                 sniffed: str | None) -> FileFacts:
+async def _probe(
+    media: MediaService | None, source: Path, name: str, mime: str, kind: str, sniffed: str | None
+) -> FileFacts:
     if media is not None and kind in ("image", "video", "audio"):
         try:
             info = await media.probe(source, name)
             return FileFacts(info.mime_type, info.width, info.height, info.duration)
-        except Exception as e:  # noqa: BLE001 - the file vanished, a tool is missing, ...
+        except Exception as e:
             log.info("scan: probing %s failed: %r", name, e)
             return FileFacts(mime)
     if kind == "image" and sniffed:

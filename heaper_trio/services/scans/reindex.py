@@ -51,9 +51,14 @@ def _patch(key: str, fields: dict[str, Any], doc: crdt.BlockDocument) -> bytes:
 
 
 class FileReprobe:
-    def __init__(self, storage: Storage, documents: DocumentService, files: FileService,
-                 media: MediaService | None,
-                 open_file: Callable[[FileRecord], Awaitable[OpenFile]]) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        documents: DocumentService,
+        files: FileService,
+        media: MediaService | None,
+        open_file: Callable[[FileRecord], Awaitable[OpenFile]],
+    ) -> None:
         self.storage = storage
         self.documents = documents
         self.files = files
@@ -66,14 +71,16 @@ class FileReprobe:
         try:
             opened = await self.open_file(record)
         except NotFound:
-            raise NotFound("the file's content is not on the server any more",
-                           code="file_content_missing") from None
+            raise NotFound(
+                "the file's content is not on the server any more", code="file_content_missing"
+            ) from None
         with opened:
             head = await trio.to_thread.run_sync(os.pread, opened.fd, HEAD_BYTES, 0)
             facts = await probe_facts(self.media, opened.path, record.name, head)
-        meta = {**{k: v for k, v in record.meta.items()
-                   if k not in ("width", "height", "duration")},
-                **{k: v for k, v in facts.fields().items() if k != "mime_type" and v is not None}}
+        meta = {
+            **{k: v for k, v in record.meta.items() if k not in ("width", "height", "duration")},
+            **{k: v for k, v in facts.fields().items() if k != "mime_type" and v is not None},
+        }
         if meta != record.meta or facts.mime_type != record.mime_type:
             await self.storage.update_file(record.hash, meta=meta, mime_type=facts.mime_type)
         changed = 0

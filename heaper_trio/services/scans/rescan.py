@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from heaper_trio.records import ScanEntry
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.scans.commit import BlockEdit, BlockWriter
 from heaper_trio.services.scans.job import ScanJob
@@ -40,7 +41,6 @@ from heaper_trio.services.scans.probe import (
 from heaper_trio.services.scans.walk import FileSeen, allowed_bases
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import Storage
-from heaper_trio.records import ScanEntry
 
 if TYPE_CHECKING:
     from heaper_trio.services.media.service import MediaService
@@ -55,10 +55,15 @@ def _inside(path: str, base: str) -> bool:
 
 
 class FileRescans:
-    def __init__(self, storage: Storage, documents: DocumentService,
-                 media: MediaService | None, settings: Settings,
-                 forget: Callable[[list[str]], Awaitable[Any]],
-                 running: Callable[[], Iterable[ScanJob]]) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        documents: DocumentService,
+        media: MediaService | None,
+        settings: Settings,
+        forget: Callable[[list[str]], Awaitable[Any]],
+        running: Callable[[], Iterable[ScanJob]],
+    ) -> None:
         self.storage = storage
         self.documents = documents
         self.media = media
@@ -95,8 +100,7 @@ class FileRescans:
             return 0
         stop = threading.Event()
         try:
-            hashed = await trio.to_thread.run_sync(hash_file, path, stop,
-                                                   abandon_on_cancel=True)
+            hashed = await trio.to_thread.run_sync(hash_file, path, stop, abandon_on_cancel=True)
         finally:
             stop.set()
         if hashed.error is not None and hashed.failure != NOT_A_FILE:
@@ -104,24 +108,31 @@ class FileRescans:
             return 0
         facts = None
         if hashed.error is None:
-            facts = await probe_facts(self.media, path, os.path.basename(path), hashed.head,
-                                      hashed.identity)
+            facts = await probe_facts(
+                self.media, path, os.path.basename(path), hashed.head, hashed.identity
+            )
         changed = 0
         for entry in entries:
-            if hashed.error is None and entry.hash == hashed.hash \
-                    and entry.identity == hashed.identity:
+            if (
+                hashed.error is None
+                and entry.hash == hashed.hash
+                and entry.identity == hashed.identity
+            ):
                 continue  # already up to date (a rescan or a scan got there first)
             owner = await self._owner_if_allowed(entry)
             if owner is None:
                 continue
-            writer = BlockWriter(self.storage, self.documents, owner, entry.heap_id,
-                                 entry.scan_id)
+            writer = BlockWriter(self.storage, self.documents, owner, entry.heap_id, entry.scan_id)
             if hashed.error is not None:
-                log.info("rescan of %s: %s; marked missing in heap %s", path, hashed.error,
-                         entry.heap_id)
-                await writer.write(edits=[BlockEdit(entry.block_id, mark(entry, True),
-                                                    replace(entry, missing=True))],
-                                   hashes=[entry.hash])
+                log.info(
+                    "rescan of %s: %s; marked missing in heap %s", path, hashed.error, entry.heap_id
+                )
+                await writer.write(
+                    edits=[
+                        BlockEdit(entry.block_id, mark(entry, True), replace(entry, missing=True))
+                    ],
+                    hashes=[entry.hash],
+                )
             else:
                 assert facts is not None
                 await self._update(writer, owner, entry, hashed, facts)
@@ -138,33 +149,51 @@ class FileRescans:
         if heap is None or owner is None:
             return None
         bases = allowed_bases(self.settings.scan_root_paths, owner.id, owner.is_admin)
-        data = os.path.realpath(self.settings.data_path)
+        data = await trio.to_thread.run_sync(os.path.realpath, self.settings.data_path)
         if not any(_inside(entry.path, b) for b in bases) or _inside(entry.path, data):
-            log.info("rescan of %s: outside what the owner of heap %s may scan now; left as is",
-                     entry.path, entry.heap_id)
+            log.info(
+                "rescan of %s: outside what the owner of heap %s may scan now; left as is",
+                entry.path,
+                entry.heap_id,
+            )
             return None
         for job in self.running():
-            if job.running and job.kind == "scan" and job.heap_id == entry.heap_id \
-                    and _inside(entry.path, job.path):
+            if (
+                job.running
+                and job.kind == "scan"
+                and job.heap_id == entry.heap_id
+                and _inside(entry.path, job.path)
+            ):
                 return None
         return owner.id
 
-    async def _update(self, writer: BlockWriter, owner: str, entry: ScanEntry, hashed: Hashed,
-                      facts: FileFacts) -> None:
+    async def _update(
+        self, writer: BlockWriter, owner: str, entry: ScanEntry, hashed: Hashed, facts: FileFacts
+    ) -> None:
         """What a folder scan does with a changed file, for this one entry."""
-        job = ScanJob(owner, entry.heap_id, os.path.dirname(entry.path), kind="rescan",
-                      scan_id=entry.scan_id)
-        seen = FileSeen(entry.path, os.path.dirname(entry.path), os.path.basename(entry.path),
-                        hashed.size, hashed.mtime_ns, hashed.identity)
+        job = ScanJob(
+            owner, entry.heap_id, os.path.dirname(entry.path), kind="rescan", scan_id=entry.scan_id
+        )
+        seen = FileSeen(
+            entry.path,
+            os.path.dirname(entry.path),
+            os.path.basename(entry.path),
+            hashed.size,
+            hashed.mtime_ns,
+            hashed.identity,
+        )
         assert entry.folder_id is not None
         plan = await BatchPlanner(self.storage, job).plan(
-            [Read(ToHash(seen, entry, entry.folder_id), hashed, facts)])
+            [Read(ToHash(seen, entry, entry.folder_id), hashed, facts)]
+        )
         result = await writer.write(plan.new, plan.edits, plan.seen, replaced=plan.replaced)
         if plan.replaced:  # the old content's row, if no block holds it now
             await self.forget(sorted({h for h, _ in plan.replaced}))
-        fixes = [BlockEdit(block_id, partial(set_file_id, key, result.file_ids[h]))
-                 for h, file_id in plan.ids.items()
-                 if h in result.file_ids and result.file_ids[h] != file_id
-                 for block_id, key in plan.holders.get(h, [])]
+        fixes = [
+            BlockEdit(block_id, partial(set_file_id, key, result.file_ids[h]))
+            for h, file_id in plan.ids.items()
+            if h in result.file_ids and result.file_ids[h] != file_id
+            for block_id, key in plan.holders.get(h, [])
+        ]
         if fixes:  # an upload stored the hash first, under its own file_id
             await writer.write(edits=fixes)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from heaper_trio.errors import Conflict, HeaperError, NotFound, Unavailable
+from heaper_trio.records import FileRecord, User
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.files import FileService
 from heaper_trio.services.scans.folder import FolderScan
@@ -47,7 +48,6 @@ from heaper_trio.services.scans.source import (
 from heaper_trio.services.scans.walk import allowed_bases, resolve_scan_path
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import Storage
-from heaper_trio.records import FileRecord, User
 
 if TYPE_CHECKING:
     from heaper_trio.services.media.service import MediaService
@@ -63,9 +63,15 @@ def _overlaps(a: str, b: str) -> bool:
 
 
 class ScanService:
-    def __init__(self, storage: Storage, documents: DocumentService, files: FileService,
-                 settings: Settings, publish: Callable[[str, dict[str, object]], None],
-                 media: MediaService | None = None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        documents: DocumentService,
+        files: FileService,
+        settings: Settings,
+        publish: Callable[[str, dict[str, object]], None],
+        media: MediaService | None = None,
+    ) -> None:
         self.storage = storage
         self.documents = documents
         self.files = files
@@ -75,13 +81,18 @@ class ScanService:
         self.jobs: dict[str, ScanJob] = {}
         self._nursery: trio.Nursery | None = None
         SERVER_FILES.register(settings.data_path)  # see scans_source.ServerFiles
-        self.rescans = FileRescans(storage, documents, media, settings,
-                                   files.forget_unreferenced, lambda: list(self.jobs.values()))
+        self.rescans = FileRescans(
+            storage,
+            documents,
+            media,
+            settings,
+            files.forget_unreferenced,
+            lambda: list(self.jobs.values()),
+        )
 
     @property
     def reprobe(self) -> FileReprobe:
-        return FileReprobe(self.storage, self.documents, self.files, self.media,
-                           self.open_file)
+        return FileReprobe(self.storage, self.documents, self.files, self.media, self.open_file)
 
     # -- reading a file's bytes -------------------------------------------------------------
     async def open_file(self, record: FileRecord) -> OpenFile:
@@ -91,24 +102,30 @@ class ScanService:
         if record.source_path is None:
             return await open_own(self.files.store_path(record.hash), gone=_GONE)
         path = record.source_path
-        entries = [e for e in await self.storage.scan_entries_at(path)
-                   if e.hash == record.hash and not e.missing]
+        entries = [
+            e
+            for e in await self.storage.scan_entries_at(path)
+            if e.hash == record.hash and not e.missing
+        ]
         if not entries:  # the index says these bytes are no longer at that path
             raise _missing()
         try:
             return await trio.to_thread.run_sync(
-                open_scanned, path, [e.identity for e in entries if e.identity is not None])
+                open_scanned, path, [e.identity for e in entries if e.identity is not None]
+            )
         except FileNotFoundError:
             raise _missing() from None
         except NotTheScannedFile as e:
-            log.info("%s is not the file hashed as %s (%s); rescanning it", path,
-                     record.hash[:16], e)
+            log.info(
+                "%s is not the file hashed as %s (%s); rescanning it", path, record.hash[:16], e
+            )
             self.rescans.queue(self._nursery, path)
-            raise Conflict("the file changed on disk since it was scanned; it is being scanned "
-                           "again", code="file_changed") from None
+            raise Conflict(
+                "the file changed on disk since it was scanned; it is being scanned again",
+                code="file_changed",
+            ) from None
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The jobs' home; runs until the server stops, which cancels every job."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -122,18 +139,31 @@ class ScanService:
     async def scan_folder(self, user: User, heap_id: str, path: str) -> ScanSnapshot:
         await self.documents.owned_heap(user, heap_id)
         bases = allowed_bases(self.settings.scan_root_paths, user.id, user.is_admin)
-        real = await trio.to_thread.run_sync(resolve_scan_path, path, bases,
-                                             str(self.settings.data_path))
+        real = await trio.to_thread.run_sync(
+            resolve_scan_path, path, bases, str(self.settings.data_path)
+        )
         for other in self.jobs.values():
-            if other.running and other.kind == "scan" and other.heap_id == heap_id \
-                    and _overlaps(other.path, real):
-                raise Conflict("a scan of this folder (or one inside or around it) is running "
-                               "in this heap", code="scan_running",
-                               details={"scan_id": other.scan_id})
+            if (
+                other.running
+                and other.kind == "scan"
+                and other.heap_id == heap_id
+                and _overlaps(other.path, real)
+            ):
+                raise Conflict(
+                    "a scan of this folder (or one inside or around it) is running in this heap",
+                    code="scan_running",
+                    details={"scan_id": other.scan_id},
+                )
         job = ScanJob(user.id, heap_id, real)
-        scan = FolderScan(job, self.storage, self.documents, self.media,
-                          self.settings.scan_jobs, frozenset({str(self.settings.data_path)}),
-                          self.files.forget_unreferenced)
+        scan = FolderScan(
+            job,
+            self.storage,
+            self.documents,
+            self.media,
+            self.settings.scan_jobs,
+            frozenset({str(self.settings.data_path)}),
+            self.files.forget_unreferenced,
+        )
         return self._start(job, scan.run)
 
     async def reindex_files(self, user: User, heap_id: str | None) -> ScanSnapshot:
@@ -141,11 +171,15 @@ class ScanService:
             await self.documents.owned_heap(user, heap_id)
         for other in self.jobs.values():
             if other.running and other.kind == "reindex" and other.user_id == user.id:
-                raise Conflict("a reindex of your files is running", code="scan_running",
-                               details={"scan_id": other.scan_id})
+                raise Conflict(
+                    "a reindex of your files is running",
+                    code="scan_running",
+                    details={"scan_id": other.scan_id},
+                )
         job = ScanJob(user.id, heap_id or "", "", kind="reindex")
-        return self._start(job, lambda: self.reprobe.reindex(job, user, heap_id,
-                                                             self.settings.scan_jobs))
+        return self._start(
+            job, lambda: self.reprobe.reindex(job, user, heap_id, self.settings.scan_jobs)
+        )
 
     async def regenerate_file(self, user: User, key: str) -> Regenerated:
         return await self.reprobe.regenerate(user, key)
@@ -161,14 +195,15 @@ class ScanService:
     def visible(self, user: User) -> list[ScanSnapshot]:
         """The caller's jobs (every job for an admin), running and recently finished."""
         self._forget_old()
-        return [j.snapshot() for j in self.jobs.values()
-                if user.is_admin or j.user_id == user.id]
+        return [j.snapshot() for j in self.jobs.values() if user.is_admin or j.user_id == user.id]
 
     def abort(self, user: User, scan_id: str) -> ScanSnapshot:
         job = self.jobs.get(scan_id)
         if job is None or not (user.is_admin or job.user_id == user.id):
-            raise NotFound("no such scan (it may run in another server process, or have "
-                           "ended a while ago)", code="scan_not_found")
+            raise NotFound(
+                "no such scan (it may run in another server process, or have ended a while ago)",
+                code="scan_not_found",
+            )
         job.abort()
         return job.snapshot()
 
@@ -177,14 +212,21 @@ class ScanService:
         done = [j for j in self.jobs.values() if j.finished_at is not None]
         done.sort(key=lambda j: j.finished_at or 0)
         for i, j in enumerate(done):
-            if now - (j.finished_at or 0) > KEEP_FINISHED_S * 1000 \
-                    or i < len(done) - KEEP_FINISHED_MAX:
+            if (
+                now - (j.finished_at or 0) > KEEP_FINISHED_S * 1000
+                or i < len(done) - KEEP_FINISHED_MAX
+            ):
                 del self.jobs[j.scan_id]
 
     # -- one job's life -----------------------------------------------------------------------
     async def _run_job(self, job: ScanJob, work: Callable[[], Awaitable[None]]) -> None:
-        log.info("%s %s of %s into heap %s started", job.kind, job.scan_id, job.path or "files",
-                 job.heap_id or "(all)")
+        log.info(
+            "%s %s of %s into heap %s started",
+            job.kind,
+            job.scan_id,
+            job.path or "files",
+            job.heap_id or "(all)",
+        )
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._report, job)
@@ -201,9 +243,18 @@ class ScanService:
         finally:
             job.finished_at = int(time.time() * 1000)
             self.publish(job.user_id, job.final_event())
-            log.info("%s %s %s: %d seen, %d done (%d new, %d changed, %d missing), %d errors",
-                     job.kind, job.scan_id, job.state, job.files_seen, job.files_done,
-                     job.files_new, job.files_changed, job.files_missing, job.errors)
+            log.info(
+                "%s %s %s: %d seen, %d done (%d new, %d changed, %d missing), %d errors",
+                job.kind,
+                job.scan_id,
+                job.state,
+                job.files_seen,
+                job.files_done,
+                job.files_new,
+                job.files_changed,
+                job.files_missing,
+                job.errors,
+            )
 
     async def _report(self, job: ScanJob) -> None:
         while True:

@@ -186,8 +186,9 @@ def open_regular(path: Path) -> OpenFile:
     return opened
 
 
-async def open_own(path: Path, *, gone: str = "the file is no longer on the server's disk"
-                   ) -> OpenFile:
+async def open_own(
+    path: Path, *, gone: str = "the file is no longer on the server's disk"
+) -> OpenFile:
     """One of the server's own files (a stored upload, a thumbnail), open off the event loop:
     the one opener the file routes and the scan service share, so "missing" is decided once.
     NotFound ``file_missing`` (with ``gone`` as its message) if it is not a regular file."""
@@ -218,6 +219,9 @@ def open_scanned(path: str, known: Iterable[FileIdentity]) -> OpenFile:
         raise NotTheScannedFile("one of the server's own files")
     if FileIdentity.of(opened.stat) not in known:
         opened.close()
-        raise NotTheScannedFile("not the file that was hashed" if known
-                                else "no identity on record (scanned by an older server)")
+        raise NotTheScannedFile(
+            "not the file that was hashed"
+            if known
+            else "no identity on record (scanned by an older server)"
+        )
     return opened

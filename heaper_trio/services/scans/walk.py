@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import pathspec
 
 from heaper_trio.errors import BadRequest, Forbidden
-from heaper_trio.services.scans.source import OPEN_FILE, SERVER_FILES, open_dir_nofollow
 from heaper_trio.records.scans import FileIdentity
+from heaper_trio.services.scans.source import OPEN_FILE, SERVER_FILES, open_dir_nofollow
 
 IGNORE_FILE = ".heaperignore"
 # Always left out (a .heaperignore may re-include them with "!pattern").
@@ -43,12 +43,12 @@ BATCH_ITEMS = 500
 BATCH_SECONDS = 0.05
 
 
-def allowed_bases(roots: Sequence[os.PathLike[str] | str], user_id: str, is_admin: bool
-                  ) -> list[str]:
+def allowed_bases(
+    roots: Sequence[os.PathLike[str] | str], user_id: str, is_admin: bool
+) -> list[str]:
     """Folders this user may scan under: the roots themselves for admins, ``<root>/<id>``
     for everyone else."""
-    return [os.path.realpath(root if is_admin else os.path.join(root, user_id))
-            for root in roots]
+    return [os.path.realpath(root if is_admin else os.path.join(root, user_id)) for root in roots]
 
 
 def _inside(path: str, base: str) -> bool:
@@ -60,11 +60,16 @@ def resolve_scan_path(path: str, bases: list[str], data_dir: str) -> str:
     roots, 403 ``scan_path_forbidden`` outside the bases (or through ``..``), 400
     ``not_a_directory``. A relative path is taken from the first base where it exists."""
     if not bases:
-        raise Forbidden("folder scanning is off on this server (no scan_roots configured)",
-                        code="scanning_disabled")
+        raise Forbidden(
+            "folder scanning is off on this server (no scan_roots configured)",
+            code="scanning_disabled",
+        )
     if not path or len(path) > MAX_PATH or "\x00" in path:
-        raise BadRequest(f"path must be 1-{MAX_PATH} characters without NUL",
-                         code="invalid_field", details={"field": "path"})
+        raise BadRequest(
+            f"path must be 1-{MAX_PATH} characters without NUL",
+            code="invalid_field",
+            details={"field": "path"},
+        )
     if ".." in path.replace("\\", "/").split("/"):
         raise Forbidden("a scan path may not contain '..'", code="scan_path_forbidden")
     if os.path.isabs(path):
@@ -74,15 +79,12 @@ def resolve_scan_path(path: str, bases: list[str], data_dir: str) -> str:
         candidate = next((t for t in tries if os.path.lexists(t)), tries[0])
     real = os.path.realpath(candidate)
     if not any(_inside(real, base) for base in bases):
-        raise Forbidden("this path is outside the folders you may scan",
-                        code="scan_path_forbidden")
+        raise Forbidden("this path is outside the folders you may scan", code="scan_path_forbidden")
     data = os.path.realpath(data_dir)
     if _inside(real, data):
-        raise Forbidden("the server's data directory cannot be scanned",
-                        code="scan_path_forbidden")
+        raise Forbidden("the server's data directory cannot be scanned", code="scan_path_forbidden")
     if not os.path.isdir(real):
-        raise BadRequest("the scan path is not a directory on the server",
-                         code="not_a_directory")
+        raise BadRequest("the scan path is not a directory on the server", code="not_a_directory")
     return real
 
 
@@ -131,7 +133,7 @@ def ignored(rules: list[tuple[str, pathspec.GitIgnoreSpec]], path: str, is_dir: 
     """gitignore semantics over nested rule files: the deepest file with a matching pattern
     decides (its last matching pattern, ``!`` negations included)."""
     for base, spec in reversed(rules):
-        rel = path[len(base) + 1:] + ("/" if is_dir else "")
+        rel = path[len(base) + 1 :] + ("/" if is_dir else "")
         include = spec.check_file(rel).include
         if include is not None:
             return include
@@ -155,8 +157,9 @@ class FolderWalker:
     _fd: int | None = None  # the open folder's descriptor, opened without following links
     _started: bool = False
 
-    def next_batch(self, max_items: int = BATCH_ITEMS, max_seconds: float = BATCH_SECONDS
-                   ) -> list[Seen]:
+    def next_batch(
+        self, max_items: int = BATCH_ITEMS, max_seconds: float = BATCH_SECONDS
+    ) -> list[Seen]:
         if not self._started:
             self._started = True
             builtin = pathspec.GitIgnoreSpec.from_lines(BUILTIN_IGNORE)
@@ -232,16 +235,23 @@ class FolderWalker:
                     self.skipped += 1
                 else:
                     self._stack.append(_Folder(path, folder.path, folder.rules))
-            elif not entry.is_file(follow_symlinks=False) \
-                    or ignored(folder.rules, path, False):
+            elif not entry.is_file(follow_symlinks=False) or ignored(folder.rules, path, False):
                 self.skipped += 1
             else:
                 st = entry.stat(follow_symlinks=False)
                 if SERVER_FILES.includes(st):
                     self.skipped += 1
                     return True
-                out.append(FileSeen(path, folder.path, entry.name, st.st_size,
-                                    st.st_mtime_ns, FileIdentity.of(st)))
+                out.append(
+                    FileSeen(
+                        path,
+                        folder.path,
+                        entry.name,
+                        st.st_size,
+                        st.st_mtime_ns,
+                        FileIdentity.of(st),
+                    )
+                )
         except FileNotFoundError:
             pass  # gone between listing and looking: the next scan sees it missing
         except OSError:

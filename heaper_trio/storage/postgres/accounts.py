@@ -31,19 +31,22 @@ async def _insert_refresh(c: Conn, user_id: str, new: NewRefreshToken) -> None:
     await c.execute(
         "INSERT INTO refresh_tokens (jti, family, user_id, issued_at, expires_at) "
         "VALUES ($1, $2, $3, $4, $5)",
-        new.jti, new.family, user_id, new.issued_at, new.expires_at,
+        new.jti,
+        new.family,
+        user_id,
+        new.issued_at,
+        new.expires_at,
     )
 
 
 async def _revoke_all(c: Conn, user_id: str, now: int) -> None:
     # The users row first: it waits for in-flight logins and rotations of this user, so the
     # next statement sees every token they stored.
-    await c.execute(
-        "UPDATE users SET token_generation = token_generation + 1 WHERE id=$1", user_id
-    )
+    await c.execute("UPDATE users SET token_generation = token_generation + 1 WHERE id=$1", user_id)
     await c.execute(
         "UPDATE refresh_tokens SET revoked_at=$1 WHERE user_id=$2 AND revoked_at IS NULL",
-        now, user_id,
+        now,
+        user_id,
     )
 
 
@@ -74,7 +77,10 @@ async def _create_challenge(
     await c.execute(
         "INSERT INTO challenges (challenge, public_key, created_at, expires_at) "
         "VALUES ($1, $2, $3, $4)",
-        challenge, public_key, created_at, expires_at,
+        challenge,
+        public_key,
+        created_at,
+        expires_at,
     )
 
 
@@ -113,7 +119,13 @@ async def _complete_login(
             await c.fetchrow(
                 "INSERT INTO users (id, public_key, email, state, is_admin, created_at, "
                 "approved_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
-                new_user_id, public_key, email, new.state, new.is_admin, now, new.approved_at,
+                new_user_id,
+                public_key,
+                email,
+                new.state,
+                new.is_admin,
+                now,
+                new.approved_at,
             )
         )
         assert user is not None
@@ -142,7 +154,9 @@ async def _set_user_state(c: Conn, user_id: str, state: str, now: int) -> User |
     await c.execute(
         "UPDATE users SET state=$1::text, approved_at=CASE WHEN $1::text='approved' "
         "THEN $2::bigint ELSE approved_at END WHERE id=$3",
-        state, now, user_id,
+        state,
+        now,
+        user_id,
     )
     if state == "rejected":
         await _revoke_all(c, user_id, now)
@@ -171,7 +185,8 @@ async def _rotate(c: Conn, jti: str, user_id: str, now: int, new: NewRefreshToke
     if row is not None and outcome is RefreshOutcome.reused:
         await c.execute(
             "UPDATE refresh_tokens SET revoked_at=$1 WHERE family=$2 AND revoked_at IS NULL",
-            now, row["family"],
+            now,
+            row["family"],
         )
     elif row is not None and outcome is RefreshOutcome.ok:
         await c.execute("UPDATE refresh_tokens SET rotated_at=$1 WHERE jti=$2", now, jti)
@@ -195,11 +210,14 @@ async def _usage(c: Conn, user_id: str, now: int) -> dict[str, Any]:
     sessions = await c.fetchval(
         "SELECT COUNT(DISTINCT family) FROM refresh_tokens WHERE user_id=$1 "
         "AND rotated_at IS NULL AND revoked_at IS NULL AND expires_at > $2",
-        user_id, now,
+        user_id,
+        now,
     )
     row = await c.fetchrow(
         "SELECT COUNT(DISTINCT h.id) AS heaps, COUNT(b.id) AS blocks, "
         "COALESCE(SUM(b.size), 0) AS document_bytes FROM heaps h "
-        "LEFT JOIN blocks b ON b.heap_id = h.id WHERE h.owner_id=$1", user_id)
+        "LEFT JOIN blocks b ON b.heap_id = h.id WHERE h.owner_id=$1",
+        user_id,
+    )
     assert row is not None  # an aggregate without GROUP BY always gives one row
     return rules.usage(sessions, row["heaps"], row["blocks"], row["document_bytes"])

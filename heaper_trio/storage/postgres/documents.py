@@ -58,17 +58,29 @@ BLOCK_LOCK = 0x68656170  # "heap"
 # Parameter types of the block columns a commit writes (``rules.block_columns`` and
 # ``rules.created_columns``): asyncpg infers none for a NULL.
 COLUMN_TYPES = {
-    "type": "text", "title": "text", "text": "text", "relations": "jsonb", "files": "jsonb",
-    "apps": "jsonb", "updated_at": "bigint", "deleted_at": "bigint",
-    "permanently_deleted_at": "bigint", "state_vector": "bytea", "size": "bigint",
-    "last_seq": "bigint", "id": "text", "heap_id": "text", "created_at": "bigint",
-    "created_by": "text", "sync_version": "int4",
+    "type": "text",
+    "title": "text",
+    "text": "text",
+    "relations": "jsonb",
+    "files": "jsonb",
+    "apps": "jsonb",
+    "updated_at": "bigint",
+    "deleted_at": "bigint",
+    "permanently_deleted_at": "bigint",
+    "state_vector": "bytea",
+    "size": "bigint",
+    "last_seq": "bigint",
+    "id": "text",
+    "heap_id": "text",
+    "created_at": "bigint",
+    "created_by": "text",
+    "sync_version": "int4",
 }
+
 
 async def snapshot(pool: Pool, work: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Runner: read-only ``work`` in one REPEATABLE READ snapshot; cancellable at any point."""
-    async with (_connection(pool) as c,
-                c.transaction(isolation="repeatable_read", readonly=True)):
+    async with _connection(pool) as c, c.transaction(isolation="repeatable_read", readonly=True):
         return await work(c, *args)
 
 
@@ -81,8 +93,9 @@ def _block_key(block_id: str) -> int:
 async def _lock_blocks(c: Conn, block_ids: list[str]) -> None:
     keys = sorted({_block_key(b) for b in block_ids})
     # unnest yields the keys in array order and the aggregate takes the locks in that order.
-    await c.fetchval("SELECT count(pg_advisory_xact_lock($1, k)) FROM unnest($2::int4[]) AS k",
-                     BLOCK_LOCK, keys)
+    await c.fetchval(
+        "SELECT count(pg_advisory_xact_lock($1, k)) FROM unnest($2::int4[]) AS k", BLOCK_LOCK, keys
+    )
 
 
 async def get_heap(c: Conn, heap_id: str) -> Heap | None:
@@ -101,14 +114,16 @@ class _RootRefused(Exception):
     """The root change did not create its block: roll the heap back too."""
 
 
-async def create_heap(c: Conn, heap: Heap, root: BlockChange, now: int,
-                      announce_as: str | None = None) -> bool:
+async def create_heap(
+    c: Conn, heap: Heap, root: BlockChange, now: int, announce_as: str | None = None
+) -> bool:
     await _lock_blocks(c, [root.block_id])
     taken = await c.fetchval(
         "SELECT EXISTS (SELECT 1 FROM heaps WHERE id=$1) "
         "OR EXISTS (SELECT 1 FROM blocks WHERE id=$2) "
         "OR EXISTS (SELECT 1 FROM block_tombstones WHERE block_id=$2)",
-        heap.id, root.block_id,
+        heap.id,
+        root.block_id,
     )
     if taken:
         return False
@@ -117,7 +132,11 @@ async def create_heap(c: Conn, heap: Heap, root: BlockChange, now: int,
             await c.execute(
                 "INSERT INTO heaps (id, owner_id, name, root_block_id, created_at, clock) "
                 "VALUES ($1, $2, $3, $4, $5, $6)",
-                heap.id, heap.owner_id, heap.name, heap.root_block_id, heap.created_at,
+                heap.id,
+                heap.owner_id,
+                heap.name,
+                heap.root_block_id,
+                heap.created_at,
                 now - 1,
             )
             result = await commit_change(c, root, now)
@@ -126,8 +145,20 @@ async def create_heap(c: Conn, heap: Heap, root: BlockChange, now: int,
     except (asyncpg.UniqueViolationError, _RootRefused):  # a concurrent creation won
         return False
     if announce_as is not None:
-        await notify(c, [block_pointer(announce_as, "created", heap.id, root.block_id,
-                                       result.last_seq, result.sync_version, result.updated_at)])
+        await notify(
+            c,
+            [
+                block_pointer(
+                    announce_as,
+                    "created",
+                    heap.id,
+                    root.block_id,
+                    result.last_seq,
+                    result.sync_version,
+                    result.updated_at,
+                )
+            ],
+        )
     return True
 
 
@@ -138,15 +169,21 @@ async def load_block(c: Conn, block_id: str) -> StoredBlock | None:
         "SELECT id, heap_id, sync_version, snapshot, snapshot_seq, last_seq, created_at, "
         "updated_at, ARRAY(SELECT u.data FROM block_updates u WHERE u.block_id = b.id "
         "AND u.seq > b.snapshot_seq AND u.seq <= b.last_seq ORDER BY u.seq) AS updates "
-        "FROM blocks b WHERE id=$1", block_id,
+        "FROM blocks b WHERE id=$1",
+        block_id,
     )
     if row is None:
         return None
     return StoredBlock(
-        id=row["id"], heap_id=row["heap_id"], sync_version=row["sync_version"],
+        id=row["id"],
+        heap_id=row["heap_id"],
+        sync_version=row["sync_version"],
         snapshot=None if row["snapshot"] is None else bytes(row["snapshot"]),
-        snapshot_seq=row["snapshot_seq"], updates=tuple(bytes(u) for u in row["updates"]),
-        last_seq=row["last_seq"], created_at=row["created_at"], updated_at=row["updated_at"],
+        snapshot_seq=row["snapshot_seq"],
+        updates=tuple(bytes(u) for u in row["updates"]),
+        last_seq=row["last_seq"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
     )
 
 
@@ -160,7 +197,8 @@ async def get_blocks(c: Conn, block_ids: list[str]) -> dict[str, BlockRecord]:
 async def tombstones(c: Conn, block_ids: list[str]) -> dict[str, tuple[str, int]]:
     rows = await c.fetch(
         "SELECT block_id, heap_id, deleted_at FROM block_tombstones "
-        "WHERE block_id = ANY($1::text[])", list(block_ids),
+        "WHERE block_id = ANY($1::text[])",
+        list(block_ids),
     )
     return {r[0]: (r[1], r[2]) for r in rows}
 
@@ -169,7 +207,8 @@ async def _tick(c: Conn, heap_id: str, now: int) -> int:
     """The heap's next change time; the row lock, held until COMMIT, orders the callers."""
     clock = await c.fetchval(
         "UPDATE heaps SET clock = GREATEST($1::bigint, clock + 1) WHERE id=$2 RETURNING clock",
-        now, heap_id,
+        now,
+        heap_id,
     )
     if clock is None:
         raise HeapNotFound(heap_id)
@@ -180,8 +219,11 @@ async def commit_change(c: Conn, ch: BlockChange, now: int) -> CommitResult:
     current = await c.fetchrow(
         "SELECT heap_id, last_seq, sync_version FROM blocks WHERE id=$1 FOR UPDATE", ch.block_id
     )
-    tombstoned = rules.creates(ch) and await c.fetchval(
-        "SELECT 1 FROM block_tombstones WHERE block_id=$1", ch.block_id) is not None
+    tombstoned = (
+        rules.creates(ch)
+        and await c.fetchval("SELECT 1 FROM block_tombstones WHERE block_id=$1", ch.block_id)
+        is not None
+    )
     if rules.commit_conflict(ch, current, tombstoned):
         return rules.conflict(ch)
     updated_at = await _tick(c, ch.heap_id, now)
@@ -195,37 +237,49 @@ async def commit_change(c: Conn, ch: BlockChange, now: int) -> CommitResult:
         await c.execute(f"INSERT INTO blocks ({names}) VALUES ({marks})", *columns.values())
     else:
         sets = ", ".join(f"{k}=${i}::{COLUMN_TYPES[k]}" for i, k in enumerate(columns, 1))
-        await c.execute(f"UPDATE blocks SET {sets} WHERE id=${len(columns) + 1}",
-                        *columns.values(), ch.block_id)
+        await c.execute(
+            f"UPDATE blocks SET {sets} WHERE id=${len(columns) + 1}", *columns.values(), ch.block_id
+        )
     log = rules.log_rows(ch, base, now)
     if log:
         await c.execute(
             "INSERT INTO block_updates (block_id, seq, data, created_at, author_id) "
             "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bigint[], "
-            "$5::text[])", *rules.columns(log, 5))
+            "$5::text[])",
+            *rules.columns(log, 5),
+        )
     if ch.compacted is not None:
         snap, covers = ch.compacted
         await c.execute(
             "UPDATE blocks SET snapshot=$1, snapshot_seq=$2 WHERE id=$3 AND snapshot_seq < $2",
-            bytes(snap), covers, ch.block_id,
+            bytes(snap),
+            covers,
+            ch.block_id,
         )
-        await c.execute("DELETE FROM block_updates WHERE block_id=$1 AND seq <= $2",
-                        ch.block_id, covers)
+        await c.execute(
+            "DELETE FROM block_updates WHERE block_id=$1 AND seq <= $2", ch.block_id, covers
+        )
     await c.execute("DELETE FROM block_relations WHERE block_id=$1", ch.block_id)
     relations = rules.relation_rows(ch.block_id, ch.heap_id, ch.projection)
     if relations:
         await c.execute(
             "INSERT INTO block_relations (block_id, kind, target_id, heap_id) SELECT * FROM "
             "unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
-            *rules.columns(relations, 4))
+            *rules.columns(relations, 4),
+        )
     await write_block_files(c, ch.block_id, ch.heap_id, ch.projection.file_hashes)
-    await c.execute("UPDATE heaps SET name=$1 WHERE id=$2 AND root_block_id=$3",
-                    ch.projection.title, ch.heap_id, ch.block_id)
+    await c.execute(
+        "UPDATE heaps SET name=$1 WHERE id=$2 AND root_block_id=$3",
+        ch.projection.title,
+        ch.heap_id,
+        ch.block_id,
+    )
     return rules.commit_result(ch, current, updated_at, last_seq)
 
 
-async def commit_changes(c: Conn, changes: list[BlockChange], now: int,
-                         announce_as: str | None = None) -> list[CommitResult]:
+async def commit_changes(
+    c: Conn, changes: list[BlockChange], now: int, announce_as: str | None = None
+) -> list[CommitResult]:
     """With ``announce_as`` (this process's live id), every stored change is also announced to
     the other processes by a NOTIFY in this transaction, delivered at COMMIT (``notify``)."""
     # Every lock up front, in the global order of the module docstring; then the changes run
@@ -233,11 +287,11 @@ async def commit_changes(c: Conn, changes: list[BlockChange], now: int,
     block_ids = sorted({ch.block_id for ch in changes})
     await _lock_blocks(c, block_ids)
     await c.execute(
-        'SELECT 1 FROM heaps WHERE id = ANY($1::text[]) ORDER BY id COLLATE "C" '
-        "FOR NO KEY UPDATE", sorted({ch.heap_id for ch in changes}),
+        'SELECT 1 FROM heaps WHERE id = ANY($1::text[]) ORDER BY id COLLATE "C" FOR NO KEY UPDATE',
+        sorted({ch.heap_id for ch in changes}),
     )
     locked = await c.fetch(
-        'SELECT id, deleted_at IS NOT NULL AS trashed FROM blocks WHERE id = ANY($1::text[]) '
+        "SELECT id, deleted_at IS NOT NULL AS trashed FROM blocks WHERE id = ANY($1::text[]) "
         'ORDER BY id COLLATE "C" FOR UPDATE',
         block_ids,
     )
@@ -256,11 +310,22 @@ async def commit_changes(c: Conn, changes: list[BlockChange], now: int,
         trashed[ch.block_id] = now_trashed
         if announce_as is not None:
             # The kind DocumentService gives the same change, by the same rule.
-            kind = change_kind(created=result.status is CommitStatus.created,
-                               was_deleted=was, now_deleted=now_trashed)
-            pointers.append(block_pointer(announce_as, kind, ch.heap_id, ch.block_id,
-                                          result.last_seq, result.sync_version,
-                                          result.updated_at))
+            kind = change_kind(
+                created=result.status is CommitStatus.created,
+                was_deleted=was,
+                now_deleted=now_trashed,
+            )
+            pointers.append(
+                block_pointer(
+                    announce_as,
+                    kind,
+                    ch.heap_id,
+                    ch.block_id,
+                    result.last_seq,
+                    result.sync_version,
+                    result.updated_at,
+                )
+            )
     if pointers:
         await notify(c, pointers)
     return results
@@ -272,21 +337,32 @@ async def changes_since(c: Conn, heap_id: str, since: int, limit: int) -> Change
     clock = int(clock_row) if clock_row is not None else since
     rows = await c.fetch(
         f"SELECT {RECORD_COLUMNS} FROM blocks WHERE heap_id=$1 AND updated_at > $2 "
-        "ORDER BY updated_at LIMIT $3", heap_id, since, limit + 1,
+        "ORDER BY updated_at LIMIT $3",
+        heap_id,
+        since,
+        limit + 1,
     )
     deleted = await c.fetch(
         "SELECT block_id, deleted_at FROM block_tombstones WHERE heap_id=$1 AND deleted_at > $2 "
-        "ORDER BY deleted_at, block_id COLLATE \"C\" LIMIT $3", heap_id, since, limit + 1,
+        'ORDER BY deleted_at, block_id COLLATE "C" LIMIT $3',
+        heap_id,
+        since,
+        limit + 1,
     )
     totals = await c.fetchrow(
         "SELECT (SELECT COUNT(*) FROM blocks WHERE heap_id=$1 AND updated_at > $2), "
         "(SELECT COUNT(*) FROM block_tombstones WHERE heap_id=$1 AND deleted_at > $2)",
-        heap_id, since,
+        heap_id,
+        since,
     )
     assert totals is not None  # a SELECT without FROM gives one row
     return page(
-        [record_row(r) for r in rows], [(r[0], r[1]) for r in deleted], clock, limit,
-        int(totals[0]), int(totals[1]),
+        [record_row(r) for r in rows],
+        [(r[0], r[1]) for r in deleted],
+        clock,
+        limit,
+        int(totals[0]),
+        int(totals[1]),
     )
 
 
@@ -294,14 +370,18 @@ async def related(c: Conn, block_id: str) -> dict[str, list[str]]:
     """Outgoing lists are the block's own document; incoming ones (children, backlinks) come
     only from blocks in heaps of the block's owner (see the SQLite twin)."""
     outgoing = await c.fetch(
-        'SELECT kind, target_id FROM block_relations WHERE block_id=$1 '
-        'ORDER BY target_id COLLATE "C"', block_id)
+        "SELECT kind, target_id FROM block_relations WHERE block_id=$1 "
+        'ORDER BY target_id COLLATE "C"',
+        block_id,
+    )
     incoming = await c.fetch(
         "SELECT r.kind, r.block_id FROM block_relations r JOIN blocks b ON b.id = r.block_id "
         "JOIN heaps h ON h.id = b.heap_id "
         "WHERE r.target_id=$1 AND b.deleted_at IS NULL AND h.owner_id = ("
         "SELECT o.owner_id FROM blocks t JOIN heaps o ON o.id = t.heap_id WHERE t.id=$1) "
-        'ORDER BY r.block_id COLLATE "C"', block_id)
+        'ORDER BY r.block_id COLLATE "C"',
+        block_id,
+    )
     return rules.related_lists(outgoing, incoming)
 
 
@@ -311,26 +391,36 @@ async def block_history(c: Conn, block_id: str) -> tuple[int, list[UpdateInfo]]:
         return 0, []
     rows = await c.fetch(
         "SELECT seq, created_at, author_id, octet_length(data) AS size FROM block_updates "
-        "WHERE block_id=$1 AND seq > $2 ORDER BY seq", block_id, snapshot_seq)
-    return int(snapshot_seq), [UpdateInfo(r["seq"], r["created_at"], r["author_id"], r["size"])
-                               for r in rows]
+        "WHERE block_id=$1 AND seq > $2 ORDER BY seq",
+        block_id,
+        snapshot_seq,
+    )
+    return int(snapshot_seq), [
+        UpdateInfo(r["seq"], r["created_at"], r["author_id"], r["size"]) for r in rows
+    ]
 
 
 async def trashed(c: Conn, heap_id: str) -> list[BlockRecord]:
     rows = await c.fetch(
         f"SELECT {RECORD_COLUMNS} FROM blocks WHERE heap_id=$1 AND deleted_at IS NOT NULL "
-        'ORDER BY deleted_at DESC, id COLLATE "C"', heap_id)
+        'ORDER BY deleted_at DESC, id COLLATE "C"',
+        heap_id,
+    )
     return [record_row(r) for r in rows]
 
 
-async def purge_blocks(c: Conn, heap_id: str, block_ids: list[str], now: int,
-                       announce_as: str | None = None) -> list[str]:
+async def purge_blocks(
+    c: Conn, heap_id: str, block_ids: list[str], now: int, announce_as: str | None = None
+) -> list[str]:
     # The same lock order as commit_changes: block keys, heap row, block rows.
     await _lock_blocks(c, block_ids)
     await c.execute("SELECT 1 FROM heaps WHERE id=$1 FOR NO KEY UPDATE", heap_id)
     rows = await c.fetch(
         "SELECT id FROM blocks WHERE id = ANY($1::text[]) AND heap_id=$2 "
-        'AND deleted_at IS NOT NULL ORDER BY id COLLATE "C" FOR UPDATE', block_ids, heap_id)
+        'AND deleted_at IS NOT NULL ORDER BY id COLLATE "C" FOR UPDATE',
+        block_ids,
+        heap_id,
+    )
     present = {r["id"] for r in rows}
     purged = [b for b in block_ids if b in present]
     for block_id in dict.fromkeys(purged):
@@ -341,18 +431,24 @@ async def purge_blocks(c: Conn, heap_id: str, block_ids: list[str], now: int,
         await c.execute("DELETE FROM blocks WHERE id=$1", block_id)
         await c.execute(
             "INSERT INTO block_tombstones (block_id, heap_id, deleted_at) VALUES ($1, $2, $3)",
-            block_id, heap_id, at)
+            block_id,
+            heap_id,
+            at,
+        )
     gone = list(dict.fromkeys(purged))
     if announce_as is not None and gone:  # the time HeapService announces, as it does locally
-        await notify(c, [block_pointer(announce_as, "purged", heap_id, b, updated_at=now)
-                         for b in gone])
+        await notify(
+            c, [block_pointer(announce_as, "purged", heap_id, b, updated_at=now) for b in gone]
+        )
     return gone
 
 
 async def delete_heap(c: Conn, heap_id: str, announce_as: str | None = None) -> bool:
     await c.execute("SELECT 1 FROM heaps WHERE id=$1 FOR UPDATE", heap_id)
-    await c.execute("DELETE FROM block_updates WHERE block_id IN "
-                    "(SELECT id FROM blocks WHERE heap_id=$1)", heap_id)
+    await c.execute(
+        "DELETE FROM block_updates WHERE block_id IN (SELECT id FROM blocks WHERE heap_id=$1)",
+        heap_id,
+    )
     await c.execute("DELETE FROM block_relations WHERE heap_id=$1", heap_id)
     await c.execute("DELETE FROM block_files WHERE heap_id=$1", heap_id)
     await c.execute("DELETE FROM blocks WHERE heap_id=$1", heap_id)
@@ -364,12 +460,16 @@ async def delete_heap(c: Conn, heap_id: str, announce_as: str | None = None) -> 
 
 
 async def heap_stats(c: Conn, heap_id: str) -> dict[str, Any]:
-    by_type = await c.fetch("SELECT type, COUNT(*) FROM blocks WHERE heap_id=$1 AND "
-                            "deleted_at IS NULL GROUP BY type", heap_id)
+    by_type = await c.fetch(
+        "SELECT type, COUNT(*) FROM blocks WHERE heap_id=$1 AND deleted_at IS NULL GROUP BY type",
+        heap_id,
+    )
     trash = await c.fetchval(
-        "SELECT COUNT(*) FROM blocks WHERE heap_id=$1 AND deleted_at IS NOT NULL", heap_id)
+        "SELECT COUNT(*) FROM blocks WHERE heap_id=$1 AND deleted_at IS NOT NULL", heap_id
+    )
     files = await c.fetch(
-        "SELECT files FROM blocks WHERE heap_id=$1 AND files <> '{}'::jsonb", heap_id)
+        "SELECT files FROM blocks WHERE heap_id=$1 AND files <> '{}'::jsonb", heap_id
+    )
     clock = await c.fetchval("SELECT clock FROM heaps WHERE id=$1", heap_id)
     return rules.heap_stats(by_type, trash, files, clock)
 

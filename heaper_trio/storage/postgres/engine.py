@@ -106,7 +106,9 @@ async def _migrate(c: Conn, now_ms: int) -> None:
         await c.execute(sql)  # no arguments: the simple protocol runs the whole script
         await c.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-            version, name, now_ms,
+            version,
+            name,
+            now_ms,
         )
         log.info("applied postgres migration %s", name)
 
@@ -181,8 +183,13 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
 
     def _mark_blocks_announced(self, results: list[CommitResult]) -> None:
         """Block commits (``commit_changes``, scan batches) whose transaction announced them."""
-        self._mark_announced([_announce_key("block", "", r.block_id, r.last_seq)
-                              for r in results if r.status is not CommitStatus.conflict])
+        self._mark_announced(
+            [
+                _announce_key("block", "", r.block_id, r.last_seq)
+                for r in results
+                if r.status is not CommitStatus.conflict
+            ]
+        )
 
     def announced_in_commit(self, kind: str, heap_id: str, block_id: str, seq: int) -> bool:
         """Whether the commit of this change announced it already (then the bridge must not
@@ -193,8 +200,9 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
             return True
         return False
 
-    async def listen(self, on_payload: Callable[[str], None], *,
-                     task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def listen(
+        self, on_payload: Callable[[str], None], *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
         await postgres_notify.listen_forever(self.dsn, self._loop, on_payload, task_status)
 
     async def schema_version(self) -> int:
@@ -224,8 +232,15 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
         refresh: NewRefreshToken,
     ) -> LoginOutcome:
         return await self._run(
-            tx, _complete_login,
-            challenge, public_key, now, new_user_id, email, auto_approve, refresh,
+            tx,
+            _complete_login,
+            challenge,
+            public_key,
+            now,
+            new_user_id,
+            email,
+            auto_approve,
+            refresh,
         )
 
     async def purge_expired(self, now: int) -> int:
@@ -291,8 +306,7 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
     async def related(self, block_id: str) -> dict[str, list[str]]:
         return await self._run(read, docs.related, block_id)
 
-    async def query_blocks(self, heap_id: str, query: BlockQuery, limit: int
-                           ) -> list[BlockRecord]:
+    async def query_blocks(self, heap_id: str, query: BlockQuery, limit: int) -> list[BlockRecord]:
         return await self._run(read, docs.query_blocks, heap_id, query, limit)
 
     async def count_blocks(self, heap_id: str, query: BlockQuery) -> dict[str, int]:

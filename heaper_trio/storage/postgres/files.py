@@ -13,35 +13,51 @@ from heaper_trio.storage.rows import UPLOAD_COLUMNS, file_row, upload_row
 FILE_COLUMNS = "hash, id, size, mime_type, name, source_path, meta::text AS meta, created_at"
 
 
-async def write_block_files(c: Conn, block_id: str, heap_id: str,
-                            hashes: tuple[str, ...]) -> None:
+async def write_block_files(c: Conn, block_id: str, heap_id: str, hashes: tuple[str, ...]) -> None:
     """Called in the commit of every block change, with the projection's hashes."""
     await c.execute("DELETE FROM block_files WHERE block_id=$1", block_id)
     if hashes:
         await c.execute(
             "INSERT INTO block_files (block_id, hash, heap_id) "
             "SELECT $1, h, $2 FROM unnest($3::text[]) AS h ON CONFLICT DO NOTHING",
-            block_id, heap_id, list(hashes))
+            block_id,
+            heap_id,
+            list(hashes),
+        )
 
 
 async def _get_file(c: Conn, key: str) -> FileRecord | None:
-    return file_row(await c.fetchrow(
-        f"SELECT {FILE_COLUMNS} FROM files WHERE hash=$1 OR id=$1", key))
+    return file_row(
+        await c.fetchrow(f"SELECT {FILE_COLUMNS} FROM files WHERE hash=$1 OR id=$1", key)
+    )
 
 
 async def _add_file(c: Conn, r: FileRecord) -> FileRecord:
     await c.execute(
         "INSERT INTO files (hash, id, size, mime_type, name, source_path, meta, created_at) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8) ON CONFLICT DO NOTHING",
-        r.hash, r.id, r.size, r.mime_type, r.name, r.source_path, json.dumps(r.meta),
-        r.created_at)
+        r.hash,
+        r.id,
+        r.size,
+        r.mime_type,
+        r.name,
+        r.source_path,
+        json.dumps(r.meta),
+        r.created_at,
+    )
     stored = await _get_file(c, r.hash)
     assert stored is not None
     return stored
 
 
-async def _update_file(c: Conn, hash: str, meta: dict[str, Any] | None, mime_type: str | None,
-                       source_path: str | None, clear_source: bool) -> None:
+async def _update_file(
+    c: Conn,
+    hash: str,
+    meta: dict[str, Any] | None,
+    mime_type: str | None,
+    source_path: str | None,
+    clear_source: bool,
+) -> None:
     if meta is not None:
         await c.execute("UPDATE files SET meta=$1::jsonb WHERE hash=$2", json.dumps(meta), hash)
     if mime_type is not None:
@@ -54,26 +70,39 @@ async def _readable_by(c: Conn, hash: str, user_id: str) -> bool:
     """A block of the user's holds the hash (a claim: files_v0 is what the user pushed) AND the
     user proved the bytes: sent them (a grant) or a scan of theirs hashed them (an entry, even
     one marked missing since: the scan did read those bytes)."""
-    return await c.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM block_files f JOIN heaps h ON h.id = f.heap_id "
-        "WHERE f.hash=$1 AND h.owner_id=$2) AND ("
-        "EXISTS (SELECT 1 FROM file_grants g WHERE g.user_id=$2 AND g.hash=$1) OR "
-        "EXISTS (SELECT 1 FROM scan_entries e JOIN heaps eh ON eh.id = e.heap_id "
-        "WHERE e.hash=$1 AND eh.owner_id=$2 AND e.kind='file'))",
-        hash, user_id) is True
+    return (
+        await c.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM block_files f JOIN heaps h ON h.id = f.heap_id "
+            "WHERE f.hash=$1 AND h.owner_id=$2) AND ("
+            "EXISTS (SELECT 1 FROM file_grants g WHERE g.user_id=$2 AND g.hash=$1) OR "
+            "EXISTS (SELECT 1 FROM scan_entries e JOIN heaps eh ON eh.id = e.heap_id "
+            "WHERE e.hash=$1 AND eh.owner_id=$2 AND e.kind='file'))",
+            hash,
+            user_id,
+        )
+        is True
+    )
 
 
 async def _grant(c: Conn, hash: str, user_id: str, now: int) -> None:
-    await c.execute("INSERT INTO file_grants (user_id, hash, created_at) VALUES ($1, $2, $3) "
-                    "ON CONFLICT DO NOTHING", user_id, hash, now)
+    await c.execute(
+        "INSERT INTO file_grants (user_id, hash, created_at) VALUES ($1, $2, $3) "
+        "ON CONFLICT DO NOTHING",
+        user_id,
+        hash,
+        now,
+    )
 
 
 async def _hashes_of_heap(c: Conn, heap_id: str, block_ids: list[str] | None) -> list[str]:
     if block_ids is None:
         rows = await c.fetch("SELECT DISTINCT hash FROM block_files WHERE heap_id=$1", heap_id)
     else:
-        rows = await c.fetch("SELECT DISTINCT hash FROM block_files WHERE heap_id=$1 AND "
-                             "block_id = ANY($2::text[])", heap_id, block_ids)
+        rows = await c.fetch(
+            "SELECT DISTINCT hash FROM block_files WHERE heap_id=$1 AND block_id = ANY($2::text[])",
+            heap_id,
+            block_ids,
+        )
     return sorted(r[0] for r in rows)
 
 
@@ -86,26 +115,43 @@ async def _drop_unreferenced(c: Conn, hashes: list[str]) -> list[FileRecord]:
     rows = await c.fetch(
         f"DELETE FROM files WHERE hash = ANY($1::text[]) AND NOT EXISTS "
         f"(SELECT 1 FROM block_files b WHERE b.hash = files.hash) RETURNING {FILE_COLUMNS}",
-        hashes)
+        hashes,
+    )
     dropped = [f for f in map(file_row, rows) if f is not None]
     if dropped:  # new bytes, new proofs
-        await c.execute("DELETE FROM file_grants WHERE hash = ANY($1::text[])",
-                        [f.hash for f in dropped])
+        await c.execute(
+            "DELETE FROM file_grants WHERE hash = ANY($1::text[])", [f.hash for f in dropped]
+        )
     return dropped
 
 
 async def _get_upload(c: Conn, heap_id: str, block_id: str, hash: str) -> UploadRecord | None:
-    return upload_row(await c.fetchrow(
-        f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE heap_id=$1 AND block_id=$2 AND hash=$3",
-        heap_id, block_id, hash))
+    return upload_row(
+        await c.fetchrow(
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE heap_id=$1 AND block_id=$2 AND hash=$3",
+            heap_id,
+            block_id,
+            hash,
+        )
+    )
 
 
 async def _save_upload(c: Conn, r: UploadRecord) -> UploadRecord:
     await c.execute(
         f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
         "$10, $11) ON CONFLICT DO NOTHING",
-        r.id, r.user_id, r.heap_id, r.block_id, r.hash, r.size, r.chunk_size, r.name,
-        r.mime_type, r.created_at, r.expires_at)
+        r.id,
+        r.user_id,
+        r.heap_id,
+        r.block_id,
+        r.hash,
+        r.size,
+        r.chunk_size,
+        r.name,
+        r.mime_type,
+        r.created_at,
+        r.expires_at,
+    )
     stored = await _get_upload(c, r.heap_id, r.block_id, r.hash)
     assert stored is not None
     return stored
@@ -129,9 +175,15 @@ class PostgresFiles(PostgresBridge):
     async def add_file(self, record: FileRecord) -> FileRecord:
         return await self._run(tx, _add_file, record)
 
-    async def update_file(self, hash: str, *, meta: dict[str, Any] | None = None,
-                          mime_type: str | None = None, source_path: str | None = None,
-                          clear_source: bool = False) -> None:
+    async def update_file(
+        self,
+        hash: str,
+        *,
+        meta: dict[str, Any] | None = None,
+        mime_type: str | None = None,
+        source_path: str | None = None,
+        clear_source: bool = False,
+    ) -> None:
         await self._run(tx, _update_file, hash, meta, mime_type, source_path, clear_source)
 
     async def file_readable_by(self, hash: str, user_id: str) -> bool:
@@ -140,8 +192,9 @@ class PostgresFiles(PostgresBridge):
     async def grant_file(self, hash: str, user_id: str) -> None:
         await self._run(write1, _grant, hash, user_id, int(time.time() * 1000))
 
-    async def file_hashes_of_heap(self, heap_id: str, block_ids: list[str] | None = None
-                                  ) -> list[str]:
+    async def file_hashes_of_heap(
+        self, heap_id: str, block_ids: list[str] | None = None
+    ) -> list[str]:
         return await self._run(read, _hashes_of_heap, heap_id, block_ids)
 
     async def blocks_holding_files(self, heap_id: str) -> list[str]:

@@ -37,15 +37,24 @@ async def notify(c: asyncpg.Connection, payloads: list[str]) -> None:
     await c.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", CHANNEL, payloads)
 
 
-def block_pointer(origin: str, kind: str, heap_id: str, block_id: str = "", seq: int = 0,
-                  sync_version: int = 1, updated_at: int = 0) -> str:
+def block_pointer(
+    origin: str,
+    kind: str,
+    heap_id: str,
+    block_id: str = "",
+    seq: int = 0,
+    sync_version: int = 1,
+    updated_at: int = 0,
+) -> str:
     """The announcement of one stored change, as ``services/live/bridge.py`` reads it."""
-    return announce.encode(announce.BlockAnnouncement(origin, kind, heap_id, block_id, seq,
-                                                      sync_version, updated_at))
+    return announce.encode(
+        announce.BlockAnnouncement(origin, kind, heap_id, block_id, seq, sync_version, updated_at)
+    )
 
 
-async def listen_forever(dsn: str, loop: Any, on_payload: Callable[[str], None],
-                         task_status: Any) -> None:
+async def listen_forever(
+    dsn: str, loop: Any, on_payload: Callable[[str], None], task_status: Any
+) -> None:
     send, receive = trio.open_memory_channel[str](INBOX)
     overflowed = False
 
@@ -55,8 +64,10 @@ async def listen_forever(dsn: str, loop: Any, on_payload: Callable[[str], None],
             send.send_nowait(payload)
         except trio.WouldBlock:
             if not overflowed:
-                log.warning("live notifications arrive faster than they are handled; "
-                            "dropping them, then rereading every open document")
+                log.warning(
+                    "live notifications arrive faster than they are handled; "
+                    "dropping them, then rereading every open document"
+                )
             overflowed = True
 
     async def deliver() -> None:

@@ -37,8 +37,9 @@ class Conn(Protocol):
 
     async def fetchval(self, query: str, *args: Any) -> Any: ...
 
-    def transaction(self, *, isolation: str | None = None, readonly: bool = False
-                    ) -> AbstractAsyncContextManager[Any]: ...
+    def transaction(
+        self, *, isolation: str | None = None, readonly: bool = False
+    ) -> AbstractAsyncContextManager[Any]: ...
 
     def terminate(self) -> None: ...
 
@@ -51,6 +52,7 @@ class Pool(Protocol):
     async def close(self) -> None: ...
 
     def terminate(self) -> None: ...
+
 
 CLOSE_TIMEOUT = 10.0  # seconds for a graceful pool close before connections are terminated
 
@@ -168,5 +170,6 @@ class PostgresBridge:
         except CONNECTION_ERRORS as e:
             # The database, not the request, is at fault: 503, and the client retries.
             log.error("postgres: %s: %s", type(e).__name__, e)
-            raise Unavailable(f"the database is unavailable: {type(e).__name__}",
-                              code="database_unavailable") from e
+            raise Unavailable(
+                f"the database is unavailable: {type(e).__name__}", code="database_unavailable"
+            ) from e

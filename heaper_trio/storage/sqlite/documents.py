@@ -54,7 +54,8 @@ def create_heap(c: sqlite3.Connection, heap: Heap, root: BlockChange, now: int) 
 def load_block(c: sqlite3.Connection, block_id: str) -> StoredBlock | None:
     row = c.execute(
         "SELECT id, heap_id, sync_version, snapshot, snapshot_seq, last_seq, created_at, "
-        "updated_at FROM blocks WHERE id=?", (block_id,),
+        "updated_at FROM blocks WHERE id=?",
+        (block_id,),
     ).fetchone()
     if row is None:
         return None
@@ -63,17 +64,22 @@ def load_block(c: sqlite3.Connection, block_id: str) -> StoredBlock | None:
         (block_id, row["snapshot_seq"], row["last_seq"]),
     ).fetchall()
     return StoredBlock(
-        id=row["id"], heap_id=row["heap_id"], sync_version=row["sync_version"],
-        snapshot=row["snapshot"], snapshot_seq=row["snapshot_seq"],
-        updates=tuple(bytes(u[0]) for u in updates), last_seq=row["last_seq"],
-        created_at=row["created_at"], updated_at=row["updated_at"],
+        id=row["id"],
+        heap_id=row["heap_id"],
+        sync_version=row["sync_version"],
+        snapshot=row["snapshot"],
+        snapshot_seq=row["snapshot_seq"],
+        updates=tuple(bytes(u[0]) for u in updates),
+        last_seq=row["last_seq"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
     )
 
 
 def get_blocks(c: sqlite3.Connection, block_ids: list[str]) -> dict[str, BlockRecord]:
     out: dict[str, BlockRecord] = {}
     for start in range(0, len(block_ids), 500):
-        chunk = block_ids[start:start + 500]
+        chunk = block_ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
         rows = c.execute(f"SELECT {RECORD_COLUMNS} FROM blocks WHERE id IN ({marks})", chunk)
         out.update((r["id"], record_row(r)) for r in rows.fetchall())
@@ -83,7 +89,7 @@ def get_blocks(c: sqlite3.Connection, block_ids: list[str]) -> dict[str, BlockRe
 def tombstones(c: sqlite3.Connection, block_ids: list[str]) -> dict[str, tuple[str, int]]:
     out: dict[str, tuple[str, int]] = {}
     for start in range(0, len(block_ids), 500):
-        chunk = block_ids[start:start + 500]
+        chunk = block_ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
         rows = c.execute(
             "SELECT block_id, heap_id, deleted_at FROM block_tombstones "
@@ -105,10 +111,14 @@ def _tick(c: sqlite3.Connection, heap_id: str, now: int) -> int:
 
 
 def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitResult:
-    current = c.execute("SELECT heap_id, last_seq, sync_version FROM blocks WHERE id=?",
-                        (ch.block_id,)).fetchone()
-    tombstoned = rules.creates(ch) and c.execute(
-        "SELECT 1 FROM block_tombstones WHERE block_id=?", (ch.block_id,)).fetchone() is not None
+    current = c.execute(
+        "SELECT heap_id, last_seq, sync_version FROM blocks WHERE id=?", (ch.block_id,)
+    ).fetchone()
+    tombstoned = (
+        rules.creates(ch)
+        and c.execute("SELECT 1 FROM block_tombstones WHERE block_id=?", (ch.block_id,)).fetchone()
+        is not None
+    )
     if rules.commit_conflict(ch, current, tombstoned):
         return rules.conflict(ch)
     updated_at = _tick(c, ch.heap_id, now)
@@ -118,31 +128,42 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
     if current is None:
         columns.update(rules.created_columns(ch, updated_at))
         names = ", ".join(columns)
-        c.execute(f"INSERT INTO blocks ({names}) VALUES ({', '.join('?' * len(columns))})",
-                  tuple(columns.values()))
+        c.execute(
+            f"INSERT INTO blocks ({names}) VALUES ({', '.join('?' * len(columns))})",
+            tuple(columns.values()),
+        )
     else:
         sets = ", ".join(f"{k}=?" for k in columns)
         c.execute(f"UPDATE blocks SET {sets} WHERE id=?", (*columns.values(), ch.block_id))
     c.executemany(
         "INSERT INTO block_updates (block_id, seq, data, created_at, author_id) "
-        "VALUES (?, ?, ?, ?, ?)", rules.log_rows(ch, base, now))
+        "VALUES (?, ?, ?, ?, ?)",
+        rules.log_rows(ch, base, now),
+    )
     if ch.compacted is not None:
         snapshot, covers = ch.compacted
-        c.execute("UPDATE blocks SET snapshot=?, snapshot_seq=? WHERE id=? AND snapshot_seq < ?",
-                  (snapshot, covers, ch.block_id, covers))
+        c.execute(
+            "UPDATE blocks SET snapshot=?, snapshot_seq=? WHERE id=? AND snapshot_seq < ?",
+            (snapshot, covers, ch.block_id, covers),
+        )
         c.execute("DELETE FROM block_updates WHERE block_id=? AND seq <= ?", (ch.block_id, covers))
     c.execute("DELETE FROM block_relations WHERE block_id=?", (ch.block_id,))
     c.executemany(
         "INSERT OR IGNORE INTO block_relations (block_id, kind, target_id, heap_id) "
-        "VALUES (?, ?, ?, ?)", rules.relation_rows(ch.block_id, ch.heap_id, ch.projection))
+        "VALUES (?, ?, ?, ?)",
+        rules.relation_rows(ch.block_id, ch.heap_id, ch.projection),
+    )
     write_block_files(c, ch.block_id, ch.heap_id, ch.projection.file_hashes)
-    c.execute("UPDATE heaps SET name=? WHERE id=? AND root_block_id=?",
-              (ch.projection.title, ch.heap_id, ch.block_id))
+    c.execute(
+        "UPDATE heaps SET name=? WHERE id=? AND root_block_id=?",
+        (ch.projection.title, ch.heap_id, ch.block_id),
+    )
     return rules.commit_result(ch, current, updated_at, last_seq)
 
 
-def commit_changes(c: sqlite3.Connection, changes: list[BlockChange], now: int
-                   ) -> list[CommitResult]:
+def commit_changes(
+    c: sqlite3.Connection, changes: list[BlockChange], now: int
+) -> list[CommitResult]:
     results = []
     for ch in changes:
         c.execute("SAVEPOINT change")
@@ -160,20 +181,27 @@ def changes_since(c: sqlite3.Connection, heap_id: str, since: int, limit: int) -
     clock = int(clock_row[0]) if clock_row else since
     rows = c.execute(
         f"SELECT {RECORD_COLUMNS} FROM blocks WHERE heap_id=? AND updated_at > ? "
-        "ORDER BY updated_at LIMIT ?", (heap_id, since, limit + 1),
+        "ORDER BY updated_at LIMIT ?",
+        (heap_id, since, limit + 1),
     ).fetchall()
     deleted = c.execute(
         "SELECT block_id, deleted_at FROM block_tombstones WHERE heap_id=? AND deleted_at > ? "
-        "ORDER BY deleted_at, block_id LIMIT ?", (heap_id, since, limit + 1),
+        "ORDER BY deleted_at, block_id LIMIT ?",
+        (heap_id, since, limit + 1),
     ).fetchall()
-    total_changed = c.execute("SELECT COUNT(*) FROM blocks WHERE heap_id=? AND updated_at > ?",
-                              (heap_id, since)).fetchone()[0]
+    total_changed = c.execute(
+        "SELECT COUNT(*) FROM blocks WHERE heap_id=? AND updated_at > ?", (heap_id, since)
+    ).fetchone()[0]
     total_deleted = c.execute(
-        "SELECT COUNT(*) FROM block_tombstones WHERE heap_id=? AND deleted_at > ?",
-        (heap_id, since)).fetchone()[0]
+        "SELECT COUNT(*) FROM block_tombstones WHERE heap_id=? AND deleted_at > ?", (heap_id, since)
+    ).fetchone()[0]
     return page(
-        [record_row(r) for r in rows], [(r[0], r[1]) for r in deleted], clock, limit,
-        total_changed, total_deleted,
+        [record_row(r) for r in rows],
+        [(r[0], r[1]) for r in deleted],
+        clock,
+        limit,
+        total_changed,
+        total_deleted,
     )
 
 
@@ -183,13 +211,16 @@ def related(c: sqlite3.Connection, block_id: str) -> dict[str, list[str]]:
     their own blocks neither shows up here nor learns that the id exists."""
     outgoing = c.execute(
         "SELECT kind, target_id FROM block_relations WHERE block_id=? ORDER BY target_id",
-        (block_id,)).fetchall()
+        (block_id,),
+    ).fetchall()
     incoming = c.execute(
         "SELECT r.kind, r.block_id FROM block_relations r JOIN blocks b ON b.id = r.block_id "
         "JOIN heaps h ON h.id = b.heap_id "
         "WHERE r.target_id=? AND b.deleted_at IS NULL AND h.owner_id = ("
         "SELECT o.owner_id FROM blocks t JOIN heaps o ON o.id = t.heap_id WHERE t.id=?) "
-        "ORDER BY r.block_id", (block_id, block_id)).fetchall()
+        "ORDER BY r.block_id",
+        (block_id, block_id),
+    ).fetchall()
     return rules.related_lists(outgoing, incoming)
 
 
@@ -199,23 +230,28 @@ def block_history(c: sqlite3.Connection, block_id: str) -> tuple[int, list[Updat
         return 0, []
     rows = c.execute(
         "SELECT seq, created_at, author_id, length(data) FROM block_updates WHERE block_id=? "
-        "AND seq > ? ORDER BY seq", (block_id, row[0])).fetchall()
+        "AND seq > ? ORDER BY seq",
+        (block_id, row[0]),
+    ).fetchall()
     return int(row[0]), [UpdateInfo(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 def trashed(c: sqlite3.Connection, heap_id: str) -> list[BlockRecord]:
     rows = c.execute(
         f"SELECT {RECORD_COLUMNS} FROM blocks WHERE heap_id=? AND deleted_at IS NOT NULL "
-        "ORDER BY deleted_at DESC, id", (heap_id,))
+        "ORDER BY deleted_at DESC, id",
+        (heap_id,),
+    )
     return [record_row(r) for r in rows.fetchall()]
 
 
-def purge_blocks(c: sqlite3.Connection, heap_id: str, block_ids: list[str], now: int
-                 ) -> list[str]:
+def purge_blocks(c: sqlite3.Connection, heap_id: str, block_ids: list[str], now: int) -> list[str]:
     purged = []
     for block_id in block_ids:
-        row = c.execute("SELECT 1 FROM blocks WHERE id=? AND heap_id=? AND deleted_at IS NOT NULL",
-                        (block_id, heap_id)).fetchone()
+        row = c.execute(
+            "SELECT 1 FROM blocks WHERE id=? AND heap_id=? AND deleted_at IS NOT NULL",
+            (block_id, heap_id),
+        ).fetchone()
         if row is None:
             continue
         at = _tick(c, heap_id, now)
@@ -223,8 +259,10 @@ def purge_blocks(c: sqlite3.Connection, heap_id: str, block_ids: list[str], now:
         c.execute("DELETE FROM block_relations WHERE block_id=?", (block_id,))
         c.execute("DELETE FROM block_files WHERE block_id=?", (block_id,))
         c.execute("DELETE FROM blocks WHERE id=?", (block_id,))
-        c.execute("INSERT INTO block_tombstones (block_id, heap_id, deleted_at) VALUES (?, ?, ?)",
-                  (block_id, heap_id, at))
+        c.execute(
+            "INSERT INTO block_tombstones (block_id, heap_id, deleted_at) VALUES (?, ?, ?)",
+            (block_id, heap_id, at),
+        )
         purged.append(block_id)
     return purged
 
@@ -232,7 +270,7 @@ def purge_blocks(c: sqlite3.Connection, heap_id: str, block_ids: list[str], now:
 def delete_heap(c: sqlite3.Connection, heap_id: str) -> bool:
     ids = [r[0] for r in c.execute("SELECT id FROM blocks WHERE heap_id=?", (heap_id,))]
     for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
+        chunk = ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
         c.execute(f"DELETE FROM block_updates WHERE block_id IN ({marks})", chunk)
         c.execute(f"DELETE FROM block_relations WHERE block_id IN ({marks})", chunk)
@@ -243,18 +281,23 @@ def delete_heap(c: sqlite3.Connection, heap_id: str) -> bool:
 
 
 def heap_stats(c: sqlite3.Connection, heap_id: str) -> dict[str, Any]:
-    by_type = c.execute("SELECT type, COUNT(*) FROM blocks WHERE heap_id=? AND deleted_at IS NULL "
-                        "GROUP BY type", (heap_id,)).fetchall()
-    trash = c.execute("SELECT COUNT(*) FROM blocks WHERE heap_id=? AND deleted_at IS NOT NULL",
-                      (heap_id,)).fetchone()[0]
-    files = c.execute("SELECT files FROM blocks WHERE heap_id=? AND files != '{}'",
-                      (heap_id,)).fetchall()
+    by_type = c.execute(
+        "SELECT type, COUNT(*) FROM blocks WHERE heap_id=? AND deleted_at IS NULL GROUP BY type",
+        (heap_id,),
+    ).fetchall()
+    trash = c.execute(
+        "SELECT COUNT(*) FROM blocks WHERE heap_id=? AND deleted_at IS NOT NULL", (heap_id,)
+    ).fetchone()[0]
+    files = c.execute(
+        "SELECT files FROM blocks WHERE heap_id=? AND files != '{}'", (heap_id,)
+    ).fetchall()
     clock = c.execute("SELECT clock FROM heaps WHERE id=?", (heap_id,)).fetchone()
     return rules.heap_stats(by_type, trash, files, clock[0] if clock else None)
 
 
-def query_blocks(c: sqlite3.Connection, heap_id: str, q: BlockQuery, limit: int
-                 ) -> list[BlockRecord]:
+def query_blocks(
+    c: sqlite3.Connection, heap_id: str, q: BlockQuery, limit: int
+) -> list[BlockRecord]:
     sql, params = block_query.select_sql(block_query.SQLITE, heap_id, q, RECORD_COLUMNS, limit)
     return [record_row(r) for r in c.execute(sql, params).fetchall()]
 

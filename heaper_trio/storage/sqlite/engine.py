@@ -126,8 +126,15 @@ class SqliteStorage(SqliteFiles, SqliteScans, Storage):
                 c.execute(
                     "INSERT INTO users (id, public_key, email, state, is_admin, created_at, "
                     "approved_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (new_user_id, public_key, email, new.state, int(new.is_admin), now,
-                     new.approved_at),
+                    (
+                        new_user_id,
+                        public_key,
+                        email,
+                        new.state,
+                        int(new.is_admin),
+                        now,
+                        new.approved_at,
+                    ),
                 )
                 user = _get_user(c, new_user_id)
                 assert user is not None
@@ -203,8 +210,11 @@ class SqliteStorage(SqliteFiles, SqliteScans, Storage):
                 )
             elif outcome is RefreshOutcome.ok:
                 c.execute("UPDATE refresh_tokens SET rotated_at=? WHERE jti=?", (now, jti))
-                _insert_refresh(c, user_id, NewRefreshToken(new.jti, row["family"],
-                                                            new.issued_at, new.expires_at))
+                _insert_refresh(
+                    c,
+                    user_id,
+                    NewRefreshToken(new.jti, row["family"], new.issued_at, new.expires_at),
+                )
             return rules.rotate_result(outcome, user_id)
 
         return await self.rt.write(tx)
@@ -237,8 +247,7 @@ class SqliteStorage(SqliteFiles, SqliteScans, Storage):
     async def related(self, block_id: str) -> dict[str, list[str]]:
         return await self.rt.read(docs.related, block_id)
 
-    async def query_blocks(self, heap_id: str, query: BlockQuery, limit: int
-                           ) -> list[BlockRecord]:
+    async def query_blocks(self, heap_id: str, query: BlockQuery, limit: int) -> list[BlockRecord]:
         return await self.rt.read(docs.query_blocks, heap_id, query, limit)
 
     async def count_blocks(self, heap_id: str, query: BlockQuery) -> dict[str, int]:
@@ -261,8 +270,10 @@ class SqliteStorage(SqliteFiles, SqliteScans, Storage):
 
     async def auth_stats(self) -> dict[str, int]:
         def q(c: sqlite3.Connection) -> dict[str, int]:
-            return {t: c.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                    for t in ("users", "challenges", "refresh_tokens")}
+            return {
+                t: c.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                for t in ("users", "challenges", "refresh_tokens")
+            }
 
         return await self.rt.read(q)
 
@@ -276,7 +287,8 @@ class SqliteStorage(SqliteFiles, SqliteScans, Storage):
             heaps, blocks, document_bytes = c.execute(
                 "SELECT COUNT(DISTINCT h.id), COUNT(b.id), COALESCE(SUM(b.size), 0) "
                 "FROM heaps h LEFT JOIN blocks b ON b.heap_id = h.id WHERE h.owner_id=?",
-                (user_id,)).fetchone()
+                (user_id,),
+            ).fetchone()
             return rules.usage(sessions, heaps, blocks, document_bytes)
 
         return await self.rt.read(q)

@@ -14,30 +14,50 @@ from heaper_trio.storage.sqlite.runtime import SqliteRuntime
 FILE_COLUMNS = "hash, id, size, mime_type, name, source_path, meta, created_at"
 
 
-def write_block_files(c: sqlite3.Connection, block_id: str, heap_id: str,
-                      hashes: tuple[str, ...]) -> None:
+def write_block_files(
+    c: sqlite3.Connection, block_id: str, heap_id: str, hashes: tuple[str, ...]
+) -> None:
     """Called in the commit of every block change, with the projection's hashes."""
     c.execute("DELETE FROM block_files WHERE block_id=?", (block_id,))
-    c.executemany("INSERT OR IGNORE INTO block_files (block_id, hash, heap_id) VALUES (?, ?, ?)",
-                  [(block_id, h, heap_id) for h in hashes])
+    c.executemany(
+        "INSERT OR IGNORE INTO block_files (block_id, hash, heap_id) VALUES (?, ?, ?)",
+        [(block_id, h, heap_id) for h in hashes],
+    )
 
 
 def _get_file(c: sqlite3.Connection, key: str) -> FileRecord | None:
-    return file_row(c.execute(f"SELECT {FILE_COLUMNS} FROM files WHERE hash=? OR id=?",
-                              (key, key)).fetchone())
+    return file_row(
+        c.execute(f"SELECT {FILE_COLUMNS} FROM files WHERE hash=? OR id=?", (key, key)).fetchone()
+    )
 
 
 def _add_file(c: sqlite3.Connection, r: FileRecord) -> FileRecord:
-    c.execute(f"INSERT OR IGNORE INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-              (r.hash, r.id, r.size, r.mime_type, r.name, r.source_path, json.dumps(r.meta),
-               r.created_at))
+    c.execute(
+        f"INSERT OR IGNORE INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            r.hash,
+            r.id,
+            r.size,
+            r.mime_type,
+            r.name,
+            r.source_path,
+            json.dumps(r.meta),
+            r.created_at,
+        ),
+    )
     stored = _get_file(c, r.hash)
     assert stored is not None
     return stored
 
 
-def _update_file(c: sqlite3.Connection, hash: str, meta: dict[str, Any] | None,
-                 mime_type: str | None, source_path: str | None, clear_source: bool) -> None:
+def _update_file(
+    c: sqlite3.Connection,
+    hash: str,
+    meta: dict[str, Any] | None,
+    mime_type: str | None,
+    source_path: str | None,
+    clear_source: bool,
+) -> None:
     if meta is not None:
         c.execute("UPDATE files SET meta=? WHERE hash=?", (json.dumps(meta), hash))
     if mime_type is not None:
@@ -54,7 +74,8 @@ READABLE = (
     "WHERE f.hash=:hash AND h.owner_id=:user AND ("
     "EXISTS (SELECT 1 FROM file_grants g WHERE g.user_id=:user AND g.hash=:hash) OR "
     "EXISTS (SELECT 1 FROM scan_entries e JOIN heaps eh ON eh.id = e.heap_id "
-    "WHERE e.hash=:hash AND eh.owner_id=:user AND e.kind='file')) LIMIT 1")
+    "WHERE e.hash=:hash AND eh.owner_id=:user AND e.kind='file')) LIMIT 1"
+)
 
 
 def _readable_by(c: sqlite3.Connection, hash: str, user_id: str) -> bool:
@@ -62,20 +83,24 @@ def _readable_by(c: sqlite3.Connection, hash: str, user_id: str) -> bool:
 
 
 def _grant(c: sqlite3.Connection, hash: str, user_id: str, now: int) -> None:
-    c.execute("INSERT OR IGNORE INTO file_grants (user_id, hash, created_at) VALUES (?, ?, ?)",
-              (user_id, hash, now))
+    c.execute(
+        "INSERT OR IGNORE INTO file_grants (user_id, hash, created_at) VALUES (?, ?, ?)",
+        (user_id, hash, now),
+    )
 
 
-def _hashes_of_heap(c: sqlite3.Connection, heap_id: str, block_ids: list[str] | None
-                    ) -> list[str]:
+def _hashes_of_heap(c: sqlite3.Connection, heap_id: str, block_ids: list[str] | None) -> list[str]:
     if block_ids is None:
         rows = c.execute("SELECT DISTINCT hash FROM block_files WHERE heap_id=?", (heap_id,))
         return [r[0] for r in rows]
     out: set[str] = set()
     for start in range(0, len(block_ids), 500):
-        chunk = block_ids[start:start + 500]
-        rows = c.execute(f"SELECT hash FROM block_files WHERE heap_id=? AND block_id IN "
-                         f"({','.join('?' * len(chunk))})", (heap_id, *chunk))
+        chunk = block_ids[start : start + 500]
+        rows = c.execute(
+            f"SELECT hash FROM block_files WHERE heap_id=? AND block_id IN "
+            f"({','.join('?' * len(chunk))})",
+            (heap_id, *chunk),
+        )
         out.update(r[0] for r in rows)
     return sorted(out)
 
@@ -93,18 +118,35 @@ def _drop_unreferenced(c: sqlite3.Connection, hashes: list[str]) -> list[FileRec
     return dropped
 
 
-def _get_upload(c: sqlite3.Connection, heap_id: str, block_id: str, hash: str
-                ) -> UploadRecord | None:
-    return upload_row(c.execute(
-        f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE heap_id=? AND block_id=? AND hash=?",
-        (heap_id, block_id, hash)).fetchone())
+def _get_upload(
+    c: sqlite3.Connection, heap_id: str, block_id: str, hash: str
+) -> UploadRecord | None:
+    return upload_row(
+        c.execute(
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE heap_id=? AND block_id=? AND hash=?",
+            (heap_id, block_id, hash),
+        ).fetchone()
+    )
 
 
 def _save_upload(c: sqlite3.Connection, r: UploadRecord) -> UploadRecord:
-    c.execute(f"INSERT OR IGNORE INTO uploads ({UPLOAD_COLUMNS}) "
-              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-              (r.id, r.user_id, r.heap_id, r.block_id, r.hash, r.size, r.chunk_size, r.name,
-               r.mime_type, r.created_at, r.expires_at))
+    c.execute(
+        f"INSERT OR IGNORE INTO uploads ({UPLOAD_COLUMNS}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            r.id,
+            r.user_id,
+            r.heap_id,
+            r.block_id,
+            r.hash,
+            r.size,
+            r.chunk_size,
+            r.name,
+            r.mime_type,
+            r.created_at,
+            r.expires_at,
+        ),
+    )
     stored = _get_upload(c, r.heap_id, r.block_id, r.hash)
     assert stored is not None
     return stored
@@ -121,9 +163,15 @@ class SqliteFiles:
     async def add_file(self, record: FileRecord) -> FileRecord:
         return await self.rt.write(_add_file, record)
 
-    async def update_file(self, hash: str, *, meta: dict[str, Any] | None = None,
-                          mime_type: str | None = None, source_path: str | None = None,
-                          clear_source: bool = False) -> None:
+    async def update_file(
+        self,
+        hash: str,
+        *,
+        meta: dict[str, Any] | None = None,
+        mime_type: str | None = None,
+        source_path: str | None = None,
+        clear_source: bool = False,
+    ) -> None:
         await self.rt.write(_update_file, hash, meta, mime_type, source_path, clear_source)
 
     async def file_readable_by(self, hash: str, user_id: str) -> bool:
@@ -132,15 +180,18 @@ class SqliteFiles:
     async def grant_file(self, hash: str, user_id: str) -> None:
         await self.rt.write(_grant, hash, user_id, int(time.time() * 1000))
 
-    async def file_hashes_of_heap(self, heap_id: str, block_ids: list[str] | None = None
-                                  ) -> list[str]:
+    async def file_hashes_of_heap(
+        self, heap_id: str, block_ids: list[str] | None = None
+    ) -> list[str]:
         return await self.rt.read(_hashes_of_heap, heap_id, block_ids)
 
     async def blocks_holding_files(self, heap_id: str) -> list[str]:
         def q(c: sqlite3.Connection) -> list[str]:
-            rows = c.execute("SELECT DISTINCT block_id FROM block_files WHERE heap_id=?",
-                             (heap_id,))
+            rows = c.execute(
+                "SELECT DISTINCT block_id FROM block_files WHERE heap_id=?", (heap_id,)
+            )
             return sorted(r[0] for r in rows)
+
         return await self.rt.read(q)
 
     async def drop_unreferenced_files(self, hashes: list[str]) -> list[FileRecord]:
@@ -157,7 +208,9 @@ class SqliteFiles:
 
     async def expired_uploads(self, now: int) -> list[UploadRecord]:
         def q(c: sqlite3.Connection) -> list[UploadRecord]:
-            rows = c.execute(f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE expires_at < ?",
-                             (now,)).fetchall()
+            rows = c.execute(
+                f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE expires_at < ?", (now,)
+            ).fetchall()
             return [u for u in map(upload_row, rows) if u is not None]
+
         return await self.rt.read(q)

@@ -165,7 +165,8 @@ class SqliteRuntime:
             try:
                 with _unavailable_on_operational_error():
                     return await trio.to_thread.run_sync(
-                        _in_read_transaction, fn, conn, *args, limiter=self._reader_threads)
+                        _in_read_transaction, fn, conn, *args, limiter=self._reader_threads
+                    )
             finally:
                 self._readers.append(conn)
 

@@ -1,212 +1,33 @@
-"""Yjs block documents: apply, diff, state vectors, and projecting a block into plain columns.
-
-The only module that imports pycrdt, so that its quirks (checked on 0.14.13) are known in one
-place rather than relearned at every call site:
-
-- ``Doc.get_update()`` omits *pending* data (structs and deletions whose predecessors are
-  missing); yrs does not always integrate pending structs once the gap is filled; a struct
-  after a clock gap is integrated if its origins are known, but the state vector stops there.
-- ``apply_update`` refuses bytes that do not decode, untouched, but can fail halfway through
-  integrating and keep the first part; it ignores trailing bytes, as Yjs does (check_update).
-- A root read as another type than a client wrote is cast, not refused (a Text reads as {}).
-- Numbers come back as floats; ``str(XmlText)`` shows marks as tags; ``Map.to_py()`` raises on
-  nested XML; ints above 2**53 are written as BigInt; a Rust panic is a ``BaseException``.
-"""
+"""One block's Yjs document as the server holds it: apply, diff, state vectors, projection;
+and building new block documents."""
 
 from __future__ import annotations
 
-import binascii
 import itertools
-import logging
-import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import pycrdt
-from pycrdt import Array, Doc, Map, Text, TransactionEvent, XmlElement, XmlFragment, XmlText
+from pycrdt import Doc, Map, TransactionEvent, XmlElement, XmlFragment, XmlText
 
-from heaper_trio.errors import Unprocessable
-from heaper_trio.protocol.split import decodes_exactly
+from heaper_trio.crdt.codec import (
+    EMPTY_UPDATE,
+    InvalidUpdate,
+    _is_pycrdt_failure,
+    _parse_state_vector,
+    check_state_vector,
+)
+from heaper_trio.crdt.projection import (
+    Projection,
+    _millis,
+    _or_default,
+    _plain,
+    _read_root,
+    _XmlScan,
+)
 from heaper_trio.protocol.wire import read_var_uint
 
-_log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-EMPTY_STATE_VECTOR: bytes = b"\x00"
-EMPTY_UPDATE: bytes = b"\x00\x00"  # no structs, no deletions
 _MAX_SAFE_INTEGER = 2**53 - 1  # JS numbers are exact up to here (lib0's varUint limit too)
-_MAX_DEPTH = 100  # XML or map nesting deeper than this is not projected (clients set the depth)
-_INLINE_TAGS = frozenset({"reference", "pagelink", "hardBreak", "hard_break", "mention"})
-
-
-class InvalidUpdate(Unprocessable):
-    """A Yjs payload (update, state vector, or its base64) that does not decode."""
-
-    code = "invalid_update"
-
-
-def _is_pycrdt_failure(exc: BaseException) -> bool:
-    """Exceptions, and pyo3's ``PanicException`` (a BaseException, not importable by name)."""
-    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
-
-
-def decode_b64(text: str, what: str = "update") -> bytes:
-    """Standard base64 with padding. Whitespace, URL-safe letters or missing padding are errors
-    rather than guesses, so that a payload has one meaning. "" decodes to b""."""
-    try:
-        return binascii.a2b_base64(text, strict_mode=True)
-    except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
-        raise InvalidUpdate(f"{what} is not padded base64: {exc}", code="invalid_base64") from exc
-
-
-def encode_b64(data: bytes) -> str:
-    return binascii.b2a_base64(data, newline=False).decode("ascii")
-
-
-def _parse_state_vector(sv: bytes) -> dict[int, int]:
-    """Decode a v1 state vector (``varUint n, n x (client, clock)``) with nothing after it."""
-    count, pos = read_var_uint(sv, 0)
-    clocks: dict[int, int] = {}
-    for _ in range(count):
-        client, pos = read_var_uint(sv, pos)
-        clocks[client], pos = read_var_uint(sv, pos)
-    if pos != len(sv):
-        raise ValueError("trailing bytes after the state vector")
-    return clocks
-
-
-def check_state_vector(sv: bytes) -> None:
-    """Refuse all but a well-formed v1 state vector: yrs would read a prefix and ignore the
-    rest, answering with a diff for some other state. b"\\x00" is empty; b"" is no vector."""
-    try:
-        _parse_state_vector(bytes(sv))
-    except (ValueError, TypeError) as exc:
-        raise InvalidUpdate(f"malformed state_vector: {exc}", code="invalid_state_vector") from exc
-
-
-def check_update(update: bytes) -> None:
-    """For what clients send (not stored logs): yrs applies a prefix and ignores the rest. Fast
-    path: yrs writes it again byte for byte (as Yjs and yrs encode); else the exact walk."""
-    try:
-        if pycrdt.get_update(update, EMPTY_STATE_VECTOR) == update:
-            return
-    except BaseException as exc:
-        if not _is_pycrdt_failure(exc):
-            raise
-    if not decodes_exactly(update):
-        raise InvalidUpdate("not exactly one Yjs v1 update (malformed, or bytes after its end)")
-
-
-@dataclass(frozen=True)
-class Projection:
-    """What the server keeps in columns, read out of a block document (never written back)."""
-
-    type: str | None
-    title: str
-    text: str
-    tags: tuple[str, ...]
-    relations: dict[str, dict[str, Any]]
-    mentions: tuple[str, ...]
-    links: tuple[str, ...]
-    files: dict[str, dict[str, Any]]
-    apps: dict[str, Any]
-    deleted_at: int | None
-    permanently_deleted_at: int | None
-
-
-def _plain(value: Any, depth: int = 0) -> Any:
-    """JSON-able Python: integral floats become ints (pycrdt reads all JS numbers as floats);
-    non-finite numbers, binary, sub-documents and XML become None."""
-    if depth > _MAX_DEPTH:
-        return None
-    if value is None or isinstance(value, (bool, str, int)):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        return int(value) if value.is_integer() and abs(value) <= _MAX_SAFE_INTEGER else value
-    if isinstance(value, (Map, dict)):
-        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (Array, list, tuple)):
-        return [_plain(v, depth + 1) for v in value]
-    return str(value) if isinstance(value, Text) else None
-
-
-def _millis(value: Any) -> int | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return int(value) if ok else None
-
-
-def _is_inline(node: Any) -> bool:
-    return isinstance(node, XmlText) or (isinstance(node, XmlElement) and node.tag in _INLINE_TAGS)
-
-
-@dataclass
-class _XmlScan:
-    """Walks ProseMirror XML (as y-prosemirror stores it) into lines, mentions and links. A node
-    holds inline or block content, never both: an element with an XmlText, only known inline
-    children or none is a textblock (one line); in others (lists, quotes) children make lines.
-    """
-
-    lines: list[str] = field(default_factory=list)
-    mentions: set[str] = field(default_factory=set)
-    links: set[str] = field(default_factory=set)
-
-    def block(self, node: XmlFragment | XmlElement, depth: int = 0) -> _XmlScan:
-        if depth > _MAX_DEPTH:
-            return self
-        children = list(node.children)
-        textblock = isinstance(node, XmlElement) and (
-            all(_is_inline(c) for c in children) or any(isinstance(c, XmlText) for c in children)
-        )
-        if textblock and not children:
-            self.lines.append("")  # an empty paragraph is an empty line
-        for inline, run in itertools.groupby(children, lambda c: textblock or _is_inline(c)):
-            if inline:
-                self.lines.append("".join(self.inline(child, depth + 1) for child in run))
-            else:
-                for child in (c for c in run if not isinstance(c, XmlText)):
-                    self.block(child, depth + 1)
-        return self
-
-    def inline(self, node: Any, depth: int) -> str:
-        """Text of an inline node: a ``reference`` gives its label, so mentions are searchable."""
-        if depth > _MAX_DEPTH:
-            return ""
-        if isinstance(node, XmlText):  # diff() gives plain chunks; str() would show marks
-            return "".join(
-                part if isinstance(part, str) else self.inline(part, depth + 1)
-                for part, _attrs in node.diff()
-            )
-        if not isinstance(node, (XmlElement, XmlFragment)):
-            return ""  # an embed that is not text
-        tag = node.tag if isinstance(node, XmlElement) else None
-        # pycrdt types the view's __iter__ as an Iterable; it yields (name, value) pairs
-        attrs = (dict(cast(Iterable[tuple[str, Any]], node.attributes))
-                 if isinstance(node, XmlElement) else {})
-        key = {"reference": "id", "pagelink": "blockKey"}.get(tag or "")
-        if key and isinstance(attrs.get(key), str):
-            (self.mentions if tag == "reference" else self.links).add(attrs[key])
-        label = "\n" if tag in ("hardBreak", "hard_break") else attrs.get("label")
-        if isinstance(label, str):
-            return label
-        return "".join(self.inline(child, depth + 1) for child in node.children)
-
-
-def _or_default(what: str, default: T, compute: Callable[[], T]) -> T:
-    """``compute()``, or ``default`` if pycrdt fails on data a client wrote (logged)."""
-    try:
-        return compute()
-    except BaseException as exc:
-        if not _is_pycrdt_failure(exc):
-            raise
-        _log.warning("%s failed; using %r", what, default, exc_info=True)
-        return default
-
-
-def _read_root(doc: Doc, name: str, kind: type[T], read: Callable[[T], Any], default: Any) -> Any:
-    return _or_default(f"projecting {name}", default, lambda: read(doc.get(name, type=kind)))
 
 
 def _fully_integrated(update: bytes, state: bytes) -> bool:
@@ -382,6 +203,7 @@ class BlockDocument:
                 meta.pop(field, None)
             else:
                 meta[field] = value
+
         return self._server_change(change)
 
     def set_file_entry(self, key: str, entry: dict[str, Any]) -> bytes:
@@ -397,6 +219,7 @@ class BlockDocument:
 
         def change() -> None:
             files[key] = Map(entry)
+
         return self._server_change(change)
 
     def _server_change(self, change: Callable[[], None]) -> bytes:
@@ -410,8 +233,9 @@ class BlockDocument:
             self._remember(update)
         return captured[0] if captured else EMPTY_UPDATE
 
-    def patch_file_entry(self, key: str, fields: dict[str, Any], *,
-                         remove: Iterable[str] = (), create: bool = True) -> bytes:
+    def patch_file_entry(
+        self, key: str, fields: dict[str, Any], *, remove: Iterable[str] = (), create: bool = True
+    ) -> bytes:
         """Set some fields of ``files_v0[key]`` (None deletes a field), creating the entry if
         there is none (unless ``create`` is false), and drop the entries named in ``remove``,
         in one transaction. Fields a client added (thumbnails, ...) stay. Returns the update
@@ -424,8 +248,11 @@ class BlockDocument:
         current = files.get(key)
         exists = isinstance(current, Map)
         now = _plain(current) if exists else {}
-        todo = {k: v for k, v in fields.items()
-                if (k in now if v is None else k not in now or now[k] != v)}
+        todo = {
+            k: v
+            for k, v in fields.items()
+            if (k in now if v is None else k not in now or now[k] != v)
+        }
         if not exists and not create:
             todo = {}
         if not gone and not todo and (exists or not create):
@@ -442,6 +269,7 @@ class BlockDocument:
                         current[k] = v
             elif create:
                 files[key] = Map(todo)
+
         return self._server_change(change)
 
 
@@ -459,8 +287,13 @@ def new_block_document(*, block_type: str, title: str = "") -> bytes:
     return new_server_block(block_type=block_type, title=title)[0]
 
 
-def new_server_block(*, block_type: str, title: str, files: dict[str, dict[str, Any]] | None = None,
-                     tags: Sequence[str] = ()) -> tuple[bytes, bytes, Projection]:
+def new_server_block(
+    *,
+    block_type: str,
+    title: str,
+    files: dict[str, dict[str, Any]] | None = None,
+    tags: Sequence[str] = (),
+) -> tuple[bytes, bytes, Projection]:
     """A block the server creates with known content (a scanned file or folder), laid out as
     :func:`new_block_document` plus ``files_v0`` entries and ``relations_v1`` tags, in one
     update. Returns (update, state vector, projection); the projection is the one
@@ -482,8 +315,16 @@ def new_server_block(*, block_type: str, title: str, files: dict[str, dict[str, 
             for tag in tags:
                 relations[tag] = Map({"type": "tag"})
     projection = Projection(
-        type=block_type, title=title.replace("\n", " ").strip(), text="",
-        tags=tuple(sorted(set(tags))), relations={t: {"type": "tag"} for t in tags},
-        mentions=(), links=(), files={k: _plain(v) for k, v in files.items()}, apps={},
-        deleted_at=None, permanently_deleted_at=None)
+        type=block_type,
+        title=title.replace("\n", " ").strip(),
+        text="",
+        tags=tuple(sorted(set(tags))),
+        relations={t: {"type": "tag"} for t in tags},
+        mentions=(),
+        links=(),
+        files={k: _plain(v) for k, v in files.items()},
+        apps={},
+        deleted_at=None,
+        permanently_deleted_at=None,
+    )
     return doc.get_update(), doc.get_state(), projection
