@@ -13,9 +13,10 @@ user (a grant, written by ``_record``) or a scan of the user's folder found them
 ``files_v0`` is whatever its owner pushed, so it is a claim, never a proof; anyone else sends
 the bytes, which are verified against the copy in the store (kept once). The temp-file side of
 uploads is in ``upload_disk``, the store and its index in ``file_store``. Work per request is
-bounded: chunks are at least ``MIN_CHUNK_BYTES`` and at most ``MAX_CHUNKS`` per file, and file-system probing runs on its own
-small thread limiter, never on the one the database threads share. A full disk is a 507 and
-leaves nothing half-written; temporary files a killed process left are removed at start-up.
+bounded: chunks are at least ``MIN_CHUNK_BYTES`` and at most ``MAX_CHUNKS`` per file, and
+file-system probing runs on its own small thread limiter, never on the one the database threads
+share. A full disk is a 507 and leaves nothing half-written; temporary files a killed process
+left are removed at start-up.
 """
 
 from __future__ import annotations
