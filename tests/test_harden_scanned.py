@@ -490,7 +490,7 @@ async def test_an_upload_of_scanned_bytes_gets_its_own_stable_copy(
 # -- hard links to the server's own files ---------------------------------------------------------
 # A hard link is not a link that can be refused on the way: it is the file itself, another name
 # for the same inode. Linux's protected_hardlinks keeps other users from making one to the
-# server's files; the server does not rely on it (scans_source.ServerFiles).
+# server's files; the server does not rely on it (scans/source.py, ServerFiles).
 
 
 @pytest.mark.parametrize("target", [SERVER_KEY_FILE, DB_FILE])

@@ -20,7 +20,7 @@ class ProtocolError(ValueError):
 def read_var_uint(data: bytes, pos: int) -> tuple[int, int]:
     """lib0 ``readVarUint`` at ``pos``: (value, next position). LEB128, little-endian groups of
     7 bits; the high bit says another byte follows. The one varUint reader of the package
-    (frames, the Yjs update walker in ``split.py``, state vectors in ``crdt.py``): one, two and
+    (frames, the Yjs update walker in ``split.py``, state vectors in ``crdt/``): one, two and
     three bytes, nearly every varUint of an update, take no loop.
     """
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 HEAD_BYTES = 512
 
-# Image types the Pillow pipeline decodes (see media_images.PILLOW_FORMATS).
+# Image types the Pillow pipeline decodes (see media/images.PILLOW_FORMATS).
 PILLOW_MIMES = frozenset(
     {
         "image/jpeg",

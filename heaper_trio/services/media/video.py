@@ -5,7 +5,7 @@ killed (SIGKILL, not the default SIGTERM-then-wait-5-s) and reaped before the ca
 no child outlives its request. Paths are passed as ``file:`` URLs so that a name can never be
 read as an option or as another ffmpeg protocol (``concat:``, ``http:``...). A source named
 ``/proc/self/fd/<n>`` is a file the server holds open (a scanned file checked to be the one
-hashed, ``scans_source``): the child inherits that descriptor, so the name means the very same
+hashed, ``scans/source``): the child inherits that descriptor, so the name means the very same
 open file in it and nothing can swap the path in between.
 
 Seeking (shared/notes/files-findings.md 5a, and measured again here on a 1080p H.264 file with

@@ -1,13 +1,13 @@
 """A folder scan, in two phases as Immich does since PR #14456 (files-findings §7.16):
 
-1. A walker (``scans_walk``, in a thread, a few hundred entries per hop) lists the tree; each
+1. A walker (``scans/walk``, in a thread, a few hundred entries per hop) lists the tree; each
    batch is looked up in the scan index at once. A folder gets a folder block (once); a file
    whose identity is unchanged (device, inode, size, mtime, ctime: ``FileIdentity``) is only
    marked seen; any other file (entries from before that identity was kept too) goes to
 2. a pool of ``scan_jobs`` hashers (threads; small files many per hop) that also probe its
    type and dimensions, and on to
 3. one committer, which writes batches of up to ``BATCH_FILES`` files (or what arrived within
-   ``BATCH_SECONDS``) as blocks plus index rows in one transaction each (``scans_commit``).
+   ``BATCH_SECONDS``) as blocks plus index rows in one transaction each (``scans/commit``).
 
 Once the whole tree was walked (not after an abort), entries of the folder that this scan did
 not see are marked missing, in their index row and in their block (``files_v0[...].missing``

@@ -1,5 +1,5 @@
 """Planning one batch of a folder scan: what the walker and hashers found becomes new blocks,
-edits of existing ones and index rows (written by ``scans_commit.BlockWriter``).
+edits of existing ones and index rows (written by ``scans/commit.BlockWriter``).
 
 A batch is planned while the one before it is still being written, so what that one holds
 (file ids it chose, the first block of each hash) is taken from memory, not from storage.

@@ -3,7 +3,7 @@
 Hashing runs in worker threads, many small files per thread hop (a hop costs more than
 hashing a small file) and a large file in 1 MiB reads that stop as soon as the scan is
 aborted. Files are opened without following a link anywhere on their path
-(``scans_source.open_nofollow``; a group's folder is opened once) and without blocking (a FIFO
+(``scans/source.open_nofollow``; a group's folder is opened once) and without blocking (a FIFO
 swapped in after the walk is refused, not waited on); what is recorded (size, mtime, device,
 inode, ctime) is the ``fstat`` of the descriptor that was read: a file that changes while
 being read is left for the next scan.

@@ -2,7 +2,7 @@
 
 The file routes refuse to serve a scanned file whose bytes are no longer those hashed
 (``409 file_changed``) and queue its path here. A rescan hashes the file again (no link
-followed, ``scans_probe.hash_file``) and updates every heap's entry at that path as a folder
+followed, ``scans/probe.hash_file``) and updates every heap's entry at that path as a folder
 scan would have: new content becomes the block's new ``files_v0`` entry under its new hash and
 the old hash's row is pointed at another present copy or at none; a link, folder or special
 file there now marks the entry missing (a scan would skip it). A path that is simply gone is

@@ -11,13 +11,13 @@ they ended.
 
 Jobs live in this process: with several processes on one PostgreSQL database, a scan is
 listed and aborted through the process that started it (its events reach every process).
-The work itself is in ``scans_folder`` (walk, hash, commit, missing pass) and
-``scans_reindex``; the rules on paths in ``scans_walk``.
+The work itself is in ``scans/folder`` (walk, hash, commit, missing pass) and
+``scans/reindex``; the rules on paths in ``scans/walk``.
 
 The file routes read files through :meth:`ScanService.open_file`: a scanned file is opened
 without following links and served only if it is still the file its scan hashed
-(``scans_source``); otherwise the answer is ``409 file_changed`` and the file is rescanned in
-the background (``scans_rescan``).
+(``scans/source``); otherwise the answer is ``409 file_changed`` and the file is rescanned in
+the background (``scans/rescan``).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class ScanService:
         self.media = media
         self.jobs: dict[str, ScanJob] = {}
         self._nursery: trio.Nursery | None = None
-        SERVER_FILES.register(settings.data_path)  # see scans_source.ServerFiles
+        SERVER_FILES.register(settings.data_path)  # see scans/source.ServerFiles
         self.rescans = FileRescans(
             storage,
             documents,

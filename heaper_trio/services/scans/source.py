@@ -129,7 +129,7 @@ def open_nofollow(path: str, dir_fd: int | None = None) -> int:
 
 def fd_path(fd: int) -> Path:
     """A path naming exactly this open file, for code that opens paths (Pillow, ffmpeg: the
-    media service hands a child process the descriptor itself, see ``media_video``)."""
+    media service hands a child process the descriptor itself, see ``media/video``)."""
     return Path(f"{PROC_FD}{fd}")
 
 

@@ -11,12 +11,12 @@ time (so a cancel waits at most one step). Safety rules (shared/notes/files-find
   something the walk reaches under its own path anyway; one pointing outside must not be
   reached at all; a link to a parent folder would loop. So links are skipped and counted, and
   every folder is opened without following a link anywhere on its path
-  (``scans_source.open_dir_nofollow``) and listed from that descriptor: a folder swapped for a
+  (``scans/source.open_dir_nofollow``) and listed from that descriptor: a folder swapped for a
   link after its parent was listed is refused, not entered.
 - Only regular files are indexed (no FIFOs, sockets or devices); names that are not UTF-8 are
   skipped (neither engine can store them as text); the server's own data directory is
   never entered, even when it lies under a scan root, and a hard link to one of its files
-  (the server key, the database) is skipped (``scans_source.ServerFiles``).
+  (the server key, the database) is skipped (``scans/source.ServerFiles``).
 - ``.heaperignore`` files use gitignore syntax and apply to their folder and below; a deeper
   file's rules win over a shallower one's, as in git. An ignored folder is not entered.
 """
