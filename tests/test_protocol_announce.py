@@ -39,8 +39,8 @@ def test_round_trip(announcement: a.Announcement) -> None:
 
 
 def test_the_text_is_what_earlier_versions_write_and_read() -> None:
-    """Byte for byte the payloads ``services/live/bridge`` and the PostgreSQL commit wrote before the
-    codec (``json.dumps`` of these dicts, compact separators)."""
+    """Byte for byte the payloads ``services/live/bridge`` and the PostgreSQL commit wrote
+    before the codec (``json.dumps`` of these dicts, compact separators)."""
     block = a.BlockAnnouncement("p1", "changed", "h", "b", 7, 2, 1700000000000)
     assert a.encode(block) == (
         '{"o":"p1","k":"changed","h":"h","b":"b","s":7,"v":2,"t":1700000000000}'
