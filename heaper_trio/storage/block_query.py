@@ -11,6 +11,8 @@ query answers (nor reveal that the id exists).
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +35,36 @@ SQLITE = Dialect(
     full_text=lambda ph: f"b.n IN (SELECT rowid FROM blocks_fts WHERE blocks_fts MATCH {ph})",
     full_text_param=lambda terms: " ".join(f'"{t}"*' for t in terms),
 )
+# A word as SQLite's unicode61 sees it: a run of letters and digits (``_`` splits words too).
+_ALNUM = re.compile(r"[^\W_]+")
+_DIACRITICS = re.compile("[\u0300-\u036f]")
+# Index words are letters and digits only, so this lexeme is never found (like FTS5's "_"*).
+_NO_WORD = "'_'"
+
+
+def search_words(term: str) -> list[str]:
+    """The words of a search term, normalised as migration 0008 (``heaper_search_vector``)
+    normalises indexed text on PostgreSQL: lower-cased, combining diacritics removed, split at
+    anything that is not a letter or digit. Both sides must agree, or a word is never found."""
+    folded = _DIACRITICS.sub("", unicodedata.normalize("NFD", term.lower()))
+    return _ALNUM.findall(unicodedata.normalize("NFC", folded))
+
+
+def _postgres_term(term: str) -> str:
+    """One term as a tsquery: its words in a row, the last a prefix, like FTS5's ``"a_b"*``
+    (the phrase ``a`` then ``b*``). The query is cast, not parsed by ``to_tsquery``: the parser
+    would split words such as ``12e2e901`` differently from how they were indexed."""
+    lexemes = ["'" + w.replace("\\", "\\\\").replace("'", "''") + "'" for w in search_words(term)]
+    if not lexemes:
+        return _NO_WORD
+    lexemes[-1] += ":*"
+    return "(" + " <-> ".join(lexemes) + ")"
+
+
 POSTGRES = Dialect(
     placeholder=lambda i: f"${i}",
-    full_text=lambda ph: f"b.search @@ to_tsquery('simple', {ph})",
-    full_text_param=lambda terms: " & ".join(f"{t}:*" for t in terms),
+    full_text=lambda ph: f"b.search @@ CAST({ph} AS tsquery)",
+    full_text_param=lambda terms: " & ".join(_postgres_term(t) for t in terms),
     title_collation=' COLLATE "C"',
 )
 
