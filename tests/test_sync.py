@@ -373,7 +373,7 @@ async def test_push_and_pull_bad_requests(admin: HeaperClient, start_server: Any
         ({"blocks": [{**item, "block_id": "has space"}]}, "invalid_value"),
         ({"blocks": [{**item, "block_id": "x" * 129}]}, "invalid_value"),
         ({"blocks": [{**item, "sync_version": "1"}]}, "invalid_type"),
-        ({"blocks": [{**item, "sync_version": 0}]}, "invalid_value"),
+        ({"blocks": [{**item, "sync_version": -1}]}, "invalid_value"),  # 0 is "never saw it"
     ]
     for body, code in cases:
         assert_error(await admin.post("/api/sync/push", json=body), 400, code)

@@ -44,6 +44,15 @@ MAX_ATTEMPTS = 5
 DELTA_LIMIT = 1000
 
 
+def _continues(client_version: int | None, version: int) -> bool:
+    """Whether a pulled block's diff is a continuation of what the client holds. Without a
+    version, only while the document was never replaced (still at 1); otherwise only at the
+    block's own version. 0 (the client never saw the block) and any other get the full state."""
+    if client_version is None:
+        return version == 1
+    return client_version == version
+
+
 class DocumentService:
     def __init__(
         self, storage: Storage, settings: Settings, clock: Callable[[], float] = time.time
@@ -414,7 +423,7 @@ class DocumentService:
             except crdt.InvalidUpdate as e:
                 answers.append(PullOutcome(block_id, PullStatus.invalid, version, e.code))
                 continue
-            if item.sync_version is not None and item.sync_version != version:
+            if not _continues(item.sync_version, version):
                 answers.append(
                     PullOutcome(
                         block_id,
@@ -451,7 +460,28 @@ class DocumentService:
         return BlockView(
             record,
             heap.root_block_id == record.id,
-            await self.storage.related(block_id),
+            await self._visible_related(user, block_id),
             doc.full_state(),
             doc.state_vector(),
         )
+
+    async def _visible_related(self, user: User, block_id: str) -> dict[str, list[str]]:
+        """The block's relations without blocks of the user's heaps that are in the trash or
+        gone for good (the contract: hidden while trashed, kept in the document and in
+        ``relations.raw``). Ids of other users' blocks are judged as unknown ones, kept as the
+        document names them: their trash must not show through."""
+        related = await self.storage.related(block_id)
+        ids = sorted({i for listed in related.values() for i in listed})
+        if not ids:
+            return related
+        mine = {h.id for h in await self.storage.list_heaps(user.id)}
+        hidden = {
+            i
+            for i, r in (await self.storage.get_blocks(ids)).items()
+            if r.heap_id in mine
+            and (r.deleted_at is not None or r.permanently_deleted_at is not None)
+        }
+        hidden |= {
+            i for i, (heap_id, _) in (await self.storage.tombstones(ids)).items() if heap_id in mine
+        }
+        return {kind: [i for i in listed if i not in hidden] for kind, listed in related.items()}

@@ -26,12 +26,15 @@ from heaper_trio.web.schema import (
 bp = Blueprint("sync", __name__)
 
 B64 = string(description="standard base64 (with padding) of Yjs v1 bytes")
+# 0 is "never saw the block" (the contract): no block is ever at 0, so a pull gets the full
+# state and a push to an existing block the version mismatch; a new block is created at 1.
+VERSION = integer(description="the block's sync_version as the client knows it; 0: none")
 PUSH_ITEM = obj(
     {"block_id": ID, "workspace_id": ID, "update": B64},
-    {"state_vector": B64, "sync_version": integer(minimum=1)},
+    {"state_vector": B64, "sync_version": VERSION},
 )
 PULL_ITEM = obj(
-    {"block_id": ID}, {"state_vector": B64, "sync_version": integer(minimum=1), "workspace_id": ID}
+    {"block_id": ID}, {"state_vector": B64, "sync_version": VERSION, "workspace_id": ID}
 )
 SINCE = integer(
     description="Unix ms; omitted or not a number: 0 (the published API). A "
