@@ -80,7 +80,8 @@ async def scan(
 async def finished(client: HeaperClient, scan_id: str, timeout: float = 60) -> dict[str, Any]:
     with trio.fail_after(timeout):
         while True:
-            scans = (await client.get("/api/active_scans")).json()["scans"]
+            # active_scans lists running jobs only; the history has them all
+            scans = (await client.get("/api/scans?limit=100")).json()["scans"]
             [job] = [s for s in scans if s["scan_id"] == scan_id]
             if job["state"] in ("done", "aborted", "failed"):
                 return dict(job)
@@ -379,6 +380,8 @@ async def test_scan_paths_and_permissions(
     await attempt("a\x00b", 400, "invalid_value")
     await attempt(str(roots), 403, "heap_forbidden", heap_id="not-my-heap")
     r = await boss.post("/api/scan_folder", json={"heap_id": heap["id"]})
+    assert_error(r, 404, "nothing_scanned")  # by heap: nothing was scanned into it yet
+    r = await boss.post("/api/scan_folder", json={"path": str(roots)})
     assert_error(r, 400, "missing_field")
     assert_error(
         await boss.post("/api/abort_scan", json={"scan_id": "nope"}), 404, "scan_not_found"

@@ -1,18 +1,19 @@
-"""Jobs: folder scans (start, abort, list), reindexing files, regenerating one file's metadata.
-The work is in ``services/scans.py``; these parse and shape."""
+"""Jobs: folder scans (start, abort, list running, recent history), reindexing files,
+regenerating one file's metadata. The work is in ``services/scans``; these parse and shape."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint
+from quart import Blueprint, request
 
 from heaper_trio.errors import BadRequest
 from heaper_trio.records import User
+from heaper_trio.services.scans.service import KEEP_FINISHED_PER_USER
 from heaper_trio.web.json_files import regenerated_json
 from heaper_trio.web.routes_heaps import ID, ONE_HEAP
 from heaper_trio.web.routing import route, services
-from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
+from heaper_trio.web.schema import boolean, integer, obj, open_obj, parse_int, string
 
 bp = Blueprint("jobs", __name__)
 
@@ -41,6 +42,9 @@ SCAN = open_obj(
     error={"type": ["string", "null"]},
 )
 STARTED = open_obj(success=boolean(), scan_id=string(), scan=SCAN)
+SCANS = {"type": "array", "items": SCAN}
+HISTORY_LIMIT = integer(minimum=1, maximum=KEEP_FINISHED_PER_USER)
+HISTORY_DEFAULT = 20
 
 
 def _heap(body: dict[str, Any], required: bool) -> str | None:
@@ -57,8 +61,9 @@ def _heap(body: dict[str, Any], required: bool) -> str | None:
     "POST",
     "/api/scan_folder",
     tag="jobs",
-    errors=(403, 409),
-    summary="Index a folder on the server in place, as file and folder blocks of a heap.",
+    errors=(403, 404, 409),
+    summary="Index a folder on the server in place, as file and folder blocks of a heap; "
+    "without a path, every folder scanned into the heap again.",
     description="`path` is a folder under one of the server's scan_roots (admins) or under "
     "`<root>/<your user id>/` (everyone else); a relative path is taken from there. Each "
     "file becomes a file block (files_v0: name, size, mtime, MIME type, SHA-256, width, "
@@ -66,22 +71,47 @@ def _heap(body: dict[str, Any], required: bool) -> str | None:
     "folders are tagged with. Scanning again only reads new and changed files, marks files "
     "gone from disk `missing` and un-marks those back. `.heaperignore` files (gitignore "
     "syntax) leave files out; links are not followed. The scan runs in the background: "
-    "progress comes as scan.* events on /ws and /api/ws, and in GET /api/active_scans. "
+    "progress comes as scan.* events on /ws and /api/ws, in GET /api/active_scans while it "
+    "runs and in GET /api/scans. Without `path`, every folder scanned into the heap before "
+    "(the topmost ones: a folder inside another is scanned with it) is scanned again, each "
+    "as a job of its own, started together: `scans` lists them (`scan_id` and `scan` are "
+    "the first), `skipped` the folders that no longer pass the checks below, with the "
+    "code each would answer (if every one fails, the first failure is the answer). "
     "403 scanning_disabled (no scan_roots), 403 scan_path_forbidden (outside what you may "
-    "scan), 400 not_a_directory, 409 scan_running (a scan of this folder, or of one inside "
-    "or around it, runs in this heap).",
+    "scan), 400 not_a_directory, 404 nothing_scanned (no path, and no folder was scanned "
+    "into the heap yet), 409 scan_running (a scan of this folder, or of one inside or "
+    "around it, runs in this heap; by heap: of any of its folders, and none is started).",
     body=obj(
-        {"path": string(minLength=1, maxLength=4096)},
-        {"heap_id": ID, "workspace_id": ID},
+        {},
+        {"heap_id": ID, "workspace_id": ID, "path": string(minLength=1, maxLength=4096)},
         **ONE_HEAP,
     ),
-    response=STARTED,
+    response=open_obj(
+        success=boolean(),
+        scan_id=string(),
+        scan=SCAN,
+        scans=SCANS,
+        skipped={
+            "type": "array",
+            "items": open_obj(path=string(), error=string()),
+        },
+    ),
 )
 async def scan_folder(user: User, body: dict[str, Any]) -> dict[str, Any]:
     heap_id = _heap(body, True)
     assert heap_id is not None
-    job = await services().scans.scan_folder(user, heap_id, body["path"])
-    return {"success": True, "scan_id": job.scan_id, "scan": job.as_dict()}
+    if "path" not in body:
+        started = await services().scans.scan_heap(user, heap_id)
+        jobs = [j.as_dict() for j in started.jobs]
+        return {
+            "success": True,
+            "scan_id": jobs[0]["scan_id"],
+            "scan": jobs[0],
+            "scans": jobs,
+            "skipped": [{"path": p, "error": code} for p, code in started.skipped],
+        }
+    job = (await services().scans.scan_folder(user, heap_id, body["path"])).as_dict()
+    return {"success": True, "scan_id": job["scan_id"], "scan": job, "scans": [job]}
 
 
 @route(
@@ -107,14 +137,32 @@ async def abort_scan(user: User, body: dict[str, Any]) -> dict[str, Any]:
     "GET",
     "/api/active_scans",
     tag="jobs",
-    summary="Your scan and reindex jobs (an admin's: everyone's), running or finished in "
-    "the last five minutes.",
-    description="`state` is running, aborting, finishing (marking missing files), done, "
-    "aborted or failed. Jobs of this server process only.",
-    response=open_obj(success=boolean(), scans={"type": "array", "items": SCAN}),
+    summary="Your running scan and reindex jobs (an admin's: everyone's).",
+    description="`state` is running, aborting or finishing (marking missing files). A job "
+    "leaves the list when it ends; how it ended is in GET /api/scans and the final scan.* "
+    "event. Jobs of this server process only.",
+    response=open_obj(success=boolean(), scans=SCANS),
 )
 async def active_scans(user: User) -> dict[str, Any]:
-    return {"success": True, "scans": [j.as_dict() for j in services().scans.visible(user)]}
+    return {"success": True, "scans": [j.as_dict() for j in services().scans.active(user)]}
+
+
+@route(
+    bp,
+    "GET",
+    "/api/scans",
+    tag="jobs",
+    summary="Your recent scan and reindex jobs, running and finished, newest first.",
+    description=f"Your own jobs only (an admin's too). `limit` is 1-{KEEP_FINISHED_PER_USER} "
+    f"(default {HISTORY_DEFAULT}; else 400 invalid_value). `state` is running, aborting, "
+    "finishing, done, aborted or failed; a finished job is kept for a day, your last "
+    f"{KEEP_FINISHED_PER_USER} of them. Jobs of this server process only.",
+    query={"limit": HISTORY_LIMIT},
+    response=open_obj(success=boolean(), scans=SCANS),
+)
+async def scan_history(user: User) -> dict[str, Any]:
+    limit = parse_int(request.args.get("limit", str(HISTORY_DEFAULT)), HISTORY_LIMIT, "query.limit")
+    return {"success": True, "scans": [j.as_dict() for j in services().scans.history(user, limit)]}
 
 
 @route(

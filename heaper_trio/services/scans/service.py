@@ -6,8 +6,14 @@ job catches its own failure (one job's crash never cancels another), reports pro
 owner's live channel (``/ws`` events and the legacy ``/api/ws``) every ``PROGRESS_EVERY_S``
 seconds while it runs, then one ``scan.done``, ``scan.aborted`` or ``scan.failed``.
 ``abort_scan`` stops a job within a second, keeping what it committed; shutdown cancels them
-all. Finished jobs stay listed for ``KEEP_FINISHED_S`` so a client that reconnects sees how
-they ended.
+all. ``active_scans`` lists running jobs only (a finished job is not active, so a client
+polling for the end sees it leave); the recent history, running and finished, is
+:meth:`ScanService.history` (``GET /api/scans``): each user's last ``KEEP_FINISHED_PER_USER``
+finished jobs, for ``KEEP_FINISHED_S``, so a client that reconnects sees how they ended.
+
+``scan_folder`` by heap (no path) rescans every folder scanned into the heap before: the
+topmost folder entries of its scan index (:meth:`ScanService.scanned_folders`), each as a job
+of its own, so each keeps its own progress, abort and missing pass.
 
 Jobs live in this process: with several processes on one PostgreSQL database, a scan is
 listed and aborted through the process that started it (its events reach every process).
@@ -26,6 +32,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
@@ -54,12 +61,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.4
-KEEP_FINISHED_S = 300
-KEEP_FINISHED_MAX = 200
+KEEP_FINISHED_S = 24 * 3600
+KEEP_FINISHED_PER_USER = 100  # also the largest ``limit`` of GET /api/scans
+# Above every character a path holds: ``top + "/" + PAST`` sorts after the paths below ``top``.
+PAST = "\U0010ffff"
 
 
 def _overlaps(a: str, b: str) -> bool:
     return os.path.commonpath([a, b]) in (a, b)
+
+
+@dataclass(frozen=True)
+class HeapRescan:
+    """What ``scan_folder`` by heap started: a job per folder, and the folders it skipped
+    with the error code each would have answered."""
+
+    jobs: list[ScanSnapshot]
+    skipped: list[tuple[str, str]]
 
 
 class ScanService:
@@ -142,18 +160,73 @@ class ScanService:
         real = await trio.to_thread.run_sync(
             resolve_scan_path, path, bases, str(self.settings.data_path)
         )
+        self._check_free(heap_id, [real])
+        return self._start_scan(user, heap_id, real)
+
+    async def scan_heap(self, user: User, heap_id: str) -> HeapRescan:
+        """Scan again every folder scanned into the heap before, one job each (started
+        together; all or none: 409 ``scan_running`` if one of them runs). A folder that no
+        longer passes today's checks (outside what the user may scan now, gone, not a
+        directory) is skipped and reported; if every one fails, the first failure is the
+        answer. 404 ``nothing_scanned`` if no folder was ever scanned into the heap."""
+        await self.documents.owned_heap(user, heap_id)
+        folders = await self.scanned_folders(heap_id)
+        if not folders:
+            raise NotFound(
+                "no folder was scanned into this heap yet: give a path",
+                code="nothing_scanned",
+            )
+        bases = allowed_bases(self.settings.scan_root_paths, user.id, user.is_admin)
+        reals: list[str] = []
+        skipped: list[tuple[str, HeaperError]] = []
+        for folder in folders:
+            try:
+                real = await trio.to_thread.run_sync(
+                    resolve_scan_path, folder, bases, str(self.settings.data_path)
+                )
+            except HeaperError as e:
+                skipped.append((folder, e))
+                continue
+            if not any(_overlaps(real, r) for r in reals):  # a link may lead into another
+                reals = [r for r in reals if not _overlaps(r, real)] + [real]
+        if not reals:
+            raise skipped[0][1]
+        self._check_free(heap_id, reals)
+        started = [self._start_scan(user, heap_id, real) for real in sorted(reals)]
+        return HeapRescan(started, [(path, e.code) for path, e in skipped])
+
+    async def scanned_folders(self, heap_id: str) -> list[str]:
+        """The folders scans started at in this heap: its topmost present folder entries, in
+        path order. The index is walked by skipping: one look-up per folder found and one
+        per subtree passed over, not one per file."""
+        tops: list[str] = []
+        after = ""
+        while rows := await self.storage.unseen_scan_entries(heap_id, "/", "", after, 1):
+            entry = rows[0]
+            top = next((t for t in tops if entry.path.startswith(t + "/")), None)
+            if top is not None:  # pass over the rest of that folder's entries
+                after = max(top + "/" + PAST, entry.path)
+                continue
+            if entry.kind == "folder":
+                tops.append(entry.path)
+            after = entry.path
+        return tops
+
+    def _check_free(self, heap_id: str, reals: list[str]) -> None:
         for other in self.jobs.values():
             if (
                 other.running
                 and other.kind == "scan"
                 and other.heap_id == heap_id
-                and _overlaps(other.path, real)
+                and any(_overlaps(other.path, real) for real in reals)
             ):
                 raise Conflict(
                     "a scan of this folder (or one inside or around it) is running in this heap",
                     code="scan_running",
                     details={"scan_id": other.scan_id},
                 )
+
+    def _start_scan(self, user: User, heap_id: str, real: str) -> ScanSnapshot:
         job = ScanJob(user.id, heap_id, real)
         scan = FolderScan(
             job,
@@ -192,10 +265,24 @@ class ScanService:
         self._nursery.start_soon(self._run_job, job, work)
         return job.snapshot()
 
-    def visible(self, user: User) -> list[ScanSnapshot]:
-        """The caller's jobs (every job for an admin), running and recently finished."""
+    def active(self, user: User) -> list[ScanSnapshot]:
+        """The caller's running jobs (every running job for an admin): finished ones are not
+        active, so a client polling for the end sees the job leave the list."""
+        return [
+            j.snapshot()
+            for j in self.jobs.values()
+            if j.running and (user.is_admin or j.user_id == user.id)
+        ]
+
+    def history(self, user: User, limit: int) -> list[ScanSnapshot]:
+        """The caller's own jobs, running and recently finished, newest first (an admin's
+        too: other users' history is theirs)."""
         self._forget_old()
-        return [j.snapshot() for j in self.jobs.values() if user.is_admin or j.user_id == user.id]
+        mine = [
+            (j.started_at, i, j) for i, j in enumerate(self.jobs.values()) if j.user_id == user.id
+        ]
+        mine.sort(key=lambda t: t[:2], reverse=True)  # same millisecond: the later start first
+        return [j.snapshot() for _, _, j in mine[:limit]]
 
     def abort(self, user: User, scan_id: str) -> ScanSnapshot:
         job = self.jobs.get(scan_id)
@@ -208,13 +295,17 @@ class ScanService:
         return job.snapshot()
 
     def _forget_old(self) -> None:
+        """Each user keeps the last KEEP_FINISHED_PER_USER finished jobs, for
+        KEEP_FINISHED_S; running jobs are always kept."""
         now = int(time.time() * 1000)
         done = [j for j in self.jobs.values() if j.finished_at is not None]
-        done.sort(key=lambda j: j.finished_at or 0)
-        for i, j in enumerate(done):
+        done.sort(key=lambda j: j.finished_at or 0, reverse=True)
+        kept: dict[str, int] = {}
+        for j in done:
+            kept[j.user_id] = kept.get(j.user_id, 0) + 1
             if (
                 now - (j.finished_at or 0) > KEEP_FINISHED_S * 1000
-                or i < len(done) - KEEP_FINISHED_MAX
+                or kept[j.user_id] > KEEP_FINISHED_PER_USER
             ):
                 del self.jobs[j.scan_id]
 
