@@ -18,7 +18,8 @@ RUNNING = ("running", "aborting", "finishing")
 
 @dataclass(frozen=True)
 class ScanSnapshot:
-    """A job as it was at one moment (what ``GET /api/active_scans`` lists)."""
+    """A job as it was at one moment (what ``GET /api/active_scans`` and ``GET /api/scans``
+    list)."""
 
     scan_id: str
     kind: str  # "scan" or "reindex"
