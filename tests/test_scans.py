@@ -482,7 +482,9 @@ async def test_ten_thousand_files_abort_then_full_rescan(
     progress = [t for t, e in events if e["type"] == "scan.progress"]
     assert [e["type"] for _, e in events if e["type"] != "scan.progress"] == ["scan.aborted"]
     gaps = [b - a for a, b in zip([started, *progress], progress)]
-    assert max(gaps) < 0.6 and len(progress) <= (asked - started) * 3 + 3, gaps
+    # progress keeps coming at a steady pace (a stalled loop would leave a gap of seconds);
+    # 1 s, not tighter: a busy two-core CI machine has stretched a gap to 0.6 s
+    assert max(gaps) < 1.0 and len(progress) <= (asked - started) * 3 + 3, gaps
 
     t0 = time.monotonic()
     full = await scan(boss, heap["id"], tree, timeout=120)
