@@ -33,7 +33,7 @@ What it measures, one phase after another (never in parallel; the machine has 2 
   ``GET /api/openapi.json``; otherwise ``{"skipped": ...}``). ``--scan-files`` (10,000) files
   of 1-32 KiB of random bytes in folders of 100, under a folder the server has as
   ``HEAPER_SCAN_ROOTS``; a first scan and a rescan with nothing changed, each timed from the
-  POST until ``GET /api/active_scans`` (polled every 25 ms) shows the job no longer running:
+  POST until ``GET /api/scans`` (polled every 25 ms) shows the job no longer running:
   files/s, server CPU per file, and the job's own counters. Baselines, median of 3 each, the
   tree in the page cache as it is for the server: ``find TREE -type f | wc -l``, Python
   ``os.walk`` + ``os.stat``, and (context) ``os.walk`` + stat + SHA-256 of every file.

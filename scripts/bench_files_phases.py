@@ -429,8 +429,8 @@ def _scans_of(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def run_scan(c: HeaperClient, pid: int, heap_id: str, tree: Path) -> dict[str, Any]:
-    """POST /api/scan_folder, then poll GET /api/active_scans until the job is no longer
-    running (finished jobs stay listed for a while, so "gone" is not the only end)."""
+    """POST /api/scan_folder, then poll GET /api/scans (the caller's jobs, finished ones too)
+    until the job is no longer running."""
     with Window(pid) as w:
         started = check(
             await c.post("/api/scan_folder", json={"heap_id": heap_id, "path": str(tree)}),
@@ -444,7 +444,7 @@ async def run_scan(c: HeaperClient, pid: int, heap_id: str, tree: Path) -> dict[
             while True:
                 await trio.sleep(POLL_S)
                 polls += 1
-                body = check(await c.get("/api/active_scans"), "GET /api/active_scans")
+                body = check(await c.get("/api/scans?limit=100"), "GET /api/scans")
                 mine = [
                     s
                     for s in _scans_of(body)
