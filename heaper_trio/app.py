@@ -38,7 +38,11 @@ from heaper_trio.web import (
 from heaper_trio.web.cors import install_cors
 from heaper_trio.web.errors import install_error_handlers
 from heaper_trio.web.http_guard import ASGIApp, HttpGuard
-from heaper_trio.web.quart_compat import keep_json_key_order, stop_idle_timer_at_eof
+from heaper_trio.web.quart_compat import (
+    keep_json_key_order,
+    set_ws_compression,
+    stop_idle_timer_at_eof,
+)
 
 log = logging.getLogger("heaper_trio")
 BLUEPRINTS = (
@@ -114,6 +118,7 @@ def create_app(services: Services) -> QuartTrio:
     )
     app.config["JSON_SORT_KEYS"] = False
     keep_json_key_order(app)
+    set_ws_compression(settings.ws_compression)  # process-wide: hypercorn's handshake
     install_cors(app)
     install_error_handlers(app)
     for bp in BLUEPRINTS:

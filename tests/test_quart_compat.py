@@ -6,6 +6,8 @@ body limit or a socket workaround in production without a word."""
 from __future__ import annotations
 
 import pytest
+from hypercorn.protocol import ws_stream
+from hypercorn.protocol.ws_stream import Handshake
 from hypercorn.trio.tcp_server import TCPServer
 from quart import Quart
 from quart_trio.asgi import TrioASGIHTTPConnection
@@ -27,6 +29,7 @@ def test_a_missing_attribute_is_noticed() -> None:
     """The check itself can fail: for class and for instance attributes."""
     assert not Hook(TCPServer, "_no_such_method", why="").present()
     assert not Hook(TrioBody, "_no_such_field", why="", instance=True).present()
+    assert not Hook(Handshake, "NoSuchGlobal", why="", used_by="accept").present()
 
 
 async def test_limit_body_lowers_the_limit_the_body_enforces() -> None:
@@ -61,3 +64,24 @@ def test_json_keys_keep_their_order() -> None:
     app = Quart(__name__)
     quart_compat.keep_json_key_order(app)
     assert app.json.dumps({"b": 1, "a": 2}) == '{"b": 1, "a": 2}'
+
+
+def test_ws_compression_declines_the_offer_unless_on() -> None:
+    """The handshake hypercorn builds sees our deflate, which accepts only when told to."""
+    before = quart_compat.ws_compression_enabled()
+    offer = [(b"sec-websocket-extensions", b"permessage-deflate")]
+    headers = [
+        (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+        (b"sec-websocket-version", b"13"),
+    ]
+    try:
+        for on in (False, True, False):
+            quart_compat.set_ws_compression(on)
+            assert ws_stream.PerMessageDeflate is quart_compat._DeflateIfEnabled
+            assert quart_compat.ws_compression_enabled() is on
+            _, answer, connection = Handshake(headers + offer, "1.1").accept(None, [])
+            assert (b"sec-websocket-extensions" in dict(answer)) is on
+            enabled = [e.name for e in connection._proto.extensions]  # type: ignore[attr-defined]
+            assert enabled == (["permessage-deflate"] if on else [])
+    finally:
+        quart_compat.set_ws_compression(before)

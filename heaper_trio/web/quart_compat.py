@@ -16,31 +16,36 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from hypercorn.protocol import ws_stream
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import Handshake
 from hypercorn.trio.tcp_server import TCPServer
 from quart import Quart, Request, websocket
 from quart.json.provider import DefaultJSONProvider
 from quart.wrappers import Websocket
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody
+from wsproto.extensions import PerMessageDeflate
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Hook:
-    """One thing we rely on: ``name`` on ``owner`` (a class attribute, or with ``instance``
-    an attribute its ``__init__`` assigns), and why."""
+    """One thing we rely on: ``name`` on ``owner`` (a class attribute; with ``instance`` an
+    attribute its ``__init__`` assigns; with ``used_by`` a global or attribute that method's
+    code names), and why."""
 
     owner: type
     name: str
     why: str
     instance: bool = False
+    used_by: str = ""
 
     def present(self) -> bool:
-        if self.instance:
-            init = getattr(self.owner, "__init__", None)
-            code = getattr(init, "__code__", None)
+        if self.instance or self.used_by:
+            method = getattr(self.owner, self.used_by or "__init__", None)
+            code = getattr(method, "__code__", None)
             return code is not None and self.name in code.co_names
         return hasattr(self.owner, self.name)
 
@@ -97,6 +102,13 @@ HOOKS: tuple[Hook, ...] = (
         "_get_current_object",
         why="current_websocket: the connection's child tasks need the object, not the "
         "context-bound proxy",
+    ),
+    Hook(
+        Handshake,
+        "PerMessageDeflate",
+        used_by="accept",
+        why="set_ws_compression: accept() builds its extension list from the module global "
+        "PerMessageDeflate, which we replace so the offer is declined unless ws_compression",
     ),
     Hook(
         DefaultJSONProvider,
@@ -171,3 +183,45 @@ def stop_idle_timer_at_eof() -> None:
 def idle_timer_stops_at_eof() -> bool:
     """Whether ``stop_idle_timer_at_eof`` is in force (for tests and diagnostics)."""
     return bool(getattr(TCPServer._read_data, _PATCHED, False))
+
+
+class _DeflateIfEnabled(PerMessageDeflate):
+    """permessage-deflate that a server accepts only while ``ws_compression`` is on.
+
+    hypercorn 0.18.0 offers ``[PerMessageDeflate()]`` to every handshake
+    (``ws_stream.Handshake.accept``), with no setting to leave it out, so each Node ``ws``
+    client negotiates it and every frame is deflated again for every subscriber. Declining
+    (``None``) leaves the extension disabled: wsproto then drops it from the connection, sends
+    no ``Sec-WebSocket-Extensions`` header and refuses compressed frames (RSV1) from the peer."""
+
+    enabled_in_process = False
+
+    def accept(self, offer: str) -> bool | str | None:
+        if not _DeflateIfEnabled.enabled_in_process:
+            return None
+        return super().accept(offer)
+
+
+def set_ws_compression(on: bool) -> None:
+    """Accept permessage-deflate in WebSocket handshakes only when ``on`` (idempotent).
+
+    Process-wide, like hypercorn's handshake it patches: the last app created decides
+    (``create_app`` calls this with its ``ws_compression`` setting; one server per process).
+    Replaces the name ``Handshake.accept`` looks up (a module global of ws_stream), which the
+    HOOKS entry checks it still uses; if it no longer does, the patch is not applied and the
+    upstream default (always accept) stands, with a warning."""
+    if "PerMessageDeflate" not in Handshake.accept.__code__.co_names:
+        log.warning(
+            "hypercorn's Handshake.accept no longer names PerMessageDeflate: "
+            "ws_compression not applied"
+        )
+        return
+    _DeflateIfEnabled.enabled_in_process = on
+    setattr(ws_stream, "PerMessageDeflate", _DeflateIfEnabled)  # noqa: B010
+
+
+def ws_compression_enabled() -> bool:
+    """Whether handshakes accept permessage-deflate now (for tests and diagnostics)."""
+    return ws_stream.PerMessageDeflate is not _DeflateIfEnabled or (
+        _DeflateIfEnabled.enabled_in_process
+    )
