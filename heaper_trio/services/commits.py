@@ -1,7 +1,7 @@
 """The plumbing of a commit: what a durable change announces (``Committed``) and the per-block
 locks that keep concurrent pushes in this process from conflicting with each other."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -30,6 +30,8 @@ class Committed:
 
 
 CommitListener = Callable[[Sequence[Committed]], None]
+# Removes trashed blocks of a heap for good (``HeapService.purge``): heap id, block ids -> purged.
+Purger = Callable[[str, list[str]], Awaitable[list[str]]]
 
 
 class BlockLocks:

@@ -144,7 +144,7 @@ async def open_services(
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
         bridge = ProcessBridge(storage, hub) if storage.shares_processes else None
-        _wire(documents, hub, bridge)
+        _wire(documents, services.heaps, hub, bridge)
         async with trio.open_nursery() as supervisor:
             supervisor.start_soon(_purge_expired_forever, storage)
             await supervisor.start(services.hub.run)
@@ -160,17 +160,21 @@ async def open_services(
                     await services.media.aclose()
 
 
-def _wire(documents: DocumentService, hub: LiveHub, bridge: ProcessBridge | None) -> None:
+def _wire(
+    documents: DocumentService, heaps: HeapService, hub: LiveHub, bridge: ProcessBridge | None
+) -> None:
     """Who hears what, in one place. Every stored change reaches the hub (this process's
     subscribers) and, with processes sharing a database, the bridge (the other processes);
     user events (scan progress, file ready) the hub delivers to its own sinks, and the bridge
-    carries them to the other processes.
+    carries them to the other processes. Pushes that set ``permanently_deleted_at`` purge
+    through the heap service, as emptying the trash does.
 
     The lists are assigned whole rather than appended to, so this is the complete statement
     of the wiring: no constructor's own registration can add to it or double it.
     """
     documents.listeners[:] = [hub.on_commit] + ([bridge.on_commit] if bridge else [])
     hub.user_event_hooks[:] = [bridge.on_user_event] if bridge else []
+    documents.purger = heaps.purge
 
 
 async def bind_server_key(storage: Storage, data_dir: Path) -> KeyPair:

@@ -20,7 +20,8 @@ from heaper_trio import crdt
 from heaper_trio.errors import Forbidden, NotFound, PayloadTooLarge
 from heaper_trio.records import BlockChange, ChangePage, CommitStatus, Heap, User
 from heaper_trio.records.changes import ChangeKind, change_kind
-from heaper_trio.services.commits import BlockLocks, CommitListener, Committed
+from heaper_trio.services import push as pipeline
+from heaper_trio.services.commits import BlockLocks, CommitListener, Committed, Purger
 from heaper_trio.services.doc_cache import DocumentBase, DocumentCache
 from heaper_trio.services.projection import projection_of, storable
 from heaper_trio.services.push import Prepared, PushBatch, Settled, checked, with_diff
@@ -63,6 +64,7 @@ class DocumentService:
         self.locks = BlockLocks()
         self.cache = DocumentCache()
         self.listeners: list[CommitListener] = []
+        self.purger: Purger | None = None  # HeapService.purge, wired by the container
 
     def _now(self) -> int:
         return int(self.clock() * 1000)
@@ -182,7 +184,12 @@ class DocumentService:
                 pending = await self._commit(user, prepared, done, committed)
             for batch in pending:  # still conflicting after every attempt
                 done[batch.index] = Settled(batch.refused(PushStatus.conflict, "write_conflict"))
-        self.announce([replace(committed[i], origin=origin) for i in sorted(committed)])
+            self.announce([replace(committed[i], origin=origin) for i in sorted(committed)])
+            try:  # the edit stays stored and answered; a failed purge leaves it in the trash
+                for heap_id, block_ids in pipeline.gone_for_good(committed, done).items():
+                    await self.purger(heap_id, block_ids) if self.purger else None
+            except Exception:
+                log.exception("purging blocks marked permanently_deleted_at failed")
         return [done[i] for i in range(len(work))]
 
     async def _prepare(self, batches: list[PushBatch]) -> list[Prepared | PushOutcome]:
@@ -275,7 +282,7 @@ class DocumentService:
                         user.id,
                         base.last_seq if base else None,
                         batch.updates,
-                        projection_of(p.doc),
+                        pipeline.projected(p.doc),
                         p.doc.state_vector(),
                         p.doc.size,
                         compacted,
@@ -319,6 +326,7 @@ class DocumentService:
             done[batch.index] = Settled(
                 PushOutcome(batch.block_id, PushStatus(result.status.value), result.sync_version),
                 p.doc,
+                change.projection.permanently_deleted_at is not None,
             )
         return retry
 
@@ -355,7 +363,7 @@ class DocumentService:
                 if update == crdt.EMPTY_UPDATE and stored is not None:
                     return EditStatus.unchanged
                 updates = (*first, update) if update != crdt.EMPTY_UPDATE else first
-                projection = projection_of(doc)
+                projection = pipeline.projected(doc)
                 change = BlockChange(
                     block_id,
                     heap_id,

@@ -2,7 +2,8 @@
 
 Trash follows the contract: being in the trash is ``meta_v0.deleted_at`` in the block's own
 document, so restoring is a server-side CRDT edit (stored, projected and answered like any
-push), and emptying removes documents for good, leaving tombstones that delta reports.
+push), and emptying removes documents for good, leaving tombstones that delta reports. A
+client edit setting ``meta_v0.permanently_deleted_at`` purges its block the same way (``purge``).
 """
 
 from __future__ import annotations
@@ -88,6 +89,13 @@ class HeapService:
         await self.documents.owned_heap(user, heap_id)
         if block_ids is None:
             block_ids = [b.id for b in await self.storage.trashed(heap_id)]
+        return await self.purge(heap_id, block_ids)
+
+    async def purge(self, heap_id: str, block_ids: list[str]) -> list[str]:
+        """Remove those of ``block_ids`` that are in the heap's trash for good, free the files
+        no other block holds and announce ``purged``. The one purge path: emptying the trash
+        and pushes that set ``meta_v0.permanently_deleted_at`` (the document service calls it
+        once their commit is durable); callers have checked that the heap is the user's."""
         now = self.documents._now()
         hashes = await self.storage.file_hashes_of_heap(heap_id, block_ids)
         purged = await self.storage.purge_blocks(heap_id, block_ids, now)

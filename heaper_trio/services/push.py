@@ -7,7 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from heaper_trio import crdt
+from heaper_trio.records import BlockProjection
+from heaper_trio.services.commits import Committed
 from heaper_trio.services.doc_cache import DocumentBase
+from heaper_trio.services.projection import projection_of
 from heaper_trio.services.sync_types import PushItemRequest, PushOutcome, PushStatus, Undecodable
 
 
@@ -46,10 +49,24 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Settled:
-    """How a batch ended, with the document it ended on (for the HTTP answer's diff)."""
+    """How a batch ended, with the document it ended on (for the HTTP answer's diff);
+    ``gone_for_good``: the commit left ``meta_v0.permanently_deleted_at`` set, so the block
+    is purged once the commit is durable."""
 
     outcome: PushOutcome
     doc: crdt.BlockDocument | None = None
+    gone_for_good: bool = False
+
+
+def projected(doc: crdt.BlockDocument) -> BlockProjection:
+    """The columns a commit stores. A document with ``permanently_deleted_at`` and no
+    ``deleted_at`` is stored as trashed too: storage purges only trashed blocks, and should
+    the purge after the commit not happen (a crash in between), the block waits hidden in
+    the trash until it is emptied, rather than showing up again."""
+    p = projection_of(doc)
+    if p.permanently_deleted_at is not None and p.deleted_at is None:
+        return replace(p, deleted_at=p.permanently_deleted_at)
+    return p
 
 
 def checked(item: PushItemRequest, index: int) -> PushBatch | PushOutcome:
@@ -82,3 +99,18 @@ def with_diff(settled: Settled, state_vector: bytes | Undecodable | None) -> Pus
         return outcome
     known = state_vector if isinstance(state_vector, bytes) else None
     return replace(outcome, state_vector=doc.state_vector(), update=doc.diff(known))
+
+
+def gone_for_good(
+    committed: dict[int, Committed], done: dict[int, Settled]
+) -> dict[str, list[str]]:
+    """Per heap, the blocks a push purges: those whose last commit in it (by request order)
+    left ``permanently_deleted_at`` set. The document service purges them as emptying the
+    trash does, once the commit is durable and announced and still under the blocks' locks,
+    so no push in this process slips in between."""
+    last = {committed[i].block_id: (committed[i].heap_id, done[i]) for i in sorted(committed)}
+    doomed: dict[str, list[str]] = {}
+    for block_id, (heap_id, settled) in last.items():
+        if settled.gone_for_good:
+            doomed.setdefault(heap_id, []).append(block_id)
+    return doomed
