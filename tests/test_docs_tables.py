@@ -5,9 +5,10 @@ Routes come from the OpenAPI document a real server answers (``GET /api/openapi.
 is checked in turn against the Quart url_map, so a route registered outside the route specs
 cannot slip past. Error codes are collected from the source with ``ast``: every ``code="..."``
 keyword, every ``{"error": "..."}`` dict and ``_envelope(status, "...")`` call, the web layer's
-``HTTP_CODES``, and the default code of every error class that is raised without ``code=``.
-A ``code=`` that is not a literal must be listed in ``DYNAMIC_CODES`` below, so a new computed
-code cannot go unnoticed either.
+``HTTP_CODES``, the per-block ``error`` of push and pull answers (``error="..."``,
+``refused(status, "...")``), and the default code of every error class that is raised without
+``code=``. A ``code=`` that is not a literal must be listed in ``DYNAMIC_CODES`` below, so a new
+computed code cannot go unnoticed either.
 """
 
 from __future__ import annotations
@@ -205,6 +206,14 @@ def answerable_codes() -> tuple[set[str], list[str]]:
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                     codes.add(arg.value)
             keywords = {k.arg: k.value for k in node.keywords}
+            # a push or pull answers some blocks with an ``error`` of their own (200 overall);
+            # the live protocol's (services/live/) are docs/protocol.md's
+            per_item = [node.args[1]] if func == "refused" and len(node.args) > 1 else []
+            if "error" in keywords and not rel.startswith("services/live/"):
+                per_item.append(keywords["error"])
+            for value in per_item:
+                if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                    codes.add(value.value)
             if "code" in keywords:
                 value = keywords["code"]
                 if (literals := _literals(value)) is not None:
