@@ -1,5 +1,6 @@
 """docs/api.md keeps up with the code: its route table lists exactly the routes the server
-serves, and its error table exactly the ``error`` codes the server can answer.
+serves, its error table exactly the ``error`` codes the server can answer, and its
+``POST /api/me`` example has the shape (keys and value types) of a real answer.
 
 Routes come from the OpenAPI document a real server answers (``GET /api/openapi.json``), which
 is checked in turn against the Quart url_map, so a route registered outside the route specs
@@ -14,6 +15,7 @@ computed code cannot go unnoticed either.
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import httpx
 import pytest
 
 from heaper_trio.app import RunningServer, create_app
+from heaper_trio.client import HeaperClient
 from heaper_trio.records import ChallengeProblem, RefreshOutcome
 from heaper_trio.web.errors import HTTP_CODES
 
@@ -254,3 +257,29 @@ def test_error_table_lists_every_code() -> None:
     assert len(codes) > 50
     documented = documented_codes()
     assert documented == codes, _differences("docs/api.md's error table", documented, codes)
+
+
+# -- the /api/me example ----------------------------------------------------------------------
+
+
+def _shape(value: object) -> object:
+    """The keys of a JSON value, recursively (lists by their first item); leaves by type."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(value[0])] if value else []
+    return type(value).__name__
+
+
+@pytest.mark.engines("sqlite")
+async def test_me_example_has_the_shape_of_a_real_answer(admin: HeaperClient, engine: str) -> None:
+    section = "\n".join(_section(API_MD.read_text(), "## `POST /api/me`"))
+    example = re.search(r"```json\n(.*?)```", section, re.S)
+    assert example, "docs/api.md: no JSON example under ## `POST /api/me`"
+    documented = json.loads(example.group(1))
+    answer = (await admin.post("/api/me")).json()
+    # email is null for this account; the example shows it null too
+    assert _shape(documented) == _shape(answer), (
+        "docs/api.md's /api/me example has another shape than a real answer:\n"
+        f"  docs:   {json.dumps(_shape(documented))}\n  server: {json.dumps(_shape(answer))}"
+    )
