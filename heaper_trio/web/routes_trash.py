@@ -53,7 +53,8 @@ async def list_trash(user: User, heapId: str) -> dict[str, Any]:
     params={"heapId": ID},
     summary="Empty the trash for good: documents, history and relations.",
     description="Without a body every trashed block goes; with block_ids only those of "
-    "them that are in the trash. Removed blocks appear in delta's deleted_blocks.",
+    "them that are in the trash. Removed blocks appear in delta's deleted_blocks. An edit "
+    "that sets meta_v0.permanently_deleted_at removes its block the same way.",
     body=obj({}, {"block_ids": IDS}),
     response=open_obj(success=boolean(), deleted={"type": "array"}),
 )
