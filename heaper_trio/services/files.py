@@ -221,41 +221,28 @@ class FileService(FileStore):
             )
             return AlreadyStored(chunk_size, total, hash, known.id)
         now = int(time.time() * 1000)
-        upload = await self.storage.save_upload(
-            UploadRecord(
-                uuid.uuid4().hex,
-                user.id,
-                heap_id,
-                block_id,
-                hash,
-                size,
-                chunk_size,
-                name,
-                guess_mime(name, mime_type),
-                now,
-                now + self.settings.upload_expiry_hours * 3600 * 1000,
-            )
+        # the row this request would start; its id is new, so it is stored only where no
+        # upload of these bytes into this block exists yet (the storage answers that one)
+        fresh = UploadRecord(
+            uuid.uuid4().hex,
+            user.id,
+            heap_id,
+            block_id,
+            hash,
+            size,
+            chunk_size,
+            name,
+            guess_mime(name, mime_type),
+            now,
+            now + self.settings.upload_expiry_hours * 3600 * 1000,
         )
+        upload = await self.storage.save_upload(fresh)
         if upload.user_id == user.id and upload.chunk_size != chunk_size:
             try:
                 chunk_plan(upload.size, upload.chunk_size, self.settings.max_chunk_bytes)
             except (BadRequest, PayloadTooLarge):  # from before the limits: start it afresh
                 await self._discard(upload)
-                upload = await self.storage.save_upload(
-                    UploadRecord(
-                        uuid.uuid4().hex,
-                        user.id,
-                        heap_id,
-                        block_id,
-                        hash,
-                        size,
-                        chunk_size,
-                        name,
-                        guess_mime(name, mime_type),
-                        now,
-                        now + self.settings.upload_expiry_hours * 3600 * 1000,
-                    )
-                )
+                upload = await self.storage.save_upload(fresh)
         if upload.user_id != user.id or upload.size != size:
             raise Conflict(
                 "an upload of this file to this block is under way with other parameters",
