@@ -37,6 +37,40 @@ UPLOAD_COLUMNS = (
     "id, user_id, heap_id, block_id, hash, size, chunk_size, name, mime_type, "
     "created_at, expires_at"
 )
+
+
+def file_values(r: FileRecord) -> tuple[Any, ...]:
+    """A file row's values for an INSERT, in the order both engines list the columns
+    (hash, id, size, mime_type, name, source_path, meta as JSON text, created_at)."""
+    return (
+        r.hash,
+        r.id,
+        r.size,
+        r.mime_type,
+        r.name,
+        r.source_path,
+        json.dumps(r.meta),
+        r.created_at,
+    )
+
+
+def upload_values(r: UploadRecord) -> tuple[Any, ...]:
+    """An upload row's values for an INSERT, in ``UPLOAD_COLUMNS`` order."""
+    return (
+        r.id,
+        r.user_id,
+        r.heap_id,
+        r.block_id,
+        r.hash,
+        r.size,
+        r.chunk_size,
+        r.name,
+        r.mime_type,
+        r.created_at,
+        r.expires_at,
+    )
+
+
 ENTRY_COLUMNS = (
     "heap_id, path, kind, block_id, folder_id, size, mtime_ns, hash, missing, "
     "scan_id, updated_at, dev, ino, ctime_ns"

@@ -8,7 +8,13 @@ from typing import Any
 
 from heaper_trio.records import FileRecord, UploadRecord
 from heaper_trio.storage.postgres.runtime import Conn, PostgresBridge, read, tx, write1
-from heaper_trio.storage.rows import UPLOAD_COLUMNS, file_row, upload_row
+from heaper_trio.storage.rows import (
+    UPLOAD_COLUMNS,
+    file_row,
+    file_values,
+    upload_row,
+    upload_values,
+)
 
 FILE_COLUMNS = "hash, id, size, mime_type, name, source_path, meta::text AS meta, created_at"
 
@@ -36,14 +42,7 @@ async def _add_file(c: Conn, r: FileRecord) -> FileRecord:
     await c.execute(
         "INSERT INTO files (hash, id, size, mime_type, name, source_path, meta, created_at) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8) ON CONFLICT DO NOTHING",
-        r.hash,
-        r.id,
-        r.size,
-        r.mime_type,
-        r.name,
-        r.source_path,
-        json.dumps(r.meta),
-        r.created_at,
+        *file_values(r),
     )
     stored = await _get_file(c, r.hash)
     assert stored is not None
@@ -140,17 +139,7 @@ async def _save_upload(c: Conn, r: UploadRecord) -> UploadRecord:
     await c.execute(
         f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
         "$10, $11) ON CONFLICT DO NOTHING",
-        r.id,
-        r.user_id,
-        r.heap_id,
-        r.block_id,
-        r.hash,
-        r.size,
-        r.chunk_size,
-        r.name,
-        r.mime_type,
-        r.created_at,
-        r.expires_at,
+        *upload_values(r),
     )
     stored = await _get_upload(c, r.heap_id, r.block_id, r.hash)
     assert stored is not None

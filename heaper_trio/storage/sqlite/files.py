@@ -8,7 +8,13 @@ import time
 from typing import Any
 
 from heaper_trio.records import FileRecord, UploadRecord
-from heaper_trio.storage.rows import UPLOAD_COLUMNS, file_row, upload_row
+from heaper_trio.storage.rows import (
+    UPLOAD_COLUMNS,
+    file_row,
+    file_values,
+    upload_row,
+    upload_values,
+)
 from heaper_trio.storage.sqlite.runtime import SqliteRuntime
 
 FILE_COLUMNS = "hash, id, size, mime_type, name, source_path, meta, created_at"
@@ -34,16 +40,7 @@ def _get_file(c: sqlite3.Connection, key: str) -> FileRecord | None:
 def _add_file(c: sqlite3.Connection, r: FileRecord) -> FileRecord:
     c.execute(
         f"INSERT OR IGNORE INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            r.hash,
-            r.id,
-            r.size,
-            r.mime_type,
-            r.name,
-            r.source_path,
-            json.dumps(r.meta),
-            r.created_at,
-        ),
+        file_values(r),
     )
     stored = _get_file(c, r.hash)
     assert stored is not None
@@ -133,19 +130,7 @@ def _save_upload(c: sqlite3.Connection, r: UploadRecord) -> UploadRecord:
     c.execute(
         f"INSERT OR IGNORE INTO uploads ({UPLOAD_COLUMNS}) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            r.id,
-            r.user_id,
-            r.heap_id,
-            r.block_id,
-            r.hash,
-            r.size,
-            r.chunk_size,
-            r.name,
-            r.mime_type,
-            r.created_at,
-            r.expires_at,
-        ),
+        upload_values(r),
     )
     stored = _get_upload(c, r.heap_id, r.block_id, r.hash)
     assert stored is not None
