@@ -27,12 +27,17 @@ FORBIDDEN: dict[str, set[str]] = {
     "crdt": {"services", "storage", "web", "app", "cli"},
     # web reaches storage only through services, never an engine or the storage interface
     "web": {"cli", "storage.sqlite", "storage.postgres", "storage.base"},
+    # the client talks to a server over the wire only: the pure protocol and keys, no layer
+    # of the server (its CRDT handling included: the client builds documents as any Yjs
+    # client does, so the docs' examples check the server against an independent writer)
+    "client": {"services", "storage", "web", "app", "cli", "crdt", "errors"},
 }
 # places that import only the standard library and themselves: the pure wire protocol
 # (h11's rule: no I/O, no framework), the value types every layer shares, the error tree
 SELF_CONTAINED = ("protocol", "records", "errors")
-# third-party package -> the one place that may import it
-ONLY_IMPORTER = {"pycrdt": "crdt"}
+# third-party package -> the places that may import it: the server's CRDT layer, and the
+# client library (a client builds and merges its own documents)
+ONLY_IMPORTER = {"pycrdt": ("crdt", "client")}
 FORBIDDEN_THIRD_PARTY: dict[str, set[str]] = {
     "storage": {"quart", "hypercorn", "quart_trio", "werkzeug"},
     "services": {"quart", "hypercorn", "quart_trio", "werkzeug"},
@@ -105,8 +110,9 @@ def violations(where: str, modules: set[str]) -> list[str]:
                 found.append(f"{where} imports {mod} ({key} imports only itself)")
             if own is None and top != "heaper_trio" and top not in sys.stdlib_module_names:
                 found.append(f"{where} imports {mod} ({key} imports only the standard library)")
-        if top in ONLY_IMPORTER and not under(where, ONLY_IMPORTER[top]):
-            found.append(f"{where} imports {mod} (only {ONLY_IMPORTER[top]} imports {top})")
+        if top in ONLY_IMPORTER and not any(under(where, p) for p in ONLY_IMPORTER[top]):
+            only = " and ".join(ONLY_IMPORTER[top])
+            found.append(f"{where} imports {mod} (only {only} import {top})")
     return found
 
 
@@ -126,7 +132,8 @@ def test_the_rules_name_real_places() -> None:
     def exists(key: str) -> bool:
         return any(under(p, key) for p in places)
 
-    keys = [*FORBIDDEN, *SELF_CONTAINED, *FORBIDDEN_THIRD_PARTY, *ONLY_IMPORTER.values()]
+    importers = [p for places in ONLY_IMPORTER.values() for p in places]
+    keys = [*FORBIDDEN, *SELF_CONTAINED, *FORBIDDEN_THIRD_PARTY, *importers]
     assert [k for k in keys if not exists(k)] == []
     modules = {m for banned in FORBIDDEN.values() for m in banned} | set(ENGINES)
     assert [m for m in modules if not exists(m.replace(".", "/"))] == []
@@ -141,6 +148,9 @@ def test_the_checker_catches_each_kind_of_rule() -> None:
     assert violations("protocol/wire", {"heaper_trio.errors"})
     assert violations("records", {"heaper_trio.storage"})
     assert violations("services/live/hub", {"pycrdt"})
+    assert violations("client/live", {"heaper_trio.services.live.hub"})
+    assert violations("client/blocks", {"heaper_trio.crdt"})
+    assert not violations("client/blocks", {"pycrdt", "heaper_trio.protocol.messages"})
     assert not violations("protocol/wire", {"__future__", "dataclasses", "heaper_trio.protocol"})
     assert not violations("web/routes_x", {"heaper_trio.storage.errors", "heaper_trio.records"})
     assert not violations("crdt", {"pycrdt", "heaper_trio.protocol.wire"})

@@ -1,14 +1,8 @@
-"""A small Heaper client: key pair, login, refresh, authenticated requests.
-
-The tests, the benchmarks and scripts share it, so it is also the reference for how a client
-talks to this server::
-
-    async with HeaperClient("http://127.0.0.1:8470", KeyPair.generate()) as c:
-        await c.login()
-        me = await c.post("/api/me")
+"""The client's session: a key pair, login, token refresh, authenticated requests.
 
 ``request`` refreshes the token pair once when the server answers 401 ``token_expired``.
-It works under trio (httpx runs on anyio).
+It works under trio (httpx runs on anyio). The parts of the API live on the client as
+namespaces: ``heaps``, ``blocks``, ``uploads``, ``live`` (one module each).
 """
 
 from __future__ import annotations
@@ -18,13 +12,12 @@ from typing import Any
 
 import httpx
 
+from heaper_trio.client.blocks import Blocks
+from heaper_trio.client.errors import HeaperError, LoginPending, json_or_none
+from heaper_trio.client.heaps import Heaps
+from heaper_trio.client.live import Live
+from heaper_trio.client.uploads import Uploads
 from heaper_trio.keys import KeyPair
-
-__all__ = ["HeaperClient", "KeyPair", "LoginPending", "load_or_create_keypair"]
-
-
-class LoginPending(Exception):
-    """The account exists but waits for an admin's approval."""
 
 
 def load_or_create_keypair(path: str | Path) -> KeyPair:
@@ -52,6 +45,10 @@ class HeaperClient:
         self.refresh_token: str | None = None
         self.user_id: str | None = None
         self.login_answer: dict[str, Any] = {}
+        self.heaps = Heaps(self)
+        self.blocks = Blocks(self)
+        self.uploads = Uploads(self)
+        self.live = Live(self)
 
     async def __aenter__(self) -> HeaperClient:
         return self
@@ -128,10 +125,17 @@ class HeaperClient:
     async def delete(self, path: str, **kw: Any) -> httpx.Response:
         return await self.request("DELETE", path, **kw)
 
+    async def call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        """``request``, then the JSON answer; an error answer raises :class:`HeaperError`."""
+        r = await self.request(method, path, **kw)
+        if r.status_code >= 400:
+            raise HeaperError(r)
+        answer = r.json()
+        if not isinstance(answer, dict):
+            raise HeaperError(r)
+        return answer
+
 
 def _error_code(r: httpx.Response) -> str | None:
-    try:
-        body = r.json()
-    except ValueError:
-        return None
+    body = json_or_none(r)
     return body.get("error") if isinstance(body, dict) else None

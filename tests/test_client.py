@@ -1,0 +1,187 @@
+"""heaper_trio.client against a real server, on both engines: heaps, block sync (build, push,
+pull, merge, version mismatch, delta), resumable uploads with progress and resume, live
+subscriptions over /ws, error answers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+
+import pytest
+import trio
+
+from heaper_trio.app import RunningServer
+from heaper_trio.client import (
+    HeaperClient,
+    HeaperError,
+    LiveRefused,
+    LocalBlock,
+    UploadProgress,
+)
+from heaper_trio.client import documents as d
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+async def test_heaps_list_and_create(admin: HeaperClient) -> None:
+    before = await admin.heaps.list()
+    heap = await admin.heaps.create("Reading list", heap_id="reading-list")
+    assert heap.id == "reading-list" and heap.name == "Reading list" and heap.root_block_id
+    after = await admin.heaps.list()
+    assert [h.id for h in after if h not in before] == ["reading-list"]
+    with pytest.raises(HeaperError) as taken:
+        await admin.heaps.create("Again", heap_id="reading-list")
+    assert (taken.value.status, taken.value.code) == (403, "heap_exists")
+
+
+async def test_two_devices_push_pull_and_merge(admin: HeaperClient) -> None:
+    heap = await admin.heaps.create("Sync")
+    tag_id, block_id, other = new_id(), new_id(), new_id()
+    phone = LocalBlock(heap.id, block_id, d.new_block("document", "Grüße", created_at=1))
+    with phone.doc.transaction():
+        d.append_paragraph(
+            phone.doc, "See ", d.mention(other, "Other"), " and ", ("this", {"strong": {}})
+        )
+        d.append_paragraph(phone.doc, "Linked: ", d.pagelink(other))
+        d.add_tag(phone.doc, tag_id)
+    created = await admin.blocks.push(phone)
+    assert (created.status, created.sync_version) == ("created", 1)
+
+    laptop = await admin.blocks.fetch(heap.id, block_id)
+    assert laptop.sync_version == 1
+    assert d.read_block(laptop.doc) == d.read_block(phone.doc)
+    # both edit offline, then sync: each ends with both edits
+    d.append_paragraph(laptop.doc, "from the laptop")
+    d.append_paragraph(phone.doc, "from the phone")
+    assert (await admin.blocks.push(laptop)).status == "ok"
+    assert (await admin.blocks.push(phone)).ok  # its answer brings the laptop's paragraph
+    assert (await admin.blocks.pull(laptop)).status == "ok"
+    read = d.read_block(laptop.doc)
+    assert read == d.read_block(phone.doc)
+    assert read.title == "Grüße" and read.tags == (tag_id,)
+    assert read.mentions == (other,) and read.links == (other,)
+    # concurrent inserts at one place: Yjs orders them by client id, the same everywhere
+    assert sorted(read.text.splitlines()[-2:]) == ["from the laptop", "from the phone"]
+    # the server projects the same text
+    got = (await admin.post(f"/api/block/{block_id}")).json()
+    assert got["block"]["title"] == "Grüße" and "See Other and this" in got["text"]
+
+    pages = [page async for page in admin.blocks.changes(heap.id)]
+    assert block_id in {b["block_id"] for p in pages for b in p.changed_blocks}
+    later = await admin.blocks.delta(heap.id, since=pages[-1].server_time)
+    assert later.changed_blocks == [] and not later.has_more
+
+
+async def test_pull_with_another_version_replaces_the_document(admin: HeaperClient) -> None:
+    heap = await admin.heaps.create("Versions")
+    block = LocalBlock(heap.id, new_id(), d.new_block("document", "Server copy"))
+    await admin.blocks.push(block)
+    stale = LocalBlock(heap.id, block.block_id, d.new_block("document", "Local only"))
+    stale.sync_version = 7
+    old_doc = stale.doc
+    pushed = await admin.blocks.push(stale)
+    assert (pushed.status, pushed.sync_version) == ("version_mismatch", 1)
+    pulled = await admin.blocks.pull(stale)
+    assert (pulled.status, stale.sync_version) == ("version_mismatch", 1)
+    assert stale.doc is not old_doc and d.read_block(stale.doc).title == "Server copy"
+    missing = await admin.blocks.fetch(heap.id, new_id())
+    assert missing.sync_version is None and d.read_block(missing.doc).title == ""
+
+
+async def test_trash_and_permanent_delete_from_the_document(admin: HeaperClient) -> None:
+    heap = await admin.heaps.create("Trash")
+    block = LocalBlock(heap.id, new_id(), d.new_block("document", "Old note"))
+    await admin.blocks.push(block)
+    d.move_to_trash(block.doc, at=1_700_000_000_000)
+    await admin.blocks.push(block)
+    trash = (await admin.get(f"/api/trash/{heap.id}")).json()
+    assert block.block_id in str(trash)
+    d.delete_permanently(block.doc)
+    assert (await admin.blocks.push(block)).ok
+    delta = await admin.blocks.delta(heap.id)
+    assert block.block_id in {b["block_id"] for b in delta.deleted_blocks}
+    again = await admin.blocks.push(block)
+    assert again.status == "deleted" and block.deleted
+
+
+async def test_resumable_upload_with_progress_resumes_after_interruption(
+    admin: HeaperClient, tmp_path: trio.Path
+) -> None:
+    heap = await admin.heaps.create("Files")
+    block_id, chunk = new_id(), 65_536
+    data = os.urandom(chunk * 3 + 123)
+    path = tmp_path / "photo.bin"
+    path.write_bytes(data)
+    seen: list[UploadProgress] = []
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_two(p: UploadProgress) -> None:
+        seen.append(p)
+        if p.chunks_sent == 2:
+            raise Interrupted
+
+    with pytest.RaisesGroup(Interrupted, flatten_subgroups=True, allow_unwrapped=True):
+        await admin.uploads.upload(
+            heap.id, block_id, path, chunk_size=chunk, progress=stop_after_two
+        )
+    assert [p.bytes_done for p in seen] == [0, chunk, 2 * chunk]
+    status = await admin.uploads.status(heap.id, block_id, hashlib.sha256(data).hexdigest())
+    assert status["status"] == "uploading" and sorted(status["received"]) == [0, 1]
+
+    resumed: list[UploadProgress] = []
+    result = await admin.uploads.upload(
+        heap.id, block_id, path, chunk_size=chunk, parallel=2, progress=resumed.append
+    )
+    assert (result.status, result.chunks_resumed, result.chunks_sent) == ("complete", 2, 2)
+    assert resumed[0].bytes_done == 2 * chunk and resumed[-1].bytes_done == len(data)
+    assert resumed[-1].fraction == 1.0 and result.file_hash == hashlib.sha256(data).hexdigest()
+    raw = await admin.get(f"/api/file/{result.file_id}/raw/photo.bin")
+    assert raw.status_code == 200 and raw.content == data
+    block = await admin.blocks.fetch(heap.id, block_id)
+    [entry] = d.read_block(block.doc).files.values()
+    assert entry["name"] == "photo.bin" and entry["file_size"] == len(data)
+
+    again = await admin.uploads.upload(heap.id, new_id(), data, name="copy.bin")
+    assert (again.status, again.chunks_sent) == ("exists", 0)
+
+
+async def test_live_subscription_receives_and_sends(
+    admin: HeaperClient, make_client: type[HeaperClient], server: RunningServer
+) -> None:
+    heap = await admin.heaps.create("Live")
+    block_id = new_id()
+    http_side = LocalBlock(heap.id, block_id, d.new_block("document", "Shared"))
+    await admin.blocks.push(http_side)
+    watcher = LocalBlock(heap.id, block_id, sync_version=1)
+    with trio.fail_after(20):
+        async with admin.live.subscribe(watcher) as live:
+            assert d.read_block(live.doc).title == "Shared"  # the first sync is done
+            d.append_paragraph(http_side.doc, "pushed over HTTP")
+            await admin.blocks.push(http_side)
+            await live.next_update()
+            assert d.read_block(live.doc).text == "pushed over HTTP"
+            d.append_paragraph(live.doc, "typed live")  # sent as it is made
+            await live.wait_stored()
+            await admin.blocks.pull(http_side)
+            assert d.read_block(http_side.doc).text == "pushed over HTTP\ntyped live"
+
+
+async def test_live_subscription_refused_for_a_foreign_heap(
+    admin: HeaperClient, eve: HeaperClient
+) -> None:
+    heap = await admin.heaps.create("Private")
+    with trio.fail_after(20), pytest.raises(LiveRefused) as refused:
+        async with eve.live.subscribe(LocalBlock(heap.id, new_id())):
+            pass
+    assert refused.value.reason
+
+
+async def test_error_answers_raise_with_their_code(admin: HeaperClient) -> None:
+    with pytest.raises(HeaperError) as err:
+        await admin.blocks.delta("no-such-heap")
+    assert err.value.status == 403 and err.value.code == "heap_forbidden"
