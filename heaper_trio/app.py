@@ -162,9 +162,16 @@ async def run_server(
     settings: Settings,
     *,
     shutdown: trio.Event | None = None,
+    listen_fd: int | None = None,
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until ``shutdown`` is set; report the bound URLs through ``task_status``."""
+    """Serve until ``shutdown`` is set; report the bound URLs through ``task_status``.
+
+    ``listen_fd``: serve on this bound socket (a worker's, workers.py) instead of binding
+    host:port; hypercorn takes it over and closes it."""
+    config = hypercorn_config(settings)
+    if listen_fd is not None:
+        config.bind = [f"fd://{listen_fd}"]
     async with open_asyncio_loop(), open_services(settings, shutdown) as services:
         app = create_app(services)
         async with trio.open_nursery() as serving:
@@ -172,7 +179,7 @@ async def run_server(
                 partial(
                     serve,
                     guarded(app, settings),
-                    hypercorn_config(settings),
+                    config,
                     shutdown_trigger=services.shutdown.wait,
                 )
             )

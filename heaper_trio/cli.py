@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                 help=f"{s.help} [env {s.env}, default {s.default!r}]",
             )
     _add_storage_flags(serve)
+    # A worker started by the --workers supervisor (workers.py): its control socket
+    serve.add_argument("--worker-control-fd", type=int, help=argparse.SUPPRESS)
 
     users = sub.add_parser(
         "users",
@@ -117,33 +119,51 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     return load_settings(config_path=args.config, overrides=overrides)
 
 
-def _configure_logging(settings: Settings) -> None:
+def _configure_logging(settings: Settings, *, with_pid: bool = False) -> None:
+    pid = "[%(process)d]" if with_pid else ""  # several processes write to one log
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{pid}: %(message)s",
         stream=sys.stderr,
     )
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, control_fd: int | None = None) -> None:
     from heaper_trio.app import run_server
+    from heaper_trio.workers import serve_as_worker
 
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
 
         async def watch_signals() -> None:
+            # A worker may be asked to stop by its supervisor and signalled too (systemd
+            # signals every process of the unit): only a second *signal* stops it at once.
+            signalled = False
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
-                    if shutdown.is_set():
+                    if signalled:
                         log.warning("second signal: stopping now")
                         nursery.cancel_scope.cancel()
                         return
+                    signalled = True
                     log.info("%s received: shutting down", signal.Signals(signum).name)
                     shutdown.set()
 
         nursery.start_soon(watch_signals)
-        await run_server(settings, shutdown=shutdown)
+        if control_fd is None:
+            await run_server(settings, shutdown=shutdown)
+        else:
+            await serve_as_worker(settings, control_fd, shutdown, nursery.cancel_scope.cancel)
         nursery.cancel_scope.cancel()
+
+
+def _supervise(settings: Settings) -> int:
+    from heaper_trio.workers import supervise
+
+    outcome = trio.run(supervise, settings)
+    if outcome.message:
+        print(f"heaper_trio: {outcome.message}", file=sys.stderr)
+    return outcome.code
 
 
 def _user_row(u: User) -> dict[str, Any]:
@@ -253,9 +273,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return trio.run(_client, args)
     try:
         settings = _settings_from(args)
-        _configure_logging(settings)
+        control_fd = getattr(args, "worker_control_fd", None)
+        workers = settings.worker_count if command == "serve" else 1
+        _configure_logging(settings, with_pid=workers > 1 or control_fd is not None)
+        if workers > 1:
+            return _supervise(settings)
         if command == "serve":
-            trio.run(_serve, settings)
+            trio.run(_serve, settings, control_fd)
             return 0
         return trio.run(_users, settings, args)
     except BaseException as e:

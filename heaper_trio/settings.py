@@ -81,6 +81,17 @@ SETTINGS: tuple[Setting, ...] = (
         cli=True,
         check=_check_url,
     ),
+    Setting(
+        "workers",
+        int,
+        0,
+        "Server processes sharing the port (SO_REUSEPORT), watched by one parent that "
+        "restarts a worker that dies. 0: automatic, 1 on SQLite (one writer process) and on "
+        "PostgreSQL the CPUs this process may use, at most 4 (each process holds up to "
+        "pg_pool_max + 1 database connections). More than 1 needs PostgreSQL.",
+        cli=True,
+        minimum=0,
+    ),
     Setting("name", str, "Heaper", "Instance name shown to clients by GET /api/."),
     Setting(
         "public_url",
@@ -288,6 +299,8 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+# workers = 0 on PostgreSQL starts one process per usable CPU, at most this many
+AUTO_WORKERS_MAX = 4
 
 
 @dataclass(frozen=True)
@@ -298,6 +311,7 @@ class Settings:
     port: int
     data_dir: str
     database_url: str
+    workers: int
     name: str
     public_url: str
     auto_approve: bool
@@ -341,6 +355,14 @@ class Settings:
     @property
     def engine(self) -> str:
         return "postgres" if self.database_url else "sqlite"
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` resolved: 0 means 1 on SQLite, else the usable CPUs up to a bound."""
+        if self.workers or self.engine == "sqlite":
+            return self.workers or 1
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, min(cpus or 1, AUTO_WORKERS_MAX))
 
     def replace(self, **changes: Any) -> Settings:
         return load_settings(environ={}, overrides={**dataclasses.asdict(self), **changes})
@@ -437,4 +459,9 @@ def load_settings(
         values[key] = _coerce(setting, raw, "command line")
     if values["pg_pool_max"] < values["pg_pool_min"]:
         raise StartupError("pg_pool_max: must be at least pg_pool_min")
+    if values["workers"] > 1 and not values["database_url"]:
+        raise StartupError(
+            f"workers: SQLite allows one server process (one writer), got {values['workers']}; "
+            "use workers = 1, or PostgreSQL (database_url) for more"
+        )
     return Settings(**values)
