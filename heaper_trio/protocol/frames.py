@@ -9,7 +9,7 @@ subscription and the body once per batch, and sends ``prefix + body``. The resul
 
 from __future__ import annotations
 
-from heaper_trio.protocol.messages import AWARENESS, SYNC, UPDATE
+from heaper_trio.protocol.messages import AWARENESS, STATELESS, STEP2, SYNC, UPDATE
 from heaper_trio.protocol.wire import var_bytes, var_string
 
 
@@ -26,3 +26,13 @@ def sync_update_body(update: bytes) -> bytes:
 def awareness_body(payload: bytes) -> bytes:
     """``Awareness · varBytes(payload)``, payload from ``messages.encode_awareness``."""
     return bytes((AWARENESS,)) + var_bytes(payload)
+
+
+def sync_step2_body(update: bytes) -> bytes:
+    """``Sync · Step2 · varBytes(update)``: the last piece of a whole state sent anew."""
+    return bytes((SYNC, STEP2)) + var_bytes(update)
+
+
+def stateless_body(payload: str) -> bytes:
+    """``Stateless · varString(payload)``: an event (JSON) for the document's subscribers."""
+    return bytes((STATELESS,)) + var_string(payload)

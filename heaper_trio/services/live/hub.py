@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import trio
 import trio.lowlevel
@@ -26,66 +24,21 @@ import trio.lowlevel
 from heaper_trio import crdt
 from heaper_trio.protocol import events, frames
 from heaper_trio.protocol.messages import AwarenessEntry, decode_awareness, encode_awareness
-from heaper_trio.protocol.names import BlockName
-from heaper_trio.protocol.presence import Owner, PresenceTable
+from heaper_trio.protocol.presence import Owner
+from heaper_trio.protocol.split import split_update
 from heaper_trio.protocol.wire import ProtocolError
+from heaper_trio.records import StoredBlock
 from heaper_trio.services.commits import Committed
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.live.rooms import EventSink, Relayed, Room, Subscription
 from heaper_trio.storage.errors import BlockInOtherHeap
 
 log = logging.getLogger(__name__)
 EXPIRE_EVERY_S = 5.0
 MAX_CONCURRENT_LOADS = 8
-
-
-class FrameSink(Protocol):
-    """A connection, as the hub sees it: a non-blocking send that may refuse (queue full)."""
-
-    def send_frame(self, frame: bytes) -> bool: ...
-
-
-class EventSink(Protocol):
-    """A user's event channel (``events`` on /ws, or the legacy /api/ws)."""
-
-    @property
-    def user_id(self) -> str: ...
-
-    def send_event(self, evt: dict[str, object]) -> bool: ...
-
-
-@dataclass(eq=False)
-class Subscription:
-    """One open block document on one connection (one address: name or name + session)."""
-
-    sink: FrameSink
-    address: str
-    name: BlockName
-    user_id: str
-    prefix: bytes = b""  # the frame's address field, encoded once
-
-    def __post_init__(self) -> None:
-        self.prefix = frames.address_prefix(self.address)
-
-
-@dataclass(eq=False)
-class Room:
-    block_id: str
-    heap_id: str
-    subs: set[Subscription] = field(default_factory=set)
-    presence: PresenceTable = field(default_factory=PresenceTable)
-    ready: trio.Event = field(default_factory=trio.Event)
-    doc: crdt.BlockDocument | None = None
-    exists: bool = False
-    sync_version: int = 1
-    last_seq: int = 0
-    failed: str | None = None
-    early: list[bytes] = field(default_factory=list)  # committed while loading
-    pending: list[tuple[bytes, object | None]] = field(default_factory=list)
-    catching_up: bool = False
-    # Another process announced a change this room may lack: reread storage (again) before
-    # the catch-up ends, or once loaded.
-    recheck: bool = False
+SPLIT_BYTES = 256 * 1024  # whole states larger than this go out in pieces
+SPLIT_IN_THREAD_BYTES = 1024 * 1024
 
 
 class LiveHub:
@@ -176,8 +129,10 @@ class LiveHub:
         doc = crdt.BlockDocument.load(
             stored.snapshot if stored else None, stored.updates if stored else ()
         )
-        for update in room.early:
-            doc.apply(update)
+        version = stored.sync_version if stored is not None else None
+        for update, update_version in room.early:
+            if version is None or update_version == version:  # not another history's
+                doc.apply(update)
         room.early.clear()
         room.doc, room.exists = doc, stored is not None or room.exists
         if stored is not None:
@@ -214,32 +169,81 @@ class LiveHub:
         for c in committed:
             self._queue_event(c)
             room = self.rooms.get(c.block_id)
-            if room is None or not c.updates:
-                if room is not None and c.kind == "purged":
-                    room.exists = False
+            if room is None:
                 continue
-            room.exists = True
-            if c.sync_version != room.sync_version and room.doc is not None:
-                room.sync_version = c.sync_version
+            if c.kind == "purged":
+                room.exists, room.purged = False, True
+                continue
             if room.doc is None:
                 # Applied once loaded. Not counted in last_seq: a commit of another process
                 # may lie between the rows being read and this one, so reread once loaded.
-                room.early.extend(c.updates)
+                room.early.extend((u, c.sync_version) for u in c.updates)
+                room.exists = room.exists or bool(c.updates)
                 room.recheck = True
                 continue
+            if c.sync_version > room.sync_version and room.exists:
+                # The document was replaced (a restore): read it anew, never merge the two
+                # histories; the commit is durable, so the read has it.
+                self._start_catch_up(room)
+                continue
+            if not c.updates or (c.sync_version < room.sync_version and room.exists):
+                continue  # nothing to send, or the replaced history's (committed before)
+            room.exists, room.purged = True, False
+            room.sync_version = c.sync_version
             if c.seq == room.last_seq + len(c.updates):
                 room.last_seq = c.seq
             elif c.seq > room.last_seq:
                 # Rows in between came from another process and are not here yet (their
                 # announcement is on its way, or was lost): read them from storage.
                 self._start_catch_up(room)
+            origin = c.origin
+            if isinstance(origin, Relayed):
+                skip = origin.updates if origin.doc is room.doc else frozenset()
+                origin = origin.sub
+            else:
+                skip = frozenset()
             for update in c.updates:
+                if update in skip:
+                    continue  # applied and sent when it came in (relay)
                 try:
                     room.doc.apply(update)
                 except crdt.InvalidUpdate:  # stored, so it applied once; never expected
                     log.exception("a stored update did not apply to live block %s", c.block_id)
-                room.pending.append((update, c.origin))
+                room.pending.append((update, origin))
             self._mark(room)
+
+    def relay(self, sub: Subscription, updates: Sequence[bytes]) -> Relayed | None:
+        """Apply a live batch of ``sub`` to the room's document and send it to the other
+        subscribers at once, before it is stored (Yjs peers keep every update they saw and
+        send it again when they reconnect, so a crash before the commit loses nothing; only
+        the writer's acknowledgement waits for the commit). Returns the origin to commit the
+        batch with, or None when it is not relayed (it then goes out after its commit, as
+        every other change does).
+
+        Refused before anything is sent: a batch with an update that is not exactly one Yjs
+        v1 update (the commit would refuse it too), one for a purged block or a room the
+        subscriber left. An update the document cannot integrate stops the relay there; what
+        applied before it was sent."""
+        room = self.rooms.get(sub.name.block_id)
+        if room is None or room.doc is None or room.purged or sub not in room.subs:
+            return None
+        try:
+            for update in updates:
+                crdt.check_update(update)
+        except crdt.InvalidUpdate:
+            return None
+        doc, relayed = room.doc, set[bytes]()
+        for update in updates:
+            try:
+                changed = doc.apply(update)
+            except crdt.InvalidUpdate:
+                break
+            relayed.add(update)
+            if changed:
+                room.pending.append((update, sub))
+        if room.pending:
+            self._mark(room)
+        return Relayed(sub, doc, frozenset(relayed))
 
     def on_remote(self, committed: Committed) -> None:
         """A change committed by another process (a pointer: no update bytes). PostgreSQL
@@ -248,7 +252,11 @@ class LiveHub:
         room = self.rooms.get(committed.block_id)
         if room is None:
             return  # a room made later loads from storage, which has this commit
-        if room.doc is not None and committed.seq <= room.last_seq:
+        if (
+            room.doc is not None
+            and committed.seq <= room.last_seq
+            and committed.sync_version <= room.sync_version
+        ):
             return  # the room holds every update up to last_seq already
         self._start_catch_up(room)
 
@@ -271,7 +279,12 @@ class LiveHub:
             while room.recheck and room.doc is not None and self.rooms.get(room.block_id) is room:
                 room.recheck = False
                 stored = await self.storage.load_block(room.block_id)
-                if stored is None or room.doc is None or stored.last_seq <= room.last_seq:
+                if stored is None or room.doc is None:
+                    continue
+                if stored.sync_version > room.sync_version and room.exists:
+                    await self._replace(room, stored)
+                    continue
+                if stored.last_seq <= room.last_seq:
                     continue
                 fresh = crdt.BlockDocument.load(stored.snapshot, stored.updates)
                 missing = fresh.diff(room.doc.state_vector())
@@ -284,6 +297,32 @@ class LiveHub:
             log.exception("catching up live block %s failed", room.block_id)
         finally:
             room.catching_up = False
+
+    async def _replace(self, room: Room, stored: StoredBlock) -> None:
+        """The block's document was replaced (a restore raised its sync_version): hold the
+        new one, and send every subscriber what a stale step 1 gets (the whole state, then
+        ``sync_version_mismatch``). From then on an address naming the old version is stale
+        (``BlockWorker._stale``), and nothing of the old history is sent or merged."""
+        doc = crdt.BlockDocument.load(stored.snapshot, stored.updates)
+        update = doc.full_state()
+        if len(update) > SPLIT_IN_THREAD_BYTES:  # ~100 ms/MB of pure Python: off the loop
+            pieces = await trio.to_thread.run_sync(split_update, update, SPLIT_BYTES)
+        else:
+            pieces = split_update(update, SPLIT_BYTES)
+        if self.rooms.get(room.block_id) is not room or room.doc is None:
+            return
+        # No await from here on: no commit can fall between the swap and the frames.
+        room.doc, room.sync_version, room.last_seq = doc, stored.sync_version, stored.last_seq
+        room.exists, room.purged = True, False
+        room.pending.clear()  # the old history's, not sent
+        self._dirty.pop(room, None)
+        evt = events.event(
+            "sync_version_mismatch", block_id=room.block_id, sync_version=room.sync_version
+        )
+        for piece in pieces[:-1]:  # updates first: the provider is "synced" on step 2
+            self._fan_out(room, frames.sync_update_body(piece))
+        self._fan_out(room, frames.sync_step2_body(pieces[-1]))
+        self._fan_out(room, frames.stateless_body(events.to_json(evt)))
 
     def _mark(self, room: Room) -> None:
         self._dirty[room] = None
@@ -312,13 +351,26 @@ class LiveHub:
             log.exception("merging updates of live block %s failed", room.block_id)
             return
         origins = {o for _, o in batch}
-        body = frames.sync_update_body(merged)
+        only = next(iter(origins)) if len(origins) == 1 else None
+        # only its own updates: that subscriber has them
+        self._fan_out(room, frames.sync_update_body(merged), skip=only)
+
+    def _fan_out(self, room: Room, body: bytes, skip: object | None = None) -> None:
+        """Send ``body`` to every subscriber of ``room`` (but ``skip``), each frame encoded
+        once per distinct address: subscribers that opened the document under the same
+        address get the very same bytes object, so the transport below can reuse what it
+        made of it (the WebSocket frame) by identity. Never waits: each connection queues
+        the frame behind what it queued before (or drops itself when its outbox is full)."""
+        encoded: dict[bytes, bytes] = {}
         for sub in list(room.subs):
-            if origins == {sub}:
-                continue  # only its own updates: it has them
+            if sub is skip:
+                continue
+            frame = encoded.get(sub.prefix)
+            if frame is None:
+                frame = encoded[sub.prefix] = sub.prefix + body
             self.counters.messages_out += 1
-            self.counters.bytes_out += len(sub.prefix) + len(body)
-            sub.sink.send_frame(sub.prefix + body)
+            self.counters.bytes_out += len(frame)
+            sub.sink.send_frame(frame)
 
     def _queue_event(self, c: Committed) -> None:
         if c.heap_id not in self.heap_watchers:
@@ -371,11 +423,8 @@ class LiveHub:
         return sub.prefix + frames.awareness_body(encode_awareness(states))
 
     def _broadcast_awareness(self, room: Room, entries: list[AwarenessEntry]) -> None:
-        body = frames.awareness_body(encode_awareness(entries))
-        for sub in list(room.subs):  # the sender too, as Hocuspocus does: it keeps it alive
-            self.counters.messages_out += 1
-            self.counters.bytes_out += len(sub.prefix) + len(body)
-            sub.sink.send_frame(sub.prefix + body)
+        # the sender too, as Hocuspocus does: it keeps it alive
+        self._fan_out(room, frames.awareness_body(encode_awareness(entries)))
 
     async def _expire_forever(self) -> None:
         while True:

@@ -1,0 +1,75 @@
+"""What the hub holds per live document: its room (the shared document and who has it open),
+the subscriptions, and the sinks the hub sends through."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from heaper_trio import crdt
+from heaper_trio.protocol import frames
+from heaper_trio.protocol.names import BlockName
+from heaper_trio.protocol.presence import PresenceTable
+
+
+class FrameSink(Protocol):
+    """A connection, as the hub sees it: a non-blocking send that may refuse (queue full)."""
+
+    def send_frame(self, frame: bytes) -> bool: ...
+
+
+class EventSink(Protocol):
+    """A user's event channel (``events`` on /ws, or the legacy /api/ws)."""
+
+    @property
+    def user_id(self) -> str: ...
+
+    def send_event(self, evt: dict[str, object]) -> bool: ...
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One open block document on one connection (one address: name or name + session)."""
+
+    sink: FrameSink
+    address: str
+    name: BlockName
+    user_id: str
+    prefix: bytes = b""  # the frame's address field, encoded once
+
+    def __post_init__(self) -> None:
+        self.prefix = frames.address_prefix(self.address)
+
+
+@dataclass(frozen=True, eq=False)
+class Relayed:
+    """The origin of a live batch sent to the other subscribers before it was stored
+    (:meth:`LiveHub.relay`): its commit must not apply or send those updates again, as long
+    as the room still holds the document they were applied to."""
+
+    sub: Subscription
+    doc: crdt.BlockDocument
+    updates: frozenset[bytes]
+
+
+@dataclass(eq=False)
+class Room:
+    block_id: str
+    heap_id: str
+    subs: set[Subscription] = field(default_factory=set)
+    presence: PresenceTable = field(default_factory=PresenceTable)
+    ready: trio.Event = field(default_factory=trio.Event)
+    doc: crdt.BlockDocument | None = None
+    exists: bool = False
+    sync_version: int = 1
+    last_seq: int = 0
+    failed: str | None = None
+    purged: bool = False  # gone for good: nothing more is relayed before it is stored
+    early: list[tuple[bytes, int]] = field(default_factory=list)  # (update, sync_version)
+    pending: list[tuple[bytes, object | None]] = field(default_factory=list)
+    catching_up: bool = False
+    # Another process announced a change this room may lack: reread storage (again) before
+    # the catch-up ends, or once loaded.
+    recheck: bool = False
