@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -31,6 +32,8 @@ from heaper_trio.workers import BACKOFF_FIRST, MAX_FAILURES, Supervisor
 from .live_client import LiveClient, live_client
 from .test_cli import _env, cli
 from .test_sync import ClientBlock, new_heap, push
+
+NO_DATABASE = ("--database-url", "postgresql://127.0.0.1:1/none")  # nothing listens there
 
 # -- settings ---------------------------------------------------------------------------------
 
@@ -56,6 +59,30 @@ def test_sqlite_with_two_workers_is_refused_in_one_line(tmp_path: Path) -> None:
     )
     assert r.stderr.splitlines() == [refused]
     assert not (tmp_path / "d").exists()  # refused before anything was made
+
+
+def test_port_in_use_is_one_line_from_the_supervisor(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = cli(*NO_DATABASE, "--workers", "2", "--port", str(port), "--data-dir", str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        f"heaper_trio: host/port: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert "Traceback" not in r.stderr and "worker" not in r.stderr.splitlines()[-1]
+
+
+def test_a_first_worker_that_cannot_reach_the_database_gives_its_one_line(
+    tmp_path: Path,
+) -> None:
+    r = cli(*NO_DATABASE, "--workers", "2", "--port", "0", "--data-dir", str(tmp_path / "d"))
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("heaper_trio:")]
+    assert len(errors) == 1 and errors[0].startswith("heaper_trio: database_url: "), r.stderr
+    assert "Traceback" not in r.stderr
+    assert "worker 2" not in r.stderr  # the others never started
 
 
 # -- the supervisor, with stand-in workers ------------------------------------------------------
