@@ -206,7 +206,11 @@ class Supervisor:
         failures = 0
         try:
             while not self.stopping.is_set():
-                served_for, code = await self._run_once(index)
+                try:
+                    served_for, code = await self._run_once(index)
+                    status = _status(code)
+                except OSError as e:  # no process at all (out of memory or process slots)
+                    served_for, code, status = -1.0, 1, f"could not start: {e}"
                 if self.stopping.is_set():
                     return
                 if not self.ever_ready:  # the first start failed: as one process would
@@ -215,8 +219,7 @@ class Supervisor:
                         if code == 2
                         else Outcome(
                             1,
-                            f"workers: the first worker exited ({_status(code)}) "
-                            "before it could serve",
+                            f"workers: the first worker exited ({status}) before it could serve",
                         )
                     )
                     return
@@ -226,7 +229,7 @@ class Supervisor:
                         Outcome(
                             1,
                             f"workers: worker {index + 1} failed {failures} times in a row at "
-                            f"start (last: {_status(code)}); stopping",
+                            f"start (last: {status}); stopping",
                         )
                     )
                     return
@@ -236,7 +239,7 @@ class Supervisor:
                 log.warning(
                     "worker %d exited (%s); restarting it in %.1f s",
                     index + 1,
-                    _status(code),
+                    status,
                     delay,
                 )
                 with trio.move_on_after(delay):

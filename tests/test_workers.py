@@ -154,6 +154,18 @@ async def test_a_first_worker_that_cannot_start_stops_everything_at_once(
     assert int(counter.read_text()) == 1
 
 
+async def test_a_worker_that_cannot_even_be_started_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-python"
+    supervisor = Supervisor(
+        2, env=dict(os.environ), graceful_timeout=1.0, command=lambda fd: [str(missing)]
+    )
+    outcome = await supervisor.run()
+    assert outcome.code == 1
+    assert outcome.message is not None
+    assert outcome.message.startswith("workers: the first worker exited (could not start: ")
+    assert str(missing) in outcome.message
+
+
 async def test_a_crashed_worker_is_restarted_at_once_and_a_stop_is_graceful(
     tmp_path: Path,
 ) -> None:
