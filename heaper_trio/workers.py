@@ -188,13 +188,15 @@ class Supervisor:
             self.stopping.set()
 
     async def _watch_signals(self) -> None:
+        signalled = False  # a stop after a failure is not a first signal
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                if self.stopping.is_set():
+                if signalled:
                     log.warning("second signal: stopping the workers now")
                     for _, control in list(self.live.values()):
                         await _tell(control, STOP_NOW)
                     continue
+                signalled = True
                 log.info(
                     "%s received: shutting down %d workers",
                     signal.Signals(signum).name,

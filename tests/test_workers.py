@@ -27,7 +27,7 @@ from heaper_trio.client import HeaperClient
 from heaper_trio.errors import StartupError
 from heaper_trio.protocol import messages as m
 from heaper_trio.settings import AUTO_WORKERS_MAX, load_settings
-from heaper_trio.workers import BACKOFF_FIRST, MAX_FAILURES, Supervisor
+from heaper_trio.workers import BACKOFF_FIRST, MAX_FAILURES, Outcome, Supervisor
 
 from .live_client import LiveClient, live_client
 from .test_cli import _env, cli
@@ -101,9 +101,9 @@ control.sendall(b"ready\\n")
 if step == "crash":
     time.sleep(0.05)
     sys.exit(1)
-while True:  # serve until told to stop
+while True:  # serve until told to stop ("stubborn": only when told to stop now)
     message = control.recv(64)
-    if not message or b"s" in message or b"n" in message:
+    if not message or b"n" in message or (b"s" in message and step != "stubborn"):
         sys.exit(0)
 """
 
@@ -182,6 +182,29 @@ async def test_a_crashed_worker_is_restarted_at_once_and_a_stop_is_graceful(
                 await trio.sleep(0.02)
         supervisor.stopping.set()
     assert [(o.code, o.message) for o in outcome] == [(0, None)]  # type: ignore[attr-defined]
+
+
+async def test_a_second_signal_stops_the_workers_at_once(tmp_path: Path) -> None:
+    supervisor, _ = stand_in(tmp_path, "stubborn")  # ignores the graceful stop
+    outcome: list[Outcome] = []
+
+    async def run() -> None:
+        outcome.append(await supervisor.run())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        with trio.fail_after(20):
+            while not supervisor.ever_ready:  # the supervisor receives signals by now
+                await trio.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await supervisor.stopping.wait()
+        await trio.sleep(0.3)
+        assert supervisor.live  # still running: it ignored the first stop
+        os.kill(os.getpid(), signal.SIGTERM)
+        with trio.fail_after(5):  # not the 16 s until it would be killed
+            while not outcome:
+                await trio.sleep(0.02)
+    assert outcome == [Outcome(0)]
 
 
 # -- the real thing, on PostgreSQL --------------------------------------------------------------
