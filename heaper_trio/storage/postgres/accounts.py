@@ -207,17 +207,15 @@ async def _auth_stats(c: Conn) -> dict[str, int]:
 
 
 async def _usage(c: Conn, user_id: str, now: int) -> dict[str, Any]:
-    sessions = await c.fetchval(
-        "SELECT COUNT(DISTINCT family) FROM refresh_tokens WHERE user_id=$1 "
-        "AND rotated_at IS NULL AND revoked_at IS NULL AND expires_at > $2",
+    # Heap rows carry exact block counters (0010 triggers); live sessions use their partial
+    # index. One statement, one round trip.
+    row = await c.fetchrow(
+        "SELECT (SELECT COUNT(DISTINCT family) FROM refresh_tokens WHERE user_id=$1 "
+        "AND rotated_at IS NULL AND revoked_at IS NULL AND expires_at > $2) AS sessions, "
+        "COUNT(*) AS heaps, COALESCE(SUM(block_count), 0) AS blocks, "
+        "COALESCE(SUM(block_bytes), 0) AS document_bytes FROM heaps WHERE owner_id=$1",
         user_id,
         now,
     )
-    row = await c.fetchrow(
-        "SELECT COUNT(DISTINCT h.id) AS heaps, COUNT(b.id) AS blocks, "
-        "COALESCE(SUM(b.size), 0) AS document_bytes FROM heaps h "
-        "LEFT JOIN blocks b ON b.heap_id = h.id WHERE h.owner_id=$1",
-        user_id,
-    )
     assert row is not None  # an aggregate without GROUP BY always gives one row
-    return rules.usage(sessions, row["heaps"], row["blocks"], row["document_bytes"])
+    return rules.usage(row["sessions"], row["heaps"], row["blocks"], row["document_bytes"])

@@ -81,6 +81,7 @@ from heaper_trio.storage.postgres.runtime import (
     write1,
 )
 from heaper_trio.storage.postgres.scans import PostgresScans
+from heaper_trio.storage.postgres.user_cache import UserRowCache
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
         # Live announcements made inside the committing transaction (see announce_commits_as)
         self.announce_as: str | None = None
         self._announced: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._users = UserRowCache(dsn)
 
     async def open(self) -> None:
         # Remember the loop: calls may come from trio tasks that do not see the contextvar of
@@ -150,11 +152,15 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
         )
         try:
             await self._run(tx, _migrate, int(time.time() * 1000))
+            await aio_as_trio(self._users.start, loop=self._loop)()
         except BaseException:
             await self.close()
             raise
 
     async def close(self) -> None:
+        if self._loop is not None:
+            with trio.CancelScope(shield=True):
+                await aio_as_trio(self._users.stop, loop=self._loop)()
         pool, self._pool = self._pool, None
         if pool is not None:
             with trio.CancelScope(shield=True):
@@ -247,7 +253,14 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
         return await self._run(tx, _purge_expired, now)
 
     async def get_user(self, user_id: str) -> User | None:
-        return await self._run(read, _fetch_user, "SELECT * FROM users WHERE id=$1", user_id)
+        cached = self._users.get(user_id)
+        if cached is not None:
+            await trio.lowlevel.checkpoint()
+            return cached
+        epoch = self._users.epoch
+        user = await self._run(read, _fetch_user, "SELECT * FROM users WHERE id=$1", user_id)
+        self._users.put(user, epoch)
+        return user
 
     async def get_user_by_key(self, public_key: str) -> User | None:
         sql = "SELECT * FROM users WHERE public_key=$1"
@@ -256,14 +269,24 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
     async def list_users(self) -> list[User]:
         return await self._run(read, _list_users)
 
+    # A user row changed here is dropped at once; other processes hear it by NOTIFY.
     async def set_user_state(self, user_id: str, state: str, now: int) -> User | None:
-        return await self._run(tx, _set_user_state, user_id, state, now)
+        try:
+            return await self._run(tx, _set_user_state, user_id, state, now)
+        finally:
+            self._users.forget(user_id)
 
     async def set_admin(self, user_id: str, is_admin: bool) -> User | None:
-        return await self._run(write1, _set_admin, user_id, is_admin)
+        try:
+            return await self._run(write1, _set_admin, user_id, is_admin)
+        finally:
+            self._users.forget(user_id)
 
     async def revoke_user_tokens(self, user_id: str, now: int) -> User | None:
-        return await self._run(tx, _revoke_user_tokens, user_id, now)
+        try:
+            return await self._run(tx, _revoke_user_tokens, user_id, now)
+        finally:
+            self._users.forget(user_id)
 
     async def rotate_refresh_token(
         self, *, jti: str, user_id: str, now: int, new: NewRefreshToken
