@@ -17,6 +17,7 @@ from heaper_trio.client import (
     HeaperError,
     LiveRefused,
     LocalBlock,
+    UpdateRefused,
     UploadProgress,
 )
 from heaper_trio.client import documents as d
@@ -185,3 +186,22 @@ async def test_error_answers_raise_with_their_code(admin: HeaperClient) -> None:
     with pytest.raises(HeaperError) as err:
         await admin.blocks.delta("no-such-heap")
     assert err.value.status == 403 and err.value.code == "heap_forbidden"
+
+
+async def test_live_subscription_on_a_stale_version(admin: HeaperClient) -> None:
+    heap = await admin.heaps.create("Stale")
+    block = LocalBlock(heap.id, new_id(), d.new_block("document", "Current"))
+    await admin.blocks.push(block)
+    stale = LocalBlock(heap.id, block.block_id, d.new_block("document", "Old copy"))
+    stale.sync_version = 7
+    with trio.fail_after(20):
+        async with admin.live.subscribe(stale) as live:
+            assert live.stale_version == 1  # the sync_version_mismatch event came
+            assert "Current" in d.read_block(live.doc).title  # the full state came too
+            d.append_paragraph(live.doc, "not stored")
+            with pytest.raises(UpdateRefused):
+                await live.wait_stored()
+    assert (
+        "not stored"
+        not in d.read_block((await admin.blocks.fetch(heap.id, block.block_id)).doc).text
+    )

@@ -114,13 +114,15 @@ class LiveBlock:
             return
         elif isinstance(msg, m.SyncStep2):
             self._apply(msg.update)
-            self.synced.set()
         elif isinstance(msg, m.SyncUpdate):
             self._apply(msg.update)
             if self.synced.is_set():
                 self._updates_in.send_nowait(LiveUpdate(msg.update))
         elif isinstance(msg, m.SyncStep1):
+            # the server sends its step 1 after its step 2 (and after a sync_version_mismatch
+            # event): once answered, the first sync is done both ways
             await self._send_step2(m.SyncStep2(self.address, self.doc.get_update(msg.state_vector)))
+            self.synced.set()
         elif isinstance(msg, m.SyncStatus):
             if msg.applied:
                 self._acked += 1
@@ -198,7 +200,9 @@ class Live:
     ) -> AsyncIterator[LiveBlock]:
         """Open ``block`` live (named with its ``sync_version`` when it has one) and keep
         ``block.doc`` in sync until the ``async with`` ends. Entering returns once the first
-        sync is done (the document holds the server's state); raises :class:`LiveRefused`."""
+        sync is done: the document holds the server's state, and what the server lacked is
+        sent (:meth:`LiveBlock.wait_stored` waits for it to be stored). Raises
+        :class:`LiveRefused`."""
         token = self._client.access_token
         if token is None:
             raise RuntimeError("not logged in")
