@@ -148,6 +148,14 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "history_retention_days",
+        int,
+        30,
+        "Days a block's version history is kept (thinned past a day to one version per "
+        "hour, past a week to one per day); older history folds into one base version.",
+        minimum=1,
+    ),
+    Setting(
         "sqlite_synchronous",
         str,
         "FULL",
@@ -322,6 +330,7 @@ class Settings:
     challenge_ttl: int
     max_request_bytes: int
     max_sync_batch: int
+    history_retention_days: int
     sqlite_synchronous: str
     pg_pool_min: int
     pg_pool_max: int

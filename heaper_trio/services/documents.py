@@ -23,6 +23,7 @@ from heaper_trio.records.changes import ChangeKind, change_kind
 from heaper_trio.services import push as pipeline
 from heaper_trio.services.commits import BlockLocks, CommitListener, Committed, Purger
 from heaper_trio.services.doc_cache import DocumentBase, DocumentCache
+from heaper_trio.services.history import HistoryService
 from heaper_trio.services.projection import projection_of, storable
 from heaper_trio.services.push import Prepared, PushBatch, Settled, checked, with_diff
 from heaper_trio.services.sync_types import (
@@ -65,6 +66,7 @@ class DocumentService:
         self.cache = DocumentCache()
         self.listeners: list[CommitListener] = []
         self.purger: Purger | None = None  # HeapService.purge, wired by the container
+        self.history = HistoryService(self)  # list, read, restore, compact, thin
 
     def _now(self) -> int:
         return int(self.clock() * 1000)

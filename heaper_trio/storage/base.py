@@ -34,6 +34,7 @@ from heaper_trio.records import (
     UploadRecord,
     User,
 )
+from heaper_trio.records.history import HistoryRow
 from heaper_trio.records.scans import ScanBatch, ScanEntry
 
 __all__ = ["Storage"]
@@ -178,6 +179,45 @@ class Storage(abc.ABC):
     async def block_history(self, block_id: str) -> tuple[int, list[UpdateInfo]]:
         """(snapshot_seq, the log rows after it): history older than the snapshot was
         compacted away."""
+
+    # -- block history (rows kept apart from the load path; records.history) ---------------
+    @abc.abstractmethod
+    async def history_page(
+        self, block_id: str, before_seq: int, limit: int, with_data: bool
+    ) -> list[HistoryRow]:
+        """History and live log rows with seq < ``before_seq``, newest first."""
+
+    @abc.abstractmethod
+    async def version_rows(self, block_id: str, seq: int) -> list[HistoryRow]:
+        """The rows (bytes included) whose merge is the state as of ``seq``: from the latest
+        base row at or before it (else the first row) through ``seq``, oldest first."""
+
+    @abc.abstractmethod
+    async def compact_block(
+        self, block_id: str, expected_last_seq: int, snapshot: bytes
+    ) -> int | None:
+        """Make ``snapshot`` the block's snapshot as of its last row and move the log rows to
+        the history (how many); None if the log moved on. The change time stays."""
+
+    @abc.abstractmethod
+    async def restore_block(self, change: BlockChange, now: int) -> CommitResult:
+        """Commit ``change`` (its one update: the restored full state, compacted at once),
+        raise the block's sync_version by one and record the restore in the history."""
+
+    @abc.abstractmethod
+    async def thin_candidates(self, day: int, week: int, gone: int, limit: int) -> list[str]:
+        """Blocks with history rows older than a cut-off that are not yet thinned to it."""
+
+    @abc.abstractmethod
+    async def old_history(self, block_id: str, before: int) -> list[HistoryRow]:
+        """The block's history rows created before ``before`` (bytes included), oldest first."""
+
+    @abc.abstractmethod
+    async def replace_history(
+        self, block_id: str, spans: list[tuple[int, int, int]], added: list[HistoryRow]
+    ) -> bool:
+        """Delete each span's rows (first seq, last seq, row count) and insert ``added``, in
+        one transaction; False (nothing done) if a span no longer holds that many rows."""
 
     @abc.abstractmethod
     async def trashed(self, heap_id: str) -> list[BlockRecord]:

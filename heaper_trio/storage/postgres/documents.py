@@ -45,7 +45,7 @@ from heaper_trio.records import (
     UpdateInfo,
 )
 from heaper_trio.records.changes import change_kind
-from heaper_trio.storage import block_query, rules
+from heaper_trio.storage import block_query, history_rows, rules
 from heaper_trio.storage.errors import HeapNotFound
 from heaper_trio.storage.postgres.files import write_block_files
 from heaper_trio.storage.postgres.notify import block_pointer, notify
@@ -256,6 +256,7 @@ async def commit_change(c: Conn, ch: BlockChange, now: int) -> CommitResult:
             covers,
             ch.block_id,
         )
+        await c.execute(history_rows.move_sql(b="$1", s="$2::bigint"), ch.block_id, covers)
         await c.execute(
             "DELETE FROM block_updates WHERE block_id=$1 AND seq <= $2", ch.block_id, covers
         )

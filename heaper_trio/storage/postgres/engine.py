@@ -72,6 +72,7 @@ from heaper_trio.storage.postgres.accounts import (
     _usage,
 )
 from heaper_trio.storage.postgres.files import PostgresFiles
+from heaper_trio.storage.postgres.history import PostgresHistory, restore_block
 from heaper_trio.storage.postgres.runtime import (
     Conn,
     Pool,
@@ -127,7 +128,7 @@ def _announce_key(kind: str, heap_id: str, block_id: str, seq: int) -> tuple[str
 # -- the engine ---------------------------------------------------------------------------------
 
 
-class PostgresStorage(PostgresFiles, PostgresScans, Storage):
+class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, Storage):
     engine = "postgres"
 
     def __init__(self, dsn: str, *, min_size: int, max_size: int) -> None:
@@ -322,6 +323,13 @@ class PostgresStorage(PostgresFiles, PostgresScans, Storage):
         if origin is not None:
             self._mark_blocks_announced(results)
         return results
+
+    async def restore_block(self, change: BlockChange, now: int) -> CommitResult:
+        origin = self.announce_as
+        result = await self._run(tx, restore_block, change, now, origin)
+        if origin is not None:
+            self._mark_blocks_announced([result])
+        return result
 
     async def changes_since(self, heap_id: str, since: int, limit: int) -> ChangePage:
         return await self._run(docs.snapshot, docs.changes_since, heap_id, since, limit)

@@ -17,7 +17,7 @@ from heaper_trio.records import (
     StoredBlock,
     UpdateInfo,
 )
-from heaper_trio.storage import block_query, rules
+from heaper_trio.storage import block_query, history_rows, rules
 from heaper_trio.storage.errors import HeapNotFound
 from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, page, record_row
 from heaper_trio.storage.sqlite.files import write_block_files
@@ -146,6 +146,7 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
             "UPDATE blocks SET snapshot=?, snapshot_seq=? WHERE id=? AND snapshot_seq < ?",
             (snapshot, covers, ch.block_id, covers),
         )
+        c.execute(history_rows.move_sql(b="?", s="?"), (ch.block_id, covers))  # kept: history
         c.execute("DELETE FROM block_updates WHERE block_id=? AND seq <= ?", (ch.block_id, covers))
     c.execute("DELETE FROM block_relations WHERE block_id=?", (ch.block_id,))
     c.executemany(

@@ -27,6 +27,7 @@ from heaper_trio.storage.base import Storage
 from heaper_trio.storage.rows import user_row
 from heaper_trio.storage.sqlite import documents as docs
 from heaper_trio.storage.sqlite.files import SqliteFiles
+from heaper_trio.storage.sqlite.history import SqliteHistory
 from heaper_trio.storage.sqlite.runtime import SqliteRuntime
 from heaper_trio.storage.sqlite.scans import SqliteScans
 
@@ -50,7 +51,7 @@ def _insert_refresh(conn: sqlite3.Connection, user_id: str, new: NewRefreshToken
     )
 
 
-class SqliteStorage(SqliteFiles, SqliteScans, Storage):
+class SqliteStorage(SqliteFiles, SqliteScans, SqliteHistory, Storage):
     engine = "sqlite"
 
     def __init__(self, data_dir: Path, synchronous: str = "FULL") -> None:
