@@ -7,11 +7,12 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import trio
 
-from heaper_trio.app import RunningServer
 from heaper_trio.client import (
     HeaperClient,
     HeaperError,
@@ -21,6 +22,7 @@ from heaper_trio.client import (
     UploadProgress,
 )
 from heaper_trio.client import documents as d
+from tests.conftest import StartServer
 
 
 def new_id() -> str:
@@ -109,7 +111,7 @@ async def test_trash_and_permanent_delete_from_the_document(admin: HeaperClient)
 
 
 async def test_resumable_upload_with_progress_resumes_after_interruption(
-    admin: HeaperClient, tmp_path: trio.Path
+    admin: HeaperClient, tmp_path: Path
 ) -> None:
     heap = await admin.heaps.create("Files")
     block_id, chunk = new_id(), 65_536
@@ -151,9 +153,7 @@ async def test_resumable_upload_with_progress_resumes_after_interruption(
     assert (again.status, again.chunks_sent) == ("exists", 0)
 
 
-async def test_live_subscription_receives_and_sends(
-    admin: HeaperClient, make_client: type[HeaperClient], server: RunningServer
-) -> None:
+async def test_live_subscription_receives_and_sends(admin: HeaperClient) -> None:
     heap = await admin.heaps.create("Live")
     block_id = new_id()
     http_side = LocalBlock(heap.id, block_id, d.new_block("document", "Shared"))
@@ -205,3 +205,26 @@ async def test_live_subscription_on_a_stale_version(admin: HeaperClient) -> None
         "not stored"
         not in d.read_block((await admin.blocks.fetch(heap.id, block.block_id)).doc).text
     )
+
+
+async def test_live_subscription_renews_its_token_when_asked(
+    start_server: StartServer, make_client: Callable[..., HeaperClient]
+) -> None:
+    """The server asks for the token a minute before it expires (here: at once, the token
+    lives 10 s): the subscription refreshes the pair and sends the new one; edits go on."""
+    server = await start_server(access_token_ttl=10)
+    client = make_client(url=server.url)
+    await client.login()
+    heap = await client.heaps.create("Renewal")
+    block = LocalBlock(heap.id, new_id(), d.new_block("document", "Long open"))
+    await client.blocks.push(block)
+    first = client.access_token
+    with trio.fail_after(20):
+        async with client.live.subscribe(block) as live:
+            while live.token_renewals == 0:  # the server looks at tokens every 2 s
+                await trio.sleep(0.05)
+            assert client.access_token != first and live.token == client.access_token
+            d.append_paragraph(live.doc, "still here")
+            await live.wait_stored()
+    stored = await client.blocks.fetch(heap.id, block.block_id)
+    assert d.read_block(stored.doc).text == "still here"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -61,9 +61,18 @@ def block_address(heap_id: str, block_id: str, sync_version: int | None = None) 
 class LiveBlock:
     """One open block document. Use it through :meth:`Live.subscribe`."""
 
-    def __init__(self, ws: WebSocketConnection, address: str, block: LocalBlock) -> None:
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        address: str,
+        block: LocalBlock,
+        token: str,
+        renew_token: Callable[[str], Awaitable[str]],
+    ) -> None:
         self.ws, self.address, self.block = ws, address, block
         self.doc = block.doc
+        self.token_renewals = 0  # tokens sent again because the server asked (before expiry)
+        self.token, self._renew_token = token, renew_token
         self.synced = trio.Event()
         self.stale_version: int | None = None  # set by a sync_version_mismatch event
         self.events: list[dict[str, Any]] = []  # stateless events on this document
@@ -131,6 +140,10 @@ class LiveBlock:
             self._wake()
         elif isinstance(msg, m.Stateless):
             self._on_event(msg.payload)
+        elif isinstance(msg, m.TokenRequest):  # the token expires within a minute
+            self.token = await self._renew_token(self.token)
+            await self._send(m.AuthToken(self.address, self.token, PROVIDER_VERSION))
+            self.token_renewals += 1
         elif isinstance(msg, m.PermissionDenied):
             self._refused = LiveRefused(msg.reason)
             self.synced.set()
@@ -189,6 +202,15 @@ class Live:
 
     def __init__(self, client: HeaperClient) -> None:
         self._client = client
+        self._refreshing = trio.Lock()  # several documents asking at once refresh once
+
+    async def _renew_token(self, sent: str) -> str:
+        """A fresh access token for a server that asks again: the pair is refreshed unless
+        that was done since ``sent`` was sent (a refresh token is good for one use)."""
+        async with self._refreshing:
+            if self._client.access_token == sent:
+                await self._client.refresh()
+        return str(self._client.access_token)
 
     def url(self) -> str:
         base = self._client.base_url
@@ -211,11 +233,11 @@ class Live:
             async with open_websocket_url(
                 self.url(), max_message_size=64 * 1024 * 1024, disconnect_timeout=2
             ) as ws:
-                live = LiveBlock(ws, address, block)
+                live = LiveBlock(ws, address, block, token, self._renew_token)
                 try:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(live._reader)
-                        await live._send(m.AuthToken(address, token, PROVIDER_VERSION))
+                        await live._send(m.AuthToken(address, live.token, PROVIDER_VERSION))
                         await live._send(m.SyncStep1(address, block.doc.get_state()))
                         with trio.fail_after(open_timeout):
                             await live.synced.wait()
