@@ -24,6 +24,7 @@ still running ``STOP_GRACE`` seconds after graceful_timeout is killed.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -60,7 +61,13 @@ def _socket_for(host: str) -> socket.socket:
 
 def reserve_port(host: str, port: int) -> socket.socket:
     """The parent's socket: bound, never listening. It holds the port (port 0 picks it) so
-    the workers can share it, and fails early with EADDRINUSE if another program has it."""
+    the workers can share it, and fails early with EADDRINUSE if another program has it.
+
+    A server of ours already on the port (started twice by mistake) listens with
+    SO_REUSEPORT too, and the kernel would let both share it and split the clients between
+    them: a connection that succeeds counts as the port being taken."""
+    if port and _answers(host, port):
+        raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
     sock = _socket_for(host)
     try:
         sock.bind((host, port))
@@ -68,6 +75,15 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _answers(host: str, port: int) -> bool:
+    target = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    try:
+        with socket.create_connection((target, port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def bind_shared_port(host: str, port: int) -> int:

@@ -74,6 +74,21 @@ def test_port_in_use_is_one_line_from_the_supervisor(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr and "worker" not in r.stderr.splitlines()[-1]
 
 
+def test_a_port_another_supervisor_shares_is_taken_too(tmp_path: Path) -> None:
+    """Our workers listen with SO_REUSEPORT, which lets any process of the same user join the
+    port: a second server started on it by mistake must refuse, not split the clients."""
+    with socket.socket() as ours:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        ours.bind(("127.0.0.1", 0))
+        ours.listen()
+        port = ours.getsockname()[1]
+        r = cli(*NO_DATABASE, "--workers", "2", "--port", str(port), "--data-dir", str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        f"heaper_trio: host/port: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+
+
 def test_a_first_worker_that_cannot_reach_the_database_gives_its_one_line(
     tmp_path: Path,
 ) -> None:
