@@ -10,9 +10,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
+from heaper_trio.app import RunningServer
 from heaper_trio.client import (
     HeaperClient,
     HeaperError,
@@ -228,3 +230,37 @@ async def test_live_subscription_renews_its_token_when_asked(
             await live.wait_stored()
     stored = await client.blocks.fetch(heap.id, block.block_id)
     assert d.read_block(stored.doc).text == "still here"
+
+
+class DropsChunks(httpx.AsyncBaseTransport):
+    """A network that loses the connection of the first ``drops`` chunk PUTs (before they
+    reach the server); everything else goes to the real server."""
+
+    def __init__(self, drops: int) -> None:
+        self.real, self.drops, self.dropped = httpx.AsyncHTTPTransport(), drops, 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT" and self.dropped < self.drops:
+            self.dropped += 1
+            raise httpx.ConnectError("connection lost", request=request)
+        return await self.real.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.real.aclose()
+
+
+async def test_upload_sends_a_chunk_again_after_a_network_error(
+    server: RunningServer, admin: HeaperClient
+) -> None:
+    network = DropsChunks(drops=2)
+    async with httpx.AsyncClient(base_url=server.url, transport=network) as http:
+        client = HeaperClient(server.url, admin.key, http=http)
+        await client.login()
+        heap = await client.heaps.create("Flaky")
+        data = os.urandom(65_536 * 2)
+        result = await client.uploads.upload(heap.id, new_id(), data, chunk_size=65_536)
+        assert (result.status, result.chunks_sent, network.dropped) == ("complete", 2, 2)
+        network.drops = 10  # more than the retries: the upload stops with the error
+        with pytest.raises(httpx.ConnectError):
+            await client.uploads.upload(heap.id, new_id(), os.urandom(70_000), retries=1)
+        assert network.dropped == 4

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import trio
 
 from heaper_trio.client.errors import HeaperError
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 MIN_CHUNK_SIZE = 65_536  # the server's lower bound (a smaller file is one chunk)
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 _HASH_BLOCK = 1024 * 1024
+RETRY_BASE_S = 0.5  # a transient failure is retried after 0.5, 1, 2 ... s (or Retry-After)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +120,14 @@ class Uploads:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         parallel: int = 1,
         progress: ProgressCallback | None = None,
+        retries: int = 3,
     ) -> UploadResult:
         """Upload ``source`` (bytes or a path) to a block's ``files_v0`` (the block is created
         as a ``file`` block if it does not exist). ``progress`` is called after ``init`` and
         after every chunk; an exception it raises stops the upload (resume it by calling
-        ``upload`` again). ``parallel`` chunks travel at once."""
+        ``upload`` again). ``parallel`` chunks travel at once. A chunk that meets a
+        transient failure (a network error, ``429`` with ``Retry-After``, ``503``) is sent
+        again up to ``retries`` times before the upload stops."""
         src = _Source(source)
         if name is None:
             name = src.path.name if src.path is not None else "file"
@@ -159,9 +164,7 @@ class Uploads:
         async def send(index: int) -> None:
             async with limiter:
                 body = await src.read(index * chunk_size, chunk_size)
-                r = await self._client.put(f"{base}/{index}", content=body)
-                if r.status_code >= 400:
-                    raise HeaperError(r)
+                await self._put_chunk(f"{base}/{index}", body, retries)
                 state.done(index)
                 report()
 
@@ -185,12 +188,33 @@ class Uploads:
             len(have),
         )
 
+    async def _put_chunk(self, path: str, body: bytes, retries: int) -> None:
+        for attempt in range(retries + 1):
+            last = attempt == retries
+            try:
+                r = await self._client.put(path, content=body)
+            except httpx.TransportError:
+                if last:
+                    raise
+                await trio.sleep(RETRY_BASE_S * 2**attempt)
+                continue
+            if r.status_code < 400:
+                return
+            if last or r.status_code not in (429, 503):
+                raise HeaperError(r)
+            await trio.sleep(_retry_after(r) or RETRY_BASE_S * 2**attempt)
+
     async def status(self, heap_id: str, block_id: str, file_hash: str) -> dict[str, Any]:
         """``uploading`` (with ``received``, ``bytes_received``, ``expires_at``), ``complete``
         or ``missing``."""
         return await self._client.call(
             "GET", f"/api/upload/status/{heap_id}/{block_id}/{file_hash}"
         )
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    value = r.headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else None
 
 
 class _Counter:
