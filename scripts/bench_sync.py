@@ -22,6 +22,9 @@ What it measures, one phase after another (never in parallel):
   ``batched_100`` (100 blocks per push, one request at a time). Every update is a word typed
   into an existing block of the stream's pool (created before the warm-up, not measured).
   Also p50/p99 latency per request and the server process's CPU per update.
+* ``history``: ``bench_history.py`` with 30 days of 30 updates: bytes kept per update (as
+  pushed and thinned) and the load time of that block against one with the same document and
+  no history (their ratio should be ~1: history is not read on load).
 * ``heaps``: a heap of 10,000 blocks (``--large``: and one of 100,000) populated with batched
   pushes of 1,000 blocks (``populate_s``), then latency p50/p99 of pull (one random block
   from nothing; 100 random blocks), delta (the first page since 0; a tail of ~10 changes) and
@@ -76,6 +79,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_history
 import httpx
 import pycrdt
 import trio
@@ -717,6 +721,9 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as e:
                     log(f"stopping the server: {e!r}")
 
+    # History (issue 10): bytes kept per update, load with a month of history vs none.
+    log("history: a month of edits to one block, in process (scripts/bench_history.py)")
+    out["history"] = bench_history.run(args.engine, args.database_url, days=30, per_day=30)
     base1 = out["baseline"]["rows_1_per_commit"]["rows_per_s"]
     base100 = out["baseline"]["rows_100_per_commit"]["rows_per_s"]
     tp = out["push_throughput"]
