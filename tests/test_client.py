@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -24,6 +24,7 @@ from heaper_trio.client import (
     UploadProgress,
 )
 from heaper_trio.client import documents as d
+from heaper_trio.services.upload_disk import UploadSlots
 from tests.conftest import StartServer
 
 
@@ -264,3 +265,50 @@ async def test_upload_sends_a_chunk_again_after_a_network_error(
         with pytest.raises(httpx.ConnectError):
             await client.uploads.upload(heap.id, new_id(), os.urandom(70_000), retries=1)
         assert network.dropped == 4
+
+
+async def test_upload_waits_retry_after_when_the_server_is_full(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every upload slot of the user taken, a chunk is answered 429 with Retry-After;
+    the client waits that long and sends it again."""
+    monkeypatch.setattr(UploadSlots, "RETRY_AFTER_S", 1)
+    server = await start_server(max_uploads_per_user=1)
+    seen: list[int] = []
+    release = trio.Event()
+
+    async def on_response(response: httpx.Response) -> None:
+        seen.append(response.status_code)
+        if response.status_code == 429:
+            release.set()  # the slow upload gives its slot back now
+
+    hooks = {"response": [on_response]}
+    async with httpx.AsyncClient(base_url=server.url, event_hooks=hooks) as http:
+        client = HeaperClient(server.url, http=http)
+        await client.login()
+        heap = await client.heaps.create("Busy")
+        slow_block, data = new_id(), os.urandom(65_536)
+        digest = hashlib.sha256(data).hexdigest()
+        await client.call(
+            "POST",
+            f"/api/upload/init/{heap.id}/{slow_block}",
+            json={"hash": digest, "size": len(data), "chunk_size": 65_536},
+        )
+
+        async def slow_body() -> AsyncIterator[bytes]:
+            yield data[:1000]
+            await release.wait()  # then end short: the server drops it, freeing the slot
+
+        async def slow_chunk() -> None:
+            url = f"/api/upload/chunk/{heap.id}/{slow_block}/{digest}/0"
+            await client.put(url, content=slow_body())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow_chunk)
+            slots = server.services.files.slots
+            while not slots.held(str(client.user_id)):
+                await trio.sleep(0.01)
+            started = trio.current_time()
+            result = await client.uploads.upload(heap.id, new_id(), os.urandom(1000))
+            waited = trio.current_time() - started
+        assert result.status == "complete" and 429 in seen and waited >= 1
