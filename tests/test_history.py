@@ -10,6 +10,8 @@ import pycrdt
 
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
+from heaper_trio.records.history import HistoryKind, HistoryRow
+from heaper_trio.services import history_thinning as thinning
 from heaper_trio.services.documents import COMPACT_EVERY
 
 from .conftest import assert_error
@@ -294,3 +296,64 @@ async def test_purge_drops_the_history(admin: HeaperClient, server: RunningServe
     assert r.status_code == 200, r.text
     assert await storage.history_page(block.id, 100, 100, False) == []
     assert await storage.thin_candidates(2**62, 2**62, 2**62, 10) == []
+
+
+# -- thinning, the pure plan ------------------------------------------------------------------
+
+HOUR_MS = 3600 * 1000
+
+
+def planned_rows() -> tuple[list[HistoryRow], list[str]]:
+    """Eight rows of one block edited within one hour at T: updates 1-3, a restore at 4 (its
+    full state: "restored"), updates 5-8; and each row's text as of its seq."""
+    t = 1_780_000_000_000 // HOUR_MS * HOUR_MS
+    block, texts, rows = ClientBlock(), [], []
+    block.write("T")
+    for seq in range(1, 9):
+        if seq == 4:
+            block = ClientBlock(block.id)
+            block.write("T")
+            add_line(block, "restored")
+            data, kind = block.doc.get_update(), HistoryKind.restore
+        else:
+            add_line(block, f"line {seq}")
+            data, kind = block.pending(), HistoryKind.update
+        block.synced = block.doc.get_state()
+        texts.append(text_of(block.doc.get_update()))
+        rows.append(
+            HistoryRow("b", seq, seq, kind, 0, 1 + (seq >= 4), t + seq, "u1", len(data), data)
+        )
+    return rows, texts
+
+
+def state_at(rows: list[HistoryRow], seq: int) -> str:
+    kept = [r for r in rows if r.seq <= seq]
+    start = max((i for i, r in enumerate(kept) if r.base), default=0)
+    doc = pycrdt.Doc()
+    for r in kept[start:]:
+        doc.apply_update(r.data or b"")
+    return str(doc.get("content_v0", type=pycrdt.XmlFragment))
+
+
+def test_plan_keeps_every_kept_point_and_never_merges_across_a_base() -> None:
+    rows, texts = planned_rows()
+    now = rows[0].created_at + 2 * DAY_MS  # past a day: per hour
+    plan = thinning.plan(rows, thinning.Cuts.at(now, 30))
+    assert plan.spans == [(1, 3, 3), (4, 8, 5)]
+    first, second = plan.rows
+    assert (first.first_seq, first.seq, first.kind, first.level) == (1, 3, HistoryKind.update, 1)
+    assert (second.first_seq, second.seq, second.kind, second.sync_version) == (
+        4,
+        8,
+        HistoryKind.restore,
+        2,
+    )
+    assert state_at(plan.rows, 3) == texts[2] and state_at(plan.rows, 8) == texts[7]
+    assert "restored" in texts[7] and "line 3" not in texts[7]
+    assert thinning.plan(plan.rows, thinning.Cuts.at(now, 30)).spans == []  # done once
+
+    past = thinning.Cuts.at(rows[0].created_at + 40 * DAY_MS, 30)  # past the retention
+    [base] = thinning.plan(plan.rows, past).rows
+    assert (base.kind, base.seq, base.level, base.first_seq) == (HistoryKind.snapshot, 8, 3, 1)
+    assert state_at([base], 8) == texts[7]
+    assert thinning.plan([base], past).spans == []

@@ -212,8 +212,14 @@ class HistoryService:
                 if moved is None:
                     continue
                 documents.cache.evict(block_id)  # its count of log rows is stale
-                return moved
-        raise Conflict("the block kept changing; try again", code="write_conflict")
+                break
+            else:
+                raise Conflict("the block kept changing; try again", code="write_conflict")
+        try:  # what just moved may be old enough to thin; the compaction stands regardless
+            await self.thin_block(block_id, documents._now())
+        except Exception:
+            log.exception("thinning the history of %s failed", block_id)
+        return moved
 
     # -- thinning ------------------------------------------------------------------------------
     async def thin_block(self, block_id: str, now_ms: int) -> bool:
