@@ -24,6 +24,7 @@ from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.services.container import Services, open_services
 from heaper_trio.settings import Settings
 from heaper_trio.web import (
+    routes_app,
     routes_auth,
     routes_blocks,
     routes_files,
@@ -55,6 +56,7 @@ BLUEPRINTS = (
     routes_uploads.bp,
     routes_files.bp,
     routes_jobs.bp,
+    routes_app.bp,
     ws.bp,
 )
 

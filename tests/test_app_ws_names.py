@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import shutil
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pycrdt
 import pytest
+import trio
 
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
@@ -146,3 +151,47 @@ async def test_app_names_are_authorized_like_contract_names(
         await a.expect(m.Authenticated, lambda x: x.address == theirs)
         step2 = await a.expect(m.SyncStep2, lambda x: x.address == theirs)
         assert "Secret" in title_of(step2.update)
+
+
+LIVE_NODE = Path(__file__).resolve().parent / "live_node"
+
+
+async def test_stock_provider_on_an_app_name(admin: HeaperClient, server: RunningServer) -> None:
+    """The stock @hocuspocus/provider (what the app runs) on ``block/<id>?workspaceId=<heap>``
+    beside one on ``<heap>:<id>``: one document, edits both ways, stored; a third on
+    ``&syncVersion=1`` gets it without a mismatch. Skipped without node (as test_live_node)."""
+    node = shutil.which("node")
+    if not node or not (LIVE_NODE / "node_modules" / "@hocuspocus" / "provider").is_dir():
+        if os.environ.get("HEAPER_TEST_REQUIRE_NODE") == "1":
+            pytest.fail("HEAPER_TEST_REQUIRE_NODE=1 but node or tests/live_node is missing")
+        pytest.skip("node and tests/live_node's packages are needed")
+    heap, block = (await new_heap(admin))["id"], str(uuid.uuid4())
+    args = {
+        "ws_url": server.url.replace("http://", "ws://", 1) + "/ws",
+        "http_url": server.url,
+        "token": admin.access_token,
+        "heap_id": heap,
+        "block_id": block,
+    }
+    with trio.fail_after(45):
+        done = await trio.run_process(
+            [node, str(LIVE_NODE / "app_names.mjs")],
+            stdin=json.dumps(args).encode(),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr.decode()
+    out = json.loads(done.stdout)
+    assert out["authenticated"] == [["read-write"]] * 3 and out["failed"] == []
+    assert out["app"] == out["contract"] == out["versioned"]
+    assert out["app"]["title"] == "<paragraph>Written by the app</paragraph>"
+    assert "And from the contract name." in out["app"]["content"]
+    assert out["app"]["meta"] == {"type": "document", "via": "contract"}
+    assert not any("sync_version_mismatch" in str(x) for x in out["stateless"])
+    # stored in the heap the app's name gave
+    r = await admin.post("/api/heap", json={"heap_id": heap, "type": "document"})
+    assert [b["id"] for b in r.json()["blocks"]] == [block]
+    doc = pycrdt.Doc()
+    doc.apply_update(await pull_update(admin, block))
+    assert "And from the contract name." in str(doc.get("content_v0", type=pycrdt.XmlFragment))

@@ -71,9 +71,10 @@ def register_hooks() -> None:
     two things JSON Schema has no words for, so that valid requests are really valid:
 
     - the formats of keys and signatures (canonical base58 of exactly 32 and 64 bytes);
-    - a ``cursor`` of ``POST /api/heap``: an opaque token only the server makes, for one sort
-      and direction. A schema-valid request gets a real one for its sort and order; a
-      negative one keeps whatever was generated (a cursor that is not one is a 400).
+    - a ``cursor`` of ``POST /api/heap`` (and of its GET form's query): an opaque token only
+      the server makes, for one sort and direction. A schema-valid request gets a real one for
+      its sort and order; a negative one keeps whatever was generated (a cursor that is not one
+      is a 400).
     """
     import base58
     import schemathesis
@@ -91,12 +92,11 @@ def register_hooks() -> None:
 
     @schemathesis.hook
     def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
-        body = case.body
-        if (
-            (case.operation.method.upper(), case.operation.path) != ("POST", "/api/heap")
-            or not isinstance(body, dict)
-            or not isinstance(body.get("cursor"), str)
-        ):
+        body = {
+            ("POST", "/api/heap"): case.body,
+            ("GET", "/api/heap"): case.query,
+        }.get((case.operation.method.upper(), case.operation.path))
+        if not isinstance(body, dict) or not isinstance(body.get("cursor"), str):
             return
         meta = case.meta
         if meta is None or meta.generation.mode != GenerationMode.POSITIVE:

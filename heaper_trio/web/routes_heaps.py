@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint
+from quart import Blueprint, request
 
 from heaper_trio.errors import BadRequest
 from heaper_trio.records import BlockRecord, Heap, User
 from heaper_trio.services.query import QueryRequest
 from heaper_trio.web.json_sync import delta_json
 from heaper_trio.web.routing import RESERVED_IDS, route, services
-from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
+from heaper_trio.web.schema import boolean, integer, obj, open_obj, parse_int, string, validate
 
 bp = Blueprint("heaps", __name__)
 
@@ -134,6 +134,22 @@ async def heap_stats(user: User, id: str) -> dict[str, Any]:
     return {"success": True, "heap_id": stats.heap_id, "name": stats.name, **stats.counts}
 
 
+CHANGED_FIELDS = {
+    "heap_id": ID,
+    "workspace_id": ID,
+    "marker": integer(),
+    "since": integer(),
+    "limit": integer(minimum=1, maximum=1000),
+}
+CHANGED = open_obj(
+    success=boolean(),
+    changed_blocks={"type": "array"},
+    deleted_blocks={"type": "array"},
+    next_marker=integer(),
+    has_more=boolean(),
+)
+
+
 @route(
     bp,
     "POST",
@@ -143,26 +159,32 @@ async def heap_stats(user: User, id: str) -> dict[str, Any]:
     summary="Blocks changed in a heap since a marker, and the next marker.",
     description="The same feed as GET /api/sync/delta: pass next_marker back as marker "
     "until has_more is false.",
-    body=obj(
-        {},
-        {
-            "heap_id": ID,
-            "workspace_id": ID,
-            "marker": integer(minimum=0),
-            "since": integer(minimum=0),
-            "limit": integer(minimum=1, maximum=1000),
-        },
-        **ONE_HEAP,
-    ),
-    response=open_obj(
-        success=boolean(),
-        changed_blocks={"type": "array"},
-        deleted_blocks={"type": "array"},
-        next_marker=integer(),
-        has_more=boolean(),
-    ),
+    body=obj({}, CHANGED_FIELDS, **ONE_HEAP),
+    response=CHANGED,
 )
 async def changed_blocks(user: User, body: dict[str, Any]) -> dict[str, Any]:
+    return await _changed(user, body)
+
+
+@route(
+    bp,
+    "GET",
+    "/api/heap/changed_blocks",
+    tag="heaps",
+    errors=(403,),
+    query={k: v for k, v in CHANGED_FIELDS.items() if k != "workspace_id"},
+    required_query=("heap_id",),
+    summary="The POST form's feed, its fields as query parameters.",
+    description="heap_id (or workspace_id), marker (or since), limit: validated as the JSON "
+    "fields are (an integer that is not ASCII digits, negative or past 2^53-1 is a 400 "
+    "invalid_value; an unknown parameter is a 400 unknown_field).",
+    response=CHANGED,
+)
+async def changed_blocks_get(user: User) -> dict[str, Any]:
+    return await _changed(user, query_body(obj({}, CHANGED_FIELDS, **ONE_HEAP)))
+
+
+async def _changed(user: User, body: dict[str, Any]) -> dict[str, Any]:
     marker = body.get("marker", body.get("since", 0))
     page = await services().heaps.changed_blocks(
         user, _heap_of(body), marker, body.get("limit", 1000)
@@ -195,6 +217,66 @@ QUERY = obj(
         "limit": integer(minimum=1, maximum=500),
         # a title-sorted cursor holds the last title, which may be long
         "cursor": string(maxLength=65536),
+    },
+    **ONE_HEAP,
+)
+
+
+CONTENTS = open_obj(
+    success=boolean(),
+    blocks={"type": "array"},
+    has_more=boolean(),
+    next_cursor={"type": ["string", "null"]},
+)
+REPEATABLE = ("type",)
+_TRUE, _FALSE = ("true", "1"), ("false", "0")
+
+
+def query_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """The query string as the JSON body ``schema`` describes, validated as that body is:
+    integers as ``parse_int`` reads them, booleans true/false (1/0), ``type`` repeatable."""
+    fields: dict[str, Any] = schema["properties"]
+    body: dict[str, Any] = {}
+    for name, values in request.args.lists():
+        where = f"query.{name}"
+        sub = fields.get(name)
+        if sub is None:
+            raise BadRequest(
+                f"query has an unknown parameter: {name}",
+                code="unknown_field",
+                details={"field": where},
+            )
+        if len(values) > 1 and name not in REPEATABLE:
+            raise BadRequest(
+                f"{where} is given more than once", code="invalid_value", details={"field": where}
+            )
+        body[name] = values if len(values) > 1 else _query_value(values[0], sub, where)
+    validate(body, schema, "query")
+    return body
+
+
+def _query_value(text: str, schema: dict[str, Any], where: str) -> Any:
+    kind = schema.get("type")
+    if kind == "integer":
+        return parse_int(text, schema, where)
+    if kind == "boolean":
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise BadRequest(
+            f"{where} must be true or false", code="invalid_value", details={"field": where}
+        )
+    return text
+
+
+# The GET form: the same fields, with bounds that keep a URL (percent-encoded, up to 12 bytes
+# a character) under the server's 16 KiB request head; a longer query or cursor takes the POST.
+GET_QUERY = obj(
+    {},
+    {
+        **QUERY["properties"],
+        "type": {**FILTERS["type"], "items": string(maxLength=50), "maxItems": 10, "maxLength": 50},
+        "query": {**FILTERS["query"], "maxLength": 200},
+        "cursor": string(maxLength=2048),
     },
     **ONE_HEAP,
 )
@@ -256,14 +338,35 @@ def _heap_of(body: dict[str, Any]) -> str:
     "and text), unlinked, has_content, trash. Sort by created, updated (default, newest "
     "first) or title (A-Z). Pass next_cursor back as cursor for the next page.",
     body=QUERY,
-    response=open_obj(
-        success=boolean(),
-        blocks={"type": "array"},
-        has_more=boolean(),
-        next_cursor={"type": ["string", "null"]},
-    ),
+    response=CONTENTS,
 )
 async def heap_contents(user: User, body: dict[str, Any]) -> dict[str, Any]:
+    return await _contents(user, body)
+
+
+@route(
+    bp,
+    "GET",
+    "/api/heap",
+    tag="heaps",
+    errors=(403,),
+    query={k: v for k, v in GET_QUERY["properties"].items() if k != "workspace_id"},
+    required_query=("heap_id",),
+    summary="Heap contents (the POST form's filters as query parameters), newest first.",
+    description="The POST body's fields as query parameters: heap_id (or workspace_id), "
+    "type (repeat it for several), tag, query, unlinked, has_content, trash (in_trash), sort, "
+    "order, limit, cursor. Booleans are true/false (or 1/0). The default order is the POST "
+    "form's: updated, newest first. Values are validated as the JSON fields are; an unknown "
+    "parameter is a 400 unknown_field, a parameter given twice (other than type) a 400 "
+    "invalid_value. Bounds are tighter than the POST body's, so that a URL stays under the "
+    "16 KiB request head: query 200 characters, type 10 of 50, cursor 2048 (else POST).",
+    response=CONTENTS,
+)
+async def heap_contents_get(user: User) -> dict[str, Any]:
+    return await _contents(user, query_body(GET_QUERY))
+
+
+async def _contents(user: User, body: dict[str, Any]) -> dict[str, Any]:
     page = await services().query.blocks(
         user, _heap_of(body), query_request(body), body.get("limit", 100)
     )
