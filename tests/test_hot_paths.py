@@ -260,3 +260,54 @@ async def test_revoke_and_reject_are_refused_at_once(
     async with open_user_admin(server.services.settings) as cli:
         await cli.make_admin(eve.public_key)
     assert (await eve.post("/api/me")).json()["is_admin"] is True
+
+
+@pytest.mark.engines("sqlite")
+async def test_sqlite_reads_on_own_threads_cancel_cleanly(engine: str, make_settings: Any) -> None:
+    """Reads run on the runtime's own reader threads (no trio.to_thread hop): a read
+    cancelled while queued never runs, one cancelled while running finishes first, and
+    every reader comes back."""
+    import threading
+
+    from heaper_trio.storage.sqlite.runtime import READERS
+
+    from .test_storage import opened
+
+    async with opened(make_settings()) as storage:
+        rt = storage.rt  # type: ignore[attr-defined]
+        release = threading.Event()
+        ran: list[str] = []
+
+        def hold(c: Any, name: str) -> str:
+            ran.append(name)
+            release.wait(10)
+            return str(c.execute("SELECT 1").fetchone()[0])
+
+        async with trio.open_nursery() as n:
+            for i in range(READERS):
+                n.start_soon(rt.read, hold, f"busy{i}")
+            while len(ran) < READERS:  # every reader thread is held
+                await trio.sleep(0.01)
+            with trio.move_on_after(0.1) as queued:
+                await rt.read(hold, "queued")  # no free reader: waits in the queue
+            assert queued.cancelled_caught
+            running = trio.CancelScope()
+
+            async def cancelled_while_running() -> None:
+                with running:
+                    await rt.read(hold, "running")
+
+            release.set()
+            n.start_soon(cancelled_while_running)
+            while "running" not in ran:
+                await trio.sleep(0.01)
+            running.cancel()
+        assert "queued" not in ran
+        # every reader is back and answers
+        async with trio.open_nursery() as n:
+            for i in range(READERS * 2):
+                n.start_soon(rt.read, hold, f"again{i}")
+        assert sum(name.startswith("again") for name in ran) == READERS * 2
+        names: list[str] = []
+        await rt.read(lambda c: names.append(threading.current_thread().name))
+        assert names[0].startswith("sqlite-reader-")

@@ -4,8 +4,10 @@ Why a writer thread: SQLite allows one writer at a time, and a thread hop costs 
 our machines (stack-pitfalls section 3). The writer drains every job waiting in its queue into
 one ``BEGIN IMMEDIATE ... COMMIT`` (a SAVEPOINT per job, so one failing job rolls back alone),
 fsyncs once, and only then wakes the waiting trio tasks: acknowledgements imply durability and
-throughput does not pay an fsync per write. Readers use their own connections; WAL lets them
-run while the writer writes.
+throughput does not pay an fsync per write. Readers are threads of their own too, each with its
+own connection (WAL lets them run while the writer writes), fed from one queue the same way:
+``trio.to_thread`` per read cost 100-190 µs more per hop here (its limiter, cancel machinery and
+a thread renamed per job; issue 12, item 3). Point reads skip the hop (``read_point``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,17 +90,56 @@ def _in_read_transaction(fn: Callable[..., T], conn: sqlite3.Connection, *args: 
         conn.execute("COMMIT")
 
 
+class _Read:
+    """A read job: taken by a reader thread unless cancelled while still queued."""
+
+    __slots__ = ("args", "cancelled", "fn", "lock", "reply", "started")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], reply: Callable[[Any], None]
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.reply = reply
+        self.lock = threading.Lock()
+        self.started = False
+        self.cancelled = False
+
+    def claim(self) -> bool:
+        """In the reader thread: True if the job is to run (its caller still waits)."""
+        with self.lock:
+            self.started = not self.cancelled
+            return self.started
+
+    def withdraw(self) -> bool:
+        """On trio's side: True if the job will never run (it had not started)."""
+        with self.lock:
+            self.cancelled = not self.started
+            return self.cancelled
+
+
+def _reader_main(conn: sqlite3.Connection, jobs: queue.SimpleQueue[Any]) -> None:
+    try:
+        while True:
+            job = jobs.get()
+            if job is _STOP:
+                return
+            if job.claim():
+                job.reply(outcome.capture(_in_read_transaction, job.fn, conn, *job.args))
+    finally:
+        conn.close()
+
+
 class SqliteRuntime:
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = path
         self.synchronous = synchronous
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._readers: deque[sqlite3.Connection] = deque()
-        self._reader_slots = trio.CapacityLimiter(READERS)
-        # Their own threads: trio.to_thread's default limiter is shared with file-system
-        # work (scans, hashing), which must never keep a read waiting for a thread.
-        self._reader_threads = trio.CapacityLimiter(READERS)
+        # Reader threads of their own: trio.to_thread's default limiter is shared with
+        # file-system work (scans, hashing), which must never keep a read waiting.
+        self._reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._reader_threads: list[threading.Thread] = []
         self._inline: sqlite3.Connection | None = None
         self.commits = 0  # group commits done; a benchmark reads it
         self.jobs_done = 0
@@ -111,19 +151,31 @@ class SqliteRuntime:
             target=self._writer_main, args=(conn,), name="sqlite-writer", daemon=True
         )
         self._thread.start()
-        for _ in range(READERS + 1):
+        for i in range(READERS + 1):
             reader = await trio.to_thread.run_sync(_connect, self.path, self.synchronous)
             reader.execute("PRAGMA query_only=ON")
-            self._readers.append(reader)
-        self._inline = self._readers.pop()
+            if i == READERS:
+                self._inline = reader
+                break
+            thread = threading.Thread(
+                target=_reader_main,
+                args=(reader, self._reads),
+                name=f"sqlite-reader-{i}",
+                daemon=True,
+            )
+            thread.start()
+            self._reader_threads.append(thread)
 
     async def stop(self) -> None:
         if self._thread is not None:
             self._jobs.put(_STOP)
             await trio.to_thread.run_sync(self._thread.join)
             self._thread = None
-        while self._readers:
-            self._readers.pop().close()
+        threads, self._reader_threads = self._reader_threads, []
+        for _ in threads:
+            self._reads.put(_STOP)
+        for thread in threads:
+            await trio.to_thread.run_sync(thread.join)
         if self._inline is not None:
             self._inline.close()
             self._inline = None
@@ -160,15 +212,34 @@ class SqliteRuntime:
         Inside one read transaction, so every statement of ``fn`` sees the same WAL snapshot
         (a block row and its log, a heap clock and its changes) even while the writer commits.
         """
-        async with self._reader_slots:
-            conn = self._readers.popleft()
+        if not self._reader_threads:
+            raise RuntimeError("storage is closed")
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        box: list[outcome.Outcome] = []
+
+        def reply(result: outcome.Outcome) -> None:
+            def deliver() -> None:
+                box.append(result)
+                done.set()
+
             try:
-                with _unavailable_on_operational_error():
-                    return await trio.to_thread.run_sync(
-                        _in_read_transaction, fn, conn, *args, limiter=self._reader_threads
-                    )
-            finally:
-                self._readers.append(conn)
+                token.run_sync_soon(deliver)
+            except trio.RunFinishedError:
+                pass
+
+        job = _Read(fn, args, reply)
+        self._reads.put(job)
+        try:
+            await done.wait()
+        except trio.Cancelled:
+            if job.withdraw():  # still queued: it will not run
+                raise
+            with trio.CancelScope(shield=True):  # running: its connection must come back
+                await done.wait()
+            raise
+        with _unavailable_on_operational_error():
+            return box[0].unwrap()
 
     async def read_point(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a primary-key lookup right here on the event loop.
