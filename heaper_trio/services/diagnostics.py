@@ -6,7 +6,6 @@ owns the updates; health only reads a snapshot.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 
@@ -23,4 +22,6 @@ class RealtimeCounters:
     refused_connection_limit: int = 0  # over ws_max_connections_per_user: 4429
 
     def snapshot(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+        # A shallow copy of the fields (all ints): dataclasses.asdict deep-copies, which
+        # cost more than the rest of building the health answer.
+        return dict(vars(self))
