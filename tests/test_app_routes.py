@@ -5,6 +5,7 @@ of ``/api/heap`` and ``/api/heap/changed_blocks``."""
 from __future__ import annotations
 
 import gc
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -409,3 +410,51 @@ async def test_get_changed_blocks_is_the_post_feed(admin: HeaperClient, eve: Hea
     assert_error(r, 400, "missing_field")
     r = await eve.get("/api/heap/changed_blocks", params={"heap_id": heap})
     assert_error(r, 403, "heap_forbidden")
+
+
+async def test_get_heap_answers_as_post_for_random_filters(admin: HeaperClient) -> None:
+    """Random combinations of every filter, sort, order and limit: the GET form's answer is
+    the POST form's, page after page (seeded, so a failure repeats)."""
+    heap = (await new_heap(admin))["id"]
+    tag = await new_block(admin, heap, "Topic", "tag")
+    for i in range(6):
+        block = ClientBlock()
+        block.write(f"Item {i} alpha" if i % 2 else f"Item {i} beta", "body" if i % 3 else "")
+        block.meta["type"] = "document" if i % 2 else "note"
+        if i % 2:
+            block.tag_with(tag)
+        assert (await push(admin, block.push_item(heap))).status_code == 200
+    rnd = random.Random(10)
+    choices: dict[str, list[Any]] = {
+        "type": ["document", "note", "tag", ["document", "note"], ["tag", "index"]],
+        "tag": [tag],
+        "query": ["alpha", "item", "beta body", "nothing"],
+        "unlinked": [True, False],
+        "has_content": [True, False],
+        "trash": [False],
+        "sort": ["created", "updated", "title"],
+        "order": ["asc", "desc"],
+        "limit": [1, 2, 5, 100],
+    }
+    found = pages = 0
+    for _ in range(25):
+        body: dict[str, Any] = {"heap_id": heap}
+        for name in rnd.sample(sorted(choices), rnd.randint(0, 4)):
+            body[name] = rnd.choice(choices[name])
+        params: list[tuple[str, str]] = []
+        for name, value in body.items():
+            for one in value if isinstance(value, list) else [value]:
+                params.append((name, str(one).lower() if isinstance(one, bool) else str(one)))
+        for _page in range(3):
+            got = await admin.get("/api/heap", params=params)
+            posted = await admin.post("/api/heap", json=body)
+            assert got.status_code == posted.status_code == 200, (body, got.text)
+            assert got.json() == posted.json(), body
+            found += bool(got.json()["blocks"])
+            cursor = got.json()["next_cursor"]
+            if cursor is None:
+                break
+            pages += 1
+            body["cursor"] = cursor
+            params = [p for p in params if p[0] != "cursor"] + [("cursor", cursor)]
+    assert found > 10 and pages > 3, (found, pages)  # the combinations found things, and paged
