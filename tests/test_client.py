@@ -8,13 +8,14 @@ import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
-from heaper_trio.app import RunningServer
+from heaper_trio.app import RunningServer, run_server
 from heaper_trio.client import (
     HeaperClient,
     HeaperError,
@@ -25,6 +26,7 @@ from heaper_trio.client import (
 )
 from heaper_trio.client import documents as d
 from heaper_trio.services.upload_disk import UploadSlots
+from heaper_trio.settings import Settings
 from tests.conftest import StartServer
 
 
@@ -312,3 +314,24 @@ async def test_upload_waits_retry_after_when_the_server_is_full(
             result = await client.uploads.upload(heap.id, new_id(), os.urandom(1000))
             waited = trio.current_time() - started
         assert result.status == "complete" and 429 in seen and waited >= 1
+
+
+async def test_live_subscription_ends_when_the_server_goes_away(
+    nursery: trio.Nursery, make_settings: Callable[..., Settings]
+) -> None:
+    shutdown = trio.Event()
+    server = await nursery.start(partial(run_server, make_settings(), shutdown=shutdown))
+    async with HeaperClient(server.url) as client:
+        await client.login()
+        heap = await client.heaps.create("Going")
+        block = LocalBlock(heap.id, new_id(), d.new_block("document", "Bye"))
+        await client.blocks.push(block)
+        with trio.fail_after(20):
+            async with client.live.subscribe(block) as live:
+                shutdown.set()  # the server closes every socket (1001) as it stops
+                with pytest.raises(LiveRefused) as ended:
+                    await live.next_update()
+                assert ended.value.reason == "connection closed"
+                d.append_paragraph(block.doc, "too late")
+                with pytest.raises(LiveRefused):
+                    await live.wait_stored()

@@ -97,7 +97,10 @@ class LiveBlock:
             self._applying = False
 
     async def _send(self, message: m.Message) -> None:
-        await self.ws.send_message(m.encode(message))
+        try:
+            await self.ws.send_message(m.encode(message))
+        except ConnectionClosed:  # the reader hears it too; what was unsent is unstored
+            self._refuse("connection closed")
 
     async def _send_step2(self, message: m.SyncStep2) -> None:
         self._sent += 1  # the server answers each step 2 and update with one SyncStatus
@@ -108,9 +111,7 @@ class LiveBlock:
             try:
                 data = await self.ws.get_message()
             except ConnectionClosed:
-                self._refused = self._refused or LiveRefused("connection closed")
-                self.synced.set()
-                self._wake()
+                self._refuse("connection closed")
                 return
             if not isinstance(data, bytes):
                 continue
@@ -125,7 +126,7 @@ class LiveBlock:
             self._apply(msg.update)
         elif isinstance(msg, m.SyncUpdate):
             self._apply(msg.update)
-            if self.synced.is_set():
+            if self.synced.is_set() and self._refused is None:
                 self._updates_in.send_nowait(LiveUpdate(msg.update))
         elif isinstance(msg, m.SyncStep1):
             # the server sends its step 1 after its step 2 (and after a sync_version_mismatch
@@ -145,9 +146,16 @@ class LiveBlock:
             await self._send(m.AuthToken(self.address, self.token, PROVIDER_VERSION))
             self.token_renewals += 1
         elif isinstance(msg, m.PermissionDenied):
-            self._refused = LiveRefused(msg.reason)
-            self.synced.set()
-            self._wake()
+            self._refuse(msg.reason)
+        elif isinstance(msg, m.Close):  # the server closed this document
+            self._refuse(msg.reason or "closed")
+
+    def _refuse(self, reason: str) -> None:
+        """The document is over: waiters wake and raise LiveRefused (the first reason)."""
+        self._refused = self._refused or LiveRefused(reason)
+        self.synced.set()
+        self._updates_in.close()
+        self._wake()
 
     def _on_event(self, payload: str) -> None:
         try:
@@ -168,8 +176,12 @@ class LiveBlock:
             await self._send(m.SyncUpdate(self.address, update))
 
     async def next_update(self) -> LiveUpdate:
-        """The next update of someone else, already applied to :attr:`doc`."""
-        return await self._updates_out.receive()
+        """The next update of someone else, already applied to :attr:`doc`; raises
+        :class:`LiveRefused` once the document is refused or the connection closed."""
+        try:
+            return await self._updates_out.receive()
+        except trio.EndOfChannel:
+            raise self._refused or LiveRefused("closed") from None
 
     async def updates(self) -> AsyncIterator[LiveUpdate]:
         while True:
@@ -245,10 +257,14 @@ class Live:
                         nursery.start_soon(live._writer)
                         yield live
                         nursery.cancel_scope.cancel()
+                    with contextlib.suppress(ConnectionClosed):
+                        await ws.send_message(m.encode_client_close(address))
                 finally:
                     live.close()
-                with contextlib.suppress(ConnectionClosed):
-                    await ws.send_message(m.encode_client_close(address))
+                    if ws.closed is not None:
+                        # closed by the server: trio-websocket may leave the TCP socket to
+                        # the garbage collector (a ResourceWarning); close it now
+                        await trio.aclose_forcefully(ws._stream)
         except BaseExceptionGroup as group:
             # the nurseries (ours, trio-websocket's) wrap what was raised, the caller's own
             # exceptions included: one exception comes out as itself
