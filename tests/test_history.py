@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pycrdt
+import pytest
 
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
@@ -357,3 +358,29 @@ def test_plan_keeps_every_kept_point_and_never_merges_across_a_base() -> None:
     assert (base.kind, base.seq, base.level, base.first_seq) == (HistoryKind.snapshot, 8, 3, 1)
     assert state_at([base], 8) == texts[7]
     assert thinning.plan([base], past).spans == []
+
+
+@pytest.mark.filterwarnings("ignore:unclosed <socket:ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_restore_replaces_open_live_rooms(
+    admin: HeaperClient, server: RunningServer
+) -> None:
+    """Providers on the old ``:vN`` get the restored state and ``sync_version_mismatch``."""
+    from heaper_trio.protocol import messages as m
+
+    from .live_client import live_client
+    from .test_live_restore import expect_replacement
+
+    heap_id, block = await edited_block(admin, 3)
+    old = await version(admin, block.id, 2)
+    address = f"{heap_id}:{block.id}:v1"
+    async with live_client(server.url) as live:
+        assert "line 3" in text_of(await live.sync(address, admin.access_token))
+        r = await admin.post(f"/api/block_restore/{block.id}", json={"seq": 2})
+        assert r.json()["sync_version"] == 2
+        state = await expect_replacement(live, address, 2)
+        assert text_of(state) == text_of(unb64(old["state"])) and "line 2" not in text_of(state)
+        add_line(block, "from the old version")
+        await live.send(m.SyncUpdate(address, block.pending()))
+        assert not (await live.expect(m.SyncStatus)).applied
+    assert "from the old version" not in (await admin.post(f"/api/block/{block.id}")).json()["text"]
