@@ -4,11 +4,14 @@ delta), resumable uploads with progress, live subscriptions over ``/ws``.
 The tests, the benchmarks and scripts share it, so it is also the reference for how a client
 talks to this server (docs/client.md walks through it)::
 
+    from heaper_trio.client import HeaperClient, KeyPair, LocalBlock
+    from heaper_trio.client.documents import new_block
+
     async with HeaperClient("http://127.0.0.1:8470", KeyPair.generate()) as c:
         await c.login()
         heap = await c.heaps.create("Notes")
         block = LocalBlock(heap.id, "my-first-block", new_block("document", "Hello"))
-        await c.blocks.push(block)
+        await c.blocks.push(block)  # created; block.doc holds what the server answered
 
 It runs under trio (httpx runs on anyio; live subscriptions use trio-websocket). It talks to
 the server over the wire only: it imports none of the server's layers, only the pure wire
