@@ -9,6 +9,7 @@ unless ``HEAPER_TEST_REQUIRE_NODE=1`` (CI), which makes it a failure.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -53,6 +54,20 @@ def test_every_example_is_shown_verbatim() -> None:
         assert (EXAMPLES / name).read_text() in fenced_blocks(DOCS / page), (
             f"docs/{page} must show docs/examples/{name} as one fenced block, unchanged"
         )
+
+
+def test_every_python_snippet_parses() -> None:
+    """The short snippets between the examples are not run; they must at least be Python
+    (top-level ``await`` allowed, as in an async REPL)."""
+    flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    fence = re.compile(r"^```python\n(.*?)^```$", re.S | re.M)
+    for page in ("documents.md", "client.md"):
+        snippets = [m[1] for m in fence.finditer((DOCS / page).read_text())]
+        assert snippets, page
+        for snippet in snippets:
+            compile(snippet, f"docs/{page}", "exec", flags=flags)
+    with pytest.raises(SyntaxError):
+        compile("await x(", "bad", "exec", flags=flags)
 
 
 def test_the_verbatim_check_can_fail(tmp_path: Path) -> None:
