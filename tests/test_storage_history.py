@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from heaper_trio.records import CommitStatus
 from heaper_trio.records.history import HistoryKind, HistoryRow
 from heaper_trio.settings import Settings
+from heaper_trio.storage import Storage
+from heaper_trio.storage.migrate import migration_scripts
 from tests.test_storage import NOW, opened
 from tests.test_storage_contract import add_users, change, new_heap
 
@@ -87,3 +90,40 @@ async def test_history_rows(make_settings: Callable[..., Settings]) -> None:
         assert await storage.purge_blocks("h1", ["b1"], NOW + 12) == ["b1"]
         assert await storage.history_page("b1", 100, 10, False) == []
         assert await storage.thin_candidates(2**62, 2**62, 2**62, 10) == []
+
+
+async def test_migration_keeps_existing_snapshots_as_base_rows(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A block compacted before history existed (its old rows deleted) gets its snapshot as the
+    first entry of its history: versions from there on, none before."""
+    async with opened(make_settings()) as storage:
+        await add_users(storage)
+        await new_heap(storage, "h1")
+        await storage.commit_changes([change("b1", "h1", updates=(b"1", b"2", b"3"))], NOW)
+        compact = change("b1", "h1", expected=3, updates=(b"4",), compacted=(b"S3", 3))
+        await storage.commit_changes([compact], NOW + 5)
+        script = {v: sql for v, _, sql in migration_scripts(storage.engine)}
+        backfill = script[8 if storage.engine == "sqlite" else 9].split(";")[-2]
+        assert backfill.strip().startswith("INSERT INTO block_history")
+        await raw(storage, "DELETE FROM block_history")  # as before the migration
+        assert seqs(await storage.history_page("b1", 100, 10, False)) == [4]
+        await raw(storage, backfill)
+        rows = await storage.history_page("b1", 100, 10, True)
+        assert seqs(rows) == [4, 3] and rows[1].kind is HistoryKind.snapshot
+        assert (rows[1].data, rows[1].first_seq, rows[1].created_at) == (b"S3", 1, NOW + 5)
+        assert seqs(await storage.version_rows("b1", 4)) == [3, 4]
+        assert await storage.version_rows("b1", 2) == []  # compacted away before the migration
+
+
+async def raw(storage: Storage, sql: str) -> None:
+    store: Any = storage
+    if storage.engine == "sqlite":
+        await store.rt.write(lambda c: c.execute(sql))
+    else:
+        from heaper_trio.storage.postgres.runtime import tx
+
+        async def run(c: Any) -> None:
+            await c.execute(sql)
+
+        await store._run(tx, run)
