@@ -7,6 +7,8 @@ back as text (TEXT in SQLite, JSONB without a codec in asyncpg), so one mapping 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from heaper_trio.records import (
@@ -31,6 +33,11 @@ RECORD_COLUMNS = (
     "id, heap_id, sync_version, type, title, text, relations, files, apps, created_at, "
     "created_by, updated_at, deleted_at, permanently_deleted_at, size, last_seq"
 )
+
+
+# What delta answers of a changed block (``web/json_sync.delta_json``), nothing more: the text
+# and the JSON columns are neither read nor decoded on the feed's pages.
+DELTA_COLUMNS = "id, heap_id, sync_version, type, title, updated_at, deleted_at"
 
 
 UPLOAD_COLUMNS = (
@@ -127,6 +134,29 @@ def record_row(row: Row) -> BlockRecord:
     )
 
 
+def delta_row(row: Row) -> BlockRecord:
+    """``DELTA_COLUMNS`` as a record of the change feed: the columns delta does not answer are
+    not read, and hold neutral values (empty text and JSON, sizes and sequence 0)."""
+    return BlockRecord(
+        id=row["id"],
+        heap_id=row["heap_id"],
+        sync_version=row["sync_version"],
+        type=row["type"],
+        title=row["title"],
+        text="",
+        relations={},
+        files={},
+        apps={},
+        created_at=0,
+        created_by=None,
+        updated_at=row["updated_at"],
+        deleted_at=row["deleted_at"],
+        permanently_deleted_at=None,
+        size=0,
+        last_seq=0,
+    )
+
+
 def entry_row(row: Row) -> ScanEntry:
     """``ENTRY_COLUMNS``; ``missing`` is 0/1 in SQLite, a boolean in PostgreSQL."""
     return ScanEntry(
@@ -157,7 +187,9 @@ def page(
 ) -> ChangePage:
     """Cut both feeds at one change time so that asking again from it loses nothing.
 
-    Change times are unique within a heap, so the cut never splits a tie.
+    Change times are unique within a heap (each change ticks the heap's clock). Should two rows
+    ever share one, the engines fetch the rest of a tie the page would end in (``tie_at``), so
+    the cut takes the whole tie and the next page starts after it.
     """
     has_more = len(changed) > limit or len(deleted) > limit
     if not has_more:
@@ -178,6 +210,52 @@ def page(
         total_changed,
         total_deleted,
     )
+
+
+def tie_at(rows: Sequence[Row], limit: int, time_key: str | int) -> int | None:
+    """The change time a page of ``limit`` would end in, when the extra row fetched after
+    them (``LIMIT limit + 1``, in (time, id) order) shares it: that tie may run on past
+    what was fetched, and the engine fetches the rest of it (time = tie, id > the last one)."""
+    if len(rows) <= limit:
+        return None
+    at = rows[limit][time_key]
+    return int(at) if rows[limit - 1][time_key] == at else None
+
+
+class DeltaTotals:
+    """The feed's totals carried from one page to the next, so a walk counts once.
+
+    ``total_changed`` and ``total_deleted`` count what lies after ``since``. A page computes
+    them in the same snapshot as its rows, so what lies after its cut is the totals minus the
+    page's rows: remembered under (heap, cut) together with the heap's clock. The next page
+    asks from that cut; if the heap's clock is unchanged nothing was written in between (every
+    write ticks the clock), and the remembered totals are exact; otherwise it counts again.
+    Per storage instance and per process (another worker just counts); a bounded LRU.
+    """
+
+    def __init__(self, kept: int = 1024) -> None:
+        self._kept = kept
+        self._totals: OrderedDict[tuple[str, int], tuple[int, int, int]] = OrderedDict()
+        self.hits = 0  # pages answered without counting (tests and benchmarks read it)
+
+    def get(self, heap_id: str, since: int, clock: int) -> tuple[int, int] | None:
+        found = self._totals.pop((heap_id, since), None)
+        if found is None or found[0] != clock:
+            return None
+        self.hits += 1
+        return found[1], found[2]
+
+    def carry(self, heap_id: str, answered: ChangePage, clock: int) -> None:
+        """Remember what lies after ``answered`` (a page read at ``clock``)."""
+        key = (heap_id, answered.server_time)
+        self._totals[key] = (
+            clock,
+            answered.total_changed - len(answered.changed),
+            answered.total_deleted - len(answered.deleted),
+        )
+        self._totals.move_to_end(key)
+        while len(self._totals) > self._kept:
+            self._totals.popitem(last=False)
 
 
 def file_row(row: Row | None) -> FileRecord | None:

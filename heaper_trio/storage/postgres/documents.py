@@ -17,7 +17,7 @@ another:
 3. the existing block rows (``FOR UPDATE``, ids sorted); the optimistic ``expected_last_seq``
    check reads the locked row.
 
-Reads that need several statements to agree (``changes_since``) run in one REPEATABLE READ
+Reads that need several statements to agree (``feed.changes_since``) run in one REPEATABLE READ
 snapshot; ``load_block`` is a single statement.
 
 PostgreSQL stores less than SQLite: no NUL character in TEXT or JSONB, no NaN or infinity in
@@ -37,7 +37,6 @@ from heaper_trio.records import (
     BlockChange,
     BlockQuery,
     BlockRecord,
-    ChangePage,
     CommitResult,
     CommitStatus,
     Heap,
@@ -50,7 +49,7 @@ from heaper_trio.storage.errors import HeapNotFound
 from heaper_trio.storage.postgres.files import write_block_files
 from heaper_trio.storage.postgres.notify import block_pointer, notify
 from heaper_trio.storage.postgres.runtime import Conn, Pool, T, _connection
-from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, page, record_row
+from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, record_row
 
 # First key of the two-key advisory locks on block ids (a key space apart from the one-key
 # locks in engine.py); the second key is a 32-bit hash of the block id.
@@ -330,41 +329,6 @@ async def commit_changes(
     if pointers:
         await notify(c, pointers)
     return results
-
-
-async def changes_since(c: Conn, heap_id: str, since: int, limit: int) -> ChangePage:
-    """Run in one snapshot (``snapshot``): clock, rows and totals agree with each other."""
-    clock_row = await c.fetchval("SELECT clock FROM heaps WHERE id=$1", heap_id)
-    clock = int(clock_row) if clock_row is not None else since
-    rows = await c.fetch(
-        f"SELECT {RECORD_COLUMNS} FROM blocks WHERE heap_id=$1 AND updated_at > $2 "
-        "ORDER BY updated_at LIMIT $3",
-        heap_id,
-        since,
-        limit + 1,
-    )
-    deleted = await c.fetch(
-        "SELECT block_id, deleted_at FROM block_tombstones WHERE heap_id=$1 AND deleted_at > $2 "
-        'ORDER BY deleted_at, block_id COLLATE "C" LIMIT $3',
-        heap_id,
-        since,
-        limit + 1,
-    )
-    totals = await c.fetchrow(
-        "SELECT (SELECT COUNT(*) FROM blocks WHERE heap_id=$1 AND updated_at > $2), "
-        "(SELECT COUNT(*) FROM block_tombstones WHERE heap_id=$1 AND deleted_at > $2)",
-        heap_id,
-        since,
-    )
-    assert totals is not None  # a SELECT without FROM gives one row
-    return page(
-        [record_row(r) for r in rows],
-        [(r[0], r[1]) for r in deleted],
-        clock,
-        limit,
-        int(totals[0]),
-        int(totals[1]),
-    )
 
 
 async def related(c: Conn, block_id: str) -> dict[str, list[str]]:

@@ -55,6 +55,7 @@ from heaper_trio.records import (
 from heaper_trio.storage.base import Storage
 from heaper_trio.storage.migrate import migration_scripts
 from heaper_trio.storage.postgres import documents as docs
+from heaper_trio.storage.postgres import feed
 from heaper_trio.storage.postgres import notify as postgres_notify
 from heaper_trio.storage.postgres.accounts import (
     _auth_stats,
@@ -83,6 +84,7 @@ from heaper_trio.storage.postgres.runtime import (
 )
 from heaper_trio.storage.postgres.scans import PostgresScans
 from heaper_trio.storage.postgres.user_cache import UserRowCache
+from heaper_trio.storage.rows import DeltaTotals
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,7 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, Storage):
         # Live announcements made inside the committing transaction (see announce_commits_as)
         self.announce_as: str | None = None
         self._announced: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self.delta_totals = DeltaTotals()  # the change feed's totals, carried page to page
         self._users = UserRowCache(dsn)
 
     async def open(self) -> None:
@@ -332,7 +335,9 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, Storage):
         return result
 
     async def changes_since(self, heap_id: str, since: int, limit: int) -> ChangePage:
-        return await self._run(docs.snapshot, docs.changes_since, heap_id, since, limit)
+        return await self._run(
+            docs.snapshot, feed.changes_since, heap_id, since, limit, self.delta_totals
+        )
 
     async def related(self, block_id: str) -> dict[str, list[str]]:
         return await self._run(read, docs.related, block_id)

@@ -10,7 +10,6 @@ from heaper_trio.records import (
     BlockChange,
     BlockQuery,
     BlockRecord,
-    ChangePage,
     CommitResult,
     CommitStatus,
     Heap,
@@ -19,7 +18,7 @@ from heaper_trio.records import (
 )
 from heaper_trio.storage import block_query, history_rows, rules
 from heaper_trio.storage.errors import HeapNotFound
-from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, page, record_row
+from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, record_row
 from heaper_trio.storage.sqlite.files import write_block_files
 
 
@@ -175,35 +174,6 @@ def commit_changes(
             results.append(rules.conflict(ch))
         c.execute("RELEASE change")
     return results
-
-
-def changes_since(c: sqlite3.Connection, heap_id: str, since: int, limit: int) -> ChangePage:
-    clock_row = c.execute("SELECT clock FROM heaps WHERE id=?", (heap_id,)).fetchone()
-    clock = int(clock_row[0]) if clock_row else since
-    rows = c.execute(
-        f"SELECT {RECORD_COLUMNS} FROM blocks WHERE heap_id=? AND updated_at > ? "
-        "ORDER BY updated_at LIMIT ?",
-        (heap_id, since, limit + 1),
-    ).fetchall()
-    deleted = c.execute(
-        "SELECT block_id, deleted_at FROM block_tombstones WHERE heap_id=? AND deleted_at > ? "
-        "ORDER BY deleted_at, block_id LIMIT ?",
-        (heap_id, since, limit + 1),
-    ).fetchall()
-    total_changed = c.execute(
-        "SELECT COUNT(*) FROM blocks WHERE heap_id=? AND updated_at > ?", (heap_id, since)
-    ).fetchone()[0]
-    total_deleted = c.execute(
-        "SELECT COUNT(*) FROM block_tombstones WHERE heap_id=? AND deleted_at > ?", (heap_id, since)
-    ).fetchone()[0]
-    return page(
-        [record_row(r) for r in rows],
-        [(r[0], r[1]) for r in deleted],
-        clock,
-        limit,
-        total_changed,
-        total_deleted,
-    )
 
 
 def related(c: sqlite3.Connection, block_id: str) -> dict[str, list[str]]:

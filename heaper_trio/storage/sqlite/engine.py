@@ -24,8 +24,9 @@ from heaper_trio.records import (
 )
 from heaper_trio.storage import rules
 from heaper_trio.storage.base import Storage
-from heaper_trio.storage.rows import user_row
+from heaper_trio.storage.rows import DeltaTotals, user_row
 from heaper_trio.storage.sqlite import documents as docs
+from heaper_trio.storage.sqlite import feed
 from heaper_trio.storage.sqlite.files import SqliteFiles
 from heaper_trio.storage.sqlite.history import SqliteHistory
 from heaper_trio.storage.sqlite.runtime import SqliteRuntime
@@ -57,6 +58,7 @@ class SqliteStorage(SqliteFiles, SqliteScans, SqliteHistory, Storage):
     def __init__(self, data_dir: Path, synchronous: str = "FULL") -> None:
         self.path = data_dir / DB_FILE
         self.rt = SqliteRuntime(self.path, synchronous)
+        self.delta_totals = DeltaTotals()  # the change feed's totals, carried page to page
 
     async def open(self) -> None:
         await self.rt.start(int(time.time() * 1000))
@@ -243,7 +245,7 @@ class SqliteStorage(SqliteFiles, SqliteScans, SqliteHistory, Storage):
         return await self.rt.write(docs.commit_changes, changes, now)
 
     async def changes_since(self, heap_id: str, since: int, limit: int) -> ChangePage:
-        return await self.rt.read(docs.changes_since, heap_id, since, limit)
+        return await self.rt.read(feed.changes_since, heap_id, since, limit, self.delta_totals)
 
     async def related(self, block_id: str) -> dict[str, list[str]]:
         return await self.rt.read(docs.related, block_id)

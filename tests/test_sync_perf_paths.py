@@ -1,0 +1,151 @@
+"""The sync fast paths of issue 12 item 4 hold the same answers as the slow ones.
+
+- The change feed pages by keyset (change time, id): a walk sees every block once even when
+  rows share a change time (never written so by the server, forced here in the database) and
+  while writes commit between its pages; the totals carried from page to page equal a fresh
+  count on every page; a page reads only the columns delta answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from heaper_trio.records import ChangePage, CommitStatus
+from heaper_trio.settings import Settings
+from heaper_trio.storage import Storage
+from tests.test_storage import NOW, opened
+from tests.test_storage_contract import add_users, change, new_heap
+
+
+async def raw(storage: Storage, sqlite_sql: str, postgres_sql: str, *args: Any) -> None:
+    """One statement straight into the database, behind the engine's back."""
+    if storage.engine == "sqlite":
+        await storage.rt.write(lambda c: c.execute(sqlite_sql, args))  # type: ignore[attr-defined]
+    else:
+        from heaper_trio.storage.postgres.runtime import tx
+
+        async def work(c: Any) -> None:
+            await c.execute(postgres_sql, *args)
+
+        await storage._run(tx, work)  # type: ignore[attr-defined]
+
+
+async def fresh_totals(storage: Storage, heap_id: str, since: int) -> tuple[int, int]:
+    """The totals counted without the carried memo (a second look with an empty one)."""
+    memo = storage.delta_totals  # type: ignore[attr-defined]
+    storage.delta_totals = type(memo)()  # type: ignore[attr-defined]
+    try:
+        page = await storage.changes_since(heap_id, since, 1)
+    finally:
+        storage.delta_totals = memo  # type: ignore[attr-defined]
+    return page.total_changed, page.total_deleted
+
+
+async def walk(
+    storage: Storage, heap_id: str, limit: int, between: Callable[[int], Any] | None = None
+) -> list[ChangePage]:
+    pages, since = [], 0
+    while True:
+        page = await storage.changes_since(heap_id, since, limit)
+        # the carried totals are what a fresh count in the same state gives
+        assert (page.total_changed, page.total_deleted) == await fresh_totals(
+            storage, heap_id, since
+        ), (since, len(pages))
+        pages.append(page)
+        assert page.server_time > since or not page.has_more
+        since = page.server_time
+        if not page.has_more:
+            return pages
+        if between is not None:
+            await between(len(pages))
+
+
+async def test_keyset_pages_take_whole_ties(make_settings: Callable[..., Settings]) -> None:
+    async with opened(make_settings()) as storage:
+        await add_users(storage)
+        await new_heap(storage, "h1")
+        ids = [f"b{i}" for i in range(8)]
+        results = await storage.commit_changes([change(b, "h1") for b in ids], NOW)
+        assert all(r.status is CommitStatus.created for r in results)
+        # five blocks share one change time, past a page of two: the page ending in the tie
+        # takes all of it, and the next one starts after it
+        tie = NOW + 50
+        for b in ids[1:6]:
+            await raw(
+                storage,
+                "UPDATE blocks SET updated_at=? WHERE id=?",
+                "UPDATE blocks SET updated_at=$1 WHERE id=$2",
+                tie,
+                b,
+            )
+        for i, b in enumerate(("gone1", "gone2", "gone3", "gone4")):
+            await raw(
+                storage,
+                "INSERT INTO block_tombstones (block_id, heap_id, deleted_at) VALUES (?, ?, ?)",
+                "INSERT INTO block_tombstones (block_id, heap_id, deleted_at) VALUES ($1, $2, $3)",
+                b,
+                "h1",
+                tie + 1 if i else tie + 2,
+            )
+        await raw(
+            storage,
+            "UPDATE heaps SET clock=? WHERE id=?",
+            "UPDATE heaps SET clock=$1 WHERE id=$2",
+            tie + 100,
+            "h1",
+        )
+        pages = await walk(storage, "h1", 2)
+        seen = [b.id for p in pages for b in p.changed]
+        assert sorted(seen) == sorted(["h1-root", *ids]) and len(seen) == len(set(seen))
+        gone = [d for p in pages for d in p.deleted]
+        assert sorted(gone) == [("gone1", tie + 2)] + [(f"gone{i}", tie + 1) for i in (2, 3, 4)]
+        for p in pages:
+            times = [b.updated_at for b in p.changed] + [at for _, at in p.deleted]
+            assert all(t <= p.server_time for t in times)
+        tied = next(p for p in pages if any(b.updated_at == tie for b in p.changed))
+        assert sorted(b.id for b in tied.changed if b.updated_at == tie) == ids[1:6]
+        # (change time, id) order within a page
+        for p in pages:
+            keys = [(b.updated_at, b.id) for b in p.changed]
+            assert keys == sorted(keys)
+        # a delta record carries the delta columns only
+        assert all(b.text == "" and b.relations == {} for b in tied.changed)
+        assert tied.changed[0].title == "" and tied.changed[0].type == "note"
+
+
+async def test_a_walk_under_writes_sees_every_last_change(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with opened(make_settings()) as storage:
+        await add_users(storage)
+        await new_heap(storage, "h1")
+        seqs: dict[str, int] = {"h1-root": 1}
+        first = [change(f"b{i}", "h1") for i in range(12)]
+        await storage.commit_changes(first, NOW)
+        seqs.update({f"b{i}": 1 for i in range(12)})
+        memo = storage.delta_totals  # type: ignore[attr-defined]
+
+        quiet = await walk(storage, "h1", 3)
+        assert len(quiet) == 5 and memo.hits >= len(quiet) - 1  # counted once per walk
+
+        async def write(page_no: int) -> None:
+            if page_no > 4:  # writes as fast as the walk reads would keep it going for ever
+                return
+            # an edit of a block already seen, one not yet seen, a new block, a purge
+            edits = [f"b{(page_no * 5) % 12}", f"b{(page_no * 7 + 3) % 12}"]
+            changes = [change(b, "h1", expected=seqs[b]) for b in edits]
+            changes.append(change(f"n{page_no}", "h1"))
+            results = await storage.commit_changes(changes, NOW)
+            for ch, r in zip(changes, results, strict=True):
+                assert r.status is not CommitStatus.conflict
+                seqs[ch.block_id] = r.last_seq
+
+        pages = await walk(storage, "h1", 3, write)
+        last: dict[str, int] = {}
+        for p in pages:
+            for b in p.changed:
+                last[b.id] = b.updated_at
+        final = await storage.changes_since("h1", 0, 1000)
+        # every block's newest change was seen by the walk
+        assert {b.id: b.updated_at for b in final.changed} == last
