@@ -44,6 +44,7 @@ from heaper_trio.web.quart_compat import (
     set_ws_compression,
     stop_idle_timer_at_eof,
 )
+from heaper_trio.web.ws_asgi import LiveSockets
 
 log = logging.getLogger("heaper_trio")
 BLUEPRINTS = (
@@ -98,14 +99,16 @@ stop_idle_timer_at_eof()
 
 
 def guarded(app: QuartTrio, settings: Settings) -> ASGIFramework:
-    """What hypercorn serves: the app behind the keep-alive workarounds (web/http_guard.py)."""
+    """What hypercorn serves: the live WebSockets as raw ASGI (web/ws_asgi.py), then the app
+    behind the keep-alive workarounds (web/http_guard.py)."""
     guard = HttpGuard(
         cast(ASGIApp, app),
         read_timeout=settings.http_read_timeout,
         drain_bytes=settings.http_drain_bytes,
         min_body_rate=settings.http_min_body_rate,
     )
-    return cast(ASGIFramework, guard)
+    services: Services = app.config["SERVICES"]
+    return cast(ASGIFramework, LiveSockets(guard, services.live))
 
 
 def create_app(services: Services) -> QuartTrio:

@@ -18,13 +18,14 @@ from typing import Any
 import trio
 from hypercorn.protocol import ws_stream
 from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.protocol.ws_stream import Handshake
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, Handshake, WSStream
 from hypercorn.trio.tcp_server import TCPServer
 from quart import Quart, Request, websocket
 from quart.json.provider import DefaultJSONProvider
 from quart.wrappers import Websocket
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody
+from wsproto.connection import ConnectionState
 from wsproto.extensions import PerMessageDeflate
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,44 @@ HOOKS: tuple[Hook, ...] = (
         used_by="accept",
         why="set_ws_compression: accept() builds its extension list from the module global "
         "PerMessageDeflate, which we replace so the offer is declined unless ws_compression",
+    ),
+    Hook(
+        WSStream,
+        "send",
+        instance=True,
+        why="websocket_socket: the ASGI send of a WebSocket is WSStream.app_send; its "
+        "stream's send is the H11Protocol's stream_send, the way down to the TCPServer",
+    ),
+    Hook(
+        WSStream,
+        "connection",
+        used_by="_accept",
+        why="WebSocketSocket.open: the wsproto connection's state (OPEN until a close frame)",
+    ),
+    Hook(
+        WSStream,
+        "closed",
+        instance=True,
+        why="WebSocketSocket.open: set once the stream is closed (hypercorn drops sends then)",
+    ),
+    Hook(
+        H11Protocol,
+        "send",
+        instance=True,
+        why="websocket_socket: the H11Protocol's send is TCPServer.protocol_send",
+    ),
+    Hook(
+        TCPServer,
+        "stream",
+        instance=True,
+        why="websocket_socket: the connection's trio SocketStream, written to directly",
+    ),
+    Hook(
+        TCPServer,
+        "send_lock",
+        used_by="protocol_send",
+        why="the lock every hypercorn write takes; raw frame writes take it too, so a ping "
+        "or a close frame never lands inside one of our frames",
     ),
     Hook(
         DefaultJSONProvider,
@@ -225,3 +264,45 @@ def ws_compression_enabled() -> bool:
     return ws_stream.PerMessageDeflate is not _DeflateIfEnabled or (
         _DeflateIfEnabled.enabled_in_process
     )
+
+
+# -- below ASGI: the socket behind an accepted WebSocket ----------------------------------------
+@dataclass(frozen=True, slots=True)
+class WebSocketSocket:
+    """hypercorn's objects behind one accepted WebSocket on HTTP/1.1 without TLS: enough to
+    write data frames to its socket (web/ws_transport.py) under the lock hypercorn's own
+    writes (pings, close frames, the handshake) take."""
+
+    stream: WSStream
+    socket: trio.socket.SocketType
+    send_lock: trio.Lock
+
+    def open(self) -> bool:
+        """Whether data frames may still go out: hypercorn has neither closed the stream nor
+        sent or received a close frame (after which it drops sends, and so do we)."""
+        stream = self.stream
+        return (
+            not stream.closed
+            and stream.state is ASGIWebsocketState.CONNECTED
+            and stream.connection.state is ConnectionState.OPEN
+        )
+
+
+def websocket_socket(send: Callable[..., Awaitable[None]]) -> WebSocketSocket | None:
+    """The socket behind an ASGI ``send`` hypercorn gave a WebSocket app, or None when the
+    chain is not the one we know (another server, HTTP/2, TLS, an upgrade that renamed a
+    link): the caller then keeps to ASGI messages, which always work."""
+    stream = getattr(send, "__self__", None)
+    if not isinstance(stream, WSStream):
+        return None
+    protocol = getattr(getattr(stream, "send", None), "__self__", None)
+    if not isinstance(protocol, H11Protocol):
+        return None
+    server = getattr(getattr(protocol, "send", None), "__self__", None)
+    if not isinstance(server, TCPServer):
+        return None
+    tcp = getattr(server, "stream", None)
+    lock = getattr(server, "send_lock", None)
+    if not isinstance(tcp, trio.SocketStream) or not isinstance(lock, trio.Lock):
+        return None
+    return WebSocketSocket(stream, tcp.socket, lock)

@@ -1,0 +1,174 @@
+"""The transports of a raw ASGI WebSocket (``web/ws_asgi.py``): what a live connection reads
+from and writes to.
+
+:class:`AsgiTransport` speaks ASGI messages: hypercorn's wsproto connection frames each message
+(and deflates it when ``ws_compression`` negotiated permessage-deflate). :class:`RawTransport`
+writes data frames itself, straight to the connection's socket (``web/ws_frames.py``: unmasked,
+no extension, the encoding cached per fan-out frame), and keeps hypercorn for everything else:
+the handshake, reading, pings and the close handshake. Per write that is one synchronous
+``send``/``sendmsg`` system call under hypercorn's send lock, taken without waiting when free; no
+message dicts, no shielded cancel scope, no lock context manager and no trio socket wrapper on
+the way. :meth:`RawTransport.send_many` writes several frames in one call.
+
+Only when the socket cannot take everything at once does a write wait, for writability, in a
+shielded scope (a frame half on the wire must be finished, or hypercorn's next frame would land
+inside it): the same rule as hypercorn's own shielded ``send_all``; a peer that stops reading is
+caught by the connection's bounded outbox and hypercorn's pings.
+
+Both end the connection the same way when the client goes (``websocket.disconnect``): they
+cancel the scope the connection runs in, as Quart-Trio cancelled the handler's nursery.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+import trio
+
+from heaper_trio.web.quart_compat import WebSocketSocket
+from heaper_trio.web.ws_frames import encode
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+MAX_CLOSE_REASON = 120  # a close frame's reason fits in 123 bytes
+IOV_MAX = 1024  # buffers one writev takes (POSIX's minimum, Linux's value)
+
+
+class AsgiTransport:
+    """Reads and writes ASGI messages (hypercorn frames them)."""
+
+    __slots__ = ("_gone", "_receive", "_send", "closed")
+
+    def __init__(self, receive: Receive, send: Send, gone: trio.CancelScope) -> None:
+        self._receive = receive
+        self._send = send
+        self._gone = gone  # cancelled when the client has gone
+        self.closed = False  # a close was sent, or the client has gone
+
+    async def receive(self) -> bytes | str | None:
+        message = await self._receive()
+        if message["type"] == "websocket.receive":
+            data = message.get("bytes")
+            return data if data is not None else message.get("text")
+        self.closed = True  # websocket.disconnect: nothing more will come or go out
+        self._gone.cancel()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send(self, data: bytes | str) -> None:
+        if self.closed:
+            return
+        if isinstance(data, str):
+            await self._send({"type": "websocket.send", "text": data})
+        else:
+            await self._send({"type": "websocket.send", "bytes": data})
+
+    async def send_many(self, frames: Iterable[bytes | str]) -> None:
+        for frame in frames:
+            await self.send(frame)
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await self._send(
+            {"type": "websocket.close", "code": code, "reason": reason[:MAX_CLOSE_REASON]}
+        )
+
+
+class RawTransport(AsgiTransport):
+    """Writes data frames to the socket itself; see the module docstring."""
+
+    __slots__ = ("_lock", "_socket", "_ws", "broken")
+
+    def __init__(
+        self, receive: Receive, send: Send, gone: trio.CancelScope, ws: WebSocketSocket
+    ) -> None:
+        super().__init__(receive, send, gone)
+        self._ws = ws
+        self._socket = ws.socket
+        self._lock = ws.send_lock
+        self.broken = False  # the socket refused a write: the peer is gone
+
+    async def send(self, data: bytes | str) -> None:
+        await self._write(encode(data))
+
+    async def send_many(self, frames: Iterable[bytes | str]) -> None:
+        buffers: list[bytes] = []
+        for frame in frames:
+            buffers += encode(frame)
+        if buffers:
+            await self._write(buffers)
+
+    async def _write(self, buffers: list[bytes]) -> None:
+        if self.closed or self.broken or not self._ws.open():
+            return  # as hypercorn does with a send after close: dropped
+        lock = self._lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:  # hypercorn is writing (a ping, a pong, the close frame)
+            await lock.acquire()
+            if not self._ws.open():
+                lock.release()
+                return
+        try:
+            rest = self._write_now(buffers)
+            if rest is not None:
+                await self._write_rest(rest)
+        finally:
+            lock.release()
+
+    def _write_now(self, buffers: list[bytes]) -> memoryview | None:
+        """Write what the socket takes now; what is left, or None when all went out."""
+        # The descriptor is read at each write: once hypercorn has closed the socket it is -1
+        # (its number may belong to another connection by then, never written to here).
+        fd = self._socket.fileno()
+        if fd < 0:
+            self.broken = True
+            return None
+        written = 0
+        try:
+            if len(buffers) == 1:
+                written = os.write(fd, buffers[0])
+                if written == len(buffers[0]):
+                    return None
+            else:
+                for start in range(0, len(buffers), IOV_MAX):
+                    chunk = buffers[start : start + IOV_MAX]
+                    n = os.writev(fd, chunk)
+                    written += n
+                    if n < sum(map(len, chunk)):
+                        break  # the socket is full: the rest waits, in order
+        except BlockingIOError:
+            pass
+        except OSError:  # EPIPE, ECONNRESET: the peer is gone; hypercorn's reader notices
+            self.broken = True
+            return None
+        data = b"".join(buffers)
+        if written >= len(data):
+            return None
+        return memoryview(data)[written:]
+
+    async def _write_rest(self, rest: memoryview) -> None:
+        with trio.CancelScope(shield=True):  # a partial frame must be finished
+            while rest:
+                try:
+                    await trio.lowlevel.wait_writable(self._socket)
+                except (trio.ClosedResourceError, OSError):
+                    self.broken = True
+                    return
+                fd = self._socket.fileno()
+                if fd < 0:
+                    self.broken = True
+                    return
+                try:
+                    rest = rest[os.write(fd, rest) :]
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self.broken = True
+                    return
