@@ -384,3 +384,29 @@ async def test_a_restore_replaces_open_live_rooms(
         await live.send(m.SyncUpdate(address, block.pending()))
         assert not (await live.expect(m.SyncStatus)).applied
     assert "from the old version" not in (await admin.post(f"/api/block/{block.id}")).json()["text"]
+
+
+async def test_the_maintenance_task_thins_every_hour(autojump_clock: Any) -> None:
+    """``maintain_forever`` (the housekeeping task) passes once an hour and outlives a failing
+    pass."""
+    import trio
+
+    from heaper_trio.services.history import MAINTAIN_EVERY_S, HistoryService
+
+    class Documents:
+        storage = settings = None
+
+    service = HistoryService(Documents())  # type: ignore[arg-type]
+    passes: list[float] = []
+
+    async def maintain(now_ms: int | None = None) -> int:
+        passes.append(trio.current_time())
+        if len(passes) == 2:
+            raise RuntimeError("a failing pass")
+        return 0
+
+    service.maintain = maintain  # type: ignore[method-assign]
+    with trio.move_on_after(2.5 * MAINTAIN_EVERY_S):
+        await service.maintain_forever()
+    start = passes[0]
+    assert [p - start for p in passes] == [0, MAINTAIN_EVERY_S, 2 * MAINTAIN_EVERY_S]
