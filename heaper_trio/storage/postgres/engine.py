@@ -127,6 +127,13 @@ def _announce_key(kind: str, heap_id: str, block_id: str, seq: int) -> tuple[str
     return ("block", block_id, str(seq))
 
 
+async def _keep_session(_conn: Any) -> None:
+    """The pool's reset on release (issue 12, item 3). asyncpg still rolls back a transaction
+    left open; what this skips is its session reset query (advisory unlock, CLOSE ALL, UNLISTEN,
+    RESET ALL), a round trip per pooled call. Pooled connections keep no session state: every
+    advisory lock here is transaction-scoped, LISTEN has connections of its own, nothing SETs."""
+
+
 # -- the engine ---------------------------------------------------------------------------------
 
 
@@ -152,7 +159,7 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, Storage):
         if self._loop is None:
             raise RuntimeError("PostgresStorage.open() needs a trio-asyncio loop (heaper_trio.aio)")
         self._pool = await aio_as_trio(asyncpg.create_pool, loop=self._loop)(
-            self.dsn, min_size=self.min_size, max_size=self.max_size
+            self.dsn, min_size=self.min_size, max_size=self.max_size, reset=_keep_session
         )
         try:
             await self._run(tx, _migrate, int(time.time() * 1000))
