@@ -29,6 +29,15 @@ from heaper_trio.services.file_store import FileStore
 from heaper_trio.services.sync_types import EditStatus
 
 ENTRY_META = ("width", "height", "duration")  # what probing found, as an upload records it
+STAT_THREADS = 2  # a stat of the file's bytes: never on the limiter the database threads share
+_stat_limiter: trio.CapacityLimiter | None = None
+
+
+def _stat_threads() -> trio.CapacityLimiter:
+    global _stat_limiter
+    if _stat_limiter is None:  # made inside the running trio loop, on first use
+        _stat_limiter = trio.CapacityLimiter(STAT_THREADS)
+    return _stat_limiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +115,7 @@ class AppEdits:
         """A file the caller may read whose bytes the server holds now."""
         record = await self.files.readable(user, file_hash)
         path = self.files.path_of(record)
-        if not await trio.to_thread.run_sync(path.is_file):
+        if not await trio.to_thread.run_sync(path.is_file, limiter=_stat_threads()):
             raise NotFound("the file's bytes are gone from the server", code="file_missing")
         return record
 
