@@ -1,6 +1,12 @@
 """Phase 1 of ``scripts/bench_files.py``: uploads (resumable and one-request) and their
 baselines (disk, plain loopback PUT, bare hypercorn PUT). See that script's docstring for what
-is measured and why; this module is not meant to be run on its own."""
+is measured and why. Run on its own, it measures uploads only, interleaved with the anchor
+(``main``): each round PUTs the whole file to a bare hypercorn app, then the same chunks one at
+a time, then a resumable upload to heaper_trio of fresh content 1 and 4 chunks at a time; it
+prints ONE JSON object: medians and ratios to the bare PUT of the same run::
+
+    .venv/bin/python scripts/bench_files_uploads.py --size-mib 128 --rounds 3
+"""
 
 from __future__ import annotations
 
@@ -367,3 +373,130 @@ def upload_ratios(up: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
         put["whole"]["mb_per_s"], disk["write_fsync"]["mb_per_s"]
     )
     return out
+
+
+# -- standalone: uploads only, interleaved with the bare hypercorn PUT -------------------------
+
+
+def variant(base: Source, path: Path, n: int) -> Source:
+    """``base`` with its first 8 bytes replaced: new content (the server would deduplicate a
+    file it has), the rest straight from the page cache."""
+    digest = hashlib.sha256()
+    with open(base.path, "rb") as f, open(path, "wb") as o:
+        head = n.to_bytes(8, "big") + f.read(MiB)[8:]
+        while head:
+            digest.update(head)
+            o.write(head)
+            head = f.read(8 * MiB)
+    return Source(path, base.size, digest.hexdigest())
+
+
+async def interleaved(
+    hyp: Server, heaper: Server, base: Source, work: Path, chunk: int, rounds: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Each round: the whole file PUT to bare hypercorn, the same chunks PUT to it one at a
+    time, then resumable uploads to heaper_trio (chunks 1 and 4 at a time) of fresh content."""
+    from heaper_trio.client import KeyPair
+
+    runs: dict[str, list[dict[str, Any]]] = {}
+    async with (
+        httpx.AsyncClient(base_url=hyp.url, timeout=600) as http,
+        HeaperClient(heaper.url, KeyPair.generate(), timeout=600) as c,
+    ):
+        await http.get("/")
+        await c.login()
+        heap = check(await c.post("/api/heap/add", json={"name": "bench"}), "heap")["id"]
+        n = 0
+        for r in range(rounds):
+
+            async def put(tag: str, i: int, offset: int, length: int) -> None:
+                check(await put_range(http, f"/{tag}/{i}", base, offset, length), "PUT")
+
+            settle()
+            with Window(hyp.pid) as w:
+                check(await put_range(http, f"/whole{r}", base, 0, base.size), "PUT whole")
+            runs.setdefault("hypercorn_put_whole", []).append(rate(w, base.size))
+            settle()
+            with Window(hyp.pid) as w:
+                await send_chunks(base, chunk, 1, partial(put, f"c{r}"))
+            runs.setdefault("hypercorn_put_chunks_1", []).append(rate(w, base.size))
+            for f in (work / "hyp_out").iterdir():
+                f.unlink()
+            for p in PARALLEL:
+                n += 1
+                src = variant(base, work / "variant.bin", n)
+                res = await resumable(c, heaper.pid, heap, f"b{n}", src, chunk, p)
+                runs.setdefault(f"resumable_{p}", []).append(res)
+            log(f"round {r + 1}/{rounds} done")
+    return runs
+
+
+def median_of(runs: list[dict[str, Any]], *keys: str) -> float:
+    values = []
+    for run in runs:
+        for k in keys:
+            run = run[k]
+        values.append(run)
+    return sorted(values)[len(values) // 2]
+
+
+def main() -> int:
+    import argparse
+    import json
+    import tempfile
+
+    p = argparse.ArgumentParser(description="resumable uploads vs a bare hypercorn PUT")
+    p.add_argument("--size-mib", type=int, default=128)
+    p.add_argument("--chunk-mib", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    chunk = args.chunk_mib * MiB
+    with tempfile.TemporaryDirectory(prefix="heaper-bench-uploads-") as tmp:
+        work = Path(tmp)
+        base = random_file(work / "base.bin", args.size_mib * MiB)
+        (work / "hyp.py").write_text(HYPERCORN_PUT)
+        (work / "hyp_out").mkdir()
+        (work / "data").mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEAPER_")}
+        env.update(HEAPER_AUTH_RATE_LIMIT="100000", HEAPER_LOG_LEVEL="warning")
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        hp, sp = free_port(), free_port()
+        argv = [sys.executable, str(work / "hyp.py"), str(hp), str(work / "hyp_out")]
+        hyp = Server("hypercorn_put", argv, dict(os.environ), hp, "/", work)
+        argv = [sys.executable, "-m", "heaper_trio", "--port", str(sp), "--data-dir"]
+        heaper = Server("heaper", [*argv, str(work / "data")], env, sp, "/api/health", work)
+        try:
+            hyp.wait_ready()
+            heaper.wait_ready()
+            runs = trio.run(interleaved, hyp, heaper, base, work, chunk, args.rounds)
+        finally:
+            hyp.stop()
+            heaper.stop()
+    anchor = median_of(runs["hypercorn_put_whole"], "mb_per_s")
+    out: dict[str, Any] = {
+        "size_mib": args.size_mib,
+        "chunk_mib": args.chunk_mib,
+        "rounds": args.rounds,
+        "median_mb_per_s": {
+            "hypercorn_put_whole": anchor,
+            "hypercorn_put_chunks_1": median_of(runs["hypercorn_put_chunks_1"], "mb_per_s"),
+        },
+        "ratios_to_hypercorn_put_whole": {},
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "runs": runs,
+    }
+    for p_ in PARALLEL:
+        for phase in ("end_to_end", "chunk_phase"):
+            mbs = median_of(runs[f"resumable_{p_}"], phase, "mb_per_s")
+            out["median_mb_per_s"][f"resumable_{p_}_{phase}"] = mbs
+            out["ratios_to_hypercorn_put_whole"][f"resumable_{p_}_{phase}"] = ratio(mbs, anchor)
+        out["median_mb_per_s"][f"resumable_{p_}_complete_s"] = median_of(
+            runs[f"resumable_{p_}"], "complete", "seconds"
+        )
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
