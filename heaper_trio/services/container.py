@@ -149,6 +149,7 @@ async def open_services(
             supervisor.start_soon(_purge_expired_forever, storage)
             await supervisor.start(services.hub.run)
             supervisor.start_soon(services.files.expire_forever)
+            supervisor.start_soon(documents.history.maintain_forever)
             await supervisor.start(services.scans.run)
             if bridge is not None:
                 await supervisor.start(bridge.run)
