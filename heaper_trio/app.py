@@ -27,6 +27,7 @@ from heaper_trio.web import (
     routes_app,
     routes_auth,
     routes_blocks,
+    routes_docs,
     routes_files,
     routes_heaps,
     routes_instance,
@@ -49,6 +50,7 @@ from heaper_trio.web.ws_asgi import LiveSockets
 log = logging.getLogger("heaper_trio")
 BLUEPRINTS = (
     routes_instance.bp,
+    routes_docs.bp,
     routes_auth.bp,
     routes_heaps.bp,
     routes_blocks.bp,
