@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from trio_websocket import ConnectionClosed
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import Message, Ping
@@ -22,7 +23,8 @@ from wsproto.events import Message, Ping
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.protocol import messages as m
-from heaper_trio.web import quart_compat, ws_asgi, ws_frames
+from heaper_trio.services.live.outbox import Outbox
+from heaper_trio.web import quart_compat, ws_asgi, ws_frames, ws_transport
 from heaper_trio.web.ws_transport import AsgiTransport, RawTransport
 
 from .live_client import live_client
@@ -185,6 +187,24 @@ async def test_a_cancelled_write_still_finishes_its_frame(pair: Pair) -> None:
     assert decode_all(data[0]) == [frame]
 
 
+async def test_a_peer_that_never_reads_is_cut_off_after_the_grace(
+    pair: Pair, autojump_clock: trio.testing.MockClock
+) -> None:
+    """hypercorn's own shielded send would wait for ever here; ours gives up and shuts the
+    socket down, which ends the connection."""
+    transport, _, peer = pair
+    with trio.CancelScope() as scope:
+        scope.deadline = trio.current_time() + 1
+        await transport.send(b"z" * 500_000)
+    assert scope.cancelled_caught
+    assert trio.current_time() >= 1 + ws_transport.FINISH_FRAME_S
+    assert transport.broken
+    received = b""
+    while chunk := await peer.recv(65536):  # part of the frame, then the end: no hang
+        received += chunk
+    assert 0 < len(received) < 500_000
+
+
 async def test_nothing_is_written_after_close_or_to_a_closed_socket(pair: Pair) -> None:
     transport, fake, peer = pair
     fake.is_open = False  # hypercorn saw a close frame
@@ -302,3 +322,30 @@ def test_the_token_comes_from_the_header_or_the_query() -> None:
     assert ws_asgi.connection_token({"headers": [], "query_string": b""}) is None
     basic = {"headers": [(b"authorization", b"Basic abc")], "query_string": b""}
     assert ws_asgi.connection_token(basic) is None
+
+
+async def test_take_many_hands_over_every_frame_and_admits_waiters_in_order() -> None:
+    outbox = Outbox(10)
+    assert outbox.waiting == 0
+    assert outbox.offer(b"aaaa") and outbox.offer(b"bbbb")
+    admitted: list[bytes] = []
+
+    async def put(frame: bytes) -> None:
+        await outbox.put(frame)
+        admitted.append(frame)
+
+    async with trio.open_nursery() as nursery:
+        for frame in (b"cccccc", b"dd", b"eeeeeeee"):
+            nursery.start_soon(put, frame)
+            await trio.testing.wait_all_tasks_blocked()
+        assert outbox.waiting == 3
+        assert await outbox.take_many() == [b"aaaa", b"bbbb"]
+        await trio.testing.wait_all_tasks_blocked()
+        assert admitted == [b"cccccc", b"dd"]  # "eeeeeeee" does not fit behind them yet
+        assert await outbox.take_many() == [b"cccccc", b"dd"]
+        assert await outbox.take_many() == [b"eeeeeeee"]
+    assert admitted == [b"cccccc", b"dd", b"eeeeeeee"]
+    assert outbox.size == 0 and outbox.waiting == 0
+    with trio.move_on_after(0.01):  # nothing queued: it waits
+        await outbox.take_many()
+        raise AssertionError("take_many returned with nothing queued")

@@ -1,7 +1,10 @@
 """``GET /ws`` (live sync, Hocuspocus protocol) and the deprecated ``GET /api/ws`` (scan events).
 
-The handlers only adapt Quart's websocket to the services' transport and run the connection;
-the protocol is in ``protocol/``, the connection runner in ``services/live/connection.py``.
+The routes are declared here (OpenAPI, the docs tables). A running server answers them before
+Quart, as raw ASGI with a transport that writes frames to the socket (``web/ws_asgi.py``); the
+Quart handlers below serve only an app used without that front (``create_app`` alone, as some
+tests do). The protocol is in ``protocol/``, the connection runner in
+``services/live/connection.py``.
 """
 
 from __future__ import annotations

@@ -10,10 +10,12 @@ the handshake, reading, pings and the close handshake. Per write that is one syn
 message dicts, no shielded cancel scope, no lock context manager and no trio socket wrapper on
 the way. :meth:`RawTransport.send_many` writes several frames in one call.
 
-Only when the socket cannot take everything at once does a write wait, for writability, in a
-shielded scope (a frame half on the wire must be finished, or hypercorn's next frame would land
-inside it): the same rule as hypercorn's own shielded ``send_all``; a peer that stops reading is
-caught by the connection's bounded outbox and hypercorn's pings.
+Only when the socket cannot take everything at once does a write wait for writability. A frame
+half on the wire must be finished, or hypercorn's next frame (a ping, the close) would land
+inside it, so a write cancelled then (the connection is closing) gets a few seconds, shielded,
+to finish its frame; a peer that reads nothing even then has its socket shut down. (hypercorn
+shields its own ``send_all`` without a limit: a peer that stops reading holds it for ever.) A
+slow reader fills the connection's bounded outbox first and is closed with 1013.
 
 Both end the connection the same way when the client goes (``websocket.disconnect``): they
 cancel the scope the connection runs in, as Quart-Trio cancelled the handler's nursery.
@@ -22,6 +24,7 @@ cancel the scope the connection runs in, as Quart-Trio cancelled the handler's n
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -36,6 +39,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 MAX_CLOSE_REASON = 120  # a close frame's reason fits in 123 bytes
 IOV_MAX = 1024  # buffers one writev takes (POSIX's minimum, Linux's value)
+FINISH_FRAME_S = 5.0  # a cancelled write's grace to finish the frame it began
 
 
 class AsgiTransport:
@@ -154,21 +158,42 @@ class RawTransport(AsgiTransport):
         return memoryview(data)[written:]
 
     async def _write_rest(self, rest: memoryview) -> None:
-        with trio.CancelScope(shield=True):  # a partial frame must be finished
-            while rest:
-                try:
-                    await trio.lowlevel.wait_writable(self._socket)
-                except (trio.ClosedResourceError, OSError):
-                    self.broken = True
-                    return
-                fd = self._socket.fileno()
-                if fd < 0:
-                    self.broken = True
-                    return
-                try:
-                    rest = rest[os.write(fd, rest) :]
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    self.broken = True
-                    return
+        """Write the rest as the socket makes room. Cancelled meanwhile (the connection is
+        closing), the frame on the wire still gets ``FINISH_FRAME_S`` to complete, shielded;
+        a peer that does not read even then has its socket shut down, which ends the
+        connection in hypercorn too (its own shielded sends would wait for ever)."""
+        try:
+            rest = await self._drain(rest)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True) as grace:
+                grace.deadline = trio.current_time() + FINISH_FRAME_S
+                rest = await self._drain(rest)
+            if rest:
+                self._abort()
+            raise
+
+    async def _drain(self, rest: memoryview) -> memoryview:
+        while rest and not self.broken:
+            try:
+                await trio.lowlevel.wait_writable(self._socket)
+            except (trio.ClosedResourceError, OSError):
+                self.broken = True
+                break
+            fd = self._socket.fileno()
+            if fd < 0:
+                self.broken = True
+                break
+            try:
+                rest = rest[os.write(fd, rest) :]
+            except BlockingIOError:
+                continue
+            except OSError:
+                self.broken = True
+        return rest
+
+    def _abort(self) -> None:
+        self.broken = True
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

@@ -19,6 +19,10 @@ class Outbox:
     wake-up (issue 9, item 10: one shared, replaced event stranded every waiter but the last,
     and a provider opening 20 large documents waited forever). A frame larger than the bound
     is admitted once the outbox is empty, so it cannot wait for ever either.
+
+    A writer takes one frame (:meth:`take`) or every frame queued (:meth:`take_many`, for a
+    transport that writes them in one system call). Idle, an outbox holds one empty deque
+    and one event: the queue of waiting putters exists only while someone waits.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -26,7 +30,7 @@ class Outbox:
         self.frames: deque[bytes | str] = deque()
         self.size = 0
         self._readable = trio.Event()
-        self._waiting: deque[_Putter] = deque()
+        self._waiting: deque[_Putter] | None = None  # made on the first wait
 
     def _fits(self, n: int) -> bool:
         return not self.frames or self.size + n <= self.max_bytes
@@ -44,6 +48,8 @@ class Outbox:
             self._push(frame)
             return
         putter = _Putter(frame)
+        if self._waiting is None:
+            self._waiting = deque()
         self._waiting.append(putter)
         try:
             await putter.admitted.wait()
@@ -55,12 +61,15 @@ class Outbox:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) if self._waiting else 0
 
     def _admit(self) -> None:
         """Move waiting frames into the outbox, in order, while they fit."""
-        while self._waiting and self._fits(len(self._waiting[0].frame)):
-            putter = self._waiting.popleft()
+        waiting = self._waiting
+        if not waiting:
+            return
+        while waiting and self._fits(len(waiting[0].frame)):
+            putter = waiting.popleft()
             self._push(putter.frame)
             putter.admitted.set()
 
@@ -69,8 +78,14 @@ class Outbox:
         self.size += len(frame)
         self._readable.set()
 
-    async def take(self) -> bytes | str:
+    async def _wait_readable(self) -> None:
         while not self.frames:
+            if self._readable.is_set():
+                self._readable = trio.Event()
+            await self._readable.wait()
+
+    async def take(self) -> bytes | str:
+        while not self.frames:  # (inline: the writer's hot path)
             if self._readable.is_set():
                 self._readable = trio.Event()
             await self._readable.wait()
@@ -78,6 +93,16 @@ class Outbox:
         self.size -= len(frame)
         self._admit()
         return frame
+
+    async def take_many(self) -> list[bytes | str]:
+        """Every frame queued (at least one), in order; waiting putters are then admitted
+        first come, first served, as with :meth:`take`."""
+        await self._wait_readable()
+        frames = list(self.frames)
+        self.frames.clear()
+        self.size = 0
+        self._admit()
+        return frames
 
 
 @dataclass(eq=False)
