@@ -4,8 +4,10 @@ The pages load nothing from other origins: their HTML, JavaScript and CSS hold n
 URL, every asset they name answers 200 with its own type, and every answer carries a CSP that
 allows this origin only. The renderer (``web/static/docs.mjs``, as the server sends it) runs under
 ``node`` against the server's real ``/api/openapi.json``: every operation appears, with its own
-``#operationId`` anchor, and its DOM output equals its string output. Node is optional here as in
-tests/test_interop.py: skipped without it, unless ``HEAPER_TEST_REQUIRE_NODE=1`` (CI).
+``#operationId`` anchor, and its DOM output equals its string output; the page script itself
+runs in a fake browser (tests/docs_page/fake_browser.mjs): load, search box, deep links. Node is
+optional here as in tests/test_interop.py: skipped without it, unless
+``HEAPER_TEST_REQUIRE_NODE=1`` (CI).
 
 The files ship as package data: ``importlib.resources`` finds each one, and pyproject.toml's
 package-data patterns cover each one (so a built wheel carries them).
@@ -207,45 +209,7 @@ async def test_the_routes_are_in_the_openapi_document(http: httpx.AsyncClient) -
 
 # -- the renderer, under node ----------------------------------------------------------------
 
-RUNNER = r"""
-import { readFileSync } from "node:fs";
-import { pathToFileURL } from "node:url";
-const [modulePath, specPath] = process.argv.slice(2);
-const docs = await import(pathToFileURL(modulePath).href);
-const spec = JSON.parse(readFileSync(specPath, "utf8"));
-
-// The smallest DOM mount() needs, serialised the way toHTML() writes markup.
-const ENTITIES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
-const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ENTITIES[c]);
-const doc = {
-  createTextNode: (text) => ({ html: () => esc(text) }),
-  createElement: (tag) => {
-    const attrs = [], kids = [];
-    return {
-      setAttribute: (k, v) => attrs.push([k, v]),
-      appendChild: (c) => (kids.push(c), c),
-      html: () => {
-        const a = attrs.map(([k, v]) => (v === "" ? ` ${k}` : ` ${k}="${esc(v)}"`)).join("");
-        return `<${tag}${a}>${kids.map((c) => c.html()).join("")}</${tag}>`;
-      },
-    };
-  },
-};
-const tree = docs.render(spec);
-const entries = docs.operations(spec);
-const search = (q) => entries.filter((e) => docs.matches(e, q)).map((e) => e.id);
-console.log(JSON.stringify({
-  html: docs.toHTML(tree),
-  mounted: docs.mount(tree, doc).html(),
-  ids: entries.map((e) => e.id),
-  health: search("HEALTH"),
-  database_health: search("get  Health DATABASE"),
-  upload_chunk: search("put chunk"),
-  websockets: search("websocket"),
-  nothing: search("no-such-word-anywhere"),
-  all: search(""),
-}));
-"""
+NODE_SCRIPTS = Path(__file__).resolve().parent / "docs_page"
 
 
 @pytest.fixture
@@ -258,23 +222,29 @@ def node() -> str:
     pytest.skip("`node` is not installed")
 
 
-async def test_renderer_shows_every_route_of_the_real_document(
-    http: httpx.AsyncClient, node: str, tmp_path: Path
-) -> None:
-    spec = (await http.get("/api/openapi.json")).json()
-    module = tmp_path / "docs.mjs"  # the module exactly as the server sends it
+async def run_node(node: str, script: str, http: httpx.AsyncClient, tmp: Path) -> Any:
+    """Run tests/docs_page/``script`` on docs.mjs as the server sends it and the server's real
+    OpenAPI document; answer the JSON it prints."""
+    module = tmp / "docs.mjs"
     module.write_bytes((await http.get("/api/docs/docs.mjs")).content)
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    (tmp_path / "run.mjs").write_text(RUNNER)
+    spec = tmp / "spec.json"
+    spec.write_bytes((await http.get("/api/openapi.json")).content)
     with trio.fail_after(60):
         done = await trio.run_process(
-            [node, str(tmp_path / "run.mjs"), str(module), str(tmp_path / "spec.json")],
+            [node, str(NODE_SCRIPTS / script), str(module), str(spec)],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
         )
     assert done.returncode == 0, done.stderr.decode()
-    out = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+async def test_renderer_shows_every_route_of_the_real_document(
+    http: httpx.AsyncClient, node: str, tmp_path: Path
+) -> None:
+    spec = (await http.get("/api/openapi.json")).json()
+    out = await run_node(node, "render.mjs", http, tmp_path)
     html: str = out["html"]
     assert out["mounted"] == html  # the browser's DOM holds what the string form shows
     expected = [
@@ -298,6 +268,7 @@ async def test_renderer_shows_every_route_of_the_real_document(
         assert f'<code class="path">{escape(path)}</code>' in section, oid
         assert f'href="#{oid}"' in section, oid
         assert escape(op["summary"]) in section, oid
+        assert escape(op.get("description", "")) in section, oid
         for param in op.get("parameters", []):
             assert f"<code>{param['name']}</code>" in section, (oid, param)
         for status in op["responses"]:
@@ -321,6 +292,33 @@ async def test_renderer_shows_every_route_of_the_real_document(
     assert out["upload_chunk"] == ["put_api_upload_chunk_heap_id_block_id_hash_index"]
     assert set(out["websockets"]) == {"get_ws", "get_api_ws"}
     assert out["nothing"] == [] and len(out["all"]) == len(expected)
+
+
+async def test_page_script_in_a_fake_browser(
+    http: httpx.AsyncClient, node: str, tmp_path: Path
+) -> None:
+    """main(): fetch the document, render it, filter from ?q= and the search box, open and
+    scroll to the #operationId target (clearing a filter that hides it)."""
+    out = await run_node(node, "fake_browser.mjs", http, tmp_path)
+    total = out["total"]
+    assert out["fetched"] == [["openapi.json", {"headers": {"Accept": "application/json"}}]]
+    version = (await http.get("/api/")).json()["version"]
+    assert out["title"] == f"heaper_trio {version} · API docs"
+    assert out["heading"] == f"heaper_trio {version} API"
+    load = out["at_load"]
+    assert load["search"] == "heap"
+    assert "post_api_heap_count" in load["visible"] and "get_api_health" not in load["visible"]
+    assert load["count"] == f"{len(load['visible'])} of {total} routes"
+    assert load["opened"] == ["post_api_heap_count"] and load["scrolled"] == "post_api_heap_count"
+    searched = out["searched"]
+    assert searched["visible"] == ["get_api_health"]
+    assert searched["count"] == f"1 of {total} routes"
+    spec = (await http.get("/api/openapi.json")).json()
+    tags = {op["tags"][0] for item in spec["paths"].values() for op in item.values()}
+    assert searched["hidden_tags"] == len(tags) - 1  # every tag section but instance's
+    followed = out["followed"]
+    assert followed["search"] == "" and followed["visible"] == total
+    assert "post_api_me" in followed["opened"] and followed["scrolled"] == "post_api_me"
 
 
 # -- packaging -------------------------------------------------------------------------------

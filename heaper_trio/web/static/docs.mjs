@@ -298,10 +298,11 @@ export function mount(node, doc) {
 
 // -- the browser -------------------------------------------------------------------------------
 
-function openTarget() {
+function openTarget(showAll) {
   const id = decodeURIComponent(location.hash.slice(1));
   const el = id ? document.getElementById(id) : null;
   if (!el) return;
+  if (el.hidden || (el.parentElement && el.parentElement.hidden)) showAll(); // filtered out
   const details = el.querySelector(":scope > details");
   if (details) details.open = true;
   el.scrollIntoView();
@@ -345,8 +346,12 @@ async function main() {
   if (params.has("q")) search.value = params.get("q");
   search.addEventListener("input", () => filter(entries, search.value));
   filter(entries, search.value);
-  window.addEventListener("hashchange", openTarget);
-  openTarget();
+  const showAll = () => {
+    search.value = "";
+    filter(entries, "");
+  };
+  window.addEventListener("hashchange", () => openTarget(showAll));
+  openTarget(showAll);
 }
 
 if (typeof window !== "undefined" && typeof document !== "undefined") {
