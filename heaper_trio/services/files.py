@@ -21,8 +21,6 @@ left are removed at start-up.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import mimetypes
 import os
@@ -63,13 +61,14 @@ from heaper_trio.services.upload_disk import (  # _write: tests make the disk fu
     _commit,
     _open_temp,
     _write,
+    copy_hashing,
+    receive_body,
     sweep_temp_files,
 )
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import Storage
 
 log = logging.getLogger(__name__)
-COPY_BLOCK = 1024 * 1024
 EXPIRE_EVERY_S = 600
 MIN_CHUNK_BYTES = 64 * 1024  # a file smaller than this is one chunk; the last may be shorter
 MAX_CHUNKS = 10_000  # bounds the `received` lists and the chunk files of one upload
@@ -183,16 +182,7 @@ class FileService(FileStore):
     def _copy_hashing(self, sources: Sequence[Path | IO[bytes]], out: BinaryIO | None) -> str:
         """The SHA-256 of the sources in order, written to ``out`` unless it is None (the
         bytes are in the store already: they are only checked, not written twice)."""
-        digest = hashlib.sha256()
-        for source in sources:
-            with (
-                open(source, "rb") if isinstance(source, Path) else contextlib.nullcontext(source)
-            ) as f:
-                while block := f.read(COPY_BLOCK):
-                    digest.update(block)
-                    if out is not None:
-                        _write(out, block)
-        return digest.hexdigest()
+        return copy_hashing(sources, out, _write)  # _write looked up now: tests replace it
 
     # -- resumable uploads ------------------------------------------------------------------------
     async def init(
@@ -312,31 +302,14 @@ class FileService(FileStore):
         expected = self._chunk_size(upload, index)
         folder = self._upload_dir(upload)
         temp = folder / f"{index}.{uuid.uuid4().hex}.part"
-        written = 0
         out: BinaryIO | None = None
-        pending = bytearray()  # a thread hop per MiB, not per network read
         with self.slots.hold(user.id):  # before any file is opened; see UploadSlots
             try:
                 with disk_full_is_507(NO_SPACE):
-                    out = await self._io(_open_temp, temp)
-                    async for data in body:
-                        written += len(data)
-                        if written > expected:
-                            raise BadRequest(
-                                f"chunk {index} must be {expected} bytes",
-                                code="chunk_size_mismatch",
-                            )
-                        pending += data
-                        if len(pending) >= COPY_BLOCK:
-                            await self._io(_write, out, bytes(pending))
-                            pending.clear()
-                    if written != expected:
-                        raise BadRequest(
-                            f"chunk {index} must be {expected} bytes, got {written}",
-                            code="chunk_size_mismatch",
-                        )
-                    if pending:
-                        await self._io(_write, out, bytes(pending))
+                    out = file = await self._io(_open_temp, temp)
+                    written = await receive_body(  # a thread hop per block, not per read
+                        body, expected, f"chunk {index}", lambda b: self._io(_write, file, b)
+                    )
                     await self._io(_commit, out, temp, folder / f"{index}.chunk")
             finally:
                 with trio.CancelScope(shield=True):  # cut off mid-way: nothing half-written stays

@@ -13,21 +13,81 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
-from heaper_trio.errors import RateLimited
+from heaper_trio.errors import BadRequest, RateLimited
 
 FRESH_EMPTY_S = 10.0  # an empty, unlocked temp file this young may be about to be locked
+# A request body is written in blocks of this size, one thread job each: a thread hop per
+# network read (~64 KiB) cost more than the write itself (GIL hand-offs). Reading chunks back
+# to hash and assemble them uses the same size, into one reused buffer (no allocation per block).
+WRITE_BLOCK = 4 * 1024 * 1024
+Write = Callable[[BinaryIO, bytes | bytearray | memoryview], None]
 
 
-def _write(out: BinaryIO, data: bytes) -> None:
+def _write(out: BinaryIO, data: bytes | bytearray | memoryview) -> None:
     """Every upload byte that reaches the disk passes here: the one place a full disk shows
     (and the one place tests make the disk full)."""
     out.write(data)
+
+
+async def receive_body(
+    body: AsyncIterable[bytes],
+    expected: int,
+    what: str,
+    write: Callable[[bytearray], Awaitable[None]],
+) -> int:
+    """Exactly ``expected`` bytes of ``body`` handed to ``write`` in blocks of ``WRITE_BLOCK``
+    (the last may be shorter); a body that is longer fails as soon as it is, a shorter one at
+    its end, both before the last block is written (400 chunk_size_mismatch). Each block is a
+    new buffer, given away: no copy of it is made here."""
+    written = 0
+    pending = bytearray()
+    async for data in body:
+        written += len(data)
+        if written > expected:
+            raise BadRequest(f"{what} must be {expected} bytes", code="chunk_size_mismatch")
+        pending += data
+        if len(pending) >= WRITE_BLOCK:
+            block, pending = pending, bytearray()
+            await write(block)
+    if written != expected:
+        raise BadRequest(
+            f"{what} must be {expected} bytes, got {written}", code="chunk_size_mismatch"
+        )
+    if pending:
+        await write(pending)
+    return written
+
+
+def copy_hashing(sources: Sequence[Path | IO[bytes]], out: BinaryIO | None, write: Write) -> str:
+    """The SHA-256 of the sources in order, each block passed to ``write`` into ``out`` unless
+    it is None (the bytes are in the store already: only checked, not written twice).
+
+    Blocks of ``WRITE_BLOCK`` read into one buffer (files unbuffered: no second copy in
+    Python's buffer); ``hashlib`` and the write release the GIL on them. Measured against 1
+    MiB reads of new ``bytes`` each: 0.66 s instead of 0.93 s for 128 MiB of chunks
+    (``os.copy_file_range`` for the copy plus these reads for the hash: 0.57 s, but its bytes
+    would bypass ``_write``, where a full disk shows)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(WRITE_BLOCK)
+    view = memoryview(buffer)
+    for source in sources:
+        with (
+            open(source, "rb", buffering=0)
+            if isinstance(source, Path)
+            else contextlib.nullcontext(source)
+        ) as f:
+            while n := f.readinto(view):  # type: ignore[attr-defined]
+                digest.update(view[:n])
+                if out is not None:
+                    write(out, view[:n])
+    return digest.hexdigest()
 
 
 def _open_temp(path: Path) -> BinaryIO:
