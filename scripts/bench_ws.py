@@ -44,10 +44,22 @@ Each phase reports ``server_cpu_s`` (utime+stime of the server process from
 ``loadgen_cpu_util`` (the generator's CPU / wall time): near 1.0 the generator, not the
 server, is the limit, which is then true for both servers alike.
 
+Compression (``--compression off|on``, default off) is set the same way on both sides: the
+clients offer permessage-deflate only when on (Node ``ws``'s option, as browsers always do), and
+each server accepts it only when on (heaper_trio's ``HEAPER_WS_COMPRESSION``; ``ref_server.mjs
+--compression``, i.e. ``ws``'s ``perMessageDeflate``).
+
+The JSON's ``summary`` holds, per server and N, delivery latency p50/p99 at the fixed rate,
+server CPU per delivery (at the rate and under load), deliveries/s (at the rate and the
+closed-loop maximum) and memory per idle connection; ``ratios`` divides heaper_trio's figures
+by Hocuspocus's from the same run (> 1: heaper_trio needs more time, CPU or memory; for
+deliveries/s, > 1 is heaper_trio ahead).
+
 Run (prints ONE JSON object on stdout; progress goes to stderr)::
 
     ./.venv/bin/python scripts/bench_ws.py                   # N = 1, 100, 1000; ~2-3 min
     ./.venv/bin/python scripts/bench_ws.py --max-n 100 --duration 2      # quick
+    ./.venv/bin/python scripts/bench_ws.py --ns 100 --rate 50 --mem-conns 1000 --compression on
     ./.venv/bin/python scripts/bench_ws.py --servers heaper_trio
     ./.venv/bin/python scripts/bench_ws.py --engine postgres \\
         --database-url postgresql://postgres@127.0.0.1:5432/postgres
@@ -86,12 +98,13 @@ SERVER_ENV = {
 SERVERS = ("heaper_trio", "hocuspocus")
 
 
-def start_heaper(workdir: Path, engine: str, database_url: str) -> Server:
+def start_heaper(workdir: Path, engine: str, database_url: str, compression: bool) -> Server:
     data_dir = workdir / "data"
     data_dir.mkdir()
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEAPER_")}
     env.update(SERVER_ENV)
+    env["HEAPER_WS_COMPRESSION"] = "true" if compression else "false"
     argv = [sys.executable, "-m", "heaper_trio", "--port", str(port), "--data-dir", str(data_dir)]
     if engine == "postgres":
         env["HEAPER_AUTO_APPROVE"] = "true"
@@ -100,12 +113,13 @@ def start_heaper(workdir: Path, engine: str, database_url: str) -> Server:
     return Server("heaper_trio", argv, env, port, "/api/health", workdir)
 
 
-def start_hocuspocus(workdir: Path, node: str) -> Server:
+def start_hocuspocus(workdir: Path, node: str, compression: bool) -> Server:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REF_AUTH"}  # no auth hook
+    flags = ["--compression"] if compression else []
     return Server(
         "hocuspocus",
-        [node, str(LIVE / "ref_server.mjs"), "--port", str(port)],
+        [node, str(LIVE / "ref_server.mjs"), "--port", str(port), *flags],
         env,
         port,
         "/",
@@ -147,6 +161,7 @@ def run_load(
         "connect_parallel": args.connect_parallel,
         "mem_conns": args.mem_conns if args.mem_conns is not None else max(ns),
         "idle_s": 2,
+        "per_message_deflate": getattr(args, "compression", "off") == "on",
     }
     budget = 120 + len(ns) * (3 * args.duration + 60) + config["mem_conns"] / 10
     done = subprocess.run(
@@ -175,6 +190,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
             "latency_p50_ms": lat["latency"]["p50_ms"],
             "latency_p99_ms": lat["latency"]["p99_ms"],
             "deliveries_per_s_at_rate": lat["deliveries_per_s"],
+            "server_cpu_us_per_delivery_at_rate": lat["server_cpu_us_per_delivery"],
             "max_deliveries_per_s": tp["deliveries_per_s"],
             "latency_under_load_p50_ms": tp["latency"]["p50_ms"],
             "latency_under_load_p99_ms": tp["latency"]["p99_ms"],
@@ -183,6 +199,34 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
             "server_cpu_s": round(lat["server_cpu_s"] + tp["server_cpu_s"], 2),
             "lost": lat["lost_deliveries"] + tp["lost_deliveries"],
         }
+    return out
+
+
+RATIO_KEYS = (
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "server_cpu_us_per_delivery_at_rate",
+    "server_cpu_us_per_delivery_under_load",
+    "max_deliveries_per_s",
+    "latency_under_load_p99_ms",
+)
+
+
+def ratios(ours: dict[str, Any], anchor: dict[str, Any]) -> dict[str, Any]:
+    """heaper_trio / hocuspocus for each headline figure both servers have."""
+
+    def ratio(a: Any, b: Any) -> float | None:
+        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not b:
+            return None
+        return round(a / b, 2)
+
+    out: dict[str, Any] = {}
+    kb = ratio(ours.get("kb_per_idle_connection"), anchor.get("kb_per_idle_connection"))
+    if kb is not None:
+        out["kb_per_idle_connection"] = kb
+    for key, figures in ours.items():
+        if isinstance(figures, dict) and isinstance(anchor.get(key), dict):
+            out[key] = {k: ratio(figures.get(k), anchor[key].get(k)) for k in RATIO_KEYS}
     return out
 
 
@@ -202,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connect-parallel", type=int, default=50, help="connections opened at once")
     p.add_argument(
         "--servers", default=",".join(SERVERS), help="comma separated: " + ", ".join(SERVERS)
+    )
+    p.add_argument(
+        "--compression",
+        choices=("off", "on"),
+        default="off",
+        help="permessage-deflate offered by the clients and accepted by both servers",
     )
     p.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
     p.add_argument("--database-url", default="", help="postgresql:// URL (--engine postgres)")
@@ -226,9 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix=f"bench-ws-{name}-") as tmp:
             workdir = Path(tmp)
             server = (
-                start_heaper(workdir, args.engine, args.database_url)
+                start_heaper(workdir, args.engine, args.database_url, args.compression == "on")
                 if name == "heaper_trio"
-                else start_hocuspocus(workdir, node)
+                else start_hocuspocus(workdir, node, args.compression == "on")
             )
             try:
                 startup_s = server.wait_ready()
@@ -264,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                 out["servers"][name] = {"error": repr(e), "log_tail": server.log_tail(20)}
             finally:
                 server.stop()
+    if {"heaper_trio", "hocuspocus"} <= out["summary"].keys():
+        out["ratios"] = ratios(out["summary"]["heaper_trio"], out["summary"]["hocuspocus"])
     if args.engine == "postgres":
         out["notes"].append("server_cpu_s counts the heaper_trio process only, not PostgreSQL's")
     out["notes"].append(
@@ -291,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             [node, "--version"], capture_output=True, text=True, check=False
         ).stdout.strip(),
         "engine": args.engine,
+        "compression": args.compression,
         "ns": ns,
         "duration_s": args.duration,
         "rate": args.rate,
@@ -301,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             **node_versions,
         },
     }
+    headline = ("benchmark", "summary", "ratios", "notes", "machine")  # details last
+    out = {**{k: out[k] for k in headline if k in out}, **out}
     print(json.dumps(out, indent=2))
     return 0
 

@@ -31,6 +31,9 @@ const clock = () => performance.now()
 const EMPTY_SV = new Uint8Array([0])
 const EMPTY_UPDATE = new Uint8Array([0, 0])
 const PONG = new Uint8Array([T.Pong])
+// Offer permessage-deflate (the `ws` default, as browsers do) or not; whether it is used is
+// then the server's choice (scripts/bench_ws.py --compression sets both sides alike).
+const DEFLATE = Boolean(cfg.per_message_deflate)
 const MARK = /@@(\d+)@@/g
 
 // -- the server process -----------------------------------------------------------------------
@@ -102,7 +105,7 @@ class Subscriber {
 
   open () {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(cfg.ws_url, { perMessageDeflate: false })
+      const ws = new WebSocket(cfg.ws_url, { perMessageDeflate: DEFLATE })
       this.ws = ws
       const timer = setTimeout(() => reject(new Error(`subscriber ${this.id}: not synced after 30 s`)), 30000)
       ws.on('open', () => {
@@ -184,7 +187,7 @@ let ackSamples = null
 
 class CountingWebSocket extends WebSocket {
   constructor (url, protocols) {
-    super(url, protocols, { perMessageDeflate: false })
+    super(url, protocols, { perMessageDeflate: DEFLATE })
     this.on('message', (data) => {
       const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : data
       if (bytes.length < 2) return

@@ -2,8 +2,10 @@
 // A stock @hocuspocus/server (in memory: no persistence, no extensions), the reference the
 // drivers were developed against and the other server of scripts/bench_ws.py.
 //
-//   node ref_server.mjs [--port P] [--host H]
+//   node ref_server.mjs [--port P] [--host H] [--compression]
 //
+// --compression: accept permessage-deflate when a client offers it (`ws`'s server option
+// perMessageDeflate; off by default, as in a stock Hocuspocus).
 // Prints `listening <port>` on stdout once it accepts connections; stops on SIGTERM/SIGINT.
 // By default every token is accepted. With REF_AUTH='{"<token>": ["<heap_id>", ...]}' in the
 // environment a document `<heap_id>:...` opens only with a token listed for that heap
@@ -21,6 +23,7 @@ const server = new Server({
   port: Number(opt('--port', 0)),
   address: opt('--host', '127.0.0.1'),
   quiet: true,
+  websocketOptions: { perMessageDeflate: argv.includes('--compression') },
   async onAuthenticate ({ token, documentName }) {
     if (!auth) return
     const heap = documentName.split(':')[0]
