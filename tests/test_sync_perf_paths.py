@@ -4,6 +4,8 @@
   rows share a change time (never written so by the server, forced here in the database) and
   while writes commit between its pages; the totals carried from page to page equal a fresh
   count on every page; a page reads only the columns delta answers.
+- The projection kept up to date root by root (``crdt/incremental.py``) equals the projection
+  of the whole document after random edits (hypothesis).
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pycrdt import Doc, Map, XmlElement, XmlFragment, XmlText
+
+from heaper_trio import crdt
 from heaper_trio.records import ChangePage, CommitStatus
 from heaper_trio.settings import Settings
 from heaper_trio.storage import Storage
@@ -149,3 +156,79 @@ async def test_a_walk_under_writes_sees_every_last_change(
         final = await storage.changes_since("h1", 0, 1000)
         # every block's newest change was seen by the walk
         assert {b.id: b.updated_at for b in final.changed} == last
+
+
+# -- projection: incremental equals whole ------------------------------------------------------
+
+LABELS = ("a", "b", "c")
+
+
+def _inline_node(draw: Any) -> Any:
+    kind = draw(st.sampled_from(("text", "reference", "pagelink", "hardBreak")))
+    if kind == "text":
+        return XmlText(draw(st.text("xyz ", max_size=4)))
+    if kind == "reference":
+        return XmlElement("reference", {"id": draw(st.sampled_from(LABELS)), "label": "L"})
+    if kind == "pagelink":
+        return XmlElement("pagelink", {"blockKey": draw(st.sampled_from(LABELS))})
+    return XmlElement("hardBreak")
+
+
+def _block_node(draw: Any) -> Any:
+    kind = draw(st.sampled_from(("paragraph", "paragraph", "list", "empty", "inline")))
+    if kind == "paragraph":
+        return XmlElement("paragraph", contents=[_inline_node(draw) for _ in range(2)])
+    if kind == "list":
+        item = XmlElement("listItem", contents=[XmlElement("paragraph", contents=[XmlText("i")])])
+        return XmlElement("bulletList", contents=[item])
+    if kind == "empty":
+        return XmlElement("paragraph")
+    return _inline_node(draw)  # inline content right under the root
+
+
+def _edit(draw: Any, doc: Doc) -> None:
+    root = doc.get(
+        draw(st.sampled_from(("content_v0", "content_v0", "title_v0"))), type=XmlFragment
+    )
+    n = len(root.children)
+    op = draw(st.sampled_from(("insert", "insert", "delete", "type", "attr", "nested", "map")))
+    if op == "insert" or n == 0:
+        root.children.insert(draw(st.integers(0, n)), _block_node(draw))
+    elif op == "delete":
+        del root.children[draw(st.integers(0, n - 1))]
+    elif op in ("type", "attr", "nested"):
+        child = root.children[draw(st.integers(0, n - 1))]
+        if isinstance(child, XmlText):
+            child.insert(0, draw(st.text("pq", min_size=1, max_size=2)))
+        elif op == "attr" and child.tag in ("reference", "pagelink"):
+            child.attributes["label" if child.tag == "reference" else "blockKey"] = "c"
+        elif op == "nested" and isinstance(child, XmlElement):
+            child.children.insert(0, _inline_node(draw))
+        elif isinstance(child, XmlElement) and len(child.children):
+            inner = child.children[0]
+            if isinstance(inner, XmlText):
+                inner.insert(len(str(inner)), "w")
+            else:
+                del child.children[0]
+    else:
+        name = draw(st.sampled_from(("meta_v0", "relations_v1", "files_v0", "apps_v0")))
+        doc.get(name, type=Map)[draw(st.sampled_from(LABELS))] = Map({"type": "tag", "n": 1.0})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_incremental_projection_equals_the_whole(data: st.DataObject) -> None:
+    author = Doc()
+    author.get("content_v0", type=XmlFragment).children.append(
+        XmlElement("paragraph", contents=[XmlText("start")])
+    )
+    block = crdt.BlockDocument.load(author.get_update())
+    block.project()  # from here on, the projection follows the updates
+    for _ in range(data.draw(st.integers(1, 12))):
+        state = author.get_state()
+        with author.transaction():  # one to three edits in one transaction
+            for _ in range(data.draw(st.integers(1, 3))):
+                _edit(data.draw, author)
+        block.apply(author.get_update(state))
+        whole = crdt.BlockDocument.load(block.full_state()).project()
+        assert block.project() == whole

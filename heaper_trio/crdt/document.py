@@ -17,14 +17,8 @@ from heaper_trio.crdt.codec import (
     _parse_state_vector,
     check_state_vector,
 )
-from heaper_trio.crdt.projection import (
-    Projection,
-    _millis,
-    _or_default,
-    _plain,
-    _read_root,
-    _XmlScan,
-)
+from heaper_trio.crdt.incremental import LiveProjection
+from heaper_trio.crdt.projection import Projection, _millis, _or_default, _plain
 from heaper_trio.protocol.wire import read_var_uint
 
 _MAX_SAFE_INTEGER = 2**53 - 1  # JS numbers are exact up to here (lib0's varUint limit too)
@@ -64,6 +58,7 @@ class BlockDocument:
         self._base, self._since, self._since_size = b"\x00\x00", list[bytes](), 0
         self._doc: Doc = Doc()
         self._doc.observe(self._on_transaction)
+        self._live: LiveProjection | None = None  # observers set up at the first projection
 
     def _on_transaction(self, event: TransactionEvent) -> None:
         # Only called for transactions that changed something; the event dies with the callback
@@ -161,14 +156,15 @@ class BlockDocument:
         """The query and search columns; never raises on a document a client can produce. Each
         root is read on its own (one of another type is cast, mostly to empty), one that fails
         gives its field's default, and relation or file entries that are not maps are left out.
+        Only what changed since the last projection is read again (``incremental``).
         """
-        doc = self._doc
-        meta = _read_root(doc, "meta_v0", Map, _plain, {})
-        relations = _read_root(doc, "relations_v1", Map, _plain, {})
+        live = self._live_projection()
+        meta = live.map_root("meta_v0")
+        relations = live.map_root("relations_v1")
         relations = {k: v for k, v in relations.items() if isinstance(v, dict)}
-        files = _read_root(doc, "files_v0", Map, _plain, {})
-        title = _read_root(doc, "title_v0", XmlFragment, _XmlScan().block, _XmlScan())
-        content = _read_root(doc, "content_v0", XmlFragment, _XmlScan().block, _XmlScan())
+        files = live.map_root("files_v0")
+        title = live.xml_root("title_v0")
+        content = live.xml_root("content_v0")
         block_type = meta.get("type")
         return Projection(
             type=block_type if isinstance(block_type, str) else None,
@@ -179,10 +175,15 @@ class BlockDocument:
             mentions=tuple(sorted(title.mentions | content.mentions)),
             links=tuple(sorted(title.links | content.links)),
             files={k: v for k, v in files.items() if isinstance(v, dict)},
-            apps=_read_root(doc, "apps_v0", Map, _plain, {}),
+            apps=live.map_root("apps_v0"),
             deleted_at=_millis(meta.get("deleted_at")),
             permanently_deleted_at=_millis(meta.get("permanently_deleted_at")),
         )
+
+    def _live_projection(self) -> LiveProjection:
+        if self._live is None or self._live.doc is not self._doc:
+            self._live = LiveProjection(self._doc)
+        return self._live
 
     def deleted_at(self) -> Any:
         """``meta_v0.deleted_at`` as stored (None: not in the trash), without projecting the
