@@ -311,3 +311,51 @@ async def test_sqlite_reads_on_own_threads_cancel_cleanly(engine: str, make_sett
         names: list[str] = []
         await rt.read(lambda c: names.append(threading.current_thread().name))
         assert names[0].startswith("sqlite-reader-")
+
+
+@pytest.mark.engines("postgres")
+async def test_user_rows_uncached_while_not_listening(
+    engine: str, eve: HeaperClient, server: RunningServer
+) -> None:
+    """Without its LISTEN connection the cache cannot hear of changes: it empties, every read
+    goes to the database until the connection is back, and then it caches again."""
+    from heaper_trio.storage.postgres.runtime import write1
+
+    storage: Any = server.services.storage
+    cache = storage._users
+    for _ in range(3):
+        assert (await eve.post("/api/me")).status_code == 200
+    assert cache.live and cache.hits >= 2
+
+    async def kill_listener(c: Any) -> int:
+        return int(
+            await c.fetchval(
+                "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE '%heaper_users%' "
+                "AND pid <> pg_backend_pid()"
+            )
+        )
+
+    assert await storage._run(write1, kill_listener) == 1
+    with trio.fail_after(10):
+        while cache.live:
+            await trio.sleep(0.01)
+    assert (await eve.post("/api/me")).status_code == 200  # read, and not kept
+
+    async def revoke_behind_its_back(c: Any, user_id: str) -> None:
+        await c.execute(
+            "UPDATE users SET token_generation = token_generation + 1 WHERE id=$1", user_id
+        )
+
+    me = (await eve.post("/api/me")).json()
+    await storage._run(write1, revoke_behind_its_back, me["id"])
+    assert_error(await eve.post("/api/me"), 401, "token_revoked")
+
+    with trio.fail_after(30):  # reconnects in the background (RETRY_S)
+        while not cache.live:
+            await trio.sleep(0.05)
+    await eve.login()
+    hits = cache.hits
+    for _ in range(3):
+        assert (await eve.post("/api/me")).status_code == 200
+    assert cache.hits >= hits + 2
