@@ -275,7 +275,7 @@ async def test_not_yours_and_bad_seqs(
             assert_error(r, 400, "invalid_type")
         for seq in (4, 2**53 - 1):
             r = await admin.post(f"/api/{route}/{block.id}", json={"seq": seq})
-            assert_error(r, 400, "seq_out_of_range")
+            assert_error(r, 422, "seq_out_of_range")
         assert_error(await admin.post(f"/api/{route}/{block.id}", json={}), 400, "missing_field")
     for body in ({"limit": 0}, {"limit": 1001}, {"before_seq": 0}):
         r = await admin.post(f"/api/block_updates/{block.id}", json=body)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from heaper_trio import crdt
-from heaper_trio.errors import BadRequest, Conflict, HeaperError, NotFound
+from heaper_trio.errors import BadRequest, Conflict, HeaperError, NotFound, Unprocessable
 from heaper_trio.records import BlockChange, CommitStatus, StoredBlock, User
 from heaper_trio.records.changes import ChangeKind
 from heaper_trio.records.history import HistoryRow
@@ -103,7 +103,7 @@ class HistoryService:
         if not 1 <= limit <= MAX_LIMIT:
             raise BadRequest(f"limit must be 1 to {MAX_LIMIT}", code="invalid_value")
         if before_seq is not None and before_seq < 1:
-            raise BadRequest("before_seq must be at least 1", code="seq_out_of_range")
+            raise BadRequest("before_seq must be at least 1", code="invalid_value")
         before = stored.last_seq + 1 if before_seq is None else min(before_seq, stored.last_seq + 1)
         rows = await self.storage.history_page(block_id, before, limit + 1, with_data)
         more = len(rows) > limit
@@ -126,7 +126,7 @@ class HistoryService:
 
     async def _version(self, stored: StoredBlock, seq: int) -> Version:
         if not 1 <= seq <= stored.last_seq:
-            raise BadRequest(
+            raise Unprocessable(
                 f"seq must be 1 to {stored.last_seq}, the block's last change",
                 code="seq_out_of_range",
             )

@@ -121,7 +121,7 @@ async def block_updates(user: User, body: dict[str, Any], blockKey: str) -> dict
     params={"blockKey": ID},
     summary="The block's document as of a point in its history: Yjs state, title and text.",
     description="Versions exist at the entries history keeps; the answer's `seq` is the kept "
-    "point at or before the one asked for. 400 seq_out_of_range past the block's last change, "
+    "point at or before the one asked for. 422 seq_out_of_range past the block's last change, "
     "410 version_gone when that history is no longer kept.",
     body=obj(required={"seq": SEQ}),
     response=open_obj(
