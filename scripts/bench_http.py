@@ -18,7 +18,8 @@ Why the baseline: absolute numbers depend on the machine, its load, the CPU gove
 load generator (an httpx generator in Python is itself a bottleneck). Measuring hypercorn+trio
 hello-world in the same run on the same machine gives a ceiling for this stack, so the
 ``ratios`` (server req/s / baseline req/s) are what counts and what is comparable between
-runs and machines; the raw req/s are only context.
+runs and machines; the raw req/s are only context. ``cpu_ratios`` compare server CPU per
+request the same way (baseline / server), which a busy machine disturbs less.
 
 Load generator: ``wrk`` when it is on PATH (``wrk -t1 -c{concurrency} -d{duration}s
 --latency`` with a Lua script that sets method/headers/body and prints a JSON summary),
@@ -241,7 +242,7 @@ def start_baseline(workdir: Path) -> Server:
     )
 
 
-def start_heaper(workdir: Path, engine: str, database_url: str) -> Server:
+def start_heaper(workdir: Path, engine: str, database_url: str, workers: int = 0) -> Server:
     data_dir = workdir / "data"
     data_dir.mkdir()
     port = free_port()
@@ -250,6 +251,8 @@ def start_heaper(workdir: Path, engine: str, database_url: str) -> Server:
         if k.startswith("HEAPER_"):
             del env[k]
     env.update(HEAPER_AUTH_RATE_LIMIT="100000", HEAPER_LOG_LEVEL="warning")
+    if workers:
+        env["HEAPER_WORKERS"] = str(workers)
     argv = [sys.executable, "-m", "heaper_trio", "--port", str(port), "--data-dir", str(data_dir)]
     if engine == "postgres":
         env["HEAPER_AUTO_APPROVE"] = "true"
@@ -509,6 +512,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per target")
     p.add_argument("--concurrency", type=int, default=16, help="concurrent connections")
     p.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="server processes (HEAPER_WORKERS); 0: the server's default (1 on SQLite, "
+        "the usable CPUs on PostgreSQL). CPU per request counts every worker",
+    )
     p.add_argument("--database-url", default="", help="postgresql:// URL (--engine postgres)")
     p.add_argument(
         "--generator",
@@ -550,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             base.stop()
 
-            heaper = start_heaper(workdir, args.engine, args.database_url)
+            heaper = start_heaper(workdir, args.engine, args.database_url, args.workers)
             servers.append(heaper)
             startup_s = heaper.wait_ready()
             log(f"heaper_trio up on {heaper.url} (pid {heaper.pid}) in {startup_s:.2f}s")
@@ -595,6 +605,16 @@ def main(argv: list[str] | None = None) -> int:
         "server_me_vs_baseline": round(out["server_me"]["req_per_s"] / base_rps, 3)
         if base_rps
         else None,
+    }
+    # The same comparison by server CPU per request (baseline µs / server µs): on a busy
+    # machine, or when the load generator is the limit, req/s moves with everything else
+    # running, while CPU per request moves much less.
+    base_cpu = out["baseline_hello"]["server_cpu_us_per_req"]
+    out["cpu_ratios"] = {
+        f"{name}_vs_baseline": round(base_cpu / out[name]["server_cpu_us_per_req"], 3)
+        if base_cpu and out[name]["server_cpu_us_per_req"]
+        else None
+        for name in ("server_health", "server_me")
     }
     notes = []
     util = out["baseline_hello"]["server_cpu_util"]
