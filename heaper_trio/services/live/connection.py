@@ -40,6 +40,7 @@ from heaper_trio.protocol.split import split_update
 from heaper_trio.records import User
 from heaper_trio.services.live.context import LiveContext
 from heaper_trio.services.live.hub import Room, Subscription
+from heaper_trio.services.live.inbox import Inbox
 from heaper_trio.services.live.outbox import Outbox
 from heaper_trio.storage.errors import BlockInOtherHeap
 
@@ -294,7 +295,7 @@ class DocumentWorker:
         self.conn = conn
         self.address = address
         self.grant = grant
-        self.inbox, self._inbox_out = trio.open_memory_channel[m.Message](INBOX_SIZE)
+        self.inbox = Inbox[m.Message](INBOX_SIZE)
         self.cancel_scope = trio.CancelScope()
 
     def stop(self) -> None:
@@ -332,7 +333,7 @@ class EventsWorker(DocumentWorker):
         hub = self.conn.live.hub
         hub.add_user_sink(self)
         try:
-            async for message in self._inbox_out:
+            async for message in self.inbox:
                 if isinstance(message, m.Stateless):
                     await self._command(message.payload)
                 else:
@@ -380,7 +381,7 @@ class BlockWorker(DocumentWorker):
             if presence is not None:
                 await self.conn.reply(presence)
             while True:
-                message = self._held or await self._inbox_out.receive()
+                message = self._held or await self.inbox.receive()
                 self._held = None
                 await self._handle(room, message)
         finally:
@@ -430,7 +431,7 @@ class BlockWorker(DocumentWorker):
         updates = [first.update]
         while len(updates) < MAX_BATCH:
             try:
-                nxt = self._inbox_out.receive_nowait()
+                nxt = self.inbox.receive_nowait()
             except trio.WouldBlock:
                 break
             if isinstance(nxt, (m.SyncStep2, m.SyncUpdate)):
