@@ -1,15 +1,16 @@
 """One ``/ws`` connection at run time: the I/O around the pure :class:`LiveSession`.
 
-The connection owns a nursery: the reader (this task), one writer draining a bounded outbox,
-a keepalive that also watches for shutdown, and one worker per open document. Closing the socket, a
-protocol error, a slow consumer or server shutdown cancels that nursery, so everything the
-connection started ends with it (stack-pitfalls 1.: a per-connection nursery).
+The connection owns a nursery: the reader (this task), one writer draining a bounded outbox
+and one worker per open document; its timers are ticked by one task for all (:func:`tick_all`).
+Closing the socket, a protocol error, a slow consumer or server shutdown cancels that nursery,
+so everything the connection started ends with it (stack-pitfalls 1.).
 
 Per document, the worker keeps the client's order: sync step 1 is answered from the shared
 room; updates waiting in its inbox are stored together in one commit and each is acknowledged
 with ``SyncStatus(true)`` only once durable (the contract's ack rule; Hocuspocus acks from
-memory). The worker is the only writer of its document's replies, the hub the only writer of
-fan-out, and both go through the outbox.
+memory), while the other subscribers get them at once (``LiveHub.relay``). The worker is
+the only writer of its document's replies, the hub the only writer of fan-out, and both go
+through the outbox.
 
 What a connection may use of the services is its :class:`LiveContext`. The timers (idle, auth,
 ping) are the session's, fed ``trio.current_time()``; token expiry is wall time, read through
@@ -19,7 +20,7 @@ the context. Under a test's fake clock every timer moves with it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import trio
@@ -38,8 +39,8 @@ from heaper_trio.protocol.close_codes import (
 from heaper_trio.protocol.names import BlockName, EventsName, parse_document_name
 from heaper_trio.protocol.split import split_update
 from heaper_trio.records import User
-from heaper_trio.services.live.context import LiveContext
-from heaper_trio.services.live.hub import Room, Subscription
+from heaper_trio.services.live.context import Grant, LiveContext
+from heaper_trio.services.live.hub import LiveHub, Room, Subscription
 from heaper_trio.services.live.inbox import Inbox
 from heaper_trio.services.live.outbox import Outbox
 from heaper_trio.storage.errors import BlockInOtherHeap
@@ -63,14 +64,6 @@ class Transport(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
-@dataclass(eq=False)
-class Grant:
-    user: User
-    token: str
-    expires_at: float
-    renewal_asked: bool = False
-
-
 class LiveConnection:
     def __init__(
         self, transport: Transport, live: LiveContext, connection_token: str | None
@@ -87,20 +80,27 @@ class LiveConnection:
         self.accounts: set[str] = set()  # accounts this connection holds a slot of
         self.close_code: tuple[int, str] | None = None
         self._nursery: trio.Nursery | None = None
+        self._last_check = trio.current_time()  # of every grant's account (RECHECK_ACCOUNT_S)
+        self._checking = False
 
     # -- lifetime ---------------------------------------------------------------------------------
     async def run(self) -> None:
         counters = self.live.counters
         counters.connections += 1
         counters.connections_total += 1
+        hub = self.live.hub
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._writer)
-                nursery.start_soon(self._keepalive)  # and the shutdown watcher
+                # Timers and shutdown: one task ticks every connection (a task of its own
+                # cost each connection ~3 KiB; issue 12, memory per idle WebSocket).
+                hub.keepalive.add(self)
+                hub.start_once("keepalive", partial(tick_all, hub, self.live.shutdown))
                 await self._reader()
                 nursery.cancel_scope.cancel()
         finally:
+            hub.keepalive.discard(self)
             counters.connections -= 1
             for worker in list(self.workers.values()):
                 worker.stop()
@@ -249,24 +249,33 @@ class LiveConnection:
         self._nursery.start_soon(worker.run)
 
     # -- keepalive --------------------------------------------------------------------------------
-    async def _keepalive(self) -> None:
-        last_check = trio.current_time()
-        while True:
-            # Waiting for shutdown between ticks: one task less per connection than a
-            # watcher of its own (memory per idle socket, issue 12).
-            with trio.move_on_after(KEEPALIVE_TICK_S):
-                await self.live.shutdown.wait()
-                return self.disconnect(CLOSE_GOING_AWAY, "server shutting down")
-            now = trio.current_time()
-            for action in self.session.tick(now):
-                if isinstance(action, s.Disconnect):
-                    return self.disconnect(action.code, action.reason)
-                if isinstance(action, s.Send):
-                    self.outbox.offer(action.frame)  # a ping: pointless behind a full outbox
-            recheck = now - last_check > RECHECK_ACCOUNT_S
+    def tick(self, now: float) -> None:
+        """The timers, every ``KEEPALIVE_TICK_S`` (:func:`tick_all`): idle and auth timeouts,
+        pings, and the grants, checked in a task of their own only when one is due."""
+        if self.session.closed or self._nursery is None:
+            return
+        for action in self.session.tick(now):
+            if isinstance(action, s.Disconnect):
+                return self.disconnect(action.code, action.reason)
+            if isinstance(action, s.Send):
+                self.outbox.offer(action.frame)  # a ping: pointless behind a full outbox
+        recheck = now - self._last_check > RECHECK_ACCOUNT_S
+        if self._checking or not (recheck or self._grant_due()):
+            return
+        if recheck:
+            self._last_check = now
+        self._checking = True
+        self._nursery.start_soon(self._check_grants_once, recheck)
+
+    def _grant_due(self) -> bool:  # expired, or in its renewal window (checked every tick)
+        wall = self.live.wall_clock()
+        return any(wall + TOKEN_RENEW_BEFORE_S > g.expires_at for g in self.grants.values())
+
+    async def _check_grants_once(self, recheck: bool) -> None:
+        try:
             await self._check_grants(recheck)
-            if recheck:
-                last_check = now
+        finally:
+            self._checking = False
 
     async def _check_grants(self, recheck: bool) -> None:
         """Live auth: a token about to expire is asked for again (Hocuspocus token sync);
@@ -286,6 +295,21 @@ class LiveConnection:
             elif wall > grant.expires_at - TOKEN_RENEW_BEFORE_S and not grant.renewal_asked:
                 grant.renewal_asked = True
                 self.outbox.offer(m.encode(m.TokenRequest(address)))
+
+
+async def tick_all(hub: LiveHub, shutdown: trio.Event) -> None:
+    """Tick every live connection of ``hub`` (:meth:`LiveConnection.tick`); at shutdown,
+    close them all with 1001 (a connection that comes later starts this again, and is
+    closed at once)."""
+    while True:
+        with trio.move_on_after(KEEPALIVE_TICK_S):
+            await shutdown.wait()
+            for conn in list(hub.keepalive):
+                conn.disconnect(CLOSE_GOING_AWAY, "server shutting down")
+            return
+        now = trio.current_time()
+        for conn in list(hub.keepalive):
+            conn.tick(now)
 
 
 class DocumentWorker:

@@ -37,6 +37,17 @@ class Verified:
     expires_at: float
 
 
+@dataclass(eq=False)
+class Grant:
+    """One open document's authorization on a connection: whose, with which token, until when
+    (wall-clock seconds), and whether the client was asked for a fresh token yet."""
+
+    user: User
+    token: str
+    expires_at: float
+    renewal_asked: bool = False
+
+
 TokenVerifier = Callable[[str], Awaitable[Verified]]  # raises HeaperError with the reason code
 
 

@@ -16,7 +16,8 @@ N x N sends). Sends never block: a subscriber whose queue is full is dropped by 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import trio
 import trio.lowlevel
@@ -56,6 +57,8 @@ class LiveHub:
         self._nursery: trio.Nursery | None = None
         self.user_event_hooks: list[Callable[[str, dict[str, object]], None]] = []
         self.account_connections: dict[str, int] = {}  # live connections holding a slot
+        self.keepalive: set[Any] = set()  # live connections, ticked together (connection.py)
+        self._singletons: set[str] = set()
         # open_services (container._wire) subscribes on_commit and sets user_event_hooks.
 
     # -- connection slots -----------------------------------------------------------------------
@@ -86,6 +89,20 @@ class LiveHub:
             nursery.start_soon(self._flush_forever)
             nursery.start_soon(self._expire_forever)
             task_status.started()
+
+    def start_once(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run ``fn`` among the hub's tasks unless a task of that ``name`` runs already."""
+        if name in self._singletons or self._nursery is None:
+            return
+        self._singletons.add(name)
+
+        async def run() -> None:
+            try:
+                await fn()
+            finally:
+                self._singletons.discard(name)
+
+        self._nursery.start_soon(run)
 
     # -- rooms ----------------------------------------------------------------------------------
     async def join(self, sub: Subscription) -> Room:
