@@ -76,6 +76,7 @@ from heaper_trio.storage.postgres.files import PostgresFiles
 from heaper_trio.storage.postgres.history import PostgresHistory, restore_block
 from heaper_trio.storage.postgres.runtime import (
     Conn,
+    GroupCommit,
     Pool,
     close_pool,
     read,
@@ -150,6 +151,7 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, Storage):
         self.announce_as: str | None = None
         self._announced: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self.delta_totals = DeltaTotals()  # the change feed's totals, carried page to page
+        self._group: GroupCommit | None = None  # concurrent commit_changes, one transaction
         self._users = UserRowCache(dsn)
 
     async def open(self) -> None:
@@ -328,11 +330,17 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, Storage):
         return await self._run(read, docs.tombstones, block_ids)
 
     async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
-        origin = self.announce_as
-        results = await self._run(tx, docs.commit_changes, changes, now, origin)
-        if origin is not None:
+        if self._group is None:  # trio objects are made inside trio.run
+            self._group = GroupCommit(self._commit_batch)
+        results: list[CommitResult] = await self._group.submit(changes, now)
+        if self.announce_as is not None:
             self._mark_blocks_announced(results)
         return results
+
+    async def _commit_batch(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
+        """One group commit's transaction: every lock up front, then each change in its own
+        savepoint (``docs.commit_changes``), so a refused one rolls back alone."""
+        return await self._run(tx, docs.commit_changes, changes, now, self.announce_as)
 
     async def restore_block(self, change: BlockChange, now: int) -> CommitResult:
         origin = self.announce_as
