@@ -12,16 +12,20 @@ import json
 import logging
 import signal
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import trio
 
 from heaper_trio import __version__
 from heaper_trio.aio import open_asyncio_loop
+from heaper_trio.datadir_lock import hold_data_dir
 from heaper_trio.errors import HeaperError, StartupError
 from heaper_trio.records import User
-from heaper_trio.settings import BY_NAME, SETTINGS, Settings, load_settings
+from heaper_trio.settings import BY_NAME, SETTINGS, Settings, load_settings, unknown_env_warnings
+from heaper_trio.stdout_pipe import quiet_on_broken_pipe
 
 log = logging.getLogger("heaper_trio")
 
@@ -53,10 +57,22 @@ def _add_storage_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config file [env HEAPER_CONFIG]")
 
 
+# The serve flags also work without `serve` (the default command), so the top help lists them
+# (a no-break space keeps each flag on one line with its value).
+_SERVE_FLAGS = [*(f"{s.flag}\xa0{s.name.upper()}" for s in SETTINGS if s.cli), "--config\xa0FILE"]
+SERVE_FLAGS_EPILOG = (
+    "serve flags, also accepted without `serve` (`serve --help` explains each):\n"
+    + (
+        textwrap.fill("  ".join(_SERVE_FLAGS), 92, initial_indent="  ", subsequent_indent="  ")
+    ).replace("\xa0", " ")
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m heaper_trio",
         description=DESCRIPTION,
+        epilog=SERVE_FLAGS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"heaper_trio {__version__}")
@@ -72,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
             serve.add_argument(
                 s.flag,
                 dest=s.name,
-                type=s.type,
+                type=str if s.type is bool else s.type,  # booleans: settings.parse_bool
                 metavar=s.name.upper(),
                 help=f"{s.help} [env {s.env}, default {s.default!r}]",
             )
@@ -262,6 +278,7 @@ async def _client(args: argparse.Namespace) -> int:
     return 0
 
 
+@quiet_on_broken_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("serve", "users", "client", "-h", "--help", "--version"):
@@ -274,12 +291,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings_from(args)
         control_fd = getattr(args, "worker_control_fd", None)
+        for warning in unknown_env_warnings():
+            print(f"heaper_trio: warning: {warning}", file=sys.stderr)
         workers = settings.worker_count if command == "serve" else 1
         _configure_logging(settings, with_pid=workers > 1 or control_fd is not None)
         if workers > 1:
             return _supervise(settings)
         if command == "serve":
-            trio.run(_serve, settings, control_fd)
+            # one server per SQLite data directory (datadir_lock); PostgreSQL servers share one
+            sqlite = settings.engine == "sqlite"
+            with hold_data_dir(settings.data_path) if sqlite else nullcontext():
+                trio.run(_serve, settings, control_fd)
             return 0
         return trio.run(_users, settings, args)
     except BaseException as e:

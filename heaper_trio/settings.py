@@ -4,6 +4,9 @@
 the command-line flags, validation and ``docs/configuration.md`` all derive from it (a test
 checks the doc lists every entry). Precedence, lowest first: default, config file,
 environment, command line. A bad value fails at start with a message naming the key.
+
+One rule per type wherever a value comes from: a boolean is ``true/false/yes/no/on/off/1/0`` in
+any case (a TOML boolean, or the TOML integers 0 and 1, too); a choice matches in any case.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from heaper_trio.errors import StartupError
+from heaper_trio.settings_values import check_data_dir, parse_bool, unknown_variables
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Directory holding the server key, the embedded SQLite "
         "database and uploaded files. Back this directory up.",
         cli=True,
+        check=check_data_dir,
     ),
     Setting(
         "database_url",
@@ -377,30 +382,13 @@ class Settings:
         return load_settings(environ={}, overrides={**dataclasses.asdict(self), **changes})
 
 
-_BOOL_WORDS = {
-    "1": True,
-    "true": True,
-    "yes": True,
-    "on": True,
-    "0": False,
-    "false": False,
-    "no": False,
-    "off": False,
-}
-
-
 def _coerce(setting: Setting, raw: Any, source: str) -> Any:
     """Turn a raw value (TOML value or string) into the setting's type, or fail naming it."""
     where = f"{source}: {setting.name}" if source != "env" else setting.env
     t = setting.type
     try:
         if t is bool:
-            if isinstance(raw, bool):
-                value: Any = raw
-            elif isinstance(raw, str) and raw.strip().lower() in _BOOL_WORDS:
-                value = _BOOL_WORDS[raw.strip().lower()]
-            else:
-                raise ValueError
+            value: Any = parse_bool(raw)
         elif t is int:
             if isinstance(raw, (bool, float)):
                 raise ValueError
@@ -415,6 +403,8 @@ def _coerce(setting: Setting, raw: Any, source: str) -> Any:
             value = raw
     except (TypeError, ValueError):
         raise StartupError(f"{where}: expected {t.__name__}, got {raw!r}") from None
+    if setting.choices is not None:  # any case; the value becomes the choice as spelt
+        value = next((c for c in setting.choices if c.lower() == str(value).lower()), value)
     if setting.choices is not None and value not in setting.choices:
         raise StartupError(f"{where}: must be one of {', '.join(setting.choices)}, got {value!r}")
     if setting.minimum is not None and value < setting.minimum:
@@ -422,6 +412,12 @@ def _coerce(setting: Setting, raw: Any, source: str) -> Any:
     if setting.check is not None and (problem := setting.check(value)):
         raise StartupError(f"{where}: {problem}")
     return value
+
+
+def unknown_env_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line per HEAPER_* variable no setting reads, naming the closest known one."""
+    env = os.environ if environ is None else environ
+    return unknown_variables(env, [s.env for s in SETTINGS])
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

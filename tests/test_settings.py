@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from heaper_trio.errors import StartupError
-from heaper_trio.settings import SETTINGS, Settings, load_settings
+from heaper_trio.settings import SETTINGS, Settings, load_settings, unknown_env_warnings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,3 +85,83 @@ def test_example_config_loads(tmp_path: Path) -> None:
     cfg = tmp_path / "example.toml"
     cfg.write_text(uncommented)
     assert load_settings(config_path=str(cfg), environ={}) == load_settings(environ={})
+
+
+@pytest.mark.parametrize("word", ["true", "TRUE", "Yes", "on", "1", " yes "])
+def test_one_boolean_rule_true(tmp_path: Path, word: str) -> None:
+    """The same words mean true in the environment, a TOML string and a flag."""
+    assert load_settings(environ={"HEAPER_AUTO_APPROVE": word}).auto_approve is True
+    assert load_settings(environ={}, overrides={"auto_approve": word}).auto_approve is True
+    cfg = tmp_path / "b.toml"
+    cfg.write_text(f'auto_approve = "{word}"\n')
+    assert load_settings(config_path=str(cfg), environ={}).auto_approve is True
+
+
+@pytest.mark.parametrize("word", ["false", "False", "NO", "off", "0"])
+def test_one_boolean_rule_false(word: str) -> None:
+    env = {"HEAPER_AUTO_APPROVE": word, "HEAPER_ACCESS_LOG": word}
+    s = load_settings(environ=env, overrides={"auto_approve": None})
+    assert (s.auto_approve, s.access_log) == (False, False)
+    assert load_settings(environ={}, overrides={"access_log": word}).access_log is False
+
+
+@pytest.mark.parametrize(
+    "toml,value", [("true", True), ("false", False), ("1", True), ("0", False)]
+)
+def test_toml_booleans_and_integers_0_1(tmp_path: Path, toml: str, value: bool) -> None:
+    cfg = tmp_path / "b.toml"
+    cfg.write_text(f"auto_approve = {toml}\n")
+    assert load_settings(config_path=str(cfg), environ={}).auto_approve is value
+
+
+@pytest.mark.parametrize("raw", ["2", "maybe", "", "tru"])
+def test_other_booleans_are_refused_naming_the_key(raw: str) -> None:
+    with pytest.raises(StartupError, match="HEAPER_AUTO_APPROVE: expected bool"):
+        load_settings(environ={"HEAPER_AUTO_APPROVE": raw})
+    with pytest.raises(StartupError, match="command line: auto_approve"):
+        load_settings(environ={}, overrides={"auto_approve": raw})
+
+
+def test_toml_numbers_other_than_0_1_are_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "b.toml"
+    for bad in ("2", "1.0", "-1"):
+        cfg.write_text(f"auto_approve = {bad}\n")
+        with pytest.raises(StartupError, match="auto_approve: expected bool"):
+            load_settings(config_path=str(cfg), environ={})
+
+
+def test_choices_match_in_any_case() -> None:
+    s = load_settings(environ={"HEAPER_LOG_LEVEL": "DEBUG", "HEAPER_SQLITE_SYNCHRONOUS": "normal"})
+    assert (s.log_level, s.sqlite_synchronous) == ("debug", "NORMAL")  # as the choices spell it
+    assert load_settings(environ={}, overrides={"log_level": "Warning"}).log_level == "warning"
+    with pytest.raises(StartupError, match="HEAPER_LOG_LEVEL: must be one of"):
+        load_settings(environ={"HEAPER_LOG_LEVEL": "verbose"})
+
+
+def test_unknown_heaper_variables_are_named_with_the_closest_known_one() -> None:
+    env = {
+        "HEAPER_PROT": "1",
+        "HEAPER_LOGLEVEL": "debug",
+        "HEAPER_QQQQQQQQQQ": "x",
+        "HEAPER_PORT": "1",  # known: no warning
+        "HEAPER_CONFIG": "x.toml",  # read by name, not a setting
+        "HEAPER_TEST_DATABASE_URL": "postgresql://x",  # the test suite's own
+        "OTHER_PROT": "1",
+    }
+    assert unknown_env_warnings(env) == [
+        "unknown environment variable HEAPER_LOGLEVEL is ignored; did you mean HEAPER_LOG_LEVEL?",
+        "unknown environment variable HEAPER_PROT is ignored; did you mean HEAPER_PORT?",
+        "unknown environment variable HEAPER_QQQQQQQQQQ is ignored (see docs/configuration.md)",
+    ]
+    assert unknown_env_warnings({s.env: "" for s in SETTINGS}) == []
+
+
+def test_data_dir_naming_a_file_says_so(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StartupError, match=f"data_dir: {blocker} is a file, not a directory"):
+        load_settings(environ={}, overrides={"data_dir": str(blocker)})
+    with pytest.raises(StartupError, match=f"cannot be a directory: {blocker} is a file"):
+        load_settings(environ={"HEAPER_DATA_DIR": str(blocker / "sub" / "data")})
+    fine = load_settings(environ={}, overrides={"data_dir": str(tmp_path / "new" / "data")})
+    assert fine.data_path == tmp_path / "new" / "data"  # not there yet: made at start
