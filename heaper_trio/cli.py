@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="the user's Ed25519 key file (hex seed); created if missing",
     )
+    from heaper_trio.ops import commands as ops_commands
+
+    ops_commands.add_parsers(sub)  # backup, restore
     return parser
 
 
@@ -281,7 +284,8 @@ async def _client(args: argparse.Namespace) -> int:
 @quiet_on_broken_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("serve", "users", "client", "-h", "--help", "--version"):
+    commands = ("serve", "users", "client", "backup", "restore", "-h", "--help", "--version")
+    if not argv or argv[0] not in commands:
         argv = ["serve", *argv]  # `serve` is the default command, flags and all
     args = build_parser().parse_args(argv)
     command = args.command
@@ -289,6 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "client":
         return trio.run(_client, args)
     try:
+        if command in ("backup", "restore"):
+            from heaper_trio.ops import commands as ops_commands
+
+            return ops_commands.run(args, _settings_from(args) if command == "backup" else None)
         settings = _settings_from(args)
         control_fd = getattr(args, "worker_control_fd", None)
         for warning in unknown_env_warnings():

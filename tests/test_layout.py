@@ -31,6 +31,8 @@ FORBIDDEN: dict[str, set[str]] = {
     # of the server (its CRDT handling included: the client builds documents as any Yjs
     # client does, so the docs' examples check the server against an independent writer)
     "client": {"services", "storage", "web", "app", "cli", "crdt", "errors"},
+    # backup and restore reach the data through storage (snapshot) and files, not a server
+    "ops": {"services", "web", "app", "cli"},
 }
 # places that import only the standard library and themselves: the pure wire protocol
 # (h11's rule: no I/O, no framework), the value types every layer shares, the error tree

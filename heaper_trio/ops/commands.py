@@ -1,0 +1,60 @@
+"""The ``backup`` and ``restore`` subcommands of ``python -m heaper_trio`` (cli.py adds these
+parsers and hands the parsed arguments here)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from heaper_trio.settings import BY_NAME, Settings
+
+COMMANDS = ("backup", "restore")
+
+
+def add_parsers(sub: Any) -> None:
+    backup = sub.add_parser(
+        "backup",
+        help="a consistent backup of the data (while the server runs)",
+        description="Back up the database (SQLite online backup, or pg_dump for PostgreSQL), "
+        "the stored files it references, the server key, client thumbnails and the config "
+        "file into DEST, a new or empty directory, with a manifest of every file's SHA-256. "
+        "Name the server's data directory and database as the server gets them (flags, "
+        "HEAPER_* variables or --config). Progress shows on a terminal; otherwise it is quiet.",
+    )
+    backup.add_argument("dest", metavar="DEST", help="new (or empty) directory to write")
+    for name in ("data_dir", "database_url"):
+        s = BY_NAME[name]
+        backup.add_argument(s.flag, dest=name, metavar=name.upper(), help=f"{s.help} [env {s.env}]")
+    backup.add_argument("--config", metavar="FILE", help="TOML config file [env HEAPER_CONFIG]")
+
+    restore = sub.add_parser(
+        "restore",
+        help="check a backup and restore it into a new data directory",
+        description="Check every file of the backup against its manifest (SHA-256 and size; "
+        "the SQLite database also with PRAGMA integrity_check) and restore it into NEW, a "
+        "data directory that does not exist yet (or is empty). A PostgreSQL backup also needs "
+        "--database-url naming a new, empty database, which pg_restore fills. Nothing is put "
+        "in place unless all of it checks.",
+    )
+    restore.add_argument("src", metavar="SRC", help="the backup directory")
+    restore.add_argument("--data-dir", dest="restore_dir", metavar="NEW", required=True)
+    restore.add_argument(
+        "--database-url",
+        dest="restore_url",
+        metavar="URL",
+        default="",
+        help="PostgreSQL backups: the new, empty database to restore into",
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings | None) -> int:
+    if args.command == "backup" and settings is not None:
+        from heaper_trio.ops.backup import backup
+
+        backup(settings, args.dest, args.config or os.environ.get("HEAPER_CONFIG") or None)
+        return 0
+    from heaper_trio.ops.restore import restore
+
+    restore(args.src, args.restore_dir, args.restore_url)
+    return 0
