@@ -11,6 +11,19 @@
 # SERIAL in tests/conftest.py), which run after it, one at a time. HEAPER_LINT=0 skips the
 # static checks, HEAPER_LINT=1 runs them.
 #
+# A quick run (the README's second command) needs neither PostgreSQL nor Node:
+#
+#   HEAPER_LINT=0 HEAPER_TEST_REQUIRE_NODE=0 bash scripts/test.sh --engine sqlite
+#
+# `--engine sqlite` alone (no `--engine postgres`) installs and starts no PostgreSQL and does
+# not require it; HEAPER_TEST_REQUIRE_NODE=0 skips `npm ci` and lets the Node tests skip.
+# Without these the run is the full one, what CI does.
+#
+# The .venv: created with an editable install of `.[test]` when it has no heaper_trio (a fresh
+# clone, CI). A .venv that already holds an editable install is refreshed the same way. One
+# holding a regular install (the README's `pip install .`) keeps it: only the dependencies and
+# the test extras are installed, and the tests run the working tree (pytest starts from here).
+#
 # System packages: PostgreSQL (the second storage engine; a throwaway cluster is started
 # for the run and stopped after) and ffmpeg (video frames). Node packages for the interop
 # tests are installed with `npm ci` wherever a package-lock.json sits under tests/.
@@ -20,10 +33,23 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO="sudo"
 
+# The engines this run covers: `--engine sqlite` alone needs no PostgreSQL.
+engines=() prev=""
+for arg in "$@"; do
+    [[ $prev == --engine ]] && engines+=("$arg")
+    [[ $arg == --engine=* ]] && engines+=("${arg#--engine=}")
+    prev=$arg
+done
+need_pg=1
+if ((${#engines[@]})) && [[ " ${engines[*]} " != *" postgres "* ]]; then need_pg=0; fi
+HEAPER_TEST_REQUIRE_NODE=${HEAPER_TEST_REQUIRE_NODE:-1}
+
 need_apt=()
-command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
-    || need_apt+=(postgresql)
-command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+if ((need_pg)); then
+    command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+        || need_apt+=(postgresql)
+    command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+fi
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 if ((${#need_apt[@]})); then
     echo "== apt-get install ${need_apt[*]}"
@@ -35,7 +61,29 @@ fi
 echo "== python environment (.venv)"
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+# -I: the check must not see this checkout (or its .egg-info) through the current directory
+install=$(.venv/bin/python -I -c '
+import json
+from importlib import metadata
+try:
+    raw = metadata.distribution("heaper_trio").read_text("direct_url.json") or "{}"
+except metadata.PackageNotFoundError:
+    print("none")
+else:
+    print("editable" if json.loads(raw).get("dir_info", {}).get("editable") else "regular")
+')
+if [[ $install == regular ]]; then
+    echo "== .venv holds a regular (non-editable) heaper_trio install: kept as it is;" \
+        "installing its dependencies and the test extras only (the tests run the working tree)"
+    .venv/bin/python -m pip install -q -r <(.venv/bin/python -I -c '
+import tomllib
+with open("pyproject.toml", "rb") as f:
+    project = tomllib.load(f)["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["test"]))
+') 2>&1 | grep -v "^WARNING: Location" || true
+else
+    .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+fi
 .venv/bin/python -c "import heaper_trio, pytest_trio, hypothesis, xdist, pytest_cov" # fail here
 
 # Static checks first: they take seconds, the suite minutes.
@@ -44,20 +92,25 @@ if [[ $HEAPER_LINT == 1 ]]; then
     bash scripts/lint.sh
 fi
 
-while IFS= read -r lock; do
-    echo "== npm ci in $(dirname "$lock")"
-    (cd "$(dirname "$lock")" && npm ci --no-audit --no-fund --loglevel=error)
-done < <(find tests -name package-lock.json -not -path "*/node_modules/*")
+if [[ $HEAPER_TEST_REQUIRE_NODE == 1 ]]; then
+    while IFS= read -r lock; do
+        echo "== npm ci in $(dirname "$lock")"
+        (cd "$(dirname "$lock")" && npm ci --no-audit --no-fund --loglevel=error)
+    done < <(find tests -name package-lock.json -not -path "*/node_modules/*")
+else
+    echo "== HEAPER_TEST_REQUIRE_NODE=$HEAPER_TEST_REQUIRE_NODE: no npm ci, Node tests may skip"
+fi
 
-if [[ -z "${HEAPER_TEST_DATABASE_URL:-}" ]]; then
+if ((need_pg)) && [[ -z "${HEAPER_TEST_DATABASE_URL:-}" ]]; then
     PGDIR=$(mktemp -d /tmp/heaper-pg.XXXXXX)
     trap 'scripts/pg_cluster.sh stop "$PGDIR" >/dev/null 2>&1 || true; rm -rf "$PGDIR"' EXIT
     echo "== throwaway PostgreSQL in $PGDIR"
     HEAPER_TEST_DATABASE_URL=$(scripts/pg_cluster.sh start "$PGDIR")
     export HEAPER_TEST_DATABASE_URL
 fi
-export HEAPER_TEST_REQUIRE_POSTGRES=1
-export HEAPER_TEST_REQUIRE_NODE=1  # the Yjs interop tests must run, not skip
+# By default PostgreSQL and the Yjs interop tests must run, not skip
+if ((need_pg)); then export HEAPER_TEST_REQUIRE_POSTGRES=1; fi
+export HEAPER_TEST_REQUIRE_NODE
 
 # Two runs, one coverage report. First everything but the tests marked serial, on xdist
 # workers (more than 4 would mostly add PostgreSQL connections, ~10 per worker's servers, and
