@@ -8,9 +8,9 @@ so everything the connection started ends with it (stack-pitfalls 1.).
 Per document, the worker keeps the client's order: sync step 1 is answered from the shared
 room; updates waiting in its inbox are stored together in one commit and each is acknowledged
 with ``SyncStatus(true)`` only once durable (the contract's ack rule; Hocuspocus acks from
-memory), while the other subscribers get them at once (``LiveHub.relay``). The worker is
-the only writer of its document's replies, the hub the only writer of fan-out, and both go
-through the outbox.
+memory); the others get them after that commit, or before it with ``RELAY_BEFORE_COMMIT``
+(``LiveHub.relay``). The worker is the only writer of its document's replies, the hub the
+only writer of fan-out, and both go through the outbox.
 
 What a connection may use of the services is its :class:`LiveContext`. The timers (idle, auth,
 ping) are the session's, fed ``trio.current_time()``; token expiry is wall time, read through
@@ -53,9 +53,9 @@ INBOX_SIZE = 64
 MAX_BATCH = 256
 SPLIT_BYTES = 256 * 1024  # initial states larger than this go out in pieces
 SPLIT_IN_THREAD_BYTES = 1024 * 1024
-# Fan-out before the commit (hub.relay); False: after it, as every other change. Measured with
-# scripts/bench_ws.py, N=100 at 50 Hz: see the commit that chose it.
-RELAY_BEFORE_COMMIT = True
+# Fan-out before the commit (hub.relay) or after it. bench_ws.py, N=100 at 50 Hz, 9 pairs under
+# load: before/after p50 1.46x, p99 1.49x, CPU/delivery 0.82x (one quiet pair: 0.40x, 0.60x).
+RELAY_BEFORE_COMMIT = False
 
 
 class Transport(Protocol):
@@ -471,8 +471,8 @@ class BlockWorker(DocumentWorker):
         if real and self._stale(room):
             ok = False
         elif real:
-            # The other subscribers get the batch now; only the writer's SyncStatus waits
-            # for the commit (docs/protocol.md, "Fan-out before the commit").
+            # With RELAY_BEFORE_COMMIT the others get the batch now; only the writer's
+            # SyncStatus waits for the commit (docs/protocol.md).
             relayed = self.conn.live.hub.relay(self.sub, real) if RELAY_BEFORE_COMMIT else None
             item = await self.conn.live.push_live(
                 self.grant.user,
