@@ -123,9 +123,20 @@ async def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
             r = await trio.to_thread.run_sync(lambda a=args: run_into_closed_pipe(*a))
             # 141 = 128 + SIGPIPE, as cat or grep report it; and not a word on stderr
             assert (r.returncode, r.stderr) == (SIGPIPE_STATUS, ""), (args, r.stderr)
+        # and through a shell, as typed: `true` has gone before the JSON is written
+        command = f"{sys.executable} -m heaper_trio users list --json --data-dir '{data}' | true"
+        shell = await trio.to_thread.run_sync(
+            lambda: subprocess.run(
+                ["bash", "-o", "pipefail", "-c", command],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=_env(),
+            )
+        )
+        assert shell.returncode in (0, SIGPIPE_STATUS) and shell.stderr == "", shell
     finally:
-        server.stop(signal.SIGTERM)
-        server.kill()
+        server.kill()  # SQLite survives a kill (the lock test stops a server gracefully)
 
 
 def test_a_broken_pipe_elsewhere_is_still_a_traceback() -> None:
