@@ -77,7 +77,7 @@ def backup(settings: Settings, dest: str | Path, config_path: str | None = None)
         dest.parent.mkdir(parents=True, exist_ok=True)
         remove_leftovers(dest)
         stage = partial_name(dest)
-        stage.mkdir()
+        stage.mkdir(mode=0o700)  # it holds the server key
     except OSError as e:
         raise BackupError(f"backup: cannot write {dest}: {e.strerror or e}") from None
     try:

@@ -79,7 +79,7 @@ def restore(src: str | Path, data_dir: str | Path, database_url: str = "") -> di
         dest.parent.mkdir(parents=True, exist_ok=True)
         remove_leftovers(dest)
         stage = partial_name(dest)
-        stage.mkdir()
+        stage.mkdir(mode=0o700)  # it holds the server key
     except OSError as e:
         raise BackupError(f"restore: cannot write {dest}: {e.strerror or e}") from None
     try:
