@@ -5,6 +5,7 @@ line; a backup killed half way leaves nothing that looks complete."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -275,7 +276,8 @@ def test_progress_shows_on_a_terminal_only(tmp_path: Path) -> None:
 def test_pg_binaries_are_found_or_named(monkeypatch: pytest.MonkeyPatch) -> None:
     from heaper_trio.ops.common import BackupError, find_pg_binary
 
-    assert find_pg_binary("pg_dump").endswith("pg_dump")
+    if shutil.which("pg_dump") or glob.glob("/usr/lib/postgresql/*/bin/pg_dump"):
+        assert find_pg_binary("pg_dump").endswith("pg_dump")
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setattr("glob.glob", lambda pattern: [])
     with pytest.raises(BackupError, match="pg_nothing not found"):
