@@ -10,6 +10,7 @@ import gc
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pycrdt
 import pytest
@@ -159,3 +160,33 @@ async def test_a_commit_of_the_new_version_arriving_first_still_replaces(
         state = await expect_replacement(a, base + ":v1", 2)
         assert "New title" in title_of(state) and "Old title" not in title_of(state)
         assert not any(isinstance(x, m.SyncUpdate) for x in a.seen)
+
+
+@pytest.mark.engines("postgres")
+async def test_a_restore_in_one_process_replaces_the_room_of_another(start_server: Any) -> None:
+    """End to end over real sockets: POST /api/block_restore on server ``a``; the subscriber
+    of server ``b`` (another hub, reached by the PostgreSQL announcement) gets the restored
+    state and ``sync_version_mismatch``, and its old ``:v1`` is stale there from then on."""
+    a: RunningServer = await start_server()
+    b: RunningServer = await start_server()
+    async with HeaperClient(a.url) as client:
+        await client.login()
+        heap = await new_heap(client)
+        block = ClientBlock()
+        block.write("First title")
+        await push(client, block.push_item(heap["id"]))  # seq 1
+        block.synced = block.doc.get_state()
+        block.write("First title", "a body to lose")
+        await push(client, block.push_item(heap["id"]))  # seq 2
+        block.synced = block.doc.get_state()
+        address = f"{heap['id']}:{block.id}:v1"
+        async with live_client(b.url) as on_b:
+            assert b"a body to lose" in await on_b.sync(address, client.access_token)
+            r = await client.post(f"/api/block_restore/{block.id}", json={"seq": 1})
+            assert r.status_code == 200 and r.json()["sync_version"] == 2, r.text
+            state = await expect_replacement(on_b, address, 2)
+            assert "First title" in title_of(state) and b"a body to lose" not in state
+            assert b.services.hub.rooms[block.id].sync_version == 2
+            block.meta["color"] = "red"
+            await on_b.send(m.SyncUpdate(address, block.pending()))
+            assert not (await on_b.expect(m.SyncStatus)).applied
