@@ -319,3 +319,26 @@ async def test_a_file_deleted_during_the_backup_does_not_break_it(
     )
     assert code == 0 and len(lines) == 1 and stored.name in lines[0]
     assert (tmp_path / "r2" / DB_FILE).exists()
+
+
+@pytest.mark.engines("sqlite")
+async def test_a_full_disk_is_one_line_and_leaves_nothing(
+    small_backup: tuple[Path, RunningServer],
+    tmp_path: Path,
+    engine: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+
+    import heaper_trio.ops.backup as backup_module
+
+    def full(src: Path, dst: Path) -> tuple[str, int]:
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(backup_module, "copy_hashed", full)
+    data = small_backup[1].services.settings.data_path
+    dest = tmp_path / "nospace"
+    code, lines = await in_process(capsys, "backup", str(dest), "--data-dir", str(data))
+    assert code == 2 and len(lines) == 1 and lines[0].endswith("No space left on device")
+    assert not dest.exists() and not list(tmp_path.glob(".nospace.partial-*"))

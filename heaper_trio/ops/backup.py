@@ -84,6 +84,10 @@ def backup(settings: Settings, dest: str | Path, config_path: str | None = None)
         manifest = _backup_into(stage, settings, config_path)
         finish(stage, dest)
         return manifest
+    except OSError as e:  # disk full, permissions: one line, nothing left behind
+        shutil.rmtree(stage, ignore_errors=True)
+        where = f"{e.filename}: " if e.filename else ""
+        raise BackupError(f"backup: {where}{e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -87,6 +87,10 @@ def restore(src: str | Path, data_dir: str | Path, database_url: str = "") -> di
         if engine == "postgres":
             _pg_restore(pg_restore, src / PG_DUMP, database_url)
         finish(stage, dest)
+    except OSError as e:  # disk full, permissions: one line, nothing left behind
+        shutil.rmtree(stage, ignore_errors=True)
+        where = f"{e.filename}: " if e.filename else ""
+        raise BackupError(f"restore: {where}{e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
