@@ -25,11 +25,12 @@ from typing import IO, BinaryIO
 from heaper_trio.errors import BadRequest, RateLimited
 
 FRESH_EMPTY_S = 10.0  # an empty, unlocked temp file this young may be about to be locked
-# A request body is written in blocks of this size, one thread job each: a thread hop per
-# network read (~64 KiB) cost more than the write itself (GIL hand-offs).
-WRITE_BLOCK = 4 * 1024 * 1024
-# Chunks are read back to hash and assemble them into one reused buffer of this size: small
-# enough that the write finds in the CPU cache what the hash just read (4 MiB was slower).
+# A request body is gathered into one reused buffer of this size and written once it is full,
+# one thread job per block (a hop per ~64 KiB network read cost more than the write). 4 MiB
+# measured slower (interleaved runs of scripts/bench_files_uploads.py): the write no longer
+# finds the block in the CPU cache.
+WRITE_BLOCK = 1024 * 1024
+# Chunks are read back for the hash into one reused buffer of this size (4 MiB was slower).
 READ_BLOCK = 1024 * 1024
 NO_COPY_RANGE = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 
@@ -47,20 +48,16 @@ class CopyRange:
         return self.length
 
 
-# a list: the pieces of one block, in order
-Data = bytes | bytearray | memoryview | list[bytes] | CopyRange
+Data = bytes | bytearray | memoryview | CopyRange
 Write = Callable[[BinaryIO, Data], None]
 
 
 def _write(out: BinaryIO, data: Data) -> None:
     """Every upload byte that reaches the disk passes here: the one place a full disk shows
-    (and the one place tests make the disk full). A block of a request body is the list of
-    the pieces it came in, written one after the other in this thread: never joined."""
+    (and the one place tests make the disk full)."""
     if isinstance(data, CopyRange):
         out.flush()
         _copy_range(data, out)
-    elif isinstance(data, list):
-        out.writelines(data)
     else:
         out.write(data)
 
@@ -91,31 +88,38 @@ async def receive_body(
     body: AsyncIterable[bytes],
     expected: int,
     what: str,
-    write: Callable[[list[bytes]], Awaitable[None]],
+    write: Callable[[memoryview], Awaitable[None]],
 ) -> int:
-    """Exactly ``expected`` bytes of ``body`` handed to ``write`` in blocks of at least
-    ``WRITE_BLOCK`` (the last may be shorter); a body that is longer fails as soon as it is, a
-    shorter one at its end, both before the last block is written (400 chunk_size_mismatch).
-    A block is the list of the pieces the body came in: no byte is copied here (gathering
-    them into one buffer cost more CPU than anything else on this path)."""
-    written = 0
-    pending: list[bytes] = []
-    size = 0
+    """Exactly ``expected`` bytes of ``body`` handed to ``write`` in blocks of ``WRITE_BLOCK``
+    (the last may be shorter); a body that is longer fails as soon as it is, a shorter one at
+    its end, both before the last block is written (400 chunk_size_mismatch).
+
+    The blocks are gathered in one buffer, reused once ``write`` has returned: one copy of
+    each byte, no allocation per piece or block, and one ``write`` syscall per block (handing
+    the thread the pieces instead, a ``writelines`` of ~64 KiB pieces, made it take the GIL
+    back once per piece and cost more than the copy)."""
+    block = int(WRITE_BLOCK)
+    buffer = memoryview(bytearray(min(block, expected) or 1))
+    written = filled = 0
     async for data in body:
         written += len(data)
         if written > expected:
             raise BadRequest(f"{what} must be {expected} bytes", code="chunk_size_mismatch")
-        pending.append(data)
-        size += len(data)
-        if size >= WRITE_BLOCK:
-            block, pending, size = pending, [], 0
-            await write(block)
+        piece, taken = memoryview(data), 0
+        while taken < len(piece):
+            n = min(len(piece) - taken, len(buffer) - filled)
+            buffer[filled : filled + n] = piece[taken : taken + n]
+            filled += n
+            taken += n
+            if filled == len(buffer):
+                await write(buffer)
+                filled = 0
     if written != expected:
         raise BadRequest(
             f"{what} must be {expected} bytes, got {written}", code="chunk_size_mismatch"
         )
-    if pending:
-        await write(pending)
+    if filled:
+        await write(buffer[:filled])
     return written
 
 
