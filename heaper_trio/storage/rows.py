@@ -134,26 +134,12 @@ def record_row(row: Row) -> BlockRecord:
     )
 
 
-def delta_row(row: Row) -> BlockRecord:
-    """``DELTA_COLUMNS`` as a record of the change feed: the columns delta does not answer are
-    not read, and hold neutral values (empty text and JSON, sizes and sequence 0)."""
+def delta_row(row: Row | tuple[Any, ...]) -> BlockRecord:
+    """``DELTA_COLUMNS`` (by position: a page maps a thousand rows) as a record of the change
+    feed: the columns delta does not answer are not read, and hold neutral values (empty text
+    and JSON, sizes and sequence 0)."""
     return BlockRecord(
-        id=row["id"],
-        heap_id=row["heap_id"],
-        sync_version=row["sync_version"],
-        type=row["type"],
-        title=row["title"],
-        text="",
-        relations={},
-        files={},
-        apps={},
-        created_at=0,
-        created_by=None,
-        updated_at=row["updated_at"],
-        deleted_at=row["deleted_at"],
-        permanently_deleted_at=None,
-        size=0,
-        last_seq=0,
+        row[0], row[1], row[2], row[3], row[4], "", {}, {}, {}, 0, None, row[5], row[6], None, 0, 0
     )
 
 
@@ -212,7 +198,7 @@ def page(
     )
 
 
-def tie_at(rows: Sequence[Row], limit: int, time_key: str | int) -> int | None:
+def tie_at(rows: Sequence[Row | tuple[Any, ...]], limit: int, time_key: int) -> int | None:
     """The change time a page of ``limit`` would end in, when the extra row fetched after
     them (``LIMIT limit + 1``, in (time, id) order) shares it: that tie may run on past
     what was fetched, and the engine fetches the rest of it (time = tie, id > the last one)."""

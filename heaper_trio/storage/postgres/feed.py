@@ -24,14 +24,14 @@ async def changes_since(
         since,
         limit + 1,
     )
-    tie = tie_at(rows, limit, "updated_at")
+    tie = tie_at(rows, limit, 5)  # updated_at
     if tie is not None:
         rows += await c.fetch(
             f"SELECT {DELTA_COLUMNS} FROM blocks WHERE heap_id=$1 AND updated_at=$2 "
             'AND id COLLATE "C" > $3 ORDER BY id COLLATE "C"',
             heap_id,
             tie,
-            rows[-1]["id"],
+            rows[-1][0],
         )
     deleted = await c.fetch(
         "SELECT block_id, deleted_at FROM block_tombstones WHERE heap_id=$1 AND deleted_at > $2 "

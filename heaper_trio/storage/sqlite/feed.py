@@ -17,17 +17,19 @@ def changes_since(
     are counted on a walk's first page and carried to the next ones by ``memo``."""
     clock_row = c.execute("SELECT clock FROM heaps WHERE id=?", (heap_id,)).fetchone()
     clock = int(clock_row[0]) if clock_row else since
-    rows = c.execute(
+    plain = c.cursor()  # tuples, not sqlite3.Row: a page maps a thousand rows by position
+    plain.row_factory = None
+    rows = plain.execute(
         f"SELECT {DELTA_COLUMNS} FROM blocks WHERE heap_id=? AND updated_at > ? "
         "ORDER BY updated_at, id LIMIT ?",
         (heap_id, since, limit + 1),
     ).fetchall()
-    tie = tie_at(rows, limit, "updated_at")
+    tie = tie_at(rows, limit, 5)  # updated_at
     if tie is not None:
-        rows += c.execute(
+        rows += plain.execute(
             f"SELECT {DELTA_COLUMNS} FROM blocks WHERE heap_id=? AND updated_at=? AND id > ? "
             "ORDER BY id",
-            (heap_id, tie, rows[-1]["id"]),
+            (heap_id, tie, rows[-1][0]),
         ).fetchall()
     deleted = c.execute(
         "SELECT block_id, deleted_at FROM block_tombstones WHERE heap_id=? AND deleted_at > ? "
