@@ -117,7 +117,7 @@ async def block_updates(user: User, body: dict[str, Any], blockKey: str) -> dict
     "POST",
     "/api/block_version/{blockKey}",
     tag="blocks",
-    errors=(400, 404, 410),
+    errors=(400, 404, 410, 422),
     params={"blockKey": ID},
     summary="The block's document as of a point in its history: Yjs state, title and text.",
     description="Versions exist at the entries history keeps; the answer's `seq` is the kept "
@@ -153,7 +153,7 @@ async def block_version(user: User, body: dict[str, Any], blockKey: str) -> dict
     "POST",
     "/api/block_restore/{blockKey}",
     tag="blocks",
-    errors=(400, 404, 409, 410),
+    errors=(400, 404, 409, 410, 422),
     params={"blockKey": ID},
     summary="Replace the block's document with its version as of `seq`; sync_version + 1.",
     description="Not a CRDT continuation: clients on the old sync_version get the full state "
