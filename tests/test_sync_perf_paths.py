@@ -237,6 +237,31 @@ def test_incremental_projection_equals_the_whole(data: st.DataObject) -> None:
         assert block.project() == whole
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_incremental_projection_equals_the_whole_out_of_order(data: st.DataObject) -> None:
+    """Updates arriving before their predecessors are parked; yrs integrates them once the gap
+    is filled without telling the observers, so the projection must not trust its cache then."""
+    author = Doc()
+    author.get("content_v0", type=XmlFragment).children.append(
+        XmlElement("paragraph", contents=[XmlText("start")])
+    )
+    base = author.get_update()
+    updates = []
+    for _ in range(data.draw(st.integers(2, 8))):
+        state = author.get_state()
+        with author.transaction():
+            for _ in range(data.draw(st.integers(1, 3))):
+                _edit(data.draw, author)
+        updates.append(author.get_update(state))
+    block = crdt.BlockDocument.load(base)
+    block.project()
+    for i in data.draw(st.permutations(range(len(updates)))):
+        block.apply(updates[i])
+        assert block.project() == crdt.BlockDocument.load(block.full_state()).project()
+    assert block.project() == crdt.BlockDocument.load(author.get_update()).project()
+
+
 # -- group commit --------------------------------------------------------------------------------
 
 

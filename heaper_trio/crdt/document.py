@@ -110,6 +110,8 @@ class BlockDocument:
             raise InvalidUpdate(f"update does not apply as Yjs v1: {exc}") from exc
         if parked := (update not in self._suspects and not self._integrated(update)):
             self._suspects.append(update)
+        if (suspects or parked) and self._live is not None:
+            self._live.forget()  # pending structs move without events (crdt/incremental.py)
         if parked or self._changes != changes:
             self._remember(update)  # after parking: a new base keeps what is parked
         return parked or self._changes != changes

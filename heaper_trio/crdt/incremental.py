@@ -166,3 +166,10 @@ class LiveProjection:
 
     def xml_root(self, name: str) -> _XmlScan:
         return self.xml[name].read(self.doc, name)
+
+    def forget(self) -> None:
+        """Read every root whole next time. yrs integrates parked (pending) structs without
+        telling the observers when their gap is filled, so what it did then is unknown."""
+        self.maps.clear()
+        for root in self.xml.values():
+            root.parts, root.scanned = None, None
