@@ -152,7 +152,7 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, Storage):
         self._announced: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self.delta_totals = DeltaTotals()  # the change feed's totals, carried page to page
         self._group: GroupCommit | None = None  # concurrent commit_changes, one transaction
-        self._users = UserRowCache(dsn)
+        self._users = UserRowCache(dsn)  # user rows, dropped on NOTIFY (issue 12, item 3)
 
     async def open(self) -> None:
         # Remember the loop: calls may come from trio tasks that do not see the contextvar of
