@@ -11,15 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from heaper_trio import crdt
-from heaper_trio.errors import NotFound
 from heaper_trio.records import BlockRecord, ChangePage, User
 from heaper_trio.records.changes import ChangeKind
 from heaper_trio.services.commits import Committed
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.files import FileService
 from heaper_trio.services.media.client_thumbnails import ClientThumbnails
-from heaper_trio.services.sync_types import BlockHistory, EditStatus
+from heaper_trio.services.sync_types import EditStatus
 
 
 @dataclass(frozen=True)
@@ -67,17 +65,6 @@ class HeapService:
     async def changed_blocks(self, user: User, heap_id: str, marker: int, limit: int) -> ChangePage:
         """The delta feed under its other name: ``marker`` in, ``server_time`` is the next."""
         return await self.documents.delta(user, heap_id, marker, limit)
-
-    async def history(self, user: User, block_id: str) -> BlockHistory:
-        stored = await self.storage.load_block(block_id)
-        heap = await self.storage.get_heap(stored.heap_id) if stored else None
-        if stored is None or heap is None or heap.owner_id != user.id:
-            raise NotFound("no such block in your heaps", code="block_not_found")
-        snapshot_seq, rows = await self.storage.block_history(block_id)
-        doc = crdt.BlockDocument.load(stored.snapshot, stored.updates)
-        return BlockHistory(
-            block_id, stored.sync_version, snapshot_seq, rows, doc.full_state(), doc.state_vector()
-        )
 
     # -- trash ------------------------------------------------------------------------------
     async def trash(self, user: User, heap_id: str) -> list[BlockRecord]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from heaper_trio.records import BlockRecord, UpdateInfo
+from heaper_trio.records import BlockRecord
 
 
 class PushStatus(StrEnum):
@@ -113,16 +113,4 @@ class BlockView:
     is_root: bool
     related: dict[str, list[str]]  # tags, mentions, links, children, ... both ways
     state: bytes  # the document's full state
-    state_vector: bytes
-
-
-@dataclass(frozen=True)
-class BlockHistory:
-    """A block's update log since its last compaction, and its merged state."""
-
-    block_id: str
-    sync_version: int
-    compacted_through: int
-    updates: list[UpdateInfo]
-    state: bytes
     state_vector: bytes

@@ -12,7 +12,6 @@ from typing import Any
 from heaper_trio import crdt
 from heaper_trio.records import ChangePage
 from heaper_trio.services.sync_types import (
-    BlockHistory,
     BlockView,
     PullItemRequest,
     PullOutcome,
@@ -136,19 +135,4 @@ def block_view_json(view: BlockView) -> dict[str, Any]:
         "text": record.text,
         "state": crdt.encode_b64(view.state),
         "state_vector": crdt.encode_b64(view.state_vector),
-    }
-
-
-def history_json(history: BlockHistory) -> dict[str, Any]:
-    return {
-        "success": True,
-        "block_id": history.block_id,
-        "sync_version": history.sync_version,
-        "compacted_through": history.compacted_through,
-        "updates": [
-            {"seq": r.seq, "created_at": r.created_at, "author_id": r.author_id, "size": r.size}
-            for r in history.updates
-        ],
-        "state": crdt.encode_b64(history.state),
-        "state_vector": crdt.encode_b64(history.state_vector),
     }
