@@ -4,33 +4,23 @@ of ``/api/heap`` and ``/api/heap/changed_blocks``."""
 
 from __future__ import annotations
 
-import gc
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pycrdt
-import pytest
 
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.protocol import messages as m
 
 from .conftest import assert_error
-from .live_client import live_client
+from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets, live_client  # noqa: F401 (autouse)
 from .test_sync import ClientBlock, new_heap, push
 from .test_uploads import files_v0, resumable, sha
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:unclosed <socket:ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    *UNCLOSED_SOCKETS,
 ]
-
-
-@pytest.fixture(autouse=True)
-def _collect_closed_sockets() -> Iterator[None]:
-    yield
-    gc.collect()
 
 
 async def new_block(client: HeaperClient, heap_id: str, title: str, kind: str = "document") -> str:

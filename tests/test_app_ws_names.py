@@ -5,12 +5,10 @@ names (one room, edits both ways, stored like any update), the same per-document
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pycrdt
@@ -22,21 +20,14 @@ from heaper_trio.client import HeaperClient
 from heaper_trio.protocol import messages as m
 from heaper_trio.protocol.names import app_document_name
 
-from .live_client import live_client
+from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets, live_client  # noqa: F401 (autouse)
 from .test_live_ws import pull_update, title_of
 from .test_sync import ClientBlock, new_heap, push
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:unclosed <socket:ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    *UNCLOSED_SOCKETS,
 ]
-
-
-@pytest.fixture(autouse=True)
-def _collect_closed_sockets() -> Iterator[None]:
-    yield
-    gc.collect()
 
 
 async def test_app_name_is_the_same_document_as_the_contract_name(

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import pycrdt
-
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 
 from .conftest import assert_error
+from .test_live_ws import title_of
 from .test_sync import ClientBlock, b64, new_heap, push, unb64
 
 
@@ -43,12 +42,6 @@ async def pull_one(client: HeaperClient, **item: Any) -> dict[str, Any]:
     assert r.status_code == 200, r.text
     [answer] = r.json()["blocks"]
     return dict(answer)
-
-
-def title_of(update: bytes) -> str:
-    doc = pycrdt.Doc()
-    doc.apply_update(update)
-    return str(doc.get("title_v0", type=pycrdt.XmlFragment))
 
 
 async def stored_block(admin: HeaperClient, title: str) -> tuple[str, ClientBlock]:

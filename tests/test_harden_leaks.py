@@ -4,9 +4,6 @@ or data). Over real servers and sockets, on both engines."""
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator
-
 import pytest
 import trio
 
@@ -14,19 +11,12 @@ from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.protocol import messages as m
 
-from .live_client import live_client
+from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets, live_client  # noqa: F401 (autouse)
 from .test_sync import ClientBlock, new_heap, push
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:unclosed <socket:ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    *UNCLOSED_SOCKETS,
 ]
-
-
-@pytest.fixture(autouse=True)
-def _collect_closed_sockets() -> Iterator[None]:
-    yield
-    gc.collect()
 
 
 async def _a_block_of(client: HeaperClient, edits: int = 3) -> tuple[str, ClientBlock]:

@@ -15,9 +15,7 @@ Real servers over real sockets (trio-websocket), SQLite: the count is per proces
 
 from __future__ import annotations
 
-import gc
 import json
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -31,22 +29,15 @@ from heaper_trio.client import HeaperClient
 from heaper_trio.protocol import messages as m
 from heaper_trio.protocol.close_codes import CLOSE_TOO_MANY_CONNECTIONS
 
-from .live_client import LiveClient, live_client
+from .live_client import UNCLOSED_SOCKETS, LiveClient, collect_closed_sockets, live_client  # noqa: F401 (autouse)
 from .test_sync import ClientBlock, new_heap
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.engines("sqlite"),
-    pytest.mark.filterwarnings("ignore:unclosed <socket:ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    *UNCLOSED_SOCKETS,
 ]
 CAP = 3
-
-
-@pytest.fixture(autouse=True)
-def _collect_closed_sockets() -> Iterator[None]:
-    yield
-    gc.collect()
 
 
 @pytest.fixture

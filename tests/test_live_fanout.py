@@ -5,8 +5,6 @@ it (off by default: measured slower); a refused batch is never relayed."""
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator
 from typing import Any
 
 import pycrdt
@@ -21,26 +19,14 @@ from heaper_trio.protocol.names import parse_document_name
 from heaper_trio.services.live import connection as live_connection
 from heaper_trio.services.live.hub import Subscription
 
-from .live_client import live_client
+from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets, live_client  # noqa: F401 (autouse)
+from .test_live_ws import title_of
 from .test_sync import ClientBlock, new_heap, push
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:unclosed <socket:ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    *UNCLOSED_SOCKETS,
 ]
-
-
-@pytest.fixture(autouse=True)
-def _collect_closed_sockets() -> Iterator[None]:
-    yield
-    gc.collect()
-
-
-def title_of(update: bytes) -> str:
-    doc = pycrdt.Doc()
-    doc.apply_update(update)
-    return str(doc.get("title_v0", type=pycrdt.XmlFragment))
 
 
 class RecordingSink:

@@ -6,13 +6,10 @@ an address naming the old version is stale."""
 
 from __future__ import annotations
 
-import gc
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pycrdt
 import pytest
 
 from heaper_trio import crdt
@@ -23,27 +20,15 @@ from heaper_trio.records import BlockChange
 from heaper_trio.services.commits import Committed
 from heaper_trio.services.push import projected
 
-from .live_client import LiveClient, live_client
+from .live_client import UNCLOSED_SOCKETS, LiveClient, collect_closed_sockets, live_client  # noqa: F401 (autouse)
 from .test_edge_versions import raise_version
+from .test_live_ws import title_of
 from .test_sync import ClientBlock, new_heap, push
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:unclosed <socket:ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    *UNCLOSED_SOCKETS,
 ]
-
-
-@pytest.fixture(autouse=True)
-def _collect_closed_sockets() -> Iterator[None]:
-    yield
-    gc.collect()
-
-
-def title_of(update: bytes) -> str:
-    doc = pycrdt.Doc()
-    doc.apply_update(update)
-    return str(doc.get("title_v0", type=pycrdt.XmlFragment))
 
 
 async def replace_document(

@@ -4,10 +4,8 @@ presence, per-document auth, limits, events, shutdown."""
 from __future__ import annotations
 
 import base64
-import gc
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pycrdt
@@ -21,24 +19,15 @@ from heaper_trio.client import HeaperClient
 from heaper_trio.protocol import messages as m
 from heaper_trio.services.live import connection as live_connection
 
-from .live_client import live_client
+from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets, live_client  # noqa: F401 (autouse)
 from .test_sync import ClientBlock, new_heap, push
 
 # Sockets closed abruptly on purpose (protocol errors, floods, slow consumers) leave
 # trio-websocket's client socket to the garbage collector, which warns; not a server leak.
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:unclosed <socket:ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    *UNCLOSED_SOCKETS,
 ]
-
-
-@pytest.fixture(autouse=True)
-def _collect_closed_sockets() -> Iterator[None]:
-    """Collect the abruptly closed client sockets at teardown, under this module's filters
-    (a test's exception info keeps them alive until the test function has returned)."""
-    yield
-    gc.collect()
 
 
 def state_of(doc: pycrdt.Doc) -> dict[int, int]:

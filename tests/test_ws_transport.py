@@ -8,9 +8,8 @@ same frame object out and a connection that fails closes with 1011.
 
 from __future__ import annotations
 
-import gc
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,22 +26,14 @@ from heaper_trio.services.live.outbox import Outbox
 from heaper_trio.web import quart_compat, ws_asgi, ws_frames, ws_transport
 from heaper_trio.web.ws_transport import AsgiTransport, RawTransport
 
-from .live_client import live_client
+from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets, live_client  # noqa: F401 (autouse)
 from .test_sync import ClientBlock, new_heap
 
 pytestmark = [
     pytest.mark.engines("sqlite"),  # transport only: the engine plays no part
     # the client socket of the connection closed with 1011 is left to the garbage collector
-    pytest.mark.filterwarnings("ignore:unclosed <socket:ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    *UNCLOSED_SOCKETS,
 ]
-
-
-@pytest.fixture(autouse=True)
-def _collect_closed_sockets() -> Iterator[None]:
-    """Collect the abruptly closed client sockets at teardown, under this module's filters."""
-    yield
-    gc.collect()
 
 
 def decode_all(data: bytes) -> list[bytes | str]:
