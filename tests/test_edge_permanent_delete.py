@@ -192,3 +192,48 @@ async def test_a_failed_purge_leaves_the_edit_stored_and_the_block_in_the_trash(
     emptied = (await admin.delete(f"/api/trash/{heap['id']}")).json()
     assert emptied["deleted"] == [block.id]
     assert (await pulled(admin, block.id))["status"] == "deleted"
+
+
+async def test_a_purge_cut_short_is_finished_at_the_next_start(
+    admin: HeaperClient, server: RunningServer
+) -> None:
+    """The edit is stored, then the process dies (here: the purge fails) before the purge:
+    what a start runs (``HeapService.finish_purges``, from ``open_services``) removes the block
+    and frees its file as emptying the trash would, and leaves other trashed blocks alone."""
+    heap = await new_heap(admin)
+    block, kept = ClientBlock(), ClientBlock()
+    block.write("Cut short")
+    kept.write("Only trashed")
+    await push(admin, block.push_item(heap["id"]))
+    await push(admin, kept.push_item(heap["id"]))
+    data = b"bytes only this block holds"
+    await upload(admin, heap["id"], block.id, data)
+    block = await as_client(admin, block.id)
+    kept.synced = kept.doc.get_state()
+    kept.meta["deleted_at"] = now_ms()
+    await push(admin, kept.push_item(heap["id"]))
+    documents = server.services.documents
+    purger = documents.purger
+
+    async def died(heap_id: str, block_ids: list[str]) -> list[str]:
+        raise OSError("killed between the commit and the purge")
+
+    documents.purger = died
+    try:
+        block.meta["deleted_at"] = block.meta["permanently_deleted_at"] = now_ms()
+        [answer] = (await push(admin, block.push_item(heap["id"]))).json()["blocks"]
+    finally:
+        documents.purger = purger
+    assert answer["status"] == "ok"
+    storage = server.services.storage
+    assert await storage.marked_gone() == {heap["id"]: [block.id]}
+    file_hash = hashlib.sha256(data).hexdigest()
+    assert await storage.get_file(file_hash) is not None
+
+    assert await server.services.heaps.finish_purges() == 1
+    assert await storage.marked_gone() == {}
+    assert (await pulled(admin, block.id))["status"] == "deleted"
+    listed = (await admin.get(f"/api/trash/{heap['id']}")).json()["blocks"]
+    assert [b["block_id"] for b in listed] == [kept.id]
+    assert await storage.get_file(file_hash) is None
+    assert await server.services.heaps.finish_purges() == 0

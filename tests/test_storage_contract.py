@@ -49,12 +49,13 @@ def change(
     mentions: tuple[str, ...] = (),
     links: tuple[str, ...] = (),
     deleted_at: int | None = None,
+    gone_at: int | None = None,  # permanently_deleted_at
     hashes: tuple[str, ...] = (),
     compacted: tuple[bytes, int] | None = None,
 ) -> BlockChange:
     files = {f"{h}:1": {"file_size": 10} for h in hashes}
     projection = BlockProjection(
-        type, title, text, {}, files, {}, deleted_at, None, tags, mentions, links, hashes
+        type, title, text, {}, files, {}, deleted_at, gone_at, tags, mentions, links, hashes
     )
     return BlockChange(
         block_id,
@@ -264,6 +265,16 @@ async def test_trash_purge_and_delete(make_settings: Callable[..., Settings]) ->
             "file_bytes": 0,
             "last_change": None,
         }
+        # A permanent delete whose purge never ran: trashed and marked, in its heap's list.
+        assert await storage.marked_gone() == {}
+        await storage.commit_changes(
+            [
+                change("gone", "h2", deleted_at=NOW, gone_at=NOW),
+                change("marked", "h2", gone_at=NOW),  # not in the trash: not purgeable
+            ],
+            NOW,
+        )
+        assert await storage.marked_gone() == {"h2": ["gone"]}
 
 
 def file_record(hash: str, file_id: str, source: str | None = None) -> FileRecord:

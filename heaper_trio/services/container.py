@@ -150,6 +150,7 @@ async def open_services(
             await supervisor.start(services.hub.run)
             supervisor.start_soon(services.files.expire_forever)
             supervisor.start_soon(documents.history.maintain_forever)
+            supervisor.start_soon(_finish_purges, services.heaps)
             await supervisor.start(services.scans.run)
             if bridge is not None:
                 await supervisor.start(bridge.run)
@@ -201,6 +202,14 @@ async def bind_server_key(storage: Storage, data_dir: Path) -> KeyPair:
             "database_url at a matching pair; processes sharing a database must share data_dir."
         )
     return server_key
+
+
+async def _finish_purges(heaps: HeapService) -> None:
+    try:
+        if purged := await heaps.finish_purges():
+            log.info("purged %d blocks marked permanently deleted before the last stop", purged)
+    except Exception:  # the blocks stay in the trash; the next start tries again
+        log.exception("finishing interrupted purges failed")
 
 
 async def _purge_expired_forever(storage: Storage) -> None:

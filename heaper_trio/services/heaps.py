@@ -92,6 +92,14 @@ class HeapService:
         )
         return purged
 
+    async def finish_purges(self) -> int:
+        """Purge the blocks an edit marked ``permanently_deleted_at`` whose purge did not run
+        (the process died between the commit and the purge, or the purge failed); at start."""
+        purged = 0
+        for heap_id, block_ids in (await self.storage.marked_gone()).items():
+            purged += len(await self.purge(heap_id, block_ids))
+        return purged
+
     async def restore(self, user: User, heap_id: str, block_ids: list[str]) -> list[Restored]:
         """Each id once, in the order first given."""
         await self.documents.owned_heap(user, heap_id)

@@ -62,7 +62,8 @@ def projected(doc: crdt.BlockDocument) -> BlockProjection:
     """The columns a commit stores. A document with ``permanently_deleted_at`` and no
     ``deleted_at`` is stored as trashed too: storage purges only trashed blocks, and should
     the purge after the commit not happen (a crash in between), the block waits hidden in
-    the trash until it is emptied, rather than showing up again."""
+    the trash, rather than showing up again, until the next start purges it
+    (``HeapService.finish_purges``) or the trash is emptied."""
     p = projection_of(doc)
     if p.permanently_deleted_at is not None and p.deleted_at is None:
         return replace(p, deleted_at=p.permanently_deleted_at)

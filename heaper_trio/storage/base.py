@@ -224,6 +224,11 @@ class Storage(abc.ABC):
         """Blocks of the heap whose document says they are in the trash."""
 
     @abc.abstractmethod
+    async def marked_gone(self) -> dict[str, list[str]]:
+        """heap_id -> trashed blocks whose document sets ``permanently_deleted_at``: purges a
+        crash or a failure interrupted after the edit was stored."""
+
+    @abc.abstractmethod
     async def purge_blocks(self, heap_id: str, block_ids: list[str], now: int) -> list[str]:
         """Remove blocks for good: document, log, relations; leave a tombstone at the heap's
         next change time. Only blocks of ``heap_id`` that are in the trash are removed."""

@@ -8,6 +8,7 @@ filter on relation targets existed only on the PostgreSQL side), one copy cannot
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -352,3 +353,11 @@ def usage(sessions: int, heaps: int, blocks: int, document_bytes: int) -> dict[s
         "blocks": int(blocks),
         "document_bytes": int(document_bytes),
     }
+
+
+def by_heap(rows: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """(heap_id, block_id) rows, grouped by heap in their order."""
+    out: dict[str, list[str]] = {}
+    for heap_id, block_id in rows:
+        out.setdefault(heap_id, []).append(block_id)
+    return out

@@ -365,6 +365,14 @@ async def block_history(c: Conn, block_id: str) -> tuple[int, list[UpdateInfo]]:
     ]
 
 
+async def marked_gone(c: Conn) -> dict[str, list[str]]:
+    rows = await c.fetch(
+        "SELECT heap_id, id FROM blocks WHERE permanently_deleted_at IS NOT NULL "
+        'AND deleted_at IS NOT NULL ORDER BY heap_id, id COLLATE "C"'
+    )
+    return rules.by_heap([(r[0], r[1]) for r in rows])
+
+
 async def trashed(c: Conn, heap_id: str) -> list[BlockRecord]:
     rows = await c.fetch(
         f"SELECT {RECORD_COLUMNS} FROM blocks WHERE heap_id=$1 AND deleted_at IS NOT NULL "

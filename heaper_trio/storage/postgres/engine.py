@@ -366,6 +366,9 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, Storage):
     async def block_history(self, block_id: str) -> tuple[int, list[UpdateInfo]]:
         return await self._run(docs.snapshot, docs.block_history, block_id)
 
+    async def marked_gone(self) -> dict[str, list[str]]:
+        return await self._run(read, docs.marked_gone)
+
     async def trashed(self, heap_id: str) -> list[BlockRecord]:
         return await self._run(read, docs.trashed, heap_id)
 

@@ -207,6 +207,14 @@ def block_history(c: sqlite3.Connection, block_id: str) -> tuple[int, list[Updat
     return int(row[0]), [UpdateInfo(r[0], r[1], r[2], r[3]) for r in rows]
 
 
+def marked_gone(c: sqlite3.Connection) -> dict[str, list[str]]:
+    rows = c.execute(
+        "SELECT heap_id, id FROM blocks WHERE permanently_deleted_at IS NOT NULL "
+        "AND deleted_at IS NOT NULL ORDER BY heap_id, id"
+    ).fetchall()
+    return rules.by_heap(rows)
+
+
 def trashed(c: sqlite3.Connection, heap_id: str) -> list[BlockRecord]:
     rows = c.execute(
         f"SELECT {RECORD_COLUMNS} FROM blocks WHERE heap_id=? AND deleted_at IS NOT NULL "

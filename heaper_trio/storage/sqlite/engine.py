@@ -259,6 +259,9 @@ class SqliteStorage(SqliteFiles, SqliteScans, SqliteHistory, Storage):
     async def block_history(self, block_id: str) -> tuple[int, list[UpdateInfo]]:
         return await self.rt.read(docs.block_history, block_id)
 
+    async def marked_gone(self) -> dict[str, list[str]]:
+        return await self.rt.read(docs.marked_gone)
+
     async def trashed(self, heap_id: str) -> list[BlockRecord]:
         return await self.rt.read(docs.trashed, heap_id)
 
