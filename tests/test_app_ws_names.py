@@ -89,32 +89,6 @@ async def test_app_name_with_a_session_and_a_current_version(
     assert doc.get("meta_v0", type=pycrdt.Map)["x"] == 1
 
 
-async def test_stale_sync_version_in_an_app_name_gets_the_full_state_and_no_writes(
-    admin: HeaperClient, server: RunningServer
-) -> None:
-    heap = await new_heap(admin)
-    block = ClientBlock()
-    block.write("Versioned")
-    await push(admin, block.push_item(heap["id"]))
-    address = f"block/{block.id}?workspaceId={heap['id']}&syncVersion=7"
-    async with live_client(server.url) as a:
-        full = await a.sync(address, admin.access_token)
-        assert "Versioned" in title_of(full)
-        note = await a.expect(m.Stateless)
-        assert note.address == address
-        assert json.loads(note.payload) == {
-            "type": "sync_version_mismatch",
-            "block_id": block.id,
-            "sync_version": 1,
-        }
-        block.meta["x"] = 1
-        await a.send(m.SyncUpdate(address, block.pending()))
-        assert not (await a.expect(m.SyncStatus)).applied
-    doc = pycrdt.Doc()
-    doc.apply_update(await pull_update(admin, block.id))
-    assert "x" not in doc.get("meta_v0", type=pycrdt.Map)
-
-
 async def test_app_names_are_authorized_like_contract_names(
     admin: HeaperClient, eve: HeaperClient, server: RunningServer
 ) -> None:

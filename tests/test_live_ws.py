@@ -232,18 +232,24 @@ async def test_malformed_frames_and_floods_close_the_socket(
         assert isinstance(await a.receive(), m.Pong)
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["{heap}:{block}:v7", "block/{block}?workspaceId={heap}&syncVersion=7"],
+    ids=["contract-name", "app-name"],
+)
 async def test_stale_sync_version_gets_the_full_state_and_no_writes(
-    admin: HeaperClient, server: RunningServer
+    admin: HeaperClient, server: RunningServer, name: str
 ) -> None:
     heap = await new_heap(admin)
     block = ClientBlock()
     block.write("Versioned")
     await push(admin, block.push_item(heap["id"]))
-    address = f"{heap['id']}:{block.id}:v7"
+    address = name.format(heap=heap["id"], block=block.id)
     async with live_client(server.url) as a:
         full = await a.sync(address, admin.access_token)
         assert "Versioned" in title_of(full)
         note = await a.expect(m.Stateless)
+        assert note.address == address
         assert json.loads(note.payload) == {
             "type": "sync_version_mismatch",
             "block_id": block.id,
