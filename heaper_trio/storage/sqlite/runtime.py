@@ -130,6 +130,26 @@ def _reader_main(conn: sqlite3.Connection, jobs: queue.SimpleQueue[Any]) -> None
         conn.close()
 
 
+def _reply_slot() -> tuple[Callable[[outcome.Outcome], None], trio.Event, list[outcome.Outcome]]:
+    """How a database thread hands a job's outcome back to the waiting trio task: call
+    ``reply`` (from any thread), then ``done`` is set and ``box`` holds the outcome."""
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    box: list[outcome.Outcome] = []
+
+    def reply(result: outcome.Outcome) -> None:
+        def deliver() -> None:
+            box.append(result)
+            done.set()
+
+        try:
+            token.run_sync_soon(deliver)
+        except trio.RunFinishedError:
+            pass
+
+    return reply, done, box
+
+
 class SqliteRuntime:
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = path
@@ -184,20 +204,7 @@ class SqliteRuntime:
         """Run ``fn(conn, *args)`` in the writer's next transaction; return once committed."""
         if self._thread is None:
             raise RuntimeError("storage is closed")
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        box: list[outcome.Outcome] = []
-
-        def reply(result: outcome.Outcome) -> None:
-            def deliver() -> None:
-                box.append(result)
-                done.set()
-
-            try:
-                token.run_sync_soon(deliver)
-            except trio.RunFinishedError:
-                pass
-
+        reply, done, box = _reply_slot()
         self._jobs.put((fn, args, reply))
         # Once queued the job will run; waiting for it cannot be abandoned, or a caller could
         # be told "cancelled" about a write that then commits.
@@ -214,20 +221,7 @@ class SqliteRuntime:
         """
         if not self._reader_threads:
             raise RuntimeError("storage is closed")
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        box: list[outcome.Outcome] = []
-
-        def reply(result: outcome.Outcome) -> None:
-            def deliver() -> None:
-                box.append(result)
-                done.set()
-
-            try:
-                token.run_sync_soon(deliver)
-            except trio.RunFinishedError:
-                pass
-
+        reply, done, box = _reply_slot()
         job = _Read(fn, args, reply)
         self._reads.put(job)
         try:
