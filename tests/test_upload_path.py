@@ -83,12 +83,12 @@ async def test_a_body_is_written_in_whole_blocks_and_exactly(
 ) -> None:
     heap_id = (await new_heap(admin))["id"]
     data = os.urandom(2 * CHUNK + BLOCK + 7)  # two whole chunks, then one of a block and 7 bytes
-    writes: dict[int, list[int]] = {}
+    writes: dict[str, list[int]] = {}  # by file name: a closed file's id() is reused
     lock = threading.Lock()
 
     def counting(out: Any, block: Any) -> None:
         with lock:
-            writes.setdefault(id(out), []).append(len(block))
+            writes.setdefault(str(out.name), []).append(len(block))
         upload_disk._write(out, block)
 
     monkeypatch.setattr(files_module, "_write", counting)
