@@ -26,6 +26,11 @@ from heaper_trio.client import documents as d
 from heaper_trio.ops.common import MANIFEST, PG_DUMP, STORE
 from heaper_trio.storage.snapshot import DB_FILE
 from tests.conftest import ROOT, DatabaseSupply, StartServer
+from tests.live_client import UNCLOSED_SOCKETS, collect_closed_sockets  # noqa: F401 (autouse)
+
+# The uploads running beside a backup are cut off mid-stream; their streams and sockets are
+# left to the garbage collector.
+pytestmark = [*UNCLOSED_SOCKETS]
 
 
 def cli(*args: str) -> list[str]:
