@@ -25,8 +25,11 @@ import trio
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient, KeyPair
 
+from . import test_interop
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS, EXAMPLES, INTEROP = ROOT / "docs", ROOT / "docs" / "examples", ROOT / "tests" / "interop"
+node = test_interop.node  # the fixture: node, with tests/interop's packages installed
 # example file -> the page that shows it
 SHOWN_IN = {
     "write_block.py": "documents.md",
@@ -112,17 +115,6 @@ async def test_python_client_tour(server: RunningServer, tmp_path: Path) -> None
     async with await login_as(server, key_file) as client:
         r = await client.get(f"/api/file/{out['upload'].file_id}/raw/photo.jpg")
         assert r.content == photo.read_bytes()
-
-
-@pytest.fixture
-def node() -> str:
-    path, modules = shutil.which("node"), INTEROP / "node_modules" / "yjs"
-    if path and modules.is_dir():
-        return path
-    reason = "`node` is not installed" if not path else "run `npm ci` in tests/interop"
-    if os.environ.get("HEAPER_TEST_REQUIRE_NODE") == "1":
-        pytest.fail(f"HEAPER_TEST_REQUIRE_NODE=1 but {reason}")
-    pytest.skip(reason)
 
 
 async def test_javascript_block_example(node: str, server: RunningServer, tmp_path: Path) -> None:
