@@ -3,7 +3,8 @@
 ``SETTINGS`` (in ``settings_catalog``) is the single registry: the TOML loader, the
 ``HEAPER_*`` environment variables, the command-line flags, validation and
 ``docs/configuration.md`` all derive from it (a test checks the doc lists every entry).
-Precedence, lowest first: default, config file, environment, command line. A bad value fails at start with a message naming the key.
+Precedence, lowest first: default, config file, environment, command line. A bad value fails
+at start with a message naming the key.
 
 One rule per type wherever a value comes from: a boolean is ``true/false/yes/no/on/off/1/0`` in
 any case (a TOML boolean, or the TOML integers 0 and 1, too); a choice matches in any case.
