@@ -144,7 +144,7 @@ async def open_services(
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
         bridge = ProcessBridge(storage, hub) if storage.shares_processes else None
-        _wire(documents, services.heaps, hub, bridge)
+        _wire(documents, services.heaps, hub, bridge, services.scans)
         async with trio.open_nursery() as supervisor:
             supervisor.start_soon(_purge_expired_forever, storage)
             await supervisor.start(services.hub.run)
@@ -163,12 +163,17 @@ async def open_services(
 
 
 def _wire(
-    documents: DocumentService, heaps: HeapService, hub: LiveHub, bridge: ProcessBridge | None
+    documents: DocumentService,
+    heaps: HeapService,
+    hub: LiveHub,
+    bridge: ProcessBridge | None,
+    scans: ScanService,
 ) -> None:
     """Who hears what, in one place. Every stored change reaches the hub (this process's
     subscribers) and, with processes sharing a database, the bridge (the other processes);
     user events (scan progress, file ready) the hub delivers to its own sinks, and the bridge
-    carries them to the other processes. Pushes that set ``permanently_deleted_at`` purge
+    carries them to the other processes, and brings this process the aborts of its jobs
+    asked through another (the jobs table). Pushes that set ``permanently_deleted_at`` purge
     through the heap service, as emptying the trash does.
 
     The lists are assigned whole rather than appended to, so this is the complete statement
@@ -176,6 +181,8 @@ def _wire(
     """
     documents.listeners[:] = [hub.on_commit] + ([bridge.on_commit] if bridge else [])
     hub.user_event_hooks[:] = [bridge.on_user_event] if bridge else []
+    if bridge is not None:
+        bridge.job_abort_hooks[:] = [scans.table.abort_local]
     documents.purger = heaps.purge
 
 

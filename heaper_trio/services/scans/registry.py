@@ -1,0 +1,191 @@
+"""The jobs of every server process on the database, as one table (issue 14, item 2).
+
+A job runs in the process that started it (``ScanService``), which keeps its live counters
+here in ``local``; its row in the jobs table is how the others see it. Listing reads the
+table (a local job's own counters replace its row's, which lag by up to one beat); aborting a
+job of another process writes the request to its row, and PostgreSQL announces it at commit
+(``JobAbortAnnouncement``, heard through the live bridge: ``abort_local``); the next beat
+brings the request back anyway, so a lost notification only costs a beat.
+
+Every process beats for its running jobs every ``beat_s`` (one statement for all of them) and
+reaps: an active row whose heartbeat is older than ``job_heartbeat_timeout`` belongs to a
+process that died or hangs, and is failed (``process_died``) with a ``scan.failed`` event to
+its owner; a new job of the same folder can then start. On SQLite, with one process, the same
+code runs: a server restarted after a crash fails the jobs it left within the timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+
+import trio
+
+from heaper_trio.errors import NotFound
+from heaper_trio.protocol import events
+from heaper_trio.records import User
+from heaper_trio.records.jobs import JobProcess, JobRecord
+from heaper_trio.services.scans.job import ScanJob, ScanSnapshot, snapshot_of
+from heaper_trio.storage.base import Storage
+
+log = logging.getLogger(__name__)
+PROCESS_DIED = "process_died"
+KEEP_FINISHED_S = 24 * 3600
+FORGET_EVERY_S = 600.0
+FINISH_WRITE_S = 10.0  # the final row write, shielded at shutdown: bounded all the same
+ACTIVE_LIMIT = 1000  # at most this many active jobs are listed
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def not_found() -> NotFound:
+    return NotFound("no such scan (it may have ended a while ago)", code="scan_not_found")
+
+
+class JobTable:
+    def __init__(
+        self,
+        storage: Storage,
+        publish: Callable[[str, dict[str, object]], None],
+        timeout_s: float,
+        now_ms: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.storage = storage
+        self.publish = publish
+        self.timeout_s = timeout_s
+        self.beat_s = min(1.0, timeout_s / 3)
+        self.reap_s = min(2.0, timeout_s / 2)
+        self.now_ms = now_ms  # wall time: heartbeats are compared across machines' processes
+        self.process = JobProcess(uuid.uuid4().hex[:16], socket.gethostname(), os.getpid())
+        self.local: dict[str, ScanJob] = {}  # this process's jobs, until their row is final
+
+    # -- a job's life ----------------------------------------------------------------------
+    async def insert(self, job: ScanJob) -> None:
+        """Register ``job`` (already in ``local``) in the table; on failure it is forgotten."""
+        try:
+            await self.storage.insert_job(job.record(self.process, self.now_ms()))
+        except BaseException:
+            self.local.pop(job.scan_id, None)
+            raise
+
+    async def finish(self, job: ScanJob) -> None:
+        """Write the final row, even while the server stops (shielded, bounded), then forget
+        the local job: from now on its row is the whole truth."""
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(FINISH_WRITE_S):
+                await self.storage.finish_job(job.record(self.process, self.now_ms()))
+        except Exception:  # the reaper fails the row later; the event still goes out
+            log.exception("%s %s: writing its final state failed", job.kind, job.scan_id)
+        finally:
+            self.local.pop(job.scan_id, None)
+
+    # -- listing and aborting ----------------------------------------------------------------
+    def _fresh(self, rows: list[JobRecord]) -> list[ScanSnapshot]:
+        now = self.now_ms()
+        out = []
+        for row in rows:
+            job = self.local.get(row.id)
+            out.append(job.snapshot() if job is not None else snapshot_of(row, now))
+        return out
+
+    async def active(self, user: User) -> list[ScanSnapshot]:
+        """The caller's active jobs on every process (everyone's for an admin)."""
+        rows = await self.storage.list_jobs(
+            None if user.is_admin else user.id, True, 0, ACTIVE_LIMIT
+        )
+        return [s for s in self._fresh(rows) if s.state in ("running", "aborting", "finishing")]
+
+    async def history(self, user: User, limit: int) -> list[ScanSnapshot]:
+        since = self.now_ms() - KEEP_FINISHED_S * 1000
+        return self._fresh(await self.storage.list_jobs(user.id, False, since, limit))
+
+    async def running_rows(self, owner_id: str) -> list[JobRecord]:
+        """The owner's active jobs on every process whose heartbeat is fresh (a stale one is
+        about to be reaped and does not hold its folder)."""
+        fresh = self.now_ms() - int(self.timeout_s * 1000)
+        rows = await self.storage.list_jobs(owner_id, True, 0, ACTIVE_LIMIT)
+        return [r for r in rows if r.heartbeat_at >= fresh or r.id in self.local]
+
+    async def abort(self, user: User, job_id: str) -> ScanSnapshot:
+        """Abort a job of any process. Someone else's job is 404, like one that never was."""
+        job = self.local.get(job_id)
+        if job is not None:
+            if not (user.is_admin or job.user_id == user.id):
+                raise not_found()
+            job.abort()
+            return job.snapshot()
+        row = await self.storage.get_job(job_id)
+        if row is None or not (user.is_admin or row.owner_id == user.id):
+            raise not_found()
+        if row.active:
+            row = await self.storage.request_job_abort(job_id) or row
+        return snapshot_of(row, self.now_ms())
+
+    def abort_local(self, job_id: str) -> None:
+        """Another process asked (through the database) to abort this job, if it runs here."""
+        job = self.local.get(job_id)
+        if job is not None:
+            log.info("%s %s: aborted through another server process", job.kind, job_id)
+            job.abort()
+
+    # -- heartbeats and the reaper -----------------------------------------------------------
+    async def beat(self) -> None:
+        running = [j for j in self.local.values() if j.running]
+        if not running:
+            return
+        now = self.now_ms()
+        asked = await self.storage.beat_jobs(now, [j.record(self.process, now) for j in running])
+        for job_id in asked:
+            self.abort_local(job_id)
+
+    async def reap(self) -> list[JobRecord]:
+        now = self.now_ms()
+        failed = await self.storage.fail_stale_jobs(
+            now - int(self.timeout_s * 1000), now, PROCESS_DIED
+        )
+        for row in failed:
+            log.warning(
+                "%s %s failed: its server process (%s, pid %d on %s) sent no heartbeat for %.1fs",
+                row.kind,
+                row.id,
+                row.process.id,
+                row.process.pid,
+                row.process.host,
+                (now - row.heartbeat_at) / 1000,
+            )
+            self.publish(
+                row.owner_id,
+                events.event(
+                    "scan.failed",
+                    scan_id=row.id,
+                    heap_id=row.heap_id,
+                    path=row.path,
+                    error=PROCESS_DIED,
+                ),
+            )
+        return failed
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Beat every ``beat_s``, reap every ``reap_s``, forget day-old jobs now and then;
+        a failing database is logged and tried again at the next turn."""
+        task_status.started()
+        next_reap = next_forget = trio.current_time()
+        while True:
+            now = trio.current_time()
+            try:
+                await self.beat()
+                if now >= next_reap:
+                    next_reap = now + self.reap_s
+                    await self.reap()
+                if now >= next_forget:
+                    next_forget = now + FORGET_EVERY_S
+                    await self.storage.forget_jobs(self.now_ms() - KEEP_FINISHED_S * 1000)
+            except Exception:
+                log.exception("job heartbeat or reaper failed; trying again")
+            await trio.sleep(self.beat_s)
