@@ -21,7 +21,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -178,14 +178,19 @@ class JobTable:
         next_reap = next_forget = trio.current_time()
         while True:
             now = trio.current_time()
-            try:
-                await self.beat()
-                if now >= next_reap:
-                    next_reap = now + self.reap_s
-                    await self.reap()
-                if now >= next_forget:
-                    next_forget = now + FORGET_EVERY_S
-                    await self.storage.forget_jobs(self.now_ms() - KEEP_FINISHED_S * 1000)
-            except Exception:
-                log.exception("job heartbeat or reaper failed; trying again")
+            await self._step("heartbeat", self.beat())
+            if now >= next_reap:
+                next_reap = now + self.reap_s
+                await self._step("reaper", self.reap())
+            if now >= next_forget:
+                next_forget = now + FORGET_EVERY_S
+                cutoff = self.now_ms() - KEEP_FINISHED_S * 1000
+                await self._step("forgetting", self.storage.forget_jobs(cutoff))
             await trio.sleep(self.beat_s)
+
+    @staticmethod
+    async def _step(what: str, step: Awaitable[object]) -> None:
+        try:
+            await step
+        except Exception:  # the database failed: each step is tried again at its next turn
+            log.exception("jobs: the %s failed; trying again", what)
