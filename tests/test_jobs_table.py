@@ -135,8 +135,29 @@ async def test_abort_through_another_process_and_who_may(
         a.abort_local("not-here")  # a job of another process: nothing to do
 
 
+@pytest.mark.engines("sqlite")
+async def test_sqlite_fails_the_jobs_of_an_earlier_life_as_it_starts(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """One server process per SQLite database: an active row at start was left by a crash."""
+    clock = Clock()
+    async with opened(make_settings()) as storage:
+        await add_users(storage)
+        earlier, now, published = tables(storage, clock)
+        left = await started(earlier, ScanJob("u1", "h1", "/roots/u1/a"))
+        clock.ms += 100  # well within the timeout
+        async with trio.open_nursery() as nursery:
+            await nursery.start(now.run)
+            row = await storage.get_job(left.scan_id)
+            assert row is not None and (row.state, row.error) == ("failed", PROCESS_DIED)
+            assert [e["type"] for _, e in published] == ["scan.failed"]
+            nursery.cancel_scope.cancel()
+
+
 class CountingStorage:
     """Records when the loop beats and reaps; fails when told to."""
+
+    shares_processes = True
 
     def __init__(self) -> None:
         self.beats: list[float] = []

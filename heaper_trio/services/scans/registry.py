@@ -11,7 +11,7 @@ Every process beats for its running jobs every ``beat_s`` (one statement for all
 reaps: an active row whose heartbeat is older than ``job_heartbeat_timeout`` belongs to a
 process that died or hangs, and is failed (``process_died``) with a ``scan.failed`` event to
 its owner; a new job of the same folder can then start. On SQLite, with one process, the same
-code runs: a server restarted after a crash fails the jobs it left within the timeout.
+code runs, and a server restarted after a crash fails the jobs it left as it starts.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ KEEP_FINISHED_S = 24 * 3600
 FORGET_EVERY_S = 600.0
 FINISH_WRITE_S = 10.0  # the final row write, shielded at shutdown: bounded all the same
 ACTIVE_LIMIT = 1000  # at most this many active jobs are listed
+EVER = 2**62  # a heartbeat time later than any
 
 
 def wall_ms() -> int:
@@ -144,11 +145,11 @@ class JobTable:
         for job_id in asked:
             self.abort_local(job_id)
 
-    async def reap(self) -> list[JobRecord]:
+    async def reap(self, *, everything: bool = False) -> list[JobRecord]:
+        """Fail the active jobs whose heartbeat is stale (``everything``: all active jobs)."""
         now = self.now_ms()
-        failed = await self.storage.fail_stale_jobs(
-            now - int(self.timeout_s * 1000), now, PROCESS_DIED
-        )
+        before = EVER if everything else now - int(self.timeout_s * 1000)
+        failed = await self.storage.fail_stale_jobs(before, now, PROCESS_DIED)
         for row in failed:
             log.warning(
                 "%s %s failed: its server process (%s, pid %d on %s) sent no heartbeat for %.1fs",
@@ -173,7 +174,11 @@ class JobTable:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Beat every ``beat_s``, reap every ``reap_s``, forget day-old jobs now and then;
-        a failing database is logged and tried again at the next turn."""
+        a failing database is logged and tried again at the next turn. A SQLite database has
+        one server process (``datadir_lock``), so its active jobs at start are an earlier
+        life's: failed at once rather than after the timeout."""
+        if not self.storage.shares_processes:
+            await self._step("reaper", self.reap(everything=True))
         task_status.started()
         next_reap = next_forget = trio.current_time()
         while True:

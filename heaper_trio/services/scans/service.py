@@ -307,7 +307,13 @@ class ScanService:
     async def history(self, user: User, limit: int) -> list[ScanSnapshot]:
         """The caller's own jobs on every process, running and finished within
         KEEP_FINISHED_S, newest first (an admin's too: other users' history is theirs)."""
-        return await self.table.history(user, limit)
+        kept: list[ScanSnapshot] = []
+        finished = 0
+        for job in await self.table.history(user, limit):
+            finished += job.finished_at is not None
+            if job.finished_at is None or finished <= KEEP_FINISHED_PER_USER:
+                kept.append(job)
+        return kept
 
     async def abort(self, user: User, scan_id: str) -> ScanSnapshot:
         return await self.table.abort(user, scan_id)
