@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from heaper_trio.errors import NotFound
+from heaper_trio.errors import Conflict, NotFound
 from heaper_trio.records import User
 from heaper_trio.records.jobs import JobRecord
 from heaper_trio.services.scans.job import ScanJob
@@ -49,7 +49,7 @@ def tables(storage: Any, clock: Clock, timeout_s: float = 10.0) -> tuple[JobTabl
 
 async def started(table: JobTable, job: ScanJob) -> ScanJob:
     table.local[job.scan_id] = job
-    await table.insert(job)
+    await table.insert([job])
     return job
 
 
@@ -68,14 +68,17 @@ async def test_a_dead_process_s_job_is_failed_once_and_can_be_started_again(
         row = await storage.get_job(job.scan_id)
         assert row is not None and (row.heartbeat_at, row.files_done) == (NOW + 9_000, 5)
         assert [s.scan_id for s in await b.active(U1)] == [job.scan_id]
-        assert [r.id for r in await b.running_rows("u1")] == [job.scan_id]
 
         # Process A dies: no more beats. At the timeout its job is still A's...
         clock.ms += 10_000
         assert await b.reap() == []
         # ...then B fails it, once, and tells its owner.
         clock.ms += 1
-        assert [r.id for r in await b.running_rows("u1")] == []  # no longer holds its folder
+        # it holds its folder until reaped: the same scan cannot start, on any process
+        assert [r.id for r in await b.running_rows("u1")] == [job.scan_id]
+        with pytest.raises(Conflict) as e:
+            await started(b, ScanJob("u1", "h1", "/roots/u1/photos"))
+        assert e.value.code == "scan_running" and len(b.local) == 0
         [failed] = await b.reap()
         assert (failed.id, failed.state, failed.error) == (job.scan_id, "failed", PROCESS_DIED)
         assert published == [

@@ -34,8 +34,9 @@ async def test_jobs_beat_abort_list_reap_and_forget(
 ) -> None:
     async with opened(make_settings()) as storage:
         await add_users(storage)
-        for j in (job("j1"), job("j2", at=NOW + 1), job("j3", "u2", NOW + 2, P2)):
-            await storage.insert_job(j)
+        assert await storage.insert_jobs([job("j1"), job("j2", at=NOW + 1)])
+        assert await storage.insert_jobs([job("j3", "u2", NOW + 2, P2)])
+        assert await storage.insert_jobs([])
         got = await storage.get_job("j1")
         assert got == replace(job("j1"), counters=dict.fromkeys(COUNTERS, 0))
         assert got.active and not got.abort_requested
@@ -104,9 +105,21 @@ async def test_jobs_beat_abort_list_reap_and_forget(
         got = await storage.get_job("j3")
         assert got is not None and got.state == "failed"
 
+        # One active scan per (heap, path) and one active reindex per owner, all or none.
+        assert not await storage.insert_jobs([job("j4"), replace(job("j5"), path="/roots/j2")])
+        assert await storage.get_job("j4") is None
+        reindex = replace(job("r1"), kind="reindex", path="", heap_id="")
+        assert await storage.insert_jobs([job("j4"), replace(job("j5"), path="/roots/j1"), reindex])
+        assert not await storage.insert_jobs([replace(reindex, id="r2", heap_id="h1")])
+        assert await storage.insert_jobs([replace(reindex, id="r3", owner_id="u2")])
+        await storage.finish_job(replace(reindex, state="done", finished_at=NOW + 350))
+        assert await storage.insert_jobs([replace(reindex, id="r2")])  # the first one ended
+        for j in ("j4", "j5", "r2", "r3"):
+            await storage.finish_job(replace(job(j), state="done", finished_at=NOW + 10_001))
+
         # Forgetting: jobs finished before the time go; active ones stay.
-        assert await storage.forget_jobs(NOW + 400) == 1  # j1 (j3 finished at +500)
-        assert await storage.get_job("j1") is None
-        assert {j.id for j in await storage.list_jobs(None, False, 0, 10)} == {"j2", "j3"}
-        assert await storage.forget_jobs(NOW + 10_000) == 1
-        assert [j.id for j in await storage.list_jobs(None, False, 0, 10)] == ["j2"]
+        assert await storage.forget_jobs(NOW + 400) == 2  # j1, r1 (j3 finished at +500)
+        assert await storage.get_job("j1") is None and await storage.get_job("r1") is None
+        assert await storage.forget_jobs(NOW + 10_000) == 1  # j3
+        left = {j.id for j in await storage.list_jobs(None, False, 0, 10)}
+        assert left == {"j2", "j4", "j5", "r2", "r3"}

@@ -340,7 +340,9 @@ class Storage(abc.ABC):
 
     # -- background jobs (the jobs table: every process's scans and reindexes) ---------------
     @abc.abstractmethod
-    async def insert_job(self, job: JobRecord) -> None: ...
+    async def insert_jobs(self, jobs: list[JobRecord]) -> bool:
+        """All or none: False, with nothing stored, if one of them is a scan of a heap's
+        folder that an active scan holds, or a reindex while one of its owner's is active."""
 
     @abc.abstractmethod
     async def beat_jobs(self, now: int, jobs: list[JobRecord]) -> list[str]:

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from heaper_trio.errors import NotFound
+from heaper_trio.errors import Conflict, NotFound
 from heaper_trio.protocol import events
 from heaper_trio.records import User
 from heaper_trio.records.jobs import JobProcess, JobRecord
@@ -67,12 +67,19 @@ class JobTable:
         self.local: dict[str, ScanJob] = {}  # this process's jobs, until their row is final
 
     # -- a job's life ----------------------------------------------------------------------
-    async def insert(self, job: ScanJob) -> None:
-        """Register ``job`` (already in ``local``) in the table; on failure it is forgotten."""
+    async def insert(self, jobs: list[ScanJob]) -> None:
+        """Write the rows of ``jobs`` (already in ``local``), all or none; if that fails they
+        are forgotten. 409 ``scan_running`` if another process started the same job first."""
         try:
-            await self.storage.insert_job(job.record(self.process, self.now_ms()))
+            now = self.now_ms()
+            if not await self.storage.insert_jobs([j.record(self.process, now) for j in jobs]):
+                raise Conflict(
+                    "the same job was just started (by another server process)",
+                    code="scan_running",
+                )
         except BaseException:
-            self.local.pop(job.scan_id, None)
+            for job in jobs:
+                self.local.pop(job.scan_id, None)
             raise
 
     async def finish(self, job: ScanJob) -> None:
@@ -107,11 +114,9 @@ class JobTable:
         return self._fresh(await self.storage.list_jobs(user.id, False, since, limit))
 
     async def running_rows(self, owner_id: str) -> list[JobRecord]:
-        """The owner's active jobs on every process whose heartbeat is fresh (a stale one is
-        about to be reaped and does not hold its folder)."""
-        fresh = self.now_ms() - int(self.timeout_s * 1000)
-        rows = await self.storage.list_jobs(owner_id, True, 0, ACTIVE_LIMIT)
-        return [r for r in rows if r.heartbeat_at >= fresh or r.id in self.local]
+        """The owner's active jobs on every process (one whose process died holds its folder
+        until the reaper fails it)."""
+        return await self.storage.list_jobs(owner_id, True, 0, ACTIVE_LIMIT)
 
     async def abort(self, user: User, job_id: str) -> ScanSnapshot:
         """Abort a job of any process. Someone else's job is 404, like one that never was."""

@@ -282,13 +282,7 @@ class ScanService:
             if self._nursery is None:
                 raise Unavailable("the server is stopping", code="shutting_down")
             self.jobs[job.scan_id] = job
-        try:
-            for job, _ in jobs:
-                await self.table.insert(job)
-        except BaseException:
-            for job, _ in jobs:
-                self.jobs.pop(job.scan_id, None)
-            raise
+        await self.table.insert([job for job, _ in jobs])
         nursery = self._nursery
         if nursery is None:  # stopping meanwhile: the rows end aborted
             for job, _ in jobs:

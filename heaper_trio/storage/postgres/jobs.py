@@ -9,6 +9,8 @@ each stale job once, however many processes reap at the same time.
 
 from __future__ import annotations
 
+import asyncpg
+
 from heaper_trio.protocol import announce
 from heaper_trio.records.jobs import JobRecord
 from heaper_trio.storage.job_rows import (
@@ -37,10 +39,11 @@ _BEAT = (
 )
 
 
-async def _insert(c: Conn, job: JobRecord) -> None:
-    values = job_values(job)
-    marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
-    await c.execute(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({marks})", *values)
+async def _insert(c: Conn, jobs: list[JobRecord]) -> None:
+    for job in jobs:  # a few at most (a heap's scanned folders), in one transaction
+        values = job_values(job)
+        marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+        await c.execute(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({marks})", *values)
 
 
 async def _beat(c: Conn, now: int, jobs: list[JobRecord]) -> list[str]:
@@ -105,8 +108,14 @@ class PostgresJobs(PostgresBridge):
 
     announce_as: str | None  # PostgresStorage.announce_commits_as
 
-    async def insert_job(self, job: JobRecord) -> None:
-        await self._run(write1, _insert, job)
+    async def insert_jobs(self, jobs: list[JobRecord]) -> bool:
+        if not jobs:
+            return True
+        try:
+            await self._run(tx, _insert, jobs)
+        except asyncpg.UniqueViolationError:  # jobs_one_active_scan, jobs_one_active_reindex
+            return False
+        return True
 
     async def beat_jobs(self, now: int, jobs: list[JobRecord]) -> list[str]:
         if not jobs:

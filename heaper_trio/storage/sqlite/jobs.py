@@ -22,9 +22,10 @@ _PROGRESS = (
 )
 
 
-def _insert(c: sqlite3.Connection, job: JobRecord) -> None:
-    marks = ",".join("?" * len(job_values(job)))
-    c.execute(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({marks})", job_values(job))
+def _insert(c: sqlite3.Connection, jobs: list[JobRecord]) -> None:
+    for job in jobs:  # a unique index refusing one rolls back all (the job's SAVEPOINT)
+        marks = ",".join("?" * len(job_values(job)))
+        c.execute(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({marks})", job_values(job))
 
 
 def _beat(c: sqlite3.Connection, now: int, jobs: list[JobRecord]) -> list[str]:
@@ -95,8 +96,12 @@ class SqliteJobs:
 
     rt: SqliteRuntime
 
-    async def insert_job(self, job: JobRecord) -> None:
-        await self.rt.write(_insert, job)
+    async def insert_jobs(self, jobs: list[JobRecord]) -> bool:
+        try:
+            await self.rt.write(_insert, jobs)
+        except sqlite3.IntegrityError:  # jobs_one_active_scan, jobs_one_active_reindex
+            return False
+        return True
 
     async def beat_jobs(self, now: int, jobs: list[JobRecord]) -> list[str]:
         return await self.rt.write(_beat, now, jobs)

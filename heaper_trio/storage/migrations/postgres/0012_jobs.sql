@@ -31,3 +31,10 @@ CREATE INDEX jobs_active_heartbeat ON jobs (heartbeat_at)
     WHERE state IN ('queued', 'running', 'aborting', 'finishing');
 -- Forgetting finished jobs after a day.
 CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+-- One active scan per folder of a heap, one active reindex per owner, whichever process asks
+-- (overlapping folders are checked by the server before; this closes the race between two
+-- processes starting the same job at once).
+CREATE UNIQUE INDEX jobs_one_active_scan ON jobs (heap_id, path)
+    WHERE kind = 'scan' AND state IN ('queued', 'running', 'aborting', 'finishing');
+CREATE UNIQUE INDEX jobs_one_active_reindex ON jobs (owner_id)
+    WHERE kind = 'reindex' AND state IN ('queued', 'running', 'aborting', 'finishing');
