@@ -143,7 +143,8 @@ async def abort_scan(user: User, body: dict[str, Any]) -> dict[str, Any]:
     description="`state` is running, aborting or finishing (marking missing files). A job "
     "leaves the list when it ends; how it ended is in GET /api/scans and the final scan.* "
     "event. Jobs of every server process sharing the database; a job whose process "
-    "died is failed (error `process_died`) within job_heartbeat_timeout and leaves the list.",
+    "died is failed (error `process_died`) soon after job_heartbeat_timeout and leaves the "
+    "list.",
     response=open_obj(success=boolean(), scans=SCANS),
 )
 async def active_scans(user: User) -> dict[str, Any]:
