@@ -123,3 +123,8 @@ async def test_jobs_beat_abort_list_reap_and_forget(
         assert await storage.forget_jobs(NOW + 10_000) == 1  # j3
         left = {j.id for j in await storage.list_jobs(None, False, 0, 10)}
         assert left == {"j2", "j4", "j5", "r2", "r3"}
+
+        # Started in the same millisecond (a heap's folders, together): the later one first.
+        same = [job(f"s{i}", at=NOW + 20_000) for i in range(4)]
+        assert await storage.insert_jobs(same)
+        assert [j.id for j in await storage.list_jobs("u1", True, 0, 4)] == ["s3", "s2", "s1", "s0"]

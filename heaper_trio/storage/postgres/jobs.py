@@ -67,7 +67,7 @@ async def _list(
     rows = await c.fetch(
         f"SELECT {JOB_COLUMNS} FROM jobs WHERE (state IN {ACTIVE_SQL} OR "
         "(NOT $1::boolean AND finished_at >= $2)) AND ($3::text IS NULL OR owner_id = $3) "
-        "ORDER BY created_at DESC, id DESC LIMIT $4",
+        "ORDER BY created_at DESC, seq DESC LIMIT $4",
         active_only,
         since,
         owner_id,

@@ -22,7 +22,8 @@ CREATE TABLE jobs (
     heartbeat_at    BIGINT NOT NULL,
     created_at      BIGINT NOT NULL,
     started_at      BIGINT,
-    finished_at     BIGINT
+    finished_at     BIGINT,
+    seq             BIGSERIAL                   -- insertion order: ties of created_at (SQLite: rowid)
 );
 -- A user's jobs, newest first (active_scans, GET /api/scans).
 CREATE INDEX jobs_owner_created ON jobs (owner_id, created_at);
