@@ -204,3 +204,22 @@ async def test_the_loop_beats_every_second_and_reaps_and_survives_a_failing_data
     assert storage.forgets == 1  # every ten minutes
     short = JobTable(storage, lambda u, e: None, 1.5)  # type: ignore[arg-type]
     assert (short.beat_s, short.reap_s) == (0.5, 0.75)  # a short timeout beats faster
+
+
+class FailingFinish(CountingStorage):
+    async def finish_job(self, job: JobRecord) -> None:
+        raise OSError("database down")
+
+
+async def test_a_final_write_that_fails_forgets_the_job_all_the_same(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The reaper fails its row later (its process no longer beats for it); the job must not
+    stay listed here as running for ever."""
+    table = JobTable(FailingFinish(), lambda u, e: None, 10.0)  # type: ignore[arg-type]
+    job = ScanJob("u1", "h1", "/p")
+    table.local[job.scan_id] = job
+    job.state = "done"
+    await table.finish(job)
+    assert table.local == {}
+    assert "writing its final state failed" in caplog.text
