@@ -97,10 +97,16 @@ async def test_a_dead_process_s_job_is_failed_once_and_can_be_started_again(
         assert await b.active(U1) == []
         [history] = await b.history(U1, 10)
         assert (history.state, history.error, history.files_done) == ("failed", PROCESS_DIED, 5)
-        # A process that was only hung cannot revive it with a late beat.
+        # A process that was only hung cannot revive it with a late beat: it aborts the job
+        # instead (another process may scan that folder now), and its end changes nothing.
         await a.beat()
         row = await storage.get_job(job.scan_id)
         assert row is not None and row.state == "failed"
+        assert job.aborted
+        job.state = "aborted"
+        await a.finish(job)
+        row = await storage.get_job(job.scan_id)
+        assert row is not None and (row.state, row.error) == ("failed", PROCESS_DIED)
         # Started again on B: a new job, listed by both.
         again = await started(b, ScanJob("u1", "h1", "/roots/u1/photos"))
         assert [s.scan_id for s in await a.active(U1)] == [again.scan_id]

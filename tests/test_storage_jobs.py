@@ -88,8 +88,9 @@ async def test_jobs_beat_abort_list_reap_and_forget(
         assert [j.id for j in await storage.list_jobs("u1", True, 0, 10)] == ["j2"]
         assert [j.id for j in await storage.list_jobs("u1", False, NOW, 10)] == ["j2", "j1"]
         assert [j.id for j in await storage.list_jobs("u1", False, NOW + 301, 10)] == ["j2"]
-        # a finished job is beyond a beat's reach, and an abort of it changes nothing
-        assert await storage.beat_jobs(NOW + 400, [job("j1")]) == []
+        # a finished job is beyond a beat's reach (its process must stop it), and an abort
+        # of it changes nothing
+        assert await storage.beat_jobs(NOW + 400, [job("j1")]) == ["j1"]
         after = await storage.request_job_abort("j1")
         assert after is not None and after.state == "done" and not after.abort_requested
 
@@ -101,9 +102,10 @@ async def test_jobs_beat_abort_list_reap_and_forget(
         assert failed[0].process == P2
         assert await storage.fail_stale_jobs(NOW + 150, NOW + 600, "process_died") == []
         # a reaped job stays failed whatever its process still says
-        assert await storage.beat_jobs(NOW + 700, [job("j3", "u2", NOW + 2, P2)]) == []
+        assert await storage.beat_jobs(NOW + 700, [job("j3", "u2", NOW + 2, P2)]) == ["j3"]
+        await storage.finish_job(replace(job("j3"), state="done", finished_at=NOW + 800))
         got = await storage.get_job("j3")
-        assert got is not None and got.state == "failed"
+        assert got is not None and (got.state, got.finished_at) == ("failed", NOW + 500)
 
         # One active scan per (heap, path) and one active reindex per owner, all or none.
         assert not await storage.insert_jobs([job("j4"), replace(job("j5"), path="/roots/j2")])

@@ -348,11 +348,14 @@ class Storage(abc.ABC):
     async def beat_jobs(self, now: int, jobs: list[JobRecord]) -> list[str]:
         """One process's heartbeat: ``heartbeat_at = now`` and the progress of its active
         jobs (rows no longer active are left alone: a reaped job stays failed). Returns the
-        ids among them whose abort was asked through the database."""
+        ids among them the process must abort: their abort was asked through the database,
+        or their row is no longer active (the reaper failed it, so the job may run elsewhere
+        now)."""
 
     @abc.abstractmethod
     async def finish_job(self, job: JobRecord) -> None:
-        """The job's final state, counters, error and ``finished_at``."""
+        """The job's final state, counters, error and ``finished_at``, unless the row is no
+        longer active (the reaper's ``failed`` stands)."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> JobRecord | None: ...

@@ -134,10 +134,11 @@ class JobTable:
         return snapshot_of(row, self.now_ms())
 
     def abort_local(self, job_id: str) -> None:
-        """Another process asked (through the database) to abort this job, if it runs here."""
+        """Abort this job if it runs here: asked through the database (by another process),
+        or its row was reaped while this process hung (the job may run elsewhere by now)."""
         job = self.local.get(job_id)
-        if job is not None:
-            log.info("%s %s: aborted through another server process", job.kind, job_id)
+        if job is not None and job.running and not job.aborted:
+            log.info("%s %s: aborted through the jobs table", job.kind, job_id)
             job.abort()
 
     # -- heartbeats and the reaper -----------------------------------------------------------
@@ -146,8 +147,8 @@ class JobTable:
         if not running:
             return
         now = self.now_ms()
-        asked = await self.storage.beat_jobs(now, [j.record(self.process, now) for j in running])
-        for job_id in asked:
+        to_abort = await self.storage.beat_jobs(now, [j.record(self.process, now) for j in running])
+        for job_id in to_abort:
             self.abort_local(job_id)
 
     async def reap(self, *, everything: bool = False) -> list[JobRecord]:

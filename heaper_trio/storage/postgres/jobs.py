@@ -49,11 +49,16 @@ async def _insert(c: Conn, jobs: list[JobRecord]) -> None:
 async def _beat(c: Conn, now: int, jobs: list[JobRecord]) -> list[str]:
     columns = list(zip(*[(j.id, *progress_values(j)) for j in jobs], strict=True))
     rows = await c.fetch(_BEAT, now, *[list(col) for col in columns])
-    return sorted(r["id"] for r in rows if r["abort_requested"])
+    beaten = {r["id"] for r in rows if not r["abort_requested"]}
+    return sorted({j.id for j in jobs} - beaten)  # asked to abort, or no longer active
 
 
 async def _finish(c: Conn, job: JobRecord) -> None:
-    await c.execute(f"UPDATE jobs SET {_PROGRESS} WHERE id=$9", *progress_values(job), job.id)
+    await c.execute(
+        f"UPDATE jobs SET {_PROGRESS} WHERE id=$9 AND state IN {ACTIVE_SQL}",
+        *progress_values(job),
+        job.id,
+    )
 
 
 async def _get(c: Conn, job_id: str) -> JobRecord | None:

@@ -39,13 +39,16 @@ def _beat(c: sqlite3.Connection, now: int, jobs: list[JobRecord]) -> list[str]:
             "RETURNING abort_requested",
             (state, state, *rest, now, job.id),
         ).fetchone()
-        if row is not None and row[0]:
+        if row is None or row[0]:
             asked.append(job.id)
     return asked
 
 
 def _finish(c: sqlite3.Connection, job: JobRecord) -> None:
-    c.execute(f"UPDATE jobs SET {_PROGRESS} WHERE id=?", (*progress_values(job), job.id))
+    c.execute(
+        f"UPDATE jobs SET {_PROGRESS} WHERE id=? AND state IN {ACTIVE_SQL}",
+        (*progress_values(job), job.id),
+    )
 
 
 def _get(c: sqlite3.Connection, job_id: str) -> JobRecord | None:
