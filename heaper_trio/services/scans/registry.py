@@ -95,11 +95,14 @@ class JobTable:
 
     # -- listing and aborting ----------------------------------------------------------------
     def _fresh(self, rows: list[JobRecord]) -> list[ScanSnapshot]:
+        """The rows, with the live counters of this process's running jobs. A job that
+        ended here shows its row until the final one is written: nobody learns of the end
+        (and starts the same scan again) before the table says so."""
         now = self.now_ms()
         out = []
         for row in rows:
             job = self.local.get(row.id)
-            out.append(job.snapshot() if job is not None else snapshot_of(row, now))
+            out.append(job.snapshot() if job and job.running else snapshot_of(row, now))
         return out
 
     async def active(self, user: User) -> list[ScanSnapshot]:
