@@ -229,3 +229,39 @@ async def test_a_final_write_that_fails_forgets_the_job_all_the_same(
     await table.finish(job)
     assert table.local == {}
     assert "writing its final state failed" in caplog.text
+
+
+class SlowFinish(CountingStorage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = trio.Event()
+        self.final: list[str] = []
+
+    async def finish_job(self, job: JobRecord) -> None:
+        await self.release.wait()
+        self.final.append(job.state)
+
+
+async def test_a_new_job_waits_for_the_final_rows_of_jobs_that_ended_here() -> None:
+    """A client told of an end here (the local state) may start the same scan at once: the
+    check waits for that end's row, or the table would still hold the folder (409)."""
+    storage = SlowFinish()
+    table = JobTable(storage, lambda u, e: None, 10.0)  # type: ignore[arg-type]
+    job = ScanJob("u1", "h1", "/p")
+    table.local[job.scan_id] = job
+    job.state = "done"
+    settled: list[bool] = []
+
+    async def check() -> None:
+        await table.settled()
+        settled.append(storage.final == ["done"])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(table.finish, job)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(check)
+        await trio.testing.wait_all_tasks_blocked()
+        assert settled == [] and job.scan_id in table.local
+        storage.release.set()
+    assert settled == [True] and table.local == {}
+    await table.settled()  # nothing ending: at once

@@ -65,6 +65,7 @@ class JobTable:
         self.now_ms = now_ms  # wall time: heartbeats are compared across machines' processes
         self.process = JobProcess(uuid.uuid4().hex[:16], socket.gethostname(), os.getpid())
         self.local: dict[str, ScanJob] = {}  # this process's jobs, until their row is final
+        self._writing: dict[str, trio.Event] = {}  # jobs ended here, final row not yet written
 
     # -- a job's life ----------------------------------------------------------------------
     async def insert(self, jobs: list[ScanJob]) -> None:
@@ -85,6 +86,7 @@ class JobTable:
     async def finish(self, job: ScanJob) -> None:
         """Write the final row, even while the server stops (shielded, bounded), then forget
         the local job: from now on its row is the whole truth."""
+        written = self._writing[job.scan_id] = trio.Event()
         try:
             with trio.CancelScope(shield=True), trio.move_on_after(FINISH_WRITE_S):
                 await self.storage.finish_job(job.record(self.process, self.now_ms()))
@@ -92,17 +94,24 @@ class JobTable:
             log.exception("%s %s: writing its final state failed", job.kind, job.scan_id)
         finally:
             self.local.pop(job.scan_id, None)
+            self._writing.pop(job.scan_id, None)
+            written.set()
+
+    async def settled(self) -> None:
+        """Once the final rows of the jobs that ended here are written: a client told of an
+        end here may start the same job again at once, and the table must agree."""
+        for written in list(self._writing.values()):
+            await written.wait()
 
     # -- listing and aborting ----------------------------------------------------------------
     def _fresh(self, rows: list[JobRecord]) -> list[ScanSnapshot]:
-        """The rows, with the live counters of this process's running jobs. A job that
-        ended here shows its row until the final one is written: nobody learns of the end
-        (and starts the same scan again) before the table says so."""
+        """The rows, with the live counters of this process's jobs (also the end of one
+        whose final row is still being written)."""
         now = self.now_ms()
         out = []
         for row in rows:
             job = self.local.get(row.id)
-            out.append(job.snapshot() if job and job.running else snapshot_of(row, now))
+            out.append(job.snapshot() if job is not None else snapshot_of(row, now))
         return out
 
     async def active(self, user: User) -> list[ScanSnapshot]:

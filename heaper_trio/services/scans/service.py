@@ -223,6 +223,7 @@ class ScanService:
         """409 ``scan_running`` if a scan of an overlapping folder runs in the heap, on any
         process (the heap is the caller's, so such a scan is too). The jobs of this process
         are checked again with no wait before they are registered (``_start``)."""
+        await self.table.settled()
         running = [
             (r.id, r.kind, r.heap_id, r.path) for r in await self.table.running_rows(user.id)
         ]
@@ -255,6 +256,7 @@ class ScanService:
     async def reindex_files(self, user: User, heap_id: str | None) -> ScanSnapshot:
         if heap_id is not None:
             await self.documents.owned_heap(user, heap_id)
+        await self.table.settled()
         running = [(r.id, r.kind) for r in await self.table.running_rows(user.id)]
         running += [
             (j.scan_id, j.kind) for j in self.jobs.values() if j.running and j.user_id == user.id
