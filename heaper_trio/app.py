@@ -32,6 +32,7 @@ from heaper_trio.web import (
     routes_heaps,
     routes_instance,
     routes_jobs,
+    routes_metrics,
     routes_sync,
     routes_trash,
     routes_uploads,
@@ -45,6 +46,7 @@ from heaper_trio.web.quart_compat import (
     set_ws_compression,
     stop_idle_timer_at_eof,
 )
+from heaper_trio.web.routes_metrics import HttpMetrics, install_route_labels
 from heaper_trio.web.ws_asgi import LiveSockets
 
 log = logging.getLogger("heaper_trio")
@@ -60,6 +62,7 @@ BLUEPRINTS = (
     routes_files.bp,
     routes_jobs.bp,
     routes_app.bp,
+    routes_metrics.bp,
     ws.bp,
 )
 
@@ -110,7 +113,8 @@ def guarded(app: QuartTrio, settings: Settings) -> ASGIFramework:
         min_body_rate=settings.http_min_body_rate,
     )
     services: Services = app.config["SERVICES"]
-    return cast(ASGIFramework, LiveSockets(guard, services.live))
+    edge = cast(ASGIApp, HttpMetrics(guard)) if settings.metrics else guard
+    return cast(ASGIFramework, LiveSockets(edge, services.live))
 
 
 def create_app(services: Services) -> QuartTrio:
@@ -128,6 +132,7 @@ def create_app(services: Services) -> QuartTrio:
     set_ws_compression(settings.ws_compression)  # process-wide: hypercorn's handshake
     install_cors(app)
     install_error_handlers(app)
+    install_route_labels(app)
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     return app

@@ -55,6 +55,8 @@ class Settings:
     graceful_timeout: float
     log_level: str
     access_log: bool
+    metrics: bool
+    metrics_token: str
     max_upload_bytes: int
     max_direct_upload_bytes: int
     max_chunk_bytes: int

@@ -173,6 +173,19 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("access_log", bool, False, "Log one line per HTTP request."),
     Setting(
+        "metrics",
+        bool,
+        True,
+        "Serve Prometheus metrics at GET /metrics (false: that route answers 404).",
+    ),
+    Setting(
+        "metrics_token",
+        str,
+        "",
+        "Empty: GET /metrics is open to anyone who can reach it. Otherwise a scrape must "
+        "send Authorization: Bearer <this value> (401 without it).",
+    ),
+    Setting(
         "max_upload_bytes",
         int,
         20 * 1024**3,

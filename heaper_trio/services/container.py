@@ -24,6 +24,7 @@ import trio
 from heaper_trio import __version__
 from heaper_trio.errors import StartupError
 from heaper_trio.keys import SERVER_KEY_FILE, KeyPair, load_or_create_server_key
+from heaper_trio.services import metrics
 from heaper_trio.services.accounts import AccountService
 from heaper_trio.services.admin import UserAdmin
 from heaper_trio.services.diagnostics import RealtimeCounters
@@ -111,6 +112,8 @@ async def open_services(
     """Services plus their supervisor nursery; background work is cancelled before storage
     closes, so no task ever sees a closed database."""
     prepare_data_dir(settings)
+    if settings.metrics:
+        metrics.install()  # storage's timings (storage/observe.py) become metrics
     async with open_storage(settings) as storage:
         server_key = await bind_server_key(storage, settings.data_path)
         tokens = TokenService(

@@ -154,6 +154,13 @@ HOOKS: tuple[Hook, ...] = (
         "sort_keys",
         why="keep_json_key_order: answers keep the key order the contract documents",
     ),
+    Hook(
+        TrioASGIHTTPConnection,
+        "scope",
+        used_by="_create_request_from_scope",
+        why="web/routes_metrics.py: the request's scope is the very ASGI scope dict, so the "
+        "route rule written into request.scope reaches the metrics middleware",
+    ),
 )
 
 

@@ -95,6 +95,7 @@ class RouteSpec:
     # a request body that is not JSON: media type -> schema (multipart parts, raw bytes)
     content: dict[str, dict[str, Any]] = field(default_factory=dict)
     required_query: tuple[str, ...] = ()
+    text: str = ""  # a 200 answer that is text of this media type, not JSON (GET /metrics)
 
 
 ROUTES: list[RouteSpec] = []
@@ -379,6 +380,7 @@ def route(
     binary: tuple[str, ...] = (),
     content: dict[str, dict[str, Any]] | None = None,
     required_query: tuple[str, ...] = (),
+    text: str = "",
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
     """Register ``handler(**path_params, [body=...], [user=...], [token=...])``.
 
@@ -417,6 +419,7 @@ def route(
             binary=binary,
             content=content or {},
             required_query=required_query,
+            text=text,
         )
     )
 

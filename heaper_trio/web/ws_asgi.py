@@ -27,6 +27,7 @@ from urllib.parse import parse_qs
 import trio
 
 from heaper_trio.protocol.close_codes import CLOSE_INTERNAL_ERROR
+from heaper_trio.services import metrics
 from heaper_trio.services.live.connection import LiveConnection
 from heaper_trio.services.live.context import LiveContext
 from heaper_trio.services.live.legacy import LegacyEventsConnection
@@ -90,13 +91,17 @@ class LiveSockets:
         if first["type"] != "websocket.connect":
             return  # the client left before the handshake finished
         await send({"type": "websocket.accept"})
-        with trio.CancelScope() as gone:
-            transport = open_transport(scope, receive, send, gone)
-            conn = runner(transport, self.live, connection_token(scope))
-            try:
-                await conn.run()
-            except Exception:  # an uncaught error would close with 1000 (stack-pitfalls 4)
-                log.exception("%s connection failed", scope["path"])
-                await transport.close(CLOSE_INTERNAL_ERROR, "internal error")
-                return
+        metrics.ws_opened(scope["path"])
+        try:
+            with trio.CancelScope() as gone:
+                transport = open_transport(scope, receive, send, gone)
+                conn = runner(transport, self.live, connection_token(scope))
+                try:
+                    await conn.run()
+                except Exception:  # an uncaught error would close with 1000 (pitfalls 4)
+                    log.exception("%s connection failed", scope["path"])
+                    await transport.close(CLOSE_INTERNAL_ERROR, "internal error")
+                    return
+        finally:
+            metrics.ws_closed(scope["path"])
         await transport.close(CLOSE_NORMAL, "")  # nothing if closed or gone already

@@ -39,6 +39,7 @@ from heaper_trio.protocol.close_codes import (
 from heaper_trio.protocol.names import BlockName, EventsName, parse_document_name
 from heaper_trio.protocol.split import split_update
 from heaper_trio.records import User
+from heaper_trio.services import metrics
 from heaper_trio.services.live.context import Grant, LiveContext
 from heaper_trio.services.live.hub import LiveHub, Room, Subscription
 from heaper_trio.services.live.inbox import Inbox
@@ -154,7 +155,7 @@ class LiveConnection:
         if self.session.closed:
             return False
         if not self.outbox.offer(frame):
-            self.live.counters.dropped_slow_consumers += 1
+            metrics.slow_consumer_dropped(self.live.counters)
             self.disconnect(CLOSE_TRY_AGAIN_LATER, "too slow to keep up; resync")
             return False
         return True

@@ -29,6 +29,7 @@ from heaper_trio.protocol.presence import Owner
 from heaper_trio.protocol.split import split_update
 from heaper_trio.protocol.wire import ProtocolError
 from heaper_trio.records import StoredBlock
+from heaper_trio.services import metrics
 from heaper_trio.services.commits import Committed
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
@@ -156,6 +157,7 @@ class LiveHub:
             room.sync_version = stored.sync_version
             room.last_seq = max(room.last_seq, stored.last_seq)
         self.counters.documents_loaded += 1
+        metrics.document_loaded()
         if room.recheck:
             # Another process committed while storage was being read: what it announced may
             # be newer than what was read (issue 9, item 11). An announcement that came
@@ -178,6 +180,7 @@ class LiveHub:
             del self.rooms[room.block_id]
             if room.doc is not None:
                 self.counters.documents_loaded -= 1
+                metrics.document_dropped()
         self._dirty.pop(room, None)
 
     # -- stored changes -------------------------------------------------------------------------
@@ -367,6 +370,7 @@ class LiveHub:
         except Exception:
             log.exception("merging updates of live block %s failed", room.block_id)
             return
+        metrics.coalesced(len(batch) - 1)
         origins = {o for _, o in batch}
         only = next(iter(origins)) if len(origins) == 1 else None
         # only its own updates: that subscriber has them
@@ -379,6 +383,7 @@ class LiveHub:
         made of it (the WebSocket frame) by identity. Never waits: each connection queues
         the frame behind what it queued before (or drops itself when its outbox is full)."""
         encoded: dict[bytes, bytes] = {}
+        sent = 0
         for sub in list(room.subs):
             if sub is skip:
                 continue
@@ -388,6 +393,8 @@ class LiveHub:
             self.counters.messages_out += 1
             self.counters.bytes_out += len(frame)
             sub.sink.send_frame(frame)
+            sent += 1
+        metrics.deliveries(sent)  # once per frame, not per subscriber: the hot path
 
     def _queue_event(self, c: Committed) -> None:
         if c.heap_id not in self.heap_watchers:

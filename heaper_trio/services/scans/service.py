@@ -39,6 +39,7 @@ import trio
 
 from heaper_trio.errors import Conflict, HeaperError, NotFound, Unavailable
 from heaper_trio.records import FileRecord, User
+from heaper_trio.services import metrics
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.files import FileService
 from heaper_trio.services.scans.folder import FolderScan
@@ -318,6 +319,7 @@ class ScanService:
             job.path or "files",
             job.heap_id or "(all)",
         )
+        metrics.job_started(job.kind)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._report, job)
@@ -333,6 +335,7 @@ class ScanService:
             raise
         finally:
             job.finished_at = int(time.time() * 1000)
+            metrics.job_finished(job.kind, job.state)
             self.publish(job.user_id, job.final_event())
             log.info(
                 "%s %s %s: %d seen, %d done (%d new, %d changed, %d missing), %d errors",

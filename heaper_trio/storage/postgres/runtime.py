@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol, TypeVar
@@ -19,6 +20,7 @@ import trio
 from trio_asyncio import aio_as_trio
 
 from heaper_trio.errors import Unavailable
+from heaper_trio.storage import observe
 from heaper_trio.storage.rows import Row
 
 log = logging.getLogger(__name__)
@@ -168,7 +170,10 @@ class PostgresBridge:
         if self._pool is None:
             raise RuntimeError("storage is closed")
         try:
+            start = time.perf_counter()
             result: T = await aio_as_trio(runner, loop=self._loop)(self._pool, work, *args)
+            kind = "write" if runner in (write1, tx) else "read"
+            observe.observer.round_trip("postgres", kind, time.perf_counter() - start)
             return result
         except CONNECTION_ERRORS as e:
             # The database, not the request, is at fault: 503, and the client retries.
@@ -252,7 +257,10 @@ class GroupCommit:
         self.batches += 1
         self.jobs += len(batch)
         changes = [ch for job in batch for ch in job.changes]
+        start = time.perf_counter()
         got = await outcome.acapture(self._run_batch, changes, max(job.now for job in batch))
+        if isinstance(got, outcome.Value):
+            observe.observer.commit_batch("postgres", len(batch), time.perf_counter() - start)
         if (
             isinstance(got, outcome.Error)
             and len(batch) > 1
