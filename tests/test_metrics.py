@@ -7,12 +7,9 @@ scrapes of the same server."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 import httpx
 import pytest
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
@@ -21,35 +18,11 @@ from heaper_trio.services import metrics
 
 from .conftest import StartServer, assert_error
 from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets, live_client  # noqa: F401
+from .metrics_support import Samples, scrape, value
 from .test_file_serving import png_bytes, upload
 from .test_sync import ClientBlock, new_heap, push
 
 pytestmark = [*UNCLOSED_SOCKETS]
-
-Samples = Counter[tuple[str, frozenset[tuple[str, str]]]]
-
-
-def parse(text: str) -> Samples:
-    out: Samples = Counter()
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] += s.value
-    return out
-
-
-async def scrape(url: str, token: str | None = None) -> Samples:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient() as c:
-        r = await c.get(url + "/metrics", headers=headers)
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"].startswith("text/plain")
-    return parse(r.text)
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum over every series of ``name`` whose labels include ``labels``."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
 
 
 class Delta:
