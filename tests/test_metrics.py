@@ -20,6 +20,7 @@ from .conftest import StartServer, assert_error
 from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets, live_client  # noqa: F401
 from .metrics_support import Samples, scrape, value
 from .test_file_serving import png_bytes, upload
+from .test_scans import finished
 from .test_sync import ClientBlock, new_heap, push
 
 pytestmark = [*UNCLOSED_SOCKETS]
@@ -62,6 +63,10 @@ async def test_real_work_moves_the_numbers(
     for _ in range(2):
         r = await admin.get(f"/api/file/{answer['file_hash']}/thumbnail/small/red.webp")
         assert r.status_code == 200, r.text
+    # a background job (reindexing the heap's files)
+    r = await admin.post("/api/reindex_files", json={"heap_id": heap["id"]})
+    assert r.status_code == 200, r.text
+    assert (await finished(admin, r.json()["scan_id"]))["state"] == "done"
     # an unknown path: one label whatever the path
     for path in ("/no/such/1", "/no/such/2"):
         assert (await admin.get(path)).status_code == 404
@@ -95,7 +100,8 @@ async def test_real_work_moves_the_numbers(
     assert d("heaper_upload_bytes_total", kind="direct") == len(data)
     assert d("heaper_thumbnail_cache_hits_total") == 1
     assert d("heaper_jobs_total", kind="thumbnail", state="done") == 1
-    assert d("heaper_jobs_running", kind="thumbnail") == 0
+    assert d("heaper_jobs_total", kind="reindex", state="done") == 1
+    assert d("heaper_jobs_running") == 0
     # storage: the push and the live edit committed, in batches; reads and writes timed
     assert d("heaper_db_commit_batch_size_count", engine=engine) >= 1
     assert d("heaper_db_commit_batch_size_sum", engine=engine) >= 2
