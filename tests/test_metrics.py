@@ -70,6 +70,10 @@ async def test_real_work_moves_the_numbers(
     # an unknown path: one label whatever the path
     for path in ("/no/such/1", "/no/such/2"):
         assert (await admin.get(path)).status_code == 404
+    # a CORS preflight (answered before any view) still names its route
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    r = await admin.http.options("/api/sync/push", headers=preflight)
+    assert r.status_code == 204
     with trio.fail_after(5):  # the connections close on their own time
         while value(await scrape(server.url), "heaper_ws_connections", path="/ws") != value(
             before, "heaper_ws_connections", path="/ws"
@@ -81,6 +85,7 @@ async def test_real_work_moves_the_numbers(
     push_count = "heaper_http_request_duration_seconds_count"
     assert d(push_count, method="POST", route="/api/sync/push", status="200") == 1
     assert d(push_count, method="GET", route=metrics.UNMATCHED, status="404") == 2
+    assert d(push_count, method="OPTIONS", route="/api/sync/push", status="204") == 1
     thumb_route = "/api/file/<key>/thumbnail/<size>/<slug>"
     assert d(push_count, method="GET", route=thumb_route, status="200") == 2
     assert not any("/no/such" in str(labels) for _, labels in after)

@@ -2,10 +2,11 @@
 
 Requests are measured at the edge, as ASGI (:class:`HttpMetrics`, outside the keep-alive guard):
 from the request's arrival until the app has handed over the answer's last byte, labelled by
-method, status and route *rule*. The rule comes from Quart's own routing (a URL value
-preprocessor runs for every request, matched or not, before any before-request hook can
-answer), written into the ASGI scope the middleware holds; a path no route serves is
-``unmatched``, so a scanner walking random URLs adds one series, not one per URL.
+method, status and route *rule*. The rule comes from Quart's own routing: the first
+before-request hook (ahead of the CORS preflight, which answers without a view) writes it into
+the ASGI scope the middleware holds. Not a URL value preprocessor: Quart runs those for its
+WebSockets too, through the ``request`` proxy, which has no request there. A path no route
+serves is ``unmatched``, so a scanner walking random URLs adds one series, not one per URL.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ bp = Blueprint("metrics", __name__)
 ROUTE_KEY = "heaper.route"  # the scope key the rule is written to
 
 
+async def _note_rule() -> None:
+    rule = request.url_rule
+    if rule is not None:
+        cast(dict[str, Any], request.scope)[ROUTE_KEY] = rule.rule
+
+
 def install_route_labels(app: Quart) -> None:
-    @app.url_value_preprocessor
-    def note_rule(endpoint: str | None, values: dict[str, Any] | None) -> None:
-        rule = request.url_rule
-        if rule is not None:
-            cast(dict[str, Any], request.scope)[ROUTE_KEY] = rule.rule
+    app.before_request_funcs.setdefault(None, []).insert(0, _note_rule)  # before all others
 
 
 class HttpMetrics:
