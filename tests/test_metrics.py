@@ -60,6 +60,8 @@ async def test_real_work_moves_the_numbers(
     # an upload, then one thumbnail made and one from the cache
     data = png_bytes()
     answer = await upload(admin, heap["id"], "blk-img", data, "red.png", "image/png")
+    chunked = bytes(range(256)) * 700  # a resumable upload of three chunks
+    await admin.uploads.upload(heap["id"], "blk-bin", chunked, chunk_size=65536)
     for _ in range(2):
         r = await admin.get(f"/api/file/{answer['file_hash']}/thumbnail/small/red.webp")
         assert r.status_code == 200, r.text
@@ -103,6 +105,7 @@ async def test_real_work_moves_the_numbers(
     assert d("heaper_live_documents_loaded") == 0  # dropped when the last one left
     assert d("heaper_live_deliveries_total") >= 1
     assert d("heaper_upload_bytes_total", kind="direct") == len(data)
+    assert d("heaper_upload_bytes_total", kind="chunk") == len(chunked)
     assert d("heaper_thumbnail_cache_hits_total") == 1
     assert d("heaper_jobs_total", kind="thumbnail", state="done") == 1
     assert d("heaper_jobs_total", kind="reindex", state="done") == 1

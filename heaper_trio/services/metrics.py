@@ -141,13 +141,15 @@ def http_request(method: str, route: str, status: int | None, seconds: float) ->
 # -- live ---------------------------------------------------------------------------------------
 
 
-def ws_opened(path: str) -> None:
+@contextmanager
+def ws_connection(path: str) -> Iterator[None]:
+    """One accepted WebSocket, open for the duration."""
     _labelled(WS_OPENED, path).inc()
     _labelled(WS_CONNECTIONS, path).inc()
-
-
-def ws_closed(path: str) -> None:
-    _labelled(WS_CONNECTIONS, path).dec()
+    try:
+        yield
+    finally:
+        _labelled(WS_CONNECTIONS, path).dec()
 
 
 def document_loaded() -> None:

@@ -88,18 +88,19 @@ async def upload_file(user: User, heap_id: str, block_id: str) -> dict[str, Any]
         raise PayloadTooLarge("the file exceeds max_direct_upload_bytes")
     claimed = form.get("hash") or form.get("file_hash")
     name = form.get("name") or upload.filename or ""
-    stored = await services().files.direct(
-        user,
-        heap_id,
-        block_id,
-        stream,
-        size,
-        check_hash(claimed) if claimed else None,
-        name[:1024],
-        form.get("mime_type") or upload.mimetype or None,
+    metrics.upload_bytes("direct", size)  # received (spooled) whatever happens next
+    return upload_json(
+        await services().files.direct(
+            user,
+            heap_id,
+            block_id,
+            stream,
+            size,
+            check_hash(claimed) if claimed else None,
+            name[:1024],
+            form.get("mime_type") or upload.mimetype or None,
+        )
     )
-    metrics.upload_bytes("direct", size)
-    return upload_json(stored)
 
 
 @route(

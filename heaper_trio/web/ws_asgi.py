@@ -91,17 +91,13 @@ class LiveSockets:
         if first["type"] != "websocket.connect":
             return  # the client left before the handshake finished
         await send({"type": "websocket.accept"})
-        metrics.ws_opened(scope["path"])
-        try:
-            with trio.CancelScope() as gone:
-                transport = open_transport(scope, receive, send, gone)
-                conn = runner(transport, self.live, connection_token(scope))
-                try:
-                    await conn.run()
-                except Exception:  # an uncaught error would close with 1000 (pitfalls 4)
-                    log.exception("%s connection failed", scope["path"])
-                    await transport.close(CLOSE_INTERNAL_ERROR, "internal error")
-                    return
-        finally:
-            metrics.ws_closed(scope["path"])
+        with trio.CancelScope() as gone, metrics.ws_connection(scope["path"]):
+            transport = open_transport(scope, receive, send, gone)
+            conn = runner(transport, self.live, connection_token(scope))
+            try:
+                await conn.run()
+            except Exception:  # an uncaught error would close with 1000 (stack-pitfalls 4)
+                log.exception("%s connection failed", scope["path"])
+                await transport.close(CLOSE_INTERNAL_ERROR, "internal error")
+                return
         await transport.close(CLOSE_NORMAL, "")  # nothing if closed or gone already
