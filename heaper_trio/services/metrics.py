@@ -2,8 +2,8 @@
 
 Every other module reaches prometheus through the small functions here, so the metric names,
 labels and buckets are read in one place and label sets stay bounded: HTTP requests are
-labelled by route rule (``/api/block/<block_key>``), never by raw path; methods outside the
-usual few are ``other``. Storage never imports this: it reports through ``storage/observe.py``,
+labelled by route rule (``/api/file/<key>/thumbnail/<size>/<slug>``), never by raw path;
+methods outside the usual few are ``other``. Storage never imports this: it reports through ``storage/observe.py``,
 and :func:`install` plugs :data:`STORAGE` in.
 
 Hot paths count per batch, not per item: the live fan-out adds once per frame it sends to a
@@ -40,7 +40,8 @@ from prometheus_client import (
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.storage import observe
 
-# No ``*_created`` series: a third of the answer, and Prometheus itself does not read them
+# No ``*_created`` series: a third of the answer, and Prometheus reads them only when a
+# feature flag asks
 disable_created_metrics()
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
