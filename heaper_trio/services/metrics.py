@@ -3,8 +3,8 @@
 Every other module reaches prometheus through the small functions here, so the metric names,
 labels and buckets are read in one place and label sets stay bounded: HTTP requests are
 labelled by route rule (``/api/file/<key>/thumbnail/<size>/<slug>``), never by raw path;
-methods outside the usual few are ``other``. Storage never imports this: it reports through ``storage/observe.py``,
-and :func:`install` plugs :data:`STORAGE` in.
+methods outside the usual few are ``other``. Storage never imports this: it reports
+through ``storage/observe.py``, and :func:`install` plugs :data:`STORAGE` in.
 
 Hot paths count per batch, not per item: the live fan-out adds once per frame it sends to a
 room (``deliveries(n)``), not once per subscriber.
