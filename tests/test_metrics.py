@@ -15,6 +15,7 @@ from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.protocol import messages as m
 from heaper_trio.services import metrics
+from heaper_trio.services.diagnostics import RealtimeCounters
 
 from .conftest import StartServer, assert_error
 from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets, live_client  # noqa: F401
@@ -142,3 +143,26 @@ def test_labels_stay_bounded() -> None:
     metrics.http_request("BREW", metrics.UNMATCHED, None, 0.5)
     after = metrics.HTTP_DURATION.labels("other", metrics.UNMATCHED, "none")._sum.get()
     assert after - before == 0.5
+
+
+async def test_job_states_and_slow_consumers() -> None:
+    """A job that raises is ``failed``, one cancelled ``cancelled``; either way it no longer
+    runs. A dropped slow consumer counts for /api/health and for /metrics alike."""
+
+    def total(state: str) -> float:
+        return float(metrics.JOBS.labels("probe-test", state)._value.get())
+
+    with pytest.raises(ValueError), metrics.job("probe-test"):
+        raise ValueError("bad file")
+    with trio.CancelScope() as scope, metrics.job("probe-test"):
+        scope.cancel()
+        await trio.sleep(1)
+    with metrics.job("probe-test"):
+        pass
+    assert [total(s) for s in ("failed", "cancelled", "done")] == [1, 1, 1]
+    assert metrics.JOBS_RUNNING.labels("probe-test")._value.get() == 0
+    counters = RealtimeCounters()
+    before = metrics.SLOW_DROPPED._value.get()
+    metrics.slow_consumer_dropped(counters)
+    assert counters.dropped_slow_consumers == 1
+    assert metrics.SLOW_DROPPED._value.get() - before == 1
