@@ -163,6 +163,6 @@ async def test_job_states_and_slow_consumers() -> None:
     assert metrics.JOBS_RUNNING.labels("probe-test")._value.get() == 0
     counters = RealtimeCounters()
     before = metrics.SLOW_DROPPED._value.get()
-    metrics.slow_consumer_dropped(counters)
+    counters.dropped_slow_consumer()
     assert counters.dropped_slow_consumers == 1
     assert metrics.SLOW_DROPPED._value.get() - before == 1

@@ -37,7 +37,6 @@ from prometheus_client import (
     multiprocess,
 )
 
-from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.storage import observe
 
 # No ``*_created`` series: a third of the answer, and Prometheus reads them only when a
@@ -171,9 +170,7 @@ def coalesced(n: int) -> None:
         COALESCED.inc(n)
 
 
-def slow_consumer_dropped(counters: RealtimeCounters) -> None:
-    """Counted twice: for ``/api/health`` (this process) and here."""
-    counters.dropped_slow_consumers += 1
+def slow_consumer_dropped() -> None:
     SLOW_DROPPED.inc()
 
 

@@ -39,7 +39,6 @@ from heaper_trio.protocol.close_codes import (
 from heaper_trio.protocol.names import BlockName, EventsName, parse_document_name
 from heaper_trio.protocol.split import split_update
 from heaper_trio.records import User
-from heaper_trio.services import metrics
 from heaper_trio.services.live.context import Grant, LiveContext
 from heaper_trio.services.live.hub import LiveHub, Room, Subscription
 from heaper_trio.services.live.inbox import Inbox
@@ -155,7 +154,7 @@ class LiveConnection:
         if self.session.closed:
             return False
         if not self.outbox.offer(frame):
-            metrics.slow_consumer_dropped(self.live.counters)
+            self.live.counters.dropped_slow_consumer()
             self.disconnect(CLOSE_TRY_AGAIN_LATER, "too slow to keep up; resync")
             return False
         return True

@@ -29,7 +29,6 @@ from heaper_trio.protocol.presence import Owner
 from heaper_trio.protocol.split import split_update
 from heaper_trio.protocol.wire import ProtocolError
 from heaper_trio.records import StoredBlock
-from heaper_trio.services import metrics
 from heaper_trio.services.commits import Committed
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
@@ -156,8 +155,7 @@ class LiveHub:
         if stored is not None:
             room.sync_version = stored.sync_version
             room.last_seq = max(room.last_seq, stored.last_seq)
-        self.counters.documents_loaded += 1
-        metrics.document_loaded()
+        self.counters.document_loaded()
         if room.recheck:
             # Another process committed while storage was being read: what it announced may
             # be newer than what was read (issue 9, item 11). An announcement that came
@@ -179,8 +177,7 @@ class LiveHub:
         if self.rooms.get(room.block_id) is room:
             del self.rooms[room.block_id]
             if room.doc is not None:
-                self.counters.documents_loaded -= 1
-                metrics.document_dropped()
+                self.counters.document_dropped()
         self._dirty.pop(room, None)
 
     # -- stored changes -------------------------------------------------------------------------
@@ -370,7 +367,7 @@ class LiveHub:
         except Exception:
             log.exception("merging updates of live block %s failed", room.block_id)
             return
-        metrics.coalesced(len(batch) - 1)
+        self.counters.coalesced(len(batch) - 1)
         origins = {o for _, o in batch}
         only = next(iter(origins)) if len(origins) == 1 else None
         # only its own updates: that subscriber has them
@@ -383,18 +380,15 @@ class LiveHub:
         made of it (the WebSocket frame) by identity. Never waits: each connection queues
         the frame behind what it queued before (or drops itself when its outbox is full)."""
         encoded: dict[bytes, bytes] = {}
-        sent = 0
-        for sub in list(room.subs):
-            if sub is skip:
-                continue
+        subs = [sub for sub in room.subs if sub is not skip]
+        self.counters.delivered(len(subs))  # once per frame, not per subscriber: a hot path
+        for sub in subs:
             frame = encoded.get(sub.prefix)
             if frame is None:
                 frame = encoded[sub.prefix] = sub.prefix + body
             self.counters.messages_out += 1
             self.counters.bytes_out += len(frame)
             sub.sink.send_frame(frame)
-            sent += 1
-        metrics.deliveries(sent)  # once per frame, not per subscriber: the hot path
 
     def _queue_event(self, c: Committed) -> None:
         if c.heap_id not in self.heap_watchers:

@@ -19,7 +19,6 @@ from heaper_trio.protocol.close_codes import (
     CLOSE_UNAUTHORIZED,
 )
 from heaper_trio.protocol.session import Timeouts
-from heaper_trio.services import metrics
 from heaper_trio.services.live.connection import Transport
 from heaper_trio.services.live.context import LiveContext
 from heaper_trio.services.live.outbox import Outbox
@@ -43,7 +42,7 @@ class LegacyEventsConnection:
         if evt.get("type") not in events.SCAN_EVENTS:
             return True
         if not self.outbox.offer(events.to_json(evt)):
-            metrics.slow_consumer_dropped(self.live.counters)
+            self.live.counters.dropped_slow_consumer()
             self._end(CLOSE_TRY_AGAIN_LATER, "too slow to keep up")
             return False
         return True
