@@ -54,6 +54,7 @@ class Settings:
     pg_pool_max: int
     graceful_timeout: float
     log_level: str
+    log_format: str
     access_log: bool
     max_upload_bytes: int
     max_direct_upload_bytes: int
