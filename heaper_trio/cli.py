@@ -306,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sqlite = settings.engine == "sqlite"
             with hold_data_dir(settings.data_path) if sqlite else nullcontext():
                 trio.run(_serve, settings, control_fd)
+            global SERVED_CLEANLY
+            SERVED_CLEANLY = True  # __main__ may skip the interpreter's teardown
             return 0
         return trio.run(_users, settings, args)
     except BaseException as e:
@@ -330,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+SERVED_CLEANLY = False  # set once a server has shut down and released everything
 _BIND_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
 
 
