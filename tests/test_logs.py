@@ -1,0 +1,197 @@
+"""The log a self-hoster reads: its two formats, and one access line per request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from heaper_trio import logs
+from heaper_trio.app import RunningServer
+from heaper_trio.client import HeaperClient
+from heaper_trio.settings import load_settings
+from tests.conftest import StartServer
+from tests.live_client import UNCLOSED_SOCKETS, collect_closed_sockets  # noqa: F401 (autouse)
+
+pytestmark = [*UNCLOSED_SOCKETS]
+
+
+def record(msg: str, *, name: str = "heaper_trio.web", exc: bool = False) -> logging.LogRecord:
+    exc_info = None
+    if exc:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            exc_info = sys.exc_info()
+    rec = logging.LogRecord(name, logging.WARNING, __file__, 1, msg, None, exc_info)
+    logs.RequestContext().filter(rec)
+    return rec
+
+
+# -- formats (pure) ---------------------------------------------------------------------------
+def test_json_line_has_time_level_logger_message_and_the_request() -> None:
+    fields = logs.RequestFields("http", "POST", "/api/heaps", "10.0.0.7", user_id="u1")
+    token = logs.CURRENT.set(fields)
+    try:
+        rec = record("slow disk", exc=True)
+    finally:
+        logs.CURRENT.reset(token)
+    line = logs.JsonFormatter().format(rec)
+    assert "\n" not in line  # one object per line, the traceback inside it
+    out = json.loads(line)
+    assert out["time"].endswith("Z") and out["time"][10] == "T"
+    assert (out["level"], out["logger"], out["message"]) == (
+        "WARNING",
+        "heaper_trio.web",
+        "slow disk",
+    )
+    assert out["request"] == {
+        "method": "POST",
+        "path": "/api/heaps",
+        "remote": "10.0.0.7",
+        "user_id": "u1",
+    }
+    assert "ValueError: boom" in out["error"]
+
+
+def test_text_line_has_one_timestamp_and_names_the_request() -> None:
+    fields = logs.RequestFields("websocket", "GET", "/ws", "10.0.0.7", user_id="u1")
+    token = logs.CURRENT.set(fields)
+    try:
+        rec = record("frame refused", exc=True)
+    finally:
+        logs.CURRENT.reset(token)
+    head, _, tail = logs.TextFormatter().format(rec).partition("\n")
+    assert head.endswith("WARNING heaper_trio.web: frame refused (/ws, user u1)"), head
+    assert head.count(":") == 3  # hh:mm:ss and the logger's colon: one timestamp
+    assert "ValueError: boom" in tail
+    # outside a request: the plain line; the pid when several processes share the log
+    plain = logs.TextFormatter(with_pid=True).format(record("hello"))
+    assert plain.endswith("]: hello") and "(" not in plain
+
+
+def test_log_format_is_a_checked_setting() -> None:
+    assert load_settings(environ={}).log_format == "text"
+    assert load_settings(environ={"HEAPER_LOG_FORMAT": "json"}).log_format == "json"
+    with pytest.raises(Exception, match=r"log_format|LOG_FORMAT"):
+        load_settings(environ={"HEAPER_LOG_FORMAT": "xml"})
+
+
+def test_configure_replaces_the_handler_instead_of_adding_one() -> None:
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    try:
+        logs.configure("info", "json")
+        logs.configure("warning", "json")
+        ours = [h for h in root.handlers if isinstance(h.formatter, logs.JsonFormatter)]
+        assert len(ours) == len(root.handlers) == 1
+        assert root.level == logging.WARNING
+    finally:
+        root.handlers, root.level = saved, level
+
+
+# -- the access log of a real server ------------------------------------------------------------
+def access_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """Each access line as the JSON format writes it."""
+    fmt = logs.JsonFormatter()
+    return [json.loads(fmt.format(r)) for r in caplog.records if r.name == logs.ACCESS_LOGGER]
+
+
+async def wait_for_lines(caplog: pytest.LogCaptureFixture, count: int) -> list[dict[str, Any]]:
+    """The line is written when the ASGI call ends, just after the client has its answer."""
+    with trio.fail_after(10):
+        while len(access_records(caplog)) < count:
+            await trio.sleep(0.01)
+    await trio.sleep(0.05)  # and no more come
+    return access_records(caplog)
+
+
+def half_closed_request(url: str, raw: bytes) -> bytes:
+    """Send a request, shut the sending side (as HTTP/1.0 clients and ``nc`` do), read."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(raw)
+        s.shutdown(socket.SHUT_WR)
+        return s.recv(65536)
+
+
+@pytest.mark.engines("sqlite")  # about HTTP, not storage
+async def test_one_access_line_per_request_and_websocket(
+    engine: str,
+    start_server: StartServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    server: RunningServer = await start_server(access_log=True)
+    async with HeaperClient(server.url) as c:
+        await c.login()  # create_session, verify_session
+        assert (await c.post("/api/heaps", json={})).status_code == 200
+    user_id, token = c.user_id, c.access_token
+    async with httpx.AsyncClient(base_url=server.url) as h:
+        assert (await h.get("/api/no-such-route")).status_code == 404
+    # hypercorn logged this one twice: status "-" at the client's EOF, then 200
+    answer = await trio.to_thread.run_sync(
+        half_closed_request, server.url, b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    # whether the app answers before it sees the EOF is a race: either way, one line
+    health = "/api/health 200" if answer.startswith(b"HTTP/1.1 200") else "/api/health 499"
+    async with open_websocket_url(f"ws://{server.url[7:]}/ws?token={token}"):
+        await trio.sleep(0.05)  # the connection's line comes at its end
+    lines = await wait_for_lines(caplog, 6)
+    got = [
+        (a.get("request") or a["connection"])["path"]
+        + " "
+        + str((a.get("request") or a["connection"])["status"])
+        for a in lines
+    ]
+    assert got == [
+        "/api/auth/create_session 200",
+        "/api/auth/verify_session 200",
+        "/api/heaps 200",
+        "/api/no-such-route 404",
+        health,
+        "/ws 101",
+    ], got
+    heaps = lines[2]["request"]
+    assert heaps["user_id"] == user_id and heaps["method"] == "POST" and heaps["bytes"] > 0
+    assert heaps["remote"] == "127.0.0.1" and heaps["duration_ms"] >= 0
+    assert "method" not in lines[5]["connection"]
+    for rec in caplog.records:
+        if rec.name == logs.ACCESS_LOGGER:
+            assert rec.levelno == logging.INFO and rec.exc_info is None
+            # one timestamp: the formatter's; the message itself has none
+            assert "/Dec/" not in rec.getMessage() and "[" not in rec.getMessage()
+
+
+@pytest.mark.engines("sqlite")
+async def test_a_client_gone_before_the_answer_logs_499_once(
+    engine: str, start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    server = await start_server(access_log=True)
+    host, port = server.url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    # a body that never completes; the client leaves
+    await stream.send_all(b"POST /api/heaps HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
+    await trio.sleep(0.1)
+    await stream.aclose()
+    lines = await wait_for_lines(caplog, 1)
+    assert [(a["request"]["path"], a["request"]["status"]) for a in lines] == [("/api/heaps", 499)]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
+
+
+@pytest.mark.engines("sqlite")
+async def test_access_log_off_writes_no_line(
+    engine: str, server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with httpx.AsyncClient(base_url=server.url) as h:
+        assert (await h.get("/api/health")).status_code == 200
+    assert access_records(caplog) == []
