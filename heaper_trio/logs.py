@@ -134,13 +134,33 @@ class JsonFormatter(logging.Formatter):
 
 
 class RequestContext(logging.Filter):
-    """Attaches the request being served (if any) to each record, in the task that logs it:
-    a handler's formatter may run elsewhere, but the record keeps what was current."""
+    """Attaches the request being served (if any) to a record that lacks it (one made before
+    ``with_request_context`` was installed)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "heaper_request"):
             record.heaper_request = CURRENT.get()
         return True
+
+
+def with_request_context() -> None:
+    """Make every log record carry the request being served, whichever handler formats it
+    (ours, pytest's, one a deployment adds): the record factory runs in the task that logs,
+    where the context variable is the request's. Idempotent; done on import."""
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "heaper_request_context", False):
+        return
+
+    def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        record.heaper_request = CURRENT.get()
+        return record
+
+    make_record.heaper_request_context = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(make_record)
+
+
+with_request_context()
 
 
 def make_handler(log_format: str, *, with_pid: bool = False) -> logging.Handler:

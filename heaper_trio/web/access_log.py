@@ -98,12 +98,12 @@ class AccessLog:
                 fields.status = 500  # what hypercorn answers for an app that failed
             raise
         finally:
-            logs.CURRENT.reset(token)
             if self.enabled:
-                self._write(fields)
+                self._write(fields)  # while the context is the request's: the line carries it
+            logs.CURRENT.reset(token)
 
     @staticmethod
     def _write(fields: logs.RequestFields) -> None:
         if fields.status is None:
             fields.status = CLIENT_CLOSED
-        log.info(access_message(fields, fields.finish()), extra={"heaper_request": fields})
+        log.info(access_message(fields, fields.finish()))
