@@ -93,6 +93,8 @@ async def listen_forever(
                 outage.failed(e, "live LISTEN")
                 await trio.sleep(CHECK_EVERY_S)
                 continue
+            lost = trio.Event()  # set from the loop's callback: non-blocking trio API, as above
+            conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
             try:
                 await aio_as_trio(conn.add_listener, loop=loop)(CHANNEL, received)
                 outage.succeeded()
@@ -101,9 +103,12 @@ async def listen_forever(
                     task_status.started()
                 else:
                     on_payload("")  # reconnected: what was announced meanwhile is unknown
-                # asyncpg tells of a lost connection only by is_closed(): poll it.
-                while not conn.is_closed():  # noqa: ASYNC110
-                    await trio.sleep(CHECK_EVERY_S)
+                # asyncpg calls termination listeners when the connection is lost, so a
+                # lost LISTEN is noticed (and reported) during the outage, not up to
+                # CHECK_EVERY_S later, maybe after it; is_closed() is checked as well.
+                while not conn.is_closed():
+                    with trio.move_on_after(CHECK_EVERY_S):
+                        await lost.wait()
                 outage.failed("connection lost", "live LISTEN")
             finally:
                 with trio.CancelScope(shield=True):
