@@ -91,6 +91,9 @@ class AccessLog:
                     fields.close_code = int(message.get("code", 1000))
             await send(message)
 
+        # ws_asgi finds the socket behind hypercorn's send through this (quart_compat)
+        watching_send.__wrapped__ = send  # type: ignore[attr-defined]
+
         try:
             await self.app(scope, receive, watching_send)
         except Exception:

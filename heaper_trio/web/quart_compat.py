@@ -344,7 +344,10 @@ class WebSocketSocket:
 def websocket_socket(send: Callable[..., Awaitable[None]]) -> WebSocketSocket | None:
     """The socket behind an ASGI ``send`` hypercorn gave a WebSocket app, or None when the
     chain is not the one we know (another server, HTTP/2, TLS, an upgrade that renamed a
-    link): the caller then keeps to ASGI messages, which always work."""
+    link): the caller then keeps to ASGI messages, which always work. A middleware's wrapper
+    (web/access_log.py) names the ``send`` it wraps as ``__wrapped__``."""
+    while (inner := getattr(send, "__wrapped__", None)) is not None:
+        send = inner
     stream = getattr(send, "__self__", None)
     if not isinstance(stream, WSStream):
         return None
