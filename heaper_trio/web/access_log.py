@@ -77,14 +77,14 @@ class AccessLog:
         token = logs.CURRENT.set(fields)
 
         async def watching_send(message: MutableMapping[str, Any]) -> None:
-            kind = message["type"]
-            if kind == "http.response.body":
+            event = message["type"]
+            if event == "http.response.body":
                 fields.bytes_sent += len(message.get("body", b""))
-            elif kind in ("http.response.start", "websocket.http.response.start"):
+            elif event in ("http.response.start", "websocket.http.response.start"):
                 fields.status = int(message["status"])
-            elif kind == "websocket.accept":
+            elif event == "websocket.accept":
                 fields.status = 101
-            elif kind == "websocket.close":
+            elif event == "websocket.close":
                 if fields.status is None:  # closed before accepting: hypercorn answers 403
                     fields.status = 403
                 else:
