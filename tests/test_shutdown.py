@@ -30,7 +30,7 @@ from heaper_trio.client import HeaperClient
 from tests.live_client import UNCLOSED_SOCKETS, collect_closed_sockets  # noqa: F401 (autouse)
 
 # trio-websocket leaves the socket of a connection the server closed to the garbage collector
-pytestmark = [pytest.mark.serial, *UNCLOSED_SOCKETS]
+pytestmark = [pytest.mark.serial, pytest.mark.slow, *UNCLOSED_SOCKETS]
 
 GRACEFUL_S = 5.0
 
