@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from heaper_trio import __version__
+from heaper_trio import __version__, logs
 from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.datadir_lock import hold_data_dir
 from heaper_trio.errors import HeaperError, StartupError
@@ -139,12 +139,8 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 
 def _configure_logging(settings: Settings, *, with_pid: bool = False) -> None:
-    pid = "[%(process)d]" if with_pid else ""  # several processes write to one log
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s %(name)s{pid}: %(message)s",
-        stream=sys.stderr,
-    )
+    # several processes write to one log: text lines name the pid (JSON lines always do)
+    logs.configure(settings.log_level, settings.log_format, with_pid=with_pid)
 
 
 async def _serve(settings: Settings, control_fd: int | None = None) -> None:
@@ -310,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sqlite = settings.engine == "sqlite"
             with hold_data_dir(settings.data_path) if sqlite else nullcontext():
                 trio.run(_serve, settings, control_fd)
+            global SERVED_CLEANLY
+            SERVED_CLEANLY = True  # __main__ may skip the interpreter's teardown
             return 0
         return trio.run(_users, settings, args)
     except BaseException as e:
@@ -334,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+SERVED_CLEANLY = False  # set once a server has shut down and released everything
 _BIND_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
 
 

@@ -54,6 +54,7 @@ class Settings:
     pg_pool_max: int
     graceful_timeout: float
     log_level: str
+    log_format: str
     access_log: bool
     metrics: bool
     metrics_token: str

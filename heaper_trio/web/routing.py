@@ -21,6 +21,7 @@ from quart.datastructures import FileStorage
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from heaper_trio import logs
 from heaper_trio.errors import (
     BadRequest,
     Forbidden,
@@ -314,6 +315,8 @@ async def _authenticate(auth: str) -> dict[str, Any]:
         except (Unauthorized, Forbidden):
             if auth != "optional":
                 raise
+        if user is not None:
+            logs.note_user(user.id)  # the access line and the request's log lines name it
         return {"user": user}
     if auth == "optional":
         return {"user": None}

@@ -22,7 +22,7 @@ from typing import Any
 import trio
 import trio.lowlevel
 
-from heaper_trio import crdt
+from heaper_trio import crdt, logs
 from heaper_trio.protocol import events, frames
 from heaper_trio.protocol.messages import AwarenessEntry, decode_awareness, encode_awareness
 from heaper_trio.protocol.presence import Owner
@@ -73,6 +73,7 @@ class LiveHub:
         if held >= limit:
             return False
         self.account_connections[user_id] = held + 1
+        logs.note_user(user_id)  # called in the connection's task: its log lines name the user
         return True
 
     def release_connection(self, user_id: str) -> None:

@@ -74,6 +74,7 @@ from heaper_trio.storage.postgres.accounts import (
 )
 from heaper_trio.storage.postgres.files import PostgresFiles
 from heaper_trio.storage.postgres.history import PostgresHistory, restore_block
+from heaper_trio.storage.postgres.outage import DatabaseOutage, quiet_pool_retries
 from heaper_trio.storage.postgres.runtime import (
     Conn,
     GroupCommit,
@@ -119,6 +120,7 @@ async def _migrate(c: Conn, now_ms: int) -> None:
 
 
 ANNOUNCED_KEPT = 10_000
+quiet_pool_retries()  # asyncpg's floor-restoring retries: a traceback each while it is down
 
 
 def _announce_key(kind: str, heap_id: str, block_id: str, seq: int) -> tuple[str, ...]:
@@ -152,7 +154,8 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, Storage):
         self._announced: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self.delta_totals = DeltaTotals()  # the change feed's totals, carried page to page
         self._group: GroupCommit | None = None  # concurrent commit_changes, one transaction
-        self._users = UserRowCache(dsn)  # user rows, dropped on NOTIFY (issue 12, item 3)
+        self.outage = DatabaseOutage()
+        self._users = UserRowCache(dsn, self.outage)  # user rows, dropped on NOTIFY (issue 12)
 
     async def open(self) -> None:
         # Remember the loop: calls may come from trio tasks that do not see the contextvar of
@@ -222,7 +225,9 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, Storage):
     async def listen(
         self, on_payload: Callable[[str], None], *, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
-        await postgres_notify.listen_forever(self.dsn, self._loop, on_payload, task_status)
+        await postgres_notify.listen_forever(
+            self.dsn, self._loop, on_payload, task_status, self.outage
+        )
 
     async def schema_version(self) -> int:
         sql = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"

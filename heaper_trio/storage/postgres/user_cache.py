@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 
 from heaper_trio.records import User
+from heaper_trio.storage.postgres.outage import DatabaseOutage
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ CONNECT_TIMEOUT_S = 5.0
 class UserRowCache:
     """Its methods run on the trio-asyncio loop's thread; ``start``/``stop`` on asyncio."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, outage: DatabaseOutage) -> None:
         self.dsn = dsn
+        self.outage = outage
         self._rows: OrderedDict[str, User] = OrderedDict()
         self._conn: Any = None  # the LISTEN connection, while it listens
         self._retry: asyncio.Task[None] | None = None
@@ -84,7 +86,7 @@ class UserRowCache:
         try:
             await self._connect()
         except (OSError, asyncpg.PostgresError, TimeoutError) as e:
-            log.error("postgres user-row LISTEN failed: %s; rows are read uncached", e)
+            self.outage.failed(e, "user-row LISTEN")
             self._schedule_retry()
 
     async def stop(self) -> None:
@@ -117,7 +119,7 @@ class UserRowCache:
         self._conn = None
         self._forget_all()
         if not self._stopped:
-            log.error("postgres user-row LISTEN connection lost; rows are read uncached")
+            self.outage.failed("connection lost", "user-row LISTEN")
             self._schedule_retry()
 
     def _schedule_retry(self) -> None:
@@ -130,6 +132,7 @@ class UserRowCache:
             await asyncio.sleep(RETRY_S)
             try:
                 await self._connect()
-                log.info("postgres user-row LISTEN connection back")
+                log.debug("postgres user-row LISTEN connection back")
+                self.outage.succeeded()
             except (OSError, asyncpg.PostgresError, TimeoutError) as e:
-                log.error("postgres user-row LISTEN failed again: %s", e)
+                self.outage.failed(e, "user-row LISTEN")
