@@ -1,0 +1,227 @@
+"""``python -m heaper_trio export --heap ID DEST``: a heap as Markdown files, one per block
+that is not in the trash, with its files beside them (``files/``), into a new folder or a zip.
+
+Consistency while the server runs: every block is read as one committed state (a pull), and
+the heap's change clock (delta) is read before and after; blocks that changed meanwhile are
+read again until a pass sees no change, so the export is the heap as of one point of its
+clock, not a mix of before and after an edit that touches several blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pycrdt import Map, XmlFragment
+
+from heaper_trio.client.blocks import LocalBlock
+from heaper_trio.client.documents import CONTENT, FILES, META, RELATIONS, TITLE
+from heaper_trio.client.errors import HeaperError
+from heaper_trio.client.session import HeaperClient
+from heaper_trio.client.transfer import frontmatter
+from heaper_trio.client.transfer.from_markdown import FILES_MARKER
+from heaper_trio.client.transfer.names import NoteNames, attachment_path
+from heaper_trio.client.transfer.progress import Bar
+from heaper_trio.client.transfer.to_markdown import BLOCK_SCHEME, blocks, escape
+from heaper_trio.client.transfer.tree import plain_text, read_fragment
+
+MAX_PASSES = 5
+FILE_CHUNK = 1 << 16
+
+
+class TransferError(Exception):
+    """One line for the operator (the CLI prints it and exits 2)."""
+
+
+@dataclass
+class _Block:
+    block_id: str
+    updated_at: int
+    local: LocalBlock
+    title: str = ""
+    name: str = ""
+
+
+@dataclass
+class ExportReport:
+    dest: str
+    notes: dict[str, str] = field(default_factory=dict)  # block id -> note path
+    files: int = 0
+    bytes: int = 0
+
+
+async def export_heap(
+    client: HeaperClient, heap_id: str, dest: Path, *, bar: Bar | None = None
+) -> ExportReport:
+    bar = bar or Bar("export", quiet=True)
+    _check_dest(dest)
+    read = await _read_heap(client, heap_id, bar)
+    stage = _stage(dest)
+    try:
+        report = await _write(client, read, stage, bar)
+        _finish(stage, dest)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    report.dest = str(dest)
+    bar.done(f"{len(report.notes)} notes, {report.files} files -> {dest}")
+    return report
+
+
+def _check_dest(dest: Path) -> None:
+    as_zip = dest.suffix.lower() == ".zip"
+    if dest.exists() and not (dest.is_dir() and not as_zip and not any(dest.iterdir())):
+        raise TransferError(f"export: {dest} already exists (give a new path or an empty folder)")
+
+
+def _stage(dest: Path) -> Path:
+    """The hidden folder the export is written into, renamed to DEST (or zipped) once
+    complete: an export that fails or is killed never looks like a finished one."""
+    stage = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        stage.mkdir(parents=True)
+    except OSError as e:
+        raise TransferError(f"export: cannot write {dest}: {e.strerror or e}") from None
+    return stage
+
+
+def _finish(stage: Path, dest: Path) -> None:
+    if dest.suffix.lower() == ".zip":
+        _zip(stage, dest)
+        shutil.rmtree(stage)
+        return
+    if dest.is_dir():
+        dest.rmdir()
+    os.rename(stage, dest)
+
+
+async def _read_heap(client: HeaperClient, heap_id: str, bar: Bar) -> dict[str, _Block]:
+    """Every live block of the heap as of one change time of it (see the module docstring).
+    A heap that keeps changing for ``MAX_PASSES`` passes is exported as last read."""
+    since = 0
+    found: dict[str, _Block] = {}
+    for n in range(MAX_PASSES):
+        changed: dict[str, dict[str, Any]] = {}
+        gone: set[str] = set()
+        async for page in client.blocks.changes(heap_id, since):
+            for row in page.changed_blocks:
+                changed[str(row["block_id"])] = row
+            gone |= {str(row["block_id"]) for row in page.deleted_blocks}
+            since = page.server_time
+        if n > 0 and not changed and not gone:
+            break
+        for block_id in gone:
+            found.pop(block_id, None)
+        for i, (block_id, row) in enumerate(sorted(changed.items())):
+            bar.show(i, len(changed), "reading blocks")
+            found.pop(block_id, None)
+            if row.get("deleted_at") or block_id in gone:
+                continue
+            local = await client.blocks.fetch(heap_id, block_id)
+            meta = local.doc.get(META, type=Map).to_py() or {}
+            if local.deleted or meta.get("deleted_at") or meta.get("permanently_deleted_at"):
+                continue
+            found[block_id] = _Block(block_id, int(row.get("updated_at") or 0), local)
+    return found
+
+
+async def _write(
+    client: HeaperClient, found: dict[str, _Block], stage: Path, bar: Bar
+) -> ExportReport:
+    names = NoteNames()
+    # names in a fixed order (type, title, id) so that clashes resolve the same way each time
+    for b in found.values():
+        b.title = plain_text(read_fragment(b.local.doc.get(TITLE, type=XmlFragment)))
+
+    def order(b: _Block) -> tuple[str, str]:
+        return (b.title, b.block_id)
+
+    for b in sorted(found.values(), key=order):
+        b.name = names.name(b.title, b.block_id)
+
+    def target(block_id: str) -> tuple[str, str] | None:
+        b = found.get(block_id)
+        return (b.name, b.title) if b else None
+
+    report = ExportReport(str(stage))
+    written: dict[str, str] = {}  # attachment path -> hash
+    for i, b in enumerate(sorted(found.values(), key=order)):
+        bar.show(i, len(found), b.name)
+        doc = b.local.doc
+        meta = doc.get(META, type=Map).to_py() or {}
+        relations = doc.get(RELATIONS, type=Map).to_py() or {}
+        tag_ids = sorted(
+            k for k, v in relations.items() if isinstance(v, dict) and v.get("type") == "tag"
+        )
+        tags = [found[t].title for t in tag_ids if t in found]
+        tag_notes = [found[t].name if t in found else BLOCK_SCHEME + t for t in tag_ids]
+        body = blocks(read_fragment(doc.get(CONTENT, type=XmlFragment)), target)
+        attachments: list[str] = []
+        files = doc.get(FILES, type=Map).to_py() or {}
+        for key in sorted(files):
+            entry = files[key]
+            if not isinstance(entry, dict) or not isinstance(entry.get("hash"), str):
+                continue
+            name = str(entry.get("name") or "file")
+            path = attachment_path(entry["hash"], name)
+            if path not in written:
+                report.bytes += await _download(client, entry["hash"], stage / path)
+                written[path] = entry["hash"]
+                report.files += 1
+            image = str(entry.get("mime_type") or "").startswith("image/")
+            attachments.append(f"{'!' if image else ''}[{escape(name)}]({path})")
+        if attachments:
+            body = (
+                (body + "\n\n" if body else "") + FILES_MARKER + "\n\n" + "\n\n".join(attachments)
+            )
+        head = frontmatter.write(
+            {
+                "id": b.block_id,
+                "type": meta.get("type") if isinstance(meta.get("type"), str) else None,
+                "title": b.title,
+                "tags": tags,
+                "tag_notes": tag_notes,
+                "created": frontmatter.iso(meta.get("created_at")),
+                "updated": frontmatter.iso(b.updated_at),
+            }
+        )
+        (stage / b.name).write_text(head + (body + "\n" if body else ""), encoding="utf-8")
+        report.notes[b.block_id] = b.name
+    return report
+
+
+async def _download(client: HeaperClient, file_hash: str, to: Path) -> int:
+    """A file's bytes, checked against its hash (the store's promise, checked anyway)."""
+    to.parent.mkdir(parents=True, exist_ok=True)
+    digest, size = hashlib.sha256(), 0
+    path = f"/api/file/{file_hash}/raw/file"
+    async with client.http.stream("GET", path, headers=client.auth_headers()) as r:
+        if r.status_code >= 400:
+            await r.aread()
+            raise TransferError(f"export: file {file_hash}: {HeaperError(r).message}")
+        with to.open("wb") as f:
+            async for chunk in r.aiter_bytes(FILE_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                f.write(chunk)
+    if digest.hexdigest() != file_hash:
+        raise TransferError(f"export: file {file_hash} arrived with other bytes")
+    return size
+
+
+def _zip(stage: Path, dest: Path) -> None:
+    """Sorted entries with a fixed time, so the same heap gives the same zip."""
+    partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}.zip")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in sorted(stage.rglob("*")):
+            if p.is_file():
+                info = zipfile.ZipInfo(p.relative_to(stage).as_posix(), (1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                z.writestr(info, p.read_bytes())
+    os.rename(partial, dest)

@@ -1,0 +1,239 @@
+"""A block's ProseMirror tree as CommonMark (with GFM task lists and strikethrough).
+
+The output is made to parse back (:mod:`.from_markdown`) into the same tree, so an export
+imported and exported again gives the same bytes: text is escaped wherever Markdown could
+read it as syntax, spaces at the ends of a line are kept as ``&#32;``, an empty paragraph is
+``<p></p>``, marks without a Markdown form are HTML (``<u>``, ``<mark>``). Mentions and page
+links are relative links to the other block's file (a mention carries the link title
+``"mention"``); blocks outside the export are ``heaper:<block id>`` links.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from markdown_it import MarkdownIt
+
+from heaper_trio.client.transfer.tree import Child, Marks, Node, Text, plain_text
+
+# block id -> (relative path of its file, its title), or None when not exported
+Targets = Callable[[str], "tuple[str, str] | None"]
+MENTION_TITLE = "mention"
+BLOCK_SCHEME = "heaper:"
+# marks outermost first; each has an opener and a closer (links are done apart)
+MARK_ORDER = ("link", "bold", "italic", "strike", "underline", "highlight", "code")
+DELIMS = {
+    "bold": ("**", "**"),
+    "italic": ("*", "*"),
+    "strike": ("~~", "~~"),
+    "underline": ("<u>", "</u>"),
+    "highlight": ("<mark>", "</mark>"),
+}
+_ESCAPE = re.compile(r"([\\`*_\[\]<>#~|&])")
+_LINE_START = re.compile(r"^([-+=]|\d+(?=[.)]))", re.M)
+_MD = MarkdownIt("commonmark")
+LISTS = {"bulletList", "orderedList", "taskList"}
+
+
+def escape(text: str) -> str:
+    return _ESCAPE.sub(r"\\\1", text)
+
+
+def _ends(line: str) -> str:
+    """Spaces at a line's ends would be dropped (or read as a hard break): keep them."""
+    if not line.startswith(" ") and not line.endswith(" "):
+        return line
+    stripped = line.strip(" ")
+    if not stripped:
+        return "&#32;" * len(line)
+    lead = len(line) - len(line.lstrip(" "))
+    trail = len(line) - len(line.rstrip(" "))
+    return "&#32;" * lead + stripped + "&#32;" * trail
+
+
+def _href(href: str) -> str:
+    """As markdown-it reads it back (percent-encoded), in ``<>`` when it has spaces or
+    parentheses."""
+    href = _MD.normalizeLink(href)
+    if re.search(r"[\s()<>]", href) or not href:
+        return "<" + href.replace("<", "%3C").replace(">", "%3E") + ">"
+    return href
+
+
+def _code_span(text: str) -> str:
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or text.strip(" ") == "" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+class _Inline:
+    """Inline content to one string, marks opened and closed as a stack (as
+    prosemirror-markdown does) so that adjacent runs sharing a mark share its delimiters."""
+
+    def __init__(self, targets: Targets) -> None:
+        self.targets = targets
+        self.out: list[str] = []
+        self.open: list[tuple[str, Any]] = []
+
+    def render(self, children: list[Child]) -> str:
+        items = [c for c in children if not (isinstance(c, Text) and not c.text)]
+        for i, item in enumerate(items):
+            marks = _marks_of(item)
+            following = _marks_of(items[i + 1]) if i + 1 < len(items) else {}
+            self._close_to(marks)
+            if isinstance(item, Text):
+                self._text(item, marks, following)
+            else:
+                self._open(marks)
+                self.out.append(self._node(item))
+        self._close_to({})
+        lines = "".join(self.out).split("\n")
+        return "\n".join(_ends(_LINE_START.sub(r"\\\1", ln)) for ln in lines)
+
+    def _text(self, item: Text, marks: Marks, following: Marks) -> None:
+        text = item.text.replace("\n", " ")
+        if "code" in marks:
+            self._open(marks)
+            self.out.append(_code_span(text))
+            return
+        lead = text[: len(text) - len(text.lstrip(" "))] if self._opens(marks) else ""
+        closing = any(following.get(k) != v for k, v in marks.items())
+        body = text[len(lead) :]
+        trail = body[len(body.rstrip(" ")) :] if closing and marks else ""
+        body = body[: len(body) - len(trail)]
+        self.out.append(lead)
+        self._open(marks)
+        self.out.append(escape(body))
+        if trail:
+            self._close_to({})
+            self.out.append(trail)
+
+    def _opens(self, marks: Marks) -> bool:
+        return any((k, v) not in self.open for k, v in marks.items() if k in MARK_ORDER)
+
+    def _open(self, marks: Marks) -> None:
+        for name in MARK_ORDER:
+            if name in marks and (name, marks[name]) not in self.open and name != "code":
+                self.open.append((name, marks[name]))
+                self.out.append("[" if name == "link" else DELIMS[name][0])
+
+    def _close_to(self, marks: Marks) -> None:
+        keep = 0
+        while keep < len(self.open) and marks.get(self.open[keep][0]) == self.open[keep][1]:
+            keep += 1
+        while len(self.open) > keep:
+            name, attrs = self.open.pop()
+            if name == "link":
+                href = str((attrs or {}).get("href", ""))
+                self.out.append(f"]({_href(href)})")
+            else:
+                self.out.append(DELIMS[name][1])
+
+    def _node(self, node: Node) -> str:
+        tag, attrs = node.tag, node.attrs
+        if tag in ("hardBreak", "hard_break"):
+            return "\\\n"
+        if tag == "reference":
+            target = str(attrs.get("id", ""))
+            label = str(attrs.get("label", ""))
+            return f'[{escape(label)}]({self._block_href(target)} "{MENTION_TITLE}")'
+        if tag == "pagelink":
+            target = str(attrs.get("blockKey", ""))
+            found = self.targets(target)
+            label = found[1] if found else target
+            return f"[{escape(label)}]({self._block_href(target)})"
+        if tag == "image":
+            return _image(attrs)
+        if "label" in attrs:
+            return escape(str(attrs["label"]))
+        return escape(plain_text(node.children))
+
+    def _block_href(self, block_id: str) -> str:
+        found = self.targets(block_id)
+        return _href(found[0]) if found else BLOCK_SCHEME + block_id
+
+
+def _marks_of(item: Child) -> Marks:
+    if isinstance(item, Text):
+        return {k: v for k, v in item.marks.items() if k in MARK_ORDER}
+    return {}
+
+
+def _image(attrs: dict[str, Any]) -> str:
+    alt = escape(str(attrs.get("alt") or ""))
+    title = attrs.get("title")
+    suffix = f' "{str(title).replace(chr(34), "")}"' if title else ""
+    return f"![{alt}]({_href(str(attrs.get('src') or ''))}{suffix})"
+
+
+def inline(children: list[Child], targets: Targets) -> str:
+    return _Inline(targets).render(children)
+
+
+def blocks(nodes: list[Child], targets: Targets) -> str:
+    """Top-level (or nested) block nodes, separated by blank lines."""
+    parts = [_block(n, targets) for n in nodes]
+    return "\n\n".join(p for p in parts if p is not None)
+
+
+def _indent(text: str, first: str, rest: str) -> str:
+    lines = text.split("\n")
+    return "\n".join([first + lines[0]] + [(rest + ln) if ln else "" for ln in lines[1:]]).rstrip(
+        " "
+    )
+
+
+def _block(node: Child, targets: Targets) -> str | None:
+    if isinstance(node, Text):  # text outside a textblock: keep it as a paragraph
+        return inline([node], targets)
+    tag, attrs = node.tag, node.attrs
+    if tag == "paragraph":
+        return inline(node.children, targets) or "<p></p>"
+    if tag == "heading":
+        level = min(6, max(1, int(attrs.get("level") or 1)))
+        text = inline(node.children, targets)
+        return "#" * level + (" " + text if text else "")
+    if tag == "codeBlock":
+        code = plain_text(node.children)
+        longest = max((len(m) for m in re.findall(r"^`{3,}", code, re.M)), default=2)
+        fence = "`" * (longest + 1)
+        language = str(attrs.get("language") or "")
+        return f"{fence}{language}\n{code}\n{fence}" if code else f"{fence}{language}\n{fence}"
+    if tag == "blockquote":
+        inner = blocks(node.children, targets)
+        return "\n".join(("> " + ln) if ln else ">" for ln in inner.split("\n"))
+    if tag == "horizontalRule":
+        return "---"
+    if tag == "image":
+        return _image(attrs)
+    if tag in LISTS:
+        return _list(node, targets)
+    if any(isinstance(c, Text) for c in node.children) or not node.children:
+        return inline(node.children, targets) or None  # an unknown textblock: its text
+    return blocks(node.children, targets)  # an unknown container: its blocks
+
+
+def _list(node: Node, targets: Targets) -> str:
+    start = int(node.attrs.get("start") or 1)
+    items: list[str] = []
+    for i, item in enumerate(c for c in node.children if isinstance(c, Node)):
+        if node.tag == "orderedList":
+            marker = f"{start + i}. "
+        elif node.tag == "taskList":
+            marker = "- [x] " if item.attrs.get("checked") else "- [ ] "
+        else:
+            marker = "- "
+        parts: list[str] = []
+        for j, child in enumerate(item.children):
+            text = _block(child, targets)
+            if text is None:
+                continue
+            tight = j > 0 and isinstance(child, Node) and child.tag in LISTS
+            parts.append(("\n" if tight else "\n\n") + text if parts else text)
+        body = "".join(parts) or "<p></p>"
+        width = 2 if node.tag == "taskList" else len(marker)
+        items.append(_indent(body, marker, " " * width))
+    return "\n".join(items)
