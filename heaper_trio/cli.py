@@ -130,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     from heaper_trio.ops import commands as ops_commands
 
     ops_commands.add_parsers(sub)  # backup, restore
-    from heaper_trio.client.transfer import commands as transfer_commands
+    from heaper_trio import transfer_cli
 
-    transfer_commands.add_parsers(sub)  # export, import
+    transfer_cli.add_parsers(sub)  # export, import
     return parser
 
 
@@ -297,9 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "client":
         return trio.run(_client, args)
     if command in ("export", "import"):
-        from heaper_trio.client.transfer import commands as transfer_commands
+        from heaper_trio import transfer_cli
 
-        return transfer_commands.run(args)
+        return transfer_cli.run(args)
     try:
         if command in ("backup", "restore"):
             from heaper_trio.ops import commands as ops_commands

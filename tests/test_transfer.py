@@ -5,16 +5,26 @@ back over HTTP with their links, tags and files, and nothing outside the vault i
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
+import pytest
+import trio
 from pycrdt import Doc, XmlElement, XmlFragment, XmlText
 
 from heaper_trio.app import RunningServer
+from heaper_trio.cli import build_parser
 from heaper_trio.client import HeaperClient, LocalBlock
 from heaper_trio.client import documents as d
+from heaper_trio.client.transfer.commands import run_async
 from heaper_trio.client.transfer.export import TransferError, export_heap
 from heaper_trio.client.transfer.importer import import_source
+from tests.conftest import ROOT
 from tests.media_samples import rgba_png
 
 MAIN, TAG, OTHER, TRASHED = (
@@ -147,6 +157,7 @@ async def test_round_trip_gives_the_same_markdown(
     )
 
 
+@pytest.mark.engines("sqlite")  # client-side refusals; the server's own are engine tests
 async def test_export_refuses_what_it_must_not_touch(
     server: RunningServer, admin: HeaperClient, eve: HeaperClient, tmp_path: Path
 ) -> None:
@@ -175,3 +186,115 @@ async def test_export_refuses_what_it_must_not_touch(
         raise AssertionError("imported into another user's heap")
     except TransferError as e:
         assert "no heap" in str(e)
+
+
+def _vault(tmp: Path) -> Path:
+    """A small Obsidian-style vault, with links that try to leave it."""
+    outside = tmp / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    (outside / "secret.md").write_text("# Secret note")
+    vault = tmp / "vault"
+    (vault / ".obsidian").mkdir(parents=True)
+    (vault / ".obsidian" / "app.json").write_text("{}")
+    (vault / "Notes").mkdir()
+    (vault / "assets").mkdir()
+    rgba_png(vault / "assets" / "pic.png")
+    (vault / "Home.md").write_text(
+        "---\ntags: [project]\ncreated: 2024-05-01\n---\n"
+        "# Welcome\n\nSee [[Idea]] and [[Notes/Idea|the idea]] #inbox #area/sub.\n\n"
+        "![[pic.png]]\n\n- [ ] task\n- [x] done\n"
+    )
+    (vault / "Notes" / "Idea.md").write_text(
+        "Back [home](../Home.md), [escape](../../outside/secret.txt), "
+        "![[../outside/secret.txt]] [[/etc/passwd]] ![x](/etc/passwd) ![y](../assets/pic.png)\n"
+    )
+    os.symlink(outside / "secret.md", vault / "Linked.md")
+    os.symlink(outside / "secret.txt", vault / "assets" / "linked.png")
+    os.symlink(outside, vault / "LinkedDir")
+    return vault
+
+
+async def test_obsidian_vault_imports_as_blocks_without_leaving_it(
+    server: RunningServer, admin: HeaperClient, tmp_path: Path
+) -> None:
+    heap = await admin.heaps.create("Vault")
+    report = await import_source(admin, _vault(tmp_path), heap.id)
+    assert sorted(report.blocks) == ["Home.md", "Notes/Idea.md"]
+    assert report.tags_created == ["area", "inbox", "project", "area/sub"]
+    assert report.files == 2  # pic.png, embedded by both notes (no link from outside counts)
+    home, idea = report.blocks["Home.md"], report.blocks["Notes/Idea.md"]
+
+    answer = await admin.call("POST", f"/api/block/{home}")
+    assert answer["block"]["title"] == "Home" and answer["block"]["type"] == "document"
+    tags = {
+        (await admin.call("POST", f"/api/block/{t}"))["block"]["title"]
+        for t in answer["relations"]["tags"]
+    }
+    assert tags == {"project", "inbox", "area/sub"}
+    assert answer["relations"]["links"] == [idea] and answer["relations"]["mentions"] == [idea]
+    assert [f["name"] for f in answer["files"].values()] == ["pic.png"]
+    assert answer["text"].startswith("Welcome\nSee  and the idea #inbox #area/sub.\ntask\ndone")
+    doc = (await admin.blocks.fetch(heap.id, home)).doc
+    content = d.read_block(doc)
+    assert content.links == (idea,)
+    assert "taskList" in str(doc.get(d.CONTENT, type=XmlFragment))
+
+    answer = await admin.call("POST", f"/api/block/{idea}")
+    assert answer["relations"]["links"] == [home]
+    assert [f["name"] for f in answer["files"].values()] == ["pic.png"]
+    # links that leave the vault stay text: nothing outside it was read or uploaded
+    text = answer["text"]
+    assert "escape" in text and "[[../outside/secret.txt]]" in text and "[[/etc/passwd]]" in text
+    blocks = (await admin.call("POST", "/api/heap", json={"heap_id": heap.id}))["blocks"]
+    assert "Secret note" not in {b["title"] for b in blocks}
+
+
+async def _cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEAPER_")}
+    return await trio.run_process(
+        [sys.executable, "-m", "heaper_trio", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+@pytest.mark.engines("sqlite")  # the command line's wiring; the engines are covered above
+async def test_cli_is_quiet_off_a_terminal_and_fails_in_one_line(
+    server: RunningServer,
+    admin: HeaperClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    heap = await admin.heaps.create("Cli")
+    d_block = d.new_block("document", "Hello")
+    d.append_paragraph(d_block, "World")
+    await _push(admin, heap.id, "ffffffff-0000-4000-8000-000000000001", d_block)
+    key = tmp_path / "me.key"
+    admin.key.save(key)
+    dest = tmp_path / "out.zip"
+    flags = ["--heap", heap.id, "--server", server.url, "--key", str(key)]
+    done = await _cli("export", str(dest), *flags, "--json")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == b""  # no progress bar: stderr is not a terminal
+    report = json.loads(done.stdout)
+    assert zipfile.ZipFile(dest).namelist() == sorted(report["notes"].values())
+    # no server there: one line, status 2 (in this process: a second interpreter costs seconds)
+    args = build_parser().parse_args(
+        [
+            "import",
+            str(dest),
+            "--heap",
+            heap.id,
+            "--server",
+            "http://127.0.0.1:9",
+            "--key",
+            str(key),
+        ]
+    )
+    assert await run_async(args) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("heaper_trio: import: cannot reach"), lines

@@ -274,8 +274,14 @@ class _Inline:
         self.nodes.append(Node("image", attrs))
 
     def _attach(self, path: str, name: str = "") -> None:
+        """Record an attachment; its name is the link's text when that is a file name of the
+        same kind (an export writes ``[notes.txt](files/ab12cd34-notes.txt)``), else the
+        file's own name (``![a diagram](img/d.png)`` is ``d.png``)."""
+        own = PurePosixPath(path)
+        name = name.strip()
+        same_kind = bool(own.suffix) and PurePosixPath(name).suffix.lower() == own.suffix.lower()
         if path not in self.out.files:
-            self.out.files[path] = name.strip() or PurePosixPath(path).name
+            self.out.files[path] = name if same_kind and "/" not in name else own.name
 
     def _obsidian(self, text: str) -> None:
         pos = 0

@@ -46,7 +46,7 @@ class NoteNames:
     def name(self, title: str, block_id: str) -> str:
         base = slug(title)
         clean = re.sub(r"[^A-Za-z0-9_-]", "", block_id) or "block"
-        for n in range(SHORT_ID, len(clean) + 1):
+        for n in range(min(SHORT_ID, len(clean)), len(clean) + 1):
             candidate = f"{base}-{clean[:n].lower()}.md"
             if candidate not in self.taken:
                 self.taken.add(candidate)

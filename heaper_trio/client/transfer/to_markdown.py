@@ -32,9 +32,15 @@ DELIMS = {
     "highlight": ("<mark>", "</mark>"),
 }
 _ESCAPE = re.compile(r"([\\`*_\[\]<>#~|&])")
-_LINE_START = re.compile(r"^([-+=]|\d+(?=[.)]))", re.M)
+_LINE_START = re.compile(r"^([-+=]|\d+[.)])", re.M)
 _MD = MarkdownIt("commonmark")
 LISTS = {"bulletList", "orderedList", "taskList"}
+
+
+def _escape_start(m: re.Match[str]) -> str:
+    """``-``, ``+``, ``=`` or ``12.`` at a line's start would make a list or a heading."""
+    mark = m.group(1)
+    return "\\" + mark if len(mark) == 1 else mark[:-1] + "\\" + mark[-1]
 
 
 def escape(text: str) -> str:
@@ -91,7 +97,7 @@ class _Inline:
                 self.out.append(self._node(item))
         self._close_to({})
         lines = "".join(self.out).split("\n")
-        return "\n".join(_ends(_LINE_START.sub(r"\\\1", ln)) for ln in lines)
+        return "\n".join(_ends(_LINE_START.sub(_escape_start, ln)) for ln in lines)
 
     def _text(self, item: Text, marks: Marks, following: Marks) -> None:
         text = item.text.replace("\n", " ")
