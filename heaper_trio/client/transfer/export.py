@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pycrdt import Map, XmlFragment
+from pycrdt import Doc, Map, XmlFragment
 
-from heaper_trio.client.blocks import LocalBlock
 from heaper_trio.client.documents import CONTENT, FILES, META, RELATIONS, TITLE
 from heaper_trio.client.errors import HeaperError
 from heaper_trio.client.session import HeaperClient
 from heaper_trio.client.transfer import frontmatter
+from heaper_trio.client.transfer.batches import pull_full
 from heaper_trio.client.transfer.from_markdown import FILES_MARKER
 from heaper_trio.client.transfer.names import NoteNames, attachment_path
 from heaper_trio.client.transfer.progress import Bar
@@ -42,7 +42,7 @@ class TransferError(Exception):
 class _Block:
     block_id: str
     updated_at: int
-    local: LocalBlock
+    doc: Doc
     title: str = ""
     name: str = ""
 
@@ -116,18 +116,19 @@ async def _read_heap(client: HeaperClient, heap_id: str, bar: Bar) -> dict[str, 
             since = page.server_time
         if n > 0 and not changed and not gone:
             break
-        for block_id in gone:
+        for block_id in gone | set(changed):
             found.pop(block_id, None)
-        for i, (block_id, row) in enumerate(sorted(changed.items())):
-            bar.show(i, len(changed), "reading blocks")
-            found.pop(block_id, None)
-            if row.get("deleted_at") or block_id in gone:
+        wanted = sorted(i for i, row in changed.items() if not row.get("deleted_at"))
+        wanted = [i for i in wanted if i not in gone]
+        bar.show(0, len(wanted), "reading blocks", force=True)
+        for block_id, doc in (await pull_full(client, wanted)).items():
+            if doc is None:  # purged meanwhile
                 continue
-            local = await client.blocks.fetch(heap_id, block_id)
-            meta = local.doc.get(META, type=Map).to_py() or {}
-            if local.deleted or meta.get("deleted_at") or meta.get("permanently_deleted_at"):
+            meta = doc.get(META, type=Map).to_py() or {}
+            if meta.get("deleted_at") or meta.get("permanently_deleted_at"):
                 continue
-            found[block_id] = _Block(block_id, int(row.get("updated_at") or 0), local)
+            updated = int(changed[block_id].get("updated_at") or 0)
+            found[block_id] = _Block(block_id, updated, doc)
     return found
 
 
@@ -137,7 +138,7 @@ async def _write(
     names = NoteNames()
     # names in a fixed order (type, title, id) so that clashes resolve the same way each time
     for b in found.values():
-        b.title = plain_text(read_fragment(b.local.doc.get(TITLE, type=XmlFragment)))
+        b.title = plain_text(read_fragment(b.doc.get(TITLE, type=XmlFragment)))
 
     def order(b: _Block) -> tuple[str, str]:
         return (b.title, b.block_id)
@@ -153,7 +154,7 @@ async def _write(
     written: dict[str, str] = {}  # attachment path -> hash
     for i, b in enumerate(sorted(found.values(), key=order)):
         bar.show(i, len(found), b.name)
-        doc = b.local.doc
+        doc = b.doc
         meta = doc.get(META, type=Map).to_py() or {}
         relations = doc.get(RELATIONS, type=Map).to_py() or {}
         tag_ids = sorted(

@@ -22,16 +22,16 @@ from typing import Any
 
 from pycrdt import Doc, Map, XmlFragment
 
-from heaper_trio.client.blocks import LocalBlock
 from heaper_trio.client.documents import CONTENT, META, TITLE, add_tag, append_paragraph
 from heaper_trio.client.session import HeaperClient
 from heaper_trio.client.transfer import frontmatter
+from heaper_trio.client.transfer.batches import BATCH, push_new
 from heaper_trio.client.transfer.export import TransferError
 from heaper_trio.client.transfer.from_markdown import Links, Parsed, Target, parse
 from heaper_trio.client.transfer.names import inside
 from heaper_trio.client.transfer.progress import Bar
 from heaper_trio.client.transfer.to_markdown import BLOCK_SCHEME
-from heaper_trio.client.transfer.tree import write_children
+from heaper_trio.client.transfer.tree import Child, write_children
 from heaper_trio.client.transfer.vault import Vault, VaultError, scan, unzip
 
 
@@ -108,23 +108,37 @@ class _Importer:
         await self._known_tags()
         for note in self.notes.values():
             note.parsed = parse(note.body, _VaultLinks(self, note))
-        total = len(self.notes) + sum(len(n.parsed.files) for n in self.notes.values() if n.parsed)
-        done = 0
-        new_tags = self._missing_tags()
-        for title, block_id in new_tags:
-            await self._push_new(block_id, _doc("tag", title, None), title)
+        files = [
+            (n, rel, name)
+            for n in self.notes.values()
+            if n.parsed
+            for rel, name in n.parsed.files.items()
+        ]
+        total = len(self.notes) + len(files)
+        new: list[tuple[str, Doc, str]] = [
+            (block_id, _doc("tag", title, None), title) for title, block_id in self._missing_tags()
+        ]
         for note in sorted(self.notes.values(), key=lambda n: n.path):
-            self.bar.show(done, total, note.path)
-            await self._push_note(note, heap.root_block_id)
+            if note.block_id == heap.root_block_id:
+                await self._push_root(note)
+            else:
+                new.append((note.block_id, self._note_doc(note), note.path))
             self.report.blocks[note.path] = note.block_id
-            done += 1
-            for rel, name in (note.parsed.files if note.parsed else {}).items():
-                self.bar.show(done, total, rel)
-                await self.client.uploads.upload(
-                    self.heap_id, note.block_id, self.root / rel, name=name
-                )
-                self.report.files += 1
-                done += 1
+        for i in range(0, len(new), BATCH):
+            chunk = new[i : i + BATCH]
+            self.bar.show(i, total, chunk[0][2])
+            docs = [(block_id, doc) for block_id, doc, _ in chunk]
+            answers = await push_new(self.client, self.heap_id, docs)
+            for block_id, _, what in chunk:
+                status = answers.get(block_id, {}).get("status")
+                if status not in ("created", "ok"):
+                    raise TransferError(f"import: {what}: the server answered {status}")
+        for i, (note, rel, name) in enumerate(files):
+            self.bar.show(len(self.notes) + i, total, rel)
+            await self.client.uploads.upload(
+                self.heap_id, note.block_id, self.root / rel, name=name
+            )
+            self.report.files += 1
         self.bar.done(f"{len(self.notes)} notes, {self.report.files} files into {self.heap_id}")
         return self.report
 
@@ -204,24 +218,22 @@ class _Importer:
             return out
         return [self.tags[n] for n in self._tag_names(note) if n in self.tags]
 
-    async def _push_new(self, block_id: str, doc: Doc, what: str) -> None:
-        result = await self.client.blocks.push(LocalBlock(self.heap_id, block_id, doc))
+    async def _push_root(self, note: _Note) -> None:
+        """An export's root note: its content and tags into the heap's own root block."""
+        block = await self.client.blocks.fetch(self.heap_id, note.block_id)
+        with block.doc.transaction():
+            write_children(block.doc.get(CONTENT, type=XmlFragment), self._nodes(note))
+            for tag_id in self._tag_ids(note):
+                add_tag(block.doc, tag_id)
+        result = await self.client.blocks.push(block)
         if not result.ok:
-            raise TransferError(f"import: {what}: the server answered {result.status}")
+            raise TransferError(f"import: {note.path}: the server answered {result.status}")
 
-    async def _push_note(self, note: _Note, root_block: str) -> None:
+    def _nodes(self, note: _Note) -> list[Child]:
+        return note.parsed.nodes if note.parsed else []
+
+    def _note_doc(self, note: _Note) -> Doc:
         f = note.fields or {}
-        nodes = note.parsed.nodes if note.parsed else []
-        if note.block_id == root_block:
-            block = await self.client.blocks.fetch(self.heap_id, root_block)
-            with block.doc.transaction():
-                write_children(block.doc.get(CONTENT, type=XmlFragment), nodes)
-                for tag_id in self._tag_ids(note):
-                    add_tag(block.doc, tag_id)
-            result = await self.client.blocks.push(block)
-            if not result.ok:
-                raise TransferError(f"import: {note.path}: the server answered {result.status}")
-            return
         block_type = f.get("type") if isinstance(f.get("type"), str) else "document"
         if block_type == "index":
             block_type = "document"  # a heap has one root
@@ -230,10 +242,10 @@ class _Importer:
             created = int((self.root / note.path).stat().st_mtime * 1000)
         doc = _doc(str(block_type), note.title, created)
         with doc.transaction():
-            write_children(doc.get(CONTENT, type=XmlFragment), nodes)
+            write_children(doc.get(CONTENT, type=XmlFragment), self._nodes(note))
             for tag_id in self._tag_ids(note):
                 add_tag(doc, tag_id)
-        await self._push_new(note.block_id, doc, note.path)
+        return doc
 
 
 def _doc(block_type: str, title: str, created: int | None) -> Doc:
