@@ -60,7 +60,7 @@ class _VaultLinks(Links):
 
     def __init__(self, importer: _Importer, note: _Note) -> None:
         self.importer, self.note = importer, note
-        self.obsidian = note.fields is None or "id" not in note.fields
+        self.obsidian = not _exported(note.fields)
 
     def link(self, href: str) -> Target | None:
         if href.startswith(BLOCK_SCHEME):
@@ -184,7 +184,7 @@ class _Importer:
 
     def _tag_names(self, note: _Note) -> list[str]:
         f = note.fields or {}
-        if "tag_notes" in f or "id" in f:
+        if _exported(f):
             return []  # an export names its tags exactly (tag_notes)
         names = [t.lstrip("#") for t in frontmatter.strings(f.get("tags"))]
         names += note.parsed.tags if note.parsed else []
@@ -246,6 +246,14 @@ class _Importer:
             for tag_id in self._tag_ids(note):
                 add_tag(doc, tag_id)
         return doc
+
+
+def _exported(fields: dict[str, Any] | None) -> bool:
+    """A note written by an export (its front matter has ``id``, ``type`` and ``title``), read
+    as exactly as it was written; any other is read as a vault's note (Obsidian syntax)."""
+    return fields is not None and all(
+        isinstance(fields.get(k), str) for k in ("id", "type", "title")
+    )
 
 
 def _doc(block_type: str, title: str, created: int | None) -> Doc:
