@@ -298,3 +298,45 @@ async def test_cli_is_quiet_off_a_terminal_and_fails_in_one_line(
     assert await run_async(args) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("heaper_trio: import: cannot reach"), lines
+
+
+async def test_an_edit_during_the_export_is_in_it_whole(
+    server: RunningServer,
+    admin: HeaperClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The app trashes one block and renames another while the export reads the heap (right
+    after its first read): the export shows both edits, not the heap half before, half after."""
+    from heaper_trio.client.transfer import export as export_module
+
+    heap = await admin.heaps.create("Busy")
+    blocks = {}
+    for name in ("Stays", "Goes"):
+        block = LocalBlock(
+            heap.id, f"{name.lower()}-0000-4000-8000-000000000000", d.new_block(title=name)
+        )
+        assert (await admin.blocks.push(block)).ok
+        blocks[name] = block
+    real_pull = export_module.pull_full
+    calls = 0
+
+    async def pull_then_edit(client: HeaperClient, ids: list[str]) -> dict[str, object]:
+        nonlocal calls
+        calls += 1
+        read = await real_pull(client, ids)
+        if calls == 1:  # what was read is now out of date
+            stays, goes = blocks["Stays"], blocks["Goes"]
+            d.move_to_trash(goes.doc)
+            title = stays.doc.get(d.TITLE, type=XmlFragment)
+            with stays.doc.transaction():
+                title.children[0].children[0].insert(0, "Still ")
+            assert (await admin.blocks.push(goes)).ok and (await admin.blocks.push(stays)).ok
+        return read
+
+    monkeypatch.setattr(export_module, "pull_full", pull_then_edit)
+    report = await export_heap(admin, heap.id, tmp_path / "out")
+    assert calls == 2  # the second pass re-read the changed blocks, the third saw no change
+    assert blocks["Goes"].block_id not in report.notes
+    note = (tmp_path / "out" / report.notes[blocks["Stays"].block_id]).read_text()
+    assert "title: Still Stays" in note

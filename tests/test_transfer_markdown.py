@@ -206,6 +206,10 @@ def test_front_matter() -> None:
     assert frontmatter.split(text + "body") == ({"id": "x", "title": "a: b"}, "body")
     assert frontmatter.split("---\n: [bad\n---\nbody") == (None, "---\n: [bad\n---\nbody")
     assert frontmatter.split("no front matter") == (None, "no front matter")
+    laughs = "---\na: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\ntags: *b\n---\nbody"
+    assert frontmatter.split(laughs) == (None, laughs)  # no aliases: no billion laughs
+    huge = "---\ntitle: " + "x" * (70 << 10) + "\n---\n"
+    assert frontmatter.split(huge)[0] is None
     assert frontmatter.iso(1764672000123) == "2025-12-02T10:40:00.123Z"
     assert frontmatter.ms("2025-12-02T10:40:00.123Z") == 1764672000123
     assert frontmatter.ms(frontmatter.split("---\nc: 2024-05-01\n---\n")[0]["c"]) == 1714521600000

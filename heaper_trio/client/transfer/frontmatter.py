@@ -10,6 +10,19 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]  # no stubs in the venv; safe_load/safe_dump only
 
+MAX_BYTES = 64 << 10
+
+
+class _NoAliases(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no stubs here
+    """Anchors and aliases refused: a few lines of them expand into a billion list items
+    ("billion laughs") once anything walks the value."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases are not read in front matter")
+        return super().compose_node(parent, index)
+
+
 _BLOCK = re.compile(r"\A---[ \t]*\r?\n(.*?\r?\n)?---[ \t]*(?:\r?\n|\Z)", re.S)
 
 
@@ -22,10 +35,10 @@ def write(fields: dict[str, Any]) -> str:
 def split(text: str) -> tuple[dict[str, Any] | None, str]:
     """(front matter, body); None when there is none or it is not a YAML mapping."""
     m = _BLOCK.match(text)
-    if m is None:
+    if m is None or len(m.group(0)) > MAX_BYTES:
         return None, text
     try:
-        data = yaml.safe_load(m.group(1) or "") or {}
+        data = yaml.load(m.group(1) or "", Loader=_NoAliases) or {}  # a SafeLoader
     except yaml.YAMLError:
         return None, text
     if not isinstance(data, dict):
