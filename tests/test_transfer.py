@@ -171,6 +171,11 @@ async def test_export_refuses_what_it_must_not_touch(
     except TransferError as e:
         assert "already exists" in str(e)
     assert (taken / "x").read_text() == "keep"
+    # what a killed export left (its process is gone: no pid is above 2**22) goes
+    killed = tmp_path / ".fresh.partial-4194305"
+    killed.mkdir()
+    await export_heap(admin, heap.id, tmp_path / "fresh")
+    assert not killed.exists() and (tmp_path / "fresh").is_dir()
     # another user's heap: refused like an unknown one, nothing written
     from heaper_trio.client import HeaperError
 

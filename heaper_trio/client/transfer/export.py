@@ -9,6 +9,7 @@ clock, not a mix of before and after an edit that touches several blocks.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import shutil
@@ -23,7 +24,7 @@ from heaper_trio.client.documents import CONTENT, FILES, META, RELATIONS, TITLE
 from heaper_trio.client.errors import HeaperError
 from heaper_trio.client.session import HeaperClient
 from heaper_trio.client.transfer import frontmatter
-from heaper_trio.client.transfer.batches import pull_full
+from heaper_trio.client.transfer.batches import BATCH, pull_full
 from heaper_trio.client.transfer.from_markdown import FILES_MARKER
 from heaper_trio.client.transfer.names import NoteNames, attachment_path
 from heaper_trio.client.transfer.progress import Bar
@@ -82,6 +83,13 @@ def _check_dest(dest: Path) -> None:
 def _stage(dest: Path) -> Path:
     """The hidden folder the export is written into, renamed to DEST (or zipped) once
     complete: an export that fails or is killed never looks like a finished one."""
+    for old in dest.parent.glob(f".{glob.escape(dest.name)}.partial-*"):
+        pid = old.name.rsplit("-", 1)[-1].removesuffix(".zip")
+        if pid.isdigit() and not _alive(int(pid)):  # left by a killed export
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
     stage = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     shutil.rmtree(stage, ignore_errors=True)
     try:
@@ -89,6 +97,16 @@ def _stage(dest: Path) -> Path:
     except OSError as e:
         raise TransferError(f"export: cannot write {dest}: {e.strerror or e}") from None
     return stage
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _finish(stage: Path, dest: Path) -> None:
@@ -120,8 +138,11 @@ async def _read_heap(client: HeaperClient, heap_id: str, bar: Bar) -> dict[str, 
             found.pop(block_id, None)
         wanted = sorted(i for i, row in changed.items() if not row.get("deleted_at"))
         wanted = [i for i in wanted if i not in gone]
-        bar.show(0, len(wanted), "reading blocks", force=True)
-        for block_id, doc in (await pull_full(client, wanted)).items():
+        docs: dict[str, Doc | None] = {}
+        for i in range(0, len(wanted), BATCH):
+            bar.show(i, len(wanted), "reading blocks")
+            docs |= await pull_full(client, wanted[i : i + BATCH])
+        for block_id, doc in docs.items():
             if doc is None:  # purged meanwhile
                 continue
             meta = doc.get(META, type=Map).to_py() or {}
