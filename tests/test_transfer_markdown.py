@@ -139,6 +139,17 @@ def test_obsidian_syntax_reads_as_links_tags_and_attachments() -> None:
     )
 
 
+def test_a_table_reads_as_rows() -> None:
+    parsed = parse("| a | **b** |\n|---|---|\n| 1 | 2 |\n", _Links(obsidian=True))
+    assert parsed.nodes == [
+        Node(
+            "blockquote",
+            {},
+            [p(Text("a | "), Text("b", {"bold": {}})), p(Text("1 | 2"))],
+        )
+    ]
+
+
 def test_names_are_safe_unique_and_stable() -> None:
     assert slug("Crème brûlée: 2 ways!") == "creme-brulee-2-ways"
     assert slug("日本語") == "untitled" and len(slug("a" * 300)) == 60

@@ -22,7 +22,7 @@ from heaper_trio.client.transfer.tree import Child, Marks, Node, Text
 
 FILES_MARKER = "<!-- files -->"
 EMPTY_PARAGRAPH = "<p></p>"
-_MD = MarkdownIt("commonmark", {"html": True}).enable("strikethrough")
+_MD = MarkdownIt("commonmark", {"html": True}).enable(["strikethrough", "table"])
 _WIKI = re.compile(r"(!?)\[\[([^\[\]|#^]+)(?:[#^][^\[\]|]*)?(?:\|([^\[\]]*))?\]\]")
 _TAG = re.compile(r"(?<![\w/&#])#([A-Za-z0-9_/\-]*[A-Za-z_/\-][A-Za-z0-9_/\-]*)")
 _HTML_MARKS = {"<u>": "underline", "<mark>": "highlight", "<b>": "bold", "<i>": "italic"}
@@ -116,6 +116,8 @@ class _Blocks:
             return Node("blockquote", {}, self.run("blockquote_close"))
         if kind in ("bullet_list_open", "ordered_list_open"):
             return self._list(tok)
+        if kind == "table_open":
+            return self._table()
         if kind == "html_block":
             text = tok.content.strip()
             if text == FILES_MARKER:
@@ -125,6 +127,26 @@ class _Blocks:
                 return Node("paragraph")
             return Node("paragraph", {}, [Text(text)]) if text else None
         return None  # closers of what we do not map, tables (not enabled), ...
+
+    def _table(self) -> Node:
+        """A GFM table. The block schema has no table node, so it becomes a blockquote of
+        one paragraph per row, cells separated by `` | ``: readable, searchable, nothing lost
+        but the grid."""
+        rows: list[Child] = []
+        cells: list[list[Child]] = []
+        while self.i < len(self.tokens) and self.tokens[self.i].type != "table_close":
+            tok = self.tokens[self.i]
+            self.i += 1
+            if tok.type == "inline":
+                cells.append(_Inline(self.links, self.out).run(tok.children or []))
+            elif tok.type == "tr_close":
+                row: list[Child] = []
+                for n, cell in enumerate(cells):
+                    row += ([Text(" | ")] if n else []) + cell
+                rows.append(Node("paragraph", {}, _merge(row)))
+                cells = []
+        self.i += 1
+        return Node("blockquote", {}, rows)
 
     def _list(self, tok: Token) -> Node:
         ordered = tok.type == "ordered_list_open"
