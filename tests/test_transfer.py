@@ -24,7 +24,7 @@ from heaper_trio.client import documents as d
 from heaper_trio.client.transfer.commands import run_async
 from heaper_trio.client.transfer.export import TransferError, export_heap
 from heaper_trio.client.transfer.importer import import_source
-from tests.conftest import ROOT
+from tests.conftest import ROOT, StartServer
 from tests.media_samples import rgba_png
 
 MAIN, TAG, OTHER, TRASHED = (
@@ -345,3 +345,21 @@ async def test_an_edit_during_the_export_is_in_it_whole(
     assert blocks["Goes"].block_id not in report.notes
     note = (tmp_path / "out" / report.notes[blocks["Stays"].block_id]).read_text()
     assert "title: Still Stays" in note
+
+
+@pytest.mark.engines("sqlite")  # the server's refusal is an upload test; here: the import goes on
+async def test_a_file_the_server_refuses_is_reported_and_the_rest_goes_in(
+    start_server: StartServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = await start_server(max_upload_bytes=1000)
+    async with HeaperClient(small.url) as client:
+        await client.login()
+        heap = await client.heaps.create("Small")
+        vault = tmp_path / "v"
+        vault.mkdir()
+        (vault / "big.bin").write_bytes(b"x" * 2000)
+        (vault / "small.txt").write_text("fits")
+        (vault / "Note.md").write_text("![[big.bin]] ![[small.txt]]\n")
+        report = await import_source(client, vault, heap.id)
+    assert report.files == 1 and report.skipped == ["big.bin: payload_too_large"]
+    assert "big.bin not uploaded" in capsys.readouterr().err

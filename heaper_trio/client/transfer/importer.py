@@ -23,6 +23,7 @@ from typing import Any
 from pycrdt import Doc, Map, XmlFragment
 
 from heaper_trio.client.documents import CONTENT, META, TITLE, add_tag, append_paragraph
+from heaper_trio.client.errors import HeaperError
 from heaper_trio.client.session import HeaperClient
 from heaper_trio.client.transfer import frontmatter
 from heaper_trio.client.transfer.batches import BATCH, push_new
@@ -135,9 +136,14 @@ class _Importer:
                     raise TransferError(f"import: {what}: the server answered {status}")
         for i, (note, rel, name) in enumerate(files):
             self.bar.show(len(self.notes) + i, total, rel)
-            await self.client.uploads.upload(
-                self.heap_id, note.block_id, self.root / rel, name=name
-            )
+            try:
+                await self.client.uploads.upload(
+                    self.heap_id, note.block_id, self.root / rel, name=name
+                )
+            except HeaperError as e:  # too large, a full disk: the rest still goes in
+                self.report.skipped.append(f"{rel}: {e.code}")
+                self.bar.warn(f"{rel} not uploaded: {e.message} ({e.code})")
+                continue
             self.report.files += 1
         self.bar.done(f"{len(self.notes)} notes, {self.report.files} files into {self.heap_id}")
         return self.report
@@ -234,7 +240,8 @@ class _Importer:
 
     def _note_doc(self, note: _Note) -> Doc:
         f = note.fields or {}
-        block_type = f.get("type") if isinstance(f.get("type"), str) else "document"
+        # a vault's own `type` field means something else
+        block_type = f["type"] if _exported(f) else "document"
         if block_type == "index":
             block_type = "document"  # a heap has one root
         created = frontmatter.ms(f.get("created"))

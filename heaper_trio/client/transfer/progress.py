@@ -32,6 +32,13 @@ class Bar:
         self._width = len(line)
         self.stream.flush()
 
+    def warn(self, text: str) -> None:
+        """Shown whether or not on a terminal: a log should say what was left out."""
+        if self.on and self._width:
+            self.stream.write("\n")
+            self._width = 0
+        print(f"heaper_trio: {self.what}: warning: {text}", file=self.stream)
+
     def done(self, text: str) -> None:
         if self.on:
             self.stream.write("\r" + f"{self.what}: {text}".ljust(self._width) + "\n")
