@@ -27,8 +27,10 @@ from heaper_trio.client.transfer.importer import import_source
 from tests.conftest import ROOT, StartServer
 from tests.media_samples import rgba_png
 
-MAIN, TAG, OTHER, TRASHED = (
-    f"{n}-0000-4000-8000-{n * 3}" for n in ("aaaaaaaa", "bbbbbbbb", "cccccccc", "dddddddd")
+ELSEWHERE = "eeeeeeee-0000-4000-8000-000000000000"  # a block of another heap
+MAIN, TAG, OTHER, TRASHED, TWIN = (
+    f"{n}-0000-4000-8000-{n * 3}"
+    for n in ("aaaaaaaa", "bbbbbbbb", "cccccccc", "dddddddd", "ffffffff")
 )
 
 
@@ -58,7 +60,9 @@ def _main_doc() -> Doc:
             ("the wiki", {"link": {"href": "https://example.com/wiki"}}),
             " or ",
             ("x = 1", {"code": {}}),
-            ".",
+            ". Elsewhere: ",
+            d.mention(ELSEWHERE, "Far away"),
+            d.hard_break(),
         )
         content = doc.get(d.CONTENT, type=XmlFragment)
         _list(content, "bulletList", ["seeds", "soil * 2 [maybe]"])
@@ -69,6 +73,7 @@ def _main_doc() -> Doc:
         quote.children.append(XmlElement("paragraph")).children.append(XmlText("Quoted."))
         content.children.append(XmlElement("paragraph"))  # an empty line
         d.add_tag(doc, TAG, created_at=1)
+        d.add_tag(doc, ELSEWHERE)  # a tag block outside the heap
     return doc
 
 
@@ -80,6 +85,8 @@ async def _build_heap(client: HeaperClient, tmp: Path) -> str:
     heap = await client.heaps.create("Garden")
     await _push(client, heap.id, TAG, d.new_block("tag", "Ideas", created_at=1764672000000))
     await _push(client, heap.id, OTHER, d.new_block("document", "Other page", created_at=5))
+    twin = d.new_block("document", "Crème: brûlée #1 'yes'", created_at=6)
+    await _push(client, heap.id, TWIN, twin)  # a title YAML and slugs must take care of
     await _push(client, heap.id, MAIN, _main_doc())
     gone = d.new_block("document", "Gone", created_at=5)
     d.move_to_trash(gone)
@@ -136,13 +143,16 @@ async def test_round_trip_gives_the_same_markdown(
     assert "- soil \\* 2 \\[maybe\\]" in main and "1. dig\n2. plant" in main
     assert "```python\nprint('hi')\n# not a heading\n```" in main
     assert "![photo.png](files/" in main and "[notes.txt](files/" in main
+    assert f'[Far away](heaper:{ELSEWHERE} "mention")<br>' in main
+    assert f"tag_notes:\n- ideas-bbbbbbbb.md\n- heaper:{ELSEWHERE}\n" in main
+    assert "creme-brulee-1-yes-ffffffff.md" in one
 
     # the imported blocks read back over HTTP as the app would open them
     new_main = imported.ids[MAIN]
     answer = await admin.call("POST", f"/api/block/{new_main}")
     relations = answer["relations"]
-    assert relations["tags"] == [imported.ids[TAG]]
-    assert relations["mentions"] == [imported.ids[TAG]]
+    assert sorted(relations["tags"]) == sorted([imported.ids[TAG], ELSEWHERE])
+    assert sorted(relations["mentions"]) == sorted([imported.ids[TAG], ELSEWHERE])
     assert relations["links"] == [imported.ids[OTHER]]
     assert sorted(f["name"] for f in answer["files"].values()) == ["notes.txt", "photo.png"]
     assert "Plan\nAsk Ideas about the garden" in answer["text"]

@@ -178,11 +178,7 @@ async def _write(
         doc = b.doc
         meta = doc.get(META, type=Map).to_py() or {}
         relations = doc.get(RELATIONS, type=Map).to_py() or {}
-        tag_ids = sorted(
-            k for k, v in relations.items() if isinstance(v, dict) and v.get("type") == "tag"
-        )
-        tags = [found[t].title for t in tag_ids if t in found]
-        tag_notes = [found[t].name if t in found else BLOCK_SCHEME + t for t in tag_ids]
+        tags, tag_notes = _tags(relations, found)
         body = blocks(read_fragment(doc.get(CONTENT, type=XmlFragment)), target)
         attachments: list[str] = []
         files = doc.get(FILES, type=Map).to_py() or {}
@@ -216,6 +212,19 @@ async def _write(
         (stage / b.name).write_text(head + (body + "\n" if body else ""), encoding="utf-8")
         report.notes[b.block_id] = b.name
     return report
+
+
+def _tags(relations: dict[str, Any], found: dict[str, _Block]) -> tuple[list[str], list[str]]:
+    """Tag titles and tag notes, ordered by title then note name (ids would order them
+    differently after a round trip); tags outside the export last, as ``heaper:<id>``."""
+    ordered: list[tuple[int, str, str]] = []
+    for tag_id, value in relations.items():
+        if not isinstance(value, dict) or value.get("type") != "tag":
+            continue
+        b = found.get(tag_id)
+        ordered.append((0, b.title, b.name) if b else (1, "", BLOCK_SCHEME + tag_id))
+    ordered.sort()
+    return [title for outside, title, _ in ordered if not outside], [n for *_, n in ordered]
 
 
 async def _download(client: HeaperClient, file_hash: str, to: Path) -> int:

@@ -94,7 +94,8 @@ class _Inline:
                 self._text(item, marks, following)
             else:
                 self._open(marks)
-                self.out.append(self._node(item))
+                last_break = i == len(items) - 1 and item.tag in ("hardBreak", "hard_break")
+                self.out.append("<br>" if last_break else self._node(item))  # `\` would be text
         self._close_to({})
         lines = "".join(self.out).split("\n")
         return "\n".join(_ends(_LINE_START.sub(_escape_start, ln)) for ln in lines)
