@@ -10,6 +10,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from heaper_trio.client.transfer import frontmatter
 from heaper_trio.client.transfer.from_markdown import Links, Target, parse
@@ -243,3 +245,42 @@ def test_progress_shows_on_a_terminal_only() -> None:
     quiet = _Tty()
     Bar("export", quiet, quiet=True).show(1, 1, force=True)
     assert quiet.getvalue() == ""
+
+
+_MARKS = st.sampled_from(
+    [
+        {},
+        {"bold": {}},
+        {"italic": {}},
+        {"bold": {}, "italic": {}},
+        {"strike": {}},
+        {"code": {}},
+        {"link": {"href": "https://e.com/x"}},
+        {"underline": {}},
+    ]
+)
+_TEXT = st.text(
+    alphabet=st.sampled_from([*"ab1 .-+=#*_`[]()<>!&|~\\:é", "\u00a0"]),
+    min_size=1,
+    max_size=12,
+)
+_RUN = (
+    st.builds(Text, _TEXT, _MARKS)
+    | st.just(Node("hardBreak"))
+    | st.just(Node("reference", {"id": "b1", "label": "L*b", "type": "mention"}))
+)
+_BLOCK = st.builds(lambda runs: p(*runs), st.lists(_RUN, max_size=6)) | st.builds(
+    lambda runs, level: Node("heading", {"level": level}, list(runs)),
+    st.lists(_RUN.filter(lambda r: not (isinstance(r, Node) and r.tag == "hardBreak")), max_size=4),
+    st.integers(1, 6),
+)
+
+
+@settings(max_examples=100, deadline=None)  # 4,000 passed when written
+@given(st.lists(_BLOCK, min_size=1, max_size=4))
+def test_any_text_and_marks_survive_a_round_trip(doc: list[Node]) -> None:
+    """Whatever the text (Markdown's own characters included) and however marks overlap,
+    the Markdown read back and written again is the same."""
+    md = blocks(doc, TARGETS.get)
+    again = blocks(parse(md, _Links()).nodes, TARGETS.get)
+    assert again == md

@@ -25,7 +25,16 @@ EMPTY_PARAGRAPH = "<p></p>"
 _MD = MarkdownIt("commonmark", {"html": True}).enable(["strikethrough", "table"])
 _WIKI = re.compile(r"(!?)\[\[([^\[\]|#^]+)(?:[#^][^\[\]|]*)?(?:\|([^\[\]]*))?\]\]")
 _TAG = re.compile(r"(?<![\w/&#])#([A-Za-z0-9_/\-]*[A-Za-z_/\-][A-Za-z0-9_/\-]*)")
-_HTML_MARKS = {"<u>": "underline", "<mark>": "highlight", "<b>": "bold", "<i>": "italic"}
+_HTML_MARKS = {
+    "<u>": "underline",
+    "<mark>": "highlight",
+    "<b>": "bold",
+    "<strong>": "bold",
+    "<i>": "italic",
+    "<em>": "italic",
+    "<s>": "strike",
+    "<del>": "strike",
+}
 _TOKEN_MARKS = {"strong": "bold", "em": "italic", "s": "strike"}
 
 
@@ -125,6 +134,8 @@ class _Blocks:
                 return None
             if text == EMPTY_PARAGRAPH:
                 return Node("paragraph")
+            if re.fullmatch(r"(?:<br\s*/?>)+", text, re.I):  # a paragraph of line breaks
+                return Node("paragraph", {}, [Node("hardBreak") for _ in re.findall("<", text)])
             return Node("paragraph", {}, [Text(text)]) if text else None
         return None  # closers of what we do not map, tables (not enabled), ...
 

@@ -31,9 +31,19 @@ DELIMS = {
     "underline": ("<u>", "</u>"),
     "highlight": ("<mark>", "</mark>"),
 }
+# the same marks as HTML, for where `*` cannot open or close (CommonMark's flanking rules:
+# `1**:**` is no emphasis, since `**` between a digit and a colon opens nothing)
+HTML_DELIMS = {
+    **DELIMS,
+    "bold": ("<b>", "</b>"),
+    "italic": ("<i>", "</i>"),
+    "strike": ("<s>", "</s>"),
+}
+EMPHASIS = {"bold": "strong_open", "italic": "em_open", "strike": "s_open"}
 _ESCAPE = re.compile(r"([\\`*_\[\]<>#~|&])")
 _LINE_START = re.compile(r"^([-+=]|\d+[.)])", re.M)
 _MD = MarkdownIt("commonmark")
+_MD_STRIKE = MarkdownIt("commonmark", {"html": True}).enable("strikethrough")
 LISTS = {"bulletList", "orderedList", "taskList"}
 
 
@@ -48,15 +58,16 @@ def escape(text: str) -> str:
 
 
 def _ends(line: str) -> str:
-    """Spaces at a line's ends would be dropped (or read as a hard break): keep them."""
-    if not line.startswith(" ") and not line.endswith(" "):
+    """Whitespace at a line's ends would be dropped (or two spaces read as a hard break):
+    keep it as character references (``&#32;``)."""
+    stripped = line.strip()
+    if stripped == line:
         return line
-    stripped = line.strip(" ")
     if not stripped:
-        return "&#32;" * len(line)
-    lead = len(line) - len(line.lstrip(" "))
-    trail = len(line) - len(line.rstrip(" "))
-    return "&#32;" * lead + stripped + "&#32;" * trail
+        return "".join(f"&#{ord(c)};" for c in line)
+    lead = line[: len(line) - len(line.lstrip())]
+    trail = line[len(line.rstrip()) :]
+    return "".join(f"&#{ord(c)};" for c in lead) + stripped + "".join(f"&#{ord(c)};" for c in trail)
 
 
 def _href(href: str) -> str:
@@ -79,13 +90,22 @@ class _Inline:
     """Inline content to one string, marks opened and closed as a stack (as
     prosemirror-markdown does) so that adjacent runs sharing a mark share its delimiters."""
 
-    def __init__(self, targets: Targets) -> None:
+    def __init__(self, targets: Targets, html: bool = False) -> None:
         self.targets = targets
+        self.delims = HTML_DELIMS if html else DELIMS
+        self.emphasis: list[str] = []  # emphasis opened and closed, in order, as tokens
         self.out: list[str] = []
         self.open: list[tuple[str, Any]] = []
 
     def render(self, children: list[Child]) -> str:
-        items = [c for c in children if not (isinstance(c, Text) and not c.text)]
+        items: list[Child] = []
+        for c in children:  # runs with the same marks as one (as Yjs reads them back)
+            last = items[-1] if items else None
+            if isinstance(c, Text) and isinstance(last, Text) and last.marks == c.marks:
+                items[-1] = Text(last.text + c.text, c.marks)
+                continue
+            if not (isinstance(c, Text) and not c.text):
+                items.append(c)
         for i, item in enumerate(items):
             marks = _marks_of(item)
             following = _marks_of(items[i + 1]) if i + 1 < len(items) else {}
@@ -106,6 +126,9 @@ class _Inline:
             self._open(marks)
             self.out.append(_code_span(text))
             return
+        if not text.strip(" "):  # spaces show no mark: none is opened for them
+            self.out.append(text)
+            return
         lead = text[: len(text) - len(text.lstrip(" "))] if self._opens(marks) else ""
         closing = any(following.get(k) != v for k, v in marks.items())
         body = text[len(lead) :]
@@ -113,7 +136,9 @@ class _Inline:
         body = body[: len(body) - len(trail)]
         self.out.append(lead)
         self._open(marks)
-        self.out.append(escape(body))
+        body = escape(body)
+        # `!` right before a link (a mention, a page link) would make it an image
+        self.out.append(body[:-1] + "\\!" if body.endswith("!") else body)
         if trail:
             self._close_to({})
             self.out.append(trail)
@@ -125,7 +150,9 @@ class _Inline:
         for name in MARK_ORDER:
             if name in marks and (name, marks[name]) not in self.open and name != "code":
                 self.open.append((name, marks[name]))
-                self.out.append("[" if name == "link" else DELIMS[name][0])
+                self.out.append("[" if name == "link" else self.delims[name][0])
+                if name in EMPHASIS:
+                    self.emphasis.append(EMPHASIS[name])
 
     def _close_to(self, marks: Marks) -> None:
         keep = 0
@@ -137,7 +164,9 @@ class _Inline:
                 href = str((attrs or {}).get("href", ""))
                 self.out.append(f"]({_href(href)})")
             else:
-                self.out.append(DELIMS[name][1])
+                self.out.append(self.delims[name][1])
+                if name in EMPHASIS:
+                    self.emphasis.append(EMPHASIS[name].replace("_open", "_close"))
 
     def _node(self, node: Node) -> str:
         tag, attrs = node.tag, node.attrs
@@ -177,7 +206,16 @@ def _image(attrs: dict[str, Any]) -> str:
 
 
 def inline(children: list[Child], targets: Targets) -> str:
-    return _Inline(targets).render(children)
+    """Inline content with ``**``, ``*`` and ``~~``, unless Markdown would not read one of
+    them back as emphasis (checked by parsing it): then with ``<b>``, ``<i>``, ``<s>``."""
+    plain = _Inline(targets)
+    text = plain.render(children)
+    if plain.emphasis:
+        tokens = _MD_STRIKE.parseInline(text)[0].children or []
+        kinds = {k for v in EMPHASIS.values() for k in (v, v.replace("_open", "_close"))}
+        if [t.type for t in tokens if t.type in kinds] != plain.emphasis:
+            return _Inline(targets, html=True).render(children)
+    return text
 
 
 def blocks(nodes: list[Child], targets: Targets) -> str:
