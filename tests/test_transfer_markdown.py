@@ -284,3 +284,43 @@ def test_any_text_and_marks_survive_a_round_trip(doc: list[Node]) -> None:
     md = blocks(doc, TARGETS.get)
     again = blocks(parse(md, _Links()).nodes, TARGETS.get)
     assert again == md
+
+
+_CODE = st.builds(
+    lambda text, lang: Node(
+        "codeBlock", {"language": lang} if lang else {}, [Text(text)] if text else []
+    ),
+    st.text(alphabet=list("a`~ \n#-*>"), max_size=10),
+    st.sampled_from(["", "py"]),
+)
+
+
+def _containers(children: st.SearchStrategy[Node]) -> st.SearchStrategy[Node]:
+    contents = st.lists(st.lists(children, min_size=1, max_size=3), min_size=1, max_size=3)
+
+    def listed(tag: str, item_tag: str = "listItem", **attrs: object) -> st.SearchStrategy[Node]:
+        return st.builds(
+            lambda its: Node(tag, dict(attrs), [Node(item_tag, {}, c) for c in its]), contents
+        )
+
+    return (
+        listed("bulletList")
+        | listed("orderedList")
+        | listed("orderedList", start=7)
+        | listed("taskList", "taskItem")
+        | st.builds(lambda c: Node("blockquote", {}, c), st.lists(children, min_size=1, max_size=3))
+    )
+
+
+@settings(max_examples=25, deadline=None)  # 3,000 passed when written
+@given(
+    st.lists(
+        st.recursive(_BLOCK | _CODE | st.just(Node("horizontalRule")), _containers, max_leaves=8),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_any_nesting_of_blocks_survives_a_round_trip(doc: list[Node]) -> None:
+    """Lists in lists, lists after lists, empty items, quotes, code with fences inside."""
+    md = blocks(doc, TARGETS.get)
+    assert blocks(parse(md, _Links()).nodes, TARGETS.get) == md

@@ -44,6 +44,7 @@ _ESCAPE = re.compile(r"([\\`*_\[\]<>#~|&])")
 _LINE_START = re.compile(r"^([-+=]|\d+[.)])", re.M)
 _MD = MarkdownIt("commonmark")
 _MD_STRIKE = MarkdownIt("commonmark", {"html": True}).enable("strikethrough")
+_BANG = "\x00"
 LISTS = {"bulletList", "orderedList", "taskList"}
 
 
@@ -117,11 +118,13 @@ class _Inline:
                 last_break = i == len(items) - 1 and item.tag in ("hardBreak", "hard_break")
                 self.out.append("<br>" if last_break else self._node(item))  # `\` would be text
         self._close_to({})
-        lines = "".join(self.out).split("\n")
+        joined = "".join(self.out).replace("!" + _BANG + "[", "\\![").replace(_BANG, "")
+        lines = joined.split("\n")
         return "\n".join(_ends(_LINE_START.sub(_escape_start, ln)) for ln in lines)
 
     def _text(self, item: Text, marks: Marks, following: Marks) -> None:
-        text = item.text.replace("\n", " ")
+        # NUL is U+FFFD in CommonMark anyway (and marks the `!` below)
+        text = item.text.replace("\n", " ").replace(_BANG, "\ufffd")
         if "code" in marks:
             self._open(marks)
             self.out.append(_code_span(text))
@@ -136,9 +139,9 @@ class _Inline:
         body = body[: len(body) - len(trail)]
         self.out.append(lead)
         self._open(marks)
-        body = escape(body)
-        # `!` right before a link (a mention, a page link) would make it an image
-        self.out.append(body[:-1] + "\\!" if body.endswith("!") else body)
+        # `!` right before a link (a mention, a page link) would make it an image: marked
+        # here, escaped in `render` once what follows is known
+        self.out.append(escape(body) + (_BANG if body.endswith("!") else ""))
         if trail:
             self._close_to({})
             self.out.append(trail)
@@ -220,8 +223,38 @@ def inline(children: list[Child], targets: Targets) -> str:
 
 def blocks(nodes: list[Child], targets: Targets) -> str:
     """Top-level (or nested) block nodes, separated by blank lines."""
-    parts = [_block(n, targets) for n in nodes]
-    return "\n\n".join(p for p in parts if p is not None)
+    return "\n\n".join(text for _, text in _sequence(nodes, targets))
+
+
+def _family(node: Child) -> str | None:
+    if isinstance(node, Node) and node.tag in LISTS:
+        return "ordered" if node.tag == "orderedList" else "bullet"
+    return None
+
+
+def _interrupts(node: Child) -> bool:
+    """Whether a list may start right below a paragraph (CommonMark: a bullet list, or an
+    ordered one starting at 1)."""
+    family = _family(node)
+    if family == "ordered" and isinstance(node, Node):
+        return int(node.attrs.get("start") or 1) == 1
+    return family is not None
+
+
+def _sequence(nodes: list[Child], targets: Targets) -> list[tuple[Child, str]]:
+    """Sibling blocks rendered; a list right after a list of its kind takes the other marker
+    (`*` for `-`, `1)` for `1.`), or Markdown would make the two one list."""
+    out: list[tuple[Child, str]] = []
+    alt = False
+    for n in nodes:
+        same = bool(out) and _family(n) is not None and _family(n) == _family(out[-1][0])
+        alt = (not alt) if same else False
+        text = (
+            _list(n, targets, alt) if isinstance(n, Node) and n.tag in LISTS else _block(n, targets)
+        )
+        if text is not None:
+            out.append((n, text))
+    return out
 
 
 def _indent(text: str, first: str, rest: str) -> str:
@@ -251,7 +284,7 @@ def _block(node: Child, targets: Targets) -> str | None:
         inner = blocks(node.children, targets)
         return "\n".join(("> " + ln) if ln else ">" for ln in inner.split("\n"))
     if tag == "horizontalRule":
-        return "---"
+        return "___"  # `- ---` would be a rule, not a list item holding one
     if tag == "image":
         return _image(attrs)
     if tag in LISTS:
@@ -261,24 +294,29 @@ def _block(node: Child, targets: Targets) -> str | None:
     return blocks(node.children, targets)  # an unknown container: its blocks
 
 
-def _list(node: Node, targets: Targets) -> str:
+def _list(node: Node, targets: Targets, alt: bool = False) -> str:
     start = int(node.attrs.get("start") or 1)
+    bullet, dot = ("* ", ") ") if alt else ("- ", ". ")
     items: list[str] = []
     for i, item in enumerate(c for c in node.children if isinstance(c, Node)):
         if node.tag == "orderedList":
-            marker = f"{start + i}. "
+            marker = f"{start + i}{dot}"
         elif node.tag == "taskList":
-            marker = "- [x] " if item.attrs.get("checked") else "- [ ] "
+            marker = bullet + ("[x] " if item.attrs.get("checked") else "[ ] ")
         else:
-            marker = "- "
+            marker = bullet
+        rendered = _sequence(item.children, targets)
         parts: list[str] = []
-        for j, child in enumerate(item.children):
-            text = _block(child, targets)
-            if text is None:
-                continue
-            tight = j > 0 and isinstance(child, Node) and child.tag in LISTS
+        first = rendered[0][0] if rendered else None
+        if node.tag == "taskList" and not (isinstance(first, Node) and first.tag == "paragraph"):
+            parts.append("")  # the checkbox is text of a paragraph: the rest goes below it
+        for j, (child, text) in enumerate(rendered):
+            if j == 0 and node.tag == "taskList" and text == "<p></p>":
+                text = ""  # `- [ ] <p></p>` would be text: an empty task is `- [ ]`
+            # a nested list right under its paragraph (an HTML block runs to a blank line)
+            tight = j > 0 and _interrupts(child) and not rendered[j - 1][1].startswith("<")
             parts.append(("\n" if tight else "\n\n") + text if parts else text)
-        body = "".join(parts) or "<p></p>"
+        body = "".join(parts) if parts else "<p></p>"
         width = 2 if node.tag == "taskList" else len(marker)
         items.append(_indent(body, marker, " " * width))
     return "\n".join(items)
