@@ -181,6 +181,14 @@ async def test_export_refuses_what_it_must_not_touch(
     except TransferError as e:
         assert "already exists" in str(e)
     assert (taken / "x").read_text() == "keep"
+    # files a document only claims: a hash never uploaded, a "hash" that is a path
+    claims = d.new_block("document", "Claims")
+    d.add_file(claims, "0" * 64, 3, "never.txt", "text/plain")
+    d.add_file(claims, "../../../escape", 3, "evil.txt", "text/plain")
+    await _push(admin, heap.id, "cccccccc-0000-4000-8000-00000000000c", claims)
+    claimed = await export_heap(admin, heap.id, tmp_path / "claimed")
+    assert claimed.files == 0 and claimed.skipped == ["claims-cccccccc.md: never.txt"]
+    assert not (tmp_path / "claimed" / "files").exists() and not (tmp_path / "escape").exists()
     # what a killed export left (its process is gone: no pid is above 2**22) goes
     killed = tmp_path / ".fresh.partial-4194305"
     killed.mkdir()

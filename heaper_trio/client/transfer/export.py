@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 import shutil
 import zipfile
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from heaper_trio.client.transfer.to_markdown import BLOCK_SCHEME, blocks, escape
 from heaper_trio.client.transfer.tree import plain_text, read_fragment
 
 MAX_PASSES = 5
+HASH = re.compile(r"[0-9a-f]{64}")
 FILE_CHUNK = 1 << 16
 
 
@@ -54,6 +56,7 @@ class ExportReport:
     notes: dict[str, str] = field(default_factory=dict)  # block id -> note path
     files: int = 0
     bytes: int = 0
+    skipped: list[str] = field(default_factory=list)  # files the server would not serve
 
 
 async def export_heap(
@@ -173,6 +176,7 @@ async def _write(
 
     report = ExportReport(str(stage))
     written: dict[str, str] = {}  # attachment path -> hash
+    missing: set[str] = set()
     for i, b in enumerate(sorted(found.values(), key=order)):
         bar.show(i, len(found), b.name)
         doc = b.doc
@@ -184,13 +188,22 @@ async def _write(
         files = doc.get(FILES, type=Map).to_py() or {}
         for key in sorted(files):
             entry = files[key]
-            if not isinstance(entry, dict) or not isinstance(entry.get("hash"), str):
-                continue
+            file_hash = entry.get("hash") if isinstance(entry, dict) else None
+            if not isinstance(file_hash, str) or not HASH.fullmatch(file_hash):
+                continue  # a claim no store holds (a document is whatever its owner wrote)
             name = str(entry.get("name") or "file")
-            path = attachment_path(entry["hash"], name)
+            path = attachment_path(file_hash, name)
+            if path in missing:
+                continue
             if path not in written:
-                report.bytes += await _download(client, entry["hash"], stage / path)
-                written[path] = entry["hash"]
+                size = await _download(client, file_hash, stage / path)
+                if size is None:
+                    missing.add(path)
+                    report.skipped.append(f"{b.name}: {name}")
+                    bar.warn(f"{b.name}: file {name} ({file_hash[:8]}) cannot be read; left out")
+                    continue
+                report.bytes += size
+                written[path] = file_hash
                 report.files += 1
             image = str(entry.get("mime_type") or "").startswith("image/")
             attachments.append(f"{'!' if image else ''}[{escape(name)}]({path})")
@@ -227,15 +240,20 @@ def _tags(relations: dict[str, Any], found: dict[str, _Block]) -> tuple[list[str
     return [title for outside, title, _ in ordered if not outside], [n for *_, n in ordered]
 
 
-async def _download(client: HeaperClient, file_hash: str, to: Path) -> int:
-    """A file's bytes, checked against its hash (the store's promise, checked anyway)."""
-    to.parent.mkdir(parents=True, exist_ok=True)
+async def _download(client: HeaperClient, file_hash: str, to: Path) -> int | None:
+    """A file's bytes, checked against its hash (the store's promise, checked anyway); None
+    when the server does not serve it (never uploaded, gone from the store, a scanned file
+    that changed): the export goes on without it."""
     digest, size = hashlib.sha256(), 0
     path = f"/api/file/{file_hash}/raw/file"
     async with client.http.stream("GET", path, headers=client.auth_headers()) as r:
+        if r.status_code in (403, 404, 409, 410):
+            await r.aread()
+            return None
         if r.status_code >= 400:
             await r.aread()
             raise TransferError(f"export: file {file_hash}: {HeaperError(r).message}")
+        to.parent.mkdir(parents=True, exist_ok=True)
         with to.open("wb") as f:
             async for chunk in r.aiter_bytes(FILE_CHUNK):
                 digest.update(chunk)
