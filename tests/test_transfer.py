@@ -118,7 +118,7 @@ def _normalized(files: dict[str, bytes], ids: dict[str, str]) -> dict[str, bytes
 
 
 async def test_round_trip_gives_the_same_markdown(
-    server: RunningServer, admin: HeaperClient, tmp_path: Path
+    server: RunningServer, admin: HeaperClient, tmp_path: Path, engine: str
 ) -> None:
     heap_a = await _build_heap(admin, tmp_path)
     first = tmp_path / "first"
@@ -157,6 +157,8 @@ async def test_round_trip_gives_the_same_markdown(
     assert sorted(f["name"] for f in answer["files"].values()) == ["notes.txt", "photo.png"]
     assert "Plan\nAsk Ideas about the garden" in answer["text"]
 
+    if engine != "sqlite":
+        return  # the zip is the client's business: one engine is enough
     # a zip of the same heap holds the same files
     zipped = tmp_path / "garden.zip"
     await export_heap(admin, heap_a, zipped)

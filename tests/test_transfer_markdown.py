@@ -276,7 +276,7 @@ _BLOCK = st.builds(lambda runs: p(*runs), st.lists(_RUN, max_size=6)) | st.build
 )
 
 
-@settings(max_examples=100, deadline=None)  # 4,000 passed when written
+@settings(max_examples=60, deadline=None)  # 4,000 passed when written
 @given(st.lists(_BLOCK, min_size=1, max_size=4))
 def test_any_text_and_marks_survive_a_round_trip(doc: list[Node]) -> None:
     """Whatever the text (Markdown's own characters included) and however marks overlap,
