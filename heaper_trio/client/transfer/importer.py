@@ -12,6 +12,7 @@ blocks and the imported notes, and created when missing (``a/b`` is tag ``a/b`` 
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 import urllib.parse
@@ -33,7 +34,7 @@ from heaper_trio.client.transfer.names import inside
 from heaper_trio.client.transfer.progress import Bar
 from heaper_trio.client.transfer.to_markdown import BLOCK_SCHEME
 from heaper_trio.client.transfer.tree import Child, write_children
-from heaper_trio.client.transfer.vault import Vault, VaultError, scan, unzip
+from heaper_trio.client.transfer.vault import MAX_NOTE_BYTES, Vault, VaultError, scan, unzip
 
 
 @dataclass
@@ -152,13 +153,13 @@ class _Importer:
         root_taken = False
         for path in self.vault.notes:
             try:
-                text = (self.root / path).read_text(encoding="utf-8-sig")
+                text = _read_note(self.root / path)
             except (OSError, UnicodeDecodeError):
                 self.report.skipped.append(path)
                 continue
             fields, body = frontmatter.split(text)
             f = fields or {}
-            is_root = f.get("type") == "index" and "id" in f and not root_taken
+            is_root = f.get("type") == "index" and _exported(f) and not root_taken
             root_taken |= is_root
             block_id = root_block if is_root else str(uuid.uuid4())
             title = f.get("title")
@@ -253,6 +254,13 @@ class _Importer:
             for tag_id in self._tag_ids(note):
                 add_tag(doc, tag_id)
         return doc
+
+
+def _read_note(path: Path) -> str:
+    """A note's text, refusing a symbolic link put in its place since the scan."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        return f.read(MAX_NOTE_BYTES + 1)[:MAX_NOTE_BYTES].decode("utf-8-sig")
 
 
 def _exported(fields: dict[str, Any] | None) -> bool:
