@@ -227,10 +227,11 @@ def _vault(tmp: Path) -> Path:
     rgba_png(vault / "assets" / "pic.png")
     (vault / "Home.md").write_text(
         "---\ntags: [project]\ncreated: 2024-05-01\n---\n"
-        "# Welcome\n\nSee [[Idea]] and [[Notes/Idea|the idea]] #inbox #area/sub.\n\n"
+        "# Welcome\n\nSee [[Idea]] and [[Notes/Idea|the idea]] #inbox #area/sub [[big idea]].\n\n"
         "![[pic.png]]\n\n- [ ] task\n- [x] done\n"
     )
     (vault / "Notes" / "Idea.md").write_text(
+        "---\naliases: [Big Idea]\n---\n"
         "Back [home](../Home.md), [escape](../../outside/secret.txt), "
         "![[../outside/secret.txt]] [[/etc/passwd]] ![x](/etc/passwd) ![y](../assets/pic.png)\n"
     )
@@ -259,7 +260,7 @@ async def test_obsidian_vault_imports_as_blocks_without_leaving_it(
     assert tags == {"project", "inbox", "area/sub"}
     assert answer["relations"]["links"] == [idea] and answer["relations"]["mentions"] == [idea]
     assert [f["name"] for f in answer["files"].values()] == ["pic.png"]
-    assert answer["text"].startswith("Welcome\nSee  and the idea #inbox #area/sub.\ntask\ndone")
+    assert answer["text"].startswith("Welcome\nSee  and the idea #inbox #area/sub .\ntask\ndone")
     doc = (await admin.blocks.fetch(heap.id, home)).doc
     content = d.read_block(doc)
     assert content.links == (idea,)

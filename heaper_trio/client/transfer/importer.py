@@ -168,6 +168,8 @@ class _Importer:
             self.notes[path] = _Note(path, fields, body, block_id, title)
             if isinstance(f.get("id"), str):
                 self.ids[f["id"]] = block_id
+            for alias in frontmatter.strings(f.get("aliases")):  # Obsidian: [[alias]] works too
+                self.stems.setdefault(alias.lower(), path)
         self.report.ids = dict(self.ids)
 
     async def _known_tags(self) -> None:
