@@ -8,9 +8,10 @@ import io
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from heaper_trio.client.transfer import frontmatter
@@ -247,6 +248,13 @@ def test_progress_shows_on_a_terminal_only() -> None:
     assert quiet.getvalue() == ""
 
 
+# the same examples every run (a suite must not fail by chance), and no health check that a
+# loaded machine trips (generation speed)
+FUZZ: dict[str, Any] = {
+    "deadline": None,
+    "derandomize": True,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much],
+}
 _MARKS = st.sampled_from(
     [
         {},
@@ -264,19 +272,17 @@ _TEXT = st.text(
     min_size=1,
     max_size=12,
 )
-_RUN = (
-    st.builds(Text, _TEXT, _MARKS)
-    | st.just(Node("hardBreak"))
-    | st.just(Node("reference", {"id": "b1", "label": "L*b", "type": "mention"}))
-)
+_MENTION = Node("reference", {"id": "b1", "label": "L*b", "type": "mention"})
+_WORDS = st.builds(Text, _TEXT, _MARKS) | st.just(_MENTION)  # a heading has no line breaks
+_RUN = _WORDS | st.just(Node("hardBreak"))
 _BLOCK = st.builds(lambda runs: p(*runs), st.lists(_RUN, max_size=6)) | st.builds(
     lambda runs, level: Node("heading", {"level": level}, list(runs)),
-    st.lists(_RUN.filter(lambda r: not (isinstance(r, Node) and r.tag == "hardBreak")), max_size=4),
+    st.lists(_WORDS, max_size=4),
     st.integers(1, 6),
 )
 
 
-@settings(max_examples=60, deadline=None)  # 4,000 passed when written
+@settings(max_examples=60, **FUZZ)  # 4,000 passed when written
 @given(st.lists(_BLOCK, min_size=1, max_size=4))
 def test_any_text_and_marks_survive_a_round_trip(doc: list[Node]) -> None:
     """Whatever the text (Markdown's own characters included) and however marks overlap,
@@ -312,7 +318,7 @@ def _containers(children: st.SearchStrategy[Node]) -> st.SearchStrategy[Node]:
     )
 
 
-@settings(max_examples=25, deadline=None)  # 3,000 passed when written
+@settings(max_examples=25, **FUZZ)  # 3,000 passed when written
 @given(
     st.lists(
         st.recursive(_BLOCK | _CODE | st.just(Node("horizontalRule")), _containers, max_leaves=8),
