@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     from heaper_trio.ops import commands as ops_commands
 
     ops_commands.add_parsers(sub)  # backup, restore
+    from heaper_trio import transfer_cli
+
+    transfer_cli.add_parsers(sub)  # export, import
     return parser
 
 
@@ -280,7 +283,8 @@ async def _client(args: argparse.Namespace) -> int:
 @quiet_on_broken_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("serve", "users", "client", "backup", "restore", "-h", "--help", "--version")
+    commands: tuple[str, ...] = ("serve", "users", "client", "backup", "restore")
+    commands += ("export", "import", "-h", "--help", "--version")
     if not argv or argv[0] not in commands:
         argv = ["serve", *argv]  # `serve` is the default command, flags and all
     args = build_parser().parse_args(argv)
@@ -288,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings: Settings | None = None
     if command == "client":
         return trio.run(_client, args)
+    if command in ("export", "import"):
+        from heaper_trio import transfer_cli
+
+        return transfer_cli.run(args)
     try:
         if command in ("backup", "restore"):
             from heaper_trio.ops import commands as ops_commands
