@@ -24,6 +24,8 @@ from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.services.container import Services, open_services
 from heaper_trio.settings import Settings
 from heaper_trio.web import (
+    routes_admin,
+    routes_admin_page,
     routes_app,
     routes_auth,
     routes_blocks,
@@ -60,6 +62,8 @@ BLUEPRINTS = (
     routes_files.bp,
     routes_jobs.bp,
     routes_app.bp,
+    routes_admin.bp,
+    routes_admin_page.bp,
     ws.bp,
 )
 

@@ -16,6 +16,7 @@ N x N sends). Sends never block: a subscriber whose queue is full is dropped by 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -81,6 +82,15 @@ class LiveHub:
             self.account_connections[user_id] = held
         else:
             self.account_connections.pop(user_id, None)
+
+    def recheck_account(self, user_id: str) -> None:
+        """The account's tokens were revoked (or it was rejected) in this process: its live
+        connections here check their grants now rather than at the next periodic check."""
+        now = trio.current_time()
+        for conn in list(self.keepalive):
+            if user_id in conn.accounts:
+                conn.last_check = -math.inf  # due: this tick checks every grant's account
+                conn.tick(now)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The hub's own tasks (flusher, presence expiry, catch-ups); in the supervisor."""
