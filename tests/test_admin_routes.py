@@ -14,6 +14,7 @@ import trio
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient, LoginPending
 from heaper_trio.errors import Conflict
+from heaper_trio.keys import SERVER_KEY_FILE
 from heaper_trio.protocol import messages as m
 from heaper_trio.services.admin_links import create_admin_link
 from heaper_trio.web.routes_docs import CSP
@@ -115,7 +116,7 @@ async def test_admin_routes_refuse_bad_input(admin: HeaperClient) -> None:
     storage = (await admin.get("/api/admin/storage")).json()
     assert storage["users"] == 1 and storage["totals"]["sessions"] >= 1
     assert storage["data_dir"]["partial"] is False
-    assert storage["data_dir"]["bytes"].get("server.key", 1) > 0
+    assert storage["data_dir"]["bytes"][SERVER_KEY_FILE] > 0
     if storage["engine"] == "sqlite":
         assert storage["data_dir"]["bytes"]["heaper.sqlite3"] > 0
     for body in (None, {}, {"link": ""}, {"link": 5}, {"link": "x", "more": 1}):

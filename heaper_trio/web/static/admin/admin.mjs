@@ -237,6 +237,8 @@ async function start() {
     showSignIn();
     status("signed out");
   });
+  // a new link pasted into this tab changes only the fragment: start over with it
+  window.addEventListener("hashchange", () => location.reload());
   const secret = location.hash.slice(1);
   if (secret) {
     // the secret is used up now: keep it out of the history and of any later copy of the URL
