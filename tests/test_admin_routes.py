@@ -11,11 +11,13 @@ import httpx
 import pytest
 import trio
 
+from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient, LoginPending
 from heaper_trio.errors import Conflict
 from heaper_trio.keys import SERVER_KEY_FILE
 from heaper_trio.protocol import messages as m
+from heaper_trio.services.admin import open_user_admin
 from heaper_trio.services.admin_links import create_admin_link
 from heaper_trio.web.routes_docs import CSP
 from tests.conftest import assert_error
@@ -192,6 +194,24 @@ async def test_revoking_reaches_an_open_websocket_at_once(
         await a.sync(address, eve.access_token)
         r = await admin.post(ACTION.format(eve.user_id, "revoke_tokens"))
         assert r.status_code == 200
+        with trio.fail_after(3):
+            denied = await a.expect(m.PermissionDenied)
+        assert denied.reason == "token_revoked"
+
+
+@pytest.mark.engines("postgres")  # SQLite: one server process, and no notification
+async def test_a_revocation_by_the_command_line_reaches_open_websockets(
+    server: RunningServer, eve: HeaperClient
+) -> None:
+    """``users revoke-tokens`` runs in a process of its own: the server hears the user row
+    change by NOTIFY and re-checks eve's sockets then, not 30 s later."""
+    heap = await new_heap(eve)
+    address = f"{heap['id']}:{ClientBlock().id}"
+    async with live_client(server.url) as a:
+        assert eve.access_token and eve.user_id
+        await a.sync(address, eve.access_token)
+        async with open_asyncio_loop(), open_user_admin(server.services.settings) as cli_admin:
+            await cli_admin.revoke_tokens(eve.user_id)
         with trio.fail_after(3):
             denied = await a.expect(m.PermissionDenied)
         assert denied.reason == "token_revoked"

@@ -60,3 +60,26 @@ async def test_an_admin_link_signs_in_once(make_settings: Callable[..., Settings
         await storage.purge_expired(NOW + 600_000 + ADMIN_LINK_KEPT_MS)
         out = await storage.use_admin_link("h-ok", NOW + 2, refresh_row())
         assert out.problem is AdminLinkProblem.unknown
+
+
+async def test_user_row_changes_are_told_to_a_watcher(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """PostgreSQL tells of every user row change, made by whichever process (here: a second
+    storage, as ``python -m heaper_trio users`` opens one); SQLite has one server process and
+    tells nothing."""
+    settings = make_settings()
+    async with opened(settings) as storage:
+        heard: list[str] = []
+        storage.watch_user_rows(heard.append)
+        user = (await login(storage, "key-watched")).user
+        assert user is not None
+        async with opened(settings) as other:
+            await other.revoke_user_tokens(user.id, NOW + 1)
+        if storage.engine == "postgres":
+            with trio.fail_after(5):
+                while user.id not in heard:
+                    await trio.sleep(0.01)
+        else:
+            await trio.sleep(0.05)
+            assert heard == []

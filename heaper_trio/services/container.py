@@ -184,7 +184,10 @@ def _wire(
     user events (scan progress, file ready) the hub delivers to its own sinks, and the bridge
     carries them to the other processes. Pushes that set ``permanently_deleted_at`` purge
     through the heap service, as emptying the trash does. An account whose tokens an admin
-    revokes has its live connections in this process re-checked at once.
+    revokes has its live connections re-checked at once: in this process by ``UserAdmin``,
+    in the others (and after the command line's ``users``) as their storage hears the row
+    change (PostgreSQL's NOTIFY; SQLite has one process, and the CLI's change waits for the
+    periodic check).
 
     The lists are assigned whole rather than appended to, so this is the complete statement
     of the wiring: no constructor's own registration can add to it or double it.
@@ -193,6 +196,7 @@ def _wire(
     hub.user_event_hooks[:] = [bridge.on_user_event] if bridge else []
     documents.purger = heaps.purge
     admin.on_revoked = hub.recheck_account  # revoked or rejected: live sockets re-check now
+    documents.storage.watch_user_rows(hub.recheck_account)  # ... also when another process did
 
 
 async def bind_server_key(storage: Storage, data_dir: Path) -> KeyPair:

@@ -355,6 +355,10 @@ class Storage(abc.ABC):
     # -- between processes (several servers on one database) ----------------------------------
     shares_processes: bool = False  # True when other server processes may use this database
 
+    def watch_user_rows(self, on_change: Callable[[str], None]) -> None:  # noqa: B027
+        """Call ``on_change(user_id)`` whenever a user row changes, whoever changed it (another
+        server process, the command line). Optional: an engine that cannot tell, does not."""
+
     async def announce(self, payloads: list[str]) -> None:  # noqa: B027 - optional, not abstract
         """Tell the other processes on this database (small text payloads, < 8 KB each).
         A single-process engine has nobody to tell."""

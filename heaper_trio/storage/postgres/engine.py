@@ -222,6 +222,9 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, Storage):
             return True
         return False
 
+    def watch_user_rows(self, on_change: Callable[[str], None]) -> None:
+        self._users.on_change = on_change  # runs on the loop's thread, inside trio's run
+
     async def listen(
         self, on_payload: Callable[[str], None], *, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
