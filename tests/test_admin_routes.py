@@ -5,11 +5,13 @@ WebSocket at once rather than at the next periodic check."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import httpx
 import pytest
 import trio
+from trio_websocket import ConnectionClosed
 
 from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.app import RunningServer
@@ -189,14 +191,19 @@ async def test_revoking_reaches_an_open_websocket_at_once(
     check (RECHECK_ACCOUNT_S, 30 s)."""
     heap = await new_heap(eve)
     address = f"{heap['id']}:{ClientBlock().id}"
-    async with live_client(server.url) as a:
+    async with live_client(server.url) as a, live_client(server.url, "/api/ws") as legacy:
         assert eve.access_token
         await a.sync(address, eve.access_token)
+        await legacy.send_raw(json.dumps({"token": eve.access_token}))
+        assert json.loads(await legacy.ws.get_message())["type"] == "authenticated"
         r = await admin.post(ACTION.format(eve.user_id, "revoke_tokens"))
         assert r.status_code == 200
         with trio.fail_after(3):
             denied = await a.expect(m.PermissionDenied)
         assert denied.reason == "token_revoked"
+        with trio.fail_after(3), pytest.raises(ConnectionClosed) as closed:
+            await legacy.ws.get_message()  # the deprecated /api/ws: closed, 4401
+        assert (closed.value.reason.code, closed.value.reason.reason) == (4401, "token_revoked")
 
 
 @pytest.mark.engines("postgres")  # SQLite: one server process, and no notification

@@ -91,6 +91,10 @@ class LiveHub:
             if user_id in conn.accounts:
                 conn.last_check = -math.inf  # due: this tick checks every grant's account
                 conn.tick(now)
+        for sink in list(self.user_sinks.get(user_id, ())):
+            recheck = getattr(sink, "recheck_now", None)  # the deprecated /api/ws
+            if recheck is not None:
+                recheck()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The hub's own tasks (flusher, presence expiry, catch-ups); in the supervisor."""
