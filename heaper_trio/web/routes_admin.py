@@ -79,7 +79,7 @@ async def admin_users(user: User) -> dict[str, Any]:
     description="`account` is an id or a base58 public key. approve lets a pending or rejected "
     "account log in; reject refuses it and revokes its tokens; make_admin grants admin "
     "rights (and approves); remove_admin takes them away (the account stays approved); "
-    "revoke_tokens ends every session of the account at once (open WebSockets included). "
+    "revoke_tokens ends every session of the account at once (live connections too). "
     "403 not_admin, 404 user_not_found, 409 last_admin (the action would leave no approved "
     "admin), 409 own_account (reject or remove_admin of your own account: another admin or "
     "the command line can).",

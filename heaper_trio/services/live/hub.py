@@ -84,17 +84,13 @@ class LiveHub:
             self.account_connections.pop(user_id, None)
 
     def recheck_account(self, user_id: str) -> None:
-        """The account's tokens were revoked (or it was rejected) in this process: its live
-        connections here check their grants now rather than at the next periodic check."""
-        now = trio.current_time()
-        for conn in list(self.keepalive):
-            if user_id in conn.accounts:
-                conn.last_check = -math.inf  # due: this tick checks every grant's account
-                conn.tick(now)
+        """The account changed (revoked, rejected): its live connections check their tokens
+        now, not at the next periodic check; /ws by a tick due at once, /api/ws by its own."""
+        for conn in [c for c in self.keepalive if user_id in c.accounts]:
+            conn.last_check = -math.inf
+            conn.tick(trio.current_time())
         for sink in list(self.user_sinks.get(user_id, ())):
-            recheck = getattr(sink, "recheck_now", None)  # the deprecated /api/ws
-            if recheck is not None:
-                recheck()
+            getattr(sink, "recheck_now", lambda: None)()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The hub's own tasks (flusher, presence expiry, catch-ups); in the supervisor."""
