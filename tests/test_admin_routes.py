@@ -222,3 +222,21 @@ async def test_a_revocation_by_the_command_line_reaches_open_websockets(
         with trio.fail_after(3):
             denied = await a.expect(m.PermissionDenied)
         assert denied.reason == "token_revoked"
+
+
+async def test_two_admins_demoting_each_other_at_once_leave_one(
+    server: RunningServer, admin: HeaperClient, eve: HeaperClient
+) -> None:
+    await server.services.admin.make_admin(eve.public_key)
+    statuses: dict[str, int] = {}
+
+    async def demote(actor: HeaperClient, other: HeaperClient) -> None:
+        r = await actor.post(ACTION.format(other.user_id, "remove_admin"))
+        statuses[actor.public_key] = r.status_code
+
+    async with trio.open_nursery() as n:
+        n.start_soon(demote, admin, eve)
+        n.start_soon(demote, eve, admin)
+    assert sorted(statuses.values()) in ([200, 403], [200, 409])  # the loser: no admin, or last
+    users = await server.services.admin.list_users()
+    assert [u.is_admin for u in users].count(True) == 1

@@ -13,6 +13,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import trio
+
 from heaper_trio.errors import Conflict, NotFound, StartupError
 from heaper_trio.records import User
 from heaper_trio.services.accounts import find_user
@@ -27,8 +29,10 @@ class UserAdmin:
     refused (409 ``last_admin``), from the command line too. An admin acting through the admin
     page (``actor``) cannot reject or demote their own account (409 ``own_account``): that
     takes another admin, or the command line, so nobody locks themselves out by a misclick.
-    Between the guard's read and the write another admin could act too; two admins demoting
-    each other at the same instant is the one way past it, and the CLI mends that.
+    The guard's read and the write take turns in this process (``_turns``), so two admins
+    demoting each other at the same instant leave one admin; only a second server process
+    (or the command line) acting in that same instant could slip past it, and the command
+    line mends that.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class UserAdmin:
         # Told the id of an account whose tokens just died, so open WebSockets of it in this
         # process re-check at once (the hub) instead of at their next periodic check.
         self.on_revoked = on_revoked
+        self._turns = trio.Lock()  # a guard's check and its write, one at a time
 
     def _now(self) -> int:
         return int(self.clock() * 1000)
@@ -61,11 +66,12 @@ class UserAdmin:
 
     async def reject(self, ident: str, actor: User | None = None) -> User:
         """Refuse the account; storage also revokes every token it holds."""
-        user = await self.find(ident)
-        await self._keep_an_admin(user, actor, "reject")
-        done = _still_there(
-            await self.storage.set_user_state(user.id, "rejected", self._now()), ident
-        )
+        async with self._turns:
+            user = await self.find(ident)
+            await self._keep_an_admin(user, actor, "reject")
+            done = _still_there(
+                await self.storage.set_user_state(user.id, "rejected", self._now()), ident
+            )
         self._revoked(done.id)
         return done
 
@@ -77,9 +83,10 @@ class UserAdmin:
 
     async def remove_admin(self, ident: str, actor: User | None = None) -> User:
         """Take admin rights away; the account stays approved and keeps its tokens."""
-        user = await self.find(ident)
-        await self._keep_an_admin(user, actor, "remove the admin rights of")
-        return _still_there(await self.storage.set_admin(user.id, False), ident)
+        async with self._turns:
+            user = await self.find(ident)
+            await self._keep_an_admin(user, actor, "remove the admin rights of")
+            return _still_there(await self.storage.set_admin(user.id, False), ident)
 
     async def revoke_tokens(self, ident: str) -> User:
         user = await self.find(ident)
