@@ -147,6 +147,9 @@ async def admin_link_command(server: RunningServer) -> str:
     return url
 
 
+# SQLite only: the page is the same on both engines, and admin-link and the admin routes are
+# tested on PostgreSQL too (test_admin_cli.py, test_admin_routes.py).
+@pytest.mark.engines("sqlite")
 async def test_the_admin_page_approves_a_pending_user(
     browser: Any,
     server: RunningServer,
