@@ -61,12 +61,12 @@ def browser() -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never go online
     with tempfile.TemporaryDirectory(prefix="heaper-chromium-") as profile:
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
         for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1400,1000"):
             options.add_argument(flag)
+        # A driver path given to Service: Selenium Manager (which would download) never runs.
         driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
         driver.set_page_load_timeout(30)
         try:
@@ -192,6 +192,18 @@ async def test_the_admin_page_approves_a_pending_user(
     assert await in_browser(no_alert, browser)
     if os.environ.get("HEAPER_TEST_SCREENSHOT"):
         await in_browser(browser.save_screenshot, os.environ["HEAPER_TEST_SCREENSHOT"])
+
+    # An access token the server refuses is renewed with the refresh token, and the click
+    # still lands: revoke bob's tokens through the page.
+    await in_browser(
+        browser.execute_script,
+        "const k = 'heaper-admin-session'; const s = JSON.parse(sessionStorage.getItem(k));"
+        "s.access = 'not-a-token'; sessionStorage.setItem(k, JSON.stringify(s));",
+    )
+    revoke = await wait_for(browser, _row_button(bob.public_key, "revoke_tokens"))
+    await in_browser(revoke.click)
+    await wait_for(browser, lambda d: "revoke tokens:" in _status(d))
+    assert (await bob.post("/api/me")).json()["error"] == "token_revoked"
 
     # The same link again: used. An expired one: says so.
     await in_browser(browser.execute_script, "sessionStorage.clear()")
