@@ -24,6 +24,8 @@ from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.services.container import Services, open_services
 from heaper_trio.settings import Settings
 from heaper_trio.web import (
+    routes_admin,
+    routes_admin_page,
     routes_app,
     routes_auth,
     routes_blocks,
@@ -65,6 +67,8 @@ BLUEPRINTS = (
     routes_jobs.bp,
     routes_app.bp,
     routes_metrics.bp,
+    routes_admin.bp,
+    routes_admin_page.bp,
     ws.bp,
 )
 

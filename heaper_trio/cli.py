@@ -42,6 +42,7 @@ Manage accounts. A user is named by id or base58 public key.
   approve USER             let a pending (or rejected) account log in
   reject USER              refuse an account and revoke its tokens
   make-admin USER          grant admin rights (and approve)
+  remove-admin USER        take admin rights away (never from the last admin)
   revoke-tokens USER       invalidate every access and refresh token of the account"""
 
 
@@ -98,16 +99,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     users = sub.add_parser(
         "users",
-        help="list, approve, reject, make-admin, revoke-tokens",
+        help="list, approve, reject, make-admin, remove-admin, revoke-tokens",
         description=USERS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_storage_flags(users)
     users.add_argument("--json", action="store_true", help="print JSON instead of a table")
     users.add_argument(
-        "action", choices=("list", "approve", "reject", "make-admin", "revoke-tokens")
+        "action",
+        choices=("list", "approve", "reject", "make-admin", "remove-admin", "revoke-tokens"),
     )
     users.add_argument("user", nargs="?", help="user id or base58 public key")
+
+    admin_link = sub.add_parser(
+        "admin-link",
+        help="print a single-use link that opens the admin page signed in",
+        description="Print a URL (public_url, else the server's host and port, + /admin#...) "
+        "that signs an admin in to the admin page once, within --minutes. Works while the "
+        "server runs; the secret after # never reaches access logs.",
+    )
+    _add_storage_flags(admin_link)
+    for name in ("public_url", "host", "port"):
+        s = BY_NAME[name]
+        admin_link.add_argument(s.flag, dest=name, type=s.type, metavar=name.upper())
+    admin_link.add_argument(
+        "--user", metavar="USER", help="the admin (id or public key); default: the oldest admin"
+    )
+    admin_link.add_argument(
+        "--minutes",
+        type=int,
+        default=10,
+        choices=range(1, 61),
+        metavar="1-60",
+        help="how long the link works (default %(default)s)",
+    )
 
     client = sub.add_parser(
         "client",
@@ -217,6 +242,7 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
             "approve": UserAdmin.approve,
             "reject": UserAdmin.reject,
             "make-admin": UserAdmin.make_admin,
+            "remove-admin": UserAdmin.remove_admin,
             "revoke-tokens": UserAdmin.revoke_tokens,
         }
         row = _user_row(await actions[args.action](admin, args.user))
@@ -227,6 +253,20 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
             f"{', admin' if row['is_admin'] else ''}"
         )
         return 0
+
+
+async def _admin_link(settings: Settings, args: argparse.Namespace) -> int:
+    from heaper_trio.services.admin import open_user_admin
+    from heaper_trio.services.admin_links import create_admin_link
+
+    async with open_asyncio_loop(), open_user_admin(settings) as admin:
+        link = await create_admin_link(admin.storage, settings, args.user, ttl_s=args.minutes * 60)
+    print(link.url)
+    print(
+        f"heaper_trio: signs in {link.user.id} once, within {args.minutes} minutes",
+        file=sys.stderr,
+    )
+    return 0
 
 
 async def _client(args: argparse.Namespace) -> int:
@@ -283,7 +323,7 @@ async def _client(args: argparse.Namespace) -> int:
 @quiet_on_broken_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands: tuple[str, ...] = ("serve", "users", "client", "backup", "restore")
+    commands: tuple[str, ...] = ("serve", "users", "admin-link", "client", "backup", "restore")
     commands += ("export", "import", "-h", "--help", "--version")
     if not argv or argv[0] not in commands:
         argv = ["serve", *argv]  # `serve` is the default command, flags and all
@@ -317,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             global SERVED_CLEANLY
             SERVED_CLEANLY = True  # __main__ may skip the interpreter's teardown
             return 0
+        if command == "admin-link":
+            return trio.run(_admin_link, settings, args)
         return trio.run(_users, settings, args)
     except BaseException as e:
         # Nurseries wrap errors in exception groups; a lone StartupError inside is still

@@ -27,6 +27,8 @@ from heaper_trio.keys import SERVER_KEY_FILE, KeyPair, load_or_create_server_key
 from heaper_trio.services import metrics
 from heaper_trio.services.accounts import AccountService
 from heaper_trio.services.admin import UserAdmin
+from heaper_trio.services.admin_console import AdminConsole
+from heaper_trio.services.admin_links import AdminSignIn
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.files import FileService
@@ -55,6 +57,8 @@ class Services:
     tokens: TokenService
     accounts: AccountService
     admin: UserAdmin
+    admin_console: AdminConsole
+    admin_sign_in: AdminSignIn
     auth_limits: AuthRateLimits
     documents: DocumentService
     heaps: HeapService
@@ -125,7 +129,7 @@ async def open_services(
             server_key=server_key,
             tokens=tokens,
             accounts=AccountService(storage, tokens, server_key, settings),
-            admin=UserAdmin(storage),
+            admin=(admin := UserAdmin(storage)),
             auth_limits=AuthRateLimits(settings.auth_rate_limit),
             documents=(documents := DocumentService(storage, settings)),
             query=QueryService(documents),
@@ -141,13 +145,19 @@ async def open_services(
                     storage, documents, settings, hub.publish_user_event, probe=media.probe
                 )
             ),
-            scans=ScanService(storage, documents, files, settings, hub.publish_user_event, media),
+            scans=(
+                scans := ScanService(
+                    storage, documents, files, settings, hub.publish_user_event, media
+                )
+            ),
+            admin_console=AdminConsole(admin, storage, scans, media, settings.data_path),
+            admin_sign_in=AdminSignIn(storage, tokens),
             client_thumbnails=(thumbs := ClientThumbnails(storage, settings.data_path)),
             heaps=HeapService(documents, files, thumbs),
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
         bridge = ProcessBridge(storage, hub) if storage.shares_processes else None
-        _wire(documents, services.heaps, hub, bridge)
+        _wire(documents, services.heaps, hub, bridge, admin)
         async with trio.open_nursery() as supervisor:
             supervisor.start_soon(_purge_expired_forever, storage)
             await supervisor.start(services.hub.run)
@@ -166,13 +176,21 @@ async def open_services(
 
 
 def _wire(
-    documents: DocumentService, heaps: HeapService, hub: LiveHub, bridge: ProcessBridge | None
+    documents: DocumentService,
+    heaps: HeapService,
+    hub: LiveHub,
+    bridge: ProcessBridge | None,
+    admin: UserAdmin,
 ) -> None:
     """Who hears what, in one place. Every stored change reaches the hub (this process's
     subscribers) and, with processes sharing a database, the bridge (the other processes);
     user events (scan progress, file ready) the hub delivers to its own sinks, and the bridge
     carries them to the other processes. Pushes that set ``permanently_deleted_at`` purge
-    through the heap service, as emptying the trash does.
+    through the heap service, as emptying the trash does. An account whose tokens an admin
+    revokes has its live connections re-checked at once: in this process by ``UserAdmin``,
+    in the others (and after the command line's ``users``) as their storage hears the row
+    change (PostgreSQL's NOTIFY; SQLite has one process, and the CLI's change waits for the
+    periodic check).
 
     The lists are assigned whole rather than appended to, so this is the complete statement
     of the wiring: no constructor's own registration can add to it or double it.
@@ -180,6 +198,8 @@ def _wire(
     documents.listeners[:] = [hub.on_commit] + ([bridge.on_commit] if bridge else [])
     hub.user_event_hooks[:] = [bridge.on_user_event] if bridge else []
     documents.purger = heaps.purge
+    admin.on_revoked = hub.recheck_account  # revoked or rejected: live sockets re-check now
+    documents.storage.watch_user_rows(hub.recheck_account)  # ... also when another process did
 
 
 async def bind_server_key(storage: Storage, data_dir: Path) -> KeyPair:

@@ -16,6 +16,7 @@ N x N sends). Sends never block: a subscriber whose queue is full is dropped by 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -82,6 +83,15 @@ class LiveHub:
             self.account_connections[user_id] = held
         else:
             self.account_connections.pop(user_id, None)
+
+    def recheck_account(self, user_id: str) -> None:
+        """The account changed (revoked, rejected): its live connections check their tokens
+        now, not at the next periodic check; /ws by a tick due at once, /api/ws by its own."""
+        for conn in [c for c in self.keepalive if user_id in c.accounts]:
+            conn.last_check = -math.inf
+            conn.tick(trio.current_time())
+        for sink in list(self.user_sinks.get(user_id, ())):
+            getattr(sink, "recheck_now", lambda: None)()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The hub's own tasks (flusher, presence expiry, catch-ups); in the supervisor."""

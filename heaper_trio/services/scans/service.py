@@ -285,6 +285,15 @@ class ScanService:
         mine.sort(key=lambda t: t[:2], reverse=True)  # same millisecond: the later start first
         return [j.snapshot() for _, _, j in mine[:limit]]
 
+    def every_job(self, limit: int) -> list[tuple[str, ScanSnapshot]]:
+        """Every user's jobs in this process, running and recently finished, newest first,
+        with the user each belongs to (the admin page)."""
+        self._forget_old()
+        jobs = sorted(
+            enumerate(self.jobs.values()), key=lambda t: (t[1].started_at, t[0]), reverse=True
+        )
+        return [(j.user_id, j.snapshot()) for _, j in jobs[:limit]]
+
     def abort(self, user: User, scan_id: str) -> ScanSnapshot:
         job = self.jobs.get(scan_id)
         if job is None or not (user.is_admin or job.user_id == user.id):

@@ -52,6 +52,7 @@ from heaper_trio.records import (
     UpdateInfo,
     User,
 )
+from heaper_trio.records.admin_links import AdminLinkOutcome
 from heaper_trio.storage.base import Storage
 from heaper_trio.storage.migrate import migration_scripts
 from heaper_trio.storage.postgres import documents as docs
@@ -61,6 +62,7 @@ from heaper_trio.storage.postgres.accounts import (
     _auth_stats,
     _claim_meta,
     _complete_login,
+    _create_admin_link,
     _create_challenge,
     _fetch_user,
     _fetchval,
@@ -71,6 +73,7 @@ from heaper_trio.storage.postgres.accounts import (
     _set_admin,
     _set_user_state,
     _usage,
+    _use_admin_link,
 )
 from heaper_trio.storage.postgres.files import PostgresFiles
 from heaper_trio.storage.postgres.history import PostgresHistory, restore_block
@@ -222,6 +225,9 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, Storage):
             return True
         return False
 
+    def watch_user_rows(self, on_change: Callable[[str], None]) -> None:
+        self._users.on_change = on_change  # runs on the loop's thread, inside trio's run
+
     async def listen(
         self, on_payload: Callable[[str], None], *, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -305,6 +311,16 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, Storage):
             return await self._run(tx, _revoke_user_tokens, user_id, now)
         finally:
             self._users.forget(user_id)
+
+    async def create_admin_link(
+        self, token_hash: str, user_id: str, created_at: int, expires_at: int
+    ) -> None:
+        await self._run(write1, _create_admin_link, token_hash, user_id, created_at, expires_at)
+
+    async def use_admin_link(
+        self, token_hash: str, now: int, refresh: NewRefreshToken
+    ) -> AdminLinkOutcome:
+        return await self._run(tx, _use_admin_link, token_hash, now, refresh)
 
     async def rotate_refresh_token(
         self, *, jti: str, user_id: str, now: int, new: NewRefreshToken

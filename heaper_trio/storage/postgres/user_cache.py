@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -47,6 +48,7 @@ class UserRowCache:
         self._retry: asyncio.Task[None] | None = None
         self._stopped = False
         self.epoch = 0  # bumped by every invalidation
+        self.on_change: Callable[[str], None] | None = None  # told each notified user id
         self.hits = 0  # tests and benchmarks read these
         self.misses = 0
 
@@ -112,6 +114,8 @@ class UserRowCache:
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self.forget(payload)
+        if self.on_change is not None:
+            self.on_change(payload)
 
     def _lost(self, conn: Any) -> None:
         if conn is not self._conn:
