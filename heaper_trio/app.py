@@ -24,6 +24,8 @@ from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.services.container import Services, open_services
 from heaper_trio.settings import Settings
 from heaper_trio.web import (
+    routes_admin,
+    routes_admin_page,
     routes_app,
     routes_auth,
     routes_blocks,
@@ -32,19 +34,23 @@ from heaper_trio.web import (
     routes_heaps,
     routes_instance,
     routes_jobs,
+    routes_metrics,
     routes_sync,
     routes_trash,
     routes_uploads,
     ws,
 )
+from heaper_trio.web.access_log import AccessLog
 from heaper_trio.web.cors import install_cors
 from heaper_trio.web.errors import install_error_handlers
 from heaper_trio.web.http_guard import ASGIApp, HttpGuard
 from heaper_trio.web.quart_compat import (
+    end_pings_with_the_stream,
     keep_json_key_order,
     set_ws_compression,
     stop_idle_timer_at_eof,
 )
+from heaper_trio.web.routes_metrics import HttpMetrics, install_route_labels
 from heaper_trio.web.ws_asgi import LiveSockets
 
 log = logging.getLogger("heaper_trio")
@@ -60,6 +66,9 @@ BLUEPRINTS = (
     routes_files.bp,
     routes_jobs.bp,
     routes_app.bp,
+    routes_metrics.bp,
+    routes_admin.bp,
+    routes_admin_page.bp,
     ws.bp,
 )
 
@@ -96,13 +105,16 @@ if not any(isinstance(f, EveryFewSeconds) for f in ACCEPT_LOG.filters):
 
 
 # Patches hypercorn's TCPServer class (web/quart_compat.py): done on import, so every server
-# in this process, ours or a test's own hypercorn, frees the socket of a client that left.
+# in this process, ours or a test's own hypercorn, frees the socket of a client that left
+# and lets a closed WebSocket's connection end at once (no ping sleep left to wait out).
 stop_idle_timer_at_eof()
+end_pings_with_the_stream()
 
 
 def guarded(app: QuartTrio, settings: Settings) -> ASGIFramework:
-    """What hypercorn serves: the live WebSockets as raw ASGI (web/ws_asgi.py), then the app
-    behind the keep-alive workarounds (web/http_guard.py)."""
+    """What hypercorn serves: the access log and request context (web/access_log.py), the
+    live WebSockets as raw ASGI (web/ws_asgi.py), then the app behind the keep-alive
+    workarounds (web/http_guard.py)."""
     guard = HttpGuard(
         cast(ASGIApp, app),
         read_timeout=settings.http_read_timeout,
@@ -110,7 +122,16 @@ def guarded(app: QuartTrio, settings: Settings) -> ASGIFramework:
         min_body_rate=settings.http_min_body_rate,
     )
     services: Services = app.config["SERVICES"]
-    return cast(ASGIFramework, LiveSockets(guard, services.live))
+    edge = cast(ASGIApp, HttpMetrics(guard)) if settings.metrics else guard
+    live = LiveSockets(edge, services.live)
+    return cast(
+        ASGIFramework,
+        AccessLog(
+            cast(ASGIApp, live),
+            enabled=settings.access_log,
+            trust_forwarded_for=settings.trust_forwarded_for,
+        ),
+    )
 
 
 def create_app(services: Services) -> QuartTrio:
@@ -128,6 +149,7 @@ def create_app(services: Services) -> QuartTrio:
     set_ws_compression(settings.ws_compression)  # process-wide: hypercorn's handshake
     install_cors(app)
     install_error_handlers(app)
+    install_route_labels(app)
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     return app
@@ -138,7 +160,7 @@ def hypercorn_config(settings: Settings) -> Config:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     cfg.bind = [f"{host}:{settings.port}"]
     cfg.graceful_timeout = settings.graceful_timeout
-    cfg.accesslog = logging.getLogger("heaper_trio.access") if settings.access_log else None
+    cfg.accesslog = None  # ours: one line per request (web/access_log.py)
     cfg.errorlog = logging.getLogger("heaper_trio.hypercorn")
     # Idle keep-alive connections, and the time from connection (or the end of the previous
     # answer) until a request's head is complete: hypercorn's idle timer runs until h11 has

@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from heaper_trio import __version__
+from heaper_trio import __version__, logs
 from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.datadir_lock import hold_data_dir
 from heaper_trio.errors import HeaperError, StartupError
@@ -42,6 +42,7 @@ Manage accounts. A user is named by id or base58 public key.
   approve USER             let a pending (or rejected) account log in
   reject USER              refuse an account and revoke its tokens
   make-admin USER          grant admin rights (and approve)
+  remove-admin USER        take admin rights away (never from the last admin)
   revoke-tokens USER       invalidate every access and refresh token of the account"""
 
 
@@ -98,16 +99,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     users = sub.add_parser(
         "users",
-        help="list, approve, reject, make-admin, revoke-tokens",
+        help="list, approve, reject, make-admin, remove-admin, revoke-tokens",
         description=USERS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_storage_flags(users)
     users.add_argument("--json", action="store_true", help="print JSON instead of a table")
     users.add_argument(
-        "action", choices=("list", "approve", "reject", "make-admin", "revoke-tokens")
+        "action",
+        choices=("list", "approve", "reject", "make-admin", "remove-admin", "revoke-tokens"),
     )
     users.add_argument("user", nargs="?", help="user id or base58 public key")
+
+    admin_link = sub.add_parser(
+        "admin-link",
+        help="print a single-use link that opens the admin page signed in",
+        description="Print a URL (public_url, else the server's host and port, + /admin#...) "
+        "that signs an admin in to the admin page once, within --minutes. Works while the "
+        "server runs; the secret after # never reaches access logs.",
+    )
+    _add_storage_flags(admin_link)
+    for name in ("public_url", "host", "port"):
+        s = BY_NAME[name]
+        admin_link.add_argument(s.flag, dest=name, type=s.type, metavar=name.upper())
+    admin_link.add_argument(
+        "--user", metavar="USER", help="the admin (id or public key); default: the oldest admin"
+    )
+    admin_link.add_argument(
+        "--minutes",
+        type=int,
+        default=10,
+        choices=range(1, 61),
+        metavar="1-60",
+        help="how long the link works (default %(default)s)",
+    )
 
     client = sub.add_parser(
         "client",
@@ -130,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     from heaper_trio.ops import commands as ops_commands
 
     ops_commands.add_parsers(sub)  # backup, restore
+    from heaper_trio import transfer_cli
+
+    transfer_cli.add_parsers(sub)  # export, import
     return parser
 
 
@@ -139,12 +167,8 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 
 def _configure_logging(settings: Settings, *, with_pid: bool = False) -> None:
-    pid = "[%(process)d]" if with_pid else ""  # several processes write to one log
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s %(name)s{pid}: %(message)s",
-        stream=sys.stderr,
-    )
+    # several processes write to one log: text lines name the pid (JSON lines always do)
+    logs.configure(settings.log_level, settings.log_format, with_pid=with_pid)
 
 
 async def _serve(settings: Settings, control_fd: int | None = None) -> None:
@@ -218,6 +242,7 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
             "approve": UserAdmin.approve,
             "reject": UserAdmin.reject,
             "make-admin": UserAdmin.make_admin,
+            "remove-admin": UserAdmin.remove_admin,
             "revoke-tokens": UserAdmin.revoke_tokens,
         }
         row = _user_row(await actions[args.action](admin, args.user))
@@ -228,6 +253,20 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
             f"{', admin' if row['is_admin'] else ''}"
         )
         return 0
+
+
+async def _admin_link(settings: Settings, args: argparse.Namespace) -> int:
+    from heaper_trio.services.admin import open_user_admin
+    from heaper_trio.services.admin_links import create_admin_link
+
+    async with open_asyncio_loop(), open_user_admin(settings) as admin:
+        link = await create_admin_link(admin.storage, settings, args.user, ttl_s=args.minutes * 60)
+    print(link.url)
+    print(
+        f"heaper_trio: signs in {link.user.id} once, within {args.minutes} minutes",
+        file=sys.stderr,
+    )
+    return 0
 
 
 async def _client(args: argparse.Namespace) -> int:
@@ -284,7 +323,8 @@ async def _client(args: argparse.Namespace) -> int:
 @quiet_on_broken_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("serve", "users", "client", "backup", "restore", "-h", "--help", "--version")
+    commands: tuple[str, ...] = ("serve", "users", "admin-link", "client", "backup", "restore")
+    commands += ("export", "import", "-h", "--help", "--version")
     if not argv or argv[0] not in commands:
         argv = ["serve", *argv]  # `serve` is the default command, flags and all
     args = build_parser().parse_args(argv)
@@ -292,6 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings: Settings | None = None
     if command == "client":
         return trio.run(_client, args)
+    if command in ("export", "import"):
+        from heaper_trio import transfer_cli
+
+        return transfer_cli.run(args)
     try:
         if command in ("backup", "restore"):
             from heaper_trio.ops import commands as ops_commands
@@ -310,7 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             sqlite = settings.engine == "sqlite"
             with hold_data_dir(settings.data_path) if sqlite else nullcontext():
                 trio.run(_serve, settings, control_fd)
+            global SERVED_CLEANLY
+            SERVED_CLEANLY = True  # __main__ may skip the interpreter's teardown
             return 0
+        if command == "admin-link":
+            return trio.run(_admin_link, settings, args)
         return trio.run(_users, settings, args)
     except BaseException as e:
         # Nurseries wrap errors in exception groups; a lone StartupError inside is still
@@ -334,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+SERVED_CLEANLY = False  # set once a server has shut down and released everything
 _BIND_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
 
 

@@ -54,7 +54,10 @@ class Settings:
     pg_pool_max: int
     graceful_timeout: float
     log_level: str
+    log_format: str
     access_log: bool
+    metrics: bool
+    metrics_token: str
     max_upload_bytes: int
     max_direct_upload_bytes: int
     max_chunk_bytes: int

@@ -171,7 +171,30 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "log_level", str, "info", "Logging level.", choices=("debug", "info", "warning", "error")
     ),
-    Setting("access_log", bool, False, "Log one line per HTTP request."),
+    Setting(
+        "log_format",
+        str,
+        "text",
+        "Log lines as text, or as one JSON object per line (time, level, logger, message, "
+        "and the request or connection a line was written for).",
+        choices=("text", "json"),
+    ),
+    Setting(
+        "access_log", bool, False, "Log one line per HTTP request and per WebSocket connection."
+    ),
+    Setting(
+        "metrics",
+        bool,
+        True,
+        "Serve Prometheus metrics at GET /metrics (false: that route answers 404).",
+    ),
+    Setting(
+        "metrics_token",
+        str,
+        "",
+        "Empty: GET /metrics is open to anyone who can reach it. Otherwise a scrape must "
+        "send Authorization: Bearer <this value> (401 without it).",
+    ),
     Setting(
         "max_upload_bytes",
         int,

@@ -37,6 +37,7 @@ from functools import partial
 
 import trio
 
+from heaper_trio.services import metrics
 from heaper_trio.settings import BY_NAME, Settings
 
 log = logging.getLogger("heaper_trio.workers")
@@ -175,9 +176,11 @@ class Supervisor:
         env: Mapping[str, str],
         graceful_timeout: float,
         command: Callable[[int], Sequence[str]] = worker_command,
+        exited: Callable[[int], None] = lambda pid: None,
     ) -> None:
         self.count = count
         self.env = dict(env)
+        self.exited = exited  # told the pid of each worker once it has exited
         self.stop_timeout = graceful_timeout + STOP_GRACE
         self.command = command
         self.stopping = trio.Event()
@@ -302,6 +305,7 @@ class Supervisor:
                 with trio.CancelScope(shield=True):
                     proc.kill()
                     await proc.wait()
+            self.exited(proc.pid)
         served_for = -1.0 if ready_at is None else trio.current_time() - ready_at
         return served_for, code
 
@@ -352,7 +356,7 @@ def _status(code: int) -> str:
 async def supervise(settings: Settings) -> Outcome:
     """Run ``settings.worker_count`` workers on one port until a signal stops them."""
     count = settings.worker_count
-    with reserve_port(settings.host, settings.port) as reserved:
+    with reserve_port(settings.host, settings.port) as reserved, metrics.multiprocess_dir() as mp:
         port = int(reserved.getsockname()[1])
         log.info(
             "starting %d workers on %s:%d (%s database)",
@@ -361,10 +365,13 @@ async def supervise(settings: Settings) -> Outcome:
             port,
             settings.engine,
         )
+        # The workers keep their metrics in one directory, so any of them answers for all
+        env = {**worker_environment(settings, port), metrics.MULTIPROC_ENV: mp}
         supervisor = Supervisor(
             count,
-            env=worker_environment(settings, port),
+            env=env,
             graceful_timeout=settings.graceful_timeout,
+            exited=lambda pid: metrics.worker_exited(pid, mp),
         )
         outcome = await supervisor.run()
     log.info("all workers stopped")

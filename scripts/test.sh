@@ -25,8 +25,10 @@
 # the test extras are installed, and the tests run the working tree (pytest starts from here).
 #
 # System packages: PostgreSQL (the second storage engine; a throwaway cluster is started
-# for the run and stopped after) and ffmpeg (video frames). Node packages for the interop
-# tests are installed with `npm ci` wherever a package-lock.json sits under tests/.
+# for the run and stopped after), ffmpeg (video frames) and, in full runs, chromium and
+# chromium-driver (tests/test_admin_browser.py; HEAPER_TEST_REQUIRE_BROWSER=1 there). Node
+# packages for the interop tests are installed with `npm ci` wherever a package-lock.json sits
+# under tests/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +53,10 @@ if ((need_pg)); then
     command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 fi
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+if ((need_pg)); then  # a full run: the admin page's test drives a real headless Chromium
+    command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+    [[ -x /usr/bin/chromedriver ]] || need_apt+=(chromium-driver)
+fi
 if ((${#need_apt[@]})); then
     echo "== apt-get install ${need_apt[*]}"
     $SUDO apt-get update -qq
@@ -108,8 +114,11 @@ if ((need_pg)) && [[ -z "${HEAPER_TEST_DATABASE_URL:-}" ]]; then
     HEAPER_TEST_DATABASE_URL=$(scripts/pg_cluster.sh start "$PGDIR")
     export HEAPER_TEST_DATABASE_URL
 fi
-# By default PostgreSQL and the Yjs interop tests must run, not skip
-if ((need_pg)); then export HEAPER_TEST_REQUIRE_POSTGRES=1; fi
+# By default PostgreSQL, the Yjs interop tests and (full runs) the browser test must run, not skip
+if ((need_pg)); then
+    export HEAPER_TEST_REQUIRE_POSTGRES=1
+    export HEAPER_TEST_REQUIRE_BROWSER=${HEAPER_TEST_REQUIRE_BROWSER:-1}
+fi
 export HEAPER_TEST_REQUIRE_NODE
 
 # Two runs, one coverage report. First everything but the tests marked serial, on xdist

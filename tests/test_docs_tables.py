@@ -25,6 +25,7 @@ import pytest
 from heaper_trio.app import RunningServer, create_app
 from heaper_trio.client import HeaperClient
 from heaper_trio.records import ChallengeProblem, RefreshOutcome
+from heaper_trio.records.admin_links import AdminLinkProblem
 from heaper_trio.web.errors import HTTP_CODES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +40,7 @@ DYNAMIC_CODES: dict[tuple[str, str], set[str]] = {
     },
     # a token of an account that is not approved: pending or rejected
     ("services/accounts.py", "f'account_{user.state}'"): {"account_pending", "account_rejected"},
+    ("services/admin_links.py", "outcome.problem.value"): {p.value for p in AdminLinkProblem},
     # b58decode_exact(..., kind): kind is "signature" or "public_key"
     ("keys.py", "f'invalid_{kind}'"): {"invalid_signature", "invalid_public_key"},
 }

@@ -26,10 +26,12 @@ import trio.testing
 from heaper_trio.client import HeaperClient
 from heaper_trio.errors import StartupError
 from heaper_trio.protocol import messages as m
+from heaper_trio.services import metrics
 from heaper_trio.settings import AUTO_WORKERS_MAX, load_settings
 from heaper_trio.workers import BACKOFF_FIRST, MAX_FAILURES, Outcome, Supervisor
 
 from .live_client import LiveClient, live_client
+from .metrics_support import scrape, value
 from .test_cli import _env, cli
 from .test_sync import ClientBlock, new_heap, push
 
@@ -331,11 +333,15 @@ async def test_two_workers_share_one_port_live_edits_restarts_and_stop(
 
         # New connections spread over both workers (the kernel hashes them over the sockets)
         seen: set[int] = set()
-        for _ in range(64):
+        asked = 0
+        while len(seen) < 2 and asked < 64:
             seen.add(await health_pid(url))
-            if len(seen) == 2:
-                break
+            asked += 1
         assert seen == set(pids)
+        # Either worker's /metrics counts both (one directory for their metric files): each
+        # answered some of those checks, so one worker alone would count fewer
+        shared = Path(worker_env(pids[0])[metrics.MULTIPROC_ENV])
+        assert value(await scrape(url), HEALTH_COUNT, route="/api/health") == asked
 
         # A live edit made through one worker reaches a subscriber connected to the other
         async with HeaperClient(url) as client:
@@ -368,7 +374,11 @@ async def test_two_workers_share_one_port_live_edits_restarts_and_stop(
                 conns.cancel_scope.cancel()
 
         # A worker killed with SIGKILL: the port keeps answering, and it comes back
-        os.kill(pids[0], signal.SIGKILL)
+        async with trio.open_nursery() as conns:  # a live connection of its own dies with it
+            await _live_on(conns, url, pids, pids[0])
+            assert value(await scrape(url), "heaper_ws_connections") >= 1
+            os.kill(pids[0], signal.SIGKILL)
+            conns.cancel_scope.cancel()
         for _ in range(5):
             assert await health_pid(url) == pids[1]
         await server.wait_for(lambda: pids[0] not in server.serving().values())
@@ -382,6 +392,10 @@ async def test_two_workers_share_one_port_live_edits_restarts_and_stop(
             if len(seen) == 2:
                 break
         assert seen == {new_pid, pids[1]}
+        with trio.fail_after(10):  # its gauges went with it; its counters stay
+            while value(samples := await scrape(url), "heaper_ws_connections"):
+                await trio.sleep(0.05)
+        assert value(samples, HEALTH_COUNT, route="/api/health") >= asked + 5
 
         # SIGTERM: every worker stops gracefully and the parent exits 0
         server.proc.send_signal(signal.SIGTERM)
@@ -396,6 +410,28 @@ async def test_two_workers_share_one_port_live_edits_restarts_and_stop(
         assert "Traceback" not in log
         for pid in (new_pid, pids[1]):
             assert not Path(f"/proc/{pid}").exists()
+        assert not shared.exists()
+
+
+HEALTH_COUNT = "heaper_http_request_duration_seconds_count"
+
+
+def worker_env(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = [item.decode().split("=", 1) for item in f.read().split(b"\0") if b"=" in item]
+    return dict(pairs)
+
+
+async def _live_on(nursery: trio.Nursery, url: str, pids: list[int], pid: int) -> LiveClient:
+    """A live connection held open (in ``nursery``) by the worker ``pid`` (of ``pids``)."""
+    port = int(url.rsplit(":", 1)[1])
+    for _ in range(32):
+        live: LiveClient = await nursery.start(_hold_live_client, url)
+        local = live.ws.local
+        assert not isinstance(local, str)
+        if owner(local.port, port, pids) == pid:
+            return live
+    raise AssertionError("no connection reached the worker")
 
 
 async def _hold_live_client(url: str, task_status: trio.TaskStatus[LiveClient]) -> None:

@@ -13,7 +13,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from heaper_trio.errors import NotFound, StartupError
+import trio
+
+from heaper_trio.errors import Conflict, NotFound, StartupError
 from heaper_trio.records import User
 from heaper_trio.services.accounts import find_user
 from heaper_trio.settings import Settings
@@ -21,11 +23,30 @@ from heaper_trio.storage import Storage, database_exists
 
 
 class UserAdmin:
-    """Approve, reject, promote and log out accounts named by id or base58 public key."""
+    """Approve, reject, promote, demote and log out accounts named by id or base58 public key.
 
-    def __init__(self, storage: Storage, clock: Callable[[], float] = time.time) -> None:
+    Two guards keep a server administrable. An action that would leave no approved admin is
+    refused (409 ``last_admin``), from the command line too. An admin acting through the admin
+    page (``actor``) cannot reject or demote their own account (409 ``own_account``): that
+    takes another admin, or the command line, so nobody locks themselves out by a misclick.
+    The guard's read and the write take turns in this process (``_turns``), so two admins
+    demoting each other at the same instant leave one admin; only a second server process
+    (or the command line) acting in that same instant could slip past it, and the command
+    line mends that.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        clock: Callable[[], float] = time.time,
+        on_revoked: Callable[[str], None] | None = None,
+    ) -> None:
         self.storage = storage
         self.clock = clock
+        # Told the id of an account whose tokens just died, so open WebSockets of it in this
+        # process re-check at once (the hub) instead of at their next periodic check.
+        self.on_revoked = on_revoked
+        self._turns = trio.Lock()  # a guard's check and its write, one at a time
 
     def _now(self) -> int:
         return int(self.clock() * 1000)
@@ -43,12 +64,16 @@ class UserAdmin:
             await self.storage.set_user_state(user.id, "approved", self._now()), ident
         )
 
-    async def reject(self, ident: str) -> User:
+    async def reject(self, ident: str, actor: User | None = None) -> User:
         """Refuse the account; storage also revokes every token it holds."""
-        user = await self.find(ident)
-        return _still_there(
-            await self.storage.set_user_state(user.id, "rejected", self._now()), ident
-        )
+        async with self._turns:
+            user = await self.find(ident)
+            await self._keep_an_admin(user, actor, "reject")
+            done = _still_there(
+                await self.storage.set_user_state(user.id, "rejected", self._now()), ident
+            )
+        self._revoked(done.id)
+        return done
 
     async def make_admin(self, ident: str) -> User:
         """Grant admin rights; an admin who cannot log in would be no admin, so approve too."""
@@ -56,9 +81,40 @@ class UserAdmin:
         await self.storage.set_user_state(user.id, "approved", self._now())
         return _still_there(await self.storage.set_admin(user.id, True), ident)
 
+    async def remove_admin(self, ident: str, actor: User | None = None) -> User:
+        """Take admin rights away; the account stays approved and keeps its tokens."""
+        async with self._turns:
+            user = await self.find(ident)
+            await self._keep_an_admin(user, actor, "remove the admin rights of")
+            return _still_there(await self.storage.set_admin(user.id, False), ident)
+
     async def revoke_tokens(self, ident: str) -> User:
         user = await self.find(ident)
-        return _still_there(await self.storage.revoke_user_tokens(user.id, self._now()), ident)
+        done = _still_there(await self.storage.revoke_user_tokens(user.id, self._now()), ident)
+        self._revoked(done.id)
+        return done
+
+    def _revoked(self, user_id: str) -> None:
+        if self.on_revoked is not None:
+            self.on_revoked(user_id)
+
+    async def _keep_an_admin(self, user: User, actor: User | None, what: str) -> None:
+        if actor is not None and actor.id == user.id:
+            raise Conflict(
+                f"you cannot {what} your own account here; another admin, or the command "
+                "line (python -m heaper_trio users), can",
+                code="own_account",
+            )
+        if not (user.is_admin and user.state == "approved"):
+            return
+        admins = [
+            u for u in await self.storage.list_users() if u.is_admin and u.state == "approved"
+        ]
+        if [u.id for u in admins] == [user.id]:
+            raise Conflict(
+                f"{user.id} is the last admin; make another account admin first",
+                code="last_admin",
+            )
 
 
 def _still_there(user: User | None, ident: str) -> User:

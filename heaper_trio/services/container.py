@@ -24,8 +24,11 @@ import trio
 from heaper_trio import __version__
 from heaper_trio.errors import StartupError
 from heaper_trio.keys import SERVER_KEY_FILE, KeyPair, load_or_create_server_key
+from heaper_trio.services import metrics
 from heaper_trio.services.accounts import AccountService
 from heaper_trio.services.admin import UserAdmin
+from heaper_trio.services.admin_console import AdminConsole
+from heaper_trio.services.admin_links import AdminSignIn
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.files import FileService
@@ -54,6 +57,8 @@ class Services:
     tokens: TokenService
     accounts: AccountService
     admin: UserAdmin
+    admin_console: AdminConsole
+    admin_sign_in: AdminSignIn
     auth_limits: AuthRateLimits
     documents: DocumentService
     heaps: HeapService
@@ -111,6 +116,8 @@ async def open_services(
     """Services plus their supervisor nursery; background work is cancelled before storage
     closes, so no task ever sees a closed database."""
     prepare_data_dir(settings)
+    if settings.metrics:
+        metrics.install()  # storage's timings (storage/observe.py) become metrics
     async with open_storage(settings) as storage:
         server_key = await bind_server_key(storage, settings.data_path)
         tokens = TokenService(
@@ -122,7 +129,7 @@ async def open_services(
             server_key=server_key,
             tokens=tokens,
             accounts=AccountService(storage, tokens, server_key, settings),
-            admin=UserAdmin(storage),
+            admin=(admin := UserAdmin(storage)),
             auth_limits=AuthRateLimits(settings.auth_rate_limit),
             documents=(documents := DocumentService(storage, settings)),
             query=QueryService(documents),
@@ -138,13 +145,19 @@ async def open_services(
                     storage, documents, settings, hub.publish_user_event, probe=media.probe
                 )
             ),
-            scans=ScanService(storage, documents, files, settings, hub.publish_user_event, media),
+            scans=(
+                scans := ScanService(
+                    storage, documents, files, settings, hub.publish_user_event, media
+                )
+            ),
+            admin_console=AdminConsole(admin, storage, scans, media, settings.data_path),
+            admin_sign_in=AdminSignIn(storage, tokens),
             client_thumbnails=(thumbs := ClientThumbnails(storage, settings.data_path)),
             heaps=HeapService(documents, files, thumbs),
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
         bridge = ProcessBridge(storage, hub) if storage.shares_processes else None
-        _wire(documents, services.heaps, hub, bridge, services.scans)
+        _wire(documents, services.heaps, hub, bridge, admin, services.scans)
         async with trio.open_nursery() as supervisor:
             supervisor.start_soon(_purge_expired_forever, storage)
             await supervisor.start(services.hub.run)
@@ -167,6 +180,7 @@ def _wire(
     heaps: HeapService,
     hub: LiveHub,
     bridge: ProcessBridge | None,
+    admin: UserAdmin,
     scans: ScanService,
 ) -> None:
     """Who hears what, in one place. Every stored change reaches the hub (this process's
@@ -174,7 +188,11 @@ def _wire(
     user events (scan progress, file ready) the hub delivers to its own sinks, and the bridge
     carries them to the other processes, and brings this process the aborts of its jobs
     asked through another (the jobs table). Pushes that set ``permanently_deleted_at`` purge
-    through the heap service, as emptying the trash does.
+    through the heap service, as emptying the trash does. An account whose tokens an admin
+    revokes has its live connections re-checked at once: in this process by ``UserAdmin``,
+    in the others (and after the command line's ``users``) as their storage hears the row
+    change (PostgreSQL's NOTIFY; SQLite has one process, and the CLI's change waits for the
+    periodic check).
 
     The lists are assigned whole rather than appended to, so this is the complete statement
     of the wiring: no constructor's own registration can add to it or double it.
@@ -184,6 +202,8 @@ def _wire(
     if bridge is not None:
         bridge.job_abort_hooks[:] = [scans.table.abort_local]
     documents.purger = heaps.purge
+    admin.on_revoked = hub.recheck_account  # revoked or rejected: live sockets re-check now
+    documents.storage.watch_user_rows(hub.recheck_account)  # ... also when another process did
 
 
 async def bind_server_key(storage: Storage, data_dir: Path) -> KeyPair:

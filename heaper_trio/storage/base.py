@@ -34,6 +34,7 @@ from heaper_trio.records import (
     UploadRecord,
     User,
 )
+from heaper_trio.records.admin_links import AdminLinkOutcome
 from heaper_trio.records.history import HistoryRow
 from heaper_trio.records.jobs import JobRecord
 from heaper_trio.records.scans import ScanBatch, ScanEntry
@@ -117,6 +118,20 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def revoke_user_tokens(self, user_id: str, now: int) -> User | None:
         """Invalidate all access and refresh tokens issued to the user so far."""
+
+    # -- admin links ------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_admin_link(
+        self, token_hash: str, user_id: str, created_at: int, expires_at: int
+    ) -> None:
+        """Keep a new admin link (the SHA-256 hex of its secret) for ``user_id``."""
+
+    @abc.abstractmethod
+    async def use_admin_link(
+        self, token_hash: str, now: int, refresh: NewRefreshToken
+    ) -> AdminLinkOutcome:
+        """Consume the link and store ``refresh`` for its admin, atomically: a link signs in
+        once. If it cannot (``rules.admin_link_problem``) nothing changes."""
 
     # -- refresh tokens -------------------------------------------------------------------
     @abc.abstractmethod
@@ -384,6 +399,10 @@ class Storage(abc.ABC):
 
     # -- between processes (several servers on one database) ----------------------------------
     shares_processes: bool = False  # True when other server processes may use this database
+
+    def watch_user_rows(self, on_change: Callable[[str], None]) -> None:  # noqa: B027
+        """Call ``on_change(user_id)`` whenever a user row changes, whoever changed it (another
+        server process, the command line). Optional: an engine that cannot tell, does not."""
 
     async def announce(self, payloads: list[str]) -> None:  # noqa: B027 - optional, not abstract
         """Tell the other processes on this database (small text payloads, < 8 KB each).

@@ -25,6 +25,7 @@ from heaper_trio.records import (
     ScanEntry,
     User,
 )
+from heaper_trio.records.admin_links import AdminLinkProblem
 from heaper_trio.storage.rows import Row
 
 # -- login challenges and accounts ---------------------------------------------------------------
@@ -68,6 +69,25 @@ def issues_token(user: User) -> bool:
 
 def login_outcome(user: User, created: bool) -> LoginOutcome:
     return LoginOutcome(None, user, created, issues_token(user))
+
+
+# -- admin links ------------------------------------------------------------------------------
+
+ADMIN_LINK_KEPT_MS = 24 * 3600 * 1000  # a used or expired link is remembered this long
+
+
+def admin_link_problem(row: Row | None, user: User | None, now: int) -> AdminLinkProblem | None:
+    """Why the link row (``expires_at, used_at``) cannot sign its account in at ``now``: unknown,
+    used, expired (in that order), or its account is no longer an approved admin."""
+    if row is None:
+        return AdminLinkProblem.unknown
+    if row["used_at"] is not None:
+        return AdminLinkProblem.used
+    if row["expires_at"] <= now:
+        return AdminLinkProblem.expired
+    if user is None or not user.is_admin or user.state != "approved":
+        return AdminLinkProblem.not_admin
+    return None
 
 
 # -- refresh tokens --------------------------------------------------------------------------------

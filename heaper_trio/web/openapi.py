@@ -102,6 +102,8 @@ def openapi_document(version: str) -> dict[str, Any]:
         }
         if spec.binary:
             op["responses"].update(_binary(spec))
+        if spec.text:
+            op["responses"]["200"]["content"] = {spec.text: {"schema": {"type": "string"}}}
         if spec.websocket:
             op["responses"] = {
                 "101": {"description": "Switching Protocols: a WebSocket (see docs/protocol.md)"}

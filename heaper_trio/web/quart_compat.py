@@ -26,6 +26,7 @@ from quart.wrappers import Websocket
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody
 from wsproto.connection import ConnectionState
+from wsproto.events import Ping
 from wsproto.extensions import PerMessageDeflate
 
 log = logging.getLogger(__name__)
@@ -150,9 +151,27 @@ HOOKS: tuple[Hook, ...] = (
         "or a close frame never lands inside one of our frames",
     ),
     Hook(
+        WSStream,
+        "_send_pings",
+        why="end_pings_with_the_stream replaces it: the ping loop's sleep kept a closed "
+        "WebSocket's connection task (and shutdown) waiting for up to the ping interval",
+    ),
+    Hook(
+        WSStream,
+        "_send_wsproto_event",
+        why="end_pings_with_the_stream sends its pings through it, as upstream's loop did",
+    ),
+    Hook(
         DefaultJSONProvider,
         "sort_keys",
         why="keep_json_key_order: answers keep the key order the contract documents",
+    ),
+    Hook(
+        TrioASGIHTTPConnection,
+        "scope",
+        used_by="_create_request_from_scope",
+        why="web/routes_metrics.py: the request's scope is the very ASGI scope dict, so the "
+        "route rule written into request.scope reaches the metrics middleware",
     ),
 )
 
@@ -217,6 +236,47 @@ def stop_idle_timer_at_eof() -> None:
 
     setattr(_read_data, _PATCHED, True)
     TCPServer._read_data = _read_data  # type: ignore[method-assign]
+
+
+_PINGS_PATCHED = "_heaper_pings_end_with_stream"
+
+
+def end_pings_with_the_stream() -> None:
+    """End a WebSocket's ping loop when its stream closes, not at the next ping (hypercorn
+    0.18.0).
+
+    ``WSStream._accept`` spawns ``_send_pings`` into the connection's task group: it pings,
+    then sleeps ``websocket_ping_interval`` (20 s here) and only then sees ``closed``. The
+    connection's task (``TCPServer.run``) waits for it, so a WebSocket closed at shutdown held
+    the server for the whole ``graceful_timeout`` (5 s measured, whatever the socket did), and
+    in normal running a closed WebSocket's task lived on for up to 20 s. Here the loop sleeps
+    on an event that ``handle(StreamClosed)`` sets. Idempotent; HOOKS checks the names."""
+    original_handle: Callable[[Any, Any], Awaitable[None]] = WSStream.handle
+    if getattr(original_handle, _PINGS_PATCHED, False):
+        return
+
+    async def _send_pings(self: WSStream) -> None:
+        gone = self._heaper_gone = trio.Event()  # type: ignore[attr-defined]
+        while not self.closed:
+            await self._send_wsproto_event(Ping())
+            with trio.move_on_after(self.config.websocket_ping_interval or 0):
+                await gone.wait()
+
+    async def handle(self: WSStream, event: Any) -> None:
+        try:
+            await original_handle(self, event)
+        finally:
+            if self.closed and (gone := getattr(self, "_heaper_gone", None)) is not None:
+                gone.set()
+
+    setattr(handle, _PINGS_PATCHED, True)
+    WSStream.handle = handle  # type: ignore[method-assign]
+    WSStream._send_pings = _send_pings  # type: ignore[method-assign]
+
+
+def pings_end_with_the_stream() -> bool:
+    """Whether ``end_pings_with_the_stream`` is in force (for tests and diagnostics)."""
+    return bool(getattr(WSStream.handle, _PINGS_PATCHED, False))
 
 
 def idle_timer_stops_at_eof() -> bool:
@@ -291,7 +351,10 @@ class WebSocketSocket:
 def websocket_socket(send: Callable[..., Awaitable[None]]) -> WebSocketSocket | None:
     """The socket behind an ASGI ``send`` hypercorn gave a WebSocket app, or None when the
     chain is not the one we know (another server, HTTP/2, TLS, an upgrade that renamed a
-    link): the caller then keeps to ASGI messages, which always work."""
+    link): the caller then keeps to ASGI messages, which always work. A middleware's wrapper
+    (web/access_log.py) names the ``send`` it wraps as ``__wrapped__``."""
+    while (inner := getattr(send, "__wrapped__", None)) is not None:
+        send = inner
     stream = getattr(send, "__self__", None)
     if not isinstance(stream, WSStream):
         return None

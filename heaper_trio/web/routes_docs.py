@@ -73,8 +73,12 @@ class Page:
 
 
 def static_file(name: str) -> bytes:
-    """A file of ``web/static/``, read through importlib.resources (works from a wheel)."""
-    return (resources.files("heaper_trio.web") / "static" / name).read_bytes()
+    """A file of ``web/static/`` (``admin/admin.html``: of a folder in it), read through
+    importlib.resources (works from a wheel)."""
+    folder = resources.files("heaper_trio.web") / "static"
+    for part in name.split("/"):
+        folder = folder / part
+    return folder.read_bytes()
 
 
 @lru_cache(maxsize=8)

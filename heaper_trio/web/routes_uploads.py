@@ -10,6 +10,7 @@ from quart import Blueprint, request
 
 from heaper_trio.errors import BadRequest, PayloadTooLarge
 from heaper_trio.records import User
+from heaper_trio.services import metrics
 from heaper_trio.services.file_outcomes import UploadStatus
 from heaper_trio.services.files import MAX_CHUNKS, MIN_CHUNK_BYTES, check_hash
 from heaper_trio.web.json_files import upload_json
@@ -87,6 +88,7 @@ async def upload_file(user: User, heap_id: str, block_id: str) -> dict[str, Any]
         raise PayloadTooLarge("the file exceeds max_direct_upload_bytes")
     claimed = form.get("hash") or form.get("file_hash")
     name = form.get("name") or upload.filename or ""
+    metrics.upload_bytes("direct", size)  # received (spooled) whatever happens next
     return upload_json(
         await services().files.direct(
             user,
@@ -188,11 +190,11 @@ async def upload_chunk(
 ) -> dict[str, Any]:
     # ids, hash and index (ASCII digits, at most 9: CHUNK_INDEX) are checked by route()
     limit_body(services().settings.max_chunk_bytes)
-    return upload_json(
-        await services().files.chunk(
-            user, heap_id, block_id, check_hash(hash), int(index), request.body
-        )
+    stored = await services().files.chunk(
+        user, heap_id, block_id, check_hash(hash), int(index), request.body
     )
+    metrics.upload_bytes("chunk", stored.size)
+    return upload_json(stored)
 
 
 @route(

@@ -21,6 +21,7 @@ from quart.datastructures import FileStorage
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from heaper_trio import logs
 from heaper_trio.errors import (
     BadRequest,
     Forbidden,
@@ -95,6 +96,7 @@ class RouteSpec:
     # a request body that is not JSON: media type -> schema (multipart parts, raw bytes)
     content: dict[str, dict[str, Any]] = field(default_factory=dict)
     required_query: tuple[str, ...] = ()
+    text: str = ""  # a 200 answer that is text of this media type, not JSON (GET /metrics)
 
 
 ROUTES: list[RouteSpec] = []
@@ -313,6 +315,8 @@ async def _authenticate(auth: str) -> dict[str, Any]:
         except (Unauthorized, Forbidden):
             if auth != "optional":
                 raise
+        if user is not None:
+            logs.note_user(user.id)  # the access line and the request's log lines name it
         return {"user": user}
     if auth == "optional":
         return {"user": None}
@@ -379,6 +383,7 @@ def route(
     binary: tuple[str, ...] = (),
     content: dict[str, dict[str, Any]] | None = None,
     required_query: tuple[str, ...] = (),
+    text: str = "",
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
     """Register ``handler(**path_params, [body=...], [user=...], [token=...])``.
 
@@ -417,6 +422,7 @@ def route(
             binary=binary,
             content=content or {},
             required_query=required_query,
+            text=text,
         )
     )
 

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs
 import trio
 
 from heaper_trio.protocol.close_codes import CLOSE_INTERNAL_ERROR
+from heaper_trio.services import metrics
 from heaper_trio.services.live.connection import LiveConnection
 from heaper_trio.services.live.context import LiveContext
 from heaper_trio.services.live.legacy import LegacyEventsConnection
@@ -90,7 +91,7 @@ class LiveSockets:
         if first["type"] != "websocket.connect":
             return  # the client left before the handshake finished
         await send({"type": "websocket.accept"})
-        with trio.CancelScope() as gone:
+        with trio.CancelScope() as gone, metrics.ws_connection(scope["path"]):
             transport = open_transport(scope, receive, send, gone)
             conn = runner(transport, self.live, connection_token(scope))
             try:

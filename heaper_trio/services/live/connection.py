@@ -80,7 +80,7 @@ class LiveConnection:
         self.accounts: set[str] = set()  # accounts this connection holds a slot of
         self.close_code: tuple[int, str] | None = None
         self._nursery: trio.Nursery | None = None
-        self._last_check = trio.current_time()  # of every grant's account (RECHECK_ACCOUNT_S)
+        self.last_check = trio.current_time()  # of every grant's account (RECHECK_ACCOUNT_S)
         self._checking = False
 
     # -- lifetime ---------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ class LiveConnection:
         if self.session.closed:
             return False
         if not self.outbox.offer(frame):
-            self.live.counters.dropped_slow_consumers += 1
+            self.live.counters.dropped_slow_consumer()
             self.disconnect(CLOSE_TRY_AGAIN_LATER, "too slow to keep up; resync")
             return False
         return True
@@ -259,11 +259,11 @@ class LiveConnection:
                 return self.disconnect(action.code, action.reason)
             if isinstance(action, s.Send):
                 self.outbox.offer(action.frame)  # a ping: pointless behind a full outbox
-        recheck = now - self._last_check > RECHECK_ACCOUNT_S
+        recheck = now - self.last_check > RECHECK_ACCOUNT_S
         if self._checking or not (recheck or self._grant_due()):
             return
         if recheck:
-            self._last_check = now
+            self.last_check = now
         self._checking = True
         self._nursery.start_soon(self._check_grants_once, recheck)
 

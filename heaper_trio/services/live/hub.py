@@ -16,13 +16,14 @@ N x N sends). Sends never block: a subscriber whose queue is full is dropped by 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
 import trio.lowlevel
 
-from heaper_trio import crdt
+from heaper_trio import crdt, logs
 from heaper_trio.protocol import events, frames
 from heaper_trio.protocol.messages import AwarenessEntry, decode_awareness, encode_awareness
 from heaper_trio.protocol.presence import Owner
@@ -73,6 +74,7 @@ class LiveHub:
         if held >= limit:
             return False
         self.account_connections[user_id] = held + 1
+        logs.note_user(user_id)  # called in the connection's task: its log lines name the user
         return True
 
     def release_connection(self, user_id: str) -> None:
@@ -81,6 +83,15 @@ class LiveHub:
             self.account_connections[user_id] = held
         else:
             self.account_connections.pop(user_id, None)
+
+    def recheck_account(self, user_id: str) -> None:
+        """The account changed (revoked, rejected): its live connections check their tokens
+        now, not at the next periodic check; /ws by a tick due at once, /api/ws by its own."""
+        for conn in [c for c in self.keepalive if user_id in c.accounts]:
+            conn.last_check = -math.inf
+            conn.tick(trio.current_time())
+        for sink in list(self.user_sinks.get(user_id, ())):
+            getattr(sink, "recheck_now", lambda: None)()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The hub's own tasks (flusher, presence expiry, catch-ups); in the supervisor."""
@@ -155,7 +166,7 @@ class LiveHub:
         if stored is not None:
             room.sync_version = stored.sync_version
             room.last_seq = max(room.last_seq, stored.last_seq)
-        self.counters.documents_loaded += 1
+        self.counters.document_loaded()
         if room.recheck:
             # Another process committed while storage was being read: what it announced may
             # be newer than what was read (issue 9, item 11). An announcement that came
@@ -177,7 +188,7 @@ class LiveHub:
         if self.rooms.get(room.block_id) is room:
             del self.rooms[room.block_id]
             if room.doc is not None:
-                self.counters.documents_loaded -= 1
+                self.counters.document_dropped()
         self._dirty.pop(room, None)
 
     # -- stored changes -------------------------------------------------------------------------
@@ -367,6 +378,7 @@ class LiveHub:
         except Exception:
             log.exception("merging updates of live block %s failed", room.block_id)
             return
+        self.counters.coalesced(len(batch) - 1)
         origins = {o for _, o in batch}
         only = next(iter(origins)) if len(origins) == 1 else None
         # only its own updates: that subscriber has them
@@ -379,9 +391,9 @@ class LiveHub:
         made of it (the WebSocket frame) by identity. Never waits: each connection queues
         the frame behind what it queued before (or drops itself when its outbox is full)."""
         encoded: dict[bytes, bytes] = {}
-        for sub in list(room.subs):
-            if sub is skip:
-                continue
+        subs = [sub for sub in room.subs if sub is not skip]
+        self.counters.delivered(len(subs))  # once per frame, not per subscriber: a hot path
+        for sub in subs:
             frame = encoded.get(sub.prefix)
             if frame is None:
                 frame = encoded[sub.prefix] = sub.prefix + body

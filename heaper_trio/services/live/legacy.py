@@ -36,13 +36,15 @@ class LegacyEventsConnection:
         self.outbox = Outbox(OUTBOX_BYTES)
         self.close_code: tuple[int, str] | None = None
         self.holds_slot = False
+        self.token_in_use: str | None = None
         self._scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
 
     def send_event(self, evt: dict[str, object]) -> bool:
         if evt.get("type") not in events.SCAN_EVENTS:
             return True
         if not self.outbox.offer(events.to_json(evt)):
-            self.live.counters.dropped_slow_consumers += 1
+            self.live.counters.dropped_slow_consumer()
             self._end(CLOSE_TRY_AGAIN_LATER, "too slow to keep up")
             return False
         return True
@@ -81,6 +83,7 @@ class LegacyEventsConnection:
         except HeaperError as e:
             return self._end(CLOSE_UNAUTHORIZED, e.code)
         self.user_id = user.id
+        self.token_in_use = token
         # Counted with the account's /ws connections: each may buffer OUTBOX_BYTES.
         if not self.live.hub.claim_connection(user.id, self.live.max_connections_per_user):
             self.live.counters.refused_connection_limit += 1
@@ -89,10 +92,23 @@ class LegacyEventsConnection:
         self.live.hub.add_user_sink(self)
         await self.transport.send(events.to_json({"type": "authenticated", "user_id": user.id}))
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._writer)
             nursery.start_soon(self._drain_input)
             await self.live.shutdown.wait()
             self._end(CLOSE_GOING_AWAY, "server shutting down")
+
+    def recheck_now(self) -> None:
+        """An admin revoked or rejected the account (``LiveHub.recheck_account``): check the
+        token again, and close with 4401 if it no longer holds."""
+        if self._nursery is not None and self.token_in_use is not None:
+            self._nursery.start_soon(self._recheck, self.token_in_use)
+
+    async def _recheck(self, token: str) -> None:
+        try:
+            await self.live.verify_token(token)
+        except HeaperError as e:
+            self._end(CLOSE_UNAUTHORIZED, e.code)
 
     async def _writer(self) -> None:
         while True:

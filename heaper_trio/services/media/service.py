@@ -47,6 +47,7 @@ from heaper_trio.errors import (
     ImageTooLarge,
     UnsupportedMedia,
 )
+from heaper_trio.services import metrics
 from heaper_trio.services.media import video
 from heaper_trio.services.media.images import fit, probe_image, render_image
 from heaper_trio.services.media.sniff import (
@@ -276,6 +277,7 @@ class MediaService:
         while True:
             if _cached(target):
                 self.stats.cache_hits += 1
+                metrics.thumbnail_cache_hit()
                 return target
             self._raise_remembered(file_hash, kind)
             flight = self._flights.get(target)
@@ -289,7 +291,8 @@ class MediaService:
         flight = self._flights[target] = _Flight()
         try:
             self.stats.jobs += 1
-            await self._make(kind, source, file_hash, box, position, target)
+            with metrics.job("thumbnail"):
+                await self._make(kind, source, file_hash, box, position, target)
             return target
         except HeaperError as exc:
             flight.error = exc

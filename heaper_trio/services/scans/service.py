@@ -41,6 +41,7 @@ import trio
 
 from heaper_trio.errors import Conflict, HeaperError, NotFound, Unavailable
 from heaper_trio.records import FileRecord, User
+from heaper_trio.services import metrics
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.files import FileService
 from heaper_trio.services.scans.folder import FolderScan
@@ -311,6 +312,17 @@ class ScanService:
                 kept.append(job)
         return kept
 
+    async def every_job(self, limit: int) -> list[tuple[str, ScanSnapshot]]:
+        """Every user's jobs on every process, running and recently finished, newest first,
+        with the user each belongs to (the admin page)."""
+        kept: list[tuple[str, ScanSnapshot]] = []
+        finished: dict[str, int] = {}
+        for user_id, job in await self.table.everyone(limit):
+            finished[user_id] = finished.get(user_id, 0) + (job.finished_at is not None)
+            if job.finished_at is None or finished[user_id] <= KEEP_FINISHED_PER_USER:
+                kept.append((user_id, job))
+        return kept
+
     async def abort(self, user: User, scan_id: str) -> ScanSnapshot:
         return await self.table.abort(user, scan_id)
 
@@ -323,6 +335,7 @@ class ScanService:
             job.path or "files",
             job.heap_id or "(all)",
         )
+        metrics.job_started(job.kind)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._report, job)
@@ -339,6 +352,7 @@ class ScanService:
         finally:
             job.finished_at = int(time.time() * 1000)
             await self.table.finish(job)  # before the event: who hears it finds the row final
+            metrics.job_finished(job.kind, job.state)
             self.publish(job.user_id, job.final_event())
             log.info(
                 "%s %s %s: %d seen, %d done (%d new, %d changed, %d missing), %d errors",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from heaper_trio.records import LoginOutcome, NewRefreshToken, RefreshOutcome, RotateResult, User
+from heaper_trio.records.admin_links import AdminLinkOutcome
 from heaper_trio.storage import rules
 from heaper_trio.storage.postgres.runtime import Conn
 from heaper_trio.storage.rows import user_row
@@ -147,7 +148,10 @@ async def _purge_expired(c: Conn, now: int) -> int:
         "WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)",
         now,
     )
-    return _count(a) + _count(b)
+    d = await c.execute(
+        "DELETE FROM admin_links WHERE expires_at <= $1", now - rules.ADMIN_LINK_KEPT_MS
+    )
+    return _count(a) + _count(b) + _count(d)
 
 
 async def _set_user_state(c: Conn, user_id: str, state: str, now: int) -> User | None:
@@ -171,6 +175,40 @@ async def _set_admin(c: Conn, user_id: str, is_admin: bool) -> User | None:
 async def _revoke_user_tokens(c: Conn, user_id: str, now: int) -> User | None:
     await _revoke_all(c, user_id, now)
     return await _get_user(c, user_id)
+
+
+async def _create_admin_link(
+    c: Conn, token_hash: str, user_id: str, created_at: int, expires_at: int
+) -> None:
+    await c.execute(
+        "INSERT INTO admin_links (token_hash, user_id, created_at, expires_at) "
+        "VALUES ($1, $2, $3, $4)",
+        token_hash,
+        user_id,
+        created_at,
+        expires_at,
+    )
+
+
+async def _use_admin_link(
+    c: Conn, token_hash: str, now: int, refresh: NewRefreshToken
+) -> AdminLinkOutcome:
+    # The link row first (FOR UPDATE: one use only), then the user row (FOR SHARE, as a login
+    # does: a concurrent reject or revoke waits for the new token, then revokes it too).
+    row = await c.fetchrow(
+        "SELECT user_id, expires_at, used_at FROM admin_links WHERE token_hash=$1 FOR UPDATE",
+        token_hash,
+    )
+    user = None
+    if row is not None:
+        sql = "SELECT * FROM users WHERE id=$1 FOR SHARE"
+        user = user_row(await c.fetchrow(sql, row["user_id"]))
+    problem = rules.admin_link_problem(row, user, now)
+    if problem is not None or user is None:
+        return AdminLinkOutcome(problem)
+    await c.execute("UPDATE admin_links SET used_at=$1 WHERE token_hash=$2", now, token_hash)
+    await _insert_refresh(c, user.id, refresh)
+    return AdminLinkOutcome(None, user)
 
 
 async def _rotate(c: Conn, jti: str, user_id: str, now: int, new: NewRefreshToken) -> RotateResult:

@@ -52,6 +52,7 @@ from heaper_trio.records import (
     UpdateInfo,
     User,
 )
+from heaper_trio.records.admin_links import AdminLinkOutcome
 from heaper_trio.storage.base import Storage
 from heaper_trio.storage.migrate import migration_scripts
 from heaper_trio.storage.postgres import documents as docs
@@ -61,6 +62,7 @@ from heaper_trio.storage.postgres.accounts import (
     _auth_stats,
     _claim_meta,
     _complete_login,
+    _create_admin_link,
     _create_challenge,
     _fetch_user,
     _fetchval,
@@ -71,10 +73,12 @@ from heaper_trio.storage.postgres.accounts import (
     _set_admin,
     _set_user_state,
     _usage,
+    _use_admin_link,
 )
 from heaper_trio.storage.postgres.files import PostgresFiles
 from heaper_trio.storage.postgres.history import PostgresHistory, restore_block
 from heaper_trio.storage.postgres.jobs import PostgresJobs
+from heaper_trio.storage.postgres.outage import DatabaseOutage, quiet_pool_retries
 from heaper_trio.storage.postgres.runtime import (
     Conn,
     GroupCommit,
@@ -120,6 +124,7 @@ async def _migrate(c: Conn, now_ms: int) -> None:
 
 
 ANNOUNCED_KEPT = 10_000
+quiet_pool_retries()  # asyncpg's floor-restoring retries: a traceback each while it is down
 
 
 def _announce_key(kind: str, heap_id: str, block_id: str, seq: int) -> tuple[str, ...]:
@@ -153,7 +158,8 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, PostgresJob
         self._announced: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self.delta_totals = DeltaTotals()  # the change feed's totals, carried page to page
         self._group: GroupCommit | None = None  # concurrent commit_changes, one transaction
-        self._users = UserRowCache(dsn)  # user rows, dropped on NOTIFY (issue 12, item 3)
+        self.outage = DatabaseOutage()
+        self._users = UserRowCache(dsn, self.outage)  # user rows, dropped on NOTIFY (issue 12)
 
     async def open(self) -> None:
         # Remember the loop: calls may come from trio tasks that do not see the contextvar of
@@ -220,10 +226,15 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, PostgresJob
             return True
         return False
 
+    def watch_user_rows(self, on_change: Callable[[str], None]) -> None:
+        self._users.on_change = on_change  # runs on the loop's thread, inside trio's run
+
     async def listen(
         self, on_payload: Callable[[str], None], *, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
-        await postgres_notify.listen_forever(self.dsn, self._loop, on_payload, task_status)
+        await postgres_notify.listen_forever(
+            self.dsn, self._loop, on_payload, task_status, self.outage
+        )
 
     async def schema_version(self) -> int:
         sql = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
@@ -301,6 +312,16 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, PostgresJob
             return await self._run(tx, _revoke_user_tokens, user_id, now)
         finally:
             self._users.forget(user_id)
+
+    async def create_admin_link(
+        self, token_hash: str, user_id: str, created_at: int, expires_at: int
+    ) -> None:
+        await self._run(write1, _create_admin_link, token_hash, user_id, created_at, expires_at)
+
+    async def use_admin_link(
+        self, token_hash: str, now: int, refresh: NewRefreshToken
+    ) -> AdminLinkOutcome:
+        return await self._run(tx, _use_admin_link, token_hash, now, refresh)
 
     async def rotate_refresh_token(
         self, *, jti: str, user_id: str, now: int, new: NewRefreshToken

@@ -25,6 +25,7 @@ import trio
 from trio_asyncio import aio_as_trio
 
 from heaper_trio.protocol import announce
+from heaper_trio.storage.postgres.outage import DatabaseOutage
 
 log = logging.getLogger(__name__)
 CHANNEL = "heaper_live"
@@ -53,7 +54,11 @@ def block_pointer(
 
 
 async def listen_forever(
-    dsn: str, loop: Any, on_payload: Callable[[str], None], task_status: Any
+    dsn: str,
+    loop: Any,
+    on_payload: Callable[[str], None],
+    task_status: Any,
+    outage: DatabaseOutage,
 ) -> None:
     send, receive = trio.open_memory_channel[str](INBOX)
     overflowed = False
@@ -85,20 +90,26 @@ async def listen_forever(
             try:
                 conn = await aio_as_trio(asyncpg.connect, loop=loop)(dsn)
             except (OSError, asyncpg.PostgresError) as e:
-                log.error("postgres LISTEN connection failed: %s; retrying", e)
+                outage.failed(e, "live LISTEN")
                 await trio.sleep(CHECK_EVERY_S)
                 continue
+            lost = trio.Event()  # set from the loop's callback: non-blocking trio API, as above
+            conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
             try:
                 await aio_as_trio(conn.add_listener, loop=loop)(CHANNEL, received)
+                outage.succeeded()
                 if not started:
                     started = True
                     task_status.started()
                 else:
                     on_payload("")  # reconnected: what was announced meanwhile is unknown
-                # asyncpg tells of a lost connection only by is_closed(): poll it.
-                while not conn.is_closed():  # noqa: ASYNC110
-                    await trio.sleep(CHECK_EVERY_S)
-                log.error("postgres LISTEN connection lost; reconnecting")
+                # asyncpg calls termination listeners when the connection is lost, so a
+                # lost LISTEN is noticed (and reported) during the outage, not up to
+                # CHECK_EVERY_S later, maybe after it; is_closed() is checked as well.
+                while not conn.is_closed():
+                    with trio.move_on_after(CHECK_EVERY_S):
+                        await lost.wait()
+                outage.failed("connection lost", "live LISTEN")
             finally:
                 with trio.CancelScope(shield=True):
                     if not conn.is_closed():

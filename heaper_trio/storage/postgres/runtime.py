@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
-import asyncpg
 import outcome
 import trio
 from trio_asyncio import aio_as_trio
 
 from heaper_trio.errors import Unavailable
+from heaper_trio.storage import observe
+from heaper_trio.storage.postgres.outage import LOST, DatabaseOutage
 from heaper_trio.storage.rows import Row
 
 log = logging.getLogger(__name__)
@@ -59,14 +61,9 @@ class Pool(Protocol):
 
 CLOSE_TIMEOUT = 10.0  # seconds for a graceful pool close before connections are terminated
 
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresConnectionError,  # connection lost, refused, does not exist
-    asyncpg.InterfaceError,  # e.g. "connection is closed"
-    asyncpg.exceptions.InternalClientError,  # protocol state broken by a lost backend
-    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
-    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
-)
+# The database, not the query, failed (connection lost or refused, server shutting down, too
+# many connections, disk full): see outage.LOST.
+CONNECTION_ERRORS = LOST
 
 # Each runner is a plain asyncio coroutine taking (pool, work, *args) and calling
 # ``work(conn, *args)``; the engine crosses the bridge once per call with one of them.
@@ -162,20 +159,26 @@ class PostgresBridge:
 
     _pool: Pool | None = None
     _loop: Any = None  # the trio-asyncio loop the pool lives in
+    outage: DatabaseOutage  # logs the database going away and coming back, once each
 
     async def _run(self, runner: Runner, work: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``runner(pool, work, *args)`` on the asyncio side: one bridge crossing per call."""
         if self._pool is None:
             raise RuntimeError("storage is closed")
         try:
+            start = time.perf_counter()
             result: T = await aio_as_trio(runner, loop=self._loop)(self._pool, work, *args)
-            return result
         except CONNECTION_ERRORS as e:
-            # The database, not the request, is at fault: 503, and the client retries.
-            log.error("postgres: %s: %s", type(e).__name__, e)
+            # The database, not the request, is at fault: 503, and the client retries. One
+            # ERROR for the outage, not one per request (outage.py).
+            self.outage.failed(e)
             raise Unavailable(
                 f"the database is unavailable: {type(e).__name__}", code="database_unavailable"
             ) from e
+        self.outage.succeeded()
+        kind = "write" if runner in (write1, tx) else "read"
+        observe.observer.round_trip("postgres", kind, time.perf_counter() - start)
+        return result
 
 
 class _Job:
@@ -252,7 +255,10 @@ class GroupCommit:
         self.batches += 1
         self.jobs += len(batch)
         changes = [ch for job in batch for ch in job.changes]
+        start = time.perf_counter()
         got = await outcome.acapture(self._run_batch, changes, max(job.now for job in batch))
+        if isinstance(got, outcome.Value):
+            observe.observer.commit_batch("postgres", len(batch), time.perf_counter() - start)
         if (
             isinstance(got, outcome.Error)
             and len(batch) > 1

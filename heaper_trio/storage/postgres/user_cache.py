@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
 from heaper_trio.records import User
+from heaper_trio.storage.postgres.outage import DatabaseOutage
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +40,15 @@ CONNECT_TIMEOUT_S = 5.0
 class UserRowCache:
     """Its methods run on the trio-asyncio loop's thread; ``start``/``stop`` on asyncio."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, outage: DatabaseOutage) -> None:
         self.dsn = dsn
+        self.outage = outage
         self._rows: OrderedDict[str, User] = OrderedDict()
         self._conn: Any = None  # the LISTEN connection, while it listens
         self._retry: asyncio.Task[None] | None = None
         self._stopped = False
         self.epoch = 0  # bumped by every invalidation
+        self.on_change: Callable[[str], None] | None = None  # told each notified user id
         self.hits = 0  # tests and benchmarks read these
         self.misses = 0
 
@@ -84,7 +88,7 @@ class UserRowCache:
         try:
             await self._connect()
         except (OSError, asyncpg.PostgresError, TimeoutError) as e:
-            log.error("postgres user-row LISTEN failed: %s; rows are read uncached", e)
+            self.outage.failed(e, "user-row LISTEN")
             self._schedule_retry()
 
     async def stop(self) -> None:
@@ -110,6 +114,8 @@ class UserRowCache:
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self.forget(payload)
+        if self.on_change is not None:
+            self.on_change(payload)
 
     def _lost(self, conn: Any) -> None:
         if conn is not self._conn:
@@ -117,7 +123,7 @@ class UserRowCache:
         self._conn = None
         self._forget_all()
         if not self._stopped:
-            log.error("postgres user-row LISTEN connection lost; rows are read uncached")
+            self.outage.failed("connection lost", "user-row LISTEN")
             self._schedule_retry()
 
     def _schedule_retry(self) -> None:
@@ -130,6 +136,7 @@ class UserRowCache:
             await asyncio.sleep(RETRY_S)
             try:
                 await self._connect()
-                log.info("postgres user-row LISTEN connection back")
+                log.debug("postgres user-row LISTEN connection back")
+                self.outage.succeeded()
             except (OSError, asyncpg.PostgresError, TimeoutError) as e:
-                log.error("postgres user-row LISTEN failed again: %s", e)
+                self.outage.failed(e, "user-row LISTEN")

@@ -22,6 +22,7 @@ from heaper_trio.records import (
     UpdateInfo,
     User,
 )
+from heaper_trio.records.admin_links import AdminLinkOutcome
 from heaper_trio.storage import rules
 from heaper_trio.storage.base import Storage
 from heaper_trio.storage.rows import DeltaTotals, user_row
@@ -153,7 +154,9 @@ class SqliteStorage(SqliteFiles, SqliteScans, SqliteHistory, SqliteJobs, Storage
         def tx(c: sqlite3.Connection) -> int:
             a = c.execute("DELETE FROM challenges WHERE expires_at <= ?", (now,)).rowcount
             b = c.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?", (now,)).rowcount
-            return a + b
+            kept = now - rules.ADMIN_LINK_KEPT_MS
+            d = c.execute("DELETE FROM admin_links WHERE expires_at <= ?", (kept,)).rowcount
+            return a + b + d
 
         return await self.rt.write(tx)
 
@@ -194,6 +197,35 @@ class SqliteStorage(SqliteFiles, SqliteScans, SqliteHistory, SqliteJobs, Storage
         def tx(c: sqlite3.Connection) -> User | None:
             _revoke_all(c, user_id, now)
             return _get_user(c, user_id)
+
+        return await self.rt.write(tx)
+
+    async def create_admin_link(
+        self, token_hash: str, user_id: str, created_at: int, expires_at: int
+    ) -> None:
+        await self.rt.write(
+            lambda c: c.execute(
+                "INSERT INTO admin_links (token_hash, user_id, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?)",
+                (token_hash, user_id, created_at, expires_at),
+            )
+        )
+
+    async def use_admin_link(
+        self, token_hash: str, now: int, refresh: NewRefreshToken
+    ) -> AdminLinkOutcome:
+        def tx(c: sqlite3.Connection) -> AdminLinkOutcome:
+            row = c.execute(
+                "SELECT user_id, expires_at, used_at FROM admin_links WHERE token_hash=?",
+                (token_hash,),
+            ).fetchone()
+            user = None if row is None else _get_user(c, row["user_id"])
+            problem = rules.admin_link_problem(row, user, now)
+            if problem is not None or user is None:
+                return AdminLinkOutcome(problem)
+            c.execute("UPDATE admin_links SET used_at=? WHERE token_hash=?", (now, token_hash))
+            _insert_refresh(c, user.id, refresh)
+            return AdminLinkOutcome(None, user)
 
         return await self.rt.write(tx)
 

@@ -16,6 +16,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ import outcome
 import trio
 
 from heaper_trio.errors import Unavailable
+from heaper_trio.storage import observe
 from heaper_trio.storage.migrate import migration_scripts
 
 log = logging.getLogger(__name__)
@@ -205,11 +207,13 @@ class SqliteRuntime:
         if self._thread is None:
             raise RuntimeError("storage is closed")
         reply, done, box = _reply_slot()
+        start = time.perf_counter()
         self._jobs.put((fn, args, reply))
         # Once queued the job will run; waiting for it cannot be abandoned, or a caller could
         # be told "cancelled" about a write that then commits.
         with trio.CancelScope(shield=True):
             await done.wait()
+        observe.observer.round_trip("sqlite", "write", time.perf_counter() - start)
         with _unavailable_on_operational_error():
             return box[0].unwrap()
 
@@ -223,6 +227,7 @@ class SqliteRuntime:
             raise RuntimeError("storage is closed")
         reply, done, box = _reply_slot()
         job = _Read(fn, args, reply)
+        start = time.perf_counter()
         self._reads.put(job)
         try:
             await done.wait()
@@ -232,6 +237,7 @@ class SqliteRuntime:
             with trio.CancelScope(shield=True):  # running: its connection must come back
                 await done.wait()
             raise
+        observe.observer.round_trip("sqlite", "read", time.perf_counter() - start)
         with _unavailable_on_operational_error():
             return box[0].unwrap()
 
@@ -278,6 +284,7 @@ class SqliteRuntime:
         transaction is rolled back and every job of the batch is told so; the thread lives on.
         """
         results: list[outcome.Outcome] = []
+        start = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for fn, args, _ in batch:
@@ -298,5 +305,6 @@ class SqliteRuntime:
         else:
             self.commits += 1
             self.jobs_done += len(batch)
+            observe.observer.commit_batch("sqlite", len(batch), time.perf_counter() - start)
         for (_, _, reply), answer in zip(batch, results):
             reply(answer)
