@@ -65,6 +65,7 @@ class Settings:
     scan_roots: str
     media_jobs: int
     scan_jobs: int
+    job_heartbeat_timeout: float
     ws_outbox_bytes: int
     ws_max_message_bytes: int
     ws_max_connections_per_user: int

@@ -241,6 +241,15 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("scan_jobs", int, 2, "Files hashed and probed at once by a folder scan.", minimum=1),
     Setting(
+        "job_heartbeat_timeout",
+        float,
+        10.0,
+        "Seconds after which a scan or reindex whose server process stopped sending "
+        "heartbeats (it died or hangs) is marked failed, so it can be started again. Each "
+        "process beats about every second.",
+        minimum=0.3,
+    ),
+    Setting(
         "ws_outbox_bytes",
         int,
         8 * 1024 * 1024,

@@ -31,9 +31,11 @@ user_events = st.builds(
     st.dictionaries(st.text(max_size=10), json_values, max_size=6),
 )
 
+job_aborts = st.builds(a.JobAbortAnnouncement, ids, ids)
+
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(blocks, user_events))
+@given(st.one_of(blocks, user_events, job_aborts))
 def test_round_trip(announcement: a.Announcement) -> None:
     assert a.decode(a.encode(announcement)) == announcement
 
@@ -59,6 +61,8 @@ def test_the_text_is_what_earlier_versions_write_and_read() -> None:
     assert a.decode(
         '{"o":"p2","k":"heap_deleted","h":"h","b":"","s":0,"v":1,"t":0}'
     ) == a.BlockAnnouncement("p2", "heap_deleted", "h")
+    abort = a.JobAbortAnnouncement("p1", "j1")  # new in 0012's version; older ones skip it
+    assert a.encode(abort) == '{"o":"p1","j":"j1"}' and a.decode(a.encode(abort)) == abort
 
 
 def test_the_storage_announcement_decodes() -> None:
@@ -90,6 +94,8 @@ def test_the_storage_announcement_decodes() -> None:
         '{"o":"p","u":5,"e":{}}',
         '{"u":"u","e":{}}',
         '{"o":"p","u":"u","e":{},"k":"changed"}',
+        '{"o":"p","j":5}',  # a job id as a number
+        '{"o":"p","j":"j","u":"u"}',
         "[" * 100_000,
     ],
 )
@@ -103,7 +109,7 @@ def test_malformed_text_is_refused(text: str) -> None:
     st.one_of(
         st.text(max_size=80),
         st.dictionaries(
-            st.sampled_from(["o", "k", "h", "b", "s", "v", "t", "u", "e"]), json_values
+            st.sampled_from(["o", "k", "h", "b", "s", "v", "t", "u", "e", "j"]), json_values
         ).map(json.dumps),
     )
 )

@@ -594,12 +594,13 @@ async def test_shutdown_cancels_a_scan_cleanly(
             heap = await new_heap(c)
             r = await c.post("/api/scan_folder", json={"heap_id": heap["id"], "path": str(tree)})
             scan_id = r.json()["scan_id"]
+            job = running.services.scans.jobs[scan_id]  # forgotten here once its row is final
             with trio.fail_after(30):
-                while running.services.scans.jobs[scan_id].files_done == 0:
+                while job.files_done == 0:
                     await trio.sleep(0.01)
         shutdown.set()
-    job = running.services.scans.jobs[scan_id]
     assert job.state == "aborted" and job.finished_at is not None
+    assert scan_id not in running.services.scans.jobs
     assert 0 < job.files_done < 1500
     async with trio.open_nursery() as nursery:  # the same data, another server life
         shutdown = trio.Event()
@@ -608,6 +609,9 @@ async def test_shutdown_cancels_a_scan_cleanly(
         assert counted["files"] >= job.files_done  # committed before the cancel: kept whole
         async with HeaperClient(again.url, key) as c:
             await c.login()
+            [row] = (await c.get("/api/scans")).json()["scans"]  # written at the shutdown
+            assert (row["scan_id"], row["state"]) == (scan_id, "aborted")
+            assert row["files_done"] == job.files_done
             done = await scan(c, heap["id"], tree)
         assert (done["state"], done["files_done"]) == ("done", 1500)
         assert (await check_consistent(again, heap["id"], tree))["files"] == 1500

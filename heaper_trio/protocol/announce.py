@@ -2,12 +2,13 @@
 
 A pointer, never a payload (sync-findings 6.8): a stored change of one block (its kind, heap,
 log position), on which the receivers reread storage, or a user event (scan progress, file
-ready) for that user's live channels. The text is compact JSON with one-letter keys, so a
+ready) for that user's live channels, or a job abort asked through the database (``jobs``
+table): the process running that job cancels it. The text is compact JSON with one-letter keys, so a
 NOTIFY stays far below PostgreSQL's 8,000-byte limit; this module is the one place that knows
 those keys. The bytes are what processes of earlier versions write and read (old and new
 processes share a database during a rolling restart): keys in this order, no spaces.
 
-Decoding is strict: anything but one of the two shapes, with exactly its keys and types,
+Decoding is strict: anything but one of the three shapes, with exactly its keys and types,
 raises :class:`MalformedAnnouncement` (a ``ValueError``), which the receiver logs and skips.
 """
 
@@ -23,6 +24,7 @@ from heaper_trio.protocol.events import BLOCK_KINDS
 MAX_PAYLOAD_BYTES = 7000  # PostgreSQL refuses NOTIFY payloads from 8000 bytes
 _BLOCK_KEYS = ("o", "k", "h", "b", "s", "v", "t")
 _USER_KEYS = ("o", "u", "e")
+_ABORT_KEYS = ("o", "j")
 
 
 class MalformedAnnouncement(ValueError):
@@ -53,7 +55,16 @@ class UserEventAnnouncement:
     event: Mapping[str, Any] = field(hash=False)
 
 
-Announcement = BlockAnnouncement | UserEventAnnouncement
+@dataclass(frozen=True, slots=True)
+class JobAbortAnnouncement:
+    """``abort_scan`` on another process asked to abort job ``job_id`` (its row says so
+    already; this only makes the running process look now rather than at its next beat)."""
+
+    origin: str
+    job_id: str
+
+
+Announcement = BlockAnnouncement | UserEventAnnouncement | JobAbortAnnouncement
 
 
 def encode(a: Announcement) -> str:
@@ -67,6 +78,8 @@ def encode(a: Announcement) -> str:
             "v": a.sync_version,
             "t": a.updated_at,
         }
+    elif isinstance(a, JobAbortAnnouncement):
+        data = {"o": a.origin, "j": a.job_id}
     else:
         data = {"o": a.origin, "u": a.user_id, "e": dict(a.event)}
     return json.dumps(data, separators=(",", ":"))
@@ -87,6 +100,10 @@ def decode(text: str) -> Announcement:
         if not (isinstance(origin, str) and isinstance(user_id, str) and isinstance(event, dict)):
             raise MalformedAnnouncement("a user event with fields of the wrong type")
         return UserEventAnnouncement(origin, user_id, event)
+    if keys == tuple(sorted(_ABORT_KEYS)):
+        if not (isinstance(data["o"], str) and isinstance(data["j"], str)):
+            raise MalformedAnnouncement("a job abort with fields of the wrong type")
+        return JobAbortAnnouncement(data["o"], data["j"])
     if keys != tuple(sorted(_BLOCK_KEYS)):
         raise MalformedAnnouncement(f"unexpected keys {list(keys)[:10]}")
     strings = [data[k] for k in ("o", "k", "h", "b")]

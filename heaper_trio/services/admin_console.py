@@ -81,14 +81,15 @@ class AdminConsole:
             user = await self.admin.revoke_tokens(ident)
         return AccountRow(user, await self.storage.usage(user.id, int(self.clock() * 1000)))
 
-    def jobs(self, actor: User, limit: int) -> dict[str, Any]:
-        """Scan and reindex jobs of every user in this process, newest first, and the media
-        (thumbnail) counters."""
+    async def jobs(self, actor: User, limit: int) -> dict[str, Any]:
+        """Scan and reindex jobs of every user on every process (the jobs table), newest
+        first, and this process's media (thumbnail) counters."""
         require_admin(actor)
         stats = self.media.stats
         return {
             "jobs": [
-                {**j.as_dict(), "user_id": user_id} for user_id, j in self.scans.every_job(limit)
+                {**j.as_dict(), "user_id": user_id}
+                for user_id, j in await self.scans.every_job(limit)
             ],
             "media": {
                 "jobs": stats.jobs,

@@ -157,7 +157,7 @@ async def open_services(
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
         bridge = ProcessBridge(storage, hub) if storage.shares_processes else None
-        _wire(documents, services.heaps, hub, bridge, admin)
+        _wire(documents, services.heaps, hub, bridge, admin, services.scans)
         async with trio.open_nursery() as supervisor:
             supervisor.start_soon(_purge_expired_forever, storage)
             await supervisor.start(services.hub.run)
@@ -181,11 +181,13 @@ def _wire(
     hub: LiveHub,
     bridge: ProcessBridge | None,
     admin: UserAdmin,
+    scans: ScanService,
 ) -> None:
     """Who hears what, in one place. Every stored change reaches the hub (this process's
     subscribers) and, with processes sharing a database, the bridge (the other processes);
     user events (scan progress, file ready) the hub delivers to its own sinks, and the bridge
-    carries them to the other processes. Pushes that set ``permanently_deleted_at`` purge
+    carries them to the other processes, and brings this process the aborts of its jobs
+    asked through another (the jobs table). Pushes that set ``permanently_deleted_at`` purge
     through the heap service, as emptying the trash does. An account whose tokens an admin
     revokes has its live connections re-checked at once: in this process by ``UserAdmin``,
     in the others (and after the command line's ``users``) as their storage hears the row
@@ -197,6 +199,8 @@ def _wire(
     """
     documents.listeners[:] = [hub.on_commit] + ([bridge.on_commit] if bridge else [])
     hub.user_event_hooks[:] = [bridge.on_user_event] if bridge else []
+    if bridge is not None:
+        bridge.job_abort_hooks[:] = [scans.table.abort_local]
     documents.purger = heaps.purge
     admin.on_revoked = hub.recheck_account  # revoked or rejected: live sockets re-check now
     documents.storage.watch_user_rows(hub.recheck_account)  # ... also when another process did

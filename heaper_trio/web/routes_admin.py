@@ -111,7 +111,7 @@ async def admin_act(account: str, action: str, user: User) -> dict[str, Any]:
 )
 async def admin_jobs(user: User) -> dict[str, Any]:
     limit = parse_int(request.args.get("limit", "100"), JOBS_LIMIT, "query.limit")
-    return {"success": True, **services().admin_console.jobs(user, limit)}
+    return {"success": True, **await services().admin_console.jobs(user, limit)}
 
 
 @route(

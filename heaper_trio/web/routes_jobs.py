@@ -122,13 +122,15 @@ async def scan_folder(user: User, body: dict[str, Any]) -> dict[str, Any]:
     errors=(404,),
     summary="Stop a scan or reindex job: it ends within a second, keeping what it stored.",
     description="What was read before the abort is committed (whole files and their "
-    "blocks only); the missing-file pass is skipped. Aborting a finished job answers its "
-    "final state. 404 scan_not_found.",
+    "blocks only); the missing-file pass is skipped. Any server process sharing the "
+    "database can abort a job another one runs (it answers `aborting`; the job ends "
+    "`aborted` within a second or so). Aborting a finished job answers its final state. "
+    "404 scan_not_found (also for another user's job).",
     body=obj({"scan_id": string(minLength=1, maxLength=64)}),
     response=STARTED,
 )
 async def abort_scan(user: User, body: dict[str, Any]) -> dict[str, Any]:
-    job = services().scans.abort(user, body["scan_id"])
+    job = await services().scans.abort(user, body["scan_id"])
     return {"success": True, "scan_id": job.scan_id, "scan": job.as_dict()}
 
 
@@ -140,11 +142,14 @@ async def abort_scan(user: User, body: dict[str, Any]) -> dict[str, Any]:
     summary="Your running scan and reindex jobs (an admin's: everyone's).",
     description="`state` is running, aborting or finishing (marking missing files). A job "
     "leaves the list when it ends; how it ended is in GET /api/scans and the final scan.* "
-    "event. Jobs of this server process only.",
+    "event. Jobs of every server process sharing the database; a job whose process "
+    "died is failed (error `process_died`) soon after job_heartbeat_timeout and leaves the "
+    "list.",
     response=open_obj(success=boolean(), scans=SCANS),
 )
 async def active_scans(user: User) -> dict[str, Any]:
-    return {"success": True, "scans": [j.as_dict() for j in services().scans.active(user)]}
+    jobs = await services().scans.active(user)
+    return {"success": True, "scans": [j.as_dict() for j in jobs]}
 
 
 @route(
@@ -156,13 +161,14 @@ async def active_scans(user: User) -> dict[str, Any]:
     description=f"Your own jobs only (an admin's too). `limit` is 1-{KEEP_FINISHED_PER_USER} "
     f"(default {HISTORY_DEFAULT}; else 400 invalid_value). `state` is running, aborting, "
     "finishing, done, aborted or failed; a finished job is kept for a day, your last "
-    f"{KEEP_FINISHED_PER_USER} of them. Jobs of this server process only.",
+    f"{KEEP_FINISHED_PER_USER} of them. Jobs of every server process sharing the database.",
     query={"limit": HISTORY_LIMIT},
     response=open_obj(success=boolean(), scans=SCANS),
 )
 async def scan_history(user: User) -> dict[str, Any]:
     limit = parse_int(request.args.get("limit", str(HISTORY_DEFAULT)), HISTORY_LIMIT, "query.limit")
-    return {"success": True, "scans": [j.as_dict() for j in services().scans.history(user, limit)]}
+    jobs = await services().scans.history(user, limit)
+    return {"success": True, "scans": [j.as_dict() for j in jobs]}
 
 
 @route(

@@ -4,7 +4,8 @@ Every change committed here is announced as a small pointer (block, log position
 other processes' hubs read the stored rows and send their subscribers what they lack
 (sync-findings 6.8: no payload in the notification, no lossy side channel, nobody applies
 another process's step 2). User events (scan progress, file ready) travel the same way, as
-they are small. With SQLite there is one process and no bridge.
+they are small, and so do aborts of jobs asked through another process (``scans/registry``).
+With SQLite there is one process and no bridge.
 
 Block commits (scan batches' included), purges and heap deletions are announced by the
 storage inside their own transaction (``PostgresStorage.announce_commits_as``), so an
@@ -40,6 +41,8 @@ class ProcessBridge:
         self.hub = hub
         self.process_id = uuid.uuid4().hex[:16]
         self._send, self._receive = trio.open_memory_channel[str](OUTBOX)
+        # who hears an abort asked through the database (``container._wire``: the scan jobs)
+        self.job_abort_hooks: list[Callable[[str], None]] = []
         # PostgreSQL's engine announces commits in their own transaction (not in Storage)
         announce_commits_as = getattr(storage, "announce_commits_as", None)
         self._announced: Callable[[str, str, str, int], bool] | None = getattr(
@@ -118,6 +121,10 @@ class ProcessBridge:
             return
         if isinstance(received, announce.UserEventAnnouncement):
             self.hub.publish_user_event(received.user_id, dict(received.event), local_only=True)
+            return
+        if isinstance(received, announce.JobAbortAnnouncement):
+            for hook in list(self.job_abort_hooks):
+                hook(received.job_id)
             return
         self.hub.on_remote(
             Committed(

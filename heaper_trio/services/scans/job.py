@@ -1,5 +1,7 @@
 """One job of the scan service (a folder scan or a reindex): its counters, its cancel scopes,
-and the frozen snapshots that ``active_scans`` and the progress events are made of."""
+and the frozen snapshots that ``active_scans`` and the progress events are made of; the row
+of the jobs table it is written as (``record``), and the snapshot read back from a row of any
+process (``snapshot_of``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 import trio
 
 from heaper_trio.protocol import events
+from heaper_trio.records.jobs import COUNTERS, JobProcess, JobRecord
 
 ABORT_GRACE_S = 0.6  # after abort_scan: time left to commit what was already read
 RUNNING = ("running", "aborting", "finishing")
@@ -99,6 +102,28 @@ class ScanJob:
         ) - self.started_at
         return round(self.files_done / max(elapsed / 1000, 0.001), 1)
 
+    def record(self, process: JobProcess, now: int) -> JobRecord:
+        """The job as its row in the jobs table (``now`` is the heartbeat)."""
+        return JobRecord(
+            id=self.scan_id,
+            owner_id=self.user_id,
+            heap_id=self.heap_id,
+            kind=self.kind,
+            path=self.path,
+            state=self.state,
+            process=process,
+            created_at=self.started_at,
+            heartbeat_at=now,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            files_seen=self.files_seen,
+            files_done=self.files_done,
+            bytes=self.bytes,
+            current_path=self.current_path,
+            counters={k: getattr(self, k) for k in COUNTERS},
+            error=self.error,
+        )
+
     def snapshot(self) -> ScanSnapshot:
         return ScanSnapshot(
             self.scan_id,
@@ -158,3 +183,27 @@ class ScanJob:
             files_done=self.files_done,
             bytes=self.bytes,
         )
+
+
+def snapshot_of(row: JobRecord, now: int) -> ScanSnapshot:
+    """A job of any process as ``active_scans`` lists it, from its row (``now``, Unix ms, for
+    the rate of a job still running)."""
+    started = row.started_at or row.created_at
+    elapsed = (now if row.finished_at is None else row.finished_at) - started
+    count = {k: int(row.counters.get(k, 0)) for k in COUNTERS}
+    return ScanSnapshot(
+        scan_id=row.id,
+        kind=row.kind,
+        heap_id=row.heap_id,
+        path=row.path,
+        state=row.state,
+        files_seen=row.files_seen,
+        files_done=row.files_done,
+        bytes=row.bytes,
+        started_at=started,
+        finished_at=row.finished_at,
+        current_path=row.current_path,
+        files_per_s=round(row.files_done / max(elapsed / 1000, 0.001), 1),
+        error=row.error,
+        **count,
+    )

@@ -15,9 +15,11 @@ finished jobs, for ``KEEP_FINISHED_S``, so a client that reconnects sees how the
 topmost folder entries of its scan index (:meth:`ScanService.scanned_folders`), each as a job
 of its own, so each keeps its own progress, abort and missing pass.
 
-Jobs live in this process: with several processes on one PostgreSQL database, a scan is
-listed and aborted through the process that started it (its events reach every process).
-The work itself is in ``scans/folder`` (walk, hash, commit, missing pass) and
+A job runs in the process that started it and is a row of the jobs table
+(``scans/registry``): with several processes on one PostgreSQL database, any of them lists
+and aborts it, and a job whose process died is failed by another within
+``job_heartbeat_timeout``. Its events reach its owner's channels on every process (the live
+bridge). The work itself is in ``scans/folder`` (walk, hash, commit, missing pass) and
 ``scans/reindex``; the rules on paths in ``scans/walk``.
 
 The file routes read files through :meth:`ScanService.open_file`: a scanned file is opened
@@ -44,6 +46,7 @@ from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.files import FileService
 from heaper_trio.services.scans.folder import FolderScan
 from heaper_trio.services.scans.job import ScanJob, ScanSnapshot
+from heaper_trio.services.scans.registry import JobTable
 from heaper_trio.services.scans.reindex import FileReprobe, Regenerated
 from heaper_trio.services.scans.rescan import FileRescans
 from heaper_trio.services.scans.source import (
@@ -61,8 +64,8 @@ if TYPE_CHECKING:
     from heaper_trio.services.media.service import MediaService
 
 log = logging.getLogger(__name__)
+Work = Callable[[], Awaitable[None]]
 PROGRESS_EVERY_S = 0.4
-KEEP_FINISHED_S = 24 * 3600
 KEEP_FINISHED_PER_USER = 100  # also the largest ``limit`` of GET /api/scans
 # Above every character a path holds: ``top + "/" + PAST`` sorts after the paths below ``top``.
 PAST = "\U0010ffff"
@@ -97,7 +100,8 @@ class ScanService:
         self.settings = settings
         self.publish = publish
         self.media = media
-        self.jobs: dict[str, ScanJob] = {}
+        self.table = JobTable(storage, publish, settings.job_heartbeat_timeout)
+        self.jobs = self.table.local  # this process's jobs, until their final row is written
         self._nursery: trio.Nursery | None = None
         SERVER_FILES.register(settings.data_path)  # see scans/source.ServerFiles
         self.rescans = FileRescans(
@@ -145,8 +149,10 @@ class ScanService:
             ) from None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The jobs' home; runs until the server stops, which cancels every job."""
+        """The jobs' home (and their heartbeat); runs until the server stops, which cancels
+        every job."""
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.table.run)
             self._nursery = nursery
             task_status.started()
             try:
@@ -161,8 +167,9 @@ class ScanService:
         real = await trio.to_thread.run_sync(
             resolve_scan_path, path, bases, str(self.settings.data_path)
         )
-        self._check_free(heap_id, [real])
-        return self._start_scan(user, heap_id, real)
+        await self._check_free(user, heap_id, [real])
+        [job] = await self._start([self._scan_job(user, heap_id, real)])
+        return job
 
     async def scan_heap(self, user: User, heap_id: str) -> HeapRescan:
         """Scan again every folder scanned into the heap before, one job each (started
@@ -192,8 +199,8 @@ class ScanService:
                 reals = [r for r in reals if not _overlaps(r, real)] + [real]
         if not reals:
             raise skipped[0][1]
-        self._check_free(heap_id, reals)
-        started = [self._start_scan(user, heap_id, real) for real in sorted(reals)]
+        await self._check_free(user, heap_id, reals)
+        started = await self._start([self._scan_job(user, heap_id, r) for r in sorted(reals)])
         return HeapRescan(started, [(path, e.code) for path, e in skipped])
 
     async def scanned_folders(self, heap_id: str) -> list[str]:
@@ -213,21 +220,28 @@ class ScanService:
             after = entry.path
         return tops
 
-    def _check_free(self, heap_id: str, reals: list[str]) -> None:
-        for other in self.jobs.values():
+    async def _check_free(self, user: User, heap_id: str, reals: list[str]) -> None:
+        """409 ``scan_running`` if a scan of an overlapping folder runs in the heap, on any
+        process (the heap is the caller's, so such a scan is too). The jobs of this process
+        are checked again with no wait before they are registered (``_start``)."""
+        await self.table.settled()
+        running = [
+            (r.id, r.kind, r.heap_id, r.path) for r in await self.table.running_rows(user.id)
+        ]
+        running += [(j.scan_id, j.kind, j.heap_id, j.path) for j in self.jobs.values() if j.running]
+        for scan_id, kind, other_heap, other_path in running:
             if (
-                other.running
-                and other.kind == "scan"
-                and other.heap_id == heap_id
-                and any(_overlaps(other.path, real) for real in reals)
+                kind == "scan"
+                and other_heap == heap_id
+                and any(_overlaps(other_path, real) for real in reals)
             ):
                 raise Conflict(
                     "a scan of this folder (or one inside or around it) is running in this heap",
                     code="scan_running",
-                    details={"scan_id": other.scan_id},
+                    details={"scan_id": scan_id},
                 )
 
-    def _start_scan(self, user: User, heap_id: str, real: str) -> ScanSnapshot:
+    def _scan_job(self, user: User, heap_id: str, real: str) -> tuple[ScanJob, Work]:
         job = ScanJob(user.id, heap_id, real)
         scan = FolderScan(
             job,
@@ -238,89 +252,76 @@ class ScanService:
             frozenset({str(self.settings.data_path)}),
             self.files.forget_unreferenced,
         )
-        return self._start(job, scan.run)
+        return job, scan.run
 
     async def reindex_files(self, user: User, heap_id: str | None) -> ScanSnapshot:
         if heap_id is not None:
             await self.documents.owned_heap(user, heap_id)
-        for other in self.jobs.values():
-            if other.running and other.kind == "reindex" and other.user_id == user.id:
+        await self.table.settled()
+        running = [(r.id, r.kind) for r in await self.table.running_rows(user.id)]
+        running += [
+            (j.scan_id, j.kind) for j in self.jobs.values() if j.running and j.user_id == user.id
+        ]
+        for scan_id, kind in running:
+            if kind == "reindex":
                 raise Conflict(
                     "a reindex of your files is running",
                     code="scan_running",
-                    details={"scan_id": other.scan_id},
+                    details={"scan_id": scan_id},
                 )
         job = ScanJob(user.id, heap_id or "", "", kind="reindex")
-        return self._start(
-            job, lambda: self.reprobe.reindex(job, user, heap_id, self.settings.scan_jobs)
+        [started] = await self._start(
+            [(job, lambda: self.reprobe.reindex(job, user, heap_id, self.settings.scan_jobs))]
         )
+        return started
 
     async def regenerate_file(self, user: User, key: str) -> Regenerated:
         return await self.reprobe.regenerate(user, key)
 
-    def _start(self, job: ScanJob, work: Callable[[], Awaitable[None]]) -> ScanSnapshot:
-        if self._nursery is None:
+    async def _start(self, jobs: list[tuple[ScanJob, Work]]) -> list[ScanSnapshot]:
+        """Register the jobs here at once (no wait since the caller's last check), write
+        their rows, then start them."""
+        for job, _ in jobs:
+            if self._nursery is None:
+                raise Unavailable("the server is stopping", code="shutting_down")
+            self.jobs[job.scan_id] = job
+        await self.table.insert([job for job, _ in jobs])
+        nursery = self._nursery
+        if nursery is None:  # stopping meanwhile: the rows end aborted
+            for job, _ in jobs:
+                job.state, job.finished_at = "aborted", int(time.time() * 1000)
+                await self.table.finish(job)
             raise Unavailable("the server is stopping", code="shutting_down")
-        self._forget_old()
-        self.jobs[job.scan_id] = job
-        self._nursery.start_soon(self._run_job, job, work)
-        return job.snapshot()
+        for job, work in jobs:
+            nursery.start_soon(self._run_job, job, work)
+        return [job.snapshot() for job, _ in jobs]
 
-    def active(self, user: User) -> list[ScanSnapshot]:
-        """The caller's running jobs (every running job for an admin): finished ones are not
-        active, so a client polling for the end sees the job leave the list."""
-        return [
-            j.snapshot()
-            for j in self.jobs.values()
-            if j.running and (user.is_admin or j.user_id == user.id)
-        ]
+    async def active(self, user: User) -> list[ScanSnapshot]:
+        """The caller's running jobs on every process (every running job for an admin):
+        finished ones are not active, so a client polling for the end sees the job leave."""
+        return await self.table.active(user)
 
-    def history(self, user: User, limit: int) -> list[ScanSnapshot]:
-        """The caller's own jobs, running and recently finished, newest first (an admin's
-        too: other users' history is theirs)."""
-        self._forget_old()
-        mine = [
-            (j.started_at, i, j) for i, j in enumerate(self.jobs.values()) if j.user_id == user.id
-        ]
-        mine.sort(key=lambda t: t[:2], reverse=True)  # same millisecond: the later start first
-        return [j.snapshot() for _, _, j in mine[:limit]]
+    async def history(self, user: User, limit: int) -> list[ScanSnapshot]:
+        """The caller's own jobs on every process, running and finished within
+        KEEP_FINISHED_S, newest first (an admin's too: other users' history is theirs)."""
+        kept: list[ScanSnapshot] = []
+        finished = 0
+        for job in await self.table.history(user, limit):
+            finished += job.finished_at is not None
+            if job.finished_at is None or finished <= KEEP_FINISHED_PER_USER:
+                kept.append(job)
+        return kept
 
-    def every_job(self, limit: int) -> list[tuple[str, ScanSnapshot]]:
-        """Every user's jobs in this process, running and recently finished, newest first,
-        with the user each belongs to (the admin page)."""
-        self._forget_old()
-        jobs = sorted(
-            enumerate(self.jobs.values()), key=lambda t: (t[1].started_at, t[0]), reverse=True
-        )
-        return [(j.user_id, j.snapshot()) for _, j in jobs[:limit]]
+    async def every_job(self, limit: int) -> list[tuple[str, ScanSnapshot]]:
+        """Every user's jobs on every process, running and finished within KEEP_FINISHED_S,
+        newest first, with the user each belongs to (the admin page)."""
+        return await self.table.everyone(limit)
 
-    def abort(self, user: User, scan_id: str) -> ScanSnapshot:
-        job = self.jobs.get(scan_id)
-        if job is None or not (user.is_admin or job.user_id == user.id):
-            raise NotFound(
-                "no such scan (it may run in another server process, or have ended a while ago)",
-                code="scan_not_found",
-            )
-        job.abort()
-        return job.snapshot()
-
-    def _forget_old(self) -> None:
-        """Each user keeps the last KEEP_FINISHED_PER_USER finished jobs, for
-        KEEP_FINISHED_S; running jobs are always kept."""
-        now = int(time.time() * 1000)
-        done = [j for j in self.jobs.values() if j.finished_at is not None]
-        done.sort(key=lambda j: j.finished_at or 0, reverse=True)
-        kept: dict[str, int] = {}
-        for j in done:
-            kept[j.user_id] = kept.get(j.user_id, 0) + 1
-            if (
-                now - (j.finished_at or 0) > KEEP_FINISHED_S * 1000
-                or kept[j.user_id] > KEEP_FINISHED_PER_USER
-            ):
-                del self.jobs[j.scan_id]
+    async def abort(self, user: User, scan_id: str) -> ScanSnapshot:
+        return await self.table.abort(user, scan_id)
 
     # -- one job's life -----------------------------------------------------------------------
-    async def _run_job(self, job: ScanJob, work: Callable[[], Awaitable[None]]) -> None:
+    async def _run_job(self, job: ScanJob, work: Work) -> None:
         log.info(
             "%s %s of %s into heap %s started",
             job.kind,
@@ -345,6 +346,7 @@ class ScanService:
         finally:
             job.finished_at = int(time.time() * 1000)
             metrics.job_finished(job.kind, job.state)
+            await self.table.finish(job)  # before the event: who hears it finds the row final
             self.publish(job.user_id, job.final_event())
             log.info(
                 "%s %s %s: %d seen, %d done (%d new, %d changed, %d missing), %d errors",

@@ -77,6 +77,7 @@ from heaper_trio.storage.postgres.accounts import (
 )
 from heaper_trio.storage.postgres.files import PostgresFiles
 from heaper_trio.storage.postgres.history import PostgresHistory, restore_block
+from heaper_trio.storage.postgres.jobs import PostgresJobs
 from heaper_trio.storage.postgres.outage import DatabaseOutage, quiet_pool_retries
 from heaper_trio.storage.postgres.runtime import (
     Conn,
@@ -143,7 +144,7 @@ async def _keep_session(_conn: Any) -> None:
 # -- the engine ---------------------------------------------------------------------------------
 
 
-class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, Storage):
+class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, PostgresJobs, Storage):
     engine = "postgres"
 
     def __init__(self, dsn: str, *, min_size: int, max_size: int) -> None:

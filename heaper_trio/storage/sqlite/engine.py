@@ -30,6 +30,7 @@ from heaper_trio.storage.sqlite import documents as docs
 from heaper_trio.storage.sqlite import feed
 from heaper_trio.storage.sqlite.files import SqliteFiles
 from heaper_trio.storage.sqlite.history import SqliteHistory
+from heaper_trio.storage.sqlite.jobs import SqliteJobs
 from heaper_trio.storage.sqlite.runtime import SqliteRuntime
 from heaper_trio.storage.sqlite.scans import SqliteScans
 
@@ -53,7 +54,7 @@ def _insert_refresh(conn: sqlite3.Connection, user_id: str, new: NewRefreshToken
     )
 
 
-class SqliteStorage(SqliteFiles, SqliteScans, SqliteHistory, Storage):
+class SqliteStorage(SqliteFiles, SqliteScans, SqliteHistory, SqliteJobs, Storage):
     engine = "sqlite"
 
     def __init__(self, data_dir: Path, synchronous: str = "FULL") -> None:
