@@ -59,6 +59,11 @@ class Settings:
     max_direct_upload_bytes: int
     max_chunk_bytes: int
     upload_expiry_hours: int
+    files_backend: str
+    s3_endpoint: str
+    s3_bucket: str
+    s3_region: str
+    files_presigned_redirect: bool
     scan_roots: str
     media_jobs: int
     scan_jobs: int
@@ -182,4 +187,6 @@ def load_settings(
             f"workers: SQLite allows one server process (one writer), got {values['workers']}; "
             "use workers = 1, or PostgreSQL (database_url) for more"
         )
+    if values["files_backend"] == "s3" and not values["s3_bucket"]:
+        raise StartupError("s3_bucket: required with files_backend = s3")
     return Settings(**values)

@@ -41,6 +41,7 @@ from heaper_trio.services.scans.service import ScanService
 from heaper_trio.services.tokens import TokenService
 from heaper_trio.settings import Settings
 from heaper_trio.storage import Storage, make_storage
+from heaper_trio.storage.blobs import make_object_store
 
 log = logging.getLogger(__name__)
 PURGE_INTERVAL_S = 300
@@ -111,6 +112,9 @@ async def open_services(
     """Services plus their supervisor nursery; background work is cancelled before storage
     closes, so no task ever sees a closed database."""
     prepare_data_dir(settings)
+    objects = make_object_store(settings)
+    if objects is not None:
+        await objects.check()
     async with open_storage(settings) as storage:
         server_key = await bind_server_key(storage, settings.data_path)
         tokens = TokenService(
@@ -135,7 +139,12 @@ async def open_services(
             ),
             files=(
                 files := FileService(
-                    storage, documents, settings, hub.publish_user_event, probe=media.probe
+                    storage,
+                    documents,
+                    settings,
+                    hub.publish_user_event,
+                    probe=media.probe,
+                    objects=objects,
                 )
             ),
             scans=ScanService(storage, documents, files, settings, hub.publish_user_event, media),
@@ -160,6 +169,8 @@ async def open_services(
                 supervisor.cancel_scope.cancel()
                 with trio.CancelScope(shield=True):
                     await services.media.aclose()
+                    if objects is not None:
+                        await objects.aclose()
 
 
 def _wire(
