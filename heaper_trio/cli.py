@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     from heaper_trio.ops import commands as ops_commands
 
     ops_commands.add_parsers(sub)  # backup, restore
+    ops_commands.add_files_parser(sub)  # files migrate --to s3
     return parser
 
 
@@ -284,7 +285,8 @@ async def _client(args: argparse.Namespace) -> int:
 @quiet_on_broken_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("serve", "users", "client", "backup", "restore", "-h", "--help", "--version")
+    commands: tuple[str, ...] = ("serve", "users", "client", "backup", "restore", "files")
+    commands += ("-h", "--help", "--version")
     if not argv or argv[0] not in commands:
         argv = ["serve", *argv]  # `serve` is the default command, flags and all
     args = build_parser().parse_args(argv)
@@ -293,10 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "client":
         return trio.run(_client, args)
     try:
-        if command in ("backup", "restore"):
+        if command in ("backup", "restore", "files"):
             from heaper_trio.ops import commands as ops_commands
 
-            return ops_commands.run(args, _settings_from(args) if command == "backup" else None)
+            wanted = command in ("backup", "files")  # restore takes no server settings
+            return ops_commands.run(args, _settings_from(args) if wanted else None)
         settings = _settings_from(args)
         control_fd = getattr(args, "worker_control_fd", None)
         for warning in unknown_env_warnings():
