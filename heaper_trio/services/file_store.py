@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
@@ -24,6 +24,7 @@ from heaper_trio.errors import (
 from heaper_trio.protocol import events
 from heaper_trio.records import FileRecord, User
 from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.scans.source import OpenFile, open_own
 from heaper_trio.services.upload_disk import (  # _write: tests make the disk full there
     _close_and_remove,
     _commit,
@@ -32,7 +33,9 @@ from heaper_trio.services.upload_disk import (  # _write: tests make the disk fu
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import Storage
 from heaper_trio.storage.blobs.base import ObjectMissing, file_key
-from heaper_trio.storage.blobs.s3 import S3Objects
+
+if TYPE_CHECKING:  # boto3 is imported only when a bucket is used
+    from heaper_trio.storage.blobs.s3 import S3Objects
 
 log = logging.getLogger(__name__)
 HASH = re.compile(r"[0-9a-f]{64}")
@@ -137,6 +140,18 @@ class FileStore:
         finally:
             with trio.CancelScope(shield=True):
                 await self._io(_close_and_remove, out, temp)
+
+    async def forget_thumbnails(self, hash: str) -> None:
+        """The bucket's thumbnails of a file (made again on request); the local cache is the
+        media service's to drop."""
+        if self.objects is not None:
+            await self.objects.delete_prefix(f"thumbnails/{hash[:2]}/{hash}/")
+
+    async def open_staged(self, record: FileRecord) -> OpenFile:
+        """A bucket file's bytes as an open local file (its temporary name already gone): for
+        callers that want what ``ScanService.open_file`` gives for a file on disk."""
+        async with self.staged(record) as path:
+            return await open_own(path)
 
     async def derived(
         self, record: FileRecord, target: Path, derive: Callable[[Path], Awaitable[Path]]
@@ -301,6 +316,7 @@ class FileStore:
             for record in dropped:
                 if record.source_path is None:
                     await self.objects.delete(file_key(record.hash))
+                await self.forget_thumbnails(record.hash)
             return len(dropped)
 
         def remove() -> None:

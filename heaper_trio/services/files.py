@@ -16,7 +16,8 @@ uploads is in ``upload_disk``, the store and its index in ``file_store``. Work p
 bounded: chunks are at least ``MIN_CHUNK_BYTES`` and at most ``MAX_CHUNKS`` per file, and
 file-system probing runs on its own small thread limiter, never on the one the database threads
 share. A full disk is a 507 and leaves nothing half-written; temporary files a killed process
-left are removed at start-up.
+left are removed at start-up. With ``files_backend = "s3"`` the bytes live in a bucket
+instead (``file_store``, ``object_uploads``): the same checks, the same order.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
@@ -68,7 +69,9 @@ from heaper_trio.services.upload_disk import (  # _write: tests make the disk fu
 )
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import Storage
-from heaper_trio.storage.blobs.s3 import S3Objects
+
+if TYPE_CHECKING:  # boto3 is imported only when a bucket is used
+    from heaper_trio.storage.blobs.s3 import S3Objects
 
 log = logging.getLogger(__name__)
 EXPIRE_EVERY_S = 600

@@ -27,12 +27,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from heaper_trio.errors import Conflict
 from heaper_trio.records import UploadRecord
 from heaper_trio.storage.blobs.base import ObjectMissing, file_key, upload_key
-from heaper_trio.storage.blobs.s3 import S3Objects
+
+if TYPE_CHECKING:  # boto3 is imported only when a bucket is used
+    from heaper_trio.storage.blobs.s3 import S3Objects
 
 log = logging.getLogger(__name__)
 PART_MIN = 5 * 1024 * 1024  # S3's smallest part but the last

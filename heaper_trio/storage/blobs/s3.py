@@ -132,6 +132,16 @@ class S3Objects(ObjectStore):
     async def delete(self, key: str) -> None:
         await self._call(self.client.delete_object, Bucket=self.bucket, Key=key)
 
+    async def delete_prefix(self, prefix: str) -> int:
+        """Every object whose key starts with ``prefix`` (a file's thumbnails)."""
+        found = await self._call(self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix)
+        objects = [{"Key": o["Key"]} for o in found.get("Contents", [])]
+        if objects:
+            await self._call(
+                self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": objects}
+            )
+        return len(objects)
+
     async def copy(self, source: str, target: str) -> None:
         """Server-side: no byte passes through us (UploadPartCopy past 5 GiB)."""
         await self._call(
