@@ -41,17 +41,21 @@ def test_migrate_copies_checks_and_resumes(
     thumb = data / "thumbnails" / "generated" / "aa" / ("aa" * 32) / "image-small-v1.webp"
     thumb.parent.mkdir(parents=True)
     thumb.write_bytes(b"webp")
+    theirs = data / "thumbnails" / "client" / "blk" / ("cc" * 32) / "image-small.png"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"png")
     args = ["files", "migrate", "--to", "s3", "--data-dir", str(data)]
     args += ["--s3-endpoint", s3_endpoint, "--s3-bucket", bucket]
     assert main(args) == 1  # one damaged file: said, and left out
     out = capsys.readouterr().out
-    assert f"damaged, not copied: files/{damaged}" in out and "3 copied" in out
-    want = sorted([f"files/{h}" for h in good] + [f"thumbnails/aa/{'aa' * 32}/image-small-v1.webp"])
+    assert f"damaged, not copied: files/{damaged}" in out and "4 copied" in out
+    want = [f"files/{h}" for h in good] + [f"thumbnails/aa/{'aa' * 32}/image-small-v1.webp"]
+    want = sorted([*want, f"client-thumbnails/blk/{'cc' * 32}/image-small.png"])
     assert keys(s3_endpoint, bucket) == want
     Path(data / "files" / "sha256" / "ab" / "ab" / damaged).unlink()
     assert main(args) == 0  # again: nothing to copy
     assert (
-        "0 copied, 3 already in the bucket; now set files_backend = s3" in capsys.readouterr().out
+        "0 copied, 4 already in the bucket; now set files_backend = s3" in capsys.readouterr().out
     )
     assert main(["files", "migrate", "--to", "s3", "--data-dir", str(data)]) == 2  # no bucket
 

@@ -52,7 +52,7 @@ def add_files_parser(sub: Any) -> None:
     files = sub.add_parser(
         "files",
         help="move stored files between backends",
-        description="migrate --to s3: copy every stored file and generated thumbnail of the "
+        description="migrate --to s3: copy every stored file and thumbnail of the "
         "data directory into the bucket (s3_endpoint, s3_bucket, s3_region; credentials from "
         "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), skipping what is there already with "
         "its size, so it can be stopped and run again; each file is checked against its hash "

@@ -1,5 +1,6 @@
 """``python -m heaper_trio files migrate --to s3``: an existing install's stored files and
-generated thumbnails copied into the bucket, before ``files_backend`` is switched to s3.
+thumbnails (generated and client-uploaded) copied into the bucket, before ``files_backend``
+is switched to s3.
 
 Resumable: an object already in the bucket with the file's size is skipped, so a run that was
 stopped (or a second run after the server stored more files) copies only what is missing.

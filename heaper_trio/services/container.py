@@ -148,7 +148,7 @@ async def open_services(
                 )
             ),
             scans=ScanService(storage, documents, files, settings, hub.publish_user_event, media),
-            client_thumbnails=(thumbs := ClientThumbnails(storage, settings.data_path)),
+            client_thumbnails=(thumbs := ClientThumbnails(storage, settings.data_path, objects)),
             heaps=HeapService(documents, files, thumbs),
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )

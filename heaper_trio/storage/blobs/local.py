@@ -1,5 +1,6 @@
 """The data directory seen as an object store: ``files/<hash>`` is the content-addressed
-file ``files/sha256/ab/cd/<hash>``, ``thumbnails/<path>`` a generated thumbnail. The server's
+file ``files/sha256/ab/cd/<hash>``, ``thumbnails/<path>`` a generated thumbnail,
+``client-thumbnails/<path>`` one a client uploaded. The server's
 own upload path writes the disk directly (synced renames, ``services/upload_disk``); this view
 is what tools that move bytes between backends read and write (``ops/migrate_files``)."""
 
@@ -18,6 +19,7 @@ from heaper_trio.storage.blobs.base import ObjectMissing, ObjectStore
 READ_SIZE = 1 << 20
 STORE = Path("files", "sha256")
 THUMBNAILS = Path("thumbnails", "generated")
+CLIENT_THUMBNAILS = Path("thumbnails", "client")
 
 
 class LocalObjects(ObjectStore):
@@ -30,18 +32,22 @@ class LocalObjects(ObjectStore):
         kind, _, rest = key.partition("/")
         if kind == "files" and len(rest) == 64 and "/" not in rest:
             return self.data_dir / STORE / rest[:2] / rest[2:4] / rest
-        if kind == "thumbnails" and rest and ".." not in rest.split("/"):
-            return self.data_dir / THUMBNAILS / rest
+        if kind in ("thumbnails", "client-thumbnails") and rest and ".." not in rest.split("/"):
+            return (
+                self.data_dir / (THUMBNAILS if kind == "thumbnails" else CLIENT_THUMBNAILS) / rest
+            )
         raise ValueError(f"not a key of the local store: {key!r}")
 
     def keys(self) -> list[tuple[str, Path]]:
         """Every stored file and generated thumbnail, as (key, path)."""
         out = [(f"files/{p.name}", p) for p in sorted((self.data_dir / STORE).glob("*/*/*"))]
-        thumbs = self.data_dir / THUMBNAILS
-        out += [
-            (f"thumbnails/{p.relative_to(thumbs).as_posix()}", p)
-            for p in sorted(thumbs.glob("**/*.webp"))
-        ]
+        for kind, folder in (("thumbnails", THUMBNAILS), ("client-thumbnails", CLIENT_THUMBNAILS)):
+            root = self.data_dir / folder
+            out += [
+                (f"{kind}/{p.relative_to(root).as_posix()}", p)
+                for p in sorted(root.glob("*/*/*"))
+                if p.is_file() and not p.name.startswith(".")
+            ]
         return out
 
     async def size(self, key: str) -> int | None:
