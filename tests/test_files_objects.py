@@ -156,12 +156,18 @@ async def test_a_wrong_hash_and_expiry_leave_nothing(
         assert isinstance(r, httpx.Response)
         assert_error(r, 422, "hash_mismatch")
         assert_error(await client.get(f"/api/file/{wrong}/raw/x"), 404, "file_not_found")
+        # an empty file, resumable: one empty part
+        r = await upload_chunks(client, heap["id"], "blk-empty", b"")
+        assert isinstance(r, httpx.Response) and r.status_code == 200, r.text
+        r = await client.get(f"/api/file/{sha(b'')}/raw/e", headers={"Range": "bytes=0-"})
+        assert r.status_code == 416
+        assert (await client.get(f"/api/file/{sha(b'')}/raw/e")).content == b""
         # an upload left half-way: its parts go at expiry
         await upload_chunks(client, heap["id"], "blk-half", data + b"!", complete=False)
         assert await files.expire(2**62) == 1
     if backend == "s3":
         s = files_server.services.settings
-        assert keys(s.s3_endpoint, s.s3_bucket) == []
+        assert keys(s.s3_endpoint, s.s3_bucket) == [f"files/{sha(b'')}"]
         assert open_multipart(s.s3_endpoint, s.s3_bucket) == []
     else:
         assert not any((files.uploads).glob("*/*.chunk"))

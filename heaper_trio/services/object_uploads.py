@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from heaper_trio.errors import Conflict
+from heaper_trio.errors import Conflict, NotFound
 from heaper_trio.records import UploadRecord
 from heaper_trio.storage.blobs.base import ObjectMissing, file_key, upload_key
 
@@ -70,7 +70,12 @@ class ObjectUploads:
 
     async def put_part(self, upload: UploadRecord, index: int, source: Path) -> None:
         key = upload_key(upload.id)
-        await self.objects.put_part(key, await self._multipart(upload), index + 1, source)
+        try:
+            await self.objects.put_part(key, await self._multipart(upload), index + 1, source)
+        except ObjectMissing:  # expired or completed by another process meanwhile
+            raise NotFound(
+                "no upload of this file to this block; call init first", code="upload_not_found"
+            ) from None
 
     async def received(self, upload: UploadRecord, expected: Callable[[int], int]) -> list[int]:
         key = upload_key(upload.id)
