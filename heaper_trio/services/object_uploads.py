@@ -25,6 +25,7 @@ before it is sent, and a cut-off body must never reach the store).
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # boto3 is imported only when a bucket is used
 
 log = logging.getLogger(__name__)
 PART_MIN = 5 * 1024 * 1024  # S3's smallest part but the last
+REMEMBERED = 1024  # multipart ids kept per process (uploads in progress at once)
 
 
 def part_chunk_size(size: int, chunk_size: int) -> int:
@@ -48,31 +50,46 @@ def part_chunk_size(size: int, chunk_size: int) -> int:
 class ObjectUploads:
     def __init__(self, objects: S3Objects) -> None:
         self.objects = objects
+        # upload id -> its multipart upload id, as this process last found it: a chunk then
+        # costs one request (the part), not two; a stale entry fails and is looked up again
+        self._ids: OrderedDict[str, str] = OrderedDict()
 
     async def start(self, upload: UploadRecord, *, created: bool) -> None:
         """After ``init``: the row's multipart upload exists (started here by the request
         that created the row)."""
         if created:
-            await self.objects.start_multipart(upload_key(upload.id))
+            self._ids[upload.id] = await self.objects.start_multipart(upload_key(upload.id))
         else:
             await self._multipart(upload)
 
     async def _multipart(self, upload: UploadRecord) -> str:
+        if (known := self._ids.get(upload.id)) is not None:
+            return known
         key = upload_key(upload.id)
         found = await self.objects.multipart_ids(key)
         if found:
-            return found[0]
-        mine = await self.objects.start_multipart(key)
-        kept = (await self.objects.multipart_ids(key) or [mine])[0]
-        if kept != mine:  # another process started one at the same moment: keep the oldest
-            await self.objects.abort_multipart(key, mine)
+            kept = found[0]
+        else:
+            mine = await self.objects.start_multipart(key)
+            kept = (await self.objects.multipart_ids(key) or [mine])[0]
+            if kept != mine:  # another process started one at the same moment: the oldest
+                await self.objects.abort_multipart(key, mine)
+        self._ids[upload.id] = kept
+        while len(self._ids) > REMEMBERED:
+            self._ids.popitem(last=False)
         return kept
 
     async def put_part(self, upload: UploadRecord, index: int, source: Path) -> None:
         key = upload_key(upload.id)
         try:
             await self.objects.put_part(key, await self._multipart(upload), index + 1, source)
-        except ObjectMissing:  # expired or completed by another process meanwhile
+            return
+        except ObjectMissing:  # a stale id, or expired or completed by another process
+            self._ids.pop(upload.id, None)
+        try:
+            await self.objects.put_part(key, await self._multipart(upload), index + 1, source)
+        except ObjectMissing:
+            self._ids.pop(upload.id, None)
             raise NotFound(
                 "no upload of this file to this block; call init first", code="upload_not_found"
             ) from None
@@ -119,6 +136,7 @@ class ObjectUploads:
         await self.objects.delete(key)
 
     async def discard(self, upload: UploadRecord) -> None:
+        self._ids.pop(upload.id, None)
         key = upload_key(upload.id)
         for upload_id in await self.objects.multipart_ids(key):
             await self.objects.abort_multipart(key, upload_id)
