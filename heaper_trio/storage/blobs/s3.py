@@ -20,6 +20,7 @@ every byte anyway.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -43,6 +44,10 @@ TRANSFER = TransferConfig(
 )
 
 
+# botocore's debug lines carry signed request headers and presigned URLs: never logged, even
+# at log_level = debug
+for _name in ("botocore", "boto3", "s3transfer", "urllib3"):
+    logging.getLogger(_name).setLevel(logging.INFO)
 _session: Any = None
 
 
