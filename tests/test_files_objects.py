@@ -20,8 +20,11 @@ from PIL import Image
 
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
+from heaper_trio.errors import StartupError
 from heaper_trio.keys import SERVER_KEY_FILE
 from heaper_trio.services.object_uploads import PART_MIN, part_chunk_size
+from heaper_trio.settings import load_settings
+from heaper_trio.storage.blobs.s3 import S3Objects
 
 from .conftest import assert_error
 from .objects_support import bucket, keys, open_multipart, s3_endpoint, s3_settings
@@ -221,6 +224,15 @@ async def test_presigned_redirect_serves_ranges_from_the_store(
     server_side = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]
     logged = "\n".join(r.getMessage() for r in server_side)  # the test's client logs it
     assert "Signature" not in logged and os.environ["AWS_ACCESS_KEY_ID"] not in logged
+
+
+async def test_a_bucket_setting_that_cannot_work_fails_at_start_in_one_line(
+    s3_endpoint: str,
+) -> None:
+    with pytest.raises(StartupError, match="s3_bucket: required with files_backend = s3"):
+        load_settings(environ={}, overrides={"files_backend": "s3"})
+    with pytest.raises(StartupError, match="s3_bucket: 'no-such-bucket' is not reachable"):
+        await S3Objects("no-such-bucket", endpoint=s3_endpoint).check()
 
 
 def test_chunks_become_parts_of_at_least_five_mib() -> None:
