@@ -52,7 +52,7 @@ def s3_endpoint() -> Iterator[str]:
                 time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
+        proc.kill()  # nothing to keep: its objects live in its memory
         proc.wait(timeout=10)
 
 

@@ -52,10 +52,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def files_server(
-    start_server: Any, backend: str, engine: str, request: pytest.FixtureRequest
+    start_server: Any, backend: str, request: pytest.FixtureRequest
 ) -> RunningServer:
-    if backend == "local" and engine == "postgres":  # the rest of the file suite does that
-        pytest.skip("the local disk on PostgreSQL is covered by tests/test_uploads.py")
     if backend == "local":
         return await start_server()  # type: ignore[no-any-return]
     endpoint = request.getfixturevalue("s3_endpoint")
@@ -94,6 +92,7 @@ async def upload_chunks(
     return await senders[-1].post(f"/api/upload/complete/{heap_id}/{block_id}/{h}")
 
 
+@pytest.mark.engines("sqlite")  # s3 on PostgreSQL: the cluster and last-holder tests
 async def test_upload_range_thumbnail_and_dedupe(files_server: RunningServer, backend: str) -> None:
     settings = files_server.services.settings
     async with HeaperClient(files_server.url) as client:
@@ -124,6 +123,11 @@ async def test_upload_range_thumbnail_and_dedupe(files_server: RunningServer, ba
         assert r.status_code == 206 and r.content == data[-10:]
         r = await client.request("HEAD", f"/api/file/{file_id}/raw/big.bin")
         assert r.status_code == 200 and r.headers["content-length"] == str(len(data))
+        r = await client.post(  # held: the bytes are in the store (here: the bucket)
+            "/api/ydoc/update",
+            json={"operation": "add_file", "block_id": "blk-big", "file_hash": sha(image)},
+        )
+        assert r.status_code == 200 and r.json()["status"] == "ok", r.text
         r = await client.post("/api/regenerate_file", json={"file_hash": sha(image)})
         assert r.status_code == 200 and r.json()["mime_type"] == "image/png"  # staged in s3
         etag = (await client.get(f"/api/file/{file_id}/raw/big.bin")).headers["etag"]
