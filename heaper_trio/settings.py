@@ -189,4 +189,6 @@ def load_settings(
         )
     if values["files_backend"] == "s3" and not values["s3_bucket"]:
         raise StartupError("s3_bucket: required with files_backend = s3")
+    if values["files_backend"] == "s3" and values["max_chunk_bytes"] < 5 * 1024**2:
+        raise StartupError("max_chunk_bytes: at least 5 MiB with files_backend = s3 (S3 parts)")
     return Settings(**values)

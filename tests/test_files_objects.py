@@ -235,6 +235,11 @@ async def test_a_bucket_setting_that_cannot_work_fails_at_start_in_one_line(
 ) -> None:
     with pytest.raises(StartupError, match="s3_bucket: required with files_backend = s3"):
         load_settings(environ={}, overrides={"files_backend": "s3"})
+    with pytest.raises(StartupError, match="max_chunk_bytes: at least 5 MiB"):
+        load_settings(
+            environ={},
+            overrides={"files_backend": "s3", "s3_bucket": "b", "max_chunk_bytes": 1 << 20},
+        )
     with pytest.raises(StartupError, match="s3_bucket: 'no-such-bucket' is not reachable"):
         await S3Objects("no-such-bucket", endpoint=s3_endpoint).check()
 
