@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from heaper_trio.cli import main
 from heaper_trio.client import HeaperClient
 from heaper_trio.keys import SERVER_KEY_FILE
+from heaper_trio.ops.backup import backup
 from heaper_trio.ops.migrate_files import migrate
 
 from .objects_support import bucket, keys, s3_endpoint, s3_settings
@@ -92,3 +94,21 @@ async def test_a_server_on_the_bucket_serves_what_the_local_one_stored(
             r = await again.get(f"/api/file/{sha(image)}/thumbnail/tiny/a")
             assert r.status_code == 200
         assert cloud.services.media.stats.jobs == 0  # the thumbnail came from the bucket
+
+
+@pytest.mark.engines("sqlite")
+async def test_a_backup_names_the_bucket_and_copies_no_file(
+    start_server: Any, tmp_path: Path, s3_endpoint: str, bucket: str
+) -> None:
+    server = await start_server(**s3_settings(s3_endpoint, bucket))
+    async with HeaperClient(server.url) as client:
+        await client.login()
+        heap = await new_heap(client)
+        data = os.urandom(5000)
+        r = await client.post(
+            f"/api/upload/file/{heap['id']}/blk", files={"file": ("a.bin", data, "x/y")}
+        )
+        assert r.status_code == 200, r.text
+    manifest = await trio.to_thread.run_sync(backup, server.services.settings, tmp_path / "bk")
+    assert manifest["files_in_bucket"] == bucket and manifest["missing"] == {}
+    assert not any(name.startswith("files/") for name in manifest["files"])
