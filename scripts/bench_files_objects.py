@@ -15,6 +15,8 @@ What it measures, one after another:
 
 ``ratios`` are server / direct MB/s: what the server's path (HTTP in, a local spool per
 chunk, the hash, the copy; HTTP out for downloads) costs next to talking to the store directly.
+``server_on_local_disk`` runs the same flow against a server on ``files_backend = "local"``
+for context (``ratios_to_local_disk``).
 
 The store: moto's standalone server on loopback (started here) unless ``--s3-endpoint`` and
 ``--s3-bucket`` name another one (MinIO, Garage; credentials from ``AWS_*`` variables). moto
@@ -219,6 +221,33 @@ def main(argv: list[str] | None = None) -> int:
             server.wait_ready()
             log(f"server: the same bytes through {server.url}")
             res = trio.run(through_server, server.url, src.path, size, src.sha256, chunk, ranges)
+            server.stop()
+            server = None
+            # context: the same flow with files on the local disk (files_backend = local)
+            local_env = {k: v for k, v in env.items() if k != "HEAPER_FILES_BACKEND"}
+            (workdir / "local").mkdir()
+            port = free_port()
+            server = Server(
+                "heaper-local",
+                [
+                    sys.executable,
+                    "-m",
+                    "heaper_trio",
+                    "--port",
+                    str(port),
+                    "--data-dir",
+                    str(workdir / "local"),
+                ],
+                local_env,
+                port,
+                "/api/health",
+                workdir,
+            )
+            server.wait_ready()
+            log(f"local disk: the same bytes through {server.url}")
+            on_disk = trio.run(
+                through_server, server.url, src.path, size, src.sha256, chunk, ranges
+            )
         finally:
             if server is not None:
                 server.stop()
@@ -232,8 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         "ranges": {"count": args.ranges, "size_mib": RANGE // MiB},
         "server": res,
         "direct": base,
+        "server_on_local_disk": on_disk,
         "ratios": {
             k: ratio(res[k], base[k]) for k in ("upload_MBps", "download_MBps", "ranges_MBps")
+        },
+        "ratios_to_local_disk": {
+            k: ratio(res[k], on_disk[k]) for k in ("upload_MBps", "download_MBps", "ranges_MBps")
         },
         "machine": {
             "nproc": os.cpu_count(),
