@@ -489,5 +489,7 @@ class FileService(FileStore):
         for upload in expired:
             log.info("upload %s of %s expired", upload.id, upload.hash)
             await self._discard(upload)
+        if self.parts is not None:  # an hour's margin past the longest an upload lives
+            await self.parts.sweep(now - (self.settings.upload_expiry_hours + 1) * 3600 * 1000)
         await self._io(sweep_temp_files, self.uploads)
         return len(expired)

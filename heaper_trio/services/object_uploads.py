@@ -135,6 +135,15 @@ class ObjectUploads:
             await self.objects.copy(key, file_key(hash))
         await self.objects.delete(key)
 
+    async def sweep(self, before_ms: int) -> int:
+        """Abort multipart uploads started before ``before_ms`` that no upload row keeps any
+        more (a process killed between deleting a row and aborting): by then every upload
+        they could belong to has expired. The bucket's lifecycle rule is the second line."""
+        stale = await self.objects.stale_multiparts("uploads/", before_ms / 1000)
+        for key, upload_id in stale:
+            await self.objects.abort_multipart(key, upload_id)
+        return len(stale)
+
     async def discard(self, upload: UploadRecord) -> None:
         self._ids.pop(upload.id, None)
         key = upload_key(upload.id)

@@ -198,6 +198,18 @@ class S3Objects(ObjectStore):
         uploads.sort(key=lambda u: (u["Initiated"], u["UploadId"]))
         return [u["UploadId"] for u in uploads]
 
+    async def stale_multiparts(self, prefix: str, before_s: float) -> list[tuple[str, str]]:
+        """(key, upload id) of unfinished multipart uploads under ``prefix`` started before
+        ``before_s`` (Unix seconds); the first 1,000 (the rest at the next sweep)."""
+        found = await self._call(
+            self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=prefix
+        )
+        return [
+            (u["Key"], u["UploadId"])
+            for u in found.get("Uploads", [])
+            if u["Initiated"].timestamp() < before_s
+        ]
+
     async def start_multipart(self, key: str) -> str:
         made = await self._call(self.client.create_multipart_upload, Bucket=self.bucket, Key=key)
         return str(made["UploadId"])
