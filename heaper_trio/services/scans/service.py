@@ -122,6 +122,8 @@ class ScanService:
         """The file's bytes, open: from the store, or a scanned file that is still exactly what
         its scan hashed. NotFound ``file_missing`` if they are gone; Conflict ``file_changed``
         if something else is at the path now (a rescan of it is queued)."""
+        if record.source_path is None and self.files.objects is not None:
+            return await self.files.open_staged(record)  # a copy of the bucket's object
         if record.source_path is None:
             return await open_own(self.files.store_path(record.hash), gone=_GONE)
         path = record.source_path
