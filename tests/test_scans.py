@@ -577,6 +577,7 @@ async def test_bulk_created_blocks_are_those_commit_changes_makes(
         assert [c.id for c in page.changed] == ["plain", "bulk1", "bulk2"]
 
 
+@pytest.mark.slow  # scheduled first: left for the end it would run alone
 async def test_shutdown_cancels_a_scan_cleanly(
     make_settings: Callable[..., Settings], roots: Path
 ) -> None:
@@ -681,6 +682,7 @@ async def test_regenerate_and_reindex(
     assert (job["files_done"], job["files_unchanged"]) == (1, 1)
 
 
+@pytest.mark.slow  # scheduled first: left for the end it would run alone
 async def test_changed_content_is_never_served_under_its_old_hash(
     boss: HeaperClient, scan_server: RunningServer, roots: Path
 ) -> None:
