@@ -120,7 +120,10 @@ async def test_serve_and_stop_cleanly_on_sigterm_and_sigint(
     tmp_path: Path, database_url: str
 ) -> None:
     key = KeyPair.generate()  # the same admin across restarts: state persists
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # Both signals reach the one watcher in cli._serve, whatever the engine: SIGINT once, on
+    # SQLite, and the engine's own close after a signal is SIGTERM's run on each engine.
+    signals = (signal.SIGTERM, signal.SIGINT) if not database_url else (signal.SIGTERM,)
+    for sig in signals:
         server = ServerProcess(tmp_path / "data", database_url)
         try:
             await server.wait_ready()
