@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     from heaper_trio.ops import commands as ops_commands
 
     ops_commands.add_parsers(sub)  # backup, restore
+    ops_commands.add_files_parser(sub)  # files migrate --to s3
     from heaper_trio import transfer_cli
 
     transfer_cli.add_parsers(sub)  # export, import
@@ -324,7 +325,7 @@ async def _client(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands: tuple[str, ...] = ("serve", "users", "admin-link", "client", "backup", "restore")
-    commands += ("export", "import", "-h", "--help", "--version")
+    commands += ("files", "export", "import", "-h", "--help", "--version")
     if not argv or argv[0] not in commands:
         argv = ["serve", *argv]  # `serve` is the default command, flags and all
     args = build_parser().parse_args(argv)
@@ -337,10 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return transfer_cli.run(args)
     try:
-        if command in ("backup", "restore"):
+        if command in ("backup", "restore", "files"):
             from heaper_trio.ops import commands as ops_commands
 
-            return ops_commands.run(args, _settings_from(args) if command == "backup" else None)
+            wanted = command in ("backup", "files")  # restore takes no server settings
+            return ops_commands.run(args, _settings_from(args) if wanted else None)
         settings = _settings_from(args)
         control_fd = getattr(args, "worker_control_fd", None)
         for warning in unknown_env_warnings():

@@ -62,6 +62,11 @@ class Settings:
     max_direct_upload_bytes: int
     max_chunk_bytes: int
     upload_expiry_hours: int
+    files_backend: str
+    s3_endpoint: str
+    s3_bucket: str
+    s3_region: str
+    files_presigned_redirect: bool
     scan_roots: str
     media_jobs: int
     scan_jobs: int
@@ -186,4 +191,8 @@ def load_settings(
             f"workers: SQLite allows one server process (one writer), got {values['workers']}; "
             "use workers = 1, or PostgreSQL (database_url) for more"
         )
+    if values["files_backend"] == "s3" and not values["s3_bucket"]:
+        raise StartupError("s3_bucket: required with files_backend = s3")
+    if values["files_backend"] == "s3" and values["max_chunk_bytes"] < 5 * 1024**2:
+        raise StartupError("max_chunk_bytes: at least 5 MiB with files_backend = s3 (S3 parts)")
     return Settings(**values)

@@ -225,6 +225,27 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "files_backend",
+        str,
+        "local",
+        "Where uploaded files and generated thumbnails live: local (the data directory) or "
+        "s3 (an S3-compatible bucket: AWS S3, MinIO, Garage, Ceph RGW; credentials from the "
+        "environment, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY). Files of folder scans "
+        "stay where they are.",
+        choices=("local", "s3"),
+    ),
+    Setting("s3_endpoint", str, "", "The store's URL (empty: AWS S3 itself)."),
+    Setting("s3_bucket", str, "", "The bucket files go to (required with files_backend = s3)."),
+    Setting("s3_region", str, "us-east-1", "The bucket's region."),
+    Setting(
+        "files_presigned_redirect",
+        bool,
+        False,
+        "With files_backend = s3, answer file downloads (raw and stream) with a 307 to a "
+        "presigned URL valid 5 minutes, so the bytes go from the store to the client "
+        "directly; the store must then be reachable by clients at s3_endpoint.",
+    ),
+    Setting(
         "scan_roots",
         str,
         "",

@@ -65,6 +65,8 @@ Run (prints ONE JSON object on stdout; progress goes to stderr)::
     ./.venv/bin/python scripts/bench_files.py --quick      # small sizes, under a minute
     ./.venv/bin/python scripts/bench_files.py              # 256 MiB, 40 photos, 10,000 files
     ./.venv/bin/python scripts/bench_files.py --size-mib 1024 --thumbs 80 --scan-files 50000
+    ./.venv/bin/python scripts/bench_files.py --objects   # on an object store: see
+                                                          # bench_files_objects.py
 """
 
 from __future__ import annotations
@@ -242,6 +244,11 @@ async def against_server(
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--objects"]:  # files_backend = "s3" against a direct client of the store
+        from bench_files_objects import main as objects
+
+        return objects(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--quick",

@@ -9,7 +9,10 @@
 # The suite runs on HEAPER_TEST_WORKERS pytest-xdist workers (default: the CPU count, at most 4;
 # `-n 0` among the pytest args runs it in one process), except the tests marked serial (see
 # SERIAL in tests/conftest.py), which run after it, one at a time. HEAPER_LINT=0 skips the
-# static checks, HEAPER_LINT=1 runs them.
+# static checks, HEAPER_LINT=1 runs them. HEAPER_TEST_COVERAGE=1 adds a coverage report
+# (branch coverage of heaper_trio over both runs). It is off by default: on Python 3.11,
+# tracing every line of the in-process servers nearly doubles the suite's CPU time (measured
+# on tests/test_sync.py: 17.6 s of CPU without, 30.9 s with) and no check depends on it.
 #
 # A quick run (the README's second command) needs neither PostgreSQL nor Node:
 #
@@ -25,10 +28,17 @@
 # the test extras are installed, and the tests run the working tree (pytest starts from here).
 #
 # System packages: PostgreSQL (the second storage engine; a throwaway cluster is started
-# for the run and stopped after), ffmpeg (video frames) and, in full runs, chromium and
-# chromium-driver (tests/test_admin_browser.py; HEAPER_TEST_REQUIRE_BROWSER=1 there). Node
-# packages for the interop tests are installed with `npm ci` wherever a package-lock.json sits
-# under tests/.
+# for the run and stopped after), ffmpeg (video frames), eatmydata (see below) and, in full
+# runs, chromium and chromium-driver (tests/test_admin_browser.py; HEAPER_TEST_REQUIRE_BROWSER=1
+# there). Node packages for the interop tests are installed with `npm ci` wherever a
+# package-lock.json sits under tests/.
+#
+# Speed, not what is tested: the pytest runs go through eatmydata (fsync becomes a no-op, so
+# SQLite commits and stored files do not wait on the disk), the throwaway PostgreSQL runs with
+# fsync off, and Python writes its bytecode caches (PYTHONDONTWRITEBYTECODE, set on some
+# machines, made every pytest worker and server subprocess recompile and re-rewrite its
+# imports: ~11 s of CPU per pytest process). No test can observe fsync: crashes in the suite
+# are killed processes, whose writes the kernel keeps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,6 +63,7 @@ if ((need_pg)); then
     command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 fi
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+command -v eatmydata >/dev/null 2>&1 || need_apt+=(eatmydata)
 if ((need_pg)); then  # a full run: the admin page's test drives a real headless Chromium
     command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
     [[ -x /usr/bin/chromedriver ]] || need_apt+=(chromium-driver)
@@ -113,6 +124,10 @@ if ((need_pg)) && [[ -z "${HEAPER_TEST_DATABASE_URL:-}" ]]; then
     echo "== throwaway PostgreSQL in $PGDIR"
     HEAPER_TEST_DATABASE_URL=$(scripts/pg_cluster.sh start "$PGDIR")
     export HEAPER_TEST_DATABASE_URL
+    # A throwaway cluster: nothing in it must survive a power cut (see "Speed" above)
+    psql -q -v ON_ERROR_STOP=1 "$HEAPER_TEST_DATABASE_URL" -c "ALTER SYSTEM SET fsync = off" \
+        -c "ALTER SYSTEM SET synchronous_commit = off" -c "ALTER SYSTEM SET full_page_writes = off" \
+        -c "SELECT pg_reload_conf()" >/dev/null
 fi
 # By default PostgreSQL, the Yjs interop tests and (full runs) the browser test must run, not skip
 if ((need_pg)); then
@@ -125,13 +140,20 @@ export HEAPER_TEST_REQUIRE_NODE
 # workers (more than 4 would mostly add PostgreSQL connections, ~10 per worker's servers, and
 # load); then the serial ones (timed against the wall clock) alone, one at a time.
 workers=${HEAPER_TEST_WORKERS:-$(($(nproc) < 4 ? $(nproc) : 4))}
+unset PYTHONDONTWRITEBYTECODE
+fast=()
+command -v eatmydata >/dev/null 2>&1 && fast=(eatmydata)
+cov_parallel=() cov_serial=()
+if [[ ${HEAPER_TEST_COVERAGE:-0} == 1 ]]; then
+    cov_parallel=(--cov=heaper_trio --cov-report=)
+    cov_serial=(--cov=heaper_trio --cov-append --cov-report=term:skip-covered)
+fi
 echo "== pytest on $workers workers"
 parallel=0 serial=0
-.venv/bin/python -m pytest -n "$workers" --dist loadgroup --cov=heaper_trio --cov-report= \
+"${fast[@]}" .venv/bin/python -m pytest -n "$workers" --dist loadgroup "${cov_parallel[@]}" \
     "$@" --serial skip || parallel=$?
 echo "== pytest, the serial tests"
-.venv/bin/python -m pytest --cov=heaper_trio --cov-append --cov-report=term:skip-covered \
-    "$@" --serial only -n 0 || serial=$?
+"${fast[@]}" .venv/bin/python -m pytest "${cov_serial[@]}" "$@" --serial only -n 0 || serial=$?
 # Exit status 5 is "no tests collected": a selection (-k, a path) may hold one kind only.
 if ((parallel == 5 && serial == 5)); then exit 5; fi
 for rc in "$parallel" "$serial"; do

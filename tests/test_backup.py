@@ -70,6 +70,7 @@ def store_files(data: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in (data / STORE).glob("??/??/*")}
 
 
+@pytest.mark.slow  # scheduled first: left for the end it would run alone
 async def test_backup_while_writing_restores_everything_acknowledged_before(
     server: RunningServer,
     admin: HeaperClient,
@@ -225,6 +226,7 @@ async def test_backup_refuses_a_non_empty_dest_and_a_wrong_data_dir(
     assert code == 2 and len(lines) == 1 and "no database in" in lines[0]
 
 
+@pytest.mark.slow  # scheduled first: left for the end it would run alone
 @pytest.mark.engines("sqlite")
 async def test_killed_backup_leaves_nothing_complete_looking(
     small_backup: tuple[Path, RunningServer],

@@ -91,6 +91,7 @@ def test_a_port_another_supervisor_shares_is_taken_too(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow  # scheduled first: left for the end it would run alone
 def test_a_first_worker_that_cannot_reach_the_database_gives_its_one_line(
     tmp_path: Path,
 ) -> None:

@@ -20,6 +20,11 @@ Step 1 makes a file deleted after the snapshot (emptying the trash during a long
 harmless: its bytes were copied before. Only a file both uploaded during step 1 and deleted
 for good right after step 2 can be gone; it is listed under ``missing`` in the manifest with
 a warning, and the backup still completes (its block comes back without those bytes).
+
+With ``files_backend = "s3"`` the stored files are in the bucket, not here: the backup holds
+the database, key, thumbnails and config, says so in the manifest (``files_in_bucket``) and on
+the terminal, and the bucket is backed up by the store's own means (versioning, replication;
+docs/self-hosting.md).
 """
 
 from __future__ import annotations
@@ -105,7 +110,13 @@ def _backup_into(stage: Path, settings: Settings, config_path: str | None) -> di
     # 1. what the store holds now
     early: dict[str, int] = {}
     damaged: set[str] = set()
-    hashes = stored_hashes(data)
+    in_bucket = settings.files_backend == "s3"
+    if in_bucket:
+        progress.warn(
+            f"stored files are in the bucket {settings.s3_bucket!r}, not copied here: "
+            "back it up by the store's own means (docs/self-hosting.md)"
+        )
+    hashes = [] if in_bucket else stored_hashes(data)
     copied = 0
     for i, h in enumerate(hashes):
         progress.show(f"files {i}/{len(hashes)} ({human_size(copied)})")
@@ -136,7 +147,7 @@ def _backup_into(stage: Path, settings: Settings, config_path: str | None) -> di
         referenced = asyncio.run(_pg_dump(settings.database_url, stage / PG_DUMP))
         add(Path(PG_DUMP), *hash_file(stage / PG_DUMP))
     # 3. referenced files uploaded since step 1; copies nobody references go
-    wanted = dict(referenced)
+    wanted = {} if in_bucket else dict(referenced)
     for h in sorted(set(early) - set(wanted)):
         (stage / store_rel(h)).unlink()
     for h in sorted(wanted):
@@ -182,6 +193,7 @@ def _backup_into(stage: Path, settings: Settings, config_path: str | None) -> di
         "config": str(Path(config_path).absolute()) if config_path else None,
         "stored_files": len(wanted) - len(missing),
         "missing": missing,
+        "files_in_bucket": settings.s3_bucket if in_bucket else None,
         "files": entries,
     }
     for d in sorted({(stage / r).parent for r in entries}, reverse=True):

@@ -1,5 +1,5 @@
-"""The ``backup`` and ``restore`` subcommands of ``python -m heaper_trio`` (cli.py adds these
-parsers and hands the parsed arguments here)."""
+"""The ``backup``, ``restore`` and ``files`` subcommands of ``python -m heaper_trio`` (cli.py
+adds these parsers and hands the parsed arguments here)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from heaper_trio.settings import BY_NAME, Settings
 
-COMMANDS = ("backup", "restore")
+COMMANDS = ("backup", "restore", "files")
 
 
 def add_parsers(sub: Any) -> None:
@@ -48,7 +48,29 @@ def add_parsers(sub: Any) -> None:
     )
 
 
+def add_files_parser(sub: Any) -> None:
+    files = sub.add_parser(
+        "files",
+        help="move stored files between backends",
+        description="migrate --to s3: copy every stored file and thumbnail of the "
+        "data directory into the bucket (s3_endpoint, s3_bucket, s3_region; credentials from "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), skipping what is there already with "
+        "its size, so it can be stopped and run again; each file is checked against its hash "
+        "first. Then set files_backend = s3. Progress shows on a terminal.",
+    )
+    files.add_argument("action", choices=["migrate"])
+    files.add_argument("--to", choices=["s3"], required=True, dest="to")
+    for name in ("data_dir", "s3_endpoint", "s3_bucket", "s3_region"):
+        s = BY_NAME[name]
+        files.add_argument(s.flag, dest=name, metavar=name.upper(), help=f"{s.help} [env {s.env}]")
+    files.add_argument("--config", metavar="FILE", help="TOML config file [env HEAPER_CONFIG]")
+
+
 def run(args: argparse.Namespace, settings: Settings | None) -> int:
+    if args.command == "files" and settings is not None:
+        from heaper_trio.ops.migrate_files import run_migrate
+
+        return run_migrate(settings)
     if args.command == "backup" and settings is not None:
         from heaper_trio.ops.backup import backup
 

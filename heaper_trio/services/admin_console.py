@@ -82,8 +82,8 @@ class AdminConsole:
         return AccountRow(user, await self.storage.usage(user.id, int(self.clock() * 1000)))
 
     async def jobs(self, actor: User, limit: int) -> dict[str, Any]:
-        """Scan and reindex jobs of every user on every server process, newest first, and
-        the media (thumbnail) counters (this process's)."""
+        """Scan and reindex jobs of every user on every process (the jobs table), newest
+        first, and this process's media (thumbnail) counters."""
         require_admin(actor)
         stats = self.media.stats
         return {

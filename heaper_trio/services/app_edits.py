@@ -19,8 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import trio
-
 from heaper_trio import crdt
 from heaper_trio.errors import Conflict, NotFound
 from heaper_trio.protocol import events
@@ -29,15 +27,6 @@ from heaper_trio.services.file_store import FileStore
 from heaper_trio.services.sync_types import EditStatus
 
 ENTRY_META = ("width", "height", "duration")  # what probing found, as an upload records it
-STAT_THREADS = 2  # a stat of the file's bytes: never on the limiter the database threads share
-_stat_limiter: trio.CapacityLimiter | None = None
-
-
-def _stat_threads() -> trio.CapacityLimiter:
-    global _stat_limiter
-    if _stat_limiter is None:  # made inside the running trio loop, on first use
-        _stat_limiter = trio.CapacityLimiter(STAT_THREADS)
-    return _stat_limiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +103,7 @@ class AppEdits:
     async def _held_file(self, user: User, file_hash: str) -> FileRecord:
         """A file the caller may read whose bytes the server holds now."""
         record = await self.files.readable(user, file_hash)
-        path = self.files.path_of(record)
-        if not await trio.to_thread.run_sync(path.is_file, limiter=_stat_threads()):
+        if not await self.files.held(record):
             raise NotFound("the file's bytes are gone from the server", code="file_missing")
         return record
 

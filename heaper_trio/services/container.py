@@ -44,6 +44,7 @@ from heaper_trio.services.scans.service import ScanService
 from heaper_trio.services.tokens import TokenService
 from heaper_trio.settings import Settings
 from heaper_trio.storage import Storage, make_storage
+from heaper_trio.storage.blobs import make_object_store
 
 log = logging.getLogger(__name__)
 PURGE_INTERVAL_S = 300
@@ -118,6 +119,9 @@ async def open_services(
     prepare_data_dir(settings)
     if settings.metrics:
         metrics.install()  # storage's timings (storage/observe.py) become metrics
+    objects = make_object_store(settings)
+    if objects is not None:
+        await objects.check()
     async with open_storage(settings) as storage:
         server_key = await bind_server_key(storage, settings.data_path)
         tokens = TokenService(
@@ -142,7 +146,12 @@ async def open_services(
             ),
             files=(
                 files := FileService(
-                    storage, documents, settings, hub.publish_user_event, probe=media.probe
+                    storage,
+                    documents,
+                    settings,
+                    hub.publish_user_event,
+                    probe=media.probe,
+                    objects=objects,
                 )
             ),
             scans=(
@@ -152,7 +161,7 @@ async def open_services(
             ),
             admin_console=AdminConsole(admin, storage, scans, media, settings.data_path),
             admin_sign_in=AdminSignIn(storage, tokens),
-            client_thumbnails=(thumbs := ClientThumbnails(storage, settings.data_path)),
+            client_thumbnails=(thumbs := ClientThumbnails(storage, settings.data_path, objects)),
             heaps=HeapService(documents, files, thumbs),
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
@@ -173,6 +182,8 @@ async def open_services(
                 supervisor.cancel_scope.cancel()
                 with trio.CancelScope(shield=True):
                     await services.media.aclose()
+                    if objects is not None:
+                        await objects.aclose()
 
 
 def _wire(

@@ -9,9 +9,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
@@ -23,16 +24,26 @@ from heaper_trio.errors import (
 from heaper_trio.protocol import events
 from heaper_trio.records import FileRecord, User
 from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.scans.source import OpenFile, open_own
 from heaper_trio.services.upload_disk import (  # _write: tests make the disk full there
+    _close_and_remove,
     _commit,
+    _open_temp,
 )
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import Storage
+from heaper_trio.storage.blobs.base import ObjectMissing, file_key
+
+if TYPE_CHECKING:  # boto3 is imported only when a bucket is used
+    from heaper_trio.storage.blobs.s3 import S3Objects
 
 log = logging.getLogger(__name__)
 HASH = re.compile(r"[0-9a-f]{64}")
 PROBE_THREADS = 4  # stat, scandir, mkdir, unlink of uploads: quick, but never the DB's threads
 IO_THREADS = 4  # writing, hashing, assembling: long, kept off the probes' limiter
+THUMBNAILS = Path("thumbnails", "generated")  # under the data directory (services/container)
+PRESIGNED_TTL_S = 300  # files_presigned_redirect: long enough to start, short if leaked
+RangeReader = Callable[[int, int], Awaitable[AsyncIterator[bytes]]]
 
 
 class FileStore:
@@ -43,8 +54,10 @@ class FileStore:
         settings: Settings,
         publish: Callable[[str, dict[str, object]], None],
         probe: Callable[[Path, str], Awaitable[Any]] | None = None,
+        objects: S3Objects | None = None,
     ) -> None:
         self.storage = storage
+        self.objects = objects  # files_backend = "s3": the bucket; None: the data directory
         self.probe = probe  # media probe: type from content, width/height/duration
         self.documents = documents
         self.settings = settings
@@ -67,6 +80,105 @@ class FileStore:
     def path_of(self, record: FileRecord) -> Path:
         return Path(record.source_path) if record.source_path else self.store_path(record.hash)
 
+    def in_bucket(self, record: FileRecord) -> S3Objects | None:
+        """The bucket holding this file's bytes; None when they are on a local disk (the
+        store's, or a scanned folder's: scanned files stay where they are)."""
+        return self.objects if record.source_path is None else None
+
+    async def held(self, record: FileRecord) -> bool:
+        """Whether the server holds the file's bytes now (in the store or the scanned path)."""
+        if self.in_bucket(record) is not None:
+            return await self._in_store(record.hash)
+        return bool(await self._probe_fs(self.path_of(record).is_file))
+
+    def reader(self, record: FileRecord) -> RangeReader:
+        """Ranged GETs of a bucket file, for ``file_response``: the request is made before
+        any header is sent, so a missing object is a 404, not a cut body."""
+        objects, key = self.objects, file_key(record.hash)
+        assert objects is not None
+
+        async def read(first: int, length: int) -> AsyncIterator[bytes]:
+            try:
+                return await objects.read_range(key, first, length)
+            except ObjectMissing:
+                raise NotFound(
+                    "the file's bytes are gone from the store", code="file_missing"
+                ) from None
+
+        return read
+
+    def presigned(self, record: FileRecord, *, content_type: str, disposition: str) -> str:
+        """A short-lived URL of the bucket file (never logged: it is a credential while it
+        lasts)."""
+        assert self.objects is not None
+        return self.objects.presign(
+            file_key(record.hash),
+            PRESIGNED_TTL_S,
+            content_type=content_type,
+            disposition=disposition,
+        )
+
+    @asynccontextmanager
+    async def staged(self, record: FileRecord) -> AsyncIterator[Path]:
+        """A bucket file's bytes in a local temporary file, for the tools that need a path
+        (Pillow, ffmpeg); checked against the hash on the way, removed afterwards."""
+        assert self.objects is not None
+        temp = self.settings.data_path / "uploads" / f"stage-{uuid.uuid4().hex}.part"
+        out: BinaryIO | None = None
+        try:
+            out = await self._io(_open_temp, temp)
+            try:
+                actual = await self.objects.read_into(file_key(record.hash), out)
+            except ObjectMissing:
+                raise NotFound(
+                    "the file's bytes are gone from the store", code="file_missing"
+                ) from None
+            if actual != record.hash:
+                log.error("the bucket's copy of %s has hash %s", record.hash, actual)
+                raise NotFound("the store's copy of this file is damaged", code="file_missing")
+            yield temp
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._io(_close_and_remove, out, temp)
+
+    async def forget_thumbnails(self, hash: str) -> None:
+        """The bucket's thumbnails of a file (made again on request); the local cache is the
+        media service's to drop."""
+        if self.objects is not None:
+            await self.objects.delete_prefix(f"thumbnails/{hash[:2]}/{hash}/")
+
+    async def open_staged(self, record: FileRecord) -> OpenFile:
+        """A bucket file's bytes as an open local file (its temporary name already gone): for
+        callers that want what ``ScanService.open_file`` gives for a file on disk."""
+        async with self.staged(record) as path:
+            return await open_own(path)
+
+    async def derived(
+        self, record: FileRecord, target: Path, derive: Callable[[Path], Awaitable[Path]]
+    ) -> Path:
+        """A thumbnail of a bucket file: the local cache's, else the bucket's copy (made by
+        any process), else made here from the staged bytes and put in the bucket."""
+        assert self.objects is not None
+        if await self._probe_fs(target.is_file):
+            return target
+        thumbs = self.settings.data_path / THUMBNAILS
+        key = "thumbnails/" + target.relative_to(thumbs).as_posix()
+        temp = target.with_name(f".{uuid.uuid4().hex}.part")
+        out = await self._io(_open_temp, temp)
+        try:
+            await self.objects.read_into(key, out)
+            await self._io(_commit, out, temp, target)
+            return target
+        except ObjectMissing:
+            pass
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._io(_close_and_remove, out, temp)
+        async with self.staged(record) as path:
+            made = await derive(path)
+        await self.objects.put_file(key, made)
+        return made
+
     async def readable(self, user: User, key: str) -> FileRecord:
         """The file a ``:key`` (file id or hash) names, if a block of the user's holds it and
         the user proved its bytes. Unknown, not-yours and only-claimed answer alike: no
@@ -77,12 +189,14 @@ class FileStore:
         return record
 
     # -- recording a verified file --------------------------------------------------------------
-    async def _probe(self, hash: str, name: str, mime_type: str) -> tuple[str, dict[str, Any]]:
+    async def _probe(
+        self, hash: str, name: str, mime_type: str, source: Path | None
+    ) -> tuple[str, dict[str, Any]]:
         """Type and dimensions from the content (a client's type is a hint only)."""
         if self.probe is None:
             return mime_type, {}
         try:
-            info = await self.probe(self.store_path(hash), name)
+            info = await self.probe(source or self.store_path(hash), name)
         except Exception:  # metadata is a bonus: an upload never fails for it
             log.exception("probing %s failed", hash)
             return mime_type, {}
@@ -105,11 +219,13 @@ class FileStore:
         name: str,
         mime_type: str,
         meta: dict[str, Any] | None = None,
+        source: Path | None = None,
     ) -> FileRecord:
         """Every caller has the bytes verified for this user first (direct and complete hash
-        them; init's ``exists`` requires a proof already), so this is where grants come from."""
+        them; init's ``exists`` requires a proof already), so this is where grants come from.
+        ``source``: where the verified bytes are on local disk, when not in the local store."""
         if meta is None and await self.storage.get_file(hash) is None:
-            mime_type, meta = await self._probe(hash, name, mime_type)
+            mime_type, meta = await self._probe(hash, name, mime_type, source)
         record = await self.storage.add_file(
             FileRecord(
                 hash,
@@ -160,12 +276,17 @@ class FileStore:
         """The store holds verified bytes of this hash. A scanned copy does not count: it
         lives in somebody's folder, may change or go at any time, and must never be where
         another upload's only copy is."""
+        if self.objects is not None:
+            return await self.objects.size(file_key(hash)) is not None
         return bool(await self._probe_fs(self.store_path(hash).is_file))
 
     async def _stored(self, out: BinaryIO | None, temp: Path, hash: str) -> None:
         """Move verified bytes into the store; a file row that pointed at a scanned copy now
         points at the store, so every holder reads the stable copy."""
-        if out is not None:
+        if out is not None and self.objects is not None:
+            await self._io(out.flush)  # a PUT once whole: visible only then
+            await self.objects.put_file(file_key(hash), temp)
+        elif out is not None:
             await self._io(_commit, out, temp, self.store_path(hash))
         record = await self.storage.get_file(hash)
         if record is not None and record.source_path is not None:
@@ -175,7 +296,7 @@ class FileStore:
         record = await self.storage.get_file(hash)
         if record is None:
             return None
-        if not await self._probe_fs(self.path_of(record).exists):
+        if not await self.held(record):
             return None  # bytes gone (a scanned file moved): take them again
         return record
 
@@ -191,6 +312,12 @@ class FileStore:
         """After blocks are removed for good: files no block holds any more go, bytes too
         (never a scanned file's own bytes: those belong to the user's folder)."""
         dropped = await self.storage.drop_unreferenced_files(hashes)
+        if self.objects is not None:
+            for record in dropped:
+                if record.source_path is None:
+                    await self.objects.delete(file_key(record.hash))
+                await self.forget_thumbnails(record.hash)
+            return len(dropped)
 
         def remove() -> None:
             for record in dropped:

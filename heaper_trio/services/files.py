@@ -16,7 +16,8 @@ uploads is in ``upload_disk``, the store and its index in ``file_store``. Work p
 bounded: chunks are at least ``MIN_CHUNK_BYTES`` and at most ``MAX_CHUNKS`` per file, and
 file-system probing runs on its own small thread limiter, never on the one the database threads
 share. A full disk is a 507 and leaves nothing half-written; temporary files a killed process
-left are removed at start-up.
+left are removed at start-up. With ``files_backend = "s3"`` the bytes live in a bucket
+instead (``file_store``, ``object_uploads``): the same checks, the same order.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
@@ -55,6 +56,7 @@ from heaper_trio.services.file_outcomes import (
     UploadStart,
 )
 from heaper_trio.services.file_store import HASH, FileStore
+from heaper_trio.services.object_uploads import ObjectUploads, part_chunk_size
 from heaper_trio.services.upload_disk import (  # _write: tests make the disk full there
     UploadSlots,
     _close_and_remove,
@@ -67,6 +69,9 @@ from heaper_trio.services.upload_disk import (  # _write: tests make the disk fu
 )
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import Storage
+
+if TYPE_CHECKING:  # boto3 is imported only when a bucket is used
+    from heaper_trio.storage.blobs.s3 import S3Objects
 
 log = logging.getLogger(__name__)
 EXPIRE_EVERY_S = 600
@@ -131,8 +136,10 @@ class FileService(FileStore):
         settings: Settings,
         publish: Callable[[str, dict[str, object]], None],
         probe: Callable[[Path, str], Awaitable[Any]] | None = None,
+        objects: S3Objects | None = None,
     ) -> None:
-        super().__init__(storage, documents, settings, publish, probe)
+        super().__init__(storage, documents, settings, publish, probe, objects)
+        self.parts = ObjectUploads(objects) if objects is not None else None
         self.uploads = settings.data_path / "uploads"
         self._assembling: dict[str, trio.Lock] = {}
         self.slots = UploadSlots(settings.max_uploads_per_user)
@@ -172,7 +179,14 @@ class FileService(FileStore):
                         )
                     await self._stored(None if await self._in_store(hash) else out, temp, hash)
                 record = await self._record(
-                    user, heap_id, block_id, hash, size, name, guess_mime(name, mime_type)
+                    user,
+                    heap_id,
+                    block_id,
+                    hash,
+                    size,
+                    name,
+                    guess_mime(name, mime_type),
+                    source=temp if self.objects is not None else None,
                 )
             finally:
                 with trio.CancelScope(shield=True):
@@ -199,6 +213,8 @@ class FileService(FileStore):
         await self._check_block(user, heap_id, block_id)
         if size > self.settings.max_upload_bytes:
             raise PayloadTooLarge("the file exceeds max_upload_bytes")
+        if self.parts is not None:  # parts but the last are >= 5 MiB: the answer says so
+            chunk_size = part_chunk_size(size, chunk_size)
         total = chunk_plan(size, chunk_size, self.settings.max_chunk_bytes)
         known = await self._known(hash)
         if known is not None and await self.storage.file_readable_by(hash, user.id):
@@ -238,6 +254,8 @@ class FileService(FileStore):
                 "an upload of this file to this block is under way with other parameters",
                 code="upload_conflict",
             )
+        if self.parts is not None:
+            await self.parts.start(upload, created=upload.id == fresh.id)
         return UploadReady(
             upload.chunk_size,
             upload.total_chunks,
@@ -262,7 +280,10 @@ class FileService(FileStore):
 
     async def _received(self, upload: UploadRecord) -> list[int]:
         """Chunk files of the right size: rebuilt from disk, so a restart loses nothing. One
-        directory listing, so the cost follows the chunks present, not the chunk count."""
+        directory listing, so the cost follows the chunks present, not the chunk count. In a
+        bucket: the parts the store lists."""
+        if self.parts is not None:
+            return await self.parts.received(upload, lambda i: self._chunk_size(upload, i))
         folder = self._upload_dir(upload)
 
         def scan() -> list[int]:
@@ -310,7 +331,11 @@ class FileService(FileStore):
                     written = await receive_body(  # a thread hop per block, not per read
                         body, expected, f"chunk {index}", lambda b: self._io(_write, file, b)
                     )
-                    await self._io(_commit, out, temp, folder / f"{index}.chunk")
+                    if self.parts is not None:  # a part once whole, sent from the disk
+                        await self._io(out.flush)
+                        await self.parts.put_part(upload, index, temp)
+                    else:
+                        await self._io(_commit, out, temp, folder / f"{index}.chunk")
             finally:
                 with trio.CancelScope(shield=True):  # cut off mid-way: nothing half-written stays
                     await self._io(_close_and_remove, out, temp)
@@ -367,6 +392,8 @@ class FileService(FileStore):
                 code="upload_incomplete",
                 details={"missing": missing[:1000]},
             )
+        if self.parts is not None:
+            return await self._complete_parts(user, heap_id, block_id, hash, upload)
         folder = self._upload_dir(upload)
         chunks = [folder / f"{i}.chunk" for i in range(upload.total_chunks)]
         # Always hashed: the store having a file of this hash proves nothing about these bytes.
@@ -395,7 +422,46 @@ class FileService(FileStore):
         await self._discard(upload)
         return StoredFile.of(record, block_id)
 
+    async def _complete_parts(
+        self, user: User, heap_id: str, block_id: str, hash: str, upload: UploadRecord
+    ) -> StoredFile:
+        """``complete`` in a bucket (``object_uploads``): joined there, hashed on the way
+        into a local temporary file (which the media probe reads), published if it matches."""
+        assert self.parts is not None
+        temp = self.uploads / f"assemble-{uuid.uuid4().hex}.part"
+        out: BinaryIO | None = None
+        try:
+            with disk_full_is_507(NO_SPACE):
+                out = await self._io(_open_temp, temp)
+                actual = await self.parts.assemble(upload, out)
+            if actual != hash:
+                await self._discard(upload)
+                raise Unprocessable(
+                    "the assembled content does not match the hash",
+                    code="hash_mismatch",
+                    details={"actual_hash": actual},
+                )
+            await self.parts.publish(upload, hash)
+            await self._stored(None, temp, hash)
+            record = await self._record(
+                user,
+                heap_id,
+                block_id,
+                hash,
+                upload.size,
+                upload.name,
+                upload.mime_type,
+                source=temp,
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._io(_close_and_remove, out, temp)
+        await self._discard(upload)
+        return StoredFile.of(record, block_id)
+
     async def _discard(self, upload: UploadRecord) -> None:
+        if self.parts is not None:
+            await self.parts.discard(upload)
         await self.storage.delete_upload(upload.id)
         folder = self._upload_dir(upload)
         await self._io(lambda: shutil.rmtree(folder, ignore_errors=True))
@@ -423,5 +489,7 @@ class FileService(FileStore):
         for upload in expired:
             log.info("upload %s of %s expired", upload.id, upload.hash)
             await self._discard(upload)
+        if self.parts is not None:  # an hour's margin past the longest an upload lives
+            await self.parts.sweep(now - (self.settings.upload_expiry_hours + 1) * 3600 * 1000)
         await self._io(sweep_temp_files, self.uploads)
         return len(expired)

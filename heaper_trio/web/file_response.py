@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
@@ -64,8 +64,12 @@ IMMUTABLE_MAX_AGE = 365 * 24 * 3600
 SAFETY_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
 
 
+# (first, length) -> the bytes, streamed: a file in an object store (FileStore.reader)
+RangeReader = Callable[[int, int], Awaitable[AsyncIterator[bytes]]]
+
+
 async def file_response(
-    source: Path | int | OpenFile,
+    source: Path | int | OpenFile | RangeReader,
     *,
     size: int | None = None,
     mime_type: str,
@@ -86,7 +90,21 @@ async def file_response(
     ``max_age`` defaults to an hour, or a year with ``immutable`` (thumbnails).
     Raises ``NotFound`` (``file_missing``) if the path is not a file on disk, and
     ``RangeNotSatisfiable`` (416) for a Range wholly outside the file.
+
+    A ``RangeReader`` (a file in an object store; ``size`` is then required) is asked for the
+    planned range only: a ranged GET, streamed, never the whole object.
     """
+    if callable(source):
+        assert size is not None
+        return await _remote_response(
+            source,
+            size,
+            mime_type=mime_type,
+            etag=etag,
+            last_modified=last_modified,
+            filename=filename,
+            disposition=disposition,
+        )
     opened = await _open(source)
     try:
         planned = _plan(
@@ -115,6 +133,30 @@ async def file_response(
     except BaseException:
         opened.close()
         raise
+
+
+async def _remote_response(
+    read: RangeReader,
+    size: int,
+    *,
+    mime_type: str,
+    etag: str,
+    last_modified: float,
+    filename: str | None,
+    disposition: Literal["attachment", "inline"],
+) -> Response:
+    planned = _plan(size, etag=etag, last_modified=last_modified, immutable=False, max_age=None)
+    if isinstance(planned, Response):
+        return planned
+    status, headers, body_range = planned
+    headers["Content-Disposition"] = content_disposition(disposition, filename)
+    body: bytes | AsyncIterator[bytes] = b""
+    if request.method != "HEAD" and body_range.length:
+        body = await read(body_range.first, body_range.length)
+    response = Response(body, status, headers=headers, content_type=clean_media_type(mime_type))
+    response.headers["Content-Length"] = str(body_range.length)
+    response.timeout = None
+    return response
 
 
 def _plan(

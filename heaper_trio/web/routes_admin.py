@@ -96,12 +96,11 @@ async def admin_act(account: str, action: str, user: User) -> dict[str, Any]:
     "/api/admin/jobs",
     tag="admin",
     query={"limit": JOBS_LIMIT},
-    summary="Scan and reindex jobs of every user on every server process, newest first, and "
+    summary="Scan and reindex jobs of every user in this server process, newest first, and "
     "the media (thumbnail) counters (admins only).",
     description=f"Running jobs and those finished in the last day (at most "
     f"{KEEP_FINISHED_PER_USER} per user); each carries its `user_id`. `limit` 1-1000, "
-    "default 100. Jobs of every process sharing the database (the jobs table); the media "
-    "counters are this process's.",
+    "default 100. With --workers, each process knows its own jobs.",
     response=open_obj(
         success=boolean(),
         jobs={"type": "array", "items": JOB},
@@ -112,7 +111,7 @@ async def admin_act(account: str, action: str, user: User) -> dict[str, Any]:
 )
 async def admin_jobs(user: User) -> dict[str, Any]:
     limit = parse_int(request.args.get("limit", "100"), JOBS_LIMIT, "query.limit")
-    return {"success": True, **(await services().admin_console.jobs(user, limit))}
+    return {"success": True, **await services().admin_console.jobs(user, limit)}
 
 
 @route(

@@ -5,18 +5,21 @@ or uploaded by clients). File routes take the token as ``?token=`` too, since ``
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
 from heaper_trio.errors import BadRequest
 from heaper_trio.records import FileRecord, User
 from heaper_trio.services.files import check_hash
+from heaper_trio.services.media.service import parse_position
 from heaper_trio.services.media.sniff import runs_in_browser
-from heaper_trio.services.scans.source import OpenFile, open_own
+from heaper_trio.services.scans.source import open_own
 from heaper_trio.web.file_response import file_response
 from heaper_trio.web.json_files import client_thumbnail_json
+from heaper_trio.web.ranges import clean_media_type, content_disposition
 from heaper_trio.web.routing import limit_body, read_form, route, services
 from heaper_trio.web.schema import boolean, open_obj, string
 
@@ -63,23 +66,35 @@ THUMB_FORM = {
 }
 
 
-async def _source(user: User, key: str) -> tuple[FileRecord, OpenFile]:
-    """The user's file and its bytes, open and checked. The services decide: ``readable``
-    whether the caller may read it, ``ScanService.open_file`` whether a scanned file is still
-    the one its scan hashed (Conflict ``file_changed`` otherwise, and a rescan is queued); their
-    errors reach the client through the error handler, so what is served or thumbnailed is
-    always the hash's bytes."""
-    record = await services().files.readable(user, key)
-    return record, await services().scans.open_file(record)
-
-
 async def _serve(
     user: User, key: str, filename: str, disposition: Literal["attachment", "inline"]
 ) -> Response:
-    record, opened = await _source(user, key)
+    """The services decide: ``readable`` whether the caller may read it, ``open_file``
+    whether a scanned file is still the one its scan hashed (Conflict ``file_changed``
+    otherwise, and a rescan is queued), so what is served is always the hash's bytes."""
+    files = services().files
+    record = await files.readable(user, key)
     mime = record.mime_type
     if runs_in_browser(mime):  # never inline, whatever the route
         disposition = "attachment"
+    if files.in_bucket(record) is not None:  # files_backend = "s3", not a scanned file
+        if services().settings.files_presigned_redirect and request.method == "GET":
+            url = files.presigned(
+                record,
+                content_type=clean_media_type(mime),
+                disposition=content_disposition(disposition, filename),
+            )
+            return Response(b"", 307, headers={"Location": url, "Cache-Control": "no-store"})
+        return await file_response(
+            files.reader(record),
+            size=record.size,
+            mime_type=mime,
+            etag=record.hash,
+            last_modified=record.created_at / 1000,  # alike on every process
+            filename=filename,
+            disposition=disposition,
+        )
+    opened = await services().scans.open_file(record)
     return await file_response(  # serves the file that was checked (its fstat too); closes it
         opened,
         size=record.size,
@@ -125,6 +140,24 @@ async def stream(user: User, key: str, slug: str) -> Response:
     return await _serve(user, key, slug, "inline")
 
 
+async def _derived(
+    user: User,
+    key: str,
+    target: Callable[[str], Path],
+    derive: Callable[[Path, str], Awaitable[Path]],
+) -> Response:
+    """A thumbnail of the user's file: made from the checked bytes on local disk, or, for a
+    file in a bucket, found or made and kept there (``FileStore.derived``)."""
+    files = services().files
+    record = await files.readable(user, key)
+    if files.in_bucket(record) is not None:
+        out = await files.derived(record, target(record.hash), lambda p: derive(p, record.hash))
+    else:
+        with await services().scans.open_file(record) as source:  # read via /proc/self/fd/<n>
+            out = await derive(source.path, record.hash)
+    return await _thumbnail(record, out, "thumbnail")
+
+
 async def _thumbnail(record: FileRecord, path: Path, kind: str) -> Response:
     opened = await open_own(path)  # its fstat dates the answer; the same file is served
     return await file_response(
@@ -156,10 +189,13 @@ THUMB_ERRORS = (*ERRORS, 400, 415, 422)
     "Made once and cached; 415 for types that have no thumbnail, 422 for corrupt files.",
 )
 async def thumbnail(user: User, key: str, size: str, slug: str) -> Response:
-    record, source = await _source(user, key)
-    with source:  # the media code reads the checked file itself (/proc/self/fd/<n>)
-        out = await services().media.image_thumbnail(source.path, record.hash, size)
-    return await _thumbnail(record, out, "thumbnail")
+    media = services().media
+    return await _derived(
+        user,
+        key,
+        lambda h: media.path_for(h, "image", size),
+        lambda path, h: media.image_thumbnail(path, h, size),
+    )
 
 
 @route(
@@ -174,10 +210,13 @@ async def thumbnail(user: User, key: str, size: str, slug: str) -> Response:
     summary="A video frame (WebP) at a time in seconds (12.5) or a percentage (40%).",
 )
 async def video_thumbnail(user: User, key: str, size: str, position: str) -> Response:
-    record, source = await _source(user, key)
-    with source:
-        out = await services().media.video_thumbnail(source.path, record.hash, size, position)
-    return await _thumbnail(record, out, "video")
+    media = services().media
+    return await _derived(
+        user,
+        key,
+        lambda h: media.path_for(h, "video", size, parse_position(position)),
+        lambda path, h: media.video_thumbnail(path, h, size, position),
+    )
 
 
 @route(
@@ -192,10 +231,13 @@ async def video_thumbnail(user: User, key: str, size: str, position: str) -> Res
     summary="An animated WebP of an animated GIF, WebP or APNG, or a short video preview.",
 )
 async def animated_thumbnail(user: User, key: str, size: str, slug: str) -> Response:
-    record, source = await _source(user, key)
-    with source:
-        out = await services().media.animated_thumbnail(source.path, record.hash, size)
-    return await _thumbnail(record, out, "animated")
+    media = services().media
+    return await _derived(
+        user,
+        key,
+        lambda h: media.path_for(h, "animated", size),
+        lambda path, h: media.animated_thumbnail(path, h, size),
+    )
 
 
 @route(

@@ -3,7 +3,9 @@ for a file of a block; served back as they came, after a check that they are ima
 
 Kept per block (``<data_dir>/thumbnails/client/<block_id>/<file_hash>/<type>-<size>.<ext>``):
 a thumbnail is the uploader's rendering, so one user's cannot replace another's for the same
-content. They go when the block goes (see ``forget_block``).
+content. They go when the block goes (see ``forget_block``). With ``files_backend = "s3"``
+the bucket holds them (``client-thumbnails/<block_id>/<file_hash>/<type>-<size>.<ext>``) so
+every process serves the same one; the local directory is then each process's cache.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import trio
 
@@ -27,6 +29,9 @@ from heaper_trio.errors import (
 )
 from heaper_trio.records import User
 from heaper_trio.storage.base import Storage
+
+if TYPE_CHECKING:
+    from heaper_trio.storage.blobs.s3 import S3Objects
 
 MAX_BYTES = 10 * 1024 * 1024
 NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -81,9 +86,13 @@ def _name(value: str, what: str) -> str:
 
 
 class ClientThumbnails:
-    def __init__(self, storage: Storage, data_dir: Path) -> None:
+    def __init__(self, storage: Storage, data_dir: Path, objects: S3Objects | None = None) -> None:
         self.storage = storage
         self.root = data_dir / "thumbnails" / "client"
+        self.objects = objects
+
+    def _key(self, folder: Path, name: str) -> str:
+        return f"client-thumbnails/{folder.relative_to(self.root).as_posix()}/{name}"
 
     async def _check(self, user: User, block_id: str, file_hash: str) -> Path:
         """The caller's own block must hold the file and the caller must have proved its
@@ -135,6 +144,10 @@ class ClientThumbnails:
 
         with disk_full_is_507():  # written to a temp name: nothing is kept
             await trio.to_thread.run_sync(write)
+        if self.objects is not None:  # the one every process serves
+            await self.objects.delete_prefix(self._key(folder, f"{kind}-{size}."))
+            name = f"{kind}-{size}.{ext}"
+            await self.objects.put_file(self._key(folder, name), folder / name)
         return ClientThumbnail(block_id, file_hash, key, kind, size, MIME[ext], length)
 
     async def find(
@@ -142,11 +155,38 @@ class ClientThumbnails:
     ) -> tuple[Path, str]:
         folder = await self._check(user, block_id, file_hash)
         kind, size = _name(kind, "thumbnail_type"), _name(size, "thumbnail_size")
+        if self.objects is not None:
+            await self._fetch(folder, f"{kind}-{size}.")
         found = await trio.to_thread.run_sync(lambda: sorted(folder.glob(f"{kind}-{size}.*")))
         if not found:
             raise NotFound("no such thumbnail for this file", code="thumbnail_not_found")
         return found[0], MIME.get(found[0].suffix[1:], "application/octet-stream")
 
+    async def _fetch(self, folder: Path, stem: str) -> None:
+        """The local cache made to hold what the bucket holds (another process may have
+        replaced or removed it); a copy of the same size is taken as current."""
+        assert self.objects is not None
+        found = await self.objects.listing(self._key(folder, stem))
+        wanted = {key.rsplit("/", 1)[1]: size for key, size in found}
+
+        def stale() -> list[str]:
+            have = {p.name: p.stat().st_size for p in folder.glob(f"{stem}*")}
+            for name in have.keys() - wanted.keys():
+                (folder / name).unlink(missing_ok=True)
+            return [n for n, size in wanted.items() if have.get(n) != size]
+
+        for name in await trio.to_thread.run_sync(stale):
+            temp = folder / f".{uuid.uuid4().hex}.part"
+            await trio.to_thread.run_sync(lambda: folder.mkdir(parents=True, exist_ok=True))
+            try:
+                with open(temp, "wb") as out:  # noqa: ASYNC230 (opening only; reads in a thread)
+                    await self.objects.read_into(self._key(folder, name), out)
+                await trio.to_thread.run_sync(os.replace, temp, folder / name)
+            finally:
+                temp.unlink(missing_ok=True)
+
     async def forget_block(self, block_id: str) -> None:
         folder = self.root / block_id
         await trio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
+        if self.objects is not None:
+            await self.objects.delete_prefix(f"client-thumbnails/{block_id}/")

@@ -126,10 +126,11 @@ class JobTable:
         return self._fresh(await self.storage.list_jobs(user.id, False, since, limit))
 
     async def everyone(self, limit: int) -> list[tuple[str, ScanSnapshot]]:
-        """Every user's jobs, running and finished within a day, with their owners."""
+        """Every user's jobs on every process, active or finished within KEEP_FINISHED_S,
+        newest first, each with its owner (the admin page)."""
         since = self.now_ms() - KEEP_FINISHED_S * 1000
         rows = await self.storage.list_jobs(None, False, since, limit)
-        return list(zip([r.owner_id for r in rows], self._fresh(rows), strict=True))
+        return [(row.owner_id, snap) for row, snap in zip(rows, self._fresh(rows), strict=True)]
 
     async def running_rows(self, owner_id: str) -> list[JobRecord]:
         """The owner's active jobs on every process (one whose process died holds its folder

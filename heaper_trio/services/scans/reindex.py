@@ -90,6 +90,7 @@ class FileReprobe:
             changed += status == "ok"
         if self.media is not None:
             await trio.to_thread.run_sync(self.media.forget, record.hash)
+        await self.files.forget_thumbnails(record.hash)  # the bucket's copies (files_backend s3)
         return facts, changed
 
     async def regenerate(self, user: User, key: str) -> Regenerated:

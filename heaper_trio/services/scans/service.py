@@ -122,6 +122,8 @@ class ScanService:
         """The file's bytes, open: from the store, or a scanned file that is still exactly what
         its scan hashed. NotFound ``file_missing`` if they are gone; Conflict ``file_changed``
         if something else is at the path now (a rescan of it is queued)."""
+        if record.source_path is None and self.files.objects is not None:
+            return await self.files.open_staged(record)  # a copy of the bucket's object
         if record.source_path is None:
             return await open_own(self.files.store_path(record.hash), gone=_GONE)
         path = record.source_path
@@ -313,15 +315,9 @@ class ScanService:
         return kept
 
     async def every_job(self, limit: int) -> list[tuple[str, ScanSnapshot]]:
-        """Every user's jobs on every process, running and recently finished, newest first,
-        with the user each belongs to (the admin page)."""
-        kept: list[tuple[str, ScanSnapshot]] = []
-        finished: dict[str, int] = {}
-        for user_id, job in await self.table.everyone(limit):
-            finished[user_id] = finished.get(user_id, 0) + (job.finished_at is not None)
-            if job.finished_at is None or finished[user_id] <= KEEP_FINISHED_PER_USER:
-                kept.append((user_id, job))
-        return kept
+        """Every user's jobs on every process, running and finished within KEEP_FINISHED_S,
+        newest first, with the user each belongs to (the admin page)."""
+        return await self.table.everyone(limit)
 
     async def abort(self, user: User, scan_id: str) -> ScanSnapshot:
         return await self.table.abort(user, scan_id)
@@ -351,8 +347,8 @@ class ScanService:
             raise
         finally:
             job.finished_at = int(time.time() * 1000)
-            await self.table.finish(job)  # before the event: who hears it finds the row final
             metrics.job_finished(job.kind, job.state)
+            await self.table.finish(job)  # before the event: who hears it finds the row final
             self.publish(job.user_id, job.final_event())
             log.info(
                 "%s %s %s: %d seen, %d done (%d new, %d changed, %d missing), %d errors",
