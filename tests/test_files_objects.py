@@ -319,3 +319,35 @@ async def test_two_server_processes_share_uploads_through_one_bucket(
         for p in (a, b):
             p.stop(signal.SIGTERM)
             p.kill()
+
+
+async def test_a_chunk_sent_again_during_complete_never_lands_under_the_hash(
+    s3_endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    """Process A joins and hashes an upload's parts; meanwhile the same upload's chunk is
+    sent again (a new multipart upload on the same key) and completed by process B with
+    other bytes. A must publish the version it hashed or nothing: before the ETag-pinned
+    copy, files/<hash> ended up holding B's bytes, served to every later uploader of the
+    hash (found in review)."""
+    from heaper_trio.errors import Conflict
+    from heaper_trio.records import UploadRecord
+    from heaper_trio.services.object_uploads import ObjectUploads
+
+    good, evil = b"G" * 1000, b"E" * 1000
+    wanted = hashlib.sha256(good).hexdigest()
+    store = S3Objects(bucket, endpoint=s3_endpoint)
+    a, b = ObjectUploads(store), ObjectUploads(store)  # two server processes
+    upload = UploadRecord(
+        "u1", "user", "heap", "block", wanted, 1000, 1000, "x", "text/plain", 0, 2**50
+    )
+    (tmp_path / "good").write_bytes(good)
+    (tmp_path / "evil").write_bytes(evil)
+    await a.start(upload, created=True)
+    await a.put_part(upload, 0, tmp_path / "good")
+    assert await a.assemble(upload, io.BytesIO()) == wanted
+    await b.put_part(upload, 0, tmp_path / "evil")  # the chunk again, through B
+    assert await b.assemble(upload, io.BytesIO()) != wanted  # B's own check refuses it
+    with pytest.raises(Conflict) as refused:
+        await a.publish(upload, wanted)
+    assert refused.value.code == "upload_incomplete"
+    assert f"files/{wanted}" not in keys(s3_endpoint, bucket)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from heaper_trio.errors import Conflict, NotFound
 from heaper_trio.records import UploadRecord
-from heaper_trio.storage.blobs.base import ObjectMissing, file_key, upload_key
+from heaper_trio.storage.blobs.base import ObjectChanged, ObjectMissing, file_key, upload_key
 
 if TYPE_CHECKING:  # boto3 is imported only when a bucket is used
     from heaper_trio.storage.blobs.s3 import S3Objects
@@ -53,14 +53,21 @@ class ObjectUploads:
         # upload id -> its multipart upload id, as this process last found it: a chunk then
         # costs one request (the part), not two; a stale entry fails and is looked up again
         self._ids: OrderedDict[str, str] = OrderedDict()
+        # upload id -> ETag of the object its ``assemble`` hashed, until ``publish`` copies it
+        self._read: OrderedDict[str, str] = OrderedDict()  # bounded: a cancelled complete
 
     async def start(self, upload: UploadRecord, *, created: bool) -> None:
         """After ``init``: the row's multipart upload exists (started here by the request
         that created the row)."""
         if created:
-            self._ids[upload.id] = await self.objects.start_multipart(upload_key(upload.id))
+            self._remember(upload.id, await self.objects.start_multipart(upload_key(upload.id)))
         else:
             await self._multipart(upload)
+
+    def _remember(self, upload_id: str, multipart_id: str) -> None:
+        self._ids[upload_id] = multipart_id
+        while len(self._ids) > REMEMBERED:
+            self._ids.popitem(last=False)
 
     async def _multipart(self, upload: UploadRecord) -> str:
         if (known := self._ids.get(upload.id)) is not None:
@@ -74,9 +81,7 @@ class ObjectUploads:
             kept = (await self.objects.multipart_ids(key) or [mine])[0]
             if kept != mine:  # another process started one at the same moment: the oldest
                 await self.objects.abort_multipart(key, mine)
-        self._ids[upload.id] = kept
-        while len(self._ids) > REMEMBERED:
-            self._ids.popitem(last=False)
+        self._remember(upload.id, kept)
         return kept
 
     async def put_part(self, upload: UploadRecord, index: int, source: Path) -> None:
@@ -119,7 +124,10 @@ class ObjectUploads:
                 parts = {p.number: p for p in await self.objects.parts(key, found[0])}
                 wanted = [parts[i + 1] for i in range(upload.total_chunks)]
                 await self.objects.finish_multipart(key, found[0], wanted)
-            return await self.objects.read_into(key, out)
+            actual, self._read[upload.id] = await self.objects.read_into_tagged(key, out)
+            while len(self._read) > REMEMBERED:
+                self._read.popitem(last=False)
+            return actual
         except (ObjectMissing, KeyError):
             raise Conflict(
                 "another request is completing this upload; ask again for its status",
@@ -131,8 +139,19 @@ class ObjectUploads:
         """The verified object under ``files/<hash>`` (a server-side copy); the upload's own
         object goes either way."""
         key = upload_key(upload.id)
+        read = self._read.pop(upload.id, None)
+        if read is None:
+            raise RuntimeError("publish without a verified assemble in this process")
         if await self.objects.size(file_key(hash)) is None:
-            await self.objects.copy(key, file_key(hash))
+            try:  # exactly the version that was hashed: a chunk sent again meanwhile (a new
+                # multipart upload completed by another process) must not slip under the hash
+                await self.objects.copy(key, file_key(hash), if_match=read)
+            except ObjectChanged:
+                raise Conflict(
+                    "the upload changed while it was being completed; upload it again",
+                    code="upload_incomplete",
+                    details={"missing": []},
+                ) from None
         await self.objects.delete(key)
 
     async def sweep(self, before_ms: int) -> int:
@@ -146,6 +165,7 @@ class ObjectUploads:
 
     async def discard(self, upload: UploadRecord) -> None:
         self._ids.pop(upload.id, None)
+        self._read.pop(upload.id, None)
         key = upload_key(upload.id)
         for upload_id in await self.objects.multipart_ids(key):
             await self.objects.abort_multipart(key, upload_id)

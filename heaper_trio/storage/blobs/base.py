@@ -24,6 +24,10 @@ class ObjectMissing(Exception):
     """No object (or no multipart upload) under that key."""
 
 
+class ObjectChanged(Exception):
+    """The object under that key is no longer the version a conditional call named."""
+
+
 def file_key(hash: str) -> str:
     return f"files/{hash}"
 

@@ -32,7 +32,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from heaper_trio.errors import StartupError
-from heaper_trio.storage.blobs.base import ObjectMissing, ObjectStore, Part
+from heaper_trio.storage.blobs.base import ObjectChanged, ObjectMissing, ObjectStore, Part
 
 THREADS = 8  # the limiter and the HTTP pool: one connection per thread
 READ_SIZE = 1 << 20  # per thread hop, as file_response reads the disk (files-findings §5a)
@@ -111,10 +111,11 @@ class S3Objects(ObjectStore):
         await self._call(self.client.upload_file, str(path), self.bucket, key, Config=TRANSFER)
 
     async def _get(self, key: str, **extra: Any) -> Any:
+        return (await self._get_object(key, **extra))["Body"]
+
+    async def _get_object(self, key: str, **extra: Any) -> Any:
         try:
-            return (await self._call(self.client.get_object, Bucket=self.bucket, Key=key, **extra))[
-                "Body"
-            ]
+            return await self._call(self.client.get_object, Bucket=self.bucket, Key=key, **extra)
         except ClientError as e:
             if _missing(e):
                 raise ObjectMissing(key) from None
@@ -132,7 +133,13 @@ class S3Objects(ObjectStore):
             body.close()
 
     async def read_into(self, key: str, out: BinaryIO) -> str:
-        body = await self._get(key)
+        return (await self.read_into_tagged(key, out))[0]
+
+    async def read_into_tagged(self, key: str, out: BinaryIO) -> tuple[str, str]:
+        """``read_into`` plus the ETag of the version read: a later ``copy(if_match=...)``
+        then copies exactly the bytes that were hashed, not whatever the key holds by then."""
+        found = await self._get_object(key)
+        body, etag = found["Body"], str(found["ETag"])
 
         def copy() -> str:
             digest = hashlib.sha256()
@@ -145,7 +152,7 @@ class S3Objects(ObjectStore):
             out.flush()
             return digest.hexdigest()
 
-        return await self._call(copy)
+        return await self._call(copy), etag
 
     async def delete(self, key: str) -> None:
         await self._call(self.client.delete_object, Bucket=self.bucket, Key=key)
@@ -165,15 +172,25 @@ class S3Objects(ObjectStore):
             )
         return len(objects)
 
-    async def copy(self, source: str, target: str) -> None:
-        """Server-side: no byte passes through us (UploadPartCopy past 5 GiB)."""
-        await self._call(
-            self.client.copy,
-            {"Bucket": self.bucket, "Key": source},
-            self.bucket,
-            target,
-            Config=TRANSFER,
-        )
+    async def copy(self, source: str, target: str, *, if_match: str | None = None) -> None:
+        """Server-side: no byte passes through us (UploadPartCopy past 5 GiB). With
+        ``if_match`` the store copies only that version of ``source``; another one raises
+        ``ObjectChanged``."""
+        extra = {"CopySourceIfMatch": if_match} if if_match is not None else {}
+        try:
+            await self._call(
+                self.client.copy,
+                {"Bucket": self.bucket, "Key": source},
+                self.bucket,
+                target,
+                ExtraArgs=extra,
+                Config=TRANSFER,
+            )
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if if_match is not None and code in ("PreconditionFailed", "412"):
+                raise ObjectChanged(source) from None
+            raise
 
     def presign(self, key: str, ttl: int, *, content_type: str, disposition: str) -> str:
         """A GET URL valid ``ttl`` seconds; the store answers Range on it itself."""
