@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from contextvars import ContextVar
@@ -26,6 +27,16 @@ from typing import Any
 
 ACCESS_LOGGER = "heaper_trio.access"
 FORMATS = ("text", "json")
+
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters as ``\\xNN`` escapes: a client's path (percent-
+    decoded by the server: ``%0A`` is a newline) must not start a forged line of its own in a
+    text log, nor carry terminal escapes to whoever reads it."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 @dataclass(slots=True)

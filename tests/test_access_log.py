@@ -152,3 +152,23 @@ async def test_a_500_logs_one_traceback_naming_the_request(
         "remote": "127.0.0.1",
         "user_id": c.user_id,
     }
+
+
+@pytest.mark.engines("sqlite")  # about HTTP, not storage
+async def test_a_newline_in_the_path_cannot_forge_a_text_log_line(
+    engine: str, start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server percent-decodes the path (``%0A`` is a newline): logged raw, it let anyone
+    write a second, forged access line into the text log (found in review)."""
+    caplog.set_level(logging.INFO)
+    server: RunningServer = await start_server(access_log=True)
+    forged = '/nope%0A2026-12-02 INFO heaper_trio.access: 10.0.0.9 "POST /x" 200%1b[2J'
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        assert (await http.get(forged)).status_code == 404
+    (line,) = await wait_for_lines(caplog, 1)
+    assert "\\x0a2026-12-02 INFO" in line["request"]["path"]
+    assert "\\x1b[2J" in line["request"]["path"]
+    text = logs.TextFormatter().format(
+        next(r for r in caplog.records if r.name == logs.ACCESS_LOGGER)
+    )
+    assert "\n" not in text and "\x1b" not in text, text

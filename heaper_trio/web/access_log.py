@@ -38,7 +38,7 @@ def remote_address(scope: MutableMapping[str, Any], trust_forwarded_for: bool) -
             if bytes(key).lower() == b"x-forwarded-for":
                 last = bytes(value).decode("latin-1").split(",")[-1].strip()
                 if last:
-                    return last
+                    return logs.printable(last)  # a header: the client's own text
     client = scope.get("client")
     return str(client[0]) if client else None
 
@@ -71,7 +71,7 @@ class AccessLog:
         fields = logs.RequestFields(
             kind=kind,
             method=scope.get("method", "GET"),
-            path=scope["path"],
+            path=logs.printable(scope["path"]),
             remote=remote_address(scope, self.trust_forwarded_for),
         )
         token = logs.CURRENT.set(fields)
