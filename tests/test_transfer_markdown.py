@@ -330,3 +330,13 @@ def test_any_nesting_of_blocks_survives_a_round_trip(doc: list[Node]) -> None:
     """Lists in lists, lists after lists, empty items, quotes, code with fences inside."""
     md = blocks(doc, TARGETS.get)
     assert blocks(parse(md, _Links()).nodes, TARGETS.get) == md
+
+
+def test_dates_out_of_range_are_no_dates_rather_than_a_crash() -> None:
+    """A note dated 0001-01-01T00:00:00+01:00 was stored as a time before year 1, and every
+    later export of its heap then died on it (found in review)."""
+    iso, ms = frontmatter.iso, frontmatter.ms
+    assert ms("0001-01-01T00:00:00+01:00") is None
+    assert iso(-62135600400000) is None
+    assert iso(2**62) is None and iso(-(2**63)) is None and iso(float("inf")) is None
+    assert iso(ms("2020-01-01T00:00:00Z")) == "2020-01-01T00:00:00.000Z"

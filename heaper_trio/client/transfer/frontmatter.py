@@ -49,7 +49,12 @@ def split(text: str) -> tuple[dict[str, Any] | None, str]:
 def iso(ms: int | float | None) -> str | None:
     if not isinstance(ms, int | float) or isinstance(ms, bool):
         return None
-    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    try:  # a date a block carries may be any number: out of datetime's range is no date
+        moment = datetime.fromtimestamp(ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    if moment.year < 1:
+        return None
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ms) % 1000:03d}Z"
 
 
@@ -57,7 +62,8 @@ def ms(value: Any) -> int | None:
     """A front matter date (ISO text, or a date YAML already read) as Unix milliseconds."""
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return int(moment.timestamp() * 1000)
+        stamp = int(moment.timestamp() * 1000)
+        return stamp if iso(stamp) is not None else None  # only dates an export can write
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
