@@ -219,12 +219,10 @@ class ScanService:
                 return
             if not await trio.to_thread.run_sync(on_this_machine, row.path, roots, data):
                 continue
+            if await self.table.claim(row.id) is None or self._nursery is None:
+                continue  # another process took it first (or it ended, or we are stopping)
             job = ScanJob(row.owner_id, row.heap_id, row.path, scan_id=row.id)
-            self.jobs[job.scan_id] = job  # before the claim: its beats start at once
-            claimed = await self.table.claim(row.id)
-            if claimed is None or self._nursery is None:
-                self.jobs.pop(job.scan_id, None)
-                continue
+            self.jobs[job.scan_id] = job  # no wait since the claim: beaten from the next beat
             log.info("scan %s of %s claimed from the queue", row.id, row.path)
             self._nursery.start_soon(self._run_job, job, partial(self._claimed, job))
 
