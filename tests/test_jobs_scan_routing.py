@@ -69,8 +69,13 @@ async def test_a_scan_of_another_machines_folder_is_queued_and_run_there(
         assert (end["type"], end["files_done"]) == ("scan.done", 3), end
         listed = (await admin.get("/api/scans")).json()["scans"]
         assert [s["scan_id"] for s in listed] == [job["scan_id"]]
-        # the files are in the heap's scan index: a rescan (queued again) finds them unchanged
-        again = await ask(admin, heap["id"], photos)
+        # The files are in the heap's scan index: a rescan by heap asked of A (queued again,
+        # for the folder is B's) finds them unchanged.
+        r = await admin.post("/api/scan_folder", json={"heap_id": heap["id"]})
+        assert r.status_code == 200, r.text
+        assert r.json()["skipped"] == []
+        [again] = r.json()["scans"]
+        assert (again["state"], again["path"]) == ("queued", str(photos)), again
         redone = await ended(admin, again["scan_id"], timeout=10)
         assert (redone["files_unchanged"], redone["files_new"]) == (3, 0), redone
 
