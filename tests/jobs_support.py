@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 
@@ -19,6 +18,7 @@ from heaper_trio import cli
 from heaper_trio.services.scans.folder import FolderScan
 
 from .live_client import live_client
+from .process_support import wait_healthy
 from .test_cli import _env, _free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,16 +66,7 @@ class ServerProcess:
             )
 
     async def wait_ready(self) -> None:
-        with trio.fail_after(30):
-            async with httpx.AsyncClient() as c:
-                while True:
-                    assert self.proc.poll() is None, self.log_path.read_text(errors="replace")
-                    try:
-                        if (await c.get(self.url + "/api/health")).status_code == 200:
-                            return
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.05)
+        await wait_healthy(self.url, self.proc, lambda: self.log_path.read_text(errors="replace"))
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -17,6 +17,8 @@ import trio
 
 from heaper_trio.client import HeaperClient, KeyPair, LoginPending
 
+from .process_support import wait_healthy
+
 pytestmark = pytest.mark.slow
 
 
@@ -84,16 +86,7 @@ class ServerProcess:
         )
 
     async def wait_ready(self) -> None:
-        with trio.fail_after(30):
-            while True:
-                assert self.proc.poll() is None, self.proc.communicate()
-                try:
-                    async with httpx.AsyncClient() as c:
-                        if (await c.get(self.url + "/api/health")).status_code == 200:
-                            return
-                except httpx.TransportError:
-                    pass
-                await trio.sleep(0.05)
+        await wait_healthy(self.url, self.proc, self.proc.communicate)
 
     async def health(self) -> str:
         async with httpx.AsyncClient() as c:

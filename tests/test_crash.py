@@ -29,6 +29,7 @@ import trio
 
 from heaper_trio.client import HeaperClient, KeyPair
 
+from .process_support import wait_healthy
 from .test_cli import _env, _free_port
 from .test_sync import ClientBlock, new_heap
 
@@ -78,16 +79,7 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     async def wait_ready(self) -> None:
-        with trio.fail_after(30):
-            async with httpx.AsyncClient() as c:
-                while True:
-                    assert self.proc.poll() is None, self.log()
-                    try:
-                        if (await c.get(self.url + "/api/health")).status_code == 200:
-                            return
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.05)
+        await wait_healthy(self.url, self.proc, self.log)
 
     def sigkill(self) -> None:
         if self.proc.poll() is None:
