@@ -87,6 +87,13 @@ async def test_a_scan_of_another_machines_folder_is_queued_and_run_there(
         refused = await ended(user, asked["scan_id"], timeout=10)
         assert (refused["state"], refused["error"]) == ("failed", "scan_path_forbidden")
         assert refused["files_seen"] == 0
+        own = roots / (user.user_id or "") / "docs"  # ...and scans their own folder there
+        own.mkdir(parents=True)
+        (own / "a.txt").write_text("a")
+        theirs = await ask(user, their_heap["id"], own)
+        assert theirs["state"] == "queued"
+        scanned = await ended(user, theirs["scan_id"], timeout=10)
+        assert (scanned["state"], scanned["files_new"]) == ("done", 1), scanned
         # A path with .. is refused by A itself, as before: never queued.
         r = await user.post(
             "/api/scan_folder",
