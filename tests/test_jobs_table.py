@@ -190,6 +190,15 @@ class CountingStorage:
         self.forgets += 1
         return 0
 
+    async def fail_queued_jobs(self, created_before: int, now: int, error: str) -> list[JobRecord]:
+        return []
+
+    async def beat_process(self, *args: object) -> None:
+        pass
+
+    async def list_jobs(self, *args: object) -> list[JobRecord]:
+        return []
+
 
 async def test_the_loop_beats_every_second_and_reaps_and_survives_a_failing_database(
     autojump_clock: trio.testing.MockClock,

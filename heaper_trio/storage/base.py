@@ -36,7 +36,7 @@ from heaper_trio.records import (
 )
 from heaper_trio.records.admin_links import AdminLinkOutcome
 from heaper_trio.records.history import HistoryRow
-from heaper_trio.records.jobs import JobRecord
+from heaper_trio.records.jobs import JobProcess, JobRecord
 from heaper_trio.records.scans import ScanBatch, ScanEntry
 
 __all__ = ["Storage"]
@@ -390,8 +390,31 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def fail_stale_jobs(self, before: int, now: int, error: str) -> list[JobRecord]:
-        """Active jobs whose heartbeat is older than ``before``: failed with ``error``, once
-        (two processes reaping together fail each job once); the rows failed."""
+        """Running jobs (not queued ones) whose heartbeat is older than ``before``: failed
+        with ``error``, once (two processes reaping together fail each job once); the rows
+        failed."""
+
+    @abc.abstractmethod
+    async def claim_job(self, job_id: str, process: JobProcess, now: int) -> JobRecord | None:
+        """Take a queued job to run it in ``process``: state ``running``, heartbeat and start
+        ``now``, in one statement, so of two processes claiming it one gets the row and the
+        other None (also None if it is no longer queued or its abort was asked)."""
+
+    @abc.abstractmethod
+    async def fail_queued_jobs(self, created_before: int, now: int, error: str) -> list[JobRecord]:
+        """Queued jobs created before ``created_before`` (no process took them): failed with
+        ``error``, once; the rows failed."""
+
+    @abc.abstractmethod
+    async def beat_process(
+        self, process: JobProcess, scan_roots: list[str], now: int, forget_before: int
+    ) -> None:
+        """This process is alive at ``now`` with these scan roots (its row, written whole);
+        rows of processes that beat last before ``forget_before`` are deleted."""
+
+    @abc.abstractmethod
+    async def process_scan_roots(self, since: int) -> dict[str, list[str]]:
+        """The scan roots of each process that beat at ``since`` or later, by process id."""
 
     @abc.abstractmethod
     async def forget_jobs(self, finished_before: int) -> int:

@@ -15,6 +15,9 @@ JOB_COLUMNS = (
     "created_at, started_at, finished_at"
 )
 ACTIVE_SQL = "(" + ", ".join(f"'{s}'" for s in ACTIVE_STATES) + ")"  # constants, not input
+# The states of a job some process runs (and beats for): a queued job has no process yet, so
+# the reaper leaves it to ``fail_queued_jobs``.
+RUNNING_SQL = "(" + ", ".join(f"'{s}'" for s in ACTIVE_STATES if s != "queued") + ")"
 # A beat never turns a job whose abort was asked back into a running one.
 BEAT_STATE = "CASE WHEN abort_requested AND {new} = 'running' THEN 'aborting' ELSE {new} END"
 
@@ -88,3 +91,12 @@ def job_row(r: Row) -> JobRecord:
         error=r["error"],
         abort_requested=bool(r["abort_requested"]),
     )
+
+
+def roots_of(text: str) -> list[str]:
+    """A process's advertised scan roots (a JSON list; anything else counts as none)."""
+    try:
+        roots = json.loads(text)
+    except ValueError:
+        return []
+    return [r for r in roots if isinstance(r, str)] if isinstance(roots, list) else []

@@ -22,7 +22,7 @@ SCAN = open_obj(
     kind=string(enum=["scan", "reindex"]),
     heap_id=string(),
     path=string(),
-    state=string(enum=["running", "aborting", "finishing", "done", "aborted", "failed"]),
+    state=string(enum=["queued", "running", "aborting", "finishing", "done", "aborted", "failed"]),
     files_seen=integer(),
     files_done=integer(),
     bytes=integer(),

@@ -28,7 +28,7 @@ class ScanSnapshot:
     kind: str  # "scan" or "reindex"
     heap_id: str
     path: str
-    state: str  # running, aborting, finishing, done, aborted, failed
+    state: str  # queued, running, aborting, finishing, done, aborted, failed
     files_seen: int
     files_done: int
     bytes: int

@@ -12,6 +12,15 @@ reaps: an active row whose heartbeat is older than ``job_heartbeat_timeout`` bel
 process that died or hangs, and is failed (``process_died``) with a ``scan.failed`` event to
 its owner; a new job of the same folder can then start. On SQLite, with one process, the same
 code runs, and a server restarted after a crash fails the jobs it left as it starts.
+
+Each process also writes its scan roots to the ``job_processes`` table with its beat
+(``advertise``), so a process asked for a folder outside its own roots knows whether another
+live process has a root around it (``roots_elsewhere``); if so the scan is queued
+(``queue``): a row in state ``queued`` that no process runs yet. Every beat, each process
+offers the queued rows to ``take_queued`` (the scan service), which claims those it can run
+(``claim_job``, one UPDATE: one claimer wins). A queued row nobody claims within
+``QUEUED_FACTOR`` heartbeat timeouts is failed with ``no_process_has_root``; aborting one
+ends it ``aborted`` at once.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import trio
 
@@ -34,6 +44,8 @@ from heaper_trio.storage.base import Storage
 
 log = logging.getLogger(__name__)
 PROCESS_DIED = "process_died"
+NO_PROCESS_HAS_ROOT = "no_process_has_root"
+QUEUED_FACTOR = 3  # a queued job waits this many heartbeat timeouts for a process to take it
 KEEP_FINISHED_S = 24 * 3600
 FORGET_EVERY_S = 600.0
 FINISH_WRITE_S = 10.0  # the final row write, shielded at shutdown: bounded all the same
@@ -66,6 +78,9 @@ class JobTable:
         self.process = JobProcess(uuid.uuid4().hex[:16], socket.gethostname(), os.getpid())
         self.local: dict[str, ScanJob] = {}  # this process's jobs, until their row is final
         self._writing: dict[str, trio.Event] = {}  # jobs ended here, final row not yet written
+        # Offered the queued rows every beat: claims and starts those this process can run.
+        self.take_queued: Callable[[list[JobRecord]], Awaitable[None]] | None = None
+        self.scan_roots: list[str] = []  # advertised to the other processes
 
     # -- a job's life ----------------------------------------------------------------------
     async def insert(self, jobs: list[ScanJob]) -> None:
@@ -82,6 +97,29 @@ class JobTable:
             for job in jobs:
                 self.local.pop(job.scan_id, None)
             raise
+
+    async def queue(self, row: JobRecord) -> None:
+        """Write a queued job's row, for a process on another machine to take; 409
+        ``scan_running`` as ``insert``."""
+        if not await self.storage.insert_jobs([row]):
+            raise Conflict(
+                "the same job was just started (by another server process)", code="scan_running"
+            )
+
+    async def advertise(self) -> None:
+        now = self.now_ms()
+        forget = now - int(self.timeout_s * QUEUED_FACTOR * 1000)
+        await self.storage.beat_process(self.process, self.scan_roots, now, forget)
+
+    async def roots_elsewhere(self) -> list[str]:
+        """The scan roots of the other live processes (beat within the heartbeat timeout)."""
+        since = self.now_ms() - int(self.timeout_s * 1000)
+        by_process = await self.storage.process_scan_roots(since)
+        return [r for pid, roots in by_process.items() if pid != self.process.id for r in roots]
+
+    async def claim(self, job_id: str) -> JobRecord | None:
+        """Take a queued job for this process (None: another took it first, or it ended)."""
+        return await self.storage.claim_job(job_id, self.process, self.now_ms())
 
     async def finish(self, job: ScanJob) -> None:
         """Write the final row, even while the server stops (shielded, bounded), then forget
@@ -119,7 +157,8 @@ class JobTable:
         rows = await self.storage.list_jobs(
             None if user.is_admin else user.id, True, 0, ACTIVE_LIMIT
         )
-        return [s for s in self._fresh(rows) if s.state in ("running", "aborting", "finishing")]
+        active = ("queued", "running", "aborting", "finishing")
+        return [s for s in self._fresh(rows) if s.state in active]
 
     async def history(self, user: User, limit: int) -> list[ScanSnapshot]:
         since = self.now_ms() - KEEP_FINISHED_S * 1000
@@ -148,9 +187,37 @@ class JobTable:
         row = await self.storage.get_job(job_id)
         if row is None or not (user.is_admin or row.owner_id == user.id):
             raise not_found()
+        if row.state == "queued":  # no process runs it: it ends here (a claim now loses)
+            return await self._end_queued(row)
         if row.active:
             row = await self.storage.request_job_abort(job_id) or row
         return snapshot_of(row, self.now_ms())
+
+    async def _end_queued(self, row: JobRecord) -> ScanSnapshot:
+        """Abort a queued job: its abort is asked first (so no process claims it from now
+        on), then its row ends ``aborted``. If a process claimed it in between, that process
+        hears of the abort at its next beat and ends the job itself."""
+        asked = await self.storage.request_job_abort(row.id) or row
+        if asked.state != "queued":
+            return snapshot_of(asked, self.now_ms())
+        now = self.now_ms()
+        ended = replace(asked, state="aborted", finished_at=now, abort_requested=True)
+        await self.storage.finish_job(ended)
+        final = await self.storage.get_job(row.id) or ended
+        if final.state == "aborted" and final.started_at is None:
+            self.publish(
+                row.owner_id,
+                events.event(
+                    "scan.aborted",
+                    scan_id=row.id,
+                    heap_id=row.heap_id,
+                    path=row.path,
+                    files_seen=0,
+                    files_done=0,
+                    bytes=0,
+                ),
+            )
+        return snapshot_of(final, self.now_ms())
 
     def abort_local(self, job_id: str) -> None:
         """Abort this job if it runs here: asked through the database (by another process),
@@ -175,6 +242,12 @@ class JobTable:
         now = self.now_ms()
         before = EVER if everything else now - int(self.timeout_s * 1000)
         failed = await self.storage.fail_stale_jobs(before, now, PROCESS_DIED)
+        unclaimed = await self.storage.fail_queued_jobs(
+            now - int(self.timeout_s * QUEUED_FACTOR * 1000), now, NO_PROCESS_HAS_ROOT
+        )
+        for row in unclaimed:
+            log.warning("scan %s of %s failed: no server process took it", row.id, row.path)
+            self._failed(row, NO_PROCESS_HAS_ROOT)
         for row in failed:
             log.warning(
                 "%s %s failed: its server process (%s, pid %d on %s) sent no heartbeat for %.1fs",
@@ -185,17 +258,16 @@ class JobTable:
                 row.process.host,
                 (now - row.heartbeat_at) / 1000,
             )
-            self.publish(
-                row.owner_id,
-                events.event(
-                    "scan.failed",
-                    scan_id=row.id,
-                    heap_id=row.heap_id,
-                    path=row.path,
-                    error=PROCESS_DIED,
-                ),
-            )
-        return failed
+            self._failed(row, PROCESS_DIED)
+        return failed + unclaimed
+
+    def _failed(self, row: JobRecord, error: str) -> None:
+        self.publish(
+            row.owner_id,
+            events.event(
+                "scan.failed", scan_id=row.id, heap_id=row.heap_id, path=row.path, error=error
+            ),
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Beat every ``beat_s``, reap every ``reap_s``, forget day-old jobs now and then;
@@ -204,11 +276,17 @@ class JobTable:
         life's: failed at once rather than after the timeout."""
         if not self.storage.shares_processes:
             await self._step("reaper", self.reap(everything=True))
+        else:
+            await self._step("advertising", self.advertise())
         task_status.started()
         next_reap = next_forget = trio.current_time()
         while True:
             now = trio.current_time()
             await self._step("heartbeat", self.beat())
+            if self.storage.shares_processes:
+                await self._step("advertising", self.advertise())
+                if self.take_queued is not None:
+                    await self._step("queue", self._offer_queued(self.take_queued))
             if now >= next_reap:
                 next_reap = now + self.reap_s
                 await self._step("reaper", self.reap())
@@ -217,6 +295,12 @@ class JobTable:
                 cutoff = self.now_ms() - KEEP_FINISHED_S * 1000
                 await self._step("forgetting", self.storage.forget_jobs(cutoff))
             await trio.sleep(self.beat_s)
+
+    async def _offer_queued(self, take: Callable[[list[JobRecord]], Awaitable[None]]) -> None:
+        rows = await self.storage.list_jobs(None, True, 0, ACTIVE_LIMIT)
+        queued = [r for r in rows if r.state == "queued" and not r.abort_requested]
+        if queued:
+            await take(queued[::-1])  # oldest first
 
     @staticmethod
     async def _step(what: str, step: Awaitable[object]) -> None:

@@ -20,7 +20,10 @@ A job runs in the process that started it and is a row of the jobs table
 and aborts it, and a job whose process died is failed by another within
 ``job_heartbeat_timeout``. Its events reach its owner's channels on every process (the live
 bridge). The work itself is in ``scans/folder`` (walk, hash, commit, missing pass) and
-``scans/reindex``; the rules on paths in ``scans/walk``.
+``scans/reindex``; the rules on paths in ``scans/walk``. A folder that is not on this
+process's machine is queued for a process of the machine that has it (``scans/route``): the
+answer says ``queued``, and that process claims the job, checks the user's right to the
+folder against its own roots and runs it.
 
 The file routes read files through :meth:`ScanService.open_file`: a scanned file is opened
 without following links and served only if it is still the file its scan hashed
@@ -35,20 +38,28 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
 
 from heaper_trio.errors import Conflict, HeaperError, NotFound, Unavailable
 from heaper_trio.records import FileRecord, User
+from heaper_trio.records.jobs import JobRecord
 from heaper_trio.services import metrics
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.files import FileService
 from heaper_trio.services.scans.folder import FolderScan
-from heaper_trio.services.scans.job import ScanJob, ScanSnapshot
+from heaper_trio.services.scans.job import ScanJob, ScanSnapshot, snapshot_of
 from heaper_trio.services.scans.registry import JobTable
 from heaper_trio.services.scans.reindex import FileReprobe, Regenerated
 from heaper_trio.services.scans.rescan import FileRescans
+from heaper_trio.services.scans.route import (
+    on_this_machine,
+    queueable,
+    queued_row,
+    under_a_root,
+)
 from heaper_trio.services.scans.source import (
     SERVER_FILES,
     NotTheScannedFile,
@@ -101,6 +112,8 @@ class ScanService:
         self.publish = publish
         self.media = media
         self.table = JobTable(storage, publish, settings.job_heartbeat_timeout)
+        self.table.take_queued = self.take_queued
+        self.table.scan_roots = [str(r) for r in settings.scan_root_paths]
         self.jobs = self.table.local  # this process's jobs, until their final row is written
         self._nursery: trio.Nursery | None = None
         SERVER_FILES.register(settings.data_path)  # see scans/source.ServerFiles
@@ -166,12 +179,64 @@ class ScanService:
     async def scan_folder(self, user: User, heap_id: str, path: str) -> ScanSnapshot:
         await self.documents.owned_heap(user, heap_id)
         bases = allowed_bases(self.settings.scan_root_paths, user.id, user.is_admin)
-        real = await trio.to_thread.run_sync(
-            resolve_scan_path, path, bases, str(self.settings.data_path)
-        )
+        try:
+            real = await trio.to_thread.run_sync(
+                resolve_scan_path, path, bases, str(self.settings.data_path)
+            )
+        except HeaperError as e:
+            if not await self._elsewhere(path, e):
+                raise
+            return await self._queue(user, heap_id, path)
         await self._check_free(user, heap_id, [real])
         [job] = await self._start([self._scan_job(user, heap_id, real)])
         return job
+
+    # -- scans of another machine's folders (scans/route) --------------------------------
+    async def _elsewhere(self, path: str, error: HeaperError) -> bool:
+        """Whether to queue a scan this process refused, for another machine's process."""
+        if not self.storage.shares_processes:
+            return False
+        roots, data = self.settings.scan_root_paths, str(self.settings.data_path)
+        if not await trio.to_thread.run_sync(queueable, path, error, roots, data):
+            return False
+        return under_a_root(path, await self.table.roots_elsewhere())
+
+    async def _queue(self, user: User, heap_id: str, path: str) -> ScanSnapshot:
+        row = queued_row(user.id, heap_id, path, self.table.process)
+        await self._check_free(user, heap_id, [row.path])
+        await self.table.queue(row)
+        log.info("scan %s of %s queued for the machine that has it", row.id, row.path)
+        return snapshot_of(row, row.created_at)
+
+    async def take_queued(self, rows: list[JobRecord]) -> None:
+        """Claim and start the queued scans whose folder is on this machine (the jobs
+        table's beat offers them). The user's right to the folder is checked by the job
+        itself, against this machine's roots: a refusal ends it ``failed`` with the code a
+        request here would have been answered."""
+        roots, data = self.settings.scan_root_paths, str(self.settings.data_path)
+        for row in rows:
+            if self._nursery is None or not roots or row.kind != "scan":
+                return
+            if not await trio.to_thread.run_sync(on_this_machine, row.path, roots, data):
+                continue
+            if await self.table.claim(row.id) is None or self._nursery is None:
+                continue  # another process took it first (or it ended, or we are stopping)
+            job = ScanJob(row.owner_id, row.heap_id, row.path, scan_id=row.id)
+            self.jobs[job.scan_id] = job  # no wait since the claim: beaten from the next beat
+            log.info("scan %s of %s claimed from the queue", row.id, row.path)
+            self._nursery.start_soon(self._run_job, job, partial(self._claimed, job))
+
+    async def _claimed(self, job: ScanJob) -> None:
+        user = await self.storage.get_user(job.user_id)
+        if user is None:
+            raise NotFound("the scan's owner is gone", code="user_not_found")
+        await self.documents.owned_heap(user, job.heap_id)  # as a request here would
+        bases = allowed_bases(self.settings.scan_root_paths, user.id, user.is_admin)
+        job.path = await trio.to_thread.run_sync(
+            resolve_scan_path, job.path, bases, str(self.settings.data_path)
+        )
+        await self._check_free(user, job.heap_id, [job.path], but=job.scan_id)
+        await self._scan_job(user, job.heap_id, job.path, job)[1]()
 
     async def scan_heap(self, user: User, heap_id: str) -> HeapRescan:
         """Scan again every folder scanned into the heap before, one job each (started
@@ -188,6 +253,7 @@ class ScanService:
             )
         bases = allowed_bases(self.settings.scan_root_paths, user.id, user.is_admin)
         reals: list[str] = []
+        elsewhere: list[str] = []  # not on this machine: queued for the one that has it
         skipped: list[tuple[str, HeaperError]] = []
         for folder in folders:
             try:
@@ -195,14 +261,24 @@ class ScanService:
                     resolve_scan_path, folder, bases, str(self.settings.data_path)
                 )
             except HeaperError as e:
-                skipped.append((folder, e))
+                if await self._elsewhere(folder, e):
+                    elsewhere.append(folder)
+                else:
+                    skipped.append((folder, e))
                 continue
             if not any(_overlaps(real, r) for r in reals):  # a link may lead into another
                 reals = [r for r in reals if not _overlaps(r, real)] + [real]
-        if not reals:
+        if not reals and not elsewhere:
             raise skipped[0][1]
-        await self._check_free(user, heap_id, reals)
-        started = await self._start([self._scan_job(user, heap_id, r) for r in sorted(reals)])
+        started = []
+        if reals:
+            await self._check_free(user, heap_id, reals)
+            started = await self._start([self._scan_job(user, heap_id, r) for r in sorted(reals)])
+        for folder in elsewhere:
+            try:
+                started.append(await self._queue(user, heap_id, folder))
+            except Conflict as e:
+                skipped.append((folder, e))
         return HeapRescan(started, [(path, e.code) for path, e in skipped])
 
     async def scanned_folders(self, heap_id: str) -> list[str]:
@@ -222,7 +298,7 @@ class ScanService:
             after = entry.path
         return tops
 
-    async def _check_free(self, user: User, heap_id: str, reals: list[str]) -> None:
+    async def _check_free(self, user: User, heap_id: str, reals: list[str], but: str = "") -> None:
         """409 ``scan_running`` if a scan of an overlapping folder runs in the heap, on any
         process (the heap is the caller's, so such a scan is too). The jobs of this process
         are checked again with no wait before they are registered (``_start``)."""
@@ -233,7 +309,8 @@ class ScanService:
         running += [(j.scan_id, j.kind, j.heap_id, j.path) for j in self.jobs.values() if j.running]
         for scan_id, kind, other_heap, other_path in running:
             if (
-                kind == "scan"
+                scan_id != but
+                and kind == "scan"
                 and other_heap == heap_id
                 and any(_overlaps(other_path, real) for real in reals)
             ):
@@ -243,8 +320,10 @@ class ScanService:
                     details={"scan_id": scan_id},
                 )
 
-    def _scan_job(self, user: User, heap_id: str, real: str) -> tuple[ScanJob, Work]:
-        job = ScanJob(user.id, heap_id, real)
+    def _scan_job(
+        self, user: User, heap_id: str, real: str, job: ScanJob | None = None
+    ) -> tuple[ScanJob, Work]:
+        job = job or ScanJob(user.id, heap_id, real)
         scan = FolderScan(
             job,
             self.storage,

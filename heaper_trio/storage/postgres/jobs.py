@@ -9,17 +9,21 @@ each stale job once, however many processes reap at the same time.
 
 from __future__ import annotations
 
+import json
+
 import asyncpg
 
 from heaper_trio.protocol import announce
-from heaper_trio.records.jobs import JobRecord
+from heaper_trio.records.jobs import JobProcess, JobRecord
 from heaper_trio.storage.job_rows import (
     ACTIVE_SQL,
     BEAT_STATE,
     JOB_COLUMNS,
+    RUNNING_SQL,
     job_row,
     job_values,
     progress_values,
+    roots_of,
 )
 from heaper_trio.storage.postgres.notify import notify
 from heaper_trio.storage.postgres.runtime import Conn, PostgresBridge, read, tx, write1
@@ -94,13 +98,59 @@ async def _abort(c: Conn, job_id: str, origin: str) -> JobRecord | None:
 
 async def _fail_stale(c: Conn, before: int, now: int, error: str) -> list[JobRecord]:
     rows = await c.fetch(
-        f"UPDATE jobs SET state='failed', error=$1, finished_at=$2 WHERE state IN {ACTIVE_SQL} "
+        f"UPDATE jobs SET state='failed', error=$1, finished_at=$2 WHERE state IN {RUNNING_SQL} "
         f"AND heartbeat_at < $3 RETURNING {JOB_COLUMNS}",
         error,
         now,
         before,
     )
     return [job_row(r) for r in rows]
+
+
+async def _claim(c: Conn, job_id: str, process: JobProcess, now: int) -> JobRecord | None:
+    row = await c.fetchrow(
+        "UPDATE jobs SET state='running', process_id=$2, process_host=$3, process_pid=$4, "
+        "heartbeat_at=$5, started_at=$5 WHERE id=$1 AND state='queued' AND NOT abort_requested "
+        f"RETURNING {JOB_COLUMNS}",
+        job_id,
+        process.id,
+        process.host,
+        process.pid,
+        now,
+    )
+    return None if row is None else job_row(row)
+
+
+async def _fail_queued(c: Conn, before: int, now: int, error: str) -> list[JobRecord]:
+    rows = await c.fetch(
+        "UPDATE jobs SET state='failed', error=$1, finished_at=$2 WHERE state='queued' "
+        f"AND created_at < $3 RETURNING {JOB_COLUMNS}",
+        error,
+        now,
+        before,
+    )
+    return [job_row(r) for r in rows]
+
+
+async def _beat_process(
+    c: Conn, process: JobProcess, roots: str, now: int, forget_before: int
+) -> None:
+    await c.execute(
+        "INSERT INTO job_processes (id, host, pid, scan_roots, heartbeat_at) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET "
+        "scan_roots=excluded.scan_roots, heartbeat_at=excluded.heartbeat_at",
+        process.id,
+        process.host,
+        process.pid,
+        roots,
+        now,
+    )
+    await c.execute("DELETE FROM job_processes WHERE heartbeat_at < $1", forget_before)
+
+
+async def _process_roots(c: Conn, since: int) -> dict[str, list[str]]:
+    rows = await c.fetch("SELECT id, scan_roots FROM job_processes WHERE heartbeat_at >= $1", since)
+    return {r["id"]: roots_of(r["scan_roots"]) for r in rows}
 
 
 async def _forget(c: Conn, before: int) -> int:
@@ -148,6 +198,24 @@ class PostgresJobs(PostgresBridge):
     async def fail_stale_jobs(self, before: int, now: int, error: str) -> list[JobRecord]:
         failed: list[JobRecord] = await self._run(write1, _fail_stale, before, now, error)
         return failed
+
+    async def claim_job(self, job_id: str, process: JobProcess, now: int) -> JobRecord | None:
+        job: JobRecord | None = await self._run(write1, _claim, job_id, process, now)
+        return job
+
+    async def fail_queued_jobs(self, created_before: int, now: int, error: str) -> list[JobRecord]:
+        failed: list[JobRecord] = await self._run(write1, _fail_queued, created_before, now, error)
+        return failed
+
+    async def beat_process(
+        self, process: JobProcess, scan_roots: list[str], now: int, forget_before: int
+    ) -> None:
+        roots = json.dumps(scan_roots)
+        await self._run(tx, _beat_process, process, roots, now, forget_before)
+
+    async def process_scan_roots(self, since: int) -> dict[str, list[str]]:
+        roots: dict[str, list[str]] = await self._run(read, _process_roots, since)
+        return roots
 
     async def forget_jobs(self, finished_before: int) -> int:
         count: int = await self._run(write1, _forget, finished_before)

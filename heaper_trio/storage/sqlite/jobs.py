@@ -3,16 +3,19 @@ the same rules as PostgreSQL all the same, so a restarted server fails the jobs 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
-from heaper_trio.records.jobs import JobRecord
+from heaper_trio.records.jobs import JobProcess, JobRecord
 from heaper_trio.storage.job_rows import (
     ACTIVE_SQL,
     BEAT_STATE,
     JOB_COLUMNS,
+    RUNNING_SQL,
     job_row,
     job_values,
     progress_values,
+    roots_of,
 )
 from heaper_trio.storage.sqlite.runtime import SqliteRuntime
 
@@ -83,11 +86,49 @@ def _abort(c: sqlite3.Connection, job_id: str) -> JobRecord | None:
 
 def _fail_stale(c: sqlite3.Connection, before: int, now: int, error: str) -> list[JobRecord]:
     rows = c.execute(
-        f"UPDATE jobs SET state='failed', error=?, finished_at=? WHERE state IN {ACTIVE_SQL} "
+        f"UPDATE jobs SET state='failed', error=?, finished_at=? WHERE state IN {RUNNING_SQL} "
         f"AND heartbeat_at < ? RETURNING {JOB_COLUMNS}",
         (error, now, before),
     ).fetchall()
     return [job_row(r) for r in rows]
+
+
+def _claim(c: sqlite3.Connection, job_id: str, process: JobProcess, now: int) -> JobRecord | None:
+    row = c.execute(
+        "UPDATE jobs SET state='running', process_id=?, process_host=?, process_pid=?, "
+        "heartbeat_at=?, started_at=? WHERE id=? AND state='queued' AND NOT abort_requested "
+        f"RETURNING {JOB_COLUMNS}",
+        (process.id, process.host, process.pid, now, now, job_id),
+    ).fetchone()
+    return None if row is None else job_row(row)
+
+
+def _fail_queued(c: sqlite3.Connection, before: int, now: int, error: str) -> list[JobRecord]:
+    rows = c.execute(
+        "UPDATE jobs SET state='failed', error=?, finished_at=? WHERE state='queued' "
+        f"AND created_at < ? RETURNING {JOB_COLUMNS}",
+        (error, now, before),
+    ).fetchall()
+    return [job_row(r) for r in rows]
+
+
+def _beat_process(
+    c: sqlite3.Connection, process: JobProcess, roots: str, now: int, forget_before: int
+) -> None:
+    c.execute(
+        "INSERT INTO job_processes (id, host, pid, scan_roots, heartbeat_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+        "scan_roots=excluded.scan_roots, heartbeat_at=excluded.heartbeat_at",
+        (process.id, process.host, process.pid, roots, now),
+    )
+    c.execute("DELETE FROM job_processes WHERE heartbeat_at < ?", (forget_before,))
+
+
+def _process_roots(c: sqlite3.Connection, since: int) -> dict[str, list[str]]:
+    rows = c.execute(
+        "SELECT id, scan_roots FROM job_processes WHERE heartbeat_at >= ?", (since,)
+    ).fetchall()
+    return {r[0]: roots_of(r[1]) for r in rows}
 
 
 def _forget(c: sqlite3.Connection, before: int) -> int:
@@ -125,6 +166,21 @@ class SqliteJobs:
 
     async def fail_stale_jobs(self, before: int, now: int, error: str) -> list[JobRecord]:
         return await self.rt.write(_fail_stale, before, now, error)
+
+    async def claim_job(self, job_id: str, process: JobProcess, now: int) -> JobRecord | None:
+        return await self.rt.write(_claim, job_id, process, now)
+
+    async def fail_queued_jobs(self, created_before: int, now: int, error: str) -> list[JobRecord]:
+        return await self.rt.write(_fail_queued, created_before, now, error)
+
+    async def beat_process(
+        self, process: JobProcess, scan_roots: list[str], now: int, forget_before: int
+    ) -> None:
+        roots = json.dumps(scan_roots)
+        await self.rt.write(_beat_process, process, roots, now, forget_before)
+
+    async def process_scan_roots(self, since: int) -> dict[str, list[str]]:
+        return await self.rt.read(_process_roots, since)
 
     async def forget_jobs(self, finished_before: int) -> int:
         return await self.rt.write(_forget, finished_before)
