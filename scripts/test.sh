@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the tests need on a fresh Debian machine, run the static checks
 # (scripts/lint.sh: ruff check, ruff format --check, mypy), then the whole suite on both engines
-# with a coverage report. This is the README's test command and what .ci/run calls; developers
+# (a coverage report on request, see below). This is the README's test command and what .ci/run calls; developers
 # run exactly this.
 #
 #   bash scripts/test.sh [pytest args...]
