@@ -174,10 +174,14 @@ def with_request_context() -> None:
 with_request_context()
 
 
+HANDLER_NAME = "heaper_trio"
+
+
 def make_handler(log_format: str, *, with_pid: bool = False) -> logging.Handler:
     if log_format not in FORMATS:
         raise ValueError(f"log_format must be one of {FORMATS}, not {log_format!r}")
     handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(HANDLER_NAME)  # found again by name (tests remove it after a CLI run)
     formatter: logging.Formatter = (
         JsonFormatter() if log_format == "json" else TextFormatter(with_pid=with_pid)
     )

@@ -13,6 +13,7 @@ ephemeral ports and its own temporary directories.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ import httpx
 import pytest
 import trio
 
+from heaper_trio import logs
 from heaper_trio.app import RunningServer, run_server
 from heaper_trio.client import HeaperClient, KeyPair
 from heaper_trio.settings import Settings, load_settings
@@ -54,6 +56,17 @@ SERIAL = {
     # uploads: under a loaded CI run their deadlines passed first (held 3, not 8)
     "tests/test_harden_slow_uploads.py::test_slow_chunk_puts_are_capped_per_user_and_cut_at_their_deadline",
 }
+
+
+@pytest.fixture(autouse=True)
+def _no_cli_log_handler_left_behind() -> Iterator[None]:
+    """A test that runs ``cli.main`` in-process installs the server's stderr handler on the
+    root logger, bound to that test's captured stderr: left there, every later test on the
+    worker logs into a closed file ("--- Logging error ---" on its own stderr)."""
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == logs.HANDLER_NAME]:
+        root.removeHandler(handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
