@@ -21,15 +21,15 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
-import httpx
 import pytest
 import trio
 
 from heaper_trio import cli
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient, LoginPending
-from heaper_trio.keys import KeyPair
 from heaper_trio.services.admin_links import create_admin_link
+
+from .auth_support import register_pending
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -104,26 +104,6 @@ def _row_button(public_key: str, action: str) -> Callable[[Any], Any]:
         return found[0] if found else None
 
     return find
-
-
-async def register_pending(url: str, email: str) -> KeyPair:
-    """A pending account whose email (a user-supplied string) is ``email``."""
-    key = KeyPair.generate()
-    async with httpx.AsyncClient(base_url=url) as http:
-        challenge = (
-            await http.post("/api/auth/create_session", json={"public_key": key.public_key})
-        ).json()["challenge"]
-        r = await http.post(
-            "/api/auth/verify_session",
-            json={
-                "public_key": key.public_key,
-                "message": challenge,
-                "signature": key.sign(challenge),
-                "email": email,
-            },
-        )
-        assert r.json()["approval_required"] is True, r.text
-    return key
 
 
 async def admin_link_command(server: RunningServer) -> str:

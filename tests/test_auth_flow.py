@@ -19,6 +19,7 @@ from heaper_trio.keys import SERVER_KEY_FILE
 from heaper_trio.services.accounts import find_user
 from heaper_trio.services.tokens import AUDIENCE
 
+from .auth_support import issue_challenge, verify_session
 from .conftest import StartServer, assert_error
 
 
@@ -71,15 +72,7 @@ async def test_rejected_account_cannot_log_in_or_use_tokens(
     await other.login()
     await storage.set_user_state(user.id, "rejected", 2)
     assert_error(await other.post("/api/me"), 401, "token_revoked")
-    challenge = await other.challenge()
-    r = await other.http.post(
-        "/api/auth/verify_session",
-        json={
-            "public_key": other.public_key,
-            "message": challenge,
-            "signature": other.key.sign(challenge),
-        },
-    )
+    r = await verify_session(other.http, other.key, await other.challenge())
     assert_error(r, 403, "account_rejected")
 
 
@@ -87,17 +80,9 @@ async def test_verify_key_and_server_challenge(
     admin: HeaperClient, http: Any, server: RunningServer
 ) -> None:
     key = KeyPair.generate()
-    challenge = (
-        await http.post("/api/auth/create_session", json={"public_key": key.public_key})
-    ).json()["challenge"]
-    r = await http.post(
-        "/api/auth/verify_key",
-        json={
-            "public_key": key.public_key,
-            "message": challenge,
-            "signed_message": key.sign(challenge),
-            "server_challenge": "prove-it-42",
-        },
+    challenge = await issue_challenge(http, key.public_key)
+    r = await verify_session(
+        http, key, challenge, route="verify_key", server_challenge="prove-it-42"
     )
     body = r.json()
     assert r.status_code == 200 and body["verified"] is True
@@ -112,17 +97,8 @@ async def test_verify_key_answers_snake_case_tokens(
     make_client: Callable[..., HeaperClient], http: Any
 ) -> None:
     key = KeyPair.generate()
-    challenge = (
-        await http.post("/api/auth/create_session", json={"public_key": key.public_key})
-    ).json()["challenge"]
-    r = await http.post(
-        "/api/auth/verify_key",
-        json={
-            "public_key": key.public_key,
-            "message": challenge,
-            "signed_message": key.sign(challenge),
-        },
-    )
+    challenge = await issue_challenge(http, key.public_key)
+    r = await verify_session(http, key, challenge, route="verify_key")
     body = r.json()
     assert body["access_token"] and body["refresh_token"] and body["is_admin"] is True
     c = make_client(key)
@@ -134,38 +110,21 @@ async def test_challenge_reuse_foreign_and_unknown(
     admin: HeaperClient, http: Any, server: RunningServer
 ) -> None:
     key = KeyPair.generate()
-    challenge = (
-        await http.post("/api/auth/create_session", json={"public_key": key.public_key})
-    ).json()["challenge"]
-    body = {"public_key": key.public_key, "message": challenge, "signature": key.sign(challenge)}
-    assert (await http.post("/api/auth/verify_session", json=body)).status_code == 200
+    challenge = await issue_challenge(http, key.public_key)
+    assert (await verify_session(http, key, challenge)).status_code == 200
     before = await server.services.storage.auth_stats()
-    assert_error(await http.post("/api/auth/verify_session", json=body), 401, "challenge_used")
+    assert_error(await verify_session(http, key, challenge), 401, "challenge_used")
 
     # A challenge issued for another key, correctly signed by this one.
     other = KeyPair.generate()
-    foreign = (
-        await http.post("/api/auth/create_session", json={"public_key": other.public_key})
-    ).json()["challenge"]
-    r = await http.post(
-        "/api/auth/verify_session",
-        json={"public_key": key.public_key, "message": foreign, "signature": key.sign(foreign)},
-    )
-    assert_error(r, 401, "challenge_foreign")
-    made_up = "heaper-login:not-issued"
-    r = await http.post(
-        "/api/auth/verify_session",
-        json={"public_key": key.public_key, "message": made_up, "signature": key.sign(made_up)},
-    )
+    foreign = await issue_challenge(http, other.public_key)
+    assert_error(await verify_session(http, key, foreign), 401, "challenge_foreign")
+    r = await verify_session(http, key, "heaper-login:not-issued")
     assert_error(r, 401, "challenge_unknown")
     after = await server.services.storage.auth_stats()
     assert after["users"] == before["users"] and after["refresh_tokens"] == before["refresh_tokens"]
     # The foreign challenge is still usable by its own key: the failure consumed nothing.
-    r = await http.post(
-        "/api/auth/verify_session",
-        json={"public_key": other.public_key, "message": foreign, "signature": other.sign(foreign)},
-    )
-    assert r.status_code == 200
+    assert (await verify_session(http, other, foreign)).status_code == 200
 
 
 async def test_expired_challenge(start_server: StartServer) -> None:
@@ -173,40 +132,20 @@ async def test_expired_challenge(start_server: StartServer) -> None:
     async with HeaperClient(running.url) as c:
         challenge = await c.challenge()
         await trio.sleep(1.2)
-        r = await c.http.post(
-            "/api/auth/verify_session",
-            json={
-                "public_key": c.public_key,
-                "message": challenge,
-                "signature": c.key.sign(challenge),
-            },
-        )
+        r = await verify_session(c.http, c.key, challenge)
         assert_error(r, 401, "challenge_expired")
         assert (await running.services.storage.auth_stats())["users"] == 0
 
 
 async def test_bad_signature_stores_nothing(http: Any, server: RunningServer) -> None:
     key, impostor = KeyPair.generate(), KeyPair.generate()
-    challenge = (
-        await http.post("/api/auth/create_session", json={"public_key": key.public_key})
-    ).json()["challenge"]
-    r = await http.post(
-        "/api/auth/verify_session",
-        json={
-            "public_key": key.public_key,
-            "message": challenge,
-            "signature": impostor.sign(challenge),
-        },
-    )
+    challenge = await issue_challenge(http, key.public_key)
+    r = await verify_session(http, key, challenge, signer=impostor)
     assert_error(r, 401, "signature_mismatch")
     stats = await server.services.storage.auth_stats()
     assert stats["users"] == 0 and stats["refresh_tokens"] == 0
     # The challenge was not burnt by the failed attempt.
-    r = await http.post(
-        "/api/auth/verify_session",
-        json={"public_key": key.public_key, "message": challenge, "signature": key.sign(challenge)},
-    )
-    assert r.status_code == 200
+    assert (await verify_session(http, key, challenge)).status_code == 200
 
 
 async def test_refresh_rotation_and_reuse_detection(

@@ -17,6 +17,7 @@ import trio
 
 from heaper_trio.client import HeaperClient, KeyPair, LoginPending
 
+from .auth_support import verify_session
 from .process_support import wait_healthy
 
 pytestmark = pytest.mark.slow
@@ -178,15 +179,7 @@ async def test_users_commands(
 
             # reject: cannot log in any more
             assert (await users("reject", bob.public_key, *flags)).returncode == 0
-            challenge = await bob.challenge()
-            r2 = await bob.http.post(
-                "/api/auth/verify_session",
-                json={
-                    "public_key": bob.public_key,
-                    "message": challenge,
-                    "signature": bob.key.sign(challenge),
-                },
-            )
+            r2 = await verify_session(bob.http, bob.key, await bob.challenge())
             assert r2.json()["error"] == "account_rejected"
 
             unknown = await users("approve", "nobody", *flags)
