@@ -397,9 +397,7 @@ class LiveHub:
             frame = encoded.get(sub.prefix)
             if frame is None:
                 frame = encoded[sub.prefix] = sub.prefix + body
-            self.counters.messages_out += 1
-            self.counters.bytes_out += len(frame)
-            sub.sink.send_frame(frame)
+            sub.sink.send_frame(frame)  # messages/bytes out: counted by the writer that sends
 
     def _queue_event(self, c: Committed) -> None:
         if c.heap_id not in self.heap_watchers:
