@@ -6,9 +6,12 @@ WebSocket at once rather than at the next periodic check."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
+import jwt
 import pytest
 import trio
 from trio_websocket import ConnectionClosed
@@ -20,7 +23,7 @@ from heaper_trio.errors import Conflict
 from heaper_trio.keys import SERVER_KEY_FILE
 from heaper_trio.protocol import messages as m
 from heaper_trio.services.admin import open_user_admin
-from heaper_trio.services.admin_links import create_admin_link
+from heaper_trio.services.admin_links import ADMIN_SESSION_S, create_admin_link
 from heaper_trio.web.routes_docs import CSP
 from tests.conftest import assert_error
 
@@ -178,6 +181,53 @@ async def test_an_admin_link_signs_in_once(
     await services.admin.remove_admin(eve.user_id)
     r = await http.post("/api/admin/session", json={"link": eves.url.split("#", 1)[1]})
     assert_error(r, 403, "admin_link_not_admin")
+
+
+def _claims(token: str) -> dict[str, Any]:
+    return dict(jwt.decode(token, options={"verify_signature": False}))
+
+
+async def test_an_admin_link_session_ends_within_hours_refreshes_included(
+    server: RunningServer,
+    admin: HeaperClient,
+    http: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    services = server.services
+
+    async def sign_in(at: float) -> dict[str, Any]:
+        monkeypatch.setattr(services.admin_sign_in, "clock", lambda: at)
+        link = await create_admin_link(services.storage, services.settings)
+        r = await http.post("/api/admin/session", json={"link": link.url.split("#", 1)[1]})
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    # Signed in long enough ago that a minute of the session is left.
+    at = time.time() - ADMIN_SESSION_S + 60
+    end = int(at) + ADMIN_SESSION_S
+    tokens = await sign_in(at)
+    refresh = _claims(tokens["refreshToken"])
+    assert refresh["end"] == end and refresh["exp"] <= end
+    assert _claims(tokens["accessToken"])["exp"] <= end
+    r = await http.post(
+        "/api/auth/refresh_token", headers={"Authorization": f"Bearer {tokens['refreshToken']}"}
+    )
+    assert r.status_code == 200, r.text
+    rotated = _claims(r.json()["refreshToken"])
+    assert rotated["end"] == end and rotated["exp"] <= end  # a refresh does not extend it
+    assert _claims(r.json()["accessToken"])["exp"] <= end
+    # An ordinary login's refresh token lasts its whole refresh_ttl and has no end.
+    ordinary = _claims(admin.refresh_token or "")
+    assert "end" not in ordinary and ordinary["exp"] > end + 3600
+
+    # Past its end, neither token is taken.
+    over = await sign_in(time.time() - ADMIN_SESSION_S - 60)
+    bearer = {"Authorization": f"Bearer {over['accessToken']}"}
+    assert_error(await http.get("/api/admin/users", headers=bearer), 401, "token_expired")
+    r = await http.post(
+        "/api/auth/refresh_token", headers={"Authorization": f"Bearer {over['refreshToken']}"}
+    )
+    assert_error(r, 401, "token_expired")
 
 
 @pytest.mark.engines("sqlite")  # static files: no storage involved

@@ -122,7 +122,9 @@ class AccountService:
         claims = self.tokens.decode(refresh_token, "refresh")
         user = await self._live_user(claims.user_id, claims.generation)
         now_s = self.clock()
-        pair = self.tokens.issue(user.id, user.token_generation, now_s)
+        pair = self.tokens.issue(
+            user.id, user.token_generation, now_s, ends_at=claims.session_ends_at
+        )
         result = await self.storage.rotate_refresh_token(
             jti=claims.jti, user_id=user.id, now=int(now_s * 1000), new=pair.refresh_row
         )

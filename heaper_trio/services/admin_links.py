@@ -7,6 +7,11 @@ fragment (``/admin#<secret>``), which browsers send to no server: it stays out o
 and Referer headers. Storage keeps only its SHA-256, and using it consumes it in the same
 transaction that stores the session's refresh token (``Storage.use_admin_link``), so a link
 signs in exactly once, however many tabs race for it.
+
+The session a link opens is short: it ends ``ADMIN_SESSION_S`` after the sign-in, refreshes
+included (the tokens' ``end`` claim, ``services/tokens.py``). A browser tab left signed in as an
+admin is worth more to whoever finds it than an ordinary session, and re-linking is one
+command for whoever runs the server.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from heaper_trio.settings import Settings
 from heaper_trio.storage import Storage
 
 LINK_TTL_S = 600
+ADMIN_SESSION_S = 2 * 3600  # an admin-link session, refreshes included
 SECRET_BYTES = 32
 PAGE_PATH = "/admin"
 
@@ -94,7 +100,7 @@ _PROBLEM_TEXT = {
 
 
 class AdminSignIn:
-    """Turns an admin link into an ordinary token pair of its admin."""
+    """Turns an admin link into a token pair of its admin, for ``ADMIN_SESSION_S`` at most."""
 
     def __init__(
         self, storage: Storage, tokens: TokenService, clock: Callable[[], float] = time.time
@@ -105,7 +111,8 @@ class AdminSignIn:
 
     async def sign_in(self, secret: str) -> tuple[User, TokenPair]:
         now_s = self.clock()
-        row = self.tokens.new_refresh_row(now_s)
+        ends_at = int(now_s) + ADMIN_SESSION_S
+        row = self.tokens.new_refresh_row(now_s, ends_at)
         outcome = await self.storage.use_admin_link(link_hash(secret), int(now_s * 1000), row)
         if outcome.problem is AdminLinkProblem.not_admin:
             raise Forbidden(_PROBLEM_TEXT[outcome.problem], code=outcome.problem.value)
@@ -113,4 +120,4 @@ class AdminSignIn:
             raise Unauthorized(_PROBLEM_TEXT[outcome.problem], code=outcome.problem.value)
         user = outcome.user
         assert user is not None
-        return user, self.tokens.issue(user.id, user.token_generation, now_s, row)
+        return user, self.tokens.issue(user.id, user.token_generation, now_s, row, ends_at=ends_at)

@@ -2,8 +2,13 @@
 
 Claims: ``sub`` (user id), ``typ`` (access | refresh), ``iat``, ``exp``, ``jti``, ``gen`` (the
 account's token generation: revoking bumps it, so every older token dies at once), ``iss``
-(the server's public key) and ``aud``. Only ``EdDSA`` is accepted, which shuts out
-``alg: none`` and HS256-with-the-public-key tricks; PyJWT enforces the list.
+(the server's public key) and ``aud``. Only ``EdDSA`` is accepted, which shuts out ``alg: none``
+and HS256-with-the-public-key tricks; PyJWT enforces the list.
+
+A session that must end at a fixed time (an admin link's) carries ``end`` in its refresh
+token: a refresh copies it over and issues no token that outlives it, where an ordinary
+session's refresh token lasts ``refresh_ttl`` from each rotation. Being signed, ``end`` cannot
+be dropped by the holder.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import jwt
 
@@ -36,6 +41,7 @@ class Claims:
     generation: int
     issued_at: int  # Unix seconds
     expires_at: int
+    session_ends_at: int | None = None  # Unix seconds: the ``end`` claim
 
 
 @dataclass(frozen=True)
@@ -63,28 +69,39 @@ class TokenService:
     def _encode(self, claims: dict[str, Any]) -> str:
         return jwt.encode(claims, self._private, algorithm="EdDSA", headers={"kid": self.issuer})
 
-    def new_refresh_row(self, now: float) -> NewRefreshToken:
+    def new_refresh_row(self, now: float, ends_at: int | None = None) -> NewRefreshToken:
         """The stored half of a refresh token, made before the account is known (login)."""
+        expires = int(now) + self.refresh_ttl
         return NewRefreshToken(
             jti=uuid.uuid4().hex,
             family=uuid.uuid4().hex,
             issued_at=int(now * 1000),
-            expires_at=(int(now) + self.refresh_ttl) * 1000,
+            expires_at=(expires if ends_at is None else min(expires, ends_at)) * 1000,
         )
 
     def issue(
-        self, user_id: str, generation: int, now: float, row: NewRefreshToken | None = None
+        self,
+        user_id: str,
+        generation: int,
+        now: float,
+        row: NewRefreshToken | None = None,
+        *,
+        ends_at: int | None = None,
     ) -> TokenPair:
-        row = row or self.new_refresh_row(now)
+        """A token pair; with ``ends_at`` (Unix seconds) neither token outlives it, and the
+        refresh token carries it (``end``) so that its rotations do not either."""
+        row = row or self.new_refresh_row(now, ends_at)
         iat = int(now)
+        access_exp = (
+            iat + self.access_ttl if ends_at is None else min(iat + self.access_ttl, ends_at)
+        )
         base = {"sub": user_id, "gen": generation, "iat": iat, "iss": self.issuer, "aud": AUDIENCE}
-        access = self._encode(
-            {**base, "typ": "access", "exp": iat + self.access_ttl, "jti": uuid.uuid4().hex}
-        )
+        access = self._encode({**base, "typ": "access", "exp": access_exp, "jti": uuid.uuid4().hex})
+        end = {} if ends_at is None else {"end": ends_at}
         refresh = self._encode(
-            {**base, "typ": "refresh", "exp": row.expires_at // 1000, "jti": row.jti}
+            {**base, **end, "typ": "refresh", "exp": row.expires_at // 1000, "jti": row.jti}
         )
-        return TokenPair(access, refresh, row, iat + self.access_ttl)
+        return TokenPair(access, refresh, row, access_exp)
 
     def decode(self, token: str, typ: TokenType) -> Claims:
         """Verify signature, expiry, issuer, audience and type; raise Unauthorized if any fail."""
@@ -119,10 +136,10 @@ class TokenService:
             raise Unauthorized("token has expired", code="token_expired") from None
         except jwt.InvalidTokenError as e:
             raise Unauthorized(f"token is not valid: {e}", code="token_invalid") from None
-        gen = claims.get("gen")
+        gen, end = claims.get("gen"), claims.get("end")
         if (
-            not isinstance(gen, int)
-            or isinstance(gen, bool)
+            not _is_int(gen)
+            or not (end is None or _is_int(end))
             or not isinstance(claims["jti"], str)
             or claims["typ"] not in ("access", "refresh")
         ):
@@ -134,7 +151,12 @@ class TokenService:
             generation=gen,
             issued_at=int(claims["iat"]),
             expires_at=int(claims["exp"]),
+            session_ends_at=end,
         )
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _article(word: object) -> str:

@@ -154,7 +154,8 @@ async def admin_storage(user: User) -> dict[str, Any]:
     description="`link` is the secret after `#` in the link. A link signs in once, within "
     "10 minutes of its making: 401 admin_link_unknown, admin_link_used, admin_link_expired; "
     "403 admin_link_not_admin (its account is no longer an approved admin). The tokens "
-    "refresh at POST /api/auth/refresh_token like any login's.",
+    "refresh at POST /api/auth/refresh_token, but the session ends 2 hours after the sign-in, "
+    "refreshes included: no token it yields outlives that (then 401 token_expired; re-link).",
     body=obj({"link": string(minLength=1, maxLength=256)}),
     response=open_obj(
         success=boolean(),
