@@ -41,6 +41,29 @@ def add_parsers(sub: Any) -> None:
     )
     imp.add_argument("src", metavar="SRC")
     _common(imp)
+    # A zip is unpacked whole before anything is sent; these bound what it may unpack to.
+    imp.add_argument(
+        "--zip-max-total-mib",
+        type=_mib,
+        default=8192,
+        metavar="MIB",
+        help="a .zip SRC may unpack to this much in all (default %(default)s); past it, or past "
+        "the free space, the import stops before sending anything",
+    )
+    imp.add_argument(
+        "--zip-max-entry-mib",
+        type=_mib,
+        default=2048,
+        metavar="MIB",
+        help="largest single file a .zip SRC may unpack (default %(default)s)",
+    )
+
+
+def _mib(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import math
 import mimetypes
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
 import trio
@@ -73,18 +74,26 @@ def file_hash(path: str | Path) -> str:
 
 
 class _Source:
-    """Bytes or a file, read a chunk at a time (files off the event loop)."""
+    """Bytes, a file by path, or an open binary file (read with ``pread``, never moved: the
+    caller may have opened it in a way a path cannot say, such as without following links);
+    read a chunk at a time, files off the event loop."""
 
-    def __init__(self, source: bytes | str | Path) -> None:
+    def __init__(self, source: bytes | str | Path | BinaryIO) -> None:
         self.data: bytes | None = None
         self.path: Path | None = None
+        self.fd: int | None = None
         if isinstance(source, bytes):
             self.data, self.size = source, len(source)
-        else:
+        elif isinstance(source, (str, Path)):
             self.path = Path(source)
             self.size = self.path.stat().st_size
+        else:
+            self.fd = source.fileno()
+            self.size = os.fstat(self.fd).st_size
 
     async def sha256(self) -> str:
+        if self.fd is not None:
+            return await trio.to_thread.run_sync(_fd_hash, self.fd, self.size)
         if self.path is None:
             return hashlib.sha256(self.data or b"").hexdigest()
         return await trio.to_thread.run_sync(file_hash, self.path)
@@ -92,6 +101,8 @@ class _Source:
     async def read(self, offset: int, length: int) -> bytes:
         if self.data is not None:
             return self.data[offset : offset + length]
+        if self.fd is not None:
+            return await trio.to_thread.run_sync(os.pread, self.fd, length, offset)
         assert self.path is not None
         path = self.path
 
@@ -101,6 +112,15 @@ class _Source:
                 return f.read(length)
 
         return await trio.to_thread.run_sync(read)
+
+
+def _fd_hash(fd: int, size: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while offset < size and (block := os.pread(fd, _HASH_BLOCK, offset)):
+        digest.update(block)
+        offset += len(block)
+    return digest.hexdigest()
 
 
 class Uploads:
@@ -113,7 +133,7 @@ class Uploads:
         self,
         heap_id: str,
         block_id: str,
-        source: bytes | str | Path,
+        source: bytes | str | Path | BinaryIO,
         *,
         name: str | None = None,
         mime_type: str | None = None,
@@ -122,11 +142,11 @@ class Uploads:
         progress: ProgressCallback | None = None,
         retries: int = 3,
     ) -> UploadResult:
-        """Upload ``source`` (bytes or a path) to a block's ``files_v0`` (the block is created
-        as a ``file`` block if it does not exist). ``progress`` is called after ``init`` and
-        after every chunk; an exception it raises stops the upload (resume it by calling
-        ``upload`` again). ``parallel`` chunks travel at once. A chunk that meets a
-        transient failure (a network error, ``429`` with ``Retry-After``, ``503``) is sent
+        """Upload ``source`` (bytes, a path or an open binary file) to a block's ``files_v0``
+        (the block is created as a ``file`` block if it does not exist). ``progress`` is called
+        after ``init`` and after every chunk; an exception it raises stops the upload (resume
+        it by calling ``upload`` again). ``parallel`` chunks travel at once. A chunk that meets
+        a transient failure (a network error, ``429`` with ``Retry-After``, ``503``) is sent
         again up to ``retries`` times before the upload stops."""
         src = _Source(source)
         if name is None:

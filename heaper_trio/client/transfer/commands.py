@@ -19,6 +19,7 @@ from heaper_trio.client.session import HeaperClient, load_or_create_keypair
 from heaper_trio.client.transfer.export import TransferError, export_heap
 from heaper_trio.client.transfer.importer import import_source
 from heaper_trio.client.transfer.progress import Bar
+from heaper_trio.client.transfer.vault import ZipLimits
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +35,10 @@ async def run_async(args: argparse.Namespace) -> int:
             if args.command == "export":
                 report: Any = await export_heap(client, args.heap, Path(args.dest), bar=bar)
             else:
-                report = await import_source(client, Path(args.src), args.heap, bar=bar)
+                limits = ZipLimits(args.zip_max_total_mib << 20, args.zip_max_entry_mib << 20)
+                report = await import_source(
+                    client, Path(args.src), args.heap, bar=bar, zip_limits=limits
+                )
         except LoginPending as e:
             return _fail(
                 f"{e}; an admin runs: python -m heaper_trio users approve {client.public_key}", 3

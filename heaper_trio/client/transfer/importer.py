@@ -12,7 +12,6 @@ blocks and the imported notes, and created when missing (``a/b`` is tag ``a/b`` 
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 import urllib.parse
@@ -34,7 +33,16 @@ from heaper_trio.client.transfer.names import inside
 from heaper_trio.client.transfer.progress import Bar
 from heaper_trio.client.transfer.to_markdown import BLOCK_SCHEME
 from heaper_trio.client.transfer.tree import Child, write_children
-from heaper_trio.client.transfer.vault import MAX_NOTE_BYTES, Vault, VaultError, scan, unzip
+from heaper_trio.client.transfer.vault import (
+    MAX_NOTE_BYTES,
+    ZIP_LIMITS,
+    Vault,
+    VaultError,
+    ZipLimits,
+    open_inside,
+    scan,
+    unzip,
+)
 
 
 @dataclass
@@ -138,9 +146,12 @@ class _Importer:
         for i, (note, rel, name) in enumerate(files):
             self.bar.show(len(self.notes) + i, total, rel)
             try:
-                await self.client.uploads.upload(
-                    self.heap_id, note.block_id, self.root / rel, name=name
-                )
+                with open_inside(self.root, rel) as f:  # as a note is read: no link followed
+                    await self.client.uploads.upload(self.heap_id, note.block_id, f, name=name)
+            except (VaultError, OSError) as e:  # a link put in its place since the scan
+                self.report.skipped.append(rel)
+                self.bar.warn(f"{rel} not uploaded: {e}")
+                continue
             except HeaperError as e:  # too large, a full disk: the rest still goes in
                 self.report.skipped.append(f"{rel}: {e.code}")
                 self.bar.warn(f"{rel} not uploaded: {e.message} ({e.code})")
@@ -153,8 +164,8 @@ class _Importer:
         root_taken = False
         for path in self.vault.notes:
             try:
-                text = _read_note(self.root / path)
-            except (OSError, UnicodeDecodeError):
+                text = _read_note(self.root, path)
+            except (OSError, UnicodeDecodeError, VaultError):
                 self.report.skipped.append(path)
                 continue
             fields, body = frontmatter.split(text)
@@ -258,10 +269,9 @@ class _Importer:
         return doc
 
 
-def _read_note(path: Path) -> str:
-    """A note's text, refusing a symbolic link put in its place since the scan."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
+def _read_note(root: Path, rel: str) -> str:
+    """A note's text, refusing a symbolic link put in its place (or on its way) since the scan."""
+    with open_inside(root, rel) as f:
         return f.read(MAX_NOTE_BYTES + 1)[:MAX_NOTE_BYTES].decode("utf-8-sig")
 
 
@@ -284,13 +294,20 @@ def _doc(block_type: str, title: str, created: int | None) -> Doc:
 
 
 async def import_source(
-    client: HeaperClient, src: Path, heap_id: str, *, bar: Bar | None = None
+    client: HeaperClient,
+    src: Path,
+    heap_id: str,
+    *,
+    bar: Bar | None = None,
+    zip_limits: ZipLimits = ZIP_LIMITS,
 ) -> ImportReport:
+    """Import a folder, or a zip unpacked whole (within ``zip_limits``) before anything is
+    sent, so a zip that cannot be unpacked imports nothing."""
     bar = bar or Bar("import", quiet=True)
     try:
         if _is_zip(src):
             with tempfile.TemporaryDirectory(prefix="heaper-import-") as tmp:
-                vault = scan(unzip(src, Path(tmp)))
+                vault = scan(unzip(src, Path(tmp), zip_limits))
                 return await _Importer(client, heap_id, vault, bar).run()
         return await _Importer(client, heap_id, scan(src), bar).run()
     except VaultError as e:

@@ -6,11 +6,14 @@ they are resolved (:func:`.names.inside`)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from heaper_trio.client.transfer.names import FILES_DIR
 
@@ -78,28 +81,134 @@ def _link(path: Path) -> bool:
     return path.is_symlink()
 
 
-def unzip(archive: Path, into: Path) -> Path:
+@dataclass(frozen=True)
+class ZipLimits:
+    """How much an imported zip may unpack to (``import --zip-max-total-mib`` and
+    ``--zip-max-entry-mib``): a small zip can declare, and inflate to, terabytes."""
+
+    total: int = 8 << 30
+    entry: int = 2 << 30
+
+
+ZIP_LIMITS = ZipLimits()
+
+
+def unzip(archive: Path, into: Path, limits: ZipLimits = ZIP_LIMITS) -> Path:
     """An exported zip, unpacked into ``into`` with every name checked: no absolute paths,
-    no ``..``, no links; nothing lands outside ``into``."""
+    no ``..``, no links; nothing lands outside ``into``. The sizes the zip declares are
+    checked against ``limits`` and the free space before anything is written, so a zip bomb
+    stops with an error and the caller, which imports only after the whole zip is unpacked,
+    has imported nothing. Declared sizes can be trusted that far: ``zipfile`` inflates no
+    more than an entry declares, and a lie fails its CRC check (``BadZipFile``)."""
+    into.mkdir(parents=True, exist_ok=True)
     try:
         with zipfile.ZipFile(archive) as z:
-            for info in z.infolist():
-                name = info.filename
-                parts = PurePosixPath(name.replace("\\", "/")).parts
-                if name.startswith("/") or ".." in parts or ":" in name or not parts:
-                    raise VaultError(f"import: {archive}: unsafe name {name!r} in the zip")
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    raise VaultError(f"import: {archive}: {name!r} is a link")
-                if info.is_dir():
-                    continue
+            entries = _checked_entries(archive, z, limits)
+            _check_room(archive, into, sum(info.file_size for info, _ in entries))
+            for info, parts in entries:
                 out = into.joinpath(*parts)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with z.open(info) as fin, out.open("wb") as fout:
-                    while chunk := fin.read(1 << 16):
-                        fout.write(chunk)
+                try:
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    with z.open(info) as fin, out.open("xb") as fout:
+                        shutil.copyfileobj(fin, fout, 1 << 16)
+                except OSError as e:
+                    raise VaultError(
+                        f"import: {archive}: cannot unpack {info.filename!r}: {e.strerror}"
+                    ) from None
     except zipfile.BadZipFile as e:
         raise VaultError(f"import: {archive}: not a zip file ({e})") from None
     return into
 
 
-__all__ = ["FILES_DIR", "Vault", "VaultError", "scan", "unzip"]
+def _checked_entries(
+    archive: Path, z: zipfile.ZipFile, limits: ZipLimits
+) -> list[tuple[zipfile.ZipInfo, tuple[str, ...]]]:
+    """The file entries with their path parts, once every name and declared size is known to
+    be acceptable. A name that is both a file and a folder (``a``, then ``a/b``), or a file
+    twice, is refused here, naming the entry, rather than failing half-way with a bare
+    ``OSError`` from the file system."""
+    entries: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
+    files: set[tuple[str, ...]] = set()
+    folders: set[tuple[str, ...]] = set()
+    total = 0
+    for info in z.infolist():
+        name = info.filename
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if name.startswith("/") or ".." in parts or ":" in name or not parts:
+            raise VaultError(f"import: {archive}: unsafe name {name!r} in the zip")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise VaultError(f"import: {archive}: {name!r} is a link")
+        parents = {parts[:i] for i in range(1, len(parts))}
+        clash = parents & files if not info.is_dir() else {parts} & files
+        if clash or (not info.is_dir() and (parts in folders or parts in files)):
+            raise VaultError(
+                f"import: {archive}: entry {name!r} clashes with an earlier entry "
+                "(the same name as a file and as a folder, or a file twice)"
+            )
+        folders |= parents
+        if info.is_dir():
+            folders.add(parts)
+            continue
+        files.add(parts)
+        total += info.file_size
+        if info.file_size > limits.entry or total > limits.total:
+            raise VaultError(_too_big(archive, name, limits))
+        entries.append((info, parts))
+    return entries
+
+
+def _too_big(archive: Path, name: str, limits: ZipLimits) -> str:
+    return (
+        f"import: {archive}: unpacking {name!r} goes past the limits of "
+        f"{limits.entry >> 20} MiB per entry and {limits.total >> 20} MiB in all "
+        "(--zip-max-entry-mib, --zip-max-total-mib); nothing was imported"
+    )
+
+
+def _check_room(archive: Path, into: Path, size: int) -> None:
+    free = shutil.disk_usage(into).free
+    if size > free:
+        raise VaultError(
+            f"import: {archive}: unpacks to {size >> 20} MiB but {into} has only "
+            f"{free >> 20} MiB free; nothing was imported"
+        )
+
+
+def open_inside(root: Path, rel: str) -> BinaryIO:
+    """The regular file ``rel`` (POSIX, relative) under ``root``, opened one path component
+    at a time with ``O_NOFOLLOW``: a symbolic link anywhere on the way (put there since the
+    scan, or a folder swapped for one) is refused, wherever it points, so an import reads
+    nothing outside its folder. Notes and attachments are opened this way alike."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    parts = PurePosixPath(rel).parts
+    if not parts or any(p in ("", ".", "..") for p in parts) or rel.startswith("/"):
+        raise VaultError(f"import: {rel!r} is not a path inside the folder")
+    fd = os.open(root, flags | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        file_fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=fd)  # a FIFO would block
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise VaultError(f"import: {rel} goes through a symbolic link; not read") from None
+        raise
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+        os.close(file_fd)
+        raise VaultError(f"import: {rel} is not a regular file; not read")
+    return os.fdopen(file_fd, "rb")
+
+
+__all__ = [
+    "FILES_DIR",
+    "ZIP_LIMITS",
+    "Vault",
+    "VaultError",
+    "ZipLimits",
+    "open_inside",
+    "scan",
+    "unzip",
+]
