@@ -10,16 +10,15 @@ must not claim the server key or start background work.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-
-import trio
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from heaper_trio.errors import Conflict, NotFound, StartupError
 from heaper_trio.records import User
 from heaper_trio.services.accounts import find_user
 from heaper_trio.settings import Settings
 from heaper_trio.storage import Storage, database_exists
+from heaper_trio.storage.errors import LastAdmin
 
 
 class UserAdmin:
@@ -29,10 +28,9 @@ class UserAdmin:
     refused (409 ``last_admin``), from the command line too. An admin acting through the admin
     page (``actor``) cannot reject or demote their own account (409 ``own_account``): that
     takes another admin, or the command line, so nobody locks themselves out by a misclick.
-    The guard's read and the write take turns in this process (``_turns``), so two admins
-    demoting each other at the same instant leave one admin; only a second server process
-    (or the command line) acting in that same instant could slip past it, and the command
-    line mends that.
+    The last-admin check is storage's (``keep_an_admin``), in the transaction that writes,
+    so two admins demoting each other at the same instant leave one admin, through one
+    process or several, or the command line, on either engine.
     """
 
     def __init__(
@@ -46,7 +44,6 @@ class UserAdmin:
         # Told the id of an account whose tokens just died, so open WebSockets of it in this
         # process re-check at once (the hub) instead of at their next periodic check.
         self.on_revoked = on_revoked
-        self._turns = trio.Lock()  # a guard's check and its write, one at a time
 
     def _now(self) -> int:
         return int(self.clock() * 1000)
@@ -66,12 +63,13 @@ class UserAdmin:
 
     async def reject(self, ident: str, actor: User | None = None) -> User:
         """Refuse the account; storage also revokes every token it holds."""
-        async with self._turns:
-            user = await self.find(ident)
-            await self._keep_an_admin(user, actor, "reject")
-            done = _still_there(
-                await self.storage.set_user_state(user.id, "rejected", self._now()), ident
+        user = await self.find(ident)
+        self._not_own(user, actor, "reject")
+        with _last_admin_refused():
+            done = await self.storage.set_user_state(
+                user.id, "rejected", self._now(), keep_an_admin=True
             )
+        done = _still_there(done, ident)
         self._revoked(done.id)
         return done
 
@@ -83,10 +81,11 @@ class UserAdmin:
 
     async def remove_admin(self, ident: str, actor: User | None = None) -> User:
         """Take admin rights away; the account stays approved and keeps its tokens."""
-        async with self._turns:
-            user = await self.find(ident)
-            await self._keep_an_admin(user, actor, "remove the admin rights of")
-            return _still_there(await self.storage.set_admin(user.id, False), ident)
+        user = await self.find(ident)
+        self._not_own(user, actor, "remove the admin rights of")
+        with _last_admin_refused():
+            done = await self.storage.set_admin(user.id, False, keep_an_admin=True)
+        return _still_there(done, ident)
 
     async def revoke_tokens(self, ident: str) -> User:
         user = await self.find(ident)
@@ -98,23 +97,25 @@ class UserAdmin:
         if self.on_revoked is not None:
             self.on_revoked(user_id)
 
-    async def _keep_an_admin(self, user: User, actor: User | None, what: str) -> None:
+    @staticmethod
+    def _not_own(user: User, actor: User | None, what: str) -> None:
         if actor is not None and actor.id == user.id:
             raise Conflict(
                 f"you cannot {what} your own account here; another admin, or the command "
                 "line (python -m heaper_trio users), can",
                 code="own_account",
             )
-        if not (user.is_admin and user.state == "approved"):
-            return
-        admins = [
-            u for u in await self.storage.list_users() if u.is_admin and u.state == "approved"
-        ]
-        if [u.id for u in admins] == [user.id]:
-            raise Conflict(
-                f"{user.id} is the last admin; make another account admin first",
-                code="last_admin",
-            )
+
+
+@contextmanager
+def _last_admin_refused() -> Iterator[None]:
+    try:
+        yield
+    except LastAdmin as e:
+        raise Conflict(
+            f"{e.user_id} is the last admin; make another account admin first",
+            code="last_admin",
+        ) from None
 
 
 def _still_there(user: User | None, ident: str) -> User:

@@ -109,11 +109,18 @@ class Storage(abc.ABC):
     async def list_users(self) -> list[User]: ...
 
     @abc.abstractmethod
-    async def set_user_state(self, user_id: str, state: str, now: int) -> User | None:
-        """Approve or reject; rejecting also revokes every token of the account."""
+    async def set_user_state(
+        self, user_id: str, state: str, now: int, *, keep_an_admin: bool = False
+    ) -> User | None:
+        """Approve or reject; rejecting also revokes every token of the account. With
+        ``keep_an_admin``, raise ``LastAdmin`` and change nothing if no approved admin would
+        be left, checked in the writing transaction (``rules.check_keeps_an_admin``)."""
 
     @abc.abstractmethod
-    async def set_admin(self, user_id: str, is_admin: bool) -> User | None: ...
+    async def set_admin(
+        self, user_id: str, is_admin: bool, *, keep_an_admin: bool = False
+    ) -> User | None:
+        """Grant or take admin rights; ``keep_an_admin`` as for ``set_user_state``."""
 
     @abc.abstractmethod
     async def revoke_user_tokens(self, user_id: str, now: int) -> User | None:

@@ -32,4 +32,12 @@ class BlockInOtherHeap(StorageSignal):
         super().__init__(message)
 
 
-__all__ = ["BlockInOtherHeap", "HeapNotFound", "StorageSignal"]
+class LastAdmin(StorageSignal):
+    """The change would leave no approved admin (``keep_an_admin``): nothing was written."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"{user_id} is the last approved admin")
+        self.user_id = user_id
+
+
+__all__ = ["BlockInOtherHeap", "HeapNotFound", "LastAdmin", "StorageSignal"]

@@ -26,6 +26,7 @@ from heaper_trio.records import (
     User,
 )
 from heaper_trio.records.admin_links import AdminLinkProblem
+from heaper_trio.storage.errors import LastAdmin
 from heaper_trio.storage.rows import Row
 
 # -- login challenges and accounts ---------------------------------------------------------------
@@ -91,6 +92,16 @@ def admin_link_problem(row: Row | None, user: User | None, now: int) -> AdminLin
 
 
 # -- refresh tokens --------------------------------------------------------------------------------
+
+
+def check_keeps_an_admin(user_id: str, approved_admins: Iterable[str]) -> None:
+    """Raise ``LastAdmin`` if taking ``user_id``'s approval or admin rights would leave no
+    approved admin. Both engines call it inside the writing transaction, after reading the
+    approved admins in a way no concurrent writer can change before the commit (SQLite: the
+    one write lock; PostgreSQL: ``FOR UPDATE`` on those rows), so two processes demoting the
+    last two admins at once cannot both pass it."""
+    if list(approved_admins) == [user_id]:
+        raise LastAdmin(user_id)
 
 
 def refresh_outcome(row: Row | None, user_id: str, now: int) -> RefreshOutcome:

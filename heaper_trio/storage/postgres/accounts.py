@@ -154,7 +154,11 @@ async def _purge_expired(c: Conn, now: int) -> int:
     return _count(a) + _count(b) + _count(d)
 
 
-async def _set_user_state(c: Conn, user_id: str, state: str, now: int) -> User | None:
+async def _set_user_state(
+    c: Conn, user_id: str, state: str, now: int, keep_an_admin: bool = False
+) -> User | None:
+    if keep_an_admin and state != "approved":
+        rules.check_keeps_an_admin(user_id, await _approved_admins(c))
     await c.execute(
         "UPDATE users SET state=$1::text, approved_at=CASE WHEN $1::text='approved' "
         "THEN $2::bigint ELSE approved_at END WHERE id=$3",
@@ -167,9 +171,21 @@ async def _set_user_state(c: Conn, user_id: str, state: str, now: int) -> User |
     return await _get_user(c, user_id)
 
 
-async def _set_admin(c: Conn, user_id: str, is_admin: bool) -> User | None:
+async def _set_admin(
+    c: Conn, user_id: str, is_admin: bool, keep_an_admin: bool = False
+) -> User | None:
+    if keep_an_admin and not is_admin:
+        rules.check_keeps_an_admin(user_id, await _approved_admins(c))
     sql = "UPDATE users SET is_admin=$1 WHERE id=$2 RETURNING *"
     return user_row(await c.fetchrow(sql, is_admin, user_id))
+
+
+async def _approved_admins(c: Conn) -> list[str]:
+    """Locks the approved admins' rows until this transaction ends: a second process doing
+    the same waits here, then reads the rows as the first one left them (READ COMMITTED
+    re-checks a row it waited for), so it cannot demote the last admin the first one left."""
+    sql = "SELECT id FROM users WHERE is_admin AND state='approved' ORDER BY id FOR UPDATE"
+    return [row["id"] for row in await c.fetch(sql)]
 
 
 async def _revoke_user_tokens(c: Conn, user_id: str, now: int) -> User | None:

@@ -295,15 +295,20 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, PostgresJob
         return await self._run(read, _list_users)
 
     # A user row changed here is dropped at once; other processes hear it by NOTIFY.
-    async def set_user_state(self, user_id: str, state: str, now: int) -> User | None:
+    async def set_user_state(
+        self, user_id: str, state: str, now: int, *, keep_an_admin: bool = False
+    ) -> User | None:
         try:
-            return await self._run(tx, _set_user_state, user_id, state, now)
+            return await self._run(tx, _set_user_state, user_id, state, now, keep_an_admin)
         finally:
             self._users.forget(user_id)
 
-    async def set_admin(self, user_id: str, is_admin: bool) -> User | None:
+    async def set_admin(
+        self, user_id: str, is_admin: bool, *, keep_an_admin: bool = False
+    ) -> User | None:
+        runner = tx if keep_an_admin else write1  # the guard's read and the write: one unit
         try:
-            return await self._run(write1, _set_admin, user_id, is_admin)
+            return await self._run(runner, _set_admin, user_id, is_admin, keep_an_admin)
         finally:
             self._users.forget(user_id)
 

@@ -173,8 +173,12 @@ class SqliteStorage(SqliteFiles, SqliteScans, SqliteHistory, SqliteJobs, Storage
 
         return await self.rt.read(q)
 
-    async def set_user_state(self, user_id: str, state: str, now: int) -> User | None:
+    async def set_user_state(
+        self, user_id: str, state: str, now: int, *, keep_an_admin: bool = False
+    ) -> User | None:
         def tx(c: sqlite3.Connection) -> User | None:
+            if keep_an_admin and state != "approved":
+                rules.check_keeps_an_admin(user_id, _approved_admins(c))
             c.execute(
                 "UPDATE users SET state=?, approved_at=CASE WHEN ?='approved' THEN ? "
                 "ELSE approved_at END WHERE id=?",
@@ -186,8 +190,12 @@ class SqliteStorage(SqliteFiles, SqliteScans, SqliteHistory, SqliteJobs, Storage
 
         return await self.rt.write(tx)
 
-    async def set_admin(self, user_id: str, is_admin: bool) -> User | None:
+    async def set_admin(
+        self, user_id: str, is_admin: bool, *, keep_an_admin: bool = False
+    ) -> User | None:
         def tx(c: sqlite3.Connection) -> User | None:
+            if keep_an_admin and not is_admin:
+                rules.check_keeps_an_admin(user_id, _approved_admins(c))
             c.execute("UPDATE users SET is_admin=? WHERE id=?", (int(is_admin), user_id))
             return _get_user(c, user_id)
 
@@ -339,3 +347,10 @@ def _revoke_all(c: sqlite3.Connection, user_id: str, now: int) -> None:
         "UPDATE refresh_tokens SET revoked_at=? WHERE user_id=? AND revoked_at IS NULL",
         (now, user_id),
     )
+
+
+def _approved_admins(c: sqlite3.Connection) -> list[str]:
+    """Inside a write: the writer holds SQLite's one write lock, so no process changes them
+    before this transaction commits."""
+    sql = "SELECT id FROM users WHERE is_admin=1 AND state='approved' ORDER BY id"
+    return [row[0] for row in c.execute(sql)]
