@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import trio
@@ -33,6 +33,7 @@ from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.files import FileService
 from heaper_trio.services.heaps import HeapService
+from heaper_trio.services.live.account_watch import watch_accounts_forever
 from heaper_trio.services.live.bridge import ProcessBridge
 from heaper_trio.services.live.context import LiveContext
 from heaper_trio.services.live.hub import LiveHub
@@ -176,6 +177,8 @@ async def open_services(
             await supervisor.start(services.scans.run)
             if bridge is not None:
                 await supervisor.start(bridge.run)
+            else:  # SQLite: the command line's account changes, polled while sockets are open
+                await supervisor.start(partial(watch_accounts_forever, storage, hub))
             try:
                 yield services
             finally:
@@ -202,8 +205,8 @@ def _wire(
     through the heap service, as emptying the trash does. An account whose tokens an admin
     revokes has its live connections re-checked at once: in this process by ``UserAdmin``,
     in the others (and after the command line's ``users``) as their storage hears the row
-    change (PostgreSQL's NOTIFY; SQLite has one process, and the CLI's change waits for the
-    periodic check).
+    change (PostgreSQL's NOTIFY; on SQLite, which has one process, the command line's
+    change is polled for while live sockets are open: ``live/account_watch.py``).
 
     The lists are assigned whole rather than appended to, so this is the complete statement
     of the wiring: no constructor's own registration can add to it or double it.

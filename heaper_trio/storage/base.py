@@ -109,6 +109,12 @@ class Storage(abc.ABC):
     async def list_users(self) -> list[User]: ...
 
     @abc.abstractmethod
+    async def account_marks(self) -> dict[str, tuple[int, str, bool]]:
+        """Per account id: (token generation, state, is_admin), what a revoke, a rejection or
+        a demotion changes. One cheap read, for an engine that hears no other process's
+        changes (SQLite) to poll while live sockets are open (``services/live/account_watch``)."""
+
+    @abc.abstractmethod
     async def set_user_state(
         self, user_id: str, state: str, now: int, *, keep_an_admin: bool = False
     ) -> User | None:

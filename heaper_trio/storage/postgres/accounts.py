@@ -65,6 +65,13 @@ async def _list_users(c: Conn) -> list[User]:
     return [u for u in map(user_row, rows) if u is not None]
 
 
+async def _account_marks(c: Conn) -> dict[str, tuple[int, str, bool]]:
+    rows = await c.fetch("SELECT id, token_generation, state, is_admin FROM users")
+    return {
+        r["id"]: (int(r["token_generation"]), str(r["state"]), bool(r["is_admin"])) for r in rows
+    }
+
+
 async def _claim_meta(c: Conn, key: str, value: str) -> str:
     await c.execute(
         "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, value

@@ -59,6 +59,7 @@ from heaper_trio.storage.postgres import documents as docs
 from heaper_trio.storage.postgres import feed
 from heaper_trio.storage.postgres import notify as postgres_notify
 from heaper_trio.storage.postgres.accounts import (
+    _account_marks,
     _auth_stats,
     _claim_meta,
     _complete_login,
@@ -293,6 +294,9 @@ class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, PostgresJob
 
     async def list_users(self) -> list[User]:
         return await self._run(read, _list_users)
+
+    async def account_marks(self) -> dict[str, tuple[int, str, bool]]:
+        return await self._run(read, _account_marks)
 
     # A user row changed here is dropped at once; other processes hear it by NOTIFY.
     async def set_user_state(

@@ -173,6 +173,13 @@ class SqliteStorage(SqliteFiles, SqliteScans, SqliteHistory, SqliteJobs, Storage
 
         return await self.rt.read(q)
 
+    async def account_marks(self) -> dict[str, tuple[int, str, bool]]:
+        def q(c: sqlite3.Connection) -> dict[str, tuple[int, str, bool]]:
+            rows = c.execute("SELECT id, token_generation, state, is_admin FROM users")
+            return {r[0]: (int(r[1]), str(r[2]), bool(r[3])) for r in rows}
+
+        return await self.rt.read(q)
+
     async def set_user_state(
         self, user_id: str, state: str, now: int, *, keep_an_admin: bool = False
     ) -> User | None:
