@@ -4,7 +4,6 @@ command line beside a server) demoting the last two admins at once leave one."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -12,31 +11,10 @@ import trio
 
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
-from heaper_trio.storage.errors import LastAdmin
 
 from .conftest import StartServer, assert_error
 
 ACTION = "/api/admin/users/{}/{}"
-
-
-async def test_storage_refuses_to_leave_no_admin_and_writes_nothing(
-    server: RunningServer, admin: HeaperClient, eve: HeaperClient
-) -> None:
-    storage, now = server.services.storage, int(time.time() * 1000)
-    assert admin.user_id and eve.user_id
-    with pytest.raises(LastAdmin):
-        await storage.set_admin(admin.user_id, False, keep_an_admin=True)
-    with pytest.raises(LastAdmin):
-        await storage.set_user_state(admin.user_id, "rejected", now, keep_an_admin=True)
-    still = await storage.get_user(admin.user_id)
-    assert still is not None and (still.is_admin, still.state) == (True, "approved")
-    assert (await admin.post("/api/me")).status_code == 200  # the reject revoked nothing
-    # Not the last one, or not an admin at all: the guard lets it through.
-    await storage.set_admin(eve.user_id, True)
-    demoted = await storage.set_admin(admin.user_id, False, keep_an_admin=True)
-    assert demoted is not None and demoted.is_admin is False
-    rejected = await storage.set_user_state(admin.user_id, "rejected", now, keep_an_admin=True)
-    assert rejected is not None and rejected.state == "rejected"
 
 
 @pytest.mark.engines("postgres")  # two processes share only a PostgreSQL database

@@ -42,6 +42,30 @@ async def test_account_marks_move_with_every_change_a_socket_must_hear(
         assert last[second.id][1] == "rejected" and last[first.id][2] is False
 
 
+async def test_the_guard_refuses_to_leave_no_admin_and_writes_nothing(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with opened(make_settings()) as storage:
+        x = (await login(storage, "x" * 44)).user
+        y = (await login(storage, "y" * 44)).user
+        assert x is not None and y is not None
+        with pytest.raises(LastAdmin):
+            await storage.set_admin(x.id, False, keep_an_admin=True)
+        with pytest.raises(LastAdmin):
+            await storage.set_user_state(x.id, "rejected", NOW, keep_an_admin=True)
+        assert (await storage.account_marks())[x.id] == (x.token_generation, "approved", True)
+        # A pending admin is no admin to keep; two approved ones, and one may go.
+        await storage.set_admin(y.id, True)
+        with pytest.raises(LastAdmin):
+            await storage.set_admin(x.id, False, keep_an_admin=True)
+        await storage.set_user_state(y.id, "approved", NOW)
+        demoted = await storage.set_admin(x.id, False, keep_an_admin=True)
+        assert demoted is not None and demoted.is_admin is False
+        await storage.set_admin(x.id, True)
+        rejected = await storage.set_user_state(y.id, "rejected", NOW, keep_an_admin=True)
+        assert rejected is not None and rejected.state == "rejected"
+
+
 @pytest.mark.engines("postgres")
 async def test_two_processes_locking_the_admins_cannot_both_demote(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
