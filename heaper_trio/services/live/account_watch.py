@@ -15,6 +15,7 @@ re-checked twice, which is harmless: a re-check only verifies a token.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Mapping
 from typing import Protocol
 
@@ -23,6 +24,7 @@ import trio
 from heaper_trio.storage import Storage
 
 POLL_S = 1.0
+log = logging.getLogger(__name__)
 
 Marks = dict[str, tuple[int, str, bool]]
 
@@ -54,13 +56,21 @@ async def watch_accounts_forever(
     """The first read is the baseline, taken before reporting started, so a change made
     between start-up and the first socket is seen as well; marks are kept while idle for
     the same reason (a change then re-checks the account once its socket opens, harmlessly)."""
+    failing = False
     marks = await storage.account_marks()
     task_status.started()
     while True:
         await trio.sleep(period)
         if not (hub.keepalive or hub.user_sinks):
             continue
-        now = await storage.account_marks()
+        try:
+            now = await storage.account_marks()
+        except Exception:  # the database failing must not take the server down; read again
+            if not failing:  # once per outage, not once a second
+                log.exception("reading the accounts for live re-checks failed; retrying")
+            failing = True
+            continue
+        failing = False
         for user_id in moved(marks, now):
             hub.recheck_account(user_id)
         marks = now
