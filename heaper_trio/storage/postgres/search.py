@@ -41,8 +41,8 @@ async def index_block(
     c: Conn, block_id: str, old: tuple[str, str] | None, title: str, text: str
 ) -> None:
     """Index a block's new title and text; ``old`` is what its rows hold now (None: none)."""
-    if old is None:
-        await write_lines(c, block_id, Counter(), lines(title) + lines(text))
+    if old is None:  # no rows yet: plain inserts, no lookups
+        await index_new_blocks(c, [(block_id, title, text)])
     else:
         await write_lines(c, block_id, *changes(old[0], old[1], title, text))
 

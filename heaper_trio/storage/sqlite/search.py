@@ -42,8 +42,11 @@ def index_block(
     c: sqlite3.Connection, block_n: int, old: tuple[str, str] | None, title: str, text: str
 ) -> None:
     """Index a block's new title and text; ``old`` is what its rows hold now (None: none)."""
-    if old is None:
-        write_lines(c, block_n, Counter(), lines(title) + lines(text))
+    if old is None:  # no rows yet: plain inserts, no lookups
+        c.executemany(
+            "INSERT INTO block_lines (block_n, key, body, uses) VALUES (?, ?, ?, ?)",
+            [(block_n, line_key(b), b, k) for b, k in (lines(title) + lines(text)).items()],
+        )
     else:
         write_lines(c, block_n, *changes(old[0], old[1], title, text))
 
