@@ -28,13 +28,13 @@ def _check(old: tuple[str, str], new: tuple[str, str]) -> tuple[Counter[str], Co
     return gone, came
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(_TEXT, _TEXT, _TEXT, _TEXT)
 def test_changes_turn_the_old_rows_into_the_new(t0: str, x0: str, t1: str, x1: str) -> None:
     _check((t0, x0), (t1, x1))
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(_TEXT, _TEXT, _TEXT)
 def test_an_edit_between_shared_lines(head: str, middle: str, tail: str) -> None:
     _check(("", head + "\n" + tail), ("", head + "\n" + middle + "\n" + tail))

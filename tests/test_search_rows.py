@@ -26,8 +26,27 @@ async def _found(admin: HeaperClient, heap: dict[str, Any], block: ClientBlock, 
     return block.id in await ids(admin, heap, query=q)
 
 
-async def test_a_phrase_is_matched_within_one_paragraph(admin: HeaperClient) -> None:
+async def _line_rows(storage: Any) -> int:
+    if storage.engine == "sqlite":
+        return int(
+            await storage.rt.read(
+                lambda c: c.execute("SELECT COUNT(*) FROM block_lines").fetchone()[0]
+            )
+        )
+    from heaper_trio.storage.postgres.runtime import tx
+
+    async def run(c: Any) -> int:
+        return int(await c.fetchval("SELECT COUNT(*) FROM block_lines"))
+
+    return int(await storage._run(tx, run))
+
+
+async def test_a_phrase_is_matched_within_one_paragraph_and_purges_leave_no_rows(
+    admin: HeaperClient, server: RunningServer
+) -> None:
+    storage = server.services.storage
     heap = await new_heap(admin)
+    before = await _line_rows(storage)
     block = ClientBlock()
     block.write("Garden plans")
     _paragraphs(block, "the quick brown", "fox jumps over")
@@ -43,6 +62,13 @@ async def test_a_phrase_is_matched_within_one_paragraph(admin: HeaperClient) -> 
         ("garden nothing", False),
     ]:
         assert await _found(admin, heap, block, q) is found, q
+    assert await _line_rows(storage) == before + 3  # a row per distinct line
+
+    block.meta["deleted_at"] = 1_700_000_000_000
+    await push(admin, block.push_item(heap["id"]))
+    r = await admin.delete(f"/api/trash/{heap['id']}", json={"block_ids": [block.id]})
+    assert r.json()["deleted"] == [block.id], r.text
+    assert await _line_rows(storage) == before
 
 
 async def test_edits_change_only_what_they_touch(admin: HeaperClient) -> None:
@@ -68,36 +94,3 @@ async def test_edits_change_only_what_they_touch(admin: HeaperClient) -> None:
     await push(admin, block.push_item(heap["id"]))
     assert not await _found(admin, heap, block, "twice")
     assert await _found(admin, heap, block, "logbook")
-
-
-async def _line_rows(storage: Any) -> int:
-    if storage.engine == "sqlite":
-        return int(
-            await storage.rt.read(
-                lambda c: c.execute("SELECT COUNT(*) FROM block_lines").fetchone()[0]
-            )
-        )
-    from heaper_trio.storage.postgres.runtime import tx
-
-    async def run(c: Any) -> int:
-        return int(await c.fetchval("SELECT COUNT(*) FROM block_lines"))
-
-    return int(await storage._run(tx, run))
-
-
-async def test_purged_blocks_leave_no_search_rows(
-    admin: HeaperClient, server: RunningServer
-) -> None:
-    storage = server.services.storage
-    heap = await new_heap(admin)
-    before = await _line_rows(storage)
-    block = ClientBlock()
-    block.write("Short lived")
-    _paragraphs(block, "one line", "another line", "one line")
-    await push(admin, block.push_item(heap["id"]))
-    assert await _line_rows(storage) == before + 3  # the title and two distinct lines
-    block.meta["deleted_at"] = 1_700_000_000_000
-    await push(admin, block.push_item(heap["id"]))
-    r = await admin.delete(f"/api/trash/{heap['id']}", json={"block_ids": [block.id]})
-    assert r.json()["deleted"] == [block.id], r.text
-    assert await _line_rows(storage) == before
