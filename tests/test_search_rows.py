@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pycrdt
+import pytest
 
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
@@ -94,3 +95,17 @@ async def test_edits_change_only_what_they_touch(admin: HeaperClient) -> None:
     await push(admin, block.push_item(heap["id"]))
     assert not await _found(admin, heap, block, "twice")
     assert await _found(admin, heap, block, "logbook")
+
+
+@pytest.mark.engines("postgres")
+async def test_a_document_with_more_words_than_one_tsvector_holds(admin: HeaperClient) -> None:
+    """PostgreSQL caps a tsvector at 1 MB: indexing the whole text in one (0008) answered a
+    push of such a document with a 500. Per line, each row holds a paragraph's words."""
+    heap = await new_heap(admin)
+    block = ClientBlock()
+    block.write("Many words")
+    words = [f"w{i:06x}q" for i in range(100_000)]
+    _paragraphs(block, *(" ".join(words[i : i + 40]) for i in range(0, len(words), 40)))
+    r = await push(admin, block.push_item(heap["id"]))
+    assert r.json()["blocks"][0]["status"] == "created", r.text
+    assert await _found(admin, heap, block, "w01869fq")
