@@ -12,11 +12,15 @@ in proportion to the update takes about as long whatever the document's size.
 
     ./.venv/bin/python scripts/bench_bigdoc.py                # 0.8 and 5.8 MB, 15 edits each
     ./.venv/bin/python scripts/bench_bigdoc.py --sizes 0.8 --edits 30
+    ./.venv/bin/python scripts/bench_bigdoc.py --engine postgres --database-url postgresql://...
+
+On PostgreSQL the server runs on a scratch database of that cluster, dropped afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
@@ -34,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pycrdt
 import trio
-from bench_delta import start_heaper
+from bench_delta import _admin_sql, start_heaper
 from bench_http import log, proc_cpu_s
 
 from heaper_trio.client import HeaperClient, KeyPair
@@ -116,14 +120,28 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=float, nargs="+", default=[0.8, 5.8])
     p.add_argument("--edits", type=int, default=15)
+    p.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
+    p.add_argument("--database-url", default="")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="heaper-bench-bigdoc-") as tmp:
-        server = start_heaper(Path(tmp))
-        try:
-            server.wait_ready()
-            out = trio.run(run, server.url, server.pid, args)
-        finally:
-            server.stop()
+    if (args.engine == "postgres") != bool(args.database_url):
+        p.error("--database-url goes with --engine postgres, and only with it")
+    cluster, url = args.database_url, ""
+    if cluster:  # a scratch database of its own on that cluster
+        name = "heaper_bench_bigdoc_" + uuid.uuid4().hex[:10]
+        asyncio.run(_admin_sql(cluster, f"CREATE DATABASE {name}"))
+        url = cluster.rsplit("/", 1)[0] + "/" + name
+    try:
+        with tempfile.TemporaryDirectory(prefix="heaper-bench-bigdoc-") as tmp:
+            server = start_heaper(Path(tmp), url)
+            try:
+                server.wait_ready()
+                out = trio.run(run, server.url, server.pid, args)
+            finally:
+                server.stop()
+    finally:
+        if cluster:
+            asyncio.run(_admin_sql(cluster, f"DROP DATABASE IF EXISTS {name}"))
+    out["engine"] = args.engine
     anchor = out["anchor_small_note"]["push_median_ms"]
     out["ratios_vs_small_note"] = {
         k: round(v["push_median_ms"] / anchor, 2) for k, v in out.items() if k.endswith("MB")

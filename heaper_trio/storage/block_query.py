@@ -32,7 +32,10 @@ class Dialect:
 
 SQLITE = Dialect(
     placeholder=lambda i: f"?{i}",  # numbered: parameters bind by number, not by position
-    full_text=lambda ph: f"b.n IN (SELECT rowid FROM blocks_fts WHERE blocks_fts MATCH {ph})",
+    full_text=lambda ph: (
+        "b.n IN (SELECT l.block_n FROM block_lines_fts f JOIN block_lines l ON l.n = f.rowid "
+        f"WHERE block_lines_fts MATCH {ph})"
+    ),
     full_text_param=lambda terms: " ".join(f'"{t}"*' for t in terms),
 )
 # A word as SQLite's unicode61 sees it: a run of letters and digits (``_`` splits words too).
@@ -63,7 +66,9 @@ def _postgres_term(term: str) -> str:
 
 POSTGRES = Dialect(
     placeholder=lambda i: f"${i}",
-    full_text=lambda ph: f"b.search @@ CAST({ph} AS tsquery)",
+    full_text=lambda ph: (
+        f"b.id IN (SELECT l.block_id FROM block_lines l WHERE l.search @@ CAST({ph} AS tsquery))"
+    ),
     full_text_param=lambda terms: " & ".join(_postgres_term(t) for t in terms),
     title_collation=' COLLATE "C"',
 )
@@ -99,8 +104,9 @@ def _where(d: Dialect, p: _Params, heap_id: str, q: BlockQuery) -> tuple[str, st
             f"AND r.heap_id = {heap} AND c.heap_id = {heap}) "
         )
         conds.append("b.id IN (SELECT id FROM tagged)")
-    if q.terms:
-        conds.append(d.full_text(p(d.full_text_param(q.terms))))
+    # Each term on its own: the search rows are lines (migration 0017), and the terms of one
+    # query may be found on different lines of a block, a term's words only on one line.
+    conds.extend(d.full_text(p(d.full_text_param((term,)))) for term in q.terms)
     if q.unlinked:
         conds.append(
             "NOT EXISTS (SELECT 1 FROM block_relations r JOIN blocks t "

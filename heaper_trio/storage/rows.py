@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from heaper_trio.records import (
     BlockRecord,
+    ChangedBlock,
     ChangePage,
     FileRecord,
     Heap,
@@ -134,13 +135,10 @@ def record_row(row: Row) -> BlockRecord:
     )
 
 
-def delta_row(row: Row | tuple[Any, ...]) -> BlockRecord:
-    """``DELTA_COLUMNS`` (by position: a page maps a thousand rows) as a record of the change
-    feed: the columns delta does not answer are not read, and hold neutral values (empty text
-    and JSON, sizes and sequence 0)."""
-    return BlockRecord(
-        row[0], row[1], row[2], row[3], row[4], "", {}, {}, {}, 0, None, row[5], row[6], None, 0, 0
-    )
+def delta_rows(rows: Iterable[Any]) -> list[ChangedBlock]:
+    """``DELTA_COLUMNS`` rows, taken by position as they are: a page maps a thousand rows, and
+    only a tuple per row is cheap enough (``records.ChangedBlock``)."""
+    return list(map(ChangedBlock._make, rows))
 
 
 def entry_row(row: Row) -> ScanEntry:
@@ -164,7 +162,7 @@ def entry_row(row: Row) -> ScanEntry:
 
 
 def page(
-    changed: list[BlockRecord],
+    changed: list[ChangedBlock],
     deleted: list[tuple[str, int]],
     clock: int,
     limit: int,

@@ -7,7 +7,10 @@ what clients have always received.
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import orjson
 
 from heaper_trio import crdt
 from heaper_trio.records import ChangePage
@@ -106,6 +109,17 @@ def delta_json(page: ChangePage) -> dict[str, Any]:
         "total_changed": page.total_changed,
         "total_deleted": page.total_deleted,
     }
+
+
+def delta_bytes(page: ChangePage) -> bytes:
+    """``delta_json`` encoded, for the route to send as it is. A page of a walk is a thousand
+    small objects: orjson encodes them 6-8 times faster than ``json.dumps`` (3 ms of a page's
+    CPU, issue 12 item 4). Text orjson refuses (a lone surrogate) goes through ``json``."""
+    body = delta_json(page)
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return json.dumps(body).encode()
 
 
 def block_view_json(view: BlockView) -> dict[str, Any]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint, request
+from quart import Blueprint, Response, request
 
 from heaper_trio.errors import BadRequest, PayloadTooLarge, Unprocessable
 from heaper_trio.records import User
 from heaper_trio.services.documents import DELTA_LIMIT
-from heaper_trio.web.json_sync import delta_json, pull_json, pull_request, push_json, push_request
+from heaper_trio.web.json_sync import delta_bytes, pull_json, pull_request, push_json, push_request
 from heaper_trio.web.routes_heaps import ID
 from heaper_trio.web.routing import route, services
 from heaper_trio.web.schema import (
@@ -87,7 +87,7 @@ def _answer(blocks: list[dict[str, Any]], bad: str) -> Any:
         total_deleted=integer(),
     ),
 )
-async def delta(user: User) -> dict[str, Any]:
+async def delta(user: User) -> Response:
     heap_id = request.args.get("workspace_id") or request.args.get("heap_id")
     if not heap_id:
         raise BadRequest(
@@ -101,7 +101,8 @@ async def delta(user: User) -> dict[str, Any]:
     since_text = request.args.get("since", "")
     since = parse_int(since_text, SINCE, "query.since") if is_int_text(since_text) else 0
     limit = parse_int(request.args.get("limit", str(DELTA_LIMIT)), LIMIT, "query.limit")
-    return delta_json(await services().documents.delta(user, heap_id, since, limit))
+    page = await services().documents.delta(user, heap_id, since, limit)
+    return Response(delta_bytes(page), content_type="application/json")
 
 
 @route(

@@ -49,6 +49,7 @@ from heaper_trio.storage.errors import HeapNotFound
 from heaper_trio.storage.postgres.files import write_block_files
 from heaper_trio.storage.postgres.notify import block_pointer, notify
 from heaper_trio.storage.postgres.runtime import Conn, Pool, T, _connection
+from heaper_trio.storage.postgres.search import index_block
 from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, record_row
 
 # First key of the two-key advisory locks on block ids (a key space apart from the one-key
@@ -216,7 +217,8 @@ async def _tick(c: Conn, heap_id: str, now: int) -> int:
 
 async def commit_change(c: Conn, ch: BlockChange, now: int) -> CommitResult:
     current = await c.fetchrow(
-        "SELECT heap_id, last_seq, sync_version FROM blocks WHERE id=$1 FOR UPDATE", ch.block_id
+        "SELECT heap_id, last_seq, sync_version, title, text FROM blocks WHERE id=$1 FOR UPDATE",
+        ch.block_id,
     )
     tombstoned = (
         rules.creates(ch)
@@ -234,11 +236,14 @@ async def commit_change(c: Conn, ch: BlockChange, now: int) -> CommitResult:
         names = ", ".join(columns)
         marks = ", ".join(f"${i}::{COLUMN_TYPES[k]}" for i, k in enumerate(columns, 1))
         await c.execute(f"INSERT INTO blocks ({names}) VALUES ({marks})", *columns.values())
+        await index_block(c, ch.block_id, None, ch.projection.title, ch.projection.text)
     else:
         sets = ", ".join(f"{k}=${i}::{COLUMN_TYPES[k]}" for i, k in enumerate(columns, 1))
         await c.execute(
             f"UPDATE blocks SET {sets} WHERE id=${len(columns) + 1}", *columns.values(), ch.block_id
         )
+        old = (current["title"], current["text"])
+        await index_block(c, ch.block_id, old, ch.projection.title, ch.projection.text)
     log = rules.log_rows(ch, base, now)
     if log:
         await c.execute(

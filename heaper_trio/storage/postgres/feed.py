@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from heaper_trio.records import ChangePage
 from heaper_trio.storage.postgres.runtime import Conn
-from heaper_trio.storage.rows import DELTA_COLUMNS, DeltaTotals, delta_row, page, tie_at
+from heaper_trio.storage.rows import DELTA_COLUMNS, DeltaTotals, delta_rows, page, tie_at
 
 
 async def changes_since(
@@ -60,7 +60,7 @@ async def changes_since(
         assert row is not None  # a SELECT without FROM gives one row
         totals = (int(row[0]), int(row[1]))
     answer = page(
-        [delta_row(r) for r in rows],
+        delta_rows(rows),
         [(r[0], r[1]) for r in deleted],
         clock,
         limit,

@@ -15,6 +15,7 @@ from heaper_trio.storage import rules
 from heaper_trio.storage.postgres import documents as docs
 from heaper_trio.storage.postgres.notify import block_pointer, notify
 from heaper_trio.storage.postgres.runtime import Conn, PostgresBridge, read, tx
+from heaper_trio.storage.postgres.search import index_new_blocks
 from heaper_trio.storage.rows import ENTRY_COLUMNS, entry_row
 
 
@@ -116,6 +117,7 @@ async def _create_blocks(c: Conn, changes: list[BlockChange], now: int) -> list[
             "$13::bigint[], $14::bigint[], $15::bigint[], $16::text[], $17::int4[])",
             *rules.columns(plan.blocks, 17),
         )
+        await index_new_blocks(c, [(b[0], b[3], b[4]) for b in plan.blocks])
     if plan.updates:
         await c.execute(
             "INSERT INTO block_updates (block_id, seq, data, created_at, author_id) "

@@ -20,6 +20,7 @@ from heaper_trio.storage import block_query, history_rows, rules
 from heaper_trio.storage.errors import HeapNotFound
 from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, record_row
 from heaper_trio.storage.sqlite.files import write_block_files
+from heaper_trio.storage.sqlite.search import index_block
 
 
 def get_heap(c: sqlite3.Connection, heap_id: str) -> Heap | None:
@@ -111,7 +112,8 @@ def _tick(c: sqlite3.Connection, heap_id: str, now: int) -> int:
 
 def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitResult:
     current = c.execute(
-        "SELECT heap_id, last_seq, sync_version FROM blocks WHERE id=?", (ch.block_id,)
+        "SELECT heap_id, last_seq, sync_version, n, title, text FROM blocks WHERE id=?",
+        (ch.block_id,),
     ).fetchone()
     tombstoned = (
         rules.creates(ch)
@@ -127,13 +129,16 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
     if current is None:
         columns.update(rules.created_columns(ch, updated_at))
         names = ", ".join(columns)
-        c.execute(
-            f"INSERT INTO blocks ({names}) VALUES ({', '.join('?' * len(columns))})",
+        block_n = c.execute(
+            f"INSERT INTO blocks ({names}) VALUES ({', '.join('?' * len(columns))}) RETURNING n",
             tuple(columns.values()),
-        )
+        ).fetchone()[0]
+        index_block(c, block_n, None, ch.projection.title, ch.projection.text)
     else:
         sets = ", ".join(f"{k}=?" for k in columns)
         c.execute(f"UPDATE blocks SET {sets} WHERE id=?", (*columns.values(), ch.block_id))
+        old = (current["title"], current["text"])
+        index_block(c, current["n"], old, ch.projection.title, ch.projection.text)
     c.executemany(
         "INSERT INTO block_updates (block_id, seq, data, created_at, author_id) "
         "VALUES (?, ?, ?, ?, ?)",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 
 from heaper_trio.records import ChangePage
-from heaper_trio.storage.rows import DELTA_COLUMNS, DeltaTotals, delta_row, page, tie_at
+from heaper_trio.storage.rows import DELTA_COLUMNS, DeltaTotals, delta_rows, page, tie_at
 
 
 def changes_since(
@@ -52,7 +52,7 @@ def changes_since(
         ).fetchone()
         totals = (int(row[0]), int(row[1]))
     answer = page(
-        [delta_row(r) for r in rows],
+        delta_rows(rows),
         [(r[0], r[1]) for r in deleted],
         clock,
         limit,

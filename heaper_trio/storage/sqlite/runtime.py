@@ -28,6 +28,7 @@ import trio
 from heaper_trio.errors import Unavailable
 from heaper_trio.storage import observe
 from heaper_trio.storage.migrate import migration_scripts
+from heaper_trio.storage.sqlite import search
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ def _migrate(conn: sqlite3.Connection, now_ms: int) -> None:
             if not again.fetchone():  # nobody else applied it: a real failure
                 raise
         log.info("applied sqlite migration %s", name)
+    if indexed := search.backfill(conn):
+        log.info("indexed the lines of %d existing blocks for search", indexed)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from heaper_trio.storage import rules
 from heaper_trio.storage.rows import ENTRY_COLUMNS, entry_row
 from heaper_trio.storage.sqlite import documents as docs
 from heaper_trio.storage.sqlite.runtime import SqliteRuntime
+from heaper_trio.storage.sqlite.search import index_new_blocks
 
 CHUNK = 500  # host parameters per IN (...)
 
@@ -132,6 +133,7 @@ def _create_blocks(
         ).fetchone()
         rules.add_creations(plan, heap_id, mine, None if row is None else row[0], now)
     _insert(c, f"INSERT INTO blocks ({rules.CREATED_BLOCK_COLUMNS})", plan.blocks)
+    index_new_blocks(c, [(b[0], b[3], b[4]) for b in plan.blocks])
     _insert(
         c, "INSERT INTO block_updates (block_id, seq, data, created_at, author_id)", plan.updates
     )

@@ -1,0 +1,84 @@
+"""SQLite's search rows per line (migration 0017, ``storage/search_lines.py``): written with
+every commit of a block, and built once for the blocks that existed before the migration."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+
+from heaper_trio.storage.search_lines import changes, line_key, lines
+
+_BACKFILL_BATCH = 200  # blocks per transaction while indexing existing ones
+
+
+def write_lines(
+    c: sqlite3.Connection, block_n: int, gone: Counter[str], came: Counter[str]
+) -> None:
+    """Apply a block's line changes (``search_lines.changes``) to its rows."""
+    for body, k in gone.items():
+        key = line_key(body)
+        c.execute(
+            "UPDATE block_lines SET uses = uses - ? WHERE block_n=? AND key=? AND body=?",
+            (k, block_n, key, body),
+        )
+        c.execute(
+            "DELETE FROM block_lines WHERE block_n=? AND key=? AND body=? AND uses <= 0",
+            (block_n, key, body),
+        )
+    for body, k in came.items():
+        key = line_key(body)
+        if c.execute(
+            "UPDATE block_lines SET uses = uses + ? WHERE block_n=? AND key=? AND body=?",
+            (k, block_n, key, body),
+        ).rowcount:
+            continue
+        c.execute(
+            "INSERT INTO block_lines (block_n, key, body, uses) VALUES (?, ?, ?, ?)",
+            (block_n, key, body, k),
+        )
+
+
+def index_block(
+    c: sqlite3.Connection, block_n: int, old: tuple[str, str] | None, title: str, text: str
+) -> None:
+    """Index a block's new title and text; ``old`` is what its rows hold now (None: none)."""
+    if old is None:  # no rows yet: plain inserts, no lookups
+        c.executemany(
+            "INSERT INTO block_lines (block_n, key, body, uses) VALUES (?, ?, ?, ?)",
+            [(block_n, line_key(b), b, k) for b, k in (lines(title) + lines(text)).items()],
+        )
+    else:
+        write_lines(c, block_n, *changes(old[0], old[1], title, text))
+
+
+def index_new_blocks(c: sqlite3.Connection, blocks: list[tuple[str, str, str]]) -> None:
+    """Index blocks just inserted together: (id, title, text) each."""
+    for block_id, title, text in blocks:
+        row = c.execute("SELECT n FROM blocks WHERE id=?", (block_id,)).fetchone()
+        index_block(c, row[0], None, title, text)
+
+
+def backfill(conn: sqlite3.Connection) -> int:
+    """Index the blocks migration 0017 listed, a batch per transaction; returns how many.
+    A crash midway leaves the rest listed, and the next start goes on from there."""
+    done = 0
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            todo = conn.execute(
+                "SELECT t.block_n, b.title, b.text FROM block_lines_todo t "
+                "LEFT JOIN blocks b ON b.n = t.block_n LIMIT ?",
+                (_BACKFILL_BATCH,),
+            ).fetchall()
+            for block_n, title, text in todo:
+                conn.execute("DELETE FROM block_lines WHERE block_n=?", (block_n,))
+                if title is not None:
+                    index_block(conn, block_n, None, title, text)
+                conn.execute("DELETE FROM block_lines_todo WHERE block_n=?", (block_n,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        done += len(todo)
+        if len(todo) < _BACKFILL_BATCH:
+            return done
