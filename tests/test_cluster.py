@@ -146,6 +146,13 @@ async def _cluster(
         assert part.headers["content-range"] == f"bytes 5000000-{len(data) - 1}/{len(data)}"
         assert part.headers["etag"] and part.headers["etag"] == whole.headers["etag"]
         assert open_multipart(s3_endpoint, bucket) == []
+        small = os.urandom(70_000)  # one request, through B; streamed with Range by A
+        r = await on_b.post(
+            f"/api/upload/file/{heap['id']}/blk-d", files={"file": ("d.bin", small, "x/y")}
+        )
+        assert r.status_code == 200, r.text
+        r = await on_a.get(f"/api/stream/{sha(small)}/d.bin", headers={"Range": "bytes=100-199"})
+        assert r.status_code == 206 and r.content == small[100:200], r.status_code
         # A client thumbnail replaced through the other process is what both serve.
         for uploader, thumb in ((on_a, png()), (on_b, png(40))):
             r = await uploader.post(
@@ -171,9 +178,12 @@ async def _cluster(
         assert_error(r, 409, "scan_running")  # one scan of a folder, whichever process is asked
 
         # Aborted through B; its progress on B's socket stops with the one scan.aborted.
+        asked = time.monotonic()
         r = await on_b.post("/api/abort_scan", json={"scan_id": scan_id})
         assert r.status_code == 200 and r.json()["scan"]["state"] == "aborting", r.text
         job = await ended(on_b, scan_id)
+        took = time.monotonic() - asked
+        assert took < 1.0, took  # A hears of it at once (NOTIFY), not at its next beat
         assert job["state"] == "aborted" and job["files_done"] >= 5, job
         await until(lambda: "scan.aborted" in of_job(events, scan_id))
         await trio.sleep(0.6)  # more than a progress interval: nothing may follow the end
@@ -207,7 +217,9 @@ async def _cluster(
         assert r.status_code == 200
         assert (await ended(on_b, again))["state"] == "aborted"
         nursery.cancel_scope.cancel()
-    print(f"\nkilled process's job failed after {failed_after:.2f} s")
+    print(
+        f"\ncross-process abort {took * 1000:.0f} ms; killed job failed after {failed_after:.2f} s"
+    )
 
 
 # -- two overlapping scans started at once through two processes --------------------------
