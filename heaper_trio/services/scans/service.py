@@ -203,7 +203,11 @@ class ScanService:
     async def _queue(self, user: User, heap_id: str, path: str) -> ScanSnapshot:
         row = queued_row(user.id, heap_id, path, self.table.process)
         await self._check_free(user, heap_id, [row.path])
-        await self.table.queue(row)
+        try:
+            await self.table.queue(row)
+        except Conflict:  # refused in the inserting transaction: name the scan that won
+            await self._check_free(user, heap_id, [row.path])
+            raise
         log.info("scan %s of %s queued for the machine that has it", row.id, row.path)
         return snapshot_of(row, row.created_at)
 
