@@ -73,7 +73,7 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "Empty for the embedded SQLite database in data_dir, or a "
         "postgresql:// URL. Several server processes may share one PostgreSQL database "
-        "(and must then share data_dir).",
+        "(and must then share data_dir, or only its server key when files are in a bucket).",
         cli=True,
         check=_check_url,
     ),

@@ -1,8 +1,9 @@
 """The file store on both backends (``files_backend`` local and s3, the bucket a moto server
 on loopback): uploads one-shot and resumable, Range on raw and stream, thumbnails, dedupe,
 the last holder's deletion, a wrong hash and expiry leaving nothing behind, presigned
-redirects, and two server processes on one database and one bucket sharing an upload. The rest of
-the file suite runs on the local disk; this is the set that says the bucket behaves alike."""
+redirects. Two server processes on one database and one bucket sharing an upload are
+``tests/test_cluster.py``'s. The rest of the file suite runs on the local disk; this is the set
+that says the bucket behaves alike."""
 
 from __future__ import annotations
 
@@ -10,27 +11,22 @@ import hashlib
 import io
 import logging
 import os
-import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import trio
 from PIL import Image
 
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.errors import StartupError
-from heaper_trio.keys import SERVER_KEY_FILE, load_or_create_server_key
 from heaper_trio.services.object_uploads import PART_MIN, part_chunk_size
 from heaper_trio.settings import load_settings
 from heaper_trio.storage.blobs.s3 import S3Objects
 
 from .conftest import assert_error
 from .objects_support import bucket, keys, open_multipart, s3_client, s3_endpoint, s3_settings
-from .test_cli import ServerProcess
 from .test_sync import new_heap
 
 __all__ = ["bucket", "s3_endpoint"]  # fixtures, used by name
@@ -254,71 +250,6 @@ def test_chunks_become_parts_of_at_least_five_mib() -> None:
     assert part_chunk_size(10 * MiB, 64 * 1024) == PART_MIN
     assert part_chunk_size(100, 64 * 1024) == 64 * 1024  # one chunk holds all: any size
     assert part_chunk_size(50 * MiB, 8 * MiB) == 8 * MiB
-
-
-async def up(url: str) -> bool:
-    try:
-        async with httpx.AsyncClient() as c:
-            return (await c.get(url + "/api/health")).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-@pytest.mark.slow
-@pytest.mark.engines("postgres")
-async def test_two_server_processes_share_uploads_through_one_bucket(
-    tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str
-) -> None:
-    """Two server processes on one database and one bucket, each with its own data directory
-    (only the key is shared, as on two machines): chunks alternate between them, complete on
-    either, Range on the other; a client thumbnail replaced through the other."""
-    config = tmp_path / "heaper.toml"
-    config.write_text(
-        f'files_backend = "s3"\ns3_endpoint = "{s3_endpoint}"\ns3_bucket = "{bucket}"\n'
-    )
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-    load_or_create_server_key(tmp_path / "a")  # every process has the server's key
-    shutil.copy2(tmp_path / "a" / SERVER_KEY_FILE, tmp_path / "b" / SERVER_KEY_FILE)
-    a, b = (ServerProcess(tmp_path / n, database_url, "--config", str(config)) for n in "ab")
-    try:
-        with trio.fail_after(120):  # two processes starting together on a busy machine
-            while not all([await up(a.url), await up(b.url)]):
-                assert a.proc.poll() is None and b.proc.poll() is None
-                await trio.sleep(0.1)
-        async with HeaperClient(a.url) as on_a, HeaperClient(b.url, key=on_a.key) as on_b:
-            await on_a.login()
-            await on_b.login()
-            heap = await new_heap(on_a)
-            data = os.urandom(PART_MIN + 12345)  # two parts, one through each process
-            r = await upload_chunks(on_a, heap["id"], "blk-c", data, clients=[on_a, on_b])
-            assert isinstance(r, httpx.Response) and r.status_code == 200, r.text
-            r = await on_a.get(f"/api/file/{sha(data)}/raw/c", headers={"Range": "bytes=5000000-"})
-            assert r.status_code == 206 and r.content == data[5_000_000:]
-            small = os.urandom(70_000)
-            r = await on_b.post(
-                f"/api/upload/file/{heap['id']}/blk-d", files={"file": ("d.bin", small, "x/y")}
-            )
-            assert r.status_code == 200, r.text
-            r = await on_a.get(
-                f"/api/stream/{sha(small)}/d.bin", headers={"Range": "bytes=100-199"}
-            )
-            assert r.status_code == 206 and r.content == small[100:200]
-            for uploader, thumb in ((on_a, png()), (on_b, png(40))):
-                r = await uploader.post(
-                    f"/api/upload/thumbnail/blk-d/{sha(small)}/small",
-                    files={"thumbnail": ("t.png", thumb)},
-                    data={"type": "image", "size": "small"},
-                )
-                assert r.status_code == 200, r.text
-                for reader in (on_a, on_b):
-                    r = await reader.get(f"/api/download/thumbnail/blk-d/{sha(small)}/image/small")
-                    assert r.status_code == 200 and r.content == thumb
-        assert open_multipart(s3_endpoint, bucket) == []
-    finally:
-        for p in (a, b):
-            p.stop(signal.SIGTERM)
-            p.kill()
 
 
 async def test_a_chunk_sent_again_during_complete_never_lands_under_the_hash(

@@ -240,7 +240,8 @@ async def bind_server_key(storage: Storage, data_dir: Path) -> KeyPair:
         raise StartupError(
             f"data_dir: the key in {key_path} ({server_key.public_key}) is not the key this "
             f"database belongs to ({owner}). Restore the right key file, or point data_dir and "
-            "database_url at a matching pair; processes sharing a database must share data_dir."
+            "database_url at a matching pair; processes sharing a database must share its key "
+            f"(the same {SERVER_KEY_FILE} in every data_dir)."
         )
     return server_key
 

@@ -370,7 +370,9 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def insert_jobs(self, jobs: list[JobRecord]) -> bool:
         """All or none: False, with nothing stored, if one of them is a scan of a heap's
-        folder that an active scan holds, or a reindex while one of its owner's is active."""
+        folder that an active scan of the heap holds, lies inside or holds (checked in the
+        inserting transaction, so two processes starting ``/a`` and ``/a/b`` at once get one
+        True), or a reindex while one of its owner's is active."""
 
     @abc.abstractmethod
     async def beat_jobs(self, now: int, jobs: list[JobRecord]) -> list[str]:

@@ -100,3 +100,24 @@ def roots_of(text: str) -> list[str]:
     except ValueError:
         return []
     return [r for r in roots if isinstance(r, str)] if isinstance(roots, list) else []
+
+
+# Scans are started by heap: a new scan may not overlap (be, lie inside or hold) a folder an
+# active scan of its heap holds. The unique index only refuses identical paths, so each engine
+# checks this in the transaction that inserts, PostgreSQL under a lock per heap.
+ACTIVE_SCANS_SQL = f"SELECT heap_id, path FROM jobs WHERE kind='scan' AND state IN {ACTIVE_SQL}"
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def clashes(jobs: list[JobRecord], active: list[tuple[str, str]]) -> bool:
+    """Whether one of the new scans overlaps an active scan ``(heap_id, path)`` of its heap."""
+    return any(
+        job.kind == "scan"
+        and heap == job.heap_id
+        and (_inside(job.path, path) or _inside(path, job.path))
+        for job in jobs
+        for heap, path in active
+    )

@@ -90,7 +90,8 @@ class JobTable:
             now = self.now_ms()
             if not await self.storage.insert_jobs([j.record(self.process, now) for j in jobs]):
                 raise Conflict(
-                    "the same job was just started (by another server process)",
+                    "the same job, or a scan of a folder inside or around it, was just started "
+                    "(by another server process)",
                     code="scan_running",
                 )
         except BaseException:
@@ -103,7 +104,9 @@ class JobTable:
         ``scan_running`` as ``insert``."""
         if not await self.storage.insert_jobs([row]):
             raise Conflict(
-                "the same job was just started (by another server process)", code="scan_running"
+                "the same job, or a scan of a folder inside or around it, was just started "
+                "(by another server process)",
+                code="scan_running",
             )
 
     async def advertise(self) -> None:

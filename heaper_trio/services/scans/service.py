@@ -187,8 +187,7 @@ class ScanService:
             if not await self._elsewhere(path, e):
                 raise
             return await self._queue(user, heap_id, path)
-        await self._check_free(user, heap_id, [real])
-        [job] = await self._start([self._scan_job(user, heap_id, real)])
+        [job] = await self._start_scans(user, heap_id, [real])
         return job
 
     # -- scans of another machine's folders (scans/route) --------------------------------
@@ -204,7 +203,11 @@ class ScanService:
     async def _queue(self, user: User, heap_id: str, path: str) -> ScanSnapshot:
         row = queued_row(user.id, heap_id, path, self.table.process)
         await self._check_free(user, heap_id, [row.path])
-        await self.table.queue(row)
+        try:
+            await self.table.queue(row)
+        except Conflict:  # refused in the inserting transaction: name the scan that won
+            await self._check_free(user, heap_id, [row.path])
+            raise
         log.info("scan %s of %s queued for the machine that has it", row.id, row.path)
         return snapshot_of(row, row.created_at)
 
@@ -272,8 +275,7 @@ class ScanService:
             raise skipped[0][1]
         started = []
         if reals:
-            await self._check_free(user, heap_id, reals)
-            started = await self._start([self._scan_job(user, heap_id, r) for r in sorted(reals)])
+            started = await self._start_scans(user, heap_id, sorted(reals))
         for folder in elsewhere:
             try:
                 started.append(await self._queue(user, heap_id, folder))
@@ -319,6 +321,17 @@ class ScanService:
                     code="scan_running",
                     details={"scan_id": scan_id},
                 )
+
+    async def _start_scans(self, user: User, heap_id: str, reals: list[str]) -> list[ScanSnapshot]:
+        """Checked here first, then again in the transaction that writes the rows (another
+        process may start an overlapping scan in between); refused there, the 409 names the
+        scan that won, as the first check would have."""
+        await self._check_free(user, heap_id, reals)
+        try:
+            return await self._start([self._scan_job(user, heap_id, r) for r in reals])
+        except Conflict:
+            await self._check_free(user, heap_id, reals)
+            raise
 
     def _scan_job(
         self, user: User, heap_id: str, real: str, job: ScanJob | None = None

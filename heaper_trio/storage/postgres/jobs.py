@@ -16,10 +16,12 @@ import asyncpg
 from heaper_trio.protocol import announce
 from heaper_trio.records.jobs import JobProcess, JobRecord
 from heaper_trio.storage.job_rows import (
+    ACTIVE_SCANS_SQL,
     ACTIVE_SQL,
     BEAT_STATE,
     JOB_COLUMNS,
     RUNNING_SQL,
+    clashes,
     job_row,
     job_values,
     progress_values,
@@ -43,11 +45,24 @@ _BEAT = (
 )
 
 
-async def _insert(c: Conn, jobs: list[JobRecord]) -> None:
+# The transaction-scoped advisory lock a scan's start holds on its heap, from the overlap check
+# to COMMIT: two processes starting /a and /a/b at once check one after the other.
+SCAN_START_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('heaper.scan_start:' || $1, 0))"
+
+
+async def _insert(c: Conn, jobs: list[JobRecord]) -> bool:
+    heaps = sorted({job.heap_id for job in jobs if job.kind == "scan"})
+    for heap in heaps:  # one heap in practice; sorted, so two starts never lock crosswise
+        await c.execute(SCAN_START_LOCK, heap)
+    if heaps:
+        found = await c.fetch(ACTIVE_SCANS_SQL + " AND heap_id = ANY($1::text[])", heaps)
+        if clashes(jobs, [(r["heap_id"], r["path"]) for r in found]):
+            return False
     for job in jobs:  # a few at most (a heap's scanned folders), in one transaction
         values = job_values(job)
         marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
         await c.execute(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({marks})", *values)
+    return True
 
 
 async def _beat(c: Conn, now: int, jobs: list[JobRecord]) -> list[str]:
@@ -167,10 +182,10 @@ class PostgresJobs(PostgresBridge):
         if not jobs:
             return True
         try:
-            await self._run(tx, _insert, jobs)
+            inserted: bool = await self._run(tx, _insert, jobs)
         except asyncpg.UniqueViolationError:  # jobs_one_active_scan, jobs_one_active_reindex
             return False
-        return True
+        return inserted
 
     async def beat_jobs(self, now: int, jobs: list[JobRecord]) -> list[str]:
         if not jobs:

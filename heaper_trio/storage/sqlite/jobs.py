@@ -8,10 +8,12 @@ import sqlite3
 
 from heaper_trio.records.jobs import JobProcess, JobRecord
 from heaper_trio.storage.job_rows import (
+    ACTIVE_SCANS_SQL,
     ACTIVE_SQL,
     BEAT_STATE,
     JOB_COLUMNS,
     RUNNING_SQL,
+    clashes,
     job_row,
     job_values,
     progress_values,
@@ -25,10 +27,14 @@ _PROGRESS = (
 )
 
 
-def _insert(c: sqlite3.Connection, jobs: list[JobRecord]) -> None:
+def _insert(c: sqlite3.Connection, jobs: list[JobRecord]) -> bool:
+    """The overlap check and the rows in the writer's one transaction (one process writes)."""
+    if clashes(jobs, c.execute(ACTIVE_SCANS_SQL).fetchall()):
+        return False
     for job in jobs:  # a unique index refusing one rolls back all (the job's SAVEPOINT)
         marks = ",".join("?" * len(job_values(job)))
         c.execute(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({marks})", job_values(job))
+    return True
 
 
 def _beat(c: sqlite3.Connection, now: int, jobs: list[JobRecord]) -> list[str]:
@@ -142,10 +148,9 @@ class SqliteJobs:
 
     async def insert_jobs(self, jobs: list[JobRecord]) -> bool:
         try:
-            await self.rt.write(_insert, jobs)
+            return await self.rt.write(_insert, jobs)
         except sqlite3.IntegrityError:  # jobs_one_active_scan, jobs_one_active_reindex
             return False
-        return True
 
     async def beat_jobs(self, now: int, jobs: list[JobRecord]) -> list[str]:
         return await self.rt.write(_beat, now, jobs)
