@@ -262,6 +262,8 @@ class JobTable:
         return failed + unclaimed
 
     def _failed(self, row: JobRecord, error: str) -> None:
+        if not row.owner_id:  # a system job (upload expiry): nobody to tell
+            return
         self.publish(
             row.owner_id,
             events.event(
