@@ -139,7 +139,7 @@ class FileService(FileStore):
         objects: S3Objects | None = None,
     ) -> None:
         super().__init__(storage, documents, settings, publish, probe, objects)
-        self.parts = ObjectUploads(objects) if objects is not None else None
+        self.parts = ObjectUploads(objects, storage) if objects is not None else None
         self.uploads = settings.data_path / "uploads"
         self._assembling: dict[str, trio.Lock] = {}
         self.slots = UploadSlots(settings.max_uploads_per_user)
