@@ -158,6 +158,7 @@ class JobTable:
             None if user.is_admin else user.id, True, 0, ACTIVE_LIMIT
         )
         active = ("queued", "running", "aborting", "finishing")
+        rows = [r for r in rows if r.owner_id]  # system jobs: the admin page lists them
         return [s for s in self._fresh(rows) if s.state in active]
 
     async def history(self, user: User, limit: int) -> list[ScanSnapshot]:
