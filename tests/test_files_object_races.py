@@ -153,6 +153,7 @@ async def test_two_processes_racing_start_share_one_multipart_upload(
         assert await a.received(upload, lambda i: 6) == [0, 1]
 
 
+@pytest.mark.engines("sqlite")  # the UPDATE itself: test_storage_object_state, both
 async def test_a_row_from_before_the_column_has_its_multipart_id_stored_once(
     make_settings: Callable[..., Settings], s3_endpoint: str, bucket: str, tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+import pytest
 import trio
 
 from heaper_trio.app import RunningServer
@@ -60,6 +61,7 @@ async def test_one_process_sweeps_and_another_takes_over_when_it_dies(
         assert await a.step() and sweeps[0].runs == 2
 
 
+@pytest.mark.engines("sqlite")  # the rows on both engines: test_storage_object_state
 async def test_regenerate_is_a_job_of_its_owner(
     server: RunningServer, admin: HeaperClient, eve: HeaperClient
 ) -> None:

@@ -227,7 +227,7 @@ class FileService(FileStore):
             if known.size != size:
                 raise Unprocessable("a file with this hash has another size", code="size_mismatch")
             async with claimed(self.storage, hash):  # a deletion under way is waited for
-                if await self._known(hash) is not None:  # and none starts till it is held
+                if (known := await self._known(hash)) is not None:  # none starts till held
                     await self._record(
                         user, heap_id, block_id, hash, size, name, guess_mime(name, mime_type)
                     )

@@ -156,8 +156,17 @@ class ObjectUploads:
             known = found[0]
         try:
             parts = await self.objects.parts(key, known)
-        except ObjectMissing:  # finished or aborted meanwhile
-            return []
+        except ObjectMissing:  # finished or aborted meanwhile, or replaced by another process
+            row = (
+                None
+                if self.storage is None
+                else await self.storage.get_upload(upload.heap_id, upload.block_id, upload.hash)
+            )
+            if row is None or row.id != upload.id or row.multipart_id in (None, known):
+                return []
+            assert row.multipart_id is not None
+            self._remember(upload.id, row.multipart_id)
+            return await self.received(row, expected)
         return sorted(
             p.number - 1
             for p in parts

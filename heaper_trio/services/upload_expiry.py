@@ -44,8 +44,8 @@ class UploadExpiry:
         """Hold the lease: still (its row was not failed meanwhile) or newly taken."""
         if self.job is not None and self.job.running and not self.job.aborted:
             return True
-        if self.job is not None:  # failed by another process's reaper: ours no more
-            await self._end("failed")
+        if self.job is not None:  # reaped by another process, or aborted by an admin
+            await self._end("aborted")  # (a reaped row stays failed: it is no longer active)
         job = ScanJob("", "", "", kind=KIND)
         self.table.local[job.scan_id] = job  # beaten with this process's other jobs
         try:
