@@ -14,16 +14,20 @@ import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import trio
+from trio.testing import wait_all_tasks_blocked
 
 from heaper_trio.client import HeaperClient
 from heaper_trio.keys import SERVER_KEY_FILE as KEY
 from heaper_trio.records import UploadRecord
+from heaper_trio.services.file_claims import FileClaims
 from heaper_trio.services.object_uploads import ObjectUploads
 from heaper_trio.settings import Settings
+from heaper_trio.storage import Storage
 from heaper_trio.storage.blobs.base import ObjectMissing, file_key, upload_key
 from heaper_trio.storage.blobs.s3 import S3Objects
 
@@ -191,3 +195,26 @@ async def test_a_row_from_before_the_column_has_its_multipart_id_stored_once(
             None,
             [],
         )
+
+
+async def test_in_one_process_claims_and_deletions_take_turns_in_memory() -> None:
+    """SQLite (one process per database): the same protocol without a write per upload."""
+    claims = FileClaims(cast(Storage, SimpleNamespace(shares_processes=False)))
+    got: list[str] = []
+
+    async def upload(hash: str) -> None:
+        async with claims.hold(hash):
+            got.append(hash)
+
+    async with claims.hold("held"), trio.open_nursery() as nursery:
+        async with claims.deleting(["held", "free", "free"]) as dropping:
+            assert dropping == ["free"]  # a held hash is left alone
+            async with claims.deleting(["free"]) as again:
+                assert again == []  # one deletion at a time
+            nursery.start_soon(upload, "free")
+            await wait_all_tasks_blocked()
+            assert got == []  # waits until the deletion ends
+        await wait_all_tasks_blocked()
+        assert got == ["free"]
+    async with claims.deleting(["held"]) as dropping:
+        assert dropping == ["held"]  # released

@@ -15,7 +15,8 @@ end up holding a row whose bytes A removes. Two marks in the database keep them 
 
 The claim's write and the deletion's drop take turns per hash (PostgreSQL: a transaction
 advisory lock on the hash, then a new statement, so each sees what the other committed;
-SQLite: the one writer), so one of two orders holds: the claim first, then the drop sees it
+SQLite, one process: the same in memory, ``FileClaims``, with the table methods kept for
+parity), so one of two orders holds: the claim first, then the drop sees it
 and leaves the row and the bytes alone; or the drop first, then the claim sees the deletion
 and waits until the bytes are gone, and the upload writes them again. No new deletion can
 start while the claim is held, and once it is released the upload's block holds the file.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -44,6 +46,54 @@ POLL_S = 0.05  # while a deletion of the same bytes finishes (rare, and short)
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class FileClaims:
+    """Claims and deletions, in the database when processes share it (PostgreSQL), else in
+    this process's memory: SQLite has one process per database, where the same protocol
+    then costs an upload no write transactions (two per upload in the database)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.shared = storage.shares_processes
+        self._held: Counter[str] = Counter()  # hash -> uploads holding it (memory mode)
+        self._deleting: dict[str, trio.Event] = {}  # hash -> set when its deletion ends
+
+    @asynccontextmanager
+    async def hold(self, hash: str) -> AsyncIterator[None]:
+        """Hold the hash from before the store is looked at until the block holds the
+        file; returns once no deletion of its bytes is under way."""
+        if self.shared:
+            async with claimed(self.storage, hash):
+                yield
+            return
+        while (ending := self._deleting.get(hash)) is not None:
+            await ending.wait()
+        self._held[hash] += 1  # no await since the check: no deletion started in between
+        try:
+            yield
+        finally:
+            self._held[hash] -= 1
+            if not self._held[hash]:
+                del self._held[hash]
+
+    @asynccontextmanager
+    async def deleting(self, hashes: list[str]) -> AsyncIterator[list[str]]:
+        """The hashes a deletion may drop (memory mode: those no upload holds and no other
+        deletion has), marked as being deleted until the block ends."""
+        if self.shared:  # the storage decides, under its lock (drop_unreferenced_files)
+            yield hashes
+            return
+        ended = trio.Event()
+        free = [h for h in dict.fromkeys(hashes) if h not in self._held and h not in self._deleting]
+        for h in free:
+            self._deleting[h] = ended
+        try:
+            yield free
+        finally:
+            for h in free:
+                del self._deleting[h]
+            ended.set()
 
 
 @asynccontextmanager

@@ -24,7 +24,7 @@ from heaper_trio.errors import (
 from heaper_trio.protocol import events
 from heaper_trio.records import FileRecord, User
 from heaper_trio.services.documents import DocumentService
-from heaper_trio.services.file_claims import CLAIM_TTL_MS, now_ms
+from heaper_trio.services.file_claims import CLAIM_TTL_MS, FileClaims, now_ms
 from heaper_trio.services.scans.source import OpenFile, open_own
 from heaper_trio.services.upload_disk import (  # _write: tests make the disk full there
     _close_and_remove,
@@ -63,6 +63,7 @@ class FileStore:
         self.documents = documents
         self.settings = settings
         self.publish = publish  # user events (file.ready) for the live channel
+        self.claims = FileClaims(storage)  # uploads against the last holder's deletion
         self.store = settings.data_path / "files" / "sha256"
         # trio.to_thread's default limiter is shared with the database threads (SQLite)
         self._probe_threads = trio.CapacityLimiter(PROBE_THREADS)
@@ -320,25 +321,26 @@ class FileStore:
     async def forget_unreferenced(self, hashes: list[str]) -> int:
         """After blocks are removed for good: files no block holds any more go, bytes too
         (never a scanned file's own bytes: those belong to the user's folder)."""
-        dropped = await self.storage.drop_unreferenced_files(
-            hashes, now=now_ms(), claims_after=now_ms() - CLAIM_TTL_MS
-        )  # uploads of these hashes wait until the bytes are gone (services/file_claims)
-        try:
-            if self.objects is not None:
-                for record in dropped:
-                    if record.source_path is None:
-                        await self.objects.delete(file_key(record.hash))
-            else:
-
-                def remove() -> None:
+        async with self.claims.deleting(hashes) as free:  # uploads of them wait till done
+            dropped = await self.storage.drop_unreferenced_files(
+                free, now=now_ms(), claims_after=now_ms() - CLAIM_TTL_MS
+            )  # services/file_claims
+            try:
+                if self.objects is not None:
                     for record in dropped:
                         if record.source_path is None:
-                            self.store_path(record.hash).unlink(missing_ok=True)
+                            await self.objects.delete(file_key(record.hash))
+                else:
 
-                await self._io(remove)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.storage.end_file_deletions([r.hash for r in dropped])
+                    def remove() -> None:
+                        for record in dropped:
+                            if record.source_path is None:
+                                self.store_path(record.hash).unlink(missing_ok=True)
+
+                    await self._io(remove)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.storage.end_file_deletions([r.hash for r in dropped])
         for record in dropped:
             await self.forget_thumbnails(record.hash)
         return len(dropped)

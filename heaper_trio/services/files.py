@@ -45,7 +45,6 @@ from heaper_trio.errors import (
 )
 from heaper_trio.records import UploadRecord, User
 from heaper_trio.services.documents import DocumentService
-from heaper_trio.services.file_claims import claimed
 from heaper_trio.services.file_outcomes import (
     AlreadyStored,
     ChunkStored,
@@ -177,7 +176,7 @@ class FileService(FileStore):
                             code="hash_mismatch",
                             details={"actual_hash": hash},
                         )
-                async with claimed(self.storage, hash):  # no deletion takes it meanwhile
+                async with self.claims.hold(hash):  # no deletion takes it meanwhile
                     with disk_full_is_507(NO_SPACE):
                         stored = await self._in_store(hash)
                         await self._stored(None if stored else out, temp, hash)
@@ -226,7 +225,7 @@ class FileService(FileStore):
             # so anyone else sends them and complete checks them against the stored copy)
             if known.size != size:
                 raise Unprocessable("a file with this hash has another size", code="size_mismatch")
-            async with claimed(self.storage, hash):  # a deletion under way is waited for
+            async with self.claims.hold(hash):  # a deletion under way is waited for
                 if (known := await self._known(hash)) is not None:  # none starts till held
                     await self._record(
                         user, heap_id, block_id, hash, size, name, guess_mime(name, mime_type)
@@ -403,7 +402,7 @@ class FileService(FileStore):
         folder = self._upload_dir(upload)
         chunks = [folder / f"{i}.chunk" for i in range(upload.total_chunks)]
         # Always hashed: the store having a file of this hash proves nothing about these bytes.
-        async with claimed(self.storage, hash):  # no deletion takes it till it is recorded
+        async with self.claims.hold(hash):  # no deletion takes it till it is recorded
             stored = await self._in_store(hash)
             temp = self.uploads / f"assemble-{uuid.uuid4().hex}.part"
             out: BinaryIO | None = None
@@ -448,7 +447,7 @@ class FileService(FileStore):
                     code="hash_mismatch",
                     details={"actual_hash": actual},
                 )
-            async with claimed(self.storage, hash):  # no deletion takes it meanwhile
+            async with self.claims.hold(hash):  # no deletion takes it meanwhile
                 await self.parts.publish(upload, hash)
                 await self._stored(None, temp, hash)
                 record = await self._record(
