@@ -247,6 +247,7 @@ class UploadRecord:
     mime_type: str
     created_at: int
     expires_at: int
+    multipart_id: str | None = None  # its S3 multipart upload, once a process started one
 
     @property
     def total_chunks(self) -> int:

@@ -41,9 +41,9 @@ class JobProcess:
 @dataclass(frozen=True, slots=True)
 class JobRecord:
     id: str
-    owner_id: str
+    owner_id: str  # "" for a system job (upload expiry): NULL in the table
     heap_id: str  # "" for a reindex of all the owner's heaps
-    kind: str  # "scan" or "reindex"
+    kind: str  # "scan", "reindex", "regenerate" or "upload_expiry"
     path: str
     state: str  # ACTIVE_STATES or FINAL_STATES
     process: JobProcess

@@ -43,6 +43,7 @@ from heaper_trio.services.query import QueryService
 from heaper_trio.services.ratelimit import AuthRateLimits
 from heaper_trio.services.scans.service import ScanService
 from heaper_trio.services.tokens import TokenService
+from heaper_trio.services.upload_expiry import UploadExpiry
 from heaper_trio.settings import Settings
 from heaper_trio.storage import Storage, make_storage
 from heaper_trio.storage.blobs import make_object_store
@@ -171,7 +172,7 @@ async def open_services(
         async with trio.open_nursery() as supervisor:
             supervisor.start_soon(_purge_expired_forever, storage)
             await supervisor.start(services.hub.run)
-            supervisor.start_soon(services.files.expire_forever)
+            supervisor.start_soon(UploadExpiry(services.files, services.scans.table).run)
             supervisor.start_soon(documents.history.maintain_forever)
             supervisor.start_soon(_finish_purges, services.heaps)
             await supervisor.start(services.scans.run)

@@ -24,6 +24,7 @@ from heaper_trio.errors import (
 from heaper_trio.protocol import events
 from heaper_trio.records import FileRecord, User
 from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.file_claims import CLAIM_TTL_MS, FileClaims, now_ms
 from heaper_trio.services.scans.source import OpenFile, open_own
 from heaper_trio.services.upload_disk import (  # _write: tests make the disk full there
     _close_and_remove,
@@ -62,6 +63,7 @@ class FileStore:
         self.documents = documents
         self.settings = settings
         self.publish = publish  # user events (file.ready) for the live channel
+        self.claims = FileClaims(storage)  # uploads against the last holder's deletion
         self.store = settings.data_path / "files" / "sha256"
         # trio.to_thread's default limiter is shared with the database threads (SQLite)
         self._probe_threads = trio.CapacityLimiter(PROBE_THREADS)
@@ -292,6 +294,14 @@ class FileStore:
         if record is not None and record.source_path is not None:
             await self.storage.update_file(hash, clear_source=True)
 
+    async def _still_stored(self, out: BinaryIO | None, temp: Path, hash: str) -> None:
+        """After recording into a bucket: the object is still there, else it is PUT again
+        (the second line of ``services/file_claims``: a deletion stalled past its mark)."""
+        if self.objects is not None and out is not None and not await self._in_store(hash):
+            log.warning("files/%s vanished while it was recorded; stored again", hash)
+            await self._io(out.flush)
+            await self.objects.put_file(file_key(hash), temp)
+
     async def _known(self, hash: str) -> FileRecord | None:
         record = await self.storage.get_file(hash)
         if record is None:
@@ -311,18 +321,26 @@ class FileStore:
     async def forget_unreferenced(self, hashes: list[str]) -> int:
         """After blocks are removed for good: files no block holds any more go, bytes too
         (never a scanned file's own bytes: those belong to the user's folder)."""
-        dropped = await self.storage.drop_unreferenced_files(hashes)
-        if self.objects is not None:
-            for record in dropped:
-                if record.source_path is None:
-                    await self.objects.delete(file_key(record.hash))
-                await self.forget_thumbnails(record.hash)
-            return len(dropped)
+        async with self.claims.deleting(hashes) as free:  # uploads of them wait till done
+            dropped = await self.storage.drop_unreferenced_files(
+                free, now=now_ms(), claims_after=now_ms() - CLAIM_TTL_MS
+            )  # services/file_claims
+            try:
+                if self.objects is not None:
+                    for record in dropped:
+                        if record.source_path is None:
+                            await self.objects.delete(file_key(record.hash))
+                else:
 
-        def remove() -> None:
-            for record in dropped:
-                if record.source_path is None:
-                    self.store_path(record.hash).unlink(missing_ok=True)
+                    def remove() -> None:
+                        for record in dropped:
+                            if record.source_path is None:
+                                self.store_path(record.hash).unlink(missing_ok=True)
 
-        await self._io(remove)
+                    await self._io(remove)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.storage.end_file_deletions([r.hash for r in dropped])
+        for record in dropped:
+            await self.forget_thumbnails(record.hash)
         return len(dropped)

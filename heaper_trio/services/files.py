@@ -74,7 +74,6 @@ if TYPE_CHECKING:  # boto3 is imported only when a bucket is used
     from heaper_trio.storage.blobs.s3 import S3Objects
 
 log = logging.getLogger(__name__)
-EXPIRE_EVERY_S = 600
 MIN_CHUNK_BYTES = 64 * 1024  # a file smaller than this is one chunk; the last may be shorter
 MAX_CHUNKS = 10_000  # bounds the `received` lists and the chunk files of one upload
 CHUNK_NAME = re.compile(r"([0-9]{1,9})\.chunk")
@@ -139,7 +138,7 @@ class FileService(FileStore):
         objects: S3Objects | None = None,
     ) -> None:
         super().__init__(storage, documents, settings, publish, probe, objects)
-        self.parts = ObjectUploads(objects) if objects is not None else None
+        self.parts = ObjectUploads(objects, storage) if objects is not None else None
         self.uploads = settings.data_path / "uploads"
         self._assembling: dict[str, trio.Lock] = {}
         self.slots = UploadSlots(settings.max_uploads_per_user)
@@ -177,17 +176,21 @@ class FileService(FileStore):
                             code="hash_mismatch",
                             details={"actual_hash": hash},
                         )
-                    await self._stored(None if await self._in_store(hash) else out, temp, hash)
-                record = await self._record(
-                    user,
-                    heap_id,
-                    block_id,
-                    hash,
-                    size,
-                    name,
-                    guess_mime(name, mime_type),
-                    source=temp if self.objects is not None else None,
-                )
+                async with self.claims.hold(hash):  # no deletion takes it meanwhile
+                    with disk_full_is_507(NO_SPACE):
+                        stored = await self._in_store(hash)
+                        await self._stored(None if stored else out, temp, hash)
+                    record = await self._record(
+                        user,
+                        heap_id,
+                        block_id,
+                        hash,
+                        size,
+                        name,
+                        guess_mime(name, mime_type),
+                        source=temp if self.objects is not None else None,
+                    )
+                    await self._still_stored(out, temp, hash)
             finally:
                 with trio.CancelScope(shield=True):
                     await self._io(_close_and_remove, out, temp)
@@ -222,10 +225,12 @@ class FileService(FileStore):
             # so anyone else sends them and complete checks them against the stored copy)
             if known.size != size:
                 raise Unprocessable("a file with this hash has another size", code="size_mismatch")
-            await self._record(
-                user, heap_id, block_id, hash, size, name, guess_mime(name, mime_type)
-            )
-            return AlreadyStored(chunk_size, total, hash, known.id)
+            async with self.claims.hold(hash):  # a deletion under way is waited for
+                if (known := await self._known(hash)) is not None:  # none starts till held
+                    await self._record(
+                        user, heap_id, block_id, hash, size, name, guess_mime(name, mime_type)
+                    )
+                    return AlreadyStored(chunk_size, total, hash, known.id)
         now = int(time.time() * 1000)
         # the row this request would start; its id is new, so it is stored only where no
         # upload of these bytes into this block exists yet (the storage answers that one)
@@ -397,28 +402,29 @@ class FileService(FileStore):
         folder = self._upload_dir(upload)
         chunks = [folder / f"{i}.chunk" for i in range(upload.total_chunks)]
         # Always hashed: the store having a file of this hash proves nothing about these bytes.
-        stored = await self._in_store(hash)
-        temp = self.uploads / f"assemble-{uuid.uuid4().hex}.part"
-        out: BinaryIO | None = None
-        try:
-            with disk_full_is_507(NO_SPACE):
-                if not stored:
-                    out = await self._io(_open_temp, temp)
-                actual = await self._io(self._copy_hashing, chunks, out)
-                if actual != hash:
-                    await self._discard(upload)  # a wrong hash: nothing is stored
-                    raise Unprocessable(
-                        "the assembled content does not match the hash",
-                        code="hash_mismatch",
-                        details={"actual_hash": actual},
-                    )
-                await self._stored(out, temp, hash)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._io(_close_and_remove, out, temp)
-        record = await self._record(
-            user, heap_id, block_id, hash, upload.size, upload.name, upload.mime_type
-        )
+        async with self.claims.hold(hash):  # no deletion takes it till it is recorded
+            stored = await self._in_store(hash)
+            temp = self.uploads / f"assemble-{uuid.uuid4().hex}.part"
+            out: BinaryIO | None = None
+            try:
+                with disk_full_is_507(NO_SPACE):
+                    if not stored:
+                        out = await self._io(_open_temp, temp)
+                    actual = await self._io(self._copy_hashing, chunks, out)
+                    if actual != hash:
+                        await self._discard(upload)  # a wrong hash: nothing is stored
+                        raise Unprocessable(
+                            "the assembled content does not match the hash",
+                            code="hash_mismatch",
+                            details={"actual_hash": actual},
+                        )
+                    await self._stored(out, temp, hash)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._io(_close_and_remove, out, temp)
+            record = await self._record(
+                user, heap_id, block_id, hash, upload.size, upload.name, upload.mime_type
+            )
         await self._discard(upload)
         return StoredFile.of(record, block_id)
 
@@ -441,18 +447,20 @@ class FileService(FileStore):
                     code="hash_mismatch",
                     details={"actual_hash": actual},
                 )
-            await self.parts.publish(upload, hash)
-            await self._stored(None, temp, hash)
-            record = await self._record(
-                user,
-                heap_id,
-                block_id,
-                hash,
-                upload.size,
-                upload.name,
-                upload.mime_type,
-                source=temp,
-            )
+            async with self.claims.hold(hash):  # no deletion takes it meanwhile
+                await self.parts.publish(upload, hash)
+                await self._stored(None, temp, hash)
+                record = await self._record(
+                    user,
+                    heap_id,
+                    block_id,
+                    hash,
+                    upload.size,
+                    upload.name,
+                    upload.mime_type,
+                    source=temp,
+                )
+                await self._still_stored(out, temp, hash)
         finally:
             with trio.CancelScope(shield=True):
                 await self._io(_close_and_remove, out, temp)
@@ -467,22 +475,6 @@ class FileService(FileStore):
         await self._io(lambda: shutil.rmtree(folder, ignore_errors=True))
 
     # -- housekeeping ---------------------------------------------------------------------------
-    async def expire_forever(self) -> None:
-        """Abandoned uploads go after ``upload_expiry_hours``; run in the supervisor. First
-        of all, the temp files a killed process left (assembling, direct, chunk) go."""
-        try:
-            removed = await self._io(sweep_temp_files, self.uploads)
-            if removed:
-                log.info("removed %d temporary upload files left by a stopped process", removed)
-        except Exception:
-            log.exception("sweeping temporary upload files failed")
-        while True:
-            try:
-                await self.expire(int(time.time() * 1000))
-            except Exception:
-                log.exception("expiring uploads failed")
-            await trio.sleep(EXPIRE_EVERY_S)
-
     async def expire(self, now: int) -> int:
         """Remove uploads that expired before ``now`` (ms), chunks and all."""
         expired = await self.storage.expired_uploads(now)

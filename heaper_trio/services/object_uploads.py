@@ -11,9 +11,11 @@ before it is sent, and a cut-off body must never reach the store).
   (clients use the answered size); a file up to that size is one part.
 - Which chunks arrived is what ListParts says (a part of the wrong size does not count), so
   a restart or another process loses nothing.
-- The multipart upload is started by the ``init`` that created the row. Should it be missing
-  (a crash between the two), the first chunk starts one; two processes racing there both keep
-  the oldest (ties by id) and the loser aborts its own.
+- The multipart upload is started by the ``init`` that created the row, and its id is stored
+  on the row (migration 0015) by a conditional UPDATE: the first process to store one wins,
+  and a loser aborts its own and uses the winner's, so two processes racing after a crash
+  (the row made, no multipart upload yet) send every part to the same one. A row from before
+  the column has its id looked up in the store (ListMultipartUploads) once, then stored.
 - ``complete`` finishes the multipart upload into ``uploads/<id>``, reads it once to hash it
   (into a local temporary file the media probe reads too), and only when the hash matches
   copies it server-side to ``files/<hash>``: nothing unverified is ever visible there.
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from heaper_trio.errors import Conflict, NotFound
 from heaper_trio.records import UploadRecord
+from heaper_trio.storage.base import Storage
 from heaper_trio.storage.blobs.base import ObjectChanged, ObjectMissing, file_key, upload_key
 
 if TYPE_CHECKING:  # boto3 is imported only when a bucket is used
@@ -47,9 +50,16 @@ def part_chunk_size(size: int, chunk_size: int) -> int:
     return chunk_size if chunk_size >= size or chunk_size >= PART_MIN else PART_MIN
 
 
+def _not_found() -> NotFound:
+    return NotFound(
+        "no upload of this file to this block; call init first", code="upload_not_found"
+    )
+
+
 class ObjectUploads:
-    def __init__(self, objects: S3Objects) -> None:
+    def __init__(self, objects: S3Objects, storage: Storage | None = None) -> None:
         self.objects = objects
+        self.storage = storage  # where multipart ids are kept; None: looked up in the store
         # upload id -> its multipart upload id, as this process last found it: a chunk then
         # costs one request (the part), not two; a stale entry fails and is looked up again
         self._ids: OrderedDict[str, str] = OrderedDict()
@@ -59,7 +69,9 @@ class ObjectUploads:
     async def start(self, upload: UploadRecord, *, created: bool) -> None:
         """After ``init``: the row's multipart upload exists (started here by the request
         that created the row)."""
-        if created:
+        if created and self.storage is not None:
+            await self._stored(upload, await self.objects.start_multipart(upload_key(upload.id)))
+        elif created:
             self._remember(upload.id, await self.objects.start_multipart(upload_key(upload.id)))
         else:
             await self._multipart(upload)
@@ -69,11 +81,31 @@ class ObjectUploads:
         while len(self._ids) > REMEMBERED:
             self._ids.popitem(last=False)
 
+    async def _stored(
+        self, upload: UploadRecord, mine: str, *, expected: str | None = None, found: bool = False
+    ) -> str:
+        """``mine`` on the row unless another process stored one first (then ``mine`` is
+        aborted, unless ``found``: it was the store's, not started here)."""
+        assert self.storage is not None
+        kept = await self.storage.set_multipart_id(upload.id, mine, expected)
+        if kept != mine and not found:
+            await self.objects.abort_multipart(upload_key(upload.id), mine)
+        if kept is None:  # the row is gone: completed, expired or discarded meanwhile
+            raise _not_found()
+        self._remember(upload.id, kept)
+        return kept
+
     async def _multipart(self, upload: UploadRecord) -> str:
         if (known := self._ids.get(upload.id)) is not None:
             return known
+        if upload.multipart_id is not None:
+            self._remember(upload.id, upload.multipart_id)
+            return upload.multipart_id
         key = upload_key(upload.id)
-        found = await self.objects.multipart_ids(key)
+        found = await self.objects.multipart_ids(key)  # a row from before the column
+        if self.storage is not None:
+            mine = found[0] if found else await self.objects.start_multipart(key)
+            return await self._stored(upload, mine, found=bool(found))
         if found:
             kept = found[0]
         else:
@@ -84,30 +116,57 @@ class ObjectUploads:
         self._remember(upload.id, kept)
         return kept
 
+    async def _replace(self, upload: UploadRecord, stale: str) -> str:
+        """The multipart upload ``stale`` is gone (aborted by a lifecycle rule, or finished by
+        a ``complete``) while a chunk came: the row's current one, or a new one stored in
+        its place (conditionally, as ``start``)."""
+        if self.storage is None:
+            return await self._multipart(upload)
+        row = await self.storage.get_upload(upload.heap_id, upload.block_id, upload.hash)
+        if row is None or row.id != upload.id:
+            raise _not_found()
+        if row.multipart_id not in (None, stale):
+            assert row.multipart_id is not None
+            self._remember(upload.id, row.multipart_id)
+            return row.multipart_id
+        fresh = await self.objects.start_multipart(upload_key(upload.id))
+        return await self._stored(upload, fresh, expected=row.multipart_id)
+
     async def put_part(self, upload: UploadRecord, index: int, source: Path) -> None:
         key = upload_key(upload.id)
+        used = await self._multipart(upload)
         try:
-            await self.objects.put_part(key, await self._multipart(upload), index + 1, source)
+            await self.objects.put_part(key, used, index + 1, source)
             return
         except ObjectMissing:  # a stale id, or expired or completed by another process
             self._ids.pop(upload.id, None)
         try:
-            await self.objects.put_part(key, await self._multipart(upload), index + 1, source)
+            await self.objects.put_part(key, await self._replace(upload, used), index + 1, source)
         except ObjectMissing:
             self._ids.pop(upload.id, None)
-            raise NotFound(
-                "no upload of this file to this block; call init first", code="upload_not_found"
-            ) from None
+            raise _not_found() from None
 
     async def received(self, upload: UploadRecord, expected: Callable[[int], int]) -> list[int]:
         key = upload_key(upload.id)
-        found = await self.objects.multipart_ids(key)
-        if not found:
-            return []
+        known = self._ids.get(upload.id) or upload.multipart_id
+        if known is None:  # a row from before the column, or none started yet
+            found = await self.objects.multipart_ids(key)
+            if not found:
+                return []
+            known = found[0]
         try:
-            parts = await self.objects.parts(key, found[0])
-        except ObjectMissing:  # finished or aborted meanwhile
-            return []
+            parts = await self.objects.parts(key, known)
+        except ObjectMissing:  # finished or aborted meanwhile, or replaced by another process
+            row = (
+                None
+                if self.storage is None
+                else await self.storage.get_upload(upload.heap_id, upload.block_id, upload.hash)
+            )
+            if row is None or row.id != upload.id or row.multipart_id in (None, known):
+                return []
+            assert row.multipart_id is not None
+            self._remember(upload.id, row.multipart_id)
+            return await self.received(row, expected)
         return sorted(
             p.number - 1
             for p in parts
@@ -164,9 +223,10 @@ class ObjectUploads:
         return len(stale)
 
     async def discard(self, upload: UploadRecord) -> None:
-        self._ids.pop(upload.id, None)
+        known = {self._ids.pop(upload.id, None), upload.multipart_id}
         self._read.pop(upload.id, None)
         key = upload_key(upload.id)
-        for upload_id in await self.objects.multipart_ids(key):
+        for upload_id in set(await self.objects.multipart_ids(key)) | (known - {None}):
+            assert upload_id is not None
             await self.objects.abort_multipart(key, upload_id)
         await self.objects.delete(key)

@@ -316,9 +316,31 @@ class Storage(abc.ABC):
         """Ids of the heap's blocks that hold at least one file."""
 
     @abc.abstractmethod
-    async def drop_unreferenced_files(self, hashes: list[str]) -> list[FileRecord]:
-        """Delete the rows of those files no block holds any more; return them (the caller
-        removes their bytes)."""
+    async def drop_unreferenced_files(
+        self, hashes: list[str], *, now: int = 0, claims_after: int = 0
+    ) -> list[FileRecord]:
+        """Delete the rows of those files no block holds and no upload claims (a claim from
+        ``claims_after`` on); return them (the caller removes their bytes) and mark each as
+        being deleted from ``now`` until ``end_file_deletions``. Turns with ``claim_file``."""
+
+    @abc.abstractmethod
+    async def end_file_deletions(self, hashes: list[str]) -> None:
+        """The bytes of these hashes are gone: uploads of them need not wait any more."""
+
+    @abc.abstractmethod
+    async def claim_file(self, hash: str, token: str, now: int, deletions_after: int) -> bool:
+        """Hold the hash for an upload (no deletion drops its row while held); True while a
+        deletion of its bytes marked from ``deletions_after`` on is under way."""
+
+    @abc.abstractmethod
+    async def release_file_claim(self, hash: str, token: str) -> None: ...
+
+    @abc.abstractmethod
+    async def set_multipart_id(
+        self, upload_id: str, multipart_id: str, expected: str | None = None
+    ) -> str | None:
+        """Store the upload's multipart id if it is still ``expected``; return the one stored
+        (the first writer's), or None when the upload is gone."""
 
     @abc.abstractmethod
     async def save_upload(self, record: UploadRecord) -> UploadRecord:

@@ -30,7 +30,7 @@ def job_values(job: JobRecord) -> tuple[Any, ...]:
     """In JOB_COLUMNS order."""
     return (
         job.id,
-        job.owner_id,
+        job.owner_id or None,  # a system job (upload expiry) belongs to no user
         job.heap_id,
         job.kind,
         job.path,
@@ -73,7 +73,7 @@ def job_row(r: Row) -> JobRecord:
         counters = {}
     return JobRecord(
         id=r["id"],
-        owner_id=r["owner_id"],
+        owner_id=r["owner_id"] or "",
         heap_id=r["heap_id"],
         kind=r["kind"],
         path=r["path"],

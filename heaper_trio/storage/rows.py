@@ -43,7 +43,7 @@ DELTA_COLUMNS = "id, heap_id, sync_version, type, title, updated_at, deleted_at"
 
 UPLOAD_COLUMNS = (
     "id, user_id, heap_id, block_id, hash, size, chunk_size, name, mime_type, "
-    "created_at, expires_at"
+    "created_at, expires_at, multipart_id"
 )
 
 
@@ -76,6 +76,7 @@ def upload_values(r: UploadRecord) -> tuple[Any, ...]:
         r.mime_type,
         r.created_at,
         r.expires_at,
+        r.multipart_id,
     )
 
 
@@ -272,4 +273,5 @@ def upload_row(row: Row | None) -> UploadRecord | None:
         row["mime_type"],
         row["created_at"],
         row["expires_at"],
+        row["multipart_id"],
     )

@@ -19,7 +19,7 @@ bp = Blueprint("jobs", __name__)
 
 SCAN = open_obj(
     scan_id=string(),
-    kind=string(enum=["scan", "reindex"]),
+    kind=string(enum=["scan", "reindex", "regenerate", "upload_expiry"]),
     heap_id=string(),
     path=string(),
     state=string(enum=["queued", "running", "aborting", "finishing", "done", "aborted", "failed"]),

@@ -161,6 +161,7 @@ class JobTable:
             None if user.is_admin else user.id, True, 0, ACTIVE_LIMIT
         )
         active = ("queued", "running", "aborting", "finishing")
+        rows = [r for r in rows if r.owner_id]  # system jobs: the admin page lists them
         return [s for s in self._fresh(rows) if s.state in active]
 
     async def history(self, user: User, limit: int) -> list[ScanSnapshot]:
@@ -265,6 +266,8 @@ class JobTable:
         return failed + unclaimed
 
     def _failed(self, row: JobRecord, error: str) -> None:
+        if not row.owner_id:  # a system job (upload expiry): nobody to tell
+            return
         self.publish(
             row.owner_id,
             events.event(

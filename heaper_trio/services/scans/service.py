@@ -370,7 +370,27 @@ class ScanService:
         return started
 
     async def regenerate_file(self, user: User, key: str) -> Regenerated:
-        return await self.reprobe.regenerate(user, key)
+        """Answers when done, and is a row in the jobs table all the same (kind
+        ``regenerate``, ``path`` the key asked for), so the owner's and the admin's job
+        listings show it, running on whichever process took the request, and how it ended."""
+        job = ScanJob(user.id, "", key[:128], kind="regenerate")
+        self.jobs[job.scan_id] = job
+        await self.table.insert([job])
+        metrics.job_started(job.kind)
+        try:
+            done = await self.reprobe.regenerate(user, key)
+            job.state, job.files_seen, job.files_done = "done", 1, 1
+            return done
+        except Exception as exc:  # the caller gets the error; the row keeps its code
+            job.state, job.error = "failed", _reason(exc)
+            raise
+        except BaseException:  # cancelled: the client left or the server is stopping
+            job.state = "aborted"
+            raise
+        finally:
+            job.finished_at = int(time.time() * 1000)
+            metrics.job_finished(job.kind, job.state)
+            await self.table.finish(job)
 
     async def _start(self, jobs: list[tuple[ScanJob, Work]]) -> list[ScanSnapshot]:
         """Register the jobs here at once (no wait since the caller's last check), write

@@ -76,6 +76,7 @@ from heaper_trio.storage.postgres.accounts import (
     _usage,
     _use_admin_link,
 )
+from heaper_trio.storage.postgres.file_state import PostgresFileState
 from heaper_trio.storage.postgres.files import PostgresFiles
 from heaper_trio.storage.postgres.history import PostgresHistory, restore_block
 from heaper_trio.storage.postgres.jobs import PostgresJobs
@@ -145,7 +146,9 @@ async def _keep_session(_conn: Any) -> None:
 # -- the engine ---------------------------------------------------------------------------------
 
 
-class PostgresStorage(PostgresFiles, PostgresScans, PostgresHistory, PostgresJobs, Storage):
+class PostgresStorage(
+    PostgresFileState, PostgresFiles, PostgresScans, PostgresHistory, PostgresJobs, Storage
+):
     engine = "postgres"
 
     def __init__(self, dsn: str, *, min_size: int, max_size: int) -> None:

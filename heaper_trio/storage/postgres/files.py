@@ -110,20 +110,6 @@ async def _holders(c: Conn, heap_id: str) -> list[str]:
     return sorted(r[0] for r in rows)
 
 
-async def _drop_unreferenced(c: Conn, hashes: list[str]) -> list[FileRecord]:
-    rows = await c.fetch(
-        f"DELETE FROM files WHERE hash = ANY($1::text[]) AND NOT EXISTS "
-        f"(SELECT 1 FROM block_files b WHERE b.hash = files.hash) RETURNING {FILE_COLUMNS}",
-        hashes,
-    )
-    dropped = [f for f in map(file_row, rows) if f is not None]
-    if dropped:  # new bytes, new proofs
-        await c.execute(
-            "DELETE FROM file_grants WHERE hash = ANY($1::text[])", [f.hash for f in dropped]
-        )
-    return dropped
-
-
 async def _get_upload(c: Conn, heap_id: str, block_id: str, hash: str) -> UploadRecord | None:
     return upload_row(
         await c.fetchrow(
@@ -138,7 +124,7 @@ async def _get_upload(c: Conn, heap_id: str, block_id: str, hash: str) -> Upload
 async def _save_upload(c: Conn, r: UploadRecord) -> UploadRecord:
     await c.execute(
         f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
-        "$10, $11) ON CONFLICT DO NOTHING",
+        "$10, $11, $12) ON CONFLICT DO NOTHING",
         *upload_values(r),
     )
     stored = await _get_upload(c, r.heap_id, r.block_id, r.hash)
@@ -188,9 +174,6 @@ class PostgresFiles(PostgresBridge):
 
     async def blocks_holding_files(self, heap_id: str) -> list[str]:
         return await self._run(read, _holders, heap_id)
-
-    async def drop_unreferenced_files(self, hashes: list[str]) -> list[FileRecord]:
-        return await self._run(tx, _drop_unreferenced, hashes)
 
     async def save_upload(self, record: UploadRecord) -> UploadRecord:
         return await self._run(tx, _save_upload, record)

@@ -28,6 +28,7 @@ from heaper_trio.storage.base import Storage
 from heaper_trio.storage.rows import DeltaTotals, user_row
 from heaper_trio.storage.sqlite import documents as docs
 from heaper_trio.storage.sqlite import feed
+from heaper_trio.storage.sqlite.file_state import SqliteFileState
 from heaper_trio.storage.sqlite.files import SqliteFiles
 from heaper_trio.storage.sqlite.history import SqliteHistory
 from heaper_trio.storage.sqlite.jobs import SqliteJobs
@@ -54,7 +55,7 @@ def _insert_refresh(conn: sqlite3.Connection, user_id: str, new: NewRefreshToken
     )
 
 
-class SqliteStorage(SqliteFiles, SqliteScans, SqliteHistory, SqliteJobs, Storage):
+class SqliteStorage(SqliteFileState, SqliteFiles, SqliteScans, SqliteHistory, SqliteJobs, Storage):
     engine = "sqlite"
 
     def __init__(self, data_dir: Path, synchronous: str = "FULL") -> None:

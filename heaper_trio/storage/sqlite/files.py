@@ -102,19 +102,6 @@ def _hashes_of_heap(c: sqlite3.Connection, heap_id: str, block_ids: list[str] | 
     return sorted(out)
 
 
-def _drop_unreferenced(c: sqlite3.Connection, hashes: list[str]) -> list[FileRecord]:
-    dropped = []
-    for h in hashes:
-        if c.execute("SELECT 1 FROM block_files WHERE hash=? LIMIT 1", (h,)).fetchone():
-            continue
-        record = _get_file(c, h)
-        if record is not None:
-            c.execute("DELETE FROM files WHERE hash=?", (h,))
-            c.execute("DELETE FROM file_grants WHERE hash=?", (h,))  # new bytes, new proofs
-            dropped.append(record)
-    return dropped
-
-
 def _get_upload(
     c: sqlite3.Connection, heap_id: str, block_id: str, hash: str
 ) -> UploadRecord | None:
@@ -129,7 +116,7 @@ def _get_upload(
 def _save_upload(c: sqlite3.Connection, r: UploadRecord) -> UploadRecord:
     c.execute(
         f"INSERT OR IGNORE INTO uploads ({UPLOAD_COLUMNS}) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         upload_values(r),
     )
     stored = _get_upload(c, r.heap_id, r.block_id, r.hash)
@@ -178,9 +165,6 @@ class SqliteFiles:
             return sorted(r[0] for r in rows)
 
         return await self.rt.read(q)
-
-    async def drop_unreferenced_files(self, hashes: list[str]) -> list[FileRecord]:
-        return await self.rt.write(_drop_unreferenced, hashes)
 
     async def save_upload(self, record: UploadRecord) -> UploadRecord:
         return await self.rt.write(_save_upload, record)

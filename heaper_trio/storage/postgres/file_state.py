@@ -1,0 +1,109 @@
+"""PostgreSQL: object-store state shared by server processes (upload claims, deletions under
+way, multipart ids). The claim and the deletion of one hash take turns on a transaction-level
+advisory lock of that hash, so each sees what the other committed (``services/file_claims``
+has the protocol); the lock costs no row and is gone at commit."""
+
+from __future__ import annotations
+
+from heaper_trio.records import FileRecord
+from heaper_trio.storage.postgres.runtime import Conn, PostgresBridge, tx, write1
+from heaper_trio.storage.rows import file_row
+
+FILE_COLUMNS = "hash, id, size, mime_type, name, source_path, meta::text AS meta, created_at"
+DROP_BATCH = 64  # hashes locked per transaction: advisory locks share a bounded lock table
+LOCK = "pg_advisory_xact_lock(hashtextextended('file:' || {}, 0))"
+
+
+async def _claim(c: Conn, hash: str, token: str, now: int, deletions_after: int) -> bool:
+    await c.execute(f"SELECT {LOCK.format('$1::text')}", hash)
+    await c.execute(
+        "INSERT INTO file_claims (hash, token, created_at) VALUES ($1, $2, $3) "
+        "ON CONFLICT (hash, token) DO UPDATE SET created_at = excluded.created_at",
+        hash,
+        token,
+        now,
+    )
+    deleting = await c.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM file_deletions WHERE hash=$1 AND started_at >= $2)",
+        hash,
+        deletions_after,
+    )
+    return deleting is True
+
+
+async def _release(c: Conn, hash: str, token: str) -> None:
+    await c.execute("DELETE FROM file_claims WHERE hash=$1 AND token=$2", hash, token)
+
+
+async def _drop(c: Conn, hashes: list[str], now: int, claims_after: int) -> list[FileRecord]:
+    # the locks first (in one order: two deletions never deadlock); the DELETE is a new
+    # statement, so its snapshot holds every claim committed before the locks were granted
+    await c.execute(
+        f"SELECT {LOCK.format('h')} FROM (SELECT h FROM unnest($1::text[]) AS h ORDER BY h) s",
+        hashes,
+    )
+    rows = await c.fetch(
+        f"DELETE FROM files WHERE hash = ANY($1::text[]) AND NOT EXISTS "
+        f"(SELECT 1 FROM block_files b WHERE b.hash = files.hash) AND NOT EXISTS "
+        f"(SELECT 1 FROM file_claims k WHERE k.hash = files.hash AND k.created_at >= $2) "
+        f"RETURNING {FILE_COLUMNS}",
+        hashes,
+        claims_after,
+    )
+    dropped = [f for f in map(file_row, rows) if f is not None]
+    if dropped:  # new bytes, new proofs; and the bytes are going: uploads wait for that
+        gone = [f.hash for f in dropped]
+        await c.execute("DELETE FROM file_grants WHERE hash = ANY($1::text[])", gone)
+        await c.execute(
+            "INSERT INTO file_deletions (hash, started_at) SELECT h, $2 FROM "
+            "unnest($1::text[]) AS h ON CONFLICT (hash) DO UPDATE SET started_at = $2",
+            gone,
+            now,
+        )
+    return dropped
+
+
+async def _end_deletion(c: Conn, hashes: list[str]) -> None:
+    await c.execute("DELETE FROM file_deletions WHERE hash = ANY($1::text[])", hashes)
+
+
+async def _set_multipart(
+    c: Conn, upload_id: str, multipart_id: str, expected: str | None
+) -> str | None:
+    await c.execute(
+        "UPDATE uploads SET multipart_id=$2 WHERE id=$1 AND multipart_id IS NOT DISTINCT FROM $3",
+        upload_id,
+        multipart_id,
+        expected,
+    )  # a racing UPDATE waits for this row, then finds the condition false
+    row = await c.fetchrow("SELECT multipart_id FROM uploads WHERE id=$1", upload_id)
+    return None if row is None else row[0]
+
+
+class PostgresFileState(PostgresBridge):
+    """Mixed into PostgresStorage (``self._run`` crosses to asyncio)."""
+
+    async def claim_file(self, hash: str, token: str, now: int, deletions_after: int) -> bool:
+        return await self._run(tx, _claim, hash, token, now, deletions_after)
+
+    async def release_file_claim(self, hash: str, token: str) -> None:
+        await self._run(write1, _release, hash, token)
+
+    async def drop_unreferenced_files(
+        self, hashes: list[str], *, now: int = 0, claims_after: int = 0
+    ) -> list[FileRecord]:
+        dropped: list[FileRecord] = []
+        ordered = sorted(set(hashes))
+        for start in range(0, len(ordered), DROP_BATCH):
+            batch = ordered[start : start + DROP_BATCH]
+            dropped += await self._run(tx, _drop, batch, now, claims_after)
+        return dropped
+
+    async def end_file_deletions(self, hashes: list[str]) -> None:
+        if hashes:
+            await self._run(write1, _end_deletion, hashes)
+
+    async def set_multipart_id(
+        self, upload_id: str, multipart_id: str, expected: str | None = None
+    ) -> str | None:
+        return await self._run(tx, _set_multipart, upload_id, multipart_id, expected)
