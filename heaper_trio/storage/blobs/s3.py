@@ -6,9 +6,15 @@ low-level and by name: ranged GETs, multipart uploads driven part by part from a
 side copies that switch to UploadPartCopy past 5 GiB (``client.copy``), and presigned URLs.
 ``obstore`` is faster for whole-object transfers, but its multipart writer lives inside one
 process, with no way to list or take over the parts another process uploaded, which resumable
-uploads across processes need. boto3 is synchronous: every call runs in a worker thread under
-one ``CapacityLimiter`` (as many as the client's HTTP pool), so the event loop never blocks
-and a burst of downloads cannot open unbounded connections.
+uploads across processes need.
+
+boto3 is synchronous: every call runs in a worker thread, so the event loop never blocks,
+under one of two ``CapacityLimiter``s (together as many as the client's HTTP pool):
+``threads`` for interactive calls (HEAD, a Range read's GETs, small PUTs, listings) and
+``bulk_threads`` for whole-object transfers (staging a file for a thumbnail, hashing an
+assembled upload, large PUTs, copies, multipart parts). Whole objects move in bounded pieces
+(``pieces``): no thread call holds a slot longer than one piece, a cancel ends a transfer
+within one, and interactive calls never queue behind a bulk transfer.
 
 Credentials come from boto3's usual chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
 ``AWS_PROFILE``, an instance role); nothing here logs them or a presigned URL. Checksums are
@@ -21,27 +27,36 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import boto3
 import trio
-from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from heaper_trio.errors import StartupError
 from heaper_trio.storage.blobs.base import ObjectChanged, ObjectMissing, ObjectStore, Part
-
-THREADS = 8  # the limiter and the HTTP pool: one connection per thread
-READ_SIZE = 1 << 20  # per thread hop, as file_response reads the disk (files-findings §5a)
-MISSING = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
-T = TypeVar("T")
-# whole-file PUTs switch to multipart past this; 16 MiB parts keep a 20 GiB file < 10,000 parts
-TRANSFER = TransferConfig(
-    multipart_threshold=64 * 1024**2, multipart_chunksize=16 * 1024**2, max_concurrency=4
+from heaper_trio.storage.blobs.pieces import (
+    BULK_PIECE,
+    FIRST_PIECE,
+    RANGE_PIECE,
+    Ahead,
+    part_size,
+    spans,
 )
+
+THREADS = 8  # interactive calls at once (settings: s3_threads)
+BULK_THREADS = 4  # whole-object transfers' pieces at once (s3_bulk_threads)
+COPY_PIECE = 64 * 1024**2  # a server-side copy past this goes part by part (UploadPartCopy)
+ABORT_WITHIN_S = 30.0  # a cancelled multipart write still aborts its parts, shielded this long
+MISSING = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
+CHANGED = {"PreconditionFailed", "412"}
+T = TypeVar("T")
+Piece = tuple[bytes, dict[str, Any]]  # the bytes and the GET's answer (ETag, ContentRange)
 
 
 # botocore's debug lines carry signed request headers and presigned URLs: never logged, even
@@ -61,14 +76,32 @@ def _shared_session() -> Any:
     return _session
 
 
+def _code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
 def _missing(e: ClientError) -> bool:
-    return str(e.response.get("Error", {}).get("Code")) in MISSING
+    return _code(e) in MISSING
+
+
+def _write_hashing(digest: Any, out: BinaryIO | None, data: bytes, room: int) -> None:
+    digest.update(data)  # hashlib lets go of the GIL for large buffers
+    if out is not None and room > 0:
+        out.write(data[:room] if room < len(data) else data)
 
 
 class S3Objects(ObjectStore):
     name = "s3"
 
-    def __init__(self, bucket: str, *, endpoint: str = "", region: str = "us-east-1") -> None:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint: str = "",
+        region: str = "us-east-1",
+        threads: int = THREADS,
+        bulk_threads: int = BULK_THREADS,
+    ) -> None:
         self.bucket = bucket
         self.client: Any = _shared_session().client(
             "s3",
@@ -77,17 +110,28 @@ class S3Objects(ObjectStore):
             config=Config(
                 signature_version="s3v4",
                 s3={"addressing_style": "path" if endpoint else "auto"},
-                max_pool_connections=THREADS,
+                max_pool_connections=threads + bulk_threads,  # one connection per thread
                 retries={"max_attempts": 4, "mode": "standard"},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
             ),
         )
-        self._threads = trio.CapacityLimiter(THREADS)
+        self._threads = trio.CapacityLimiter(threads)
+        self._bulk = trio.CapacityLimiter(bulk_threads)
+        self._local = trio.CapacityLimiter(bulk_threads)  # hashing and writing pieces here
+        self.piece = BULK_PIECE  # tests make these small to see many pieces
+        self.copy_piece = COPY_PIECE
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One interactive request."""
         return await trio.to_thread.run_sync(
             lambda: fn(*args, **kwargs), limiter=self._threads, abandon_on_cancel=False
+        )
+
+    async def _bulk_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One piece of a bulk transfer."""
+        return await trio.to_thread.run_sync(
+            lambda: fn(*args, **kwargs), limiter=self._bulk, abandon_on_cancel=False
         )
 
     async def check(self) -> None:
@@ -98,61 +142,166 @@ class S3Objects(ObjectStore):
             raise StartupError(f"s3_bucket: {self.bucket!r} is not reachable: {e}") from None
 
     # -- whole objects ----------------------------------------------------------------------
-    async def size(self, key: str) -> int | None:
+    async def _head(self, key: str, *, bulk: bool = False, if_match: str | None = None) -> Any:
+        extra = {"IfMatch": if_match} if if_match is not None else {}
+        call = self._bulk_call if bulk else self._call
         try:
-            head = await self._call(self.client.head_object, Bucket=self.bucket, Key=key)
-        except ClientError as e:
-            if _missing(e):
-                return None
-            raise
-        return int(head["ContentLength"])
-
-    async def put_file(self, key: str, path: Path) -> None:
-        await self._call(self.client.upload_file, str(path), self.bucket, key, Config=TRANSFER)
-
-    async def _get(self, key: str, **extra: Any) -> Any:
-        return (await self._get_object(key, **extra))["Body"]
-
-    async def _get_object(self, key: str, **extra: Any) -> Any:
-        try:
-            return await self._call(self.client.get_object, Bucket=self.bucket, Key=key, **extra)
+            return await call(self.client.head_object, Bucket=self.bucket, Key=key, **extra)
         except ClientError as e:
             if _missing(e):
                 raise ObjectMissing(key) from None
+            if _code(e) in CHANGED:
+                raise ObjectChanged(key) from None
             raise
 
-    async def read_range(self, key: str, first: int, length: int) -> AsyncIterator[bytes]:
-        body = await self._get(key, Range=f"bytes={first}-{first + length - 1}")
-        return self._stream(body)
-
-    async def _stream(self, body: Any) -> AsyncIterator[bytes]:
+    async def size(self, key: str) -> int | None:
         try:
-            while data := await self._call(body.read, READ_SIZE):
-                yield data
-        finally:
-            body.close()
+            return int((await self._head(key))["ContentLength"])
+        except ObjectMissing:
+            return None
 
-    async def read_into(self, key: str, out: BinaryIO) -> str:
-        return (await self.read_into_tagged(key, out))[0]
+    async def put_file(self, key: str, path: Path) -> None:
+        """One PUT up to a piece (interactive: thumbnails, small files); past that a multipart
+        upload, one part-sized piece per thread call, its parts aborted if it fails or is
+        cancelled."""
+        size = (await trio.to_thread.run_sync(os.stat, path)).st_size
+        if size <= self.piece:
 
-    async def read_into_tagged(self, key: str, out: BinaryIO) -> tuple[str, str]:
-        """``read_into`` plus the ETag of the version read: a later ``copy(if_match=...)``
-        then copies exactly the bytes that were hashed, not whatever the key holds by then."""
-        found = await self._get_object(key)
-        body, etag = found["Body"], str(found["ETag"])
+            def put() -> None:
+                with open(path, "rb") as body:
+                    self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
 
-        def copy() -> str:
-            digest = hashlib.sha256()
+            await self._call(put)
+            return
+        made = await self._bulk_call(
+            self.client.create_multipart_upload, Bucket=self.bucket, Key=key
+        )
+        upload_id, step = str(made["UploadId"]), part_size(size, self.piece)
+
+        def part(number: int, at: int) -> dict[str, Any]:
+            with open(path, "rb") as source:
+                source.seek(at)
+                data = source.read(step)
+            done = self.client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+            )
+            return {"PartNumber": number, "ETag": done["ETag"]}
+
+        try:
+            parts = [
+                await self._bulk_call(part, n, at) for n, at in enumerate(range(0, size, step), 1)
+            ]
+            await self._bulk_call(
+                self.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + ABORT_WITHIN_S):
+                await self.abort_multipart(key, upload_id)
+            raise
+
+    def _get_piece(
+        self, key: str, at: int, length: int, if_match: str | None
+    ) -> Callable[[], Piece]:
+        """One ranged GET read whole, in the calling thread (one piece)."""
+
+        def get() -> Piece:
+            extra = {"IfMatch": if_match} if if_match is not None else {}
+            found = self.client.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes={at}-{at + length - 1}", **extra
+            )
+            body = found.pop("Body")
             try:
-                while data := body.read(READ_SIZE):
-                    digest.update(data)
-                    out.write(data)
+                return body.read(), found
             finally:
                 body.close()
-            out.flush()
-            return digest.hexdigest()
 
-        return await self._call(copy), etag
+        return get
+
+    async def _piece(self, key: str, pending: Ahead[Piece]) -> Piece:
+        try:
+            return await pending.result()
+        except ClientError as e:
+            if _missing(e):
+                raise ObjectMissing(key) from None
+            if _code(e) in CHANGED:  # replaced between two pieces
+                raise ObjectChanged(key) from None
+            raise
+
+    async def _stream(
+        self,
+        limiter: trio.CapacityLimiter,
+        key: str,
+        data: bytes,
+        plan: Iterator[tuple[int, int]],
+        etag: str,
+    ) -> AsyncIterator[bytes]:
+        """``data``, then the pieces of ``plan``, each one's GET made while the one before
+        is used (at most two pieces held); every piece of the version ``etag`` names."""
+        ahead: Ahead[Piece] | None = None
+        if (span := next(plan, None)) is not None:
+            ahead = await Ahead.start(limiter, self._get_piece(key, *span, etag))
+        yield data
+        while ahead is not None:
+            data = (await self._piece(key, ahead))[0]
+            ahead = None
+            if data and (span := next(plan, None)) is not None:
+                ahead = await Ahead.start(limiter, self._get_piece(key, *span, etag))
+            if data:
+                yield data
+
+    async def read_range(self, key: str, first: int, length: int) -> AsyncIterator[bytes]:
+        """Interactive: the first piece small (the first byte soon), then doubling."""
+        if length <= 0:
+            await self._head(key)
+            return self._stream(self._threads, key, b"", iter(()), "")
+        plan = spans(first, length, start=FIRST_PIECE, most=RANGE_PIECE)
+        data, found = await self._piece(
+            key, await Ahead.start(self._threads, self._get_piece(key, *next(plan), None))
+        )
+        return self._stream(self._threads, key, data, plan, str(found["ETag"]))
+
+    async def pieces(self, key: str, *, bulk: bool = True) -> tuple[str, AsyncIterator[bytes]]:
+        """The whole object in pieces, and the ETag of the version they are of. The first
+        GET is made before this returns (``ObjectMissing`` then)."""
+        limiter = self._bulk if bulk else self._threads
+        try:
+            data, found = await self._piece(
+                key, await Ahead.start(limiter, self._get_piece(key, 0, self.piece, None))
+            )
+        except ClientError as e:
+            if _code(e) != "InvalidRange":
+                raise
+            head = await self._head(key, bulk=bulk)  # an empty object has no byte 0
+            return str(head["ETag"]), self._stream(limiter, key, b"", iter(()), "")
+        total = int(str(found.get("ContentRange", f"/{len(data)}")).rsplit("/", 1)[1])
+        plan = spans(len(data), total - len(data), start=self.piece, most=self.piece)
+        etag = str(found["ETag"])
+        return etag, self._stream(limiter, key, data, plan, etag)
+
+    async def read_into(self, key: str, out: BinaryIO, *, bulk: bool = False) -> str:
+        return (await self.read_into_tagged(key, out, bulk=bulk))[0]
+
+    async def read_into_tagged(
+        self, key: str, out: BinaryIO | None, *, bulk: bool = True, keep: int | None = None
+    ) -> tuple[str, str]:
+        """The object's SHA-256 (written to ``out`` on the way: its first ``keep`` bytes
+        only, if given) and the ETag of the version read: a later ``copy(if_match=...)``
+        then copies exactly the bytes that were hashed, not whatever the key holds by then."""
+        etag, stream = await self.pieces(key, bulk=bulk)
+        digest, room = hashlib.sha256(), (1 << 62) if keep is None else keep
+        async with aclosing(stream):  # type: ignore[type-var]
+            async for data in stream:
+                await trio.to_thread.run_sync(
+                    _write_hashing, digest, out, data, room, limiter=self._local
+                )
+                room -= len(data)
+        if out is not None:
+            await trio.to_thread.run_sync(out.flush, limiter=self._local)
+        return digest.hexdigest(), etag
 
     async def delete(self, key: str) -> None:
         await self._call(self.client.delete_object, Bucket=self.bucket, Key=key)
@@ -173,23 +322,60 @@ class S3Objects(ObjectStore):
         return len(objects)
 
     async def copy(self, source: str, target: str, *, if_match: str | None = None) -> None:
-        """Server-side: no byte passes through us (UploadPartCopy past 5 GiB). With
-        ``if_match`` the store copies only that version of ``source``; another one raises
-        ``ObjectChanged``."""
-        extra = {"CopySourceIfMatch": if_match} if if_match is not None else {}
+        """Server-side: no byte passes through us. One CopyObject up to ``copy_piece``, else
+        UploadPartCopy part by part (bulk pieces). With ``if_match`` the store copies only
+        that version of ``source`` (every request says so, the HEAD first); another one
+        raises ``ObjectChanged``."""
+        size = int((await self._head(source, bulk=True, if_match=if_match))["ContentLength"])
+        cond = {"CopySourceIfMatch": if_match} if if_match is not None else {}
+        origin = {"Bucket": self.bucket, "Key": source}
         try:
-            await self._call(
-                self.client.copy,
-                {"Bucket": self.bucket, "Key": source},
-                self.bucket,
-                target,
-                ExtraArgs=extra,
-                Config=TRANSFER,
-            )
+            if size <= self.copy_piece:
+                await self._bulk_call(
+                    self.client.copy_object,
+                    Bucket=self.bucket,
+                    Key=target,
+                    CopySource=origin,
+                    **cond,
+                )
+                return
+            await self._copy_parts(origin, target, size, cond)
         except ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            if if_match is not None and code in ("PreconditionFailed", "412"):
+            if if_match is not None and _code(e) in CHANGED:
                 raise ObjectChanged(source) from None
+            raise
+
+    async def _copy_parts(
+        self, origin: dict[str, str], target: str, size: int, cond: dict[str, str]
+    ) -> None:
+        made = await self._bulk_call(
+            self.client.create_multipart_upload, Bucket=self.bucket, Key=target
+        )
+        upload_id, step = str(made["UploadId"]), part_size(size, self.copy_piece)
+        try:
+            parts = []
+            for number, at in enumerate(range(0, size, step), 1):
+                done = await self._bulk_call(
+                    self.client.upload_part_copy,
+                    Bucket=self.bucket,
+                    Key=target,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource=origin,
+                    CopySourceRange=f"bytes={at}-{min(at + step, size) - 1}",
+                    **cond,
+                )
+                parts.append({"PartNumber": number, "ETag": done["CopyPartResult"]["ETag"]})
+            await self._bulk_call(
+                self.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=target,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + ABORT_WITHIN_S):
+                await self.abort_multipart(target, upload_id)
             raise
 
     def presign(self, key: str, ttl: int, *, content_type: str, disposition: str) -> str:
@@ -240,8 +426,8 @@ class S3Objects(ObjectStore):
                     Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
                 )
 
-        try:
-            await self._call(put)
+        try:  # a chunk is a part: one request, as long as the chunk (bulk: it carries data)
+            await self._bulk_call(put)
         except ClientError as e:
             if _missing(e):
                 raise ObjectMissing(key) from None
@@ -270,7 +456,7 @@ class S3Objects(ObjectStore):
 
     async def finish_multipart(self, key: str, upload_id: str, parts: list[Part]) -> None:
         try:
-            await self._call(
+            await self._bulk_call(  # the store joins the parts: as long as a large copy
                 self.client.complete_multipart_upload,
                 Bucket=self.bucket,
                 Key=key,
