@@ -70,9 +70,10 @@ class FileStore:
         # bucket files staged for Pillow and ffmpeg: one download per file at a time, shared
         self.stages = SharedStages(settings.data_path / "uploads", self._remove_temp)
         self.turns = UserTurns(settings.s3_bulk_per_user)  # whole-object transfers per user
+        self._staged: dict[Path, BinaryIO] = {}  # kept open: its lock keeps the sweeper off
 
     async def _remove_temp(self, path: Path) -> None:
-        await self._io(lambda: path.unlink(missing_ok=True))
+        await self._io(_close_and_remove, self._staged.pop(path, None), path)
 
     async def _probe_fs(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._probe_threads)
@@ -154,7 +155,7 @@ class FileStore:
                 await self._io(_close_and_remove, out, temp)
             raise
         assert out is not None
-        await self._io(out.close)  # the path stays, for the stage's users
+        self._staged[temp] = out  # closed with the stage (its last user)
 
     async def forget_thumbnails(self, hash: str) -> None:
         """The bucket's thumbnails of a file (made again on request); the local cache is the

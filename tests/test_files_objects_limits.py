@@ -1,0 +1,331 @@
+"""Transfers with a bucket that cannot stall the server (issue 14 review): whole objects move
+in bounded pieces that a cancel stops within one, interactive requests never wait behind bulk
+transfers, one user's bulk work waits for its own turns, concurrent stagings of one file
+download it once, and ``complete`` never writes the whole file to local disk. The store is
+moto's server on loopback; GETs are counted (and slowed, where a test needs time to act in)
+through botocore's event hooks on the server's own client."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from heaper_trio.app import RunningServer
+from heaper_trio.client import HeaperClient
+from heaper_trio.errors import HeaperError
+from heaper_trio.records import FileRecord
+from heaper_trio.services.file_store import FileStore
+from heaper_trio.settings import load_settings
+from heaper_trio.storage.blobs.base import ObjectChanged
+from heaper_trio.storage.blobs.pieces import MAX_PARTS, part_size, spans
+from heaper_trio.storage.blobs.s3 import S3Objects
+
+from .objects_support import bucket, open_multipart, s3_client, s3_endpoint, s3_settings
+from .test_files_objects import upload_chunks
+from .test_sync import new_heap
+
+__all__ = ["bucket", "s3_endpoint"]  # fixtures, used by name
+
+KiB, MiB = 1024, 1024 * 1024
+PIECE = 256 * KiB  # small pieces: many of them in little data
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Calls:
+    """The store client's calls of one operation, counted per key, and slowed (in the
+    worker thread, as a slow store would be) for keys starting with ``slow``."""
+
+    def __init__(self, store: S3Objects, op: str = "GetObject", delay: float = 0.0) -> None:
+        self.count: Counter[str] = Counter()
+        self.first: dict[str, float] = {}
+        self.delay, self.slow = delay, "files/"
+        store.client.meta.events.register(f"before-parameter-build.s3.{op}", self)
+
+    def __call__(self, params: dict[str, Any], **_: Any) -> None:
+        key = params["Key"]
+        self.count[key] += 1
+        self.first.setdefault(key, time.monotonic())
+        if self.delay and key.startswith(self.slow):
+            time.sleep(self.delay)
+
+
+def store_of(endpoint: str, name: str, **kw: Any) -> S3Objects:
+    store = S3Objects(name, endpoint=endpoint, **kw)
+    store.piece = PIECE
+    return store
+
+
+def put(endpoint: str, name: str, data: bytes) -> FileRecord:
+    s3_client(endpoint).put_object(Bucket=name, Key=f"files/{sha(data)}", Body=data)
+    return FileRecord(sha(data), sha(data)[:16], len(data), "video/mp4", "v.mp4", None, {}, 0)
+
+
+def file_store(tmp_path: Path, store: S3Objects, per_user: int = 2) -> FileStore:
+    settings = load_settings(
+        environ={},
+        overrides={
+            "data_dir": str(tmp_path / "data"),
+            "files_backend": "s3",
+            "s3_bucket": store.bucket,
+            "s3_bulk_per_user": per_user,
+        },
+    )
+    return FileStore(None, None, settings, lambda *_: None, objects=store)  # type: ignore[arg-type]
+
+
+def temp_files(files: FileStore) -> list[Path]:
+    uploads = files.settings.data_path / "uploads"
+    return sorted(uploads.glob("*.part")) if uploads.exists() else []
+
+
+async def until(check: Callable[[], bool], within: float = 20.0) -> float:
+    """Seconds until ``check`` holds (polled; a generous bound, never a tight timing)."""
+    start = time.monotonic()
+    with trio.fail_after(within):
+        while not check():
+            await trio.sleep(0.01)
+    return time.monotonic() - start
+
+
+def test_pieces_cover_a_range_and_grow() -> None:
+    assert list(spans(10, 0, start=4, most=16)) == []
+    assert list(spans(10, 3, start=4, most=16)) == [(10, 3)]
+    assert list(spans(0, 60, start=4, most=16)) == [
+        (0, 4),
+        (4, 8),
+        (12, 16),
+        (28, 16),
+        (44, 16),
+    ]
+    assert list(spans(5, 20, start=8, most=8)) == [(5, 8), (13, 8), (21, 4)]
+    assert part_size(10 * MiB) == 8 * MiB
+    big = 200 * 1024 * MiB  # past 10,000 parts of 8 MiB: larger parts
+    assert part_size(big) * MAX_PARTS >= big and part_size(big) > 8 * MiB
+
+
+async def test_concurrent_stagings_of_one_file_download_it_once(
+    s3_endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    store = store_of(s3_endpoint, bucket)
+    gets = Calls(store, delay=0.05)
+    data = os.urandom(MiB + 5)
+    record = put(s3_endpoint, bucket, data)
+    key = f"files/{record.hash}"
+    files = file_store(tmp_path, store)
+    inside, release = [], trio.Event()
+
+    async def thumbnail(user: str) -> None:
+        async with files.staged(record, owner=user) as path:
+            assert path.read_bytes() == data
+            inside.append(user)
+            await release.wait()
+
+    async with trio.open_nursery() as nursery:
+        for i in range(6):
+            nursery.start_soon(thumbnail, f"user{i % 3}")
+        waiter = trio.CancelScope()
+
+        async def cancelled_waiter() -> None:
+            with waiter:
+                await thumbnail("gone")
+
+        nursery.start_soon(cancelled_waiter)
+        await trio.sleep(0.05)
+        waiter.cancel()  # one waiter gone: the others are not disturbed
+        await until(lambda: len(inside) == 6)
+        assert len(temp_files(files)) == 1  # one shared copy
+        release.set()
+    assert gets.count[key] == 5 and files.stages.downloads == 1  # 4 pieces + 5 bytes
+    assert temp_files(files) == [] and files.stages._stages == {}
+
+    # the one downloading is cancelled (its client went away): a waiter takes over
+    leader, got = trio.CancelScope(), []
+
+    async def first() -> None:
+        with leader:
+            async with files.staged(record, owner="a"):
+                pass
+
+    async def second() -> None:
+        async with files.staged(record, owner="b") as path:
+            got.append(path.read_bytes())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first)
+        await until(lambda: gets.count[key] >= 6)
+        nursery.start_soon(second)
+        await trio.sleep(0.02)
+        leader.cancel()
+    assert got == [data] and files.stages.downloads == 3
+    assert temp_files(files) == []
+
+
+async def test_a_cancelled_transfer_stops_within_a_piece_and_leaves_nothing(
+    s3_endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    store = store_of(s3_endpoint, bucket, bulk_threads=1)
+    gets = Calls(store, delay=0.1)
+    record = put(s3_endpoint, bucket, os.urandom(8 * PIECE))
+    key = f"files/{record.hash}"
+    files = file_store(tmp_path, store)
+    scope = trio.CancelScope()
+    ended = trio.Event()
+
+    async def staging() -> None:
+        with scope:
+            async with files.staged(record, owner="u"):
+                raise AssertionError("cancelled before it was staged")
+        ended.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(staging)
+        await until(lambda: gets.count[key] >= 2)
+        scope.cancel()
+        cancelled_at = time.monotonic()
+        await ended.wait()
+        to_end = time.monotonic() - cancelled_at
+        to_free = to_end + await until(lambda: store._bulk.borrowed_tokens == 0)
+    await trio.sleep(0.3)  # three pieces' time: no further GET was started
+    assert gets.count[key] <= 4, gets.count  # 8 pieces had it run on
+    assert temp_files(files) == [] and files.stages._stages == {}
+    print(f"cancel: ended after {to_end * 1000:.0f} ms, slot free after {to_free * 1000:.0f} ms")
+    assert to_free < 5.0  # one piece is 0.1 s; generous for a loaded machine
+
+    # a multipart PUT cancelled between parts aborts its parts: nothing under the key
+    store.piece = 5 * MiB  # S3's smallest part
+    parts = Calls(store, "UploadPart", delay=0.2)
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(11 * MiB))
+    with trio.move_on_after(0.1):
+        await store.put_file("files/partial", source)
+    assert sum(parts.count.values()) == 1
+    assert open_multipart(s3_endpoint, bucket) == [] and await store.size("files/partial") is None
+
+
+async def test_interactive_reads_and_other_users_go_on_while_bulk_transfers_run(
+    s3_endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    store = store_of(s3_endpoint, bucket, threads=2, bulk_threads=2)
+    gets = Calls(store, delay=0.15)
+    gets.slow = "files/"
+    a1, a2, b1 = (put(s3_endpoint, bucket, os.urandom(4 * PIECE)) for _ in range(3))
+    small = os.urandom(3000)
+    s3_client(s3_endpoint).put_object(Bucket=bucket, Key="small", Body=small)
+    files = file_store(tmp_path, store, per_user=1)
+    staged_at: dict[str, float] = {}
+
+    async def thumbnail(name: str, record: FileRecord, user: str) -> None:
+        async with files.staged(record, owner=user):
+            staged_at[name] = time.monotonic()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(thumbnail, "a1", a1, "alice")
+        await until(lambda: f"files/{a1.hash}" in gets.first)
+        nursery.start_soon(thumbnail, "a2", a2, "alice")  # her second: waits for her turn
+        nursery.start_soon(thumbnail, "b1", b1, "bob")  # another user's: goes on
+        await until(lambda: store._bulk.borrowed_tokens == 2)  # every bulk slot taken
+        t = time.monotonic()
+        assert await store.size("small") == 3000
+        body = b"".join([d async for d in await store.read_range("small", 100, 2000)])
+        interactive_s = time.monotonic() - t
+        assert body == small[100:2100]
+        done_at = time.monotonic()
+    print(f"interactive HEAD + Range GET behind busy bulk slots: {interactive_s * 1000:.0f} ms")
+    assert done_at < staged_at["a1"] and done_at < staged_at["b1"]  # did not queue behind them
+    assert gets.first[f"files/{b1.hash}"] < staged_at["a1"]  # bob did not wait for alice
+    assert gets.first[f"files/{a2.hash}"] >= staged_at["a1"]  # alice's second waited for her turn
+    assert temp_files(files) == []
+
+
+async def test_large_objects_go_in_parts_and_ranges_in_growing_pieces(
+    s3_endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    store = store_of(s3_endpoint, bucket)
+    store.piece = store.copy_piece = 5 * MiB  # S3's smallest part: 3 parts of 11 MiB
+    parts, copies = Calls(store, "UploadPart"), Calls(store, "UploadPartCopy")
+    gets = Calls(store)
+    data = os.urandom(11 * MiB)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    await store.put_file("uploads/x", source)
+    assert parts.count["uploads/x"] == 3
+    digest, etag = await store.read_into_tagged("uploads/x", None)
+    assert digest == sha(data) and gets.count["uploads/x"] == 3  # hashed, nothing written
+    with pytest.raises(ObjectChanged):
+        await store.copy("uploads/x", "files/y", if_match='"not-this-version"')
+    await store.copy("uploads/x", "files/y", if_match=etag)
+    assert copies.count["files/y"] == 3 and await store.size("files/y") == len(data)
+    first, length = 3, len(data) - 10  # pieces of 1, 2, 4, 4 MiB (the rest)
+    got = b"".join([d async for d in await store.read_range("files/y", first, length)])
+    assert got == data[first : first + length] and gets.count["files/y"] == 4
+    assert open_multipart(s3_endpoint, bucket) == []
+
+
+@contextmanager
+def no_file_larger_than(limit: int) -> Iterator[None]:
+    """This process cannot write any file past ``limit`` bytes meanwhile (a temporary disk
+    too small for the file): such a write fails with EFBIG instead of a signal."""
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+async def test_complete_hashes_a_large_upload_without_a_local_copy(
+    start_server: Any, s3_endpoint: str, bucket: str
+) -> None:
+    server: RunningServer = await start_server(**s3_settings(s3_endpoint, bucket))
+    data = os.urandom(12 * MiB)  # three parts; the probe keeps 8 MiB of its head
+    async with HeaperClient(server.url) as client:
+        await client.login()
+        heap = await new_heap(client)
+        r = await upload_chunks(client, heap["id"], "blk", data, chunk_size=5 * MiB, complete=False)
+        with no_file_larger_than(9 * MiB):
+            r = await client.post(f"/api/upload/complete/{heap['id']}/blk/{sha(data)}")
+        assert isinstance(r, httpx.Response) and r.status_code == 200, r.text
+        r = await client.get(f"/api/file/{sha(data)}/raw/b.bin")
+        assert r.status_code == 200 and r.content == data
+    files = server.services.files
+    assert temp_files(files) == [] and open_multipart(s3_endpoint, bucket) == []
+
+
+async def test_a_damaged_bucket_copy_fails_every_waiter_alike(
+    s3_endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    store = store_of(s3_endpoint, bucket)
+    record = put(s3_endpoint, bucket, os.urandom(3 * PIECE))
+    s3_client(s3_endpoint).put_object(Bucket=bucket, Key=f"files/{record.hash}", Body=b"other")
+    files = file_store(tmp_path, store)
+    codes: list[str] = []
+
+    async def thumbnail() -> None:
+        try:
+            async with files.staged(record, owner="u"):
+                pass
+        except HeaperError as e:
+            codes.append(e.code)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(thumbnail)
+    assert codes == ["file_missing"] * 3 and files.stages.downloads == 1
+    assert temp_files(files) == []
