@@ -29,7 +29,7 @@ from heaper_trio.records import FileRecord
 from heaper_trio.services.file_store import FileStore
 from heaper_trio.settings import load_settings
 from heaper_trio.storage.blobs.base import ObjectChanged
-from heaper_trio.storage.blobs.pieces import MAX_PARTS, part_size, spans
+from heaper_trio.storage.blobs.pieces import MAX_PARTS, PieceBody, part_size, spans
 from heaper_trio.storage.blobs.s3 import S3Objects
 
 from .objects_support import bucket, open_multipart, s3_client, s3_endpoint, s3_settings
@@ -48,20 +48,36 @@ def sha(data: bytes) -> str:
 
 class Calls:
     """The store client's calls of one operation, counted per key, and slowed (in the
-    worker thread, as a slow store would be) for keys starting with ``slow``."""
+    worker thread, as a slow store would be) by ``delay``."""
 
     def __init__(self, store: S3Objects, op: str = "GetObject", delay: float = 0.0) -> None:
         self.count: Counter[str] = Counter()
         self.first: dict[str, float] = {}
-        self.delay, self.slow = delay, "files/"
+        self.delay = delay
         store.client.meta.events.register(f"before-parameter-build.s3.{op}", self)
 
     def __call__(self, params: dict[str, Any], **_: Any) -> None:
         key = params["Key"]
         self.count[key] += 1
         self.first.setdefault(key, time.monotonic())
-        if self.delay and key.startswith(self.slow):
-            time.sleep(self.delay)
+        time.sleep(self.delay)
+
+
+class Reads:
+    """Every piece read from a GET's body (its size), slowed for bulk-sized ones (``PIECE``:
+    never an interactive read of these tests), so a test has time to act mid-transfer."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> None:
+        self.sizes: list[int] = []
+        original = PieceBody.read
+
+        def read(body: PieceBody, n: int) -> bytes:
+            self.sizes.append(n)
+            if n == PIECE:
+                time.sleep(delay)
+            return original(body, n)
+
+        monkeypatch.setattr(PieceBody, "read", read)
 
 
 def store_of(endpoint: str, name: str, **kw: Any) -> S3Objects:
@@ -119,10 +135,10 @@ def test_pieces_cover_a_range_and_grow() -> None:
 
 
 async def test_concurrent_stagings_of_one_file_download_it_once(
-    s3_endpoint: str, bucket: str, tmp_path: Path
+    s3_endpoint: str, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = store_of(s3_endpoint, bucket)
-    gets = Calls(store, delay=0.05)
+    gets, reads = Calls(store), Reads(monkeypatch, delay=0.05)
     data = os.urandom(MiB + 5)
     record = put(s3_endpoint, bucket, data)
     key = f"files/{record.hash}"
@@ -144,13 +160,15 @@ async def test_concurrent_stagings_of_one_file_download_it_once(
             with waiter:
                 await thumbnail("gone")
 
+        await until(lambda: len(reads.sizes) >= 1)  # downloading: "gone" is a waiter
         nursery.start_soon(cancelled_waiter)
-        await trio.sleep(0.05)
+        await trio.sleep(0.02)
         waiter.cancel()  # one waiter gone: the others are not disturbed
         await until(lambda: len(inside) == 6)
         assert len(temp_files(files)) == 1  # one shared copy
         release.set()
-    assert gets.count[key] == 5 and files.stages.downloads == 1  # 4 pieces + 5 bytes
+    assert gets.count[key] == 1 and files.stages.downloads == 1, (gets.count, reads.sizes)
+    assert reads.sizes == [PIECE] * 4 + [5]
     assert temp_files(files) == [] and files.stages._stages == {}
 
     # the one downloading is cancelled (its client went away): a waiter takes over
@@ -167,21 +185,20 @@ async def test_concurrent_stagings_of_one_file_download_it_once(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(first)
-        await until(lambda: gets.count[key] >= 6)
+        await until(lambda: len(reads.sizes) >= 6)
         nursery.start_soon(second)
         await trio.sleep(0.02)
         leader.cancel()
-    assert got == [data] and files.stages.downloads == 3
+    assert got == [data] and files.stages.downloads == 3 and gets.count[key] == 3
     assert temp_files(files) == []
 
 
 async def test_a_cancelled_transfer_stops_within_a_piece_and_leaves_nothing(
-    s3_endpoint: str, bucket: str, tmp_path: Path
+    s3_endpoint: str, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = store_of(s3_endpoint, bucket, bulk_threads=1)
-    gets = Calls(store, delay=0.1)
+    reads = Reads(monkeypatch, delay=0.1)
     record = put(s3_endpoint, bucket, os.urandom(8 * PIECE))
-    key = f"files/{record.hash}"
     files = file_store(tmp_path, store)
     scope = trio.CancelScope()
     ended = trio.Event()
@@ -194,14 +211,14 @@ async def test_a_cancelled_transfer_stops_within_a_piece_and_leaves_nothing(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(staging)
-        await until(lambda: gets.count[key] >= 2)
+        await until(lambda: len(reads.sizes) >= 2)
         scope.cancel()
         cancelled_at = time.monotonic()
         await ended.wait()
         to_end = time.monotonic() - cancelled_at
         to_free = to_end + await until(lambda: store._bulk.borrowed_tokens == 0)
-    await trio.sleep(0.3)  # three pieces' time: no further GET was started
-    assert gets.count[key] <= 4, gets.count  # 8 pieces had it run on
+    await trio.sleep(0.3)  # three pieces' time: no further read was started
+    assert len(reads.sizes) <= 4, reads.sizes  # 8 pieces had it run on
     assert temp_files(files) == [] and files.stages._stages == {}
     print(f"cancel: ended after {to_end * 1000:.0f} ms, slot free after {to_free * 1000:.0f} ms")
     assert to_free < 5.0  # one piece is 0.1 s; generous for a loaded machine
@@ -218,11 +235,10 @@ async def test_a_cancelled_transfer_stops_within_a_piece_and_leaves_nothing(
 
 
 async def test_interactive_reads_and_other_users_go_on_while_bulk_transfers_run(
-    s3_endpoint: str, bucket: str, tmp_path: Path
+    s3_endpoint: str, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = store_of(s3_endpoint, bucket, threads=2, bulk_threads=2)
-    gets = Calls(store, delay=0.15)
-    gets.slow = "files/"
+    gets, _ = Calls(store), Reads(monkeypatch, delay=0.15)
     a1, a2, b1 = (put(s3_endpoint, bucket, os.urandom(4 * PIECE)) for _ in range(3))
     small = os.urandom(3000)
     s3_client(s3_endpoint).put_object(Bucket=bucket, Key="small", Body=small)
@@ -253,26 +269,29 @@ async def test_interactive_reads_and_other_users_go_on_while_bulk_transfers_run(
 
 
 async def test_large_objects_go_in_parts_and_ranges_in_growing_pieces(
-    s3_endpoint: str, bucket: str, tmp_path: Path
+    s3_endpoint: str, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = store_of(s3_endpoint, bucket)
     store.piece = store.copy_piece = 5 * MiB  # S3's smallest part: 3 parts of 11 MiB
     parts, copies = Calls(store, "UploadPart"), Calls(store, "UploadPartCopy")
-    gets = Calls(store)
+    gets, reads = Calls(store), Reads(monkeypatch)
     data = os.urandom(11 * MiB)
     source = tmp_path / "big.bin"
     source.write_bytes(data)
     await store.put_file("uploads/x", source)
     assert parts.count["uploads/x"] == 3
     digest, etag = await store.read_into_tagged("uploads/x", None)
-    assert digest == sha(data) and gets.count["uploads/x"] == 3  # hashed, nothing written
+    assert digest == sha(data) and gets.count["uploads/x"] == 1  # hashed, nothing written
+    assert reads.sizes == [5 * MiB, 5 * MiB, MiB]
     with pytest.raises(ObjectChanged):
         await store.copy("uploads/x", "files/y", if_match='"not-this-version"')
     await store.copy("uploads/x", "files/y", if_match=etag)
     assert copies.count["files/y"] == 3 and await store.size("files/y") == len(data)
-    first, length = 3, len(data) - 10  # pieces of 1, 2, 4, 4 MiB (the rest)
+    first, length = 3, len(data) - 10  # one ranged GET, read in pieces of 1, 2, 4, 4 MiB
+    reads.sizes.clear()
     got = b"".join([d async for d in await store.read_range("files/y", first, length)])
-    assert got == data[first : first + length] and gets.count["files/y"] == 4
+    assert got == data[first : first + length] and gets.count["files/y"] == 1
+    assert reads.sizes == [MiB, 2 * MiB, 4 * MiB, length - 7 * MiB]
     assert open_multipart(s3_endpoint, bucket) == []
 
 

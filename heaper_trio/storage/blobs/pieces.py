@@ -2,18 +2,21 @@
 longer than one piece (issue 14 review: one ``download_file`` of a large object held a slot
 for minutes, and eight of them stalled every HEAD and Range read).
 
-A piece is one store request run to its end in one thread call (a ranged GET read whole, or
-one UploadPart). Between pieces the caller passes a trio checkpoint, so a cancel (the client
-gone, an abort, shutdown) ends a transfer within one piece. ``Ahead`` starts the next piece's
-request before the current one is used (read-ahead: one piece in flight while the previous
-is sent, written or hashed), which is what lets a stream through the server approach a
-direct client's speed; a stream then holds at most two pieces in memory.
+A piece is one thread call: a read of part of a GET's body (``PieceBody``), or one
+UploadPart / UploadPartCopy. Between pieces the caller passes a trio checkpoint, so a cancel
+(the client gone, an abort, shutdown) ends a transfer within one piece. ``Ahead`` starts the
+next piece's read before the current one is used (read-ahead: one piece in flight while the
+previous is sent, written or hashed), which is what lets a stream through the server approach
+a direct client's speed; a stream then holds at most two pieces in memory. A whole object or
+a Range is one GET read in pieces (not a ranged GET per piece): one version of the object,
+and no store that slices ranges out of its whole copy (moto does) pays once per piece.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 import outcome
 import trio
@@ -81,3 +84,37 @@ def part_size(total: int, piece: int = BULK_PIECE) -> int:
     """The part size of a multipart upload of ``total`` bytes: ``piece``, or more when the
     file would need more than S3's 10,000 parts (past ~78 GiB at 8 MiB)."""
     return max(piece, -(-total // MAX_PARTS))
+
+
+async def empty() -> AsyncIterator[bytes]:
+    return
+    yield
+
+
+class PieceBody:
+    """A GET's body read in pieces from worker threads, one read at a time; ``close`` from
+    the event loop never waits for a read in flight: that read closes it when it ends."""
+
+    def __init__(self, body: Any) -> None:
+        self.body, self.lock = body, threading.Lock()
+        self.busy = self.closed = False
+
+    def read(self, n: int) -> bytes:
+        with self.lock:
+            if self.closed:
+                return b""
+            self.busy = True
+        try:
+            return bytes(self.body.read(n))
+        finally:
+            with self.lock:
+                self.busy = False
+                if self.closed:
+                    self.body.close()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            if self.busy:
+                return
+        self.body.close()

@@ -30,6 +30,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -45,6 +46,8 @@ from heaper_trio.storage.blobs.pieces import (
     FIRST_PIECE,
     RANGE_PIECE,
     Ahead,
+    PieceBody,
+    empty,
     part_size,
     spans,
 )
@@ -56,7 +59,6 @@ ABORT_WITHIN_S = 30.0  # a cancelled multipart write still aborts its parts, shi
 MISSING = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
 CHANGED = {"PreconditionFailed", "412"}
 T = TypeVar("T")
-Piece = tuple[bytes, dict[str, Any]]  # the bytes and the GET's answer (ETag, ContentRange)
 
 
 # botocore's debug lines carry signed request headers and presigned URLs: never logged, even
@@ -203,84 +205,59 @@ class S3Objects(ObjectStore):
                 await self.abort_multipart(key, upload_id)
             raise
 
-    def _get_piece(
-        self, key: str, at: int, length: int, if_match: str | None
-    ) -> Callable[[], Piece]:
-        """One ranged GET read whole, in the calling thread (one piece)."""
-
-        def get() -> Piece:
-            extra = {"IfMatch": if_match} if if_match is not None else {}
-            found = self.client.get_object(
-                Bucket=self.bucket, Key=key, Range=f"bytes={at}-{at + length - 1}", **extra
-            )
-            body = found.pop("Body")
-            try:
-                return body.read(), found
-            finally:
-                body.close()
-
-        return get
-
-    async def _piece(self, key: str, pending: Ahead[Piece]) -> Piece:
+    async def _open(self, limiter: trio.CapacityLimiter, key: str, **extra: Any) -> Any:
+        """A GET whose body is then read in pieces; the request is made here (a missing
+        object raises ``ObjectMissing`` before any header of ours is sent)."""
         try:
-            return await pending.result()
+            return await trio.to_thread.run_sync(
+                lambda: self.client.get_object(Bucket=self.bucket, Key=key, **extra),
+                limiter=limiter,
+                abandon_on_cancel=False,
+            )
         except ClientError as e:
             if _missing(e):
                 raise ObjectMissing(key) from None
-            if _code(e) in CHANGED:  # replaced between two pieces
-                raise ObjectChanged(key) from None
             raise
 
     async def _stream(
-        self,
-        limiter: trio.CapacityLimiter,
-        key: str,
-        data: bytes,
-        plan: Iterator[tuple[int, int]],
-        etag: str,
+        self, limiter: trio.CapacityLimiter, body: PieceBody, sizes: Iterator[int]
     ) -> AsyncIterator[bytes]:
-        """``data``, then the pieces of ``plan``, each one's GET made while the one before
-        is used (at most two pieces held); every piece of the version ``etag`` names."""
-        ahead: Ahead[Piece] | None = None
-        if (span := next(plan, None)) is not None:
-            ahead = await Ahead.start(limiter, self._get_piece(key, *span, etag))
-        yield data
-        while ahead is not None:
-            data = (await self._piece(key, ahead))[0]
-            ahead = None
-            if data and (span := next(plan, None)) is not None:
-                ahead = await Ahead.start(limiter, self._get_piece(key, *span, etag))
-            if data:
-                yield data
+        """The body in pieces of ``sizes``, each one read (one thread call) while the one
+        before is used: at most two pieces held. Closing this (a cancel, the client gone)
+        closes the body, after the read in flight if there is one."""
+        try:
+            ahead: Ahead[bytes] | None = None
+            if (n := next(sizes, None)) is not None:
+                ahead = await Ahead.start(limiter, partial(body.read, n))
+            while ahead is not None:
+                data = await ahead.result()
+                ahead = None
+                if data and (n := next(sizes, None)) is not None:
+                    ahead = await Ahead.start(limiter, partial(body.read, n))
+                if data:
+                    yield data
+        finally:
+            body.close()
 
     async def read_range(self, key: str, first: int, length: int) -> AsyncIterator[bytes]:
-        """Interactive: the first piece small (the first byte soon), then doubling."""
+        """Interactive: one ranged GET, read in pieces that start small (the first byte
+        soon) and double."""
         if length <= 0:
             await self._head(key)
-            return self._stream(self._threads, key, b"", iter(()), "")
+            return empty()
+        found = await self._open(self._threads, key, Range=f"bytes={first}-{first + length - 1}")
         plan = spans(first, length, start=FIRST_PIECE, most=RANGE_PIECE)
-        data, found = await self._piece(
-            key, await Ahead.start(self._threads, self._get_piece(key, *next(plan), None))
-        )
-        return self._stream(self._threads, key, data, plan, str(found["ETag"]))
+        return self._stream(self._threads, PieceBody(found["Body"]), (n for _, n in plan))
 
     async def pieces(self, key: str, *, bulk: bool = True) -> tuple[str, AsyncIterator[bytes]]:
-        """The whole object in pieces, and the ETag of the version they are of. The first
-        GET is made before this returns (``ObjectMissing`` then)."""
+        """The whole object in pieces of ``piece`` bytes, and the ETag of the version they
+        are of (one GET: one version). The request is made before this returns."""
         limiter = self._bulk if bulk else self._threads
-        try:
-            data, found = await self._piece(
-                key, await Ahead.start(limiter, self._get_piece(key, 0, self.piece, None))
-            )
-        except ClientError as e:
-            if _code(e) != "InvalidRange":
-                raise
-            head = await self._head(key, bulk=bulk)  # an empty object has no byte 0
-            return str(head["ETag"]), self._stream(limiter, key, b"", iter(()), "")
-        total = int(str(found.get("ContentRange", f"/{len(data)}")).rsplit("/", 1)[1])
-        plan = spans(len(data), total - len(data), start=self.piece, most=self.piece)
-        etag = str(found["ETag"])
-        return etag, self._stream(limiter, key, data, plan, etag)
+        found = await self._open(limiter, key)
+        plan = spans(0, int(found["ContentLength"]), start=self.piece, most=self.piece)
+        return str(found["ETag"]), self._stream(
+            limiter, PieceBody(found["Body"]), (n for _, n in plan)
+        )
 
     async def read_into(self, key: str, out: BinaryIO, *, bulk: bool = False) -> str:
         return (await self.read_into_tagged(key, out, bulk=bulk))[0]
