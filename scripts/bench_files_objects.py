@@ -110,15 +110,16 @@ def direct(
 
 
 async def through_server(
-    url: str, src: Path, size: int, sha: str, chunk: int, ranges: list[int]
+    url: str, key: KeyPair, src: Path, size: int, sha: str, chunk: int, ranges: list[int]
 ) -> dict[str, Any]:
-    async with HeaperClient(url, KeyPair.generate(), timeout=600) as c:
+    async with HeaperClient(url, key, timeout=600) as c:
         await c.login()
         heap = check(await c.post("/api/heap/add", json={"name": "bench"}), "heap")["id"]
+        block = f"bench-{sha[:12]}"  # a block of its own each run (ids are global)
         t = time.perf_counter()
         init = check(
             await c.post(
-                f"/api/upload/init/{heap}/bench-obj",
+                f"/api/upload/init/{heap}/{block}",
                 json={"hash": sha, "size": size, "chunk_size": chunk, "name": "b.bin"},
             ),
             "init",
@@ -129,12 +130,12 @@ async def through_server(
                 f.seek(i * step)
                 check(
                     await c.put(
-                        f"/api/upload/chunk/{heap}/bench-obj/{sha}/{i}", content=f.read(step)
+                        f"/api/upload/chunk/{heap}/{block}/{sha}/{i}", content=f.read(step)
                     ),
                     "chunk",
                 )
         chunks = time.perf_counter() - t
-        check(await c.post(f"/api/upload/complete/{heap}/bench-obj/{sha}"), "complete")
+        check(await c.post(f"/api/upload/complete/{heap}/{block}/{sha}"), "complete")
         up = time.perf_counter() - t
         t = time.perf_counter()
         got = 0
@@ -226,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 servers[name] = start_heaper(name, workdir / name, env, workdir)
                 servers[name].wait_ready()
             order = ["direct", *sides]
+            keys = {name: KeyPair.generate() for name in sides}
             for run in range(args.runs):
                 for name in order[run % len(order) :] + order[: run % len(order)]:
                     sha = fresh(src, run * 10 + order.index(name))
@@ -233,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                     if name == "direct":
                         got = direct(client, bucket, src, size, chunk, ranges)
                     else:
-                        url = servers[name].url
-                        got = trio.run(through_server, url, src, size, sha, chunk, ranges)
+                        url, key = servers[name].url, keys[name]  # the first user: approved
+                        got = trio.run(through_server, url, key, src, size, sha, chunk, ranges)
                     results.setdefault(name, []).append(got)
         finally:
             for server in servers.values():
