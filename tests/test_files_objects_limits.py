@@ -26,6 +26,7 @@ from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.errors import HeaperError
 from heaper_trio.records import FileRecord
+from heaper_trio.services import files as files_module
 from heaper_trio.services.file_store import FileStore
 from heaper_trio.settings import load_settings
 from heaper_trio.storage.blobs.base import ObjectChanged
@@ -71,11 +72,11 @@ class Reads:
         self.sizes: list[int] = []
         original = PieceBody.read
 
-        def read(body: PieceBody, n: int) -> bytes:
+        def read(body: PieceBody, n: int, last: bool = False) -> bytes:
             self.sizes.append(n)
             if n == PIECE:
                 time.sleep(delay)
-            return original(body, n)
+            return original(body, n, last)
 
         monkeypatch.setattr(PieceBody, "read", read)
 
@@ -272,26 +273,26 @@ async def test_large_objects_go_in_parts_and_ranges_in_growing_pieces(
     s3_endpoint: str, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = store_of(s3_endpoint, bucket)
-    store.piece = store.copy_piece = 5 * MiB  # S3's smallest part: 3 parts of 11 MiB
+    store.piece = store.copy_piece = 5 * MiB  # S3's smallest part: 2 parts of 6 MiB
     parts, copies = Calls(store, "UploadPart"), Calls(store, "UploadPartCopy")
     gets, reads = Calls(store), Reads(monkeypatch)
-    data = os.urandom(11 * MiB)
+    data = os.urandom(6 * MiB)
     source = tmp_path / "big.bin"
     source.write_bytes(data)
     await store.put_file("uploads/x", source)
-    assert parts.count["uploads/x"] == 3
+    assert parts.count["uploads/x"] == 2
     digest, etag = await store.read_into_tagged("uploads/x", None)
     assert digest == sha(data) and gets.count["uploads/x"] == 1  # hashed, nothing written
-    assert reads.sizes == [5 * MiB, 5 * MiB, MiB]
+    assert reads.sizes == [5 * MiB, MiB]
     with pytest.raises(ObjectChanged):
         await store.copy("uploads/x", "files/y", if_match='"not-this-version"')
     await store.copy("uploads/x", "files/y", if_match=etag)
-    assert copies.count["files/y"] == 3 and await store.size("files/y") == len(data)
-    first, length = 3, len(data) - 10  # one ranged GET, read in pieces of 1, 2, 4, 4 MiB
+    assert copies.count["files/y"] == 2 and await store.size("files/y") == len(data)
+    first, length = 3, len(data) - 10  # one ranged GET, read in pieces of 1, 2, 3 MiB
     reads.sizes.clear()
     got = b"".join([d async for d in await store.read_range("files/y", first, length)])
     assert got == data[first : first + length] and gets.count["files/y"] == 1
-    assert reads.sizes == [MiB, 2 * MiB, 4 * MiB, length - 7 * MiB]
+    assert reads.sizes == [MiB, 2 * MiB, length - 3 * MiB]
     assert open_multipart(s3_endpoint, bucket) == []
 
 
@@ -310,15 +311,16 @@ def no_file_larger_than(limit: int) -> Iterator[None]:
 
 
 async def test_complete_hashes_a_large_upload_without_a_local_copy(
-    start_server: Any, s3_endpoint: str, bucket: str
+    start_server: Any, s3_endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server: RunningServer = await start_server(**s3_settings(s3_endpoint, bucket))
-    data = os.urandom(12 * MiB)  # three parts; the probe keeps 8 MiB of its head
+    monkeypatch.setattr(files_module, "PROBE_HEAD", MiB)  # the probe keeps 1 MiB of its head
+    data = os.urandom(6 * MiB)  # two parts
     async with HeaperClient(server.url) as client:
         await client.login()
         heap = await new_heap(client)
         r = await upload_chunks(client, heap["id"], "blk", data, chunk_size=5 * MiB, complete=False)
-        with no_file_larger_than(9 * MiB):
+        with no_file_larger_than(4 * MiB):
             r = await client.post(f"/api/upload/complete/{heap['id']}/blk/{sha(data)}")
         assert isinstance(r, httpx.Response) and r.status_code == 200, r.text
         r = await client.get(f"/api/file/{sha(data)}/raw/b.bin")

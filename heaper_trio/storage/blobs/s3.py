@@ -225,17 +225,20 @@ class S3Objects(ObjectStore):
         """The body in pieces of ``sizes``, each one read (one thread call) while the one
         before is used: at most two pieces held. Closing this (a cancel, the client gone)
         closes the body, after the read in flight if there is one."""
+        reads = [partial(body.read, n) for n in sizes]
+        if reads:
+            reads[-1] = partial(reads[-1], last=True)
         try:
-            ahead: Ahead[bytes] | None = None
-            if (n := next(sizes, None)) is not None:
-                ahead = await Ahead.start(limiter, partial(body.read, n))
-            while ahead is not None:
+            ahead = await Ahead.start(limiter, reads[0]) if reads else None
+            for read in reads[1:]:
+                assert ahead is not None
                 data = await ahead.result()
-                ahead = None
-                if data and (n := next(sizes, None)) is not None:
-                    ahead = await Ahead.start(limiter, partial(body.read, n))
-                if data:
-                    yield data
+                ahead = await Ahead.start(limiter, read) if data else None
+                if not data:
+                    return
+                yield data
+            if ahead is not None and (data := await ahead.result()):
+                yield data
         finally:
             body.close()
 
