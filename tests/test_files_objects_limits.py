@@ -72,11 +72,11 @@ class Reads:
         self.sizes: list[int] = []
         original = PieceBody.read
 
-        def read(body: PieceBody, n: int, last: bool = False) -> bytes:
+        def read(body: PieceBody, n: int) -> bytes:
             self.sizes.append(n)
             if n == PIECE:
                 time.sleep(delay)
-            return original(body, n, last)
+            return original(body, n)
 
         monkeypatch.setattr(PieceBody, "read", read)
 

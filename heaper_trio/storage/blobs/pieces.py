@@ -99,19 +99,13 @@ class PieceBody:
         self.body, self.lock = body, threading.Lock()
         self.busy = self.closed = False
 
-    def read(self, n: int, last: bool = False) -> bytes:
-        """``n`` bytes; ``last``: then the end of the body too, which hands the connection
-        back to the client's pool (closing a body not read to its end closes the connection,
-        and the next request would open a new one)."""
+    def read(self, n: int) -> bytes:
         with self.lock:
             if self.closed:
                 return b""
             self.busy = True
         try:
-            data = bytes(self.body.read(n))
-            if last and len(data) == n:
-                self.body.read(1)  # b"" at the end
-            return data
+            return bytes(self.body.read(n))
         finally:
             with self.lock:
                 self.busy = False

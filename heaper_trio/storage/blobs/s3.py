@@ -226,8 +226,6 @@ class S3Objects(ObjectStore):
         before is used: at most two pieces held. Closing this (a cancel, the client gone)
         closes the body, after the read in flight if there is one."""
         reads = [partial(body.read, n) for n in sizes]
-        if reads:
-            reads[-1] = partial(reads[-1], last=True)
         try:
             ahead = await Ahead.start(limiter, reads[0]) if reads else None
             for read in reads[1:]:
