@@ -119,8 +119,8 @@ class ObjectUploads:
     async def assemble(
         self, upload: UploadRecord, out: BinaryIO | None = None, keep: int | None = None
     ) -> str:
-        """The parts joined in the store (not under ``files/``), read once in bulk pieces
-        (ranged GETs) and hashed as they come, never whole on local disk: only the first
+        """The parts joined in the store (not under ``files/``), read once (one GET, in bulk
+        pieces) and hashed as they come, never whole on local disk: only the first
         ``keep`` bytes are written to ``out`` (for the media probe); returns the SHA-256 of
         what was joined."""
         key = upload_key(upload.id)
