@@ -350,3 +350,53 @@ async def test_a_damaged_bucket_copy_fails_every_waiter_alike(
             nursery.start_soon(thumbnail)
     assert codes == ["file_missing"] * 3 and files.stages.downloads == 1
     assert temp_files(files) == []
+
+
+@pytest.mark.engines("sqlite")  # the routes' part; the complete test runs on both engines
+async def test_a_staging_thumbnail_does_not_hold_up_another_users_range_read(
+    start_server: Any, s3_endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the routes: Alice's thumbnail request stages a large file (slowed reads);
+    Bob's Range read of his small file answers before it is done."""
+    from heaper_trio.client import LoginPending
+    from heaper_trio.services.accounts import find_user
+
+    server: RunningServer = await start_server(**s3_settings(s3_endpoint, bucket))
+    big, small = os.urandom(8 * PIECE), os.urandom(5000)
+    async with HeaperClient(server.url) as alice, HeaperClient(server.url) as bob:
+        await alice.login()
+        with pytest.raises(LoginPending):
+            await bob.login()
+        user = await find_user(server.services.storage, bob.public_key)
+        await server.services.storage.set_user_state(user.id, "approved", 1)
+        await bob.login()
+        for client, data in ((alice, big), (bob, small)):
+            heap = await new_heap(client)
+            r = await client.post(
+                f"/api/upload/file/{heap['id']}/blk-{sha(data)[:8]}",
+                files={"file": ("f.bin", data, "application/octet-stream")},
+            )
+            assert r.status_code == 200, r.text
+        store = server.services.files.objects
+        assert store is not None
+        store.piece = PIECE
+        reads = Reads(monkeypatch, delay=0.1)  # 8 pieces: the staging takes 0.8 s at least
+        done: dict[str, float] = {}
+
+        async def thumbnail() -> None:
+            r = await alice.get(f"/api/file/{sha(big)}/thumbnail/small/f.webp")
+            assert r.status_code in (415, 422), r.text  # random bytes: staged, then refused
+            done["thumbnail"] = time.monotonic()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(thumbnail)
+            await until(lambda: len(reads.sizes) >= 1)
+            t = time.monotonic()
+            r = await bob.get(
+                f"/api/file/{sha(small)}/raw/f.bin", headers={"Range": "bytes=10-4009"}
+            )
+            done["range"] = time.monotonic()
+            assert r.status_code == 206 and r.content == small[10:4010]
+    print(f"Bob's Range read while Alice's file was staged: {(done['range'] - t) * 1000:.0f} ms")
+    assert done["range"] < done["thumbnail"] and reads.sizes.count(PIECE) == 8
+    assert temp_files(server.services.files) == []
