@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import resource
-import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -296,35 +293,36 @@ async def test_large_objects_go_in_parts_and_ranges_in_growing_pieces(
     assert open_multipart(s3_endpoint, bucket) == []
 
 
-@contextmanager
-def no_file_larger_than(limit: int) -> Iterator[None]:
-    """This process cannot write any file past ``limit`` bytes meanwhile (a temporary disk
-    too small for the file): such a write fails with EFBIG instead of a signal."""
-    old = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old[1]))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, old)
-        signal.signal(signal.SIGXFSZ, handler)
-
-
 async def test_complete_hashes_a_large_upload_without_a_local_copy(
     start_server: Any, s3_endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The assembled upload is hashed as it streams; only its first and last PROBE_HEAD
+    bytes reach the disk (a sparse file of the file's size, for the media probe)."""
     server: RunningServer = await start_server(**s3_settings(s3_endpoint, bucket))
-    monkeypatch.setattr(files_module, "PROBE_HEAD", MiB)  # the probe keeps 1 MiB of its head
-    data = os.urandom(6 * MiB)  # two parts
+    monkeypatch.setattr(files_module, "PROBE_HEAD", MiB)
+    data = os.urandom(6 * MiB + 7)  # two parts
+    seen: list[tuple[int, int, bytes]] = []
+    remove = files_module._close_and_remove
+
+    def look(f: Any, temp: Path) -> None:
+        if f is not None and temp.name.startswith("assemble-"):
+            f.flush()
+            st = os.stat(temp)
+            seen.append((st.st_size, st.st_blocks * 512, temp.read_bytes()))
+        remove(f, temp)
+
+    monkeypatch.setattr(files_module, "_close_and_remove", look)
     async with HeaperClient(server.url) as client:
         await client.login()
         heap = await new_heap(client)
-        r = await upload_chunks(client, heap["id"], "blk", data, chunk_size=5 * MiB, complete=False)
-        with no_file_larger_than(4 * MiB):
-            r = await client.post(f"/api/upload/complete/{heap['id']}/blk/{sha(data)}")
+        r = await upload_chunks(client, heap["id"], "blk", data, chunk_size=5 * MiB)
         assert isinstance(r, httpx.Response) and r.status_code == 200, r.text
         r = await client.get(f"/api/file/{sha(data)}/raw/b.bin")
         assert r.status_code == 200 and r.content == data
+    [(size, used, held)] = seen
+    assert size == len(data) and used <= 2 * MiB + 256 * KiB  # sparse: the two ends
+    assert held[:MiB] == data[:MiB] and held[-MiB:] == data[-MiB:]
+    assert held[MiB:-MiB] == bytes(len(data) - 2 * MiB)  # never written
     files = server.services.files
     assert temp_files(files) == [] and open_multipart(s3_endpoint, bucket) == []
 

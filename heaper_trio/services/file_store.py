@@ -213,9 +213,10 @@ class FileStore:
         self, hash: str, name: str, mime_type: str, source: Path | None, partial: bool = False
     ) -> tuple[str, dict[str, Any]]:
         """Type and dimensions from the content (a client's type is a hint only). ``partial``:
-        ``source`` holds the file's head only (a bucket upload is hashed as it streams, never
-        copied whole to disk); a video or audio file whose head does not give its duration
-        (an MP4 with its index at the end) is then probed from a staged copy, best effort."""
+        ``source`` holds only the file's two ends (a bucket upload is hashed as it streams,
+        never copied whole to disk); a video or audio file whose ends do not give its
+        duration (an index larger than the end kept) is then probed from a staged copy,
+        best effort."""
         if self.probe is None:
             return mime_type, {}
         try:

@@ -426,7 +426,7 @@ class FileService(FileStore):
         self, user: User, heap_id: str, block_id: str, hash: str, upload: UploadRecord
     ) -> StoredFile:
         """``complete`` in a bucket (``object_uploads``): joined there, hashed as it streams
-        (its head only kept on disk, for the media probe), published if it matches."""
+        (its two ends only kept on disk, for the media probe), published if it matches."""
         assert self.parts is not None
         temp = self.uploads / f"assemble-{uuid.uuid4().hex}.part"
         out: BinaryIO | None = None

@@ -15,8 +15,8 @@ before it is sent, and a cut-off body must never reach the store).
   (a crash between the two), the first chunk starts one; two processes racing there both keep
   the oldest (ties by id) and the loser aborts its own.
 - ``complete`` finishes the multipart upload into ``uploads/<id>``, hashes it as it streams
-  in bulk pieces (only its head is kept on local disk, for the media probe: the temporary
-  disk need not fit the file), and only when the hash matches copies that very version
+  in bulk pieces (only its two ends are kept on local disk, for the media probe: the
+  temporary disk need not fit the file), and only when the hash matches copies that very version
   (ETag-pinned) server-side to ``files/<hash>``: nothing unverified is ever visible there.
 - Discarding (a wrong hash, expiry) aborts the multipart uploads and deletes the assembled
   object; a bucket lifecycle rule for incomplete multipart uploads is the second line
@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # boto3 is imported only when a bucket is used
 log = logging.getLogger(__name__)
 PART_MIN = 5 * 1024 * 1024  # S3's smallest part but the last
 REMEMBERED = 1024  # multipart ids kept per process (uploads in progress at once)
-PROBE_HEAD = 8 * 1024 * 1024  # of an assembled upload kept on local disk, for the media probe
+PROBE_HEAD = 8 * 1024 * 1024  # of each end of an assembled upload kept on disk, for the probe
 
 
 def part_chunk_size(size: int, chunk_size: int) -> int:
@@ -120,9 +120,9 @@ class ObjectUploads:
         self, upload: UploadRecord, out: BinaryIO | None = None, keep: int | None = None
     ) -> str:
         """The parts joined in the store (not under ``files/``), read once (one GET, in bulk
-        pieces) and hashed as they come, never whole on local disk: only the first
-        ``keep`` bytes are written to ``out`` (for the media probe); returns the SHA-256 of
-        what was joined."""
+        pieces) and hashed as they come, never whole on local disk: only the first and last
+        ``keep`` bytes are written to ``out`` (sparse, for the media probe); returns the
+        SHA-256 of what was joined."""
         key = upload_key(upload.id)
         found = await self.objects.multipart_ids(key)
         try:

@@ -86,10 +86,26 @@ def _missing(e: ClientError) -> bool:
     return _code(e) in MISSING
 
 
-def _write_hashing(digest: Any, out: BinaryIO | None, data: bytes, room: int) -> None:
+def _write_hashing(
+    digest: Any, out: BinaryIO | None, data: bytes, at: int, total: int, keep: int | None
+) -> None:
+    """``data`` (bytes ``at``.. of ``total``) hashed, and written to ``out``: all of it, or
+    with ``keep`` only what falls in the first or the last ``keep`` bytes, at its offset."""
     digest.update(data)  # hashlib lets go of the GIL for large buffers
-    if out is not None and room > 0:
-        out.write(data[:room] if room < len(data) else data)
+    if out is None:
+        return
+    if keep is None:
+        out.write(data)
+        return
+    end = at + len(data)
+    if at < keep:
+        out.seek(at)
+        out.write(data[: keep - at])
+    tail = max(keep, total - keep)
+    if end > tail:
+        start = max(at, tail)
+        out.seek(start)
+        out.write(data[start - at :])
 
 
 class S3Objects(ObjectStore):
@@ -250,15 +266,15 @@ class S3Objects(ObjectStore):
         plan = spans(first, length, start=FIRST_PIECE, most=RANGE_PIECE)
         return self._stream(self._threads, PieceBody(found["Body"]), (n for _, n in plan))
 
-    async def pieces(self, key: str, *, bulk: bool = True) -> tuple[str, AsyncIterator[bytes]]:
-        """The whole object in pieces of ``piece`` bytes, and the ETag of the version they
-        are of (one GET: one version). The request is made before this returns."""
+    async def pieces(self, key: str, *, bulk: bool = True) -> tuple[str, int, AsyncIterator[bytes]]:
+        """The whole object in pieces of ``piece`` bytes, the ETag of the version they are
+        of (one GET: one version) and its size. The request is made before this returns."""
         limiter = self._bulk if bulk else self._threads
         found = await self._open(limiter, key)
-        plan = spans(0, int(found["ContentLength"]), start=self.piece, most=self.piece)
-        return str(found["ETag"]), self._stream(
-            limiter, PieceBody(found["Body"]), (n for _, n in plan)
-        )
+        total = int(found["ContentLength"])
+        plan = spans(0, total, start=self.piece, most=self.piece)
+        stream = self._stream(limiter, PieceBody(found["Body"]), (n for _, n in plan))
+        return str(found["ETag"]), total, stream
 
     async def read_into(self, key: str, out: BinaryIO, *, bulk: bool = False) -> str:
         return (await self.read_into_tagged(key, out, bulk=bulk))[0]
@@ -266,17 +282,20 @@ class S3Objects(ObjectStore):
     async def read_into_tagged(
         self, key: str, out: BinaryIO | None, *, bulk: bool = True, keep: int | None = None
     ) -> tuple[str, str]:
-        """The object's SHA-256 (written to ``out`` on the way: its first ``keep`` bytes
-        only, if given) and the ETag of the version read: a later ``copy(if_match=...)``
-        then copies exactly the bytes that were hashed, not whatever the key holds by then."""
-        etag, stream = await self.pieces(key, bulk=bulk)
-        digest, room = hashlib.sha256(), (1 << 62) if keep is None else keep
+        """The object's SHA-256 and the ETag of the version read: a later
+        ``copy(if_match=...)`` then copies exactly the bytes that were hashed, not whatever
+        the key holds by then. The bytes are written to ``out`` on the way; with ``keep``,
+        only its first and last ``keep`` bytes, at their offsets: a sparse file of the
+        object's size that takes at most 2 x ``keep`` of disk, where a media probe finds
+        the headers and indexes formats keep at either end, and the true file size."""
+        etag, total, stream = await self.pieces(key, bulk=bulk)
+        digest, at = hashlib.sha256(), 0
         async with aclosing(stream):  # type: ignore[type-var]
             async for data in stream:
                 await trio.to_thread.run_sync(
-                    _write_hashing, digest, out, data, room, limiter=self._local
+                    _write_hashing, digest, out, data, at, total, keep, limiter=self._local
                 )
-                room -= len(data)
+                at += len(data)
         if out is not None:
             await trio.to_thread.run_sync(out.flush, limiter=self._local)
         return digest.hexdigest(), etag
