@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -398,3 +399,32 @@ async def test_a_staging_thumbnail_does_not_hold_up_another_users_range_read(
     print(f"Bob's Range read while Alice's file was staged: {(done['range'] - t) * 1000:.0f} ms")
     assert done["range"] < done["thumbnail"] and reads.sizes.count(PIECE) == 8
     assert temp_files(server.services.files) == []
+
+
+@pytest.mark.engines("sqlite")  # the probe's part; complete runs on both engines above
+async def test_the_probe_after_complete_times_a_file_from_its_ends(
+    start_server: Any,
+    s3_endpoint: str,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """An MP3 without a Xing header is timed from its size: from the head alone ffprobe
+    said 16 s of these 64; from the two ends kept (a sparse file of the file's size), 64."""
+    server: RunningServer = await start_server(**s3_settings(s3_endpoint, bucket))
+    monkeypatch.setattr(files_module, "PROBE_HEAD", 256 * KiB)
+    mp3 = tmp_path / "long.mp3"
+    encode = ["-f", "lavfi", "-i", "sine=frequency=440:duration=64", "-b:a", "128k"]
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *encode, "-write_xing", "0", str(mp3)],
+        check=True,
+    )
+    data = mp3.read_bytes()
+    async with HeaperClient(server.url) as client:
+        await client.login()
+        heap = await new_heap(client)
+        r = await upload_chunks(client, heap["id"], "blk", data, chunk_size=len(data))
+        assert isinstance(r, httpx.Response) and r.status_code == 200, r.text
+    record = await server.services.storage.get_file(sha(data))
+    assert record is not None and record.mime_type == "audio/mpeg"
+    assert abs(record.meta["duration"] - 64) < 1, record.meta
