@@ -300,8 +300,9 @@ async def test_complete_hashes_a_large_upload_without_a_local_copy(
     """The assembled upload is hashed as it streams; only its first and last PROBE_HEAD
     bytes reach the disk (a sparse file of the file's size, for the media probe)."""
     server: RunningServer = await start_server(**s3_settings(s3_endpoint, bucket))
-    monkeypatch.setattr(files_module, "PROBE_HEAD", MiB)
-    data = os.urandom(6 * MiB + 7)  # two parts
+    keep = 256 * KiB
+    monkeypatch.setattr(files_module, "PROBE_HEAD", keep)
+    data = os.urandom(5 * MiB + 300 * KiB)  # two parts
     seen: list[tuple[int, int, bytes]] = []
     remove = files_module._close_and_remove
 
@@ -321,9 +322,9 @@ async def test_complete_hashes_a_large_upload_without_a_local_copy(
         r = await client.get(f"/api/file/{sha(data)}/raw/b.bin")
         assert r.status_code == 200 and r.content == data
     [(size, used, held)] = seen
-    assert size == len(data) and used <= 2 * MiB + 256 * KiB  # sparse: the two ends
-    assert held[:MiB] == data[:MiB] and held[-MiB:] == data[-MiB:]
-    assert held[MiB:-MiB] == bytes(len(data) - 2 * MiB)  # never written
+    assert size == len(data) and used <= 2 * keep + 128 * KiB  # sparse: the two ends
+    assert held[:keep] == data[:keep] and held[-keep:] == data[-keep:]
+    assert held[keep:-keep] == bytes(len(data) - 2 * keep)  # never written
     files = server.services.files
     assert temp_files(files) == [] and open_multipart(s3_endpoint, bucket) == []
 
@@ -410,11 +411,11 @@ async def test_the_probe_after_complete_times_a_file_from_its_ends(
     tmp_path: Path,
 ) -> None:
     """An MP3 without a Xing header is timed from its size: from the head alone ffprobe
-    said 16 s of these 64; from the two ends kept (a sparse file of the file's size), 64."""
+    said 8 s of these 32; from the two ends kept (a sparse file of the file's size), 32."""
     server: RunningServer = await start_server(**s3_settings(s3_endpoint, bucket))
-    monkeypatch.setattr(files_module, "PROBE_HEAD", 256 * KiB)
+    monkeypatch.setattr(files_module, "PROBE_HEAD", 128 * KiB)
     mp3 = tmp_path / "long.mp3"
-    encode = ["-f", "lavfi", "-i", "sine=frequency=440:duration=64", "-b:a", "128k"]
+    encode = ["-f", "lavfi", "-i", "sine=frequency=440:duration=32", "-b:a", "128k"]
     subprocess.run(
         ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *encode, "-write_xing", "0", str(mp3)],
         check=True,
@@ -427,4 +428,4 @@ async def test_the_probe_after_complete_times_a_file_from_its_ends(
         assert isinstance(r, httpx.Response) and r.status_code == 200, r.text
     record = await server.services.storage.get_file(sha(data))
     assert record is not None and record.mime_type == "audio/mpeg"
-    assert abs(record.meta["duration"] - 64) < 1, record.meta
+    assert abs(record.meta["duration"] - 32) < 1, record.meta
