@@ -66,6 +66,9 @@ class Settings:
     s3_endpoint: str
     s3_bucket: str
     s3_region: str
+    s3_threads: int
+    s3_bulk_threads: int
+    s3_bulk_per_user: int
     files_presigned_redirect: bool
     scan_roots: str
     media_jobs: int

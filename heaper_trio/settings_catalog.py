@@ -238,6 +238,31 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("s3_bucket", str, "", "The bucket files go to (required with files_backend = s3)."),
     Setting("s3_region", str, "us-east-1", "The bucket's region."),
     Setting(
+        "s3_threads",
+        int,
+        8,
+        "Interactive requests to the bucket at once (HEAD, a Range read's GETs, small PUTs); "
+        "never shared with bulk transfers.",
+        minimum=1,
+    ),
+    Setting(
+        "s3_bulk_threads",
+        int,
+        4,
+        "Pieces (8 MiB) of whole-object transfers in flight at once: staging a file for a "
+        "thumbnail, hashing a completed upload, large PUTs and copies, upload chunks.",
+        minimum=1,
+    ),
+    Setting(
+        "s3_bulk_per_user",
+        int,
+        2,
+        "Whole-object transfers one user may run at once (a thumbnail's staging, a "
+        "complete); the next one waits for a turn, so one user cannot take all of "
+        "s3_bulk_threads.",
+        minimum=1,
+    ),
+    Setting(
         "files_presigned_redirect",
         bool,
         False,

@@ -117,6 +117,36 @@ QUICK = {"size_mib": 64, "direct_mib": 32, "thumbs": 12, "scan_files": 2000, "wa
 DEFAULTS = {"size_mib": 256, "direct_mib": 64, "thumbs": 40, "scan_files": 10_000, "warm_s": 3.0}
 
 
+def server_env(*, code: Path = ROOT, **extra: str) -> dict[str, str]:
+    """The environment of a heaper_trio server under test: ours without HEAPER_* settings,
+    SERVER_ENV and ``extra`` on top, importing the tree at ``code``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEAPER_")}
+    env.update(SERVER_ENV, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
+    return env
+
+
+def start_heaper(name: str, data_dir: Path, env: dict[str, str], workdir: Path) -> Server:
+    """``python -m heaper_trio`` on a free port (``wait_ready`` is the caller's)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "heaper_trio", "--port", str(port), "--data-dir", str(data_dir)]
+    return Server(name, argv, env, port, "/api/health", workdir)
+
+
+def machine(started: float, load_at_start: list[float], **extra: Any) -> dict[str, Any]:
+    """The JSON's ``machine`` part: what the figures were measured on, and the load."""
+    return {
+        "nproc": os.cpu_count(),
+        "nproc_usable": len(os.sched_getaffinity(0)),
+        "loadavg_at_start": load_at_start,
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        **extra,
+        "total_run_s": round(time.monotonic() - started, 1),
+    }
+
+
 class ForeignCpu:
     """Once a second, the CPU time of processes outside this benchmark's process tree: on a
     2-core machine, another workload running meanwhile skews every figure, and this names it.
@@ -308,26 +338,8 @@ def main(argv: list[str] | None = None) -> int:
 
             data_dir = workdir / "data"
             data_dir.mkdir()
-            port = free_port()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("HEAPER_")}
-            env.update(SERVER_ENV, HEAPER_SCAN_ROOTS=str(scan_root))
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-            server = Server(
-                "heaper",
-                [
-                    sys.executable,
-                    "-m",
-                    "heaper_trio",
-                    "--port",
-                    str(port),
-                    "--data-dir",
-                    str(data_dir),
-                ],
-                env,
-                port,
-                "/api/health",
-                workdir,
-            )
+            env = server_env(HEAPER_SCAN_ROOTS=str(scan_root))
+            server = start_heaper("heaper", data_dir, env, workdir)
             startup_s = server.wait_ready()
             log(f"heaper_trio up on {server.url} (pid {server.pid}) in {startup_s:.2f}s")
             inputs = {"big": big, "direct": direct, "images": images, "scan_root": scan_root}
@@ -379,21 +391,16 @@ def main(argv: list[str] | None = None) -> int:
     out["notes"] = notes
     from importlib.metadata import version
 
-    out["machine"] = {
-        "nproc": os.cpu_count(),
-        "nproc_usable": len(os.sched_getaffinity(0)),
-        "loadavg_at_start": load_at_start,
-        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "quick": args.quick,
-        "total_run_s": round(time.monotonic() - started, 1),
-        "foreign_cpu": foreign.top(),
-        "versions": {
+    out["machine"] = machine(
+        started,
+        load_at_start,
+        quick=args.quick,
+        foreign_cpu=foreign.top(),
+        versions={
             pkg: version(pkg)
             for pkg in ("hypercorn", "trio", "quart-trio", "httpx", "pillow", "heaper_trio")
         },
-    }
+    )
     print(json.dumps(out, indent=2))
     return 1 if res["phase_errors"] else 0
 

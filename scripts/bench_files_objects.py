@@ -2,21 +2,24 @@
 """``scripts/bench_files.py --objects``: heaper_trio on an object store (``files_backend =
 "s3"``) against a direct client of the same store, the same bytes, in the same run.
 
-What it measures, one after another:
+What it measures, ``--runs`` (3) times, interleaved (the order rotates each run), reporting
+the median of each figure and of each run's ratio:
 
 * ``server``: a file of ``--size-mib`` (64) MiB of random bytes sent as a resumable upload
   (``--chunk-mib`` (8) MiB chunks, one at a time, then complete: parts in the store, joined,
-  read back once for the hash, copied under ``files/<hash>``), then downloaded whole through
-  ``/api/file/<hash>/raw`` (streamed from a GET of the store) and as ``--ranges`` (32) ranged
-  GETs of 1 MiB at random offsets (each a ranged GET of the store, through the server).
+  hashed as it streams back, copied under ``files/<hash>``), then downloaded whole through
+  ``/api/file/<hash>/raw`` (ranged GETs of the store with read-ahead) and as ``--ranges``
+  (32) ranged GETs of 1 MiB at random offsets, through the server.
 * ``direct``: boto3 (the server's client), in this process, against the same store: the same
   bytes uploaded as a multipart upload of the same part size, downloaded whole, and the same
   ranges fetched, one at a time.
+* ``compare`` (with ``--compare DIR``): the server again, importing the heaper_trio tree at
+  DIR (another checkout: the code before a change), on the same store, in the same runs.
+* ``server_on_local_disk`` (with ``--local``): the server on ``files_backend = "local"``.
 
 ``ratios`` are server / direct MB/s: what the server's path (HTTP in, a local spool per
 chunk, the hash, the copy; HTTP out for downloads) costs next to talking to the store directly.
-``server_on_local_disk`` runs the same flow against a server on ``files_backend = "local"``
-for context (``ratios_to_local_disk``).
+Each run uses fresh bytes (a new hash), so no upload is deduplicated.
 
 The store: moto's standalone server on loopback (started here) unless ``--s3-endpoint`` and
 ``--s3-bucket`` name another one (MinIO, Garage; credentials from ``AWS_*`` variables). moto
@@ -27,10 +30,12 @@ by moto: the ratios say more than the absolute figures. One JSON object goes to 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,7 +46,8 @@ from typing import Any
 
 import boto3
 import trio
-from bench_files_phases import MB, MiB, check, ratio
+from bench_files import machine, server_env, start_heaper
+from bench_files_phases import MB, MiB, check
 from bench_files_uploads import random_file
 from bench_http import Server, free_port, log
 from boto3.s3.transfer import TransferConfig
@@ -49,8 +55,8 @@ from botocore.config import Config
 
 from heaper_trio.client import HeaperClient, KeyPair
 
-ROOT = Path(__file__).resolve().parent.parent
 RANGE = MiB
+METRICS = ("upload_MBps", "download_MBps", "ranges_MBps")
 
 
 def mbps(nbytes: int, seconds: float) -> float:
@@ -104,15 +110,16 @@ def direct(
 
 
 async def through_server(
-    url: str, src: Path, size: int, sha: str, chunk: int, ranges: list[int]
+    url: str, key: KeyPair, src: Path, size: int, sha: str, chunk: int, ranges: list[int]
 ) -> dict[str, Any]:
-    async with HeaperClient(url, KeyPair.generate(), timeout=600) as c:
+    async with HeaperClient(url, key, timeout=600) as c:
         await c.login()
         heap = check(await c.post("/api/heap/add", json={"name": "bench"}), "heap")["id"]
+        block = f"bench-{sha[:12]}"  # a block of its own each run (ids are global)
         t = time.perf_counter()
         init = check(
             await c.post(
-                f"/api/upload/init/{heap}/bench-obj",
+                f"/api/upload/init/{heap}/{block}",
                 json={"hash": sha, "size": size, "chunk_size": chunk, "name": "b.bin"},
             ),
             "init",
@@ -123,12 +130,12 @@ async def through_server(
                 f.seek(i * step)
                 check(
                     await c.put(
-                        f"/api/upload/chunk/{heap}/bench-obj/{sha}/{i}", content=f.read(step)
+                        f"/api/upload/chunk/{heap}/{block}/{sha}/{i}", content=f.read(step)
                     ),
                     "chunk",
                 )
         chunks = time.perf_counter() - t
-        check(await c.post(f"/api/upload/complete/{heap}/bench-obj/{sha}"), "complete")
+        check(await c.post(f"/api/upload/complete/{heap}/{block}/{sha}"), "complete")
         up = time.perf_counter() - t
         t = time.perf_counter()
         got = 0
@@ -157,11 +164,26 @@ async def through_server(
     }
 
 
+def fresh(path: Path, run: int) -> str:
+    """New bytes at the file's start (so a new hash: nothing deduplicated); its SHA-256."""
+    with open(path, "r+b") as f:
+        f.write(run.to_bytes(8, "big") + os.urandom(24))
+        f.seek(0)
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
+    return {k: round(statistics.median(r[k] for r in results), 3) for k in results[0]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size-mib", type=int, default=64)
     p.add_argument("--chunk-mib", type=int, default=8)
     p.add_argument("--ranges", type=int, default=32)
+    p.add_argument("--runs", type=int, default=3, help="interleaved runs; medians reported")
+    p.add_argument("--compare", type=Path, help="another heaper_trio tree, measured alike")
+    p.add_argument("--local", action="store_true", help="also a server on the local disk")
     p.add_argument("--s3-endpoint", default="")
     p.add_argument("--s3-bucket", default="")
     args = p.parse_args(argv)
@@ -169,9 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    started = time.monotonic()
+    started, load_at_start = time.monotonic(), [round(x, 2) for x in os.getloadavg()]
     moto = None
-    server = None
+    servers: dict[str, Server] = {}
+    results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="heaper-bench-objects-") as tmp:
         workdir = Path(tmp)
         try:
@@ -186,94 +209,62 @@ def main(argv: list[str] | None = None) -> int:
             )
             if not args.s3_bucket:
                 client.create_bucket(Bucket=bucket)
-            src = random_file(workdir / "big.bin", size)
+            src = random_file(workdir / "big.bin", size).path
             rng = random.Random(7)
             ranges = [rng.randrange(0, size - RANGE) for _ in range(args.ranges)]
-            log(f"direct: {args.size_mib} MiB to {endpoint}")
-            base = direct(client, bucket, src.path, size, chunk, ranges)
-            port = free_port()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("HEAPER_")}
-            env.update(
-                HEAPER_FILES_BACKEND="s3",
-                HEAPER_S3_ENDPOINT=endpoint,
-                HEAPER_S3_BUCKET=bucket,
-                HEAPER_AUTH_RATE_LIMIT="100000",
-                HEAPER_LOG_LEVEL="warning",
-                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
-            )
-            (workdir / "data").mkdir()
-            server = Server(
-                "heaper",
-                [
-                    sys.executable,
-                    "-m",
-                    "heaper_trio",
-                    "--port",
-                    str(port),
-                    "--data-dir",
-                    str(workdir / "data"),
-                ],
-                env,
-                port,
-                "/api/health",
-                workdir,
-            )
-            server.wait_ready()
-            log(f"server: the same bytes through {server.url}")
-            res = trio.run(through_server, server.url, src.path, size, src.sha256, chunk, ranges)
-            server.stop()
-            server = None
-            # context: the same flow with files on the local disk (files_backend = local)
-            local_env = {k: v for k, v in env.items() if k != "HEAPER_FILES_BACKEND"}
-            (workdir / "local").mkdir()
-            port = free_port()
-            server = Server(
-                "heaper-local",
-                [
-                    sys.executable,
-                    "-m",
-                    "heaper_trio",
-                    "--port",
-                    str(port),
-                    "--data-dir",
-                    str(workdir / "local"),
-                ],
-                local_env,
-                port,
-                "/api/health",
-                workdir,
-            )
-            server.wait_ready()
-            log(f"local disk: the same bytes through {server.url}")
-            on_disk = trio.run(
-                through_server, server.url, src.path, size, src.sha256, chunk, ranges
-            )
+            s3 = {
+                "HEAPER_FILES_BACKEND": "s3",
+                "HEAPER_S3_ENDPOINT": endpoint,
+                "HEAPER_S3_BUCKET": bucket,
+            }
+            sides = {"server": server_env(**s3)}
+            if args.compare:
+                sides["compare"] = server_env(code=args.compare.resolve(), **s3)
+            if args.local:
+                sides["server_on_local_disk"] = server_env()
+            for name, env in sides.items():
+                (workdir / name).mkdir()
+                servers[name] = start_heaper(name, workdir / name, env, workdir)
+                servers[name].wait_ready()
+            order = ["direct", *sides]
+            keys = {name: KeyPair.generate() for name in sides}
+            for run in range(args.runs):
+                for name in order[run % len(order) :] + order[: run % len(order)]:
+                    sha = fresh(src, run * 10 + order.index(name))
+                    log(f"run {run + 1}/{args.runs}: {name}, {args.size_mib} MiB")
+                    if name == "direct":
+                        got = direct(client, bucket, src, size, chunk, ranges)
+                    else:
+                        url, key = servers[name].url, keys[name]  # the first user: approved
+                        got = trio.run(through_server, url, key, src, size, sha, chunk, ranges)
+                    results.setdefault(name, []).append(got)
         finally:
-            if server is not None:
+            for server in servers.values():
                 server.stop()
             if moto is not None:
                 moto.terminate()
                 moto.wait(10)
-    out = {
+    out: dict[str, Any] = {
         "store": "moto (loopback, in memory)" if not args.s3_endpoint else args.s3_endpoint,
         "size_mib": args.size_mib,
         "chunk_mib": args.chunk_mib,
         "ranges": {"count": args.ranges, "size_mib": RANGE // MiB},
-        "server": res,
-        "direct": base,
-        "server_on_local_disk": on_disk,
-        "ratios": {
-            k: ratio(res[k], base[k]) for k in ("upload_MBps", "download_MBps", "ranges_MBps")
-        },
-        "ratios_to_local_disk": {
-            k: ratio(res[k], on_disk[k]) for k in ("upload_MBps", "download_MBps", "ranges_MBps")
-        },
-        "machine": {
-            "nproc": os.cpu_count(),
-            "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-        },
-        "total_run_s": round(time.monotonic() - started, 1),
+        "runs": args.runs,
+        "compare": str(args.compare) if args.compare else None,
+        **{name: median_of(runs) for name, runs in results.items()},
     }
+    for name in sides:  # each run's ratio to the direct client of the same run, then medians
+        out[f"ratios_{name}" if name != "server" else "ratios"] = {
+            k: round(
+                statistics.median(
+                    s[k] / d[k] for s, d in zip(results[name], results["direct"], strict=True)
+                ),
+                3,
+            )
+            for k in METRICS
+        }
+    out["per_run"] = results
+    out["machine"] = machine(started, load_at_start)
     print(json.dumps(out, indent=2))
     return 0
 

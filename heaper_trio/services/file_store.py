@@ -10,7 +10,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -26,6 +26,7 @@ from heaper_trio.records import FileRecord, User
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.file_claims import CLAIM_TTL_MS, FileClaims, now_ms
 from heaper_trio.services.scans.source import OpenFile, open_own
+from heaper_trio.services.staging import SharedStages, UserTurns
 from heaper_trio.services.upload_disk import (  # _write: tests make the disk full there
     _close_and_remove,
     _commit,
@@ -68,6 +69,13 @@ class FileStore:
         # trio.to_thread's default limiter is shared with the database threads (SQLite)
         self._probe_threads = trio.CapacityLimiter(PROBE_THREADS)
         self._io_threads = trio.CapacityLimiter(IO_THREADS)
+        # bucket files staged for Pillow and ffmpeg: one download per file at a time, shared
+        self.stages = SharedStages(settings.data_path / "uploads", self._remove_temp)
+        self.turns = UserTurns(settings.s3_bulk_per_user)  # whole-object transfers per user
+        self._staged: dict[Path, BinaryIO] = {}  # kept open: its lock keeps the sweeper off
+
+    async def _remove_temp(self, path: Path) -> None:
+        await self._io(_close_and_remove, self._staged.pop(path, None), path)
 
     async def _probe_fs(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._probe_threads)
@@ -120,28 +128,36 @@ class FileStore:
             disposition=disposition,
         )
 
-    @asynccontextmanager
-    async def staged(self, record: FileRecord) -> AsyncIterator[Path]:
+    def staged(
+        self, record: FileRecord, owner: str | None = None
+    ) -> AbstractAsyncContextManager[Path]:
         """A bucket file's bytes in a local temporary file, for the tools that need a path
-        (Pillow, ffmpeg); checked against the hash on the way, removed afterwards."""
+        (Pillow, ffmpeg); checked against the hash on the way, removed after its last user
+        (``staging``: concurrent requests for one file share one download). ``owner``: the
+        user whose turn at bulk work the download takes."""
+        return self.stages.use(record.hash, lambda temp: self._stage(record.hash, temp, owner))
+
+    async def _stage(self, hash: str, temp: Path, owner: str | None) -> None:
         assert self.objects is not None
-        temp = self.settings.data_path / "uploads" / f"stage-{uuid.uuid4().hex}.part"
         out: BinaryIO | None = None
         try:
             out = await self._io(_open_temp, temp)
-            try:
-                actual = await self.objects.read_into(file_key(record.hash), out)
-            except ObjectMissing:
-                raise NotFound(
-                    "the file's bytes are gone from the store", code="file_missing"
-                ) from None
-            if actual != record.hash:
-                log.error("the bucket's copy of %s has hash %s", record.hash, actual)
+            async with self.turns.turn(owner):
+                try:
+                    actual, _ = await self.objects.read_into_tagged(file_key(hash), out)
+                except ObjectMissing:
+                    raise NotFound(
+                        "the file's bytes are gone from the store", code="file_missing"
+                    ) from None
+            if actual != hash:
+                log.error("the bucket's copy of %s has hash %s", hash, actual)
                 raise NotFound("the store's copy of this file is damaged", code="file_missing")
-            yield temp
-        finally:
+        except BaseException:
             with trio.CancelScope(shield=True):
                 await self._io(_close_and_remove, out, temp)
+            raise
+        assert out is not None
+        self._staged[temp] = out  # closed with the stage (its last user)
 
     async def forget_thumbnails(self, hash: str) -> None:
         """The bucket's thumbnails of a file (made again on request); the local cache is the
@@ -149,14 +165,18 @@ class FileStore:
         if self.objects is not None:
             await self.objects.delete_prefix(f"thumbnails/{hash[:2]}/{hash}/")
 
-    async def open_staged(self, record: FileRecord) -> OpenFile:
+    async def open_staged(self, record: FileRecord, owner: str | None = None) -> OpenFile:
         """A bucket file's bytes as an open local file (its temporary name already gone): for
         callers that want what ``ScanService.open_file`` gives for a file on disk."""
-        async with self.staged(record) as path:
+        async with self.staged(record, owner) as path:
             return await open_own(path)
 
     async def derived(
-        self, record: FileRecord, target: Path, derive: Callable[[Path], Awaitable[Path]]
+        self,
+        record: FileRecord,
+        target: Path,
+        derive: Callable[[Path], Awaitable[Path]],
+        owner: str | None = None,
     ) -> Path:
         """A thumbnail of a bucket file: the local cache's, else the bucket's copy (made by
         any process), else made here from the staged bytes and put in the bucket."""
@@ -176,7 +196,7 @@ class FileStore:
         finally:
             with trio.CancelScope(shield=True):
                 await self._io(_close_and_remove, out, temp)
-        async with self.staged(record) as path:
+        async with self.staged(record, owner) as path:
             made = await derive(path)
         await self.objects.put_file(key, made)
         return made
@@ -192,13 +212,21 @@ class FileStore:
 
     # -- recording a verified file --------------------------------------------------------------
     async def _probe(
-        self, hash: str, name: str, mime_type: str, source: Path | None
+        self, hash: str, name: str, mime_type: str, source: Path | None, partial: bool = False
     ) -> tuple[str, dict[str, Any]]:
-        """Type and dimensions from the content (a client's type is a hint only)."""
+        """Type and dimensions from the content (a client's type is a hint only). ``partial``:
+        ``source`` holds only the file's two ends (a bucket upload is hashed as it streams,
+        never copied whole to disk); a video or audio file whose ends do not give its
+        duration (an index larger than the end kept) is then probed from a staged copy,
+        best effort."""
         if self.probe is None:
             return mime_type, {}
         try:
             info = await self.probe(source or self.store_path(hash), name)
+            if partial and info.kind in ("video", "audio") and info.duration is None:
+                make = lambda temp: self._stage(hash, temp, None)  # noqa: E731
+                async with self.stages.use(hash, make) as whole:
+                    info = await self.probe(whole, name)
         except Exception:  # metadata is a bonus: an upload never fails for it
             log.exception("probing %s failed", hash)
             return mime_type, {}
@@ -222,12 +250,13 @@ class FileStore:
         mime_type: str,
         meta: dict[str, Any] | None = None,
         source: Path | None = None,
+        partial: bool = False,
     ) -> FileRecord:
         """Every caller has the bytes verified for this user first (direct and complete hash
         them; init's ``exists`` requires a proof already), so this is where grants come from.
         ``source``: where the verified bytes are on local disk, when not in the local store."""
         if meta is None and await self.storage.get_file(hash) is None:
-            mime_type, meta = await self._probe(hash, name, mime_type, source)
+            mime_type, meta = await self._probe(hash, name, mime_type, source, partial)
         record = await self.storage.add_file(
             FileRecord(
                 hash,

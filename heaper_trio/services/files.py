@@ -56,7 +56,7 @@ from heaper_trio.services.file_outcomes import (
     UploadStart,
 )
 from heaper_trio.services.file_store import HASH, FileStore
-from heaper_trio.services.object_uploads import ObjectUploads, part_chunk_size
+from heaper_trio.services.object_uploads import PROBE_HEAD, ObjectUploads, part_chunk_size
 from heaper_trio.services.upload_disk import (  # _write: tests make the disk full there
     UploadSlots,
     _close_and_remove,
@@ -431,15 +431,16 @@ class FileService(FileStore):
     async def _complete_parts(
         self, user: User, heap_id: str, block_id: str, hash: str, upload: UploadRecord
     ) -> StoredFile:
-        """``complete`` in a bucket (``object_uploads``): joined there, hashed on the way
-        into a local temporary file (which the media probe reads), published if it matches."""
+        """``complete`` in a bucket (``object_uploads``): joined there, hashed as it streams
+        (its two ends only kept on disk, for the media probe), published if it matches."""
         assert self.parts is not None
         temp = self.uploads / f"assemble-{uuid.uuid4().hex}.part"
         out: BinaryIO | None = None
         try:
             with disk_full_is_507(NO_SPACE):
                 out = await self._io(_open_temp, temp)
-                actual = await self.parts.assemble(upload, out)
+                async with self.turns.turn(user.id):
+                    actual = await self.parts.assemble(upload, out, keep=PROBE_HEAD)
             if actual != hash:
                 await self._discard(upload)
                 raise Unprocessable(
@@ -459,6 +460,7 @@ class FileService(FileStore):
                     upload.name,
                     upload.mime_type,
                     source=temp,
+                    partial=upload.size > PROBE_HEAD,
                 )
                 await self._still_stored(out, temp, hash)
         finally:

@@ -16,9 +16,10 @@ before it is sent, and a cut-off body must never reach the store).
   and a loser aborts its own and uses the winner's, so two processes racing after a crash
   (the row made, no multipart upload yet) send every part to the same one. A row from before
   the column has its id looked up in the store (ListMultipartUploads) once, then stored.
-- ``complete`` finishes the multipart upload into ``uploads/<id>``, reads it once to hash it
-  (into a local temporary file the media probe reads too), and only when the hash matches
-  copies it server-side to ``files/<hash>``: nothing unverified is ever visible there.
+- ``complete`` finishes the multipart upload into ``uploads/<id>``, hashes it as it streams
+  in bulk pieces (only its two ends are kept on local disk, for the media probe: the
+  temporary disk need not fit the file), and only when the hash matches copies that very version
+  (ETag-pinned) server-side to ``files/<hash>``: nothing unverified is ever visible there.
 - Discarding (a wrong hash, expiry) aborts the multipart uploads and deletes the assembled
   object; a bucket lifecycle rule for incomplete multipart uploads is the second line
   (docs/self-hosting.md).
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # boto3 is imported only when a bucket is used
 log = logging.getLogger(__name__)
 PART_MIN = 5 * 1024 * 1024  # S3's smallest part but the last
 REMEMBERED = 1024  # multipart ids kept per process (uploads in progress at once)
+PROBE_HEAD = 8 * 1024 * 1024  # of each end of an assembled upload kept on disk, for the probe
 
 
 def part_chunk_size(size: int, chunk_size: int) -> int:
@@ -173,21 +175,28 @@ class ObjectUploads:
             if 0 < p.number <= upload.total_chunks and p.size == expected(p.number - 1)
         )
 
-    async def assemble(self, upload: UploadRecord, out: BinaryIO) -> str:
-        """The parts joined in the store (not under ``files/``), read once into ``out``;
-        returns the SHA-256 of what was joined."""
+    async def assemble(
+        self, upload: UploadRecord, out: BinaryIO | None = None, keep: int | None = None
+    ) -> str:
+        """The parts joined in the store (not under ``files/``), read once (one GET, in bulk
+        pieces) and hashed as they come, never whole on local disk: only the first and last
+        ``keep`` bytes are written to ``out`` (sparse, for the media probe); returns the
+        SHA-256 of what was joined."""
         key = upload_key(upload.id)
         found = await self.objects.multipart_ids(key)
+        if upload.multipart_id in found:  # the row's own first (a loser's may linger a moment)
+            found.remove(upload.multipart_id)
+            found.insert(0, upload.multipart_id)
         try:
             if found:
                 parts = {p.number: p for p in await self.objects.parts(key, found[0])}
                 wanted = [parts[i + 1] for i in range(upload.total_chunks)]
                 await self.objects.finish_multipart(key, found[0], wanted)
-            actual, self._read[upload.id] = await self.objects.read_into_tagged(key, out)
+            actual, self._read[upload.id] = await self.objects.read_into_tagged(key, out, keep=keep)
             while len(self._read) > REMEMBERED:
                 self._read.popitem(last=False)
             return actual
-        except (ObjectMissing, KeyError):
+        except (ObjectMissing, ObjectChanged, KeyError):  # changed: replaced while read
             raise Conflict(
                 "another request is completing this upload; ask again for its status",
                 code="upload_incomplete",

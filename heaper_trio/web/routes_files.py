@@ -151,7 +151,8 @@ async def _derived(
     files = services().files
     record = await files.readable(user, key)
     if files.in_bucket(record) is not None:
-        out = await files.derived(record, target(record.hash), lambda p: derive(p, record.hash))
+        make = lambda p: derive(p, record.hash)  # noqa: E731
+        out = await files.derived(record, target(record.hash), make, owner=user.id)
     else:
         with await services().scans.open_file(record) as source:  # read via /proc/self/fd/<n>
             out = await derive(source.path, record.hash)

@@ -21,4 +21,10 @@ def make_object_store(settings: Settings) -> S3Objects | None:
         return None
     from heaper_trio.storage.blobs.s3 import S3Objects  # boto3 is imported only when used
 
-    return S3Objects(settings.s3_bucket, endpoint=settings.s3_endpoint, region=settings.s3_region)
+    return S3Objects(
+        settings.s3_bucket,
+        endpoint=settings.s3_endpoint,
+        region=settings.s3_region,
+        threads=settings.s3_threads,
+        bulk_threads=settings.s3_bulk_threads,
+    )

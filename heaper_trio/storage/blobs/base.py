@@ -65,8 +65,9 @@ class ObjectStore(ABC):
         object raises ``ObjectMissing`` here, before any header is sent), the body streams."""
 
     @abstractmethod
-    async def read_into(self, key: str, out: BinaryIO) -> str:
-        """The whole object written to ``out``; returns its SHA-256 (hex), read once."""
+    async def read_into(self, key: str, out: BinaryIO, *, bulk: bool = False) -> str:
+        """The whole object written to ``out``; returns its SHA-256 (hex), read once.
+        ``bulk``: a large transfer, kept off the capacity interactive requests use."""
 
     @abstractmethod
     async def delete(self, key: str) -> None:

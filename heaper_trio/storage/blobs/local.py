@@ -92,7 +92,7 @@ class LocalObjects(ObjectStore):
         finally:
             os.close(fd)
 
-    async def read_into(self, key: str, out: BinaryIO) -> str:
+    async def read_into(self, key: str, out: BinaryIO, *, bulk: bool = False) -> str:
         def copy() -> str:
             digest = hashlib.sha256()
             try:

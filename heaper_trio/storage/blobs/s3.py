@@ -6,9 +6,15 @@ low-level and by name: ranged GETs, multipart uploads driven part by part from a
 side copies that switch to UploadPartCopy past 5 GiB (``client.copy``), and presigned URLs.
 ``obstore`` is faster for whole-object transfers, but its multipart writer lives inside one
 process, with no way to list or take over the parts another process uploaded, which resumable
-uploads across processes need. boto3 is synchronous: every call runs in a worker thread under
-one ``CapacityLimiter`` (as many as the client's HTTP pool), so the event loop never blocks
-and a burst of downloads cannot open unbounded connections.
+uploads across processes need.
+
+boto3 is synchronous: every call runs in a worker thread, so the event loop never blocks,
+under one of two ``CapacityLimiter``s (together as many as the client's HTTP pool):
+``threads`` for interactive calls (HEAD, a Range read's GETs, small PUTs, listings) and
+``bulk_threads`` for whole-object transfers (staging a file for a thumbnail, hashing an
+assembled upload, large PUTs, copies, multipart parts). Whole objects move in bounded pieces
+(``pieces``): no thread call holds a slot longer than one piece, a cancel ends a transfer
+within one, and interactive calls never queue behind a bulk transfer.
 
 Credentials come from boto3's usual chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
 ``AWS_PROFILE``, an instance role); nothing here logs them or a presigned URL. Checksums are
@@ -21,27 +27,38 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import boto3
 import trio
-from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from heaper_trio.errors import StartupError
 from heaper_trio.storage.blobs.base import ObjectChanged, ObjectMissing, ObjectStore, Part
-
-THREADS = 8  # the limiter and the HTTP pool: one connection per thread
-READ_SIZE = 1 << 20  # per thread hop, as file_response reads the disk (files-findings §5a)
-MISSING = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
-T = TypeVar("T")
-# whole-file PUTs switch to multipart past this; 16 MiB parts keep a 20 GiB file < 10,000 parts
-TRANSFER = TransferConfig(
-    multipart_threshold=64 * 1024**2, multipart_chunksize=16 * 1024**2, max_concurrency=4
+from heaper_trio.storage.blobs.pieces import (
+    BULK_PIECE,
+    FIRST_PIECE,
+    RANGE_PIECE,
+    Ahead,
+    PieceBody,
+    empty,
+    part_size,
+    spans,
 )
+
+THREADS = 8  # interactive calls at once (settings: s3_threads)
+BULK_THREADS = 4  # whole-object transfers' pieces at once (s3_bulk_threads)
+COPY_PIECE = 64 * 1024**2  # a server-side copy past this goes part by part (UploadPartCopy)
+ABORT_WITHIN_S = 30.0  # a cancelled multipart write still aborts its parts, shielded this long
+MISSING = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
+CHANGED = {"PreconditionFailed", "412"}
+T = TypeVar("T")
 
 
 # botocore's debug lines carry signed request headers and presigned URLs: never logged, even
@@ -61,14 +78,48 @@ def _shared_session() -> Any:
     return _session
 
 
+def _code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
 def _missing(e: ClientError) -> bool:
-    return str(e.response.get("Error", {}).get("Code")) in MISSING
+    return _code(e) in MISSING
+
+
+def _write_hashing(
+    digest: Any, out: BinaryIO | None, data: bytes, at: int, total: int, keep: int | None
+) -> None:
+    """``data`` (bytes ``at``.. of ``total``) hashed, and written to ``out``: all of it, or
+    with ``keep`` only what falls in the first or the last ``keep`` bytes, at its offset."""
+    digest.update(data)  # hashlib lets go of the GIL for large buffers
+    if out is None:
+        return
+    if keep is None:
+        out.write(data)
+        return
+    end = at + len(data)
+    if at < keep:
+        out.seek(at)
+        out.write(data[: keep - at])
+    tail = max(keep, total - keep)
+    if end > tail:
+        start = max(at, tail)
+        out.seek(start)
+        out.write(data[start - at :])
 
 
 class S3Objects(ObjectStore):
     name = "s3"
 
-    def __init__(self, bucket: str, *, endpoint: str = "", region: str = "us-east-1") -> None:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint: str = "",
+        region: str = "us-east-1",
+        threads: int = THREADS,
+        bulk_threads: int = BULK_THREADS,
+    ) -> None:
         self.bucket = bucket
         self.client: Any = _shared_session().client(
             "s3",
@@ -77,17 +128,28 @@ class S3Objects(ObjectStore):
             config=Config(
                 signature_version="s3v4",
                 s3={"addressing_style": "path" if endpoint else "auto"},
-                max_pool_connections=THREADS,
+                max_pool_connections=threads + bulk_threads,  # one connection per thread
                 retries={"max_attempts": 4, "mode": "standard"},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
             ),
         )
-        self._threads = trio.CapacityLimiter(THREADS)
+        self._threads = trio.CapacityLimiter(threads)
+        self._bulk = trio.CapacityLimiter(bulk_threads)
+        self._local = trio.CapacityLimiter(bulk_threads)  # hashing and writing pieces here
+        self.piece = BULK_PIECE  # tests make these small to see many pieces
+        self.copy_piece = COPY_PIECE
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One interactive request."""
         return await trio.to_thread.run_sync(
             lambda: fn(*args, **kwargs), limiter=self._threads, abandon_on_cancel=False
+        )
+
+    async def _bulk_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One piece of a bulk transfer."""
+        return await trio.to_thread.run_sync(
+            lambda: fn(*args, **kwargs), limiter=self._bulk, abandon_on_cancel=False
         )
 
     async def check(self) -> None:
@@ -98,61 +160,145 @@ class S3Objects(ObjectStore):
             raise StartupError(f"s3_bucket: {self.bucket!r} is not reachable: {e}") from None
 
     # -- whole objects ----------------------------------------------------------------------
-    async def size(self, key: str) -> int | None:
+    async def _head(self, key: str, *, bulk: bool = False, if_match: str | None = None) -> Any:
+        extra = {"IfMatch": if_match} if if_match is not None else {}
+        call = self._bulk_call if bulk else self._call
         try:
-            head = await self._call(self.client.head_object, Bucket=self.bucket, Key=key)
+            return await call(self.client.head_object, Bucket=self.bucket, Key=key, **extra)
         except ClientError as e:
             if _missing(e):
-                return None
+                raise ObjectMissing(key) from None
+            if _code(e) in CHANGED:
+                raise ObjectChanged(key) from None
             raise
-        return int(head["ContentLength"])
+
+    async def size(self, key: str) -> int | None:
+        try:
+            return int((await self._head(key))["ContentLength"])
+        except ObjectMissing:
+            return None
 
     async def put_file(self, key: str, path: Path) -> None:
-        await self._call(self.client.upload_file, str(path), self.bucket, key, Config=TRANSFER)
+        """One PUT up to a piece (interactive: thumbnails, small files); past that a multipart
+        upload, one part-sized piece per thread call, its parts aborted if it fails or is
+        cancelled."""
+        size = (await trio.to_thread.run_sync(os.stat, path)).st_size
+        if size <= self.piece:
 
-    async def _get(self, key: str, **extra: Any) -> Any:
-        return (await self._get_object(key, **extra))["Body"]
+            def put() -> None:
+                with open(path, "rb") as body:
+                    self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
 
-    async def _get_object(self, key: str, **extra: Any) -> Any:
+            await self._call(put)
+            return
+        made = await self._bulk_call(
+            self.client.create_multipart_upload, Bucket=self.bucket, Key=key
+        )
+        upload_id, step = str(made["UploadId"]), part_size(size, self.piece)
+
+        def part(number: int, at: int) -> dict[str, Any]:
+            with open(path, "rb") as source:
+                source.seek(at)
+                data = source.read(step)
+            done = self.client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+            )
+            return {"PartNumber": number, "ETag": done["ETag"]}
+
         try:
-            return await self._call(self.client.get_object, Bucket=self.bucket, Key=key, **extra)
+            parts = [
+                await self._bulk_call(part, n, at) for n, at in enumerate(range(0, size, step), 1)
+            ]
+            await self._bulk_call(
+                self.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + ABORT_WITHIN_S):
+                await self.abort_multipart(key, upload_id)
+            raise
+
+    async def _open(self, limiter: trio.CapacityLimiter, key: str, **extra: Any) -> Any:
+        """A GET whose body is then read in pieces; the request is made here (a missing
+        object raises ``ObjectMissing`` before any header of ours is sent)."""
+        try:
+            return await trio.to_thread.run_sync(
+                lambda: self.client.get_object(Bucket=self.bucket, Key=key, **extra),
+                limiter=limiter,
+                abandon_on_cancel=False,
+            )
         except ClientError as e:
             if _missing(e):
                 raise ObjectMissing(key) from None
             raise
 
-    async def read_range(self, key: str, first: int, length: int) -> AsyncIterator[bytes]:
-        body = await self._get(key, Range=f"bytes={first}-{first + length - 1}")
-        return self._stream(body)
-
-    async def _stream(self, body: Any) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, limiter: trio.CapacityLimiter, body: PieceBody, sizes: Iterator[int]
+    ) -> AsyncIterator[bytes]:
+        """The body in pieces of ``sizes``, each one read (one thread call) while the one
+        before is used: at most two pieces held. Closing this (a cancel, the client gone)
+        closes the body, after the read in flight if there is one."""
+        reads = [partial(body.read, n) for n in sizes]
         try:
-            while data := await self._call(body.read, READ_SIZE):
+            ahead = await Ahead.start(limiter, reads[0]) if reads else None
+            for read in reads[1:]:
+                assert ahead is not None
+                data = await ahead.result()
+                ahead = await Ahead.start(limiter, read) if data else None
+                if not data:
+                    return
+                yield data
+            if ahead is not None and (data := await ahead.result()):
                 yield data
         finally:
             body.close()
 
-    async def read_into(self, key: str, out: BinaryIO) -> str:
-        return (await self.read_into_tagged(key, out))[0]
+    async def read_range(self, key: str, first: int, length: int) -> AsyncIterator[bytes]:
+        """Interactive: one ranged GET, read in pieces that start small (the first byte
+        soon) and double."""
+        if length <= 0:
+            await self._head(key)
+            return empty()
+        found = await self._open(self._threads, key, Range=f"bytes={first}-{first + length - 1}")
+        plan = spans(first, length, start=FIRST_PIECE, most=RANGE_PIECE)
+        return self._stream(self._threads, PieceBody(found["Body"]), (n for _, n in plan))
 
-    async def read_into_tagged(self, key: str, out: BinaryIO) -> tuple[str, str]:
-        """``read_into`` plus the ETag of the version read: a later ``copy(if_match=...)``
-        then copies exactly the bytes that were hashed, not whatever the key holds by then."""
-        found = await self._get_object(key)
-        body, etag = found["Body"], str(found["ETag"])
+    async def pieces(self, key: str, *, bulk: bool = True) -> tuple[str, int, AsyncIterator[bytes]]:
+        """The whole object in pieces of ``piece`` bytes, the ETag of the version they are
+        of (one GET: one version) and its size. The request is made before this returns."""
+        limiter = self._bulk if bulk else self._threads
+        found = await self._open(limiter, key)
+        total = int(found["ContentLength"])
+        plan = spans(0, total, start=self.piece, most=self.piece)
+        stream = self._stream(limiter, PieceBody(found["Body"]), (n for _, n in plan))
+        return str(found["ETag"]), total, stream
 
-        def copy() -> str:
-            digest = hashlib.sha256()
-            try:
-                while data := body.read(READ_SIZE):
-                    digest.update(data)
-                    out.write(data)
-            finally:
-                body.close()
-            out.flush()
-            return digest.hexdigest()
+    async def read_into(self, key: str, out: BinaryIO, *, bulk: bool = False) -> str:
+        return (await self.read_into_tagged(key, out, bulk=bulk))[0]
 
-        return await self._call(copy), etag
+    async def read_into_tagged(
+        self, key: str, out: BinaryIO | None, *, bulk: bool = True, keep: int | None = None
+    ) -> tuple[str, str]:
+        """The object's SHA-256 and the ETag of the version read: a later
+        ``copy(if_match=...)`` then copies exactly the bytes that were hashed, not whatever
+        the key holds by then. The bytes are written to ``out`` on the way; with ``keep``,
+        only its first and last ``keep`` bytes, at their offsets: a sparse file of the
+        object's size that takes at most 2 x ``keep`` of disk, where a media probe finds
+        the headers and indexes formats keep at either end, and the true file size."""
+        etag, total, stream = await self.pieces(key, bulk=bulk)
+        digest, at = hashlib.sha256(), 0
+        async with aclosing(stream):  # type: ignore[type-var]
+            async for data in stream:
+                await trio.to_thread.run_sync(
+                    _write_hashing, digest, out, data, at, total, keep, limiter=self._local
+                )
+                at += len(data)
+        if out is not None:
+            await trio.to_thread.run_sync(out.flush, limiter=self._local)
+        return digest.hexdigest(), etag
 
     async def delete(self, key: str) -> None:
         await self._call(self.client.delete_object, Bucket=self.bucket, Key=key)
@@ -173,23 +319,60 @@ class S3Objects(ObjectStore):
         return len(objects)
 
     async def copy(self, source: str, target: str, *, if_match: str | None = None) -> None:
-        """Server-side: no byte passes through us (UploadPartCopy past 5 GiB). With
-        ``if_match`` the store copies only that version of ``source``; another one raises
-        ``ObjectChanged``."""
-        extra = {"CopySourceIfMatch": if_match} if if_match is not None else {}
+        """Server-side: no byte passes through us. One CopyObject up to ``copy_piece``, else
+        UploadPartCopy part by part (bulk pieces). With ``if_match`` the store copies only
+        that version of ``source`` (every request says so, the HEAD first); another one
+        raises ``ObjectChanged``."""
+        size = int((await self._head(source, bulk=True, if_match=if_match))["ContentLength"])
+        cond = {"CopySourceIfMatch": if_match} if if_match is not None else {}
+        origin = {"Bucket": self.bucket, "Key": source}
         try:
-            await self._call(
-                self.client.copy,
-                {"Bucket": self.bucket, "Key": source},
-                self.bucket,
-                target,
-                ExtraArgs=extra,
-                Config=TRANSFER,
-            )
+            if size <= self.copy_piece:
+                await self._bulk_call(
+                    self.client.copy_object,
+                    Bucket=self.bucket,
+                    Key=target,
+                    CopySource=origin,
+                    **cond,
+                )
+                return
+            await self._copy_parts(origin, target, size, cond)
         except ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            if if_match is not None and code in ("PreconditionFailed", "412"):
+            if if_match is not None and _code(e) in CHANGED:
                 raise ObjectChanged(source) from None
+            raise
+
+    async def _copy_parts(
+        self, origin: dict[str, str], target: str, size: int, cond: dict[str, str]
+    ) -> None:
+        made = await self._bulk_call(
+            self.client.create_multipart_upload, Bucket=self.bucket, Key=target
+        )
+        upload_id, step = str(made["UploadId"]), part_size(size, self.copy_piece)
+        try:
+            parts = []
+            for number, at in enumerate(range(0, size, step), 1):
+                done = await self._bulk_call(
+                    self.client.upload_part_copy,
+                    Bucket=self.bucket,
+                    Key=target,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource=origin,
+                    CopySourceRange=f"bytes={at}-{min(at + step, size) - 1}",
+                    **cond,
+                )
+                parts.append({"PartNumber": number, "ETag": done["CopyPartResult"]["ETag"]})
+            await self._bulk_call(
+                self.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=target,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + ABORT_WITHIN_S):
+                await self.abort_multipart(target, upload_id)
             raise
 
     def presign(self, key: str, ttl: int, *, content_type: str, disposition: str) -> str:
@@ -240,8 +423,8 @@ class S3Objects(ObjectStore):
                     Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
                 )
 
-        try:
-            await self._call(put)
+        try:  # a chunk is a part: one request, as long as the chunk (bulk: it carries data)
+            await self._bulk_call(put)
         except ClientError as e:
             if _missing(e):
                 raise ObjectMissing(key) from None
@@ -270,7 +453,7 @@ class S3Objects(ObjectStore):
 
     async def finish_multipart(self, key: str, upload_id: str, parts: list[Part]) -> None:
         try:
-            await self._call(
+            await self._bulk_call(  # the store joins the parts: as long as a large copy
                 self.client.complete_multipart_upload,
                 Bucket=self.bucket,
                 Key=key,
