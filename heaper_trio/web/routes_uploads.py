@@ -181,8 +181,8 @@ async def upload_status(user: User, heap_id: str, block_id: str, hash: str) -> d
     content={"application/octet-stream": string(contentMediaType="application/octet-stream")},
     summary="Send one chunk of a resumable upload (the body is its raw bytes).",
     description="Chunk i holds bytes [i*chunk_size, (i+1)*chunk_size) (the last may be "
-    "shorter); its length must match exactly. Written under a temporary name and renamed "
-    "when whole: a chunk cut off mid-way leaves nothing. Sending a chunk again replaces it.",
+    "shorter); its length must match exactly. Received once all of it is on disk: a chunk "
+    "cut off mid-way is not received. Sending a chunk again replaces it.",
     response=open_obj(success=boolean(), status=string(), index=integer(), size=integer()),
 )
 async def upload_chunk(
