@@ -1,0 +1,65 @@
+"""The request of a route served by ``web/hot_routes.py``, as the route wrapper reads it.
+
+``routing`` reads the current request through :func:`current_request`: Quart's ``request``
+proxy, or, on the hot path, a :class:`HotRequest` set in :data:`HOT`. It is werkzeug's own
+sans-I/O request (the class Quart's request is built on), made from the ASGI scope the way
+Quart makes its own (``quart.asgi._create_request_from_scope``), so headers, query arguments,
+``Content-Length`` and the client address read exactly alike; only the body is ours: read
+from ASGI ``receive`` up to the route's limit, over it the 413 Quart's body reader raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from contextvars import ContextVar
+from typing import Any
+
+from werkzeug.datastructures import Headers
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.sansio.request import Request
+
+from heaper_trio.web.http_guard import Receive
+
+
+class HotRequest(Request):
+    def __init__(
+        self, scope: MutableMapping[str, Any], receive: Receive, services: Any, max_body: int
+    ) -> None:
+        headers = Headers()
+        remote = (scope.get("client") or ["<local>"])[0]
+        for name, value in scope["headers"]:
+            headers.add(name.decode("latin1").title(), value.decode("latin1"))
+        super().__init__(
+            scope["method"],
+            scope["scheme"],
+            None,
+            scope.get("root_path", ""),
+            scope["path"],
+            scope["query_string"],
+            headers,
+            remote,
+        )
+        self.scope = scope
+        self.services = services
+        self.max_body = max_body  # lowered per route by routing.limit_body
+        self._receive = receive
+
+    async def get_data(self, **_: Any) -> bytes:
+        """The whole body (``routing.read_json_body`` asks for bytes, uncached)."""
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await self._receive()
+            if message["type"] != "http.request":
+                break  # the client left: what came is all there is, as in Quart
+            data = message.get("body", b"")
+            size += len(data)
+            if size > self.max_body:
+                raise RequestEntityTooLarge()
+            parts.append(data)
+            if not message.get("more_body", False):
+                break
+        return b"".join(parts)
+
+
+HOT: ContextVar[HotRequest | None] = ContextVar("heaper_hot_request", default=None)
