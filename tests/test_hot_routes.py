@@ -5,7 +5,10 @@ once with it emptied (Quart answers), must give the same status line, headers an
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from typing import Any
 
 import pytest
 import trio
@@ -14,6 +17,7 @@ from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.web import hot_routes
 
+from .test_harden_http import HEALTH, RawConnection, request
 from .test_sync import new_heap
 
 
@@ -97,3 +101,22 @@ async def test_hot_routes_answer_as_quart_does(
         b"200", b"400", b"422", b"200", b"413", b"200", b"200", b"400", b"400",
         b"403", b"401",
     ]  # fmt: skip
+
+
+@pytest.mark.engines("sqlite")  # the HTTP layer only
+async def test_a_hot_route_answered_before_its_body_keeps_the_connection(
+    start_server: Any,
+) -> None:
+    server = await start_server(max_request_bytes=1024)
+    for timing in ("with_head", "after_answer"):
+        conn = await RawConnection.open(server)
+        head = request("POST", "/api/me", 200_000, "Content-Type: application/json")
+        await conn.send(head + (os.urandom(200_000) if timing == "with_head" else b""))
+        status, headers, text = await conn.answer()
+        if timing == "after_answer":
+            await conn.send(os.urandom(200_000))
+        assert status == 413 and json.loads(text)["error"] == "payload_too_large", text
+        assert headers.get("connection", "").lower() != "close"
+        await conn.send(HEALTH)
+        assert (await conn.answer())[0] == 200
+        await conn.aclose()

@@ -43,6 +43,9 @@ class HotRequest(Request):
         self.services = services
         self.max_body = max_body  # lowered per route by routing.limit_body
         self._receive = receive
+        self.body_read = not (
+            self.content_length or "chunked" in self.headers.get("Transfer-Encoding", "")
+        )
 
     async def get_data(self, **_: Any) -> bytes:
         """The whole body (``routing.read_json_body`` asks for bytes, uncached)."""
@@ -51,6 +54,7 @@ class HotRequest(Request):
         while True:
             message = await self._receive()
             if message["type"] != "http.request":
+                self.body_read = True
                 break  # the client left: what came is all there is, as in Quart
             data = message.get("body", b"")
             size += len(data)
@@ -58,8 +62,18 @@ class HotRequest(Request):
                 raise RequestEntityTooLarge()
             parts.append(data)
             if not message.get("more_body", False):
+                self.body_read = True
                 break
         return b"".join(parts)
+
+    async def discard_body(self) -> None:
+        """Read and drop what is left of the body, as Quart's receiver task does for a request
+        answered before its body was read (a 413 on ``Content-Length``): the keep-alive guard
+        waits for it to end before the connection carries the next request."""
+        while not self.body_read:
+            message = await self._receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                self.body_read = True
 
 
 HOT: ContextVar[HotRequest | None] = ContextVar("heaper_hot_request", default=None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import trio
 from quart import Quart
 
 from heaper_trio.web.cors import origin_headers
@@ -66,7 +67,13 @@ class HotRoutes:
             status, body, extra = error_answer(e)
         finally:
             HOT.reset(token)
-        await self._answer(send, req, status, body, extra)
+        if req.body_read:
+            await self._answer(send, req, status, body, extra)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(req.discard_body)
+            await self._answer(send, req, status, body, extra)
+            nursery.cancel_scope.cancel()
 
     async def _answer(
         self, send: Send, req: HotRequest, status: int, body: Any, extra: dict[str, str]
