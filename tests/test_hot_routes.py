@@ -5,6 +5,7 @@ once with it emptied (Quart answers), must give the same status line, headers an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -45,6 +46,11 @@ def post(path: str, token: str, body: bytes, *extra: str) -> tuple[str, bytes]:
     if token:
         lines.append(f"Authorization: Bearer {token}")
     return "\r\n".join([*lines, "Connection: close", "", ""]), body
+
+
+def put(path: str, token: str, body: bytes, *extra: str) -> tuple[str, bytes]:
+    head, body = post(path, token, body, *extra)
+    return "PUT" + head.removeprefix("POST"), body
 
 
 def get(path: str, token: str, *extra: str) -> tuple[str, bytes]:
@@ -91,6 +97,23 @@ async def test_hot_routes_answer_as_quart_does(
         get("/api/sync/delta?workspace_id=somebody-elses", t),
         get("/api/sync/delta?workspace_id=w", ""),
     ]
+    data = os.urandom(100_000)
+    h = hashlib.sha256(data).hexdigest()
+    r = await admin.post(
+        f"/api/upload/init/{heap_id}/blk-u",
+        json={"hash": h, "size": len(data), "chunk_size": 65536},
+    )
+    assert r.status_code == 200, r.text
+    chunk = f"/api/upload/chunk/{heap_id}/blk-u/{h}"
+    cases += [
+        put(f"{chunk}/0", t, data[:65536], origin),
+        put(f"{chunk}/1", t, data[:10]),
+        put(f"{chunk}/7", t, b"x"),
+        put(f"/api/upload/chunk/{heap_id}/blk-u/{'0' * 64}/0", t, b"x"),
+        put(f"/api/upload/chunk/{heap_id}/blk-u/nothex/0", t, b"x"),
+        put(f"{chunk}/0", "", data[:65536]),
+        put(f"{chunk}/x", t, b"x"),
+    ]
     hot = [await exchange(server, head, body) for head, body in cases]
     monkeypatch.setattr(hot_routes, "SERVED", {})
     quart = [await exchange(server, head, body) for head, body in cases]
@@ -99,7 +122,7 @@ async def test_hot_routes_answer_as_quart_does(
     assert [a.split(b" ", 2)[1] for a in hot] == [
         b"200", b"200", b"400", b"200", b"200", b"401", b"401", b"400", b"400", b"400",
         b"200", b"400", b"422", b"200", b"413", b"200", b"200", b"400", b"400",
-        b"403", b"401",
+        b"403", b"401", b"200", b"400", b"400", b"404", b"400", b"401", b"400",
     ]  # fmt: skip
 
 

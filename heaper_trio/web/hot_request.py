@@ -10,7 +10,7 @@ from ASGI ``receive`` up to the route's limit, over it the 413 Quart's body read
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -19,6 +19,11 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.sansio.request import Request
 
 from heaper_trio.web.http_guard import Receive
+
+
+class ClientGone(Exception):
+    """The client left before its body was in: the request ends without an answer (the
+    access log's 499), as when Quart cancels a request on ``http.disconnect``."""
 
 
 class HotRequest(Request):
@@ -49,22 +54,27 @@ class HotRequest(Request):
 
     async def get_data(self, **_: Any) -> bytes:
         """The whole body (``routing.read_json_body`` asks for bytes, uncached)."""
-        parts: list[bytes] = []
+        return b"".join([part async for part in self.body])
+
+    @property
+    def body(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (the chunk PUT writes it so), never more than ``max_body``."""
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
         size = 0
-        while True:
+        while not self.body_read:
             message = await self._receive()
             if message["type"] != "http.request":
                 self.body_read = True
-                break  # the client left: what came is all there is, as in Quart
+                raise ClientGone  # Quart cancels the request here: no answer, no work
             data = message.get("body", b"")
             size += len(data)
             if size > self.max_body:
                 raise RequestEntityTooLarge()
-            parts.append(data)
-            if not message.get("more_body", False):
-                self.body_read = True
-                break
-        return b"".join(parts)
+            self.body_read = not message.get("more_body", False)
+            if data:
+                yield data
 
     async def discard_body(self) -> None:
         """Read and drop what is left of the body, as Quart's receiver task does for a request

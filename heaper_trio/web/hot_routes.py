@@ -10,7 +10,9 @@ headers in the same order, CORS (``cors.origin_headers``), every failure through
 ``errors.error_answer``. It sits inside the access log, the metrics middleware (which gets the
 route's label from here) and the keep-alive guard, so those see every request alike.
 
-Anything else (another method on these paths, ``OPTIONS`` preflights, ``HEAD``) goes to Quart.
+The chunk PUT of resumable uploads is served here too (its body goes to the disk as it
+arrives, through ``HotRequest.body``). Anything else (another method on these paths,
+``OPTIONS`` preflights, ``HEAD``) goes to Quart.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from quart import Quart
 
 from heaper_trio.web.cors import origin_headers
 from heaper_trio.web.errors import error_answer
-from heaper_trio.web.hot_request import HOT, HotRequest
+from heaper_trio.web.hot_request import HOT, ClientGone, HotRequest
 from heaper_trio.web.http_guard import ASGIApp, Receive, Send
 from heaper_trio.web.routes_metrics import ROUTE_KEY
 from heaper_trio.web.routing import VIEWS
@@ -36,8 +38,27 @@ HOT_ROUTES = (
     ("GET", "/api/sync/delta"),
 )
 
+CHUNK_PUT = ("PUT", "/api/upload/chunk/{heap_id}/{block_id}/{hash}/{index}")
+CHUNK_PREFIX = "/api/upload/chunk/"
+CHUNK_RULE = "/api/upload/chunk/<heap_id>/<block_id>/<hash>/<index>"
+CHUNK_PARAMS = ("heap_id", "block_id", "hash", "index")
 # looked up per request (a test empties it to have Quart answer the same requests)
 SERVED: dict[tuple[str, str], Callable[..., Awaitable[Any]]] = {}
+
+
+def match(
+    method: str, path: str
+) -> tuple[Callable[..., Awaitable[Any]], str, dict[str, str]] | None:
+    """The view, metrics rule and path parameters of a hot route; None: Quart's to answer.
+    The chunk PUT's four segments match as werkzeug's do: non-empty, no ``/``."""
+    view = SERVED.get((method, path))
+    if view is not None:
+        return view, path, {}
+    if method == "PUT" and path.startswith(CHUNK_PREFIX) and (view := SERVED.get(CHUNK_PUT)):
+        parts = path[len(CHUNK_PREFIX) :].split("/")
+        if len(parts) == len(CHUNK_PARAMS) and all(parts):
+            return view, CHUNK_RULE, dict(zip(CHUNK_PARAMS, parts, strict=True))
+    return None
 
 
 class HotRoutes:
@@ -49,20 +70,23 @@ class HotRoutes:
         self.max_body: int = quart.config["MAX_CONTENT_LENGTH"]
         self.json = quart.json
         self.mimetype = quart.json.mimetype  # type: ignore[attr-defined]
-        SERVED.update({key: VIEWS[key] for key in HOT_ROUTES})
+        SERVED.update({key: VIEWS[key] for key in (*HOT_ROUTES, CHUNK_PUT)})
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
-        view = SERVED.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
-        if view is None:
+        found = match(scope["method"], scope["path"]) if scope["type"] == "http" else None
+        if found is None:
             await self.app(scope, receive, send)
             return
-        scope[ROUTE_KEY] = scope["path"]  # the metrics label: these rules have no parameters
+        view, rule, params = found
+        scope[ROUTE_KEY] = rule  # the metrics label, Quart's rule
         req = HotRequest(scope, receive, self.services, self.max_body)
         token = HOT.set(req)
         try:
-            result = await view()
+            result = await view(**params)
             body, status = result if isinstance(result, tuple) else (result, 200)  # as Quart's
             extra: dict[str, str] = {}
+        except ClientGone:
+            return
         except Exception as e:
             status, body, extra = error_answer(e)
         finally:
