@@ -10,9 +10,10 @@ import fcntl
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 
 from heaper_trio.app import RunningServer
@@ -62,6 +63,7 @@ async def test_an_upload_begun_in_the_old_layout_completes_after_the_upgrade(
 WRITER = """
 import os, signal, sys
 from pathlib import Path
+from typing import Any
 import fcntl
 from heaper_trio.services.upload_layout import open_data
 folder, size, at, n = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -101,24 +103,15 @@ async def test_a_chunk_killed_before_its_marker_is_not_received_and_nothing_unve
 def test_a_writer_that_waited_for_complete_writes_nothing(tmp_path: Path) -> None:
     folder = tmp_path / "u1"
     whole = upload_layout.open_data(folder, 10, fcntl.LOCK_EX)  # complete holds the file
+    with pytest.raises(BlockingIOError):  # a writer waits (in trio, not in a thread)
+        upload_layout.open_data(folder, 10, fcntl.LOCK_SH)
+    early = open(folder / upload_layout.DATA, "r+b")  # noqa: SIM115 (opened before the rename)
     store = tmp_path / "store"
-    outcome: list[BaseException | None] = []
-
-    def writer() -> None:
-        try:
-            upload_layout.open_data(folder, 10, fcntl.LOCK_SH).close()
-            outcome.append(None)
-        except BaseException as e:
-            outcome.append(e)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    thread.join(0.2)
-    assert thread.is_alive()  # waiting for the lock
     os.replace(folder / upload_layout.DATA, store)  # published, still locked
     whole.close()
-    thread.join(5)
-    assert isinstance(outcome[0], NotFound) and outcome[0].code == "upload_not_found"
+    with early, pytest.raises(NotFound) as gone:
+        upload_layout.lock_named(early, folder / upload_layout.DATA, fcntl.LOCK_SH)
+    assert gone.value.code == "upload_not_found"
     assert store.stat().st_size == 10
 
 
@@ -130,3 +123,30 @@ def test_received_needs_the_data_file(tmp_path: Path) -> None:
     assert upload_layout.received(tmp_path, upload) == [2]
     (tmp_path / upload_layout.DATA).touch()
     assert upload_layout.received(tmp_path, upload) == [1, 2]
+
+
+async def test_waiting_for_the_lock_holds_no_upload_thread(tmp_path: Path) -> None:
+    """Writers and complete wait for each other in trio: with every upload thread taken by
+    waiters, the holder could never finish (a deadlock under load)."""
+    limiter = trio.CapacityLimiter(1)
+
+    async def io(fn: Any, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+
+    folder = tmp_path / "u1"
+    holder = upload_layout.open_data(folder, 10, fcntl.LOCK_EX)
+    got: list[Any] = []
+
+    async def writer() -> None:
+        got.append(
+            await upload_layout.locked(io, upload_layout.open_data, folder, 10, fcntl.LOCK_SH)
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await trio.sleep(0.2)
+        with trio.fail_after(2):
+            await io(lambda: None)  # the one thread is free while the writer waits
+        assert not got
+        holder.close()
+    got[0].close()

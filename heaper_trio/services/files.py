@@ -379,28 +379,23 @@ class FileService(FileStore):
             return await self._complete_parts(user, heap_id, block_id, hash, upload)
         # Always hashed: the store having a file of this hash proves nothing about these bytes.
         stored = await self._in_store(hash)
-        data = self._upload_dir(upload) / upload_layout.DATA
-        out: BinaryIO | None = None
-        try:
-            with disk_full_is_507(NO_SPACE):
-                out, actual = await self._io(
-                    upload_layout.assemble_in_place,
-                    self._upload_dir(upload),
-                    upload,
-                    lambda f, b: _write(f, b),
-                )
-                if actual != hash:
-                    await self._discard(upload)  # a wrong hash: nothing is stored
-                    raise Unprocessable(
-                        "the assembled content does not match the hash",
-                        code="hash_mismatch",
-                        details={"actual_hash": actual},
-                    )
-                await self._stored(None if stored else out, data, hash)  # a rename, no copy
-        finally:
-            if out is not None:
-                with trio.CancelScope(shield=True):
-                    await self._io(out.close)
+        with disk_full_is_507(NO_SPACE):
+            actual = await upload_layout.locked(
+                self._io,
+                upload_layout.complete_in_place,
+                self._upload_dir(upload),
+                upload,
+                lambda f, b: _write(f, b),  # looked up now: tests replace _write
+                None if stored else self.store_path(hash),
+            )
+        if actual != hash:
+            await self._discard(upload)  # a wrong hash: nothing is stored
+            raise Unprocessable(
+                "the assembled content does not match the hash",
+                code="hash_mismatch",
+                details={"actual_hash": actual},
+            )
+        await self._stored(None, self._upload_dir(upload) / upload_layout.DATA, hash)
         record = await self._record(
             user, heap_id, block_id, hash, upload.size, upload.name, upload.mime_type
         )

@@ -29,17 +29,19 @@ import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import trio
 
 from heaper_trio.errors import NotFound
 from heaper_trio.records import UploadRecord
-from heaper_trio.services.upload_disk import READ_BLOCK, CopyRange, Write, receive_body
+from heaper_trio.services.upload_disk import READ_BLOCK, CopyRange, Write, _commit, receive_body
 
 DATA = "data"
 PIECE = re.compile(r"([0-9]{1,9})\.(chunk|done)")
 Io = Callable[..., Awaitable[Any]]
+T = TypeVar("T")
+LOCK_RETRY_S = 0.05
 
 
 def chunk_length(upload: UploadRecord, index: int) -> int:
@@ -93,21 +95,37 @@ def _still_named(f: BinaryIO, path: Path) -> bool:
 
 def open_data(folder: Path, size: int, lock: int) -> BinaryIO:
     """``data`` open for reading and writing, ``size`` long, locked (``LOCK_SH`` for a chunk,
-    ``LOCK_EX`` for complete). Gone from its name once locked: completed meanwhile (404)."""
+    ``LOCK_EX`` for complete) without waiting: ``BlockingIOError`` if the other side holds it
+    (the caller waits in trio, never in one of the few upload threads, which the holder may
+    need to finish). Gone from its name once locked: completed meanwhile (404)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / DATA
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    f = os.fdopen(fd, "r+b")
+    f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b")
     try:
-        fcntl.flock(fd, lock)
-        if not _still_named(f, path):
-            raise NotFound("this upload was completed meanwhile", code="upload_not_found")
-        if os.fstat(fd).st_size < size:
-            os.ftruncate(fd, size)  # holes until the chunks arrive
+        lock_named(f, path, lock)
+        if os.fstat(f.fileno()).st_size < size:
+            os.ftruncate(f.fileno(), size)  # holes until the chunks arrive
     except BaseException:
         f.close()
         raise
     return f
+
+
+def lock_named(f: BinaryIO, path: Path, lock: int) -> None:
+    """Lock ``f``, then make sure it is still the file at ``path``: one opened before
+    ``complete`` renamed it into the store is a published file, never written again."""
+    fcntl.flock(f.fileno(), lock | fcntl.LOCK_NB)
+    if not _still_named(f, path):
+        raise NotFound("this upload was completed meanwhile", code="upload_not_found")
+
+
+async def locked(io: Io, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in an upload thread, again after a pause while the lock is held."""
+    while True:
+        try:
+            return await io(fn, *args)  # type: ignore[no-any-return]
+        except BlockingIOError:
+            await trio.sleep(LOCK_RETRY_S)
 
 
 def mark_received(f: BinaryIO, folder: Path, index: int) -> None:
@@ -132,7 +150,7 @@ async def write_chunk(
 ) -> int:
     """The body straight into ``data`` at the chunk's offset, then marked received."""
     expected = chunk_length(upload, index)
-    f: BinaryIO = await io(open_data, folder, upload.size, fcntl.LOCK_SH)
+    f = await locked(io, open_data, folder, upload.size, fcntl.LOCK_SH)
     try:
         f.seek(index * upload.chunk_size)
         written = await receive_body(body, expected, f"chunk {index}", lambda b: io(write, f, b))
@@ -143,13 +161,16 @@ async def write_chunk(
     return written
 
 
-def assemble_in_place(folder: Path, upload: UploadRecord, write: Write) -> tuple[BinaryIO, str]:
-    """``data`` under ``LOCK_EX`` with every chunk file copied in at its offset, and the
-    SHA-256 of its bytes. The caller renames it into the store (still locked) or closes it."""
-    f = open_data(folder, upload.size, fcntl.LOCK_EX)
-    try:
-        for entry in sorted(folder.glob("*.chunk")):
-            index = int(entry.name.split(".")[0])
+def complete_in_place(folder: Path, upload: UploadRecord, write: Write, final: Path | None) -> str:
+    """The SHA-256 of ``data`` under ``LOCK_EX``, every chunk file copied in at its offset
+    first; when it is ``upload.hash`` and ``final`` is given, ``data`` is synced and renamed
+    there before the lock goes (one thread call: no lock held across calls)."""
+    with open_data(folder, upload.size, fcntl.LOCK_EX) as f:
+        for entry in sorted(folder.iterdir()):
+            found = PIECE.fullmatch(entry.name)
+            if found is None or found[2] != "chunk":
+                continue
+            index = int(found[1])
             with open(entry, "rb", buffering=0) as chunk:
                 f.seek(index * upload.chunk_size)
                 write(f, CopyRange(chunk.fileno(), 0, chunk_length(upload, index)))
@@ -163,7 +184,7 @@ def assemble_in_place(folder: Path, upload: UploadRecord, write: Write) -> tuple
                 break
             digest.update(view[:n])
             offset += n
-    except BaseException:
-        f.close()
-        raise
-    return f, digest.hexdigest()
+        actual = digest.hexdigest()
+        if actual == upload.hash and final is not None:
+            _commit(f, folder / DATA, final)  # verified: a rename, no copy
+    return actual
