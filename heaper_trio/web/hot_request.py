@@ -48,6 +48,7 @@ class HotRequest(Request):
         self.services = services
         self.max_body = max_body  # lowered per route by routing.limit_body
         self._receive = receive
+        self._size = 0
         self.body_read = not (
             self.content_length or "chunked" in self.headers.get("Transfer-Encoding", "")
         )
@@ -58,23 +59,28 @@ class HotRequest(Request):
 
     @property
     def body(self) -> AsyncIterator[bytes]:
-        """The body as it arrives (the chunk PUT writes it so), never more than ``max_body``."""
-        return self._pieces()
+        """The body as it arrives (the chunk PUT writes it so), never more than ``max_body``.
+        An iterator object, not an async generator: one left unfinished (a body longer than
+        its chunk) has nothing to finalize."""
+        return self
 
-    async def _pieces(self) -> AsyncIterator[bytes]:
-        size = 0
+    def __aiter__(self) -> HotRequest:
+        return self
+
+    async def __anext__(self) -> bytes:
         while not self.body_read:
             message = await self._receive()
             if message["type"] != "http.request":
                 self.body_read = True
                 raise ClientGone  # Quart cancels the request here: no answer, no work
             data = message.get("body", b"")
-            size += len(data)
-            if size > self.max_body:
+            self._size += len(data)
+            if self._size > self.max_body:
                 raise RequestEntityTooLarge()
             self.body_read = not message.get("more_body", False)
             if data:
-                yield data
+                return bytes(data)
+        raise StopAsyncIteration
 
     async def discard_body(self) -> None:
         """Read and drop what is left of the body, as Quart's receiver task does for a request
