@@ -43,6 +43,7 @@ from heaper_trio.web import (
 from heaper_trio.web.access_log import AccessLog
 from heaper_trio.web.cors import install_cors
 from heaper_trio.web.errors import install_error_handlers
+from heaper_trio.web.hot_routes import HotRoutes
 from heaper_trio.web.http_guard import ASGIApp, HttpGuard
 from heaper_trio.web.quart_compat import (
     end_pings_with_the_stream,
@@ -113,10 +114,10 @@ end_pings_with_the_stream()
 
 def guarded(app: QuartTrio, settings: Settings) -> ASGIFramework:
     """What hypercorn serves: the access log and request context (web/access_log.py), the
-    live WebSockets as raw ASGI (web/ws_asgi.py), then the app behind the keep-alive
-    workarounds (web/http_guard.py)."""
+    live WebSockets as raw ASGI (web/ws_asgi.py), then behind the keep-alive workarounds
+    (web/http_guard.py) the hot JSON routes as raw ASGI (web/hot_routes.py) and the app."""
     guard = HttpGuard(
-        cast(ASGIApp, app),
+        cast(ASGIApp, HotRoutes(cast(ASGIApp, app), app)),
         read_timeout=settings.http_read_timeout,
         drain_bytes=settings.http_drain_bytes,
         min_body_rate=settings.http_min_body_rate,

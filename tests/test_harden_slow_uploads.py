@@ -24,6 +24,7 @@ import trio
 import heaper_trio.services.files as files_module
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
+from heaper_trio.services import upload_layout
 
 from .conftest import StartServer, assert_error
 from .test_harden_http import RawConnection, request
@@ -44,6 +45,19 @@ async def server(start_server: StartServer) -> RunningServer:
 
 def temp_files(server: RunningServer) -> list[Path]:
     return sorted(server.services.files.uploads.glob("**/*.part"))
+
+
+def writers(server: RunningServer) -> list[str]:
+    """Chunk bodies being written: a temporary file each, or the upload's one file open."""
+    found = [str(p) for p in temp_files(server)]
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(str(server.services.files.uploads)) and target.endswith("/data"):
+            found.append(target)
+    return found
 
 
 async def pending_upload(
@@ -103,7 +117,7 @@ async def test_slow_chunk_puts_are_capped_per_user_and_cut_at_their_deadline(
         for conn in conns:
             nursery.start_soon(trickle, conn, READ_TIMEOUT / 4)
         await wait_for(lambda: slots.held(admin.user_id) == 8)
-        assert len(temp_files(server)) == 8
+        assert len(writers(server)) == 8
 
         # the 9th: 429 with the envelope and Retry-After, and no temp file of its own
         ninth = await RawConnection.open(server)
@@ -116,7 +130,7 @@ async def test_slow_chunk_puts_are_capped_per_user_and_cut_at_their_deadline(
         answer = json.loads(body)
         assert answer["success"] is False and answer["error"] == "rate_limited", answer
         assert int(headers["retry-after"]) > 0
-        assert len(temp_files(server)) == 8
+        assert len(writers(server)) == 8
         await ninth.aclose()
         # a one-request upload counts too: refused before its multipart body is read
         direct = await RawConnection.open(server)
@@ -179,7 +193,7 @@ async def test_a_body_below_the_minimum_rate_gets_408_and_leaves_nothing(
     async with trio.open_nursery() as nursery:
         # 4 KiB every quarter of the read timeout: 16 KiB/s, never a stall, half MIN_RATE
         nursery.start_soon(trickle, conn, READ_TIMEOUT / 4, 4096)
-        await wait_for(lambda: len(temp_files(server)) == 1)
+        await wait_for(lambda: len(writers(server)) == 1)
         status, headers, body = await conn.answer(timeout=READ_TIMEOUT + CHUNK / MIN_RATE + 3)
         nursery.cancel_scope.cancel()
     elapsed = trio.current_time() - started
@@ -229,10 +243,11 @@ async def test_out_of_file_descriptors_is_503_with_retry_after(
     data = os.urandom(CHUNK)
     _, path = await pending_upload(admin, data)
 
-    def no_fds(path: Path) -> Any:
+    def no_fds(path: Path, *args: Any) -> Any:
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
     monkeypatch.setattr(files_module, "_open_temp", no_fds)
+    monkeypatch.setattr(upload_layout, "open_data", no_fds)
     r = await admin.put(f"{path}0", content=data)
     body = assert_error(r, 503, "server_busy")
     assert "internal" not in body["message"]

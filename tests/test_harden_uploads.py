@@ -350,6 +350,8 @@ async def test_a_full_disk_is_507_and_the_upload_resumes(
 
     monkeypatch.setattr(files_module, "_write", real_write)
     await send_chunks(admin, heap["id"], "blk-f", h, data)  # space is back: it resumes
+    r = await admin.put(f"/api/upload/chunk/{heap['id']}/blk-f/{h}/0", content=data[:CHUNK])
+    assert r.status_code == 200, r.text  # sent again: a file of its own, copied in at complete
 
     monkeypatch.setattr(files_module, "_write", disk_full)  # full again while assembling
     r = await admin.post(f"/api/upload/complete/{heap['id']}/blk-f/{h}")

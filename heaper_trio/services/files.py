@@ -2,8 +2,9 @@
 
 Bytes live once per SHA-256 under ``<data_dir>/files/sha256/ab/cd/<hash>`` (a scanned file
 stays where it is and is served in place). Nothing becomes visible before its size and hash are
-checked: a chunk is written to a temporary name, synced and renamed; a completed upload is
-assembled and hashed into a temporary file, synced and renamed into the store; only then is the
+checked: a chunk is written at its offset into the upload's one file and marked received once
+synced; a completed upload's file is hashed where it lies and renamed into the store
+(``upload_layout``); only then is the
 file recorded in the index and in the block's ``files_v0`` (a server-side CRDT edit, broadcast
 like any other). An upload's chunks and row survive a restart, so it resumes from what it has.
 
@@ -24,8 +25,6 @@ from __future__ import annotations
 
 import logging
 import mimetypes
-import os
-import re
 import shutil
 import time
 import uuid
@@ -44,6 +43,7 @@ from heaper_trio.errors import (
     disk_full_is_507,
 )
 from heaper_trio.records import UploadRecord, User
+from heaper_trio.services import upload_layout
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.file_outcomes import (
     AlreadyStored,
@@ -76,7 +76,6 @@ if TYPE_CHECKING:  # boto3 is imported only when a bucket is used
 log = logging.getLogger(__name__)
 MIN_CHUNK_BYTES = 64 * 1024  # a file smaller than this is one chunk; the last may be shorter
 MAX_CHUNKS = 10_000  # bounds the `received` lists and the chunk files of one upload
-CHUNK_NAME = re.compile(r"([0-9]{1,9})\.chunk")
 NO_SPACE = "the server has no space left for this upload; retry later"
 
 
@@ -279,39 +278,14 @@ class FileService(FileStore):
         return upload
 
     def _chunk_size(self, upload: UploadRecord, index: int) -> int:
-        if index == upload.total_chunks - 1:
-            return upload.size - index * upload.chunk_size
-        return upload.chunk_size
+        return upload_layout.chunk_length(upload, index)
 
     async def _received(self, upload: UploadRecord) -> list[int]:
-        """Chunk files of the right size: rebuilt from disk, so a restart loses nothing. One
-        directory listing, so the cost follows the chunks present, not the chunk count. In a
-        bucket: the parts the store lists."""
+        """Chunks received, rebuilt from disk (``upload_layout``), so a restart loses nothing.
+        In a bucket: the parts the store lists."""
         if self.parts is not None:
             return await self.parts.received(upload, lambda i: self._chunk_size(upload, i))
-        folder = self._upload_dir(upload)
-
-        def scan() -> list[int]:
-            out = []
-            try:
-                entries = os.scandir(folder)
-            except FileNotFoundError:
-                return []
-            with entries:
-                for entry in entries:
-                    found = CHUNK_NAME.fullmatch(entry.name)
-                    if found is None or (index := int(found[1])) >= upload.total_chunks:
-                        continue
-                    try:
-                        if entry.is_file(follow_symlinks=False) and entry.stat(
-                            follow_symlinks=False
-                        ).st_size == self._chunk_size(upload, index):
-                            out.append(index)
-                    except FileNotFoundError:
-                        pass
-            return sorted(out)
-
-        return await self._probe_fs(scan)
+        return await self._probe_fs(upload_layout.received, self._upload_dir(upload), upload)  # type: ignore[no-any-return]
 
     async def chunk(
         self,
@@ -327,6 +301,15 @@ class FileService(FileStore):
             raise BadRequest(f"index must be 0..{upload.total_chunks - 1}", code="bad_chunk_index")
         expected = self._chunk_size(upload, index)
         folder = self._upload_dir(upload)
+        if self.parts is None and not await self._probe_fs(
+            upload_layout.goes_to_its_own_file, folder, index
+        ):
+            with self.slots.hold(user.id), disk_full_is_507(NO_SPACE):
+                # write looked up now: tests replace _write
+                written = await upload_layout.write_chunk(
+                    self._io, lambda f, b: _write(f, b), folder, upload, index, body
+                )
+            return ChunkStored(index, written)
         temp = folder / f"{index}.{uuid.uuid4().hex}.part"
         out: BinaryIO | None = None
         with self.slots.hold(user.id):  # before any file is opened; see UploadSlots
@@ -399,29 +382,26 @@ class FileService(FileStore):
             )
         if self.parts is not None:
             return await self._complete_parts(user, heap_id, block_id, hash, upload)
-        folder = self._upload_dir(upload)
-        chunks = [folder / f"{i}.chunk" for i in range(upload.total_chunks)]
         # Always hashed: the store having a file of this hash proves nothing about these bytes.
         async with self.claims.hold(hash):  # no deletion takes it till it is recorded
             stored = await self._in_store(hash)
-            temp = self.uploads / f"assemble-{uuid.uuid4().hex}.part"
-            out: BinaryIO | None = None
-            try:
-                with disk_full_is_507(NO_SPACE):
-                    if not stored:
-                        out = await self._io(_open_temp, temp)
-                    actual = await self._io(self._copy_hashing, chunks, out)
-                    if actual != hash:
-                        await self._discard(upload)  # a wrong hash: nothing is stored
-                        raise Unprocessable(
-                            "the assembled content does not match the hash",
-                            code="hash_mismatch",
-                            details={"actual_hash": actual},
-                        )
-                    await self._stored(out, temp, hash)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await self._io(_close_and_remove, out, temp)
+            with disk_full_is_507(NO_SPACE):
+                actual = await upload_layout.locked(
+                    self._io,
+                    upload_layout.complete_in_place,
+                    self._upload_dir(upload),
+                    upload,
+                    lambda f, b: _write(f, b),  # looked up now: tests replace _write
+                    None if stored else self.store_path(hash),
+                )
+            if actual != hash:
+                await self._discard(upload)  # a wrong hash: nothing is stored
+                raise Unprocessable(
+                    "the assembled content does not match the hash",
+                    code="hash_mismatch",
+                    details={"actual_hash": actual},
+                )
+            await self._stored(None, self._upload_dir(upload) / upload_layout.DATA, hash)
             record = await self._record(
                 user, heap_id, block_id, hash, upload.size, upload.name, upload.mime_type
             )

@@ -34,10 +34,60 @@ HTTP_CODES = {
 }
 
 
-def _envelope(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Any:
-    response = jsonify({"success": False, "error": code, "message": message})
+Answer = tuple[int, dict[str, Any], dict[str, str]]  # status, JSON body, headers
+
+
+def _envelope(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Answer:
+    return status, {"success": False, "error": code, "message": message}, headers or {}
+
+
+def heaper_answer(e: HeaperError) -> Answer:
+    return e.status, e.body(), e.headers
+
+
+def http_answer(e: HTTPException) -> Answer:
+    status = e.code or 500
+    headers = {}
+    if status == 405 and getattr(e, "valid_methods", None):
+        headers["Allow"] = ", ".join(e.valid_methods)  # type: ignore[attr-defined]
+    return _envelope(
+        status, HTTP_CODES.get(status, f"http_{status}"), e.description or e.name, headers
+    )
+
+
+def unexpected_answer(e: Exception) -> Answer:
+    if os_errno(e) in OUT_OF_FDS:
+        log.warning("out of file descriptors: %s", e)
+        return _envelope(
+            503,
+            "server_busy",
+            "the server is out of resources for the moment; retry shortly",
+            {"Retry-After": str(FD_RETRY_AFTER_S)},
+        )
+    if (full := disk_full(e)) is not None:
+        # a full disk anywhere (not only in the upload paths, which raise it themselves)
+        return heaper_answer(full)
+    log.error("unhandled error", exc_info=e)  # the handler's own exception, explicitly
+    return _envelope(500, "internal_error", "internal server error")
+
+
+def error_answer(e: Exception) -> Answer:
+    """What any failure leaves as: the hot path's handler (``web/hot_routes.py``) and
+    Quart's handlers below answer alike."""
+    if isinstance(e, HeaperError):
+        return heaper_answer(e)
+    if isinstance(e, HTTPException):
+        return http_answer(e)
+    return unexpected_answer(e)
+
+
+def _response(answer: Answer) -> Any:
+    status, body, headers = answer
+    response = jsonify(body)
     response.status_code = status
-    for name, value in (headers or {}).items():
+    for name, value in headers.items():
         response.headers[name] = value
     return response
 
@@ -45,34 +95,12 @@ def _envelope(status: int, code: str, message: str, headers: dict[str, str] | No
 def install_error_handlers(app: Quart) -> None:
     @app.errorhandler(HeaperError)
     async def heaper_error(e: HeaperError) -> Any:
-        response = jsonify(e.body())
-        response.status_code = e.status
-        for name, value in e.headers.items():
-            response.headers[name] = value
-        return response
+        return _response(heaper_answer(e))
 
     @app.errorhandler(HTTPException)
     async def http_error(e: HTTPException) -> Any:
-        status = e.code or 500
-        headers = {}
-        if status == 405 and getattr(e, "valid_methods", None):
-            headers["Allow"] = ", ".join(e.valid_methods)  # type: ignore[attr-defined]
-        return _envelope(
-            status, HTTP_CODES.get(status, f"http_{status}"), e.description or e.name, headers
-        )
+        return _response(http_answer(e))
 
     @app.errorhandler(Exception)
     async def unexpected(e: Exception) -> Any:
-        if os_errno(e) in OUT_OF_FDS:
-            log.warning("out of file descriptors: %s", e)
-            return _envelope(
-                503,
-                "server_busy",
-                "the server is out of resources for the moment; retry shortly",
-                {"Retry-After": str(FD_RETRY_AFTER_S)},
-            )
-        if (full := disk_full(e)) is not None:
-            # a full disk anywhere (not only in the upload paths, which raise it themselves)
-            return await heaper_error(full)
-        log.error("unhandled error", exc_info=e)  # the handler's own exception, explicitly
-        return _envelope(500, "internal_error", "internal server error")
+        return _response(unexpected_answer(e))

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 
 from heaper_trio.errors import BadRequest, PayloadTooLarge, Unprocessable
 from heaper_trio.records import User
 from heaper_trio.services.documents import DELTA_LIMIT
 from heaper_trio.web.json_sync import delta_bytes, pull_json, pull_request, push_json, push_request
 from heaper_trio.web.routes_heaps import ID
-from heaper_trio.web.routing import route, services
+from heaper_trio.web.routing import current_request, route, services
 from heaper_trio.web.schema import (
     boolean,
     integer,
@@ -88,6 +88,7 @@ def _answer(blocks: list[dict[str, Any]], bad: str) -> Any:
     ),
 )
 async def delta(user: User) -> Response:
+    request = current_request()
     heap_id = request.args.get("workspace_id") or request.args.get("heap_id")
     if not heap_id:
         raise BadRequest(

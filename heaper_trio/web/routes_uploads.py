@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from quart import Blueprint, request
+from quart import Blueprint
 
 from heaper_trio.errors import BadRequest, PayloadTooLarge
 from heaper_trio.records import User
@@ -14,7 +14,7 @@ from heaper_trio.services import metrics
 from heaper_trio.services.file_outcomes import UploadStatus
 from heaper_trio.services.files import MAX_CHUNKS, MIN_CHUNK_BYTES, check_hash
 from heaper_trio.web.json_files import upload_json
-from heaper_trio.web.routing import limit_body, read_form, route, services
+from heaper_trio.web.routing import current_request, limit_body, read_form, route, services
 from heaper_trio.web.schema import boolean, integer, obj, open_obj, string
 
 bp = Blueprint("uploads", __name__)
@@ -181,8 +181,8 @@ async def upload_status(user: User, heap_id: str, block_id: str, hash: str) -> d
     content={"application/octet-stream": string(contentMediaType="application/octet-stream")},
     summary="Send one chunk of a resumable upload (the body is its raw bytes).",
     description="Chunk i holds bytes [i*chunk_size, (i+1)*chunk_size) (the last may be "
-    "shorter); its length must match exactly. Written under a temporary name and renamed "
-    "when whole: a chunk cut off mid-way leaves nothing. Sending a chunk again replaces it.",
+    "shorter); its length must match exactly. Received once all of it is on disk: a chunk "
+    "cut off mid-way is not received. Sending a chunk again replaces it.",
     response=open_obj(success=boolean(), status=string(), index=integer(), size=integer()),
 )
 async def upload_chunk(
@@ -191,7 +191,7 @@ async def upload_chunk(
     # ids, hash and index (ASCII digits, at most 9: CHUNK_INDEX) are checked by route()
     limit_body(services().settings.max_chunk_bytes)
     stored = await services().files.chunk(
-        user, heap_id, block_id, check_hash(hash), int(index), request.body
+        user, heap_id, block_id, check_hash(hash), int(index), current_request().body
     )
     metrics.upload_bytes("chunk", stored.size)
     return upload_json(stored)

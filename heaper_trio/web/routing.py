@@ -32,6 +32,7 @@ from heaper_trio.errors import (
 from heaper_trio.records import User
 from heaper_trio.services.container import Services
 from heaper_trio.web import quart_compat
+from heaper_trio.web.hot_request import HOT, HotRequest
 from heaper_trio.web.schema import UNSTORABLE, check_text, storable, validate
 
 # Segments that are routes of their own under a parameterised path: never an id, so
@@ -100,25 +101,34 @@ class RouteSpec:
 
 
 ROUTES: list[RouteSpec] = []
+# (method, path) -> the wrapped view, for the routes web/hot_routes.py serves without Quart
+VIEWS: dict[tuple[str, str], Callable[..., Awaitable[Any]]] = {}
+
+
+def current_request() -> Any:
+    """The request being served: the hot path's (``web/hot_routes.py``) or Quart's."""
+    hot = HOT.get()
+    return request if hot is None else hot
 
 
 def services() -> Services:
-    return current_app.config["SERVICES"]  # type: ignore[no-any-return]
+    hot = HOT.get()
+    return current_app.config["SERVICES"] if hot is None else hot.services  # type: ignore[no-any-return]
 
 
 def client_address() -> str:
     if services().settings.trust_forwarded_for:
         # The last entry is the one our own proxy appended; earlier ones are whatever the
         # client sent and could be forged to dodge rate limits.
-        forwarded = request.headers.get("X-Forwarded-For", "")
+        forwarded = current_request().headers.get("X-Forwarded-For", "")
         last = forwarded.split(",")[-1].strip()
         if last:
             return last
-    return request.remote_addr or "unknown"
+    return current_request().remote_addr or "unknown"
 
 
 def bearer_token() -> str | None:
-    header = request.headers.get("Authorization", "")
+    header = current_request().headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
@@ -129,10 +139,14 @@ def limit_body(limit: int) -> None:
     """This request's body may hold at most ``limit`` bytes (413 otherwise). The app-wide
     bound is the largest any route takes (an upload chunk); JSON routes lower it here,
     before reading, so a big body is refused up front and never held in memory."""
-    length = request.content_length
+    req = current_request()
+    length = req.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
-    quart_compat.limit_body(request, limit)
+    if isinstance(req, HotRequest):
+        req.max_body = limit
+    else:
+        quart_compat.limit_body(req, limit)
 
 
 def _json_number(text: str) -> int | float:
@@ -147,7 +161,7 @@ def _json_number(text: str) -> int | float:
 
 async def read_json_body(*, allow_empty: bool) -> Any:
     limit_body(services().settings.max_request_bytes)
-    raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    raw = await current_request().get_data(cache=False, as_text=False, parse_form_data=False)
     if not raw.strip():
         if allow_empty:
             return {}
@@ -173,7 +187,7 @@ def check_query_and_path(params: dict[str, Any]) -> None:
     for name, value in params.items():
         if isinstance(value, str):
             check_text(value, f"path.{name}")
-    for name, values in request.args.lists():
+    for name, values in current_request().args.lists():
         if not storable(name):
             raise BadRequest(
                 f"query has a parameter name that {UNSTORABLE}",
@@ -306,7 +320,7 @@ async def _authenticate(auth: str) -> dict[str, Any]:
         token = bearer_token()
         if token is None and auth == "access_or_query":
             # <img>/<video> cannot send headers: file routes take ?token= as well
-            token = request.args.get("token") or None
+            token = current_request().args.get("token") or None
         if token is None:
             raise Unauthorized("an access token is required", code="token_missing")
         user: User | None = None
@@ -440,6 +454,7 @@ def route(
             params.update(await _authenticate(edge.auth))
             return await handler(**params)
 
+        VIEWS[(method, path)] = view
         bp.add_url_rule(
             _quart_rule(path),
             view_func=view,

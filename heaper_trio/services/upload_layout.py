@@ -1,0 +1,190 @@
+"""A resumable upload on the local disk: one file per upload, chunks written at their offset.
+
+``complete`` used to copy every chunk file into a new file, so a 256 MiB upload wrote its bytes
+twice. Now the upload's folder holds ``data``, sized to the file when the first chunk comes
+(holes until received); a chunk's body is written straight to its offset, synced, and only then
+marked received by an empty ``<index>.done`` (its name synced with the folder), so a restart
+knows what arrived and a chunk cut off mid-way is simply not received. ``complete`` hashes
+``data`` where it lies and renames it into the store: a hash and a rename, no copy.
+
+Two more kinds of chunk still arrive as files of their own (``<index>.chunk``, written under a
+temporary name and renamed, as before): every chunk of an upload begun before this layout (its
+folder has no ``data``; it must still complete after an upgrade), and a chunk sent again once
+received (a resend cut off must leave the received bytes whole). ``complete`` first copies those
+into ``data`` at their offsets; the hash it then takes covers every byte either way.
+
+Writers and ``complete`` exclude each other with ``flock`` on ``data`` (processes sharing the
+data directory included): a chunk writes under a shared lock, ``complete`` hashes and renames
+under an exclusive one, and a writer that gets its lock once ``data`` has moved to the store
+finds its name gone (or another file under it) and writes nothing: no byte reaches a published
+file after its hash was verified. A kill -9 at any point leaves either the upload (chunks not
+yet marked are sent again) or a store file whose hash was checked before its rename.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import trio
+
+from heaper_trio.errors import NotFound
+from heaper_trio.records import UploadRecord
+from heaper_trio.services.upload_disk import READ_BLOCK, CopyRange, Write, _commit, receive_body
+
+DATA = "data"
+PIECE = re.compile(r"([0-9]{1,9})\.(chunk|done)")
+Io = Callable[..., Awaitable[Any]]
+T = TypeVar("T")
+LOCK_RETRY_S = 0.05
+
+
+def chunk_length(upload: UploadRecord, index: int) -> int:
+    if index == upload.total_chunks - 1:
+        return upload.size - index * upload.chunk_size
+    return upload.chunk_size
+
+
+def received(folder: Path, upload: UploadRecord) -> list[int]:
+    """Chunks marked received in ``data`` (only while it exists) and whole chunk files. One
+    directory listing: the cost follows the chunks present, not the chunk count."""
+    found: set[int] = set()
+    try:
+        entries = os.scandir(folder)
+    except FileNotFoundError:
+        return []
+    with entries:
+        listed = list(entries)
+    has_data = any(e.name == DATA for e in listed)
+    for entry in listed:
+        match = PIECE.fullmatch(entry.name)
+        if match is None or (index := int(match[1])) >= upload.total_chunks:
+            continue
+        if match[2] == "done":
+            if has_data:
+                found.add(index)
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(
+                follow_symlinks=False
+            ).st_size == chunk_length(upload, index):
+                found.add(index)
+        except FileNotFoundError:
+            pass
+    return sorted(found)
+
+
+def goes_to_its_own_file(folder: Path, index: int) -> bool:
+    """A chunk received already (a resend) or of an upload begun before ``data``."""
+    if (folder / f"{index}.done").exists() or (folder / f"{index}.chunk").exists():
+        return True
+    return not (folder / DATA).exists() and any(folder.glob("*.chunk"))
+
+
+def _still_named(f: BinaryIO, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def open_data(folder: Path, size: int, lock: int) -> BinaryIO:
+    """``data`` open for reading and writing, ``size`` long, locked (``LOCK_SH`` for a chunk,
+    ``LOCK_EX`` for complete) without waiting: ``BlockingIOError`` if the other side holds it
+    (the caller waits in trio, never in one of the few upload threads, which the holder may
+    need to finish). Gone from its name once locked: completed meanwhile (404)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / DATA
+    f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b")
+    try:
+        lock_named(f, path, lock)
+        if os.fstat(f.fileno()).st_size < size:
+            os.ftruncate(f.fileno(), size)  # holes until the chunks arrive
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def lock_named(f: BinaryIO, path: Path, lock: int) -> None:
+    """Lock ``f``, then make sure it is still the file at ``path``: one opened before
+    ``complete`` renamed it into the store is a published file, never written again."""
+    fcntl.flock(f.fileno(), lock | fcntl.LOCK_NB)
+    if not _still_named(f, path):
+        raise NotFound("this upload was completed meanwhile", code="upload_not_found")
+
+
+async def locked(io: Io, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in an upload thread, again after a pause while the lock is held."""
+    while True:
+        try:
+            return await io(fn, *args)  # type: ignore[no-any-return]
+        except BlockingIOError:
+            await trio.sleep(LOCK_RETRY_S)
+
+
+def mark_received(f: BinaryIO, folder: Path, index: int) -> None:
+    """The chunk's bytes synced first, then its marker and the marker's name."""
+    f.flush()
+    os.fdatasync(f.fileno())
+    os.close(os.open(folder / f"{index}.done", os.O_WRONLY | os.O_CREAT, 0o644))
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def write_chunk(
+    io: Io,
+    write: Write,
+    folder: Path,
+    upload: UploadRecord,
+    index: int,
+    body: AsyncIterator[bytes],
+) -> int:
+    """The body straight into ``data`` at the chunk's offset, then marked received."""
+    expected = chunk_length(upload, index)
+    f = await locked(io, open_data, folder, upload.size, fcntl.LOCK_SH)
+    try:
+        f.seek(index * upload.chunk_size)
+        written = await receive_body(body, expected, f"chunk {index}", lambda b: io(write, f, b))
+        await io(mark_received, f, folder, index)
+    finally:
+        with trio.CancelScope(shield=True):  # a client gone mid-body: closed all the same
+            await io(f.close)
+    return written
+
+
+def complete_in_place(folder: Path, upload: UploadRecord, write: Write, final: Path | None) -> str:
+    """The SHA-256 of ``data`` under ``LOCK_EX``, every chunk file copied in at its offset
+    first; when it is ``upload.hash`` and ``final`` is given, ``data`` is synced and renamed
+    there before the lock goes (one thread call: no lock held across calls)."""
+    with open_data(folder, upload.size, fcntl.LOCK_EX) as f:
+        for entry in sorted(folder.iterdir()):
+            found = PIECE.fullmatch(entry.name)
+            if found is None or found[2] != "chunk":
+                continue
+            index = int(found[1])
+            with open(entry, "rb", buffering=0) as chunk:
+                f.seek(index * upload.chunk_size)
+                write(f, CopyRange(chunk.fileno(), 0, chunk_length(upload, index)))
+        f.flush()
+        digest = hashlib.sha256()
+        view = memoryview(bytearray(READ_BLOCK))
+        offset = 0
+        while offset < upload.size:
+            n = os.preadv(f.fileno(), [view[: min(READ_BLOCK, upload.size - offset)]], offset)
+            if n == 0:
+                break
+            digest.update(view[:n])
+            offset += n
+        actual = digest.hexdigest()
+        if actual == upload.hash and final is not None:
+            _commit(f, folder / DATA, final)  # verified: a rename, no copy
+    return actual

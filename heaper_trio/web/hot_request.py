@@ -1,0 +1,95 @@
+"""The request of a route served by ``web/hot_routes.py``, as the route wrapper reads it.
+
+``routing`` reads the current request through :func:`current_request`: Quart's ``request``
+proxy, or, on the hot path, a :class:`HotRequest` set in :data:`HOT`. It is werkzeug's own
+sans-I/O request (the class Quart's request is built on), made from the ASGI scope the way
+Quart makes its own (``quart.asgi._create_request_from_scope``), so headers, query arguments,
+``Content-Length`` and the client address read exactly alike; only the body is ours: read
+from ASGI ``receive`` up to the route's limit, over it the 413 Quart's body reader raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, MutableMapping
+from contextvars import ContextVar
+from typing import Any
+
+from werkzeug.datastructures import Headers
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.sansio.request import Request
+
+from heaper_trio.web.http_guard import Receive
+
+
+class ClientGone(Exception):
+    """The client left before its body was in: the request ends without an answer (the
+    access log's 499), as when Quart cancels a request on ``http.disconnect``."""
+
+
+class HotRequest(Request):
+    def __init__(
+        self, scope: MutableMapping[str, Any], receive: Receive, services: Any, max_body: int
+    ) -> None:
+        headers = Headers()
+        remote = (scope.get("client") or ["<local>"])[0]
+        for name, value in scope["headers"]:
+            headers.add(name.decode("latin1").title(), value.decode("latin1"))
+        super().__init__(
+            scope["method"],
+            scope["scheme"],
+            None,
+            scope.get("root_path", ""),
+            scope["path"],
+            scope["query_string"],
+            headers,
+            remote,
+        )
+        self.scope = scope
+        self.services = services
+        self.max_body = max_body  # lowered per route by routing.limit_body
+        self._receive = receive
+        self._size = 0
+        self.body_read = not (
+            self.content_length or "chunked" in self.headers.get("Transfer-Encoding", "")
+        )
+
+    async def get_data(self, **_: Any) -> bytes:
+        """The whole body (``routing.read_json_body`` asks for bytes, uncached)."""
+        return b"".join([part async for part in self.body])
+
+    @property
+    def body(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (the chunk PUT writes it so), never more than ``max_body``.
+        An iterator object, not an async generator: one left unfinished (a body longer than
+        its chunk) has nothing to finalize."""
+        return self
+
+    def __aiter__(self) -> HotRequest:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self.body_read:
+            message = await self._receive()
+            if message["type"] != "http.request":
+                self.body_read = True
+                raise ClientGone  # Quart cancels the request here: no answer, no work
+            data = message.get("body", b"")
+            self._size += len(data)
+            if self._size > self.max_body:
+                raise RequestEntityTooLarge()
+            self.body_read = not message.get("more_body", False)
+            if data:
+                return bytes(data)
+        raise StopAsyncIteration
+
+    async def discard_body(self) -> None:
+        """Read and drop what is left of the body, as Quart's receiver task does for a request
+        answered before its body was read (a 413 on ``Content-Length``): the keep-alive guard
+        waits for it to end before the connection carries the next request."""
+        while not self.body_read:
+            message = await self._receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                self.body_read = True
+
+
+HOT: ContextVar[HotRequest | None] = ContextVar("heaper_hot_request", default=None)
