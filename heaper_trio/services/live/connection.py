@@ -20,6 +20,7 @@ the context. Under a test's fake clock every timer moves with it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from functools import partial
 from typing import Protocol
 
@@ -61,6 +62,7 @@ RELAY_BEFORE_COMMIT = False
 class Transport(Protocol):
     async def receive(self) -> bytes | str | None: ...
     async def send(self, data: bytes | str) -> None: ...
+    async def send_many(self, frames: Iterable[bytes | str]) -> None: ...
     async def close(self, code: int, reason: str) -> None: ...
 
 
@@ -140,12 +142,13 @@ class LiveConnection:
 
     async def _writer(self) -> None:
         counters = self.live.counters
-        while True:
-            frame = await self.outbox.take()
-            await self.transport.send(frame)
-            self.session.wrote(trio.current_time())
-            counters.messages_out += 1
-            counters.bytes_out += len(frame)
+        outbox, send_many, session = self.outbox, self.transport.send_many, self.session
+        while True:  # every frame queued since the last turn, in one write (bounded)
+            frames = await outbox.take_many()
+            await send_many(frames)
+            session.wrote(trio.current_time())
+            counters.messages_out += len(frames)
+            counters.bytes_out += sum(map(len, frames))
             await trio.lowlevel.checkpoint()  # a send to a closed socket does not yield
 
     def send_frame(self, frame: bytes) -> bool:

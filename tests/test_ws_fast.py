@@ -1,0 +1,131 @@
+"""Issue 12, item 1 (the live path): the writer's bounded batches, no hypercorn ping task for
+``/ws`` (its protocol keeps its own time), and the slow-consumer bound that stretches for a
+reader that keeps draining but still drops one that stopped."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from trio_websocket import open_websocket_url
+
+from heaper_trio.app import RunningServer
+from heaper_trio.services.live import outbox as outbox_module
+from heaper_trio.services.live.outbox import BATCH_BYTES, DRAINING_S, Outbox
+
+from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets  # noqa: F401 (autouse)
+
+pytestmark = [pytest.mark.engines("sqlite"), *UNCLOSED_SOCKETS]  # no storage involved
+KB = 1024
+
+
+# -- the writer's batches ----------------------------------------------------------------------
+async def test_take_many_takes_what_is_queued_up_to_the_batch_bound() -> None:
+    outbox = Outbox(4 * BATCH_BYTES)
+    quarter = BATCH_BYTES // 4
+    frames = [bytes([i]) * quarter for i in range(6)]
+    for frame in frames:
+        assert outbox.offer(frame)
+    assert await outbox.take_many() == frames[:4]  # 4 quarters fill one batch
+    assert outbox.size == 2 * quarter
+    assert await outbox.take_many() == frames[4:]
+    assert outbox.size == 0 and not outbox.frames
+
+
+async def test_a_frame_larger_than_a_batch_goes_alone_and_whole() -> None:
+    outbox = Outbox(4 * BATCH_BYTES)
+    big, small = b"b" * (BATCH_BYTES + 1), b"s" * 10
+    assert outbox.offer(big) and outbox.offer(small)
+    assert await outbox.take_many() == [big]
+    assert await outbox.take_many() == [small]
+
+
+async def test_taking_a_batch_admits_waiting_putters_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    outbox = Outbox(64 * KB)
+    assert outbox.offer(b"x" * (60 * KB))
+    done: list[int] = []
+
+    async def put(i: int) -> None:
+        await outbox.put(bytes([i]) * (30 * KB))
+        done.append(i)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(put, i)
+            await trio.testing.wait_all_tasks_blocked()
+        assert outbox.waiting == 3
+        assert await outbox.take_many() == [b"x" * (60 * KB)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(done) == [0, 1] and outbox.waiting == 1  # two fit, the third waits
+        assert [f[:1] for f in await outbox.take_many()] == [b"\0", b"\1"]
+    assert sorted(done) == [0, 1, 2]
+
+
+# -- the slow-consumer bound (item 5) ------------------------------------------------------------
+async def test_fan_out_stretches_the_bound_while_the_writer_keeps_taking(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A provider's big initial sync fills the outbox with its own paced replies; a fan-out
+    frame then must not drop a reader that is draining them."""
+    outbox = Outbox(64 * KB)
+    assert outbox.offer(b"r" * (40 * KB)) and outbox.offer(b"r" * (20 * KB))
+    await outbox.take()  # the writer is busy on the socket: it took a frame just now
+    assert outbox.offer(b"r" * (40 * KB))  # refilled by a reply (60 KiB queued)
+    assert outbox.offer(b"p" * (8 * KB))  # fan-out past the bound: stretched
+    assert outbox.size == 68 * KB
+    assert not outbox.offer(b"p" * (64 * KB))  # never past STRETCH times the bound
+
+
+async def test_a_reader_that_stopped_is_still_dropped_at_the_bound(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    outbox = Outbox(64 * KB)
+    assert outbox.offer(b"r" * (60 * KB))
+    assert not outbox.offer(b"p" * (8 * KB))  # never taken: no stretch
+    await outbox.take()
+    assert outbox.offer(b"r" * (60 * KB))
+    await trio.sleep(DRAINING_S + 0.1)  # the writer is stuck on a socket nobody reads
+    assert not outbox.offer(b"p" * (8 * KB))
+
+
+async def test_stretch_bounds_memory_at_stretch_times_the_bound(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    outbox = Outbox(64 * KB)
+    outbox.offer(b"r")
+    await outbox.take()
+    offered = 0
+    while outbox.offer(b"p" * KB):
+        offered += 1
+    assert offered == outbox_module.STRETCH * 64
+
+
+# -- hypercorn's ping task (item 2) --------------------------------------------------------------
+def _task_names(task: trio.lowlevel.Task) -> list[str]:
+    names = [task.name]
+    for nursery in task.child_nurseries:
+        for child in nursery.child_tasks:
+            names += _task_names(child)
+    return names
+
+
+def _ping_tasks() -> int:
+    return sum("_send_pings" in n for n in _task_names(trio.lowlevel.current_root_task()))
+
+
+async def test_ws_sockets_get_no_hypercorn_ping_task_other_websockets_do(
+    server: RunningServer,
+) -> None:
+    """/ws times out silent peers and pings providers itself; /api/ws relies on hypercorn's
+    pings to notice a dead peer, so it keeps them."""
+    url = server.url.replace("http", "ws", 1)
+    assert _ping_tasks() == 0
+    async with open_websocket_url(url + "/ws"), open_websocket_url(url + "/ws?token=x"):
+        await trio.sleep(0.2)
+        assert _ping_tasks() == 0
+        async with open_websocket_url(url + "/api/ws"):
+            with trio.fail_after(5):
+                while _ping_tasks() != 1:
+                    await trio.sleep(0.01)
