@@ -20,9 +20,7 @@ the context. Under a test's fake clock every timer moves with it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from functools import partial
-from typing import Protocol
 
 import trio
 
@@ -44,6 +42,7 @@ from heaper_trio.services.live.context import Grant, LiveContext
 from heaper_trio.services.live.hub import LiveHub, Room, Subscription
 from heaper_trio.services.live.inbox import Inbox
 from heaper_trio.services.live.outbox import Outbox
+from heaper_trio.services.live.rooms import Transport
 from heaper_trio.storage.errors import BlockInOtherHeap
 
 log = logging.getLogger(__name__)
@@ -57,13 +56,6 @@ SPLIT_IN_THREAD_BYTES = 1024 * 1024
 # Fan-out before the commit (hub.relay) or after it. bench_ws.py, N=100 at 50 Hz, 9 pairs under
 # load: before/after p50 1.46x, p99 1.49x, CPU/delivery 0.82x (one quiet pair: 0.40x, 0.60x).
 RELAY_BEFORE_COMMIT = False
-
-
-class Transport(Protocol):
-    async def receive(self) -> bytes | str | None: ...
-    async def send(self, data: bytes | str) -> None: ...
-    async def send_many(self, frames: Iterable[bytes | str]) -> None: ...
-    async def close(self, code: int, reason: str) -> None: ...
 
 
 class LiveConnection:

@@ -19,9 +19,9 @@ from heaper_trio.protocol.close_codes import (
     CLOSE_UNAUTHORIZED,
 )
 from heaper_trio.protocol.session import Timeouts
-from heaper_trio.services.live.connection import Transport
 from heaper_trio.services.live.context import LiveContext
 from heaper_trio.services.live.outbox import Outbox
+from heaper_trio.services.live.rooms import Transport
 
 OUTBOX_BYTES = 1024 * 1024
 AUTH_TIMEOUT_S = Timeouts().auth_s  # as on /ws
