@@ -39,17 +39,15 @@ from heaper_trio.protocol.names import BlockName, EventsName, parse_document_nam
 from heaper_trio.protocol.split import split_update
 from heaper_trio.records import User
 from heaper_trio.services.live.context import Grant, LiveContext
+from heaper_trio.services.live.doc_workers import DocumentWorker, EventsWorker
 from heaper_trio.services.live.hub import LiveHub, Room, Subscription
-from heaper_trio.services.live.inbox import Inbox
 from heaper_trio.services.live.outbox import Outbox
 from heaper_trio.services.live.rooms import Transport
-from heaper_trio.storage.errors import BlockInOtherHeap
 
 log = logging.getLogger(__name__)
 KEEPALIVE_TICK_S = 2.0  # how often the timers (trio's clock) and the grants are looked at
 RECHECK_ACCOUNT_S = 30.0
 TOKEN_RENEW_BEFORE_S = 60.0
-INBOX_SIZE = 64
 MAX_BATCH = 256
 SPLIT_BYTES = 256 * 1024  # initial states larger than this go out in pieces
 SPLIT_IN_THREAD_BYTES = 1024 * 1024
@@ -170,6 +168,7 @@ class LiveConnection:
                 worker = self.workers.get(action.address)
                 if worker is not None:
                     await worker.inbox.send(action.message)
+                    worker.wake()
             elif isinstance(action, s.CloseDocument):
                 worker = self.workers.pop(action.address, None)
                 if worker is not None:
@@ -307,104 +306,44 @@ async def tick_all(hub: LiveHub, shutdown: trio.Event) -> None:
             conn.tick(now)
 
 
-class DocumentWorker:
-    """One open document's task: messages in the order the client sent them."""
-
-    def __init__(self, conn: LiveConnection, address: str, grant: Grant) -> None:
-        self.conn = conn
-        self.address = address
-        self.grant = grant
-        self.inbox = Inbox[m.Message](INBOX_SIZE)
-        self.cancel_scope = trio.CancelScope()
-
-    def stop(self) -> None:
-        self.cancel_scope.cancel()
-
-    async def run(self) -> None:
-        with self.cancel_scope:
-            try:
-                await self.serve()
-            except BlockInOtherHeap as e:
-                await self.conn.perform(self.conn.session.denied(self.address, str(e)))
-
-    async def serve(self) -> None:
-        raise NotImplementedError
-
-    async def empty_sync(self, message: m.Message) -> None:
-        """A document without content (the events channel): sync completes at once."""
-        if isinstance(message, m.SyncStep1):
-            await self.conn.reply(m.encode(m.SyncStep2(self.address, EMPTY_UPDATE)))
-        elif isinstance(message, (m.SyncStep2, m.SyncUpdate)):
-            await self.conn.reply(m.encode(m.SyncStatus(self.address, False)))
-
-
-class EventsWorker(DocumentWorker):
-    """The per-user ``events`` channel: typed JSON events as stateless messages."""
-
-    @property
-    def user_id(self) -> str:
-        return self.grant.user.id
-
-    def send_event(self, evt: dict[str, object]) -> bool:
-        return self.conn.send_frame(m.encode(m.Stateless(self.address, events.to_json(evt))))
-
-    async def serve(self) -> None:
-        hub = self.conn.live.hub
-        hub.add_user_sink(self)
-        try:
-            async for message in self.inbox:
-                if isinstance(message, m.Stateless):
-                    await self._command(message.payload)
-                else:
-                    await self.empty_sync(message)
-        finally:
-            hub.remove_user_sink(self)
-
-    async def _command(self, payload: str) -> None:
-        command = events.parse_command(payload)
-        if command is None:
-            evt = events.event(
-                "error",
-                error="unknown_command",
-                message="expected subscribe or unsubscribe with heap_ids",
-            )
-            return await self._answer(evt)
-        hub, heap_ids = self.conn.live.hub, command["heap_ids"]
-        if command["type"] == "unsubscribe":
-            hub.unwatch_heaps(self, heap_ids)
-            return await self._answer(events.event("unsubscribed", heap_ids=heap_ids))
-        mine = []
-        for heap_id in heap_ids:
-            heap = await self.conn.live.heaps.get_heap(heap_id)
-            if heap is not None and heap.owner_id == self.grant.user.id:
-                mine.append(heap_id)
-        hub.watch_heaps(self, mine)
-        await self._answer(events.event("subscribed", heap_ids=mine))
-
-    async def _answer(self, evt: dict[str, object]) -> None:
-        await self.conn.reply(m.encode(m.Stateless(self.address, events.to_json(evt))))
-
-
 class BlockWorker(DocumentWorker):
     def __init__(self, conn: LiveConnection, address: str, grant: Grant, name: BlockName) -> None:
         super().__init__(conn, address, grant)
         self.name = name
         self.sub = Subscription(conn, address, name, grant.user.id)
         self._held: m.Message | None = None
+        self.room: Room | None = None
+
+    def stop(self) -> None:
+        super().stop()
+        if self.room is not None:
+            self.room = None
+            self.conn.live.hub.leave(self.sub)
 
     async def serve(self) -> None:
+        """Serves what the inbox holds, then ends: an idle open document holds no task (about
+        2 KiB each; issue 12, memory per idle WebSocket) and ``wake`` starts it again. The
+        subscription outlives the task: it ends with :meth:`stop`."""
         hub = self.conn.live.hub
-        try:
-            room = await hub.join(self.sub)
+        room = self.room
+        if room is None:
+            try:
+                room = self.room = await hub.join(self.sub)
+            except BaseException:
+                hub.leave(self.sub)
+                raise
             presence = hub.presence_frame(self.sub)
             if presence is not None:
                 await self.conn.reply(presence)
-            while True:
-                message = self._held or await self.inbox.receive()
-                self._held = None
-                await self._handle(room, message)
-        finally:
-            hub.leave(self.sub)
+        while True:
+            message = self._held
+            if message is None:
+                try:
+                    message = self.inbox.receive_nowait()
+                except trio.WouldBlock:
+                    return
+            self._held = None
+            await self._handle(room, message)
 
     def _stale(self, room: Room) -> bool:
         version = self.name.sync_version
