@@ -4,6 +4,8 @@ reader that keeps draining but still drops one that stopped."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import trio
 import trio.testing
@@ -12,9 +14,14 @@ from trio_websocket import open_websocket_url
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.protocol import messages as m
+from heaper_trio.services.diagnostics import RealtimeCounters
+from heaper_trio.services.live import connection
 from heaper_trio.services.live import outbox as outbox_module
+from heaper_trio.services.live.context import LiveContext
+from heaper_trio.services.live.hub import LiveHub
 from heaper_trio.services.live.outbox import BATCH_BYTES, DRAINING_S, Outbox
 
+from . import test_live_timers as timers
 from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets, live_client  # noqa: F401 (autouse)
 from .test_sync import ClientBlock, new_heap
 
@@ -168,3 +175,53 @@ async def test_an_idle_document_has_no_task_and_wakes_for_the_next_message(
             while block.id in hub.rooms:
                 await trio.sleep(0.01)
         assert _worker_tasks() == 0
+
+
+# -- a connection that is closing starts nothing new ---------------------------------------------
+async def test_ticking_a_closing_connection_starts_nothing_and_keeps_the_hub_alive(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The bench's 1,000 idle sockets closing at once crashed the server: a connection whose
+    client had gone, waiting for its writer to finish a frame, was ticked, its account check
+    was due, and starting it in the closing nursery raised in the hub's keepalive task."""
+    storage = timers.Storage()
+    hub = LiveHub(SimpleNamespace(storage=storage, listeners=[]), RealtimeCounters())  # type: ignore[arg-type]
+    ctx = LiveContext(
+        hub=hub,
+        counters=hub.counters,
+        shutdown=trio.Event(),
+        verify_token=timers.Accounts().verify,
+        heaps=storage,
+        push_live=timers._no_push,
+        max_connections_per_user=10,
+        outbox_bytes=1024 * 1024,
+        wall_clock=lambda: timers.EPOCH + trio.current_time(),
+    )
+    transport = timers.MemoryTransport()
+    writing = trio.Event()
+
+    async def slow_write(frames: object) -> None:  # a frame half on the wire: finished, shielded
+        writing.set()
+        with trio.CancelScope(shield=True):
+            await trio.sleep(2 * connection.RECHECK_ACCOUNT_S)
+
+    transport.send_many = slow_write  # type: ignore[method-assign]
+    conn = connection.LiveConnection(transport, ctx, None)
+    gone, ended = trio.CancelScope(), trio.Event()
+
+    async def run() -> None:
+        with gone:  # the client leaves: the transport cancels the connection's scope
+            await conn.run()
+        ended.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        nursery.start_soon(run)
+        await transport.inbound.send(m.encode(m.Ping()))  # answered: the writer starts a write
+        await writing.wait()
+        gone.cancel()
+        with trio.fail_after(10 * connection.RECHECK_ACCOUNT_S):
+            await ended.wait()  # ticked meanwhile, with its account check due
+        assert conn._nursery is None
+        assert "keepalive" in hub._singletons  # the timers of every other connection run on
+        nursery.cancel_scope.cancel()

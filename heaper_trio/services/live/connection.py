@@ -71,7 +71,8 @@ class LiveConnection:
         self.workers: dict[str, DocumentWorker] = {}
         self.accounts: set[str] = set()  # accounts this connection holds a slot of
         self.close_code: tuple[int, str] | None = None
-        self._nursery: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None  # None again once it is closing
+        self._scope: trio.CancelScope | None = None
         self.last_check = trio.current_time()  # of every grant's account (RECHECK_ACCOUNT_S)
         self._checking = False
 
@@ -83,14 +84,20 @@ class LiveConnection:
         hub = self.live.hub
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._writer)
-                # Timers and shutdown: one task ticks every connection (a task of its own
-                # cost each connection ~3 KiB; issue 12, memory per idle WebSocket).
-                hub.keepalive.add(self)
-                hub.start_once("keepalive", partial(tick_all, hub, self.live.shutdown))
-                await self._reader()
-                nursery.cancel_scope.cancel()
+                self._nursery, self._scope = nursery, nursery.cancel_scope
+                try:
+                    nursery.start_soon(self._writer)
+                    # Timers and shutdown: one task ticks every connection (a task of its
+                    # own cost each connection ~3 KiB; issue 12, memory per idle WebSocket).
+                    hub.keepalive.add(self)
+                    hub.start_once("keepalive", partial(tick_all, hub, self.live.shutdown))
+                    await self._reader()
+                    nursery.cancel_scope.cancel()
+                finally:
+                    # The nursery now only waits for its tasks (a write finishing its frame
+                    # may take seconds): nothing new may start in it. A tick that tried
+                    # (grant checks) crashed the hub's keepalive task, and the server with it.
+                    self._nursery = None
         finally:
             hub.keepalive.discard(self)
             counters.connections -= 1
@@ -109,8 +116,8 @@ class LiveConnection:
         if self.close_code is None:
             self.close_code = (code, reason)
         self.session.disconnect(code, reason)
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        if self._scope is not None:
+            self._scope.cancel()
 
     # -- I/O ----------------------------------------------------------------------------------
     async def _reader(self) -> None:
@@ -233,7 +240,9 @@ class LiveConnection:
     def _open(self, address: str) -> None:
         grant = self.grants[address]
         name = parse_document_name(address)
-        assert name is not None and self._nursery is not None
+        assert name is not None
+        if self._nursery is None:
+            return  # the connection is ending
         worker: DocumentWorker
         if isinstance(name, EventsName):
             worker = EventsWorker(self, address, grant)
@@ -303,7 +312,10 @@ async def tick_all(hub: LiveHub, shutdown: trio.Event) -> None:
             return
         now = trio.current_time()
         for conn in list(hub.keepalive):
-            conn.tick(now)
+            try:
+                conn.tick(now)
+            except Exception:  # one connection's fault must not end every connection's timers
+                log.exception("ticking a live connection failed")
 
 
 class BlockWorker(DocumentWorker):

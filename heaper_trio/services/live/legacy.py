@@ -93,10 +93,13 @@ class LegacyEventsConnection:
         await self.transport.send(events.to_json({"type": "authenticated", "user_id": user.id}))
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._writer)
-            nursery.start_soon(self._drain_input)
-            await self.live.shutdown.wait()
-            self._end(CLOSE_GOING_AWAY, "server shutting down")
+            try:
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._drain_input)
+                await self.live.shutdown.wait()
+                self._end(CLOSE_GOING_AWAY, "server shutting down")
+            finally:
+                self._nursery = None  # closing: no new task (recheck_now) may start in it
 
     def recheck_now(self) -> None:
         """An admin revoked or rejected the account (``LiveHub.recheck_account``): check the
