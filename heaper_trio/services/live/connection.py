@@ -51,9 +51,12 @@ TOKEN_RENEW_BEFORE_S = 60.0
 MAX_BATCH = 256
 SPLIT_BYTES = 256 * 1024  # initial states larger than this go out in pieces
 SPLIT_IN_THREAD_BYTES = 1024 * 1024
-# Fan-out before the commit (hub.relay) or after it. bench_ws.py, N=100 at 50 Hz, 9 pairs under
-# load: before/after p50 1.46x, p99 1.49x, CPU/delivery 0.82x (one quiet pair: 0.40x, 0.60x).
-RELAY_BEFORE_COMMIT = False
+# Fan-out before the commit (hub.relay) or after it. bench_ws.py, N=100 at 50 Hz, against
+# Hocuspocus in the same run: session 5 (9 pairs, loaded) favoured after; with the batched
+# writer (session 6, 4 interleaved pairs, load 10-14) before gave p99 0.4-1.7x of Hocuspocus
+# (one outlier 11x) against 1.9-4.0x after, p50 1.2-3.9x against 4.0-6.6x, CPU per delivery
+# under load 1.9-3.2x against 3.2-4.0x: before, by the numbers (docs/protocol.md).
+RELAY_BEFORE_COMMIT = True
 
 
 class LiveConnection:
