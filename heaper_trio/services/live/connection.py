@@ -149,7 +149,8 @@ class LiveConnection:
             session.wrote(trio.current_time())
             counters.messages_out += len(frames)
             counters.bytes_out += sum(map(len, frames))
-            await trio.lowlevel.checkpoint()  # a send to a closed socket does not yield
+            if outbox.frames:  # more at once: yield first (a send to a closed socket does
+                await trio.lowlevel.checkpoint()  # not); else take_many waits, which yields
 
     def send_frame(self, frame: bytes) -> bool:
         """Fan-out from the hub: never waits. A consumer too slow for its outbox is dropped;
