@@ -48,6 +48,7 @@ from heaper_trio.web.http_guard import ASGIApp, HttpGuard
 from heaper_trio.web.quart_compat import (
     end_pings_with_the_stream,
     keep_json_key_order,
+    leave_pings_to_the_app,
     set_ws_compression,
     stop_idle_timer_at_eof,
 )
@@ -110,6 +111,7 @@ if not any(isinstance(f, EveryFewSeconds) for f in ACCEPT_LOG.filters):
 # and lets a closed WebSocket's connection end at once (no ping sleep left to wait out).
 stop_idle_timer_at_eof()
 end_pings_with_the_stream()
+leave_pings_to_the_app(["/ws"])  # its own idle timeout and Pings (services/live)
 
 
 def guarded(app: QuartTrio, settings: Settings) -> ASGIFramework:

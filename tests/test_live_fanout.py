@@ -1,7 +1,7 @@
 """Issue 12, the fan-out half of the live path (both engines, real server): each frame is
 encoded once for every subscriber of an address; with ``RELAY_BEFORE_COMMIT`` a live edit
 reaches the other subscribers before its commit and only the writer's ``SyncStatus`` waits for
-it (off by default: measured slower); a refused batch is never relayed."""
+it (the default, chosen by measurement); a refused batch is never relayed."""
 
 from __future__ import annotations
 

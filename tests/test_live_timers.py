@@ -11,7 +11,7 @@ tests/test_live_ws.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -49,6 +49,10 @@ class MemoryTransport:
 
     async def send(self, data: bytes | str) -> None:
         await self._outbound.send(data)
+
+    async def send_many(self, frames: Iterable[bytes | str]) -> None:
+        for frame in frames:
+            await self._outbound.send(frame)
 
     async def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)

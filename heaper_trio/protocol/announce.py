@@ -1,21 +1,25 @@
 """The announcement one server process sends the others over PostgreSQL ``LISTEN/NOTIFY``.
 
-A pointer, never a payload (sync-findings 6.8): a stored change of one block (its kind, heap,
-log position), on which the receivers reread storage, or a user event (scan progress, file
-ready) for that user's live channels, or a job abort asked through the database (``jobs``
-table): the process running that job cancels it. The text is compact JSON with one-letter keys, so a
-NOTIFY stays far below PostgreSQL's 8,000-byte limit; this module is the one place that knows
-those keys. The bytes are what processes of earlier versions write and read (old and new
-processes share a database during a rolling restart): keys in this order, no spaces.
+A pointer (sync-findings 6.8): a stored change of one block (its kind, heap, log position), on
+which the receivers reread storage, optionally preceded by that commit's updates inline when
+they are small (:class:`UpdatesAnnouncement`: the reread is then skipped), or a user event
+(scan progress, file ready) for that user's live channels, or a job abort asked through the
+database (``jobs`` table): the process running that job cancels it. The text is compact JSON
+with one-letter keys, so a NOTIFY stays below PostgreSQL's 8,000-byte limit; this module is
+the one place that knows those keys. The bytes are what processes of earlier versions write
+and read (old and new processes share a database during a rolling restart): keys in this
+order, no spaces.
 
-Decoding is strict: anything but one of the three shapes, with exactly its keys and types,
+Decoding is strict: anything but one of the four shapes, with exactly its keys and types,
 raises :class:`MalformedAnnouncement` (a ``ValueError``), which the receiver logs and skips.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +29,7 @@ MAX_PAYLOAD_BYTES = 7000  # PostgreSQL refuses NOTIFY payloads from 8000 bytes
 _BLOCK_KEYS = ("o", "k", "h", "b", "s", "v", "t")
 _USER_KEYS = ("o", "u", "e")
 _ABORT_KEYS = ("o", "j")
+_UPDATES_KEYS = ("o", "b", "s", "v", "d")
 
 
 class MalformedAnnouncement(ValueError):
@@ -64,7 +69,35 @@ class JobAbortAnnouncement:
     job_id: str
 
 
-Announcement = BlockAnnouncement | UserEventAnnouncement | JobAbortAnnouncement
+@dataclass(frozen=True, slots=True)
+class UpdatesAnnouncement:
+    """The Yjs updates of one block commit, inline (issue 12, item 4): sent just before that
+    commit's :class:`BlockAnnouncement` when they are small, so a receiver whose room holds
+    the log up to ``seq - len(updates)`` applies them instead of rereading storage. The
+    pointer still follows and stays the authority: a receiver that cannot use these (a gap,
+    another version, a room still loading) acts on the pointer as before, and processes of
+    earlier versions skip this shape as malformed."""
+
+    origin: str
+    block_id: str
+    seq: int  # of the last update
+    sync_version: int
+    updates: tuple[bytes, ...] = field(hash=False)
+
+
+Announcement = (
+    BlockAnnouncement | UserEventAnnouncement | JobAbortAnnouncement | UpdatesAnnouncement
+)
+
+
+def inline_updates(
+    origin: str, block_id: str, seq: int, sync_version: int, updates: Sequence[bytes]
+) -> str | None:
+    """The text of an :class:`UpdatesAnnouncement`, or None when it would not fit a NOTIFY."""
+    if not updates or sum(map(len, updates)) * 4 // 3 > MAX_PAYLOAD_BYTES:
+        return None  # (base64 grows by a third: too big for sure, skip the encoding)
+    text = encode(UpdatesAnnouncement(origin, block_id, seq, sync_version, tuple(updates)))
+    return text if len(text) <= MAX_PAYLOAD_BYTES else None
 
 
 def encode(a: Announcement) -> str:
@@ -80,6 +113,14 @@ def encode(a: Announcement) -> str:
         }
     elif isinstance(a, JobAbortAnnouncement):
         data = {"o": a.origin, "j": a.job_id}
+    elif isinstance(a, UpdatesAnnouncement):
+        data = {
+            "o": a.origin,
+            "b": a.block_id,
+            "s": a.seq,
+            "v": a.sync_version,
+            "d": [base64.b64encode(u).decode("ascii") for u in a.updates],
+        }
     else:
         data = {"o": a.origin, "u": a.user_id, "e": dict(a.event)}
     return json.dumps(data, separators=(",", ":"))
@@ -104,6 +145,8 @@ def decode(text: str) -> Announcement:
         if not (isinstance(data["o"], str) and isinstance(data["j"], str)):
             raise MalformedAnnouncement("a job abort with fields of the wrong type")
         return JobAbortAnnouncement(data["o"], data["j"])
+    if keys == tuple(sorted(_UPDATES_KEYS)):
+        return _decode_updates(data)
     if keys != tuple(sorted(_BLOCK_KEYS)):
         raise MalformedAnnouncement(f"unexpected keys {list(keys)[:10]}")
     strings = [data[k] for k in ("o", "k", "h", "b")]
@@ -115,3 +158,22 @@ def decode(text: str) -> Announcement:
     return BlockAnnouncement(
         data["o"], data["k"], data["h"], data["b"], data["s"], data["v"], data["t"]
     )
+
+
+def _decode_updates(data: dict[str, Any]) -> UpdatesAnnouncement:
+    origin, block_id, seq, version, encoded = (data[k] for k in _UPDATES_KEYS)
+    if not (
+        isinstance(origin, str)
+        and isinstance(block_id, str)
+        and type(seq) is int
+        and type(version) is int
+        and isinstance(encoded, list)
+        and encoded
+        and all(isinstance(u, str) for u in encoded)
+    ):
+        raise MalformedAnnouncement("inline updates with fields of the wrong type")
+    try:
+        updates = tuple(base64.b64decode(u, validate=True) for u in encoded)
+    except (binascii.Error, ValueError):
+        raise MalformedAnnouncement("inline updates that are not base64") from None
+    return UpdatesAnnouncement(origin, block_id, seq, version, updates)

@@ -10,13 +10,16 @@ code it names, and adjust the hook (or drop it if upstream fixed the problem).
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import trio
+from hypercorn.config import Config
 from hypercorn.protocol import ws_stream
+from hypercorn.protocol.events import Request as StreamRequest
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, Handshake, WSStream
 from hypercorn.trio.tcp_server import TCPServer
@@ -158,6 +161,13 @@ HOOKS: tuple[Hook, ...] = (
     ),
     Hook(
         WSStream,
+        "websocket_ping_interval",
+        used_by="_accept",
+        why="leave_pings_to_the_app: _accept reads the interval from the stream's config "
+        "(self.config), which a /ws stream gets without it, so no ping task is spawned",
+    ),
+    Hook(
+        WSStream,
         "_send_wsproto_event",
         why="end_pings_with_the_stream sends its pings through it, as upstream's loop did",
     ),
@@ -263,6 +273,12 @@ def end_pings_with_the_stream() -> None:
                 await gone.wait()
 
     async def handle(self: WSStream, event: Any) -> None:
+        if (
+            type(event) is StreamRequest
+            and event.raw_path.partition(b"?")[0] in _own_keepalive
+            and self.config.websocket_ping_interval is not None
+        ):
+            self.config = _without_pings(self.config)
         try:
             await original_handle(self, event)
         finally:
@@ -272,6 +288,35 @@ def end_pings_with_the_stream() -> None:
     setattr(handle, _PINGS_PATCHED, True)
     WSStream.handle = handle  # type: ignore[method-assign]
     WSStream._send_pings = _send_pings  # type: ignore[method-assign]
+
+
+_QUIET = "_heaper_without_pings"
+_own_keepalive: frozenset[bytes] = frozenset()
+
+
+def _without_pings(config: Config) -> Config:
+    """``config`` with no WebSocket ping interval: one shared copy per config."""
+    quiet: Config | None = getattr(config, _QUIET, None)
+    if quiet is None:
+        quiet = copy.copy(config)
+        quiet.websocket_ping_interval = None
+        setattr(config, _QUIET, quiet)
+    return quiet
+
+
+def leave_pings_to_the_app(paths: Iterable[str]) -> None:
+    """No hypercorn ping task for WebSockets on ``paths`` (hypercorn 0.18.0).
+
+    ``WSStream._accept`` spawns ``_send_pings`` for every WebSocket when
+    ``websocket_ping_interval`` is set: one more task, cancel scope and event per socket (about
+    3 KiB of an idle socket's memory, issue 12), and hypercorn never checks the pongs anyway;
+    the pings only make TCP notice a dead peer. A path whose protocol keeps its own time
+    (``/ws``: an idle timeout, and Ping frames of its own to providers that answer them) needs
+    none of it; other WebSockets (``/api/ws``) keep hypercorn's. The stream reads its config at
+    accept, so such a stream gets a shared copy of the config without the interval when its
+    request arrives. Needs :func:`end_pings_with_the_stream` (it wraps ``WSStream.handle``)."""
+    global _own_keepalive
+    _own_keepalive = frozenset(path.encode() for path in paths)
 
 
 def pings_end_with_the_stream() -> bool:

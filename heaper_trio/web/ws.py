@@ -10,6 +10,7 @@ tests do). The protocol is in ``protocol/``, the connection runner in
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from quart import Blueprint, websocket
 
@@ -33,6 +34,10 @@ class QuartTransport:
 
     async def send(self, data: bytes | str) -> None:
         await self._ws.send(data)
+
+    async def send_many(self, frames: Iterable[bytes | str]) -> None:
+        for frame in frames:
+            await self._ws.send(frame)
 
     async def close(self, code: int, reason: str) -> None:
         await self._ws.close(code, reason[:120])

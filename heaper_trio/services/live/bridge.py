@@ -2,8 +2,10 @@
 
 Every change committed here is announced as a small pointer (block, log position, kind); the
 other processes' hubs read the stored rows and send their subscribers what they lack
-(sync-findings 6.8: no payload in the notification, no lossy side channel, nobody applies
-another process's step 2). User events (scan progress, file ready) travel the same way, as
+(sync-findings 6.8: no lossy side channel, nobody applies another process's step 2). A small
+commit's updates go inline just before its pointer (``announce.UpdatesAnnouncement``), so a
+hub holding the log right up to them applies them without the reread; the pointer stays the
+authority for everyone else. User events (scan progress, file ready) travel the same way, as
 they are small, and so do aborts of jobs asked through another process (``scans/registry``).
 With SQLite there is one process and no bridge.
 
@@ -125,6 +127,11 @@ class ProcessBridge:
         if isinstance(received, announce.JobAbortAnnouncement):
             for hook in list(self.job_abort_hooks):
                 hook(received.job_id)
+            return
+        if isinstance(received, announce.UpdatesAnnouncement):
+            self.hub.on_remote_updates(
+                received.block_id, received.seq, received.sync_version, received.updates
+            )
             return
         self.hub.on_remote(
             Committed(

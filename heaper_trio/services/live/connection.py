@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Protocol
 
 import trio
 
@@ -40,28 +39,24 @@ from heaper_trio.protocol.names import BlockName, EventsName, parse_document_nam
 from heaper_trio.protocol.split import split_update
 from heaper_trio.records import User
 from heaper_trio.services.live.context import Grant, LiveContext
+from heaper_trio.services.live.doc_workers import DocumentWorker, EventsWorker
 from heaper_trio.services.live.hub import LiveHub, Room, Subscription
-from heaper_trio.services.live.inbox import Inbox
 from heaper_trio.services.live.outbox import Outbox
-from heaper_trio.storage.errors import BlockInOtherHeap
+from heaper_trio.services.live.rooms import Transport
 
 log = logging.getLogger(__name__)
 KEEPALIVE_TICK_S = 2.0  # how often the timers (trio's clock) and the grants are looked at
 RECHECK_ACCOUNT_S = 30.0
 TOKEN_RENEW_BEFORE_S = 60.0
-INBOX_SIZE = 64
 MAX_BATCH = 256
 SPLIT_BYTES = 256 * 1024  # initial states larger than this go out in pieces
 SPLIT_IN_THREAD_BYTES = 1024 * 1024
-# Fan-out before the commit (hub.relay) or after it. bench_ws.py, N=100 at 50 Hz, 9 pairs under
-# load: before/after p50 1.46x, p99 1.49x, CPU/delivery 0.82x (one quiet pair: 0.40x, 0.60x).
-RELAY_BEFORE_COMMIT = False
-
-
-class Transport(Protocol):
-    async def receive(self) -> bytes | str | None: ...
-    async def send(self, data: bytes | str) -> None: ...
-    async def close(self, code: int, reason: str) -> None: ...
+# Fan-out before the commit (hub.relay) or after it. bench_ws.py, N=100 at 50 Hz, against
+# Hocuspocus in the same run: session 5 (9 pairs, loaded) favoured after; with the batched
+# writer (session 6, 4 interleaved pairs, load 10-14) before gave p99 0.4-1.7x of Hocuspocus
+# (one outlier 11x) against 1.9-4.0x after, p50 1.2-3.9x against 4.0-6.6x, CPU per delivery
+# under load 1.9-3.2x against 3.2-4.0x: before, by the numbers (docs/protocol.md).
+RELAY_BEFORE_COMMIT = True
 
 
 class LiveConnection:
@@ -79,7 +74,8 @@ class LiveConnection:
         self.workers: dict[str, DocumentWorker] = {}
         self.accounts: set[str] = set()  # accounts this connection holds a slot of
         self.close_code: tuple[int, str] | None = None
-        self._nursery: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None  # None again once it is closing
+        self._scope: trio.CancelScope | None = None
         self.last_check = trio.current_time()  # of every grant's account (RECHECK_ACCOUNT_S)
         self._checking = False
 
@@ -91,14 +87,20 @@ class LiveConnection:
         hub = self.live.hub
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._writer)
-                # Timers and shutdown: one task ticks every connection (a task of its own
-                # cost each connection ~3 KiB; issue 12, memory per idle WebSocket).
-                hub.keepalive.add(self)
-                hub.start_once("keepalive", partial(tick_all, hub, self.live.shutdown))
-                await self._reader()
-                nursery.cancel_scope.cancel()
+                self._nursery, self._scope = nursery, nursery.cancel_scope
+                try:
+                    nursery.start_soon(self._writer)
+                    # Timers and shutdown: one task ticks every connection (a task of its
+                    # own cost each connection ~3 KiB; issue 12, memory per idle WebSocket).
+                    hub.keepalive.add(self)
+                    hub.start_once("keepalive", partial(tick_all, hub, self.live.shutdown))
+                    await self._reader()
+                    nursery.cancel_scope.cancel()
+                finally:
+                    # The nursery now only waits for its tasks (a write finishing its frame
+                    # may take seconds): nothing new may start in it. A tick that tried
+                    # (grant checks) crashed the hub's keepalive task, and the server with it.
+                    self._nursery = None
         finally:
             hub.keepalive.discard(self)
             counters.connections -= 1
@@ -117,8 +119,8 @@ class LiveConnection:
         if self.close_code is None:
             self.close_code = (code, reason)
         self.session.disconnect(code, reason)
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        if self._scope is not None:
+            self._scope.cancel()
 
     # -- I/O ----------------------------------------------------------------------------------
     async def _reader(self) -> None:
@@ -140,13 +142,15 @@ class LiveConnection:
 
     async def _writer(self) -> None:
         counters = self.live.counters
-        while True:
-            frame = await self.outbox.take()
-            await self.transport.send(frame)
-            self.session.wrote(trio.current_time())
-            counters.messages_out += 1
-            counters.bytes_out += len(frame)
-            await trio.lowlevel.checkpoint()  # a send to a closed socket does not yield
+        outbox, send_many, session = self.outbox, self.transport.send_many, self.session
+        while True:  # every frame queued since the last turn, in one write (bounded)
+            frames = await outbox.take_many()
+            await send_many(frames)
+            session.wrote(trio.current_time())
+            counters.messages_out += len(frames)
+            counters.bytes_out += sum(map(len, frames))
+            if outbox.frames:  # more at once: yield first (a send to a closed socket does
+                await trio.lowlevel.checkpoint()  # not); else take_many waits, which yields
 
     def send_frame(self, frame: bytes) -> bool:
         """Fan-out from the hub: never waits. A consumer too slow for its outbox is dropped;
@@ -175,6 +179,7 @@ class LiveConnection:
                 worker = self.workers.get(action.address)
                 if worker is not None:
                     await worker.inbox.send(action.message)
+                    worker.wake()
             elif isinstance(action, s.CloseDocument):
                 worker = self.workers.pop(action.address, None)
                 if worker is not None:
@@ -239,7 +244,9 @@ class LiveConnection:
     def _open(self, address: str) -> None:
         grant = self.grants[address]
         name = parse_document_name(address)
-        assert name is not None and self._nursery is not None
+        assert name is not None
+        if self._nursery is None:
+            return  # the connection is ending
         worker: DocumentWorker
         if isinstance(name, EventsName):
             worker = EventsWorker(self, address, grant)
@@ -309,85 +316,10 @@ async def tick_all(hub: LiveHub, shutdown: trio.Event) -> None:
             return
         now = trio.current_time()
         for conn in list(hub.keepalive):
-            conn.tick(now)
-
-
-class DocumentWorker:
-    """One open document's task: messages in the order the client sent them."""
-
-    def __init__(self, conn: LiveConnection, address: str, grant: Grant) -> None:
-        self.conn = conn
-        self.address = address
-        self.grant = grant
-        self.inbox = Inbox[m.Message](INBOX_SIZE)
-        self.cancel_scope = trio.CancelScope()
-
-    def stop(self) -> None:
-        self.cancel_scope.cancel()
-
-    async def run(self) -> None:
-        with self.cancel_scope:
             try:
-                await self.serve()
-            except BlockInOtherHeap as e:
-                await self.conn.perform(self.conn.session.denied(self.address, str(e)))
-
-    async def serve(self) -> None:
-        raise NotImplementedError
-
-    async def empty_sync(self, message: m.Message) -> None:
-        """A document without content (the events channel): sync completes at once."""
-        if isinstance(message, m.SyncStep1):
-            await self.conn.reply(m.encode(m.SyncStep2(self.address, EMPTY_UPDATE)))
-        elif isinstance(message, (m.SyncStep2, m.SyncUpdate)):
-            await self.conn.reply(m.encode(m.SyncStatus(self.address, False)))
-
-
-class EventsWorker(DocumentWorker):
-    """The per-user ``events`` channel: typed JSON events as stateless messages."""
-
-    @property
-    def user_id(self) -> str:
-        return self.grant.user.id
-
-    def send_event(self, evt: dict[str, object]) -> bool:
-        return self.conn.send_frame(m.encode(m.Stateless(self.address, events.to_json(evt))))
-
-    async def serve(self) -> None:
-        hub = self.conn.live.hub
-        hub.add_user_sink(self)
-        try:
-            async for message in self.inbox:
-                if isinstance(message, m.Stateless):
-                    await self._command(message.payload)
-                else:
-                    await self.empty_sync(message)
-        finally:
-            hub.remove_user_sink(self)
-
-    async def _command(self, payload: str) -> None:
-        command = events.parse_command(payload)
-        if command is None:
-            evt = events.event(
-                "error",
-                error="unknown_command",
-                message="expected subscribe or unsubscribe with heap_ids",
-            )
-            return await self._answer(evt)
-        hub, heap_ids = self.conn.live.hub, command["heap_ids"]
-        if command["type"] == "unsubscribe":
-            hub.unwatch_heaps(self, heap_ids)
-            return await self._answer(events.event("unsubscribed", heap_ids=heap_ids))
-        mine = []
-        for heap_id in heap_ids:
-            heap = await self.conn.live.heaps.get_heap(heap_id)
-            if heap is not None and heap.owner_id == self.grant.user.id:
-                mine.append(heap_id)
-        hub.watch_heaps(self, mine)
-        await self._answer(events.event("subscribed", heap_ids=mine))
-
-    async def _answer(self, evt: dict[str, object]) -> None:
-        await self.conn.reply(m.encode(m.Stateless(self.address, events.to_json(evt))))
+                conn.tick(now)
+            except Exception:  # one connection's fault must not end every connection's timers
+                log.exception("ticking a live connection failed")
 
 
 class BlockWorker(DocumentWorker):
@@ -396,20 +328,38 @@ class BlockWorker(DocumentWorker):
         self.name = name
         self.sub = Subscription(conn, address, name, grant.user.id)
         self._held: m.Message | None = None
+        self.room: Room | None = None
+
+    def stop(self) -> None:
+        super().stop()
+        if self.room is not None:
+            self.room = None
+            self.conn.live.hub.leave(self.sub)
 
     async def serve(self) -> None:
+        """Serves what the inbox holds, then ends: an idle open document holds no task (about
+        2 KiB each; issue 12, memory per idle WebSocket) and ``wake`` starts it again. The
+        subscription outlives the task: it ends with :meth:`stop`."""
         hub = self.conn.live.hub
-        try:
-            room = await hub.join(self.sub)
+        room = self.room
+        if room is None:
+            try:
+                room = self.room = await hub.join(self.sub)
+            except BaseException:
+                hub.leave(self.sub)
+                raise
             presence = hub.presence_frame(self.sub)
             if presence is not None:
                 await self.conn.reply(presence)
-            while True:
-                message = self._held or await self.inbox.receive()
-                self._held = None
-                await self._handle(room, message)
-        finally:
-            hub.leave(self.sub)
+        while True:
+            message = self._held
+            if message is None:
+                try:
+                    message = self.inbox.receive_nowait()
+                except trio.WouldBlock:
+                    return
+            self._held = None
+            await self._handle(room, message)
 
     def _stale(self, room: Room) -> bool:
         version = self.name.sync_version

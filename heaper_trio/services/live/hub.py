@@ -33,6 +33,7 @@ from heaper_trio.records import StoredBlock
 from heaper_trio.services.commits import Committed
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.live.hub_events import HubEvents
 from heaper_trio.services.live.rooms import EventSink, Relayed, Room, Subscription
 from heaper_trio.storage.errors import BlockInOtherHeap
 
@@ -43,7 +44,7 @@ SPLIT_BYTES = 256 * 1024  # whole states larger than this go out in pieces
 SPLIT_IN_THREAD_BYTES = 1024 * 1024
 
 
-class LiveHub:
+class LiveHub(HubEvents):
     def __init__(self, documents: DocumentService, counters: RealtimeCounters) -> None:
         self.documents = documents
         self.storage = documents.storage
@@ -288,6 +289,34 @@ class LiveHub:
             return  # the room holds every update up to last_seq already
         self._start_catch_up(room)
 
+    def on_remote_updates(
+        self, block_id: str, seq: int, sync_version: int, updates: Sequence[bytes]
+    ) -> None:
+        """The updates of a commit of another process, inline in its announcement (issue 12,
+        item 4); its pointer follows. Applied and fanned out as a local commit's are when the
+        room holds the log right up to them; otherwise ignored, and the pointer's reread
+        does what it always did. Delivered only once the commit is visible, like the pointer."""
+        room = self.rooms.get(block_id)
+        if (
+            room is None
+            or room.doc is None
+            or room.catching_up
+            or not room.exists
+            or room.purged
+            or sync_version != room.sync_version
+            or seq != room.last_seq + len(updates)
+        ):
+            return
+        for update in updates:
+            try:
+                room.doc.apply(update)
+            except crdt.InvalidUpdate:  # stored, so it applied once: reread instead
+                self._start_catch_up(room)
+                return
+            room.pending.append((update, None))
+        room.last_seq = seq
+        self._mark(room)
+
     def catch_up_all(self) -> None:
         """Announcements may have been missed (the listener reconnected): reread every room."""
         for room in list(self.rooms.values()):
@@ -399,36 +428,6 @@ class LiveHub:
                 frame = encoded[sub.prefix] = sub.prefix + body
             sub.sink.send_frame(frame)  # messages/bytes out: counted by the writer that sends
 
-    def _queue_event(self, c: Committed) -> None:
-        if c.heap_id not in self.heap_watchers:
-            return
-        kind = events.BLOCK_KINDS[c.kind]
-        if kind == "heap.deleted":
-            evt = events.event(kind, heap_id=c.heap_id)
-        elif kind == "block.purged":
-            evt = events.event(
-                kind, heap_id=c.heap_id, block_id=c.block_id, deleted_at=c.updated_at
-            )
-        else:
-            evt = events.event(
-                kind,
-                heap_id=c.heap_id,
-                block_id=c.block_id,
-                sync_version=c.sync_version,
-                updated_at=c.updated_at,
-                seq=c.seq,
-            )
-        key = (c.heap_id, c.block_id)
-        previous = self._events.get(key)
-        if (
-            previous is not None
-            and previous["type"] in ("block.created", "block.deleted", "block.restored")
-            and kind == "block.changed"
-        ):
-            evt["type"] = previous["type"]  # a later edit does not hide the transition
-        self._events[key] = evt
-        self._wake.set()
-
     # -- presence -------------------------------------------------------------------------------
     def awareness(self, sub: Subscription, payload: bytes) -> None:
         room = self.rooms.get(sub.name.block_id)
@@ -461,38 +460,3 @@ class LiveHub:
                 gone = room.presence.expire(now)
                 if gone:
                     self._broadcast_awareness(room, gone)
-
-    # -- events ---------------------------------------------------------------------------------
-    def watch_heaps(self, sink: EventSink, heap_ids: Sequence[str]) -> None:
-        for heap_id in heap_ids:
-            self.heap_watchers.setdefault(heap_id, set()).add(sink)
-
-    def unwatch_heaps(self, sink: EventSink, heap_ids: Sequence[str] | None = None) -> None:
-        for heap_id in list(self.heap_watchers) if heap_ids is None else heap_ids:
-            watchers = self.heap_watchers.get(heap_id)
-            if watchers is not None:
-                watchers.discard(sink)
-                if not watchers:
-                    del self.heap_watchers[heap_id]
-
-    def add_user_sink(self, sink: EventSink) -> None:
-        self.user_sinks.setdefault(sink.user_id, set()).add(sink)
-
-    def remove_user_sink(self, sink: EventSink) -> None:
-        sinks = self.user_sinks.get(sink.user_id)
-        if sinks is not None:
-            sinks.discard(sink)
-            if not sinks:
-                del self.user_sinks[sink.user_id]
-        self.unwatch_heaps(sink)
-
-    def publish_user_event(
-        self, user_id: str, evt: dict[str, object], *, local_only: bool = False
-    ) -> None:
-        """A job's event (scan progress, file ready) for every live channel of its owner, in
-        this process and (unless ``local_only``) the others on the same database."""
-        for sink in list(self.user_sinks.get(user_id, ())):
-            sink.send_event(evt)
-        if not local_only:
-            for hook in list(self.user_event_hooks):
-                hook(user_id, evt)

@@ -19,9 +19,9 @@ from heaper_trio.protocol.close_codes import (
     CLOSE_UNAUTHORIZED,
 )
 from heaper_trio.protocol.session import Timeouts
-from heaper_trio.services.live.connection import Transport
 from heaper_trio.services.live.context import LiveContext
 from heaper_trio.services.live.outbox import Outbox
+from heaper_trio.services.live.rooms import Transport
 
 OUTBOX_BYTES = 1024 * 1024
 AUTH_TIMEOUT_S = Timeouts().auth_s  # as on /ws
@@ -93,10 +93,13 @@ class LegacyEventsConnection:
         await self.transport.send(events.to_json({"type": "authenticated", "user_id": user.id}))
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._writer)
-            nursery.start_soon(self._drain_input)
-            await self.live.shutdown.wait()
-            self._end(CLOSE_GOING_AWAY, "server shutting down")
+            try:
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._drain_input)
+                await self.live.shutdown.wait()
+                self._end(CLOSE_GOING_AWAY, "server shutting down")
+            finally:
+                self._nursery = None  # closing: no new task (recheck_now) may start in it
 
     def recheck_now(self) -> None:
         """An admin revoked or rejected the account (``LiveHub.recheck_account``): check the

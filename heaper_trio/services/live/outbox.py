@@ -3,10 +3,17 @@ and its single writer task."""
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
 import trio
+
+BATCH_BYTES = 256 * 1024  # what one write of a writer takes at most (take_many)
+# A writer that took frames this recently has a reader that keeps reading: fan-out to its full
+# outbox may stretch the bound (see Outbox).
+DRAINING_S = 2.0
+STRETCH = 2  # how far, as a multiple of the bound
 
 
 class Outbox:
@@ -20,9 +27,18 @@ class Outbox:
     and a provider opening 20 large documents waited forever). A frame larger than the bound
     is admitted once the outbox is empty, so it cannot wait for ever either.
 
-    A writer takes one frame (:meth:`take`) or every frame queued (:meth:`take_many`, for a
-    transport that writes them in one system call). Idle, an outbox holds one empty deque
-    and one event: the queue of waiting putters exists only while someone waits.
+    The bound tells a reader that stopped from one that is busy: a provider opening 20
+    documents of 1 MB on one socket fills its outbox with its own paced replies, and a
+    presence frame fanned out then found no room and dropped a reader that was draining as
+    fast as it could (CI, under load: 1006 at 894 ms). So fan-out to a full outbox is still
+    taken, up to ``STRETCH`` times the bound, while the writer has taken frames within the
+    last ``DRAINING_S`` (the socket keeps accepting bytes); a reader that stopped stalls its
+    writer, and past that window its outbox refuses fan-out at the bound as before.
+
+    A writer takes one frame (:meth:`take`) or the frames queued first, bounded
+    (:meth:`take_many`, for a transport that writes them in one system call). Idle, an outbox
+    holds one empty deque and one event: the queue of waiting putters exists only while
+    someone waits.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -31,12 +47,17 @@ class Outbox:
         self.size = 0
         self._readable = trio.Event()
         self._waiting: deque[_Putter] | None = None  # made on the first wait
+        self.taken_at = -math.inf  # when the writer last took frames
 
     def _fits(self, n: int) -> bool:
         return not self.frames or self.size + n <= self.max_bytes
 
     def offer(self, frame: bytes | str) -> bool:
-        if not self._fits(len(frame)):
+        n = len(frame)
+        if not self._fits(n) and not (
+            self.size + n <= STRETCH * self.max_bytes
+            and trio.current_time() - self.taken_at < DRAINING_S
+        ):
             return False
         self._push(frame)
         return True
@@ -78,12 +99,6 @@ class Outbox:
         self.size += len(frame)
         self._readable.set()
 
-    async def _wait_readable(self) -> None:
-        while not self.frames:
-            if self._readable.is_set():
-                self._readable = trio.Event()
-            await self._readable.wait()
-
     async def take(self) -> bytes | str:
         while not self.frames:  # (inline: the writer's hot path)
             if self._readable.is_set():
@@ -91,18 +106,38 @@ class Outbox:
             await self._readable.wait()
         frame = self.frames.popleft()
         self.size -= len(frame)
+        self.taken_at = trio.current_time()
         self._admit()
         return frame
 
-    async def take_many(self) -> list[bytes | str]:
-        """Every frame queued (at least one), in order; waiting putters are then admitted
-        first come, first served, as with :meth:`take`."""
-        await self._wait_readable()
-        frames = list(self.frames)
-        self.frames.clear()
-        self.size = 0
-        self._admit()
-        return frames
+    async def take_many(self, max_bytes: int = BATCH_BYTES) -> list[bytes | str]:
+        """The frames queued first (at least one), in order, up to ``max_bytes`` together (a
+        first frame larger than that goes alone): one write of the transport for all of them.
+        Bounded so that a writer does not hold a whole outbox outside its bound while the
+        outbox fills again behind it. Waiting putters are then admitted first come, first
+        served, as with :meth:`take`."""
+        frames = self.frames
+        while not frames:  # (inline: the writer's hot path)
+            if self._readable.is_set():
+                self._readable = trio.Event()
+            await self._readable.wait()
+        self.taken_at = trio.current_time()
+        if self.size <= max_bytes:
+            batch = list(frames)
+            frames.clear()
+            self.size = 0
+        else:
+            first = frames.popleft()
+            batch = [first]
+            taken = len(first)
+            while frames and taken + len(frames[0]) <= max_bytes:
+                frame = frames.popleft()
+                batch.append(frame)
+                taken += len(frame)
+            self.size -= taken
+        if self._waiting:
+            self._admit()
+        return batch
 
 
 @dataclass(eq=False)

@@ -1,8 +1,9 @@
 """What the hub holds per live document: its room (the shared document and who has it open),
-the subscriptions, and the sinks the hub sends through."""
+the subscriptions, and the sinks the hub sends through (and the transport below them)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -12,6 +13,16 @@ from heaper_trio import crdt
 from heaper_trio.protocol import frames
 from heaper_trio.protocol.names import BlockName
 from heaper_trio.protocol.presence import PresenceTable
+
+
+class Transport(Protocol):
+    """A live connection's socket (``web/ws_transport.py``); ``send_many`` writes several
+    frames at once."""
+
+    async def receive(self) -> bytes | str | None: ...
+    async def send(self, data: bytes | str) -> None: ...
+    async def send_many(self, frames: Iterable[bytes | str]) -> None: ...
+    async def close(self, code: int, reason: str) -> None: ...
 
 
 class FrameSink(Protocol):

@@ -33,6 +33,7 @@ from typing import Any
 
 import asyncpg
 
+from heaper_trio.protocol import announce
 from heaper_trio.records import (
     BlockChange,
     BlockQuery,
@@ -320,6 +321,11 @@ async def commit_changes(
                 was_deleted=was,
                 now_deleted=now_trashed,
             )
+            inline = announce.inline_updates(
+                announce_as, ch.block_id, result.last_seq, result.sync_version, ch.updates
+            )
+            if inline is not None:  # first: a receiver then needs no reread for the pointer
+                pointers.append(inline)
             pointers.append(
                 block_pointer(
                     announce_as,
