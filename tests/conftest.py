@@ -50,9 +50,8 @@ SERIAL = {
     "tests/test_live_processes.py::test_live_edits_and_events_cross_processes_quickly",
     # awareness delivered and expired within 1000 ms
     "tests/test_live_node.py::test_awareness_comes_and_goes_with_the_socket",
-    # a Node client must read 20 x ~1 MB of sync without the server dropping it as a slow
-    # consumer: beside the other xdist worker in CI it was dropped once (1006 at 894 ms)
-    "tests/test_live_node.py::test_twenty_large_documents_sync_on_one_socket",
+    # a 0.6 s heartbeat timeout: under load the claiming process was reaped as dead
+    "tests/test_jobs_scan_routing.py::test_a_scan_of_another_machines_folder_is_queued_and_run_there",
     # the 408 comes within a 2 s window around its deadline
     "tests/test_harden_slow_uploads.py::test_a_body_below_the_minimum_rate_gets_408_and_leaves_nothing",
     # eight trickling PUTs must keep their slots (deadlines in real time) while another user
