@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -100,7 +101,8 @@ def file_store(tmp_path: Path, store: S3Objects, per_user: int = 2) -> FileStore
             "s3_bulk_per_user": per_user,
         },
     )
-    return FileStore(None, None, settings, lambda *_: None, objects=store)  # type: ignore[arg-type]
+    no_database = SimpleNamespace(shares_processes=False)  # these tests never reach it
+    return FileStore(no_database, None, settings, lambda *_: None, objects=store)  # type: ignore[arg-type]
 
 
 def temp_files(files: FileStore) -> list[Path]:
