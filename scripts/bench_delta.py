@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,32 @@ async def server_walk(client: httpx.AsyncClient, heap_id: str) -> tuple[float, i
             return time.perf_counter() - t0, pages, blocks
 
 
+def _page_body(rows: Sequence[Sequence[Any]], since: Any) -> dict[str, Any]:
+    """What the server answers for one page (``PAGE + 1`` rows asked), encoded as it would
+    be: the anchor pays the same shaping and JSON the route does."""
+    has_more = len(rows) > PAGE
+    rows = rows[:PAGE]
+    body = {
+        "success": True,
+        "changed_blocks": [
+            {
+                "block_id": r[0],
+                "updated_at": r[1],
+                "sync_version": r[2],
+                "type": r[3],
+                "title": r[4],
+                "deleted_at": r[5],
+            }
+            for r in rows
+        ],
+        "deleted_blocks": [],
+        "server_time": rows[-1][1] if rows else since,
+        "has_more": has_more,
+    }
+    json.dumps(body).encode()
+    return body
+
+
 def raw_walk(db: Path, heap_id: str) -> tuple[float, int, int]:
     conn = sqlite3.connect(db)
     since, pages, blocks = 0, 0, 0
@@ -139,28 +166,10 @@ def raw_walk(db: Path, heap_id: str) -> tuple[float, int, int]:
             "ORDER BY updated_at, id LIMIT ?",
             (heap_id, since, PAGE + 1),
         ).fetchall()
-        has_more = len(rows) > PAGE
-        rows = rows[:PAGE]
-        body = {
-            "success": True,
-            "changed_blocks": [
-                {
-                    "block_id": r[0],
-                    "updated_at": r[1],
-                    "sync_version": r[2],
-                    "type": r[3],
-                    "title": r[4],
-                    "deleted_at": r[5],
-                }
-                for r in rows
-            ],
-            "deleted_blocks": [],
-            "server_time": rows[-1][1] if rows else since,
-            "has_more": has_more,
-        }
-        json.dumps(body).encode()
+        body = _page_body(rows, since)
+        has_more = body["has_more"]
         pages += 1
-        blocks += len(rows)
+        blocks += len(body["changed_blocks"])
         since = body["server_time"]
         if not has_more:
             conn.close()
@@ -182,28 +191,10 @@ async def _pg_walk(dsn: str, heap_id: str) -> tuple[float, int, int]:
                 since,
                 PAGE + 1,
             )
-            has_more = len(rows) > PAGE
-            rows = rows[:PAGE]
-            body = {
-                "success": True,
-                "changed_blocks": [
-                    {
-                        "block_id": r[0],
-                        "updated_at": r[1],
-                        "sync_version": r[2],
-                        "type": r[3],
-                        "title": r[4],
-                        "deleted_at": r[5],
-                    }
-                    for r in rows
-                ],
-                "deleted_blocks": [],
-                "server_time": rows[-1][1] if rows else since,
-                "has_more": has_more,
-            }
-            json.dumps(body).encode()
+            body = _page_body(rows, since)
+            has_more = body["has_more"]
             pages += 1
-            blocks += len(rows)
+            blocks += len(body["changed_blocks"])
             since = body["server_time"]
             if not has_more:
                 return time.perf_counter() - t0, pages, blocks
