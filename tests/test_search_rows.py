@@ -109,3 +109,16 @@ async def test_a_document_with_more_words_than_one_tsvector_holds(admin: HeaperC
     r = await push(admin, block.push_item(heap["id"]))
     assert r.json()["blocks"][0]["status"] == "created", r.text
     assert await _found(admin, heap, block, "w01869fq")
+
+
+@pytest.mark.engines("postgres")
+async def test_one_paragraph_with_more_words_than_one_tsvector_holds(admin: HeaperClient) -> None:
+    """A single line past the 1 MB tsvector cap (found in review: a 500 on every push of it).
+    PostgreSQL indexes a line's first 100,000 characters; the block saves and is found."""
+    heap = await new_heap(admin)
+    block = ClientBlock()
+    block.write("One long line")
+    _paragraphs(block, " ".join(f"w{i:06x}q" for i in range(100_000)))
+    r = await push(admin, block.push_item(heap["id"]))
+    assert r.json()["blocks"][0]["status"] == "created", r.text
+    assert await _found(admin, heap, block, "w00002aq")

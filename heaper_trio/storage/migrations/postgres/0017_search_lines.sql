@@ -16,7 +16,9 @@ CREATE TABLE block_lines (
     key      BIGINT NOT NULL GENERATED ALWAYS AS (heaper_line_key(body)) STORED,
     body     TEXT NOT NULL,
     uses     INTEGER NOT NULL,  -- how many times the line occurs in title and text
-    search   tsvector GENERATED ALWAYS AS (heaper_search_vector(body)) STORED
+    -- A line's first 100,000 characters: one tsvector holds at most 1 MB, and a single pasted
+    -- paragraph of ~100k distinct words (a log, a CSV) would refuse the whole push (a 500)
+    search   tsvector GENERATED ALWAYS AS (heaper_search_vector(left(body, 100000))) STORED
 );
 CREATE INDEX block_lines_key ON block_lines (block_id, key);
 CREATE INDEX block_lines_search ON block_lines USING GIN (search);
