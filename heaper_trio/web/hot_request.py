@@ -49,8 +49,13 @@ class HotRequest(Request):
         self.max_body = max_body  # lowered per route by routing.limit_body
         self._receive = receive
         self._size = 0
-        self.body_read = not (
-            self.content_length or "chunked" in self.headers.get("Transfer-Encoding", "")
+        # No body to read only when none can come: HTTP/2 may send one without a length
+        # (and has no chunked encoding), so there the body is read until its end (found in
+        # review: an h2 push without Content-Length was taken as empty)
+        http1 = scope.get("http_version") in ("1.0", "1.1")
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "")
+        self.body_read = self.content_length == 0 or (
+            http1 and not self.content_length and not chunked
         )
 
     async def get_data(self, **_: Any) -> bytes:
