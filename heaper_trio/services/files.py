@@ -309,6 +309,7 @@ class FileService(FileStore):
                 written = await upload_layout.write_chunk(
                     self._io, lambda f, b: _write(f, b), folder, upload, index, body
                 )
+            await self._still_open(upload, folder)
             return ChunkStored(index, written)
         temp = folder / f"{index}.{uuid.uuid4().hex}.part"
         out: BinaryIO | None = None
@@ -327,7 +328,20 @@ class FileService(FileStore):
             finally:
                 with trio.CancelScope(shield=True):  # cut off mid-way: nothing half-written stays
                     await self._io(_close_and_remove, out, temp)
+        if self.parts is None:
+            await self._still_open(upload, folder)
         return ChunkStored(index, written)
+
+    async def _still_open(self, upload: UploadRecord, folder: Path) -> None:
+        """After a chunk is on disk: its upload's row is still there, or the folder goes and
+        the chunk is ``404``. A chunk that passed its checks just before a ``complete`` (or an
+        expiry) discarded the upload would otherwise make the folder again, past anything that
+        removes it (found in review). Written first, checked second: whichever of the two, the
+        chunk or the discard, comes last removes the folder."""
+        row = await self.storage.get_upload(upload.heap_id, upload.block_id, upload.hash)
+        if row is None or row.id != upload.id:
+            await self._io(lambda: shutil.rmtree(folder, ignore_errors=True))
+            raise NotFound("this upload was completed meanwhile", code="upload_not_found")
 
     async def status(self, user: User, heap_id: str, block_id: str, hash: str) -> FileState:
         """This block's file: ``uploading`` (with progress), ``complete`` or ``missing``.
