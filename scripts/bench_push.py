@@ -44,6 +44,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -68,27 +69,27 @@ POOL = 25  # blocks per single-push stream
 BATCH = 100
 BATCH_POOL = 1000
 # phase: (streams, blocks per push, a first guess of updates/s to size the bodies made)
-PHASES = {"single": (1, 1, 800.0), "streams16": (16, 1, 2000.0), "batched100": (1, BATCH, 6000.0)}
-BODY_MARGIN = 2.5  # bodies made per stream: the expected need times this
+PHASES = {"single": (1, 1, 600.0), "streams16": (16, 1, 1200.0), "batched100": (1, BATCH, 3000.0)}
+BODY_MARGIN = 2.0  # bodies made per stream: the expected need times this
 PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 
 
-def start_server(workdir: Path, args: argparse.Namespace) -> Server:
-    """As ``bench_sync.start_heaper``, with ``--workers`` passed on when given."""
-    data_dir = workdir / "data"
-    data_dir.mkdir()
+def start_server(workdir: Path, args: argparse.Namespace, tree: Path, label: str) -> Server:
+    """As ``bench_sync.start_heaper``, from the checkout ``tree``, with ``--workers`` passed on
+    when given."""
+    # PostgreSQL: one database, so one server key (data dir) for both servers
+    data_dir = workdir / ("data" if args.engine == "postgres" else f"data_{label}")
+    data_dir.mkdir(exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEAPER_")}
-    env.update(SERVER_ENV)
+    env.update(SERVER_ENV, HEAPER_AUTO_APPROVE="true")  # a new account per run
     argv = [sys.executable, "-m", "heaper_trio", "--port", str(port), "--data-dir", str(data_dir)]
     if args.workers:
         argv += ["--workers", str(args.workers)]
     if args.engine == "postgres":
-        env["HEAPER_AUTO_APPROVE"] = "true"
         argv += ["--database-url", args.database_url]
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return Server("heaper", argv, env, port, "/api/health", workdir)
+    env["PYTHONPATH"] = str(tree)  # that checkout's heaper_trio, nobody else's
+    return Server(f"heaper_{label}", argv, env, port, "/api/health", workdir)
 
 
 def dump(blocks: list[EditedBlock], heap_id: str) -> str:
@@ -118,12 +119,18 @@ def write_streams(
 
 
 async def prepare(
-    client: HeaperClient, heap_id: str, phase: str, bodies_per_stream: int, folder: Path
+    client: HeaperClient,
+    heap_id: str,
+    phase: str,
+    bodies_per_stream: int,
+    folder: Path,
+    warm: bool = False,
 ) -> None:
-    """Blocks created (not timed), then each stream's bodies written to ``folder``."""
+    """Blocks created (not timed), then each stream's bodies written to ``folder``; a warm-up
+    cycles through fewer blocks (creating 1,000 takes a while on a loaded machine)."""
     streams, per_body, _ = PHASES[phase]
     rnd = random.Random(hash((phase, str(folder))) & 0xFFFF)
-    size = BATCH_POOL if per_body > 1 else POOL
+    size = (per_body if warm else BATCH_POOL) if per_body > 1 else POOL
     pools = [[EditedBlock(rnd) for _ in range(size)] for _ in range(streams)]
     await create_all(client, heap_id, [b for pool in pools for b in pool])
     write_streams(folder, pools, heap_id, bodies_per_stream, per_body)
@@ -220,6 +227,7 @@ def run_wrk(
 
 
 async def push_phases(
+    label: str,
     server: Server,
     args: argparse.Namespace,
     run: int,
@@ -232,19 +240,21 @@ async def push_phases(
         await client.login()
         heap = (await client.post("/api/heap/add", json={"name": f"Push {run}"})).json()["heap"]
         token = client.access_token or ""
-        for phase, (streams, per_body, _) in PHASES.items():
+        for phase in args.phases:
+            streams, per_body, _ = PHASES[phase]
             need = rates[phase] * (args.duration + 1) * BODY_MARGIN
             bodies = max(20, math.ceil(need / streams / per_body))
             warm_bodies = max(5, math.ceil(bodies * args.warmup / (args.duration + 1)))
-            folder, warm = workdir / f"r{run}_{phase}", workdir / f"r{run}_{phase}_warm"
-            await prepare(client, heap["id"], phase, warm_bodies, warm)
+            folder = workdir / f"{label}_r{run}_{phase}"
+            warm = workdir / f"{label}_r{run}_{phase}_warm"
+            await prepare(client, heap["id"], phase, warm_bodies, warm, warm=True)
             await prepare(client, heap["id"], phase, bodies, folder)
             if args.warmup:
                 run_wrk(server, warm, token, phase, args.warmup, pg)
             r = run_wrk(server, folder, token, phase, args.duration, pg, args.profile)
             rates[phase] = max(rates[phase], r["updates_per_s"])
             log(
-                f"run {run} {phase}: {r['updates_per_s']} updates/s, p50 {r['p50_ms']} ms, "
+                f"run {run} {label} {phase}: {r['updates_per_s']} updates/s, p50 {r['p50_ms']} ms, "
                 f"server {r['server_cpu_us_per_update']} µs/update "
                 f"({r['server_cpu_util']} of a core), wrk {r['wrk_cpu_util']} of a core"
                 + (f", db {r['db_backends_cpu_us_per_update']} µs/update" if pg else "")
@@ -261,10 +271,10 @@ def baseline(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return asyncio.run(postgres_baseline(args.database_url, args.blob, args.duration))
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(runs: list[dict[str, Any]], label: str) -> dict[str, Any]:
     def ratio(run: dict[str, Any], phase: str, base: str) -> float:
         b = run["baseline"][base]["rows_per_s"]
-        return round(run["push"][phase]["updates_per_s"] / b, 3)
+        return round(run[label][phase]["updates_per_s"] / b, 3)
 
     keys = {
         "single_vs_1_row_commits": ("single", "rows_1_per_commit"),
@@ -272,13 +282,26 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "batched100_vs_100_row_commits": ("batched100", "rows_100_per_commit"),
     }
     out: dict[str, Any] = {}
+    phases = [p for p in PHASES if p in runs[0][label]]
     for name, (phase, base) in keys.items():
+        if phase not in phases:
+            continue
         xs = [ratio(r, phase, base) for r in runs]
         out[name] = {"median": statistics.median(xs), "runs": xs}
-    for phase in PHASES:
-        for k in ("updates_per_s", "server_cpu_us_per_update", "wrk_cpu_util", "server_cpu_util"):
-            xs = [r["push"][phase][k] for r in runs if r["push"][phase][k] is not None]
-            out.setdefault(phase, {})[k] = {"median": statistics.median(xs), "runs": xs}
+    for phase in phases:
+        for k in (
+            "updates_per_s",
+            "server_cpu_us_per_update",
+            "server_cpu_us_per_update_minus_idle",
+            "wrk_cpu_util",
+            "server_cpu_util",
+            "db_backends_cpu_us_per_update",
+        ):
+            xs = [r[label][phase][k] for r in runs if r[label][phase][k] is not None]
+            out.setdefault(phase, {})[k] = {
+                "median": statistics.median(xs) if xs else None,
+                "runs": xs,
+            }
     for base in ("rows_1_per_commit", "rows_100_per_commit"):
         xs = [r["baseline"][base]["rows_per_s"] for r in runs]
         out.setdefault("baseline", {})[base] = {"median": statistics.median(xs), "runs": xs}
@@ -306,10 +329,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--profile", type=Path, help="py-spy the server in each measure into DIR/<phase>.txt"
     )
+    p.add_argument(
+        "--compare",
+        type=Path,
+        help="another checkout (e.g. main's) whose server is measured in the same runs",
+    )
+    p.add_argument(
+        "--phases",
+        type=lambda v: v.split(","),
+        default=list(PHASES),
+        help="comma-separated, of " + ", ".join(PHASES),
+    )
     p.add_argument("--blob", type=int, default=60, help="baseline row size (a typical update)")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the servers are stopped
     if (args.engine == "postgres") != bool(args.database_url):
         p.error("--database-url goes with --engine postgres, and only with it")
+    if set(args.phases) - set(PHASES):
+        p.error(f"--phases: of {', '.join(PHASES)}")
     if not shutil.which("wrk"):
         p.error("wrk is not on PATH (apt-get install wrk)")
     cluster, name = args.database_url, ""
@@ -323,23 +360,50 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="heaper-bench-push-") as tmp:
             workdir = Path(tmp)
-            server = start_server(workdir, args)
+            trees = {"push": Path(__file__).resolve().parent.parent}
+            if args.compare:
+                trees["compare"] = args.compare.resolve()
+            servers = {}
             try:
-                server.wait_ready()
+                for k, t in trees.items():  # one after the other: the first makes the key
+                    servers[k] = start_server(workdir, args, t, k)
+                    servers[k].wait_ready()
                 pg = (cluster, name) if cluster else None
                 for run in range(args.runs):
                     log(f"run {run}: baseline")
-                    base = baseline(args, workdir)
-                    push = trio.run(push_phases, server, args, run, workdir, rates, pg)
-                    runs.append({"baseline": base, "push": push})
-                if server.proc.poll() is not None:
-                    raise RuntimeError(f"the server died:\n{server.log_tail(20)}")
+                    # the servers sit idle meanwhile: their background CPU, to take off below
+                    cpu0 = {k: proc_cpu_s(v.pid) for k, v in servers.items()}
+                    t0 = time.monotonic()
+                    one: dict[str, Any] = {"baseline": baseline(args, workdir)}
+                    idle = {
+                        k: (proc_cpu_s(v.pid) - cpu0[k]) / (time.monotonic() - t0)
+                        for k, v in servers.items()
+                    }
+                    one["server_idle_cpu_util"] = {k: round(v, 3) for k, v in idle.items()}
+                    order = list(servers.items())
+                    for label, server in order if run % 2 == 0 else order[::-1]:
+                        one[label] = trio.run(
+                            push_phases, label, server, args, run, workdir, rates, pg
+                        )
+                        for r in one[label].values():
+                            busy = r["server_cpu_util"] - idle[label]
+                            r["server_cpu_us_per_update_minus_idle"] = (
+                                round(busy / r["updates_per_s"] * 1e6, 1)
+                                if r["updates_per_s"]
+                                else None
+                            )
+                    runs.append(one)
+                for server in servers.values():
+                    if server.proc.poll() is not None:
+                        raise RuntimeError(f"a server died:\n{server.log_tail(20)}")
             finally:
-                server.stop()
+                for server in servers.values():
+                    server.stop()
     finally:
         if cluster:
             asyncio.run(_admin_sql(cluster, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    out["summary"] = summarize(runs)
+    out["trees"] = {k: str(v) for k, v in trees.items()}
+    out["summary"] = {label: summarize(runs, label) for label in trees} if runs else {}
     out["runs"] = runs
     out["machine"] = {"nproc": os.cpu_count(), "loadavg_at_end": os.getloadavg()}
     print(json.dumps(out, indent=2))
