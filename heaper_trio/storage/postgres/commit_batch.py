@@ -69,18 +69,28 @@ _INSERT = (
 )
 
 
+# The changes' block rows, locked, with what ``commit_all`` decides and skips by: whether a
+# block has relation or file rows to replace at all.
+LOCK_ROWS = (
+    "SELECT id, heap_id, last_seq, sync_version, title, text, deleted_at IS NOT NULL AS trashed, "
+    "EXISTS (SELECT 1 FROM block_relations r WHERE r.block_id = b.id) AS has_relations, "
+    "EXISTS (SELECT 1 FROM block_files f WHERE f.block_id = b.id) AS has_files "
+    'FROM blocks b WHERE id = ANY($1::text[]) ORDER BY id COLLATE "C" FOR UPDATE'
+)
+
+
 def batchable(changes: list[BlockChange]) -> bool:
-    """Worth it for two changes or more; one block twice goes one by one (the second is
-    decided against the first's outcome)."""
-    return len(changes) > 1 and len({ch.block_id for ch in changes}) == len(changes)
+    """Fewer round trips than ``commit_change`` from one change up; one block twice goes one
+    by one (the second is decided against the first's outcome)."""
+    return len({ch.block_id for ch in changes}) == len(changes)
 
 
 async def commit_all(
-    c: Conn, changes: list[BlockChange], now: int, heaps: set[str], rows: dict[str, Row]
+    c: Conn, changes: list[BlockChange], now: int, heaps: dict[str, str], rows: dict[str, Row]
 ) -> list[CommitResult]:
-    """``changes`` (distinct blocks) in one go. ``heaps``: the ids of the changes' heaps that
-    exist, row-locked; ``rows``: the changes' existing block rows (``heap_id, last_seq,
-    sync_version, title, text``), row-locked; the blocks' advisory locks are held."""
+    """``changes`` (distinct blocks) in one go. ``heaps``: the changes' heaps that exist,
+    row-locked, by id, with their root block's id; ``rows``: the changes' existing block rows
+    (``LOCK_ROWS``), row-locked; the blocks' advisory locks are held."""
     creating = [ch.block_id for ch in changes if rules.creates(ch)]
     tombstoned: set[str] = set()
     if creating:
@@ -97,7 +107,7 @@ async def commit_all(
         else:
             accepted.append((i, ch, current))
     if accepted:
-        await _write(c, accepted, now, results)
+        await _write(c, accepted, now, results, heaps)
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
 
@@ -107,6 +117,7 @@ async def _write(
     accepted: list[tuple[int, BlockChange, Row | None]],
     now: int,
     results: list[CommitResult | None],
+    roots: dict[str, str],
 ) -> None:
     times = await _tick_heaps(c, [ch.heap_id for _, ch, _ in accepted], now)
     created: list[tuple[Any, ...]] = []
@@ -150,27 +161,31 @@ async def _write(
         if ch.compacted is not None:
             await _compact(c, ch.block_id, *ch.compacted)
     ids = [ch.block_id for _, ch, _ in accepted]
-    await c.execute("DELETE FROM block_relations WHERE block_id = ANY($1::text[])", ids)
+    # A block's relation and file rows are replaced: deleted first if it has any.
+    if any(cur is not None and cur["has_relations"] for _, _, cur in accepted):
+        await c.execute("DELETE FROM block_relations WHERE block_id = ANY($1::text[])", ids)
     if relations:
         await c.execute(
             "INSERT INTO block_relations (block_id, kind, target_id, heap_id) SELECT * FROM "
             "unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
             *rules.columns(relations, 4),
         )
-    await c.execute("DELETE FROM block_files WHERE block_id = ANY($1::text[])", ids)
+    if any(cur is not None and cur["has_files"] for _, _, cur in accepted):
+        await c.execute("DELETE FROM block_files WHERE block_id = ANY($1::text[])", ids)
     if files:
         await c.execute(
             "INSERT INTO block_files (block_id, hash, heap_id) SELECT * FROM "
             "unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
             *rules.columns(files, 3),
         )
-    await c.execute(  # a heap is named after its root block's title
-        "UPDATE heaps h SET name = v.title FROM unnest($1::text[], $2::text[], $3::text[]) "
-        "AS v(block_id, heap_id, title) WHERE h.id = v.heap_id AND h.root_block_id = v.block_id",
-        ids,
-        [ch.heap_id for _, ch, _ in accepted],
-        [ch.projection.title for _, ch, _ in accepted],
-    )
+    named = [ch for _, ch, _ in accepted if roots[ch.heap_id] == ch.block_id]
+    if named:  # a heap is named after its root block's title
+        await c.execute(
+            "UPDATE heaps h SET name = v.title FROM unnest($1::text[], $2::text[]) "
+            "AS v(heap_id, title) WHERE h.id = v.heap_id",
+            [ch.heap_id for ch in named],
+            [ch.projection.title for ch in named],
+        )
 
 
 async def _tick_heaps(c: Conn, heap_ids: list[str], now: int) -> list[int]:

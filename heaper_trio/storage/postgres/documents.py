@@ -294,22 +294,19 @@ async def commit_changes(
     block_ids = sorted({ch.block_id for ch in changes})
     await _lock_blocks(c, block_ids)
     heaps = await c.fetch(
-        'SELECT id FROM heaps WHERE id = ANY($1::text[]) ORDER BY id COLLATE "C" FOR NO KEY UPDATE',
+        "SELECT id, root_block_id FROM heaps WHERE id = ANY($1::text[]) "
+        'ORDER BY id COLLATE "C" FOR NO KEY UPDATE',
         sorted({ch.heap_id for ch in changes}),
     )
-    locked = await c.fetch(
-        "SELECT id, heap_id, last_seq, sync_version, title, text, deleted_at IS NOT NULL AS "
-        'trashed FROM blocks WHERE id = ANY($1::text[]) ORDER BY id COLLATE "C" FOR UPDATE',
-        block_ids,
-    )
+    locked = await c.fetch(commit_batch.LOCK_ROWS, block_ids)
     trashed = {r["id"]: r["trashed"] for r in locked}
     results: list[CommitResult] | None = None
     if commit_batch.batchable(changes):  # a statement per table for them all
         try:
             async with c.transaction():  # a savepoint: on a surprise, one by one below
                 rows = {r["id"]: r for r in locked}
-                heap_ids = {r["id"] for r in heaps}
-                results = await commit_batch.commit_all(c, changes, now, heap_ids, rows)
+                roots = {r["id"]: r["root_block_id"] for r in heaps}
+                results = await commit_batch.commit_all(c, changes, now, roots, rows)
         except (HeapNotFound, asyncpg.UniqueViolationError):
             results = None
     if results is None:
