@@ -397,8 +397,12 @@ def main(argv: list[str] | None = None) -> int:
                     if server.proc.poll() is not None:
                         raise RuntimeError(f"a server died:\n{server.log_tail(20)}")
             finally:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this
                 for server in servers.values():
-                    server.stop()
+                    try:
+                        server.stop()
+                    except Exception as e:  # stop the others still
+                        log(f"stopping {server.name}: {e!r}")
     finally:
         if cluster:
             asyncio.run(_admin_sql(cluster, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
