@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from heaper_trio import crdt
-from heaper_trio.records import ChangePage
+from heaper_trio.records import ChangePage, EncodedChangePage
 from heaper_trio.services.sync_types import (
     BlockView,
     PullItemRequest,
@@ -120,6 +120,25 @@ def delta_bytes(page: ChangePage) -> bytes:
         return orjson.dumps(body)
     except orjson.JSONEncodeError:
         return json.dumps(body).encode()
+
+
+def encoded_delta_bytes(page: EncodedChangePage) -> bytes:
+    """The bytes ``delta_bytes`` makes of the same page, around rows the database encoded."""
+    return b"".join(
+        (
+            b'{"success":true,"changed_blocks":[',
+            page.changed.encode(),
+            b'],"deleted_blocks":[',
+            page.deleted.encode(),
+            b'],"server_time":%d,"has_more":%s,"total_changed":%d,"total_deleted":%d}'
+            % (
+                page.server_time,
+                b"true" if page.has_more else b"false",
+                page.total_changed,
+                page.total_deleted,
+            ),
+        )
+    )
 
 
 def block_view_json(view: BlockView) -> dict[str, Any]:

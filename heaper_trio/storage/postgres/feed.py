@@ -4,9 +4,60 @@
 
 from __future__ import annotations
 
-from heaper_trio.records import ChangePage
+import orjson
+
+from heaper_trio.records import ChangePage, EncodedChangePage
 from heaper_trio.storage.postgres.runtime import Conn
-from heaper_trio.storage.rows import DELTA_COLUMNS, DeltaTotals, delta_rows, page, tie_at
+from heaper_trio.storage.rows import (
+    DELTA_COLUMNS,
+    DeltaTotals,
+    delta_rows,
+    page,
+    page_end,
+    tie_at,
+)
+
+# A changed and a removed block as the answer writes them (``web/json_sync.delta_json``).
+# json_build_object spaces its output (``"a" : 1``), so the objects are put together from
+# ``to_json`` of each text, whose quoting is orjson's (``json_like_orjson`` checks it).
+CHANGED_JSON = (
+    """'{"block_id":' || to_json(id)::text || ',"updated_at":' || updated_at """
+    """|| ',"sync_version":' || sync_version """
+    """|| ',"type":' || COALESCE(to_json(type)::text, 'null') """
+    """|| ',"title":' || to_json(title)::text """
+    """|| ',"deleted_at":' || COALESCE(deleted_at::text, 'null') || '}'"""
+)
+DELETED_JSON = (
+    """'{"block_id":' || to_json(block_id)::text || ',"deleted_at":' || deleted_at || '}'"""
+)
+NO_CUT = 2**63 - 1  # past every change time: "no upper bound" for a last page's range
+# Every character class JSON quoting treats apart (PostgreSQL text holds no NUL).
+PROBE = "".join(map(chr, range(1, 32))) + '"\\/\x7f~é€\u2028\u2029\U0001f600'
+
+
+async def json_like_orjson(c: Conn) -> bool:
+    """True if this server quotes text as orjson does: the encoded feed is only used then
+    (``PostgresStorage.open``), so a server that quotes otherwise cannot change the answer's
+    bytes, it only makes the feed take the Python path."""
+    got = await c.fetchval("SELECT '{\"t\":' || to_json($1::text)::text || '}'", PROBE)
+    return bool(got == orjson.dumps({"t": PROBE}).decode())
+
+
+async def _totals(
+    c: Conn, heap_id: str, since: int, clock: int, memo: DeltaTotals | None
+) -> tuple[int, int]:
+    """What lies after ``since``: carried from the walk's previous page, or counted."""
+    totals = None if memo is None else memo.get(heap_id, since, clock)
+    if totals is None:
+        row = await c.fetchrow(
+            "SELECT (SELECT COUNT(*) FROM blocks WHERE heap_id=$1 AND updated_at > $2), "
+            "(SELECT COUNT(*) FROM block_tombstones WHERE heap_id=$1 AND deleted_at > $2)",
+            heap_id,
+            since,
+        )
+        assert row is not None  # a SELECT without FROM gives one row
+        totals = (int(row[0]), int(row[1]))
+    return totals
 
 
 async def changes_since(
@@ -49,16 +100,7 @@ async def changes_since(
             tie,
             deleted[-1][0],
         )
-    totals = None if memo is None else memo.get(heap_id, since, clock)
-    if totals is None:
-        row = await c.fetchrow(
-            "SELECT (SELECT COUNT(*) FROM blocks WHERE heap_id=$1 AND updated_at > $2), "
-            "(SELECT COUNT(*) FROM block_tombstones WHERE heap_id=$1 AND deleted_at > $2)",
-            heap_id,
-            since,
-        )
-        assert row is not None  # a SELECT without FROM gives one row
-        totals = (int(row[0]), int(row[1]))
+    totals = await _totals(c, heap_id, since, clock, memo)
     answer = page(
         delta_rows(rows),
         [(r[0], r[1]) for r in deleted],
@@ -70,3 +112,60 @@ async def changes_since(
     if memo is not None:
         memo.carry(heap_id, answer, clock)
     return answer
+
+
+async def changes_since_encoded(
+    c: Conn, heap_id: str, since: int, limit: int, memo: DeltaTotals | None = None
+) -> EncodedChangePage:
+    """``changes_since``'s page with its rows written as JSON by PostgreSQL, one string per
+    feed (``string_agg`` in (time, id) order): where the page ends is found first from two
+    rows of each feed's index (``page_end``), then everything up to that end is one range."""
+    clock_row = await c.fetchval("SELECT clock FROM heaps WHERE id=$1", heap_id)
+    clock = int(clock_row) if clock_row is not None else since
+    ends = await c.fetch(
+        "SELECT updated_at FROM blocks WHERE heap_id=$1 AND updated_at > $2 "
+        'ORDER BY updated_at, id COLLATE "C" LIMIT 2 OFFSET $3',
+        heap_id,
+        since,
+        limit - 1,
+    )
+    deleted_ends = await c.fetch(
+        "SELECT deleted_at FROM block_tombstones WHERE heap_id=$1 AND deleted_at > $2 "
+        'ORDER BY deleted_at, block_id COLLATE "C" LIMIT 2 OFFSET $3',
+        heap_id,
+        since,
+        limit - 1,
+    )
+    cut = page_end(ends, deleted_ends)
+    upto = NO_CUT if cut is None else cut
+    changed = await c.fetchrow(
+        f"SELECT COUNT(*), string_agg({CHANGED_JSON}, ',' ORDER BY updated_at, id COLLATE \"C\") "
+        "FROM blocks WHERE heap_id=$1 AND updated_at > $2 AND updated_at <= $3",
+        heap_id,
+        since,
+        upto,
+    )
+    deleted = await c.fetchrow(
+        f"SELECT COUNT(*), string_agg({DELETED_JSON}, ',' "
+        'ORDER BY deleted_at, block_id COLLATE "C") '
+        "FROM block_tombstones WHERE heap_id=$1 AND deleted_at > $2 AND deleted_at <= $3",
+        heap_id,
+        since,
+        upto,
+    )
+    assert changed is not None and deleted is not None  # an aggregate gives one row
+    total_changed, total_deleted = await _totals(c, heap_id, since, clock, memo)
+    server_time = clock if cut is None else cut
+    if memo is not None:
+        left = (total_changed - changed[0], total_deleted - deleted[0])
+        memo.carry_counts(heap_id, server_time, *left, clock)
+    return EncodedChangePage(
+        changed[1] or "",
+        deleted[1] or "",
+        changed[0],
+        deleted[0],
+        server_time,
+        cut is not None,
+        total_changed,
+        total_deleted,
+    )
