@@ -128,8 +128,9 @@ async def _commit_all(storage: Any, heap_id: str, user_id: str, n: int) -> float
 
 def _pg_copy_all(dsn: str, heap_id: str, user_id: str, n: int) -> float:
     """The blocks of ``block_change`` as rows, by COPY on a plain asyncpg connection, change
-    times after the heap's clock, the clock moved past them (what a commit would leave for
-    the feed to read; no update log, no search rows: delta reads neither)."""
+    times after the heap's clock, the clock and the heap's usage counters moved past them
+    (what a commit would leave for the feed to read; no update log, no search rows: delta
+    reads neither)."""
 
     async def copy() -> float:
         import asyncpg
@@ -158,9 +159,14 @@ def _pg_copy_all(dsn: str, heap_id: str, user_id: str, n: int) -> float:
                     "updated_at",
                     "state_vector",
                 ]
+                # the usage trigger updates the heap row once per block: within one transaction
+                # each update walks the row's versions so far, quadratic in the rows (100k: many
+                # minutes); off for the COPY, its counts set once below
+                await conn.execute("ALTER TABLE blocks DISABLE TRIGGER blocks_usage_insert")
                 await conn.copy_records_to_table("blocks", records=rows, columns=columns)
+                await conn.execute("ALTER TABLE blocks ENABLE TRIGGER blocks_usage_insert")
                 await conn.execute(
-                    "UPDATE heaps SET clock=$1, block_count=block_count + $2 WHERE id=$3",
+                    "UPDATE heaps SET clock=$1, block_count=block_count + $2 WHERE id=$3",  # size 0
                     clock + n,
                     n,
                     heap_id,

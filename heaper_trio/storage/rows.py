@@ -265,8 +265,13 @@ class DeltaTotals:
         self._totals: OrderedDict[tuple[str, int], tuple[int, int, int]] = OrderedDict()
         self.hits = 0  # pages answered without counting (tests and benchmarks read it)
 
+    def take(self, heap_id: str, since: int) -> tuple[int, int, int] | None:
+        """(clock, changed, deleted) remembered after ``since``, forgotten here: for an engine
+        that compares the clock in the very statement that would count otherwise."""
+        return self._totals.pop((heap_id, since), None)
+
     def get(self, heap_id: str, since: int, clock: int) -> tuple[int, int] | None:
-        found = self._totals.pop((heap_id, since), None)
+        found = self.take(heap_id, since)
         if found is None or found[0] != clock:
             return None
         self.hits += 1

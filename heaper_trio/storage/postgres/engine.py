@@ -397,7 +397,7 @@ class PostgresStorage(
         if not self.sql_json:
             return encoded_page(await self.changes_since(heap_id, since, limit))
         args = (heap_id, since, limit, self.delta_totals)
-        return await self._run(docs.snapshot, feed.changes_since_encoded, *args)
+        return await self._run(read, feed.changes_since_encoded, *args)  # one statement
 
     async def related(self, block_id: str) -> dict[str, list[str]]:
         return await self._run(read, docs.related, block_id)

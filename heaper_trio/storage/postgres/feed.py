@@ -13,7 +13,6 @@ from heaper_trio.storage.rows import (
     DeltaTotals,
     delta_rows,
     page,
-    page_end,
     tie_at,
 )
 
@@ -114,56 +113,65 @@ async def changes_since(
     return answer
 
 
+# One statement, so one snapshot without a transaction and one round trip (each costs the
+# server more CPU than the page's rows do, issue 12 item 4): the heap's clock; the change time
+# of each feed's ``limit``-th row after ``since``, when a row follows it (``page_end``); the
+# page's range in both feeds, up to the earlier of those times, as JSON; and the totals of
+# what follows ``since``, counted only when the clock is not the one the walk's previous page
+# left them at ($4, NULL when nothing was carried).
+ENCODED_PAGE = f"""
+WITH h AS (SELECT clock FROM heaps WHERE id = $1),
+ce AS (SELECT updated_at FROM blocks WHERE heap_id = $1 AND updated_at > $2
+       ORDER BY updated_at, id COLLATE "C" LIMIT 2 OFFSET $3),
+de AS (SELECT deleted_at FROM block_tombstones WHERE heap_id = $1 AND deleted_at > $2
+       ORDER BY deleted_at, block_id COLLATE "C" LIMIT 2 OFFSET $3),
+cut AS (SELECT LEAST((SELECT min(updated_at) FROM ce HAVING COUNT(*) = 2),
+                     (SELECT min(deleted_at) FROM de HAVING COUNT(*) = 2)) AS at),
+fresh AS (SELECT $4::bigint IS NULL OR (SELECT clock FROM h) IS DISTINCT FROM $4 AS count)
+SELECT (SELECT clock FROM h), (SELECT at FROM cut), c.n, c.rows, d.n, d.rows,
+    CASE WHEN (SELECT count FROM fresh) THEN
+        (SELECT COUNT(*) FROM blocks WHERE heap_id = $1 AND updated_at > $2) END,
+    CASE WHEN (SELECT count FROM fresh) THEN
+        (SELECT COUNT(*) FROM block_tombstones WHERE heap_id = $1 AND deleted_at > $2) END
+FROM (SELECT COUNT(*) AS n, string_agg({CHANGED_JSON}, ',' ORDER BY updated_at, id COLLATE "C")
+          AS rows
+      FROM blocks WHERE heap_id = $1 AND updated_at > $2
+          AND updated_at <= COALESCE((SELECT at FROM cut), {NO_CUT})) c,
+     (SELECT COUNT(*) AS n,
+          string_agg({DELETED_JSON}, ',' ORDER BY deleted_at, block_id COLLATE "C") AS rows
+      FROM block_tombstones WHERE heap_id = $1 AND deleted_at > $2
+          AND deleted_at <= COALESCE((SELECT at FROM cut), {NO_CUT})) d
+"""
+
+
 async def changes_since_encoded(
     c: Conn, heap_id: str, since: int, limit: int, memo: DeltaTotals | None = None
 ) -> EncodedChangePage:
     """``changes_since``'s page with its rows written as JSON by PostgreSQL, one string per
-    feed (``string_agg`` in (time, id) order): where the page ends is found first from two
-    rows of each feed's index (``page_end``), then everything up to that end is one range."""
-    clock_row = await c.fetchval("SELECT clock FROM heaps WHERE id=$1", heap_id)
-    clock = int(clock_row) if clock_row is not None else since
-    ends = await c.fetch(
-        "SELECT updated_at FROM blocks WHERE heap_id=$1 AND updated_at > $2 "
-        'ORDER BY updated_at, id COLLATE "C" LIMIT 2 OFFSET $3',
-        heap_id,
-        since,
-        limit - 1,
+    feed (``string_agg`` in (time, id) order), in one statement (``ENCODED_PAGE``): run it
+    with the ``read`` runner, no transaction."""
+    carried = None if memo is None else memo.take(heap_id, since)
+    row = await c.fetchrow(
+        ENCODED_PAGE, heap_id, since, limit - 1, None if carried is None else carried[0]
     )
-    deleted_ends = await c.fetch(
-        "SELECT deleted_at FROM block_tombstones WHERE heap_id=$1 AND deleted_at > $2 "
-        'ORDER BY deleted_at, block_id COLLATE "C" LIMIT 2 OFFSET $3',
-        heap_id,
-        since,
-        limit - 1,
-    )
-    cut = page_end(ends, deleted_ends)
-    upto = NO_CUT if cut is None else cut
-    changed = await c.fetchrow(
-        f"SELECT COUNT(*), string_agg({CHANGED_JSON}, ',' ORDER BY updated_at, id COLLATE \"C\") "
-        "FROM blocks WHERE heap_id=$1 AND updated_at > $2 AND updated_at <= $3",
-        heap_id,
-        since,
-        upto,
-    )
-    deleted = await c.fetchrow(
-        f"SELECT COUNT(*), string_agg({DELETED_JSON}, ',' "
-        'ORDER BY deleted_at, block_id COLLATE "C") '
-        "FROM block_tombstones WHERE heap_id=$1 AND deleted_at > $2 AND deleted_at <= $3",
-        heap_id,
-        since,
-        upto,
-    )
-    assert changed is not None and deleted is not None  # an aggregate gives one row
-    total_changed, total_deleted = await _totals(c, heap_id, since, clock, memo)
+    assert row is not None  # aggregates give one row
+    clock = since if row[0] is None else int(row[0])
+    cut: int | None = None if row[1] is None else int(row[1])
+    n_changed, changed, n_deleted, deleted = int(row[2]), row[3], int(row[4]), row[5]
+    if row[6] is None and carried is not None:  # the clock it was carried at: still exact
+        memo.hits += 1  # type: ignore[union-attr]
+        total_changed, total_deleted = carried[1], carried[2]
+    else:
+        total_changed, total_deleted = int(row[6]), int(row[7])
     server_time = clock if cut is None else cut
     if memo is not None:
-        left = (total_changed - changed[0], total_deleted - deleted[0])
+        left = (total_changed - n_changed, total_deleted - n_deleted)
         memo.carry_counts(heap_id, server_time, *left, clock)
     return EncodedChangePage(
-        changed[1] or "",
-        deleted[1] or "",
-        changed[0],
-        deleted[0],
+        changed or "",
+        deleted or "",
+        n_changed,
+        n_deleted,
         server_time,
         cut is not None,
         total_changed,
