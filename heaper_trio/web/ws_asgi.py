@@ -100,4 +100,6 @@ class LiveSockets:
                 log.exception("%s connection failed", scope["path"])
                 await transport.close(CLOSE_INTERNAL_ERROR, "internal error")
                 return
+            finally:  # cancelled with a frame begun by a direct write (close finishes it)
+                transport.abandon()
         await transport.close(CLOSE_NORMAL, "")  # nothing if closed or gone already

@@ -1,7 +1,10 @@
 """One ``/ws`` connection at run time: the I/O around the pure :class:`LiveSession`.
 
-The connection owns a nursery: the reader (this task), one writer draining a bounded outbox
-and one worker per open document; its timers are ticked by one task for all (:func:`tick_all`).
+The connection owns a nursery: the reader (this task), a writer draining a bounded outbox while
+it holds frames, and one worker per open document; its timers are ticked by one task for all
+(:func:`tick_all`). A frame with nothing queued before it goes straight to the socket from
+whoever sends it (``write_now``); only what the socket cannot take at once waits for a writer
+task (issue 12, item 1: a writer's wake-up per socket per update was most of a delivery's cost).
 Closing the socket, a protocol error, a slow consumer or server shutdown cancels that nursery,
 so everything the connection started ends with it (stack-pitfalls 1.).
 
@@ -42,7 +45,7 @@ from heaper_trio.services.live.context import Grant, LiveContext
 from heaper_trio.services.live.doc_workers import DocumentWorker, EventsWorker
 from heaper_trio.services.live.hub import LiveHub, Room, Subscription
 from heaper_trio.services.live.outbox import Outbox
-from heaper_trio.services.live.rooms import Transport
+from heaper_trio.services.live.rooms import BUSY, PARTIAL, Transport
 
 log = logging.getLogger(__name__)
 KEEPALIVE_TICK_S = 2.0  # how often the timers (trio's clock) and the grants are looked at
@@ -78,6 +81,8 @@ class LiveConnection:
         self._scope: trio.CancelScope | None = None
         self.last_check = trio.current_time()  # of every grant's account (RECHECK_ACCOUNT_S)
         self._checking = False
+        self._writing = False  # a writer task runs (or is about to)
+        self._wrote = False  # a frame went out since the last tick (session.wrote)
 
     # -- lifetime ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -89,7 +94,6 @@ class LiveConnection:
             async with trio.open_nursery() as nursery:
                 self._nursery, self._scope = nursery, nursery.cancel_scope
                 try:
-                    nursery.start_soon(self._writer)
                     # Timers and shutdown: one task ticks every connection (a task of its
                     # own cost each connection ~3 KiB; issue 12, memory per idle WebSocket).
                     hub.keepalive.add(self)
@@ -141,30 +145,72 @@ class LiveConnection:
                 return
 
     async def _writer(self) -> None:
+        """Runs while the outbox holds frames or the transport a frame begun by a direct
+        write (which its next write finishes first); ends when both are done."""
         counters = self.live.counters
-        outbox, send_many, session = self.outbox, self.transport.send_many, self.session
-        while True:  # every frame queued since the last turn, in one write (bounded)
-            frames = await outbox.take_many()
-            await send_many(frames)
-            session.wrote(trio.current_time())
-            counters.messages_out += len(frames)
-            counters.bytes_out += sum(map(len, frames))
-            if outbox.frames:  # more at once: yield first (a send to a closed socket does
-                await trio.lowlevel.checkpoint()  # not); else take_many waits, which yields
+        outbox, transport = self.outbox, self.transport
+        try:
+            while True:  # every frame queued since the last turn, in one write (bounded)
+                frames = outbox.take_ready()
+                if not frames and not transport.holding:
+                    return
+                await transport.send_many(frames)
+                self._wrote = True
+                counters.messages_out += len(frames)
+                counters.bytes_out += sum(map(len, frames))
+                if outbox.frames:  # more at once: yield first (a send to a closed socket
+                    await trio.lowlevel.checkpoint()  # does not)
+        finally:
+            self._writing = False
+
+    def _wake_writer(self) -> None:
+        if not self._writing and self._nursery is not None:
+            self._writing = True
+            self._nursery.start_soon(self._writer)
+
+    def _write_now(self, frame: bytes) -> bool:
+        """Out at once, when nothing is queued before it and the transport can: True when
+        the frame is on its way (a writer woken for the part the socket did not take)."""
+        if self.outbox.frames:
+            return False
+        done = self.transport.write_now(frame)
+        if done == BUSY:
+            return False
+        counters = self.live.counters
+        counters.messages_out += 1
+        counters.bytes_out += len(frame)
+        self._wrote = True
+        if done == PARTIAL:
+            self._wake_writer()
+        return True
+
+    def _queue(self, frame: bytes) -> bool:
+        """Out now, or into the outbox for the writer; False when the outbox is full."""
+        if self._write_now(frame):
+            return True
+        if not self.outbox.offer(frame):
+            return False
+        self._wake_writer()
+        return True
 
     def send_frame(self, frame: bytes) -> bool:
         """Fan-out from the hub: never waits. A consumer too slow for its outbox is dropped;
         it reconnects and resyncs by state vector, losing nothing."""
         if self.session.closed:
             return False
-        if not self.outbox.offer(frame):
+        if not self._queue(frame):
             self.live.counters.dropped_slow_consumer()
             self.disconnect(CLOSE_TRY_AGAIN_LATER, "too slow to keep up; resync")
             return False
         return True
 
     async def reply(self, frame: bytes) -> None:
+        """A document's own reply: waits for room in the outbox (a big initial sync paces
+        itself) rather than dropping the connection."""
+        if self._write_now(frame):
+            return
         await self.outbox.put(frame)
+        self._wake_writer()
 
     # -- actions ------------------------------------------------------------------------------
     async def perform(self, actions: list[s.Action]) -> None:
@@ -261,11 +307,14 @@ class LiveConnection:
         pings, and the grants, checked in a task of their own only when one is due."""
         if self.session.closed or self._nursery is None:
             return
+        if self._wrote:  # per tick, not per frame: fan-out is the hot path
+            self._wrote = False
+            self.session.wrote(now)
         for action in self.session.tick(now):
             if isinstance(action, s.Disconnect):
                 return self.disconnect(action.code, action.reason)
             if isinstance(action, s.Send):
-                self.outbox.offer(action.frame)  # a ping: pointless behind a full outbox
+                self._queue(action.frame)  # a ping: pointless behind a full outbox
         recheck = now - self.last_check > RECHECK_ACCOUNT_S
         if self._checking or not (recheck or self._grant_due()):
             return
@@ -301,7 +350,7 @@ class LiveConnection:
                 await self.perform(self.session.denied(address, reason))
             elif wall > grant.expires_at - TOKEN_RENEW_BEFORE_S and not grant.renewal_asked:
                 grant.renewal_asked = True
-                self.outbox.offer(m.encode(m.TokenRequest(address)))
+                self._queue(m.encode(m.TokenRequest(address)))
 
 
 async def tick_all(hub: LiveHub, shutdown: trio.Event) -> None:
