@@ -13,7 +13,7 @@ room; updates waiting in its inbox are stored together in one commit and each is
 with ``SyncStatus(true)`` only once durable (the contract's ack rule; Hocuspocus acks from
 memory); the others get them after that commit, or before it with ``RELAY_BEFORE_COMMIT``
 (``LiveHub.relay``). The worker is the only writer of its document's replies, the hub the
-only writer of fan-out, and both go through the outbox.
+only writer of fan-out, and both go through the outbox (straight to the socket when it is empty).
 
 What a connection may use of the services is its :class:`LiveContext`. The timers (idle, auth,
 ping) are the session's, fed ``trio.current_time()``; token expiry is wall time, read through
@@ -45,6 +45,7 @@ from heaper_trio.services.live.context import Grant, LiveContext
 from heaper_trio.services.live.doc_workers import DocumentWorker, EventsWorker
 from heaper_trio.services.live.hub import LiveHub, Room, Subscription
 from heaper_trio.services.live.outbox import Outbox
+from heaper_trio.services.live.output import ConnectionOutput
 from heaper_trio.services.live.rooms import BUSY, PARTIAL, Transport
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ SPLIT_IN_THREAD_BYTES = 1024 * 1024
 RELAY_BEFORE_COMMIT = True
 
 
-class LiveConnection:
+class LiveConnection(ConnectionOutput):
     def __init__(
         self, transport: Transport, live: LiveContext, connection_token: str | None
     ) -> None:
@@ -144,55 +145,6 @@ class LiveConnection:
             if self.session.closed:
                 return
 
-    async def _writer(self) -> None:
-        """Runs while the outbox holds frames or the transport a frame begun by a direct
-        write (which its next write finishes first); ends when both are done."""
-        counters = self.live.counters
-        outbox, transport = self.outbox, self.transport
-        try:
-            while True:  # every frame queued since the last turn, in one write (bounded)
-                frames = outbox.take_ready()
-                if not frames and not transport.holding:
-                    return
-                await transport.send_many(frames)
-                self._wrote = True
-                counters.messages_out += len(frames)
-                counters.bytes_out += sum(map(len, frames))
-                if outbox.frames:  # more at once: yield first (a send to a closed socket
-                    await trio.lowlevel.checkpoint()  # does not)
-        finally:
-            self._writing = False
-
-    def _wake_writer(self) -> None:
-        if not self._writing and self._nursery is not None:
-            self._writing = True
-            self._nursery.start_soon(self._writer)
-
-    def _write_now(self, frame: bytes) -> bool:
-        """Out at once, when nothing is queued before it and the transport can: True when
-        the frame is on its way (a writer woken for the part the socket did not take)."""
-        if self.outbox.frames:
-            return False
-        done = self.transport.write_now(frame)
-        if done == BUSY:
-            return False
-        counters = self.live.counters
-        counters.messages_out += 1
-        counters.bytes_out += len(frame)
-        self._wrote = True
-        if done == PARTIAL:
-            self._wake_writer()
-        return True
-
-    def _queue(self, frame: bytes) -> bool:
-        """Out now, or into the outbox for the writer; False when the outbox is full."""
-        if self._write_now(frame):
-            return True
-        if not self.outbox.offer(frame):
-            return False
-        self._wake_writer()
-        return True
-
     def send_frame(self, frame: bytes) -> bool:
         """Fan-out from the hub: never waits. A consumer too slow for its outbox is dropped;
         it reconnects and resyncs by state vector, losing nothing."""
@@ -214,14 +166,6 @@ class LiveConnection:
         self.live.counters.dropped_slow_consumer()
         self.disconnect(CLOSE_TRY_AGAIN_LATER, "too slow to keep up; resync")
         return False
-
-    async def reply(self, frame: bytes) -> None:
-        """A document's own reply: waits for room in the outbox (a big initial sync paces
-        itself) rather than dropping the connection."""
-        if self._write_now(frame):
-            return
-        await self.outbox.put(frame)
-        self._wake_writer()
 
     # -- actions ------------------------------------------------------------------------------
     async def perform(self, actions: list[s.Action]) -> None:

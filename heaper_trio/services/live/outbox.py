@@ -1,5 +1,6 @@
 """The bounded outbox between a connection's producers (document workers, the hub's fan-out)
-and its single writer task."""
+and the writer task that drains it (a connection starts one only while frames wait: a frame
+with nothing queued before it goes straight to the socket, services/live/connection.py)."""
 
 from __future__ import annotations
 
