@@ -9,8 +9,9 @@ stored rows. So a room can be dropped at any moment without losing anything.
 
 Fan-out is coalesced: committed updates are queued per room and one flusher task sends each
 subscriber one merged frame per scheduling turn (hocuspocus PR #1130: N writers must not cost
-N x N sends). Sends never block: a subscriber whose queue is full is dropped by its connection
-(it reconnects and resyncs by state vector).
+N x N sends); a live batch relayed before its commit goes out at once from the relaying task,
+unless its room had one go out within the last millisecond. Sends never block: a subscriber
+whose queue is full is dropped by its connection (it reconnects and resyncs by state vector).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ EXPIRE_EVERY_S = 5.0
 MAX_CONCURRENT_LOADS = 8
 SPLIT_BYTES = 256 * 1024  # whole states larger than this go out in pieces
 SPLIT_IN_THREAD_BYTES = 1024 * 1024
+DIRECT_EVERY_S = 0.001  # a room's relayed batches fanned out at once, at most this often
 
 
 class LiveHub(HubEvents):
@@ -271,8 +273,23 @@ class LiveHub(HubEvents):
             if changed:
                 room.pending.append((update, sub))
         if room.pending:
-            self._mark(room)
+            self._flush_now(room)
         return Relayed(sub, doc, frozenset(relayed))
+
+    def _flush_now(self, room: Room) -> None:
+        """Fan out what the room holds now, in this task, rather than in the flusher's: that
+        was two more scheduling turns between a relayed update's arrival and its fan-out, and
+        the commit's own work ran in between (issue 12, item 1). What the room held before
+        goes out with it, merged, as the flusher would have sent it (order per document). At
+        most once per ``DIRECT_EVERY_S`` per room: writers relaying at the same moment are
+        coalesced by the flusher as before (N writers must not cost N x N sends)."""
+        now = trio.current_time()
+        if now - room.flushed_at < DIRECT_EVERY_S:
+            self._mark(room)
+            return
+        room.flushed_at = now
+        self._dirty.pop(room, None)
+        self._flush_room(room)
 
     def on_remote(self, committed: Committed) -> None:
         """A change committed by another process (a pointer: no update bytes). PostgreSQL

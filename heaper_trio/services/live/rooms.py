@@ -3,6 +3,7 @@ the subscriptions, and the sinks the hub sends through (and the transport below 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -89,6 +90,7 @@ class Room:
     purged: bool = False  # gone for good: nothing more is relayed before it is stored
     early: list[tuple[bytes, int]] = field(default_factory=list)  # (update, sync_version)
     pending: list[tuple[bytes, object | None]] = field(default_factory=list)
+    flushed_at: float = -math.inf  # the last fan-out straight from a relay (LiveHub.relay)
     catching_up: bool = False
     # Another process announced a change this room may lack: reread storage (again) before
     # the catch-up ends, or once loaded.
