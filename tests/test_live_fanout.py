@@ -17,6 +17,7 @@ from heaper_trio.protocol import frames
 from heaper_trio.protocol import messages as m
 from heaper_trio.protocol.names import parse_document_name
 from heaper_trio.services.live import connection as live_connection
+from heaper_trio.services.live import hub as live_hub
 from heaper_trio.services.live.hub import Subscription
 
 from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets, live_client  # noqa: F401 (autouse)
@@ -186,3 +187,42 @@ async def test_refused_batches_are_not_relayed(
         await a.send(m.Awareness(stale, m.encode_awareness([entry])))
         await b.expect(m.Awareness, lambda x: x.address == current)
         assert not any(isinstance(x, m.SyncUpdate) and x.address == current for x in b.seen)
+
+
+async def test_a_relayed_batch_goes_out_at_once_and_writers_together_are_coalesced(
+    admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relayed from the worker's task, without waiting for the flusher's turn; a second
+    writer relaying within ``DIRECT_EVERY_S`` goes through the flusher (merged with what
+    else waits), never lost."""
+    monkeypatch.setattr(live_hub, "DIRECT_EVERY_S", 60.0)  # "at the same moment", however slow
+    heap = await new_heap(admin)
+    block = ClientBlock()
+    block.write("Shared")
+    await push(admin, block.push_item(heap["id"]))
+    block.synced = block.doc.get_state()
+    hub = server.services.hub
+    address = f"{heap['id']}:{block.id}"
+    name = parse_document_name(address)
+    assert name is not None
+    sinks = [RecordingSink() for _ in range(3)]
+    subs = [Subscription(sink, address, name, "u") for sink in sinks]
+    for sub in subs:
+        await hub.join(sub)
+    try:
+        block.write("Shared", "first")
+        first = block.pending()
+        block.synced = block.doc.get_state()
+        block.meta["second"] = "yes"
+        second = block.pending()
+        assert hub.relay(subs[0], [first]) is not None
+        assert len(sinks[1].frames) == 1 and not sinks[0].frames  # no checkpoint in between
+        assert hub.relay(subs[1], [second]) is not None
+        assert len(sinks[2].frames) == 1  # within DIRECT_EVERY_S: the flusher's
+        with trio.fail_after(5):
+            while len(sinks[2].frames) < 2:
+                await trio.sleep(0.001)
+        assert b"second" in sinks[2].frames[1] and sinks[0].frames and len(sinks[1].frames) == 1
+    finally:
+        for sub in subs:
+            hub.leave(sub)
