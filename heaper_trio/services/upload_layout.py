@@ -23,10 +23,12 @@ yet marked are sent again) or a store file whose hash was checked before its ren
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
 import re
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -35,13 +37,18 @@ import trio
 
 from heaper_trio.errors import NotFound
 from heaper_trio.records import UploadRecord
-from heaper_trio.services.upload_disk import READ_BLOCK, CopyRange, Write, _commit, receive_body
+from heaper_trio.services.upload_disk import CopyRange, Data, Write, _commit, receive_body
+from heaper_trio.services.upload_hash import Claim, UploadHashes, hash_range
 
 DATA = "data"
 PIECE = re.compile(r"([0-9]{1,9})\.(chunk|done)")
 Io = Callable[..., Awaitable[Any]]
 T = TypeVar("T")
 LOCK_RETRY_S = 0.05
+# Chunks read back for the running hash by one request, at most (besides its own): after a
+# restart the hash starts again from chunk 0, and one answer must not wait for gigabytes.
+CATCH_UP_BYTES = 64 * 1024 * 1024
+BUSY = {errno.EAGAIN, errno.EACCES}
 
 
 def chunk_length(upload: UploadRecord, index: int) -> int:
@@ -128,6 +135,41 @@ async def locked(io: Io, fn: Callable[..., T], *args: Any) -> T:
             await trio.sleep(LOCK_RETRY_S)
 
 
+def lock_range(f: BinaryIO, start: int, length: int) -> bool | None:
+    """An exclusive lock on ``[start, start + length)`` of ``f`` (an open file description
+    lock: per open file, across processes and threads, gone when ``f`` closes); False when
+    another writer holds it, None where the file system has no such locks."""
+    flock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, start, max(length, 1), 0)
+    try:
+        fcntl.fcntl(f.fileno(), fcntl.F_OFD_SETLK, flock)
+    except OSError as e:
+        if e.errno in BUSY:
+            return False
+        return None
+    return True
+
+
+def open_chunk(folder: Path, upload: UploadRecord, index: int) -> tuple[BinaryIO, bool] | None:
+    """``data`` for writing chunk ``index`` (``LOCK_SH``), and whether this writer alone
+    writes the chunk's bytes (its range locked: False where the file system cannot lock
+    ranges); None when the chunk goes to a file of its own instead: received already (a
+    resend, also one that waited for the range while the first writer marked it), being
+    written by another request, or an upload begun before ``data``. So no byte of a chunk in
+    ``data`` changes once it is marked (what the running hash relies on)."""
+    if goes_to_its_own_file(folder, index):
+        return None
+    f = open_data(folder, upload.size, fcntl.LOCK_SH)
+    try:
+        alone = lock_range(f, index * upload.chunk_size, chunk_length(upload, index))
+        if alone is False or (folder / f"{index}.done").exists():
+            f.close()
+            return None
+    except BaseException:
+        f.close()
+        raise
+    return f, alone is True
+
+
 def mark_received(f: BinaryIO, folder: Path, index: int) -> None:
     """The chunk's bytes synced first, then its marker and the marker's name."""
     f.flush()
@@ -140,6 +182,42 @@ def mark_received(f: BinaryIO, folder: Path, index: int) -> None:
         os.close(fd)
 
 
+def _write_hashing(write: Write, f: BinaryIO, data: Data, claim: Claim | None) -> None:
+    """One block to the disk and, when this chunk comes next, into its running hash (the
+    same thread job: the hash overlaps the next network read, on the other core)."""
+    write(f, data)
+    if claim is not None:
+        claim.update(data)
+
+
+def _mark_and_hash(
+    f: BinaryIO,
+    folder: Path,
+    upload: UploadRecord,
+    index: int,
+    hashes: UploadHashes | None,
+    claim: Claim | None,
+) -> None:
+    """Marked received, then its hash taken in (one thread job: a cancel cannot come
+    between), then the chunks that came ahead read back into the hash, then closed (its
+    locks go). ``hashes`` None: ranges cannot be locked here, nothing is hashed before
+    ``complete``."""
+    mark_received(f, folder, index)
+    if hashes is None:
+        f.close()
+        return
+    hashes.settle(claim, marked=True)
+    hashes.catch_up(
+        upload.id,
+        f,
+        folder,
+        upload.chunk_size,
+        upload.size,
+        CATCH_UP_BYTES + chunk_length(upload, index),
+    )
+    f.close()
+
+
 async def write_chunk(
     io: Io,
     write: Write,
@@ -147,25 +225,41 @@ async def write_chunk(
     upload: UploadRecord,
     index: int,
     body: AsyncIterator[bytes],
-) -> int:
-    """The body straight into ``data`` at the chunk's offset, then marked received."""
+    hashes: UploadHashes,
+) -> int | None:
+    """The body straight into ``data`` at the chunk's offset, then marked received and
+    hashed; None (nothing read): the chunk goes to a file of its own (``open_chunk``)."""
     expected = chunk_length(upload, index)
-    f = await locked(io, open_data, folder, upload.size, fcntl.LOCK_SH)
+    opened = await locked(io, open_chunk, folder, upload, index)
+    if opened is None:
+        return None
+    f, alone = opened
+    claim = hashes.claim(upload.id, os.fstat(f.fileno()).st_ino, index) if alone else None
     try:
         f.seek(index * upload.chunk_size)
-        written = await receive_body(body, expected, f"chunk {index}", lambda b: io(write, f, b))
-        await io(mark_received, f, folder, index)
+        written = await receive_body(
+            body, expected, f"chunk {index}", lambda b: io(_write_hashing, write, f, b, claim)
+        )
+        await io(_mark_and_hash, f, folder, upload, index, hashes if alone else None, claim)
     finally:
-        with trio.CancelScope(shield=True):  # a client gone mid-body: closed all the same
-            await io(f.close)
+        hashes.settle(claim, marked=False)  # a write cut off: its hash is dropped
+        if not f.closed:
+            with trio.CancelScope(shield=True):  # a client gone mid-body: closed all the same
+                await io(f.close)
     return written
 
 
-def complete_in_place(folder: Path, upload: UploadRecord, write: Write, final: Path | None) -> str:
+def complete_in_place(
+    folder: Path, upload: UploadRecord, write: Write, final: Path | None, hashes: UploadHashes
+) -> str:
     """The SHA-256 of ``data`` under ``LOCK_EX``, every chunk file copied in at its offset
     first; when it is ``upload.hash`` and ``final`` is given, ``data`` is synced and renamed
-    there before the lock goes (one thread call: no lock held across calls)."""
+    there before the lock goes (one thread call: no lock held across calls).
+
+    Only the part the running hash (``upload_hash``) does not cover is read; all of it when
+    a chunk file was copied in under that part (a resend: the received bytes count)."""
     with open_data(folder, upload.size, fcntl.LOCK_EX) as f:
+        copied: list[int] = []
         for entry in sorted(folder.iterdir()):
             found = PIECE.fullmatch(entry.name)
             if found is None or found[2] != "chunk":
@@ -174,17 +268,13 @@ def complete_in_place(folder: Path, upload: UploadRecord, write: Write, final: P
             with open(entry, "rb", buffering=0) as chunk:
                 f.seek(index * upload.chunk_size)
                 write(f, CopyRange(chunk.fileno(), 0, chunk_length(upload, index)))
+            copied.append(index)
         f.flush()
-        digest = hashlib.sha256()
-        view = memoryview(bytearray(READ_BLOCK))
-        offset = 0
-        while offset < upload.size:
-            n = os.preadv(f.fileno(), [view[: min(READ_BLOCK, upload.size - offset)]], offset)
-            if n == 0:
-                break
-            digest.update(view[:n])
-            offset += n
-        actual = digest.hexdigest()
+        digest, chunks = hashes.start(upload.id, os.fstat(f.fileno()).st_ino)
+        if copied and min(copied) < chunks:
+            digest, chunks = hashlib.sha256(), 0
+        hash_range(f.fileno(), digest, min(chunks * upload.chunk_size, upload.size), upload.size)
+        actual: str = digest.hexdigest()
         if actual == upload.hash and final is not None:
             _commit(f, folder / DATA, final)  # verified: a rename, no copy
     return actual
