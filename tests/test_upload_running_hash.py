@@ -149,7 +149,8 @@ async def test_complete_reads_only_what_the_running_hash_does_not_cover(
     assert r.status_code == 200, r.text
     r = await admin.post(f"/api/upload/complete/{heap_id}/spoilt/{sha(data)}")
     assert_error(r, 422, "hash_mismatch")
-    assert r.json()["actual_hash"] == hashlib.sha256(
-        data[:CHUNK] + wrong + data[2 * CHUNK :]
-    ).hexdigest()
+    assert (
+        r.json()["actual_hash"]
+        == hashlib.sha256(data[:CHUNK] + wrong + data[2 * CHUNK :]).hexdigest()
+    )
     assert not files.store_path(sha(data)).exists()
