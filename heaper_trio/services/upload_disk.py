@@ -12,8 +12,6 @@ cannot take every socket and file descriptor of the process.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import hashlib
@@ -64,31 +62,6 @@ def _write(out: BinaryIO, data: Data) -> None:
         _copy_range(data, out)
     else:
         out.write(data)
-
-
-def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """``sync_file_range(2)`` where the C library has it (Linux), else None."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return]
-
-
-SYNC_FILE_RANGE = _libc_sync_file_range()
-SYNC_FILE_RANGE_WRITE = 2
-
-
-def start_writeback(f: BinaryIO, offset: int, length: int) -> None:
-    """Ask the kernel to start writing ``[offset, offset + length)`` of ``f`` to the disk
-    now, without waiting: the ``fdatasync`` that marks a chunk then waits for its last block
-    only, not for all of it (a chunk's bytes reach the disk while the rest of its body is
-    received). Only a hint: where the call is missing or fails nothing changes."""
-    if SYNC_FILE_RANGE is not None:
-        SYNC_FILE_RANGE(f.fileno(), offset, length, SYNC_FILE_RANGE_WRITE)
 
 
 def _copy_range(src: CopyRange, out: BinaryIO) -> None:

@@ -37,14 +37,7 @@ import trio
 
 from heaper_trio.errors import NotFound
 from heaper_trio.records import UploadRecord
-from heaper_trio.services.upload_disk import (
-    CopyRange,
-    Data,
-    Write,
-    _commit,
-    receive_body,
-    start_writeback,
-)
+from heaper_trio.services.upload_disk import CopyRange, Data, Write, _commit, receive_body
 from heaper_trio.services.upload_hash import Claim, UploadHashes, hash_range
 
 DATA = "data"
@@ -192,9 +185,7 @@ def mark_received(f: BinaryIO, folder: Path, index: int) -> None:
 def _write_hashing(write: Write, f: BinaryIO, data: Data, claim: Claim | None) -> None:
     """One block to the disk and, when this chunk comes next, into its running hash (the
     same thread job: the hash overlaps the next network read, on the other core)."""
-    at = f.tell()
     write(f, data)
-    start_writeback(f, at, len(data))
     if claim is not None:
         claim.update(data)
 
