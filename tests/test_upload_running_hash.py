@@ -7,6 +7,7 @@ file of its own)."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -78,18 +79,26 @@ def test_only_so_many_hashes_are_kept() -> None:
     assert len(hashes) == 2 and hashes.claim("a", 1, 0) is not None  # "a" went first
 
 
-def test_a_chunk_is_written_by_one_writer_and_never_once_marked(tmp_path: Path) -> None:
+def test_a_chunk_is_written_by_one_writer_and_never_once_marked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     upload = UploadRecord("u1", "me", "h", "b", "0" * 64, SIZE, CHUNK, "", "", 0, 1)
     folder = tmp_path / "u1"
     first = upload_layout.open_chunk(folder, upload, 1)
-    assert first is not None and first[1] is True
+    assert first is not None
     assert upload_layout.open_chunk(folder, upload, 1) is None  # the same chunk at once
     other = upload_layout.open_chunk(folder, upload, 2)
     assert other is not None
-    other[0].close()
-    upload_layout.mark_received(first[0], folder, 1)
-    first[0].close()
+    other.close()
+    upload_layout.mark_received(first, folder, 1)
+    first.close()
     assert upload_layout.open_chunk(folder, upload, 1) is None  # received: a file of its own
+
+    def no_range_locks(*args: Any) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(upload_layout.fcntl, "fcntl", no_range_locks)
+    assert upload_layout.open_chunk(folder, upload, 0) is None  # never written unlocked
 
 
 async def test_complete_reads_only_what_the_running_hash_does_not_cover(

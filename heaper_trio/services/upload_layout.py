@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import struct
@@ -40,6 +41,7 @@ from heaper_trio.records import UploadRecord
 from heaper_trio.services.upload_disk import CopyRange, Data, Write, _commit, receive_body
 from heaper_trio.services.upload_hash import Claim, UploadHashes, hash_range
 
+log = logging.getLogger(__name__)
 DATA = "data"
 PIECE = re.compile(r"([0-9]{1,9})\.(chunk|done)")
 Io = Callable[..., Awaitable[Any]]
@@ -135,39 +137,41 @@ async def locked(io: Io, fn: Callable[..., T], *args: Any) -> T:
             await trio.sleep(LOCK_RETRY_S)
 
 
-def lock_range(f: BinaryIO, start: int, length: int) -> bool | None:
+def lock_range(f: BinaryIO, start: int, length: int) -> bool:
     """An exclusive lock on ``[start, start + length)`` of ``f`` (an open file description
     lock: per open file, across processes and threads, gone when ``f`` closes); False when
-    another writer holds it, None where the file system has no such locks."""
+    another writer holds it, or the file system cannot lock ranges."""
     flock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, start, max(length, 1), 0)
     try:
         fcntl.fcntl(f.fileno(), fcntl.F_OFD_SETLK, flock)
     except OSError as e:
-        if e.errno in BUSY:
-            return False
-        return None
+        if e.errno not in BUSY:
+            log.warning("no range lock on %s (%s): chunks go to files of their own", f.name, e)
+        return False
     return True
 
 
-def open_chunk(folder: Path, upload: UploadRecord, index: int) -> tuple[BinaryIO, bool] | None:
-    """``data`` for writing chunk ``index`` (``LOCK_SH``), and whether this writer alone
-    writes the chunk's bytes (its range locked: False where the file system cannot lock
-    ranges); None when the chunk goes to a file of its own instead: received already (a
-    resend, also one that waited for the range while the first writer marked it), being
-    written by another request, or an upload begun before ``data``. So no byte of a chunk in
-    ``data`` changes once it is marked (what the running hash relies on)."""
+def open_chunk(folder: Path, upload: UploadRecord, index: int) -> BinaryIO | None:
+    """``data`` for writing chunk ``index`` (``LOCK_SH``, and the chunk's byte range locked:
+    this writer alone writes it); None when the chunk goes to a file of its own instead:
+    received already (a resend, also one that waited for the range while the first writer
+    marked it), being written by another request (or where ranges cannot be locked), or of
+    an upload begun before ``data``. So no byte of a chunk in ``data`` changes once it is
+    marked (what the running hash relies on)."""
     if goes_to_its_own_file(folder, index):
         return None
     f = open_data(folder, upload.size, fcntl.LOCK_SH)
     try:
-        alone = lock_range(f, index * upload.chunk_size, chunk_length(upload, index))
-        if alone is False or (folder / f"{index}.done").exists():
+        if (
+            not lock_range(f, index * upload.chunk_size, chunk_length(upload, index))
+            or (folder / f"{index}.done").exists()
+        ):
             f.close()
             return None
     except BaseException:
         f.close()
         raise
-    return f, alone is True
+    return f
 
 
 def mark_received(f: BinaryIO, folder: Path, index: int) -> None:
@@ -195,26 +199,26 @@ def _mark_and_hash(
     folder: Path,
     upload: UploadRecord,
     index: int,
-    hashes: UploadHashes | None,
+    hashes: UploadHashes,
     claim: Claim | None,
 ) -> None:
     """Marked received, then its hash taken in (one thread job: a cancel cannot come
     between), then the chunks that came ahead read back into the hash, then closed (its
-    locks go). ``hashes`` None: ranges cannot be locked here, nothing is hashed before
-    ``complete``."""
+    locks go). The chunk is received once marked: reading back is only an optimisation,
+    and its failure fails nothing (``complete`` reads what the hash lacks)."""
     mark_received(f, folder, index)
-    if hashes is None:
-        f.close()
-        return
     hashes.settle(claim, marked=True)
-    hashes.catch_up(
-        upload.id,
-        f,
-        folder,
-        upload.chunk_size,
-        upload.size,
-        CATCH_UP_BYTES + chunk_length(upload, index),
-    )
+    try:
+        hashes.catch_up(
+            upload.id,
+            f,
+            folder,
+            upload.chunk_size,
+            upload.size,
+            CATCH_UP_BYTES + chunk_length(upload, index),
+        )
+    except OSError as e:
+        log.warning("reading upload %s back for its hash failed: %s", upload.id, e)
     f.close()
 
 
@@ -230,17 +234,16 @@ async def write_chunk(
     """The body straight into ``data`` at the chunk's offset, then marked received and
     hashed; None (nothing read): the chunk goes to a file of its own (``open_chunk``)."""
     expected = chunk_length(upload, index)
-    opened = await locked(io, open_chunk, folder, upload, index)
-    if opened is None:
+    f = await locked(io, open_chunk, folder, upload, index)
+    if f is None:
         return None
-    f, alone = opened
-    claim = hashes.claim(upload.id, os.fstat(f.fileno()).st_ino, index) if alone else None
+    claim = hashes.claim(upload.id, os.fstat(f.fileno()).st_ino, index)
     try:
         f.seek(index * upload.chunk_size)
         written = await receive_body(
             body, expected, f"chunk {index}", lambda b: io(_write_hashing, write, f, b, claim)
         )
-        await io(_mark_and_hash, f, folder, upload, index, hashes if alone else None, claim)
+        await io(_mark_and_hash, f, folder, upload, index, hashes, claim)
     finally:
         hashes.settle(claim, marked=False)  # a write cut off: its hash is dropped
         if not f.closed:
