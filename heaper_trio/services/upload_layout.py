@@ -5,13 +5,18 @@ twice. Now the upload's folder holds ``data``, sized to the file when the first 
 (holes until received); a chunk's body is written straight to its offset, synced, and only then
 marked received by an empty ``<index>.done`` (its name synced with the folder), so a restart
 knows what arrived and a chunk cut off mid-way is simply not received. ``complete`` hashes
-``data`` where it lies and renames it into the store: a hash and a rename, no copy.
+``data`` where it lies and renames it into the store: a hash and a rename, no copy. Chunks
+that arrive in order are hashed as they come (``upload_hash``), so ``complete`` mostly reads
+nothing at all.
 
-Two more kinds of chunk still arrive as files of their own (``<index>.chunk``, written under a
-temporary name and renamed, as before): every chunk of an upload begun before this layout (its
-folder has no ``data``; it must still complete after an upgrade), and a chunk sent again once
-received (a resend cut off must leave the received bytes whole). ``complete`` first copies those
-into ``data`` at their offsets; the hash it then takes covers every byte either way.
+Three more kinds of chunk still arrive as files of their own (``<index>.chunk``, written under
+a temporary name and renamed, as before): every chunk of an upload begun before this layout
+(its folder has no ``data``; it must still complete after an upgrade), a chunk sent again once
+received (a resend cut off must leave the received bytes whole), and a chunk sent while
+another request writes the same chunk (each writer of ``data`` holds a lock on its chunk's
+byte range, so no two write one chunk at once and a marked chunk never changes in ``data``).
+``complete`` first copies those into ``data`` at their offsets; the hash it then takes covers
+every byte either way.
 
 Writers and ``complete`` exclude each other with ``flock`` on ``data`` (processes sharing the
 data directory included): a chunk writes under a shared lock, ``complete`` hashes and renames
