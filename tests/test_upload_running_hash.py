@@ -19,7 +19,7 @@ import pytest
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.records import UploadRecord
-from heaper_trio.services import upload_layout
+from heaper_trio.services import upload_disk, upload_layout
 from heaper_trio.services.upload_hash import UploadHashes
 
 from .conftest import assert_error
@@ -69,6 +69,31 @@ def test_the_hash_follows_the_chunks_marked_in_order(tmp_path: Path) -> None:
     assert hashes.start("u1", ino + 1)[1] == 0  # another file under the name: not used
     hashes.drop("u1")
     assert hashes.start("u1", ino)[1] == 0 and len(hashes) == 0
+    f.close()
+
+
+def test_a_chunk_that_comes_next_while_written_is_hashed_from_where_it_is(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(SIZE)
+    folder = tmp_path / "u1"
+    f = upload_layout.open_data(folder, SIZE, fcntl.LOCK_SH)
+    ino = os.fstat(f.fileno()).st_ino
+    hashes = UploadHashes()
+    second = upload_layout.ChunkHashing(hashes, "u1", ino, 1, CHUNK)
+    f.seek(CHUNK)
+    half = CHUNK // 2
+    second.write(upload_disk._write, f, memoryview(data[CHUNK : CHUNK + half]))
+    assert second.claim is None  # chunk 0 is not hashed yet
+    first = hashes.claim("u1", ino, 0)
+    assert first is not None
+    first.update(data[:CHUNK])
+    hashes.settle(first, marked=True)
+    second.write(upload_disk._write, f, memoryview(data[CHUNK + half : 2 * CHUNK]))
+    assert second.claim is not None  # next now: what it wrote so far is read back
+    hashes.settle(second.claim, marked=True)
+    digest, chunks = hashes.start("u1", ino)
+    assert chunks == 2 and digest.hexdigest() == sha(data[: 2 * CHUNK])
     f.close()
 
 

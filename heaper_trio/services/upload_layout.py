@@ -36,6 +36,7 @@ import os
 import re
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -191,12 +192,33 @@ def mark_received(f: BinaryIO, folder: Path, index: int) -> None:
         os.close(fd)
 
 
-def _write_hashing(write: Write, f: BinaryIO, data: Data, claim: Claim | None) -> None:
-    """One block to the disk and, when this chunk comes next, into its running hash (the
-    same thread job: the hash overlaps the next network read, on the other core)."""
-    write(f, data)
-    if claim is not None:
-        claim.update(data)
+@dataclass(eq=False)
+class ChunkHashing:
+    """One writer's part in the running hash: its claim once its chunk comes next, which may
+    happen while it is written (the chunk before it marked meanwhile, several in flight)."""
+
+    hashes: UploadHashes
+    upload_id: str
+    ino: int
+    index: int
+    start: int
+    claim: Claim | None = None
+
+    def write(self, write: Write, f: BinaryIO, data: Data) -> None:
+        """One block to the disk and, once this chunk comes next, into its running hash (the
+        same thread job: the hash overlaps the next network read, on the other core). A chunk
+        that comes next mid-way first reads back what it wrote so far (its own bytes: it
+        holds the chunk's range)."""
+        if self.claim is None:
+            self.claim = self.hashes.claim(self.upload_id, self.ino, self.index)
+            if self.claim is not None and (written := f.tell() - self.start):
+                f.flush()
+                if hash_range(f.fileno(), self.claim.digest, self.start, f.tell()) != written:
+                    self.hashes.settle(self.claim, marked=False)
+                    raise OSError(errno.EIO, "a chunk's bytes could not be read back")
+        write(f, data)
+        if self.claim is not None:
+            self.claim.update(data)
 
 
 def _mark_and_hash(
@@ -205,14 +227,14 @@ def _mark_and_hash(
     upload: UploadRecord,
     index: int,
     hashes: UploadHashes,
-    claim: Claim | None,
+    hashing: ChunkHashing,
 ) -> None:
     """Marked received, then its hash taken in (one thread job: a cancel cannot come
     between), then the chunks that came ahead read back into the hash, then closed (its
     locks go). The chunk is received once marked: reading back is only an optimisation,
     and its failure fails nothing (``complete`` reads what the hash lacks)."""
     mark_received(f, folder, index)
-    hashes.settle(claim, marked=True)
+    hashes.settle(hashing.claim, marked=True)
     try:
         hashes.catch_up(
             upload.id,
@@ -242,15 +264,16 @@ async def write_chunk(
     f = await locked(io, open_chunk, folder, upload, index)
     if f is None:
         return None
-    claim = hashes.claim(upload.id, os.fstat(f.fileno()).st_ino, index)
+    start = index * upload.chunk_size
+    hashing = ChunkHashing(hashes, upload.id, os.fstat(f.fileno()).st_ino, index, start)
     try:
-        f.seek(index * upload.chunk_size)
+        f.seek(start)
         written = await receive_body(
-            body, expected, f"chunk {index}", lambda b: io(_write_hashing, write, f, b, claim)
+            body, expected, f"chunk {index}", lambda b: io(hashing.write, write, f, b)
         )
-        await io(_mark_and_hash, f, folder, upload, index, hashes, claim)
+        await io(_mark_and_hash, f, folder, upload, index, hashes, hashing)
     finally:
-        hashes.settle(claim, marked=False)  # a write cut off: its hash is dropped
+        hashes.settle(hashing.claim, marked=False)  # a write cut off: its hash is dropped
         if not f.closed:
             with trio.CancelScope(shield=True):  # a client gone mid-body: closed all the same
                 await io(f.close)
