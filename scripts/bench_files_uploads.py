@@ -434,9 +434,14 @@ async def interleaved(
                     n += 1
                     src = variant(base, work / "variant.bin", n)
                     res = await resumable(c, heaper.pid, heap, f"b{n}", src, chunk, p)
-                    runs.setdefault(f"{heaper.name}_resumable_{p}", []).append(res)
+                    runs.setdefault(f"{prefix(heaper.name)}resumable_{p}", []).append(res)
             log(f"round {r + 1}/{rounds} done")
     return runs
+
+
+def prefix(server: str) -> str:
+    """Keys of this checkout's server as they always were; ``against_`` for the other."""
+    return "" if server == "heaper" else f"{server}_"
 
 
 def median_of(runs: list[dict[str, Any]], *keys: str) -> float:
@@ -517,8 +522,8 @@ def main() -> int:
     hyp_runs = runs["hypercorn_put_whole"]
     for heaper in [h.name for h in heapers]:
         for p_ in PARALLEL:
-            ups = runs[f"{heaper}_resumable_{p_}"]
-            key = f"{heaper}_resumable_{p_}"
+            key = f"{prefix(heaper)}resumable_{p_}"
+            ups = runs[key]
             for phase in ("end_to_end", "chunk_phase"):
                 mbs = median_of(ups, phase, "mb_per_s")
                 out["median_mb_per_s"][f"{key}_{phase}"] = mbs
