@@ -203,19 +203,24 @@ class ChunkHashing:
     index: int
     start: int
     claim: Claim | None = None
+    given_up: bool = False
 
     def write(self, write: Write, f: BinaryIO, data: Data) -> None:
         """One block to the disk and, once this chunk comes next, into its running hash (the
         same thread job: the hash overlaps the next network read, on the other core). A chunk
         that comes next mid-way first reads back what it wrote so far (its own bytes: it
-        holds the chunk's range)."""
-        if self.claim is None:
+        holds the chunk's range); if that fails, the chunk is not hashed here, that is all."""
+        if self.claim is None and not self.given_up:
             self.claim = self.hashes.claim(self.upload_id, self.ino, self.index)
-            if self.claim is not None and (written := f.tell() - self.start):
+            if self.claim is not None and (so_far := f.tell() - self.start):
                 f.flush()
-                if hash_range(f.fileno(), self.claim.digest, self.start, f.tell()) != written:
+                try:
+                    ok = hash_range(f.fileno(), self.claim.digest, self.start, f.tell()) == so_far
+                except OSError:
+                    ok = False
+                if not ok:
                     self.hashes.settle(self.claim, marked=False)
-                    raise OSError(errno.EIO, "a chunk's bytes could not be read back")
+                    self.claim, self.given_up = None, True
         write(f, data)
         if self.claim is not None:
             self.claim.update(data)
