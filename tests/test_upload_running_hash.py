@@ -73,7 +73,7 @@ def test_the_hash_follows_the_chunks_marked_in_order(tmp_path: Path) -> None:
 
 
 def test_a_chunk_that_comes_next_while_written_is_hashed_from_where_it_is(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = os.urandom(SIZE)
     folder = tmp_path / "u1"
@@ -94,6 +94,16 @@ def test_a_chunk_that_comes_next_while_written_is_hashed_from_where_it_is(
     hashes.settle(second.claim, marked=True)
     digest, chunks = hashes.start("u1", ino)
     assert chunks == 2 and digest.hexdigest() == sha(data[: 2 * CHUNK])
+
+    def unreadable(*args: Any) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    third = upload_layout.ChunkHashing(hashes, "u1", ino, 2, 2 * CHUNK)
+    third.claim = None
+    f.seek(2 * CHUNK + 1)  # one byte written before it came next
+    monkeypatch.setattr(upload_layout, "hash_range", unreadable)
+    third.write(upload_disk._write, f, memoryview(data[2 * CHUNK + 1 :]))  # written all the same
+    assert third.claim is None and third.given_up and hashes.start("u1", ino)[1] == 2
     f.close()
 
 
