@@ -14,7 +14,7 @@ import pytest
 
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
-from heaper_trio.services.upload_expiry import sweep_orphan_folders
+from heaper_trio.services.upload_orphans import sweep_orphan_folders
 
 from .test_harden_uploads import init, send_chunks
 from .test_sync import new_heap
@@ -59,6 +59,9 @@ async def test_upload_folders_without_a_row_are_swept_once_old(
     assert live.exists() and young.exists() and touched.exists()
     assert (files.uploads / "direct-x.part").exists()
     monkeypatch.setattr(files.storage, "uploads_present", asked)
+    another = folder(uuid.uuid4().hex, old)
+    assert await files.expire(int(time.time() * 1000)) == 0  # the expiry sweep does it too
+    assert not another.exists() and live.exists() and young.exists()
     await send_chunks(admin, heap_id, "blk-live", sha(data), data, [1])
     r = await admin.post(f"/api/upload/complete/{heap_id}/blk-live/{sha(data)}")
     assert r.status_code == 200, r.text

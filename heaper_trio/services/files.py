@@ -68,6 +68,7 @@ from heaper_trio.services.upload_disk import (  # _write: tests make the disk fu
     sweep_temp_files,
 )
 from heaper_trio.services.upload_hash import UploadHashes
+from heaper_trio.services.upload_orphans import sweep_orphan_folders
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import Storage
 
@@ -494,4 +495,5 @@ class FileService(FileStore):
         if self.parts is not None:  # an hour's margin past the longest an upload lives
             await self.parts.sweep(now - (self.settings.upload_expiry_hours + 1) * 3600 * 1000)
         await self._io(sweep_temp_files, self.uploads)
+        await sweep_orphan_folders(self, now / 1000)  # left without their row
         return len(expired)

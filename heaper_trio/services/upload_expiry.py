@@ -13,21 +13,14 @@ The row shows in the admin's job listings (every user's jobs), never in a user's
 owner. Temporary files a killed process left are per machine, so each process still removes
 its own at start.
 
-Each sweep (and each process at start) also removes upload folders that no upload row names
-and that nothing touched for ``upload_expiry_hours`` (``sweep_orphan_folders``): a crash
-between a discard's row and its folder, or an older bug, left them, and nothing else ever
-would. A folder with a row is never touched, however old; a young one is spared whatever its
-row: upload ids are new for every row, so a row still being created only ever names a folder
-made a moment ago (or none yet), never an old one.
+Each sweep (``FileService.expire``) and each process at start also removes upload folders
+that no upload row names, untouched for ``upload_expiry_hours`` (``upload_orphans``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
-from pathlib import Path
 
 import trio
 
@@ -36,9 +29,9 @@ from heaper_trio.services.files import FileService
 from heaper_trio.services.scans.job import ScanJob
 from heaper_trio.services.scans.registry import JobTable
 from heaper_trio.services.upload_disk import sweep_temp_files
+from heaper_trio.services.upload_orphans import sweep_orphan_folders
 
 log = logging.getLogger(__name__)
-ORPHAN_BATCH = 500  # folder names asked of the database at once
 KIND = "upload_expiry"
 EXPIRE_EVERY_S = 600
 TRY_EVERY_S = 30  # how soon another process takes over a dead holder's lease (plus the reaper)
@@ -76,7 +69,6 @@ class UploadExpiry:
         assert self.job is not None
         expired = await self.files.expire(int(time.time() * 1000))
         self.job.files_done += expired
-        await sweep_orphan_folders(self.files, time.time())
         return True
 
     async def _end(self, state: str) -> None:
@@ -92,7 +84,7 @@ class UploadExpiry:
             removed = await self.files._io(sweep_temp_files, self.files.uploads)
             if removed:
                 log.info("removed %d temporary upload files left by a stopped process", removed)
-            await sweep_orphan_folders(self.files, time.time())
+            await sweep_orphan_folders(self.files, time.time())  # (each sweep does it too)
         except Exception:
             log.exception("sweeping temporary upload files failed")
         try:
@@ -105,48 +97,3 @@ class UploadExpiry:
         finally:
             with trio.CancelScope(shield=True):
                 await self._end("done")
-
-
-def _untouched_folders(uploads: Path, before: float) -> list[str]:
-    """Names of the folders under ``uploads`` last changed before ``before`` (seconds)."""
-    try:
-        entries = os.scandir(uploads)
-    except FileNotFoundError:
-        return []
-    with entries:
-        return [
-            e.name
-            for e in entries
-            if e.is_dir(follow_symlinks=False) and e.stat(follow_symlinks=False).st_mtime < before
-        ]
-
-
-def _remove_if_untouched(folder: Path, before: float) -> bool:
-    """Removed, unless it changed meanwhile (a late chunk writer: it removes its own)."""
-    try:
-        if os.stat(folder, follow_symlinks=False).st_mtime >= before:
-            return False
-    except FileNotFoundError:
-        return False
-    shutil.rmtree(folder, ignore_errors=True)
-    return True
-
-
-async def sweep_orphan_folders(files: FileService, now: float) -> int:
-    """Remove the upload folders no upload row names, untouched for ``upload_expiry_hours``;
-    how many. Listed first, rows asked second: a row created after the listing names a
-    folder too young to be listed."""
-    before = now - files.settings.upload_expiry_hours * 3600
-    names = await files._probe_fs(_untouched_folders, files.uploads, before)
-    removed = 0
-    for start in range(0, len(names), ORPHAN_BATCH):
-        batch = names[start : start + ORPHAN_BATCH]
-        present = await files.storage.uploads_present(batch)
-        for name in batch:
-            if name not in present and await files._io(
-                _remove_if_untouched, files.uploads / name, before
-            ):
-                files.hashes.drop(name)
-                log.info("removed upload folder %s: no upload of that id", name)
-                removed += 1
-    return removed
