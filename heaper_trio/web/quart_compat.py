@@ -177,6 +177,23 @@ HOOKS: tuple[Hook, ...] = (
         why="keep_json_key_order: answers keep the key order the contract documents",
     ),
     Hook(
+        H11Protocol,
+        "_send_h11_event",
+        why="web/h11_writes.py replaces it: a fixed-length answer's head is written with its "
+        "body, in one socket write",
+    ),
+    Hook(
+        H11Protocol,
+        "stream_send",
+        why="web/h11_writes.py wraps it: an event other than a body part writes a held head first",
+    ),
+    Hook(
+        H11Protocol,
+        "connection",
+        instance=True,
+        why="web/h11_writes.py: the h11 connection the held head is produced by",
+    ),
+    Hook(
         TrioASGIHTTPConnection,
         "scope",
         used_by="_create_request_from_scope",
