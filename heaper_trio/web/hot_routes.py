@@ -27,7 +27,7 @@ from quart import Quart, Response
 from heaper_trio.web.cors import origin_headers
 from heaper_trio.web.errors import error_answer
 from heaper_trio.web.hot_request import HOT, ClientGone, HotRequest
-from heaper_trio.web.http_guard import ASGIApp, Receive, Send
+from heaper_trio.web.http_guard import NO_DISCONNECT_CANCEL, ASGIApp, Receive, Send
 from heaper_trio.web.routes_metrics import ROUTE_KEY
 from heaper_trio.web.routing import VIEWS
 
@@ -83,6 +83,7 @@ class HotRoutes:
             return
         view, rule, params = found
         scope[ROUTE_KEY] = rule  # the metrics label, Quart's rule
+        scope[NO_DISCONNECT_CANCEL] = True  # unlike Quart (the guard's final send)
         req = HotRequest(scope, receive, self.services, self.max_body)
         token = HOT.set(req)
         try:

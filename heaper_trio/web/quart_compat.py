@@ -22,6 +22,7 @@ from hypercorn.protocol import ws_stream
 from hypercorn.protocol.events import Request as StreamRequest
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, Handshake, WSStream
+from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from quart import Quart, Request, websocket
 from quart.json.provider import DefaultJSONProvider
@@ -175,6 +176,13 @@ HOOKS: tuple[Hook, ...] = (
         DefaultJSONProvider,
         "sort_keys",
         why="keep_json_key_order: answers keep the key order the contract documents",
+    ),
+    Hook(
+        TaskGroup,
+        "receive",
+        used_by="spawn_app",
+        why="web/http_guard.py: an app's ASGI receive is its queue's MemoryReceiveChannel"
+        ".receive, so what is queued is taken with receive_nowait",
     ),
     Hook(
         H11Protocol,
