@@ -27,6 +27,9 @@ class ClientGone(Exception):
     access log's 499), as when Quart cancels a request on ``http.disconnect``."""
 
 
+_ABSENT: Any = object()
+
+
 class ScopeHeaders(ImmutableHeadersMixin, Headers):  # type: ignore[misc]
     """The request's headers as Quart's request holds them (names title-cased, values
     latin-1, in order), read through a dict: werkzeug's ``get`` lowercases and walks the
@@ -46,6 +49,21 @@ class ScopeHeaders(ImmutableHeadersMixin, Headers):  # type: ignore[misc]
             return self._first[key.lower()]
         except KeyError:
             raise BadRequestKeyError(key) from None
+
+    # As werkzeug's, without raising (and catching) a KeyError for each absent header.
+    def get(self, key: str, default: Any = None, type: Any = None) -> Any:  # type: ignore[override]
+        value = self._first.get(key.lower(), _ABSENT)
+        if value is _ABSENT:
+            return default
+        if type is None:
+            return value
+        try:
+            return type(value)
+        except ValueError:
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._first
 
 
 NO_ARGS: ImmutableMultiDict[str, str] = ImmutableMultiDict()

@@ -167,6 +167,12 @@ class _Exchange:
             else:
                 self._note(message)
                 return message
+        if self.length is not None and self.received >= self.length:
+            # every byte is in: the end of the body follows without the client (h11 ends a
+            # Content-Length body at its last byte), so no deadline is needed to wait for it
+            message = await self._receive()
+            self._note(message)
+            return message
         while not (self.body_complete.is_set() or self.started):
             deadline = min(trio.current_time() + self.guard.read_timeout, self._body_deadline())
             with trio.move_on_at(deadline):
