@@ -21,6 +21,7 @@ from hypercorn.config import Config
 from hypercorn.protocol import ws_stream
 from hypercorn.protocol.events import Request as StreamRequest
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, Handshake, WSStream
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
@@ -51,6 +52,7 @@ class Hook:
     def present(self) -> bool:
         if self.instance or self.used_by:
             method = getattr(self.owner, self.used_by or "__init__", None)
+            method = getattr(method, "__wrapped__", method)  # upstream's, under our patch
             code = getattr(method, "__code__", None)
             return code is not None and self.name in code.co_names
         return hasattr(self.owner, self.name)
@@ -183,6 +185,23 @@ HOOKS: tuple[Hook, ...] = (
         used_by="spawn_app",
         why="web/http_guard.py: an app's ASGI receive is its queue's MemoryReceiveChannel"
         ".receive, so what is queued is taken with receive_nowait",
+    ),
+    Hook(
+        HTTPStream,
+        "handle",
+        why="web/app_queue.py wraps it: body parts are queued for the app with send_nowait",
+    ),
+    Hook(
+        HTTPStream,
+        "app_put",
+        used_by="handle",
+        why="web/app_queue.py: the app queue's MemorySendChannel.send (TaskGroup.spawn_app)",
+    ),
+    Hook(
+        TaskGroup,
+        "send",
+        used_by="spawn_app",
+        why="web/app_queue.py: spawn_app hands HTTPStream its app queue's send channel's send",
     ),
     Hook(
         H11Protocol,
