@@ -187,6 +187,24 @@ HOOKS: tuple[Hook, ...] = (
         ".receive, so what is queued is taken with receive_nowait",
     ),
     Hook(
+        TCPServer,
+        "_initiate_server_close",
+        why="web/idle_timer.py closes an idle connection with it, as _idle_timeout does",
+    ),
+    Hook(
+        TCPServer,
+        "_idle_timeout",
+        used_by="run",
+        why="web/idle_timer.py: the idle action run() hands idle_task.restart, replaced by "
+        "one task per connection",
+    ),
+    Hook(
+        TaskGroup,
+        "_nursery",
+        instance=True,
+        why="web/idle_timer.py starts its one task per connection in the connection's nursery",
+    ),
+    Hook(
         HTTPStream,
         "handle",
         why="web/app_queue.py wraps it: body parts are queued for the app with send_nowait",
@@ -287,6 +305,9 @@ def stop_idle_timer_at_eof() -> None:
         finally:  # the peer is gone: nothing left for the timer to close
             with trio.CancelScope(shield=True):  # stop() takes a lock: see it through
                 await self.idle_task.stop()
+            end = getattr(self.idle_task, "end", None)  # web/idle_timer.py's one task
+            if end is not None:
+                end()
 
     setattr(_read_data, _PATCHED, True)
     TCPServer._read_data = _read_data  # type: ignore[method-assign]
