@@ -7,6 +7,9 @@ that are kept up to date instead of recomputed give what recomputing gives.
   an inline run and emptied segments all occur.
 - ``BlockDocument.size`` is exact for small documents and, for large ones, close above the
   length of the full state, whatever the order of updates and compactions.
+- Through a real server (both engines): pushes into a document of several segments store the
+  text a plain read gives and search follows; on PostgreSQL the text is compressed with lz4
+  (migration 0018) where the server has it.
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ from hypothesis import strategies as st
 from pycrdt import Doc, Map, XmlElement, XmlFragment, XmlText
 
 from heaper_trio import crdt
+from heaper_trio.app import RunningServer
+from heaper_trio.client import HeaperClient
 from heaper_trio.crdt import incremental
 from heaper_trio.crdt.projection import Projection, _millis, _plain, _XmlScan
+from tests.test_query import ids
+from tests.test_sync import ClientBlock, new_heap, push
 from tests.test_sync_perf_paths import _block_node, _edit
 
 
@@ -66,7 +73,7 @@ def _bulk(draw: Any, doc: Doc) -> None:
             root.children.insert(at + k, _block_node(draw))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_segmented_projection_equals_a_plain_read(data: st.DataObject) -> None:
     with patch.object(incremental, "SEGMENT", 2):
@@ -139,3 +146,60 @@ def test_size_is_exact_when_small_and_close_above_when_large(data: st.DataObject
             assert block.size == exact
         else:
             assert exact <= block.size <= exact + exact // 8 + 16384
+
+
+async def _compression(storage: Any) -> tuple[str, bool]:
+    """``blocks.text``'s compression, and whether this server has lz4 at all."""
+    from heaper_trio.storage.postgres.runtime import tx
+
+    async def run(c: Any) -> tuple[str, bool]:
+        method = await c.fetchval(
+            "SELECT attcompression::text FROM pg_attribute "
+            "WHERE attrelid = 'blocks'::regclass AND attname = 'text'"
+        )
+        lz4 = await c.fetchval(
+            "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+        )
+        return method, bool(lz4)
+
+    return await storage._run(tx, run)  # type: ignore[no-any-return]
+
+
+async def test_pushes_into_a_document_of_many_segments(
+    admin: HeaperClient, server: RunningServer
+) -> None:
+    heap = await new_heap(admin)
+    block = ClientBlock()
+    block.write("Long")
+    n = 3 * incremental.SEGMENT
+    with block.doc.transaction():
+        for i in range(n):
+            paragraph = XmlElement("paragraph", contents=[XmlText(f"entry {i} " + "x" * 400)])
+            block.content.children.append(paragraph)
+    r = await push(admin, block.push_item(heap["id"]))
+    assert r.json()["blocks"][0]["status"] == "created", r.text
+
+    async def stored() -> dict[str, Any]:
+        got = (await admin.post(f"/api/block/{block.id}")).json()
+        assert got["text"] == reference(block.doc).text
+        return got
+
+    edits = [
+        lambda: block.content.children[n - 10].children[0].insert(0, "zebra "),
+        lambda: block.content.children.insert(incremental.SEGMENT, XmlText("loose ")),
+        lambda: block.content.children.insert(incremental.SEGMENT + 1, XmlText("words")),
+        lambda: block.content.children.__delitem__(5),
+    ]
+    for edit in edits:
+        edit()
+        r = await push(admin, block.push_item(heap["id"]))
+        assert r.json()["blocks"][0]["status"] == "ok", r.text
+        await stored()
+    assert block.id in await ids(admin, heap, query=f"zebra_entry_{n - 10}")
+    assert block.id in await ids(admin, heap, query="loose_words")
+    assert block.id not in await ids(admin, heap, query="entry_5_x")
+    assert block.id in await ids(admin, heap, query="entry_6_x")
+    storage = server.services.storage
+    if storage.engine == "postgres":
+        method, lz4 = await _compression(storage)
+        assert method == "l" if lz4 else method in ("", "p")  # pglz is the default
