@@ -46,6 +46,7 @@ class Settings:
     access_token_ttl: int
     refresh_token_ttl: int
     challenge_ttl: int
+    admin_session_ttl: int
     max_request_bytes: int
     max_sync_batch: int
     history_retention_days: int

@@ -130,6 +130,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("challenge_ttl", int, 300, "Lifetime of a login challenge, in seconds.", minimum=1),
     Setting(
+        "admin_session_ttl",
+        int,
+        2 * 3600,
+        "How long a session opened with an `admin-link` lasts, in seconds, refreshes included.",
+        minimum=60,
+    ),
+    Setting(
         "max_request_bytes",
         int,
         16 * 1024 * 1024,

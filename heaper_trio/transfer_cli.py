@@ -44,7 +44,7 @@ def add_parsers(sub: Any) -> None:
     # A zip is unpacked whole before anything is sent; these bound what it may unpack to.
     imp.add_argument(
         "--zip-max-total-mib",
-        type=_mib,
+        type=_at_least_one,
         default=8192,
         metavar="MIB",
         help="a .zip SRC may unpack to this much in all (default %(default)s); past it, or past "
@@ -52,14 +52,21 @@ def add_parsers(sub: Any) -> None:
     )
     imp.add_argument(
         "--zip-max-entry-mib",
-        type=_mib,
+        type=_at_least_one,
         default=2048,
         metavar="MIB",
         help="largest single file a .zip SRC may unpack (default %(default)s)",
     )
+    imp.add_argument(
+        "--zip-max-entries",
+        type=_at_least_one,
+        default=100_000,
+        metavar="N",
+        help="most files and folders a .zip SRC may hold (default %(default)s)",
+    )
 
 
-def _mib(text: str) -> int:
+def _at_least_one(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")

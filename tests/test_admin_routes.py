@@ -23,9 +23,9 @@ from heaper_trio.errors import Conflict
 from heaper_trio.keys import SERVER_KEY_FILE
 from heaper_trio.protocol import messages as m
 from heaper_trio.services.admin import open_user_admin
-from heaper_trio.services.admin_links import ADMIN_SESSION_S, create_admin_link
+from heaper_trio.services.admin_links import create_admin_link
 from heaper_trio.web.routes_docs import CSP
-from tests.conftest import assert_error
+from tests.conftest import StartServer, assert_error
 
 from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets, live_client  # noqa: F401
 from .test_sync import ClientBlock, new_heap
@@ -195,6 +195,8 @@ async def test_an_admin_link_session_ends_within_hours_refreshes_included(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     services = server.services
+    session_s = services.settings.admin_session_ttl
+    assert session_s == 2 * 3600  # the default
 
     async def sign_in(at: float) -> dict[str, Any]:
         monkeypatch.setattr(services.admin_sign_in, "clock", lambda: at)
@@ -204,8 +206,8 @@ async def test_an_admin_link_session_ends_within_hours_refreshes_included(
         return dict(r.json())
 
     # Signed in long enough ago that a minute of the session is left.
-    at = time.time() - ADMIN_SESSION_S + 60
-    end = int(at) + ADMIN_SESSION_S
+    at = time.time() - session_s + 60
+    end = int(at) + session_s
     tokens = await sign_in(at)
     refresh = _claims(tokens["refreshToken"])
     assert refresh["end"] == end and refresh["exp"] <= end
@@ -222,13 +224,26 @@ async def test_an_admin_link_session_ends_within_hours_refreshes_included(
     assert "end" not in ordinary and ordinary["exp"] > end + 3600
 
     # Past its end, neither token is taken.
-    over = await sign_in(time.time() - ADMIN_SESSION_S - 60)
+    over = await sign_in(time.time() - session_s - 60)
     bearer = {"Authorization": f"Bearer {over['accessToken']}"}
     assert_error(await http.get("/api/admin/users", headers=bearer), 401, "token_expired")
     r = await http.post(
         "/api/auth/refresh_token", headers={"Authorization": f"Bearer {over['refreshToken']}"}
     )
     assert_error(r, 401, "token_expired")
+
+
+@pytest.mark.engines("sqlite")  # a setting read once; the session's storage is tested above
+async def test_the_admin_session_length_is_a_setting(start_server: StartServer) -> None:
+    server = await start_server(admin_session_ttl=600)
+    async with HeaperClient(server.url) as first, httpx.AsyncClient(base_url=server.url) as http:
+        await first.login()  # the first account: the admin
+        link = await create_admin_link(server.services.storage, server.services.settings)
+        r = await http.post("/api/admin/session", json={"link": link.url.split("#", 1)[1]})
+        assert r.status_code == 200, r.text
+    refresh = _claims(r.json()["refreshToken"])
+    assert refresh["end"] - 600 <= time.time() <= refresh["end"] - 590
+    assert refresh["exp"] <= refresh["end"]
 
 
 @pytest.mark.engines("sqlite")  # static files: no storage involved

@@ -14,7 +14,7 @@ import pytest
 from heaper_trio.app import RunningServer
 from heaper_trio.cli import build_parser
 from heaper_trio.client import HeaperClient
-from heaper_trio.client.transfer import importer
+from heaper_trio.client.transfer import importer, vault
 from heaper_trio.client.transfer.commands import run_async
 from heaper_trio.client.transfer.export import TransferError
 from heaper_trio.client.transfer.importer import import_source
@@ -44,6 +44,34 @@ def test_a_zip_bomb_is_refused_before_anything_is_written(tmp_path: Path) -> Non
         unzip(pair, tmp_path / "pair", ZipLimits(total=5 << 20, entry=4 << 20))
     unzip(pair, tmp_path / "fits", ZipLimits(total=6 << 20, entry=3 << 20))
     assert (tmp_path / "fits" / "y.bin").stat().st_size == 3 << 20
+
+
+def test_a_zip_of_too_many_entries_is_refused_before_its_directory_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Empty entries pass every size limit; their number is capped, from the end record, so
+    a zip of millions is refused before ``zipfile`` builds an object for each."""
+    names = [f"d{i // 10}/{i}.md" for i in range(50)]
+    archive = _zip(tmp_path / "many.zip", [(n, b"") for n in names])
+    parsed: list[str] = []
+    original = zipfile.ZipFile._RealGetContents  # type: ignore[attr-defined]
+
+    def counting(self: zipfile.ZipFile) -> None:
+        parsed.append("directory")
+        original(self)
+
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", counting)
+    into = tmp_path / "into"
+    with pytest.raises(VaultError, match=r"holds 50 entries, more than 49 \(--zip-max-entries\)"):
+        unzip(archive, into, ZipLimits(entries=49))
+    assert parsed == [] and not any(into.iterdir())
+    unzip(archive, tmp_path / "fits", ZipLimits(entries=50))
+    assert len(list((tmp_path / "fits").rglob("*.md"))) == 50
+    # Without zipfile's end-record reader, the parsed list is still counted.
+    monkeypatch.setattr(vault, "_END_RECORD", None)
+    with pytest.raises(VaultError, match="holds 50 entries"):
+        unzip(archive, tmp_path / "late", ZipLimits(entries=49))
+    assert parsed == ["directory", "directory"]
 
 
 def test_a_zip_whose_sizes_lie_is_refused_at_the_size_it_declared(tmp_path: Path) -> None:
@@ -131,6 +159,10 @@ async def test_an_import_refused_for_its_zip_or_a_swapped_link_sends_nothing_of_
     assert await run_async(args) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("heaper_trio: import:") and "--zip-max-total-mib" in line, line
+    args = build_parser().parse_args(["import", str(big), *flags, "--zip-max-entries", "1"])
+    assert await run_async(args) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "holds 2 entries" in line and "--zip-max-entries" in line, line
     clash = _zip(tmp_path / "clash.zip", [("Note.md", b"# Note\n"), ("Note.md/x", b"x")])
     with pytest.raises(TransferError, match=r"'Note\.md/x' clashes"):
         await import_source(admin, clash, heap.id)

@@ -8,10 +8,10 @@ and Referer headers. Storage keeps only its SHA-256, and using it consumes it in
 transaction that stores the session's refresh token (``Storage.use_admin_link``), so a link
 signs in exactly once, however many tabs race for it.
 
-The session a link opens is short: it ends ``ADMIN_SESSION_S`` after the sign-in, refreshes
-included (the tokens' ``end`` claim, ``services/tokens.py``). A browser tab left signed in as an
-admin is worth more to whoever finds it than an ordinary session, and re-linking is one
-command for whoever runs the server.
+The session a link opens is short: it ends ``admin_session_ttl`` (2 hours by default) after
+the sign-in, refreshes included (the tokens' ``end`` claim, ``services/tokens.py``). A browser
+tab left signed in as an admin is worth more to whoever finds it than an ordinary session, and
+re-linking is one command for whoever runs the server.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from heaper_trio.settings import Settings
 from heaper_trio.storage import Storage
 
 LINK_TTL_S = 600
-ADMIN_SESSION_S = 2 * 3600  # an admin-link session, refreshes included
 SECRET_BYTES = 32
 PAGE_PATH = "/admin"
 
@@ -100,18 +99,23 @@ _PROBLEM_TEXT = {
 
 
 class AdminSignIn:
-    """Turns an admin link into a token pair of its admin, for ``ADMIN_SESSION_S`` at most."""
+    """Turns an admin link into a token pair of its admin, for ``session_s`` at most."""
 
     def __init__(
-        self, storage: Storage, tokens: TokenService, clock: Callable[[], float] = time.time
+        self,
+        storage: Storage,
+        tokens: TokenService,
+        session_s: int,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.storage = storage
         self.tokens = tokens
+        self.session_s = session_s
         self.clock = clock
 
     async def sign_in(self, secret: str) -> tuple[User, TokenPair]:
         now_s = self.clock()
-        ends_at = int(now_s) + ADMIN_SESSION_S
+        ends_at = int(now_s) + self.session_s
         row = self.tokens.new_refresh_row(now_s, ends_at)
         outcome = await self.storage.use_admin_link(link_hash(secret), int(now_s * 1000), row)
         if outcome.problem is AdminLinkProblem.not_admin:

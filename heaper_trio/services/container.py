@@ -162,7 +162,7 @@ async def open_services(
                 )
             ),
             admin_console=AdminConsole(admin, storage, scans, media, settings.data_path),
-            admin_sign_in=AdminSignIn(storage, tokens),
+            admin_sign_in=AdminSignIn(storage, tokens, settings.admin_session_ttl),
             client_thumbnails=(thumbs := ClientThumbnails(storage, settings.data_path, objects)),
             heaps=HeapService(documents, files, thumbs),
             shutdown=shutdown if shutdown is not None else trio.Event(),

@@ -35,7 +35,9 @@ async def run_async(args: argparse.Namespace) -> int:
             if args.command == "export":
                 report: Any = await export_heap(client, args.heap, Path(args.dest), bar=bar)
             else:
-                limits = ZipLimits(args.zip_max_total_mib << 20, args.zip_max_entry_mib << 20)
+                limits = ZipLimits(
+                    args.zip_max_total_mib << 20, args.zip_max_entry_mib << 20, args.zip_max_entries
+                )
                 report = await import_source(
                     client, Path(args.src), args.heap, bar=bar, zip_limits=limits
                 )

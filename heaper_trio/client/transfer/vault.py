@@ -11,9 +11,10 @@ import os
 import shutil
 import stat
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from heaper_trio.client.transfer.names import FILES_DIR
 
@@ -83,14 +84,20 @@ def _link(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class ZipLimits:
-    """How much an imported zip may unpack to (``import --zip-max-total-mib`` and
-    ``--zip-max-entry-mib``): a small zip can declare, and inflate to, terabytes."""
+    """How much an imported zip may unpack to (``import --zip-max-total-mib``,
+    ``--zip-max-entry-mib`` and ``--zip-max-entries``): a small zip can declare, and inflate
+    to, terabytes, or a million empty files (each an inode and a row in memory)."""
 
     total: int = 8 << 30
     entry: int = 2 << 30
+    entries: int = 100_000
 
 
 ZIP_LIMITS = ZipLimits()
+# zipfile's reader of the end-of-central-directory record (zip64 aware): private, so looked up
+# once and optional (see _check_entry_count).
+_END_RECORD: Callable[[BinaryIO], list[Any] | None] | None = getattr(zipfile, "_EndRecData", None)
+_ENTRIES_TOTAL: int | None = getattr(zipfile, "_ECD_ENTRIES_TOTAL", None)
 
 
 def unzip(archive: Path, into: Path, limits: ZipLimits = ZIP_LIMITS) -> Path:
@@ -102,6 +109,7 @@ def unzip(archive: Path, into: Path, limits: ZipLimits = ZIP_LIMITS) -> Path:
     more than an entry declares, and a lie fails its CRC check (``BadZipFile``)."""
     into.mkdir(parents=True, exist_ok=True)
     try:
+        _check_entry_count(archive, limits)
         with zipfile.ZipFile(archive) as z:
             entries = _checked_entries(archive, z, limits)
             _check_room(archive, into, sum(info.file_size for info, _ in entries))
@@ -127,6 +135,8 @@ def _checked_entries(
     be acceptable. A name that is both a file and a folder (``a``, then ``a/b``), or a file
     twice, is refused here, naming the entry, rather than failing half-way with a bare
     ``OSError`` from the file system."""
+    if len(z.infolist()) > limits.entries:
+        raise VaultError(_too_many(archive, len(z.infolist()), limits))
     entries: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
     files: set[tuple[str, ...]] = set()
     folders: set[tuple[str, ...]] = set()
@@ -162,6 +172,30 @@ def _too_big(archive: Path, name: str, limits: ZipLimits) -> str:
         f"import: {archive}: unpacking {name!r} goes past the limits of "
         f"{limits.entry >> 20} MiB per entry and {limits.total >> 20} MiB in all "
         "(--zip-max-entry-mib, --zip-max-total-mib); nothing was imported"
+    )
+
+
+def _check_entry_count(archive: Path, limits: ZipLimits) -> None:
+    """Refuse a zip declaring too many entries before ``zipfile`` reads its central directory:
+    opening one builds a ``ZipInfo`` per entry, and 46 bytes of directory per entry make a
+    100 MB zip of two million. The count is read from the end-of-central-directory record
+    (zip64 included) with ``zipfile``'s own reader; if that private helper is ever gone, the
+    same limit is still checked on the parsed list, after the memory is spent."""
+    if _END_RECORD is None or _ENTRIES_TOTAL is None:
+        return
+    try:
+        with archive.open("rb") as f:
+            record = _END_RECORD(f)
+    except OSError:
+        return  # ZipFile reports it the usual way
+    if record and int(record[_ENTRIES_TOTAL]) > limits.entries:
+        raise VaultError(_too_many(archive, int(record[_ENTRIES_TOTAL]), limits))
+
+
+def _too_many(archive: Path, count: int, limits: ZipLimits) -> str:
+    return (
+        f"import: {archive}: the zip holds {count} entries, more than {limits.entries} "
+        "(--zip-max-entries); nothing was imported"
     )
 
 
