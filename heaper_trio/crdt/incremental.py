@@ -33,10 +33,11 @@ MAP_ROOTS = ("meta_v0", "relations_v1", "files_v0", "apps_v0")
 XML_ROOTS = ("title_v0", "content_v0")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Part:
     """One top-level child of an XML root, scanned: an inline child gives a piece of a line
-    (consecutive inline children make one line), another its own lines."""
+    (consecutive inline children make one line), another its own lines. Slotted, and sharing
+    one empty set: an 8.6 MB document has 59k of them (the projection's caches took 49 MB)."""
 
     inline: bool
     lines: tuple[str, ...]
@@ -44,13 +45,20 @@ class _Part:
     links: frozenset[str]
 
 
+_NONE: frozenset[str] = frozenset()
+
+
+def _ids(found: set[str]) -> frozenset[str]:
+    return frozenset(found) if found else _NONE
+
+
 def _scan_child(child: Any) -> _Part:
     scan = _XmlScan()
     if _is_inline(child):
         text = scan.inline(child, 1)
-        return _Part(True, (text,), frozenset(scan.mentions), frozenset(scan.links))
+        return _Part(True, (text,), _ids(scan.mentions), _ids(scan.links))
     scan.block(child, 1)
-    return _Part(False, tuple(scan.lines), frozenset(scan.mentions), frozenset(scan.links))
+    return _Part(False, tuple(scan.lines), _ids(scan.mentions), _ids(scan.links))
 
 
 def _assemble(parts: list[_Part]) -> _XmlScan:
