@@ -10,18 +10,33 @@ push writes, without building and pushing Yjs updates, which would take minutes)
 then, interleaved, ``--runs`` times each, the median reported:
 
 * ``server_walk``: ``GET /api/sync/delta`` from since=0, pages of 1,000, passing
-  ``server_time`` back until ``has_more`` is false (httpx, one keep-alive connection);
+  ``server_time`` back until ``has_more`` is false (httpx, one keep-alive connection,
+  ``r.json()``: what a Python client built on httpx pays);
+* ``server_walk_thin``: the same walk through the thinnest client (HTTP/1.1 written by hand
+  on one keep-alive socket, each page decoded with orjson), as the ws bench uses raw clients:
+  what is measured is the server, not the load generator;
 * ``raw_walk`` (the anchor): a plain ``sqlite3`` connection on the same file walks the same
-  pages with the same query the server runs (the delta columns, ``updated_at > ? ORDER BY
-  updated_at, id LIMIT 1001``) and ``json.dumps`` each page in the answer's shape: what the
-  database plus the answer's encoding cost, without HTTP and the server;
+  pages with the same query (the delta columns, ``updated_at > ? ORDER BY updated_at, id
+  LIMIT 1001``) and ``json.dumps`` each page in the answer's shape: what the database plus
+  the answer's encoding cost, without HTTP and the server;
+* ``raw_walk_decoded``: ``raw_walk`` that also ``json.loads`` each page, as the httpx walk's
+  client must: what a client walk costs without HTTP and the server.
+
+Which ratio the goal (< 1.5x) is read against: ``server_walk_thin`` over ``raw_walk``. The
+httpx walk's client spends as much CPU parsing as the whole anchor does (issue 12 item 4),
+which is neither the server nor the database; the thin walk still pays its own decode and
+the sockets, and the anchor pays neither, so the reading leans against the server, not for
+it. ``server_walk`` over ``raw_walk_decoded`` (both pay ``json.loads``; httpx itself only on
+the server's side) and over ``raw_walk`` (the figure of earlier sessions) are printed too.
 * ``raw_walk_before``: the queries the server ran before issue 12 (every column, three JSON
   columns decoded, ``COUNT(*)`` of what follows on every page), for context.
 
 With ``--engine postgres --database-url URL`` the server runs on a scratch database made on
-that cluster (dropped afterwards), the blocks are committed through the PostgreSQL storage, and
-the anchor is a plain asyncpg connection walking the same pages with the server's query
-(``raw_walk_before`` is not measured there).
+that cluster (dropped afterwards) and the anchor is a plain asyncpg connection walking the
+same pages with the server's query (``raw_walk_before`` is not measured there). The blocks
+are written there by ``COPY`` on a plain asyncpg connection (the delta columns, unique change
+times, the heap's clock moved past them): committing them through the storage makes several
+round trips per block, about 5 s per thousand, which is what looked like a hang at 100k.
 
 Prints ONE JSON object (progress on stderr) with the anchor and the ratios::
 
@@ -36,6 +51,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import sqlite3
 import statistics
 import sys
@@ -51,10 +67,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
+import orjson
 import trio
 from bench_http import Server, free_port, log, proc_cpu_s
 
-from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.client import HeaperClient, KeyPair
 from heaper_trio.records import BlockChange, BlockProjection
 from heaper_trio.storage.sqlite.engine import DB_FILE, SqliteStorage
@@ -95,12 +111,7 @@ def block_change(i: int, heap_id: str, user_id: str) -> BlockChange:
 
 async def populate(data_dir: Path, heap_id: str, user_id: str, n: int, database_url: str) -> float:
     if database_url:
-        from heaper_trio.services.container import open_storage
-        from heaper_trio.settings import load_settings
-
-        env = {"HEAPER_DATA_DIR": str(data_dir), "HEAPER_DATABASE_URL": database_url}
-        async with open_asyncio_loop(), open_storage(load_settings(environ=env)) as pg:
-            return await _commit_all(pg, heap_id, user_id, n)
+        return await trio.to_thread.run_sync(_pg_copy_all, database_url, heap_id, user_id, n)
     storage = SqliteStorage(data_dir, "NORMAL")
     await storage.open()
     try:
@@ -118,6 +129,91 @@ async def _commit_all(storage: Any, heap_id: str, user_id: str, n: int) -> float
     return time.perf_counter() - t0
 
 
+def _pg_copy_all(dsn: str, heap_id: str, user_id: str, n: int) -> float:
+    """The blocks of ``block_change`` as rows, by COPY on a plain asyncpg connection, change
+    times after the heap's clock, the clock and the heap's usage counters moved past them
+    (what a commit would leave for the feed to read; no update log, no search rows: delta
+    reads neither)."""
+
+    async def copy() -> float:
+        import asyncpg
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            t0 = time.perf_counter()
+            async with conn.transaction():
+                clock = await conn.fetchval("SELECT clock FROM heaps WHERE id=$1", heap_id)
+                rows = []
+                for i in range(n):
+                    b = block_change(i, heap_id, user_id)
+                    p = b.projection
+                    at = clock + 1 + i
+                    rows.append(
+                        (b.block_id, heap_id, p.type, p.title, p.text, at, user_id, at, b"\x00")
+                    )
+                columns = [
+                    "id",
+                    "heap_id",
+                    "type",
+                    "title",
+                    "text",
+                    "created_at",
+                    "created_by",
+                    "updated_at",
+                    "state_vector",
+                ]
+                # the usage trigger updates the heap row once per block: within one transaction
+                # each update walks the row's versions so far, quadratic in the rows (100k: many
+                # minutes); off for the COPY, its counts set once below
+                await conn.execute("ALTER TABLE blocks DISABLE TRIGGER blocks_usage_insert")
+                await conn.copy_records_to_table("blocks", records=rows, columns=columns)
+                await conn.execute("ALTER TABLE blocks ENABLE TRIGGER blocks_usage_insert")
+                await conn.execute(
+                    "UPDATE heaps SET clock=$1, block_count=block_count + $2 WHERE id=$3",  # size 0
+                    clock + n,
+                    n,
+                    heap_id,
+                )
+            await conn.execute("VACUUM ANALYZE blocks")  # as autovacuum would: index-only ends
+            return time.perf_counter() - t0
+        finally:
+            await conn.close()
+
+    return asyncio.run(copy())
+
+
+def thin_walk(port: int, token: str, heap_id: str) -> tuple[float, int, int]:
+    """The walk through the thinnest client: HTTP/1.1 by hand on one keep-alive socket, each
+    page decoded with orjson (blocking: run in a thread)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    stream = sock.makefile("rb")
+    since, pages, blocks = 0, 0, 0
+    t0 = time.perf_counter()
+    try:
+        while True:
+            sock.sendall(
+                f"GET /api/sync/delta?workspace_id={heap_id}&since={since}&limit={PAGE} "
+                f"HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {token}\r\n\r\n".encode()
+            )
+            status = stream.readline()
+            assert status.split()[1] == b"200", status
+            length = 0
+            while (line := stream.readline()) != b"\r\n":
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            body = orjson.loads(stream.read(length))
+            pages += 1
+            blocks += len(body["changed_blocks"])
+            since = body["server_time"]
+            if not body["has_more"]:
+                return time.perf_counter() - t0, pages, blocks
+    finally:
+        stream.close()
+        sock.close()
+
+
 async def server_walk(client: httpx.AsyncClient, heap_id: str) -> tuple[float, int, int]:
     since, pages, blocks = 0, 0, 0
     t0 = time.perf_counter()
@@ -133,9 +229,10 @@ async def server_walk(client: httpx.AsyncClient, heap_id: str) -> tuple[float, i
             return time.perf_counter() - t0, pages, blocks
 
 
-def _page_body(rows: Sequence[Sequence[Any]], since: Any) -> dict[str, Any]:
+def _page_body(rows: Sequence[Sequence[Any]], since: Any, decode: bool = False) -> dict[str, Any]:
     """What the server answers for one page (``PAGE + 1`` rows asked), encoded as it would
-    be: the anchor pays the same shaping and JSON the route does."""
+    be: the anchor pays the same shaping and JSON the route does; with ``decode``, also
+    what a client pays to read it (``json.loads``, as httpx's ``r.json()``)."""
     has_more = len(rows) > PAGE
     rows = rows[:PAGE]
     body = {
@@ -155,11 +252,13 @@ def _page_body(rows: Sequence[Sequence[Any]], since: Any) -> dict[str, Any]:
         "server_time": rows[-1][1] if rows else since,
         "has_more": has_more,
     }
-    json.dumps(body).encode()
+    data = json.dumps(body).encode()
+    if decode:
+        json.loads(data)
     return body
 
 
-def raw_walk(db: Path, heap_id: str) -> tuple[float, int, int]:
+def raw_walk(db: Path, heap_id: str, decode: bool = False) -> tuple[float, int, int]:
     conn = sqlite3.connect(db)
     since, pages, blocks = 0, 0, 0
     t0 = time.perf_counter()
@@ -169,7 +268,7 @@ def raw_walk(db: Path, heap_id: str) -> tuple[float, int, int]:
             "ORDER BY updated_at, id LIMIT ?",
             (heap_id, since, PAGE + 1),
         ).fetchall()
-        body = _page_body(rows, since)
+        body = _page_body(rows, since, decode)
         has_more = body["has_more"]
         pages += 1
         blocks += len(body["changed_blocks"])
@@ -179,7 +278,7 @@ def raw_walk(db: Path, heap_id: str) -> tuple[float, int, int]:
             return time.perf_counter() - t0, pages, blocks
 
 
-async def _pg_walk(dsn: str, heap_id: str) -> tuple[float, int, int]:
+async def _pg_walk(dsn: str, heap_id: str, decode: bool) -> tuple[float, int, int]:
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
@@ -194,7 +293,7 @@ async def _pg_walk(dsn: str, heap_id: str) -> tuple[float, int, int]:
                 since,
                 PAGE + 1,
             )
-            body = _page_body(rows, since)
+            body = _page_body(rows, since, decode)
             has_more = body["has_more"]
             pages += 1
             blocks += len(body["changed_blocks"])
@@ -205,9 +304,9 @@ async def _pg_walk(dsn: str, heap_id: str) -> tuple[float, int, int]:
         await conn.close()
 
 
-def raw_pg_walk(dsn: str, heap_id: str) -> tuple[float, int, int]:
+def raw_pg_walk(dsn: str, heap_id: str, decode: bool = False) -> tuple[float, int, int]:
     """The anchor on PostgreSQL: a plain asyncpg connection (own event loop, own thread)."""
-    return asyncio.run(_pg_walk(dsn, heap_id))
+    return asyncio.run(_pg_walk(dsn, heap_id, decode))
 
 
 def raw_walk_before(db: Path, heap_id: str) -> tuple[float, int, int]:
@@ -243,7 +342,8 @@ async def run(server: Server, data_dir: Path, args: argparse.Namespace) -> dict[
         user_id = me.get("user", me).get("id") or me["user_id"]
         heap = (await client.post("/api/heap/add", json={"name": "Delta"})).json()["heap"]
         heap_id = heap["id"]
-        log(f"populating {args.blocks} blocks through storage")
+        how = "by COPY" if args.database_url else "through storage"
+        log(f"populating {args.blocks} blocks {how}")
         populate_s = await populate(data_dir, heap_id, user_id, args.blocks, args.database_url)
         log(f"populated in {populate_s:.1f}s")
         headers = {"Authorization": f"Bearer {client.access_token}"}
@@ -254,43 +354,60 @@ async def run(server: Server, data_dir: Path, args: argparse.Namespace) -> dict[
         "page": PAGE,
         "populate_s": round(populate_s, 1),
     }
-    times: dict[str, list[float]] = {"server_walk": [], "raw_walk": []}
+    names = ("server_walk", "server_walk_thin", "raw_walk", "raw_walk_decoded")
+    times: dict[str, list[float]] = {name: [] for name in names}
     if not args.database_url:
         times["raw_walk_before"] = []
-    cpu: list[float] = []
+    cpu: dict[str, list[float]] = {"server_walk": [], "server_walk_thin": []}
     client_cpu: list[float] = []
+    raw = raw_pg_walk if args.database_url else raw_walk
+    anchor_on = args.database_url or db
+    token = headers["Authorization"].split()[1]
     async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=300) as http:
         await server_walk(http, heap_id)  # warm-up: caches, the page cache of the file
         for _ in range(args.runs):
             c0, own0 = proc_cpu_s(server.pid), time.process_time()
             s, pages, blocks = await server_walk(http, heap_id)
-            cpu.append(proc_cpu_s(server.pid) - c0)
+            cpu["server_walk"].append(proc_cpu_s(server.pid) - c0)
             client_cpu.append(time.process_time() - own0)
             times["server_walk"].append(s)
             assert blocks == args.blocks + 1, (blocks, args.blocks)  # and the root block
             out["pages"] = pages
-            if args.database_url:
-                raw = await trio.to_thread.run_sync(raw_pg_walk, args.database_url, heap_id)
-            else:
-                raw = await trio.to_thread.run_sync(raw_walk, db, heap_id)
-            assert raw[1:] == (pages, blocks), raw
-            times["raw_walk"].append(raw[0])
+            c0 = proc_cpu_s(server.pid)
+            thin = await trio.to_thread.run_sync(thin_walk, server.port, token, heap_id)
+            cpu["server_walk_thin"].append(proc_cpu_s(server.pid) - c0)
+            assert thin[1:] == (pages, blocks), thin
+            times["server_walk_thin"].append(thin[0])
+            for name, decode in (("raw_walk", False), ("raw_walk_decoded", True)):
+                walked = await trio.to_thread.run_sync(raw, anchor_on, heap_id, decode)
+                assert walked[1:] == (pages, blocks), walked
+                times[name].append(walked[0])
             if not args.database_url:
                 s, _, _ = await trio.to_thread.run_sync(raw_walk_before, db, heap_id)
                 times["raw_walk_before"].append(s)
     for k, v in times.items():
         out[k] = {"median_s": round(statistics.median(v), 3), "runs_s": [round(x, 3) for x in v]}
-    out["server_walk"]["server_cpu_s"] = round(statistics.median(cpu), 3)
+    for k, v in cpu.items():
+        out[k]["server_cpu_s"] = round(statistics.median(v), 3)
+        out[k]["server_cpu_ms_per_page"] = round(1000 * statistics.median(v) / out["pages"], 2)
     # httpx and json.loads in this process: part of the walk's wall time, not the server's
     out["server_walk"]["client_cpu_s"] = round(statistics.median(client_cpu), 3)
-    walk, anchor = out["server_walk"]["median_s"], out["raw_walk"]["median_s"]
+    walk, thin = out["server_walk"]["median_s"], out["server_walk_thin"]["median_s"]
+    anchor, decoded = out["raw_walk"]["median_s"], out["raw_walk_decoded"]["median_s"]
     client = "asyncpg" if args.database_url else "sqlite3"
     out["anchor"] = f"raw_walk: plain {client} walk of the same pages, same query, json.dumps"
-    out["ratios"] = {"server_walk_vs_raw_walk": round(walk / anchor, 2)}
+    out["ratios"] = {
+        "server_walk_thin_vs_raw_walk": round(thin / anchor, 2),  # the goal's reading
+        "server_walk_vs_raw_walk_decoded": round(walk / decoded, 2),
+        "server_walk_vs_raw_walk": round(walk / anchor, 2),
+    }
     if "raw_walk_before" in out:
         before = out["raw_walk_before"]["median_s"]
         out["ratios"]["raw_walk_before_vs_raw_walk"] = round(before / anchor, 2)
-    out["goals"] = {"server_walk_under_1_5_s": walk < 1.5, "ratio_under_1_5": walk / anchor < 1.5}
+    out["goals"] = {
+        "server_walk_under_1_5_s": walk < 1.5,
+        "ratio_under_1_5": thin / anchor < 1.5,  # server_walk_thin_vs_raw_walk
+    }
     return out
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from heaper_trio.records import BlockRecord, ChangePage, User
+from heaper_trio.records import BlockRecord, ChangePage, EncodedChangePage, User
 from heaper_trio.records.changes import ChangeKind
 from heaper_trio.services.commits import Committed
 from heaper_trio.services.documents import DocumentService
@@ -65,6 +65,14 @@ class HeapService:
     async def changed_blocks(self, user: User, heap_id: str, marker: int, limit: int) -> ChangePage:
         """The delta feed under its other name: ``marker`` in, ``server_time`` is the next."""
         return await self.documents.delta(user, heap_id, marker, limit)
+
+    async def delta_encoded(
+        self, user: User, heap_id: str, since: int, limit: int
+    ) -> EncodedChangePage:
+        """The delta feed with its rows written as JSON by the database (``GET
+        /api/sync/delta``): a walk's page costs no Python object per row (issue 12 item 4)."""
+        await self.documents.owned_heap(user, heap_id)
+        return await self.storage.changes_since_encoded(heap_id, since, limit)
 
     # -- trash ------------------------------------------------------------------------------
     async def trash(self, user: User, heap_id: str) -> list[BlockRecord]:

@@ -24,6 +24,7 @@ from heaper_trio.records import (
     BlockRecord,
     ChangePage,
     CommitResult,
+    EncodedChangePage,
     FileRecord,
     Heap,
     LoginOutcome,
@@ -190,6 +191,12 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def changes_since(self, heap_id: str, since: int, limit: int) -> ChangePage:
         """Blocks changed and removed after ``since`` (a change time), oldest first."""
+
+    @abc.abstractmethod
+    async def changes_since_encoded(
+        self, heap_id: str, since: int, limit: int
+    ) -> EncodedChangePage:
+        """``changes_since``'s page, its rows already JSON (the delta route's hot path)."""
 
     @abc.abstractmethod
     async def related(self, block_id: str) -> dict[str, list[str]]:

@@ -11,10 +11,13 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
+import orjson
+
 from heaper_trio.records import (
     BlockRecord,
     ChangedBlock,
     ChangePage,
+    EncodedChangePage,
     FileRecord,
     Heap,
     ScanEntry,
@@ -207,6 +210,45 @@ def tie_at(rows: Sequence[Row | tuple[Any, ...]], limit: int, time_key: int) -> 
     return int(at) if rows[limit - 1][time_key] == at else None
 
 
+def encoded_page(p: ChangePage) -> EncodedChangePage:
+    """``p`` with its rows encoded here, as the database would have: the encoded feed of an
+    engine whose own JSON quoting is not orjson's (``feed.json_like_orjson``)."""
+    changed = b",".join(
+        orjson.dumps(
+            {
+                "block_id": b.id,
+                "updated_at": b.updated_at,
+                "sync_version": b.sync_version,
+                "type": b.type,
+                "title": b.title,
+                "deleted_at": b.deleted_at,
+            }
+        )
+        for b in p.changed
+    )
+    deleted = b",".join(orjson.dumps({"block_id": i, "deleted_at": at}) for i, at in p.deleted)
+    return EncodedChangePage(
+        changed.decode(),
+        deleted.decode(),
+        len(p.changed),
+        len(p.deleted),
+        p.server_time,
+        p.has_more,
+        p.total_changed,
+        p.total_deleted,
+    )
+
+
+def page_end(changed_ends: Sequence[Any], deleted_ends: Sequence[Any]) -> int | None:
+    """Where ``page`` would cut, from each feed's rows ``limit`` and ``limit + 1`` alone (in
+    (time, id) order: ``LIMIT 2 OFFSET limit - 1``, the time first): a feed with a row past
+    ``limit`` ends at its ``limit``-th time, the page at the earlier of those. None: nothing
+    more follows, the page is all there is after ``since``. Everything up to the cut, ties
+    included, is then one range query (``updated_at <= cut``) with no tie to fetch apart."""
+    cuts = [int(ends[0][0]) for ends in (changed_ends, deleted_ends) if len(ends) > 1]
+    return min(cuts) if cuts else None
+
+
 class DeltaTotals:
     """The feed's totals carried from one page to the next, so a walk counts once.
 
@@ -223,8 +265,13 @@ class DeltaTotals:
         self._totals: OrderedDict[tuple[str, int], tuple[int, int, int]] = OrderedDict()
         self.hits = 0  # pages answered without counting (tests and benchmarks read it)
 
+    def take(self, heap_id: str, since: int) -> tuple[int, int, int] | None:
+        """(clock, changed, deleted) remembered after ``since``, forgotten here: for an engine
+        that compares the clock in the very statement that would count otherwise."""
+        return self._totals.pop((heap_id, since), None)
+
     def get(self, heap_id: str, since: int, clock: int) -> tuple[int, int] | None:
-        found = self._totals.pop((heap_id, since), None)
+        found = self.take(heap_id, since)
         if found is None or found[0] != clock:
             return None
         self.hits += 1
@@ -232,12 +279,18 @@ class DeltaTotals:
 
     def carry(self, heap_id: str, answered: ChangePage, clock: int) -> None:
         """Remember what lies after ``answered`` (a page read at ``clock``)."""
-        key = (heap_id, answered.server_time)
-        self._totals[key] = (
-            clock,
+        self.carry_counts(
+            heap_id,
+            answered.server_time,
             answered.total_changed - len(answered.changed),
             answered.total_deleted - len(answered.deleted),
+            clock,
         )
+
+    def carry_counts(self, heap_id: str, cut: int, changed: int, deleted: int, clock: int) -> None:
+        """Remember that ``changed`` and ``deleted`` rows lie after ``cut`` at ``clock``."""
+        key = (heap_id, cut)
+        self._totals[key] = (clock, changed, deleted)
         self._totals.move_to_end(key)
         while len(self._totals) > self._kept:
             self._totals.popitem(last=False)

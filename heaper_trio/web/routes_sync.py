@@ -9,7 +9,13 @@ from quart import Blueprint, Response
 from heaper_trio.errors import BadRequest, PayloadTooLarge, Unprocessable
 from heaper_trio.records import User
 from heaper_trio.services.documents import DELTA_LIMIT
-from heaper_trio.web.json_sync import delta_bytes, pull_json, pull_request, push_json, push_request
+from heaper_trio.web.json_sync import (
+    encoded_delta_bytes,
+    pull_json,
+    pull_request,
+    push_json,
+    push_request,
+)
 from heaper_trio.web.routes_heaps import ID
 from heaper_trio.web.routing import current_request, route, services
 from heaper_trio.web.schema import (
@@ -102,8 +108,8 @@ async def delta(user: User) -> Response:
     since_text = request.args.get("since", "")
     since = parse_int(since_text, SINCE, "query.since") if is_int_text(since_text) else 0
     limit = parse_int(request.args.get("limit", str(DELTA_LIMIT)), LIMIT, "query.limit")
-    page = await services().documents.delta(user, heap_id, since, limit)
-    return Response(delta_bytes(page), content_type="application/json")
+    page = await services().heaps.delta_encoded(user, heap_id, since, limit)
+    return Response(encoded_delta_bytes(page), content_type="application/json")
 
 
 @route(

@@ -44,6 +44,7 @@ from heaper_trio.records import (
     ChangePage,
     CommitResult,
     CommitStatus,
+    EncodedChangePage,
     Heap,
     LoginOutcome,
     NewRefreshToken,
@@ -92,7 +93,7 @@ from heaper_trio.storage.postgres.runtime import (
 )
 from heaper_trio.storage.postgres.scans import PostgresScans
 from heaper_trio.storage.postgres.user_cache import UserRowCache
-from heaper_trio.storage.rows import DeltaTotals
+from heaper_trio.storage.rows import DeltaTotals, encoded_page
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ class PostgresStorage(
         self.announce_as: str | None = None
         self._announced: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self.delta_totals = DeltaTotals()  # the change feed's totals, carried page to page
+        self.sql_json = False  # the server writes the feed's JSON as orjson would (at open)
         self._group: GroupCommit | None = None  # concurrent commit_changes, one transaction
         self.outage = DatabaseOutage()
         self._users = UserRowCache(dsn, self.outage)  # user rows, dropped on NOTIFY (issue 12)
@@ -176,6 +178,7 @@ class PostgresStorage(
         )
         try:
             await self._run(tx, _migrate, int(time.time() * 1000))
+            self.sql_json = await self._run(read, feed.json_like_orjson)
             await aio_as_trio(self._users.start, loop=self._loop)()
         except BaseException:
             await self.close()
@@ -387,6 +390,14 @@ class PostgresStorage(
         return await self._run(
             docs.snapshot, feed.changes_since, heap_id, since, limit, self.delta_totals
         )
+
+    async def changes_since_encoded(
+        self, heap_id: str, since: int, limit: int
+    ) -> EncodedChangePage:
+        if not self.sql_json:
+            return encoded_page(await self.changes_since(heap_id, since, limit))
+        args = (heap_id, since, limit, self.delta_totals)
+        return await self._run(read, feed.changes_since_encoded, *args)  # one statement
 
     async def related(self, block_id: str) -> dict[str, list[str]]:
         return await self._run(read, docs.related, block_id)

@@ -4,9 +4,59 @@
 
 from __future__ import annotations
 
-from heaper_trio.records import ChangePage
+import orjson
+
+from heaper_trio.records import ChangePage, EncodedChangePage
 from heaper_trio.storage.postgres.runtime import Conn
-from heaper_trio.storage.rows import DELTA_COLUMNS, DeltaTotals, delta_rows, page, tie_at
+from heaper_trio.storage.rows import (
+    DELTA_COLUMNS,
+    DeltaTotals,
+    delta_rows,
+    page,
+    tie_at,
+)
+
+# A changed and a removed block as the answer writes them (``web/json_sync.delta_json``).
+# json_build_object spaces its output (``"a" : 1``), so the objects are put together from
+# ``to_json`` of each text, whose quoting is orjson's (``json_like_orjson`` checks it).
+CHANGED_JSON = (
+    """'{"block_id":' || to_json(id)::text || ',"updated_at":' || updated_at """
+    """|| ',"sync_version":' || sync_version """
+    """|| ',"type":' || COALESCE(to_json(type)::text, 'null') """
+    """|| ',"title":' || to_json(title)::text """
+    """|| ',"deleted_at":' || COALESCE(deleted_at::text, 'null') || '}'"""
+)
+DELETED_JSON = (
+    """'{"block_id":' || to_json(block_id)::text || ',"deleted_at":' || deleted_at || '}'"""
+)
+NO_CUT = 2**63 - 1  # past every change time: "no upper bound" for a last page's range
+# Every character class JSON quoting treats apart (PostgreSQL text holds no NUL).
+PROBE = "".join(map(chr, range(1, 32))) + '"\\/\x7f~é€\u2028\u2029\U0001f600'
+
+
+async def json_like_orjson(c: Conn) -> bool:
+    """True if this server quotes text as orjson does: the encoded feed is only used then
+    (``PostgresStorage.open``), so a server that quotes otherwise cannot change the answer's
+    bytes, it only makes the feed take the Python path."""
+    got = await c.fetchval("SELECT '{\"t\":' || to_json($1::text)::text || '}'", PROBE)
+    return bool(got == orjson.dumps({"t": PROBE}).decode())
+
+
+async def _totals(
+    c: Conn, heap_id: str, since: int, clock: int, memo: DeltaTotals | None
+) -> tuple[int, int]:
+    """What lies after ``since``: carried from the walk's previous page, or counted."""
+    totals = None if memo is None else memo.get(heap_id, since, clock)
+    if totals is None:
+        row = await c.fetchrow(
+            "SELECT (SELECT COUNT(*) FROM blocks WHERE heap_id=$1 AND updated_at > $2), "
+            "(SELECT COUNT(*) FROM block_tombstones WHERE heap_id=$1 AND deleted_at > $2)",
+            heap_id,
+            since,
+        )
+        assert row is not None  # a SELECT without FROM gives one row
+        totals = (int(row[0]), int(row[1]))
+    return totals
 
 
 async def changes_since(
@@ -49,16 +99,7 @@ async def changes_since(
             tie,
             deleted[-1][0],
         )
-    totals = None if memo is None else memo.get(heap_id, since, clock)
-    if totals is None:
-        row = await c.fetchrow(
-            "SELECT (SELECT COUNT(*) FROM blocks WHERE heap_id=$1 AND updated_at > $2), "
-            "(SELECT COUNT(*) FROM block_tombstones WHERE heap_id=$1 AND deleted_at > $2)",
-            heap_id,
-            since,
-        )
-        assert row is not None  # a SELECT without FROM gives one row
-        totals = (int(row[0]), int(row[1]))
+    totals = await _totals(c, heap_id, since, clock, memo)
     answer = page(
         delta_rows(rows),
         [(r[0], r[1]) for r in deleted],
@@ -70,3 +111,69 @@ async def changes_since(
     if memo is not None:
         memo.carry(heap_id, answer, clock)
     return answer
+
+
+# One statement, so one snapshot without a transaction and one round trip (each costs the
+# server more CPU than the page's rows do, issue 12 item 4): the heap's clock; the change time
+# of each feed's ``limit``-th row after ``since``, when a row follows it (``page_end``); the
+# page's range in both feeds, up to the earlier of those times, as JSON; and the totals of
+# what follows ``since``, counted only when the clock is not the one the walk's previous page
+# left them at ($4, NULL when nothing was carried).
+ENCODED_PAGE = f"""
+WITH h AS (SELECT clock FROM heaps WHERE id = $1),
+ce AS (SELECT updated_at FROM blocks WHERE heap_id = $1 AND updated_at > $2
+       ORDER BY updated_at, id COLLATE "C" LIMIT 2 OFFSET $3),
+de AS (SELECT deleted_at FROM block_tombstones WHERE heap_id = $1 AND deleted_at > $2
+       ORDER BY deleted_at, block_id COLLATE "C" LIMIT 2 OFFSET $3),
+cut AS (SELECT LEAST((SELECT min(updated_at) FROM ce HAVING COUNT(*) = 2),
+                     (SELECT min(deleted_at) FROM de HAVING COUNT(*) = 2)) AS at),
+fresh AS (SELECT $4::bigint IS NULL OR (SELECT clock FROM h) IS DISTINCT FROM $4 AS count)
+SELECT (SELECT clock FROM h), (SELECT at FROM cut), c.n, c.rows, d.n, d.rows,
+    CASE WHEN (SELECT count FROM fresh) THEN
+        (SELECT COUNT(*) FROM blocks WHERE heap_id = $1 AND updated_at > $2) END,
+    CASE WHEN (SELECT count FROM fresh) THEN
+        (SELECT COUNT(*) FROM block_tombstones WHERE heap_id = $1 AND deleted_at > $2) END
+FROM (SELECT COUNT(*) AS n, string_agg({CHANGED_JSON}, ',' ORDER BY updated_at, id COLLATE "C")
+          AS rows
+      FROM blocks WHERE heap_id = $1 AND updated_at > $2
+          AND updated_at <= COALESCE((SELECT at FROM cut), {NO_CUT})) c,
+     (SELECT COUNT(*) AS n,
+          string_agg({DELETED_JSON}, ',' ORDER BY deleted_at, block_id COLLATE "C") AS rows
+      FROM block_tombstones WHERE heap_id = $1 AND deleted_at > $2
+          AND deleted_at <= COALESCE((SELECT at FROM cut), {NO_CUT})) d
+"""
+
+
+async def changes_since_encoded(
+    c: Conn, heap_id: str, since: int, limit: int, memo: DeltaTotals | None = None
+) -> EncodedChangePage:
+    """``changes_since``'s page with its rows written as JSON by PostgreSQL, one string per
+    feed (``string_agg`` in (time, id) order), in one statement (``ENCODED_PAGE``): run it
+    with the ``read`` runner, no transaction."""
+    carried = None if memo is None else memo.take(heap_id, since)
+    row = await c.fetchrow(
+        ENCODED_PAGE, heap_id, since, limit - 1, None if carried is None else carried[0]
+    )
+    assert row is not None  # aggregates give one row
+    clock = since if row[0] is None else int(row[0])
+    cut: int | None = None if row[1] is None else int(row[1])
+    n_changed, changed, n_deleted, deleted = int(row[2]), row[3], int(row[4]), row[5]
+    if row[6] is None and carried is not None:  # the clock it was carried at: still exact
+        memo.hits += 1  # type: ignore[union-attr]
+        total_changed, total_deleted = carried[1], carried[2]
+    else:
+        total_changed, total_deleted = int(row[6]), int(row[7])
+    server_time = clock if cut is None else cut
+    if memo is not None:
+        left = (total_changed - n_changed, total_deleted - n_deleted)
+        memo.carry_counts(heap_id, server_time, *left, clock)
+    return EncodedChangePage(
+        changed or "",
+        deleted or "",
+        n_changed,
+        n_deleted,
+        server_time,
+        cut is not None,
+        total_changed,
+        total_deleted,
+    )

@@ -13,6 +13,7 @@ from heaper_trio.records import (
     BlockRecord,
     ChangePage,
     CommitResult,
+    EncodedChangePage,
     Heap,
     LoginOutcome,
     NewRefreshToken,
@@ -25,7 +26,7 @@ from heaper_trio.records import (
 from heaper_trio.records.admin_links import AdminLinkOutcome
 from heaper_trio.storage import rules
 from heaper_trio.storage.base import Storage
-from heaper_trio.storage.rows import DeltaTotals, user_row
+from heaper_trio.storage.rows import DeltaTotals, encoded_page, user_row
 from heaper_trio.storage.sqlite import documents as docs
 from heaper_trio.storage.sqlite import feed
 from heaper_trio.storage.sqlite.file_state import SqliteFileState
@@ -62,9 +63,11 @@ class SqliteStorage(SqliteFileState, SqliteFiles, SqliteScans, SqliteHistory, Sq
         self.path = data_dir / DB_FILE
         self.rt = SqliteRuntime(self.path, synchronous)
         self.delta_totals = DeltaTotals()  # the change feed's totals, carried page to page
+        self.sql_json = False  # SQLite writes the feed's JSON as orjson would (set at open)
 
     async def open(self) -> None:
         await self.rt.start(int(time.time() * 1000))
+        self.sql_json = await self.rt.read_point(feed.json_like_orjson)
 
     async def close(self) -> None:
         await self.rt.stop()
@@ -295,6 +298,14 @@ class SqliteStorage(SqliteFileState, SqliteFiles, SqliteScans, SqliteHistory, Sq
 
     async def changes_since(self, heap_id: str, since: int, limit: int) -> ChangePage:
         return await self.rt.read(feed.changes_since, heap_id, since, limit, self.delta_totals)
+
+    async def changes_since_encoded(
+        self, heap_id: str, since: int, limit: int
+    ) -> EncodedChangePage:
+        if not self.sql_json:
+            return encoded_page(await self.changes_since(heap_id, since, limit))
+        args = (heap_id, since, limit, self.delta_totals)
+        return await self.rt.read(feed.changes_since_encoded, *args)
 
     async def related(self, block_id: str) -> dict[str, list[str]]:
         return await self.rt.read(docs.related, block_id)
