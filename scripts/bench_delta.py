@@ -83,7 +83,9 @@ OLD_COLUMNS = (
 )
 
 
-def start_heaper(workdir: Path, database_url: str = "") -> Server:
+def start_heaper(
+    workdir: Path, database_url: str = "", extra_env: dict[str, str] | None = None
+) -> Server:
     data_dir = workdir / "data"
     data_dir.mkdir()
     port = free_port()
@@ -92,6 +94,7 @@ def start_heaper(workdir: Path, database_url: str = "") -> Server:
     if database_url:
         env.update(HEAPER_DATABASE_URL=database_url, HEAPER_AUTO_APPROVE="true")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra_env or {})
     argv = [sys.executable, "-m", "heaper_trio", "--port", str(port), "--data-dir", str(data_dir)]
     return Server("heaper", argv, env, port, "/api/health", workdir)
 

@@ -3,6 +3,7 @@ the sockets: every frame the clients received, once, and its bytes exactly."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -62,3 +63,24 @@ async def test_a_fanned_out_update_is_counted_once(
     assert after["messages_out"] - before["messages_out"] == len(frames)
     assert after["bytes_out"] - before["bytes_out"] == sum(frames)
     assert after["messages_in"] - before["messages_in"] == 5  # auth and step 1 each, 1 update
+
+
+async def test_the_legacy_socket_counts_its_bytes_out_too(
+    admin: HeaperClient, server: RunningServer
+) -> None:
+    """/api/ws counted its messages but not their bytes: every text frame now counts both,
+    by its UTF-8 length (what crossed the socket, without the WebSocket header)."""
+    heap = await new_heap(admin)
+    before = await realtime(admin)
+    async with live_client(server.url, "/api/ws") as legacy:
+        await legacy.ws.send_message(json.dumps({"token": admin.access_token}))
+        authenticated = await legacy.ws.get_message()
+        scan = {"type": "scan.progress", "scan_id": "s1", "heap_id": heap["id"], "path": "/ä"}
+        server.services.hub.publish_user_event(admin.user_id or "", scan)
+        progress = await legacy.ws.get_message()
+        assert json.loads(progress)["path"] == "/ä"
+        after = await realtime(admin)
+    sent = [authenticated, progress]
+    assert all(isinstance(x, str) for x in sent)
+    assert after["messages_out"] - before["messages_out"] == 2
+    assert after["bytes_out"] - before["bytes_out"] == sum(len(x.encode()) for x in sent)

@@ -31,6 +31,7 @@ from heaper_trio.services.live.connection import LiveConnection
 from heaper_trio.services.live.context import LiveContext, Verified
 from heaper_trio.services.live.hub import LiveHub, Subscription
 from heaper_trio.services.live.legacy import LegacyEventsConnection
+from heaper_trio.services.live.rooms import BUSY
 
 EPOCH = 1_800_000_000.0  # wall-clock seconds when the connection opens
 USER = User("u1", "pk", None, "approved", False, 0, 0, 0)
@@ -53,6 +54,11 @@ class MemoryTransport:
     async def send_many(self, frames: Iterable[bytes | str]) -> None:
         for frame in frames:
             await self._outbound.send(frame)
+
+    def write_now(self, data: bytes | str) -> int:
+        return BUSY  # no direct path: every frame goes through the connection's writer
+
+    holding = False
 
     async def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
@@ -129,6 +130,39 @@ async def test_sorts_and_cursors(admin: HeaperClient) -> None:
         400,
         "invalid_cursor",
     )
+
+
+async def test_long_titles_commit_and_sort_in_byte_order(admin: HeaperClient) -> None:
+    """A title past what one btree entry holds (2,704 bytes on PostgreSQL, random characters
+    barely compress) commits, and the title sort, which PostgreSQL serves by a 256-character
+    prefix, orders titles sharing that prefix by the rest, across pages."""
+    heap = await new_heap(admin)
+    shared = secrets.token_hex(200)  # 400 characters in common
+    titles = [shared + secrets.token_hex(2000) for _ in range(5)]
+    titles += [secrets.token_hex(2000), "é" * 3000, shared[:256] + "0", shared[:256]]
+    blocks = [ClientBlock() for _ in titles]
+    for blk, title in zip(blocks, titles, strict=True):
+        blk.write(title)
+    r = await push(admin, *(x.push_item(heap["id"]) for x in blocks))
+    assert r.status_code == 200, r.text
+    assert {x["status"] for x in r.json()["blocks"]} == {"created"}, r.text
+
+    async def all_pages(order: str) -> list[str]:
+        out, cursor = [], None
+        for _ in range(10):
+            body = {"heap_id": heap["id"], "type": "document", "limit": 2, "sort": "title"}
+            body |= {"order": order} | ({"cursor": cursor} if cursor else {})
+            r = await admin.post("/api/heap", json=body)
+            assert r.status_code == 200, r.text
+            out += [x["title"] for x in r.json()["blocks"]]
+            if not r.json()["has_more"]:
+                return out
+            cursor = r.json()["next_cursor"]
+        raise AssertionError("more pages than blocks")
+
+    in_bytes = sorted(titles, key=lambda t: t.encode())
+    assert await all_pages("asc") == in_bytes
+    assert await all_pages("desc") == in_bytes[::-1]
 
 
 async def test_counts(admin: HeaperClient) -> None:

@@ -219,6 +219,31 @@ async def test_relations_queries_and_counts(make_settings: Callable[..., Setting
         assert await storage.count_blocks("h1", BlockQuery(tag="tag")) == {"note": 2}
 
 
+async def test_usage_counts_thousands_of_blocks_committed_at_once(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """One commit of thousands of new blocks in two heaps: each heap's counters grow by its own
+    blocks and bytes. On PostgreSQL they are kept by a statement trigger (migration 0021); the
+    row trigger before it updated the heap row once per block, quadratic in one transaction."""
+    async with opened(make_settings()) as storage:
+        await add_users(storage)
+        await new_heap(storage, "h1")
+        await new_heap(storage, "h2")
+        before = (
+            (await storage.heap_stats("h1"))["blocks"],
+            (await storage.heap_stats("h2"))["blocks"],
+        )
+        changes = [change(f"a{i}", "h1", updates=(b"xy",)) for i in range(2000)]
+        changes += [change(f"b{i}", "h2", updates=(b"xyz",)) for i in range(1000)]
+        results = await storage.commit_changes(changes, NOW)
+        assert {r.status for r in results} == {CommitStatus.created}
+        assert (await storage.heap_stats("h1"))["blocks"] == before[0] + 2000
+        assert (await storage.heap_stats("h2"))["blocks"] == before[1] + 1000
+        usage = await storage.usage("u1", NOW)
+        assert usage["blocks"] == sum(before) + 3000
+        assert usage["document_bytes"] == 2 + 2000 * 2 + 1000 * 3  # the two roots: one byte each
+
+
 async def test_trash_purge_and_delete(make_settings: Callable[..., Settings]) -> None:
     async with opened(make_settings()) as storage:
         await add_users(storage)

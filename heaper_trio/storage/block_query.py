@@ -28,6 +28,9 @@ class Dialect:
     full_text: Callable[[str], str]  # placeholder -> condition on ``b``
     full_text_param: Callable[[tuple[str, ...]], str]
     title_collation: str = ""
+    # ORDER BY terms put before the sort column: PostgreSQL sorts titles by the prefix its index
+    # holds (migration 0020) first, the same order as the whole title in byte order.
+    title_order_prefix: str = ""
 
 
 SQLITE = Dialect(
@@ -71,6 +74,7 @@ POSTGRES = Dialect(
     ),
     full_text_param=lambda terms: " & ".join(_postgres_term(t) for t in terms),
     title_collation=' COLLATE "C"',
+    title_order_prefix='left(b.title, 256) COLLATE "C"',
 )
 
 
@@ -133,10 +137,10 @@ def select_sql(
         v, i = p(value), p(last_id)
         where += f" AND ({col} {op} {v} OR ({col} = {v} AND {idc} {op} {i}))"
     cols = ", ".join(f"b.{c.strip()}" for c in columns.split(","))
-    sql = (
-        f"{cte}SELECT {cols} FROM blocks b WHERE {where} "
-        f"ORDER BY {col} {direction}, {idc} {direction} LIMIT {p(limit)}"
-    )
+    order = f"{col} {direction}, {idc} {direction}"
+    if q.sort == "title" and d.title_order_prefix:
+        order = f"{d.title_order_prefix} {direction}, {order}"
+    sql = f"{cte}SELECT {cols} FROM blocks b WHERE {where} ORDER BY {order} LIMIT {p(limit)}"
     return sql, p.values
 
 

@@ -32,27 +32,9 @@ from wsproto.connection import ConnectionState
 from wsproto.events import Ping
 from wsproto.extensions import PerMessageDeflate
 
+from heaper_trio.web.compat_hooks import PER_REQUEST_HOOKS, Hook
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Hook:
-    """One thing we rely on: ``name`` on ``owner`` (a class attribute; with ``instance`` an
-    attribute its ``__init__`` assigns; with ``used_by`` a global or attribute that method's
-    code names), and why."""
-
-    owner: type
-    name: str
-    why: str
-    instance: bool = False
-    used_by: str = ""
-
-    def present(self) -> bool:
-        if self.instance or self.used_by:
-            method = getattr(self.owner, self.used_by or "__init__", None)
-            code = getattr(method, "__code__", None)
-            return code is not None and self.name in code.co_names
-        return hasattr(self.owner, self.name)
 
 
 HOOKS: tuple[Hook, ...] = (
@@ -154,6 +136,15 @@ HOOKS: tuple[Hook, ...] = (
         "or a close frame never lands inside one of our frames",
     ),
     Hook(
+        TCPServer,
+        "send_lock",
+        instance=True,
+        why="websocket_socket swaps a WebSocket's lock for a Semaphore(1): a frame begun by "
+        "a direct write from the hub's fan-out is finished by the connection's writer task, and "
+        "a trio.Lock must be released by the task that took it. Sound only while hypercorn "
+        "takes the lock through `async with` alone (tests/test_quart_compat.py reads its code)",
+    ),
+    Hook(
         WSStream,
         "_send_pings",
         why="end_pings_with_the_stream replaces it: the ping loop's sleep kept a closed "
@@ -183,6 +174,7 @@ HOOKS: tuple[Hook, ...] = (
         why="web/routes_metrics.py: the request's scope is the very ASGI scope dict, so the "
         "route rule written into request.scope reaches the metrics middleware",
     ),
+    *PER_REQUEST_HOOKS,
 )
 
 
@@ -243,6 +235,9 @@ def stop_idle_timer_at_eof() -> None:
         finally:  # the peer is gone: nothing left for the timer to close
             with trio.CancelScope(shield=True):  # stop() takes a lock: see it through
                 await self.idle_task.stop()
+            end = getattr(self.idle_task, "end", None)  # web/idle_timer.py's one task
+            if end is not None:
+                end()
 
     setattr(_read_data, _PATCHED, True)
     TCPServer._read_data = _read_data  # type: ignore[method-assign]
@@ -380,7 +375,7 @@ class WebSocketSocket:
 
     stream: WSStream
     socket: trio.socket.SocketType
-    send_lock: trio.Lock
+    send_lock: trio.Semaphore  # swapped in for the server's trio.Lock (transferable_send_lock)
 
     def open(self) -> bool:
         """Whether data frames may still go out: hypercorn has neither closed the stream nor
@@ -410,7 +405,33 @@ def websocket_socket(send: Callable[..., Awaitable[None]]) -> WebSocketSocket | 
     if not isinstance(server, TCPServer):
         return None
     tcp = getattr(server, "stream", None)
-    lock = getattr(server, "send_lock", None)
-    if not isinstance(tcp, trio.SocketStream) or not isinstance(lock, trio.Lock):
+    if not isinstance(tcp, trio.SocketStream):
+        return None
+    lock = transferable_send_lock(server)
+    if lock is None:
         return None
     return WebSocketSocket(stream, tcp.socket, lock)
+
+
+def transferable_send_lock(server: TCPServer) -> trio.Semaphore | None:
+    """The connection's send lock as a ``trio.Semaphore(1)``, swapped in for hypercorn's
+    ``trio.Lock`` (hypercorn 0.18.0), or None when it cannot be swapped now.
+
+    The hub's fan-out writes a frame straight to the socket when nothing is queued before it
+    (web/ws_transport.py ``write_now``); when the socket takes only part of it, the rest is
+    the connection's writer task's to finish, under the same lock, so that no ping or close
+    frame of hypercorn lands inside the frame. A ``trio.Lock`` refuses a release by another
+    task than the one that took it; a semaphore of one does not, and is as fair (first come,
+    first served, handed straight to the next waiter). hypercorn takes ``send_lock`` only in
+    ``protocol_send``, through ``async with``, reading the attribute at each send, which is
+    all a semaphore needs to stand in for it (the HOOKS entry and its test check that). The
+    swap is made only while nobody holds or waits for the lock; otherwise the caller keeps to
+    ASGI messages."""
+    lock = getattr(server, "send_lock", None)
+    if isinstance(lock, trio.Semaphore):
+        return lock  # swapped already
+    if not isinstance(lock, trio.Lock) or lock.locked() or lock.statistics().tasks_waiting:
+        return None
+    semaphore = trio.Semaphore(1, max_value=1)
+    server.send_lock = semaphore  # type: ignore[assignment]
+    return semaphore

@@ -17,6 +17,7 @@ from quart import Blueprint, websocket
 from heaper_trio.protocol.close_codes import CLOSE_INTERNAL_ERROR
 from heaper_trio.services.live.connection import LiveConnection
 from heaper_trio.services.live.legacy import LegacyEventsConnection
+from heaper_trio.services.live.rooms import BUSY
 from heaper_trio.web.quart_compat import current_websocket
 from heaper_trio.web.routing import services, websocket_route
 
@@ -38,6 +39,11 @@ class QuartTransport:
     async def send_many(self, frames: Iterable[bytes | str]) -> None:
         for frame in frames:
             await self._ws.send(frame)
+
+    def write_now(self, data: bytes | str) -> int:
+        return BUSY  # no direct path: every frame goes through the connection's writer
+
+    holding = False
 
     async def close(self, code: int, reason: str) -> None:
         await self._ws.close(code, reason[:120])

@@ -91,13 +91,17 @@ class LiveSockets:
         if first["type"] != "websocket.connect":
             return  # the client left before the handshake finished
         await send({"type": "websocket.accept"})
-        with trio.CancelScope() as gone, metrics.ws_connection(scope["path"]):
-            transport = open_transport(scope, receive, send, gone)
-            conn = runner(transport, self.live, connection_token(scope))
-            try:
-                await conn.run()
-            except Exception:  # an uncaught error would close with 1000 (stack-pitfalls 4)
-                log.exception("%s connection failed", scope["path"])
-                await transport.close(CLOSE_INTERNAL_ERROR, "internal error")
-                return
-        await transport.close(CLOSE_NORMAL, "")  # nothing if closed or gone already
+        gone = trio.CancelScope()
+        transport = open_transport(scope, receive, send, gone)
+        try:
+            with gone, metrics.ws_connection(scope["path"]):
+                conn = runner(transport, self.live, connection_token(scope))
+                try:
+                    await conn.run()
+                except Exception:  # an uncaught error would close with 1000 (stack-pitfalls 4)
+                    log.exception("%s connection failed", scope["path"])
+                    await transport.close(CLOSE_INTERNAL_ERROR, "internal error")
+                    return
+            await transport.close(CLOSE_NORMAL, "")  # nothing if closed or gone already
+        finally:  # cancelled with a frame a direct write began (a close would have finished it)
+            transport.abandon()

@@ -1,7 +1,10 @@
 """One ``/ws`` connection at run time: the I/O around the pure :class:`LiveSession`.
 
-The connection owns a nursery: the reader (this task), one writer draining a bounded outbox
-and one worker per open document; its timers are ticked by one task for all (:func:`tick_all`).
+The connection owns a nursery: the reader (this task), a writer draining a bounded outbox while
+it holds frames, and one worker per open document; its timers are ticked by one task for all
+(:func:`tick_all`). A frame with nothing queued before it goes straight to the socket from
+whoever sends it (``write_now``); only what the socket cannot take at once waits for a writer
+task (issue 12, item 1: a writer's wake-up per socket per update was most of a delivery's cost).
 Closing the socket, a protocol error, a slow consumer or server shutdown cancels that nursery,
 so everything the connection started ends with it (stack-pitfalls 1.).
 
@@ -10,7 +13,7 @@ room; updates waiting in its inbox are stored together in one commit and each is
 with ``SyncStatus(true)`` only once durable (the contract's ack rule; Hocuspocus acks from
 memory); the others get them after that commit, or before it with ``RELAY_BEFORE_COMMIT``
 (``LiveHub.relay``). The worker is the only writer of its document's replies, the hub the
-only writer of fan-out, and both go through the outbox.
+only writer of fan-out, and both go through the outbox (straight to the socket when it is empty).
 
 What a connection may use of the services is its :class:`LiveContext`. The timers (idle, auth,
 ping) are the session's, fed ``trio.current_time()``; token expiry is wall time, read through
@@ -42,7 +45,8 @@ from heaper_trio.services.live.context import Grant, LiveContext
 from heaper_trio.services.live.doc_workers import DocumentWorker, EventsWorker
 from heaper_trio.services.live.hub import LiveHub, Room, Subscription
 from heaper_trio.services.live.outbox import Outbox
-from heaper_trio.services.live.rooms import Transport
+from heaper_trio.services.live.output import ConnectionOutput
+from heaper_trio.services.live.rooms import BUSY, PARTIAL, Transport
 
 log = logging.getLogger(__name__)
 KEEPALIVE_TICK_S = 2.0  # how often the timers (trio's clock) and the grants are looked at
@@ -59,7 +63,7 @@ SPLIT_IN_THREAD_BYTES = 1024 * 1024
 RELAY_BEFORE_COMMIT = True
 
 
-class LiveConnection:
+class LiveConnection(ConnectionOutput):
     def __init__(
         self, transport: Transport, live: LiveContext, connection_token: str | None
     ) -> None:
@@ -78,6 +82,8 @@ class LiveConnection:
         self._scope: trio.CancelScope | None = None
         self.last_check = trio.current_time()  # of every grant's account (RECHECK_ACCOUNT_S)
         self._checking = False
+        self._writing = False  # a writer task runs (or is about to)
+        self._wrote = False  # a frame went out since the last tick (session.wrote)
 
     # -- lifetime ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -89,7 +95,6 @@ class LiveConnection:
             async with trio.open_nursery() as nursery:
                 self._nursery, self._scope = nursery, nursery.cancel_scope
                 try:
-                    nursery.start_soon(self._writer)
                     # Timers and shutdown: one task ticks every connection (a task of its
                     # own cost each connection ~3 KiB; issue 12, memory per idle WebSocket).
                     hub.keepalive.add(self)
@@ -140,31 +145,27 @@ class LiveConnection:
             if self.session.closed:
                 return
 
-    async def _writer(self) -> None:
-        counters = self.live.counters
-        outbox, send_many, session = self.outbox, self.transport.send_many, self.session
-        while True:  # every frame queued since the last turn, in one write (bounded)
-            frames = await outbox.take_many()
-            await send_many(frames)
-            session.wrote(trio.current_time())
-            counters.messages_out += len(frames)
-            counters.bytes_out += sum(map(len, frames))
-            if outbox.frames:  # more at once: yield first (a send to a closed socket does
-                await trio.lowlevel.checkpoint()  # not); else take_many waits, which yields
-
     def send_frame(self, frame: bytes) -> bool:
         """Fan-out from the hub: never waits. A consumer too slow for its outbox is dropped;
         it reconnects and resyncs by state vector, losing nothing."""
         if self.session.closed:
             return False
-        if not self.outbox.offer(frame):
-            self.live.counters.dropped_slow_consumer()
-            self.disconnect(CLOSE_TRY_AGAIN_LATER, "too slow to keep up; resync")
-            return False
-        return True
-
-    async def reply(self, frame: bytes) -> None:
-        await self.outbox.put(frame)
+        if not self.outbox.frames:  # _write_now inline: the hot path of a fan-out
+            done = self.transport.write_now(frame)
+            if done != BUSY:
+                counters = self.live.counters
+                counters.messages_out += 1
+                counters.bytes_out += len(frame)
+                self._wrote = True
+                if done == PARTIAL:
+                    self._wake_writer()
+                return True
+        if self.outbox.offer(frame):
+            self._wake_writer()
+            return True
+        self.live.counters.dropped_slow_consumer()
+        self.disconnect(CLOSE_TRY_AGAIN_LATER, "too slow to keep up; resync")
+        return False
 
     # -- actions ------------------------------------------------------------------------------
     async def perform(self, actions: list[s.Action]) -> None:
@@ -261,11 +262,14 @@ class LiveConnection:
         pings, and the grants, checked in a task of their own only when one is due."""
         if self.session.closed or self._nursery is None:
             return
+        if self._wrote:  # per tick, not per frame: fan-out is the hot path
+            self._wrote = False
+            self.session.wrote(now)
         for action in self.session.tick(now):
             if isinstance(action, s.Disconnect):
                 return self.disconnect(action.code, action.reason)
             if isinstance(action, s.Send):
-                self.outbox.offer(action.frame)  # a ping: pointless behind a full outbox
+                self._queue(action.frame)  # a ping: pointless behind a full outbox
         recheck = now - self.last_check > RECHECK_ACCOUNT_S
         if self._checking or not (recheck or self._grant_due()):
             return
@@ -301,7 +305,7 @@ class LiveConnection:
                 await self.perform(self.session.denied(address, reason))
             elif wall > grant.expires_at - TOKEN_RENEW_BEFORE_S and not grant.renewal_asked:
                 grant.renewal_asked = True
-                self.outbox.offer(m.encode(m.TokenRequest(address)))
+                self._queue(m.encode(m.TokenRequest(address)))
 
 
 async def tick_all(hub: LiveHub, shutdown: trio.Event) -> None:

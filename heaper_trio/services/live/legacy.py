@@ -90,7 +90,7 @@ class LegacyEventsConnection:
             return self._end(CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this account")
         self.holds_slot = True
         self.live.hub.add_user_sink(self)
-        await self.transport.send(events.to_json({"type": "authenticated", "user_id": user.id}))
+        await self._send(events.to_json({"type": "authenticated", "user_id": user.id}))
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
@@ -115,10 +115,15 @@ class LegacyEventsConnection:
 
     async def _writer(self) -> None:
         while True:
-            frame = await self.outbox.take()
-            await self.transport.send(frame)
-            self.live.counters.messages_out += 1
+            await self._send(await self.outbox.take())
             await trio.lowlevel.checkpoint()
+
+    async def _send(self, frame: str | bytes) -> None:
+        """Send and count it, as /ws counts its frames: the payload's bytes (UTF-8 here)."""
+        await self.transport.send(frame)
+        counters = self.live.counters
+        counters.messages_out += 1
+        counters.bytes_out += len(frame.encode() if isinstance(frame, str) else frame)
 
     async def _drain_input(self) -> None:
         """Old clients send nothing that matters after auth; reading notices the close."""

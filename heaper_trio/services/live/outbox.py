@@ -1,5 +1,6 @@
 """The bounded outbox between a connection's producers (document workers, the hub's fan-out)
-and its single writer task."""
+and the writer task that drains it (a connection starts one only while frames wait: a frame
+with nothing queued before it goes straight to the socket, services/live/connection.py)."""
 
 from __future__ import annotations
 
@@ -116,11 +117,18 @@ class Outbox:
         Bounded so that a writer does not hold a whole outbox outside its bound while the
         outbox fills again behind it. Waiting putters are then admitted first come, first
         served, as with :meth:`take`."""
-        frames = self.frames
-        while not frames:  # (inline: the writer's hot path)
+        while not self.frames:
             if self._readable.is_set():
                 self._readable = trio.Event()
             await self._readable.wait()
+        return self.take_ready(max_bytes)
+
+    def take_ready(self, max_bytes: int = BATCH_BYTES) -> list[bytes | str]:
+        """What :meth:`take_many` takes, without waiting: empty when nothing is queued (a
+        writer started on demand, which ends once the outbox is empty)."""
+        frames = self.frames
+        if not frames:
+            return []
         self.taken_at = trio.current_time()
         if self.size <= max_bytes:
             batch = list(frames)

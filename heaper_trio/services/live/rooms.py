@@ -14,14 +14,23 @@ from heaper_trio.protocol import frames
 from heaper_trio.protocol.names import BlockName
 from heaper_trio.protocol.presence import PresenceTable
 
+# Transport.write_now's answers
+WRITTEN = 0  # on the wire (or dropped: the connection is closed, as hypercorn drops it)
+PARTIAL = 1  # begun: the transport holds the rest (``holding``) for the next send_many
+BUSY = 2  # nothing written (a write in progress, or no direct path): queue it
+
 
 class Transport(Protocol):
     """A live connection's socket (``web/ws_transport.py``); ``send_many`` writes several
-    frames at once."""
+    frames at once (and first the rest of a frame ``write_now`` began), ``write_now`` one
+    frame without waiting when it can."""
 
     async def receive(self) -> bytes | str | None: ...
     async def send(self, data: bytes | str) -> None: ...
     async def send_many(self, frames: Iterable[bytes | str]) -> None: ...
+    def write_now(self, data: bytes | str) -> int: ...
+    @property
+    def holding(self) -> bool: ...
     async def close(self, code: int, reason: str) -> None: ...
 
 

@@ -47,6 +47,7 @@ from heaper_trio.records import (
 from heaper_trio.records.changes import change_kind
 from heaper_trio.storage import block_query, history_rows, rules
 from heaper_trio.storage.errors import HeapNotFound
+from heaper_trio.storage.postgres import commit_batch
 from heaper_trio.storage.postgres.files import write_block_files
 from heaper_trio.storage.postgres.notify import block_pointer, notify
 from heaper_trio.storage.postgres.runtime import Conn, Pool, T, _connection
@@ -292,24 +293,33 @@ async def commit_changes(
     # in the caller's order (their change times follow it, as with SQLite).
     block_ids = sorted({ch.block_id for ch in changes})
     await _lock_blocks(c, block_ids)
-    await c.execute(
-        'SELECT 1 FROM heaps WHERE id = ANY($1::text[]) ORDER BY id COLLATE "C" FOR NO KEY UPDATE',
+    heaps = await c.fetch(
+        "SELECT id, root_block_id FROM heaps WHERE id = ANY($1::text[]) "
+        'ORDER BY id COLLATE "C" FOR NO KEY UPDATE',
         sorted({ch.heap_id for ch in changes}),
     )
-    locked = await c.fetch(
-        "SELECT id, deleted_at IS NOT NULL AS trashed FROM blocks WHERE id = ANY($1::text[]) "
-        'ORDER BY id COLLATE "C" FOR UPDATE',
-        block_ids,
-    )
+    locked = await c.fetch(commit_batch.LOCK_ROWS, block_ids)
     trashed = {r["id"]: r["trashed"] for r in locked}
-    results, pointers = [], []
-    for ch in changes:
+    results: list[CommitResult] | None = None
+    if commit_batch.batchable(changes):  # a statement per table for them all
         try:
-            async with c.transaction():  # a savepoint: a refused change rolls back alone
-                result = await commit_change(c, ch, now)
-        except (HeapNotFound, asyncpg.UniqueViolationError):  # heap gone, or block made meanwhile
-            result = rules.conflict(ch)
-        results.append(result)
+            async with c.transaction():  # a savepoint: on a surprise, one by one below
+                rows = {r["id"]: r for r in locked}
+                roots = {r["id"]: r["root_block_id"] for r in heaps}
+                results = await commit_batch.commit_all(c, changes, now, roots, rows)
+        except (HeapNotFound, asyncpg.UniqueViolationError):
+            results = None
+    if results is None:
+        results = []
+        for ch in changes:
+            try:
+                async with c.transaction():  # a savepoint: a refused change rolls back alone
+                    result = await commit_change(c, ch, now)
+            except (HeapNotFound, asyncpg.UniqueViolationError):  # heap gone, or block made
+                result = rules.conflict(ch)
+            results.append(result)
+    pointers = []
+    for ch, result in zip(changes, results, strict=True):
         if result.status is CommitStatus.conflict:
             continue
         was, now_trashed = trashed.get(ch.block_id, False), ch.projection.deleted_at is not None

@@ -62,3 +62,16 @@ async def index_new_blocks(c: Conn, blocks: list[tuple[str, str, str]]) -> None:
             [r[1] for r in rows],
             [r[2] for r in rows],
         )
+
+
+async def write_lines_many(c: Conn, blocks: list[tuple[str, Counter[str], Counter[str]]]) -> None:
+    """``write_lines`` for many blocks, (id, gone, came) each: the same statements, each sent
+    for every block at once (asyncpg pipelines ``executemany``). A block's statements touch
+    only its own rows, so running each kind for all blocks keeps every block's order."""
+    gone = [(b, list(g), list(g.values())) for b, g, _ in blocks if g]
+    came = [(b, list(n), list(n.values())) for b, _, n in blocks if n]
+    if gone:
+        await c.executemany(_GONE, gone)
+        await c.executemany(_EMPTIED, [(b, bodies) for b, bodies, _ in gone])
+    if came:
+        await c.executemany(_CAME, came)
