@@ -55,7 +55,7 @@ def b64(data: bytes) -> str:
 class BigBlock:
     def __init__(self, megabytes: float) -> None:
         self.id = str(uuid.uuid4())
-        self.doc = pycrdt.Doc()
+        self.doc: pycrdt.Doc[Any] = pycrdt.Doc()
         content = self.doc.get("content_v0", type=pycrdt.XmlFragment)
         with self.doc.transaction():
             self.doc.get("meta_v0", type=pycrdt.Map)["type"] = "document"
@@ -122,7 +122,8 @@ async def run(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
         await client.login()
         heap = (await client.post("/api/heap/add", json={"name": "Big"})).json()["heap"]
         names = ["anchor_small_note", *(f"{mb}MB" for mb in args.sizes)]
-        blocks, out = {}, {}
+        blocks: dict[str, Any] = {}
+        out: dict[str, dict[str, Any]] = {}
         for name, mb in zip(names, [0.0, *args.sizes], strict=True):
             blocks[name], created_s = await create(client, heap["id"], mb)
             out[name] = {

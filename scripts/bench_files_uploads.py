@@ -445,11 +445,12 @@ def prefix(server: str) -> str:
 
 
 def median_of(runs: list[dict[str, Any]], *keys: str) -> float:
-    values = []
+    values: list[float] = []
     for run in runs:
+        value: Any = run
         for k in keys:
-            run = run[k]
-        values.append(run)
+            value = value[k]
+        values.append(value)
     return sorted(values)[len(values) // 2]
 
 
@@ -520,9 +521,9 @@ def main() -> int:
         "runs": runs,
     }
     hyp_runs = runs["hypercorn_put_whole"]
-    for heaper in [h.name for h in heapers]:
+    for name in [h.name for h in heapers]:
         for p_ in PARALLEL:
-            key = f"{prefix(heaper)}resumable_{p_}"
+            key = f"{prefix(name)}resumable_{p_}"
             ups = runs[key]
             for phase in ("end_to_end", "chunk_phase"):
                 mbs = median_of(ups, phase, "mb_per_s")
