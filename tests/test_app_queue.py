@@ -76,3 +76,19 @@ async def test_body_parts_arrive_whole_with_and_without_room(nursery: trio.Nurse
     nursery.start_soon(release_later)
     assert (await _post_chunked(port, "/slow", parts)).endswith(b"%d:end-mark" % size)
     stop.set()
+
+
+async def test_a_closed_stream_ignores_its_body_as_upstream_does() -> None:
+    """Upstream's ``handle`` returns at once for a closed stream, which may have no app at all
+    (a request refused for its server name); the patch must not queue or crash (review)."""
+    from hypercorn.protocol.events import Body, EndBody
+    from hypercorn.protocol.http_stream import HTTPStream
+
+    stream = HTTPStream.__new__(HTTPStream)
+    stream.closed = True  # no app_put: nothing was spawned
+    await stream.handle(Body(stream_id=1, data=b"x"))
+    await stream.handle(EndBody(stream_id=1))
+    send, receive = trio.open_memory_channel[dict[str, Any]](4)
+    stream.app_put = send.send  # a stream closed after its app started
+    await stream.handle(Body(stream_id=1, data=b"x"))
+    assert receive.statistics().current_buffer_used == 0

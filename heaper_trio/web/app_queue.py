@@ -33,6 +33,8 @@ def queue_body_without_yield() -> None:
 
     async def handle(self: HTTPStream, event: Any) -> None:
         kind = type(event)
+        if self.closed:
+            return  # upstream ignores every event of a closed stream (no app may exist)
         if kind is Body or kind is EndBody:
             queue = getattr(self.app_put, "__self__", None)
             if isinstance(queue, trio.MemorySendChannel):
