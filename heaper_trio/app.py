@@ -41,10 +41,13 @@ from heaper_trio.web import (
     ws,
 )
 from heaper_trio.web.access_log import AccessLog
+from heaper_trio.web.app_queue import queue_body_without_yield
 from heaper_trio.web.cors import install_cors
 from heaper_trio.web.errors import install_error_handlers
+from heaper_trio.web.h11_writes import write_head_with_body
 from heaper_trio.web.hot_routes import HotRoutes
 from heaper_trio.web.http_guard import ASGIApp, HttpGuard
+from heaper_trio.web.idle_timer import one_idle_task_per_connection
 from heaper_trio.web.quart_compat import (
     end_pings_with_the_stream,
     keep_json_key_order,
@@ -110,6 +113,9 @@ if not any(isinstance(f, EveryFewSeconds) for f in ACCEPT_LOG.filters):
 # in this process, ours or a test's own hypercorn, frees the socket of a client that left
 # and lets a closed WebSocket's connection end at once (no ping sleep left to wait out).
 stop_idle_timer_at_eof()
+write_head_with_body()  # one socket write per small answer (web/h11_writes.py)
+queue_body_without_yield()  # body parts reach the app without a yield each (web/app_queue.py)
+one_idle_task_per_connection()  # the keep-alive timer moved, not respawned (web/idle_timer.py)
 end_pings_with_the_stream()
 leave_pings_to_the_app(["/ws"])  # its own idle timeout and Pings (services/live)
 

@@ -143,8 +143,20 @@ def os_errno(e: BaseException) -> int | None:
 def disk_full(e: BaseException, message: str = NO_SPACE) -> InsufficientStorage | None:
     """The 507 a full disk is (ENOSPC or EDQUOT, also inside an exception group), or None
     for any other failure. The one place that decides what a full disk means: the upload
-    paths, client thumbnails and the last-resort handler of the web layer all ask here."""
-    if os_errno(e) not in DISK_FULL:
+    paths, client thumbnails and the last-resort handler of the web layer all ask here.
+
+    A file the storage cannot hold at all (EFBIG: the file system's largest file, such as
+    FAT32's 4 GiB, or the process's RLIMIT_FSIZE) is a 507 too, the server unable to store
+    it, with a code of its own: retrying will not help, unlike a full disk."""
+    found = os_errno(e)
+    if found == errno.EFBIG:
+        log.warning("a file larger than the storage allows: %s", e)
+        return InsufficientStorage(
+            "the server's storage cannot hold a file this large (its file size limit); "
+            "retrying will not help",
+            code="file_too_large_to_store",
+        )
+    if found not in DISK_FULL:
         return None
     log.warning("out of disk space: %s", e)
     return InsufficientStorage(message)

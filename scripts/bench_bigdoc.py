@@ -24,7 +24,9 @@ import asyncio
 import base64
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pycrdt
 import trio
 from bench_delta import _admin_sql, start_heaper
-from bench_http import log, proc_cpu_s
+from bench_http import _children, log, proc_cpu_s
 
 from heaper_trio.client import HeaperClient, KeyPair
 
@@ -53,7 +55,7 @@ def b64(data: bytes) -> str:
 class BigBlock:
     def __init__(self, megabytes: float) -> None:
         self.id = str(uuid.uuid4())
-        self.doc = pycrdt.Doc()
+        self.doc: pycrdt.Doc[Any] = pycrdt.Doc()
         content = self.doc.get("content_v0", type=pycrdt.XmlFragment)
         with self.doc.transaction():
             self.doc.get("meta_v0", type=pycrdt.Map)["type"] = "document"
@@ -78,41 +80,98 @@ class BigBlock:
         }
 
 
-async def measure(client: HeaperClient, pid: int, heap_id: str, mb: float, edits: int) -> Any:
+def rss_mb(pid: int) -> float:
+    """The server's resident set (VmRSS) with its workers', in MB."""
+    total = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            total = int(line.split()[1]) / 1024
+    return total + sum(rss_mb(child) for child in _children(pid))
+
+
+async def create(client: HeaperClient, heap_id: str, mb: float) -> tuple[BigBlock, float]:
     block = BigBlock(mb)
-    size = len(block.doc.get_update())
     t0 = time.perf_counter()
     r = await client.post("/api/sync/push", json={"blocks": [block.item(heap_id)]})
     assert r.json()["blocks"][0]["status"] == "created", r.text
-    created_s = time.perf_counter() - t0
-    times, cpu = [], []
-    for k in range(edits):
-        block.text.insert(3, f"w{k} ")
-        item = block.item(heap_id)
-        c0, t0 = proc_cpu_s(pid), time.perf_counter()
-        r = await client.post("/api/sync/push", json={"blocks": [item]})
-        times.append(time.perf_counter() - t0)
-        cpu.append(proc_cpu_s(pid) - c0)
-        assert r.json()["blocks"][0]["status"] == "ok", r.text
-    log(f"{size / 1e6:.2f} MB: median {statistics.median(times) * 1000:.1f} ms")
-    return {
-        "document_bytes": size,
-        "create_s": round(created_s, 2),
-        "push_median_ms": round(statistics.median(times) * 1000, 1),
-        "push_p90_ms": round(sorted(times)[int(len(times) * 0.9)] * 1000, 1),
-        "server_cpu_ms_per_push": round(statistics.median(cpu) * 1000, 1),
-    }
+    return block, time.perf_counter() - t0
+
+
+async def type_word(client: HeaperClient, pid: int, heap_id: str, block: BigBlock, k: int) -> Any:
+    block.text.insert(3, f"w{k} ")
+    item = block.item(heap_id)
+    c0, t0 = proc_cpu_s(pid), time.perf_counter()
+    r = await client.post("/api/sync/push", json={"blocks": [item]})
+    took, cpu = time.perf_counter() - t0, proc_cpu_s(pid) - c0
+    assert r.json()["blocks"][0]["status"] == "ok", r.text
+    return took, cpu
+
+
+def start_py_spy(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes]:
+    """py-spy sampling the server while the edits run (speedscope for .json, else raw)."""
+    fmt = "speedscope" if args.py_spy.endswith(".json") else "raw"
+    argv = [args.py_spy_bin, "record", "-p", str(pid), "-o", args.py_spy, "-r", "200"]
+    argv += ["--nonblocking", "-f", fmt]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def run(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Every block is created first; then the edits go round the blocks, small note first, so
+    each size's pushes are interleaved with the anchor's (the machine's noise hits all alike)."""
     async with HeaperClient(url, KeyPair.generate(), timeout=600) as client:
         await client.login()
         heap = (await client.post("/api/heap/add", json={"name": "Big"})).json()["heap"]
-        out: dict[str, Any] = {
-            "anchor_small_note": await measure(client, pid, heap["id"], 0.0, args.edits)
+        names = ["anchor_small_note", *(f"{mb}MB" for mb in args.sizes)]
+        blocks: dict[str, Any] = {}
+        out: dict[str, dict[str, Any]] = {}
+        for name, mb in zip(names, [0.0, *args.sizes], strict=True):
+            blocks[name], created_s = await create(client, heap["id"], mb)
+            out[name] = {
+                "document_bytes": len(blocks[name].doc.get_update()),
+                "create_s": round(created_s, 2),
+            }
+        times: dict[str, list[float]] = {n: [] for n in names}
+        cpus: dict[str, list[float]] = {n: [] for n in names}
+        for name in names:  # one warm-up push each (the first after a create fills caches)
+            await type_word(client, pid, heap["id"], blocks[name], -1)
+        rss_before = rss_mb(pid)
+        spy = start_py_spy(args, pid) if args.py_spy else None
+        if spy is not None:
+            await trio.sleep(1.0)
+        for k in range(args.edits):
+            for name in names:
+                took, cpu = await type_word(client, pid, heap["id"], blocks[name], k)
+                times[name].append(took)
+                cpus[name].append(cpu)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+        rss_after = rss_mb(pid)
+        for name in names:
+            t = sorted(times[name])
+            out[name].update(
+                push_median_ms=round(statistics.median(t) * 1000, 1),
+                push_spread_ms=[
+                    round(t[len(t) // 4] * 1000, 1),
+                    round(t[-1 - len(t) // 4] * 1000, 1),
+                ],
+                server_cpu_ms_per_push=round(sum(cpus[name]) / len(cpus[name]) * 1000, 1),
+            )
+            log(f"{name}: median {out[name]['push_median_ms']} ms")
+        # each round's ratio against the anchor's push in the same round, then the median
+        out["ratios_vs_small_note"] = {
+            n: round(
+                statistics.median(a / b for a, b in zip(times[n], times[names[0]], strict=True)), 2
+            )
+            for n in names[1:]
         }
-        for mb in args.sizes:
-            out[f"{mb}MB"] = await measure(client, pid, heap["id"], mb, args.edits)
+        out["server_rss_mb"] = {
+            "after_creates": round(rss_before, 1),
+            "after_edits": round(rss_after, 1),
+            "growth_per_push_kb": round(
+                (rss_after - rss_before) * 1024 / (args.edits * len(names)), 1
+            ),
+        }
         return out
 
 
@@ -122,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--edits", type=int, default=15)
     p.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
     p.add_argument("--database-url", default="")
+    p.add_argument("--workers", type=int, default=1, help="server processes (py-spy needs 1)")
+    p.add_argument(
+        "--py-spy", default="", help="profile the server during the edits into this file"
+    )
+    p.add_argument("--py-spy-bin", default=str(Path(sys.executable).parent / "py-spy"))
     args = p.parse_args(argv)
     if (args.engine == "postgres") != bool(args.database_url):
         p.error("--database-url goes with --engine postgres, and only with it")
@@ -132,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         url = cluster.rsplit("/", 1)[0] + "/" + name
     try:
         with tempfile.TemporaryDirectory(prefix="heaper-bench-bigdoc-") as tmp:
-            server = start_heaper(Path(tmp), url)
+            workers = {"HEAPER_WORKERS": str(args.workers)}
+            server = start_heaper(Path(tmp), url, workers)
             try:
                 server.wait_ready()
                 out = trio.run(run, server.url, server.pid, args)
@@ -142,10 +207,6 @@ def main(argv: list[str] | None = None) -> int:
         if cluster:
             asyncio.run(_admin_sql(cluster, f"DROP DATABASE IF EXISTS {name}"))
     out["engine"] = args.engine
-    anchor = out["anchor_small_note"]["push_median_ms"]
-    out["ratios_vs_small_note"] = {
-        k: round(v["push_median_ms"] / anchor, 2) for k, v in out.items() if k.endswith("MB")
-    }
     out["machine"] = {"nproc": os.cpu_count(), "loadavg_at_end": os.getloadavg()}
     print(json.dumps(out, indent=2))
     return 0

@@ -58,7 +58,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,9 @@ OLD_COLUMNS = (
 )
 
 
-def start_heaper(workdir: Path, database_url: str = "") -> Server:
+def start_heaper(
+    workdir: Path, database_url: str = "", extra_env: dict[str, str] | None = None
+) -> Server:
     data_dir = workdir / "data"
     data_dir.mkdir()
     port = free_port()
@@ -92,6 +94,7 @@ def start_heaper(workdir: Path, database_url: str = "") -> Server:
     if database_url:
         env.update(HEAPER_DATABASE_URL=database_url, HEAPER_AUTO_APPROVE="true")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra_env or {})
     argv = [sys.executable, "-m", "heaper_trio", "--port", str(port), "--data-dir", str(data_dir)]
     return Server("heaper", argv, env, port, "/api/health", workdir)
 
@@ -357,8 +360,10 @@ async def run(server: Server, data_dir: Path, args: argparse.Namespace) -> dict[
         times["raw_walk_before"] = []
     cpu: dict[str, list[float]] = {"server_walk": [], "server_walk_thin": []}
     client_cpu: list[float] = []
-    raw = raw_pg_walk if args.database_url else raw_walk
-    anchor_on = args.database_url or db
+    raw: Callable[[Any, str, bool], tuple[float, int, int]] = (
+        raw_pg_walk if args.database_url else raw_walk
+    )
+    anchor_on: str | Path = args.database_url or db
     token = headers["Authorization"].split()[1]
     async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=300) as http:
         await server_walk(http, heap_id)  # warm-up: caches, the page cache of the file
@@ -391,8 +396,8 @@ async def run(server: Server, data_dir: Path, args: argparse.Namespace) -> dict[
     out["server_walk"]["client_cpu_s"] = round(statistics.median(client_cpu), 3)
     walk, thin = out["server_walk"]["median_s"], out["server_walk_thin"]["median_s"]
     anchor, decoded = out["raw_walk"]["median_s"], out["raw_walk_decoded"]["median_s"]
-    client = "asyncpg" if args.database_url else "sqlite3"
-    out["anchor"] = f"raw_walk: plain {client} walk of the same pages, same query, json.dumps"
+    via = "asyncpg" if args.database_url else "sqlite3"
+    out["anchor"] = f"raw_walk: plain {via} walk of the same pages, same query, json.dumps"
     out["ratios"] = {
         "server_walk_thin_vs_raw_walk": round(thin / anchor, 2),  # the goal's reading
         "server_walk_vs_raw_walk_decoded": round(walk / decoded, 2),

@@ -10,6 +10,7 @@ prints ONE JSON object: medians and ratios to the bare PUT of the same run::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -392,20 +393,25 @@ def variant(base: Source, path: Path, n: int) -> Source:
 
 
 async def interleaved(
-    hyp: Server, heaper: Server, base: Source, work: Path, chunk: int, rounds: int
+    hyp: Server, heapers: list[Server], base: Source, work: Path, chunk: int, rounds: int
 ) -> dict[str, list[dict[str, Any]]]:
     """Each round: the whole file PUT to bare hypercorn, the same chunks PUT to it one at a
-    time, then resumable uploads to heaper_trio (chunks 1 and 4 at a time) of fresh content."""
+    time, then resumable uploads to each heaper_trio (chunks 1 and 4 at a time; with
+    ``--against``, the two servers take turns going first) of fresh content."""
     from heaper_trio.client import KeyPair
 
     runs: dict[str, list[dict[str, Any]]] = {}
-    async with (
-        httpx.AsyncClient(base_url=hyp.url, timeout=600) as http,
-        HeaperClient(heaper.url, KeyPair.generate(), timeout=600) as c,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(httpx.AsyncClient(base_url=hyp.url, timeout=600))
         await http.get("/")
-        await c.login()
-        heap = check(await c.post("/api/heap/add", json={"name": "bench"}), "heap")["id"]
+        clients: list[tuple[Server, HeaperClient, str]] = []
+        for heaper in heapers:
+            c = await stack.enter_async_context(
+                HeaperClient(heaper.url, KeyPair.generate(), timeout=600)
+            )
+            await c.login()
+            heap = check(await c.post("/api/heap/add", json={"name": "bench"}), "heap")["id"]
+            clients.append((heaper, c, heap))
         n = 0
         for r in range(rounds):
 
@@ -423,20 +429,28 @@ async def interleaved(
             for f in (work / "hyp_out").iterdir():
                 f.unlink()
             for p in PARALLEL:
-                n += 1
-                src = variant(base, work / "variant.bin", n)
-                res = await resumable(c, heaper.pid, heap, f"b{n}", src, chunk, p)
-                runs.setdefault(f"resumable_{p}", []).append(res)
+                turn = clients if r % 2 == 0 else clients[::-1]
+                for heaper, c, heap in turn:
+                    n += 1
+                    src = variant(base, work / "variant.bin", n)
+                    res = await resumable(c, heaper.pid, heap, f"b{n}", src, chunk, p)
+                    runs.setdefault(f"{prefix(heaper.name)}resumable_{p}", []).append(res)
             log(f"round {r + 1}/{rounds} done")
     return runs
 
 
+def prefix(server: str) -> str:
+    """Keys of this checkout's server as they always were; ``against_`` for the other."""
+    return "" if server == "heaper" else f"{server}_"
+
+
 def median_of(runs: list[dict[str, Any]], *keys: str) -> float:
-    values = []
+    values: list[float] = []
     for run in runs:
+        value: Any = run
         for k in keys:
-            run = run[k]
-        values.append(run)
+            value = value[k]
+        values.append(value)
     return sorted(values)[len(values) // 2]
 
 
@@ -449,6 +463,12 @@ def main() -> int:
     p.add_argument("--size-mib", type=int, default=128)
     p.add_argument("--chunk-mib", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--against",
+        type=Path,
+        help="another checkout of heaper_trio (e.g. main): its server takes turns with this "
+        "one in every round, so a change is measured before and after in the same run",
+    )
     args = p.parse_args()
     chunk = args.chunk_mib * MiB
     with tempfile.TemporaryDirectory(prefix="heaper-bench-uploads-") as tmp:
@@ -465,14 +485,26 @@ def main() -> int:
         argv = [sys.executable, str(work / "hyp.py"), str(hp), str(work / "hyp_out")]
         hyp = Server("hypercorn_put", argv, dict(os.environ), hp, "/", work)
         argv = [sys.executable, "-m", "heaper_trio", "--port", str(sp), "--data-dir"]
-        heaper = Server("heaper", [*argv, str(work / "data")], env, sp, "/api/health", work)
+        heapers = [Server("heaper", [*argv, str(work / "data")], env, sp, "/api/health", work)]
+        if args.against is not None:
+            (work / "data_against").mkdir()
+            env2 = {**env, "PYTHONPATH": str(args.against.resolve())}
+            ap = free_port()
+            argv2 = [sys.executable, "-m", "heaper_trio", "--port", str(ap), "--data-dir"]
+            heapers.append(
+                Server(
+                    "against", [*argv2, str(work / "data_against")], env2, ap, "/api/health", work
+                )
+            )
         try:
             hyp.wait_ready()
-            heaper.wait_ready()
-            runs = trio.run(interleaved, hyp, heaper, base, work, chunk, args.rounds)
+            for heaper in heapers:
+                heaper.wait_ready()
+            runs = trio.run(interleaved, hyp, heapers, base, work, chunk, args.rounds)
         finally:
             hyp.stop()
-            heaper.stop()
+            for heaper in heapers:
+                heaper.stop()
     anchor = median_of(runs["hypercorn_put_whole"], "mb_per_s")
     out: dict[str, Any] = {
         "size_mib": args.size_mib,
@@ -483,17 +515,27 @@ def main() -> int:
             "hypercorn_put_chunks_1": median_of(runs["hypercorn_put_chunks_1"], "mb_per_s"),
         },
         "ratios_to_hypercorn_put_whole": {},
+        "ratios_per_round": {},
+        "complete_s_per_round": {},
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "runs": runs,
     }
-    for p_ in PARALLEL:
-        for phase in ("end_to_end", "chunk_phase"):
-            mbs = median_of(runs[f"resumable_{p_}"], phase, "mb_per_s")
-            out["median_mb_per_s"][f"resumable_{p_}_{phase}"] = mbs
-            out["ratios_to_hypercorn_put_whole"][f"resumable_{p_}_{phase}"] = ratio(mbs, anchor)
-        out["median_mb_per_s"][f"resumable_{p_}_complete_s"] = median_of(
-            runs[f"resumable_{p_}"], "complete", "seconds"
-        )
+    hyp_runs = runs["hypercorn_put_whole"]
+    for name in [h.name for h in heapers]:
+        for p_ in PARALLEL:
+            key = f"{prefix(name)}resumable_{p_}"
+            ups = runs[key]
+            for phase in ("end_to_end", "chunk_phase"):
+                mbs = median_of(ups, phase, "mb_per_s")
+                out["median_mb_per_s"][f"{key}_{phase}"] = mbs
+                out["ratios_to_hypercorn_put_whole"][f"{key}_{phase}"] = ratio(mbs, anchor)
+                # each round's ratio to its own anchor: the spread under a noisy machine
+                out["ratios_per_round"][f"{key}_{phase}"] = [
+                    ratio(u[phase]["mb_per_s"], h["mb_per_s"])
+                    for u, h in zip(ups, hyp_runs, strict=True)
+                ]
+            out["median_mb_per_s"][f"{key}_complete_s"] = median_of(ups, "complete", "seconds")
+            out["complete_s_per_round"][key] = [u["complete"]["seconds"] for u in ups]
     print(json.dumps(out, indent=2))
     return 0
 

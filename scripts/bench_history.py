@@ -50,7 +50,7 @@ START_MS = 1_780_000_000_000
 
 
 def _doc() -> tuple[pycrdt.Doc, pycrdt.XmlText]:
-    doc = pycrdt.Doc()
+    doc: pycrdt.Doc[Any] = pycrdt.Doc()
     title = doc.get("title_v0", type=pycrdt.XmlFragment)
     content = doc.get("content_v0", type=pycrdt.XmlFragment)
     meta = doc.get("meta_v0", type=pycrdt.Map)
@@ -104,7 +104,8 @@ async def measure(engine: str, database_url: str, days: int, per_day: int) -> di
             heap = await documents.create_heap(user, "History bench", None)
             rnd = random.Random(1)
             doc, last = _doc()
-            block_id, synced, pushed = str(uuid.uuid4()), b"\x00", []
+            block_id, synced = str(uuid.uuid4()), b"\x00"
+            pushed: list[Any] = []
             t0 = time.perf_counter()
             for day in range(days):
                 for i in range(per_day):

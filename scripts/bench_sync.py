@@ -150,7 +150,7 @@ class EditedBlock:
     def __init__(self, rnd: random.Random, paragraphs: int = 3, tag: str | None = None) -> None:
         self.id = str(uuid.uuid4())
         self.rnd = rnd
-        self.doc = pycrdt.Doc()
+        self.doc: pycrdt.Doc[Any] = pycrdt.Doc()
         title = self.doc.get("title_v0", type=pycrdt.XmlFragment)
         content = self.doc.get("content_v0", type=pycrdt.XmlFragment)
         meta = self.doc.get("meta_v0", type=pycrdt.Map)
@@ -597,7 +597,9 @@ async def latencies(client: HeaperClient, heap_id: str, ids: list[str]) -> dict[
     )
     out["delta_first_page"]["what"] = "since=0: the first page of 1000 changed blocks"
 
-    walks, pages, recent = [], 0, []
+    walks: list[Any] = []
+    recent: list[Any] = []
+    pages = 0
     for _ in range(SAMPLES["delta_full_walk"]):
         since, pages = 0, 0
         t0 = time.perf_counter()

@@ -133,7 +133,8 @@ async def test_migration_backfills_existing_heaps(
     from heaper_trio.storage.sqlite import runtime as sqlite_runtime
 
     def before_0010(engine: str) -> list[tuple[int, str, str]]:
-        return [m for m in migrate.migration_scripts(engine) if m[0] != 10]
+        # 0021 (PostgreSQL) replaces 0010's insert trigger, so it waits for 0010 too.
+        return [m for m in migrate.migration_scripts(engine) if m[0] not in (10, 21)]
 
     monkeypatch.setattr(sqlite_runtime, "migration_scripts", before_0010)
     monkeypatch.setattr(pg_engine, "migration_scripts", before_0010)
@@ -147,7 +148,7 @@ async def test_migration_backfills_existing_heaps(
         old.services.shutdown.set()
         await trio.sleep(0.2)
         monkeypatch.undo()
-        new = await start_server()  # same data directory and database; 0010 applies now
+        new = await start_server()  # same data directory and database; 0010 (and 0021) apply now
         async with HeaperClient(new.url, client.key) as again:
             await again.login()
             usage = await assert_usage_exact(again, new)

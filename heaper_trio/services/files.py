@@ -67,6 +67,8 @@ from heaper_trio.services.upload_disk import (  # _write: tests make the disk fu
     receive_body,
     sweep_temp_files,
 )
+from heaper_trio.services.upload_hash import UploadHashes
+from heaper_trio.services.upload_orphans import sweep_orphan_folders
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import Storage
 
@@ -141,6 +143,7 @@ class FileService(FileStore):
         self.uploads = settings.data_path / "uploads"
         self._assembling: dict[str, trio.Lock] = {}
         self.slots = UploadSlots(settings.max_uploads_per_user)
+        self.hashes = UploadHashes()  # running hashes of uploads in progress (upload_hash)
 
     def _upload_dir(self, upload: UploadRecord) -> Path:
         return self.uploads / upload.id
@@ -299,38 +302,48 @@ class FileService(FileStore):
         upload = await self._upload(user, heap_id, block_id, hash)
         if not 0 <= index < upload.total_chunks:
             raise BadRequest(f"index must be 0..{upload.total_chunks - 1}", code="bad_chunk_index")
-        expected = self._chunk_size(upload, index)
         folder = self._upload_dir(upload)
-        if self.parts is None and not await self._probe_fs(
-            upload_layout.goes_to_its_own_file, folder, index
-        ):
-            with self.slots.hold(user.id), disk_full_is_507(NO_SPACE):
-                # write looked up now: tests replace _write
-                written = await upload_layout.write_chunk(
-                    self._io, lambda f, b: _write(f, b), folder, upload, index, body
-                )
-            await self._still_open(upload, folder)
-            return ChunkStored(index, written)
-        temp = folder / f"{index}.{uuid.uuid4().hex}.part"
-        out: BinaryIO | None = None
         with self.slots.hold(user.id):  # before any file is opened; see UploadSlots
-            try:
-                with disk_full_is_507(NO_SPACE):
-                    out = file = await self._io(_open_temp, temp)
-                    written = await receive_body(  # a thread hop per block, not per read
-                        body, expected, f"chunk {index}", lambda b: self._io(_write, file, b)
+            written = None
+            if self.parts is None:
+                with disk_full_is_507(NO_SPACE):  # write looked up now: tests replace _write
+                    written = await upload_layout.write_chunk(
+                        self._io,
+                        lambda f, b: _write(f, b),
+                        folder,
+                        upload,
+                        index,
+                        body,
+                        self.hashes,
                     )
-                    if self.parts is not None:  # a part once whole, sent from the disk
-                        await self._io(out.flush)
-                        await self.parts.put_part(upload, index, temp)
-                    else:
-                        await self._io(_commit, out, temp, folder / f"{index}.chunk")
-            finally:
-                with trio.CancelScope(shield=True):  # cut off mid-way: nothing half-written stays
-                    await self._io(_close_and_remove, out, temp)
+            if written is None:  # a part, or a file of its own (upload_layout.open_chunk)
+                written = await self._chunk_file(upload, index, body)
         if self.parts is None:
             await self._still_open(upload, folder)
         return ChunkStored(index, written)
+
+    async def _chunk_file(
+        self, upload: UploadRecord, index: int, body: AsyncIterator[bytes]
+    ) -> int:
+        """A chunk in a file of its own, then a part in the bucket or ``<index>.chunk``."""
+        folder, expected = self._upload_dir(upload), self._chunk_size(upload, index)
+        temp = folder / f"{index}.{uuid.uuid4().hex}.part"
+        out: BinaryIO | None = None
+        try:
+            with disk_full_is_507(NO_SPACE):
+                out = file = await self._io(_open_temp, temp)
+                written = await receive_body(  # a thread hop per block, not per read
+                    body, expected, f"chunk {index}", lambda b: self._io(_write, file, b)
+                )
+                if self.parts is not None:  # a part once whole, sent from the disk
+                    await self._io(out.flush)
+                    await self.parts.put_part(upload, index, temp)
+                else:
+                    await self._io(_commit, out, temp, folder / f"{index}.chunk")
+        finally:
+            with trio.CancelScope(shield=True):  # cut off mid-way: nothing half-written stays
+                await self._io(_close_and_remove, out, temp)
+        return written
 
     async def _still_open(self, upload: UploadRecord, folder: Path) -> None:
         """After a chunk is on disk: its upload's row is still there, or the folder goes and
@@ -407,6 +420,7 @@ class FileService(FileStore):
                     upload,
                     lambda f, b: _write(f, b),  # looked up now: tests replace _write
                     None if stored else self.store_path(hash),
+                    self.hashes,
                 )
             if actual != hash:
                 await self._discard(upload)  # a wrong hash: nothing is stored
@@ -467,6 +481,7 @@ class FileService(FileStore):
         if self.parts is not None:
             await self.parts.discard(upload)
         await self.storage.delete_upload(upload.id)
+        self.hashes.drop(upload.id)
         folder = self._upload_dir(upload)
         await self._io(lambda: shutil.rmtree(folder, ignore_errors=True))
 
@@ -480,4 +495,5 @@ class FileService(FileStore):
         if self.parts is not None:  # an hour's margin past the longest an upload lives
             await self.parts.sweep(now - (self.settings.upload_expiry_hours + 1) * 3600 * 1000)
         await self._io(sweep_temp_files, self.uploads)
+        await sweep_orphan_folders(self, now / 1000)  # left without their row
         return len(expired)

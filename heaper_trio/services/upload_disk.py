@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
+import trio
+
 from heaper_trio.errors import BadRequest, RateLimited
 
 FRESH_EMPTY_S = 10.0  # an empty, unlocked temp file this young may be about to be locked
@@ -91,36 +93,81 @@ async def receive_body(
     write: Callable[[memoryview], Awaitable[None]],
 ) -> int:
     """Exactly ``expected`` bytes of ``body`` handed to ``write`` in blocks of ``WRITE_BLOCK``
-    (the last may be shorter); a body that is longer fails as soon as it is, a shorter one at
-    its end, both before the last block is written (400 chunk_size_mismatch).
+    (the last may be shorter), in order, one at a time; a body that is longer fails as soon
+    as it is, a shorter one at its end, both before the last block is written (400
+    chunk_size_mismatch).
 
-    The blocks are gathered in one buffer, reused once ``write`` has returned: one copy of
-    each byte, no allocation per piece or block, and one ``write`` syscall per block (handing
-    the thread the pieces instead, a ``writelines`` of ~64 KiB pieces, made it take the GIL
-    back once per piece and cost more than the copy)."""
-    block = int(WRITE_BLOCK)
-    buffer = memoryview(bytearray(min(block, expected) or 1))
+    Two buffers take turns: while one block is written (and hashed) in a thread, the next is
+    gathered from the network, so the disk and the hash overlap the receive instead of
+    stopping it. One copy of each byte, no allocation per piece or block, one ``write``
+    syscall per block (handing the thread the pieces instead, a ``writelines`` of ~64 KiB
+    pieces, made it take the GIL back once per piece and cost more than the copy)."""
+    size = min(int(WRITE_BLOCK), expected) or 1
+    spare: memoryview | None = memoryview(bytearray(size)) if expected > size else None
+    buffer = memoryview(bytearray(size))
     written = filled = 0
-    async for data in body:
-        written += len(data)
-        if written > expected:
-            raise BadRequest(f"{what} must be {expected} bytes", code="chunk_size_mismatch")
-        piece, taken = memoryview(data), 0
-        while taken < len(piece):
-            n = min(len(piece) - taken, len(buffer) - filled)
-            buffer[filled : filled + n] = piece[taken : taken + n]
-            filled += n
-            taken += n
-            if filled == len(buffer):
-                await write(buffer)
-                filled = 0
-    if written != expected:
-        raise BadRequest(
-            f"{what} must be {expected} bytes, got {written}", code="chunk_size_mismatch"
-        )
-    if filled:
-        await write(buffer[:filled])
+    writing = _BlockWriter(write)
+    failure: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        try:
+            async for data in body:
+                written += len(data)
+                if written > expected:
+                    raise BadRequest(f"{what} must be {expected} bytes", code="chunk_size_mismatch")
+                piece, taken = memoryview(data), 0
+                while taken < len(piece):
+                    n = min(len(piece) - taken, len(buffer) - filled)
+                    buffer[filled : filled + n] = piece[taken : taken + n]
+                    filled += n
+                    taken += n
+                    if filled == len(buffer):
+                        full, filled = buffer, 0
+                        await writing.wait()  # the other buffer is free again
+                        writing.start(nursery, full)
+                        if spare is not None:
+                            buffer, spare = spare, full
+                        else:  # one block in all: nothing more to gather
+                            await writing.wait()
+            if written != expected:
+                raise BadRequest(
+                    f"{what} must be {expected} bytes, got {written}", code="chunk_size_mismatch"
+                )
+            await writing.wait()
+            if filled:
+                writing.start(nursery, buffer[:filled])
+                await writing.wait()
+        except Exception as e:  # raised as itself below, not in the nursery's group
+            failure = e
+    if failure is not None:
+        raise failure
     return written
+
+
+class _BlockWriter:
+    """At most one block write in flight; its failure is raised at the next ``wait``."""
+
+    def __init__(self, write: Callable[[memoryview], Awaitable[None]]) -> None:
+        self.write = write
+        self.idle = trio.Event()
+        self.idle.set()
+        self.failure: Exception | None = None
+
+    def start(self, nursery: trio.Nursery, block: memoryview) -> None:
+        self.idle = trio.Event()  # before the task runs: a wait now waits for this write
+        nursery.start_soon(self._run, block, self.idle)
+
+    async def _run(self, block: memoryview, idle: trio.Event) -> None:
+        try:
+            await self.write(block)
+        except Exception as e:
+            self.failure = e
+        finally:
+            idle.set()
+
+    async def wait(self) -> None:
+        await self.idle.wait()
+        if self.failure is not None:
+            raise self.failure
 
 
 def copy_hashing(sources: Sequence[Path | IO[bytes]], out: BinaryIO | None, write: Write) -> str:

@@ -12,6 +12,9 @@ job is aborted locally) and tries for the lease again like the others.
 The row shows in the admin's job listings (every user's jobs), never in a user's: it has no
 owner. Temporary files a killed process left are per machine, so each process still removes
 its own at start.
+
+Each sweep (``FileService.expire``) and each process at start also removes upload folders
+that no upload row names, untouched for ``upload_expiry_hours`` (``upload_orphans``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from heaper_trio.services.files import FileService
 from heaper_trio.services.scans.job import ScanJob
 from heaper_trio.services.scans.registry import JobTable
 from heaper_trio.services.upload_disk import sweep_temp_files
+from heaper_trio.services.upload_orphans import sweep_orphan_folders
 
 log = logging.getLogger(__name__)
 KIND = "upload_expiry"
@@ -80,6 +84,7 @@ class UploadExpiry:
             removed = await self.files._io(sweep_temp_files, self.files.uploads)
             if removed:
                 log.info("removed %d temporary upload files left by a stopped process", removed)
+            await sweep_orphan_folders(self.files, time.time())  # (each sweep does it too)
         except Exception:
             log.exception("sweeping temporary upload files failed")
         try:

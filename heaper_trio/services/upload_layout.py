@@ -5,13 +5,18 @@ twice. Now the upload's folder holds ``data``, sized to the file when the first 
 (holes until received); a chunk's body is written straight to its offset, synced, and only then
 marked received by an empty ``<index>.done`` (its name synced with the folder), so a restart
 knows what arrived and a chunk cut off mid-way is simply not received. ``complete`` hashes
-``data`` where it lies and renames it into the store: a hash and a rename, no copy.
+``data`` where it lies and renames it into the store: a hash and a rename, no copy. Chunks
+that arrive in order are hashed as they come (``upload_hash``), so ``complete`` mostly reads
+nothing at all.
 
-Two more kinds of chunk still arrive as files of their own (``<index>.chunk``, written under a
-temporary name and renamed, as before): every chunk of an upload begun before this layout (its
-folder has no ``data``; it must still complete after an upgrade), and a chunk sent again once
-received (a resend cut off must leave the received bytes whole). ``complete`` first copies those
-into ``data`` at their offsets; the hash it then takes covers every byte either way.
+Three more kinds of chunk still arrive as files of their own (``<index>.chunk``, written under
+a temporary name and renamed, as before): every chunk of an upload begun before this layout
+(its folder has no ``data``; it must still complete after an upgrade), a chunk sent again once
+received (a resend cut off must leave the received bytes whole), and a chunk sent while
+another request writes the same chunk (each writer of ``data`` holds a lock on its chunk's
+byte range, so no two write one chunk at once and a marked chunk never changes in ``data``).
+``complete`` first copies those into ``data`` at their offsets; the hash it then takes covers
+every byte either way.
 
 Writers and ``complete`` exclude each other with ``flock`` on ``data`` (processes sharing the
 data directory included): a chunk writes under a shared lock, ``complete`` hashes and renames
@@ -23,11 +28,15 @@ yet marked are sent again) or a store file whose hash was checked before its ren
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
+import logging
 import os
 import re
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -35,13 +44,19 @@ import trio
 
 from heaper_trio.errors import NotFound
 from heaper_trio.records import UploadRecord
-from heaper_trio.services.upload_disk import READ_BLOCK, CopyRange, Write, _commit, receive_body
+from heaper_trio.services.upload_disk import CopyRange, Data, Write, _commit, receive_body
+from heaper_trio.services.upload_hash import Claim, UploadHashes, hash_range
 
+log = logging.getLogger(__name__)
 DATA = "data"
 PIECE = re.compile(r"([0-9]{1,9})\.(chunk|done)")
 Io = Callable[..., Awaitable[Any]]
 T = TypeVar("T")
 LOCK_RETRY_S = 0.05
+# Chunks read back for the running hash by one request, at most (besides its own): after a
+# restart the hash starts again from chunk 0, and one answer must not wait for gigabytes.
+CATCH_UP_BYTES = 64 * 1024 * 1024
+BUSY = {errno.EAGAIN, errno.EACCES}
 
 
 def chunk_length(upload: UploadRecord, index: int) -> int:
@@ -128,6 +143,43 @@ async def locked(io: Io, fn: Callable[..., T], *args: Any) -> T:
             await trio.sleep(LOCK_RETRY_S)
 
 
+def lock_range(f: BinaryIO, start: int, length: int) -> bool:
+    """An exclusive lock on ``[start, start + length)`` of ``f`` (an open file description
+    lock: per open file, across processes and threads, gone when ``f`` closes); False when
+    another writer holds it, or the file system cannot lock ranges."""
+    flock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, start, max(length, 1), 0)
+    try:
+        fcntl.fcntl(f.fileno(), fcntl.F_OFD_SETLK, flock)
+    except OSError as e:
+        if e.errno not in BUSY:
+            log.warning("no range lock on %s (%s): chunks go to files of their own", f.name, e)
+        return False
+    return True
+
+
+def open_chunk(folder: Path, upload: UploadRecord, index: int) -> BinaryIO | None:
+    """``data`` for writing chunk ``index`` (``LOCK_SH``, and the chunk's byte range locked:
+    this writer alone writes it); None when the chunk goes to a file of its own instead:
+    received already (a resend, also one that waited for the range while the first writer
+    marked it), being written by another request (or where ranges cannot be locked), or of
+    an upload begun before ``data``. So no byte of a chunk in ``data`` changes once it is
+    marked (what the running hash relies on)."""
+    if goes_to_its_own_file(folder, index):
+        return None
+    f = open_data(folder, upload.size, fcntl.LOCK_SH)
+    try:
+        if (
+            not lock_range(f, index * upload.chunk_size, chunk_length(upload, index))
+            or (folder / f"{index}.done").exists()
+        ):
+            f.close()
+            return None
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
 def mark_received(f: BinaryIO, folder: Path, index: int) -> None:
     """The chunk's bytes synced first, then its marker and the marker's name."""
     f.flush()
@@ -140,6 +192,68 @@ def mark_received(f: BinaryIO, folder: Path, index: int) -> None:
         os.close(fd)
 
 
+@dataclass(eq=False)
+class ChunkHashing:
+    """One writer's part in the running hash: its claim once its chunk comes next, which may
+    happen while it is written (the chunk before it marked meanwhile, several in flight)."""
+
+    hashes: UploadHashes
+    upload_id: str
+    ino: int
+    index: int
+    start: int
+    claim: Claim | None = None
+    given_up: bool = False
+
+    def write(self, write: Write, f: BinaryIO, data: Data) -> None:
+        """One block to the disk and, once this chunk comes next, into its running hash (the
+        same thread job: the hash overlaps the next network read, on the other core). A chunk
+        that comes next mid-way first reads back what it wrote so far (its own bytes: it
+        holds the chunk's range); if that fails, the chunk is not hashed here, that is all."""
+        if self.claim is None and not self.given_up:
+            self.claim = self.hashes.claim(self.upload_id, self.ino, self.index)
+            if self.claim is not None and (so_far := f.tell() - self.start):
+                f.flush()
+                try:
+                    ok = hash_range(f.fileno(), self.claim.digest, self.start, f.tell()) == so_far
+                except OSError:
+                    ok = False
+                if not ok:
+                    self.hashes.settle(self.claim, marked=False)
+                    self.claim, self.given_up = None, True
+        write(f, data)
+        if self.claim is not None:
+            self.claim.update(data)
+
+
+def _mark_and_hash(
+    f: BinaryIO,
+    folder: Path,
+    upload: UploadRecord,
+    index: int,
+    hashes: UploadHashes,
+    hashing: ChunkHashing,
+) -> None:
+    """Marked received, then its hash taken in (one thread job: a cancel cannot come
+    between), then the chunks that came ahead read back into the hash, then closed (its
+    locks go). The chunk is received once marked: reading back is only an optimisation,
+    and its failure fails nothing (``complete`` reads what the hash lacks)."""
+    mark_received(f, folder, index)
+    hashes.settle(hashing.claim, marked=True)
+    try:
+        hashes.catch_up(
+            upload.id,
+            f,
+            folder,
+            upload.chunk_size,
+            upload.size,
+            CATCH_UP_BYTES + chunk_length(upload, index),
+        )
+    except OSError as e:
+        log.warning("reading upload %s back for its hash failed: %s", upload.id, e)
+    f.close()
+
+
 async def write_chunk(
     io: Io,
     write: Write,
@@ -147,25 +261,41 @@ async def write_chunk(
     upload: UploadRecord,
     index: int,
     body: AsyncIterator[bytes],
-) -> int:
-    """The body straight into ``data`` at the chunk's offset, then marked received."""
+    hashes: UploadHashes,
+) -> int | None:
+    """The body straight into ``data`` at the chunk's offset, then marked received and
+    hashed; None (nothing read): the chunk goes to a file of its own (``open_chunk``)."""
     expected = chunk_length(upload, index)
-    f = await locked(io, open_data, folder, upload.size, fcntl.LOCK_SH)
+    f = await locked(io, open_chunk, folder, upload, index)
+    if f is None:
+        return None
+    start = index * upload.chunk_size
+    hashing = ChunkHashing(hashes, upload.id, os.fstat(f.fileno()).st_ino, index, start)
     try:
-        f.seek(index * upload.chunk_size)
-        written = await receive_body(body, expected, f"chunk {index}", lambda b: io(write, f, b))
-        await io(mark_received, f, folder, index)
+        f.seek(start)
+        written = await receive_body(
+            body, expected, f"chunk {index}", lambda b: io(hashing.write, write, f, b)
+        )
+        await io(_mark_and_hash, f, folder, upload, index, hashes, hashing)
     finally:
-        with trio.CancelScope(shield=True):  # a client gone mid-body: closed all the same
-            await io(f.close)
+        hashes.settle(hashing.claim, marked=False)  # a write cut off: its hash is dropped
+        if not f.closed:
+            with trio.CancelScope(shield=True):  # a client gone mid-body: closed all the same
+                await io(f.close)
     return written
 
 
-def complete_in_place(folder: Path, upload: UploadRecord, write: Write, final: Path | None) -> str:
+def complete_in_place(
+    folder: Path, upload: UploadRecord, write: Write, final: Path | None, hashes: UploadHashes
+) -> str:
     """The SHA-256 of ``data`` under ``LOCK_EX``, every chunk file copied in at its offset
     first; when it is ``upload.hash`` and ``final`` is given, ``data`` is synced and renamed
-    there before the lock goes (one thread call: no lock held across calls)."""
+    there before the lock goes (one thread call: no lock held across calls).
+
+    Only the part the running hash (``upload_hash``) does not cover is read; all of it when
+    a chunk file was copied in under that part (a resend: the received bytes count)."""
     with open_data(folder, upload.size, fcntl.LOCK_EX) as f:
+        copied: list[int] = []
         for entry in sorted(folder.iterdir()):
             found = PIECE.fullmatch(entry.name)
             if found is None or found[2] != "chunk":
@@ -174,17 +304,13 @@ def complete_in_place(folder: Path, upload: UploadRecord, write: Write, final: P
             with open(entry, "rb", buffering=0) as chunk:
                 f.seek(index * upload.chunk_size)
                 write(f, CopyRange(chunk.fileno(), 0, chunk_length(upload, index)))
+            copied.append(index)
         f.flush()
-        digest = hashlib.sha256()
-        view = memoryview(bytearray(READ_BLOCK))
-        offset = 0
-        while offset < upload.size:
-            n = os.preadv(f.fileno(), [view[: min(READ_BLOCK, upload.size - offset)]], offset)
-            if n == 0:
-                break
-            digest.update(view[:n])
-            offset += n
-        actual = digest.hexdigest()
+        digest, chunks = hashes.start(upload.id, os.fstat(f.fileno()).st_ino)
+        if copied and min(copied) < chunks:
+            digest, chunks = hashlib.sha256(), 0
+        hash_range(f.fileno(), digest, min(chunks * upload.chunk_size, upload.size), upload.size)
+        actual: str = digest.hexdigest()
         if actual == upload.hash and final is not None:
             _commit(f, folder / DATA, final)  # verified: a rename, no copy
     return actual

@@ -362,6 +362,10 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def expired_uploads(self, now: int) -> list[UploadRecord]: ...
 
+    @abc.abstractmethod
+    async def uploads_present(self, upload_ids: list[str]) -> set[str]:
+        """Those of the ids an upload row has (upload folders left without one are swept)."""
+
     # -- folder scans (records in scan_records) ---------------------------------------------
     @abc.abstractmethod
     async def scan_entries(self, heap_id: str, paths: list[str]) -> dict[str, ScanEntry]: ...

@@ -10,12 +10,13 @@ from ASGI ``receive`` up to the route's limit, over it the 413 Quart's body read
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Iterable, MutableMapping
 from contextvars import ContextVar
+from functools import cached_property
 from typing import Any
 
-from werkzeug.datastructures import Headers
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.datastructures import Headers, ImmutableHeadersMixin, ImmutableMultiDict, MultiDict
+from werkzeug.exceptions import BadRequestKeyError, RequestEntityTooLarge
 from werkzeug.sansio.request import Request
 
 from heaper_trio.web.http_guard import Receive
@@ -26,14 +27,54 @@ class ClientGone(Exception):
     access log's 499), as when Quart cancels a request on ``http.disconnect``."""
 
 
+_ABSENT: Any = object()
+
+
+class ScopeHeaders(ImmutableHeadersMixin, Headers):  # type: ignore[misc]
+    """The request's headers as Quart's request holds them (names title-cased, values
+    latin-1, in order), read through a dict: werkzeug's ``get`` lowercases and walks the
+    whole list on every call, and a request reads five or six. Immutable, so the two views
+    cannot part."""
+
+    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
+        pairs = [(name.decode("latin1"), value.decode("latin1")) for name, value in raw]
+        self._list = [(name.title(), value) for name, value in pairs]
+        first: dict[str, str] = {}
+        for name, value in pairs:
+            first.setdefault(name.lower(), value)  # werkzeug answers the first of repeats
+        self._first = first
+
+    def _get_key(self, key: str) -> str:
+        try:
+            return self._first[key.lower()]
+        except KeyError:
+            raise BadRequestKeyError(key) from None
+
+    # As werkzeug's, without raising (and catching) a KeyError for each absent header.
+    def get(self, key: str, default: Any = None, type: Any = None) -> Any:  # type: ignore[override]
+        value = self._first.get(key.lower(), _ABSENT)
+        if value is _ABSENT:
+            return default
+        if type is None:
+            return value
+        try:
+            return type(value)
+        except ValueError:
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._first
+
+
+NO_ARGS: ImmutableMultiDict[str, str] = ImmutableMultiDict()
+
+
 class HotRequest(Request):
     def __init__(
         self, scope: MutableMapping[str, Any], receive: Receive, services: Any, max_body: int
     ) -> None:
-        headers = Headers()
+        headers = ScopeHeaders(scope["headers"])
         remote = (scope.get("client") or ["<local>"])[0]
-        for name, value in scope["headers"]:
-            headers.add(name.decode("latin1").title(), value.decode("latin1"))
         super().__init__(
             scope["method"],
             scope["scheme"],
@@ -57,6 +98,11 @@ class HotRequest(Request):
         self.body_read = self.content_length == 0 or (
             http1 and not self.content_length and not chunked
         )
+
+    @cached_property
+    def args(self) -> MultiDict[str, str]:
+        """As werkzeug's, without parsing an empty query string (most hot requests)."""
+        return Request.args.fget(self) if self.query_string else NO_ARGS  # type: ignore[attr-defined]
 
     async def get_data(self, **_: Any) -> bytes:
         """The whole body (``routing.read_json_body`` asks for bytes, uncached)."""

@@ -20,13 +20,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import orjson
 import trio
 from quart import Quart, Response
 
 from heaper_trio.web.cors import origin_headers
 from heaper_trio.web.errors import error_answer
 from heaper_trio.web.hot_request import HOT, ClientGone, HotRequest
-from heaper_trio.web.http_guard import ASGIApp, Receive, Send
+from heaper_trio.web.http_guard import NO_DISCONNECT_CANCEL, ASGIApp, Receive, Send
 from heaper_trio.web.routes_metrics import ROUTE_KEY
 from heaper_trio.web.routing import VIEWS
 
@@ -42,6 +43,9 @@ CHUNK_PUT = ("PUT", "/api/upload/chunk/{heap_id}/{block_id}/{hash}/{index}")
 CHUNK_PREFIX = "/api/upload/chunk/"
 CHUNK_RULE = "/api/upload/chunk/<heap_id>/<block_id>/<hash>/<index>"
 CHUNK_PARAMS = ("heap_id", "block_id", "hash", "index")
+_AS_QUART = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+# bytes after which orjson's text may not be json's (see HotRoutes._json)
+_ORJSON_DIFFERS = (b"\x7f", b"e-", b"0.0000")
 # looked up per request (a test empties it to have Quart answer the same requests)
 SERVED: dict[tuple[str, str], Callable[..., Awaitable[Any]]] = {}
 
@@ -79,6 +83,7 @@ class HotRoutes:
             return
         view, rule, params = found
         scope[ROUTE_KEY] = rule  # the metrics label, Quart's rule
+        scope[NO_DISCONNECT_CANCEL] = True  # unlike Quart (the guard's final send)
         req = HotRequest(scope, receive, self.services, self.max_body)
         token = HOT.set(req)
         try:
@@ -99,6 +104,23 @@ class HotRoutes:
             await self._answer(send, req, status, body, extra)
             nursery.cancel_scope.cancel()
 
+    def _json(self, body: Any) -> bytes:
+        """Quart's bytes for a JSON answer (``json.response``: compact ``json.dumps``, ASCII
+        only, then a newline), through orjson where its bytes are the same: about 0.6 µs
+        against 11 for an ``/api/me`` answer. They differ for non-ASCII text and DEL (which
+        json escapes), for floats between 1e-9 and 1e-4 (``1e-05`` against ``1e-5`` or
+        ``0.00001``), for integers past 64 bits and for dict keys that are not strings: those
+        answers go through json as before. Dates and dataclasses go to Quart's own
+        ``default``, as in json. One difference is left: NaN and infinities, which no answer
+        holds and which json writes as invalid JSON, would come out ``null``."""
+        try:
+            data = orjson.dumps(body, default=self.json.default, option=_AS_QUART)  # type: ignore[attr-defined]
+        except (orjson.JSONEncodeError, TypeError):
+            data = b""
+        if not data or not data.isascii() or any(mark in data for mark in _ORJSON_DIFFERS):
+            return f"{self.json.dumps(body, separators=(',', ':'))}\n".encode()
+        return data + b"\n"
+
     async def _answer(
         self, send: Send, req: HotRequest, status: int, body: Any, extra: dict[str, str]
     ) -> None:
@@ -108,7 +130,7 @@ class HotRoutes:
             data = await body.get_data()
             status, mimetype = body.status_code, body.content_type or self.mimetype
         else:
-            data = f"{self.json.dumps(body, separators=(',', ':'))}\n".encode()
+            data = self._json(body)
             mimetype = self.mimetype
         headers = [
             (b"content-type", mimetype.encode()),

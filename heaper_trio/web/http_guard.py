@@ -63,6 +63,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
 DRAIN_SECONDS = 5.0  # the longest an answer's connection waits for the rest of a body
+# Set in the scope by an app that never cancels itself on http.disconnect (web/hot_routes.py):
+# its final send needs no shield, which costs a cancel scope per request.
+NO_DISCONNECT_CANCEL = "heaper.no_disconnect_cancel"
 
 
 class HttpGuard:
@@ -130,6 +133,12 @@ class _Exchange:
         self.started = False  # an answer (the app's or ours) has begun
         self.answered_by_guard = False
         self.head_at = trio.current_time()
+        # hypercorn's receive is its app queue's (a trio memory channel): what is already
+        # queued is taken without a deadline's cancel scope (quart_compat.HOOKS)
+        queue = getattr(receive, "__self__", None)
+        self._nowait = (
+            queue.receive_nowait if isinstance(queue, trio.MemoryReceiveChannel) else None
+        )
 
     def _body_deadline(self) -> float:
         """When the body must be in: a known length's whole allowance, or for a chunked
@@ -149,6 +158,21 @@ class _Exchange:
     async def receive(self) -> Message:
         if self.answered_by_guard:
             return {"type": "http.disconnect"}
+        if self._nowait is not None:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                message = self._nowait()
+            except trio.WouldBlock:
+                pass
+            else:
+                self._note(message)
+                return message
+        if self.length is not None and self.received >= self.length:
+            # every byte is in: the end of the body follows without the client (h11 ends a
+            # Content-Length body at its last byte), so no deadline is needed to wait for it
+            message = await self._receive()
+            self._note(message)
+            return message
         while not (self.body_complete.is_set() or self.started):
             deadline = min(trio.current_time() + self.guard.read_timeout, self._body_deadline())
             with trio.move_on_at(deadline):
@@ -187,6 +211,9 @@ class _Exchange:
                 with trio.move_on_after(self.guard.drain_timeout):
                     await self.body_complete.wait()
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
+            if self.scope.get(NO_DISCONNECT_CANCEL):
+                await self._send(message)
+                return
             with trio.CancelScope(shield=True):  # see the module docstring: hypercorn's
                 await self._send(message)  # recycle-or-close runs inside this call
         else:

@@ -32,27 +32,9 @@ from wsproto.connection import ConnectionState
 from wsproto.events import Ping
 from wsproto.extensions import PerMessageDeflate
 
+from heaper_trio.web.compat_hooks import PER_REQUEST_HOOKS, Hook
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Hook:
-    """One thing we rely on: ``name`` on ``owner`` (a class attribute; with ``instance`` an
-    attribute its ``__init__`` assigns; with ``used_by`` a global or attribute that method's
-    code names), and why."""
-
-    owner: type
-    name: str
-    why: str
-    instance: bool = False
-    used_by: str = ""
-
-    def present(self) -> bool:
-        if self.instance or self.used_by:
-            method = getattr(self.owner, self.used_by or "__init__", None)
-            code = getattr(method, "__code__", None)
-            return code is not None and self.name in code.co_names
-        return hasattr(self.owner, self.name)
 
 
 HOOKS: tuple[Hook, ...] = (
@@ -192,6 +174,7 @@ HOOKS: tuple[Hook, ...] = (
         why="web/routes_metrics.py: the request's scope is the very ASGI scope dict, so the "
         "route rule written into request.scope reaches the metrics middleware",
     ),
+    *PER_REQUEST_HOOKS,
 )
 
 
@@ -252,6 +235,9 @@ def stop_idle_timer_at_eof() -> None:
         finally:  # the peer is gone: nothing left for the timer to close
             with trio.CancelScope(shield=True):  # stop() takes a lock: see it through
                 await self.idle_task.stop()
+            end = getattr(self.idle_task, "end", None)  # web/idle_timer.py's one task
+            if end is not None:
+                end()
 
     setattr(_read_data, _PATCHED, True)
     TCPServer._read_data = _read_data  # type: ignore[method-assign]

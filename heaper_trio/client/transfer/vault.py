@@ -10,6 +10,7 @@ import errno
 import os
 import shutil
 import stat
+import struct
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,7 +98,7 @@ ZIP_LIMITS = ZipLimits()
 # zipfile's reader of the end-of-central-directory record (zip64 aware): private, so looked up
 # once and optional (see _check_entry_count).
 _END_RECORD: Callable[[BinaryIO], list[Any] | None] | None = getattr(zipfile, "_EndRecData", None)
-_ENTRIES_TOTAL: int | None = getattr(zipfile, "_ECD_ENTRIES_TOTAL", None)
+_ZIP: Any = zipfile  # the record's field indexes and sizes are private names too
 
 
 def unzip(archive: Path, into: Path, limits: ZipLimits = ZIP_LIMITS) -> Path:
@@ -136,7 +137,7 @@ def _checked_entries(
     twice, is refused here, naming the entry, rather than failing half-way with a bare
     ``OSError`` from the file system."""
     if len(z.infolist()) > limits.entries:
-        raise VaultError(_too_many(archive, len(z.infolist()), limits))
+        raise VaultError(_too_many(archive, limits))
     entries: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
     files: set[tuple[str, ...]] = set()
     folders: set[tuple[str, ...]] = set()
@@ -176,25 +177,55 @@ def _too_big(archive: Path, name: str, limits: ZipLimits) -> str:
 
 
 def _check_entry_count(archive: Path, limits: ZipLimits) -> None:
-    """Refuse a zip declaring too many entries before ``zipfile`` reads its central directory:
+    """Refuse a zip of too many entries before ``zipfile`` reads its central directory:
     opening one builds a ``ZipInfo`` per entry, and 46 bytes of directory per entry make a
-    100 MB zip of two million. The count is read from the end-of-central-directory record
-    (zip64 included) with ``zipfile``'s own reader; if that private helper is ever gone, the
-    same limit is still checked on the parsed list, after the memory is spent."""
-    if _END_RECORD is None or _ENTRIES_TOTAL is None:
+    100 MB zip of two million. The count in the end record cannot be trusted (``zipfile``
+    ignores it and reads the directory by its byte size: review), so the directory is walked
+    here as ``zipfile`` will read it, header to header without building anything, stopping one
+    past the limit. The end record is found with ``zipfile``'s own reader (zip64 included); if
+    that private helper is ever gone, the limit is still checked on the parsed list."""
+    if _END_RECORD is None:
         return
     try:
         with archive.open("rb") as f:
             record = _END_RECORD(f)
+            if not record:
+                return  # not a zip: ZipFile says so the usual way
+            size, start = int(record[_ZIP._ECD_SIZE]), _directory_start(record)
+            f.seek(start)
+            count, walked = 0, 0
+            while walked < size:
+                head = f.read(_CD_HEAD)
+                if len(head) < _CD_HEAD or head[:4] != b"PK\x01\x02":
+                    return  # a broken directory: ZipFile refuses it
+                count += 1
+                if count > limits.entries:
+                    raise VaultError(_too_many(archive, limits))
+                skip = sum(struct.unpack_from("<3H", head, 28))  # name, extra, comment
+                f.seek(skip, os.SEEK_CUR)
+                walked += _CD_HEAD + skip
     except OSError:
         return  # ZipFile reports it the usual way
-    if record and int(record[_ENTRIES_TOTAL]) > limits.entries:
-        raise VaultError(_too_many(archive, int(record[_ENTRIES_TOTAL]), limits))
+    except AttributeError:
+        return  # zipfile's private names changed: the parsed list is still counted
 
 
-def _too_many(archive: Path, count: int, limits: ZipLimits) -> str:
+_CD_HEAD = 46  # a central directory header's fixed part
+
+
+def _directory_start(record: list[Any]) -> int:
+    """Where ``zipfile._RealGetContents`` starts reading the directory: the end record's place
+    less the directory's size (and less the zip64 records), whatever offset the record claims
+    (data may precede the zip)."""
+    start = int(record[_ZIP._ECD_LOCATION]) - int(record[_ZIP._ECD_SIZE])
+    if record[_ZIP._ECD_SIGNATURE] == _ZIP.stringEndArchive64:
+        start -= _ZIP.sizeEndCentDir64 + _ZIP.sizeEndCentDir64Locator
+    return start
+
+
+def _too_many(archive: Path, limits: ZipLimits) -> str:
     return (
-        f"import: {archive}: the zip holds {count} entries, more than {limits.entries} "
+        f"import: {archive}: the zip holds more than {limits.entries} entries "
         "(--zip-max-entries); nothing was imported"
     )
 

@@ -116,6 +116,8 @@ class LiveConnection(ConnectionOutput):
                 self.live.hub.release_connection(user_id)
             self.accounts.clear()
         if self.close_code is not None:
+            # 1 s for the close frame; a frame the fan-out left half-written gets its own
+            # shielded grace first (web/ws_transport.FINISH_FRAME_S), so this can take longer.
             with trio.move_on_after(1) as scope:
                 scope.shield = True
                 await self.transport.close(*self.close_code)

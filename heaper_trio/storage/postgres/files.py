@@ -136,6 +136,11 @@ async def _delete_upload(c: Conn, upload_id: str) -> None:
     await c.execute("DELETE FROM uploads WHERE id=$1", upload_id)
 
 
+async def _present(c: Conn, upload_ids: list[str]) -> set[str]:
+    rows = await c.fetch("SELECT id FROM uploads WHERE id = ANY($1::text[])", upload_ids)
+    return {r[0] for r in rows}
+
+
 async def _expired(c: Conn, now: int) -> list[UploadRecord]:
     rows = await c.fetch(f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE expires_at < $1", now)
     return [u for u in map(upload_row, rows) if u is not None]
@@ -186,3 +191,6 @@ class PostgresFiles(PostgresBridge):
 
     async def expired_uploads(self, now: int) -> list[UploadRecord]:
         return await self._run(read, _expired, now)
+
+    async def uploads_present(self, upload_ids: list[str]) -> set[str]:
+        return await self._run(read, _present, upload_ids)

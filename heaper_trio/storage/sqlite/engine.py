@@ -165,7 +165,8 @@ class SqliteStorage(SqliteFileState, SqliteFiles, SqliteScans, SqliteHistory, Sq
         return await self.rt.write(tx)
 
     async def get_user(self, user_id: str) -> User | None:
-        return await self.rt.read_point(_get_user, user_id)
+        # kept while the database is unchanged: a revoke anywhere is seen by the next read
+        return await self.rt.read_kept(("user", user_id), _get_user, user_id)
 
     async def get_user_by_key(self, public_key: str) -> User | None:
         return await self.rt.read_point(_get_user_by_key, public_key)
@@ -346,18 +347,31 @@ class SqliteStorage(SqliteFileState, SqliteFiles, SqliteScans, SqliteHistory, Sq
     async def usage(self, user_id: str, now: int) -> dict[str, Any]:
         # Heap rows carry exact block counters (0010 triggers); live sessions use their
         # partial index: a few rows, cheaper than the thread hop, so inline.
-        return await self.rt.read_point(_usage, user_id, now)
+        # Kept while the database is unchanged and until the first counted session expires.
+        counted, _until = await self.rt.read_kept(
+            ("usage", user_id), _usage, user_id, now, valid=lambda kept: now < kept[1]
+        )
+        return dict(counted)
 
 
-def _usage(c: sqlite3.Connection, user_id: str, now: int) -> dict[str, Any]:
-    sessions, heaps, blocks, document_bytes = c.execute(
-        "SELECT (SELECT COUNT(DISTINCT family) FROM refresh_tokens WHERE user_id=? "
-        "AND rotated_at IS NULL AND revoked_at IS NULL AND expires_at > ?), "
+_LIVE_SESSIONS = (
+    "FROM refresh_tokens WHERE user_id=? AND rotated_at IS NULL AND revoked_at IS NULL "
+    "AND expires_at > ?"
+)
+
+
+def _usage(c: sqlite3.Connection, user_id: str, now: int) -> tuple[dict[str, Any], float]:
+    """The usage counters, and until when (Unix ms) the session count holds unless the
+    database changes: the first expiry among the sessions it counts."""
+    sessions, until, heaps, blocks, document_bytes = c.execute(
+        f"SELECT (SELECT COUNT(DISTINCT family) {_LIVE_SESSIONS}), "
+        f"(SELECT MIN(expires_at) {_LIVE_SESSIONS}), "
         "COUNT(*), COALESCE(SUM(block_count), 0), COALESCE(SUM(block_bytes), 0) "
         "FROM heaps WHERE owner_id=?",
-        (user_id, now, user_id),
+        (user_id, now, user_id, now, user_id),
     ).fetchone()
-    return rules.usage(sessions, heaps, blocks, document_bytes)
+    ends = float("inf") if until is None else float(until)
+    return rules.usage(sessions, heaps, blocks, document_bytes), ends
 
 
 def _revoke_all(c: sqlite3.Connection, user_id: str, now: int) -> None:

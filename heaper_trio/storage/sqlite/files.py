@@ -183,3 +183,16 @@ class SqliteFiles:
             return [u for u in map(upload_row, rows) if u is not None]
 
         return await self.rt.read(q)
+
+    async def uploads_present(self, upload_ids: list[str]) -> set[str]:
+        def q(c: sqlite3.Connection) -> set[str]:
+            out: set[str] = set()
+            for start in range(0, len(upload_ids), 500):
+                part = upload_ids[start : start + 500]
+                rows = c.execute(
+                    f"SELECT id FROM uploads WHERE id IN ({','.join('?' * len(part))})", part
+                )
+                out.update(r[0] for r in rows)
+            return out
+
+        return await self.rt.read(q)

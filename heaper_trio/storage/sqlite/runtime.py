@@ -17,7 +17,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +29,7 @@ from heaper_trio.errors import Unavailable
 from heaper_trio.storage import observe
 from heaper_trio.storage.migrate import migration_scripts
 from heaper_trio.storage.sqlite import search
+from heaper_trio.storage.sqlite.kept_reads import MISS, KeptReads
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ class SqliteRuntime:
         self._reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._reader_threads: list[threading.Thread] = []
         self._inline: sqlite3.Connection | None = None
+        self.kept = KeptReads(path)  # read_kept's answers
         self.commits = 0  # group commits done; a benchmark reads it
         self.jobs_done = 0
 
@@ -181,6 +183,7 @@ class SqliteRuntime:
             reader.execute("PRAGMA query_only=ON")
             if i == READERS:
                 self._inline = reader
+                self.kept.open()
                 break
             thread = threading.Thread(
                 target=_reader_main,
@@ -201,6 +204,7 @@ class SqliteRuntime:
             self._reads.put(_STOP)
         for thread in threads:
             await trio.to_thread.run_sync(thread.join)
+        self.kept.close()
         if self._inline is not None:
             self._inline.close()
             self._inline = None
@@ -256,6 +260,29 @@ class SqliteRuntime:
         await trio.lowlevel.checkpoint()
         with _unavailable_on_operational_error():
             return fn(self._inline, *args)
+
+    async def read_kept(
+        self,
+        key: Hashable,
+        fn: Callable[..., T],
+        *args: Any,
+        valid: Callable[[T], bool] | None = None,
+    ) -> T:
+        """``read_point``, its answer kept while the database is unchanged (``kept_reads``)
+        and, with ``valid``, while that holds of it. A kept answer costs no query and no
+        schedule point (a cancel point still)."""
+        if self._inline is None:
+            raise RuntimeError("storage is closed")
+        mark = self.kept.mark()
+        value = self.kept.get(key, mark)
+        if value is not MISS and (valid is None or valid(value)):
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return value  # type: ignore[no-any-return]
+        await trio.lowlevel.checkpoint()
+        with _unavailable_on_operational_error():
+            value = fn(self._inline, *args)
+        self.kept.put(key, mark, value)  # kept only if nothing committed since the mark
+        return value  # type: ignore[no-any-return]
 
     def _writer_main(self, conn: sqlite3.Connection) -> None:
         try:
