@@ -14,7 +14,8 @@ time (so a cancel waits at most one step). Safety rules (shared/notes/files-find
   (``scans/source.open_dir_nofollow``) and listed from that descriptor: a folder swapped for a
   link after its parent was listed is refused, not entered.
 - Only regular files are indexed (no FIFOs, sockets or devices); names that are not UTF-8 are
-  skipped (neither engine can store them as text); the server's own data directory is
+  skipped (neither engine can store them as text), and so are paths longer than
+  ``MAX_INDEXED_PATH_BYTES`` (PostgreSQL cannot index them); the server's own data directory is
   never entered, even when it lies under a scan root, and a hard link to one of its files
   (the server key, the database) is skipped (``scans/source.ServerFiles``).
 - ``.heaperignore`` files use gitignore syntax and apply to their folder and below; a deeper
@@ -39,6 +40,12 @@ IGNORE_FILE = ".heaperignore"
 # Always left out (a .heaperignore may re-include them with "!pattern").
 BUILTIN_IGNORE = ("*.part", "*.crdownload", ".DS_Store", "Thumbs.db", "desktop.ini")
 MAX_PATH = 4096
+# The longest real path a scan indexes, in bytes. The scan index is keyed on (heap, path) and a
+# PostgreSQL btree entry holds at most 2,704 bytes: a longer path that does not compress (80
+# folders with 32-character hex names make 2,709 bytes, well under Linux's 4,096) failed the
+# whole scan there. Both engines skip such entries alike (counted in ``skipped``), and a scan
+# path this long is refused.
+MAX_INDEXED_PATH_BYTES = 2000
 BATCH_ITEMS = 500
 BATCH_SECONDS = 0.05
 
@@ -78,6 +85,12 @@ def resolve_scan_path(path: str, bases: list[str], data_dir: str) -> str:
         tries = [os.path.join(base, path) for base in bases]
         candidate = next((t for t in tries if os.path.lexists(t)), tries[0])
     real = os.path.realpath(candidate)
+    if len(os.fsencode(real)) > MAX_INDEXED_PATH_BYTES:
+        raise BadRequest(
+            f"the scan path is longer than {MAX_INDEXED_PATH_BYTES} bytes once resolved",
+            code="invalid_field",
+            details={"field": "path"},
+        )
     if not any(_inside(real, base) for base in bases):
         raise Forbidden("this path is outside the folders you may scan", code="scan_path_forbidden")
     data = os.path.realpath(data_dir)
@@ -226,6 +239,9 @@ class FolderWalker:
             entry.name.encode("utf-8")
         except UnicodeEncodeError:
             self.skipped += 1
+            return True
+        if len(os.fsencode(path)) > MAX_INDEXED_PATH_BYTES:
+            self.skipped += 1  # not entered either, if it is a folder
             return True
         try:
             if entry.is_symlink():
