@@ -29,8 +29,9 @@ async def _scan_deep_tree(boss: HeaperClient, roots: Path) -> None:
     tree = roots / "deep"
     write(tree / "ok.txt", "fine")
     deep = tree
-    while len(str(deep)) < MAX_INDEXED_PATH_BYTES - 40:  # random names: nothing to compress
+    while len(str(deep)) < MAX_INDEXED_PATH_BYTES - 66:  # random names: nothing to compress
         deep = deep / secrets.token_hex(16)
+    assert MAX_INDEXED_PATH_BYTES - 66 <= len(str(deep)) < MAX_INDEXED_PATH_BYTES - 33
     write(deep / "fits.txt", "just under")
     # Past the limit, and past what a PostgreSQL index entry holds (the failure before it).
     over = deep.joinpath(*(secrets.token_hex(16) for _ in range(25))) / "x.txt"
@@ -40,7 +41,8 @@ async def _scan_deep_tree(boss: HeaperClient, roots: Path) -> None:
     assert job["state"] == "done", job
     assert job["files_new"] == 2 and job["skipped"] == 1, job
     # A scan path past the limit is refused up front.
-    far = deep / secrets.token_hex(16)
-    far.mkdir()
+    far = deep / secrets.token_hex(16) / secrets.token_hex(16)
+    assert len(str(far)) > MAX_INDEXED_PATH_BYTES
+    far.mkdir(parents=True)
     r = await boss.post("/api/scan_folder", json={"heap_id": heap["id"], "path": str(far)})
     assert_error(r, 400, "invalid_field")
