@@ -239,6 +239,33 @@ def encoded_page(p: ChangePage) -> EncodedChangePage:
     )
 
 
+def finish_encoded_page(
+    heap_id: str,
+    clock: int,
+    cut: int | None,
+    changed: tuple[int, str | None],
+    deleted: tuple[int, str | None],
+    totals: tuple[int, int],
+    memo: DeltaTotals | None,
+) -> EncodedChangePage:
+    """An encoded page from what the engine's statements gave (each feed's row count and
+    JSON, ``None`` for no rows), the totals carried to the walk's next page by ``memo``."""
+    server_time = clock if cut is None else cut
+    if memo is not None:
+        left = (totals[0] - changed[0], totals[1] - deleted[0])
+        memo.carry_counts(heap_id, server_time, *left, clock)
+    return EncodedChangePage(
+        changed[1] or "",
+        deleted[1] or "",
+        changed[0],
+        deleted[0],
+        server_time,
+        cut is not None,
+        totals[0],
+        totals[1],
+    )
+
+
 def page_end(changed_ends: Sequence[Any], deleted_ends: Sequence[Any]) -> int | None:
     """Where ``page`` would cut, from each feed's rows ``limit`` and ``limit + 1`` alone (in
     (time, id) order: ``LIMIT 2 OFFSET limit - 1``, the time first): a feed with a row past

@@ -12,6 +12,7 @@ from heaper_trio.storage.rows import (
     DELTA_COLUMNS,
     DeltaTotals,
     delta_rows,
+    finish_encoded_page,
     page,
     tie_at,
 )
@@ -163,17 +164,12 @@ async def changes_since_encoded(
         total_changed, total_deleted = carried[1], carried[2]
     else:
         total_changed, total_deleted = int(row[6]), int(row[7])
-    server_time = clock if cut is None else cut
-    if memo is not None:
-        left = (total_changed - n_changed, total_deleted - n_deleted)
-        memo.carry_counts(heap_id, server_time, *left, clock)
-    return EncodedChangePage(
-        changed or "",
-        deleted or "",
-        n_changed,
-        n_deleted,
-        server_time,
-        cut is not None,
-        total_changed,
-        total_deleted,
+    return finish_encoded_page(
+        heap_id,
+        clock,
+        cut,
+        (n_changed, changed),
+        (n_deleted, deleted),
+        (total_changed, total_deleted),
+        memo,
     )

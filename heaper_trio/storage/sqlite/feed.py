@@ -13,6 +13,7 @@ from heaper_trio.storage.rows import (
     DELTA_COLUMNS,
     DeltaTotals,
     delta_rows,
+    finish_encoded_page,
     page,
     page_end,
     tie_at,
@@ -139,18 +140,7 @@ def changes_since_encoded(
         "ORDER BY deleted_at, block_id)",
         (heap_id, since, upto),
     ).fetchone()
-    total_changed, total_deleted = _totals(c, heap_id, since, clock, memo)
-    server_time = clock if cut is None else cut
-    if memo is not None:
-        left = (total_changed - n_changed, total_deleted - n_deleted)
-        memo.carry_counts(heap_id, server_time, *left, clock)
-    return EncodedChangePage(
-        changed or "",
-        deleted or "",
-        n_changed,
-        n_deleted,
-        server_time,
-        cut is not None,
-        total_changed,
-        total_deleted,
+    totals = _totals(c, heap_id, since, clock, memo)
+    return finish_encoded_page(
+        heap_id, clock, cut, (n_changed, changed), (n_deleted, deleted), totals, memo
     )
