@@ -4,17 +4,12 @@ stopped (item 5), and a closing connection that starts nothing new."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import trio
 import trio.testing
 
 from heaper_trio.protocol import messages as m
-from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.live import connection
 from heaper_trio.services.live import outbox as outbox_module
-from heaper_trio.services.live.context import LiveContext
-from heaper_trio.services.live.hub import LiveHub
 from heaper_trio.services.live.outbox import BATCH_BYTES, DRAINING_S, Outbox
 
 from . import test_live_timers as timers
@@ -112,19 +107,8 @@ async def test_ticking_a_closing_connection_starts_nothing_and_keeps_the_hub_ali
     """The bench's 1,000 idle sockets closing at once crashed the server: a connection whose
     client had gone, waiting for its writer to finish a frame, was ticked, its account check
     was due, and starting it in the closing nursery raised in the hub's keepalive task."""
-    storage = timers.Storage()
-    hub = LiveHub(SimpleNamespace(storage=storage, listeners=[]), RealtimeCounters())  # type: ignore[arg-type]
-    ctx = LiveContext(
-        hub=hub,
-        counters=hub.counters,
-        shutdown=trio.Event(),
-        verify_token=timers.Accounts().verify,
-        heaps=storage,
-        push_live=timers._no_push,
-        max_connections_per_user=10,
-        outbox_bytes=1024 * 1024,
-        wall_clock=lambda: timers.EPOCH + trio.current_time(),
-    )
+    ctx = timers.memory_context()
+    hub = ctx.hub
     transport = timers.MemoryTransport()
     writing = trio.Event()
 

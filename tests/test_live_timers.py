@@ -135,26 +135,33 @@ class Live:
         return self.transport.closed
 
 
-@asynccontextmanager
-async def live(connection_token: str | None = None, *, legacy: bool = False) -> AsyncIterator[Live]:
-    accounts = Accounts()
+def memory_context(accounts: Accounts | None = None, started: float = 0.0) -> LiveContext:
+    """A live context over in-memory storage and accounts, its wall clock trio's clock from
+    ``started`` on (unit tests drive connections with it, no server)."""
     storage = Storage()
-    started = trio.current_time()
     hub = LiveHub(
         SimpleNamespace(storage=storage, listeners=[]),  # type: ignore[arg-type]
         RealtimeCounters(),
     )
-    ctx = LiveContext(
+    return LiveContext(
         hub=hub,
         counters=hub.counters,
         shutdown=trio.Event(),
-        verify_token=accounts.verify,
+        verify_token=(accounts or Accounts()).verify,
         heaps=storage,
         push_live=_no_push,
         max_connections_per_user=10,
         outbox_bytes=1024 * 1024,
         wall_clock=lambda: EPOCH + trio.current_time() - started,
     )
+
+
+@asynccontextmanager
+async def live(connection_token: str | None = None, *, legacy: bool = False) -> AsyncIterator[Live]:
+    accounts = Accounts()
+    started = trio.current_time()
+    ctx = memory_context(accounts, started)
+    hub = ctx.hub
     transport = MemoryTransport()
     conn: LiveConnection | LegacyEventsConnection
     if legacy:

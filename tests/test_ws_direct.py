@@ -10,7 +10,6 @@ import inspect
 import re
 import socket
 from collections.abc import AsyncIterator, Iterable
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,10 +19,8 @@ from hypercorn.trio import tcp_server
 
 from heaper_trio.app import RunningServer
 from heaper_trio.protocol import messages as m
-from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.live import connection
 from heaper_trio.services.live.context import LiveContext
-from heaper_trio.services.live.hub import LiveHub
 from heaper_trio.services.live.rooms import BUSY, PARTIAL, WRITTEN
 from heaper_trio.web import quart_compat, ws_asgi, ws_frames, ws_transport
 from heaper_trio.web.ws_transport import RawTransport
@@ -182,19 +179,7 @@ class DirectTransport(MemoryTransport):
 
 
 def context() -> LiveContext:
-    storage = timers.Storage()
-    hub = LiveHub(SimpleNamespace(storage=storage, listeners=[]), RealtimeCounters())  # type: ignore[arg-type]
-    return LiveContext(
-        hub=hub,
-        counters=hub.counters,
-        shutdown=trio.Event(),
-        verify_token=timers.Accounts().verify,
-        heaps=storage,
-        push_live=timers._no_push,
-        max_connections_per_user=10,
-        outbox_bytes=1024 * 1024,
-        wall_clock=lambda: timers.EPOCH + trio.current_time(),
-    )
+    return timers.memory_context()
 
 
 async def test_frames_never_overtake_queued_ones_and_the_writer_runs_only_for_them() -> None:
