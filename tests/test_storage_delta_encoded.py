@@ -136,3 +136,36 @@ async def test_encoded_walk_counts_totals_once(make_settings: Callable[..., Sett
                 await storage.commit_changes([change("late", "h1")], NOW)
         assert seen == 11 and totals == [10, 8, 7, 5, 3, 1]  # the root, nine, and the late one
         assert memo.hits - hits == len(totals) - 2  # counted on the first page and after the write
+
+
+async def test_owned_feed_checks_the_owner_in_the_page(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """``owned_changes_since_encoded`` (the delta route's one round trip on PostgreSQL): the
+    owner's pages are the unowned path's bytes, walk and totals alike; another user and an
+    unknown heap get None, and asking for them neither spends nor corrupts the owner's
+    carried totals. Both ways on PostgreSQL: the folded statement and the fallback."""
+    async with opened(make_settings()) as storage:
+        await add_users(storage)
+        await new_heap(storage, "h1")
+        await storage.commit_changes(
+            [change(f"b{i}", "h1", title=TITLES[i % 5]) for i in range(7)], NOW
+        )
+        for sql_json in (True, False):
+            storage.sql_json = sql_json  # type: ignore[attr-defined]
+            since, pages = 0, 0
+            while True:
+                owned = await storage.owned_changes_since_encoded("u1", "h1", since, 3)
+                assert owned is not None
+                assert await storage.owned_changes_since_encoded("u2", "h1", since, 3) is None
+                assert await storage.owned_changes_since_encoded("u1", "nope", since, 3) is None
+                plain = await storage.changes_since(heap_id="h1", since=since, limit=3)
+                assert encoded_delta_bytes(owned) == delta_bytes(plain)
+                assert (owned.total_changed, owned.total_deleted) == await fresh_totals(
+                    storage, "h1", since
+                )
+                pages += 1
+                since = owned.server_time
+                if not owned.has_more:
+                    break
+            assert pages == 3  # the root and seven blocks, three a page

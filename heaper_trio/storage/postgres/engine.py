@@ -397,7 +397,17 @@ class PostgresStorage(
         if not self.sql_json:
             return encoded_page(await self.changes_since(heap_id, since, limit))
         args = (heap_id, since, limit, self.delta_totals)
-        return await self._run(read, feed.changes_since_encoded, *args)  # one statement
+        page = await self._run(read, feed.changes_since_encoded, *args)  # one statement
+        assert page is not None  # no owner asked
+        return page
+
+    async def owned_changes_since_encoded(
+        self, owner_id: str, heap_id: str, since: int, limit: int
+    ) -> EncodedChangePage | None:
+        if not self.sql_json:
+            return await super().owned_changes_since_encoded(owner_id, heap_id, since, limit)
+        args = (heap_id, since, limit, self.delta_totals, owner_id)
+        return await self._run(read, feed.changes_since_encoded, *args)  # one round trip
 
     async def related(self, block_id: str) -> dict[str, list[str]]:
         return await self._run(read, docs.related, block_id)

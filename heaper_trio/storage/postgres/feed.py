@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import orjson
 
 from heaper_trio.records import ChangePage, EncodedChangePage
@@ -115,50 +118,95 @@ async def changes_since(
 
 
 # One statement, so one snapshot without a transaction and one round trip (each costs the
-# server more CPU than the page's rows do, issue 12 item 4): the heap's clock; the change time
-# of each feed's ``limit``-th row after ``since``, when a row follows it (``page_end``); the
-# page's range in both feeds, up to the earlier of those times, as JSON; and the totals of
-# what follows ``since``, counted only when the clock is not the one the walk's previous page
-# left them at ($4, NULL when nothing was carried).
+# server more CPU than the page's rows do, issue 12 item 4): the heap's clock and whether it is
+# the asker's ($5; NULL asks nothing, and nothing is read of a heap that is not the asker's);
+# the change time of each feed's ``limit``-th row after ``since``, when a row follows it
+# (``page_end``); the page's range in both feeds, up to the earlier of those times; and the
+# totals of what follows ``since``, counted only when the clock is not the one the walk's
+# previous page left them at ($4, NULL when nothing was carried). The changed rows come back
+# as one array per column, in (time, id) order (the ordered subquery feeds the aggregates),
+# and are written as JSON here by orjson: PostgreSQL's own JSON of a thousand rows (``to_json``
+# of each text, concatenated) costs its backend more than the round trip, the array decode and
+# orjson together (about 2.5 against 1.9 ms a page, ``scripts/bench_delta.py``'s heap).
+_MINE = "(SELECT mine FROM m)"
 ENCODED_PAGE = f"""
-WITH h AS (SELECT clock FROM heaps WHERE id = $1),
-ce AS (SELECT updated_at FROM blocks WHERE heap_id = $1 AND updated_at > $2
+WITH h AS (SELECT clock, owner_id FROM heaps WHERE id = $1),
+m AS (SELECT COALESCE((SELECT owner_id = $5 FROM h), $5::text IS NULL) AS mine),
+ce AS (SELECT updated_at FROM blocks WHERE heap_id = $1 AND updated_at > $2 AND {_MINE}
        ORDER BY updated_at, id COLLATE "C" LIMIT 2 OFFSET $3),
 de AS (SELECT deleted_at FROM block_tombstones WHERE heap_id = $1 AND deleted_at > $2
+           AND {_MINE}
        ORDER BY deleted_at, block_id COLLATE "C" LIMIT 2 OFFSET $3),
 cut AS (SELECT LEAST((SELECT min(updated_at) FROM ce HAVING COUNT(*) = 2),
                      (SELECT min(deleted_at) FROM de HAVING COUNT(*) = 2)) AS at),
-fresh AS (SELECT $4::bigint IS NULL OR (SELECT clock FROM h) IS DISTINCT FROM $4 AS count)
-SELECT (SELECT clock FROM h), (SELECT at FROM cut), c.n, c.rows, d.n, d.rows,
+fresh AS (SELECT {_MINE} AND ($4::bigint IS NULL OR (SELECT clock FROM h) IS DISTINCT FROM $4)
+          AS count)
+SELECT (SELECT clock FROM h), {_MINE}, (SELECT at FROM cut), c.n, d.n, d.rows,
     CASE WHEN (SELECT count FROM fresh) THEN
         (SELECT COUNT(*) FROM blocks WHERE heap_id = $1 AND updated_at > $2) END,
     CASE WHEN (SELECT count FROM fresh) THEN
-        (SELECT COUNT(*) FROM block_tombstones WHERE heap_id = $1 AND deleted_at > $2) END
-FROM (SELECT COUNT(*) AS n, string_agg({CHANGED_JSON}, ',' ORDER BY updated_at, id COLLATE "C")
-          AS rows
-      FROM blocks WHERE heap_id = $1 AND updated_at > $2
-          AND updated_at <= COALESCE((SELECT at FROM cut), {NO_CUT})) c,
-     (SELECT COUNT(*) AS n,
-          string_agg({DELETED_JSON}, ',' ORDER BY deleted_at, block_id COLLATE "C") AS rows
-      FROM block_tombstones WHERE heap_id = $1 AND deleted_at > $2
-          AND deleted_at <= COALESCE((SELECT at FROM cut), {NO_CUT})) d
+        (SELECT COUNT(*) FROM block_tombstones WHERE heap_id = $1 AND deleted_at > $2) END,
+    c.ids, c.ats, c.versions, c.types, c.titles, c.deleted
+FROM (SELECT COUNT(*) AS n, array_agg(id) AS ids, array_agg(updated_at) AS ats,
+          array_agg(sync_version) AS versions, array_agg(type) AS types,
+          array_agg(title) AS titles, array_agg(deleted_at) AS deleted
+      FROM (SELECT id, updated_at, sync_version, type, title, deleted_at FROM blocks
+            WHERE heap_id = $1 AND updated_at > $2 AND {_MINE}
+                AND updated_at <= COALESCE((SELECT at FROM cut), {NO_CUT})
+            ORDER BY updated_at, id COLLATE "C") s) c,
+     (SELECT COUNT(*) AS n, string_agg(o, ',') AS rows
+      FROM (SELECT {DELETED_JSON} AS o FROM block_tombstones
+            WHERE heap_id = $1 AND deleted_at > $2 AND {_MINE}
+                AND deleted_at <= COALESCE((SELECT at FROM cut), {NO_CUT})
+            ORDER BY deleted_at, block_id COLLATE "C") s) d
 """
 
 
+def changed_json(columns: Sequence[Any]) -> str:
+    """The changed rows of a page as the answer writes them (``web/json_sync.delta_json``),
+    from one list per column (``ENCODED_PAGE``; None for no rows): orjson, so the very bytes
+    ``delta_bytes`` makes (PostgreSQL text holds no lone surrogate, which orjson refuses)."""
+    ids, ats, versions, types, titles, deleted = columns
+    if not ids:
+        return ""
+    objects = [
+        {
+            "block_id": i,
+            "updated_at": at,
+            "sync_version": v,
+            "type": t,
+            "title": title,
+            "deleted_at": d,
+        }
+        for i, at, v, t, title, d in zip(ids, ats, versions, types, titles, deleted, strict=True)
+    ]
+    return orjson.dumps(objects)[1:-1].decode()
+
+
 async def changes_since_encoded(
-    c: Conn, heap_id: str, since: int, limit: int, memo: DeltaTotals | None = None
-) -> EncodedChangePage:
-    """``changes_since``'s page with its rows written as JSON by PostgreSQL, one string per
-    feed (``string_agg`` in (time, id) order), in one statement (``ENCODED_PAGE``): run it
-    with the ``read`` runner, no transaction."""
+    c: Conn,
+    heap_id: str,
+    since: int,
+    limit: int,
+    memo: DeltaTotals | None = None,
+    owner_id: str | None = None,
+) -> EncodedChangePage | None:
+    """``changes_since``'s page with its rows written as JSON, in one statement
+    (``ENCODED_PAGE``): run it with the ``read`` runner, no transaction. With ``owner_id``,
+    None when the heap is not that user's (or does not exist): the ownership check of the
+    delta route folded into the page's round trip."""
     carried = None if memo is None else memo.take(heap_id, since)
     row = await c.fetchrow(
-        ENCODED_PAGE, heap_id, since, limit - 1, None if carried is None else carried[0]
+        ENCODED_PAGE, heap_id, since, limit - 1, None if carried is None else carried[0], owner_id
     )
     assert row is not None  # aggregates give one row
+    if owner_id is not None and not row[1]:
+        if carried is not None:  # not this asker's to spend
+            memo.carry_counts(heap_id, since, carried[1], carried[2], carried[0])  # type: ignore[union-attr]
+        return None
     clock = since if row[0] is None else int(row[0])
-    cut: int | None = None if row[1] is None else int(row[1])
-    n_changed, changed, n_deleted, deleted = int(row[2]), row[3], int(row[4]), row[5]
+    cut: int | None = None if row[2] is None else int(row[2])
+    n_changed, n_deleted, deleted = int(row[3]), int(row[4]), row[5]
     if row[6] is None and carried is not None:  # the clock it was carried at: still exact
         memo.hits += 1  # type: ignore[union-attr]
         total_changed, total_deleted = carried[1], carried[2]
@@ -168,7 +216,7 @@ async def changes_since_encoded(
         heap_id,
         clock,
         cut,
-        (n_changed, changed),
+        (n_changed, changed_json([row[i] for i in range(8, 14)])),
         (n_deleted, deleted),
         (total_changed, total_deleted),
         memo,
