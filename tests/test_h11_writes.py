@@ -18,6 +18,7 @@ import heaper_trio.app  # noqa: F401  (applies the patches on import, as served)
 from heaper_trio.web.h11_writes import COALESCE_MAX, write_head_with_body, writes_coalesced
 
 BIG = b"x" * (COALESCE_MAX + 10)
+PAGE = b"p" * (200 * 1024)  # a delta page of a thousand rows is about 170 KB
 RELEASE: dict[str, trio.Event] = {}
 
 
@@ -33,7 +34,7 @@ async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         await RELEASE["stream"].wait()
         await send({"type": "http.response.body", "body": b"part", "more_body": False})
         return
-    body = BIG if path == "/big" else b'{"ok":true}'
+    body = {"/big": BIG, "/page": PAGE}.get(path, b'{"ok":true}')
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     if path == "/headless":  # the app ends without its body: head, then the close
@@ -101,6 +102,10 @@ async def test_head_and_big_bodies_keep_their_bytes(served: Any) -> None:
     got = await _exchange(port, b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n", BIG)
     assert got.endswith(b"\r\n\r\n" + BIG)
     assert len(writes) == 2  # a big body is not copied onto its head
+    writes.clear()
+    got = await _exchange(port, b"GET /page HTTP/1.1\r\nhost: a\r\n\r\n", PAGE)
+    assert got.endswith(b"\r\n\r\n" + PAGE)
+    assert len(writes) == 1  # a delta page's head goes with it
 
 
 async def test_a_streamed_head_is_not_held(served: Any) -> None:
