@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pycrdt
 import trio
 from bench_delta import _admin_sql, start_heaper
-from bench_http import _children, log, proc_cpu_s
+from bench_http import _children, log, proc_cpu_s, stop_servers_on_sigterm
 
 from heaper_trio.client import HeaperClient, KeyPair
 
@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--py-spy-bin", default=str(Path(sys.executable).parent / "py-spy"))
     args = p.parse_args(argv)
+    stop_servers_on_sigterm()  # a SIGTERM still stops the servers
     if (args.engine == "postgres") != bool(args.database_url):
         p.error("--database-url goes with --engine postgres, and only with it")
     cluster, url = args.database_url, ""
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
     finally:
         if cluster:
-            asyncio.run(_admin_sql(cluster, f"DROP DATABASE IF EXISTS {name}"))
+            asyncio.run(_admin_sql(cluster, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
     out["engine"] = args.engine
     out["machine"] = {"nproc": os.cpu_count(), "loadavg_at_end": os.getloadavg()}
     print(json.dumps(out, indent=2))

@@ -69,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
 import orjson
 import trio
-from bench_http import Server, free_port, log, proc_cpu_s
+from bench_http import Server, free_port, log, proc_cpu_s, stop_servers_on_sigterm
 
 from heaper_trio.client import HeaperClient, KeyPair
 from heaper_trio.records import BlockChange, BlockProjection
@@ -430,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
     p.add_argument("--database-url", default="")
     args = p.parse_args(argv)
+    stop_servers_on_sigterm()  # a SIGTERM still stops the servers
     if (args.engine == "postgres") != bool(args.database_url):
         p.error("--database-url goes with --engine postgres, and only with it")
     cluster = args.database_url
@@ -448,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
     finally:
         if cluster:
-            asyncio.run(_admin_sql(cluster, f"DROP DATABASE IF EXISTS {name}"))
+            asyncio.run(_admin_sql(cluster, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
     out["machine"] = {"nproc": os.cpu_count(), "loadavg_at_end": os.getloadavg()}
     print(json.dumps(out, indent=2))
     return 0

@@ -49,7 +49,7 @@ import trio
 from bench_files import machine, server_env, start_heaper
 from bench_files_phases import MB, MiB, check
 from bench_files_uploads import random_file
-from bench_http import Server, free_port, log
+from bench_http import Server, free_port, log, stop_servers_on_sigterm
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--s3-endpoint", default="")
     p.add_argument("--s3-bucket", default="")
     args = p.parse_args(argv)
+    stop_servers_on_sigterm()  # a SIGTERM still stops the servers
     size, chunk = args.size_mib * MiB, args.chunk_mib * MiB
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import trio
 from bench_files_phases import MB, MiB, Window, check, per_s, ratio, settle
-from bench_http import Server, free_port, log
+from bench_http import Server, free_port, log, stop_servers_on_sigterm
 
 from heaper_trio.client import HeaperClient
 
@@ -470,6 +470,7 @@ def main() -> int:
         "one in every round, so a change is measured before and after in the same run",
     )
     args = p.parse_args()
+    stop_servers_on_sigterm()  # a SIGTERM still stops the servers
     chunk = args.chunk_mib * MiB
     with tempfile.TemporaryDirectory(prefix="heaper-bench-uploads-") as tmp:
         work = Path(tmp)

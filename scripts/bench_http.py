@@ -221,16 +221,43 @@ class Server:
         return "\n".join(self.log_lines()[-n:])
 
     def stop(self) -> int | None:
+        """SIGTERM to the server (a supervisor stops its workers itself), then whatever is
+        left of its process group: it runs in a session of its own (``start_new_session``),
+        so its group is everything it started, and a worker that outlived its parent (the
+        parent killed, crashed, or slow) is ended here rather than left running. Returns
+        the server's own exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 log(f"{self.name} did not stop on SIGTERM within {STOP_TIMEOUT_S}s; killing")
-                self.proc.kill()
+                _signal_group(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
+        if _signal_group(self.proc.pid, signal.SIGTERM):  # left behind by the parent
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while _signal_group(self.proc.pid, 0) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _signal_group(self.proc.pid, signal.SIGKILL):
+                log(f"{self.name}: processes of its group outlived it; killed")
         self._log.close()
         return self.proc.returncode
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """``killpg``; False when no process is left in the group (0 only asks)."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_servers_on_sigterm() -> None:
+    """SIGTERM (``timeout``, a CI step cut short) ends the benchmark through ``SystemExit``,
+    so its ``finally`` blocks run and stop its servers, groups and all; Python's default
+    would end it on the spot and leave them running."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def start_baseline(workdir: Path) -> Server:
@@ -543,8 +570,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{max(1, round(args.duration))}"
         )
 
-    # SIGTERM to the benchmark still runs the finally below, so no server is left behind
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    stop_servers_on_sigterm()  # the finally below still runs, so no server is left behind
     out: dict[str, Any] = {"load_generator": gen}
     servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="heaper-bench-") as tmp:

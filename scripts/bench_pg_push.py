@@ -25,6 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import trio
+from bench_http import stop_servers_on_sigterm
 from bench_sync import CONCURRENCY, postgres_baseline, start_heaper, throughput
 
 from heaper_trio.client import HeaperClient, KeyPair
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--warmup", type=float, default=0.5)
     args = p.parse_args(argv)
+    stop_servers_on_sigterm()  # a SIGTERM still stops the server
     out: dict[str, Any] = {}
     out["baseline"] = asyncio.run(postgres_baseline(args.database_url, 60, args.duration))
     with tempfile.TemporaryDirectory(prefix="heaper-bench-pgpush-") as tmp:

@@ -45,7 +45,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_http import Server, free_port, log, login, proc_cpu_s, run_wrk, target
+from bench_http import (
+    Server,
+    free_port,
+    log,
+    login,
+    proc_cpu_s,
+    run_wrk,
+    stop_servers_on_sigterm,
+    target,
+)
 from bench_ws import SERVER_ENV, heaper_document, run_load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fanout-duration", type=float, default=3.0)
     p.add_argument("--rate", type=float, default=20.0, help="updates/s, latency phase")
     args = p.parse_args(argv)
+    stop_servers_on_sigterm()  # a SIGTERM still stops the servers
     if not args.database_url.startswith(("postgresql://", "postgres://")):
         p.error("--database-url postgresql://... (or HEAPER_TEST_DATABASE_URL) is needed")
     if shutil.which("wrk") is None:

@@ -86,7 +86,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_http import CLK_TCK, Server, free_port, log
+from bench_http import CLK_TCK, Server, free_port, log, stop_servers_on_sigterm
 
 LIVE = ROOT / "tests" / "live_node"
 # One account drives every subscriber here: lift the per-account limits a real deployment keeps.
@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
     p.add_argument("--database-url", default="", help="postgresql:// URL (--engine postgres)")
     args = p.parse_args(argv)
+    stop_servers_on_sigterm()  # a SIGTERM still stops the servers
     ns = [int(x) for x in args.ns.split(",") if x.strip()]
     if args.max_n is not None:
         ns = [n for n in ns if n <= args.max_n]
