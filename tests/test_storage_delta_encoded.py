@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import orjson
+import pytest
 
 from heaper_trio.records import CommitStatus
 from heaper_trio.settings import Settings
-from heaper_trio.storage import Storage
+from heaper_trio.storage import Storage, observe
 from heaper_trio.web.json_sync import delta_bytes, encoded_delta_bytes
 from tests.test_storage import NOW, opened
 from tests.test_storage_contract import add_users, change, new_heap
@@ -169,3 +170,42 @@ async def test_owned_feed_checks_the_owner_in_the_page(
                 if not owned.has_more:
                     break
             assert pages == 3  # the root and seven blocks, three a page
+
+
+class _Trips:
+    def __init__(self) -> None:
+        self.trips = 0
+
+    def commit_batch(self, engine: str, size: int, seconds: float) -> None:
+        pass
+
+    def round_trip(self, engine: str, kind: str, seconds: float) -> None:
+        self.trips += 1
+
+
+async def test_a_postgres_delta_page_is_one_round_trip(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The delta route's page on PostgreSQL, ownership check included, is one database call
+    (each costs more than a page's rows, issue 12 item 4); a refused heap is one call too."""
+    async with opened(make_settings()) as storage:
+        if storage.engine != "postgres":
+            pytest.skip("SQLite asks get_heap then the page, both in process")
+        await add_users(storage)
+        await new_heap(storage, "h1")
+        await storage.commit_changes([change(f"b{i}", "h1") for i in range(5)], NOW)
+        trips = _Trips()
+        observe.set_observer(trips)
+        try:
+            since, pages = 0, 0
+            while True:
+                page = await storage.owned_changes_since_encoded("u1", "h1", since, 2)
+                assert page is not None
+                pages += 1
+                since = page.server_time
+                if not page.has_more:
+                    break
+            assert await storage.owned_changes_since_encoded("u2", "h1", 0, 2) is None
+        finally:
+            observe.set_observer(observe._Nobody())
+        assert (pages, trips.trips) == (3, 4)
