@@ -55,6 +55,7 @@ from heaper_trio.web.quart_compat import (
     set_ws_compression,
     stop_idle_timer_at_eof,
 )
+from heaper_trio.web.read_size import read_bulk_in_large_pieces
 from heaper_trio.web.routes_metrics import HttpMetrics, install_route_labels
 from heaper_trio.web.ws_asgi import LiveSockets
 
@@ -112,6 +113,7 @@ if not any(isinstance(f, EveryFewSeconds) for f in ACCEPT_LOG.filters):
 # Patches hypercorn's TCPServer class (web/quart_compat.py): done on import, so every server
 # in this process, ours or a test's own hypercorn, frees the socket of a client that left
 # and lets a closed WebSocket's connection end at once (no ping sleep left to wait out).
+read_bulk_in_large_pieces()  # before the EOF wrapper, which calls it (web/read_size.py)
 stop_idle_timer_at_eof()
 write_head_with_body()  # one socket write per small answer (web/h11_writes.py)
 queue_body_without_yield()  # body parts reach the app without a yield each (web/app_queue.py)
