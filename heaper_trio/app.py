@@ -44,6 +44,7 @@ from heaper_trio.web.access_log import AccessLog
 from heaper_trio.web.app_queue import queue_body_without_yield
 from heaper_trio.web.cors import install_cors
 from heaper_trio.web.errors import install_error_handlers
+from heaper_trio.web.h11_reads import hand_the_buffer_over
 from heaper_trio.web.h11_writes import write_head_with_body
 from heaper_trio.web.hot_routes import HotRoutes
 from heaper_trio.web.http_guard import ASGIApp, HttpGuard
@@ -116,6 +117,7 @@ if not any(isinstance(f, EveryFewSeconds) for f in ACCEPT_LOG.filters):
 read_bulk_in_large_pieces()  # before the EOF wrapper, which calls it (web/read_size.py)
 stop_idle_timer_at_eof()
 write_head_with_body()  # one socket write per small answer (web/h11_writes.py)
+hand_the_buffer_over()  # a body part leaves h11 without two copies (web/h11_reads.py)
 queue_body_without_yield()  # body parts reach the app without a yield each (web/app_queue.py)
 one_idle_task_per_connection()  # the keep-alive timer moved, not respawned (web/idle_timer.py)
 end_pings_with_the_stream()
