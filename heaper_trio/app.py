@@ -44,6 +44,7 @@ from heaper_trio.web.access_log import AccessLog
 from heaper_trio.web.app_queue import queue_body_without_yield
 from heaper_trio.web.cors import install_cors
 from heaper_trio.web.errors import install_error_handlers
+from heaper_trio.web.h11_reads import hand_the_buffer_over
 from heaper_trio.web.h11_writes import write_head_with_body
 from heaper_trio.web.hot_routes import HotRoutes
 from heaper_trio.web.http_guard import ASGIApp, HttpGuard
@@ -55,6 +56,7 @@ from heaper_trio.web.quart_compat import (
     set_ws_compression,
     stop_idle_timer_at_eof,
 )
+from heaper_trio.web.read_size import read_bulk_in_large_pieces
 from heaper_trio.web.routes_metrics import HttpMetrics, install_route_labels
 from heaper_trio.web.ws_asgi import LiveSockets
 
@@ -112,8 +114,10 @@ if not any(isinstance(f, EveryFewSeconds) for f in ACCEPT_LOG.filters):
 # Patches hypercorn's TCPServer class (web/quart_compat.py): done on import, so every server
 # in this process, ours or a test's own hypercorn, frees the socket of a client that left
 # and lets a closed WebSocket's connection end at once (no ping sleep left to wait out).
+read_bulk_in_large_pieces()  # before the EOF wrapper, which calls it (web/read_size.py)
 stop_idle_timer_at_eof()
 write_head_with_body()  # one socket write per small answer (web/h11_writes.py)
+hand_the_buffer_over()  # a body part leaves h11 without two copies (web/h11_reads.py)
 queue_body_without_yield()  # body parts reach the app without a yield each (web/app_queue.py)
 one_idle_task_per_connection()  # the keep-alive timer moved, not respawned (web/idle_timer.py)
 end_pings_with_the_stream()

@@ -91,11 +91,15 @@ async def receive_body(
     expected: int,
     what: str,
     write: Callable[[memoryview], Awaitable[None]],
+    last: Callable[[memoryview], Awaitable[None]] | None = None,
 ) -> int:
     """Exactly ``expected`` bytes of ``body`` handed to ``write`` in blocks of ``WRITE_BLOCK``
     (the last may be shorter), in order, one at a time; a body that is longer fails as soon
     as it is, a shorter one at its end, both before the last block is written (400
-    chunk_size_mismatch).
+    chunk_size_mismatch). The last block goes to ``last`` instead when given, once the body
+    has ended and every other block is written: the caller's final step (the chunk's sync
+    and marker) can then share its thread job, one hop less per chunk, and the hops are what
+    a loaded machine makes wait (a runnable thread waits its turn for a core).
 
     Two buffers take turns: while one block is written (and hashed) in a thread, the next is
     gathered from the network, so the disk and the hash overlap the receive instead of
@@ -120,7 +124,8 @@ async def receive_body(
                     buffer[filled : filled + n] = piece[taken : taken + n]
                     filled += n
                     taken += n
-                    if filled == len(buffer):
+                    final = last is not None and written == expected and taken == len(piece)
+                    if filled == len(buffer) and not final:  # the last waits for the end
                         full, filled = buffer, 0
                         await writing.wait()  # the other buffer is free again
                         writing.start(nursery, full)
@@ -133,7 +138,9 @@ async def receive_body(
                     f"{what} must be {expected} bytes, got {written}", code="chunk_size_mismatch"
                 )
             await writing.wait()
-            if filled:
+            if filled and last is not None:
+                await last(buffer[:filled])
+            elif filled:
                 writing.start(nursery, buffer[:filled])
                 await writing.wait()
         except Exception as e:  # raised as itself below, not in the nursery's group

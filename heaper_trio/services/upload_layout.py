@@ -46,6 +46,7 @@ from heaper_trio.errors import NotFound
 from heaper_trio.records import UploadRecord
 from heaper_trio.services.upload_disk import CopyRange, Data, Write, _commit, receive_body
 from heaper_trio.services.upload_hash import Claim, UploadHashes, hash_range
+from heaper_trio.services.writeback import start_writeback
 
 log = logging.getLogger(__name__)
 DATA = "data"
@@ -222,6 +223,7 @@ class ChunkHashing:
                     self.hashes.settle(self.claim, marked=False)
                     self.claim, self.given_up = None, True
         write(f, data)
+        start_writeback(f.fileno(), f.tell() - len(data), len(data))  # the sync waits less
         if self.claim is not None:
             self.claim.update(data)
 
@@ -271,12 +273,22 @@ async def write_chunk(
         return None
     start = index * upload.chunk_size
     hashing = ChunkHashing(hashes, upload.id, os.fstat(f.fileno()).st_ino, index, start)
+
+    def write_mark_and_hash(block: memoryview) -> None:
+        hashing.write(write, f, block)
+        _mark_and_hash(f, folder, upload, index, hashes, hashing)
+
     try:
         f.seek(start)
         written = await receive_body(
-            body, expected, f"chunk {index}", lambda b: io(hashing.write, write, f, b)
+            body,
+            expected,
+            f"chunk {index}",
+            lambda b: io(hashing.write, write, f, b),
+            lambda b: io(write_mark_and_hash, b),  # the last block and the mark: one job
         )
-        await io(_mark_and_hash, f, folder, upload, index, hashes, hashing)
+        if not f.closed:  # an empty chunk: no last block
+            await io(_mark_and_hash, f, folder, upload, index, hashes, hashing)
     finally:
         hashes.settle(hashing.claim, marked=False)  # a write cut off: its hash is dropped
         if not f.closed:
