@@ -25,7 +25,7 @@ def lines(text: str) -> Counter[str]:
     return Counter(line for line in text.split("\n") if line)
 
 
-def _prefix(a: str, b: str) -> int:
+def common_prefix(a: str, b: str) -> int:
     """How many leading characters ``a`` and ``b`` share."""
     n, at = min(len(a), len(b)), 0
     while at < n and a[at : at + _STEP] == b[at : at + _STEP]:
@@ -40,7 +40,7 @@ def _prefix(a: str, b: str) -> int:
     return at
 
 
-def _suffix(a: str, b: str, limit: int) -> int:
+def common_suffix(a: str, b: str, limit: int) -> int:
     """How many trailing characters ``a`` and ``b`` share, at most ``limit``."""
     la, lb, at = len(a), len(b), 0
     while (
@@ -60,8 +60,8 @@ def _suffix(a: str, b: str, limit: int) -> int:
 
 def _middles(a: str, b: str) -> tuple[str, str]:
     """The parts of ``a`` and ``b`` outside their common leading and trailing whole lines."""
-    p = _prefix(a, b)
-    s = _suffix(a, b, min(len(a), len(b)) - p)
+    p = common_prefix(a, b)
+    s = common_suffix(a, b, min(len(a), len(b)) - p)
     start = a.rfind("\n", 0, p) + 1  # lines before ``start`` are whole and equal
     tail, tail_b = len(a) - s, len(b) - s  # a[tail:] == b[tail_b:]
     if (tail == 0 or a[tail - 1] == "\n") and (tail_b == 0 or b[tail_b - 1] == "\n"):
