@@ -17,9 +17,15 @@ import trio
 from heaper_trio import crdt
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
+from heaper_trio.settings import Settings
+from heaper_trio.storage.migrate import migration_scripts
 from heaper_trio.storage.sqlite import documents, text_parts
 
+from .test_harden_file_grants import raw_sql
 from .test_query import ids
+from .test_storage import NOW, opened
+from .test_storage_contract import add_users, change
+from .test_storage_contract import new_heap as storage_heap
 from .test_sync import ClientBlock, new_heap, push
 
 # Multi-byte characters everywhere, so that piece boundaries fall inside UTF-8 sequences.
@@ -212,3 +218,65 @@ async def test_a_failed_commit_leaves_pieces_and_row_as_they_were(
     r = await push(admin, block.push_item(heap["id"]))
     assert r.json()["blocks"][0]["status"] == "ok", r.text
     assert await server_text(admin, block.id) == block.expected()
+
+
+async def test_another_writer_between_pushes_is_read_back(
+    admin: HeaperClient, server: RunningServer
+) -> None:
+    """The writer keeps the texts it wrote by token; pieces written by anyone else (another
+    process on the same file) carry another token and are read back, whatever their cut."""
+    storage: Any = server.services.storage
+    if storage.engine != "sqlite":
+        pytest.skip("SQLite keeps texts in pieces")
+    heap = await new_heap(admin)
+    block = BigBlock()
+    block.insert(0, lines(0, 120))
+    await block.send(admin, heap["id"])
+    with sqlite3.connect(storage.rt.path) as c:  # the same text, cut otherwise, new token
+        n, token = c.execute("SELECT n, text_parts FROM blocks WHERE id=?", (block.id,)).fetchone()
+        text = "".join(b for _, b in text_parts.pieces(c, n))
+        c.execute("DELETE FROM block_text_parts WHERE block_n=?", (n,))
+        c.executemany(
+            "INSERT INTO block_text_parts (block_n, pos, body) VALUES (?, ?, ?)",
+            [(n, i, text[i : i + 77]) for i in range(0, len(text), 77)],
+        )
+        c.execute("UPDATE blocks SET text_parts=? WHERE n=?", (token + 1, n))
+    block.insert(len(lines(0, 30)), "moved ")
+    await block.send(admin, heap["id"])
+    assert await server_text(admin, block.id) == block.expected()
+    assert await ids(admin, heap, query="moved") == [block.id]
+
+
+async def test_the_migration_moves_snapshots_out_of_the_rows(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """0022 on a database with compacted blocks: their snapshots move to block_snapshots and
+    load as before."""
+    async with opened(make_settings()) as storage:
+        if storage.engine != "sqlite":
+            pytest.skip("SQLite only")
+        await add_users(storage)
+        await storage_heap(storage, "h1")
+        await storage.commit_changes([change("b1", "h1", updates=(b"1", b"2", b"3"))], NOW)
+        compact = change("b1", "h1", expected=3, updates=(b"4",), compacted=(b"S3", 3))
+        await storage.commit_changes([compact], NOW + 5)
+        script = {v: sql for v, _, sql in migration_scripts(storage.engine)}[22]
+        move = [
+            s for s in script.split(";") if "block_snapshots (block_n" in s or "SET snapshot" in s
+        ]
+        assert len(move) == 2
+        await raw_sql(  # as before 0022: the snapshot in the row
+            storage,
+            "UPDATE blocks SET snapshot = (SELECT snapshot FROM block_snapshots "
+            "WHERE block_n = blocks.n)",
+            "DELETE FROM block_snapshots",
+        )
+        await raw_sql(storage, *move)
+        loaded = await storage.load_block("b1")
+        assert loaded is not None and loaded.snapshot == b"S3" and loaded.updates == (b"4",)
+        rt: Any = storage
+        with sqlite3.connect(rt.rt.path) as c:
+            assert (
+                c.execute("SELECT COUNT(*) FROM blocks WHERE snapshot IS NOT NULL").fetchone()[0]
+                == 0
+            )

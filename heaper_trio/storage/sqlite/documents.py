@@ -133,20 +133,21 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
     if current is None:
         columns.update(rules.created_columns(ch, updated_at))
         big = text_parts.in_pieces(text, False)
-        columns.update(text="" if big else text, text_parts=int(big))
+        columns.update(text="" if big else text, text_parts=0)
         names = ", ".join(columns)
         block_n = c.execute(
             f"INSERT INTO blocks ({names}) VALUES ({', '.join('?' * len(columns))}) RETURNING n",
             tuple(columns.values()),
         ).fetchone()[0]
         if big:
-            text_parts.store(c, block_n, None, text)
+            _, token = text_parts.store(c, block_n, None, text)
+            c.execute("UPDATE blocks SET text_parts=? WHERE n=?", (token, block_n))
         index_block(c, block_n, None, ch.projection.title, text)
     else:
-        was = text_parts.pieces(c, current["n"]) if current["text_parts"] else None
-        old_text = current["text"] if was is None else "".join(body for _, body in was)
-        columns["text"] = text_parts.store(c, current["n"], was, text)
-        columns["text_parts"] = int(text_parts.in_pieces(text, was is not None))
+        n, token = current["n"], current["text_parts"]
+        was = text_parts.stored(c, n, token) if token else None
+        old_text = current["text"] if was is None else was.text
+        columns["text"], columns["text_parts"] = text_parts.store(c, n, was, text)
         sets = ", ".join(f"{k}=?" for k in columns)
         c.execute(f"UPDATE blocks SET {sets} WHERE id=?", (*columns.values(), ch.block_id))
         index_block(c, current["n"], (current["title"], old_text), ch.projection.title, text)

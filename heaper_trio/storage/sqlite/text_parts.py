@@ -12,15 +12,24 @@ Pieces are cut at code points (Python ``str`` slices), so a piece never splits a
 when a gap is used up the whole text is written again (once). A changed stretch shorter than
 ``PIECE // 4`` takes a neighbour in with it, so deletions do not leave crumbs behind. Every
 reader sees the whole text: ``records`` joins the pieces back for the block views and queries,
-``old_text`` for the commit's search rows. Pieces and row change in the writer's one
+``stored`` for the commit's search rows. Pieces and row change in the writer's one
 transaction, and pieces go with their block (``ON DELETE CASCADE``).
+
+``blocks.text_parts`` is 0 for a text in the row, else a random token drawn anew whenever the
+pieces change. The writer keeps the last few texts it wrote by token (``_RECENT``), so a push
+does not read the 8 MB it wrote a moment ago back from the database: a token names exactly
+one set of pieces, and a token whose transaction rolled back is never found in a row.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import sqlite3
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from heaper_trio.records import BlockRecord
 from heaper_trio.storage.rows import RECORD_COLUMNS, Row, record_row
@@ -34,18 +43,45 @@ _GAP = 1 << 20  # distance between the positions of pieces written together
 SQLITE_RECORD_COLUMNS = RECORD_COLUMNS + ", n, text_parts"
 
 
-Pieces = list[tuple[int, str]]  # (pos, body) in order
+@dataclass(frozen=True)
+class Stored:
+    """A text kept in pieces: the whole text and each piece's (pos, length in characters)."""
+
+    token: int
+    text: str
+    layout: tuple[tuple[int, int], ...]
 
 
-def pieces(c: sqlite3.Connection, block_n: int) -> Pieces:
+_RECENT: OrderedDict[int, Stored] = OrderedDict()  # by token, the last few written
+_RECENT_KEPT = 4
+_RECENT_LOCK = threading.Lock()  # writers of several databases in one process (tests)
+
+
+def _remember(stored: Stored) -> None:
+    with _RECENT_LOCK:
+        _RECENT[stored.token] = stored
+        while len(_RECENT) > _RECENT_KEPT:
+            _RECENT.popitem(last=False)
+
+
+def stored(c: sqlite3.Connection, block_n: int, token: int) -> Stored:
+    """The text of block ``block_n`` whose row holds ``token`` (not 0)."""
+    with _RECENT_LOCK:
+        kept = _RECENT.get(token)
+    if kept is not None:
+        return kept
+    rows = c.execute(
+        "SELECT pos, body FROM block_text_parts WHERE block_n=? ORDER BY pos", (block_n,)
+    ).fetchall()
+    return Stored(token, "".join(r[1] for r in rows), tuple((r[0], len(r[1])) for r in rows))
+
+
+def pieces(c: sqlite3.Connection, block_n: int) -> list[tuple[int, str]]:
+    """The stored pieces (pos, body), in order."""
     rows = c.execute(
         "SELECT pos, body FROM block_text_parts WHERE block_n=? ORDER BY pos", (block_n,)
     ).fetchall()
     return [(r[0], r[1]) for r in rows]
-
-
-def whole_text(c: sqlite3.Connection, block_n: int) -> str:
-    return "".join(body for _, body in pieces(c, block_n))
 
 
 def records(c: sqlite3.Connection, rows: Iterable[Row]) -> list[BlockRecord]:
@@ -54,7 +90,8 @@ def records(c: sqlite3.Connection, rows: Iterable[Row]) -> list[BlockRecord]:
     for r in rows:
         record = record_row(r)
         if r["text_parts"]:
-            record = dataclasses.replace(record, text=whole_text(c, r["n"]))
+            text = "".join(body for _, body in pieces(c, r["n"]))
+            record = dataclasses.replace(record, text=text)
         out.append(record)
     return out
 
@@ -74,70 +111,66 @@ def _cut(text: str) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def _write_all(c: sqlite3.Connection, block_n: int, text: str) -> None:
+def _write_all(c: sqlite3.Connection, block_n: int, text: str) -> tuple[tuple[int, int], ...]:
     c.execute("DELETE FROM block_text_parts WHERE block_n=?", (block_n,))
-    c.executemany(
-        "INSERT INTO block_text_parts (block_n, pos, body) VALUES (?, ?, ?)",
-        [(block_n, i * _GAP, body) for i, body in enumerate(_cut(text))],
-    )
+    rows = [(block_n, i * _GAP, body) for i, body in enumerate(_cut(text))]
+    c.executemany("INSERT INTO block_text_parts (block_n, pos, body) VALUES (?, ?, ?)", rows)
+    return tuple((pos, len(body)) for _, pos, body in rows)
 
 
-def store(c: sqlite3.Connection, block_n: int, old_pieces: Pieces | None, new: str) -> str:
-    """Keep ``new`` as the block's text (``old_pieces``: its pieces now, None if the text is
-    in the row); returns what goes in ``blocks.text`` ('' when the text is in pieces). The
-    caller writes that and the flag ``in_pieces(new, ...)`` to the row in the same
-    transaction."""
-    was_in_pieces = old_pieces is not None
-    if not in_pieces(new, was_in_pieces):
-        if was_in_pieces:
+def store(c: sqlite3.Connection, block_n: int, old: Stored | None, new: str) -> tuple[str, int]:
+    """Keep ``new`` as the block's text (``old``: what its pieces hold now, None if the text
+    is in the row); returns what goes in ``blocks.text`` and ``blocks.text_parts``, which
+    the caller writes to the row in the same transaction."""
+    if not in_pieces(new, old is not None):
+        if old is not None:
             c.execute("DELETE FROM block_text_parts WHERE block_n=?", (block_n,))
-        return new
-    if old_pieces is None:
-        _write_all(c, block_n, new)
-    else:
-        _rewrite_changed(c, block_n, old_pieces, new)
-    return ""
+        return new, 0
+    if old is not None and old.text == new:
+        return "", old.token
+    layout = _write_all(c, block_n, new) if old is None else _rewrite(c, block_n, old, new)
+    kept = Stored(secrets.randbits(62) + 1, new, layout)
+    _remember(kept)
+    return "", kept.token
 
 
-def _rewrite_changed(c: sqlite3.Connection, block_n: int, parts: Pieces, new: str) -> None:
-    """Replace the pieces that hold what changed between ``parts`` and ``new``."""
-    old = "".join(body for _, body in parts)
-    if old == new:
-        return
+def _rewrite(
+    c: sqlite3.Connection, block_n: int, old: Stored, new: str
+) -> tuple[tuple[int, int], ...]:
+    """Replace the pieces that hold what changed between ``old`` and ``new``; the new layout."""
+    parts, text = old.layout, old.text
     if not parts:
-        _write_all(c, block_n, new)
-        return
+        return _write_all(c, block_n, new)
     starts = [0]
-    for _, body in parts:
-        starts.append(starts[-1] + len(body))
-    p = common_prefix(old, new)
-    s = common_suffix(old, new, min(len(old), len(new)) - p)
-    first = _piece_at(starts, min(p, len(old) - 1))
-    last = max(first, _piece_at(starts, len(old) - s - 1))
+    for _, length in parts:
+        starts.append(starts[-1] + length)
+    p = common_prefix(text, new)
+    s = common_suffix(text, new, min(len(text), len(new)) - p)
+    first = _piece_at(starts, min(p, len(text) - 1))
+    last = max(first, _piece_at(starts, len(text) - s - 1))
     # take a neighbour in while the stretch to write is a crumb
-    while (starts[last + 1] - starts[first]) + (len(new) - len(old)) < PIECE // 4:
+    while (starts[last + 1] - starts[first]) + (len(new) - len(text)) < PIECE // 4:
         if last + 1 < len(parts):
             last += 1
         elif first > 0:
             first -= 1
         else:
             break
-    head, tail = starts[first], len(old) - starts[last + 1]
+    head, tail = starts[first], len(text) - starts[last + 1]
     bodies = _cut(new[head : len(new) - tail])
-    lo = parts[first - 1][0] if first > 0 else parts[first][0] - _GAP * (len(bodies) + 1)
-    hi = parts[last + 1][0] if last + 1 < len(parts) else parts[last][0] + _GAP * (len(bodies) + 1)
+    room = _GAP * (len(bodies) + 1)
+    lo = parts[first - 1][0] if first > 0 else parts[first][0] - room
+    hi = parts[last + 1][0] if last + 1 < len(parts) else parts[last][0] + room
     if hi - lo <= len(bodies):  # no room between the neighbours: renumber by writing it all
-        _write_all(c, block_n, new)
-        return
+        return _write_all(c, block_n, new)
     c.execute(
         "DELETE FROM block_text_parts WHERE block_n=? AND pos BETWEEN ? AND ?",
         (block_n, parts[first][0], parts[last][0]),
     )
     step = (hi - lo) // (len(bodies) + 1)
-    c.executemany(
-        "INSERT INTO block_text_parts (block_n, pos, body) VALUES (?, ?, ?)",
-        [(block_n, lo + (i + 1) * step, body) for i, body in enumerate(bodies)],
-    )
+    rows = [(block_n, lo + (i + 1) * step, body) for i, body in enumerate(bodies)]
+    c.executemany("INSERT INTO block_text_parts (block_n, pos, body) VALUES (?, ?, ?)", rows)
+    return (*parts[:first], *((pos, len(body)) for _, pos, body in rows), *parts[last + 1 :])
 
 
 def _piece_at(starts: list[int], at: int) -> int:

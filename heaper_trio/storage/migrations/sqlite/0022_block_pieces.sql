@@ -3,7 +3,7 @@
 -- different size is written anew: 16 MB of WAL for one changed byte next to an 8 MB blob).
 -- So the two big values of a block leave its row:
 -- * texts of 256 Ki characters or more are kept in pieces (storage/sqlite/text_parts.py);
---   blocks.text holds '' and blocks.text_parts 1 for them;
+--   blocks.text holds '' and blocks.text_parts a token (not 0) for them;
 -- * the compacted snapshot is kept in block_snapshots; blocks.snapshot stays NULL.
 CREATE TABLE block_text_parts (
     block_n INTEGER NOT NULL REFERENCES blocks (n) ON DELETE CASCADE,
