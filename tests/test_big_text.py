@@ -18,7 +18,11 @@ from heaper_trio import crdt
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.settings import Settings
+from heaper_trio.storage import text_pieces
 from heaper_trio.storage.migrate import migration_scripts
+from heaper_trio.storage.postgres import commit_batch
+from heaper_trio.storage.postgres import documents as pg_documents
+from heaper_trio.storage.postgres.runtime import tx
 from heaper_trio.storage.sqlite import documents, text_parts
 
 from .test_harden_file_grants import raw_sql
@@ -34,8 +38,8 @@ LINE = "Zoë 東京 😀 naïve ünïcödé words {n}\n"
 
 @pytest.fixture(autouse=True)
 def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(text_parts, "BIG_TEXT", 2000)
-    monkeypatch.setattr(text_parts, "PIECE", 200)
+    monkeypatch.setattr(text_pieces, "BIG_TEXT", 2000)
+    monkeypatch.setattr(text_pieces, "PIECE", 200)
 
 
 class BigBlock(ClientBlock):
@@ -88,14 +92,23 @@ async def server_text(client: HeaperClient, block_id: str) -> str:
     return str(r.json()["text"])
 
 
-def stored(server: RunningServer, block_id: str) -> tuple[str, list[tuple[int, str]]] | None:
-    """SQLite: (blocks.text, pieces) as stored; None on PostgreSQL."""
+async def stored(server: RunningServer, block_id: str) -> tuple[str, list[tuple[int, str]]]:
+    """(blocks.text, pieces (pos, body)) as committed, on either engine."""
     storage: Any = server.services.storage
-    if storage.engine != "sqlite":
-        return None
-    with sqlite3.connect(storage.rt.path) as c:  # a connection of our own: what is committed
-        n, text = c.execute("SELECT n, text FROM blocks WHERE id=?", (block_id,)).fetchone()
-        return text, text_parts.pieces(c, n)
+    if storage.engine == "sqlite":
+        with sqlite3.connect(storage.rt.path) as c:  # a connection of our own
+            n, text = c.execute("SELECT n, text FROM blocks WHERE id=?", (block_id,)).fetchone()
+            return text, text_parts.pieces(c, n)
+
+    async def read(c: Any) -> tuple[str, list[tuple[int, str]]]:
+        text = await c.fetchval("SELECT text FROM blocks WHERE id=$1", block_id)
+        rows = await c.fetch(
+            "SELECT pos, body FROM block_text_parts WHERE block_id=$1 ORDER BY pos", block_id
+        )
+        return text, [(r[0], r[1]) for r in rows]
+
+    result: tuple[str, list[tuple[int, str]]] = await storage._run(tx, read)
+    return result
 
 
 async def test_every_reader_sees_the_whole_text_through_every_edit(
@@ -114,23 +127,19 @@ async def test_every_reader_sees_the_whole_text_through_every_edit(
         r = await admin.post("/api/heap", json={"heap_id": heap["id"]})
         [row] = [b for b in r.json()["blocks"] if b["block_id"] == block.id]
         assert row["text"] == want
-        rows = stored(server, block.id)
-        if rows is not None:
-            inline, pieces = rows
-            assert (inline, "".join(b for _, b in pieces)) == (
-                ("", want) if in_pieces else (want, "")
-            )
-            assert all(0 < len(b) <= 2 * text_parts.PIECE for _, b in pieces)
+        inline, pieces = await stored(server, block.id)
+        assert (inline, "".join(b for _, b in pieces)) == (("", want) if in_pieces else (want, ""))
+        assert all(0 < len(b) <= 2 * text_pieces.PIECE for _, b in pieces)
 
     await check(True)
-    before = stored(server, block.id)
+    before = await stored(server, block.id)
     block.insert(len(block.expected()) // 2, "typed ")  # one word in the middle
     await block.send(admin, heap["id"])
     await check(True)
-    after = stored(server, block.id)
-    if before is not None and after is not None:  # a word rewrites one piece, not the text
-        assert len(set(after[1]) - set(before[1])) == 1
-        assert len(set(before[1]) - set(after[1])) == 1
+    after = await stored(server, block.id)
+    # a word rewrites one piece, not the text
+    assert len(set(after[1]) - set(before[1])) == 1
+    assert len(set(before[1]) - set(after[1])) == 1
     assert await ids(admin, heap, query="typed") == [block.id]
 
     edits: list[Callable[[], None]] = [
@@ -195,26 +204,25 @@ async def test_a_failed_commit_leaves_pieces_and_row_as_they_were(
 ) -> None:
     """Pieces and the row change in one transaction: a commit that fails after the pieces
     were written (as a kill -9 would cut it) leaves the old text whole."""
-    storage: Any = server.services.storage
-    if storage.engine != "sqlite":
-        pytest.skip("SQLite keeps texts in pieces")
     heap = await new_heap(admin)
     block = BigBlock()
     block.insert(0, lines(0, 120))
     await block.send(admin, heap["id"])
-    before = stored(server, block.id)
+    before = await stored(server, block.id)
 
     def crash(*_: Any) -> None:
         raise RuntimeError("cut between the pieces and the row")
 
     monkeypatch.setattr(documents, "write_block_files", crash)
+    monkeypatch.setattr(pg_documents, "write_block_files", crash)
+    monkeypatch.setattr(commit_batch, "write_lines_many", crash)
     block.insert(500, "lost ")
     r = await push(admin, block.push_item(heap["id"]))
     assert r.status_code >= 500 or r.json()["blocks"][0]["status"] != "ok"
-    assert stored(server, block.id) == before
+    assert await stored(server, block.id) == before
     monkeypatch.undo()
-    monkeypatch.setattr(text_parts, "BIG_TEXT", 2000)
-    monkeypatch.setattr(text_parts, "PIECE", 200)
+    monkeypatch.setattr(text_pieces, "BIG_TEXT", 2000)
+    monkeypatch.setattr(text_pieces, "PIECE", 200)
     r = await push(admin, block.push_item(heap["id"]))
     assert r.json()["blocks"][0]["status"] == "ok", r.text
     assert await server_text(admin, block.id) == block.expected()
@@ -225,22 +233,33 @@ async def test_another_writer_between_pushes_is_read_back(
 ) -> None:
     """The writer keeps the texts it wrote by token; pieces written by anyone else (another
     process on the same file) carry another token and are read back, whatever their cut."""
-    storage: Any = server.services.storage
-    if storage.engine != "sqlite":
-        pytest.skip("SQLite keeps texts in pieces")
     heap = await new_heap(admin)
     block = BigBlock()
     block.insert(0, lines(0, 120))
     await block.send(admin, heap["id"])
-    with sqlite3.connect(storage.rt.path) as c:  # the same text, cut otherwise, new token
-        n, token = c.execute("SELECT n, text_parts FROM blocks WHERE id=?", (block.id,)).fetchone()
-        text = "".join(b for _, b in text_parts.pieces(c, n))
-        c.execute("DELETE FROM block_text_parts WHERE block_n=?", (n,))
-        c.executemany(
-            "INSERT INTO block_text_parts (block_n, pos, body) VALUES (?, ?, ?)",
-            [(n, i, text[i : i + 77]) for i in range(0, len(text), 77)],
-        )
-        c.execute("UPDATE blocks SET text_parts=? WHERE n=?", (token + 1, n))
+    text = "".join(b for _, b in (await stored(server, block.id))[1])
+    recut = [(i, text[i : i + 77]) for i in range(0, len(text), 77)]  # same text, new token
+    storage: Any = server.services.storage
+    if storage.engine == "sqlite":
+        with sqlite3.connect(storage.rt.path) as c:
+            n = c.execute("SELECT n FROM blocks WHERE id=?", (block.id,)).fetchone()[0]
+            c.execute("DELETE FROM block_text_parts WHERE block_n=?", (n,))
+            c.executemany(
+                "INSERT INTO block_text_parts (block_n, pos, body) VALUES (?, ?, ?)",
+                [(n, pos, body) for pos, body in recut],
+            )
+            c.execute("UPDATE blocks SET text_parts = text_parts + 1 WHERE n=?", (n,))
+    else:
+
+        async def write(c: Any) -> None:
+            await c.execute("DELETE FROM block_text_parts WHERE block_id=$1", block.id)
+            await c.executemany(
+                "INSERT INTO block_text_parts (block_id, pos, body) VALUES ($1, $2, $3)",
+                [(block.id, pos, body) for pos, body in recut],
+            )
+            await c.execute("UPDATE blocks SET text_parts = text_parts + 1 WHERE id=$1", block.id)
+
+        await storage._run(tx, write)
     block.insert(len(lines(0, 30)), "moved ")
     await block.send(admin, heap["id"])
     assert await server_text(admin, block.id) == block.expected()

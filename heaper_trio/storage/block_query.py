@@ -31,8 +31,8 @@ class Dialect:
     # ORDER BY terms put before the sort column: PostgreSQL sorts titles by the prefix its index
     # holds (migration 0020) first, the same order as the whole title in byte order.
     title_order_prefix: str = ""
-    # A block with a body: SQLite keeps big texts in pieces, out of ``b.text`` (0022).
-    has_text: str = "b.text <> ''"
+    # A block with a body: big texts are kept in pieces, out of ``b.text`` (0022).
+    has_text: str = "(b.text <> '' OR b.text_parts <> 0)"
 
 
 SQLITE = Dialect(
@@ -42,7 +42,6 @@ SQLITE = Dialect(
         f"WHERE block_lines_fts MATCH {ph})"
     ),
     full_text_param=lambda terms: " ".join(f'"{t}"*' for t in terms),
-    has_text="(b.text <> '' OR b.text_parts <> 0)",
 )
 # A word as SQLite's unicode61 sees it: a run of letters and digits (``_`` splits words too).
 _ALNUM = re.compile(r"[^\W_]+")

@@ -16,7 +16,7 @@ from heaper_trio.records import (
     StoredBlock,
     UpdateInfo,
 )
-from heaper_trio.storage import block_query, history_rows, rules
+from heaper_trio.storage import block_query, history_rows, rules, text_pieces
 from heaper_trio.storage.errors import HeapNotFound
 from heaper_trio.storage.rows import heap_row
 from heaper_trio.storage.sqlite import text_parts
@@ -132,7 +132,7 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
     text = ch.projection.text
     if current is None:
         columns.update(rules.created_columns(ch, updated_at))
-        big = text_parts.in_pieces(text, False)
+        big = text_pieces.in_pieces(text, False)
         columns.update(text="" if big else text, text_parts=0)
         names = ", ".join(columns)
         block_n = c.execute(

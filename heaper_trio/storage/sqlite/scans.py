@@ -10,7 +10,6 @@ from heaper_trio.records import BlockChange, CommitResult, ScanBatch, ScanEntry
 from heaper_trio.storage import rules
 from heaper_trio.storage.rows import ENTRY_COLUMNS, entry_row
 from heaper_trio.storage.sqlite import documents as docs
-from heaper_trio.storage.sqlite import text_parts
 from heaper_trio.storage.sqlite.runtime import SqliteRuntime
 from heaper_trio.storage.sqlite.search import index_new_blocks
 
@@ -109,11 +108,6 @@ REPOINT = (
 )
 
 
-def _bulk(ch: BlockChange) -> bool:
-    """A new block whose text is kept in pieces (``text_parts``) is created one by one."""
-    return rules.bulk_creatable(ch) and not text_parts.in_pieces(ch.projection.text, False)
-
-
 def _create_blocks(
     c: sqlite3.Connection, changes: list[BlockChange], now: int
 ) -> list[CommitResult]:
@@ -156,8 +150,8 @@ def _commit_changes(
     c: sqlite3.Connection, changes: list[BlockChange], now: int
 ) -> list[CommitResult]:
     """Edits of existing blocks first (``docs.commit_changes``), then new blocks in bulk."""
-    new = [ch for ch in changes if _bulk(ch)]
-    old = [ch for ch in changes if not _bulk(ch)]
+    new = [ch for ch in changes if rules.bulk_creatable(ch)]
+    old = [ch for ch in changes if not rules.bulk_creatable(ch)]
     return rules.merge_results(
         changes, docs.commit_changes(c, old, now) + _create_blocks(c, new, now)
     )
