@@ -58,10 +58,26 @@ def common_suffix(a: str, b: str, limit: int) -> int:
     return at
 
 
-def _middles(a: str, b: str) -> tuple[str, str]:
-    """The parts of ``a`` and ``b`` outside their common leading and trailing whole lines."""
+# The last ``common_ends`` answer, by the identity of its two texts: a commit asks it twice
+# about the same two (big) texts, for its pieces (``text_pieces``) and for these rows.
+_last_ends: tuple[str, str, int, int] | None = None
+
+
+def common_ends(a: str, b: str) -> tuple[int, int]:
+    """(p, s): ``a`` and ``b`` share ``p`` leading and then ``s`` trailing characters."""
+    global _last_ends
+    last = _last_ends
+    if last is not None and last[0] is a and last[1] is b:
+        return last[2], last[3]
     p = common_prefix(a, b)
     s = common_suffix(a, b, min(len(a), len(b)) - p)
+    _last_ends = (a, b, p, s)
+    return p, s
+
+
+def _middles(a: str, b: str) -> tuple[str, str]:
+    """The parts of ``a`` and ``b`` outside their common leading and trailing whole lines."""
+    p, s = common_ends(a, b)
     start = a.rfind("\n", 0, p) + 1  # lines before ``start`` are whole and equal
     tail, tail_b = len(a) - s, len(b) - s  # a[tail:] == b[tail_b:]
     if (tail == 0 or a[tail - 1] == "\n") and (tail_b == 0 or b[tail_b - 1] == "\n"):

@@ -28,7 +28,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from heaper_trio.storage.search_lines import common_prefix, common_suffix
+from heaper_trio.storage.search_lines import common_ends
 
 BIG_TEXT = 256 * 1024  # characters from which a text is kept in pieces
 PIECE = 32 * 1024  # characters per piece when a stretch is cut
@@ -124,8 +124,7 @@ def _changed(old: Stored, new: str) -> tuple[_Writes, Layout]:
     starts = [0]
     for _, length in parts:
         starts.append(starts[-1] + length)
-    p = common_prefix(text, new)
-    s = common_suffix(text, new, min(len(text), len(new)) - p)
+    p, s = common_ends(text, new)
     first = _piece_at(starts, min(p, len(text) - 1))
     last = max(first, _piece_at(starts, len(text) - s - 1))
     # take a neighbour in while the stretch to write is a crumb
