@@ -299,3 +299,46 @@ async def test_the_migration_moves_snapshots_out_of_the_rows(
                 c.execute("SELECT COUNT(*) FROM blocks WHERE snapshot IS NOT NULL").fetchone()[0]
                 == 0
             )
+
+
+async def test_pieces_and_snapshots_go_with_their_block(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Emptying the trash and deleting a heap leave no pieces or snapshots behind."""
+    big = lines(0, 100)
+    async with opened(make_settings()) as storage:
+        await add_users(storage)
+        for heap_id in ("h1", "h2"):
+            await storage_heap(storage, heap_id)
+            first = change(f"{heap_id}-b", heap_id, updates=(b"1",), text=big)
+            await storage.commit_changes([first], NOW)
+            compact = change(
+                f"{heap_id}-b", heap_id, expected=1, updates=(b"2",), text=big + "!",
+                compacted=(b"S", 1), deleted_at=NOW,
+            )  # fmt: skip
+            await storage.commit_changes([compact], NOW + 1)
+        assert len(await pieces_left(storage)) == 2
+        assert await storage.purge_blocks("h1", ["h1-b"], NOW + 2) == ["h1-b"]
+        assert await pieces_left(storage) == {"h2-b"}
+        assert await storage.delete_heap("h2")
+        assert await pieces_left(storage) == set()
+
+
+async def pieces_left(storage: Any) -> set[str]:
+    """The blocks that have pieces (SQLite: or a snapshot row) stored."""
+    if storage.engine == "sqlite":
+        with sqlite3.connect(storage.rt.path) as c:
+            rows = c.execute(
+                "SELECT DISTINCT block_n FROM block_text_parts UNION "
+                "SELECT block_n FROM block_snapshots"
+            ).fetchall()
+            ids = c.execute("SELECT n, id FROM blocks").fetchall()
+        known = dict(ids)
+        return {known.get(r[0], f"orphan {r[0]}") for r in rows}
+
+    async def read(c: Any) -> set[str]:
+        rows = await c.fetch("SELECT DISTINCT block_id FROM block_text_parts")
+        return {r[0] for r in rows}
+
+    result: set[str] = await storage._run(tx, read)
+    return result
