@@ -31,6 +31,8 @@ class Dialect:
     # ORDER BY terms put before the sort column: PostgreSQL sorts titles by the prefix its index
     # holds (migration 0020) first, the same order as the whole title in byte order.
     title_order_prefix: str = ""
+    # A block with a body: big texts are kept in pieces, out of ``b.text`` (0022).
+    has_text: str = "(b.text <> '' OR b.text_parts <> 0)"
 
 
 SQLITE = Dialect(
@@ -119,7 +121,7 @@ def _where(d: Dialect, p: _Params, heap_id: str, q: BlockQuery) -> tuple[str, st
         )
         conds.append("b.id NOT IN (SELECT root_block_id FROM heaps WHERE id = b.heap_id)")
     if q.has_content is not None:
-        conds.append("b.text <> ''" if q.has_content else "b.text = ''")
+        conds.append(d.has_text if q.has_content else f"NOT ({d.has_text})")
     return cte, " AND ".join(conds)
 
 

@@ -26,6 +26,7 @@ from heaper_trio.records import (
     User,
 )
 from heaper_trio.records.admin_links import AdminLinkProblem
+from heaper_trio.storage import text_pieces
 from heaper_trio.storage.errors import LastAdmin
 from heaper_trio.storage.rows import Row
 
@@ -220,8 +221,13 @@ def conflict(ch: BlockChange) -> CommitResult:
 
 
 def bulk_creatable(ch: BlockChange) -> bool:
-    """New blocks without a snapshot go through the bulk path; the rest, one by one."""
-    return ch.expected_last_seq is None and ch.compacted is None
+    """New blocks without a snapshot go through the bulk path; the rest, one by one, and so
+    does a text kept in pieces (``text_pieces``)."""
+    return (
+        ch.expected_last_seq is None
+        and ch.compacted is None
+        and not text_pieces.in_pieces(ch.projection.text, False)
+    )
 
 
 def merge_results(

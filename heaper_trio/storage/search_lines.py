@@ -25,7 +25,7 @@ def lines(text: str) -> Counter[str]:
     return Counter(line for line in text.split("\n") if line)
 
 
-def _prefix(a: str, b: str) -> int:
+def common_prefix(a: str, b: str) -> int:
     """How many leading characters ``a`` and ``b`` share."""
     n, at = min(len(a), len(b)), 0
     while at < n and a[at : at + _STEP] == b[at : at + _STEP]:
@@ -40,7 +40,7 @@ def _prefix(a: str, b: str) -> int:
     return at
 
 
-def _suffix(a: str, b: str, limit: int) -> int:
+def common_suffix(a: str, b: str, limit: int) -> int:
     """How many trailing characters ``a`` and ``b`` share, at most ``limit``."""
     la, lb, at = len(a), len(b), 0
     while (
@@ -58,10 +58,26 @@ def _suffix(a: str, b: str, limit: int) -> int:
     return at
 
 
+# The last ``common_ends`` answer, by the identity of its two texts: a commit asks it twice
+# about the same two (big) texts, for its pieces (``text_pieces``) and for these rows.
+_last_ends: tuple[str, str, int, int] | None = None
+
+
+def common_ends(a: str, b: str) -> tuple[int, int]:
+    """(p, s): ``a`` and ``b`` share ``p`` leading and then ``s`` trailing characters."""
+    global _last_ends
+    last = _last_ends
+    if last is not None and last[0] is a and last[1] is b:
+        return last[2], last[3]
+    p = common_prefix(a, b)
+    s = common_suffix(a, b, min(len(a), len(b)) - p)
+    _last_ends = (a, b, p, s)
+    return p, s
+
+
 def _middles(a: str, b: str) -> tuple[str, str]:
     """The parts of ``a`` and ``b`` outside their common leading and trailing whole lines."""
-    p = _prefix(a, b)
-    s = _suffix(a, b, min(len(a), len(b)) - p)
+    p, s = common_ends(a, b)
     start = a.rfind("\n", 0, p) + 1  # lines before ``start`` are whole and equal
     tail, tail_b = len(a) - s, len(b) - s  # a[tail:] == b[tail_b:]
     if (tail == 0 or a[tail - 1] == "\n") and (tail_b == 0 or b[tail_b - 1] == "\n"):

@@ -21,8 +21,9 @@ from collections import Counter
 from typing import Any
 
 from heaper_trio.records import BlockChange, CommitResult
-from heaper_trio.storage import history_rows, rules
+from heaper_trio.storage import history_rows, rules, text_pieces
 from heaper_trio.storage.errors import HeapNotFound
+from heaper_trio.storage.postgres import text_parts
 from heaper_trio.storage.postgres.runtime import Conn
 from heaper_trio.storage.postgres.search import index_new_blocks, write_lines_many
 from heaper_trio.storage.rows import Row
@@ -42,6 +43,7 @@ EDIT_COLUMNS = (
     ("state_vector", "bytea"),
     ("size", "bigint"),
     ("last_seq", "bigint"),
+    ("text_parts", "bigint"),
 )
 _UPDATE = (
     "UPDATE blocks b SET "
@@ -72,7 +74,8 @@ _INSERT = (
 # The changes' block rows, locked, with what ``commit_all`` decides and skips by: whether a
 # block has relation or file rows to replace at all.
 LOCK_ROWS = (
-    "SELECT id, heap_id, last_seq, sync_version, title, text, deleted_at IS NOT NULL AS trashed, "
+    "SELECT id, heap_id, last_seq, sync_version, title, text, text_parts, "
+    "deleted_at IS NOT NULL AS trashed, "
     "EXISTS (SELECT 1 FROM block_relations r WHERE r.block_id = b.id) AS has_relations, "
     "EXISTS (SELECT 1 FROM block_files f WHERE f.block_id = b.id) AS has_files "
     'FROM blocks b WHERE id = ANY($1::text[]) ORDER BY id COLLATE "C" FOR UPDATE'
@@ -127,6 +130,7 @@ async def _write(
     log: list[tuple[str, int, bytes, int, str | None]] = []
     relations: list[tuple[str, str, str, str]] = []
     files: list[tuple[str, str, str]] = []
+    big_new: list[tuple[str, str]] = []  # created with a text kept in pieces
     for (i, ch, current), updated_at in zip(accepted, times, strict=True):
         p = ch.projection
         base = 0 if current is None else current["last_seq"]
@@ -134,11 +138,18 @@ async def _write(
         columns = rules.block_columns(ch, updated_at, last_seq)
         if current is None:
             columns.update(rules.created_columns(ch, updated_at))
+            if text_pieces.in_pieces(p.text, False):
+                columns["text"] = ""
+                big_new.append((ch.block_id, p.text))
             created.append(tuple(columns[k] for k in rules.CREATED_BLOCK_COLUMNS.split(", ")))
             lines_new.append((ch.block_id, p.title, p.text))
         else:
+            was, old_text = await text_parts.current_text(c, ch.block_id, current)
+            columns["text"], columns["text_parts"] = await text_parts.store(
+                c, ch.block_id, was, p.text
+            )
             edits.append((ch.block_id, *(columns[k] for k, _ in EDIT_COLUMNS)))
-            gone, came = line_changes(current["title"], current["text"], p.title, p.text)
+            gone, came = line_changes(current["title"], old_text, p.title, p.text)
             lines_moved.append((ch.block_id, gone, came))
         log += rules.log_rows(ch, base, now)
         relations += rules.relation_rows(ch.block_id, ch.heap_id, p)
@@ -146,6 +157,8 @@ async def _write(
         results[i] = rules.commit_result(ch, current, updated_at, last_seq)
     if created:
         await c.execute(_INSERT, *rules.columns(created, len(_CREATED_TYPES)))
+        for block_id, text in big_new:
+            await text_parts.created(c, block_id, text)
         await index_new_blocks(c, lines_new)
     if edits:
         await c.execute(_UPDATE, *rules.columns(edits, len(EDIT_COLUMNS) + 1))

@@ -45,14 +45,15 @@ from heaper_trio.records import (
     UpdateInfo,
 )
 from heaper_trio.records.changes import change_kind
-from heaper_trio.storage import block_query, history_rows, rules
+from heaper_trio.storage import block_query, history_rows, rules, text_pieces
 from heaper_trio.storage.errors import HeapNotFound
-from heaper_trio.storage.postgres import commit_batch
+from heaper_trio.storage.postgres import commit_batch, text_parts
 from heaper_trio.storage.postgres.files import write_block_files
 from heaper_trio.storage.postgres.notify import block_pointer, notify
 from heaper_trio.storage.postgres.runtime import Conn, Pool, T, _connection
 from heaper_trio.storage.postgres.search import index_block
-from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, record_row
+from heaper_trio.storage.postgres.text_parts import PG_RECORD_COLUMNS
+from heaper_trio.storage.rows import heap_row
 
 # First key of the two-key advisory locks on block ids (a key space apart from the one-key
 # locks in engine.py); the second key is a 32-bit hash of the block id.
@@ -72,6 +73,7 @@ COLUMN_TYPES = {
     "state_vector": "bytea",
     "size": "bigint",
     "last_seq": "bigint",
+    "text_parts": "bigint",
     "id": "text",
     "heap_id": "text",
     "created_at": "bigint",
@@ -191,9 +193,9 @@ async def load_block(c: Conn, block_id: str) -> StoredBlock | None:
 
 async def get_blocks(c: Conn, block_ids: list[str]) -> dict[str, BlockRecord]:
     rows = await c.fetch(
-        f"SELECT {RECORD_COLUMNS} FROM blocks WHERE id = ANY($1::text[])", list(block_ids)
+        f"SELECT {PG_RECORD_COLUMNS} FROM blocks WHERE id = ANY($1::text[])", list(block_ids)
     )
-    return {r["id"]: record_row(r) for r in rows}
+    return {r.id: r for r in await text_parts.records(c, rows)}
 
 
 async def tombstones(c: Conn, block_ids: list[str]) -> dict[str, tuple[str, int]]:
@@ -219,7 +221,8 @@ async def _tick(c: Conn, heap_id: str, now: int) -> int:
 
 async def commit_change(c: Conn, ch: BlockChange, now: int) -> CommitResult:
     current = await c.fetchrow(
-        "SELECT heap_id, last_seq, sync_version, title, text FROM blocks WHERE id=$1 FOR UPDATE",
+        "SELECT heap_id, last_seq, sync_version, title, text, text_parts FROM blocks WHERE id=$1 "
+        "FOR UPDATE",
         ch.block_id,
     )
     tombstoned = (
@@ -235,16 +238,23 @@ async def commit_change(c: Conn, ch: BlockChange, now: int) -> CommitResult:
     columns = rules.block_columns(ch, updated_at, last_seq)
     if current is None:
         columns.update(rules.created_columns(ch, updated_at))
+        big = text_pieces.in_pieces(ch.projection.text, False)
+        columns["text"] = "" if big else ch.projection.text
         names = ", ".join(columns)
         marks = ", ".join(f"${i}::{COLUMN_TYPES[k]}" for i, k in enumerate(columns, 1))
         await c.execute(f"INSERT INTO blocks ({names}) VALUES ({marks})", *columns.values())
+        if big:
+            await text_parts.created(c, ch.block_id, ch.projection.text)
         await index_block(c, ch.block_id, None, ch.projection.title, ch.projection.text)
     else:
+        was, old_text = await text_parts.current_text(c, ch.block_id, current)
+        stored = await text_parts.store(c, ch.block_id, was, ch.projection.text)
+        columns["text"], columns["text_parts"] = stored
         sets = ", ".join(f"{k}=${i}::{COLUMN_TYPES[k]}" for i, k in enumerate(columns, 1))
         await c.execute(
             f"UPDATE blocks SET {sets} WHERE id=${len(columns) + 1}", *columns.values(), ch.block_id
         )
-        old = (current["title"], current["text"])
+        old = (current["title"], old_text)
         await index_block(c, ch.block_id, old, ch.projection.title, ch.projection.text)
     log = rules.log_rows(ch, base, now)
     if log:
@@ -396,11 +406,11 @@ async def marked_gone(c: Conn) -> dict[str, list[str]]:
 
 async def trashed(c: Conn, heap_id: str) -> list[BlockRecord]:
     rows = await c.fetch(
-        f"SELECT {RECORD_COLUMNS} FROM blocks WHERE heap_id=$1 AND deleted_at IS NOT NULL "
+        f"SELECT {PG_RECORD_COLUMNS} FROM blocks WHERE heap_id=$1 AND deleted_at IS NOT NULL "
         'ORDER BY deleted_at DESC, id COLLATE "C"',
         heap_id,
     )
-    return [record_row(r) for r in rows]
+    return await text_parts.records(c, rows)
 
 
 async def purge_blocks(
@@ -469,8 +479,8 @@ async def heap_stats(c: Conn, heap_id: str) -> dict[str, Any]:
 
 
 async def query_blocks(c: Conn, heap_id: str, q: BlockQuery, limit: int) -> list[BlockRecord]:
-    sql, params = block_query.select_sql(block_query.POSTGRES, heap_id, q, RECORD_COLUMNS, limit)
-    return [record_row(r) for r in await c.fetch(sql, *params)]
+    sql, params = block_query.select_sql(block_query.POSTGRES, heap_id, q, PG_RECORD_COLUMNS, limit)
+    return await text_parts.records(c, await c.fetch(sql, *params))
 
 
 async def count_blocks(c: Conn, heap_id: str, q: BlockQuery) -> dict[str, int]:

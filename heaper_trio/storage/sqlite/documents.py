@@ -16,11 +16,13 @@ from heaper_trio.records import (
     StoredBlock,
     UpdateInfo,
 )
-from heaper_trio.storage import block_query, history_rows, rules
+from heaper_trio.storage import block_query, history_rows, rules, text_pieces
 from heaper_trio.storage.errors import HeapNotFound
-from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, record_row
+from heaper_trio.storage.rows import heap_row
+from heaper_trio.storage.sqlite import text_parts
 from heaper_trio.storage.sqlite.files import write_block_files
 from heaper_trio.storage.sqlite.search import index_block
+from heaper_trio.storage.sqlite.text_parts import SQLITE_RECORD_COLUMNS
 
 
 def get_heap(c: sqlite3.Connection, heap_id: str) -> Heap | None:
@@ -53,8 +55,9 @@ def create_heap(c: sqlite3.Connection, heap: Heap, root: BlockChange, now: int) 
 
 def load_block(c: sqlite3.Connection, block_id: str) -> StoredBlock | None:
     row = c.execute(
-        "SELECT id, heap_id, sync_version, snapshot, snapshot_seq, last_seq, created_at, "
-        "updated_at FROM blocks WHERE id=?",
+        "SELECT id, heap_id, sync_version, (SELECT snapshot FROM block_snapshots WHERE "
+        "block_n=blocks.n) AS snapshot, snapshot_seq, last_seq, created_at, updated_at FROM blocks "
+        "WHERE id=?",
         (block_id,),
     ).fetchone()
     if row is None:
@@ -81,8 +84,8 @@ def get_blocks(c: sqlite3.Connection, block_ids: list[str]) -> dict[str, BlockRe
     for start in range(0, len(block_ids), 500):
         chunk = block_ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
-        rows = c.execute(f"SELECT {RECORD_COLUMNS} FROM blocks WHERE id IN ({marks})", chunk)
-        out.update((r["id"], record_row(r)) for r in rows.fetchall())
+        rows = c.execute(f"SELECT {SQLITE_RECORD_COLUMNS} FROM blocks WHERE id IN ({marks})", chunk)
+        out.update((r.id, r) for r in text_parts.records(c, rows.fetchall()))
     return out
 
 
@@ -112,7 +115,7 @@ def _tick(c: sqlite3.Connection, heap_id: str, now: int) -> int:
 
 def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitResult:
     current = c.execute(
-        "SELECT heap_id, last_seq, sync_version, n, title, text FROM blocks WHERE id=?",
+        "SELECT heap_id, last_seq, sync_version, n, title, text, text_parts FROM blocks WHERE id=?",
         (ch.block_id,),
     ).fetchone()
     tombstoned = (
@@ -126,19 +129,28 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
     base = 0 if current is None else current["last_seq"]
     last_seq = base + len(ch.updates)
     columns = rules.block_columns(ch, updated_at, last_seq)
+    text = ch.projection.text
     if current is None:
         columns.update(rules.created_columns(ch, updated_at))
+        big = text_pieces.in_pieces(text, False)
+        columns.update(text="" if big else text, text_parts=0)
         names = ", ".join(columns)
         block_n = c.execute(
             f"INSERT INTO blocks ({names}) VALUES ({', '.join('?' * len(columns))}) RETURNING n",
             tuple(columns.values()),
         ).fetchone()[0]
-        index_block(c, block_n, None, ch.projection.title, ch.projection.text)
+        if big:
+            _, token = text_parts.store(c, block_n, None, text)
+            c.execute("UPDATE blocks SET text_parts=? WHERE n=?", (token, block_n))
+        index_block(c, block_n, None, ch.projection.title, text)
     else:
+        n, token = current["n"], current["text_parts"]
+        was = text_parts.stored(c, n, token) if token else None
+        old_text = current["text"] if was is None else was.text
+        columns["text"], columns["text_parts"] = text_parts.store(c, n, was, text)
         sets = ", ".join(f"{k}=?" for k in columns)
         c.execute(f"UPDATE blocks SET {sets} WHERE id=?", (*columns.values(), ch.block_id))
-        old = (current["title"], current["text"])
-        index_block(c, current["n"], old, ch.projection.title, ch.projection.text)
+        index_block(c, current["n"], (current["title"], old_text), ch.projection.title, text)
     c.executemany(
         "INSERT INTO block_updates (block_id, seq, data, created_at, author_id) "
         "VALUES (?, ?, ?, ?, ?)",
@@ -146,10 +158,11 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
     )
     if ch.compacted is not None:
         snapshot, covers = ch.compacted
-        c.execute(
-            "UPDATE blocks SET snapshot=?, snapshot_seq=? WHERE id=? AND snapshot_seq < ?",
-            (snapshot, covers, ch.block_id, covers),
-        )
+        if c.execute(
+            "UPDATE blocks SET snapshot_seq=? WHERE id=? AND snapshot_seq < ?",
+            (covers, ch.block_id, covers),
+        ).rowcount:
+            keep_snapshot(c, ch.block_id, snapshot)
         c.execute(history_rows.move_sql(b="?", s="?"), (ch.block_id, covers))  # kept: history
         c.execute("DELETE FROM block_updates WHERE block_id=? AND seq <= ?", (ch.block_id, covers))
     c.execute("DELETE FROM block_relations WHERE block_id=?", (ch.block_id,))
@@ -164,6 +177,16 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
         (ch.projection.title, ch.heap_id, ch.block_id),
     )
     return rules.commit_result(ch, current, updated_at, last_seq)
+
+
+def keep_snapshot(c: sqlite3.Connection, block_id: str, snapshot: bytes) -> None:
+    """The block's snapshot, kept out of its row (migration 0022): a row holding it would
+    be written again whole, snapshot and all, by every push."""
+    c.execute(
+        "INSERT OR REPLACE INTO block_snapshots (block_n, snapshot) "
+        "SELECT n, ? FROM blocks WHERE id=?",
+        (snapshot, block_id),
+    )
 
 
 def commit_changes(
@@ -222,11 +245,11 @@ def marked_gone(c: sqlite3.Connection) -> dict[str, list[str]]:
 
 def trashed(c: sqlite3.Connection, heap_id: str) -> list[BlockRecord]:
     rows = c.execute(
-        f"SELECT {RECORD_COLUMNS} FROM blocks WHERE heap_id=? AND deleted_at IS NOT NULL "
+        f"SELECT {SQLITE_RECORD_COLUMNS} FROM blocks WHERE heap_id=? AND deleted_at IS NOT NULL "
         "ORDER BY deleted_at DESC, id",
         (heap_id,),
     )
-    return [record_row(r) for r in rows.fetchall()]
+    return text_parts.records(c, rows.fetchall())
 
 
 def purge_blocks(c: sqlite3.Connection, heap_id: str, block_ids: list[str], now: int) -> list[str]:
@@ -282,8 +305,10 @@ def heap_stats(c: sqlite3.Connection, heap_id: str) -> dict[str, Any]:
 def query_blocks(
     c: sqlite3.Connection, heap_id: str, q: BlockQuery, limit: int
 ) -> list[BlockRecord]:
-    sql, params = block_query.select_sql(block_query.SQLITE, heap_id, q, RECORD_COLUMNS, limit)
-    return [record_row(r) for r in c.execute(sql, params).fetchall()]
+    sql, params = block_query.select_sql(
+        block_query.SQLITE, heap_id, q, SQLITE_RECORD_COLUMNS, limit
+    )
+    return text_parts.records(c, c.execute(sql, params).fetchall())
 
 
 def count_blocks(c: sqlite3.Connection, heap_id: str, q: BlockQuery) -> dict[str, int]:

@@ -38,11 +38,13 @@ def compact_block(
     """Snapshot the block as of its last row and move its log to the history; None if the
     log moved on meanwhile. The block's change time stays: nothing a client sees changed."""
     done = c.execute(
-        "UPDATE blocks SET snapshot=?, snapshot_seq=last_seq WHERE id=? AND last_seq=? "
+        "UPDATE blocks SET snapshot_seq=last_seq WHERE id=? AND last_seq=? "
         "AND snapshot_seq < last_seq",
-        (snapshot, block_id, expected_last_seq),
+        (block_id, expected_last_seq),
     ).rowcount
-    if not done:
+    if done:
+        docs.keep_snapshot(c, block_id, snapshot)
+    else:
         row = c.execute("SELECT last_seq FROM blocks WHERE id=?", (block_id,)).fetchone()
         return 0 if row is not None and row[0] == expected_last_seq else None
     return move_to_history(c, block_id, expected_last_seq)
