@@ -82,6 +82,7 @@ from heaper_trio.storage.postgres.files import PostgresFiles
 from heaper_trio.storage.postgres.history import PostgresHistory, restore_block
 from heaper_trio.storage.postgres.jobs import PostgresJobs
 from heaper_trio.storage.postgres.outage import DatabaseOutage, quiet_pool_retries
+from heaper_trio.storage.postgres.push_reads import GroupedReads, read_both
 from heaper_trio.storage.postgres.runtime import (
     Conn,
     GroupCommit,
@@ -164,6 +165,7 @@ class PostgresStorage(
         self.delta_totals = DeltaTotals()  # the change feed's totals, carried page to page
         self.sql_json = False  # the server writes the feed's JSON as orjson would (at open)
         self._group: GroupCommit | None = None  # concurrent commit_changes, one transaction
+        self._push_reads: GroupedReads | None = None  # concurrent push_reads, one statement
         self.outage = DatabaseOutage()
         self._users = UserRowCache(dsn, self.outage)  # user rows, dropped on NOTIFY (issue 12)
 
@@ -365,6 +367,13 @@ class PostgresStorage(
 
     async def tombstones(self, block_ids: list[str]) -> dict[str, tuple[str, int]]:
         return await self._run(read, docs.tombstones, block_ids)
+
+    async def push_reads(
+        self, heap_ids: list[str], block_ids: list[str]
+    ) -> tuple[dict[str, str], dict[str, tuple[str, int]]]:
+        if self._push_reads is None:  # trio objects are made inside trio.run
+            self._push_reads = GroupedReads(lambda h, b: self._run(read, read_both, h, b))
+        return await self._push_reads.read(heap_ids, block_ids)
 
     async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
         if self._group is None:  # trio objects are made inside trio.run

@@ -86,6 +86,17 @@ def get_blocks(c: sqlite3.Connection, block_ids: list[str]) -> dict[str, BlockRe
     return out
 
 
+def push_reads(
+    c: sqlite3.Connection, heap_ids: list[str], block_ids: list[str]
+) -> tuple[dict[str, str], dict[str, tuple[str, int]]]:
+    owners = {}
+    for heap_id in heap_ids:
+        row = c.execute("SELECT owner_id FROM heaps WHERE id=?", (heap_id,)).fetchone()
+        if row is not None:
+            owners[heap_id] = row[0]
+    return owners, tombstones(c, block_ids)
+
+
 def tombstones(c: sqlite3.Connection, block_ids: list[str]) -> dict[str, tuple[str, int]]:
     out: dict[str, tuple[str, int]] = {}
     for start in range(0, len(block_ids), 500):
