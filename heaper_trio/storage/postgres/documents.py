@@ -285,10 +285,15 @@ async def commit_change(c: Conn, ch: BlockChange, now: int) -> CommitResult:
 
 
 async def commit_changes(
-    c: Conn, changes: list[BlockChange], now: int, announce_as: str | None = None
+    c: Conn,
+    changes: list[BlockChange],
+    now: int,
+    announce_as: str | None = None,
+    mode: str = commit_batch.SAVEPOINT,
 ) -> list[CommitResult]:
     """With ``announce_as`` (this process's live id), every stored change is also announced to
-    the other processes by a NOTIFY in this transaction, delivered at COMMIT (``notify``)."""
+    the other processes by a NOTIFY in this transaction, delivered at COMMIT (``notify``).
+    ``mode``: how the changes are written (``commit_batch.SAVEPOINT``, ``BARE``, ``ONE_BY_ONE``)."""
     # Every lock up front, in the global order of the module docstring; then the changes run
     # in the caller's order (their change times follow it, as with SQLite).
     block_ids = sorted({ch.block_id for ch in changes})
@@ -301,11 +306,16 @@ async def commit_changes(
     locked = await c.fetch(commit_batch.LOCK_ROWS, block_ids)
     trashed = {r["id"]: r["trashed"] for r in locked}
     results: list[CommitResult] | None = None
-    if commit_batch.batchable(changes):  # a statement per table for them all
+    rows = {r["id"]: r for r in locked}
+    roots = {r["id"]: r["root_block_id"] for r in heaps}
+    if mode == commit_batch.BARE and commit_batch.batchable(changes):
+        try:  # no savepoint: on a surprise the caller rolls back and goes one by one
+            results = await commit_batch.commit_all(c, changes, now, roots, rows)
+        except (HeapNotFound, asyncpg.UniqueViolationError) as e:
+            raise commit_batch.OneByOne from e
+    elif mode == commit_batch.SAVEPOINT and commit_batch.batchable(changes):
         try:
             async with c.transaction():  # a savepoint: on a surprise, one by one below
-                rows = {r["id"]: r for r in locked}
-                roots = {r["id"]: r["root_block_id"] for r in heaps}
                 results = await commit_batch.commit_all(c, changes, now, roots, rows)
         except (HeapNotFound, asyncpg.UniqueViolationError):
             results = None

@@ -56,8 +56,8 @@ from heaper_trio.records import (
 from heaper_trio.records.admin_links import AdminLinkOutcome
 from heaper_trio.storage.base import Storage
 from heaper_trio.storage.migrate import migration_scripts
+from heaper_trio.storage.postgres import commit_batch, feed
 from heaper_trio.storage.postgres import documents as docs
-from heaper_trio.storage.postgres import feed
 from heaper_trio.storage.postgres import notify as postgres_notify
 from heaper_trio.storage.postgres.accounts import (
     _account_marks,
@@ -384,9 +384,15 @@ class PostgresStorage(
         return results
 
     async def _commit_batch(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
-        """One group commit's transaction: every lock up front, then each change in its own
-        savepoint (``docs.commit_changes``), so a refused one rolls back alone."""
-        return await self._run(tx, docs.commit_changes, changes, now, self.announce_as)
+        """One group commit's transaction: every lock up front, then the changes a statement
+        per table with no savepoint (``commit_batch.BARE``); on a refusal only one by one can
+        decide, the transaction is rolled back and run again with each change in its own
+        savepoint, so a refused one rolls back alone."""
+        run, origin = docs.commit_changes, self.announce_as
+        try:
+            return await self._run(tx, run, changes, now, origin, commit_batch.BARE)
+        except commit_batch.OneByOne:  # rolled back: again, each change in its own savepoint
+            return await self._run(tx, run, changes, now, origin, commit_batch.ONE_BY_ONE)
 
     async def restore_block(self, change: BlockChange, now: int) -> CommitResult:
         origin = self.announce_as
