@@ -111,3 +111,41 @@ async def test_a_block_purged_after_the_first_read_is_answered_deleted(
     answer = r.json()["blocks"][0]
     assert (answer["status"], answer.get("error")) == ("deleted", "block_deleted")
     assert purged and await storage.load_block("raced") is None
+
+
+async def test_cold_blocks_of_one_push_load_in_one_read(
+    admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks the cache lacks are read together (``load_blocks``, one round trip) and answer
+    as when read one by one; a block twice in the push still gets its own base each time."""
+    heap = await new_heap(admin)
+    blocks = [ClientBlock(f"cold-{k}") for k in range(3)]
+    for b in blocks:
+        b.write(f"Note {b.id}")
+    r = await push(admin, *[b.push_item(heap["id"]) for b in blocks])
+    assert [x["status"] for x in r.json()["blocks"]] == ["created"] * 3
+    storage, documents = server.services.storage, server.services.documents
+    expected = {b.id: await storage.load_block(b.id) for b in blocks}
+    assert await storage.load_blocks([*expected, "cold-0", "nothing"]) == expected
+    for b in blocks:
+        b.synced = b.doc.get_state()
+        documents.cache.evict(b.id)  # as after a restart
+        b.write(" more")
+    calls: list[list[str]] = []
+    real = storage.load_blocks
+
+    async def spy(block_ids: list[str]) -> Any:
+        calls.append(list(block_ids))
+        return await real(block_ids)
+
+    monkeypatch.setattr(storage, "load_blocks", spy)
+    fresh = ClientBlock("cold-new")
+    fresh.write("New")
+    items = [b.push_item(heap["id"]) for b in blocks]
+    r = await push(admin, *items, fresh.push_item(heap["id"]), items[0])
+    answers = [(x["status"], x["sync_version"]) for x in r.json()["blocks"]]
+    assert answers == [("ok", 1)] * 3 + [("created", 1), ("ok", 1)]
+    assert calls == [["cold-0", "cold-1", "cold-2", "cold-new", "cold-0"]]
+    for b in blocks:
+        stored = await storage.load_block(b.id)
+        assert stored is not None and len(stored.updates) == 2

@@ -12,6 +12,7 @@ tombstones again and answers ``deleted``.
 from __future__ import annotations
 
 from heaper_trio import crdt
+from heaper_trio.records import StoredBlock
 from heaper_trio.services.doc_cache import DocumentBase, DocumentCache
 from heaper_trio.services.push import Prepared, PushBatch
 from heaper_trio.services.sync_types import PushOutcome, PushStatus
@@ -39,12 +40,27 @@ async def prepare(
     these blocks; None reads them."""
     if gone is None:
         gone = await storage.tombstones([b.block_id for b in batches])
-    return [await prepare_one(cache, storage, b, gone) for b in batches]
+    taken = [None if b.block_id in gone else cache.take(b.block_id) for b in batches]
+    missing = [b.block_id for b, t in zip(batches, taken, strict=True) if t is None]
+    missing = [i for i in missing if i not in gone]
+    # Several blocks the cache lacks (a push of many, after a restart): one read for them all
+    loaded = await storage.load_blocks(missing) if len(missing) > 1 else None
+    return [
+        await prepare_one(cache, storage, b, gone, t, loaded)
+        for b, t in zip(batches, taken, strict=True)
+    ]
 
 
 async def prepare_one(
-    cache: DocumentCache, storage: Storage, batch: PushBatch, gone: Gone
+    cache: DocumentCache,
+    storage: Storage,
+    batch: PushBatch,
+    gone: Gone,
+    cached: DocumentBase | None,
+    loaded: dict[str, StoredBlock] | None,
 ) -> Prepared | PushOutcome:
+    """``cached``: the block's base taken from the cache; ``loaded``: the blocks read for the
+    whole push (None: read this one now)."""
     if batch.block_id in gone:
         if gone[batch.block_id][0] != batch.heap_id:
             # "deleted" would tell that this id was another heap's (another user's)
@@ -52,7 +68,7 @@ async def prepare_one(
         cache.evict(batch.block_id)
         return batch.refused(PushStatus.deleted, "block_deleted")
     try:
-        base = cache.take(batch.block_id) or await load_base(storage, batch.block_id)
+        base = cached or await load_base(storage, batch.block_id, loaded)
     except crdt.InvalidUpdate as e:  # a stored log that no longer loads
         return batch.refused(PushStatus.invalid, e.code)
     if base is not None and base.heap_id != batch.heap_id:
@@ -81,8 +97,10 @@ async def prepare_one(
     return Prepared(batch, doc, base, changed, was_deleted)
 
 
-async def load_base(storage: Storage, block_id: str) -> DocumentBase | None:
-    stored = await storage.load_block(block_id)
+async def load_base(
+    storage: Storage, block_id: str, loaded: dict[str, StoredBlock] | None = None
+) -> DocumentBase | None:
+    stored = loaded.get(block_id) if loaded is not None else await storage.load_block(block_id)
     if stored is None:
         return None
     doc = crdt.BlockDocument.load(stored.snapshot, stored.updates)

@@ -179,17 +179,15 @@ class Storage(abc.ABC):
     async def tombstones(self, block_ids: list[str]) -> dict[str, tuple[str, int]]:
         """block_id -> (heap_id, deleted_at) for blocks removed for good."""
 
+    @abc.abstractmethod
     async def push_reads(
         self, heap_ids: list[str], block_ids: list[str]
     ) -> tuple[dict[str, str], dict[str, tuple[str, int]]]:
-        """Owner id by heap id (a heap that does not exist is absent) and ``tombstones``: what
-        a push reads before anything else, one round trip where the engine can make it so."""
-        owners = {}
-        for heap_id in heap_ids:
-            heap = await self.get_heap(heap_id)
-            if heap is not None:
-                owners[heap_id] = heap.owner_id
-        return owners, await self.tombstones(block_ids)
+        """Owner id by heap id (absent: no such heap) and ``tombstones``, in one round trip."""
+
+    @abc.abstractmethod
+    async def load_blocks(self, block_ids: list[str]) -> dict[str, StoredBlock]:
+        """``load_block`` of each id (absent: no such block), in one round trip."""
 
     @abc.abstractmethod
     async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:

@@ -50,6 +50,7 @@ from heaper_trio.storage.errors import HeapNotFound
 from heaper_trio.storage.postgres import commit_batch
 from heaper_trio.storage.postgres.files import write_block_files
 from heaper_trio.storage.postgres.notify import block_pointer, notify
+from heaper_trio.storage.postgres.push_reads import LOAD_BLOCKS, stored_block
 from heaper_trio.storage.postgres.runtime import Conn, Pool, T, _connection
 from heaper_trio.storage.postgres.search import index_block
 from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, record_row
@@ -167,26 +168,8 @@ async def create_heap(
 async def load_block(c: Conn, block_id: str) -> StoredBlock | None:
     # One statement, one snapshot: a compaction committing meanwhile cannot split the row
     # from its log.
-    row = await c.fetchrow(
-        "SELECT id, heap_id, sync_version, snapshot, snapshot_seq, last_seq, created_at, "
-        "updated_at, ARRAY(SELECT u.data FROM block_updates u WHERE u.block_id = b.id "
-        "AND u.seq > b.snapshot_seq AND u.seq <= b.last_seq ORDER BY u.seq) AS updates "
-        "FROM blocks b WHERE id=$1",
-        block_id,
-    )
-    if row is None:
-        return None
-    return StoredBlock(
-        id=row["id"],
-        heap_id=row["heap_id"],
-        sync_version=row["sync_version"],
-        snapshot=None if row["snapshot"] is None else bytes(row["snapshot"]),
-        snapshot_seq=row["snapshot_seq"],
-        updates=tuple(bytes(u) for u in row["updates"]),
-        last_seq=row["last_seq"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    row = await c.fetchrow(f"{LOAD_BLOCKS} WHERE id=$1", block_id)
+    return None if row is None else stored_block(row)
 
 
 async def get_blocks(c: Conn, block_ids: list[str]) -> dict[str, BlockRecord]:

@@ -82,7 +82,7 @@ from heaper_trio.storage.postgres.files import PostgresFiles
 from heaper_trio.storage.postgres.history import PostgresHistory, restore_block
 from heaper_trio.storage.postgres.jobs import PostgresJobs
 from heaper_trio.storage.postgres.outage import DatabaseOutage, quiet_pool_retries
-from heaper_trio.storage.postgres.push_reads import GroupedReads, read_both
+from heaper_trio.storage.postgres.push_reads import GroupedReads, load_blocks, read_both
 from heaper_trio.storage.postgres.runtime import (
     Conn,
     GroupCommit,
@@ -374,6 +374,9 @@ class PostgresStorage(
         if self._push_reads is None:  # trio objects are made inside trio.run
             self._push_reads = GroupedReads(lambda h, b: self._run(read, read_both, h, b))
         return await self._push_reads.read(heap_ids, block_ids)
+
+    async def load_blocks(self, block_ids: list[str]) -> dict[str, StoredBlock]:
+        return await self._run(read, load_blocks, block_ids)
 
     async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
         if self._group is None:  # trio objects are made inside trio.run

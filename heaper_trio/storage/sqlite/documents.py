@@ -86,6 +86,15 @@ def get_blocks(c: sqlite3.Connection, block_ids: list[str]) -> dict[str, BlockRe
     return out
 
 
+def load_blocks(c: sqlite3.Connection, block_ids: list[str]) -> dict[str, StoredBlock]:
+    found = {}
+    for block_id in dict.fromkeys(block_ids):
+        stored = load_block(c, block_id)
+        if stored is not None:
+            found[block_id] = stored
+    return found
+
+
 def push_reads(
     c: sqlite3.Connection, heap_ids: list[str], block_ids: list[str]
 ) -> tuple[dict[str, str], dict[str, tuple[str, int]]]:

@@ -295,6 +295,9 @@ class SqliteStorage(SqliteFileState, SqliteFiles, SqliteScans, SqliteHistory, Sq
     async def tombstones(self, block_ids: list[str]) -> dict[str, tuple[str, int]]:
         return await self.rt.read(docs.tombstones, block_ids)
 
+    async def load_blocks(self, block_ids: list[str]) -> dict[str, StoredBlock]:
+        return await self.rt.read(docs.load_blocks, block_ids)  # one read transaction
+
     async def push_reads(
         self, heap_ids: list[str], block_ids: list[str]
     ) -> tuple[dict[str, str], dict[str, tuple[str, int]]]:
