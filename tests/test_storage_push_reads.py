@@ -40,19 +40,26 @@ async def test_push_reads_answer_as_get_heap_and_tombstones(
             await storage.commit_changes([trash], NOW)
             assert await storage.purge_blocks(heap.id, [f"b{k}"], NOW) == [f"b{k}"]
         ids = [h.id for h in heaps]
+        roots = [h.root_block_id for h in heaps]
         asks = [
-            ([ids[i % 2], "no-such-heap"], [f"b{i % 2}", "never", f"b{(i + 1) % 2}"][: 1 + i % 3])
+            (
+                [ids[i % 2], "no-such-heap"],
+                [f"b{i % 2}", "never", f"b{(i + 1) % 2}"][: 1 + i % 3],
+                [roots[i % 2], "never"][: i % 3],
+            )
             for i in range(10)
         ]
         expected = []
-        for heap_ids, block_ids in asks:
+        for heap_ids, block_ids, load_ids in asks:
             owners = {}
             for h in heap_ids:
                 found = await storage.get_heap(h)
                 if found is not None:
                     owners[h] = found.owner_id
-            expected.append((owners, await storage.tombstones(block_ids)))
+            loaded = {i: b for i in load_ids if (b := await storage.load_block(i)) is not None}
+            expected.append((owners, await storage.tombstones(block_ids), loaded))
         assert expected[0][0] == {ids[0]: ann.id} and set(expected[0][1]) == {"b0"}
+        assert set(expected[1][2]) == {roots[1]} and expected[0][2] == {}
 
         got: list[Any] = [None] * len(asks)
 
@@ -68,7 +75,7 @@ async def test_push_reads_answer_as_get_heap_and_tombstones(
             assert (group.jobs, group.batches) == (10, 2)
         many = [f"x{i}" for i in range(100)] + ["b1"]  # SQLite: a reader thread, not the loop
         gone = await storage.tombstones(["b1"])
-        assert await storage.push_reads([ids[1]], many) == ({ids[1]: bob.id}, gone)
+        assert await storage.push_reads([ids[1]], many, []) == ({ids[1]: bob.id}, gone, {})
 
 
 async def test_a_block_purged_after_the_first_read_is_answered_deleted(
@@ -91,8 +98,8 @@ async def test_a_block_purged_after_the_first_read_is_answered_deleted(
     real = storage.push_reads
     purged: list[str] = []
 
-    async def then_purge(heap_ids: list[str], block_ids: list[str]) -> Any:
-        read = await real(heap_ids, block_ids)
+    async def then_purge(*ids: list[str]) -> Any:
+        read = await real(*ids)
         if not purged:  # another push, in between, sends the block away for good
             purged.append("raced")
             gone = ClientBlock("raced")
@@ -116,8 +123,9 @@ async def test_a_block_purged_after_the_first_read_is_answered_deleted(
 async def test_cold_blocks_of_one_push_load_in_one_read(
     admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Blocks the cache lacks are read together (``load_blocks``, one round trip) and answer
-    as when read one by one; a block twice in the push still gets its own base each time."""
+    """Blocks the cache lacks are read with the push's first read (``push_reads``), not one
+    round trip each, and answer as when read one by one; a block twice in the push still gets
+    its own base each time. ``load_blocks`` answers as ``load_block`` does."""
     heap = await new_heap(admin)
     blocks = [ClientBlock(f"cold-{k}") for k in range(3)]
     for b in blocks:
@@ -131,21 +139,28 @@ async def test_cold_blocks_of_one_push_load_in_one_read(
         b.synced = b.doc.get_state()
         documents.cache.evict(b.id)  # as after a restart
         b.write(" more")
-    calls: list[list[str]] = []
-    real = storage.load_blocks
+    asked: list[list[str]] = []
+    one_by_one: list[str] = []
+    real, real_one = storage.push_reads, storage.load_block
 
-    async def spy(block_ids: list[str]) -> Any:
-        calls.append(list(block_ids))
-        return await real(block_ids)
+    async def spy(heap_ids: list[str], block_ids: list[str], load_ids: list[str]) -> Any:
+        asked.append(list(load_ids))
+        return await real(heap_ids, block_ids, load_ids)
 
-    monkeypatch.setattr(storage, "load_blocks", spy)
+    async def spy_one(block_id: str) -> Any:
+        one_by_one.append(block_id)
+        return await real_one(block_id)
+
+    monkeypatch.setattr(storage, "push_reads", spy)
+    monkeypatch.setattr(storage, "load_block", spy_one)
     fresh = ClientBlock("cold-new")
     fresh.write("New")
     items = [b.push_item(heap["id"]) for b in blocks]
     r = await push(admin, *items, fresh.push_item(heap["id"]), items[0])
     answers = [(x["status"], x["sync_version"]) for x in r.json()["blocks"]]
     assert answers == [("ok", 1)] * 3 + [("created", 1), ("ok", 1)]
-    assert calls == [["cold-0", "cold-1", "cold-2", "cold-new", "cold-0"]]
+    assert asked == [["cold-0", "cold-1", "cold-2", "cold-new"]] and one_by_one == []
+    monkeypatch.undo()
     for b in blocks:
         stored = await storage.load_block(b.id)
         assert stored is not None and len(stored.updates) == 2

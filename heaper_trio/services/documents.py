@@ -164,7 +164,9 @@ class DocumentService:
         ``Settled`` per entry of ``work``, in its order."""
         done = {i: Settled(w) for i, w in enumerate(work) if isinstance(w, PushOutcome)}
         pending = [w for w in work if isinstance(w, PushBatch)]
-        owners, gone = await push_prepare.first_reads(self.storage, pending)
+        first: push_prepare.First | None
+        first = await push_prepare.first_reads(self.cache, self.storage, pending)
+        owners = first.owners
         for batch in pending:
             if owners.get(batch.heap_id) != user.id:
                 done[batch.index] = Settled(batch.refused(PushStatus.forbidden, "heap_forbidden"))
@@ -176,12 +178,12 @@ class DocumentService:
                 if not pending:
                     break
                 prepared = []
-                for batch, ready in zip(pending, await self._prepare(pending, gone), strict=True):
+                for batch, ready in zip(pending, await self._prepare(pending, first), strict=True):
                     if isinstance(ready, Prepared):
                         prepared.append(ready)
                     else:
                         done[batch.index] = Settled(ready)
-                gone = None  # a retry reads them again
+                first = None  # a retry reads again
                 pending = await self._commit(user, prepared, done, committed)
             for batch in pending:  # still conflicting after every attempt
                 done[batch.index] = Settled(batch.refused(PushStatus.conflict, "write_conflict"))
@@ -194,9 +196,9 @@ class DocumentService:
         return [done[i] for i in range(len(work))]
 
     async def _prepare(
-        self, batches: list[PushBatch], gone: dict[str, tuple[str, int]] | None
+        self, batches: list[PushBatch], first: push_prepare.First | None
     ) -> list[Prepared | PushOutcome]:
-        return await push_prepare.prepare(self.cache, self.storage, batches, gone)
+        return await push_prepare.prepare(self.cache, self.storage, batches, first)
 
     async def _commit(
         self,

@@ -11,6 +11,8 @@ tombstones again and answers ``deleted``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from heaper_trio import crdt
 from heaper_trio.records import StoredBlock
 from heaper_trio.services.doc_cache import DocumentBase, DocumentCache
@@ -21,30 +23,47 @@ from heaper_trio.storage.base import Storage
 Gone = dict[str, tuple[str, int]]
 
 
-async def first_reads(
-    storage: Storage, batches: list[PushBatch]
-) -> tuple[dict[str, str], Gone | None]:
-    """The owners of the batches' heaps, by heap id, and the blocks' tombstones."""
+class First(NamedTuple):
+    """What a push reads before it takes the blocks' locks."""
+
+    owners: dict[str, str]  # owner id by heap id
+    gone: Gone | None  # the blocks' tombstones (None: not read)
+    loaded: dict[str, StoredBlock | None] | None  # the blocks the cache lacked (None: none)
+
+
+async def first_reads(cache: DocumentCache, storage: Storage, batches: list[PushBatch]) -> First:
+    """The owners of the batches' heaps, the blocks' tombstones and the blocks the cache lacks,
+    in one read (gathered with concurrent pushes on PostgreSQL). A block loaded here may be
+    stale by the time its lock is held: a commit of this process since is in the cache, taken
+    first; one of another process makes the commit conflict, and the retry reads again."""
     if not batches:
-        return {}, None
-    return await storage.push_reads(
-        sorted({b.heap_id for b in batches}), [b.block_id for b in batches]
+        return First({}, None, None)
+    lacking = sorted({b.block_id for b in batches if not cache.holds(b.block_id)})
+    owners, gone, loaded = await storage.push_reads(
+        sorted({b.heap_id for b in batches}), [b.block_id for b in batches], lacking
     )
+    return First(owners, gone, {i: loaded.get(i) for i in lacking} if lacking else None)
 
 
 async def prepare(
-    cache: DocumentCache, storage: Storage, batches: list[PushBatch], gone: Gone | None
+    cache: DocumentCache, storage: Storage, batches: list[PushBatch], first: First | None
 ) -> list[Prepared | PushOutcome]:
     """Take each block's document (cached, or rebuilt from storage) and apply the pushed
-    updates to it, in memory; or refuse the batch. ``gone``: the tombstones already read for
-    these blocks; None reads them."""
+    updates to it, in memory; or refuse the batch. ``first``: what the push read already
+    (its first attempt); None reads again."""
+    gone = first.gone if first is not None else None
     if gone is None:
         gone = await storage.tombstones([b.block_id for b in batches])
     taken = [None if b.block_id in gone else cache.take(b.block_id) for b in batches]
     missing = [b.block_id for b, t in zip(batches, taken, strict=True) if t is None]
     missing = [i for i in missing if i not in gone]
-    # Several blocks the cache lacks (a push of many, after a restart): one read for them all
-    loaded = await storage.load_blocks(missing) if len(missing) > 1 else None
+    loaded: dict[str, StoredBlock | None] | None = first.loaded if first is not None else None
+    if loaded is not None and not set(missing) <= set(loaded):
+        loaded = None  # a block cached then is not now (evicted meanwhile): read them again
+    if loaded is None and len(missing) > 1:
+        # Several blocks the cache lacks (a push of many, after a restart): one read for all
+        loaded = dict.fromkeys(missing)
+        loaded.update(await storage.load_blocks(missing))
     return [
         await prepare_one(cache, storage, b, gone, t, loaded)
         for b, t in zip(batches, taken, strict=True)
@@ -57,7 +76,7 @@ async def prepare_one(
     batch: PushBatch,
     gone: Gone,
     cached: DocumentBase | None,
-    loaded: dict[str, StoredBlock] | None,
+    loaded: dict[str, StoredBlock | None] | None,
 ) -> Prepared | PushOutcome:
     """``cached``: the block's base taken from the cache; ``loaded``: the blocks read for the
     whole push (None: read this one now)."""
@@ -98,7 +117,7 @@ async def prepare_one(
 
 
 async def load_base(
-    storage: Storage, block_id: str, loaded: dict[str, StoredBlock] | None = None
+    storage: Storage, block_id: str, loaded: dict[str, StoredBlock | None] | None = None
 ) -> DocumentBase | None:
     stored = loaded.get(block_id) if loaded is not None else await storage.load_block(block_id)
     if stored is None:

@@ -181,9 +181,9 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def push_reads(
-        self, heap_ids: list[str], block_ids: list[str]
-    ) -> tuple[dict[str, str], dict[str, tuple[str, int]]]:
-        """Owner id by heap id (absent: no such heap) and ``tombstones``, in one round trip."""
+        self, heap_ids: list[str], block_ids: list[str], load_ids: list[str]
+    ) -> tuple[dict[str, str], dict[str, tuple[str, int]], dict[str, StoredBlock]]:
+        """Owner id by heap id (absent: no such heap), ``tombstones`` and ``load_blocks``."""
 
     @abc.abstractmethod
     async def load_blocks(self, block_ids: list[str]) -> dict[str, StoredBlock]:

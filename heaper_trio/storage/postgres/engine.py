@@ -369,11 +369,11 @@ class PostgresStorage(
         return await self._run(read, docs.tombstones, block_ids)
 
     async def push_reads(
-        self, heap_ids: list[str], block_ids: list[str]
-    ) -> tuple[dict[str, str], dict[str, tuple[str, int]]]:
+        self, heap_ids: list[str], block_ids: list[str], load_ids: list[str]
+    ) -> tuple[dict[str, str], dict[str, tuple[str, int]], dict[str, StoredBlock]]:
         if self._push_reads is None:  # trio objects are made inside trio.run
-            self._push_reads = GroupedReads(lambda h, b: self._run(read, read_both, h, b))
-        return await self._push_reads.read(heap_ids, block_ids)
+            self._push_reads = GroupedReads(lambda *ids: self._run(read, read_both, *ids))
+        return await self._push_reads.read(heap_ids, block_ids, load_ids)
 
     async def load_blocks(self, block_ids: list[str]) -> dict[str, StoredBlock]:
         return await self._run(read, load_blocks, block_ids)

@@ -38,9 +38,14 @@ LOAD_BLOCKS = (
 
 Owners = dict[str, str]
 Gone = dict[str, tuple[str, int]]
+Loaded = dict[str, StoredBlock]
 
 
-async def read_both(c: Conn, heap_ids: list[str], block_ids: list[str]) -> tuple[Owners, Gone]:
+async def read_both(
+    c: Conn, heap_ids: list[str], block_ids: list[str], load_ids: list[str]
+) -> tuple[Owners, Gone, Loaded]:
+    """Owners and tombstones in one statement; the blocks to load, when any, in a second on
+    the same connection (one bridge crossing)."""
     owners: Owners = {}
     gone: Gone = {}
     for row in await c.fetch(_READ, heap_ids, block_ids):
@@ -48,7 +53,7 @@ async def read_both(c: Conn, heap_ids: list[str], block_ids: list[str]) -> tuple
             owners[row["id"]] = row["heap_id"]
         else:
             gone[row["id"]] = (row["heap_id"], row["deleted_at"])
-    return owners, gone
+    return owners, gone, await load_blocks(c, load_ids) if load_ids else {}
 
 
 def stored_block(row: Any) -> StoredBlock:
@@ -74,28 +79,33 @@ async def load_blocks(c: Conn, block_ids: list[str]) -> dict[str, StoredBlock]:
 
 class GroupedReads(GroupCommit):
     """``GroupCommit``'s gathering and cancellation for reads: a job's changes are its keys,
-    ``("heap", id)`` or ``("block", id)``; its result, one answer per key (an owner id, a
-    tombstone, or None). A failed read fails every job of the batch alike (a read has no
-    one job's fault to isolate)."""
+    ``("heap", id)``, ``("block", id)`` (its tombstone) or ``("load", id)``; its result, one
+    answer per key (an owner id, a tombstone, a ``StoredBlock``, or None). A failed read fails
+    every job of the batch alike (a read has no one job's fault to isolate)."""
 
     def __init__(self, read: Any) -> None:
         super().__init__(self._answer)
-        self._read = read  # async (heap_ids, block_ids) -> (Owners, Gone), one round trip
+        self._read = read  # async (heap_ids, block_ids, load_ids) -> (Owners, Gone, Loaded)
 
-    async def read(self, heap_ids: list[str], block_ids: list[str]) -> tuple[Owners, Gone]:
-        keys = [("heap", h) for h in heap_ids] + [("block", b) for b in block_ids]
-        answers = await self.submit(keys, 0)
-        owners = {h: a for h, a in zip(heap_ids, answers[: len(heap_ids)], strict=True) if a}
-        gone = {
-            b: a for b, a in zip(block_ids, answers[len(heap_ids) :], strict=True) if a is not None
+    async def read(
+        self, heap_ids: list[str], block_ids: list[str], load_ids: list[str]
+    ) -> tuple[Owners, Gone, Loaded]:
+        asked = {"heap": heap_ids, "block": block_ids, "load": load_ids}
+        keys = [(kind, i) for kind, ids in asked.items() for i in ids]
+        answers = iter(await self.submit(keys, 0))
+        found = {
+            kind: {i: a for i in ids if (a := next(answers)) is not None}
+            for kind, ids in asked.items()
         }
-        return owners, gone
+        return found["heap"], found["block"], found["load"]
 
     async def _answer(self, keys: list[tuple[str, str]], _now: int) -> list[Any]:
-        heap_ids = sorted({k for kind, k in keys if kind == "heap"})
-        block_ids = sorted({k for kind, k in keys if kind == "block"})
-        owners, gone = await self._read(heap_ids, block_ids)
-        return [owners.get(k) if kind == "heap" else gone.get(k) for kind, k in keys]
+        ids = {
+            kind: sorted({k for c, k in keys if c == kind}) for kind in ("heap", "block", "load")
+        }
+        owners, gone, loaded = await self._read(ids["heap"], ids["block"], ids["load"])
+        by_kind: dict[str, dict[str, Any]] = {"heap": owners, "block": gone, "load": loaded}
+        return [by_kind[kind].get(k) for kind, k in keys]
 
     async def _run(self, batch: list[_Job]) -> None:
         self.batches += 1
