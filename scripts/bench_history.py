@@ -41,6 +41,7 @@ import trio
 
 from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.records import NewRefreshToken, User
+from heaper_trio.services import push_prepare
 from heaper_trio.services.container import open_storage
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.settings import load_settings
@@ -132,7 +133,7 @@ async def measure(engine: str, database_url: str, days: int, per_day: int) -> di
             for _ in range(300):
                 for name, bid in (("with_history", block_id), ("without_history", plain_id)):
                     t = time.perf_counter()
-                    base = await documents._load_base(bid)
+                    base = await push_prepare.load_base(documents.storage, bid)
                     loads[name].append(time.perf_counter() - t)
                     assert base is not None
             p50 = {k: statistics.median(v) for k, v in loads.items()}

@@ -76,7 +76,7 @@ PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 
 def start_server(workdir: Path, args: argparse.Namespace, tree: Path, label: str) -> Server:
     """As ``bench_sync.start_heaper``, from the checkout ``tree``, with ``--workers`` passed on
-    when given."""
+    when given (``--compare-workers`` for the compared server)."""
     # PostgreSQL: one database, so one server key (data dir) for both servers
     data_dir = workdir / ("data" if args.engine == "postgres" else f"data_{label}")
     data_dir.mkdir(exist_ok=True)
@@ -84,8 +84,9 @@ def start_server(workdir: Path, args: argparse.Namespace, tree: Path, label: str
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEAPER_")}
     env.update(SERVER_ENV, HEAPER_AUTO_APPROVE="true")  # a new account per run
     argv = [sys.executable, "-m", "heaper_trio", "--port", str(port), "--data-dir", str(data_dir)]
-    if args.workers:
-        argv += ["--workers", str(args.workers)]
+    workers = args.compare_workers if label == "compare" and args.compare_workers else args.workers
+    if workers:
+        argv += ["--workers", str(workers)]
     if args.engine == "postgres":
         argv += ["--database-url", args.database_url]
     env["PYTHONPATH"] = str(tree)  # that checkout's heaper_trio, nobody else's
@@ -333,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
         "--compare",
         type=Path,
         help="another checkout (e.g. main's) whose server is measured in the same runs",
+    )
+    p.add_argument(
+        "--compare-workers",
+        type=int,
+        default=0,
+        help="--workers of the --compare server (e.g. this checkout again with 1 against 2)",
     )
     p.add_argument(
         "--phases",

@@ -69,5 +69,8 @@ class DocumentCache:
         for block_id in [b for b, e in self._entries.items() if e.heap_id == heap_id]:
             self.evict(block_id)
 
+    def holds(self, block_id: str) -> bool:
+        return block_id in self._entries
+
     def __len__(self) -> int:
         return len(self._entries)

@@ -21,6 +21,7 @@ from heaper_trio.errors import Forbidden, NotFound, PayloadTooLarge
 from heaper_trio.records import BlockChange, ChangePage, CommitStatus, Heap, User
 from heaper_trio.records.changes import ChangeKind, change_kind
 from heaper_trio.services import push as pipeline
+from heaper_trio.services import push_prepare
 from heaper_trio.services.commits import BlockLocks, CommitListener, Committed, Purger
 from heaper_trio.services.doc_cache import DocumentBase, DocumentCache
 from heaper_trio.services.history import HistoryService
@@ -163,14 +164,13 @@ class DocumentService:
         ``Settled`` per entry of ``work``, in its order."""
         done = {i: Settled(w) for i, w in enumerate(work) if isinstance(w, PushOutcome)}
         pending = [w for w in work if isinstance(w, PushBatch)]
-        owned: dict[str, bool] = {}
+        first: push_prepare.First | None
+        first = await push_prepare.first_reads(self.cache, self.storage, pending)
+        owners = first.owners
         for batch in pending:
-            if batch.heap_id not in owned:
-                heap = await self.storage.get_heap(batch.heap_id)
-                owned[batch.heap_id] = heap is not None and heap.owner_id == user.id
-            if not owned[batch.heap_id]:
+            if owners.get(batch.heap_id) != user.id:
                 done[batch.index] = Settled(batch.refused(PushStatus.forbidden, "heap_forbidden"))
-        pending = [b for b in pending if owned[b.heap_id]]
+        pending = [b for b in pending if owners.get(b.heap_id) == user.id]
         committed: dict[int, Committed] = {}
         async with AsyncExitStack() as stack:
             await self.locks.hold_all(stack, [b.block_id for b in pending])
@@ -178,11 +178,12 @@ class DocumentService:
                 if not pending:
                     break
                 prepared = []
-                for batch, ready in zip(pending, await self._prepare(pending), strict=True):
+                for batch, ready in zip(pending, await self._prepare(pending, first), strict=True):
                     if isinstance(ready, Prepared):
                         prepared.append(ready)
                     else:
                         done[batch.index] = Settled(ready)
+                first = None  # a retry reads again
                 pending = await self._commit(user, prepared, done, committed)
             for batch in pending:  # still conflicting after every attempt
                 done[batch.index] = Settled(batch.refused(PushStatus.conflict, "write_conflict"))
@@ -194,59 +195,10 @@ class DocumentService:
                 log.exception("purging blocks marked permanently_deleted_at failed")
         return [done[i] for i in range(len(work))]
 
-    async def _prepare(self, batches: list[PushBatch]) -> list[Prepared | PushOutcome]:
-        """Take each block's document (cached, or rebuilt from storage) and apply the pushed
-        updates to it, in memory; or refuse the batch."""
-        gone = await self.storage.tombstones([b.block_id for b in batches])
-        return [await self._prepare_one(b, gone) for b in batches]
-
-    async def _prepare_one(
-        self, batch: PushBatch, gone: dict[str, tuple[str, int]]
-    ) -> Prepared | PushOutcome:
-        if batch.block_id in gone:
-            if gone[batch.block_id][0] != batch.heap_id:
-                # "deleted" would tell that this id was another heap's (another user's)
-                return batch.refused(PushStatus.forbidden, "block_in_other_heap")
-            self.cache.evict(batch.block_id)
-            return batch.refused(PushStatus.deleted, "block_deleted")
-        try:
-            base = self.cache.take(batch.block_id) or await self._load_base(batch.block_id)
-        except crdt.InvalidUpdate as e:  # a stored log that no longer loads
-            return batch.refused(PushStatus.invalid, e.code)
-        if base is not None and base.heap_id != batch.heap_id:
-            return batch.refused(PushStatus.forbidden, "block_in_other_heap")
-        if (
-            base is not None
-            and batch.sync_version is not None
-            and batch.sync_version != base.sync_version
-        ):
-            self.cache.put(batch.block_id, base)
-            return PushOutcome(
-                batch.block_id,
-                PushStatus.version_mismatch,
-                base.sync_version,
-                "sync_version_mismatch",
-            )
-        doc = base.doc if base is not None else crdt.BlockDocument()
-        try:
-            was_deleted = base is not None and doc.deleted_at() is not None
-            changed = base is None
-            for update in batch.updates:
-                changed = doc.apply(update) or changed
-        except crdt.InvalidUpdate as e:
-            # the document may hold part of the batch: not cached again
-            return batch.refused(PushStatus.invalid, e.code)
-        return Prepared(batch, doc, base, changed, was_deleted)
-
-    async def _load_base(self, block_id: str) -> DocumentBase | None:
-        stored = await self.storage.load_block(block_id)
-        if stored is None:
-            return None
-        doc = crdt.BlockDocument.load(stored.snapshot, stored.updates)
-        size = len(stored.snapshot or b"") + sum(len(u) for u in stored.updates)
-        return DocumentBase(
-            doc, stored.heap_id, stored.last_seq, len(stored.updates), stored.sync_version, size
-        )
+    async def _prepare(
+        self, batches: list[PushBatch], first: push_prepare.First | None
+    ) -> list[Prepared | PushOutcome]:
+        return await push_prepare.prepare(self.cache, self.storage, batches, first)
 
     async def _commit(
         self,

@@ -180,6 +180,16 @@ class Storage(abc.ABC):
         """block_id -> (heap_id, deleted_at) for blocks removed for good."""
 
     @abc.abstractmethod
+    async def push_reads(
+        self, heap_ids: list[str], block_ids: list[str], load_ids: list[str]
+    ) -> tuple[dict[str, str], dict[str, tuple[str, int]], dict[str, StoredBlock]]:
+        """Owner id by heap id (absent: no such heap), ``tombstones`` and ``load_blocks``."""
+
+    @abc.abstractmethod
+    async def load_blocks(self, block_ids: list[str]) -> dict[str, StoredBlock]:
+        """``load_block`` of each id (absent: no such block), in one round trip."""
+
+    @abc.abstractmethod
     async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
         """Append each change's updates and store its projection, one transaction for all.
 

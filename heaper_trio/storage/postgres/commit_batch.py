@@ -29,6 +29,19 @@ from heaper_trio.storage.postgres.search import index_new_blocks, write_lines_ma
 from heaper_trio.storage.rows import Row
 from heaper_trio.storage.search_lines import changes as line_changes
 
+# How ``documents.commit_changes`` writes a group: a statement per table inside a savepoint
+# (one by one in the same transaction on a surprise); the same without the savepoint, whose
+# SAVEPOINT and RELEASE are two of the dozen round trips of a group commit (a surprise then
+# raises ``OneByOne``: the caller rolls the transaction back and runs it again one by one);
+# or one by one from the start.
+SAVEPOINT, BARE, ONE_BY_ONE = "savepoint", "bare", "one_by_one"
+
+
+class OneByOne(Exception):
+    """A ``BARE`` group met a refusal that ``commit_change`` decides alone (a unique
+    violation, a heap gone): roll back, then commit the group ``ONE_BY_ONE``."""
+
+
 # The columns of an edit, in the order of ``_UPDATE``'s arrays (``rules.block_columns``).
 EDIT_COLUMNS = (
     ("type", "text"),
@@ -160,16 +173,18 @@ async def _write(
         for block_id, text in big_new:
             await text_parts.created(c, block_id, text)
         await index_new_blocks(c, lines_new)
-    if edits:
-        await c.execute(_UPDATE, *rules.columns(edits, len(EDIT_COLUMNS) + 1))
-        await write_lines_many(c, lines_moved)
-    if log:
+    if edits and log:  # one statement, one round trip: the log rows ride on the edit
         await c.execute(
-            "INSERT INTO block_updates (block_id, seq, data, created_at, author_id) "
-            "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bigint[], "
-            "$5::text[])",
+            f"WITH edited AS ({_UPDATE}) {_log_insert(len(EDIT_COLUMNS) + 2)}",
+            *rules.columns(edits, len(EDIT_COLUMNS) + 1),
             *rules.columns(log, 5),
         )
+    elif edits:
+        await c.execute(_UPDATE, *rules.columns(edits, len(EDIT_COLUMNS) + 1))
+    elif log:
+        await c.execute(_log_insert(1), *rules.columns(log, 5))
+    if edits:
+        await write_lines_many(c, lines_moved)
     for _, ch, _ in accepted:  # compaction: once in every COMPACT_EVERY updates of a block
         if ch.compacted is not None:
             await _compact(c, ch.block_id, *ch.compacted)
@@ -199,6 +214,17 @@ async def _write(
             [ch.heap_id for ch in named],
             [ch.projection.title for ch in named],
         )
+
+
+def _log_insert(first: int) -> str:
+    """The log rows' INSERT, its five arrays numbered from ``$first``."""
+    arrays = zip(
+        range(first, first + 5), ("text", "bigint", "bytea", "bigint", "text"), strict=True
+    )
+    return (
+        "INSERT INTO block_updates (block_id, seq, data, created_at, author_id) SELECT * FROM "
+        f"unnest({', '.join(f'${i}::{t}[]' for i, t in arrays)})"
+    )
 
 
 async def _tick_heaps(c: Conn, heap_ids: list[str], now: int) -> list[int]:

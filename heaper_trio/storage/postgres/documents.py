@@ -50,6 +50,7 @@ from heaper_trio.storage.errors import HeapNotFound
 from heaper_trio.storage.postgres import commit_batch, text_parts
 from heaper_trio.storage.postgres.files import write_block_files
 from heaper_trio.storage.postgres.notify import block_pointer, notify
+from heaper_trio.storage.postgres.push_reads import LOAD_BLOCKS, stored_block
 from heaper_trio.storage.postgres.runtime import Conn, Pool, T, _connection
 from heaper_trio.storage.postgres.search import index_block
 from heaper_trio.storage.postgres.text_parts import PG_RECORD_COLUMNS
@@ -169,26 +170,8 @@ async def create_heap(
 async def load_block(c: Conn, block_id: str) -> StoredBlock | None:
     # One statement, one snapshot: a compaction committing meanwhile cannot split the row
     # from its log.
-    row = await c.fetchrow(
-        "SELECT id, heap_id, sync_version, snapshot, snapshot_seq, last_seq, created_at, "
-        "updated_at, ARRAY(SELECT u.data FROM block_updates u WHERE u.block_id = b.id "
-        "AND u.seq > b.snapshot_seq AND u.seq <= b.last_seq ORDER BY u.seq) AS updates "
-        "FROM blocks b WHERE id=$1",
-        block_id,
-    )
-    if row is None:
-        return None
-    return StoredBlock(
-        id=row["id"],
-        heap_id=row["heap_id"],
-        sync_version=row["sync_version"],
-        snapshot=None if row["snapshot"] is None else bytes(row["snapshot"]),
-        snapshot_seq=row["snapshot_seq"],
-        updates=tuple(bytes(u) for u in row["updates"]),
-        last_seq=row["last_seq"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    row = await c.fetchrow(f"{LOAD_BLOCKS} WHERE id=$1", block_id)
+    return None if row is None else stored_block(row)
 
 
 async def get_blocks(c: Conn, block_ids: list[str]) -> dict[str, BlockRecord]:
@@ -295,10 +278,15 @@ async def commit_change(c: Conn, ch: BlockChange, now: int) -> CommitResult:
 
 
 async def commit_changes(
-    c: Conn, changes: list[BlockChange], now: int, announce_as: str | None = None
+    c: Conn,
+    changes: list[BlockChange],
+    now: int,
+    announce_as: str | None = None,
+    mode: str = commit_batch.SAVEPOINT,
 ) -> list[CommitResult]:
     """With ``announce_as`` (this process's live id), every stored change is also announced to
-    the other processes by a NOTIFY in this transaction, delivered at COMMIT (``notify``)."""
+    the other processes by a NOTIFY in this transaction, delivered at COMMIT (``notify``).
+    ``mode``: how the changes are written (``commit_batch.SAVEPOINT``, ``BARE``, ``ONE_BY_ONE``)."""
     # Every lock up front, in the global order of the module docstring; then the changes run
     # in the caller's order (their change times follow it, as with SQLite).
     block_ids = sorted({ch.block_id for ch in changes})
@@ -311,11 +299,16 @@ async def commit_changes(
     locked = await c.fetch(commit_batch.LOCK_ROWS, block_ids)
     trashed = {r["id"]: r["trashed"] for r in locked}
     results: list[CommitResult] | None = None
-    if commit_batch.batchable(changes):  # a statement per table for them all
+    rows = {r["id"]: r for r in locked}
+    roots = {r["id"]: r["root_block_id"] for r in heaps}
+    if mode == commit_batch.BARE and commit_batch.batchable(changes):
+        try:  # no savepoint: on a surprise the caller rolls back and goes one by one
+            results = await commit_batch.commit_all(c, changes, now, roots, rows)
+        except (HeapNotFound, asyncpg.UniqueViolationError) as e:
+            raise commit_batch.OneByOne from e
+    elif mode == commit_batch.SAVEPOINT and commit_batch.batchable(changes):
         try:
             async with c.transaction():  # a savepoint: on a surprise, one by one below
-                rows = {r["id"]: r for r in locked}
-                roots = {r["id"]: r["root_block_id"] for r in heaps}
                 results = await commit_batch.commit_all(c, changes, now, roots, rows)
         except (HeapNotFound, asyncpg.UniqueViolationError):
             results = None

@@ -56,8 +56,8 @@ from heaper_trio.records import (
 from heaper_trio.records.admin_links import AdminLinkOutcome
 from heaper_trio.storage.base import Storage
 from heaper_trio.storage.migrate import migration_scripts
+from heaper_trio.storage.postgres import commit_batch, feed
 from heaper_trio.storage.postgres import documents as docs
-from heaper_trio.storage.postgres import feed
 from heaper_trio.storage.postgres import notify as postgres_notify
 from heaper_trio.storage.postgres.accounts import (
     _account_marks,
@@ -82,6 +82,7 @@ from heaper_trio.storage.postgres.files import PostgresFiles
 from heaper_trio.storage.postgres.history import PostgresHistory, restore_block
 from heaper_trio.storage.postgres.jobs import PostgresJobs
 from heaper_trio.storage.postgres.outage import DatabaseOutage, quiet_pool_retries
+from heaper_trio.storage.postgres.push_reads import GroupedReads, load_blocks, read_both
 from heaper_trio.storage.postgres.runtime import (
     Conn,
     GroupCommit,
@@ -164,6 +165,7 @@ class PostgresStorage(
         self.delta_totals = DeltaTotals()  # the change feed's totals, carried page to page
         self.sql_json = False  # the server writes the feed's JSON as orjson would (at open)
         self._group: GroupCommit | None = None  # concurrent commit_changes, one transaction
+        self._push_reads: GroupedReads | None = None  # concurrent push_reads, one statement
         self.outage = DatabaseOutage()
         self._users = UserRowCache(dsn, self.outage)  # user rows, dropped on NOTIFY (issue 12)
 
@@ -366,6 +368,16 @@ class PostgresStorage(
     async def tombstones(self, block_ids: list[str]) -> dict[str, tuple[str, int]]:
         return await self._run(read, docs.tombstones, block_ids)
 
+    async def push_reads(
+        self, heap_ids: list[str], block_ids: list[str], load_ids: list[str]
+    ) -> tuple[dict[str, str], dict[str, tuple[str, int]], dict[str, StoredBlock]]:
+        if self._push_reads is None:  # trio objects are made inside trio.run
+            self._push_reads = GroupedReads(lambda *ids: self._run(read, read_both, *ids))
+        return await self._push_reads.read(heap_ids, block_ids, load_ids)
+
+    async def load_blocks(self, block_ids: list[str]) -> dict[str, StoredBlock]:
+        return await self._run(read, load_blocks, block_ids)
+
     async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
         if self._group is None:  # trio objects are made inside trio.run
             self._group = GroupCommit(self._commit_batch)
@@ -375,9 +387,15 @@ class PostgresStorage(
         return results
 
     async def _commit_batch(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
-        """One group commit's transaction: every lock up front, then each change in its own
-        savepoint (``docs.commit_changes``), so a refused one rolls back alone."""
-        return await self._run(tx, docs.commit_changes, changes, now, self.announce_as)
+        """One group commit's transaction: every lock up front, then the changes a statement
+        per table with no savepoint (``commit_batch.BARE``); on a refusal only one by one can
+        decide, the transaction is rolled back and run again with each change in its own
+        savepoint, so a refused one rolls back alone."""
+        run, origin = docs.commit_changes, self.announce_as
+        try:
+            return await self._run(tx, run, changes, now, origin, commit_batch.BARE)
+        except commit_batch.OneByOne:  # rolled back: again, each change in its own savepoint
+            return await self._run(tx, run, changes, now, origin, commit_batch.ONE_BY_ONE)
 
     async def restore_block(self, change: BlockChange, now: int) -> CommitResult:
         origin = self.announce_as

@@ -27,6 +27,23 @@ _CAME = (
     "SELECT $1, c.body, c.k FROM c WHERE c.body NOT IN (SELECT body FROM u)"
 )
 
+# _GONE, _EMPTIED and _CAME as one statement. Its sub-statements see the rows as they were
+# before it, so a line whose uses run out is deleted by its own sub-statement rather than
+# decremented and then deleted; the gone and came lines of a change are distinct
+# (``search_lines.changes``), so no row is touched twice.
+_MOVED = (
+    "WITH g(body, k) AS (SELECT * FROM unnest($2::text[], $3::int[])), "
+    "c(body, k) AS (SELECT * FROM unnest($4::text[], $5::int[])), "
+    "gd AS (DELETE FROM block_lines l USING g WHERE l.block_id = $1 "
+    "AND l.key = heaper_line_key(g.body) AND l.body = g.body AND l.uses <= g.k), "
+    "gu AS (UPDATE block_lines l SET uses = l.uses - g.k FROM g WHERE l.block_id = $1 "
+    "AND l.key = heaper_line_key(g.body) AND l.body = g.body AND l.uses > g.k), "
+    "u AS (UPDATE block_lines l SET uses = l.uses + c.k FROM c WHERE l.block_id = $1 "
+    "AND l.key = heaper_line_key(c.body) AND l.body = c.body RETURNING l.body) "
+    "INSERT INTO block_lines (block_id, body, uses) "
+    "SELECT $1, c.body, c.k FROM c WHERE c.body NOT IN (SELECT body FROM u)"
+)
+
 
 async def write_lines(c: Conn, block_id: str, gone: Counter[str], came: Counter[str]) -> None:
     """Apply a block's line changes; the caller holds the block's row lock."""
@@ -65,13 +82,9 @@ async def index_new_blocks(c: Conn, blocks: list[tuple[str, str, str]]) -> None:
 
 
 async def write_lines_many(c: Conn, blocks: list[tuple[str, Counter[str], Counter[str]]]) -> None:
-    """``write_lines`` for many blocks, (id, gone, came) each: the same statements, each sent
-    for every block at once (asyncpg pipelines ``executemany``). A block's statements touch
-    only its own rows, so running each kind for all blocks keeps every block's order."""
-    gone = [(b, list(g), list(g.values())) for b, g, _ in blocks if g]
-    came = [(b, list(n), list(n.values())) for b, _, n in blocks if n]
-    if gone:
-        await c.executemany(_GONE, gone)
-        await c.executemany(_EMPTIED, [(b, bodies) for b, bodies, _ in gone])
-    if came:
-        await c.executemany(_CAME, came)
+    """``write_lines`` for many blocks, (id, gone, came) each, in one statement per block
+    (``_MOVED``), sent for every block at once (asyncpg pipelines ``executemany``): one round
+    trip where ``_GONE``, ``_EMPTIED`` and ``_CAME`` took three."""
+    moved = [(b, list(g), list(g.values()), list(n), list(n.values())) for b, g, n in blocks]
+    if any(g or n for _, g, _, n, _ in moved):
+        await c.executemany(_MOVED, [m for m in moved if m[1] or m[3]])

@@ -89,6 +89,26 @@ def get_blocks(c: sqlite3.Connection, block_ids: list[str]) -> dict[str, BlockRe
     return out
 
 
+def load_blocks(c: sqlite3.Connection, block_ids: list[str]) -> dict[str, StoredBlock]:
+    found = {}
+    for block_id in dict.fromkeys(block_ids):
+        stored = load_block(c, block_id)
+        if stored is not None:
+            found[block_id] = stored
+    return found
+
+
+def push_reads(
+    c: sqlite3.Connection, heap_ids: list[str], block_ids: list[str], load_ids: list[str]
+) -> tuple[dict[str, str], dict[str, tuple[str, int]], dict[str, StoredBlock]]:
+    owners = {}
+    for heap_id in heap_ids:
+        row = c.execute("SELECT owner_id FROM heaps WHERE id=?", (heap_id,)).fetchone()
+        if row is not None:
+            owners[heap_id] = row[0]
+    return owners, tombstones(c, block_ids), load_blocks(c, load_ids)
+
+
 def tombstones(c: sqlite3.Connection, block_ids: list[str]) -> dict[str, tuple[str, int]]:
     out: dict[str, tuple[str, int]] = {}
     for start in range(0, len(block_ids), 500):

@@ -37,6 +37,7 @@ from heaper_trio.storage.sqlite.runtime import SqliteRuntime
 from heaper_trio.storage.sqlite.scans import SqliteScans
 
 DB_FILE = "heaper.sqlite3"
+POINT_READS = 32  # ids a push reads on the event loop at most (``push_reads``)
 
 
 def _get_user(conn: sqlite3.Connection, user_id: str) -> User | None:
@@ -293,6 +294,18 @@ class SqliteStorage(SqliteFileState, SqliteFiles, SqliteScans, SqliteHistory, Sq
 
     async def tombstones(self, block_ids: list[str]) -> dict[str, tuple[str, int]]:
         return await self.rt.read(docs.tombstones, block_ids)
+
+    async def load_blocks(self, block_ids: list[str]) -> dict[str, StoredBlock]:
+        return await self.rt.read(docs.load_blocks, block_ids)  # one read transaction
+
+    async def push_reads(
+        self, heap_ids: list[str], block_ids: list[str], load_ids: list[str]
+    ) -> tuple[dict[str, str], dict[str, tuple[str, int]], dict[str, StoredBlock]]:
+        # Primary-key lookups: on the event loop for a handful (a thread hop costs more than
+        # they do); in a reader thread for a large batch or with logs to read.
+        small = len(heap_ids) + len(block_ids) <= POINT_READS and not load_ids
+        run = self.rt.read_point if small else self.rt.read
+        return await run(docs.push_reads, heap_ids, block_ids, load_ids)
 
     async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
         return await self.rt.write(docs.commit_changes, changes, now)
