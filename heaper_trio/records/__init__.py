@@ -148,6 +148,9 @@ class BlockChange:
     state_vector: bytes
     size: int
     compacted: tuple[bytes, int] | None = None  # (snapshot, covers log rows <= seq)
+    # Live edits: the block is marked for search and re-indexed a little later, in the
+    # background (``Storage.reindex_marked``), not in this commit. Engines may index at once.
+    search_later: bool = False
 
 
 class CommitStatus(str, Enum):

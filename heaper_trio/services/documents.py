@@ -152,7 +152,7 @@ class DocumentService:
         except crdt.InvalidUpdate as e:  # the whole batch is refused, as one push item is
             work = PushOutcome(block_id, PushStatus.invalid, error=e.code)
         else:
-            work = PushBatch(0, block_id, heap_id, tuple(updates), None, sync_version)
+            work = PushBatch(0, block_id, heap_id, tuple(updates), None, sync_version, 1, True)
         [settled] = await self._push_items(user, [work], origin=origin)
         return settled.outcome
 
@@ -288,6 +288,7 @@ class DocumentService:
                         p.doc.state_vector(),
                         p.doc.size,
                         compacted,
+                        batch.search_later,
                     ),
                 )
             )

@@ -27,6 +27,7 @@ class PushBatch:
     state_vector: bytes | None
     sync_version: int | None
     seen_version: int = 1
+    search_later: bool = False  # a live edit: ``BlockChange.search_later``
 
     def refused(self, status: PushStatus, error: str) -> PushOutcome:
         return PushOutcome(self.block_id, status, self.seen_version, error)

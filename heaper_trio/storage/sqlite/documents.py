@@ -20,7 +20,7 @@ from heaper_trio.storage import block_query, history_rows, rules
 from heaper_trio.storage.errors import HeapNotFound
 from heaper_trio.storage.rows import RECORD_COLUMNS, heap_row, record_row
 from heaper_trio.storage.sqlite.files import write_block_files
-from heaper_trio.storage.sqlite.search import index_block
+from heaper_trio.storage.sqlite.search import index_block, reindex
 
 
 def get_heap(c: sqlite3.Connection, heap_id: str) -> Heap | None:
@@ -112,7 +112,9 @@ def _tick(c: sqlite3.Connection, heap_id: str, now: int) -> int:
 
 def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitResult:
     current = c.execute(
-        "SELECT heap_id, last_seq, sync_version, n, title, text FROM blocks WHERE id=?",
+        "SELECT heap_id, last_seq, sync_version, n, title, text, "
+        "EXISTS (SELECT 1 FROM block_lines_todo t WHERE t.block_n = blocks.n) AS stale "
+        "FROM blocks WHERE id=?",
         (ch.block_id,),
     ).fetchone()
     tombstoned = (
@@ -137,8 +139,7 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
     else:
         sets = ", ".join(f"{k}=?" for k in columns)
         c.execute(f"UPDATE blocks SET {sets} WHERE id=?", (*columns.values(), ch.block_id))
-        old = (current["title"], current["text"])
-        index_block(c, current["n"], old, ch.projection.title, ch.projection.text)
+        _index_edit(c, ch, current)
     c.executemany(
         "INSERT INTO block_updates (block_id, seq, data, created_at, author_id) "
         "VALUES (?, ?, ?, ?, ?)",
@@ -164,6 +165,20 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
         (ch.projection.title, ch.heap_id, ch.block_id),
     )
     return rules.commit_result(ch, current, updated_at, last_seq)
+
+
+def _index_edit(c: sqlite3.Connection, ch: BlockChange, current: sqlite3.Row) -> None:
+    """An existing block's search rows: changed lines now; or, for a live edit, a mark that
+    the background re-index (``search.reindex_marked``) takes later. Rows already marked
+    stale no longer match the block's old text, so they are rebuilt whole, not patched."""
+    if ch.search_later:
+        if not current["stale"]:
+            c.execute("INSERT INTO block_lines_todo (block_n) VALUES (?)", (current["n"],))
+    elif current["stale"]:
+        reindex(c, current["n"], ch.projection.title, ch.projection.text)
+    else:
+        old = (current["title"], current["text"])
+        index_block(c, current["n"], old, ch.projection.title, ch.projection.text)
 
 
 def commit_changes(
