@@ -284,6 +284,39 @@ async def commit_change(c: Conn, ch: BlockChange, now: int) -> CommitResult:
     return rules.commit_result(ch, current, updated_at, last_seq)
 
 
+async def _commit_owned(
+    c: Conn,
+    changes: list[BlockChange],
+    now: int,
+    refused: list[bool],
+    heaps: list[Any],
+    locked: list[Any],
+) -> list[CommitResult]:
+    """The changes not ``refused`` (a conflict each: ``rules.not_owner``), under the locks
+    ``commit_changes`` took: in one go if they can be, else one by one."""
+    kept = [ch for ch, no in zip(changes, refused, strict=True) if not no]
+    results: list[CommitResult] | None = None
+    if kept and commit_batch.batchable(kept):  # a statement per table for them all
+        try:
+            async with c.transaction():  # a savepoint: on a surprise, one by one below
+                rows = {r["id"]: r for r in locked}
+                roots = {r["id"]: r["root_block_id"] for r in heaps}
+                results = await commit_batch.commit_all(c, kept, now, roots, rows)
+        except (HeapNotFound, asyncpg.UniqueViolationError):
+            results = None
+    if results is None:
+        results = []
+        for ch in kept:
+            try:
+                async with c.transaction():  # a savepoint: a refused change rolls back alone
+                    result = await commit_change(c, ch, now)
+            except (HeapNotFound, asyncpg.UniqueViolationError):  # heap gone, or block made
+                result = rules.conflict(ch)
+            results.append(result)
+    done = iter(results)
+    return [rules.conflict(ch) if no else next(done) for ch, no in zip(changes, refused)]
+
+
 async def commit_changes(
     c: Conn, changes: list[BlockChange], now: int, announce_as: str | None = None
 ) -> list[CommitResult]:
@@ -294,30 +327,15 @@ async def commit_changes(
     block_ids = sorted({ch.block_id for ch in changes})
     await _lock_blocks(c, block_ids)
     heaps = await c.fetch(
-        "SELECT id, root_block_id FROM heaps WHERE id = ANY($1::text[]) "
+        "SELECT id, root_block_id, owner_id FROM heaps WHERE id = ANY($1::text[]) "
         'ORDER BY id COLLATE "C" FOR NO KEY UPDATE',
         sorted({ch.heap_id for ch in changes}),
     )
     locked = await c.fetch(commit_batch.LOCK_ROWS, block_ids)
     trashed = {r["id"]: r["trashed"] for r in locked}
-    results: list[CommitResult] | None = None
-    if commit_batch.batchable(changes):  # a statement per table for them all
-        try:
-            async with c.transaction():  # a savepoint: on a surprise, one by one below
-                rows = {r["id"]: r for r in locked}
-                roots = {r["id"]: r["root_block_id"] for r in heaps}
-                results = await commit_batch.commit_all(c, changes, now, roots, rows)
-        except (HeapNotFound, asyncpg.UniqueViolationError):
-            results = None
-    if results is None:
-        results = []
-        for ch in changes:
-            try:
-                async with c.transaction():  # a savepoint: a refused change rolls back alone
-                    result = await commit_change(c, ch, now)
-            except (HeapNotFound, asyncpg.UniqueViolationError):  # heap gone, or block made
-                result = rules.conflict(ch)
-            results.append(result)
+    owners = {r["id"]: r["owner_id"] for r in heaps}
+    refused = [rules.not_owner(ch, owners.get(ch.heap_id)) for ch in changes]
+    results = await _commit_owned(c, changes, now, refused, heaps, locked)
     pointers = []
     for ch, result in zip(changes, results, strict=True):
         if result.status is CommitStatus.conflict:

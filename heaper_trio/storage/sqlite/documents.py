@@ -186,6 +186,11 @@ def commit_changes(
 ) -> list[CommitResult]:
     results = []
     for ch in changes:
+        if ch.heap_owner is not None:
+            owner = c.execute("SELECT owner_id FROM heaps WHERE id=?", (ch.heap_id,)).fetchone()
+            if rules.not_owner(ch, owner[0] if owner else None):
+                results.append(rules.conflict(ch))
+                continue
         c.execute("SAVEPOINT change")
         try:
             results.append(commit_change(c, ch, now))
