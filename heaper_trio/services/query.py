@@ -132,7 +132,7 @@ class QueryService:
         await self.documents.owned_heap(user, heap_id)
         q = parse_query(request)
         if q.terms and self.catchup is not None:
-            await self.catchup.catch_up()
+            await self.catchup.before_search()
         rows = await self.storage.query_blocks(heap_id, q, limit + 1)
         page, has_more = rows[:limit], len(rows) > limit
         return BlockPage(
@@ -143,6 +143,6 @@ class QueryService:
         await self.documents.owned_heap(user, heap_id)
         q = parse_query(request)
         if q.terms and self.catchup is not None:
-            await self.catchup.catch_up()
+            await self.catchup.before_search()
         by_type = await self.storage.count_blocks(heap_id, q)
         return BlockCount(sum(by_type.values()), by_type)

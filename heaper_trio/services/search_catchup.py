@@ -48,6 +48,15 @@ class SearchCatchUp:
                 raise
             self.pending = self.pending or more
 
+    async def before_search(self) -> None:
+        """``catch_up`` for a search about to read the rows. A failure (storage unwritable)
+        does not fail the search: it answers from the rows as they are, as it would have
+        before the live edit; the marks stay for the next try."""
+        try:
+            await self.catch_up()
+        except Exception:
+            log.exception("re-indexing live edits before a search failed")
+
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Catch up at most ``delay_s`` after a live commit, batching the ones in between."""
         task_status.started()
