@@ -116,3 +116,13 @@ async def test_a_live_edit_into_an_open_document_reads_nothing_ahead(
     assert reads == []
     after = await server.services.storage.load_block(block.id)
     assert after is not None and after.last_seq >= 4
+    # rooms above LIVE_UNCHECKED_MAX_SUBS ask for the checked path: it reads first
+    user = await server.services.storage.get_user(admin.user_id)  # type: ignore[arg-type]
+    assert user is not None
+    block.synced = block.doc.get_state()
+    _body(block, "four")
+    reads.clear()
+    documents = server.services.documents
+    args = (user, heap["id"], block.id, [block.pending()], 1, "origin")
+    assert (await documents.push_live(*args, unchecked=False)).status == "ok"
+    assert reads == ["get_heap", "tombstones"]

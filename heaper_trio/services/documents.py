@@ -142,10 +142,11 @@ class DocumentService:
         updates: list[bytes],
         sync_version: int | None,
         origin: object,
+        unchecked: bool = True,
     ) -> PushOutcome:
         """Updates from a live connection (``live_push``), answered only once durable."""
         return await live_push.push_live(
-            self, user, heap_id, block_id, updates, sync_version, origin
+            self, user, heap_id, block_id, updates, sync_version, origin, unchecked
         )
 
     async def _push_items(

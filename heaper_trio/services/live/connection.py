@@ -47,6 +47,7 @@ from heaper_trio.services.live.hub import LiveHub, Room, Subscription
 from heaper_trio.services.live.outbox import Outbox
 from heaper_trio.services.live.output import ConnectionOutput
 from heaper_trio.services.live.rooms import BUSY, PARTIAL, Transport
+from heaper_trio.services.live_push import LIVE_UNCHECKED_MAX_SUBS
 
 log = logging.getLogger(__name__)
 KEEPALIVE_TICK_S = 2.0  # how often the timers (trio's clock) and the grants are looked at
@@ -437,6 +438,7 @@ class BlockWorker(DocumentWorker):
                 real,
                 self.name.sync_version if room.exists else None,
                 origin=relayed or self.sub,
+                unchecked=len(room.subs) <= LIVE_UNCHECKED_MAX_SUBS,
             )
             ok = item.status in ("ok", "created")
             if item.status in ("forbidden", "deleted"):
