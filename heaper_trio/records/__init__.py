@@ -148,6 +148,12 @@ class BlockChange:
     state_vector: bytes
     size: int
     compacted: tuple[bytes, int] | None = None  # (snapshot, covers log rows <= seq)
+    # Live edits: the block is marked for search and re-indexed a little later, in the
+    # background (``Storage.reindex_marked``), not in this commit. Engines may index at once.
+    search_later: bool = False
+    # Commit only while the heap's owner is this user, else ``conflict``: a live edit skips
+    # reading the heap and the tombstones ahead (``services/live_push.py``).
+    heap_owner: str | None = None
 
 
 class CommitStatus(str, Enum):

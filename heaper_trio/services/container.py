@@ -42,6 +42,7 @@ from heaper_trio.services.media.service import MediaService
 from heaper_trio.services.query import QueryService
 from heaper_trio.services.ratelimit import AuthRateLimits
 from heaper_trio.services.scans.service import ScanService
+from heaper_trio.services.search_catchup import SearchCatchUp
 from heaper_trio.services.tokens import TokenService
 from heaper_trio.services.upload_expiry import UploadExpiry
 from heaper_trio.settings import Settings
@@ -138,7 +139,7 @@ async def open_services(
             admin=(admin := UserAdmin(storage)),
             auth_limits=AuthRateLimits(settings.auth_rate_limit),
             documents=(documents := DocumentService(storage, settings)),
-            query=QueryService(documents),
+            query=QueryService(documents, catchup := SearchCatchUp(storage)),
             realtime=(counters := RealtimeCounters()),
             hub=(hub := LiveHub(documents, counters)),
             media=(
@@ -168,10 +169,11 @@ async def open_services(
             shutdown=shutdown if shutdown is not None else trio.Event(),
         )
         bridge = ProcessBridge(storage, hub) if storage.shares_processes else None
-        _wire(documents, services.heaps, hub, bridge, admin, services.scans)
+        _wire(documents, services.heaps, hub, bridge, admin, services.scans, catchup)
         async with trio.open_nursery() as supervisor:
             supervisor.start_soon(_purge_expired_forever, storage)
             await supervisor.start(services.hub.run)
+            await supervisor.start(catchup.run)
             supervisor.start_soon(UploadExpiry(services.files, services.scans.table).run)
             supervisor.start_soon(documents.history.maintain_forever)
             supervisor.start_soon(_finish_purges, services.heaps)
@@ -197,6 +199,7 @@ def _wire(
     bridge: ProcessBridge | None,
     admin: UserAdmin,
     scans: ScanService,
+    catchup: SearchCatchUp,
 ) -> None:
     """Who hears what, in one place. Every stored change reaches the hub (this process's
     subscribers) and, with processes sharing a database, the bridge (the other processes);
@@ -207,12 +210,15 @@ def _wire(
     revokes has its live connections re-checked at once: in this process by ``UserAdmin``,
     in the others (and after the command line's ``users``) as their storage hears the row
     change (PostgreSQL's NOTIFY; on SQLite, which has one process, the command line's
-    change is polled for while live sockets are open: ``live/account_watch.py``).
+    change is polled for while live sockets are open: ``live/account_watch.py``). Live
+    commits leave their blocks' search rows to ``SearchCatchUp``.
 
     The lists are assigned whole rather than appended to, so this is the complete statement
     of the wiring: no constructor's own registration can add to it or double it.
     """
-    documents.listeners[:] = [hub.on_commit] + ([bridge.on_commit] if bridge else [])
+    documents.listeners[:] = [hub.on_commit, catchup.on_commit] + (
+        [bridge.on_commit] if bridge else []
+    )
     hub.user_event_hooks[:] = [bridge.on_user_event] if bridge else []
     if bridge is not None:
         bridge.job_abort_hooks[:] = [scans.table.abort_local]

@@ -20,8 +20,8 @@ from heaper_trio import crdt
 from heaper_trio.errors import Forbidden, NotFound, PayloadTooLarge
 from heaper_trio.records import BlockChange, ChangePage, CommitStatus, Heap, User
 from heaper_trio.records.changes import ChangeKind, change_kind
+from heaper_trio.services import live_push, push_prepare
 from heaper_trio.services import push as pipeline
-from heaper_trio.services import push_prepare
 from heaper_trio.services.commits import BlockLocks, CommitListener, Committed, Purger
 from heaper_trio.services.doc_cache import DocumentBase, DocumentCache
 from heaper_trio.services.history import HistoryService
@@ -142,20 +142,12 @@ class DocumentService:
         updates: list[bytes],
         sync_version: int | None,
         origin: object,
+        unchecked: bool = True,
     ) -> PushOutcome:
-        """Updates from a live connection: stored like an HTTP push (one commit for all of
-        them), answered only once durable. The caller checked the heap; it is checked again
-        here, as ownership may have changed since the document was opened."""
-        work: PushBatch | PushOutcome
-        try:
-            for update in updates:
-                crdt.check_update(update)
-        except crdt.InvalidUpdate as e:  # the whole batch is refused, as one push item is
-            work = PushOutcome(block_id, PushStatus.invalid, error=e.code)
-        else:
-            work = PushBatch(0, block_id, heap_id, tuple(updates), None, sync_version)
-        [settled] = await self._push_items(user, [work], origin=origin)
-        return settled.outcome
+        """Updates from a live connection (``live_push``), answered only once durable."""
+        return await live_push.push_live(
+            self, user, heap_id, block_id, updates, sync_version, origin, unchecked
+        )
 
     async def _push_items(
         self, user: User, work: Sequence[PushBatch | PushOutcome], origin: object
@@ -240,6 +232,8 @@ class DocumentService:
                         p.doc.state_vector(),
                         p.doc.size,
                         compacted,
+                        batch.search_later,
+                        batch.heap_owner,
                     ),
                 )
             )

@@ -27,6 +27,8 @@ class PushBatch:
     state_vector: bytes | None
     sync_version: int | None
     seen_version: int = 1
+    search_later: bool = False  # a live edit: ``BlockChange.search_later``
+    heap_owner: str | None = None  # ``BlockChange.heap_owner``
 
     def refused(self, status: PushStatus, error: str) -> PushOutcome:
         return PushOutcome(self.block_id, status, self.seen_version, error)

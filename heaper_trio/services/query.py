@@ -17,6 +17,7 @@ from typing import Any
 from heaper_trio.errors import BadRequest
 from heaper_trio.records import SORTS, BlockQuery, BlockRecord, User
 from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.search_catchup import SearchCatchUp
 
 MAX_TERMS = 16
 # A cursor comes back from the client, so what it holds is checked like any input: a forged
@@ -120,15 +121,18 @@ def parse_query(request: QueryRequest) -> BlockQuery:
 
 
 class QueryService:
-    def __init__(self, documents: DocumentService) -> None:
+    def __init__(self, documents: DocumentService, catchup: SearchCatchUp | None = None) -> None:
         self.documents = documents
         self.storage = documents.storage
+        self.catchup = catchup  # live edits' search rows, written before a search reads them
 
     async def blocks(
         self, user: User, heap_id: str, request: QueryRequest, limit: int
     ) -> BlockPage:
         await self.documents.owned_heap(user, heap_id)
         q = parse_query(request)
+        if q.terms and self.catchup is not None:
+            await self.catchup.before_search()
         rows = await self.storage.query_blocks(heap_id, q, limit + 1)
         page, has_more = rows[:limit], len(rows) > limit
         return BlockPage(
@@ -137,5 +141,8 @@ class QueryService:
 
     async def count(self, user: User, heap_id: str, request: QueryRequest) -> BlockCount:
         await self.documents.owned_heap(user, heap_id)
-        by_type = await self.storage.count_blocks(heap_id, parse_query(request))
+        q = parse_query(request)
+        if q.terms and self.catchup is not None:
+            await self.catchup.before_search()
+        by_type = await self.storage.count_blocks(heap_id, q)
         return BlockCount(sum(by_type.values()), by_type)

@@ -198,6 +198,11 @@ class Storage(abc.ABC):
         the commit is durable.
         """
 
+    async def reindex_marked(self) -> int:
+        """Re-index some blocks whose commits were ``search_later`` (a batch, in one
+        transaction); how many. An engine that always indexes at once has none."""
+        return 0
+
     @abc.abstractmethod
     async def changes_since(self, heap_id: str, since: int, limit: int) -> ChangePage:
         """Blocks changed and removed after ``since`` (a change time), oldest first."""

@@ -217,6 +217,12 @@ def conflict(ch: BlockChange) -> CommitResult:
     return CommitResult(ch.block_id, CommitStatus.conflict)
 
 
+def not_owner(ch: BlockChange, owner_id: str | None) -> bool:
+    """Whether the change asks for a heap owner (``heap_owner``) the heap does not have
+    (``owner_id``; None: no such heap): then it is refused as a conflict."""
+    return ch.heap_owner is not None and owner_id != ch.heap_owner
+
+
 # -- creations in bulk (folder scans) -------------------------------------------------------
 
 

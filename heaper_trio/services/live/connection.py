@@ -47,6 +47,7 @@ from heaper_trio.services.live.hub import LiveHub, Room, Subscription
 from heaper_trio.services.live.outbox import Outbox
 from heaper_trio.services.live.output import ConnectionOutput
 from heaper_trio.services.live.rooms import BUSY, PARTIAL, Transport
+from heaper_trio.services.live_push import LIVE_UNCHECKED_MAX_SUBS
 
 log = logging.getLogger(__name__)
 KEEPALIVE_TICK_S = 2.0  # how often the timers (trio's clock) and the grants are looked at
@@ -76,7 +77,7 @@ class LiveConnection(ConnectionOutput):
         self.outbox = Outbox(live.outbox_bytes)
         self.grants: dict[str, Grant] = {}
         self.workers: dict[str, DocumentWorker] = {}
-        self.accounts: set[str] = set()  # accounts this connection holds a slot of
+        self.accounts: list[str] = []  # accounts this connection holds a slot of (a set: +150 B)
         self.close_code: tuple[int, str] | None = None
         self._nursery: trio.Nursery | None = None  # None again once it is closing
         self._scope: trio.CancelScope | None = None
@@ -231,7 +232,7 @@ class LiveConnection(ConnectionOutput):
         if not self.live.hub.claim_connection(user_id, self.live.max_connections_per_user):
             self.live.counters.refused_connection_limit += 1
             return False
-        self.accounts.add(user_id)
+        self.accounts.append(user_id)
         return True
 
     async def _block_refusal(self, user: User, name: BlockName) -> str | None:
@@ -437,6 +438,7 @@ class BlockWorker(DocumentWorker):
                 real,
                 self.name.sync_version if room.exists else None,
                 origin=relayed or self.sub,
+                unchecked=len(room.subs) <= LIVE_UNCHECKED_MAX_SUBS,
             )
             ok = item.status in ("ok", "created")
             if item.status in ("forbidden", "deleted"):

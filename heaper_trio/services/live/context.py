@@ -76,6 +76,7 @@ class PushLive(Protocol):
         updates: list[bytes],
         sync_version: int | None,
         origin: object,
+        unchecked: bool = True,
     ) -> PushResult: ...
 
 

@@ -277,6 +277,45 @@ async def commit_change(c: Conn, ch: BlockChange, now: int) -> CommitResult:
     return rules.commit_result(ch, current, updated_at, last_seq)
 
 
+async def _commit_owned(
+    c: Conn,
+    changes: list[BlockChange],
+    now: int,
+    refused: list[bool],
+    heaps: list[Any],
+    locked: list[Any],
+    mode: str,
+) -> list[CommitResult]:
+    """The changes not ``refused`` (a conflict each: ``rules.not_owner``), under the locks
+    ``commit_changes`` took: in one go if they can be (``mode``), else one by one."""
+    kept = [ch for ch, no in zip(changes, refused, strict=True) if not no]
+    results: list[CommitResult] | None = None
+    rows = {r["id"]: r for r in locked}
+    roots = {r["id"]: r["root_block_id"] for r in heaps}
+    if kept and mode == commit_batch.BARE and commit_batch.batchable(kept):
+        try:  # no savepoint: on a surprise the caller rolls back and goes one by one
+            results = await commit_batch.commit_all(c, kept, now, roots, rows)
+        except (HeapNotFound, asyncpg.UniqueViolationError) as e:
+            raise commit_batch.OneByOne from e
+    elif kept and mode == commit_batch.SAVEPOINT and commit_batch.batchable(kept):
+        try:
+            async with c.transaction():  # a savepoint: on a surprise, one by one below
+                results = await commit_batch.commit_all(c, kept, now, roots, rows)
+        except (HeapNotFound, asyncpg.UniqueViolationError):
+            results = None
+    if results is None:
+        results = []
+        for ch in kept:
+            try:
+                async with c.transaction():  # a savepoint: a refused change rolls back alone
+                    result = await commit_change(c, ch, now)
+            except (HeapNotFound, asyncpg.UniqueViolationError):  # heap gone, or block made
+                result = rules.conflict(ch)
+            results.append(result)
+    done = iter(results)
+    return [rules.conflict(ch) if no else next(done) for ch, no in zip(changes, refused)]
+
+
 async def commit_changes(
     c: Conn,
     changes: list[BlockChange],
@@ -292,35 +331,15 @@ async def commit_changes(
     block_ids = sorted({ch.block_id for ch in changes})
     await _lock_blocks(c, block_ids)
     heaps = await c.fetch(
-        "SELECT id, root_block_id FROM heaps WHERE id = ANY($1::text[]) "
+        "SELECT id, root_block_id, owner_id FROM heaps WHERE id = ANY($1::text[]) "
         'ORDER BY id COLLATE "C" FOR NO KEY UPDATE',
         sorted({ch.heap_id for ch in changes}),
     )
     locked = await c.fetch(commit_batch.LOCK_ROWS, block_ids)
     trashed = {r["id"]: r["trashed"] for r in locked}
-    results: list[CommitResult] | None = None
-    rows = {r["id"]: r for r in locked}
-    roots = {r["id"]: r["root_block_id"] for r in heaps}
-    if mode == commit_batch.BARE and commit_batch.batchable(changes):
-        try:  # no savepoint: on a surprise the caller rolls back and goes one by one
-            results = await commit_batch.commit_all(c, changes, now, roots, rows)
-        except (HeapNotFound, asyncpg.UniqueViolationError) as e:
-            raise commit_batch.OneByOne from e
-    elif mode == commit_batch.SAVEPOINT and commit_batch.batchable(changes):
-        try:
-            async with c.transaction():  # a savepoint: on a surprise, one by one below
-                results = await commit_batch.commit_all(c, changes, now, roots, rows)
-        except (HeapNotFound, asyncpg.UniqueViolationError):
-            results = None
-    if results is None:
-        results = []
-        for ch in changes:
-            try:
-                async with c.transaction():  # a savepoint: a refused change rolls back alone
-                    result = await commit_change(c, ch, now)
-            except (HeapNotFound, asyncpg.UniqueViolationError):  # heap gone, or block made
-                result = rules.conflict(ch)
-            results.append(result)
+    owners = {r["id"]: r["owner_id"] for r in heaps}
+    refused = [rules.not_owner(ch, owners.get(ch.heap_id)) for ch in changes]
+    results = await _commit_owned(c, changes, now, refused, heaps, locked, mode)
     pointers = []
     for ch, result in zip(changes, results, strict=True):
         if result.status is CommitStatus.conflict:

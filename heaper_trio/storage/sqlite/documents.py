@@ -21,7 +21,7 @@ from heaper_trio.storage.errors import HeapNotFound
 from heaper_trio.storage.rows import heap_row
 from heaper_trio.storage.sqlite import text_parts
 from heaper_trio.storage.sqlite.files import write_block_files
-from heaper_trio.storage.sqlite.search import index_block
+from heaper_trio.storage.sqlite.search import index_block, reindex
 from heaper_trio.storage.sqlite.text_parts import SQLITE_RECORD_COLUMNS
 
 
@@ -135,7 +135,9 @@ def _tick(c: sqlite3.Connection, heap_id: str, now: int) -> int:
 
 def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitResult:
     current = c.execute(
-        "SELECT heap_id, last_seq, sync_version, n, title, text, text_parts FROM blocks WHERE id=?",
+        "SELECT heap_id, last_seq, sync_version, n, title, text, text_parts, "
+        "EXISTS (SELECT 1 FROM block_lines_todo t WHERE t.block_n = blocks.n) AS stale "
+        "FROM blocks WHERE id=?",
         (ch.block_id,),
     ).fetchone()
     tombstoned = (
@@ -170,7 +172,7 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
         columns["text"], columns["text_parts"] = text_parts.store(c, n, was, text)
         sets = ", ".join(f"{k}=?" for k in columns)
         c.execute(f"UPDATE blocks SET {sets} WHERE id=?", (*columns.values(), ch.block_id))
-        index_block(c, current["n"], (current["title"], old_text), ch.projection.title, text)
+        _index_edit(c, ch, current, old_text)
     c.executemany(
         "INSERT INTO block_updates (block_id, seq, data, created_at, author_id) "
         "VALUES (?, ?, ?, ?, ?)",
@@ -209,11 +211,32 @@ def keep_snapshot(c: sqlite3.Connection, block_id: str, snapshot: bytes) -> None
     )
 
 
+def _index_edit(
+    c: sqlite3.Connection, ch: BlockChange, current: sqlite3.Row, old_text: str
+) -> None:
+    """An existing block's search rows: changed lines now; or, for a live edit, a mark that
+    the background re-index (``search.reindex_marked``) takes later. Rows already marked
+    stale no longer match the block's old text, so they are rebuilt whole, not patched."""
+    if ch.search_later:
+        if not current["stale"]:
+            c.execute("INSERT INTO block_lines_todo (block_n) VALUES (?)", (current["n"],))
+    elif current["stale"]:
+        reindex(c, current["n"], ch.projection.title, ch.projection.text)
+    else:
+        old = (current["title"], old_text)
+        index_block(c, current["n"], old, ch.projection.title, ch.projection.text)
+
+
 def commit_changes(
     c: sqlite3.Connection, changes: list[BlockChange], now: int
 ) -> list[CommitResult]:
     results = []
     for ch in changes:
+        if ch.heap_owner is not None:
+            owner = c.execute("SELECT owner_id FROM heaps WHERE id=?", (ch.heap_id,)).fetchone()
+            if rules.not_owner(ch, owner[0] if owner else None):
+                results.append(rules.conflict(ch))
+                continue
         c.execute("SAVEPOINT change")
         try:
             results.append(commit_change(c, ch, now))

@@ -28,7 +28,7 @@ from heaper_trio.storage import rules
 from heaper_trio.storage.base import Storage
 from heaper_trio.storage.rows import DeltaTotals, encoded_page, user_row
 from heaper_trio.storage.sqlite import documents as docs
-from heaper_trio.storage.sqlite import feed
+from heaper_trio.storage.sqlite import feed, search
 from heaper_trio.storage.sqlite.file_state import SqliteFileState
 from heaper_trio.storage.sqlite.files import SqliteFiles
 from heaper_trio.storage.sqlite.history import SqliteHistory
@@ -309,6 +309,9 @@ class SqliteStorage(SqliteFileState, SqliteFiles, SqliteScans, SqliteHistory, Sq
 
     async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
         return await self.rt.write(docs.commit_changes, changes, now)
+
+    async def reindex_marked(self) -> int:
+        return await self.rt.write(search.reindex_marked)
 
     async def changes_since(self, heap_id: str, since: int, limit: int) -> ChangePage:
         return await self.rt.read(feed.changes_since, heap_id, since, limit, self.delta_totals)

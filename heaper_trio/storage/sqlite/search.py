@@ -1,5 +1,6 @@
 """SQLite's search rows per line (migration 0017, ``storage/search_lines.py``): written with
-every commit of a block, and built once for the blocks that existed before the migration."""
+every commit of a block, built once for the blocks that existed before the migration, and a
+little after a live commit (``BlockChange.search_later``: the block is marked instead)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sqlite3
 from collections import Counter
 
 from heaper_trio.storage.search_lines import changes, line_key, lines
+from heaper_trio.storage.sqlite import text_parts
 
 _BACKFILL_BATCH = 200  # blocks per transaction while indexing existing ones
 
@@ -58,27 +60,42 @@ def index_new_blocks(c: sqlite3.Connection, blocks: list[tuple[str, str, str]]) 
         index_block(c, row[0], None, title, text)
 
 
+def reindex(c: sqlite3.Connection, block_n: int, title: str | None, text: str) -> None:
+    """Rebuild a block's rows from its title and text, and drop its mark (None: no block)."""
+    c.execute("DELETE FROM block_lines WHERE block_n=?", (block_n,))
+    if title is not None:
+        index_block(c, block_n, None, title, text)
+    c.execute("DELETE FROM block_lines_todo WHERE block_n=?", (block_n,))
+
+
+def reindex_marked(c: sqlite3.Connection, limit: int = _BACKFILL_BATCH) -> int:
+    """Re-index up to ``limit`` blocks listed in ``block_lines_todo``: those of migration 0017,
+    and those whose live commits left their search rows for later (``search_later``). The
+    list is written in the commit that made the rows stale, so a crash loses no mark."""
+    todo = c.execute(
+        "SELECT t.block_n, b.title, b.text, b.text_parts FROM block_lines_todo t "
+        "LEFT JOIN blocks b ON b.n = t.block_n LIMIT ?",
+        (limit,),
+    ).fetchall()
+    for block_n, title, text, token in todo:
+        if token:  # a big text lives in pieces (migration 0022); its row's text is empty
+            text = text_parts.stored(c, block_n, token).text
+        reindex(c, block_n, title, text)
+    return len(todo)
+
+
 def backfill(conn: sqlite3.Connection) -> int:
-    """Index the blocks migration 0017 listed, a batch per transaction; returns how many.
-    A crash midway leaves the rest listed, and the next start goes on from there."""
+    """Index the blocks listed in ``block_lines_todo``, a batch per transaction; returns how
+    many. A crash midway leaves the rest listed, and the next start goes on from there."""
     done = 0
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            todo = conn.execute(
-                "SELECT t.block_n, b.title, b.text FROM block_lines_todo t "
-                "LEFT JOIN blocks b ON b.n = t.block_n LIMIT ?",
-                (_BACKFILL_BATCH,),
-            ).fetchall()
-            for block_n, title, text in todo:
-                conn.execute("DELETE FROM block_lines WHERE block_n=?", (block_n,))
-                if title is not None:
-                    index_block(conn, block_n, None, title, text)
-                conn.execute("DELETE FROM block_lines_todo WHERE block_n=?", (block_n,))
+            count = reindex_marked(conn, _BACKFILL_BATCH)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        done += len(todo)
-        if len(todo) < _BACKFILL_BATCH:
+        done += count
+        if count < _BACKFILL_BATCH:
             return done
