@@ -174,3 +174,23 @@ async def test_a_failed_catch_up_does_not_fail_the_search(
     assert catchup.pending  # the marks stay for the next try
     monkeypatch.undo()
     assert await _found(admin, heap, block, "ibex")
+
+
+async def test_the_catch_up_of_a_big_text_reads_its_pieces(
+    admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A text stored in pieces (``storage/text_pieces``) has an empty ``blocks.text``: the
+    catch-up must index the joined pieces, or a live edit of a big block vanishes from search."""
+    from heaper_trio.storage import text_pieces
+
+    monkeypatch.setattr(text_pieces, "BIG_TEXT", 2000)
+    monkeypatch.setattr(text_pieces, "PIECE", 200)
+    server.services.query.catchup.delay_s = 3600  # type: ignore[union-attr]  # no background run
+    heap = await new_heap(admin)
+    block = await _created(admin, heap, "Plans")
+    filler = " ".join(f"word{i}" for i in range(800))  # ~6,900 characters: in pieces
+    await _live_edit(server, admin, heap["id"], block, f"{filler} quokka {filler}")
+    if server.services.storage.engine == "sqlite":
+        assert await _marked(server) == 1
+    assert await _found(admin, heap, block, "quokka")
+    assert await _found(admin, heap, block, "word799")
