@@ -22,9 +22,11 @@ async def test_each_listener_is_wired_once(server: RunningServer) -> None:
     listeners = services.documents.listeners
     hooks = services.hub.user_event_hooks
     assert listeners[0] == services.hub.on_commit
+    catchup = services.query.catchup
+    assert catchup is not None and listeners[1] == catchup.on_commit  # live edits' search rows
     if services.storage.shares_processes:  # PostgreSQL: the process bridge hears both
-        assert len(listeners) == 2 and len(hooks) == 1
-        bridge = listeners[1].__self__  # type: ignore[attr-defined]
+        assert len(listeners) == 3 and len(hooks) == 1
+        bridge = listeners[2].__self__  # type: ignore[attr-defined]
         assert hooks[0] == bridge.on_user_event
     else:
-        assert len(listeners) == 1 and hooks == []
+        assert len(listeners) == 2 and hooks == []
