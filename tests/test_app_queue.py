@@ -14,15 +14,14 @@ from hypercorn.trio import serve
 import heaper_trio.app  # noqa: F401  (applies the patches on import, as served)
 from heaper_trio.web.app_queue import body_queued_without_yield, queue_body_without_yield
 
+from .asgi_support import lifespan
+
 HOLD: dict[str, trio.Event] = {}
 
 
 async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
+        return await lifespan(receive, send)
     if scope["path"] == "/slow":
         await HOLD["reader"].wait()  # the queue (one message) fills meanwhile
     body = b""

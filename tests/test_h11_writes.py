@@ -17,6 +17,8 @@ from hypercorn.trio.tcp_server import TCPServer
 import heaper_trio.app  # noqa: F401  (applies the patches on import, as served)
 from heaper_trio.web.h11_writes import COALESCE_MAX, write_head_with_body, writes_coalesced
 
+from .asgi_support import lifespan
+
 BIG = b"x" * (COALESCE_MAX + 10)
 PAGE = b"p" * (200 * 1024)  # a delta page of a thousand rows is about 170 KB
 RELEASE: dict[str, trio.Event] = {}
@@ -24,10 +26,7 @@ RELEASE: dict[str, trio.Event] = {}
 
 async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
+        return await lifespan(receive, send)
     path = scope["path"]
     if path == "/stream":  # chunked: the head must not wait for the first part
         await send({"type": "http.response.start", "status": 200, "headers": []})

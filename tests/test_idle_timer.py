@@ -21,16 +21,15 @@ from heaper_trio.web.idle_timer import (
     one_idle_task_per_connection,
 )
 
+from .asgi_support import lifespan
+
 TIMEOUT = 0.5
 TIMERS: list[IdleTimer] = []
 
 
 async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
+        return await lifespan(receive, send)
     if scope["path"] == "/slow":
         await trio.sleep(TIMEOUT * 2)  # longer than the idle timeout, with a request in hand
     await send(

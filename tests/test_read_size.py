@@ -21,16 +21,15 @@ from heaper_trio.web.read_size import (
     reads_bulk_in_large_pieces,
 )
 
+from .asgi_support import lifespan
+
 PARTS: dict[str, list[int]] = {}
 HOLD: dict[str, trio.Event] = {}
 
 
 async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
+        return await lifespan(receive, send)
     if scope["path"] == "/big":
         await HOLD["reader"].wait()  # the socket's buffers fill meanwhile
     sizes = PARTS.setdefault(scope["path"], [])
