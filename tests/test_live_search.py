@@ -194,3 +194,62 @@ async def test_the_catch_up_of_a_big_text_reads_its_pieces(
         assert await _marked(server) == 1
     assert await _found(admin, heap, block, "quokka")
     assert await _found(admin, heap, block, "word799")
+
+
+@pytest.mark.engines("sqlite")
+async def test_a_search_during_the_background_catch_up_finds_the_live_edit(
+    admin: HeaperClient, server: RunningServer
+) -> None:
+    catchup: Any = server.services.query.catchup
+    storage: Any = server.services.storage
+    catchup.delay_s = 0.01
+    original = storage.reindex_marked
+    entered, release = trio.Event(), trio.Event()
+
+    async def slow_reindex() -> int:  # the write queued behind others in the writer
+        entered.set()
+        await release.wait()
+        return int(await original())
+
+    storage.reindex_marked = slow_reindex
+    try:
+        heap = await new_heap(admin)
+        block = await _created(admin, heap, "Plans")
+        await _live_edit(server, admin, heap["id"], block, "zebra crossing")
+        with trio.fail_after(5):
+            await entered.wait()  # the background catch-up is under way
+
+        async def release_soon() -> None:  # the queued write gets its turn a moment later
+            await trio.sleep(0.3)
+            release.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(release_soon)
+            with trio.fail_after(5):
+                found = await _found(admin, heap, block, "zebra")
+        assert found, "a search right after a live edit here missed it"
+    finally:
+        release.set()
+        storage.reindex_marked = original
+
+
+@pytest.mark.engines("sqlite")
+async def test_a_live_edit_of_a_long_text_is_indexed_in_its_commit(
+    admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``LATER_MAX_CHARS`` the commit indexes the changed lines itself: the catch-up's
+    whole rebuild of a long text held the writer for a second (review)."""
+    from heaper_trio.storage.sqlite import documents
+
+    monkeypatch.setattr(documents, "LATER_MAX_CHARS", 100)
+    catchup: Any = server.services.query.catchup
+    catchup.delay_s = 3600  # no background run
+    heap = await new_heap(admin)
+    block = await _created(admin, heap, "Plans")
+    await _live_edit(server, admin, heap["id"], block, "short edit")
+    assert await _marked(server) == 1  # short: left for later
+    await _live_edit(server, admin, heap["id"], block, "word " * 40 + "capybara")
+    assert await _marked(server) == 0  # long: the commit rebuilt the stale rows itself
+    catchup.pending = False  # the search must not need a catch-up
+    assert await _found(admin, heap, block, "capybara")
+    assert not await _found(admin, heap, block, "short")

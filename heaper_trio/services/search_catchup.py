@@ -29,6 +29,9 @@ class SearchCatchUp:
         self.delay_s = delay_s
         self.pending = False  # a live commit marked a block since the last catch-up began
         self._wake = trio.Event()
+        # One catch-up at a time: a search that finds one under way waits for its write,
+        # since ``pending`` is cleared before that write commits (review finding).
+        self._lock = trio.Lock()
 
     def on_commit(self, committed: Sequence[Committed]) -> None:
         """A commit listener: live commits (they have an origin) leave marks behind."""
@@ -38,15 +41,16 @@ class SearchCatchUp:
 
     async def catch_up(self) -> None:
         """Re-index every marked block (a batch per transaction) if a live commit may have
-        left one. Several callers at once are harmless: re-indexing a block is idempotent."""
-        while self.pending:
-            self.pending = False
-            try:
-                more = await self.storage.reindex_marked() > 0
-            except BaseException:
-                self.pending = True  # still marked: the next caller tries again
-                raise
-            self.pending = self.pending or more
+        left one. A caller that finds another's catch-up under way waits for it to end."""
+        async with self._lock:
+            while self.pending:
+                self.pending = False
+                try:
+                    more = await self.storage.reindex_marked() > 0
+                except BaseException:
+                    self.pending = True  # still marked: the next caller tries again
+                    raise
+                self.pending = self.pending or more
 
     async def before_search(self) -> None:
         """``catch_up`` for a search about to read the rows. A failure (storage unwritable)

@@ -32,22 +32,32 @@ async def current_text(c: Conn, block_id: str, row: Row) -> tuple[Stored | None,
 
 
 async def records(c: Conn, rows: Sequence[Row]) -> list[BlockRecord]:
-    """Block records of rows selected with ``PG_RECORD_COLUMNS``, pieces joined back."""
+    """Block records of rows selected with ``PG_RECORD_COLUMNS``, pieces joined back.
+
+    Readers run without a transaction, so a row and its pieces read in two statements could
+    come from two commits (review: a text shrunk back into its row read as ''). A row in
+    pieces is therefore read again whole, with its pieces, in one statement (one snapshot);
+    one that is gone by then (purged) is left out."""
     parted = [r["id"] for r in rows if r["text_parts"]]
-    texts: dict[str, str] = {}
+    fresh: dict[str, BlockRecord] = {}
     if parted:
         found = await c.fetch(
-            "SELECT block_id, string_agg(body, '' ORDER BY pos) FROM block_text_parts "
-            "WHERE block_id = ANY($1::text[]) GROUP BY block_id",
+            f"SELECT {PG_RECORD_COLUMNS}, (SELECT string_agg(p.body, '' ORDER BY p.pos) "
+            "FROM block_text_parts p WHERE p.block_id = blocks.id) AS joined "
+            "FROM blocks WHERE id = ANY($1::text[])",
             parted,
         )
-        texts = {r[0]: r[1] for r in found}
+        for f in found:
+            record = record_row(f)
+            if f["text_parts"]:
+                record = dataclasses.replace(record, text=f["joined"] or "")
+            fresh[f["id"]] = record
     out = []
     for r in rows:
-        record = record_row(r)
-        if r["text_parts"]:
-            record = dataclasses.replace(record, text=texts.get(r["id"], ""))
-        out.append(record)
+        if not r["text_parts"]:
+            out.append(record_row(r))
+        elif r["id"] in fresh:
+            out.append(fresh[r["id"]])
     return out
 
 
