@@ -170,7 +170,8 @@ class DocumentService:
                 if not pending:
                     break
                 prepared = []
-                for batch, ready in zip(pending, await self._prepare(pending, first), strict=True):
+                readied = await push_prepare.prepare(self.cache, self.storage, pending, first)
+                for batch, ready in zip(pending, readied, strict=True):
                     if isinstance(ready, Prepared):
                         prepared.append(ready)
                     else:
@@ -179,18 +180,19 @@ class DocumentService:
                 pending = await self._commit(user, prepared, done, committed)
             for batch in pending:  # still conflicting after every attempt
                 done[batch.index] = Settled(batch.refused(PushStatus.conflict, "write_conflict"))
-            self.announce([replace(committed[i], origin=origin) for i in sorted(committed)])
-            try:  # the edit stays stored and answered; a failed purge leaves it in the trash
-                for heap_id, block_ids in pipeline.gone_for_good(committed, done).items():
-                    await self.purger(heap_id, block_ids) if self.purger else None
-            except Exception:
-                log.exception("purging blocks marked permanently_deleted_at failed")
+            await self.settle(committed, done, origin)
         return [done[i] for i in range(len(work))]
 
-    async def _prepare(
-        self, batches: list[PushBatch], first: push_prepare.First | None
-    ) -> list[Prepared | PushOutcome]:
-        return await push_prepare.prepare(self.cache, self.storage, batches, first)
+    async def settle(
+        self, committed: dict[int, Committed], done: dict[int, Settled], origin: object
+    ) -> None:
+        """After a commit: announce it, then purge the blocks it marked gone for good."""
+        self.announce([replace(committed[i], origin=origin) for i in sorted(committed)])
+        try:  # the edit stays stored and answered; a failed purge leaves it in the trash
+            for heap_id, block_ids in pipeline.gone_for_good(committed, done).items():
+                await self.purger(heap_id, block_ids) if self.purger else None
+        except Exception:
+            log.exception("purging blocks marked permanently_deleted_at failed")
 
     async def _commit(
         self,

@@ -15,14 +15,12 @@ process is refused all the same.
 
 from __future__ import annotations
 
-import logging
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from heaper_trio import crdt
 from heaper_trio.records import User
-from heaper_trio.services import push as pipeline
 from heaper_trio.services.commits import Committed
 from heaper_trio.services.push import Prepared, PushBatch, Settled
 from heaper_trio.services.sync_types import PushOutcome, PushStatus
@@ -30,7 +28,6 @@ from heaper_trio.services.sync_types import PushOutcome, PushStatus
 if TYPE_CHECKING:
     from heaper_trio.services.documents import DocumentService
 
-log = logging.getLogger(__name__)
 # Rooms larger than this take the checked path. bench_ws.py N=1000 under load (heaper_trio
 # alone, 2 runs each, load 5-6): 6.3-7.2 us of server CPU per delivery with the unchecked path
 # against 3.1-3.8 without; at 1,000 subscribers the fan-out, not the commit, is the cost, and
@@ -95,10 +92,5 @@ async def _unchecked(
         prepared = Prepared(batch, doc, base, True, was_deleted)
         if await docs._commit(user, [prepared], done, committed):
             return None  # refused (log moved, heap gone or not the user's): not cached
-        docs.announce([replace(committed[0], origin=origin)])
-        try:  # the edit stays stored and answered; a failed purge leaves it in the trash
-            for heap_id, block_ids in pipeline.gone_for_good(committed, done).items():
-                await docs.purger(heap_id, block_ids) if docs.purger else None
-        except Exception:
-            log.exception("purging blocks marked permanently_deleted_at failed")
+        await docs.settle(committed, done, origin)
         return done[0].outcome

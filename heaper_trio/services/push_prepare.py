@@ -2,7 +2,7 @@
 
 Moved out of ``documents`` (which other work edits too) when the first read of a push became
 one: the heap owners and the tombstones come from ``Storage.push_reads`` in one round trip
-(one statement for all concurrent pushes on PostgreSQL, no thread hop on SQLite), and the
+(one statement for all concurrent pushes on PostgreSQL, one reader job on SQLite), and the
 first attempt prepares against those tombstones. They are read before the blocks' locks are
 held, where they used to be read after: a block purged in between is then still refused, as
 storage refuses to create a tombstoned block (a write conflict), and the retry reads the
