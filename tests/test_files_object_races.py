@@ -124,12 +124,23 @@ async def test_two_processes_racing_start_share_one_multipart_upload(
         await add_users(db_a)
         upload = UploadRecord("up1", "u1", "h1", "blk", "c" * 64, 12, 6, "a", "x/y", NOW, 2**50)
         await db_a.save_upload(upload)
-        both_started = trio.Event()
+        both_started, both_listed = trio.Event(), trio.Event()
         started: list[str] = []
+        listed: list[list[str]] = []
 
         def process(storage: Any) -> ObjectUploads:
             objects = S3Objects(bucket, endpoint=s3_endpoint)
-            real_start = objects.start_multipart
+            real_start, real_list = objects.start_multipart, objects.multipart_ids
+
+            async def list_together(key: str) -> list[str]:
+                # Both look before either starts: else the later one finds the earlier one's
+                # multipart upload, starts none, and the wait below never ends (a CI hang).
+                found = await real_list(key)
+                listed.append(found)
+                if len(listed) == 2:
+                    both_listed.set()
+                await both_listed.wait()
+                return found
 
             async def start_and_keep(key: str) -> str:
                 mine = await real_start(key)
@@ -140,13 +151,19 @@ async def test_two_processes_racing_start_share_one_multipart_upload(
                 return mine
 
             objects.start_multipart = start_and_keep  # type: ignore[method-assign]
+            objects.multipart_ids = list_together  # type: ignore[method-assign]
             return ObjectUploads(objects, storage)
 
         a, b = process(db_a), process(db_b)
         (tmp_path / "part").write_bytes(b"123456")
-        async with trio.open_nursery() as race:
-            race.start_soon(a.put_part, upload, 0, tmp_path / "part")
-            race.start_soon(b.put_part, upload, 1, tmp_path / "part")
+        with trio.fail_after(30):
+            async with trio.open_nursery() as race:
+                race.start_soon(a.put_part, upload, 0, tmp_path / "part")
+                race.start_soon(b.put_part, upload, 1, tmp_path / "part")
+        objects_a, objects_b = a.objects, b.objects
+        objects_a.multipart_ids = objects_b.multipart_ids = S3Objects(  # type: ignore[method-assign]
+            bucket, endpoint=s3_endpoint
+        ).multipart_ids  # the checks below list freely
         stored = (await db_b.get_upload("h1", "blk", "c" * 64)).multipart_id  # type: ignore[union-attr]
         assert stored in started and len(set(started)) == 2
         client = s3_client(s3_endpoint)
