@@ -206,3 +206,26 @@ async def test_a_row_in_pieces_makes_the_one_call_write_nothing(
         assert (got["big"].text, got["small"].text) == ("short now", "s2")
         small = await storage.load_block("small")
         assert small is not None and len(small.updates) == 2  # written once, not twice
+
+
+async def test_any_statement_error_of_the_one_call_commits_the_usual_way(
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The call is its own transaction: refused for any reason, it wrote nothing, and the
+    group is committed the usual way (not failed, not written twice)."""
+    settings = make_settings()
+    async with opened(settings) as storage:
+        if storage.engine != "postgres":
+            pytest.skip("PostgreSQL's one-call group commit")
+        monkeypatch.setattr(push_commit, "_CALL", "SELECT * FROM no_such_function($1)")
+        monkeypatch.setattr(push_commit, "arguments", lambda *a: [1])
+        user = (await login(storage, "pk-err", auto_approve=True)).user  # type: ignore[union-attr]
+        heap = await DocumentService(storage, settings).create_heap(user, "h", None)
+        await storage.commit_changes([change(heap, "n", None, projection("T", "a"))], NOW)
+        [r] = await storage.commit_changes([change(heap, "n", 1, projection("T", "b"))], NOW)
+        assert (r.status, r.last_seq) == (CommitStatus.ok, 2)
+        assert "one-call group commit refused" in caplog.text
+        stored = await storage.load_block("n")
+        assert stored is not None and len(stored.updates) == 2

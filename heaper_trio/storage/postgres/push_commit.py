@@ -9,14 +9,17 @@ and writes the same rows in one statement, which is its own transaction: one rou
 the heap row is held only while the database runs it and flushes its commit.
 
 It covers the common case only (``eligible``): edits of distinct blocks with no compaction and
-a text kept in the row. Anything else, or a row found in pieces (SQLSTATE ``HTB01``, raised
-before anything is written, so the statement rolls back whole), goes the usual way.
+a text kept in the row. Anything else goes the usual way, and so does a batch the function
+refuses: a row found in pieces (SQLSTATE ``HTB01``) or any other statement error. The call is
+its own transaction, so a refusal has written nothing; only a lost connection, whose COMMIT
+may or may not have happened, is passed on instead of run again.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 from typing import Any
 
 import asyncpg
@@ -24,7 +27,9 @@ import asyncpg
 from heaper_trio.protocol import announce
 from heaper_trio.records import BlockChange, CommitResult, CommitStatus
 from heaper_trio.storage import rules, text_pieces
-from heaper_trio.storage.postgres.runtime import Conn
+from heaper_trio.storage.postgres.runtime import CONNECTION_ERRORS, Conn
+
+log = logging.getLogger(__name__)
 
 SURPRISE = "HTB01"  # the function met what only the usual path decides
 # Texts up to this many characters: the function counts the lines of the old and the new text
@@ -124,10 +129,12 @@ async def commit_in_one(
     when it returns, nothing written when it raises."""
     try:
         rows = await c.fetch(_CALL, *arguments(changes, now, lock, keys, origin))
-    except asyncpg.PostgresError as e:
-        if getattr(e, "sqlstate", None) == SURPRISE:
-            raise Surprise from e
+    except CONNECTION_ERRORS:  # the outcome may be unknown: never run it again
         raise
+    except asyncpg.PostgresError as e:  # refused whole, nothing written: the usual path
+        if getattr(e, "sqlstate", None) != SURPRISE:
+            log.warning("one-call group commit refused (%s); committing the usual way", e)
+        raise Surprise from e
     return [
         CommitResult(ch.block_id, CommitStatus.ok, r[1], r[2], r[3]) if r[0] else rules.conflict(ch)
         for ch, r in zip(changes, rows, strict=True)

@@ -36,6 +36,8 @@ DECLARE
     oks boolean[] := '{}';
     heaps_used text[] := '{}';
     kind text;
+    g_id text[]; g_body text[]; g_k int4[]; c_id text[]; c_body text[]; c_k int4[];
+    acc_ids text[];
 BEGIN
     PERFORM count(pg_advisory_xact_lock(p_lock, k)) FROM unnest(p_keys) AS k;
     SELECT array_agg(s.id), array_agg(s.owner_id), array_agg(s.root_block_id)
@@ -93,7 +95,9 @@ BEGIN
         INSERT INTO block_updates (block_id, seq, data, created_at, author_id)
         SELECT p_ids[j], p_expected[j] + u, p_upd[off[j] + u], p_now, p_authors[j]
         FROM unnest(acc) AS j, generate_series(1, p_nupd[j]) AS u ORDER BY j, u;
-        -- Search lines: what left and what came, per block (storage/search_lines.py).
+        -- Search lines: what left and what came (storage/search_lines.py), counted for
+        -- every block in one statement, then written in one as search.py's _MOVED writes
+        -- them: every row looked up by (block_id, key), so dead line rows are not scanned.
         WITH o AS (
             SELECT j, l.body, count(*) AS k FROM unnest(acc) AS j,
                 regexp_split_to_table(b_title[row_of[j]] || E'\n' || b_text[row_of[j]], E'\n')
@@ -104,31 +108,39 @@ BEGIN
                 regexp_split_to_table(p_titles[j] || E'\n' || p_texts[j], E'\n') AS l(body)
             WHERE l.body <> '' GROUP BY j, l.body
         ), d AS (
-            SELECT p_ids[coalesce(nw.j, o.j)] AS block_id, coalesce(nw.body, o.body) AS body,
+            SELECT p_ids[coalesce(nw.j, o.j)] AS id, coalesce(nw.body, o.body) AS body,
                    (coalesce(nw.k, 0) - coalesce(o.k, 0))::int AS delta
             FROM o FULL JOIN nw ON o.j = nw.j AND o.body = nw.body
             WHERE coalesce(nw.k, 0) <> coalesce(o.k, 0)
-        ), gd AS (
-            DELETE FROM block_lines l USING d WHERE d.delta < 0 AND l.block_id = d.block_id
-            AND l.key = heaper_line_key(d.body) AND l.body = d.body AND l.uses <= -d.delta
-        ), gu AS (
-            UPDATE block_lines l SET uses = l.uses + d.delta FROM d WHERE d.delta < 0
-            AND l.block_id = d.block_id AND l.key = heaper_line_key(d.body)
-            AND l.body = d.body AND l.uses > -d.delta
-        ), u AS (
-            UPDATE block_lines l SET uses = l.uses + d.delta FROM d WHERE d.delta > 0
-            AND l.block_id = d.block_id AND l.key = heaper_line_key(d.body)
-            AND l.body = d.body RETURNING l.block_id, l.body
         )
-        INSERT INTO block_lines (block_id, body, uses)
-        SELECT d.block_id, d.body, d.delta FROM d WHERE d.delta > 0
-        AND NOT EXISTS (SELECT 1 FROM u WHERE u.block_id = d.block_id AND u.body = d.body);
-        DELETE FROM block_relations r USING unnest(acc) AS j WHERE r.block_id = p_ids[j];
+        SELECT coalesce(array_agg(d.id) FILTER (WHERE d.delta < 0), '{}'),
+               coalesce(array_agg(d.body) FILTER (WHERE d.delta < 0), '{}'),
+               coalesce(array_agg(-d.delta) FILTER (WHERE d.delta < 0), '{}'),
+               coalesce(array_agg(d.id) FILTER (WHERE d.delta > 0), '{}'),
+               coalesce(array_agg(d.body) FILTER (WHERE d.delta > 0), '{}'),
+               coalesce(array_agg(d.delta) FILTER (WHERE d.delta > 0), '{}')
+        INTO g_id, g_body, g_k, c_id, c_body, c_k FROM d;
+        IF cardinality(g_body) > 0 OR cardinality(c_body) > 0 THEN
+            WITH g(id, body, k) AS (SELECT * FROM unnest(g_id, g_body, g_k)),
+            c(id, body, k) AS (SELECT * FROM unnest(c_id, c_body, c_k)),
+            gd AS (DELETE FROM block_lines l USING g WHERE l.block_id = g.id
+                AND l.key = heaper_line_key(g.body) AND l.body = g.body AND l.uses <= g.k),
+            gu AS (UPDATE block_lines l SET uses = l.uses - g.k FROM g WHERE l.block_id = g.id
+                AND l.key = heaper_line_key(g.body) AND l.body = g.body AND l.uses > g.k),
+            u AS (UPDATE block_lines l SET uses = l.uses + c.k FROM c WHERE l.block_id = c.id
+                AND l.key = heaper_line_key(c.body) AND l.body = c.body
+                RETURNING l.block_id, l.body)
+            INSERT INTO block_lines (block_id, body, uses)
+            SELECT c.id, c.body, c.k FROM c
+            WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.block_id = c.id AND u.body = c.body);
+        END IF;
+        SELECT array_agg(p_ids[j]) INTO acc_ids FROM unnest(acc) AS j;
+        DELETE FROM block_relations WHERE block_id = ANY(acc_ids);
         INSERT INTO block_relations (block_id, kind, target_id, heap_id)
         SELECT p_ids[x.i], x.kind, x.target, p_heaps[x.i]
         FROM unnest(p_rel_i, p_rel_kind, p_rel_target) AS x(i, kind, target)
         WHERE oks[x.i] ON CONFLICT DO NOTHING;
-        DELETE FROM block_files f USING unnest(acc) AS j WHERE f.block_id = p_ids[j];
+        DELETE FROM block_files WHERE block_id = ANY(acc_ids);
         INSERT INTO block_files (block_id, hash, heap_id)
         SELECT p_ids[x.i], x.hash, p_heaps[x.i]
         FROM unnest(p_file_i, p_file_hash) AS x(i, hash)
