@@ -387,8 +387,10 @@ class PostgresStorage(
         return results
 
     async def _commit_batch(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
-        """One group commit's transaction: every lock up front, then the changes a statement
-        per table with no savepoint (``commit_batch.BARE``); on a refusal only one by one can
+        """One group commit's transaction. Plain edits: one statement that is its own
+        transaction (``push_commit``, one round trip). Otherwise, or if that statement refuses
+        the batch (it wrote nothing): every lock up front, then the changes a statement per
+        table with no savepoint (``commit_batch.BARE``); on a refusal only one by one can
         decide, the transaction is rolled back and run again with each change in its own
         savepoint, so a refused one rolls back alone."""
         run, origin = docs.commit_changes, self.announce_as
