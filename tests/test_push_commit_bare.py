@@ -14,7 +14,7 @@ import pytest
 from heaper_trio.records import BlockChange, CommitResult, CommitStatus
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.settings import Settings
-from heaper_trio.storage.postgres import commit_batch
+from heaper_trio.storage.postgres import commit_batch, push_commit
 
 from .test_push_group_commit import change, projection
 from .test_storage import NOW, login, opened
@@ -85,7 +85,8 @@ async def test_batched_search_lines_match_one_by_one(
                 change(heap, ids[1], 1, projection("t", after[1])),
             ]
             with monkeypatch.context() as m:
-                if not together:
+                if not together:  # neither the one-call path (0023) nor the batch
+                    m.setattr(push_commit, "eligible", lambda changes: False)
                     m.setattr(commit_batch, "batchable", lambda changes: False)
                 results = await storage.commit_changes(edits, NOW)
             assert [r.status for r in results] == [CommitStatus.ok] * 2

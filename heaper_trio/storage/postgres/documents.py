@@ -89,14 +89,14 @@ async def snapshot(pool: Pool, work: Callable[..., Awaitable[T]], *args: Any) ->
         return await work(c, *args)
 
 
-def _block_key(block_id: str) -> int:
+def block_key(block_id: str) -> int:
     """A stable signed 32-bit key for ``block_id`` (collisions only make writers take turns)."""
     h = zlib.crc32(block_id.encode())
     return h - (1 << 32) if h >= 1 << 31 else h
 
 
 async def _lock_blocks(c: Conn, block_ids: list[str]) -> None:
-    keys = sorted({_block_key(b) for b in block_ids})
+    keys = sorted({block_key(b) for b in block_ids})
     # unnest yields the keys in array order and the aggregate takes the locks in that order.
     await c.fetchval(
         "SELECT count(pg_advisory_xact_lock($1, k)) FROM unnest($2::int4[]) AS k", BLOCK_LOCK, keys

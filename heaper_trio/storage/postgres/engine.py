@@ -56,7 +56,7 @@ from heaper_trio.records import (
 from heaper_trio.records.admin_links import AdminLinkOutcome
 from heaper_trio.storage.base import Storage
 from heaper_trio.storage.migrate import migration_scripts
-from heaper_trio.storage.postgres import commit_batch, feed
+from heaper_trio.storage.postgres import commit_batch, feed, push_commit
 from heaper_trio.storage.postgres import documents as docs
 from heaper_trio.storage.postgres import notify as postgres_notify
 from heaper_trio.storage.postgres.accounts import (
@@ -387,11 +387,20 @@ class PostgresStorage(
         return results
 
     async def _commit_batch(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
-        """One group commit's transaction: every lock up front, then the changes a statement
-        per table with no savepoint (``commit_batch.BARE``); on a refusal only one by one can
+        """One group commit's transaction. Plain edits: one statement that is its own
+        transaction (``push_commit``, one round trip). Otherwise, or if that statement refuses
+        the batch (it wrote nothing): every lock up front, then the changes a statement per
+        table with no savepoint (``commit_batch.BARE``); on a refusal only one by one can
         decide, the transaction is rolled back and run again with each change in its own
         savepoint, so a refused one rolls back alone."""
         run, origin = docs.commit_changes, self.announce_as
+        if push_commit.eligible(changes):  # one statement, its own transaction (0023)
+            keys = sorted({docs.block_key(ch.block_id) for ch in changes})
+            args = (changes, now, docs.BLOCK_LOCK, keys, origin)
+            try:
+                return await self._run(write1, push_commit.commit_in_one, *args)
+            except push_commit.Surprise:  # nothing written: the usual way below
+                pass
         try:
             return await self._run(tx, run, changes, now, origin, commit_batch.BARE)
         except commit_batch.OneByOne:  # rolled back: again, each change in its own savepoint
