@@ -144,3 +144,50 @@ async def test_a_foreign_push_that_changes_nothing_tells_nothing(
     answer = r.json()["blocks"][0]
     assert (answer["status"], answer.get("error")) == ("forbidden", "heap_forbidden"), answer
     assert "update" not in answer and "state_vector" not in answer
+
+
+async def test_trash_and_restore_are_named_from_the_cached_state(
+    admin: HeaperClient, server: RunningServer
+) -> None:
+    """A cached document keeps whether it was in the trash (``DocumentBase.deleted``), so a
+    push need not read it from the document; the change kinds must come out as before."""
+    documents = server.services.documents
+    heap = await new_heap(admin)
+    block = ClientBlock()
+    heard: list[str] = []
+    documents.listeners.append(
+        lambda committed: heard.extend(c.kind for c in committed if c.block_id == block.id)
+    )
+    block.write("Plans", "first draft")
+    r = await push(admin, block.push_item(heap["id"]))
+    block.synced = block.doc.get_state()
+    steps: list[tuple[str, Any]] = [
+        ("edit", "one"),
+        ("deleted_at", 1_700_000_000_000),
+        ("edit", "while trashed"),
+        ("deleted_at", None),
+        ("edit", "back"),
+    ]
+    for field, value in steps:
+        if field == "edit":
+            _edit(block, value)
+        elif value is None:
+            del block.meta["deleted_at"]
+        else:
+            block.meta["deleted_at"] = value
+        r = await push(admin, block.push_item(heap["id"]))
+        assert r.json()["blocks"][0]["status"] == "ok", r.text
+        block.synced = block.doc.get_state()
+    kinds = ["created", "changed", "deleted", "changed", "restored", "changed"]
+    assert heard == kinds
+    # the same with the cache emptied before each push (the document tells)
+    heard.clear()
+    documents.cache.evict(block.id)
+    block.meta["deleted_at"] = 1_700_000_000_001
+    r = await push(admin, block.push_item(heap["id"]))
+    block.synced = block.doc.get_state()
+    documents.cache.evict(block.id)
+    del block.meta["deleted_at"]
+    r = await push(admin, block.push_item(heap["id"]))
+    assert r.json()["blocks"][0]["status"] == "ok", r.text
+    assert heard == ["deleted", "restored"]

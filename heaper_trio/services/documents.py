@@ -48,6 +48,13 @@ MAX_ATTEMPTS = 5
 DELTA_LIMIT = 1000
 
 
+def _deleted(change: BlockChange) -> bool | None:
+    """``DocumentBase.deleted`` after ``change``: its projection's trash state, unless it was
+    made from ``permanently_deleted_at`` (``push.projected``), which the document lacks."""
+    p = change.projection
+    return None if p.permanently_deleted_at is not None else p.deleted_at is not None
+
+
 def _continues(client_version: int | None, version: int) -> bool:
     """Whether a pulled block's diff is a continuation of what the client holds. Without a
     version, only while the document was never replaced (still at 1); otherwise only at the
@@ -260,6 +267,7 @@ class DocumentService:
                     0 if change.compacted else (base.log_rows if base else 0) + len(batch.updates),
                     result.sync_version,
                     (base.approx_bytes if base else 0) + sum(len(u) for u in batch.updates),
+                    _deleted(change),
                 ),
             )
             kind = change_kind(

@@ -45,7 +45,7 @@ async def push_unchecked(
             docs.cache.put(batch.block_id, base)
             return None
         doc = base.doc
-        was_deleted = doc.deleted_at() is not None
+        was_deleted = base.was_deleted()
         changed = False
         try:
             for update in batch.updates:
