@@ -22,8 +22,9 @@ Phases, per run (``--runs``, default 3), one after another, never in parallel:
 
 For each push phase: updates acknowledged (``ok``/``created``) per second, latency per request,
 the server's CPU per update (utime+stime of the server and its workers, ``/proc``), wrk's own
-CPU (it must not be the limit: compare its share of a core with the server's), and on
-PostgreSQL the CPU of the database backends serving the server's scratch database. Ratios per
+CPU (it must not be the limit: compare its share of a core with the server's), on
+PostgreSQL the CPU of the database backends serving the server's scratch database, and how
+many writes shared one group commit (one fsync) on average (the server's ``/metrics``). Ratios per
 run: single and streams16 over the 1-row baseline, batched100 over the 100-row baseline; the
 JSON gives each run and the median.
 
@@ -168,6 +169,23 @@ def pids_cpu_s(pids: list[int]) -> float:
     return total
 
 
+def commit_batches(url: str) -> tuple[float, float] | None:
+    """The server's group commits so far (``/metrics``): writes gathered, transactions; None
+    when it does not answer them (metrics off)."""
+    import httpx
+
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    total = {"_sum": 0.0, "_count": 0.0}
+    for line in text.splitlines():
+        for end in total:
+            if line.startswith("heaper_db_commit_batch_size" + end):
+                total[end] += float(line.rsplit(" ", 1)[1])
+    return total["_sum"], total["_count"]
+
+
 def run_wrk(
     server: Server,
     folder: Path,
@@ -193,6 +211,7 @@ def run_wrk(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+    batches0 = commit_batches(server.url)
     own0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0, db0, t0 = proc_cpu_s(server.pid), pids_cpu_s(pids), time.monotonic()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
@@ -200,6 +219,10 @@ def run_wrk(
     if spy is not None:
         spy.wait(timeout=30)
     cpu, db = proc_cpu_s(server.pid) - cpu0, pids_cpu_s(pids) - db0
+    batches1 = commit_batches(server.url)
+    per_commit = None  # how many writes shared one group commit (one fsync), on average
+    if batches0 and batches1 and batches1[1] > batches0[1]:
+        per_commit = round((batches1[0] - batches0[0]) / (batches1[1] - batches0[1]), 2)
     own1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     wrk_cpu = own1.ru_utime + own1.ru_stime - own0.ru_utime - own0.ru_stime
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("PUSH_JSON ")), None)
@@ -224,6 +247,7 @@ def run_wrk(
         "server_cpu_util": round(cpu / wall, 3),
         "wrk_cpu_util": round(wrk_cpu / wall, 3),
         "db_backends_cpu_us_per_update": round(db * 1e6 / acked, 1) if pg and acked else None,
+        "writes_per_group_commit": per_commit,
     }
 
 
@@ -257,7 +281,8 @@ async def push_phases(
             log(
                 f"run {run} {label} {phase}: {r['updates_per_s']} updates/s, p50 {r['p50_ms']} ms, "
                 f"server {r['server_cpu_us_per_update']} µs/update "
-                f"({r['server_cpu_util']} of a core), wrk {r['wrk_cpu_util']} of a core"
+                f"({r['server_cpu_util']} of a core), wrk {r['wrk_cpu_util']} of a core, "
+                f"{r['writes_per_group_commit']} writes per group commit"
                 + (f", db {r['db_backends_cpu_us_per_update']} µs/update" if pg else "")
                 + (f", EXHAUSTED {r['exhausted_streams']}" if r["exhausted_streams"] else "")
             )
@@ -297,6 +322,7 @@ def summarize(runs: list[dict[str, Any]], label: str) -> dict[str, Any]:
             "wrk_cpu_util",
             "server_cpu_util",
             "db_backends_cpu_us_per_update",
+            "writes_per_group_commit",
         ):
             xs = [r[label][phase][k] for r in runs if r[label][phase][k] is not None]
             out.setdefault(phase, {})[k] = {

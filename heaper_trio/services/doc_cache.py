@@ -30,6 +30,12 @@ class DocumentBase:
     log_rows: int  # rows after the snapshot (compaction is due at COMPACT_EVERY)
     sync_version: int
     approx_bytes: int
+    # ``meta_v0.deleted_at`` was set in this state (None: not known, the document tells):
+    # kept from the commit's projection, so the next push need not read the document for it
+    deleted: bool | None = None
+
+    def was_deleted(self) -> bool:
+        return self.deleted if self.deleted is not None else self.doc.deleted_at() is not None
 
 
 class DocumentCache:

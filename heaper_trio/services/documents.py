@@ -27,6 +27,7 @@ from heaper_trio.services.doc_cache import DocumentBase, DocumentCache
 from heaper_trio.services.history import HistoryService
 from heaper_trio.services.projection import projection_of, storable
 from heaper_trio.services.push import Prepared, PushBatch, Settled, checked, with_diff
+from heaper_trio.services.push_unchecked import push_unchecked
 from heaper_trio.services.sync_types import (
     BlockView,
     EditStatus,
@@ -45,6 +46,13 @@ log = logging.getLogger(__name__)
 COMPACT_EVERY = 100  # log rows after the snapshot before a change also writes a new snapshot
 MAX_ATTEMPTS = 5
 DELTA_LIMIT = 1000
+
+
+def _deleted(change: BlockChange) -> bool | None:
+    """``DocumentBase.deleted`` after ``change``: its projection's trash state, unless it was
+    made from ``permanently_deleted_at`` (``push.projected``), which the document lacks."""
+    p = change.projection
+    return None if p.permanently_deleted_at is not None else p.deleted_at is not None
 
 
 def _continues(client_version: int | None, version: int) -> bool:
@@ -128,9 +136,11 @@ class DocumentService:
             > self.settings.max_request_bytes
         ):
             raise PayloadTooLarge("the decoded updates exceed max_request_bytes")
-        settled = await self._push_items(
-            user, [checked(item, index) for index, item in enumerate(items)], origin=None
-        )
+        work = [checked(item, index) for index, item in enumerate(items)]
+        fast = None  # one cached block: no read ahead of its commit (push_unchecked)
+        if len(work) == 1 and isinstance(one := work[0], PushBatch):
+            fast = await push_unchecked(self, user, replace(one, heap_owner=user.id), None)
+        settled = [fast] if fast else await self._push_items(user, work, origin=None)
         # No await from here on: the documents are read as the push left them.
         return [with_diff(s, item.state_vector) for s, item in zip(settled, items, strict=True)]
 
@@ -257,6 +267,7 @@ class DocumentService:
                     0 if change.compacted else (base.log_rows if base else 0) + len(batch.updates),
                     result.sync_version,
                     (base.approx_bytes if base else 0) + sum(len(u) for u in batch.updates),
+                    _deleted(change),
                 ),
             )
             kind = change_kind(

@@ -15,14 +15,13 @@ process is refused all the same.
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from heaper_trio import crdt
 from heaper_trio.records import User
-from heaper_trio.services.commits import Committed
-from heaper_trio.services.push import Prepared, PushBatch, Settled
+from heaper_trio.services.push import PushBatch
+from heaper_trio.services.push_unchecked import push_unchecked
 from heaper_trio.services.sync_types import PushOutcome, PushStatus
 
 if TYPE_CHECKING:
@@ -55,42 +54,8 @@ async def push_live(
         return PushOutcome(block_id, PushStatus.invalid, error=e.code)
     batch = PushBatch(0, block_id, heap_id, tuple(updates), None, sync_version, search_later=True)
     if unchecked:
-        outcome = await _unchecked(docs, user, replace(batch, heap_owner=user.id), origin)
-        if outcome is not None:
-            return outcome
+        settled = await push_unchecked(docs, user, replace(batch, heap_owner=user.id), origin)
+        if settled is not None:
+            return settled.outcome
     [settled] = await docs._push_items(user, [batch], origin=origin)
     return settled.outcome
-
-
-async def _unchecked(
-    docs: DocumentService, user: User, batch: PushBatch, origin: object
-) -> PushOutcome | None:
-    """Commit a cached document's change with no read ahead; None: take the checked path."""
-    async with AsyncExitStack() as stack:
-        await docs.locks.hold_all(stack, [batch.block_id])
-        base = docs.cache.take(batch.block_id)
-        if base is None:
-            return None
-        if base.heap_id != batch.heap_id or (
-            batch.sync_version is not None and batch.sync_version != base.sync_version
-        ):
-            docs.cache.put(batch.block_id, base)
-            return None
-        doc = base.doc
-        was_deleted = doc.deleted_at() is not None
-        changed = False
-        try:
-            for update in batch.updates:
-                changed = doc.apply(update) or changed
-        except crdt.InvalidUpdate:  # the document may hold part of it: not cached again
-            return None
-        if not changed:
-            docs.cache.put(batch.block_id, base)
-            return None
-        done: dict[int, Settled] = {}
-        committed: dict[int, Committed] = {}
-        prepared = Prepared(batch, doc, base, True, was_deleted)
-        if await docs._commit(user, [prepared], done, committed):
-            return None  # refused (log moved, heap gone or not the user's): not cached
-        await docs.settle(committed, done, origin)
-        return done[0].outcome

@@ -106,7 +106,7 @@ async def prepare_one(
         )
     doc = base.doc if base is not None else crdt.BlockDocument()
     try:
-        was_deleted = base is not None and doc.deleted_at() is not None
+        was_deleted = base is not None and base.was_deleted()
         changed = base is None
         for update in batch.updates:
             changed = doc.apply(update) or changed

@@ -34,7 +34,7 @@ from heaper_trio.storage.sqlite.kept_reads import MISS, KeptReads
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Job = tuple[Callable[..., Any], tuple[Any, ...], Callable[[outcome.Outcome], None]]
+Job = tuple[Callable[..., Any], tuple[Any, ...], "_Reply"]
 _STOP = object()
 MAX_BATCH = 512
 READERS = 4
@@ -136,24 +136,46 @@ def _reader_main(conn: sqlite3.Connection, jobs: queue.SimpleQueue[Any]) -> None
         conn.close()
 
 
-def _reply_slot() -> tuple[Callable[[outcome.Outcome], None], trio.Event, list[outcome.Outcome]]:
-    """How a database thread hands a job's outcome back to the waiting trio task: call
-    ``reply`` (from any thread), then ``done`` is set and ``box`` holds the outcome."""
-    token = trio.lowlevel.current_trio_token()
-    done = trio.Event()
-    box: list[outcome.Outcome] = []
+class _Reply:
+    """How a database thread hands a job's outcome back to the waiting trio task: ``__call__``
+    (from any thread) or, for many jobs at once, :func:`_reply_all`; then ``done`` is set and
+    ``box`` holds the outcome."""
 
-    def reply(result: outcome.Outcome) -> None:
-        def deliver() -> None:
-            box.append(result)
-            done.set()
+    __slots__ = ("box", "done", "token")
+
+    def __init__(self) -> None:
+        self.token = trio.lowlevel.current_trio_token()
+        self.done = trio.Event()
+        self.box: list[outcome.Outcome] = []
+
+    def deliver(self, result: outcome.Outcome) -> None:
+        """On the event loop."""
+        self.box.append(result)
+        self.done.set()
+
+    def __call__(self, result: outcome.Outcome) -> None:
+        try:
+            self.token.run_sync_soon(self.deliver, result)
+        except trio.RunFinishedError:
+            pass
+
+
+def _reply_all(answers: list[tuple[_Reply, outcome.Outcome]]) -> None:
+    """Every job of a group commit answered in one call into each event loop: one wake-up of
+    the loop (a write to its wake-up socket, then its drain) per batch, not per job."""
+    by_token: dict[trio.lowlevel.TrioToken, list[tuple[_Reply, outcome.Outcome]]] = {}
+    for reply, result in answers:
+        by_token.setdefault(reply.token, []).append((reply, result))
+    for token, mine in by_token.items():
+
+        def deliver(mine: list[tuple[_Reply, outcome.Outcome]] = mine) -> None:
+            for reply, result in mine:
+                reply.deliver(result)
 
         try:
             token.run_sync_soon(deliver)
         except trio.RunFinishedError:
             pass
-
-    return reply, done, box
 
 
 class SqliteRuntime:
@@ -213,16 +235,16 @@ class SqliteRuntime:
         """Run ``fn(conn, *args)`` in the writer's next transaction; return once committed."""
         if self._thread is None:
             raise RuntimeError("storage is closed")
-        reply, done, box = _reply_slot()
+        reply = _Reply()
         start = time.perf_counter()
         self._jobs.put((fn, args, reply))
         # Once queued the job will run; waiting for it cannot be abandoned, or a caller could
         # be told "cancelled" about a write that then commits.
         with trio.CancelScope(shield=True):
-            await done.wait()
+            await reply.done.wait()
         observe.observer.round_trip("sqlite", "write", time.perf_counter() - start)
         with _unavailable_on_operational_error():
-            return box[0].unwrap()
+            return reply.box[0].unwrap()
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on a reader connection in a worker thread.
@@ -232,21 +254,21 @@ class SqliteRuntime:
         """
         if not self._reader_threads:
             raise RuntimeError("storage is closed")
-        reply, done, box = _reply_slot()
+        reply = _Reply()
         job = _Read(fn, args, reply)
         start = time.perf_counter()
         self._reads.put(job)
         try:
-            await done.wait()
+            await reply.done.wait()
         except trio.Cancelled:
             if job.withdraw():  # still queued: it will not run
                 raise
             with trio.CancelScope(shield=True):  # running: its connection must come back
-                await done.wait()
+                await reply.done.wait()
             raise
         observe.observer.round_trip("sqlite", "read", time.perf_counter() - start)
         with _unavailable_on_operational_error():
-            return box[0].unwrap()
+            return reply.box[0].unwrap()
 
     async def read_point(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a primary-key lookup right here on the event loop.
@@ -336,5 +358,4 @@ class SqliteRuntime:
             self.commits += 1
             self.jobs_done += len(batch)
             observe.observer.commit_batch("sqlite", len(batch), time.perf_counter() - start)
-        for (_, _, reply), answer in zip(batch, results):
-            reply(answer)
+        _reply_all([(reply, answer) for (_, _, reply), answer in zip(batch, results, strict=True)])
