@@ -39,9 +39,9 @@ async def test_each_block_of_a_chunk_goes_to_the_disk_before_its_sync(
         events.append(("writeback", offset, length))
         return real_start(fd, offset, length)
 
-    def marked(f: object, folder: Path, index: int) -> None:
+    def marked(f: object, upload: object, index: int, kind: int, digest: bytes) -> None:
         events.append(("marked", index, 0))
-        real_mark(f, folder, index)  # type: ignore[arg-type]
+        real_mark(f, upload, index, kind, digest)  # type: ignore[arg-type]
 
     monkeypatch.setattr(upload_layout, "start_writeback", started)
     monkeypatch.setattr(upload_layout, "mark_received", marked)
