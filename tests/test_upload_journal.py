@@ -42,16 +42,31 @@ async def the_upload(server: RunningServer, heap_id: str, block: str, h: str) ->
     return upload
 
 
-def restarted(upload: UploadRecord) -> None:
-    """What a new process knows of the upload's records: nothing it did not check itself."""
-    upload_journal.VERIFIED.drop(upload.id)
+def restarted(server: RunningServer, upload: UploadRecord) -> None:
+    """What a new process knows of the upload: no running hash, and of its records nothing it
+    did not check itself."""
+    server.services.files.hashes.drop(upload.id)
+    assert not upload_journal.VERIFIED.among(
+        upload.id, os.stat(data_of(server, upload)).st_ino, [0]
+    )
 
 
-async def test_a_chunk_is_one_sync_and_no_marker(
+def data_of(server: RunningServer, upload: UploadRecord) -> Path:
+    return server.services.files.uploads / upload.id / upload_layout.DATA
+
+
+def kinds(server: RunningServer, upload: UploadRecord) -> dict[int, int]:
+    lengths = [upload_layout.chunk_length(upload, i) for i in range(upload.total_chunks)]
+    with open(data_of(server, upload), "rb") as f:
+        records = upload_journal.read_records(f.fileno(), upload.size, lengths)
+    return {i: r.kind for i, r in records.items()}
+
+
+async def test_a_chunk_in_order_is_one_sync_and_no_marker(
     admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     heap_id = (await new_heap(admin))["id"]
-    data = os.urandom(3 * CHUNK)
+    data = os.urandom(4 * CHUNK - 1)
     h = sha(data)
     await init(admin, heap_id, "b1", data)
     syncs: list[str] = []
@@ -67,14 +82,20 @@ async def test_a_chunk_is_one_sync_and_no_marker(
 
     monkeypatch.setattr(upload_layout.os, "fdatasync", fdatasync)
     monkeypatch.setattr(upload_layout.os, "fsync", fsync)
-    await send_chunks(admin, heap_id, "b1", h, data, [0, 2, 1])  # in order and ahead
-    assert syncs == ["fdatasync"] * 3
+    await send_chunks(admin, heap_id, "b1", h, data, [0, 1])  # one at a time, in order
+    assert syncs == ["fdatasync"] * 2
+    await send_chunks(admin, heap_id, "b1", h, data, [3])  # ahead: synced, then its record
+    assert syncs == ["fdatasync"] * 4
+    await send_chunks(admin, heap_id, "b1", h, data, [2])
+    assert syncs == ["fdatasync"] * 5
     monkeypatch.undo()
-    folder = server.services.files.uploads / (await the_upload(server, heap_id, "b1", h)).id
-    assert sorted(p.name for p in folder.iterdir()) == [upload_layout.DATA]
     upload = await the_upload(server, heap_id, "b1", h)
-    restarted(upload)  # a new process: checks each record against its bytes
-    assert await status(admin, heap_id, "b1", h) == [0, 1, 2]
+    folder = server.services.files.uploads / upload.id
+    assert sorted(p.name for p in folder.iterdir()) == [upload_layout.DATA]
+    prefix, synced = upload_journal.PREFIX, upload_journal.SYNCED
+    assert kinds(server, upload) == {0: prefix, 1: prefix, 2: prefix, 3: synced}
+    restarted(server, upload)  # a new process: checks each record against its bytes
+    assert await status(admin, heap_id, "b1", h) == [0, 1, 2, 3]
     r = await admin.post(f"/api/upload/complete/{heap_id}/b1/{h}")
     assert r.status_code == 200 and r.json()["file_hash"] == h, r.text
     assert server.services.files.store_path(h).read_bytes() == data  # the records cut off
@@ -89,20 +110,17 @@ async def test_records_whose_bytes_are_not_there_or_torn_are_not_received(
     await init(admin, heap_id, "b2", data)
     await send_chunks(admin, heap_id, "b2", h, data, [0, 1, 3])
     upload = await the_upload(server, heap_id, "b2", h)
-    path = server.services.files.uploads / upload.id / upload_layout.DATA
-    with open(path, "r+b") as f:
+    with open(data_of(server, upload), "r+b") as f:
         f.seek(CHUNK + 5)  # chunk 1 (a PREFIX record): its bytes never reached the disk
         f.write(b"\0" * 100)
-        f.seek(3 * CHUNK)  # chunk 3 (a CHUNK record: it came ahead) likewise
-        f.write(b"\0")
         # chunk 2's record torn: a crash cut its write short
         record = upload_journal.pack(
-            2, CHUNK, upload_journal.CHUNK, hashlib.sha256(data[2 * CHUNK : 3 * CHUNK]).digest()
+            2, CHUNK, upload_journal.PREFIX, hashlib.sha256(data[: 3 * CHUNK]).digest()
         )
         f.seek(upload_journal.slot(len(data), 2))
         f.write(record[:30])
-    restarted(upload)
-    assert await status(admin, heap_id, "b2", h) == [0]
+    restarted(server, upload)
+    assert await status(admin, heap_id, "b2", h) == [0, 3]  # 3 came ahead: synced first
     await send_chunks(admin, heap_id, "b2", h, data, [1, 2, 3])  # sent again: files of their own
     assert await status(admin, heap_id, "b2", h) == [0, 1, 2, 3]
     r = await admin.post(f"/api/upload/complete/{heap_id}/b2/{h}")
@@ -128,7 +146,7 @@ async def test_an_upload_begun_with_done_markers_resumes_and_completes(
     assert await status(admin, heap_id, "b3", h) == [1]
     await send_chunks(admin, heap_id, "b3", h, data, [1])  # a resend: a file of its own
     await send_chunks(admin, heap_id, "b3", h, data, [3, 0, 2])
-    restarted(upload)
+    restarted(server, upload)
     assert await status(admin, heap_id, "b3", h) == [0, 1, 2, 3]
     r = await admin.post(f"/api/upload/complete/{heap_id}/b3/{h}")
     assert r.status_code == 200 and r.json()["file_hash"] == h, r.text
@@ -147,8 +165,8 @@ async def test_a_complete_that_died_after_cutting_the_records_completes_again(
     upload = await the_upload(server, heap_id, "b4", h)
     folder = server.services.files.uploads / upload.id
     (folder / upload_layout.CUT).touch()
+    restarted(server, upload)
     os.truncate(folder / upload_layout.DATA, len(data))  # the cut, then the process died
-    restarted(upload)
     assert await status(admin, heap_id, "b4", h) == [0, 1, 2]
     with open(folder / upload_layout.DATA, "r+b") as f:  # ... unless its bytes are not whole
         f.write(b"\0")

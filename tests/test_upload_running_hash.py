@@ -128,7 +128,7 @@ def test_a_chunk_is_written_by_one_writer_and_never_once_marked(
     other = upload_layout.open_chunk(folder, upload, 2)
     assert other is not None
     other.close()
-    upload_layout.mark_received(first, upload, 1, upload_journal.CHUNK, b"\0" * 32)
+    upload_layout.mark_received(first, upload, 1, upload_journal.SYNCED, b"\0" * 32)
     first.close()
     assert upload_layout.open_chunk(folder, upload, 1) is None  # received: a file of its own
 

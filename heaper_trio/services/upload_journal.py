@@ -7,11 +7,16 @@ marker's name synced with its folder: two journal commits of the file system per
 a chunk's time with one chunk in flight. Now the writer puts the chunk's bytes, then its record
 (at a fixed slot: ``journal_start(size) + index * RECORD``), then syncs the file once. One sync
 does not order the two, so a crash during it may leave a record whose bytes never reached the
-disk; the record therefore carries a SHA-256 that vouches for the bytes:
+disk; such a record therefore carries a SHA-256 that vouches for the bytes:
 
 - ``PREFIX``: the hash of ``data[0 : end of the chunk]``, free for a chunk written while it came
-  next in the upload's running hash (``upload_hash``: one chunk in flight, the usual case);
-- ``CHUNK``: the hash of the chunk's own bytes (a chunk that came ahead), taken as it is written.
+  next in the upload's running hash (``upload_hash``: one chunk in flight, the usual case): one
+  sync per chunk;
+- ``SYNCED``: a chunk that came ahead (several in flight) is not in the running hash, and hashing
+  its bytes only for its record cost 15% more CPU with 4 in flight (SHA-256, the fastest hash
+  here: 5.4 ms per 8 MiB); its record is written after its bytes are synced, and synced in turn
+  (two syncs, the second a page, whose latency the other chunks in flight overlap), so its CRC
+  is all it needs.
 
 A record is trusted without reading anything in the process that wrote and synced it
 (``VERIFIED``); any other record (after a restart, or written by another process sharing the
@@ -40,7 +45,7 @@ from typing import Any
 RECORD = 64  # bytes per slot
 ALIGN = 4096  # records start on a page of their own: the last chunk's page holds data only
 MAGIC = b"HUJ1"
-CHUNK = 1  # digest: SHA-256 of the chunk's bytes
+SYNCED = 1  # written once the chunk's bytes were synced: no digest needed
 PREFIX = 2  # digest: SHA-256 of data[0 : end of the chunk]
 _BODY = struct.Struct("<4sIQB3x32s")  # magic, index, length, kind, digest
 _CRC = struct.Struct("<I")
@@ -79,7 +84,7 @@ def unpack(raw: bytes, index: int, length: int) -> Record | None:
     if crc != zlib.crc32(raw[:n]):
         return None
     _, at, of, kind, digest = _BODY.unpack_from(raw)
-    if at != index or of != length or kind not in (CHUNK, PREFIX):
+    if at != index or of != length or kind not in (SYNCED, PREFIX):
         return None
     return Record(at, of, kind, digest)
 
@@ -167,38 +172,25 @@ def verify(
     marked: Callable[[int], bool],
     chunk_size: int,
 ) -> set[int]:
-    """The records among ``records`` not in ``trusted`` whose bytes hash to them (read from
-    ``fd``). A ``PREFIX`` record needs every chunk before it received (a record, or ``marked``:
-    an old layout's marker) and the hash from byte 0; a ``CHUNK`` record its own bytes only."""
+    """The records among ``records`` not in ``trusted`` that vouch for their bytes (read from
+    ``fd``): a ``SYNCED`` one by being there; a ``PREFIX`` one needs every chunk before it
+    received (a record, or ``marked``: an old layout's marker) and the hash from byte 0 up to
+    its end to be its digest."""
     todo = {i: r for i, r in records.items() if i not in trusted}
-    good: set[int] = set()
-    if not todo:
-        return good
-    view = memoryview(bytearray(READ_BLOCK))
+    good = {i for i, r in todo.items() if r.kind == SYNCED}
     last_prefix = max((i for i, r in todo.items() if r.kind == PREFIX), default=-1)
     prefix = hashlib.sha256()
-    checked: set[int] = set()
+    view = memoryview(bytearray(READ_BLOCK if last_prefix >= 0 else 1))
     for index in range(last_prefix + 1):  # the walk from byte 0, as far as a PREFIX needs
         rec = records.get(index)
         if rec is None and not marked(index):
             break  # a gap: no PREFIX after it can be vouched for
         length = rec.length if rec is not None else chunk_size
-        mine = todo.get(index)
-        own = hashlib.sha256() if mine is not None and mine.kind == CHUNK else None
-        digests = [prefix] if own is None else [prefix, own]
-        if not _hash_into(fd, digests, index * chunk_size, length, view):
+        if not _hash_into(fd, [prefix], index * chunk_size, length, view):
             break
-        if mine is not None:
-            checked.add(index)
-            digest = prefix.copy().digest() if own is None else own.digest()
-            if digest == mine.digest:
-                good.add(index)
-    for index, rec in todo.items():
-        if rec.kind == CHUNK and index not in checked:
-            own = hashlib.sha256()
-            ok = _hash_into(fd, [own], index * chunk_size, rec.length, view)
-            if ok and own.digest() == rec.digest:
-                good.add(index)
+        mine = todo.get(index)
+        if mine is not None and mine.kind == PREFIX and prefix.copy().digest() == mine.digest:
+            good.add(index)
     if good:
         os.fdatasync(fd)  # reported received only once durable, whoever wrote it
     return good

@@ -38,7 +38,7 @@ import os
 import re
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -138,18 +138,20 @@ def _still_named(f: BinaryIO, path: Path) -> bool:
         return False
 
 
-def open_data(folder: Path, size: int, lock: int) -> BinaryIO:
+def open_data(folder: Path, size: int, lock: int, end: int = 0) -> BinaryIO:
     """``data`` open for reading and writing, ``size`` long, locked (``LOCK_SH`` for a chunk,
     ``LOCK_EX`` for complete) without waiting: ``BlockingIOError`` if the other side holds it
     (the caller waits in trio, never in one of the few upload threads, which the holder may
-    need to finish). Gone from its name once locked: completed meanwhile (404)."""
+    need to finish). Gone from its name once locked: completed meanwhile (404). ``end``: the
+    records' end (a record written past the file's end would change its size, metadata a sync
+    must then commit too)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / DATA
     f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b")
     try:
         lock_named(f, path, lock)
-        if os.fstat(f.fileno()).st_size < size:
-            os.ftruncate(f.fileno(), size)  # holes until the chunks arrive
+        if os.fstat(f.fileno()).st_size < max(size, end):
+            os.ftruncate(f.fileno(), max(size, end))  # holes until the chunks arrive
     except BaseException:
         f.close()
         raise
@@ -196,7 +198,8 @@ def open_chunk(folder: Path, upload: UploadRecord, index: int) -> BinaryIO | Non
     marked (what the running hash relies on)."""
     if goes_to_its_own_file(folder, index):
         return None
-    f = open_data(folder, upload.size, fcntl.LOCK_SH)
+    end = journal.slot(upload.size, upload.total_chunks)
+    f = open_data(folder, upload.size, fcntl.LOCK_SH, end)
     length = chunk_length(upload, index)
     try:
         if (
@@ -213,9 +216,12 @@ def open_chunk(folder: Path, upload: UploadRecord, index: int) -> BinaryIO | Non
 
 
 def mark_received(f: BinaryIO, upload: UploadRecord, index: int, kind: int, digest: bytes) -> None:
-    """The chunk's record after its bytes, then one sync for both (``upload_journal``)."""
+    """The chunk's record after its bytes, then one sync for both (``upload_journal``); a
+    ``SYNCED`` record (no digest vouches for the bytes) only once the bytes are synced."""
     f.flush()
     fd = f.fileno()
+    if kind == journal.SYNCED:
+        os.fdatasync(fd)
     journal.write_record(fd, upload.size, index, chunk_length(upload, index), kind, digest)
     os.fdatasync(fd)
 
@@ -232,14 +238,13 @@ class ChunkHashing:
     start: int
     claim: Claim | None = None
     given_up: bool = False
-    own: Any = field(default_factory=hashlib.sha256)  # while not in the running hash
 
     def record(self) -> tuple[int, bytes]:
         """What vouches for the chunk's bytes in its record: the running hash up to its end
-        if it was taken in as written (no second hash), else its own hash."""
+        if it was taken in as written, else nothing (it is recorded once they are synced)."""
         if self.claim is not None:
             return journal.PREFIX, self.claim.digest.copy().digest()
-        return journal.CHUNK, self.own.digest()
+        return journal.SYNCED, bytes(32)
 
     def write(self, write: Write, f: BinaryIO, data: Data) -> None:
         """One block to the disk and, once this chunk comes next, into its running hash (the
@@ -261,8 +266,6 @@ class ChunkHashing:
         start_writeback(f.fileno(), f.tell() - len(data), len(data))  # the sync waits less
         if self.claim is not None:
             self.claim.update(data)
-        else:
-            self.own.update(data)
 
 
 def _mark_and_hash(
