@@ -49,7 +49,7 @@ from heaper_trio.records import UploadRecord
 from heaper_trio.services import upload_journal as journal
 from heaper_trio.services.upload_disk import CopyRange, Data, Write, _commit, receive_body
 from heaper_trio.services.upload_hash import Claim, UploadHashes, hash_range
-from heaper_trio.services.writeback import start_writeback
+from heaper_trio.services.writeback import start_writeback, wait_written
 
 log = logging.getLogger(__name__)
 DATA = "data"
@@ -263,7 +263,9 @@ class ChunkHashing:
                     self.hashes.settle(self.claim, marked=False)
                     self.claim, self.given_up = None, True
         write(f, data)
-        start_writeback(f.fileno(), f.tell() - len(data), len(data))  # the sync waits less
+        at = f.tell() - len(data)
+        start_writeback(f.fileno(), at, len(data))  # the sync waits less
+        wait_written(f.fileno(), self.start, at - self.start)  # and less: only for this block
         if self.claim is not None:
             self.claim.update(data)
 
