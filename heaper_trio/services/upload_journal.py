@@ -20,8 +20,9 @@ disk; such a record therefore carries a SHA-256 that vouches for the bytes:
 
 A record is trusted without reading anything in the process that wrote and synced it
 (``VERIFIED``); any other record (after a restart, or written by another process sharing the
-data directory) counts only once the bytes it covers hash to it, and the file is then synced
-before it is reported, so nothing is ever reported received that is not durable. A torn record
+data directory) counts only once checked (``verify``: a ``PREFIX`` record followed by another
+is proven by it, the last one by its hash), and the file is then synced before it is
+reported, so nothing is ever reported received that is not durable. A torn record
 (cut off mid-write) fails its own CRC and is simply not there: that chunk is sent again.
 
 Records live at fixed slots, not appended, so chunks in flight at once never contend for the
@@ -51,6 +52,7 @@ _BODY = struct.Struct("<4sIQB3x32s")  # magic, index, length, kind, digest
 _CRC = struct.Struct("<I")
 KEEP = 1024  # uploads whose verified chunks a process remembers
 READ_BLOCK = 1024 * 1024
+WALK_BYTES = 1024 * 1024 * 1024  # read at most this to check the last PREFIX record (~1 s)
 
 
 def journal_start(size: int) -> int:
@@ -173,24 +175,33 @@ def verify(
     chunk_size: int,
 ) -> set[int]:
     """The records among ``records`` not in ``trusted`` that vouch for their bytes (read from
-    ``fd``): a ``SYNCED`` one by being there; a ``PREFIX`` one needs every chunk before it
-    received (a record, or ``marked``: an old layout's marker) and the hash from byte 0 up to
-    its end to be its digest."""
-    todo = {i: r for i, r in records.items() if i not in trusted}
-    good = {i for i, r in todo.items() if r.kind == SYNCED}
-    last_prefix = max((i for i, r in todo.items() if r.kind == PREFIX), default=-1)
-    prefix = hashlib.sha256()
-    view = memoryview(bytearray(READ_BLOCK if last_prefix >= 0 else 1))
-    for index in range(last_prefix + 1):  # the walk from byte 0, as far as a PREFIX needs
-        rec = records.get(index)
-        if rec is None and not marked(index):
-            break  # a gap: no PREFIX after it can be vouched for
-        length = rec.length if rec is not None else chunk_size
-        if not _hash_into(fd, [prefix], index * chunk_size, length, view):
-            break
-        mine = todo.get(index)
-        if mine is not None and mine.kind == PREFIX and prefix.copy().digest() == mine.digest:
-            good.add(index)
+    ``fd``). A ``SYNCED`` one does by being there. A ``PREFIX`` one does when a later
+    ``PREFIX`` record is there: that chunk was hashed as written only because every chunk
+    before it was marked, so synced, before its record was written. The last ``PREFIX`` one
+    needs the hash from byte 0 to its end to be its digest (every chunk before it received: a
+    record, or ``marked``, an old layout's marker), read only up to ``WALK_BYTES``: past that
+    it is not received and its chunk is sent again (a restart costs one chunk, never a read
+    of 20 GiB in a status request)."""
+    prefixes = sorted(i for i, r in records.items() if r.kind == PREFIX)
+    good = {
+        i
+        for i, r in records.items()
+        if i not in trusted and (r.kind == SYNCED or (prefixes and i < prefixes[-1]))
+    }
+    last = prefixes[-1] if prefixes else -1
+    if last >= 0 and last not in trusted and (last + 1) * chunk_size <= WALK_BYTES:
+        prefix = hashlib.sha256()
+        view = memoryview(bytearray(READ_BLOCK))
+        for index in range(last + 1):
+            rec = records.get(index)
+            if rec is None and not marked(index):
+                break  # a gap: the last PREFIX cannot be vouched for
+            length = rec.length if rec is not None else chunk_size
+            if not _hash_into(fd, [prefix], index * chunk_size, length, view):
+                break
+        else:
+            if prefix.digest() == records[last].digest:
+                good.add(last)
     if good:
         os.fdatasync(fd)  # reported received only once durable, whoever wrote it
     return good
