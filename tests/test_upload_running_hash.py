@@ -19,7 +19,7 @@ import pytest
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.records import UploadRecord
-from heaper_trio.services import upload_disk, upload_layout
+from heaper_trio.services import upload_disk, upload_journal, upload_layout
 from heaper_trio.services.upload_hash import UploadHashes
 
 from .conftest import assert_error
@@ -59,11 +59,14 @@ def test_the_hash_follows_the_chunks_marked_in_order(tmp_path: Path) -> None:
     digest, chunks = hashes.start("u1", ino)
     assert chunks == 1 and digest.hexdigest() == sha(data[:CHUNK])
 
+    def marked(index: int) -> bool:
+        return (folder / f"{index}.done").exists()
+
     (folder / "2.done").touch()  # came ahead: waits for chunk 1
-    assert hashes.catch_up("u1", f, folder, CHUNK, SIZE, 1 << 30) == 0
+    assert hashes.catch_up("u1", f, marked, CHUNK, SIZE, 1 << 30) == 0
     (folder / "1.done").touch()
-    assert hashes.catch_up("u1", f, folder, CHUNK, SIZE, 1) == CHUNK  # about the budget
-    assert hashes.catch_up("u1", f, folder, CHUNK, SIZE, 1 << 30) == SIZE - 2 * CHUNK
+    assert hashes.catch_up("u1", f, marked, CHUNK, SIZE, 1) == CHUNK  # about the budget
+    assert hashes.catch_up("u1", f, marked, CHUNK, SIZE, 1 << 30) == SIZE - 2 * CHUNK
     digest, chunks = hashes.start("u1", ino)
     assert chunks == 3 and digest.hexdigest() == sha(data)
     assert hashes.start("u1", ino + 1)[1] == 0  # another file under the name: not used
@@ -125,7 +128,7 @@ def test_a_chunk_is_written_by_one_writer_and_never_once_marked(
     other = upload_layout.open_chunk(folder, upload, 2)
     assert other is not None
     other.close()
-    upload_layout.mark_received(first, folder, 1)
+    upload_layout.mark_received(first, upload, 1, upload_journal.SYNCED, b"\0" * 32)
     first.close()
     assert upload_layout.open_chunk(folder, upload, 1) is None  # received: a file of its own
 

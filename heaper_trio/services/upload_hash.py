@@ -10,7 +10,7 @@ marker is synced; chunks that arrived ahead (several in flight) are read back fr
 
 It is an optimisation only, never trusted beyond what it can vouch for:
 
-- a chunk's bytes in ``data`` never change once its ``<index>.done`` exists: a writer holds an
+- a chunk's bytes in ``data`` never change once it is marked (``upload_journal``): a writer holds an
   exclusive lock on its chunk's byte range (``upload_layout.open_chunk``) for the write and the
   mark and checks the marker under it, so a resend, or the same chunk sent twice at once (also
   from another process), goes to a file of its own, which ``complete`` copies in: then the
@@ -19,7 +19,7 @@ It is an optimisation only, never trusted beyond what it can vouch for:
   workers), a process's hash covers what it saw or could read back, and ``complete`` hashes the
   rest; a hash of another file (``data``'s inode changed) is not used;
 - a write cut off, failed or cancelled never reaches it: the digest of a chunk being written is
-  a copy, taken in only after the marker is synced, in the same thread job.
+  a copy, taken in only after its record is synced, in the same thread job.
 
 Memory: one small digest per upload in progress, dropped when the upload completes or is
 discarded, and at most ``KEEP`` kept (the least recently used goes first).
@@ -31,9 +31,11 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO
+
+from heaper_trio.services.upload_journal import VERIFIED
 
 KEEP = 1024  # uploads hashed at once per process; a digest is a few hundred bytes
 READ_BLOCK = 1024 * 1024  # read back in blocks of this size into one buffer (as upload_disk)
@@ -128,12 +130,12 @@ class UploadHashes:
         self,
         upload_id: str,
         f: BinaryIO,
-        folder: Path,
+        marked: Callable[[int], bool],
         chunk_size: int,
         size: int,
         budget: int,
     ) -> int:
-        """Advance over chunks marked received, read back from ``data`` (open as ``f``), up
+        """Advance over chunks ``marked`` received, read back from ``data`` (open as ``f``), up
         to about ``budget`` bytes (a request's answer waits for it); the bytes hashed."""
         done = 0
         total = -(-size // chunk_size) if size else 1
@@ -144,7 +146,7 @@ class UploadHashes:
                 if entry is None or entry.ino != ino or entry.busy or entry.chunks >= total:
                     return done
                 index = entry.chunks
-                if not os.path.exists(folder / f"{index}.done"):
+                if not marked(index):
                     return done
                 entry.busy = True
                 digest = entry.digest.copy()
@@ -172,5 +174,7 @@ class UploadHashes:
             return entry.digest.copy(), entry.chunks
 
     def drop(self, upload_id: str) -> None:
+        """The upload is gone (completed or discarded): its hash, and its chunks known good."""
         with self._lock:
             self._by_id.pop(upload_id, None)
+        VERIFIED.drop(upload_id)

@@ -2,9 +2,11 @@
 
 ``complete`` used to copy every chunk file into a new file, so a 256 MiB upload wrote its bytes
 twice. Now the upload's folder holds ``data``, sized to the file when the first chunk comes
-(holes until received); a chunk's body is written straight to its offset, synced, and only then
-marked received by an empty ``<index>.done`` (its name synced with the folder), so a restart
-knows what arrived and a chunk cut off mid-way is simply not received. ``complete`` hashes
+(holes until received); a chunk's body is written straight to its offset, then its record past
+the file's bytes (``upload_journal``), and one ``fdatasync`` makes both durable: a restart knows
+what arrived (records whose bytes hash to them) and a chunk cut off mid-way is simply not
+received. An upload begun when chunks were marked by an empty ``<index>.done`` (synced with its
+folder: a second journal commit per chunk) still counts those markers. ``complete`` hashes
 ``data`` where it lies and renames it into the store: a hash and a rename, no copy. Chunks
 that arrive in order are hashed as they come (``upload_hash``), so ``complete`` mostly reads
 nothing at all.
@@ -44,12 +46,14 @@ import trio
 
 from heaper_trio.errors import NotFound
 from heaper_trio.records import UploadRecord
+from heaper_trio.services import upload_journal as journal
 from heaper_trio.services.upload_disk import CopyRange, Data, Write, _commit, receive_body
 from heaper_trio.services.upload_hash import Claim, UploadHashes, hash_range
-from heaper_trio.services.writeback import start_writeback
+from heaper_trio.services.writeback import start_writeback, wait_written
 
 log = logging.getLogger(__name__)
 DATA = "data"
+CUT = "cut"  # complete cut the records off ``data`` (and may have died before its rename)
 PIECE = re.compile(r"([0-9]{1,9})\.(chunk|done)")
 Io = Callable[..., Awaitable[Any]]
 T = TypeVar("T")
@@ -67,8 +71,10 @@ def chunk_length(upload: UploadRecord, index: int) -> int:
 
 
 def received(folder: Path, upload: UploadRecord) -> list[int]:
-    """Chunks marked received in ``data`` (only while it exists) and whole chunk files. One
-    directory listing: the cost follows the chunks present, not the chunk count."""
+    """Chunks recorded in ``data`` (``upload_journal``; records this process did not write
+    are checked against their bytes first), marked by an old layout's ``<index>.done`` (only
+    while ``data`` exists) and whole chunk files. One directory listing and one read of the
+    records: the cost follows the chunks present, not the chunk count."""
     found: set[int] = set()
     try:
         entries = os.scandir(folder)
@@ -77,13 +83,15 @@ def received(folder: Path, upload: UploadRecord) -> list[int]:
     with entries:
         listed = list(entries)
     has_data = any(e.name == DATA for e in listed)
+    cut = any(e.name == CUT for e in listed)
+    done: set[int] = set()
     for entry in listed:
         match = PIECE.fullmatch(entry.name)
         if match is None or (index := int(match[1])) >= upload.total_chunks:
             continue
         if match[2] == "done":
             if has_data:
-                found.add(index)
+                done.add(index)
             continue
         try:
             if entry.is_file(follow_symlinks=False) and entry.stat(
@@ -92,7 +100,28 @@ def received(folder: Path, upload: UploadRecord) -> list[int]:
                 found.add(index)
         except FileNotFoundError:
             pass
+    if has_data:
+        found |= done | _recorded(folder, upload, done, cut)
     return sorted(found)
+
+
+def _recorded(folder: Path, upload: UploadRecord, done: set[int], cut: bool) -> set[int]:
+    try:
+        fd = os.open(folder / DATA, os.O_RDONLY)
+    except FileNotFoundError:
+        return set()
+    try:
+        ino = os.fstat(fd).st_ino
+        lengths = [chunk_length(upload, i) for i in range(upload.total_chunks)]
+        records = journal.read_records(fd, upload.size, lengths)
+        trusted = journal.VERIFIED.among(upload.id, ino, records)
+        good = journal.verify(fd, records, trusted, done.__contains__, upload.chunk_size)
+        journal.VERIFIED.add(upload.id, ino, good)
+        if cut and not records and journal.whole_without_records(fd, upload.size, upload.hash):
+            return set(range(upload.total_chunks))  # a complete died between its cut and rename
+        return trusted | good
+    finally:
+        os.close(fd)
 
 
 def goes_to_its_own_file(folder: Path, index: int) -> bool:
@@ -109,18 +138,20 @@ def _still_named(f: BinaryIO, path: Path) -> bool:
         return False
 
 
-def open_data(folder: Path, size: int, lock: int) -> BinaryIO:
+def open_data(folder: Path, size: int, lock: int, end: int = 0) -> BinaryIO:
     """``data`` open for reading and writing, ``size`` long, locked (``LOCK_SH`` for a chunk,
     ``LOCK_EX`` for complete) without waiting: ``BlockingIOError`` if the other side holds it
     (the caller waits in trio, never in one of the few upload threads, which the holder may
-    need to finish). Gone from its name once locked: completed meanwhile (404)."""
+    need to finish). Gone from its name once locked: completed meanwhile (404). ``end``: the
+    records' end (a record written past the file's end would change its size, metadata a sync
+    must then commit too)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / DATA
     f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b")
     try:
         lock_named(f, path, lock)
-        if os.fstat(f.fileno()).st_size < size:
-            os.ftruncate(f.fileno(), size)  # holes until the chunks arrive
+        if os.fstat(f.fileno()).st_size < max(size, end):
+            os.ftruncate(f.fileno(), max(size, end))  # holes until the chunks arrive
     except BaseException:
         f.close()
         raise
@@ -167,10 +198,13 @@ def open_chunk(folder: Path, upload: UploadRecord, index: int) -> BinaryIO | Non
     marked (what the running hash relies on)."""
     if goes_to_its_own_file(folder, index):
         return None
-    f = open_data(folder, upload.size, fcntl.LOCK_SH)
+    end = journal.slot(upload.size, upload.total_chunks)
+    f = open_data(folder, upload.size, fcntl.LOCK_SH, end)
+    length = chunk_length(upload, index)
     try:
         if (
-            not lock_range(f, index * upload.chunk_size, chunk_length(upload, index))
+            not lock_range(f, index * upload.chunk_size, length)
+            or journal.read_record(f.fileno(), upload.size, index, length) is not None
             or (folder / f"{index}.done").exists()
         ):
             f.close()
@@ -181,16 +215,15 @@ def open_chunk(folder: Path, upload: UploadRecord, index: int) -> BinaryIO | Non
     return f
 
 
-def mark_received(f: BinaryIO, folder: Path, index: int) -> None:
-    """The chunk's bytes synced first, then its marker and the marker's name."""
+def mark_received(f: BinaryIO, upload: UploadRecord, index: int, kind: int, digest: bytes) -> None:
+    """The chunk's record after its bytes, then one sync for both (``upload_journal``); a
+    ``SYNCED`` record (no digest vouches for the bytes) only once the bytes are synced."""
     f.flush()
-    os.fdatasync(f.fileno())
-    os.close(os.open(folder / f"{index}.done", os.O_WRONLY | os.O_CREAT, 0o644))
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fd = f.fileno()
+    if kind == journal.SYNCED:
+        os.fdatasync(fd)
+    journal.write_record(fd, upload.size, index, chunk_length(upload, index), kind, digest)
+    os.fdatasync(fd)
 
 
 @dataclass(eq=False)
@@ -205,6 +238,13 @@ class ChunkHashing:
     start: int
     claim: Claim | None = None
     given_up: bool = False
+
+    def record(self) -> tuple[int, bytes]:
+        """What vouches for the chunk's bytes in its record: the running hash up to its end
+        if it was taken in as written, else nothing (it is recorded once they are synced)."""
+        if self.claim is not None:
+            return journal.PREFIX, self.claim.digest.copy().digest()
+        return journal.SYNCED, bytes(32)
 
     def write(self, write: Write, f: BinaryIO, data: Data) -> None:
         """One block to the disk and, once this chunk comes next, into its running hash (the
@@ -223,7 +263,9 @@ class ChunkHashing:
                     self.hashes.settle(self.claim, marked=False)
                     self.claim, self.given_up = None, True
         write(f, data)
-        start_writeback(f.fileno(), f.tell() - len(data), len(data))  # the sync waits less
+        at = f.tell() - len(data)
+        start_writeback(f.fileno(), at, len(data))  # the sync waits less
+        wait_written(f.fileno(), self.start, at - self.start)  # and less: only for this block
         if self.claim is not None:
             self.claim.update(data)
 
@@ -240,13 +282,17 @@ def _mark_and_hash(
     between), then the chunks that came ahead read back into the hash, then closed (its
     locks go). The chunk is received once marked: reading back is only an optimisation,
     and its failure fails nothing (``complete`` reads what the hash lacks)."""
-    mark_received(f, folder, index)
+    kind, digest = hashing.record()
+    mark_received(f, upload, index, kind, digest)
+    journal.VERIFIED.add(upload.id, hashing.ino, (index,))
     hashes.settle(hashing.claim, marked=True)
     try:
         hashes.catch_up(
             upload.id,
             f,
-            folder,
+            lambda i: (
+                journal.VERIFIED.has(upload.id, hashing.ino, i) or (folder / f"{i}.done").exists()
+            ),
             upload.chunk_size,
             upload.size,
             CATCH_UP_BYTES + chunk_length(upload, index),
@@ -324,5 +370,7 @@ def complete_in_place(
         hash_range(f.fileno(), digest, min(chunks * upload.chunk_size, upload.size), upload.size)
         actual: str = digest.hexdigest()
         if actual == upload.hash and final is not None:
+            os.close(os.open(folder / CUT, os.O_WRONLY | os.O_CREAT, 0o644))
+            os.ftruncate(f.fileno(), upload.size)  # the records go (upload_journal)
             _commit(f, folder / DATA, final)  # verified: a rename, no copy
     return actual
