@@ -58,8 +58,10 @@ def _plain(value: Any, depth: int = 0) -> Any:
 
 
 def _millis(value: Any) -> int | None:
+    """A client's time in ms, or None when it is no number a time column can hold (a
+    JavaScript number may be 1e300; past 2**53 it is no exact millisecond anyway)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return int(value) if ok else None
+    return int(value) if ok and abs(value) <= _MAX_SAFE_INTEGER else None
 
 
 def _is_inline(node: Any) -> bool:

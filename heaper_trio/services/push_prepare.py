@@ -88,6 +88,12 @@ async def prepare_one(
         return batch.refused(PushStatus.deleted, "block_deleted")
     try:
         base = cached or await load_base(storage, batch.block_id, loaded)
+        if (
+            cached is not None
+            and batch.sync_version is not None
+            and batch.sync_version != cached.sync_version
+        ):  # another process may have restored the block: its version is the one to judge
+            base = await load_base(storage, batch.block_id)
     except crdt.InvalidUpdate as e:  # a stored log that no longer loads
         return batch.refused(PushStatus.invalid, e.code)
     if base is not None and base.heap_id != batch.heap_id:

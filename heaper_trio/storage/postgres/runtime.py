@@ -275,6 +275,6 @@ class GroupCommit:
             if isinstance(got, outcome.Value):
                 job.result = outcome.Value(got.value[at : at + len(job.changes)])
                 at += len(job.changes)
-            else:
-                job.result = got
+            else:  # an Outcome unwraps once: each caller its own
+                job.result = outcome.Error(got.error)
             job.done.set()

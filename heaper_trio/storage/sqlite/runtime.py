@@ -353,7 +353,7 @@ class SqliteRuntime:
                     conn.execute("ROLLBACK")
             except sqlite3.Error:
                 log.exception("rollback after a failed batch failed")
-            results = [outcome.Error(e)] * len(batch)
+            results = [outcome.Error(e) for _ in batch]  # an Outcome unwraps once
         else:
             self.commits += 1
             self.jobs_done += len(batch)
