@@ -74,7 +74,7 @@ async def test_batched_search_lines_match_one_by_one(
         before = ("a\na\na\nb\nb\nc\nkeep\ngone\ngone", "x")
         after = ("a\nb\nc\nc\nnew\nkeep", "x\nnew\nnew")
         rows = []
-        for prefix, together in (("1", False), ("2", True)):
+        for prefix, way in (("1", "one by one"), ("2", "batched statements"), ("3", "one call")):
             ids = [f"{prefix}{k}" for k in "pq"]
             for i in ids:
                 await storage.commit_changes(
@@ -85,8 +85,9 @@ async def test_batched_search_lines_match_one_by_one(
                 change(heap, ids[1], 1, projection("t", after[1])),
             ]
             with monkeypatch.context() as m:
-                if not together:  # neither the one-call path (0023) nor the batch
+                if way != "one call":  # the batch's statements run only when 0023's call may not
                     m.setattr(push_commit, "eligible", lambda changes: False)
+                if way == "one by one":
                     m.setattr(commit_batch, "batchable", lambda changes: False)
                 results = await storage.commit_changes(edits, NOW)
             assert [r.status for r in results] == [CommitStatus.ok] * 2
@@ -100,6 +101,6 @@ async def test_batched_search_lines_match_one_by_one(
                 return [(r[0][1:], r[1], r[2]) for r in found]
 
             rows.append(await storage._run(read, lines, ids))  # type: ignore[attr-defined]
-        assert rows[0] == rows[1]
+        assert rows[0] == rows[1] == rows[2]
         assert ("p", "a", 1) in rows[1] and ("p", "c", 2) in rows[1] and ("q", "new", 2) in rows[1]
         assert not [r for r in rows[1] if r[2] <= 0 or r[1] == "gone"]
