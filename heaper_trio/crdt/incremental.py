@@ -28,6 +28,7 @@ from pycrdt import Doc, Map, XmlFragment
 
 from heaper_trio.crdt.codec import _is_pycrdt_failure
 from heaper_trio.crdt.projection import _is_inline, _plain, _read_root, _XmlScan
+from heaper_trio.records.text_segments import Segments
 
 MAP_ROOTS = ("meta_v0", "relations_v1", "files_v0", "apps_v0")
 XML_ROOTS = ("title_v0", "content_v0")
@@ -88,11 +89,16 @@ def _assemble(parts: list[_Part]) -> _XmlScan:
 
 @dataclass(frozen=True)
 class RootText:
-    """An XML root read: its lines joined by newlines, and the ids it mentions and links."""
+    """An XML root read: its lines joined by newlines (``body``: as the segments' texts, not
+    joined, for a root read by segments), and the ids it mentions and links."""
 
-    text: str
+    body: str | Segments
     mentions: frozenset[str]
     links: frozenset[str]
+
+    @property
+    def text(self) -> str:
+        return str(self.body)
 
     @classmethod
     def of(cls, scan: _XmlScan) -> RootText:
@@ -113,33 +119,37 @@ class _Segment:
     lines: int = 0  # how many lines ``text`` joins (0: the segment adds none)
     mentions: frozenset[str] = frozenset()
     links: frozenset[str] = frozenset()
+    nul: bool = False  # ``text`` holds a NUL (storage replaces it: ``services/projection``)
 
     def assemble(self) -> None:
         scan = _assemble([p for p in self.parts if p is not None])
         self.text, self.lines = "\n".join(scan.lines), len(scan.lines)
+        self.nul = "\x00" in self.text
         self.mentions, self.links = frozenset(scan.mentions), frozenset(scan.links)
 
 
 def _join(segments: list[_Segment]) -> RootText:
     """What ``_assemble`` gives for all the segments' children at once: a run of inline
-    children that crosses a seam is one line, so the two sides are glued without a newline."""
-    lines: list[list[str]] = []
+    children that crosses a seam is one line, so the two sides are glued without a newline.
+    The text stays in parts (``Segments``): the segments' own strings with the newlines
+    between them, so a push that re-assembled one segment copies nothing of the others."""
+    parts: list[str] = []
     mentions, links = set[str](), set[str]()
-    inline_tail = False
+    inline_tail = nul = False
     for seg in segments:
         if not seg.parts:
             continue
         first, last = seg.parts[0], seg.parts[-1]
         assert seg.text is not None and first is not None and last is not None
         if seg.lines:
-            if inline_tail and first.inline:
-                lines[-1].append(seg.text)
-            else:
-                lines.append([seg.text])
+            if parts and not (inline_tail and first.inline):
+                parts.append("\n")
+            parts.append(seg.text)
+            nul = nul or seg.nul
         inline_tail = last.inline
         mentions |= seg.mentions
         links |= seg.links
-    return RootText("\n".join("".join(p) for p in lines), frozenset(mentions), frozenset(links))
+    return RootText(Segments(tuple(parts), nul), frozenset(mentions), frozenset(links))
 
 
 @dataclass
