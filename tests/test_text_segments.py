@@ -14,6 +14,7 @@ from typing import Any
 
 import pycrdt
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,10 +22,12 @@ from heaper_trio import crdt
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.crdt import incremental
+from heaper_trio.protocol import messages as m
 from heaper_trio.records.text_segments import Segments, common_ends, raw_text
 from heaper_trio.services.projection import projection_of
 from heaper_trio.storage import text_pieces
 
+from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets, live_client  # noqa: F401 (autouse)
 from .test_big_text import server_text, stored
 from .test_query import ids
 from .test_sync import ClientBlock, new_heap, push
@@ -219,3 +222,49 @@ def test_the_projection_hands_over_segments_and_joins_on_read() -> None:
     doc.apply(block.doc.get_update(block.synced))
     p = projection_of(doc)
     assert isinstance(raw_text(p), str) and "a\ufffdb" in p.text and "\x00" not in p.text
+
+
+async def test_concurrent_pushes_and_a_live_edit_of_one_block(
+    admin: HeaperClient, server: RunningServer
+) -> None:
+    """Two HTTP pushes and a live edit over ``/ws`` into three segments of one big block at
+    once: the server's text, search rows and pieces hold all three."""
+    heap = await new_heap(admin)
+    block = ParagraphsBlock(80)
+    await block.send(admin, heap["id"])
+    copies = []
+    for _ in range(3):
+        other = ParagraphsBlock.__new__(ParagraphsBlock)
+        ClientBlock.__init__(other, block.id)
+        other.doc.apply_update(block.doc.get_update())
+        other.synced = other.doc.get_state()
+        copies.append(other)
+    copies[0].type_at(1, 0, "leftword ")
+    copies[1].type_at(78, -1, " rightword")
+    copies[2].type_at(40, 4, "liveword😀 ")
+    address = f"{heap['id']}:{block.id}:v1"
+
+    async def send(b: ParagraphsBlock) -> None:
+        r = await push(admin, b.push_item(heap["id"]))
+        assert r.status_code == 200 and r.json()["blocks"][0]["status"] == "ok", r.text
+
+    async def live(b: ParagraphsBlock) -> None:
+        async with live_client(server.url) as a:
+            assert admin.access_token is not None
+            await a.sync(address, admin.access_token)
+            await a.send(m.SyncUpdate(address, b.pending()))
+            assert (await a.expect(m.SyncStatus)).applied
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send, copies[0])
+        nursery.start_soon(send, copies[1])
+        nursery.start_soon(live, copies[2])
+    for other in copies:
+        block.doc.apply_update(other.doc.get_update())
+    want = block.expected()
+    assert all(w in want for w in ("leftword", "rightword", "liveword😀"))
+    assert await server_text(admin, block.id) == want
+    for word in ("leftword", "rightword", "liveword"):
+        assert await ids(admin, heap, query=word) == [block.id], word
+    inline, pieces = await stored(server, block.id)
+    assert (inline, "".join(b for _, b in pieces)) == ("", want)
