@@ -268,3 +268,31 @@ async def test_concurrent_pushes_and_a_live_edit_of_one_block(
         assert await ids(admin, heap, query=word) == [block.id], word
     inline, pieces = await stored(server, block.id)
     assert (inline, "".join(b for _, b in pieces)) == ("", want)
+
+
+async def test_a_push_into_a_big_text_joins_nothing_on_sqlite(
+    admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The point of segments: typing into a big text neither joins it (projection, NUL check,
+    pieces, search rows) nor reads it back. PostgreSQL's writer joins it (not segment-aware)."""
+    if server.services.storage.engine != "sqlite":
+        pytest.skip("PostgreSQL's commit joins the text")
+    heap = await new_heap(admin)
+    block = ParagraphsBlock(80)
+    await block.send(admin, heap["id"])
+    joins: list[int] = []
+    join = Segments.__str__
+
+    def counted(self: Segments) -> str:
+        if len(self) > 1000:  # the body, not the title
+            joins.append(len(self))
+        return join(self)
+
+    monkeypatch.setattr(Segments, "__str__", counted)
+    for k in range(3):
+        block.type_at(20 * k + 5, 4, f"typed{k} ")
+        await block.send(admin, heap["id"])
+    assert joins == []
+    monkeypatch.setattr(Segments, "__str__", join)
+    assert await server_text(admin, block.id) == block.expected()
+    assert await ids(admin, heap, query="typed2") == [block.id]

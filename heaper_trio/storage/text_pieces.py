@@ -19,6 +19,10 @@ pieces change. The last few texts planned are kept by token (``_RECENT``), so a 
 read back the 8 MB written a moment ago: a token names exactly one set of pieces (it is never
 drawn twice), and a token whose transaction rolled back is never found in a row. Pieces
 written by another process carry a token this one does not know, and are read.
+
+A text may come as ``Segments`` (``records/text_segments``): the common ends skip the segments
+the kept text shares by identity, only the changed stretch is sliced out, and the text is
+joined only to be written whole (a new text in pieces, or a renumbering).
 """
 
 from __future__ import annotations
