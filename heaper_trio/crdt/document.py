@@ -20,6 +20,7 @@ from heaper_trio.crdt.codec import (
 from heaper_trio.crdt.incremental import LiveProjection
 from heaper_trio.crdt.projection import Projection, _millis, _or_default, _plain
 from heaper_trio.protocol.wire import read_var_uint
+from heaper_trio.records.text_segments import lazy
 
 _MAX_SAFE_INTEGER = 2**53 - 1  # JS numbers are exact up to here (lib0's varUint limit too)
 _SIZE_EXACT_BELOW = 65536  # BlockDocument.size encodes documents smaller than this
@@ -187,7 +188,7 @@ class BlockDocument:
         return Projection(
             type=block_type if isinstance(block_type, str) else None,
             title=title.text.replace("\n", " ").strip(),  # the lines joined by spaces
-            text=content.text,
+            text=lazy(content.body),  # joined when read (``records/text_segments``)
             tags=tuple(sorted(k for k, v in relations.items() if v.get("type") == "tag")),
             relations=relations,
             mentions=tuple(sorted(title.mentions | content.mentions)),

@@ -20,6 +20,8 @@ child count that does not match) drops the cache of that root, which is then rea
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +30,7 @@ from pycrdt import Doc, Map, XmlFragment
 
 from heaper_trio.crdt.codec import _is_pycrdt_failure
 from heaper_trio.crdt.projection import _is_inline, _plain, _read_root, _XmlScan
+from heaper_trio.records.text_segments import Segments
 
 MAP_ROOTS = ("meta_v0", "relations_v1", "files_v0", "apps_v0")
 XML_ROOTS = ("title_v0", "content_v0")
@@ -88,11 +91,16 @@ def _assemble(parts: list[_Part]) -> _XmlScan:
 
 @dataclass(frozen=True)
 class RootText:
-    """An XML root read: its lines joined by newlines, and the ids it mentions and links."""
+    """An XML root read: its lines joined by newlines (``body``: as the segments' texts, not
+    joined, for a root read by segments), and the ids it mentions and links."""
 
-    text: str
+    body: str | Segments
     mentions: frozenset[str]
     links: frozenset[str]
+
+    @property
+    def text(self) -> str:
+        return str(self.body)
 
     @classmethod
     def of(cls, scan: _XmlScan) -> RootText:
@@ -113,39 +121,81 @@ class _Segment:
     lines: int = 0  # how many lines ``text`` joins (0: the segment adds none)
     mentions: frozenset[str] = frozenset()
     links: frozenset[str] = frozenset()
+    nul: bool = False  # ``text`` holds a NUL (storage replaces it: ``services/projection``)
+    shape: tuple[Any, ...] = ()  # what the join reads of it besides ``text`` (``_shape``)
 
     def assemble(self) -> None:
         scan = _assemble([p for p in self.parts if p is not None])
         self.text, self.lines = "\n".join(scan.lines), len(scan.lines)
+        self.nul = "\x00" in self.text
         self.mentions, self.links = frozenset(scan.mentions), frozenset(scan.links)
+        self.shape = self._shape()
+
+    def _shape(self) -> tuple[Any, ...]:
+        """While this stays the same, a new ``text`` changes no seam, NUL flag or id of the
+        join: the join's parts are patched in place (``_XmlRoot._patch``)."""
+        first, last = self.parts[0], self.parts[-1]
+        inline = (first.inline, last.inline) if first and last else None
+        return (self.lines > 0, inline, self.nul, self.mentions, self.links)
 
 
-def _join(segments: list[_Segment]) -> RootText:
+@dataclass
+class _Joined:
+    """A join of the segments: ``parts`` holds, per segment, the separator before its text and
+    its text ("" for none), so segment ``k``'s text is ``parts[2 * k + 1]``."""
+
+    parts: list[str]
+    nul: bool
+    mentions: frozenset[str]
+    links: frozenset[str]
+
+    def root_text(self) -> RootText:
+        return RootText(Segments(tuple(self.parts), self.nul), self.mentions, self.links)
+
+
+def _join(segments: list[_Segment]) -> _Joined:
     """What ``_assemble`` gives for all the segments' children at once: a run of inline
-    children that crosses a seam is one line, so the two sides are glued without a newline."""
-    lines: list[list[str]] = []
+    children that crosses a seam is one line, so the two sides are glued without a newline.
+    The text stays in parts (``Segments``): the segments' own strings with the newlines
+    between them, so a push that re-assembled one segment copies nothing of the others."""
+    parts: list[str] = []
     mentions, links = set[str](), set[str]()
-    inline_tail = False
+    any_lines = inline_tail = nul = False
     for seg in segments:
-        if not seg.parts:
-            continue
-        first, last = seg.parts[0], seg.parts[-1]
-        assert seg.text is not None and first is not None and last is not None
-        if seg.lines:
-            if inline_tail and first.inline:
-                lines[-1].append(seg.text)
-            else:
-                lines.append([seg.text])
-        inline_tail = last.inline
-        mentions |= seg.mentions
-        links |= seg.links
-    return RootText("\n".join("".join(p) for p in lines), frozenset(mentions), frozenset(links))
+        sep = text = ""
+        if seg.parts:
+            first, last = seg.parts[0], seg.parts[-1]
+            assert seg.text is not None and first is not None and last is not None
+            if seg.lines:
+                if any_lines and not (inline_tail and first.inline):
+                    sep = "\n"
+                text, any_lines, nul = seg.text, True, nul or seg.nul
+            inline_tail = last.inline
+            mentions |= seg.mentions
+            links |= seg.links
+        parts += (sep, text)
+    return _Joined(parts, nul, frozenset(mentions), frozenset(links))
+
+
+def _top_child(target: Any, depth: int) -> Any:
+    """The root's child an event at ``depth`` (its path's length) below the root came from."""
+    for _ in range(depth - 1):
+        target = target.parent
+    if target is None:
+        raise LookupError("no parent")
+    return target
 
 
 @dataclass
 class _XmlRoot:
     segments: list[_Segment] | None = None  # None: read the whole root again
     scanned: RootText | None = None  # the last assembled answer, while nothing changed
+    # Since the last read, while no child came or went: (segment index, place, child) of the
+    # children to scan again, so a read patches ``joined`` and looks up no child by its index
+    # (yrs walks the children for that: 1.3 ms at child 59,000). None: read all segments.
+    touched: list[tuple[int, int, Any]] | None = None
+    joined: _Joined | None = None
+    starts: list[int] | None = None  # each segment's first child (None: to count again)
 
     def on_events(self, events: list[Any]) -> None:
         self.scanned = None
@@ -155,14 +205,44 @@ class _XmlRoot:
             for e in events:  # the root's own event first: it moves the children's places
                 if not e.path:
                     self._splice(e.delta)
+                    self.touched = self.starts = None
             for e in events:
                 if e.path:
-                    seg, at = self._locate(int(e.path[0]))
-                    if at >= len(seg.parts):
-                        raise IndexError(e.path)
+                    k, at = self._place(int(e.path[0]))
+                    seg = self.segments[k]
                     seg.parts[at], seg.text = None, None
+                    if self.touched is not None:
+                        self.touched.append((k, at, _top_child(e.target, len(e.path))))
         except Exception:  # an event shape not foreseen: read the root whole next time
-            self.segments = None
+            self.segments = self.touched = None
+
+    def _place(self, index: int) -> tuple[int, int]:
+        """(segment index, place there) of child ``index``, which must exist."""
+        assert self.segments is not None
+        if self.starts is None:
+            self.starts = [0, *itertools.accumulate(len(s.parts) for s in self.segments)]
+        k = bisect.bisect_right(self.starts, index) - 1
+        if not (0 <= index < self.starts[-1]):
+            raise IndexError(index)
+        return k, index - self.starts[k]
+
+    def _patch(self) -> RootText | None:
+        """The new answer after edits inside children only, or None when a segment's shape
+        changed (the segments are then assembled, and joined whole by the caller)."""
+        segments, joined, touched = self.segments, self.joined, self.touched
+        assert segments is not None and joined is not None and touched is not None
+        for k, at, child in touched:
+            if segments[k].parts[at] is None:
+                segments[k].parts[at] = _scan_child(child)
+        same = True
+        for k in sorted({k for k, _, _ in touched}):
+            seg = segments[k]
+            if seg.text is None:
+                before = seg.shape
+                seg.assemble()
+                same = same and seg.shape == before
+                joined.parts[2 * k + 1] = (seg.text or "") if seg.lines else ""
+        return joined.root_text() if same else None
 
     def _locate(self, index: int) -> tuple[_Segment, int]:
         """The segment holding child ``index`` and its place there (one past the last child:
@@ -223,6 +303,11 @@ class _XmlRoot:
         if self.scanned is not None:
             return self.scanned
         try:
+            if self.touched is not None and self.joined is not None:
+                patched, self.touched = self._patch(), []
+                if patched is not None:
+                    self.scanned = patched
+                    return patched
             root = doc.get(name, type=XmlFragment)
             children = root.children
             count = len(children)
@@ -243,12 +328,13 @@ class _XmlRoot:
             for seg in segments:
                 if seg.text is None:
                     seg.assemble()
-            self.segments = segments
-            self.scanned = _join(segments)
+            self.segments, self.starts, self.touched = segments, None, []
+            self.joined = _join(segments)
+            self.scanned = self.joined.root_text()
         except BaseException as exc:
             if not _is_pycrdt_failure(exc):
                 raise
-            self.segments = None
+            self.segments = self.touched = self.joined = None
             scan = _read_root(doc, name, XmlFragment, _XmlScan().block, _XmlScan())
             self.scanned = RootText.of(scan)
         return self.scanned
@@ -291,4 +377,4 @@ class LiveProjection:
         telling the observers when their gap is filled, so what it did then is unknown."""
         self.maps.clear()
         for root in self.xml.values():
-            root.segments, root.scanned = None, None
+            root.segments, root.scanned, root.touched, root.joined = None, None, None, None

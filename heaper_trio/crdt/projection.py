@@ -13,6 +13,7 @@ from typing import Any, TypeVar, cast
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
 from heaper_trio.crdt.codec import _is_pycrdt_failure
+from heaper_trio.records.text_segments import lazy_text
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -22,9 +23,12 @@ _MAX_DEPTH = 100  # XML or map nesting deeper than this is not projected (client
 _INLINE_TAGS = frozenset({"reference", "pagelink", "hardBreak", "hard_break", "mention"})
 
 
+@lazy_text("text")
 @dataclass(frozen=True)
 class Projection:
-    """What the server keeps in columns, read out of a block document (never written back)."""
+    """What the server keeps in columns, read out of a block document (never written back).
+    ``text`` may be given as ``Segments``; reading it joins them (``records/text_segments``).
+    """
 
     type: str | None
     title: str

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple
 
+from heaper_trio.records.text_segments import lazy_text
+
 USER_STATES = ("pending", "approved", "rejected")
 
 
@@ -71,12 +73,14 @@ class Heap:
     clock: int  # the last change time handed out in this heap (Unix ms, strictly increasing)
 
 
+@lazy_text("text")
 @dataclass(frozen=True)
 class BlockProjection:
     """The query columns of a block, derived from its Yjs document by the caller.
 
     Callers pass values every engine can store: no NUL character in any string, no NaN or
-    infinity (PostgreSQL's TEXT and JSONB refuse them).
+    infinity (PostgreSQL's TEXT and JSONB refuse them). ``text`` may be given as ``Segments``
+    (a big text as the projection holds it); reading it joins them, ``raw_text`` does not.
     """
 
     type: str | None

@@ -8,6 +8,7 @@ from typing import Any
 
 from heaper_trio import crdt
 from heaper_trio.records import BlockProjection
+from heaper_trio.records.text_segments import Segments, Text, lazy, raw_text
 
 
 def storable(value: Any) -> Any:
@@ -24,13 +25,21 @@ def storable(value: Any) -> Any:
     return value
 
 
+def storable_text(text: Text) -> Text:
+    """``storable`` for a text that may be in segments: those that know they hold no NUL are
+    handed on as they are, so a big text is neither joined nor scanned here."""
+    if isinstance(text, Segments) and not text.nul:
+        return text
+    return storable(str(text))
+
+
 def projection_of(doc: crdt.BlockDocument) -> BlockProjection:
     p = doc.project()
     ids = lambda xs: tuple(x for x in xs if "\x00" not in x)  # noqa: E731
     return BlockProjection(
         type=storable(p.type),
         title=storable(p.title),
-        text=storable(p.text),
+        text=lazy(storable_text(raw_text(p))),
         relations=storable(p.relations),
         files=storable(p.files),
         apps=storable(p.apps),

@@ -26,6 +26,7 @@ from heaper_trio.records import (
     User,
 )
 from heaper_trio.records.admin_links import AdminLinkProblem
+from heaper_trio.records.text_segments import raw_text
 from heaper_trio.storage import text_pieces
 from heaper_trio.storage.errors import LastAdmin
 from heaper_trio.storage.rows import Row
@@ -151,13 +152,16 @@ def commit_conflict(ch: BlockChange, current: Row | None, tombstoned: bool) -> b
     )
 
 
-def block_columns(ch: BlockChange, updated_at: int, last_seq: int) -> dict[str, Any]:
-    """The block row's columns a commit writes (JSON columns as text)."""
+def block_columns(
+    ch: BlockChange, updated_at: int, last_seq: int, text: bool = True
+) -> dict[str, Any]:
+    """The block row's columns a commit writes (JSON columns as text); ``text=False``: the
+    caller puts the text in itself (a big one is not joined here: ``records/text_segments``)."""
     p = ch.projection
     return {
         "type": p.type,
         "title": p.title,
-        "text": p.text,
+        "text": p.text if text else "",
         "relations": json.dumps(p.relations),
         "files": json.dumps(p.files),
         "apps": json.dumps(p.apps),
@@ -232,7 +236,7 @@ def bulk_creatable(ch: BlockChange) -> bool:
     return (
         ch.expected_last_seq is None
         and ch.compacted is None
-        and not text_pieces.in_pieces(ch.projection.text, False)
+        and not text_pieces.in_pieces(raw_text(ch.projection), False)
     )
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 
-_STEP = 1 << 16  # characters compared at a time while looking for the first difference
+from heaper_trio.records import text_segments
+from heaper_trio.records.text_segments import _STEP as _STEP
+from heaper_trio.records.text_segments import Text
 
 
 def lines(text: str) -> Counter[str]:
@@ -25,57 +27,24 @@ def lines(text: str) -> Counter[str]:
     return Counter(line for line in text.split("\n") if line)
 
 
-def common_prefix(a: str, b: str) -> int:
-    """How many leading characters ``a`` and ``b`` share."""
-    n, at = min(len(a), len(b)), 0
-    while at < n and a[at : at + _STEP] == b[at : at + _STEP]:
-        at += _STEP
-    hi = min(n, at + _STEP)
-    while at < hi:  # the first difference lies in [at, hi): halve the window
-        mid = (at + hi + 1) // 2
-        if a[at:mid] == b[at:mid]:
-            at = mid
-        else:
-            hi = mid - 1
-    return at
-
-
-def common_suffix(a: str, b: str, limit: int) -> int:
-    """How many trailing characters ``a`` and ``b`` share, at most ``limit``."""
-    la, lb, at = len(a), len(b), 0
-    while (
-        at < limit
-        and a[la - min(limit, at + _STEP) : la - at] == b[lb - min(limit, at + _STEP) : lb - at]
-    ):
-        at = min(limit, at + _STEP)
-    hi = min(limit, at + _STEP)
-    while at < hi:
-        mid = (at + hi + 1) // 2
-        if a[la - mid : la - at] == b[lb - mid : lb - at]:
-            at = mid
-        else:
-            hi = mid - 1
-    return at
-
-
 # The last ``common_ends`` answer, by the identity of its two texts: a commit asks it twice
 # about the same two (big) texts, for its pieces (``text_pieces``) and for these rows.
-_last_ends: tuple[str, str, int, int] | None = None
+_last_ends: tuple[Text, Text, int, int] | None = None
 
 
-def common_ends(a: str, b: str) -> tuple[int, int]:
-    """(p, s): ``a`` and ``b`` share ``p`` leading and then ``s`` trailing characters."""
+def common_ends(a: Text, b: Text) -> tuple[int, int]:
+    """(p, s): ``a`` and ``b`` share ``p`` leading and then ``s`` trailing characters (texts
+    in ``Segments`` skip the parts they share: ``text_segments.common_ends``)."""
     global _last_ends
     last = _last_ends
     if last is not None and last[0] is a and last[1] is b:
         return last[2], last[3]
-    p = common_prefix(a, b)
-    s = common_suffix(a, b, min(len(a), len(b)) - p)
+    p, s = text_segments.common_ends(a, b)
     _last_ends = (a, b, p, s)
     return p, s
 
 
-def _middles(a: str, b: str) -> tuple[str, str]:
+def _middles(a: Text, b: Text) -> tuple[str, str]:
     """The parts of ``a`` and ``b`` outside their common leading and trailing whole lines."""
     p, s = common_ends(a, b)
     start = a.rfind("\n", 0, p) + 1  # lines before ``start`` are whole and equal
@@ -90,7 +59,7 @@ def _middles(a: str, b: str) -> tuple[str, str]:
 
 
 def changes(
-    old_title: str, old_text: str, title: str, text: str
+    old_title: str, old_text: Text, title: str, text: Text
 ) -> tuple[Counter[str], Counter[str]]:
     """(lines to remove, lines to add) that turn the rows of the old version into the new."""
     gone, came = lines(old_title), lines(title)

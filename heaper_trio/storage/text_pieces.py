@@ -19,6 +19,10 @@ pieces change. The last few texts planned are kept by token (``_RECENT``), so a 
 read back the 8 MB written a moment ago: a token names exactly one set of pieces (it is never
 drawn twice), and a token whose transaction rolled back is never found in a row. Pieces
 written by another process carry a token this one does not know, and are read.
+
+A text may come as ``Segments`` (``records/text_segments``): the common ends skip the segments
+the kept text shares by identity, only the changed stretch is sliced out, and the text is
+joined only to be written whole (a new text in pieces, or a renumbering).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from heaper_trio.records.text_segments import Text, lazy, lazy_text, raw_text
 from heaper_trio.storage.search_lines import common_ends
 
 BIG_TEXT = 256 * 1024  # characters from which a text is kept in pieces
@@ -37,9 +42,11 @@ _GAP = 1 << 20  # distance between the positions of pieces written together
 Layout = tuple[tuple[int, int], ...]  # each piece's (pos, length in characters), in order
 
 
+@lazy_text("text")
 @dataclass(frozen=True)
 class Stored:
-    """A text kept in pieces, as its row's token names it."""
+    """A text kept in pieces, as its row's token names it. ``text`` may have been given as
+    ``Segments`` (``raw_text`` reads it so); reading ``text`` joins them."""
 
     token: int
     text: str
@@ -81,7 +88,7 @@ def read_back(token: int, rows: list[tuple[int, str]]) -> Stored:
     return Stored(token, "".join(r[1] for r in rows), tuple((r[0], len(r[1])) for r in rows))
 
 
-def in_pieces(text: str, now_in_pieces: bool) -> bool:
+def in_pieces(text: Text, now_in_pieces: bool) -> bool:
     """Whether ``text`` is kept in pieces; once in pieces a text stays so until it is half the
     threshold, so one that wavers around it does not move back and forth on every push."""
     return len(text) >= (BIG_TEXT // 2 if now_in_pieces else BIG_TEXT)
@@ -96,16 +103,16 @@ def cut(text: str) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def plan(old: Stored | None, new: str) -> Plan:
+def plan(old: Stored | None, new: Text) -> Plan:
     """Keep ``new`` as the block's text; ``old`` is what its pieces hold now (None: the
-    text is in the row)."""
+    text is in the row). A text in ``Segments`` is joined only to be written whole."""
     if not in_pieces(new, old is not None):
-        return Plan(new, 0, delete_all=old is not None)
-    if old is not None and old.text == new:
+        return Plan(str(new), 0, delete_all=old is not None)
+    if old is not None and len(raw_text(old)) == len(new) == common_ends(raw_text(old), new)[0]:
         return Plan("", old.token)
-    out = _whole(new) if old is None or not old.layout else _changed(old, new)
+    out = _whole(str(new)) if old is None or not old.layout else _changed(old, new)
     layout = out[1]
-    stored = Stored(secrets.randbits(62) + 1, new, layout)
+    stored = Stored(secrets.randbits(62) + 1, lazy(new), layout)
     _remember(stored)
     return Plan("", stored.token, *out[0])
 
@@ -118,9 +125,9 @@ def _whole(new: str) -> tuple[_Writes, Layout]:
     return (True, None, rows), tuple((pos, len(body)) for pos, body in rows)
 
 
-def _changed(old: Stored, new: str) -> tuple[_Writes, Layout]:
+def _changed(old: Stored, new: Text) -> tuple[_Writes, Layout]:
     """Replace the pieces that hold what changed between ``old`` and ``new``."""
-    parts, text = old.layout, old.text
+    parts, text = old.layout, raw_text(old)
     starts = [0]
     for _, length in parts:
         starts.append(starts[-1] + length)
@@ -141,7 +148,7 @@ def _changed(old: Stored, new: str) -> tuple[_Writes, Layout]:
     lo = parts[first - 1][0] if first > 0 else parts[first][0] - room
     hi = parts[last + 1][0] if last + 1 < len(parts) else parts[last][0] + room
     if hi - lo <= len(bodies):  # no room between the neighbours: renumber by writing it all
-        return _whole(new)
+        return _whole(str(new))
     step = (hi - lo) // (len(bodies) + 1)
     rows = tuple((lo + (i + 1) * step, body) for i, body in enumerate(bodies))
     layout = (*parts[:first], *((pos, len(body)) for pos, body in rows), *parts[last + 1 :])

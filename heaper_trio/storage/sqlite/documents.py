@@ -16,6 +16,7 @@ from heaper_trio.records import (
     StoredBlock,
     UpdateInfo,
 )
+from heaper_trio.records.text_segments import Text, raw_text
 from heaper_trio.storage import block_query, history_rows, rules, text_pieces
 from heaper_trio.storage.errors import HeapNotFound
 from heaper_trio.storage.rows import heap_row
@@ -150,9 +151,9 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
     updated_at = _tick(c, ch.heap_id, now)
     base = 0 if current is None else current["last_seq"]
     last_seq = base + len(ch.updates)
-    columns = rules.block_columns(ch, updated_at, last_seq)
-    text = ch.projection.text
+    columns = rules.block_columns(ch, updated_at, last_seq, text=False)
     if current is None:
+        text = ch.projection.text
         columns.update(rules.created_columns(ch, updated_at))
         big = text_pieces.in_pieces(text, False)
         columns.update(text="" if big else text, text_parts=0)
@@ -168,8 +169,9 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
     else:
         n, token = current["n"], current["text_parts"]
         was = text_parts.stored(c, n, token) if token else None
-        old_text = current["text"] if was is None else was.text
-        columns["text"], columns["text_parts"] = text_parts.store(c, n, was, text)
+        old_text = current["text"] if was is None else raw_text(was)
+        new = raw_text(ch.projection)  # a big text stays in segments (``text_segments``)
+        columns["text"], columns["text_parts"] = text_parts.store(c, n, was, new)
         sets = ", ".join(f"{k}=?" for k in columns)
         c.execute(f"UPDATE blocks SET {sets} WHERE id=?", (*columns.values(), ch.block_id))
         _index_edit(c, ch, current, old_text)
@@ -217,21 +219,22 @@ LATER_MAX_CHARS = 16_384
 
 
 def _index_edit(
-    c: sqlite3.Connection, ch: BlockChange, current: sqlite3.Row, old_text: str
+    c: sqlite3.Connection, ch: BlockChange, current: sqlite3.Row, old_text: Text
 ) -> None:
     """An existing block's search rows: changed lines now; or, for a live edit of a text up to
     ``LATER_MAX_CHARS``, a mark that the background re-index (``search.reindex_marked``)
     takes later. Rows already marked stale no longer match the block's old text, so they are
     rebuilt whole, not patched. A longer text is indexed now, by its changed lines: the
     catch-up rebuilds whole, which took the writer 1.2 s for 480,000 characters (review)."""
-    if ch.search_later and len(ch.projection.text) <= LATER_MAX_CHARS:
+    text = raw_text(ch.projection)
+    if ch.search_later and len(text) <= LATER_MAX_CHARS:
         if not current["stale"]:
             c.execute("INSERT INTO block_lines_todo (block_n) VALUES (?)", (current["n"],))
     elif current["stale"]:
         reindex(c, current["n"], ch.projection.title, ch.projection.text)
     else:
         old = (current["title"], old_text)
-        index_block(c, current["n"], old, ch.projection.title, ch.projection.text)
+        index_block(c, current["n"], old, ch.projection.title, text)
 
 
 def commit_changes(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from collections import Counter
 
+from heaper_trio.records.text_segments import Text
 from heaper_trio.storage.search_lines import changes, line_key, lines
 from heaper_trio.storage.sqlite import text_parts
 
@@ -41,13 +42,13 @@ def write_lines(
 
 
 def index_block(
-    c: sqlite3.Connection, block_n: int, old: tuple[str, str] | None, title: str, text: str
+    c: sqlite3.Connection, block_n: int, old: tuple[str, Text] | None, title: str, text: Text
 ) -> None:
     """Index a block's new title and text; ``old`` is what its rows hold now (None: none)."""
     if old is None:  # no rows yet: plain inserts, no lookups
         c.executemany(
             "INSERT INTO block_lines (block_n, key, body, uses) VALUES (?, ?, ?, ?)",
-            [(block_n, line_key(b), b, k) for b, k in (lines(title) + lines(text)).items()],
+            [(block_n, line_key(b), b, k) for b, k in (lines(title) + lines(str(text))).items()],
         )
     else:
         write_lines(c, block_n, *changes(old[0], old[1], title, text))

@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Iterable
 
 from heaper_trio.records import BlockRecord
+from heaper_trio.records.text_segments import Text
 from heaper_trio.storage import text_pieces
 from heaper_trio.storage.rows import RECORD_COLUMNS, Row, record_row
 from heaper_trio.storage.text_pieces import Stored
@@ -44,7 +45,7 @@ def records(c: sqlite3.Connection, rows: Iterable[Row]) -> list[BlockRecord]:
     return out
 
 
-def store(c: sqlite3.Connection, block_n: int, old: Stored | None, new: str) -> tuple[str, int]:
+def store(c: sqlite3.Connection, block_n: int, old: Stored | None, new: Text) -> tuple[str, int]:
     """Write ``new``'s pieces; returns what goes in ``blocks.text`` and ``blocks.text_parts``,
     which the caller writes to the row in the same transaction."""
     p = text_pieces.plan(old, new)
