@@ -96,6 +96,16 @@ def write_record(fd: int, size: int, index: int, length: int, kind: int, digest:
     os.pwrite(fd, pack(index, length, kind, digest), slot(size, index))
 
 
+def erase_record(fd: int, size: int, index: int) -> None:
+    """After its sync failed: the record must not vouch for bytes that may never reach the
+    disk (a later sync on another descriptor succeeds on Linux, the error reported once)."""
+    os.pwrite(fd, bytes(RECORD), slot(size, index))
+
+
+def last_prefix(records: dict[int, Record]) -> int:
+    return max((i for i, r in records.items() if r.kind == PREFIX), default=-1)
+
+
 def read_record(fd: int, size: int, index: int, length: int) -> Record | None:
     return unpack(os.pread(fd, RECORD, slot(size, index)), index, length)
 
@@ -121,6 +131,10 @@ class Verified:
         self.keep = keep
         self._lock = threading.Lock()
         self._by_key: OrderedDict[tuple[str, int], int] = OrderedDict()
+        # the last PREFIX record found not to vouch, with how many records there were: each
+        # status would read up to WALK_BYTES again for the same answer (a new record, a
+        # resent chunk's, may make it vouch: then it is checked again)
+        self._bad: OrderedDict[tuple[str, int], tuple[int, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -146,10 +160,23 @@ class Verified:
         with self._lock:
             return bool(self._by_key.get((upload_id, ino), 0) >> index & 1)
 
+    def found_bad(self, upload_id: str, ino: int, last: int, records: int) -> None:
+        with self._lock:
+            self._bad[(upload_id, ino)] = (last, records)
+            self._bad.move_to_end((upload_id, ino))
+            while len(self._bad) > self.keep:
+                self._bad.popitem(last=False)
+
+    def known_bad(self, upload_id: str, ino: int, last: int, records: int) -> bool:
+        with self._lock:
+            return self._bad.get((upload_id, ino)) == (last, records)
+
     def drop(self, upload_id: str) -> None:
         with self._lock:
             for key in [k for k in self._by_key if k[0] == upload_id]:
                 del self._by_key[key]
+            for key in [k for k in self._bad if k[0] == upload_id]:
+                del self._bad[key]
 
 
 VERIFIED = Verified()
@@ -173,6 +200,7 @@ def verify(
     trusted: set[int],
     marked: Callable[[int], bool],
     chunk_size: int,
+    check_last: bool = True,
 ) -> set[int]:
     """The records among ``records`` not in ``trusted`` that vouch for their bytes (read from
     ``fd``). A ``SYNCED`` one does by being there. A ``PREFIX`` one does when a later
@@ -189,7 +217,7 @@ def verify(
         if i not in trusted and (r.kind == SYNCED or (prefixes and i < prefixes[-1]))
     }
     last = prefixes[-1] if prefixes else -1
-    if last >= 0 and last not in trusted and (last + 1) * chunk_size <= WALK_BYTES:
+    if check_last and last >= 0 and last not in trusted and (last + 1) * chunk_size <= WALK_BYTES:
         prefix = hashlib.sha256()
         view = memoryview(bytearray(READ_BLOCK))
         for index in range(last + 1):

@@ -30,6 +30,7 @@ yet marked are sent again) or a store file whose hash was checked before its ren
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -114,11 +115,24 @@ def _recorded(folder: Path, upload: UploadRecord, done: set[int], cut: bool) -> 
         ino = os.fstat(fd).st_ino
         lengths = [chunk_length(upload, i) for i in range(upload.total_chunks)]
         records = journal.read_records(fd, upload.size, lengths)
+        every = range(upload.total_chunks)
+        if cut and not records:  # a complete died between its cut and rename: hashed once
+            if len(journal.VERIFIED.among(upload.id, ino, every)) == upload.total_chunks or (
+                journal.whole_without_records(fd, upload.size, upload.hash)
+            ):
+                journal.VERIFIED.add(upload.id, ino, every)
+                return set(every)
+            return set()
         trusted = journal.VERIFIED.among(upload.id, ino, records)
-        good = journal.verify(fd, records, trusted, done.__contains__, upload.chunk_size)
+        last = journal.last_prefix(records)
+        bad = journal.VERIFIED.known_bad(upload.id, ino, last, len(records))
+        good = journal.verify(
+            fd, records, trusted, done.__contains__, upload.chunk_size, check_last=not bad
+        )
         journal.VERIFIED.add(upload.id, ino, good)
-        if cut and not records and journal.whole_without_records(fd, upload.size, upload.hash):
-            return set(range(upload.total_chunks))  # a complete died between its cut and rename
+        checked = last >= 0 and (last + 1) * upload.chunk_size <= journal.WALK_BYTES
+        if checked and not bad and last not in trusted | good:
+            journal.VERIFIED.found_bad(upload.id, ino, last, len(records))
         return trusted | good
     finally:
         os.close(fd)
@@ -223,7 +237,12 @@ def mark_received(f: BinaryIO, upload: UploadRecord, index: int, kind: int, dige
     if kind == journal.SYNCED:
         os.fdatasync(fd)
     journal.write_record(fd, upload.size, index, chunk_length(upload, index), kind, digest)
-    os.fdatasync(fd)
+    try:
+        os.fdatasync(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            journal.erase_record(fd, upload.size, index)
+        raise
 
 
 @dataclass(eq=False)
