@@ -78,6 +78,7 @@ class JobTable:
         self.process = JobProcess(uuid.uuid4().hex[:16], socket.gethostname(), os.getpid())
         self.local: dict[str, ScanJob] = {}  # this process's jobs, until their row is final
         self._writing: dict[str, trio.Event] = {}  # jobs ended here, final row not yet written
+        self._inserting: set[str] = set()  # jobs here whose first row is being written
         # Offered the queued rows every beat: claims and starts those this process can run.
         self.take_queued: Callable[[list[JobRecord]], Awaitable[None]] | None = None
         self.scan_roots: list[str] = []  # advertised to the other processes
@@ -86,6 +87,8 @@ class JobTable:
     async def insert(self, jobs: list[ScanJob]) -> None:
         """Write the rows of ``jobs`` (already in ``local``), all or none; if that fails they
         are forgotten. 409 ``scan_running`` if another process started the same job first."""
+        ids = {j.scan_id for j in jobs}
+        self._inserting |= ids  # not beaten before their rows are: a beat would find no row
         try:
             now = self.now_ms()
             if not await self.storage.insert_jobs([j.record(self.process, now) for j in jobs]):
@@ -98,6 +101,8 @@ class JobTable:
             for job in jobs:
                 self.local.pop(job.scan_id, None)
             raise
+        finally:
+            self._inserting -= ids
 
     async def queue(self, row: JobRecord) -> None:
         """Write a queued job's row, for a process on another machine to take; 409
@@ -233,7 +238,7 @@ class JobTable:
 
     # -- heartbeats and the reaper -----------------------------------------------------------
     async def beat(self) -> None:
-        running = [j for j in self.local.values() if j.running]
+        running = [j for j in self.local.values() if j.running and j.scan_id not in self._inserting]
         if not running:
             return
         now = self.now_ms()
