@@ -127,7 +127,13 @@ def _recorded(folder: Path, upload: UploadRecord, done: set[int], cut: bool) -> 
         last = journal.last_prefix(records)
         bad = journal.VERIFIED.known_bad(upload.id, ino, last, len(records))
         good = journal.verify(
-            fd, records, trusted, done.__contains__, upload.chunk_size, check_last=not bad
+            fd,
+            records,
+            trusted,
+            done.__contains__,
+            upload.chunk_size,
+            check_last=not bad,
+            seed=lambda chunks, digest: journal.VERIFIED.seed(upload.id, ino, chunks, digest),
         )
         journal.VERIFIED.add(upload.id, ino, good)
         checked = last >= 0 and (last + 1) * upload.chunk_size <= journal.WALK_BYTES
