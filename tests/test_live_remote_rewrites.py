@@ -73,11 +73,17 @@ async def _relayed_to(watcher: LiveClient, address: str) -> list[bytes]:
     return [s.update for s in watcher.seen if isinstance(s, m.SyncUpdate)]
 
 
-@pytest.mark.engines("postgres")
+@pytest.mark.parametrize("where", ["here", "elsewhere"])
 @pytest.mark.parametrize("gone", ["block_purged", "heap_deleted"])
-async def test_a_removal_in_another_process_stops_the_relay(start_server: Any, gone: str) -> None:
+async def test_a_removal_stops_the_relay(
+    start_server: Any, engine: str, gone: str, where: str
+) -> None:
+    """Done through server ``a``; the subscribers are on ``b``: the same server (``here``),
+    or another process (``elsewhere``, PostgreSQL: two servers on one database)."""
+    if where == "elsewhere" and engine != "postgres":
+        pytest.skip("one process per SQLite database")
     a: RunningServer = await start_server()
-    b: RunningServer = await start_server()
+    b: RunningServer = a if where == "here" else await start_server()
     async with HeaperClient(a.url) as client:
         await client.login()
         token = client.access_token
