@@ -132,6 +132,18 @@ def test_a_chunk_is_written_by_one_writer_and_never_once_marked(
     first.close()
     assert upload_layout.open_chunk(folder, upload, 1) is None  # received: a file of its own
 
+    # a chunk a status vouched for (its read may seed the running hash) whose record a
+    # writer then erased (its sync failed): a resend must not change the bytes in ``data``
+    second = upload_layout.open_chunk(folder, upload, 2)
+    assert second is not None
+    ino = os.fstat(second.fileno()).st_ino
+    second.close()
+    upload_journal.VERIFIED.add("u1", ino, [2])
+    try:
+        assert upload_layout.open_chunk(folder, upload, 2) is None
+    finally:
+        upload_journal.VERIFIED.drop("u1")
+
     def no_range_locks(*args: Any) -> None:
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
