@@ -26,7 +26,7 @@ from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.records import UploadRecord
 from heaper_trio.services.file_store import IO_THREADS
-from heaper_trio.services.files import MAX_CHUNKS, MIN_CHUNK_BYTES
+from heaper_trio.services.upload_rules import MAX_CHUNKS, MIN_CHUNK_BYTES
 
 from .conftest import assert_error
 from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets  # noqa: F401 (autouse)

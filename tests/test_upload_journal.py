@@ -309,3 +309,35 @@ async def test_a_server_killed_between_a_chunk_and_its_record_loses_only_that_ch
         first.stop()
         if second is not None:
             second.stop()
+
+
+async def test_after_a_restart_the_status_read_seeds_the_running_hash(
+    admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from heaper_trio.services import upload_hash
+
+    heap_id = (await new_heap(admin))["id"]
+    data = os.urandom(4 * CHUNK - 2)
+    h = sha(data)
+    await init(admin, heap_id, "b6", data)
+    await send_chunks(admin, heap_id, "b6", h, data, [0, 1, 2])
+    upload = await the_upload(server, heap_id, "b6", h)
+    restarted(server, upload)
+    assert await status(admin, heap_id, "b6", h) == [0, 1, 2]  # read from byte 0 once
+    reads: list[tuple[int, int]] = []
+
+    def counting(real: Any) -> Any:
+        def hash_range(fd: int, digest: Any, start: int, end: int) -> int:
+            reads.append((start, end))
+            return int(real(fd, digest, start, end))
+
+        return hash_range
+
+    monkeypatch.setattr(upload_hash, "hash_range", counting(upload_hash.hash_range))
+    monkeypatch.setattr(upload_layout, "hash_range", counting(upload_layout.hash_range))
+    await send_chunks(admin, heap_id, "b6", h, data, [3])  # hashed as written: it comes next
+    assert kinds(server, upload)[3] == upload_journal.PREFIX
+    r = await admin.post(f"/api/upload/complete/{heap_id}/b6/{h}")
+    assert r.status_code == 200 and r.json()["file_hash"] == h, r.text
+    assert reads == [(len(data), len(data))]  # the first three chunks were not read again
+    assert server.services.files.store_path(h).read_bytes() == data

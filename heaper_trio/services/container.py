@@ -31,6 +31,7 @@ from heaper_trio.services.admin_console import AdminConsole
 from heaper_trio.services.admin_links import AdminSignIn
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.file_claims import sweep_claims_forever
 from heaper_trio.services.files import FileService
 from heaper_trio.services.heaps import HeapService
 from heaper_trio.services.live.account_watch import watch_accounts_forever
@@ -172,6 +173,8 @@ async def open_services(
         _wire(documents, services.heaps, hub, bridge, admin, services.scans, catchup)
         async with trio.open_nursery() as supervisor:
             supervisor.start_soon(_purge_expired_forever, storage)
+            if storage.shares_processes:  # SQLite keeps its claims in memory (FileClaims)
+                supervisor.start_soon(sweep_claims_forever, storage)
             await supervisor.start(services.hub.run)
             await supervisor.start(catchup.run)
             supervisor.start_soon(UploadExpiry(services.files, services.scans.table).run)

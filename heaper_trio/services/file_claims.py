@@ -24,11 +24,13 @@ start while the claim is held, and once it is released the upload's block holds 
 Crashes: a claim older than ``CLAIM_TTL_MS`` is a dead process's and no longer holds a file
 (its row then merely outlives it, as before); a deletion mark older than
 ``DELETION_TTL_MS`` no longer makes uploads wait. For that last case an upload into a
-bucket also HEADs again after recording and PUTs again if the object is gone.
+bucket also HEADs again after recording and PUTs again if the object is gone. Both kinds of
+rows, once past their TTL, are swept (``sweep_claims_forever``).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import Counter
@@ -39,6 +41,7 @@ import trio
 
 from heaper_trio.storage.base import Storage
 
+log = logging.getLogger(__name__)
 CLAIM_TTL_MS = 3600 * 1000  # longer than any upload's PUT and record
 DELETION_TTL_MS = 60 * 1000  # far longer than one object DELETE
 POLL_S = 0.05  # while a deletion of the same bytes finishes (rare, and short)
@@ -109,3 +112,41 @@ async def claimed(storage: Storage, hash: str) -> AsyncIterator[None]:
     finally:
         with trio.CancelScope(shield=True):
             await storage.release_file_claim(hash, token)
+
+
+SWEEP_EVERY_S = 600.0
+SWEEP_BATCH = 500  # rows per statement
+SWEEP_MAX_BATCHES = 20  # per pass: a backlog is worked off over several passes
+
+
+async def sweep_claims_forever(storage: Storage) -> None:
+    """Drop the claims and deletion marks that no check counts any more, at start and every
+    ``SWEEP_EVERY_S``. They are left by a process that died (SIGKILL, power loss) while it
+    held them, or whose release failed (the database was unreachable); nothing else removes
+    them, and each costs every claim and drop of its hash a row to skip.
+
+    Never a live claim: only those older than ``CLAIM_TTL_MS`` go, and a drop already treats
+    those as gone (``claims_after``), so the sweep changes no decision; the same holds for
+    deletion marks past ``DELETION_TTL_MS``. Each pass deletes at most
+    ``SWEEP_BATCH * SWEEP_MAX_BATCHES`` rows, in short transactions. A failed pass is logged
+    and tried again at the next."""
+    while True:
+        try:
+            swept = await sweep_claims_once(storage, now_ms())
+            if swept:
+                log.info("swept %d stale file claims and deletion marks", swept)
+        except Exception:
+            log.exception("sweeping stale file claims failed")
+        await trio.sleep(SWEEP_EVERY_S)
+
+
+async def sweep_claims_once(storage: Storage, now: int) -> int:
+    swept = 0
+    for _ in range(SWEEP_MAX_BATCHES):
+        gone = await storage.sweep_file_claims(
+            now - CLAIM_TTL_MS, now - DELETION_TTL_MS, SWEEP_BATCH
+        )
+        swept += gone
+        if gone < SWEEP_BATCH:
+            break
+    return swept

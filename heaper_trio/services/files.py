@@ -14,7 +14,8 @@ user (a grant, written by ``_record``) or a scan of the user's folder found them
 ``files_v0`` is whatever its owner pushed, so it is a claim, never a proof; anyone else sends
 the bytes, which are verified against the copy in the store (kept once). The temp-file side of
 uploads is in ``upload_disk``, the store and its index in ``file_store``. Work per request is
-bounded: chunks are at least ``MIN_CHUNK_BYTES`` and at most ``MAX_CHUNKS`` per file, and
+bounded: chunks are at least ``MIN_CHUNK_BYTES`` and at most ``MAX_CHUNKS`` per file
+(``upload_rules``, with the other checks of what a client names), and
 file-system probing runs on its own small thread limiter, never on the one the database threads
 share. A full disk is a 507 and leaves nothing half-written; temporary files a killed process
 left are removed at start-up. With ``files_backend = "s3"`` the bytes live in a bucket
@@ -24,7 +25,6 @@ instead (``file_store``, ``object_uploads``): the same checks, the same order.
 from __future__ import annotations
 
 import logging
-import mimetypes
 import shutil
 import time
 import uuid
@@ -55,7 +55,7 @@ from heaper_trio.services.file_outcomes import (
     UploadReady,
     UploadStart,
 )
-from heaper_trio.services.file_store import HASH, FileStore
+from heaper_trio.services.file_store import FileStore
 from heaper_trio.services.object_uploads import PROBE_HEAD, ObjectUploads, part_chunk_size
 from heaper_trio.services.upload_disk import (  # _write: tests make the disk full there
     UploadSlots,
@@ -69,6 +69,7 @@ from heaper_trio.services.upload_disk import (  # _write: tests make the disk fu
 )
 from heaper_trio.services.upload_hash import UploadHashes
 from heaper_trio.services.upload_orphans import sweep_orphan_folders
+from heaper_trio.services.upload_rules import chunk_plan, guess_mime
 from heaper_trio.settings import Settings
 from heaper_trio.storage.base import Storage
 
@@ -76,56 +77,7 @@ if TYPE_CHECKING:  # boto3 is imported only when a bucket is used
     from heaper_trio.storage.blobs.s3 import S3Objects
 
 log = logging.getLogger(__name__)
-MIN_CHUNK_BYTES = 64 * 1024  # a file smaller than this is one chunk; the last may be shorter
-MAX_CHUNKS = 10_000  # bounds the `received` lists and the chunk files of one upload
 NO_SPACE = "the server has no space left for this upload; retry later"
-
-
-def check_hash(value: str) -> str:
-    value = value.strip().lower()
-    if not HASH.fullmatch(value):
-        raise BadRequest(
-            "a file hash is the lowercase hex SHA-256 of its content (64 chars)", code="bad_hash"
-        )
-    return value
-
-
-def guess_mime(name: str, given: str | None = None) -> str:
-    if given and "/" in given and len(given) <= 255 and "\n" not in given:
-        return given.strip()
-    return mimetypes.guess_type(name)[0] or "application/octet-stream"
-
-
-def chunk_plan(size: int, chunk_size: int, max_chunk_bytes: int) -> int:
-    """The number of chunks, if the chunking keeps one upload's work bounded.
-
-    A tiny chunk size would make every init, status and complete walk millions of chunks, so
-    chunks are at least ``MIN_CHUNK_BYTES`` (a smaller file is simply one chunk) and a file has
-    at most ``MAX_CHUNKS``; the details tell a client what would be accepted."""
-    min_chunk = min(MIN_CHUNK_BYTES, max_chunk_bytes)
-    limits = {
-        "field": "chunk_size",
-        "min_chunk_size": min_chunk,
-        "max_chunk_size": max_chunk_bytes,
-        "max_chunks": MAX_CHUNKS,
-    }
-    if chunk_size > max_chunk_bytes:
-        raise PayloadTooLarge("chunk_size exceeds max_chunk_bytes", details=limits)
-    if chunk_size < min_chunk:
-        raise BadRequest(
-            f"chunk_size must be at least {min_chunk} bytes (a smaller file is one chunk)",
-            code="invalid_value",
-            details=limits,
-        )
-    total = max(1, -(-size // chunk_size))
-    if total > MAX_CHUNKS:
-        raise BadRequest(
-            f"a file is at most {MAX_CHUNKS} chunks: use a chunk_size of at least "
-            f"{-(-size // MAX_CHUNKS)}",
-            code="invalid_value",
-            details={**limits, "total_chunks": total, "needed_chunk_size": -(-size // MAX_CHUNKS)},
-        )
-    return total
 
 
 class FileService(FileStore):

@@ -17,7 +17,8 @@ It is an optimisation only, never trusted beyond what it can vouch for:
   running hash is used only if that copy lies past it, else ``complete`` hashes from zero;
 - it is kept in memory only: after a restart, or when chunks landed in another process (several
   workers), a process's hash covers what it saw or could read back, and ``complete`` hashes the
-  rest; a hash of another file (``data``'s inode changed) is not used;
+  rest; a hash of another file (``data``'s inode changed) is not used; after a restart, the
+  hash a status request read to check the records (``upload_journal.verify``) is its start;
 - a write cut off, failed or cancelled never reaches it: the digest of a chunk being written is
   a copy, taken in only after its record is synced, in the same thread job.
 
@@ -103,6 +104,12 @@ class UploadHashes:
             while len(self._by_id) > self.keep:
                 self._by_id.popitem(last=False)
         self._by_id.move_to_end(upload_id)
+        if (
+            not entry.busy
+            and (seed := VERIFIED.take_seed(upload_id, ino)) is not None
+            and seed[0] > entry.chunks  # a status after a restart read them: not read again
+        ):
+            entry.chunks, entry.digest = seed
         return entry
 
     def claim(self, upload_id: str, ino: int, index: int) -> Claim | None:
@@ -169,9 +176,13 @@ class UploadHashes:
         (inode ``ino``) and the chunks it covers; a new hash and 0 if there is none."""
         with self._lock:
             entry = self._by_id.get(upload_id)
-            if entry is None or entry.ino != ino or entry.busy:
-                return hashlib.sha256(), 0
-            return entry.digest.copy(), entry.chunks
+            if entry is not None and entry.ino == ino:
+                entry = self._entry(upload_id, ino)  # with a seed that covers more
+                if entry.busy:
+                    return hashlib.sha256(), 0
+                return entry.digest.copy(), entry.chunks
+        seed = VERIFIED.take_seed(upload_id, ino)
+        return (seed[1], seed[0]) if seed is not None else (hashlib.sha256(), 0)
 
     def drop(self, upload_id: str) -> None:
         """The upload is gone (completed or discarded): its hash, and its chunks known good."""

@@ -135,6 +135,8 @@ class Verified:
         # status would read up to WALK_BYTES again for the same answer (a new record, a
         # resent chunk's, may make it vouch: then it is checked again)
         self._bad: OrderedDict[tuple[str, int], tuple[int, int]] = OrderedDict()
+        # the hash of data[0 : end of chunk n - 1] read by ``verify``, for ``upload_hash``
+        self._seeds: OrderedDict[tuple[str, int], tuple[int, Any]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -171,12 +173,27 @@ class Verified:
         with self._lock:
             return self._bad.get((upload_id, ino)) == (last, records)
 
+    def seed(self, upload_id: str, ino: int, chunks: int, digest: Any) -> None:
+        """``digest`` is the SHA-256 of the upload's first ``chunks`` chunks, all received
+        and synced: the running hash may start there instead of reading them again."""
+        with self._lock:
+            self._seeds[(upload_id, ino)] = (chunks, digest.copy())
+            self._seeds.move_to_end((upload_id, ino))
+            while len(self._seeds) > self.keep:
+                self._seeds.popitem(last=False)
+
+    def take_seed(self, upload_id: str, ino: int) -> tuple[int, Any] | None:
+        with self._lock:
+            return self._seeds.pop((upload_id, ino), None)
+
     def drop(self, upload_id: str) -> None:
         with self._lock:
             for key in [k for k in self._by_key if k[0] == upload_id]:
                 del self._by_key[key]
             for key in [k for k in self._bad if k[0] == upload_id]:
                 del self._bad[key]
+            for key in [k for k in self._seeds if k[0] == upload_id]:
+                del self._seeds[key]
 
 
 VERIFIED = Verified()
@@ -201,6 +218,7 @@ def verify(
     marked: Callable[[int], bool],
     chunk_size: int,
     check_last: bool = True,
+    seed: Callable[[int, Any], None] | None = None,
 ) -> set[int]:
     """The records among ``records`` not in ``trusted`` that vouch for their bytes (read from
     ``fd``). A ``SYNCED`` one does by being there. A ``PREFIX`` one does when a later
@@ -209,7 +227,8 @@ def verify(
     needs the hash from byte 0 to its end to be its digest (every chunk before it received: a
     record, or ``marked``, an old layout's marker), read only up to ``WALK_BYTES``: past that
     it is not received and its chunk is sent again (a restart costs one chunk, never a read
-    of 20 GiB in a status request)."""
+    of 20 GiB in a status request). The hash so read is handed to ``seed`` (the chunks it
+    covers, the digest) once synced: the running hash need not read them again."""
     prefixes = sorted(i for i, r in records.items() if r.kind == PREFIX)
     good = {
         i
@@ -217,6 +236,7 @@ def verify(
         if i not in trusted and (r.kind == SYNCED or (prefixes and i < prefixes[-1]))
     }
     last = prefixes[-1] if prefixes else -1
+    seeded: Any = None
     if check_last and last >= 0 and last not in trusted and (last + 1) * chunk_size <= WALK_BYTES:
         prefix = hashlib.sha256()
         view = memoryview(bytearray(READ_BLOCK))
@@ -230,8 +250,11 @@ def verify(
         else:
             if prefix.digest() == records[last].digest:
                 good.add(last)
+                seeded = prefix
     if good:
         os.fdatasync(fd)  # reported received only once durable, whoever wrote it
+    if seeded is not None and seed is not None:
+        seed(last + 1, seeded)
     return good
 
 

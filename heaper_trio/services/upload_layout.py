@@ -127,7 +127,13 @@ def _recorded(folder: Path, upload: UploadRecord, done: set[int], cut: bool) -> 
         last = journal.last_prefix(records)
         bad = journal.VERIFIED.known_bad(upload.id, ino, last, len(records))
         good = journal.verify(
-            fd, records, trusted, done.__contains__, upload.chunk_size, check_last=not bad
+            fd,
+            records,
+            trusted,
+            done.__contains__,
+            upload.chunk_size,
+            check_last=not bad,
+            seed=lambda chunks, digest: journal.VERIFIED.seed(upload.id, ino, chunks, digest),
         )
         journal.VERIFIED.add(upload.id, ino, good)
         checked = last >= 0 and (last + 1) * upload.chunk_size <= journal.WALK_BYTES
@@ -220,6 +226,9 @@ def open_chunk(folder: Path, upload: UploadRecord, index: int) -> BinaryIO | Non
             not lock_range(f, index * upload.chunk_size, length)
             or journal.read_record(f.fileno(), upload.size, index, length) is not None
             or (folder / f"{index}.done").exists()
+            # vouched for here though its record is gone (erased by a writer whose sync failed
+            # while a status read it): its bytes may seed the running hash, so never rewritten
+            or journal.VERIFIED.has(upload.id, os.fstat(f.fileno()).st_ino, index)
         ):
             f.close()
             return None

@@ -369,6 +369,12 @@ class Storage(JobStorage, abc.ABC):
     async def release_file_claim(self, hash: str, token: str) -> None: ...
 
     @abc.abstractmethod
+    async def sweep_file_claims(self, claims_before: int, deletions_before: int, limit: int) -> int:
+        """Delete up to ``limit`` claims made before ``claims_before`` and as many deletion
+        marks started before ``deletions_before`` (rows no check counts any more: a dead
+        process's); how many rows went."""
+
+    @abc.abstractmethod
     async def set_multipart_id(
         self, upload_id: str, multipart_id: str, expected: str | None = None
     ) -> str | None:

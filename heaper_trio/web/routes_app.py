@@ -12,7 +12,7 @@ from quart import Blueprint
 from heaper_trio.errors import BadRequest
 from heaper_trio.records import User
 from heaper_trio.services.app_edits import AppEdits, FileEdit
-from heaper_trio.services.files import check_hash
+from heaper_trio.services.upload_rules import check_hash
 from heaper_trio.web.routes_heaps import ID
 from heaper_trio.web.routes_uploads import HASH
 from heaper_trio.web.routing import read_json_body, route, services

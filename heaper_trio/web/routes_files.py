@@ -13,10 +13,10 @@ from quart import Blueprint, Response, request
 
 from heaper_trio.errors import BadRequest
 from heaper_trio.records import FileRecord, User
-from heaper_trio.services.files import check_hash
 from heaper_trio.services.media.service import parse_position
 from heaper_trio.services.media.sniff import runs_in_browser
 from heaper_trio.services.scans.source import open_own
+from heaper_trio.services.upload_rules import check_hash
 from heaper_trio.web.file_response import file_response
 from heaper_trio.web.json_files import client_thumbnail_json
 from heaper_trio.web.ranges import clean_media_type, content_disposition

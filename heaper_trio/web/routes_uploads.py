@@ -12,7 +12,7 @@ from heaper_trio.errors import BadRequest, PayloadTooLarge
 from heaper_trio.records import User
 from heaper_trio.services import metrics
 from heaper_trio.services.file_outcomes import UploadStatus
-from heaper_trio.services.files import MAX_CHUNKS, MIN_CHUNK_BYTES, check_hash
+from heaper_trio.services.upload_rules import MAX_CHUNKS, MIN_CHUNK_BYTES, check_hash
 from heaper_trio.web.json_files import upload_json
 from heaper_trio.web.routing import current_request, limit_body, read_form, route, services
 from heaper_trio.web.schema import boolean, integer, obj, open_obj, string

@@ -46,6 +46,7 @@ from heaper_trio.services.live.doc_workers import DocumentWorker, EventsWorker
 from heaper_trio.services.live.hub import LiveHub, Room, Subscription
 from heaper_trio.services.live.outbox import Outbox
 from heaper_trio.services.live.output import ConnectionOutput
+from heaper_trio.services.live.room_rewrites import VersionWatch
 from heaper_trio.services.live.rooms import BUSY, PARTIAL, Transport
 from heaper_trio.services.live_push import LIVE_UNCHECKED_MAX_SUBS
 
@@ -336,6 +337,7 @@ class BlockWorker(DocumentWorker):
         self.sub = Subscription(conn, address, name, grant.user.id)
         self._held: m.Message | None = None
         self.room: Room | None = None
+        self._versions = VersionWatch()  # a version newer than the room's: reread first
 
     def stop(self) -> None:
         super().stop()
@@ -373,6 +375,8 @@ class BlockWorker(DocumentWorker):
         return version is not None and room.exists and version != room.sync_version
 
     async def _handle(self, room: Room, message: m.Message) -> None:
+        if isinstance(message, (m.SyncStep1, m.SyncStep2, m.SyncUpdate)):
+            await self._versions.catch_up_to(self.conn.live.hub, room, self.name.sync_version)
         if isinstance(message, m.SyncStep1):
             await self._answer_step1(room, message)
         elif isinstance(message, (m.SyncStep2, m.SyncUpdate)):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import trio
@@ -36,6 +36,7 @@ from heaper_trio.services.commits import Committed
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.live.hub_events import HubEvents
+from heaper_trio.services.live.room_rewrites import removed
 from heaper_trio.services.live.rooms import EventSink, Relayed, Room, Subscription
 from heaper_trio.storage.errors import BlockInOtherHeap
 
@@ -202,10 +203,7 @@ class LiveHub(HubEvents):
         for c in committed:
             self._queue_event(c)
             room = self.rooms.get(c.block_id)
-            if room is None:
-                continue
-            if c.kind == "purged":
-                room.exists, room.purged = False, True
+            if removed(self.rooms, c) or room is None:
                 continue
             if room.doc is None:
                 # Applied once loaded. Not counted in last_seq: a commit of another process
@@ -301,7 +299,7 @@ class LiveHub(HubEvents):
         delivers it only once the commit is visible, so a read of storage from now on has it."""
         self._queue_event(committed)
         room = self.rooms.get(committed.block_id)
-        if room is None:
+        if removed(self.rooms, committed) or room is None:
             return  # a room made later loads from storage, which has this commit
         if (
             room.doc is not None
@@ -348,7 +346,7 @@ class LiveHub(HubEvents):
         """Reread the room's block from storage; a room still loading does it once loaded."""
         room.recheck = True
         if room.doc is not None and not room.catching_up and self._nursery is not None:
-            room.catching_up = True
+            room.catching_up, room.caught_up = True, trio.Event()
             self._nursery.start_soon(self._catch_up, room)
 
     async def _catch_up(self, room: Room) -> None:
@@ -376,6 +374,8 @@ class LiveHub(HubEvents):
             log.exception("catching up live block %s failed", room.block_id)
         finally:
             room.catching_up = False
+            if room.caught_up is not None:
+                room.caught_up.set()
 
     async def _replace(self, room: Room, stored: StoredBlock) -> None:
         """The block's document was replaced (a restore raised its sync_version): hold the
@@ -401,7 +401,8 @@ class LiveHub(HubEvents):
         for piece in pieces[:-1]:  # updates first: the provider is "synced" on step 2
             self._fan_out(room, frames.sync_update_body(piece))
         self._fan_out(room, frames.sync_step2_body(pieces[-1]))
-        self._fan_out(room, frames.stateless_body(events.to_json(evt)))
+        stale = [s for s in room.subs if s.name.sync_version != room.sync_version]
+        self._fan_out(room, frames.stateless_body(events.to_json(evt)), subs=stale)
 
     def _mark(self, room: Room) -> None:
         self._dirty[room] = None
@@ -435,14 +436,20 @@ class LiveHub(HubEvents):
         # only its own updates: that subscriber has them
         self._fan_out(room, frames.sync_update_body(merged), skip=only)
 
-    def _fan_out(self, room: Room, body: bytes, skip: object | None = None) -> None:
+    def _fan_out(
+        self,
+        room: Room,
+        body: bytes,
+        skip: object | None = None,
+        subs: Iterable[Subscription] | None = None,
+    ) -> None:
         """Send ``body`` to every subscriber of ``room`` (but ``skip``), each frame encoded
         once per distinct address: subscribers that opened the document under the same
         address get the very same bytes object, so the transport below can reuse what it
         made of it (the WebSocket frame) by identity. Never waits: each connection queues
         the frame behind what it queued before (or drops itself when its outbox is full)."""
         encoded: dict[bytes, bytes] = {}
-        subs = [sub for sub in room.subs if sub is not skip]
+        subs = [sub for sub in (room.subs if subs is None else subs) if sub is not skip]
         self.counters.delivered(len(subs))  # once per frame, not per subscriber: a hot path
         for sub in subs:
             frame = encoded.get(sub.prefix)

@@ -92,6 +92,7 @@ class Room:
     pending: list[tuple[bytes, object | None]] = field(default_factory=list)
     flushed_at: float = -math.inf  # the last fan-out straight from a relay (LiveHub.relay)
     catching_up: bool = False
+    caught_up: trio.Event | None = None  # set when the running catch-up ends (room_rewrites)
     # Another process announced a change this room may lack: reread storage (again) before
     # the catch-up ends, or once loaded.
     recheck: bool = False

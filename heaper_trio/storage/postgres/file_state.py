@@ -63,6 +63,20 @@ async def _drop(c: Conn, hashes: list[str], now: int, claims_after: int) -> list
     return dropped
 
 
+async def _sweep(c: Conn, claims_before: int, deletions_before: int, limit: int) -> int:
+    # no lock on the hash: the rows go are ones neither a claim nor a drop counts any more
+    gone = await c.fetchval(
+        "WITH k AS (DELETE FROM file_claims WHERE ctid IN (SELECT ctid FROM file_claims "
+        "WHERE created_at < $1 LIMIT $3) RETURNING 1), d AS (DELETE FROM file_deletions "
+        "WHERE hash IN (SELECT hash FROM file_deletions WHERE started_at < $2 LIMIT $3) "
+        "RETURNING 1) SELECT (SELECT count(*) FROM k) + (SELECT count(*) FROM d)",
+        claims_before,
+        deletions_before,
+        limit,
+    )
+    return int(gone)
+
+
 async def _end_deletion(c: Conn, hashes: list[str]) -> None:
     await c.execute("DELETE FROM file_deletions WHERE hash = ANY($1::text[])", hashes)
 
@@ -88,6 +102,9 @@ class PostgresFileState(PostgresBridge):
 
     async def release_file_claim(self, hash: str, token: str) -> None:
         await self._run(write1, _release, hash, token)
+
+    async def sweep_file_claims(self, claims_before: int, deletions_before: int, limit: int) -> int:
+        return await self._run(tx, _sweep, claims_before, deletions_before, limit)
 
     async def drop_unreferenced_files(
         self, hashes: list[str], *, now: int = 0, claims_after: int = 0

@@ -51,6 +51,20 @@ def _drop(
     return dropped
 
 
+def _sweep(c: sqlite3.Connection, claims_before: int, deletions_before: int, limit: int) -> int:
+    claims = c.execute(
+        "DELETE FROM file_claims WHERE rowid IN "
+        "(SELECT rowid FROM file_claims WHERE created_at < ? LIMIT ?)",
+        (claims_before, limit),
+    ).rowcount
+    deletions = c.execute(
+        "DELETE FROM file_deletions WHERE rowid IN "
+        "(SELECT rowid FROM file_deletions WHERE started_at < ? LIMIT ?)",
+        (deletions_before, limit),
+    ).rowcount
+    return claims + deletions
+
+
 def _set_multipart(
     c: sqlite3.Connection, upload_id: str, multipart_id: str, expected: str | None
 ) -> str | None:
@@ -74,6 +88,9 @@ class SqliteFileState:
         await self.rt.write(
             lambda c: c.execute("DELETE FROM file_claims WHERE hash=? AND token=?", (hash, token))
         )
+
+    async def sweep_file_claims(self, claims_before: int, deletions_before: int, limit: int) -> int:
+        return await self.rt.write(_sweep, claims_before, deletions_before, limit)
 
     async def drop_unreferenced_files(
         self, hashes: list[str], *, now: int = 0, claims_after: int = 0

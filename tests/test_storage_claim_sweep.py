@@ -1,0 +1,165 @@
+"""Stale upload claims and deletion marks are swept (``services/file_claims``): a process
+killed while it held a claim (or whose release failed) leaves its row for ever otherwise.
+Only rows past their TTL go, which no claim or drop counts any more; a claim that may still
+be live is never removed. Storage on both engines; a real killed process and a real server's
+start-up sweep on PostgreSQL (SQLite keeps claims in memory and has no sweeper)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from heaper_trio.services import file_claims
+from heaper_trio.services.file_claims import CLAIM_TTL_MS, DELETION_TTL_MS
+from heaper_trio.settings import Settings
+from heaper_trio.storage import Storage
+from tests.test_storage import NOW, opened
+from tests.test_storage_contract import H1, H2
+
+H3 = "c" * 64
+
+
+async def rows(storage: Storage) -> tuple[set[str], set[str]]:
+    """(claim tokens, hashes being deleted), read as another process would."""
+    s: Any = storage
+    if s.engine == "sqlite":
+
+        def read(c: Any) -> tuple[set[str], set[str]]:
+            claims = {r[0] for r in c.execute("SELECT token FROM file_claims")}
+            return claims, {r[0] for r in c.execute("SELECT hash FROM file_deletions")}
+
+        result: tuple[set[str], set[str]] = await s.rt.write(read)
+        return result
+    from heaper_trio.storage.postgres.runtime import read as pg_read
+
+    async def fetch(c: Any) -> tuple[set[str], set[str]]:
+        claims = {r[0] for r in await c.fetch("SELECT token FROM file_claims")}
+        return claims, {r[0] for r in await c.fetch("SELECT hash FROM file_deletions")}
+
+    fetched: tuple[set[str], set[str]] = await s._run(pg_read, fetch)
+    return fetched
+
+
+async def test_only_rows_past_their_ttl_are_swept_in_bounded_batches(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with opened(make_settings()) as storage:
+        await storage.claim_file(H1, "dead", NOW - CLAIM_TTL_MS - 1, 0)
+        await storage.claim_file(H2, "dead2", NOW - CLAIM_TTL_MS - 5, 0)
+        await storage.claim_file(H1, "edge", NOW - CLAIM_TTL_MS, 0)  # counted by a drop now
+        await storage.claim_file(H3, "live", NOW, 0)
+        for h, started in ((H1, NOW - DELETION_TTL_MS - 1), (H3, NOW - DELETION_TTL_MS)):
+            await storage.add_file(file_of(h))
+            [gone] = await storage.drop_unreferenced_files([h], now=started, claims_after=NOW + 1)
+            assert gone.hash == h
+        assert await rows(storage) == ({"dead", "dead2", "edge", "live"}, {H1, H3})
+
+        # limit 1: one claim and one mark per statement
+        assert await storage.sweep_file_claims(NOW - CLAIM_TTL_MS, NOW - DELETION_TTL_MS, 1) == 2
+        claims, deleting = await rows(storage)
+        assert len(claims & {"dead", "dead2"}) == 1 and deleting == {H3}
+        assert await file_claims.sweep_claims_once(storage, NOW) == 1
+        assert await rows(storage) == ({"edge", "live"}, {H3})
+        assert await file_claims.sweep_claims_once(storage, NOW) == 0
+        # the kept claim still holds its file against a drop
+        await storage.add_file(file_of(H2))
+        await storage.claim_file(H2, "held", NOW, 0)
+        assert await storage.drop_unreferenced_files([H2], now=NOW, claims_after=NOW) == []
+        assert await file_claims.sweep_claims_once(storage, NOW) == 0
+        assert "held" in (await rows(storage))[0]
+
+
+def file_of(hash: str) -> Any:
+    from tests.test_storage_object_state import file
+
+    return file(hash)
+
+
+CLAIMER = """
+import sys, time, trio
+from heaper_trio.aio import open_asyncio_loop
+from heaper_trio.services.container import open_storage
+from heaper_trio.services.file_claims import CLAIM_TTL_MS, claimed
+from heaper_trio.settings import load_settings
+
+async def main():
+    settings = load_settings(environ={}, overrides={
+        "data_dir": sys.argv[1], "database_url": sys.argv[2], "pg_pool_min": 1, "pg_pool_max": 2})
+    async with open_asyncio_loop(), open_storage(settings) as storage:
+        now = int(time.time() * 1000)
+        await storage.claim_file(sys.argv[3], "crashed-long-ago", now - CLAIM_TTL_MS - 1000, 0)
+        async with claimed(storage, sys.argv[4]):   # the upload's own claim, held
+            print("held", flush=True)
+            await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+@pytest.mark.engines("postgres")
+async def test_a_killed_processs_claims_are_swept_at_start_once_stale(
+    make_settings: Callable[..., Settings], start_server: Any
+) -> None:
+    settings = make_settings()
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    with subprocess.Popen(  # noqa: ASYNC220 (started once, waited for in a thread)
+        [sys.executable, "-c", CLAIMER, str(settings.data_path), settings.database_url, H1, H2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            line = await trio.to_thread.run_sync(proc.stdout.readline)
+            assert line.strip() == "held", line + proc.stderr.read()
+        finally:
+            proc.send_signal(signal.SIGKILL)  # no release: its rows stay
+            await trio.to_thread.run_sync(proc.wait)
+    async with opened(settings) as storage:
+        claims, _ = await rows(storage)
+        assert "crashed-long-ago" in claims and len(claims) == 2, claims
+        live = next(iter(claims - {"crashed-long-ago"}))
+
+        await start_server()  # its first sweep runs at start
+        with trio.fail_after(10):
+            while "crashed-long-ago" in (await rows(storage))[0]:
+                await trio.sleep(0.05)
+        # the killed process's fresh claim may be a live one as far as anyone can tell: kept
+        assert (await rows(storage))[0] == {live}
+        now = file_claims.now_ms()
+        assert await file_claims.sweep_claims_once(storage, now) == 0
+        assert await file_claims.sweep_claims_once(storage, now + CLAIM_TTL_MS + 1000) == 1
+        assert (await rows(storage))[0] == set()
+
+
+async def test_the_sweeper_runs_at_start_and_every_interval_and_survives_a_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    calls: list[float] = []
+
+    class Fake:
+        fail = True
+
+        async def sweep_file_claims(self, claims_before: int, deletions_before: int, n: int) -> int:
+            calls.append(trio.current_time())
+            assert deletions_before - claims_before == CLAIM_TTL_MS - DELETION_TTL_MS
+            if Fake.fail:  # the first pass fails: logged, the next one comes all the same
+                Fake.fail = False
+                raise OSError("database unreachable")
+            return n if len(calls) < 30 else 0  # a backlog: full batches
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(file_claims.sweep_claims_forever, Fake())
+        await trio.sleep(file_claims.SWEEP_EVERY_S * 2 + 1)
+        nursery.cancel_scope.cancel()
+    starts = sorted(set(calls))
+    assert starts == [0.0, file_claims.SWEEP_EVERY_S, file_claims.SWEEP_EVERY_S * 2], starts
+    per_pass = [calls.count(t) for t in starts]
+    assert per_pass == [1, file_claims.SWEEP_MAX_BATCHES, 30 - 1 - file_claims.SWEEP_MAX_BATCHES]
