@@ -194,6 +194,7 @@ def run_wrk(
     seconds: int,
     pg: tuple[str, str] | None,
     profile: Path | None = None,
+    spy_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     streams, per_body, _ = PHASES[phase]
     argv = ["wrk", f"-t{streams}", f"-c{streams}", f"-d{seconds}s", "--latency"]
@@ -207,6 +208,7 @@ def run_wrk(
             [
                 *(PY_SPY, "record", "--pid", str(server.pid), "--subprocesses", "--nonblocking"),
                 *("-d", str(seconds), "-f", "raw", "-o", str(profile / f"{phase}.txt")),
+                *spy_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -276,7 +278,8 @@ async def push_phases(
             await prepare(client, heap["id"], phase, bodies, folder)
             if args.warmup:
                 run_wrk(server, warm, token, phase, args.warmup, pg)
-            r = run_wrk(server, folder, token, phase, args.duration, pg, args.profile)
+            spy = ("--rate", str(args.profile_rate), *(("--gil",) if args.profile_gil else ()))
+            r = run_wrk(server, folder, token, phase, args.duration, pg, args.profile, spy)
             rates[phase] = max(rates[phase], r["updates_per_s"])
             log(
                 f"run {run} {label} {phase}: {r['updates_per_s']} updates/s, p50 {r['p50_ms']} ms, "
@@ -355,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="server processes; 0: its default")
     p.add_argument(
         "--profile", type=Path, help="py-spy the server in each measure into DIR/<phase>.txt"
+    )
+    p.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
+    p.add_argument(
+        "--profile-gil", action="store_true", help="py-spy: only the thread holding the GIL"
     )
     p.add_argument(
         "--compare",

@@ -175,8 +175,13 @@ class BlockDocument:
         """The query and search columns; never raises on a document a client can produce. Each
         root is read on its own (one of another type is cast, mostly to empty), one that fails
         gives its field's default, and relation or file entries that are not maps are left out.
-        Only what changed since the last projection is read again (``incremental``).
-        """
+        Only what changed since the last projection is read again (``incremental``). Read in
+        one transaction: pycrdt opens and commits one per read otherwise (a typed word's
+        projection made seven, a fifth of its cost)."""
+        with self._doc.transaction():
+            return self._project()
+
+    def _project(self) -> Projection:
         live = self._live_projection()
         meta = live.map_root("meta_v0")
         relations = live.map_root("relations_v1")
