@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Job = tuple[Callable[..., Any], tuple[Any, ...], "_Reply"]
 _STOP = object()
+_USER_ROWS = frozenset({"user"})  # the kept answers a ``users_unchanged`` batch keeps
 MAX_BATCH = 512
 READERS = 4
 
@@ -141,12 +143,13 @@ class _Reply:
     (from any thread) or, for many jobs at once, :func:`_reply_all`; then ``done`` is set and
     ``box`` holds the outcome."""
 
-    __slots__ = ("box", "done", "token")
+    __slots__ = ("box", "done", "token", "users_unchanged")
 
-    def __init__(self) -> None:
+    def __init__(self, users_unchanged: bool = False) -> None:
         self.token = trio.lowlevel.current_trio_token()
         self.done = trio.Event()
         self.box: list[outcome.Outcome] = []
+        self.users_unchanged = users_unchanged  # the job writes no user row (``write``)
 
     def deliver(self, result: outcome.Outcome) -> None:
         """On the event loop."""
@@ -160,15 +163,20 @@ class _Reply:
             pass
 
 
-def _reply_all(answers: list[tuple[_Reply, outcome.Outcome]]) -> None:
+def _reply_all(
+    answers: list[tuple[_Reply, outcome.Outcome]], first: Callable[[], None] | None = None
+) -> None:
     """Every job of a group commit answered in one call into each event loop: one wake-up of
-    the loop (a write to its wake-up socket, then its drain) per batch, not per job."""
+    the loop (a write to its wake-up socket, then its drain) per batch, not per job.
+    ``first`` runs on the loop before any job is answered."""
     by_token: dict[trio.lowlevel.TrioToken, list[tuple[_Reply, outcome.Outcome]]] = {}
     for reply, result in answers:
         by_token.setdefault(reply.token, []).append((reply, result))
     for token, mine in by_token.items():
 
-        def deliver(mine: list[tuple[_Reply, outcome.Outcome]] = mine) -> None:
+        def deliver(mine: list[tuple[_Reply, outcome.Outcome]] = mine, first: Any = first) -> None:
+            if first is not None:
+                first()
             for reply, result in mine:
                 reply.deliver(result)
 
@@ -231,11 +239,13 @@ class SqliteRuntime:
             self._inline.close()
             self._inline = None
 
-    async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` in the writer's next transaction; return once committed."""
+    async def write(self, fn: Callable[..., T], *args: Any, users_unchanged: bool = False) -> T:
+        """Run ``fn(conn, *args)`` in the writer's next transaction; return once committed.
+        ``users_unchanged``: ``fn`` writes no user row, so a group commit of such jobs only
+        keeps the user rows ``read_kept`` holds (``KeptReads.carry``)."""
         if self._thread is None:
             raise RuntimeError("storage is closed")
-        reply = _Reply()
+        reply = _Reply(users_unchanged)
         start = time.perf_counter()
         self._jobs.put((fn, args, reply))
         # Once queued the job will run; waiting for it cannot be abandoned, or a caller could
@@ -337,8 +347,11 @@ class SqliteRuntime:
         """
         results: list[outcome.Outcome] = []
         start = time.perf_counter()
+        carry = None
         try:
             conn.execute("BEGIN IMMEDIATE")
+            # the write lock is held: no commit can come between this mark and ours
+            before = self.kept.mark() if all(r.users_unchanged for _, _, r in batch) else b""
             for fn, args, _ in batch:
                 conn.execute("SAVEPOINT job")
                 result = outcome.capture(fn, conn, *args)
@@ -347,6 +360,8 @@ class SqliteRuntime:
                 conn.execute("RELEASE job")
                 results.append(result)
             conn.execute("COMMIT")
+            if before:
+                carry = partial(self.kept.carry, before, self.kept.mark(), _USER_ROWS)
         except BaseException as e:  # reported to every caller below
             try:
                 if conn.in_transaction:
@@ -358,4 +373,6 @@ class SqliteRuntime:
             self.commits += 1
             self.jobs_done += len(batch)
             observe.observer.commit_batch("sqlite", len(batch), time.perf_counter() - start)
-        _reply_all([(reply, answer) for (_, _, reply), answer in zip(batch, results, strict=True)])
+        _reply_all(
+            [(reply, answer) for (_, _, reply), answer in zip(batch, results, strict=True)], carry
+        )
