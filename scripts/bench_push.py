@@ -59,7 +59,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import trio
-from bench_http import CLK_TCK, Server, free_port, log, proc_cpu_s
+from bench_http import CLK_TCK, Server, _children, free_port, log, proc_cpu_s
 from bench_sync import SERVER_ENV, EditedBlock, create_all, postgres_baseline, sqlite_baseline
 
 from heaper_trio.client import HeaperClient, KeyPair
@@ -169,6 +169,18 @@ def pids_cpu_s(pids: list[int]) -> float:
     return total
 
 
+def loop_cpu_s(pid: int) -> float:
+    """CPU of the main threads (the event loops) of a server and its descendants; the rest of
+    ``proc_cpu_s`` is its other threads' (the SQLite writer, readers, trio's workers)."""
+    try:
+        raw = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(")") + 2 :].split()
+    own = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return own + sum(loop_cpu_s(child) for child in _children(pid))
+
+
 def commit_batches(url: str) -> tuple[float, float] | None:
     """The server's group commits so far (``/metrics``): writes gathered, transactions; None
     when it does not answer them (metrics off)."""
@@ -194,6 +206,7 @@ def run_wrk(
     seconds: int,
     pg: tuple[str, str] | None,
     profile: Path | None = None,
+    spy_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     streams, per_body, _ = PHASES[phase]
     argv = ["wrk", f"-t{streams}", f"-c{streams}", f"-d{seconds}s", "--latency"]
@@ -207,18 +220,21 @@ def run_wrk(
             [
                 *(PY_SPY, "record", "--pid", str(server.pid), "--subprocesses", "--nonblocking"),
                 *("-d", str(seconds), "-f", "raw", "-o", str(profile / f"{phase}.txt")),
+                *spy_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
     batches0 = commit_batches(server.url)
     own0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    loop0 = loop_cpu_s(server.pid)
     cpu0, db0, t0 = proc_cpu_s(server.pid), pids_cpu_s(pids), time.monotonic()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     wall = time.monotonic() - t0
     if spy is not None:
         spy.wait(timeout=30)
     cpu, db = proc_cpu_s(server.pid) - cpu0, pids_cpu_s(pids) - db0
+    loop = loop_cpu_s(server.pid) - loop0
     batches1 = commit_batches(server.url)
     per_commit = None  # how many writes shared one group commit (one fsync), on average
     if batches0 and batches1 and batches1[1] > batches0[1]:
@@ -245,6 +261,10 @@ def run_wrk(
         "p99_ms": s["p99_us"] / 1e3,
         "server_cpu_us_per_update": round(cpu * 1e6 / acked, 1) if acked else None,
         "server_cpu_util": round(cpu / wall, 3),
+        # of server_cpu_us_per_update: the event loop's, and the other threads' (on SQLite
+        # mostly the writer's: statements, search rows, COMMIT); both hold the GIL at times
+        "loop_cpu_us_per_update": round(loop * 1e6 / acked, 1) if acked else None,
+        "threads_cpu_us_per_update": round((cpu - loop) * 1e6 / acked, 1) if acked else None,
         "wrk_cpu_util": round(wrk_cpu / wall, 3),
         "db_backends_cpu_us_per_update": round(db * 1e6 / acked, 1) if pg and acked else None,
         "writes_per_group_commit": per_commit,
@@ -276,11 +296,13 @@ async def push_phases(
             await prepare(client, heap["id"], phase, bodies, folder)
             if args.warmup:
                 run_wrk(server, warm, token, phase, args.warmup, pg)
-            r = run_wrk(server, folder, token, phase, args.duration, pg, args.profile)
+            spy = ("--rate", str(args.profile_rate), *(("--gil",) if args.profile_gil else ()))
+            r = run_wrk(server, folder, token, phase, args.duration, pg, args.profile, spy)
             rates[phase] = max(rates[phase], r["updates_per_s"])
             log(
                 f"run {run} {label} {phase}: {r['updates_per_s']} updates/s, p50 {r['p50_ms']} ms, "
                 f"server {r['server_cpu_us_per_update']} µs/update "
+                f"(loop {r['loop_cpu_us_per_update']}, threads {r['threads_cpu_us_per_update']}) "
                 f"({r['server_cpu_util']} of a core), wrk {r['wrk_cpu_util']} of a core, "
                 f"{r['writes_per_group_commit']} writes per group commit"
                 + (f", db {r['db_backends_cpu_us_per_update']} µs/update" if pg else "")
@@ -319,6 +341,8 @@ def summarize(runs: list[dict[str, Any]], label: str) -> dict[str, Any]:
             "updates_per_s",
             "server_cpu_us_per_update",
             "server_cpu_us_per_update_minus_idle",
+            "loop_cpu_us_per_update",
+            "threads_cpu_us_per_update",
             "wrk_cpu_util",
             "server_cpu_util",
             "db_backends_cpu_us_per_update",
@@ -355,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="server processes; 0: its default")
     p.add_argument(
         "--profile", type=Path, help="py-spy the server in each measure into DIR/<phase>.txt"
+    )
+    p.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
+    p.add_argument(
+        "--profile-gil", action="store_true", help="py-spy: only the thread holding the GIL"
     )
     p.add_argument(
         "--compare",

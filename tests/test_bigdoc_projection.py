@@ -117,6 +117,37 @@ def test_a_typed_word_rescans_one_segment() -> None:
     assert f"typed line {5 * incremental.SEGMENT + 1}\n" in block.project().text
 
 
+def test_nested_edits_are_patched_not_reread() -> None:
+    """The deep observers read pycrdt's native events (a parent walk, no wrapped fields): an
+    edit two and three levels below a top-level child is patched in place, the root's
+    segments kept (an event this code misread would drop them and read the root whole)."""
+    author = Doc()
+    content = author.get("content_v0", type=XmlFragment)
+    meta = author.get("meta_v0", type=Map)
+    with author.transaction():
+        for i in range(3 * incremental.SEGMENT):
+            content.children.append(XmlElement("paragraph", contents=[XmlText(f"line {i}")]))
+        item = XmlElement("listItem", contents=[XmlElement("paragraph")])
+        content.children.append(XmlElement("bulletList", contents=[item]))
+        item.children[0].children.append(XmlText("deep"))
+    block = crdt.BlockDocument.load(None, [author.get_update()])
+    block.project()
+    root = block._live_projection().xml["content_v0"]
+    kept = root.segments
+    for edit in (
+        lambda: content.children[incremental.SEGMENT + 3].children[0].insert(0, "typed "),
+        lambda: item.children[0].children[0].insert(4, "er"),
+        lambda: meta.__setitem__("type", "document"),
+    ):
+        state = author.get_state()
+        edit()
+        block.apply(author.get_update(state))
+        assert root.segments is kept and root.touched is not None
+        assert block.project() == reference(author)
+    assert "typed line " in block.project().text and "deeper" in block.project().text
+    assert block.project().type == "document"
+
+
 @functools.cache
 def _paragraphs(n: int) -> bytes:
     doc = Doc()

@@ -8,8 +8,10 @@ checked against realistic input. Only tests may import pycrdt besides heaper_tri
 from __future__ import annotations
 
 import base64
+import gc
 import os
 import random
+import weakref
 from typing import Any
 
 import pytest
@@ -593,3 +595,26 @@ def test_rollback_keeps_pending_updates_across_compaction() -> None:
     assert server.full_state() == state and server.has_pending()
     assert server.apply(first) is True and not server.has_pending()
     assert server.project().text.startswith("abc12")
+
+
+def test_a_document_nobody_holds_is_freed() -> None:
+    """pycrdt's ``Doc.observe`` ties document and callback in a cycle through native code
+    that Python's collector cannot see: every document the server ever loaded stayed in
+    memory after the cache let it go. Observers now hold nothing that leads back to it."""
+    author: Doc = Doc()
+    content = author.get("content_v0", type=XmlFragment)
+    meta = author.get("meta_v0", type=Map)
+    with author.transaction():
+        meta["type"] = "document"
+        content.children.append(XmlElement("paragraph", contents=[XmlText("words")]))
+    update = author.get_update()
+    refs = []
+    for project in (False, True):
+        block = BlockDocument.load(None, [update])
+        if project:
+            assert block.project().text == "words"  # the projection's observers too
+        block.set_meta("deleted_at", 5)  # and an update captured by the observer
+        refs.append(weakref.ref(block))
+        del block
+    gc.collect()
+    assert [r() for r in refs] == [None, None]

@@ -16,6 +16,7 @@ from heaper_trio.storage.sqlite.engine import DB_FILE
 from heaper_trio.storage.sqlite.kept_reads import MISS, KeptReads
 
 from .conftest import assert_error
+from .test_sync import ClientBlock, new_heap, push
 
 
 def _wal_db(path: Path) -> sqlite3.Connection:
@@ -95,3 +96,70 @@ async def test_kept_usage_ends_with_its_first_session(
     assert (await storage.usage(me["id"], now))["sessions"] == 1
     later = now + 400 * 24 * 3600 * 1000  # past every refresh token's expiry
     assert (await storage.usage(me["id"], later))["sessions"] == 0
+
+
+def test_a_commit_of_this_writer_that_changes_no_user_keeps_the_user_rows(
+    tmp_path: Path,
+) -> None:
+    """``carry``: marks taken around a commit made under the write lock keep the user rows
+    (and only them); a commit by anyone else before that lock ends them as before."""
+    db = tmp_path / "x.sqlite3"
+    conn = _wal_db(db)
+    kept = KeptReads(db)
+    kept.open()
+    users = frozenset({"user"})
+
+    def commit_as_the_writer() -> tuple[bytes, bytes]:
+        conn.execute("BEGIN IMMEDIATE")
+        before = kept.mark()
+        conn.execute("INSERT INTO t VALUES (1)")
+        conn.execute("COMMIT")
+        return before, kept.mark()
+
+    mark = kept.mark()
+    assert kept.get(("user", "u"), mark) is MISS
+    kept.put(("user", "u"), mark, "row")
+    kept.put(("usage", "u"), mark, "counts")
+    kept.carry(*commit_as_the_writer(), users)
+    assert kept.get(("user", "u"), kept.mark()) == "row"
+    assert kept.get(("usage", "u"), kept.mark()) is MISS  # a push changes the usage
+    # another connection commits first: the writer's marks no longer follow what was kept
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("INSERT INTO t VALUES (2)")
+    kept.carry(*commit_as_the_writer(), users)
+    assert kept.get(("user", "u"), kept.mark()) is MISS
+    kept.close()
+    other.close()
+    conn.close()
+
+
+@pytest.mark.engines("sqlite")
+async def test_pushes_keep_the_user_row_and_a_revoke_is_still_seen_at_once(
+    engine: str, server: RunningServer, eve: HeaperClient
+) -> None:
+    """A push's commit writes no user row: the next request takes the kept row, where every
+    commit used to end it. A revoke by another connection between two pushes still refuses
+    the very next one."""
+    kept = server.services.storage.rt.kept  # type: ignore[attr-defined]
+    heap = await new_heap(eve)
+    block = ClientBlock()
+    block.write("Kept", "start")
+    text = block.content.children[0].children[0]
+    for word in ("one", "two", "three"):
+        text.insert(len(text), f" {word}")
+        [answer] = (await push(eve, block.push_item(heap["id"]))).json()["blocks"]
+        assert answer["status"] in ("created", "ok"), answer
+    hits, misses = kept.hits, kept.misses
+    text.insert(len(text), " four")
+    [answer] = (await push(eve, block.push_item(heap["id"]))).json()["blocks"]
+    assert answer["status"] == "ok", answer
+    assert (kept.hits, kept.misses) == (hits + 1, misses)  # the row, kept over the commit
+    db = Path(server.services.settings.data_dir) / DB_FILE
+    raw = sqlite3.connect(db, isolation_level=None, timeout=10)
+    raw.execute(
+        "UPDATE users SET token_generation = token_generation + 1 WHERE public_key=?",
+        (eve.public_key,),
+    )
+    raw.close()
+    text.insert(len(text), " five")
+    assert_error(await push(eve, block.push_item(heap["id"])), 401, "token_revoked")

@@ -151,6 +151,34 @@ async def test_cancelled_calls_leave_storage_usable(make_settings: Callable[...,
 
 
 @pytest.mark.engines("sqlite")
+async def test_sqlite_a_queued_write_is_waited_for_through_a_cancel(
+    engine: str, make_settings: Callable[..., Settings]
+) -> None:
+    """A write cannot be abandoned once queued: a cancel while the writer runs it waits for
+    the commit, the caller gets the result, and the cancel lands at its next checkpoint."""
+    import time
+
+    def slow(conn: sqlite3.Connection) -> str:
+        time.sleep(0.2)  # in the writer thread: the caller is cancelled meanwhile
+        conn.execute(
+            "INSERT INTO challenges (challenge, public_key, created_at, expires_at) "
+            "VALUES ('slow', 'k', 0, 1)"
+        )
+        return "stored"
+
+    async with opened(make_settings()) as storage:
+        rt = storage.rt  # type: ignore[attr-defined]
+        got = []
+        with trio.CancelScope() as scope:
+            scope.deadline = trio.current_time() + 0.05
+            got.append(await rt.write(slow))
+            await trio.lowlevel.checkpoint()
+            got.append("not cancelled")
+        assert got == ["stored"] and scope.cancelled_caught
+        assert (await storage.auth_stats())["challenges"] == 1
+
+
+@pytest.mark.engines("sqlite")
 async def test_sqlite_groups_concurrent_writes_into_few_commits(
     engine: str, make_settings: Callable[..., Settings]
 ) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pycrdt import Doc, Map, XmlFragment
+from pycrdt._xml import _integrated_to_wrapper
 
 from heaper_trio.crdt.codec import _is_pycrdt_failure
 from heaper_trio.crdt.projection import _is_inline, _plain, _read_root, _XmlScan
@@ -178,11 +179,12 @@ def _join(segments: list[_Segment]) -> _Joined:
 
 
 def _top_child(target: Any, depth: int) -> Any:
-    """The root's child an event at ``depth`` (its path's length) below the root came from."""
+    """The root's child an event at ``depth`` (its path's length) below the root came from:
+    pycrdt's native node (``parent()`` needs no transaction), wrapped when it is read."""
     for _ in range(depth - 1):
-        target = target.parent
-    if target is None:
-        raise LookupError("no parent")
+        target = target.parent()
+        if target is None:
+            raise LookupError("no parent")
     return target
 
 
@@ -226,14 +228,14 @@ class _XmlRoot:
             raise IndexError(index)
         return k, index - self.starts[k]
 
-    def _patch(self) -> RootText | None:
+    def _patch(self, doc: Doc) -> RootText | None:
         """The new answer after edits inside children only, or None when a segment's shape
         changed (the segments are then assembled, and joined whole by the caller)."""
         segments, joined, touched = self.segments, self.joined, self.touched
         assert segments is not None and joined is not None and touched is not None
         for k, at, child in touched:
             if segments[k].parts[at] is None:
-                segments[k].parts[at] = _scan_child(child)
+                segments[k].parts[at] = _scan_child(_integrated_to_wrapper(doc, child))
         same = True
         for k in sorted({k for k, _, _ in touched}):
             seg = segments[k]
@@ -304,7 +306,7 @@ class _XmlRoot:
             return self.scanned
         try:
             if self.touched is not None and self.joined is not None:
-                patched, self.touched = self._patch(), []
+                patched, self.touched = self._patch(doc), []
                 if patched is not None:
                     self.scanned = patched
                     return patched
@@ -350,13 +352,16 @@ class LiveProjection:
     _subscriptions: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # Subscribed on pycrdt's native types: its ``observe_deep`` wrapper turns every field
+        # of every event into Python objects (delta, keys, path, target; a fifth of a typed
+        # word's apply), while these read the path, a root's delta and a parent walk only.
         for name in MAP_ROOTS:
             root = self.doc.get(name, type=Map)
-            self._subscriptions.append(root.observe_deep(self._map_changed(name)))
+            self._subscriptions.append(root.integrated.observe_deep(self._map_changed(name)))
         for name in XML_ROOTS:
             self.xml[name] = _XmlRoot()
             root = self.doc.get(name, type=XmlFragment)
-            self._subscriptions.append(root.observe_deep(self.xml[name].on_events))
+            self._subscriptions.append(root.integrated.observe_deep(self.xml[name].on_events))
 
     def _map_changed(self, name: str) -> Callable[[Any], None]:
         def changed(_events: Any) -> None:

@@ -231,24 +231,22 @@ class DocumentService:
                 and not p.doc.has_pending()
             ):
                 compacted = (p.doc.snapshot(), last_seq + len(batch.updates))
-            changes.append(
-                (
-                    p,
-                    BlockChange(
-                        batch.block_id,
-                        batch.heap_id,
-                        user.id,
-                        base.last_seq if base else None,
-                        batch.updates,
-                        pipeline.projected(p.doc),
-                        p.doc.state_vector(),
-                        p.doc.size,
-                        compacted,
-                        batch.search_later,
-                        batch.heap_owner,
-                    ),
-                )
+            with p.doc.reading():  # one pycrdt transaction for the three reads
+                projection, sv, size = pipeline.projected(p.doc), p.doc.state_vector(), p.doc.size
+            change = BlockChange(
+                batch.block_id,
+                batch.heap_id,
+                user.id,
+                base.last_seq if base else None,
+                batch.updates,
+                projection,
+                sv,
+                size,
+                compacted,
+                batch.search_later,
+                batch.heap_owner,
             )
+            changes.append((p, change))
         if not changes:
             return []
         results = await self.storage.commit_changes([c for _, c in changes], self._now())

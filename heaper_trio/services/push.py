@@ -101,7 +101,8 @@ def with_diff(settled: Settled, state_vector: bytes | Undecodable | None) -> Pus
     if doc is None or outcome.status not in (PushStatus.ok, PushStatus.created):
         return outcome
     known = state_vector if isinstance(state_vector, bytes) else None
-    return replace(outcome, state_vector=doc.state_vector(), update=doc.diff(known))
+    with doc.reading():
+        return replace(outcome, state_vector=doc.state_vector(), update=doc.diff(known))
 
 
 def gone_for_good(

@@ -190,11 +190,12 @@ def commit_change(c: sqlite3.Connection, ch: BlockChange, now: int) -> CommitRes
         c.execute(history_rows.move_sql(b="?", s="?"), (ch.block_id, covers))  # kept: history
         c.execute("DELETE FROM block_updates WHERE block_id=? AND seq <= ?", (ch.block_id, covers))
     c.execute("DELETE FROM block_relations WHERE block_id=?", (ch.block_id,))
-    c.executemany(
-        "INSERT OR IGNORE INTO block_relations (block_id, kind, target_id, heap_id) "
-        "VALUES (?, ?, ?, ?)",
-        rules.relation_rows(ch.block_id, ch.heap_id, ch.projection),
-    )
+    if relations := rules.relation_rows(ch.block_id, ch.heap_id, ch.projection):
+        c.executemany(
+            "INSERT OR IGNORE INTO block_relations (block_id, kind, target_id, heap_id) "
+            "VALUES (?, ?, ?, ?)",
+            relations,
+        )
     write_block_files(c, ch.block_id, ch.heap_id, ch.projection.file_hashes)
     c.execute(
         "UPDATE heaps SET name=? WHERE id=? AND root_block_id=?",
@@ -247,13 +248,13 @@ def commit_changes(
             if rules.not_owner(ch, owner[0] if owner else None):
                 results.append(rules.conflict(ch))
                 continue
-        c.execute("SAVEPOINT change")
+        # No savepoint per change: HeapNotFound comes from the clock tick, the change's first
+        # write, so it leaves nothing to undo; any other failure undoes the writer's whole job
+        # (``SqliteRuntime._run_batch``). Two statements less per pushed block.
         try:
             results.append(commit_change(c, ch, now))
         except HeapNotFound:  # the heap went away under us
-            c.execute("ROLLBACK TO change")
             results.append(rules.conflict(ch))
-        c.execute("RELEASE change")
     return results
 
 

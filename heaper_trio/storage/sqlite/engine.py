@@ -308,7 +308,7 @@ class SqliteStorage(SqliteFileState, SqliteFiles, SqliteScans, SqliteHistory, Sq
         return await self.rt.read(docs.push_reads, heap_ids, block_ids, load_ids)
 
     async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
-        return await self.rt.write(docs.commit_changes, changes, now)
+        return await self.rt.write(docs.commit_changes, changes, now, users_unchanged=True)
 
     async def reindex_marked(self) -> int:
         return await self.rt.write(search.reindex_marked)

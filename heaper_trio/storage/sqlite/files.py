@@ -25,10 +25,11 @@ def write_block_files(
 ) -> None:
     """Called in the commit of every block change, with the projection's hashes."""
     c.execute("DELETE FROM block_files WHERE block_id=?", (block_id,))
-    c.executemany(
-        "INSERT OR IGNORE INTO block_files (block_id, hash, heap_id) VALUES (?, ?, ?)",
-        [(block_id, h, heap_id) for h in hashes],
-    )
+    if hashes:  # most blocks hold no file: no empty executemany
+        c.executemany(
+            "INSERT OR IGNORE INTO block_files (block_id, hash, heap_id) VALUES (?, ?, ?)",
+            [(block_id, h, heap_id) for h in hashes],
+        )
 
 
 def _get_file(c: sqlite3.Connection, key: str) -> FileRecord | None:

@@ -93,3 +93,17 @@ class KeptReads:
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
         self._entries[key] = (self.clock(), value)
+
+    def carry(self, before: bytes, after: bytes, kinds: frozenset[str]) -> None:
+        """This server's writer committed between the marks ``before`` (taken once its write
+        lock was held, so no other commit came in between) and ``after``, changing no answer
+        of ``kinds`` (the first item of a tuple key): those stay kept under ``after``, the
+        others go. Only while nothing else was marked since ``before``; otherwise the next
+        ``get`` sees the change as usual. Under a stream of pushes every commit would
+        otherwise end the kept user rows, and each request read its row again."""
+        if not before or not after or self._mark != before:
+            return
+        self._entries = {
+            k: v for k, v in self._entries.items() if isinstance(k, tuple) and k[0] in kinds
+        }
+        self._mark = after

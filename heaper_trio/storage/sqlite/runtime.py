@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Job = tuple[Callable[..., Any], tuple[Any, ...], "_Reply"]
 _STOP = object()
+_USER_ROWS = frozenset({"user"})  # the kept answers a ``users_unchanged`` batch keeps
 MAX_BATCH = 512
 READERS = 4
 
@@ -141,17 +143,22 @@ class _Reply:
     (from any thread) or, for many jobs at once, :func:`_reply_all`; then ``done`` is set and
     ``box`` holds the outcome."""
 
-    __slots__ = ("box", "done", "token")
+    __slots__ = ("box", "done", "task", "token", "users_unchanged")
 
-    def __init__(self) -> None:
+    def __init__(self, users_unchanged: bool = False) -> None:
         self.token = trio.lowlevel.current_trio_token()
         self.done = trio.Event()
         self.box: list[outcome.Outcome] = []
+        self.users_unchanged = users_unchanged  # the job writes no user row (``write``)
+        self.task: trio.lowlevel.Task | None = None  # a writer's job: its task, woken as is
 
     def deliver(self, result: outcome.Outcome) -> None:
         """On the event loop."""
         self.box.append(result)
-        self.done.set()
+        if self.task is not None:
+            trio.lowlevel.reschedule(self.task)
+        else:
+            self.done.set()
 
     def __call__(self, result: outcome.Outcome) -> None:
         try:
@@ -160,15 +167,24 @@ class _Reply:
             pass
 
 
-def _reply_all(answers: list[tuple[_Reply, outcome.Outcome]]) -> None:
+def _cannot_abort(_: Any) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED
+
+
+def _reply_all(
+    answers: list[tuple[_Reply, outcome.Outcome]], first: Callable[[], None] | None = None
+) -> None:
     """Every job of a group commit answered in one call into each event loop: one wake-up of
-    the loop (a write to its wake-up socket, then its drain) per batch, not per job."""
+    the loop (a write to its wake-up socket, then its drain) per batch, not per job.
+    ``first`` runs on the loop before any job is answered."""
     by_token: dict[trio.lowlevel.TrioToken, list[tuple[_Reply, outcome.Outcome]]] = {}
     for reply, result in answers:
         by_token.setdefault(reply.token, []).append((reply, result))
     for token, mine in by_token.items():
 
-        def deliver(mine: list[tuple[_Reply, outcome.Outcome]] = mine) -> None:
+        def deliver(mine: list[tuple[_Reply, outcome.Outcome]] = mine, first: Any = first) -> None:
+            if first is not None:
+                first()
             for reply, result in mine:
                 reply.deliver(result)
 
@@ -231,17 +247,21 @@ class SqliteRuntime:
             self._inline.close()
             self._inline = None
 
-    async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` in the writer's next transaction; return once committed."""
+    async def write(self, fn: Callable[..., T], *args: Any, users_unchanged: bool = False) -> T:
+        """Run ``fn(conn, *args)`` in the writer's next transaction; return once committed.
+        ``users_unchanged``: ``fn`` writes no user row, so a group commit of such jobs only
+        keeps the user rows ``read_kept`` holds (``KeptReads.carry``)."""
         if self._thread is None:
             raise RuntimeError("storage is closed")
-        reply = _Reply()
+        reply = _Reply(users_unchanged)
+        reply.task = trio.lowlevel.current_task()
         start = time.perf_counter()
         self._jobs.put((fn, args, reply))
         # Once queued the job will run; waiting for it cannot be abandoned, or a caller could
-        # be told "cancelled" about a write that then commits.
-        with trio.CancelScope(shield=True):
-            await reply.done.wait()
+        # be told "cancelled" about a write that then commits. A wait whose abort fails is
+        # what a shielded one is (a cancel lands at the caller's next checkpoint), without a
+        # cancel scope and an event per write (5% of a push's loop, py-spy).
+        await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
         observe.observer.round_trip("sqlite", "write", time.perf_counter() - start)
         with _unavailable_on_operational_error():
             return reply.box[0].unwrap()
@@ -337,8 +357,11 @@ class SqliteRuntime:
         """
         results: list[outcome.Outcome] = []
         start = time.perf_counter()
+        carry = None
         try:
             conn.execute("BEGIN IMMEDIATE")
+            # the write lock is held: no commit can come between this mark and ours
+            before = self.kept.mark() if all(r.users_unchanged for _, _, r in batch) else b""
             for fn, args, _ in batch:
                 conn.execute("SAVEPOINT job")
                 result = outcome.capture(fn, conn, *args)
@@ -347,6 +370,8 @@ class SqliteRuntime:
                 conn.execute("RELEASE job")
                 results.append(result)
             conn.execute("COMMIT")
+            if before:
+                carry = partial(self.kept.carry, before, self.kept.mark(), _USER_ROWS)
         except BaseException as e:  # reported to every caller below
             try:
                 if conn.in_transaction:
@@ -358,4 +383,6 @@ class SqliteRuntime:
             self.commits += 1
             self.jobs_done += len(batch)
             observe.observer.commit_batch("sqlite", len(batch), time.perf_counter() - start)
-        _reply_all([(reply, answer) for (_, _, reply), answer in zip(batch, results, strict=True)])
+        _reply_all(
+            [(reply, answer) for (_, _, reply), answer in zip(batch, results, strict=True)], carry
+        )

@@ -20,13 +20,16 @@ def write_lines(
     """Apply a block's line changes (``search_lines.changes``) to its rows."""
     for body, k in gone.items():
         key = line_key(body)
+        # A line that goes altogether (nearly always: lines seldom repeat) in one statement;
+        # one still used elsewhere in the block is counted down instead
+        if c.execute(
+            "DELETE FROM block_lines WHERE block_n=? AND key=? AND body=? AND uses <= ?",
+            (block_n, key, body, k),
+        ).rowcount:
+            continue
         c.execute(
             "UPDATE block_lines SET uses = uses - ? WHERE block_n=? AND key=? AND body=?",
             (k, block_n, key, body),
-        )
-        c.execute(
-            "DELETE FROM block_lines WHERE block_n=? AND key=? AND body=? AND uses <= 0",
-            (block_n, key, body),
         )
     for body, k in came.items():
         key = line_key(body)

@@ -56,8 +56,9 @@ def store(c: sqlite3.Connection, block_n: int, old: Stored | None, new: Text) ->
             "DELETE FROM block_text_parts WHERE block_n=? AND pos BETWEEN ? AND ?",
             (block_n, *p.delete_between),
         )
-    c.executemany(
-        "INSERT INTO block_text_parts (block_n, pos, body) VALUES (?, ?, ?)",
-        [(block_n, pos, body) for pos, body in p.inserts],
-    )
+    if p.inserts:  # none for a text kept in its row (nearly all)
+        c.executemany(
+            "INSERT INTO block_text_parts (block_n, pos, body) VALUES (?, ?, ?)",
+            [(block_n, pos, body) for pos, body in p.inserts],
+        )
     return p.inline, p.token
