@@ -62,7 +62,9 @@ def eligible(changes: list[BlockChange]) -> bool:
 
 def _inline(origin: str | None, ch: BlockChange) -> str | None:
     """The base64 updates of the change's inline announcement as JSON, or None when the
-    announcement would not fit a NOTIFY (sized with the widest sync_version)."""
+    announcement would not fit a NOTIFY (sized with the widest sync_version). The function
+    writes it with spaces, up to ~1,000 bytes longer: it leaves out one of 8,000 bytes or more
+    (0024), and the pointer announcement goes alone."""
     if origin is None or ch.expected_last_seq is None:
         return None
     seq = ch.expected_last_seq + len(ch.updates)
