@@ -233,14 +233,26 @@ async def test_any_statement_error_of_the_one_call_commits_the_usual_way(
         assert stored is not None and len(stored.updates) == 2
 
 
+def _inline_of_dfe6c8f(origin: str | None, ch: Any) -> str | None:
+    if origin is None or ch.expected_last_seq is None:
+        return None
+    seq = ch.expected_last_seq + len(ch.updates)
+    wide = push_commit._WIDEST_VERSION
+    if announce.inline_updates(origin, ch.block_id, seq, wide, ch.updates) is None:
+        return None
+    return json.dumps([base64.b64encode(u).decode("ascii") for u in ch.updates])
+
+
 async def test_an_inline_announcement_past_the_notify_limit_is_left_out(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The caller sizes inline updates as compact JSON (at most 7,000 bytes); the function
-    writes them with spaces, one more byte per update. 991 one-byte updates into a block whose
-    sync_version is the widest made that payload over 8,000 bytes: pg_notify raised and the
-    whole group fell back to the usual path (0023). Since 0024 the inline announcement is left
-    out, the pointer goes alone and the call commits."""
+    """The caller sizes inline updates as compact JSON (at most 7,000 bytes); the caller of
+    dfe6c8f (a process of that version in a rolling restart) passes the updates array with
+    json.dumps' spaces, and the function writes the rest with spaces too: one more byte per
+    update. 991 one-byte updates into a block whose sync_version is the widest made that
+    payload over 8,000 bytes: pg_notify raised and the whole group fell back to the usual
+    path (0023). Since 0024 the inline announcement is left out, the pointer goes alone and
+    the call commits."""
     settings = make_settings()
     async with opened(settings) as storage:
         if storage.engine != "postgres":
@@ -262,6 +274,7 @@ async def test_an_inline_announcement_past_the_notify_limit_is_left_out(
                 raise
 
         monkeypatch.setattr(push_commit, "commit_in_one", watched)
+        monkeypatch.setattr(push_commit, "_inline", _inline_of_dfe6c8f)
         user = (await login(storage, "pk-notify", auto_approve=True)).user  # type: ignore[union-attr]
         heap = await DocumentService(storage, settings).create_heap(user, "h", None)
         block = "b" * 8  # with 991 updates: compact JSON of exactly 7,000 bytes

@@ -4,12 +4,14 @@
 -- stands alone, as when the caller sends none (receivers then reread storage).
 --
 -- Why: the caller sizes the inline announcement as announce.encode writes it, compact JSON
--- of at most 7,000 bytes, but json_build_object writes "key" : value with spaces and the
--- updates array as Python's json.dumps wrote it (", " between items): one more byte per
--- update and 14 more in all. Many tiny updates and a wide sync_version took it past 8,000,
--- pg_notify raised, and the whole group commit fell back to the usual path with a warning
--- (tests/test_push_one_call.py builds that case). The pointer announcement holds ids of at
--- most 128 characters (protocol/names.py) and numbers: far below the limit.
+-- of at most 7,000 bytes, but json_build_object writes "key" : value with spaces (14 bytes
+-- more) and keeps the updates array as the caller wrote it: dfe6c8f's caller (a process of
+-- that version during a rolling restart) used json.dumps' ", ", one more byte per update.
+-- Many tiny updates and a wide sync_version took it past 8,000, pg_notify raised, and the
+-- whole group commit fell back to the usual path with a warning (tests/test_push_one_call.py
+-- builds that case). Today's caller passes the array compact (push_commit._inline): at most
+-- 7,014 bytes; this bound stays the guarantee. The pointer announcement holds ids of at most
+-- 128 characters (protocol/names.py) and numbers: far below the limit.
 CREATE OR REPLACE FUNCTION heaper_push_batch(
     p_now bigint, p_lock int4, p_keys int4[], p_origin text,
     p_ids text[], p_heaps text[], p_expected bigint[], p_owners text[],
