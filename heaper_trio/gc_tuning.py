@@ -1,17 +1,17 @@
-"""The cyclic garbage collector, tuned for a long-running server process.
+"""The cyclic garbage collector in a long-running server process: what start-up made is
+frozen once serving.
 
-Measured under ``bench_push.py --engine postgres`` (16 streams, one worker): with CPython's
-default thresholds (700, 10, 10) the collector took 6-9 % of the server's CPU in steady
-pushing (~0.5 ms per young collection, ~4 ms per middle one) and each full collection 150 ms,
-most of it walking the same long-lived objects (modules, routes, caches made at start).
+Measured under ``bench_push.py --engine postgres`` (16 streams, one worker, ``gc.callbacks``):
+with CPython's default thresholds (700, 10, 10) the collector took 6-9 % of the server's CPU
+in steady pushing, and each full collection ~150 ms, much of it walking the same long-lived
+objects (modules, routes, settings, caches made at start). ``gc.freeze()`` moves what exists
+once serving to the permanent generation, which no collection walks again (CPython's
+documented use: freeze after start-up).
 
-* ``gc.freeze()`` once serving: what exists at start is moved to the permanent generation,
-  which no collection walks again (CPython's documented use: freeze after start-up).
-* A larger first threshold: a request's short-lived cycles die between two young
-  collections instead of being walked and promoted, so fewer collections run and less reaches
-  the older generations. With both, the collector's share fell to 2-4 % in the same bench.
-  A young collection then takes longer (~1 µs per object on this VM: ~10 ms at 10,000), a
-  pause like the others the event loop already has; the full ones it replaces took 150 ms.
+Tried and left out: a larger young threshold (10,000-20,000). It cut the collector's share
+to 3-5 %, but a middle collection then took up to 190 ms (ten young collections' survivors
+at once) and the same-run A/B of bench_push showed no change in CPU per update within the
+noise of a loaded machine.
 
 Only the real server process does this (``cli`` calls :func:`enable`); servers started by the
 tests share one process for many servers, where freezing would keep every earlier server's
@@ -22,16 +22,12 @@ from __future__ import annotations
 
 import gc
 
-YOUNG_THRESHOLD = 10_000  # allocations minus deallocations between young collections (700)
-OLDER_THRESHOLDS = (10, 10)  # CPython's defaults for the older generations
-
 _enabled = False
 
 
 def enable() -> None:
     global _enabled
     _enabled = True
-    gc.set_threshold(YOUNG_THRESHOLD, *OLDER_THRESHOLDS)
 
 
 def after_start() -> None:
