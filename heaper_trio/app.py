@@ -20,6 +20,7 @@ from hypercorn.trio import serve
 from hypercorn.typing import ASGIFramework
 from quart_trio import QuartTrio
 
+from heaper_trio import gc_tuning
 from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.services.container import Services, open_services
 from heaper_trio.settings import Settings
@@ -231,5 +232,6 @@ async def run_server(
                 ", ".join(urls),
                 services.storage.engine,
             )
+            gc_tuning.after_start()
             task_status.started(RunningServer(list(urls), services))
         log.info("stopped accepting; closing down")

@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from heaper_trio import __version__, logs
+from heaper_trio import __version__, gc_tuning, logs
 from heaper_trio.aio import open_asyncio_loop
 from heaper_trio.datadir_lock import hold_data_dir
 from heaper_trio.errors import HeaperError, StartupError
@@ -352,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if workers > 1:
             return _supervise(settings)
         if command == "serve":
+            gc_tuning.enable()
             # one server per SQLite data directory (datadir_lock); PostgreSQL servers share one
             sqlite = settings.engine == "sqlite"
             with hold_data_dir(settings.data_path) if sqlite else nullcontext():

@@ -83,8 +83,9 @@ SETTINGS: tuple[Setting, ...] = (
         0,
         "Server processes sharing the port (SO_REUSEPORT), watched by one parent that "
         "restarts a worker that dies. 0: automatic, 1 on SQLite (one writer process) and on "
-        "PostgreSQL the CPUs this process may use, at most 4 (each process holds up to "
-        "pg_pool_max + 1 database connections). More than 1 needs PostgreSQL.",
+        "PostgreSQL the CPUs this process may use but one (left to the database), at least 1 "
+        "and at most 4 (each process holds up to pg_pool_max + 1 database connections). More "
+        "than 1 needs PostgreSQL.",
         cli=True,
         minimum=0,
     ),

@@ -312,6 +312,28 @@ async def push_phases(
     return out
 
 
+SETTLE_UTIL = 0.05  # of a core: a server using less is taken as started
+SETTLE_TIMEOUT_S = 30.0
+
+
+def settle(server: Server) -> None:
+    """Wait until the server's CPU use falls to idle. ``/api/health`` answers once the FIRST
+    worker serves; the supervisor starts the others after it (``workers.py``), and each takes
+    ~1.3 s of CPU to start. Run 0's baseline used to overlap that: its anchor was measured on a
+    busy machine (761 rows/s against 1,032 in run 1) and the servers' "idle" CPU read 0.19-0.21
+    of a core, where it is ~0.01 per worker once started (no polling loop: the scan jobs'
+    heartbeat is all an idle server does)."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    quiet = 0
+    while quiet < 2 and time.monotonic() < deadline:
+        c0, t0 = proc_cpu_s(server.pid), time.monotonic()
+        time.sleep(0.5)
+        util = (proc_cpu_s(server.pid) - c0) / (time.monotonic() - t0)
+        quiet = quiet + 1 if util < SETTLE_UTIL else 0
+    if quiet < 2:
+        log(f"{server.name} did not settle within {SETTLE_TIMEOUT_S:.0f} s; going on")
+
+
 def baseline(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if args.engine == "sqlite":
         sync = str(BY_NAME["sqlite_synchronous"].default)
@@ -429,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                 for k, t in trees.items():  # one after the other: the first makes the key
                     servers[k] = start_server(workdir, args, t, k)
                     servers[k].wait_ready()
+                    settle(servers[k])
                 pg = (cluster, name) if cluster else None
                 for run in range(args.runs):
                     log(f"run {run}: baseline")

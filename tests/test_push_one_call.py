@@ -7,6 +7,7 @@ text in pieces) makes it write nothing and the usual path commit the group."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
@@ -16,13 +17,14 @@ import pytest
 import trio
 from trio_asyncio import aio_as_trio
 
+from heaper_trio.protocol import announce
 from heaper_trio.records import CommitStatus, Heap
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.settings import Settings
 from heaper_trio.storage import text_pieces
 from heaper_trio.storage.base import Storage
 from heaper_trio.storage.postgres import push_commit
-from heaper_trio.storage.postgres.runtime import read
+from heaper_trio.storage.postgres.runtime import read, write1
 
 from .test_push_group_commit import change, projection
 from .test_storage import NOW, login, opened
@@ -229,3 +231,72 @@ async def test_any_statement_error_of_the_one_call_commits_the_usual_way(
         assert "one-call group commit refused" in caplog.text
         stored = await storage.load_block("n")
         assert stored is not None and len(stored.updates) == 2
+
+
+def _inline_of_dfe6c8f(origin: str | None, ch: Any) -> str | None:
+    if origin is None or ch.expected_last_seq is None:
+        return None
+    seq = ch.expected_last_seq + len(ch.updates)
+    wide = push_commit._WIDEST_VERSION
+    if announce.inline_updates(origin, ch.block_id, seq, wide, ch.updates) is None:
+        return None
+    return json.dumps([base64.b64encode(u).decode("ascii") for u in ch.updates])
+
+
+async def test_an_inline_announcement_past_the_notify_limit_is_left_out(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller sizes inline updates as compact JSON (at most 7,000 bytes); the caller of
+    dfe6c8f (a process of that version in a rolling restart) passes the updates array with
+    json.dumps' spaces, and the function writes the rest with spaces too: one more byte per
+    update. 991 one-byte updates into a block whose sync_version is the widest made that
+    payload over 8,000 bytes: pg_notify raised and the whole group fell back to the usual
+    path (0023). Since 0024 the inline announcement is left out, the pointer goes alone and
+    the call commits."""
+    settings = make_settings()
+    async with opened(settings) as storage:
+        if storage.engine != "postgres":
+            pytest.skip("PostgreSQL's one-call group commit")
+        loop = storage._loop  # type: ignore[attr-defined]
+        heard: list[str] = []
+        listener = await aio_as_trio(asyncpg.connect, loop=loop)(settings.database_url)
+        await aio_as_trio(listener.add_listener, loop=loop)(
+            "heaper_live", lambda *a: heard.append(a[3])
+        )
+        surprises: list[int] = []
+        real = push_commit.commit_in_one
+
+        async def watched(*a: Any) -> Any:
+            try:
+                return await real(*a)
+            except push_commit.Surprise:
+                surprises.append(1)
+                raise
+
+        monkeypatch.setattr(push_commit, "commit_in_one", watched)
+        monkeypatch.setattr(push_commit, "_inline", _inline_of_dfe6c8f)
+        user = (await login(storage, "pk-notify", auto_approve=True)).user  # type: ignore[union-attr]
+        heap = await DocumentService(storage, settings).create_heap(user, "h", None)
+        block = "b" * 8  # with 991 updates: compact JSON of exactly 7,000 bytes
+        [r] = await storage.commit_changes([change(heap, block, None, projection("T", "a"))], NOW)
+        assert r.status is CommitStatus.created
+        widest = 2**31 - 1
+
+        async def widen(c: Any) -> None:
+            await c.execute("UPDATE blocks SET sync_version = $1 WHERE id = $2", widest, block)
+
+        await storage._run(write1, widen)  # type: ignore[attr-defined]
+        updates = (b"\x01",) * 991
+        inline = announce.inline_updates(ORIGIN, block, 1 + len(updates), widest, updates)
+        assert inline is not None and len(inline) == 7000  # the caller would send it
+        edit = dataclasses.replace(change(heap, block, 1, projection("T", "b")), updates=updates)
+        storage.announce_commits_as(ORIGIN)
+        [r] = await storage.commit_changes([edit], NOW)
+        assert (r.status, r.last_seq, surprises) == (CommitStatus.ok, 992, [])
+        with trio.fail_after(5):
+            while not heard:
+                await trio.sleep(0.01)
+        await trio.sleep(0.2)  # anything else announced arrives meanwhile
+        storage.announce_as = None  # type: ignore[attr-defined]
+        await aio_as_trio(listener.close, loop=loop)()
+        assert [json.loads(h)["k"] for h in heard] == ["changed"]  # the pointer alone

@@ -44,7 +44,7 @@ def test_workers_resolve_per_engine() -> None:
     pg = "postgresql://u@127.0.0.1/db"
     assert load_settings(environ={}).worker_count == 1  # SQLite: one process
     auto = load_settings(environ={}, overrides={"database_url": pg}).worker_count
-    assert auto == max(1, min(len(os.sched_getaffinity(0)), AUTO_WORKERS_MAX))
+    assert auto == max(1, min(len(os.sched_getaffinity(0)) - 1, AUTO_WORKERS_MAX))
     assert load_settings(environ={"HEAPER_WORKERS": "3", "HEAPER_DATABASE_URL": pg}).workers == 3
     with pytest.raises(StartupError, match="workers: SQLite allows one server process"):
         load_settings(environ={}, overrides={"workers": 2})

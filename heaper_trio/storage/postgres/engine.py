@@ -242,7 +242,7 @@ class PostgresStorage(
         self, on_payload: Callable[[str], None], *, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
         await postgres_notify.listen_forever(
-            self.dsn, self._loop, on_payload, task_status, self.outage
+            self.dsn, self._loop, on_payload, task_status, self.outage, lambda: self.announce_as
         )
 
     async def schema_version(self) -> int:

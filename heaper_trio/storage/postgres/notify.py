@@ -16,6 +16,7 @@ the commit left a gap in which a kill -9 hid acknowledged updates from the other
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -53,18 +54,39 @@ def block_pointer(
     )
 
 
+def own_prefixes(origin: str | None) -> tuple[str, ...]:
+    """How this process's own announcements begin: as ``announce.encode`` writes them and as
+    ``json_build_object`` does in ``heaper_push_batch`` (0023/0024), which puts spaces around
+    the colon. The receiver skips its own announcements anyway (``ProcessBridge``); these are
+    dropped as they arrive, before the hop into trio and the JSON (and base64) decoding: with
+    two workers, half of every worker's notifications are its own, two per pushed update."""
+    if origin is None:
+        return ()
+    quoted = json.dumps(origin)
+    return (f'{{"o":{quoted},', f'{{"o" : {quoted}, ')
+
+
 async def listen_forever(
     dsn: str,
     loop: Any,
     on_payload: Callable[[str], None],
     task_status: Any,
     outage: DatabaseOutage,
+    origin: Callable[[], str | None] = lambda: None,
 ) -> None:
+    """``on_payload`` gets every notification but those that begin as announcements of
+    ``origin()`` (:func:`own_prefixes`)."""
     send, receive = trio.open_memory_channel[str](INBOX)
     overflowed = False
+    own: tuple[str | None, tuple[str, ...]] = (None, ())
 
     def received(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        nonlocal overflowed
+        nonlocal overflowed, own
+        mine = origin()
+        if mine != own[0]:
+            own = (mine, own_prefixes(mine))
+        if own[1] and payload.startswith(own[1]):
+            return
         try:  # runs in the trio-asyncio loop's task: the non-blocking trio API works here
             send.send_nowait(payload)
         except trio.WouldBlock:
