@@ -608,13 +608,23 @@ def test_a_document_nobody_holds_is_freed() -> None:
         meta["type"] = "document"
         content.children.append(XmlElement("paragraph", contents=[XmlText("words")]))
     update = author.get_update()
+    before = author.get_state()
+    text = content.children[0].children[0]
+    assert isinstance(text, XmlText)
+    text.insert(5, " more")  # a nested edit, for the projection's observers
+    nested = author.get_update(before)
     refs = []
     for project in (False, True):
         block = BlockDocument.load(None, [update])
         if project:
             assert block.project().text == "words"  # the projection's observers too
         block.set_meta("deleted_at", 5)  # and an update captured by the observer
-        refs.append(weakref.ref(block))
+        refs += [weakref.ref(block), weakref.ref(block._doc)]
+        if project:
+            assert block.apply(nested) and block.project().text == "words more"
+            refs.append(weakref.ref(block._live))
         del block
     gc.collect()
-    assert [r() for r in refs] == [None, None]
+    # the native document and the projection too (a projection callback holding the
+    # projection kept both alive while the BlockDocument itself was freed)
+    assert [r() for r in refs] == [None] * len(refs)

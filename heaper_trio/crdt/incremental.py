@@ -364,8 +364,13 @@ class LiveProjection:
             self._subscriptions.append(root.integrated.observe_deep(self.xml[name].on_events))
 
     def _map_changed(self, name: str) -> Callable[[Any], None]:
+        # The callback must not hold ``self``: the native document holds the callback, so a
+        # callback holding the projection (and through it ``self.doc``) is a cycle the
+        # collector cannot see, and every projected document would stay in memory.
+        maps = self.maps
+
         def changed(_events: Any) -> None:
-            self.maps.pop(name, None)
+            maps.pop(name, None)
 
         return changed
 
