@@ -128,6 +128,17 @@ def test_a_commit_of_this_writer_that_changes_no_user_keeps_the_user_rows(
     other.execute("INSERT INTO t VALUES (2)")
     kept.carry(*commit_as_the_writer(), users)
     assert kept.get(("user", "u"), kept.mark()) is MISS
+    # another connection commits between the writer's COMMIT and its ``after`` mark (the
+    # write lock is free again; the writer thread may be waiting for the GIL): nothing is
+    # carried, or the row read before that commit (a revoke) would still be served
+    kept.put(("user", "u"), kept.mark(), "row")
+    conn.execute("BEGIN IMMEDIATE")
+    before = kept.mark()
+    conn.execute("INSERT INTO t VALUES (3)")
+    conn.execute("COMMIT")
+    other.execute("INSERT INTO t VALUES (4)")
+    kept.carry(before, kept.mark(), users)
+    assert kept.get(("user", "u"), kept.mark()) is MISS
     kept.close()
     other.close()
     conn.close()

@@ -21,6 +21,7 @@ Belt and braces: an answer is never kept longer than ``max_age_s``, and without 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -30,6 +31,12 @@ HEADER_BYTES = 96  # both copies of the 48-byte WAL-index header
 MAX_AGE_S = 1.0
 MAX_ENTRIES = 4096
 MISS = object()
+
+
+def _changes(mark: bytes) -> int:
+    """The header's ``iChange``, "incremented with each transaction" (bytes 8-12, in the
+    host's byte order, like the whole WAL-index)."""
+    return int.from_bytes(mark[8:12], sys.byteorder)
 
 
 class KeptReads:
@@ -98,10 +105,17 @@ class KeptReads:
         """This server's writer committed between the marks ``before`` (taken once its write
         lock was held, so no other commit came in between) and ``after``, changing no answer
         of ``kinds`` (the first item of a tuple key): those stay kept under ``after``, the
-        others go. Only while nothing else was marked since ``before``; otherwise the next
+        others go. Only while nothing else was marked since ``before``, and only when the
+        header's change counter moved by exactly one (this commit alone); otherwise the next
         ``get`` sees the change as usual. Under a stream of pushes every commit would
         otherwise end the kept user rows, and each request read its row again."""
         if not before or not after or self._mark != before:
+            return
+        if _changes(after) != (_changes(before) + 1) % 2**32:
+            # Not exactly this writer's one commit: another connection committed between
+            # the COMMIT and the reading of ``after`` (COMMIT releases the write lock, and
+            # the writer thread may wait for the GIL before it reads), e.g. a revoke by the
+            # command line. Carrying would keep the revoked row; the next ``get`` misses.
             return
         self._entries = {
             k: v for k, v in self._entries.items() if isinstance(k, tuple) and k[0] in kinds
