@@ -6,6 +6,7 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -176,6 +177,33 @@ async def test_sqlite_a_queued_write_is_waited_for_through_a_cancel(
             got.append("not cancelled")
         assert got == ["stored"] and scope.cancelled_caught
         assert (await storage.auth_stats())["challenges"] == 1
+
+
+@pytest.mark.engines("sqlite")
+async def test_sqlite_a_write_is_queued_and_waited_for_under_ki_protection(
+    engine: str, make_settings: Callable[..., Settings]
+) -> None:
+    """A KeyboardInterrupt between queuing a write and parking for its reply would leave a
+    job whose reply wakes a task that is gone or waits for something else: the queuing
+    happens where trio defers a KeyboardInterrupt to the next checkpoint."""
+    async with opened(make_settings()) as storage:
+        rt = storage.rt  # type: ignore[attr-defined]
+        jobs, seen = rt._jobs, []
+
+        class Watched:
+            def put(self, job: object) -> None:
+                seen.append(trio.lowlevel.currently_ki_protected())
+                jobs.put(job)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(jobs, name)
+
+        rt._jobs = Watched()
+        try:
+            assert await rt.write(lambda conn: "done") == "done"
+        finally:
+            rt._jobs = jobs
+        assert seen == [True]
 
 
 @pytest.mark.engines("sqlite")

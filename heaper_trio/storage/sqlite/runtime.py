@@ -247,10 +247,15 @@ class SqliteRuntime:
             self._inline.close()
             self._inline = None
 
+    @trio.lowlevel.enable_ki_protection
     async def write(self, fn: Callable[..., T], *args: Any, users_unchanged: bool = False) -> T:
         """Run ``fn(conn, *args)`` in the writer's next transaction; return once committed.
         ``users_unchanged``: ``fn`` writes no user row, so a group commit of such jobs only
-        keeps the user rows ``read_kept`` holds (``KeptReads.carry``)."""
+        keeps the user rows ``read_kept`` holds (``KeptReads.carry``).
+
+        Protected from KeyboardInterrupt: raised between the put and the wait, it would leave
+        a queued job whose reply reschedules a task that is gone or waits for something else
+        (trio then delivers it at the next checkpoint instead)."""
         if self._thread is None:
             raise RuntimeError("storage is closed")
         reply = _Reply(users_unchanged)
