@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ from heaper_trio.records import StoredBlock
 from heaper_trio.services.commits import Committed
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.live.fanout_pacing import FanoutPacing
 from heaper_trio.services.live.hub_events import HubEvents
 from heaper_trio.services.live.rooms import EventSink, Relayed, Room, Subscription
 from heaper_trio.storage.errors import BlockInOtherHeap
@@ -48,7 +50,7 @@ DIRECT_EVERY_S = 0.001  # a room's relayed batches fanned out at once, at most t
 DIRECT_MAX_SUBS = 256  # and only in rooms no larger than this
 
 
-class LiveHub(HubEvents):
+class LiveHub(HubEvents, FanoutPacing):
     def __init__(self, documents: DocumentService, counters: RealtimeCounters) -> None:
         self.documents = documents
         self.storage = documents.storage
@@ -289,7 +291,11 @@ class LiveHub(HubEvents):
         are nothing beside it, and it would hold back the batch's commit (bench_ws.py, N=1000:
         the writer's acknowledgement 28 ms p50 against 18 ms through the flusher)."""
         now = trio.current_time()
-        if now - room.flushed_at < DIRECT_EVERY_S or len(room.subs) > DIRECT_MAX_SUBS:
+        if (
+            room.cooling
+            or now - room.flushed_at < DIRECT_EVERY_S
+            or len(room.subs) > DIRECT_MAX_SUBS
+        ):
             self._mark(room)
             return
         room.flushed_at = now
@@ -414,7 +420,8 @@ class LiveHub(HubEvents):
             await trio.lowlevel.checkpoint()  # let this turn's other commits join the batch
             dirty, self._dirty = list(self._dirty), {}
             for room in dirty:
-                self._flush_room(room)
+                if not room.cooling:  # (marked again once it has rested: fanout_pacing)
+                    self._flush_room(room)
             pending_events, self._events = list(self._events.values()), {}
             for evt in pending_events:
                 for sink in list(self.heap_watchers.get(str(evt["heap_id"]), ())):
@@ -433,7 +440,9 @@ class LiveHub(HubEvents):
         origins = {o for _, o in batch}
         only = next(iter(origins)) if len(origins) == 1 else None
         # only its own updates: that subscriber has them
+        started = time.perf_counter()
         self._fan_out(room, frames.sync_update_body(merged), skip=only)
+        self._cool(room, time.perf_counter() - started)
 
     def _fan_out(self, room: Room, body: bytes, skip: object | None = None) -> None:
         """Send ``body`` to every subscriber of ``room`` (but ``skip``), each frame encoded

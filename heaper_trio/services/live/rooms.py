@@ -92,6 +92,7 @@ class Room:
     pending: list[tuple[bytes, object | None]] = field(default_factory=list)
     flushed_at: float = -math.inf  # the last fan-out straight from a relay (LiveHub.relay)
     catching_up: bool = False
+    cooling: bool = False  # its last fan-out was costly: the next waits (fanout_pacing)
     # Another process announced a change this room may lack: reread storage (again) before
     # the catch-up ends, or once loaded.
     recheck: bool = False

@@ -1,0 +1,43 @@
+"""How often a room fans out (``LiveHub`` inherits it; split from ``hub.py`` by concern).
+
+A fan-out to 1,000 sockets is 1,000 ``write`` calls, about 10 ms of the event loop, whether
+the frame carries one update or ten. With a writer's updates relayed as they arrive (no longer
+held back by its previous commit, ``commit_queue.py``), each would go out alone: at 1,000
+subscribers the server spent its time writing one update at a time and delivered fewer
+(``bench_ws.py --ns 1000``, closed loop). So a room whose fan-out took ``COOL_MIN_S`` or more
+rests for as long as it took before its next one: what arrives meanwhile waits in the room,
+is merged and goes out in one frame per subscriber (as ``_flush_forever`` merges one turn's
+commits). The loop spends at most half its time on one room's fan-out, a delivery waits at
+most one more fan-out's time, and a room whose fan-out is cheap (a handful of subscribers, or
+updates that come slower than it takes) is never held.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from heaper_trio.services.live.rooms import Room
+
+COOL_MIN_S = 0.002  # fan-outs quicker than this never hold the room's next one
+COOL_MAX_S = 0.05  # nor longer than this (a slow turn of the loop is not the fan-out's cost)
+
+
+class FanoutPacing:
+    _nursery: trio.Nursery | None
+
+    def _mark(self, room: Room) -> None:  # the flusher's wake-up (LiveHub)
+        raise NotImplementedError
+
+    def _cool(self, room: Room, cost: float) -> None:
+        """The room's fan-out took ``cost`` seconds: hold its next one for as long."""
+        if cost >= COOL_MIN_S and self._nursery is not None and not room.cooling:
+            room.cooling = True
+            self._nursery.start_soon(self._warm, room, min(cost, COOL_MAX_S))
+
+    async def _warm(self, room: Room, rest: float) -> None:
+        try:
+            await trio.sleep(rest)
+        finally:
+            room.cooling = False
+            if room.pending:
+                self._mark(room)

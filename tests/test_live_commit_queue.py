@@ -1,0 +1,117 @@
+"""Issue 12, ``services/live/commit_queue.py`` (both engines, real server): a writer's live
+updates reach the other subscribers while an earlier commit of theirs is still under way, are
+stored together in the next commit, and are each acknowledged once durable, in order; a reply
+to anything else (step 1) comes after every acknowledgement owed before it; a refusal for the
+document commits nothing queued behind it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from heaper_trio.app import RunningServer
+from heaper_trio.client import HeaperClient
+from heaper_trio.protocol import messages as m
+from heaper_trio.services.live import connection as live_connection
+
+from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets, live_client  # noqa: F401 (autouse)
+from .test_live_ws import pull_update, title_of
+from .test_sync import ClientBlock, new_heap
+
+pytestmark = [pytest.mark.slow, *UNCLOSED_SOCKETS]
+
+
+class CountedHeldCommits:
+    """Storage's commit, held until released, counting the commits that began."""
+
+    def __init__(self, storage: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.commit = storage.commit_changes
+        self.calls = 0
+        self.args: list[str] = []  # what each commit was handed, as text
+        self.started = trio.Event()
+        self.release = trio.Event()
+        monkeypatch.setattr(storage, "commit_changes", self.held)
+
+    async def held(self, *args: Any) -> Any:
+        self.calls += 1
+        self.args.append(repr(args))
+        self.started.set()
+        await self.release.wait()
+        return await self.commit(*args)
+
+
+async def test_updates_are_relayed_while_an_earlier_commit_runs_and_acked_in_order(
+    admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live_connection, "RELAY_BEFORE_COMMIT", True)
+    heap = await new_heap(admin)
+    block = ClientBlock()
+    address = f"{heap['id']}:{block.id}"
+    async with live_client(server.url) as a, live_client(server.url) as b:
+        await a.sync(address, admin.access_token)
+        await b.sync(address, admin.access_token)
+        held = CountedHeldCommits(server.services.documents.storage, monkeypatch)
+        texts = ["First edit", "Second edit", "Third edit"]
+        for i, text in enumerate(texts):
+            block.write(text)
+            await a.send(m.SyncUpdate(address, block.pending()))
+            block.synced = block.doc.get_state()
+            if i == 0:
+                with trio.fail_after(5):
+                    await held.started.wait()
+            # Every edit reaches b while the first commit is still held.
+            mark = text.encode()
+            got = await b.expect(m.SyncUpdate, lambda x, mark=mark: mark in x.update)
+            assert got.address == address
+        await a.send(m.SyncStep1(address, b"\x00"))  # answered after the three acks
+        with trio.move_on_after(0.3):
+            await a.expect(m.SyncStatus)
+            pytest.fail("acknowledged before its commit")
+        assert held.calls == 1
+        held.release.set()
+        statuses = [await a.expect(m.SyncStatus) for _ in texts]
+        assert all(s.applied for s in statuses)
+        step2 = await a.expect(m.SyncStep2)
+        assert texts[-1] in title_of(step2.update)
+        kinds = [type(x) for x in a.seen if isinstance(x, (m.SyncStatus, m.SyncStep2))]
+        assert kinds[-4:] == [m.SyncStatus] * 3 + [m.SyncStep2]
+        # The second and third arrived during the first commit: one commit for both.
+        assert held.calls == 2
+        assert texts[-1] in title_of(await pull_update(admin, block.id))
+
+
+async def test_a_refused_document_commits_nothing_queued_behind_it(
+    admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heap is deleted while the first commit is held: that commit is refused, the
+    document is closed, and the edit queued behind it is neither stored nor acknowledged."""
+    monkeypatch.setattr(live_connection, "RELAY_BEFORE_COMMIT", True)
+    heap = await new_heap(admin)
+    block = ClientBlock()
+    block.write("Stored first")
+    address = f"{heap['id']}:{block.id}"
+    async with live_client(server.url) as a, live_client(server.url) as b:
+        await a.sync(address, admin.access_token)
+        await b.sync(address, admin.access_token)
+        await a.send(m.SyncUpdate(address, block.pending()))
+        block.synced = block.doc.get_state()
+        assert (await a.expect(m.SyncStatus)).applied
+        held = CountedHeldCommits(server.services.documents.storage, monkeypatch)
+        block.write("Refused")
+        await a.send(m.SyncUpdate(address, block.pending()))
+        block.synced = block.doc.get_state()
+        with trio.fail_after(5):
+            await held.started.wait()
+        block.write("Queued behind")
+        await a.send(m.SyncUpdate(address, block.pending()))
+        await b.expect(m.SyncUpdate, lambda x: b"Queued behind" in x.update)
+        assert await server.services.storage.delete_heap(heap["id"])
+        held.release.set()
+        denied = await a.expect(m.PermissionDenied)
+        assert denied.address == address
+        with trio.move_on_after(0.5):
+            await a.expect(m.SyncStatus)
+            pytest.fail("an update of a refused document was acknowledged")
+        assert not any("Queued behind" in args for args in held.args)  # never committed
