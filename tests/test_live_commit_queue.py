@@ -115,3 +115,33 @@ async def test_a_refused_document_commits_nothing_queued_behind_it(
             await a.expect(m.SyncStatus)
             pytest.fail("an update of a refused document was acknowledged")
         assert not any("Queued behind" in args for args in held.args)  # never committed
+
+
+async def test_presence_does_not_wait_for_a_commit(
+    admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An editor sends presence with every keystroke: it must not put its updates back
+    behind their commits."""
+    monkeypatch.setattr(live_connection, "RELAY_BEFORE_COMMIT", True)
+    heap = await new_heap(admin)
+    block = ClientBlock()
+    address = f"{heap['id']}:{block.id}"
+    async with live_client(server.url) as a, live_client(server.url) as b:
+        await a.sync(address, admin.access_token)
+        await b.sync(address, admin.access_token)
+        held = CountedHeldCommits(server.services.documents.storage, monkeypatch)
+        block.write("Typing")
+        await a.send(m.SyncUpdate(address, block.pending()))
+        block.synced = block.doc.get_state()
+        with trio.fail_after(5):
+            await held.started.wait()
+        state = '{"user":{"name":"A"},"cursor":1}'
+        await a.send(m.Awareness(address, m.encode_awareness([m.AwarenessEntry(7, 1, state)])))
+        block.write("Typing on")
+        await a.send(m.SyncUpdate(address, block.pending()))
+        got = await b.expect(m.Awareness)  # while the first commit is still held
+        assert b'"cursor":1' in got.payload
+        await b.expect(m.SyncUpdate, lambda x: b"Typing on" in x.update)
+        assert not any(isinstance(x, m.SyncStatus) for x in a.seen)
+        held.release.set()
+        assert all([(await a.expect(m.SyncStatus)).applied for _ in range(2)])

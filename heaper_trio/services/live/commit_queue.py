@@ -14,8 +14,9 @@ worker's own batching did), and acknowledges every update in the client's order.
 What a client sees is unchanged: one ``SyncStatus`` per update, in order, each sent once its
 update is durable (or refused); a refusal for the document (forbidden, deleted) closes it and
 nothing queued behind it is committed. The worker waits for the queue to drain before it
-answers anything else (step 1, presence), so replies keep the order of the messages, and it
-relays no further ahead than ``MAX_UNCOMMITTED`` updates.
+answers a step 1, so the step 2 follows every acknowledgement owed before it, and it relays no
+further ahead than ``MAX_UNCOMMITTED`` updates. Presence does not wait (an editor sends it
+with every keystroke; the others have every update relayed before it already).
 """
 
 from __future__ import annotations

@@ -375,9 +375,11 @@ class BlockWorker(DocumentWorker):
         return version is not None and room.exists and version != room.sync_version
 
     async def _handle(self, room: Room, message: m.Message) -> None:
-        if not isinstance(message, (m.SyncStep2, m.SyncUpdate)):
-            await self.commits.wait(0)  # what it answers follows every SyncStatus owed
         if isinstance(message, m.SyncStep1):
+            # Its answer follows every SyncStatus owed before it. Presence does not wait: the
+            # others have every update relayed before it already, and nothing in it answers
+            # an update (an editor sends it with every keystroke).
+            await self.commits.wait(0)
             await self._answer_step1(room, message)
         elif isinstance(message, (m.SyncStep2, m.SyncUpdate)):
             await self._store(room, self._batch(message))
