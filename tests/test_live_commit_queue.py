@@ -1,8 +1,10 @@
-"""Issue 12, ``services/live/commit_queue.py`` (both engines, real server): a writer's live
-updates reach the other subscribers while an earlier commit of theirs is still under way, are
-stored together in the next commit, and are each acknowledged once durable, in order; a reply
-to anything else (step 1) comes after every acknowledgement owed before it; a refusal for the
-document commits nothing queued behind it."""
+"""Issue 12, ``services/live/commit_queue.py`` (both engines, real server): in a big room a
+writer's live updates reach the other subscribers while an earlier commit of theirs is still
+under way, are stored together in the next commit, and are each acknowledged once durable, in
+order; a reply to anything else (step 1) comes after every acknowledgement owed before it; a
+refusal for the document commits nothing queued behind it. A small room commits between
+relays, as before the queue. "Big" is lowered to one subscriber (``pipelined``) so that two
+clients make one."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import trio
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.protocol import messages as m
+from heaper_trio.services.live import commit_queue
 from heaper_trio.services.live import connection as live_connection
 
 from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets, live_client  # noqa: F401 (autouse)
@@ -21,6 +24,12 @@ from .test_live_ws import pull_update, title_of
 from .test_sync import ClientBlock, new_heap
 
 pytestmark = [pytest.mark.slow, *UNCLOSED_SOCKETS]
+
+
+@pytest.fixture
+def pipelined(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rooms of two subscribers queue their commits (the default is rooms over 256)."""
+    monkeypatch.setattr(commit_queue, "PIPELINE_ABOVE_SUBS", 1)
 
 
 class CountedHeldCommits:
@@ -42,6 +51,7 @@ class CountedHeldCommits:
         return await self.commit(*args)
 
 
+@pytest.mark.usefixtures("pipelined")
 async def test_updates_are_relayed_while_an_earlier_commit_runs_and_acked_in_order(
     admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -82,6 +92,7 @@ async def test_updates_are_relayed_while_an_earlier_commit_runs_and_acked_in_ord
         assert texts[-1] in title_of(await pull_update(admin, block.id))
 
 
+@pytest.mark.usefixtures("pipelined")
 async def test_a_refused_document_commits_nothing_queued_behind_it(
     admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -117,6 +128,7 @@ async def test_a_refused_document_commits_nothing_queued_behind_it(
         assert not any("Queued behind" in args for args in held.args)  # never committed
 
 
+@pytest.mark.usefixtures("pipelined")
 async def test_presence_does_not_wait_for_a_commit(
     admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -145,3 +157,36 @@ async def test_presence_does_not_wait_for_a_commit(
         assert not any(isinstance(x, m.SyncStatus) for x in a.seen)
         held.release.set()
         assert all([(await a.expect(m.SyncStatus)).applied for _ in range(2)])
+
+
+async def test_a_small_room_commits_between_relays(
+    admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the default threshold two clients are a small room: the worker waits for each
+    commit before it reads on (what came meanwhile goes out, and is stored, together)."""
+    monkeypatch.setattr(live_connection, "RELAY_BEFORE_COMMIT", True)
+    heap = await new_heap(admin)
+    block = ClientBlock()
+    address = f"{heap['id']}:{block.id}"
+    async with live_client(server.url) as a, live_client(server.url) as b:
+        await a.sync(address, admin.access_token)
+        await b.sync(address, admin.access_token)
+        held = CountedHeldCommits(server.services.documents.storage, monkeypatch)
+        for i, text in enumerate(["First edit", "Second edit", "Third edit"]):
+            block.write(text)
+            await a.send(m.SyncUpdate(address, block.pending()))
+            block.synced = block.doc.get_state()
+            if i == 0:
+                with trio.fail_after(5):
+                    await held.started.wait()
+                await b.expect(m.SyncUpdate, lambda x: b"First edit" in x.update)
+        with trio.move_on_after(0.3):
+            await b.expect(m.SyncUpdate, lambda x: b"Second edit" in x.update)
+            pytest.fail("relayed while the commit before it was held: pipelined")
+        assert held.calls == 1
+        held.release.set()
+        got = await b.expect(m.SyncUpdate, lambda x: b"Third edit" in x.update)
+        assert b"Second edit" in got.update  # the two that waited, in one frame
+        assert all([(await a.expect(m.SyncStatus)).applied for _ in range(3)])
+        assert held.calls == 2
+        assert "Third edit" in title_of(await pull_update(admin, block.id))

@@ -13,6 +13,7 @@ import trio.lowlevel
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 from heaper_trio.protocol.names import parse_document_name
+from heaper_trio.services.live import fanout_pacing
 from heaper_trio.services.live.hub import Subscription
 
 from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets  # noqa: F401 (autouse)
@@ -36,10 +37,21 @@ class SlowSink(RecordingSink):
 
 
 @pytest.mark.serial  # the rest is the fan-out's wall-clock cost
-@pytest.mark.parametrize("cost", [0.0, 0.05])
+@pytest.mark.parametrize(("cost", "big"), [(0.0, True), (0.05, True), (0.05, False)])
 async def test_a_costly_fan_out_holds_the_next_and_merges_what_came_meanwhile(
-    admin: HeaperClient, server: RunningServer, cost: float
+    admin: HeaperClient,
+    server: RunningServer,
+    cost: float,
+    big: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """``big``: the room's 3 subscribers count as a big room (the default threshold is 256);
+    a small room is never held, however costly its fan-out."""
+    if big:
+        monkeypatch.setattr(fanout_pacing, "PACE_ABOVE_SUBS", 2)
+    if not cost:  # "cheap" with a margin: a loaded machine may preempt the fan-out for a while
+        monkeypatch.setattr(fanout_pacing, "COOL_MIN_S", 0.02)
+    held = cost and big
     heap = await new_heap(admin)
     block = ClientBlock()
     block.write("Shared")
@@ -65,7 +77,7 @@ async def test_a_costly_fan_out_holds_the_next_and_merges_what_came_meanwhile(
         assert hub.relay(subs[0], [updates[1]]) is not None
         for _ in range(10):  # the flusher's turns (a few ms at most, under the rest)
             await trio.lowlevel.checkpoint()
-        if cost:
+        if held:
             assert len(other.frames) == 1  # held: the room rests after its costly fan-out
         else:
             assert len(other.frames) == 2  # nothing held
@@ -73,7 +85,7 @@ async def test_a_costly_fan_out_holds_the_next_and_merges_what_came_meanwhile(
         with trio.fail_after(5):
             while not all(b"three" in sink.frames[-1] for sink in (slow, other)):
                 await trio.sleep(0.001)
-        if cost:  # the two that came meanwhile, merged into one frame
+        if held:  # the two that came meanwhile, merged into one frame
             assert len(other.frames) == len(slow.frames) == 2
             assert b"two" in other.frames[1] and b"three" in other.frames[1]
         else:

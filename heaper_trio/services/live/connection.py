@@ -41,6 +41,7 @@ from heaper_trio.protocol.close_codes import (
 from heaper_trio.protocol.names import BlockName, EventsName, parse_document_name
 from heaper_trio.protocol.split import split_update
 from heaper_trio.records import User
+from heaper_trio.services.live import commit_queue
 from heaper_trio.services.live.commit_queue import MAX_UNCOMMITTED, Batch, CommitQueue
 from heaper_trio.services.live.context import Grant, LiveContext
 from heaper_trio.services.live.doc_workers import DocumentWorker, EventsWorker
@@ -429,13 +430,17 @@ class BlockWorker(DocumentWorker):
         return updates
 
     async def _store(self, room: Room, updates: list[bytes]) -> None:
-        """Relay the batch to the others now (``RELAY_BEFORE_COMMIT``) and queue its commit:
-        the next message is read while it commits (``commit_queue.py``); only the writer's
-        SyncStatus waits for the commit."""
+        """Relay the batch to the others now (``RELAY_BEFORE_COMMIT``); only the writer's
+        SyncStatus waits for the commit. In a big room the commit is queued and the next
+        message read while it runs (``commit_queue.py``); in a small one it runs here."""
         real = [u for u in updates if u != EMPTY_UPDATE]  # "nothing new": no block from it
         stale = bool(real) and self._stale(room)
         relayed = None
         if real and not stale and RELAY_BEFORE_COMMIT:
             relayed = self.conn.live.hub.relay(self.sub, real)
-        await self.commits.put(room, Batch(len(updates), real, relayed, stale))
+        batch = Batch(len(updates), real, relayed, stale)
+        if len(room.subs) <= commit_queue.PIPELINE_ABOVE_SUBS and self.commits.idle:
+            await self.commits.commit_now(room, batch)  # (behind nothing queued: in order)
+            return
+        await self.commits.put(room, batch)
         await self.commits.wait(MAX_UNCOMMITTED)

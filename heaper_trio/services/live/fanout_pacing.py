@@ -22,6 +22,9 @@ from heaper_trio.services.live.rooms import Room
 COOL_MIN_S = 0.0005  # fan-outs quicker than this never hold the room's next one
 REST_MIN_S = 0.005  # a room that rests, rests at least this long
 COOL_MAX_S = 0.05  # and at most this (a slow turn of the loop is not the fan-out's cost)
+# Only rooms with more subscribers than this rest: smaller ones fan out between their writer's
+# commits (commit_queue.PIPELINE_ABOVE_SUBS), which batch what arrives meanwhile already.
+PACE_ABOVE_SUBS = 256
 
 
 class FanoutPacing:
@@ -32,7 +35,12 @@ class FanoutPacing:
 
     def _cool(self, room: Room, cost: float) -> None:
         """The room's fan-out took ``cost`` seconds: hold its next one for as long."""
-        if cost >= COOL_MIN_S and self._nursery is not None and not room.cooling:
+        if (
+            cost >= COOL_MIN_S
+            and len(room.subs) > PACE_ABOVE_SUBS
+            and self._nursery is not None
+            and not room.cooling
+        ):
             room.cooling = True
             self._nursery.start_soon(self._warm, room, min(max(cost, REST_MIN_S), COOL_MAX_S))
 
