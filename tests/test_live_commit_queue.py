@@ -18,6 +18,7 @@ from heaper_trio.client import HeaperClient
 from heaper_trio.protocol import messages as m
 from heaper_trio.services.live import commit_queue
 from heaper_trio.services.live import connection as live_connection
+from heaper_trio.web.ws_transport import RawTransport
 
 from .live_client import UNCLOSED_SOCKETS, collect_closed_sockets, live_client  # noqa: F401 (autouse)
 from .test_live_ws import pull_update, title_of
@@ -190,3 +191,45 @@ async def test_a_small_room_commits_between_relays(
         assert all([(await a.expect(m.SyncStatus)).applied for _ in range(3)])
         assert held.calls == 2
         assert "Third edit" in title_of(await pull_update(admin, block.id))
+
+
+async def test_a_batch_is_acknowledged_in_one_write(
+    admin: HeaperClient, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two updates that waited behind a commit are stored together, and their two
+    SyncStatus frames leave in one write of the transport, in order after the first's."""
+    monkeypatch.setattr(live_connection, "RELAY_BEFORE_COMMIT", True)
+    writes: list[list[bytes | str]] = []
+    send_many = RawTransport.send_many
+
+    async def recorded(self: RawTransport, frames: Any) -> None:
+        frames = list(frames)
+        writes.append(frames)
+        await send_many(self, frames)
+
+    monkeypatch.setattr(RawTransport, "send_many", recorded)
+    heap = await new_heap(admin)
+    block = ClientBlock()
+    address = f"{heap['id']}:{block.id}"
+    async with live_client(server.url) as a, live_client(server.url) as b:
+        await a.sync(address, admin.access_token)
+        await b.sync(address, admin.access_token)
+        held = CountedHeldCommits(server.services.documents.storage, monkeypatch)
+        for i, text in enumerate(["First edit", "Second edit", "Third edit"]):
+            block.write(text)
+            await a.send(m.SyncUpdate(address, block.pending()))
+            block.synced = block.doc.get_state()
+            if i == 0:
+                with trio.fail_after(5):
+                    await held.started.wait()
+        with trio.fail_after(5):  # the two others wait in the worker's inbox
+            while (
+                sum(len(w.inbox) for c in server.services.hub.keepalive for w in c.workers.values())
+                < 2
+            ):
+                await trio.sleep(0.01)
+        held.release.set()
+        assert all([(await a.expect(m.SyncStatus)).applied for _ in range(3)])
+        assert held.calls == 2
+    acks = m.encode(m.SyncStatus(address, True))
+    assert [acks, acks] in writes

@@ -30,7 +30,6 @@ import trio
 
 from heaper_trio.protocol import messages as m
 from heaper_trio.services.live.rooms import Relayed, Room
-from heaper_trio.services.live_push import LIVE_UNCHECKED_MAX_SUBS
 from heaper_trio.storage.errors import BlockInOtherHeap
 
 if TYPE_CHECKING:
@@ -195,7 +194,6 @@ class CommitQueue:
                     real,
                     name.sync_version if room.exists else None,
                     origin=origin,
-                    unchecked=len(room.subs) <= LIVE_UNCHECKED_MAX_SUBS,
                 )
             except BlockInOtherHeap as e:
                 await conn.perform(conn.session.denied(worker.address, str(e)))
@@ -208,7 +206,5 @@ class CommitQueue:
                 log.info(
                     "live update refused for block %s: %s", name.block_id, item.error or item.status
                 )
-        frame = m.encode(m.SyncStatus(worker.address, ok))
-        for _ in range(acks):
-            await conn.reply(frame)
+        await conn.reply_many(m.encode(m.SyncStatus(worker.address, ok)), acks)
         return True
