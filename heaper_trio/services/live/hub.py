@@ -28,21 +28,18 @@ import trio.lowlevel
 
 from heaper_trio import crdt, logs
 from heaper_trio.protocol import events, frames
-from heaper_trio.protocol.messages import AwarenessEntry, decode_awareness, encode_awareness
-from heaper_trio.protocol.presence import Owner
 from heaper_trio.protocol.split import split_update
-from heaper_trio.protocol.wire import ProtocolError
 from heaper_trio.records import StoredBlock
 from heaper_trio.services.commits import Committed
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.live.fanout_pacing import FanoutPacing
 from heaper_trio.services.live.hub_events import HubEvents
+from heaper_trio.services.live.hub_presence import HubPresence
 from heaper_trio.services.live.rooms import EventSink, Relayed, Room, Subscription
 from heaper_trio.storage.errors import BlockInOtherHeap
 
 log = logging.getLogger(__name__)
-EXPIRE_EVERY_S = 5.0
 MAX_CONCURRENT_LOADS = 8
 SPLIT_BYTES = 256 * 1024  # whole states larger than this go out in pieces
 SPLIT_IN_THREAD_BYTES = 1024 * 1024
@@ -50,7 +47,7 @@ DIRECT_EVERY_S = 0.001  # a room's relayed batches fanned out at once, at most t
 DIRECT_MAX_SUBS = 256  # and only in rooms no larger than this
 
 
-class LiveHub(HubEvents, FanoutPacing):
+class LiveHub(HubEvents, HubPresence, FanoutPacing):
     def __init__(self, documents: DocumentService, counters: RealtimeCounters) -> None:
         self.documents = documents
         self.storage = documents.storage
@@ -458,36 +455,3 @@ class LiveHub(HubEvents, FanoutPacing):
             if frame is None:
                 frame = encoded[sub.prefix] = sub.prefix + body
             sub.sink.send_frame(frame)  # messages/bytes out: counted by the writer that sends
-
-    # -- presence -------------------------------------------------------------------------------
-    def awareness(self, sub: Subscription, payload: bytes) -> None:
-        room = self.rooms.get(sub.name.block_id)
-        if room is None or sub not in room.subs:
-            return
-        try:
-            entries = decode_awareness(payload)
-        except ProtocolError:
-            return  # a bad presence update is dropped, the document stays open
-        accepted = room.presence.apply(entries, Owner(sub.user_id, sub), trio.current_time())
-        if accepted:
-            self._broadcast_awareness(room, accepted)
-
-    def presence_frame(self, sub: Subscription) -> bytes | None:
-        room = self.rooms.get(sub.name.block_id)
-        states = room.presence.states() if room else []
-        if not states:
-            return None
-        return sub.prefix + frames.awareness_body(encode_awareness(states))
-
-    def _broadcast_awareness(self, room: Room, entries: list[AwarenessEntry]) -> None:
-        # the sender too, as Hocuspocus does: it keeps it alive
-        self._fan_out(room, frames.awareness_body(encode_awareness(entries)))
-
-    async def _expire_forever(self) -> None:
-        while True:
-            await trio.sleep(EXPIRE_EVERY_S)
-            now = trio.current_time()  # trio's clock: a test's fake clock moves it
-            for room in list(self.rooms.values()):
-                gone = room.presence.expire(now)
-                if gone:
-                    self._broadcast_awareness(room, gone)
