@@ -93,6 +93,7 @@ class Room:
     flushed_at: float = -math.inf  # the last fan-out straight from a relay (LiveHub.relay)
     catching_up: bool = False
     caught_up: trio.Event | None = None  # set when the running catch-up ends (room_rewrites)
+    cooling: bool = False  # its last fan-out was costly: the next waits (fanout_pacing)
     # Another process announced a change this room may lack: reread storage (again) before
     # the catch-up ends, or once loaded.
     recheck: bool = False
