@@ -147,6 +147,9 @@ async def test_the_sweeper_runs_at_start_and_every_interval_and_survives_a_failu
     class Fake:
         fail = True
 
+        async def clock_ms(self) -> int:
+            return file_claims.now_ms()
+
         async def sweep_file_claims(self, claims_before: int, deletions_before: int, n: int) -> int:
             calls.append(trio.current_time())
             assert deletions_before - claims_before == CLAIM_TTL_MS - DELETION_TTL_MS
@@ -163,3 +166,99 @@ async def test_the_sweeper_runs_at_start_and_every_interval_and_survives_a_failu
     assert starts == [0.0, file_claims.SWEEP_EVERY_S, file_claims.SWEEP_EVERY_S * 2], starts
     per_pass = [calls.count(t) for t in starts]
     assert per_pass == [1, file_claims.SWEEP_MAX_BATCHES, 30 - 1 - file_claims.SWEEP_MAX_BATCHES]
+
+
+async def _renewed_while_swept(pool: Any, renew: str, stale: str, *args: Any) -> list[Any]:
+    """A stale row, renewed by a transaction (as a drop or a claim does) that the sweep waits
+    for; once it commits, what is left of the row. All on the asyncio side: connection A
+    holds the row lock while B's sweep statement waits on it."""
+    import asyncio
+
+    from heaper_trio.storage.postgres.file_state import _sweep
+
+    async with pool.acquire() as a, pool.acquire() as b:
+        await a.execute(stale)
+        async with a.transaction():
+            await a.execute(renew, *args)
+            sweep = asyncio.ensure_future(
+                _sweep(b, NOW - CLAIM_TTL_MS, NOW - DELETION_TTL_MS, SWEEP_LIMIT)
+            )
+            for _ in range(500):  # until the sweep waits on A's row lock
+                if await a.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the sweep never waited for the row")
+        assert await sweep == 0
+        return list(
+            await a.fetch(
+                "SELECT * FROM file_deletions UNION ALL SELECT hash, created_at FROM file_claims"
+            )
+        )
+
+
+SWEEP_LIMIT = 500
+
+
+@pytest.mark.engines("postgres")
+async def test_a_mark_renewed_while_the_sweep_waits_for_it_is_kept(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """EvalPlanQual: a DELETE that waited for a row lock rechecks only its own WHERE against
+    the row's new version, not the subquery that picked it; without the age test repeated
+    there, the mark a new drop just renewed went, and an upload could then trust a HEAD the
+    drop's DELETE was about to make wrong."""
+    async with opened(make_settings()) as storage:
+        s: Any = storage
+        left = await s._run(
+            _renewed_while_swept,
+            "INSERT INTO file_deletions (hash, started_at) VALUES ($1, $2) "
+            "ON CONFLICT (hash) DO UPDATE SET started_at = $2",
+            f"INSERT INTO file_deletions (hash, started_at) VALUES ('{H1}', 1)",
+            H1,
+            NOW,
+        )
+        assert [tuple(r) for r in left] == [(H1, NOW)]
+        left = await s._run(
+            _renewed_while_swept,
+            "INSERT INTO file_claims (hash, token, created_at) VALUES ($1, 't', $2) "
+            "ON CONFLICT (hash, token) DO UPDATE SET created_at = excluded.created_at",
+            f"INSERT INTO file_claims (hash, token, created_at) VALUES ('{H2}', 't', 1)",
+            H2,
+            NOW,
+        )
+        assert [tuple(r) for r in left] == [(H1, NOW), (H2, NOW)]
+
+
+async def test_the_sweep_ages_rows_by_the_storages_clock(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """PostgreSQL rows are stamped by several processes: the sweeper takes the database's
+    clock, not its own (which may be off by more than a TTL)."""
+    async with opened(make_settings()) as storage:
+        before = file_claims.now_ms()
+        clock = await storage.clock_ms()
+        # the same machine here: the two clocks agree to well within a second
+        assert before - 1000 <= clock <= file_claims.now_ms() + 1000
+        if getattr(storage, "engine", "") == "postgres":
+            s: Any = storage
+            from heaper_trio.storage.postgres.runtime import read as pg_read
+
+            async def db_now(c: Any) -> int:
+                return int(await c.fetchval("SELECT extract(epoch FROM now()) * 1000"))
+
+            assert abs(clock - await s._run(pg_read, db_now)) < 1000
+
+    cutoffs: list[tuple[int, int]] = []
+
+    class Clocked:
+        async def clock_ms(self) -> int:
+            return 5 * CLAIM_TTL_MS
+
+        async def sweep_file_claims(self, claims_before: int, deletions_before: int, n: int) -> int:
+            cutoffs.append((claims_before, deletions_before))
+            return 0
+
+    with trio.move_on_after(1):
+        await file_claims.sweep_claims_forever(Clocked())  # type: ignore[arg-type]
+    assert cutoffs == [(4 * CLAIM_TTL_MS, 5 * CLAIM_TTL_MS - DELETION_TTL_MS)]

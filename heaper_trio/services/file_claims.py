@@ -127,12 +127,14 @@ async def sweep_claims_forever(storage: Storage) -> None:
 
     Never a live claim: only those older than ``CLAIM_TTL_MS`` go, and a drop already treats
     those as gone (``claims_after``), so the sweep changes no decision; the same holds for
-    deletion marks past ``DELETION_TTL_MS``. Each pass deletes at most
-    ``SWEEP_BATCH * SWEEP_MAX_BATCHES`` rows, in short transactions. A failed pass is logged
-    and tried again at the next."""
+    deletion marks past ``DELETION_TTL_MS``. The rows' ages are taken by the storage's clock
+    (the database's on PostgreSQL: the rows were stamped by several processes, and this one's
+    clock may be off). Each pass deletes at most ``SWEEP_BATCH * SWEEP_MAX_BATCHES`` claims
+    and as many deletion marks, in short transactions. A failed pass is logged and tried
+    again at the next."""
     while True:
         try:
-            swept = await sweep_claims_once(storage, now_ms())
+            swept = await sweep_claims_once(storage, await storage.clock_ms())
             if swept:
                 log.info("swept %d stale file claims and deletion marks", swept)
         except Exception:

@@ -15,6 +15,7 @@ built-in ``LookupError``.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -367,6 +368,11 @@ class Storage(JobStorage, abc.ABC):
 
     @abc.abstractmethod
     async def release_file_claim(self, hash: str, token: str) -> None: ...
+
+    async def clock_ms(self) -> int:
+        """Now, in ms, by the clock stale claims and marks are aged by (``sweep_file_claims``):
+        the database's where several processes share it, so no process's skew decides."""
+        return int(time.time() * 1000)
 
     @abc.abstractmethod
     async def sweep_file_claims(self, claims_before: int, deletions_before: int, limit: int) -> int:

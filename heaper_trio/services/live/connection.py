@@ -378,8 +378,13 @@ class BlockWorker(DocumentWorker):
         return version is not None and room.exists and version != room.sync_version
 
     async def _handle(self, room: Room, message: m.Message) -> None:
-        if isinstance(message, (m.SyncStep1, m.SyncStep2, m.SyncUpdate)):
-            await self._versions.catch_up_to(self.conn.live.hub, room, self.name.sync_version)
+        version = self.name.sync_version  # newer than the room's: check storage first
+        if (
+            version is not None
+            and version > room.sync_version
+            and isinstance(message, (m.SyncStep1, m.SyncStep2, m.SyncUpdate))
+        ):
+            await self._versions.catch_up_to(self.conn.live.hub, room, version)
         if isinstance(message, m.SyncStep1):
             # Its answer follows every SyncStatus owed before it. Presence does not wait: the
             # others have every update relayed before it already, and nothing in it answers

@@ -36,7 +36,7 @@ from heaper_trio.services.documents import DocumentService
 from heaper_trio.services.live.fanout_pacing import FanoutPacing
 from heaper_trio.services.live.hub_events import HubEvents
 from heaper_trio.services.live.hub_presence import HubPresence
-from heaper_trio.services.live.room_rewrites import removed
+from heaper_trio.services.live.room_rewrites import read_taken_in, removed
 from heaper_trio.services.live.rooms import EventSink, Relayed, Room, Subscription
 from heaper_trio.storage.errors import BlockInOtherHeap
 
@@ -349,7 +349,7 @@ class LiveHub(HubEvents, HubPresence, FanoutPacing):
         """Reread the room's block from storage; a room still loading does it once loaded."""
         room.recheck = True
         if room.doc is not None and not room.catching_up and self._nursery is not None:
-            room.catching_up, room.caught_up = True, trio.Event()
+            room.catching_up = True
             self._nursery.start_soon(self._catch_up, room)
 
     async def _catch_up(self, room: Room) -> None:
@@ -358,6 +358,8 @@ class LiveHub(HubEvents, HubPresence, FanoutPacing):
         try:
             while room.recheck and room.doc is not None and self.rooms.get(room.block_id) is room:
                 room.recheck = False
+                read_taken_in(room)  # the one before (its result is in the room)
+                room.reads_begun += 1
                 stored = await self.storage.load_block(room.block_id)
                 if stored is None or room.doc is None:
                     continue
@@ -377,8 +379,7 @@ class LiveHub(HubEvents, HubPresence, FanoutPacing):
             log.exception("catching up live block %s failed", room.block_id)
         finally:
             room.catching_up = False
-            if room.caught_up is not None:
-                room.caught_up.set()
+            read_taken_in(room)
 
     async def _replace(self, room: Room, stored: StoredBlock) -> None:
         """The block's document was replaced (a restore raised its sync_version): hold the

@@ -7,11 +7,11 @@ time after its commit. Two things must not depend on that delay:
 - **A client ahead of the room.** A client that read the block's new ``sync_version`` over HTTP
   (after a restore elsewhere) and opens ``:vN`` before the room heard of it would be called
   stale with the old version, served the old document and have its edits refused. Hocuspocus
-  loads a document from storage when it has none; here the room has one, so it rereads
-  storage first (the hub's catch-up, shared with the announcements') and answers from what it
-  reads. Only a version above the room's does this, and at most once per room version per
-  subscriber, so a client naming a version that does not exist costs one read, not one per
-  message.
+  loads a document from storage when it has none; here the room has one, so it checks
+  storage first (the block's row) and, if storage holds the newer version, has the hub's
+  catch-up read it in before it answers. Only a version above the room's does this, and at
+  most once per room version per subscriber, so a client naming a version that does not
+  exist costs one row read, not one per message, and no reread of the document.
 - **A block gone.** A purge, or the heap's deletion, stops the room relaying edits to the
   other subscribers before their commit (which storage refuses), whether it was done here
   (``on_commit``) or by another process (``on_remote``, which used to reread storage, find
@@ -23,12 +23,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import trio
+
 from heaper_trio.records.changes import ChangeKind
 from heaper_trio.services.commits import Committed
 from heaper_trio.services.live.rooms import Room
 
 if TYPE_CHECKING:
     from heaper_trio.services.live.hub import LiveHub
+
+WAIT_S = 10.0  # for the room to take in a newer version storage holds (one document read)
 
 
 def removed(rooms: Mapping[str, Room], c: Committed) -> bool:
@@ -47,8 +51,17 @@ def removed(rooms: Mapping[str, Room], c: Committed) -> bool:
     return False
 
 
+def read_taken_in(room: Room) -> None:
+    """The catch-up's latest read of storage is in the room (or the catch-up ended): wake
+    whoever waits for it (``VersionWatch``)."""
+    room.reads_done = room.reads_begun
+    if room.read_done is not None:
+        room.read_done.set()
+        room.read_done = None
+
+
 class VersionWatch:
-    """What one subscriber asked of its room: the room version it last reread storage for."""
+    """What one subscriber asked of its room: the room version it last checked storage for."""
 
     __slots__ = ("reread_at",)
 
@@ -56,9 +69,16 @@ class VersionWatch:
         self.reread_at: int | None = None
 
     async def catch_up_to(self, hub: LiveHub, room: Room, version: int | None) -> None:
-        """Reread storage before judging ``version`` against the room, if it is newer than
-        the room's: the room may not have heard of a restore yet. Returns once a read begun
-        after this call has been taken in (the room replaced, if storage has a newer one)."""
+        """Check storage before judging ``version`` against the room, if it is newer than the
+        room's: the room may not have heard of a restore yet. Callers test ``version >
+        room.sync_version`` first (the check costs each message nothing else).
+
+        The check reads the block's row, not its document: a version storage does not hold
+        (made up, or not yet) costs that one read per room version per subscriber, and
+        starts no catch-up (which, under a stream of another process's commits, rereads the
+        whole document per commit). A newer version stored starts one, and this returns once
+        a read of it begun after the check has been taken in (the room replaced), or after
+        ``WAIT_S`` (then the room answers with what it holds, as before this watch)."""
         if (
             version is None
             or room.doc is None
@@ -68,7 +88,14 @@ class VersionWatch:
         ):
             return
         self.reread_at = room.sync_version
-        hub._start_catch_up(room)  # or, if one runs, it reads once more before it ends
-        done = room.caught_up
-        if room.catching_up and done is not None:
-            await done.wait()
+        with trio.move_on_after(WAIT_S):
+            found = await hub.storage.get_blocks([room.block_id])
+            record = found.get(room.block_id)
+            if record is None or record.sync_version <= room.sync_version:
+                return
+            hub._start_catch_up(room)  # or, if one runs, it reads once more before it ends
+            wanted = room.reads_begun + 1
+            while room.catching_up and room.reads_done < wanted:
+                if room.read_done is None:
+                    room.read_done = trio.Event()
+                await room.read_done.wait()

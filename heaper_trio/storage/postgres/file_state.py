@@ -6,7 +6,7 @@ has the protocol); the lock costs no row and is gone at commit."""
 from __future__ import annotations
 
 from heaper_trio.records import FileRecord
-from heaper_trio.storage.postgres.runtime import Conn, PostgresBridge, tx, write1
+from heaper_trio.storage.postgres.runtime import Conn, PostgresBridge, read, tx, write1
 from heaper_trio.storage.rows import file_row
 
 FILE_COLUMNS = "hash, id, size, mime_type, name, source_path, meta::text AS meta, created_at"
@@ -64,17 +64,26 @@ async def _drop(c: Conn, hashes: list[str], now: int, claims_after: int) -> list
 
 
 async def _sweep(c: Conn, claims_before: int, deletions_before: int, limit: int) -> int:
-    # no lock on the hash: the rows go are ones neither a claim nor a drop counts any more
+    # No lock on the hash: the rows that go are ones neither a claim nor a drop counts any
+    # more. The outer DELETEs repeat the age test: a row the sweep waits for (locked by a
+    # claim or drop renewing it) is rechecked after that commit against the outer condition
+    # only (EvalPlanQual), and a renewed mark must stay.
     gone = await c.fetchval(
-        "WITH k AS (DELETE FROM file_claims WHERE ctid IN (SELECT ctid FROM file_claims "
-        "WHERE created_at < $1 LIMIT $3) RETURNING 1), d AS (DELETE FROM file_deletions "
-        "WHERE hash IN (SELECT hash FROM file_deletions WHERE started_at < $2 LIMIT $3) "
-        "RETURNING 1) SELECT (SELECT count(*) FROM k) + (SELECT count(*) FROM d)",
+        "WITH k AS (DELETE FROM file_claims WHERE created_at < $1 AND ctid IN "
+        "(SELECT ctid FROM file_claims WHERE created_at < $1 LIMIT $3) RETURNING 1), "
+        "d AS (DELETE FROM file_deletions WHERE started_at < $2 AND hash IN "
+        "(SELECT hash FROM file_deletions WHERE started_at < $2 LIMIT $3) RETURNING 1) "
+        "SELECT (SELECT count(*) FROM k) + (SELECT count(*) FROM d)",
         claims_before,
         deletions_before,
         limit,
     )
     return int(gone)
+
+
+async def _clock(c: Conn) -> int:
+    now = await c.fetchval("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+    return int(now)
 
 
 async def _end_deletion(c: Conn, hashes: list[str]) -> None:
@@ -105,6 +114,10 @@ class PostgresFileState(PostgresBridge):
 
     async def sweep_file_claims(self, claims_before: int, deletions_before: int, limit: int) -> int:
         return await self._run(tx, _sweep, claims_before, deletions_before, limit)
+
+    async def clock_ms(self) -> int:
+        """The database's clock: every process's sweep ages rows by the same one."""
+        return await self._run(read, _clock)
 
     async def drop_unreferenced_files(
         self, hashes: list[str], *, now: int = 0, claims_after: int = 0
