@@ -13,6 +13,11 @@ to 3-5 %, but a middle collection then took up to 190 ms (ten young collections'
 at once) and the same-run A/B of bench_push showed no change in CPU per update within the
 noise of a loaded machine.
 
+The cost: an object frozen at start that later becomes part of a garbage cycle is never
+collected (nor what it holds then). Each such object can be lost once, so the cost is bounded
+by what start-up made; objects freed by reference counting (most, such as a closed
+connection) are freed as usual.
+
 Only the real server process does this (``cli`` calls :func:`enable`); servers started by the
 tests share one process for many servers, where freezing would keep every earlier server's
 objects for good.

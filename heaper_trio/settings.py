@@ -25,7 +25,8 @@ from heaper_trio.settings_catalog import SETTINGS, Setting
 from heaper_trio.settings_values import parse_bool, unknown_variables
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
-# workers = 0 on PostgreSQL starts one process per usable CPU, at most this many
+# workers = 0 on PostgreSQL starts one process per usable CPU but one (left to the
+# database), at least 1 and at most this many
 AUTO_WORKERS_MAX = 4
 
 

@@ -544,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="server processes (HEAPER_WORKERS); 0: the server's default (1 on SQLite, "
-        "the usable CPUs on PostgreSQL). CPU per request counts every worker",
+        "the usable CPUs but one on PostgreSQL). CPU per request counts every worker",
     )
     p.add_argument("--database-url", default="", help="postgresql:// URL (--engine postgres)")
     p.add_argument(
