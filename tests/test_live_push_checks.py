@@ -116,7 +116,7 @@ async def test_a_live_edit_into_an_open_document_reads_nothing_ahead(
     assert reads == []
     after = await server.services.storage.load_block(block.id)
     assert after is not None and after.last_seq >= 4
-    # the checked path (unchecked=False) reads first
+    # rooms above LIVE_UNCHECKED_MAX_SUBS ask for the checked path: it reads first
     user = await server.services.storage.get_user(admin.user_id)  # type: ignore[arg-type]
     assert user is not None
     block.synced = block.doc.get_state()

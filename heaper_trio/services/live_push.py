@@ -27,6 +27,12 @@ from heaper_trio.services.sync_types import PushOutcome, PushStatus
 if TYPE_CHECKING:
     from heaper_trio.services.documents import DocumentService
 
+# Rooms larger than this take the checked path. bench_ws.py N=1000 under load (heaper_trio
+# alone, 2 runs each, load 5-6): 6.3-7.2 us of server CPU per delivery with the unchecked path
+# against 3.1-3.8 without; at 1,000 subscribers the fan-out, not the commit, is the cost, and
+# a quicker commit leaves fewer updates to each fan-out. At N=100 it is the other way round.
+LIVE_UNCHECKED_MAX_SUBS = 256
+
 
 async def push_live(
     docs: DocumentService,
@@ -40,12 +46,7 @@ async def push_live(
 ) -> PushOutcome:
     """The batch in one commit; the caller checked the heap when the document was opened,
     and the commit (or the checked path) checks it again, as it may have changed since.
-    ``unchecked=False``: always the checked path. Live edits of every room take the unchecked
-    one: rooms over 256 subscribers took the checked path while a quicker commit meant smaller
-    fan-outs (each fan-out waited for the commit before it); their commits are now queued
-    behind the relay (services/live/commit_queue.py), and bench_ws.py N=1000 under load 8-11
-    (2 interleaved pairs) gave 3.1/3.9 us of CPU per delivery unchecked against 4.2/3.9
-    checked, writer acks 15/41 ms against 52/64 ms."""
+    ``unchecked=False``: always the checked path (see ``LIVE_UNCHECKED_MAX_SUBS``)."""
     try:
         for update in updates:
             crdt.check_update(update)

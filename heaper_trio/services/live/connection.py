@@ -41,8 +41,6 @@ from heaper_trio.protocol.close_codes import (
 from heaper_trio.protocol.names import BlockName, EventsName, parse_document_name
 from heaper_trio.protocol.split import split_update
 from heaper_trio.records import User
-from heaper_trio.services.live import commit_queue
-from heaper_trio.services.live.commit_queue import MAX_UNCOMMITTED, Batch, CommitQueue
 from heaper_trio.services.live.context import Grant, LiveContext
 from heaper_trio.services.live.doc_workers import DocumentWorker, EventsWorker
 from heaper_trio.services.live.hub import LiveHub, Room, Subscription
@@ -50,6 +48,7 @@ from heaper_trio.services.live.outbox import Outbox
 from heaper_trio.services.live.output import ConnectionOutput
 from heaper_trio.services.live.room_rewrites import VersionWatch
 from heaper_trio.services.live.rooms import BUSY, PARTIAL, Transport
+from heaper_trio.services.live_push import LIVE_UNCHECKED_MAX_SUBS
 
 log = logging.getLogger(__name__)
 KEEPALIVE_TICK_S = 2.0  # how often the timers (trio's clock) and the grants are looked at
@@ -339,11 +338,9 @@ class BlockWorker(DocumentWorker):
         self._held: m.Message | None = None
         self.room: Room | None = None
         self._versions = VersionWatch()  # a version newer than the room's: reread first
-        self.commits = CommitQueue(self)
 
     def stop(self) -> None:
         super().stop()
-        self.commits.cancel()
         if self.room is not None:
             self.room = None
             self.conn.live.hub.leave(self.sub)
@@ -386,10 +383,6 @@ class BlockWorker(DocumentWorker):
         ):
             await self._versions.catch_up_to(self.conn.live.hub, room, version)
         if isinstance(message, m.SyncStep1):
-            # Its answer follows every SyncStatus owed before it. Presence does not wait: the
-            # others have every update relayed before it already, and nothing in it answers
-            # an update (an editor sends it with every keystroke).
-            await self.commits.wait(0)
             await self._answer_step1(room, message)
         elif isinstance(message, (m.SyncStep2, m.SyncUpdate)):
             await self._store(room, self._batch(message))
@@ -439,17 +432,35 @@ class BlockWorker(DocumentWorker):
         return updates
 
     async def _store(self, room: Room, updates: list[bytes]) -> None:
-        """Relay the batch to the others now (``RELAY_BEFORE_COMMIT``); only the writer's
-        SyncStatus waits for the commit. In a big room the commit is queued and the next
-        message read while it runs (``commit_queue.py``); in a small one it runs here."""
         real = [u for u in updates if u != EMPTY_UPDATE]  # "nothing new": no block from it
-        stale = bool(real) and self._stale(room)
-        relayed = None
-        if real and not stale and RELAY_BEFORE_COMMIT:
-            relayed = self.conn.live.hub.relay(self.sub, real)
-        batch = Batch(len(updates), real, relayed, stale)
-        if len(room.subs) <= commit_queue.PIPELINE_ABOVE_SUBS and self.commits.idle:
-            await self.commits.commit_now(room, batch)  # (behind nothing queued: in order)
-            return
-        await self.commits.put(room, batch)
-        await self.commits.wait(MAX_UNCOMMITTED)
+        ok = True
+        if real and self._stale(room):
+            ok = False
+        elif real:
+            # With RELAY_BEFORE_COMMIT the others get the batch now; only the writer's
+            # SyncStatus waits for the commit (docs/protocol.md).
+            relayed = self.conn.live.hub.relay(self.sub, real) if RELAY_BEFORE_COMMIT else None
+            item = await self.conn.live.push_live(
+                self.grant.user,
+                self.name.heap_id,
+                self.name.block_id,
+                real,
+                self.name.sync_version if room.exists else None,
+                origin=relayed or self.sub,
+                unchecked=len(room.subs) <= LIVE_UNCHECKED_MAX_SUBS,
+            )
+            ok = item.status in ("ok", "created")
+            if item.status in ("forbidden", "deleted"):
+                await self.conn.perform(
+                    self.conn.session.denied(self.address, item.error or item.status)
+                )
+                return
+            if not ok:
+                log.info(
+                    "live update refused for block %s: %s",
+                    self.name.block_id,
+                    item.error or item.status,
+                )
+        frame = m.encode(m.SyncStatus(self.address, ok))
+        for _ in updates:
+            await self.conn.reply(frame)

@@ -83,18 +83,3 @@ class ConnectionOutput:
             return
         await self.outbox.put(frame)
         self._wake_writer()
-
-    async def reply_many(self, frame: bytes, count: int) -> None:
-        """``count`` copies of ``frame`` (a batch's acknowledgements, one per update) in one
-        write when nothing waits before them: one system call for the batch instead of one
-        per update (bench_ws.py N=100 under load: the acks' writes were 6% of the event loop's
-        busy time, py-spy; a loopback write costs the receiver's TCP work too)."""
-        if count > 1 and not self.outbox.frames and not self.transport.holding:
-            await self.transport.send_many([frame] * count)
-            counters = self.live.counters
-            counters.messages_out += count
-            counters.bytes_out += count * len(frame)
-            self._wrote = True
-            return
-        for _ in range(count):
-            await self.reply(frame)

@@ -92,7 +92,6 @@ class Room:
     pending: list[tuple[bytes, object | None]] = field(default_factory=list)
     flushed_at: float = -math.inf  # the last fan-out straight from a relay (LiveHub.relay)
     catching_up: bool = False
-    cooling: bool = False  # its last fan-out was costly: the next waits (fanout_pacing)
     # Reads of storage by the catch-up, begun and taken in (room_rewrites.VersionWatch waits
     # for one begun after it asked); ``read_done`` is set, then dropped, at each one taken in.
     reads_begun: int = 0
