@@ -58,6 +58,7 @@ PREFIX = 2  # digest: SHA-256 of data[0 : end of the chunk]
 BAD = 3  # the chunk's sync failed: not received, never rewritten in data, complete hashes all
 _BODY = struct.Struct("<4sIQB3x32s")  # magic, index, length, kind, digest
 _CRC = struct.Struct("<I")
+_KIND = 16  # the kind's offset in a record (after magic, index and length)
 KEEP = 1024  # uploads whose verified chunks a process remembers
 READ_BLOCK = 1024 * 1024
 WALK_BYTES = 1024 * 1024 * 1024  # read at most this to check the last PREFIX record (~1 s)
@@ -120,7 +121,15 @@ def received_kinds(records: dict[int, Record]) -> dict[int, Record]:
 def has_bad(fd: int, size: int, lengths: list[int]) -> bool:
     """Whether a chunk's sync failed (one read of the slots): ``complete`` then trusts no
     running hash, which a status in another process may have seeded with that chunk."""
-    return any(r.kind == BAD for r in read_records(fd, size, lengths).values())
+    raw = os.pread(fd, len(lengths) * RECORD, journal_start(size))
+    kinds = raw[_KIND::RECORD]  # one byte per slot, searched in C (10,000 chunks: 640 KB)
+    at = kinds.find(BAD)
+    while at >= 0:
+        piece = raw[at * RECORD : (at + 1) * RECORD]
+        if (rec := unpack(piece, at, lengths[at])) is not None and rec.kind == BAD:
+            return True
+        at = kinds.find(BAD, at + 1)
+    return False
 
 
 def last_prefix(records: dict[int, Record]) -> int:
