@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import trio
 
+from heaper_trio.errors import Conflict
 from heaper_trio.records import UploadRecord
 from heaper_trio.services import upload_hash, upload_journal, upload_layout
 from heaper_trio.services.upload_disk import _write
@@ -128,7 +129,7 @@ async def test_a_resend_after_a_failed_sync_never_rewrites_what_another_worker_h
     assert not final.exists()
 
 
-async def test_complete_hashes_from_zero_while_a_chunk_is_bad(
+async def test_complete_refuses_a_bad_chunk_not_resent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = os.urandom(2 * CHUNK)
@@ -142,9 +143,12 @@ async def test_complete_hashes_from_zero_while_a_chunk_is_bad(
     # worker B took chunk 1 and the complete (its status had said chunk 0 was received)
     await upload_layout.write_chunk(_io, _write, folder, upload, 1, _body(data[CHUNK:]), hashes_b)
     final = tmp_path / "store"
+    with pytest.raises(Conflict) as refused:  # not resent: its bytes may not be on the disk
+        upload_layout.complete_in_place(folder, upload, _write, final, hashes_b)
+    assert refused.value.code == "upload_incomplete" and not final.exists()
+    (folder / "0.chunk").write_bytes(data[:CHUNK])  # resent: a file of its own
     actual = upload_layout.complete_in_place(folder, upload, _write, final, hashes_b)
-    assert actual == sha(bytes(CHUNK) + data[CHUNK:]), "complete trusted the seed"
-    assert not final.exists()
+    assert actual == sha(data) and final.read_bytes() == data
 
 
 def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:

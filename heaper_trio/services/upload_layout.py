@@ -45,7 +45,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import trio
 
-from heaper_trio.errors import NotFound
+from heaper_trio.errors import Conflict, NotFound
 from heaper_trio.records import UploadRecord
 from heaper_trio.services import upload_journal as journal
 from heaper_trio.services.upload_disk import CopyRange, Data, Write, _commit, receive_body
@@ -383,7 +383,9 @@ def complete_in_place(
     Only the part the running hash (``upload_hash``) does not cover is read; all of it when
     a chunk file was copied in under that part (a resend: the received bytes count), or a
     chunk's record is ``BAD`` (its sync failed: a status in another process may have seeded
-    the running hash with bytes that never reached the disk)."""
+    the running hash with bytes that never reached the disk). A ``BAD`` chunk not resent
+    (a status said it was received before its sync failed) is ``upload_incomplete``: its bytes
+    are only in the page cache, maybe never on the disk."""
     with open_data(folder, upload.size, fcntl.LOCK_EX) as f:
         copied: list[int] = []
         for entry in sorted(folder.iterdir()):
@@ -398,7 +400,15 @@ def complete_in_place(
         f.flush()
         digest, chunks = hashes.start(upload.id, os.fstat(f.fileno()).st_ino)
         lengths = [chunk_length(upload, i) for i in range(upload.total_chunks)]
-        if (copied and min(copied) < chunks) or journal.has_bad(f.fileno(), upload.size, lengths):
+        bad = journal.bad_chunks(f.fileno(), upload.size, lengths)
+        if bad - set(copied):  # its sync failed after a status said received: not resent yet
+            missing = sorted(bad - set(copied))
+            raise Conflict(
+                f"{len(missing)} chunks are missing",
+                code="upload_incomplete",
+                details={"missing": missing[:1000]},
+            )
+        if (copied and min(copied) < chunks) or bad:
             digest, chunks = hashlib.sha256(), 0
         hash_range(f.fileno(), digest, min(chunks * upload.chunk_size, upload.size), upload.size)
         actual: str = digest.hexdigest()
