@@ -45,7 +45,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import trio
 
-from heaper_trio.errors import NotFound
+from heaper_trio.errors import Conflict, NotFound
 from heaper_trio.records import UploadRecord
 from heaper_trio.services import upload_journal as journal
 from heaper_trio.services.upload_disk import CopyRange, Data, Write, _commit, receive_body
@@ -123,6 +123,7 @@ def _recorded(folder: Path, upload: UploadRecord, done: set[int], cut: bool) -> 
                 journal.VERIFIED.add(upload.id, ino, every)
                 return set(every)
             return set()
+        records = journal.received_kinds(records)
         trusted = journal.VERIFIED.among(upload.id, ino, records)
         last = journal.last_prefix(records)
         bad = journal.VERIFIED.known_bad(upload.id, ino, last, len(records))
@@ -226,8 +227,9 @@ def open_chunk(folder: Path, upload: UploadRecord, index: int) -> BinaryIO | Non
             not lock_range(f, index * upload.chunk_size, length)
             or journal.read_record(f.fileno(), upload.size, index, length) is not None
             or (folder / f"{index}.done").exists()
-            # vouched for here though its record is gone (erased by a writer whose sync failed
-            # while a status read it): its bytes may seed the running hash, so never rewritten
+            # any record, a BAD one too (its writer's sync failed while a status, maybe in
+            # another process, vouched for it): those bytes may seed a running hash; and
+            # vouched for here (a record that was erased: a journal of an older release)
             or journal.VERIFIED.has(upload.id, os.fstat(f.fileno()).st_ino, index)
         ):
             f.close()
@@ -250,7 +252,7 @@ def mark_received(f: BinaryIO, upload: UploadRecord, index: int, kind: int, dige
         os.fdatasync(fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            journal.erase_record(fd, upload.size, index)
+            journal.mark_bad(fd, upload.size, index, chunk_length(upload, index))
         raise
 
 
@@ -379,7 +381,11 @@ def complete_in_place(
     there before the lock goes (one thread call: no lock held across calls).
 
     Only the part the running hash (``upload_hash``) does not cover is read; all of it when
-    a chunk file was copied in under that part (a resend: the received bytes count)."""
+    a chunk file was copied in under that part (a resend: the received bytes count), or a
+    chunk's record is ``BAD`` (its sync failed: a status in another process may have seeded
+    the running hash with bytes that never reached the disk). A ``BAD`` chunk not resent
+    (a status said it was received before its sync failed) is ``upload_incomplete``: its bytes
+    are only in the page cache, maybe never on the disk."""
     with open_data(folder, upload.size, fcntl.LOCK_EX) as f:
         copied: list[int] = []
         for entry in sorted(folder.iterdir()):
@@ -393,7 +399,16 @@ def complete_in_place(
             copied.append(index)
         f.flush()
         digest, chunks = hashes.start(upload.id, os.fstat(f.fileno()).st_ino)
-        if copied and min(copied) < chunks:
+        lengths = [chunk_length(upload, i) for i in range(upload.total_chunks)]
+        bad = journal.bad_chunks(f.fileno(), upload.size, lengths)
+        if bad - set(copied):  # its sync failed after a status said received: not resent yet
+            missing = sorted(bad - set(copied))
+            raise Conflict(
+                f"{len(missing)} chunks are missing",
+                code="upload_incomplete",
+                details={"missing": missing[:1000]},
+            )
+        if (copied and min(copied) < chunks) or bad:
             digest, chunks = hashlib.sha256(), 0
         hash_range(f.fileno(), digest, min(chunks * upload.chunk_size, upload.size), upload.size)
         actual: str = digest.hexdigest()
