@@ -177,7 +177,7 @@ class LiveHub(HubEvents):
             # Another process committed while storage was being read: what it announced may
             # be newer than what was read (issue 9, item 11). An announcement that came
             # before the room existed is older than the read, which saw its commit.
-            self._start_catch_up(room)
+            self.start_catch_up(room)
 
     def leave(self, sub: Subscription) -> None:
         room = self.rooms.get(sub.name.block_id)
@@ -215,7 +215,7 @@ class LiveHub(HubEvents):
             if c.sync_version > room.sync_version and room.exists:
                 # The document was replaced (a restore): read it anew, never merge the two
                 # histories; the commit is durable, so the read has it.
-                self._start_catch_up(room)
+                self.start_catch_up(room)
                 continue
             if not c.updates or (c.sync_version < room.sync_version and room.exists):
                 continue  # nothing to send, or the replaced history's (committed before)
@@ -226,7 +226,7 @@ class LiveHub(HubEvents):
             elif c.seq > room.last_seq:
                 # Rows in between came from another process and are not here yet (their
                 # announcement is on its way, or was lost): read them from storage.
-                self._start_catch_up(room)
+                self.start_catch_up(room)
             origin = c.origin
             if isinstance(origin, Relayed):
                 skip = origin.updates if origin.doc is room.doc else frozenset()
@@ -307,7 +307,7 @@ class LiveHub(HubEvents):
             and committed.sync_version <= room.sync_version
         ):
             return  # the room holds every update up to last_seq already
-        self._start_catch_up(room)
+        self.start_catch_up(room)
 
     def on_remote_updates(
         self, block_id: str, seq: int, sync_version: int, updates: Sequence[bytes]
@@ -331,7 +331,7 @@ class LiveHub(HubEvents):
             try:
                 room.doc.apply(update)
             except crdt.InvalidUpdate:  # stored, so it applied once: reread instead
-                self._start_catch_up(room)
+                self.start_catch_up(room)
                 return
             room.pending.append((update, None))
         room.last_seq = seq
@@ -340,9 +340,9 @@ class LiveHub(HubEvents):
     def catch_up_all(self) -> None:
         """Announcements may have been missed (the listener reconnected): reread every room."""
         for room in list(self.rooms.values()):
-            self._start_catch_up(room)
+            self.start_catch_up(room)
 
-    def _start_catch_up(self, room: Room) -> None:
+    def start_catch_up(self, room: Room) -> None:
         """Reread the room's block from storage; a room still loading does it once loaded."""
         room.recheck = True
         if room.doc is not None and not room.catching_up and self._nursery is not None:

@@ -93,7 +93,7 @@ class VersionWatch:
             record = found.get(room.block_id)
             if record is None or record.sync_version <= room.sync_version:
                 return
-            hub._start_catch_up(room)  # or, if one runs, it reads once more before it ends
+            hub.start_catch_up(room)  # or, if one runs, it reads once more before it ends
             wanted = room.reads_begun + 1
             while room.catching_up and room.reads_done < wanted:
                 if room.read_done is None:
