@@ -81,7 +81,7 @@ async def test_updates_are_relayed_while_an_earlier_commit_runs_and_acked_in_ord
                 with trio.fail_after(5):
                     await held.started.wait()
             # Every edit reaches b while the first commit is still held.
-            await b.expect(m.SyncUpdate, lambda x, mark=text.encode(): mark in x.update)
+            await b.expect(m.SyncUpdate, lambda x, mark=text: mark.encode() in x.update)
         await a.send(m.SyncStep1(address, b"\x00"))  # answered after the three acks
         with trio.move_on_after(0.3):
             await a.expect(m.SyncStatus)
@@ -118,7 +118,7 @@ async def test_a_writer_leaving_still_has_its_relayed_updates_stored(
                 if i == 0:
                     with trio.fail_after(5):
                         await held.started.wait()
-                await b.expect(m.SyncUpdate, lambda x, mark=text.encode(): mark in x.update)
+                await b.expect(m.SyncUpdate, lambda x, mark=text: mark.encode() in x.update)
         # The writer is gone (its socket closed) while the first commit is held.
         hub = server.services.hub
         await until(lambda: len(hub.rooms[block.id].subs) == 1)

@@ -12,8 +12,10 @@ Per document, the worker keeps the client's order: sync step 1 is answered from 
 room; updates waiting in its inbox are stored together in one commit and each is acknowledged
 with ``SyncStatus(true)`` only once durable (the contract's ack rule; Hocuspocus acks from
 memory); the others get them after that commit, or before it with ``RELAY_BEFORE_COMMIT``
-(``LiveHub.relay``; in rooms over 256 subscribers the commits are queued in the hub and the worker reads on, ``relay_commits.py``). The worker is the only writer of its document's replies, the hub the
-only writer of fan-out, and both go through the outbox (straight to the socket when it is empty).
+(``LiveHub.relay``; in rooms over 256 subscribers the commits are queued in the hub and the
+worker reads on: ``relay_commits.py``). The worker is the only writer of its document's
+replies, the hub the only writer of fan-out, and both go through the outbox (straight to the
+socket when it is empty).
 
 What a connection may use of the services is its :class:`LiveContext`. The timers (idle, auth,
 ping) are the session's, fed ``trio.current_time()``; token expiry is wall time, read through
