@@ -268,7 +268,9 @@ def measure(
                     database_url,
                     args.compression == "on",
                     tree=args.compare.resolve() if name == COMPARE else ROOT,
-                    workers=args.workers,
+                    workers=args.compare_workers
+                    if name == COMPARE and args.compare_workers
+                    else args.workers,
                     name=name,
                 )
             try:
@@ -377,6 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--runs", type=int, default=1, help="rounds over every server, interleaved")
     p.add_argument("--workers", type=int, default=0, help="heaper_trio's --workers; 0: default")
+    p.add_argument(
+        "--compare-workers",
+        type=int,
+        default=0,
+        help="--workers of the --compare server (e.g. this checkout again with 1 against 2)",
+    )
     args = p.parse_args(argv)
     stop_servers_on_sigterm()  # a SIGTERM still stops the servers
     ns = [int(x) for x in args.ns.split(",") if x.strip()]
