@@ -12,10 +12,8 @@ Per document, the worker keeps the client's order: sync step 1 is answered from 
 room; updates waiting in its inbox are stored together in one commit and each is acknowledged
 with ``SyncStatus(true)`` only once durable (the contract's ack rule; Hocuspocus acks from
 memory); the others get them after that commit, or before it with ``RELAY_BEFORE_COMMIT``
-(``LiveHub.relay``; in rooms over 256 subscribers the commits are queued in the hub and the
-worker reads on: ``relay_commits.py``). The worker is the only writer of its document's
-replies, the hub the only writer of fan-out, and both go through the outbox (straight to the
-socket when it is empty).
+(``LiveHub.relay``). The worker is the only writer of its document's replies, the hub the
+only writer of fan-out, and both go through the outbox (straight to the socket when it is empty).
 
 What a connection may use of the services is its :class:`LiveContext`. The timers (idle, auth,
 ping) are the session's, fed ``trio.current_time()``; token expiry is wall time, read through
@@ -25,7 +23,6 @@ the context. Under a test's fake clock every timer moves with it.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from functools import partial
 
 import trio
@@ -44,24 +41,20 @@ from heaper_trio.protocol.close_codes import (
 from heaper_trio.protocol.names import BlockName, EventsName, parse_document_name
 from heaper_trio.protocol.split import split_update
 from heaper_trio.records import User
-from heaper_trio.services.live import relay_commits
 from heaper_trio.services.live.context import Grant, LiveContext
 from heaper_trio.services.live.doc_workers import DocumentWorker, EventsWorker
 from heaper_trio.services.live.hub import LiveHub, Room, Subscription
 from heaper_trio.services.live.outbox import Outbox
 from heaper_trio.services.live.output import ConnectionOutput
-from heaper_trio.services.live.relay_commits import CommitJob, commit_group
 from heaper_trio.services.live.room_rewrites import VersionWatch
-from heaper_trio.services.live.rooms import BUSY, PARTIAL, Relayed, Transport
+from heaper_trio.services.live.rooms import BUSY, PARTIAL, Transport
 from heaper_trio.services.live_push import LIVE_UNCHECKED_MAX_SUBS
-from heaper_trio.storage.errors import BlockInOtherHeap
 
 log = logging.getLogger(__name__)
 KEEPALIVE_TICK_S = 2.0  # how often the timers (trio's clock) and the grants are looked at
 RECHECK_ACCOUNT_S = 30.0
 TOKEN_RENEW_BEFORE_S = 60.0
 MAX_BATCH = 256
-MAX_OWED_ACKS = 1024  # SyncStatus a block worker owes (queued commits, empty updates behind)
 SPLIT_BYTES = 256 * 1024  # initial states larger than this go out in pieces
 SPLIT_IN_THREAD_BYTES = 1024 * 1024
 # Fan-out before the commit (hub.relay) or after it. bench_ws.py, N=100 at 50 Hz, against
@@ -345,18 +338,9 @@ class BlockWorker(DocumentWorker):
         self._held: m.Message | None = None
         self.room: Room | None = None
         self._versions = VersionWatch()  # a version newer than the room's: reread first
-        # Acknowledgements owed behind queued commits (relay_commits.py), in the client's
-        # order: (the commit or None, how many SyncStatus, their value without a commit).
-        self._acks: deque[tuple[CommitJob | None, int, bool]] | None = None
-        self._owed = 0
-        self._acking = False  # the task sending them runs
-        self._acked: trio.Event | None = None  # set when some were sent (or none will be)
-        self._ack_scope: trio.CancelScope | None = None
 
     def stop(self) -> None:
         super().stop()
-        if self._ack_scope is not None:
-            self._ack_scope.cancel()  # the commits go on in the hub; the acks are for nobody
         if self.room is not None:
             self.room = None
             self.conn.live.hub.leave(self.sub)
@@ -399,7 +383,6 @@ class BlockWorker(DocumentWorker):
         ):
             await self._versions.catch_up_to(self.conn.live.hub, room, version)
         if isinstance(message, m.SyncStep1):
-            await self._acks_below(0)  # its answer follows every SyncStatus owed before it
             await self._answer_step1(room, message)
         elif isinstance(message, (m.SyncStep2, m.SyncUpdate)):
             await self._store(room, self._batch(message))
@@ -450,11 +433,6 @@ class BlockWorker(DocumentWorker):
 
     async def _store(self, room: Room, updates: list[bytes]) -> None:
         real = [u for u in updates if u != EMPTY_UPDATE]  # "nothing new": no block from it
-        if self._acks or (
-            real and RELAY_BEFORE_COMMIT and len(room.subs) > relay_commits.PIPELINE_ABOVE_SUBS
-        ):
-            await self._store_pipelined(room, updates, real)
-            return
         ok = True
         if real and self._stale(room):
             ok = False
@@ -486,101 +464,3 @@ class BlockWorker(DocumentWorker):
         frame = m.encode(m.SyncStatus(self.address, ok))
         for _ in updates:
             await self.conn.reply(frame)
-
-    async def _store_pipelined(self, room: Room, updates: list[bytes], real: list[bytes]) -> None:
-        """Relay the batch now and queue its commit in the hub (``relay_commits.py``), then
-        read on: the next batch goes out while this one's commit runs. Its SyncStatus are
-        sent by :meth:`_send_acks` once it is durable, in order behind those owed before."""
-        await self._acks_below(MAX_OWED_ACKS - len(updates))
-        job: CommitJob | None = None
-        ok = True
-        if real and self._stale(room):
-            ok = False  # never relayed: another history's
-        elif real:
-            hub = self.conn.live.hub
-            relayed = hub.relay(self.sub, real)
-            if relayed is None:  # not relayed: committed in order, sent after its commit
-                assert room.doc is not None
-                relayed = Relayed(self.sub, room.doc, frozenset())
-            job = CommitJob(
-                self.conn.live.push_live,
-                self.grant.user,
-                self.name.heap_id,
-                self.name.block_id,
-                real,
-                self.name.sync_version if room.exists else None,
-                relayed,
-                unchecked=len(room.subs) <= LIVE_UNCHECKED_MAX_SUBS,
-            )
-            if not await hub.queue_commit(room, job):
-                await commit_group([job])  # no hub tasks (shutting down): here
-                job.done.set()
-        if self._acks is None:
-            self._acks = deque()
-        self._acks.append((job, len(updates), ok))
-        self._owed += len(updates)
-        if not self._acking and self.conn._nursery is not None:
-            self._acking = True
-            self.conn._nursery.start_soon(self._send_acks)
-
-    async def _acks_below(self, most: int) -> None:
-        """Until at most ``most`` SyncStatus are owed (0: all sent)."""
-        while self._owed > max(most, 0) and self._acking:
-            if self._acked is None:
-                self._acked = trio.Event()
-            await self._acked.wait()
-
-    def _wake_ack_waiters(self) -> None:
-        if self._acked is not None:
-            self._acked.set()
-            self._acked = None
-
-    async def _send_acks(self) -> None:
-        """Each queued batch's SyncStatus once its commit is done, in the client's order; a
-        refusal of the document closes it (what its later batches get is then nobody's)."""
-        acks = self._acks
-        try:
-            with trio.CancelScope() as self._ack_scope:
-                while acks and not self.stopped:
-                    job, n, ok = acks[0]
-                    if job is not None:
-                        await job.done.wait()
-                        denied, ok = self._judge(job)
-                        if denied is not None:
-                            acks.clear()
-                            self._owed = 0
-                            await self.conn.perform(self.conn.session.denied(self.address, denied))
-                            return
-                    frame = m.encode(m.SyncStatus(self.address, ok))
-                    for _ in range(n):
-                        await self.conn.reply(frame)
-                    acks.popleft()
-                    self._owed -= n
-                    self._wake_ack_waiters()
-        finally:
-            self._ack_scope = None
-            self._acking = False
-            if not acks:
-                self._acks = None
-            else:  # cancelled: nothing more will be sent
-                acks.clear()
-                self._owed = 0
-            self._wake_ack_waiters()
-
-    def _judge(self, job: CommitJob) -> tuple[str | None, bool]:
-        """(why the document is refused, or None; whether the batch was stored)."""
-        if isinstance(job.error, BlockInOtherHeap):
-            return str(job.error), False
-        item = job.outcome
-        if item is None:
-            return None, False
-        if item.status in ("forbidden", "deleted"):
-            return item.error or item.status, False
-        ok = item.status in ("ok", "created")
-        if not ok:
-            log.info(
-                "live update refused for block %s: %s",
-                self.name.block_id,
-                item.error or item.status,
-            )
-        return None, ok

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -36,9 +35,7 @@ from heaper_trio.records import StoredBlock
 from heaper_trio.services.commits import Committed
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
-from heaper_trio.services.live.fanout_pacing import FanoutPacing
 from heaper_trio.services.live.hub_events import HubEvents
-from heaper_trio.services.live.relay_commits import CommitJob, RoomCommits
 from heaper_trio.services.live.room_rewrites import read_taken_in, removed
 from heaper_trio.services.live.rooms import EventSink, Relayed, Room, Subscription
 from heaper_trio.storage.errors import BlockInOtherHeap
@@ -52,7 +49,7 @@ DIRECT_EVERY_S = 0.001  # a room's relayed batches fanned out at once, at most t
 DIRECT_MAX_SUBS = 256  # and only in rooms no larger than this
 
 
-class LiveHub(HubEvents, FanoutPacing):
+class LiveHub(HubEvents):
     def __init__(self, documents: DocumentService, counters: RealtimeCounters) -> None:
         self.documents = documents
         self.storage = documents.storage
@@ -279,22 +276,6 @@ class LiveHub(HubEvents, FanoutPacing):
             self._flush_now(room)
         return Relayed(sub, doc, frozenset(relayed))
 
-    async def queue_commit(self, room: Room, job: CommitJob) -> bool:
-        """Queue a relayed batch's commit among the hub's tasks (``relay_commits.py``): it
-        happens whatever its writer does next. Waits while the room's queue is full. False
-        when the hub runs no tasks (the caller commits it itself)."""
-        if self._nursery is None:
-            return False
-        commits = room.commits
-        if commits is None:
-            commits = room.commits = RoomCommits()
-        await commits.wait_for_room(job)
-        commits.push(job)  # (no checkpoint since the wait: the bound holds)
-        if not commits.running:
-            commits.running = True
-            self._nursery.start_soon(commits.run)
-        return True
-
     def _flush_now(self, room: Room) -> None:
         """Fan out what the room holds now, in this task, rather than in the flusher's: that
         was two more scheduling turns between a relayed update's arrival and its fan-out, and
@@ -306,11 +287,7 @@ class LiveHub(HubEvents, FanoutPacing):
         are nothing beside it, and it would hold back the batch's commit (bench_ws.py, N=1000:
         the writer's acknowledgement 28 ms p50 against 18 ms through the flusher)."""
         now = trio.current_time()
-        if (
-            room.cooling
-            or now - room.flushed_at < DIRECT_EVERY_S
-            or len(room.subs) > DIRECT_MAX_SUBS
-        ):
+        if now - room.flushed_at < DIRECT_EVERY_S or len(room.subs) > DIRECT_MAX_SUBS:
             self._mark(room)
             return
         room.flushed_at = now
@@ -439,8 +416,7 @@ class LiveHub(HubEvents, FanoutPacing):
             await trio.lowlevel.checkpoint()  # let this turn's other commits join the batch
             dirty, self._dirty = list(self._dirty), {}
             for room in dirty:
-                if not room.cooling:  # (marked again once it has rested: fanout_pacing)
-                    self._flush_room(room)
+                self._flush_room(room)
             pending_events, self._events = list(self._events.values()), {}
             for evt in pending_events:
                 for sink in list(self.heap_watchers.get(str(evt["heap_id"]), ())):
@@ -459,9 +435,7 @@ class LiveHub(HubEvents, FanoutPacing):
         origins = {o for _, o in batch}
         only = next(iter(origins)) if len(origins) == 1 else None
         # only its own updates: that subscriber has them
-        started = time.perf_counter()
         self._fan_out(room, frames.sync_update_body(merged), skip=only)
-        self._cool(room, time.perf_counter() - started)
 
     def _fan_out(
         self,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import trio
 
@@ -14,9 +14,6 @@ from heaper_trio import crdt
 from heaper_trio.protocol import frames
 from heaper_trio.protocol.names import BlockName
 from heaper_trio.protocol.presence import PresenceTable
-
-if TYPE_CHECKING:
-    from heaper_trio.services.live.relay_commits import RoomCommits
 
 # Transport.write_now's answers
 WRITTEN = 0  # on the wire (or dropped: the connection is closed, as hypercorn drops it)
@@ -103,7 +100,3 @@ class Room:
     # Another process announced a change this room may lack: reread storage (again) before
     # the catch-up ends, or once loaded.
     recheck: bool = False
-    # Relayed batches waiting for their commit (big rooms: services/live/relay_commits.py);
-    # made on the first, kept by its task until drained even when the room is dropped.
-    commits: RoomCommits | None = None
-    cooling: bool = False  # its last fan-out was costly: the next waits (fanout_pacing.py)
