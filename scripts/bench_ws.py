@@ -98,7 +98,17 @@ SERVER_ENV = {
 SERVERS = ("heaper_trio", "hocuspocus")
 
 
-def start_heaper(workdir: Path, engine: str, database_url: str, compression: bool) -> Server:
+def start_heaper(
+    workdir: Path,
+    engine: str,
+    database_url: str,
+    compression: bool,
+    tree: Path = ROOT,
+    workers: int = 0,
+    name: str = "heaper_trio",
+) -> Server:
+    """The server of the checkout ``tree`` (``--compare``: another one, run in the same
+    session), with ``--workers`` passed on when given."""
     data_dir = workdir / "data"
     data_dir.mkdir()
     port = free_port()
@@ -109,8 +119,10 @@ def start_heaper(workdir: Path, engine: str, database_url: str, compression: boo
     if engine == "postgres":
         env["HEAPER_AUTO_APPROVE"] = "true"
         argv += ["--database-url", database_url]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return Server("heaper_trio", argv, env, port, "/api/health", workdir)
+    if workers:
+        argv += ["--workers", str(workers)]
+    env["PYTHONPATH"] = str(tree)  # that checkout's heaper_trio, nobody else's
+    return Server(name, argv, env, port, "/api/health", workdir)
 
 
 def start_hocuspocus(workdir: Path, node: str, compression: bool) -> Server:
@@ -230,6 +242,111 @@ def ratios(ours: dict[str, Any], anchor: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+COMPARE = "heaper_before"  # the --compare checkout's server
+
+
+def measure(
+    name: str, node: str, args: argparse.Namespace, ns: list[int], notes: list[str]
+) -> dict[str, Any]:
+    """Start one server, load it, stop it: its result (``error`` when it failed)."""
+    database_url = ""
+    if args.engine == "postgres" and name != "hocuspocus":
+        # a database of its own: a data dir holds the server's key, which a database keeps
+        database_url = (
+            args.database_url.rsplit("/", 1)[0] + "/heaper_bench_ws_" + uuid.uuid4().hex[:10]
+        )
+        admin_sql(args.database_url, f"CREATE DATABASE {database_url.rsplit('/', 1)[1]}")
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"bench-ws-{name}-") as tmp:
+            workdir = Path(tmp)
+            if name == "hocuspocus":
+                server = start_hocuspocus(workdir, node, args.compression == "on")
+            else:
+                server = start_heaper(
+                    workdir,
+                    args.engine,
+                    database_url,
+                    args.compression == "on",
+                    tree=args.compare.resolve() if name == COMPARE else ROOT,
+                    workers=args.compare_workers
+                    if name == COMPARE and args.compare_workers
+                    else args.workers,
+                    name=name,
+                )
+            try:
+                startup_s = server.wait_ready()
+                log(f"{name}: ready in {startup_s:.2f}s (pid {server.pid})")
+                if name != "hocuspocus":
+                    token, doc = heaper_document(server.url)
+                else:
+                    token, doc = "any-token", f"{uuid.uuid4()}:{uuid.uuid4()}"
+                result = run_load(node, server, token, doc, args, ns)
+                result.pop("config", None)
+                lines = [ln for ln in server.log_lines() if ln.strip()]
+                result["server_log"] = {
+                    "lines": len(lines),
+                    "tracebacks": sum("Traceback" in ln for ln in lines),
+                    "tail": lines[-8:],
+                }
+                if result.get("problem_count"):
+                    notes.append(
+                        f"{name}: {result['problem_count']} problems, see servers.{name}.problems"
+                    )
+                for one in result.get("runs", []):
+                    for phase in ("latency", "throughput"):
+                        util = one[phase]["loadgen_cpu_util"]
+                        if util >= 0.85:
+                            notes.append(
+                                f"{name} N={one['n']} {phase}: the load generator used "
+                                f"{util:.0%} of a core; it may be the limit"
+                            )
+                return result
+            except Exception as e:
+                log(f"{name}: failed: {e!r}")
+                return {"error": repr(e), "log_tail": server.log_tail(20)}
+            finally:
+                server.stop()
+    finally:
+        if database_url:
+            name_db = database_url.rsplit("/", 1)[1]
+            admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {name_db} WITH (FORCE)")
+
+
+def admin_sql(dsn: str, sql: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def go() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def spread(per_run: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per server, N and headline ratio: the median and the range over the runs."""
+    from statistics import median
+
+    out: dict[str, Any] = {}
+    for one in per_run:
+        for name, by_n in one.get("ratios", {}).items():
+            for n, figures in by_n.items():
+                if not isinstance(figures, dict):
+                    continue
+                for key, value in figures.items():
+                    if value is not None:
+                        out.setdefault(name, {}).setdefault(n, {}).setdefault(key, []).append(value)
+    for by_n in out.values():
+        for figures in by_n.values():
+            for key, values in figures.items():
+                figures[key] = {"median": median(values), "min": min(values), "max": max(values)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ns", default="1,100,1000", help="subscriber counts, comma separated")
@@ -255,6 +372,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
     p.add_argument("--database-url", default="", help="postgresql:// URL (--engine postgres)")
+    p.add_argument(
+        "--compare",
+        type=Path,
+        help="another checkout (e.g. main's) whose server is measured in the same runs",
+    )
+    p.add_argument("--runs", type=int, default=1, help="rounds over every server, interleaved")
+    p.add_argument("--workers", type=int, default=0, help="heaper_trio's --workers; 0: default")
+    p.add_argument(
+        "--compare-workers",
+        type=int,
+        default=0,
+        help="--workers of the --compare server (e.g. this checkout again with 1 against 2)",
+    )
     args = p.parse_args(argv)
     stop_servers_on_sigterm()  # a SIGTERM still stops the servers
     ns = [int(x) for x in args.ns.split(",") if x.strip()]
@@ -271,54 +401,46 @@ def main(argv: list[str] | None = None) -> int:
     if node is None or not (LIVE / "node_modules" / "@hocuspocus" / "server").is_dir():
         p.error("needs `node` and `npm ci` in tests/live_node")
 
+    labels = list(servers)
+    if args.compare:
+        labels.append(COMPARE)
     started = time.monotonic()
     out: dict[str, Any] = {"benchmark": "ws_fanout", "servers": {}, "summary": {}, "notes": []}
-    for name in servers:
-        with tempfile.TemporaryDirectory(prefix=f"bench-ws-{name}-") as tmp:
-            workdir = Path(tmp)
-            server = (
-                start_heaper(workdir, args.engine, args.database_url, args.compression == "on")
-                if name == "heaper_trio"
-                else start_hocuspocus(workdir, node, args.compression == "on")
-            )
-            try:
-                startup_s = server.wait_ready()
-                log(f"{name}: ready in {startup_s:.2f}s (pid {server.pid})")
-                if name == "heaper_trio":
-                    token, doc = heaper_document(server.url)
-                else:
-                    token, doc = "any-token", f"{uuid.uuid4()}:{uuid.uuid4()}"
-                result = run_load(node, server, token, doc, args, ns)
-                result.pop("config", None)
-                lines = [ln for ln in server.log_lines() if ln.strip()]
-                result["server_log"] = {
-                    "lines": len(lines),
-                    "tracebacks": sum("Traceback" in ln for ln in lines),
-                    "tail": lines[-8:],
-                }
+    per_run: list[dict[str, Any]] = []
+    for run in range(args.runs):
+        # interleaved: each run measures every server, in an order that alternates
+        order = labels if run % 2 == 0 else labels[::-1]
+        this: dict[str, Any] = {"summary": {}, "loadavg": [round(x, 2) for x in os.getloadavg()]}
+        for name in order:
+            result = measure(name, node, args, ns, out["notes"])
+            if args.runs == 1:
                 out["servers"][name] = result
-                out["summary"][name] = summary(result)
-                if result.get("problem_count"):
-                    out["notes"].append(
-                        f"{name}: {result['problem_count']} problems, see servers.{name}.problems"
-                    )
-                for run in result.get("runs", []):
-                    for phase in ("latency", "throughput"):
-                        util = run[phase]["loadgen_cpu_util"]
-                        if util >= 0.85:
-                            out["notes"].append(
-                                f"{name} N={run['n']} {phase}: the load generator used "
-                                f"{util:.0%} of a core; it may be the limit"
-                            )
-            except Exception as e:
-                log(f"{name}: failed: {e!r}")
-                out["servers"][name] = {"error": repr(e), "log_tail": server.log_tail(20)}
-            finally:
-                server.stop()
-    if {"heaper_trio", "hocuspocus"} <= out["summary"].keys():
-        out["ratios"] = ratios(out["summary"]["heaper_trio"], out["summary"]["hocuspocus"])
+            elif "error" in result:
+                this.setdefault("errors", {})[name] = result
+            if "error" not in result:
+                this["summary"][name] = summary(result)
+        if "hocuspocus" in this["summary"]:
+            this["ratios"] = {
+                name: ratios(figures, this["summary"]["hocuspocus"])
+                for name, figures in this["summary"].items()
+                if name != "hocuspocus"
+            }
+        log(f"run {run}: {json.dumps(this.get('ratios', {}))}")
+        per_run.append(this)
+    if args.runs == 1:
+        out["summary"] = per_run[0]["summary"]
+        if "ratios" in per_run[0]:
+            ratios_1 = per_run[0]["ratios"]
+            out["ratios"] = ratios_1.get("heaper_trio", {})
+            if COMPARE in ratios_1:
+                out["ratios_" + COMPARE] = ratios_1[COMPARE]
+    else:
+        out["ratios_median_range"] = spread(per_run)
+        out["runs"] = per_run
     if args.engine == "postgres":
-        out["notes"].append("server_cpu_s counts the heaper_trio process only, not PostgreSQL's")
+        out["notes"].append(
+            "server_cpu_s counts the heaper_trio processes (workers too), not PostgreSQL's"
+        )
     out["notes"].append(
         "hocuspocus keeps documents in memory and acks before anything is "
         "durable; heaper_trio acks each update after its commit"
@@ -355,7 +477,14 @@ def main(argv: list[str] | None = None) -> int:
             **node_versions,
         },
     }
-    headline = ("benchmark", "summary", "ratios", "notes", "machine")  # details last
+    headline = (
+        "benchmark",
+        "summary",
+        "ratios",
+        "ratios_median_range",
+        "notes",
+        "machine",
+    )  # details last
     out = {**{k: out[k] for k in headline if k in out}, **out}
     print(json.dumps(out, indent=2))
     return 0

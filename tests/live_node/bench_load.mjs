@@ -19,7 +19,7 @@
 // for each N: connect N subscribers; `latency`: the writer sends at `rate` updates/s for
 // `duration` s; `throughput`: closed loop, at most `window` updates in flight (sent and not
 // yet received by all N), for `duration` s. Server CPU from /proc/<pid>/stat around each phase.
-import { readFileSync } from 'node:fs'
+import { readFileSync, readdirSync } from 'node:fs'
 import * as decoding from 'lib0/decoding'
 import { HocuspocusProvider, HocuspocusProviderWebsocket } from '@hocuspocus/provider'
 import WebSocket from 'ws'
@@ -43,10 +43,28 @@ function rssKb () {
   return m ? Number(m[1]) : null
 }
 
-function serverCpuS () {
-  const raw = readFileSync(`/proc/${cfg.server_pid}/stat`, 'utf8')
+/** utime + stime of the server and of its living descendants (``--workers``), in seconds. */
+function serverCpuS (pid = cfg.server_pid) {
+  let raw
+  try {
+    raw = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  } catch {
+    return 0 // gone meanwhile
+  }
   const f = raw.slice(raw.lastIndexOf(')') + 2).split(' ')
-  return (Number(f[11]) + Number(f[12])) / cfg.clk_tck
+  let total = (Number(f[11]) + Number(f[12])) / cfg.clk_tck
+  let tasks = []
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`)
+  } catch {}
+  for (const task of tasks) {
+    let children = ''
+    try {
+      children = readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8')
+    } catch {}
+    for (const child of children.split(' ').filter(Boolean)) total += serverCpuS(child)
+  }
+  return total
 }
 
 /** Run `fn`, return its result with the server's and this process's CPU over it. */
