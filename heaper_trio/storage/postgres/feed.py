@@ -240,6 +240,14 @@ def deleted_json(block_ids: Sequence[str], times: Sequence[int]) -> str:
     return orjson.dumps(rows)[1:-1].decode()
 
 
+def _refused(
+    heap_id: str, since: int, memo: DeltaTotals | None, carried: tuple[int, int, int] | None
+) -> None:
+    """A page refused to its asker: totals carried for the heap stay for its owner."""
+    if memo is not None and carried is not None:  # not this asker's to spend
+        memo.carry_counts(heap_id, since, carried[1], carried[2], carried[0])
+
+
 async def changes_since_encoded(
     c: Conn,
     heap_id: str,
@@ -249,23 +257,25 @@ async def changes_since_encoded(
     owner_id: str | None = None,
 ) -> EncodedChangePage | None:
     """``changes_since``'s page with its rows written as JSON, in one statement
-    (``KEYSET_PAGE``; ``ENCODED_PAGE`` after it when the read rows end in a tie): run it with
-    the ``read`` runner, no transaction. With ``owner_id``, None when the heap is not that
-    user's (or does not exist): the ownership check of the delta route folded into the
-    page's round trip."""
+    (``KEYSET_PAGE``; ``ENCODED_PAGE`` after it, in its own snapshot, when the rows read end
+    in a tie): run it with the ``read`` runner, no transaction. With ``owner_id``, None when
+    the heap is not that user's (or does not exist): the ownership check of the delta route
+    folded into the page's round trip."""
     carried = None if memo is None else memo.take(heap_id, since)
     at = None if carried is None else carried[0]
     row = await c.fetchrow(KEYSET_PAGE, heap_id, since, limit + 1, at, owner_id)
     assert row is not None  # aggregates give one row
     if owner_id is not None and not row[1]:
-        if carried is not None:  # not this asker's to spend
-            memo.carry_counts(heap_id, since, carried[1], carried[2], carried[0])  # type: ignore[union-attr]
+        _refused(heap_id, since, memo, carried)
         return None
     changed, deleted = [row[i] or [] for i in range(4, 10)], (row[10] or [], row[11] or [])
     end = _keyset_end(changed[1], deleted[1], limit)
-    if end is None:
+    if end is None:  # its own snapshot: owner, clock, rows and totals all read again
         row = await c.fetchrow(ENCODED_PAGE, heap_id, since, limit - 1, at, owner_id)
         assert row is not None
+        if owner_id is not None and not row[1]:  # the heap went meanwhile
+            _refused(heap_id, since, memo, carried)
+            return None
         counts = (row[6], row[7])
         cut: int | None = None if row[2] is None else int(row[2])
         rows = ((int(row[3]), changed_json([row[i] for i in range(8, 14)])), (int(row[4]), row[5]))
