@@ -118,7 +118,8 @@ async def changes_since(
     return answer
 
 
-# One statement, so one snapshot without a transaction and one round trip (each costs the
+# The page read whole, for a page whose ``KEYSET_PAGE`` rows end in a tie at its cut. One
+# statement, so one snapshot without a transaction and one round trip (each costs the
 # server more CPU than the page's rows do, issue 12 item 4): the heap's clock and whether it is
 # the asker's ($5; NULL asks nothing, and nothing is read of a heap that is not the asker's);
 # the change time of each feed's ``limit``-th row after ``since``, when a row follows it
