@@ -38,6 +38,14 @@ are written there by ``COPY`` on a plain asyncpg connection (the delta columns, 
 times, the heap's clock moved past them): committing them through the storage makes several
 round trips per block, about 5 s per thousand, which is what looked like a hang at 100k.
 
+CPU per page is reported beside the times: the server's (``server_cpu_ms_per_page``), on
+PostgreSQL its connections' backends' (``database_cpu_ms_per_page``, read from ``/proc``: the
+cluster must run on this machine), and the anchor's own process and backend
+(``raw_walk.client_cpu_ms_per_page``, ``raw_walk.database_cpu_ms_per_page``): a walk's wall
+time on a shared machine moves with the load, the CPU it costs much less. ``--tree DIR``
+measures another checkout's server (the anchor and this script stay this one's): run it
+alternately with and without, e.g. against main's checkout.
+
 Prints ONE JSON object (progress on stderr) with the anchor and the ratios::
 
     ./.venv/bin/python scripts/bench_delta.py                 # 100,000 blocks, 3 runs
@@ -84,7 +92,10 @@ OLD_COLUMNS = (
 
 
 def start_heaper(
-    workdir: Path, database_url: str = "", extra_env: dict[str, str] | None = None
+    workdir: Path,
+    database_url: str = "",
+    extra_env: dict[str, str] | None = None,
+    tree: Path = ROOT,
 ) -> Server:
     data_dir = workdir / "data"
     data_dir.mkdir()
@@ -93,7 +104,7 @@ def start_heaper(
     env.update(HEAPER_AUTH_RATE_LIMIT="100000", HEAPER_LOG_LEVEL="warning")
     if database_url:
         env.update(HEAPER_DATABASE_URL=database_url, HEAPER_AUTO_APPROVE="true")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
     env.update(extra_env or {})
     argv = [sys.executable, "-m", "heaper_trio", "--port", str(port), "--data-dir", str(data_dir)]
     return Server("heaper", argv, env, port, "/api/health", workdir)
@@ -282,8 +293,9 @@ async def _pg_walk(dsn: str, heap_id: str, decode: bool) -> tuple[float, int, in
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
+    backend = conn.get_server_pid()
     since, pages, blocks = 0, 0, 0
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), proc_cpu_s(backend)
     try:
         while True:
             rows = await conn.fetch(
@@ -299,9 +311,33 @@ async def _pg_walk(dsn: str, heap_id: str, decode: bool) -> tuple[float, int, in
             blocks += len(body["changed_blocks"])
             since = body["server_time"]
             if not has_more:
+                ANCHOR_DB_CPU.append(proc_cpu_s(backend) - cpu0)
                 return time.perf_counter() - t0, pages, blocks
     finally:
         await conn.close()
+
+
+ANCHOR_DB_CPU: list[float] = []  # the anchor's backend, seconds of CPU per walk (its last)
+
+
+async def _backends_cpu(dsn: str) -> dict[int, float]:
+    """CPU seconds so far of every backend of the database but the asking one (the server's
+    connections), by pid: the cluster must run on this machine (``/proc``)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        pids = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    return {int(r[0]): proc_cpu_s(int(r[0])) for r in pids}
+
+
+def backends_cpu(dsn: str) -> dict[int, float]:
+    return asyncio.run(_backends_cpu(dsn)) if dsn else {}
 
 
 def raw_pg_walk(dsn: str, heap_id: str, decode: bool = False) -> tuple[float, int, int]:
@@ -359,6 +395,8 @@ async def run(server: Server, data_dir: Path, args: argparse.Namespace) -> dict[
     if not args.database_url:
         times["raw_walk_before"] = []
     cpu: dict[str, list[float]] = {"server_walk": [], "server_walk_thin": []}
+    db_cpu: dict[str, list[float]] = {"server_walk_thin": [], "raw_walk": []}
+    anchor_cpu: list[float] = []
     client_cpu: list[float] = []
     raw: Callable[[Any, str, bool], tuple[float, int, int]] = (
         raw_pg_walk if args.database_url else raw_walk
@@ -375,13 +413,19 @@ async def run(server: Server, data_dir: Path, args: argparse.Namespace) -> dict[
             times["server_walk"].append(s)
             assert blocks == args.blocks + 1, (blocks, args.blocks)  # and the root block
             out["pages"] = pages
+            db0 = await trio.to_thread.run_sync(backends_cpu, args.database_url)
             c0 = proc_cpu_s(server.pid)
             thin = await trio.to_thread.run_sync(thin_walk, server.port, token, heap_id)
             cpu["server_walk_thin"].append(proc_cpu_s(server.pid) - c0)
+            db1 = await trio.to_thread.run_sync(backends_cpu, args.database_url)
+            db_cpu["server_walk_thin"].append(sum(v - db0.get(k, 0.0) for k, v in db1.items()))
             assert thin[1:] == (pages, blocks), thin
             times["server_walk_thin"].append(thin[0])
             for name, decode in (("raw_walk", False), ("raw_walk_decoded", True)):
+                own0 = time.process_time()  # this process does nothing else meanwhile
                 walked = await trio.to_thread.run_sync(raw, anchor_on, heap_id, decode)
+                if name == "raw_walk":
+                    anchor_cpu.append(time.process_time() - own0)
                 assert walked[1:] == (pages, blocks), walked
                 times[name].append(walked[0])
             if not args.database_url:
@@ -392,6 +436,15 @@ async def run(server: Server, data_dir: Path, args: argparse.Namespace) -> dict[
     for k, v in cpu.items():
         out[k]["server_cpu_s"] = round(statistics.median(v), 3)
         out[k]["server_cpu_ms_per_page"] = round(1000 * statistics.median(v) / out["pages"], 2)
+    out["raw_walk"]["client_cpu_ms_per_page"] = round(
+        1000 * statistics.median(anchor_cpu) / out["pages"], 2
+    )
+    if args.database_url:  # the backends' CPU: the server's connections, the anchor's one
+        db_cpu["raw_walk"] = ANCHOR_DB_CPU[0::2]  # [1::2]: raw_walk_decoded's
+        for k, v in db_cpu.items():
+            out[k]["database_cpu_ms_per_page"] = round(
+                1000 * statistics.median(v) / out["pages"], 2
+            )
     # httpx and json.loads in this process: part of the walk's wall time, not the server's
     out["server_walk"]["client_cpu_s"] = round(statistics.median(client_cpu), 3)
     walk, thin = out["server_walk"]["median_s"], out["server_walk_thin"]["median_s"]
@@ -429,6 +482,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
     p.add_argument("--database-url", default="")
+    p.add_argument(
+        "--tree",
+        type=Path,
+        default=ROOT,
+        help="the checkout whose server is measured (default this one): run twice, "
+        "alternating, to compare two trees against anchors of the same hour",
+    )
     args = p.parse_args(argv)
     stop_servers_on_sigterm()  # a SIGTERM still stops the servers
     if (args.engine == "postgres") != bool(args.database_url):
@@ -441,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="heaper-bench-delta-") as tmp:
             workdir = Path(tmp)
-            server = start_heaper(workdir, args.database_url)
+            server = start_heaper(workdir, args.database_url, tree=args.tree.resolve())
             try:
                 server.wait_ready()
                 out = trio.run(run, server, workdir / "data", args)
@@ -450,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if cluster:
             asyncio.run(_admin_sql(cluster, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    out["tree"] = str(args.tree.resolve())
     out["machine"] = {"nproc": os.cpu_count(), "loadavg_at_end": os.getloadavg()}
     print(json.dumps(out, indent=2))
     return 0

@@ -9,6 +9,7 @@ held to the same bytes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -209,3 +210,43 @@ async def test_a_postgres_delta_page_is_one_round_trip(
         finally:
             observe.set_observer(observe._Nobody())
         assert (pages, trips.trips) == (3, 4)
+
+
+class _OwnerLeavesAfterFirstStatement:
+    """A connection on which the heap changes hands between a page's two statements (the
+    keyset read and, after a tie at its end, the full range)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.statements = 0
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        self.statements += 1
+        if self.statements == 2:
+            await self.conn.execute("UPDATE heaps SET owner_id='u2' WHERE id='h1'")
+        return await self.conn.fetchrow(query, *args)
+
+
+async def test_a_postgres_page_read_again_checks_the_owner_again(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A page whose first rows end in a tie is read again in a snapshot of its own; a heap
+    that is no longer the asker's by then is refused there too, not answered empty."""
+    async with opened(make_settings()) as storage:
+        if storage.engine != "postgres":
+            pytest.skip("the keyset read and its fallback are PostgreSQL's")
+        from heaper_trio.storage.postgres import feed
+        from heaper_trio.storage.postgres.runtime import read
+
+        await add_users(storage)
+        await new_heap(storage, "h1")
+        await storage.commit_changes([change(f"b{i}", "h1") for i in range(3)], NOW)
+        await raw(storage, "", "UPDATE blocks SET updated_at=$1 WHERE heap_id=$2", NOW + 7, "h1")
+        conn: list[_OwnerLeavesAfterFirstStatement] = []
+
+        async def page(c: Any) -> Any:
+            conn.append(_OwnerLeavesAfterFirstStatement(c))
+            return await feed.changes_since_encoded(conn[0], "h1", 0, 1, None, "u1")
+
+        assert await storage._run(read, page) is None  # type: ignore[attr-defined]
+        assert conn[0].statements == 2  # the tie sent it to the second statement
