@@ -1,0 +1,96 @@
+"""PostgreSQL runs two group commits at once per process (``GroupCommit`` depth 2), and
+``heaper_push_batch`` ticks the heap clock last (migration 0025), so two commits on one heap
+overlap everything before the tick (issue 12). The tick stays under the heap row lock until
+COMMIT: a delta walk taken while one commit holds it never moves past a change that commits
+after it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+import trio
+from trio_asyncio import aio_as_trio
+
+from heaper_trio.app import RunningServer
+from heaper_trio.client import HeaperClient
+
+from .test_sync import ClientBlock, new_heap, push
+
+pytestmark = pytest.mark.engines("postgres")  # PostgreSQL's group commit and its SQL function
+
+
+# The server's backends waiting for a lock the holder has, and whether each holds a lock on
+# block_updates (its log rows written).
+_WAITING = (
+    "SELECT a.pid, EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+    "WHERE l.pid = a.pid AND c.relname = 'block_updates' AND l.granted) AS logged "
+    "FROM pg_stat_activity a WHERE a.datname = $1 AND a.wait_event_type = 'Lock' "
+    "AND $2 = ANY(pg_blocking_pids(a.pid))"
+)
+
+
+async def _delta(client: HeaperClient, heap_id: str, since: int) -> dict[str, Any]:
+    r = await client.get("/api/sync/delta", params={"workspace_id": heap_id, "since": since})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def test_two_commits_on_one_heap_overlap_but_the_tick_and_a_delta_walk_skips_none(
+    server: RunningServer, admin: HeaperClient, database_url: str
+) -> None:
+    heap = await new_heap(admin)
+    blocks = [ClientBlock(), ClientBlock()]
+    for i, block in enumerate(blocks):
+        block.write(f"Note {i}", "first")
+        [got] = (await push(admin, block.push_item(heap["id"]))).json()["blocks"]
+        assert got["status"] == "created"
+        block.synced = block.doc.get_state()
+        block.write(f"Note {i}", "first and second")  # the edits pushed below
+    loop = server.services.storage._loop  # type: ignore[attr-defined]
+    db = database_url.rsplit("/", 1)[1].split("?")[0]
+
+    def aio(f: Any) -> Any:
+        return aio_as_trio(f, loop=loop)
+
+    # Another writer of the heap holds its clock: it ticked and has not committed.
+    holder = await aio(asyncpg.connect)(database_url)
+    watcher = await aio(asyncpg.connect)(database_url)
+    tx = holder.transaction()
+    await aio(tx.start)()
+    held = await aio(holder.fetchval)(
+        "UPDATE heaps SET clock = clock + 1 WHERE id = $1 RETURNING clock", heap["id"]
+    )
+    holder_pid = await aio(holder.fetchval)("SELECT pg_backend_pid()")
+    before = await _delta(admin, heap["id"], 0)
+    answers: list[Any] = []
+
+    async def edit(block: ClientBlock) -> None:
+        answers.append((await push(admin, block.push_item(heap["id"]))).json()["blocks"][0])
+
+    async with trio.open_nursery() as nursery:
+        for block in blocks:
+            nursery.start_soon(edit, block)
+        try:
+            # Both group commits run (the second started beside the first) and both wait for
+            # the clock, having written their log rows already (a lock on block_updates).
+            with trio.fail_after(10):
+                while len(waiting := await aio(watcher.fetch)(_WAITING, db, holder_pid)) < 2:
+                    await trio.sleep(0.01)
+            assert all(w["logged"] for w in waiting)
+            assert answers == []  # nothing is acknowledged before its COMMIT
+            # A delta walk now sees neither edit; its server_time stays below their times.
+            during = await _delta(admin, heap["id"], before["server_time"])
+            assert during["changed_blocks"] == []
+            assert during["server_time"] < held
+        finally:  # committed either way: a failed check must not leave the pushes waiting
+            await aio(tx.commit)()
+    await aio(holder.close)()
+    await aio(watcher.close)()
+    assert sorted(a["status"] for a in answers) == ["ok", "ok"]
+    after = await _delta(admin, heap["id"], during["server_time"])
+    seen = {c["block_id"]: c for c in after["changed_blocks"]}
+    assert set(seen) == {b.id for b in blocks}  # the walk from `during` misses neither
+    assert all(c["updated_at"] > held for c in seen.values())
+    assert len({c["updated_at"] for c in seen.values()}) == 2
