@@ -17,6 +17,12 @@
 -- Same rows, same decisions, same announcements as 0024: only the statements' order changed
 -- (the log rows, search lines, relations and files first; their values never depended on
 -- the change time).
+--
+-- Its statements run on generic plans (plan_cache_mode): PL/pgSQL otherwise plans each
+-- statement again for every call's arrays, and that planning was most of a call's fixed
+-- cost. Measured on one backend, 300 calls each, interleaved, load 3-4: a call of one edit
+-- 2.13-2.77 ms of database CPU -> 1.20-1.33 ms; a call of eight 4.37-5.10 -> 3.87-4.33 ms.
+-- A generic plan assumes arrays of ten or so elements: a group commit's size.
 CREATE OR REPLACE FUNCTION heaper_push_batch(
     p_now bigint, p_lock int4, p_keys int4[], p_origin text,
     p_ids text[], p_heaps text[], p_expected bigint[], p_owners text[],
@@ -27,7 +33,7 @@ CREATE OR REPLACE FUNCTION heaper_push_batch(
     p_rel_i int4[], p_rel_kind text[], p_rel_target text[],
     p_file_i int4[], p_file_hash text[]
 ) RETURNS TABLE (ok boolean, updated_at bigint, last_seq bigint, sync_version int4)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     n int := cardinality(p_ids);
     h_ids text[]; h_owner text[]; h_root text[];
