@@ -6,6 +6,7 @@ after it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -15,7 +16,10 @@ from trio_asyncio import aio_as_trio
 
 from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
+from heaper_trio.settings import Settings
+from heaper_trio.storage import make_storage
 
+from .conftest import StartServer
 from .test_sync import ClientBlock, new_heap, push
 
 pytestmark = pytest.mark.engines("postgres")  # PostgreSQL's group commit and its SQL function
@@ -38,8 +42,16 @@ async def _delta(client: HeaperClient, heap_id: str, since: int) -> dict[str, An
 
 
 async def test_two_commits_on_one_heap_overlap_but_the_tick_and_a_delta_walk_skips_none(
-    server: RunningServer, admin: HeaperClient, database_url: str
+    start_server: StartServer, database_url: str
 ) -> None:
+    server = await start_server(workers=1)  # a lone worker runs two group commits at once
+    assert server.services.storage.commits_in_flight == 2  # type: ignore[attr-defined]
+    async with HeaperClient(server.url) as admin:
+        await admin.login()
+        await _overlap(server, admin, database_url)
+
+
+async def _overlap(server: RunningServer, admin: HeaperClient, database_url: str) -> None:
     heap = await new_heap(admin)
     blocks = [ClientBlock(), ClientBlock()]
     for i, block in enumerate(blocks):
@@ -94,3 +106,14 @@ async def test_two_commits_on_one_heap_overlap_but_the_tick_and_a_delta_walk_ski
     assert set(seen) == {b.id for b in blocks}  # the walk from `during` misses neither
     assert all(c["updated_at"] > held for c in seen.values())
     assert len({c["updated_at"] for c in seen.values()}) == 2
+
+
+def test_only_a_lone_worker_runs_two_group_commits_at_once(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Beside other workers a second batch made every worker's groups smaller and pushed less
+    (``storage.make_storage``)."""
+    alone = make_storage(make_settings(workers=1))
+    several = make_storage(make_settings(workers=2))
+    assert alone.commits_in_flight == 2  # type: ignore[attr-defined]
+    assert several.commits_in_flight == 1  # type: ignore[attr-defined]

@@ -15,8 +15,18 @@ def make_storage(settings: Settings) -> Storage:
     if settings.database_url:
         from heaper_trio.storage.postgres.engine import PostgresStorage
 
+        # A lone worker runs two group commits at once: the next one's round trip starts
+        # while the previous one's statement and COMMIT run, so its event loop does not idle
+        # through each (bench_push streams16 at load 7-8: 1.02-1.61x the updates/s of one at
+        # a time, 6 runs). Beside other workers it lost (0.81-1.01x, 4 runs): each worker's
+        # groups are small already, and a second batch made them smaller still
+        # (3.1-3.6 -> 2.2-2.6 updates per commit) while each commit's database CPU stayed.
+        in_flight = 2 if settings.worker_count == 1 else 1
         return PostgresStorage(
-            settings.database_url, min_size=settings.pg_pool_min, max_size=settings.pg_pool_max
+            settings.database_url,
+            min_size=settings.pg_pool_min,
+            max_size=settings.pg_pool_max,
+            commits_in_flight=in_flight,
         )
     from heaper_trio.storage.sqlite.engine import SqliteStorage
 

@@ -128,11 +128,6 @@ async def _migrate(c: Conn, now_ms: int) -> None:
 
 
 ANNOUNCED_KEPT = 10_000
-# Group commits running at once per process: the next one's round trip starts while the
-# previous one's statement and COMMIT run, so the event loop does not idle through each
-# round trip (issue 12; heaper_push_batch takes the heap clock last, migration 0025, so two
-# on one heap overlap all but the tick and COMMIT).
-GROUP_COMMITS_IN_FLIGHT = 2
 quiet_pool_retries()  # asyncpg's floor-restoring retries: a traceback each while it is down
 
 
@@ -158,8 +153,12 @@ class PostgresStorage(
 ):
     engine = "postgres"
 
-    def __init__(self, dsn: str, *, min_size: int, max_size: int) -> None:
+    def __init__(
+        self, dsn: str, *, min_size: int, max_size: int, commits_in_flight: int = 1
+    ) -> None:
+        """``commits_in_flight``: group commits running at once (``GroupCommit``'s depth)."""
         self.dsn = dsn
+        self.commits_in_flight = commits_in_flight
         self.min_size = min_size
         self.max_size = max_size
         self._pool: Pool | None = None
@@ -385,7 +384,7 @@ class PostgresStorage(
 
     async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
         if self._group is None:  # trio objects are made inside trio.run
-            self._group = GroupCommit(self._commit_batch, GROUP_COMMITS_IN_FLIGHT)
+            self._group = GroupCommit(self._commit_batch, self.commits_in_flight)
         results: list[CommitResult] = await self._group.submit(changes, now)
         if self.announce_as is not None:
             self._mark_blocks_announced(results)
