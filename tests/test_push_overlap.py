@@ -115,5 +115,7 @@ def test_only_a_lone_worker_runs_two_group_commits_at_once(
     (``storage.make_storage``)."""
     alone = make_storage(make_settings(workers=1))
     several = make_storage(make_settings(workers=2))
+    worker = make_storage(make_settings(workers=1), lone=False)  # as workers.py starts one
     assert alone.commits_in_flight == 2  # type: ignore[attr-defined]
     assert several.commits_in_flight == 1  # type: ignore[attr-defined]
+    assert worker.commits_in_flight == 1  # type: ignore[attr-defined]

@@ -7,8 +7,10 @@ from heaper_trio.settings import Settings
 from heaper_trio.storage.base import Storage
 
 
-def make_storage(settings: Settings) -> Storage:
-    """Build (not yet open) the engine the settings ask for.
+def make_storage(settings: Settings, *, lone: bool = True) -> Storage:
+    """Build (not yet open) the engine the settings ask for. ``lone``: no other worker
+    serves beside this process (a worker of ``--workers`` runs with ``workers`` = 1 and
+    ``lone`` False).
 
     PostgreSQL needs a trio-asyncio loop open around the caller (see ``app.run_server``).
     """
@@ -21,7 +23,7 @@ def make_storage(settings: Settings) -> Storage:
         # a time, 6 runs). Beside other workers it lost (0.81-1.01x, 4 runs): each worker's
         # groups are small already, and a second batch made them smaller still
         # (3.1-3.6 -> 2.2-2.6 updates per commit) while each commit's database CPU stayed.
-        in_flight = 2 if settings.worker_count == 1 else 1
+        in_flight = 2 if lone and settings.worker_count == 1 else 1
         return PostgresStorage(
             settings.database_url,
             min_size=settings.pg_pool_min,
