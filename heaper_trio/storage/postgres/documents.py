@@ -17,6 +17,13 @@ another:
 3. the existing block rows (``FOR UPDATE``, ids sorted); the optimistic ``expected_last_seq``
    check reads the locked row.
 
+One exception: ``heaper_push_batch`` (migration 0025) reads the heap rows ``FOR KEY SHARE`` at
+step 2 and takes them ``FOR NO KEY UPDATE`` with its clock tick after step 3, so two of its
+calls on one heap overlap all but the tick. No deadlock comes of it: a writer that would
+wait for one of its block rows must first take that block's advisory lock, which it holds,
+and a heap deletion (the heap ``FOR UPDATE``, no advisory locks) waits for the key share
+before it touches a block.
+
 Reads that need several statements to agree (``feed.changes_since``) run in one REPEATABLE READ
 snapshot; ``load_block`` is a single statement.
 
