@@ -9,20 +9,14 @@
 -- deletion, FOR UPDATE, waits for us), and locked FOR NO KEY UPDATE by the clock tick. The
 -- tick stays under that lock until COMMIT, so change times are still commit-ordered within
 -- a heap: a reader that sees a change time sees every earlier one (documents.py). Lock order
--- is advisory keys, heap rows (key share), block rows, heap rows (tick): a transaction of
--- the usual path (advisory keys, heap rows, block rows) never waits for a block row this
--- function holds without first waiting for its advisory key, taken before anything else,
--- so the late tick adds no deadlock between writers of blocks.
+-- is advisory keys, heap rows (key share), block rows, heap rows (tick). No deadlock comes
+-- of it: every other writer of a block row takes that block's advisory lock first (held
+-- here), and a heap deletion (the heap FOR UPDATE, no advisory locks) waits for the key
+-- share before it touches a block; the only foreign keys to blocks are from a block's own rows.
 --
 -- Same rows, same decisions, same announcements as 0024: only the statements' order changed
 -- (the log rows, search lines, relations and files first; their values never depended on
 -- the change time).
---
--- Its statements run on generic plans (plan_cache_mode): PL/pgSQL otherwise plans each
--- statement again for every call's arrays, and that planning was most of a call's fixed
--- cost. Measured on one backend, 300 calls each, interleaved, load 3-4: a call of one edit
--- 2.13-2.77 ms of database CPU -> 1.20-1.33 ms; a call of eight 4.37-5.10 -> 3.87-4.33 ms.
--- A generic plan assumes arrays of ten or so elements: a group commit's size.
 CREATE OR REPLACE FUNCTION heaper_push_batch(
     p_now bigint, p_lock int4, p_keys int4[], p_origin text,
     p_ids text[], p_heaps text[], p_expected bigint[], p_owners text[],
@@ -33,7 +27,7 @@ CREATE OR REPLACE FUNCTION heaper_push_batch(
     p_rel_i int4[], p_rel_kind text[], p_rel_target text[],
     p_file_i int4[], p_file_hash text[]
 ) RETURNS TABLE (ok boolean, updated_at bigint, last_seq bigint, sync_version int4)
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     n int := cardinality(p_ids);
     h_ids text[]; h_owner text[]; h_root text[];
