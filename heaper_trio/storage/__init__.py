@@ -19,10 +19,11 @@ def make_storage(settings: Settings, *, lone: bool = True) -> Storage:
 
         # A lone worker runs two group commits at once: the next one's round trip starts
         # while the previous one's statement and COMMIT run, so its event loop does not idle
-        # through each (bench_push streams16 at load 7-8: 1.02-1.61x the updates/s of one at
-        # a time, 6 runs). Beside other workers it lost (0.81-1.01x, 4 runs): each worker's
-        # groups are small already, and a second batch made them smaller still
-        # (3.1-3.6 -> 2.2-2.6 updates per commit) while each commit's database CPU stayed.
+        # through each (bench_push streams16, load 4.6-5.3: 0.98-1.33x the updates/s of one
+        # at a time, median 1.22, 5 runs). Beside other workers it lost (0.58-0.97x of
+        # e3d1973, 4 runs): each worker's groups are small already, and a second batch made
+        # them smaller still (3.6 -> 2.4-2.9 updates per commit), each commit's database
+        # CPU the same.
         in_flight = 2 if lone and settings.worker_count == 1 else 1
         return PostgresStorage(
             settings.database_url,
