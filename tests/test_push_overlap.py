@@ -119,3 +119,76 @@ def test_only_a_lone_worker_runs_two_group_commits_at_once(
     assert alone.commits_in_flight == 2  # type: ignore[attr-defined]
     assert several.commits_in_flight == 1  # type: ignore[attr-defined]
     assert worker.commits_in_flight == 1  # type: ignore[attr-defined]
+
+
+_CALL = "SELECT * FROM heaper_push_batch(" + ", ".join(f"${i}" for i in range(1, 28)) + ")"
+
+
+def _batch(ids: list[str], heaps: list[str], keys: list[int]) -> tuple[Any, ...]:
+    """heaper_push_batch's arguments for one typed edit per block (no relations, no files)."""
+    n = len(ids)
+    return (
+        10_000, 7, keys, None, ids, heaps, [0] * n, [None] * n,
+        ["note"] * n, ["t"] * n, ["x"] * n, ["{}"] * n, ["{}"] * n, ["{}"] * n,
+        [None] * n, [None] * n, [b"sv"] * n, [1] * n, [None] * n, [1] * n, [b"u"] * n,
+        [None] * n, [], [], [], [], [],
+    )  # fmt: skip
+
+
+async def test_two_batches_holding_two_heaps_in_opposite_orders_do_not_deadlock(
+    start_server: StartServer, database_url: str
+) -> None:
+    """The clock tick locks a batch's heaps sorted by id, not in its changes' order: batch A
+    (a change in H2, then one in H1) and batch B (H1, then H2), both waiting behind another
+    writer of H2, deadlocked and one was redone the slow way after ``deadlock_timeout``."""
+    server = await start_server(workers=1)  # migrates the database
+    loop = server.services.storage._loop  # type: ignore[attr-defined]
+
+    def aio(f: Any) -> Any:
+        return aio_as_trio(f, loop=loop)
+
+    setup = await aio(asyncpg.connect)(database_url)
+    await aio(setup.execute)(
+        "INSERT INTO users (id, public_key, state, created_at) VALUES ('dl-u','dl-k','approved',0);"
+        "INSERT INTO heaps (id, owner_id, name, root_block_id, created_at, clock) VALUES "
+        "('dl-H1','dl-u','h1','dl-r1',0,0), ('dl-H2','dl-u','h2','dl-r2',0,0);"
+        "INSERT INTO blocks (id, heap_id, created_at, updated_at, state_vector) VALUES "
+        "('dl-a1','dl-H1',0,0,''), ('dl-a2','dl-H2',0,0,''), "
+        "('dl-b1','dl-H1',0,0,''), ('dl-b2','dl-H2',0,0,'')"
+    )
+    holder, a, b = [await aio(asyncpg.connect)(database_url) for _ in range(3)]
+    tx = holder.transaction()
+    await aio(tx.start)()
+    await aio(holder.execute)("UPDATE heaps SET clock = clock + 1 WHERE id = 'dl-H2'")
+    results: dict[str, Any] = {}
+
+    async def call(name: str, conn: Any, args: tuple[Any, ...]) -> None:
+        try:
+            results[name] = [tuple(r) for r in await aio(conn.fetch)(_CALL, *args)]
+        except asyncpg.PostgresError as e:
+            results[name] = e
+
+    async def waiting() -> int:
+        return int(
+            await aio(setup.fetchval)(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND pid = ANY($1::int[])",
+                [a.get_server_pid(), b.get_server_pid()],
+            )
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, "A", a, _batch(["dl-a2", "dl-a1"], ["dl-H2", "dl-H1"], [1, 2]))
+        with trio.fail_after(10):
+            while await waiting() < 1:
+                await trio.sleep(0.01)
+        nursery.start_soon(call, "B", b, _batch(["dl-b1", "dl-b2"], ["dl-H1", "dl-H2"], [3, 4]))
+        with trio.fail_after(10):
+            while await waiting() < 2:
+                await trio.sleep(0.01)
+        await aio(tx.commit)()
+    for conn in (holder, a, b, setup):
+        await aio(conn.close)()
+    assert not isinstance(results["A"], Exception), results["A"]
+    assert not isinstance(results["B"], Exception), results["B"]
+    assert all(ok for ok, *_ in results["A"] + results["B"])

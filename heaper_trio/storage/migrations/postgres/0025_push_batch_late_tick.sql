@@ -9,10 +9,11 @@
 -- deletion, FOR UPDATE, waits for us), and locked FOR NO KEY UPDATE by the clock tick. The
 -- tick stays under that lock until COMMIT, so change times are still commit-ordered within
 -- a heap: a reader that sees a change time sees every earlier one (documents.py). Lock order
--- is advisory keys, heap rows (key share), block rows, heap rows (tick). No deadlock comes
--- of it: every other writer of a block row takes that block's advisory lock first (held
--- here), and a heap deletion (the heap FOR UPDATE, no advisory locks) waits for the key
--- share before it touches a block; the only foreign keys to blocks are from a block's own rows.
+-- is advisory keys, heap rows (key share), block rows, heap rows (sorted, then ticked). No
+-- deadlock comes of it: every other writer of a block row takes that block's advisory lock
+-- first (held here), and a heap deletion (the heap FOR UPDATE, no advisory locks) waits for
+-- the key share before it touches a block; the only foreign keys to blocks are from a
+-- block's own rows.
 --
 -- Same rows, same decisions, same announcements as 0024: only the statements' order changed
 -- (the log rows, search lines, relations and files first; their values never depended on
@@ -130,7 +131,12 @@ BEGIN
         SELECT p_ids[x.i], x.hash, p_heaps[x.i]
         FROM unnest(p_file_i, p_file_hash) AS x(i, hash)
         WHERE oks[x.i] ON CONFLICT DO NOTHING;
-        -- The change times, under the heap row lock held until COMMIT: from here on.
+        -- The change times, under the heap row lock held until COMMIT: from here on. The
+        -- heaps are locked first in one order (id, "C"), as 0024 did at the start: ticked in
+        -- the changes' order, two batches holding the same two heaps in opposite orders
+        -- (two in flight, or two workers) would deadlock.
+        PERFORM 1 FROM heaps WHERE id IN (SELECT p_heaps[j] FROM unnest(acc) AS j)
+        ORDER BY id COLLATE "C" FOR NO KEY UPDATE;
         times := array_fill(NULL::bigint, ARRAY[n]);
         FOR i IN SELECT unnest(acc) LOOP
             IF NOT p_heaps[i] = ANY(heaps_used) THEN
