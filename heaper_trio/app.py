@@ -215,7 +215,9 @@ async def run_server(
     config = hypercorn_config(settings)
     if listen_fd is not None:
         config.bind = [f"fd://{listen_fd}"]
-    async with open_asyncio_loop(), open_services(settings, shutdown) as services:
+    # A worker of several (listen_fd) is not the lone process: storage.make_storage
+    lone = listen_fd is None
+    async with open_asyncio_loop(), open_services(settings, shutdown, lone=lone) as services:
         app = create_app(services)
         async with trio.open_nursery() as serving:
             urls = await serving.start(

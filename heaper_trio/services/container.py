@@ -97,9 +97,10 @@ def prepare_data_dir(settings: Settings) -> None:
 
 
 @asynccontextmanager
-async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
-    """Open the configured engine or fail with a StartupError that names the setting."""
-    storage = make_storage(settings)
+async def open_storage(settings: Settings, *, lone: bool = True) -> AsyncIterator[Storage]:
+    """Open the configured engine or fail with a StartupError that names the setting.
+    ``lone``: this process is not one of ``--workers``' (``make_storage``)."""
+    storage = make_storage(settings, lone=lone)
     try:
         await storage.open()
     except StartupError:
@@ -116,7 +117,7 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, shutdown: trio.Event | None = None
+    settings: Settings, shutdown: trio.Event | None = None, *, lone: bool = True
 ) -> AsyncIterator[Services]:
     """Services plus their supervisor nursery; background work is cancelled before storage
     closes, so no task ever sees a closed database."""
@@ -126,7 +127,7 @@ async def open_services(
     objects = make_object_store(settings)
     if objects is not None:
         await objects.check()
-    async with open_storage(settings) as storage:
+    async with open_storage(settings, lone=lone) as storage:
         server_key = await bind_server_key(storage, settings.data_path)
         tokens = TokenService(
             server_key, access_ttl=settings.access_token_ttl, refresh_ttl=settings.refresh_token_ttl

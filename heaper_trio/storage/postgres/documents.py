@@ -11,9 +11,9 @@ another:
 1. a transaction-scoped advisory lock per block id written (``BLOCK_LOCK``, keys sorted):
    writers of one block, including the creators of a new one, take turns, and a creator
    sees the block a concurrent creator just committed instead of running into it;
-2. the heap rows (``FOR NO KEY UPDATE``, ids sorted). A change takes the next time of its
-   heap's clock under this lock, held until COMMIT, so change times are unique and
-   commit-ordered within a heap: a reader that sees a change time sees every earlier one;
+2. the heap rows (``FOR NO KEY UPDATE``, ids sorted; ``heaper_push_batch``, 0025: ``FOR KEY
+   SHARE``, its tick after 3). A change takes its heap's next time under this lock, held to
+   COMMIT: times are unique and commit-ordered per heap (a reader seeing one sees all before);
 3. the existing block rows (``FOR UPDATE``, ids sorted); the optimistic ``expected_last_seq``
    check reads the locked row.
 

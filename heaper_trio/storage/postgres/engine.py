@@ -153,8 +153,12 @@ class PostgresStorage(
 ):
     engine = "postgres"
 
-    def __init__(self, dsn: str, *, min_size: int, max_size: int) -> None:
+    def __init__(
+        self, dsn: str, *, min_size: int, max_size: int, commits_in_flight: int = 1
+    ) -> None:
+        """``commits_in_flight``: group commits running at once (``GroupCommit``'s depth)."""
         self.dsn = dsn
+        self.commits_in_flight = commits_in_flight
         self.min_size = min_size
         self.max_size = max_size
         self._pool: Pool | None = None
@@ -380,7 +384,7 @@ class PostgresStorage(
 
     async def commit_changes(self, changes: list[BlockChange], now: int) -> list[CommitResult]:
         if self._group is None:  # trio objects are made inside trio.run
-            self._group = GroupCommit(self._commit_batch)
+            self._group = GroupCommit(self._commit_batch, self.commits_in_flight)
         results: list[CommitResult] = await self._group.submit(changes, now)
         if self.announce_as is not None:
             self._mark_blocks_announced(results)

@@ -200,10 +200,14 @@ class GroupCommit:
 
     Whoever finds no batch running leads one: it takes every waiting job (its own among them)
     and runs ``run_batch`` on their changes, in arrival order, under a shield; jobs that come
-    meanwhile wait for the next batch, led by the first of them to wake. Cancellation keeps
-    the engine's promise (``_unless_sent``): a caller cancelled before its job is taken leaves
-    the queue and nothing happens; once taken it waits for the outcome and returns it ("cancelled"
-    never hides a committed write), meeting its cancel at its next checkpoint.
+    meanwhile wait for the next batch, led by the first of them to wake (``_may_lead``). With
+    ``depth`` 2 a second batch starts beside the first once as many jobs wait as the first
+    holds: its round trip runs while the first's statement and COMMIT do, so the event loop
+    does not idle through every round trip. The callers' block locks keep one block out of
+    two running batches. Cancellation keeps the engine's promise (``_unless_sent``): a caller
+    cancelled before its job is taken leaves the queue and nothing happens; once taken it
+    waits for the outcome and returns it ("cancelled" never hides a committed write), meeting
+    its cancel at its next checkpoint.
 
     ``run_batch(changes, now)`` returns one result per change; the job's slice goes back to
     it. If the batch fails as a whole and it held more than one job, a statement error
@@ -211,10 +215,13 @@ class GroupCommit:
     job; a connection error (the COMMIT's fate unknown) goes to every job of the batch.
     """
 
-    def __init__(self, run_batch: Callable[[list[Any], int], Awaitable[list[Any]]]) -> None:
+    def __init__(
+        self, run_batch: Callable[[list[Any], int], Awaitable[list[Any]]], depth: int = 1
+    ) -> None:
         self._run_batch = run_batch
         self._pending: list[_Job] = []
-        self._busy = False
+        self.depth = depth  # batches running at once
+        self._running: list[int] = []  # the running batches' sizes (jobs), oldest first
         self._idle: trio.Event | None = None
         self.batches = 0  # batches run; tests and benchmarks read it
         self.jobs = 0
@@ -224,7 +231,7 @@ class GroupCommit:
         self._pending.append(job)
         try:
             while not job.taken:
-                if self._busy:
+                if not self._may_lead():
                     if self._idle is None:
                         self._idle = trio.Event()
                     await self._idle.wait()
@@ -239,16 +246,25 @@ class GroupCommit:
         assert job.result is not None
         return job.result.unwrap()  # type: ignore[no-any-return]
 
+    def _may_lead(self) -> bool:
+        """No batch running, or fewer than ``depth`` and as many jobs waiting as the newest
+        running batch holds: a batch started beside another is as large as it, not one job
+        (one job per round trip costs the database more than it saves the event loop)."""
+        if not self._running:
+            return True
+        return len(self._running) < self.depth and len(self._pending) >= self._running[-1]
+
     async def _lead(self) -> None:
-        self._busy = True
         batch, self._pending = self._pending, []
+        size = len(batch)
+        self._running.append(size)
         for job in batch:
             job.taken = True
         try:
             with trio.CancelScope(shield=True):
                 await self._run(batch)
         finally:
-            self._busy = False
+            self._running.remove(size)
             idle, self._idle = self._idle, None
             if idle is not None:
                 idle.set()
