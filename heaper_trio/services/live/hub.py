@@ -35,6 +35,7 @@ from heaper_trio.records import StoredBlock
 from heaper_trio.services.commits import Committed
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.live import room_resets
 from heaper_trio.services.live.hub_events import HubEvents
 from heaper_trio.services.live.room_rewrites import read_taken_in, removed
 from heaper_trio.services.live.rooms import EventSink, Relayed, Room, Subscription
@@ -221,6 +222,7 @@ class LiveHub(HubEvents):
                 continue  # nothing to send, or the replaced history's (committed before)
             room.exists, room.purged = True, False
             room.sync_version = c.sync_version
+            room.unstored = 0  # storage takes this room's updates again
             if c.seq == room.last_seq + len(c.updates):
                 room.last_seq = c.seq
             elif c.seq > room.last_seq:
@@ -256,14 +258,20 @@ class LiveHub(HubEvents):
         subscriber left. An update the document cannot integrate stops the relay there; what
         applied before it was sent."""
         room = self.rooms.get(sub.name.block_id)
-        if room is None or room.doc is None or room.purged or sub not in room.subs:
+        if (
+            room is None
+            or room.doc is None
+            or room.purged
+            or room.resetting
+            or sub not in room.subs
+        ):
             return None
         try:
             for update in updates:
                 crdt.check_update(update)
         except crdt.InvalidUpdate:
             return None
-        doc, relayed = room.doc, set[bytes]()
+        doc, relayed, any_changed = room.doc, set[bytes](), False
         for update in updates:
             try:
                 changed = doc.apply(update)
@@ -271,10 +279,16 @@ class LiveHub(HubEvents):
                 break
             relayed.add(update)
             if changed:
+                any_changed = True
                 room.pending.append((update, sub))
         if room.pending:
             self._flush_now(room)
-        return Relayed(sub, doc, frozenset(relayed))
+        return Relayed(sub, doc, frozenset(relayed), any_changed)
+
+    def unstored(self, relayed: Relayed) -> None:
+        """The commit of a relayed batch failed or was refused: the room goes back to what
+        storage holds and asks its subscribers for the rest (``room_resets``)."""
+        room_resets.unstored(self, relayed)
 
     def _flush_now(self, room: Room) -> None:
         """Fan out what the room holds now, in this task, rather than in the flusher's: that
