@@ -60,8 +60,10 @@ async def reset(hub: LiveHub, room: Room) -> None:
             try:
                 stored = await hub.storage.load_block(room.block_id)
                 if stored is not None and stored.sync_version > room.sync_version:
-                    await hub._replace(room, stored)  # a restore: the new document
-                    break
+                    # A restore: the new document replaces the old history, of which the
+                    # failed batch was part; nothing of that history is asked for again.
+                    await hub._replace(room, stored)
+                    return
                 doc = crdt.BlockDocument.load(
                     stored.snapshot if stored else None, stored.updates if stored else ()
                 )
