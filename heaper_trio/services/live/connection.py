@@ -41,6 +41,7 @@ from heaper_trio.protocol.close_codes import (
 from heaper_trio.protocol.names import BlockName, EventsName, parse_document_name
 from heaper_trio.protocol.split import split_update
 from heaper_trio.records import User
+from heaper_trio.services.live import room_resets
 from heaper_trio.services.live.context import Grant, LiveContext
 from heaper_trio.services.live.doc_workers import DocumentWorker, EventsWorker
 from heaper_trio.services.live.hub import LiveHub, Room, Subscription
@@ -456,11 +457,11 @@ class BlockWorker(DocumentWorker):
                 )
             except BaseException:
                 if relayed is not None:
-                    hub.unstored(relayed)
+                    room_resets.unstored(hub, relayed)
                 raise
             ok = item.status in ("ok", "created")
             if not ok and relayed is not None:
-                hub.unstored(relayed)
+                room_resets.unstored(hub, relayed)
             if item.status in ("forbidden", "deleted"):
                 await self.conn.perform(
                     self.conn.session.denied(self.address, item.error or item.status)

@@ -35,7 +35,6 @@ from heaper_trio.records import StoredBlock
 from heaper_trio.services.commits import Committed
 from heaper_trio.services.diagnostics import RealtimeCounters
 from heaper_trio.services.documents import DocumentService
-from heaper_trio.services.live import room_resets
 from heaper_trio.services.live.hub_events import HubEvents
 from heaper_trio.services.live.room_rewrites import read_taken_in, removed
 from heaper_trio.services.live.rooms import EventSink, Relayed, Room, Subscription
@@ -258,13 +257,9 @@ class LiveHub(HubEvents):
         subscriber left. An update the document cannot integrate stops the relay there; what
         applied before it was sent."""
         room = self.rooms.get(sub.name.block_id)
-        if (
-            room is None
-            or room.doc is None
-            or room.purged
-            or room.resetting
-            or sub not in room.subs
-        ):
+        if room is None or room.doc is None or room.purged or room.resetting:
+            return None  # resetting: set back to storage after a failed commit (room_resets)
+        if sub not in room.subs:
             return None
         try:
             for update in updates:
@@ -284,11 +279,6 @@ class LiveHub(HubEvents):
         if room.pending:
             self._flush_now(room)
         return Relayed(sub, doc, frozenset(relayed), any_changed)
-
-    def unstored(self, relayed: Relayed) -> None:
-        """The commit of a relayed batch failed or was refused: the room goes back to what
-        storage holds and asks its subscribers for the rest (``room_resets``)."""
-        room_resets.unstored(self, relayed)
 
     def _flush_now(self, room: Room) -> None:
         """Fan out what the room holds now, in this task, rather than in the flusher's: that
