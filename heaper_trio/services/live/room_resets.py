@@ -14,7 +14,8 @@ their commit), and every subscriber is sent a ``SyncStep1`` with the stored stat
 Yjs peer (the stock Hocuspocus provider, ``y-protocols``' ``readSyncStep1``) answers it with a
 ``SyncStep2`` of everything the server lacks, which is stored as any live batch is. A refusal
 that repeats (an update storage will never take) must not make that a loop: at most
-``MAX_RESYNCS`` requests follow each other with no commit of the room in between; after that
+``MAX_RESYNCS`` requests follow each other with no commit of the room in between (and a
+room is reset at most once per ``RESET_EVERY_S``); after that
 the room still goes back to storage, but the peers are not asked again (each writer got its
 ``SyncStatus(false)``; they send it again when they reconnect).
 """
@@ -37,6 +38,11 @@ log = logging.getLogger(__name__)
 MAX_RESYNCS = 3  # requests in a row with no commit of the room between them
 RETRY_S = 0.5  # storage unreadable: read again after this, doubling
 RETRY_MAX_S = 30.0
+# Resets of one room start at most this often: the count of MAX_RESYNCS starts again at any
+# commit of the room, so a client alternating a refused batch with a good edit (or others
+# typing between refusals) would otherwise make every refusal a whole-document read and a
+# request to every subscriber.
+RESET_EVERY_S = 1.0
 
 
 def unstored(hub: LiveHub, relayed: Relayed) -> None:
@@ -45,7 +51,6 @@ def unstored(hub: LiveHub, relayed: Relayed) -> None:
     room = hub.rooms.get(relayed.sub.name.block_id)
     if room is None or room.doc is not relayed.doc or not relayed.changed:
         return  # dropped or replaced since (nothing of it is held), or it changed nothing
-    room.unstored += 1
     if not room.resetting and hub._nursery is not None:
         room.resetting = True  # LiveHub.relay relays nothing until the room is reset
         hub._nursery.start_soon(reset, hub, room)
@@ -56,9 +61,20 @@ async def reset(hub: LiveHub, room: Room) -> None:
     Retries while storage cannot be read, as long as the room lives."""
     delay = RETRY_S
     try:
+        await trio.sleep_until(room.reset_at + RESET_EVERY_S)  # a refusal repeated on purpose
+        room.reset_at = trio.current_time()
         while hub.rooms.get(room.block_id) is room and room.doc is not None:
+            version = room.sync_version
             try:
-                stored = await hub.storage.load_block(room.block_id)
+                async with hub._loads:  # after an outage, every failed room reads at once
+                    stored = await hub.storage.load_block(room.block_id)
+                if room.sync_version != version:
+                    # Replaced while storage was read (a catch-up took a restore): the room
+                    # already holds a newer stored history than this read, which must not
+                    # be swapped back in; nothing of the old history is asked for again.
+                    return
+                if stored is not None and stored.heap_id != room.heap_id:
+                    return  # moved to another heap: the version watch drops the room
                 if stored is not None and stored.sync_version > room.sync_version:
                     # A restore: the new document replaces the old history, of which the
                     # failed batch was part; nothing of that history is asked for again.
@@ -90,6 +106,7 @@ async def reset(hub: LiveHub, room: Room) -> None:
         room.resetting = False
     if hub.rooms.get(room.block_id) is not room or room.doc is None or room.purged:
         return
+    room.unstored += 1
     if room.unstored > MAX_RESYNCS:
         log.warning(
             "live block %s: %d relayed batches in a row were not stored; not asking again",

@@ -101,7 +101,9 @@ class Room:
     # Another process announced a change this room may lack: reread storage (again) before
     # the catch-up ends, or once loaded.
     recheck: bool = False
-    # Relayed batches not stored since the room's last commit, and whether the room is being
-    # set back to storage because of them (room_resets): nothing is relayed meanwhile.
+    # Resets that asked the subscribers for unstored relayed batches since the room's last
+    # commit, and whether the room is being set back to storage (room_resets): nothing is
+    # relayed meanwhile.
     unstored: int = 0
     resetting: bool = False
+    reset_at: float = -math.inf  # trio time the last reset began (room_resets)
