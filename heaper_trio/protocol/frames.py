@@ -9,7 +9,7 @@ subscription and the body once per batch, and sends ``prefix + body``. The resul
 
 from __future__ import annotations
 
-from heaper_trio.protocol.messages import AWARENESS, STATELESS, STEP2, SYNC, UPDATE
+from heaper_trio.protocol.messages import AWARENESS, STATELESS, STEP1, STEP2, SYNC, UPDATE
 from heaper_trio.protocol.wire import var_bytes, var_string
 
 
@@ -26,6 +26,12 @@ def sync_update_body(update: bytes) -> bytes:
 def awareness_body(payload: bytes) -> bytes:
     """``Awareness · varBytes(payload)``, payload from ``messages.encode_awareness``."""
     return bytes((AWARENESS,)) + var_bytes(payload)
+
+
+def sync_step1_body(state_vector: bytes) -> bytes:
+    """``Sync · Step1 · varBytes(state vector)``: "send me what I lack" (a room set back to
+    storage asks its subscribers, ``room_resets``)."""
+    return bytes((SYNC, STEP1)) + var_bytes(state_vector)
 
 
 def sync_step2_body(update: bytes) -> bytes:

@@ -41,6 +41,7 @@ from heaper_trio.protocol.close_codes import (
 from heaper_trio.protocol.names import BlockName, EventsName, parse_document_name
 from heaper_trio.protocol.split import split_update
 from heaper_trio.records import User
+from heaper_trio.services.live import room_resets
 from heaper_trio.services.live.context import Grant, LiveContext
 from heaper_trio.services.live.doc_workers import DocumentWorker, EventsWorker
 from heaper_trio.services.live.hub import LiveHub, Room, Subscription
@@ -439,17 +440,28 @@ class BlockWorker(DocumentWorker):
         elif real:
             # With RELAY_BEFORE_COMMIT the others get the batch now; only the writer's
             # SyncStatus waits for the commit (docs/protocol.md).
-            relayed = self.conn.live.hub.relay(self.sub, real) if RELAY_BEFORE_COMMIT else None
-            item = await self.conn.live.push_live(
-                self.grant.user,
-                self.name.heap_id,
-                self.name.block_id,
-                real,
-                self.name.sync_version if room.exists else None,
-                origin=relayed or self.sub,
-                unchecked=len(room.subs) <= LIVE_UNCHECKED_MAX_SUBS,
-            )
+            # A batch relayed but not stored (the commit raised, was cancelled or refused it)
+            # sets the room back to storage and asks its subscribers for the rest
+            # (room_resets): the room must never claim updates storage does not hold.
+            hub = self.conn.live.hub
+            relayed = hub.relay(self.sub, real) if RELAY_BEFORE_COMMIT else None
+            try:
+                item = await self.conn.live.push_live(
+                    self.grant.user,
+                    self.name.heap_id,
+                    self.name.block_id,
+                    real,
+                    self.name.sync_version if room.exists else None,
+                    origin=relayed or self.sub,
+                    unchecked=len(room.subs) <= LIVE_UNCHECKED_MAX_SUBS,
+                )
+            except BaseException:
+                if relayed is not None:
+                    room_resets.unstored(hub, relayed)
+                raise
             ok = item.status in ("ok", "created")
+            if not ok and relayed is not None:
+                room_resets.unstored(hub, relayed)
             if item.status in ("forbidden", "deleted"):
                 await self.conn.perform(
                     self.conn.session.denied(self.address, item.error or item.status)

@@ -221,6 +221,7 @@ class LiveHub(HubEvents):
                 continue  # nothing to send, or the replaced history's (committed before)
             room.exists, room.purged = True, False
             room.sync_version = c.sync_version
+            room.unstored = 0  # storage takes this room's updates again
             if c.seq == room.last_seq + len(c.updates):
                 room.last_seq = c.seq
             elif c.seq > room.last_seq:
@@ -256,14 +257,16 @@ class LiveHub(HubEvents):
         subscriber left. An update the document cannot integrate stops the relay there; what
         applied before it was sent."""
         room = self.rooms.get(sub.name.block_id)
-        if room is None or room.doc is None or room.purged or sub not in room.subs:
+        if room is None or room.doc is None or room.purged or room.resetting:
+            return None  # resetting: set back to storage after a failed commit (room_resets)
+        if sub not in room.subs:
             return None
         try:
             for update in updates:
                 crdt.check_update(update)
         except crdt.InvalidUpdate:
             return None
-        doc, relayed = room.doc, set[bytes]()
+        doc, relayed, any_changed = room.doc, set[bytes](), False
         for update in updates:
             try:
                 changed = doc.apply(update)
@@ -271,10 +274,11 @@ class LiveHub(HubEvents):
                 break
             relayed.add(update)
             if changed:
+                any_changed = True
                 room.pending.append((update, sub))
         if room.pending:
             self._flush_now(room)
-        return Relayed(sub, doc, frozenset(relayed))
+        return Relayed(sub, doc, frozenset(relayed), any_changed)
 
     def _flush_now(self, room: Room) -> None:
         """Fan out what the room holds now, in this task, rather than in the flusher's: that

@@ -73,6 +73,7 @@ class Relayed:
     sub: Subscription
     doc: crdt.BlockDocument
     updates: frozenset[bytes]
+    changed: bool = True  # the document took something new from it (room_resets.unstored)
 
 
 @dataclass(eq=False)
@@ -100,3 +101,9 @@ class Room:
     # Another process announced a change this room may lack: reread storage (again) before
     # the catch-up ends, or once loaded.
     recheck: bool = False
+    # Resets that asked the subscribers for unstored relayed batches since the room's last
+    # commit, and whether the room is being set back to storage (room_resets): nothing is
+    # relayed meanwhile.
+    unstored: int = 0
+    resetting: bool = False
+    reset_at: float = -math.inf  # trio time the last reset began (room_resets)
