@@ -21,6 +21,11 @@ and leaves the row and the bytes alone; or the drop first, then the claim sees t
 and waits until the bytes are gone, and the upload writes them again. No new deletion can
 start while the claim is held, and once it is released the upload's block holds the file.
 
+Time: every stamp (a claim's, a deletion mark's) and every age test takes the storage's
+clock (``Storage.clock_ms``: the database's on PostgreSQL), never the process's own, so a
+process whose clock is off by an hour neither makes its live claim look stale nor overlooks
+another's.
+
 Crashes: a claim older than ``CLAIM_TTL_MS`` is a dead process's and no longer holds a file
 (its row then merely outlives it, as before); a deletion mark older than
 ``DELETION_TTL_MS`` no longer makes uploads wait. For that last case an upload into a
@@ -31,7 +36,6 @@ rows, once past their TTL, are swept (``sweep_claims_forever``).
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -45,10 +49,6 @@ log = logging.getLogger(__name__)
 CLAIM_TTL_MS = 3600 * 1000  # longer than any upload's PUT and record
 DELETION_TTL_MS = 60 * 1000  # far longer than one object DELETE
 POLL_S = 0.05  # while a deletion of the same bytes finishes (rare, and short)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class FileClaims:
@@ -106,12 +106,20 @@ async def claimed(storage: Storage, hash: str) -> AsyncIterator[None]:
     token = uuid.uuid4().hex
     try:
         # another process's deletion: nothing to wait on but the database, so it is polled
-        while await storage.claim_file(hash, token, now_ms(), now_ms() - DELETION_TTL_MS):  # noqa: ASYNC110
+        while await claim_once(storage, hash, token):  # noqa: ASYNC110
             await trio.sleep(POLL_S)
         yield
     finally:
         with trio.CancelScope(shield=True):
             await storage.release_file_claim(hash, token)
+
+
+async def claim_once(storage: Storage, hash: str, token: str) -> bool:
+    """Stamp the claim by the storage's clock, the one its age is judged by: a drop on
+    another process (``claims_after``) and the sweep compare it with that clock, so a
+    process whose own clock runs late must not make its live claim look stale."""
+    now = await storage.clock_ms()
+    return await storage.claim_file(hash, token, now, now - DELETION_TTL_MS)
 
 
 SWEEP_EVERY_S = 600.0
@@ -127,11 +135,11 @@ async def sweep_claims_forever(storage: Storage) -> None:
 
     Never a live claim: only those older than ``CLAIM_TTL_MS`` go, and a drop already treats
     those as gone (``claims_after``), so the sweep changes no decision; the same holds for
-    deletion marks past ``DELETION_TTL_MS``. The rows' ages are taken by the storage's clock
-    (the database's on PostgreSQL: the rows were stamped by several processes, and this one's
-    clock may be off). Each pass deletes at most ``SWEEP_BATCH * SWEEP_MAX_BATCHES`` claims
-    and as many deletion marks, in short transactions. A failed pass is logged and tried
-    again at the next."""
+    deletion marks past ``DELETION_TTL_MS``. The rows are stamped and aged by one clock, the
+    storage's (the database's on PostgreSQL: several processes stamp them, and any one's own
+    clock may be off by more than a TTL). Each pass deletes at most
+    ``SWEEP_BATCH * SWEEP_MAX_BATCHES`` claims and as many deletion marks, in short
+    transactions. A failed pass is logged and tried again at the next."""
     while True:
         try:
             swept = await sweep_claims_once(storage, await storage.clock_ms())

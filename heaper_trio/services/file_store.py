@@ -24,7 +24,7 @@ from heaper_trio.errors import (
 from heaper_trio.protocol import events
 from heaper_trio.records import FileRecord, User
 from heaper_trio.services.documents import DocumentService
-from heaper_trio.services.file_claims import CLAIM_TTL_MS, FileClaims, now_ms
+from heaper_trio.services.file_claims import CLAIM_TTL_MS, FileClaims
 from heaper_trio.services.scans.source import OpenFile, open_own
 from heaper_trio.services.staging import SharedStages, UserTurns
 from heaper_trio.services.upload_disk import (  # _write: tests make the disk full there
@@ -351,8 +351,9 @@ class FileStore:
         """After blocks are removed for good: files no block holds any more go, bytes too
         (never a scanned file's own bytes: those belong to the user's folder)."""
         async with self.claims.deleting(hashes) as free:  # uploads of them wait till done
+            now = await self.storage.clock_ms()  # the clock claims are stamped and aged by
             dropped = await self.storage.drop_unreferenced_files(
-                free, now=now_ms(), claims_after=now_ms() - CLAIM_TTL_MS
+                free, now=now, claims_after=now - CLAIM_TTL_MS
             )  # services/file_claims
             try:
                 if self.objects is not None:

@@ -370,8 +370,9 @@ class Storage(JobStorage, abc.ABC):
     async def release_file_claim(self, hash: str, token: str) -> None: ...
 
     async def clock_ms(self) -> int:
-        """Now, in ms, by the clock stale claims and marks are aged by (``sweep_file_claims``):
-        the database's where several processes share it, so no process's skew decides."""
+        """Now, in ms, by the clock claims and deletion marks are stamped and aged by
+        (``claim_file``, ``drop_unreferenced_files``, ``sweep_file_claims``): the database's
+        where several processes share it, so no process's skew decides."""
         return int(time.time() * 1000)
 
     @abc.abstractmethod
