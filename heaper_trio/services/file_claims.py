@@ -27,10 +27,12 @@ process whose clock is off by an hour neither makes its live claim look stale no
 another's.
 
 Crashes: a claim older than ``CLAIM_TTL_MS`` is a dead process's and no longer holds a file
-(its row then merely outlives it, as before); a deletion mark older than
-``DELETION_TTL_MS`` no longer makes uploads wait. For that last case an upload into a
-bucket also HEADs again after recording and PUTs again if the object is gone. Both kinds of
-rows, once past their TTL, are swept (``sweep_claims_forever``).
+(its row then merely outlives it, as before), and is swept (``sweep_claims_forever``); a
+deletion mark older than ``DELETION_TTL_MS`` no longer makes uploads wait. For that last
+case an upload into a bucket also HEADs again after recording and PUTs again if the object
+is gone. A mark past its TTL is a deletion that never ended: its row is gone but maybe not
+its bytes, so the sweep finishes it (``FileStore.finish_interrupted_deletions``) rather than
+forgetting it, which left the bytes of a deleted file on disk for ever.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -127,24 +129,32 @@ SWEEP_BATCH = 500  # rows per statement
 SWEEP_MAX_BATCHES = 20  # per pass: a backlog is worked off over several passes
 
 
-async def sweep_claims_forever(storage: Storage) -> None:
-    """Drop the claims and deletion marks that no check counts any more, at start and every
-    ``SWEEP_EVERY_S``. They are left by a process that died (SIGKILL, power loss) while it
-    held them, or whose release failed (the database was unreachable); nothing else removes
-    them, and each costs every claim and drop of its hash a row to skip.
+async def sweep_claims_forever(
+    storage: Storage, finish_deletions: Callable[[], Awaitable[int]]
+) -> None:
+    """At start and every ``SWEEP_EVERY_S``: finish the deletions a crash or a failed removal
+    left (``finish_deletions``: ``FileStore.finish_interrupted_deletions``, whose marks say
+    which bytes are still to go), then drop the claims no drop counts any more. Claims are
+    left by a process that died (SIGKILL, power loss) while it held them, or whose release
+    failed (the database was unreachable); nothing else removes them, and each costs every
+    claim and drop of its hash a row to skip. Both engines: a SQLite process keeps its claims
+    in memory, but a kill between a drop and the removal of its bytes leaves a mark there
+    too.
 
     Never a live claim: only those older than ``CLAIM_TTL_MS`` go, and a drop already treats
-    those as gone (``claims_after``), so the sweep changes no decision; the same holds for
-    deletion marks past ``DELETION_TTL_MS``. The rows are stamped and aged by one clock, the
-    storage's (the database's on PostgreSQL: several processes stamp them, and any one's own
-    clock may be off by more than a TTL). Each pass deletes at most
-    ``SWEEP_BATCH * SWEEP_MAX_BATCHES`` claims and as many deletion marks, in short
-    transactions. A failed pass is logged and tried again at the next."""
+    those as gone (``claims_after``), so the sweep changes no decision. The rows are stamped
+    and aged by one clock, the storage's (the database's on PostgreSQL: several processes
+    stamp them, and any one's own clock may be off by more than a TTL). Each pass deletes at
+    most ``SWEEP_BATCH * SWEEP_MAX_BATCHES`` claims, in short transactions. A failed pass is
+    logged and tried again at the next."""
     while True:
         try:
+            finished = await finish_deletions()
+            if finished:
+                log.info("finished %d interrupted file deletions", finished)
             swept = await sweep_claims_once(storage, await storage.clock_ms())
             if swept:
-                log.info("swept %d stale file claims and deletion marks", swept)
+                log.info("swept %d stale file claims", swept)
         except Exception:
             log.exception("sweeping stale file claims failed")
         await trio.sleep(SWEEP_EVERY_S)
@@ -153,9 +163,7 @@ async def sweep_claims_forever(storage: Storage) -> None:
 async def sweep_claims_once(storage: Storage, now: int) -> int:
     swept = 0
     for _ in range(SWEEP_MAX_BATCHES):
-        gone = await storage.sweep_file_claims(
-            now - CLAIM_TTL_MS, now - DELETION_TTL_MS, SWEEP_BATCH
-        )
+        gone = await storage.sweep_file_claims(now - CLAIM_TTL_MS, SWEEP_BATCH)
         swept += gone
         if gone < SWEEP_BATCH:
             break

@@ -24,7 +24,7 @@ from heaper_trio.errors import (
 from heaper_trio.protocol import events
 from heaper_trio.records import FileRecord, User
 from heaper_trio.services.documents import DocumentService
-from heaper_trio.services.file_claims import CLAIM_TTL_MS, FileClaims
+from heaper_trio.services.file_claims import CLAIM_TTL_MS, DELETION_TTL_MS, FileClaims
 from heaper_trio.services.scans.source import OpenFile, open_own
 from heaper_trio.services.staging import SharedStages, UserTurns
 from heaper_trio.services.upload_disk import (  # _write: tests make the disk full there
@@ -44,6 +44,7 @@ HASH = re.compile(r"[0-9a-f]{64}")
 PROBE_THREADS = 4  # stat, scandir, mkdir, unlink of uploads: quick, but never the DB's threads
 IO_THREADS = 4  # writing, hashing, assembling: long, kept off the probes' limiter
 THUMBNAILS = Path("thumbnails", "generated")  # under the data directory (services/container)
+RESUME_BATCH = 500  # interrupted deletions taken up per sweep call
 PRESIGNED_TTL_S = 300  # files_presigned_redirect: long enough to start, short if leaked
 RangeReader = Callable[[int, int], Awaitable[AsyncIterator[bytes]]]
 
@@ -349,28 +350,67 @@ class FileStore:
 
     async def forget_unreferenced(self, hashes: list[str]) -> int:
         """After blocks are removed for good: files no block holds any more go, bytes too
-        (never a scanned file's own bytes: those belong to the user's folder)."""
+        (never a scanned file's own bytes: those belong to the user's folder). The rows go
+        first, each with a deletion mark that stays until its bytes are gone: if removing
+        them fails (or the process dies first), the claim sweep removes them later
+        (``finish_interrupted_deletions``), so the blocks' removal still answers success."""
         async with self.claims.deleting(hashes) as free:  # uploads of them wait till done
             now = await self.storage.clock_ms()  # the clock claims are stamped and aged by
             dropped = await self.storage.drop_unreferenced_files(
                 free, now=now, claims_after=now - CLAIM_TTL_MS
             )  # services/file_claims
-            try:
-                if self.objects is not None:
-                    for record in dropped:
-                        if record.source_path is None:
-                            await self.objects.delete(file_key(record.hash))
-                else:
-
-                    def remove() -> None:
-                        for record in dropped:
-                            if record.source_path is None:
-                                self.store_path(record.hash).unlink(missing_ok=True)
-
-                    await self._io(remove)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await self.storage.end_file_deletions([r.hash for r in dropped])
+            own = [r.hash for r in dropped if r.source_path is None]
+            await self._remove_bytes(own, [r.hash for r in dropped if r.source_path is not None])
         for record in dropped:
             await self.forget_thumbnails(record.hash)
         return len(dropped)
+
+    async def finish_interrupted_deletions(self) -> int:
+        """Remove the bytes of files whose rows a deletion dropped but whose removal never
+        ended (the process died, or the removal failed): their deletion marks are the
+        journal of what is left to do. A mark whose hash is a file's again, or one an
+        upload claims, costs no byte (``Storage.resume_file_deletions``). Run by the claim
+        sweep (``file_claims.sweep_claims_forever``); how many were finished."""
+        cutoff = await self.storage.clock_ms() - DELETION_TTL_MS
+        stale = await self.storage.stale_file_deletions(cutoff, RESUME_BATCH)
+        if not stale:
+            return 0
+        async with self.claims.deleting(stale) as free:  # in-process uploads: memory turns
+            now = await self.storage.clock_ms()
+            resumed = await self.storage.resume_file_deletions(
+                free, started_before=now - DELETION_TTL_MS, now=now, claims_after=now - CLAIM_TTL_MS
+            )
+            if resumed:
+                log.info("removing the bytes of %d files an earlier deletion left", len(resumed))
+            await self._remove_bytes(resumed, [])
+        for hash in resumed:
+            await self.forget_thumbnails(hash)
+        return len(resumed)
+
+    async def _remove_bytes(self, hashes: list[str], done: list[str]) -> None:
+        """Remove the stored bytes of ``hashes``; end the deletion marks of those removed
+        and of ``done`` (nothing to remove). A failed removal is logged, not raised: its
+        mark stays, and the sweep takes it up again (an upload of the same bytes waits for
+        it at most ``DELETION_TTL_MS``). A cancel keeps the marks of what is left too."""
+        removed = list(done)
+        try:
+            if self.objects is not None:
+                for hash in hashes:
+                    await self.objects.delete(file_key(hash))
+                    removed.append(hash)
+            else:
+
+                def remove() -> None:
+                    for hash in hashes:
+                        self.store_path(hash).unlink(missing_ok=True)
+                        removed.append(hash)
+
+                await self._io(remove)
+        except Exception:
+            log.exception(
+                "removing the bytes of %d deleted files failed; the claim sweep tries again",
+                len(hashes) + len(done) - len(removed),
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.storage.end_file_deletions(removed)

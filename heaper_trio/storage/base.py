@@ -376,10 +376,25 @@ class Storage(JobStorage, abc.ABC):
         return int(time.time() * 1000)
 
     @abc.abstractmethod
-    async def sweep_file_claims(self, claims_before: int, deletions_before: int, limit: int) -> int:
-        """Delete up to ``limit`` claims made before ``claims_before`` and as many deletion
-        marks started before ``deletions_before`` (rows no check counts any more: a dead
-        process's); how many rows went."""
+    async def sweep_file_claims(self, claims_before: int, limit: int) -> int:
+        """Delete up to ``limit`` claims made before ``claims_before`` (rows no drop counts
+        any more: a dead process's); how many went. Deletion marks are never swept: each
+        stands for bytes still to remove (``resume_file_deletions``)."""
+
+    @abc.abstractmethod
+    async def stale_file_deletions(self, started_before: int, limit: int) -> list[str]:
+        """Hashes marked as being deleted since before ``started_before``, oldest first: a
+        deletion that a crash or a failed removal of the bytes left unfinished."""
+
+    @abc.abstractmethod
+    async def resume_file_deletions(
+        self, hashes: list[str], *, started_before: int, now: int, claims_after: int
+    ) -> list[str]:
+        """Take up those of the stale deletions still marked since before ``started_before``
+        (turns with ``claim_file``, like a drop): a hash some file row names again loses its
+        mark (the bytes are that file's); one no upload claims (a claim from
+        ``claims_after`` on) is marked again from ``now`` and returned, for the caller to
+        remove its bytes and then ``end_file_deletions``; a claimed one is left for later."""
 
     @abc.abstractmethod
     async def set_multipart_id(
