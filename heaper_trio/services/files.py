@@ -240,7 +240,19 @@ class FileService(FileStore):
         In a bucket: the parts the store lists."""
         if self.parts is not None:
             return await self.parts.received(upload, lambda i: self._chunk_size(upload, i))
-        return await self._probe_fs(upload_layout.received, self._upload_dir(upload), upload)  # type: ignore[no-any-return]
+        folder = self._upload_dir(upload)
+        found: list[int] = await self._probe_fs(upload_layout.received, folder, upload)
+        if not found and await self._published(upload):  # complete has only to record it
+            return list(range(upload.total_chunks))
+        return found
+
+    async def _published(self, upload: UploadRecord) -> bool:
+        """An earlier ``complete`` of this upload verified its bytes and renamed them into
+        the store, then failed (or its process died) before recording the file: it is
+        recorded from the store, not sent again (``upload_layout.published``)."""
+        return bool(
+            await self._probe_fs(upload_layout.published, self._upload_dir(upload))
+        ) and await self._in_store(upload.hash)
 
     async def chunk(
         self,
@@ -364,16 +376,19 @@ class FileService(FileStore):
         # Always hashed: the store having a file of this hash proves nothing about these bytes.
         async with self.claims.hold(hash):  # no deletion takes it till it is recorded
             stored = await self._in_store(hash)
-            with disk_full_is_507(NO_SPACE):
-                actual = await upload_layout.locked(
-                    self._io,
-                    upload_layout.complete_in_place,
-                    self._upload_dir(upload),
-                    upload,
-                    lambda f, b: _write(f, b),  # looked up now: tests replace _write
-                    None if stored else self.store_path(hash),
-                    self.hashes,
-                )
+            if stored and await self._published(upload):
+                actual = hash  # checked before its rename, by the complete that failed
+            else:
+                with disk_full_is_507(NO_SPACE):
+                    actual = await upload_layout.locked(
+                        self._io,
+                        upload_layout.complete_in_place,
+                        self._upload_dir(upload),
+                        upload,
+                        lambda f, b: _write(f, b),  # looked up now: tests replace _write
+                        None if stored else self.store_path(hash),
+                        self.hashes,
+                    )
             if actual != hash:
                 await self._discard(upload)  # a wrong hash: nothing is stored
                 raise Unprocessable(

@@ -145,6 +145,13 @@ def _recorded(folder: Path, upload: UploadRecord, done: set[int], cut: bool) -> 
         os.close(fd)
 
 
+def published(folder: Path) -> bool:
+    """``complete`` renamed ``data`` into the store (its hash checked first: ``cut`` is made
+    only then) and failed, or died, before the file was recorded: the chunks are gone from
+    here, but their verified bytes are in the store."""
+    return (folder / CUT).exists() and not (folder / DATA).exists()
+
+
 def goes_to_its_own_file(folder: Path, index: int) -> bool:
     """A chunk received already (a resend) or of an upload begun before ``data``."""
     if (folder / f"{index}.done").exists() or (folder / f"{index}.chunk").exists():
