@@ -7,24 +7,29 @@ the server held its checked bytes. Real server over a real socket, both engines.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 
+from heaper_trio.app import RunningServer
 from heaper_trio.client import HeaperClient
 
 from .conftest import assert_error
+from .objects_support import bucket, keys, s3_endpoint
+from .test_files_objects import MiB, backend, files_server
 from .test_sync import new_heap
-from .test_uploads import CHUNK, sha
+from .test_uploads import sha
 
-DATA = bytes(range(256)) * 1024  # 4 chunks
+__all__ = ["backend", "bucket", "files_server", "s3_endpoint"]  # fixtures, used by name
+DATA = os.urandom(3 * MiB + 5)  # 4 chunks on disk, 1 part in a bucket
 H = sha(DATA)
 
 
 async def test_a_complete_that_failed_after_publishing_is_finished_not_resent(
-    start_server: Any, monkeypatch: pytest.MonkeyPatch
+    files_server: RunningServer, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = await start_server()
+    server = files_server
     files = server.services.files
     real_record = files._record
     failures = [OSError("the database went away")]
@@ -41,27 +46,31 @@ async def test_a_complete_that_failed_after_publishing_is_finished_not_resent(
         base = f"{heap['id']}/blk-1/{H}"
         r = await client.post(
             f"/api/upload/init/{heap['id']}/blk-1",
-            json={"hash": H, "size": len(DATA), "chunk_size": CHUNK, "name": "x.bin"},
+            json={"hash": H, "size": len(DATA), "chunk_size": MiB, "name": "x.bin"},
         )
-        assert r.status_code == 200 and r.json()["total_chunks"] == 4, r.text
-        for i in range(4):
+        assert r.status_code == 200, r.text
+        size, total = r.json()["chunk_size"], r.json()["total_chunks"]
+        for i in range(total):
             r = await client.put(
-                f"/api/upload/chunk/{base}/{i}", content=DATA[i * CHUNK : (i + 1) * CHUNK]
+                f"/api/upload/chunk/{base}/{i}", content=DATA[i * size : (i + 1) * size]
             )
             assert r.status_code == 200, r.text
         r = await client.post(f"/api/upload/complete/{base}")
         assert_error(r, 500)
-        assert not failures and files.store_path(H).exists()  # published, not recorded
+        assert not failures and await files._in_store(H)  # published, not recorded
         r = await client.get(f"/api/file/{H}/raw/x.bin")
         assert r.status_code == 404, r.text  # no proof recorded yet: nobody reads it
 
         r = await client.get(f"/api/upload/status/{base}")
         assert r.status_code == 200, r.text
-        assert (r.json()["status"], r.json()["received"]) == ("uploading", [0, 1, 2, 3])
+        assert (r.json()["status"], r.json()["received"]) == ("uploading", list(range(total)))
         r = await client.post(f"/api/upload/complete/{base}")
         assert r.status_code == 200 and r.json()["file_hash"] == H, r.text
         r = await client.get(f"/api/file/{H}/raw/x.bin")
-        assert (r.status_code, r.content) == (200, DATA)
+        assert (r.status_code, r.content == DATA) == (200, True)
         r = await client.post(f"/api/upload/complete/{base}")  # idempotent, as before
         assert r.status_code == 200 and r.json()["file_hash"] == H, r.text
-        assert not [p for p in files.uploads.iterdir() if p.is_dir()], "a folder left"
+    assert not [p for p in files.uploads.iterdir() if p.is_dir()], "a folder left"
+    if backend == "s3":
+        s = server.services.settings
+        assert keys(s.s3_endpoint, s.s3_bucket) == [f"files/{H}"]
