@@ -8,6 +8,8 @@ the server held its checked bytes. Real server over a real socket, both engines.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -74,3 +76,72 @@ async def test_a_complete_that_failed_after_publishing_is_finished_not_resent(
     if backend == "s3":
         s = server.services.settings
         assert keys(s.s3_endpoint, s.s3_bucket) == [f"files/{H}"]
+
+
+async def test_a_retried_complete_whose_published_bytes_went_asks_for_them_again(
+    start_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry's status and first look see the published bytes; before its claim is held
+    they are removed (a stale deletion mark of the hash resumed by the sweep, or a deletion
+    the claim waited for: emulated by removing them on entering ``hold``). Before the fix,
+    complete made a new ``data`` of holes where the published one was; on the reused inode
+    the running hash still vouched for every chunk, so zeros went to the store under the
+    upload's hash (200, and a GET answered zeros); on another inode a wrong 422 threw the
+    upload away. Now: 409 upload_incomplete with every chunk missing, status lists none,
+    and the chunks sent again complete the file."""
+    server = await start_server()
+    files = server.services.files
+    real_record = files._record
+    failures = [OSError("the database went away")]
+
+    async def record_failing_once(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await real_record(*args, **kwargs)
+
+    monkeypatch.setattr(files, "_record", record_failing_once)
+    async with HeaperClient(server.url) as client:
+        await client.login()
+        heap = await new_heap(client)
+        base = f"{heap['id']}/blk-1/{H}"
+        r = await client.post(
+            f"/api/upload/init/{heap['id']}/blk-1",
+            json={"hash": H, "size": len(DATA), "chunk_size": MiB, "name": "x.bin"},
+        )
+        size, total = r.json()["chunk_size"], r.json()["total_chunks"]
+        for i in range(total):
+            r = await client.put(
+                f"/api/upload/chunk/{base}/{i}", content=DATA[i * size : (i + 1) * size]
+            )
+            assert r.status_code == 200, r.text
+        r = await client.post(f"/api/upload/complete/{base}")
+        assert_error(r, 500)
+
+        real_hold = files.claims.hold
+
+        @asynccontextmanager
+        async def hold_after_a_deletion(hash: str) -> AsyncIterator[None]:
+            files.store_path(hash).unlink()  # the deletion's removal ends just before
+            async with real_hold(hash):
+                yield
+
+        monkeypatch.setattr(files.claims, "hold", hold_after_a_deletion)
+        r = await client.post(f"/api/upload/complete/{base}")
+        body = assert_error(r, 409, "upload_incomplete")
+        assert body["missing"] == list(range(total)), body
+        assert not files.store_path(H).exists(), "zeros published"
+        monkeypatch.setattr(files.claims, "hold", real_hold)
+        r = await client.get(f"/api/file/{H}/raw/x.bin")
+        assert r.status_code == 404, r.text
+        r = await client.get(f"/api/upload/status/{base}")
+        assert (r.json()["status"], r.json()["received"]) == ("uploading", []), r.text
+
+        for i in range(total):
+            r = await client.put(
+                f"/api/upload/chunk/{base}/{i}", content=DATA[i * size : (i + 1) * size]
+            )
+            assert r.status_code == 200, r.text
+        r = await client.post(f"/api/upload/complete/{base}")
+        assert r.status_code == 200 and r.json()["file_hash"] == H, r.text
+        r = await client.get(f"/api/file/{H}/raw/x.bin")
+        assert (r.status_code, r.content == DATA) == (200, True)

@@ -376,7 +376,15 @@ class FileService(FileStore):
         # Always hashed: the store having a file of this hash proves nothing about these bytes.
         async with self.claims.hold(hash):  # no deletion takes it till it is recorded
             stored = await self._in_store(hash)
-            if stored and await self._published(upload):
+            folder = self._upload_dir(upload)
+            if await self._probe_fs(upload_layout.published, folder):
+                if not stored:  # removed since (a deletion of these bytes ended meanwhile)
+                    await self._unpublish(upload)
+                    raise Conflict(
+                        f"{upload.total_chunks} chunks are missing",
+                        code="upload_incomplete",
+                        details={"missing": list(range(upload.total_chunks))[:1000]},
+                    )
                 actual = hash  # checked before its rename, by the complete that failed
             else:
                 with disk_full_is_507(NO_SPACE):
@@ -443,6 +451,14 @@ class FileService(FileStore):
                 await self._io(_close_and_remove, out, temp)
         await self._discard(upload)
         return StoredFile.of(record, block_id)
+
+    async def _unpublish(self, upload: UploadRecord) -> None:
+        """The bytes an earlier ``complete`` of this upload published are gone from the store
+        (a deletion removed them before the file was recorded): the upload holds nothing, and
+        says so (``cut`` goes, so status lists no chunk); the client sends them again."""
+        self.hashes.drop(upload.id)
+        cut = self._upload_dir(upload) / upload_layout.CUT
+        await self._probe_fs(lambda: cut.unlink(missing_ok=True))
 
     async def _discard(self, upload: UploadRecord) -> None:
         if self.parts is not None:
