@@ -132,3 +132,49 @@ async def test_bytes_a_killed_process_left_mid_deletion_go_at_the_next_start(
     with trio.fail_after(10):
         while (await rows(second.services.storage))[1]:
             await trio.sleep(0.02)
+
+
+async def test_removals_stop_before_their_marks_go_stale(
+    start_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``DELETION_TTL_MS`` an upload no longer waits for a mark: it would find bytes a
+    slow deletion has yet to remove (a bucket's DELETE retried for minutes), keep them and
+    record its file, and the late removal would leave that file without bytes. So no removal
+    starts ``REMOVAL_BUDGET_S`` (half the TTL) after the mark's stamp: the rest keep their
+    marks for the next sweep, which stamps them again. Before, every removal of the batch ran
+    however late. The disk's clock is made to run past the budget at the first removal."""
+    server = await start_server()
+    files = server.services.files
+    other = DATA + b"the second file\n"
+    stored = {files.store_path(DIGEST), files.store_path(hashlib.sha256(other).hexdigest())}
+    real_unlink = Path.unlink
+    clock = [1000.0]
+
+    def slow_unlink(self: Path, missing_ok: bool = False) -> None:
+        if self in stored:
+            clock[0] += file_store_module.REMOVAL_BUDGET_S + 1  # this one took that long
+        real_unlink(self, missing_ok=missing_ok)
+
+    async with HeaperClient(server.url) as client:
+        await client.login()
+        heap = await new_heap(client)
+        await upload(client, heap["id"], "blk-1")
+        r = await client.post(
+            f"/api/upload/file/{heap['id']}/blk-2",
+            files={"file": ("g.txt", other, "text/plain")},
+        )
+        assert r.status_code == 200, r.text
+        assert all(p.exists() for p in stored)
+        monkeypatch.setattr(file_store_module, "monotonic", lambda: clock[0])
+        monkeypatch.setattr(Path, "unlink", slow_unlink)
+
+        r = await client.delete(f"/api/heap/{heap['id']}")
+        assert r.status_code == 200, r.text
+        [left] = [p for p in stored if p.exists()]  # the second removal never started
+        assert (await rows(files.storage))[1] == {left.name}  # still marked: still to go
+
+        monkeypatch.setattr(file_store_module, "DELETION_TTL_MS", 0)  # the next sweep
+        await trio.sleep(0.01)
+        assert await files.finish_interrupted_deletions() == 1
+        assert not left.exists()
+        assert await rows(files.storage) == (set(), set())

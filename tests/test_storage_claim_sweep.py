@@ -120,7 +120,12 @@ async def test_a_deletion_left_unfinished_is_taken_up_unless_a_file_or_an_upload
             )
             == []
         )
-        await storage.end_file_deletions([H1])
+        # a remover whose mark another sweep stamped again ends nothing: that one's removal
+        # is under way (an upload must keep waiting for it)
+        await storage.end_file_deletions([H1], stale - 1)
+        assert H1 in (await rows(storage))[1]
+        await storage.end_file_deletions([H1], NOW + 5)
+        assert H1 not in (await rows(storage))[1]
         await storage.release_file_claim(H3, "uploading")
         assert await storage.resume_file_deletions(
             [H3], started_before=cutoff, now=NOW + 8, claims_after=NOW - CLAIM_TTL_MS

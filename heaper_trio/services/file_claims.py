@@ -148,10 +148,13 @@ async def sweep_claims_forever(
     most ``SWEEP_BATCH * SWEEP_MAX_BATCHES`` claims, in short transactions. A failed pass is
     logged and tried again at the next."""
     while True:
-        try:
+        try:  # each its own try: one failing must not stop the other
             finished = await finish_deletions()
             if finished:
                 log.info("finished %d interrupted file deletions", finished)
+        except Exception:
+            log.exception("finishing interrupted file deletions failed")
+        try:
             swept = await sweep_claims_once(storage, await storage.clock_ms())
             if swept:
                 log.info("swept %d stale file claims", swept)

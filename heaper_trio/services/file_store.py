@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from time import monotonic  # by name: tests make removals slow
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
@@ -44,7 +45,11 @@ HASH = re.compile(r"[0-9a-f]{64}")
 PROBE_THREADS = 4  # stat, scandir, mkdir, unlink of uploads: quick, but never the DB's threads
 IO_THREADS = 4  # writing, hashing, assembling: long, kept off the probes' limiter
 THUMBNAILS = Path("thumbnails", "generated")  # under the data directory (services/container)
-RESUME_BATCH = 500  # interrupted deletions taken up per sweep call
+RESUME_BATCH = 500  # interrupted deletions taken up per statement
+RESUME_MAX_BATCHES = 20  # per sweep pass: a backlog is worked off over several passes
+# No removal of deleted bytes starts later than this after its mark's stamp: half the TTL
+# after which an upload of the same bytes stops waiting for the mark (_remove_bytes).
+REMOVAL_BUDGET_S = DELETION_TTL_MS / 2000
 PRESIGNED_TTL_S = 300  # files_presigned_redirect: long enough to start, short if leaked
 RangeReader = Callable[[int, int], Awaitable[AsyncIterator[bytes]]]
 
@@ -355,12 +360,14 @@ class FileStore:
         them fails (or the process dies first), the claim sweep removes them later
         (``finish_interrupted_deletions``), so the blocks' removal still answers success."""
         async with self.claims.deleting(hashes) as free:  # uploads of them wait till done
+            begun = trio.current_time()  # no later than the stamp: the marks' age from it
             now = await self.storage.clock_ms()  # the clock claims are stamped and aged by
             dropped = await self.storage.drop_unreferenced_files(
                 free, now=now, claims_after=now - CLAIM_TTL_MS
             )  # services/file_claims
             own = [r.hash for r in dropped if r.source_path is None]
-            await self._remove_bytes(own, [r.hash for r in dropped if r.source_path is not None])
+            scanned = [r.hash for r in dropped if r.source_path is not None]
+            await self._remove_bytes(own, scanned, now, begun)
         for record in dropped:
             await self.forget_thumbnails(record.hash)
         return len(dropped)
@@ -370,42 +377,80 @@ class FileStore:
         ended (the process died, or the removal failed): their deletion marks are the
         journal of what is left to do. A mark whose hash is a file's again, or one an
         upload claims, costs no byte (``Storage.resume_file_deletions``). Run by the claim
-        sweep (``file_claims.sweep_claims_forever``); how many were finished."""
-        cutoff = await self.storage.clock_ms() - DELETION_TTL_MS
-        stale = await self.storage.stale_file_deletions(cutoff, RESUME_BATCH)
-        if not stale:
-            return 0
+        sweep (``file_claims.sweep_claims_forever``), in batches of ``RESUME_BATCH`` until
+        none is left (at most ``RESUME_MAX_BATCHES`` a pass, or until one batch's removals
+        fail or run out of time: the rest waits for the next pass); how many were finished."""
+        finished = 0
+        for _ in range(RESUME_MAX_BATCHES):
+            cutoff = await self.storage.clock_ms() - DELETION_TTL_MS
+            stale = await self.storage.stale_file_deletions(cutoff, RESUME_BATCH)
+            if not stale:
+                break
+            resumed, removed = await self._resume_batch(stale)
+            finished += len(removed)
+            if len(stale) < RESUME_BATCH or len(removed) < len(resumed):
+                break
+        return finished
+
+    async def _resume_batch(self, stale: list[str]) -> tuple[list[str], list[str]]:
+        """One batch of ``finish_interrupted_deletions``: (hashes taken up, bytes removed)."""
         async with self.claims.deleting(stale) as free:  # in-process uploads: memory turns
+            begun = trio.current_time()
             now = await self.storage.clock_ms()
             resumed = await self.storage.resume_file_deletions(
                 free, started_before=now - DELETION_TTL_MS, now=now, claims_after=now - CLAIM_TTL_MS
             )
             if resumed:
                 log.info("removing the bytes of %d files an earlier deletion left", len(resumed))
-            await self._remove_bytes(resumed, [])
-        for hash in resumed:
+            removed = await self._remove_bytes(resumed, [], now, begun)
+        for hash in removed:
             await self.forget_thumbnails(hash)
-        return len(resumed)
+        return resumed, removed
 
-    async def _remove_bytes(self, hashes: list[str], done: list[str]) -> None:
-        """Remove the stored bytes of ``hashes``; end the deletion marks of those removed
-        and of ``done`` (nothing to remove). A failed removal is logged, not raised: its
+    async def _remove_bytes(
+        self, hashes: list[str], done: list[str], stamp: int, begun: float
+    ) -> list[str]:
+        """Remove the stored bytes of ``hashes``; end the deletion marks (stamped ``stamp``,
+        at ``begun`` by trio's clock or later) of those removed and of ``done`` (nothing to
+        remove); the hashes whose bytes went. A failed removal is logged, not raised: its
         mark stays, and the sweep takes it up again (an upload of the same bytes waits for
-        it at most ``DELETION_TTL_MS``). A cancel keeps the marks of what is left too."""
+        it at most ``DELETION_TTL_MS``). A cancel keeps the marks of what is left too.
+
+        No removal starts ``REMOVAL_BUDGET_S`` (half ``DELETION_TTL_MS``) after the stamp: past
+        the TTL an upload of the same bytes no longer waits for the mark, finds the bytes
+        still there, records its file and keeps them; a removal landing after that would
+        leave the file without bytes. The rest keep their marks for the next sweep (a
+        bucket's DELETE can take minutes with its retries). Each mark ends only if it is
+        still this remover's own stamp (``end_file_deletions``)."""
+        deadline = begun + REMOVAL_BUDGET_S
         removed = list(done)
+        left = 0
         try:
             if self.objects is not None:
-                for hash in hashes:
+                for at, hash in enumerate(hashes):
+                    if trio.current_time() > deadline:
+                        left = len(hashes) - at
+                        break
                     await self.objects.delete(file_key(hash))
                     removed.append(hash)
             else:
+                local_deadline = monotonic() + deadline - trio.current_time()
 
-                def remove() -> None:
-                    for hash in hashes:
+                def remove() -> int:
+                    for at, hash in enumerate(hashes):
+                        if monotonic() > local_deadline:
+                            return len(hashes) - at
                         self.store_path(hash).unlink(missing_ok=True)
                         removed.append(hash)
+                    return 0
 
-                await self._io(remove)
+                left = await self._io(remove)
+            if left:
+                log.warning(
+                    "%d deleted files keep their bytes till the next sweep: removing them took"
+                    " too long",
+                    left,
+                )
         except Exception:
             log.exception(
                 "removing the bytes of %d deleted files failed; the claim sweep tries again",
@@ -413,4 +458,5 @@ class FileStore:
             )
         finally:
             with trio.CancelScope(shield=True):
-                await self.storage.end_file_deletions(removed)
+                await self.storage.end_file_deletions(removed, stamp)
+        return removed[len(done) :]

@@ -358,8 +358,11 @@ class Storage(JobStorage, abc.ABC):
         being deleted from ``now`` until ``end_file_deletions``. Turns with ``claim_file``."""
 
     @abc.abstractmethod
-    async def end_file_deletions(self, hashes: list[str]) -> None:
-        """The bytes of these hashes are gone: uploads of them need not wait any more."""
+    async def end_file_deletions(self, hashes: list[str], started_at: int) -> None:
+        """The bytes of these hashes are gone: uploads of them need not wait any more. Only
+        marks still stamped ``started_at`` (the remover's own stamp) end: one another
+        process's sweep stamped again meanwhile is that process's removal under way, and
+        ending it would let an upload store bytes that removal is about to delete."""
 
     @abc.abstractmethod
     async def claim_file(self, hash: str, token: str, now: int, deletions_after: int) -> bool:

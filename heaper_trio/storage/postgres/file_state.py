@@ -120,8 +120,12 @@ async def _clock(c: Conn) -> int:
     return int(now)
 
 
-async def _end_deletion(c: Conn, hashes: list[str]) -> None:
-    await c.execute("DELETE FROM file_deletions WHERE hash = ANY($1::text[])", hashes)
+async def _end_deletion(c: Conn, hashes: list[str], started_at: int) -> None:
+    await c.execute(
+        "DELETE FROM file_deletions WHERE hash = ANY($1::text[]) AND started_at = $2",
+        hashes,
+        started_at,
+    )
 
 
 async def _set_multipart(
@@ -176,9 +180,9 @@ class PostgresFileState(PostgresBridge):
             dropped += await self._run(tx, _drop, batch, now, claims_after)
         return dropped
 
-    async def end_file_deletions(self, hashes: list[str]) -> None:
+    async def end_file_deletions(self, hashes: list[str], started_at: int) -> None:
         if hashes:
-            await self._run(write1, _end_deletion, hashes)
+            await self._run(write1, _end_deletion, hashes, started_at)
 
     async def set_multipart_id(
         self, upload_id: str, multipart_id: str, expected: str | None = None

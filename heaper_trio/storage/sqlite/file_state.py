@@ -130,9 +130,12 @@ class SqliteFileState:
     ) -> list[FileRecord]:
         return await self.rt.write(_drop, hashes, now, claims_after)
 
-    async def end_file_deletions(self, hashes: list[str]) -> None:
+    async def end_file_deletions(self, hashes: list[str], started_at: int) -> None:
         def end(c: sqlite3.Connection) -> None:
-            c.executemany("DELETE FROM file_deletions WHERE hash=?", [(h,) for h in hashes])
+            c.executemany(
+                "DELETE FROM file_deletions WHERE hash=? AND started_at=?",
+                [(h, started_at) for h in hashes],
+            )
 
         if hashes:
             await self.rt.write(end)
