@@ -3,7 +3,12 @@
 whose own clock runs late used to stamp its claims in the past, so the sweep (by the
 database's clock) took a live claim for a dead process's and removed it, and a deletion then
 dropped the file the upload was about to record: the upload answered 200 and its file had no
-bytes. Over a real socket on both engines, the process clock skewed by the test."""
+bytes. Over a real socket, the process clock skewed by the test.
+
+The regression is PostgreSQL's: there claims are rows stamped by one clock and aged by the
+database's. The SQLite case is for parity only (its claims live in the process's memory and
+its storage clock is the process's ``time.time``, which the test skews everywhere): it passes
+with or without the fix, and checks that the same flow still holds on that engine."""
 
 from __future__ import annotations
 

@@ -378,8 +378,9 @@ class FileStore:
         journal of what is left to do. A mark whose hash is a file's again, or one an
         upload claims, costs no byte (``Storage.resume_file_deletions``). Run by the claim
         sweep (``file_claims.sweep_claims_forever``), in batches of ``RESUME_BATCH`` until
-        none is left (at most ``RESUME_MAX_BATCHES`` a pass, or until one batch's removals
-        fail or run out of time: the rest waits for the next pass); how many were finished."""
+        none is left: at most ``RESUME_MAX_BATCHES`` a pass, and none after a batch that
+        takes none up or whose removals fail or run out of time (the rest waits for the
+        next pass). How many were finished."""
         finished = 0
         for _ in range(RESUME_MAX_BATCHES):
             cutoff = await self.storage.clock_ms() - DELETION_TTL_MS
@@ -388,7 +389,7 @@ class FileStore:
                 break
             resumed, removed = await self._resume_batch(stale)
             finished += len(removed)
-            if len(stale) < RESUME_BATCH or len(removed) < len(resumed):
+            if len(stale) < RESUME_BATCH or not resumed or len(removed) < len(resumed):
                 break
         return finished
 
