@@ -20,6 +20,7 @@ from heaper_trio.client import HeaperClient
 from .conftest import assert_error
 from .objects_support import bucket, keys, s3_endpoint
 from .test_files_objects import MiB, backend, files_server
+from .test_storage_claim_sweep import rows
 from .test_sync import new_heap
 from .test_uploads import sha
 
@@ -145,3 +146,48 @@ async def test_a_retried_complete_whose_published_bytes_went_asks_for_them_again
         assert r.status_code == 200 and r.json()["file_hash"] == H, r.text
         r = await client.get(f"/api/file/{H}/raw/x.bin")
         assert (r.status_code, r.content == DATA) == (200, True)
+
+
+async def test_bytes_published_by_a_failed_complete_go_when_the_upload_expires(
+    files_server: RunningServer, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``complete`` published the bytes and failed before recording; the client never
+    sent it again. When the upload expires its folder (or ``uploads/<id>``) goes, and the
+    published bytes, which no row names, are marked for deletion: the next sweep removes
+    them. Before, they stayed in the store for ever."""
+    server = files_server
+    files = server.services.files
+    real_record = files._record
+
+    async def record_failing(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("the database went away")
+
+    monkeypatch.setattr(files, "_record", record_failing)
+    async with HeaperClient(server.url) as client:
+        await client.login()
+        heap = await new_heap(client)
+        base = f"{heap['id']}/blk-1/{H}"
+        r = await client.post(
+            f"/api/upload/init/{heap['id']}/blk-1",
+            json={"hash": H, "size": len(DATA), "chunk_size": MiB, "name": "x.bin"},
+        )
+        size, total = r.json()["chunk_size"], r.json()["total_chunks"]
+        for i in range(total):
+            r = await client.put(
+                f"/api/upload/chunk/{base}/{i}", content=DATA[i * size : (i + 1) * size]
+            )
+            assert r.status_code == 200, r.text
+        r = await client.post(f"/api/upload/complete/{base}")
+        assert_error(r, 500)
+    monkeypatch.setattr(files, "_record", real_record)
+    assert await files._in_store(H)
+
+    now = await files.storage.clock_ms()
+    assert await files.expire(now + 365 * 24 * 3600 * 1000) == 1  # long after it expired
+    assert await files._in_store(H)  # the sweep's to remove, under its turns
+    assert await files.finish_interrupted_deletions() == 1
+    assert not await files._in_store(H)
+    assert (await rows(files.storage))[1] == set()
+    if backend == "s3":
+        s = server.services.settings
+        assert keys(s.s3_endpoint, s.s3_bucket) == []

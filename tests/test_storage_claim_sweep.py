@@ -322,3 +322,22 @@ async def test_the_sweep_ages_rows_by_the_storages_clock(
     with trio.move_on_after(1):
         await file_claims.sweep_claims_forever(Clocked(), finish)  # type: ignore[arg-type]
     assert cutoffs == [4 * CLAIM_TTL_MS]
+
+
+async def test_bytes_no_row_names_are_marked_for_the_sweep_and_a_live_mark_kept(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """``mark_file_deletions``: an expired upload's published bytes, marked stale already for
+    the sweep to take up; a mark there already (a deletion under way) keeps its stamp."""
+    async with opened(make_settings()) as storage:
+        stale = NOW - DELETION_TTL_MS - 1
+        await storage.add_file(file_of(H2))
+        assert await storage.drop_unreferenced_files([H2], now=NOW, claims_after=NOW + 1)
+        await storage.mark_file_deletions([H1, H2], stale)
+        await storage.mark_file_deletions([], stale)
+        assert (await rows(storage))[1] == {H1, H2}
+        assert await storage.stale_file_deletions(NOW - DELETION_TTL_MS, 10) == [H1]
+        assert not await storage.claim_file(H1, "t", NOW, NOW - DELETION_TTL_MS)  # no wait
+        await storage.release_file_claim(H1, "t")
+        await storage.end_file_deletions([H2], NOW)  # still the live deletion's stamp
+        assert (await rows(storage))[1] == {H1}

@@ -45,6 +45,7 @@ from heaper_trio.errors import (
 from heaper_trio.records import UploadRecord, User
 from heaper_trio.services import upload_layout
 from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.file_claims import DELETION_TTL_MS
 from heaper_trio.services.file_outcomes import (
     AlreadyStored,
     ChunkStored,
@@ -452,6 +453,17 @@ class FileService(FileStore):
         await self._discard(upload)
         return StoredFile.of(record, block_id)
 
+    async def _orphaned_bytes(self, hash: str) -> None:
+        """Bytes of an expired upload's hash in the store that no file row names (its
+        ``complete`` published them and failed, and the client never sent it again): marked
+        for deletion, stamped as stale already so no upload waits for it, and the claim
+        sweep removes them under its usual turns (``finish_interrupted_deletions``: a hash
+        that is a file's again, or claimed by an upload, keeps its bytes). Before, nothing
+        named them any more and they stayed for ever."""
+        if await self.storage.get_file(hash) is None and await self._in_store(hash):
+            stamp = await self.storage.clock_ms() - DELETION_TTL_MS - 1
+            await self.storage.mark_file_deletions([hash], stamp)
+
     async def _unpublish(self, upload: UploadRecord) -> None:
         """The bytes an earlier ``complete`` of this upload published are gone from the store
         (a deletion removed them before the file was recorded): the upload holds nothing, and
@@ -475,6 +487,7 @@ class FileService(FileStore):
         for upload in expired:
             log.info("upload %s of %s expired", upload.id, upload.hash)
             await self._discard(upload)
+            await self._orphaned_bytes(upload.hash)
         if self.parts is not None:  # an hour's margin past the longest an upload lives
             await self.parts.sweep(now - (self.settings.upload_expiry_hours + 1) * 3600 * 1000)
         await self._io(sweep_temp_files, self.uploads)

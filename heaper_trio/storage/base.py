@@ -358,6 +358,14 @@ class Storage(JobStorage, abc.ABC):
         being deleted from ``now`` until ``end_file_deletions``. Turns with ``claim_file``."""
 
     @abc.abstractmethod
+    async def mark_file_deletions(self, hashes: list[str], started_at: int) -> None:
+        """Mark these hashes as to be deleted, stamped ``started_at``, for the sweep to take
+        up (``resume_file_deletions``: a hash that is a file's again or claimed keeps its
+        bytes); a hash marked already keeps its mark (a deletion under way). For bytes in
+        the store that no row names: an upload's ``complete`` published them and failed
+        before recording, and the upload then expired."""
+
+    @abc.abstractmethod
     async def end_file_deletions(self, hashes: list[str], started_at: int) -> None:
         """The bytes of these hashes are gone: uploads of them need not wait any more. Only
         marks still stamped ``started_at`` (the remover's own stamp) end: one another

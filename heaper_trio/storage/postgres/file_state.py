@@ -120,6 +120,15 @@ async def _clock(c: Conn) -> int:
     return int(now)
 
 
+async def _mark_deletions(c: Conn, hashes: list[str], started_at: int) -> None:
+    await c.execute(
+        "INSERT INTO file_deletions (hash, started_at) SELECT h, $2 FROM unnest($1::text[]) AS h "
+        "ON CONFLICT (hash) DO NOTHING",
+        hashes,
+        started_at,
+    )
+
+
 async def _end_deletion(c: Conn, hashes: list[str], started_at: int) -> None:
     await c.execute(
         "DELETE FROM file_deletions WHERE hash = ANY($1::text[]) AND started_at = $2",
@@ -179,6 +188,10 @@ class PostgresFileState(PostgresBridge):
             batch = ordered[start : start + DROP_BATCH]
             dropped += await self._run(tx, _drop, batch, now, claims_after)
         return dropped
+
+    async def mark_file_deletions(self, hashes: list[str], started_at: int) -> None:
+        if hashes:
+            await self._run(write1, _mark_deletions, hashes, started_at)
 
     async def end_file_deletions(self, hashes: list[str], started_at: int) -> None:
         if hashes:

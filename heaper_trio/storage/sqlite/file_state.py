@@ -130,6 +130,17 @@ class SqliteFileState:
     ) -> list[FileRecord]:
         return await self.rt.write(_drop, hashes, now, claims_after)
 
+    async def mark_file_deletions(self, hashes: list[str], started_at: int) -> None:
+        def mark(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "INSERT INTO file_deletions (hash, started_at) VALUES (?, ?) "
+                "ON CONFLICT (hash) DO NOTHING",
+                [(h, started_at) for h in hashes],
+            )
+
+        if hashes:
+            await self.rt.write(mark)
+
     async def end_file_deletions(self, hashes: list[str], started_at: int) -> None:
         def end(c: sqlite3.Connection) -> None:
             c.executemany(
