@@ -341,3 +341,21 @@ async def test_bytes_no_row_names_are_marked_for_the_sweep_and_a_live_mark_kept(
         await storage.release_file_claim(H1, "t")
         await storage.end_file_deletions([H2], NOW)  # still the live deletion's stamp
         assert (await rows(storage))[1] == {H1}
+
+
+async def test_a_claim_by_the_storage_clock_waits_only_for_a_fresh_mark(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """``claim_file_now``: stamped by the storage's clock (PostgreSQL reads it in the claim's
+    own statement), it waits for a mark from within the TTL of that clock, not an older one."""
+    async with opened(make_settings()) as storage:
+        now = await storage.clock_ms()
+        await storage.mark_file_deletions([H1], now)
+        await storage.mark_file_deletions([H2], now - DELETION_TTL_MS - 1000)
+        assert await storage.claim_file_now(H1, "a", DELETION_TTL_MS)
+        assert not await storage.claim_file_now(H2, "b", DELETION_TTL_MS)
+        assert (await rows(storage))[0] == {"a", "b"}
+        later = await storage.clock_ms()
+        # stamped between the two reads of the clock: neither swept as stale nor in the future
+        assert await storage.sweep_file_claims(now - 1, 10) == 0
+        assert await storage.sweep_file_claims(later + 1, 10) == 2

@@ -120,8 +120,7 @@ async def claim_once(storage: Storage, hash: str, token: str) -> bool:
     """Stamp the claim by the storage's clock, the one its age is judged by: a drop on
     another process (``claims_after``) and the sweep compare it with that clock, so a
     process whose own clock runs late must not make its live claim look stale."""
-    now = await storage.clock_ms()
-    return await storage.claim_file(hash, token, now, now - DELETION_TTL_MS)
+    return await storage.claim_file_now(hash, token, DELETION_TTL_MS)
 
 
 SWEEP_EVERY_S = 600.0

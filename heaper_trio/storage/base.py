@@ -377,6 +377,13 @@ class Storage(JobStorage, abc.ABC):
         """Hold the hash for an upload (no deletion drops its row while held); True while a
         deletion of its bytes marked from ``deletions_after`` on is under way."""
 
+    async def claim_file_now(self, hash: str, token: str, deletion_ttl_ms: int) -> bool:
+        """``claim_file`` stamped by ``clock_ms`` (the clock claims are aged by), a deletion
+        counting if marked within ``deletion_ttl_ms`` of it. PostgreSQL reads its clock inside
+        the claim's own statement: no round trip for the clock on each poll."""
+        now = await self.clock_ms()
+        return await self.claim_file(hash, token, now, now - deletion_ttl_ms)
+
     @abc.abstractmethod
     async def release_file_claim(self, hash: str, token: str) -> None: ...
 

@@ -31,6 +31,23 @@ async def _claim(c: Conn, hash: str, token: str, now: int, deletions_after: int)
     return deleting is True
 
 
+async def _claim_now(c: Conn, hash: str, token: str, deletion_ttl_ms: int) -> bool:
+    # ``_claim`` with the database's clock read in the statement (data-modifying WITH
+    # clauses always run to completion, referenced or not)
+    await c.execute(f"SELECT {LOCK.format('$1::text')}", hash)
+    deleting = await c.fetchval(
+        "WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now), "
+        "k AS (INSERT INTO file_claims (hash, token, created_at) SELECT $1, $2, now FROM t "
+        "ON CONFLICT (hash, token) DO UPDATE SET created_at = excluded.created_at) "
+        "SELECT EXISTS (SELECT 1 FROM file_deletions "
+        "WHERE hash=$1 AND started_at >= (SELECT now FROM t) - $3::bigint)",
+        hash,
+        token,
+        deletion_ttl_ms,
+    )
+    return deleting is True
+
+
 async def _release(c: Conn, hash: str, token: str) -> None:
     await c.execute("DELETE FROM file_claims WHERE hash=$1 AND token=$2", hash, token)
 
@@ -155,6 +172,9 @@ class PostgresFileState(PostgresBridge):
 
     async def claim_file(self, hash: str, token: str, now: int, deletions_after: int) -> bool:
         return await self._run(tx, _claim, hash, token, now, deletions_after)
+
+    async def claim_file_now(self, hash: str, token: str, deletion_ttl_ms: int) -> bool:
+        return await self._run(tx, _claim_now, hash, token, deletion_ttl_ms)
 
     async def release_file_claim(self, hash: str, token: str) -> None:
         await self._run(write1, _release, hash, token)
