@@ -191,3 +191,53 @@ async def test_bytes_published_by_a_failed_complete_go_when_the_upload_expires(
     if backend == "s3":
         s = server.services.settings
         assert keys(s.s3_endpoint, s.s3_bucket) == []
+
+
+async def test_published_bytes_stay_while_another_upload_of_the_hash_lives(
+    files_server: RunningServer, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two uploads of one hash whose ``complete`` both failed after publishing the bytes; the
+    first then expired: the bytes stay for the second, whose retried ``complete`` finishes
+    without a chunk sent again. Before (found by review), the first's expiry
+    marked them stale and the sweep removed them, and the second had to send everything."""
+    server = files_server
+    files = server.services.files
+    real_record = files._record
+
+    async def record_failing(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("the database went away")
+
+    async with HeaperClient(server.url) as client:
+        await client.login()
+        heap = await new_heap(client)
+        bases = []
+        for block in ("blk-1", "blk-2"):
+            r = await client.post(
+                f"/api/upload/init/{heap['id']}/{block}",
+                json={"hash": H, "size": len(DATA), "chunk_size": MiB, "name": "x.bin"},
+            )
+            assert r.status_code == 200, r.text
+            bases.append(f"{heap['id']}/{block}/{H}")
+        size, total = r.json()["chunk_size"], r.json()["total_chunks"]
+        for base in bases:
+            for i in range(total):
+                r = await client.put(
+                    f"/api/upload/chunk/{base}/{i}", content=DATA[i * size : (i + 1) * size]
+                )
+                assert r.status_code == 200, r.text
+        monkeypatch.setattr(files, "_record", record_failing)
+        for base in bases:  # both publish (the second finds the bytes there) and fail
+            r = await client.post(f"/api/upload/complete/{base}")
+            assert_error(r, 500)
+        monkeypatch.setattr(files, "_record", real_record)
+        assert await files._in_store(H)
+        first = await files.storage.get_upload(heap["id"], "blk-1", H)
+        assert first is not None
+        await files._discard(first)  # what expire does to the first alone
+        await files._orphaned_bytes(H)
+        await files.finish_interrupted_deletions()
+        assert await files._in_store(H)
+        r = await client.post(f"/api/upload/complete/{bases[1]}")
+        assert r.status_code == 200 and r.json()["file_hash"] == H, r.text
+        r = await client.get(f"/api/file/{H}/raw/x.bin")
+        assert (r.status_code, r.content == DATA) == (200, True)

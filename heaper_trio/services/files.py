@@ -459,7 +459,12 @@ class FileService(FileStore):
         for deletion, stamped as stale already so no upload waits for it, and the claim
         sweep removes them under its usual turns (``finish_interrupted_deletions``: a hash
         that is a file's again, or claimed by an upload, keeps its bytes). Before, nothing
-        named them any more and they stayed for ever."""
+        named them any more and they stayed for ever. Another upload of the same hash still
+        alive keeps them: its own ``complete`` may have published them (or will find them
+        there), and would otherwise ask for every chunk again; the last one to expire marks
+        them."""
+        if await self.storage.has_upload_of(hash):
+            return
         if await self.storage.get_file(hash) is None and await self._in_store(hash):
             stamp = await self.storage.clock_ms() - DELETION_TTL_MS - 1
             await self.storage.mark_file_deletions([hash], stamp)

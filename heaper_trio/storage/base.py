@@ -435,6 +435,10 @@ class Storage(JobStorage, abc.ABC):
     async def expired_uploads(self, now: int) -> list[UploadRecord]: ...
 
     @abc.abstractmethod
+    async def has_upload_of(self, hash: str) -> bool:
+        """Whether any upload row (of any user) is for ``hash``."""
+
+    @abc.abstractmethod
     async def uploads_present(self, upload_ids: list[str]) -> set[str]:
         """Those of the ids an upload row has (upload folders left without one are swept)."""
 
