@@ -71,7 +71,7 @@ async def test_an_upload_racing_the_last_holders_deletion_keeps_its_bytes(
 
     monkeypatch.setattr(a_objects, "delete", held_delete)
     b_waits, b_storage = trio.Event(), b.services.files.storage
-    real_claim = b_storage.claim_file
+    real_claim = b_storage.claim_file_now
 
     async def watched_claim(*args: Any) -> bool:
         deleting = await real_claim(*args)
@@ -79,7 +79,7 @@ async def test_an_upload_racing_the_last_holders_deletion_keeps_its_bytes(
             b_waits.set()  # B saw the deletion under way and waits for its end
         return deleting
 
-    monkeypatch.setattr(b_storage, "claim_file", watched_claim)
+    monkeypatch.setattr(b_storage, "claim_file_now", watched_claim)
 
     async with HeaperClient(a.url) as on_a, HeaperClient(b.url) as on_b:
         await on_a.login()

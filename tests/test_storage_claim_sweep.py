@@ -1,14 +1,16 @@
-"""Stale upload claims and deletion marks are swept (``services/file_claims``): a process
-killed while it held a claim (or whose release failed) leaves its row for ever otherwise.
-Only rows past their TTL go, which no claim or drop counts any more; a claim that may still
+"""Stale upload claims are swept and unfinished deletions taken up (``services/file_claims``):
+a process killed while it held a claim (or whose release failed) leaves its row for ever
+otherwise, and one killed between dropping a file's row and removing its bytes leaves the
+bytes. Only claims past their TTL go, which no drop counts any more; a claim that may still
 be live is never removed. Storage on both engines; a real killed process and a real server's
-start-up sweep on PostgreSQL (SQLite keeps claims in memory and has no sweeper)."""
+start-up sweep on PostgreSQL (SQLite keeps claims in memory: a kill leaves none there)."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,10 @@ from tests.test_storage import NOW, opened
 from tests.test_storage_contract import H1, H2
 
 H3 = "c" * 64
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
 async def rows(storage: Storage) -> tuple[set[str], set[str]]:
@@ -47,7 +53,7 @@ async def rows(storage: Storage) -> tuple[set[str], set[str]]:
     return fetched
 
 
-async def test_only_rows_past_their_ttl_are_swept_in_bounded_batches(
+async def test_only_claims_past_their_ttl_are_swept_in_bounded_batches(
     make_settings: Callable[..., Settings],
 ) -> None:
     async with opened(make_settings()) as storage:
@@ -55,18 +61,20 @@ async def test_only_rows_past_their_ttl_are_swept_in_bounded_batches(
         await storage.claim_file(H2, "dead2", NOW - CLAIM_TTL_MS - 5, 0)
         await storage.claim_file(H1, "edge", NOW - CLAIM_TTL_MS, 0)  # counted by a drop now
         await storage.claim_file(H3, "live", NOW, 0)
-        for h, started in ((H1, NOW - DELETION_TTL_MS - 1), (H3, NOW - DELETION_TTL_MS)):
-            await storage.add_file(file_of(h))
-            [gone] = await storage.drop_unreferenced_files([h], now=started, claims_after=NOW + 1)
-            assert gone.hash == h
-        assert await rows(storage) == ({"dead", "dead2", "edge", "live"}, {H1, H3})
+        await storage.add_file(file_of(H1))
+        [gone] = await storage.drop_unreferenced_files(
+            [H1], now=NOW - DELETION_TTL_MS - 1, claims_after=NOW + 1
+        )
+        assert gone.hash == H1
+        assert await rows(storage) == ({"dead", "dead2", "edge", "live"}, {H1})
 
-        # limit 1: one claim and one mark per statement
-        assert await storage.sweep_file_claims(NOW - CLAIM_TTL_MS, NOW - DELETION_TTL_MS, 1) == 2
+        # limit 1: one claim per statement; a stale deletion mark is never swept (its bytes
+        # may still be there: finish_interrupted_deletions takes it up)
+        assert await storage.sweep_file_claims(NOW - CLAIM_TTL_MS, 1) == 1
         claims, deleting = await rows(storage)
-        assert len(claims & {"dead", "dead2"}) == 1 and deleting == {H3}
+        assert len(claims & {"dead", "dead2"}) == 1 and deleting == {H1}
         assert await file_claims.sweep_claims_once(storage, NOW) == 1
-        assert await rows(storage) == ({"edge", "live"}, {H3})
+        assert await rows(storage) == ({"edge", "live"}, {H1})
         assert await file_claims.sweep_claims_once(storage, NOW) == 0
         # the kept claim still holds its file against a drop
         await storage.add_file(file_of(H2))
@@ -74,6 +82,60 @@ async def test_only_rows_past_their_ttl_are_swept_in_bounded_batches(
         assert await storage.drop_unreferenced_files([H2], now=NOW, claims_after=NOW) == []
         assert await file_claims.sweep_claims_once(storage, NOW) == 0
         assert "held" in (await rows(storage))[0]
+
+
+async def test_a_deletion_left_unfinished_is_taken_up_unless_a_file_or_an_upload_has_it(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Marks older than ``DELETION_TTL_MS`` are deletions a crash or a failed removal left:
+    their rows are gone, maybe not their bytes. Resuming one marks it again (uploads wait for
+    it) for the caller to remove the bytes; one whose hash is a file's again just loses its
+    mark; one an upload claims is left for later."""
+    h4 = "d" * 64
+    async with opened(make_settings()) as storage:
+        stale = NOW - DELETION_TTL_MS - 1
+        for h in (H1, H2, H3, h4):
+            await storage.add_file(file_of(h))
+            when = NOW if h == h4 else stale - (h == H1)  # H1 the oldest; h4 under way
+            assert len(await storage.drop_unreferenced_files([h], now=when, claims_after=NOW + 1))
+        await storage.add_file(file_of(H2))  # uploaded again since: the bytes are its
+        await storage.claim_file(H3, "uploading", NOW, 0)
+
+        cutoff = NOW - DELETION_TTL_MS
+        assert await storage.stale_file_deletions(cutoff, 1) == [H1]  # oldest first
+        found = await storage.stale_file_deletions(cutoff, 10)
+        assert sorted(found) == sorted([H1, H2, H3])
+        resumed = await storage.resume_file_deletions(
+            [*found, h4], started_before=cutoff, now=NOW + 5, claims_after=NOW - CLAIM_TTL_MS
+        )
+        assert resumed == [H1]
+        assert (await rows(storage))[1] == {H1, H3, h4}
+        # H1 is being deleted again: an upload waits for its end
+        assert await storage.claim_file(H1, "t", NOW + 6, NOW + 5)
+        assert await storage.stale_file_deletions(cutoff, 10) == [H3]
+        # resumed twice (two processes' sweeps): only one takes it
+        assert (
+            await storage.resume_file_deletions(
+                [H1], started_before=cutoff, now=NOW + 7, claims_after=NOW - CLAIM_TTL_MS
+            )
+            == []
+        )
+        # a remover whose mark another sweep stamped again ends nothing: that one's removal
+        # is under way (an upload must keep waiting for it)
+        await storage.end_file_deletions([H1], stale - 1)
+        assert H1 in (await rows(storage))[1]
+        await storage.end_file_deletions([H1], NOW + 5)
+        assert H1 not in (await rows(storage))[1]
+        await storage.release_file_claim(H3, "uploading")
+        assert await storage.resume_file_deletions(
+            [H3], started_before=cutoff, now=NOW + 8, claims_after=NOW - CLAIM_TTL_MS
+        ) == [H3]
+        assert (
+            await storage.resume_file_deletions(
+                [], started_before=cutoff, now=NOW, claims_after=NOW
+            )
+            == []
+        )
 
 
 def file_of(hash: str) -> Any:
@@ -133,7 +195,7 @@ async def test_a_killed_processs_claims_are_swept_at_start_once_stale(
                 await trio.sleep(0.05)
         # the killed process's fresh claim may be a live one as far as anyone can tell: kept
         assert (await rows(storage))[0] == {live}
-        now = file_claims.now_ms()
+        now = await storage.clock_ms()
         assert await file_claims.sweep_claims_once(storage, now) == 0
         assert await file_claims.sweep_claims_once(storage, now + CLAIM_TTL_MS + 1000) == 1
         assert (await rows(storage))[0] == set()
@@ -148,20 +210,27 @@ async def test_the_sweeper_runs_at_start_and_every_interval_and_survives_a_failu
         fail = True
 
         async def clock_ms(self) -> int:
-            return file_claims.now_ms()
+            return wall_ms()
 
-        async def sweep_file_claims(self, claims_before: int, deletions_before: int, n: int) -> int:
+        async def sweep_file_claims(self, claims_before: int, n: int) -> int:
             calls.append(trio.current_time())
-            assert deletions_before - claims_before == CLAIM_TTL_MS - DELETION_TTL_MS
+            assert abs(wall_ms() - CLAIM_TTL_MS - claims_before) < 10_000
             if Fake.fail:  # the first pass fails: logged, the next one comes all the same
                 Fake.fail = False
                 raise OSError("database unreachable")
             return n if len(calls) < 30 else 0  # a backlog: full batches
 
+    finishes: list[float] = []
+
+    async def finish() -> int:
+        finishes.append(trio.current_time())
+        return 0
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(file_claims.sweep_claims_forever, Fake())
+        nursery.start_soon(file_claims.sweep_claims_forever, Fake(), finish)
         await trio.sleep(file_claims.SWEEP_EVERY_S * 2 + 1)
         nursery.cancel_scope.cancel()
+    assert finishes == [0.0, file_claims.SWEEP_EVERY_S, file_claims.SWEEP_EVERY_S * 2]
     starts = sorted(set(calls))
     assert starts == [0.0, file_claims.SWEEP_EVERY_S, file_claims.SWEEP_EVERY_S * 2], starts
     per_pass = [calls.count(t) for t in starts]
@@ -180,9 +249,7 @@ async def _renewed_while_swept(pool: Any, renew: str, stale: str, *args: Any) ->
         await a.execute(stale)
         async with a.transaction():
             await a.execute(renew, *args)
-            sweep = asyncio.ensure_future(
-                _sweep(b, NOW - CLAIM_TTL_MS, NOW - DELETION_TTL_MS, SWEEP_LIMIT)
-            )
+            sweep = asyncio.ensure_future(_sweep(b, NOW - CLAIM_TTL_MS, SWEEP_LIMIT))
             for _ in range(500):  # until the sweep waits on A's row lock
                 if await a.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
                     break
@@ -201,24 +268,14 @@ SWEEP_LIMIT = 500
 
 
 @pytest.mark.engines("postgres")
-async def test_a_mark_renewed_while_the_sweep_waits_for_it_is_kept(
+async def test_a_claim_renewed_while_the_sweep_waits_for_it_is_kept(
     make_settings: Callable[..., Settings],
 ) -> None:
     """EvalPlanQual: a DELETE that waited for a row lock rechecks only its own WHERE against
     the row's new version, not the subquery that picked it; without the age test repeated
-    there, the mark a new drop just renewed went, and an upload could then trust a HEAD the
-    drop's DELETE was about to make wrong."""
+    there, the claim an upload just renewed went, and a drop could then take its file."""
     async with opened(make_settings()) as storage:
         s: Any = storage
-        left = await s._run(
-            _renewed_while_swept,
-            "INSERT INTO file_deletions (hash, started_at) VALUES ($1, $2) "
-            "ON CONFLICT (hash) DO UPDATE SET started_at = $2",
-            f"INSERT INTO file_deletions (hash, started_at) VALUES ('{H1}', 1)",
-            H1,
-            NOW,
-        )
-        assert [tuple(r) for r in left] == [(H1, NOW)]
         left = await s._run(
             _renewed_while_swept,
             "INSERT INTO file_claims (hash, token, created_at) VALUES ($1, 't', $2) "
@@ -227,7 +284,7 @@ async def test_a_mark_renewed_while_the_sweep_waits_for_it_is_kept(
             H2,
             NOW,
         )
-        assert [tuple(r) for r in left] == [(H1, NOW), (H2, NOW)]
+        assert [tuple(r) for r in left] == [(H2, NOW)]
 
 
 async def test_the_sweep_ages_rows_by_the_storages_clock(
@@ -236,10 +293,10 @@ async def test_the_sweep_ages_rows_by_the_storages_clock(
     """PostgreSQL rows are stamped by several processes: the sweeper takes the database's
     clock, not its own (which may be off by more than a TTL)."""
     async with opened(make_settings()) as storage:
-        before = file_claims.now_ms()
+        before = wall_ms()
         clock = await storage.clock_ms()
         # the same machine here: the two clocks agree to well within a second
-        assert before - 1000 <= clock <= file_claims.now_ms() + 1000
+        assert before - 1000 <= clock <= wall_ms() + 1000
         if getattr(storage, "engine", "") == "postgres":
             s: Any = storage
             from heaper_trio.storage.postgres.runtime import read as pg_read
@@ -255,10 +312,50 @@ async def test_the_sweep_ages_rows_by_the_storages_clock(
         async def clock_ms(self) -> int:
             return 5 * CLAIM_TTL_MS
 
-        async def sweep_file_claims(self, claims_before: int, deletions_before: int, n: int) -> int:
-            cutoffs.append((claims_before, deletions_before))
+        async def sweep_file_claims(self, claims_before: int, n: int) -> int:
+            cutoffs.append(claims_before)
             return 0
 
+    async def finish() -> int:
+        return 0
+
     with trio.move_on_after(1):
-        await file_claims.sweep_claims_forever(Clocked())  # type: ignore[arg-type]
-    assert cutoffs == [(4 * CLAIM_TTL_MS, 5 * CLAIM_TTL_MS - DELETION_TTL_MS)]
+        await file_claims.sweep_claims_forever(Clocked(), finish)  # type: ignore[arg-type]
+    assert cutoffs == [4 * CLAIM_TTL_MS]
+
+
+async def test_bytes_no_row_names_are_marked_for_the_sweep_and_a_live_mark_kept(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """``mark_file_deletions``: an expired upload's published bytes, marked stale already for
+    the sweep to take up; a mark there already (a deletion under way) keeps its stamp."""
+    async with opened(make_settings()) as storage:
+        stale = NOW - DELETION_TTL_MS - 1
+        await storage.add_file(file_of(H2))
+        assert await storage.drop_unreferenced_files([H2], now=NOW, claims_after=NOW + 1)
+        await storage.mark_file_deletions([H1, H2], stale)
+        await storage.mark_file_deletions([], stale)
+        assert (await rows(storage))[1] == {H1, H2}
+        assert await storage.stale_file_deletions(NOW - DELETION_TTL_MS, 10) == [H1]
+        assert not await storage.claim_file(H1, "t", NOW, NOW - DELETION_TTL_MS)  # no wait
+        await storage.release_file_claim(H1, "t")
+        await storage.end_file_deletions([H2], NOW)  # still the live deletion's stamp
+        assert (await rows(storage))[1] == {H1}
+
+
+async def test_a_claim_by_the_storage_clock_waits_only_for_a_fresh_mark(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """``claim_file_now``: stamped by the storage's clock (PostgreSQL reads it in the claim's
+    own statement), it waits for a mark from within the TTL of that clock, not an older one."""
+    async with opened(make_settings()) as storage:
+        now = await storage.clock_ms()
+        await storage.mark_file_deletions([H1], now)
+        await storage.mark_file_deletions([H2], now - DELETION_TTL_MS - 1000)
+        assert await storage.claim_file_now(H1, "a", DELETION_TTL_MS)
+        assert not await storage.claim_file_now(H2, "b", DELETION_TTL_MS)
+        assert (await rows(storage))[0] == {"a", "b"}
+        later = await storage.clock_ms()
+        # stamped between the two reads of the clock: neither swept as stale nor in the future
+        assert await storage.sweep_file_claims(now - 1, 10) == 0
+        assert await storage.sweep_file_claims(later + 1, 10) == 2

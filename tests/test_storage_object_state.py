@@ -52,8 +52,10 @@ async def test_a_claimed_hash_is_not_dropped_and_a_deletion_makes_claims_wait(
         # the bytes are being deleted: a claim says so until the deletion ends, or goes stale
         assert await storage.claim_file(H1, "t2", NOW + 1, NOW - 60_000)
         assert not await storage.claim_file(H1, "t2", NOW + 1, NOW + 1)
-        await storage.end_file_deletions([H1])
-        await storage.end_file_deletions([])
+        await storage.end_file_deletions([H1], NOW + 1)  # not its stamp: stays
+        assert await storage.claim_file(H1, "t2", NOW + 1, NOW - 60_000)  # still marked
+        await storage.end_file_deletions([H1], NOW)
+        await storage.end_file_deletions([], NOW)
         assert not await storage.claim_file(H1, "t2", NOW + 2, NOW - 60_000)
         # a claim older than the bound is a dead process's: it holds nothing
         await storage.add_file(file(H2))

@@ -26,3 +26,21 @@ async def test_uploads_present_names_the_ids_with_a_row(
         assert await storage.uploads_present([]) == set()
         await storage.delete_upload("up1")
         assert await storage.uploads_present(asked) == {"up2"}
+
+
+async def test_has_upload_of_a_hash_while_any_upload_row_has_it(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """An expired upload's published bytes stay while another upload of the hash lives."""
+    async with opened(make_settings()) as storage:
+        await add_users(storage)
+        await new_heap(storage, "h1")
+        for upload_id, block in (("up1", "b1"), ("up2", "b2")):
+            await storage.save_upload(
+                UploadRecord(upload_id, "u1", "h1", block, H1, 25, 10, "a", "x/y", NOW, NOW + 9)
+            )
+        assert (await storage.has_upload_of(H1), await storage.has_upload_of(H2)) == (True, False)
+        await storage.delete_upload("up1")
+        assert await storage.has_upload_of(H1)
+        await storage.delete_upload("up2")
+        assert not await storage.has_upload_of(H1)

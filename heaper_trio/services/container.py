@@ -174,8 +174,7 @@ async def open_services(
         _wire(documents, services.heaps, hub, bridge, admin, services.scans, catchup)
         async with trio.open_nursery() as supervisor:
             supervisor.start_soon(_purge_expired_forever, storage)
-            if storage.shares_processes:  # SQLite keeps its claims in memory (FileClaims)
-                supervisor.start_soon(sweep_claims_forever, storage)
+            supervisor.start_soon(sweep_claims_forever, storage, files.finish_interrupted_deletions)
             await supervisor.start(services.hub.run)
             await supervisor.start(catchup.run)
             supervisor.start_soon(UploadExpiry(services.files, services.scans.table).run)

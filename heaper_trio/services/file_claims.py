@@ -21,20 +21,26 @@ and leaves the row and the bytes alone; or the drop first, then the claim sees t
 and waits until the bytes are gone, and the upload writes them again. No new deletion can
 start while the claim is held, and once it is released the upload's block holds the file.
 
+Time: every stamp (a claim's, a deletion mark's) and every age test takes the storage's
+clock (``Storage.clock_ms``: the database's on PostgreSQL), never the process's own, so a
+process whose clock is off by an hour neither makes its live claim look stale nor overlooks
+another's.
+
 Crashes: a claim older than ``CLAIM_TTL_MS`` is a dead process's and no longer holds a file
-(its row then merely outlives it, as before); a deletion mark older than
-``DELETION_TTL_MS`` no longer makes uploads wait. For that last case an upload into a
-bucket also HEADs again after recording and PUTs again if the object is gone. Both kinds of
-rows, once past their TTL, are swept (``sweep_claims_forever``).
+(its row then merely outlives it, as before), and is swept (``sweep_claims_forever``); a
+deletion mark older than ``DELETION_TTL_MS`` no longer makes uploads wait. For that last
+case an upload into a bucket also HEADs again after recording and PUTs again if the object
+is gone. A mark past its TTL is a deletion that never ended: its row is gone but maybe not
+its bytes, so the sweep finishes it (``FileStore.finish_interrupted_deletions``) rather than
+forgetting it, which left the bytes of a deleted file on disk for ever.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -45,10 +51,6 @@ log = logging.getLogger(__name__)
 CLAIM_TTL_MS = 3600 * 1000  # longer than any upload's PUT and record
 DELETION_TTL_MS = 60 * 1000  # far longer than one object DELETE
 POLL_S = 0.05  # while a deletion of the same bytes finishes (rare, and short)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class FileClaims:
@@ -106,7 +108,7 @@ async def claimed(storage: Storage, hash: str) -> AsyncIterator[None]:
     token = uuid.uuid4().hex
     try:
         # another process's deletion: nothing to wait on but the database, so it is polled
-        while await storage.claim_file(hash, token, now_ms(), now_ms() - DELETION_TTL_MS):  # noqa: ASYNC110
+        while await claim_once(storage, hash, token):  # noqa: ASYNC110
             await trio.sleep(POLL_S)
         yield
     finally:
@@ -114,29 +116,47 @@ async def claimed(storage: Storage, hash: str) -> AsyncIterator[None]:
             await storage.release_file_claim(hash, token)
 
 
+async def claim_once(storage: Storage, hash: str, token: str) -> bool:
+    """Stamp the claim by the storage's clock, the one its age is judged by: a drop on
+    another process (``claims_after``) and the sweep compare it with that clock, so a
+    process whose own clock runs late must not make its live claim look stale."""
+    return await storage.claim_file_now(hash, token, DELETION_TTL_MS)
+
+
 SWEEP_EVERY_S = 600.0
 SWEEP_BATCH = 500  # rows per statement
 SWEEP_MAX_BATCHES = 20  # per pass: a backlog is worked off over several passes
 
 
-async def sweep_claims_forever(storage: Storage) -> None:
-    """Drop the claims and deletion marks that no check counts any more, at start and every
-    ``SWEEP_EVERY_S``. They are left by a process that died (SIGKILL, power loss) while it
-    held them, or whose release failed (the database was unreachable); nothing else removes
-    them, and each costs every claim and drop of its hash a row to skip.
+async def sweep_claims_forever(
+    storage: Storage, finish_deletions: Callable[[], Awaitable[int]]
+) -> None:
+    """At start and every ``SWEEP_EVERY_S``: finish the deletions a crash or a failed removal
+    left (``finish_deletions``: ``FileStore.finish_interrupted_deletions``, whose marks say
+    which bytes are still to go), then drop the claims no drop counts any more. Claims are
+    left by a process that died (SIGKILL, power loss) while it held them, or whose release
+    failed (the database was unreachable); nothing else removes them, and each costs every
+    claim and drop of its hash a row to skip. Both engines: a SQLite process keeps its claims
+    in memory, but a kill between a drop and the removal of its bytes leaves a mark there
+    too.
 
     Never a live claim: only those older than ``CLAIM_TTL_MS`` go, and a drop already treats
-    those as gone (``claims_after``), so the sweep changes no decision; the same holds for
-    deletion marks past ``DELETION_TTL_MS``. The rows' ages are taken by the storage's clock
-    (the database's on PostgreSQL: the rows were stamped by several processes, and this one's
-    clock may be off). Each pass deletes at most ``SWEEP_BATCH * SWEEP_MAX_BATCHES`` claims
-    and as many deletion marks, in short transactions. A failed pass is logged and tried
-    again at the next."""
+    those as gone (``claims_after``), so the sweep changes no decision. The rows are stamped
+    and aged by one clock, the storage's (the database's on PostgreSQL: several processes
+    stamp them, and any one's own clock may be off by more than a TTL). Each pass deletes at
+    most ``SWEEP_BATCH * SWEEP_MAX_BATCHES`` claims, in short transactions. A failed pass is
+    logged and tried again at the next."""
     while True:
+        try:  # each its own try: one failing must not stop the other
+            finished = await finish_deletions()
+            if finished:
+                log.info("finished %d interrupted file deletions", finished)
+        except Exception:
+            log.exception("finishing interrupted file deletions failed")
         try:
             swept = await sweep_claims_once(storage, await storage.clock_ms())
             if swept:
-                log.info("swept %d stale file claims and deletion marks", swept)
+                log.info("swept %d stale file claims", swept)
         except Exception:
             log.exception("sweeping stale file claims failed")
         await trio.sleep(SWEEP_EVERY_S)
@@ -145,9 +165,7 @@ async def sweep_claims_forever(storage: Storage) -> None:
 async def sweep_claims_once(storage: Storage, now: int) -> int:
     swept = 0
     for _ in range(SWEEP_MAX_BATCHES):
-        gone = await storage.sweep_file_claims(
-            now - CLAIM_TTL_MS, now - DELETION_TTL_MS, SWEEP_BATCH
-        )
+        gone = await storage.sweep_file_claims(now - CLAIM_TTL_MS, SWEEP_BATCH)
         swept += gone
         if gone < SWEEP_BATCH:
             break

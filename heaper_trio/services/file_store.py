@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from time import monotonic  # by name: tests make removals slow
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
@@ -24,7 +25,7 @@ from heaper_trio.errors import (
 from heaper_trio.protocol import events
 from heaper_trio.records import FileRecord, User
 from heaper_trio.services.documents import DocumentService
-from heaper_trio.services.file_claims import CLAIM_TTL_MS, FileClaims, now_ms
+from heaper_trio.services.file_claims import CLAIM_TTL_MS, DELETION_TTL_MS, FileClaims
 from heaper_trio.services.scans.source import OpenFile, open_own
 from heaper_trio.services.staging import SharedStages, UserTurns
 from heaper_trio.services.upload_disk import (  # _write: tests make the disk full there
@@ -44,6 +45,11 @@ HASH = re.compile(r"[0-9a-f]{64}")
 PROBE_THREADS = 4  # stat, scandir, mkdir, unlink of uploads: quick, but never the DB's threads
 IO_THREADS = 4  # writing, hashing, assembling: long, kept off the probes' limiter
 THUMBNAILS = Path("thumbnails", "generated")  # under the data directory (services/container)
+RESUME_BATCH = 500  # interrupted deletions taken up per statement
+RESUME_MAX_BATCHES = 20  # per sweep pass: a backlog is worked off over several passes
+# No removal of deleted bytes starts later than this after its mark's stamp: half the TTL
+# after which an upload of the same bytes stops waiting for the mark (_remove_bytes).
+REMOVAL_BUDGET_S = DELETION_TTL_MS / 2000
 PRESIGNED_TTL_S = 300  # files_presigned_redirect: long enough to start, short if leaked
 RangeReader = Callable[[int, int], Awaitable[AsyncIterator[bytes]]]
 
@@ -349,27 +355,109 @@ class FileStore:
 
     async def forget_unreferenced(self, hashes: list[str]) -> int:
         """After blocks are removed for good: files no block holds any more go, bytes too
-        (never a scanned file's own bytes: those belong to the user's folder)."""
+        (never a scanned file's own bytes: those belong to the user's folder). The rows go
+        first, each with a deletion mark that stays until its bytes are gone: if removing
+        them fails (or the process dies first), the claim sweep removes them later
+        (``finish_interrupted_deletions``), so the blocks' removal still answers success."""
         async with self.claims.deleting(hashes) as free:  # uploads of them wait till done
+            begun = trio.current_time()  # no later than the stamp: the marks' age from it
+            now = await self.storage.clock_ms()  # the clock claims are stamped and aged by
             dropped = await self.storage.drop_unreferenced_files(
-                free, now=now_ms(), claims_after=now_ms() - CLAIM_TTL_MS
+                free, now=now, claims_after=now - CLAIM_TTL_MS
             )  # services/file_claims
-            try:
-                if self.objects is not None:
-                    for record in dropped:
-                        if record.source_path is None:
-                            await self.objects.delete(file_key(record.hash))
-                else:
-
-                    def remove() -> None:
-                        for record in dropped:
-                            if record.source_path is None:
-                                self.store_path(record.hash).unlink(missing_ok=True)
-
-                    await self._io(remove)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await self.storage.end_file_deletions([r.hash for r in dropped])
+            own = [r.hash for r in dropped if r.source_path is None]
+            scanned = [r.hash for r in dropped if r.source_path is not None]
+            await self._remove_bytes(own, scanned, now, begun)
         for record in dropped:
             await self.forget_thumbnails(record.hash)
         return len(dropped)
+
+    async def finish_interrupted_deletions(self) -> int:
+        """Remove the bytes of files whose rows a deletion dropped but whose removal never
+        ended (the process died, or the removal failed): their deletion marks are the
+        journal of what is left to do. A mark whose hash is a file's again, or one an
+        upload claims, costs no byte (``Storage.resume_file_deletions``). Run by the claim
+        sweep (``file_claims.sweep_claims_forever``), in batches of ``RESUME_BATCH`` until
+        none is left: at most ``RESUME_MAX_BATCHES`` a pass, and none after a batch that
+        takes none up or whose removals fail or run out of time (the rest waits for the
+        next pass). How many were finished."""
+        finished = 0
+        for _ in range(RESUME_MAX_BATCHES):
+            cutoff = await self.storage.clock_ms() - DELETION_TTL_MS
+            stale = await self.storage.stale_file_deletions(cutoff, RESUME_BATCH)
+            if not stale:
+                break
+            resumed, removed = await self._resume_batch(stale)
+            finished += len(removed)
+            if len(stale) < RESUME_BATCH or not resumed or len(removed) < len(resumed):
+                break
+        return finished
+
+    async def _resume_batch(self, stale: list[str]) -> tuple[list[str], list[str]]:
+        """One batch of ``finish_interrupted_deletions``: (hashes taken up, bytes removed)."""
+        async with self.claims.deleting(stale) as free:  # in-process uploads: memory turns
+            begun = trio.current_time()
+            now = await self.storage.clock_ms()
+            resumed = await self.storage.resume_file_deletions(
+                free, started_before=now - DELETION_TTL_MS, now=now, claims_after=now - CLAIM_TTL_MS
+            )
+            if resumed:
+                log.info("removing the bytes of %d files an earlier deletion left", len(resumed))
+            removed = await self._remove_bytes(resumed, [], now, begun)
+        for hash in removed:
+            await self.forget_thumbnails(hash)
+        return resumed, removed
+
+    async def _remove_bytes(
+        self, hashes: list[str], done: list[str], stamp: int, begun: float
+    ) -> list[str]:
+        """Remove the stored bytes of ``hashes``; end the deletion marks (stamped ``stamp``,
+        at ``begun`` by trio's clock or later) of those removed and of ``done`` (nothing to
+        remove); the hashes whose bytes went. A failed removal is logged, not raised: its
+        mark stays, and the sweep takes it up again (an upload of the same bytes waits for
+        it at most ``DELETION_TTL_MS``). A cancel keeps the marks of what is left too.
+
+        No removal starts ``REMOVAL_BUDGET_S`` (half ``DELETION_TTL_MS``) after the stamp: past
+        the TTL an upload of the same bytes no longer waits for the mark, finds the bytes
+        still there, records its file and keeps them; a removal landing after that would
+        leave the file without bytes. The rest keep their marks for the next sweep (a
+        bucket's DELETE can take minutes with its retries). Each mark ends only if it is
+        still this remover's own stamp (``end_file_deletions``)."""
+        deadline = begun + REMOVAL_BUDGET_S
+        removed = list(done)
+        left = 0
+        try:
+            if self.objects is not None:
+                for at, hash in enumerate(hashes):
+                    if trio.current_time() > deadline:
+                        left = len(hashes) - at
+                        break
+                    await self.objects.delete(file_key(hash))
+                    removed.append(hash)
+            else:
+                local_deadline = monotonic() + deadline - trio.current_time()
+
+                def remove() -> int:
+                    for at, hash in enumerate(hashes):
+                        if monotonic() > local_deadline:
+                            return len(hashes) - at
+                        self.store_path(hash).unlink(missing_ok=True)
+                        removed.append(hash)
+                    return 0
+
+                left = await self._io(remove)
+            if left:
+                log.warning(
+                    "%d deleted files keep their bytes till the next sweep: removing them took"
+                    " too long",
+                    left,
+                )
+        except Exception:
+            log.exception(
+                "removing the bytes of %d deleted files failed; the claim sweep tries again",
+                len(hashes) + len(done) - len(removed),
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.storage.end_file_deletions(removed, stamp)
+        return removed[len(done) :]

@@ -45,6 +45,7 @@ from heaper_trio.errors import (
 from heaper_trio.records import UploadRecord, User
 from heaper_trio.services import upload_layout
 from heaper_trio.services.documents import DocumentService
+from heaper_trio.services.file_claims import DELETION_TTL_MS
 from heaper_trio.services.file_outcomes import (
     AlreadyStored,
     ChunkStored,
@@ -240,7 +241,19 @@ class FileService(FileStore):
         In a bucket: the parts the store lists."""
         if self.parts is not None:
             return await self.parts.received(upload, lambda i: self._chunk_size(upload, i))
-        return await self._probe_fs(upload_layout.received, self._upload_dir(upload), upload)  # type: ignore[no-any-return]
+        folder = self._upload_dir(upload)
+        found: list[int] = await self._probe_fs(upload_layout.received, folder, upload)
+        if not found and await self._published(upload):  # complete has only to record it
+            return list(range(upload.total_chunks))
+        return found
+
+    async def _published(self, upload: UploadRecord) -> bool:
+        """An earlier ``complete`` of this upload verified its bytes and renamed them into
+        the store, then failed (or its process died) before recording the file: it is
+        recorded from the store, not sent again (``upload_layout.published``)."""
+        return bool(
+            await self._probe_fs(upload_layout.published, self._upload_dir(upload))
+        ) and await self._in_store(upload.hash)
 
     async def chunk(
         self,
@@ -364,16 +377,27 @@ class FileService(FileStore):
         # Always hashed: the store having a file of this hash proves nothing about these bytes.
         async with self.claims.hold(hash):  # no deletion takes it till it is recorded
             stored = await self._in_store(hash)
-            with disk_full_is_507(NO_SPACE):
-                actual = await upload_layout.locked(
-                    self._io,
-                    upload_layout.complete_in_place,
-                    self._upload_dir(upload),
-                    upload,
-                    lambda f, b: _write(f, b),  # looked up now: tests replace _write
-                    None if stored else self.store_path(hash),
-                    self.hashes,
-                )
+            folder = self._upload_dir(upload)
+            if await self._probe_fs(upload_layout.published, folder):
+                if not stored:  # removed since (a deletion of these bytes ended meanwhile)
+                    await self._unpublish(upload)
+                    raise Conflict(
+                        f"{upload.total_chunks} chunks are missing",
+                        code="upload_incomplete",
+                        details={"missing": list(range(upload.total_chunks))[:1000]},
+                    )
+                actual = hash  # checked before its rename, by the complete that failed
+            else:
+                with disk_full_is_507(NO_SPACE):
+                    actual = await upload_layout.locked(
+                        self._io,
+                        upload_layout.complete_in_place,
+                        self._upload_dir(upload),
+                        upload,
+                        lambda f, b: _write(f, b),  # looked up now: tests replace _write
+                        None if stored else self.store_path(hash),
+                        self.hashes,
+                    )
             if actual != hash:
                 await self._discard(upload)  # a wrong hash: nothing is stored
                 raise Unprocessable(
@@ -429,6 +453,30 @@ class FileService(FileStore):
         await self._discard(upload)
         return StoredFile.of(record, block_id)
 
+    async def _orphaned_bytes(self, hash: str) -> None:
+        """Bytes of an expired upload's hash in the store that no file row names (its
+        ``complete`` published them and failed, and the client never sent it again): marked
+        for deletion, stamped as stale already so no upload waits for it, and the claim
+        sweep removes them under its usual turns (``finish_interrupted_deletions``: a hash
+        that is a file's again, or claimed by an upload, keeps its bytes). Before, nothing
+        named them any more and they stayed for ever. Another upload of the same hash still
+        alive keeps them: its own ``complete`` may have published them (or will find them
+        there), and would otherwise ask for every chunk again; the last one to expire marks
+        them."""
+        if await self.storage.has_upload_of(hash):
+            return
+        if await self.storage.get_file(hash) is None and await self._in_store(hash):
+            stamp = await self.storage.clock_ms() - DELETION_TTL_MS - 1
+            await self.storage.mark_file_deletions([hash], stamp)
+
+    async def _unpublish(self, upload: UploadRecord) -> None:
+        """The bytes an earlier ``complete`` of this upload published are gone from the store
+        (a deletion removed them before the file was recorded): the upload holds nothing, and
+        says so (``cut`` goes, so status lists no chunk); the client sends them again."""
+        self.hashes.drop(upload.id)
+        cut = self._upload_dir(upload) / upload_layout.CUT
+        await self._probe_fs(lambda: cut.unlink(missing_ok=True))
+
     async def _discard(self, upload: UploadRecord) -> None:
         if self.parts is not None:
             await self.parts.discard(upload)
@@ -444,6 +492,7 @@ class FileService(FileStore):
         for upload in expired:
             log.info("upload %s of %s expired", upload.id, upload.hash)
             await self._discard(upload)
+            await self._orphaned_bytes(upload.hash)
         if self.parts is not None:  # an hour's margin past the longest an upload lives
             await self.parts.sweep(now - (self.settings.upload_expiry_hours + 1) * 3600 * 1000)
         await self._io(sweep_temp_files, self.uploads)

@@ -154,7 +154,7 @@ class ObjectUploads:
         if known is None:  # a row from before the column, or none started yet
             found = await self.objects.multipart_ids(key)
             if not found:
-                return []
+                return await self._joined(upload, key)
             known = found[0]
         try:
             parts = await self.objects.parts(key, known)
@@ -165,7 +165,7 @@ class ObjectUploads:
                 else await self.storage.get_upload(upload.heap_id, upload.block_id, upload.hash)
             )
             if row is None or row.id != upload.id or row.multipart_id in (None, known):
-                return []
+                return await self._joined(upload, key)
             assert row.multipart_id is not None
             self._remember(upload.id, row.multipart_id)
             return await self.received(row, expected)
@@ -174,6 +174,15 @@ class ObjectUploads:
             for p in parts
             if 0 < p.number <= upload.total_chunks and p.size == expected(p.number - 1)
         )
+
+    async def _joined(self, upload: UploadRecord, key: str) -> list[int]:
+        """Every chunk, when no multipart upload is left but its joined object is: a
+        ``complete`` joined the parts (and maybe published them) and failed, or died, before
+        the file was recorded. The next ``complete`` hashes that object again (``assemble``
+        with no parts to join), so nothing is sent twice and nothing unverified is trusted."""
+        if await self.objects.size(key) == upload.size:
+            return list(range(upload.total_chunks))
+        return []
 
     async def assemble(
         self, upload: UploadRecord, out: BinaryIO | None = None, keep: int | None = None
@@ -204,8 +213,9 @@ class ObjectUploads:
             ) from None
 
     async def publish(self, upload: UploadRecord, hash: str) -> None:
-        """The verified object under ``files/<hash>`` (a server-side copy); the upload's own
-        object goes either way."""
+        """The verified object under ``files/<hash>`` (a server-side copy). The upload's own
+        object stays until the file is recorded (``discard``): a ``complete`` failing in
+        between is finished by the next one from it (``_joined``), not sent again."""
         key = upload_key(upload.id)
         read = self._read.pop(upload.id, None)
         if read is None:
@@ -220,7 +230,6 @@ class ObjectUploads:
                     code="upload_incomplete",
                     details={"missing": []},
                 ) from None
-        await self.objects.delete(key)
 
     async def sweep(self, before_ms: int) -> int:
         """Abort multipart uploads started before ``before_ms`` that no upload row keeps any

@@ -145,6 +145,25 @@ def _recorded(folder: Path, upload: UploadRecord, done: set[int], cut: bool) -> 
         os.close(fd)
 
 
+def published(folder: Path) -> bool:
+    """``complete`` renamed ``data`` into the store (its hash checked first: ``cut`` is made
+    only then) and failed, or died, before the file was recorded: the chunks are gone from
+    here, but their verified bytes are in the store."""
+    return (folder / CUT).exists() and not (folder / DATA).exists()
+
+
+def _nothing_to_hash(folder: Path) -> bool:
+    """Neither ``data`` nor a chunk file in the upload's folder (or no folder)."""
+    try:
+        with os.scandir(folder) as entries:
+            return not any(
+                e.name == DATA or ((m := PIECE.fullmatch(e.name)) is not None and m[2] == "chunk")
+                for e in entries
+            )
+    except FileNotFoundError:
+        return True
+
+
 def goes_to_its_own_file(folder: Path, index: int) -> bool:
     """A chunk received already (a resend) or of an upload begun before ``data``."""
     if (folder / f"{index}.done").exists() or (folder / f"{index}.chunk").exists():
@@ -385,7 +404,20 @@ def complete_in_place(
     chunk's record is ``BAD`` (its sync failed: a status in another process may have seeded
     the running hash with bytes that never reached the disk). A ``BAD`` chunk not resent
     (a status said it was received before its sync failed) is ``upload_incomplete``: its bytes
-    are only in the page cache, maybe never on the disk."""
+    are only in the page cache, maybe never on the disk.
+
+    Never makes ``data`` itself: with neither ``data`` nor a chunk file there is nothing to
+    hash (a ``data`` made now would be all holes, and on a reused inode the running hash
+    might still vouch for it), so every chunk is missing (``upload_incomplete``)."""
+    if _nothing_to_hash(folder):
+        hashes.drop(upload.id)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(folder / CUT)  # published once and removed since: nothing is here
+        raise Conflict(
+            f"{upload.total_chunks} chunks are missing",
+            code="upload_incomplete",
+            details={"missing": list(range(upload.total_chunks))[:1000]},
+        )
     with open_data(folder, upload.size, fcntl.LOCK_EX) as f:
         copied: list[int] = []
         for entry in sorted(folder.iterdir()):
@@ -416,4 +448,7 @@ def complete_in_place(
             os.close(os.open(folder / CUT, os.O_WRONLY | os.O_CREAT, 0o644))
             os.ftruncate(f.fileno(), upload.size)  # the records go (upload_journal)
             _commit(f, folder / DATA, final)  # verified: a rename, no copy
+            # no longer the upload's: its running hash and vouched chunks must not outlive
+            # the file (a later ``data`` on the same inode would inherit them)
+            hashes.drop(upload.id)
     return actual

@@ -358,27 +358,61 @@ class Storage(JobStorage, abc.ABC):
         being deleted from ``now`` until ``end_file_deletions``. Turns with ``claim_file``."""
 
     @abc.abstractmethod
-    async def end_file_deletions(self, hashes: list[str]) -> None:
-        """The bytes of these hashes are gone: uploads of them need not wait any more."""
+    async def mark_file_deletions(self, hashes: list[str], started_at: int) -> None:
+        """Mark these hashes as to be deleted, stamped ``started_at``, for the sweep to take
+        up (``resume_file_deletions``: a hash that is a file's again or claimed keeps its
+        bytes); a hash marked already keeps its mark (a deletion under way). For bytes in
+        the store that no row names: an upload's ``complete`` published them and failed
+        before recording, and the upload then expired."""
+
+    @abc.abstractmethod
+    async def end_file_deletions(self, hashes: list[str], started_at: int) -> None:
+        """The bytes of these hashes are gone: uploads of them need not wait any more. Only
+        marks still stamped ``started_at`` (the remover's own stamp) end: one another
+        process's sweep stamped again meanwhile is that process's removal under way, and
+        ending it would let an upload store bytes that removal is about to delete."""
 
     @abc.abstractmethod
     async def claim_file(self, hash: str, token: str, now: int, deletions_after: int) -> bool:
         """Hold the hash for an upload (no deletion drops its row while held); True while a
         deletion of its bytes marked from ``deletions_after`` on is under way."""
 
+    async def claim_file_now(self, hash: str, token: str, deletion_ttl_ms: int) -> bool:
+        """``claim_file`` stamped by ``clock_ms`` (the clock claims are aged by), a deletion
+        counting if marked within ``deletion_ttl_ms`` of it. PostgreSQL reads its clock inside
+        the claim's own statement: no round trip for the clock on each poll."""
+        now = await self.clock_ms()
+        return await self.claim_file(hash, token, now, now - deletion_ttl_ms)
+
     @abc.abstractmethod
     async def release_file_claim(self, hash: str, token: str) -> None: ...
 
     async def clock_ms(self) -> int:
-        """Now, in ms, by the clock stale claims and marks are aged by (``sweep_file_claims``):
-        the database's where several processes share it, so no process's skew decides."""
+        """Now, in ms, by the clock claims and deletion marks are stamped and aged by
+        (``claim_file``, ``drop_unreferenced_files``, ``sweep_file_claims``): the database's
+        where several processes share it, so no process's skew decides."""
         return int(time.time() * 1000)
 
     @abc.abstractmethod
-    async def sweep_file_claims(self, claims_before: int, deletions_before: int, limit: int) -> int:
-        """Delete up to ``limit`` claims made before ``claims_before`` and as many deletion
-        marks started before ``deletions_before`` (rows no check counts any more: a dead
-        process's); how many rows went."""
+    async def sweep_file_claims(self, claims_before: int, limit: int) -> int:
+        """Delete up to ``limit`` claims made before ``claims_before`` (rows no drop counts
+        any more: a dead process's); how many went. Deletion marks are never swept: each
+        stands for bytes still to remove (``resume_file_deletions``)."""
+
+    @abc.abstractmethod
+    async def stale_file_deletions(self, started_before: int, limit: int) -> list[str]:
+        """Hashes marked as being deleted since before ``started_before``, oldest first: a
+        deletion that a crash or a failed removal of the bytes left unfinished."""
+
+    @abc.abstractmethod
+    async def resume_file_deletions(
+        self, hashes: list[str], *, started_before: int, now: int, claims_after: int
+    ) -> list[str]:
+        """Take up those of the stale deletions still marked since before ``started_before``
+        (turns with ``claim_file``, like a drop): a hash some file row names again loses its
+        mark (the bytes are that file's); one no upload claims (a claim from
+        ``claims_after`` on) is marked again from ``now`` and returned, for the caller to
+        remove its bytes and then ``end_file_deletions``; a claimed one is left for later."""
 
     @abc.abstractmethod
     async def set_multipart_id(
@@ -399,6 +433,10 @@ class Storage(JobStorage, abc.ABC):
 
     @abc.abstractmethod
     async def expired_uploads(self, now: int) -> list[UploadRecord]: ...
+
+    @abc.abstractmethod
+    async def has_upload_of(self, hash: str) -> bool:
+        """Whether any upload row (of any user) is for ``hash``."""
 
     @abc.abstractmethod
     async def uploads_present(self, upload_ids: list[str]) -> set[str]:

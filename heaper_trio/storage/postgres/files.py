@@ -136,6 +136,10 @@ async def _delete_upload(c: Conn, upload_id: str) -> None:
     await c.execute("DELETE FROM uploads WHERE id=$1", upload_id)
 
 
+async def _has_upload_of(c: Conn, hash: str) -> bool:
+    return await c.fetchval("SELECT 1 FROM uploads WHERE hash = $1 LIMIT 1", hash) is not None
+
+
 async def _present(c: Conn, upload_ids: list[str]) -> set[str]:
     rows = await c.fetch("SELECT id FROM uploads WHERE id = ANY($1::text[])", upload_ids)
     return {r[0] for r in rows}
@@ -191,6 +195,9 @@ class PostgresFiles(PostgresBridge):
 
     async def expired_uploads(self, now: int) -> list[UploadRecord]:
         return await self._run(read, _expired, now)
+
+    async def has_upload_of(self, hash: str) -> bool:
+        return await self._run(read, _has_upload_of, hash)
 
     async def uploads_present(self, upload_ids: list[str]) -> set[str]:
         return await self._run(read, _present, upload_ids)

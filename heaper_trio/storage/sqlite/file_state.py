@@ -51,18 +51,41 @@ def _drop(
     return dropped
 
 
-def _sweep(c: sqlite3.Connection, claims_before: int, deletions_before: int, limit: int) -> int:
-    claims = c.execute(
+def _sweep(c: sqlite3.Connection, claims_before: int, limit: int) -> int:
+    return c.execute(
         "DELETE FROM file_claims WHERE rowid IN "
         "(SELECT rowid FROM file_claims WHERE created_at < ? LIMIT ?)",
         (claims_before, limit),
     ).rowcount
-    deletions = c.execute(
-        "DELETE FROM file_deletions WHERE rowid IN "
-        "(SELECT rowid FROM file_deletions WHERE started_at < ? LIMIT ?)",
-        (deletions_before, limit),
-    ).rowcount
-    return claims + deletions
+
+
+def _stale_deletions(c: sqlite3.Connection, started_before: int, limit: int) -> list[str]:
+    rows = c.execute(
+        "SELECT hash FROM file_deletions WHERE started_at < ? ORDER BY started_at LIMIT ?",
+        (started_before, limit),
+    )
+    return [r[0] for r in rows]
+
+
+def _resume(
+    c: sqlite3.Connection, hashes: list[str], started_before: int, now: int, claims_after: int
+) -> list[str]:
+    resumed = []
+    for h in sorted(set(hashes)):
+        if not c.execute(
+            "SELECT 1 FROM file_deletions WHERE hash=? AND started_at < ?", (h, started_before)
+        ).fetchone():
+            continue  # ended, or renewed by a deletion under way
+        if c.execute("SELECT 1 FROM files WHERE hash=?", (h,)).fetchone():
+            c.execute("DELETE FROM file_deletions WHERE hash=?", (h,))  # a file's bytes again
+            continue
+        if c.execute(
+            "SELECT 1 FROM file_claims WHERE hash=? AND created_at >= ? LIMIT 1", (h, claims_after)
+        ).fetchone():
+            continue  # an upload is about to record them: looked at again next time
+        c.execute("UPDATE file_deletions SET started_at=? WHERE hash=?", (now, h))
+        resumed.append(h)
+    return resumed
 
 
 def _set_multipart(
@@ -89,17 +112,41 @@ class SqliteFileState:
             lambda c: c.execute("DELETE FROM file_claims WHERE hash=? AND token=?", (hash, token))
         )
 
-    async def sweep_file_claims(self, claims_before: int, deletions_before: int, limit: int) -> int:
-        return await self.rt.write(_sweep, claims_before, deletions_before, limit)
+    async def sweep_file_claims(self, claims_before: int, limit: int) -> int:
+        return await self.rt.write(_sweep, claims_before, limit)
+
+    async def stale_file_deletions(self, started_before: int, limit: int) -> list[str]:
+        return await self.rt.read(_stale_deletions, started_before, limit)
+
+    async def resume_file_deletions(
+        self, hashes: list[str], *, started_before: int, now: int, claims_after: int
+    ) -> list[str]:
+        if not hashes:
+            return []
+        return await self.rt.write(_resume, hashes, started_before, now, claims_after)
 
     async def drop_unreferenced_files(
         self, hashes: list[str], *, now: int = 0, claims_after: int = 0
     ) -> list[FileRecord]:
         return await self.rt.write(_drop, hashes, now, claims_after)
 
-    async def end_file_deletions(self, hashes: list[str]) -> None:
+    async def mark_file_deletions(self, hashes: list[str], started_at: int) -> None:
+        def mark(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "INSERT INTO file_deletions (hash, started_at) VALUES (?, ?) "
+                "ON CONFLICT (hash) DO NOTHING",
+                [(h, started_at) for h in hashes],
+            )
+
+        if hashes:
+            await self.rt.write(mark)
+
+    async def end_file_deletions(self, hashes: list[str], started_at: int) -> None:
         def end(c: sqlite3.Connection) -> None:
-            c.executemany("DELETE FROM file_deletions WHERE hash=?", [(h,) for h in hashes])
+            c.executemany(
+                "DELETE FROM file_deletions WHERE hash=? AND started_at=?",
+                [(h, started_at) for h in hashes],
+            )
 
         if hashes:
             await self.rt.write(end)

@@ -185,6 +185,15 @@ class SqliteFiles:
 
         return await self.rt.read(q)
 
+    async def has_upload_of(self, hash: str) -> bool:
+        def q(c: sqlite3.Connection) -> bool:
+            return (
+                c.execute("SELECT 1 FROM uploads WHERE hash = ? LIMIT 1", (hash,)).fetchone()
+                is not None
+            )
+
+        return await self.rt.read(q)
+
     async def uploads_present(self, upload_ids: list[str]) -> set[str]:
         def q(c: sqlite3.Connection) -> set[str]:
             out: set[str] = set()
