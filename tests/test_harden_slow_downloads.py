@@ -99,14 +99,16 @@ async def test_a_client_that_stops_reading_is_cut_and_the_file_closed(
 ) -> None:
     file_hash, _ = await stored_file(admin)
     stream = await download(server.url, admin, file_hash)
-    await wait_until(lambda: file_open(file_hash), 5)
-    # The client reads nothing: the write blocks and is cut after the read timeout (the
-    # bytes the kernel took before it blocked earn no time; nothing moves after)
-    stalled = await wait_until(lambda: not file_open(file_hash), READ_TIMEOUT + 4)
-    assert stalled < READ_TIMEOUT + 3
-    got = await read_all(stream, 5)  # whatever was in flight, then the end
-    assert got.startswith(b"HTTP/1.1 200") and len(got) < SIZE
-    await stream.aclose()
+    try:  # (closed in any case: without the fix the server would wait on it for ever)
+        await wait_until(lambda: file_open(file_hash), 5)
+        # The client reads nothing: the write blocks and is cut after the read timeout (the
+        # bytes the kernel took before it blocked earn no time; nothing moves after)
+        stalled = await wait_until(lambda: not file_open(file_hash), READ_TIMEOUT + 4)
+        assert stalled < READ_TIMEOUT + 3
+        got = await read_all(stream, 5)  # whatever was in flight, then the end
+        assert got.startswith(b"HTTP/1.1 200") and len(got) < SIZE
+    finally:
+        await stream.aclose()
     # the server is fine: the next download is whole
     r = await admin.get(f"/api/file/{file_hash}/raw/big.bin")
     assert r.status_code == 200 and len(r.content) == SIZE
