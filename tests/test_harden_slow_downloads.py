@@ -43,7 +43,9 @@ async def stored_file(client: HeaperClient, size: int = SIZE) -> tuple[str, byte
     """(hash, bytes) of a large file uploaded through the API."""
     data = os.urandom(size)
     heap = await new_heap(client)
-    answer = await upload(client, heap["id"], "blk-big", data, "big.bin", "application/octet-stream")
+    answer = await upload(
+        client, heap["id"], "blk-big", data, "big.bin", "application/octet-stream"
+    )
     return answer["file_hash"], data
 
 

@@ -58,7 +58,7 @@ def set_send_limits(config: Config, read_timeout: float, min_rate: float) -> Non
 class _Write:
     """What is left of one write, and what the client has accepted since it blocked."""
 
-    __slots__ = ("moved", "read_timeout", "min_rate", "rest", "started", "sock")
+    __slots__ = ("min_rate", "moved", "read_timeout", "rest", "sock", "started")
 
     def __init__(
         self, sock: trio.socket.SocketType, rest: memoryview, limits: tuple[float, float]
