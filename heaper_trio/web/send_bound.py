@@ -127,8 +127,8 @@ async def _send_bounded(
     if write.rest:
         write.abort()
         log.info(
-            "closed an HTTP connection whose client read nothing for %.1f s "
-            "(%d bytes accepted since its write blocked, %d left)",
+            "closed an HTTP connection whose client stopped reading: a write waited %.1f s "
+            "(%d bytes accepted since it blocked, %d left)",
             trio.current_time() - write.started,
             write.moved,
             len(write.rest),
