@@ -11,6 +11,7 @@ block soon); the timeouts are small so each test takes a few seconds.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -97,8 +98,9 @@ async def read_all(stream: trio.SocketStream, timeout: float) -> bytes:
 
 
 async def test_a_client_that_stops_reading_is_cut_and_the_file_closed(
-    admin: HeaperClient, server: RunningServer
+    admin: HeaperClient, server: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="heaper_trio.web")
     file_hash, _ = await stored_file(admin)
     stream = await download(server.url, admin, file_hash)
     try:  # (closed in any case: without the fix the server would wait on it for ever)
@@ -111,6 +113,8 @@ async def test_a_client_that_stops_reading_is_cut_and_the_file_closed(
         assert got.startswith(b"HTTP/1.1 200") and len(got) < SIZE
     finally:
         await stream.aclose()
+    cut = [r for r in caplog.records if "stopped reading" in r.getMessage()]
+    assert len(cut) == 1, cut  # logged once
     # the server is fine: the next download is whole
     r = await admin.get(f"/api/file/{file_hash}/raw/big.bin")
     assert r.status_code == 200 and len(r.content) == SIZE
