@@ -11,12 +11,14 @@ Here each write that cannot go out at once waits for the socket under a deadline
 follows the rule request bodies keep (web/http_guard.py): ``http_read_timeout`` plus the bytes
 the client has accepted since the write blocked over ``http_min_body_rate``, so it moves on
 whenever bytes move and a client reading steadily above that rate is never cut, while one that
-stops (or trickles a few bytes now and then) is. Past it the socket is aborted (a reset: the
-unsent bytes are dropped, not kept by the kernel behind a FIN the client never reads), which
-ends the connection in hypercorn: the app gets ``http.disconnect``, the response's task ends and
-its file is closed. A write cancelled from outside (the server shutting down after
-``graceful_timeout``, the client gone) gets ``FINISH_SEND_S`` more, shielded, to finish what is
-on the wire, then the socket is aborted the same way.
+stops (or trickles a few bytes now and then) is. The budget is the connection's, not one
+write's: it runs on across writes until one goes out without waiting (the client caught
+up). Past it the socket is aborted (a reset: the unsent bytes are dropped, not kept by the
+kernel behind a FIN the client never reads), which ends the connection in hypercorn: the app
+gets ``http.disconnect``, the response's task ends and its file is closed. A write cancelled
+from outside (the server shutting down after ``graceful_timeout``, the client gone) gets
+``FINISH_SEND_S`` more, shielded, to finish what is on the wire, then the socket is aborted
+the same way.
 
 The fast path is one ``write`` system call under hypercorn's send lock, as upstream's own
 ``send_all`` makes when the socket takes everything: no cancel scope, no clock read; the
@@ -47,11 +49,14 @@ log = logging.getLogger("heaper_trio.web")
 FINISH_SEND_S = 2.0  # a cancelled write's grace to finish what it began
 _LIMITS = "_heaper_send_limits"
 _PATCHED = "_heaper_bounds_sends"
+_BEHIND = "_heaper_send_behind"  # (start, bytes taken) of the budget a slow client is on
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets
 
 
 def set_send_limits(config: Config, read_timeout: float, min_rate: float) -> None:
     """Give a server's writes the bound the module docstring describes."""
+    if read_timeout <= 0 or min_rate <= 0:
+        raise ValueError("the send bound needs a positive timeout and rate")
     setattr(config, _LIMITS, (read_timeout, min_rate))
 
 
@@ -61,13 +66,18 @@ class _Write:
     __slots__ = ("min_rate", "moved", "read_timeout", "rest", "sock", "started")
 
     def __init__(
-        self, sock: trio.socket.SocketType, rest: memoryview, limits: tuple[float, float]
+        self,
+        sock: trio.socket.SocketType,
+        rest: memoryview,
+        limits: tuple[float, float],
+        behind: tuple[float, int] | None,
     ) -> None:
         self.sock = sock
         self.rest = rest
         self.read_timeout, self.min_rate = limits
-        self.started = trio.current_time()
-        self.moved = 0
+        # A client still behind from an earlier write keeps that write's budget: a reader
+        # taking each 1 MiB part just inside the bound would hold the connection for ever.
+        self.started, self.moved = behind if behind else (trio.current_time(), 0)
 
     def deadline(self) -> float:
         return self.started + self.read_timeout + self.moved / self.min_rate
@@ -110,20 +120,25 @@ def _write(sock: trio.socket.SocketType, data: memoryview | bytes) -> int:
 
 
 async def _send_bounded(
-    sock: trio.socket.SocketType, data: bytes, limits: tuple[float, float]
+    server: TCPServer, sock: trio.socket.SocketType, data: bytes, limits: tuple[float, float]
 ) -> None:
     written = _write(sock, data)
     if written == len(data):
+        setattr(server, _BEHIND, None)  # the socket took it all: the client has caught up
         return
-    write = _Write(sock, memoryview(data)[written:], limits)
+    write = _Write(sock, memoryview(data)[written:], limits, getattr(server, _BEHIND, None))
     try:
         await write.drain()
     except trio.Cancelled:
         with trio.CancelScope(shield=True):
-            await write.drain(until=trio.current_time() + FINISH_SEND_S)
+            try:
+                await write.drain(until=trio.current_time() + FINISH_SEND_S)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # gone meanwhile: the cancel goes on
         if write.rest:
             write.abort()
         raise
+    setattr(server, _BEHIND, (write.started, write.moved))
     if write.rest:
         write.abort()
         log.info(
@@ -150,7 +165,7 @@ def bound_sends() -> None:
             return
         async with self.send_lock:
             try:
-                await _send_bounded(stream.socket, event.data, limits)
+                await _send_bounded(self, stream.socket, event.data, limits)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self.protocol.handle(Closed())
 
