@@ -59,6 +59,7 @@ from heaper_trio.web.quart_compat import (
 )
 from heaper_trio.web.read_size import read_bulk_in_large_pieces
 from heaper_trio.web.routes_metrics import HttpMetrics, install_route_labels
+from heaper_trio.web.send_bound import bound_sends, set_send_limits
 from heaper_trio.web.ws_asgi import LiveSockets
 
 log = logging.getLogger("heaper_trio")
@@ -118,6 +119,7 @@ if not any(isinstance(f, EveryFewSeconds) for f in ACCEPT_LOG.filters):
 read_bulk_in_large_pieces()  # before the EOF wrapper, which calls it (web/read_size.py)
 stop_idle_timer_at_eof()
 write_head_with_body()  # one socket write per small answer (web/h11_writes.py)
+bound_sends()  # a client that stops reading is cut, not waited on for ever (web/send_bound.py)
 hand_the_buffer_over()  # a body part leaves h11 without two copies (web/h11_reads.py)
 queue_body_without_yield()  # body parts reach the app without a yield each (web/app_queue.py)
 one_idle_task_per_connection()  # the keep-alive timer moved, not respawned (web/idle_timer.py)
@@ -185,6 +187,9 @@ def hypercorn_config(settings: Settings) -> Config:
     # the connection is doing, so a client quietly reading a long download or waiting on a
     # slow answer would be cut off (its request cancelled) after that many seconds.
     cfg.read_timeout = None
+    # ...but a write the client stops taking is bounded: http_read_timeout plus the bytes it
+    # accepted meanwhile over http_min_body_rate (web/send_bound.py), as request bodies are.
+    set_send_limits(cfg, settings.http_read_timeout, settings.http_min_body_rate)
     cfg.backlog = 1024  # hypercorn's 100 drops SYNs when many clients reconnect at once
     cfg.websocket_max_message_size = settings.ws_max_message_bytes
     cfg.websocket_ping_interval = 20  # notices dead peers; a stuck send is shielded otherwise

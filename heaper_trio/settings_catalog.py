@@ -350,8 +350,10 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds the server waits on a silent HTTP "
         "client: for the next request on an idle keep-alive connection, for a request's "
         "head to be complete, and between the pieces of a request body (a stalled body is "
-        "answered 408). The connection is then closed. Downloads and slow answers are not "
-        "affected: only waits for the client's bytes count.",
+        "answered 408). The connection is then closed. A slow answer is not affected; a "
+        "download (any answer) the client stops reading is: a write the client takes "
+        "nothing of for this long (plus what it did take, over http_min_body_rate) ends "
+        "the connection, so it cannot hold a socket and an open file for ever.",
         minimum=0.1,
     ),
     Setting(
@@ -372,8 +374,10 @@ SETTINGS: tuple[Setting, ...] = (
         "at which a request body must arrive: a body of N bytes has http_read_timeout + "
         "N / http_min_body_rate seconds in all (a body of unknown length, sent chunked, "
         "must keep up with the same rate), then it is answered 408 and the connection "
-        "closed. Bounds how long any request can hold a socket and a temporary file. On "
-        "links slower than this, lower it or upload smaller chunks.",
+        "closed. Bounds how long any request can hold a socket and a temporary file. The "
+        "same rate bounds answers: a write to a client that stalls has http_read_timeout "
+        "plus the bytes the client accepted meanwhile over this rate, then the connection "
+        "is reset. On links slower than this, lower it or upload smaller chunks.",
         minimum=1,
     ),
     Setting(

@@ -130,6 +130,24 @@ HOOKS: tuple[Hook, ...] = (
     ),
     Hook(
         TCPServer,
+        "protocol_send",
+        why="web/send_bound.py replaces it for RawData on plain sockets: upstream's shielded "
+        "send_all has no time limit, so a client that stops reading held it for ever",
+    ),
+    Hook(
+        TCPServer,
+        "stream",
+        used_by="protocol_send",
+        why="web/send_bound.py writes to the socket of the stream upstream's send_all writes to",
+    ),
+    Hook(
+        TCPServer,
+        "config",
+        instance=True,
+        why="web/send_bound.py reads the send limits hypercorn_config puts on the config",
+    ),
+    Hook(
+        TCPServer,
         "send_lock",
         used_by="protocol_send",
         why="the lock every hypercorn write takes; raw frame writes take it too, so a ping "
