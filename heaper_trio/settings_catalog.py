@@ -375,9 +375,10 @@ SETTINGS: tuple[Setting, ...] = (
         "N / http_min_body_rate seconds in all (a body of unknown length, sent chunked, "
         "must keep up with the same rate), then it is answered 408 and the connection "
         "closed. Bounds how long any request can hold a socket and a temporary file. The "
-        "same rate bounds answers: a write to a client that stalls has http_read_timeout "
-        "plus the bytes the client accepted meanwhile over this rate, then the connection "
-        "is reset. On links slower than this, lower it or upload smaller chunks.",
+        "same rate bounds answers: once a write to a client has to wait, the client has "
+        "http_read_timeout plus the bytes it accepts from then on over this rate (across "
+        "writes, until one goes out without waiting), then the connection is reset. On "
+        "links slower than this, lower it or upload smaller chunks.",
         minimum=1,
     ),
     Setting(
